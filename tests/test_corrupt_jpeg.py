@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import errno
 import io
+import logging
+import struct
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -239,3 +242,29 @@ def test_a_jpeg_file_of_12_bit_samples_is_refused_as_such_not_as_corrupt(tmp_pat
         with pytest.raises(DecodeError, match=r"^a JPEG of 12-bit samples: only 8-bit JPEG files are read; export the "
                                               r"film as a 16-bit greyscale PNG or as DICOM$"):
             read(path)
+
+
+def _with_corrupt_exif() -> bytes:
+    """A JPEG whose EXIF directory declares two entries and holds one (an orientation): Pillow warns "Corrupt EXIF
+    data" on opening it."""
+    tiff = b"II*\x00" + struct.pack("<IH", 8, 2) + struct.pack("<HHII", 0x0112, 3, 1, 1)
+    y, x = np.mgrid[0:64, 0:64]
+    return _encode(Image.fromarray(((x * 3 + y * 2) % 256).astype(np.uint8)), exif=b"Exif\x00\x00" + tiff)
+
+
+def test_corrupt_exif_is_logged_once_a_film_naming_it(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Pillow's "Corrupt EXIF data ..." warning named no film, and Python showed it once a run: with many films in a
+    predict run, which one was not known. Each film's is logged once, naming it; none reaches Python's warnings."""
+    films = [tmp_path / "first.jpeg", tmp_path / "second.jpeg"]
+    for film in films:
+        film.write_bytes(_with_corrupt_exif())
+    caplog.set_level(logging.WARNING, logger="pneumoscan.data.readers.pillow")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning that escaped would fail the read
+        for film in films:
+            assert read_gray(film).shape == (64, 64)
+            image_info(film)  # its header read says nothing more
+        read_gray(films[0].read_bytes())
+    said = [r.getMessage() for r in caplog.records if "Corrupt EXIF data" in r.getMessage()]
+    assert len(said) == 3, said
+    assert [m.split(": ")[0] for m in said] == [str(films[0]), str(films[1]), "the uploaded image"], said

@@ -11,10 +11,10 @@ import functools
 import io
 import logging
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 import numpy as np
 from PIL import ExifTags, Image
@@ -22,11 +22,13 @@ from PIL.JpegImagePlugin import MARKER, JpegImageFile
 from PIL.PngImagePlugin import PngInfo
 
 from pneumoscan.core.figures import FIGURE_SOFTWARE
+from pneumoscan.core.names import shown
 from pneumoscan.data import pixels
 from . import jpeg
 from .base import SPREAD_SIDE, Reader, channel_spread, formats
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # The JPEG and PNG modes whose pixels may hold colour (a palette's may be all grey); the grey and bilevel ones cannot.
 _COLOUR_MODES = frozenset({"RGB", "RGBA", "CMYK", "P"})
@@ -75,7 +77,7 @@ class PillowReader(Reader):
             return {"width": im.width, "height": im.height, "mode": im.mode, "format": im.format, "quality": quality}
 
     def gray(self, src: Path | bytes, target: int | None) -> np.ndarray:
-        with _open(src, still=True) as im:
+        with _open(src, still=True, said=True) as im:
             refusal = _OWN_REFUSALS.get(im.info.get("Software"))
             if refusal:
                 raise pixels.DecodeError(refusal)
@@ -99,19 +101,18 @@ class PillowReader(Reader):
 
 
 @contextmanager
-def _open(src: Path | bytes, still: bool = False) -> Iterator[Image.Image]:
+def _open(src: Path | bytes, still: bool = False, said: bool = False) -> Iterator[Image.Image]:
     """Header-only open with the size guard applied; Pillow's own bomb warning/error become our limit. Pillow reads
     the handle :func:`~pneumoscan.data.pixels.opened` gives, never the path, after :func:`_count_segments` has
     walked it: one open and one walk of a PNG's chunks a read. ``still``: refuse an animated PNG of more than one
-    image (:func:`_png_images`), as a film is read."""
+    image (:func:`_png_images`), as a film is read. Pillow's other warnings on opening it (:func:`_heeded`) are
+    logged naming the film when ``said`` (its decode), else dropped (its header read and colour measure, for which
+    the decode of the same film says them)."""
     with pixels.opened(src) as fp:
         images = _count_segments(fp)
         fp.seek(0)
         try:
-            with warnings.catch_warnings():
-                # Pillow warns from ~8.9e7 pixels; MAX_PIXELS is the limit this package enforces.
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                im = Image.open(fp, formats=PIL_FORMATS)
+            im, warned = _heeded(lambda: Image.open(fp, formats=PIL_FORMATS))
         except Image.DecompressionBombError:
             raise pixels.DecodeError(
                 f"image too large: over {pixels.MAX_PIXELS:,} pixels, more than can be read safely"
@@ -128,6 +129,8 @@ def _open(src: Path | bytes, still: bool = False) -> Iterator[Image.Image]:
             raise pixels.DecodeError(f"not a {formats()} image") from None
         except Exception as e:  # Pillow raises SyntaxError/OSError/struct.error/... for damaged headers
             raise pixels.DecodeError(f"corrupt image header: {e}") from None
+        if said:
+            _say(src, warned)
         with im:
             width, height = im.size
             if width * height > pixels.MAX_PIXELS:
@@ -138,6 +141,26 @@ def _open(src: Path | bytes, still: bool = False) -> Iterator[Image.Image]:
                 raise pixels.DecodeError(f"animated PNG (APNG, {images} images) is not a single radiograph; export "
                                          "the film to read")
             yield im
+
+
+def _heeded(call: Callable[[], T]) -> tuple[T, list[str]]:
+    """``call()`` (Pillow's), and the warnings it gave, each once and on one line: Pillow warns of EXIF data it cannot
+    read whole (``Corrupt EXIF data.  Expecting to read 12 bytes but only got 0.``) naming no file, and Python shows
+    a warning once a run, so a predict run over many films left its user to guess which one. Pillow's bomb warning
+    (from ~8.9e7 pixels) is dropped: MAX_PIXELS is the limit this package enforces."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        done = call()
+    return done, list(dict.fromkeys(" ".join(str(w.message).split()) for w in caught))
+
+
+def _say(src: Path | bytes, warned: list[str]) -> None:
+    """Log Pillow's warnings on the film ``src`` (:func:`_heeded`) once, naming it."""
+    if warned:
+        log.warning("%s: %s (read without what Pillow could not read: an EXIF orientation among it would leave the "
+                    "film turned as stored)", shown(src) if isinstance(src, Path) else "the uploaded image",
+                    "; ".join(warned))
 
 
 def _marked_format(head: bytes) -> str | None:
@@ -259,7 +282,8 @@ def _gray(im: Image.Image, src: Path | bytes, target: int | None) -> np.ndarray:
         else:
             im.load()
             decoded = im
-        orientation = im.getexif().get(ExifTags.Base.Orientation)  # a PNG's may follow its pixels
+        orientation, warned = _heeded(lambda: im.getexif().get(ExifTags.Base.Orientation))  # a PNG's may follow
+        _say(src, warned)  # its pixels; a JPEG's was read on opening it
     except pixels.DecodeError:
         raise
     except Exception as e:  # truncated or corrupt data (LOAD_TRUNCATED_IMAGES stays False on purpose)
