@@ -611,10 +611,12 @@ _probability = _share()  # a rate in [0, 1]
 
 class _Parser(argparse.ArgumentParser):
     """argparse's parser whose errors are one line, as every other error of the command line is: the reason and
-    where the options are listed, without the usage (up to 15 lines, which buried a did-you-mean)."""
+    where the options are listed, without the usage (up to 15 lines, which buried a did-you-mean). It takes no
+    abbreviation of an option (``--heatmap`` for ``--heatmaps``): a typo is refused, not read as another option, and
+    a script's abbreviation cannot change meaning when an option of the same prefix is added."""
 
     def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, **{**kwargs, "allow_abbrev": False})
         self.commands: dict[str, _Parser] = {}  # the sub-commands' parsers by name (build_parser)
 
     def error(self, message: str) -> NoReturn:
@@ -1026,7 +1028,7 @@ def _quiet(argv: list[str] | None) -> bool:
     choices): logging is configured before they are, so that what their registration warns of (a built-in model
     replaced) comes out as every other message does, -q's level included. A -q the parser will refuse
     (``--quiet=1``) reads as none: the parser says why."""
-    early = argparse.ArgumentParser(add_help=False, exit_on_error=False)
+    early = argparse.ArgumentParser(add_help=False, exit_on_error=False, allow_abbrev=False)  # as the parser reads it
     early.add_argument("-q", "--quiet", action="store_true")
     try:
         return early.parse_known_args(sys.argv[1:] if argv is None else argv)[0].quiet
