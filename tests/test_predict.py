@@ -119,6 +119,21 @@ def test_folder_without_images_is_an_error(tiny_bundle: Path, tmp_path: Path) ->
     assert expand_paths([""]) == [("", "empty path")], "an empty $VAR must not mean the current folder"
 
 
+def test_a_missing_folder_is_no_such_file_or_folder(tiny_bundle: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    """`predict BUNDLE scans/` of a folder not there said "file not found", as if a film had been named: a path
+    given as a folder (ending in a slash, or without a suffix) that is not there is said to be neither. A missing
+    film (a name with a suffix) is still a file not found."""
+    given = [f"{tmp_path / 'scans'}/", str(tmp_path / "studies"), str(tmp_path / "film.png")]
+    assert cli.main(["-q", "predict", str(tiny_bundle), *given]) == 1
+    said = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("WARNING")]  # the bundle's
+    assert said == [
+        f"unreadable: {tmp_path / 'scans'}: no such file or folder",
+        f"unreadable: {tmp_path / 'studies'}: no such file or folder",
+        f"unreadable: {tmp_path / 'film.png'}: file not found",
+    ]
+
+
 def test_dicom_predicts_like_the_same_pixels_as_png(tiny_bundle: Path, tmp_path: Path) -> None:
     pixels = _image(40, 56, 2)
     Image.fromarray(pixels).save(tmp_path / "film.png")

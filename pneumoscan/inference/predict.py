@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import numbers
+import os
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -435,14 +436,18 @@ def expand_paths(
     (:func:`pneumoscan.data.walk.walk`):
     their JPEG/PNG/DICOM files, and an error for each entry named like one that cannot be read (a broken link, a
     link loop, a FIFO). What a folder holds besides (hidden and system files, other extensions, the ``exclude``
-    folder, such as the heatmaps) is appended to ``skipped`` as ``{"path", "reason"}``. A folder without images and
-    an empty path (which would mean the current folder) are error rows."""
+    folder, such as the heatmaps) is appended to ``skipped`` as ``{"path", "reason"}``. A folder without images, an
+    empty path (which would mean the current folder) and a missing path given as a folder (ending in a separator, or
+    without a suffix: "file not found" would say a film was named) are error rows."""
     out: list[tuple[str, str | None]] = []
     for text in map(str, paths):
         if not text:
             out.append((text, "empty path"))
             continue
         given = Path(text)
+        if not os.path.lexists(given) and (text.endswith(("/", os.sep)) or not given.suffix):
+            out.append((str(given), "no such file or folder"))
+            continue
         if not given.is_dir():
             out.append((str(given), None))  # decoding reports missing, unreadable or special files
             continue
