@@ -151,6 +151,20 @@ def _without_test_split(instead: str) -> Iterator[None]:
         raise ValueError(f"{e}; {instead}") from e
 
 
+def _on_run_validation(bundle: str | None, arguments: str) -> str | None:
+    """The command to paste that runs on the validation films of the run ``bundle`` sits in: ``pneumoscan`` and
+    ``arguments`` with ``{bundle}`` and ``{split}`` (the run's split.csv) filled in, quoted for a shell. None without
+    a bundle, or for one with no split.csv beside it (copied out of its run), which is told a placeholder instead.
+    What `evaluate` and `cache` say of data without a test split (the quick start's step 3 on a copy without test/,
+    whose val/ train pools with train/)."""
+    from pneumoscan.models.run_folder import RunFolder
+
+    run_split = RunFolder.of(bundle).split if bundle else None
+    if run_split is None or not run_split.is_file():
+        return None
+    return "pneumoscan " + arguments.format(bundle=shlex.quote(shown(bundle)), split=shlex.quote(shown(run_split)))
+
+
 def cmd_cache(args: argparse.Namespace) -> int:
     from pneumoscan.data.cache import cache_dataset
     from pneumoscan.data.preprocess import PreprocessSpec
@@ -164,9 +178,12 @@ def cmd_cache(args: argparse.Namespace) -> int:
         spec = load_card(args.bundle).spec
     else:
         spec = PreprocessSpec(args.size or 192, args.policy or "squash")
-    with _without_test_split("without a test split, cache the films the next command reads (RUN/split.csv --split val "
-                             "--bundle RUN/bundle for evaluate on a run's validation films), or give no --split to "
-                             "cache them all"):
+    command = _on_run_validation(args.bundle, "cache {split} --split val --bundle {bundle}")
+    instead = (f"cache its run's validation films instead, for evaluate on them: {command} (or give no --split to "
+               "cache them all)" if command else
+               "cache the films the next command reads (RUN/split.csv --split val --bundle RUN/bundle for evaluate on "
+               "a run's validation films), or give no --split to cache them all")
+    with _without_test_split(f"without a test split, {instead}"):
         _, cache = cache_dataset(args.data, spec, args.split, progress=True)
     print(f"{len(cache.paths)} images cached as {cache.images.shape} ({cache.key}); {len(cache.errors)} unreadable")
     for err in cache.errors:
@@ -335,15 +352,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from pneumoscan.core.metrics import BOTH_CLASSES, format_figure, unit_caveat, with_ci
     from pneumoscan.evaluation.evaluate import default_out_dir, evaluate
     from pneumoscan.evaluation.model_card import film_counts, one_class
-    from pneumoscan.models.run_folder import REPORT, RunFolder
+    from pneumoscan.models.run_folder import REPORT
 
     out = args.out or default_out_dir(args.bundle, args.data, args.split, args.tta, args.etiology, args.backend)
-    # the quick start's step 3 on data without test/ (the Kermany release's val/ is pooled with train/ by train): a
-    # bundle in its run folder is told the command to paste, one copied out of it the placeholder
-    run_split = RunFolder.of(args.bundle).split
-    command = f"pneumoscan evaluate {shlex.quote(shown(args.bundle))} {shlex.quote(shown(run_split))} --split val"
-    instead = (f"measure it on its run's validation films instead: {command}{' --tta' if args.tta else ''}"
-               if run_split.is_file() else "give a run's validation films instead: RUN/split.csv --split val")
+    command = _on_run_validation(args.bundle, "evaluate {bundle} {split} --split val" + (" --tta" if args.tta else ""))
+    instead = (f"measure it on its run's validation films instead: {command}" if command else
+               "give a run's validation films instead: RUN/split.csv --split val")
     with _without_test_split(f"without a test split, {instead} (figures on them are optimistic)"):
         metrics = evaluate(args.bundle, args.data, args.split, out, tta=args.tta, add_to_card=args.add_to_card,
                            data_name=args.data_name, etiology=args.etiology, backend=args.backend)

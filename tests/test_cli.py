@@ -475,6 +475,26 @@ def test_evaluate_without_a_test_split_names_a_bundles_own_run_split(
         assert said.endswith(f"; without a test split, {instead}(figures on them are optimistic)\n"), said
 
 
+def test_cache_without_a_test_split_names_a_bundles_own_run_split(
+    tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """`cache DATA --split test --bundle B` on data without test/ said `RUN/split.csv --split val --bundle
+    RUN/bundle`, where evaluate in the same place is told the command to paste: a bundle in its run folder is told
+    the cache command for its run's validation films, which evaluate then reads; one copied out of its run (no
+    split.csv beside it) is told the placeholders."""
+    data = shutil.copytree(tiny_dataset / "train", tmp_path / "no_test" / "train").parent
+    copied = shutil.copytree(tiny_bundle, tmp_path / "copied")
+    for bundle, instead in (
+            (tiny_bundle, f"cache its run's validation films instead, for evaluate on them: pneumoscan cache "
+                          f"{tiny_bundle.parent / 'split.csv'} --split val --bundle {tiny_bundle} (or give no --split "
+                          "to cache them all)"),
+            (copied, "cache the films the next command reads (RUN/split.csv --split val --bundle RUN/bundle for "
+                     "evaluate on a run's validation films), or give no --split to cache them all")):
+        assert cli.main(["-q", "cache", str(data), "--split", "test", "--bundle", str(bundle)]) == 2
+        said = capsys.readouterr().err
+        assert said.endswith(f"; without a test split, {instead}\n"), said
+
+
 @pytest.mark.parametrize("quiet", [False, True])
 def test_python_warnings_are_one_log_line(
     quiet: bool, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
