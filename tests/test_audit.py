@@ -227,6 +227,27 @@ def test_format_audit_names_the_findings(report: dict, tree: dict[str, Path]) ->
     assert "images repeated across splits: 2 groups" in text
 
 
+def test_format_audit_says_the_splits_and_what_stands_in_for_a_missing_test_split(
+    report: dict, tree: dict[str, Path], tmp_path: Path
+) -> None:
+    """Audit said nothing of the data's splits: on a copy without test/ the reader learnt at `evaluate --split test`
+    that there is nothing to test on. It names the splits, and without a test split what measures a run instead."""
+    def said(rep: dict) -> str:
+        console = Console(file=io.StringIO(), width=400)
+        console.print(format_audit(rep))
+        return console.file.getvalue()
+
+    with_test = said(report)
+    assert "splits: test, train\n" in with_test and "no test split" not in with_test
+    root = tmp_path / "no_test"
+    shutil.copytree(tree["root"] / "train", root / "train")
+    shutil.copytree(tree["root"] / "test", root / "val")
+    assert ("splits: train, val; no test split: measure a run on its own validation films, pneumoscan evaluate "
+            "RUN/bundle RUN/split.csv --split val (figures on them are optimistic), or add a test split (a test/ "
+            "folder)\n") in said(audit(discover(root), workers=1))
+    assert "splits: none (one set of films)\n" in said(audit(discover(root / "train"), workers=1))
+
+
 def test_format_audit_cuts_no_value_at_80_columns(report: dict) -> None:
     """At 80 columns (a pipe, a file, a plain terminal) the table cut its cells: `PNEUMON…`, `968/1280…`, the
     largest width and height lost."""

@@ -330,6 +330,7 @@ def _finding_lines(report: dict) -> list[tuple[str, bool]]:
     cross = report["cross_split_near_duplicates"]
     conflicts = report["label_conflicts"]
     return [
+        _split_line(report),
         *((f"no {label} film in {split} ({sum(counts.values())} films): the class is missing", True)
           for split, counts in report["counts"].items() if sum(counts.values()) for label in LABELS
           if not counts[label]),
@@ -352,6 +353,18 @@ def _finding_lines(report: dict) -> list[tuple[str, bool]]:
         (f"images repeated across splits: {len(cross)} groups", bool(cross)),
         *((f"  {' | '.join(map(shown, g['paths']))}", True) for g in cross[:10]),
     ]
+
+
+def _split_line(report: dict) -> tuple[str, bool]:
+    """:func:`_finding_lines`' first: the splits the data holds and, without a test split, what measures a run
+    instead, which a reader learnt only from `evaluate --split test`'s refusal (the Kaggle copy without test/)."""
+    splits = sorted(report["counts"])
+    if splits == [ALL]:
+        return "splits: none (one set of films)", False
+    missing = ("" if "test" in splits else
+               "; no test split: measure a run on its own validation films, pneumoscan evaluate RUN/bundle "
+               "RUN/split.csv --split val (figures on them are optimistic), or add a test split (a test/ folder)")
+    return f"splits: {', '.join(map(shown, splits))}{missing}", False
 
 
 def _patient_lines(report: dict) -> list[tuple[str, bool]]:
