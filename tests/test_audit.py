@@ -24,6 +24,7 @@ from scipy.sparse.csgraph import connected_components
 
 from pneumoscan.cli import main
 import pneumoscan.data.copies as copies
+from pneumoscan.core.figures import figure_bytes
 from pneumoscan.data.audit import audit, audit_figure, format_audit
 from pneumoscan.data.copies import EXACT, NEAR, picture_groups
 from pneumoscan.data.layouts import discover
@@ -259,6 +260,34 @@ def test_format_audit_cuts_no_value_at_80_columns(report: dict) -> None:
     text = console.file.getvalue()
     assert "…" not in text and "PNEUMONIA" in text and "unknown" in text
     assert text.count("968/1281.5/12000") == text.count("592/996/11416") == len(report["counts"]), text
+
+
+def test_audit_figure_shows_a_small_split_as_bars_with_their_counts(
+    report: dict, tree: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On the Kaggle copy's counts the val bars (8 and 8 films beside train's 3,875) were under a pixel high: only
+    their labels showed. Each split's bars are drawn on a scale of their own, every bar a visible height, each
+    class's count written on it."""
+    import pneumoscan.data.audit as audit_module
+
+    drawn = []  # the figure audit_figure writes, as it is written
+    monkeypatch.setattr(audit_module, "figure_bytes", lambda fig, fmt: drawn.append(fig) or figure_bytes(fig, fmt))
+    kaggle = {**report, "counts": {"train": {"NORMAL": 1341, "PNEUMONIA": 3875}, "val": {"NORMAL": 8, "PNEUMONIA": 8}},
+              "subtypes": {"train": {"normal": 1341, "bacteria": 2530, "virus": 1345},
+                           "val": {"normal": 8, "bacteria": 8, "virus": 0}}}
+    audit_figure(kaggle, discover(tree["root"]), tmp_path / "audit.png", per_class=2)
+    (fig,) = drawn
+    charts = [ax for ax in fig.axes if ax.patches]
+    assert charts, "no bar chart drawn"
+    for ax in charts:
+        tall = ax.get_window_extent().height
+        for bar in ax.patches:
+            if bar.get_height() > 0:
+                assert bar.get_window_extent().height >= 0.1 * tall, f"a bar of {bar.get_height():.0f} films is flat"
+    texts = [" ".join(t.get_text() for t in ax.texts) for ax in charts]
+    for split, counts in kaggle["counts"].items():
+        assert any(split in ax.get_title() and all(str(n) in said for n in counts.values())
+                   for ax, said in zip(charts, texts)), (split, [ax.get_title() for ax in charts], texts)
 
 
 def test_audit_figure_writes_png(report: dict, tree: dict[str, Path], tmp_path: Path) -> None:
