@@ -672,7 +672,8 @@ def test_a_command_leaves_its_objects_to_the_process_end_not_to_the_last_collect
 
 
 # the options that take text which is no path (an empty one is the library's to refuse, or a name left out)
-NOT_PATHS = {"--model", "--url", "--study", "--host", "--data-name", "--set", "--allowed-hosts", "--cors-origin"}
+NOT_PATHS = {"--model", "--url", "--study", "--accession", "--host", "--data-name", "--set", "--allowed-hosts",
+             "--cors-origin"}
 
 
 def test_every_option_refuses_an_empty_value_naming_itself(capsys: pytest.CaptureFixture) -> None:

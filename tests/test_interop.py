@@ -1187,6 +1187,8 @@ def test_pacs_finds_the_study_of_an_accession_number(
         "one to read with --study\n")
     assert cli.main([*base, "--accession", f"{accession[:4]}*"]) == 2  # a wildcard would match others' studies
     assert accession not in capsys.readouterr().err
+    assert cli.main([*base, "--accession", ""]) == 2  # "$ACCESSION" unset: QIDO-RS would match every study
+    assert "pneumoscan pacs: error: --accession is blank" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main([*base, "--accession", accession, "--study", study])
 
