@@ -22,6 +22,10 @@ VAL_FRACTION = 0.15  # split.patient_split: the share of each class and subtype 
 PREDICT_BATCH = 64  # predict.Predictor: images per model call
 MAX_UPLOAD_MB = 20  # serving.app.create_app: larger uploads are refused
 CALIBRATION_IMAGES = 256  # quantize: training films whose activations set the INT8 ranges (more changed AUC by < 0.001)
+# The model input side (preprocess.PreprocessSpec.size, a recipe's image_size, a card's size): below 8 a network has
+# nothing to see (a card's size 3 crashed ONNX Runtime), and above 2048 a batch of inputs outgrows the memory of the
+# machines this runs on (a size of 100000 was killed for memory)
+MIN_SIZE, MAX_SIZE = 8, 2048
 LISTED = 20  # more known names than this are not all listed in the message
 
 

@@ -15,7 +15,7 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image
 
-from pneumoscan.core.options import RESIZE_POLICIES, look_up_option
+from pneumoscan.core.options import MAX_SIZE, MIN_SIZE, RESIZE_POLICIES, look_up_option
 from .decode import Source, image_info, read_gray
 from .pixels import DecodeError, not_gray, reduce
 
@@ -24,9 +24,6 @@ from .pixels import DecodeError, not_gray, reduce
 # (inference.predict.tta_views makes them; the ONNX sidecar states them for users of the graph alone)
 TTA_VIEWS = ((1.0, 0.0), (1.1, 0.0), (0.9, 0.0), (1.0, 0.04), (1.0, -0.04))
 AGREEMENT = 0.9  # the share of sampled training files that must have been made one way for source_of to name it
-# The model input side: below 8 a network has nothing to see (a card's size 3 crashed ONNX Runtime), and above 2048
-# a batch of inputs outgrows the memory of the machines this runs on (a size of 100000 was killed for memory)
-MIN_SIZE, MAX_SIZE = 8, 2048
 # A model reads (x / 255 - mean) / std (data.transforms.to_input): the spread of [0, 1] grey levels a std can be.
 # Every timm model's pretrained std lies from 0.17 to 1 (1: the grey levels left unscaled); a bundle's std of 1e-9
 # read every film as inputs near 1e9 and 1e9 read every film alike, each with a confident label

@@ -37,11 +37,11 @@ from pneumoscan.core.digests import bytes_sha256, file_sha256, json_sha256
 from pneumoscan.core.files import NotRegularFile, open_regular
 from pneumoscan.core.metrics import CHANCE_AUC, TEMPERATURE_BOUNDS, with_ci
 from pneumoscan.core.names import given_path, is_utf8, shown
-from pneumoscan.core.options import look_up_option
+from pneumoscan.core.options import MAX_SIZE, MIN_SIZE, look_up_option
 from pneumoscan.data.appearance import Appearance
 from pneumoscan.data.cache import ImageCache, build_cache, data_checksum
 from pneumoscan.data.layouts import Record, discover
-from pneumoscan.data.preprocess import MAX_SIZE, MIN_SIZE, PreprocessSpec, check_normalization
+from pneumoscan.data.preprocess import PreprocessSpec, check_normalization
 from pneumoscan.data.tasks import Task, check_classes, get_task, list_tasks
 from . import register_first
 from .run_folder import RunFolder

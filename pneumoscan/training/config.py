@@ -22,8 +22,8 @@ from pydantic import ConfigDict, TypeAdapter, ValidationError, with_config
 from typing_extensions import TypedDict  # pydantic reads typing.TypedDict only from Python 3.12
 
 from pneumoscan.core.names import is_utf8, shown
-from pneumoscan.core.options import OPTIMIZERS, PRECISIONS, RESIZE_POLICIES, VAL_FRACTION, look_up_option
-from pneumoscan.data.preprocess import MAX_SIZE, MIN_SIZE
+from pneumoscan.core.options import (MAX_SIZE, MIN_SIZE, OPTIMIZERS, PRECISIONS, RESIZE_POLICIES, VAL_FRACTION,
+                                     look_up_option)
 from pneumoscan.data.tasks import list_tasks
 from pneumoscan.data.augment import Augment
 from pneumoscan.models import or_your_own
