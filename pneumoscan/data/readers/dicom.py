@@ -581,12 +581,13 @@ def _header_values(ds: Dataset) -> _HeaderValues:
 # the counts a pixel is made of, each at least 1: 0 was read on to a refusal that misstated it (a Samples per Pixel of 0
 # as 1 sample a pixel that needs 0 bytes, a Bits Stored of 0 as stored bits that end at bit -1)
 _COUNTS = {"SamplesPerPixel": ("Samples per Pixel", "each pixel has at least one sample"),
+           "BitsAllocated": ("Bits Allocated", "each sample has at least one bit"),
            "BitsStored": ("Bits Stored", "each sample has at least one bit")}
 
 
 def _refuse_no_count(ds: Dataset) -> None:
-    """Refuse a header whose Samples per Pixel or Bits Stored is under 1 (:data:`_COUNTS`), naming it and its
-    value."""
+    """Refuse a header whose Samples per Pixel, Bits Allocated or Bits Stored is under 1 (:data:`_COUNTS`), naming it
+    and its value."""
     for keyword, (name, least) in _COUNTS.items():
         if given(ds, keyword) and int(ds.get(keyword)) < 1:
             raise pixels.DecodeError(f"malformed DICOM header: {name} is {int(ds.get(keyword))}, where {least}")
@@ -702,9 +703,9 @@ def _pixel_aspect(ds: Dataset) -> float:
 def _stated_spacing(ds: Dataset) -> tuple[str, float, float] | None:
     """(keyword, row spacing, column spacing) of the first of Pixel Spacing (an enhanced object's in its frame's
     Pixel Measures functional group: a 0.2 x 0.1 mm film read as square was squashed 2:1), Imager Pixel Spacing and
-    Pixel Aspect Ratio that the header states as two values; None when none does (one value alone is passed over:
-    it says nothing of the pixels' shape). Two values that are not two positive numbers (``0\\0``, ``-0.1\\-0.1``,
-    ``0.1\\0``, text) are refused: the size or shape of the film's pixels is then unknown."""
+    Pixel Aspect Ratio that the header states; None when none does (absent or empty). A value that is not two
+    positive numbers (``0\\0``, ``-0.1\\-0.1``, ``0.1\\0``, text, or one value or three where each holds two: row,
+    column) is refused: the size or shape of the film's pixels is then unknown."""
     measures = frame_group(ds, "PixelMeasuresSequence")
     stated = [(ds, _SPACINGS[0]), *([(measures, _SPACINGS[0])] if measures is not None else []),
               *((ds, keyword) for keyword in _SPACINGS[1:])]
@@ -714,17 +715,17 @@ def _stated_spacing(ds: Dataset) -> tuple[str, float, float] | None:
         if isinstance(value, bytes):  # read as stored: pydicom's conversion raises on a value that is no number
             value = value.decode("ascii", "replace").strip(" \x00").split("\\") if value.strip(b" \x00") else None
         values = [str(v).strip(" \x00") for v in (value if isinstance(value, MultiValue | list) else [value])]
-        if value is None or len(values) != 2:
+        if value is None or not any(values):  # absent or empty: not stated
             continue
         try:
-            vertical, horizontal = (float(v) for v in values)
+            numbers = [float(v) for v in values]
             shown = "\\".join(values)
         except ValueError:  # text, not numbers: not repeated, as it may be any text (a name written in the wrong place)
-            vertical = horizontal = math.nan
-            shown = "(text, not repeated here)"
-        if not (min(vertical, horizontal) > 0 and math.isfinite(vertical / horizontal)):
+            numbers, shown = [], "(text, not repeated here)"
+        if len(numbers) != 2 or not (min(numbers) > 0 and math.isfinite(numbers[0] / numbers[1])):
             raise pixels.DecodeError(f"malformed DICOM header: {keyword} {shown} is not two positive numbers, so the "
                                      "size and shape of the film's pixels are unknown")
+        vertical, horizontal = numbers
         return keyword, vertical, horizontal
     return None
 
