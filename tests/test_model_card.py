@@ -20,7 +20,8 @@ from pneumoscan import cli
 from pneumoscan.core.metrics import AUC_INTERVAL, FILM_UNIT_CAVEAT, ci_method_sentence, with_ci
 from pneumoscan.data.layouts import discover, make_record, write_manifest
 from pneumoscan.evaluation.model_card import (CARD_METRICS, INTENDED_USE, MODEL_CARD, VALIDATION_PROPORTIONS,
-                                              card_summary, render, today, write_model_card)
+                                              MACRO_AUC_NAME, card_summary, front_matter, render, today,
+                                              write_model_card)
 from pneumoscan.inference.onnx_runtime import INT8_NAME, spec_path
 from pneumoscan.evaluation.evaluate import evaluate
 from pneumoscan.models.card import BundleCard, load_card, save_card
@@ -438,10 +439,30 @@ def test_an_evaluation_on_more_films_answers_a_three_class_macro_auc_caveat(
     assert card.ranking_caveat == "", card.ranking_caveat
     text = (bundle / MODEL_CARD).read_text()
     assert f"on more: {with_ci(macro['value'], macro['ci'])}" in text and "better than chance" not in text
+    # each evaluation's macro AUC is in the front matter's model-index too, beside its positive call's AUC
+    meta, _ = front_matter_and_body(text)
+    for result, record in zip(meta["model-index"][0]["results"][1:], card.external_evaluations, strict=True):
+        (entry,) = [m for m in result["metrics"] if m["name"] == MACRO_AUC_NAME]
+        assert entry == {"type": "roc_auc", "name": MACRO_AUC_NAME,
+                         "value": record["metrics"]["three_class_macro_auc"]["value"]}
     # the same figure on the same films, of TTA scores, answers nothing (the rules of the positive call's AUC)
     tta = dataclasses.replace(card, external_evaluations=[*card.external_evaluations[:-1], {
         **card.external_evaluations[-1], "scores": "tta"}])
     assert tta.ranking_caveat.startswith(weak)
+
+
+def test_a_three_class_cards_model_index_holds_its_validation_macro_auc(tiny_multiclass_bundle: Path) -> None:
+    """The validation macro one-vs-rest AUC was in the card's body only: tools that read the Hugging Face
+    model-index saw the positive call's AUC alone. It is an entry of its own, a ROC AUC named as the macro one of
+    three classes, on the validation films (no threshold: it ranks, it does not call)."""
+    card = load_card(tiny_multiclass_bundle)
+    meta, _ = front_matter_and_body((tiny_multiclass_bundle / MODEL_CARD).read_text())
+    assert meta == front_matter(card)
+    (validation,) = meta["model-index"][0]["results"]
+    aucs = [m for m in validation["metrics"] if m["type"] == "roc_auc"]
+    assert len(aucs) == 2 and aucs[0]["value"] == card.val_metrics["auc"]
+    assert aucs[1] == {"type": "roc_auc", "name": f"{MACRO_AUC_NAME} (validation)",
+                       "value": card.val_metrics["three_class_macro_auc"]}
 
 
 def test_a_three_class_card_holds_its_macro_auc_to_chance(tiny_multiclass_bundle: Path) -> None:

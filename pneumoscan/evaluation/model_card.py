@@ -222,6 +222,13 @@ def _index_name(name: str, key: str, where: list[str], prevalence: float | None)
     return f"{name} ({', '.join(where)})" if where else name
 
 
+def _macro_index(value: float | None, where: list[str]) -> list[dict[str, Any]]:
+    """A three-class bundle's macro one-vs-rest AUC as a model-index entry, beside the positive call's AUC: named
+    with where it was measured but no threshold, as it ranks the classes and calls none; none where not recorded."""
+    return [] if value is None else [{"type": "roc_auc", "name": _index_name(MACRO_AUC_NAME, MACRO_AUC, where, None),
+                                      "value": value}]
+
+
 def _model_index(card: BundleCard) -> list[dict[str, Any]]:
     """The front matter's model-index: validation figures first, then every external evaluation."""
     task = {"type": "image-classification", "name": f"{card.task}: {' vs '.join(card.classes)}"}
@@ -232,6 +239,7 @@ def _model_index(card: BundleCard) -> list[dict[str, Any]]:
         where = ["validation", *([f"at threshold {val['threshold']:.4f}"] if val.get("threshold") is not None else [])]
         metrics = [{"type": kind, "name": _index_name(name, key, where, val.get("prevalence")), "value": val[key]}
                    for key, kind, name in CARD_METRICS if val.get(key) is not None]
+        metrics += _macro_index(val.get(MACRO_AUC), ["validation"])
         calibrated_on = card.train_config.get("calibrated_on")  # an ensemble's: held-out or out-of-fold films
         dataset = ({"name": calibrated_on, "type": "calibration"} if calibrated_on else
                    {"name": "validation split of the training data", "type": "kermany-chest-xray",
@@ -244,6 +252,7 @@ def _model_index(card: BundleCard) -> list[dict[str, Any]]:
                     "value": record["metrics"][key]["value"]}
                    for key, kind, name in CARD_METRICS if (record["metrics"].get(key) or {}).get("value") is not None
                    and not (absent and key in BOTH_CLASSES)]
+        metrics += _macro_index((record["metrics"].get(MACRO_AUC) or {}).get("value"), [])
         unchecked = (" (films not checked against its training films)" if record.get("films_checked") is False
                      else " (checked, with caveats)" if record.get("caveats") or record.get("label_conflicts") else "")
         results.append({"task": task, "dataset": {"name": record["data"] + unchecked, "type": "external"},
