@@ -8,6 +8,7 @@ import base64
 import dataclasses
 import hashlib
 import io
+import json
 import logging
 import math
 import os
@@ -23,13 +24,15 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pydicom
+from pydicom.uid import generate_uid
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
 from pneumoscan.core.digests import json_sha256
 from pneumoscan.data.appearance import LAYOUT_SIDE, Appearance
-from pneumoscan.data.decode import read_gray
+from pneumoscan.data.decode import read_dicom_header, read_gray
 from pneumoscan.data.scope import describe
 from pneumoscan.inference.export import write_onnx_spec
 from pneumoscan.inference.predict import Predictor, alone_warning, predict_paths
@@ -244,6 +247,61 @@ def test_an_uploaded_dicom_is_read_once_for_its_pixels_and_its_header(client: Te
         key: value for key, value in expected.items() if key != "warnings"}
     assert r.json()["warnings"][: len(expected["warnings"])] == expected["warnings"]
     assert r.json()["study_instance_uid"] and r.json()["age_years"] == 4
+
+
+# what a report records of the time it was made, which differs from one making to the next
+MADE_AT = ("InstanceCreationDate", "InstanceCreationTime", "ContentDate", "ContentTime")
+
+
+def _made_whenever(fmt: str, report: bytes | str) -> object:
+    """A report (an SR's Part 10 bytes, an Observation's JSON) without the times it records of its own making."""
+    if fmt == "fhir":
+        return {k: v for k, v in json.loads(report).items() if k != "issued"}
+    ds = pydicom.dcmread(io.BytesIO(report))
+    for keyword in MADE_AT:
+        delattr(ds, keyword)
+    for item in ds.ContributingEquipmentSequence:
+        del item.ContributionDateTime
+    return ds
+
+
+@pytest.mark.parametrize("fmt", ["dicom-sr", "fhir"])
+def test_a_report_of_an_uploaded_dicom_is_made_of_its_one_read(fmt: str, client: TestClient, xray: bytes,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """format=dicom-sr and fhir read the upload's header once more after its decode had read the whole file. The
+    report is made of the decode's read, without its pixel data (a report's checks copy the header whole), and is
+    the report a header read from the file makes, element for element."""
+    from pneumoscan.interop import fhir, sr
+
+    data = dicom_bytes(read_gray(xray).astype(np.uint16) * 16, BodyPartExamined="CHEST", ViewPosition="PA",
+                       PatientID="P-1", PatientName="Doe^Jane", PatientAge="004Y", PatientSex="F",
+                       AccessionNumber="A-1", StudyDate="20240102", StudyInstanceUID=generate_uid(),
+                       SeriesInstanceUID=generate_uid())
+    module, name = (sr, "report_files") if fmt == "dicom-sr" else (fhir, "observation_json")
+    made, real = [], getattr(module, name)
+    monkeypatch.setattr(module, name, lambda *args: made.append(args) or real(*args))
+    reads = count_dicom_reads(monkeypatch)
+    r = upload(client, data, "application/dicom", "film.dcm", format=fmt)
+    assert r.status_code == 200 and len(reads) == 1, (r.text, reads)
+    (args,) = made
+    given = args[0] if fmt == "dicom-sr" else args[-1]
+    assert not any(k in given for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
+    header = read_dicom_header(data, dicom=True)
+    as_read = real(header, *args[1:]) if fmt == "dicom-sr" else real(*args[:-1], header)
+    said = r.content if fmt == "dicom-sr" else r.text
+    assert _made_whenever(fmt, said) == _made_whenever(fmt, as_read[0] if fmt == "dicom-sr" else as_read)
+
+
+def test_a_report_of_an_upload_whose_patient_id_was_misread_is_refused(client: TestClient, xray: bytes) -> None:
+    """The header a report is made of is the decode's read, taken before any of its values was read: text pydicom
+    read in another character set than the film's escapes put in force is judged by its bytes as read, refused."""
+    with pydicom.config.disable_value_validation():
+        data = dicom_bytes(read_gray(xray).astype(np.uint16) * 16, BodyPartExamined="CHEST", ViewPosition="PA",
+                           SpecificCharacterSet=["", "ISO 2022 IR 149"], PatientID=b"Kim\xb1\xe8",
+                           StudyInstanceUID=generate_uid(), SeriesInstanceUID=generate_uid())
+    r = upload(client, data, "application/dicom", "film.dcm", format="dicom-sr")
+    assert r.status_code == 422 and "the source DICOM's PatientID is malformed (characters beyond ASCII where its " \
+        "ISO 2022 escape sequences name no character set that holds them)" in r.json()["error"], r.text
 
 
 def upload_named_by_extended_filename(client: TestClient, data: bytes, content_type: str,

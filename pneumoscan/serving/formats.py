@@ -8,9 +8,9 @@ from typing import Any, Literal
 
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
+from pydicom.dataset import Dataset
 
 from pneumoscan.core.logs import redact
-from pneumoscan.data.decode import read_dicom_header
 
 from .limits import BUNDLE_WAIT_S, Rejected
 
@@ -181,17 +181,17 @@ def check_options(fmt: str, heatmap: bool | str, image: bool, given: Iterable[st
         raise Rejected(422, "heatmap=true goes with format=json or dicom-sr: a FHIR Observation carries no image")
 
 
-def report(fmt: str, reading: dict, data: bytes, dicom: bool, png: bytes | None, model: str, version: str,
+def report(fmt: str, reading: dict, source: Dataset | None, png: bytes | None, model: str, version: str,
            mode: str) -> Response:
     """The reading as a DICOM SR (plus the overlay as a Secondary Capture, multipart/related) or a FHIR Observation
     (with the film's patient as its subject), identified as ``predict`` identifies them: the same film scored the
-    same way (``mode``: the backend) gets the same UIDs and identifier."""
+    same way (``mode``: the backend) gets the same UIDs and identifier. ``source``: the film's header, as its decode
+    read it (``uploads.decode_described``), without its pixels."""
     from pneumoscan.interop import fhir, sr
     from pneumoscan.interop.reports import dicom_multipart
 
     headers = {"Cache-Control": "no-store"}
     try:
-        source = read_dicom_header(data, dicom)
         if fmt == "fhir":
             return Response(fhir.observation_json(reading, model, version, mode, source),
                             media_type="application/fhir+json", headers=headers)

@@ -329,7 +329,7 @@ class Service:
 
         try:
             # the film and its warnings, UIDs and facts, from one read of it
-            image, described = await decoded(decode_described, main.card.spec.decode_target, dicom)
+            image, described, header = await decoded(decode_described, main.card.spec.decode_target, dicom)
             film, unlike = await self._in_lane(gone, self.decode_slots, self.decoders, self._prepared, main, image)
             scope = stages.scoped(described, unlike)  # all the warnings, in_scope, the model's identity
             if format != "json" and "study_instance_uid" not in scope:  # an SR is filed in the film's study, and an
@@ -360,8 +360,8 @@ class Service:
         self._refuse_if_broken()
         reading = {**result.model_dump(), **scope}
         if format != "json":  # a report filed apart from the service states the model's caveats (said at its start)
-            return await asyncio.to_thread(report, format, {**reading, "caveats": main.predictor.card.caveats}, data,
-                                           dicom, png, scope["model_id"], scope["model_version"],
+            return await asyncio.to_thread(report, format, {**reading, "caveats": main.predictor.card.caveats},
+                                           header, png, scope["model_id"], scope["model_version"],
                                            main.predictor.backend)  # the backend: identity too
         film = png_data_url(panel_png(shown)) if shown is not None else None
         body = Prediction(**reading, etiology=second_result, heatmap=png_data_url(png) if png else None, image=film,

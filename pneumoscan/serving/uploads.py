@@ -21,7 +21,7 @@ from starlette.requests import ClientDisconnect
 from pneumoscan.data import readers
 from pneumoscan.data.decode import image_info, not_an_image, read_dicom, read_gray
 from pneumoscan.data.pixels import DecodeError
-from pneumoscan.data.readers.dicom import size_as_read
+from pneumoscan.data.readers.dicom import size_as_read, without_pixels
 from pneumoscan.data.scope import read_described
 
 from .limits import ClientGone, Rejected
@@ -190,10 +190,17 @@ def decode_upload(data: bytes, size: int, dicom: bool) -> np.ndarray:
     return _decoded(data, dicom, lambda dataset: read_gray(data, size, dicom, dataset))
 
 
-def decode_described(data: bytes, size: int, dicom: bool) -> tuple[np.ndarray, dict]:
-    """The film as :func:`decode_upload` decodes it, and :func:`~pneumoscan.data.scope.describe`'s fields for it
-    (its facts too), from the same read of a DICOM (:func:`~pneumoscan.data.scope.read_described`)."""
-    return _decoded(data, dicom, lambda dataset: read_described(data, dataset, size, dicom, facts=True))
+def decode_described(data: bytes, size: int, dicom: bool) -> tuple[np.ndarray, dict, Dataset | None]:
+    """The film as :func:`decode_upload` decodes it, :func:`~pneumoscan.data.scope.describe`'s fields for it (its
+    facts too) and a DICOM's header without its pixels (:func:`~pneumoscan.data.readers.dicom.without_pixels`, what
+    a report is made of; None for another format), from the same read of a DICOM
+    (:func:`~pneumoscan.data.scope.read_described`)."""
+
+    def decode(dataset: Dataset | None) -> tuple[np.ndarray, dict, Dataset | None]:
+        header = None if dataset is None else without_pixels(dataset)  # before decoding adjusts the dataset
+        return *read_described(data, dataset, size, dicom, facts=True), header
+
+    return _decoded(data, dicom, decode)
 
 
 def _decoded(data: bytes, dicom: bool, decode: Callable[[Dataset | None], T]) -> T:

@@ -13,6 +13,7 @@ data that pydicom lets through are stopped in :mod:`.dicom_pixels`.
 from __future__ import annotations
 
 import codecs
+import copy
 import functools
 import io
 import math
@@ -34,7 +35,7 @@ from pydicom.charset import (
     handled_encodings,
     python_encoding,
 )
-from pydicom.datadict import dictionary_has_tag, dictionary_VR
+from pydicom.datadict import dictionary_has_tag, dictionary_VR, tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileDataset
 from pydicom.filebase import DicomBytesIO
@@ -271,6 +272,20 @@ def gray_of(ds: Dataset, target: int | None) -> np.ndarray:
     its pixels and its header's other uses (the scope checks). Decoding adjusts the grey numbers (rescale, window)
     of ``ds`` in place, as pydicom's LUTs read them: what reads the header as the file holds it reads it first."""
     return np.asarray(pixels.reduce(dicom_pixels.gray(ds, _header(ds)), target))
+
+
+def without_pixels(ds: Dataset) -> Dataset:
+    """The header of ``ds`` (a file read whole) without its pixel data, for what copies a header whole (a report's
+    checks deep-copy it, and the pixels would be copied with it): each other element a copy of its own, taken
+    before decoding adjusts ``ds``'s grey numbers in place (:func:`gray_of`), so it stays as the file holds it; its
+    File Meta, encoding and :func:`misread_text` kept."""
+    pixel_tags = {tag_for_keyword(k) for k in PIXEL_KEYWORDS}
+    header = Dataset({tag: copy.copy(ds.get_item(tag, keep_deferred=True)) for tag in ds.keys()
+                      if tag not in pixel_tags})
+    header.file_meta = ds.file_meta
+    header.set_original_encoding(*ds.original_encoding, ds.original_character_set)
+    header.__dict__[_MISREAD] = misread_text(ds)  # the read's verdict: a value read since keeps no bytes to judge
+    return header
 
 
 def size_as_read(ds: Dataset) -> tuple[int, int]:
