@@ -26,8 +26,9 @@ from rich.console import Console
 from pneumoscan import __version__
 from pneumoscan.core.atomic import file_stamp, refuse_special, write_unchanged
 from pneumoscan.core.names import given_path, json_text, path_list, shown
-from pneumoscan.core.options import (BACKENDS, CALIBRATION_IMAGES, FILL_MODES, MAX_UPLOAD_MB, OPTIMIZERS, PREDICT_BATCH,
-                                     RESIZE_POLICIES, SPLITS, TRACKERS, VAL_FRACTION, look_up_option)
+from pneumoscan.core.options import (BACKENDS, CALIBRATION_IMAGES, FILL_MODES, MAX_UPLOAD_MB, OPTIMIZERS, PACS_FILM_S,
+                                     PACS_READ_S, PREDICT_BATCH, RESIZE_POLICIES, SPLITS, TRACKERS, VAL_FRACTION,
+                                     look_up_option)
 from pneumoscan.data.tasks import list_tasks
 from pneumoscan.models import PLUGINS_ENV, WeightsUnavailable, or_your_own
 
@@ -478,13 +479,14 @@ def _say_unreadable(rows: list[dict]) -> list[dict]:
 
 
 def cmd_pacs(args: argparse.Namespace) -> int:
-    from pneumoscan.interop.dicomweb import predict_study, read_authorization, unfiled
+    from pneumoscan.interop.dicomweb import Connection, predict_study, read_authorization, unfiled
     from pneumoscan.inference.predict import format_results
 
     results = ResultsTarget.check(args.out, ("json",))  # before the PACS is asked anything
     rows = predict_study(args.bundle, args.url, args.study, store=args.store, heatmaps=args.heatmaps,
                          backend=args.backend, authorization=read_authorization(args.auth_file), fhir_dir=args.fhir,
-                         accession=args.accession)
+                         accession=args.accession,
+                         connection=Connection(args.read_timeout, args.film_timeout, args.client_cert, args.client_key))
     results.write(format_results(rows, results.fmt))
     failed = _say_unreadable(rows)
     scored = [row for row in rows if "probability" in row]
@@ -928,6 +930,15 @@ def _pacs_args(p: argparse.ArgumentParser) -> None:
                    help="file holding the Authorization header value for the PACS, e.g. 'Bearer TOKEN' or 'Basic ...' "
                         "(default: env PNEUMOSCAN_PACS_AUTH; none). user:password@ in --url is sent as HTTP Basic "
                         "and never shown; a private CA: env REQUESTS_CA_BUNDLE")
+    p.add_argument("--client-cert", type=_file, metavar="FILE",
+                   help="PEM file of the client certificate for a PACS that asks for one (mutual TLS), its private "
+                        "key in it or in --client-key")
+    p.add_argument("--client-key", type=_file, metavar="FILE", help="PEM file of --client-cert's private key")
+    p.add_argument("--read-timeout", type=_positive(float), default=PACS_READ_S, metavar="SECONDS",
+                   help=f"how long a connection to the PACS, or each read of its answer, may wait (default "
+                        f"{PACS_READ_S})")
+    p.add_argument("--film-timeout", type=_positive(float), default=PACS_FILM_S, metavar="SECONDS",
+                   help=f"how long one film's whole retrieval may take (default {PACS_FILM_S})")
 
 
 def _export_args(p: argparse.ArgumentParser) -> None:

@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+import contextlib
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -58,9 +59,8 @@ from pneumoscan.inference.explain import MAX_PANEL
 from pneumoscan.inference.export import write_onnx_spec
 from pneumoscan.inference.onnx_runtime import weights_digest
 from pneumoscan.inference.predict import format_results, identity_fields, predict_paths
-from pneumoscan.interop.dicomweb import (AUTH_ENV, _answer, _not_scored, _only_part, _post, _read_back, _recorded,
-                                         _session, _stored, _withdrawn,
-                                        read_authorization, unfiled)
+from pneumoscan.interop.dicomweb import (AUTH_ENV, Connection, _answer, _not_scored, _only_part, _post, _read_back,
+                                         _recorded, _session, _stored, _withdrawn, read_authorization, unfiled)
 from pneumoscan.interop.fhir import CODE_SYSTEM, build_observation, observation_json
 from pneumoscan.interop.reports import dicom_multipart, write_reports
 from pneumoscan.interop.sr import DISCLAIMER, build_heatmap_sc, build_sr, report_files
@@ -1300,7 +1300,7 @@ def test_a_report_the_study_held_before_that_cannot_be_read_back_is_not_stored(f
     closed = f"http://127.0.0.1:{_free_port()}"  # nothing listens: every request fails
     for held, stored in (({"1.2.3"}, [uid]), ({uid}, [])):
         row = {"stored": [uid]}
-        _read_back(requests.Session(), closed, source.StudyInstanceUID, {uid: ("DICOM SR", report)}, held, row)
+        _read_back(_session(closed, None)[1], closed, source.StudyInstanceUID, {uid: ("DICOM SR", report)}, held, row)
         assert row["stored"] == stored
     assert row["not_stored"] == [uid] and "could not be read back (ConnectionError)" in row["warnings"][0]
 
@@ -1353,7 +1353,7 @@ def test_a_study_whose_key_object_selection_cannot_be_read_is_refused() -> None:
     closed = f"http://127.0.0.1:{_free_port()}"  # nothing listens
     with pytest.raises(ValueError, match=r"key object selection 1\.2\.5 could not be read \(ConnectionError\): "
                                          "whether it is a rejection note"):
-        _withdrawn(requests.Session(), closed, "1.2.3", [item])
+        _withdrawn(_session(closed, None)[1], closed, "1.2.3", [item])
 
 
 class _Quiet(BaseHTTPRequestHandler):
@@ -1361,13 +1361,36 @@ class _Quiet(BaseHTTPRequestHandler):
         pass
 
 
+class _TlsServer(ThreadingHTTPServer):
+    """A server over TLS that, when a client's handshake fails (no client certificate where one is required), reads
+    what the client sent before it closes, as web servers do: closed with the client's request unread, the
+    connection is reset and the client never reads the server's alert saying why."""
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], tls: ssl.SSLContext) -> None:
+        super().__init__(address, handler)
+        self.tls = tls
+
+    def get_request(self) -> tuple[socket.socket, object]:
+        raw, address = self.socket.accept()
+        connection = self.tls.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
+        try:
+            connection.do_handshake()
+        except ssl.SSLError:
+            with socket.socket(fileno=connection.detach()) as plain:  # what the client sent, read past TLS
+                plain.settimeout(1)
+                with contextlib.suppress(OSError):
+                    while plain.recv(4096):
+                        pass
+            raise
+        return connection, address
+
+
 @contextmanager
 def serving(handler: type[BaseHTTPRequestHandler], tls: ssl.SSLContext | None = None) -> Iterator[int]:
     """``handler`` served on a free loopback port in a background thread, over ``tls`` when given; yields the
     port."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    if tls is not None:
-        server.socket = tls.wrap_socket(server.socket, server_side=True)
+    address = ("127.0.0.1", 0)
+    server = ThreadingHTTPServer(address, handler) if tls is None else _TlsServer(address, handler, tls)
     # shutdown() waits for the loop to look again: every 0.5 s by default, idle time of every test with a front
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
@@ -1657,6 +1680,113 @@ def test_a_pacs_behind_a_private_ca_is_read_with_requests_ca_bundle_and_refused_
     assert err.endswith(f"DICOMweb at {plain}/dicom-web: no TLS at that address (wrong version number): it may "
                         "serve plain http (--url http://...)\n"), err
     assert "tried again" not in err
+
+
+def test_a_pacs_that_asks_for_a_client_certificate_is_read_with_client_cert_and_refused_without(
+    orthanc: str, tiny_bundle: Path, film: np.ndarray, tmp_path: Path, capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Mutual TLS: a PACS that asks for a client certificate could not be given one. Without it the run ends saying
+    one was asked for, at once, and with one it does not trust saying it was refused; with `--client-cert` (a PEM
+    file of the certificate and its key) the study is read."""
+    study = generate_uid()
+    _upload(orthanc, chest_dicom(film, StudyInstanceUID=study))
+    ca, context = private_ca(tmp_path)
+    context.verify_mode = ssl.CERT_REQUIRED  # a client certificate that the hospital's CA signed
+    context.load_verify_locations(ca)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(ca))
+    with hostile_front(f"{orthanc}/dicom-web", tls=context) as url:
+        base = ["pacs", str(tiny_bundle), "--url", url, "--study", study, "--backend", "torch"]
+        assert cli.main(base) == 2
+        err = capsys.readouterr().err
+        assert err.endswith(f"DICOMweb at {url}: the PACS asks for a client certificate (tlsv13 alert certificate "
+                            "required) and none was given: give it with --client-cert FILE\n"), err
+        assert "tried again" not in err
+        (tmp_path / "other").mkdir()
+        private_ca(tmp_path / "other", "another CA")  # a certificate that another CA signed
+        assert cli.main([*base, "--client-cert", str(tmp_path / "other" / "client.pem")]) == 2
+        err = capsys.readouterr().err
+        assert err.endswith(f"DICOMweb at {url}: the PACS refused the client certificate given (tlsv1 alert unknown "
+                            "ca): check with its administrator that it trusts the CA that signed it, and that it has "
+                            "not expired\n"), err
+        out = tmp_path / "pacs.json"
+        assert cli.main([*base, "--client-cert", str(tmp_path / "client.pem"), "--out", str(out)]) == 0
+    [row] = json.loads(out.read_text())
+    assert "probability" in row and row["path"].startswith(f"{url}/studies/{study}/")
+
+
+def test_a_client_certificate_is_checked_before_the_pacs_is_asked_anything(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A file that cannot be read, or holds no certificate and key that match, is refused before any request (in
+    requests' words it came at the first one, as a TLS failure); a key every user of the machine can read is warned
+    of, as the auth file is; a certificate with an http URL, where no TLS would present it, is refused."""
+    private_ca(tmp_path)
+    pem = (tmp_path / "client.pem").read_text()
+    cert, key = pem[:pem.index("-----BEGIN PRIVATE KEY")], pem[pem.index("-----BEGIN PRIVATE KEY"):]
+    (tmp_path / "cert.pem").write_text(cert)
+    (tmp_path / "key.pem").write_text(key)
+    (tmp_path / "key.pem").chmod(0o600)
+    url = "https://pacs.hospital.test/dicom-web"
+    caplog.set_level(logging.WARNING, logger="pneumoscan")
+    _, session = _session(url, None, Connection(client_cert=str(tmp_path / "cert.pem"),
+                                                client_key=str(tmp_path / "key.pem")))
+    assert session.cert == (str(tmp_path / "cert.pem"), str(tmp_path / "key.pem"))
+    assert "every user" not in caplog.text
+    (tmp_path / "key.pem").chmod(0o644)
+    _session(url, None, Connection(client_cert=str(tmp_path / "cert.pem"), client_key=str(tmp_path / "key.pem")))
+    assert (f"the client key file {tmp_path / 'key.pem'} is readable by every user of this machine (mode 644)"
+            in caplog.text)
+    refused = {
+        Connection(client_cert=str(tmp_path / "missing.pem")):
+            f"the client certificate file {tmp_path / 'missing.pem'} cannot be read (no such file or directory)",
+        Connection(client_cert=str(tmp_path / "cert.pem")):  # the key left out
+            f"--client-cert {tmp_path / 'cert.pem'} (with --client-key none) is not a PEM certificate with its "
+            "private key",
+        Connection(client_cert=str(tmp_path / "key.pem"), client_key=str(tmp_path / "cert.pem")):
+            f"--client-cert {tmp_path / 'key.pem'} (with --client-key {tmp_path / 'cert.pem'}) is not a PEM "
+            "certificate with its private key",
+    }
+    for connection, reason in refused.items():
+        with pytest.raises((OSError, ValueError)) as e:
+            _session(url, None, connection)
+        assert reason in str(e.value), str(e.value)
+    with pytest.raises(ValueError, match=r"^--client-cert is presented over TLS only, and --url is http://"):
+        _session("http://pacs.hospital.test/dicom-web", None, Connection(client_cert=str(tmp_path / "client.pem")))
+
+
+def test_a_pacs_slower_than_the_read_timeout_ends_naming_the_option(tiny_bundle: Path,
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    """The timeouts were fixed (60 s a read, 600 s a film): a PACS over a slow WAN could not be given longer, nor a
+    strict site less. A read that takes longer than --read-timeout ends the run, saying which option to raise; a
+    value that is no positive finite number is refused before anything is done."""
+
+    class Slow(_Quiet):
+        def do_GET(self) -> None:
+            time.sleep(1)
+            try:
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"[]")
+            except OSError:  # the client gave up, as asked
+                pass
+
+    with serving(Slow) as port:
+        url = f"http://127.0.0.1:{port}/dicom-web"
+        assert cli.main(["pacs", str(tiny_bundle), "--url", url, "--study", generate_uid(),
+                         "--read-timeout", "0.2"]) == 2
+    err = capsys.readouterr().err
+    assert err.endswith(f"DICOMweb at {url}: no answer within 0.2 s (ReadTimeout): if the PACS is slow rather than "
+                        "down, give it longer with --read-timeout SECONDS (default 60)\n"), err
+    assert "tried again" not in err
+    for option in ("--read-timeout", "--film-timeout"):
+        for value in ("0", "-5", "inf", "nan", "soon"):
+            with pytest.raises(SystemExit) as exited:
+                cli.main(["pacs", str(tiny_bundle), "--url", url, "--study", generate_uid(), option, value])
+            assert exited.value.code == 2
+            assert capsys.readouterr().err.startswith(f"pneumoscan pacs: error: argument {option}: must be a finite "
+                                                      f"number above 0, got {value}")
 
 
 def test_a_202_answer_stores_only_what_it_lists_and_warns_of_each_failure(
@@ -2338,9 +2468,10 @@ def hostile_front(upstream: str, wado: dict[str, object] | None = None, extra: l
         yield f"{'https' if tls else 'http'}://127.0.0.1:{port}{where.path}"
 
 
-def private_ca(folder: Path) -> tuple[Path, ssl.SSLContext]:
+def private_ca(folder: Path, name: str = "pneumoscan test hospital CA") -> tuple[Path, ssl.SSLContext]:
     """A hospital's own CA, its certificate in ``folder/ca.pem``, and a server context whose certificate for
-    127.0.0.1 it signed: a PACS that no public CA vouches for."""
+    127.0.0.1 it signed: a PACS that no public CA vouches for. A client certificate it signed, with its key, is in
+    ``folder/client.pem`` (mode 600), for a PACS that asks for one (mutual TLS). ``name``: the CA's."""
     def made(subject: str, key: ec.EllipticCurvePrivateKey, issuer: str, signer: ec.EllipticCurvePrivateKey,
              ca: bool) -> x509.Certificate:
         now = datetime.datetime.now(datetime.timezone.utc)
@@ -2355,12 +2486,15 @@ def private_ca(folder: Path) -> tuple[Path, ssl.SSLContext]:
                 [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
         return builder.sign(signer, hashes.SHA256())
 
-    ca_key, server_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    ca_cert = made("pneumoscan test hospital CA", ca_key, "pneumoscan test hospital CA", ca_key, ca=True)
-    server_cert = made("127.0.0.1", server_key, "pneumoscan test hospital CA", ca_key, ca=False)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_cert = made(name, ca_key, name, ca_key, ca=True)
     (folder / "ca.pem").write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    (folder / "server.pem").write_bytes(server_cert.public_bytes(serialization.Encoding.PEM) + server_key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    for role in ("server", "client"):
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = made("127.0.0.1" if role == "server" else "pneumoscan", key, name, ca_key, ca=False)
+        (folder / f"{role}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM) + key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        (folder / f"{role}.pem").chmod(0o600)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(folder / "server.pem")
     return folder / "ca.pem", context
@@ -2475,25 +2609,36 @@ def test_a_huge_or_endless_answer_is_cut_off_and_the_other_films_are_scored(
     orthanc: str, tiny_bundle: Path, film: np.ndarray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A 1 GiB WADO-RS body had grown the process to 4.4 GB, and a byte every 5 s kept it reading for ever (the
-    timeout bounds each read only). Here with a cap of 1 MiB and a deadline of 0.5 s."""
+    timeout bounds each read only). Here with a cap of 1 MiB and a deadline of 0.5 s (--film-timeout); a film whose
+    answer does not start within --read-timeout is that film's error, naming the option (it was said to have been
+    tried 3 times, and a read timeout is tried once)."""
     monkeypatch.setattr("pneumoscan.interop.dicomweb.MAX_INSTANCE_BYTES", 2**20)
-    monkeypatch.setattr("pneumoscan.interop.dicomweb.RETRIEVE_S", 0.5)
     study = generate_uid()
-    good, declared, endless, slow = (_upload(orthanc, chest_dicom(film, StudyInstanceUID=study)) for _ in range(4))
+    good, declared, endless, slow, stalled = (_upload(orthanc, chest_dicom(film, StudyInstanceUID=study))
+                                              for _ in range(5))
+
+    def stall(handler: BaseHTTPRequestHandler) -> None:  # nothing for longer than --read-timeout
+        time.sleep(1)
+        with contextlib.suppress(OSError):  # the client gave up, as asked
+            _wado_answer(b"")(handler)
+
     answers = {declared.SOPInstanceUID: _wado_answer(b"", length=2**30),
                endless.SOPInstanceUID: _wado_answer(bytes(2 * 2**20)),  # no length: till the connection ends
-               slow.SOPInstanceUID: _wado_answer(b"", drip_s=0.1)}
+               slow.SOPInstanceUID: _wado_answer(b"", drip_s=0.1), stalled.SOPInstanceUID: stall}
     out = tmp_path / "pacs.json"
     with hostile_front(f"{orthanc}/dicom-web", wado=answers) as url:
         assert cli.main(["pacs", str(tiny_bundle), "--url", url, "--study", study, "--out", str(out),
-                         "--backend", "torch"]) == 1
+                         "--backend", "torch", "--film-timeout", "0.5", "--read-timeout", "0.3"]) == 1
     rows = {r["sop_instance_uid"]: r for r in json.loads(out.read_text())}
     assert "probability" in rows[good.SOPInstanceUID]
     assert rows[declared.SOPInstanceUID]["error"].endswith(f"its answer of {2**30} bytes is over the {2**20} a film "
                                                            "may take")
     assert rows[endless.SOPInstanceUID]["error"].endswith(f"its answer passed the {2**20} bytes a film may take; "
                                                           "cut off")
-    assert "its answer took over 0.5 s; cut off after" in rows[slow.SOPInstanceUID]["error"]
+    assert "its answer took over 0.5 s (--film-timeout); cut off after" in rows[slow.SOPInstanceUID]["error"]
+    assert rows[stalled.SOPInstanceUID]["error"] == ("WADO-RS got no answer for it within 0.3 s (ReadTimeout): if "
+                                                     "the PACS is slow rather than down, give it longer with "
+                                                     "--read-timeout SECONDS")
 
 
 def test_an_instance_that_gets_no_answer_is_that_instances_error(orthanc: str, tiny_bundle: Path, film: np.ndarray,
@@ -2521,10 +2666,9 @@ def test_the_pacs_is_tried_again_when_busy_or_dropped_with_a_warning_each_time(
 ) -> None:
     """Every request of `pacs` (the searches too) goes through the session's tries: a busy answer or a dropped
     connection is tried ATTEMPTS times, a warning each time, the last busy answer a requests.HTTPError that carries
-    it (a STOW-RS refusal is read from it); the answer's Retry-After is the wait (up to TIMEOUT_S), a malformed one
+    it (a STOW-RS refusal is read from it); the answer's Retry-After is the wait (up to --read-timeout), a malformed one
     the usual wait; a read timeout, a 413 with a Retry-After and other refusals are not tried again."""
     monkeypatch.setattr("pneumoscan.interop.dicomweb.FIRST_WAIT_S", 0.01)
-    monkeypatch.setattr("pneumoscan.interop.dicomweb.TIMEOUT_S", 1)  # the longest Retry-After obeyed
     answers = {"/busy-then-ok": [503, 503, 200], "/busy": [503] * 4, "/drop": [NO_ANSWER] * 4,
                "/after": [(503, "3600"), 200], "/bad-after": [(429, "soon"), 200], "/too-large": [(413, "1"), 200],
                "/slow": ["slow", 200]}  # fmt: skip
@@ -2551,7 +2695,7 @@ def test_the_pacs_is_tried_again_when_busy_or_dropped_with_a_warning_each_time(
 
     caplog.set_level(logging.WARNING, logger="pneumoscan")
     with serving(Pacs) as port:
-        root, session = _session(f"http://127.0.0.1:{port}", None)
+        root, session = _session(f"http://127.0.0.1:{port}", None, Connection(read_s=1))  # the longest Retry-After
         assert session.get(f"{root}/busy-then-ok", timeout=5).status_code == 200
         with pytest.raises(requests.HTTPError) as busy:
             _post(session, f"{root}/busy", [b"DICM"])

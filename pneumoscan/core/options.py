@@ -21,6 +21,8 @@ SPLITS = ("train", "val", "test")  # layouts: a dataset root's split folders, a 
 VAL_FRACTION = 0.15  # split.patient_split: the share of each class and subtype in validation
 PREDICT_BATCH = 64  # predict.Predictor: images per model call
 MAX_UPLOAD_MB = 20  # serving.app.create_app: larger uploads are refused
+PACS_READ_S = 60  # dicomweb.Connection.read_s: one read of a PACS's answer (or one connection), in seconds
+PACS_FILM_S = 600  # dicomweb.Connection.film_s: one film's whole retrieval (272 MiB at ~4 Mbit/s)
 CALIBRATION_IMAGES = 256  # quantize: training films whose activations set the INT8 ranges (more changed AUC by < 0.001)
 # The model input side (preprocess.PreprocessSpec.size, a recipe's image_size, a card's size): below 8 a network has
 # nothing to see (a card's size 3 crashed ONNX Runtime), and above 2048 a batch of inputs outgrows the memory of the

@@ -1,5 +1,6 @@
 """Secrets a command is given (the service's API key, the PACS's Authorization header value), read one way from a
-file or an environment variable, so that no source accepts what another refuses."""
+file or an environment variable, so that no source accepts what another refuses; a file that every user can read
+warned of one way, a client key's too."""
 
 from __future__ import annotations
 
@@ -17,14 +18,11 @@ def read_secret(path: Path | str | None, env: str, kind: str) -> str | None:
     shows the value: a file that is not text (raw bytes), an empty file or a variable of blanks (running without the
     secret while the operator believes one is set), and a value with a line break or another control character,
     which no header carries (a service started with it answered every client 401; requests refused it quoting the
-    value). A file every user of the machine can read is warned of: `echo` into a file leaves it so under the usual
-    umask, and nothing had said it."""
-    mode = 0
+    value). A file every user of the machine can read is warned of (:func:`warn_if_shared`)."""
     if path is not None:
         source = f"the {kind} file {path}"
         try:
             text = Path(path).read_text()
-            mode = stat.S_IMODE(os.stat(path).st_mode)
         except OSError as e:  # a bare "permission denied" named no key file nor who must read it
             raise OSError(e.errno, f"{source} cannot be read ({(e.strerror or str(e)).lower()}): it must be a file "
                                    "the user running pneumoscan can read") from None
@@ -41,7 +39,15 @@ def read_secret(path: Path | str | None, env: str, kind: str) -> str | None:
     if any(ord(c) < 32 or ord(c) == 127 for c in value):
         raise ValueError(f"{source} holds more than one line or a control character, which no client can send in a "
                          f"header: it must hold one {kind} value")
+    if path is not None:
+        warn_if_shared(path, source)
+    return value
+
+
+def warn_if_shared(path: Path | str, source: str) -> None:
+    """Warn when every user of the machine can read the secret at ``path`` (``source``: what it is, named in the
+    warning): `echo` into a file leaves it so under the usual umask, and nothing had said it."""
+    mode = stat.S_IMODE(os.stat(path).st_mode)
     if mode & stat.S_IROTH:
         log.warning("%s is readable by every user of this machine (mode %o): make it readable by the account that "
                     "runs pneumoscan alone (chmod 600, or 640 with a group of its own)", source, mode)
-    return value

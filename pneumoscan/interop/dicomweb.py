@@ -14,9 +14,9 @@ token there would be shown, and broke every request's URL) is refused. STOW-RS r
 dicomweb-client, so that a retry sends the whole message again and an answer is read, in DICOM JSON or XML,
 whatever its media type says; a film whose request gets no answer at all is marked, and the others go on. WADO-RS
 is requested here too, so that a film's answer is capped in size (:data:`MAX_INSTANCE_BYTES`) and time
-(:data:`RETRIEVE_S`), checked to be the instance asked for, and, when it is none or malformed, that instance's error
-only. No redirect is followed: a 3xx is an error naming where it pointed (a 307 had sent a report, patient and all,
-to another host).
+(:attr:`Connection.film_s`), checked to be the instance asked for, and, when it is none or malformed, that instance's
+error only. No redirect is followed: a 3xx is an error naming where it pointed (a 307 had sent a report, patient and
+all, to another host).
 """
 
 from __future__ import annotations
@@ -27,10 +27,12 @@ import logging
 import math
 import os
 import re
+import ssl
 import struct
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 from xml.etree import ElementTree
@@ -49,7 +51,8 @@ from urllib3.util import Retry
 
 from pneumoscan.core.names import shown
 from pneumoscan.core.network import is_loopback
-from pneumoscan.core.secrets import read_secret
+from pneumoscan.core.options import PACS_FILM_S, PACS_READ_S
+from pneumoscan.core.secrets import read_secret, warn_if_shared
 from pneumoscan.data.pixels import MAX_DECODED_BYTES
 from pneumoscan.data.readers.dicom import FOR_PROCESSING, for_processing, is_own_output, read_dataset
 from pneumoscan.data.scope import (MIN_SIDE, MODALITIES, RADIOGRAPH_CLASSES, RADIOGRAPHY, defined_term, kind_of,
@@ -58,20 +61,18 @@ from pneumoscan.inference.predict import predict_paths
 from .reports import check_reportable, dicom_multipart, write_reports
 
 log = logging.getLogger(__name__)
-TIMEOUT_S = 60  # one request to the PACS: each socket read, not the whole answer
 # one film's WADO-RS answer: a film whose pixels decode to more than MAX_DECODED_BYTES is refused by the decoder,
 # and its uncompressed pixel data is that size (a compressed film's is smaller); 16 MiB more is room for the header
 # and the multipart framing. A larger answer is refused at its Content-Length, or cut off when it passes the cap
 # (a 1 GiB body had grown the process to 4.4 GB)
 MAX_INSTANCE_BYTES = MAX_DECODED_BYTES + 16 * 2**20
-RETRIEVE_S = 600  # one film's whole retrieval (a byte every 5 s had kept it going for ever): 272 MiB at ~4 Mbit/s
 WADO_ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 # what a malformed answer raises when read as DICOM (pydicom reads what it is given as far as it can)
 _MALFORMED = (InvalidDicomError, ValueError, EOFError, KeyError, TypeError, IndexError, struct.error,
               urllib3.exceptions.HTTPError)
 # a busy PACS (these statuses) or a dropped connection is tried 3 times over ~3 s (waits of 1 s, then 2 s, or what
-# its Retry-After asks, up to TIMEOUT_S), not dicomweb-client's 5 times over ~30 s; a read timeout is not tried again:
-# the PACS had TIMEOUT_S to answer
+# its Retry-After asks, up to Connection.read_s), not dicomweb-client's 5 times over ~30 s; a read timeout is not tried
+# again: the PACS had Connection.read_s to answer
 ATTEMPTS, FIRST_WAIT_S = 3, 1.0
 _BUSY = (408, 429, 503, 504)
 AUTH_ENV = "PNEUMOSCAN_PACS_AUTH"  # the Authorization header value when no --auth-file is named
@@ -91,7 +92,9 @@ _STUDY, _SERIES, _SOP, _COUNT = "0020000D", "0020000E", "00080018", "00201208"
 _CLASS, _ROWS = "00080016", "00280010"  # SOPClassUID, Rows
 _TAG = re.compile(r"[0-9A-Fa-f]{8}")  # a DICOM JSON attribute's key
 _SYSTEM_REASON = re.compile(r"\[Errno -?\d+\] ([^'\")]+)")  # the system's reason in urllib3's wording of a failure
-_TLS_REASON = re.compile(r"\[SSL: ([A-Z_]+)\] ([^('\"]+)")  # OpenSSL's code and reason in the same wording
+_TLS_REASON = re.compile(r"\[SSL: ([A-Z0-9_]+)\] ([^('\"]+)")  # OpenSSL's code and reason in the same wording
+# OpenSSL's codes of a TLS alert by which a server refuses the client certificate it was given
+_CERT_REFUSED = re.compile(r"ALERT_(BAD_CERTIFICATE|UNSUPPORTED_CERTIFICATE|CERTIFICATE_\w+|UNKNOWN_CA|ACCESS_DENIED)")
 CA_BUNDLE_ENV = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")  # the CA file requests verifies with, the first one set
 # what the QIDO-RS answer must say of each instance to choose, before retrieving it, what is scored
 _FIELDS = ["Modality", "SOPClassUID", "Rows", "Manufacturer", "BodyPartExamined", "ViewPosition",
@@ -307,20 +310,21 @@ def _post(session: requests.Session, url: str, parts: list[bytes]) -> requests.R
     body, content_type = dicom_multipart(parts)
     # JSON alone: Orthanc's DICOMweb plugin 1.7 logs an error for an Accept that lists XML too (_answer reads XML)
     headers = {"Content-Type": content_type, "Accept": "application/dicom+json"}
-    response = session.post(url, data=body, headers=headers, timeout=TIMEOUT_S)
+    response = session.post(url, data=body, headers=headers)
     response.raise_for_status()
     return response
 
 
-def _retrieve(session: requests.Session, url: str) -> Dataset:
-    """The instance at ``url`` (WADO-RS), read within :data:`MAX_INSTANCE_BYTES` and :data:`RETRIEVE_S`
-    (dicomweb-client read any body whole, for as long as it trickled in), and as ``predict`` reads a file
-    (:func:`~pneumoscan.data.readers.dicom.read_dataset`): a PACS may answer with a film as it was imported, without
-    its File Meta (Orthanc does), which pydicom's strict read refused with advice for a programmer (``Use
-    force=True``). A refusal raises ``requests.HTTPError``; an answer too large, too slow, not one DICOM part, or
+def _retrieve(session: _Session, url: str) -> Dataset:
+    """The instance at ``url`` (WADO-RS), read within :data:`MAX_INSTANCE_BYTES` and the session's
+    :attr:`Connection.film_s` (dicomweb-client read any body whole, for as long as it trickled in), and as ``predict``
+    reads a file (:func:`~pneumoscan.data.readers.dicom.read_dataset`): a PACS may answer with a film as it was
+    imported, without its File Meta (Orthanc does), which pydicom's strict read refused with advice for a programmer
+    (``Use force=True``). A refusal raises ``requests.HTTPError``; an answer too large, too slow, not one DICOM part, or
     not a DICOM instance, ``ValueError``."""
-    deadline = time.monotonic() + RETRIEVE_S
-    with session.get(url, headers={"Accept": WADO_ACCEPT}, stream=True, timeout=TIMEOUT_S) as response:
+    film_s = session.connection.film_s
+    deadline = time.monotonic() + film_s
+    with session.get(url, headers={"Accept": WADO_ACCEPT}, stream=True) as response:
         response.raise_for_status()
         size = response.headers.get("Content-Length", "")
         if size.isdigit() and int(size) > MAX_INSTANCE_BYTES:
@@ -331,7 +335,8 @@ def _retrieve(session: requests.Session, url: str) -> Dataset:
             if len(body) > MAX_INSTANCE_BYTES:
                 raise ValueError(f"its answer passed the {MAX_INSTANCE_BYTES} bytes a film may take; cut off")
             if time.monotonic() > deadline:
-                raise ValueError(f"its answer took over {RETRIEVE_S} s; cut off after {len(body)} bytes")
+                raise ValueError(f"its answer took over {film_s:g} s (--film-timeout); cut off after {len(body)} "
+                                 "bytes")
     ds = read_dataset(_only_part(bytes(body), response.headers.get("Content-Type", "")), header_only=False)
     if "SOPInstanceUID" not in ds:  # read as far as it goes, as pydicom's force=True reads: bytes of no DICOM file
         raise ValueError("its answer is not a DICOM instance (it names no SOP Instance UID)")
@@ -421,8 +426,8 @@ class _Tries(Retry):
     """urllib3's Retry as the PACS is tried (:data:`ATTEMPTS`): a busy answer (:data:`_BUSY`) or a connection refused
     or dropped is tried again, a STOW-RS POST too (its body is sent whole again, and its reports' UIDs follow from
     film, model and scoring mode, so a PACS that stored the lost try gets the same instances); a read timeout is not.
-    A TLS failure is not either: a certificate that does not verify will not on the next try, and an https URL to a
-    plain http PACS will not start to speak TLS.
+    A TLS failure is not either: a certificate that does not verify will not on the next try, an https URL to a
+    plain http PACS will not start to speak TLS, and a PACS that asks for a client certificate will ask again.
     Each try again is a warning here (urllib3 says it on its own logger, which the command line does not show), and
     waits FIRST_WAIT_S, then twice that (urllib3 tries the first again at once), or what the answer's Retry-After
     asks."""
@@ -431,8 +436,11 @@ class _Tries(Retry):
 
     def increment(self, method: str | None = None, url: str | None = None, response: object = None,
                   error: Exception | None = None, _pool: object = None, _stacktrace: object = None) -> Retry:
-        # raised as Retry does when it tries no more
-        if isinstance(error, (urllib3.exceptions.ReadTimeoutError, urllib3.exceptions.SSLError)):
+        # raised as Retry does when it tries no more; a TLS alert after the handshake (TLS 1.3: a client certificate
+        # asked for, or refused) reaches here as the connection aborted
+        alert = isinstance(error, urllib3.exceptions.ProtocolError) and any(
+            isinstance(cause, ssl.SSLError) and "ALERT" in (cause.reason or "") for cause in error.args)
+        if alert or isinstance(error, (urllib3.exceptions.ReadTimeoutError, urllib3.exceptions.SSLError)):
             raise error
         return super().increment(method, url, response, error, _pool, _stacktrace)
 
@@ -452,10 +460,78 @@ class _Tries(Retry):
         time.sleep(wait)
 
 
-def _session(url: str, authorization: str | None) -> tuple[str, requests.Session]:
+@dataclass(frozen=True)
+class Connection:
+    """How ``pacs`` talks to the PACS, beyond its URL and credentials: the seconds one read of an answer (or one
+    connection) may wait (``--read-timeout``) and one film's whole retrieval may take (``--film-timeout``: a byte
+    every 5 s had kept a retrieval going for ever), and the client certificate a PACS that asks for one (mutual TLS)
+    is given (``--client-cert``, its key in it or in ``--client-key``). A WAN to a distant PACS may need longer, a
+    strict site less; a PACS that asks for a certificate could not be given one."""
+
+    read_s: float = PACS_READ_S
+    film_s: float = PACS_FILM_S
+    client_cert: str | None = None
+    client_key: str | None = None
+
+
+class _Session(requests.Session):
+    """A session that gives every request, dicomweb-client's searches included, its :attr:`Connection.read_s` (unless
+    the request names its own), and carries its :class:`Connection` for :func:`_retrieve`: the options are applied
+    in this one place."""
+
+    def __init__(self, connection: Connection) -> None:
+        super().__init__()
+        self.connection = connection
+
+    def request(self, method: str | bytes, url: str | bytes, **kwargs: object) -> requests.Response:
+        if kwargs.get("timeout") is None:
+            kwargs["timeout"] = self.connection.read_s
+        return super().request(method, url, **kwargs)
+
+
+def _no_passphrase() -> bytes:
+    """The passphrase OpenSSL asks for an encrypted key: none (it would prompt on the terminal, and requests passes
+    none on)."""
+    raise ValueError("its private key is encrypted, and a key with a passphrase cannot be used: give it decrypted "
+                     "(openssl pkey -in KEY -out KEY.pem), readable by the account that runs pneumoscan alone")
+
+
+def _client_cert(connection: Connection, scheme: str) -> str | tuple[str, str] | None:
+    """The client certificate of ``connection`` as requests' ``cert=`` takes it, checked before any request: over
+    TLS only, each file readable, the file with the key warned of when every user of the machine can read it (as the
+    auth file is), and the pair loaded as TLS loads it; a file of neither had failed only at the first request, as a
+    TLS failure."""
+    cert, key = connection.client_cert, connection.client_key
+    if cert is None:
+        if key is not None:
+            raise ValueError("--client-key goes with --client-cert: give the certificate too")
+        return None
+    if scheme != "https":
+        raise ValueError("--client-cert is presented over TLS only, and --url is http://: give the PACS's https:// "
+                         "URL")
+    for what, path in (("client certificate", cert), ("client key", key)):
+        try:
+            if path is not None:
+                Path(path).open("rb").close()
+        except OSError as e:
+            raise OSError(e.errno, f"the {what} file {path} cannot be read ({(e.strerror or str(e)).lower()}): it "
+                                   "must be a file the user running pneumoscan can read") from None
+    warn_if_shared(key or cert, f"the client key file {key or cert}")
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(cert, key, password=_no_passphrase)
+    except (ssl.SSLError, ValueError) as e:
+        why = str(e) if isinstance(e, ValueError) else e.reason or str(e)
+        raise ValueError(f"--client-cert {cert} (with --client-key {key or 'none'}) is not a PEM certificate with its "
+                         f"private key ({why}): give the certificate and its key in one PEM file, or the key in "
+                         "--client-key") from None
+    return cert if key is None else (cert, key)
+
+
+def _session(url: str, authorization: str | None, connection: Connection = Connection()) -> tuple[str, _Session]:
     """The URL without user:password@ (dicomweb-client would send the user as the Host, and every row, message and log
     would show the password), and a session that authenticates: with them as HTTP Basic, or with the
-    ``authorization`` header. Certificates are checked against REQUESTS_CA_BUNDLE when set (a private CA); one that
+    ``authorization`` header, and with ``connection``'s timeouts and client certificate (:func:`_client_cert`).
+    Certificates are checked against REQUESTS_CA_BUNDLE when set (a private CA); one that
     names no file is refused here, naming it. A URL with a query string or a fragment is refused, unquoted: a
     ``?token=...`` was shown in every message and row, and every request's path was appended after it. Credentials
     sent in the clear to another machine are warned of. No redirect is followed (:func:`_no_redirect`). Every
@@ -476,9 +552,10 @@ def _session(url: str, authorization: str | None) -> tuple[str, requests.Session
     if parts.scheme == "http" and ("@" in parts.netloc or authorization is not None) and crosses_network:
         log.warning("credentials go to %s over plain http, readable by anyone on the network between: use https",
                     parts.hostname)
-    session = requests.Session()
+    session = _Session(connection)
+    session.cert = _client_cert(connection, parts.scheme)
     tries = _Tries(total=ATTEMPTS - 1, status_forcelist=_BUSY, allowed_methods=Retry.DEFAULT_ALLOWED_METHODS | {"POST"},
-                   backoff_factor=FIRST_WAIT_S, retry_after_max=TIMEOUT_S, raise_on_status=False)
+                   backoff_factor=FIRST_WAIT_S, retry_after_max=connection.read_s, raise_on_status=False)
     for scheme in ("http://", "https://"):
         session.mount(scheme, HTTPAdapter(max_retries=tries))
     session.hooks["response"].append(_no_redirect)
@@ -525,7 +602,7 @@ def _instance_url(root: str, study_uid: str, series_uid: str, sop_uid: str) -> s
     return f"{root}/studies/{study_uid}/series/{series_uid}/instances/{sop_uid}"
 
 
-def _withdrawn(session: requests.Session, root: str, study_uid: str, found: list[dict]) -> dict[str, str]:
+def _withdrawn(session: _Session, root: str, study_uid: str, found: list[dict]) -> dict[str, str]:
     """Why each film that a rejection note of the study (IHE IOCM: a Key Object Selection document titled
     :data:`REJECTIONS`) withdraws is not scored, by SOP Instance UID. A PACS may keep a rejected film beside its note:
     one rejected for patient safety (another patient's film, a wrong side) or for quality would otherwise be scored
@@ -556,7 +633,7 @@ def _withdrawn(session: requests.Session, root: str, study_uid: str, found: list
     return withdrawn
 
 
-def _retrieved(session: requests.Session, study_uid: str, found: list[dict], root: str,
+def _retrieved(session: _Session, study_uid: str, found: list[dict], root: str,
                films: Path) -> tuple[list[dict | str], dict[str, dict]]:
     """The study's instances in the QIDO-RS order, each a row already made (an image that a rejection note withdraws
     (:func:`_withdrawn`) or that is not a radiograph: not scored; one with an invalid UID in the search answer, or that
@@ -606,8 +683,11 @@ def _retrieved(session: requests.Session, study_uid: str, found: list[dict], roo
             continue
         except requests.RequestException as e:  # no answer, after the tries (:data:`ATTEMPTS`): this one only
             log.warning("WADO-RS got no answer for %s: %s", where, type(e).__name__)
-            entries.append({**row, "error": f"WADO-RS got no answer for it ({type(e).__name__}), after {ATTEMPTS} "
-                                            "tries"})
+            read_s = session.connection.read_s
+            why = (f"within {read_s:g} s ({type(e).__name__}): if the PACS is slow rather than down, give it longer "
+                   "with --read-timeout SECONDS" if isinstance(e, requests.Timeout)  # a timeout is not tried again
+                   else f"({type(e).__name__}), after {ATTEMPTS} tries")
+            entries.append({**row, "error": f"WADO-RS got no answer for it {why}"})
             continue
         sources[str(path)] = row
         entries.append(str(path))
@@ -624,7 +704,7 @@ def _asserted(ds: Dataset) -> object:
     return ds.pixel_array.tobytes()
 
 
-def _read_back(session: requests.Session, root: str, study_uid: str, built: dict[str, tuple[str, Dataset]],
+def _read_back(session: _Session, root: str, study_uid: str, built: dict[str, tuple[str, Dataset]],
                held: set[str], row: dict) -> None:
     """Of the objects ``row`` records as stored, those whose UID the study held before they were sent, retrieved and
     compared with what was sent: what it states (:func:`_asserted`) and the patient and study it names
@@ -668,7 +748,7 @@ def _read_back(session: requests.Session, root: str, study_uid: str, built: dict
         row.setdefault("not_stored", []).append(uid)
 
 
-def _store(session: requests.Session, root: str, study_uid: str, row: dict, held: set[str]) -> None:
+def _store(session: _Session, root: str, study_uid: str, row: dict, held: set[str]) -> None:
     """STOW-RS the reports write_reports made for ``row``; ``stored`` (and ``not_stored``) as the PACS answered, and
     as what it holds when the study held their UIDs before (``held``: :func:`_read_back`). A 4xx/5xx, or no answer
     at all (a read timeout, a connection reset: it may have stored them), is this film's only: it had ended the
@@ -724,7 +804,7 @@ def _study_of(client: DICOMwebClient, accession: str) -> str:
 def predict_study(
     bundle: Path | str, url: str, study_uid: str | None = None, store: bool = False, heatmaps: bool = False,
     backend: str = "onnx", authorization: str | None = None, fhir_dir: Path | str | None = None,
-    accession: str | None = None,
+    accession: str | None = None, connection: Connection = Connection(),
 ) -> list[dict]:
     """One result row per image instance of the study (``path`` is the instance's WADO-RS URL, without
     credentials): a radiograph's reading, an error, or ``not_scored`` with the reason. With ``store`` the scored
@@ -734,7 +814,8 @@ def predict_study(
     the Authorization header value (:func:`read_authorization`); user:password in ``url`` is HTTP Basic instead. A
     ``study_uid`` that is no valid DICOM UID is refused before anything is read or asked, in words a user acts on
     (dicomweb-client's own refusal quotes its regex). ``accession``, in place of ``study_uid``: the study is the one
-    the PACS holds under that accession number (:func:`_study_of`)."""
+    the PACS holds under that accession number (:func:`_study_of`). ``connection``: the timeouts and client
+    certificate (:class:`Connection`)."""
     if (study_uid is None) == (accession is None):
         raise ValueError("give the study by its StudyInstanceUID or by its accession number, one of the two")
     if accession is not None and (not accession.strip() or any(c in accession for c in "*?\\")
@@ -747,8 +828,8 @@ def predict_study(
     check_reportable(bundle, dicom=store)
     if heatmaps and not store:
         raise ValueError("--heatmaps goes with --store: the overlays are sent to the PACS, not kept here")
-    root, session = _session(url, authorization)
-    client = DICOMwebClient(url=root, session=session, timeout=TIMEOUT_S)
+    root, session = _session(url, authorization, connection)
+    client = DICOMwebClient(url=root, session=session, timeout=None)  # None: the session's (Connection.read_s)
     client.set_http_retry_params(retry=False)  # its searches are tried by the session; its own tries would multiply
     try:
         if accession is not None:
@@ -783,20 +864,22 @@ def predict_study(
             rows = [by_path[sources[e]["path"]] if isinstance(e, str) else e for e in entries]
     except requests.RequestException as e:  # unreachable, refused, a QIDO-RS 4xx/5xx: one line, not a traceback
         given = authorization is not None or "@" in urlsplit(url).netloc
-        raise OSError(f"DICOMweb at {root}: {_failure(e, given)}") from None
+        raise OSError(f"DICOMweb at {root}: {_failure(e, given, connection)}") from None
     own = sum(is_own_output(_recorded(item)) for item in found)  # a rerun's study holds them: no films left out
     log.info("retrieved %d of the study's %d instances%s", len(scored), len(found),
              f" ({own} of them pneumoscan's own reports and overlays)" if own else "")
     return rows
 
 
-def _failure(e: requests.RequestException, credentials: bool) -> str:
+def _failure(e: requests.RequestException, credentials: bool, connection: Connection) -> str:
     """Why a request to the PACS failed, in a few words: urllib3 words a refused or unresolved connection as one long
     line of its pool, the URL with its query and the wrapped errors (``HTTPConnectionPool(host=..., port=...): Max
     retries exceeded with url: ... (Caused by NewConnectionError(...: [Errno 111] Connection refused))``), where
     the system's reason is all a user acts on. A 401, 403 or 404 names the request and what to do
     (``credentials``: whether any were given), where requests' ``401 Client Error: Unauthorized for url: ...``
-    quoted the search's whole query and left the user to guess; another HTTP error is kept as it is."""
+    quoted the search's whole query and left the user to guess; another HTTP error is kept as it is. A TLS alert
+    that asks for a client certificate, or refuses the one given, and a read timeout name the option to give
+    (``connection``: what was given)."""
     if isinstance(e, requests.HTTPError):
         answer = e.response
         status = answer.status_code if answer is not None else None
@@ -804,18 +887,25 @@ def _failure(e: requests.RequestException, credentials: bool) -> str:
         if hint is None:
             return str(e)
         return f"HTTP {status} {answer.reason} to {answer.request.method} {urlsplit(answer.url).path}: {hint}"
-    if isinstance(e, requests.exceptions.SSLError) and (found := _TLS_REASON.search(str(e))):
+    if found := _TLS_REASON.search(str(e)):  # a TLS 1.3 alert comes at the first read: a ConnectionError
         code, reason = found.group(1), found.group(2).strip()
         if code == "CERTIFICATE_VERIFY_FAILED":
             return (f"the PACS's TLS certificate did not verify ({reason}): if the hospital's own CA signed it, point "
                     f"{CA_BUNDLE_ENV[0]} at that CA's PEM file")
         if code == "WRONG_VERSION_NUMBER":
             return f"no TLS at that address ({reason}): it may serve plain http (--url http://...)"
+        if code.endswith("CERTIFICATE_REQUIRED") and connection.client_cert is None:
+            return (f"the PACS asks for a client certificate ({reason}) and none was given: give it with "
+                    "--client-cert FILE")
+        if _CERT_REFUSED.search(code) and connection.client_cert is not None:
+            return (f"the PACS refused the client certificate given ({reason}): check with its administrator that it "
+                    "trusts the CA that signed it, and that it has not expired")
         return f"TLS failed ({reason})"
     if found := _SYSTEM_REASON.search(str(e)):
         return f"no connection ({found.group(1).strip()})"
     if isinstance(e, requests.Timeout):
-        return f"no answer within {TIMEOUT_S} s ({type(e).__name__})"
+        return (f"no answer within {connection.read_s:g} s ({type(e).__name__}): if the PACS is slow rather than "
+                f"down, give it longer with --read-timeout SECONDS (default {PACS_READ_S})")
     return str(e)
 
 
