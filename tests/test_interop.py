@@ -1789,6 +1789,24 @@ def test_a_pacs_slower_than_the_read_timeout_ends_naming_the_option(tiny_bundle:
                                                       f"number above 0, got {value}")
 
 
+def test_a_password_that_ends_the_urls_host_early_is_refused_unshown_and_read_percent_encoded(
+    tiny_bundle: Path, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A password holding '/', '?' or '#' ends the URL's host part there: the rest of it was taken as the URL's path,
+    query or fragment, and shown in the error message. It is refused, unshown, saying to percent-encode it or give
+    it with --auth-file; percent-encoded, it is sent as it is."""
+    caplog.set_level(logging.DEBUG)
+    for secret in ("s3cr/et", "s3cr?et", "s3cr#et"):
+        url = f"http://alice:{secret}@127.0.0.1:9/dicom-web"
+        assert cli.main(["pacs", str(tiny_bundle), "--url", url, "--study", generate_uid()]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("pneumoscan pacs: error: --url holds an '@' after its host: a password with '/', '?' "
+                              "or '#' must be percent-encoded in the URL"), err
+        assert "--auth-file" in err and "s3cr" not in err + caplog.text and "et@" not in err + caplog.text
+    root, session = _session("http://alice:s3cr%2F%3F%23%40et@127.0.0.1:9/dicom-web", None)
+    assert root == "http://127.0.0.1:9/dicom-web" and session.auth == ("alice", "s3cr/?#@et")
+
+
 def test_a_202_answer_stores_only_what_it_lists_and_warns_of_each_failure(
     orthanc: str, tiny_bundle: Path, film: np.ndarray, tmp_path: Path
 ) -> None:

@@ -533,12 +533,18 @@ def _session(url: str, authorization: str | None, connection: Connection = Conne
     ``authorization`` header, and with ``connection``'s timeouts and client certificate (:func:`_client_cert`).
     Certificates are checked against REQUESTS_CA_BUNDLE when set (a private CA); one that
     names no file is refused here, naming it. A URL with a query string or a fragment is refused, unquoted: a
-    ``?token=...`` was shown in every message and row, and every request's path was appended after it. Credentials
+    ``?token=...`` was shown in every message and row, and every request's path was appended after it. So is one
+    with an '@' after its host, unquoted: a password holding '/', '?' or '#' ends the host there, and the rest of it
+    was shown as the URL's path (``DICOMweb at http://user:pa/ss@host/...``). Credentials
     sent in the clear to another machine are warned of. No redirect is followed (:func:`_no_redirect`). Every
     request is tried as :class:`_Tries` says; the last busy answer is returned as it is, for ``raise_for_status`` to
     raise ``requests.HTTPError`` with it (urllib3's ``raise_on_status`` raises ``requests.RetryError``, without the
     answer a STOW-RS refusal is read from)."""
     parts = urlsplit(url.rstrip("/"))
+    if "@" in parts.path + parts.query + parts.fragment:
+        raise ValueError("--url holds an '@' after its host: a password with '/', '?' or '#' must be percent-encoded "
+                         "in the URL (%2F, %3F, %23; '@' as %40, '%' as %25); better, give the credentials with "
+                         f"--auth-file (or the environment variable {AUTH_ENV}), never in the URL")
     if parts.query or parts.fragment:
         raise ValueError("--url holds a query string or a fragment (after '?' or '#'), which a DICOMweb root has "
                          "none of; give credentials such as a token with --auth-file (or the environment variable "
