@@ -1718,9 +1718,10 @@ def test_a_pacs_that_asks_for_a_client_certificate_is_read_with_client_cert_and_
 def test_a_client_certificate_is_checked_before_the_pacs_is_asked_anything(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A file that cannot be read, or holds no certificate and key that match, is refused before any request (in
-    requests' words it came at the first one, as a TLS failure); a key every user of the machine can read is warned
-    of, as the auth file is; a certificate with an http URL, where no TLS would present it, is refused."""
+    """A file that cannot be read, or holds no certificate and key that match, or a key with a passphrase (OpenSSL
+    would ask for it on the terminal), is refused before any request (in requests' words it came at the first one,
+    as a TLS failure); a key every user of the machine can read is warned of, as the auth file is; a certificate with
+    an http URL, where no TLS would present it, is refused."""
     private_ca(tmp_path)
     pem = (tmp_path / "client.pem").read_text()
     cert, key = pem[:pem.index("-----BEGIN PRIVATE KEY")], pem[pem.index("-----BEGIN PRIVATE KEY"):]
@@ -1737,7 +1738,18 @@ def test_a_client_certificate_is_checked_before_the_pacs_is_asked_anything(
     _session(url, None, Connection(client_cert=str(tmp_path / "cert.pem"), client_key=str(tmp_path / "key.pem")))
     assert (f"the client key file {tmp_path / 'key.pem'} is readable by every user of this machine (mode 644)"
             in caplog.text)
+    (tmp_path / "other").mkdir()
+    private_ca(tmp_path / "other", "another CA")
+    other = (tmp_path / "other" / "client.pem").read_text()
+    (tmp_path / "other.key").write_text(other[other.index("-----BEGIN PRIVATE KEY"):])
+    (tmp_path / "locked.key").write_bytes(serialization.load_pem_private_key(key.encode(), None).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.BestAvailableEncryption(b"pw")))
     refused = {
+        Connection(client_cert=str(tmp_path / "cert.pem"), client_key=str(tmp_path / "other.key")):
+            f"--client-cert {tmp_path / 'cert.pem'} (with --client-key {tmp_path / 'other.key'}) is not a PEM "
+            "certificate with its private key (KEY_VALUES_MISMATCH)",
+        Connection(client_cert=str(tmp_path / "cert.pem"), client_key=str(tmp_path / "locked.key")):
+            f"the client key in {tmp_path / 'locked.key'} is encrypted, and a key with a passphrase cannot be used",
         Connection(client_cert=str(tmp_path / "missing.pem")):
             f"the client certificate file {tmp_path / 'missing.pem'} cannot be read (no such file or directory)",
         Connection(client_cert=str(tmp_path / "cert.pem")):  # the key left out

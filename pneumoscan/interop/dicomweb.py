@@ -492,8 +492,8 @@ class _Session(requests.Session):
 def _no_passphrase() -> bytes:
     """The passphrase OpenSSL asks for an encrypted key: none (it would prompt on the terminal, and requests passes
     none on)."""
-    raise ValueError("its private key is encrypted, and a key with a passphrase cannot be used: give it decrypted "
-                     "(openssl pkey -in KEY -out KEY.pem), readable by the account that runs pneumoscan alone")
+    raise ValueError("is encrypted, and a key with a passphrase cannot be used: give it decrypted (openssl pkey -in "
+                     "KEY -out KEY.pem), readable by the account that runs pneumoscan alone")
 
 
 def _client_cert(connection: Connection, scheme: str) -> str | tuple[str, str] | None:
@@ -519,11 +519,12 @@ def _client_cert(connection: Connection, scheme: str) -> str | tuple[str, str] |
     warn_if_shared(key or cert, f"the client key file {key or cert}")
     try:
         ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(cert, key, password=_no_passphrase)
-    except (ssl.SSLError, ValueError) as e:
-        why = str(e) if isinstance(e, ValueError) else e.reason or str(e)
+    except ValueError as e:  # a passphrase asked for (_no_passphrase)
+        raise ValueError(f"the client key in {key or cert} {e}") from None
+    except ssl.SSLError as e:
         raise ValueError(f"--client-cert {cert} (with --client-key {key or 'none'}) is not a PEM certificate with its "
-                         f"private key ({why}): give the certificate and its key in one PEM file, or the key in "
-                         "--client-key") from None
+                         f"private key ({e.reason or e}): give the certificate and its key in one PEM file, or the "
+                         "key in --client-key") from None
     return cert if key is None else (cert, key)
 
 
