@@ -269,8 +269,9 @@ def _bundle_first(args: argparse.Namespace, extra: Sequence[str] = ()) -> None:
 
 def _trained(bundle: Path) -> str:
     """Train's result in one line, the bundle and what its card records of validation, and a line more where those
-    figures do not show the model better than chance (its card's ranking caveat, which every consumer says), and one
-    where they leave out files of the validation side (unreadable, or outside the task), as the card says too."""
+    figures do not show the model better than chance, or show its probabilities far off (its card's ranking and
+    calibration caveats, which every consumer says), and one where they leave out files of the validation side
+    (unreadable, or outside the task), as the card says too."""
     from pneumoscan.core.metrics import format_figure
     from pneumoscan.evaluation.model_card import left_out_caveat
     from pneumoscan.models.card import load_card
@@ -281,7 +282,7 @@ def _trained(bundle: Path) -> str:
             f"({card.threshold_policy}): sensitivity {format_figure(val.get('sensitivity'))}, specificity "
             f"{format_figure(val.get('specificity'))}, accuracy {format_figure(val.get('accuracy'))}; with --tta "
             f"{format_figure(card.tta_threshold, 4)}"
-            + (f"\n   caveat: {card.ranking_caveat}" if card.ranking_caveat else "")
+            + "".join(f"\n   caveat: {said}" for said in (card.ranking_caveat, card.calibration_caveat) if said)
             + "".join(f"\n   {said}" for said in left_out_caveat(val.get("left_out", []), val.get("n", 0))))
 
 

@@ -480,3 +480,73 @@ def test_a_three_class_card_holds_its_macro_auc_to_chance(tiny_multiclass_bundle
     sound = dataclasses.replace(weak, val_metrics={**weak.val_metrics, "three_class_macro_auc": 0.9,
                                                    "ci": {**weak.val_metrics["ci"], "three_class_macro_auc": [0.8, 1]}})
     assert sound.ranking_caveat == ""
+
+
+def with_ece(card: BundleCard, ece: float, n: int, patients: int | None) -> BundleCard:
+    """``card`` recording a validation ECE of ``ece`` on ``n`` films (of ``patients`` patients; None: none
+    recorded, as where no patient has two films)."""
+    val = {key: value for key, value in card.val_metrics.items() if key != "patients"}
+    return dataclasses.replace(card, val_metrics={
+        **val, "ece": ece, "n": n, **({"patients": {"all": patients}} if patients else {})})
+
+
+def test_probabilities_their_validation_shows_far_off_are_said_to_be_not_calibrated(tiny_bundle: Path) -> None:
+    """The quick start's smoke bundle (simple_cnn, 32 px, 1 epoch) had an expected calibration error of 0.214 on its
+    785 validation films of 454 patients after its temperature (of the films it gave 0.1-0.2, 54 % had pneumonia),
+    yet its card had no caveat: predict, serve, the page and the reports showed its probabilities as chances."""
+    card = load_card(tiny_bundle)
+    smoke = with_ece(card, 0.214, 785, 454)
+    [caveat] = [said for said in smoke.caveats if said not in card.caveats]
+    assert caveat == smoke.calibration_caveat
+    assert caveat.startswith("validation expected calibration error 0.214 on 785 films of 454 patients: allowing for "
+                             "chance in 454 patients, its probabilities are off by at least 0.082 on average (95% "
+                             "bound), more than the 0.05 tolerated, so they are not calibrated"), caveat
+    assert "3 in 10 such films are PNEUMONIA" in caveat
+    limitations = render(smoke).split("## Limitations\n\n")[1].split("\n## ")[0]
+    assert f"- **The probabilities are not calibrated:** {caveat}.\n" in limitations
+    # the same error on 100 films is within what chance gives them; a sound bundle's on 785 films is no caveat
+    for quiet in (with_ece(card, 0.214, 100, None), with_ece(card, 0.04, 785, 454)):
+        assert quiet.calibration_caveat == "" and "not calibrated" not in render(quiet).split("## Limitations")[1]
+    assert with_ece(card, 0.214, 785, None).calibration_caveat.startswith(
+        "validation expected calibration error 0.214 on 785 films: allowing for chance in 785 films, ")
+
+
+@pytest.mark.parametrize("lean, fires", [(0.0, False), (2.5, True)])
+def test_the_calibration_caveat_holds_calibrated_scores_to_chance(tiny_bundle: Path, lean: float, fires: bool) -> None:
+    """Sets of a validation split's size (454 patients, about 785 films, each patient's films scored alike and of one
+    label, the case where chance moves the ECE most) of calibrated probabilities get no caveat, in every one of 100
+    draws; the same probabilities leaning to the negative class (logits 2.5 lower, as the smoke bundle's do) get it
+    in every one."""
+    from scipy.special import expit, logit
+
+    from pneumoscan.core.metrics import calibration
+
+    card = load_card(tiny_bundle)
+    said = []
+    for seed in range(100):
+        rng = np.random.default_rng(seed)
+        films = rng.geometric(0.58, 454)
+        chance = rng.beta(0.5, 0.5, 454)
+        labels = np.repeat(rng.random(454) < chance, films)
+        probabilities = expit(logit(np.repeat(chance, films)) - lean)
+        ece = calibration(labels, probabilities)["ece"]
+        said.append(len(with_ece(card, ece, int(films.sum()), 454).caveats) > len(card.caveats))
+    assert said == [fires] * 100
+
+
+def test_every_consumer_of_the_card_says_its_calibration_caveat(
+        tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The calibration caveat is said where the card's other caveats are: train's result line, predict's start,
+    /v1/model (whose caveats the page lists)."""
+    from pneumoscan.inference.predict import predict_paths
+
+    bundle = tmp_path / "smoke"
+    shutil.copytree(tiny_bundle, bundle)
+    save_card(bundle, with_ece(load_card(bundle), 0.214, 785, 454))
+    said = "validation expected calibration error 0.214 on 785 films of 454 patients: "
+    assert f"\n   caveat: {said}" in cli._trained(bundle)
+    caplog.clear()
+    predict_paths(bundle, [next((tiny_dataset / "test" / "NORMAL").iterdir())])
+    assert any(f"{bundle}: {said}" in m for m in caplog.messages)
+    with TestClient(create_app(bundle)) as client:
+        assert any(c.startswith(said) for c in client.get("/v1/model").json()["caveats"])

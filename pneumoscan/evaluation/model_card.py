@@ -18,8 +18,8 @@ from typing import Any
 import yaml
 
 from pneumoscan.core.atomic import write_atomic
-from pneumoscan.core.metrics import (BOTH_CLASSES, FILM_UNIT_CAVEAT, NO_RANGE, ci_method_sentence, format_figure,
-                                     format_percent, jsonable, unit_caveat, with_ci)
+from pneumoscan.core.metrics import (BOTH_CLASSES, ECE_BINS, FILM_UNIT_CAVEAT, NO_RANGE, ci_method_sentence,
+                                     format_figure, format_percent, jsonable, unit_caveat, with_ci)
 from pneumoscan.core.names import shown
 from pneumoscan.inference.onnx_runtime import INT8_NAME, Int8Key, Int8Operating, read_sidecar, spec_path
 from pneumoscan.models import PLUGINS_ENV
@@ -99,7 +99,7 @@ VAL_FIGURES = ("auc", "accuracy", "sensitivity", "specificity", "precision", "np
 # the expected calibration error checks the probabilities the temperature calibrated (a 1-epoch model's were 0.21 off)
 # and a training run's left_out: the validation side's files the figures are not of (said among the section's caveats)
 VAL_COUNTS = ("prevalence", "patients", "ece", "left_out")
-ECE_NAME = "Expected calibration error (10 bins)"
+ECE_NAME = f"Expected calibration error ({ECE_BINS} bins)"
 # the validation figures with exact intervals (:func:`ci_method_sentence`); AUC's and F1's are named apart
 VALIDATION_PROPORTIONS = "sensitivity, specificity, precision, NPV and accuracy"
 PREVALENCE_BOUND = ("precision", "npv")  # figures that hold at the prevalence of the films measured only
@@ -201,17 +201,19 @@ def _with_ci(block: dict[str, Any], key: str) -> str:
 
 def _limitations(card: BundleCard) -> tuple[str, ...]:
     """LIMITATIONS, after the card's ranking caveat (:attr:`BundleCard.ranking_caveat`: its recorded AUCs do not show
-    it better than chance), with the threshold's line saying where the threshold in force was chosen when
+    it better than chance) and its calibration caveat (:attr:`BundleCard.calibration_caveat`: its validation films
+    show its probabilities far off), with the threshold's line saying where the threshold in force was chosen when
     `pneumoscan threshold` chose it on other films than the validation ones."""
-    ranking = (f"**The model is not shown to rank films better than chance:** {_md(card.ranking_caveat)}.",
-               ) if card.ranking_caveat else ()
+    first = tuple(f"**{lead}:** {_md(caveat)}." for lead, caveat in (
+        ("The model is not shown to rank films better than chance", card.ranking_caveat),
+        ("The probabilities are not calibrated", card.calibration_caveat)) if caveat)
     if not card.threshold_records:
-        return ranking + LIMITATIONS
+        return first + LIMITATIONS
     chosen = (f"The threshold in force ({card.threshold:.4f}) was chosen on {card.threshold_records[-1].get('data')} "
               "and the temperature on the validation films: figures on either at the threshold that was chosen on "
               "them are optimistic; the validation figures were measured at the earlier threshold; figures on data "
               "the model has never seen are the ones to trust.")
-    return ranking + tuple(chosen if line == CHOSEN_ON_VALIDATION else line for line in LIMITATIONS)
+    return first + tuple(chosen if line == CHOSEN_ON_VALIDATION else line for line in LIMITATIONS)
 
 
 def _index_name(name: str, key: str, where: list[str], prevalence: float | None) -> str:

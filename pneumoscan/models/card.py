@@ -35,7 +35,7 @@ from pneumoscan import __version__
 from pneumoscan.core.atomic import write_atomic
 from pneumoscan.core.digests import bytes_sha256, file_sha256, json_sha256
 from pneumoscan.core.files import NotRegularFile, open_regular
-from pneumoscan.core.metrics import CHANCE_AUC, TEMPERATURE_BOUNDS, with_ci
+from pneumoscan.core.metrics import CHANCE_AUC, ECE_TOLERANCE, TEMPERATURE_BOUNDS, ece_chance_margin, with_ci
 from pneumoscan.core.names import given_path, is_utf8, shown
 from pneumoscan.core.options import MAX_SIZE, MIN_SIZE, look_up_option
 from pneumoscan.data.appearance import Appearance
@@ -163,10 +163,32 @@ class BundleCard:
 
     @property
     def caveats(self) -> list[str]:
-        """What a user of the bundle must know of its ranking (:attr:`ranking_caveat`), temperature and threshold
-        (:attr:`threshold_caveat`, ...): every consumer of the card says them (``predict`` and ``serve`` at start,
-        /v1/model and the page, evaluate's report, the SR and FHIR reports)."""
-        return [text for text in (self.ranking_caveat, self.temperature_caveat, self.threshold_caveat) if text]
+        """What a user of the bundle must know of its ranking (:attr:`ranking_caveat`), probabilities
+        (:attr:`calibration_caveat`), temperature and threshold (:attr:`threshold_caveat`, ...): every consumer of the
+        card says them (``predict`` and ``serve`` at start, /v1/model and the page, evaluate's report, the SR and FHIR
+        reports)."""
+        return [text for text in (self.ranking_caveat, self.calibration_caveat, self.temperature_caveat,
+                                  self.threshold_caveat) if text]
+
+    @property
+    def calibration_caveat(self) -> str:
+        """Why the probabilities the bundle gives are not to be read as chances: its validation films show them off
+        by more than :data:`~pneumoscan.core.metrics.ECE_TOLERANCE` on average, beyond what chance in that many
+        cases explains (the recorded ECE less :func:`~pneumoscan.core.metrics.ece_chance_margin`, counting patients
+        where the card records them, as the intervals do). A temperature scales the logits but cannot shift them, so
+        a model that leans to one class keeps its lean, and its calibrated probabilities were shown as if they meant
+        what they say. Said from the figures the card records, so a bundle trained before it says it too. Empty when
+        the card records no ECE, or the films do not show the probabilities that far off."""
+        val = self.val_metrics
+        ece, cases = val.get("ece"), (val.get("patients") or {}).get("all") or val.get("n")
+        if ece is None or not cases or (low := ece - ece_chance_margin(cases)) <= ECE_TOLERANCE:
+            return ""
+        unit = "patients" if (val.get("patients") or {}).get("all") else "films"
+        return (f"validation expected calibration error {ece:.3f} on {_validation_films(val)}: allowing for chance in "
+                f"{cases} {unit}, its probabilities are off by at least {low:.3f} on average (95% bound), more than "
+                f"the {ECE_TOLERANCE} tolerated, so they are not calibrated: a probability of 0.3 need not mean that 3 "
+                f"in 10 such films are {self.positive}; they rank films and the threshold makes the call, but do not "
+                "read them as chances")
 
     @property
     def ranking_caveat(self) -> str:
@@ -872,8 +894,7 @@ def _auc_records(card: BundleCard) -> list[AucRecord]:
     earlier record only where its films were checked new to the bundle (unchecked, they may be its training films)
     and its scores are the plain ones the readings are."""
     val, cis = card.val_metrics, card.val_metrics.get("ci") or {}
-    patients = (val.get("patients") or {}).get("all")
-    films = f"{val.get('n', 'its')} films" + (f" of {patients} patients" if patients else "")
+    films = _validation_films(val)
     multiclass = f"validation macro AUC over the {len(card.classes)} classes"
     records = [AucRecord(figure, what, val[figure], _interval(cis.get(figure)), films, val.get("n"), False)
                for figure, what in (("auc", "validation AUC"), (MACRO_AUC, multiclass))
@@ -888,6 +909,12 @@ def _auc_records(card: BundleCard) -> list[AucRecord]:
                                          f"{record.get('n')} films", record.get("n"),
                                          record.get("films_checked") is True and record.get("scores") == "plain"))
     return records
+
+
+def _validation_films(val: Mapping[str, Any]) -> str:
+    """The validation films as a caveat says them: "785 films of 454 patients" (the patients where recorded)."""
+    patients = (val.get("patients") or {}).get("all")
+    return f"{val.get('n', 'its')} films" + (f" of {patients} patients" if patients else "")
 
 
 def _interval(ci: list[float] | None) -> list[float] | None:

@@ -10,8 +10,13 @@ from typing import Any
 import numpy as np
 
 from .inputs import _as_binary, _as_multiclass, _ratio
+from .intervals import ALPHA
 
 TEMPERATURE_BOUNDS = (0.05, 20.0)  # a fitted T outside this range means the model or the data is broken
+ECE_BINS = 10  # the reliability diagram's bins, over which every recorded ECE is measured
+# how far, on average over the films, calibrated probabilities may be from how often their films are positive before
+# a card says they are not calibrated (BundleCard.calibration_caveat): 5 percentage points
+ECE_TOLERANCE = 0.05
 
 
 def softmax(logits: Any, temperature: float = 1.0) -> np.ndarray:
@@ -81,7 +86,7 @@ def fit_temperature(logits: np.ndarray, y_true: np.ndarray) -> float:
     return t
 
 
-def calibration(y_true: Any, prob: Any, n_bins: int = 10) -> dict[str, Any]:
+def calibration(y_true: Any, prob: Any, n_bins: int = ECE_BINS) -> dict[str, Any]:
     """Reliability-diagram data over equal-width bins of ``prob`` plus the expected calibration error
     ECE = sum_b (n_b / n) * |observed_b - predicted_b|. Empty bins have NaN means and count 0. Scores outside
     [0, 1] are refused: they are no probabilities, and a bin would take them silently (-0.2 in the first)."""
@@ -105,3 +110,16 @@ def calibration(y_true: Any, prob: Any, n_bins: int = 10) -> dict[str, Any]:
         "counts": counts.tolist(),
         "ece": _ratio(np.abs(sum_obs - sum_pred).sum(), y.size),
     }
+
+
+def ece_chance_margin(cases: int, n_bins: int = ECE_BINS) -> float:
+    """How far above the probabilities' true calibration error the ECE of ``cases`` independent cases can come by
+    chance alone, at 95 % (one-sided): a lower bound of the true error is the ECE minus this. The ECE's excess is at
+    most the mean over films of each bin's |positives - their expected count|; its expectation is at most
+    sqrt(n_bins / cases) / 2 (a bin's count varies by at most a quarter of its films; Cauchy-Schwarz over the bins),
+    and one case moves it by at most 1 / cases, so McDiarmid's inequality bounds the rest by
+    sqrt(ln(1 / ALPHA) / (2 cases)). Conservative, and needs only the ECE and the count, so a card's recorded
+    figures judge older bundles too."""
+    if cases < 1:
+        raise ValueError(f"the ECE's margin needs at least one case, got {cases}")
+    return math.sqrt(n_bins / cases) / 2 + math.sqrt(math.log(1 / ALPHA) / (2 * cases))
