@@ -482,12 +482,14 @@ def test_a_three_class_card_holds_its_macro_auc_to_chance(tiny_multiclass_bundle
     assert sound.ranking_caveat == ""
 
 
-def with_ece(card: BundleCard, ece: float, n: int, patients: int | None) -> BundleCard:
+def with_ece(card: BundleCard, ece: float, n: int, patients: int | None, chance: float | None = None) -> BundleCard:
     """``card`` recording a validation ECE of ``ece`` on ``n`` films (of ``patients`` patients; None: none
-    recorded, as where no patient has two films)."""
-    val = {key: value for key, value in card.val_metrics.items() if key != "patients"}
+    recorded, as where no patient has two films), and the ECE chance gives them (``chance``; None: not recorded, as
+    in a card older than it)."""
+    val = {key: value for key, value in card.val_metrics.items() if key not in ("patients", "ece_chance")}
     return dataclasses.replace(card, val_metrics={
-        **val, "ece": ece, "n": n, **({"patients": {"all": patients}} if patients else {})})
+        **val, "ece": ece, "n": n, **({"patients": {"all": patients}} if patients else {}),
+        **({"ece_chance": chance} if chance is not None else {})})
 
 
 def test_probabilities_their_validation_shows_far_off_are_said_to_be_not_calibrated(tiny_bundle: Path) -> None:
@@ -511,15 +513,31 @@ def test_probabilities_their_validation_shows_far_off_are_said_to_be_not_calibra
         "validation expected calibration error 0.214 on 785 films: allowing for chance in 785 films, ")
 
 
-@pytest.mark.parametrize("lean, fires", [(0.0, False), (2.5, True)])
-def test_the_calibration_caveat_holds_calibrated_scores_to_chance(tiny_bundle: Path, lean: float, fires: bool) -> None:
+def test_a_card_that_records_the_ece_by_chance_is_held_to_it(tiny_bundle: Path) -> None:
+    """The smoke recipe trained 5 epochs: ECE 0.151 on the same 785 films of 454 patients (of the films it gave
+    0.2-0.3, 83 % had pneumonia), where calibrated probabilities of those films give at most 0.042 by chance. The
+    bound that holds for any probabilities allows chance 0.132 on 454 patients, so the card said nothing."""
+    card = load_card(tiny_bundle)
+    leaning = with_ece(card, 0.151, 785, 454, chance=0.042)
+    assert leaning.calibration_caveat.startswith(
+        "validation expected calibration error 0.151 on 785 films of 454 patients: allowing for chance in 454 "
+        "patients, its probabilities are off by at least 0.109 on average"), leaning.calibration_caveat
+    assert with_ece(card, 0.151, 785, 454).calibration_caveat == ""  # not recorded: the wider bound
+    assert with_ece(card, 0.08, 785, 454, chance=0.042).calibration_caveat == ""  # within the tolerance
+
+
+@pytest.mark.parametrize("recorded, lean, fires", [(True, 0.0, False), (True, 1.5, True), (False, 0.0, False),
+                                                    (False, 2.5, True)])
+def test_the_calibration_caveat_holds_calibrated_scores_to_chance(
+        tiny_bundle: Path, recorded: bool, lean: float, fires: bool) -> None:
     """Sets of a validation split's size (454 patients, about 785 films, each patient's films scored alike and of one
     label, the case where chance moves the ECE most) of calibrated probabilities get no caveat, in every one of 100
-    draws; the same probabilities leaning to the negative class (logits 2.5 lower, as the smoke bundle's do) get it
-    in every one."""
+    draws; the same probabilities leaning to the negative class (logits 1.5 lower; the smoke bundle's lean more) get
+    it in every one. A card that records no ECE by chance (older bundles) is held to the wider bound of its patients
+    alone: calibrated sets stay quiet, a lean of 2.5 is still said."""
     from scipy.special import expit, logit
 
-    from pneumoscan.core.metrics import calibration
+    from pneumoscan.core.metrics import calibration, ece_by_chance
 
     card = load_card(tiny_bundle)
     said = []
@@ -530,7 +548,8 @@ def test_the_calibration_caveat_holds_calibrated_scores_to_chance(tiny_bundle: P
         labels = np.repeat(rng.random(454) < chance, films)
         probabilities = expit(logit(np.repeat(chance, films)) - lean)
         ece = calibration(labels, probabilities)["ece"]
-        said.append(len(with_ece(card, ece, int(films.sum()), 454).caveats) > len(card.caveats))
+        by_chance = ece_by_chance(probabilities, np.repeat(np.arange(454), films)) if recorded else None
+        said.append(len(with_ece(card, ece, int(films.sum()), 454, by_chance).caveats) > len(card.caveats))
     assert said == [fires] * 100
 
 
@@ -550,3 +569,22 @@ def test_every_consumer_of_the_card_says_its_calibration_caveat(
     assert any(f"{bundle}: {said}" in m for m in caplog.messages)
     with TestClient(create_app(bundle)) as client:
         assert any(c.startswith(said) for c in client.get("/v1/model").json()["caveats"])
+
+
+def test_training_records_the_ece_its_validation_films_give_by_chance(tiny_bundle: Path, tmp_path: Path) -> None:
+    """The card recorded the ECE alone, which the calibration caveat could hold only to a bound for any
+    probabilities, too wide to say a lean of one logit on 785 films (the 5-epoch smoke model's ECE 0.151): training
+    records what chance gives its own validation films (their probabilities, their patients), as evaluate scores
+    them again."""
+    import csv
+
+    from pneumoscan.core.metrics import ece_by_chance
+
+    recorded = load_card(tiny_bundle).val_metrics["ece_chance"]
+    out = tmp_path / "val"
+    assert cli.main(["-q", "evaluate", str(tiny_bundle), str(tiny_bundle.parent / "split.csv"), "--split", "val",
+                     "--out", str(out)]) == 0
+    rows = list(csv.DictReader((out / "predictions.csv").open()))
+    # the plain scores are torch's in training, ONNX Runtime's here: equal to a few ulps, each film in the same bin
+    again = ece_by_chance([float(r["probability"]) for r in rows], [r["patient"] for r in rows])
+    assert recorded == pytest.approx(again, abs=1e-6) and 0 < recorded < 1

@@ -97,8 +97,9 @@ CARD_METRICS = (
 VAL_FIGURES = ("auc", "accuracy", "sensitivity", "specificity", "precision", "npv", "f1", "threshold", "n")
 # what the card says of the validation films where the result has it (evaluate_binary's; binary_metrics' has not):
 # the expected calibration error checks the probabilities the temperature calibrated (a 1-epoch model's were 0.21 off)
-# and a training run's left_out: the validation side's files the figures are not of (said among the section's caveats)
-VAL_COUNTS = ("prevalence", "patients", "ece", "left_out")
+# with the ECE calibrated probabilities give these films by chance (ece_chance, the caveat's yardstick), and a training
+# run's left_out: the validation side's files the figures are not of (said among the section's caveats)
+VAL_COUNTS = ("prevalence", "patients", "ece", "ece_chance", "left_out")
 ECE_NAME = f"Expected calibration error ({ECE_BINS} bins)"
 # the validation figures with exact intervals (:func:`ci_method_sentence`); AUC's and F1's are named apart
 VALIDATION_PROPORTIONS = "sensitivity, specificity, precision, NPV and accuracy"

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from pneumoscan.core.metrics import (CHANCE_AUC, NO_RANGE, choose_thresholds, clopper_pearson, describe_policy,
-                                     fit_temperature, format_figure, jsonable, macro_auc, roc_auc, threshold_range)
+                                     ece_by_chance, fit_temperature, format_figure, jsonable, macro_auc, roc_auc,
+                                     threshold_range)
 from pneumoscan.data.tasks import Task, binary_targets
 from pneumoscan.inference.export import ONNX_NAME, write_onnx_spec
 from pneumoscan.inference.onnx_runtime import Int8Key
@@ -112,7 +113,9 @@ def write_operating_point(bundle: Path, card: BundleCard, probs: np.ndarray, tta
     write them where every reader looks: ``card`` (temperature already set) with the thresholds, ``policy`` and
     the validation figures and the caveats of both (``temperature_caveat``: :func:`calibrated_temperature`'s),
     saved as bundle.json and MODEL_CARD.md, then the ONNX sidecar; ``left_out`` (None: not recorded), the files
-    given with the films that the figures are not of, and why, recorded with them. The one way a training run and an
+    given with the films that the figures are not of, and why, recorded with them. The figures hold the ECE these
+    films give calibrated probabilities by chance (``ece_chance``: :func:`~pneumoscan.core.metrics.ece_by_chance`),
+    which the card's calibration caveat holds their ECE to. The one way a training run and an
     ensemble finish their bundle (``threshold`` keeps the validation figures of the films it trained on, so it writes
     its own).
     Returns the card written and the films' metrics."""
@@ -120,6 +123,7 @@ def write_operating_point(bundle: Path, card: BundleCard, probs: np.ndarray, tta
     y, plain = binary_targets(targets), task.positive_probability(probs)
     point = choose_operating_point(y, plain, tta_scores, target_sensitivity, max_false_positive_rate, groups)
     metrics = evaluate_probabilities(probs, targets, task, point.threshold, groups=groups)
+    metrics["ece_chance"] = ece_by_chance(plain, groups)
     if left_out is not None:
         metrics["left_out"] = left_out
     card = dataclasses.replace(card, threshold_policy=policy, val_metrics=validation_figures(metrics),

@@ -75,7 +75,7 @@ RUN_RECORD = {"task": "task", "size": "image_size", "resize_policy": "resize_pol
 # target is in [0, 1], a count a whole number of films (or patients) from 0; "ci" holds intervals, each in [0, 1],
 # low to high, and around its figure where it is an exact or score interval (a BCa bootstrap's, F1's, may leave it)
 RATES = frozenset({
-    "auc", "accuracy", "sensitivity", "specificity", "precision", "npv", "f1", "prevalence", "ece",
+    "auc", "accuracy", "sensitivity", "specificity", "precision", "npv", "f1", "prevalence", "ece", "ece_chance",
     "three_class_accuracy", "three_class_balanced_accuracy", "three_class_macro_auc", "tta_sensitivity",
     "tta_specificity", "threshold", "tta_threshold", "previous_threshold", "previous_tta_threshold",
     "target_sensitivity", "max_false_positive_rate", "int8_threshold", "int8_tta_threshold",
@@ -173,15 +173,19 @@ class BundleCard:
     @property
     def calibration_caveat(self) -> str:
         """Why the probabilities the bundle gives are not to be read as chances: its validation films show them off
-        by more than :data:`~pneumoscan.core.metrics.ECE_TOLERANCE` on average, beyond what chance in that many
-        cases explains (the recorded ECE less :func:`~pneumoscan.core.metrics.ece_chance_margin`, counting patients
-        where the card records them, as the intervals do). A temperature scales the logits but cannot shift them, so
+        by more than :data:`~pneumoscan.core.metrics.ECE_TOLERANCE` on average, beyond chance: the recorded ECE less
+        the most chance gives those films (``ece_chance``, :func:`~pneumoscan.core.metrics.ece_by_chance`; a card
+        without it, trained before it was recorded: :func:`~pneumoscan.core.metrics.ece_chance_margin` of its
+        patients where it records them, else its films). A temperature scales the logits but cannot shift them, so
         a model that leans to one class keeps its lean, and its calibrated probabilities were shown as if they meant
-        what they say. Said from the figures the card records, so a bundle trained before it says it too. Empty when
-        the card records no ECE, or the films do not show the probabilities that far off."""
+        what they say. Empty when the card records no ECE, or the films do not show the probabilities that far
+        off."""
         val = self.val_metrics
         ece, cases = val.get("ece"), (val.get("patients") or {}).get("all") or val.get("n")
-        if ece is None or not cases or (low := ece - ece_chance_margin(cases)) <= ECE_TOLERANCE:
+        if ece is None or not cases:
+            return ""
+        chance = val.get("ece_chance")
+        if (low := ece - (ece_chance_margin(cases) if chance is None else chance)) <= ECE_TOLERANCE:
             return ""
         unit = "patients" if (val.get("patients") or {}).get("all") else "films"
         return (f"validation expected calibration error {ece:.3f} on {_validation_films(val)}: allowing for chance in "
