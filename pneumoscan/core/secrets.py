@@ -23,9 +23,8 @@ def read_secret(path: Path | str | None, env: str, kind: str) -> str | None:
         source = f"the {kind} file {path}"
         try:
             text = Path(path).read_text()
-        except OSError as e:  # a bare "permission denied" named no key file nor who must read it
-            raise OSError(e.errno, f"{source} cannot be read ({(e.strerror or str(e)).lower()}): it must be a file "
-                                   "the user running pneumoscan can read") from None
+        except OSError as e:
+            raise unreadable(e, source) from None
         except UnicodeDecodeError:  # raw bytes (`openssl rand 32`): the codec's words named no file, and a byte of it
             raise ValueError(f"{source} is not text: it must hold one {kind} value, in printable ASCII") from None
     elif (text := os.environ.get(env)) is not None:  # set but empty (ENV= in a unit file) is refused, not unset
@@ -42,6 +41,13 @@ def read_secret(path: Path | str | None, env: str, kind: str) -> str | None:
     if path is not None:
         warn_if_shared(path, source)
     return value
+
+
+def unreadable(error: OSError, source: str) -> OSError:
+    """``error`` (a secret's file, or a client certificate's, that would not open) as said to the operator: a bare
+    "permission denied" named no file nor who must read it. ``source``: the file, as named (``the auth file FILE``)."""
+    return OSError(error.errno, f"{source} cannot be read ({(error.strerror or str(error)).lower()}): it must be a "
+                                "file the user running pneumoscan can read")
 
 
 def warn_if_shared(path: Path | str, source: str) -> None:

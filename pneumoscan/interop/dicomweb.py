@@ -52,7 +52,7 @@ from urllib3.util import Retry
 from pneumoscan.core.names import shown
 from pneumoscan.core.network import is_loopback
 from pneumoscan.core.options import PACS_FILM_S, PACS_READ_S
-from pneumoscan.core.secrets import read_secret, warn_if_shared
+from pneumoscan.core.secrets import read_secret, unreadable, warn_if_shared
 from pneumoscan.data.pixels import MAX_DECODED_BYTES
 from pneumoscan.data.readers.dicom import FOR_PROCESSING, for_processing, is_own_output, read_dataset
 from pneumoscan.data.scope import (MIN_SIDE, MODALITIES, RADIOGRAPH_CLASSES, RADIOGRAPHY, defined_term, kind_of,
@@ -514,8 +514,7 @@ def _client_cert(connection: Connection, scheme: str) -> str | tuple[str, str] |
             if path is not None:
                 Path(path).open("rb").close()
         except OSError as e:
-            raise OSError(e.errno, f"the {what} file {path} cannot be read ({(e.strerror or str(e)).lower()}): it "
-                                   "must be a file the user running pneumoscan can read") from None
+            raise unreadable(e, f"the {what} file {path}") from None
     warn_if_shared(key or cert, f"the client key file {key or cert}")
     try:
         ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(cert, key, password=_no_passphrase)
