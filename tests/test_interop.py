@@ -1767,6 +1767,19 @@ def test_a_client_certificate_is_checked_before_the_pacs_is_asked_anything(
         _session("http://pacs.hospital.test/dicom-web", None, Connection(client_cert=str(tmp_path / "client.pem")))
 
 
+def test_a_file_refused_as_no_client_certificate_is_not_warned_of_as_a_key(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A --client-cert that holds no certificate and key (a CA file, a text) is refused, and not also warned of as
+    "the client key file" every user can read: it holds no key, and the warning sent its owner to chmod it."""
+    (tmp_path / "notes.pem").write_text("not a certificate\n")
+    (tmp_path / "notes.pem").chmod(0o644)
+    caplog.set_level(logging.WARNING, logger="pneumoscan")
+    with pytest.raises(ValueError, match="is not a PEM certificate with its private key"):
+        _session("https://pacs.hospital.test/dicom-web", None, Connection(client_cert=str(tmp_path / "notes.pem")))
+    assert "every user" not in caplog.text
+
+
 def test_a_pacs_slower_than_the_read_timeout_ends_naming_the_option(tiny_bundle: Path,
                                                                      capsys: pytest.CaptureFixture) -> None:
     """The timeouts were fixed (60 s a read, 600 s a film): a PACS over a slow WAN could not be given longer, nor a

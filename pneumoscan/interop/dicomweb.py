@@ -498,9 +498,9 @@ def _no_passphrase() -> bytes:
 
 def _client_cert(connection: Connection, scheme: str) -> str | tuple[str, str] | None:
     """The client certificate of ``connection`` as requests' ``cert=`` takes it, checked before any request: over
-    TLS only, each file readable, the file with the key warned of when every user of the machine can read it (as the
-    auth file is), and the pair loaded as TLS loads it; a file of neither had failed only at the first request, as a
-    TLS failure."""
+    TLS only, each file readable, the pair loaded as TLS loads it, and the file with the key warned of when every
+    user of the machine can read it (as the auth file is); a file of neither had failed only at the first request,
+    as a TLS failure."""
     cert, key = connection.client_cert, connection.client_key
     if cert is None:
         if key is not None:
@@ -515,7 +515,6 @@ def _client_cert(connection: Connection, scheme: str) -> str | tuple[str, str] |
                 Path(path).open("rb").close()
         except OSError as e:
             raise unreadable(e, f"the {what} file {path}") from None
-    warn_if_shared(key or cert, f"the client key file {key or cert}")
     try:
         ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(cert, key, password=_no_passphrase)
     except ValueError as e:  # a passphrase asked for (_no_passphrase)
@@ -524,6 +523,7 @@ def _client_cert(connection: Connection, scheme: str) -> str | tuple[str, str] |
         raise ValueError(f"--client-cert {cert} (with --client-key {key or 'none'}) is not a PEM certificate with its "
                          f"private key ({e.reason or e}): give the certificate and its key in one PEM file, or the "
                          "key in --client-key") from None
+    warn_if_shared(key or cert, f"the client key file {key or cert}")  # once it is known to hold the key
     return cert if key is None else (cert, key)
 
 
