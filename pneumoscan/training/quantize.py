@@ -45,8 +45,8 @@ from pneumoscan.inference.export import module_onnx, write_int8_spec
 from pneumoscan.inference.onnx_runtime import INPUT, INT8_NAME, Int8Key, optimize_graph, session
 from pneumoscan.inference.predict import Predictor, session_logits, tta_probabilities, tta_views
 from pneumoscan.models.bundle import load_bundle
-from pneumoscan.models.card import (ENSEMBLE, ONNX_NAME, BundleCard, checked_bytes, films_as_trained, load_card,
-                                   member_sources, proven_run_split, record_checksum, replaced_members)
+from pneumoscan.models.card import (ENSEMBLE, MACRO_AUC, ONNX_NAME, BundleCard, checked_bytes, films_as_trained,
+                                   load_card, member_sources, proven_run_split, record_checksum, replaced_members)
 from pneumoscan.models.ensemble_net import EnsembleNet
 from pneumoscan.models.run_folder import CvFolder, RunFolder
 from .ensemble import OUT_OF_FOLD, cv_members, member_named_logits, out_of_fold
@@ -227,7 +227,7 @@ def _int8_scores_out_of_fold(int8: Predictor, reference_probs: np.ndarray, net: 
                       f"out-of-fold INT8 scores of {runs} (each member quantised alone)",
                       f"out-of-fold INT8 scores of {names}", card.val_metrics["auc"],
                       float(np.abs(reference - shipped).max()), float(np.abs(mean - shipped).max()), None,
-                      card.val_metrics.get("three_class_macro_auc"), oof.left_out)
+                      card.val_metrics.get(MACRO_AUC), oof.left_out)
 
 
 def _val_films(bundle: Path, data: Path | str, card: BundleCard, task: Task) -> tuple[np.ndarray, LabelledFilms]:
