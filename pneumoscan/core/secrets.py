@@ -24,7 +24,7 @@ def read_secret(path: Path | str | None, env: str, kind: str) -> str | None:
         try:
             text = Path(path).read_text()
         except OSError as e:
-            raise unreadable(e, source) from None
+            raise cannot_read(e, source) from None
         except UnicodeDecodeError:  # raw bytes (`openssl rand 32`): the codec's words named no file, and a byte of it
             raise ValueError(f"{source} is not text: it must hold one {kind} value, in printable ASCII") from None
     elif (text := os.environ.get(env)) is not None:  # set but empty (ENV= in a unit file) is refused, not unset
@@ -43,7 +43,7 @@ def read_secret(path: Path | str | None, env: str, kind: str) -> str | None:
     return value
 
 
-def unreadable(error: OSError, source: str) -> OSError:
+def cannot_read(error: OSError, source: str) -> OSError:
     """``error`` (a secret's file, or a client certificate's, that would not open) as said to the operator: a bare
     "permission denied" named no file nor who must read it. ``source``: the file, as named (``the auth file FILE``)."""
     return OSError(error.errno, f"{source} cannot be read ({(error.strerror or str(error)).lower()}): it must be a "

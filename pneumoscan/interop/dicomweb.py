@@ -52,7 +52,7 @@ from urllib3.util import Retry
 from pneumoscan.core.names import shown
 from pneumoscan.core.network import is_loopback
 from pneumoscan.core.options import PACS_FILM_S, PACS_READ_S
-from pneumoscan.core.secrets import read_secret, unreadable, warn_if_shared
+from pneumoscan.core.secrets import cannot_read, read_secret, warn_if_shared
 from pneumoscan.data.pixels import MAX_DECODED_BYTES
 from pneumoscan.data.readers.dicom import FOR_PROCESSING, for_processing, is_own_output, read_dataset
 from pneumoscan.data.scope import (MIN_SIDE, MODALITIES, RADIOGRAPH_CLASSES, RADIOGRAPHY, defined_term, kind_of,
@@ -514,7 +514,7 @@ def _client_cert(connection: Connection, scheme: str) -> str | tuple[str, str] |
             if path is not None:
                 Path(path).open("rb").close()
         except OSError as e:
-            raise unreadable(e, f"the {what} file {path}") from None
+            raise cannot_read(e, f"the {what} file {path}") from None
     try:
         ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(cert, key, password=_no_passphrase)
     except ValueError as e:  # a passphrase asked for (_no_passphrase)
