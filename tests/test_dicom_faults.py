@@ -863,9 +863,11 @@ def test_a_square_spacing_leaves_the_film_as_stored() -> None:
                                            ("abc\\0.1", "(text, not repeated here)"), ("0\\0", "0\\0"),
                                            ("-0.1\\-0.1", "-0.1\\-0.1"), ("abc\\abc", "(text, not repeated here)"),
                                            ("-0.1", "-0.1"), ("0.1", "0.1"), ("abc", "(text, not repeated here)"),
-                                           ("0.1\\0.1\\0.1", "0.1\\0.1\\0.1")])
+                                           ("0.1\\0.1\\0.1", "0.1\\0.1\\0.1"), ("0.1\\0.1\\", "0.1\\0.1\\"),
+                                           ("\\0.1", "\\0.1")])
 def test_a_spacing_that_is_not_two_positive_numbers_is_refused(value: str, said: str) -> None:
-    """Numbers are repeated; text is not, as it may be any text (a patient's name written in the wrong place). Two
+    """Numbers are repeated, with the empty values among them (a value of numbers is not said to be text); text is
+    not, as it may be any text (a patient's name written in the wrong place). Two
     values alike (``0\\0``, ``-0.1\\-0.1``) were read without a word, as square pixels of no known size; one value
     alone, or three (Pixel Spacing has two: row, column), was passed over, ``-0.1`` included."""
     data = with_pixel_spacing(dicom_bytes(phantom(40, 30)), value)

@@ -733,10 +733,11 @@ def _stated_spacing(ds: Dataset) -> tuple[str, float, float] | None:
         if value is None or not any(values):  # absent or empty: not stated
             continue
         try:
-            numbers = [float(v) for v in values]
-            shown = "\\".join(values)
+            numbers = [float(v) for v in values if v]
+            shown = "\\".join(values)  # numbers, and any empty value among them (``0.1\\0.1\\``): no text
         except ValueError:  # text, not numbers: not repeated, as it may be any text (a name written in the wrong place)
             numbers, shown = [], "(text, not repeated here)"
+        numbers = numbers if all(values) else []  # an empty value among others: not two numbers
         if len(numbers) != 2 or not (min(numbers) > 0 and math.isfinite(numbers[0] / numbers[1])):
             raise pixels.DecodeError(f"malformed DICOM header: {keyword} {shown} is not two positive numbers, so the "
                                      "size and shape of the film's pixels are unknown")
