@@ -312,9 +312,13 @@ def cmd_cv(args: argparse.Namespace) -> int:
         mean, std, low, high = (format_figure(s[k], 4) for k in ("mean", "std", "min", "max"))
         defined = "" if s["folds"] == folds else f"; defined on {s['folds']} of {folds} folds"
         print(f"{name:>32}: {mean} +- {std} (folds {low}-{high}{defined})")
-    if three_class := result["pooled_out_of_fold"].get("multiclass"):
+    pooled = result["pooled_out_of_fold"]
+    # all folds' films scored together: the figures `ensemble --cv` records as its validation figures
+    figures = ", ".join(f"{name} {format_figure(pooled[name], 4)}" for name in result["summary"] if name in pooled)
+    print(f"pooled out of fold ({pooled['n']} films): {figures}")
+    if three_class := pooled.get("multiclass"):
         print(f"pooled out of fold, {_three_classes(three_class)}")
-    _print_left_out(result["left_out"], result["pooled_out_of_fold"]["n"])  # cv.json records them
+    _print_left_out(result["left_out"], pooled["n"])  # cv.json records them
     cv = CvFolder(Path(args.out))
     print(f"out-of-fold scores: {shown(cv.oof)}   figures: {shown(cv.summary)}")
     return 0

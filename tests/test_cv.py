@@ -118,6 +118,18 @@ def test_cv_trains_each_fold_and_scores_every_film_out_of_fold(tiny_dataset: Pat
     assert (out / "fold-0" / "bundle" / "model.safetensors").stat().st_mtime_ns == stamp, "finished folds are reused"
 
 
+def test_cv_prints_the_pooled_out_of_fold_figures_its_ensemble_records(finished_cv: tuple[Path, list[str]],
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """The summary printed the folds' mean AUC alone; the pooled out-of-fold AUC, which `ensemble --cv` records as
+    its validation AUC, was only in cv.json, so the card's figure matched nothing the run printed."""
+    out, args = finished_cv
+    capsys.readouterr()
+    assert main(args) == 0
+    pooled = json.loads((out / "cv.json").read_text())["pooled_out_of_fold"]
+    lines = capsys.readouterr().out.splitlines()
+    assert f"pooled out of fold ({pooled['n']} films): auc {format_figure(pooled['auc'], 4)}, " in "\n".join(lines)
+
+
 def test_a_fold_scored_with_an_earlier_epochs_weights_says_its_figures_lean_optimistic(
         finished_cv: tuple[Path, list[str]], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A fold keeps its best epoch's weights, chosen on the films it is then scored on: when that is not its last
@@ -167,7 +179,7 @@ def test_cv_of_the_multiclass_task_scores_the_three_class_decision(typed_dataset
     assert main(["cv", "--data", str(typed_dataset), "--out", str(out), "--folds", "2", "--task", "multiclass",
                  "--model", "simple_cnn", "--no-pretrained", "--image-size", "32", "--epochs", "1",
                  "--batch-size", "8"]) == 0
-    pooled_line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("pooled out of fold"))
+    pooled_line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("pooled out of fold,"))
     # every film once, with its class's (no patient counts: each typed film is its own patient)
     assert pooled_line.startswith("pooled out of fold, most probable class: accuracy")
     assert pooled_line.endswith("; n = 48 films (24 normal, 12 bacteria, 12 virus)")
