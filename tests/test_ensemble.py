@@ -757,6 +757,19 @@ def test_int8_of_a_threshold_copy_of_a_cv_ensemble_is_refused_out_of_fold(cv_ens
     assert not (tmp_path / "site" / "model.int8.onnx").exists()
 
 
+def test_int8_given_no_films_names_the_films_the_bundle_takes(cv_ensemble: tuple[Path, Path],
+                                                              tiny_bundle: Path) -> None:
+    """`export ENSEMBLE --int8` alone said "--data or --cv, not both and not neither", where --data is always refused
+    for a cv ensemble: it names the runs it was built from, and a trained bundle's split.csv."""
+    cv, ens = cv_ensemble
+    with pytest.raises(ValueError, match=f"not neither: {re.escape(str(ens))} was built by `ensemble --cv`, so give "
+                                         f"--cv {re.escape(str(cv))}$"):
+        main_raising(["export", str(ens), "--int8"])
+    split = re.escape(str(tiny_bundle.parent / "split.csv"))
+    with pytest.raises(ValueError, match=f"not neither: for .*, --data {split}$"):
+        main_raising(["export", str(tiny_bundle), "--int8"])
+
+
 def test_int8_of_a_cv_ensemble_chooses_its_thresholds_out_of_fold(tiny_bundle: Path, member64: Path,
                                                                   tiny_dataset: Path, tmp_path: Path) -> None:
     """No film of a cv ensemble's runs is new to every member, so --data is refused; with --cv the INT8 thresholds

@@ -325,6 +325,20 @@ def _check_same_films(bundle: Path, card: BundleCard, task: Task, data: Path | s
                      "INT8 thresholds on the same films")
 
 
+def _films_to_give(bundle: Path) -> str:
+    """What the refusal of neither --data nor --cv names for BUNDLE: the runs an ensemble built with `ensemble --cv`
+    was built from (--data is always refused for it), or the split.csv beside a trained bundle; nothing else."""
+    try:
+        card = load_card(bundle)
+    except (OSError, ValueError):
+        return ""  # the load that follows says what is wrong with the bundle
+    if card.model == ENSEMBLE and str(card.train_config.get("calibrated_on", "")).startswith(OUT_OF_FOLD):
+        runs = " ".join(dict.fromkeys(str(p.parent.parent) for p in member_sources(card)))
+        return f": {bundle} was built by `ensemble --cv`, so give --cv {runs}"
+    split = RunFolder(bundle.parent).split
+    return f": for {bundle}, --data {split}" if card.model != ENSEMBLE and split.is_file() else ""
+
+
 def quantize_bundle(bundle: Path | str, data: Path | str | None = None, calibration_images: int = CALIBRATION_IMAGES,
                     cv_dirs: Sequence[Path | str] | Path | str = ()) -> Path:
     """Write BUNDLE/model.int8.onnx and its sidecar. DATA is labelled data with train and val splits (the run's
@@ -336,10 +350,10 @@ def quantize_bundle(bundle: Path | str, data: Path | str | None = None, calibrat
     Refuses an INT8 model whose validation AUC is more than MAX_AUC_DROP below FP32's, and for a task of more than
     two classes one whose macro AUC is (its classes told apart worse, which the AUC of the positive call misses)."""
     cv_dirs = path_list(cv_dirs)  # one run given alone, not its characters
+    bundle = Path(bundle)
     if (data is None) == (not cv_dirs):
         raise ValueError("give labelled films with train and val splits (--data) or the cv runs the ensemble was "
-                         "built from (--cv), not both and not neither")
-    bundle = Path(bundle)
+                         f"built from (--cv), not both and not neither{_films_to_give(bundle)}")
     if not (bundle / ONNX_NAME).exists():
         raise ValueError(f"{bundle} has no {ONNX_NAME}: run `pneumoscan export {bundle}` first")
     fp32 = Predictor(bundle, backend="onnx")
