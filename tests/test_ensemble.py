@@ -770,6 +770,18 @@ def test_int8_given_no_films_names_the_films_the_bundle_takes(cv_ensemble: tuple
         main_raising(["export", str(tiny_bundle), "--int8"])
 
 
+def test_threshold_of_a_cv_ensemble_on_test_films_points_at_no_run_split(cv_ensemble: tuple[Path, Path],
+                                                                         tiny_dataset: Path, tmp_path: Path) -> None:
+    """The refusal of the test split offered `RUN/split.csv --split val` as accepted, which for a cv ensemble is
+    refused in turn (every film of its runs trained a member): it says so, and what else to do."""
+    _, ens = cv_ensemble
+    with pytest.raises(ValueError, match=r"own labelled films: every film of its cv runs trained one member or "
+                                         r"another; or build it again with `ensemble --cv` and another policy\)$"):
+        main_raising(["threshold", str(ens), str(tiny_dataset), "--split", "test", "--youden",
+                      "--out", str(tmp_path / "t")])
+    assert not (tmp_path / "t").exists()
+
+
 def test_int8_of_a_cv_ensemble_chooses_its_thresholds_out_of_fold(tiny_bundle: Path, member64: Path,
                                                                   tiny_dataset: Path, tmp_path: Path) -> None:
     """No film of a cv ensemble's runs is new to every member, so --data is refused; with --cv the INT8 thresholds

@@ -18,7 +18,8 @@ from pneumoscan.core.names import shown
 from pneumoscan.data.copies import picture_groups
 from pneumoscan.data.layouts import Record, discover, own_patient, patient_key, write_manifest
 from pneumoscan.models.card import (CARD, ENSEMBLE, BundleCard, card_task, load_card, member_label, member_sources,
-                                   WEIGHTS, refused_as, replaced_members, retrained_sources, teacher_label)
+                                   WEIGHTS, out_of_fold_ensemble, refused_as, replaced_members, retrained_sources,
+                                   teacher_label)
 from pneumoscan.models.run_folder import RunFolder
 
 log = logging.getLogger(__name__)
@@ -426,16 +427,19 @@ def _run_films(path: Path, purpose: str, how: str, split: Path) -> tuple[dict[st
     return films, None
 
 
-def refuse_test_films(records: Sequence[Record], data: Path | str, what: str) -> None:
+def refuse_test_films(records: Sequence[Record], data: Path | str, what: str, card: BundleCard | None = None) -> None:
     """Refuse test-split films for choosing a bundle's ``what`` (its threshold, its temperature): the test split
     measures a bundle, and figures on films that chose its numbers are optimistic. Test films are those a dataset
     root's test split holds (``--split test``, or the root without ``--split``) and those of a folder named test
     given itself (``DATA/test`` of the Kaggle layout, or a link to it), whose records name no split (a dataset root
     that happens to be named test has split folders, and its records their splits)."""
     if any(r.split == "test" for r in records) or (_test_folder(data) and not any(r.split for r in records)):
+        # a cv ensemble's runs hold no film new to every member: its runs' validation splits are refused too
+        runs = (": every film of its cv runs trained one member or another; or build it again with `ensemble --cv` "
+                "and another policy" if card and out_of_fold_ensemble(card) else
+                "; RUN/split.csv --split val, the run's validation split, is accepted with a warning")
         raise ValueError(f"{data}: the test split measures a bundle and never chooses its {what}; give "
-                         "films the bundle never saw (a folder or manifest of your own labelled films; "
-                         "RUN/split.csv --split val, the run's validation split, is accepted with a warning)")
+                         f"films the bundle never saw (a folder or manifest of your own labelled films{runs})")
 
 
 def _test_folder(data: Path | str) -> bool:

@@ -49,7 +49,7 @@ def rethreshold(bundle: Path | str, data: Path | str, out: Path | str, split: st
     card = predictor.card
     films = labelled_films(data, split, predictor.task, card.spec)
     records, images, targets = films.records, films.images, films.targets
-    refuse_test_films(records, data, "threshold")
+    refuse_test_films(records, data, "threshold", card)
     # checked as evaluate --add-to-card checks the films its record keeps: a run whose split.csv finds none of its
     # films is refused, one with no split.csv beside it is recorded as not checked (films_record)
     held_out = check_held_out([bundle], records, "choose the threshold",

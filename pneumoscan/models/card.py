@@ -58,6 +58,8 @@ CARD = "bundle.json"
 APPEARANCE = "appearance.safetensors"  # what the training films look like (data.appearance), when they were enough
 CHECKSUM = "checksum"  # bundle.json's own "sha256:HEX", over its other fields (save_card), checked by load_card
 ENSEMBLE = "ensemble"  # BundleCard.model of a bundle that holds an ensemble
+# how the card's calibrated_on starts for an ensemble calibrated by ``--cv``, whose figures are out of fold
+OUT_OF_FOLD = "out-of-fold scores of"
 # An ensemble's recorded heatmap scale when every member records its own: each member's map is drawn on that
 # member's own scale (times this), and the maps are averaged
 MEMBERS_OWN_SCALE = 1.0
@@ -251,6 +253,12 @@ class MemberEntry(TypedDict):
     # the member bundle's own heatmap_scale, its map's scale inside the ensemble (None: it records none); absent from
     # ensembles older than it, whose maps are scaled film by film
     heatmap_scale: NotRequired[Annotated[float, Field(gt=0)] | None]
+
+
+def out_of_fold_ensemble(card: BundleCard) -> bool:
+    """Whether CARD is an ensemble that `ensemble --cv` calibrated on its runs' out-of-fold scores: every film of
+    those runs trained one member or another, so no film of theirs can choose its numbers again."""
+    return card.model == ENSEMBLE and str(card.train_config.get("calibrated_on", "")).startswith(OUT_OF_FOLD)
 
 
 def member_sources(card: BundleCard) -> list[Path]:

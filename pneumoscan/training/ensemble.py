@@ -51,7 +51,7 @@ from pneumoscan.inference.export import check_usable, module_session
 from pneumoscan.inference.predict import NonFiniteScore, Predictor, session_logits, tta_views
 from pneumoscan.models import registry
 from pneumoscan.models.bundle import load_bundle
-from pneumoscan.models.card import (CARD, ENSEMBLE, MEMBERS_OWN_SCALE, WEIGHTS, BundleCard, card_task,
+from pneumoscan.models.card import (CARD, ENSEMBLE, MEMBERS_OWN_SCALE, OUT_OF_FOLD, WEIGHTS, BundleCard, card_task,
                                    films_as_trained, load_appearance, load_card, member_label, refused_as,
                                    runtime_versions)
 from pneumoscan.models.ensemble_net import EnsembleNet, Member
@@ -59,8 +59,6 @@ from pneumoscan.models.run_folder import CvFolder, RunFolder
 from .resume import split_change
 from .finish import ScoredFilms, finish_bundle
 
-# how the card's calibrated_on starts for an ensemble calibrated by ``--cv``, whose figures are out of fold
-OUT_OF_FOLD = "out-of-fold scores of"
 SHARED = ("task", "classes", "positive", "resize_policy", "source_size", "source_quality")
 log = logging.getLogger(__name__)
 

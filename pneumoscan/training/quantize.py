@@ -46,10 +46,11 @@ from pneumoscan.inference.onnx_runtime import INPUT, INT8_NAME, Int8Key, optimiz
 from pneumoscan.inference.predict import Predictor, session_logits, tta_probabilities, tta_views
 from pneumoscan.models.bundle import load_bundle
 from pneumoscan.models.card import (ENSEMBLE, MACRO_AUC, ONNX_NAME, BundleCard, checked_bytes, films_as_trained,
-                                   load_card, member_sources, proven_run_split, record_checksum, replaced_members)
+                                   load_card, member_sources, out_of_fold_ensemble, proven_run_split, record_checksum,
+                                   replaced_members)
 from pneumoscan.models.ensemble_net import EnsembleNet
 from pneumoscan.models.run_folder import CvFolder, RunFolder
-from .ensemble import OUT_OF_FOLD, cv_members, member_named_logits, out_of_fold
+from .ensemble import cv_members, member_named_logits, out_of_fold
 
 log = logging.getLogger(__name__)
 # ONNX Runtime calibrates with graph optimisation off and a range taken on every tensor, so its memory grows with
@@ -131,7 +132,8 @@ def _cv_ensemble(bundle: Path, cv_dirs: Sequence[Path | str]) -> EnsembleNet:
     net, card = load_bundle(bundle)
     if card.model != ENSEMBLE:
         raise ValueError(f"{bundle} is not an ensemble: --cv is for one that `pneumoscan ensemble --cv` built")
-    if not str(calibrated_on := card.train_config.get("calibrated_on", "")).startswith(OUT_OF_FOLD):
+    if not out_of_fold_ensemble(card):
+        calibrated_on = card.train_config.get("calibrated_on")
         raise ValueError(f"{bundle} was calibrated on {calibrated_on or 'films it does not name'}, not on out-of-fold "
                          "scores (its FP32 figures, which the INT8 model's are held to, are not out of fold): --cv is "
                          "for an ensemble built with `ensemble --cv`; give --data (train and val films none of its "
@@ -332,7 +334,7 @@ def _films_to_give(bundle: Path) -> str:
         card = load_card(bundle)
     except (OSError, ValueError):
         return ""  # the load that follows says what is wrong with the bundle
-    if card.model == ENSEMBLE and str(card.train_config.get("calibrated_on", "")).startswith(OUT_OF_FOLD):
+    if out_of_fold_ensemble(card):
         runs = " ".join(dict.fromkeys(str(p.parent.parent) for p in member_sources(card)))
         return f": {bundle} was built by `ensemble --cv`, so give --cv {runs}"
     split = RunFolder(bundle.parent).split
