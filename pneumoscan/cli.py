@@ -268,10 +268,11 @@ def _bundle_first(args: argparse.Namespace, extra: Sequence[str] = ()) -> None:
 
 
 def _trained(bundle: Path) -> str:
-    """Train's result in one line, the bundle and what its card records of validation, and a line more where those
-    figures do not show the model better than chance, or show its probabilities far off (its card's ranking and
-    calibration caveats, which every consumer says), and one where they leave out files of the validation side
-    (unreadable, or outside the task), as the card says too."""
+    """Train's result in one line, the bundle and what its card records of validation (a line more for a task of
+    more than two classes: its most probable class's figures), and a line more where those figures do not show the
+    model better than chance, or show its probabilities far off (its card's ranking and calibration caveats, which
+    every consumer says), and one where they leave out files of the validation side (unreadable, or outside the
+    task), as the card says too."""
     from pneumoscan.core.metrics import format_figure
     from pneumoscan.evaluation.model_card import left_out_caveat
     from pneumoscan.models.card import load_card
@@ -282,6 +283,10 @@ def _trained(bundle: Path) -> str:
             f"({card.threshold_policy}): sensitivity {format_figure(val.get('sensitivity'))}, specificity "
             f"{format_figure(val.get('specificity'))}, accuracy {format_figure(val.get('accuracy'))}; with --tta "
             f"{format_figure(card.tta_threshold, 4)}"
+            # a task of more than two classes: its decision, as cv and evaluate print it beside the positive call
+            + (f"\n   most probable class: accuracy {format_figure(val['three_class_accuracy'], 4)}, balanced "
+               f"accuracy {format_figure(val.get('three_class_balanced_accuracy'), 4)}, macro AUC "
+               f"{format_figure(val.get('three_class_macro_auc'), 4)}" if "three_class_accuracy" in val else "")
             + "".join(f"\n   caveat: {said}" for said in (card.ranking_caveat, card.calibration_caveat) if said)
             + "".join(f"\n   {said}" for said in left_out_caveat(val.get("left_out", []), val.get("n", 0))))
 

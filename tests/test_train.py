@@ -22,7 +22,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from builders import SCORE_TOL, Crash, crash_after_first_epoch
 from pneumoscan.cli import main
-from pneumoscan.core.metrics import choose_threshold
+from pneumoscan.core.metrics import choose_threshold, format_figure
 from pneumoscan.data import cache as cache_mod
 from pneumoscan.data.cache import build_cache
 from pneumoscan.data.layouts import discover, write_manifest
@@ -92,6 +92,19 @@ def test_validation_figures_record_the_films_they_leave_out(tiny_bundle: Path, t
     assert _trained(tiny_etiology_bundle).endswith(f"\n   {said}")
     assert load_card(tiny_bundle).val_metrics["left_out"] == []
     assert "left out of the figures" not in _trained(tiny_bundle)
+
+
+def test_train_says_a_three_class_bundles_decision_figures(tiny_multiclass_bundle: Path, tiny_bundle: Path) -> None:
+    """train's closing line gave a multiclass bundle's pneumonia-or-not figures alone; its most probable class's
+    accuracy, balanced accuracy and macro AUC (in its card, printed by cv and evaluate) were not said."""
+    from pneumoscan.cli import _trained
+
+    val = load_card(tiny_multiclass_bundle).val_metrics
+    said = (f"\n   most probable class: accuracy {format_figure(val['three_class_accuracy'], 4)}, balanced accuracy "
+            f"{format_figure(val['three_class_balanced_accuracy'], 4)}, macro AUC "
+            f"{format_figure(val['three_class_macro_auc'], 4)}")
+    assert said in _trained(tiny_multiclass_bundle)
+    assert "most probable class" not in _trained(tiny_bundle)
 
 
 def test_thresholds_meet_target_sensitivity_on_validation(tiny_dataset: Path, tmp_path: Path) -> None:
