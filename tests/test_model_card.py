@@ -90,10 +90,12 @@ def test_add_to_card_records_an_evaluation_and_keeps_the_weights(
     assert first["films_checked"] is second["films_checked"] is False
     assert "no split.csv of its run beside it" in first["caveats"][0]
     assert "| **not checked** |" in body and f"- {today()}, on synthetic test films: {first['caveats'][0]}" in body
-    # each figure says the threshold it was measured at (the TTA evaluation's is another than the plain one's)
-    assert [r["metrics"][0]["name"] for r in results] == [
-        f"ROC AUC (validation, at threshold {card.val_metrics['threshold']:.4f})",
-        f"ROC AUC (at threshold {card.threshold:.4f})", f"ROC AUC (at threshold {card.tta_threshold:.4f})"]
+    # each figure says the threshold it was measured at (the TTA evaluation's is another than the plain one's), but
+    # the AUC, which ranks the films at every threshold: "ROC AUC (at threshold 0.3348)" read as one threshold's
+    assert [[m["name"] for m in r["metrics"][:2]] for r in results] == [
+        ["ROC AUC (validation)", f"Sensitivity (validation, at threshold {card.val_metrics['threshold']:.4f})"],
+        ["ROC AUC", f"Sensitivity (at threshold {card.threshold:.4f})"],
+        ["ROC AUC", f"Sensitivity (at threshold {card.tta_threshold:.4f})"]]
     assert "| synthetic test films | 16 films (8 PNEUMONIA, 8 NORMAL) | films | plain," in body
     assert f"for ROC AUC, {AUC_INTERVAL}" in body and "bootstrap for AUC" not in body  # as computed
     assert FILM_UNIT_CAVEAT in body  # one film a patient: as the report and the screen say it
@@ -217,8 +219,8 @@ def test_a_threshold_copy_says_where_the_threshold_in_force_was_chosen(tiny_bund
     assert cli.main(["threshold", str(tiny_bundle), str(site), "--youden", "--out", str(tmp_path / "retuned")]) == 0
     card = load_card(tmp_path / "retuned")
     meta, body = front_matter_and_body((tmp_path / "retuned" / MODEL_CARD).read_text())
-    validation = meta["model-index"][0]["results"][0]["metrics"][0]["name"]
-    assert validation == f"ROC AUC (validation, at threshold {card.val_metrics['threshold']:.4f})"
+    validation = meta["model-index"][0]["results"][0]["metrics"][1]["name"]
+    assert validation == f"Sensitivity (validation, at threshold {card.val_metrics['threshold']:.4f})"
     assert f"The threshold in force ({card.threshold:.4f}) was chosen on site-b.csv" in body
     assert "The threshold and the temperature were chosen on the validation films" not in body
     assert "The threshold and the temperature were chosen on the validation films" in render(load_card(tiny_bundle))

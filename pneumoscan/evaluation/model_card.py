@@ -104,6 +104,7 @@ ECE_NAME = f"Expected calibration error ({ECE_BINS} bins)"
 # the validation figures with exact intervals (:func:`ci_method_sentence`); AUC's and F1's are named apart
 VALIDATION_PROPORTIONS = "sensitivity, specificity, precision, NPV and accuracy"
 PREVALENCE_BOUND = ("precision", "npv")  # figures that hold at the prevalence of the films measured only
+RANKING_FIGURES = ("auc", MACRO_AUC)  # figures of the scores' ranking, at no one threshold
 MACRO_AUC_NAME = "Macro one-vs-rest ROC AUC, three classes"
 THREE_CLASS_FIGURES = (  # (key in the card, key in the multiclass block, name)
     ("three_class_accuracy", "accuracy", "Accuracy, three classes (most probable class)"),
@@ -217,9 +218,12 @@ def _limitations(card: BundleCard) -> tuple[str, ...]:
     return first + tuple(chosen if line == CHOSEN_ON_VALIDATION else line for line in LIMITATIONS)
 
 
-def _index_name(name: str, key: str, where: list[str], prevalence: float | None) -> str:
-    """A model-index figure's name with where it was measured: its threshold, and for PPV and NPV the prevalence
-    they hold at (at another they differ)."""
+def _index_name(name: str, key: str, where: list[str], prevalence: float | None,
+                threshold: float | None = None) -> str:
+    """A model-index figure's name with where it was measured: its threshold (not an AUC's, which ranks the films
+    at every threshold and calls none), and for PPV and NPV the prevalence they hold at (at another they differ)."""
+    if threshold is not None and key not in RANKING_FIGURES:
+        where = [*where, f"at threshold {threshold:.4f}"]
     if key in PREVALENCE_BOUND and prevalence is not None:
         where = [*where, f"at prevalence {format_percent(prevalence)}"]
     return f"{name} ({', '.join(where)})" if where else name
@@ -239,8 +243,8 @@ def _model_index(card: BundleCard) -> list[dict[str, Any]]:
     if card.val_metrics:
         # each figure names its threshold: after `pneumoscan threshold` the one in force is another
         val = card.val_metrics
-        where = ["validation", *([f"at threshold {val['threshold']:.4f}"] if val.get("threshold") is not None else [])]
-        metrics = [{"type": kind, "name": _index_name(name, key, where, val.get("prevalence")), "value": val[key]}
+        metrics = [{"type": kind, "name": _index_name(name, key, ["validation"], val.get("prevalence"),
+                                                      val.get("threshold")), "value": val[key]}
                    for key, kind, name in CARD_METRICS if val.get(key) is not None]
         metrics += _macro_index(val.get(MACRO_AUC), ["validation"])
         calibrated_on = card.train_config.get("calibrated_on")  # an ensemble's: held-out or out-of-fold films
@@ -249,9 +253,8 @@ def _model_index(card: BundleCard) -> list[dict[str, Any]]:
                     "split": "validation"})
         results.append({"task": task, "dataset": dataset, "metrics": metrics})
     for record in card.external_evaluations:
-        where = [f"at threshold {record['threshold']:.4f}"] if record.get("threshold") is not None else []
         absent = one_class(record, (card.classes[0], card.positive))  # its 1.0 precision would read as a figure
-        metrics = [{"type": kind, "name": _index_name(name, key, where, record.get("prevalence")),
+        metrics = [{"type": kind, "name": _index_name(name, key, [], record.get("prevalence"), record.get("threshold")),
                     "value": record["metrics"][key]["value"]}
                    for key, kind, name in CARD_METRICS if (record["metrics"].get(key) or {}).get("value") is not None
                    and not (absent and key in BOTH_CLASSES)]
