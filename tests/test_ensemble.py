@@ -782,6 +782,16 @@ def test_threshold_of_a_cv_ensemble_on_test_films_points_at_no_run_split(cv_ense
     assert not (tmp_path / "t").exists()
 
 
+def test_a_cv_ensembles_card_says_its_films_were_dealt_into_folds(cv_ensemble: tuple[Path, Path],
+                                                                   ensemble: Path) -> None:
+    """The card of an ensemble built by `ensemble --cv` said its films "were split by patient into training and
+    validation", where every one of them trained a member: it says they were dealt into folds, scored out of fold."""
+    body = (cv_ensemble[1] / "MODEL_CARD.md").read_text()
+    assert "The films were dealt by patient into cross-validation folds: each member trained on all folds" in body
+    assert "split by patient into training and validation" not in body
+    assert "split by patient into training and validation" in (ensemble / "MODEL_CARD.md").read_text()
+
+
 def test_int8_of_a_cv_ensemble_chooses_its_thresholds_out_of_fold(tiny_bundle: Path, member64: Path,
                                                                   tiny_dataset: Path, tmp_path: Path) -> None:
     """No film of a cv ensemble's runs is new to every member, so --data is refused; with --cv the INT8 thresholds

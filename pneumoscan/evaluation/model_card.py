@@ -23,7 +23,8 @@ from pneumoscan.core.metrics import (BOTH_CLASSES, ECE_BINS, FILM_UNIT_CAVEAT, N
 from pneumoscan.core.names import shown
 from pneumoscan.inference.onnx_runtime import INT8_NAME, Int8Key, Int8Operating, read_sidecar, spec_path
 from pneumoscan.models import PLUGINS_ENV
-from pneumoscan.models.card import ENSEMBLE, MACRO_AUC, WRITER, BundleCard, load_card, save_card
+from pneumoscan.models.card import (ENSEMBLE, MACRO_AUC, WRITER, BundleCard, load_card, out_of_fold_ensemble,
+                                   save_card)
 from .held_out import HeldOutFindings
 
 log = logging.getLogger(__name__)
@@ -199,6 +200,15 @@ def _with_ci(block: dict[str, Any], key: str) -> str:
     """An evaluation record's {key: {"value", "ci"}} figure with its interval (:func:`with_ci`)."""
     entry = block.get(key) or {}
     return with_ci(entry.get("value"), entry.get("ci"))
+
+
+def _split_sentence(card: BundleCard) -> str:
+    """How the card's films were divided: a cv ensemble's validation figures are its runs' out-of-fold scores, of
+    films every one of which trained another member, not of a validation split none of them trained on."""
+    if out_of_fold_ensemble(card):
+        return ("The films were dealt by patient into cross-validation folds: each member trained on all folds but "
+                "one, and each film's validation score is the member's that did not train on it (out of fold).")
+    return "The films were split by patient into training and validation."
 
 
 def _limitations(card: BundleCard) -> tuple[str, ...]:
@@ -526,8 +536,8 @@ def render(card: BundleCard, int8: dict | None = None) -> str:
         f"## Out of scope\n\n{_bullets(OUT_OF_SCOPE)}",
         "## Training data\n\n"
         f"Pediatric chest X-ray films of {DATASET}, licensed CC BY 4.0: these weights are trained on CC BY 4.0 "
-        "data, so any use of them must credit the data as under *How to cite the data*. The films were split "
-        "by patient into training and validation.\n\n"
+        "data, so any use of them must credit the data as under *How to cite the data*. "
+        f"{_split_sentence(card)}\n\n"
         f"Data checksum (the training and validation films' pixels as preprocessed, with their labels, whatever their "
         f"paths): `{card.data_checksum or 'not recorded'}`. Data fingerprint (those files where they were): "
         f"`{card.data_fingerprint or 'not recorded'}`.",
