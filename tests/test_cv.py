@@ -130,6 +130,17 @@ def test_cv_prints_the_pooled_out_of_fold_figures_its_ensemble_records(finished_
     assert f"pooled out of fold ({pooled['n']} films): auc {format_figure(pooled['auc'], 4)}, " in "\n".join(lines)
 
 
+def test_compare_given_a_cv_run_says_where_its_figures_are(finished_cv: tuple[Path, list[str]],
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """`compare CV_DIR` said only "no metrics.json (give a training run folder or an evaluate --out folder)": it
+    names the cv.json that holds a recipe's figures, and the fold runs it may be given."""
+    out, _ = finished_cv
+    capsys.readouterr()
+    assert main(["compare", str(out)]) == 2
+    assert (f"it is a cv run: its figures are in {out / 'cv.json'} (the folds' spread and the pooled out-of-fold "
+            f"figures), and its fold runs ({out / 'fold-0'}, ...) can be given") in capsys.readouterr().err
+
+
 def test_a_fold_scored_with_an_earlier_epochs_weights_says_its_figures_lean_optimistic(
         finished_cv: tuple[Path, list[str]], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A fold keeps its best epoch's weights, chosen on the films it is then scored on: when that is not its last

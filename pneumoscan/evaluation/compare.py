@@ -24,7 +24,7 @@ from pneumoscan.core.metrics import format_figure, with_ci
 from pneumoscan.core.names import results_csv, shown
 from pneumoscan.inference.onnx_runtime import INT8_NAME
 from pneumoscan.models.card import CARD, WEIGHTS, BundleCard, load_card
-from pneumoscan.models.run_folder import METRICS, RunFolder
+from pneumoscan.models.run_folder import METRICS, CvFolder, RunFolder
 from .model_card import counted
 from .report import roc_figure
 
@@ -201,8 +201,13 @@ def load_run(path: Path | str) -> RunSummary:
     metrics_path = folder / METRICS
     if not metrics_path.is_file():
         run = folder.parent
+        cv = CvFolder(folder)
         hint = (f"; it is a bundle: give its training run, {run}" if (folder / CARD).is_file()
-                and RunFolder(run).bundle == folder and (run / METRICS).is_file() else "")
+                and RunFolder(run).bundle == folder and (run / METRICS).is_file() else
+                # a recipe's figures are its cv.json's; its folds' runs each validate on other films
+                f"; it is a cv run: its figures are in {cv.summary} (the folds' spread and the pooled out-of-fold "
+                f"figures), and its fold runs ({cv.fold(0).root}, ...) can be given, each on its own fold's films"
+                if cv.summary.is_file() else "")
         raise ValueError(f"{folder}: no {METRICS} (give a training run folder or an evaluate --out folder){hint}")
     try:
         m = json.loads(metrics_path.read_text())
