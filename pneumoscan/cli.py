@@ -320,7 +320,8 @@ def cmd_cv(args: argparse.Namespace) -> int:
     pooled = result["pooled_out_of_fold"]
     # all folds' films scored together: the figures `ensemble --cv` records as its validation figures
     figures = ", ".join(f"{name} {format_figure(pooled[name], 4)}" for name in result["summary"] if name in pooled)
-    print(f"pooled out of fold ({pooled['n']} films): {figures}")
+    if figures:
+        print(f"pooled out of fold ({pooled['n']} films): {figures}")
     if three_class := pooled.get("multiclass"):
         print(f"pooled out of fold, {_three_classes(three_class)}")
     _print_left_out(result["left_out"], pooled["n"])  # cv.json records them

@@ -208,12 +208,13 @@ def test_cv_prints_each_result_on_one_line(tiny_dataset: Path, tmp_path: Path, m
 
     summary = {"folds": 2, "mean": 0.91234, "std": 0.01234, "min": 0.9, "max": 0.92468}
     result = {"summary": {"auc": summary, "balanced_accuracy_at_the_chosen_threshold": summary},
-              "per_fold": [{}, {}], "pooled_out_of_fold": {"n": 40}, "left_out": []}
+              "per_fold": [{}, {}], "pooled_out_of_fold": {"n": 40, "auc": 0.91}, "left_out": []}
     monkeypatch.setattr(pneumoscan.training.cv, "cross_validate", lambda *args: result)
     out = tmp_path / ("a-long-folder-name-" * 4) / "cv"
     assert cli.main(["cv", "--data", str(tiny_dataset), "--out", str(out), "--folds", "2"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 3 and lines[-1] == f"out-of-fold scores: {out / 'oof.csv'}   figures: {out / 'cv.json'}", lines
+    assert len(lines) == 4 and lines[-1] == f"out-of-fold scores: {out / 'oof.csv'}   figures: {out / 'cv.json'}", lines
+    assert lines[2] == "pooled out of fold (40 films): auc 0.9100"
     assert lines[1].endswith("balanced_accuracy_at_the_chosen_threshold: 0.9123 +- 0.0123 (folds 0.9000-0.9247)")
 
 
