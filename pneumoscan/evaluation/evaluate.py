@@ -17,7 +17,7 @@ from PIL import Image
 
 from pneumoscan.core.atomic import file_stamp, unchanged, write_atomic
 from pneumoscan.core.digests import bytes_sha256, file_sha256
-from pneumoscan.core.metrics import (binary_metrics, choose_threshold, describe_policy, evaluate_binary,
+from pneumoscan.core.metrics import (binary_metrics, choose_threshold, describe_policy, ece_by_chance, evaluate_binary,
                                      evaluate_multiclass, figure_beside, has_both_classes, jsonable)
 from pneumoscan.core.names import path_text, results_csv, shown
 from pneumoscan.data.cache import cache_dataset
@@ -52,9 +52,13 @@ def evaluate_probabilities(probs: np.ndarray, targets: np.ndarray, task: Task, t
                            groups: Sequence[str] | np.ndarray | None = None) -> dict:
     """Binary metrics for the task's positive class with a :func:`threshold_table`; multiclass tasks add a
     per-class block under ``multiclass``. ``groups`` (each film's patient, or its unit:
-    :func:`~pneumoscan.data.labelled.patient_groups`) makes the CIs count patients."""
+    :func:`~pneumoscan.data.labelled.patient_groups`) makes the CIs count patients. With the ECE comes the most
+    chance gives these films' ECE were the probabilities calibrated (``ece_chance``:
+    :func:`~pneumoscan.core.metrics.ece_by_chance`), the card's calibration caveat's yardstick: every set of
+    figures (validation, an evaluation, an INT8 model's) holds the same fields."""
     y, prob = binary_targets(targets), task.positive_probability(probs)
     metrics = evaluate_binary(y, prob, threshold, class_names=(task.classes[0], task.positive), groups=groups)
+    metrics["ece_chance"] = ece_by_chance(prob, groups)
     metrics["positive_class"] = task.positive
     metrics["threshold_table"] = threshold_table(y, prob, threshold)
     metrics.update(task.extra_metrics(targets, probs, groups))

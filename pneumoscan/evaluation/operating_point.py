@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from pneumoscan.core.metrics import (CHANCE_AUC, NO_RANGE, choose_thresholds, clopper_pearson, describe_policy,
-                                     ece_by_chance, fit_temperature, format_figure, jsonable, macro_auc, roc_auc,
+                                     fit_temperature, format_figure, jsonable, macro_auc, roc_auc,
                                      threshold_range)
 from pneumoscan.data.tasks import Task, binary_targets
 from pneumoscan.inference.export import ONNX_NAME, write_onnx_spec
@@ -123,7 +123,6 @@ def write_operating_point(bundle: Path, card: BundleCard, probs: np.ndarray, tta
     y, plain = binary_targets(targets), task.positive_probability(probs)
     point = choose_operating_point(y, plain, tta_scores, target_sensitivity, max_false_positive_rate, groups)
     metrics = evaluate_probabilities(probs, targets, task, point.threshold, groups=groups)
-    metrics["ece_chance"] = ece_by_chance(plain, groups)
     if left_out is not None:
         metrics["left_out"] = left_out
     card = dataclasses.replace(card, threshold_policy=policy, val_metrics=validation_figures(metrics),
