@@ -226,6 +226,29 @@ def test_a_threshold_copy_says_where_the_threshold_in_force_was_chosen(tiny_bund
     assert "The threshold and the temperature were chosen on the validation films" in render(load_card(tiny_bundle))
 
 
+def test_the_limitations_say_the_training_films_class_balance_as_the_card_counts_it(tiny_bundle: Path) -> None:
+    """The class balance the card states is the training films' own, which training counts (24 films a class in the
+    tiny dataset: near even, so nothing is said of it); 3 pneumonia films per normal one is said as such, 200 to 150
+    is near even, and a card that counts none (an older bundle, an ensemble) gives no ratio (every card said 3 to 1)."""
+    card = load_card(tiny_bundle)
+    trained = card.train_config["training_films"]
+    assert set(trained) == set(card.classes) and sum(trained.values()) + card.val_metrics["n"] == 48
+    assert "unbalanced" not in render(card) and "3 pneumonia films" not in render(card)
+
+    def said(counts: dict | None) -> str:
+        config = {k: v for k, v in card.train_config.items() if k != "training_films"}
+        limits = render(dataclasses.replace(card, train_config=config | ({"training_films": counts} if counts
+                                                                          else {})))
+        return limits.split("## Limitations")[1]
+
+    assert ("The classes are unbalanced in the training films (1,341 NORMAL, 3,875 PNEUMONIA): about 2.9 PNEUMONIA "
+            "films per NORMAL one." in said({"NORMAL": 1341, "PNEUMONIA": 3875}))
+    assert "unbalanced" not in said({"NORMAL": 150, "PNEUMONIA": 200})
+    assert "balance" not in said({"NORMAL": 150, "PNEUMONIA": 200})
+    older = said(None)
+    assert "The card records no count of the training films by class" in older and "unbalanced" not in older
+
+
 def test_the_service_shows_intended_use_and_card_figures(tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path) -> None:
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)

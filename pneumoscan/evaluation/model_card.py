@@ -23,8 +23,8 @@ from pneumoscan.core.metrics import (BOTH_CLASSES, ECE_BINS, FILM_UNIT_CAVEAT, N
 from pneumoscan.core.names import shown
 from pneumoscan.inference.onnx_runtime import INT8_NAME, Int8Key, Int8Operating, read_sidecar, spec_path
 from pneumoscan.models import PLUGINS_ENV
-from pneumoscan.models.card import (ENSEMBLE, MACRO_AUC, WRITER, BundleCard, load_card, out_of_fold_ensemble,
-                                   save_card)
+from pneumoscan.models.card import (ENSEMBLE, MACRO_AUC, TRAINING_FILMS, WRITER, BundleCard, load_card,
+                                   out_of_fold_ensemble, save_card)
 from .held_out import HeldOutFindings
 
 log = logging.getLogger(__name__)
@@ -54,10 +54,11 @@ LIMITATIONS = (
     "patients elsewhere differ.",
     "Labels are expert gradings of the films (two physicians, a third checking the test set), not laboratory "
     "confirmation; bacterial versus viral labels are the least certain.",
-    "The classes are unbalanced (about 3 pneumonia films per normal one in the training folder).",
     CHOSEN_ON_VALIDATION,
     "Grad-CAM heatmaps show where the score came from, not where the disease is.",
 )
+# the most common class's training films per film of the least common from which the card calls the classes unbalanced
+UNEVEN = 1.5
 CITATION = """\
 The data: Kermany D, Zhang K, Goldbaum M. Labeled Optical Coherence Tomography (OCT) and Chest X-Ray Images for
 Classification. Mendeley Data, V2, 2018. doi:10.17632/rscbjbr9sj.2. Licence: CC BY 4.0 (attribution required).
@@ -211,21 +212,39 @@ def _split_sentence(card: BundleCard) -> str:
     return "The films were split by patient into training and validation."
 
 
+def _class_balance(card: BundleCard) -> tuple[str, ...]:
+    """The limitation of the training films' class balance, as the card counts them (:data:`TRAINING_FILMS`): none
+    where they are near even (under :data:`UNEVEN` to 1), and no ratio where the card counts none (an older bundle,
+    an ensemble): the films a bundle trained on need not be the dataset's training folder."""
+    counts = card.train_config.get(TRAINING_FILMS)
+    if not counts:
+        return ("The card records no count of the training films by class, so how balanced they were is not known "
+                "here.",)
+    most, least = max(counts, key=counts.get), min(counts, key=counts.get)
+    if counts[most] < UNEVEN * counts[least]:
+        return ()
+    listed = ", ".join(f"{n:,} {name}" for name, n in counts.items())
+    return (f"The classes are unbalanced in the training films ({listed}): about "
+            f"{counts[most] / max(counts[least], 1):.1f} {most} films per {least} one.",)
+
+
 def _limitations(card: BundleCard) -> tuple[str, ...]:
-    """LIMITATIONS, after the card's ranking caveat (:attr:`BundleCard.ranking_caveat`: its recorded AUCs do not show
-    it better than chance) and its calibration caveat (:attr:`BundleCard.calibration_caveat`: its validation films
-    show its probabilities far off), with the threshold's line saying where the threshold in force was chosen when
-    `pneumoscan threshold` chose it on other films than the validation ones."""
+    """LIMITATIONS with the training films' class balance (:func:`_class_balance`), after the card's ranking caveat
+    (:attr:`BundleCard.ranking_caveat`: its recorded AUCs do not show it better than chance) and its calibration
+    caveat (:attr:`BundleCard.calibration_caveat`: its validation films show its probabilities far off), with the
+    threshold's line saying where the threshold in force was chosen when `pneumoscan threshold` chose it on other
+    films than the validation ones."""
     first = tuple(f"**{lead}:** {_md(caveat)}." for lead, caveat in (
         ("The model is not shown to rank films better than chance", card.ranking_caveat),
         ("The probabilities are not calibrated", card.calibration_caveat)) if caveat)
+    limitations = LIMITATIONS[:2] + _class_balance(card) + LIMITATIONS[2:]
     if not card.threshold_records:
-        return first + LIMITATIONS
+        return first + limitations
     chosen = (f"The threshold in force ({card.threshold:.4f}) was chosen on {card.threshold_records[-1].get('data')} "
               "and the temperature on the validation films: figures on either at the threshold that was chosen on "
               "them are optimistic; the validation figures were measured at the earlier threshold; figures on data "
               "the model has never seen are the ones to trust.")
-    return first + tuple(chosen if line == CHOSEN_ON_VALIDATION else line for line in LIMITATIONS)
+    return first + tuple(chosen if line == CHOSEN_ON_VALIDATION else line for line in limitations)
 
 
 def _index_name(name: str, key: str, where: list[str], prevalence: float | None,

@@ -294,6 +294,9 @@ def refused_as(what: str) -> Iterator[None]:
 
 TEACHER_CARDS = "teacher_cards"  # a distilled run's train_config: its teachers' bundle_checksums
 INIT_CARD = "init_card"  # a run started from a bundle (--init): that bundle's bundle_checksums
+# a trained bundle's train_config: its training films counted by class ({class: films}), of which MODEL_CARD.md says
+# how unbalanced they were; absent in ensembles and in bundles older than it
+TRAINING_FILMS = "training_films"
 # train_config of the card in RUN/best, the best epoch's weights a run keeps while it trains: no temperature,
 # threshold or validation figures were chosen for them, so load_card refuses it to all but training's finalisation
 BEST_SO_FAR = "best_so_far"

@@ -46,7 +46,7 @@ from pneumoscan.inference.export import check_exportable
 from pneumoscan.inference.predict import Predictor, tta_views
 from pneumoscan.models import registry
 from pneumoscan.models.bundle import load_bundle, load_weights_into, save_bundle
-from pneumoscan.models.card import BEST_SO_FAR, BundleCard, load_card, runtime_versions
+from pneumoscan.models.card import BEST_SO_FAR, TRAINING_FILMS, BundleCard, load_card, runtime_versions
 from pneumoscan.models.run_folder import RunFolder
 from .callbacks import (
     BestWeights,
@@ -673,8 +673,11 @@ def finalize(run_dir: Path, cfg: TrainConfig, d: Data, ctx: Dist, epochs: int, b
     # the intervals count patients, copies of one film under other names as one (their scans are this process's)
     groups = patient_groups(d.val_records, run.split)[1]
     temperature = calibrated_temperature(logits, targets)
+    # the training films by class (their hard labels, a distilled run's too): MODEL_CARD.md says their balance
+    trained_on = dict(zip(card.classes, np.bincount(d.plain[0].targets, minlength=len(card.classes)).tolist()))
     card = dataclasses.replace(card, temperature=float(temperature[0]), data_fingerprint=d.data_fingerprint,
-                               data_checksum=d.checksum, versions=runtime_versions(), train_config=run_record(cfg, ctx))
+                               data_checksum=d.checksum, versions=runtime_versions(),
+                               train_config=run_record(cfg, ctx) | {TRAINING_FILMS: trained_on})
 
     def score(bundle: Path) -> ScoredFilms:  # the plain logits torch's; the TTA views' by the ONNX graph shipped
         predictor = Predictor(bundle, cfg.eval_batch_size, backend="onnx")
