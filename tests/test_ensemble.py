@@ -31,7 +31,7 @@ from pneumoscan.data.layouts import Record, discover, make_record, write_manifes
 from pneumoscan.data.tasks import binary_targets, get_task
 from pneumoscan.data.transforms import to_input
 from pneumoscan.evaluation.evaluate import evaluate
-from pneumoscan.evaluation.model_card import render
+from pneumoscan.evaluation.model_card import card_summary, render
 from pneumoscan.inference.explain import explain_array, gradcam
 from pneumoscan.inference.export import module_session
 from pneumoscan.inference.onnx_runtime import INPUT, OUTPUT, session, spec_path
@@ -790,6 +790,21 @@ def test_a_cv_ensembles_card_says_its_films_were_dealt_into_folds(cv_ensemble: t
     assert "The films were dealt by patient into cross-validation folds: each member trained on all folds" in body
     assert "split by patient into training and validation" not in body
     assert "split by patient into training and validation" in (ensemble / "MODEL_CARD.md").read_text()
+
+
+def test_a_cv_ensembles_card_says_its_temperature_and_threshold_were_chosen_out_of_fold(
+        cv_ensemble: tuple[Path, Path], ensemble: Path) -> None:
+    """Its intended use and limitations said the temperature and threshold were chosen on "the validation films",
+    where no film was new to every member: they say its runs' out-of-fold scores, the web service's summary too."""
+    body = (cv_ensemble[1] / "MODEL_CARD.md").read_text()
+    assert "scaled by one temperature fitted on its cross-validation runs' out-of-fold scores" in body
+    assert ("The threshold and the temperature were chosen on its cross-validation runs' out-of-fold scores, so the "
+            "validation figures" in body)
+    assert "the validation films" not in body.split("## Intended use")[1].split("## Out of scope")[0]
+    assert "chosen on the validation films" not in body
+    assert "out-of-fold" in card_summary(load_card(cv_ensemble[1]))["intended_use"]
+    plain = (ensemble / "MODEL_CARD.md").read_text()
+    assert "fitted on the validation films" in plain and "chosen on the validation films" in plain
 
 
 def test_int8_of_a_cv_ensemble_chooses_its_thresholds_out_of_fold(tiny_bundle: Path, member64: Path,

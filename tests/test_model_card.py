@@ -19,9 +19,9 @@ from PIL import Image
 from pneumoscan import cli
 from pneumoscan.core.metrics import AUC_INTERVAL, FILM_UNIT_CAVEAT, ci_method_sentence, with_ci
 from pneumoscan.data.layouts import discover, make_record, write_manifest
-from pneumoscan.evaluation.model_card import (CARD_METRICS, INTENDED_USE, MODEL_CARD, VALIDATION_PROPORTIONS,
+from pneumoscan.evaluation.model_card import (CARD_METRICS, MODEL_CARD, VALIDATION_PROPORTIONS,
                                               MACRO_AUC_NAME, card_summary, front_matter, render, today,
-                                              write_model_card)
+                                              intended_use, write_model_card)
 from pneumoscan.inference.onnx_runtime import INT8_NAME, spec_path
 from pneumoscan.evaluation.evaluate import evaluate
 from pneumoscan.models.card import BundleCard, load_card, save_card
@@ -256,7 +256,8 @@ def test_the_service_shows_intended_use_and_card_figures(tiny_bundle: Path, tiny
                      "--add-to-card", "--data-name", "site B"]) == 0
     with TestClient(create_app(bundle)) as client:
         info = client.get("/v1/model").json()
-    assert info["intended_use"] == INTENDED_USE and "aged 1 to 5" in info["intended_use"]
+    assert info["intended_use"] == intended_use(load_card(bundle)) and "aged 1 to 5" in info["intended_use"]
+    assert "fitted on the validation films" in info["intended_use"]
     assert any("Adults" in line for line in info["out_of_scope"])
     recorded = load_card(bundle).external_evaluations
     # without the caveats, which name paths of the machine that evaluated; with whether the films were checked

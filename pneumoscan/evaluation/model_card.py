@@ -29,11 +29,14 @@ from .held_out import HeldOutFindings
 
 log = logging.getLogger(__name__)
 MODEL_CARD = "MODEL_CARD.md"
-INTENDED_USE = (
+# where a bundle's temperature and threshold were chosen (chosen_on): a cv ensemble's films all trained a member
+VALIDATION_FILMS = "the validation films"
+OUT_OF_FOLD_SCORES = "its cross-validation runs' out-of-fold scores"
+INTENDED_USE = (  # {films}: chosen_on's
     "Research use only; not a medical device. Reads frontal (anterior-posterior) chest X-ray films of pediatric "
     "patients aged 1 to 5 years, as taken at one hospital (Guangzhou Women and Children's Medical Center, "
-    "Guangzhou, China), and gives a probability of the positive class, scaled by one temperature fitted on the "
-    "validation films (which corrects over- or under-confidence, not a shift towards one class: its expected "
+    "Guangzhou, China), and gives a probability of the positive class, scaled by one temperature fitted on "
+    "{films} (which corrects over- or under-confidence, not a shift towards one class: its expected "
     "calibration error there is among the validation figures), with a thresholded label."
 )
 # plain text: /v1/model gives these to the web page, which shows them as they are (MODEL_CARD.md too)
@@ -46,9 +49,9 @@ OUT_OF_SCOPE = (
     "Other findings (tuberculosis, COVID-19, effusion, nodules, devices): the model knows only its classes.",
 )
 # the limitation of a bundle whose threshold training chose; a `threshold` copy's says where its own was chosen
-CHOSEN_ON_VALIDATION = ("The threshold and the temperature were chosen on the validation films, so the validation "
-                        "figures at that threshold are optimistic; figures on data the model has never seen are the "
-                        "ones to trust.")
+_CHOSEN = ("The threshold and the temperature were chosen on {films}, so the validation figures at that threshold are "
+           "optimistic; figures on data the model has never seen are the ones to trust.")
+CHOSEN_ON_VALIDATION = _CHOSEN.format(films=VALIDATION_FILMS)
 LIMITATIONS = (
     "One centre, retrospective: the films come from one hospital's routine care; prevalence, equipment and "
     "patients elsewhere differ.",
@@ -203,6 +206,17 @@ def _with_ci(block: dict[str, Any], key: str) -> str:
     return with_ci(entry.get("value"), entry.get("ci"))
 
 
+def chosen_on(card: BundleCard) -> str:
+    """The films the card's temperature (and training's threshold) were chosen on: a cv ensemble's are its runs'
+    out-of-fold scores (:func:`out_of_fold_ensemble`), of films every one of which trained a member."""
+    return OUT_OF_FOLD_SCORES if out_of_fold_ensemble(card) else VALIDATION_FILMS
+
+
+def intended_use(card: BundleCard) -> str:
+    """:data:`INTENDED_USE`, naming the films its temperature was fitted on (:func:`chosen_on`)."""
+    return INTENDED_USE.format(films=chosen_on(card))
+
+
 def _split_sentence(card: BundleCard) -> str:
     """How the card's films were divided: a cv ensemble's validation figures are its runs' out-of-fold scores, of
     films every one of which trained another member, not of a validation split none of them trained on."""
@@ -239,9 +253,10 @@ def _limitations(card: BundleCard) -> tuple[str, ...]:
         ("The probabilities are not calibrated", card.calibration_caveat)) if caveat)
     limitations = LIMITATIONS[:2] + _class_balance(card) + LIMITATIONS[2:]
     if not card.threshold_records:
-        return first + limitations
+        return first + tuple(_CHOSEN.format(films=chosen_on(card)) if line == CHOSEN_ON_VALIDATION else line
+                             for line in limitations)
     chosen = (f"The threshold in force ({card.threshold:.4f}) was chosen on {card.threshold_records[-1].get('data')} "
-              "and the temperature on the validation films: figures on either at the threshold that was chosen on "
+              f"and the temperature on {chosen_on(card)}: figures on either at the threshold that was chosen on "
               "them are optimistic; the validation figures were measured at the earlier threshold; figures on data "
               "the model has never seen are the ones to trust.")
     return first + tuple(chosen if line == CHOSEN_ON_VALIDATION else line for line in limitations)
@@ -551,7 +566,7 @@ def render(card: BundleCard, int8: dict | None = None) -> str:
         f"# {card.model_id}\n\n{card.model} classifier for the `{card.task}` task ({' vs '.join(card.classes)}; "
         f"positive class {card.positive}), made with pneumoscan {card.package_version}. "
         "**Research use only; not a medical device.**",
-        f"## Intended use\n\n{INTENDED_USE}",
+        f"## Intended use\n\n{intended_use(card)}",
         f"## Out of scope\n\n{_bullets(OUT_OF_SCOPE)}",
         "## Training data\n\n"
         f"Pediatric chest X-ray films of {DATASET}, licensed CC BY 4.0: these weights are trained on CC BY 4.0 "
@@ -669,7 +684,7 @@ def add_evaluation(directory: Path | str, record: dict[str, Any]) -> BundleCard:
 def card_summary(card: BundleCard) -> dict[str, Any]:
     """What the web service shows of the model card: intended use, out of scope, and the recorded figures."""
     return {
-        "intended_use": INTENDED_USE,
+        "intended_use": intended_use(card),
         "out_of_scope": list(OUT_OF_SCOPE),
         # each with films_checked, without the caveats of its films' check and its label conflicts (paths on the
         # machine that evaluated)
