@@ -268,8 +268,9 @@ def _bundle_first(args: argparse.Namespace, extra: Sequence[str] = ()) -> None:
 
 
 def _trained(bundle: Path) -> str:
-    """Train's result in one line, the bundle and what its card records of validation (a line more for a task of
-    more than two classes: its most probable class's figures), and a line more where those figures do not show the
+    """Train's result in one line, the bundle and what its card records of validation (its sensitivity named by the
+    positive class, which an etiology bundle's is not obviously; a line more for a task of more than two classes:
+    its most probable class's figures), and a line more where those figures do not show the
     model better than chance, or show its probabilities far off (its card's ranking and calibration caveats, which
     every consumer says), and one where they leave out files of the validation side (unreadable, or outside the
     task), as the card says too."""
@@ -280,9 +281,9 @@ def _trained(bundle: Path) -> str:
     card = load_card(bundle)
     val = card.val_metrics
     return (f"{shown(bundle)}: validation AUC {format_figure(val.get('auc'), 4)}, threshold {card.threshold:.4f} "
-            f"({card.threshold_policy}): sensitivity {format_figure(val.get('sensitivity'))}, specificity "
-            f"{format_figure(val.get('specificity'))}, accuracy {format_figure(val.get('accuracy'))}; with --tta "
-            f"{format_figure(card.tta_threshold, 4)}"
+            f"({card.threshold_policy}): sensitivity ({card.positive}) {format_figure(val.get('sensitivity'))}, "
+            f"specificity {format_figure(val.get('specificity'))}, accuracy {format_figure(val.get('accuracy'))}; "
+            f"with --tta {format_figure(card.tta_threshold, 4)}"
             # a task of more than two classes: its decision, as cv and evaluate print it beside the positive call
             + (f"\n   most probable class: accuracy {format_figure(val['three_class_accuracy'], 4)}, balanced "
                f"accuracy {format_figure(val.get('three_class_balanced_accuracy'), 4)}, macro AUC "

@@ -718,3 +718,14 @@ def test_an_empty_path_is_refused_as_an_unset_variable(command: list[str], reaso
     assert exited.value.code == 2
     assert capsys.readouterr().err.startswith(
         f"pneumoscan {command[0]}: error: {reason} (an empty path: is the variable that names it")
+
+
+def test_trains_closing_line_names_the_class_its_sensitivity_is_of(tiny_bundle: Path,
+                                                                    tiny_etiology_bundle: Path) -> None:
+    """An etiology run's line said "sensitivity 1.000" without saying of which class: it names the positive class as
+    the card records it (virus), as a pneumonia run's names PNEUMONIA."""
+    for bundle, positive in ((tiny_etiology_bundle, "virus"), (tiny_bundle, "PNEUMONIA")):
+        card = load_card(bundle)
+        line = cli._trained(bundle).splitlines()[0]
+        assert card.positive == positive
+        assert f"): sensitivity ({positive}) {card.val_metrics['sensitivity']:.3f}, specificity " in line, line
