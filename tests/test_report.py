@@ -130,6 +130,7 @@ def test_report_says_the_intervals_count_patients_when_they_do(tmp_path):
     assert metrics["ci_unit"] == metrics["two_stage"]["ci_unit"] == "patient"
     page = write_report(metrics, tmp_path, "By patient").read_text()
     assert page.count("95% CIs count patients, not films") == 2 and page.count("Korn-Graubard") == 2
+    assert page.count("count patients") == 2, "once a block: the table's caption, not the note beside it again"
     assert "bootstrap of the patients" in page and "independent case" not in page
     separated = np.r_[np.linspace(0.6, 0.9, 20), np.linspace(0.1, 0.4, 50)]
     page = write_report(evaluate_binary(np.r_[np.ones(20, int), np.zeros(50, int)], separated, 0.5, n_boot=100,
@@ -244,7 +245,10 @@ def test_every_n_names_its_patients_and_every_table_the_unit_of_its_intervals(tm
     counts = metrics["patients"]
     assert (f"n = 300 films of 100 patients ({metrics['n_positive']} pneumonia films of {counts['positive']} patients, "
             f"{metrics['n_negative']} normal of {counts['negative']}).") in page
-    assert page.count("<caption>95% CIs count patients.</caption>") == 2
+    # said once a block, on its table with why (the note beside it said it again): two blocks, two captions
+    assert page.count("count patients") == 2
+    assert page.count("<caption>95% CIs count patients, not films, since one patient's films are scored alike."
+                      "</caption>") == 2
     # the two stages' summary too: its intervals count patients (metrics.json holds them under two_stage)
     block = metrics["two_stage"]
     assert json.loads((tmp_path / "metrics.json").read_text())["two_stage"]["patients"] == block["patients"]

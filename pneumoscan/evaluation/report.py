@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 
 from pneumoscan.core.atomic import write_atomic, write_json
 from pneumoscan.core.figures import figure_bytes, png_data_url
-from pneumoscan.core.metrics import (BOTH_CLASSES, ci_method_sentence, clopper_pearson, format_figure,
+from pneumoscan.core.metrics import (BOTH_CLASSES, PATIENT_UNIT, ci_method_sentence, clopper_pearson, format_figure,
                                      format_percent, jsonable, unit_caveat)
 from pneumoscan.core.names import path_text
 from pneumoscan.models.run_folder import METRICS, REPORT
@@ -106,16 +106,18 @@ def _value_cell(block: dict[str, Any], name: str, absent: str | None = None) -> 
 
 
 def _ci_caption(m: dict[str, Any]) -> str:
-    """The unit the table's intervals count, on the table itself: its n counts films either way."""
-    return f'<caption>95% CIs count {"patients" if m.get("ci_unit") == "patient" else "films"}.</caption>'
+    """The unit the table's intervals count, on the table itself (its n counts films either way), and why where it
+    is patients: the note above the table (:func:`_ci_note`) does not say it again."""
+    return f'<caption>95% CIs {PATIENT_UNIT if m.get("ci_unit") == "patient" else "count films"}.</caption>'
 
 
 def _ci_note(m: dict[str, Any], proportions: str, others: Sequence[str], auc_key: str, auc_name: str) -> str:
     """How a block's 95% CIs were made (:func:`~pneumoscan.core.metrics.ci_method_sentence`), by the unit its
-    ``ci_unit`` records (a result without one: films); ``others``: the figures with other intervals than the
-    PROPORTIONS'."""
+    ``ci_unit`` records (a result without one: films), whose unit the table's caption says (:func:`_ci_caption`);
+    ``others``: the figures with other intervals than the PROPORTIONS'."""
     unit = "patient" if m.get("ci_unit") == "patient" else "film"
-    note = ci_method_sentence(unit, proportions, others) + _auc_bound_note(m[auc_key], auc_name, f"{unit}s")
+    note = (ci_method_sentence(unit, proportions, others, unit_said=False)
+            + _auc_bound_note(m[auc_key], auc_name, f"{unit}s"))
     return " ".join(filter(None, [note, unit_caveat(m)]))
 
 

@@ -21,8 +21,9 @@ from __future__ import annotations
 from .auc_intervals import AUC_INTERVAL, CHANCE_AUC, _auc_ci
 from .formatting import figure_beside, format_figure, format_percent, jsonable, short_of_one, with_ci
 from .inputs import has_both_classes
-from .intervals import (ALPHA, BOOTSTRAP_SEED, FILM_UNIT_CAVEAT, _bca_ci, _bootstrap_weights, _ratio_jackknife,
-                        ci_method_sentence, clopper_pearson, proportion_ci, threshold_metrics_ci, unit_caveat)
+from .intervals import (ALPHA, BOOTSTRAP_SEED, FILM_UNIT_CAVEAT, PATIENT_UNIT, _bca_ci, _bootstrap_weights,
+                        _ratio_jackknife, ci_method_sentence, clopper_pearson, proportion_ci, threshold_metrics_ci,
+                        unit_caveat)
 from .probabilities import (ECE_BINS, ECE_TOLERANCE, TEMPERATURE_BOUNDS, calibration, ece_by_chance,
                             ece_chance_margin, fit_temperature, softmax)
 from .summaries import (BOTH_CLASSES, CURVE_POINTS, binary_metrics, evaluate_binary, evaluate_multiclass, macro_auc,
@@ -31,7 +32,8 @@ from .thresholds import (NO_RANGE, choose_threshold, choose_thresholds, describe
                          threshold_range)
 
 __all__ = ["ALPHA", "AUC_INTERVAL", "BOOTSTRAP_SEED", "BOTH_CLASSES", "CHANCE_AUC", "CURVE_POINTS", "ECE_BINS",
-           "ECE_TOLERANCE", "FILM_UNIT_CAVEAT", "NO_RANGE", "TEMPERATURE_BOUNDS", "binary_metrics", "calibration",
+           "ECE_TOLERANCE", "FILM_UNIT_CAVEAT", "NO_RANGE", "PATIENT_UNIT", "TEMPERATURE_BOUNDS", "binary_metrics",
+           "calibration",
            "choose_threshold", "choose_thresholds", "ci_method_sentence", "clopper_pearson", "describe_policy",
            "ece_by_chance", "ece_chance_margin", "evaluate_binary", "evaluate_multiclass", "figure_beside",
            "fit_temperature", "format_figure", "format_percent", "has_both_classes", "jsonable", "macro_auc",

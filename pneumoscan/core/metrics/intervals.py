@@ -61,15 +61,21 @@ def unit_caveat(result: Mapping[str, Any]) -> str:
     return ""
 
 
-def ci_method_sentence(unit: str, proportions: str, others: Sequence[str], of: str = "") -> str:
+# why intervals count patients where they do: said by ci_method_sentence, or by a report's table beside it
+PATIENT_UNIT = "count patients, not films, since one patient's films are scored alike"
+
+
+def ci_method_sentence(unit: str, proportions: str, others: Sequence[str], of: str = "",
+                       unit_said: bool = True) -> str:
     """How 95% CIs that count ``unit`` ("patient" or "film", as ``ci_unit`` records it) were made: Clopper-Pearson
     for the PROPORTIONS named (by patient at an effective sample size, :func:`proportion_ci`), and for each of the
-    OTHERS ("auc", "f1", "balanced_accuracy", "macro_auc") its own method; ``of`` (" of DATA") says whose. One
-    wording for reports and model cards, so that none drifts from what this package computes."""
+    OTHERS ("auc", "f1", "balanced_accuracy", "macro_auc") its own method; ``of`` (" of DATA") says whose;
+    ``unit_said`` False where the text beside it says that they count patients (:data:`PATIENT_UNIT`: a report's
+    table). One wording for reports and model cards, so that none drifts from what this package computes."""
     how = "; ".join(_CI_METHODS[key][unit == "patient"] for key in others)
     if unit == "patient":
-        return (f"95% CIs{of} count patients, not films, since one patient's films are scored alike: Clopper-Pearson "
-                f"at the effective number of cases (Korn-Graubard) for {proportions}; {how}.")
+        return (f"95% CIs{of}{f' {PATIENT_UNIT}' if unit_said else ''}: Clopper-Pearson at the effective number of "
+                f"cases (Korn-Graubard) for {proportions}; {how}.")
     return f"95% CIs{of}: exact Clopper-Pearson for {proportions}; {how}."
 
 
