@@ -37,7 +37,7 @@ from pneumoscan.inference.export import module_session
 from pneumoscan.inference.onnx_runtime import INPUT, OUTPUT, session, spec_path
 from pneumoscan.inference.predict import NonFiniteScore, Predictor, predict_paths, session_logits
 from pneumoscan.models.bundle import load_bundle, save_bundle
-from pneumoscan.models.card import CHECKSUM, ONNX_NAME, WEIGHTS, load_card, save_card
+from pneumoscan.models.card import CHECKSUM, ONNX_NAME, WEIGHTS, BundleCard, load_card, save_card
 from pneumoscan.training.ensemble import out_of_fold
 from pneumoscan.serving.app import create_app
 from tests.test_integrity import written_before_checksums
@@ -555,15 +555,10 @@ def test_an_ensemble_of_cv_runs_and_its_int8_model_record_the_files_the_folds_le
     cv = _cv_run(tmp_path / "cv", (tiny_bundle, member64), tiny_dataset, unreadable=True)
     ens = tmp_path / "ens"
     assert main(["ensemble", "--cv", str(cv), "--youden", "--out", str(ens)]) == 0
-    card, left = load_card(ens), [{"films": 1, "reason": "could not be read"}]
-    assert card.val_metrics["n"] == 16 and card.val_metrics["left_out"] == left and "left_out" not in card.train_config
-    said = ("1 of the 17 films given is left out of the figures, which are of the other 16 only: 1 film could not be "
-            "read")
-    assert f"   {said}" in capsys.readouterr().out
-    assert f"**Caveat:** {said}." in validation_section(ens)
+    said_one_left_out(ens, capsys)
     assert main(["export", str(ens), "--int8", "--cv", str(cv)]) == 0
-    assert json.loads(spec_path(ens / "model.int8.onnx").read_text())["left_out"] == left
-    assert f"   {said}" in capsys.readouterr().out
+    assert json.loads(spec_path(ens / "model.int8.onnx").read_text())["left_out"] == ONE_LEFT_OUT
+    assert f"   {ONE_LEFT_OUT_SAID}" in capsys.readouterr().out
 
 
 def test_several_cv_runs_on_the_same_folds_make_one_ensemble(tiny_bundle: Path, member64: Path, tiny_dataset: Path,
@@ -967,19 +962,32 @@ def test_an_ensemble_records_the_files_its_data_left_out(tiny_bundle: Path, memb
     out = tmp_path / "ensemble"
     assert main(["ensemble", str(tiny_bundle), str(member64), "--data", str(films_some_left_out), "--out",
                  str(out)]) == 0
-    card, left = load_card(out), [{"films": 1, "reason": "could not be read"}]
-    assert card.val_metrics["n"] == 16 and card.val_metrics["left_out"] == left and "left_out" not in card.train_config
-    said = ("1 of the 17 films given is left out of the figures, which are of the other 16 only: 1 film could not be "
-            "read")
-    assert f"   {said}" in capsys.readouterr().out
-    assert f"**Caveat:** {said}." in validation_section(out)
-    assert " ".join((out / "MODEL_CARD.md").read_text().split()).count(said) == 1
+    card = said_one_left_out(out, capsys)
+    assert " ".join((out / "MODEL_CARD.md").read_text().split()).count(ONE_LEFT_OUT_SAID) == 1
     # an ensemble built when train_config held it still loads, and its card still says it (its calibration caveats)
     before = dataclasses.replace(card, val_metrics={k: v for k, v in card.val_metrics.items() if k != "left_out"},
-                                 train_config={**card.train_config, "left_out": left, "calibration_caveats": [
-                                     *card.train_config.get("calibration_caveats", []), said]})
+                                 train_config={**card.train_config, "left_out": ONE_LEFT_OUT, "calibration_caveats": [
+                                     *card.train_config.get("calibration_caveats", []), ONE_LEFT_OUT_SAID]})
     save_card(out, before)
-    assert said in " ".join(render(load_card(out)).split())
+    assert ONE_LEFT_OUT_SAID in " ".join(render(load_card(out)).split())
+
+
+# what an ensemble chosen on 16 films, a 17th unreadable, records and says of the file it left out
+ONE_LEFT_OUT = [{"films": 1, "reason": "could not be read"}]
+ONE_LEFT_OUT_SAID = ("1 of the 17 films given is left out of the figures, which are of the other 16 only: 1 film could "
+                     "not be read")
+
+
+def said_one_left_out(bundle: Path, capsys: pytest.CaptureFixture) -> BundleCard:
+    """Check that the ensemble at BUNDLE, chosen on 16 films with one file unreadable, records the file where a
+    training run's validation figures hold theirs (not in train_config), and that the command's output and
+    MODEL_CARD.md's validation figures say it; its card."""
+    card = load_card(bundle)
+    assert card.val_metrics["n"] == 16 and card.val_metrics["left_out"] == ONE_LEFT_OUT
+    assert "left_out" not in card.train_config
+    assert f"   {ONE_LEFT_OUT_SAID}" in capsys.readouterr().out
+    assert f"**Caveat:** {ONE_LEFT_OUT_SAID}." in validation_section(bundle)
+    return card
 
 
 def validation_section(bundle: Path) -> str:
