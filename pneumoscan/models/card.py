@@ -183,13 +183,13 @@ class BundleCard:
         what they say. Empty when the card records no ECE, or the films do not show the probabilities that far
         off."""
         val = self.val_metrics
-        ece, cases = val.get("ece"), (val.get("patients") or {}).get("all") or val.get("n")
+        patients = (val.get("patients") or {}).get("all")
+        ece, (cases, unit) = val.get("ece"), (patients, "patients") if patients else (val.get("n"), "films")
         if ece is None or not cases:
             return ""
         chance = val.get("ece_chance")
         if (low := ece - (ece_chance_margin(cases) if chance is None else chance)) <= ECE_TOLERANCE:
             return ""
-        unit = "patients" if (val.get("patients") or {}).get("all") else "films"
         return (f"validation expected calibration error {ece:.3f} on {_validation_films(val)}: allowing for chance in "
                 f"{cases} {unit}, its probabilities are off by at least {low:.3f} on average (95% bound), more than "
                 f"the {ECE_TOLERANCE} tolerated, so they are not calibrated: a probability of 0.3 need not mean that 3 "
