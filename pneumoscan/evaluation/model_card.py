@@ -252,10 +252,8 @@ def _limitations(card: BundleCard) -> tuple[str, ...]:
         ("The model is not shown to rank films better than chance", card.ranking_caveat),
         ("The probabilities are not calibrated", card.calibration_caveat)) if caveat)
     limitations = LIMITATIONS[:2] + _class_balance(card) + LIMITATIONS[2:]
-    if not card.threshold_records:
-        return first + tuple(_CHOSEN.format(films=chosen_on(card)) if line == CHOSEN_ON_VALIDATION else line
-                             for line in limitations)
-    chosen = (f"The threshold in force ({card.threshold:.4f}) was chosen on {card.threshold_records[-1].get('data')} "
+    chosen = (_CHOSEN.format(films=chosen_on(card)) if not card.threshold_records else
+              f"The threshold in force ({card.threshold:.4f}) was chosen on {card.threshold_records[-1].get('data')} "
               f"and the temperature on {chosen_on(card)}: figures on either at the threshold that was chosen on "
               "them are optimistic; the validation figures were measured at the earlier threshold; figures on data "
               "the model has never seen are the ones to trust.")
