@@ -689,9 +689,7 @@ def _retrieved(session: _Session, study_uid: str, found: list[dict], root: str,
             continue
         except requests.RequestException as e:  # no answer, after the tries (:data:`ATTEMPTS`): this one only
             log.warning("WADO-RS got no answer for %s: %s", where, type(e).__name__)
-            read_s = session.connection.read_s
-            why = (f"within {read_s:g} s ({type(e).__name__}): if the PACS is slow rather than down, give it longer "
-                   "with --read-timeout SECONDS" if isinstance(e, requests.Timeout)  # a timeout is not tried again
+            why = (_too_slow(e, session.connection) if isinstance(e, requests.Timeout)  # not tried again
                    else f"({type(e).__name__}), after {ATTEMPTS} tries")
             entries.append({**row, "error": f"WADO-RS got no answer for it {why}"})
             continue
@@ -877,6 +875,13 @@ def predict_study(
     return rows
 
 
+def _too_slow(e: requests.RequestException, connection: Connection) -> str:
+    """A read that waited past ``connection``'s read timeout, as a film's error and a search's end say it: how long,
+    and the option a PACS that is slow rather than down needs."""
+    return (f"within {connection.read_s:g} s ({type(e).__name__}): if the PACS is slow rather than down, give it "
+            "longer with --read-timeout SECONDS")
+
+
 def _failure(e: requests.RequestException, credentials: bool, connection: Connection) -> str:
     """Why a request to the PACS failed, in a few words: urllib3 words a refused or unresolved connection as one long
     line of its pool, the URL with its query and the wrapped errors (``HTTPConnectionPool(host=..., port=...): Max
@@ -910,8 +915,7 @@ def _failure(e: requests.RequestException, credentials: bool, connection: Connec
     if found := _SYSTEM_REASON.search(str(e)):
         return f"no connection ({found.group(1).strip()})"
     if isinstance(e, requests.Timeout):
-        return (f"no answer within {connection.read_s:g} s ({type(e).__name__}): if the PACS is slow rather than "
-                f"down, give it longer with --read-timeout SECONDS (default {PACS_READ_S})")
+        return f"no answer {_too_slow(e, connection)} (default {PACS_READ_S})"
     return str(e)
 
 
