@@ -1882,6 +1882,7 @@ def test_an_instance_a_real_pacs_failed_to_store_is_not_recorded_as_stored(
 
 
 NO_ANSWER = 0  # a refusing_front "status": the request is passed through, and the connection closed unanswered
+STALL = -1  # a refusing_front "status": the request is read and never answered, until the client gives up
 
 
 @contextmanager
@@ -1890,8 +1891,9 @@ def refusing_front(upstream: str, refusals: dict[int, int], missing: str = "",
                    accept: str = "application/dicom+json") -> Iterator[tuple[str, dict[int, list]]]:
     """A DICOMweb front on ``upstream`` that answers STOW-RS request number N with the HTTP status ``refusals[N]``:
     a 409 Conflict with a FailedSOPSequence naming each instance in it (reason 0xC000), as PS3.18 10.5.3 prescribes
-    when a PACS stores none of a request's instances, another status with no body, and :data:`NO_ANSWER` by storing
-    it upstream and closing the connection without an answer (a PACS that stored, then timed out or crashed); and
+    when a PACS stores none of a request's instances, another status with no body, :data:`NO_ANSWER` by storing
+    it upstream and closing the connection without an answer (a PACS that stored, then timed out or crashed), and
+    :data:`STALL` by holding the connection open, unanswered, until the client closes it (a PACS too slow); and
     WADO-RS of instance ``missing`` with 404 (deleted since the search). Other requests pass through, STOW-RS ones
     asking upstream for an ``accept`` answer; STOW-RS answers say they are ``answer_type``. Yields the front's URL
     and, by request number, the SOP Instance UIDs it refused."""
@@ -1915,6 +1917,11 @@ def refusing_front(upstream: str, refusals: dict[int, int], missing: str = "",
             parts = _stow_parts(self)
             posts.append(parts)
             status = refusals.get(len(posts))
+            if status == STALL:
+                self.connection.settimeout(30)
+                with contextlib.suppress(OSError):
+                    self.connection.recv(1)  # nothing more comes: it returns once the client closes
+                return
             if status in (None, NO_ANSWER):
                 content, kind = dicom_multipart(parts)
                 answer = httpx.post(f"{root}{self.path}", content=content, timeout=30,
@@ -2008,6 +2015,27 @@ def test_a_store_left_unanswered_marks_its_film_and_the_study_goes_on(
         f"no answer from the PACS to storing the DICOM SR {sr_uid} (ConnectionError): it may or may not have stored it"]
     assert len(filed["stored"]) == 1 and "not_stored" not in filed and set(filed["stored"]) <= _held(orthanc, study)
     assert f"not stored: 1 report(s) of {unanswered['path']}" in capsys.readouterr().err
+
+
+def test_a_store_past_the_read_timeout_names_the_option(orthanc: str, tiny_bundle: Path, film: np.ndarray,
+                                                        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A PACS that took the STOW-RS request and never answered it within --read-timeout: the film's warning said
+    `(ReadTimeout)` alone, where a film's retrieval and a search past the read timeout name the option to raise. It
+    is tried once, as every read timeout is."""
+    study = generate_uid()
+    assert httpx.post(f"{orthanc}/instances", content=chest_dicom(film, StudyInstanceUID=study),
+                      timeout=30).status_code == 200
+    out = tmp_path / "pacs.json"
+    with refusing_front(f"{orthanc}/dicom-web", {1: STALL}) as (url, _):
+        assert cli.main(["pacs", str(tiny_bundle), "--url", url, "--study", study, "--store", "--out", str(out),
+                         "--backend", "torch", "--read-timeout", "0.5"]) == 1
+    [row] = map(_past_unchecked, json.loads(out.read_text()))
+    [sr_uid] = row["not_stored"]
+    assert row["stored"] == [] and row["warnings"] == [
+        f"no answer from the PACS to storing the DICOM SR {sr_uid} within 0.5 s (ReadTimeout): if the PACS is slow "
+        "rather than down, give it longer with --read-timeout SECONDS: it may or may not have stored it"]
+    err = capsys.readouterr().err
+    assert f"not stored: 1 report(s) of {row['path']}" in err and "tried again" not in err
 
 
 def test_a_store_answer_with_a_charset_parameter_is_read(orthanc: str, tiny_bundle: Path, film: np.ndarray,

@@ -218,7 +218,8 @@ def _stored(answer: Dataset, sent: dict[str, str], row: dict, refusal: str | Non
     """The SOP Instance UIDs of ``sent`` (UID: what it is) that the PACS's STOW-RS answer lists as stored (its
     ReferencedSOPSequence), in the order sent. Each other one gets a warning in the row: refused, with the reason of
     its FailedSOPSequence item (a 202 is no error) and the HTTP ``refusal`` (a 4xx/5xx) when there was one, left out
-    of the answer, or not answered at all (``silence``: why, a read timeout, a connection reset); and each one stored
+    of the answer, or not answered at all (``silence``: why, in the words that follow its UID: a read timeout as
+    :func:`_too_slow` words it, a connection reset by its kind in brackets); and each one stored
     with a warning reason (elements coerced or discarded) says so: a report is not filed unless the PACS says it
     is."""
     failed = _by_instance(answer, "FailedSOPSequence")
@@ -235,7 +236,7 @@ def _stored(answer: Dataset, sent: dict[str, str], row: dict, refusal: str | Non
         elif uid not in accepted and refusal is not None:
             notes.append(f"the PACS refused the {what} {uid} ({refusal}, no reason given): it is not stored")
         elif silence is not None:
-            notes.append(f"no answer from the PACS to storing the {what} {uid} ({silence}): it may or may not have "
+            notes.append(f"no answer from the PACS to storing the {what} {uid} {silence}: it may or may not have "
                          "stored it")
         elif uid not in accepted:
             notes.append(f"the PACS did not confirm storing the {what} {uid}: it may not be stored")
@@ -776,8 +777,9 @@ def _store(session: _Session, root: str, study_uid: str, row: dict, held: set[st
         if e.response.status_code in (401, 403):  # every film's store will be: say what to do, not only the status
             row["warnings"].append(f"the PACS does not let the credentials given store ({refusal}): ask its "
                                    "administrator for STOW-RS access, or run without --store")
-    except requests.RequestException as e:
-        row["stored"] = _stored(Dataset(), sent, row, silence=type(e).__name__)
+    except requests.RequestException as e:  # a read timeout names the option, as a film's and a search's do
+        silence = _too_slow(e, session.connection) if isinstance(e, requests.Timeout) else f"({type(e).__name__})"
+        row["stored"] = _stored(Dataset(), sent, row, silence=silence)
     _read_back(session, root, study_uid, built, held, row)
 
 
@@ -876,8 +878,8 @@ def predict_study(
 
 
 def _too_slow(e: requests.RequestException, connection: Connection) -> str:
-    """A read that waited past ``connection``'s read timeout, as a film's error and a search's end say it: how long,
-    and the option a PACS that is slow rather than down needs."""
+    """A read that waited past ``connection``'s read timeout, as a film's error, a store's warning and a search's end
+    say it: how long, and the option a PACS that is slow rather than down needs."""
     return (f"within {connection.read_s:g} s ({type(e).__name__}): if the PACS is slow rather than down, give it "
             "longer with --read-timeout SECONDS")
 
