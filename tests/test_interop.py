@@ -1164,6 +1164,22 @@ def test_pacs_writes_a_fhir_observation_of_each_film_it_scores(
     assert observation["derivedFrom"][0]["identifier"]["value"] == f"urn:oid:{study}"
 
 
+def test_pacs_searches_ask_for_dicom_json_alone(tiny_bundle: Path, film: np.ndarray, tmp_path: Path) -> None:
+    """dicomweb-client asked for `application/dicom+json, application/json`, and Orthanc's DICOMweb plugin logged an
+    error for each search (`Unsupported return MIME type: ...`): a log of the PACS's errors filled with pneumoscan's.
+    A run by accession number makes each search `pacs` makes (the accession's study, the study's instances, its
+    instance count), and Orthanc's log holds no error."""
+    accession = f"A{generate_uid()[-14:]}"
+    with running_orthanc(tmp_path / "orthanc") as root:
+        _upload(root, chest_dicom(film, StudyInstanceUID=generate_uid(), AccessionNumber=accession))
+        assert cli.main(["pacs", str(tiny_bundle), "--url", f"{root}/dicom-web", "--accession", accession,
+                         "--backend", "torch", "--out", str(tmp_path / "pacs.json")]) == 0
+    [row] = json.loads((tmp_path / "pacs.json").read_text())
+    assert "probability" in row
+    errors = [line for line in (tmp_path / "orthanc" / "orthanc.log").read_text().splitlines() if line.startswith("E")]
+    assert errors == []
+
+
 def test_pacs_finds_the_study_of_an_accession_number(
     orthanc: str, tiny_bundle: Path, film: np.ndarray, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

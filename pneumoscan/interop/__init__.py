@@ -3,5 +3,5 @@ as a FHIR R4 Observation (:mod:`.fhir`), written next to `predict` results (:mod
 and written back to a PACS over DICOMweb (:mod:`.dicomweb`); the root of every UID they derive is in :mod:`.uids`.
 The scope checks and DICOM identifiers every result carries live a layer lower, in :mod:`pneumoscan.data.scope`.
 
-Submodules are imported on demand, so highdicom, fhir.resources and dicomweb-client load only when asked for.
+Submodules are imported on demand, so highdicom and fhir.resources load only when asked for.
 """

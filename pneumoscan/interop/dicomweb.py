@@ -10,13 +10,13 @@ answer; one film's refusal, or one instance that cannot be retrieved, marks its 
 films are written to a private temporary folder for the prediction run and deleted with it; they are named by their
 SOP Instance UID, never by patient. Credentials (an Authorization header, or user:password in the URL, taken out of
 it) go to the HTTP session only: never into a row, a message or a log; a URL with a query string or a fragment (a
-token there would be shown, and broke every request's URL) is refused. STOW-RS requests are sent here, not by
-dicomweb-client, so that a retry sends the whole message again and an answer is read, in DICOM JSON or XML,
-whatever its media type says; a film whose request gets no answer at all is marked, and the others go on. WADO-RS
-is requested here too, so that a film's answer is capped in size (:data:`MAX_INSTANCE_BYTES`) and time
-(:attr:`Connection.film_s`), checked to be the instance asked for, and, when it is none or malformed, that instance's
-error only. No redirect is followed: a 3xx is an error naming where it pointed (a 307 had sent a report, patient and
-all, to another host).
+token there would be shown, and broke every request's URL) is refused. Every request is made here, through one
+requests session, none by dicomweb-client: a QIDO-RS search asks for DICOM JSON alone (:func:`_search`); STOW-RS so
+that a retry sends the whole message again and an answer is read, in DICOM JSON or XML, whatever its media type
+says, a film whose request gets no answer at all marked and the others going on; and WADO-RS so that a film's
+answer is capped in size (:data:`MAX_INSTANCE_BYTES`) and time (:attr:`Connection.film_s`), checked to be the
+instance asked for, and, when it is none or malformed, that instance's error only. No redirect is followed: a 3xx
+is an error naming where it pointed (a 307 had sent a report, patient and all, to another host).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import ssl
 import struct
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -40,7 +40,6 @@ from xml.etree import ElementTree
 import pydicom
 import requests
 import urllib3
-from dicomweb_client.api import DICOMwebClient
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.sr.codedict import codes
@@ -67,6 +66,7 @@ log = logging.getLogger(__name__)
 # (a 1 GiB body had grown the process to 4.4 GB)
 MAX_INSTANCE_BYTES = MAX_DECODED_BYTES + 16 * 2**20
 WADO_ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+QIDO_ACCEPT = "application/dicom+json"  # alone: Orthanc's DICOMweb plugin logs an error for a list of media types
 # what a malformed answer raises when read as DICOM (pydicom reads what it is given as far as it can)
 _MALFORMED = (InvalidDicomError, ValueError, EOFError, KeyError, TypeError, IndexError, struct.error,
               urllib3.exceptions.HTTPError)
@@ -122,17 +122,29 @@ def _value(item: dict, tag: str) -> str:
     return str(values[0]) if isinstance(values, list) and values else ""
 
 
-def _datasets(search: Callable[[], object], what: str) -> list[dict]:
-    """The answer of a QIDO-RS ``search`` (``what``: which search), checked to be DICOM JSON: a list of objects keyed
-    by tag. An error message in JSON, a JSON null or a list of something else had ended the run in a traceback, or
-    been taken for an instance without a UID; an answer that is no JSON at all (a proxy's sign-on page, a web
-    interface at --url) had ended it in the parser's words alone (``Expecting value: line 1 column 1 (char 0)``)."""
+def _search(session: requests.Session, url: str, params: dict[str, object], what: str) -> list[dict]:
+    """The answer of the QIDO-RS search at ``url`` with ``params`` (``what``: which search), asked for as DICOM JSON
+    alone (dicomweb-client asks for ``application/dicom+json, application/json``, and Orthanc's DICOMweb plugin logs
+    an error for that on every search) and checked to be DICOM JSON: a list of objects keyed by tag. An empty answer
+    (a 204: no match) is none, and one dataset, which some servers send in place of a list of one, is read as that
+    list, as dicomweb-client reads them. An error message in JSON, a JSON null or a list of something else had ended
+    the run in a traceback, or been taken for an instance without a UID; an answer that is no JSON at all (a proxy's
+    sign-on page, a web interface at --url) had ended it in the parser's words alone (``Expecting value: line 1
+    column 1 (char 0)``). A refusal raises ``requests.HTTPError``."""
+    response = session.get(url, params=params, headers={"Accept": QIDO_ACCEPT})
+    response.raise_for_status()
+    if "Warning" in response.headers:  # more remain, a PACS may say: the offsets ask for them (:func:`_instances`)
+        log.debug("the %s answered with a Warning: %s", what, response.headers["Warning"])
+    if not response.content:
+        return []
+    response.encoding = "utf-8"  # DICOM JSON's, whatever the Content-Type says
     try:
-        answer = search()
+        answer = response.json()
     except requests.JSONDecodeError:
         raise ValueError(f"the PACS answered the {what} with something that is not JSON (a web page, such as the "
                          "sign-on page of a proxy in front of it, or another service at that address): check that "
                          "--url is its DICOMweb root and that the credentials are accepted") from None
+    answer = [answer] if isinstance(answer, dict) else answer
     if isinstance(answer, list) and all(isinstance(item, dict) and all(_TAG.fullmatch(str(k)) for k in item)
                                         for item in answer):
         return answer
@@ -140,7 +152,7 @@ def _datasets(search: Callable[[], object], what: str) -> list[dict]:
                      "tag): check that --url is its DICOMweb root")
 
 
-def _instances(client: DICOMwebClient, study_uid: str) -> list[dict]:
+def _instances(session: requests.Session, root: str, study_uid: str) -> list[dict]:
     """Every instance of the study, page after page: a PACS may cap a QIDO-RS answer (a Warning header says more
     remain) and give the rest from an offset. An empty page ends the search, complete only if the study's instance
     count (where the PACS states one) says so: Orthanc capped by LimitFindInstances gives no Warning and an empty
@@ -150,21 +162,21 @@ def _instances(client: DICOMwebClient, study_uid: str) -> list[dict]:
     gap; so is one whose instances share a SOP Instance UID (two counted as one, the offsets would skip one)."""
     found: dict[str, dict] = {}
     while True:
-        page = _datasets(lambda: client.search_for_instances(study_instance_uid=study_uid, offset=len(found),
-                                                             fields=_FIELDS), "instance search")
+        page = _search(session, f"{root}/studies/{study_uid}/instances",
+                       {"includefield": _FIELDS, "offset": len(found)}, "instance search")
         uids = [_value(item, _SOP) for item in page]
         if shared := sorted({uid for uid in uids if uids.count(uid) > 1}):
             raise ValueError(f"the study holds several instances under one SOP Instance UID ({shared[0]}): they cannot "
                              "be told apart, nor their reports; ask the PACS's administrator to mend the study")
         new = {_value(item, _SOP): item for item in page if _value(item, _SOP) not in found}
         if not page:
-            if len(found) < (size := _study_size(client, study_uid)) < math.inf:
+            if len(found) < (size := _study_size(session, root, study_uid)) < math.inf:
                 raise ValueError(f"the PACS listed {len(found)} of the study's {size} instances and then no more: the "
                                  "rest lie beyond its result limit, which it does not say it applies; raise that limit "
                                  "(e.g. Orthanc's LimitFindInstances) or ask its administrator")
             return list(found.values())
         if not new:  # the offset was ignored: complete only if the first answer held the whole study
-            if len(found) >= _study_size(client, study_uid):
+            if len(found) >= _study_size(session, root, study_uid):
                 return list(found.values())
             raise ValueError(f"the PACS answered the instance search from offset {len(found)} with instances it had "
                              "already listed: it ignores the offset, so instances beyond its result limit cannot be "
@@ -196,11 +208,11 @@ def _one_patient(found: list[dict]) -> None:
                      "reconcile the study (its instances under the wrong patient moved or deleted) and run again")
 
 
-def _study_size(client: DICOMwebClient, study_uid: str) -> float:
+def _study_size(session: requests.Session, root: str, study_uid: str) -> float:
     """The study's NumberOfStudyRelatedInstances as the PACS reports it (infinite when it does not say, so that
     nothing is taken as complete without its word)."""
-    studies = _datasets(lambda: client.search_for_studies(search_filters={"StudyInstanceUID": study_uid},
-                                                          fields=["NumberOfStudyRelatedInstances"]), "study search")
+    studies = _search(session, f"{root}/studies",
+                      {"StudyInstanceUID": study_uid, "includefield": "NumberOfStudyRelatedInstances"}, "study search")
     counts = {_value(study, _COUNT) for study in studies}
     value = counts.pop() if len(counts) == 1 else ""  # none, or answers that disagree: no word to go by
     return int(value) if value.isdigit() else math.inf
@@ -476,7 +488,7 @@ class Connection:
 
 
 class _Session(requests.Session):
-    """A session that gives every request, dicomweb-client's searches included, its :attr:`Connection.read_s` (unless
+    """A session that gives every request, the searches included, its :attr:`Connection.read_s` (unless
     the request names its own), and carries its :class:`Connection` for :func:`_retrieve`: the options are applied
     in this one place."""
 
@@ -529,9 +541,9 @@ def _client_cert(connection: Connection, scheme: str) -> str | tuple[str, str] |
 
 
 def _session(url: str, authorization: str | None, connection: Connection = Connection()) -> tuple[str, _Session]:
-    """The URL without user:password@ (dicomweb-client would send the user as the Host, and every row, message and log
-    would show the password), and a session that authenticates: with them as HTTP Basic, or with the
-    ``authorization`` header, and with ``connection``'s timeouts and client certificate (:func:`_client_cert`).
+    """The URL without user:password@ (every row, message and log would show the password), and a session that
+    authenticates: with them as HTTP Basic, or with the ``authorization`` header, and with ``connection``'s timeouts
+    and client certificate (:func:`_client_cert`).
     Certificates are checked against REQUESTS_CA_BUNDLE when set (a private CA); one that
     names no file is refused here, naming it. A URL with a query string or a fragment is refused, unquoted: a
     ``?token=...`` was shown in every message and row, and every request's path was appended after it. So is one
@@ -593,8 +605,8 @@ class _Authorization(requests.auth.AuthBase):
 
 def _no_redirect(response: requests.Response, *args: object, **kwargs: object) -> None:
     """Refuse a 3xx answer, naming where it pointed: requests would have followed it to any host, sending a report
-    (patient name and ID in it) or a search there. It is a session hook, so it runs on every request, dicomweb-client's
-    searches included, before a redirect would be followed."""
+    (patient name and ID in it) or a search there. It is a session hook, so it runs on every request, the searches
+    included, before a redirect would be followed."""
     if 300 <= response.status_code < 400:
         host = urlsplit(response.headers.get("Location", "")).hostname or "the same host"
         response.close()
@@ -789,12 +801,12 @@ def _valid_uid(text: str) -> bool:
     return UID(text, validation_mode=pydicom.config.IGNORE).is_valid and text == text.strip()
 
 
-def _study_of(client: DICOMwebClient, accession: str) -> str:
+def _study_of(session: requests.Session, root: str, accession: str) -> str:
     """The StudyInstanceUID of the one study the PACS holds under ``accession`` (QIDO-RS): an order from the RIS or
     an HL7 message names a study by its accession number. None, or several (two sites' numbers may meet on one
     PACS), is refused rather than guessed; the number is never repeated (it identifies a patient's exam)."""
-    studies = _datasets(lambda: client.search_for_studies(search_filters={"AccessionNumber": accession},
-                                                          fields=["StudyInstanceUID"]), "study search")
+    studies = _search(session, f"{root}/studies", {"AccessionNumber": accession, "includefield": "StudyInstanceUID"},
+                      "study search")
     uids = sorted({_value(study, _STUDY) for study in studies})
     if not uids:
         raise ValueError("no study on the PACS carries the accession number given")
@@ -819,7 +831,7 @@ def predict_study(
     ``predict --fhir`` writes it (the row's ``fhir``): pneumoscan sends it to no FHIR server. ``authorization``:
     the Authorization header value (:func:`read_authorization`); user:password in ``url`` is HTTP Basic instead. A
     ``study_uid`` that is no valid DICOM UID is refused before anything is read or asked, in words a user acts on
-    (dicomweb-client's own refusal quotes its regex). ``accession``, in place of ``study_uid``: the study is the one
+    (it would be put in the search's URL). ``accession``, in place of ``study_uid``: the study is the one
     the PACS holds under that accession number (:func:`_study_of`). ``connection``: the timeouts and client
     certificate (:class:`Connection`)."""
     if (study_uid is None) == (accession is None):
@@ -835,13 +847,11 @@ def predict_study(
     if heatmaps and not store:
         raise ValueError("--heatmaps goes with --store: the overlays are sent to the PACS, not kept here")
     root, session = _session(url, authorization, connection)
-    client = DICOMwebClient(url=root, session=session, timeout=None)  # None: the session's (Connection.read_s)
-    client.set_http_retry_params(retry=False)  # its searches are tried by the session; its own tries would multiply
     try:
         if accession is not None:
-            study_uid = _study_of(client, accession)
+            study_uid = _study_of(session, root, accession)
             log.info("accession number given: study %s", study_uid)
-        found = _instances(client, study_uid)
+        found = _instances(session, root, study_uid)
         if not found:
             raise ValueError(f"study {study_uid} not found at {root} (QIDO-RS returned no instances)")
         _one_patient(found)
