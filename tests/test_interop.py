@@ -1139,6 +1139,32 @@ def test_pacs_reads_a_study_and_stores_its_reports(
     assert NAME not in capsys.readouterr().err
 
 
+def test_each_films_reports_in_a_study_have_series_numbers_of_their_own(orthanc: str, tiny_bundle: Path,
+                                                                         film: np.ndarray, tmp_path: Path) -> None:
+    """A study of two films read with --store --heatmaps had its two SRs in two series both numbered 9901, and the
+    two overlays in two numbered 9902, which a PACS lists as one number twice. The first film (by series and SOP
+    Instance UID) has its SR's series numbered 9901 and its overlay's 9902, the second 9903 and 9904, as Orthanc
+    stores them; read again in the other order, each keeps its numbers."""
+    study = generate_uid()
+    uploads = [chest_dicom(film, StudyInstanceUID=study) for _ in range(2)]
+    films = sorted(((_upload(orthanc, data), data) for data in uploads),
+                   key=lambda film: (film[0].SeriesInstanceUID, film[0].SOPInstanceUID))
+    out = tmp_path / "pacs.json"
+    assert cli.main(["pacs", str(tiny_bundle), "--url", f"{orthanc}/dicom-web", "--study", study, "--store",
+                     "--heatmaps", "--out", str(out), "--backend", "torch"]) == 0
+    rows = {r["sop_instance_uid"]: r for r in json.loads(out.read_text())}
+    held = DICOMwebClient(url=f"{orthanc}/dicom-web").search_for_instances(study, fields=["SeriesNumber"])
+    numbers = {i["00080018"]["Value"][0]: i["00200011"]["Value"][0] for i in held}
+    assert [[numbers[uid] for uid in rows[ds.SOPInstanceUID]["stored"]] for ds, _ in films] == [[9901, 9902],
+                                                                                                 [9903, 9904]]
+    backwards = []
+    for n, (ds, data) in enumerate(films[::-1]):
+        (path := tmp_path / f"{n}.dcm").write_bytes(data)
+        backwards.append({**rows[ds.SOPInstanceUID], "path": str(path)})
+    write_reports(backwards, tiny_bundle, sr_dir=tmp_path / "sr", backend="torch")
+    assert [pydicom.dcmread(row["dicom_sr"]).SeriesNumber for row in backwards] == [9903, 9901]
+
+
 def test_pacs_writes_a_fhir_observation_of_each_film_it_scores(
     orthanc: str, tiny_bundle: Path, film: np.ndarray, tmp_path: Path
 ) -> None:

@@ -76,7 +76,10 @@ SC_DESCRIPTION = "pneumoscan Grad-CAM overlay - research, not for diagnosis"
 # transfer syntaxes whose coding is lossy whatever its settings (DCT): a film stored so was lossily compressed,
 # whether or not it says so (JPEG-LS near-lossless and JPEG 2000 may be lossless, and then say nothing)
 _LOSSY_SYNTAXES = (JPEGBaseline8Bit, JPEGExtended12Bit)
-SR_SERIES_NUMBER, SC_SERIES_NUMBER = 9901, 9902  # high numbers: after the modality's own series in a viewer
+# high numbers: after the modality's own series in a viewer. The Nth film of a study reported in one run (its
+# place: :func:`~pneumoscan.interop.reports._series_places`) has its SR's series numbered 9899 + 2N, its overlay's the
+# next, so that no two series of the study share a number (a study of two films showed two series numbered 9901)
+SR_SERIES_NUMBER, SC_SERIES_NUMBER = 9901, 9902
 _REFERENCE_KEYWORDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
 # Type 2 attributes of the patient and study modules: present, possibly empty. highdicom copies them from the source,
 # which real films (anonymised ones most of all) often lack.
@@ -414,12 +417,13 @@ def _coding_scheme() -> Dataset:
 
 
 def build_sr(source: Dataset, result: dict, model_name: str, model_version: str,
-             mode: str = "", previous: Sequence[Dataset] = ()) -> hd.sr.ComprehensiveSR:
+             mode: str = "", previous: Sequence[Dataset] = (), place: int = 0) -> hd.sr.ComprehensiveSR:
     """A Comprehensive SR holding a TID 1500 report of one result (``probability, label, threshold, positive,
     task``, and its ``warnings``) on ``source`` (the film's header; pixels are not needed), scored in ``mode``
     (backend, TTA: part of its UIDs' identity). ``previous``: the headers of the reports it replaces (the same
     weights' at an earlier threshold: :func:`report_uid`), named in its PredecessorDocumentsSequence, so that a
-    reader of the study sees which of two findings on the film is in force."""
+    reader of the study sees which of two findings on the film is in force. ``place``: the film's among its study's
+    films reported together, which numbers its series (:data:`SR_SERIES_NUMBER`)."""
     as_held, source = source, _checked_source(source)
     check_result(result)
     # derived before highdicom runs, so that a UID root refused says why (:func:`_library_refusal` would not)
@@ -465,7 +469,7 @@ def build_sr(source: Dataset, result: dict, model_name: str, model_version: str,
             imaging_measurements=[group],
         )
         sr = hd.sr.ComprehensiveSR(
-            evidence=[source], content=report[0], series_number=SR_SERIES_NUMBER,
+            evidence=[source], content=report[0], series_number=SR_SERIES_NUMBER + 2 * place,
             series_instance_uid=series, sop_instance_uid=instance, instance_number=1,
             manufacturer=MANUFACTURER, series_description=SR_DESCRIPTION, is_complete=True, is_final=False,
             is_verified=False, previous_versions=list(previous) or None,
@@ -476,13 +480,13 @@ def build_sr(source: Dataset, result: dict, model_name: str, model_version: str,
 
 
 def build_heatmap_sc(source: Dataset, overlay_png: bytes, model_name: str, model_version: str,
-                     mode: str = "") -> hd.sc.SCImage:
+                     mode: str = "", place: int = 0) -> hd.sc.SCImage:
     """The Grad-CAM overlay PNG (original | heatmap | blend) as an RGB Secondary Capture in the source's study, with
     the patient and study attributes the SR copies; derived-image wording so nobody takes it for a film, and the
     film it was derived from (SourceImageSequence) so a viewer can go back to it. Its body part is the film's (with
     none recorded, whether it is a paired one is not known, so it states the film's laterality or an empty one), a
     film compressed lossily keeps saying so (PS3.3 C.7.6.1.1.5: once 01, never reset), and so does one that says
-    whether text in its pixels identifies the patient (:func:`_burned_in`)."""
+    whether text in its pixels identifies the patient (:func:`_burned_in`). ``place``: as :func:`build_sr` takes it."""
     as_held, source = source, _checked_source(source)
     identity = _source_identity(source)
     series, instance = (derived_uid(identity, model_name, model_version, mode, kind) for kind in ("sc-series", "sc"))
@@ -496,7 +500,7 @@ def build_heatmap_sc(source: Dataset, overlay_png: bytes, model_name: str, model
     with _library_refusal():
         sc = hd.sc.SCImage.from_ref_dataset(
             ref_dataset=source, pixel_array=rgb, photometric_interpretation="RGB", bits_allocated=8,
-            coordinate_system="PATIENT", series_number=SC_SERIES_NUMBER,
+            coordinate_system="PATIENT", series_number=SC_SERIES_NUMBER + 2 * place,
             series_instance_uid=series, sop_instance_uid=instance, instance_number=1,
             manufacturer=MANUFACTURER, patient_orientation=tuple(orientation) if takes else ("L", "F"),
             series_description=SC_DESCRIPTION, transfer_syntax_uid="1.2.840.10008.1.2.1",
@@ -540,11 +544,12 @@ def dicom_bytes(ds: Dataset) -> bytes:
 
 
 def report_files(source: Dataset, result: dict, overlay_png: bytes | None, model_name: str,
-                 model_version: str, mode: str = "", previous: Sequence[Dataset] = ()) -> list[bytes]:
+                 model_version: str, mode: str = "", previous: Sequence[Dataset] = (), place: int = 0) -> list[bytes]:
     """The SR of one result (replacing the reports ``previous``: :func:`build_sr`), then with ``overlay_png`` its
-    Secondary Capture, as Part 10 files: what the web service answers and ``predict --dicom-sr`` writes. A
-    ValueError with a reason that quotes no value when the film's header cannot make a report."""
-    parts = [dicom_bytes(build_sr(source, result, model_name, model_version, mode, previous))]
+    Secondary Capture, as Part 10 files: what the web service answers and ``predict --dicom-sr`` writes, their series
+    numbered by the film's ``place`` in its study. A ValueError with a reason that quotes no value when the film's
+    header cannot make a report."""
+    parts = [dicom_bytes(build_sr(source, result, model_name, model_version, mode, previous, place))]
     if overlay_png is not None:
-        parts.append(dicom_bytes(build_heatmap_sc(source, overlay_png, model_name, model_version, mode)))
+        parts.append(dicom_bytes(build_heatmap_sc(source, overlay_png, model_name, model_version, mode, place)))
     return parts
