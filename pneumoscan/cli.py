@@ -696,6 +696,9 @@ def _add_recipe_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=_positive(int), help="per process (default 32)")
     p.add_argument("--seed", type=_positive(int, zero=True),
                    help="random seed of split, order and augmentation (default 0)")
+    p.add_argument("--patients", type=_positive(int), metavar="N",
+                   help="a trial on part of the data: a seeded sample of N patients, each class and subtype in its "
+                        "share, taken before the patient split (default: all; the card states the sample)")
     p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
                    help="start from ImageNet weights where the model has them (default); models without them "
                         "always start from scratch")
@@ -729,8 +732,8 @@ def _recipe(args: argparse.Namespace, **flags: object) -> TrainConfig:
 
     cfg = load_config(args.config, args.set or (), task=args.task, model=args.model, epochs=args.epochs,
                       time_budget=args.time_budget, image_size=args.image_size, batch_size=args.batch_size,
-                      seed=args.seed, pretrained=args.pretrained, target_sensitivity=args.target_sensitivity,
-                      distill_weight=args.distill_weight, **flags)
+                      seed=args.seed, patients=args.patients, pretrained=args.pretrained,
+                      target_sensitivity=args.target_sensitivity, distill_weight=args.distill_weight, **flags)
     if args.youden:
         cfg.target_sensitivity = None
     return cfg

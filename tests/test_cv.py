@@ -26,7 +26,9 @@ from pneumoscan.data.labelled import patient_groups
 from pneumoscan.data.layouts import discover, write_manifest
 from pneumoscan.data.split import patient_folds, split_pool
 from pneumoscan.models.card import load_card, save_card
-from pneumoscan.training.cv import cross_validate, fold_figures, fold_summary
+from pneumoscan.data.tasks import get_task
+from pneumoscan.models.run_folder import CvFolder
+from pneumoscan.training.cv import _plan_folds, cross_validate, fold_figures, fold_summary
 from pneumoscan.training.config import TrainConfig
 from pneumoscan.training.resume import config_changes
 from pneumoscan.training.train import train
@@ -68,6 +70,20 @@ def test_too_few_patients_or_folds_are_refused(tiny_dataset: Path) -> None:
     with pytest.raises(ValueError, match=r"fold \d of 3 holds no NORMAL film"):
         patient_folds(two_normal, 3)
     assert len(set(patient_folds(two_normal, 2))) == 2
+
+
+def test_cv_on_a_sample_of_patients_deals_only_the_sample_into_folds(tiny_dataset: Path, tmp_path: Path) -> None:
+    """cv --patients: the sample is taken before the folds are dealt, each fold's manifest holds it alone (its run
+    takes the manifest as it is), and cv.json records how many patients it was drawn from."""
+    cfg = TrainConfig(model="simple_cnn", pretrained=False, batch_size=4, patients=12)
+    plans, configs, sampled_from = _plan_folds(tiny_dataset, cfg, 3, CvFolder(tmp_path / "cv"), (),
+                                               get_task("pneumonia"))
+    assert sampled_from == 48 and all(c.patients is None and c.split_csv for c in configs)
+    assert all(len({r.patient for r in plan}) == 12 and {r.path for r in plan} == {r.path for r in plans[0]}
+               for plan in plans)
+    assert {r.label for r in plans[0]} == {"NORMAL", "PNEUMONIA"}
+    assert _plan_folds(tiny_dataset, dataclasses.replace(cfg, patients=None), 3, CvFolder(tmp_path / "cv"), (),
+                       get_task("pneumonia"))[2] is None
 
 
 def test_specificity_at_the_sensitivity_floor_is_that_of_the_most_specific_rule() -> None:

@@ -73,7 +73,7 @@ def test_the_teachers_target_is_the_softmax_of_their_mean_calibrated_logits(teac
 def test_a_student_trains_on_mixed_targets(teacher_cv: Path, tmp_path: Path) -> None:
     cfg = student_config(teacher_cv, tmp_path)
     (tmp_path / "run").mkdir()
-    records, ctx = split_records(cfg.split_csv, cfg), setup_distributed()
+    records, ctx = split_records(cfg.split_csv, cfg)[0], setup_distributed()
     cache = preprocessed(records, cfg, ctx)
     task = get_task(cfg.task)
     data = load_data(records, cache, data_checksum(cache, records), cfg, task, ctx, tmp_path / "run",
@@ -200,7 +200,7 @@ def test_the_teachers_weight_sources_are_looked_up_once(teacher_cv: Path, tmp_pa
     """The check of a run's teachers looked each teacher's weight sources up twice: once to refuse those whose
     training films are unknown, once to refuse those that trained on the validation films."""
     cfg = student_config(teacher_cv, tmp_path)
-    check_teachers(cfg, split_records(cfg.split_csv, cfg), get_task(cfg.task))
+    check_teachers(cfg, split_records(cfg.split_csv, cfg)[0], get_task(cfg.task))
     assert weight_sources_looked_up == [os.path.realpath(cfg.teacher[0])]
 
 
@@ -328,4 +328,4 @@ def test_a_teacher_or_member_whose_scores_are_not_finite_is_refused_by_name(tiny
     with pytest.raises(ValueError, match=rf"^teacher 1 of 1 \({re.escape(str(ens))}\): ensemble member 2 of 2 "
                                          rf"\({re.escape(str(broken))}\): {re.escape(str(broken / CARD))} is not a "
                                          "readable bundle card"):
-        check_teachers(taught, split_records(taught.split_csv, taught), get_task(taught.task))
+        check_teachers(taught, split_records(taught.split_csv, taught)[0], get_task(taught.task))

@@ -158,7 +158,7 @@ def test_the_training_loss_weighs_each_class_by_its_inverse_frequency(tiny_datas
     cfg = TrainConfig(task="pneumonia", model="simple_cnn", pretrained=False, image_size=32, batch_size=4,
                       split_csv=str(tmp_path / "split.csv"))
     (tmp_path / "run").mkdir()
-    records, ctx = split_records(cfg.split_csv, cfg), setup_distributed()
+    records, ctx = split_records(cfg.split_csv, cfg)[0], setup_distributed()
     cache = preprocessed(records, cfg, ctx)
     task = get_task(cfg.task)
     data = load_data(records, cache, data_checksum(cache, records), cfg, task, ctx, tmp_path / "run",

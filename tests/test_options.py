@@ -113,6 +113,13 @@ def test_set_reaches_any_field_and_print_config_shows_it(tmp_path: Path, capsys:
     assert TrainConfig.from_dict(got) == TrainConfig.from_dict(yaml.safe_load(TrainConfig.from_dict(got).to_yaml()))
 
 
+def test_patients_is_a_flag_of_train_and_cv_and_a_setting(capsys: pytest.CaptureFixture) -> None:
+    """train and cv --patients N: a trial on a sample of N patients, in the config as patients (config.yaml and the
+    card record it, so the run can be made again)."""
+    assert _printed(capsys, "--patients", "40")["patients"] == 40 and _printed(capsys)["patients"] is None
+    assert _option(cli.build_parser(), "cv", "--patients").metavar == "N"
+
+
 @pytest.mark.parametrize("setting, reason", [
     ("augment.nosie=0.1", "unknown config key 'augment.nosie'; did you mean 'augment.noise'"),
     ("epoch=2", "unknown config key 'epoch'; did you mean 'epochs'? (`pneumoscan train --print-config` lists the "

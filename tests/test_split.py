@@ -8,6 +8,7 @@ import os
 import random
 import shutil
 import zipfile
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,7 +19,8 @@ from PIL import Image
 from pneumoscan.cli import main
 from pneumoscan.data.copies import shared_patients
 from pneumoscan.data.layouts import Record, discover, make_record, read_manifest, write_manifest
-from pneumoscan.data.split import patient_folds, patient_split, split_dataset, split_pool, split_summary
+from pneumoscan.data.split import (patient_folds, patient_sample, patient_split, patient_units, sampled_split,
+                                   split_dataset, split_pool, split_summary)
 from tests.test_audit import run_cli_bounded, special_file_manifest
 
 
@@ -48,6 +50,46 @@ def test_real_split_is_deterministic_and_seed_dependent(real_train) -> None:
     first = _val_paths(patient_split(records, seed=7, duplicate_groups=groups))
     assert first == _val_paths(patient_split(records, seed=7, duplicate_groups=groups))
     assert first != _val_paths(patient_split(records, seed=8, duplicate_groups=groups))
+
+
+def test_a_real_sample_takes_whole_patients_in_the_whole_s_mix_and_the_same_for_a_seed(real_train) -> None:
+    records, groups = real_train
+    units = patient_units(records, groups)
+    sample = patient_sample(records, 300, seed=5, duplicate_groups=groups)
+    taken = {r.path for r in sample}
+    assert len({units[i] for i, r in enumerate(records) if r.path in taken}) == 300
+    # whole patients and whole picture groups: no unit has films both in and out of the sample
+    assert all(len({records[i].path in taken for i in np.flatnonzero(units == u)}) == 1 for u in set(units))
+    # each kind of patient (what their films are: normal, bacteria, virus, or both kinds) in its share, to a patient
+    kinds = {u: "+".join(sorted({records[i].subtype for i in np.flatnonzero(units == u)})) for u in set(units)}
+    whole = Counter(kinds.values())
+    part = Counter(kinds[u] for u in {units[i] for i, r in enumerate(records) if r.path in taken})
+    assert len(whole) == 4 and all(abs(part[k] - 300 * n / len(kinds)) < 1 for k, n in whole.items()), (part, whole)
+    assert [r.path for r in sample] == [r.path for r in records if r.path in taken]  # the records' order
+    assert sample == patient_sample(list(reversed(records)), 300, seed=5, duplicate_groups=groups)[::-1]
+    assert taken != {r.path for r in patient_sample(records, 300, seed=6, duplicate_groups=groups)}
+
+
+def test_a_sample_of_more_patients_than_there_are_is_refused_and_of_all_is_all() -> None:
+    records = [make_record(f"/x/PNEUMONIA/person{i}_bacteria_{i}.jpeg", "PNEUMONIA") for i in range(6)]
+    records += [make_record(f"/x/PNEUMONIA/person{i}_virus_{i + 10}.jpeg", "PNEUMONIA") for i in range(6)]
+    records += [make_record(f"/x/NORMAL/IM-{i:04d}-0001.jpeg", "NORMAL") for i in range(4)]
+    # person0..5 have a bacterial and a viral film each: 6 + 4 patients
+    with pytest.raises(ValueError, match=r"a sample of 11 patients: the 16 films hold 10 .* --patients 10 or fewer"):
+        patient_sample(records, 11)
+    assert patient_sample(records, 10) == records
+    with pytest.raises(ValueError, match="a sample of 1 of the 10 patients holds no NORMAL film"):
+        patient_sample(records, 1)
+    sample = patient_sample(records, 5, seed=1)
+    assert sorted(r.label for r in sample).count("NORMAL") == 2  # 4 of 10 patients: 2 of 5
+    assert {r.patient for r in sample if r.label == "PNEUMONIA"} == {r.patient for r in sample if r.subtype == "virus"}
+
+
+def test_a_sampled_split_splits_only_the_sample_by_patient(tiny_dataset: Path) -> None:
+    records, of = sampled_split(tiny_dataset, 0.25, seed=2, patients=20)
+    assert of == 48 and {r.split for r in records} == {"train", "val"}
+    assert len({r.patient for r in records}) == 20 and split_summary(records)["shared_patients"] == []
+    assert sampled_split(tiny_dataset, 0.25, seed=2) == (split_dataset(tiny_dataset, 0.25, seed=2), None)
 
 
 def test_duplicate_group_ties_different_patients_together() -> None:

@@ -277,7 +277,7 @@ def test_a_kill_while_the_checkpoint_is_written_never_ships_that_epochs_weights(
 def test_resume_refuses_other_films(tiny_dataset: Path, tmp_path: Path) -> None:
     """The same settings on other films: a manifest rewritten in place, or other data split the default way."""
     manifest = tmp_path / "split.csv"
-    records = train_mod.split_records(tiny_dataset, TrainConfig(**TINY))
+    records = train_mod.split_records(tiny_dataset, TrainConfig(**TINY))[0]
     write_manifest(records, manifest)
     cfg = TrainConfig(**{**TINY, "split_csv": str(manifest)})
     with pytest.raises(Crash):
@@ -348,7 +348,7 @@ def test_a_start_from_a_bundle_that_trained_on_the_validation_films_is_refused(t
 
 def test_a_split_manifest_with_a_patient_on_both_sides_is_refused(tiny_dataset: Path, tmp_path: Path) -> None:
     """Validation would choose the threshold, the temperature and the epoch on a patient trained on."""
-    records = train_mod.split_records(tiny_dataset, TrainConfig(**TINY))
+    records = train_mod.split_records(tiny_dataset, TrainConfig(**TINY))[0]
     val = next(r for r in records if r.split == "val")
     first_train = next(i for i, r in enumerate(records) if r.split == "train")
     manifest, run = tmp_path / "split.csv", tmp_path / "run"
@@ -358,7 +358,7 @@ def test_a_split_manifest_with_a_patient_on_both_sides_is_refused(tiny_dataset: 
         train(tiny_dataset, TrainConfig(**{**TINY, "split_csv": str(manifest)}), run)
     assert not run.exists(), "refused before the run folder is made"
     write_manifest(records, manifest)
-    assert len(train_mod.split_records(tiny_dataset, TrainConfig(split_csv=str(manifest)))) == len(records)
+    assert len(train_mod.split_records(tiny_dataset, TrainConfig(split_csv=str(manifest)))[0]) == len(records)
 
 
 def test_a_finalisation_that_fails_leaves_the_bundle_whole_and_resume_finishes_it(
@@ -566,6 +566,38 @@ def test_settings_that_can_only_be_mistakes_are_refused_before_the_run_folder_is
         assert {path: path.read_bytes() for path in run.rglob("*") if path.is_file()} == before, change
 
 
+def test_a_run_on_a_sample_of_patients_trains_on_it_alone_and_its_card_says_so(tiny_dataset: Path, tiny_bundle: Path,
+                                                                                tmp_path: Path) -> None:
+    """A trial on part of the data (train --patients): the sample is taken before the patient split, so both sides
+    are of its patients and none is on both; the card records it (train_config: the setting and the patients it was
+    drawn from) and MODEL_CARD.md says it, where a run on every patient says nothing of a sample."""
+    bundle = train(tiny_dataset, TrainConfig(**TINY, patients=20), tmp_path / "run")
+    split = discover(RunFolder(tmp_path / "run").split).records
+    assert len({r.patient for r in split}) == 20 and {r.split for r in split} == {"train", "val"}
+    assert not {r.patient for r in split if r.split == "train"} & {r.patient for r in split if r.split == "val"}
+    card = load_card(bundle)
+    assert (card.train_config["patients"], card.train_config["sampled_from"]) == (20, 48)
+    assert sum(card.train_config["training_films"].values()) == sum(r.split == "train" for r in split)
+    text = (bundle / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert "**The films are a sample of 20 of the 48 patients of the data** (`patients: 20`, seed 0; " in text
+    assert "sampled_from" not in load_card(tiny_bundle).train_config
+    assert "a sample of" not in (tiny_bundle / "MODEL_CARD.md").read_text(encoding="utf-8")
+
+
+def test_a_sample_of_patients_is_refused_where_it_cannot_be_taken(tiny_dataset: Path, tmp_path: Path) -> None:
+    """More patients than DATA holds is refused with the most it can take, before the run folder is made (a run on
+    all of them would record a sample it did not take); a manifest or the val/ folder fix the films themselves."""
+    with pytest.raises(ValueError, match=r"the 48 films hold 48 \(copies of one film under other ids count as one\); "
+                                         "give --patients 48 or fewer"):
+        train(tiny_dataset, TrainConfig(**TINY, patients=49), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    for fixed in ({"split_csv": "split.csv"}, {"validate_on_val_folder": True}):
+        with pytest.raises(ValueError, match=f"patients 20 samples .* and {next(iter(fixed))} fixes them"):
+            TrainConfig(**TINY, patients=20, **fixed)
+    with pytest.raises(ValueError, match="patients must be >= 1, got 0"):
+        TrainConfig(patients=0)
+
+
 def test_resume_refuses_films_whose_pixels_changed_since_the_checkpoint(tiny_dataset: Path, tmp_path: Path) -> None:
     """The same paths with other pixels (here a film mirrored in place): --resume trained on, and the bundle recorded
     only the new data, although its first epoch was trained on the old."""
@@ -601,7 +633,7 @@ def test_the_bundle_records_a_data_identity_that_survives_touching_and_moving_th
     assert {"timm", "onnxruntime"} <= card.versions.keys() and card.train_config["resolved_precision"] == AUTO_PRECISION
 
     def identity(root: Path) -> tuple[str, str]:
-        records = train_mod.split_records(root, cfg)
+        records = train_mod.split_records(root, cfg)[0]
         cache = train_mod.preprocessed(records, cfg, Dist())
         return cache.data_fingerprint, train_mod.data_checksum(cache, records)
 
@@ -883,7 +915,7 @@ def test_a_warm_start_no_better_than_the_class_frequencies_is_refused(scale: flo
 
 def test_a_class_with_no_training_film_is_refused(tiny_dataset: Path, tmp_path: Path) -> None:
     """Class weights used to hide an empty class: a bundle was written for a class the model never saw."""
-    records = train_mod.split_records(tiny_dataset, TrainConfig(**TINY))
+    records = train_mod.split_records(tiny_dataset, TrainConfig(**TINY))[0]
     manifest = tmp_path / "split.csv"
     write_manifest([r for r in records if not (r.split == "train" and r.label == "NORMAL")], manifest)
     with pytest.raises(ValueError, match="no readable training film of class NORMAL"):
@@ -894,7 +926,7 @@ def test_a_validation_split_without_a_class_is_refused_before_the_first_step(tin
                                                                              tmp_path: Path) -> None:
     """It had trained every epoch, then refused (one class), or ended in numpy's "zero-size array" (no film); then
     it was refused only after the run folder was cleared, an earlier run's bundle lost with it."""
-    records = train_mod.split_records(tiny_dataset, TrainConfig(**TINY))
+    records = train_mod.split_records(tiny_dataset, TrainConfig(**TINY))[0]
     manifest = tmp_path / "split.csv"
     earlier = tmp_path / "run" / "bundle" / "bundle.json"
     earlier.parent.mkdir(parents=True)
@@ -933,12 +965,12 @@ def test_films_a_task_cannot_use_are_warned_about(
 def test_manifest_rows_in_no_split_are_warned_about(
     tiny_dataset: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    records = train_mod.split_records(tiny_dataset, TrainConfig(**TINY))
+    records = train_mod.split_records(tiny_dataset, TrainConfig(**TINY))[0]
     unsided = next(r.path for r in records if r.split == "train")
     manifest = tmp_path / "split.csv"
     write_manifest([dataclasses.replace(r, split="") if r.path == unsided else r for r in records], manifest)
     with caplog.at_level("WARNING"):
-        assert len(train_mod.split_records(tiny_dataset, TrainConfig(split_csv=str(manifest)))) == len(records) - 1
+        assert len(train_mod.split_records(tiny_dataset, TrainConfig(split_csv=str(manifest)))[0]) == len(records) - 1
     assert "1 film(s) of" in caplog.text and "are in no train, val or test split" in caplog.text
 
 
@@ -947,13 +979,13 @@ def test_a_manifest_with_training_patients_in_its_test_split_is_warned_about(
 ) -> None:
     """Test rows are left out of training, and their patients had not been compared with the training ones: the
     leak was said only when the test split was evaluated, after the run."""
-    records = train_mod.split_records(tiny_dataset, TrainConfig(**TINY))
+    records = train_mod.split_records(tiny_dataset, TrainConfig(**TINY))[0]
     trained = next(r for r in records if r.split == "train")
     test = [r for r in discover(tiny_dataset).records if r.split == "test"][:3]
     manifest = tmp_path / "split.csv"
     write_manifest([*records, dataclasses.replace(test[0], patient=trained.patient), *test[1:]], manifest)
     with caplog.at_level("WARNING"):
-        assert len(train_mod.split_records(tiny_dataset, TrainConfig(split_csv=str(manifest)))) == len(records)
+        assert len(train_mod.split_records(tiny_dataset, TrainConfig(split_csv=str(manifest)))[0]) == len(records)
     assert (f"1 patient(s) have films in its test split and in train or val (e.g. {trained.patient}): figures on "
             "that test split would be optimistic") in caplog.text
     caplog.clear()
@@ -982,7 +1014,7 @@ def test_a_split_without_validation_films_says_which_option_gave_none(tiny_datas
 def test_a_split_with_a_film_copied_across_train_and_val_is_refused(tiny_dataset: Path, tmp_path: Path) -> None:
     """A training film copied into val under another name and patient id escaped the patient check: with a manifest
     (or --val-folder) validation chose the threshold on a film trained on. The default split keeps copies together."""
-    records = train_mod.split_records(tiny_dataset, TrainConfig(**TINY))
+    records = train_mod.split_records(tiny_dataset, TrainConfig(**TINY))[0]
     trained = next(r for r in records if r.split == "train")
     copy = tmp_path / "IM-9999-0001.jpeg"
     shutil.copy(trained.path, copy)
@@ -996,7 +1028,7 @@ def test_a_split_with_a_film_copied_across_train_and_val_is_refused(tiny_dataset
 def test_validation_figures_count_patients_when_films_share_one(tiny_dataset: Path, tmp_path: Path) -> None:
     """The run's report counts patients in its CIs as `evaluate` does on the same films, where a patient has
     several films (the three-class block too)."""
-    records = train_mod.split_records(tiny_dataset, TrainConfig(**TINY))
+    records = train_mod.split_records(tiny_dataset, TrainConfig(**TINY))[0]
     val = [i for i, r in enumerate(records) if r.split == "val"]
     manifest = tmp_path / "split.csv"
     write_manifest([dataclasses.replace(r, patient=f"pair-{val.index(i) // 2}") if i in val else r
@@ -1015,7 +1047,7 @@ def test_validation_figures_and_threshold_interval_count_copies_of_a_film_as_one
     from pneumoscan.core.metrics import threshold_interval
     from pneumoscan.data.labelled import labelled_records, patient_groups
 
-    records = train_mod.split_records(tiny_dataset, TrainConfig(**TINY))
+    records = train_mod.split_records(tiny_dataset, TrainConfig(**TINY))[0]
     film = next(r for r in records if r.split == "val")
     copy = tmp_path / "filed-again" / Path(film.path).name
     copy.parent.mkdir()
@@ -1147,17 +1179,18 @@ def test_an_earlier_versions_config_yaml_loads_and_is_the_same_recipe(tmp_path: 
     assert config_changes(recorded, taught_now) == ['teacher [] -> ["/t"]', "distill_weight null -> 0.5"]
     taught = load_config(tmp_path / "config.yaml", teacher=["/t"])
     assert taught.distill_weight == 0.5 and config_changes(recorded | {"teacher": ["/t"]}, taught) == []
+    printed = EARLIER_CONFIG.replace("split_csv: null\n", "split_csv: null\npatients: null\n")  # a setting since
     assert main(["train", "--print-config"]) == 0
-    assert capsys.readouterr().out == EARLIER_CONFIG.replace("distill_weight: 0.5", "distill_weight: null")
+    assert capsys.readouterr().out == printed.replace("distill_weight: 0.5", "distill_weight: null")
     assert main(["train", "--print-config", "--teacher", "/t"]) == 0
-    assert capsys.readouterr().out == EARLIER_CONFIG.replace("teacher: []", "teacher:\n- /t")
+    assert capsys.readouterr().out == printed.replace("teacher: []", "teacher:\n- /t")
 
 
 @pytest.mark.parametrize("task", ["pneumonia", "etiology"])
 def test_the_loss_weights_each_class_by_its_inverse_frequency(tiny_dataset: Path, tmp_path: Path, task: str) -> None:
     """scikit-learn's "balanced" weights are the formula the loss was weighted by: films / (classes x class films)."""
     cfg, ctx = TrainConfig(**TINY, task=task), setup_distributed()
-    records = train_mod.split_records(tiny_dataset, cfg)
+    records = train_mod.split_records(tiny_dataset, cfg)[0]
     cache = train_mod.preprocessed(records, cfg, ctx)
     d = train_mod.load_data(records, cache, "", cfg, get_task(task), ctx, tmp_path,
                             train_mod.selected_films(records, cache, get_task(task), ctx))

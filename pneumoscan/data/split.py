@@ -10,7 +10,9 @@ in its own stratum copes with the many Kermany patient ids that have both bacter
 1,635 in train), which a "dominant subtype" stratification would misplace; small units then fill each stratum
 almost exactly (on the train folder, val subtype shares stay within 0.1 point of the whole for fractions 0.1-0.3).
 ``StratifiedGroupKFold`` was not used: it only serves fractions of 1/k. Cross-validation (:func:`patient_folds`)
-deals the same units into k folds, each unit to the fold that lacks most of its strata.
+deals the same units into k folds, each unit to the fold that lacks most of its strata. A trial run on part of the
+data (``--patients N``) takes N of the same units first (:func:`patient_sample`), so that its split or folds stay
+patient-disjoint too.
 """
 
 from __future__ import annotations
@@ -63,6 +65,11 @@ def _units(records: Sequence[Record], duplicate_groups: Sequence[Sequence[str]])
     starts from the same order for the same films, so a manifest sorted otherwise (or the folders themselves) gives
     the same split."""
     _warn_unnamed(records)
+    return _unit_lists(records, duplicate_groups)
+
+
+def _unit_lists(records: Sequence[Record], duplicate_groups: Sequence[Sequence[str]]) -> list[list[int]]:
+    """:func:`_units` without a word: a sample (:func:`patient_sample`) is split next, which says it."""
     units: dict[int, list[int]] = defaultdict(list)
     for i, unit in enumerate(patient_units(records, duplicate_groups)):
         units[int(unit)].append(i)
@@ -87,6 +94,35 @@ def patient_units(records: Sequence[Record], duplicate_groups: Sequence[Sequence
     n = len(records)
     graph = coo_matrix((np.ones(len(rows), dtype=np.int8), (rows, cols)), shape=(n, n))
     return connected_components(graph, directed=False)[1]
+
+
+def patient_sample(records: Sequence[Record], patients: int, seed: int = 0,
+                   duplicate_groups: Sequence[Sequence[str]] | None = None) -> list[Record]:
+    """The records of ``patients`` units (:func:`patient_units`: a patient's films, and copies of one film, stay
+    together), drawn in a seeded order, each kind of unit (its strata: normal, bacteria, virus, or both kinds of
+    pneumonia) taking its share of them by largest remainder, so the sample keeps the classes' and subtypes' mix; in
+    the records' order. scikit-learn's StratifiedShuffleSplit would refuse a kind of one patient and a sample of all
+    of them. More patients than there are, or a sample without a film of a class the records have, is refused."""
+    units = _unit_lists(records, duplicate_groups or [])
+    if not 1 <= patients <= len(units):
+        raise ValueError(f"a sample of {patients} patients: the {len(records)} films hold {len(units)} (copies of one "
+                         f"film under other ids count as one); give --patients {len(units)} or fewer, or leave it out "
+                         "to use them all")
+    kinds: dict[str, list[list[int]]] = defaultdict(list)
+    random.Random(f"patient_sample {seed}").shuffle(units)  # a stream of its own: the split shuffles by seed
+    for unit in units:
+        kinds["+".join(sorted({_stratum(records[i]) for i in unit}))].append(unit)
+    shares = {kind: patients * len(members) / len(units) for kind, members in sorted(kinds.items())}
+    quota = {kind: int(share) for kind, share in shares.items()}
+    for kind in sorted(shares, key=lambda k: quota[k] - shares[k])[: patients - sum(quota.values())]:
+        quota[kind] += 1
+    taken = {i for kind, members in kinds.items() for unit in members[: quota[kind]] for i in unit}
+    sample = [r for i, r in enumerate(records) if i in taken]
+    if missing := sorted({r.label for r in records} - {r.label for r in sample}):
+        raise ValueError(f"a sample of {patients} of the {len(units)} patients holds no {missing[0]} film (its share "
+                         "rounds to none): give more --patients")
+    log.info("a sample of %d of the %d patients: %d of the %d films", patients, len(units), len(sample), len(records))
+    return sample
 
 
 def patient_split(
@@ -232,8 +268,26 @@ def warn_conflicts(conflicts: Sequence[dict]) -> None:
 
 def split_dataset(data: Path | str, val_fraction: float = VAL_FRACTION, seed: int = 0) -> list[Record]:
     """Everything in DATA but its test split, divided by patient into train and val (copies of a film together)."""
+    return sampled_split(data, val_fraction, seed)[0]
+
+
+def sampled_split(data: Path | str, val_fraction: float = VAL_FRACTION, seed: int = 0,
+                  patients: int | None = None) -> tuple[list[Record], int | None]:
+    """:func:`split_dataset` of :func:`sampled_pool`'s films (the sample is taken before the split, so validation
+    stays patient-disjoint), and the number of patients the sample was drawn from (None without one)."""
+    pool, duplicates, of = sampled_pool(data, patients, seed)
+    return patient_split(pool, val_fraction, seed, duplicates), of
+
+
+def sampled_pool(data: Path | str, patients: int | None = None,
+                 seed: int = 0) -> tuple[list[Record], list[list[str]], int | None]:
+    """:func:`split_pool` of a sample of ``patients`` of DATA's patients (:func:`patient_sample`), or of all of them
+    for None, with how many patients the sample was drawn from (None without one), which a bundle's card and cv.json
+    state beside it."""
     pool, duplicates = split_pool(data)
-    return patient_split(pool, val_fraction, seed, duplicates)
+    if patients is None:
+        return pool, duplicates, None
+    return patient_sample(pool, patients, seed, duplicates), duplicates, len(_unit_lists(pool, duplicates))
 
 
 def _tally(records: Sequence[Record], total: int) -> dict:

@@ -23,7 +23,7 @@ from pneumoscan.core.metrics import (BOTH_CLASSES, ECE_BINS, FILM_UNIT_CAVEAT, N
 from pneumoscan.core.names import shown
 from pneumoscan.inference.onnx_runtime import INT8_NAME, Int8Key, Int8Operating, read_sidecar, spec_path
 from pneumoscan.models import PLUGINS_ENV
-from pneumoscan.models.card import (ENSEMBLE, MACRO_AUC, TRAINING_FILMS, WRITER, BundleCard, load_card,
+from pneumoscan.models.card import (ENSEMBLE, MACRO_AUC, SAMPLED_FROM, TRAINING_FILMS, WRITER, BundleCard, load_card,
                                    out_of_fold_ensemble, save_card)
 from .held_out import HeldOutFindings
 
@@ -223,6 +223,11 @@ def _split_sentence(card: BundleCard) -> str:
     if out_of_fold_ensemble(card):
         return ("The films were dealt by patient into cross-validation folds: each member trained on all folds but "
                 "one, and each film's validation score is the member's that did not train on it (out of fold).")
+    if (of := card.train_config.get(SAMPLED_FROM)) is not None:  # a trial run (train --patients)
+        return (f"**The films are a sample of {card.train_config['patients']:,} of the {of:,} patients of the data** "
+                f"(`patients: {card.train_config['patients']}`, seed {card.train_config.get('seed')}; whole patients, "
+                "each class and subtype in its share), split by patient into training and validation: a trial, "
+                "whose figures do not show what training on all the films gives.")
     return "The films were split by patient into training and validation."
 
 

@@ -297,6 +297,9 @@ INIT_CARD = "init_card"  # a run started from a bundle (--init): that bundle's b
 # a trained bundle's train_config: its training films counted by class ({class: films}), of which MODEL_CARD.md says
 # how unbalanced they were; absent in ensembles and in bundles older than it
 TRAINING_FILMS = "training_films"
+# a bundle trained on a sample of patients (train_config's ``patients``): the number of patients it was drawn from,
+# which MODEL_CARD.md states beside it
+SAMPLED_FROM = "sampled_from"
 # train_config of the card in RUN/best, the best epoch's weights a run keeps while it trains: no temperature,
 # threshold or validation figures were chosen for them, so load_card refuses it to all but training's finalisation
 BEST_SO_FAR = "best_so_far"

@@ -55,6 +55,7 @@ RANGES: dict[str, tuple[str, Callable[[float], bool]]] = {
     "seed": ("0 to 2**63 - 1 (torch's seeds are 64-bit)", lambda v: 0 <= v < 2**63),
     "target_sensitivity": ("in (0, 1]", lambda v: 0 < v <= 1),
     "val_fraction": ("between 0 and 1", lambda v: 0 < v < 1),
+    "patients": (">= 1", lambda v: v >= 1),
     "workers": (">= 0", lambda v: v >= 0),
 }
 # the teachers' share of each training film's target when distill_weight is not set
@@ -111,6 +112,9 @@ class TrainConfig:
     patience: int = 3  # epochs without a better validation AUC (adam-plateau: loss) before stopping
     val_fraction: float = VAL_FRACTION
     split_csv: str | None = None  # a manifest with a split column; default: patient-grouped split of train/
+    # a trial on part of the data: train (or cv) on a seeded sample of this many patients, each class and subtype in
+    # its share, taken before the patient-grouped split (data.split.patient_sample); None: every patient
+    patients: int | None = None
     # the reference projects' protocol: train on all of DATA's train/, validate on its own val/ folder (16 films in
     # the Kaggle release: thresholds and early stopping then rest on a handful of films, so it warns)
     validate_on_val_folder: bool = False
@@ -169,6 +173,10 @@ class TrainConfig:
                              "its cosine schedule, so drop them or use --optimizer adam-plateau")
         if self.split_csv and self.validate_on_val_folder:
             raise ValueError("split_csv and validate_on_val_folder both choose the validation films: give one")
+        if self.patients is not None and (self.split_csv or self.validate_on_val_folder):
+            raise ValueError(f"patients {self.patients} samples the films before pneumoscan's own patient split, and "
+                             f"{'split_csv' if self.split_csv else 'validate_on_val_folder'} fixes them: give one "
+                             "or the other")
         if self.teacher and self.distill_weight is None:  # recorded as used, in config.yaml and the card
             self.distill_weight = DISTILL_WEIGHT
 

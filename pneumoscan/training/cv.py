@@ -33,10 +33,10 @@ from pneumoscan.core.names import path_text, results_csv
 from pneumoscan.core.options import VAL_FRACTION
 from pneumoscan.data.labelled import labelled_films, left_out, patient_groups, pooled_left_out
 from pneumoscan.data.layouts import Record, write_manifest
-from pneumoscan.data.split import patient_folds, split_pool
+from pneumoscan.data.split import patient_folds, sampled_pool
 from pneumoscan.data.tasks import Task, binary_targets, get_task, select
 from pneumoscan.inference.predict import Predictor
-from pneumoscan.models.card import CARD, films_as_trained, load_card
+from pneumoscan.models.card import CARD, SAMPLED_FROM, films_as_trained, load_card
 from pneumoscan.models.run_folder import CvFolder, RunFolder
 from .config import TrainConfig
 from .distill import check_teachers
@@ -182,8 +182,9 @@ def fold_config(cfg: TrainConfig, out_dir: Path, k: int, teacher_cv: Sequence[Pa
         if not (teacher / CARD).exists():
             raise ValueError(f"teacher cv run {teacher.parents[1]} has no finished fold-{k} bundle: finish it with its "
                              "own cv command first")
+    # a sample of patients (cfg.patients) is in the manifest, which the fold's run takes as it is
     return dataclasses.replace(cfg, split_csv=str(CvFolder(out_dir).split(k)),
-                               teacher=[*cfg.teacher, *map(str, teachers)])
+                               teacher=[*cfg.teacher, *map(str, teachers)], patients=None)
 
 
 def oof_name(path: str) -> str:
@@ -201,7 +202,7 @@ def cross_validate(data: Path | str, cfg: TrainConfig, folds: int, out_dir: Path
     them trained on fold K, so each film is still scored by models that never saw its patient."""
     out_dir = Path(out_dir)
     cv_folder, task = CvFolder(out_dir), get_task(cfg.task)
-    plans, configs = _plan_folds(data, cfg, folds, cv_folder, teacher_cv, task)
+    plans, configs, sampled_from = _plan_folds(data, cfg, folds, cv_folder, teacher_cv, task)
     out_dir.mkdir(parents=True, exist_ok=True)  # once nothing is refused: a refused cv leaves no folder behind
     # every fold's manifest before any fold is trained: a run stopped between folds then has a manifest without its
     # fold, which `ensemble --cv` and `export --int8 --cv` refuse (with one manifest a fold, it passed as finished)
@@ -232,14 +233,17 @@ def cross_validate(data: Path | str, cfg: TrainConfig, folds: int, out_dir: Path
         # the files of the folds' validation splits the figures are not of, and why, as evaluate records them
         "left_out": pooled_left_out(f.left_out for f in results),
         "teacher_cv": [os.path.abspath(run) for run in teacher_cv],
+        SAMPLED_FROM: sampled_from,  # config's patients were drawn from this many (null: all of them were used)
     }  # fmt: skip
     write_json(cv_folder.summary, jsonable(result))
     return result
 
 
 def _plan_folds(data: Path | str, cfg: TrainConfig, folds: int, cv_folder: CvFolder,
-                teacher_cv: Sequence[Path | str], task: Task) -> tuple[list[list[Record]], list[TrainConfig]]:
-    """(each fold's films, each marked "val" in its own fold and "train" in the others; each fold's recipe), once
+                teacher_cv: Sequence[Path | str],
+                task: Task) -> tuple[list[list[Record]], list[TrainConfig], int | None]:
+    """(each fold's films, each marked "val" in its own fold and "train" in the others; each fold's recipe; the
+    patients a ``cfg.patients`` sample of the films was drawn from, None without one), once
     every fold is checked: everything a fold's run would refuse, and any earlier run in OUT that is not this cv's,
     is refused before any fold is trained or rewritten, so that a refusal leaves OUT as it was."""
     if cfg.split_csv:  # each fold's split is cv's own (OUT/split-fold-K.csv), and cv.json would record this one
@@ -252,7 +256,7 @@ def _plan_folds(data: Path | str, cfg: TrainConfig, folds: int, cv_folder: CvFol
         # left there, ensemble --cv and export --int8 --cv would take this cv for one stopped between folds, for good
         raise ValueError(f"{cv_folder.root} holds fold {max(beyond)} of a cv of more folds than --folds {folds} "
                          f"(split-fold-{max(beyond)}.csv or fold-{max(beyond)}/): use a new --out")
-    pool, duplicates = split_pool(data)
+    pool, duplicates, sampled_from = sampled_pool(data, cfg.patients, cfg.seed)
     fold_of = patient_folds(pool, folds, cfg.seed, duplicates)
     plans = [[dataclasses.replace(r, split="val" if f == k else "train") for r, f in zip(pool, fold_of)]
              for k in range(folds)]  # fmt: skip
@@ -272,7 +276,7 @@ def _plan_folds(data: Path | str, cfg: TrainConfig, folds: int, cv_folder: CvFol
     opened: dict = {}  # the folds hold the same films: their cache's pixels are checked once
     for k, planned in enumerate(plans):  # last: it may decode every film, where the checks above read headers
         check_fold_data(cv_folder.fold(k), planned, ctx, opened)
-    return plans, configs
+    return plans, configs, sampled_from
 
 
 class _FoldResult(NamedTuple):
