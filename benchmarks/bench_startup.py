@@ -90,9 +90,10 @@ def main() -> None:
     parser.add_argument(
         "--runs", type=int, default=5, help="fresh interpreters per case; the median is printed (default 5)"
     )
+    parser.add_argument("--case", default="", help="only the cases whose label holds this text (default: all)")
     args = parser.parse_args()
     print(f"{'case':<42} {'wall s':>7} {'CPU s':>7}  loaded")
-    for label, code in cases():
+    for label, code in [(label, code) for label, code in cases() if args.case in label]:
         runs = [run(code) for _ in range(args.runs)]
         wall, cpu = statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
         print(f"{label:<42} {wall:>7.2f} {cpu:>7.2f}  {runs[-1][2] or '-'}", flush=True)

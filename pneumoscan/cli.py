@@ -545,9 +545,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from pneumoscan.models.registry import list_models
+    from pneumoscan.models import model_names
 
-    print("\n".join(list_models()))
+    print("\n".join(model_names()))
     return 0
 
 

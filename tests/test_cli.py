@@ -566,6 +566,17 @@ def test_the_command_line_loads_only_what_a_command_needs(run: str, loaded: str,
     assert done.stdout.splitlines()[-1] == loaded, done.stdout
 
 
+def test_models_lists_the_registered_names_without_loading_torch() -> None:
+    """`pneumoscan models` loaded torch, torchvision and timm (2.6 s of CPU) to build the registry, for its names
+    alone: it prints the registry's names, those its builders register, with none of them loaded."""
+    from pneumoscan.models.registry import list_models
+
+    done = subprocess.run([sys.executable, "-c", LOADED.format(run="assert main(['models']) == 0")],
+                          capture_output=True, text=True, timeout=120, check=True)
+    *names, loaded = done.stdout.splitlines()
+    assert (names, loaded) == (list_models(), ""), done.stdout
+
+
 @pytest.mark.parametrize("port", ["abc", "70000", "-1", "8.5"])
 def test_a_port_that_is_no_tcp_port_says_what_a_port_is(port: str, capsys: pytest.CaptureFixture) -> None:
     """"invalid _port value: 'abc'" named a function, not what is wanted."""

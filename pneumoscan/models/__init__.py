@@ -1,6 +1,10 @@
 """The networks and the deployable bundle: the model registry, the ensemble network, and the bundle format (card,
 weights and their checksums) with its loader."""
 
+import ast
+import sys
+from pathlib import Path
+
 
 class WeightsUnavailable(OSError):
     """Pretrained weights that can be neither read from the local cache nor downloaded: the CLI exits with status 3
@@ -30,3 +34,16 @@ def register_first(kind: str, module: str = "") -> str:
                 f"line, {PLUGINS_ENV}={module})")
     return (f"import the module that registers it first (a {kind} of your own: docs/development.md, Adding a {kind}; "
             f"on the command line, {PLUGINS_ENV}=MODULE)")
+
+
+def model_names() -> list[str]:
+    """The registered model names (``pneumoscan models``), without loading torch and timm (2.6 s of CPU) to build
+    the registry whose builders need them: the registry's own list where this process has built it (a plug-in that
+    registers a model imports it), else the names its module registers, read from its source (each
+    ``@register("name", ...)``)."""
+    if (registry := sys.modules.get(f"{__name__}.registry")) is not None:
+        return registry.list_models()
+    tree = ast.parse((Path(__file__).parent / "registry.py").read_text(encoding="utf-8"))
+    return sorted(decorator.args[0].value for node in tree.body if isinstance(node, ast.FunctionDef)
+                  for decorator in node.decorator_list
+                  if isinstance(decorator, ast.Call) and getattr(decorator.func, "id", None) == "register")
