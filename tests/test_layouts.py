@@ -585,3 +585,18 @@ def test_untyped_pneumonia_films_are_warned_of_with_the_ways_to_type_them(caplog
         "1 pneumonia film(s) given to training do not say bacteria or virus (e.g. /x/PNEUMONIA/scan_0002.jpeg): "
         "neither their names (personN_bacteria_M, BACTERIA-N-M, or one of the two words in a name of your own) nor a "
         "manifest's subtype column give it, so the etiology task cannot use them and they are left out"]
+
+
+@pytest.mark.parametrize("marker", ["NA", "n/a", "nan", "NULL", "#N/A", "None"])
+def test_a_manifest_patient_written_as_a_missing_value_is_refused(tmp_path: Path, marker: str) -> None:
+    """R's write.csv writes NA for a missing patient, a spreadsheet #N/A, pandas nan: read as an id, every film so
+    marked was one patient (both classes, 20 films), silently, in split, audit and evaluate's patient counts."""
+    (tmp_path / "m.csv").write_text(f"path,label,patient\na.png,NORMAL,P1\nb.png,PNEUMONIA,{marker}\n")
+    with pytest.raises(ValueError) as e:
+        read_manifest(tmp_path / "m.csv")
+    assert str(e.value).endswith(f"line 3: patient {marker!r} is a missing value as a spreadsheet or R writes "
+                                 "it, which would make every film so marked one patient: leave the cell empty (the "
+                                 "film's name or DICOM header then gives its patient, else it is a patient of its "
+                                 "own) or give the patient's id")
+    (tmp_path / "ok.csv").write_text("path,label,patient\na.png,NORMAL,NAT-1\nb.png,PNEUMONIA,Nana\n")
+    assert [r.patient for r in read_manifest(tmp_path / "ok.csv").records] == ["NAT-1", "Nana"]

@@ -42,6 +42,9 @@ SUBTYPES = ("normal", "bacteria", "virus")
 MANIFEST_FIELDS = ("path", "label", "subtype", "patient", "split")
 
 HEADER_PATIENT = "dicom-"  # the prefix of a patient id taken from a DICOM header (header_patient)
+# how R (NA), a spreadsheet (#N/A), pandas (nan) and databases (NULL, None) write a missing value: as a manifest's
+# patient id it would tie every film so marked into one patient
+MISSING_VALUES = frozenset({"na", "n/a", "#n/a", "nan", "null", "none"})
 # "bacteria" or "virus" said as a word in a name no layout's rules fit: child0_bacteria_0, Viral Pneumonia-12
 _KIND_WORD = re.compile(r"(?<![a-z])(bacteria|bacterial|virus|viral)(?![a-z])", re.IGNORECASE)
 # a name that negates a kind (non-viral, not_viral, virus_negative, no_bacteria) says nothing sure: no subtype
@@ -768,6 +771,11 @@ def _manifest_record(csv_path: Path, row: dict[str, str], line: int,
     if first != line:
         raise ValueError(f"{where}: {shown(row['path'])} is listed again (first on line {first}"
                          f"{'' if spelt == row['path'] else ', as ' + shown(spelt)})")
+    if row.get("patient", "").casefold() in MISSING_VALUES:
+        raise ValueError(f"{where}: patient {row['patient']!r} is a missing value as a spreadsheet or R writes it, "
+                         "which would make every film so marked one patient: leave the cell empty (the film's name or "
+                         "DICOM header then gives its patient, else it is a patient of its own) or give the patient's "
+                         "id")
     try:
         split = row.get("split", "").lower()
         if split:
