@@ -1009,6 +1009,15 @@ def test_a_split_without_validation_films_says_which_option_gave_none(tiny_datas
                                                    "an empty one)")) as refused:
         train_mod.split_records(tiny_dataset, TrainConfig(split_csv=str(manifest)))
     assert "`pneumoscan split" in str(refused.value) and "leave --split-csv out" in str(refused.value)
+    # a researcher's own split column with train and test rows and no val: told which split is empty, not that
+    # training needs both
+    sided = tmp_path / "sided.csv"
+    sided.write_text("path,label,split\n" + "".join(f"{p},{p.parent.name},{p.parent.parent.name}\n"
+                                                    for p in sorted(tiny_dataset.rglob("*.jpeg"))))
+    with pytest.raises(ValueError, match=re.escape(f"{sided} gives no film the split val (it has train, test), so "
+                                                   "--split-csv names no val films")) as refused:
+        train_mod.split_records(tiny_dataset, TrainConfig(split_csv=str(sided)))
+    assert "`pneumoscan split" in str(refused.value) and "leave --split-csv out" in str(refused.value)
 
 
 def test_a_split_with_a_film_copied_across_train_and_val_is_refused(tiny_dataset: Path, tmp_path: Path) -> None:

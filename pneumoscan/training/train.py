@@ -91,6 +91,13 @@ def split_records(data: Path | str, cfg: TrainConfig) -> tuple[list[Record], int
                              "one), so --split-csv names no train and val films: give a manifest with a split column "
                              "(`pneumoscan split DATA --out FILE` writes one), or leave --split-csv out and training "
                              "splits DATA by patient itself")
+        sides = [side for side in ("train", "val", "test") if any(r.split == side for r in records)]
+        if empty := [side for side in ("train", "val") if side not in sides]:
+            raise ValueError(f"{shown(cfg.split_csv)} gives no film the split {' or '.join(empty)} (it has "
+                             f"{', '.join(sides)}), so --split-csv names no {' and '.join(empty)} films: give each "
+                             "patient's films a train or val split (`pneumoscan split DATA --out FILE` writes a "
+                             "patient-grouped one of everything but test), or leave --split-csv out and training "
+                             "splits DATA by patient itself")
         if unsided := [r for r in records if r.split not in ("train", "val", "test")]:
             log.warning("%d film(s) of %s are in no train, val or test split (e.g. %s, split %r): left out",
                         len(unsided), shown(cfg.split_csv), shown(unsided[0].path), unsided[0].split)
