@@ -526,3 +526,25 @@ def test_a_reencoded_copy_under_another_patient_stays_with_its_original(data_roo
     fold = patient_folds(pool, 4, seed=0, duplicate_groups=groups)
     index = {Path(r.path).name: i for i, r in enumerate(pool)}
     assert fold[index[copy.name]] == fold[index[original.name]]
+
+
+def test_a_manifests_own_val_rows_pooled_anew_are_said(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A site's manifest with its own train, val and test rows, given as DATA: its val rows were pooled with its train
+    rows and split anew without a word, so a run validated on other films than the ones the researcher set aside."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for i, (label, split) in enumerate([("NORMAL", "train"), ("PNEUMONIA", "train"), ("NORMAL", "val"),
+                                        ("PNEUMONIA", "val"), ("NORMAL", "test")]):
+        Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+        rows.append(f"{i}.png,{label},{split}\n")
+    (tmp_path / "m.csv").write_text("path,label,split\n" + "".join(rows))
+    with caplog.at_level(logging.WARNING):
+        pool, _ = split_pool(tmp_path / "m.csv")
+    assert len(pool) == 4
+    assert (f"{tmp_path / 'm.csv'}: its split column puts 2 films in val, which are pooled with its train films and "
+            "split by patient anew: to validate on them as given, train with --split-csv") in caplog.messages
+    caplog.clear()
+    (tmp_path / "plain.csv").write_text("path,label\n" + "".join(r.rsplit(",", 1)[0] + "\n" for r in rows[:4]))
+    with caplog.at_level(logging.WARNING):
+        split_pool(tmp_path / "plain.csv")
+    assert not any("val" in m for m in caplog.messages)

@@ -237,6 +237,10 @@ def split_pool(data: Path | str) -> tuple[list[Record], list[list[str]]]:
         raise ValueError(f"{shown(data)}: {len(absent)} of its {len(pool)} films outside test/ are not there (e.g. "
                          f"{shown(absent[0])}); {absent_hint(absent)}")
     _check_classes(data, pool, found)
+    if found.layout == "manifest" and (chosen := sum(r.split == "val" for r in pool)):
+        # a site's own validation films (another hospital, a later period) would be replaced unseen
+        log.warning("%s: its split column puts %d films in val, which are pooled with its train films and split by "
+                    "patient anew: to validate on them as given, train with --split-csv", shown(data), chosen)
     groups = picture_groups([r.path for r in pool])
     warn_conflicts(label_conflicts(pool, groups, layouts().get(found.layout)))
     return pool, [paths for _, paths in groups]
