@@ -119,6 +119,15 @@ def test_folder_without_images_is_an_error(tiny_bundle: Path, tmp_path: Path) ->
     assert expand_paths([""]) == [("", "empty path")], "an empty $VAR must not mean the current folder"
 
 
+def test_a_manifest_given_to_predict_is_told_apart_from_a_film() -> None:
+    """A researcher whose films are listed in a manifest gives it to predict as evaluate takes it: the row said only
+    that a CSV is not a JPEG, PNG or DICOM image."""
+    assert expand_paths(["site/films.CSV"]) == [
+        ("site/films.CSV", "a CSV manifest, not a film: predict reads films and folders of them; score a manifest's "
+                           "labelled films with `pneumoscan evaluate BUNDLE site/films.CSV`, or give the folder that "
+                           "holds its films")]
+
+
 def test_a_missing_folder_is_no_such_file_or_folder(tiny_bundle: Path, tmp_path: Path,
                                                    capsys: pytest.CaptureFixture) -> None:
     """`predict BUNDLE scans/` of a folder not there said "file not found", as if a film had been named: a path

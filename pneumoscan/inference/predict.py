@@ -438,7 +438,8 @@ def expand_paths(
     link loop, a FIFO). What a folder holds besides (hidden and system files, other extensions, the ``exclude``
     folder, such as the heatmaps) is appended to ``skipped`` as ``{"path", "reason"}``. A folder without images, an
     empty path (which would mean the current folder) and a missing path given as a folder (ending in a separator, or
-    without a suffix: "file not found" would say a film was named) are error rows."""
+    without a suffix: "file not found" would say a film was named) are error rows, and so is a CSV manifest, which
+    other commands take as DATA."""
     out: list[tuple[str, str | None]] = []
     for text in map(str, paths):
         if not text:
@@ -447,6 +448,11 @@ def expand_paths(
         given = Path(text)
         if not os.path.lexists(given) and (text.endswith(("/", os.sep)) or not given.suffix):
             out.append((str(given), "no such file or folder"))
+            continue
+        if given.suffix.lower() == ".csv":  # evaluate, split and train take a manifest as DATA: predict does not
+            out.append((str(given), "a CSV manifest, not a film: predict reads films and folders of them; score a "
+                        f"manifest's labelled films with `pneumoscan evaluate BUNDLE {shown(given)}`, or give the "
+                        "folder that holds its films"))
             continue
         if not given.is_dir():
             out.append((str(given), None))  # decoding reports missing, unreadable or special files
