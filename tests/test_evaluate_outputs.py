@@ -23,6 +23,7 @@ from pneumoscan import cli
 from pneumoscan.core.metrics import FILM_UNIT_CAVEAT
 from pneumoscan.data.labelled import labelled_records
 from pneumoscan.data.layouts import discover
+from pneumoscan.data.preprocess import PreprocessSpec
 from pneumoscan.data.readers.pillow import OWN_OUTPUT_SOFTWARE
 from pneumoscan.data.tasks import binary_targets, get_task
 from pneumoscan.evaluation.evaluate import GALLERY_SIZE, error_gallery, evaluate, threshold_table
@@ -654,3 +655,26 @@ def test_evaluate_names_the_patients_beside_the_films_in_the_report_and_the_card
     assert "<th>Negative predictive value (NPV) †</th>" in page
     card = (bundle / "MODEL_CARD.md").read_text()
     assert "| paired | 16 films of 8 patients (8 PNEUMONIA films of 4 patients, 8 NORMAL of 4) | patients |" in card
+
+
+def test_pneumonia_films_of_no_type_leaving_only_normal_films_are_refused(typed_dataset: Path, tmp_path: Path) -> None:
+    """A site's films in NORMAL/ and PNEUMONIA/ whose names say no type, given to a three-class bundle: every
+    pneumonia film was left out with a warning, and evaluate printed figures of the normal films alone, a three-class
+    accuracy of 1.0000 (95% CI 0.88-1.00) among them, exit 0."""
+    films = shutil.copytree(typed_dataset / "test", tmp_path / "site")
+    for path in sorted((films / "PNEUMONIA").glob("*.jpeg")):
+        path.rename(path.with_name(path.name.replace("_bacteria_", "_").replace("_virus_", "_")))
+    spec = PreprocessSpec(32)
+    with pytest.raises(ValueError) as refused:
+        labelled_records(films, None, get_task("multiclass"), spec)
+    assert str(refused.value) == (
+        f"the 8 PNEUMONIA film(s) of {films} say neither bacteria nor virus (in their names or a manifest's subtype "
+        "column), which the multiclass task needs, so it would leave every one out and its figures would be of the 8 "
+        "NORMAL film(s) alone: give each its type (a manifest's subtype column, bacteria or virus), or measure a "
+        "pneumonia bundle on them")
+    with pytest.raises(ValueError, match=r"^the 8 PNEUMONIA film\(s\) of .* which the etiology task needs, so it "
+                                         r"would leave every one out: give each its type"):
+        labelled_records(films, None, get_task("etiology"), spec)
+    next(iter(sorted((films / "PNEUMONIA").glob("*.jpeg")))).rename(films / "PNEUMONIA" / "person1_virus_1.jpeg")
+    records = labelled_records(films, None, get_task("multiclass"), spec)[0]  # one typed film: warned, not refused
+    assert len(records) == 9

@@ -51,6 +51,15 @@ def labelled_films(data: Path | str, split: str | None, task: Task, spec: Prepro
     outside = Counter(r.label for r in readable if r.label != "PNEUMONIA" and task.target(r) is None)
     beyond = ", ".join(f"{n} {label}" for label, n in sorted(outside.items()))
     unreadable = "; ".join(f"{shown(e['path'])}: {shown(e['reason'])}" for e in cache.errors[:3])
+    untyped = sum(r.label == "PNEUMONIA" and task.target(r) is None for r in readable)
+    if untyped and not any(r.label == "PNEUMONIA" for r in records):
+        # figures of the normal films alone would pass for figures on every film given: a three-class accuracy of 1
+        raise ValueError(f"the {untyped} PNEUMONIA film(s) of {shown(str(data))} say neither bacteria nor virus (in "
+                         f"their names or a manifest's subtype column), which the {task.name} task needs, so it would "
+                         "leave every one out"
+                         + (f" and its figures would be of the {len(records)} NORMAL film(s) alone" if records else "")
+                         + ": give each its type (a manifest's subtype column, bacteria or virus)"
+                         + (", or measure a pneumonia bundle on them" if records else ""))
     if not records:
         raise ValueError(f"no readable film of {data}" + (f" ({split})" if split else "") + f" for the {task.name} task"
                          + (f": {beyond} film(s), which it does not read ({', '.join(task.classes)})"
