@@ -600,3 +600,19 @@ def test_a_manifest_patient_written_as_a_missing_value_is_refused(tmp_path: Path
                                  "own) or give the patient's id")
     (tmp_path / "ok.csv").write_text("path,label,patient\na.png,NORMAL,NAT-1\nb.png,PNEUMONIA,Nana\n")
     assert [r.patient for r in read_manifest(tmp_path / "ok.csv").records] == ["NAT-1", "Nana"]
+
+
+def test_a_folder_holding_a_manifest_or_unlabelled_films_names_what_to_give(tmp_path: Path) -> None:
+    """A researcher's folder of DICOM films named by UID with its labels.csv beside them: given the folder (or the
+    films' own folder), the refusal listed the layouts alone, not the manifest it holds nor that films need labels."""
+    site = tmp_path / "site"
+    _dicom(site / "dcm" / "1.2.826.0.1.3680043.8.498.52", PatientID="7")
+    (site / "labels.csv").write_text("path,label\ndcm/1.2.826.0.1.3680043.8.498.52,NORMAL\n")
+    (site / "notes.csv").write_text("date,who\n2026-12-01,AB\n")  # not a manifest: not offered
+    manifest = re.escape(str(site / "labels.csv"))
+    with pytest.raises(ValueError, match=rf"recognises it: it holds a dataset; give {manifest} \(expected "):
+        discover(site)
+    with pytest.raises(ValueError, match=r"recognises it: it holds films but no NORMAL and PNEUMONIA folders: put them "
+                                         r"in those folders, or list them with their labels in a CSV manifest "
+                                         r"\(path,label\) \(expected "):
+        discover(site / "dcm")

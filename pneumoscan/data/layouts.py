@@ -561,7 +561,8 @@ def _labels_checked(found: Discovery) -> Discovery:
 def _unrecognised(root: Path) -> str:
     """What a root no layout recognises most likely is, said before the list of layouts: one class's folder or one
     film (given for the folder that holds both classes), the folder a dataset was unpacked into (one level too high:
-    the folders below that a layout recognises are named), or an empty folder."""
+    the folders below that a layout recognises, and the manifests in it, are named), a folder of films without class
+    folders, or an empty folder."""
     holder = f"give the folder that holds {' and '.join(LABELS)}"
     if root.is_file():
         beside = f" ({shown(root.parent.parent)})" if root.parent.name.upper() in LABELS else ""
@@ -572,9 +573,26 @@ def _unrecognised(root: Path) -> str:
         return f": it is one class's folder; {holder} ({shown(root.parent)})"
     if next(root.iterdir(), None) is None:
         return ": it is an empty folder"
-    if inside := [shown(child) for child in sorted(root.iterdir()) if _recognised(child)]:
+    children = sorted(root.iterdir())
+    if inside := [shown(child) for child in children if _recognised(child) or _is_manifest(child)]:
         return f": it holds a dataset; give {' or '.join(inside)}"
+    if any(_is_image(child) for child in children[:20] if child.is_file()):
+        return (f": it holds films but no {' and '.join(LABELS)} folders: put them in those folders, or list them "
+                "with their labels in a CSV manifest (path,label)")
     return ""
+
+
+def _is_manifest(path: Path) -> bool:
+    """Whether ``path`` is a CSV file whose header names the path and label columns: a researcher's labels.csv
+    beside the films it lists, given as the folder that holds both."""
+    if path.suffix.lower() != ".csv" or not path.is_file():
+        return False
+    try:
+        with path.open(encoding="utf-8-sig", errors="replace") as f:
+            header = {name.strip().lower() for name in f.readline().split(",")}
+    except OSError:
+        return False
+    return {"path", "label"} <= header
 
 
 def _recognised(folder: Path) -> bool:
