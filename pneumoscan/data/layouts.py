@@ -705,7 +705,10 @@ def read_manifest(csv_path: Path | str) -> Discovery:
                 raise ValueError(f"{csv_path}: not a manifest, no {' or '.join(sorted(missing))} column "
                                  f"(columns: path,label[,subtype,patient,split]){_format_hint(header)}")
             for name in header:
-                look_up_option(name, MANIFEST_FIELDS, f"column in manifest {csv_path}")
+                look_up_option(name, MANIFEST_FIELDS, f"column in manifest {csv_path}",
+                               hint="a manifest takes path, label, subtype, patient and split alone, so that a "
+                               "misspelt one (splt) is never left unread: keep a site's own columns, such as age or "
+                               "site, in another file")
             if len(set(header)) < len(header):
                 raise ValueError(f"{csv_path}: a column is named twice ({','.join(header)})")
             for values in reader:
