@@ -30,7 +30,8 @@ from pneumoscan.training.config import load_config, TrainConfig
 from pneumoscan.training.train import split_records, train
 
 CONFIGS = Path(__file__).parents[1] / "configs" / "reference"
-NO_IDS = "no patient ids in file names: {n} images split as {n} groups, one per image"
+NO_IDS = ("no patient ids in file names: {n} images split as {n} groups, one per image, so one child's films "
+          "may land on both sides: give each film's patient in a manifest's patient column (path,label,patient)")
 
 
 def _count(model: nn.Module, kind: type) -> int:

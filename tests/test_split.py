@@ -367,7 +367,9 @@ def test_films_without_patient_ids_are_split_one_group_per_film(tmp_path: Path, 
             (tmp_path / folder / f"{i:04d}.jpeg").write_bytes(f"{folder}/{i}".encode())
     with caplog.at_level(logging.WARNING, logger="pneumoscan.data.split"):
         records = split_dataset(tmp_path, val_fraction=0.25)
-    assert caplog.messages == ["no patient ids in file names: 32 images split as 32 groups, one per image"]
+    assert caplog.messages == ["no patient ids in file names: 32 images split as 32 groups, one per image, so "
+                               "one child's films may land on both sides: give each film's patient in a "
+                               "manifest's patient column (path,label,patient)"]
     assert len({r.patient for r in records}) == 32
     assert split_summary(records)["shared_patients"] == []
     assert split_summary(discover(tmp_path).records)["shared_patients"] == []  # the val/ folder as validation

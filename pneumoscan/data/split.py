@@ -48,7 +48,9 @@ def _warn_unnamed(records: Sequence[Record]) -> None:
     image there."""
     unnamed = sum(map(own_patient, records))
     if unnamed and unnamed == len(records):
-        log.warning("no patient ids in file names: %d images split as %d groups, one per image", unnamed, unnamed)
+        log.warning("no patient ids in file names: %d images split as %d groups, one per image, so one child's films "
+                    "may land on both sides: give each film's patient in a manifest's patient column "
+                    "(path,label,patient)", unnamed, unnamed)
     elif unnamed:
         log.warning("no patient id in %d of %d films (their names, a manifest or a DICOM header): those images are "
                     "split as %d groups, one per image", unnamed, len(records), unnamed)  # fmt: skip
