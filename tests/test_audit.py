@@ -515,3 +515,20 @@ def test_audit_counts_dicom_patients_and_says_what_it_could_not_check(tmp_path: 
     assert report["patient_examples"] == examples
     assert f"  {next(iter(examples))}: {root / 'test/NORMAL/1.2.3.2.dcm'} | {root / 'train/NORMAL/1.2.3.1.dcm'}" in text
     assert "not checked: 1 of 4 films carry no patient id" in text
+
+
+def test_audit_names_patients_with_films_of_both_classes(tmp_path: Path) -> None:
+    """A researcher's manifest giving a normal child's film the id of a child with pneumonia (a typo, or a film filed
+    under the wrong class): audit, split and train said nothing of one patient holding both classes."""
+    rows = []
+    for i, (label, patient) in enumerate([("NORMAL", "P1"), ("PNEUMONIA", "P1"), ("NORMAL", "P2"),
+                                          ("PNEUMONIA", "P3")]):
+        _picture(i, (32, 32)).save(tmp_path / f"{i}.png")
+        rows.append(f"{i}.png,{label},{patient}\n")
+    (tmp_path / "m.csv").write_text("path,label,patient\n" + "".join(rows))
+    report = audit(discover(tmp_path / "m.csv"), workers=1)
+    assert report["patients_in_both_classes"] == ["P1"]
+    console = Console(file=io.StringIO(), width=400)
+    console.print(format_audit(report))
+    assert ("patients with films of both NORMAL and PNEUMONIA: 1 (P1): a film filed under the other class, or two "
+            "children under one id? (a child filmed again after recovering is one too)") in console.file.getvalue()

@@ -4,9 +4,9 @@ transform changes them (:func:`augmented_grid`, ``audit --augmented``).
 
 The report counts films per split/class/subtype, image sizes and modes, unreadable files, exact duplicates (content
 hash), near duplicates (perceptual hash), leakage across splits (the same patient, or the same picture, in two
-splits) and label conflicts (a file name, or a duplicate, contradicting a film's label), found by the rules that
-split, train and evaluate use (:mod:`.copies`). One pass per file in a process pool reads everything, so the
-5,216-image train folder takes seconds.
+splits), patients whose films carry both labels, and label conflicts (a file name, or a duplicate, contradicting
+a film's label), found by the rules that split, train and evaluate use (:mod:`.copies`). One pass per file in a
+process pool reads everything, so the 5,216-image train folder takes seconds.
 """
 
 from __future__ import annotations
@@ -76,6 +76,14 @@ def _patient_examples(records: Sequence[Record], overlap: dict[str, list[str]]) 
     return {p: list(films.values()) for p, films in sorted(first.items())}
 
 
+def _in_both_classes(records: Sequence[Record]) -> list[str]:
+    """The patient ids that films of both classes carry, sorted."""
+    labels: dict[str, set[str]] = defaultdict(set)
+    for rec in records:
+        labels[rec.patient].add(rec.label)
+    return sorted(p for p, seen in labels.items() if len(seen) > 1)
+
+
 def audit(discovery: Discovery, workers: int | None = None) -> dict:
     """A JSON-serialisable report on ``discovery`` (see the module docstring); bad files are listed, not raised."""
     start = time.perf_counter()
@@ -107,6 +115,8 @@ def audit(discovery: Discovery, workers: int | None = None) -> dict:
         "patient_examples": _patient_examples(records, overlap),
         # films whose patient nothing names (file name, manifest, DICOM header): the overlap cannot count them
         "without_patient_id": sum(map(own_patient, records)),
+        # one id on films of both classes: a typo, or a film filed under the other class (or a child filmed again)
+        "patients_in_both_classes": _in_both_classes(records),
         "cross_split_near_duplicates": [g for g in near if len(g["splits"]) > 1],
         "label_conflicts": conflicts,
         "seconds": round(time.perf_counter() - start, 2),
@@ -381,4 +391,9 @@ def _patient_lines(report: dict) -> list[tuple[str, bool]]:
     if report["patient_overlap"] and (unnamed := report["without_patient_id"]):
         lines.append((f"  not checked: {unnamed} of {report['n_images']} films carry no patient id (in their "
                       "names, a manifest's patient column or a DICOM header)", True))
+    if both := report["patients_in_both_classes"]:
+        lines.append((f"patients with films of both {' and '.join(LABELS)}: {len(both)} "
+                      f"({', '.join(map(shown, both[:10]))}{', ...' if len(both) > 10 else ''}): a film filed under "
+                      "the other class, or two children under one id? (a child filmed again after recovering is one "
+                      "too)", True))
     return lines
