@@ -13,7 +13,7 @@ BEST_ETIOLOGY_LITE2_EPOCHS ?= 3
 REFERENCE_DIR ?= runs/reference
 export PNEUMOSCAN_DATA
 
-.PHONY: env test demo demo-etiology demo-best demo-best-etiology reference bench browser pacs-server dicom-tools docs clean
+.PHONY: env test demo demo-etiology demo-best demo-best-etiology reference bench browser pacs-server dicom-tools systemd docs clean
 
 env: $(VENV)/.installed
 
@@ -40,8 +40,14 @@ dicom-tools:
 	@command -v dciodvfy >/dev/null && command -v dsrdump >/dev/null || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dicom3tools dcmtk >/dev/null)
 
+# The unit test checks deploy/pneumoscan.service with systemd's own systemd-analyze (verify, security); a missing one
+# is a test failure, so install it here.
+systemd:
+	@command -v systemd-analyze >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null)
+
 # One worker a CPU (tests/conftest.py); worksteal keeps them busy to the end though a few tests take 30 s.
-test: env browser pacs-server dicom-tools
+test: env browser pacs-server dicom-tools systemd
 	$(BIN)/pytest -q -n auto --dist worksteal
 
 # audit -> train the default recipe -> evaluate on the patient-grouped validation split -> HTML report;

@@ -475,15 +475,25 @@ def test_every_set_the_docs_give_is_a_setting_train_takes() -> None:
 
 
 def test_the_repository_files_the_docs_name_exist() -> None:
-    """A config, notebook, benchmark or module a page names (`configs/reference/cnn1-augment.yaml`,
-    `benchmarks/bench_shift.py`) is in the repository: a reader runs or opens it as written."""
-    file = re.compile(r"\b(?:configs|notebooks|benchmarks|tests|pneumoscan)/[\w./-]+\.(?:yaml|ipynb|py)\b")
+    """A config, notebook, benchmark, module or unit a page names (`configs/reference/cnn1-augment.yaml`,
+    `benchmarks/bench_shift.py`, `deploy/pneumoscan.service`) is in the repository: a reader runs or opens it as
+    written."""
+    file = re.compile(r"\b(?:configs|notebooks|benchmarks|tests|pneumoscan|deploy)/[\w./-]+"
+                      r"\.(?:yaml|ipynb|py|service)\b")
     named = {(page.name, path) for page in [README, *sorted((ROOT / "docs").glob("*.md"))]
              for path in file.findall(page.read_text())}
     assert len(named) > 20, "found too few file names: the pattern no longer finds them"
     missing = sorted(f"{page}: {path}" for page, path in named
                      if not (ROOT / path).is_file() and not PLACEHOLDER.match(Path(path).stem))
     assert not missing, f"pages name files the repository lacks: {missing}"
+
+
+def test_the_systemd_unit_deployment_md_quotes_is_the_one_shipped() -> None:
+    """docs/deployment.md quotes deploy/pneumoscan.service whole, and tests/test_systemd_unit.py has systemd check
+    that file: a line changed in one copy alone would have readers install a unit nothing checked."""
+    section = _section((ROOT / "docs" / "deployment.md").read_text(), "Running under systemd")
+    (quoted,) = [block for lang, block in FENCE.findall(section) if lang == "ini"]
+    assert quoted == (ROOT / "deploy" / "pneumoscan.service").read_text()
 
 
 def test_the_host_names_deployment_md_says_to_give_are_matched_without_their_port() -> None:

@@ -29,7 +29,7 @@ from tests.builders import SCORE_TOL, free_port, wait_healthy
 ROOT = Path(__file__).resolve().parents[1]
 # What a source release is made from: every file under these must be in the sdist (MANIFEST.in's job).
 SOURCE = ("pyproject.toml", "README.md", "LICENSE", "MANIFEST.in", "CHANGELOG.md", "Makefile", "mkdocs.yml",
-          "pneumoscan", "tests", "docs", "configs", "benchmarks", "notebooks")
+          "pneumoscan", "tests", "docs", "configs", "benchmarks", "notebooks", "deploy")
 # Folders of the repository that the installed package must never import from.
 REPOSITORY_ONLY = {"tests", "benchmarks", "notebooks", "configs", "docs"}
 # A PEP 517 build by the backend pyproject.toml names, offline and in this environment (pip's --no-build-isolation):
