@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import shutil
+import socket
 import struct
 import tempfile
 import threading
@@ -29,16 +30,18 @@ from pydicom.uid import generate_uid
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 from pneumoscan.core.digests import json_sha256
 from pneumoscan.data.appearance import LAYOUT_SIDE, Appearance
 from pneumoscan.data.decode import read_dicom_header, read_gray
-from pneumoscan.data.scope import describe
+from pneumoscan.data.scope import NO_TAGS, describe
 from pneumoscan.inference.export import write_onnx_spec
 from pneumoscan.inference.predict import Predictor, alone_warning, predict_paths
 from pneumoscan.models.card import ONNX_NAME, load_card, save_appearance, save_card
 from pneumoscan.serving.app import create_app
 from pneumoscan.serving.batching import Batcher
+from pneumoscan.serving.limits import Limits
 from pneumoscan.serving.service import BUNDLE_DAMAGED, BUNDLE_REPLACED, OnDisk
 from tests.builders import (SCORE_TOL, UNCHECKED, at_threshold, chest_film_dicom, count_dicom_reads, dicom_bytes,
                             free_port, start_serve, wait_healthy)
@@ -836,3 +839,128 @@ def test_a_model_that_cannot_be_built_refuses_heatmaps_with_its_own_reason(tiny_
                                  "from the bundle: its model_kwargs do not fit the model simple_cnn (")
             assert "widht" in r.text and str(tmp_path) not in r.text and "'" not in r.text
         assert c.get("/healthz").json()["reason"] == r.json()["error"]
+
+
+# ---------------------------------------------------------------- /metrics: what Prometheus reads
+
+
+Samples = dict[tuple[str, frozenset], float]
+
+
+def scraped(client: TestClient | httpx.Client) -> Samples:
+    """Every sample /metrics answers, by name and labels, read by prometheus_client's own parser as a scrape reads
+    them."""
+    r = client.get("/metrics")
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("text/plain; version=0.0.4")
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(r.text) for s in family.samples}
+
+
+def moved(before: Samples, after: Samples, name: str) -> dict[frozenset, float]:
+    """The samples of ``name`` that changed between two scrapes, by their labels, and by how much."""
+    keys = {labels for n, labels in before.keys() | after.keys() if n == name}
+    return {labels: after.get((name, labels), 0) - before.get((name, labels), 0) for labels in keys
+            if after.get((name, labels), 0) != before.get((name, labels), 0)}
+
+
+def labels(**values: str) -> frozenset:
+    return frozenset(values.items())
+
+
+def test_a_reading_is_counted_by_its_call_its_scope_its_warnings_and_its_endpoint(client: TestClient,
+                                                                                 xray: bytes) -> None:
+    """One prediction raises the readings counter by one, under the model's call and the film's scope as the answer
+    gives them, and its warning (a JPEG has no DICOM tags) by its kind; the model ran once; the request is counted
+    under its endpoint and status (the scrape before it too)."""
+    before = scraped(client)
+    answer = upload(client, xray).json()
+    after = scraped(client)
+    near = {None: "unknown", True: "true", False: "false"}[answer["near_threshold"]]
+    assert moved(before, after, "pneumoscan_readings_total") == {
+        labels(task=answer["task"], call=answer["label"], in_scope="true", near_threshold=near): 1}
+    assert NO_TAGS in answer["warnings"]
+    assert moved(before, after, "pneumoscan_scope_warnings_total")[
+        labels(task=answer["task"], kind="untagged", out_of_scope="false")] == 1
+    assert moved(before, after, "pneumoscan_model_run_seconds_count") == {labels(task=answer["task"]): 1}
+    assert moved(before, after, "pneumoscan_http_requests_total") == {
+        labels(endpoint="/v1/predict", status="200"): 1, labels(endpoint="/metrics", status="200"): 1}
+    assert not moved(before, after, "pneumoscan_refusals_total")
+
+
+def test_a_refused_film_is_counted_by_the_kind_of_its_refusal(client: TestClient, bad_cases: dict) -> None:
+    """A film that cannot be read, a file that is no image and a full queue's 503 are each counted under their own
+    reason (a fixed word: never the message, which may quote the film), and no reading is counted."""
+    before = scraped(client)
+    for case in ("truncated JPEG", "text declared as text/plain", "empty upload"):
+        data, content_type, status, _ = bad_cases[case]
+        assert upload(client, data, content_type).status_code == status
+    assert client.post("/v1/predict?heatmaps=true").status_code == 422  # an option it does not know
+    after = scraped(client)
+    assert moved(before, after, "pneumoscan_refusals_total") == {
+        labels(reason="unreadable_film"): 1, labels(reason="unsupported_type"): 1, labels(reason="bad_request"): 2}
+    assert not moved(before, after, "pneumoscan_readings_total")
+    assert moved(before, after, "pneumoscan_http_requests_total") == {
+        labels(endpoint="/v1/predict", status="422"): 2, labels(endpoint="/v1/predict", status="415"): 1,
+        labels(endpoint="/v1/predict", status="400"): 1, labels(endpoint="/metrics", status="200"): 1}
+
+
+def test_an_out_of_scope_film_is_counted_so_with_the_kind_that_put_it_there(client: TestClient,
+                                                                           xray: bytes) -> None:
+    """A lateral chest film is read out of scope: its reading is counted with in_scope false, and its warning under
+    the kind lateral, out of scope."""
+    film = dicom_bytes(read_gray(xray).astype(np.uint16) * 16, BodyPartExamined="CHEST", ViewPosition="LL",
+                       PatientAge="004Y", StudyInstanceUID=generate_uid(), SeriesInstanceUID=generate_uid())
+    before = scraped(client)
+    answer = upload(client, film, "application/dicom", "film.dcm").json()
+    after = scraped(client)
+    assert answer["in_scope"] is False
+    readings = moved(before, after, "pneumoscan_readings_total")
+    assert list(readings.values()) == [1] and ("in_scope", "false") in next(iter(readings))
+    assert moved(before, after, "pneumoscan_scope_warnings_total")[
+        labels(task=answer["task"], kind="lateral", out_of_scope="true")] == 1
+
+
+def test_metrics_name_the_model_and_the_bounds_and_no_path_a_client_sent(client: TestClient) -> None:
+    """The model served by its id, version and backend; the lanes' bounds (--max-queue, 4 x --heatmap-lane) beside
+    the requests in them; a path the service does not serve counted as other, never by its text."""
+    model = client.get("/v1/model").json()
+    assert client.get("/patients/Jane-Doe-MRN-004217").status_code == 404
+    samples = scraped(client)
+    assert samples[("pneumoscan_model_info", labels(task=model["task"], model_id=model["id"],
+                                                    model_version=model["version"], backend="torch"))] == 1
+    for lane, bound in (("prediction", Limits().max_queue), ("heatmap", Limits().heatmap_queue)):
+        assert samples[("pneumoscan_requests_in_service_limit", labels(lane=lane))] == bound
+        assert samples[("pneumoscan_requests_in_service", labels(lane=lane))] == 0
+    assert samples[("pneumoscan_http_requests_total", labels(endpoint="other", status="404"))] >= 1
+    assert "Jane-Doe" not in client.get("/metrics").text
+
+
+def test_the_live_service_counts_the_requests_in_it_and_the_log_lines_it_held_back(
+        live_server: tuple[str, Path, int]) -> None:
+    """Over a real socket: an upload still arriving is a request in the service (its place in --max-queue taken
+    before its body is read), and is not once its client has gone; the access log's lines held back by its rate
+    limit (10 lines a status each 10 s) are counted, which the log says only in its next line of that status."""
+    url, _, _ = live_server
+    host, port = url.removeprefix("http://").split(":")
+    with httpx.Client(base_url=url, timeout=60) as http:
+        in_lane = ("pneumoscan_requests_in_service", labels(lane="prediction"))
+
+        def settles_at(count: int) -> bool:
+            deadline = time.monotonic() + 10
+            while scraped(http)[in_lane] != count:
+                if time.monotonic() > deadline:
+                    return False
+                time.sleep(0.05)
+            return True
+
+        with socket.create_connection((host, int(port))) as slow:
+            slow.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; "
+                         b"boundary=b\r\nContent-Length: 100000\r\n\r\n--b\r\n")
+            assert settles_at(1)
+        assert settles_at(0)
+        before = scraped(http)
+        for _ in range(12):
+            http.get("/healthz")
+        after = scraped(http)
+    assert moved(before, after, "pneumoscan_log_lines_held_back_total")[labels(log="access")] >= 2

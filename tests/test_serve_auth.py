@@ -63,7 +63,8 @@ def predict_at(client: TestClient | httpx.Client, path: str, xray: bytes, **head
     ({"Authorization": KEY}, "an API key is required"),  # the key without the Bearer scheme
 ])
 def test_missing_or_wrong_key_is_401(locked: TestClient, xray: bytes, headers: dict, words: str) -> None:
-    for r in (predict(locked, xray, **headers), locked.get("/v1/model", headers=headers)):
+    for r in (predict(locked, xray, **headers), locked.get("/v1/model", headers=headers),
+              locked.get("/metrics", headers=headers)):
         assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
         assert words in r.json()["error"]
 
@@ -78,6 +79,18 @@ def test_missing_or_wrong_key_is_401(locked: TestClient, xray: bytes, headers: d
 def test_right_key_opens_the_api(locked: TestClient, xray: bytes, headers: dict) -> None:
     assert predict(locked, xray, **headers).status_code == 200
     assert locked.get("/v1/model", headers=headers).status_code == 200
+    assert locked.get("/metrics", headers=headers).status_code == 200
+
+
+def test_metrics_are_scraped_with_the_key_from_a_host_served_and_their_refusals_counted(locked: TestClient) -> None:
+    """/metrics reveals no patient but the service's volumes: it needs the key as the API does (Prometheus sends it
+    as a bearer token), and a Host the service serves; each refused scrape is counted under /metrics."""
+    bearer = {"Authorization": f"Bearer {KEY}"}
+    assert locked.get("/metrics", headers={**bearer, "host": "attacker.example"}).status_code == 400
+    assert locked.get("/metrics").status_code == 401
+    text = locked.get("/metrics", headers=bearer).text
+    for status in ("400", "401"):
+        assert f'pneumoscan_http_requests_total{{endpoint="/metrics",status="{status}"}}' in text
 
 
 def test_probe_and_page_need_no_key(locked: TestClient) -> None:

@@ -227,11 +227,19 @@ CONTENT_UNCHECKED = WarningKind(CONTENT + "not checked: this model records no ap
                                 "a film unlike them (noise, a form, a turned film) is not flagged", out_of_scope=False,
                                 source="pixels")
 # every kind of warning this module and :mod:`.appearance` write, those that put a film out of scope first, so that a
-# warning two kinds could have written counts against the film
-KINDS = (NOT_RADIOGRAPH, NOT_CHEST, LATERAL, NOT_FRONTAL, VIEW_CONFLICT, ORIENTATION_CONFLICT, AGE_CONFLICT,
-         CLASS_CONFLICT, NOT_GRAYSCALE, THUMBNAIL, ELONGATED, FIELD, COLOUR, LOW_CONTRAST, CLIPPED_WHITE, CLIPPED_BLACK,
-         UNLIKE_LAYOUT, TURNED, BLURRED, NOISY, UNTAGGED, NO_MODALITY, NO_BODY_PART, NO_VIEW, NO_AGE, AGE_MALFORMED,
-         BIRTH_DATE_MALFORMED, AGE_OUTSIDE, INVALID_UID, UNREAD, CONTENT_UNCHECKED)
+# warning two kinds could have written counts against the film; each by the name the service's /metrics counts it
+# under (pneumoscan_scope_warnings_total's kind), fixed here so that a reworded or renamed kind keeps its series
+NAMED_KINDS = {"not_radiograph": NOT_RADIOGRAPH, "not_chest": NOT_CHEST, "lateral": LATERAL,
+               "not_frontal": NOT_FRONTAL, "view_conflict": VIEW_CONFLICT,
+               "orientation_conflict": ORIENTATION_CONFLICT, "age_conflict": AGE_CONFLICT,
+               "class_conflict": CLASS_CONFLICT, "not_grayscale": NOT_GRAYSCALE, "thumbnail": THUMBNAIL,
+               "elongated": ELONGATED, "field_of_view": FIELD, "colour": COLOUR, "low_contrast": LOW_CONTRAST,
+               "clipped_white": CLIPPED_WHITE, "clipped_black": CLIPPED_BLACK, "unlike_layout": UNLIKE_LAYOUT,
+               "turned": TURNED, "blurred": BLURRED, "noisy": NOISY, "untagged": UNTAGGED, "no_modality": NO_MODALITY,
+               "no_body_part": NO_BODY_PART, "no_view": NO_VIEW, "no_age": NO_AGE, "age_malformed": AGE_MALFORMED,
+               "birth_date_malformed": BIRTH_DATE_MALFORMED, "age_outside": AGE_OUTSIDE, "invalid_uid": INVALID_UID,
+               "unread": UNREAD, "content_unchecked": CONTENT_UNCHECKED}
+KINDS = tuple(NAMED_KINDS.values())
 
 
 def kind_of(warning: str) -> WarningKind | None:

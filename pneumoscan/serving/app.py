@@ -1,5 +1,5 @@
-"""The FastAPI app: its routes (/v1/predict, /v1/model, /healthz, the page) and error handlers, in front of the
-:class:`.service.Service` that does the work."""
+"""The FastAPI app: its routes (/v1/predict, /v1/model, /healthz, /metrics, the page) and error handlers, in front
+of the :class:`.service.Service` that does the work."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
@@ -25,6 +25,7 @@ from pneumoscan.interop.uids import uid_root
 from .formats import ERRORS, Health, HeatmapWord, Prediction, ReportFormat, ServiceInfo, check_options
 from .guard import API_KEY_ENV, Access, Guard
 from .limits import ClientGone, Limits, Rejected
+from .metrics import CountRequests, ServiceMetrics
 from .service import Service
 
 STATIC = Path(__file__).parent / "static"
@@ -62,8 +63,9 @@ def create_app(bundle: Path | str, etiology: Path | str | None = None, max_uploa
         # with the slash would pass only by following (to plain http behind a TLS proxy)
         redirect_slashes=False,
     )
-    _add_middleware(app, access)
+    _add_middleware(app, access, service.metrics)
     app.state.in_flight = service.in_flight
+    app.state.metrics = service.metrics  # the server adds its log's held-back lines (server.build_server)
     app.state.card = service.card  # the cards as served (the start names the model: server.build_server)
     _add_error_handlers(app, service)
     _add_routes(app, service)
@@ -79,18 +81,21 @@ def _refuse_unguarded_key(access: Access | None) -> None:
                          f"others), or unset {API_KEY_ENV}")
 
 
-def _add_middleware(app: FastAPI, access: Access | None) -> None:
+def _add_middleware(app: FastAPI, access: Access | None, metrics: ServiceMetrics) -> None:
     """The guard (key, Host check, security headers) on every request, and CORS for the origins ``access`` allows,
-    outside the guard so that its refusals carry CORS too, with a guard of the preflights CORS answers outside it."""
+    outside the guard so that its refusals carry CORS too, with a guard of the preflights CORS answers outside it;
+    outside them all, each answer counted (its refusals too)."""
     app.add_middleware(Guard, access=access)
     if access is not None and access.cors_origins:  # each added outside the ones before
         app.add_middleware(CORSMiddleware, allow_origins=list(access.cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "X-API-Key"], max_age=600)
         app.add_middleware(Guard, access=access, preflights=True)
+    app.add_middleware(CountRequests, metrics=metrics)
 
 
 def _add_routes(app: FastAPI, service: Service) -> None:
-    """The API (/v1/predict, /v1/model, /healthz) and the page (/ and /static), each answered by ``service``."""
+    """The API (/v1/predict, /v1/model, /healthz, /metrics) and the page (/ and /static), each answered by
+    ``service``."""
 
     @app.post(
         "/v1/predict", response_model=Prediction, responses=ERRORS,
@@ -130,6 +135,15 @@ def _add_routes(app: FastAPI, service: Service) -> None:
         """The model card: task, classes, threshold, validation metrics, training data fingerprint."""
         return service.info()
 
+    @app.get("/metrics", response_class=PlainTextResponse,
+             responses={200: {"description": "Prometheus text format (OpenMetrics when the Accept header asks)"}})
+    async def metrics(request: Request) -> Response:
+        """The service's metrics for Prometheus: requests, readings, refusals and scope warnings by kind, the
+        model's run time, the requests in the service against their bounds, the models served (docs/deployment.md).
+        No patient data; behind the API key when one is set, as the rest of the API."""
+        body, content_type = service.metrics.exposition(request.headers.get("accept"))
+        return Response(body, media_type=content_type)
+
     @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     def index() -> FileResponse:
         return FileResponse(STATIC / "index.html")  # with the guard's Content-Security-Policy, as every response
@@ -142,11 +156,13 @@ def _add_error_handlers(app: FastAPI, service: Service) -> None:
 
     @app.exception_handler(Rejected)
     async def _rejected(request: Request, exc: Rejected) -> JSONResponse:
+        service.metrics.refused(exc.kind)
         return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(ClientGone)
     async def _gone(request: Request, exc: ClientGone) -> JSONResponse:
         _log_access(request.scope, CLIENT_GONE)
+        service.metrics.refused("client_gone")
         return JSONResponse({"error": "client closed the connection"}, status_code=CLIENT_GONE)  # never delivered
 
     @app.exception_handler(StarletteHTTPException)
@@ -156,12 +172,14 @@ def _add_error_handlers(app: FastAPI, service: Service) -> None:
     @app.exception_handler(NonFiniteScore)
     async def _non_finite(request: Request, exc: NonFiniteScore) -> JSONResponse:
         service.mark_broken()
+        service.metrics.refused("model_broken")
         return JSONResponse({"error": NON_FINITE}, status_code=500)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         problems = problems.replace("'", "")  # pydantic quotes what it expects ('json'): 422 bodies hold no apostrophes
+        service.metrics.refused("bad_request")
         return JSONResponse({"error": f"invalid request: {problems}"}, status_code=422)
 
 

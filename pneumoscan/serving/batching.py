@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
+import time
 from concurrent.futures import Future
 
 import numpy as np
@@ -15,15 +16,17 @@ from pneumoscan.inference.explain import EMPTY, NEGATIVE, caption, heatmap_scale
 from pneumoscan.inference.predict import NonFiniteScore, Predictor
 
 from .formats import ModelInfo, StageResult
+from .metrics import ModelRuns, ServiceMetrics
 
 
 class Batcher:
     """Runs the model once for every image waiting at that moment. On a small CPU, sixteen single-image calls
     side by side fight over the cores; one batch of sixteen does the same work several times faster, so the
-    latency under load stays close to one batch's time instead of growing with the queue of separate calls."""
+    latency under load stays close to one batch's time instead of growing with the queue of separate calls. Each
+    run's seconds, and each run that raised, feed ``runs`` (the service's /metrics)."""
 
-    def __init__(self, predictor: Predictor, max_batch: int = 32) -> None:
-        self.predictor, self.max_batch = predictor, max_batch
+    def __init__(self, predictor: Predictor, max_batch: int = 32, runs: ModelRuns | None = None) -> None:
+        self.predictor, self.max_batch, self.runs = predictor, max_batch, runs
         self.waiting: queue.SimpleQueue[tuple[np.ndarray, Future] | None] = queue.SimpleQueue()
         self.thread: threading.Thread | None = None
         # the kind of error the model's last run raised (None once a run succeeds): /healthz says it, so that a
@@ -60,15 +63,20 @@ class Batcher:
                 return
 
     def _run(self, batch: list[tuple[np.ndarray, Future]]) -> None:
+        started = time.perf_counter()
         try:
             images = np.stack([film for film, _ in batch])
             probs, bad = self.predictor.finite_probabilities(images)  # a broken row fails alone
         except Exception as e:  # not swallowed: every waiting request gets it (a 500); the loop goes on
             self.failing = type(e).__name__
+            if self.runs is not None:
+                self.runs.errors.inc()
             for _, future in batch:
                 future.set_exception(e)
             return
         self.failing = None
+        if self.runs is not None:
+            self.runs.seconds.observe(time.perf_counter() - started)
         for (_, future), row, broken in zip(batch, probs, bad):
             if broken:  # that request only: the others in the batch got finite scores
                 future.set_exception(NonFiniteScore(np.ones(1, bool)))
@@ -78,14 +86,15 @@ class Batcher:
 
 class Stage:
     """One stage of the service's reading (:class:`~pneumoscan.inference.predict.Stages`): its Predictor, the
-    batcher that feeds it, and the identity it reports."""
+    batcher that feeds it, and the identity it reports, each counted in ``metrics``."""
 
-    def __init__(self, predictor: Predictor) -> None:
+    def __init__(self, predictor: Predictor, metrics: ServiceMetrics) -> None:
         self.predictor = predictor
-        self.batcher = Batcher(predictor)
         self.card = predictor.card
         # taken at start: the weights the service checked and scores with, whatever the bundle on disk holds later
         self.identity = predictor.identity
+        runs = metrics.stage(self.card.task, self.identity, predictor.backend, lambda: self.batcher.waiting.qsize())
+        self.batcher = Batcher(predictor, runs=runs)
 
     def info(self) -> ModelInfo:
         c, scale = self.card, heatmap_scale(self.card)

@@ -198,7 +198,7 @@ def report(fmt: str, reading: dict, source: Dataset | None, png: bytes | None, m
         parts = sr.report_files(source, reading, png, model, version, mode)
     except ValueError as e:  # a DecodeError, a source without its UIDs or with a malformed attribute, a model that
         # does not read pneumonia, highdicom's refusal: each with a reason that quotes no patient value
-        raise Rejected(422, f"cannot report this reading: {redact(str(e))}") from None
+        raise Rejected(422, f"cannot report this reading: {redact(str(e))}", kind="not_reportable") from None
     if len(parts) == 1:
         return Response(parts[0], media_type="application/dicom", headers=headers)
     body, content_type = dicom_multipart(parts)

@@ -150,7 +150,7 @@ class Guard:
     def _refusal(self, scope: Scope, headers: dict[str, str]) -> tuple[int, str, dict[str, str]] | None:
         if self.access is None:
             return None
-        path = _route_path(scope)
+        path = route_path(scope)
         # the health probe answers any Host: a load balancer's or an orchestrator's probe names the instance by its
         # address (or localhost), and the probe reveals nothing a rebound page could use (the model id)
         if path != HEALTH_PATH and not _host_allowed(headers.get("host", ""), self.access.allowed_hosts):
@@ -195,7 +195,7 @@ def _preflight(scope: Scope) -> bool:
     return scope["method"] == "OPTIONS" and {b"origin", b"access-control-request-method"} <= names
 
 
-def _route_path(scope: Scope) -> str:
+def route_path(scope: Scope) -> str:
     """The path the app routes on: behind a proxy's prefix (uvicorn --root-path) or mounted under one, the request's
     path starts with that prefix, and a check of the raw path would miss /v1/ while the router still finds it."""
     path, root = scope["path"], scope.get("root_path", "")

@@ -1,6 +1,6 @@
 """Running the service under uvicorn: the port taken before the model loads, the request-head deadline, one-line
-rate-limited failure logs, a rate-limited access log, the refusal to listen beyond loopback without an API key, and
-the open-file limit."""
+rate-limited failure logs, a rate-limited access log (its lines held back counted in /metrics), the refusal to
+listen beyond loopback without an API key, and the open-file limit."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, get_args
 from urllib.parse import parse_qsl
@@ -26,6 +26,8 @@ import h11
 import uvicorn
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
+from prometheus_client.metrics_core import CounterMetricFamily
+from prometheus_client.registry import Collector
 from starlette.routing import Mount
 from uvicorn.config import LOGGING_CONFIG
 from uvicorn.logging import AccessFormatter
@@ -135,6 +137,7 @@ class OneLineLog(logging.Filter):
         self.interval = interval
         self.last: dict[tuple[str, str], float] = {}
         self.held: Counter[tuple[str, str]] = Counter()
+        self.held_back = 0  # lines held back since the start (/metrics: HeldBack)
         self.lock = threading.Lock()
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -146,6 +149,7 @@ class OneLineLog(logging.Filter):
         with self.lock:
             if now - self.last.get(key, -self.interval) < self.interval:
                 self.held[key] += 1
+                self.held_back += 1
                 return False
             self.last[key] = now
             held = self.held.pop(key, 0)
@@ -202,6 +206,7 @@ class AccessLog(logging.Filter):
         self.lines, self.interval = lines, interval
         self.windows: dict[int, tuple[float, int]] = {}  # status -> (when its window opened, lines passed in it)
         self.held: Counter[int] = Counter()
+        self.held_back = 0  # lines held back since the start (/metrics: HeldBack)
         self.lock = threading.Lock()
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -215,10 +220,25 @@ class AccessLog(logging.Filter):
                 opened, passed = now, 0
             if passed >= self.lines:
                 self.held[status] += 1
+                self.held_back += 1
                 return False
             self.windows[status] = (opened, passed + 1)
             record.held_back = self.held.pop(status, 0)
         return True
+
+
+class HeldBack(Collector):
+    """``pneumoscan_log_lines_held_back_total{log}``: the lines the rate limits held back, of the access log
+    (:class:`AccessLog`) and of the failure and warning messages (:class:`OneLineLog`), read from the filters on
+    their loggers at each scrape: a held-back line is otherwise said only in the next line of its kind."""
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily("pneumoscan_log_lines_held_back", "log lines the rate limits held back, by log "
+                                     "(access: the access log; messages: warnings and failures)", labels=["log"])
+        for label, kind, loggers in (("access", AccessLog, (ACCESS_LOGGER,)), ("messages", OneLineLog, QUIET_LOGGERS)):
+            family.add_metric([label], sum(f.held_back for name in loggers for f in logging.getLogger(name).filters
+                                           if isinstance(f, kind)))
+        yield family
 
 
 # the values of /v1/predict's parameters the access log writes (booleans as a query spells them, every spelling
@@ -341,6 +361,7 @@ def build_server(bundle: Path | str, etiology: Path | str | None = None, host: s
         _log_serving(app.state.card, bundle, etiology, backend, access)
         config = server_config(app, host, port, limits,
                                **({"access_log": False, "log_level": "warning"} if quiet else {}))
+        app.state.metrics.registry.register(HeldBack())
     except BaseException:
         for sock in sockets:
             sock.close()

@@ -31,6 +31,7 @@ from pneumoscan.models.card import CARD, ENSEMBLE, BundleCard, load_card, verify
 from .batching import Stage
 from .formats import Health, Prediction, SecondStageResult, ServiceInfo, report
 from .limits import BUNDLE_WAIT_S, RETRY_AFTER_S, ClientGone, Limits, Rejected
+from .metrics import ServiceMetrics
 from .uploads import decode_described, decode_upload, disconnected, read_upload
 
 T = TypeVar("T")
@@ -155,7 +156,7 @@ def film_formats() -> list[dict[str, Any]]:
 class Service:
     """A pneumonia (or any) bundle with an optional second stage (bacteria vs virus, or a task of one's own), behind
     bounded lanes. Concurrent requests are decoded in threads and classified together in batches
-    (:class:`.batching.Batcher`)."""
+    (:class:`.batching.Batcher`). Its models, lanes, readings and runs are counted in :attr:`metrics`."""
 
     def __init__(self, bundle: Path | str, etiology: Path | str | None, max_upload_mb: float, backend: str,
                  limits: Limits) -> None:
@@ -167,8 +168,9 @@ class Service:
             raise ValueError(f"an upload limit of {max_upload_mb:g} MB ({self.max_bytes:,} bytes) leaves no room for a "
                              f"film: give at least {MIN_UPLOAD_BYTES / 2**20:g} MB")
         self.stages = Stages.load(bundle, etiology, backend)  # a pair that does not chain: refused from the cards
-        self.main = Stage(self.stages.first)
-        self.second = Stage(self.stages.second) if self.stages.second is not None else None
+        self.metrics = ServiceMetrics()
+        self.main = Stage(self.stages.first, self.metrics)
+        self.second = Stage(self.stages.second, self.metrics) if self.stages.second is not None else None
         for said in self.stages.said_at_start():
             log.warning("%s", said)  # once, as predict says them (the page's model card says the caveats too)
         # Grad-CAM gets its own threads and bound: it never holds a decode thread or more than its share of the
@@ -180,7 +182,8 @@ class Service:
         self.painters = ThreadPoolExecutor(limits.heatmap_lane, thread_name_prefix="pneumoscan-heatmap")
         self.decode_slots = asyncio.Semaphore(limits.max_concurrent_decodes)
         self.heatmap_slots = asyncio.Semaphore(limits.heatmap_lane)
-        self.in_flight = Counter[str]()  # requests in the service per lane (also read by tests and probes)
+        self.in_flight = Counter[str]()  # requests in the service per lane (also read by tests, probes and /metrics)
+        self.metrics.lanes(self.in_flight, {"prediction": limits.max_queue, "heatmap": limits.heatmap_queue})
         self.faults: list[str] = []  # once a model gives a non-finite score it is broken until a restart
         self.heatmap_fault: str | None = None  # once Grad-CAM's model cannot be built, until a restart
         self.on_disk = [OnDisk(bundle), *([OnDisk(etiology)] if etiology is not None else [])]
@@ -231,13 +234,14 @@ class Service:
         heatmaps alone for good once Grad-CAM's model could not be built from the bundle's files."""
         self._refuse_if_broken()
         if heatmap and self.heatmap_fault:
-            raise Rejected(503, self.heatmap_fault)
+            raise Rejected(503, self.heatmap_fault, kind="heatmap_unavailable")
         if heatmap and self.main.predictor.backend == "onnx-int8":
-            raise Rejected(422, f"heatmap with the onnx-int8 backend: {INT8_HEATMAPS}")
+            raise Rejected(422, f"heatmap with the onnx-int8 backend: {INT8_HEATMAPS}", kind="heatmap_unavailable")
         if format != "json" and not self.main.predictor.task.reports_pneumonia:
             # refused before the upload is read: the SR and the Observation code a pneumonia finding
             raise Rejected(422, f"format={format} reports a pneumonia reading, and the model of this service reads "
-                                f"{self.main.card.task} ({' vs '.join(self.main.card.classes)}): ask for format=json")
+                                f"{self.main.card.task} ({' vs '.join(self.main.card.classes)}): ask for format=json",
+                           kind="not_reportable")
         lanes = [("prediction", self.limits.max_queue)]
         if heatmap:
             lanes.append(("heatmap", self.limits.heatmap_queue))
@@ -256,7 +260,7 @@ class Service:
         leaves, since a request admitted before the fault and scored after it was answered with a reading."""
         if self.faults:
             raise Rejected(503, f"{self.faults[0]}: this service answers no more predictions; restart it with a "
-                                "good bundle")
+                                "good bundle", kind="model_broken")
 
     def _admit(self, lane: str, bound: int) -> None:
         if self.in_flight[lane] >= bound:
@@ -291,13 +295,14 @@ class Service:
             if self.heatmap_fault is None:
                 log.warning("heatmaps are off until a restart: %s", e)  # the operator's log may name the path
                 self.heatmap_fault = self._heatmaps_off(e)
-            raise Rejected(503, self.heatmap_fault) from None
+            raise Rejected(503, self.heatmap_fault, kind="heatmap_unavailable") from None
         try:
             if raw:
                 return map_png(explain_array(self.heat_predictor, image))
             return film_overlay(self.heat_predictor, image, shown, label=label, warnings=warnings)
         except NoSpatialMap as e:  # the model's kind (no map for any film), or this film's map (NoMapOfFilm)
-            raise Rejected(422, f"heatmap: {without_member_folders(str(e), self.heat_predictor.card)}") from None
+            raise Rejected(422, f"heatmap: {without_member_folders(str(e), self.heat_predictor.card)}",
+                           kind="heatmap_unavailable") from None
 
     def _heatmaps_off(self, error: OSError | ValueError) -> str:
         """Why Grad-CAM's model could not be built, for the 503 and /healthz (which needs no key): the bundle changed
@@ -334,7 +339,8 @@ class Service:
             scope = stages.scoped(described, unlike)  # all the warnings, in_scope, the model's identity
             if format != "json" and "study_instance_uid" not in scope:  # an SR is filed in the film's study, and an
                 # Observation is linked to its study and patient
-                raise Rejected(422, f"format={format} needs a DICOM upload: a report belongs to the study of the film")
+                raise Rejected(422, f"format={format} needs a DICOM upload: a report belongs to the study of the film",
+                               kind="not_reportable")
             if gone.done():
                 raise ClientGone()
             result = await main.predict(film)
@@ -360,10 +366,16 @@ class Service:
         self._refuse_if_broken()
         reading = {**result.model_dump(), **scope}
         if format != "json":  # a report filed apart from the service states the model's caveats (said at its start)
-            return await asyncio.to_thread(report, format, {**reading, "caveats": main.predictor.card.caveats},
-                                           header, png, scope["model_id"], scope["model_version"],
-                                           main.predictor.backend)  # the backend: identity too
-        film = png_data_url(panel_png(shown)) if shown is not None else None
-        body = Prediction(**reading, etiology=second_result, heatmap=png_data_url(png) if png else None, image=film,
-                          card_digest=self.card.card_digest)
-        return JSONResponse(body.model_dump(), headers={"Cache-Control": "no-store"})
+            answer = await asyncio.to_thread(report, format, {**reading, "caveats": main.predictor.card.caveats},
+                                             header, png, scope["model_id"], scope["model_version"],
+                                             main.predictor.backend)  # the backend: identity too
+        else:
+            film = png_data_url(panel_png(shown)) if shown is not None else None
+            body = Prediction(**reading, etiology=second_result, heatmap=png_data_url(png) if png else None,
+                              image=film, card_digest=self.card.card_digest)
+            answer = JSONResponse(body.model_dump(), headers={"Cache-Control": "no-store"})
+        self.metrics.reading(result.task, result.label, result.near_threshold, scope["in_scope"], scope["warnings"])
+        if second_result is not None:
+            self.metrics.reading(second_result.task, second_result.label, second_result.near_threshold,
+                                 second_result.in_scope, second_result.warnings)
+        return answer

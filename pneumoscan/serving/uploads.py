@@ -212,7 +212,7 @@ def _decoded(data: bytes, dicom: bool, decode: Callable[[Dataset | None], T]) ->
         dataset = read_dicom(data, dicom)
         return decode(dataset)
     except DecodeError as e:
-        raise Rejected(422, f"cannot read the image: {e}") from None
+        raise Rejected(422, f"cannot read the image: {e}", kind="unreadable_film") from None
     finally:
         if _pixels(data, dicom, dataset) > TRIM_AFTER_PIXELS:
             release_freed_memory()

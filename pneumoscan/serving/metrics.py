@@ -1,0 +1,139 @@
+"""The service's metrics for Prometheus (``GET /metrics``, its text format, by ``prometheus_client``): requests by
+endpoint and status, readings by stage, call and scope, refusals and scope warnings by kind, the model's run time,
+the requests in the service against their bounds, and the models served.
+
+Every label takes its values from a small fixed set (an endpoint of the app, a status, a class of the bundle, a kind
+of refusal or warning): nothing a client or a film says (a path, a file name, a message, a tag's value) becomes a
+label, so the metrics hold no patient data and their series stay few. One registry a service, in its one process
+(``serve`` runs one): no multiprocess mode."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import get_args
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
+from prometheus_client.exposition import choose_encoder
+from starlette.routing import Mount
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from pneumoscan.data.scope import NAMED_KINDS, kind_of
+
+from .guard import route_path
+from .limits import Refusal
+
+OTHER = "other"  # the endpoint of a path the app does not serve, and the kind of a warning no scope check wrote
+KIND_NAMES = {kind: name for name, kind in NAMED_KINDS.items()}
+# a model run on a CPU: a few ms for a small model's film, seconds for a batch of 32 through an ensemble
+RUN_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+@dataclass(frozen=True)
+class ModelRuns:
+    """One stage's model-run series, fed by its :class:`~.batching.Batcher`: each batch's seconds, and its runs
+    that raised (each request in such a batch answered 500)."""
+
+    seconds: Histogram
+    errors: Counter
+
+
+class ServiceMetrics:
+    """The series of one service, in a registry of its own (apps made side by side, as tests make them, count
+    apart), with the process's memory, CPU time and open files (``process_*``)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        r = self.registry
+        self.requests = Counter("pneumoscan_http_requests", "HTTP requests answered, by endpoint (a path the app "
+                                "serves, else other) and status", ["endpoint", "status"], registry=r)
+        self.readings = Counter("pneumoscan_readings", "readings answered, by stage (its task), the model's call, "
+                                "whether the film was in the model's scope, and whether the probability was near the "
+                                "threshold (unknown: the model records no threshold interval)",
+                                ["task", "call", "in_scope", "near_threshold"], registry=r)
+        self.refusals = Counter("pneumoscan_refusals", "prediction requests refused, by reason", ["reason"],
+                                registry=r)
+        for reason in get_args(Refusal):  # each series from 0, so that a rate sees the first refusal of its kind
+            self.refusals.labels(reason)
+        self.warnings = Counter("pneumoscan_scope_warnings", "scope warnings given with readings, by stage, kind "
+                                "(other: a warning no scope check wrote) and whether it puts the film out of scope",
+                                ["task", "kind", "out_of_scope"], registry=r)
+        self.run_seconds = Histogram("pneumoscan_model_run_seconds", "seconds of each run of a model over a batch of "
+                                     "films, by stage", ["task"], buckets=RUN_BUCKETS, registry=r)
+        self.run_errors = Counter("pneumoscan_model_run_errors", "runs of a model that raised, by stage (each "
+                                  "request of the batch answered 500)", ["task"], registry=r)
+        self.in_service = Gauge("pneumoscan_requests_in_service", "prediction requests in the service (reading, "
+                                "decoding, waiting, scored), by lane", ["lane"], registry=r)
+        self.in_service_limit = Gauge("pneumoscan_requests_in_service_limit", "the most requests a lane takes "
+                                      "(--max-queue; 4 x --heatmap-lane); past it a request gets 503", ["lane"],
+                                      registry=r)
+        self.waiting = Gauge("pneumoscan_films_waiting_for_model", "films decoded and waiting for the next run of "
+                             "the model, by stage", ["task"], registry=r)
+        self.model = Info("pneumoscan_model", "the models served, by stage: id and version as each reading names "
+                          "them, and the backend", ["task"], registry=r)
+
+    def stage(self, task: str, identity: Mapping[str, str], backend: str, waiting: Callable[[], int]) -> ModelRuns:
+        """A stage's model, its queue of films (``waiting``) read at each scrape, and the series its runs feed."""
+        self.model.labels(task).info({**identity, "backend": backend})
+        self.waiting.labels(task).set_function(waiting)
+        return ModelRuns(self.run_seconds.labels(task), self.run_errors.labels(task))
+
+    def lanes(self, in_flight: Mapping[str, int], bounds: Mapping[str, int]) -> None:
+        """The requests in each lane (``in_flight``, read at each scrape) and its bound."""
+        for lane, bound in bounds.items():
+            self.in_service.labels(lane).set_function(lambda lane=lane: in_flight[lane])
+            self.in_service_limit.labels(lane).set(bound)
+
+    def reading(self, task: str, call: str, near_threshold: bool | None, in_scope: bool,
+                warnings: Sequence[str]) -> None:
+        """One stage's reading, answered, with its warnings by kind."""
+        near = "unknown" if near_threshold is None else str(near_threshold).lower()
+        self.readings.labels(task, call, str(in_scope).lower(), near).inc()
+        for warning in warnings:
+            kind = kind_of(warning)
+            name, out = (KIND_NAMES[kind], kind.out_of_scope) if kind is not None else (OTHER, False)
+            self.warnings.labels(task, name, str(out).lower()).inc()
+
+    def refused(self, reason: Refusal) -> None:
+        self.refusals.labels(reason).inc()
+
+    def exposition(self, accept: str | None) -> tuple[bytes, str]:
+        """Every series, and its content type, in the format the scrape's ``accept`` header asks for, as
+        ``prometheus_client`` chooses it: Prometheus's text format 0.0.4 by default, OpenMetrics when asked."""
+        encode, content_type = choose_encoder(accept or "")
+        return encode(self.registry), content_type
+
+
+class CountRequests:
+    """ASGI middleware outside every other: each answer counted by endpoint and status, the guard's refusals (401,
+    a Host not served) and CORS preflights too. The endpoint is the path the app routes on if it serves it (a
+    mount, such as /static, by its prefix), else :data:`OTHER`: a path is what a client chooses, and may hold a
+    patient's number."""
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
+        self.app, self.metrics = app, metrics
+        self.paths: frozenset[str] | None = None  # the app's paths and mounts, read from its routes when first asked
+        self.mounts: tuple[str, ...] = ()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        endpoint = self._endpoint(scope)
+
+        async def counted(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                self.metrics.requests.labels(endpoint, str(message["status"])).inc()
+            await send(message)
+
+        await self.app(scope, receive, counted)
+
+    def _endpoint(self, scope: Scope) -> str:
+        if self.paths is None:  # all added by the first request (create_app adds the routes after this middleware)
+            routes = scope["app"].routes
+            self.paths = frozenset(r.path for r in routes if not isinstance(r, Mount))
+            self.mounts = tuple(r.path for r in routes if isinstance(r, Mount))
+        path = route_path(scope)
+        if path in self.paths:
+            return path
+        return next((mount for mount in self.mounts if path.startswith(mount + "/")), OTHER)
