@@ -183,7 +183,8 @@ class Service:
         self.decode_slots = asyncio.Semaphore(limits.max_concurrent_decodes)
         self.heatmap_slots = asyncio.Semaphore(limits.heatmap_lane)
         self.in_flight = Counter[str]()  # requests in the service per lane (also read by tests, probes and /metrics)
-        self.metrics.lanes(self.in_flight, {"prediction": limits.max_queue, "heatmap": limits.heatmap_queue})
+        self.bounds = {"prediction": limits.max_queue, "heatmap": limits.heatmap_queue}  # the most in each lane
+        self.metrics.lanes(self.in_flight, self.bounds)
         self.faults: list[str] = []  # once a model gives a non-finite score it is broken until a restart
         self.heatmap_fault: str | None = None  # once Grad-CAM's model cannot be built, until a restart
         self.on_disk = [OnDisk(bundle), *([OnDisk(etiology)] if etiology is not None else [])]
@@ -242,13 +243,10 @@ class Service:
             raise Rejected(422, f"format={format} reports a pneumonia reading, and the model of this service reads "
                                 f"{self.main.card.task} ({' vs '.join(self.main.card.classes)}): ask for format=json",
                            kind="not_reportable")
-        lanes = [("prediction", self.limits.max_queue)]
-        if heatmap:
-            lanes.append(("heatmap", self.limits.heatmap_queue))
         admitted: list[str] = []
         try:
-            for lane, bound in lanes:
-                self._admit(lane, bound)
+            for lane in ("prediction", "heatmap") if heatmap else ("prediction",):
+                self._admit(lane, self.bounds[lane])
                 admitted.append(lane)
             return await self._predict_admitted(request, heatmap, want_image, format)
         finally:
