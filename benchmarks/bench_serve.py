@@ -6,9 +6,11 @@ Run: ``python benchmarks/bench_serve.py`` (X-rays from $PNEUMOSCAN_DATA, default
 The model is efficientnet_lite0 (the project's default) with random weights, saved as a bundle in a temp
 dir: weights do not change the speed. It is measured at 224 and at 192 px, with the torch and the ONNX Runtime
 backend (exported into the bundle first, as `pneumoscan export` does, so the server starts at once). Each level is
-bounded in time (--seconds) and count (--max-requests). The server runs in its own process, but the clients share the
-same cores, and on a shared machine every figure moves with whatever else is running: the load average is printed
-next to each row. Exit status 1 when any request was dropped or answered other than 200.
+bounded in time (--seconds) and count (--max-requests). ``--scrape SECONDS`` also reads /metrics every SECONDS while
+the clients post, as Prometheus does (typically every 15 to 60 s: more often here, to show what scrapes cost them),
+and prints how many scrapes were answered and their latency. The server runs in its own process, but the clients
+share the same cores, and on a shared machine every figure moves with whatever else is running: the load average is
+printed next to each row. Exit status 1 when any request was dropped or answered other than 200.
 """
 
 from __future__ import annotations
@@ -101,20 +103,44 @@ async def post_xrays(http: httpx.AsyncClient, images: list[bytes], clients: int,
     return statuses, latencies, time.perf_counter() - t0
 
 
-async def load(url: str, images: list[bytes], clients: int, seconds: float, max_requests: int) -> dict:
-    """Requests/s and latency of the 200s at ``clients`` concurrent clients, after a warm-up."""
+async def scrape_metrics(url: str, every: float, done: asyncio.Event) -> list[float]:
+    """The latency of each GET /metrics answered 200, one every ``every`` seconds until ``done``, on a connection
+    of its own."""
+    latencies: list[float] = []
+    async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+        while not done.is_set():
+            start = time.perf_counter()
+            if (await http.get("/metrics")).status_code == 200:
+                latencies.append(time.perf_counter() - start)
+            try:
+                await asyncio.wait_for(done.wait(), every)
+            except TimeoutError:
+                pass
+    return latencies
+
+
+async def load(url: str, images: list[bytes], clients: int, seconds: float, max_requests: int,
+               scrape: float = 0) -> dict:
+    """Requests/s and latency of the 200s at ``clients`` concurrent clients, after a warm-up; with ``scrape``,
+    /metrics read every ``scrape`` seconds meanwhile."""
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as http:
         for data in images[:3]:  # warm-up, not counted
             await http.post("/v1/predict", files={"file": ("x.jpeg", data, "image/jpeg")})
+        done = asyncio.Event()
+        scrapes = asyncio.ensure_future(scrape_metrics(url, scrape, done)) if scrape else None
         statuses, latencies, elapsed = await post_xrays(http, images, clients, seconds, max_requests)
+        done.set()
+        scraped = np.array(await scrapes) * 1000 if scrapes else np.array([])
     answered = [s for s in statuses if isinstance(s, int)]
     ms = np.array(latencies) * 1000 if latencies else np.array([np.nan])
     return {
         "clients": clients, "requests": len(latencies), "rps": len(latencies) / elapsed,
         "p50": float(np.percentile(ms, 50)), "p95": float(np.percentile(ms, 95)),
         "non_200": sum(s != 200 for s in answered), "5xx": sum(s >= 500 for s in answered),
-        "dropped": len(statuses) - len(answered),
+        "dropped": len(statuses) - len(answered), "scrapes": len(scraped),
+        "scrape_p50": float(np.median(scraped)) if len(scraped) else np.nan,
+        "scrape_max": float(scraped.max()) if len(scraped) else np.nan,
     }
 
 
@@ -125,6 +151,8 @@ def main() -> int:
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--seconds", type=float, default=15.0, help="per concurrency level")
     parser.add_argument("--max-requests", type=int, default=1000, help="per concurrency level")
+    parser.add_argument("--scrape", type=float, default=0, metavar="SECONDS",
+                        help="read /metrics every SECONDS during the load (default: never)")
     args = parser.parse_args()
 
     files = (sorted((DATA / "train" / "NORMAL").glob("*.jpeg"))[:8]
@@ -149,13 +177,16 @@ def main() -> int:
                 try:
                     for clients in args.clients:
                         url = f"http://127.0.0.1:{port}"
-                        row = asyncio.run(load(url, images, clients, args.seconds, args.max_requests))
+                        row = asyncio.run(load(url, images, clients, args.seconds, args.max_requests, args.scrape))
                         failures += row["non_200"] + row["dropped"]
                         if row["rps"] >= TARGET_RPS and row["p95"] < TARGET_P95_MS:
                             met.setdefault((size, backend), []).append(clients)
                         print(f"{size:>4} {backend:>7} {clients:>7} {row['requests']:>8} {row['rps']:>7.1f} "
                               f"{row['p50']:>7.0f} {row['p95']:>7.0f} {row['non_200']:>7} {row['5xx']:>4} "
                               f"{row['dropped']:>7} {os.getloadavg()[0]:>8.2f}", flush=True)
+                        if args.scrape:
+                            print(f"{'':>12} /metrics answered {row['scrapes']} times meanwhile, p50 "
+                                  f"{row['scrape_p50']:.1f} ms, max {row['scrape_max']:.1f} ms", flush=True)
                 finally:
                     server.terminate()
                     server.wait(timeout=30)
