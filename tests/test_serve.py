@@ -370,9 +370,11 @@ def test_etiology_runs_only_for_images_read_as_pneumonia(tiny_bundle: Path, tiny
         assert set(etiology["probabilities"]) == {"bacteria", "virus"}
         assert etiology["probability"] == pytest.approx(etiology["probabilities"]["virus"])
         assert c.get("/v1/model").json()["etiology"]["classes"] == ["bacteria", "virus"]
+        assert counted_calls(c) == {("pneumonia", "PNEUMONIA"): 1, ("etiology", etiology["label"]): 1}
     with TestClient(create_app(never, etiology=tiny_etiology_bundle)) as c:
         body = upload(c, xray).json()
         assert body["label"] == "NORMAL" and body["etiology"] is None
+        assert counted_calls(c) == {("pneumonia", "NORMAL"): 1}  # no second reading counted: none was made
 
 
 def with_validation_auc(bundle: Path, auc: float, ci: list[float], out: Path) -> Path:
@@ -698,6 +700,9 @@ def test_an_internal_error_is_json_and_the_service_goes_on(tiny_bundle: Path, xr
                 r = upload(c, xray)
                 assert r.status_code == 500 and r.json() == {"error": "internal error"}
         assert upload(c, xray).status_code == 200
+        runs = scraped(c)
+        assert runs[("pneumoscan_model_run_errors_total", labels(task="pneumonia"))] == 3  # each a batch of its own
+        assert runs[("pneumoscan_model_run_seconds_count", labels(task="pneumonia"))] == 1  # the run that answered
 
 
 def test_concurrent_requests_share_one_batch_and_keep_their_own_answers(tiny_bundle: Path, data_root: Path) -> None:
@@ -839,6 +844,7 @@ def test_a_model_that_cannot_be_built_refuses_heatmaps_with_its_own_reason(tiny_
                                  "from the bundle: its model_kwargs do not fit the model simple_cnn (")
             assert "widht" in r.text and str(tmp_path) not in r.text and "'" not in r.text
         assert c.get("/healthz").json()["reason"] == r.json()["error"]
+        assert scraped(c)[("pneumoscan_refusals_total", labels(reason="heatmap_unavailable"))] == 2
 
 
 # ---------------------------------------------------------------- /metrics: what Prometheus reads
@@ -866,6 +872,16 @@ def moved(before: Samples, after: Samples, name: str) -> dict[frozenset, float]:
 
 def labels(**values: str) -> frozenset:
     return frozenset(values.items())
+
+
+def counted_calls(client: TestClient) -> dict[tuple[str, str], float]:
+    """The readings /metrics has counted, by stage (task) and call."""
+    calls: dict[tuple[str, str], float] = {}
+    for (name, given), value in scraped(client).items():
+        if name == "pneumoscan_readings_total":
+            key = (dict(given)["task"], dict(given)["call"])
+            calls[key] = calls.get(key, 0) + value
+    return calls
 
 
 def test_a_reading_is_counted_by_its_call_its_scope_its_warnings_and_its_endpoint(client: TestClient,

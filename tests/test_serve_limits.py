@@ -436,9 +436,13 @@ def test_a_request_in_progress_when_the_model_breaks_gets_no_reading(tmp_path: P
             assert broke.status_code == 500 and "non-finite score" in broke.json()["error"]
             held.set()
         assert httpx.get(f"{url}/healthz").status_code == 503
+        metrics = httpx.get(f"{url}/metrics").text
     [answer] = late
     assert answer.status_code == 503 and "answers no more predictions" in answer.json()["error"], answer.text
     assert "probability" not in answer.json()
+    # both counted as refused by the broken model, neither as a reading answered
+    assert 'pneumoscan_refusals_total{reason="model_broken"} 2.0' in metrics
+    assert "pneumoscan_readings_total{" not in metrics
 
 
 # ---------------------------------------------------------------- logs
