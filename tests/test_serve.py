@@ -180,7 +180,7 @@ def test_each_reading_names_the_card_it_was_read_with(client: TestClient, tiny_b
 
 def test_openapi_schema_documents_the_api(client: TestClient) -> None:
     schema = client.get("/openapi.json").json()
-    assert {"/v1/predict", "/v1/model", "/healthz"} <= set(schema["paths"])
+    assert {"/v1/predict", "/v1/model", "/healthz", "/metrics"} <= set(schema["paths"])  # /metrics as /healthz is
     post = schema["paths"]["/v1/predict"]["post"]
     assert "file" in post["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
     assert {"200", "400", "413", "415", "422", "500", "503"} <= set(post["responses"])  # 500: a non-finite score
