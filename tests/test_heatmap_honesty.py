@@ -154,6 +154,17 @@ def test_the_overlay_of_a_film_read_as_negative_says_so(tiny_bundle: Path, tiny_
         assert (negative in said) == (row["label"] == "NORMAL"), row
 
 
+@pytest.mark.parametrize("label", ["pneumonia", "Pneumonia", "sick", ""])
+def test_an_overlay_is_refused_a_label_that_is_no_reading_of_the_bundle(tiny_bundle: Path, label: str) -> None:
+    """A script passes the reading's label itself: one spelt as another task spells it (`pneumonia`, the multiclass
+    bundle's) was taken for a negative call, and the overlay of a film read as PNEUMONIA was captioned "read as
+    pneumonia: ... fell short of the threshold". A label that is no reading of the bundle is refused, naming its
+    two."""
+    predictor = _seeing(tiny_bundle, "squash")
+    with pytest.raises(ValueError, match=r"not a reading of this bundle \(NORMAL or PNEUMONIA\)"):
+        film_overlay(predictor, _film(HEIGHT, WIDTH, (0.5, 0.5)), label=label)
+
+
 def test_the_words_for_a_film_read_as_the_first_class_hold_for_every_task(tiny_etiology_bundle: Path) -> None:
     """"read as bacteria: the map shows the weak evidence of a film read as negative": bacteria is no negative finding
     to a clinician, and a film just short of the threshold need not have weak evidence. The words name the class the

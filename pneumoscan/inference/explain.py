@@ -583,9 +583,13 @@ def film_overlay(predictor: Predictor, gray: np.ndarray, shown: np.ndarray | Non
     Grad-CAM of ``gray`` (the film as the model reads it) over ``shown`` (that film at a panel's size; default
     ``gray``), of the call's evidence on the bundle's scale, its caption saying when the reading's ``label`` is the
     negative class and when ``warnings`` put the film outside the model's scope. Raises :class:`NoMapOfFilm` for a
-    film without a map."""
-    cam = explain_array(predictor, gray)
+    film without a map, and ValueError for a ``label`` that is no reading of the bundle (a script's own spelling,
+    ``pneumonia`` for a PNEUMONIA bundle), which the caption would call a negative one."""
     card = predictor.card
+    if label not in (calls := (card.classes[0], card.positive)):
+        raise ValueError(f"label {label!r} is not a reading of this bundle ({' or '.join(calls)}): give the reading's "
+                         "label, as predict_array or predict_paths spells it")
+    cam = explain_array(predictor, gray)
     return overlay_png(gray if shown is None else shown, cam, card.positive, heatmap_scale(card),
                        negative=None if label == card.positive else label, tta=tta, warnings=warnings)
 
