@@ -12,6 +12,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from PIL import Image
+
+from pneumoscan.inference.predict import predict_paths
+
 NOTEBOOK = Path(__file__).parents[1] / "notebooks" / "tour.ipynb"
 
 
@@ -21,6 +25,17 @@ def test_tour_is_stored_without_outputs() -> None:
     assert len(code) >= 8
     for cell in code:
         assert cell["outputs"] == [] and cell["execution_count"] is None, "".join(cell["source"])[:60]
+
+
+def test_the_tours_heatmaps_are_drawn_from_predicts_input_with_its_caption() -> None:
+    """The tour drew its Grad-CAM overlays with overlay_png from a film decoded at full size: neither predict's input
+    (decoded at the bundle's target) nor its caption, which says when the film was read as negative (the map is the
+    positive class's evidence whatever the call) or is outside the model's scope. The small run reads both its films
+    as positive and in scope, so the run alone cannot tell; the cell must make predict's calls."""
+    cells = ["".join(c["source"]) for c in json.loads(NOTEBOOK.read_text())["cells"] if c["cell_type"] == "code"]
+    (cell,) = [c for c in cells if "pneumoscan.inference.explain" in c]
+    assert "read_gray(rec.path, target=predictor.card.spec.decode_target)" in cell, cell
+    assert 'film_overlay(predictor, gray, label=result["label"], warnings=result["warnings"])' in cell, cell
 
 
 def test_tour_runs_end_to_end_on_a_small_subset(data_root: Path, tmp_path: Path) -> None:
@@ -44,3 +59,12 @@ def test_tour_runs_end_to_end_on_a_small_subset(data_root: Path, tmp_path: Path)
         assert (out / name).is_file(), name
     assert (out / "efficientnet-recall98" / "bundle.json").is_file()
     assert len((out / "compare.csv").read_text().splitlines()) == 3  # header + the two runs
+    # its Grad-CAM overlays are predict's of the same films: predict's input (decoded at the bundle's target) and
+    # caption (whether the film was read as negative, and outside the model's scope)
+    drawn = {png.name.removeprefix("gradcam-"): png for png in out.glob("gradcam-*.png")}
+    assert len(drawn) == 2, sorted(drawn)
+    films = [film for film in data.rglob("*") if film.with_suffix(".png").name in drawn]
+    rows = predict_paths(out / "efficientnet-recall98", films, heatmap_dir=out / "predicted")
+    for row in rows:
+        with Image.open(drawn[Path(row["path"]).with_suffix(".png").name]) as tour, Image.open(row["heatmap"]) as own:
+            assert (tour.size, tour.info["Description"]) == (own.size, own.info["Description"]), row["path"]
