@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import inspect
 import io
 import itertools
 import json
@@ -15,6 +16,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -508,26 +510,99 @@ def test_the_host_names_deployment_md_says_to_give_are_matched_without_their_por
         Access(allowed_hosts=("xray.hospital.example:8443",))
 
 
-def test_every_pneumoscan_name_the_docs_give_exists() -> None:
-    """A module, function or constant a page names by its dotted path (`pneumoscan.interop.fhir.CODE_SYSTEM`,
-    `pneumoscan.training.cv.cross_validate`) can be imported as written."""
+DOTTED = re.compile(r"(?<![\w/.])pneumoscan(?:\.[A-Za-z_]\w*)+")
+CALL = re.compile(r"(?<![\w.])([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)\(")
+
+
+def _resolved(name: str) -> object | None:
+    """What a dotted name (`pneumoscan.training.cv.cross_validate`) is: the longest module it starts with, then its
+    attributes; None when there is none."""
     import importlib
 
-    named = {(page.name, name) for page in [README, *sorted((ROOT / "docs").glob("*.md"))]
-             for name in re.findall(r"(?<![\w/.])pneumoscan(?:\.[A-Za-z_]\w*)+", page.read_text())}
-    assert len(named) > 20, "found too few dotted names: the pattern no longer finds them"
-    missing = []
-    for page, name in sorted(named):
-        parts = name.split(".")
-        for i in range(len(parts), 0, -1):  # the longest module the name starts with, then attributes
-            try:
-                functools.reduce(getattr, parts[i:], importlib.import_module(".".join(parts[:i])))
-                break
-            except (ImportError, AttributeError):
-                continue
+    parts = name.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            return functools.reduce(getattr, parts[i:], importlib.import_module(".".join(parts[:i])))
+        except (ImportError, AttributeError):
+            continue
+    return None
+
+
+def _top_level(args: str) -> list[str]:
+    """A call's arguments as written, split at the commas outside brackets."""
+    parts, depth, part = [], 0, ""
+    for ch in args:
+        depth += (ch in "([{") - (ch in ")]}")
+        if ch == "," and not depth:
+            parts, part = [*parts, part.strip()], ""
         else:
-            missing.append(f"{page}: {name}")
+            part += ch
+    return [*parts, part.strip()] if part.strip() else parts
+
+
+def _calls(span: str) -> Iterator[tuple[str, str]]:
+    """Each call in a code span, `name(arguments)`, nested ones too."""
+    for m in CALL.finditer(span):
+        depth, end = 1, m.end()
+        while end < len(span) and depth:
+            depth += {"(": 1, ")": -1}.get(span[end], 0)
+            end += 1
+        if not depth:
+            yield m.group(1), span[m.end():end - 1]
+
+
+def _named_here(text: str) -> dict[str, object]:
+    """The pneumoscan callables a page's calls can mean, by the name it calls them: each one it names by its dotted
+    path or imports in an example, and the public ones of each module it names (`Access` "from
+    `pneumoscan.serving.guard`")."""
+    named: dict[str, object] = {}
+    for dotted in DOTTED.findall(text):
+        if inspect.ismodule(found := _resolved(dotted)):
+            named.update({n: o for n, o in vars(found).items() if callable(o) and not n.startswith("_")
+                          and getattr(o, "__module__", "").startswith("pneumoscan")})
+            named.setdefault(dotted.rsplit(".", 1)[1], found)  # `pixels.reduce(...)`
+    for dotted in DOTTED.findall(text):
+        if callable(found := _resolved(dotted)):
+            named[dotted.rsplit(".", 1)[1]] = found
+    for module, names in re.findall(r"^\s*from (pneumoscan[\w.]*) import ([\w, ]+)$", text, re.M):
+        named.update({n.strip(): _resolved(f"{module}.{n.strip()}") for n in names.split(",")})
+    return named
+
+
+def test_every_pneumoscan_name_the_docs_give_exists_and_takes_the_arguments_shown() -> None:
+    """A module, function or constant a page names by its dotted path (`pneumoscan.interop.fhir.CODE_SYSTEM`,
+    `pneumoscan.training.cv.cross_validate`) can be imported as written; and a call a page shows in its text
+    (`rethreshold(BUNDLE, DATA, OUT, split=..., target_sensitivity=S)`, `train(..., callbacks=[...])`), which no
+    example runs, takes those arguments: as many positional ones, each keyword by its name (`...` standing for the
+    rest; `fit()` names a function)."""
+    pages = [README, *sorted((ROOT / "docs").glob("*.md"))]
+    named = {(page.name, name) for page in pages for name in DOTTED.findall(page.read_text())}
+    assert len(named) > 20, "found too few dotted names: the pattern no longer finds them"
+    missing = [f"{page}: {name}" for page, name in sorted(named) if _resolved(name) is None]
     assert not missing, f"pages name what pneumoscan lacks: {missing}"
+    checked, wrong = 0, []
+    for page in pages:
+        text = page.read_text()
+        callables = _named_here(text)
+        prose = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)  # the examples run (the python page's does)
+        for span in re.findall(r"`([^`]+)`", prose):
+            for name, args in _calls(" ".join(span.split())):
+                head, *attributes = name.split(".")
+                function = _resolved(name) if head == "pneumoscan" else functools.reduce(
+                    lambda found, attribute: getattr(found, attribute, None), attributes, callables.get(head))
+                if not args or not callable(function) or inspect.ismodule(function):
+                    continue  # a function named (`fit()`), or not pneumoscan's (`np.asarray(...)`)
+                given = _top_level(args)
+                keywords = {a.split("=", 1)[0].strip() for a in given if re.match(r"\w+=(?!=)", a)}
+                positional = [a for a in given if a != "..." and a.split("=", 1)[0].strip() not in keywords]
+                bind = inspect.signature(function).bind_partial if "..." in given else inspect.signature(function).bind
+                try:
+                    bind(*positional, **dict.fromkeys(keywords))
+                except TypeError as e:
+                    wrong.append(f"{page.name}: `{name}({args})`: {e}")
+                checked += 1
+    assert checked > 15, f"checked {checked} calls: the pattern no longer finds them"
+    assert not wrong, "pages show calls pneumoscan does not take:\n" + "\n".join(wrong)
 
 
 def test_docs_api_md_names_every_field_the_service_answers(tiny_bundle: Path, tiny_dataset: Path) -> None:
