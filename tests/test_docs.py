@@ -710,7 +710,8 @@ def test_every_curl_line_in_the_docs_asks_what_the_service_answers(tiny_bundle: 
     """A curl line of the README or docs/ names a path the service serves, with the method curl sends, and query
     parameters `/openapi.json` lists with values they take; a URL with a query is quoted, as a shell such as zsh
     (macOS's) reads an unquoted `?` as a file pattern and runs nothing (`no matches found`). The command-line test
-    above parses `pneumoscan ...` lines only: the README's `?heatmap=true` was a fragment a reader had to place."""
+    above parses `pneumoscan ...` lines only: the README's `?heatmap=true` was a fragment a reader had to place. So
+    does each row of docs/api.md's endpoint table, with the `?option=value` its words give."""
     import urllib.parse
 
     from pneumoscan.serving.app import create_app
@@ -736,6 +737,24 @@ def test_every_curl_line_in_the_docs_asks_what_the_service_answers(tiny_bundle: 
         if parts.query and f"'{url}'" not in line and f'"{url}"' not in line:
             wrong.append(f"{page}: {line}\n    the URL holds a ? and is not quoted")
     assert not wrong, "curl lines the service would not answer as written:\n" + "\n".join(wrong)
+    # docs/api.md's endpoint table: each method and path is served, each `?option=value` of /v1/predict taken
+    from fastapi.testclient import TestClient
+
+    table = _section((ROOT / "docs" / "api.md").read_text(), "Endpoints")
+    rows = re.findall(r"^\| `(GET|POST|HEAD) (/[^`]*)`(?: \(or `(HEAD)`\))? \|.*?\| (.*) \|$", table, re.M)
+    assert len(rows) >= 5, f"found {len(rows)} rows of api.md's endpoint table: the pattern no longer finds them"
+    predict = {p["name"]: p["schema"] for p in schema["paths"]["/v1/predict"]["post"]["parameters"]}
+    with TestClient(create_app(tiny_bundle)) as client:
+        for method, path, head, does in rows:
+            for asked in filter(None, (method, head)):
+                if asked != "POST" and client.request(asked, path).status_code in (404, 405):
+                    wrong.append(f"api.md: the service does not answer {asked} {path}")
+            if method == "POST" and "post" not in schema["paths"].get(path, {}):
+                wrong.append(f"api.md: the service has no POST {path}")
+            for key, value in re.findall(r"`\?(\w+)=([\w-]+)`", does):
+                if path != "/v1/predict" or key not in predict or not _takes(predict[key], value, components):
+                    wrong.append(f"api.md: {path} does not take {key}={value}")
+    assert not wrong, "api.md's endpoint table names what the service does not serve:\n" + "\n".join(wrong)
 
 
 ADD = re.compile(r"^\s*#.*?\badd ((?:--[\w-]+(?: [^-\s#]\S*)? ?)+)$")  # `# ... add --model simple_cnn --epochs 1`
