@@ -94,6 +94,18 @@ def test_compare_figure_overlays_curves_and_marks_each_operating_point_in_its_co
     assert [text.get_text() for text in ax.get_legend().get_texts()] == [f"{r.run} (AUC {r.auc:.3f})" for r in same]
 
 
+def test_compare_runs_takes_one_run_alone_or_any_iterable_of_runs(two_runs: tuple[Path, Path], tmp_path: Path) -> None:
+    """A script's one run given alone (a str) was read as its characters, each refused as a run (`/: no
+    metrics.json`); runs given as a generator (a glob) were spent before two runs of one name were told apart by
+    their folders, and both were shown as `eval-test`."""
+    [one] = compare_runs(str(two_runs[1]))
+    assert one.run == "eval-test" and one.figures == compare_runs([two_runs[1]])[0].figures
+    for name in ("a", "b"):
+        shutil.copytree(two_runs[1], tmp_path / name / "eval-test")
+    globbed = compare_runs(run for run in sorted(tmp_path.glob("*/eval-test")))
+    assert [r.run for r in globbed] == ["a/eval-test", "b/eval-test"]
+
+
 def test_compare_cli_prints_the_table(two_runs: tuple[Path, Path], tmp_path: Path,
                                       capsys: pytest.CaptureFixture) -> None:
     assert main(["compare", *map(str, two_runs), "--out", str(tmp_path)]) == 0

@@ -14,7 +14,7 @@ import json
 import math
 import os
 import stat
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -102,7 +102,7 @@ def file_kind(mode: int) -> str:
     return next((name for test, name in kinds if test(mode)), "special file")
 
 
-def path_list(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str | os.PathLike]:
+def path_list(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[str | os.PathLike]:
     """Paths given to a function that takes several, as a list: one path given alone is one path, not a sequence of
     characters each read as a path (``"/"`` and ``"."`` among them: a search of the whole disk)."""
     return [paths] if isinstance(paths, (str, bytes, os.PathLike)) else list(paths)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from pneumoscan.core.atomic import write_atomic
 from pneumoscan.core.figures import figure_bytes
 from pneumoscan.core.metrics import format_figure, with_ci
-from pneumoscan.core.names import results_csv, shown
+from pneumoscan.core.names import path_list, results_csv, shown
 from pneumoscan.inference.onnx_runtime import INT8_NAME
 from pneumoscan.models.card import CARD, WEIGHTS, BundleCard, load_card
 from pneumoscan.models.run_folder import METRICS, CvFolder, RunFolder
@@ -284,11 +284,12 @@ def _aligned(lines: list[tuple[str, ...]]) -> str:
 TABLE, FIGURE = "compare.csv", "compare.png"  # what compare_runs writes in its out_dir
 
 
-def compare_runs(paths: list[Path | str], out_dir: Path | str | None = None) -> list[RunSummary]:
-    """Summaries of ``paths``; with ``out_dir``, also compare.csv (the table) and compare.png (ROC curves overlaid,
-    each run's operating point marked in its curve's colour). Runs whose binary figures answer different questions
-    are refused (a two-class and a three-class pneumonia task answer one, normal or pneumonia), as are runs whose
-    figures among the classes are of different classes."""
+def compare_runs(paths: Iterable[Path | str] | Path | str, out_dir: Path | str | None = None) -> list[RunSummary]:
+    """Summaries of ``paths`` (one run given alone is one run); with ``out_dir``, also compare.csv (the table) and
+    compare.png (ROC curves overlaid, each run's operating point marked in its curve's colour). Runs whose binary
+    figures answer different questions are refused (a two-class and a three-class pneumonia task answer one, normal
+    or pneumonia), as are runs whose figures among the classes are of different classes."""
+    paths = path_list(paths)  # a generator read once, to load the runs and to name them
     if not paths:
         raise ValueError("no runs to compare")
     runs = [load_run(p) for p in paths]
