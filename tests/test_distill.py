@@ -27,6 +27,7 @@ from pneumoscan.inference.predict import Predictor
 from pneumoscan.models.bundle import load_bundle, save_bundle
 from pneumoscan.models.card import CARD, load_card, save_card
 from pneumoscan.training.config import TrainConfig, load_config
+from pneumoscan.training.cv import cross_validate
 from pneumoscan.training.distill import check_teachers, teacher_probabilities
 from pneumoscan.training.distributed import setup_distributed
 from pneumoscan.training.ensemble import build_ensemble
@@ -147,6 +148,15 @@ def test_cv_refuses_teachers_of_other_folds(tiny_dataset: Path, teacher_cv: Path
                  "--teacher-cv", str(teacher_cv), *change]) == 2
     assert said.format(teacher_cv=teacher_cv) in capsys.readouterr().err
     assert not (out / "fold-0").exists(), "refused before any fold trains"
+
+
+def test_cross_validate_takes_one_teacher_cv_run_given_alone(tiny_dataset: Path, teacher_cv: Path,
+                                                             tmp_path: Path) -> None:
+    """A script's one teacher cv run given as a str was read as its characters, each refused as a run (`--teacher-cv
+    / is not a finished cv run`): it is one run, as the command line's `--teacher-cv RUN` is."""
+    cfg = TrainConfig(model="simple_cnn", pretrained=False, image_size=32, epochs=1)
+    with pytest.raises(ValueError, match=f"teacher cv run {re.escape(str(teacher_cv))} was made on other folds"):
+        cross_validate(tiny_dataset, cfg, 3, tmp_path / "students", teacher_cv=str(teacher_cv))
 
 
 @pytest.mark.parametrize("given, kind", [("run", "a train run's folder"), ("bundle", "a bundle")])

@@ -29,7 +29,7 @@ import numpy as np
 
 from pneumoscan.core.atomic import write_atomic, write_json
 from pneumoscan.core.metrics import binary_metrics, choose_threshold, format_figure, jsonable, roc_auc
-from pneumoscan.core.names import path_text, results_csv
+from pneumoscan.core.names import path_list, path_text, results_csv
 from pneumoscan.core.options import VAL_FRACTION
 from pneumoscan.data.labelled import labelled_films, left_out, patient_groups, pooled_left_out
 from pneumoscan.data.layouts import Record, write_manifest
@@ -194,13 +194,13 @@ def oof_name(path: str) -> str:
 
 
 def cross_validate(data: Path | str, cfg: TrainConfig, folds: int, out_dir: Path | str,
-                   teacher_cv: Sequence[Path | str] = ()) -> dict:
+                   teacher_cv: Sequence[Path | str] | Path | str = ()) -> dict:
     """Train ``folds`` runs of ``cfg``, each validated (and its threshold chosen) on one patient-grouped fold of
     everything in DATA but test/; score each fold's films with its own bundle. Returns the cv.json dict.
 
     ``teacher_cv``: cv runs of the same folds whose fold-K bundles teach fold K's run (:mod:`.distill`); none of
     them trained on fold K, so each film is still scored by models that never saw its patient."""
-    out_dir = Path(out_dir)
+    out_dir, teacher_cv = Path(out_dir), path_list(teacher_cv)  # one run given alone, not its characters
     cv_folder, task = CvFolder(out_dir), get_task(cfg.task)
     plans, configs, sampled_from = _plan_folds(data, cfg, folds, cv_folder, teacher_cv, task)
     out_dir.mkdir(parents=True, exist_ok=True)  # once nothing is refused: a refused cv leaves no folder behind
