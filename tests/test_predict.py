@@ -276,6 +276,25 @@ def test_an_array_other_than_2d_uint8_is_refused_with_its_own_shape_and_dtype(
     assert predictor.predict_array(_image(60, 45, 1))["label"] in ("NORMAL", "PNEUMONIA")  # 2-D uint8: as before
 
 
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_a_batch_that_is_not_the_models_preprocessed_input_is_refused(tiny_bundle: Path, backend: str) -> None:
+    """`Predictor.probabilities` is the batch call a script with films of its own in memory reaches for: a float batch
+    in [0, 1] (a data loader's tensors) was read as grey levels of 0 or 1 out of 255, and a film not brought to the
+    model's size was read at its own size by torch, each given a probability. Both backends refuse anything but
+    `preprocess`'s uint8 (N, S, S), saying what was given."""
+    predictor = Predictor(tiny_bundle, backend=backend)
+    batch = predictor.preprocess([_image(60, 45, 1), _image(50, 50, 2)])
+    assert predictor.probabilities(batch).shape == (2, 2)
+    size = predictor.card.size
+    for wrong in (batch.astype(np.float32) / 255, batch.astype(np.int64), _image(60, 45, 1)[None], batch[0],
+                  batch[:, None]):
+        said = re.escape(f"got a {wrong.dtype} array of shape {wrong.shape}")
+        with pytest.raises(ValueError, match=rf"uint8 array of shape \(N, {size}, {size}\).*{said}"):
+            predictor.probabilities(wrong)
+    with pytest.raises(ValueError, match="got list"):
+        predictor.probabilities(list(batch))
+
+
 def test_predict_array_matches_the_file_flow(tiny_bundle: Path, tmp_path: Path) -> None:
     gray = _image(60, 45, 4)
     Image.fromarray(gray).save(tmp_path / "x.png")

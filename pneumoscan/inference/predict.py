@@ -216,7 +216,15 @@ class Predictor:
 
     def logits(self, images: np.ndarray) -> np.ndarray:
         """Raw logits (N, C) of uint8 (N, S, S) images, ``batch_size`` a model call; :class:`NonFiniteScore` when any
-        row is NaN or infinite."""
+        row is NaN or infinite. Any other batch is refused (ValueError): a float one in [0, 1] would be read as grey
+        levels of 0 or 1 out of 255, and one of another size read by torch at that size, each given a score."""
+        size = self.card.size
+        if not (isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.shape[1:] == (size, size)):
+            given = f"a {images.dtype} array of shape {images.shape}" if isinstance(images, np.ndarray) else (
+                type(images).__name__)
+            raise ValueError(f"expected the model's input, a uint8 array of shape (N, {size}, {size}), got {given}: "
+                             "predict_array reads one decoded film, with its checks; Predictor.preprocess makes a "
+                             "batch of them")
         if not len(images):
             return np.zeros((0, len(self.card.classes)), np.float32)
         if self.backend != "torch":  # ONNX Runtime sessions may run in several threads at once: no lock
