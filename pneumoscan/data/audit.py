@@ -178,7 +178,7 @@ def _duplicate_findings(records: Sequence[Record], hashed: Sequence[tuple[Record
     return _groups(sha.items()), near, label_conflicts(records, groups, layout)
 
 
-def audit_figure(report: dict, discovery: Discovery, out_png: Path, per_class: int = 6) -> None:
+def audit_figure(report: dict, discovery: Discovery, out_png: Path | str, per_class: int = 6) -> None:
     """Class balance (bars per split and class, pneumonia stacked by subtype) above a grid of sample images,
     one row of ``per_class`` images per class and subtype. A plain Figure, as the report's: no pyplot state, no
     backend switched for the caller's process."""
@@ -255,7 +255,7 @@ def _draw_samples(cells: Sequence[Axes], label: str, sub: str, pool: Sequence[Re
 GUTTER = (200, 30, 30)  # the grid's border colour: never a grey level, so each tile stands out from it
 
 
-def augmented_grid(discovery: Discovery, n: int, out_png: Path, size: int = 192, augment: Augment | None = None,
+def augmented_grid(discovery: Discovery, n: int, out_png: Path | str, size: int = 192, augment: Augment | None = None,
                    policy: str = "squash", seed: int = 0) -> Path:
     """A PNG grid of ``n`` training films as the model sees them after the training transform (``augment``, an
     :class:`~pneumoscan.data.augment.Augment`; the default recipe's when None; ``Augment.off()`` for the films as

@@ -815,7 +815,7 @@ def _manifest_record(csv_path: Path, row: dict[str, str], line: int,
     return dataclasses.replace(rec, subtype=subtype)
 
 
-def write_manifest(records: list[Record], csv_path: Path | str) -> None:
+def write_manifest(records: Sequence[Record], csv_path: Path | str) -> None:
     """Write records as a manifest that :func:`read_manifest` (and so every command) reads back. A relative path
     is rewritten relative to the CSV's folder, which is how it is read back: between the two folders as they really
     are, because the system resolves a linked folder before the ``..`` read back (runs/ linked to a scratch disk).
