@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from pneumoscan import cli
 from pneumoscan.data.decode import read_gray
@@ -293,6 +293,26 @@ def test_a_batch_that_is_not_the_models_preprocessed_input_is_refused(tiny_bundl
             predictor.probabilities(wrong)
     with pytest.raises(ValueError, match="got list"):
         predictor.probabilities(list(batch))
+
+
+def test_a_pillow_image_is_refused_saying_how_to_read_it_upright(tiny_bundle: Path, tmp_path: Path) -> None:
+    """A script's own loader gives Pillow images: refused, the words said to decode with read_gray, a file only, and
+    the docs' `np.asarray(Image.open(path).convert("L"))` read an EXIF-turned JPEG on its side. The refusal gives a
+    way from the image in memory that reads it upright, as read_gray reads the file."""
+    film = Image.fromarray(_image(90, 60, 3))
+    exif = film.getexif()
+    exif[0x0112] = 6  # Orientation: turn 90 degrees to show
+    film.save(tmp_path / "turned.jpeg", exif=exif, quality=95)
+    predictor = Predictor(tiny_bundle)
+    with Image.open(tmp_path / "turned.jpeg") as image:
+        with pytest.raises(ValueError, match=re.escape('np.asarray(ImageOps.exif_transpose(image).convert("L"))')):
+            predictor.predict_array(image)
+        upright = np.asarray(ImageOps.exif_transpose(image).convert("L"))
+    decoded = read_gray((tmp_path / "turned.jpeg").read_bytes())  # its bytes, as a loader may hold them
+    assert upright.shape == decoded.shape == (60, 90)
+    assert np.abs(upright.astype(int) - decoded).max() <= 1
+    assert predictor.predict_array(upright)["probability"] == pytest.approx(
+        predictor.predict_array(decoded)["probability"], abs=0.01)
 
 
 def test_predict_array_matches_the_file_flow(tiny_bundle: Path, tmp_path: Path) -> None:

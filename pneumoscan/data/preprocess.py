@@ -57,7 +57,9 @@ def _check_gray(gray: object) -> None:
     if (given := not_gray(gray)) is None:
         return
     raise ValueError(f"expected a grayscale image as a 2-D uint8 array (height x width, 0-255), got {given}: "
-                     "pneumoscan.data.decode.read_gray decodes a file to one")
+                     "pneumoscan.data.decode.read_gray decodes a file, or its bytes, to one; from a Pillow image, "
+                     'np.asarray(ImageOps.exif_transpose(image).convert("L")) makes one, upright as read_gray reads '
+                     "an EXIF-turned JPEG")
 
 
 def resize(gray: np.ndarray, size: int, policy: str = "squash") -> np.ndarray:
