@@ -23,7 +23,8 @@ from pneumoscan.data.scope import NAMED_KINDS, kind_of
 from .guard import route_path
 from .limits import Refusal
 
-OTHER = "other"  # the endpoint of a path the app does not serve, and the kind of a warning no scope check wrote
+OTHER = "other"  # the endpoint of a path the app does not serve; the kind of a warning no scope check wrote, or of one
+# whose kind has no name in scope.NAMED_KINDS (a plug-in's)
 KIND_NAMES = {kind: name for name, kind in NAMED_KINDS.items()}
 # a model run on a CPU: a few ms for a small model's film, seconds for a batch of 32 through an ensemble
 RUN_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -91,8 +92,8 @@ class ServiceMetrics:
         near = "unknown" if near_threshold is None else str(near_threshold).lower()
         self.readings.labels(task, call, str(in_scope).lower(), near).inc()
         for warning in warnings:
-            kind = kind_of(warning)
-            name, out = (KIND_NAMES[kind], kind.out_of_scope) if kind is not None else (OTHER, False)
+            kind = kind_of(warning)  # a kind no name was given yet counts as other, its scope as it says
+            name, out = (KIND_NAMES.get(kind, OTHER), kind.out_of_scope) if kind is not None else (OTHER, False)
             self.warnings.labels(task, name, str(out).lower()).inc()
 
     def refused(self, reason: Refusal) -> None:
