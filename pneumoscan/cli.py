@@ -35,6 +35,7 @@ from pneumoscan.models import PLUGINS_ENV, WeightsUnavailable, or_your_own
 if TYPE_CHECKING:
     from pneumoscan.serving.guard import Access
     from pneumoscan.serving.limits import Limits
+    from pneumoscan.models.card import BundleCard
     from pneumoscan.training.config import TrainConfig
 
 # audit's tables alone; a result line a script may read is print()ed, never wrapped at the terminal's width.
@@ -281,7 +282,7 @@ def _trained(bundle: Path) -> str:
     card = load_card(bundle)
     val = card.val_metrics
     return (f"{shown(bundle)}: validation AUC {format_figure(val.get('auc'), 4)}, threshold {card.threshold:.4f} "
-            f"({card.threshold_policy}): sensitivity ({card.positive}) {format_figure(val.get('sensitivity'))}, "
+            f"({card.threshold_policy}): {_sensitivity(card, val.get('sensitivity'))}, "
             f"specificity {format_figure(val.get('specificity'))}, accuracy {format_figure(val.get('accuracy'))}; "
             f"with --tta {format_figure(card.tta_threshold, 4)}"
             # a task of more than two classes: its decision, as cv and evaluate print it beside the positive call
@@ -290,6 +291,14 @@ def _trained(bundle: Path) -> str:
                f"{format_figure(val.get('three_class_macro_auc'), 4)}" if "three_class_accuracy" in val else "")
             + "".join(f"\n   caveat: {said}" for said in (card.ranking_caveat, card.calibration_caveat) if said)
             + "".join(f"\n   {said}" for said in left_out_caveat(val.get("left_out", []), val.get("n", 0))))
+
+
+def _sensitivity(card: BundleCard, figure: float | None) -> str:
+    """A sensitivity as the result lines of ``train`` and ``threshold`` say it: named by the positive class it is
+    of, which an etiology bundle's is not obviously (``sensitivity (virus) 1.000``)."""
+    from pneumoscan.core.metrics import format_figure
+
+    return f"sensitivity ({card.positive}) {format_figure(figure)}"
 
 
 def _print_left_out(left_out: list[dict], n: int) -> None:
@@ -423,8 +432,13 @@ def cmd_threshold(args: argparse.Namespace) -> int:
                            args.max_false_positive_rate, args.data_name)
     record = card.threshold_records[-1]
     print(f"{args.out}: threshold {card.threshold:.4f} (was {record['previous_threshold']:.4f}), with --tta "
-          f"{card.tta_threshold:.4f}; {card.threshold_policy}: sensitivity {format_figure(record['sensitivity'], 3)}, "
+          f"{card.tta_threshold:.4f}; {card.threshold_policy}: {_sensitivity(card, record['sensitivity'])}, "
           f"specificity {format_figure(record['specificity'], 3)} on {record['n']} images")
+    # what the new card says of its ranking, probabilities and temperature, as predict and evaluate say it; its
+    # threshold's own caveat was warned of as the threshold was chosen
+    for said in card.caveats:
+        if said != card.threshold_caveat:
+            print(f"   caveat: {said}")
     _print_left_out(record["left_out"], record["n"])  # the new card says it too
     return 0
 

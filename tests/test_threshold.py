@@ -31,7 +31,7 @@ from pneumoscan.evaluation.rethreshold import rethreshold
 from pneumoscan.inference.export import ONNX_NAME
 from pneumoscan.inference.onnx_runtime import INT8_NAME, spec_path
 from pneumoscan.inference.predict import Predictor
-from pneumoscan.models.card import load_card
+from pneumoscan.models.card import load_card, save_card
 
 
 def digests(folder: Path) -> dict[str, str]:
@@ -564,6 +564,32 @@ def test_the_films_a_threshold_left_out_are_in_its_record_its_card_and_its_outpu
             "read; 8 films of class NORMAL, which the etiology task does not read (bacteria, virus); 2 films of class "
             "PNEUMONIA that say neither bacteria nor virus")
     assert any(c.startswith(said) for c in record["caveats"])
-    assert said in capsys.readouterr().out
+    shown = capsys.readouterr().out
+    assert said in shown
+    # the sensitivity of bacteria or virus? named, as train's closing line names it
+    assert f": sensitivity (virus) {record['sensitivity']:.3f}, specificity " in shown
     card = (out / MODEL_CARD).read_text()
     assert "| films (n = 6; 11 left out) |" in card and f"on films: {said}" in card
+
+
+def test_the_new_bundles_temperature_caveat_is_said_as_predict_and_evaluate_say_it(
+        tiny_bundle: Path, site: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A bundle whose temperature is at its bound (its probabilities not calibrated) was given a new threshold
+    without a word of it, where predict and evaluate say it: the new card keeps that temperature, so its caveat is
+    said under the result line, as evaluate says the card's caveats; the threshold's own was warned of as it was
+    chosen. The line names the class its sensitivity is of, as train's does."""
+    run = shutil.copytree(tiny_bundle.parent, tmp_path / "run")
+    said = ("temperature 20 is at its bound (0.05, 20.0): the validation logits carry no signal, so the "
+            "probabilities are not calibrated")
+    save_card(run / "bundle", dataclasses.replace(load_card(run / "bundle"), temperature_caveat=said))
+    capsys.readouterr()
+    out = tmp_path / "retuned"
+    assert cli.main(["threshold", str(run / "bundle"), str(site), "--target-sensitivity", "0.97",
+                     "--out", str(out)]) == 0
+    shown = capsys.readouterr().out
+    card = load_card(out)
+    assert card.temperature_caveat == said and "only 8 positive films" in card.threshold_caveat
+    assert f"\n   caveat: {said}\n" in shown
+    assert [line[len("   caveat: "):] for line in shown.splitlines() if line.startswith("   caveat: ")] == [
+        c for c in card.caveats if c != card.threshold_caveat]
+    assert f": sensitivity (PNEUMONIA) {card.threshold_records[-1]['sensitivity']:.3f}, specificity " in shown
