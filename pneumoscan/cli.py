@@ -483,6 +483,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
         write_reports(rows, args.bundle, args.dicom_sr, args.fhir, backend=args.backend, tta=args.tta)
     failed = _say_unreadable(rows)
+    # films the bundle trained on are read as any other, with a warning that their scores are no measure of it
+    from pneumoscan.evaluation.held_out import trained_among
+
+    trained_among([args.bundle, *([args.etiology] if args.etiology else [])],
+                  [row["path"] for row in rows if "label" in row], "predict")
     by_reason: dict[str, list[str]] = {}
     for entry in skipped:
         by_reason.setdefault(entry["reason"], []).append(entry["path"])

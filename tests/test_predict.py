@@ -623,3 +623,32 @@ def test_a_stopped_predict_leaves_no_overlays_without_results(tiny_bundle: Path,
     rows = predict_paths(tiny_bundle, tiny_dataset / "test", heatmap_dir=tmp_path / "maps")
     assert sorted(Path(r["heatmap"]).name for r in rows) == sorted(p.name for p in (tmp_path / "maps").iterdir())
     assert not any(p.stem.endswith("-2") for p in (tmp_path / "maps").iterdir())
+
+
+def test_films_the_bundle_trained_on_are_read_with_a_warning_that_their_scores_are_no_measure(
+    tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """predict read the bundle's own training films, its run's split.csv beside it, without a word: a user who took
+    their scores for a measure of the model was misled. They are read (predicting a known film is legitimate), with
+    one warning counting them; films new to the bundle are checked without reading the split as a manifest."""
+    from pneumoscan.data.layouts import discover
+    from pneumoscan.evaluation import held_out
+
+    run = discover(tiny_bundle.parent / "split.csv").records
+    trained = [r.path for r in run if r.split == "train"][:2]
+    link = tmp_path / "linked.jpeg"  # the same film under another name
+    link.symlink_to(trained[1])
+    new = [r.path for r in discover(tiny_dataset).split("test")][:3]
+    read: list[Path] = []
+    monkeypatch.setattr(held_out, "discover", lambda path: read.append(path) or discover(path))
+    caplog.clear()
+    assert cli.main(["predict", str(tiny_bundle), *new, "--out", str(tmp_path / "new.csv")]) == 0
+    assert "training split" not in caplog.text and read == []
+    assert cli.main(["predict", str(tiny_bundle), trained[0], str(link), *new, "--out", str(tmp_path / "all.csv")]) == 0
+    with (tmp_path / "all.csv").open(newline="") as f:
+        assert [row["label"] != "" for row in csv.DictReader(f)] == [True] * 5  # every film read
+    said = [m for m in caplog.messages if "training split" in m]
+    assert said == [f"2 of the 5 films given to predict are in {tiny_bundle}'s training split (e.g. {trained[0]}): "
+                    "it learnt them with their labels, so their scores show what it remembers, no measure of how it "
+                    "reads films it never saw (`pneumoscan evaluate` on films new to it measures that)"]
