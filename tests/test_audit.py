@@ -532,3 +532,18 @@ def test_audit_names_patients_with_films_of_both_classes(tmp_path: Path) -> None
     console.print(format_audit(report))
     assert ("patients with films of both NORMAL and PNEUMONIA: 1 (P1): a film filed under the other class, or two "
             "children under one id? (a child filmed again after recovering is one too)") in console.file.getvalue()
+
+
+def test_audit_says_one_patient_id_over_more_films_than_a_child_has(tiny_dataset: Path, tmp_path: Path) -> None:
+    """A manifest whose anonymiser wrote ANON as the patient of 35 of its 48 films: audit said only that ANON holds
+    films of both classes, and split keeps them as one patient on one side. Said, with what split does of them."""
+    films = sorted(discover(tiny_dataset).split("train"), key=lambda r: r.path)
+    rows = [f"{r.path},{r.label},{'ANON' if i < 35 else f'P{i}'}\n" for i, r in enumerate(films)]
+    (tmp_path / "m.csv").write_text("path,label,patient\n" + "".join(rows))
+    report = audit(discover(tmp_path / "m.csv"), workers=1)
+    assert report["crowded_patient"] == {"patient": "ANON", "films": 35}
+    console = Console(file=io.StringIO(), width=1000)
+    console.print(format_audit(report))
+    assert "\n35 of 48 films share one patient id (ANON), more than one child has in data like these" in \
+        console.file.getvalue()
+    assert audit(discover(tiny_dataset / "train"), workers=1)["crowded_patient"] is None

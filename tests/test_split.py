@@ -19,8 +19,8 @@ from PIL import Image
 from pneumoscan.cli import main
 from pneumoscan.data.copies import shared_patients
 from pneumoscan.data.layouts import Record, discover, make_record, read_manifest, write_manifest
-from pneumoscan.data.split import (patient_folds, patient_sample, patient_split, patient_units, sampled_split,
-                                   split_dataset, split_pool, split_summary)
+from pneumoscan.data.split import (crowded_caveat, patient_folds, patient_sample, patient_split, patient_units,
+                                   sampled_split, split_dataset, split_pool, split_summary)
 from tests.test_audit import run_cli_bounded, special_file_manifest
 
 
@@ -266,10 +266,34 @@ def test_one_dicom_patient_id_over_many_films_is_warned_of(caplog: pytest.LogCap
     """An anonymiser that wrote one PatientID into every film makes them one patient, kept whole on one side (or the
     split impossible): said, with the remedy."""
     records = [Record(f"/x/{i}.dcm", "NORMAL" if i % 2 else "PNEUMONIA", "normal" if i % 2 else "",
-                      "dicom-0123456789abcdef" if i < 30 else f"/x/{i}.dcm") for i in range(60)]
+                      "dicom-0123456789abcdef" if i < 40 else f"/x/{i}.dcm") for i in range(60)]
     with caplog.at_level(logging.WARNING):
         patient_split(records, 0.2, 0)
-    assert any(m.startswith("30 of 60 films share one DICOM PatientID: an anonymiser") for m in caplog.messages)
+    assert any(m.startswith("40 of 60 films share one DICOM PatientID, more than one child has in data like these")
+               for m in caplog.messages)
+
+
+def test_one_manifest_patient_id_over_more_films_than_a_child_has_is_warned_of(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A manifest whose anonymiser wrote ANON as the patient of 70 of 400 films: one patient to the split, all on
+    one side, without a word (only a DICOM PatientID, or a missing value, was said). More films than one child has
+    in the Kermany release (30, person23) is the sign; a child with that many is not flagged."""
+    def films(patient: str, many: int) -> list[Record]:
+        return [Record(f"/x/{i}.png", "NORMAL" if i % 2 else "PNEUMONIA", "normal" if i % 2 else "bacteria",
+                       patient if i < many else f"P{i}") for i in range(400)]
+
+    with caplog.at_level(logging.WARNING):
+        split = patient_split(films("ANON", 70), 0.2, 0)
+    said = [m for m in caplog.messages if "share one patient id" in m]
+    assert said == [crowded_caveat("ANON", 70, 400)] and said[0].startswith(
+        "70 of 400 films share one patient id (ANON), more than one child has in data like these (at most 30 of the "
+        "Kermany release's 5,216): an anonymiser that wrote one id into every film? The split keeps them together")
+    assert len({r.split for r in split if r.patient == "ANON"}) == 1
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        patient_split(films("person23", 30), 0.2, 0)
+        patient_split(films("person23", 30)[:120], 0.2, 0)  # a sample that drew the child: 30 of 120 films
+    assert not [m for m in caplog.messages if "share one" in m]
 
 
 def test_blank_lines_and_a_spreadsheets_empty_trailing_columns_are_read_past(tmp_path: Path) -> None:

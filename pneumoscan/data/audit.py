@@ -33,6 +33,7 @@ from pneumoscan.data.decode import read_gray
 from pneumoscan.data.layouts import (HEADER_PATIENT, LABELS, SUBTYPES, Discovery, Layout, Record, absent_hint, layouts,
                                      own_patient)
 from pneumoscan.data.preprocess import resize, spread
+from pneumoscan.data.split import crowded_caveat, crowded_patient
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -117,6 +118,8 @@ def audit(discovery: Discovery, workers: int | None = None) -> dict:
         "without_patient_id": sum(map(own_patient, records)),
         # one id on films of both classes: a typo, or a film filed under the other class (or a child filmed again)
         "patients_in_both_classes": _in_both_classes(records),
+        # one id on more films than a child has: an anonymiser's (split.crowded_patient), which split keeps as one
+        "crowded_patient": dict(zip(("patient", "films"), crowded)) if (crowded := crowded_patient(records)) else None,
         "cross_split_near_duplicates": [g for g in near if len(g["splits"]) > 1],
         "label_conflicts": conflicts,
         "seconds": round(time.perf_counter() - start, 2),
@@ -391,6 +394,8 @@ def _patient_lines(report: dict) -> list[tuple[str, bool]]:
     if report["patient_overlap"] and (unnamed := report["without_patient_id"]):
         lines.append((f"  not checked: {unnamed} of {report['n_images']} films carry no patient id (in their "
                       "names, a manifest's patient column or a DICOM header)", True))
+    if crowded := report["crowded_patient"]:
+        lines.append((crowded_caveat(crowded["patient"], crowded["films"], report["n_images"]), True))
     if both := report["patients_in_both_classes"]:
         lines.append((f"patients with films of both {' and '.join(LABELS)}: {len(both)} "
                       f"({', '.join(map(shown, both[:10]))}{', ...' if len(both) > 10 else ''}): a film filed under "
