@@ -616,3 +616,15 @@ def test_a_folder_holding_a_manifest_or_unlabelled_films_names_what_to_give(tmp_
                                          r"in those folders, or list them with their labels in a CSV manifest "
                                          r"\(path,label\) \(expected "):
         discover(site / "dcm")
+
+
+def test_a_folder_holding_a_manifest_r_wrote_names_it(tmp_path: Path) -> None:
+    """R's write.csv quotes every name of its header ("path","label"), which read_manifest reads as a manifest's: the
+    folder holding one was refused without naming it, its header read another way than the manifest's own."""
+    site = tmp_path / "site"
+    _dicom(site / "dcm" / "1.2.826.0.1.3680043.8.498.53", PatientID="8")
+    (site / "labels.csv").write_text('"path","label"\n"dcm/1.2.826.0.1.3680043.8.498.53","NORMAL"\n')
+    assert len(read_manifest(site / "labels.csv").records) == 1
+    manifest = re.escape(str(site / "labels.csv"))
+    with pytest.raises(ValueError, match=rf"recognises it: it holds a dataset; give {manifest} \(expected "):
+        discover(site)

@@ -20,7 +20,7 @@ import re
 import unicodedata
 from abc import ABC, abstractmethod
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -588,11 +588,20 @@ def _is_manifest(path: Path) -> bool:
     if path.suffix.lower() != ".csv" or not path.is_file():
         return False
     try:
-        with path.open(encoding="utf-8-sig", errors="replace") as f:
-            header = {name.strip().lower() for name in f.readline().split(",")}
-    except OSError:
+        with path.open(newline="", encoding="utf-8-sig", errors="replace") as f:
+            return {"path", "label"} <= set(_manifest_header(csv.reader(f)))
+    except (OSError, csv.Error):
         return False
-    return {"path", "label"} <= header
+
+
+def _manifest_header(reader: Iterator[list[str]]) -> list[str]:
+    """The column names of a manifest's first row as :func:`read_manifest` reads them (any case, quoted as R writes
+    them, without a spreadsheet's trailing empty columns), so that a folder's manifest is named by the same reading
+    (:func:`_is_manifest`)."""
+    header = [name.strip().lower() for name in next(reader, [])]
+    while header and not header[-1]:  # a spreadsheet's trailing empty columns
+        header.pop()
+    return header
 
 
 def _recognised(folder: Path) -> bool:
@@ -697,9 +706,7 @@ def read_manifest(csv_path: Path | str) -> Discovery:
     with csv_path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
         reader = csv.reader(f)
         try:
-            header = [name.strip().lower() for name in next(reader, [])]
-            while header and not header[-1]:  # a spreadsheet's trailing empty columns
-                header.pop()
+            header = _manifest_header(reader)
             missing = {"path", "label"} - set(header)
             if missing:
                 raise ValueError(f"{csv_path}: not a manifest, no {' or '.join(sorted(missing))} column "
