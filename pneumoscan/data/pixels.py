@@ -94,7 +94,13 @@ def not_gray(gray: object) -> str | None:
     takes, so that neither hands numpy or Pillow an array they refuse in their own words, or take in another way."""
     if isinstance(gray, np.ndarray) and gray.ndim == 2 and gray.dtype == np.uint8:
         return None
-    return f"a {gray.dtype} array of shape {gray.shape}" if isinstance(gray, np.ndarray) else type(gray).__name__
+    return what_was_given(gray)
+
+
+def what_was_given(given: object) -> str:
+    """``given`` as a refusal names what it was given: an array by its type and shape ("a float32 array of shape
+    (64, 64)"), anything else by its type ("Image"), never by its values (a film's pixels)."""
+    return f"a {given.dtype} array of shape {given.shape}" if isinstance(given, np.ndarray) else type(given).__name__
 
 
 def blank_reason(gray: np.ndarray, judged: str = "") -> str | None:

@@ -33,7 +33,7 @@ from pneumoscan.core.options import BACKENDS, PREDICT_BATCH, look_up_option
 from pneumoscan.data.appearance import MIN_FILMS
 from pneumoscan.data.decode import read_dicom, read_gray
 from pneumoscan.data.preprocess import TTA_VIEWS
-from pneumoscan.data.pixels import DecodeError, blocks, check_array
+from pneumoscan.data.pixels import DecodeError, blocks, check_array, what_was_given
 from pneumoscan.data.walk import walk
 from pneumoscan.data.readers import formats
 from pneumoscan.data.scope import CONTENT_UNCHECKED, in_scope, read_described, scope_warnings
@@ -220,11 +220,9 @@ class Predictor:
         levels of 0 or 1 out of 255, and one of another size read by torch at that size, each given a score."""
         size = self.card.size
         if not (isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.shape[1:] == (size, size)):
-            given = f"a {images.dtype} array of shape {images.shape}" if isinstance(images, np.ndarray) else (
-                type(images).__name__)
-            raise ValueError(f"expected the model's input, a uint8 array of shape (N, {size}, {size}), got {given}: "
-                             "predict_array reads one decoded film, with its checks; Predictor.preprocess makes a "
-                             "batch of them")
+            raise ValueError(f"expected the model's input, a uint8 array of shape (N, {size}, {size}), got "
+                             f"{what_was_given(images)}: predict_array reads one decoded film, with its checks; "
+                             "Predictor.preprocess makes a batch of them")
         if not len(images):
             return np.zeros((0, len(self.card.classes)), np.float32)
         if self.backend != "torch":  # ONNX Runtime sessions may run in several threads at once: no lock
