@@ -24,7 +24,7 @@ from pneumoscan.evaluation.model_card import (CARD_METRICS, MODEL_CARD, VALIDATI
                                               intended_use, write_model_card)
 from pneumoscan.inference.onnx_runtime import INT8_NAME, spec_path
 from pneumoscan.evaluation.evaluate import evaluate
-from pneumoscan.models.card import BundleCard, load_card, save_card
+from pneumoscan.models.card import SAMPLED_FROM, BundleCard, load_card, save_card
 from pneumoscan.serving.app import create_app
 from tests.conftest import _xray_like
 
@@ -614,3 +614,15 @@ def test_training_records_the_ece_its_validation_films_give_by_chance(tiny_bundl
     # the plain scores are torch's in training, ONNX Runtime's here: equal to a few ulps, each film in the same bin
     again = ece_by_chance([float(r["probability"]) for r in rows], [r["patient"] for r in rows])
     assert recorded == pytest.approx(again, abs=1e-6) and 0 < recorded < 1
+
+
+def test_a_sample_of_every_patient_is_not_called_a_trial(tiny_bundle: Path) -> None:
+    """`--patients` equal to the patients there are draws them all (data.split.patient_sample): the card said the
+    films were a sample of 48 of the 48 patients, a trial whose figures do not show what training on all the films
+    gives, of a run that trained on all of them."""
+    card = load_card(tiny_bundle)
+    for patients, trial in ((20, True), (48, False)):
+        text = render(dataclasses.replace(card, train_config={**card.train_config, "patients": patients,
+                                                              SAMPLED_FROM: 48}))
+        assert ("a trial, whose figures do not show what training on all the films gives" in text) is trial, patients
+        assert ("The films were split by patient into training and validation." in text) is not trial, patients

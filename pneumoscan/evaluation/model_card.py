@@ -223,7 +223,8 @@ def _split_sentence(card: BundleCard) -> str:
     if out_of_fold_ensemble(card):
         return ("The films were dealt by patient into cross-validation folds: each member trained on all folds but "
                 "one, and each film's validation score is the member's that did not train on it (out of fold).")
-    if (of := card.train_config.get(SAMPLED_FROM)) is not None:  # a trial run (train --patients)
+    # a trial run (train --patients) on fewer patients than there are: a sample of them all is all of them
+    if (of := card.train_config.get(SAMPLED_FROM)) is not None and card.train_config["patients"] < of:
         return (f"**The films are a sample of {card.train_config['patients']:,} of the {of:,} patients of the data** "
                 f"(`patients: {card.train_config['patients']}`, seed {card.train_config.get('seed')}; whole patients, "
                 "each class and subtype in its share), split by patient into training and validation: a trial, "
