@@ -63,7 +63,7 @@ from pneumoscan.interop.dicomweb import (AUTH_ENV, Connection, _answer, _not_sco
                                          _recorded, _session, _stored, _withdrawn, read_authorization, unfiled)
 from pneumoscan.interop.fhir import CODE_SYSTEM, build_observation, observation_json
 from pneumoscan.interop.reports import dicom_multipart, write_reports
-from pneumoscan.interop.sr import DISCLAIMER, build_heatmap_sc, build_sr, report_files
+from pneumoscan.interop.sr import DISCLAIMER, build_heatmap_sc, build_sr, report_files, series_numbers
 from pneumoscan.interop.uids import UID_ROOT_ENV
 from pneumoscan.models.card import ONNX_NAME, load_card, save_card
 from pneumoscan.serving.app import create_app
@@ -1142,27 +1142,41 @@ def test_pacs_reads_a_study_and_stores_its_reports(
 def test_each_films_reports_in_a_study_have_series_numbers_of_their_own(orthanc: str, tiny_bundle: Path,
                                                                          film: np.ndarray, tmp_path: Path) -> None:
     """A study of two films read with --store --heatmaps had its two SRs in two series both numbered 9901, and the
-    two overlays in two numbered 9902, which a PACS lists as one number twice. The first film (by series and SOP
-    Instance UID) has its SR's series numbered 9901 and its overlay's 9902, the second 9903 and 9904, as Orthanc
-    stores them; read again in the other order, each keeps its numbers."""
+    two overlays in two numbered 9902, which a PACS lists as one number twice. A film of series 2 has its SR's series
+    numbered 9903 and its overlay's 9904, one of series 1 9901 and 9902, as Orthanc stores them; and a report made of
+    the film alone (the web service's, or predict's of one film) is the same instance, its number as the study's run
+    gave it: one SOP Instance UID is never sent with two contents."""
     study = generate_uid()
-    uploads = [chest_dicom(film, StudyInstanceUID=study) for _ in range(2)]
-    films = sorted(((_upload(orthanc, data), data) for data in uploads),
-                   key=lambda film: (film[0].SeriesInstanceUID, film[0].SOPInstanceUID))
+    uploads = [chest_dicom(film, StudyInstanceUID=study, SeriesNumber=n) for n in (2, 1)]
+    films = [(_upload(orthanc, data), data) for data in uploads]
     out = tmp_path / "pacs.json"
     assert cli.main(["pacs", str(tiny_bundle), "--url", f"{orthanc}/dicom-web", "--study", study, "--store",
                      "--heatmaps", "--out", str(out), "--backend", "torch"]) == 0
     rows = {r["sop_instance_uid"]: r for r in json.loads(out.read_text())}
     held = DICOMwebClient(url=f"{orthanc}/dicom-web").search_for_instances(study, fields=["SeriesNumber"])
     numbers = {i["00080018"]["Value"][0]: i["00200011"]["Value"][0] for i in held}
-    assert [[numbers[uid] for uid in rows[ds.SOPInstanceUID]["stored"]] for ds, _ in films] == [[9901, 9902],
-                                                                                                 [9903, 9904]]
-    backwards = []
-    for n, (ds, data) in enumerate(films[::-1]):
+    assert [[numbers[uid] for uid in rows[ds.SOPInstanceUID]["stored"]] for ds, _ in films] == [[9903, 9904],
+                                                                                                 [9901, 9902]]
+    for n, (ds, data) in enumerate(films):
         (path := tmp_path / f"{n}.dcm").write_bytes(data)
-        backwards.append({**rows[ds.SOPInstanceUID], "path": str(path)})
-    write_reports(backwards, tiny_bundle, sr_dir=tmp_path / "sr", backend="torch")
-    assert [pydicom.dcmread(row["dicom_sr"]).SeriesNumber for row in backwards] == [9903, 9901]
+        alone = [{**rows[ds.SOPInstanceUID], "path": str(path)}]
+        write_reports(alone, tiny_bundle, sr_dir=tmp_path / f"sr-{n}", backend="torch")
+        report = pydicom.dcmread(alone[0]["dicom_sr"])
+        assert report.SOPInstanceUID == rows[ds.SOPInstanceUID]["stored"][0]
+        assert report.SeriesNumber == numbers[report.SOPInstanceUID]
+
+
+@pytest.mark.parametrize(("number", "expected"), [(None, (9901, 9902)), ("", (9901, 9902)), (1, (9901, 9902)),
+                                                  (3, (9905, 9906)), (49, (9997, 9998)), (50, (9901, 9902)),
+                                                  (0, (9901, 9902)), (-4, (9901, 9902))])
+def test_a_reports_series_numbers_follow_from_its_films_series_number(number: object,
+                                                                      expected: tuple[int, int]) -> None:
+    """9899 + 2N and the next for a film of series N, 1 to 49, so that the numbers stay below 10000 and after the
+    modality's series; a film of no series, or of none above 0, as series 1; series 50 as series 1 again."""
+    ds = Dataset()
+    if number is not None:
+        ds.SeriesNumber = number
+    assert series_numbers(ds) == expected
 
 
 def test_pacs_writes_a_fhir_observation_of_each_film_it_scores(

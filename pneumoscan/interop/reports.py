@@ -17,7 +17,7 @@ from pydicom.dataset import Dataset
 from pneumoscan.core.atomic import write_new
 from pneumoscan.core.logs import redact
 from pneumoscan.data.decode import read_dicom_header
-from pneumoscan.data.scope import IDENTIFIERS, identifiers, outside_scope
+from pneumoscan.data.scope import IDENTIFIERS, identifiers
 from pneumoscan.inference.predict import identity_fields, scoring_card
 from pneumoscan.models.card import BundleCard, card_task, load_card
 
@@ -92,21 +92,6 @@ def replaced_reports(source: Dataset, reading: dict, issued: dict[str, Dataset],
     return [issued[uid] for uid in uids if uid in issued and uid != own]
 
 
-def _series_places(rows: list[dict]) -> dict[int, int]:
-    """Each reportable row's place (0, 1, ...) among the reportable rows of its study, by index in ``rows``: its
-    reports' series are numbered by it (:data:`.sr.SR_SERIES_NUMBER`), so that the series of two films of one study
-    differ in number. Rows are placed by series and SOP Instance UID, so the same films are placed alike in every
-    run, in whatever order they come; a row no report can be made of (an error, a film outside the model's scope)
-    takes no place."""
-    studies: dict[str, list[tuple[str, str, int]]] = {}
-    for i, row in enumerate(rows):
-        reportable = "probability" in row and "error" not in row and not outside_scope(row.get("warnings") or [])
-        if reportable and row.get("study_instance_uid"):
-            film = (row.get("series_instance_uid") or "", row.get("sop_instance_uid") or "", i)
-            studies.setdefault(row["study_instance_uid"], []).append(film)
-    return {i: place for films in studies.values() for place, (*_, i) in enumerate(sorted(films))}
-
-
 def write_reports(
     rows: list[dict], bundle: Path | str, sr_dir: Path | str | None = None, fhir_dir: Path | str | None = None,
     backend: str = "torch", tta: bool = False, issued: dict[str, Dataset] | None = None,
@@ -120,8 +105,7 @@ def write_reports(
     whatever the threshold: :mod:`.fhir`). A film's SR that ``sr_dir`` holds from an earlier threshold of these
     weights (:func:`earlier_thresholds`) is named as the predecessor of the one written now, which is written beside
     it; ``issued``, the reports held elsewhere (a PACS's study, by SOP Instance UID: study, series, SOP instance and
-    class), are looked in instead. The films of one study have their reports' series numbered apart
-    (:func:`_series_places`)."""
+    class), are looked in instead."""
     from . import fhir, sr
 
     check_reportable(bundle, dicom=sr_dir is not None)
@@ -135,8 +119,7 @@ def write_reports(
         folder.mkdir(parents=True, exist_ok=True)
     earlier = earlier_thresholds(card, backend, tta) if sr_dir is not None else []
     known = (issued_reports(Path(sr_dir)) if issued is None else issued) if earlier else {}
-    places = _series_places(rows)
-    for i, row in enumerate(rows):
+    for row in rows:
         if "probability" not in row:
             continue
         # the reading as scored: its own warnings list, so a report's failure added to the row is no scope warning
@@ -168,7 +151,7 @@ def write_reports(
                 continue
             png = Path(row["heatmap"]).read_bytes() if row.get("heatmap") else None
             previous = replaced_reports(source, reading, known, earlier, name, version, mode)
-            made = sr.report_files(source, reading, png, name, version, mode, previous, places.get(i, 0))
+            made = sr.report_files(source, reading, png, name, version, mode, previous)
             row["dicom_sr"] = str(write_new(Path(sr_dir), stem, ".sr.dcm", made[0]))
             if len(made) > 1:
                 row["dicom_heatmap"] = str(write_new(Path(sr_dir), stem, ".heatmap.dcm", made[1]))

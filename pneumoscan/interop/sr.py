@@ -76,10 +76,12 @@ SC_DESCRIPTION = "pneumoscan Grad-CAM overlay - research, not for diagnosis"
 # transfer syntaxes whose coding is lossy whatever its settings (DCT): a film stored so was lossily compressed,
 # whether or not it says so (JPEG-LS near-lossless and JPEG 2000 may be lossless, and then say nothing)
 _LOSSY_SYNTAXES = (JPEGBaseline8Bit, JPEGExtended12Bit)
-# high numbers: after the modality's own series in a viewer. The Nth film of a study reported in one run (its
-# place: :func:`~pneumoscan.interop.reports._series_places`) has its SR's series numbered 9899 + 2N, its overlay's the
-# next, so that no two series of the study share a number (a study of two films showed two series numbered 9901)
+# high numbers: after the modality's own series in a viewer. A film of series N has its SR's series numbered
+# 9899 + 2N and its overlay's the next (:func:`series_numbers`), so that the reports of films in other series of a
+# study do not share a number (a study of two films showed two series numbered 9901), and a report's number, like
+# its UIDs, follows from the film alone: the same report is the same instance whichever films it is sent with
 SR_SERIES_NUMBER, SC_SERIES_NUMBER = 9901, 9902
+SERIES_PLACES = 49  # films of series 1 to 49 have numbers of their own below 10000; series 50 is numbered as 1
 _REFERENCE_KEYWORDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
 # Type 2 attributes of the patient and study modules: present, possibly empty. highdicom copies them from the source,
 # which real films (anonymised ones most of all) often lack.
@@ -416,14 +418,27 @@ def _coding_scheme() -> Dataset:
     return item
 
 
+def series_numbers(source: Dataset) -> tuple[int, int]:
+    """The numbers of the series of a film's SR and of its overlay: 9899 + 2N and the next for a film of series N
+    (1 where it records none, or none above 0; series beyond :data:`SERIES_PLACES` wrap round). From the film alone,
+    as the reports' UIDs are, so that a report is the same instance whether the web service, ``predict`` or ``pacs``
+    made it, and with whichever of its study's films."""
+    try:
+        number = int(source.get("SeriesNumber") or 1)
+    except (TypeError, ValueError, OverflowError):  # a malformed IS: a number nobody can read is no series'
+        number = 1
+    place = (number - 1) % SERIES_PLACES if number >= 1 else 0
+    return SR_SERIES_NUMBER + 2 * place, SC_SERIES_NUMBER + 2 * place
+
+
 def build_sr(source: Dataset, result: dict, model_name: str, model_version: str,
-             mode: str = "", previous: Sequence[Dataset] = (), place: int = 0) -> hd.sr.ComprehensiveSR:
+             mode: str = "", previous: Sequence[Dataset] = ()) -> hd.sr.ComprehensiveSR:
     """A Comprehensive SR holding a TID 1500 report of one result (``probability, label, threshold, positive,
     task``, and its ``warnings``) on ``source`` (the film's header; pixels are not needed), scored in ``mode``
     (backend, TTA: part of its UIDs' identity). ``previous``: the headers of the reports it replaces (the same
     weights' at an earlier threshold: :func:`report_uid`), named in its PredecessorDocumentsSequence, so that a
-    reader of the study sees which of two findings on the film is in force. ``place``: the film's among its study's
-    films reported together, which numbers its series (:data:`SR_SERIES_NUMBER`)."""
+    reader of the study sees which of two findings on the film is in force. Its series is numbered by the film's
+    (:func:`series_numbers`)."""
     as_held, source = source, _checked_source(source)
     check_result(result)
     # derived before highdicom runs, so that a UID root refused says why (:func:`_library_refusal` would not)
@@ -469,7 +484,7 @@ def build_sr(source: Dataset, result: dict, model_name: str, model_version: str,
             imaging_measurements=[group],
         )
         sr = hd.sr.ComprehensiveSR(
-            evidence=[source], content=report[0], series_number=SR_SERIES_NUMBER + 2 * place,
+            evidence=[source], content=report[0], series_number=series_numbers(source)[0],
             series_instance_uid=series, sop_instance_uid=instance, instance_number=1,
             manufacturer=MANUFACTURER, series_description=SR_DESCRIPTION, is_complete=True, is_final=False,
             is_verified=False, previous_versions=list(previous) or None,
@@ -480,13 +495,14 @@ def build_sr(source: Dataset, result: dict, model_name: str, model_version: str,
 
 
 def build_heatmap_sc(source: Dataset, overlay_png: bytes, model_name: str, model_version: str,
-                     mode: str = "", place: int = 0) -> hd.sc.SCImage:
+                     mode: str = "") -> hd.sc.SCImage:
     """The Grad-CAM overlay PNG (original | heatmap | blend) as an RGB Secondary Capture in the source's study, with
     the patient and study attributes the SR copies; derived-image wording so nobody takes it for a film, and the
     film it was derived from (SourceImageSequence) so a viewer can go back to it. Its body part is the film's (with
     none recorded, whether it is a paired one is not known, so it states the film's laterality or an empty one), a
     film compressed lossily keeps saying so (PS3.3 C.7.6.1.1.5: once 01, never reset), and so does one that says
-    whether text in its pixels identifies the patient (:func:`_burned_in`). ``place``: as :func:`build_sr` takes it."""
+    whether text in its pixels identifies the patient (:func:`_burned_in`). Its series is numbered by the film's
+    (:func:`series_numbers`)."""
     as_held, source = source, _checked_source(source)
     identity = _source_identity(source)
     series, instance = (derived_uid(identity, model_name, model_version, mode, kind) for kind in ("sc-series", "sc"))
@@ -500,7 +516,7 @@ def build_heatmap_sc(source: Dataset, overlay_png: bytes, model_name: str, model
     with _library_refusal():
         sc = hd.sc.SCImage.from_ref_dataset(
             ref_dataset=source, pixel_array=rgb, photometric_interpretation="RGB", bits_allocated=8,
-            coordinate_system="PATIENT", series_number=SC_SERIES_NUMBER + 2 * place,
+            coordinate_system="PATIENT", series_number=series_numbers(source)[1],
             series_instance_uid=series, sop_instance_uid=instance, instance_number=1,
             manufacturer=MANUFACTURER, patient_orientation=tuple(orientation) if takes else ("L", "F"),
             series_description=SC_DESCRIPTION, transfer_syntax_uid="1.2.840.10008.1.2.1",
@@ -544,12 +560,12 @@ def dicom_bytes(ds: Dataset) -> bytes:
 
 
 def report_files(source: Dataset, result: dict, overlay_png: bytes | None, model_name: str,
-                 model_version: str, mode: str = "", previous: Sequence[Dataset] = (), place: int = 0) -> list[bytes]:
+                 model_version: str, mode: str = "", previous: Sequence[Dataset] = ()) -> list[bytes]:
     """The SR of one result (replacing the reports ``previous``: :func:`build_sr`), then with ``overlay_png`` its
     Secondary Capture, as Part 10 files: what the web service answers and ``predict --dicom-sr`` writes, their series
-    numbered by the film's ``place`` in its study. A ValueError with a reason that quotes no value when the film's
+    numbered by the film's (:func:`series_numbers`). A ValueError with a reason that quotes no value when the film's
     header cannot make a report."""
-    parts = [dicom_bytes(build_sr(source, result, model_name, model_version, mode, previous, place))]
+    parts = [dicom_bytes(build_sr(source, result, model_name, model_version, mode, previous))]
     if overlay_png is not None:
-        parts.append(dicom_bytes(build_heatmap_sc(source, overlay_png, model_name, model_version, mode, place)))
+        parts.append(dicom_bytes(build_heatmap_sc(source, overlay_png, model_name, model_version, mode)))
     return parts
