@@ -24,7 +24,7 @@ from pneumoscan.cli import main
 from pneumoscan.core.metrics import evaluate_multiclass, format_figure
 from pneumoscan.data.labelled import patient_groups
 from pneumoscan.data.layouts import discover, write_manifest
-from pneumoscan.data.split import patient_folds, split_pool
+from pneumoscan.data.split import patient_folds, sampled_pool
 from pneumoscan.models.card import load_card, save_card
 from pneumoscan.data.tasks import get_task
 from pneumoscan.models.run_folder import CvFolder
@@ -132,6 +132,9 @@ def test_cv_trains_each_fold_and_scores_every_film_out_of_fold(tiny_dataset: Pat
     stamp = (out / "fold-0" / "bundle" / "model.safetensors").stat().st_mtime_ns
     assert main(args) == 0, "a finished cv runs again"
     assert (out / "fold-0" / "bundle" / "model.safetensors").stat().st_mtime_ns == stamp, "finished folds are reused"
+    fold = out / "fold-0" / "bundle"
+    assert "sampled_from" not in load_card(fold).train_config, "no sample: a run on all the data"
+    assert "The films were split by patient" in (fold / "MODEL_CARD.md").read_text(encoding="utf-8")
 
 
 def test_cv_prints_the_pooled_out_of_fold_figures_its_ensemble_records(finished_cv: tuple[Path, list[str]],
@@ -443,18 +446,20 @@ def test_cv_refuses_folds_trained_in_different_precisions(finished_cv: tuple[Pat
 
 
 def test_an_interrupted_fold_goes_on_from_its_checkpoint_under_its_own_recipe_only(
-    tiny_dataset: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tiny_dataset: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """A cv on a sample of patients (--patients), one of its folds interrupted: the fold goes on under its recipe
+    only, and each fold's card, and the card of their `ensemble --cv`, say the sample (a trial, not a full run)."""
     out, cfg = tmp_path / "cv", TrainConfig(model="simple_cnn", pretrained=False, image_size=32, epochs=2, batch_size=8,
-                                            patience=10)
-    pool, duplicates = split_pool(tiny_dataset)  # fold 1's manifest as cv writes it
+                                            patience=10, patients=40)
+    pool, duplicates, _ = sampled_pool(tiny_dataset, cfg.patients, cfg.seed)  # fold 1's manifest as cv writes it
     fold_of = patient_folds(pool, 2, cfg.seed, duplicates)
     out.mkdir()
     manifest = out / "split-fold-1.csv"
     write_manifest([dataclasses.replace(r, split="val" if f == 1 else "train") for r, f in zip(pool, fold_of)],
                    manifest)
     with pytest.raises(Crash):
-        train(tiny_dataset, dataclasses.replace(cfg, split_csv=str(manifest)), out / "fold-1",
+        train(tiny_dataset, dataclasses.replace(cfg, split_csv=str(manifest), patients=None), out / "fold-1",
               on_epoch_end=crash_after_first_epoch)
     first = (out / "fold-1" / "history.csv").read_text().splitlines()
     config_yaml = (out / "fold-1" / "config.yaml").read_bytes()
@@ -465,7 +470,8 @@ def test_an_interrupted_fold_goes_on_from_its_checkpoint_under_its_own_recipe_on
     assert (out / "fold-1" / "config.yaml").read_bytes() == config_yaml
     # a config.yaml that says otherwise than the checkpoint (edited by hand): the checkpoint decides, as the fold's
     # --resume does, so cv refuses before fold 0 trains, not after it
-    (out / "fold-1" / "config.yaml").write_text(dataclasses.replace(cfg, lr=2e-3, split_csv=str(manifest)).to_yaml())
+    (out / "fold-1" / "config.yaml").write_text(dataclasses.replace(cfg, lr=2e-3, split_csv=str(manifest),
+                                                                    patients=None).to_yaml())
     with pytest.raises(ValueError, match=r"^fold-1 was trained with other settings \(lr 0.001 -> 0.002\)"):
         cross_validate(tiny_dataset, dataclasses.replace(cfg, lr=2e-3), 2, out)
     assert not (out / "fold-0").exists(), "refused before any fold trains"
@@ -478,6 +484,17 @@ def test_an_interrupted_fold_goes_on_from_its_checkpoint_under_its_own_recipe_on
     assert history[:2] == first and len(history) == 1 + 2, (
         "the interrupted fold's first epoch is kept, not trained again")
     assert all((out / f"fold-{k}" / "bundle" / "model.onnx").is_file() for k in range(2))
+    sample = "**The films are a sample of 40 of the 48 patients of the data** (`patients: 40`, seed 0; "
+    for k in range(2):  # the fresh fold's card and the resumed one's
+        bundle = out / f"fold-{k}" / "bundle"
+        assert {key: load_card(bundle).train_config[key] for key in ("patients", "sampled_from")} == {
+            "patients": 40, "sampled_from": 48}
+        assert sample in (bundle / "MODEL_CARD.md").read_text(encoding="utf-8")
+    cross_validate(tiny_dataset, cfg, 2, out)  # finished folds that record the sample are this cv's
+    assert main(["ensemble", "--cv", str(out), "--youden", "--out", str(tmp_path / "ens")]) == 0, capsys.readouterr()
+    assert load_card(tmp_path / "ens").train_config["sampled_from"] == 48
+    assert f"{sample}whole patients, each class and subtype in its share), dealt by patient into cross-validation " \
+        "folds" in (tmp_path / "ens" / "MODEL_CARD.md").read_text(encoding="utf-8")
 
 
 def test_oof_is_valid_utf8_whatever_the_names_bytes_and_cv_json_says_what_it_left_out(

@@ -482,6 +482,9 @@ def test_cv_members_are_calibrated_on_out_of_fold_scores(tiny_bundle: Path, memb
     assert "Scoring 2 folds' films out of fold (plain and 5 views)" in capsys.readouterr().err
     card = load_card(tmp_path / "ens")
     assert "out-of-fold" in card.threshold_policy and "Youden" in card.threshold_policy
+    assert "sampled_from" not in card.train_config, "its runs were on all their films: no trial"
+    assert "The films were dealt by patient into cross-validation folds" in (
+        tmp_path / "ens" / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert card.val_metrics["n"] == len(discover(tiny_dataset).split("test"))
     # by hand: fold k's films scored by member k alone, on the ensemble's input
     assert card.threshold == pytest.approx(_by_hand_threshold(tmp_path / "ens", cv, runs=1), abs=SCORE_TOL)

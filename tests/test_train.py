@@ -34,7 +34,7 @@ from pneumoscan.inference.predict import Predictor
 from pneumoscan.models import registry as models
 from pneumoscan.models.bundle import load_bundle, load_weights_into, save_bundle
 from pneumoscan.models import card as card_mod
-from pneumoscan.models.card import WEIGHTS, BundleCard, load_card, save_card
+from pneumoscan.models.card import WEIGHTS, BundleCard, load_card, sample_record, save_card
 from pneumoscan.models.run_folder import RunFolder
 from pneumoscan.training import train as train_mod
 from pneumoscan.training.callbacks import lr_factor, schedule_done
@@ -596,6 +596,9 @@ def test_a_sample_of_patients_is_refused_where_it_cannot_be_taken(tiny_dataset: 
             TrainConfig(**TINY, patients=20, **fixed)
     with pytest.raises(ValueError, match="patients must be >= 1, got 0"):
         TrainConfig(patients=0)
+    # the record of a sample a manifest holds (cv's folds) describes that manifest: without one it would be unread
+    with pytest.raises(ValueError, match="describes a split_csv manifest's films; without one, set patients"):
+        train_mod.split_records(tiny_dataset, TrainConfig(**TINY), sample_record(20, 48, 0))
 
 
 def test_resume_refuses_films_whose_pixels_changed_since_the_checkpoint(tiny_dataset: Path, tmp_path: Path) -> None:

@@ -219,17 +219,20 @@ def intended_use(card: BundleCard) -> str:
 
 def _split_sentence(card: BundleCard) -> str:
     """How the card's films were divided: a cv ensemble's validation figures are its runs' out-of-fold scores, of
-    films every one of which trained another member, not of a validation split none of them trained on."""
+    films every one of which trained another member, not of a validation split none of them trained on. A trial on
+    a sample of patients (train or cv ``--patients``, an ensemble of such cv runs) says so first, in bold."""
+    config = card.train_config
+    # a sample of fewer patients than there are: a sample of them all is all of them
+    sample = ("" if (of := config.get(SAMPLED_FROM)) is None or config["patients"] >= of else
+              f"**The films are a sample of {config['patients']:,} of the {of:,} patients of the data** (`patients: "
+              f"{config['patients']}`, seed {config.get('seed')}; whole patients, each class and subtype in its "
+              "share), ")
+    trial = ": a trial, whose figures do not show what training on all the films gives" if sample else ""
     if out_of_fold_ensemble(card):
-        return ("The films were dealt by patient into cross-validation folds: each member trained on all folds but "
-                "one, and each film's validation score is the member's that did not train on it (out of fold).")
-    # a trial run (train --patients) on fewer patients than there are: a sample of them all is all of them
-    if (of := card.train_config.get(SAMPLED_FROM)) is not None and card.train_config["patients"] < of:
-        return (f"**The films are a sample of {card.train_config['patients']:,} of the {of:,} patients of the data** "
-                f"(`patients: {card.train_config['patients']}`, seed {card.train_config.get('seed')}; whole patients, "
-                "each class and subtype in its share), split by patient into training and validation: a trial, "
-                "whose figures do not show what training on all the films gives.")
-    return "The films were split by patient into training and validation."
+        return (f"{sample or 'The films were '}dealt by patient into cross-validation folds: each member trained on "
+                "all folds but one, and each film's validation score is the member's that did not train on it (out "
+                f"of fold){trial}.")
+    return f"{sample or 'The films were '}split by patient into training and validation{trial}."
 
 
 def _class_balance(card: BundleCard) -> tuple[str, ...]:

@@ -36,7 +36,7 @@ from pneumoscan.data.layouts import Record, write_manifest
 from pneumoscan.data.split import patient_folds, sampled_pool
 from pneumoscan.data.tasks import Task, binary_targets, get_task, select
 from pneumoscan.inference.predict import Predictor
-from pneumoscan.models.card import CARD, SAMPLED_FROM, films_as_trained, load_card
+from pneumoscan.models.card import CARD, SAMPLED_FROM, films_as_trained, load_card, sample_record
 from pneumoscan.models.run_folder import CvFolder, RunFolder
 from .config import TrainConfig
 from .distill import check_teachers
@@ -95,8 +95,9 @@ def fold_summary(per_fold: list[dict[str, float | None]]) -> dict[str, dict[str,
 def check_fold_run(run: RunFolder, planned: list[Record], cfg: TrainConfig) -> None:
     """Refuse a fold run, finished or interrupted, that is not this cv's: trained on another split (another --seed or
     --folds, other data), its "out-of-fold" films would include films it trained on; trained by another recipe, its
-    figures would be that recipe's. Only the manifest's own path (``split_csv``) may differ. A fold with neither a
-    bundle nor a checkpoint has trained nothing yet."""
+    figures would be that recipe's. Only the manifest's own path (``split_csv``) may differ, and ``patients``, cv's
+    sample, which the fold's run takes as its manifest (its films compared). A fold with neither a bundle nor a
+    checkpoint has trained nothing yet."""
     name, finished = run.root.name, (run.bundle / CARD).exists()
     if not finished and not run.checkpoint.exists():
         return
@@ -108,7 +109,7 @@ def check_fold_run(run: RunFolder, planned: list[Record], cfg: TrainConfig) -> N
     if recorded is None:
         raise ValueError(f"{name}'s checkpoint records no settings and there is no config.yaml beside it, so "
                          "nothing shows how it was made; use a new --out")
-    if changes := config_changes(recorded, cfg, ignore=("split_csv",)):
+    if changes := config_changes(recorded, cfg, ignore=("split_csv", "patients")):
         raise ValueError(f"{name} was trained with other settings ({', '.join(changes)}); use a new --out")
     if finished and (why := teachers_changed(recorded)):  # an interrupted fold's --resume checks its own
         raise ValueError(f"{name} was taught by other bundles: {why}; use a new --out")
@@ -182,7 +183,8 @@ def fold_config(cfg: TrainConfig, out_dir: Path, k: int, teacher_cv: Sequence[Pa
         if not (teacher / CARD).exists():
             raise ValueError(f"teacher cv run {teacher.parents[1]} has no finished fold-{k} bundle: finish it with its "
                              "own cv command first")
-    # a sample of patients (cfg.patients) is in the manifest, which the fold's run takes as it is
+    # a sample of patients (cfg.patients) is in the manifest, which the fold's run takes as it is (its card records
+    # the sample: cross_validate gives its run the record)
     return dataclasses.replace(cfg, split_csv=str(CvFolder(out_dir).split(k)),
                                teacher=[*cfg.teacher, *map(str, teachers)], patients=None)
 
@@ -208,7 +210,9 @@ def cross_validate(data: Path | str, cfg: TrainConfig, folds: int, out_dir: Path
     # fold, which `ensemble --cv` and `export --int8 --cv` refuse (with one manifest a fold, it passed as finished)
     for k, planned in enumerate(plans):
         write_manifest(planned, Path(configs[k].split_csv))
-    results = [_run_fold(data, k, folds, configs[k], cv_folder.fold(k), cfg.eval_batch_size, task)
+    # each fold's card says cv's sample of patients: its run takes its manifest as it is
+    sample = sample_record(cfg.patients, sampled_from, cfg.seed)
+    results = [_run_fold(data, k, folds, configs[k], cv_folder.fold(k), cfg.eval_batch_size, task, sample)
                for k in range(folds)]
     if not is_main_process():  # under torchrun, rank 0 alone scores the folds and writes the results
         return {}
@@ -292,10 +296,10 @@ class _FoldResult(NamedTuple):
 
 
 def _run_fold(data: Path | str, k: int, folds: int, config: TrainConfig, run: RunFolder, batch_size: int,
-              task: Task) -> _FoldResult | None:
+              task: Task, sample: dict[str, int | None]) -> _FoldResult | None:
     """Fold K trained (unless its bundle is finished; an interrupted one goes on from its last finished epoch, one
-    never started starts from scratch), then its validation films scored by its own bundle through ONNX Runtime,
-    as a user's predictions would be."""
+    never started starts from scratch; ``sample``: the record of cv's sample of patients, which its card says), then
+    its validation films scored by its own bundle through ONNX Runtime, as a user's predictions would be."""
     manifest = Path(config.split_csv)
     bundle = run.bundle
     if (bundle / CARD).exists():  # finalize renames a bundle into place whole: a finished fold
@@ -305,7 +309,7 @@ def _run_fold(data: Path | str, k: int, folds: int, config: TrainConfig, run: Ru
         # resumed where an interrupted fold left a checkpoint; a fresh fold is no resume, and --resume's "no
         # checkpoint ...: starting from scratch" would be noise there
         try:
-            train(data, config, run.root, resume=run.checkpoint.exists())
+            train(data, config, run.root, resume=run.checkpoint.exists(), sample=sample)
         except ValueError as e:  # the run's reason names no fold (its folder keeps it: RUN/refused.txt)
             raise ValueError(f"fold {k + 1} of {folds}: {e}") from e
     if not is_main_process():  # every process trains the fold; rank 0 alone scores it (None elsewhere)

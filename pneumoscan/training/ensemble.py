@@ -51,9 +51,9 @@ from pneumoscan.inference.export import check_usable, module_session
 from pneumoscan.inference.predict import NonFiniteScore, Predictor, session_logits, tta_views
 from pneumoscan.models import registry
 from pneumoscan.models.bundle import load_bundle
-from pneumoscan.models.card import (CARD, ENSEMBLE, MEMBERS_OWN_SCALE, OUT_OF_FOLD, WEIGHTS, BundleCard, card_task,
-                                   films_as_trained, load_appearance, load_card, member_label, refused_as,
-                                   runtime_versions)
+from pneumoscan.models.card import (CARD, ENSEMBLE, MEMBERS_OWN_SCALE, OUT_OF_FOLD, SAMPLED_FROM, WEIGHTS, BundleCard,
+                                   card_task, films_as_trained, load_appearance, load_card, member_label, refused_as,
+                                   runtime_versions, sample_record)
 from pneumoscan.models.ensemble_net import EnsembleNet, Member
 from pneumoscan.models.run_folder import CvFolder, RunFolder
 from .resume import split_change
@@ -386,13 +386,17 @@ def build_ensemble(
     # refused before anything is written when a member trained on these films
     held_out, caveats, given = _held_out_films(paths, data, split, task, card) if not cv_dirs else (None, [], "")
     name = _calibration_name(cv_dirs, data, split, given)
+    # cv runs share their folds, so their films: trials on one sample of patients where a fold's card records one
+    # (cv --patients), which the ensemble's card says too
+    sample = next(filter(None, (sample_record(c.train_config.get("patients"), c.train_config.get(SAMPLED_FROM),
+                                              c.train_config.get("seed")) for c in cards)), {}) if cv_dirs else {}
     card = dataclasses.replace(card, train_config={
         "ensemble_of": [str(p) for p in paths], "calibrated_on": name, "target_sensitivity": target_sensitivity,
         "max_false_positive_rate": max_false_positive_rate,
         "combination": "mean of members' logits / their own temperatures",
         # what the check of the films warned of: MODEL_CARD.md's recipe says it (the validation figures say what of
         # the files given they left out, as a training run's do)
-        **({"calibration_caveats": caveats} if caveats else {})})
+        **({"calibration_caveats": caveats} if caveats else {}), **sample})
     # a film unlike the training films is flagged as the first member that reads the ensemble's input size flags it
     first = next(i for i, c in enumerate(cards) if c.size == card.size)
     with refused_as(member_label(first, len(paths), paths[first])):

@@ -14,7 +14,7 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -46,8 +46,8 @@ from pneumoscan.inference.export import check_exportable
 from pneumoscan.inference.predict import Predictor, tta_views
 from pneumoscan.models import registry
 from pneumoscan.models.bundle import load_bundle, load_weights_into, save_bundle
-from pneumoscan.models.card import (BEST_SO_FAR, SAMPLED_FROM, TRAINING_FILMS, BundleCard, load_card,
-                                    runtime_versions)
+from pneumoscan.models.card import (BEST_SO_FAR, TRAINING_FILMS, BundleCard, load_card, runtime_versions,
+                                    sample_record)
 from pneumoscan.models.run_folder import RunFolder
 from .callbacks import (
     BestWeights,
@@ -78,12 +78,17 @@ log = logging.getLogger(__name__)
 # -- pieces of a run -----------------------------------------------------------------------------------------
 
 
-def split_records(data: Path | str, cfg: TrainConfig) -> tuple[list[Record], int | None]:
+def split_records(data: Path | str, cfg: TrainConfig,
+                  sample: dict[str, int | None] | None = None) -> tuple[list[Record], dict[str, int | None]]:
     """Train/val records: the given split manifest, DATA's own train/ and val/ folders (the reference protocol), or
     a patient-grouped split of everything but test (the config refuses both of the first two), of a sample of
-    ``cfg.patients`` patients if set (:func:`~pneumoscan.data.split.sampled_split`); and the number of patients that
-    sample was drawn from (None without one), which the card states."""
-    sampled_from = None
+    ``cfg.patients`` patients if set (:func:`~pneumoscan.data.split.sampled_split`); and the record of the sample
+    the films are (:func:`~pneumoscan.models.card.sample_record`, empty without one), which the card states: that
+    sample's, or ``sample``, the record of the sample a manifest holds (cv's folds, whose runs take it as it is)."""
+    if sample and not cfg.split_csv:
+        raise ValueError(f"a record of a sample ({sample}) describes a split_csv manifest's films; without one, "
+                         "set patients")
+    sample = sample or {}
     if cfg.split_csv:
         records = discover(cfg.split_csv).records
         if not any(r.split for r in records):
@@ -119,6 +124,7 @@ def split_records(data: Path | str, cfg: TrainConfig) -> tuple[list[Record], int
                         data, sum(per_class.values()), 100 / min(per_class.values()))
     else:
         records, sampled_from = sampled_split(data, cfg.val_fraction, cfg.seed, cfg.patients)
+        sample = sample_record(cfg.patients, sampled_from, cfg.seed)
     if not {"train", "val"} <= {r.split for r in records}:
         raise ValueError("training needs records in both a 'train' and a 'val' split")
     overlap = shared_patients(records)
@@ -136,7 +142,7 @@ def split_records(data: Path | str, cfg: TrainConfig) -> tuple[list[Record], int
                          "keep each patient's films in one split (`pneumoscan split` writes such a manifest)")
     if cfg.split_csv or cfg.validate_on_val_folder:  # the default split keeps copies on one side itself
         _refuse_copies_across(records, source)
-    return records, sampled_from
+    return records, sample
 
 
 def _refuse_copies_across(records: Sequence[Record], source: str) -> None:
@@ -240,7 +246,7 @@ class Data:
     class_weights: torch.Tensor | None  # inverse class frequency, or None without cfg.class_weights
     val_records: list[Record]  # the validation films, in val_set's order: their patients count in the CIs
     val_left_out: list[dict]  # the val side's files the validation figures leave out, and why (files_left_out)
-    sampled_from: int | None = None  # the patients a cfg.patients sample was drawn from (split_records), for the card
+    sample: dict[str, int | None] = field(default_factory=dict)  # split_records', for the card
 
 
 def build_model(cfg: TrainConfig, task: Task, ctx: Dist,
@@ -407,10 +413,10 @@ def check_batches(train_films: int, cfg: TrainConfig, ctx: Dist, where: str = ""
 
 
 def load_data(records: list[Record], cache: ImageCache, checksum: str, cfg: TrainConfig, task: Task, ctx: Dist,
-              run_dir: Path, selected: dict, sampled_from: int | None = None) -> Data:
+              run_dir: Path, selected: dict, sample: dict[str, int | None] | None = None) -> Data:
     """The split's records (kept as RUN/split.csv) and their preprocessed images (:func:`preprocessed`; ``checksum``
     their :func:`data_checksum`; ``selected``, the task's films of each side: :func:`selected_films`;
-    ``sampled_from``, :func:`split_records`') as datasets and loaders, with the class weights."""
+    ``sample``, :func:`split_records`') as datasets and loaders, with the class weights."""
     if ctx.main:
         write_manifest(records, RunFolder(run_dir).split)
     paths = [r.path for r in records]
@@ -438,7 +444,7 @@ def load_data(records: list[Record], cache: ImageCache, checksum: str, cfg: Trai
     plain = tuple(CachedImages(cache.images, *parts[n], normalize(mean, std)) for n in ("train", "val"))
     return Data(cache.spec, cache.data_fingerprint, checksum, train_set, val_set, val_loader, sampler,
                 train_loader, plain, weights if cfg.class_weights else None, selected["val"][0],
-                _val_left_out(records, cache, task), sampled_from)
+                _val_left_out(records, cache, task), sample or {})
 
 
 def _val_left_out(records: Sequence[Record], cache: ImageCache, task: Task) -> list[dict]:
@@ -594,6 +600,7 @@ def train(
     log_to: Sequence[str] = (),
     tracking_uri: str | None = None,
     callbacks: Sequence[Callback] = (),
+    sample: dict[str, int | None] | None = None,
 ) -> Path:
     """Train, choose temperature and threshold on validation, and write RUN_DIR/bundle. Returns the bundle path.
 
@@ -604,6 +611,9 @@ def train(
     ``callbacks``: your own :class:`~pneumoscan.training.engine.Callback` objects, called after the built-in ones at
     each hook (set ``state.stop`` to end training); a checkpoint keeps the state of those whose ``state_dict``
     returns one, and ``resume`` gives it back to the callbacks passed then.
+    ``sample``: the record of the sample of patients the ``cfg.split_csv`` manifest holds
+    (:func:`~pneumoscan.models.card.sample_record`), which the card says: cv gives its folds' runs that of
+    ``cv --patients``, whose manifests they take as they are.
     """
     cfg.check_distill_weight()  # before the model is built: its weights may have to be fetched
     ctx, run_dir, task = setup_distributed(), Path(run_dir), get_task(cfg.task)
@@ -611,7 +621,7 @@ def train(
     checkpoint_path = RunFolder(run_dir).checkpoint
     from_checkpoint = resume and checkpoint_path.exists()
     model, imagenet, fresh = build_model(cfg, task, ctx, from_checkpoint)
-    records, sampled_from = split_records(data, cfg)
+    records, sample = split_records(data, cfg, sample)
     check_teachers(cfg, records, task)
     if not from_checkpoint:  # checked at the run's start
         check_init_held_out(cfg, records)
@@ -628,7 +638,7 @@ def train(
     check_batches(len(selected["train"][0]), cfg, ctx)
     prepare_run_dir(run_dir, cfg, resume, ctx)
     with refusal_kept(run_dir, ctx):
-        d = load_data(records, cache, made["data"], cfg, task, ctx, run_dir, selected, sampled_from)
+        d = load_data(records, cache, made["data"], cfg, task, ctx, run_dir, selected, sample)
         t0, warm_s, start = prepare_weights(model, cfg, d, ctx, imagenet, fresh, resumed)
         optimizer, schedule, lr = make_optimizer(model, cfg, d, ctx, warm_s)
         hooks, stateful = make_callbacks(model, cfg, task, d, ctx, run_dir, schedule, trackers, made, on_epoch_end,
@@ -689,8 +699,7 @@ def finalize(run_dir: Path, cfg: TrainConfig, d: Data, ctx: Dist, epochs: int, b
     trained_on = dict(zip(card.classes, np.bincount(d.plain[0].targets, minlength=len(card.classes)).tolist()))
     card = dataclasses.replace(card, temperature=float(temperature[0]), data_fingerprint=d.data_fingerprint,
                                data_checksum=d.checksum, versions=runtime_versions(),
-                               train_config=run_record(cfg, ctx) | {TRAINING_FILMS: trained_on}
-                               | ({SAMPLED_FROM: d.sampled_from} if d.sampled_from is not None else {}))
+                               train_config=run_record(cfg, ctx) | {TRAINING_FILMS: trained_on} | d.sample)
 
     def score(bundle: Path) -> ScoredFilms:  # the plain logits torch's; the TTA views' by the ONNX graph shipped
         predictor = Predictor(bundle, cfg.eval_batch_size, backend="onnx")
