@@ -12,6 +12,7 @@ what needs it, the torch backend, Grad-CAM (:attr:`Predictor.model`) and the tes
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import numbers
@@ -150,7 +151,9 @@ class Predictor:
             from .export import bundle_session
             from .onnx_runtime import INT8_NAME
 
-            self._session = session or bundle_session(bundle, self.card)
+            # a bundle without a model.onnx is exported by torch, which may not run here (:func:`prove_runs`)
+            with _runs_here(bundle, "torch", f"making its ONNX model ({ONNX_NAME}, exported when the bundle has none)"):
+                self._session = session or bundle_session(bundle, self.card)
             own = INT8_NAME if backend == "onnx-int8" else ONNX_NAME
             self._check_graph("the ONNX model given" if given else f"its {own}")
         # the model these scores name, as loaded and checked: a bundle replaced on disk later is not the one named
@@ -625,6 +628,74 @@ class Stages:
         return {**described, "warnings": warnings, **self.first.identity, "in_scope": in_scope(warnings)}
 
 
+class CannotRun(ValueError):
+    """A model its runtime cannot run on this machine (:func:`prove_runs`), refused before any film is read."""
+
+
+# why torch fails where this process is refused memory both writable and executable (prctl PR_SET_MDWE, systemd's
+# MemoryDenyWriteExecute=): oneDNN makes its convolutions' code at run time, and says only "could not create a
+# primitive"
+NO_WX_MEMORY = ("torch's oneDNN makes code at run time in memory both writable and executable, and this process is "
+                "refused such memory (MemoryDenyWriteExecute=yes in a systemd unit, or a policy like it: SELinux's "
+                "deny_execmem, a seccomp profile): lift that policy for this process")
+
+
+def wx_memory_refused() -> bool:
+    """Whether this process is refused memory both writable and executable: one such page asked for, and given back
+    (no such page exists to ask for on Windows: False)."""
+    import mmap
+
+    exec_flag = getattr(mmap, "PROT_EXEC", None)
+    if exec_flag is None:
+        return False
+    try:
+        mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | exec_flag).close()
+    except PermissionError:
+        return True
+    return False
+
+
+def prove_runs(stages: Stages, explained: Predictor | None = None) -> None:
+    """Score one film-sized input (noise at the side the model reads) by each stage's backend and, with
+    ``explained``, draw one Grad-CAM of it, before any film is read: a model its runtime cannot run here (torch where
+    memory both writable and executable is refused, :data:`NO_WX_MEMORY`) had started, been probed healthy and failed
+    every reading (or every heatmap). :class:`CannotRun` names the model, the error and, where it is that, the
+    policy. A model Grad-CAM finds no map in is not refused here: each request for its heatmap is, with the reason."""
+    for predictor in filter(None, (stages.first, stages.second)):
+        runtime = "torch" if predictor.backend == "torch" else "ONNX Runtime"
+        with _runs_here(predictor.bundle, runtime, "scoring a film-sized test input"):
+            predictor.finite_probabilities(predictor.preprocess([_test_film(predictor)]))
+    if explained is None:
+        return
+    from .explain import NoSpatialMap, explain_array  # Grad-CAM's torch and library, only when it is proven
+
+    with _runs_here(explained.bundle, "torch", "Grad-CAM of a film-sized test input"):
+        try:
+            explain_array(explained, _test_film(explained))
+        except NoSpatialMap:  # the runtime ran: this model (or this noise) has no map to draw
+            pass
+
+
+def _test_film(predictor: Predictor) -> np.ndarray:
+    """A film as ``predictor``'s model reads it, at its side: noise of every grey level (a blank one is refused)."""
+    return np.random.default_rng(0).integers(0, 256, (predictor.card.size,) * 2, dtype=np.uint8)
+
+
+@contextlib.contextmanager
+def _runs_here(bundle: Path | str, runtime: str, doing: str) -> Iterator[None]:
+    """An error of the runtime inside (torch's RuntimeError, ONNX Runtime's own) as :class:`CannotRun`, saying what
+    was being done, with :data:`NO_WX_MEMORY` where torch ran it and that memory is refused. A refusal with its
+    reason (OSError, ValueError) passes as it is."""
+    try:
+        yield
+    except (OSError, ValueError):
+        raise
+    except Exception as e:
+        hint = f"; {NO_WX_MEMORY}" if runtime == "torch" and wx_memory_refused() else ""
+        raise CannotRun(f"{shown(bundle)}: its model cannot run on this machine: {doing} in {runtime} failed "
+                        f"({type(e).__name__}: {e}){hint}") from e
+
+
 def predict_paths(
     bundle: Path | str,
     paths: Sequence[str | Path] | str | Path,
@@ -655,6 +726,8 @@ def predict_paths(
     heatmap_dir = _heatmap_folder(heatmap_dir, paths, backend) if heatmap_dir is not None else None
     stages = Stages.load(bundle, etiology or None, backend, batch_size, tta)
     predictor = stages.first
+    # before the films: a model that cannot run here stopped the run at its first batch with a traceback
+    prove_runs(stages, predictor if heatmap_dir is not None else None)
     second_fields = stage_fields(stages.second.task) if stages.second is not None else {}
     if heatmap_dir is not None:
         from .explain import MAX_PANEL, check_explainable

@@ -25,7 +25,7 @@ from pneumoscan.core.figures import png_data_url
 from pneumoscan.data import readers
 from pneumoscan.inference.explain import (INT8_HEATMAPS, MAX_PANEL, NoSpatialMap, explain_array, film_overlay,
                                          map_png, panel_png)
-from pneumoscan.inference.predict import NON_FINITE, Predictor, Stages, stage_scope
+from pneumoscan.inference.predict import NON_FINITE, Predictor, Stages, prove_runs, stage_scope, wx_memory_refused
 from pneumoscan.models.card import CARD, ENSEMBLE, BundleCard, load_card, verify_file
 
 from .batching import Stage
@@ -178,6 +178,12 @@ class Service:
         # builds (checked to be the weights the service started with), so a service that draws none never builds
         # one; the torch backend scores under the model's lock, so Grad-CAM gets its own torch copy
         self.heat_predictor = self.main.predictor if backend != "torch" else Predictor(bundle, backend="torch")
+        # each model proven to run here before the service answers: torch refused writable-and-executable memory
+        # (MemoryDenyWriteExecute=) failed every reading, or with ONNX Runtime every heatmap, while /healthz said ok.
+        # A heatmap is drawn at start only where that memory is refused: Grad-CAM's library, and with ONNX Runtime
+        # its torch model, would add 1-4 s (and most of a gigabyte) to every start; the first heatmap loads them
+        heatmaps = backend != "onnx-int8" and wx_memory_refused()
+        prove_runs(self.stages, self.heat_predictor if heatmaps else None)
         self.decoders = ThreadPoolExecutor(limits.max_concurrent_decodes, thread_name_prefix="pneumoscan-decode")
         self.painters = ThreadPoolExecutor(limits.heatmap_lane, thread_name_prefix="pneumoscan-heatmap")
         self.decode_slots = asyncio.Semaphore(limits.max_concurrent_decodes)

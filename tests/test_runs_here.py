@@ -1,0 +1,82 @@
+"""Each model proven to run on this machine before its films (:func:`pneumoscan.inference.predict.prove_runs`). A
+process refused memory both writable and executable (``prctl(PR_SET_MDWE)``, Linux 6.3 and later; what systemd's
+``MemoryDenyWriteExecute=yes`` asks) cannot run torch's oneDNN convolutions at a film's size: ``serve`` started, said
+ok on /healthz and answered every reading 500 (with ONNX Runtime scoring, every heatmap), and ``predict`` stopped at
+its first batch with a traceback and exit status 1. Each refuses to start with status 2 and the reason."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pneumoscan import cli
+from pneumoscan.inference.predict import NO_WX_MEMORY
+from tests.builders import free_port
+
+# the pneumoscan command in a process that asks the kernel to refuse it writable-and-executable memory from then on;
+# a kernel without PR_SET_MDWE fails the test here, loudly, rather than letting it pass untested
+UNDER_MDWE = """import ctypes, sys
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.prctl(65, 1, 0, 0, 0) != 0:  # PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN
+    sys.exit(f"PR_SET_MDWE refused (errno {ctypes.get_errno()}): this test needs Linux 6.3 or later")
+from pneumoscan.cli import run
+run()
+"""
+
+
+@pytest.fixture(scope="module")
+def film_sized_bundle(module_tmp: Callable[[str], Path]) -> Path:
+    """An untrained simple_cnn bundle at 224 px with its model.onnx: oneDNN makes code for its convolution at that
+    size (at the test bundles' 32 px it does not, and they run under the policy)."""
+    import torch
+
+    from pneumoscan.models import registry as models
+    from pneumoscan.models.bundle import save_bundle
+    from pneumoscan.models.card import BundleCard
+
+    torch.manual_seed(0)
+    card = BundleCard("simple_cnn", "pneumonia", ["NORMAL", "PNEUMONIA"], "PNEUMONIA", 224, "squash", 0.5, 0.25,
+                      threshold=0.5)
+    bundle = save_bundle(module_tmp("film_sized") / "bundle", models.create("simple_cnn", num_classes=2), card)
+    assert cli.main(["-q", "export", str(bundle)]) == 0
+    return bundle
+
+
+def under_mdwe(*args: str) -> subprocess.CompletedProcess:
+    """``pneumoscan ARGS`` under the policy; one still running after 120 s (a service that started) fails the test."""
+    try:
+        return subprocess.run([sys.executable, "-c", UNDER_MDWE, *args], capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"pneumoscan {' '.join(args)} was still running after 120 s under the policy: it did not refuse")
+
+
+@pytest.mark.parametrize(("backend", "failing"), [("torch", "scoring"), ("onnx", "Grad-CAM of")])
+def test_serve_refuses_to_start_where_its_model_cannot_run(film_sized_bundle: Path, backend: str,
+                                                           failing: str) -> None:
+    """With torch scoring, the test film's score fails; with ONNX Runtime scoring (which runs), the heatmap."""
+    done = under_mdwe("-q", "serve", str(film_sized_bundle), "--backend", backend, "--port", str(free_port()))
+    assert done.returncode == 2, done.stderr
+    error = done.stderr.splitlines()[-1]
+    assert error.startswith(f"pneumoscan serve: error: {film_sized_bundle}: its model cannot run on this machine: "
+                            f"{failing} a film-sized test input in torch failed (RuntimeError: "), error
+    assert error.endswith(f"; {NO_WX_MEMORY}") and "MemoryDenyWriteExecute=yes" in error
+    assert "Traceback" not in done.stderr
+
+
+def test_predict_refuses_before_its_films_where_its_model_cannot_run(film_sized_bundle: Path, tmp_path: Path) -> None:
+    """No results file of errors: no file at all, status 2 and the reason, before a film is read."""
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 260), dtype=np.uint8)).save(tmp_path / "film.png")
+    out = tmp_path / "results.csv"
+    done = under_mdwe("-q", "predict", str(film_sized_bundle), str(tmp_path / "film.png"), "--backend", "torch",
+                      "--out", str(out))
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines()[-1] == (
+        f"pneumoscan predict: error: {film_sized_bundle}: its model cannot run on this machine: scoring a film-sized "
+        f"test input in torch failed (RuntimeError: could not create a primitive); {NO_WX_MEMORY}")
+    assert not out.exists()
