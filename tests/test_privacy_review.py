@@ -195,9 +195,10 @@ def test_an_internal_errors_log_line_quotes_no_value_of_the_film(
     def failing(self: Predictor, images: np.ndarray, tta: bool = False) -> np.ndarray:
         raise ValueError(message)
 
+    app = create_app(tiny_bundle)  # its start-up scores a test input: the model fails after it
     monkeypatch.setattr(Predictor, "probabilities", failing)
     caplog.set_level(logging.DEBUG)
-    with TestClient(create_app(tiny_bundle), raise_server_exceptions=False) as client:
+    with TestClient(app, raise_server_exceptions=False) as client:
         r = client.post("/v1/predict", files={"file": ("film.dcm", named_film.read_bytes(), "application/dicom")})
     assert r.status_code == 500 and r.json() == {"error": "internal error"}
     [record] = [r for r in caplog.records if r.name == "pneumoscan.serving.guard"]

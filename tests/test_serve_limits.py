@@ -295,12 +295,12 @@ def test_work_of_a_client_that_disconnected_is_not_computed(tiny_bundle: Path, x
     connection, and B had left no trace."""
     gate = Gate(service_module.decode_described)
     monkeypatch.setattr(service_module, "decode_described", gate)
+    limits = Limits(max_concurrent_decodes=1, max_queue=4)
+    app = create_app(tiny_bundle, limits=limits)  # its start-up scores a test input: the requests' calls are after
     model_calls = []
     real = Predictor.probabilities
     monkeypatch.setattr(Predictor, "probabilities",
                         lambda self, images, tta=False: model_calls.append(len(images)) or real(self, images, tta))
-    limits = Limits(max_concurrent_decodes=1, max_queue=4)
-    app = create_app(tiny_bundle, limits=limits)
     with logged(app, limits) as (url, records):
         port = int(url.rsplit(":", 1)[1])
         with in_background([post(url, xray)]) as first:
@@ -452,8 +452,8 @@ def test_failures_log_one_line_each_rate_limited(tiny_bundle: Path, xray: bytes,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """Twenty failing requests on one connection: each a JSON 500 (the connection kept), and the server log holds
     one line, with no traceback."""
+    app = create_app(tiny_bundle)  # a model that ran at start-up and fails later
     monkeypatch.setattr(Predictor, "probabilities", lambda self, images, tta=False: 1 / 0)
-    app = create_app(tiny_bundle)
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     with live(app) as url:
