@@ -267,6 +267,23 @@ def test_a_body_declared_over_the_limit_is_refused_before_it_arrives(tiny_bundle
     assert answer.startswith(b"HTTP/1.1 413") and b"upload too large: the limit is 20 MB" in answer, answer[:300]
 
 
+def test_an_early_answer_on_a_connection_that_ends_with_it_reaches_a_client_still_sending(tiny_bundle: Path) -> None:
+    """nginx speaks HTTP/1.0 to the service by default, so each connection ends with its answer: a 413 (or 401,
+    503) given while a large body was still arriving was followed by a close that reset the connection, and nginx,
+    still sending, answered its client 502 in place of the service's refusal. The client may send its whole body,
+    then reads the answer."""
+    size = 16 * 2**20  # far more than the two sockets' buffers hold
+    with live(create_app(tiny_bundle, max_upload_mb=1.0)) as url:
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(multipart_head(size).replace(b"HTTP/1.1", b"HTTP/1.0", 1))
+            sock.settimeout(10)
+            sock.sendall(b"\0" * size)  # old code: ConnectionResetError or BrokenPipeError part of the way
+            answer, took = read_until_closed(sock, timeout=10)
+    assert answer.startswith(b"HTTP/1.1 413") and b"upload too large: the limit is 1 MB" in answer, answer[:300]
+    assert took < 5  # the service closes once the client has sent all it announced
+
+
 # ---------------------------------------------------------------- clients that have gone
 
 

@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, get_args
 from urllib.parse import parse_qsl
@@ -59,6 +59,7 @@ class GuardedH11(H11Protocol):
         self.header_timeout, self.body_timeout = header_timeout, body_timeout
         self.head_deadline: asyncio.TimerHandle | None = None
         self.write_deadline: asyncio.TimerHandle | None = None
+        self.cut_off = False  # closed by one of these deadlines: the client gets no lingering close
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -82,14 +83,54 @@ class GuardedH11(H11Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         self._cancel_write_deadline()
+        if exc is None and not self.cut_off and self.conn.their_state is h11.SEND_BODY and self._client_closes():
+            self._linger()
         super().connection_lost(exc)
+
+    def _client_closes(self) -> bool:
+        """Whether the request's own framing ends the connection with its answer (HTTP/1.0, as nginx speaks to the
+        service by default, or ``Connection: close``), rather than the service's choice (a 408 cuts a client off)."""
+        return self.conn.their_http_version == b"1.0" or any(
+            name == b"connection" and b"close" in value.lower() for name, value in self.headers)
+
+    def _linger(self) -> None:
+        """An early answer (401, 413, 503) on a connection that ends with it, while the body still comes: a close
+        with unread bytes resets the connection, and a client still sending (nginx) got the reset and not the
+        answer (nginx answered 502 instead). As nginx's own lingering close: end our side once the answer is sent,
+        and drop what comes until the client closes, at most --body-timeout, on a copy of the socket the transport
+        closes after this."""
+        sock = self.transport.get_extra_info("socket").dup()
+        sock.setblocking(False)
+        try:
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:  # the client has gone already
+            sock.close()
+            return
+
+        def drop() -> None:
+            try:
+                if sock.recv(65536):
+                    return
+            except BlockingIOError:
+                return
+            except OSError:
+                pass
+            done()
+
+        def done() -> None:
+            self.loop.remove_reader(sock)
+            deadline.cancel()
+            sock.close()
+
+        self.loop.add_reader(sock, drop)
+        deadline = self.loop.call_later(self.body_timeout, done)
 
     def pause_writing(self) -> None:
         """The answer fills the transport's buffer (the client reads it slower than it is written, or not at all):
         the client gets the body's time to take some of it, and is cut off after."""
         super().pause_writing()
         if self.write_deadline is None:
-            self.write_deadline = self.loop.call_later(self.body_timeout, self.transport.abort)
+            self.write_deadline = self.loop.call_later(self.body_timeout, self._cut_off, self.transport.abort)
 
     def resume_writing(self) -> None:
         self._cancel_write_deadline()
@@ -124,7 +165,11 @@ class GuardedH11(H11Protocol):
     def _expired(self) -> None:
         self.head_deadline = None
         if not self.transport.is_closing():
-            self.transport.close()
+            self._cut_off(self.transport.close)
+
+    def _cut_off(self, close: Callable[[], None]) -> None:
+        self.cut_off = True
+        close()
 
 
 class OneLineLog(logging.Filter):
