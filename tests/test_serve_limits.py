@@ -653,6 +653,13 @@ def test_a_limit_out_of_its_range_is_refused_naming_it_and_why(given: dict[str, 
         Limits(**given)  # type: ignore[arg-type]
 
 
+def test_a_limit_limits_does_not_hold_is_refused_naming_it() -> None:
+    """``Limits(max_upload_mb=1)`` (the upload limit is create_app's, as serve's --max-upload-mb) was taken without
+    a word, and the service went on taking uploads of 20 MB."""
+    with pytest.raises(ValueError, match=r"(?s)Limits\nmax_upload_mb\n  Unexpected keyword argument"):
+        Limits(max_upload_mb=1.0)  # type: ignore[call-arg]
+
+
 def test_the_limits_ranges_are_in_their_schema() -> None:
     """The ranges are data a tool can read (the fields' JSON schema), as FastAPI shows its parameters' in OpenAPI."""
     fields = TypeAdapter(Limits).json_schema()["properties"]

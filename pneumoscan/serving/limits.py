@@ -24,7 +24,7 @@ def _cores() -> int:
     return max(1, min(4, usable_cores()))
 
 
-@dataclass(frozen=True, config=ConfigDict(strict=True))
+@dataclass(frozen=True, config=ConfigDict(strict=True, extra="forbid"))
 class Limits:
     """How much work the service takes on at once. Past a bound a request is refused at once (503 with
     Retry-After) rather than queued without end: a queue that only grows serves every client late and none well.
@@ -41,7 +41,8 @@ class Limits:
     it one slow upload held the exit for up to ``body_timeout``.
 
     Each is checked as it is given (pydantic, strict: ``"5"`` is no number, ``True`` no count): a value out of its
-    range (:data:`Count`, :data:`Seconds`) is refused with a ValueError naming the field and why."""
+    range (:data:`Count`, :data:`Seconds`), or a name that is none of these (``max_upload_mb`` is create_app's), is
+    refused with a ValueError naming the field and why."""
 
     max_concurrent_decodes: Count = field(default_factory=_cores)
     max_queue: Count = 32
