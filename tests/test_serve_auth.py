@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -28,7 +29,7 @@ from pneumoscan.serving.app import create_app
 from pneumoscan.serving.guard import Access
 from pneumoscan.serving.limits import RETRY_AFTER_S, Limits
 from pneumoscan.serving.server import UVICORN_GRACE_RAN_OUT, GraceRanOut, build_server
-from tests.builders import free_port, running, wait_healthy
+from tests.builders import free_port, running, start_serve, wait_healthy
 
 KEY = "k3y-" + "0123456789abcdef" * 2
 LOCAL = "http://127.0.0.1:8000"  # a Host the default allow-list accepts
@@ -293,6 +294,63 @@ def test_cli_serves_with_a_key_file(tiny_bundle: Path, xray: bytes, tmp_path: Pa
     log = (tmp_path / "log").read_text()
     assert KEY not in log
     assert "/v1/predict" not in log and "/healthz" not in log and "INFO" not in log, log
+
+
+def _wait_for_line(proc: subprocess.Popen, log: Path, text: str, count: int = 1) -> str:
+    """The served LOG once it holds ``text`` ``count`` times (the service answering still)."""
+    deadline = time.monotonic() + 30
+    while (said := log.read_text()).count(text) < count:
+        assert proc.poll() is None and time.monotonic() < deadline, f"no {text!r} in the log:\n{said}"
+        time.sleep(0.1)
+    return said
+
+
+def test_sighup_reloads_the_key_file_and_keeps_the_key_when_the_new_file_is_refused(tiny_bundle: Path,
+                                                                                     tmp_path: Path) -> None:
+    """`systemctl reload` (SIGHUP) ended the service without a line, a stop systemd did not restart: it reads the
+    key file again, with the checks of the start, and a file they refuse leaves the key in use."""
+    new_key = "n3w-" + "fedcba9876543210" * 2
+    (tmp_path / "key").write_text(KEY + "\n")
+    port, log = free_port(), tmp_path / "log"
+    url = f"http://127.0.0.1:{port}"
+    proc = start_serve([str(tiny_bundle), "--port", str(port), "--api-key-file", str(tmp_path / "key")], log)
+    try:
+        wait_healthy(proc, url, log)
+        with httpx.Client(base_url=url, timeout=30) as http:
+            assert http.get("/v1/model", headers={"X-API-Key": KEY}).status_code == 200
+            (tmp_path / "key").write_text(new_key + "\n")
+            proc.send_signal(signal.SIGHUP)
+            _wait_for_line(proc, log, "SIGHUP: the API key was reloaded from")
+            assert http.get("/v1/model", headers={"X-API-Key": KEY}).status_code == 401
+            assert http.get("/v1/model", headers={"X-API-Key": new_key}).status_code == 200
+            (tmp_path / "key").write_text("short\n")
+            proc.send_signal(signal.SIGHUP)
+            said = _wait_for_line(proc, log, "SIGHUP: the API key was not reloaded")
+            assert http.get("/v1/model", headers={"X-API-Key": new_key}).status_code == 200
+            assert http.get("/v1/model", headers={"X-API-Key": "short"}).status_code == 401
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert said.count("the API key was reloaded") == 1, said
+    assert re.search(r"^WARNING .*SIGHUP: the API key was not reloaded, the key in use stays: the API key is too "
+                     r"short", said, re.M), said
+    assert KEY not in said and new_key not in said, said
+
+
+def test_sighup_without_a_key_file_is_logged_and_the_service_goes_on(tiny_bundle: Path, tmp_path: Path) -> None:
+    port, log = free_port(), tmp_path / "log"
+    url = f"http://127.0.0.1:{port}"
+    proc = start_serve([str(tiny_bundle), "--port", str(port)], log)
+    try:
+        wait_healthy(proc, url, log)
+        proc.send_signal(signal.SIGHUP)
+        said = _wait_for_line(proc, log, "SIGHUP: nothing to reload")
+        assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200
+        assert proc.poll() is None, said
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGTERM  # uvicorn's handling of SIGTERM, beside this one, unchanged
 
 
 def test_shutdown_waits_for_a_slow_upload_only_its_grace(tiny_bundle: Path, tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from pneumoscan.inference.predict import NON_FINITE, NonFiniteScore
 from pneumoscan.interop.uids import uid_root
 
 from .formats import ERRORS, Health, HeatmapWord, Prediction, ReportFormat, ServiceInfo, check_options
-from .guard import API_KEY_ENV, Access, Guard
+from .guard import API_KEY_ENV, Access, Guard, KeyInUse
 from .limits import ClientGone, Limits, Rejected
 from .metrics import CountRequests, ServiceMetrics
 from .service import Service
@@ -85,7 +85,8 @@ def _add_middleware(app: FastAPI, access: Access | None, metrics: ServiceMetrics
     """The guard (key, Host check, security headers) on every request, and CORS for the origins ``access`` allows,
     outside the guard so that its refusals carry CORS too, with a guard of the preflights CORS answers outside it;
     outside them all, each answer counted (its refusals too)."""
-    app.add_middleware(Guard, access=access)
+    app.state.key_in_use = KeyInUse(access.api_key if access else None)  # replaced by a reload (SIGHUP)
+    app.add_middleware(Guard, access=access, key=app.state.key_in_use)
     if access is not None and access.cors_origins:  # each added outside the ones before
         app.add_middleware(CORSMiddleware, allow_origins=list(access.cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "X-API-Key"], max_age=600)

@@ -56,6 +56,7 @@ class Access:
     api_key: str | None = field(default=None, repr=False)  # a repr may end up in a log, a traceback or a report
     allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
     cors_origins: tuple[str, ...] = ()
+    key_file: Path | str | None = None  # where the key was read from: SIGHUP reads it again (server.ListeningServer)
 
     def __post_init__(self) -> None:
         if self.api_key is not None and len(self.api_key) < 16:
@@ -88,7 +89,16 @@ class Access:
         only."""
         key = read_secret(api_key_file, API_KEY_ENV, "API key")
         hosts = tuple(h.strip() for item in allowed_hosts for h in item.split(",") if h.strip()) or LOOPBACK_HOSTS
-        return cls(api_key=key, allowed_hosts=hosts, cors_origins=tuple(cors_origins))
+        return cls(api_key=key, allowed_hosts=hosts, cors_origins=tuple(cors_origins), key_file=api_key_file)
+
+
+class KeyInUse:
+    """The API key an app's guard asks for, one for the app, replaced while it serves (SIGHUP reads the key file
+    again: :meth:`.server.ListeningServer.reload_key`): a request is checked against the key in use as it arrives,
+    and one admitted goes on under it."""
+
+    def __init__(self, api_key: str | None) -> None:
+        self.value = api_key.encode() if api_key else None
 
 
 class Guard:
@@ -99,9 +109,10 @@ class Guard:
     only (which carry no key, by the Fetch standard, and CORS answers itself) get the Host check and the security
     headers; every other request passes to the CORS middleware, whose own guard inside sees it."""
 
-    def __init__(self, app: ASGIApp, access: Access | None, preflights: bool = False) -> None:
+    def __init__(self, app: ASGIApp, access: Access | None, preflights: bool = False,
+                 key: KeyInUse | None = None) -> None:
         self.app, self.access, self.preflights = app, access, preflights
-        self.key = access.api_key.encode() if access and access.api_key and not preflights else None
+        self.key = KeyInUse(None) if preflights else key or KeyInUse(access.api_key if access else None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or (self.preflights and not _preflight(scope)):
@@ -158,13 +169,14 @@ class Guard:
         # no method is exempt: a browser's CORS preflight is answered before this guard (CORSMiddleware is outside
         # it, and only with --cors-origin; the guard outside that asks no key), so an OPTIONS that reaches here
         # needs the key as any other request
-        if self.key is not None and not _public(path):
+        key = self.key.value  # the key as this request arrives: a reload replaces it, not this request's check
+        if key is not None and not _public(path):
             # either header may hold the key: a proxy that adds X-API-Key passes a client's own Bearer token (a
             # hospital sign-on's) on beside it
             auth = headers.get("authorization", "")
             given = [k for k in (auth[7:].strip() if auth[:7].lower() == "bearer " else "",
                                  headers.get("x-api-key", "")) if k]
-            if not any([hmac.compare_digest(k.encode("latin-1"), self.key) for k in given]):
+            if not any([hmac.compare_digest(k.encode("latin-1"), key) for k in given]):
                 reason = "a valid API key is required" if given else "an API key is required"
                 return (401, f"{reason}: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'",
                         {"WWW-Authenticate": "Bearer"})

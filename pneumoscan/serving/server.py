@@ -1,17 +1,20 @@
 """Running the service under uvicorn: the port taken before the model loads, the request-head deadline, one-line
 rate-limited failure logs, a rate-limited access log (its lines held back counted in /metrics), the refusal to
-listen beyond loopback without an API key, and the open-file limit."""
+listen beyond loopback without an API key, the open-file limit, and SIGHUP reading the API key file again."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
+import dataclasses
 import errno
 import functools
 import json
 import logging
 import math
 import os
+import signal
 import socket
 import sys
 import threading
@@ -393,7 +396,7 @@ def build_server(bundle: Path | str, etiology: Path | str | None = None, host: s
         log.warning("INSECURE: listening on %s with NO API key: anyone who can reach port %d can use the service",
                     host, port)
     if host not in WILDCARDS and host not in access.allowed_hosts:
-        access = Access(access.api_key, (*access.allowed_hosts, host), access.cors_origins)
+        access = dataclasses.replace(access, allowed_hosts=(*access.allowed_hosts, host))
     if host in WILDCARDS and all(is_loopback(name) for name in access.allowed_hosts):
         # every client that reaches the port by the machine's name or address gets 400, while /healthz says ok
         log.warning("listening on every address (%s), but answering only requests addressed to %s (the Host header): "
@@ -411,7 +414,7 @@ def build_server(bundle: Path | str, etiology: Path | str | None = None, host: s
         for sock in sockets:
             sock.close()
         raise
-    return ListeningServer(config, sockets)
+    return ListeningServer(config, sockets, access)
 
 
 def _log_serving(card: ServiceInfo, bundle: Path | str, etiology: Path | str | None, backend: str,
@@ -426,11 +429,47 @@ def _log_serving(card: ServiceInfo, bundle: Path | str, etiology: Path | str | N
 
 
 class ListeningServer(uvicorn.Server):
-    """uvicorn serving on the sockets :func:`listen` opened (``run()`` and ``serve()`` take them by default)."""
+    """uvicorn serving on the sockets :func:`listen` opened (``run()`` and ``serve()`` take them by default), with
+    the ``access`` rules its app applies, whose key file SIGHUP reads again (:meth:`reload_key`)."""
 
-    def __init__(self, config: uvicorn.Config, sockets: list[socket.socket]) -> None:
+    def __init__(self, config: uvicorn.Config, sockets: list[socket.socket], access: Access | None = None) -> None:
         super().__init__(config)
-        self.sockets = sockets
+        self.sockets, self.access = sockets, access
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """uvicorn's handlers of SIGINT and SIGTERM, and SIGHUP reloading the key (:meth:`reload_key`, on the event
+        loop, between requests' steps), installed and restored as uvicorn does its own. Python's default for SIGHUP
+        (``systemctl reload``, an operator's ``kill -HUP``) ended the service without a line, which systemd counts
+        as a clean stop and does not restart."""
+        if not hasattr(signal, "SIGHUP") or threading.current_thread() is not threading.main_thread():
+            with super().capture_signals():  # no SIGHUP (Windows), or signals only the main thread may handle
+                yield
+            return
+        loop = asyncio.get_running_loop()
+        previous = signal.signal(signal.SIGHUP, lambda signum, frame: loop.call_soon_threadsafe(self.reload_key))
+        try:
+            with super().capture_signals():
+                yield
+        finally:
+            signal.signal(signal.SIGHUP, previous)
+
+    def reload_key(self) -> None:
+        """The API key read again from its file, with the checks of the start (:meth:`Access.from_options`): from
+        now on requests need the new key, and those in progress go on under the one they were admitted with. A key
+        file those checks refuse leaves the key in use, with a warning that says why (never the key)."""
+        key_file = self.access.key_file if self.access is not None else None
+        if self.access is None or key_file is None:
+            log.warning("SIGHUP: nothing to reload (the service was started without --api-key-file); it goes on")
+            return
+        try:
+            access = Access.from_options(key_file, self.access.allowed_hosts, self.access.cors_origins)
+        except (OSError, ValueError) as e:
+            log.warning("SIGHUP: the API key was not reloaded, the key in use stays: %s", e)
+            return
+        self.access = access
+        self.config.app.state.key_in_use.value = access.api_key.encode() if access.api_key else None
+        log.info("SIGHUP: the API key was reloaded from %s; requests from now on need the new key", key_file)
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         await super().serve(self.sockets if sockets is None else sockets)
