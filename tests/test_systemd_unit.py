@@ -25,8 +25,9 @@ def _analyze(*args: str) -> subprocess.CompletedProcess:
 
 def _sandbox_root(unit_text: str, folder: Path) -> Path:
     """A file system root for `systemd-analyze verify --root`: the unit in etc/systemd/system, the units of this
-    machine's systemd (the targets it is ordered after and wanted by), and this environment's `pneumoscan` command
-    where ExecStart names it, so that verify checks the unit and not what this machine has in /opt."""
+    machine's systemd (the targets it is ordered after and wanted by), this environment's `pneumoscan` command
+    where ExecStart names it and this machine's `kill` where ExecReload does, so that verify checks the unit and not
+    what this machine has in /opt."""
     units = next(Path(p) for p in _analyze("unit-paths").stdout.split() if (Path(p) / "sysinit.target").is_file())
     shutil.copytree(units, folder / units.relative_to("/"), symlinks=True)
     (folder / "etc/systemd/system").mkdir(parents=True, exist_ok=True)
@@ -34,6 +35,9 @@ def _sandbox_root(unit_text: str, folder: Path) -> Path:
     (program,) = re.findall(r"^ExecStart=(\S+)", unit_text, flags=re.M)
     (folder / program.lstrip("/")).parent.mkdir(parents=True)
     shutil.copy2(Path(sys.executable).parent / "pneumoscan", folder / program.lstrip("/"))
+    for reload in re.findall(r"^ExecReload=(\S+)", unit_text, flags=re.M):
+        (folder / reload.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(reload, folder / reload.lstrip("/"))
     return folder
 
 
