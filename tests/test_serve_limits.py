@@ -284,6 +284,25 @@ def test_an_early_answer_on_a_connection_that_ends_with_it_reaches_a_client_stil
     assert took < 5  # the service closes once the client has sent all it announced
 
 
+def test_a_lingering_close_ends_at_the_body_timeout_though_the_client_goes_on_sending(tiny_bundle: Path) -> None:
+    """The lingering close after an early answer drops what the client sends for at most --body-timeout: a client
+    that reads its answer and sends on without end (or never closes) does not hold the socket for ever."""
+    limits = Limits(body_timeout=0.5)
+    with live(create_app(tiny_bundle, limits=limits, max_upload_mb=1.0), limits) as url:
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(multipart_head(2**30).replace(b"HTTP/1.1", b"HTTP/1.0", 1))
+            answer, _ = read_until_closed(sock, timeout=10)  # the service ends its side after the answer
+            assert answer.startswith(b"HTTP/1.1 413"), answer[:300]
+            start = time.monotonic()
+            with pytest.raises(OSError):  # the socket closed on the service's side: a reset, then a broken pipe
+                while time.monotonic() - start < 10:
+                    sock.sendall(b"\0" * 1024)
+                    time.sleep(0.02)
+            took = time.monotonic() - start
+    assert 0.3 < took < 5, took  # dropped for about the body's time, then closed
+
+
 # ---------------------------------------------------------------- clients that have gone
 
 
