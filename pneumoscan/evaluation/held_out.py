@@ -224,10 +224,11 @@ def trained_among(bundles: Sequence[Path | str], paths: Sequence[str], purpose: 
     split, by real path, and those of the runs its weights come from: :func:`_weight_sources`), for a PURPOSE that
     reads them all the same (predict: a known film's reading is legitimate, but its score shows what the model
     remembers of it, not how it reads films it never saw). Paths alone, and cheap for films new to the bundle: a
-    run's split.csv is read as a manifest only when one of their file names is among its words
-    (:func:`_names_in`); copies under other names and other films of the patients, which need every film read or
-    labelled, are :func:`check_held_out`'s. A bundle without its run's split.csv beside it passes without a word:
-    bundles are shipped alone."""
+    run's split.csv is read as a manifest only when one of their file names (as given, or of the file a link given
+    leads to) is among its words (:func:`_names_in`), so a training film that the split lists by a link of another
+    name (a folder of links into an archive) is missed unless it is given by that name; those, copies under other
+    names and other films of the patients, which need every film read or labelled, are :func:`check_held_out`'s. A
+    bundle without its run's split.csv beside it passes without a word: bundles are shipped alone."""
     given = {os.path.realpath(path): path for path in paths}  # a film by its real path: a link is the same film
     names = {os.path.basename(path) for path in (*given, *given.values())}
     said = []
