@@ -6,6 +6,7 @@ decode slot is busy, heatmaps keep to their lane, and failures log one line each
 from __future__ import annotations
 
 import dataclasses
+import errno
 import io
 import logging
 import math
@@ -301,6 +302,27 @@ def test_a_lingering_close_ends_at_the_body_timeout_though_the_client_goes_on_se
                     time.sleep(0.02)
             took = time.monotonic() - start
     assert 0.3 < took < 5, took  # dropped for about the body's time, then closed
+
+
+def test_a_lingering_close_the_process_has_no_descriptor_for_still_ends_the_connection(
+        tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Out of file descriptors (EMFILE), the copy of the socket a lingering close needs cannot be made: the
+    connection closes at once, as it would without one. The error escaped uvicorn's end of the connection, which
+    kept it among its connections for good (a shutdown waited out its grace on it)."""
+    import asyncio.trsock
+
+    def no_descriptor(self: object) -> socket.socket:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(asyncio.trsock.TransportSocket, "dup", no_descriptor)
+    server = uvicorn_server(create_app(tiny_bundle, max_upload_mb=1.0))
+    with running(server) as url:
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(multipart_head(2**30).replace(b"HTTP/1.1", b"HTTP/1.0", 1))
+            answer, _ = read_until_closed(sock, timeout=10)
+        assert answer.startswith(b"HTTP/1.1 413"), answer[:300]
+        wait_for(lambda: not server.server_state.connections, "the connection let go of", timeout=5)
 
 
 # ---------------------------------------------------------------- clients that have gone

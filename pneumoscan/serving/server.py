@@ -101,8 +101,13 @@ class GuardedH11(H11Protocol):
         with unread bytes resets the connection, and a client still sending (nginx) got the reset and not the
         answer (nginx answered 502 instead). As nginx's own lingering close: end our side once the answer is sent,
         and drop what comes until the client closes, at most --body-timeout, on a copy of the socket the transport
-        closes after this."""
-        sock = self.transport.get_extra_info("socket").dup()
+        closes after this. Without a file descriptor for the copy (EMFILE), the connection closes at once: an error
+        here would escape uvicorn's end of the connection, which kept it for good (and a shutdown its grace)."""
+        try:
+            sock = self.transport.get_extra_info("socket").dup()
+        except OSError as e:
+            log.warning("no lingering close of a connection answered early: %s", e)
+            return
         sock.setblocking(False)
         try:
             sock.shutdown(socket.SHUT_WR)
