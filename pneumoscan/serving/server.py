@@ -101,8 +101,11 @@ class GuardedH11(H11Protocol):
         with unread bytes resets the connection, and a client still sending (nginx) got the reset and not the
         answer (nginx answered 502 instead). As nginx's own lingering close: end our side once the answer is sent,
         and drop what comes until the client closes, at most --body-timeout, on a copy of the socket the transport
-        closes after this. Without a file descriptor for the copy (EMFILE), the connection closes at once: an error
-        here would escape uvicorn's end of the connection, which kept it for good (and a shutdown its grace)."""
+        closes after this. It holds no lane, slot or queue place (those went with the answer), and uvicorn does not
+        count it among its connections: a shutdown does not wait for it, and the process ending closes the socket (a
+        reset, where the client is still sending).
+        Without a file descriptor for the copy (EMFILE), the connection closes at once: an error here would escape
+        uvicorn's end of the connection, which kept it for good (and a shutdown its grace)."""
         try:
             sock = self.transport.get_extra_info("socket").dup()
         except OSError as e:
