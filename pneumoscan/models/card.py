@@ -300,6 +300,9 @@ TRAINING_FILMS = "training_films"
 # a bundle trained on a sample of patients (train_config's ``patients``): the number of patients it was drawn from,
 # which MODEL_CARD.md states beside it
 SAMPLED_FROM = "sampled_from"
+# train_config of the card in RUN/best, the best epoch's weights a run keeps while it trains: no temperature,
+# threshold or validation figures were chosen for them, so load_card refuses it to all but training's finalisation
+BEST_SO_FAR = "best_so_far"
 
 
 def sample_record(patients: int | None, sampled_from: int | None, seed: int | None) -> dict[str, int | None]:
@@ -307,9 +310,6 @@ def sample_record(patients: int | None, sampled_from: int | None, seed: int | No
     (train or cv ``--patients``), for MODEL_CARD.md to say the run was a trial; empty without one (``sampled_from``
     None)."""
     return {} if sampled_from is None else {"patients": patients, SAMPLED_FROM: sampled_from, "seed": seed}
-# train_config of the card in RUN/best, the best epoch's weights a run keeps while it trains: no temperature,
-# threshold or validation figures were chosen for them, so load_card refuses it to all but training's finalisation
-BEST_SO_FAR = "best_so_far"
 
 
 def bundle_checksums(bundles: Sequence[Path | str]) -> list[str]:
