@@ -42,8 +42,7 @@ def commands() -> list[str]:
     sys.path.insert(0, str(ROOT))
     from pneumoscan.cli import build_parser
 
-    (found,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
-    return list(found.choices)
+    return list(build_parser().commands)
 
 
 def cases() -> list[tuple[str, str]]:
