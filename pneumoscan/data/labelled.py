@@ -45,13 +45,12 @@ def labelled_films(data: Path | str, split: str | None, task: Task, spec: Prepro
     records, cache = cache_dataset(data, spec, split, progress=True)
     read = set(cache.paths)
     readable = [r for r in records if r.path in read]
-    warn_untyped(readable, task, "evaluation")
+    untyped = warn_untyped(readable, task, "evaluation")
     records, targets = select(readable, task)
     # films of a class the task does not read (NORMAL for etiology): left out, and said, as the figures are of the rest
     outside = Counter(r.label for r in readable if r.label != "PNEUMONIA" and task.target(r) is None)
     beyond = ", ".join(f"{n} {label}" for label, n in sorted(outside.items()))
     unreadable = "; ".join(f"{shown(e['path'])}: {shown(e['reason'])}" for e in cache.errors[:3])
-    untyped = sum(r.label == "PNEUMONIA" and task.target(r) is None for r in readable)
     if untyped and not any(r.label == "PNEUMONIA" for r in records):
         # figures of the normal films alone would pass for figures on every film given: a three-class accuracy of 1
         raise ValueError(f"the {untyped} PNEUMONIA film(s) of {shown(str(data))} say neither bacteria nor virus (in "

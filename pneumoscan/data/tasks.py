@@ -162,15 +162,16 @@ def select(records: Sequence[Record], task: Task) -> tuple[list[Record], np.ndar
     return [r for r, _ in kept], np.array([t for _, t in kept], dtype=np.int64)
 
 
-def warn_untyped(records: Sequence[Record], task: Task, purpose: str) -> None:
-    """Warn of pneumonia films a task needs the type of (bacteria or virus) that nothing types: the task cannot use
-    them, and figures on the rest would otherwise pass for figures on every film given. The warning names the ways
-    a type is given, so a site whose names say it otherwise knows to write a manifest."""
+def warn_untyped(records: Sequence[Record], task: Task, purpose: str) -> int:
+    """Warn of pneumonia films a task needs the type of (bacteria or virus) that nothing types, and return their
+    number: the task cannot use them, and figures on the rest would otherwise pass for figures on every film given.
+    The warning names the ways a type is given, so a site whose names say it otherwise knows to write a manifest."""
     if untyped := [r for r in records if r.label == "PNEUMONIA" and task.target(r) is None]:
         log.warning("%d pneumonia film(s) given to %s do not say bacteria or virus (e.g. %s): neither their names "
                     "(personN_bacteria_M, BACTERIA-N-M, or one of the two words in a name of your own) nor a "
                     "manifest's subtype column give it, so the %s task cannot use them and they are left out",
                     len(untyped), purpose, shown(untyped[0].path), task.name)
+    return len(untyped)
 
 
 def binary_targets(targets: np.ndarray) -> np.ndarray:
