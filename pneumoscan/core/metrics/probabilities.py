@@ -87,6 +87,13 @@ def fit_temperature(logits: np.ndarray, y_true: np.ndarray) -> float:
     return t
 
 
+def _bin_of(p: np.ndarray, n_bins: int) -> np.ndarray:
+    """Each probability's bin of :func:`calibration`'s equal-width bins, which :func:`ece_by_chance` bins by too:
+    [a, b) bins with edges k / n_bins exactly (np.linspace's 0.30000000000000004 put 0.3 in the bin below); 1.0
+    lands in the last bin."""
+    return np.clip((p * n_bins).astype(int), 0, n_bins - 1)
+
+
 def calibration(y_true: Any, prob: Any, n_bins: int = ECE_BINS) -> dict[str, Any]:
     """Reliability-diagram data over equal-width bins of ``prob`` plus the expected calibration error
     ECE = sum_b (n_b / n) * |observed_b - predicted_b|. Empty bins have NaN means and count 0. Scores outside
@@ -94,9 +101,7 @@ def calibration(y_true: Any, prob: Any, n_bins: int = ECE_BINS) -> dict[str, Any
     y, p = _as_binary(y_true, prob)
     if ((p < 0) | (p > 1)).any():
         raise ValueError(f"calibration needs probabilities in [0, 1], got scores from {p.min():g} to {p.max():g}")
-    # [a, b) bins with edges k / n_bins exactly (np.linspace's 0.30000000000000004 put 0.3 in the bin below);
-    # 1.0 lands in the last bin
-    bins = np.clip((p * n_bins).astype(int), 0, n_bins - 1)
+    bins = _bin_of(p, n_bins)
     edges = np.arange(n_bins + 1) / n_bins
     counts = np.bincount(bins, minlength=n_bins)
     sum_pred = np.bincount(bins, weights=p, minlength=n_bins)
@@ -128,7 +133,7 @@ def ece_by_chance(prob: Any, groups: Sequence[str] | np.ndarray | None = None, n
         raise ValueError("the ECE by chance needs films")
     units = (np.unique(np.asarray(groups).astype(str), return_inverse=True)[1] if groups is not None
              else np.arange(p.size))
-    bins = np.eye(n_bins)[np.clip((p * n_bins).astype(int), 0, n_bins - 1)]  # films x bins, as calibration() bins
+    bins = np.eye(n_bins)[_bin_of(p, n_bins)]  # films x bins
     rng = np.random.default_rng(BOOTSTRAP_SEED)
     ece = np.concatenate([np.abs(((rng.random((size, units.max() + 1))[:, units] < p) - p) @ bins).sum(axis=1)
                           for size in np.diff(np.r_[0:n_draws:100, n_draws])]) / p.size
