@@ -17,8 +17,8 @@ import onnxruntime as ort
 
 from pneumoscan.core.cpus import model_threads
 from pneumoscan.core.digests import file_sha256, hex_part
-from pneumoscan.models.card import (ENSEMBLE, ONNX_NAME, WEIGHTS, BundleCard, checked_bytes, checked_card,
-                                   load_card, read_bundle_json, verify_file)
+from pneumoscan.models.card import (ONNX_NAME, WEIGHTS, BundleCard, checked_bytes, checked_card, load_card,
+                                   out_of_fold_ensemble, read_bundle_json, verify_file)
 from pneumoscan.models.run_folder import RunFolder
 
 # What ONNX Runtime raises for a file it cannot load (truncated, not ONNX, an unsupported graph)
@@ -280,12 +280,11 @@ def int8_sidecar(bundle: Path | str, card: BundleCard) -> dict:
     those thresholds are not the probabilities ``card``'s are (:func:`checked_card`)."""
     out = Path(bundle) / INT8_NAME
     sidecar_path = spec_path(out)
-    # an ensemble of cv runs is calibrated out of fold: its members trained on every film a --data could give
-    calibrated_on = str((card.train_config or {}).get("calibrated_on", ""))
-    out_of_fold = card.model == ENSEMBLE and calibrated_on.startswith("out-of-fold")
     split = RunFolder.of(bundle).split  # the run's own split, where the bundle sits in its run folder
-    command = f"pneumoscan export {bundle} --int8 " + ("--cv CV_DIR ... (the runs it was built from)" if out_of_fold
-                                                         else f"--data {split if split.is_file() else 'RUN/split.csv'}")
+    # an ensemble of cv runs is calibrated out of fold: its members trained on every film a --data could give
+    command = f"pneumoscan export {bundle} --int8 " + ("--cv CV_DIR ... (the runs it was built from)"
+                                                       if out_of_fold_ensemble(card) else
+                                                       f"--data {split if split.is_file() else 'RUN/split.csv'}")
     remedy = f"run `{command}` again"
     sidecar = read_sidecar(out)
     chosen = Int8Operating.validated(sidecar)
