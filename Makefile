@@ -13,7 +13,7 @@ BEST_ETIOLOGY_LITE2_EPOCHS ?= 3
 REFERENCE_DIR ?= runs/reference
 export PNEUMOSCAN_DATA
 
-.PHONY: env test demo demo-etiology demo-best demo-best-etiology reference bench browser pacs-server dicom-tools systemd docs clean
+.PHONY: env test typecheck demo demo-etiology demo-best demo-best-etiology reference bench browser pacs-server dicom-tools systemd docs clean
 
 env: $(VENV)/.installed
 
@@ -49,6 +49,11 @@ systemd:
 # One worker a CPU (tests/conftest.py); worksteal keeps them busy to the end though a few tests take 30 s.
 test: env browser pacs-server dicom-tools systemd
 	$(BIN)/pytest -q -n auto --dist worksteal
+
+# mypy --strict over docs/python.md as a user's script, against the package's annotations (pneumoscan/py.typed):
+# about 25 s of CPU, most of it reading torch's and numpy's, so `make test` leaves it out.
+typecheck: env
+	$(BIN)/pytest -q -m typecheck
 
 # audit -> train the default recipe -> evaluate on the patient-grouped validation split -> HTML report;
 # then the full-size originals in val/ read with and without the training-source step, and the validation

@@ -4,6 +4,7 @@ short front page whose links work on a code host."""
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import functools
 import inspect
@@ -569,6 +570,27 @@ def _named_here(text: str) -> dict[str, object]:
     return named
 
 
+def _named(name: str, callables: dict[str, object]) -> object | None:
+    """What a name a page calls means: a dotted path, or a name the page defines (_named_here) and its attributes."""
+    head, *attributes = name.split(".")
+    if head == "pneumoscan":
+        return _resolved(name)
+    return functools.reduce(lambda found, attribute: getattr(found, attribute, None), attributes, callables.get(head))
+
+
+def _shown_calls(text: str) -> Iterator[tuple[str, str, object]]:
+    """Each call of a pneumoscan callable that a page shows in its text, outside its examples (which run): its name
+    as written, its arguments as written, and the callable (a function named, `fit()`, or not pneumoscan's,
+    `np.asarray(...)`, is none)."""
+    callables = _named_here(text)
+    prose = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
+    for span in re.findall(r"`([^`]+)`", prose):
+        for name, args in _calls(" ".join(span.split())):
+            function = _named(name, callables)
+            if args and callable(function) and not inspect.ismodule(function):
+                yield name, args, function
+
+
 def test_every_pneumoscan_name_the_docs_give_exists_and_takes_the_arguments_shown() -> None:
     """A module, function or constant a page names by its dotted path (`pneumoscan.interop.fhir.CODE_SYSTEM`,
     `pneumoscan.training.cv.cross_validate`) can be imported as written; and a call a page shows in its text
@@ -582,27 +604,80 @@ def test_every_pneumoscan_name_the_docs_give_exists_and_takes_the_arguments_show
     assert not missing, f"pages name what pneumoscan lacks: {missing}"
     checked, wrong = 0, []
     for page in pages:
-        text = page.read_text()
-        callables = _named_here(text)
-        prose = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)  # the examples run (the python page's does)
-        for span in re.findall(r"`([^`]+)`", prose):
-            for name, args in _calls(" ".join(span.split())):
-                head, *attributes = name.split(".")
-                function = _resolved(name) if head == "pneumoscan" else functools.reduce(
-                    lambda found, attribute: getattr(found, attribute, None), attributes, callables.get(head))
-                if not args or not callable(function) or inspect.ismodule(function):
-                    continue  # a function named (`fit()`), or not pneumoscan's (`np.asarray(...)`)
-                given = _top_level(args)
-                keywords = {a.split("=", 1)[0].strip() for a in given if re.match(r"\w+=(?!=)", a)}
-                positional = [a for a in given if a != "..." and a.split("=", 1)[0].strip() not in keywords]
-                bind = inspect.signature(function).bind_partial if "..." in given else inspect.signature(function).bind
-                try:
-                    bind(*positional, **dict.fromkeys(keywords))
-                except TypeError as e:
-                    wrong.append(f"{page.name}: `{name}({args})`: {e}")
-                checked += 1
+        for name, args, function in _shown_calls(page.read_text()):
+            given = _top_level(args)
+            keywords = {a.split("=", 1)[0].strip() for a in given if re.match(r"\w+=(?!=)", a)}
+            positional = [a for a in given if a != "..." and a.split("=", 1)[0].strip() not in keywords]
+            bind = inspect.signature(function).bind_partial if "..." in given else inspect.signature(function).bind
+            try:
+                bind(*positional, **dict.fromkeys(keywords))
+            except TypeError as e:
+                wrong.append(f"{page.name}: `{name}({args})`: {e}")
+            checked += 1
     assert checked > 15, f"checked {checked} calls: the pattern no longer finds them"
     assert not wrong, "pages show calls pneumoscan does not take:\n" + "\n".join(wrong)
+
+
+class _AsPython(ast.NodeTransformer):
+    """A call as a page shows it, as Python a type checker reads: a name the page does not define (`BUNDLE`,
+    `folds`) and `...` for a value are `ANY`, a value of any type; a bare `...` for the rest of the arguments gives
+    each parameter without a default that the call leaves out, by its name."""
+
+    def __init__(self, callables: dict[str, object]) -> None:
+        self.callables = callables
+
+    def visit_Name(self, node: ast.Name) -> ast.expr:
+        return node if node.id in self.callables or node.id == "pneumoscan" else ast.Name("ANY")
+
+    def visit_Constant(self, node: ast.Constant) -> ast.expr:
+        return ast.Name("ANY") if node.value is Ellipsis else node
+
+    def visit_Call(self, node: ast.Call) -> ast.Call:
+        rest = any(isinstance(a, ast.Constant) and a.value is Ellipsis for a in node.args)
+        node.args = [a for a in node.args if not (isinstance(a, ast.Constant) and a.value is Ellipsis)]
+        self.generic_visit(node)
+        function = _named(ast.unparse(node.func), self.callables)
+        if rest and callable(function):
+            given = {k.arg for k in node.keywords}
+            left = list(inspect.signature(function).parameters.values())[len(node.args):]
+            node.keywords += [ast.keyword(p.name, ast.Name("ANY")) for p in left if p.default is p.empty
+                              and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in given]
+        return node
+
+
+def _python_page_script() -> tuple[str, list[str]]:
+    """docs/python.md as a user's script: its example as it stands, then, in a function, each call its text shows
+    (`rethreshold(BUNDLE, DATA, OUT, split=..., target_sensitivity=S)`) as Python (_AsPython), with the imports of
+    what they call; and those calls."""
+    page = (ROOT / "docs" / "python.md").read_text()
+    callables = _named_here(page)
+    calls = [ast.unparse(_AsPython(callables).visit(ast.parse(f"{name}({args})", mode="eval").body))
+             for name, args, _ in _shown_calls(page)]
+    imports = {"from typing import Any"}
+    for name in {n.split(".")[0] for call in calls for n in CALL.findall(call)} - {"pneumoscan"}:
+        found = callables[name]
+        imports.add(f"import {found.__name__} as {name}" if inspect.ismodule(found)
+                    else f"from {found.__module__} import {name}")
+    for dotted in {d for call in calls for d in DOTTED.findall(call)}:
+        found = _resolved(dotted)
+        imports.add(f"import {found.__name__ if inspect.ismodule(found) else found.__module__}")
+    body = [*sorted(imports), "ANY: Any = None", *calls]
+    example = "\n".join(re.findall(r"```python\n(.*?)```", page, re.DOTALL))
+    return example + "\n\ndef the_calls_its_text_shows() -> None:\n" + "".join(f"    {line}\n" for line in body), calls
+
+
+@pytest.mark.typecheck
+def test_the_python_page_type_checks_against_the_package(tmp_path: Path) -> None:
+    """An engineer who type-checks a script gets pneumoscan's annotations (PEP 561's marker, pneumoscan/py.typed,
+    which the wheel ships) and they hold: mypy --strict finds no error in docs/python.md as a user's script, its
+    example and each call its text shows. mypy reads the package as it reads one installed, reporting no error inside
+    it. About 25 s, most of it reading torch's and numpy's annotations: `make typecheck` runs it."""
+    script, calls = _python_page_script()
+    assert len(calls) > 8, f"found {len(calls)} calls on the page: the pattern no longer finds them"
+    (tmp_path / "example.py").write_text(script)
+    done = subprocess.run([sys.executable, "-m", "mypy", "--strict", "example.py"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, f"{done.stdout[-3000:]}{done.stderr[-3000:]}\n{script}"
 
 
 def test_docs_api_md_names_every_field_the_service_answers(tiny_bundle: Path, tiny_dataset: Path) -> None:

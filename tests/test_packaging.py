@@ -92,10 +92,13 @@ def test_the_sdist_holds_the_project_and_a_test_suite_that_can_run(built: Built)
         held = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
     missing = sorted(_files(built.source) - held)
     assert not missing, f"the sdist lacks {len(missing)} files of the source: {missing[:10]}"
-    assert {"tests/conftest.py", "tests/builders.py", "LICENSE", "README.md", "docs/index.md"} <= held
+    assert {"tests/conftest.py", "tests/builders.py", "LICENSE", "README.md", "docs/index.md",
+            "pneumoscan/py.typed"} <= held
 
 
 def test_the_wheel_holds_the_package_its_web_page_licence_and_command(built: Built) -> None:
+    """The package's files include PEP 561's marker, pneumoscan/py.typed: without it a type checker reads none of
+    the package's annotations (mypy refuses its imports as untyped, tests/test_docs.py's type check)."""
     with zipfile.ZipFile(built.wheel) as whl:
         names = set(whl.namelist())
         info = f"pneumoscan-{_version()}.dist-info"
@@ -104,7 +107,7 @@ def test_the_wheel_holds_the_package_its_web_page_licence_and_command(built: Bui
         scripts = configparser.ConfigParser()
         scripts.read_string(whl.read(f"{info}/entry_points.txt").decode())
     package = {name for name in _files(built.source) if name.startswith("pneumoscan/")}
-    assert {"pneumoscan/serving/static/index.html", "pneumoscan/serving/static/app.js"} <= package
+    assert {"pneumoscan/serving/static/index.html", "pneumoscan/serving/static/app.js", "pneumoscan/py.typed"} <= names
     # every module and every file the package reads (the page's), and nothing else beside its metadata
     assert {name for name in names if not name.startswith(f"{info}/")} == package
     assert licence == (ROOT / "LICENSE").read_bytes()

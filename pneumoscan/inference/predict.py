@@ -118,6 +118,8 @@ class Predictor:
     the torch model is built only when Grad-CAM first asks for it (:attr:`model`).
     """
 
+    card: BundleCard  # declared, since mypy cannot tell it from __init__'s assignments (a user's type check)
+
     def __init__(self, bundle: Path | str, batch_size: int = PREDICT_BATCH, backend: str = "torch",
                  session: object | None = None) -> None:
         """``session``: an ONNX Runtime session to score with instead of the bundle's own (the INT8 step scores its
