@@ -339,4 +339,4 @@ def test_bench_models_lists_a_run_training_refused_and_goes_on(tiny_dataset: Pat
     out = capsys.readouterr().out
     refused = out.split("Refused by training, so not in the table:\n")[1].splitlines()
     assert [line.split(" (")[0] for line in refused] == ["- simple_cnn", "- mlp"], out
-    assert all("(scratch, " in line and "raise --time-budget" in line for line in refused), refused
+    assert all("(scratch, " in line and "raise time_budget (--time-budget)" in line for line in refused), refused

@@ -151,5 +151,5 @@ def test_an_int8_model_without_a_tta_threshold_names_export_as_the_remedy(int8_b
                  tta_threshold_interval=[], int8_tta_threshold_interval=[])
     int8 = Predictor(bundle, backend="onnx-int8")
     with pytest.raises(ValueError, match="INT8 model has no threshold validated for test-time augmentation: "
-                                         "predict without --tta, or run `pneumoscan export .* --int8"):
+                                         r"predict without tta \(--tta\), or run `pneumoscan export .* --int8"):
         int8.threshold(tta=True)

@@ -325,7 +325,7 @@ def test_errors_are_one_sentence_with_status_2(
                                           f"is a file of the bundle {tiny_bundle}; give that folder"),
         (tiny_bundle.parent, [], f"{tiny_bundle.parent} is not a bundle folder (no bundle.json); did you mean "
                                  f"{tiny_bundle}?"),
-        (tiny_bundle, ["--heatmaps", str(results)], f"--heatmaps {results} is a file: name a folder"),
+        (tiny_bundle, ["--heatmaps", str(results)], f"heatmap_dir (--heatmaps) {results} is a file: name a folder"),
         (tiny_bundle, ["--heatmaps", str(results / "maps")], f"{results / 'maps'}: not a directory"),
         (tiny_bundle, ["--out", str(tmp_path / "r.txt")], f"--out must end in .csv or .json: {tmp_path / 'r.txt'}"),
     ]

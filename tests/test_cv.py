@@ -58,7 +58,7 @@ def test_real_folds_keep_patients_duplicates_and_mix(real_train) -> None:
 def test_too_few_patients_or_folds_are_refused(tiny_dataset: Path) -> None:
     records = discover(tiny_dataset / "train").records[:3]
     with pytest.raises(ValueError, match=r"3 patients \(copies of one film count as one\) cannot fill 5 folds: "
-                                         "give --folds 3 or fewer"):
+                                         r"give folds \(--folds\) 3 or fewer"):
         patient_folds(records, 5)
     with pytest.raises(ValueError, match="at least 2 folds"):
         patient_folds(records, 1)
@@ -292,7 +292,7 @@ def test_cv_pooled_three_class_block_counts_copies_of_a_film_as_one_patient(
 @pytest.mark.parametrize("change, said", [
     (["--folds", "3"], "fold-0 was trained on another split ("),
     (["--seed", "1"], "fold-0 was trained "),  # other folds, unless the seed happens to deal the same ones
-    (["--epochs", "2"], "fold-0 was trained with other settings (epochs 1 -> 2); use a new --out"),
+    (["--epochs", "2"], "fold-0 was trained with other settings (epochs 1 -> 2); use a new out_dir (--out)"),
     (["--model", "cnn5", "--set", "augment.noise=0.1"],
      'fold-0 was trained with other settings (model "simple_cnn" -> "cnn5", augment.noise 0.04 -> 0.1)'),
 ])
@@ -304,7 +304,7 @@ def test_cv_refuses_a_finished_fold_of_another_split_or_recipe(finished_cv: tupl
     capsys.readouterr()
     assert main([*args, *change]) == 2
     err = capsys.readouterr().err
-    assert said in err and err.rstrip().endswith("use a new --out"), err
+    assert said in err and err.rstrip().endswith("use a new out_dir (--out)"), err
     assert {p.name: p.read_bytes() for p in out.glob("split-fold-*.csv")} == before, "OUT is left as it was"
 
 
@@ -324,7 +324,7 @@ def test_cv_refuses_a_finished_fold_whose_films_were_rewritten_in_place(tiny_dat
     capsys.readouterr()
     assert main(args) == 2
     assert ("fold-0 was trained on other pixels or labels than these films have now (rewritten in place since, or "
-            "decoded otherwise by this version?): its figures would not be this cv's; use a new --out"
+            "decoded otherwise by this version?): its figures would not be this cv's; use a new out_dir (--out)"
             ) in capsys.readouterr().err
     assert (tmp_path / "cv" / "cv.json").read_bytes() == summary
 
@@ -334,7 +334,7 @@ def test_cv_refuses_a_finished_fold_whose_films_were_rewritten_in_place(tiny_dat
     ({"distill_weight": 0.5}, "distill_weight 0.5 is the teachers' share of the target: give a teacher"),
     # taken, replaced by each fold's own, and recorded in cv.json as the split cv had used
     ({"split_csv": "mine.csv"}, "cv makes each fold's split itself: split_csv mine.csv would not be read"),
-    ({"val_fraction": 0.5}, "cv validates each run on one fold of --folds: val_fraction 0.5 would not be used"),
+    ({"val_fraction": 0.5}, "cv validates each run on one fold of folds (--folds): val_fraction 0.5 would not be used"),
 ])
 def test_a_library_callers_contradictory_recipe_is_refused_before_cv_writes_anything(tiny_dataset: Path,
                                                                                       tmp_path: Path, change: dict,
@@ -411,7 +411,7 @@ def test_cv_refuses_folds_of_different_numbers_of_processes(finished_cv: tuple[P
     made_by(0, 2)
     capsys.readouterr()
     assert main(args) == 2
-    assert "different numbers of processes (fold-0: 2, fold-1: 1); use a new --out" in capsys.readouterr().err
+    assert "different numbers of processes (fold-0: 2, fold-1: 1); use a new out_dir (--out)" in capsys.readouterr().err
     made_by(1, 2)
     assert main(args) == 0, "every fold made by 2 processes: scored here by one"
     shutil.rmtree(out / "fold-1")
@@ -436,12 +436,13 @@ def test_cv_refuses_folds_trained_in_different_precisions(finished_cv: tuple[Pat
               dataclasses.replace(card, train_config=card.train_config | {"resolved_precision": other}))
     capsys.readouterr()
     assert main(args) == 2
-    assert (f"trained in different precisions (fold-0: {other}, fold-1: {here}); use a new --out"
+    assert (f"trained in different precisions (fold-0: {other}, fold-1: {here}); use a new out_dir (--out)"
             in capsys.readouterr().err)
     shutil.rmtree(out / "fold-1")
     assert main(args) == 2
     assert (f"the finished folds were trained in {other} and this cv trains in {here}, so its folds still to train "
-            "would be another recipe: run it where they trained, or use a new --out") in capsys.readouterr().err
+            "would be another recipe: run it where they trained, or use a new out_dir (--out)"
+            ) in capsys.readouterr().err
     assert not (out / "fold-1").exists()
 
 
@@ -464,7 +465,8 @@ def test_an_interrupted_fold_goes_on_from_its_checkpoint_under_its_own_recipe_on
     first = (out / "fold-1" / "history.csv").read_text().splitlines()
     config_yaml = (out / "fold-1" / "config.yaml").read_bytes()
     with pytest.raises(ValueError,
-                       match=r"^fold-1 was trained with other settings \(lr 0.001 -> 0.002\); use a new --out$"):
+                       match=r"^fold-1 was trained with other settings \(lr 0.001 -> 0.002\); use a new out_dir "
+                             r"\(--out\)$"):
         cross_validate(tiny_dataset, dataclasses.replace(cfg, lr=2e-3), 2, out)
     assert not (out / "fold-0").exists(), "every fold is checked before any is trained"
     assert (out / "fold-1" / "config.yaml").read_bytes() == config_yaml
@@ -574,7 +576,7 @@ def test_a_cv_of_fewer_folds_over_a_stopped_one_of_more_is_refused(tiny_dataset:
     out.mkdir()
     write_manifest(discover(tiny_dataset).split("train")[:2], out / "split-fold-2.csv")
     cfg = TrainConfig(model="simple_cnn", pretrained=False, image_size=32, epochs=1, batch_size=8)
-    with pytest.raises(ValueError, match=r"holds fold 2 of a cv of more folds than --folds 2 \(split-fold-2.csv or "
-                                         r"fold-2/\): use a new --out"):
+    with pytest.raises(ValueError, match=r"holds fold 2 of a cv of more folds than folds \(--folds\) 2 "
+                                         r"\(split-fold-2.csv or fold-2/\): use a new out_dir \(--out\)"):
         cross_validate(tiny_dataset, cfg, 2, out)
     assert [p.name for p in out.iterdir()] == ["split-fold-2.csv"]

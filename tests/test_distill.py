@@ -137,8 +137,8 @@ def test_cv_students_are_taught_by_the_fold_bundles_that_never_saw_their_fold(
 
 @pytest.mark.parametrize("change, said", [
     (["--seed", "1"], "of the films given to validate the distilled model were in "),
-    (["--folds", "3"], "teacher cv run {teacher_cv} was made on other folds (it has no fold 2): give --teacher-cv "
-                       "runs made with the same --folds, --seed and data"),
+    (["--folds", "3"], "teacher cv run {teacher_cv} was made on other folds (it has no fold 2): give teacher_cv "
+                       "(--teacher-cv) runs made with the same folds (--folds), seed (--seed) and data"),
 ])
 def test_cv_refuses_teachers_of_other_folds(tiny_dataset: Path, teacher_cv: Path, tmp_path: Path, change: list[str],
                                             said: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -171,7 +171,7 @@ def test_a_train_run_given_as_a_cv_run_is_named_so_by_cv_and_ensemble(tiny_datas
     out = tmp_path / "students"
     assert main(["cv", *TINY, "--data", str(tiny_dataset), "--out", str(out), "--folds", "2",
                  "--teacher-cv", str(folder)]) == 2
-    assert f"--teacher-cv {said}" in capsys.readouterr().err
+    assert f"teacher_cv (--teacher-cv) {said}" in capsys.readouterr().err
     assert not out.exists(), "refused before any fold trains"
     assert main(["ensemble", "--cv", str(folder), "--out", str(tmp_path / "ensemble")]) == 2
     assert said in capsys.readouterr().err

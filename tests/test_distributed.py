@@ -194,7 +194,7 @@ def ranks_agree(said: list[dict], out: Path, single_kept: dict[Path, bytes]) -> 
     for rank in said:  # resumed silently, it ran at lr 0.002 and global batch 16 over half the planned steps
         assert rank.get("resume_refused", "").startswith("cannot resume "), rank
         assert ("it was made by 1 process(es) and this run has 2; " in rank["resume_refused"]
-                and "resume under 1, or train into a new --out" in rank["resume_refused"]), rank
+                and "resume under 1, or train into a new run_dir (--out)" in rank["resume_refused"]), rank
     assert {p: p.read_bytes() for p in single_kept} == single_kept, "refused before RUN is rewritten"
     assert sorted(str(p.relative_to(out / "single")) for p in (out / "single").rglob("*") if p.is_file()) == sorted(
         str(p.relative_to(out / "single")) for p in single_kept)

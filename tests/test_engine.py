@@ -498,7 +498,7 @@ def test_adam_plateau_refuses_a_warm_up_it_would_not_apply(tmp_path: Path, capsy
     assert main(["train", "--data", str(tmp_path), "--out", str(run), "--optimizer", "adam-plateau",
                  "--set", "warmup=0.2"]) == 2
     assert ("error: warmup 0.2 is the adamw-cosine recipe's: adam-plateau starts at its full rate with no warm-up, "
-            "so drop the warmup setting or use --optimizer adamw-cosine") in capsys.readouterr().err
+            "so drop the warmup setting or use optimizer adamw-cosine (--optimizer)") in capsys.readouterr().err
     assert not run.exists(), "refused before the run folder is made"
     for warmup in (TrainConfig.warmup, 0.0):
         TrainConfig(optimizer="adam-plateau", warmup=warmup)
@@ -517,7 +517,8 @@ def test_adamw_cosine_refuses_plateau_settings_it_would_not_apply(tmp_path: Path
     assert main(["train", "--data", str(tmp_path), "--out", str(run), "--set", "plateau_factor=0.5",
                  "--set", "plateau_patience=0"]) == 2
     assert ("error: plateau_factor 0.5 and plateau_patience 0 set the adam-plateau recipe's rate cuts: adamw-cosine "
-            "follows its cosine schedule, so drop them or use --optimizer adam-plateau") in capsys.readouterr().err
+            "follows its cosine schedule, so drop them or use optimizer adam-plateau (--optimizer)"
+            ) in capsys.readouterr().err
     assert not run.exists()
     TrainConfig(optimizer="adam-plateau", plateau_factor=0.5, plateau_patience=0)
     TrainConfig(plateau_factor=TrainConfig.plateau_factor, plateau_patience=TrainConfig.plateau_patience)

@@ -475,7 +475,8 @@ def test_cv_members_are_calibrated_on_out_of_fold_scores(tiny_bundle: Path, memb
                                                          tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     cv = _cv_run(tmp_path / "cv", (tiny_bundle, member64), tiny_dataset)
     # --split chooses films of --data: with --cv it was taken and ignored
-    with pytest.raises(ValueError, match="--split test chooses films of --data; with --cv the out-of-fold scores"):
+    with pytest.raises(ValueError, match=r"split \(--split\) test chooses films of data \(--data\); with cv_dirs "
+                                         r"\(--cv\) the out-of-fold scores"):
         main_raising(["ensemble", "--cv", str(cv), "--split", "test", "--out", str(tmp_path / "ens")])
     assert main(["ensemble", "--cv", str(cv), "--youden", "--out", str(tmp_path / "ens")]) == 0
     # minutes on a CPU for a real run: shown as it goes, not a silent wait

@@ -20,7 +20,7 @@ def test_a_cv_fold_without_a_class_of_the_task_is_refused_before_any_fold_trains
     write_manifest([r for r in films if r.subtype != "virus"] + virus[:1], tmp_path / "one-virus.csv")
     cfg = TrainConfig(task="etiology", model="simple_cnn", pretrained=False, image_size=32, epochs=1, batch_size=8)
     with pytest.raises(ValueError, match=r"fold [12] of 2 has no virus (validation|training) film for the etiology "
-                                         r"task \(a patient's films stay in one fold\): .* use fewer --folds or add "
-                                         "virus films of other patients"):
+                                         r"task \(a patient's films stay in one fold\): .* use fewer folds "
+                                         r"\(--folds\) or add virus films of other patients"):
         cross_validate(tmp_path / "one-virus.csv", cfg, 2, tmp_path / "cv")
     assert not (tmp_path / "cv").exists()

@@ -110,7 +110,8 @@ def test_a_card_records_no_evaluation_on_one_class(tiny_bundle: Path, tiny_datas
     shutil.copytree(tiny_bundle, bundle)
     sick = [r for r in discover(tiny_dataset).split("test") if r.label == "PNEUMONIA"]
     write_manifest(sick, tmp_path / "sick.csv")
-    with pytest.raises(ValueError, match=r"--add-to-card needs films of both classes \(NORMAL and PNEUMONIA\)"):
+    with pytest.raises(ValueError, match=r"add_to_card \(--add-to-card\) needs films of both classes "
+                                         r"\(NORMAL and PNEUMONIA\)"):
         evaluate(bundle, tmp_path / "sick.csv", add_to_card=True)
     assert load_card(bundle).external_evaluations == load_card(tiny_bundle).external_evaluations
     assert evaluate(bundle, tmp_path / "sick.csv")["n"] == len(sick)  # the report itself is still made

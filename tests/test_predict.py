@@ -495,7 +495,7 @@ def test_predict_paths_refuses_heatmaps_given_a_file_as_the_command_does(tiny_bu
     for where, kind in ((taken, "file"), (fifo, "FIFO")):
         with pytest.raises(ValueError) as refused:
             predict_paths(tiny_bundle, [film], heatmap_dir=where)
-        assert str(refused.value) == f"--heatmaps {where} is a {kind}: name a folder"
+        assert str(refused.value) == f"heatmap_dir (--heatmaps) {where} is a {kind}: name a folder"
     assert taken.read_bytes() == b"a file"
 
 

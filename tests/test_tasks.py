@@ -52,9 +52,9 @@ def test_built_in_tasks_answer_through_the_task_object() -> None:
     assert {"pneumonia", "etiology", "multiclass", TOY} <= set(list_tasks())
 
 
-MULTICLASS_THEN_ETIOLOGY = ("--etiology after a multiclass bundle: a multiclass model already tells bacteria and virus "
-                            "apart, and a second stage would add another answer to its own; use a pneumonia bundle "
-                            "as the first stage, or the multiclass bundle alone")
+MULTICLASS_THEN_ETIOLOGY = ("etiology (--etiology) after a multiclass bundle: a multiclass model already tells "
+                            "bacteria and virus apart, and a second stage would add another answer to its own; use a "
+                            "pneumonia bundle as the first stage, or the multiclass bundle alone")
 
 
 def test_a_multiclass_first_stage_with_an_etiology_second_is_refused_at_start(

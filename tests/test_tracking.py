@@ -113,7 +113,7 @@ def test_a_refused_run_resumed_to_its_bundle_is_an_mlflow_run_finished_without_t
 def test_tracking_options_are_checked_before_training(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown tracker 'wandb'"):
         make_trackers(["wandb"], tmp_path, {})
-    with pytest.raises(ValueError, match="add --log mlflow"):
+    with pytest.raises(ValueError, match=r"add mlflow to log_to \(--log mlflow\)"):
         make_trackers(["tensorboard"], tmp_path, {}, tracking_uri="http://localhost:5000")
     assert make_trackers([], tmp_path, {}) == [] and not list(tmp_path.iterdir()), "off by default, nothing written"
 

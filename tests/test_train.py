@@ -213,7 +213,7 @@ def test_resume_refuses_another_number_of_processes(
     train_mod.save_checkpoint(run / "checkpoint.pt", {**ckpt, "processes": 2})
     kept = {name: (run / name).read_bytes() for name in ("checkpoint.pt", "config.yaml", "history.csv")}
     with pytest.raises(ValueError, match=r"^cannot resume from .*checkpoint\.pt: it was made by 2 process\(es\) and "
-                                         r"this run has 1; .*: resume under 2, or train into a new --out$"):
+                                         r"this run has 1; .*: resume under 2, or train into a new run_dir \(--out\)$"):
         train(tiny_dataset, cfg, run, resume=True)
     assert {name: (run / name).read_bytes() for name in kept} == kept, "refused before anything in RUN is rewritten"
     # precision auto is bf16 on CUDA: a checkpoint made there went on in fp32 on a CPU machine, unsaid (and the
@@ -463,7 +463,7 @@ def test_a_run_that_takes_no_step_fails_plainly_and_never_ships_old_weights(
     for name in reports:
         (run / name).write_text("the earlier run's")
     with pytest.raises(ValueError, match="^no epoch was validated: the time budget ran out before the first step: "
-                                         "raise --time-budget$"):
+                                         r"raise time_budget \(--time-budget\)$"):
         train(tiny_dataset, TrainConfig(**TINY), run, callbacks=[BudgetSpent()])
     assert not (run / "best").exists() and not (run / "bundle").exists() and not (run / "checkpoint.pt").exists()
     assert not [name for name in reports if (run / name).exists()], "no report of a bundle no longer there"
@@ -680,8 +680,8 @@ def test_the_warm_up_starts_when_the_warm_start_ends() -> None:
 def test_a_budget_the_warm_start_used_up_is_refused_with_what_to_give() -> None:
     cfg = TrainConfig(time_budget=0.5)
     with pytest.raises(ValueError, match=r"the warm start took 1.1 min of the 0.5 min time budget; nothing was left "
-                                         r"to train: give a --time-budget well above 1.1 min, or --set "
-                                         r"warm_start=false$"):
+                                         r"to train: give a time_budget \(--time-budget\) well above 1.1 min, or "
+                                         r"warm_start false \(--set warm_start=false\)$"):
         train_mod.make_optimizer(torch.nn.Linear(2, 2), cfg, None, Dist(), warm_s=66.0)  # refused before the data
 
 
@@ -1001,26 +1001,27 @@ def test_a_manifest_with_training_patients_in_its_test_split_is_warned_about(
 def test_a_split_without_validation_films_says_which_option_gave_none(tiny_dataset: Path, tmp_path: Path) -> None:
     """--val-folder on data without val/ (the tiny dataset, as a Mendeley tree) and a manifest without a split column
     were both told only that training needs a 'train' and a 'val' split: each names its mistake and what to give."""
-    with pytest.raises(ValueError, match=re.escape(f"--val-folder validates on the val/ folder of {tiny_dataset}, "
-                                                   "which holds no film (it has train, test)")) as refused:
+    with pytest.raises(ValueError, match=re.escape(f"validate_on_val_folder (--val-folder) validates on the val/ "
+                                                   f"folder of {tiny_dataset}, which holds no film (it has train, "
+                                                   "test)")) as refused:
         train_mod.split_records(tiny_dataset, TrainConfig(validate_on_val_folder=True))
-    assert "leave --val-folder out" in str(refused.value)
+    assert "leave it out" in str(refused.value)
     manifest = tmp_path / "films.csv"
     manifest.write_text("path,label\n" + "".join(f"{p},{p.parent.name}\n"
                                                  for p in sorted((tiny_dataset / "train").rglob("*.jpeg"))))
     with pytest.raises(ValueError, match=re.escape(f"{manifest} gives no film a split (it has no split column, or "
                                                    "an empty one)")) as refused:
         train_mod.split_records(tiny_dataset, TrainConfig(split_csv=str(manifest)))
-    assert "`pneumoscan split" in str(refused.value) and "leave --split-csv out" in str(refused.value)
+    assert "`pneumoscan split" in str(refused.value) and "leave split_csv out" in str(refused.value)
     # a researcher's own split column with train and test rows and no val: told which split is empty, not that
     # training needs both
     sided = tmp_path / "sided.csv"
     sided.write_text("path,label,split\n" + "".join(f"{p},{p.parent.name},{p.parent.parent.name}\n"
                                                     for p in sorted(tiny_dataset.rglob("*.jpeg"))))
     with pytest.raises(ValueError, match=re.escape(f"{sided} gives no film the split val (it has train, test), so "
-                                                   "--split-csv names no val films")) as refused:
+                                                   "split_csv (--split-csv) names no val films")) as refused:
         train_mod.split_records(tiny_dataset, TrainConfig(split_csv=str(sided)))
-    assert "`pneumoscan split" in str(refused.value) and "leave --split-csv out" in str(refused.value)
+    assert "`pneumoscan split" in str(refused.value) and "leave split_csv out" in str(refused.value)
 
 
 def test_a_split_with_a_film_copied_across_train_and_val_is_refused(tiny_dataset: Path, tmp_path: Path) -> None:

@@ -58,8 +58,8 @@ def test_resume_refuses_fewer_epochs_than_the_checkpoint_has_trained(tiny_datase
     with pytest.raises(KilledBeforeTheBundle):
         train(tiny_dataset, cfg, run, on_epoch_end=killed_before_the_bundle)
     kept = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
-    with pytest.raises(ValueError, match=r"it has trained 2 epochs, more than --epochs 1, which its bundle would "
-                                         r"record: give --epochs 2 to finish it now, or more to train on$"):
+    with pytest.raises(ValueError, match=r"it has trained 2 epochs, more than epochs \(--epochs\) 1, which its "
+                                         r"bundle would record: give 2 epochs to finish it now, or more to train on$"):
         train(tiny_dataset, dataclasses.replace(cfg, epochs=1), run, resume=True)
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == kept, "refused before RUN is rewritten"
     bundle = train(tiny_dataset, cfg, run, resume=True)
@@ -230,6 +230,6 @@ def test_a_batch_the_training_films_cannot_fill_is_refused_before_the_run_folder
     before = {path: path.read_bytes() for path in run.rglob("*") if path.is_file()}
     with pytest.raises(ValueError, match=r"^the \d+ training films fill no batch of 64 in each of 1 process\(es\) "
                                          r"\(an epoch drops its last partial batch\), so no step would be taken: give "
-                                         r"--batch-size \d+ or less, or more films$"):
+                                         r"a batch_size \(--batch-size\) of \d+ or less, or more films$"):
         train(tiny_dataset, TrainConfig(**{**TINY, "epochs": 1, "batch_size": 64}), run)
     assert {path: path.read_bytes() for path in run.rglob("*") if path.is_file()} == before

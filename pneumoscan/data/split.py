@@ -230,8 +230,8 @@ def patient_folds(
         raise ValueError(f"cross-validation needs at least 2 folds, got {k}")
     units = _units(records, duplicate_groups or [])
     if len(units) < k:
-        raise ValueError(f"{len(units)} patients (copies of one film count as one) cannot fill {k} folds: give --folds "
-                         f"{len(units)} or fewer, or add films of other patients")
+        raise ValueError(f"{len(units)} patients (copies of one film count as one) cannot fill {k} folds: give folds "
+                         f"(--folds) {len(units)} or fewer, or add films of other patients")
     random.Random(seed).shuffle(units)
     units.sort(key=len, reverse=True)  # stable: equal sizes keep the seeded order
     share = {key: n / k for key, n in Counter(_stratum(r) for r in records).items()}

@@ -89,9 +89,9 @@ def _check_composable(bundle: Path | str, etiology: Path | str) -> None:
     positive call hands a film over, and would score such a pair on the films predict never shows its second stage."""
     handoff, first = check_bundle_stages(bundle, etiology), load_card(bundle)
     if handoff != first.positive:
-        raise ValueError(f"{etiology} reads the films {bundle} calls {handoff}, its negative call: evaluate --etiology "
-                         f"composes the two stages' classes from a first stage that hands over its positive call "
-                         f"({first.positive}); evaluate each bundle on its own")
+        raise ValueError(f"{etiology} reads the films {bundle} calls {handoff}, its negative call: evaluate with "
+                         f"etiology (--etiology) composes the two stages' classes from a first stage that hands over "
+                         f"its positive call ({first.positive}); evaluate each bundle on its own")
 
 
 def two_stage_names(first: Task, second: Task) -> tuple[str, ...]:
@@ -297,8 +297,8 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
     run, given that run's split.csv as DATA, has its films checked against it as against a split.csv beside it, once
     its card's data checksum proves it the run's (:func:`~pneumoscan.models.card.proven_run_split`)."""
     if backend == "onnx-int8" and add_to_card:
-        raise ValueError("--add-to-card records evaluations of the bundle's FP32 model, which its card describes; "
-                         "the INT8 model's figures stay in the report")
+        raise ValueError("add_to_card (--add-to-card) records evaluations of the bundle's FP32 model, which its card "
+                         "describes; the INT8 model's figures stay in the report")
     if out_dir is not None:
         refuse_model_files(Path(out_dir) / METRICS, folder=True)  # over a run's record, or into a bundle
     # the report this run may replace: another run's, written into the same folder meanwhile, is not
@@ -319,8 +319,9 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
                                                    int8=backend == "onnx-int8", refuse_unchecked=add_to_card),
                               cards=[card], run_split=data if proven_run_split(bundle, data) else None)
     if add_to_card and not has_both_classes(binary_targets(targets)):
-        raise ValueError(f"--add-to-card needs films of both classes ({' and '.join(task.classes)}): on one class a "
-                         "card's AUC, precision and F1 are undefined or meaningless; the report still shows the rest")
+        raise ValueError(f"add_to_card (--add-to-card) needs films of both classes ({' and '.join(task.classes)}): "
+                         "on one class a card's AUC, precision and F1 are undefined or meaningless; the report still "
+                         "shows the rest")
     probs = predictor.probabilities(images, tta=tta)
     scores = predictor.positive_probability(probs)
     copies, groups, conflicts = patient_groups(records, data)

@@ -40,9 +40,9 @@ def rethreshold(bundle: Path | str, data: Path | str, out: Path | str, split: st
     bundle, out = Path(bundle), Path(out)
     load_card(bundle)  # a folder that is no bundle is refused before any scoring
     if out.exists() or out.is_symlink():
-        raise ValueError(f"--out {out} exists: the new bundle goes to a new folder")
+        raise ValueError(f"out (--out) {out} exists: the new bundle goes to a new folder")
     if out.resolve() == bundle.resolve() or bundle.resolve() in out.resolve().parents:
-        raise ValueError(f"--out {out} is inside the bundle {bundle}: the new bundle goes beside it")
+        raise ValueError(f"out (--out) {out} is inside the bundle {bundle}: the new bundle goes beside it")
     # scored as predict and serve score it (ONNX Runtime when the bundle ships model.onnx), as ensemble chooses
     # its thresholds, and as the INT8 sidecar's FP32 figures are measured
     predictor = Predictor(bundle, backend="onnx" if (bundle / ONNX_NAME).exists() else "torch")

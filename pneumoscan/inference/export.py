@@ -63,11 +63,11 @@ def export_onnx(bundle: Path | str, out: Path | str | None = None) -> Path:
     out = Path(out) if out else own
     if (out.parent / CARD).exists() and out.parent.resolve() != Path(bundle).resolve():
         # that bundle's model.onnx (and sidecar) would be another model's: it would then refuse it as stale
-        raise ValueError(f"--out {out} is inside another bundle ({out.parent}): write the export elsewhere")
+        raise ValueError(f"out (--out) {out} is inside another bundle ({out.parent}): write the export elsewhere")
     if out.parent.resolve() == Path(bundle).resolve() and out.name != ONNX_NAME:
         # over its weights or its INT8 model the bundle was lost (refused as damaged from then on), exit status 0
-        raise ValueError(f"--out {out} is in the bundle itself, where only {ONNX_NAME} is the export's: leave --out "
-                         "out, or write the export elsewhere")
+        raise ValueError(f"out (--out) {out} is in the bundle itself, where only {ONNX_NAME} is the export's: leave "
+                         "it out, or write the export elsewhere")
     out.parent.mkdir(parents=True, exist_ok=True)
     digest = ""
 

@@ -278,10 +278,10 @@ class Predictor:
         if self.card.tta_threshold is None:
             if self.backend == "onnx-int8":  # the INT8 sidecar's thresholds are chosen by export --int8, not training
                 raise ValueError("this bundle's INT8 model has no threshold validated for test-time augmentation: "
-                                 f"predict without --tta, or run `pneumoscan export {self.bundle} --int8 --data "
+                                 f"predict without tta (--tta), or run `pneumoscan export {self.bundle} --int8 --data "
                                  "RUN/split.csv` again")
             raise ValueError("this bundle has no threshold validated for test-time augmentation (it was trained "
-                             "before pneumoscan chose one): predict without --tta, or train it again")
+                             "before pneumoscan chose one): predict without tta (--tta), or train it again")
         return self.card.tta_threshold
 
     def label(self, probability: float, tta: bool = False) -> str:
@@ -526,16 +526,16 @@ def check_stages(first: str, second: str) -> str:
     shown a film, and every film would read as one the first stage kept."""
     task, then = get_task(first), get_task(second)
     if task.multiclass and then.follows and set(then.classes) < set(task.classes):
-        raise ValueError(f"--etiology after a {first} bundle: a {first} model already tells "
+        raise ValueError(f"etiology (--etiology) after a {first} bundle: a {first} model already tells "
                          f"{' and '.join(then.classes)} apart, and a second stage would add another answer to its own; "
                          f"use a {' or '.join(then.follows)} bundle as the first stage, or the {first} bundle alone")
     try:
         handoff = then.handoff(task)
     except ValueError as e:
-        swapped = (f"; the bundles look swapped: give the {second} bundle first and the {first} bundle with --etiology"
-                   if second in task.follows else "")
-        raise ValueError(f"--etiology needs a second stage that follows the first (a pneumonia bundle and an etiology "
-                         f"bundle, for instance): {e}{swapped}") from None
+        swapped = (f"; the bundles look swapped: give the {second} bundle first and the {first} bundle as etiology "
+                   "(--etiology)" if second in task.follows else "")
+        raise ValueError(f"etiology (--etiology) needs a second stage that follows the first (a pneumonia bundle and "
+                         f"an etiology bundle, for instance): {e}{swapped}") from None
     calls = dict.fromkeys((task.classes[0], task.positive))  # Predictor.label's two answers
     if handoff not in calls:
         raise ValueError(f"the {second} task follows {first} on the call {handoff!r}, which a {first} model never "
@@ -800,14 +800,15 @@ def _heatmap_folder(heatmap_dir: Path | str, paths: Sequence[str | Path], backen
     from .explain import INT8_HEATMAPS
 
     if backend == "onnx-int8":
-        raise ValueError(f"--heatmaps with --backend onnx-int8: {INT8_HEATMAPS}")
+        raise ValueError(f"heatmap_dir (--heatmaps) with backend (--backend) onnx-int8: {INT8_HEATMAPS}")
     heatmap_dir = Path(heatmap_dir)
     if heatmap_dir.exists() and not heatmap_dir.is_dir():
-        raise ValueError(f"--heatmaps {heatmap_dir} is a {file_kind(heatmap_dir.stat().st_mode)}: name a folder")
+        raise ValueError(f"heatmap_dir (--heatmaps) {heatmap_dir} is a {file_kind(heatmap_dir.stat().st_mode)}: "
+                         "name a folder")
     searched = {Path(text).resolve() for text in map(str, paths) if text and Path(text).is_dir()}
     if heatmap_dir.resolve() in searched:
-        raise ValueError(f"--heatmaps {heatmap_dir} is a folder being predicted: its overlays would be refused as "
-                         "films (pneumoscan outputs) on every later run; choose another folder")
+        raise ValueError(f"heatmap_dir (--heatmaps) {heatmap_dir} is a folder being predicted: its overlays would be "
+                         "refused as films (pneumoscan outputs) on every later run; choose another folder")
     return heatmap_dir
 
 

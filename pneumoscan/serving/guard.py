@@ -70,15 +70,17 @@ class Access:
         with_port = [h for h in self.allowed_hosts if _host_name(h) != h.lower().strip("[]")]
         if with_port:
             # the Host header's port is dropped before the comparison: such a name matched no request, every one 400
-            raise ValueError(f"--allowed-hosts {', '.join(with_port)}: give host names without a port (the port a "
-                             f"client uses is not compared): {', '.join(_host_name(h) for h in with_port)}")
+            raise ValueError(f"allowed_hosts (--allowed-hosts) {', '.join(with_port)}: give host names without a "
+                             "port (the port a client uses is not compared): "
+                             f"{', '.join(_host_name(h) for h in with_port)}")
         for origin in self.cors_origins:
             # CORS compares the Origin header as a browser sends it: any other spelling allows no page at all
             if origin != "*" and (sent := _browser_origin(origin)) != origin:
-                fix = ("repeat --cors-origin for each origin" if "," in origin else
+                fix = ("give each origin apart (repeat --cors-origin)" if "," in origin else
                        f"give {sent}" if sent else "not an origin (https://viewer.example, say)")
-                raise ValueError(f"--cors-origin {origin}: a browser names a page's origin by its scheme, host and a "
-                                 f"port other than the default, nothing after, and would never send this: {fix}")
+                raise ValueError(f"cors_origins (--cors-origin) {origin}: a browser names a page's origin by its "
+                                 "scheme, host and a port other than the default, nothing after, and would never "
+                                 f"send this: {fix}")
 
     @classmethod
     def from_options(cls, api_key_file: Path | str | None = None, allowed_hosts: Sequence[str] = (),

@@ -164,13 +164,14 @@ class TrainConfig:
         # would record a warm-up that never happened. Its default and 0 pass, so a default config suits both recipes
         if self.optimizer == "adam-plateau" and self.warmup not in (0, TrainConfig.warmup):
             raise ValueError(f"warmup {self.warmup:g} is the adamw-cosine recipe's: adam-plateau starts at its full "
-                             "rate with no warm-up, so drop the warmup setting or use --optimizer adamw-cosine")
+                             "rate with no warm-up, so drop the warmup setting or use optimizer adamw-cosine "
+                             "(--optimizer)")
         # and the mirror: adamw-cosine has no plateau, whose settings config.yaml and the card would record as used
         changed = [f"{name} {getattr(self, name):g}" for name in ("plateau_factor", "plateau_patience")
                    if getattr(self, name) != getattr(TrainConfig, name)]
         if self.optimizer == "adamw-cosine" and changed:
             raise ValueError(f"{' and '.join(changed)} set the adam-plateau recipe's rate cuts: adamw-cosine follows "
-                             "its cosine schedule, so drop them or use --optimizer adam-plateau")
+                             "its cosine schedule, so drop them or use optimizer adam-plateau (--optimizer)")
         if self.split_csv and self.validate_on_val_folder:
             raise ValueError("split_csv and validate_on_val_folder both choose the validation films: give one")
         if self.patients is not None and (self.split_csv or self.validate_on_val_folder):

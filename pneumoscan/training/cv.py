@@ -102,17 +102,17 @@ def check_fold_run(run: RunFolder, planned: list[Record], cfg: TrainConfig) -> N
     if not finished and not run.checkpoint.exists():
         return
     if moved := split_change(run.split, planned):
-        raise ValueError(f"{name} was trained on another split ({moved}); use a new --out")
+        raise ValueError(f"{name} was trained on another split ({moved}); use a new out_dir (--out)")
     # a finished fold's bundle records what made it; an interrupted one's checkpoint, which its --resume compares with
     recorded = (load_card(run.bundle).train_config if finished
                 else checkpoint_config(load_checkpoint(run.checkpoint), run.checkpoint))
     if recorded is None:
         raise ValueError(f"{name}'s checkpoint records no settings and there is no config.yaml beside it, so "
-                         "nothing shows how it was made; use a new --out")
+                         "nothing shows how it was made; use a new out_dir (--out)")
     if changes := config_changes(recorded, cfg, ignore=("split_csv", "patients")):
-        raise ValueError(f"{name} was trained with other settings ({', '.join(changes)}); use a new --out")
+        raise ValueError(f"{name} was trained with other settings ({', '.join(changes)}); use a new out_dir (--out)")
     if finished and (why := teachers_changed(recorded)):  # an interrupted fold's --resume checks its own
-        raise ValueError(f"{name} was taught by other bundles: {why}; use a new --out")
+        raise ValueError(f"{name} was taught by other bundles: {why}; use a new out_dir (--out)")
 
 
 def check_fold_data(run: RunFolder, planned: list[Record], ctx: Dist, opened: dict | None = None) -> None:
@@ -123,7 +123,7 @@ def check_fold_data(run: RunFolder, planned: list[Record], ctx: Dist, opened: di
                                                              functools.partial(machine_cache, ctx=ctx)):
         raise ValueError(f"{run.root.name} was trained on other pixels or labels than these films have now (rewritten "
                          "in place since, or decoded otherwise by this version?): its figures would not be this cv's; "
-                         "use a new --out")
+                         "use a new out_dir (--out)")
 
 
 def check_fold_classes(plans: Sequence[Sequence[Record]], task: Task) -> None:
@@ -136,7 +136,7 @@ def check_fold_classes(plans: Sequence[Sequence[Record]], task: Task) -> None:
             if missing := absent_classes(select([r for r in planned if r.split == side], task)[1], task):
                 raise ValueError(f"fold {k + 1} of {len(plans)} has no {missing[0]} {what} film for the {task.name} "
                                  "task (a patient's films stay in one fold): its run could not be trained and "
-                                 f"validated; use fewer --folds or add {missing[0]} films of other patients")
+                                 f"validated; use fewer folds (--folds) or add {missing[0]} films of other patients")
 
 
 # what a fold records of how it trained that is no setting (resume.RECORDED), in words: (the folds differ in ...,
@@ -161,11 +161,11 @@ def check_fold_processes(runs: Sequence[RunFolder], here: dict[str, object]) -> 
         if len(known) > 1:
             raise ValueError(f"the finished folds were trained {differ} ("
                              + ", ".join(f"{name}: {v}" for name, v in made_by.items() if v is not None)
-                             + "); use a new --out")
+                             + "); use a new out_dir (--out)")
         if known and len(finished) < len(runs) and here[key] not in known:
             raise ValueError(f"the finished folds were trained {made.format(known.pop())} and "
                              f"{this.format(here[key])}, so its folds still to train would be another recipe: "
-                             f"{remedy}, or use a new --out")
+                             f"{remedy}, or use a new out_dir (--out)")
 
 
 def fold_config(cfg: TrainConfig, out_dir: Path, k: int, teacher_cv: Sequence[Path | str]) -> TrainConfig:
@@ -174,10 +174,10 @@ def fold_config(cfg: TrainConfig, out_dir: Path, k: int, teacher_cv: Sequence[Pa
         try:
             cv_folds(CvFolder(Path(run)))
         except ValueError as e:
-            raise ValueError(f"--teacher-cv {e}") from None
+            raise ValueError(f"teacher_cv (--teacher-cv) {e}") from None
         if not CvFolder(Path(run)).split(k).exists():
-            raise ValueError(f"teacher cv run {run} was made on other folds (it has no fold {k}): give --teacher-cv "
-                             "runs made with the same --folds, --seed and data")
+            raise ValueError(f"teacher cv run {run} was made on other folds (it has no fold {k}): give teacher_cv "
+                             "(--teacher-cv) runs made with the same folds (--folds), seed (--seed) and data")
     teachers = [CvFolder(Path(run)).fold(k).bundle for run in teacher_cv]
     for teacher in teachers:
         if not (teacher / CARD).exists():
@@ -254,12 +254,12 @@ def _plan_folds(data: Path | str, cfg: TrainConfig, folds: int, cv_folder: CvFol
         raise ValueError(f"cv makes each fold's split itself: split_csv {cfg.split_csv} would not be read; give the "
                          "films to fold as DATA (a manifest is taken)")
     if cfg.val_fraction != VAL_FRACTION:
-        raise ValueError(f"cv validates each run on one fold of --folds: val_fraction {cfg.val_fraction:g} would not "
-                         "be used; leave it out")
+        raise ValueError(f"cv validates each run on one fold of folds (--folds): val_fraction {cfg.val_fraction:g} "
+                         "would not be used; leave it out")
     if beyond := [k for k in {*cv_folder.splits(), *cv_folder.folds()} if k >= folds]:
         # left there, ensemble --cv and export --int8 --cv would take this cv for one stopped between folds, for good
-        raise ValueError(f"{cv_folder.root} holds fold {max(beyond)} of a cv of more folds than --folds {folds} "
-                         f"(split-fold-{max(beyond)}.csv or fold-{max(beyond)}/): use a new --out")
+        raise ValueError(f"{cv_folder.root} holds fold {max(beyond)} of a cv of more folds than folds (--folds) "
+                         f"{folds} (split-fold-{max(beyond)}.csv or fold-{max(beyond)}/): use a new out_dir (--out)")
     pool, duplicates, sampled_from = sampled_pool(data, cfg.patients, cfg.seed)
     fold_of = patient_folds(pool, folds, cfg.seed, duplicates)
     plans = [[dataclasses.replace(r, split="val" if f == k else "train") for r, f in zip(pool, fold_of)]

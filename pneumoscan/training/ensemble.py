@@ -223,10 +223,10 @@ def _member_paths(members: Sequence[Path | str], cv_dirs: Sequence[Path], out: P
     given twice."""
     if cv_dirs:
         if members:
-            raise ValueError("with --cv the members are the runs' fold bundles: give no member bundles")
+            raise ValueError("with cv_dirs (--cv) the members are the runs' fold bundles: give no member bundles")
         members = cv_members(cv_dirs)
     if out.exists() or out.is_symlink():
-        raise ValueError(f"--out {out} exists: the ensemble goes to a new folder")
+        raise ValueError(f"out (--out) {out} exists: the ensemble goes to a new folder")
     paths = [Path(os.path.abspath(p)) for p in members]
     real = [os.path.realpath(p) for p in paths]
     if twice := next((p for i, p in enumerate(paths) if real[i] in real[:i]), None):
@@ -365,10 +365,11 @@ def build_ensemble(
     out-of-fold scores. The threshold policy is the first member's unless one is given. Returns the card written."""
     members, cv_dirs = path_list(members), path_list(cv_dirs)  # one path given alone, not its characters
     if (data is None) == (not cv_dirs):
-        raise ValueError("give labelled validation data (--data) or cv runs (--cv), not both and not neither")
+        raise ValueError("give labelled validation data (data, --data) or cv runs (cv_dirs, --cv), not both and not "
+                         "neither")
     if split is not None and data is None:  # the out-of-fold scores are every film of the cv runs
-        raise ValueError(f"--split {split} chooses films of --data; with --cv the out-of-fold scores of the runs' "
-                         "films are used, whatever their split: drop --split")
+        raise ValueError(f"split (--split) {split} chooses films of data (--data); with cv_dirs (--cv) the "
+                         "out-of-fold scores of the runs' films are used, whatever their split: drop split (--split)")
     cv_dirs, out = [Path(d) for d in cv_dirs], Path(out)
     paths = _member_paths(members, cv_dirs, out)
     loaded = []

@@ -199,16 +199,16 @@ def resume_from(path: Path, cfg: TrainConfig, records: Sequence[Record], made: d
                          "delete it to start over")
     if changes := config_changes(recorded, cfg, RESUMABLE):
         raise ValueError(f"cannot resume from {shown(path)}: it was made with other settings ({', '.join(changes)}); "
-                         "only epochs and time_budget may change on --resume: give its settings again, or train "
-                         "into a new --out")
+                         "only epochs and time_budget may change on a resume (--resume): give its settings again, or "
+                         "train into a new run_dir (--out)")
     # --epochs caps the epochs: below those trained, the bundle and config.yaml would record fewer than made it
     if cfg.epochs < (trained := ckpt["epoch"] + 1):
-        raise ValueError(f"cannot resume from {shown(path)}: it has trained {trained} epochs, more than --epochs "
-                         f"{cfg.epochs}, which its bundle would record: give --epochs {trained} to finish it now, or "
-                         "more to train on")
+        raise ValueError(f"cannot resume from {shown(path)}: it has trained {trained} epochs, more than epochs "
+                         f"(--epochs) {cfg.epochs}, which its bundle would record: give {trained} epochs to finish it "
+                         "now, or more to train on")
     if moved := ctx.from_main(split_change(RunFolder.of(path).split, records) if ctx.main else None):
         raise ValueError(f"cannot resume from {shown(path)}: it was trained on another split ({moved}); give its "
-                         "data and split again, or train into a new --out")
+                         "data and split again, or train into a new run_dir (--out)")
     if reason := ctx.from_main(made_change(ckpt, path, made) if ctx.main else None):
         raise ValueError(reason)
     return ckpt
@@ -218,7 +218,7 @@ def _teachers_changed(old: list[str], new: list[str], made: dict) -> str:
     changed = [t for t, a, b in zip(made["config"]["teacher"], old, new, strict=True) if a != b]
     return (f"teacher {shown(changed[0])} is not the bundle it was trained with (its bundle.json changed since the "
             "checkpoint), so the soft targets would be another model's: put that bundle back, "
-            "or train into a new --out")
+            "or train into a new run_dir (--out)")
 
 
 # what a checkpoint records of how its run was made besides its settings and split (made_by): what each is, as a
@@ -229,14 +229,14 @@ def _teachers_changed(old: list[str], new: list[str], made: dict) -> str:
 _MADE: dict[str, tuple[str, Callable[[object, object, dict], str]]] = {
     "processes": ("number of processes", lambda old, new, made: (
         f"it was made by {old} process(es) and this run has {new}; the global batch, the learning rate and the steps "
-        f"per epoch follow the number of processes: resume under {old}, or train into a new --out")),
+        f"per epoch follow the number of processes: resume under {old}, or train into a new run_dir (--out)")),
     "resolved_precision": ("training precision", lambda old, new, made: (
         f"its steps computed in {old} and this run's would compute in {new} (precision {made['config']['precision']}: "
-        f"auto is bf16 on CUDA, fp32 on CPU): resume where it computes in {old}, or train into a new --out")),
+        f"auto is bf16 on CUDA, fp32 on CPU): resume where it computes in {old}, or train into a new run_dir (--out)")),
     "data": ("data checksum", lambda old, new, made: (
         f"it was trained on other pixels or labels than these films hold now, or on them listed in another order (data "
         f"checksum {str(old)[7:19]}... -> {str(new)[7:19]}...; the order decides the batches): files at its paths "
-        "changed since, or the manifest was reordered; give its data again, or train into a new --out")),
+        "changed since, or the manifest was reordered; give its data again, or train into a new run_dir (--out)")),
     "teachers": ("teachers' checksums", _teachers_changed),
 }
 

@@ -58,7 +58,7 @@ class TensorBoard(Callback):
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as e:
-            raise ValueError(f"--log tensorboard needs the tensorboard package ({e}): "
+            raise ValueError(f"log_to tensorboard (--log tensorboard) needs the tensorboard package ({e}): "
                              "pip install tensorboard") from None
         self.log_dir, self.config, self.make = log_dir, config, SummaryWriter
         self.writer = None
@@ -100,7 +100,8 @@ class MLflow(Callback):
         try:
             from mlflow.tracking import MlflowClient
         except ImportError as e:
-            raise ValueError(f"--log mlflow needs the mlflow-skinny package ({e}): pip install mlflow-skinny") from None
+            raise ValueError(f"log_to mlflow (--log mlflow) needs the mlflow-skinny package ({e}): "
+                             "pip install mlflow-skinny") from None
         if not log.isEnabledFor(logging.INFO):  # `pneumoscan -q`: MLflow's own INFO lines (creating its tables) too
             logging.getLogger("mlflow").setLevel(logging.WARNING)
         self.run_dir, self.config, self.uri = run_dir.absolute(), config, tracking_uri
@@ -171,7 +172,7 @@ def make_trackers(names: list[str] | tuple[str, ...], run_dir: Path, config: dic
     for name in names:
         look_up_option(name, TRACKERS, "tracker")
     if tracking_uri and "mlflow" not in names:
-        raise ValueError("--tracking-uri is MLflow's store: add --log mlflow")
+        raise ValueError("tracking_uri (--tracking-uri) is MLflow's store: add mlflow to log_to (--log mlflow)")
     made: list[Callback] = []
     if "tensorboard" in names:
         made.append(TensorBoard(RunFolder(Path(run_dir)).tensorboard, config))

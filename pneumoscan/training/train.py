@@ -93,16 +93,16 @@ def split_records(data: Path | str, cfg: TrainConfig,
         records = discover(cfg.split_csv).records
         if not any(r.split for r in records):
             raise ValueError(f"{shown(cfg.split_csv)} gives no film a split (it has no split column, or an empty "
-                             "one), so --split-csv names no train and val films: give a manifest with a split column "
-                             "(`pneumoscan split DATA --out FILE` writes one), or leave --split-csv out and training "
-                             "splits DATA by patient itself")
+                             "one), so split_csv (--split-csv) names no train and val films: give a manifest with a "
+                             "split column (`pneumoscan split DATA --out FILE` writes one), or leave split_csv out and "
+                             "training splits DATA by patient itself")
         sides = [side for side in ("train", "val", "test") if any(r.split == side for r in records)]
         if empty := [side for side in ("train", "val") if side not in sides]:
             raise ValueError(f"{shown(cfg.split_csv)} gives no film the split {' or '.join(empty)} (it has "
-                             f"{', '.join(sides)}), so --split-csv names no {' and '.join(empty)} films: give each "
-                             "patient's films a train or val split (`pneumoscan split DATA --out FILE` writes a "
-                             "patient-grouped one of everything but test), or leave --split-csv out and training "
-                             "splits DATA by patient itself")
+                             f"{', '.join(sides)}), so split_csv (--split-csv) names no {' and '.join(empty)} films: "
+                             "give each patient's films a train or val split (`pneumoscan split DATA --out FILE` "
+                             "writes a patient-grouped one of everything but test), or leave split_csv out and "
+                             "training splits DATA by patient itself")
         if unsided := [r for r in records if r.split not in ("train", "val", "test")]:
             log.warning("%d film(s) of %s are in no train, val or test split (e.g. %s, split %r): left out",
                         len(unsided), shown(cfg.split_csv), shown(unsided[0].path), unsided[0].split)
@@ -110,11 +110,11 @@ def split_records(data: Path | str, cfg: TrainConfig,
         found = discover(data).records
         if not any(r.split == "val" for r in found):
             splits = list(dict.fromkeys(r.split for r in found if r.split))  # in the layout's order
-            raise ValueError(f"--val-folder validates on the val/ folder of {shown(data)}, which holds no film ("
+            raise ValueError(f"validate_on_val_folder (--val-folder) validates on the val/ folder of {shown(data)}, "
+                             "which holds no film ("
                              + (f"it has {', '.join(splits)}" if splits else "it has no split folders")
-                             + "): leave --val-folder out and training validates on a "
-                             "patient-grouped split of everything but test/ (--set val_fraction=), or give a "
-                             "--split-csv")
+                             + "): leave it out and training validates on a patient-grouped split of everything "
+                             "but test/ (val_fraction, --set val_fraction=), or give a split_csv (--split-csv)")
         records = [r for r in found if r.split in ("train", "val")]
         per_class = Counter(r.label for r in records if r.split == "val")
         if per_class and min(per_class.values()) < 50:
@@ -396,8 +396,8 @@ def selected_films(records: list[Record], cache: ImageCache, task: Task, ctx: Di
     if missing := absent_classes(selected["val"][1], task):
         raise ValueError(f"no readable validation film of class {', '.join(missing)} for the {task.name} task "
                          f"({len(selected['val'][0])} usable validation films): the best epoch, the temperature and "
-                         "the threshold are chosen on validation films of every class; raise --set val_fraction=, "
-                         "or give a --split-csv whose val films hold every class")
+                         "the threshold are chosen on validation films of every class; raise val_fraction (--set "
+                         "val_fraction=), or give a split_csv (--split-csv) whose val films hold every class")
     return selected
 
 
@@ -409,7 +409,7 @@ def check_batches(train_films: int, cfg: TrainConfig, ctx: Dist, where: str = ""
     if (share := train_films // ctx.world) < cfg.batch_size:
         raise ValueError(f"{where}the {train_films} training films fill no batch of {cfg.batch_size} in each of "
                          f"{ctx.world} process(es) (an epoch drops its last partial batch), so no step would be taken: "
-                         f"give --batch-size {max(share, 1)} or less, or more films")
+                         f"give a batch_size (--batch-size) of {max(share, 1)} or less, or more films")
 
 
 def load_data(records: list[Record], cache: ImageCache, checksum: str, cfg: TrainConfig, task: Task, ctx: Dist,
@@ -550,8 +550,8 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, d: Data, ctx: Dist,
     budget_s = cfg.time_budget * 60 if cfg.time_budget else None
     if budget_s is not None and budget_s <= warm_s:
         raise ValueError(f"the warm start took {warm_s / 60:.1f} min of the {cfg.time_budget:g} min time budget; "
-                         f"nothing was left to train: give a --time-budget well above {warm_s / 60:.1f} min, or "
-                         "--set warm_start=false")
+                         f"nothing was left to train: give a time_budget (--time-budget) well above "
+                         f"{warm_s / 60:.1f} min, or warm_start false (--set warm_start=false)")
     optimizer, schedule = recipe(cfg, params, lr, cfg.epochs * len(d.train_loader), budget_s)
     if ctx.main:
         log.info(
@@ -579,7 +579,7 @@ def make_callbacks(model: torch.nn.Module, cfg: TrainConfig, task: Task, d: Data
                       plugins=registry.plugins_made_with(cfg.task, [cfg.model]))
     run = RunFolder(run_dir)
     best = BestWeights(lambda m: save_bundle(run.best, m, card), "the time budget ran out before the first step: "
-                       "raise --time-budget")
+                       "raise time_budget (--time-budget)")
     average = [WeightAverage(model, cfg.ema_decay)] if cfg.ema_decay is not None else []
     stateful = [*schedule, best, *average, *trackers, *extra]
     # the checkpoint keeps how the run is made too (made_by): --resume refuses to go on otherwise (resume_from)
