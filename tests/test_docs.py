@@ -666,12 +666,11 @@ def _python_page_script() -> tuple[str, list[str]]:
     return example + "\n\ndef the_calls_its_text_shows() -> None:\n" + "".join(f"    {line}\n" for line in body), calls
 
 
-@pytest.mark.typecheck
 def test_the_python_page_type_checks_against_the_package(tmp_path: Path) -> None:
     """An engineer who type-checks a script gets pneumoscan's annotations (PEP 561's marker, pneumoscan/py.typed,
     which the wheel ships) and they hold: mypy --strict finds no error in docs/python.md as a user's script, its
     example and each call its text shows. mypy reads the package as it reads one installed, reporting no error inside
-    it. About 25 s, most of it reading torch's and numpy's annotations: `make typecheck` runs it."""
+    it. About 25 s of CPU, most of it reading torch's and numpy's annotations; `make typecheck` runs it alone."""
     script, calls = _python_page_script()
     assert len(calls) > 8, f"found {len(calls)} calls on the page: the pattern no longer finds them"
     (tmp_path / "example.py").write_text(script)
