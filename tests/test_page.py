@@ -573,7 +573,9 @@ def serious_violations(page: Page) -> list[str]:
 
 def test_each_state_of_the_page_passes_axe_and_high_contrast_keeps_the_bar(page: Page, small: Path) -> None:
     """axe-core finds nothing serious in the states a reader meets: the empty page, a batch with a refused film (the
-    list of several, the reading kept), a two-stage reading with its heatmap, a single refused film. In a forced-colours
+    list of several, the reading kept), a two-stage reading with its heatmap, one near its threshold with the
+    interval's band and key, a reading outside the model's scope under its notice, a single refused film, a film the
+    busy service did not read; the model card with its caveat is on the page throughout. In a forced-colours
     (high-contrast) mode the bar's fill and threshold mark, backgrounds the mode paints over, were gone: the bar read
     as empty, a probability of none; the pressed Pan looked as the others, and the drop zone the same with a file
     dragged over it. The same refusal twice left the
@@ -595,6 +597,11 @@ def test_each_state_of_the_page_passes_axe_and_high_contrast_keeps_the_bar(page:
     expect(page.locator("#legend")).to_be_visible()
     expect(page.locator("#etiology")).to_be_visible()
     assert serious_violations(page) == []
+    # nothing moves or fades (docs/reading.md): a reduced-motion setting has nothing to stop
+    moving = page.evaluate("""() => [...document.querySelectorAll('*')].filter((e) => { const s = getComputedStyle(e);
+        return s.animationName !== 'none' || s.transitionDuration.split(',').some((d) => parseFloat(d) > 0)
+            || s.scrollBehavior === 'smooth'; }).map((e) => e.id || e.tagName)""")
+    assert not moving, moving
 
     page.click("#pan-mode")
     page.emulate_media(forced_colors="active")
@@ -616,6 +623,15 @@ def test_each_state_of_the_page_passes_axe_and_high_contrast_keeps_the_bar(page:
     assert not alike, "in forced colours the drop zone looks the same with a file over it"
     drop.dispatch_event("dragleave")
     page.emulate_media(forced_colors="none")
+    page.evaluate("""() => { thresholdInterval = [0.2, 0.8]; const film = films.find((f) => f.result);
+        film.result = { ...film.result, near_threshold: true }; showResult(film); }""")
+    expect(page.locator("#near")).to_be_visible()
+    expect(page.locator("#bar-key")).to_be_visible()
+    assert serious_violations(page) == []
+    ct = dicom_bytes(read_gray(small).astype(np.uint16) * 16, **CT_TAGS)
+    page.set_input_files("#file", files=[{"name": "ct.dcm", "mimeType": "application/dicom", "buffer": ct}])
+    expect(page.locator("#scope-notice")).to_be_visible()
+    assert serious_violations(page) == []
 
     page.set_input_files("#file", files=[refused])
     expect(page.locator("#error")).to_have_text(re.compile("^Rejected: "))
@@ -623,10 +639,14 @@ def test_each_state_of_the_page_passes_axe_and_high_contrast_keeps_the_bar(page:
     # the same refusal again: the alert's text changed, or a screen reader said nothing; the eye sees no change
     said, size = page.text_content("#error"), page.locator("#error").bounding_box()
     page.set_input_files("#file", files=[refused])
-    page.wait_for_function("() => films.length === 4 && films[3].status === 'rejected'")
+    page.wait_for_function("() => films.length === 5 && films[4].status === 'rejected'")
     assert page.text_content("#error") != said, "the same refusal again left the alert's text as it was: unsaid"
     assert page.locator("#error").bounding_box() == size
     expect(page.locator("#error")).to_have_text(said)
+    page.route("**/v1/predict*", lambda route: route.fulfill(status=503, json={"error": "the service is busy"}))
+    page.set_input_files("#file", small)
+    expect(page.locator("#error")).to_have_text("Not read: the service is busy")
+    assert serious_violations(page) == []
 
 
 def test_figures_short_of_one_never_read_as_one(page: Page) -> None:
