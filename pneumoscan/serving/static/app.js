@@ -24,7 +24,8 @@ let cardThreshold = null;
 // the check, noise or a form is read as confidently as a film), and followsAnother, an etiology model served alone
 // (bacteria is no all-clear): whether its readings may be coloured as clear calls (lookOf); second, the service's
 // second stage ({task, positive}: etiology, or one of a site's own), null without one; classes, the model's classes
-// when it has more than two (the CSV gives each one's probability). null until a card loads.
+// when it has more than two (the CSV gives each one's probability); caveats, how many the card gives of its model and
+// second stage (said with each reading: on screen they are in the card beside it). null until a card loads.
 let readWith = null;
 // the film formats the service reads (GET /v1/model: film_formats, one entry a registered reader): named above the
 // file picker, and a film no JPEG or PNG header marks is described as the format whose type or file ending it has
@@ -123,7 +124,8 @@ function showCard(info) {
   cardThreshold = info.threshold;
   readWith = { contentChecked: info.content_checked, followsAnother: info.follows.length > 0,
     second: info.etiology ? { task: info.etiology.task, positive: info.etiology.positive } : null,
-    classes: info.classes.length > 2 ? info.classes : [] };
+    classes: info.classes.length > 2 ? info.classes : [],
+    caveats: (info.caveats || []).length + (info.etiology ? (info.etiology.caveats || []).length : 0) };
   maxUploadBytes = info.max_upload_bytes;
   filmFormats = info.film_formats;
   $("formats").textContent = oneOf(filmFormats.flatMap((f) => f.formats));
@@ -295,20 +297,27 @@ function lookOf(film) {
   return r.label === r.positive ? "positive" : "negative";
 }
 
-// Said in the polite live region when a reading arrives: the result panel itself is not announced. Out of scope,
-// the label and probability are left out: they do not apply, and said aloud they sound as if they did.
-function announcement(r) {
-  const n = allWarnings(r).length;
-  const warnings = `${n} scope warning${n === 1 ? "" : "s"}`;
+// Said in the polite live region when reading r arrives or is shown again (kept: the readWith of its film, or none):
+// the result panel itself is not announced. Out of scope, the label and probability are left out (they do not
+// apply, and said aloud they sound as if they did) and the reasons are said, as the notice above the reading gives
+// them and as a refusal's reason is said. In scope, the warnings are counted (every JPEG has some; they follow the
+// figures), and so are the model's caveats, which the eye finds in the card beside the reading and a screen reader
+// only by leaving it.
+function announcement(r, kept = null) {
+  const all = allWarnings(r);
   if (!r.in_scope) {
-    return `Outside the model's scope: this reading does not apply. ${warnings} say${n === 1 ? "s" : ""} why.`;
+    return `Outside the model's scope: this reading does not apply. ${all.map((w) => `Scope: ${w}.`).join(" ")}`;
   }
+  const n = all.length;
   const e = r.etiology;
   const second = !e ? "" : !e.in_scope ? ` ${titled(e.task)}: outside its scope, does not apply.` :
     r.near_threshold ? ` ${titled(e.task)}: indeterminate, since ${r.label} is itself near its threshold.` :
       ` ${titled(e.task)}: ${e.label}.`;
+  const c = kept ? kept.caveats : 0;
+  const caveats = c ? ` The model card gives ${c} caveat${c === 1 ? "" : "s"}.` : "";
   const [p, t] = figuresApart(r.probability, r.threshold);
-  return `Reading: ${labelText(r)}, probability ${p}, threshold ${t}, ${warnings}.${second}`;
+  return `Reading: ${labelText(r)}, probability ${p}, threshold ${t}, ${n} scope warning${n === 1 ? "" : "s"}.` +
+    `${second}${caveats}`;
 }
 
 // The classes of reading r's model when it has more than two (its probabilities, in the model's class order), else
@@ -370,7 +379,7 @@ function showResult(film) {
     return showError(`Not shown: ${notOfTheCard(r)}: choose the film again to have it read by the model described`);
   }
   $("error").hidden = true;
-  $("status").textContent = announcement(r);
+  sayAgain($("status"), announcement(r, film.readWith));  // a film shown again from the list, or the same film again
   const look = lookOf(film);
   const [p, t] = figuresApart(r.probability, r.threshold);
   $("label").textContent = labelText(r);
