@@ -6,6 +6,7 @@ its first batch with a traceback and exit status 1. Each refuses to start with s
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Callable
@@ -80,3 +81,54 @@ def test_predict_refuses_before_its_films_where_its_model_cannot_run(film_sized_
         f"pneumoscan predict: error: {film_sized_bundle}: its model cannot run on this machine: scoring a film-sized "
         f"test input in torch failed (RuntimeError: could not create a primitive); {NO_WX_MEMORY}")
     assert not out.exists()
+
+
+# a service proven at start where the policy is not yet in force (ONNX Runtime scoring, no heatmap drawn at start),
+# then put under it: its first heatmap's Grad-CAM, in torch, fails as it would on a host that refused that memory
+# later (or for any other internal error), while its readings, by ONNX Runtime, go on
+POLICY_AFTER_START = """import ctypes, io, json, sys
+import numpy as np
+from fastapi.testclient import TestClient
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+from pneumoscan.serving.app import create_app
+app = create_app(sys.argv[1], backend="onnx")
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.prctl(65, 1, 0, 0, 0) != 0:
+    sys.exit(f"PR_SET_MDWE refused (errno {ctypes.get_errno()}): this test needs Linux 6.3 or later")
+film = io.BytesIO()
+Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 260), dtype=np.uint8)).save(film, "PNG")
+with TestClient(app, raise_server_exceptions=False) as c:
+    post = lambda query: c.post("/v1/predict" + query, files={"file": ("film.png", film.getvalue(), "image/png")})
+    answers = [post(query) for query in ("?heatmap=true", "?heatmap=map", "")]
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(c.get("/metrics").text) for s in f.samples}
+    print(json.dumps({"answers": [[a.status_code, a.json()] for a in answers], "health": c.get("/healthz").json(),
+                      "failed": samples[("pneumoscan_refusals_total", (("reason", "heatmap_failed"),))],
+                      "readings": sum(v for (n, _), v in samples.items() if n == "pneumoscan_readings_total")}))
+"""
+
+
+def test_a_heatmap_that_fails_after_the_start_is_refused_with_its_films_reading(film_sized_bundle: Path) -> None:
+    """It answered a bare 500 ("internal error") and lost the reading, while /healthz said ok: each heatmap is
+    refused (500, heatmap_failed) with the reading of its film, which stands; the failure is logged once with its
+    cause, counted in /metrics, and /healthz says degraded."""
+    from pneumoscan.serving.service import HEATMAP_FAILED, HEATMAPS_FAILING
+
+    done = subprocess.run([sys.executable, "-c", POLICY_AFTER_START, str(film_sized_bundle)], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout.splitlines()[-1])
+    (overlay, overlay_body), (bare, map_body), (plain, reading) = seen["answers"]
+    assert (overlay, bare, plain) == (500, 500, 200), seen["answers"]
+    for body in (overlay_body, map_body):
+        assert body["error"] == HEATMAP_FAILED.format("RuntimeError") and body["reason"] == "heatmap_failed"
+        assert body["reading"]["heatmap"] is None
+        assert body["reading"]["label"] == reading["label"]
+        assert body["reading"]["probability"] == pytest.approx(reading["probability"], abs=1e-6)
+    assert seen["health"]["status"] == "degraded"
+    assert seen["health"]["reason"] == HEATMAPS_FAILING.format("RuntimeError")
+    assert (seen["failed"], seen["readings"]) == (2, 3)
+    logged = [line for line in done.stderr.splitlines() if "heatmaps fail: Grad-CAM raised RuntimeError" in line]
+    assert len(logged) == 1 and "could not create a primitive" in logged[0], done.stderr
+    assert "internal error" not in done.stderr

@@ -158,7 +158,7 @@ def _add_error_handlers(app: FastAPI, service: Service) -> None:
     @app.exception_handler(Rejected)
     async def _rejected(request: Request, exc: Rejected) -> JSONResponse:
         service.metrics.refused(exc.kind)
-        return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(ClientGone)
     async def _gone(request: Request, exc: ClientGone) -> JSONResponse:
@@ -174,7 +174,7 @@ def _add_error_handlers(app: FastAPI, service: Service) -> None:
     async def _non_finite(request: Request, exc: NonFiniteScore) -> JSONResponse:
         service.mark_broken()
         service.metrics.refused("model_broken")
-        return JSONResponse({"error": NON_FINITE}, status_code=500)
+        return JSONResponse({"error": NON_FINITE, "reason": "model_broken"}, status_code=500)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -12,11 +12,7 @@ from pydicom.dataset import Dataset
 
 from pneumoscan.core.logs import redact
 
-from .limits import BUNDLE_WAIT_S, Rejected
-
-
-class ErrorBody(BaseModel):
-    error: str = Field(description="what is wrong with the request")
+from .limits import BUNDLE_WAIT_S, Refusal, Rejected
 
 
 class StageResult(BaseModel):
@@ -72,6 +68,15 @@ class Prediction(StageResult):
     card_digest: str = Field(description="the card_digest of the /v1/model answer of the service that read the film: "
                              "a reading whose card_digest is not that of the card a client holds was read by another "
                              "model, threshold or card (the service restarted with another bundle)")
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(description="what is wrong with the request")
+    reason: Refusal | None = Field(None, description="the refusal's kind, as /metrics counts it "
+                                   "(pneumoscan_refusals_total's reason); absent for the refusals of the key and Host "
+                                   "checks, a path not served and an internal error")
+    reading: Prediction | None = Field(None, description="with reason heatmap_failed (500): the film's reading, which "
+                                       "stands (its heatmap alone failed), without the heatmap")
 
 
 class ModelInfo(BaseModel):

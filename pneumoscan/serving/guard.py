@@ -152,8 +152,7 @@ class Guard:
             # message may quote a value of the film's header (a patient's name, a birth date), as pydicom's and
             # highdicom's do, and a traceback repeats it. The kind and place are in the format, which the served
             # log's rate limit (server.OneLineLog) tells failures apart by
-            frame = traceback.extract_tb(e.__traceback__)[-1]
-            where = f"{Path(frame.filename).name}:{frame.lineno} in {frame.name}".replace("%", "%%")  # in the format
+            where = raised_at(e).replace("%", "%%")  # in the format
             log.error(f"internal error on %s %s: {type(e).__name__} at {where}: %s", scope["method"],
                       scope["path"], redact(str(e)))
             if started:  # too late for a 500: the server closes the connection and logs this, not the message
@@ -226,6 +225,12 @@ def _host_name(host: str) -> str:
     if host.startswith("["):
         return host[1:].split("]", 1)[0]
     return host.split(":", 1)[0] if host.count(":") == 1 else host
+
+
+def raised_at(error: BaseException) -> str:
+    """Where ``error`` was raised, as a log line names it without a traceback: ``file.py:LINE in function``."""
+    frame = traceback.extract_tb(error.__traceback__)[-1]
+    return f"{Path(frame.filename).name}:{frame.lineno} in {frame.name}"
 
 
 def _host_allowed(host_header: str, allowed: tuple[str, ...]) -> bool:

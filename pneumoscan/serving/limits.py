@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import field
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field
 from pydantic.dataclasses import dataclass
@@ -60,21 +60,25 @@ class Limits:
 # Why a request was refused, in a fixed set of words that /metrics counts it under (pneumoscan_refusals_total's
 # reason): the message says more, but holds what the film or the request said, which a metric's label must not
 Refusal = Literal["bad_request", "upload_timeout", "too_large", "unsupported_type", "unreadable_film", "not_reportable",
-                  "heatmap_unavailable", "busy", "model_broken", "client_gone"]
+                  "heatmap_unavailable", "heatmap_failed", "busy", "model_broken", "client_gone"]
 # each status's refusal where its raise names none: the 422 of a request's options, the 503 of a full lane
 REFUSED_AS: dict[int, Refusal] = {400: "bad_request", 408: "upload_timeout", 413: "too_large", 415: "unsupported_type",
                                   422: "bad_request", 503: "busy"}
 
 
 class Rejected(Exception):
-    """A bad request, answered as ``status`` with ``{"error": message}`` (and ``headers``), counted as ``kind``
-    (:data:`Refusal`; by default the status's, :data:`REFUSED_AS`)."""
+    """A bad request, answered as ``status`` with ``{"error": message, "reason": kind}`` (and ``headers``), counted
+    as ``kind`` (:data:`Refusal`; by default the status's, :data:`REFUSED_AS`). ``reading``: the film's reading, which
+    stands where only its heatmap failed (``heatmap_failed``)."""
 
     def __init__(self, status: int, message: str, headers: dict[str, str] | None = None,
-                 kind: Refusal | None = None) -> None:
+                 kind: Refusal | None = None, reading: dict[str, Any] | None = None) -> None:
         super().__init__(message)
-        self.status, self.message, self.headers = status, message, headers
+        self.status, self.message, self.headers, self.reading = status, message, headers, reading
         self.kind: Refusal = kind or REFUSED_AS[status]
+
+    def body(self) -> dict[str, Any]:
+        return {"error": self.message, "reason": self.kind, **({"reading": self.reading} if self.reading else {})}
 
 
 class ClientGone(Exception):

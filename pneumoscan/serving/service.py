@@ -22,14 +22,17 @@ from fastapi.responses import JSONResponse, Response
 from pneumoscan.core.atomic import file_stamp
 from pneumoscan.core.digests import json_sha256
 from pneumoscan.core.figures import png_data_url
+from pneumoscan.core.logs import redact
 from pneumoscan.data import readers
 from pneumoscan.inference.explain import (INT8_HEATMAPS, MAX_PANEL, NoSpatialMap, explain_array, film_overlay,
                                          map_png, panel_png)
-from pneumoscan.inference.predict import NON_FINITE, Predictor, Stages, prove_runs, stage_scope, wx_memory_refused
+from pneumoscan.inference.predict import (NO_WX_MEMORY, NON_FINITE, Predictor, Stages, prove_runs, stage_scope,
+                                          wx_memory_refused)
 from pneumoscan.models.card import CARD, ENSEMBLE, BundleCard, load_card, verify_file
 
 from .batching import Stage
-from .formats import Health, Prediction, SecondStageResult, ServiceInfo, report
+from .formats import Health, Prediction, SecondStageResult, ServiceInfo, StageResult, report
+from .guard import raised_at
 from .limits import BUNDLE_WAIT_S, RETRY_AFTER_S, ClientGone, Limits, Rejected
 from .metrics import ServiceMetrics
 from .uploads import decode_described, decode_upload, disconnected, read_upload
@@ -62,6 +65,13 @@ BUNDLE_SILENT = ("a bundle's folder did not answer within {:g} s (a network driv
 MIN_UPLOAD_BYTES = 2**16
 MODEL_FAILING = ("the last run of a model failed with an internal error ({}; the log says more): predictions answer "
                  "500 until a run succeeds")
+# Why a heatmap is refused (500, heatmap_failed), with the film's reading, when its Grad-CAM raised; and why /healthz
+# says degraded until a heatmap succeeds (the log has the error, once a run of failures). The reading stands: its
+# model ran; only the explanation of it failed (torch refused memory it needs, a bug, memory run out)
+HEATMAP_FAILED = ("heatmap failed with an internal error ({}; the service log says more): the reading of this film "
+                  "stands (the reading field of this answer); the heatmap may be asked for again")
+HEATMAPS_FAILING = ("the last heatmap failed with an internal error ({}; the log says more): heatmaps answer 500, "
+                    "with the reading of their film, until one succeeds")
 
 
 def without_member_folders(reason: str, card: BundleCard) -> str:
@@ -193,6 +203,7 @@ class Service:
         self.metrics.lanes(self.in_flight, self.bounds)
         self.faults: list[str] = []  # once a model gives a non-finite score it is broken until a restart
         self.heatmap_fault: str | None = None  # once Grad-CAM's model cannot be built, until a restart
+        self.heatmaps_failing: str | None = None  # the error of the last heatmap, while the last one raised
         self.on_disk = [OnDisk(bundle), *([OnDisk(etiology)] if etiology is not None else [])]
         # the cards as served, fixed for the service's life; its digest goes with each reading, so that a client
         # tells a reading of another card (a restart with other files beside the same weights and threshold)
@@ -217,8 +228,8 @@ class Service:
         """unhealthy (no more predictions) after a non-finite score; unhealthy too while a bundle's folder does not
         answer (:data:`BUNDLE_SILENT`: predictions go on, but a restart would hang); degraded while a model's last run
         failed (each request of that run got a 500; the next run may succeed, so the probe does not take the service
-        out), when heatmaps are lost, or a bundle's files on disk changed (:class:`OnDisk`), but the predictions
-        still come from the model checked at start-up."""
+        out), when heatmaps are lost or the last one failed (readings go on), or a bundle's files on disk changed
+        (:class:`OnDisk`), but the predictions still come from the model checked at start-up."""
         model = self.main.identity  # model_id and model_version, as each reading names them
         if self.faults:
             return Health(status="unhealthy", **model, reason=self.faults[0])
@@ -228,7 +239,8 @@ class Service:
         failing = [MODEL_FAILING.format(s.batcher.failing) for s in (self.main, self.second) if s and s.batcher.failing]
         changes = [change for change in checks if change]
         # the files first: they say whether a restart would be refused, which the heatmaps' reason does not
-        if reasons := [*changes[:1], *failing[:1], *([self.heatmap_fault] if self.heatmap_fault else [])]:
+        heatmaps = [self.heatmap_fault or HEATMAPS_FAILING.format(self.heatmaps_failing)]
+        if reasons := [*changes[:1], *failing[:1], *(heatmaps if self.heatmap_fault or self.heatmaps_failing else [])]:
             return Health(status="degraded", **model, reason="; ".join(reasons))
         return Health(status="ok", **model)
 
@@ -360,15 +372,26 @@ class Service:
             # stays light to send)
             under_report = bool(heatmap) and format == "dicom-sr"
             shown = await decoded(decode_upload, MAX_PANEL, dicom) if want_image or under_report else None
-            png = None
+            png, failed = None, None
             if heatmap:
-                png = await self._in_lane(gone, self.heatmap_slots, self.painters, self._heatmap_png, image,
-                                          shown if under_report else image, heatmap == "map", result.label,
-                                          scope["warnings"])
+                try:
+                    png = await self._in_lane(gone, self.heatmap_slots, self.painters, self._heatmap_png, image,
+                                              shown if under_report else image, heatmap == "map", result.label,
+                                              scope["warnings"])
+                except (Rejected, ClientGone):
+                    raise
+                except Exception as e:  # noqa: BLE001 - the heatmap alone failed: refused below, with the reading
+                    failed = e
+                self._heatmap_ran(failed)
         finally:
             gone.cancel()
         self._refuse_if_broken()
         reading = {**result.model_dump(), **scope}
+        if failed is not None:  # the reading as the JSON answer gives it, beside the refusal of its heatmap
+            self._count(result, scope, second_result)
+            alone = Prediction(**reading, etiology=second_result, card_digest=self.card.card_digest)
+            raise Rejected(500, HEATMAP_FAILED.format(type(failed).__name__), kind="heatmap_failed",
+                           reading=alone.model_dump())
         if format != "json":  # a report filed apart from the service states the model's caveats (said at its start)
             answer = await asyncio.to_thread(report, format, {**reading, "caveats": main.predictor.card.caveats},
                                              header, png, scope["model_id"], scope["model_version"],
@@ -378,8 +401,27 @@ class Service:
             body = Prediction(**reading, etiology=second_result, heatmap=png_data_url(png) if png else None,
                               image=film, card_digest=self.card.card_digest)
             answer = JSONResponse(body.model_dump(), headers={"Cache-Control": "no-store"})
-        self.metrics.reading(result.task, result.label, result.near_threshold, scope["in_scope"], scope["warnings"])
-        if second_result is not None:
-            self.metrics.reading(second_result.task, second_result.label, second_result.near_threshold,
-                                 second_result.in_scope, second_result.warnings)
+        self._count(result, scope, second_result)
         return answer
+
+    def _count(self, result: StageResult, scope: dict[str, Any], second: SecondStageResult | None) -> None:
+        """A film's readings, answered, in /metrics."""
+        self.metrics.reading(result.task, result.label, result.near_threshold, scope["in_scope"], scope["warnings"])
+        if second is not None:
+            self.metrics.reading(second.task, second.label, second.near_threshold, second.in_scope, second.warnings)
+
+    def _heatmap_ran(self, error: Exception | None) -> None:
+        """A heatmap's Grad-CAM ran (``error`` None) or raised ``error``. The first failure after a success is logged
+        with its cause, once: each failure is counted in /metrics (refusals, heatmap_failed), and /healthz says
+        degraded until a heatmap succeeds, which is logged too."""
+        if error is None:
+            if self.heatmaps_failing is not None:
+                log.warning("a heatmap succeeded again: heatmaps are drawn")
+            self.heatmaps_failing = None
+            return
+        if self.heatmaps_failing is None:
+            hint = f"; {NO_WX_MEMORY}" if wx_memory_refused() else ""
+            log.error("heatmaps fail: Grad-CAM raised %s at %s: %s (readings go on, each heatmap refused with its "
+                      "film's reading until one succeeds; not logged again until then)%s", type(error).__name__,
+                      raised_at(error), redact(str(error)), hint)
+        self.heatmaps_failing = type(error).__name__
