@@ -461,7 +461,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     limits, access = serve_settings(args)
     build_server(args.bundle, etiology=args.etiology, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb,
                  backend=args.backend, limits=limits, access=access, insecure=args.insecure,
-                 quiet=args.quiet).run()  # -q: no access log either
+                 heatmaps=not args.no_heatmaps, quiet=args.quiet).run()  # -q: no access log either
     return 0
 
 
@@ -898,6 +898,9 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     _choice(p, "--backend", BACKENDS, "backend", default="onnx",
             help="onnx (default): ONNX Runtime, several times faster on CPU than torch; onnx-int8: the bundle's INT8 "
                  "model (export --int8), which answers no heatmaps (422); Grad-CAM runs in torch")
+    p.add_argument("--no-heatmaps", action="store_true",
+                   help="serve readings alone, heatmaps refused (422), without Grad-CAM's torch: for a host that "
+                        "refuses memory both writable and executable (MemoryDenyWriteExecute=yes), with --backend onnx")
     p.add_argument("--api-key-file", type=_file, metavar="PATH",
                    help="file holding the API key that every request but the page, /healthz and /openapi.json must "
                         "send, read again on SIGHUP (default: env PNEUMOSCAN_API_KEY; none)")

@@ -711,7 +711,7 @@ def test_the_413_the_pages_quote_is_the_services(tiny_bundle: Path) -> None:
     said = r.json()["error"]
     assert r.status_code == 413 and "--max-upload-mb" in said and "lossless" in said, said
     assert f"`{said}`" in " ".join((ROOT / "docs" / "dicom.md").read_text().split())
-    assert f"return 413 '{json.dumps({'error': said})}\\n';" in (ROOT / "docs" / "deployment.md").read_text()
+    assert f"return 413 '{json.dumps(r.json())}\\n';" in (ROOT / "docs" / "deployment.md").read_text()
 
 
 def test_the_hung_bundle_reason_deployment_md_quotes_is_the_services() -> None:

@@ -6,19 +6,22 @@ its first batch with a traceback and exit status 1. Each refuses to start with s
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
 from pneumoscan import cli
 from pneumoscan.inference.predict import NO_WX_MEMORY
-from tests.builders import free_port
+from pneumoscan.serving.service import HEATMAPS_OFF, WITHOUT_HEATMAPS
+from tests.builders import free_port, wait_healthy
 
 # the pneumoscan command in a process that asks the kernel to refuse it writable-and-executable memory from then on;
 # a kernel without PR_SET_MDWE fails the test here, loudly, rather than letting it pass untested
@@ -57,17 +60,46 @@ def under_mdwe(*args: str) -> subprocess.CompletedProcess:
         pytest.fail(f"pneumoscan {' '.join(args)} was still running after 120 s under the policy: it did not refuse")
 
 
-@pytest.mark.parametrize(("backend", "failing"), [("torch", "scoring"), ("onnx", "Grad-CAM of")])
-def test_serve_refuses_to_start_where_its_model_cannot_run(film_sized_bundle: Path, backend: str,
-                                                           failing: str) -> None:
-    """With torch scoring, the test film's score fails; with ONNX Runtime scoring (which runs), the heatmap."""
+@pytest.mark.parametrize(("backend", "failing", "way_out"),
+                         [("torch", "scoring", ""), ("onnx", "Grad-CAM of", f"; or {WITHOUT_HEATMAPS}")])
+def test_serve_refuses_to_start_where_its_model_cannot_run(film_sized_bundle: Path, backend: str, failing: str,
+                                                           way_out: str) -> None:
+    """With torch scoring, the test film's score fails; with ONNX Runtime scoring (which runs), the heatmap, and the
+    refusal names the way to serve the readings without heatmaps."""
     done = under_mdwe("-q", "serve", str(film_sized_bundle), "--backend", backend, "--port", str(free_port()))
     assert done.returncode == 2, done.stderr
     error = done.stderr.splitlines()[-1]
     assert error.startswith(f"pneumoscan serve: error: {film_sized_bundle}: its model cannot run on this machine: "
                             f"{failing} a film-sized test input in torch failed (RuntimeError: "), error
-    assert error.endswith(f"; {NO_WX_MEMORY}") and "MemoryDenyWriteExecute=yes" in error
+    assert error.endswith(f"; {NO_WX_MEMORY}{way_out}") and "MemoryDenyWriteExecute=yes" in error
     assert "Traceback" not in done.stderr
+
+
+def test_serve_without_heatmaps_runs_under_the_policy(film_sized_bundle: Path, tmp_path: Path) -> None:
+    """`serve --backend onnx --no-heatmaps`, as the refusal above says, under the policy: it starts, reads films by
+    ONNX Runtime, refuses each heatmap with 422 and its reason, and /v1/model says it draws none."""
+    port, log = free_port(), tmp_path / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-c", UNDER_MDWE, "-q", "serve", str(film_sized_bundle), "--backend",
+                                 "onnx", "--no-heatmaps", "--port", str(port)], stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(proc, url, log)
+        film = io.BytesIO()
+        Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 260), dtype=np.uint8)).save(film, "PNG")
+        post = lambda query: httpx.post(f"{url}/v1/predict{query}", timeout=60,  # noqa: E731
+                                        files={"file": ("film.png", film.getvalue(), "image/png")})
+        reading, overlay, bare = post(""), post("?heatmap=true"), post("?heatmap=map")
+        info = httpx.get(f"{url}/v1/model", timeout=10).json()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert reading.status_code == 200 and 0 <= reading.json()["probability"] <= 1, reading.text
+    for refused in (overlay, bare):
+        assert refused.status_code == 422, refused.text
+        assert refused.json() == {"error": HEATMAPS_OFF, "reason": "heatmap_unavailable"}
+    assert info["heatmaps"] is False
+    assert "Traceback" not in log.read_text()
 
 
 def test_predict_refuses_before_its_films_where_its_model_cannot_run(film_sized_bundle: Path, tmp_path: Path) -> None:

@@ -657,12 +657,13 @@ def wx_memory_refused() -> bool:
     return False
 
 
-def prove_runs(stages: Stages, explained: Predictor | None = None) -> None:
+def prove_runs(stages: Stages, explained: Predictor | None = None, without: str = "") -> None:
     """Score one film-sized input (noise at the side the model reads) by each stage's backend and, with
     ``explained``, draw one Grad-CAM of it, before any film is read: a model its runtime cannot run here (torch where
     memory both writable and executable is refused, :data:`NO_WX_MEMORY`) had started, been probed healthy and failed
     every reading (or every heatmap). :class:`CannotRun` names the model, the error and, where it is that, the
-    policy. A model Grad-CAM finds no map in is not refused here: each request for its heatmap is, with the reason."""
+    policy; where the Grad-CAM is what failed, then ``without``: how to go on without heatmaps. A model Grad-CAM
+    finds no map in is not refused here: each request for its heatmap is, with the reason."""
     for predictor in filter(None, (stages.first, stages.second)):
         runtime = "torch" if predictor.backend == "torch" else "ONNX Runtime"
         with _runs_here(predictor.bundle, runtime, "scoring a film-sized test input"):
@@ -671,7 +672,7 @@ def prove_runs(stages: Stages, explained: Predictor | None = None) -> None:
         return
     from .explain import NoSpatialMap, explain_array  # Grad-CAM's torch and library, only when it is proven
 
-    with _runs_here(explained.bundle, "torch", "Grad-CAM of a film-sized test input"):
+    with _runs_here(explained.bundle, "torch", "Grad-CAM of a film-sized test input", without):
         try:
             explain_array(explained, _test_film(explained))
         except NoSpatialMap:  # the runtime ran: this model (or this noise) has no map to draw
@@ -684,10 +685,10 @@ def _test_film(predictor: Predictor) -> np.ndarray:
 
 
 @contextlib.contextmanager
-def _runs_here(bundle: Path | str, runtime: str, doing: str) -> Iterator[None]:
+def _runs_here(bundle: Path | str, runtime: str, doing: str, without: str = "") -> Iterator[None]:
     """An error of the runtime inside (torch's RuntimeError, ONNX Runtime's own) as :class:`CannotRun`, saying what
-    was being done, with :data:`NO_WX_MEMORY` where torch ran it and that memory is refused. A refusal with its
-    reason (OSError, ValueError) passes as it is."""
+    was being done, with :data:`NO_WX_MEMORY` where torch ran it and that memory is refused, then ``without`` (how
+    to go on without doing it). A refusal with its reason (OSError, ValueError) passes as it is."""
     try:
         yield
     except (OSError, ValueError):
@@ -695,7 +696,7 @@ def _runs_here(bundle: Path | str, runtime: str, doing: str) -> Iterator[None]:
     except Exception as e:
         hint = f"; {NO_WX_MEMORY}" if runtime == "torch" and wx_memory_refused() else ""
         raise CannotRun(f"{shown(bundle)}: its model cannot run on this machine: {doing} in {runtime} failed "
-                        f"({type(e).__name__}: {e}){hint}") from e
+                        f"({type(e).__name__}: {e}){hint}{f'; or {without}' if without else ''}") from e
 
 
 def predict_paths(

@@ -34,7 +34,8 @@ CLIENT_GONE = 499  # nginx's "client closed request": the status a request whose
 
 
 def create_app(bundle: Path | str, etiology: Path | str | None = None, max_upload_mb: float = MAX_UPLOAD_MB,
-               backend: str = "torch", limits: Limits | None = None, access: Access | None = None) -> FastAPI:
+               backend: str = "torch", limits: Limits | None = None, access: Access | None = None,
+               heatmaps: bool = True) -> FastAPI:
     """The service for a pneumonia (or any) bundle, with an optional bacteria-vs-virus second stage.
     ``backend="onnx"`` predicts with ONNX Runtime (2-3x faster on CPU; Grad-CAM still uses torch), exporting the
     model at startup unless ``pneumoscan export`` already put a current model.onnx in the bundle. Concurrent
@@ -42,10 +43,13 @@ def create_app(bundle: Path | str, etiology: Path | str | None = None, max_uploa
     no key and no Host check (tests, or an app mounted behind another guard); :func:`.server.build_server` always passes
     one. Security headers are always sent; /docs and /redoc are off (they load scripts from a CDN), the schema is at
     /openapi.json. With ``$PNEUMOSCAN_API_KEY`` set and no ``access``, the app is refused: it would serve without
-    the key its operator set (``access=Access.from_options()`` applies it)."""
+    the key its operator set (``access=Access.from_options()`` applies it). ``heatmaps=False`` serves readings alone
+    (each heatmap asked for refused with 422), without Grad-CAM's torch: for a host where torch cannot run (one that
+    refuses memory both writable and executable, as systemd's ``MemoryDenyWriteExecute=yes``) with ONNX Runtime
+    scoring."""
     _refuse_unguarded_key(access)
     uid_root()  # a wrong $PNEUMOSCAN_UID_ROOT stops the start, not every report later as the client's fault (422)
-    service = Service(bundle, etiology, max_upload_mb, backend, limits or Limits())
+    service = Service(bundle, etiology, max_upload_mb, backend, limits or Limits(), heatmaps)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -138,6 +138,8 @@ class ServiceInfo(ModelInfo):
     film_formats: list[FilmFormat] = Field(description="the film formats the service reads, one entry a registered "
                                            "reader, in the order they are asked: the web page names and describes "
                                            "them from it")
+    heatmaps: bool = Field(description="whether this service draws heatmaps: false when it was started without them "
+                           "(serve --no-heatmaps) or with the onnx-int8 backend, where a heatmap is refused with 422")
     card_digest: str = Field(description="sha256:HEX of this answer's other fields as JSON with sorted keys and no "
                              "spaces, named by each reading (/v1/predict): whether a reading was read with this "
                              "card, its second stage, image content check and upload limit included")

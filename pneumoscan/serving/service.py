@@ -63,6 +63,11 @@ BUNDLE_SILENT = ("a bundle's folder did not answer within {:g} s (a network driv
 # the smallest upload limit taken: a smaller one leaves a service that answers healthy and refuses nearly every film
 # (the training set's 224 px JPEGs are 5-9 KB; films as taken, DICOM or full-size JPEG, hundreds of KB and more)
 MIN_UPLOAD_BYTES = 2**16
+# How a service goes on without heatmaps where their Grad-CAM cannot run (said by the start's refusal), and why a
+# heatmap is refused on a service started so
+WITHOUT_HEATMAPS = "serve it without heatmaps (serve --no-heatmaps): readings alone, heatmaps refused with 422"
+HEATMAPS_OFF = ("heatmaps are off on this service (started with --no-heatmaps: Grad-CAM runs in torch, which this "
+                "host may not run): ask without heatmap")
 MODEL_FAILING = ("the last run of a model failed with an internal error ({}; the log says more): predictions answer "
                  "500 until a run succeeds")
 # Why a heatmap is refused (500, heatmap_failed), with the film's reading, when its Grad-CAM raised; and why /healthz
@@ -169,7 +174,7 @@ class Service:
     (:class:`.batching.Batcher`). Its models, lanes, readings and runs are counted in :attr:`metrics`."""
 
     def __init__(self, bundle: Path | str, etiology: Path | str | None, max_upload_mb: float, backend: str,
-                 limits: Limits) -> None:
+                 limits: Limits, heatmaps: bool = True) -> None:
         self.limits = limits
         if not math.isfinite(max_upload_mb):  # int() of it would be an OverflowError or NaN's own ValueError
             raise ValueError(f"an upload limit of {max_upload_mb} MB is no limit: give a number of MB")
@@ -186,14 +191,18 @@ class Service:
         # Grad-CAM gets its own threads and bound: it never holds a decode thread or more than its share of the
         # queue. With ONNX Runtime scoring it uses the main stage's Predictor, whose torch model the first heatmap
         # builds (checked to be the weights the service started with), so a service that draws none never builds
-        # one; the torch backend scores under the model's lock, so Grad-CAM gets its own torch copy
-        self.heat_predictor = self.main.predictor if backend != "torch" else Predictor(bundle, backend="torch")
+        # one; the torch backend scores under the model's lock, so Grad-CAM gets its own torch copy. Without heatmaps
+        # (``heatmaps`` False: a host where torch cannot run) neither is built, and each heatmap asked for is refused
+        own_copy = backend == "torch" and heatmaps
+        self.heat_predictor = Predictor(bundle, backend="torch") if own_copy else self.main.predictor
+        self.heatmaps_off = (f"heatmap with the onnx-int8 backend: {INT8_HEATMAPS}" if backend == "onnx-int8" else
+                             None if heatmaps else HEATMAPS_OFF)
         # each model proven to run here before the service answers: torch refused writable-and-executable memory
         # (MemoryDenyWriteExecute=) failed every reading, or with ONNX Runtime every heatmap, while /healthz said ok.
         # A heatmap is drawn at start only where that memory is refused: Grad-CAM's library, and with ONNX Runtime
         # its torch model, would add 1-4 s (and most of a gigabyte) to every start; the first heatmap loads them
-        heatmaps = backend != "onnx-int8" and wx_memory_refused()
-        prove_runs(self.stages, self.heat_predictor if heatmaps else None)
+        drawn = self.heatmaps_off is None and wx_memory_refused()
+        prove_runs(self.stages, self.heat_predictor if drawn else None, without=WITHOUT_HEATMAPS)
         self.decoders = ThreadPoolExecutor(limits.max_concurrent_decodes, thread_name_prefix="pneumoscan-decode")
         self.painters = ThreadPoolExecutor(limits.heatmap_lane, thread_name_prefix="pneumoscan-heatmap")
         self.decode_slots = asyncio.Semaphore(limits.max_concurrent_decodes)
@@ -209,7 +218,8 @@ class Service:
         # tells a reading of another card (a restart with other files beside the same weights and threshold)
         second = self.second.info() if self.second else None
         served = {**self.main.info().model_dump(), "etiology": second and second.model_dump(),
-                  "max_upload_bytes": self.max_bytes, "film_formats": film_formats()}
+                  "max_upload_bytes": self.max_bytes, "film_formats": film_formats(),
+                  "heatmaps": self.heatmaps_off is None}
         self.card = ServiceInfo(**served, card_digest=json_sha256(served))
 
     def close(self) -> None:
@@ -250,12 +260,13 @@ class Service:
     async def predict(self, request: Request, heatmap: bool | str, want_image: bool, format: str) -> Response:
         """The answer to one upload, in its lanes: refused at once (503) when a lane is full, and for good once a
         model has given a non-finite score (a model that is broken for one film is not trusted with the next);
-        heatmaps alone for good once Grad-CAM's model could not be built from the bundle's files."""
+        heatmaps alone for good once Grad-CAM's model could not be built from the bundle's files, and always where the
+        service draws none (:attr:`heatmaps_off`)."""
         self._refuse_if_broken()
         if heatmap and self.heatmap_fault:
             raise Rejected(503, self.heatmap_fault, kind="heatmap_unavailable")
-        if heatmap and self.main.predictor.backend == "onnx-int8":
-            raise Rejected(422, f"heatmap with the onnx-int8 backend: {INT8_HEATMAPS}", kind="heatmap_unavailable")
+        if heatmap and self.heatmaps_off:  # the onnx-int8 backend, or a service started without heatmaps
+            raise Rejected(422, self.heatmaps_off, kind="heatmap_unavailable")
         if format != "json" and not self.main.predictor.task.reports_pneumonia:
             # refused before the upload is read: the SR and the Observation code a pneumonia finding
             raise Rejected(422, f"format={format} reports a pneumonia reading, and the model of this service reads "
