@@ -449,7 +449,8 @@ def serve_settings(args: argparse.Namespace) -> tuple[Limits, Access]:
     from pneumoscan.serving.limits import Limits
 
     given = {name: getattr(args, name) for name in ("max_concurrent_decodes", "max_queue", "heatmap_lane",
-                                                    "body_timeout", "header_timeout", "shutdown_grace")}
+                                                    "body_timeout", "header_timeout", "shutdown_grace",
+                                                    "max_lingering")}
     limits = Limits(**{name: value for name, value in given.items() if value is not None})  # None: Limits' default
     access = Access.from_options(args.api_key_file, args.allowed_hosts or (), args.cors_origin or ())
     return limits, access
@@ -926,6 +927,10 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shutdown-grace", type=_positive(float),
                    help="seconds requests in progress get to finish after SIGTERM or Ctrl-C; one cut off then "
                         "gets 503 + Retry-After (default 20)")
+    p.add_argument("--max-lingering", type=_positive(int),
+                   help="connections answered early (401, 413, 503 before the upload is in) whose rest is dropped "
+                        "until the client closes, at most --body-timeout, at once; past it one closes at once "
+                        "(default 128)")
 
 
 def _predict_args(p: argparse.ArgumentParser) -> None:

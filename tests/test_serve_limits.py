@@ -35,6 +35,7 @@ from pneumoscan.serving.server import (ACCESS_LOGGER, NOT_SERVED, QUIET_LOGGERS,
                                        served_paths, server_config)
 from tests.builders import free_port, running, wait_healthy
 from tests.test_integrity import bright_overflow_bundle, png
+from tests.test_serve import labels, moved, scraped
 
 GATE_S = 20  # a gate never holds longer than this, so a failing test cannot hang
 
@@ -304,6 +305,35 @@ def test_a_lingering_close_ends_at_the_body_timeout_though_the_client_goes_on_se
     assert 0.3 < took < 5, took  # dropped for about the body's time, then closed
 
 
+def test_lingering_closes_are_bounded_and_counted(tiny_bundle: Path) -> None:
+    """Each lingering close holds a file descriptor for up to --body-timeout, and how many lingered at once had no
+    bound, nor any count: past ``max_lingering`` a connection answered early closes at once, and /metrics counts the
+    closes of each kind and those lingering now."""
+    limits = Limits(body_timeout=5.0, max_lingering=1)
+    with live(create_app(tiny_bundle, limits=limits, max_upload_mb=1.0), limits) as url:
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port)) as first, \
+                socket.create_connection(("127.0.0.1", port)) as second:
+            for sock in (first, second):
+                sock.sendall(multipart_head(2**30).replace(b"HTTP/1.1", b"HTTP/1.0", 1))
+                answer, _ = read_until_closed(sock, timeout=10)  # the service ends its side after the answer
+                assert answer.startswith(b"HTTP/1.1 413"), answer[:300]
+            with httpx.Client(base_url=url) as client:
+                samples = scraped(client)
+            start = time.monotonic()
+            with pytest.raises(OSError):  # closed at once: a reset, then a broken pipe
+                while time.monotonic() - start < 4:
+                    second.sendall(b"\0" * 1024)
+                    time.sleep(0.02)
+            took = time.monotonic() - start
+            first.sendall(b"\0" * 1024)  # still lingering: taken, and dropped
+    assert took < 1, took  # not the 5 s of a lingering close
+    assert samples[("pneumoscan_lingering_closes", labels())] == 1
+    assert samples[("pneumoscan_lingering_closes_limit", labels())] == 1
+    closes = "pneumoscan_early_answer_closes_total"
+    assert samples[(closes, labels(close="lingering"))] == samples[(closes, labels(close="at_once"))] == 1
+
+
 def test_a_lingering_close_the_process_has_no_descriptor_for_still_ends_the_connection(
         tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Out of file descriptors (EMFILE), the copy of the socket a lingering close needs cannot be made: the
@@ -323,6 +353,9 @@ def test_a_lingering_close_the_process_has_no_descriptor_for_still_ends_the_conn
             answer, _ = read_until_closed(sock, timeout=10)
         assert answer.startswith(b"HTTP/1.1 413"), answer[:300]
         wait_for(lambda: not server.server_state.connections, "the connection let go of", timeout=5)
+        with httpx.Client(base_url=url) as client:
+            closes = moved({}, scraped(client), "pneumoscan_early_answer_closes_total")
+        assert closes == {labels(close="at_once"): 1}
 
 
 # ---------------------------------------------------------------- clients that have gone

@@ -38,7 +38,9 @@ class Limits:
     none of it). ``header_timeout``: seconds for a request line and
     headers to arrive. ``keep_alive``: seconds an idle connection stays open. ``shutdown_grace``: seconds requests
     in progress get to finish after SIGTERM or Ctrl-C, under an orchestrator's own grace (Kubernetes: 30 s); without
-    it one slow upload held the exit for up to ``body_timeout``.
+    it one slow upload held the exit for up to ``body_timeout``. ``max_lingering``: connections in a lingering close
+    at once (an early answer on a connection that ends with it, the rest of its body dropped for at most
+    ``body_timeout``), each holding a file descriptor; past it such a connection closes at once.
 
     Each is checked as it is given (pydantic, strict: ``"5"`` is no number, ``True`` no count): a value out of its
     range (:data:`Count`, :data:`Seconds`), or a name that is none of these (``max_upload_mb`` is create_app's), is
@@ -51,6 +53,7 @@ class Limits:
     header_timeout: Seconds = 10.0
     keep_alive: Seconds = 5.0
     shutdown_grace: Seconds = 20.0
+    max_lingering: Count = 128
 
     @property
     def heatmap_queue(self) -> int:

@@ -1,6 +1,7 @@
 """The service's metrics for Prometheus (``GET /metrics``, its text format, by ``prometheus_client``): requests by
 endpoint and status, readings by stage, call and scope, refusals and scope warnings by kind, the model's run time,
-the requests in the service against their bounds, and the models served.
+the requests in the service against their bounds, the lingering closes of connections answered early, and the models
+served.
 
 Every label takes its values from a small fixed set (an endpoint of the app, a status, a class of the bundle, a kind
 of refusal or warning): nothing a client or a film says (a path, a file name, a message, a tag's value) becomes a
@@ -71,6 +72,17 @@ class ServiceMetrics:
                                       registry=r)
         self.waiting = Gauge("pneumoscan_films_waiting_for_model", "films decoded and waiting for the next run of "
                              "the model, by stage", ["task"], registry=r)
+        self.early_closes = Counter("pneumoscan_early_answer_closes", "connections that end with an answer given "
+                                    "before their upload had all arrived, by how they were closed: lingering (the "
+                                    "rest dropped until the client closes, at most --body-timeout), at_once (the "
+                                    "bound of lingering closes reached, no file descriptor for one, or the client "
+                                    "gone)", ["close"], registry=r)
+        for close in ("lingering", "at_once"):
+            self.early_closes.labels(close)
+        self.lingering = Gauge("pneumoscan_lingering_closes", "connections in a lingering close now, each holding a "
+                               "file descriptor", registry=r)
+        self.lingering_limit = Gauge("pneumoscan_lingering_closes_limit", "the most connections in a lingering close "
+                                     "at once; past it one closes at once", registry=r)
         self.model = Info("pneumoscan_model", "the models served, by stage: id and version as each reading names "
                           "them, and the backend", ["task"], registry=r)
 

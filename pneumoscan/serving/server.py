@@ -42,12 +42,35 @@ from .app import ACCESS_LOGGER, CLIENT_GONE, create_app
 from .formats import PREDICT_OPTIONS, HeatmapWord, ReportFormat, ServiceInfo
 from .guard import SECURITY_HEADERS, Access
 from .limits import Limits
+from .metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
 WILDCARDS = ("0.0.0.0", "::", "")  # --host values that listen on every address of the machine
 # the answer to a request that is not valid HTTP/1.1 (uvicorn logs it as "Invalid HTTP request received.")
 MALFORMED_HTTP = ("malformed HTTP request: its request line, a header or the framing of its body is not valid "
                   "HTTP/1.1")
+
+
+class Lingering:
+    """The lingering closes in progress (:meth:`GuardedH11._linger`), shared by the server's connections: at most
+    ``bound`` at once, since each holds a file descriptor for up to --body-timeout, and a flood of early answers to
+    large uploads held one each, towards the open-file limit; past it a connection closes at once. Each close, and
+    those in progress, counted in ``metrics``. Used on the event loop alone."""
+
+    def __init__(self, bound: int, metrics: ServiceMetrics) -> None:
+        self.bound, self.now, self.closes = bound, 0, metrics.early_closes
+        metrics.lingering.set_function(lambda: self.now)
+        metrics.lingering_limit.set(bound)
+
+    def began(self) -> None:
+        self.now += 1
+        self.closes.labels("lingering").inc()
+
+    def ended(self) -> None:
+        self.now -= 1
+
+    def closed_at_once(self) -> None:
+        self.closes.labels("at_once").inc()
 
 
 class GuardedH11(H11Protocol):
@@ -57,9 +80,10 @@ class GuardedH11(H11Protocol):
     descriptor) for ever; and one that never read its answer held the connection and the answer (megabytes with a
     heatmap or a DICOM SR) for as long as it stayed connected, after its prediction lane was freed."""
 
-    def __init__(self, *args: Any, header_timeout: float, body_timeout: float, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, header_timeout: float, body_timeout: float, lingering: Lingering,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.header_timeout, self.body_timeout = header_timeout, body_timeout
+        self.header_timeout, self.body_timeout, self.lingering = header_timeout, body_timeout, lingering
         self.head_deadline: asyncio.TimerHandle | None = None
         self.write_deadline: asyncio.TimerHandle | None = None
         self.cut_off = False  # closed by one of these deadlines: the client gets no lingering close
@@ -105,18 +129,27 @@ class GuardedH11(H11Protocol):
         count it among its connections: a shutdown does not wait for it, and the process ending closes the socket (a
         reset, where the client is still sending).
         Without a file descriptor for the copy (EMFILE), the connection closes at once: an error here would escape
-        uvicorn's end of the connection, which kept it for good (and a shutdown its grace)."""
+        uvicorn's end of the connection, which kept it for good (and a shutdown its grace). So does one past the
+        bound of lingering closes at once (:class:`Lingering`, ``--max-lingering``), each holding a file descriptor."""
+        if self.lingering.now >= self.lingering.bound:
+            log.warning("no lingering close of a connection answered early: %d are in one already (--max-lingering); "
+                        "it closes at once, and a client still sending gets a reset", self.lingering.bound)
+            self.lingering.closed_at_once()
+            return
         try:
             sock = self.transport.get_extra_info("socket").dup()
         except OSError as e:
             log.warning("no lingering close of a connection answered early: %s", e)
+            self.lingering.closed_at_once()
             return
         sock.setblocking(False)
         try:
             sock.shutdown(socket.SHUT_WR)
         except OSError:  # the client has gone already
             sock.close()
+            self.lingering.closed_at_once()
             return
+        self.lingering.began()
 
         def drop() -> None:
             try:
@@ -132,6 +165,7 @@ class GuardedH11(H11Protocol):
             self.loop.remove_reader(sock)
             deadline.cancel()
             sock.close()
+            self.lingering.ended()
 
         self.loop.add_reader(sock, drop)
         deadline = self.loop.call_later(self.body_timeout, done)
@@ -377,7 +411,8 @@ def server_config(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, limit
     kwargs.setdefault("log_config", _log_config(app, kwargs.get("root_path", "")))
     config = uvicorn.Config(
         app, host=host, port=port,
-        http=functools.partial(GuardedH11, header_timeout=limits.header_timeout, body_timeout=limits.body_timeout),
+        http=functools.partial(GuardedH11, header_timeout=limits.header_timeout, body_timeout=limits.body_timeout,
+                               lingering=Lingering(limits.max_lingering, app.state.metrics)),
         timeout_keep_alive=limits.keep_alive, timeout_graceful_shutdown=limits.shutdown_grace, server_header=False,
         **kwargs,
     )  # fmt: skip
