@@ -74,7 +74,7 @@ MODEL_FAILING = ("the last run of a model failed with an internal error ({}; the
 # says degraded until a heatmap succeeds (the log has the error, once a run of failures). The reading stands: its
 # model ran; only the explanation of it failed (torch refused memory it needs, a bug, memory run out)
 HEATMAP_FAILED = ("heatmap failed with an internal error ({}; the service log says more): the reading of this film "
-                  "stands (the reading field of this answer); the heatmap may be asked for again")
+                  "stands, and is given with this refusal; the heatmap may be asked for again")
 HEATMAPS_FAILING = ("the last heatmap failed with an internal error ({}; the log says more): heatmaps answer 500, "
                     "with the reading of their film, until one succeeds")
 
