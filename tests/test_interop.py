@@ -1142,12 +1142,15 @@ def test_pacs_reads_a_study_and_stores_its_reports(
 def test_each_films_reports_in_a_study_have_series_numbers_of_their_own(orthanc: str, tiny_bundle: Path,
                                                                          film: np.ndarray, tmp_path: Path) -> None:
     """A study of two films read with --store --heatmaps had its two SRs in two series both numbered 9901, and the
-    two overlays in two numbered 9902, which a PACS lists as one number twice. A film of series 2 has its SR's series
-    numbered 9903 and its overlay's 9904, one of series 1 9901 and 9902, as Orthanc stores them; and a report made of
-    the film alone (the web service's, or predict's of one film) is the same instance, its number as the study's run
-    gave it: one SOP Instance UID is never sent with two contents."""
-    study = generate_uid()
-    uploads = [chest_dicom(film, StudyInstanceUID=study, SeriesNumber=n) for n in (2, 1)]
+    two overlays in two numbered 9902, which a PACS lists as one number twice; so did two films of one series, each
+    report being a series of its own. A film of series 2 has its SR's series numbered 9903 and its overlay's 9904,
+    film 1 of series 1 9901 and 9902, film 2 of that series 19901 and 19902, as Orthanc stores them: no two series of
+    the study share a number; and a report made of the film alone (the web service's, or predict's of one film) is
+    the same instance, its number as the study's run gave it: one SOP Instance UID is never sent with two contents."""
+    study, series = generate_uid(), generate_uid()
+    uploads = [chest_dicom(film, StudyInstanceUID=study, SeriesNumber=2),
+               *(chest_dicom(film, StudyInstanceUID=study, SeriesInstanceUID=series, SeriesNumber=1, InstanceNumber=m)
+                 for m in (1, 2))]
     films = [(_upload(orthanc, data), data) for data in uploads]
     out = tmp_path / "pacs.json"
     assert cli.main(["pacs", str(tiny_bundle), "--url", f"{orthanc}/dicom-web", "--study", study, "--store",
@@ -1155,8 +1158,10 @@ def test_each_films_reports_in_a_study_have_series_numbers_of_their_own(orthanc:
     rows = {r["sop_instance_uid"]: r for r in json.loads(out.read_text())}
     held = DICOMwebClient(url=f"{orthanc}/dicom-web").search_for_instances(study, fields=["SeriesNumber"])
     numbers = {i["00080018"]["Value"][0]: i["00200011"]["Value"][0] for i in held}
-    assert [[numbers[uid] for uid in rows[ds.SOPInstanceUID]["stored"]] for ds, _ in films] == [[9903, 9904],
-                                                                                                 [9901, 9902]]
+    assert [[numbers[uid] for uid in rows[ds.SOPInstanceUID]["stored"]] for ds, _ in films] == [
+        [9903, 9904], [9901, 9902], [19901, 19902]]
+    in_study = DICOMwebClient(url=f"{orthanc}/dicom-web").search_for_series(study, fields=["SeriesNumber"])
+    assert sorted(s["00200011"]["Value"][0] for s in in_study) == [1, 2, 9901, 9902, 9903, 9904, 19901, 19902]
     for n, (ds, data) in enumerate(films):
         (path := tmp_path / f"{n}.dcm").write_bytes(data)
         alone = [{**rows[ds.SOPInstanceUID], "path": str(path)}]
@@ -1169,14 +1174,21 @@ def test_each_films_reports_in_a_study_have_series_numbers_of_their_own(orthanc:
 @pytest.mark.parametrize(("number", "expected"), [(None, (9901, 9902)), ("", (9901, 9902)), (1, (9901, 9902)),
                                                   (3, (9905, 9906)), (49, (9997, 9998)), (50, (9901, 9902)),
                                                   (0, (9901, 9902)), (-4, (9901, 9902))])
-def test_a_reports_series_numbers_follow_from_its_films_series_number(number: object,
-                                                                      expected: tuple[int, int]) -> None:
-    """9899 + 2N and the next for a film of series N, 1 to 49, so that the numbers stay below 10000 and after the
-    modality's series; a film of no series, or of none above 0, as series 1; series 50 as series 1 again."""
+@pytest.mark.parametrize(("instance", "step"), [(None, 0), (1, 0), (-2, 0), (2, 10000), (1000, 9990000),
+                                                (1001, 0)])
+def test_a_reports_series_numbers_follow_from_its_films_series_and_instance_numbers(
+    number: object, expected: tuple[int, int], instance: object, step: int
+) -> None:
+    """9899 + 2N and the next for film 1 of series N, 1 to 49, so that the numbers stay after the modality's series;
+    a film of no series, or of none above 0, as series 1; series 50 as series 1 again. Film M of the series (its
+    InstanceNumber, 1 to 1000) adds 10000 (M - 1) to both, so that two films of one series, whose reports are two
+    series, do not give them one number; a film of no number, or of none above 0, as film 1."""
     ds = Dataset()
     if number is not None:
         ds.SeriesNumber = number
-    assert series_numbers(ds) == expected
+    if instance is not None:
+        ds.InstanceNumber = instance
+    assert series_numbers(ds) == (expected[0] + step, expected[1] + step)
 
 
 def test_pacs_writes_a_fhir_observation_of_each_film_it_scores(

@@ -76,12 +76,15 @@ SC_DESCRIPTION = "pneumoscan Grad-CAM overlay - research, not for diagnosis"
 # transfer syntaxes whose coding is lossy whatever its settings (DCT): a film stored so was lossily compressed,
 # whether or not it says so (JPEG-LS near-lossless and JPEG 2000 may be lossless, and then say nothing)
 _LOSSY_SYNTAXES = (JPEGBaseline8Bit, JPEGExtended12Bit)
-# high numbers: after the modality's own series in a viewer. A film of series N has its SR's series numbered
-# 9899 + 2N and its overlay's the next (:func:`series_numbers`), so that the reports of films in other series of a
-# study do not share a number (a study of two films showed two series numbered 9901), and a report's number, like
-# its UIDs, follows from the film alone: the same report is the same instance whichever films it is sent with
+# high numbers: after the modality's own series in a viewer. Film M of series N has its SR's series numbered
+# 10000 (M - 1) + 9899 + 2N and its overlay's the next (:func:`series_numbers`): each film's report is a series of
+# its own (its UIDs are the film's), so that two such series of a study do not share a number (a study of two films
+# showed two series numbered 9901, whether the films were of two series or of one), and a report's number, like its
+# UIDs, follows from the film alone: the same report is the same instance whichever films it is sent with
 SR_SERIES_NUMBER, SC_SERIES_NUMBER = 9901, 9902
 SERIES_PLACES = 49  # films of series 1 to 49 have numbers of their own below 10000; series 50 is numbered as 1
+INSTANCE_PLACES = 1000  # films 1 to 1000 of a series have numbers of their own; film 1001 is numbered as film 1
+INSTANCE_STEP = 10000  # film M's numbers are film 1's and M - 1 times this: 19901 for film 2 of series 1
 _REFERENCE_KEYWORDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
 # Type 2 attributes of the patient and study modules: present, possibly empty. highdicom copies them from the source,
 # which real films (anonymised ones most of all) often lack.
@@ -418,17 +421,26 @@ def _coding_scheme() -> Dataset:
     return item
 
 
-def series_numbers(source: Dataset) -> tuple[int, int]:
-    """The numbers of the series of a film's SR and of its overlay: 9899 + 2N and the next for a film of series N
-    (1 where it records none, or none above 0; series beyond :data:`SERIES_PLACES` wrap round). From the film alone,
-    as the reports' UIDs are, so that a report is the same instance whether the web service, ``predict`` or ``pacs``
-    made it, and with whichever of its study's films."""
+def _place(source: Dataset, keyword: str, places: int) -> int:
+    """The place, 0 to ``places`` - 1, of the film's number ``keyword`` (an IS): its number less 1, wrapped round;
+    0 where it records none, none above 0, or one nobody can read."""
     try:
-        number = int(source.get("SeriesNumber") or 1)
-    except (TypeError, ValueError, OverflowError):  # a malformed IS: a number nobody can read is no series'
+        number = int(source.get(keyword) or 1)
+    except (TypeError, ValueError, OverflowError):  # a malformed IS: a number nobody can read is no series' or film's
         number = 1
-    place = (number - 1) % SERIES_PLACES if number >= 1 else 0
-    return SR_SERIES_NUMBER + 2 * place, SC_SERIES_NUMBER + 2 * place
+    return (number - 1) % places if number >= 1 else 0
+
+
+def series_numbers(source: Dataset) -> tuple[int, int]:
+    """The numbers of the series of a film's SR and of its overlay: 10000 (M - 1) + 9899 + 2N and the next for film
+    (InstanceNumber) M of series N, so 9901 and 9902 for film 1 of series 1 (1 where the film records none, or none
+    above 0; series beyond :data:`SERIES_PLACES` and films beyond :data:`INSTANCE_PLACES` wrap round). Each film's
+    report has a series of its own, and two films of one series would otherwise give two series of one number. From
+    the film alone, as the reports' UIDs are, so that a report is the same instance whether the web service,
+    ``predict`` or ``pacs`` made it, and with whichever of its study's films."""
+    first = INSTANCE_STEP * _place(source, "InstanceNumber", INSTANCE_PLACES) + 2 * _place(source, "SeriesNumber",
+                                                                                            SERIES_PLACES)
+    return SR_SERIES_NUMBER + first, SC_SERIES_NUMBER + first
 
 
 def build_sr(source: Dataset, result: dict, model_name: str, model_version: str,
