@@ -308,22 +308,31 @@ def _wait_for_line(proc: subprocess.Popen, log: Path, text: str, count: int = 1)
 def test_sighup_reloads_the_key_file_and_keeps_the_key_when_the_new_file_is_refused(tiny_bundle: Path,
                                                                                      tmp_path: Path) -> None:
     """`systemctl reload` (SIGHUP) ended the service without a line, a stop systemd did not restart: it reads the
-    key file again, with the checks of the start, and a file they refuse leaves the key in use."""
+    key file again, with the checks of the start, and a file they refuse leaves the key in use. A file that holds
+    the key in use says so, and where it is systemd's copy of a LoadCredential= key (under $CREDENTIALS_DIRECTORY,
+    made once at the start) that a restart hands over a new one: the copy was said to be reloaded, "requests from
+    now on need the new key", while the new key written over /etc/pneumoscan/key was refused (systemd 252)."""
     new_key = "n3w-" + "fedcba9876543210" * 2
-    (tmp_path / "key").write_text(KEY + "\n")
+    (credentials := tmp_path / "credentials").mkdir()
+    (key := credentials / "key").write_text(KEY + "\n")
     port, log = free_port(), tmp_path / "log"
     url = f"http://127.0.0.1:{port}"
-    proc = start_serve([str(tiny_bundle), "--port", str(port), "--api-key-file", str(tmp_path / "key")], log)
+    proc = start_serve([str(tiny_bundle), "--port", str(port), "--api-key-file", str(key)], log,
+                       env={"CREDENTIALS_DIRECTORY": str(credentials)})
     try:
         wait_healthy(proc, url, log)
         with httpx.Client(base_url=url, timeout=30) as http:
             assert http.get("/v1/model", headers={"X-API-Key": KEY}).status_code == 200
-            (tmp_path / "key").write_text(new_key + "\n")
+            proc.send_signal(signal.SIGHUP)
+            _wait_for_line(proc, log, "holds the key in use, which stays (systemd copies a LoadCredential= key once, "
+                                      "at start: systemctl restart hands over a new one)")
+            assert http.get("/v1/model", headers={"X-API-Key": KEY}).status_code == 200
+            key.write_text(new_key + "\n")
             proc.send_signal(signal.SIGHUP)
             _wait_for_line(proc, log, "SIGHUP: the API key was reloaded from")
             assert http.get("/v1/model", headers={"X-API-Key": KEY}).status_code == 401
             assert http.get("/v1/model", headers={"X-API-Key": new_key}).status_code == 200
-            (tmp_path / "key").write_text("short\n")
+            key.write_text("short\n")
             proc.send_signal(signal.SIGHUP)
             said = _wait_for_line(proc, log, "SIGHUP: the API key was not reloaded")
             assert http.get("/v1/model", headers={"X-API-Key": new_key}).status_code == 200

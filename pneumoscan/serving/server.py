@@ -46,6 +46,7 @@ from .metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
 WILDCARDS = ("0.0.0.0", "::", "")  # --host values that listen on every address of the machine
+CREDENTIALS_ENV = "CREDENTIALS_DIRECTORY"  # where systemd puts a unit's credentials (LoadCredential=)
 # the answer to a request that is not valid HTTP/1.1 (uvicorn logs it as "Invalid HTTP request received.")
 MALFORMED_HTTP = ("malformed HTTP request: its request line, a header or the framing of its body is not valid "
                   "HTTP/1.1")
@@ -501,7 +502,9 @@ class ListeningServer(uvicorn.Server):
     def reload_key(self) -> None:
         """The API key read again from its file, with the checks of the start (:meth:`Access.from_options`): from
         now on requests need the new key, and those in progress go on under the one they were admitted with. A key
-        file those checks refuse leaves the key in use, with a warning that says why (never the key)."""
+        file those checks refuse leaves the key in use, with a warning that says why (never the key), and so does
+        one that holds the key in use: systemd's copy of a ``LoadCredential=`` key, made once at the start, was
+        said to be reloaded while the new key was refused and the old one let in."""
         key_file = self.access.key_file if self.access is not None else None
         if self.access is None or key_file is None:
             log.warning("SIGHUP: nothing to reload (the service was started without --api-key-file); it goes on")
@@ -510,6 +513,13 @@ class ListeningServer(uvicorn.Server):
             access = Access.from_options(key_file, self.access.allowed_hosts, self.access.cors_origins)
         except (OSError, ValueError) as e:
             log.warning("SIGHUP: the API key was not reloaded, the key in use stays: %s", e)
+            return
+        if access.api_key == self.access.api_key:
+            credentials = os.environ.get(CREDENTIALS_ENV)
+            copied = bool(credentials) and Path(key_file).resolve().is_relative_to(Path(credentials).resolve())
+            log.warning("SIGHUP: the API key file %s holds the key in use, which stays%s", key_file,
+                        " (systemd copies a LoadCredential= key once, at start: systemctl restart hands over a new "
+                        "one)" if copied else "")
             return
         self.access = access
         self.config.app.state.key_in_use.value = access.api_key.encode() if access.api_key else None
