@@ -37,7 +37,8 @@ from pneumoscan.inference.export import module_session
 from pneumoscan.inference.onnx_runtime import INPUT, OUTPUT, session, spec_path
 from pneumoscan.inference.predict import NonFiniteScore, Predictor, predict_paths, session_logits
 from pneumoscan.models.bundle import load_bundle, save_bundle
-from pneumoscan.models.card import CHECKSUM, ONNX_NAME, WEIGHTS, BundleCard, load_card, save_card
+from pneumoscan.models.card import (CHECKSUM, MEMBER_SAMPLES, ONNX_NAME, SAMPLED_FROM, WEIGHTS, BundleCard, load_card,
+                                   save_card)
 from pneumoscan.training.ensemble import out_of_fold
 from pneumoscan.serving.app import create_app
 from tests.test_integrity import written_before_checksums
@@ -998,3 +999,38 @@ def validation_section(bundle: Path) -> str:
     """MODEL_CARD.md's validation figures, their lines joined."""
     text = (bundle / "MODEL_CARD.md").read_text().split("## Validation figures\n\n")[1].split("\n## ")[0]
     return " ".join(text.split())
+
+
+def _trial_copy(run: Path, out: Path, patients: int, seed: int) -> Path:
+    """A copy of the run holding ``run``/bundle whose card says it trained on a sample of ``patients`` of the 48
+    patients drawn by ``seed`` (train --patients), as that run's card records it: a trial, with its weights."""
+    bundle = shutil.copytree(run.parent, out) / run.name
+    card = load_card(bundle)
+    save_card(bundle, dataclasses.replace(card, train_config={**card.train_config, "patients": patients,
+                                                              SAMPLED_FROM: 48, "seed": seed}))
+    return bundle
+
+
+def test_an_ensemble_of_trials_says_it_is_a_trial(tiny_bundle: Path, member64: Path, held_out: Path,
+                                                   tmp_path: Path) -> None:
+    """`ensemble B1 B2 --data` of members trained on a sample of patients (train --patients) recorded no sample, and
+    its card called it a run on all the films (only `ensemble --cv` recorded its folds' sample). Members of one
+    sample record it as theirs do; members of other samples, or a trial beside a run on all patients, record each
+    member's, and the card names each."""
+    def card_of(first: Path, second: Path, name: str) -> tuple[dict, str]:
+        assert main(["ensemble", str(first), str(second), "--data", str(held_out), "--out", str(tmp_path / name)]) == 0
+        text = " ".join((tmp_path / name / "MODEL_CARD.md").read_text(encoding="utf-8").split())
+        return load_card(tmp_path / name).train_config, text
+
+    trial = "a trial, whose figures do not show what training on all the films gives"
+    first = _trial_copy(tiny_bundle, tmp_path / "a", 20, 1)
+    config, text = card_of(first, _trial_copy(member64, tmp_path / "b", 20, 1), "same")
+    assert (config["patients"], config[SAMPLED_FROM], config["seed"]) == (20, 48, 1) and MEMBER_SAMPLES not in config
+    assert "**The films are a sample of 20 of the 48 patients of the data** (`patients: 20`, seed 1;" in text
+    assert trial in text
+    config, text = card_of(first, member64, "mixed")
+    assert config[MEMBER_SAMPLES] == [{"patients": 20, SAMPLED_FROM: 48, "seed": 1}, {}]
+    assert SAMPLED_FROM not in config
+    assert ("**Not every member trained on the same patients, and some on a sample of them** (member 1: a sample of "
+            "20 of the 48 patients of its data, seed 1; member 2: all the patients of its data;") in text
+    assert trial in text

@@ -23,8 +23,8 @@ from pneumoscan.core.metrics import (BOTH_CLASSES, ECE_BINS, FILM_UNIT_CAVEAT, N
 from pneumoscan.core.names import shown
 from pneumoscan.inference.onnx_runtime import INT8_NAME, Int8Key, Int8Operating, read_sidecar, spec_path
 from pneumoscan.models import PLUGINS_ENV
-from pneumoscan.models.card import (ENSEMBLE, MACRO_AUC, SAMPLED_FROM, TRAINING_FILMS, WRITER, BundleCard, load_card,
-                                   out_of_fold_ensemble, save_card)
+from pneumoscan.models.card import (ENSEMBLE, MACRO_AUC, MEMBER_SAMPLES, SAMPLED_FROM, TRAINING_FILMS, WRITER,
+                                   BundleCard, load_card, out_of_fold_ensemble, save_card)
 from .held_out import HeldOutFindings
 
 log = logging.getLogger(__name__)
@@ -217,16 +217,30 @@ def intended_use(card: BundleCard) -> str:
     return INTENDED_USE.format(films=chosen_on(card))
 
 
+def _is_trial(record: dict) -> bool:
+    """Whether a :func:`~pneumoscan.models.card.sample_record` (or a train_config holding one) is of fewer patients
+    than there are: a sample of them all is all of them."""
+    return (of := record.get(SAMPLED_FROM)) is not None and record["patients"] < of
+
+
 def _split_sentence(card: BundleCard) -> str:
     """How the card's films were divided: a cv ensemble's validation figures are its runs' out-of-fold scores, of
     films every one of which trained another member, not of a validation split none of them trained on. A trial on
-    a sample of patients (train or cv ``--patients``, an ensemble of such cv runs) says so first, in bold."""
+    a sample of patients (train or cv ``--patients``, an ensemble of such runs) says so first, in bold; an ensemble
+    whose members' samples differ names each member's."""
     config = card.train_config
-    # a sample of fewer patients than there are: a sample of them all is all of them
-    sample = ("" if (of := config.get(SAMPLED_FROM)) is None or config["patients"] >= of else
-              f"**The films are a sample of {config['patients']:,} of the {of:,} patients of the data** (`patients: "
-              f"{config['patients']}`, seed {config.get('seed')}; whole patients, each class and subtype in its "
-              "share), ")
+    if (each := config.get(MEMBER_SAMPLES)) and any(map(_is_trial, each)):
+        sample = ("**Not every member trained on the same patients, and some on a sample of them** ("
+                  + "; ".join(f"member {i}: " + (f"a sample of {s['patients']:,} of the {s[SAMPLED_FROM]:,} patients "
+                                                 f"of its data, seed {s.get('seed')}" if _is_trial(s) else
+                                                 "all the patients of its data")
+                              for i, s in enumerate(each, 1))
+                  + "; whole patients, each class and subtype in its share), ")
+    else:
+        sample = ("" if not _is_trial(config) else
+                  f"**The films are a sample of {config['patients']:,} of the {config[SAMPLED_FROM]:,} patients of "
+                  f"the data** (`patients: {config['patients']}`, seed {config.get('seed')}; whole patients, each "
+                  "class and subtype in its share), ")
     trial = ": a trial, whose figures do not show what training on all the films gives" if sample else ""
     if out_of_fold_ensemble(card):
         return (f"{sample or 'The films were '}dealt by patient into cross-validation folds: each member trained on "

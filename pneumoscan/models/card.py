@@ -300,6 +300,9 @@ TRAINING_FILMS = "training_films"
 # a bundle trained on a sample of patients (train_config's ``patients``): the number of patients it was drawn from,
 # which MODEL_CARD.md states beside it
 SAMPLED_FROM = "sampled_from"
+# a plain ensemble's train_config when its members' samples differ (some on a sample, some on all patients, or
+# samples by other seeds or sizes): each member's sample_record in member order ({} for one on all patients)
+MEMBER_SAMPLES = "member_samples"
 # train_config of the card in RUN/best, the best epoch's weights a run keeps while it trains: no temperature,
 # threshold or validation figures were chosen for them, so load_card refuses it to all but training's finalisation
 BEST_SO_FAR = "best_so_far"
@@ -310,6 +313,12 @@ def sample_record(patients: int | None, sampled_from: int | None, seed: int | No
     (train or cv ``--patients``), for MODEL_CARD.md to say the run was a trial; empty without one (``sampled_from``
     None)."""
     return {} if sampled_from is None else {"patients": patients, SAMPLED_FROM: sampled_from, "seed": seed}
+
+
+def recorded_sample(card: BundleCard) -> dict[str, int | None]:
+    """The :func:`sample_record` a bundle's train_config holds (empty for a run on all patients)."""
+    config = card.train_config
+    return sample_record(config.get("patients"), config.get(SAMPLED_FROM), config.get("seed"))
 
 
 def bundle_checksums(bundles: Sequence[Path | str]) -> list[str]:

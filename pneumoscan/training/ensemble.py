@@ -51,9 +51,9 @@ from pneumoscan.inference.export import check_usable, module_session
 from pneumoscan.inference.predict import NonFiniteScore, Predictor, session_logits, tta_views
 from pneumoscan.models import registry
 from pneumoscan.models.bundle import load_bundle
-from pneumoscan.models.card import (CARD, ENSEMBLE, MEMBERS_OWN_SCALE, OUT_OF_FOLD, SAMPLED_FROM, WEIGHTS, BundleCard,
-                                   card_task, films_as_trained, load_appearance, load_card, member_label, refused_as,
-                                   runtime_versions, sample_record)
+from pneumoscan.models.card import (CARD, ENSEMBLE, MEMBER_SAMPLES, MEMBERS_OWN_SCALE, OUT_OF_FOLD, WEIGHTS,
+                                   BundleCard, card_task, films_as_trained, load_appearance, load_card, member_label,
+                                   recorded_sample, refused_as, runtime_versions)
 from pneumoscan.models.ensemble_net import EnsembleNet, Member
 from pneumoscan.models.run_folder import CvFolder, RunFolder
 from .resume import split_change
@@ -261,6 +261,19 @@ def _ensemble_card(loaded: Sequence[tuple[torch.nn.Module, BundleCard]], paths: 
     return net, card
 
 
+def _members_sample(cards: Sequence[BundleCard]) -> dict:
+    """What the ensemble's train_config records of its members' samples of patients (train or cv ``--patients``),
+    for its card to call it a trial as theirs do: their one :func:`~pneumoscan.models.card.sample_record` when they
+    share it (every fold of cv runs on the same folds; members trained alike), each member's under
+    :data:`MEMBER_SAMPLES` when they differ (a trial beside a run on all patients, or samples by other seeds), and
+    nothing when none was trained on a sample. Recorded rather than refused: members of other seeds are how an
+    ensemble is made, and each trial is then named."""
+    samples = [recorded_sample(c) for c in cards]
+    if all(s == samples[0] for s in samples):
+        return samples[0]
+    return {MEMBER_SAMPLES: samples}
+
+
 def _plugins(cards: Sequence[BundleCard]) -> dict[str, dict[str, str]]:
     """The plugin modules the ensemble records: those registered here that make its task and its members' models
     (:func:`~pneumoscan.models.registry.plugins_made_with`), and each member's own record, which wins for a name it
@@ -387,10 +400,7 @@ def build_ensemble(
     # refused before anything is written when a member trained on these films
     held_out, caveats, given = _held_out_films(paths, data, split, task, card) if not cv_dirs else (None, [], "")
     name = _calibration_name(cv_dirs, data, split, given)
-    # cv runs share their folds, so their films: trials on one sample of patients where a fold's card records one
-    # (cv --patients), which the ensemble's card says too
-    sample = next(filter(None, (sample_record(c.train_config.get("patients"), c.train_config.get(SAMPLED_FROM),
-                                              c.train_config.get("seed")) for c in cards)), {}) if cv_dirs else {}
+    sample = _members_sample(cards)
     card = dataclasses.replace(card, train_config={
         "ensemble_of": [str(p) for p in paths], "calibrated_on": name, "target_sensitivity": target_sensitivity,
         "max_false_positive_rate": max_false_positive_rate,
