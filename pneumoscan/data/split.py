@@ -133,7 +133,12 @@ def patient_sample(records: Sequence[Record], patients: int, seed: int = 0,
     pneumonia) taking its share of them by largest remainder, so the sample keeps the classes' and subtypes' mix; in
     the records' order. scikit-learn's StratifiedShuffleSplit would refuse a kind of one patient and a sample of all
     of them. More patients than there are, or a sample without a film of a class the records have, is refused."""
-    units = _unit_lists(records, duplicate_groups or [])
+    return _drawn(records, _unit_lists(records, duplicate_groups or []), patients, seed)
+
+
+def _drawn(records: Sequence[Record], units: list[list[int]], patients: int, seed: int) -> list[Record]:
+    """:func:`patient_sample` of the records' ``units`` (:func:`_unit_lists`, shuffled here in place), built once
+    by a caller that also counts them (:func:`sampled_pool`)."""
     if not 1 <= patients <= len(units):
         raise ValueError(f"a sample of {patients} patients: the {len(records)} films hold {len(units)} (copies of one "
                          f"film under other ids count as one); give --patients {len(units)} or fewer, or leave it out "
@@ -321,7 +326,8 @@ def sampled_pool(data: Path | str, patients: int | None = None,
     pool, duplicates = split_pool(data)
     if patients is None:
         return pool, duplicates, None
-    return patient_sample(pool, patients, seed, duplicates), duplicates, len(_unit_lists(pool, duplicates))
+    units = _unit_lists(pool, duplicates)
+    return _drawn(pool, units, patients, seed), duplicates, len(units)
 
 
 def _tally(records: Sequence[Record], total: int) -> dict:
