@@ -649,6 +649,43 @@ def test_a_training_film_whose_name_holds_a_comma_or_a_quote_is_found_among_the_
         assert len(said) == 1 and said[0].startswith("1 of the 1 films given to predict are in "), (path, said)
 
 
+def test_a_training_film_by_a_link_of_another_name_or_a_copy_is_found_among_the_films_given(
+    tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The check compared real paths after a file-name shortcut: a training film that the split lists by a symbolic
+    link of another name (a folder of links into an archive) and that is given by its own name, one given by a hard
+    link of another name (a real path of its own), and a byte-for-byte copy of one under another name were each
+    read without a word. Films new to the bundle still pass without the split read as a manifest."""
+    import os
+    import shutil
+
+    from pneumoscan.data.layouts import discover, write_manifest
+    from pneumoscan.evaluation import held_out
+
+    shutil.copytree(tiny_bundle, tmp_path / "run" / "bundle")
+    records = discover(tiny_bundle.parent / "split.csv").records
+    first, second, third = [i for i, r in enumerate(records) if r.split == "train"][:3]
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    for i in (first, second, third):  # the films in an archive, the split listing links into it
+        target = archive / f"film-{i}.jpeg"
+        shutil.copyfile(records[i].path, target)
+        (tmp_path / f"link-{i}.jpeg").symlink_to(target)
+        records[i] = dataclasses.replace(records[i], path=str(tmp_path / f"link-{i}.jpeg"))
+    write_manifest(records, tmp_path / "run" / "split.csv")
+    os.link(archive / f"film-{second}.jpeg", tmp_path / "hard.jpeg")
+    shutil.copyfile(archive / f"film-{third}.jpeg", tmp_path / "copy.jpeg")
+    new = [r.path for r in discover(tiny_dataset).split("test")][:3]
+    given = [str(archive / f"film-{first}.jpeg"), str(tmp_path / "hard.jpeg"), str(tmp_path / "copy.jpeg"), *new]
+    said = held_out.trained_among([tmp_path / "run" / "bundle"], given, "predict")
+    assert len(said) == 1 and said[0].startswith(
+        f"3 of the 6 films given to predict are in {tmp_path / 'run' / 'bundle'}'s training split (e.g. {given[0]}; "
+        "1 of them byte-for-byte copies of its films under other names): "), said
+    read: list[Path] = []
+    monkeypatch.setattr(held_out, "discover", lambda path: read.append(path) or discover(path))
+    assert held_out.trained_among([tmp_path / "run" / "bundle"], new, "predict") == [] and read == []
+
+
 def test_films_the_bundle_trained_on_are_read_with_a_warning_that_their_scores_are_no_measure(
     tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,

@@ -594,6 +594,20 @@ def _is_manifest(path: Path) -> bool:
         return False
 
 
+def listed_paths(csv_path: Path | str) -> list[Path]:
+    """The files a manifest's path column names, resolved as :func:`read_manifest` resolves them, without reading
+    the rest of each row (labels, patients, their checks): a quick look at what a run's split.csv lists (none where
+    it has no path column)."""
+    csv_path = Path(csv_path)
+    with csv_path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
+        reader = csv.reader(f)
+        header = _manifest_header(reader)
+        if "path" not in header:
+            return []
+        column = header.index("path")
+        return [csv_path.parent / row[column] for row in reader if len(row) > column and row[column]]
+
+
 def _manifest_header(reader: Iterator[list[str]]) -> list[str]:
     """The column names of a manifest's first row as :func:`read_manifest` reads them (any case, quoted as R writes
     them, without a spreadsheet's trailing empty columns), so that a folder's manifest is named by the same reading
