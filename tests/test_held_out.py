@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from pneumoscan import cli
+from pneumoscan.data.cache import build_cache
 from pneumoscan.data.layouts import discover, write_manifest
 from pneumoscan.evaluation import held_out
 from pneumoscan.evaluation.evaluate import evaluate
@@ -156,3 +157,24 @@ def test_evaluate_from_python_proves_a_copied_bundles_run_split_itself(tiny_bund
     assert metrics["unchecked"] == [] and any("validation films" in said for said in metrics["optimistic"])
     with pytest.raises(ValueError, match="training split"):
         evaluate(bundle, split, "train")
+
+
+def test_the_proof_of_a_copied_bundles_run_split_reads_data_once(tiny_bundle: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The proof that DATA is a copied bundle's run split (its card's data checksum) listed DATA's films again after
+    evaluate had read them, and decoded or opened their pixels again where evaluate had read every split: it takes
+    what evaluate read. With --split val it still reads the training films' pixels, which the checksum covers."""
+    from pneumoscan.models import card as card_module
+
+    bundle = shutil.copytree(tiny_bundle, tmp_path / "bundle")
+    split = tiny_bundle.parent / "split.csv"
+    listed, cached = [], []
+    monkeypatch.setattr(card_module, "discover", lambda *a, **k: listed.append(a) or discover(*a, **k))
+    monkeypatch.setattr(card_module, "build_cache",
+                        lambda paths, *a, **k: cached.append(len(paths)) or build_cache(paths, *a, **k))
+    with pytest.raises(ValueError, match="training split"):  # proved the run's: its training films are refused
+        evaluate(bundle, split)
+    assert (listed, cached) == ([], [])
+    metrics = evaluate(bundle, split, "val")
+    assert metrics["unchecked"] == [] and any("validation films" in said for said in metrics["optimistic"])
+    assert listed == [] and cached == [len(discover(split).records)]

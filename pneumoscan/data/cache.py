@@ -38,7 +38,7 @@ from pneumoscan.core.names import qualified_name
 from pneumoscan.core.options import SPLITS, look_up_option
 from pneumoscan.data import pixels, readers
 from pneumoscan.data.pixels import DecodeError, transient
-from pneumoscan.data.layouts import Record, discover
+from pneumoscan.data.layouts import Discovery, Record, discover
 from pneumoscan.data.preprocess import PreprocessSpec
 
 CACHE_VERSION = 12  # a change of the cache's own layout; the decoding code's is in the key by its source
@@ -265,13 +265,15 @@ class EmptySplit(ValueError):
 
 
 def cache_dataset(
-    data: Path | str, spec: PreprocessSpec, split: str | None = None, progress: bool = False
+    data: Path | str, spec: PreprocessSpec, split: str | None = None, progress: bool = False,
+    found: Discovery | None = None,
 ) -> tuple[list[Record], ImageCache]:
     """DATA's records (a dataset root, a NORMAL/PNEUMONIA folder or a manifest; with ``split``, that split only)
-    and the cache of all of them. Evaluate reads through this, so ``pneumoscan cache --bundle`` builds its cache."""
+    and the cache of all of them. Evaluate reads through this, so ``pneumoscan cache --bundle`` builds its cache.
+    ``found``: DATA's discovery as the caller made it (default: made here)."""
     if split:  # a misspelt split would read as an empty one
         look_up_option(split, SPLITS, "split")
-    found = discover(data)
+    found = discover(data) if found is None else found
     records = found.split(split) if split else found.records
     if not records and found.records:  # "no images" of a folder full of films read as if it held none
         sides = sorted({r.split for r in found.records} - {""})

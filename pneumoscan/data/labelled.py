@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from pneumoscan.core.names import shown
-from pneumoscan.data.cache import cache_dataset
+from pneumoscan.data.cache import ImageCache, cache_dataset
 from pneumoscan.data.copies import label_conflicts, picture_groups
-from pneumoscan.data.layouts import Record, own_patient
+from pneumoscan.data.layouts import Record, discover, own_patient
 from pneumoscan.data.preprocess import PreprocessSpec
 from pneumoscan.data.split import patient_units, warn_conflicts
 from pneumoscan.data.tasks import Task, select, warn_untyped
@@ -37,12 +37,15 @@ class LabelledFilms:
     targets: np.ndarray
     unreadable: list[dict[str, str]]  # the files that could not be read: path and reason
     outside: list[Record]  # readable films the task cannot score (another class, or a pneumonia film without type)
+    every: list[Record]  # DATA's records of every split, as read: what proves DATA a run's split reads no second time
+    cache: ImageCache  # the cache of DATA's records of the split read (of every one without a split), in their order
 
 
 def labelled_films(data: Path | str, split: str | None, task: Task, spec: PreprocessSpec) -> LabelledFilms:
     """The task's readable records of DATA, their preprocessed images and targets, and the files left out, warned
     of. With a dataset root, ``split`` picks train/val/test."""
-    records, cache = cache_dataset(data, spec, split, progress=True)
+    found = discover(data)
+    records, cache = cache_dataset(data, spec, split, progress=True, found=found)
     read = set(cache.paths)
     readable = [r for r in records if r.path in read]
     untyped = warn_untyped(readable, task, "evaluation")
@@ -71,7 +74,7 @@ def labelled_films(data: Path | str, split: str | None, task: Task, spec: Prepro
         log.warning("%d film(s) of %s could not be read and are left out (%s%s)", len(cache.errors), shown(str(data)),
                     unreadable, "; ..." if len(cache.errors) > 3 else "")
     return LabelledFilms(records, cache.images[cache.rows([r.path for r in records])], targets, cache.errors,
-                         [r for r in readable if task.target(r) is None])
+                         [r for r in readable if task.target(r) is None], found.records, cache)
 
 
 def left_out(films: LabelledFilms, task: Task) -> list[dict]:

@@ -317,7 +317,7 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
                               "record an evaluation in the card" if add_to_card else "evaluate",
                               policy=HeldOutPolicy(validation_warning=True, refuse_validation=add_to_card,
                                                    int8=backend == "onnx-int8", refuse_unchecked=add_to_card),
-                              cards=[card], run_split=data if proven_run_split(bundle, data) else None)
+                              cards=[card], run_split=data if proven_run_split(bundle, data, films) else None)
     if add_to_card and not has_both_classes(binary_targets(targets)):
         raise ValueError(f"add_to_card (--add-to-card) needs films of both classes ({' and '.join(task.classes)}): "
                          "on one class a card's AUC, precision and F1 are undefined or meaningless; the report still "

@@ -40,6 +40,7 @@ from pneumoscan.core.names import given_path, is_utf8, shown
 from pneumoscan.core.options import MAX_SIZE, MIN_SIZE, look_up_option
 from pneumoscan.data.appearance import Appearance
 from pneumoscan.data.cache import ImageCache, build_cache, data_checksum
+from pneumoscan.data.labelled import LabelledFilms
 from pneumoscan.data.layouts import Record, discover
 from pneumoscan.data.preprocess import PreprocessSpec, check_normalization
 from pneumoscan.data.tasks import Task, check_classes, get_task, list_tasks
@@ -381,17 +382,19 @@ def _built_cache(records: Sequence[Record], spec: PreprocessSpec) -> ImageCache:
     return build_cache([r.path for r in records], spec, progress=True)
 
 
-def proven_run_split(bundle: Path | str, data: Path | str) -> bool:
+def proven_run_split(bundle: Path | str, data: Path | str, read: LabelledFilms | None = None) -> bool:
     """Whether DATA is the split of the run BUNDLE was copied out of (no split.csv beside it), proved by the card's
     data checksum (:func:`films_as_trained`): the same films, pixels, labels and sides, in the same order, which the
     held-out check (:func:`~pneumoscan.evaluation.held_out.check_held_out`'s ``run_split``) then checks against as
     the split beside it. Only a manifest of train and val films can be one: the films of other data are not
     decoded. Below evaluation and training, so that ``evaluate`` (from Python too) and ``export --int8`` make the
-    one proof."""
+    one proof. ``read``: DATA as the caller read it (:func:`~pneumoscan.data.labelled.labelled_films`), whose
+    records are not listed again, nor its films' pixels read again when it read every split."""
     if RunFolder.of(Path(bundle)).split.is_file() or not load_card(bundle).data_checksum:
         return False
-    records = discover(data).records
-    return {r.split for r in records} == {"train", "val"} and films_as_trained(bundle, records)
+    records = discover(data).records if read is None else read.every
+    opened = {} if read is None else {(tuple(read.cache.paths), read.cache.spec): read.cache}
+    return {r.split for r in records} == {"train", "val"} and films_as_trained(bundle, records, opened=opened)
 
 
 RECORDED_LIBRARIES = ("torch", "timm", "numpy", "onnxruntime")
