@@ -182,7 +182,7 @@ def test_resume_refuses_other_settings_but_may_add_epochs(tiny_dataset: Path, tm
     for change, said in (({"lr": 0.01}, "lr 0.003 -> 0.01"), ({"model": "cnn5"}, 'model "simple_cnn" -> "cnn5"'),
                          ({"seed": 1, "augment": Augment(noise=0.1)}, "seed 0 -> 1, augment.noise 0.04 -> 0.1")):
         with pytest.raises(ValueError, match=rf"it was made with other settings \({re.escape(said)}\); only epochs and "
-                                             r"time_budget may change on --resume"):
+                                             r"time_budget may change on a resume \(--resume\)"):
             train(tiny_dataset, dataclasses.replace(cfg, **change), run, resume=True)
         assert (run / "config.yaml").read_bytes() == config_yaml, "config.yaml still describes the checkpoint"
     resumed = train(tiny_dataset, dataclasses.replace(cfg, epochs=3), run, resume=True)
