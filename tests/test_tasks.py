@@ -46,8 +46,8 @@ def test_built_in_tasks_answer_through_the_task_object() -> None:
     with pytest.raises(ValueError, match="the etiology task follows pneumonia, not etiology$"):
         check_stages("etiology", "etiology")
     with pytest.raises(ValueError, match="the pneumonia task follows no other stage, not etiology; the bundles look "
-                                         "swapped: give the pneumonia bundle first and the etiology bundle with "
-                                         "--etiology$"):
+                                         "swapped: give the pneumonia bundle first and the etiology bundle as "
+                                         r"etiology \(--etiology\)$"):
         check_stages("etiology", "pneumonia")
     assert {"pneumonia", "etiology", "multiclass", TOY} <= set(list_tasks())
 

@@ -21,7 +21,7 @@ from importlib import metadata
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Annotated, Any, NamedTuple
+from typing import TYPE_CHECKING, Annotated, Any, NamedTuple
 
 import numpy as np
 from packaging.version import InvalidVersion, Version
@@ -40,12 +40,14 @@ from pneumoscan.core.names import given_path, is_utf8, shown
 from pneumoscan.core.options import MAX_SIZE, MIN_SIZE, look_up_option
 from pneumoscan.data.appearance import Appearance
 from pneumoscan.data.cache import ImageCache, build_cache, data_checksum
-from pneumoscan.data.labelled import LabelledFilms
 from pneumoscan.data.layouts import Record, discover
 from pneumoscan.data.preprocess import PreprocessSpec, check_normalization
 from pneumoscan.data.tasks import Task, check_classes, get_task, list_tasks
 from . import register_first
 from .run_folder import RunFolder
+
+if TYPE_CHECKING:  # scipy (data.split) stays out of an ONNX predict's start
+    from pneumoscan.data.labelled import LabelledFilms
 
 # 2: every card records its own checksum and its files' (format 1 cards may lack them: written before they were
 # kept, so they load with a warning; a format 2 card without them was edited, and is refused)
