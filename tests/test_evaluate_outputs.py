@@ -651,7 +651,8 @@ def test_evaluate_names_the_patients_beside_the_films_in_the_report_and_the_card
     assert metrics["patients"] == {"positive": 4, "negative": 4, "all": 8}
     page = (out / "report.html").read_text()
     assert "n = 16 films of 8 patients (8 PNEUMONIA films of 4 patients, 8 NORMAL of 4)." in page
-    assert "<caption>95% CIs count patients, not films, since one patient's films are scored alike.</caption>" in page
+    assert ("<caption>Summary. 95% CIs count patients, not films, since one patient's films are scored alike."
+            "</caption>") in page
     assert "<th>Negative predictive value (NPV) †</th>" in page
     card = (bundle / "MODEL_CARD.md").read_text()
     assert "| paired | 16 films of 8 patients (8 PNEUMONIA films of 4 patients, 8 NORMAL of 4) | patients |" in card

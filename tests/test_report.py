@@ -3,16 +3,21 @@ import html
 import io
 import json
 import re
+from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
 from matplotlib.figure import Figure
 from PIL import Image
+from playwright.sync_api import Page, expect, sync_playwright
 
 from pneumoscan.core.metrics import AUC_INTERVAL, FILM_UNIT_CAVEAT, evaluate_binary, evaluate_multiclass, softmax
 from pneumoscan.core.figures import FIGURE_DPI, figure_bytes, png_data_url
 from pneumoscan.evaluation.report import roc_figure, write_report
 from pneumoscan.training.callbacks import plot_training_curves
+from tests.test_browser import ARGS, CHROMIUM, TIMEOUT_MS
+from tests.test_page import serious_violations
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 DATA_URL = re.compile(r"data:image/png;base64,([A-Za-z0-9+/=]+)")
@@ -247,7 +252,7 @@ def test_every_n_names_its_patients_and_every_table_the_unit_of_its_intervals(tm
             f"{metrics['n_negative']} normal of {counts['negative']}).") in page
     # said once a block, on its table with why (the note beside it said it again): two blocks, two captions
     assert page.count("count patients") == 2
-    assert page.count("<caption>95% CIs count patients, not films, since one patient's films are scored alike."
+    assert page.count("Summary. 95% CIs count patients, not films, since one patient's films are scored alike."
                       "</caption>") == 2
     # the two stages' summary too: its intervals count patients (metrics.json holds them under two_stage)
     block = metrics["two_stage"]
@@ -258,7 +263,7 @@ def test_every_n_names_its_patients_and_every_table_the_unit_of_its_intervals(tm
     assert (f"n = 300 films of 100 patients ({films} {first} films of {patients} patients, "
             + ", ".join(f"{k} {name} of {p}" for name, k, p in rest) + "); decision = ") in page
     page = write_report(_binary_metrics(), tmp_path, "by film").read_text()
-    assert "n = 300 films (" in page and "<caption>95% CIs count films.</caption>" in page
+    assert "n = 300 films (" in page and "<caption>Summary. 95% CIs count films.</caption>" in page
 
 
 def test_a_count_of_one_is_said_in_the_singular(tmp_path) -> None:
@@ -351,7 +356,7 @@ def test_per_class_figures_say_they_have_no_interval(tmp_path) -> None:
     metrics["two_stage"] = evaluate_multiclass(y, probs, ["normal", "bacteria", "virus"], n_boot=50)
     page = write_report(metrics, tmp_path, "per class").read_text()
     per_class = page.split("Two stages: Per class")[1].split("</table>")[0]
-    assert "<caption>No 95% CIs: per-class figures are point estimates" in per_class
+    assert "<caption>Two stages: Per-class figures. No 95% CIs: per-class figures are point estimates" in per_class
     for name in ("normal", "bacteria", "virus"):
         assert _row(per_class, name).count("(no 95% CI)") == 4, name  # AUC, sensitivity, precision, F1
 
@@ -367,7 +372,8 @@ def test_thresholds_read_alike_everywhere_in_the_report(tmp_path) -> None:
                                    "fn": 0}]
     write_report(metrics, tmp_path, "thresholds", figures=True)
     page = (tmp_path / "report.html").read_text()
-    assert "0.06274" not in page and page.count("0.0627") == 3  # the table's head, the confusion caption, the table
+    # the table's head, the confusion caption, the table, and the operating point in the ROC and PR curves' words
+    assert "0.06274" not in page and page.count("0.0627") == 5
     assert "At threshold 0.5000" in page and "0.500<" not in page
 
 
@@ -386,3 +392,105 @@ def test_every_figure_is_a_png_encoded_at_the_fast_zlib_level(tmp_path):
             (tmp_path / "curves.png").read_bytes()]
     assert len(files) == 4 and len(pngs) == 8
     assert [_zlib_level(png) for png in pngs] == [0] * len(pngs)
+
+
+# ---------------------------------------------------------------- the report as a screen reader and axe-core meet it
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Page]:
+    """One headless Chromium for the module's reports, one page that each test loads its documents in."""
+    assert CHROMIUM.exists(), f"{CHROMIUM} is missing: install Debian's chromium package (make browser)"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        page = browser.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        yield page
+        browser.close()
+
+
+def _alts(page: Page) -> dict[str, str]:
+    """Each figure's text alternative by its visible caption: the two said the same, which named the figure and none
+    of its numbers."""
+    return page.evaluate("""() => Object.fromEntries([...document.querySelectorAll('figure')].map(
+        (f) => [f.querySelector('figcaption').textContent, f.querySelector('img').alt]))""")
+
+
+def _read_as_a_reader(page: Page, report: Path) -> dict[str, str]:
+    """REPORT loaded once: axe-core finds nothing serious or critical in it (WCAG 2.1 AA: contrast, names, language),
+    its headings go down one level at a time from one h1, every table has a name and every image a text alternative
+    that is more than its caption; returns the alternatives by caption."""
+    page.goto(report.as_uri())
+    assert serious_violations(page) == []
+    assert page.get_attribute("html", "lang") == "en"
+    levels = page.evaluate("() => [...document.querySelectorAll('h1, h2, h3, h4, h5, h6')].map((h) => +h.tagName[1])")
+    assert levels[0] == 1 and levels.count(1) == 1 and all(b <= a + 1 for a, b in zip(levels, levels[1:])), levels
+    tree = page.locator("body").aria_snapshot()
+    named = re.findall(r"^\s*- '?table \"[^\"]+\"", tree, re.MULTILINE)  # quoted whole where a name has ': '
+    assert len(named) == page.locator("table").count() > 0, tree
+    alts = _alts(page)
+    assert alts and all(alt and alt != caption for caption, alt in alts.items()), alts
+    return alts
+
+
+def _pct(block: dict, name: str) -> str:
+    return f"{100 * block[name]:.1f}%"
+
+
+def test_a_binary_report_says_its_figures_numbers_to_a_reader_who_does_not_see_them(chromium: Page,
+                                                                                     tmp_path: Path) -> None:
+    """Each figure's alt named the figure alone ("ROC curve; dots mark the operating points."): a screen reader heard
+    no AUC, no operating point; the confusion matrix was a table of no name under a heading, its shares grey on its
+    darkest shade (3.3:1). The ROC curve's words give the AUC with its interval and the sensitivity and specificity
+    at each threshold marked, the PR curve's its PR AUC and the prevalence, the reliability diagram's its ECE and each
+    bin's films; the gallery's thumbnails name their film."""
+    m = _binary_metrics()
+    thumbnail = figure_bytes(Figure(figsize=(1, 1)))
+    report = write_report(m, tmp_path, "Pneumonia", "test set", extra={"model": "resnet18"},
+                          gallery={"False positives": [(thumbnail, "a.jpeg  P = 0.91")], "False negatives": []})
+    alts = _read_as_a_reader(chromium, report)
+    roc = alts["ROC curve; dots mark the operating points."]
+    lo, hi = m["ci"]["auc"]
+    assert roc.startswith(f"ROC curve of P(PNEUMONIA): AUC {m['auc']:.3f} (95% CI {lo:.3f}–{hi:.3f}). "), roc
+    for block in (m, m["at_0_5"]):
+        assert (f"at threshold {block['threshold']:.4f}, sensitivity {_pct(block, 'sensitivity')} and specificity "
+                f"{_pct(block, 'specificity')}") in roc, roc
+    pr = alts["Precision-recall curve; dashed line = a classifier without skill."]
+    assert f"PR AUC {m['pr_auc']:.3f}" in pr and f"prevalence, {m['prevalence']:.2f}" in pr, pr
+    assert f"At threshold 0.5000, precision {_pct(m['at_0_5'], 'precision')}" in pr, pr
+    (reliability,) = [alt for caption, alt in alts.items() if caption.startswith("Reliability diagram")]
+    cal = m["curves"]["calibration"]
+    assert f"ECE {cal['ece']:.3f}, 300 films in {sum(c > 0 for c in cal['counts'])} bins" in reliability, reliability
+    assert all(f"{c} films" in reliability for c in cal["counts"] if c > 1), reliability
+    assert alts["a.jpeg  P = 0.91"] == "Film a.jpeg  P = 0.91"
+    # the confusion matrix is a table a screen reader lists by its name, its counts in the rows of each true class
+    matrix = chromium.get_by_role("table", name="Confusion matrix: At bundle threshold 0.3500")
+    counts = m["confusion_matrix"]["counts"]
+    for name, row in zip(("NORMAL", "PNEUMONIA"), counts):
+        cells = matrix.get_by_role("row", name=re.compile(f"^True {name}")).get_by_role("cell").all_inner_texts()
+        assert [int(cell.split()[0]) for cell in cells] == row, cells
+    assert chromium.get_by_role("table", name="About this evaluation").count() == 1
+
+
+def test_a_multiclass_report_and_a_binary_ones_three_class_part_say_each_class_auc(chromium: Page,
+                                                                                    tmp_path: Path) -> None:
+    """The one-vs-rest ROC curves' words give each class's AUC and the macro AUC with its interval, in a report of
+    three classes and in the three-class part of a binary one; every table is named after its part."""
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, 300)
+    probs = softmax(rng.normal(size=(300, 3)) + 2 * np.eye(3)[y])
+    names = ["normal", "bacteria", "virus"]
+    three = evaluate_multiclass(y, probs, names, n_boot=50)
+    binary = evaluate_binary(y == 2, probs[:, 2], 0.4, n_boot=50, class_names=("bacteria", "virus"))
+    binary["multiclass"] = three
+    lo, hi = three["ci"]["macro_auc"]
+    expected = ("One-vs-rest ROC curves: " + ", ".join(f"{n} AUC {three['per_class'][n]['auc']:.3f}" for n in names)
+                + f"; macro AUC {three['macro_auc']:.3f} (95% CI {lo:.3f}–{hi:.3f}).")
+    for metrics, folder in ((three, "three"), (binary, "part")):
+        alts = _read_as_a_reader(chromium, write_report(metrics, tmp_path / folder, "Classes"))
+        assert alts["One-vs-rest ROC curve per class."] == expected
+        reliability = "Reliability diagram of confidence (probability of the decided class): ECE "
+        assert any(alt.startswith(reliability) for alt in alts.values()), alts
+    for name in ("All classes: Summary. 95% CIs count films.", "All classes: Per-class figures. No 95% CIs",
+                 "Confusion matrix: Most probable class"):
+        expect(chromium.get_by_role("table", name=re.compile("^" + re.escape(name)))).to_have_count(1)

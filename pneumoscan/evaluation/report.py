@@ -37,10 +37,11 @@ table{border-collapse:collapse;margin:8px 0 12px;font-size:.95em}
 th,td{border:1px solid #c9d1db;padding:6px 12px;text-align:left}th{background:#eef2f6;font-weight:600}
 td.num{text-align:right;font-variant-numeric:tabular-nums}.ci{color:#52606d;font-size:.88em}
 .meta th{width:180px}.cm td{text-align:center;min-width:70px;font-variant-numeric:tabular-nums}
+.cm .ci{color:inherit}.cm caption{color:inherit;font-size:1em;font-weight:600;padding:4px 0}
 .row{display:flex;flex-wrap:wrap;gap:18px;align-items:flex-start}
 figure{margin:0;flex:1 1 320px;max-width:380px}figure img{width:100%;border:1px solid #e3e8ee}
 figcaption{font-size:.88em;color:#52606d;margin-top:4px}.note{color:#52606d;font-size:.9em}
-.cmblock{flex:0 1 auto}.cmblock h3{font-size:1em;margin:4px 0}
+.cmblock{flex:0 1 auto}
 .gallery{display:flex;flex-wrap:wrap;gap:12px}.gallery figure{flex:0 1 360px;max-width:360px}h3{font-size:1em}
 caption{text-align:left;color:#52606d;font-size:.88em;padding-bottom:3px}
 .optimistic{border:2px solid #b42318;background:#fef3f2;color:#7a271a;padding:8px 14px;margin:12px 0}
@@ -86,6 +87,24 @@ def _fmt(value: Any, name: str = "") -> str:
     return format_percent(value) if name in _PROPORTIONS else format_figure(value)
 
 
+def _ci_text(block: dict[str, Any], name: str) -> str:
+    """The figure's interval as the report writes it ("95% CI 0.880–0.940"), or why there is none; "" for an
+    undefined figure."""
+    cis = block.get("ci", {})
+    lo, hi = cis.get(name) or (None, None)
+    if lo is not None and hi is not None:
+        return f"95% CI {_fmt(lo, name)}–{_fmt(hi, name)}"
+    if _undefined(block.get(name)):
+        return ""
+    return "no 95% CI" + (": too few patients or films, or no spread to measure" if name in cis else "")
+
+
+def _with_ci(block: dict[str, Any], name: str) -> str:
+    """The figure and its interval in words, as a figure's text alternative gives them."""
+    ci = _ci_text(block, name)
+    return _fmt(block.get(name), name) + (f" ({ci})" if ci else "")
+
+
 def _value_cell(block: dict[str, Any], name: str, absent: str | None = None) -> str:
     """The figure with its CI; a defined figure without one says so, lest a bare 1.000 read as certain: one whose
     CI is null (saying why), and one no interval is computed for (PR AUC, ECE, macro F1, the per-class figures).
@@ -93,22 +112,17 @@ def _value_cell(block: dict[str, Any], name: str, absent: str | None = None) -> 
     100 % that describes no model."""
     if absent and name in BOTH_CLASSES:
         return f'<td class="num">n/a <span class="ci">(no {_esc(absent)} films: it depends on both classes)</span></td>'
-    value = block.get(name)
-    cell = _fmt(value, name)
-    cis = block.get("ci", {})
-    lo, hi = cis.get(name) or (None, None)
-    if lo is not None and hi is not None:
-        cell += f' <span class="ci">(95% CI {_fmt(lo, name)}–{_fmt(hi, name)})</span>'
-    elif not _undefined(value):
-        why = ": too few patients or films, or no spread to measure" if name in cis else ""
-        cell += f' <span class="ci">(no 95% CI{why})</span>'
-    return f'<td class="num">{cell}</td>'
+    ci = _ci_text(block, name)
+    return f'<td class="num">{_fmt(block.get(name), name)}' + (f' <span class="ci">({ci})</span>' if ci else "") + (
+        "</td>")
 
 
-def _ci_caption(m: dict[str, Any]) -> str:
-    """The unit the table's intervals count, on the table itself (its n counts films either way), and why where it
-    is patients: the note above the table (:func:`_ci_note`) does not say it again."""
-    return f'<caption>95% CIs {PATIENT_UNIT if m.get("ci_unit") == "patient" else "count films"}.</caption>'
+def _ci_caption(m: dict[str, Any], name: str) -> str:
+    """The table's ``name`` (a screen reader's list of tables gives it) and the unit its intervals count, on the
+    table itself (its n counts films either way), and why where it is patients: the note above the table
+    (:func:`_ci_note`) does not say it again."""
+    unit = PATIENT_UNIT if m.get("ci_unit") == "patient" else "count films"
+    return f"<caption>{_esc(name)}. 95% CIs {unit}.</caption>"
 
 
 def _ci_note(m: dict[str, Any], proportions: str, others: Sequence[str], auc_key: str, auc_name: str) -> str:
@@ -136,11 +150,12 @@ def _esc(value: Any) -> str:
 
 def _meta_table(extra: dict[str, Any]) -> str:
     rows = "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in extra.items())
-    return f'<table class="meta">{rows}</table>'
+    return f'<table class="meta" aria-label="About this evaluation">{rows}</table>'
 
 
 def _confusion_table(cm: dict[str, Any], names: Sequence[str], caption: str) -> str:
-    """Counts with the row-normalised share beneath, shaded by that share so the diagonal stands out."""
+    """Counts with the row-normalised share beneath, shaded by that share so the diagonal stands out; the share is
+    written in the text's own colour, which stands out from the darkest shade (the grey of a note did not)."""
     head = "".join(f"<th>Pred. {_esc(n)}</th>" for n in names)
     body = ""
     for name, counts, shares in zip(names, cm["counts"], cm["normalized"]):
@@ -153,22 +168,25 @@ def _confusion_table(cm: dict[str, Any], names: Sequence[str], caption: str) -> 
             )
         body += f"<tr><th>True {_esc(name)}</th>{cells}</tr>"
     return (
-        f'<div class="cmblock"><h3>{_esc(caption)}</h3><table class="cm"><tr><th></th>{head}</tr>{body}</table>'
+        f'<div class="cmblock"><table class="cm"><caption>Confusion matrix: {_esc(caption)}</caption>'
+        f"<tr><td></td>{head}</tr>{body}</table>"
         '<div class="note">Counts; row-normalised share (of each true class) beneath.</div></div>'
     )
 
 
-def _image_html(png: bytes, caption: str) -> str:
-    return (f'<figure><img src="{png_data_url(png)}" alt="{_esc(caption)}">'
+def _image_html(png: bytes, caption: str, alt: str) -> str:
+    """The picture with its visible ``caption`` and its text alternative ``alt``: what it shows, with its key
+    numbers, for a reader who does not see it (the caption alone says what it is, not what it shows)."""
+    return (f'<figure><img src="{png_data_url(png)}" alt="{_esc(alt)}">'
             f'<figcaption>{_esc(caption)}</figcaption></figure>')
 
 
-def _figure_html(fig: Figure, caption: str, pngs: dict[str, bytes] | None = None, name: str = "") -> str:
+def _figure_html(fig: Figure, caption: str, alt: str, pngs: dict[str, bytes] | None = None, name: str = "") -> str:
     """The figure as an inline image; with ``pngs``, its PNG is also kept there under ``name`` (for a file)."""
     png = figure_bytes(fig, tight=True)
     if pngs is not None:
         pngs[name] = png
-    return _image_html(png, caption)
+    return _image_html(png, caption, alt)
 
 
 def _drawn(text: str) -> str:
@@ -290,7 +308,18 @@ def _reliability_html(cal: dict[str, Any], xlabel: str, caption: str, pngs: dict
     caption += (" 95% CIs by film (Clopper-Pearson); the number on each bar counts its films."
                 + (f" {sparse} bin(s) hold fewer than {_SPARSE_BIN} films (hollow): their observed frequency is "
                    "uncertain, as their intervals show." if sparse else ""))
-    return _figure_html(_reliability_figure(cal, xlabel), caption, pngs, "reliability")
+    return _figure_html(_reliability_figure(cal, xlabel), caption, _reliability_alt(cal, xlabel), pngs, "reliability")
+
+
+def _reliability_alt(cal: dict[str, Any], xlabel: str) -> str:
+    """The reliability diagram in words: its ECE and, bin by bin, the mean predicted and observed frequency with
+    the films behind them (the numbers its points and bars show)."""
+    edges, xlabel = cal["bin_edges"], xlabel[:1].lower() + xlabel[1:]
+    bins = [f"{lo:.2f} to {hi:.2f}: predicted {_fmt(p)}, observed {_fmt(o)}, {c} film{'s' * (c != 1)}"
+            for lo, hi, p, o, c in zip(edges, edges[1:], cal["mean_predicted"], cal["observed_frequency"],
+                                       cal["counts"]) if c]
+    return (f"Reliability diagram of {xlabel}: ECE {_fmt(cal['ece'])}, {sum(cal['counts'])} films in {len(bins)} "
+            f"bins. By bin of {xlabel}: " + "; ".join(bins) + ".")
 
 
 def _binary_body(m: dict[str, Any], pngs: dict[str, bytes] | None = None) -> str:
@@ -340,7 +369,7 @@ def _binary_summary(m: dict[str, Any], names: tuple[str, str], absent: str | Non
             + _ci_note(m, "sensitivity, specificity, precision, NPV and accuracy", ("auc", "f1"), "auc", "AUC")
             + "</p>"
         ),
-        f"<table>{_ci_caption(m)}{head}{rows}</table>",
+        f"<table>{_ci_caption(m, 'Summary')}{head}{rows}</table>",
         "" if absent else f'<p class="note">{_esc(prevalence_note(m["prevalence"], pos, "† "))}</p>',
     ])  # fmt: skip
 
@@ -359,16 +388,25 @@ def _binary_curves(m: dict[str, Any], pos: str, pngs: dict[str, bytes] | None) -
             for b in (m, low)
             if b["precision"] is not None
         }
+        at = [f"threshold {_fmt(b['threshold'], 'threshold')}" for b in (m, low)]
+        roc_alt = (f"ROC curve of P({pos}): AUC {_with_ci(m, 'auc')}. Operating points: " + "; ".join(
+            f"at {t}, sensitivity {_fmt(b['sensitivity'], 'sensitivity')} and specificity "
+            f"{_fmt(b['specificity'], 'specificity')}" for t, b in zip(at, (m, low))) + ".")
+        pr_alt = (f"Precision-recall curve of P({pos}): PR AUC {_fmt(m['pr_auc'])}; a classifier without skill lies "
+                  f"at the prevalence, {m['prevalence']:.2f}." + "".join(
+                      f" At {t}, precision {_fmt(b['precision'], 'precision')} and recall "
+                      f"{_fmt(b['sensitivity'], 'sensitivity')}." for t, b in zip(at, (m, low))
+                      if b["precision"] is not None))
         parts.append(
             _figure_html(
                 roc_figure({"roc": curves["roc"]}, {"roc": f"AUC = {_fmt(m['auc'])}"}, roc_points),
-                "ROC curve; dots mark the operating points.", pngs, "roc",
+                "ROC curve; dots mark the operating points.", roc_alt, pngs, "roc",
             )
         )
         parts.append(
             _figure_html(
                 _pr_figure(curves["pr"], f"PR AUC = {_fmt(m['pr_auc'])}", m["prevalence"], pr_points),
-                "Precision-recall curve; dashed line = a classifier without skill.", pngs, "pr",
+                "Precision-recall curve; dashed line = a classifier without skill.", pr_alt, pngs, "pr",
             )
         )
     else:
@@ -391,7 +429,8 @@ def _threshold_table_html(rows: list[dict[str, Any]], absent: str | None) -> str
     return (
         "<h2>Sensitivity and specificity by threshold</h2><p class=\"note\">Figures on these images; a threshold "
         "picked from this table and judged on the same images is optimistic (pneumoscan threshold).</p>"
-        "<table><tr><th>Rule</th><th>Threshold</th><th>Sensitivity</th><th>Specificity</th><th>Precision</th>"
+        "<table><caption>Sensitivity and specificity by threshold, with the films of each count.</caption>"
+        "<tr><th>Rule</th><th>Threshold</th><th>Sensitivity</th><th>Specificity</th><th>Precision</th>"
         f"<th>NPV</th><th>TP</th><th>FP</th><th>TN</th><th>FN</th></tr>{cells}</table>"
         + (f'<p class="note">Precision and NPV are n/a: there are no {_esc(absent)} films, and they depend on both '
            'classes.</p>'
@@ -407,7 +446,8 @@ def _gallery_html(gallery: dict[str, list[tuple[bytes, str]]]) -> str:
         if not items:
             parts.append('<p class="note">None.</p>')
             continue
-        parts.append('<div class="gallery">' + "".join(_image_html(png, caption) for png, caption in items) + "</div>")
+        parts.append('<div class="gallery">' + "".join(_image_html(png, caption, f"Film {caption}")
+                                                       for png, caption in items) + "</div>")
     return "".join(parts)
 
 
@@ -434,17 +474,21 @@ def _multiclass_body(m: dict[str, Any], section: str = "", pngs: dict[str, bytes
                 f'<p class="note">n = {_esc(class_counts(m))}; decision = {_esc(decision)}. '
                 + _ci_note(m, "accuracy", ("balanced_accuracy", "macro_auc"), "macro_auc", "macro AUC") + "</p>"
             ),
-            f"<table>{_ci_caption(m)}<tr><th>Metric</th><th>Value</th></tr>{rows}</table>",
+            f"<table>{_ci_caption(m, f'{section}Summary')}<tr><th>Metric</th><th>Value</th></tr>{rows}</table>",
             (
-                f"<h2>{section}Per class</h2><table><caption>No 95% CIs: per-class figures are point estimates, and on "
-                "a class of few films they can be far from the truth.</caption><tr><th>Class</th><th>ROC AUC (one vs "
+                f"<h2>{section}Per class</h2><table><caption>{section}Per-class figures. No 95% "
+                "CIs: per-class figures are point estimates, and on a class of few films they can be far from the "
+                "truth.</caption><tr><th>Class</th><th>ROC AUC (one vs "
                 "rest)</th><th>Sensitivity (recall)</th><th>Precision</th><th>F1</th><th>Films</th></tr>"
                 f"{per_class}</table>"
             ),
             f'<h2>{section}Confusion matrix</h2><div class="row">',
             _confusion_table(m["confusion_matrix"], names, decision.capitalize()),
             f'</div><h2>{section}Curves</h2><div class="row">',
-            _figure_html(roc_figure(roc, labels, {}), "One-vs-rest ROC curve per class.", pngs, "roc") if roc else "",
+            _figure_html(roc_figure(roc, labels, {}), "One-vs-rest ROC curve per class.",
+                         "One-vs-rest ROC curves: " + ", ".join(f"{name} AUC {_fmt(m['per_class'][name]['auc'])}"
+                                                                for name in roc)
+                         + f"; macro AUC {_with_ci(m, 'macro_auc')}.", pngs, "roc") if roc else "",
             _reliability_html(curves["calibration"], "Confidence (probability of the decided class)",
                               "Reliability diagram of the decided class: accuracy per bin of confidence.", pngs),
             "</div>",
