@@ -402,6 +402,8 @@ def test_films_list_sort_csv_and_dicom_panel(page: Page, data_root: Path, tagged
     # the first film again, from the list
     page.get_by_role("button", name=f"show {paths[1].name}").click()
     expect(page.locator("#film-title")).to_have_text(f"Film: {paths[1].name}")
+    # a screen reader hears which film the reading is of: moving between a batch's films, it heard readings of none
+    expect(page.locator("#status")).to_have_text(re.compile(rf"^Film: {re.escape(paths[1].name)}\. Reading: "))
 
 
 def contrast(a: str, b: str) -> float:
@@ -434,7 +436,8 @@ def test_every_control_is_named_and_keyboard_operable(page: Page, small: Path) -
     # screen reader did not hear of
     label, bar = page.inner_text("#label"), page.locator("#bar")
     expect(page.locator("#status")).to_have_text(re.compile(
-        rf"^Reading: {label}, probability [01]\.\d{{3}}, threshold [01]\.\d{{3}}, [1-9] scope warnings?\. "
+        rf"^Film: {re.escape(small.name)}\. Reading: {label}, probability [01]\.\d{{3}}, threshold [01]\.\d{{3}}, "
+        r"[1-9] scope warnings?\. "
         r"The model card gives 1 caveat\.$"))
     expect(page.locator("#card dt", has_text=re.compile("^Caveat$"))).to_have_count(1)
     assert page.get_attribute("#status", "aria-live") == "polite"
@@ -479,6 +482,14 @@ def test_every_control_is_named_and_keyboard_operable(page: Page, small: Path) -
              ("application", "X-ray viewer"), ("meter", "probability"), ("group", "heatmap")]
     for role, name in named:
         expect(page.get_by_role(role, name=name)).to_have_count(1)
+    # what Lock window does was a tooltip (title) alone, which a keyboard never shows: it is text on the page,
+    # seen beside the box as it is reached and heard as its description
+    lock = page.get_by_role("checkbox", name="Lock window")
+    lock.focus()
+    hint = page.locator("#lock-hint")
+    expect(hint).to_be_visible()
+    expect(hint).to_contain_text("for the next films")
+    expect(lock).to_have_accessible_description(hint.inner_text())
     tree = page.locator("body").aria_snapshot()
     unnamed = [line for line in tree.splitlines()
                if re.match(r"\s*- (button|checkbox|slider|combobox|textbox|img|application)\s*(\[.*\])?:?$", line)]
@@ -584,6 +595,33 @@ def test_the_viewer_says_what_it_is_and_its_keys_and_is_worked_by_them_alone(pag
     page.wait_for_function("(before) => document.getElementById('view-said').textContent !== before", arg=before)
     page.keyboard.press("Tab")
     expect(viewer).not_to_be_focused()
+
+
+def test_on_a_window_smaller_than_the_viewer_escape_leaves_it_and_the_arrows_scroll_the_page(page: Page,
+                                                                                            small: Path) -> None:
+    """At 683 x 384 CSS pixels (a 1366 x 768 laptop at 200 %) the viewer is taller than the window, and while it had
+    focus the arrow keys changed the window, never scrolled the page. Escape leaves it for the keys above it, which
+    say so; there the arrows scroll the page, and Tab goes back to the viewer with its keys as they were."""
+    upload_one(page, small)
+    page.set_viewport_size({"width": 683, "height": 384})
+    viewer, keys = page.locator("#view"), page.locator("#view-keys")
+    assert viewer.bounding_box()["height"] > 384
+    expect(keys).to_contain_text("Escape leaves the viewer")
+    viewer.focus()
+    top = page.evaluate("() => scrollY")
+    page.keyboard.press("ArrowDown")
+    assert page.input_value("#level") == "120" and page.evaluate("() => scrollY") == top  # the viewer's key
+    page.keyboard.press("Escape")
+    expect(keys).to_be_focused()
+    assert page.evaluate("() => document.activeElement.matches(':focus-visible')")
+    top = page.evaluate("() => scrollY")  # the keys scrolled into view
+    page.keyboard.press("ArrowDown")
+    page.wait_for_function("(top) => scrollY > top", arg=top)
+    assert page.input_value("#level") == "120"
+    page.keyboard.press("Tab")
+    expect(viewer).to_be_focused()
+    page.keyboard.press("ArrowDown")
+    assert page.input_value("#level") == "112"
 
 
 def serious_violations(page: Page) -> list[str]:
@@ -874,7 +912,8 @@ def test_an_out_of_scope_film_is_marked_as_not_applying(page: Page, full_size: P
     # the notice gives them: "2 scope warnings say why" left a screen reader to find why
     reasons = " ".join(f"{w}." for w in page.locator("#warnings li").all_inner_texts())
     assert "Modality CT is not a radiograph" in reasons
-    expect(page.locator("#status")).to_have_text(f"Outside the model's scope: this reading does not apply. {reasons}")
+    expect(page.locator("#status")).to_have_text(
+        f"Film: ct.dcm. Outside the model's scope: this reading does not apply. {reasons}")
     assert label not in page.inner_text("#status") and "probability" not in page.inner_text("#status")
     page.screenshot(path=tmp_path / "out-of-scope.png", full_page=True)
 
@@ -932,7 +971,7 @@ def test_a_late_heatmap_leaves_the_page_of_another_film_alone(page: Page, small:
         page.wait_for_timeout(50)
     read(4)  # and another while its map is computed
     status = page.inner_text("#status")
-    assert status.startswith("Reading: ")
+    assert status.startswith(f"Film: {small.name}. Reading: ")
     held.pop().fulfill(status=503, json={"error": "the service is busy"})
     page.wait_for_function("() => window.replies === 5")
     expect(page.locator("#error")).to_be_hidden()
@@ -1034,7 +1073,8 @@ def test_a_reading_near_the_threshold_is_said_so_with_the_interval(browser: Brow
             assert max(r, g, b) - min(r, g, b) < 40, colours
         assert int(colours[1]) < 700, colours  # not bold as a clear reading is
         expect(page.locator("#status")).to_have_text(re.compile(
-            rf"^Reading: {label}, near the threshold: indeterminate, probability [01]\.\d{{3}}, threshold "))
+            rf"^Film: {re.escape(small.name)}\. Reading: {label}, near the threshold: indeterminate, probability "
+            r"[01]\.\d{3}, threshold "))
         assert page.get_attribute("#bar", "aria-valuetext").startswith(page.inner_text("#label"))
         expect(page.locator("#films tbody td").nth(1)).to_have_text(f"{label} (near the threshold)")
         # the key: the mark and the hatching had their meaning only in tooltips

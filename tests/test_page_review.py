@@ -777,7 +777,7 @@ def test_a_probability_is_never_shown_at_its_threshold_when_it_is_not(page: Page
                                         near_threshold: false, etiology: null });
         showResult(current); }""")
     expect(page.locator("#probability")).to_have_text(re.compile(r"^P\(PNEUMONIA\) = 0\.4625; threshold 0\.4627; "))
-    said = re.compile(r"^Reading: NORMAL, probability 0\.4625, threshold 0\.4627, ")
+    said = re.compile(rf"^Film: {re.escape(small.name)}\. Reading: NORMAL, probability 0\.4625, threshold 0\.4627, ")
     expect(page.locator("#status")).to_have_text(said)
     assert page.get_attribute("#bar", "aria-valuetext") == "NORMAL: probability 0.4625, threshold 0.4627"
     listed = page.evaluate("""() => {

@@ -297,16 +297,19 @@ function lookOf(film) {
   return r.label === r.positive ? "positive" : "negative";
 }
 
-// Said in the polite live region when reading r arrives or is shown again (kept: the readWith of its film, or none):
-// the result panel itself is not announced. Out of scope, the label and probability are left out (they do not
-// apply, and said aloud they sound as if they did) and the reasons are said, as the notice above the reading gives
-// them and as a refusal's reason is said. In scope, the warnings are counted (every JPEG has some; they follow the
-// figures), and so are the model's caveats, which the eye finds in the card beside the reading and a screen reader
-// only by leaving it.
-function announcement(r, kept = null) {
+// Said in the polite live region when reading r of the film named name arrives or is shown again (kept: the readWith
+// of its film, or none), its film's name first, as the film's heading gives it: moving between the films of a batch,
+// a screen reader heard readings of no film. The result panel itself is not announced. Out of scope, the label and
+// probability are left out (they do not apply, and said aloud they sound as if they did) and the reasons are said,
+// as the notice above the reading gives them and as a refusal's reason is said. In scope, the warnings are counted
+// (every JPEG has some; they follow the figures), and so are the model's caveats, which the eye finds in the card
+// beside the reading and a screen reader only by leaving it.
+function announcement(r, name, kept = null) {
   const all = allWarnings(r);
+  const film = `Film: ${name}.`;
   if (!r.in_scope) {
-    return `Outside the model's scope: this reading does not apply. ${all.map((w) => `Scope: ${w}.`).join(" ")}`;
+    const reasons = all.map((w) => `Scope: ${w}.`).join(" ");
+    return `${film} Outside the model's scope: this reading does not apply. ${reasons}`;
   }
   const n = all.length;
   const e = r.etiology;
@@ -316,8 +319,8 @@ function announcement(r, kept = null) {
   const c = kept ? kept.caveats : 0;
   const caveats = c ? ` The model card gives ${c} caveat${c === 1 ? "" : "s"}.` : "";
   const [p, t] = figuresApart(r.probability, r.threshold);
-  return `Reading: ${labelText(r)}, probability ${p}, threshold ${t}, ${n} scope warning${n === 1 ? "" : "s"}.` +
-    `${second}${caveats}`;
+  return `${film} Reading: ${labelText(r)}, probability ${p}, threshold ${t}, ` +
+    `${n} scope warning${n === 1 ? "" : "s"}.${second}${caveats}`;
 }
 
 // The classes of reading r's model when it has more than two (its probabilities, in the model's class order), else
@@ -379,7 +382,8 @@ function showResult(film) {
     return showError(`Not shown: ${notOfTheCard(r)}: choose the film again to have it read by the model described`);
   }
   $("error").hidden = true;
-  sayAgain($("status"), announcement(r, film.readWith));  // a film shown again from the list, or the same film again
+  // a film shown again from the list, or the same film again, is said again
+  sayAgain($("status"), announcement(r, film.name, film.readWith));
   const look = lookOf(film);
   const [p, t] = figuresApart(r.probability, r.threshold);
   $("label").textContent = labelText(r);
@@ -806,6 +810,9 @@ $("view").addEventListener("keydown", (event) => {
     compose();
     sayView(view.invert ? "inverted" : "not inverted");
   } else if (event.key === "h") toggleHeatmap();
+  // out of the viewer without Tab's move to the next control: on a window smaller than the viewer, the arrow keys
+  // changed the window while the page could not be scrolled by them; the keys above it say so
+  else if (event.key === "Escape") $("view-keys").focus();
   else return;
   event.preventDefault();
 });
