@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import uvicorn
+from axe_playwright_python.sync_playwright import Axe
 from PIL import Image
 from fastapi import FastAPI
 from playwright.sync_api import Browser, Page, expect, sync_playwright
@@ -29,6 +30,15 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-f
 TIMEOUT_MS = 30_000  # a shared 2-core machine can be slow
 # the viewer's caption of a film shown from the service's decode (?image=true): its rendering's size, the service's
 SERVICE_CAPTION = f"as decoded by the service (8-bit, at most {MAX_PANEL:,} pixels a side)."
+AXE = Axe()  # axe-core's script as the package bundles it: nothing is fetched
+
+
+def serious_violations(page: Page) -> list[str]:
+    """What axe-core reports on the page as it stands, serious or critical: each rule with the elements it failed on
+    (the reading page's states, tests/test_page.py; the evaluation reports, tests/test_report.py)."""
+    found = AXE.run(page).response["violations"]
+    return [f"{v['id']}: {v['help']} ({', '.join(str(n['target']) for n in v['nodes'])})" for v in found
+            if v["impact"] in ("serious", "critical")]
 
 
 def run_server(app: FastAPI) -> Iterator[str]:

@@ -23,7 +23,6 @@ import httpx
 import numpy as np
 import pytest
 import uvicorn
-from axe_playwright_python.sync_playwright import Axe
 from fastapi.testclient import TestClient
 from PIL import Image
 from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
@@ -37,16 +36,14 @@ from pneumoscan.inference.predict import Predictor, format_results, predict_path
 from pneumoscan.models.card import load_card, save_card
 from pneumoscan.serving.app import create_app
 from tests.builders import SCORE_TOL, dicom_bytes, nudge_weights, running
-from tests.test_browser import ARGS, CHROMIUM, SERVICE_CAPTION, TIMEOUT_MS, drop_file, run_server
+from tests.test_browser import (ARGS, CHROMIUM, SERVICE_CAPTION, TIMEOUT_MS, drop_file, run_server,
+                                serious_violations)
 from tests.test_heatmap_scale import assert_legend_is_the_caption, sentence
 from tests.test_serve import with_threshold
 
 PREFIX = "data:image/png;base64,"
 TAGS = dict(PatientAge="004Y", PatientSex="F", ViewPosition="PA", BodyPartExamined="CHEST", StudyDate="20240105",
             PatientName="Doe^Jane", PatientID="MRN-4471", StudyInstanceUID="1.2.3.4")
-AXE = Axe()  # axe-core's script as the package bundles it: nothing is fetched
-
-
 def png_of(url: str) -> Image.Image:
     assert url.startswith(PREFIX)
     return Image.open(io.BytesIO(base64.b64decode(url[len(PREFIX):])))
@@ -622,13 +619,6 @@ def test_on_a_window_smaller_than_the_viewer_escape_leaves_it_and_the_arrows_scr
     expect(viewer).to_be_focused()
     page.keyboard.press("ArrowDown")
     assert page.input_value("#level") == "112"
-
-
-def serious_violations(page: Page) -> list[str]:
-    """What axe-core reports on the page as it stands, serious or critical: each rule with the elements it failed on."""
-    found = AXE.run(page).response["violations"]
-    return [f"{v['id']}: {v['help']} ({', '.join(str(n['target']) for n in v['nodes'])})" for v in found
-            if v["impact"] in ("serious", "critical")]
 
 
 def test_each_state_of_the_page_passes_axe_and_high_contrast_keeps_the_bar(page: Page, small: Path) -> None:

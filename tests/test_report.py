@@ -16,8 +16,7 @@ from pneumoscan.core.metrics import AUC_INTERVAL, FILM_UNIT_CAVEAT, evaluate_bin
 from pneumoscan.core.figures import FIGURE_DPI, figure_bytes, png_data_url
 from pneumoscan.evaluation.report import roc_figure, write_report
 from pneumoscan.training.callbacks import plot_training_curves
-from tests.test_browser import ARGS, CHROMIUM, TIMEOUT_MS
-from tests.test_page import serious_violations
+from tests.test_browser import ARGS, CHROMIUM, TIMEOUT_MS, serious_violations
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 DATA_URL = re.compile(r"data:image/png;base64,([A-Za-z0-9+/=]+)")
