@@ -200,7 +200,7 @@ def test_an_internal_errors_log_line_quotes_no_value_of_the_film(
     caplog.set_level(logging.DEBUG)
     with TestClient(app, raise_server_exceptions=False) as client:
         r = client.post("/v1/predict", files={"file": ("film.dcm", named_film.read_bytes(), "application/dicom")})
-    assert r.status_code == 500 and r.json() == {"error": "internal error"}
+    assert r.status_code == 500 and r.json() == {"error": "internal error", "reason": "internal_error"}
     [record] = [r for r in caplog.records if r.name == "pneumoscan.serving.guard"]
     assert re.fullmatch(r"internal error on POST /v1/predict: ValueError at test_privacy_review\.py:\d+ in failing: "
                         r"Invalid value for VR PN: '\.\.\.'", record.getMessage()), record.getMessage()

@@ -124,7 +124,8 @@ def test_a_path_with_a_trailing_slash_is_not_found_rather_than_redirected(client
     following a redirect (to plain http behind a TLS proxy). Every served path has one spelling; another is 404."""
     for path in ("/healthz/", "/v1/model/"):
         for r in (client.get(path, follow_redirects=False), client.post("/v1/predict/", follow_redirects=False)):
-            assert r.status_code == 404 and r.json() == {"error": "Not Found"} and "location" not in r.headers
+            assert r.status_code == 404 and "location" not in r.headers
+            assert r.json() == {"error": "Not Found", "reason": "not_found"}
     assert client.head("/healthz/").status_code == 404
 
 
@@ -485,6 +486,7 @@ def test_bad_upload_is_a_4xx_with_a_reason(client: TestClient, bad_cases: dict, 
 def test_file_over_the_default_limit_is_413(client: TestClient, xray: bytes) -> None:
     too_big = xray + b"\0" * (20 * MB - len(xray) + 1)  # 20 MB + 1 byte: a JPEG with trailing padding
     assert_error(upload(client, too_big), 413, "limit of 20 MB")
+    assert upload(client, too_big).json()["reason"] == "too_large"
     assert upload(client, xray + b"\0" * (19 * MB)).status_code == 200  # under the limit the padding is harmless
 
 
@@ -698,10 +700,11 @@ def test_an_internal_error_is_json_and_the_service_goes_on(tiny_bundle: Path, xr
             m.setattr(Predictor, "probabilities", lambda self, images: 1 / 0)
             for _ in range(3):
                 r = upload(c, xray)
-                assert r.status_code == 500 and r.json() == {"error": "internal error"}
+                assert r.status_code == 500 and r.json() == {"error": "internal error", "reason": "internal_error"}
         assert upload(c, xray).status_code == 200
         runs = scraped(c)
         assert runs[("pneumoscan_model_run_errors_total", labels(task="pneumonia"))] == 3  # each a batch of its own
+        assert runs[("pneumoscan_refusals_total", labels(reason="internal_error"))] == 3  # the guard's, counted
         assert runs[("pneumoscan_model_run_seconds_count", labels(task="pneumonia"))] == 1  # the run that answered
 
 

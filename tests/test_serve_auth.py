@@ -5,6 +5,7 @@ through the command."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
@@ -15,12 +16,14 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import get_args
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
 from starlette.applications import Starlette
 from starlette.routing import Mount
+from starlette.types import Receive, Scope, Send
 
 from pneumoscan import cli
 from pneumoscan.inference.onnx_runtime import model_version
@@ -585,3 +588,61 @@ def test_a_cors_origin_no_browser_sends_is_refused_at_start() -> None:
             cli.serve_settings(parse(["serve", "b", "--cors-origin", given]))
     kept = ("https://viewer.hospital.org", "http://10.1.2.3:8080", "https://[2001:db8::1]:8443", "*")
     assert Access(cors_origins=kept).cors_origins == kept
+
+
+# ---------------------------------------------------------------- every refusal says its reason
+
+# the reasons proved by the tests of their own conditions, each of which asserts its answer's reason (a full lane, an
+# upload too slow or too large, a model broken, a heatmap refused or failed); a client gone hears no answer
+PROVED_ELSEWHERE = {"busy", "upload_timeout", "too_large", "model_broken", "heatmap_unavailable", "heatmap_failed",
+                    "client_gone"}
+
+
+def documented_reasons() -> dict[str, str]:
+    """docs/api.md's table of reasons: each reason and the statuses its row gives."""
+    text = (Path(__file__).parents[1] / "docs" / "api.md").read_text()
+    return {m[1]: m[2] for m in re.finditer(r"^\| `([a-z_]+)` \| ([0-9][^|]*) \| [^|]*\w[^|]* \|$", text, re.M)}
+
+
+def test_every_refusal_names_a_documented_reason_and_is_counted_under_it(locked: TestClient, xray: bytes) -> None:
+    """Each non-2xx answer the service gives carries a `reason` a client can branch on, listed in docs/api.md with
+    its status and what to do: the key's and the Host check's refusals, a path not served, a method not taken, the
+    framework's 422 and a bug's 500 carried none. Each is counted under it in /metrics, the unauthenticated ones too
+    (a client with a wrong key shows as key_wrong)."""
+    from pneumoscan.serving.guard import SHUTTING_DOWN, Guard
+    from pneumoscan.serving.limits import Refusal
+    from tests.test_serve import labels, moved, scraped
+
+    key = {"Authorization": f"Bearer {KEY}"}
+    text = ("notes.txt", b"Patient notes\n" * 20, "text/plain")
+
+    async def failing(scope: Scope, receive: Receive, send: Send) -> None:
+        raise ZeroDivisionError("a bug")
+
+    async def cancelled(scope: Scope, receive: Receive, send: Send) -> None:
+        raise asyncio.CancelledError  # what uvicorn does to a request when the shutdown's grace runs out
+
+    keyed = TestClient(locked.app, base_url=LOCAL, headers=key)  # the same app (started by locked), with the key
+    before = scraped(keyed)
+    answers = {
+        "key_missing": locked.get("/v1/model"),
+        "key_wrong": locked.get("/v1/model", headers={"X-API-Key": KEY[:-1]}),
+        "host_not_served": locked.get("/v1/model", headers={**key, "host": "attacker.example"}),
+        "not_found": locked.get("/v1/model/", headers=key),
+        "method_not_allowed": locked.get("/v1/predict", headers=key),
+        "bad_request": locked.post("/v1/predict?format=xml", headers=key, files={"file": ("x.jpeg", xray)}),
+        "unsupported_type": locked.post("/v1/predict", headers=key, files={"file": text}),
+        "unreadable_film": predict(locked, xray[: len(xray) // 2], **key),
+        "not_reportable": locked.post("/v1/predict?format=fhir", headers=key,
+                                      files={"file": ("x.jpeg", xray, "image/jpeg")}),
+    }
+    counted = moved(before, scraped(keyed), "pneumoscan_refusals_total")
+    answers["internal_error"] = TestClient(Guard(failing, None)).get("/")  # no lifespan: bare apps
+    answers["shutting_down"] = TestClient(Guard(cancelled, None)).get("/")
+    documented = documented_reasons()
+    for reason, answer in answers.items():
+        assert answer.status_code >= 400 and answer.json()["reason"] == reason, (reason, answer.text)
+        assert str(answer.status_code) in documented[reason], (reason, answer.status_code, documented[reason])
+    assert answers["shutting_down"].json()["error"] == SHUTTING_DOWN
+    assert counted == {labels(reason=r): 1 for r in answers if r not in ("internal_error", "shutting_down")}
+    assert set(documented) == set(get_args(Refusal)) == {*answers, *PROVED_ELSEWHERE}

@@ -136,7 +136,7 @@ def test_full_queue_is_503_with_retry_after(tiny_bundle: Path, xray: bytes, monk
             r = post(url, xray)()
             assert time.monotonic() - start < 5  # refused at once, not queued
             assert r.status_code == 503 and r.headers["retry-after"] == "2"
-            assert "busy" in r.json()["error"]
+            assert "busy" in r.json()["error"] and r.json()["reason"] == "busy"
             gate.open.set()
         assert sorted(x.status_code for x in held) == [200, 200]  # the admitted ones are served
         assert post(url, xray)().status_code == 200  # and the slots are given back
@@ -169,7 +169,7 @@ def test_trickling_body_gets_408_and_is_closed(tiny_bundle: Path) -> None:
             stop.set()
             dripper.join()
         assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
-        assert b"did not arrive within 0.5 s" in answer
+        assert b"did not arrive within 0.5 s" in answer and b'"reason":"upload_timeout"' in answer
         assert took < 5  # closed after the deadline, although bytes kept coming
 
 
@@ -530,6 +530,7 @@ def test_a_request_in_progress_when_the_model_breaks_gets_no_reading(tmp_path: P
         metrics = httpx.get(f"{url}/metrics").text
     [answer] = late
     assert answer.status_code == 503 and "answers no more predictions" in answer.json()["error"], answer.text
+    assert broke.json()["reason"] == answer.json()["reason"] == "model_broken"
     assert "probability" not in answer.json()
     # both counted as refused by the broken model, neither as a reading answered
     assert 'pneumoscan_refusals_total{reason="model_broken"} 2.0' in metrics
@@ -557,7 +558,8 @@ def test_failures_log_one_line_each_rate_limited(tiny_bundle: Path, xray: bytes,
         finally:
             for log in logs:
                 log.removeHandler(handler)
-    assert [(r.status_code, r.json()) for r in answers] == [(500, {"error": "internal error"})] * 20
+    bug = {"error": "internal error", "reason": "internal_error"}
+    assert [(r.status_code, r.json()) for r in answers] == [(500, bug)] * 20
     lines = stream.getvalue().splitlines()
     assert "Traceback" not in stream.getvalue()
     assert 1 <= len(lines) <= 2, lines

@@ -128,7 +128,7 @@ def test_a_request_that_is_not_valid_http_gets_a_json_refusal_with_the_security_
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 400 ") and b"content-type: application/json" in head.lower(), answer
     assert b"x-content-type-options: nosniff" in head.lower() and b"content-security-policy:" in head.lower()
-    assert json.loads(body) == {"error": MALFORMED_HTTP}
+    assert json.loads(body) == {"error": MALFORMED_HTTP, "reason": "bad_request"}
 
 
 def test_health_says_degraded_while_the_models_last_run_failed(tiny_bundle: Path, xray: bytes,

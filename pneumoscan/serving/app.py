@@ -24,7 +24,7 @@ from pneumoscan.interop.uids import uid_root
 
 from .formats import ERRORS, Health, HeatmapWord, Prediction, ReportFormat, ServiceInfo, check_options
 from .guard import API_KEY_ENV, Access, Guard, KeyInUse
-from .limits import ClientGone, Limits, Rejected
+from .limits import REFUSED_AS, ClientGone, Limits, Rejected
 from .metrics import CountRequests, ServiceMetrics
 from .service import Service
 
@@ -90,11 +90,11 @@ def _add_middleware(app: FastAPI, access: Access | None, metrics: ServiceMetrics
     outside the guard so that its refusals carry CORS too, with a guard of the preflights CORS answers outside it;
     outside them all, each answer counted (its refusals too)."""
     app.state.key_in_use = KeyInUse(access.api_key if access else None)  # replaced by a reload (SIGHUP)
-    app.add_middleware(Guard, access=access, key=app.state.key_in_use)
+    app.add_middleware(Guard, access=access, key=app.state.key_in_use, refused=metrics.refused)
     if access is not None and access.cors_origins:  # each added outside the ones before
         app.add_middleware(CORSMiddleware, allow_origins=list(access.cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "X-API-Key"], max_age=600)
-        app.add_middleware(Guard, access=access, preflights=True)
+        app.add_middleware(Guard, access=access, preflights=True, refused=metrics.refused)
     app.add_middleware(CountRequests, metrics=metrics)
 
 
@@ -157,35 +157,38 @@ def _add_routes(app: FastAPI, service: Service) -> None:
 
 
 def _add_error_handlers(app: FastAPI, service: Service) -> None:
-    """Every failure answers ``{"error": "..."}``; a non-finite score also marks the model broken."""
+    """Every failure answers a :class:`~.limits.Rejected`'s ``{"error": "...", "reason": "..."}``, counted by its
+    reason; a non-finite score also marks the model broken."""
+
+    def refuse(refusal: Rejected) -> JSONResponse:
+        service.metrics.refused(refusal.kind)
+        return refusal.response()
 
     @app.exception_handler(Rejected)
     async def _rejected(request: Request, exc: Rejected) -> JSONResponse:
-        service.metrics.refused(exc.kind)
-        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+        return refuse(exc)
 
     @app.exception_handler(ClientGone)
     async def _gone(request: Request, exc: ClientGone) -> JSONResponse:
-        _log_access(request.scope, CLIENT_GONE)
-        service.metrics.refused("client_gone")
-        return JSONResponse({"error": "client closed the connection"}, status_code=CLIENT_GONE)  # never delivered
+        _log_access(request.scope, CLIENT_GONE)  # never delivered
+        return refuse(Rejected(CLIENT_GONE, "client closed the connection", kind="client_gone"))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+        # the router's 404 and 405, and the static files'; any other status of theirs is the request's fault
+        kind = REFUSED_AS.get(exc.status_code, "bad_request")
+        return refuse(Rejected(exc.status_code, str(exc.detail), exc.headers, kind=kind))
 
     @app.exception_handler(NonFiniteScore)
     async def _non_finite(request: Request, exc: NonFiniteScore) -> JSONResponse:
         service.mark_broken()
-        service.metrics.refused("model_broken")
-        return JSONResponse({"error": NON_FINITE, "reason": "model_broken"}, status_code=500)
+        return refuse(Rejected(500, NON_FINITE, kind="model_broken"))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         problems = problems.replace("'", "")  # pydantic quotes what it expects ('json'): 422 bodies hold no apostrophes
-        service.metrics.refused("bad_request")
-        return JSONResponse({"error": f"invalid request: {problems}"}, status_code=422)
+        return refuse(Rejected(422, f"invalid request: {problems}"))
 
 
 def _log_access(scope: Scope, status: int) -> None:

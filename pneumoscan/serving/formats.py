@@ -72,9 +72,8 @@ class Prediction(StageResult):
 
 class ErrorBody(BaseModel):
     error: str = Field(description="what is wrong with the request")
-    reason: Refusal | None = Field(None, description="the refusal's kind, as /metrics counts it "
-                                   "(pneumoscan_refusals_total's reason); absent for the refusals of the key and Host "
-                                   "checks, a path not served and an internal error")
+    reason: Refusal = Field(description="the refusal's kind, a fixed word a client branches on (docs/api.md says "
+                            "what to do for each) and /metrics counts it under (pneumoscan_refusals_total's reason)")
     reading: Prediction | None = Field(None, description="with reason heatmap_failed (500): the film's reading, which "
                                        "stands (its heatmap alone failed), without the heatmap")
 
@@ -156,7 +155,7 @@ class Health(BaseModel):
     reason: str | None = Field(None, description="why the service is degraded or unhealthy")
 
 
-# 500: a non-finite score (docs/api.md), and a bug, which the guard answers as {"error": "internal error"}
+# 500: a non-finite score or a failed heatmap (docs/api.md), and a bug, which the guard answers as internal_error
 ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 408, 413, 415, 422, 500, 503)}
 
 

@@ -8,18 +8,17 @@ import hmac
 import logging
 import re
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pneumoscan.core.logs import redact
 from pneumoscan.core.secrets import read_secret
 
-from .limits import RETRY_AFTER_S
+from .limits import RETRY_AFTER_S, Refusal, Rejected
 
 log = logging.getLogger(__name__)
 
@@ -106,14 +105,16 @@ class KeyInUse:
 class Guard:
     """ASGI middleware in front of everything but CORS: the Host allow-list, the API key for all but the public
     paths, the security headers on every response, and a JSON 500 for a bug (caught here, so the framework neither
-    re-raises it, which closed the connection and logged a traceback per request, nor answers in plain text). Pure
-    ASGI, so request bodies stream through untouched. With ``preflights``, the guard outside CORS: CORS preflights
-    only (which carry no key, by the Fetch standard, and CORS answers itself) get the Host check and the security
-    headers; every other request passes to the CORS middleware, whose own guard inside sees it."""
+    re-raises it, which closed the connection and logged a traceback per request, nor answers in plain text). Each
+    of its refusals is a :class:`~.limits.Rejected`, with its reason, counted by ``refused`` (the service's
+    /metrics) as the app's are: a client sending a wrong key shows as ``key_wrong``. Pure ASGI, so request bodies
+    stream through untouched. With ``preflights``, the guard outside CORS: CORS preflights only (which carry no key,
+    by the Fetch standard, and CORS answers itself) get the Host check and the security headers; every other
+    request passes to the CORS middleware, whose own guard inside sees it."""
 
     def __init__(self, app: ASGIApp, access: Access | None, preflights: bool = False,
-                 key: KeyInUse | None = None) -> None:
-        self.app, self.access, self.preflights = app, access, preflights
+                 key: KeyInUse | None = None, refused: Callable[[Refusal], None] = lambda kind: None) -> None:
+        self.app, self.access, self.preflights, self.refused = app, access, preflights, refused
         self.key = KeyInUse(None) if preflights else key or KeyInUse(access.api_key if access else None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -128,9 +129,7 @@ class Guard:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         problem = self._refusal(scope, headers)
         if problem is not None:
-            status, text, extra = problem
-            response = JSONResponse({"error": text}, status_code=status, headers=extra)
-            return await response(scope, receive, send_with_headers)
+            return await self._refuse(problem, scope, receive, send_with_headers)
         started = False
 
         async def send_tracked(message: Message) -> None:
@@ -144,9 +143,9 @@ class Guard:
             if started:  # cancels it, and answered a request not yet answered 500 with an "Exception" logged
                 raise
             # with the busy 503's Retry-After: without one a balancer or client sent it again at once
-            await JSONResponse({"error": SHUTTING_DOWN}, status_code=503,
-                               headers={"Connection": "close", "Retry-After": str(RETRY_AFTER_S)})(
-                scope, receive, send_with_headers)
+            headers = {"Connection": "close", "Retry-After": str(RETRY_AFTER_S)}
+            await self._refuse(Rejected(503, SHUTTING_DOWN, headers, kind="shutting_down"), scope, receive,
+                               send_with_headers)
         except Exception as e:  # a bug: one log line, a JSON 500, the connection kept
             # the kind of error, where it was raised and its message with what it quotes redacted, no traceback: a
             # message may quote a value of the film's header (a patient's name, a birth date), as pydicom's and
@@ -157,16 +156,20 @@ class Guard:
                       scope["path"], redact(str(e)))
             if started:  # too late for a 500: the server closes the connection and logs this, not the message
                 raise RuntimeError("internal error after the answer had begun") from None
-            await JSONResponse({"error": "internal error"}, status_code=500)(scope, receive, send_with_headers)
+            await self._refuse(Rejected(500, "internal error"), scope, receive, send_with_headers)
 
-    def _refusal(self, scope: Scope, headers: dict[str, str]) -> tuple[int, str, dict[str, str]] | None:
+    async def _refuse(self, refusal: Rejected, scope: Scope, receive: Receive, send: Send) -> None:
+        self.refused(refusal.kind)
+        await refusal.response()(scope, receive, send)
+
+    def _refusal(self, scope: Scope, headers: dict[str, str]) -> Rejected | None:
         if self.access is None:
             return None
         path = route_path(scope)
         # the health probe answers any Host: a load balancer's or an orchestrator's probe names the instance by its
         # address (or localhost), and the probe reveals nothing a rebound page could use (the model id)
         if path != HEALTH_PATH and not _host_allowed(headers.get("host", ""), self.access.allowed_hosts):
-            return 400, "this host name is not served here (see --allowed-hosts)", {}
+            return Rejected(400, "this host name is not served here (see --allowed-hosts)", kind="host_not_served")
         # no method is exempt: a browser's CORS preflight is answered before this guard (CORSMiddleware is outside
         # it, and only with --cors-origin; the guard outside that asks no key), so an OPTIONS that reaches here
         # needs the key as any other request
@@ -179,8 +182,8 @@ class Guard:
                                  headers.get("x-api-key", "")) if k]
             if not any([hmac.compare_digest(k.encode("latin-1"), key) for k in given]):
                 reason = "a valid API key is required" if given else "an API key is required"
-                return (401, f"{reason}: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'",
-                        {"WWW-Authenticate": "Bearer"})
+                return Rejected(401, f"{reason}: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'",
+                                {"WWW-Authenticate": "Bearer"}, kind="key_wrong" if given else "key_missing")
         return None
 
 

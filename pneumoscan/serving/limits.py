@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import field
 from typing import Annotated, Any, Literal
 
+from fastapi.responses import JSONResponse
 from pydantic import ConfigDict, Field
 from pydantic.dataclasses import dataclass
 
@@ -61,12 +62,17 @@ class Limits:
 
 
 # Why a request was refused, in a fixed set of words that /metrics counts it under (pneumoscan_refusals_total's
-# reason): the message says more, but holds what the film or the request said, which a metric's label must not
-Refusal = Literal["bad_request", "upload_timeout", "too_large", "unsupported_type", "unreadable_film", "not_reportable",
-                  "heatmap_unavailable", "heatmap_failed", "busy", "model_broken", "client_gone"]
-# each status's refusal where its raise names none: the 422 of a request's options, the 503 of a full lane
-REFUSED_AS: dict[int, Refusal] = {400: "bad_request", 408: "upload_timeout", 413: "too_large", 415: "unsupported_type",
-                                  422: "bad_request", 503: "busy"}
+# reason) and a client branches on: every answer of the service that is not a 2xx but /healthz's (whose status says
+# it) names one. The message says more, but holds what the film or the request said, which a metric's label must not
+Refusal = Literal["bad_request", "host_not_served", "key_missing", "key_wrong", "not_found", "method_not_allowed",
+                  "upload_timeout", "too_large", "unsupported_type", "unreadable_film", "not_reportable",
+                  "heatmap_unavailable", "heatmap_failed", "busy", "shutting_down", "model_broken", "internal_error",
+                  "client_gone"]
+# each status's refusal where its raise names none: the 422 of a request's options, the 503 of a full lane, a path
+# not served and a method it does not take (the router's), a bug's 500 (the guard's)
+REFUSED_AS: dict[int, Refusal] = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
+                                  408: "upload_timeout", 413: "too_large", 415: "unsupported_type",
+                                  422: "bad_request", 500: "internal_error", 503: "busy"}
 
 
 class Rejected(Exception):
@@ -82,6 +88,10 @@ class Rejected(Exception):
 
     def body(self) -> dict[str, Any]:
         return {"error": self.message, "reason": self.kind, **({"reading": self.reading} if self.reading else {})}
+
+    def response(self) -> JSONResponse:
+        """The answer, as every refusal of the service is given (the app's handlers and the guard's alike)."""
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
 
 class ClientGone(Exception):

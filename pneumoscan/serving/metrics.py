@@ -54,8 +54,8 @@ class ServiceMetrics:
                                 "whether the film was in the model's scope, and whether the probability was near the "
                                 "threshold (unknown: the model records no threshold interval)",
                                 ["task", "call", "in_scope", "near_threshold"], registry=r)
-        self.refusals = Counter("pneumoscan_refusals", "prediction requests refused, by reason", ["reason"],
-                                registry=r)
+        self.refusals = Counter("pneumoscan_refusals", "requests refused, by reason (the key's and the Host "
+                                "check's refusals, and paths not served, included)", ["reason"], registry=r)
         for reason in get_args(Refusal):  # each series from 0, so that a rate sees the first refusal of its kind
             self.refusals.labels(reason)
         self.warnings = Counter("pneumoscan_scope_warnings", "scope warnings given with readings, by stage, kind "

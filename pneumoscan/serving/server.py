@@ -41,7 +41,7 @@ from pneumoscan.core.options import MAX_UPLOAD_MB
 from .app import ACCESS_LOGGER, CLIENT_GONE, create_app
 from .formats import PREDICT_OPTIONS, HeatmapWord, ReportFormat, ServiceInfo
 from .guard import SECURITY_HEADERS, Access
-from .limits import Limits
+from .limits import Limits, Refusal, Rejected
 from .metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
@@ -82,9 +82,10 @@ class GuardedH11(H11Protocol):
     heatmap or a DICOM SR) for as long as it stayed connected, after its prediction lane was freed."""
 
     def __init__(self, *args: Any, header_timeout: float, body_timeout: float, lingering: Lingering,
-                 **kwargs: Any) -> None:
+                 refused: Callable[[Refusal], None], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.header_timeout, self.body_timeout, self.lingering = header_timeout, body_timeout, lingering
+        self.refused = refused  # the service's count of refusals (/metrics), which its malformed requests join
         self.head_deadline: asyncio.TimerHandle | None = None
         self.write_deadline: asyncio.TimerHandle | None = None
         self.cut_off = False  # closed by one of these deadlines: the client gets no lingering close
@@ -191,7 +192,9 @@ class GuardedH11(H11Protocol):
     def send_400_response(self, msg: str) -> None:
         """The answer to a request h11 cannot parse, as every refusal of the service: JSON with a reason, and the
         security headers (uvicorn's own is plain text without them)."""
-        body = json.dumps({"error": MALFORMED_HTTP}).encode()
+        refusal = Rejected(400, MALFORMED_HTTP)
+        self.refused(refusal.kind)
+        body = json.dumps(refusal.body()).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                    (b"connection", b"close"), *SECURITY_HEADERS]
         for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"), h11.Data(data=body),
@@ -413,7 +416,8 @@ def server_config(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, limit
     config = uvicorn.Config(
         app, host=host, port=port,
         http=functools.partial(GuardedH11, header_timeout=limits.header_timeout, body_timeout=limits.body_timeout,
-                               lingering=Lingering(limits.max_lingering, app.state.metrics)),
+                               lingering=Lingering(limits.max_lingering, app.state.metrics),
+                               refused=app.state.metrics.refused),
         timeout_keep_alive=limits.keep_alive, timeout_graceful_shutdown=limits.shutdown_grace, server_header=False,
         **kwargs,
     )  # fmt: skip
