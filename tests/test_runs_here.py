@@ -15,13 +15,14 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pydicom
 import pytest
 from PIL import Image
 
 from pneumoscan import cli
 from pneumoscan.inference.predict import NO_WX_MEMORY
 from pneumoscan.serving.service import HEATMAPS_OFF, WITHOUT_HEATMAPS
-from tests.builders import free_port, wait_healthy
+from tests.builders import chest_film_dicom, free_port, wait_healthy
 
 # the pneumoscan command in a process that asks the kernel to refuse it writable-and-executable memory from then on;
 # a kernel without PR_SET_MDWE fails the test here, loudly, rather than letting it pass untested
@@ -130,27 +131,41 @@ if libc.prctl(65, 1, 0, 0, 0) != 0:
     sys.exit(f"PR_SET_MDWE refused (errno {ctypes.get_errno()}): this test needs Linux 6.3 or later")
 film = io.BytesIO()
 Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 260), dtype=np.uint8)).save(film, "PNG")
+dicom = open(sys.argv[2], "rb").read()
 with TestClient(app, raise_server_exceptions=False) as c:
     post = lambda query: c.post("/v1/predict" + query, files={"file": ("film.png", film.getvalue(), "image/png")})
     answers = [post(query) for query in ("?heatmap=true", "?heatmap=map", "")]
+    sr = [c.post("/v1/predict" + query, files={"file": ("film.dcm", dicom, "application/dicom")})
+          for query in ("?format=dicom-sr&heatmap=true", "?format=dicom-sr")]
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for f in text_string_to_metric_families(c.get("/metrics").text) for s in f.samples}
     print(json.dumps({"answers": [[a.status_code, a.json()] for a in answers], "health": c.get("/healthz").json(),
+                      "sr": [[a.status_code, a.headers["content-type"], a.content.hex()] for a in sr],
                       "failed": samples[("pneumoscan_refusals_total", (("reason", "heatmap_failed"),))],
                       "readings": sum(v for (n, _), v in samples.items() if n == "pneumoscan_readings_total")}))
 """
 
 
-def test_a_heatmap_that_fails_after_the_start_is_refused_with_its_films_reading(film_sized_bundle: Path) -> None:
+def test_a_heatmap_that_fails_after_the_start_is_refused_with_its_films_reading(film_sized_bundle: Path,
+                                                                               tmp_path: Path) -> None:
     """It answered a bare 500 ("internal error") and lost the reading, while /healthz said ok: each heatmap is
     refused (500, heatmap_failed) with the reading of its film, which stands; the failure is logged once with its
-    cause, counted in /metrics, and /healthz says degraded."""
-    from pneumoscan.serving.service import HEATMAP_FAILED, HEATMAPS_FAILING
+    cause, counted in /metrics, and /healthz says degraded. An SR with its overlay is refused without the JSON
+    reading (not the report asked for), saying to ask again without the heatmap, which answers the SR."""
+    from pneumoscan.serving.service import HEATMAP_FAILED, HEATMAP_FAILED_SR, HEATMAPS_FAILING
 
-    done = subprocess.run([sys.executable, "-c", POLICY_AFTER_START, str(film_sized_bundle)], capture_output=True,
-                          text=True, timeout=120)
+    film = tmp_path / "film.dcm"
+    film.write_bytes(chest_film_dicom(np.random.default_rng(1).integers(0, 256, (300, 260), dtype=np.uint8)))
+    done = subprocess.run([sys.executable, "-c", POLICY_AFTER_START, str(film_sized_bundle), str(film)],
+                          capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     seen = json.loads(done.stdout.splitlines()[-1])
+    (with_overlay, its_type, its_body), (alone, sr_type, sr_body) = seen["sr"]
+    assert (with_overlay, its_type) == (500, "application/json"), bytes.fromhex(its_body)
+    assert json.loads(bytes.fromhex(its_body)) == {"error": HEATMAP_FAILED_SR.format("RuntimeError"),
+                                                   "reason": "heatmap_failed"}
+    assert (alone, sr_type) == (200, "application/dicom"), bytes.fromhex(sr_body)[:300]
+    assert pydicom.dcmread(io.BytesIO(bytes.fromhex(sr_body))).Modality == "SR"
     (overlay, overlay_body), (bare, map_body), (plain, reading) = seen["answers"]
     assert (overlay, bare, plain) == (500, 500, 200), seen["answers"]
     for body in (overlay_body, map_body):
@@ -160,7 +175,7 @@ def test_a_heatmap_that_fails_after_the_start_is_refused_with_its_films_reading(
         assert body["reading"]["probability"] == pytest.approx(reading["probability"], abs=1e-6)
     assert seen["health"]["status"] == "degraded"
     assert seen["health"]["reason"] == HEATMAPS_FAILING.format("RuntimeError")
-    assert (seen["failed"], seen["readings"]) == (2, 3)
+    assert (seen["failed"], seen["readings"]) == (3, 4)  # the SR refused gave no reading; the SR alone one
     logged = [line for line in done.stderr.splitlines() if "heatmaps fail: Grad-CAM raised RuntimeError" in line]
     assert len(logged) == 1 and "could not create a primitive" in logged[0], done.stderr
     assert "internal error" not in done.stderr

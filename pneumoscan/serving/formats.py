@@ -74,8 +74,8 @@ class ErrorBody(BaseModel):
     error: str = Field(description="what is wrong with the request")
     reason: Refusal = Field(description="the refusal's kind, a fixed word a client branches on (docs/api.md says "
                             "what to do for each) and /metrics counts it under (pneumoscan_refusals_total's reason)")
-    reading: Prediction | None = Field(None, description="with reason heatmap_failed (500): the film's reading, which "
-                                       "stands (its heatmap alone failed), without the heatmap")
+    reading: Prediction | None = Field(None, description="with reason heatmap_failed (500) of format=json: the film's "
+                                       "reading, which stands (its heatmap alone failed), without the heatmap")
 
 
 class ModelInfo(BaseModel):

@@ -75,6 +75,12 @@ MODEL_FAILING = ("the last run of a model failed with an internal error ({}; the
 # model ran; only the explanation of it failed (torch refused memory it needs, a bug, memory run out)
 HEATMAP_FAILED = ("heatmap failed with an internal error ({}; the service log says more): the reading of this film "
                   "stands, and is given with this refusal; the heatmap may be asked for again")
+# the same for format=dicom-sr, which refuses without a reading: the JSON fields are not the report asked for, and an
+# SR without the overlay asked with it, answered 200, would be filed as if it were all. Asked again without heatmap,
+# the film answers its SR, as any other does
+HEATMAP_FAILED_SR = ("heatmap failed with an internal error ({}; the service log says more): the reading of this film "
+                     "stands: send the film again without heatmap=true for the SR of its reading, without the "
+                     "overlay; the heatmap may be asked for again")
 HEATMAPS_FAILING = ("the last heatmap failed with an internal error ({}; the log says more): heatmaps answer 500, "
                     "with the reading of their film, until one succeeds")
 
@@ -398,6 +404,8 @@ class Service:
             gone.cancel()
         self._refuse_if_broken()
         reading = {**result.model_dump(), **scope}
+        if failed is not None and format == "dicom-sr":
+            raise Rejected(500, HEATMAP_FAILED_SR.format(type(failed).__name__), kind="heatmap_failed")
         if failed is not None:  # the reading as the JSON answer gives it, beside the refusal of its heatmap
             self._count(result, scope, second_result)
             alone = Prediction(**reading, etiology=second_result, card_digest=self.card.card_digest)
