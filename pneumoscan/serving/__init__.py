@@ -2,7 +2,8 @@
 with Grad-CAM.
 
 Privacy: uploads are parsed in memory only (never spooled to disk), and nothing here logs a file name, the
-image bytes or pixels. Robustness: every bad upload becomes a 4xx with ``{"error": "..."}``; the body is capped
+image bytes or pixels. Robustness: every bad upload becomes a 4xx, and every refusal answers
+``{"error": "...", "reason": "..."}`` (:data:`.limits.Refusal`, the word a client branches on); the body is capped
 while it is read (Content-Length is not trusted), and the decompression-bomb guard lives in
 :mod:`pneumoscan.data.decode`. Load: work is bounded (:class:`.limits.Limits`): a fixed number of decodes at once,
 a bounded number of requests in the service (more get 503 with Retry-After), Grad-CAM in its own lane, deadlines
