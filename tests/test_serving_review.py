@@ -125,6 +125,8 @@ def test_a_request_that_is_not_valid_http_gets_a_json_refusal_with_the_security_
             answer = b""
             while chunk := s.recv(65536):  # the connection is closed after it
                 answer += chunk
+        metrics = httpx.get(f"{url}/metrics").text  # counted, though it never reached the app
+    assert 'pneumoscan_refusals_total{reason="bad_request"} 1.0' in metrics
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 400 ") and b"content-type: application/json" in head.lower(), answer
     assert b"x-content-type-options: nosniff" in head.lower() and b"content-security-policy:" in head.lower()
