@@ -82,7 +82,7 @@ HEATMAP_FAILED_SR = ("heatmap failed with an internal error ({}; the service log
                      "stands: send the film again without heatmap=true for the SR of its reading, without the "
                      "overlay; the heatmap may be asked for again")
 HEATMAPS_FAILING = ("the last heatmap failed with an internal error ({}; the log says more): heatmaps answer 500, "
-                    "with the reading of their film, until one succeeds")
+                    "a JSON answer with the reading of its film, until one succeeds")
 
 
 def without_member_folders(reason: str, card: BundleCard) -> str:
