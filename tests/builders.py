@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
+import shutil
 import socket
 import struct
 import subprocess
@@ -31,7 +32,7 @@ from pydicom.uid import (
 )
 
 from pneumoscan.data.scope import CONTENT_UNCHECKED
-from pneumoscan.models.card import BundleCard
+from pneumoscan.models.card import SAMPLED_FROM, BundleCard, load_card, save_card
 
 # Two float32 scorings of the same film agree only to about 1e-7 when the batch, the thread count, the process
 # layout or the CPU's kernels differ (oneDNN picks its kernels per machine); 1e-5 is far above that and far below
@@ -93,6 +94,16 @@ def assert_close_report(reported: Any, again: Any, where: str = "metrics") -> No
 
 # what every reading of a bundle without an appearance record says (the tiny test bundles, trained on too few films)
 UNCHECKED = CONTENT_UNCHECKED.text()
+
+
+def trial_copy(run: Path, out: Path, patients: int, seed: int) -> Path:
+    """A copy of the run holding ``run``/bundle whose card says it trained on a sample of ``patients`` of the 48
+    patients drawn by ``seed`` (train --patients), as that run's card records it: a trial, with its weights."""
+    bundle = shutil.copytree(run.parent, out) / run.name
+    card = load_card(bundle)
+    save_card(bundle, dataclasses.replace(card, train_config={**card.train_config, "patients": patients,
+                                                              SAMPLED_FROM: 48, "seed": seed}))
+    return bundle
 
 
 def nudge_weights(bundle: Path) -> None:

@@ -25,7 +25,7 @@ from pneumoscan.inference.export import export_onnx
 from pneumoscan.inference.onnx_runtime import INT8_NAME
 from pneumoscan.inference.predict import Predictor
 from pneumoscan.models.bundle import load_bundle, save_bundle
-from pneumoscan.models.card import CARD, load_card, save_card
+from pneumoscan.models.card import CARD, SAMPLED_FROM, TEACHER_SAMPLES, load_card, sample_record, save_card
 from pneumoscan.training.config import TrainConfig, load_config
 from pneumoscan.training.cv import cross_validate
 from pneumoscan.training.distill import check_teachers, teacher_probabilities
@@ -35,7 +35,7 @@ from pneumoscan.training.quantize import quantize_bundle
 from pneumoscan.training.resume import config_changes
 from pneumoscan.data.cache import data_checksum
 from pneumoscan.training.train import load_data, preprocessed, selected_films, split_records, train
-from tests.builders import nudge_weights
+from tests.builders import nudge_weights, trial_copy
 
 TINY = ["--model", "simple_cnn", "--no-pretrained", "--image-size", "32", "--epochs", "1", "--batch-size", "8"]
 
@@ -109,6 +109,27 @@ def test_a_students_teachers_training_films_are_its_own(tiny_dataset: Path, teac
     metrics = evaluate(bundle, tmp_path / "only-teacher.csv", "test")
     assert any(f"its weights come from {teacher} (it was trained again since {bundle} learnt from it)" in c
                for c in metrics["unchecked"]), metrics["unchecked"]
+
+
+def test_a_student_of_trials_says_it_is_a_trial(tiny_dataset: Path, teacher_cv: Path, tmp_path: Path) -> None:
+    """A student of teachers trained on a sample of patients (train --patients) recorded none, and its card called
+    it a run on all the films: it records each teacher's sample and says it, beside its own sample when it trained
+    on one (here cv's, given as cv gives a fold's run its manifest's)."""
+    trial = trial_copy(teacher_cv / "fold-0" / "bundle", tmp_path / "trial", 20, 1)
+    whole = shutil.copytree(teacher_cv / "fold-0", tmp_path / "whole") / "bundle"
+    nudge_weights(whole)  # another model, trained on all the patients of fold 0's training films
+    export_onnx(whole)
+    cfg = dataclasses.replace(student_config(teacher_cv, tmp_path), teacher=[str(trial), str(whole)])
+    bundle = train(tiny_dataset, cfg, tmp_path / "student", sample=sample_record(30, 48, 2))
+    config = load_card(bundle).train_config
+    assert config[TEACHER_SAMPLES] == [{"patients": 20, SAMPLED_FROM: 48, "seed": 1}, {}]
+    assert (config["patients"], config[SAMPLED_FROM], config["seed"]) == (30, 48, 2)
+    text = " ".join((bundle / "MODEL_CARD.md").read_text(encoding="utf-8").split())
+    assert ("**It was distilled from teachers some of which learnt from a sample of patients** (teacher 1: a sample "
+            "of 20 of the 48 patients of its data, seed 1; teacher 2: all the patients of its data): what it learnt "
+            "from them comes from those patients alone. **The films are a sample of 30 of the 48 patients of the "
+            "data** (`patients: 30`, seed 2;") in text, text
+    assert "a trial, whose figures do not show what training on all the films gives" in text
 
 
 def test_cv_students_are_taught_by_the_fold_bundles_that_never_saw_their_fold(

@@ -37,10 +37,11 @@ from pneumoscan.inference.export import module_session
 from pneumoscan.inference.onnx_runtime import INPUT, OUTPUT, session, spec_path
 from pneumoscan.inference.predict import NonFiniteScore, Predictor, predict_paths, session_logits
 from pneumoscan.models.bundle import load_bundle, save_bundle
-from pneumoscan.models.card import (CHECKSUM, MEMBER_SAMPLES, ONNX_NAME, SAMPLED_FROM, WEIGHTS, BundleCard, load_card,
-                                   save_card)
+from pneumoscan.models.card import (CHECKSUM, MEMBER_SAMPLES, ONNX_NAME, SAMPLED_FROM, TEACHER_SAMPLES, WEIGHTS,
+                                   BundleCard, load_card, save_card)
 from pneumoscan.training.ensemble import out_of_fold
 from pneumoscan.serving.app import create_app
+from tests.builders import trial_copy
 from tests.test_integrity import written_before_checksums
 
 
@@ -1001,16 +1002,6 @@ def validation_section(bundle: Path) -> str:
     return " ".join(text.split())
 
 
-def _trial_copy(run: Path, out: Path, patients: int, seed: int) -> Path:
-    """A copy of the run holding ``run``/bundle whose card says it trained on a sample of ``patients`` of the 48
-    patients drawn by ``seed`` (train --patients), as that run's card records it: a trial, with its weights."""
-    bundle = shutil.copytree(run.parent, out) / run.name
-    card = load_card(bundle)
-    save_card(bundle, dataclasses.replace(card, train_config={**card.train_config, "patients": patients,
-                                                              SAMPLED_FROM: 48, "seed": seed}))
-    return bundle
-
-
 def test_an_ensemble_of_trials_says_it_is_a_trial(tiny_bundle: Path, member64: Path, held_out: Path,
                                                    tmp_path: Path) -> None:
     """`ensemble B1 B2 --data` of members trained on a sample of patients (train --patients) recorded no sample, and
@@ -1023,8 +1014,8 @@ def test_an_ensemble_of_trials_says_it_is_a_trial(tiny_bundle: Path, member64: P
         return load_card(tmp_path / name).train_config, text
 
     trial = "a trial, whose figures do not show what training on all the films gives"
-    first = _trial_copy(tiny_bundle, tmp_path / "a", 20, 1)
-    config, text = card_of(first, _trial_copy(member64, tmp_path / "b", 20, 1), "same")
+    first = trial_copy(tiny_bundle, tmp_path / "a", 20, 1)
+    config, text = card_of(first, trial_copy(member64, tmp_path / "b", 20, 1), "same")
     assert (config["patients"], config[SAMPLED_FROM], config["seed"]) == (20, 48, 1) and MEMBER_SAMPLES not in config
     assert "**The films are a sample of 20 of the 48 patients of the data** (`patients: 20`, seed 1;" in text
     assert trial in text
@@ -1034,3 +1025,19 @@ def test_an_ensemble_of_trials_says_it_is_a_trial(tiny_bundle: Path, member64: P
     assert ("**Not every member trained on the same patients, and some on a sample of them** (member 1: a sample of "
             "20 of the 48 patients of its data, seed 1; member 2: all the patients of its data;") in text
     assert trial in text
+
+
+def test_an_ensemble_of_a_student_of_trials_says_it_is_a_trial(tiny_bundle: Path, member64: Path, held_out: Path,
+                                                               tmp_path: Path) -> None:
+    """A member distilled from teachers trained on a sample of patients (its train_config's teacher_samples) is a
+    trial: the ensemble recorded only its members' own samples, and its card called it a run on all the films."""
+    student = shutil.copytree(member64.parent, tmp_path / "student") / member64.name
+    card, taught = load_card(student), [{"patients": 20, SAMPLED_FROM: 48, "seed": 1}]
+    save_card(student, dataclasses.replace(card, train_config={**card.train_config, TEACHER_SAMPLES: taught}))
+    out = tmp_path / "ensemble"
+    assert main(["ensemble", str(tiny_bundle), str(student), "--data", str(held_out), "--out", str(out)]) == 0
+    assert load_card(out).train_config[MEMBER_SAMPLES] == [{}, {TEACHER_SAMPLES: taught}]
+    text = " ".join((out / "MODEL_CARD.md").read_text(encoding="utf-8").split())
+    assert ("(member 1: all the patients of its data; member 2: distilled from teachers some of which learnt from a "
+            "sample of patients;") in text, text
+    assert "a trial, whose figures do not show what training on all the films gives" in text

@@ -24,7 +24,8 @@ from pneumoscan.evaluation.model_card import (CARD_METRICS, MODEL_CARD, VALIDATI
                                               intended_use, write_model_card)
 from pneumoscan.inference.onnx_runtime import INT8_NAME, spec_path
 from pneumoscan.evaluation.evaluate import evaluate
-from pneumoscan.models.card import SAMPLED_FROM, BundleCard, load_card, save_card
+from pneumoscan.models.card import (MEMBER_SAMPLES, SAMPLED_FROM, TEACHER_SAMPLES, BundleCard, load_card,
+                                   save_card)
 from pneumoscan.serving.app import create_app
 from tests.conftest import _xray_like
 
@@ -614,6 +615,25 @@ def test_training_records_the_ece_its_validation_films_give_by_chance(tiny_bundl
     # the plain scores are torch's in training, ONNX Runtime's here: equal to a few ulps, each film in the same bin
     again = ece_by_chance([float(r["probability"]) for r in rows], [r["patient"] for r in rows])
     assert recorded == pytest.approx(again, abs=1e-6) and 0 < recorded < 1
+
+
+def test_a_student_says_its_teachers_trials_at_any_depth(tiny_bundle: Path) -> None:
+    """A student's card says its teachers' samples of patients (``teacher_samples``), and those of a teacher's own
+    members or teachers: an ensemble teacher whose members trained on other samples records no sample of its own.
+    A teacher's sample of every patient is no trial."""
+    card = load_card(tiny_bundle)
+
+    def said(teachers: list[dict]) -> str:
+        config = {**card.train_config, TEACHER_SAMPLES: teachers}
+        return " ".join(render(dataclasses.replace(card, train_config=config)).split())
+
+    trial = "a trial, whose figures do not show what training on all the films gives"
+    assert trial not in said([{"patients": 48, SAMPLED_FROM: 48, "seed": 0}, {}])
+    text = said([{MEMBER_SAMPLES: [{"patients": 20, SAMPLED_FROM: 48, "seed": 1}, {}]}, {}])
+    assert ("**It was distilled from teachers some of which learnt from a sample of patients** (teacher 1: an "
+            "ensemble of members some of which learnt from a sample of patients; teacher 2: all the patients of its "
+            "data): what it learnt from them comes from those patients alone. The films were split by patient into "
+            f"training and validation: {trial}.") in text, text
 
 
 def test_a_sample_of_every_patient_is_not_called_a_trial(tiny_bundle: Path) -> None:

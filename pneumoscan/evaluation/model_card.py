@@ -23,8 +23,8 @@ from pneumoscan.core.metrics import (BOTH_CLASSES, ECE_BINS, FILM_UNIT_CAVEAT, N
 from pneumoscan.core.names import shown
 from pneumoscan.inference.onnx_runtime import INT8_NAME, Int8Key, Int8Operating, read_sidecar, spec_path
 from pneumoscan.models import PLUGINS_ENV
-from pneumoscan.models.card import (ENSEMBLE, MACRO_AUC, MEMBER_SAMPLES, SAMPLED_FROM, TRAINING_FILMS, WRITER,
-                                   BundleCard, load_card, out_of_fold_ensemble, save_card)
+from pneumoscan.models.card import (ENSEMBLE, MACRO_AUC, MEMBER_SAMPLES, SAMPLED_FROM, TEACHER_SAMPLES,
+                                   TRAINING_FILMS, WRITER, BundleCard, load_card, out_of_fold_ensemble, save_card)
 from .held_out import HeldOutFindings
 
 log = logging.getLogger(__name__)
@@ -217,36 +217,57 @@ def intended_use(card: BundleCard) -> str:
     return INTENDED_USE.format(films=chosen_on(card))
 
 
-def _is_trial(record: dict) -> bool:
-    """Whether a :func:`~pneumoscan.models.card.sample_record` (or a train_config holding one) is of fewer patients
+def _own_trial(record: dict) -> bool:
+    """Whether a :func:`~pneumoscan.models.card.trained_sample` (or a train_config holding one) is of fewer patients
     than there are: a sample of them all is all of them."""
     return (of := record.get(SAMPLED_FROM)) is not None and record["patients"] < of
+
+
+def _is_trial(record: dict) -> bool:
+    """Whether a :func:`~pneumoscan.models.card.trained_sample` learnt from a sample of patients: its own, or one of
+    its members' or teachers' at any depth."""
+    return _own_trial(record) or any(map(_is_trial, [*record.get(MEMBER_SAMPLES, ()),
+                                                     *record.get(TEACHER_SAMPLES, ())]))
+
+
+def _each(kind: str, records: list[dict]) -> str:
+    """Each member's or teacher's sample in words, in their order (``kind 1: ...; kind 2: ...``); a member or
+    teacher that learnt from a trial of its own members or teachers says so, which its own card names."""
+    def words(s: dict) -> str:
+        said = ([f"a sample of {s['patients']:,} of the {s[SAMPLED_FROM]:,} patients of its data, seed {s.get('seed')}"]
+                if _own_trial(s) else [])
+        said += [f"{made} some of which learnt from a sample of patients" for key, made in (
+            (MEMBER_SAMPLES, "an ensemble of members"), (TEACHER_SAMPLES, "distilled from teachers"))
+            if any(map(_is_trial, s.get(key, ())))]
+        return ", ".join(said) or "all the patients of its data"
+    return "; ".join(f"{kind} {i}: {words(s)}" for i, s in enumerate(records, 1))
 
 
 def _split_sentence(card: BundleCard) -> str:
     """How the card's films were divided: a cv ensemble's validation figures are its runs' out-of-fold scores, of
     films every one of which trained another member, not of a validation split none of them trained on. A trial on
     a sample of patients (train or cv ``--patients``, an ensemble of such runs) says so first, in bold; an ensemble
-    whose members' samples differ names each member's."""
+    whose members' samples differ names each member's. A student of teachers that learnt from a sample says theirs
+    before its own: what it learnt from them came from those patients alone."""
     config = card.train_config
     if (each := config.get(MEMBER_SAMPLES)) and any(map(_is_trial, each)):
         sample = ("**Not every member trained on the same patients, and some on a sample of them** ("
-                  + "; ".join(f"member {i}: " + (f"a sample of {s['patients']:,} of the {s[SAMPLED_FROM]:,} patients "
-                                                 f"of its data, seed {s.get('seed')}" if _is_trial(s) else
-                                                 "all the patients of its data")
-                              for i, s in enumerate(each, 1))
-                  + "; whole patients, each class and subtype in its share), ")
+                  f"{_each('member', each)}; whole patients, each class and subtype in its share), ")
     else:
-        sample = ("" if not _is_trial(config) else
+        sample = ("" if not _own_trial(config) else
                   f"**The films are a sample of {config['patients']:,} of the {config[SAMPLED_FROM]:,} patients of "
                   f"the data** (`patients: {config['patients']}`, seed {config.get('seed')}; whole patients, each "
                   "class and subtype in its share), ")
-    trial = ": a trial, whose figures do not show what training on all the films gives" if sample else ""
+    teachers = config.get(TEACHER_SAMPLES, [])
+    taught = ("" if not any(map(_is_trial, teachers)) else
+              "**It was distilled from teachers some of which learnt from a sample of patients** ("
+              f"{_each('teacher', teachers)}): what it learnt from them comes from those patients alone. ")
+    trial = ": a trial, whose figures do not show what training on all the films gives" if sample or taught else ""
     if out_of_fold_ensemble(card):
-        return (f"{sample or 'The films were '}dealt by patient into cross-validation folds: each member trained on "
-                "all folds but one, and each film's validation score is the member's that did not train on it (out "
-                f"of fold){trial}.")
-    return f"{sample or 'The films were '}split by patient into training and validation{trial}."
+        return (f"{taught}{sample or 'The films were '}dealt by patient into cross-validation folds: each member "
+                "trained on all folds but one, and each film's validation score is the member's that did not train "
+                f"on it (out of fold){trial}.")
+    return f"{taught}{sample or 'The films were '}split by patient into training and validation{trial}."
 
 
 def _class_balance(card: BundleCard) -> tuple[str, ...]:

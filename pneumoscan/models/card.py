@@ -306,6 +306,9 @@ SAMPLED_FROM = "sampled_from"
 # a plain ensemble's train_config when its members' samples differ (some on a sample, some on all patients, or
 # samples by other seeds or sizes): each member's sample_record in member order ({} for one on all patients)
 MEMBER_SAMPLES = "member_samples"
+# a distilled run's train_config when a teacher learnt from a sample of patients: each teacher's trained_sample in
+# teacher order ({} for one on all patients), since the student learnt what the teachers learnt from those patients
+TEACHER_SAMPLES = "teacher_samples"
 # train_config of the card in RUN/best, the best epoch's weights a run keeps while it trains: no temperature,
 # threshold or validation figures were chosen for them, so load_card refuses it to all but training's finalisation
 BEST_SO_FAR = "best_so_far"
@@ -318,10 +321,21 @@ def sample_record(patients: int | None, sampled_from: int | None, seed: int | No
     return {} if sampled_from is None else {"patients": patients, SAMPLED_FROM: sampled_from, "seed": seed}
 
 
-def recorded_sample(card: BundleCard) -> dict[str, int | None]:
-    """The :func:`sample_record` a bundle's train_config holds (empty for a run on all patients)."""
+def trained_sample(card: BundleCard) -> dict[str, Any]:
+    """What a bundle's train_config records of the patients its weights learnt from, for a bundle made of it (an
+    ensemble of members, a student of teachers) to say a trial as its own card does: its :func:`sample_record`, and
+    its members' (:data:`MEMBER_SAMPLES`) and teachers' (:data:`TEACHER_SAMPLES`) where it holds them; empty for a
+    run on all patients that learnt from no trial."""
     config = card.train_config
-    return sample_record(config.get("patients"), config.get(SAMPLED_FROM), config.get("seed"))
+    return (sample_record(config.get("patients"), config.get(SAMPLED_FROM), config.get("seed"))
+            | {k: config[k] for k in (MEMBER_SAMPLES, TEACHER_SAMPLES) if k in config})
+
+
+def teachers_sample(teachers: Sequence[Path | str]) -> dict[str, list[dict[str, Any]]]:
+    """What a distilled run's train_config records of its teachers' samples of patients: each teacher's
+    :func:`trained_sample` under :data:`TEACHER_SAMPLES` when one learnt from a sample, else nothing."""
+    samples = [trained_sample(load_card(t)) for t in teachers]
+    return {TEACHER_SAMPLES: samples} if any(samples) else {}
 
 
 def bundle_checksums(bundles: Sequence[Path | str]) -> list[str]:

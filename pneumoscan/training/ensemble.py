@@ -53,7 +53,7 @@ from pneumoscan.models import registry
 from pneumoscan.models.bundle import load_bundle
 from pneumoscan.models.card import (CARD, ENSEMBLE, MEMBER_SAMPLES, MEMBERS_OWN_SCALE, OUT_OF_FOLD, WEIGHTS,
                                    BundleCard, card_task, films_as_trained, load_appearance, load_card, member_label,
-                                   recorded_sample, refused_as, runtime_versions)
+                                   refused_as, runtime_versions, trained_sample)
 from pneumoscan.models.ensemble_net import EnsembleNet, Member
 from pneumoscan.models.run_folder import CvFolder, RunFolder
 from .resume import split_change
@@ -267,8 +267,9 @@ def _members_sample(cards: Sequence[BundleCard]) -> dict:
     share it (every fold of cv runs on the same folds; members trained alike), each member's under
     :data:`MEMBER_SAMPLES` when they differ (a trial beside a run on all patients, or samples by other seeds), and
     nothing when none was trained on a sample. Recorded rather than refused: members of other seeds are how an
-    ensemble is made, and each trial is then named."""
-    samples = [recorded_sample(c) for c in cards]
+    ensemble is made, and each trial is then named. A member's record holds its own members' and teachers' samples
+    (:func:`~pneumoscan.models.card.trained_sample`): an ensemble of students of trials is a trial too."""
+    samples = [trained_sample(c) for c in cards]
     if all(s == samples[0] for s in samples):
         return samples[0]
     return {MEMBER_SAMPLES: samples}

@@ -20,8 +20,8 @@ from pneumoscan.core.names import shown
 from pneumoscan.data.cache import ImageCache, build_cache
 from pneumoscan.data.layouts import Record, discover
 from pneumoscan.data.preprocess import PreprocessSpec
-from pneumoscan.models.card import (CARD, INIT_CARD, SAMPLED_FROM, TEACHER_CARDS, TRAINING_FILMS,
-                                   bundle_checksums, retrained_sources)
+from pneumoscan.models.card import (CARD, INIT_CARD, SAMPLED_FROM, TEACHER_CARDS, TEACHER_SAMPLES, TRAINING_FILMS,
+                                   bundle_checksums, retrained_sources, teachers_sample)
 from pneumoscan.models.run_folder import RunFolder
 from .config import TrainConfig, read_yaml, recorded_settings
 from .distributed import Dist
@@ -70,7 +70,7 @@ def config_changes(recorded: dict, cfg: TrainConfig, ignore: Collection[str] = (
             settings["init"] = os.path.realpath(settings["init"])
         settings["teacher"] = [os.path.realpath(t) for t in settings.get("teacher") or []]
     # records of the run, not settings
-    skip = {*ignore, *RECORDED, TEACHER_CARDS, INIT_CARD, TRAINING_FILMS, SAMPLED_FROM}
+    skip = {*ignore, *RECORDED, TEACHER_CARDS, TEACHER_SAMPLES, INIT_CARD, TRAINING_FILMS, SAMPLED_FROM}
     return _changes({k: v for k, v in old.items() if k not in skip}, {k: v for k, v in new.items() if k not in skip})
 
 
@@ -127,11 +127,12 @@ def run_record(cfg: TrainConfig, ctx: Dist) -> dict:
     follow it) and what the training steps computed in (``precision`` auto is bf16 on CUDA, fp32 on CPU); for a
     distilled run, its teachers' :func:`bundle_checksums` (:data:`TEACHER_CARDS`), and for one started from a bundle,
     that bundle's (:data:`INIT_CARD`): the settings name them by path, and one trained again at that path is another
-    model."""
-    learnt = ({TEACHER_CARDS: bundle_checksums(cfg.teacher)} if cfg.teacher else {}) | (
-        {INIT_CARD: bundle_checksums([cfg.init])[0]} if cfg.init and (Path(cfg.init) / CARD).is_file() else {})
+    model. A student of teachers that learnt from a sample of patients records theirs
+    (:func:`~pneumoscan.models.card.teachers_sample`), which its card says: it learnt from those patients too."""
+    taught = {TEACHER_CARDS: bundle_checksums(cfg.teacher), **teachers_sample(cfg.teacher)} if cfg.teacher else {}
+    started = {INIT_CARD: bundle_checksums([cfg.init])[0]} if cfg.init and (Path(cfg.init) / CARD).is_file() else {}
     return {**json.loads(json.dumps(dataclasses.asdict(cfg))), "processes": ctx.world,
-            "resolved_precision": resolved_precision(ctx.device, cfg.precision), **learnt}
+            "resolved_precision": resolved_precision(ctx.device, cfg.precision), **taught, **started}
 
 
 def made_by(cfg: TrainConfig, ctx: Dist, data: str) -> dict:
