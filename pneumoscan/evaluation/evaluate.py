@@ -312,12 +312,13 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
     name = data_label(data, split, data_name)
     films = labelled_films(data, split, task, card.spec)
     records, images, targets, errors = films.records, films.images, films.targets, films.unreadable
+    proven = proven_run_split(bundle, data, films)  # a copied bundle's run split, from what was read
     # figures on training films flatter a model, and a card's "other data" must be other than its calibration films
     held_out = check_held_out([bundle, *([etiology] if etiology is not None else [])], records,
                               "record an evaluation in the card" if add_to_card else "evaluate",
                               policy=HeldOutPolicy(validation_warning=True, refuse_validation=add_to_card,
                                                    int8=backend == "onnx-int8", refuse_unchecked=add_to_card),
-                              cards=[card], run_split=data if proven_run_split(bundle, data, films) else None)
+                              cards=[card], run_split=data if proven else None, run_records=films.every)
     if add_to_card and not has_both_classes(binary_targets(targets)):
         raise ValueError(f"add_to_card (--add-to-card) needs films of both classes ({' and '.join(task.classes)}): "
                          "on one class a card's AUC, precision and F1 are undefined or meaningless; the report still "

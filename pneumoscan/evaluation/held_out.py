@@ -180,7 +180,8 @@ class _Run(NamedTuple):
 
 def check_held_out(bundles: Sequence[Path | str], records: Sequence[Record], purpose: str, hint: str = "",
                    policy: HeldOutPolicy = HeldOutPolicy(), names: Sequence[str] = (),
-                   cards: Sequence[BundleCard] = (), run_split: Path | str | None = None) -> HeldOutFindings:
+                   cards: Sequence[BundleCard] = (), run_split: Path | str | None = None,
+                   run_records: Sequence[Record] | None = None) -> HeldOutFindings:
     """Refuse films a bundle (an ensemble: any member) trained on for PURPOSE, such as choosing a threshold: its
     scores on them are too good, so a threshold for a sensitivity target comes out too high. The training films are
     those of the run's split.csv (RUN/bundle's parent); a bundle without one is trusted, with a warning. What else is
@@ -193,7 +194,8 @@ def check_held_out(bundles: Sequence[Path | str], records: Sequence[Record], pur
     again neither from disk nor from another bundle put in the folder since. ``run_split``: the split of the first
     bundle's own run where none is beside it but the caller proved a manifest to be it (by the card's data checksum:
     ``export --int8`` of a bundle copied out of its run, given its run's split.csv), checked against as one beside
-    it would be."""
+    it would be; ``run_records``: its records as the caller listed them (``evaluate``'s
+    :attr:`~pneumoscan.data.labelled.LabelledFilms.every`), which are not listed again."""
     real = {r.path: os.path.realpath(r.path) for r in records}
     given = _Given(records, purpose, hint, policy, real, set(real.values()))
     trained: dict[str, tuple[Path, _Run]] = {}  # each training film's real path -> a bundle given and its run
@@ -207,7 +209,7 @@ def check_held_out(bundles: Sequence[Path | str], records: Sequence[Record], pur
                       ", whose films chose its threshold")
         with refused_as(names[i]) if names else contextlib.nullcontext():
             runs = _weight_runs(given, bundle, cards[i] if i < len(cards) else None,
-                                Path(run_split) if run_split is not None and i == 0 else None)
+                                _Proven(Path(run_split), run_records) if run_split is not None and i == 0 else None)
         _refuse_trained(given, bundle, runs)
         for run in runs:
             _check_validation(given, run)
@@ -311,7 +313,15 @@ def _check_calibration_films(given: _Given, bundle: Path) -> dict[str, Record]:
     return every
 
 
-def _weight_runs(given: _Given, bundle: Path, card: BundleCard | None, proven: Path | None) -> list[_Run]:
+class _Proven(NamedTuple):
+    """The split of a bundle's own run where none is beside it (:func:`check_held_out`'s ``run_split``), and its
+    records where the caller listed them (``run_records``; None: listed here)."""
+
+    split: Path
+    records: Sequence[Record] | None
+
+
+def _weight_runs(given: _Given, bundle: Path, card: BundleCard | None, proven: _Proven | None) -> list[_Run]:
     """The runs BUNDLE's weights come from whose films are known here; a run whose films cannot be found is said
     with the figures (not only logged), or refused with ``refuse_unchecked``; the first source with no films to
     check against is kept in ``given.unknown`` (:func:`_unknown_source`). ``card``: BUNDLE's, as its caller read it
@@ -319,10 +329,11 @@ def _weight_runs(given: _Given, bundle: Path, card: BundleCard | None, proven: P
     ``run_split``)."""
     runs = []
     for path, how, card in _weight_sources(bundle, card=card):
-        split = proven if proven is not None and how == "" else RunFolder.of(path).split
+        own = proven if how == "" else None
+        split = own.split if own is not None else RunFolder.of(path).split
         if (why := _unknown_source(bundle, path, how, given.purpose, split)) is not None:
             given.unknown.setdefault(os.path.realpath(bundle), why)
-        films, unresolved = _run_films(path, given.purpose, how, split)
+        films, unresolved = _run_films(path, given.purpose, how, split, own.records if own is not None else None)
         if unresolved and given.policy.refuse_unchecked:
             raise ValueError(f"{unresolved}; run it where the run's split.csv finds its films")
         if unresolved:
@@ -474,9 +485,10 @@ _SOURCE_NOTES = {
 }
 
 
-def _run_films(path: Path, purpose: str, how: str, split: Path) -> tuple[dict[str, Record], str | None]:
+def _run_films(path: Path, purpose: str, how: str, split: Path,
+               listed: Sequence[Record] | None = None) -> tuple[dict[str, Record], str | None]:
     """The films of its run's ``split`` (the split.csv beside a bundle, or one proved to be its run's: its run's films
-    and their sides) by real path, or none and why
+    and their sides; ``listed``: its records where the caller listed them) by real path, or none and why
     the films given cannot be checked when none is where the file says (a run folder copied or moved away from
     relative paths: the films given may be those very films, so the reason goes with the figures, and their
     patients are not matched, which would call them other files of the same patients). None, with a logged
@@ -490,7 +502,7 @@ def _run_films(path: Path, purpose: str, how: str, split: Path) -> tuple[dict[st
     if not split.exists():
         log.warning("%s: no %s beside it, %s", path, split, cannot)
         return {}, None
-    films = {os.path.realpath(r.path): r for r in discover(split).records}
+    films = {os.path.realpath(r.path): r for r in (discover(split).records if listed is None else listed)}
     if films and not any(os.path.exists(f) for f in films):
         return {}, (f"{path}: none of the films {split} lists is where it says (a run folder copied or moved?), "
                     f"{cannot}: they may be its training films")
