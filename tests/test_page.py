@@ -785,6 +785,24 @@ def test_two_stages_in_the_list_and_csv_and_a_refused_heatmap(browser: Browser, 
     assert not errors, errors
 
 
+def test_a_service_without_heatmaps_offers_none(browser: Browser, tiny_bundle: Path, small: Path) -> None:
+    """A service started without heatmaps (serve --no-heatmaps, the onnx-int8 backend) says so in /v1/model, and
+    refuses each heatmap with 422 (heatmap_unavailable); the page offered Compute Grad-CAM heatmap and said why only
+    once it was refused. It offers no heatmap and says why beside the viewer's tools, as the h key does."""
+    with contextmanager(run_server)(create_app(tiny_bundle, heatmaps=False)) as url, opened_page(browser, url) as page:
+        upload_one(page, small)
+        off = page.locator("#heatmap-off")
+        expect(off).to_be_visible()
+        expect(off).to_contain_text("This service draws no heatmaps")
+        for control in ("#heatmap-button", "#heatmap-toggle", "#opacity"):
+            expect(page.locator(control)).to_be_hidden()
+        page.locator("#view").focus()
+        page.keyboard.press("h")
+        expect(page.locator("#view-said")).to_contain_text("This service draws no heatmaps")
+        assert page.locator("#view-layer").text_content() == "The film alone."
+        assert serious_violations(page) == []
+
+
 def test_a_second_stage_of_ones_own_is_titled_from_its_task(browser: Browser, tiny_bundle: Path, small: Path,
                                                              tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The page titled every second stage "Etiology" (its line under the reading, the list's column) and named its CSV

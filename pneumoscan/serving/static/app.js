@@ -11,6 +11,9 @@ let thresholdInterval = null;  // [low, high]: the 95 % confidence interval of t
 // and heatmap_empty, what the overlay's caption adds for a film read as negative and for an empty map); null until
 // the card is loaded: the page has no words of its own for a scale it does not know
 let heatmapWords = null;
+// whether the service draws heatmaps (GET /v1/model: heatmaps, false on one started without them): where it does not,
+// the page offers none and says why, rather than a button each press of which is refused (422, heatmap_unavailable)
+let heatmapsDrawn = true;
 // the card on the page: its card_digest, which each reading names (/v1/predict), so a reading of another card (the
 // service restarted with another bundle, threshold or appearance record, under the same weights and threshold too)
 // is never drawn with this one's threshold band, heatmap legend or colouring; and the model ("id version") and
@@ -133,6 +136,8 @@ function showCard(info) {
   heatmapWords = { caption: info.heatmap_caption, top: info.heatmap_top, spoken: info.heatmap_top_spoken,
     negative: info.heatmap_negative, empty: info.heatmap_empty };
   $("legend-top").textContent = heatmapWords.top;
+  heatmapsDrawn = info.heatmaps !== false;
+  for (const tool of $("heat-tools").children) tool.hidden = (tool.id === "heatmap-off") === heatmapsDrawn;
   $("legend-bar").setAttribute("aria-label",
     `colour scale, viridis: dark purple is low, yellow is ${heatmapWords.spoken}`);
   renderList();
@@ -820,6 +825,7 @@ $("view").addEventListener("keydown", (event) => {
 // The h key: the heatmap shown or hidden as its checkbox does it, or, with none computed, which button computes one
 // (a map is computed only when the reader asks)
 function toggleHeatmap() {
+  if (!heatmapsDrawn) return sayView($("heatmap-off").textContent.replace(/\s+/g, " ").trim());
   if ($("heatmap-toggle").disabled) return sayView("No heatmap computed yet: use Compute Grad-CAM heatmap.");
   $("heatmap-toggle").checked = !$("heatmap-toggle").checked;
   heatControls();
