@@ -621,6 +621,27 @@ def test_on_a_window_smaller_than_the_viewer_escape_leaves_it_and_the_arrows_scr
     assert page.input_value("#level") == "112"
 
 
+def test_the_toolbar_keeps_its_groups(page: Page, small: Path) -> None:
+    """Once Lock window's words stood beside its box the toolbar wrapped between "+" and "-" (at 1024 and 683 px wide
+    here; at 1280 with other fonts): the zoom buttons keep one line, the words stay beside the box, and at 320 px no
+    control runs past the reading's panel."""
+    upload_one(page, small)
+    for width in (1280, 1024, 683):
+        page.set_viewport_size({"width": width, "height": 800})
+        buttons = [page.locator(f"#{name}").bounding_box() for name in ("zoom-in", "zoom-out", "zoom-fit", "pan-mode")]
+        assert len({round(b["y"]) for b in buttons}) == 1, (width, buttons)
+        lock, hint = page.locator("#window-lock").bounding_box(), page.locator("#lock-hint").bounding_box()
+        middle = [box["y"] + box["height"] / 2 for box in (lock, hint)]
+        assert abs(middle[0] - middle[1]) < hint["height"], (width, lock, hint)
+    page.set_viewport_size({"width": 320, "height": 640})
+    page.wait_for_function("() => document.documentElement.clientWidth === 320")
+    panel = page.locator("#result").bounding_box()
+    outside = page.evaluate("""(right) => [...document.querySelectorAll('.toolbar *')]
+        .filter((e) => e.getClientRects().length && e.getBoundingClientRect().right > right + 0.5)
+        .map((e) => e.id || e.tagName)""", panel["x"] + panel["width"])
+    assert not outside and page.evaluate("() => document.documentElement.scrollWidth") <= 320, outside
+
+
 def test_each_state_of_the_page_passes_axe_and_high_contrast_keeps_the_bar(page: Page, small: Path) -> None:
     """axe-core finds nothing serious in the states a reader meets: the empty page, a batch with a refused film (the
     list of several, the reading kept), a two-stage reading with its heatmap, one near its threshold with the
