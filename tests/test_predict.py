@@ -649,6 +649,30 @@ def test_a_training_film_whose_name_holds_a_comma_or_a_quote_is_found_among_the_
         assert len(said) == 1 and said[0].startswith("1 of the 1 films given to predict are in "), (path, said)
 
 
+def test_a_training_film_its_split_lists_with_spaces_around_its_path_is_found(
+    tiny_bundle: Path, tmp_path: Path,
+) -> None:
+    """A hand-edited split.csv with spaces around a path cell is read as read_manifest reads it (each cell stripped):
+    the quick look at its paths kept the spaces, found no such file and said nothing of a training film given."""
+    import csv
+    import shutil
+
+    from pneumoscan.evaluation.held_out import trained_among
+
+    shutil.copytree(tiny_bundle, tmp_path / "run" / "bundle")
+    with (tiny_bundle.parent / "split.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    row = next(r for r in rows if r["split"] == "train")
+    film = (tiny_bundle.parent / row["path"]).resolve()
+    row["path"] = f" {film} "
+    with (tmp_path / "run" / "split.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    said = trained_among([tmp_path / "run" / "bundle"], [str(film)], "predict")
+    assert len(said) == 1 and said[0].startswith("1 of the 1 films given to predict are in "), said
+
+
 def test_a_training_film_by_a_link_of_another_name_or_a_copy_is_found_among_the_films_given(
     tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -605,7 +605,8 @@ def listed_paths(csv_path: Path | str) -> list[Path]:
         if "path" not in header:
             return []
         column = header.index("path")
-        return [csv_path.parent / row[column] for row in reader if len(row) > column and row[column]]
+        cells = (row[column].strip() for row in reader if len(row) > column)  # stripped as read_manifest strips
+        return [csv_path.parent / cell for cell in cells if cell]
 
 
 def _manifest_header(reader: Iterator[list[str]]) -> list[str]:
