@@ -255,8 +255,8 @@ class Service:
         failing = [MODEL_FAILING.format(s.batcher.failing) for s in (self.main, self.second) if s and s.batcher.failing]
         changes = [change for change in checks if change]
         # the files first: they say whether a restart would be refused, which the heatmaps' reason does not
-        heatmaps = [self.heatmap_fault or HEATMAPS_FAILING.format(self.heatmaps_failing)]
-        if reasons := [*changes[:1], *failing[:1], *(heatmaps if self.heatmap_fault or self.heatmaps_failing else [])]:
+        heatmaps = self.heatmap_fault or (self.heatmaps_failing and HEATMAPS_FAILING.format(self.heatmaps_failing))
+        if reasons := [*changes[:1], *failing[:1], *([heatmaps] if heatmaps else [])]:
             return Health(status="degraded", **model, reason="; ".join(reasons))
         return Health(status="ok", **model)
 
