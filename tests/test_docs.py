@@ -13,6 +13,7 @@ import itertools
 import json
 import os
 import re
+import runpy
 import shlex
 import shutil
 import subprocess
@@ -853,3 +854,75 @@ def test_the_options_a_comment_says_to_add_parse_with_the_command_under_it() -> 
                               if (error := _parse_error(strict, argv))]
     assert {"README.md", "quickstart.md"} <= set(found), f"the smoke test's comment is not found: {found}"
     assert not wrong, "options a comment says to add that the command refuses:\n" + "\n".join(wrong)
+
+
+BENCHMARK = re.compile(r"(?:\bbenchmarks/|cd benchmarks && python )(\w+\.py)\b(.*)")  # a script, its arguments
+
+
+class _Parser(Exception):
+    """Raised in place of parsing, carrying the parser a benchmark's main() built."""
+
+    def __init__(self, parser: argparse.ArgumentParser) -> None:
+        super().__init__()
+        self.parser = parser
+
+
+def _benchmark_parser(script: str, monkeypatch: pytest.MonkeyPatch) -> argparse.ArgumentParser:
+    """The parser the script builds when run: its main() is run up to the parse, which is stopped there."""
+    def stop(self: argparse.ArgumentParser, *args: object, **kwargs: object) -> None:
+        raise _Parser(self)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(argparse.ArgumentParser, "parse_known_args", stop)
+        patch.setattr(sys, "argv", [script])
+        patch.syspath_prepend(str(ROOT / "benchmarks"))  # as running the script puts its folder first
+        with pytest.raises(_Parser) as stopped:
+            runpy.run_path(str(ROOT / script), run_name="__main__")
+    return stopped.value.parser
+
+
+def test_every_benchmark_line_in_the_docs_parses(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A results figure's `python benchmarks/bench_x.py ...` line is one the script's own parser takes: a reader
+    who reruns it gets the measurement, not `unrecognized arguments` for an option the script renamed (the
+    command-line test above reads `pneumoscan ...` lines only). Its arguments end at a shell operator, a comment or
+    a `--` (after which bench_abuse.py passes `serve` options on); usage brackets are dropped, and a script named
+    with no arguments is a name in a sentence, not a command line."""
+    found = []
+    for page in [README, *sorted((ROOT / "docs").glob("*.md"))]:
+        text = page.read_text()
+        lines = [line for _, block in FENCE.findall(text) for line in re.sub(r"\\\n\s*", " ", block).splitlines()]
+        for span in lines + re.findall(r"`([^`]+)`", FENCE.sub("", text)):
+            if match := BENCHMARK.search(" ".join(span.split())):
+                found.append((page.name, f"benchmarks/{match.group(1)}", match.group(2)))
+    assert len(found) > 30, f"found only {len(found)} benchmark lines: the pattern no longer finds them"
+    parsers = {script: _benchmark_parser(script, monkeypatch) for script in sorted({s for _, s, _ in found})}
+    wrong = []
+    for page, script, rest in found:
+        words = shlex.split(rest, comments=True)
+        argv = [w.strip("[]") for w in itertools.takewhile(
+            lambda w: w not in (*SHELL_END, "--") and not w.startswith((">", "2>")), words)]
+        if argv and (error := _parse_error(parsers[script], argv)):
+            wrong.append(f"{page}: {script} {' '.join(argv)}\n    {error}")
+    assert not wrong, "benchmark lines their script refuses:\n" + "\n".join(wrong)
+
+
+MAKE = re.compile(r"(?:^|&& |; )(?:[A-Z_]+=\S* )*make ((?:[\w-]+(?:=\S*)? ?)+)")
+
+
+def test_every_make_line_in_the_docs_names_a_target_and_variables_of_the_makefile() -> None:
+    """`make demo-best`, `make reference REFERENCE_MINUTES=3`: a target the Makefile has, and a variable it reads;
+    a renamed target stops make, and a renamed variable is silently ignored (the run then takes the default)."""
+    makefile = (ROOT / "Makefile").read_text()
+    targets = set(re.findall(r"^([\w-]+):", makefile, flags=re.M))
+    variables = set(re.findall(r"^([A-Z_]+) \?=", makefile, flags=re.M))
+    named = set()
+    for page in [README, *sorted((ROOT / "docs").glob("*.md"))]:
+        text = page.read_text()
+        lines = [line for _, block in FENCE.findall(text) for line in block.splitlines()]
+        for span in lines + re.findall(r"`([^`]+)`", FENCE.sub("", text)):
+            for match in MAKE.finditer(" ".join(span.split())):
+                named.update((page.name, word) for word in match.group(1).split())
+    assert len(named) > 20, f"found only {len(named)} make targets: the pattern no longer finds them"
+    wrong = sorted(f"{page}: make ... {word}" for page, word in named
+                   if word not in targets and word.partition("=")[0] not in variables)
+    assert not wrong, f"pages name make targets or variables the Makefile lacks: {wrong}"
