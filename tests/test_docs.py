@@ -856,7 +856,7 @@ def test_the_options_a_comment_says_to_add_parse_with_the_command_under_it() -> 
     assert not wrong, "options a comment says to add that the command refuses:\n" + "\n".join(wrong)
 
 
-BENCHMARK = re.compile(r"(?:\bbenchmarks/|cd benchmarks && python )(\w+\.py)\b(.*)")  # a script, its arguments
+BENCHMARK = re.compile(r"(python )?(?:\bbenchmarks/|cd benchmarks && python )(\w+\.py)\b(.*)")  # run, script, args
 
 
 class _Parser(Exception):
@@ -882,26 +882,27 @@ def _benchmark_parser(script: str, monkeypatch: pytest.MonkeyPatch) -> argparse.
 
 
 def test_every_benchmark_line_in_the_docs_parses(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A results figure's `python benchmarks/bench_x.py ...` line is one the script's own parser takes: a reader
-    who reruns it gets the measurement, not `unrecognized arguments` for an option the script renamed (the
-    command-line test above reads `pneumoscan ...` lines only). Its arguments end at a shell operator, a comment or
-    a `--` (after which bench_abuse.py passes `serve` options on); usage brackets are dropped, and a script named
-    with no arguments is a name in a sentence, not a command line."""
+    """A results figure's `python benchmarks/bench_x.py ...` line, and the Makefile's that `make demo` and `make bench`
+    run, is one the script's own parser takes: a reader who reruns it gets the measurement, not `unrecognized
+    arguments` for an option the script renamed (the command-line test above reads `pneumoscan ...` lines only). Its
+    arguments end at a shell operator, a comment or a `--` (after which bench_abuse.py passes `serve` options on);
+    usage brackets are dropped, and a script named without `python` or arguments is a name in a sentence."""
     found = []
-    for page in [README, *sorted((ROOT / "docs").glob("*.md"))]:
+    for page in [README, *sorted((ROOT / "docs").glob("*.md")), ROOT / "Makefile"]:
         text = page.read_text()
         lines = [line for _, block in FENCE.findall(text) for line in re.sub(r"\\\n\s*", " ", block).splitlines()]
-        for span in lines + re.findall(r"`([^`]+)`", FENCE.sub("", text)):
+        spans = re.findall(r"`([^`]+)`", FENCE.sub("", text)) if page.suffix == ".md" else text.splitlines()
+        for span in lines + spans:
             if match := BENCHMARK.search(" ".join(span.split())):
-                found.append((page.name, f"benchmarks/{match.group(1)}", match.group(2)))
-    assert len(found) > 30, f"found only {len(found)} benchmark lines: the pattern no longer finds them"
-    parsers = {script: _benchmark_parser(script, monkeypatch) for script in sorted({s for _, s, _ in found})}
+                run, script, rest = match.groups()
+                found.append((page.name, f"benchmarks/{script}", rest, bool(run) or "cd benchmarks" in match[0]))
+    assert len(found) > 40, f"found only {len(found)} benchmark lines: the pattern no longer finds them"
+    parsers = {script: _benchmark_parser(script, monkeypatch) for script in sorted({s for _, s, _, _ in found})}
     wrong = []
-    for page, script, rest in found:
-        words = shlex.split(rest, comments=True)
+    for page, script, rest, run in found:
         argv = [w.strip("[]") for w in itertools.takewhile(
-            lambda w: w not in (*SHELL_END, "--") and not w.startswith((">", "2>")), words)]
-        if argv and (error := _parse_error(parsers[script], argv)):
+            lambda w: w not in (*SHELL_END, "--") and not w.startswith((">", "2>")), shlex.split(rest, comments=True))]
+        if (argv or run) and (error := _parse_error(parsers[script], argv)):
             wrong.append(f"{page}: {script} {' '.join(argv)}\n    {error}")
     assert not wrong, "benchmark lines their script refuses:\n" + "\n".join(wrong)
 
