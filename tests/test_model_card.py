@@ -24,8 +24,8 @@ from pneumoscan.evaluation.model_card import (CARD_METRICS, MODEL_CARD, VALIDATI
                                               intended_use, write_model_card)
 from pneumoscan.inference.onnx_runtime import INT8_NAME, spec_path
 from pneumoscan.evaluation.evaluate import evaluate
-from pneumoscan.models.card import (MEMBER_SAMPLES, SAMPLED_FROM, TEACHER_SAMPLES, BundleCard, load_card,
-                                   save_card)
+from pneumoscan.models.card import (INIT_SAMPLE, MEMBER_SAMPLES, SAMPLED_FROM, TEACHER_SAMPLES, BundleCard,
+                                   load_card, save_card)
 from pneumoscan.serving.app import create_app
 from tests.conftest import _xray_like
 
@@ -634,6 +634,23 @@ def test_a_student_says_its_teachers_trials_at_any_depth(tiny_bundle: Path) -> N
             "ensemble of members some of which learnt from a sample of patients; teacher 2: all the patients of its "
             "data): what it learnt from them comes from those patients alone. The films were split by patient into "
             f"training and validation: {trial}.") in text, text
+
+
+def test_a_members_start_from_a_trial_makes_a_trial(tiny_bundle: Path) -> None:
+    """An ensemble member started from a trial's weights (its ``init_sample``, which the ensemble records of it) is
+    said as one, and the ensemble is a trial; a start from a bundle on every patient is none."""
+    card = load_card(tiny_bundle)
+
+    def said(members: list[dict]) -> str:
+        config = {**card.train_config, MEMBER_SAMPLES: members}
+        return " ".join(render(dataclasses.replace(card, train_config=config)).split())
+
+    trial = "a trial, whose figures do not show what training on all the films gives"
+    assert trial not in said([{INIT_SAMPLE: {"patients": 48, SAMPLED_FROM: 48, "seed": 0}}, {}])
+    text = said([{INIT_SAMPLE: {"patients": 20, SAMPLED_FROM: 48, "seed": 1}}, {}])
+    assert ("**Not every member trained on the same patients, and some on a sample of them** (member 1: started "
+            "from a bundle that learnt from a sample of patients; member 2: all the patients of its data;") in text
+    assert trial in text
 
 
 def test_a_sample_of_every_patient_is_not_called_a_trial(tiny_bundle: Path) -> None:

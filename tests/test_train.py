@@ -20,7 +20,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from torch.utils.data.distributed import DistributedSampler
 
-from builders import SCORE_TOL, Crash, crash_after_first_epoch
+from builders import SCORE_TOL, Crash, crash_after_first_epoch, trial_copy
 from pneumoscan.cli import main
 from pneumoscan.core.metrics import choose_threshold, format_figure
 from pneumoscan.data import cache as cache_mod
@@ -34,7 +34,8 @@ from pneumoscan.inference.predict import Predictor
 from pneumoscan.models import registry as models
 from pneumoscan.models.bundle import load_bundle, load_weights_into, save_bundle
 from pneumoscan.models import card as card_mod
-from pneumoscan.models.card import WEIGHTS, BundleCard, load_card, sample_record, save_card
+from pneumoscan.models.card import (INIT_SAMPLE, SAMPLED_FROM, WEIGHTS, BundleCard, load_card, sample_record,
+                                   save_card)
 from pneumoscan.models.run_folder import RunFolder
 from pneumoscan.training import train as train_mod
 from pneumoscan.training.callbacks import lr_factor, schedule_done
@@ -315,14 +316,23 @@ def test_an_in_place_fine_tune_interrupted_goes_on_from_its_checkpoint(tiny_bund
                                                                         tmp_path: Path) -> None:
     """The run clears RUN/bundle, the bundle it starts from, at its start: stopped after an epoch, its --resume failed
     on that missing bundle ("is not a bundle folder"), its finished epochs lost with the bundle (RUN a copy of the
-    tiny run)."""
-    run = shutil.copytree(tiny_bundle.parent, tmp_path / "run")
+    tiny run). The bundle was a trial (train --patients): the run records its sample (init_sample) from the start,
+    through the checkpoint, though that bundle is gone, and its card says it (a run started from a trial's weights
+    was called a run on all the films)."""
+    run = trial_copy(tiny_bundle, tmp_path / "run", 20, 1).parent
     tune = TrainConfig(**{**TINY, "init": str(run / "bundle")})
     with pytest.raises(Crash):
         train(tiny_dataset, tune, run, on_epoch_end=crash_after_first_epoch)
     assert not (run / "bundle").exists() and (run / "checkpoint.pt").exists()
     resumed = train(tiny_dataset, tune, run, resume=True)
-    assert load_bundle(resumed)[1].train_config["init"] == str(run / "bundle")
+    config = load_bundle(resumed)[1].train_config
+    assert config["init"] == str(run / "bundle") and config["patients"] is None
+    assert config[INIT_SAMPLE] == {"patients": 20, SAMPLED_FROM: 48, "seed": 1}
+    text = " ".join((resumed / "MODEL_CARD.md").read_text(encoding="utf-8").split())
+    assert ("**It was started from the weights of a bundle that learnt from a sample of patients** (`--init`: a "
+            "sample of 20 of the 48 patients of its data, seed 1): what those weights learnt comes from those patients "
+            "alone. The films were split by patient into training and validation: a trial, whose figures do not show "
+            "what training on all the films gives.") in text, text
     assert [int(row["epoch"]) for row in csv.DictReader((run / "history.csv").open())] == [1, 2]
 
 

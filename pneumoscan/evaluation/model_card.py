@@ -23,7 +23,7 @@ from pneumoscan.core.metrics import (BOTH_CLASSES, ECE_BINS, FILM_UNIT_CAVEAT, N
 from pneumoscan.core.names import shown
 from pneumoscan.inference.onnx_runtime import INT8_NAME, Int8Key, Int8Operating, read_sidecar, spec_path
 from pneumoscan.models import PLUGINS_ENV
-from pneumoscan.models.card import (ENSEMBLE, MACRO_AUC, MEMBER_SAMPLES, SAMPLED_FROM, TEACHER_SAMPLES,
+from pneumoscan.models.card import (ENSEMBLE, INIT_SAMPLE, MACRO_AUC, MEMBER_SAMPLES, SAMPLED_FROM, TEACHER_SAMPLES,
                                    TRAINING_FILMS, WRITER, BundleCard, load_card, out_of_fold_ensemble, save_card)
 from .held_out import HeldOutFindings
 
@@ -225,22 +225,26 @@ def _own_trial(record: dict) -> bool:
 
 def _is_trial(record: dict) -> bool:
     """Whether a :func:`~pneumoscan.models.card.trained_sample` learnt from a sample of patients: its own, or one of
-    its members' or teachers' at any depth."""
-    return _own_trial(record) or any(map(_is_trial, [*record.get(MEMBER_SAMPLES, ()),
-                                                     *record.get(TEACHER_SAMPLES, ())]))
+    its members', teachers' or starting bundle's at any depth."""
+    return _own_trial(record) or any(map(_is_trial, [*record.get(MEMBER_SAMPLES, ()), *record.get(TEACHER_SAMPLES, ()),
+                                                     *([record[INIT_SAMPLE]] if INIT_SAMPLE in record else [])]))
+
+
+def _words(s: dict) -> str:
+    """A member's, teacher's or starting bundle's sample in words; one that learnt from a trial of its own members,
+    teachers or starting bundle says so, which its own card names."""
+    said = ([f"a sample of {s['patients']:,} of the {s[SAMPLED_FROM]:,} patients of its data, seed {s.get('seed')}"]
+            if _own_trial(s) else [])
+    said += [f"{made} some of which learnt from a sample of patients" for key, made in (
+        (MEMBER_SAMPLES, "an ensemble of members"), (TEACHER_SAMPLES, "distilled from teachers"))
+        if any(map(_is_trial, s.get(key, ())))]
+    said += ["started from a bundle that learnt from a sample of patients"] if _is_trial(s.get(INIT_SAMPLE, {})) else []
+    return ", ".join(said) or "all the patients of its data"
 
 
 def _each(kind: str, records: list[dict]) -> str:
-    """Each member's or teacher's sample in words, in their order (``kind 1: ...; kind 2: ...``); a member or
-    teacher that learnt from a trial of its own members or teachers says so, which its own card names."""
-    def words(s: dict) -> str:
-        said = ([f"a sample of {s['patients']:,} of the {s[SAMPLED_FROM]:,} patients of its data, seed {s.get('seed')}"]
-                if _own_trial(s) else [])
-        said += [f"{made} some of which learnt from a sample of patients" for key, made in (
-            (MEMBER_SAMPLES, "an ensemble of members"), (TEACHER_SAMPLES, "distilled from teachers"))
-            if any(map(_is_trial, s.get(key, ())))]
-        return ", ".join(said) or "all the patients of its data"
-    return "; ".join(f"{kind} {i}: {words(s)}" for i, s in enumerate(records, 1))
+    """Each member's or teacher's sample in words (:func:`_words`), in their order (``kind 1: ...; kind 2: ...``)."""
+    return "; ".join(f"{kind} {i}: {_words(s)}" for i, s in enumerate(records, 1))
 
 
 def _split_sentence(card: BundleCard) -> str:
@@ -248,7 +252,8 @@ def _split_sentence(card: BundleCard) -> str:
     films every one of which trained another member, not of a validation split none of them trained on. A trial on
     a sample of patients (train or cv ``--patients``, an ensemble of such runs) says so first, in bold; an ensemble
     whose members' samples differ names each member's. A student of teachers that learnt from a sample says theirs
-    before its own: what it learnt from them came from those patients alone."""
+    before its own, and a run started from a bundle that did (``--init``) says that bundle's: what it learnt from
+    them came from those patients alone."""
     config = card.train_config
     if (each := config.get(MEMBER_SAMPLES)) and any(map(_is_trial, each)):
         sample = ("**Not every member trained on the same patients, and some on a sample of them** ("
@@ -262,6 +267,9 @@ def _split_sentence(card: BundleCard) -> str:
     taught = ("" if not any(map(_is_trial, teachers)) else
               "**It was distilled from teachers some of which learnt from a sample of patients** ("
               f"{_each('teacher', teachers)}): what it learnt from them comes from those patients alone. ")
+    if _is_trial(start := config.get(INIT_SAMPLE, {})):
+        taught += (f"**It was started from the weights of a bundle that learnt from a sample of patients** (`--init`: "
+                   f"{_words(start)}): what those weights learnt comes from those patients alone. ")
     trial = ": a trial, whose figures do not show what training on all the films gives" if sample or taught else ""
     if out_of_fold_ensemble(card):
         return (f"{taught}{sample or 'The films were '}dealt by patient into cross-validation folds: each member "

@@ -20,8 +20,8 @@ from pneumoscan.core.names import shown
 from pneumoscan.data.cache import ImageCache, build_cache
 from pneumoscan.data.layouts import Record, discover
 from pneumoscan.data.preprocess import PreprocessSpec
-from pneumoscan.models.card import (CARD, INIT_CARD, SAMPLED_FROM, TEACHER_CARDS, TEACHER_SAMPLES, TRAINING_FILMS,
-                                   bundle_checksums, retrained_sources, teachers_sample)
+from pneumoscan.models.card import (CARD, INIT_CARD, INIT_SAMPLE, SAMPLED_FROM, TEACHER_CARDS, TEACHER_SAMPLES,
+                                   TRAINING_FILMS, bundle_checksums, retrained_sources, teachers_sample)
 from pneumoscan.models.run_folder import RunFolder
 from .config import TrainConfig, read_yaml, recorded_settings
 from .distributed import Dist
@@ -70,7 +70,7 @@ def config_changes(recorded: dict, cfg: TrainConfig, ignore: Collection[str] = (
             settings["init"] = os.path.realpath(settings["init"])
         settings["teacher"] = [os.path.realpath(t) for t in settings.get("teacher") or []]
     # records of the run, not settings
-    skip = {*ignore, *RECORDED, TEACHER_CARDS, TEACHER_SAMPLES, INIT_CARD, TRAINING_FILMS, SAMPLED_FROM}
+    skip = {*ignore, *RECORDED, TEACHER_CARDS, TEACHER_SAMPLES, INIT_CARD, INIT_SAMPLE, TRAINING_FILMS, SAMPLED_FROM}
     return _changes({k: v for k, v in old.items() if k not in skip}, {k: v for k, v in new.items() if k not in skip})
 
 

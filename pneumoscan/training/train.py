@@ -46,8 +46,8 @@ from pneumoscan.inference.export import check_exportable
 from pneumoscan.inference.predict import Predictor, tta_views
 from pneumoscan.models import registry
 from pneumoscan.models.bundle import load_bundle, load_weights_into, save_bundle
-from pneumoscan.models.card import (BEST_SO_FAR, TRAINING_FILMS, BundleCard, load_card, runtime_versions,
-                                    sample_record)
+from pneumoscan.models.card import (BEST_SO_FAR, INIT_SAMPLE, TRAINING_FILMS, BundleCard, init_sample, load_card,
+                                    runtime_versions, sample_record)
 from pneumoscan.models.run_folder import RunFolder
 from .callbacks import (
     BestWeights,
@@ -246,15 +246,16 @@ class Data:
     class_weights: torch.Tensor | None  # inverse class frequency, or None without cfg.class_weights
     val_records: list[Record]  # the validation films, in val_set's order: their patients count in the CIs
     val_left_out: list[dict]  # the val side's files the validation figures leave out, and why (files_left_out)
-    sample: dict[str, int | None] = field(default_factory=dict)  # split_records', for the card
+    sample: dict = field(default_factory=dict)  # split_records' and the starting bundle's (init_sample), for the card
 
 
 def build_model(cfg: TrainConfig, task: Task, ctx: Dist,
-                from_checkpoint: bool = False) -> tuple[torch.nn.Module, bool, list[str]]:
+                from_checkpoint: bool = False) -> tuple[torch.nn.Module, bool, list[str], dict]:
     """The model first, with the weights it starts from: a wrong size or weights that cannot be had fail before the
     split and the cache are built, and a ``cfg.init`` bundle inside the run folder (fine-tuning a run's own bundle)
-    is read before the run folder is cleared. Returns the model, whether it starts from ImageNet weights, and the
-    classifier tensors a ``cfg.init`` bundle could not give (a new task's), which start untrained. Which layers
+    is read before the run folder is cleared. Returns the model, whether it starts from ImageNet weights, the
+    classifier tensors a ``cfg.init`` bundle could not give (a new task's), which start untrained, and that bundle's
+    sample of patients (:func:`~pneumoscan.models.card.init_sample`), which the card says. Which layers
     train is set here too, so that ``trainable_stages`` beyond the model's stages is refused before the run folder
     is cleared (the warm start fits the classifier, which always trains). ``from_checkpoint``: the run goes on from
     its checkpoint, which holds every weight, so a ``cfg.init`` bundle is not read: fine-tuning a run's own bundle
@@ -284,7 +285,7 @@ def build_model(cfg: TrainConfig, task: Task, ctx: Dist,
     # from scratch, or a bundle of one of the small models (they have no stages): train it all
     transfer = imagenet or cfg.init is not None
     registry.set_trainable(model, cfg.trainable_stages if transfer and hasattr(model, "group_matcher") else None)
-    return model, imagenet, fresh
+    return model, imagenet, fresh, init_sample(started)
 
 
 def check_init_held_out(cfg: TrainConfig, records: Sequence[Record]) -> None:
@@ -413,10 +414,11 @@ def check_batches(train_films: int, cfg: TrainConfig, ctx: Dist, where: str = ""
 
 
 def load_data(records: list[Record], cache: ImageCache, checksum: str, cfg: TrainConfig, task: Task, ctx: Dist,
-              run_dir: Path, selected: dict, sample: dict[str, int | None] | None = None) -> Data:
+              run_dir: Path, selected: dict, sample: dict | None = None) -> Data:
     """The split's records (kept as RUN/split.csv) and their preprocessed images (:func:`preprocessed`; ``checksum``
     their :func:`data_checksum`; ``selected``, the task's films of each side: :func:`selected_films`;
-    ``sample``, :func:`split_records`') as datasets and loaders, with the class weights."""
+    ``sample``, :func:`split_records`' and the starting bundle's :func:`~pneumoscan.models.card.init_sample`) as
+    datasets and loaders, with the class weights."""
     if ctx.main:
         write_manifest(records, RunFolder(run_dir).split)
     paths = [r.path for r in records]
@@ -620,7 +622,7 @@ def train(
     torch.manual_seed(cfg.seed)
     checkpoint_path = RunFolder(run_dir).checkpoint
     from_checkpoint = resume and checkpoint_path.exists()
-    model, imagenet, fresh = build_model(cfg, task, ctx, from_checkpoint)
+    model, imagenet, fresh, learnt = build_model(cfg, task, ctx, from_checkpoint)
     records, sample = split_records(data, cfg, sample)
     check_teachers(cfg, records, task)
     if not from_checkpoint:  # checked at the run's start
@@ -633,12 +635,15 @@ def train(
               "(`pneumoscan audit DATA` on each names its unreadable films)")
     check_same_recipe(made, ctx)
     resumed = resume_from(checkpoint_path, cfg, records, made, ctx) if resume else None
+    if resumed is not None:  # the starting bundle is not read again (in place, the run cleared it): the checkpoint's
+        learnt = {k: resumed[k] for k in (INIT_SAMPLE,) if k in resumed}
+    made |= learnt  # each checkpoint keeps it
     trackers = make_trackers(log_to, run_dir, run_record(cfg, ctx), tracking_uri) if ctx.main else []
     selected = selected_films(records, cache, task, ctx)
     check_batches(len(selected["train"][0]), cfg, ctx)
     prepare_run_dir(run_dir, cfg, resume, ctx)
     with refusal_kept(run_dir, ctx):
-        d = load_data(records, cache, made["data"], cfg, task, ctx, run_dir, selected, sample)
+        d = load_data(records, cache, made["data"], cfg, task, ctx, run_dir, selected, {**sample, **learnt})
         t0, warm_s, start = prepare_weights(model, cfg, d, ctx, imagenet, fresh, resumed)
         optimizer, schedule, lr = make_optimizer(model, cfg, d, ctx, warm_s)
         hooks, stateful = make_callbacks(model, cfg, task, d, ctx, run_dir, schedule, trackers, made, on_epoch_end,
