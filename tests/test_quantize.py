@@ -559,6 +559,30 @@ def test_a_bundle_copied_out_of_its_run_takes_only_its_runs_films(tiny_bundle: P
         assert not (bundle / INT8_NAME).exists()
 
 
+def test_int8_lists_data_once(tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`export --int8 --data` of a bundle copied out of its run, given its run's split.csv, listed DATA five times:
+    for its sides, its val films, the proof that it is the run's split, the held-out check against that split and
+    its train films. It lists it once, and the INT8 model is made as before. Of a bundle in its run, given the
+    split.csv beside it, it listed it six times (the check that its val films chose the FP32 thresholds twice, not
+    the proof): twice, the held-out check listing the split beside the bundle as it does for every command."""
+    from pneumoscan.data import labelled
+    from pneumoscan.evaluation import held_out
+    from pneumoscan.models import card as card_module
+    from pneumoscan.training import quantize
+
+    bundle, split = shutil.copytree(tiny_bundle, tmp_path / "bundle"), tiny_bundle.parent / "split.csv"
+    listed = []
+    for module in (quantize, labelled, card_module, held_out):
+        monkeypatch.setattr(module, "discover", lambda data, *a, **k: listed.append(Path(data))
+                            or discover(data, *a, **k))
+    quantize_bundle(bundle, split)
+    assert (bundle / INT8_NAME).exists() and listed.count(split) == 1, listed
+    run = shutil.copytree(tiny_bundle.parent, tmp_path / "run")
+    listed.clear()
+    quantize_bundle(run / "bundle", run / "split.csv")
+    assert (run / "bundle" / INT8_NAME).exists() and listed.count(run / "split.csv") == 2, listed
+
+
 def test_int8_thresholds_are_refused_on_run_films_rewritten_in_place(tiny_bundle: Path, tmp_path: Path) -> None:
     """The run's split.csv names its films by path: a val film rewritten in place (or another machine's file under
     the same path) passed the check, and the INT8 thresholds were chosen on other films than the FP32 ones."""

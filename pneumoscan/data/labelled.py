@@ -18,7 +18,7 @@ import numpy as np
 from pneumoscan.core.names import shown
 from pneumoscan.data.cache import ImageCache, cache_dataset
 from pneumoscan.data.copies import label_conflicts, picture_groups
-from pneumoscan.data.layouts import Record, discover, own_patient
+from pneumoscan.data.layouts import Discovery, Record, discover, own_patient
 from pneumoscan.data.preprocess import PreprocessSpec
 from pneumoscan.data.split import patient_units, warn_conflicts
 from pneumoscan.data.tasks import Task, select, warn_untyped
@@ -41,10 +41,12 @@ class LabelledFilms:
     cache: ImageCache  # the cache of DATA's records of the split read (of every one without a split), in their order
 
 
-def labelled_films(data: Path | str, split: str | None, task: Task, spec: PreprocessSpec) -> LabelledFilms:
+def labelled_films(data: Path | str, split: str | None, task: Task, spec: PreprocessSpec,
+                   found: Discovery | None = None) -> LabelledFilms:
     """The task's readable records of DATA, their preprocessed images and targets, and the files left out, warned
-    of. With a dataset root, ``split`` picks train/val/test."""
-    found = discover(data)
+    of. With a dataset root, ``split`` picks train/val/test. ``found``: DATA's discovery as the caller made it
+    (``export --int8`` reads two splits of one listing; default: made here)."""
+    found = discover(data) if found is None else found
     records, cache = cache_dataset(data, spec, split, progress=True, found=found)
     read = set(cache.paths)
     readable = [r for r in records if r.path in read]

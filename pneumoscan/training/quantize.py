@@ -234,22 +234,25 @@ def _int8_scores_out_of_fold(int8: Predictor, reference_probs: np.ndarray, net: 
 
 def _val_films(bundle: Path, data: Path | str, card: BundleCard, task: Task) -> tuple[np.ndarray, LabelledFilms]:
     """DATA's training films (the calibration pool) and its validation films; refused when DATA lacks either split,
-    when the model trained on a validation film, or when they are all one class."""
-    if missing := {"train", "val"} - {r.split for r in discover(data).records}:
+    when the model trained on a validation film, or when they are all one class. DATA is listed once: its sides,
+    its val and train films, the proof that it is a copied bundle's run split and the held-out check against that
+    split take the one listing."""
+    found = discover(data)
+    if missing := {"train", "val"} - {r.split for r in found.records}:
         # said before any film is decoded (the val films are read before the train films are looked for)
         raise ValueError(f"--int8 --data needs labelled films in train and val splits (a run's split.csv, or a "
                          f"dataset with train/ and val/ folders): {data} has no {' or '.join(sorted(missing))} "
                          "split")
-    val = labelled_films(data, "val", task, card.spec)
+    val = labelled_films(data, "val", task, card.spec, found=found)
     records, images, targets = val.records, val.images, val.targets
-    proven = _copied_run_split(bundle, card, data)
+    proven = _copied_run_split(bundle, card, data, val)
     # copies of training films under other names are refused as `threshold` and `ensemble --data` refuse them: a
     # threshold chosen on their too-good scores is written into the bundle. A copied bundle's run's split, proved by
     # its checksum, is checked against as the split.csv beside it would be: no warning that the films are unchecked
     check_held_out([bundle], records, "choose the INT8 thresholds", policy=HeldOutPolicy(refuse_copies=True),
-                   run_split=data if proven else None)
+                   run_split=data if proven else None, run_records=val.every)
     _check_same_films(bundle, card, task, data, val, proven)
-    pool, _, _ = labelled_images(data, "train", task, card.spec)
+    pool = labelled_films(data, "train", task, card.spec, found=found).images
     if len(pool) == 0 or len(images) == 0:
         raise ValueError(f"{data} must hold train and val films of the {card.task} task (a run's split.csv)")
     if not has_both_classes(binary_targets(targets)):
@@ -260,12 +263,13 @@ def _val_films(bundle: Path, data: Path | str, card: BundleCard, task: Task) -> 
     return pool, val
 
 
-def _copied_run_split(bundle: Path, card: BundleCard, data: Path | str) -> bool:
+def _copied_run_split(bundle: Path, card: BundleCard, data: Path | str, val: LabelledFilms) -> bool:
     """Whether DATA is the split of the run BUNDLE was copied out of (no split.csv beside it), whose val films chose
     its thresholds (no `threshold` or `ensemble --data` chose them on others), proved by the card's data checksum
-    (:func:`proven_run_split`): the same films, pixels, labels and sides, in the same order."""
+    (:func:`proven_run_split`, given DATA's val films as read: ``val``): the same films, pixels, labels and sides, in
+    the same order."""
     return (not card.threshold_records and not (bundle / CALIBRATION_FILMS).exists()
-            and proven_run_split(bundle, data))
+            and proven_run_split(bundle, data, read=val))
 
 
 def _check_same_films(bundle: Path, card: BundleCard, task: Task, data: Path | str, val: LabelledFilms,
@@ -282,14 +286,16 @@ def _check_same_films(bundle: Path, card: BundleCard, task: Task, data: Path | s
     (no split.csv beside it) is taken only with DATA its run's split, wherever its films are now, told by that
     checksum (``proven``: :func:`_copied_run_split`): else which films chose its thresholds, and whether DATA's val
     films are new to it, are unknown, and an INT8 threshold chosen on its training films (too good) or on another
-    population would be written."""
+    population would be written. The split beside it, given as DATA (``--data RUN/split.csv``), is taken as DATA was
+    listed (``val.every``), not listed again."""
     listed, split = bundle / CALIBRATION_FILMS, RunFolder.of(bundle).split
+    run: Sequence[Record] = []
     if by_list := bool(card.threshold_records) or listed.exists():  # chosen on other films than the run's
         chose = {os.path.realpath(r.path) for r in discover(listed).records} if listed.exists() else set()
     elif split.is_file():  # a file read then and not now changes the pixels' checksum, checked below
         unreadable = {os.path.realpath(e["path"]) for e in val.unreadable}
-        chose = {os.path.realpath(r.path) for r in discover(split).records
-                 if r.split == "val" and task.target(r) is not None} - unreadable
+        run = val.every if os.path.realpath(split) == os.path.realpath(data) else discover(split).records
+        chose = {os.path.realpath(r.path) for r in run if r.split == "val" and task.target(r) is not None} - unreadable
     elif proven:
         return  # DATA is the run's split: the same films, pixels, labels and sides, in the same order
     else:
@@ -301,7 +307,7 @@ def _check_same_films(bundle: Path, card: BundleCard, task: Task, data: Path | s
                          f"in its run folder, or give --data its run's {split.name} with the films it lists where it "
                          "lists them (the same files)")
     given = {os.path.realpath(r.path) for r in val.records}
-    if given == chose and (by_list or films_as_trained(bundle, discover(split).records)):
+    if given == chose and (by_list or films_as_trained(bundle, run)):
         return
     if given == chose:
         raise ValueError(f"the films {split} lists have other pixels or labels than {bundle} was trained and validated "
