@@ -246,6 +246,10 @@ def test_api_docs_load_nothing_from_outside(locked: TestClient) -> None:
 
 
 def test_no_cors_unless_configured(tiny_bundle: Path) -> None:
+    """A preflight CORS refuses (an origin, method or header not allowed) is answered as every refusal: JSON with
+    its reason, counted under it (it was Starlette's plain-text 400, with no reason and not counted)."""
+    from tests.test_serve import labels, moved, scraped
+
     origin = {"Origin": "https://other.example"}
     preflight = {**origin, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"}
     with TestClient(create_app(tiny_bundle, access=Access()), base_url=LOCAL) as c:
@@ -253,11 +257,21 @@ def test_no_cors_unless_configured(tiny_bundle: Path) -> None:
         assert "access-control-allow-origin" not in c.options("/v1/predict", headers=preflight).headers
     access = Access(api_key=KEY, cors_origins=("https://viewer.hospital.org",))
     with TestClient(create_app(tiny_bundle, access=access), base_url=LOCAL) as c:
+        before = scraped(TestClient(c.app, base_url=LOCAL, headers={"X-API-Key": KEY}))
         ok = c.options("/v1/predict", headers={**preflight, "Origin": "https://viewer.hospital.org"})
         assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == "https://viewer.hospital.org"
         assert "authorization" in ok.headers["access-control-allow-headers"].lower()
         other = c.options("/v1/predict", headers=preflight)
         assert other.headers.get("access-control-allow-origin") != "https://other.example"
+        put = c.options("/v1/predict", headers={**preflight, "Origin": "https://viewer.hospital.org",
+                                                "Access-Control-Request-Method": "PUT"})
+        for refused, words in ((other, "origin"), (put, "method")):
+            assert refused.status_code == 400 and refused.json()["reason"] == "cors_not_allowed", refused.text
+            assert refused.json()["error"].startswith(f"CORS preflight refused: its {words} not allowed here")
+            assert "400" in documented_reasons()["cors_not_allowed"]
+        counted = moved(before, scraped(TestClient(c.app, base_url=LOCAL, headers={"X-API-Key": KEY})),
+                        "pneumoscan_refusals_total")
+        assert counted == {labels(reason="cors_not_allowed"): 2}
         assert c.get("/v1/model", headers=origin).status_code == 401  # CORS does not replace the key
         refused = c.get("/v1/model", headers={"Origin": "https://viewer.hospital.org"})
         # the allowed page can read why it was refused
@@ -595,7 +609,7 @@ def test_a_cors_origin_no_browser_sends_is_refused_at_start() -> None:
 # the reasons proved by the tests of their own conditions, each of which asserts its answer's reason (a full lane, an
 # upload too slow or too large, a model broken, a heatmap refused or failed); a client gone hears no answer
 PROVED_ELSEWHERE = {"busy", "upload_timeout", "too_large", "model_broken", "heatmap_unavailable", "heatmap_failed",
-                    "client_gone"}
+                    "client_gone", "cors_not_allowed"}
 
 
 def documented_reasons() -> dict[str, str]:

@@ -14,7 +14,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.middleware.cors import CORSMiddleware
 from starlette.types import Scope
 from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
@@ -23,7 +22,7 @@ from pneumoscan.inference.predict import NON_FINITE, NonFiniteScore
 from pneumoscan.interop.uids import uid_root
 
 from .formats import ERRORS, Health, HeatmapWord, Prediction, ReportFormat, ServiceInfo, check_options
-from .guard import API_KEY_ENV, Access, Guard, KeyInUse
+from .guard import API_KEY_ENV, Access, Cors, Guard, KeyInUse
 from .limits import REFUSED_AS, ClientGone, Limits, Rejected
 from .metrics import CountRequests, ServiceMetrics
 from .service import Service
@@ -92,8 +91,8 @@ def _add_middleware(app: FastAPI, access: Access | None, metrics: ServiceMetrics
     app.state.key_in_use = KeyInUse(access.api_key if access else None)  # replaced by a reload (SIGHUP)
     app.add_middleware(Guard, access=access, key=app.state.key_in_use, refused=metrics.refused)
     if access is not None and access.cors_origins:  # each added outside the ones before
-        app.add_middleware(CORSMiddleware, allow_origins=list(access.cors_origins), allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization", "X-API-Key"], max_age=600)
+        app.add_middleware(Cors, refused=metrics.refused, allow_origins=list(access.cors_origins),
+                           allow_methods=["GET", "POST"], allow_headers=["Authorization", "X-API-Key"], max_age=600)
         app.add_middleware(Guard, access=access, preflights=True, refused=metrics.refused)
     app.add_middleware(CountRequests, metrics=metrics)
 

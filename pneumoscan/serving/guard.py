@@ -11,8 +11,12 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
+from starlette.datastructures import Headers
+from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pneumoscan.core.logs import redact
@@ -185,6 +189,27 @@ class Guard:
                 return Rejected(401, f"{reason}: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'",
                                 {"WWW-Authenticate": "Bearer"}, kind="key_wrong" if given else "key_missing")
         return None
+
+
+class Cors(CORSMiddleware):
+    """Starlette's CORS, whose refusal of a preflight (an origin, method or header not allowed) is answered as every
+    refusal of the service, a :class:`~.limits.Rejected` (``cors_not_allowed``) counted by ``refused``, not in
+    Starlette's plain text without a reason."""
+
+    def __init__(self, app: ASGIApp, refused: Callable[[Refusal], None], **options: Any) -> None:
+        super().__init__(app, **options)
+        self.refused = refused
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        answer = super().preflight_response(request_headers)
+        if answer.status_code < 400:
+            return answer
+        # Starlette's text names what was not allowed ("Disallowed CORS origin, method"); its CORS headers stay
+        failures = bytes(answer.body).decode().removeprefix("Disallowed CORS ")
+        headers = {k: v for k, v in answer.headers.items() if k not in ("content-length", "content-type")}
+        self.refused("cors_not_allowed")
+        return Rejected(400, f"CORS preflight refused: its {failures} not allowed here (see --cors-origin)",
+                        headers, kind="cors_not_allowed").response()
 
 
 def _browser_origin(origin: str) -> str | None:

@@ -64,10 +64,10 @@ class Limits:
 # Why a request was refused, in a fixed set of words that /metrics counts it under (pneumoscan_refusals_total's
 # reason) and a client branches on: every answer of the service that is not a 2xx but /healthz's (whose status says
 # it) names one. The message says more, but holds what the film or the request said, which a metric's label must not
-Refusal = Literal["bad_request", "host_not_served", "key_missing", "key_wrong", "not_found", "method_not_allowed",
-                  "upload_timeout", "too_large", "unsupported_type", "unreadable_film", "not_reportable",
-                  "heatmap_unavailable", "heatmap_failed", "busy", "shutting_down", "model_broken", "internal_error",
-                  "client_gone"]
+Refusal = Literal["bad_request", "host_not_served", "cors_not_allowed", "key_missing", "key_wrong", "not_found",
+                  "method_not_allowed", "upload_timeout", "too_large", "unsupported_type", "unreadable_film",
+                  "not_reportable", "heatmap_unavailable", "heatmap_failed", "busy", "shutting_down", "model_broken",
+                  "internal_error", "client_gone"]
 # each status's refusal where its raise names none: the 422 of a request's options, the 503 of a full lane, a path
 # not served and a method it does not take (the router's), a bug's 500 (the guard's)
 REFUSED_AS: dict[int, Refusal] = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
