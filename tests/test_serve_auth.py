@@ -6,6 +6,7 @@ through the command."""
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import os
 import re
@@ -608,8 +609,16 @@ def test_a_cors_origin_no_browser_sends_is_refused_at_start() -> None:
 
 # the reasons proved by the tests of their own conditions, each of which asserts its answer's reason (a full lane, an
 # upload too slow or too large, a model broken, a heatmap refused or failed); a client gone hears no answer
-PROVED_ELSEWHERE = {"busy", "upload_timeout", "too_large", "model_broken", "heatmap_unavailable", "heatmap_failed",
-                    "client_gone", "cors_not_allowed"}
+PROVED_ELSEWHERE = {  # each reason's answer needs a service state of its own: the test (module, name) that proves it
+    "busy": ("test_serve_limits", "test_full_queue_is_503_with_retry_after"),
+    "upload_timeout": ("test_serve_limits", "test_trickling_body_gets_408_and_is_closed"),
+    "too_large": ("test_serve", "test_file_over_the_default_limit_is_413"),
+    "model_broken": ("test_serve_limits", "test_a_request_in_progress_when_the_model_breaks_gets_no_reading"),
+    "heatmap_unavailable": ("test_serve", "test_a_model_that_cannot_be_built_refuses_heatmaps_with_its_own_reason"),
+    "heatmap_failed": ("test_runs_here", "test_a_heatmap_that_fails_after_the_start_is_refused_with_its_films_reading"),
+    "client_gone": ("test_serve_limits", "test_work_of_a_client_that_disconnected_is_not_computed"),
+    "cors_not_allowed": ("test_serve_auth", "test_no_cors_unless_configured"),
+}
 
 
 def documented_reasons() -> dict[str, str]:
@@ -660,3 +669,5 @@ def test_every_refusal_names_a_documented_reason_and_is_counted_under_it(locked:
     assert answers["shutting_down"].json()["error"] == SHUTTING_DOWN
     assert counted == {labels(reason=r): 1 for r in answers if r not in ("internal_error", "shutting_down")}
     assert set(documented) == set(get_args(Refusal)) == {*answers, *PROVED_ELSEWHERE}
+    for reason, (module, name) in PROVED_ELSEWHERE.items():  # a test renamed or gone leaves its reason unproved
+        assert callable(getattr(importlib.import_module(f"tests.{module}"), name, None)), (reason, module, name)
