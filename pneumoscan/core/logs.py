@@ -9,7 +9,8 @@ Python warnings among them as log lines.
 pydicom and highdicom quote DICOM element values (a patient's name, id or birth date) in their log records and
 warnings: :func:`keep_dicom_values_out_of_logs` redacts them (:func:`redact`), by logger name, for the modules that
 use those libraries. The DICOM reader imports this module, so it loads neither of them, nor rich before a bar or the
-command line's log needs it.
+command line's log needs it. :func:`raised_at` names where an error was raised, for a log line that gives no
+traceback (a traceback would repeat what its message quotes).
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ import functools
 import logging
 import re
 import sys
+import traceback
 import warnings
+from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
@@ -102,6 +105,12 @@ def redact(text: str) -> str:
     name, id or birth date. An apostrophe inside a word (the model's) is no quote: pneumoscan's own reasons, which
     pass through here with a library's, stay whole."""
     return _QUOTED.sub("'...'", text)
+
+
+def raised_at(error: BaseException) -> str:
+    """Where ``error`` was raised, as a log line names it without a traceback: ``file.py:LINE in function``."""
+    frame = traceback.extract_tb(error.__traceback__)[-1]
+    return f"{Path(frame.filename).name}:{frame.lineno} in {frame.name}"
 
 
 class _RedactValues(logging.Filter):

@@ -7,7 +7,6 @@ import asyncio
 import hmac
 import logging
 import re
-import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from pneumoscan.core.logs import redact
+from pneumoscan.core.logs import raised_at, redact
 from pneumoscan.core.secrets import read_secret
 
 from .limits import RETRY_AFTER_S, Refusal, Rejected
@@ -253,12 +252,6 @@ def _host_name(host: str) -> str:
     if host.startswith("["):
         return host[1:].split("]", 1)[0]
     return host.split(":", 1)[0] if host.count(":") == 1 else host
-
-
-def raised_at(error: BaseException) -> str:
-    """Where ``error`` was raised, as a log line names it without a traceback: ``file.py:LINE in function``."""
-    frame = traceback.extract_tb(error.__traceback__)[-1]
-    return f"{Path(frame.filename).name}:{frame.lineno} in {frame.name}"
 
 
 def _host_allowed(host_header: str, allowed: tuple[str, ...]) -> bool:

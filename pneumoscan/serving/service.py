@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse, Response
 from pneumoscan.core.atomic import file_stamp
 from pneumoscan.core.digests import json_sha256
 from pneumoscan.core.figures import png_data_url
-from pneumoscan.core.logs import redact
+from pneumoscan.core.logs import raised_at, redact
 from pneumoscan.data import readers
 from pneumoscan.inference.explain import (INT8_HEATMAPS, MAX_PANEL, NoSpatialMap, explain_array, film_overlay,
                                          map_png, panel_png)
@@ -32,7 +32,6 @@ from pneumoscan.models.card import CARD, ENSEMBLE, BundleCard, load_card, verify
 
 from .batching import Stage
 from .formats import Health, Prediction, SecondStageResult, ServiceInfo, StageResult, report
-from .guard import raised_at
 from .limits import BUNDLE_WAIT_S, RETRY_AFTER_S, ClientGone, Limits, Rejected
 from .metrics import ServiceMetrics
 from .uploads import decode_described, decode_upload, disconnected, read_upload
