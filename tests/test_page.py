@@ -829,6 +829,9 @@ def test_a_service_without_heatmaps_offers_none(browser: Browser, tiny_bundle: P
         expect(off).to_contain_text("This service draws no heatmaps")
         for control in ("#heatmap-button", "#heatmap-toggle", "#opacity"):
             expect(page.locator(control)).to_be_hidden()
+        # the viewer's keys say what h does here (they said it shows or hides the heatmap)
+        expect(page.locator("#view-keys")).to_contain_text("h says why this service draws no heatmaps.")
+        expect(page.locator("#view-keys")).not_to_contain_text("shows or hides")
         page.locator("#view").focus()
         page.keyboard.press("h")
         expect(page.locator("#view-said")).to_contain_text("This service draws no heatmaps")

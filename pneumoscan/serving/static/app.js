@@ -138,6 +138,8 @@ function showCard(info) {
   $("legend-top").textContent = heatmapWords.top;
   heatmapsDrawn = info.heatmaps !== false;
   for (const tool of $("heat-tools").children) tool.hidden = (tool.id === "heatmap-off") === heatmapsDrawn;
+  $("h-key").textContent = heatmapsDrawn ? "h shows or hides the heatmap."
+    : "h says why this service draws no heatmaps.";
   $("legend-bar").setAttribute("aria-label",
     `colour scale, viridis: dark purple is low, yellow is ${heatmapWords.spoken}`);
   renderList();
