@@ -180,7 +180,7 @@ def test_a_study_uid_that_is_none_is_refused_in_pneumoscans_words_before_the_pac
             "--out", str(tmp_path / "r.json")]  # fmt: skip
     assert cli.main(args) == 2
     err = capsys.readouterr().err
-    assert err == (f"pneumoscan pacs: error: --study {uid!r} is not a valid DICOM UID (digits and dots, at most 64 "
-                   "characters, no part with a leading zero, e.g. 1.2.840.113619.2.55.3): give the study's "
+    assert err == (f"pneumoscan pacs: error: study_uid (--study) {uid!r} is not a valid DICOM UID (digits and dots, "
+                   "at most 64 characters, no part with a leading zero, e.g. 1.2.840.113619.2.55.3): give the study's "
                    "StudyInstanceUID\n")
     assert not (tmp_path / "r.json").exists()

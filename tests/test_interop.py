@@ -1256,7 +1256,7 @@ def test_pacs_finds_the_study_of_an_accession_number(
     assert cli.main([*base, "--accession", f"{accession[:4]}*"]) == 2  # a wildcard would match others' studies
     assert accession not in capsys.readouterr().err
     assert cli.main([*base, "--accession", ""]) == 2  # "$ACCESSION" unset: QIDO-RS would match every study
-    assert "pneumoscan pacs: error: --accession is blank" in capsys.readouterr().err
+    assert "pneumoscan pacs: error: accession (--accession) is blank" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main([*base, "--accession", accession, "--study", study])
 
@@ -1814,24 +1814,28 @@ def test_a_client_certificate_is_checked_before_the_pacs_is_asked_anything(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.BestAvailableEncryption(b"pw")))
     refused = {
         Connection(client_cert=str(tmp_path / "cert.pem"), client_key=str(tmp_path / "other.key")):
-            f"--client-cert {tmp_path / 'cert.pem'} (with --client-key {tmp_path / 'other.key'}) is not a PEM "
+            f"connection.client_cert (--client-cert) {tmp_path / 'cert.pem'} (with connection.client_key "
+            f"(--client-key) {tmp_path / 'other.key'}) is not a PEM "
             "certificate with its private key (KEY_VALUES_MISMATCH)",
         Connection(client_cert=str(tmp_path / "cert.pem"), client_key=str(tmp_path / "locked.key")):
             f"the client key in {tmp_path / 'locked.key'} is encrypted, and a key with a passphrase cannot be used",
         Connection(client_cert=str(tmp_path / "missing.pem")):
             f"the client certificate file {tmp_path / 'missing.pem'} cannot be read (no such file or directory)",
         Connection(client_cert=str(tmp_path / "cert.pem")):  # the key left out
-            f"--client-cert {tmp_path / 'cert.pem'} (with --client-key none) is not a PEM certificate with its "
+            f"connection.client_cert (--client-cert) {tmp_path / 'cert.pem'} (with connection.client_key "
+            "(--client-key) none) is not a PEM certificate with its "
             "private key",
         Connection(client_cert=str(tmp_path / "key.pem"), client_key=str(tmp_path / "cert.pem")):
-            f"--client-cert {tmp_path / 'key.pem'} (with --client-key {tmp_path / 'cert.pem'}) is not a PEM "
+            f"connection.client_cert (--client-cert) {tmp_path / 'key.pem'} (with connection.client_key "
+            f"(--client-key) {tmp_path / 'cert.pem'}) is not a PEM "
             "certificate with its private key",
     }
     for connection, reason in refused.items():
         with pytest.raises((OSError, ValueError)) as e:
             _session(url, None, connection)
         assert reason in str(e.value), str(e.value)
-    with pytest.raises(ValueError, match=r"^--client-cert is presented over TLS only, and --url is http://"):
+    with pytest.raises(ValueError, match=r"^connection\.client_cert \(--client-cert\) is presented over TLS only, "
+                                         r"and url \(--url\) is http://"):
         _session("http://pacs.hospital.test/dicom-web", None, Connection(client_cert=str(tmp_path / "client.pem")))
 
 
@@ -1893,8 +1897,8 @@ def test_a_password_that_ends_the_urls_host_early_is_refused_unshown_and_read_pe
         url = f"http://alice:{secret}@127.0.0.1:9/dicom-web"
         assert cli.main(["pacs", str(tiny_bundle), "--url", url, "--study", generate_uid()]) == 2
         err = capsys.readouterr().err
-        assert err.startswith("pneumoscan pacs: error: --url holds an '@' after its host: a password with '/', '?' "
-                              "or '#' must be percent-encoded in the URL"), err
+        assert err.startswith("pneumoscan pacs: error: url (--url) holds an '@' after its host: a password with "
+                              "'/', '?' or '#' must be percent-encoded in the URL"), err
         assert "--auth-file" in err and "s3cr" not in err + caplog.text and "et@" not in err + caplog.text
     root, session = _session("http://alice:s3cr%2F%3F%23%40et@127.0.0.1:9/dicom-web", None)
     assert root == "http://127.0.0.1:9/dicom-web" and session.auth == ("alice", "s3cr/?#@et")
@@ -2774,7 +2778,8 @@ def test_a_huge_or_endless_answer_is_cut_off_and_the_other_films_are_scored(
                                                            "may take")
     assert rows[endless.SOPInstanceUID]["error"].endswith(f"its answer passed the {2**20} bytes a film may take; "
                                                           "cut off")
-    assert "its answer took over 0.5 s (--film-timeout); cut off after" in rows[slow.SOPInstanceUID]["error"]
+    assert ("its answer took over 0.5 s (connection.film_s, --film-timeout); cut off after"
+            in rows[slow.SOPInstanceUID]["error"])
     assert rows[stalled.SOPInstanceUID]["error"] == ("WADO-RS got no answer for it within 0.3 s (ReadTimeout): if "
                                                      "the PACS is slow rather than down, give it longer with "
                                                      "--read-timeout SECONDS")

@@ -348,8 +348,8 @@ def _retrieve(session: _Session, url: str) -> Dataset:
             if len(body) > MAX_INSTANCE_BYTES:
                 raise ValueError(f"its answer passed the {MAX_INSTANCE_BYTES} bytes a film may take; cut off")
             if time.monotonic() > deadline:
-                raise ValueError(f"its answer took over {film_s:g} s (--film-timeout); cut off after {len(body)} "
-                                 "bytes")
+                raise ValueError(f"its answer took over {film_s:g} s (connection.film_s, --film-timeout); cut off "
+                                 f"after {len(body)} bytes")
     ds = read_dataset(_only_part(bytes(body), response.headers.get("Content-Type", "")), header_only=False)
     if "SOPInstanceUID" not in ds:  # read as far as it goes, as pydicom's force=True reads: bytes of no DICOM file
         raise ValueError("its answer is not a DICOM instance (it names no SOP Instance UID)")
@@ -517,11 +517,12 @@ def _client_cert(connection: Connection, scheme: str) -> str | tuple[str, str] |
     cert, key = connection.client_cert, connection.client_key
     if cert is None:
         if key is not None:
-            raise ValueError("--client-key goes with --client-cert: give the certificate too")
+            raise ValueError("connection.client_key (--client-key) goes with connection.client_cert (--client-cert): "
+                             "give the certificate too")
         return None
     if scheme != "https":
-        raise ValueError("--client-cert is presented over TLS only, and --url is http://: give the PACS's https:// "
-                         "URL")
+        raise ValueError("connection.client_cert (--client-cert) is presented over TLS only, and url (--url) is "
+                         "http://: give the PACS's https:// URL")
     for what, path in (("client certificate", cert), ("client key", key)):
         try:
             if path is not None:
@@ -533,9 +534,10 @@ def _client_cert(connection: Connection, scheme: str) -> str | tuple[str, str] |
     except ValueError as e:  # a passphrase asked for (_no_passphrase)
         raise ValueError(f"the client key in {key or cert} {e}") from None
     except ssl.SSLError as e:
-        raise ValueError(f"--client-cert {cert} (with --client-key {key or 'none'}) is not a PEM certificate with its "
-                         f"private key ({e.reason or e}): give the certificate and its key in one PEM file, or the "
-                         "key in --client-key") from None
+        raise ValueError(f"connection.client_cert (--client-cert) {cert} (with connection.client_key (--client-key) "
+                         f"{key or 'none'}) is not a PEM certificate with its private key ({e.reason or e}): give the "
+                         "certificate and its key in one PEM file, or the key in connection.client_key "
+                         "(--client-key)") from None
     warn_if_shared(key or cert, f"the client key file {key or cert}")  # once it is known to hold the key
     return cert if key is None else (cert, key)
 
@@ -555,13 +557,14 @@ def _session(url: str, authorization: str | None, connection: Connection = Conne
     answer a STOW-RS refusal is read from)."""
     parts = urlsplit(url.rstrip("/"))
     if "@" in parts.path + parts.query + parts.fragment:
-        raise ValueError("--url holds an '@' after its host: a password with '/', '?' or '#' must be percent-encoded "
-                         "in the URL (%2F, %3F, %23; '@' as %40, '%' as %25); better, give the credentials with "
-                         f"--auth-file (or the environment variable {AUTH_ENV}), never in the URL")
+        raise ValueError("url (--url) holds an '@' after its host: a password with '/', '?' or '#' must be "
+                         "percent-encoded in the URL (%2F, %3F, %23; '@' as %40, '%' as %25); better, give the "
+                         f"credentials with authorization (--auth-file, or the environment variable {AUTH_ENV}), "
+                         "never in the URL")
     if parts.query or parts.fragment:
-        raise ValueError("--url holds a query string or a fragment (after '?' or '#'), which a DICOMweb root has "
-                         "none of; give credentials such as a token with --auth-file (or the environment variable "
-                         f"{AUTH_ENV}), never in the URL")
+        raise ValueError("url (--url) holds a query string or a fragment (after '?' or '#'), which a DICOMweb root "
+                         "has none of; give credentials such as a token with authorization (--auth-file, or the "
+                         f"environment variable {AUTH_ENV}), never in the URL")
     if parts.scheme == "https":  # requests' own refusal, at the first request, named no variable
         variable = next((name for name in CA_BUNDLE_ENV if os.environ.get(name)), None)
         if variable is not None and not os.path.exists(os.environ[variable]):
@@ -580,7 +583,7 @@ def _session(url: str, authorization: str | None, connection: Connection = Conne
     session.hooks["response"].append(_no_redirect)
     if "@" in parts.netloc:
         if authorization is not None:
-            raise ValueError("credentials in the URL and an Authorization header (--auth-file or "
+            raise ValueError("credentials in url (--url) and an Authorization header in authorization (--auth-file or "
                              f"{AUTH_ENV}): give one")
         session.auth = (unquote(parts.username or ""), unquote(parts.password or ""))
         parts = parts._replace(netloc=parts.netloc.rpartition("@")[2])
@@ -838,14 +841,17 @@ def predict_study(
         raise ValueError("give the study by its StudyInstanceUID or by its accession number, one of the two")
     if accession is not None and (not accession.strip() or any(c in accession for c in "*?\\")
                                   or not accession.isprintable()):
-        raise ValueError("--accession is blank, or holds a wildcard (* or ?), a backslash or a control character, "
-                         "which QIDO-RS would match against other studies: give the accession number itself")
+        raise ValueError("accession (--accession) is blank, or holds a wildcard (* or ?), a backslash or a control "
+                         "character, which QIDO-RS would match against other studies: give the accession number "
+                         "itself")
     if study_uid is not None and not _valid_uid(study_uid):
-        raise ValueError(f"--study {study_uid!r} is not a valid DICOM UID (digits and dots, at most 64 characters, no "
-                         "part with a leading zero, e.g. 1.2.840.113619.2.55.3): give the study's StudyInstanceUID")
+        raise ValueError(f"study_uid (--study) {study_uid!r} is not a valid DICOM UID (digits and dots, at most 64 "
+                         "characters, no part with a leading zero, e.g. 1.2.840.113619.2.55.3): give the study's "
+                         "StudyInstanceUID")
     check_reportable(bundle, dicom=store)
     if heatmaps and not store:
-        raise ValueError("--heatmaps goes with --store: the overlays are sent to the PACS, not kept here")
+        raise ValueError("heatmaps (--heatmaps) goes with store (--store): the overlays are sent to the PACS, not kept "
+                         "here")
     root, session = _session(url, authorization, connection)
     try:
         if accession is not None:
