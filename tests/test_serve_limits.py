@@ -410,6 +410,8 @@ def test_work_of_a_client_that_disconnected_is_not_computed(tiny_bundle: Path, x
     assert model_calls == [1], model_calls
     lines = sorted(AccessLines("%(request_line)s %(status_code)s", served=["/v1/predict"]).format(r) for r in records)
     assert lines == ["POST /v1/predict HTTP/1.1 200 OK", "POST /v1/predict HTTP/1.1 499 Client Closed Request"]
+    gone = app.state.metrics.registry.get_sample_value("pneumoscan_refusals_total", {"reason": "client_gone"})
+    assert gone == 1, f"B's departure is counted in /metrics: {gone}"
 
 
 # ---------------------------------------------------------------- health and lanes under load
