@@ -14,6 +14,10 @@ Figures per size and backend:
     matmul FLOPs, 2 per multiply-add; elementwise ops not counted) times images/s, as a fraction of the CPU's
     achievable GFLOP/s measured with a large float32 matmul on the same threads.
 Both backends run on THREADS threads (torch.set_num_threads; ORT intra_op_num_threads follows torch).
+
+``--decode`` measures decoding alone instead: per full-size val/ original and size, ms of ``read_gray`` (the JPEG
+decoded in full, then reduced) against Pillow's draft mode (libjpeg's DCT scaling: decoded at 1/2, 1/4 or 1/8 size,
+keeping at least the size) followed by the same reduction; the median of REPEATS_DECODE reads of each film.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from pneumoscan.data.decode import read_gray  # noqa: E402
 from pneumoscan.data.layouts import discover  # noqa: E402
+from pneumoscan.data.pixels import reduce  # noqa: E402
 from pneumoscan.data.preprocess import preprocess  # noqa: E402
 from pneumoscan.inference.export import export_onnx  # noqa: E402
 from pneumoscan.inference.predict import Predictor, predict_paths  # noqa: E402
@@ -51,6 +57,7 @@ N_BATCH = 256  # images for the decode-excluded and 224 px file figures
 N_FULL = 64  # full-size originals (val/ has 16: each is read 4 times)
 N_LATENCY = 40
 REPEATS = 2
+REPEATS_DECODE = 9
 TARGETS = {"batch": 150.0, "full": 60.0, "p50_ms": 30.0}  # for the default model
 
 
@@ -130,10 +137,37 @@ def measure(bundle: Path, size: int, backend: str, jpeg224: list[str], full: lis
     }
 
 
+def draft_gray(path: str, size: int) -> np.ndarray:
+    """The film's grey pixels as a DCT-scaled decode gives them (Pillow's draft mode), then :func:`reduce`."""
+    with Image.open(path) as im:
+        im.draft("L", (size, size))
+        return np.asarray(reduce(im.convert("L"), size))
+
+
+def decode_costs(films: list[str]) -> None:
+    """Print, per size, the median ms per film of the full decode and of the DCT-scaled one, and their difference."""
+    print(f"{len(films)} full-size films from {DATA / 'val'}; median of {REPEATS_DECODE} reads of each; load average "
+          f"before: {os.getloadavg()[0]:.1f}")
+    print(f"{'size':>4} {'full ms':>8} {'DCT-scaled ms':>13} {'full - DCT ms: median (min-max over films)':>44}")
+    for size in SIZES:
+        full, scaled = ([statistics.median(timed(read, p, size) for _ in range(REPEATS_DECODE)) * 1e3 for p in films]
+                        for read in (lambda p, s: read_gray(p, target=s), draft_gray))
+        more = [f - d for f, d in zip(full, scaled)]
+        print(f"{size:>4} {statistics.median(full):>8.1f} {statistics.median(scaled):>13.1f} "
+              f"{statistics.median(more):>10.1f} ({min(more):.1f}-{max(more):.1f})")
+    print(f"load average after: {os.getloadavg()[0]:.1f}")
+
+
 def main() -> None:
-    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--decode", action="store_true",
+                        help="time decoding alone: the full decode against a DCT-scaled one, on val/'s films")
+    args = parser.parse_args()
     if not (DATA / "train").is_dir() or not (DATA / "val").is_dir():
         sys.exit(f"data not found: {DATA} (set PNEUMOSCAN_DATA)")
+    if args.decode:
+        decode_costs([r.path for r in discover(DATA / "val").records])
+        return
     torch.set_num_threads(THREADS)
     train = [r.path for r in discover(DATA / "train").records]
     jpeg224 = [train[i] for i in np.random.default_rng(0).choice(len(train), N_BATCH, replace=False)]

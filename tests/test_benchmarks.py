@@ -12,7 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from pneumoscan.models.card import load_card
 
@@ -84,6 +86,23 @@ def test_bench_precision_times_a_model_without_stages():
     spec.loader.exec_module(bench)
     ms = bench.step_ms("simple_cnn", 32, "fp32", 1)
     assert math.isfinite(ms) and ms > 0
+
+
+def test_bench_predict_decode_times_the_full_decode_against_a_dct_scaled_one(tmp_path: Path,
+                                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """``--decode`` (results.md's cost of decoding a full-size JPEG in full): its DCT-scaled side decodes the film at a
+    reduced scale, to the full decode's shape but not its pixels, and a row of figures is printed for each size."""
+    spec = importlib.util.spec_from_file_location("bench_predict", BENCHMARKS / "bench_predict.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rng = np.random.default_rng(0)
+    film = np.clip(np.linspace(40, 220, 1024)[None, :] + rng.normal(0, 30, (800, 1024)), 0, 255).astype(np.uint8)
+    Image.fromarray(film).save(path := tmp_path / "film.jpeg", quality=90)
+    full, scaled = bench.read_gray(str(path), target=192), bench.draft_gray(str(path), 192)
+    assert scaled.shape == full.shape == (200, 256) and not np.array_equal(scaled, full)
+    bench.decode_costs([str(path)])
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.split()[:1] in (["224"], ["192"])]
+    assert [row[0] for row in rows] == ["224", "192"] and all(math.isfinite(float(row[1])) for row in rows)
 
 
 def _cv_candidates():
