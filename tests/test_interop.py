@@ -1252,7 +1252,7 @@ def test_pacs_finds_the_study_of_an_accession_number(
     assert cli.main([*base, "--accession", accession]) == 2
     assert capsys.readouterr().err.endswith(
         f"2 studies on the PACS carry the accession number given ({', '.join(sorted([study, other]))}): give the "
-        "one to read with --study\n")
+        "one to read with study_uid (--study)\n")
     assert cli.main([*base, "--accession", f"{accession[:4]}*"]) == 2  # a wildcard would match others' studies
     assert accession not in capsys.readouterr().err
     assert cli.main([*base, "--accession", ""]) == 2  # "$ACCESSION" unset: QIDO-RS would match every study
@@ -1746,7 +1746,7 @@ def test_a_pacs_behind_a_private_ca_is_read_with_requests_ca_bundle_and_refused_
     assert cli.main(["pacs", str(tiny_bundle), "--url", f"{plain}/dicom-web", "--study", study]) == 2
     err = capsys.readouterr().err
     assert err.endswith(f"DICOMweb at {plain}/dicom-web: no TLS at that address (wrong version number): it may "
-                        "serve plain http (--url http://...)\n"), err
+                        "serve plain http (url (--url) http://...)\n"), err
     assert "tried again" not in err
 
 
@@ -1768,7 +1768,8 @@ def test_a_pacs_that_asks_for_a_client_certificate_is_read_with_client_cert_and_
         assert cli.main(base) == 2
         err = capsys.readouterr().err
         assert err.endswith(f"DICOMweb at {url}: the PACS asks for a client certificate (tlsv13 alert certificate "
-                            "required) and none was given: give it with --client-cert FILE\n"), err
+                            "required) and none was given: give it with connection.client_cert (--client-cert "
+                            "FILE)\n"), err
         assert "tried again" not in err
         (tmp_path / "other").mkdir()
         private_ca(tmp_path / "other", "another CA")  # a certificate that another CA signed
@@ -1875,7 +1876,7 @@ def test_a_pacs_slower_than_the_read_timeout_ends_naming_the_option(tiny_bundle:
                          "--read-timeout", "0.2"]) == 2
     err = capsys.readouterr().err
     assert err.endswith(f"DICOMweb at {url}: no answer within 0.2 s (ReadTimeout): if the PACS is slow rather than "
-                        "down, give it longer with --read-timeout SECONDS (default 60)\n"), err
+                        "down, give it longer with connection.read_s (--read-timeout SECONDS) (default 60)\n"), err
     assert "tried again" not in err
     for option in ("--read-timeout", "--film-timeout"):
         for value in ("0", "-5", "inf", "nan", "soon"):
@@ -2105,7 +2106,8 @@ def test_a_store_past_the_read_timeout_names_the_option(orthanc: str, tiny_bundl
     [sr_uid] = row["not_stored"]
     assert row["stored"] == [] and row["warnings"] == [
         f"no answer from the PACS to storing the DICOM SR {sr_uid} within 0.5 s (ReadTimeout): if the PACS is slow "
-        "rather than down, give it longer with --read-timeout SECONDS: it may or may not have stored it"]
+        "rather than down, give it longer with connection.read_s (--read-timeout SECONDS): it may or may not have "
+        "stored it"]
     err = capsys.readouterr().err
     assert f"not stored: 1 report(s) of {row['path']}" in err and "tried again" not in err
 
@@ -2369,8 +2371,8 @@ def test_pacs_credentials_are_sent_and_never_shown(tiny_bundle: Path, film: np.n
         err = capsys.readouterr().err
         assert "not found at" in err and err.endswith(
             f"HTTP 401 Unauthorized to GET /dicom-web/studies/{study}/instances: the PACS refused the credentials "
-            f"given (--auth-file, {AUTH_ENV} or user:password@ in --url): check them, and that a token has not "
-            "expired\n")
+            f"given in authorization (--auth-file or {AUTH_ENV}) or as user:password@ in url (--url): check them, "
+            "and that a token has not expired\n")
         token = base64.b64encode(f"alice:{password}".encode()).decode()
         key = tmp_path / "auth"
         key.write_text(f"Basic {token}\n")
@@ -2384,24 +2386,26 @@ def test_pacs_credentials_are_sent_and_never_shown(tiny_bundle: Path, film: np.n
         assert cli.main([*base, study, "--url", f"{root}/dicom-web", "--auth-file", str(key)]) == 0
         assert cli.main([*base, study, "--url", f"{root}/dicom-web"]) == 2  # no credentials given: none sent
         assert "the PACS asks for credentials and none were given: give its Authorization header value in " \
-               f"--auth-file FILE (or {AUTH_ENV}), or user:password@ in --url" in capsys.readouterr().err
+               f"authorization (--auth-file FILE, or {AUTH_ENV}), or user:password@ in url (--url)" \
+               in capsys.readouterr().err
         # another path than the DICOMweb root: the PACS's 404 says what to check
         assert cli.main([*base, study, "--url", with_user.removesuffix("/dicom-web")]) == 2
         assert capsys.readouterr().err.endswith(
-            f"HTTP 404 Not Found to GET /studies/{study}/instances: the PACS has no such study, or --url is not its "
-            "DICOMweb root (Orthanc's: http://HOST:8042/dicom-web)\n")
+            f"HTTP 404 Not Found to GET /studies/{study}/instances: the PACS has no such study, or url (--url) is "
+            "not its DICOMweb root (Orthanc's: http://HOST:8042/dicom-web)\n")
         # a user the PACS knows but does not let read (Orthanc's filter answers 403)
         assert cli.main([*base, study, "--url", f"http://bob:{password}@{root.removeprefix('http://')}/dicom-web"]) == 2
         assert capsys.readouterr().err.endswith(
             f"HTTP 403 Forbidden to GET /dicom-web/studies/{study}/instances: the credentials given are not allowed "
-            "this request: ask the PACS's administrator for DICOMweb access (to read, and with --store to store)\n")
+            "this request: ask the PACS's administrator for DICOMweb access (to read, and with store (--store) to "
+            "store)\n")
         # a user who may read but not store: each film's reports refused, its row saying what to do
         reader = f"http://carol:{password}@{root.removeprefix('http://')}/dicom-web"
         assert cli.main([*base, study, "--url", reader, "--store", "--out", str(tmp_path / "read-only.json")]) == 1
         [row] = json.loads((tmp_path / "read-only.json").read_text())
         assert row["stored"] == [] and len(row["not_stored"]) == 1
         assert row["warnings"][-1] == ("the PACS does not let the credentials given store (HTTP 403 Forbidden): ask "
-                                       "its administrator for STOW-RS access, or run without --store")
+                                       "its administrator for STOW-RS access, or run without store (--store)")
         assert "ask its administrator for STOW-RS access" in capsys.readouterr().err
         monkeypatch.delenv("NETRC")
         key.write_text("")
@@ -2745,7 +2749,8 @@ def test_a_redirect_is_refused_naming_its_host_and_nothing_is_sent_there(
     assert row["stored"] == [] and len(row["not_stored"]) == 2
     assert all("(HTTP 307 Temporary Redirect: the PACS redirected to localhost; redirects are not followed" in w
                for w in row["warnings"])
-    assert "the PACS redirected to localhost; redirects are not followed" in capsys.readouterr().err
+    assert ("the PACS redirected to localhost; redirects are not followed: give url (--url) the PACS's own DICOMweb "
+            "root") in capsys.readouterr().err
 
 
 def test_a_huge_or_endless_answer_is_cut_off_and_the_other_films_are_scored(
@@ -2782,7 +2787,7 @@ def test_a_huge_or_endless_answer_is_cut_off_and_the_other_films_are_scored(
             in rows[slow.SOPInstanceUID]["error"])
     assert rows[stalled.SOPInstanceUID]["error"] == ("WADO-RS got no answer for it within 0.3 s (ReadTimeout): if "
                                                      "the PACS is slow rather than down, give it longer with "
-                                                     "--read-timeout SECONDS")
+                                                     "connection.read_s (--read-timeout SECONDS)")
 
 
 def test_an_instance_that_gets_no_answer_is_that_instances_error(orthanc: str, tiny_bundle: Path, film: np.ndarray,

@@ -223,7 +223,8 @@ def test_a_search_answer_that_is_no_dicom_json_is_refused_with_a_reason(tiny_bun
     """A JSON null or a list of strings ended the run in a traceback (TypeError, AttributeError); a JSON error
     object was taken for an instance without a UID, and refused as a PACS that ignores the search's offset."""
     with serving(answering(200, search.encode())) as port:
-        with pytest.raises(ValueError, match="the PACS answered the instance search with JSON that is not DICOM JSON"):
+        with pytest.raises(ValueError, match=r"the PACS answered the instance search with JSON that is not DICOM JSON "
+                                             r".*: check that url \(--url\) is its DICOMweb root"):
             predict_study(tiny_bundle, f"http://127.0.0.1:{port}/dicom-web", "1.2.3")
 
 
@@ -231,7 +232,8 @@ def test_a_search_answered_by_a_web_page_is_refused_saying_so(tiny_bundle: Path)
     """A proxy's sign-on page (or a web interface at --url) answering 200 had ended the run in the JSON parser's words
     alone, ``Expecting value: line 1 column 1 (char 0)``, which named neither the answer nor what to check."""
     with serving(answering(200, b"<html><body>Please sign in</body></html>", "text/html")) as port:
-        with pytest.raises(ValueError, match="the PACS answered the instance search with something that is not JSON"):
+        with pytest.raises(ValueError, match=r"the PACS answered the instance search with something that is not JSON "
+                                             r".*: check that url \(--url\) is its DICOMweb root"):
             predict_study(tiny_bundle, f"http://127.0.0.1:{port}/dicom-web", "1.2.3")
 
 

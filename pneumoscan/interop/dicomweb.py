@@ -78,15 +78,16 @@ _BUSY = (408, 429, 503, 504)
 AUTH_ENV = "PNEUMOSCAN_PACS_AUTH"  # the Authorization header value when no --auth-file is named
 # what to do about a refused search: a 401 by whether credentials were given, then by status
 _UNAUTHORIZED = {
-    False: "the PACS asks for credentials and none were given: give its Authorization header value in --auth-file FILE "
-           f"(or {AUTH_ENV}), or user:password@ in --url",
-    True: f"the PACS refused the credentials given (--auth-file, {AUTH_ENV} or user:password@ in --url): check them, "
-          "and that a token has not expired",
+    False: "the PACS asks for credentials and none were given: give its Authorization header value in authorization "
+           f"(--auth-file FILE, or {AUTH_ENV}), or user:password@ in url (--url)",
+    True: f"the PACS refused the credentials given in authorization (--auth-file or {AUTH_ENV}) or as user:password@ "
+          "in url (--url): check them, and that a token has not expired",
 }  # fmt: skip
 _REFUSED = {
     403: "the credentials given are not allowed this request: ask the PACS's administrator for DICOMweb access (to "
-         "read, and with --store to store)",
-    404: "the PACS has no such study, or --url is not its DICOMweb root (Orthanc's: http://HOST:8042/dicom-web)",
+         "read, and with store (--store) to store)",
+    404: "the PACS has no such study, or url (--url) is not its DICOMweb root (Orthanc's: "
+         "http://HOST:8042/dicom-web)",
 }  # fmt: skip
 _STUDY, _SERIES, _SOP, _COUNT = "0020000D", "0020000E", "00080018", "00201208"
 _CLASS, _ROWS = "00080016", "00280010"  # SOPClassUID, Rows
@@ -143,13 +144,13 @@ def _search(session: requests.Session, url: str, params: dict[str, object], what
     except requests.JSONDecodeError:
         raise ValueError(f"the PACS answered the {what} with something that is not JSON (a web page, such as the "
                          "sign-on page of a proxy in front of it, or another service at that address): check that "
-                         "--url is its DICOMweb root and that the credentials are accepted") from None
+                         "url (--url) is its DICOMweb root and that the credentials are accepted") from None
     answer = [answer] if isinstance(answer, dict) else answer
     if isinstance(answer, list) and all(isinstance(item, dict) and all(_TAG.fullmatch(str(k)) for k in item)
                                         for item in answer):
         return answer
     raise ValueError(f"the PACS answered the {what} with JSON that is not DICOM JSON (a list of datasets keyed by "
-                     "tag): check that --url is its DICOMweb root")
+                     "tag): check that url (--url) is its DICOMweb root")
 
 
 def _instances(session: requests.Session, root: str, study_uid: str) -> list[dict]:
@@ -614,7 +615,7 @@ def _no_redirect(response: requests.Response, *args: object, **kwargs: object) -
         host = urlsplit(response.headers.get("Location", "")).hostname or "the same host"
         response.close()
         raise requests.HTTPError(f"HTTP {response.status_code} {response.reason}: the PACS redirected to {host}; "
-                                 "redirects are not followed: give --url the PACS's own DICOMweb root",
+                                 "redirects are not followed: give url (--url) the PACS's own DICOMweb root",
                                  response=response)
 
 
@@ -791,7 +792,7 @@ def _store(session: _Session, root: str, study_uid: str, row: dict, held: set[st
         row["stored"] = _stored(_answer(e.response), sent, row, refusal)
         if e.response.status_code in (401, 403):  # every film's store will be: say what to do, not only the status
             row["warnings"].append(f"the PACS does not let the credentials given store ({refusal}): ask its "
-                                   "administrator for STOW-RS access, or run without --store")
+                                   "administrator for STOW-RS access, or run without store (--store)")
     except requests.RequestException as e:  # a read timeout names the option, as a film's and a search's do
         silence = _too_slow(e, session.connection) if isinstance(e, requests.Timeout) else f"({type(e).__name__})"
         row["stored"] = _stored(Dataset(), sent, row, silence=silence)
@@ -816,7 +817,7 @@ def _study_of(session: requests.Session, root: str, accession: str) -> str:
     if len(uids) > 1:
         shown_uids = ", ".join(uid if _valid_uid(uid) else "(an invalid UID)" for uid in uids)
         raise ValueError(f"{len(uids)} studies on the PACS carry the accession number given ({shown_uids}): give the "
-                         "one to read with --study")
+                         "one to read with study_uid (--study)")
     if not _valid_uid(uids[0]):
         raise ValueError("the PACS's answer gives the study of the accession number given an invalid UID")
     return uids[0]
@@ -897,7 +898,7 @@ def _too_slow(e: requests.RequestException, connection: Connection) -> str:
     """A read that waited past ``connection``'s read timeout, as a film's error, a store's warning and a search's end
     say it: how long, and the option a PACS that is slow rather than down needs."""
     return (f"within {connection.read_s:g} s ({type(e).__name__}): if the PACS is slow rather than down, give it "
-            "longer with --read-timeout SECONDS")
+            "longer with connection.read_s (--read-timeout SECONDS)")
 
 
 def _failure(e: requests.RequestException, credentials: bool, connection: Connection) -> str:
@@ -922,10 +923,10 @@ def _failure(e: requests.RequestException, credentials: bool, connection: Connec
             return (f"the PACS's TLS certificate did not verify ({reason}): if the hospital's own CA signed it, point "
                     f"{CA_BUNDLE_ENV[0]} at that CA's PEM file")
         if code == "WRONG_VERSION_NUMBER":
-            return f"no TLS at that address ({reason}): it may serve plain http (--url http://...)"
+            return f"no TLS at that address ({reason}): it may serve plain http (url (--url) http://...)"
         if code.endswith("CERTIFICATE_REQUIRED") and connection.client_cert is None:
             return (f"the PACS asks for a client certificate ({reason}) and none was given: give it with "
-                    "--client-cert FILE")
+                    "connection.client_cert (--client-cert FILE)")
         if _CERT_REFUSED.search(code) and connection.client_cert is not None:
             return (f"the PACS refused the client certificate given ({reason}): check with its administrator that it "
                     "trusts the CA that signed it, and that it has not expired")
