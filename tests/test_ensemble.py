@@ -37,8 +37,8 @@ from pneumoscan.inference.export import module_session
 from pneumoscan.inference.onnx_runtime import INPUT, OUTPUT, session, spec_path
 from pneumoscan.inference.predict import NonFiniteScore, Predictor, predict_paths, session_logits
 from pneumoscan.models.bundle import load_bundle, save_bundle
-from pneumoscan.models.card import (CHECKSUM, MEMBER_SAMPLES, ONNX_NAME, SAMPLED_FROM, TEACHER_SAMPLES, WEIGHTS,
-                                   BundleCard, load_card, save_card)
+from pneumoscan.models.card import (CHECKSUM, INIT_SAMPLE, MEMBER_SAMPLES, ONNX_NAME, SAMPLED_FROM, TEACHER_SAMPLES,
+                                   WEIGHTS, BundleCard, load_card, save_card)
 from pneumoscan.training.ensemble import out_of_fold
 from pneumoscan.serving.app import create_app
 from tests.builders import trial_copy
@@ -1041,3 +1041,21 @@ def test_an_ensemble_of_a_student_of_trials_says_it_is_a_trial(tiny_bundle: Path
     assert ("(member 1: all the patients of its data; member 2: distilled from teachers some of which learnt from a "
             "sample of patients;") in text, text
     assert "a trial, whose figures do not show what training on all the films gives" in text
+
+
+def test_an_ensemble_of_students_of_trials_says_it_of_its_members(ensemble: Path) -> None:
+    """Members that share teachers, or a starting bundle, trained on a sample of patients record them once, as the
+    ensemble's own (its train_config's teacher_samples, init_sample): its card said "It was distilled from teachers"
+    and "It was started from the weights of a bundle" of the ensemble, which was neither; it says so of its members,
+    and is still a trial."""
+    card, trial = load_card(ensemble), "a trial, whose figures do not show what training on all the films gives"
+    sample = {"patients": 20, SAMPLED_FROM: 48, "seed": 1}
+    for record, said in (({TEACHER_SAMPLES: [sample, {}]}, "**Its members were distilled from teachers some of which "
+                           "learnt from a sample of patients** (teacher 1: a sample of 20 of the 48 patients of its "
+                           "data, seed 1; teacher 2: all the patients of its data): what they learnt from them comes "
+                           "from those patients alone."),
+                         ({INIT_SAMPLE: sample}, "**Its members were started from the weights of a bundle that learnt "
+                           "from a sample of patients** (`--init`: a sample of 20 of the 48 patients of its data, seed "
+                           "1): what those weights learnt comes from those patients alone.")):
+        text = " ".join(render(dataclasses.replace(card, train_config={**card.train_config, **record})).split())
+        assert said in text and "It was" not in text and trial in text, text

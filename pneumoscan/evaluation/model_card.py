@@ -253,8 +253,11 @@ def _split_sentence(card: BundleCard) -> str:
     a sample of patients (train or cv ``--patients``, an ensemble of such runs) says so first, in bold; an ensemble
     whose members' samples differ names each member's. A student of teachers that learnt from a sample says theirs
     before its own, and a run started from a bundle that did (``--init``) says that bundle's: what it learnt from
-    them came from those patients alone."""
+    them came from those patients alone. An ensemble whose members share such teachers or starting bundle (their one
+    record: :func:`~pneumoscan.training.ensemble._members_sample`) says it of its members: it was distilled from
+    nothing and started from no weights itself."""
     config = card.train_config
+    who, they = ("Its members were", "they") if card.model == ENSEMBLE else ("It was", "it")
     if (each := config.get(MEMBER_SAMPLES)) and any(map(_is_trial, each)):
         sample = ("**Not every member trained on the same patients, and some on a sample of them** ("
                   f"{_each('member', each)}; whole patients, each class and subtype in its share), ")
@@ -265,10 +268,10 @@ def _split_sentence(card: BundleCard) -> str:
                   "class and subtype in its share), ")
     teachers = config.get(TEACHER_SAMPLES, [])
     taught = ("" if not any(map(_is_trial, teachers)) else
-              "**It was distilled from teachers some of which learnt from a sample of patients** ("
-              f"{_each('teacher', teachers)}): what it learnt from them comes from those patients alone. ")
+              f"**{who} distilled from teachers some of which learnt from a sample of patients** ("
+              f"{_each('teacher', teachers)}): what {they} learnt from them comes from those patients alone. ")
     if _is_trial(start := config.get(INIT_SAMPLE, {})):
-        taught += (f"**It was started from the weights of a bundle that learnt from a sample of patients** (`--init`: "
+        taught += (f"**{who} started from the weights of a bundle that learnt from a sample of patients** (`--init`: "
                    f"{_words(start)}): what those weights learnt comes from those patients alone. ")
     trial = ": a trial, whose figures do not show what training on all the films gives" if sample or taught else ""
     if out_of_fold_ensemble(card):
