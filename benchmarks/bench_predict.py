@@ -23,6 +23,7 @@ keeping at least the size) followed by the same reduction; the median of REPEATS
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import statistics
 import sys
@@ -169,6 +170,9 @@ def main() -> None:
         decode_costs([r.path for r in discover(DATA / "val").records])
         return
     torch.set_num_threads(THREADS)
+    # each timed chunk loads its random-weight bundle again, which warns (no appearance record, a guessed threshold)
+    # that a real bundle's reading would need: not a speed's concern, and dozens of lines around the table
+    logging.getLogger("pneumoscan").setLevel(logging.ERROR)
     train = [r.path for r in discover(DATA / "train").records]
     jpeg224 = [train[i] for i in np.random.default_rng(0).choice(len(train), N_BATCH, replace=False)]
     val = [r.path for r in discover(DATA / "val").records]
