@@ -24,7 +24,7 @@ from pydicom.uid import ComputedRadiographyImageStorage, DigitalXRayImageStorage
 from pneumoscan import cli
 from pneumoscan.data.decode import read_gray
 from pneumoscan.data.layouts import discover, make_record, write_manifest
-from pneumoscan.interop.sr import DISCLAIMER, NEAR_THRESHOLD, SR_DESCRIPTION, report_files
+from pneumoscan.interop.sr import DISCLAIMER, NEAR_THRESHOLD, SR_DESCRIPTION, report_files, series_number
 from pneumoscan.models.card import load_card
 from tests.test_interop import READING, _overlay_png, chest_dicom
 from tests.test_predict import make_bundle
@@ -175,7 +175,8 @@ def test_dsrdump_reads_the_report_as_a_radiologist_must(written: dict, tiny_bund
     dump = dsrdump(objects["sr"])
     header = dict(re.findall(r"^(\w[\w /]*?)\s*: (.*)$", dump.split("\n\n<", 1)[0], re.MULTILINE))
     assert header["Verification Flag"] == "UNVERIFIED" and header["Preliminary Flag"] == "PRELIMINARY"
-    assert header["Completion Flag"] == "COMPLETE" and header["Series"] == f"{SR_DESCRIPTION} (#9901)"
+    number = series_number(pydicom.dcmread(objects["sr"]).SeriesInstanceUID)  # its series' own
+    assert header["Completion Flag"] == "COMPLETE" and header["Series"] == f"{SR_DESCRIPTION} (#{number})"
     assert header.get("Predecessor Docs") == ("1" if case.endswith("retuned") else None)
     source = pydicom.dcmread(row["path"])
     if "PatientName" in source:  # the name in the film's own characters

@@ -63,8 +63,8 @@ from pneumoscan.interop.dicomweb import (AUTH_ENV, Connection, _answer, _not_sco
                                          _recorded, _session, _stored, _withdrawn, read_authorization, unfiled)
 from pneumoscan.interop.fhir import CODE_SYSTEM, build_observation, observation_json
 from pneumoscan.interop.reports import dicom_multipart, write_reports
-from pneumoscan.interop.sr import DISCLAIMER, build_heatmap_sc, build_sr, report_files, series_numbers
-from pneumoscan.interop.uids import UID_ROOT_ENV
+from pneumoscan.interop.sr import DISCLAIMER, build_heatmap_sc, build_sr, finding_mode, report_files
+from pneumoscan.interop.uids import UID_ROOT_ENV, derived_uid, film_identity
 from pneumoscan.models.card import ONNX_NAME, load_card, save_card
 from pneumoscan.serving.app import create_app
 from tests.builders import SCORE_TOL, UNCHECKED, dicom_bytes
@@ -1139,56 +1139,94 @@ def test_pacs_reads_a_study_and_stores_its_reports(
     assert NAME not in capsys.readouterr().err
 
 
-def test_each_films_reports_in_a_study_have_series_numbers_of_their_own(orthanc: str, tiny_bundle: Path,
-                                                                         film: np.ndarray, tmp_path: Path) -> None:
-    """A study of two films read with --store --heatmaps had its two SRs in two series both numbered 9901, and the
-    two overlays in two numbered 9902, which a PACS lists as one number twice; so did two films of one series, each
-    report being a series of its own. A film of series 2 has its SR's series numbered 9903 and its overlay's 9904,
-    film 1 of series 1 9901 and 9902, film 2 of that series 19901 and 19902, as Orthanc stores them: no two series of
-    the study share a number; and a report made of the film alone (the web service's, or predict's of one film) is
-    the same instance, its number as the study's run gave it: one SOP Instance UID is never sent with two contents."""
+def test_each_report_series_of_a_study_has_a_number_of_its_own(
+    orthanc: str, tiny_bundle: Path, tiny_multiclass_bundle: Path, film: np.ndarray, tmp_path: Path
+) -> None:
+    """Report series were numbered from the film's series and instance numbers: two films of one series that record
+    no InstanceNumber (anonymised films), two films 1 of series 1 and 50, and two models' reports of one film each
+    gave two series one number in Orthanc. Read by two models with --store --heatmaps, the study's 16 report and
+    overlay series are numbered apart, none as a film's series; and a report made of the film alone (predict of one
+    film) is the same instance, numbered as the study's run numbered it: one SOP Instance UID, one content."""
     study, series = generate_uid(), generate_uid()
-    uploads = [chest_dicom(film, StudyInstanceUID=study, SeriesNumber=2),
-               *(chest_dicom(film, StudyInstanceUID=study, SeriesInstanceUID=series, SeriesNumber=1, InstanceNumber=m)
-                 for m in (1, 2))]
+    uploads = [*(chest_dicom(film, StudyInstanceUID=study, SeriesInstanceUID=series, InstanceNumber=None)
+                 for _ in range(2)),
+               *(chest_dicom(film, StudyInstanceUID=study, SeriesNumber=n, InstanceNumber=1) for n in (1, 50))]
     films = [(_upload(orthanc, data), data) for data in uploads]
-    out = tmp_path / "pacs.json"
-    assert cli.main(["pacs", str(tiny_bundle), "--url", f"{orthanc}/dicom-web", "--study", study, "--store",
-                     "--heatmaps", "--out", str(out), "--backend", "torch"]) == 0
-    rows = {r["sop_instance_uid"]: r for r in json.loads(out.read_text())}
+    rows = {}
+    for n, bundle in enumerate((tiny_bundle, tiny_multiclass_bundle)):
+        out = tmp_path / f"pacs-{n}.json"
+        assert cli.main(["pacs", str(bundle), "--url", f"{orthanc}/dicom-web", "--study", study, "--store",
+                         "--heatmaps", "--out", str(out), "--backend", "torch"]) == 0
+        rows[bundle] = {r["sop_instance_uid"]: r for r in json.loads(out.read_text())}
     held = DICOMwebClient(url=f"{orthanc}/dicom-web").search_for_instances(study, fields=["SeriesNumber"])
     numbers = {i["00080018"]["Value"][0]: i["00200011"]["Value"][0] for i in held}
-    assert [[numbers[uid] for uid in rows[ds.SOPInstanceUID]["stored"]] for ds, _ in films] == [
-        [9903, 9904], [9901, 9902], [19901, 19902]]
+    made = [uid for by_film in rows.values() for row in by_film.values() for uid in row["stored"]]
+    assert len(made) == 16 and len({numbers[uid] for uid in made}) == 16
+    assert not {numbers[uid] for uid in made} & {1, 50}
     in_study = DICOMwebClient(url=f"{orthanc}/dicom-web").search_for_series(study, fields=["SeriesNumber"])
-    assert sorted(s["00200011"]["Value"][0] for s in in_study) == [1, 2, 9901, 9902, 9903, 9904, 19901, 19902]
+    assert len(in_study) == 3 + 16
     for n, (ds, data) in enumerate(films):
         (path := tmp_path / f"{n}.dcm").write_bytes(data)
-        alone = [{**rows[ds.SOPInstanceUID], "path": str(path)}]
+        alone = [{**rows[tiny_bundle][ds.SOPInstanceUID], "path": str(path)}]
         write_reports(alone, tiny_bundle, sr_dir=tmp_path / f"sr-{n}", backend="torch")
         report = pydicom.dcmread(alone[0]["dicom_sr"])
-        assert report.SOPInstanceUID == rows[ds.SOPInstanceUID]["stored"][0]
+        assert report.SOPInstanceUID == rows[tiny_bundle][ds.SOPInstanceUID]["stored"][0]
         assert report.SeriesNumber == numbers[report.SOPInstanceUID]
 
 
-@pytest.mark.parametrize(("number", "expected"), [(None, (9901, 9902)), ("", (9901, 9902)), (1, (9901, 9902)),
-                                                  (3, (9905, 9906)), (49, (9997, 9998)), (50, (9901, 9902)),
-                                                  (0, (9901, 9902)), (-4, (9901, 9902))])
-@pytest.mark.parametrize(("instance", "step"), [(None, 0), (1, 0), (-2, 0), (2, 10000), (1000, 9990000),
-                                                (1001, 0)])
-def test_a_reports_series_numbers_follow_from_its_films_series_and_instance_numbers(
-    number: object, expected: tuple[int, int], instance: object, step: int
+def _numbered_9901(report: Path, film: Dataset, reading: dict, bundle: Path) -> bytes:
+    """``report`` (an SR of ``reading`` on ``film`` by ``bundle``, scored with torch) as a report numbered 9901 is:
+    every report was in series 9901, its series and SOP Instance UIDs derived from the film, the model, the scoring
+    mode and its threshold with the kinds "sr-series" and "sr" alone."""
+    ds = pydicom.dcmread(report)
+    identity = film_identity(film.StudyInstanceUID, film.SeriesInstanceUID, film.SOPInstanceUID, film)
+    model = identity_fields(bundle, "torch")
+    series, sop = (derived_uid(identity, model["model_id"], model["model_version"], finding_mode("torch", reading),
+                               kind) for kind in ("sr-series", "sr"))
+    ds.SeriesInstanceUID, ds.SOPInstanceUID, ds.file_meta.MediaStorageSOPInstanceUID = series, sop, sop
+    ds.SeriesNumber = 9901
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def test_a_report_numbered_9901_is_replaced_by_one_of_other_uids_that_names_it(
+    orthanc: str, tiny_bundle: Path, film: np.ndarray, tmp_path: Path
 ) -> None:
-    """9899 + 2N and the next for film 1 of series N, 1 to 49, so that the numbers stay after the modality's series;
-    a film of no series, or of none above 0, as series 1; series 50 as series 1 again. Film M of the series (its
-    InstanceNumber, 1 to 1000) adds 10000 (M - 1) to both, so that two films of one series, whose reports are two
-    series, do not give them one number; a film of no number, or of none above 0, as film 1."""
-    ds = Dataset()
-    if number is not None:
-        ds.SeriesNumber = number
-    if instance is not None:
-        ds.InstanceNumber = instance
-    assert series_numbers(ds) == (expected[0] + step, expected[1] + step)
+    """A report held in series 9901 has UIDs derived as its film's reading's are: one numbered otherwise under those
+    UIDs is one SOP Instance UID with two contents, and Orthanc keeps the first copy (AlreadyStored), so the PACS
+    held 9901 where predict's file of the same instance said another number. The report numbered by its UID is
+    another instance, of another series, which names the one in 9901 as its predecessor, in predict's folder and in
+    the PACS, which holds both."""
+    study = generate_uid()
+    (path := tmp_path / "film.dcm").write_bytes(data := chest_dicom(film, StudyInstanceUID=study, InstanceNumber=2))
+    source = _upload(orthanc, data)
+    [row] = predict_paths(tiny_bundle, [path])
+    write_reports([first := dict(row)], tiny_bundle, sr_dir=tmp_path / "made", backend="torch")
+    reading = {**row, "positive": load_card(tiny_bundle).positive}
+    old = _numbered_9901(Path(first["dicom_sr"]), source, reading, tiny_bundle)
+    (folder := tmp_path / "sr").mkdir()
+    (folder / "film.sr.dcm").write_bytes(old)
+    write_reports([again := dict(row)], tiny_bundle, sr_dir=folder, backend="torch")
+    held, new = pydicom.dcmread(io.BytesIO(old)), pydicom.dcmread(again["dicom_sr"])
+    assert (new.SOPInstanceUID, new.SeriesInstanceUID) != (held.SOPInstanceUID, held.SeriesInstanceUID)
+    assert new.SOPInstanceUID == pydicom.dcmread(first["dicom_sr"]).SOPInstanceUID and new.SeriesNumber != 9901
+    [named] = new.PredecessorDocumentsSequence
+    assert named.ReferencedSeriesSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == held.SOPInstanceUID
+    assert httpx.post(f"{orthanc}/instances", content=old, timeout=30).status_code == 200
+    out = tmp_path / "pacs.json"
+    assert cli.main(["pacs", str(tiny_bundle), "--url", f"{orthanc}/dicom-web", "--study", study, "--store",
+                     "--out", str(out), "--backend", "torch"]) == 0
+    [stored] = [r["stored"] for r in json.loads(out.read_text()) if "probability" in r]
+    assert stored == [new.SOPInstanceUID]
+    client = DICOMwebClient(url=f"{orthanc}/dicom-web")
+    reports = {i["00080018"]["Value"][0]: i for i in client.search_for_instances(study, fields=["SeriesNumber"])
+               if i["00080016"]["Value"][0] == ComprehensiveSRStorage}
+    assert {uid: i["00200011"]["Value"][0] for uid, i in reports.items()} == {held.SOPInstanceUID: 9901,
+                                                                            new.SOPInstanceUID: new.SeriesNumber}
+    filed = client.retrieve_instance(study, new.SeriesInstanceUID, new.SOPInstanceUID)
+    [named] = filed.PredecessorDocumentsSequence
+    assert named.ReferencedSeriesSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == held.SOPInstanceUID
 
 
 def test_pacs_writes_a_fhir_observation_of_each_film_it_scores(
@@ -2218,6 +2256,22 @@ def test_report_uids_follow_from_film_model_and_scoring_mode(film: np.ndarray) -
     assert again == uids["onnx"] and not set(uids["onnx"]) & set(uids["onnx+tta"])
     other = report_files(source, {**READING, "threshold": 0.6}, None, "m-1", "v", "onnx")  # a new operating point
     assert pydicom.dcmread(io.BytesIO(other[0])).SOPInstanceUID != uids["onnx"][0]
+
+
+def test_distinct_report_series_have_numbers_of_their_own(film: np.ndarray) -> None:
+    """Two films of one series that record no InstanceNumber, films 1 of series 1 and 50, two models' and two
+    scoring modes' readings of one film: their reports' and overlays' series had numbers in common (9901, 9902).
+    Each is numbered apart, in nine digits (after any modality's own series), and the same series alike."""
+    study, series = generate_uid(), generate_uid()
+    films = [*(header(film, StudyInstanceUID=study, SeriesInstanceUID=series, InstanceNumber=None) for _ in range(2)),
+             *(header(film, StudyInstanceUID=study, SeriesNumber=n, InstanceNumber=1) for n in (1, 50))]
+    readings = [*((source, "m-1", "v", "onnx") for source in films), (films[0], "m-2", "w", "onnx"),
+                (films[0], "m-1", "v", "onnx+tta")]
+    numbers = [pydicom.dcmread(io.BytesIO(part)).SeriesNumber for source, *model in readings
+               for part in report_files(source, READING, _overlay_png(), *model)]
+    assert len(set(numbers)) == len(numbers) == 12 and all(10**8 <= n < 10**9 for n in numbers)
+    again = report_files(films[1], READING, _overlay_png(), "m-1", "v", "onnx")
+    assert [pydicom.dcmread(io.BytesIO(part)).SeriesNumber for part in again] == numbers[2:4]
 
 
 def _made_uids(source: Dataset) -> set[str]:

@@ -82,13 +82,16 @@ def issued_reports(folder: Path) -> dict[str, Dataset]:
 def replaced_reports(source: Dataset, reading: dict, issued: dict[str, Dataset], earlier: Sequence[float],
                      name: str, version: str, mode: str) -> list[Dataset]:
     """Of the ``issued`` reports, those this model made of the film at an ``earlier`` threshold, in the same
-    scoring ``mode``: by their derived UIDs (:func:`.sr.report_uid`), which are theirs alone."""
+    scoring ``mode``, and those of the same reading whose series is numbered by the fixed rule (9901, whose UIDs
+    are others: :data:`.sr.FIXED_NUMBERS`): by their derived UIDs (:func:`.sr.report_uid`), which are theirs alone."""
     from . import sr
 
     if not issued:
         return []
     own = sr.report_uid(source, reading, name, version, mode)
-    uids = dict.fromkeys(sr.report_uid(source, {**reading, "threshold": t}, name, version, mode) for t in earlier)
+    uids = dict.fromkeys(sr.report_uid(source, {**reading, "threshold": t}, name, version, mode, numbering)
+                         for t in (*earlier, reading["threshold"])
+                         for numbering in (sr.FIXED_NUMBERS, sr.NUMBERED_BY_UID))
     return [issued[uid] for uid in uids if uid in issued and uid != own]
 
 
@@ -103,9 +106,9 @@ def write_reports(
     instead, and the other rows are still written. ``backend`` and ``tta``: how the rows were scored, part of every
     report's identity, so the same film scored the same way gets the same UIDs and FHIR identifier (the identifier
     whatever the threshold: :mod:`.fhir`). A film's SR that ``sr_dir`` holds from an earlier threshold of these
-    weights (:func:`earlier_thresholds`) is named as the predecessor of the one written now, which is written beside
-    it; ``issued``, the reports held elsewhere (a PACS's study, by SOP Instance UID: study, series, SOP instance and
-    class), are looked in instead."""
+    weights (:func:`earlier_thresholds`), or of the same reading in series 9901 (:func:`replaced_reports`), is named
+    as the predecessor of the one written now, which is written beside it; ``issued``, the reports held elsewhere
+    (a PACS's study, by SOP Instance UID: study, series, SOP instance and class), are looked in instead."""
     from . import fhir, sr
 
     check_reportable(bundle, dicom=sr_dir is not None)
@@ -118,7 +121,7 @@ def write_reports(
     for folder in folders:
         folder.mkdir(parents=True, exist_ok=True)
     earlier = earlier_thresholds(card, backend, tta) if sr_dir is not None else []
-    known = (issued_reports(Path(sr_dir)) if issued is None else issued) if earlier else {}
+    known = (issued_reports(Path(sr_dir)) if issued is None else issued) if sr_dir is not None else {}
     for row in rows:
         if "probability" not in row:
             continue

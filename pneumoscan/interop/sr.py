@@ -15,8 +15,10 @@ a thumbnail, a lateral view, tags that contradict each other, pixels unlike the 
 report and overlay is derived from the film (its study, series and instance UIDs and its patient), the model and how
 it was scored (:func:`derived_uid`), so a rerun makes the same objects, which a PACS files once, and films of two
 patients that share a SOP Instance UID get objects of their own; each under the organisation's UID root when one is
-set (:mod:`.uids`). A report read at a new threshold of the same weights is another object: it names the report it
-replaces, when known (:func:`report_uid`), as its predecessor.
+set (:mod:`.uids`). Each series is numbered by its UID (:func:`series_number`), and the rule is part of the UIDs'
+identity: an object numbered by another rule is another object. A report read at a new threshold of the same
+weights, or the same reading numbered by another rule, is another object: it names the report it replaces, when
+known (:func:`report_uid`), as its predecessor.
 
 The overlay references the film it was derived from and keeps the film's patient orientation (or states none): a
 reader must not be shown left and right that the film did not record. It is a workstation's image (ConversionType
@@ -36,6 +38,7 @@ DICOM's form (:func:`standard_form`), since in its own it would make the report 
 from __future__ import annotations
 
 import copy
+import hashlib
 import io
 import logging
 import re
@@ -76,15 +79,15 @@ SC_DESCRIPTION = "pneumoscan Grad-CAM overlay - research, not for diagnosis"
 # transfer syntaxes whose coding is lossy whatever its settings (DCT): a film stored so was lossily compressed,
 # whether or not it says so (JPEG-LS near-lossless and JPEG 2000 may be lossless, and then say nothing)
 _LOSSY_SYNTAXES = (JPEGBaseline8Bit, JPEGExtended12Bit)
-# high numbers: after the modality's own series in a viewer. Film M of series N has its SR's series numbered
-# 10000 (M - 1) + 9899 + 2N and its overlay's the next (:func:`series_numbers`): each film's report is a series of
-# its own (its UIDs are the film's), so that two such series of a study do not share a number (a study of two films
-# showed two series numbered 9901, whether the films were of two series or of one), and a report's number, like its
-# UIDs, follows from the film alone: the same report is the same instance whichever films it is sent with
-SR_SERIES_NUMBER, SC_SERIES_NUMBER = 9901, 9902
-SERIES_PLACES = 49  # films of series 1 to 49 have numbers of their own below 10000; series 50 is numbered as 1
-INSTANCE_PLACES = 1000  # films 1 to 1000 of a series have numbers of their own; film 1001 is numbered as film 1
-INSTANCE_STEP = 10000  # film M's numbers are film 1's and M - 1 times this: 19901 for film 2 of series 1
+# A report's and an overlay's series number is a hash of the series' UID (:func:`series_number`), which follows from
+# the film, the model and how it was scored: a number of nine digits, after the modality's own series in a viewer;
+# two report series of a study (two films, two models, two modes) share one with a chance of about one in 900
+# million a pair, and one series always has the one number, whichever process made it
+SERIES_NUMBERS = range(100_000_000, 1_000_000_000)
+# the rule a series is numbered by, part of the identity of the series and instance UIDs of a report and an overlay
+# (:func:`_kind`), so never to be reworded: one UID names one content, so an object numbered by another rule (every
+# report in series 9901, every overlay in 9902, whose UIDs named no rule: :data:`FIXED_NUMBERS`) is another object
+NUMBERED_BY_UID, FIXED_NUMBERS = "series number from its UID", ""
 _REFERENCE_KEYWORDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
 # Type 2 attributes of the patient and study modules: present, possibly empty. highdicom copies them from the source,
 # which real films (anonymised ones most of all) often lack.
@@ -342,18 +345,23 @@ def finding_mode(mode: str, result: dict) -> str:
     return f"{mode};threshold={float(result['threshold'])!r}"
 
 
-def _report_uids(identity: list[str], result: dict, model_name: str, model_version: str, mode: str) -> list[UID]:
-    """The tracking, series and SOP instance UIDs of the report of ``result`` on the film of ``identity``."""
+def _report_uids(identity: list[str], result: dict, model_name: str, model_version: str, mode: str,
+                 numbering: str = NUMBERED_BY_UID) -> list[UID]:
+    """The tracking, series and SOP instance UIDs of the report of ``result`` on the film of ``identity``, its series
+    numbered by ``numbering``. The tracking UID names the finding, not the object: it is the same whatever the
+    numbering."""
     scored = finding_mode(mode, result)
     return [derived_uid(identity, model_name, model_version, scored, kind)
-            for kind in ("sr-tracking", "sr-series", "sr")]
+            for kind in ("sr-tracking", _kind("sr-series", numbering), _kind("sr", numbering))]
 
 
-def report_uid(source: Dataset, result: dict, model_name: str, model_version: str, mode: str = "") -> UID:
+def report_uid(source: Dataset, result: dict, model_name: str, model_version: str, mode: str = "",
+               numbering: str = NUMBERED_BY_UID) -> UID:
     """The SOP Instance UID of :func:`build_sr`'s report of ``result`` on ``source``. With a threshold in force
-    before (``pneumoscan threshold`` records them), the UID of the report the same weights made at it, which a
-    report at the threshold in force replaces."""
-    return _report_uids(_source_identity(_checked_source(source)), result, model_name, model_version, mode)[2]
+    before (``pneumoscan threshold`` records them), the UID of the report the same weights made at it, and with
+    :data:`FIXED_NUMBERS`, of the report of the same reading numbered so: reports a new one replaces."""
+    return _report_uids(_source_identity(_checked_source(source)), result, model_name, model_version, mode,
+                        numbering)[2]
 
 
 def check_result(result: dict) -> None:
@@ -421,26 +429,19 @@ def _coding_scheme() -> Dataset:
     return item
 
 
-def _place(source: Dataset, keyword: str, places: int) -> int:
-    """The place, 0 to ``places`` - 1, of the film's number ``keyword`` (an IS): its number less 1, wrapped round;
-    0 where it records none, none above 0, or one nobody can read."""
-    try:
-        number = int(source.get(keyword) or 1)
-    except (TypeError, ValueError, OverflowError):  # a malformed IS: a number nobody can read is no series' or film's
-        number = 1
-    return (number - 1) % places if number >= 1 else 0
+def series_number(series_uid: str) -> int:
+    """The SeriesNumber of the series ``series_uid`` of a report or an overlay: a hash of its UID in
+    :data:`SERIES_NUMBERS`. Distinct series (films, models, scoring modes, thresholds) are numbered apart with high
+    probability, which a film's own series and instance numbers cannot promise (anonymised films record none, and
+    two models read one film), and the same series is numbered alike by ``predict``, the web service and ``pacs``."""
+    digest = int.from_bytes(hashlib.sha256(str(series_uid).encode()).digest()[:8], "big")
+    return SERIES_NUMBERS.start + digest % len(SERIES_NUMBERS)
 
 
-def series_numbers(source: Dataset) -> tuple[int, int]:
-    """The numbers of the series of a film's SR and of its overlay: 10000 (M - 1) + 9899 + 2N and the next for film
-    (InstanceNumber) M of series N, so 9901 and 9902 for film 1 of series 1 (1 where the film records none, or none
-    above 0; series beyond :data:`SERIES_PLACES` and films beyond :data:`INSTANCE_PLACES` wrap round). Each film's
-    report has a series of its own, and two films of one series would otherwise give two series of one number. From
-    the film alone, as the reports' UIDs are, so that a report is the same instance whether the web service,
-    ``predict`` or ``pacs`` made it, and with whichever of its study's films."""
-    first = INSTANCE_STEP * _place(source, "InstanceNumber", INSTANCE_PLACES) + 2 * _place(source, "SeriesNumber",
-                                                                                            SERIES_PLACES)
-    return SR_SERIES_NUMBER + first, SC_SERIES_NUMBER + first
+def _kind(kind: str, numbering: str = NUMBERED_BY_UID) -> str:
+    """The kind of a report's or overlay's series or instance UID as its identity states it: with the rule its series
+    is numbered by (none for :data:`FIXED_NUMBERS`)."""
+    return f"{kind};{numbering}" if numbering else kind
 
 
 def build_sr(source: Dataset, result: dict, model_name: str, model_version: str,
@@ -448,9 +449,9 @@ def build_sr(source: Dataset, result: dict, model_name: str, model_version: str,
     """A Comprehensive SR holding a TID 1500 report of one result (``probability, label, threshold, positive,
     task``, and its ``warnings``) on ``source`` (the film's header; pixels are not needed), scored in ``mode``
     (backend, TTA: part of its UIDs' identity). ``previous``: the headers of the reports it replaces (the same
-    weights' at an earlier threshold: :func:`report_uid`), named in its PredecessorDocumentsSequence, so that a
-    reader of the study sees which of two findings on the film is in force. Its series is numbered by the film's
-    (:func:`series_numbers`)."""
+    weights' at an earlier threshold, the same reading in series 9901: :func:`report_uid`), named in its
+    PredecessorDocumentsSequence, so that a reader of the study sees which of two findings on the film is in force.
+    Its series is numbered by its UID (:func:`series_number`)."""
     as_held, source = source, _checked_source(source)
     check_result(result)
     # derived before highdicom runs, so that a UID root refused says why (:func:`_library_refusal` would not)
@@ -496,7 +497,7 @@ def build_sr(source: Dataset, result: dict, model_name: str, model_version: str,
             imaging_measurements=[group],
         )
         sr = hd.sr.ComprehensiveSR(
-            evidence=[source], content=report[0], series_number=series_numbers(source)[0],
+            evidence=[source], content=report[0], series_number=series_number(series),
             series_instance_uid=series, sop_instance_uid=instance, instance_number=1,
             manufacturer=MANUFACTURER, series_description=SR_DESCRIPTION, is_complete=True, is_final=False,
             is_verified=False, previous_versions=list(previous) or None,
@@ -513,11 +514,12 @@ def build_heatmap_sc(source: Dataset, overlay_png: bytes, model_name: str, model
     film it was derived from (SourceImageSequence) so a viewer can go back to it. Its body part is the film's (with
     none recorded, whether it is a paired one is not known, so it states the film's laterality or an empty one), a
     film compressed lossily keeps saying so (PS3.3 C.7.6.1.1.5: once 01, never reset), and so does one that says
-    whether text in its pixels identifies the patient (:func:`_burned_in`). Its series is numbered by the film's
-    (:func:`series_numbers`)."""
+    whether text in its pixels identifies the patient (:func:`_burned_in`). Its series is numbered by its UID
+    (:func:`series_number`)."""
     as_held, source = source, _checked_source(source)
     identity = _source_identity(source)
-    series, instance = (derived_uid(identity, model_name, model_version, mode, kind) for kind in ("sc-series", "sc"))
+    series, instance = (derived_uid(identity, model_name, model_version, mode, _kind(kind))
+                        for kind in ("sc-series", "sc"))
     with Image.open(io.BytesIO(overlay_png)) as im:
         rgb = np.asarray(im.convert("RGB"))
     orientation = _patient_orientation(source)
@@ -528,7 +530,7 @@ def build_heatmap_sc(source: Dataset, overlay_png: bytes, model_name: str, model
     with _library_refusal():
         sc = hd.sc.SCImage.from_ref_dataset(
             ref_dataset=source, pixel_array=rgb, photometric_interpretation="RGB", bits_allocated=8,
-            coordinate_system="PATIENT", series_number=series_numbers(source)[1],
+            coordinate_system="PATIENT", series_number=series_number(series),
             series_instance_uid=series, sop_instance_uid=instance, instance_number=1,
             manufacturer=MANUFACTURER, patient_orientation=tuple(orientation) if takes else ("L", "F"),
             series_description=SC_DESCRIPTION, transfer_syntax_uid="1.2.840.10008.1.2.1",
@@ -574,8 +576,8 @@ def dicom_bytes(ds: Dataset) -> bytes:
 def report_files(source: Dataset, result: dict, overlay_png: bytes | None, model_name: str,
                  model_version: str, mode: str = "", previous: Sequence[Dataset] = ()) -> list[bytes]:
     """The SR of one result (replacing the reports ``previous``: :func:`build_sr`), then with ``overlay_png`` its
-    Secondary Capture, as Part 10 files: what the web service answers and ``predict --dicom-sr`` writes, their series
-    numbered by the film's (:func:`series_numbers`). A ValueError with a reason that quotes no value when the film's
+    Secondary Capture, as Part 10 files: what the web service answers and ``predict --dicom-sr`` writes, each series
+    numbered by its UID (:func:`series_number`). A ValueError with a reason that quotes no value when the film's
     header cannot make a report."""
     parts = [dicom_bytes(build_sr(source, result, model_name, model_version, mode, previous))]
     if overlay_png is not None:
