@@ -25,7 +25,7 @@ import pytest
 import uvicorn
 from fastapi.testclient import TestClient
 from PIL import Image
-from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
+from playwright.sync_api import Browser, CDPSession, Page, Route, expect, sync_playwright
 
 import pneumoscan.data.scope as scope
 from pneumoscan.data import tasks
@@ -165,9 +165,10 @@ def browser() -> Iterator[Browser]:
 
 
 @contextmanager
-def opened_page(browser: Browser, server: str) -> Iterator[Page]:
-    """The page loaded in a context of its own, closed after; a script error on it fails the test."""
-    context = browser.new_context(viewport={"width": 1280, "height": 1000}, accept_downloads=True)
+def opened_page(browser: Browser, server: str, **device: object) -> Iterator[Page]:
+    """The page loaded in a context of its own (a 1280 x 1000 screen, or the device's options: TOUCH), closed after;
+    a script error on it fails the test."""
+    context = browser.new_context(**{"viewport": {"width": 1280, "height": 1000}, **device}, accept_downloads=True)
     page = context.new_page()
     page.set_default_timeout(TIMEOUT_MS)
     errors: list[str] = []
@@ -1211,6 +1212,73 @@ def test_the_page_reflows_on_a_phone(browser: Browser, server: str, full_size: P
             page.screenshot(path=tmp_path / f"w{width}.png", full_page=True)
     finally:
         context.close()
+
+
+# A phone and a tablet as Chromium emulates them (Playwright's device options: Emulation.setDeviceMetricsOverride with
+# mobile true, and its touch screen, Emulation.setTouchEmulationEnabled)
+PHONE = {"viewport": {"width": 390, "height": 844}, "device_scale_factor": 3, "is_mobile": True, "has_touch": True}
+TABLET = {**PHONE, "viewport": {"width": 768, "height": 1024}, "device_scale_factor": 2}
+
+def touches(cdp: CDPSession, *steps: list[tuple[float, float]]) -> None:
+    """Fingers put on the screen at steps[0] (a point each), moved through the steps after it and lifted, as
+    Chromium's touch screen gives them (Input.dispatchTouchEvent): a tap, a drag, a pinch. A step with fewer points
+    lifts the fingers it leaves out first."""
+    def send(kind: str, points: list[tuple[float, float]], first: int = 0) -> None:
+        cdp.send("Input.dispatchTouchEvent", {"type": kind, "touchPoints": [
+            {"x": x, "y": y, "id": first + i} for i, (x, y) in enumerate(points)]})
+    send("touchStart", steps[0])
+    for before, points in zip(steps, steps[1:]):
+        if len(points) < len(before):
+            send("touchEnd", before[len(points):], first=len(points))  # the fingers it names are lifted
+        send("touchMove", points)
+    send("touchEnd", [])
+
+
+def glide(points: list[tuple[float, float]], moves: list[tuple[float, float]], n: int = 5) -> list[list[tuple]]:
+    """The steps of fingers from points, each moved by its own (dx, dy) in n steps."""
+    return [[(x + dx * i / n, y + dy * i / n) for (x, y), (dx, dy) in zip(points, moves)] for i in range(n + 1)]
+
+
+def test_by_touch_a_finger_windows_a_pinch_zooms_and_two_fingers_pan(browser: Browser, server: str,
+                                                                     small: Path) -> None:
+    """On a tablet a pinch on the film changed its window (each finger's moves taken as one drag, jumping between
+    them: width 255 to 75) and never its zoom, and touching the film with its top scrolled off screen scrolled the page
+    under the finger (the viewer took the focus, scrolled into view). A finger drags the window, a pinch zooms about
+    the point between the fingers, two fingers pan; the page neither scrolls nor zooms, and the help says so."""
+    with opened_page(browser, server, **TABLET) as page:
+        cdp = page.context.new_cdp_session(page)
+        upload_one(page, small)
+        page.locator("#view").evaluate("e => e.scrollIntoView({block: 'start'})")
+        page.evaluate("() => scrollBy(0, 100)")  # the film's top off screen, as a reader scrolls to it
+        top = page.evaluate("() => scrollY")
+        box = page.locator("#view").bounding_box()
+        x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+        k = 700 / box["width"]  # the viewer's pixels a CSS pixel
+        state = "() => [view.level, view.width, view.zoom, view.panX, view.panY, scrollY, visualViewport.scale]"
+
+        touches(cdp, *glide([(x, y)], [(-30, 40)]))  # one finger: the window, as a mouse's drag
+        assert page.evaluate(state) == [88, 225, 1, 0, 0, top, 1]
+        # apart from 60 to 180 px about a point 50 px right of the centre: three times the zoom, that point stays put
+        touches(cdp, *glide([(x + 20, y), (x + 80, y)], [(-60, 0), (60, 0)]))
+        level, width, zoom, pan_x, pan_y, scroll, scale = page.evaluate(state)
+        assert [level, width, scroll, scale] == [88, 225, top, 1]
+        assert zoom == pytest.approx(3) and [pan_x, pan_y] == pytest.approx([-100 * k, 0], abs=0.5)
+        touches(cdp, *glide([(x - 40, y), (x + 40, y)], [(30, 20), (30, 20)]))  # two fingers together: a pan
+        assert page.evaluate(state) == pytest.approx([88, 225, 3, -70 * k, 20 * k, top, 1], abs=0.5)
+        # a finger left on the film after a pinch changes nothing; the browser's double-tap zoom is not the viewer's
+        touches(cdp, [(x - 40, y), (x + 40, y)], [(x - 50, y), (x + 50, y)], [(x - 50, y)], [(x - 50, y + 60)])
+        zoomed = page.evaluate(state)
+        assert zoomed[:2] == [88, 225] and zoomed[2] == pytest.approx(3 * 100 / 80)
+        touches(cdp, [(x, y)])
+        touches(cdp, [(x, y)])
+        assert page.evaluate(state)[-2:] == [top, 1]
+        page.locator("#pan-mode").tap()  # Pan pressed: a finger pans
+        page.locator("#view").scroll_into_view_if_needed()
+        box = page.locator("#view").bounding_box()
+        before = page.evaluate(state)
+        touches(cdp, *glide([(box["x"] + 50, box["y"] + 50)], [(20, -10)]))
+        assert page.evaluate(state)[:5] == pytest.approx([*before[:3], before[3] + 20 * k, before[4] - 10 * k])
+        expect(page.locator("#view-touch")).to_contain_text("pinch")
 
 
 def test_the_lists_names_and_warnings_are_read_in_lines_not_fragments(page: Page) -> None:

@@ -718,14 +718,29 @@ function setWindow(level, width) {
   compose();
 }
 
+// The furthest the film zooms in: ZOOM_MAX, on a reduced film's original's pixels
+function zoomMost() {
+  return ZOOM_MAX * (view.original ? view.original.naturalWidth / view.w : 1);
+}
+
 // Zoom from a key, a button or the wheel (a film opens fitted, at 1): said, and at either end said to be the end
 function setZoom(zoom) {
-  const further = view.original ? view.original.naturalWidth / view.w : 1;  // a reduced film's original
-  const most = ZOOM_MAX * further;
+  const most = zoomMost();
   view.zoom = Math.max(ZOOM_MIN, Math.min(most, zoom));
   compose();
   const end = view.zoom === most ? ", the furthest in" : view.zoom === ZOOM_MIN ? ", the furthest out" : "";
   sayView(`${zoomWords()}${end}`);
+}
+
+// Zoom from a pinch, about the point (x, y) of the viewer between the fingers, which stays under them; seen as it
+// goes, and not said, as a drag
+function zoomAt(zoom, x, y) {
+  const before = view.zoom;
+  view.zoom = Math.max(ZOOM_MIN, Math.min(zoomMost(), zoom));
+  const [cx, cy] = [x - $("view").width / 2, y - $("view").height / 2];  // from the viewer's centre
+  view.panX = cx - (cx - view.panX) * (view.zoom / before);
+  view.panY = cy - (cy - view.panY) * (view.zoom / before);
+  compose();
 }
 
 function pan(dx, dy) {
@@ -767,29 +782,55 @@ $("pan-mode").addEventListener("click", () => {
   $("view").classList.toggle("panning", on);
 });
 
-// Drag: window/level (right = wider, down = brighter level), or pan with Shift or in pan mode.
-let dragging = null;
+// A pointer's drag (a mouse's, a pen's, a finger's): window/level (right = wider, down = brighter level), or pan with
+// Shift or in pan mode. Two fingers pinch: apart and together zoom about the point between them, moved together they
+// pan (touch-action none: the browser neither scrolls nor zooms the page for them). Each finger is its own pointer:
+// taken as one drag, a pinch's two jumped the window between them and never zoomed. A finger left on the film after
+// a pinch does nothing until all are lifted, so the end of a pinch does not change the window.
+const pointers = new Map();  // pointerId -> [clientX, clientY], for each pointer down on the viewer
+let dragging = null;  // {panning} with one pointer down, {pinch: [distance, midpoint]} with two, {done} after a pinch
+
+// The distance between the first two pointers down, and their midpoint, in CSS pixels
+function spread() {
+  const [[x1, y1], [x2, y2]] = pointers.values();
+  return [Math.hypot(x2 - x1, y2 - y1), [(x1 + x2) / 2, (y1 + y2) / 2]];
+}
+
 $("view").addEventListener("pointerdown", (event) => {
-  dragging = { x: event.clientX, y: event.clientY,
-    panning: event.shiftKey || $("pan-mode").getAttribute("aria-pressed") === "true" };
+  pointers.set(event.pointerId, [event.clientX, event.clientY]);
   $("view").setPointerCapture(event.pointerId);
-  $("view").focus();
+  // not scrolled into view: a film whose top is off screen moved under the finger that touched it
+  $("view").focus({ preventScroll: true });
+  if (pointers.size === 1) {
+    dragging = { panning: event.shiftKey || $("pan-mode").getAttribute("aria-pressed") === "true" };
+  } else if (pointers.size === 2) dragging = { pinch: spread() };
 });
 $("view").addEventListener("pointermove", (event) => {
-  if (!dragging) return;
-  const dx = event.clientX - dragging.x;
-  const dy = event.clientY - dragging.y;
-  dragging.x = event.clientX;
-  dragging.y = event.clientY;
-  if (dragging.panning) {
-    const k = $("view").width / $("view").getBoundingClientRect().width;
-    pan(dx * k, dy * k);
-  } else {
+  const last = pointers.get(event.pointerId);
+  if (!last || !dragging) return;
+  pointers.set(event.pointerId, [event.clientX, event.clientY]);
+  const box = $("view").getBoundingClientRect();
+  const k = $("view").width / box.width;  // the viewer's pixels a CSS pixel
+  if (dragging.pinch) {
+    const [distance, [x, y]] = spread();
+    const [before, [x0, y0]] = dragging.pinch;
+    dragging.pinch = [distance, [x, y]];
+    view.panX += (x - x0) * k;
+    view.panY += (y - y0) * k;
+    zoomAt(view.zoom * (distance / before), (x - box.left) * k, (y - box.top) * k);
+  } else if (dragging.panning) pan((event.clientX - last[0]) * k, (event.clientY - last[1]) * k);
+  else if (!dragging.done) {
     $("preset").value = "custom";
-    setWindow(view.level - dy, view.width + dx);
+    setWindow(view.level - (event.clientY - last[1]), view.width + (event.clientX - last[0]));
   }
 });
-for (const type of ["pointerup", "pointercancel"]) $("view").addEventListener(type, () => { dragging = null; });
+for (const type of ["pointerup", "pointercancel"]) {
+  $("view").addEventListener(type, (event) => {
+    pointers.delete(event.pointerId);
+    if (pointers.size === 0) dragging = null;
+    else if (dragging && dragging.pinch) dragging = { done: true };
+  });
+}
 $("view").addEventListener("wheel", (event) => {
   event.preventDefault();
   setZoom(view.zoom * (event.deltaY < 0 ? 1.1 : 1 / 1.1));
