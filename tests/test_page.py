@@ -1219,6 +1219,31 @@ def test_the_page_reflows_on_a_phone(browser: Browser, server: str, full_size: P
 PHONE = {"viewport": {"width": 390, "height": 844}, "device_scale_factor": 3, "is_mobile": True, "has_touch": True}
 TABLET = {**PHONE, "viewport": {"width": 768, "height": 1024}, "device_scale_factor": 2}
 
+# Each control a pointer aims at, with the size of what it hits: a checkbox, and the file input, anywhere on their
+# label (its words, the drop zone), every other control on itself
+TARGETS = """() => [...document.querySelectorAll('button, input, select, a[href]')]
+    .filter((e) => e.getClientRects().length)
+    .map((e) => { const hit = (['checkbox', 'file'].includes(e.type) && e.closest('label')) || e;
+        const box = hit.getBoundingClientRect();
+        return [e.id || e.getAttribute('aria-label') || e.textContent.trim(), box.width, box.height]; })"""
+
+
+@pytest.mark.parametrize(("device", "least"), [({}, 24), (PHONE, 44)], ids=["mouse", "touch"])
+def test_every_control_is_a_target_a_finger_can_hit(browser: Browser, server: str, small: Path,
+                                                    device: dict[str, object], least: int) -> None:
+    """The checkboxes were 13 x 13 CSS px (with their words, 23 tall), the sliders 16 tall, the preset's list 19,
+    the films list's sort buttons and the key's field 21: under WCAG 2.5.8's 24 x 24, and on a tablet or phone each a
+    near miss for a fingertip. Each control is at least 24 x 24 px, and 44 x 44 on a touch screen (2.5.5)."""
+    with opened_page(browser, server, **device) as page:
+        upload_one(page, small)
+        page.click("#heatmap-button")
+        expect(page.locator("#legend")).to_be_visible()
+        targets = page.evaluate(TARGETS)
+        assert {"heatmap-toggle", "level", "preset", "api-key", "File", "pan-mode"} <= {t[0] for t in targets}
+        small_ones = [t for t in targets if min(t[1:]) < least - 0.5]
+        assert not small_ones, small_ones
+
+
 def touches(cdp: CDPSession, *steps: list[tuple[float, float]]) -> None:
     """Fingers put on the screen at steps[0] (a point each), moved through the steps after it and lifted, as
     Chromium's touch screen gives them (Input.dispatchTouchEvent): a tap, a drag, a pinch. A step with fewer points
