@@ -1306,6 +1306,21 @@ def test_by_touch_a_finger_windows_a_pinch_zooms_and_two_fingers_pan(browser: Br
         expect(page.locator("#view-touch")).to_contain_text("pinch")
 
 
+def test_show_in_the_list_brings_its_reading_into_view(browser: Browser, server: str, data_root: Path) -> None:
+    """On a phone the list is under the reading: a film's Show, tapped, redrew a reading scrolled off screen above it,
+    and seemed to do nothing. The reading comes into view."""
+    first, second = sorted((data_root / "train" / "NORMAL").glob("*.jpeg"))[:2]
+    with opened_page(browser, server, **PHONE) as page:
+        page.set_input_files("#file", [first, second])
+        expect(page.locator("#film-title")).to_have_text(f"Film: {second.name}")
+        show = page.get_by_role("button", name=f"show {first.name}")
+        show.scroll_into_view_if_needed()
+        expect(page.locator("#label")).not_to_be_in_viewport()
+        show.tap()
+        expect(page.locator("#film-title")).to_have_text(f"Film: {first.name}")
+        expect(page.locator("#label")).to_be_in_viewport()
+
+
 def test_the_lists_names_and_warnings_are_read_in_lines_not_fragments(page: Page) -> None:
     """The list's columns were sized by their words alone: on a 1280 px screen the file column was 42 px wide and
     "normal.jpeg" read "nor / mal. / jpeg" on three lines, and on a phone the scope warnings were a ribbon of one or

@@ -1320,10 +1320,22 @@ function renderList() {
     show.setAttribute("aria-label", `show ${film.name}`);
     show.disabled = !r;
     show.dataset.film = String(film.id);
-    show.addEventListener("click", () => showResult(film));
+    show.addEventListener("click", () => {
+      showResult(film);
+      // the reading (or why it is not shown) is above the list: on a phone it was redrawn off screen, and the tap
+      // seemed to do nothing; the focus stays on this button
+      const shown = $("result").hidden ? $("error") : $("result");
+      if (!inView(shown)) shown.scrollIntoView();
+    });
     row.insertCell().append(show);
     if (show.dataset.film === focused) show.focus();
   }
+}
+
+// Whether the top of element is on screen
+function inView(element) {
+  const top = element.getBoundingClientRect().top;
+  return top >= 0 && top < window.innerHeight;
 }
 
 for (const button of $("films").querySelectorAll("th button")) {
