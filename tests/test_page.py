@@ -1228,6 +1228,21 @@ TARGETS = """() => [...document.querySelectorAll('button, input, select, a[href]
         return [e.id || e.getAttribute('aria-label') || e.textContent.trim(), box.width, box.height]; })"""
 
 
+def test_a_pinch_whose_fingers_touch_down_on_one_point_zooms_from_there(browser: Browser, server: str,
+                                                                        small: Path) -> None:
+    """Two fingers that touched down on one pixel have no spread to scale: the first move's ratio to 0 took the zoom
+    to its furthest in. The spread is taken from the first move, and the pinch zooms by what follows it."""
+    with opened_page(browser, server, **TABLET) as page:
+        cdp = page.context.new_cdp_session(page)
+        upload_one(page, small)
+        page.locator("#view").scroll_into_view_if_needed()
+        box = page.locator("#view").bounding_box()
+        x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+        # down on one point, one finger moved 10 px away (the spread), then both apart to 40 px: four times the zoom
+        touches(cdp, [(x, y), (x, y)], [(x, y), (x + 10, y)], [(x - 15, y), (x + 25, y)])
+        assert page.evaluate("() => view.zoom") == pytest.approx(4)
+
+
 @pytest.mark.parametrize(("device", "least"), [({}, 24), (PHONE, 44)], ids=["mouse", "touch"])
 def test_every_control_is_a_target_a_finger_can_hit(browser: Browser, server: str, small: Path,
                                                     device: dict[str, object], least: int) -> None:

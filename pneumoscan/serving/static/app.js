@@ -817,7 +817,9 @@ $("view").addEventListener("pointermove", (event) => {
     dragging.pinch = [distance, [x, y]];
     view.panX += (x - x0) * k;
     view.panY += (y - y0) * k;
-    zoomAt(view.zoom * (distance / before), (x - box.left) * k, (y - box.top) * k);
+    // fingers that touched down on one point have no spread to scale: this move sets it (a ratio to 0 took the zoom
+    // to its furthest in)
+    zoomAt(before > 0 ? view.zoom * (distance / before) : view.zoom, (x - box.left) * k, (y - box.top) * k);
   } else if (dragging.panning) pan((event.clientX - last[0]) * k, (event.clientY - last[1]) * k);
   else if (!dragging.done) {
     $("preset").value = "custom";
