@@ -12,7 +12,8 @@ from matplotlib.figure import Figure
 from PIL import Image
 from playwright.sync_api import Page, expect, sync_playwright
 
-from pneumoscan.core.metrics import AUC_INTERVAL, FILM_UNIT_CAVEAT, evaluate_binary, evaluate_multiclass, softmax
+from pneumoscan.core.metrics import (AUC_INTERVAL, FILM_UNIT_CAVEAT, clopper_pearson, evaluate_binary,
+                                     evaluate_multiclass, softmax)
 from pneumoscan.core.figures import FIGURE_DPI, figure_bytes, png_data_url
 from pneumoscan.evaluation.report import roc_figure, write_report
 from pneumoscan.training.callbacks import plot_training_curves
@@ -441,8 +442,8 @@ def test_a_binary_report_says_its_figures_numbers_to_a_reader_who_does_not_see_t
     """Each figure's alt named the figure alone ("ROC curve; dots mark the operating points."): a screen reader heard
     no AUC, no operating point; the confusion matrix was a table of no name under a heading, its shares grey on its
     darkest shade (3.3:1). The ROC curve's words give the AUC with its interval and the sensitivity and specificity
-    at each threshold marked, the PR curve's its PR AUC and the prevalence, the reliability diagram's its ECE and each
-    bin's films; the gallery's thumbnails name their film."""
+    at each threshold marked, the PR curve's its PR AUC and the prevalence, the reliability diagram's its ECE, films
+    and bins in a short alt, each bin's figures in a table beside it; the gallery's thumbnails name their film."""
     m = _binary_metrics()
     thumbnail = figure_bytes(Figure(figsize=(1, 1)))
     report = write_report(m, tmp_path, "Pneumonia", "test set", extra={"model": "resnet18"},
@@ -459,8 +460,19 @@ def test_a_binary_report_says_its_figures_numbers_to_a_reader_who_does_not_see_t
     assert f"At threshold 0.5000, precision {_pct(m['at_0_5'], 'precision')}" in pr, pr
     (reliability,) = [alt for caption, alt in alts.items() if caption.startswith("Reliability diagram")]
     cal = m["curves"]["calibration"]
-    assert f"ECE {cal['ece']:.3f}, 300 films in {sum(c > 0 for c in cal['counts'])} bins" in reliability, reliability
-    assert all(f"{c} films" in reliability for c in cal["counts"] if c > 1), reliability
+    edges = cal["bin_edges"]
+    filled = [(f"{lo:.2f}–{hi:.2f}", p, o, c) for lo, hi, p, o, c in zip(
+        edges, edges[1:], cal["mean_predicted"], cal["observed_frequency"], cal["counts"]) if c]
+    assert f"ECE {cal['ece']:.3f}, 300 films in {len(filled)} bins" in reliability, reliability
+    assert len(reliability) <= 150, reliability  # an alt is heard whole: the bins' figures were 700 characters of it
+    # ... which a table gives, bin by bin, to a screen reader and on paper alike
+    bins = chromium.get_by_role("table", name=re.compile("^Reliability diagram's bins of predicted P\\(PNEUMONIA\\)"))
+    rows = bins.get_by_role("row").all_inner_texts()
+    assert rows[0].split() == ["Bin", "Films", "Mean", "predicted", "Observed", "frequency"], rows
+    assert [row.split()[:4] for row in rows[1:]] == [
+        [edge, str(c), f"{p:.3f}", f"{o:.3f}"] for edge, p, o, c in filled], rows
+    lo, hi = clopper_pearson(round(filled[0][2] * filled[0][3]), filled[0][3])
+    assert rows[1].endswith(f"(95% CI {lo:.3f}–{hi:.3f})"), rows
     assert alts["a.jpeg  P = 0.91"] == "Film a.jpeg  P = 0.91"
     # the confusion matrix is a table a screen reader lists by its name, its counts in the rows of each true class
     matrix = chromium.get_by_role("table", name="Confusion matrix: At bundle threshold 0.3500")
@@ -489,7 +501,8 @@ def test_a_multiclass_report_and_a_binary_ones_three_class_part_say_each_class_a
         alts = _read_as_a_reader(chromium, write_report(metrics, tmp_path / folder, "Classes"))
         assert alts["One-vs-rest ROC curve per class."] == expected
         reliability = "Reliability diagram of confidence (probability of the decided class): ECE "
-        assert any(alt.startswith(reliability) for alt in alts.values()), alts
+        (alt,) = [alt for alt in alts.values() if alt.startswith(reliability)]
+        assert len(alt) <= 150 and alt.endswith("bins, listed in the table that follows."), alt
     for name in ("All classes: Summary. 95% CIs count films.", "All classes: Per-class figures. No 95% CIs",
                  "Confusion matrix: Most probable class"):
         expect(chromium.get_by_role("table", name=re.compile("^" + re.escape(name)))).to_have_count(1)

@@ -41,7 +41,7 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}.ci{color:#52606d;font
 .row{display:flex;flex-wrap:wrap;gap:18px;align-items:flex-start}
 figure{margin:0;flex:1 1 320px;max-width:380px}figure img{width:100%;border:1px solid #e3e8ee}
 figcaption{font-size:.88em;color:#52606d;margin-top:4px}.note{color:#52606d;font-size:.9em}
-.cmblock{flex:0 1 auto}
+.block{flex:0 1 auto}
 .gallery{display:flex;flex-wrap:wrap;gap:12px}.gallery figure{flex:0 1 360px;max-width:360px}h3{font-size:1em}
 caption{text-align:left;color:#52606d;font-size:.88em;padding-bottom:3px}
 .optimistic{border:2px solid #b42318;background:#fef3f2;color:#7a271a;padding:8px 14px;margin:12px 0}
@@ -168,7 +168,7 @@ def _confusion_table(cm: dict[str, Any], names: Sequence[str], caption: str) -> 
             )
         body += f"<tr><th>True {_esc(name)}</th>{cells}</tr>"
     return (
-        f'<div class="cmblock"><table class="cm"><caption>Confusion matrix: {_esc(caption)}</caption>'
+        f'<div class="block"><table class="cm"><caption>Confusion matrix: {_esc(caption)}</caption>'
         f"<tr><td></td>{head}</tr>{body}</table>"
         '<div class="note">Counts; row-normalised share (of each true class) beneath.</div></div>'
     )
@@ -271,20 +271,26 @@ def _pr_figure(pr: dict[str, list], label: str, prevalence: float, points: dict[
 _SPARSE_BIN = 10  # a bin of fewer films has an observed frequency too uncertain to read without its interval
 
 
+def _filled_bins(cal: dict[str, Any]) -> list[tuple[float, float, float, float, int, tuple[float, float]]]:
+    """Each bin of films: its edges, mean predicted probability, observed frequency, films, and that frequency's
+    exact 95% interval (Clopper-Pearson, films): what the reliability diagram draws and its table lists."""
+    edges = cal["bin_edges"]
+    return [(lo, hi, p, o, c, clopper_pearson(round(o * c), c)) for lo, hi, p, o, c in zip(
+        edges, edges[1:], cal["mean_predicted"], cal["observed_frequency"], cal["counts"]) if c]
+
+
 def _reliability_figure(cal: dict[str, Any], xlabel: str) -> Figure:
     """Observed frequency per bin of predicted probability with its exact 95% interval (Clopper-Pearson, films)
     and its number of films written on its bar, lest a bin of 3 films read as firmly as one of 300; bins of fewer
     than _SPARSE_BIN films are hollow. The legend goes below the axes, where it covers no point."""
     fig, ax = _new_axes(f"Reliability (ECE = {_fmt(cal['ece'])})", xlabel, "Observed frequency", below=0.5)
     ax.plot([0, 1], [0, 1], ls="--", color="#9aa5b1", lw=1, label="perfect calibration")
-    filled = [(p, o, c) for p, o, c in zip(cal["mean_predicted"], cal["observed_frequency"], cal["counts"]) if c]
+    filled = _filled_bins(cal)
     if filled:
-        ends = [clopper_pearson(round(o * c), c) for _, o, c in filled]
-        errors = [[o - lo for (_, o, _), (lo, _) in zip(filled, ends)],
-                  [hi - o for (_, o, _), (_, hi) in zip(filled, ends)]]
-        bars = ax.errorbar([p for p, _, _ in filled], [o for _, o, _ in filled], yerr=errors, fmt="o-", lw=2,
-                           capsize=3, label="model, 95% CI (Clopper-Pearson)")
-        sparse = [(p, o) for p, o, c in filled if c < _SPARSE_BIN]
+        errors = [[o - lo for *_, o, _, (lo, _) in filled], [hi - o for *_, o, _, (_, hi) in filled]]
+        bars = ax.errorbar([p for _, _, p, *_ in filled], [o for *_, o, _, _ in filled], yerr=errors, fmt="o-",
+                           lw=2, capsize=3, label="model, 95% CI (Clopper-Pearson)")
+        sparse = [(p, o) for _, _, p, o, c, _ in filled if c < _SPARSE_BIN]
         if sparse:
             # above the errorbar's own filled markers, which matplotlib draws over a plot of the same z-order
             ax.plot(*zip(*sparse), "o", mfc="white", color=bars.lines[0].get_color(), zorder=3,
@@ -303,23 +309,30 @@ def _reliability_figure(cal: dict[str, Any], xlabel: str) -> Figure:
 
 
 def _reliability_html(cal: dict[str, Any], xlabel: str, caption: str, pngs: dict[str, bytes] | None) -> str:
-    """The reliability diagram with a caption that says how far to trust its bins."""
+    """The reliability diagram with a caption that says how far to trust its bins, and its bins' figures as a table
+    (:func:`_reliability_table`), which its short text alternative points to."""
     sparse = sum(0 < c < _SPARSE_BIN for c in cal["counts"])
     caption += (" 95% CIs by film (Clopper-Pearson); the number on each bar counts its films."
                 + (f" {sparse} bin(s) hold fewer than {_SPARSE_BIN} films (hollow): their observed frequency is "
                    "uncertain, as their intervals show." if sparse else ""))
-    return _figure_html(_reliability_figure(cal, xlabel), caption, _reliability_alt(cal, xlabel), pngs, "reliability")
+    filled, of = _filled_bins(cal), xlabel[:1].lower() + xlabel[1:]
+    alt = (f"Reliability diagram of {of}: ECE {_fmt(cal['ece'])}, {sum(cal['counts'])} films in {len(filled)} bins, "
+           "listed in the table that follows.")
+    return (_figure_html(_reliability_figure(cal, xlabel), caption, alt, pngs, "reliability")
+            + _reliability_table(filled, of))
 
 
-def _reliability_alt(cal: dict[str, Any], xlabel: str) -> str:
-    """The reliability diagram in words: its ECE and, bin by bin, the mean predicted and observed frequency with
-    the films behind them (the numbers its points and bars show)."""
-    edges, xlabel = cal["bin_edges"], xlabel[:1].lower() + xlabel[1:]
-    bins = [f"{lo:.2f} to {hi:.2f}: predicted {_fmt(p)}, observed {_fmt(o)}, {c} film{'s' * (c != 1)}"
-            for lo, hi, p, o, c in zip(edges, edges[1:], cal["mean_predicted"], cal["observed_frequency"],
-                                       cal["counts"]) if c]
-    return (f"Reliability diagram of {xlabel}: ECE {_fmt(cal['ece'])}, {sum(cal['counts'])} films in {len(bins)} "
-            f"bins. By bin of {xlabel}: " + "; ".join(bins) + ".")
+def _reliability_table(filled: list[tuple[float, float, float, float, int, tuple[float, float]]], of: str) -> str:
+    """The reliability diagram's numbers, bin by bin (:func:`_filled_bins`), for every reader: a table read by a
+    screen reader cell by cell, where the same figures in the image's text alternative were one 700-character
+    sentence, and on paper, where a point's interval cannot be read off the picture to three decimals."""
+    rows = "".join(
+        f'<tr><th>{lo:.2f}–{hi:.2f}</th><td class="num">{c}</td><td class="num">{_fmt(p)}</td>'
+        f'<td class="num">{_fmt(o)} <span class="ci">(95% CI {_fmt(ci_lo)}–{_fmt(ci_hi)})</span></td></tr>'
+        for lo, hi, p, o, c, (ci_lo, ci_hi) in filled)
+    return (f'<div class="block"><table><caption>Reliability diagram&#x27;s bins of {_esc(of)}. 95% CIs count films '
+            "(Clopper-Pearson).</caption><thead><tr><th>Bin</th><th>Films</th><th>Mean predicted</th>"
+            f"<th>Observed frequency</th></tr></thead><tbody>{rows}</tbody></table></div>")
 
 
 def _binary_body(m: dict[str, Any], pngs: dict[str, bytes] | None = None) -> str:
