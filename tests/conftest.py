@@ -228,6 +228,19 @@ def tiny_multiclass_bundle(typed_dataset: Path, tmp_path_factory: pytest.TempPat
 
 
 @pytest.fixture(scope="session")
+def tiny_evaluation(tiny_bundle: Path, tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """evaluate's report folder of tiny_bundle on the tiny dataset's test films (report.html with its figures, its
+    threshold table and its error gallery), for the tests that read a report as a person does."""
+    from pneumoscan.evaluation.evaluate import evaluate
+
+    def build(folder: Path) -> Path:
+        evaluate(tiny_bundle, tiny_dataset, "test", folder / "eval")
+        return folder / "eval"
+
+    return _once_per_run(tmp_path_factory, "tiny_evaluation", build)
+
+
+@pytest.fixture(scope="session")
 def int8_bundle(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of tiny_bundle with its INT8 model (export --int8), for the onnx-int8 backend's tests."""
     import shutil

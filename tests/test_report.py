@@ -10,12 +10,14 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 from PIL import Image
+from pypdf import PdfReader
 from playwright.sync_api import Page, expect, sync_playwright
 
 from pneumoscan.core.metrics import (AUC_INTERVAL, FILM_UNIT_CAVEAT, clopper_pearson, evaluate_binary,
                                      evaluate_multiclass, softmax)
 from pneumoscan.core.figures import FIGURE_DPI, figure_bytes, png_data_url
 from pneumoscan.evaluation.report import roc_figure, write_report
+from pneumoscan.models.card import load_card
 from pneumoscan.training.callbacks import plot_training_curves
 from tests.test_browser import ARGS, CHROMIUM, TIMEOUT_MS, serious_violations
 
@@ -506,3 +508,88 @@ def test_a_multiclass_report_and_a_binary_ones_three_class_part_say_each_class_a
     for name in ("All classes: Summary. 95% CIs count films.", "All classes: Per-class figures. No 95% CIs",
                  "Confusion matrix: Most probable class"):
         expect(chromium.get_by_role("table", name=re.compile("^" + re.escape(name)))).to_have_count(1)
+
+
+# ---------------------------------------------------------------- the report printed, as a person prints it to PDF
+
+PAPERS = {"A4": (8.27, 11.69), "Letter": (8.5, 11.0)}  # inches, as Page.printToPDF takes a paper's size
+CSS_PX = {"mm": 96 / 25.4, "in": 96.0, "px": 1.0}
+
+
+def _printed(page: Page, paper: str) -> list[str]:
+    """The loaded report printed on PAPER as Chromium prints it for a person (Page.printToPDF: the page's own
+    margins, no background graphics), each page's text."""
+    width, height = PAPERS[paper]
+    pdf = page.context.new_cdp_session(page).send("Page.printToPDF", {"paperWidth": width, "paperHeight": height})
+    return [p.extract_text() for p in PdfReader(io.BytesIO(base64.b64decode(pdf["data"]))).pages]
+
+
+def _overflowing(page: Page, paper: str) -> list[str]:
+    """What of the loaded report reaches past the printed page's right margin on PAPER: laid out for print at the
+    width between the page's own margins (its @page rule's, else Chromium's default 0.4 inch)."""
+    margins = page.evaluate("""() => {
+        const rule = [...document.styleSheets].flatMap((s) => [...s.cssRules]).find((r) => r instanceof CSSPageRule);
+        return rule ? [rule.style.marginLeft, rule.style.marginRight] : ['0.4in', '0.4in'];
+    }""")
+    lost = sum(float(m[:-2]) * CSS_PX[m[-2:]] for m in margins)
+    page.emulate_media(media="print")
+    page.set_viewport_size({"width": int(PAPERS[paper][0] * 96 - lost), "height": 1000})
+    try:
+        return page.evaluate("""() => [...document.querySelectorAll('body *')]
+            .filter((e) => e.getBoundingClientRect().right > document.documentElement.clientWidth + 0.5)
+            .map((e) => `${e.tagName} ${e.textContent.slice(0, 40)}`)""")
+    finally:
+        page.emulate_media(media="null")  # not "screen", which Chromium would then print with
+        page.set_viewport_size({"width": 1280, "height": 720})
+
+
+@pytest.mark.parametrize("paper", PAPERS)
+def test_a_printed_report_names_itself_on_every_page_and_cuts_no_table_or_figure(chromium: Page, tiny_evaluation: Path,
+                                                                                tiny_bundle: Path, tiny_dataset: Path,
+                                                                                paper: str) -> None:
+    """Printed to PDF, only the first page said what it was, and the date only the last; a heading ended a page
+    whose content began the next ("Curves" over a page of its figures); the threshold table ran past the right
+    margin, and its rows on a second page came without their head. Every page names its report (title, model id,
+    date, its page of how many) by CSS page margins, which a person's own browser prints too; the first page gives
+    the bundle, the data and the date; no heading, nor the note or caption that introduces a table, ends a page; a
+    table's head is repeated on each page it spans; nothing reaches past the right margin."""
+    report, card = tiny_evaluation / "report.html", load_card(tiny_bundle)
+    _read_as_a_reader(chromium, report)
+    assert _overflowing(chromium, paper) == []
+    leads = chromium.evaluate("""() => [...document.querySelectorAll('h2, h3, h2 + .note, caption')]
+        .map((e) => e.textContent.split(/\\s+/).join(' '))""")  # a heading, a note or caption that introduces a table
+    title = chromium.title()
+    pages = _printed(chromium, paper)
+    assert len(pages) > 2, pages  # a report of more than two pages, whose later pages are read apart from the first
+    generated = re.search(r"Generated \d{4}-\d\d-\d\d \d\d:\d\d UTC", pages[0])
+    assert generated, pages[0]
+    first = "".join(pages[0].split())  # a long path wraps in its cell
+    for said in (str(tiny_bundle), f"{tiny_dataset}, split test", card.model_id):
+        assert "".join(said.split()) in first, (said, pages[0])
+    for number, text in enumerate(pages, 1):
+        running = (title, f"model id {card.model_id}", generated.group(0), f"page {number} of {len(pages)}",
+                   "For research use; not a medical device.")
+        lines = [line for line in text.splitlines() if not any(said in line for said in running)]
+        assert all(said in text for said in running), (number, text)
+        if number < len(pages):
+            assert not any(lead.endswith(" ".join(lines[-1].split())) for lead in leads), (number, lines[-1])
+        if " fixed 0." in text or "\nfixed 0." in text:  # a page of the threshold table has its head
+            assert "Rule Threshold Sensitivity Specificity Precision NPV TP FP TN FN" in text, (number, text)
+
+
+def test_a_printed_report_is_dark_on_white_whatever_the_colour_scheme(chromium: Page, tiny_evaluation: Path) -> None:
+    """Printed, the report kept the screen's grey page and its framed card (toner, with background graphics on) and
+    the confusion matrices lost their shading (without): in print it is dark text on white, unframed, whether the
+    reader's system is light or dark, and a confusion matrix keeps its shading."""
+    chromium.goto((tiny_evaluation / "report.html").as_uri())
+    for scheme in ("light", "dark"):
+        chromium.emulate_media(media="print", color_scheme=scheme)
+        try:
+            body = chromium.evaluate("""() => {
+                const style = (selector) => getComputedStyle(document.querySelector(selector));
+                return [style('body').backgroundColor, style('main').backgroundColor, style('main').borderTopWidth,
+                        style('body').color, style('.cm td').printColorAdjust];
+            }""")
+        finally:
+            chromium.emulate_media(media="null", color_scheme="null")
+        assert body == ["rgb(255, 255, 255)", "rgb(255, 255, 255)", "0px", "rgb(29, 39, 51)", "exact"], (scheme, body)

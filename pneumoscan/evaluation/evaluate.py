@@ -461,4 +461,5 @@ def _write_outputs(out_dir: Path, predictor: Predictor, records: list[Record], t
     write_atomic(out_dir / "predictions.csv", results_csv(fields, rows).encode())
     table = metrics["threshold_table"]
     write_atomic(out_dir / "sensitivity_table.csv", results_csv(list(table[0]), table).encode())
-    write_report(metrics, out_dir, title, extra=header, figures=True, gallery=gallery)
+    write_report(metrics, out_dir, title, extra=header, figures=True, gallery=gallery,
+                 running=f"model id {card.model_id}")

@@ -27,6 +27,9 @@ from pneumoscan.models.run_folder import METRICS, REPORT
 
 from .model_card import ECE_NAME, PREVALENCE_BOUND, class_counts, film_counts, one_class, prevalence_note
 
+# In print: white, unframed, every figure, table and row whole where it fits a page and a heading with what follows;
+# the rows of figures are lines of blocks there, which Chromium breaks between (a flex row it moved whole to the
+# next page, its heading left behind).
 _CSS = """
 body{font-family:-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif;color:#1d2733;background:#f5f7fa;
 margin:0;padding:24px;line-height:1.45}
@@ -39,14 +42,39 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}.ci{color:#52606d;font
 .meta th{width:180px}.cm td{text-align:center;min-width:70px;font-variant-numeric:tabular-nums}
 .cm .ci{color:inherit}.cm caption{color:inherit;font-size:1em;font-weight:600;padding:4px 0}
 .row{display:flex;flex-wrap:wrap;gap:18px;align-items:flex-start}
-figure{margin:0;flex:1 1 320px;max-width:380px}figure img{width:100%;border:1px solid #e3e8ee}
+figure{margin:0;flex:1 1 320px;max-width:380px}figure img{width:100%;box-sizing:border-box;border:1px solid #e3e8ee}
 figcaption{font-size:.88em;color:#52606d;margin-top:4px}.note{color:#52606d;font-size:.9em}
 .block{flex:0 1 auto}
 .gallery{display:flex;flex-wrap:wrap;gap:12px}.gallery figure{flex:0 1 360px;max-width:360px}h3{font-size:1em}
 caption{text-align:left;color:#52606d;font-size:.88em;padding-bottom:3px}
 .optimistic{border:2px solid #b42318;background:#fef3f2;color:#7a271a;padding:8px 14px;margin:12px 0}
 .unchecked{border:2px solid #b54708;background:#fffaeb;color:#7a2e0e;padding:8px 14px;margin:12px 0}
+@media print{body{background:#fff;padding:0;font-size:10pt}main{max-width:none;border:0;border-radius:0;padding:0}
+h2,h3,h2+.note{break-after:avoid}figure,table,tr,.block,.optimistic,.unchecked{break-inside:avoid}
+.row{display:block;orphans:1;widows:1}.row>*{display:inline-block;vertical-align:top;margin:0 12px 12px 0}
+.row>figure{width:47%}
+th,td{padding:3px 6px}.cm td{print-color-adjust:exact;-webkit-print-color-adjust:exact}}
 """
+_RESEARCH_USE = "For research use; not a medical device."
+
+
+def _page_css(title: str, generated: str, running: str) -> str:
+    """Every printed page's margins say what it is (the title, ``running``: which bundle; when it was made; its page
+    of how many), as a person's own browser prints them (CSS page margin boxes), not only the first page's header:
+    a page of a report printed to PDF is often read apart from the others."""
+    box = "font:8pt Arial,sans-serif;color:#52606d"
+    return (f"@page{{margin:16mm 14mm;@top-left{{content:{_css_string(title)};{box}}}"
+            f"@top-right{{content:{_css_string(generated)};{box}}}"
+            f"@bottom-left{{content:{_css_string(' · '.join(filter(None, [running, _RESEARCH_USE])))};{box}}}"
+            f'@bottom-right{{content:"page " counter(page) " of " counter(pages);{box}}}}}')
+
+
+def _css_string(text: str) -> str:
+    """TEXT as a quoted CSS string, each character but a letter, digit or space escaped, so that no name can end
+    the string or the style element (``</style>``)."""
+    return '"' + "".join(c if c.isalnum() or c == " " else f"\\{ord(c):x} " for c in path_text(text)) + '"'
+
+
 _PROPORTIONS = {"accuracy", "sensitivity", "specificity", "precision", "npv", "balanced_accuracy"}
 _BINARY_ROWS = (
     ("auc", "ROC AUC"),
@@ -169,7 +197,7 @@ def _confusion_table(cm: dict[str, Any], names: Sequence[str], caption: str) -> 
         body += f"<tr><th>True {_esc(name)}</th>{cells}</tr>"
     return (
         f'<div class="block"><table class="cm"><caption>Confusion matrix: {_esc(caption)}</caption>'
-        f"<tr><td></td>{head}</tr>{body}</table>"
+        f"<thead><tr><td></td>{head}</tr></thead><tbody>{body}</tbody></table>"
         '<div class="note">Counts; row-normalised share (of each true class) beneath.</div></div>'
     )
 
@@ -382,7 +410,7 @@ def _binary_summary(m: dict[str, Any], names: tuple[str, str], absent: str | Non
             + _ci_note(m, "sensitivity, specificity, precision, NPV and accuracy", ("auc", "f1"), "auc", "AUC")
             + "</p>"
         ),
-        f"<table>{_ci_caption(m, 'Summary')}{head}{rows}</table>",
+        f"<table>{_ci_caption(m, 'Summary')}<thead>{head}</thead><tbody>{rows}</tbody></table>",
         "" if absent else f'<p class="note">{_esc(prevalence_note(m["prevalence"], pos, "† "))}</p>',
     ])  # fmt: skip
 
@@ -443,8 +471,8 @@ def _threshold_table_html(rows: list[dict[str, Any]], absent: str | None) -> str
         "<h2>Sensitivity and specificity by threshold</h2><p class=\"note\">Figures on these images; a threshold "
         "picked from this table and judged on the same images is optimistic (pneumoscan threshold).</p>"
         "<table><caption>Sensitivity and specificity by threshold, with the films of each count.</caption>"
-        "<tr><th>Rule</th><th>Threshold</th><th>Sensitivity</th><th>Specificity</th><th>Precision</th>"
-        f"<th>NPV</th><th>TP</th><th>FP</th><th>TN</th><th>FN</th></tr>{cells}</table>"
+        "<thead><tr><th>Rule</th><th>Threshold</th><th>Sensitivity</th><th>Specificity</th><th>Precision</th>"
+        f"<th>NPV</th><th>TP</th><th>FP</th><th>TN</th><th>FN</th></tr></thead><tbody>{cells}</tbody></table>"
         + (f'<p class="note">Precision and NPV are n/a: there are no {_esc(absent)} films, and they depend on both '
            'classes.</p>'
            if absent else "")
@@ -487,13 +515,14 @@ def _multiclass_body(m: dict[str, Any], section: str = "", pngs: dict[str, bytes
                 f'<p class="note">n = {_esc(class_counts(m))}; decision = {_esc(decision)}. '
                 + _ci_note(m, "accuracy", ("balanced_accuracy", "macro_auc"), "macro_auc", "macro AUC") + "</p>"
             ),
-            f"<table>{_ci_caption(m, f'{section}Summary')}<tr><th>Metric</th><th>Value</th></tr>{rows}</table>",
+            (f"<table>{_ci_caption(m, f'{section}Summary')}<thead><tr><th>Metric</th><th>Value</th></tr></thead>"
+             f"<tbody>{rows}</tbody></table>"),
             (
                 f"<h2>{section}Per class</h2><table><caption>{section}Per-class figures. No 95% "
                 "CIs: per-class figures are point estimates, and on a class of few films they can be far from the "
-                "truth.</caption><tr><th>Class</th><th>ROC AUC (one vs "
-                "rest)</th><th>Sensitivity (recall)</th><th>Precision</th><th>F1</th><th>Films</th></tr>"
-                f"{per_class}</table>"
+                "truth.</caption><thead><tr><th>Class</th><th>ROC AUC (one vs "
+                "rest)</th><th>Sensitivity (recall)</th><th>Precision</th><th>F1</th><th>Films</th></tr></thead>"
+                f"<tbody>{per_class}</tbody></table>"
             ),
             f'<h2>{section}Confusion matrix</h2><div class="row">',
             _confusion_table(m["confusion_matrix"], names, decision.capitalize()),
@@ -516,7 +545,7 @@ _CLASS_PARTS = (("multiclass", "All classes: ", "classes_"), ("two_stage", "Two 
 
 def write_report(
     metrics: dict[str, Any], out_dir: Path, title: str, subtitle: str = "", extra: dict[str, Any] | None = None,
-    figures: bool = False, gallery: dict[str, list[tuple[bytes, str]]] | None = None,
+    figures: bool = False, gallery: dict[str, list[tuple[bytes, str]]] | None = None, running: str = "",
 ) -> Path:
     """Write ``out_dir/metrics.json`` and a self-contained ``out_dir/report.html`` for an evaluate_binary or
     evaluate_multiclass result; ``extra`` is shown as a key/value header table. A binary result carrying an
@@ -525,7 +554,8 @@ def write_report(
     ``figures``, the main figures are also written beside the report (confusion_matrix.png, roc.png, pr.png,
     reliability.png: those the data defines; a further part's as classes_*.png or two_stage_*.png: confusion_matrix,
     roc, reliability); ``gallery`` adds titled
-    rows of thumbnails. Returns the HTML path."""
+    rows of thumbnails; ``running`` (which bundle) is printed on every page beside the title. Returns the HTML path.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = jsonable(metrics)
@@ -549,16 +579,16 @@ def write_report(
             (out_dir / f"{stale}.png").unlink(missing_ok=True)
     for name, png in (pngs or {}).items():
         write_atomic(out_dir / f"{name}.png", png)
-    generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    generated = f"Generated {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} by pneumoscan"
     page = (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title>'
-        f"<style>{_CSS}</style></head><body><main><h1>{_esc(title)}</h1>"
+        f"<style>{_CSS}{_page_css(title, generated, running)}</style></head><body><main><h1>{_esc(title)}</h1>"
         + (f'<p class="subtitle">{_esc(subtitle)}</p>' if subtitle else "")
+        + f'<p class="note">{generated}. {_RESEARCH_USE}</p>'
         + (_meta_table(extra) if extra else "")
         + _optimistic_html(metrics.get("optimistic"), metrics.get("unchecked"))
         + body
-        + f'<p class="note" style="margin-top:28px">Generated {generated} by pneumoscan. '
-        "For research use; not a medical device.</p></main></body></html>"
+        + "</main></body></html>"
     )
     return write_atomic(out_dir / REPORT, page.encode("utf-8"))
 

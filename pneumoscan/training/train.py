@@ -739,4 +739,4 @@ def _validation_report(run_dir: Path, cfg: TrainConfig, ctx: Dist, card: BundleC
         "bundle": str(RunFolder(run_dir).bundle), "epochs": epochs[0], "best epoch": epochs[1],
         "processes": ctx.world, "temperature": f"{card.temperature:.3f}",
         "threshold": f"{card.threshold:.4f} ({card.threshold_policy})",
-    })
+    }, running=f"model id {card.model_id}")
