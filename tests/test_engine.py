@@ -399,7 +399,7 @@ def losses_then_nan(*losses: float):
             r"from another bundle"),
     ((4.2e9, 4.2e9), 3, r"the loss before the first step was already 4\.2e\+09, so the weights of --init B started "
                         r"out of scale, not the learning rate: start from another bundle"),
-    ((0.69, 1e6), 3, r"lower the learning rate \(--lr\) and train again"),
+    ((0.69, 1e6), 3, r"lower the learning rate lr \(--lr\) and train again"),
 ])  # fmt: skip
 def test_a_divergence_advises_what_was_seen(losses: tuple[float, ...], step: int, said: str) -> None:
     """Every divergence advised a lower learning rate, even one at the first step, before any step had moved the
@@ -424,10 +424,10 @@ def ranks_said() -> dict[str, dict[int, object]]:
 
 def test_every_rank_refuses_the_step_whose_loss_is_not_finite_on_one_rank(ranks_said: dict) -> None:
     said = ranks_said["nan"]
-    assert said[1] == ("ValueError: training diverged at epoch 1, step 2 (loss nan): lower the learning rate (--lr) "
+    assert said[1] == ("ValueError: training diverged at epoch 1, step 2 (loss nan): lower the learning rate lr (--lr) "
                        "and train again")
     assert said[0] == ("ValueError: training diverged at epoch 1, step 2 (a loss that is not finite in another "
-                       "process): lower the learning rate (--lr) and train again"), "rank 0 stops at the same step"
+                       "process): lower the learning rate lr (--lr) and train again"), "rank 0 stops at the same step"
 
 
 def test_a_stop_or_end_of_epoch_set_on_one_rank_holds_on_every_rank(ranks_said: dict) -> None:

@@ -105,7 +105,7 @@ def test_a_warm_started_run_names_its_warm_start_after_a_resume_too(tiny_dataset
     with pytest.raises(Crash):  # after the first epoch's checkpoint
         train(tiny_dataset, cfg, tmp_path / "run", on_epoch_end=crash_after_first_epoch, callbacks=[first])
     assert first.advice == ("no step had moved the weights yet, so the classifier the warm start fitted gave it, not "
-                            "the learning rate: train with --set warm_start=false")
+                            "the learning rate: train with warm_start false (--set warm_start=false)")
     with pytest.raises(Crash):
         train(tiny_dataset, dataclasses.replace(cfg, epochs=2), tmp_path / "run", resume=True, callbacks=[resumed])
     assert resumed.start == first.start
@@ -114,7 +114,8 @@ def test_a_warm_started_run_names_its_warm_start_after_a_resume_too(tiny_dataset
 @pytest.mark.parametrize("pretrained, said", [
     (False, "nan_head's starting weights gave it, not the learning rate: check how nan_head's builder initialises "
             "them"),
-    (True, "nan_head's pretrained weights gave it, not the learning rate: train from scratch with --no-pretrained"),
+    (True, "nan_head's pretrained weights gave it, not the learning rate: train from scratch with pretrained false "
+          "(--no-pretrained)"),
 ])  # fmt: skip
 def test_a_divergence_at_the_first_step_names_the_model_s_weights_not_the_films(
         tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pretrained: bool, said: str) -> None:

@@ -506,7 +506,7 @@ def test_a_run_into_a_finished_runs_folder_says_which_bundle_it_replaces_before_
     auc = f"{card.val_metrics['auc']:.4f}"
     assert said == [(f"{run} holds a finished run, which this run replaces: its bundle (validation AUC {auc}; 1 "
                      "evaluation added to its card) is deleted now, with its checkpoint and reports; train into a new "
-                     "--out to keep a run", True)], seen
+                     "run_dir (--out) to keep a run", True)], seen
     assert not (run / "bundle").exists()
 
 
@@ -536,7 +536,8 @@ def test_a_run_into_an_unfinished_runs_folder_says_how_far_it_got_and_that_resum
         logging.getLogger("pneumoscan").removeHandler(handler)
     said = [(message, there) for message, there in seen if "replaces" in message]
     assert said == [(f"{run} holds an unfinished run, which this run replaces: its checkpoint after epoch {last} is "
-                     "deleted now, with its history; train with --resume to go on from a run's checkpoint", True)], seen
+                     "deleted now, with its history; train with resume (--resume) to go on from a run's "
+                     "checkpoint", True)], seen
     assert (run / "refused.txt").exists() and not (run / "checkpoint.pt").exists()
 
 
@@ -740,7 +741,8 @@ def test_init_at_another_size_than_the_bundles_is_said(tiny_bundle: Path, caplog
     assert "trains on" not in caplog.text
     train_mod.build_model(dataclasses.replace(cfg, image_size=64), get_task("pneumonia"), Dist())
     assert (f"{tiny_bundle} was trained on 32 px films (squash), and this run trains on 64 px (squash): its weights "
-            "start on films of another scale; give --image-size 32 (and resize_policy squash)") in caplog.text
+            "start on films of another scale; give image_size (--image-size) 32 (and resize_policy "
+            "squash)") in caplog.text
 
 
 def test_init_from_another_models_bundle_names_the_model_it_holds(tiny_bundle: Path) -> None:

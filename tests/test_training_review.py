@@ -84,7 +84,7 @@ def test_a_run_whose_model_collapsed_or_diverged_at_validation_ships_no_bundle(
     the metrics' words (12 of 12 scores are not finite), which named neither the epoch nor the learning rate."""
     run = tmp_path / "run"
     with pytest.raises(ValueError, match=rf"^training diverged at epoch 1 \(validation after step \d+\): {seen}"
-                                         r".*: lower the learning rate \(--lr\) and train again$") as refused:
+                                         r".*: lower the learning rate lr \(--lr\) and train again$") as refused:
         train(tiny_dataset, TrainConfig(**{**TINY, "epochs": 1, "batch_size": batch_size, "lr": lr}), run)
     assert not (run / "bundle").exists()
     assert (run / "refused.txt").read_text(encoding="utf-8") == f"{refused.value}\n", "the folder says why, days later"
@@ -105,7 +105,7 @@ def test_a_run_started_or_resumed_in_a_refused_runs_folder_clears_the_reason(tmp
 
 @pytest.mark.parametrize("task", ["pneumonia", "multiclass"])
 @pytest.mark.parametrize("first_loss, advice", [
-    (0.69, r"lower the learning rate \(--lr\) and train again"),
+    (0.69, r"lower the learning rate lr \(--lr\) and train again"),
     (1.2e11, r"the loss before the first step was already 1\.2e\+11, so the weights of --init B started out of "
              r"scale, not the learning rate: start from another bundle"),
 ])  # fmt: skip
@@ -141,8 +141,9 @@ def test_a_run_that_diverges_before_its_first_step_names_its_init_bundle(tiny_bu
         model.get_classifier().bias.fill_(math.nan)
     save_bundle(start, model, card)
     with pytest.raises(ValueError, match=r"^training diverged at epoch 1, step 1 \(loss nan\): no step had moved the "
-                                         rf"weights yet, so the weights of --init {re.escape(str(start))} gave it, not "
-                                         r"the learning rate: start from another bundle$"):
+                                         r"weights yet, so the weights of init \(--init\) "
+                                         rf"{re.escape(str(start))} gave it, not the learning rate: start from another "
+                                         r"bundle$"):
         train(tiny_dataset, TrainConfig(**{**TINY, "epochs": 1, "init": str(start)}), tmp_path / "run")
     assert not (tmp_path / "run" / "bundle").exists()
 
@@ -177,7 +178,8 @@ def test_a_run_no_better_than_chance_on_its_validation_films_ships_no_bundle(
     assert re.fullmatch(r"pneumoscan train: error: no bundle written: the best epoch's weights \(epoch 1 of 1\) rank "
                         r"the 16 validation films no better than chance \(AUC 0\.\d{4}, where 0\.5 is chance; every "
                         rf"epoch's figures are in {re.escape(str(run / 'history.csv'))}\): check the training films' "
-                        r"labels, then train longer \(--epochs, --time-budget\) or on more films", said), said
+                        r"labels, then train longer, raising epochs \(--epochs\) or time_budget "
+                        r"\(--time-budget\), or on more films", said), said
     assert float(re.search(r"AUC (\S+),", said)[1]) <= 0.5
     assert {p.name for p in run.iterdir()} == {"config.yaml", "split.csv", "history.csv", "curves.png", "checkpoint.pt",
                                                "refused.txt"}
@@ -194,7 +196,7 @@ def test_a_run_at_chance_after_training_losses_out_of_scale_is_told_to_lower_the
     run = tmp_path / "run"
     with pytest.raises(ValueError, match=r"^no bundle written: the best epoch's weights \(epoch \d of 2\) rank the 12 "
                                          r"validation films no better than chance \(.*\): the training loss reached "
-                                         r"\d+, out of scale: lower the learning rate \(--lr\) and train again$"):
+                                         r"\d+, out of scale: lower the learning rate lr \(--lr\) and train again$"):
         train(tiny_dataset, TrainConfig(**{**TINY, "epochs": 2, "lr": 0.1}), run)
 
 

@@ -130,7 +130,7 @@ def divergence_advice(state: State) -> str:
     if state.first_loss is not None and state.first_loss > OUT_OF_SCALE_LOSS:
         return (f"the loss before the first step was already {state.first_loss:.3g}, so {source} started out of "
                 f"scale, not the learning rate: {remedy}")
-    return "lower the learning rate (--lr) and train again"
+    return "lower the learning rate lr (--lr) and train again"
 
 
 def check_finite(loss: torch.Tensor, state: State) -> None:

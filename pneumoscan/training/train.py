@@ -279,9 +279,9 @@ def build_model(cfg: TrainConfig, task: Task, ctx: Dist,
         # --model must be given again, and so must the size: the recipe's 192 px is not the bundle's own
         if started.size != cfg.image_size or started.resize_policy != cfg.resize_policy:
             log.warning("%s was trained on %d px films (%s), and this run trains on %d px (%s): its weights start "
-                        "on films of another scale; give --image-size %d (and resize_policy %s) to fine-tune it on "
-                        "its own", cfg.init, started.size, started.resize_policy, cfg.image_size, cfg.resize_policy,
-                        started.size, started.resize_policy)
+                        "on films of another scale; give image_size (--image-size) %d (and resize_policy %s) to "
+                        "fine-tune it on its own", cfg.init, started.size, started.resize_policy, cfg.image_size,
+                        cfg.resize_policy, started.size, started.resize_policy)
     # from scratch, or a bundle of one of the small models (they have no stages): train it all
     transfer = imagenet or cfg.init is not None
     registry.set_trainable(model, cfg.trainable_stages if transfer and hasattr(model, "group_matcher") else None)
@@ -333,14 +333,15 @@ def _say_replaced(run: RunFolder) -> None:
             figures = (f" (validation AUC {format_figure(card.val_metrics.get('auc'), 4)}"
                        + (f"; {added} evaluation{'s' if added > 1 else ''} added to its card" if added else "") + ")")
         kind, goes = "a finished", f"its bundle{figures} is deleted now, with its checkpoint and reports"
-        keep = "train into a new --out to keep a run"
+        keep = "train into a new run_dir (--out) to keep a run"
     elif run.checkpoint.is_file() and not run.refused.is_file():
         try:
             epoch = load_checkpoint(run.checkpoint)["epoch"] + 1
         except (ValueError, KeyError, TypeError):  # --resume refuses it too
-            goes, keep = "its unreadable checkpoint", "train into a new --out to keep a run"
+            goes, keep = "its unreadable checkpoint", "train into a new run_dir (--out) to keep a run"
         else:
-            goes, keep = f"its checkpoint after epoch {epoch}", "train with --resume to go on from a run's checkpoint"
+            goes, keep = (f"its checkpoint after epoch {epoch}",
+                          "train with resume (--resume) to go on from a run's checkpoint")
         kind, goes = "an unfinished", f"{goes} is deleted now, with its history"
     else:
         return
@@ -533,11 +534,11 @@ def prepare_weights(model: torch.nn.Module, cfg: TrainConfig, d: Data, ctx: Dist
     # the learning-rate schedule runs over what the budget leaves after the warm start, so its warm-up happens
     warm_s = ctx.from_main(resumed.get("warm_s", 0.0) if resumed is not None else time.perf_counter() - t0)
     if cfg.init is not None:  # a new classifier warm-started on its features starts from the bundle too
-        start = f"the weights of --init {shown(cfg.init)}", "start from another bundle"
+        start = f"the weights of init (--init) {shown(cfg.init)}", "start from another bundle"
     elif warms:
-        start = "the classifier the warm start fitted", "train with --set warm_start=false"
+        start = "the classifier the warm start fitted", "train with warm_start false (--set warm_start=false)"
     elif imagenet:
-        start = f"{cfg.model}'s pretrained weights", "train from scratch with --no-pretrained"
+        start = f"{cfg.model}'s pretrained weights", "train from scratch with pretrained false (--no-pretrained)"
     else:  # not the films: their 8-bit pixels, normalised by a checked mean and std, keep every input in bounds
         start = f"{cfg.model}'s starting weights", f"check how {cfg.model}'s builder initialises them"
     return t0, warm_s, start
@@ -677,7 +678,8 @@ def chance_remedy(state: State) -> str:
     worst = max((row["train_loss"] for row in state.history), default=0.0)
     if worst > OUT_OF_SCALE_LOSS:
         return f"the training loss reached {worst:.3g}, out of scale: {divergence_advice(state)}"
-    return "check the training films' labels, then train longer (--epochs, --time-budget) or on more films"
+    return ("check the training films' labels, then train longer, raising epochs (--epochs) or time_budget "
+            "(--time-budget), or on more films")
 
 
 def finalize(run_dir: Path, cfg: TrainConfig, d: Data, ctx: Dist, epochs: int, best_epoch: int,

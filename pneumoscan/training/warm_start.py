@@ -132,7 +132,8 @@ def _fit(head: torch.nn.Module, train: tuple[torch.Tensor, ...], val: tuple[torc
              f"{chance:.4g})")
     return (f"the warm start {found}: the frozen backbone's pooled features are unfit to train on "
             f"({_describe(train[0], val[0])}); check the starting weights that gave them (the model's pretrained "
-            "weights, or --init's bundle), or --set warm_start=false to fine-tune from an untrained classifier")
+            "weights, or the bundle of init (--init)), or warm_start false (--set warm_start=false) to fine-tune "
+            "from an untrained classifier")
 
 
 def _describe(*features: torch.Tensor) -> str:
