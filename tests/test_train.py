@@ -34,8 +34,8 @@ from pneumoscan.inference.predict import Predictor
 from pneumoscan.models import registry as models
 from pneumoscan.models.bundle import load_bundle, load_weights_into, save_bundle
 from pneumoscan.models import card as card_mod
-from pneumoscan.models.card import (INIT_SAMPLE, SAMPLED_FROM, WEIGHTS, BundleCard, load_card, sample_record,
-                                   save_card)
+from pneumoscan.models.card import (INIT_CARD, INIT_IN_PLACE, INIT_SAMPLE, SAMPLED_FROM, WEIGHTS, BundleCard,
+                                   load_card, sample_record, save_card)
 from pneumoscan.models.run_folder import RunFolder
 from pneumoscan.training import train as train_mod
 from pneumoscan.training.callbacks import lr_factor, schedule_done
@@ -305,11 +305,54 @@ def test_resume_refuses_other_films(tiny_dataset: Path, tmp_path: Path) -> None:
 
 def test_a_run_fine_tunes_its_own_bundle_in_place(tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path) -> None:
     """--init RUN/bundle --out RUN: the bundle is read before the run folder is cleared for the new run (RUN a copy
-    of the tiny run)."""
+    of the tiny run). The card records the bundle it started from (init_card, read at the start: read at the end,
+    when the bundle was gone, none was recorded) and says that it was an earlier version of itself, which the run
+    replaced (its --init names its own path). The films the weights learnt are the run's own: evaluation still
+    refuses them."""
     run, cfg = tmp_path / "run", TrainConfig(**{**TINY, "epochs": 1})
     first = load_bundle(shutil.copytree(tiny_bundle.parent, run) / "bundle")[1].files
+    checksum = card_mod.bundle_checksums([run / "bundle"])[0]
     again = train(tiny_dataset, dataclasses.replace(cfg, init=str(run / "bundle")), run)
-    assert load_bundle(again)[1].train_config["init"] == str(run / "bundle") and load_bundle(again)[1].files != first
+    config = load_bundle(again)[1].train_config
+    assert config["init"] == str(run / "bundle") and load_bundle(again)[1].files != first
+    assert config[INIT_CARD] == checksum and config[INIT_IN_PLACE] is True
+    text = " ".join((again / "MODEL_CARD.md").read_text(encoding="utf-8").split())
+    assert (f"**It was fine-tuned from the bundle it replaced** (`--init {run / 'bundle'}`, whose bundle.json's "
+            f"checksum was {checksum}): that bundle's weights and card are no longer there, and its path holds this "
+            "bundle. The films were split by patient into training and validation.") in text, text
+    trained = [dataclasses.replace(r, split="") for r in discover(run / "split.csv").records if r.split == "train"]
+    write_manifest(trained, tmp_path / "trained.csv")
+    with pytest.raises(ValueError, match=rf"were in {re.escape(str(again))}'s training split"):
+        evaluate(again, tmp_path / "trained.csv")
+
+
+def test_an_in_place_fine_tune_that_would_lose_what_its_weights_learnt_is_refused(
+    tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path
+) -> None:
+    """Fine-tuning a run's own bundle in place replaces its card and split.csv, which alone say which films its
+    weights learnt: on other films (a split one film short here), or when its card names a bundle it started from
+    (or teachers), whose training films evaluation follows, those records would be lost and evaluation would take
+    the films for unseen ones. Refused before the run folder is touched; into a new --out both stay."""
+    run = shutil.copytree(tiny_bundle.parent, tmp_path / "run")
+    records = discover(run / "split.csv").records
+    short = [r for r in records if r is not next(r for r in records if r.split == "train")]
+    write_manifest(short, tmp_path / "short.csv")
+    cfg = TrainConfig(**{**TINY, "epochs": 1, "init": str(run / "bundle")})
+    kept = (run / "bundle" / "bundle.json").read_bytes()
+    with pytest.raises(ValueError, match=r"is this run's own bundle, which the run replaces with its card and split: "
+                                         r"this run trains and validates on other films than it did \(1 film\(s\) "
+                                         r"on the other side or in only one of the two\), .*: fine-tune it into a new "
+                                         r"run_dir \(--out\)"):
+        train(tiny_dataset, dataclasses.replace(cfg, split_csv=str(tmp_path / "short.csv")), run)
+    assert (run / "bundle" / "bundle.json").read_bytes() == kept
+    card = load_card(run / "bundle")
+    save_card(run / "bundle", dataclasses.replace(card, train_config={**card.train_config, "init": str(tiny_bundle)}))
+    kept = (run / "bundle" / "bundle.json").read_bytes()
+    with pytest.raises(ValueError, match=rf"its card is what names the bundles its weights learnt from "
+                                         rf"\({re.escape(str(tiny_bundle))}\), whose training films evaluation checks "
+                                         r"it against: fine-tune it into a new run_dir \(--out\)"):
+        train(tiny_dataset, cfg, run)
+    assert (run / "bundle" / "bundle.json").read_bytes() == kept
 
 
 def test_an_in_place_fine_tune_interrupted_goes_on_from_its_checkpoint(tiny_bundle: Path, tiny_dataset: Path,

@@ -23,8 +23,9 @@ from pneumoscan.core.metrics import (BOTH_CLASSES, ECE_BINS, FILM_UNIT_CAVEAT, N
 from pneumoscan.core.names import shown
 from pneumoscan.inference.onnx_runtime import INT8_NAME, Int8Key, Int8Operating, read_sidecar, spec_path
 from pneumoscan.models import PLUGINS_ENV
-from pneumoscan.models.card import (ENSEMBLE, INIT_SAMPLE, MACRO_AUC, MEMBER_SAMPLES, SAMPLED_FROM, TEACHER_SAMPLES,
-                                   TRAINING_FILMS, WRITER, BundleCard, load_card, out_of_fold_ensemble, save_card)
+from pneumoscan.models.card import (ENSEMBLE, INIT_CARD, INIT_IN_PLACE, INIT_SAMPLE, MACRO_AUC, MEMBER_SAMPLES,
+                                   SAMPLED_FROM, TEACHER_SAMPLES, TRAINING_FILMS, WRITER, BundleCard, load_card,
+                                   out_of_fold_ensemble, save_card)
 from .held_out import HeldOutFindings
 
 log = logging.getLogger(__name__)
@@ -255,7 +256,8 @@ def _split_sentence(card: BundleCard) -> str:
     before its own, and a run started from a bundle that did (``--init``) says that bundle's: what it learnt from
     them came from those patients alone. An ensemble whose members share such teachers or starting bundle (their one
     record: :func:`~pneumoscan.training.ensemble._members_sample`) says it of its members: it was distilled from
-    nothing and started from no weights itself."""
+    nothing and started from no weights itself. A run that fine-tuned its own bundle says so first
+    (:func:`_start_sentence`)."""
     config = card.train_config
     who, they = ("Its members were", "they") if card.model == ENSEMBLE else ("It was", "it")
     if (each := config.get(MEMBER_SAMPLES)) and any(map(_is_trial, each)):
@@ -274,11 +276,24 @@ def _split_sentence(card: BundleCard) -> str:
         taught += (f"**{who} started from the weights of a bundle that learnt from a sample of patients** (`--init`: "
                    f"{_words(start)}): what those weights learnt comes from those patients alone. ")
     trial = ": a trial, whose figures do not show what training on all the films gives" if sample or taught else ""
+    taught = _start_sentence(config) + taught
     if out_of_fold_ensemble(card):
         return (f"{taught}{sample or 'The films were '}dealt by patient into cross-validation folds: each member "
                 "trained on all folds but one, and each film's validation score is the member's that did not train "
                 f"on it (out of fold){trial}.")
     return f"{taught}{sample or 'The films were '}split by patient into training and validation{trial}."
+
+
+def _start_sentence(config: dict[str, Any]) -> str:
+    """What a run started from a bundle (``--init``) says of it before its samples of patients: that it was the
+    run's own bundle, which the run replaced (:data:`INIT_IN_PLACE`), so that the path names this bundle, not the
+    weights it started from."""
+    said = ""
+    if config.get(INIT_IN_PLACE):
+        checksum = f", whose bundle.json's checksum was {config[INIT_CARD]}" if config.get(INIT_CARD) else ""
+        said += (f"**It was fine-tuned from the bundle it replaced** (`--init {config['init']}`{checksum}): that "
+                 "bundle's weights and card are no longer there, and its path holds this bundle. ")
+    return said
 
 
 def _class_balance(card: BundleCard) -> tuple[str, ...]:

@@ -296,7 +296,10 @@ def refused_as(what: str) -> Iterator[None]:
 
 
 TEACHER_CARDS = "teacher_cards"  # a distilled run's train_config: its teachers' bundle_checksums
-INIT_CARD = "init_card"  # a run started from a bundle (--init): that bundle's bundle_checksums
+INIT_CARD = "init_card"  # a run started from a bundle (--init): that bundle's bundle_checksums, read at its start
+# a run that fine-tuned its own bundle in place (--init RUN/bundle --out RUN): True. The bundle at init is then the
+# run's own, and the one it started from (init_card) is gone, which MODEL_CARD.md says
+INIT_IN_PLACE = "init_in_place"
 # a trained bundle's train_config: its training films counted by class ({class: films}), of which MODEL_CARD.md says
 # how unbalanced they were; absent in ensembles and in bundles older than it
 TRAINING_FILMS = "training_films"

@@ -20,7 +20,7 @@ from pneumoscan.core.names import shown
 from pneumoscan.data.cache import ImageCache, build_cache
 from pneumoscan.data.layouts import Record, discover
 from pneumoscan.data.preprocess import PreprocessSpec
-from pneumoscan.models.card import (CARD, INIT_CARD, INIT_SAMPLE, SAMPLED_FROM, TEACHER_CARDS, TEACHER_SAMPLES,
+from pneumoscan.models.card import (INIT_CARD, INIT_IN_PLACE, INIT_SAMPLE, SAMPLED_FROM, TEACHER_CARDS, TEACHER_SAMPLES,
                                    TRAINING_FILMS, bundle_checksums, retrained_sources, teachers_sample)
 from pneumoscan.models.run_folder import RunFolder
 from .config import TrainConfig, read_yaml, recorded_settings
@@ -70,7 +70,8 @@ def config_changes(recorded: dict, cfg: TrainConfig, ignore: Collection[str] = (
             settings["init"] = os.path.realpath(settings["init"])
         settings["teacher"] = [os.path.realpath(t) for t in settings.get("teacher") or []]
     # records of the run, not settings
-    skip = {*ignore, *RECORDED, TEACHER_CARDS, TEACHER_SAMPLES, INIT_CARD, INIT_SAMPLE, TRAINING_FILMS, SAMPLED_FROM}
+    skip = {*ignore, *RECORDED, TEACHER_CARDS, TEACHER_SAMPLES, INIT_CARD, INIT_IN_PLACE, INIT_SAMPLE, TRAINING_FILMS,
+            SAMPLED_FROM}
     return _changes({k: v for k, v in old.items() if k not in skip}, {k: v for k, v in new.items() if k not in skip})
 
 
@@ -125,14 +126,14 @@ def run_record(cfg: TrainConfig, ctx: Dist) -> dict:
     """What made the run, as the card's train_config and the trackers record it: the settings, and what decides how
     it trains but is no setting (:data:`RECORDED`): the number of processes (the global batch and the learning rate
     follow it) and what the training steps computed in (``precision`` auto is bf16 on CUDA, fp32 on CPU); for a
-    distilled run, its teachers' :func:`bundle_checksums` (:data:`TEACHER_CARDS`), and for one started from a bundle,
-    that bundle's (:data:`INIT_CARD`): the settings name them by path, and one trained again at that path is another
-    model. A student of teachers that learnt from a sample of patients records theirs
-    (:func:`~pneumoscan.models.card.teachers_sample`), which its card says: it learnt from those patients too."""
+    distilled run, its teachers' :func:`bundle_checksums` (:data:`TEACHER_CARDS`): the settings name them by path,
+    and one trained again at that path is another model (a starting bundle's, :data:`INIT_CARD`, is read with its card
+    at the run's start: :func:`~pneumoscan.training.train.start_record`). A student of teachers that learnt from a
+    sample of patients records theirs (:func:`~pneumoscan.models.card.teachers_sample`), which its card says: it
+    learnt from those patients too."""
     taught = {TEACHER_CARDS: bundle_checksums(cfg.teacher), **teachers_sample(cfg.teacher)} if cfg.teacher else {}
-    started = {INIT_CARD: bundle_checksums([cfg.init])[0]} if cfg.init and (Path(cfg.init) / CARD).is_file() else {}
     return {**json.loads(json.dumps(dataclasses.asdict(cfg))), "processes": ctx.world,
-            "resolved_precision": resolved_precision(ctx.device, cfg.precision), **taught, **started}
+            "resolved_precision": resolved_precision(ctx.device, cfg.precision), **taught}
 
 
 def made_by(cfg: TrainConfig, ctx: Dist, data: str) -> dict:

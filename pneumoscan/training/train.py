@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 import shutil
 import time
 from collections import Counter
@@ -46,8 +47,8 @@ from pneumoscan.inference.export import check_exportable
 from pneumoscan.inference.predict import Predictor, tta_views
 from pneumoscan.models import registry
 from pneumoscan.models.bundle import load_bundle, load_weights_into, save_bundle
-from pneumoscan.models.card import (BEST_SO_FAR, INIT_SAMPLE, TRAINING_FILMS, BundleCard, init_sample, load_card,
-                                    runtime_versions, sample_record)
+from pneumoscan.models.card import (BEST_SO_FAR, INIT_CARD, INIT_IN_PLACE, INIT_SAMPLE, TRAINING_FILMS, BundleCard,
+                                    bundle_checksums, init_sample, load_card, runtime_versions, sample_record)
 from pneumoscan.models.run_folder import RunFolder
 from .callbacks import (
     BestWeights,
@@ -68,7 +69,7 @@ from .distributed import Dist, gather, gather_shards, setup_distributed, shard
 from .engine import OUT_OF_SCALE_LOSS, Callback, State, divergence_advice, fit
 from .finish import ScoredFilms, finish_bundle
 from .resume import (check_same_recipe, load_checkpoint, machine_cache, made_by, resume_from, run_record,
-                     save_checkpoint)
+                     save_checkpoint, split_change)
 from .tracking import make_trackers
 from .warm_start import warm_start_head
 
@@ -246,16 +247,16 @@ class Data:
     class_weights: torch.Tensor | None  # inverse class frequency, or None without cfg.class_weights
     val_records: list[Record]  # the validation films, in val_set's order: their patients count in the CIs
     val_left_out: list[dict]  # the val side's files the validation figures leave out, and why (files_left_out)
-    sample: dict = field(default_factory=dict)  # split_records' and the starting bundle's (init_sample), for the card
+    sample: dict = field(default_factory=dict)  # split_records' and the starting bundle's (start_record), for the card
 
 
 def build_model(cfg: TrainConfig, task: Task, ctx: Dist,
-                from_checkpoint: bool = False) -> tuple[torch.nn.Module, bool, list[str], dict]:
+                from_checkpoint: bool = False) -> tuple[torch.nn.Module, bool, list[str], BundleCard | None]:
     """The model first, with the weights it starts from: a wrong size or weights that cannot be had fail before the
     split and the cache are built, and a ``cfg.init`` bundle inside the run folder (fine-tuning a run's own bundle)
     is read before the run folder is cleared. Returns the model, whether it starts from ImageNet weights, the
     classifier tensors a ``cfg.init`` bundle could not give (a new task's), which start untrained, and that bundle's
-    sample of patients (:func:`~pneumoscan.models.card.init_sample`), which the card says. Which layers
+    card, as the run's card records it (:func:`start_record`). Which layers
     train is set here too, so that ``trainable_stages`` beyond the model's stages is refused before the run folder
     is cleared (the warm start fits the classifier, which always trains). ``from_checkpoint``: the run goes on from
     its checkpoint, which holds every weight, so a ``cfg.init`` bundle is not read: fine-tuning a run's own bundle
@@ -285,7 +286,45 @@ def build_model(cfg: TrainConfig, task: Task, ctx: Dist,
     # from scratch, or a bundle of one of the small models (they have no stages): train it all
     transfer = imagenet or cfg.init is not None
     registry.set_trainable(model, cfg.trainable_stages if transfer and hasattr(model, "group_matcher") else None)
-    return model, imagenet, fresh, init_sample(started)
+    return model, imagenet, fresh, started
+
+
+def start_record(cfg: TrainConfig, started: BundleCard | None, in_place: bool) -> dict:
+    """What the run's card records of the bundle it started from (``started``: its card, None without one), read at
+    the run's start: its bundle.json's checksum (:data:`~pneumoscan.models.card.INIT_CARD`), which tells it from a
+    bundle trained again at its path, and its sample of patients (:func:`~pneumoscan.models.card.init_sample`).
+    ``in_place``: the run fine-tunes its own bundle (:func:`check_in_place`), which it replaces, so the checksum is
+    of a card no longer there (:data:`~pneumoscan.models.card.INIT_IN_PLACE`): read as the run ended, it was of no
+    card, and none was recorded."""
+    if started is None:
+        return {}
+    return {INIT_CARD: bundle_checksums([cfg.init])[0], **init_sample(started), **({INIT_IN_PLACE: True} if in_place
+                                                                                  else {})}
+
+
+def fine_tunes_own_bundle(cfg: TrainConfig, run_dir: Path) -> bool:
+    """Whether the run fine-tunes its own bundle (``--init RUN/bundle --out RUN``), which it replaces."""
+    return cfg.init is not None and os.path.realpath(cfg.init) == os.path.realpath(RunFolder(run_dir).bundle)
+
+
+def check_in_place(cfg: TrainConfig, run_dir: Path, records: Sequence[Record], started: BundleCard) -> None:
+    """Refuse to fine-tune a run's own bundle in place when the run would lose what the held-out checks know of the
+    films its weights learnt: RUN/split.csv, which this run's replaces, unless this run trains and validates on the
+    same films; and the teachers (those this run is not given again) and the bundle it started from that its card
+    names (this run's card names the run itself). Its card is replaced with the bundle, so evaluation would take
+    those films for unseen ones. Fine-tuned into another run folder, the bundle and both records stay."""
+    run = RunFolder(run_dir)
+    lost = f"init (--init) {shown(cfg.init)} is this run's own bundle, which the run replaces with its card and split"
+    keep = "fine-tune it into a new run_dir (--out), which keeps it and its records"
+    if why := split_change(run.split, records):
+        raise ValueError(f"{lost}: this run trains and validates on other films than it did ({why}), so nothing "
+                         f"would say which films its weights learnt and evaluation would take them for unseen ones: "
+                         f"{keep}")
+    config, kept = started.train_config, {os.path.realpath(run.bundle), *map(os.path.realpath, cfg.teacher)}
+    if sources := [s for s in [*(config.get("teacher") or []), *([config["init"]] if config.get("init") else [])]
+                   if os.path.realpath(s) not in kept]:
+        raise ValueError(f"{lost}: its card is what names the bundles its weights learnt from ({', '.join(sources)}), "
+                         f"whose training films evaluation checks it against: {keep}")
 
 
 def check_init_held_out(cfg: TrainConfig, records: Sequence[Record]) -> None:
@@ -623,11 +662,14 @@ def train(
     torch.manual_seed(cfg.seed)
     checkpoint_path = RunFolder(run_dir).checkpoint
     from_checkpoint = resume and checkpoint_path.exists()
-    model, imagenet, fresh, learnt = build_model(cfg, task, ctx, from_checkpoint)
+    model, imagenet, fresh, started = build_model(cfg, task, ctx, from_checkpoint)
     records, sample = split_records(data, cfg, sample)
     check_teachers(cfg, records, task)
-    if not from_checkpoint:  # checked at the run's start
+    if started is not None:  # checked at the run's start
         check_init_held_out(cfg, records)
+        if fine_tunes_own_bundle(cfg, run_dir):
+            check_in_place(cfg, run_dir, records, started)
+    learnt = start_record(cfg, started, fine_tunes_own_bundle(cfg, run_dir))
     # the images before the run folder is touched: --resume compares their pixels with the checkpoint's
     cache = preprocessed(records, cfg, ctx)
     made = made_by(cfg, ctx, data_checksum(cache, records))
@@ -637,9 +679,9 @@ def train(
     check_same_recipe(made, ctx)
     resumed = resume_from(checkpoint_path, cfg, records, made, ctx) if resume else None
     if resumed is not None:  # the starting bundle is not read again (in place, the run cleared it): the checkpoint's
-        learnt = {k: resumed[k] for k in (INIT_SAMPLE,) if k in resumed}
+        learnt = {k: resumed[k] for k in (INIT_CARD, INIT_IN_PLACE, INIT_SAMPLE) if k in resumed}
     made |= learnt  # each checkpoint keeps it
-    trackers = make_trackers(log_to, run_dir, run_record(cfg, ctx), tracking_uri) if ctx.main else []
+    trackers = make_trackers(log_to, run_dir, run_record(cfg, ctx) | learnt, tracking_uri) if ctx.main else []
     selected = selected_films(records, cache, task, ctx)
     check_batches(len(selected["train"][0]), cfg, ctx)
     prepare_run_dir(run_dir, cfg, resume, ctx)
