@@ -653,6 +653,27 @@ def test_a_members_start_from_a_trial_makes_a_trial(tiny_bundle: Path) -> None:
     assert trial in text
 
 
+def test_a_start_from_a_bundle_whose_sample_the_card_predates_is_said_to_be_unknown(tiny_bundle: Path) -> None:
+    """A run started from a bundle (--init) records that bundle's sample of patients (init_sample, {} for all of
+    them); a card older than the record holds none, and said nothing of it, as though the weights learnt from the
+    run's own patients alone: it says that whether they learnt from a sample is not known, and calls the run no
+    trial (nothing shows it was one)."""
+    card = load_card(tiny_bundle)
+
+    def said(**recorded: object) -> str:
+        config = {**card.train_config, "init": "/runs/a/bundle", **recorded}
+        return " ".join(render(dataclasses.replace(card, train_config=config)).split())
+
+    unknown = ("**It was started from the weights of another bundle** (`--init /runs/a/bundle`), and this card "
+               "predates the record of that bundle's sample of patients: whether those weights learnt from a sample "
+               "of patients, or from which, is not known here. The films were split by patient into training and "
+               "validation.")
+    assert unknown in said(), said()
+    for sample in ({}, {"patients": 20, SAMPLED_FROM: 48, "seed": 1}):
+        assert "is not known here" not in said(**{INIT_SAMPLE: sample})
+    assert "a trial" not in said() and "a trial" in said(**{INIT_SAMPLE: {"patients": 20, SAMPLED_FROM: 48, "seed": 1}})
+
+
 def test_a_sample_of_every_patient_is_not_called_a_trial(tiny_bundle: Path) -> None:
     """`--patients` equal to the patients there are draws them all (data.split.patient_sample): the card said the
     films were a sample of 48 of the 48 patients, a trial whose figures do not show what training on all the films

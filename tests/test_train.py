@@ -307,15 +307,16 @@ def test_a_run_fine_tunes_its_own_bundle_in_place(tiny_bundle: Path, tiny_datase
     """--init RUN/bundle --out RUN: the bundle is read before the run folder is cleared for the new run (RUN a copy
     of the tiny run). The card records the bundle it started from (init_card, read at the start: read at the end,
     when the bundle was gone, none was recorded) and says that it was an earlier version of itself, which the run
-    replaced (its --init names its own path). The films the weights learnt are the run's own: evaluation still
-    refuses them."""
+    replaced (its --init names its own path). That bundle learnt from all the patients of its data: init_sample
+    says so ({}), and the card calls nothing a trial. The films the weights learnt are the run's own: evaluation
+    still refuses them."""
     run, cfg = tmp_path / "run", TrainConfig(**{**TINY, "epochs": 1})
     first = load_bundle(shutil.copytree(tiny_bundle.parent, run) / "bundle")[1].files
     checksum = card_mod.bundle_checksums([run / "bundle"])[0]
     again = train(tiny_dataset, dataclasses.replace(cfg, init=str(run / "bundle")), run)
     config = load_bundle(again)[1].train_config
     assert config["init"] == str(run / "bundle") and load_bundle(again)[1].files != first
-    assert config[INIT_CARD] == checksum and config[INIT_IN_PLACE] is True
+    assert config[INIT_CARD] == checksum and config[INIT_IN_PLACE] is True and config[INIT_SAMPLE] == {}
     text = " ".join((again / "MODEL_CARD.md").read_text(encoding="utf-8").split())
     assert (f"**It was fine-tuned from the bundle it replaced** (`--init {run / 'bundle'}`, whose bundle.json's "
             f"checksum was {checksum}): that bundle's weights and card are no longer there, and its path holds this "

@@ -256,8 +256,8 @@ def _split_sentence(card: BundleCard) -> str:
     before its own, and a run started from a bundle that did (``--init``) says that bundle's: what it learnt from
     them came from those patients alone. An ensemble whose members share such teachers or starting bundle (their one
     record: :func:`~pneumoscan.training.ensemble._members_sample`) says it of its members: it was distilled from
-    nothing and started from no weights itself. A run that fine-tuned its own bundle says so first
-    (:func:`_start_sentence`)."""
+    nothing and started from no weights itself. A run that fine-tuned its own bundle, or whose card predates the
+    record of its starting bundle's sample, says so first (:func:`_start_sentence`)."""
     config = card.train_config
     who, they = ("Its members were", "they") if card.model == ENSEMBLE else ("It was", "it")
     if (each := config.get(MEMBER_SAMPLES)) and any(map(_is_trial, each)):
@@ -287,12 +287,18 @@ def _split_sentence(card: BundleCard) -> str:
 def _start_sentence(config: dict[str, Any]) -> str:
     """What a run started from a bundle (``--init``) says of it before its samples of patients: that it was the
     run's own bundle, which the run replaced (:data:`INIT_IN_PLACE`), so that the path names this bundle, not the
-    weights it started from."""
+    weights it started from; and, for a card older than the starting bundle's record of its sample
+    (:data:`INIT_SAMPLE`), that whether those weights learnt from a sample of patients is not known (it said
+    nothing, as though they learnt from the run's own patients alone)."""
     said = ""
     if config.get(INIT_IN_PLACE):
         checksum = f", whose bundle.json's checksum was {config[INIT_CARD]}" if config.get(INIT_CARD) else ""
         said += (f"**It was fine-tuned from the bundle it replaced** (`--init {config['init']}`{checksum}): that "
                  "bundle's weights and card are no longer there, and its path holds this bundle. ")
+    if config.get("init") and INIT_SAMPLE not in config:
+        said += (f"**It was started from the weights of another bundle** (`--init {config['init']}`), and this card "
+                 "predates the record of that bundle's sample of patients: whether those weights learnt from a sample "
+                 "of patients, or from which, is not known here. ")
     return said
 
 

@@ -312,8 +312,9 @@ MEMBER_SAMPLES = "member_samples"
 # a distilled run's train_config when a teacher learnt from a sample of patients: each teacher's trained_sample in
 # teacher order ({} for one on all patients), since the student learnt what the teachers learnt from those patients
 TEACHER_SAMPLES = "teacher_samples"
-# a run started from a bundle (--init) whose weights learnt from a sample of patients: that bundle's trained_sample,
-# since the run's weights hold what it learnt from those patients
+# a run started from a bundle (--init): that bundle's trained_sample ({} when it learnt from all the patients of its
+# data), since the run's weights hold what it learnt from those patients; absent in a card older than the record, of
+# which MODEL_CARD.md says the starting bundle's sample is not known
 INIT_SAMPLE = "init_sample"
 # train_config of the card in RUN/best, the best epoch's weights a run keeps while it trains: no temperature,
 # threshold or validation figures were chosen for them, so load_card refuses it to all but training's finalisation
@@ -332,10 +333,10 @@ def trained_sample(card: BundleCard) -> dict[str, Any]:
     ensemble of members, a student of teachers, a run started from it) to say a trial as its own card does: its
     :func:`sample_record`, and its members' (:data:`MEMBER_SAMPLES`), teachers' (:data:`TEACHER_SAMPLES`) and
     starting bundle's (:data:`INIT_SAMPLE`) where it holds them; empty for a run on all patients that learnt from no
-    trial."""
+    trial (a starting bundle's empty record is left out)."""
     config = card.train_config
     return (sample_record(config.get("patients"), config.get(SAMPLED_FROM), config.get("seed"))
-            | {k: config[k] for k in (MEMBER_SAMPLES, TEACHER_SAMPLES, INIT_SAMPLE) if k in config})
+            | {k: config[k] for k in (MEMBER_SAMPLES, TEACHER_SAMPLES, INIT_SAMPLE) if config.get(k)})
 
 
 def teachers_sample(teachers: Sequence[Path | str]) -> dict[str, list[dict[str, Any]]]:
@@ -347,9 +348,9 @@ def teachers_sample(teachers: Sequence[Path | str]) -> dict[str, list[dict[str, 
 
 def init_sample(started: BundleCard | None) -> dict[str, dict[str, Any]]:
     """What a run started from a bundle (--init; ``started``: its card, None without one) records of that bundle's
-    sample of patients: its :func:`trained_sample` under :data:`INIT_SAMPLE` when it learnt from one, else nothing."""
-    sample = trained_sample(started) if started is not None else {}
-    return {INIT_SAMPLE: sample} if sample else {}
+    sample of patients: its :func:`trained_sample` under :data:`INIT_SAMPLE`, empty when it learnt from none, so that
+    a card without the record (an older one's) is told from one of a start on all patients."""
+    return {INIT_SAMPLE: trained_sample(started)} if started is not None else {}
 
 
 def bundle_checksums(bundles: Sequence[Path | str]) -> list[str]:
