@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import xml.etree.ElementTree as ET
 import shutil
 import signal
 import socket
@@ -696,6 +697,23 @@ def test_the_observation_says_when_the_film_was_taken_and_codes_its_components_i
     assert {c["code"]["coding"][0]["system"] for c in observation["component"]} == {CODE_SYSTEM}
     assert re.fullmatch(r"urn:oid:2\.25\.(0|[1-9]\d*)", CODE_SYSTEM)  # an OID made from a UUID (X.667)
     assert int(CODE_SYSTEM.rsplit(".", 1)[1]) < 2**128
+
+
+def test_the_observation_has_a_narrative_of_its_finding_and_every_note(film: np.ndarray) -> None:
+    """It had no narrative (R4's dom-6: a resource that is not contained SHOULD have one), so a receiver that shows
+    the text alone showed nothing of the finding, its disclaimer or its warnings. The probability is as the
+    component holds it: rounded, one just below the threshold would read as the threshold beside "Absent"."""
+    source = header(film)
+    reading = {**READING, "probability": 0.49996, "label": "NORMAL", "warnings": ["a <b> & c"],
+               "sop_instance_uid": source.SOPInstanceUID, "study_instance_uid": source.StudyInstanceUID}
+    observation = json.loads(observation_json(reading, "m<1>", "v&2", "onnx", source))
+    assert observation["text"]["status"] == "generated"
+    div = ET.fromstring(observation["text"]["div"])
+    assert div.tag == "{http://www.w3.org/1999/xhtml}div"
+    assert div[0].text == ("Pneumonia: Absent (preliminary), probability 0.49996 at the decision threshold 0.5, "
+                           "pneumoscan model m<1> (v&2)")
+    assert [item.text for item in div[1]] == [DISCLAIMER, "scope warning: a <b> & c"]
+    assert [item.text for item in div[1]] == [note["text"] for note in observation["note"]]
 
 
 def test_fhir_validation_is_real() -> None:

@@ -4,8 +4,9 @@ R4B is the release fhir.resources ships for R4 (the Observation resource is the 
 is ``preliminary`` (software reading, no clinician has confirmed it), names the model as a contained Device, points
 at the imaging study by its DICOM UID (``derivedFrom`` by identifier: the ImagingStudy resource is the hospital's;
 the series and instance UIDs are in its display text), and carries as notes that it is a research result, not a
-diagnosis, and each scope warning. Its ``identifier`` is derived from the film (study, series and instance UIDs,
-patient), the model and the scoring mode, as the SR's UIDs are, but not from the threshold:
+diagnosis, and each scope warning; its narrative (``text``) states the finding and every note. Its ``identifier``
+is derived from the film (study, series and instance UIDs, patient), the model and the scoring mode, as the SR's
+UIDs are, but not from the threshold:
 FHIR keeps one resource of one reading and updates it in place, so a receiver updates conditionally on the
 identifier, a rerun replaces the Observation instead of adding one, and so does a reading of the same weights at a
 threshold ``pneumoscan threshold`` chose anew (the server's version history keeps the earlier finding), where two
@@ -27,6 +28,7 @@ import json
 import re
 import uuid
 from datetime import datetime, timedelta, timezone
+from html import escape
 
 from fhir.resources.R4B.observation import Observation
 from pydicom.datadict import dictionary_VR
@@ -156,6 +158,19 @@ def _read(source: Dataset, keyword: str) -> str:
     return standard_form(dictionary_VR(keyword), text) or text
 
 
+def _narrative(finding: str, result: dict, model_name: str, model_version: str, notes: list[str]) -> dict:
+    """The Observation's text: a resource that is not contained SHOULD have one (R4's DomainResource.text, invariant
+    dom-6), and it is what a receiver shows where it cannot render the coded content, so it states the finding with
+    its probability and threshold as the components hold them (never rounded: a rounded probability could read as
+    the threshold itself beside an "Absent"), the model, and every note, the disclaimer first; generated from the
+    resource's own elements alone (status ``generated``), each value escaped."""
+    said = (f"Pneumonia: {finding} (preliminary), probability {float(result['probability'])} at the decision "
+            f"threshold {float(result['threshold'])}, pneumoscan model {model_name} ({model_version})")
+    items = "".join(f"<li>{escape(note, quote=False)}</li>" for note in notes)
+    div = f'<div xmlns="http://www.w3.org/1999/xhtml"><p>{escape(said, quote=False)}</p><ul>{items}</ul></div>'
+    return {"status": "generated", "div": div}
+
+
 def build_observation(result: dict, model_name: str, model_version: str, mode: str = "",
                       source: Dataset | None = None) -> Observation:
     """The FHIR R4 Observation of one result (``probability, label, threshold, positive, task``, and the
@@ -212,7 +227,9 @@ def build_observation(result: dict, model_name: str, model_version: str, mode: s
     when, short = effective(source) if source is not None else (None, None)
     if when is not None:  # absent, never null: FHIR has no null element
         body["effectiveDateTime"] = when
-    body["note"] = [{"text": note} for note in (DISCLAIMER, *reading_notes(result), *filter(None, [short]))]
+    notes = [DISCLAIMER, *reading_notes(result), *filter(None, [short])]
+    body["note"] = [{"text": note} for note in notes]
+    body["text"] = _narrative(present[1], result, model_name, model_version, notes)
     return Observation.model_validate(body)
 
 
