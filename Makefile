@@ -11,9 +11,10 @@ BEST_SIZE ?= 192
 BEST_ETIOLOGY_LITE0_EPOCHS ?= 6
 BEST_ETIOLOGY_LITE2_EPOCHS ?= 3
 REFERENCE_DIR ?= runs/reference
+FHIR_VALIDATOR := .cache/fhir-validator
 export PNEUMOSCAN_DATA
 
-.PHONY: env test typecheck demo demo-etiology demo-best demo-best-etiology reference bench browser pacs-server dicom-tools systemd docs clean
+.PHONY: env test typecheck demo demo-etiology demo-best demo-best-etiology reference bench browser pacs-server dicom-tools systemd fhir-validator docs clean
 
 env: $(VENV)/.installed
 
@@ -46,8 +47,21 @@ systemd:
 	@command -v systemd-analyze >/dev/null || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null)
 
+# The FHIR conformance test validates every FHIR resource pneumoscan writes with FHIR's JSON Schemas (R4, R4B), FHIR.js
+# and HL7's FHIRPath engine over the invariants of HL7's R4B core package, npm packages at the versions
+# tests/fhir/package-lock.json pins; a missing validator is a test failure, so install them here (Node.js from Debian
+# where there is none).
+fhir-validator: $(FHIR_VALIDATOR)/node_modules/.installed
+
+$(FHIR_VALIDATOR)/node_modules/.installed: tests/fhir/package.json tests/fhir/package-lock.json
+	@command -v npm >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null)
+	mkdir -p $(FHIR_VALIDATOR) && cp tests/fhir/package.json tests/fhir/package-lock.json $(FHIR_VALIDATOR)/
+	npm ci --prefix $(FHIR_VALIDATOR) --ignore-scripts --no-audit --no-fund --loglevel=error
+	touch $@
+
 # One worker a CPU (tests/conftest.py); worksteal keeps them busy to the end though a few tests take 30 s.
-test: env browser pacs-server dicom-tools systemd
+test: env browser pacs-server dicom-tools systemd fhir-validator
 	$(BIN)/pytest -q -n auto --dist worksteal
 
 # mypy --strict over docs/python.md as a user's script, against the package's annotations (pneumoscan/py.typed),

@@ -1,6 +1,7 @@
 """Results as FHIR R4: an Observation of pneumonia present or absent, validated with fhir.resources' R4B models.
 
-R4B is the release fhir.resources ships for R4 (the Observation resource is the same in R4 and R4B). The Observation
+R4B is the release fhir.resources ships for R4 (the Observation resource is the same in R4 and R4B);
+tests/test_fhir_conformance.py checks each form of it with validators of their own against both. The Observation
 is ``preliminary`` (software reading, no clinician has confirmed it), names the model as a contained Device, points
 at the imaging study by its DICOM UID (``derivedFrom`` by identifier: the ImagingStudy resource is the hospital's;
 the series and instance UIDs are in its display text), and carries as notes that it is a research result, not a
