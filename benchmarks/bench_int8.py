@@ -10,12 +10,18 @@ Goals (issue #18): INT8 at least 2x the FP32 images/s, AUC within 0.002 of FP32,
 Also printed: the AUCs ``export --int8`` recorded where it chose the INT8 thresholds. For an ensemble of cv runs
 (``export --int8 --cv``), those are out of fold, while every film of SPLIT trained some member: time it there and
 read its quality from that line.
+
+``--probe SECONDS`` runs ``export --int8`` even when the INT8 model is there, then, from the moment it ends, times
+the INT8 model on PROBE_FILMS validation films (repeated where there are fewer) every PROBE_EVERY_S seconds for
+SECONDS, before the table: whether the INT8 model runs slower straight after an export than later on (a pause
+between the two would then be needed for a fair figure).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -37,6 +43,8 @@ from pneumoscan.models.card import load_card  # noqa: E402
 THREADS = 2
 BATCH = 32
 REPEATS = 3
+PROBE_FILMS = 512
+PROBE_EVERY_S = 3.0
 
 
 def images_per_second(predictor: Predictor, images: np.ndarray) -> float:
@@ -48,17 +56,34 @@ def images_per_second(predictor: Predictor, images: np.ndarray) -> float:
     return len(images) / best
 
 
-def main(bundle: Path, split_csv: Path) -> None:
+def probe(bundle: Path, images: np.ndarray, seconds: float, since: float) -> None:
+    """Print the INT8 model's images/s on PROBE_FILMS films, a pass every PROBE_EVERY_S seconds from ``since`` (the
+    export's end) until ``seconds`` after it."""
+    predictor = Predictor(bundle, BATCH, "onnx-int8")
+    films = np.resize(images, (PROBE_FILMS, *images.shape[1:]))  # the validation films, repeated where fewer
+    rates = []
+    while (start := time.perf_counter()) - since < seconds:
+        predictor.probabilities(films)
+        rates.append(PROBE_FILMS / (time.perf_counter() - start))
+        print(f"{start - since:6.1f} s after the export: INT8 {rates[-1]:6.1f} images/s", flush=True)
+        time.sleep(max(0.0, start + PROBE_EVERY_S - time.perf_counter()))
+    print(f"INT8, {len(rates)} passes of {PROBE_FILMS} films: first {rates[0]:.1f} images/s, median "
+          f"{statistics.median(rates):.1f} ({min(rates):.1f}-{max(rates):.1f})")
+
+
+def main(bundle: Path, split_csv: Path, probe_s: float | None = None) -> None:
     torch.set_num_threads(THREADS)
     card = refusing(load_card, bundle)
     images, targets = labelled(split_csv, "val", get_task(card.task), card.spec)  # before the export: films to time
-    if not (bundle / INT8_NAME).exists():
+    if probe_s is not None or not (bundle / INT8_NAME).exists():
         start = time.perf_counter()
         done = subprocess.run([sys.executable, "-m", "pneumoscan", "export", str(bundle), "--int8", "--data",
                                str(split_csv)])
         if done.returncode:  # the command has said why
             sys.exit(f"pneumoscan export {bundle} --int8 failed (exit status {done.returncode})")
         print(f"export --int8: {time.perf_counter() - start:.0f} s")
+        if probe_s is not None:
+            probe(bundle, images, probe_s, time.perf_counter())
     fp32, int8 = (Predictor(bundle, BATCH, backend) for backend in ("onnx", "onnx-int8"))
     y = binary_targets(targets)
     print(f"{bundle}: {fp32.card.model} {fp32.card.size} px, {len(y)} validation films, {THREADS} threads, "
@@ -81,5 +106,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("bundle", type=Path)
     parser.add_argument("split_csv", type=Path, help="the run's split.csv: its validation films are timed and scored")
+    parser.add_argument("--probe", type=float, metavar="SECONDS",
+                        help=f"export again, then time the INT8 model every {PROBE_EVERY_S:g} s for SECONDS after it")
     args = parser.parse_args()
-    main(args.bundle, args.split_csv)
+    main(args.bundle, args.split_csv, args.probe)

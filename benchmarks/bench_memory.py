@@ -13,6 +13,13 @@ what it allocated, without the shared libraries torch maps, which the page cache
 figure is the peak added by reading one film (VmHWM reset after the imports), and its ratio to the film's pixels.
 Memory, unlike time, is measurable on a busy machine: these figures do not move with the load.
 
+``--arena`` measures ONNX Runtime's memory arena instead, on and off (``enable_cpu_mem_arena``, which pneumoscan
+leaves on): the peak of ``predict`` of ARENA_FILMS films with the onnx backend, each setting in a process of its own,
+and the time of the bundle's ONNX model on one batch of 64 preprocessed films, both settings in one process taken in
+turn (which goes first alternates) for ARENA_ROUNDS rounds: each setting's median ms and the ratio of each round's
+pair, median (min-max). Without ``--bundle`` the bundle is efficientnet_lite0 at 192 px with random weights (the
+arena holds the model's activations, and simple_cnn's are small).
+
 Measured on a 2-core machine with a simple_cnn 192 px bundle (efficientnet_lite0 192 px where said), peak anonymous
 MiB; ``onnx`` is predict's and evaluate's default backend:
 
@@ -213,10 +220,71 @@ with TestClient(create_app(sys.argv[1])) as client:
 """
 
 
+ARENA_FILMS = 200
+ARENA_ROUNDS = 15
+# prepended to a child's code: its ONNX Runtime sessions are made without the memory arena
+ARENA_OFF = """
+import pneumoscan.inference.onnx_runtime as onnx_runtime
+_options = onnx_runtime._options
+def _no_arena():
+    options = _options()
+    options.enable_cpu_mem_arena = False
+    return options
+onnx_runtime._options = _no_arena
+"""
+PREDICT = "import sys\nfrom pneumoscan.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+ARENA_TIME = """
+import statistics, sys, time
+import numpy as np
+from pneumoscan.data.preprocess import preprocess
+from pneumoscan.inference.predict import Predictor
+bundle, rounds, films = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+on = Predictor(bundle, len(films), "onnx")
+exec(sys.stdin.read())  # ARENA_OFF: the next session is made without the arena
+off = Predictor(bundle, len(films), "onnx")
+images = np.stack([preprocess(f, on.card.size) for f in films])
+seconds = ([], [])
+for p in (on, off):  # warm-up: first-call allocations
+    p.probabilities(images)
+for r in range(rounds):
+    for i in (0, 1) if r % 2 == 0 else (1, 0):
+        start = time.perf_counter()
+        (on, off)[i].probabilities(images)
+        seconds[i].append(time.perf_counter() - start)
+ratios = [b / a for a, b in zip(*seconds)]
+print(f"{statistics.median(seconds[0]) * 1e3:.0f} {statistics.median(seconds[1]) * 1e3:.0f} "
+      f"{statistics.median(ratios):.2f} {min(ratios):.2f} {max(ratios):.2f}")
+"""
+
+
+def arena(bundle: str | None, work: Path, env: dict[str, str]) -> None:
+    """Print the arena's memory and time figures (``--arena``)."""
+    if bundle is None:
+        import logging
+
+        from bench_predict import make_bundle
+
+        logging.getLogger("pneumoscan").setLevel(logging.ERROR)  # random weights: no appearance, a guessed threshold
+        bundle = str(make_bundle(work / "lite0-192", 192))
+    folder = folder_of(ARENA_FILMS, work)
+    print(f"bundle {bundle}; predict {ARENA_FILMS} films, onnx; MiB: peak anonymous / peak resident")
+    for name, prelude in (("arena on (pneumoscan's)", ""), ("arena off", ARENA_OFF)):
+        anon, rss = run([sys.executable, "-c", prelude + PREDICT, "-q", "predict", bundle, str(folder),
+                         "--backend", "onnx", "--out", str(work / "r.csv")], env)  # fmt: skip
+        print(f"{name:<24} {anon:7.0f} / {rss:7.0f}")
+    load = os.getloadavg()[0]
+    out = subprocess.run([sys.executable, "-c", ARENA_TIME, bundle, str(ARENA_ROUNDS), *map(str, films(64))],
+                         input=ARENA_OFF, env=env, capture_output=True, text=True, check=True, cwd=ROOT)  # fmt: skip
+    on, off, ratio, low, high = out.stdout.split()
+    print(f"a batch of 64, {ARENA_ROUNDS} rounds of both in turn (load average {load:.1f} before): arena on {on} ms, "
+          f"off {off} ms (median); off / on {ratio}x ({low}-{high})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path)
     parser.add_argument("--quick", action="store_true", help="no run over more than 1,000 films")
+    parser.add_argument("--arena", action="store_true", help="ONNX Runtime's memory arena on and off, alone")
     args = parser.parse_args()
     if args.bundle:  # a path that holds no bundle, said before the films are written and measured
         from bench_shift import refusing
@@ -230,6 +298,9 @@ def main() -> None:
         every = len(films(10**6))
         if not every:  # before a bundle is trained
             sys.exit(f"{DATA / 'train'}: no .jpeg film in NORMAL or PNEUMONIA (set PNEUMOSCAN_DATA)")
+        if args.arena:
+            arena(str(args.bundle) if args.bundle else None, work, env)
+            return
         bundle = str(args.bundle or tiny_bundle(work / "tiny"))
         sizes = [50, 500] if args.quick else [50, 500, every]
         print(f"bundle {bundle}; MiB: peak anonymous / peak resident")

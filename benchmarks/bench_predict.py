@@ -18,11 +18,18 @@ Both backends run on THREADS threads (torch.set_num_threads; ORT intra_op_num_th
 ``--decode`` measures decoding alone instead: per full-size val/ original and size, ms of ``read_gray`` (the JPEG
 decoded in full, then reduced) against Pillow's draft mode (libjpeg's DCT scaling: decoded at 1/2, 1/4 or 1/8 size,
 keeping at least the size) followed by the same reduction; the median of REPEATS_DECODE reads of each film.
+
+``--layout`` times the torch model alone in the two memory layouts instead: the Predictor's model (channels-last,
+as :func:`~pneumoscan.inference.predict._torch_model` makes it) against a copy in the contiguous layout, one batch
+of BATCH preprocessed films each, the two taken in turn (which goes first alternates) for ROUNDS_LAYOUT rounds in
+one process, so that a shared CPU's load falls on both alike; per size, each layout's median images/s and the
+ratio of each round's pair: median (min-max).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import os
 import statistics
@@ -59,6 +66,7 @@ N_FULL = 64  # full-size originals (val/ has 16: each is read 4 times)
 N_LATENCY = 40
 REPEATS = 2
 REPEATS_DECODE = 9
+ROUNDS_LAYOUT = 15
 TARGETS = {"batch": 150.0, "full": 60.0, "p50_ms": 30.0}  # for the default model
 
 
@@ -138,6 +146,35 @@ def measure(bundle: Path, size: int, backend: str, jpeg224: list[str], full: lis
     }
 
 
+def layouts(predictor: Predictor) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The Predictor's torch model (channels-last) and a copy of it in the contiguous layout."""
+    return predictor.model, copy.deepcopy(predictor.model).to(memory_format=torch.contiguous_format)
+
+
+def layout_speeds(jpeg224: list[str]) -> None:
+    """Print, per size, the torch model's images/s channels-last and contiguous, and their ratio round by round."""
+    print(f"torch model alone, batch {BATCH}, {THREADS} threads, {ROUNDS_LAYOUT} rounds of both layouts in turn; "
+          f"load average before: {os.getloadavg()[0]:.1f}")
+    print(f"{'size':>4} {'channels-last img/s':>19} {'contiguous img/s':>16} {'ratio: median (min-max)':>24}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in SIZES:
+            predictor = Predictor(make_bundle(Path(tmp) / f"lite0-{size}", size), BATCH, "torch")
+            models = layouts(predictor)
+            x = predictor.inputs(np.stack([preprocess(p, size) for p in jpeg224[:BATCH]]))
+            seconds: tuple[list[float], list[float]] = ([], [])
+            with torch.inference_mode():
+                for model in models:  # warm-up: first-call allocations and kernel selection
+                    model(x)
+                for r in range(ROUNDS_LAYOUT):
+                    for i in (0, 1) if r % 2 == 0 else (1, 0):
+                        seconds[i].append(timed(models[i], x))
+            ratios = [c / l for l, c in zip(*seconds)]
+            last, contiguous = (BATCH / statistics.median(s) for s in seconds)
+            print(f"{size:>4} {last:>19.1f} {contiguous:>16.1f} {statistics.median(ratios):>15.2f}x "
+                  f"({min(ratios):.2f}-{max(ratios):.2f})", flush=True)
+    print(f"load average after: {os.getloadavg()[0]:.1f}")
+
+
 def draft_gray(path: str, size: int) -> np.ndarray:
     """The film's grey pixels as a DCT-scaled decode gives them (Pillow's draft mode), then :func:`reduce`."""
     with Image.open(path) as im:
@@ -163,6 +200,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--decode", action="store_true",
                         help="time decoding alone: the full decode against a DCT-scaled one, on val/'s films")
+    parser.add_argument("--layout", action="store_true",
+                        help="time the torch model alone, channels-last (the Predictor's) against contiguous")
     args = parser.parse_args()
     if not (DATA / "train").is_dir() or not (DATA / "val").is_dir():
         sys.exit(f"data not found: {DATA} (set PNEUMOSCAN_DATA)")
@@ -175,6 +214,9 @@ def main() -> None:
     logging.getLogger("pneumoscan").setLevel(logging.ERROR)
     train = [r.path for r in discover(DATA / "train").records]
     jpeg224 = [train[i] for i in np.random.default_rng(0).choice(len(train), N_BATCH, replace=False)]
+    if args.layout:
+        layout_speeds(jpeg224)
+        return
     val = [r.path for r in discover(DATA / "val").records]
     full = [val[i % len(val)] for i in range(N_FULL)]
     peak = matmul_gflops()

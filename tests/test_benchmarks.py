@@ -105,6 +105,70 @@ def test_bench_predict_decode_times_the_full_decode_against_a_dct_scaled_one(tmp
     assert [row[0] for row in rows] == ["224", "192"] and all(math.isfinite(float(row[1])) for row in rows)
 
 
+def _bench(name: str, monkeypatch: pytest.MonkeyPatch):
+    """The benchmark script ``name`` imported as a module, its folder first on sys.path as when it is run."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def test_bench_predict_layout_times_the_predictors_model_against_a_contiguous_copy(
+        tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--layout`` (results.md's channels-last speed-up): its two models are the Predictor's, channels-last, and a
+    copy in the contiguous layout that scores as it does; the Predictor's own is left as it was."""
+    import torch
+
+    bench = _bench("bench_predict", monkeypatch)
+    predictor = bench.Predictor(tiny_bundle, 8, "torch")
+    last, contiguous = bench.layouts(predictor)
+    assert last is predictor.model
+    x = predictor.inputs(np.random.default_rng(0).integers(0, 256, (4, 32, 32), np.uint8))
+    maps = []  # each model's first convolution's output: the layout its convolutions compute in
+    for model in (last, contiguous):
+        conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+        hook = conv.register_forward_hook(lambda module, args, out: maps.append(out))
+        with torch.inference_mode():
+            maps.append(model(x))
+        hook.remove()
+    (map_last, out_last), (map_contiguous, out_contiguous) = maps[:2], maps[2:]
+    assert map_last.shape[1] > 1 and map_last.is_contiguous(memory_format=torch.channels_last)
+    assert not map_last.is_contiguous() and map_contiguous.is_contiguous()
+    assert torch.allclose(out_last, out_contiguous, atol=1e-4)
+
+
+def test_bench_memory_arena_off_makes_sessions_without_the_arena(tiny_bundle: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--arena``'s child code (results.md's memory arena figures): the sessions made after it have ONNX Runtime's
+    memory arena off, those made before it on, as pneumoscan makes them."""
+    from pneumoscan.inference import onnx_runtime
+
+    bench = _bench("bench_memory", monkeypatch)
+    monkeypatch.setattr(onnx_runtime, "_options", onnx_runtime._options)  # restored after the test
+    model = tiny_bundle / "model.onnx"
+    assert onnx_runtime.session(model).get_session_options().enable_cpu_mem_arena
+    exec(bench.ARENA_OFF, {})
+    assert not onnx_runtime.session(model).get_session_options().enable_cpu_mem_arena
+
+
+def test_bench_int8_probe_times_passes_from_the_exports_end(int8_bundle: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """``--probe`` (results.md's INT8 speed straight after an export): a pass of PROBE_FILMS films every
+    PROBE_EVERY_S seconds from the moment given until SECONDS after it, each printed with its time, then a summary."""
+    import time
+
+    bench = _bench("bench_int8", monkeypatch)
+    monkeypatch.setattr(bench, "PROBE_FILMS", 6)
+    monkeypatch.setattr(bench, "PROBE_EVERY_S", 0.3)
+    images = np.random.default_rng(0).integers(0, 256, (4, 32, 32), np.uint8)  # fewer than a pass: repeated
+    bench.probe(int8_bundle, images, 0.8, time.perf_counter())
+    lines = capsys.readouterr().out.splitlines()
+    at = [float(line.split()[0]) for line in lines[:-1]]
+    assert len(at) == 3 and at[0] < 0.3 and all(0.25 < b - a < 0.6 for a, b in zip(at, at[1:])), lines
+    assert lines[-1].startswith("INT8, 3 passes of 6 films: first "), lines
+
+
 def _cv_candidates():
     spec = importlib.util.spec_from_file_location("cv_candidates", BENCHMARKS / "cv_candidates.py")
     module = importlib.util.module_from_spec(spec)
