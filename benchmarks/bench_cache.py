@@ -5,6 +5,12 @@ Each split is measured in a fresh subprocess so its peak-memory figures are its 
 two ways: getrusage(RUSAGE_SELF).ru_maxrss of the building process, and the peak of the summed RSS of that
 process and all its descendants (the decode workers), sampled from /proc every 50 ms. RUSAGE_CHILDREN is not
 used: the workers are children of multiprocessing's fork server, which is never waited for, so it reads 0.
+
+``--near-duplicates`` times the search for near duplicates instead (one thread): on the pHashes ``audit`` and
+``split`` compute of train/'s and val/'s films, and on those with COPIES copies of each whose bits are flipped
+with probability FLIP, the banded search pneumoscan runs (pairs that share a band of bits) against measuring every
+pair (the same distances, row block by row block), ROUNDS_SEARCH rounds of the two in turn, and whether the two
+find the same groups.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -30,6 +38,46 @@ from pneumoscan.data.preprocess import PreprocessSpec  # noqa: E402
 DATA = Path(os.environ.get("PNEUMOSCAN_DATA") or ROOT / "data/chest_xray")
 SPLITS = {"train": 400, "val": 60}  # split -> target images/s (224 px sources / full-size originals)
 MEM_LIMIT_MB = 1024
+COPIES, FLIP = 3, 0.01
+ROUNDS_SEARCH = 5
+
+
+def near_duplicate_search(films: list[str]) -> None:
+    """Print, for the films' pHashes and for those with flipped copies, the groups of the banded search and of every
+    pair measured, and the seconds of each."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    from pneumoscan.data.copies import _near_among, _near_duplicate_components, scan_file
+
+    def every_pair(rows: np.ndarray) -> np.ndarray:
+        i, j = _near_among(rows.view(np.uint64), np.arange(len(rows)))
+        graph = coo_matrix((np.ones(len(i), dtype=np.int8), (i, j)), shape=(len(rows), len(rows)))
+        return connected_components(graph, directed=False)[1]
+
+    def groups(labels: np.ndarray) -> int:
+        return int((np.bincount(labels) > 1).sum())
+
+    raw = np.stack([np.frombuffer(scan_file(f, header=False)["phash"], np.uint8) for f in films])
+    bits = np.unpackbits(raw, axis=1)
+    rng = np.random.default_rng(0)
+    copies = [np.packbits(bits ^ (rng.random(bits.shape) < FLIP), axis=1) for _ in range(COPIES)]
+    print(f"seconds: median (min-max) of {ROUNDS_SEARCH} rounds of both in turn")
+    print(f"{'hashes':>7} {'groups':>6} {'banded s':>16} {'every pair s':>18}  same groups")
+    for rows in (raw, np.concatenate([raw, *copies])):
+        hashes = [r.tobytes() for r in rows]
+        seconds: tuple[list[float], list[float]] = ([], [])
+        found: list[np.ndarray] = [np.zeros(0, int), np.zeros(0, int)]
+        for r in range(ROUNDS_SEARCH):
+            for i in (0, 1) if r % 2 == 0 else (1, 0):
+                start = time.perf_counter()
+                found[i] = _near_duplicate_components(hashes) if i == 0 else every_pair(rows)
+                seconds[i].append(time.perf_counter() - start)
+        banded, every = found
+        same = len(set(zip(banded, every))) == len(set(banded)) == len(set(every))
+        banded_s, every_s = (f"{np.median(t):.2f} ({min(t):.2f}-{max(t):.2f})" for t in seconds)
+        print(f"{len(rows):>7} {groups(banded):>6} {banded_s:>16} {every_s:>18}  {'yes' if same else 'NO'}",
+              flush=True)
 
 
 def _tree_rss_mb(root_pid: int) -> float:
@@ -92,15 +140,20 @@ def measure(split: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--one", metavar="SPLIT", help=argparse.SUPPRESS)  # the subprocess that measures one split
-    one = parser.parse_args().one
-    if one:
-        print(json.dumps(measure(one)))
+    parser.add_argument("--near-duplicates", action="store_true",
+                        help="time the banded near-duplicate search against measuring every pair, alone")
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(measure(args.one)))
         return
     if not DATA.is_dir():
         sys.exit(f"data not found: {DATA} (set PNEUMOSCAN_DATA)")
     for split in SPLITS:
         if not any((DATA / split).rglob("*.jpeg")):  # the measuring process would end in discovery's traceback
             sys.exit(f"{DATA / split}: no .jpeg film (set PNEUMOSCAN_DATA)")
+    if args.near_duplicates:
+        near_duplicate_search([r.path for split in SPLITS for r in discover(DATA / split).records])
+        return
     print(f"data: {DATA.resolve()}   cores: {os.cpu_count()}   workers: default (os.cpu_count())")
     header = (
         f"{'split':<6} {'images':>6} {'errors':>6} {'build s':>8} {'images/s':>9} {'target':>7} "

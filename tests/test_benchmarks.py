@@ -169,6 +169,19 @@ def test_bench_int8_probe_times_passes_from_the_exports_end(int8_bundle: Path, m
     assert lines[-1].startswith("INT8, 3 passes of 6 films: first "), lines
 
 
+def test_bench_cache_near_duplicates_finds_the_same_groups_banded_and_by_every_pair(
+        tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--near-duplicates`` (results.md's near-duplicate search): a row for the films' pHashes and one for those with
+    COPIES flipped copies of each, whose groups the banded search and every pair measured find alike."""
+    bench = _bench("bench_cache", monkeypatch)
+    films = sorted(str(f) for f in (tiny_dataset / "train").rglob("*.jpeg"))[:12]
+    monkeypatch.setattr(bench, "FLIP", 0.005)  # about one bit of 256 a copy: each copy near its film
+    bench.near_duplicate_search(films)
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]  # after the two heading lines
+    assert [row[0] for row in rows] == ["12", str(12 * (1 + bench.COPIES))] and all(r[-1] == "yes" for r in rows)
+    assert 1 <= int(rows[1][1]) <= 12  # each film with its copies (films near each other join one group)
+
+
 def _cv_candidates():
     spec = importlib.util.spec_from_file_location("cv_candidates", BENCHMARKS / "cv_candidates.py")
     module = importlib.util.module_from_spec(spec)
