@@ -11,6 +11,11 @@ used: the workers are children of multiprocessing's fork server, which is never 
 with probability FLIP, the banded search pneumoscan runs (pairs that share a band of bits) against measuring every
 pair (the same distances, row block by row block), ROUNDS_SEARCH rounds of the two in turn, and whether the two
 find the same groups.
+
+``--headers`` times the header read ``audit`` makes of each JPEG (Pillow's reader: size, mode, format and the JPEG
+quality looked up from the luminance table) against the same read without the quality lookup, on HEADER_FILMS films
+of train/, ROUNDS_HEADERS rounds of the two in turn: the median microseconds a header, and of what the lookup adds
+in a round (min to max over the rounds).
 """
 
 from __future__ import annotations
@@ -40,6 +45,38 @@ SPLITS = {"train": 400, "val": 60}  # split -> target images/s (224 px sources /
 MEM_LIMIT_MB = 1024
 COPIES, FLIP = 3, 0.01
 ROUNDS_SEARCH = 5
+HEADER_FILMS = 1000
+ROUNDS_HEADERS = 15
+
+
+def header_without_quality(path: Path) -> dict:
+    """:meth:`PillowReader.header` less its quality lookup."""
+    from pneumoscan.data.readers import pillow
+
+    with pillow._open(path) as im:
+        return {"width": im.width, "height": im.height, "mode": im.mode, "format": im.format}
+
+
+def header_costs(films: list[str]) -> None:
+    """Print the microseconds of a JPEG header read with its quality lookup and without it (``--headers``)."""
+    from pneumoscan.data.readers.pillow import PillowReader
+
+    reader = PillowReader()
+    paths = [Path(f) for f in films]
+    for path in paths:  # the files into the page cache
+        reader.header(path)
+    seconds: tuple[list[float], list[float]] = ([], [])
+    for r in range(ROUNDS_HEADERS):
+        for i in (0, 1) if r % 2 == 0 else (1, 0):
+            read = reader.header if i == 0 else header_without_quality
+            start = time.perf_counter()
+            for path in paths:
+                read(path)
+            seconds[i].append((time.perf_counter() - start) / len(paths) * 1e6)
+    more = [a - b for a, b in zip(*seconds)]
+    with_q, without_q, added = (f"{np.median(t):.0f} ({min(t):.0f} to {max(t):.0f})" for t in (*seconds, more))
+    print(f"{len(paths)} JPEG headers of train/, {ROUNDS_HEADERS} rounds of both in turn; us a header, median (min to "
+          f"max): with the quality lookup {with_q}, without it {without_q}; the lookup adds {added}")
 
 
 def near_duplicate_search(films: list[str]) -> None:
@@ -142,6 +179,8 @@ def main() -> None:
     parser.add_argument("--one", metavar="SPLIT", help=argparse.SUPPRESS)  # the subprocess that measures one split
     parser.add_argument("--near-duplicates", action="store_true",
                         help="time the banded near-duplicate search against measuring every pair, alone")
+    parser.add_argument("--headers", action="store_true",
+                        help="time audit's JPEG header read with its quality lookup and without it, alone")
     args = parser.parse_args()
     if args.one:
         print(json.dumps(measure(args.one)))
@@ -153,6 +192,9 @@ def main() -> None:
             sys.exit(f"{DATA / split}: no .jpeg film (set PNEUMOSCAN_DATA)")
     if args.near_duplicates:
         near_duplicate_search([r.path for split in SPLITS for r in discover(DATA / split).records])
+        return
+    if args.headers:
+        header_costs([r.path for r in discover(DATA / "train").records][:HEADER_FILMS])
         return
     print(f"data: {DATA.resolve()}   cores: {os.cpu_count()}   workers: default (os.cpu_count())")
     header = (

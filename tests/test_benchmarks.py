@@ -182,6 +182,24 @@ def test_bench_cache_near_duplicates_finds_the_same_groups_banded_and_by_every_p
     assert 1 <= int(rows[1][1]) <= 12  # each film with its copies (films near each other join one group)
 
 
+def test_bench_cache_headers_times_the_header_read_with_and_without_the_quality_lookup(
+        tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--headers`` (results.md's cost of the JPEG quality lookup): its read without the lookup gives the header's
+    other fields as audit's reader does, and one line gives both costs."""
+    from pneumoscan.data.readers.pillow import PillowReader
+
+    bench = _bench("bench_cache", monkeypatch)
+    films = sorted(str(f) for f in (tiny_dataset / "train").rglob("*.jpeg"))[:6]
+    header = PillowReader().header(Path(films[0]))
+    assert header.pop("quality") is not None and bench.header_without_quality(Path(films[0])) == header
+    monkeypatch.setattr(bench, "ROUNDS_HEADERS", 2)
+    bench.header_costs(films)
+    words = capsys.readouterr().out.replace(",", "").split()
+    assert words[:4] == ["6", "JPEG", "headers", "of"] and words[5:7] == ["2", "rounds"]
+    assert float(words[words.index("lookup") + 1]) > 0 and float(words[words.index("without") + 2]) > 0
+    assert math.isfinite(float(words[words.index("adds") + 1]))
+
+
 def _cv_candidates():
     spec = importlib.util.spec_from_file_location("cv_candidates", BENCHMARKS / "cv_candidates.py")
     module = importlib.util.module_from_spec(spec)
