@@ -346,13 +346,6 @@ def teachers_sample(teachers: Sequence[Path | str]) -> dict[str, list[dict[str, 
     return {TEACHER_SAMPLES: samples} if any(samples) else {}
 
 
-def init_sample(started: BundleCard | None) -> dict[str, dict[str, Any]]:
-    """What a run started from a bundle (--init; ``started``: its card, None without one) records of that bundle's
-    sample of patients: its :func:`trained_sample` under :data:`INIT_SAMPLE`, empty when it learnt from none, so that
-    a card without the record (an older one's) is told from one of a start on all patients."""
-    return {INIT_SAMPLE: trained_sample(started)} if started is not None else {}
-
-
 def bundle_checksums(bundles: Sequence[Path | str]) -> list[str]:
     """Each bundle's identity: the SHA-256 of its bundle.json, which records its weights' checksums and its
     temperature, so another bundle put at the same path (a run trained again there) is told apart."""

@@ -48,7 +48,7 @@ from pneumoscan.inference.predict import Predictor, tta_views
 from pneumoscan.models import registry
 from pneumoscan.models.bundle import load_bundle, load_weights_into, save_bundle
 from pneumoscan.models.card import (BEST_SO_FAR, INIT_CARD, INIT_IN_PLACE, INIT_SAMPLE, TRAINING_FILMS, BundleCard,
-                                    bundle_checksums, init_sample, load_card, runtime_versions, sample_record)
+                                    bundle_checksums, load_card, runtime_versions, sample_record, trained_sample)
 from pneumoscan.models.run_folder import RunFolder
 from .callbacks import (
     BestWeights,
@@ -292,14 +292,15 @@ def build_model(cfg: TrainConfig, task: Task, ctx: Dist,
 def start_record(cfg: TrainConfig, started: BundleCard | None, in_place: bool) -> dict:
     """What the run's card records of the bundle it started from (``started``: its card, None without one), read at
     the run's start: its bundle.json's checksum (:data:`~pneumoscan.models.card.INIT_CARD`), which tells it from a
-    bundle trained again at its path, and its sample of patients (:func:`~pneumoscan.models.card.init_sample`).
+    bundle trained again at its path, and its sample of patients (:func:`~pneumoscan.models.card.trained_sample`,
+    empty when it learnt from all the patients of its data: :data:`~pneumoscan.models.card.INIT_SAMPLE`).
     ``in_place``: the run fine-tunes its own bundle (:func:`check_in_place`), which it replaces, so the checksum is
     of a card no longer there (:data:`~pneumoscan.models.card.INIT_IN_PLACE`): read as the run ended, it was of no
     card, and none was recorded."""
     if started is None:
         return {}
-    return {INIT_CARD: bundle_checksums([cfg.init])[0], **init_sample(started), **({INIT_IN_PLACE: True} if in_place
-                                                                                  else {})}
+    return {INIT_CARD: bundle_checksums([cfg.init])[0], INIT_SAMPLE: trained_sample(started),
+            **({INIT_IN_PLACE: True} if in_place else {})}
 
 
 def fine_tunes_own_bundle(cfg: TrainConfig, run_dir: Path) -> bool:
@@ -457,7 +458,7 @@ def load_data(records: list[Record], cache: ImageCache, checksum: str, cfg: Trai
               run_dir: Path, selected: dict, sample: dict | None = None) -> Data:
     """The split's records (kept as RUN/split.csv) and their preprocessed images (:func:`preprocessed`; ``checksum``
     their :func:`data_checksum`; ``selected``, the task's films of each side: :func:`selected_films`;
-    ``sample``, :func:`split_records`' and the starting bundle's :func:`~pneumoscan.models.card.init_sample`) as
+    ``sample``, :func:`split_records`' and the starting bundle's :func:`start_record`) as
     datasets and loaders, with the class weights."""
     if ctx.main:
         write_manifest(records, RunFolder(run_dir).split)
