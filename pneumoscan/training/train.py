@@ -666,11 +666,12 @@ def train(
     model, imagenet, fresh, started = build_model(cfg, task, ctx, from_checkpoint)
     records, sample = split_records(data, cfg, sample)
     check_teachers(cfg, records, task)
+    in_place = fine_tunes_own_bundle(cfg, run_dir)
     if started is not None:  # checked at the run's start
         check_init_held_out(cfg, records)
-        if fine_tunes_own_bundle(cfg, run_dir):
+        if in_place:
             check_in_place(cfg, run_dir, records, started)
-    learnt = start_record(cfg, started, fine_tunes_own_bundle(cfg, run_dir))
+    learnt = start_record(cfg, started, in_place)
     # the images before the run folder is touched: --resume compares their pixels with the checkpoint's
     cache = preprocessed(records, cfg, ctx)
     made = made_by(cfg, ctx, data_checksum(cache, records))
