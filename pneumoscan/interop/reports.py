@@ -83,16 +83,13 @@ def replaced_reports(source: Dataset, reading: dict, issued: dict[str, Dataset],
                      name: str, version: str, mode: str) -> list[Dataset]:
     """Of the ``issued`` reports, those this model made of the film at an ``earlier`` threshold, in the same
     scoring ``mode``, and those of the same reading whose series is numbered by the fixed rule (9901, whose UIDs
-    are others: :data:`.sr.FIXED_NUMBERS`): by their derived UIDs (:func:`.sr.report_uid`), which are theirs alone."""
+    are others: :data:`.sr.FIXED_NUMBERS`): by their derived UIDs (:func:`.sr.replaced_uids`), which are theirs
+    alone."""
     from . import sr
 
     if not issued:
         return []
-    own = sr.report_uid(source, reading, name, version, mode)
-    uids = dict.fromkeys(sr.report_uid(source, {**reading, "threshold": t}, name, version, mode, numbering)
-                         for t in (*earlier, reading["threshold"])
-                         for numbering in (sr.FIXED_NUMBERS, sr.NUMBERED_BY_UID))
-    return [issued[uid] for uid in uids if uid in issued and uid != own]
+    return [issued[uid] for uid in sr.replaced_uids(source, reading, name, version, mode, earlier) if uid in issued]
 
 
 def write_reports(

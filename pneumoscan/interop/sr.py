@@ -18,7 +18,7 @@ patients that share a SOP Instance UID get objects of their own; each under the 
 set (:mod:`.uids`). Each series is numbered by its UID (:func:`series_number`), and the rule is part of the UIDs'
 identity: an object numbered by another rule is another object. A report read at a new threshold of the same
 weights, or the same reading numbered by another rule, is another object: it names the report it replaces, when
-known (:func:`report_uid`), as its predecessor.
+known (:func:`replaced_uids`), as its predecessor.
 
 The overlay references the film it was derived from and keeps the film's patient orientation (or states none): a
 reader must not be shown left and right that the film did not record. It is a workstation's image (ConversionType
@@ -355,13 +355,18 @@ def _report_uids(identity: list[str], result: dict, model_name: str, model_versi
             for kind in ("sr-tracking", _kind("sr-series", numbering), _kind("sr", numbering))]
 
 
-def report_uid(source: Dataset, result: dict, model_name: str, model_version: str, mode: str = "",
-               numbering: str = NUMBERED_BY_UID) -> UID:
-    """The SOP Instance UID of :func:`build_sr`'s report of ``result`` on ``source``. With a threshold in force
-    before (``pneumoscan threshold`` records them), the UID of the report the same weights made at it, and with
-    :data:`FIXED_NUMBERS`, of the report of the same reading numbered so: reports a new one replaces."""
-    return _report_uids(_source_identity(_checked_source(source)), result, model_name, model_version, mode,
-                        numbering)[2]
+def replaced_uids(source: Dataset, result: dict, model_name: str, model_version: str, mode: str = "",
+                  earlier: Sequence[float] = ()) -> list[UID]:
+    """The SOP Instance UIDs of the reports that :func:`build_sr`'s report of ``result`` on ``source`` replaces: the
+    same weights' at a threshold in force before (``earlier``: ``pneumoscan threshold`` records them) and the same
+    reading's numbered by :data:`FIXED_NUMBERS`, each in either numbering, never its own. The source is checked
+    (and copied) once for them all."""
+    identity = _source_identity(_checked_source(source))
+    own = _report_uids(identity, result, model_name, model_version, mode)[2]
+    uids = dict.fromkeys(_report_uids(identity, {**result, "threshold": t}, model_name, model_version, mode,
+                                      numbering)[2]
+                         for t in (*earlier, result["threshold"]) for numbering in (FIXED_NUMBERS, NUMBERED_BY_UID))
+    return [uid for uid in uids if uid != own]
 
 
 def check_result(result: dict) -> None:
@@ -449,7 +454,7 @@ def build_sr(source: Dataset, result: dict, model_name: str, model_version: str,
     """A Comprehensive SR holding a TID 1500 report of one result (``probability, label, threshold, positive,
     task``, and its ``warnings``) on ``source`` (the film's header; pixels are not needed), scored in ``mode``
     (backend, TTA: part of its UIDs' identity). ``previous``: the headers of the reports it replaces (the same
-    weights' at an earlier threshold, the same reading in series 9901: :func:`report_uid`), named in its
+    weights' at an earlier threshold, the same reading in series 9901: :func:`replaced_uids`), named in its
     PredecessorDocumentsSequence, so that a reader of the study sees which of two findings on the film is in force.
     Its series is numbered by its UID (:func:`series_number`)."""
     as_held, source = source, _checked_source(source)
