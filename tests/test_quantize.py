@@ -6,6 +6,7 @@ import dataclasses
 import json
 import re
 import shutil
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -564,7 +565,7 @@ def test_int8_lists_data_once(tiny_bundle: Path, tmp_path: Path, monkeypatch: py
     for its sides, its val films, the proof that it is the run's split, the held-out check against that split and
     its train films. It lists it once, and the INT8 model is made as before. Of a bundle in its run, given the
     split.csv beside it, it listed it six times (the check that its val films chose the FP32 thresholds twice, not
-    the proof): twice, the held-out check listing the split beside the bundle as it does for every command."""
+    the proof), then twice (the held-out check listing the split beside the bundle): once."""
     from pneumoscan.data import labelled
     from pneumoscan.evaluation import held_out
     from pneumoscan.models import card as card_module
@@ -580,7 +581,36 @@ def test_int8_lists_data_once(tiny_bundle: Path, tmp_path: Path, monkeypatch: py
     run = shutil.copytree(tiny_bundle.parent, tmp_path / "run")
     listed.clear()
     quantize_bundle(run / "bundle", run / "split.csv")
-    assert (run / "bundle" / INT8_NAME).exists() and listed.count(run / "split.csv") == 2, listed
+    assert (run / "bundle" / INT8_NAME).exists() and listed.count(run / "split.csv") == 1, listed
+
+
+@pytest.mark.parametrize("where", ["run", "copied"])
+def test_int8_decodes_each_film_once(tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                     where: str) -> None:
+    """`export --int8 --data RUN/split.csv` decoded each film of the run twice for its image caches: its val films
+    for their cache and again for the check that they are the films the bundle was made on (all of the run's films,
+    by the card's data checksum: the proof that DATA is a copied bundle's run split, or the check of the split
+    beside a bundle in its run), its train films for theirs and again for that check. Once, into one cache of the
+    run's films (the one its training built, on the machine it trained on), counted at the reader the registry
+    hands each film to, from an empty image cache."""
+    from pneumoscan.data import readers
+
+    bundle = (shutil.copytree(tiny_bundle.parent, tmp_path / "run") / "bundle" if where == "run"
+              else shutil.copytree(tiny_bundle, tmp_path / "bundle"))
+    split = bundle.parent / "split.csv" if where == "run" else tiny_bundle.parent / "split.csv"
+    monkeypatch.setenv("PNEUMOSCAN_CACHE", str(tmp_path / "cache"))
+    target, pillow = load_card(bundle).spec.decode_target, next(r for r in readers.registered() if r.name == "Pillow")
+    decoded, gray = [], pillow.gray
+
+    def counted(src: Path | bytes, at: int | None) -> np.ndarray:
+        if at == target:  # a film decoded for the model's input (a copy's check decodes it at its own side)
+            decoded.append(str(src))
+        return gray(src, at)
+
+    monkeypatch.setattr(pillow, "gray", counted)
+    quantize_bundle(bundle, split)
+    films = [r.path for r in discover(split).records]
+    assert (bundle / INT8_NAME).exists() and Counter(decoded) == Counter(films)
 
 
 def test_int8_thresholds_are_refused_on_run_films_rewritten_in_place(tiny_bundle: Path, tmp_path: Path) -> None:

@@ -266,11 +266,13 @@ class EmptySplit(ValueError):
 
 def cache_dataset(
     data: Path | str, spec: PreprocessSpec, split: str | None = None, progress: bool = False,
-    found: Discovery | None = None,
+    found: Discovery | None = None, cache: ImageCache | None = None,
 ) -> tuple[list[Record], ImageCache]:
     """DATA's records (a dataset root, a NORMAL/PNEUMONIA folder or a manifest; with ``split``, that split only)
     and the cache of all of them. Evaluate reads through this, so ``pneumoscan cache --bundle`` builds its cache.
-    ``found``: DATA's discovery as the caller made it (default: made here)."""
+    ``found``: DATA's discovery as the caller made it (default: made here); ``cache``: one the caller opened that
+    holds those records among others (``export --int8`` reads its train and val films from one, which its run
+    trained on; default: built here)."""
     if split:  # a misspelt split would read as an empty one
         look_up_option(split, SPLITS, "split")
     found = discover(data) if found is None else found
@@ -283,7 +285,7 @@ def cache_dataset(
                          f"{where}", split, tuple(sides))
     if not records:
         raise ValueError(f"no images in {data}" + (f" for split {split!r}" if split else ""))
-    return records, build_cache([r.path for r in records], spec, progress=progress)
+    return records, cache if cache is not None else build_cache([r.path for r in records], spec, progress=progress)
 
 
 def _decode_chunk(paths: list[str], spec: PreprocessSpec) -> tuple[np.ndarray, list[tuple[int, str, bool]]]:

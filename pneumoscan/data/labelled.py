@@ -38,16 +38,22 @@ class LabelledFilms:
     unreadable: list[dict[str, str]]  # the files that could not be read: path and reason
     outside: list[Record]  # readable films the task cannot score (another class, or a pneumonia film without type)
     every: list[Record]  # DATA's records of every split, as read: what proves DATA a run's split reads no second time
-    cache: ImageCache  # the cache of DATA's records of the split read (of every one without a split), in their order
+    # the cache of DATA's records of the split read (of every one without a split), in their order, or the one the
+    # caller gave that holds them (labelled_films' ``cache``)
+    cache: ImageCache
 
 
 def labelled_films(data: Path | str, split: str | None, task: Task, spec: PreprocessSpec,
-                   found: Discovery | None = None) -> LabelledFilms:
+                   found: Discovery | None = None, cache: ImageCache | None = None) -> LabelledFilms:
     """The task's readable records of DATA, their preprocessed images and targets, and the files left out, warned
     of. With a dataset root, ``split`` picks train/val/test. ``found``: DATA's discovery as the caller made it
-    (``export --int8`` reads two splits of one listing; default: made here)."""
+    (``export --int8`` reads two splits of one listing; default: made here); ``cache``: an image cache under
+    ``spec`` that holds the split's records among others, as the caller opened it (``export --int8`` reads both
+    splits from one; default: the split's own, built here)."""
     found = discover(data) if found is None else found
-    records, cache = cache_dataset(data, spec, split, progress=True, found=found)
+    records, cache = cache_dataset(data, spec, split, progress=True, found=found, cache=cache)
+    given = {r.path for r in records}
+    errors = [e for e in cache.errors if e["path"] in given]  # a cache given holds other splits' files too
     read = set(cache.paths)
     readable = [r for r in records if r.path in read]
     untyped = warn_untyped(readable, task, "evaluation")
@@ -55,7 +61,7 @@ def labelled_films(data: Path | str, split: str | None, task: Task, spec: Prepro
     # films of a class the task does not read (NORMAL for etiology): left out, and said, as the figures are of the rest
     outside = Counter(r.label for r in readable if r.label != "PNEUMONIA" and task.target(r) is None)
     beyond = ", ".join(f"{n} {label}" for label, n in sorted(outside.items()))
-    unreadable = "; ".join(f"{shown(e['path'])}: {shown(e['reason'])}" for e in cache.errors[:3])
+    unreadable = "; ".join(f"{shown(e['path'])}: {shown(e['reason'])}" for e in errors[:3])
     if untyped and not any(r.label == "PNEUMONIA" for r in records):
         # figures of the normal films alone would pass for figures on every film given: a three-class accuracy of 1
         raise ValueError(f"the {untyped} PNEUMONIA film(s) of {shown(str(data))} say neither bacteria nor virus (in "
@@ -68,14 +74,14 @@ def labelled_films(data: Path | str, split: str | None, task: Task, spec: Prepro
         raise ValueError(f"no readable film of {data}" + (f" ({split})" if split else "") + f" for the {task.name} task"
                          + (f": {beyond} film(s), which it does not read ({', '.join(task.classes)})"
                             if outside else "")
-                         + (f": {len(cache.errors)} could not be read ({unreadable})" if cache.errors else ""))
+                         + (f": {len(errors)} could not be read ({unreadable})" if errors else ""))
     if outside:
         log.warning("%s film(s) of %s are outside the %s task (%s) and are left out: the figures are of the other %d",
                     beyond, shown(str(data)), task.name, ", ".join(task.classes), len(records))
-    if cache.errors:  # films that fail to decode are no random sample: the figures are of the others only
-        log.warning("%d film(s) of %s could not be read and are left out (%s%s)", len(cache.errors), shown(str(data)),
-                    unreadable, "; ..." if len(cache.errors) > 3 else "")
-    return LabelledFilms(records, cache.images[cache.rows([r.path for r in records])], targets, cache.errors,
+    if errors:  # films that fail to decode are no random sample: the figures are of the others only
+        log.warning("%d film(s) of %s could not be read and are left out (%s%s)", len(errors), shown(str(data)),
+                    unreadable, "; ..." if len(errors) > 3 else "")
+    return LabelledFilms(records, cache.images[cache.rows([r.path for r in records])], targets, errors,
                          [r for r in readable if task.target(r) is None], found.records, cache)
 
 

@@ -194,7 +194,8 @@ def check_held_out(bundles: Sequence[Path | str], records: Sequence[Record], pur
     again neither from disk nor from another bundle put in the folder since. ``run_split``: the split of the first
     bundle's own run where none is beside it but the caller proved a manifest to be it (by the card's data checksum:
     ``export --int8`` of a bundle copied out of its run, given its run's split.csv), checked against as one beside
-    it would be; ``run_records``: its records as the caller listed them (``evaluate``'s
+    it would be, or the one beside it where the caller read it as DATA (``export --int8`` of a bundle in its run);
+    ``run_records``: its records as the caller listed them (``evaluate``'s
     :attr:`~pneumoscan.data.labelled.LabelledFilms.every`), which are not listed again."""
     real = {r.path: os.path.realpath(r.path) for r in records}
     given = _Given(records, purpose, hint, policy, real, set(real.values()))

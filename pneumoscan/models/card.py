@@ -382,23 +382,35 @@ def replaced_members(card: BundleCard) -> list[Path]:
 
 def films_as_trained(bundle: Path | str, records: Sequence[Record],
                      opened: dict[tuple[tuple[str, ...], PreprocessSpec], ImageCache] | None = None,
-                     open_cache: Callable[[Sequence[Record], PreprocessSpec], ImageCache] | None = None) -> bool:
+                     open_cache: Callable[[Sequence[Record], PreprocessSpec], ImageCache] | None = None,
+                     read: ImageCache | None = None) -> bool:
     """Whether RECORDS (the split BUNDLE trained and validated on) still hold the pixels and labels it was made on
     (its card's ``data_checksum``, under its own preprocessing): films rewritten in place keep their paths, so the
     split's check passes them. A bundle that records no checksum (an earlier version's) passes. ``opened``: the
     caches this command opened so far (their pixels' SHA-256 checked), by films and preprocessing, added to here:
     every fold of a cv run holds the same films, whose one cache is then checked once, not once a fold.
     ``open_cache(records, spec)`` opens a cache not opened yet (default: built here; a cv run under torchrun builds
-    it once per machine)."""
+    it once per machine). ``read``: the cache the caller read RECORDS' films from, taken when it holds them and
+    no others under the bundle's preprocessing (evaluate and ``export --int8`` check the films they read: their
+    pixels are not read again)."""
     card = load_card(bundle)
     if not (recorded := card.data_checksum):
         return True
     key = (tuple(r.path for r in records), card.spec)
     if (cache := (opened or {}).get(key)) is None:
-        cache = (open_cache or _built_cache)(records, card.spec)
+        cache = read if read is not None and _holds(read, key[0], card.spec) else (open_cache or _built_cache)(
+            records, card.spec)
     if opened is not None:
         opened[key] = cache
     return data_checksum(cache, records) == recorded
+
+
+def _holds(cache: ImageCache, paths: Sequence[str], spec: PreprocessSpec) -> bool:
+    """Whether ``cache`` is of PATHS under SPEC: a row for each in their order, or the file's reason it could not be
+    read, and no other (its pixels' checksum is of its rows in their order)."""
+    unread = {e["path"] for e in cache.errors}
+    return (cache.spec == spec and len(cache.paths) + len(unread) == len(paths)
+            and cache.paths == [p for p in paths if p not in unread])
 
 
 def _built_cache(records: Sequence[Record], spec: PreprocessSpec) -> ImageCache:
@@ -413,12 +425,12 @@ def proven_run_split(bundle: Path | str, data: Path | str, read: LabelledFilms |
     the split beside it. Only a manifest of train and val films can be one: the films of other data are not
     decoded. Below evaluation and training, so that ``evaluate`` (from Python too) and ``export --int8`` make the
     one proof. ``read``: DATA as the caller read it (:func:`~pneumoscan.data.labelled.labelled_films`), whose
-    records are not listed again, nor its films' pixels read again when it read every split."""
+    records are not listed again, nor its films' pixels read again when its cache holds every split."""
     if RunFolder.of(Path(bundle)).split.is_file() or not load_card(bundle).data_checksum:
         return False
     records = discover(data).records if read is None else read.every
-    opened = {} if read is None else {(tuple(read.cache.paths), read.cache.spec): read.cache}
-    return {r.split for r in records} == {"train", "val"} and films_as_trained(bundle, records, opened=opened)
+    return {r.split for r in records} == {"train", "val"} and films_as_trained(
+        bundle, records, read=None if read is None else read.cache)
 
 
 RECORDED_LIBRARIES = ("torch", "timm", "numpy", "onnxruntime")

@@ -34,6 +34,7 @@ from pneumoscan.core.atomic import write_atomic
 from pneumoscan.core.names import path_list
 from pneumoscan.core.metrics import format_figure, has_both_classes, roc_auc, softmax
 from pneumoscan.core.options import CALIBRATION_IMAGES
+from pneumoscan.data.cache import build_cache
 from pneumoscan.data.layouts import Record, discover
 from pneumoscan.data.tasks import Task, binary_targets
 from pneumoscan.evaluation.model_card import write_model_card
@@ -234,25 +235,30 @@ def _int8_scores_out_of_fold(int8: Predictor, reference_probs: np.ndarray, net: 
 
 def _val_films(bundle: Path, data: Path | str, card: BundleCard, task: Task) -> tuple[np.ndarray, LabelledFilms]:
     """DATA's training films (the calibration pool) and its validation films; refused when DATA lacks either split,
-    when the model trained on a validation film, or when they are all one class. DATA is listed once: its sides,
-    its val and train films, the proof that it is a copied bundle's run split and the held-out check against that
-    split take the one listing."""
+    when the model trained on a validation film, or when they are all one class. DATA is listed once, and its train
+    and val films read from one image cache, its run's own when DATA is its run's split: its sides, both splits, the
+    proof that it is a copied bundle's run split, the held-out check and the check that its val films chose the
+    FP32 thresholds take them."""
     found = discover(data)
     if missing := {"train", "val"} - {r.split for r in found.records}:
-        # said before any film is decoded (the val films are read before the train films are looked for)
+        # said before any film is decoded
         raise ValueError(f"--int8 --data needs labelled films in train and val splits (a run's split.csv, or a "
                          f"dataset with train/ and val/ folders): {data} has no {' or '.join(sorted(missing))} "
                          "split")
-    val = labelled_films(data, "val", task, card.spec, found=found)
+    cache = build_cache([r.path for r in found.records if r.split in ("train", "val")], card.spec, progress=True)
+    val = labelled_films(data, "val", task, card.spec, found=found, cache=cache)
     records, images, targets = val.records, val.images, val.targets
     proven = _copied_run_split(bundle, card, data, val)
     # copies of training films under other names are refused as `threshold` and `ensemble --data` refuse them: a
     # threshold chosen on their too-good scores is written into the bundle. A copied bundle's run's split, proved by
-    # its checksum, is checked against as the split.csv beside it would be: no warning that the films are unchecked
+    # its checksum, is checked against as the split.csv beside it would be: no warning that the films are unchecked.
+    # That split, or the one beside a bundle in its run given as DATA, is checked against as DATA was listed above
+    beside = RunFolder.of(bundle).split
+    run_split = data if proven else beside if _same_file(beside, data) else None
     check_held_out([bundle], records, "choose the INT8 thresholds", policy=HeldOutPolicy(refuse_copies=True),
-                   run_split=data if proven else None, run_records=val.every)
+                   run_split=run_split, run_records=val.every)
     _check_same_films(bundle, card, task, data, val, proven)
-    pool = labelled_films(data, "train", task, card.spec, found=found).images
+    pool = labelled_films(data, "train", task, card.spec, found=found, cache=cache).images
     if len(pool) == 0 or len(images) == 0:
         raise ValueError(f"{data} must hold train and val films of the {card.task} task (a run's split.csv)")
     if not has_both_classes(binary_targets(targets)):
@@ -261,6 +267,11 @@ def _val_films(bundle: Path, data: Path | str, card: BundleCard, task: Task) -> 
         raise ValueError(f"the val films of {data} hold no {' or '.join(absent)} film: the INT8 model's macro AUC "
                          f"of the {len(task.classes)} classes cannot be checked against FP32's on them")
     return pool, val
+
+
+def _same_file(split: Path, data: Path | str) -> bool:
+    """Whether DATA is SPLIT, the split.csv beside a bundle, under any name."""
+    return split.is_file() and os.path.realpath(split) == os.path.realpath(data)
 
 
 def _copied_run_split(bundle: Path, card: BundleCard, data: Path | str, val: LabelledFilms) -> bool:
@@ -287,14 +298,15 @@ def _check_same_films(bundle: Path, card: BundleCard, task: Task, data: Path | s
     checksum (``proven``: :func:`_copied_run_split`): else which films chose its thresholds, and whether DATA's val
     films are new to it, are unknown, and an INT8 threshold chosen on its training films (too good) or on another
     population would be written. The split beside it, given as DATA (``--data RUN/split.csv``), is taken as DATA was
-    listed (``val.every``), not listed again."""
+    listed (``val.every``), not listed again, and its films' pixels as DATA's image cache holds them (``val.cache``),
+    not read again."""
     listed, split = bundle / CALIBRATION_FILMS, RunFolder.of(bundle).split
     run: Sequence[Record] = []
     if by_list := bool(card.threshold_records) or listed.exists():  # chosen on other films than the run's
         chose = {os.path.realpath(r.path) for r in discover(listed).records} if listed.exists() else set()
     elif split.is_file():  # a file read then and not now changes the pixels' checksum, checked below
         unreadable = {os.path.realpath(e["path"]) for e in val.unreadable}
-        run = val.every if os.path.realpath(split) == os.path.realpath(data) else discover(split).records
+        run = val.every if _same_file(split, data) else discover(split).records
         chose = {os.path.realpath(r.path) for r in run if r.split == "val" and task.target(r) is not None} - unreadable
     elif proven:
         return  # DATA is the run's split: the same films, pixels, labels and sides, in the same order
@@ -307,7 +319,7 @@ def _check_same_films(bundle: Path, card: BundleCard, task: Task, data: Path | s
                          f"in its run folder, or give --data its run's {split.name} with the films it lists where it "
                          "lists them (the same files)")
     given = {os.path.realpath(r.path) for r in val.records}
-    if given == chose and (by_list or films_as_trained(bundle, run)):
+    if given == chose and (by_list or films_as_trained(bundle, run, read=val.cache)):
         return
     if given == chose:
         raise ValueError(f"the films {split} lists have other pixels or labels than {bundle} was trained and validated "
@@ -373,6 +385,7 @@ def quantize_bundle(bundle: Path | str, data: Path | str | None = None, calibrat
     else:
         pool, val = _val_films(bundle, data, card, fp32.task)
     calib = pool[_sample(len(pool), calibration_images)]
+    del pool  # every training film, copied: not held while quantising, when memory peaks
     # FP32 scores that are not finite would set NaN activation ranges: refused before quantising (an ensemble's naming
     # the member, its one graph giving only their mean). Those on the films the INT8 change is measured on (the val
     # films; for a cv ensemble, which has none, the calibration films) are the INT8 model's reference; an ensemble's
