@@ -287,30 +287,21 @@ def _check_same_films(bundle: Path, card: BundleCard, task: Task, data: Path | s
                       proven: bool) -> None:
     """Refuse val films of ``data`` (``val``) that are not the films BUNDLE's FP32 thresholds were chosen on, all of
     them: its calibration_films.csv where `pneumoscan threshold` or `ensemble --data` chose them on other films than
-    its run's, else its run's val films (split.csv beside it, those of its task that can be read: it lists the files
-    its training could not read too, which chose nothing). The INT8 thresholds replace the FP32
-    ones for onnx-int8 and must be comparable: chosen on other films they come from another population (a site's
-    threshold for 0.95 sensitivity, and an INT8 one from the training run's films that missed twice the site's
-    pneumonia films; or from half of the films, whose sensitivity was met on the other half too). The run's films
-    are checked by their pixels and labels too (the card's data checksum, :func:`films_as_trained`): rewritten in
-    place, or another machine's files under the same paths, they are other films. A bundle copied out of its run
-    (no split.csv beside it) is taken only with DATA its run's split, wherever its films are now, told by that
-    checksum (``proven``: :func:`_copied_run_split`): else which films chose its thresholds, and whether DATA's val
-    films are new to it, are unknown, and an INT8 threshold chosen on its training films (too good) or on another
-    population would be written. The split beside it, given as DATA (``--data RUN/split.csv``), is taken as DATA was
-    listed (``val.every``), not listed again, and its films' pixels as DATA's image cache holds them (``val.cache``),
-    not read again."""
+    its run's, else its run's val films (:func:`_run_val_films`). The INT8 thresholds replace the FP32 ones for
+    onnx-int8 and must be comparable: chosen on other films they come from another population (a site's threshold
+    for 0.95 sensitivity, and an INT8 one from the training run's films that missed twice the site's pneumonia
+    films; or from half of the films, whose sensitivity was met on the other half too). The run's films are checked
+    by their pixels and labels too (the card's data checksum, :func:`films_as_trained`, from the films as DATA's
+    cache holds them where DATA is the split beside BUNDLE): rewritten in place, or another machine's files under the
+    same paths, they are other films. A bundle copied out of its run (no split.csv beside it) is taken only with
+    DATA its run's split, wherever its films are now, told by that checksum (``proven``: :func:`_copied_run_split`):
+    else which films chose its thresholds, and whether DATA's val films are new to it, are unknown, and an INT8
+    threshold chosen on its training films (too good) or on another population would be written."""
     listed, split = bundle / CALIBRATION_FILMS, RunFolder.of(bundle).split
-    run: Sequence[Record] = []
-    if by_list := bool(card.threshold_records) or listed.exists():  # chosen on other films than the run's
-        chose = {os.path.realpath(r.path) for r in discover(listed).records} if listed.exists() else set()
-    elif split.is_file():  # a file read then and not now changes the pixels' checksum, checked below
-        unreadable = {os.path.realpath(e["path"]) for e in val.unreadable}
-        run = val.every if _same_file(split, data) else discover(split).records
-        chose = {os.path.realpath(r.path) for r in run if r.split == "val" and task.target(r) is not None} - unreadable
-    elif proven:
-        return  # DATA is the run's split: the same films, pixels, labels and sides, in the same order
-    else:
+    by_list = bool(card.threshold_records) or listed.exists()  # chosen on other films than the run's
+    if not by_list and not split.is_file():
+        if proven:
+            return  # DATA is the run's split: the same films, pixels, labels and sides, in the same order
         raise ValueError(f"{bundle} has no {split.name} beside it (copied out of its run folder?), and the films of "
                          f"{data} are not the ones it was trained and validated on (its card's data checksum"
                          f"{'' if card.data_checksum else ', which it does not record'}): which films chose its "
@@ -318,31 +309,52 @@ def _check_same_films(bundle: Path, card: BundleCard, task: Task, data: Path | s
                          "thresholds, which replace the FP32 ones for onnx-int8, would be chosen on them; quantise it "
                          f"in its run folder, or give --data its run's {split.name} with the films it lists where it "
                          "lists them (the same files)")
+    run: Sequence[Record] = []
+    if by_list:
+        chose = {os.path.realpath(r.path) for r in discover(listed).records} if listed.exists() else set()
+    else:  # DATA itself, as listed, where it is the split beside BUNDLE
+        run = val.every if _same_file(split, data) else discover(split).records
+        chose = _run_val_films(run, task, val)
     given = {os.path.realpath(r.path) for r in val.records}
-    if given == chose and (by_list or films_as_trained(bundle, run, read=val.cache)):
-        return
-    if given == chose:
+    if given != chose:
+        raise _chosen_on_other_films(bundle, card, data, given, chose)
+    if not by_list and not films_as_trained(bundle, run, read=val.cache):
         raise ValueError(f"the films {split} lists have other pixels or labels than {bundle} was trained and validated "
                          "on (rewritten in place since, other files under the same paths on this machine, or decoded "
                          "otherwise by this version?): its INT8 thresholds would be chosen on other films than its "
                          "FP32 ones; quantise it where its run's films are")
-    where = f"films it lists in {CALIBRATION_FILMS}" if by_list else "val films"
+
+
+def _run_val_films(run: Sequence[Record], task: Task, val: LabelledFilms) -> set[str]:
+    """The real paths of the films that chose the FP32 thresholds of a bundle in its run: the val films of its run's
+    split.csv (``run``) of its task that can be read (it lists the files its training could not read too, which
+    chose nothing; a file read then and not now changes the pixels' checksum, checked apart)."""
+    unreadable = {os.path.realpath(e["path"]) for e in val.unreadable}
+    return {os.path.realpath(r.path) for r in run if r.split == "val" and task.target(r) is not None} - unreadable
+
+
+def _chosen_on_other_films(bundle: Path, card: BundleCard, data: Path | str, given: set[str],
+                           chose: set[str]) -> ValueError:
+    """The refusal of DATA's val films (``given``, real paths) where BUNDLE's FP32 thresholds were chosen on other
+    films (``chose``), naming what chose them and what to give instead."""
+    listed, split = bundle / CALIBRATION_FILMS, RunFolder.of(bundle).split
+    where = f"films it lists in {CALIBRATION_FILMS}" if card.threshold_records or listed.exists() else "val films"
     which = f"only {len(given)} of the {len(chose)} {where}" if given < chose else "other films"
     other = f"and its INT8 thresholds would be chosen on the val films of {data}, {which}"
     if card.threshold_records:
-        raise ValueError(f"{bundle}'s threshold was chosen on {card.threshold_records[-1]['data']} (`pneumoscan "
-                         f"threshold`), {other}: quantise first (`pneumoscan export --int8` the bundle `threshold` "
-                         "was run on), then run `pneumoscan threshold` on the same films, which chooses the INT8 "
-                         "thresholds on them too")
+        return ValueError(f"{bundle}'s threshold was chosen on {card.threshold_records[-1]['data']} (`pneumoscan "
+                          f"threshold`), {other}: quantise first (`pneumoscan export --int8` the bundle `threshold` "
+                          "was run on), then run `pneumoscan threshold` on the same films, which chooses the INT8 "
+                          "thresholds on them too")
     if listed.exists():
-        raise ValueError(f"{bundle}'s temperature and thresholds were chosen on "
-                         f"{(card.train_config or {}).get('calibrated_on')} (`pneumoscan ensemble --data`), {other}: "
-                         f"give --data a manifest whose val split is the films listed in {listed}, all of them, and "
-                         "whose train split holds films for the activation calibration")
-    raise ValueError(f"{bundle}'s thresholds were chosen on the val films of its run's {split}, {other}: give --data "
-                     f"{split} (or a manifest whose val split is those films, all of them); to choose the thresholds "
-                     "on other films, quantise with it, then run `pneumoscan threshold` on them, which chooses the "
-                     "INT8 thresholds on the same films")
+        return ValueError(f"{bundle}'s temperature and thresholds were chosen on "
+                          f"{(card.train_config or {}).get('calibrated_on')} (`pneumoscan ensemble --data`), {other}: "
+                          f"give --data a manifest whose val split is the films listed in {listed}, all of them, and "
+                          "whose train split holds films for the activation calibration")
+    return ValueError(f"{bundle}'s thresholds were chosen on the val films of its run's {split}, {other}: give --data "
+                      f"{split} (or a manifest whose val split is those films, all of them); to choose the thresholds "
+                      "on other films, quantise with it, then run `pneumoscan threshold` on them, which chooses the "
+                      "INT8 thresholds on the same films")
 
 
 def _films_to_give(bundle: Path) -> str:
@@ -378,6 +390,7 @@ def quantize_bundle(bundle: Path | str, data: Path | str | None = None, calibrat
         raise ValueError(f"{bundle} has no {ONNX_NAME}: run `pneumoscan export {bundle}` first")
     fp32 = Predictor(bundle, backend="onnx")
     card = fp32.card  # the card it was checked by: one read apart could be another bundle's
+    val: LabelledFilms | None = None
     if cv_dirs:
         net = _cv_ensemble(bundle, cv_dirs)
         # all the runs' films
@@ -386,22 +399,14 @@ def quantize_bundle(bundle: Path | str, data: Path | str | None = None, calibrat
         pool, val = _val_films(bundle, data, card, fp32.task)
     calib = pool[_sample(len(pool), calibration_images)]
     del pool  # every training film, copied: not held while quantising, when memory peaks
-    # FP32 scores that are not finite would set NaN activation ranges: refused before quantising (an ensemble's naming
-    # the member, its one graph giving only their mean). Those on the films the INT8 change is measured on (the val
-    # films; for a cv ensemble, which has none, the calibration films) are the INT8 model's reference; an ensemble's
-    # val films are checked in their TTA views too, since its INT8 TTA threshold is chosen on them.
-    calib_logits = member_named_logits(fp32, calib)
-    reference = softmax(calib_logits if cv_dirs else member_named_logits(fp32, val.images), card.temperature)
-    for view in tta_views(val.images) if card.model == ENSEMBLE and not cv_dirs else ():
-        if view is not val.images:  # the unchanged view is the val films, scored above
-            member_named_logits(fp32, view)
+    reference = _fp32_reference(fp32, calib, None if val is None else val.images)
     batches = [fp32.onnx_inputs(calib[i : i + CALIBRATION_BATCH]) for i in range(0, len(calib), CALIBRATION_BATCH)]
     # the graph is kept in memory until its figures pass: a failure or an interruption before then leaves the
     # bundle's files (an earlier INT8 export included) as they were, never an unchecked graph under its name
     graph = _int8_graph(checked_bytes(bundle / ONNX_NAME, card.files.get(ONNX_NAME)), batches)  # the graph checked
     int8 = Predictor(bundle, backend="onnx", session=session(graph))  # its thresholds are chosen below
-    scored = (_int8_scores_out_of_fold(int8, reference, net, cv_dirs, batches, calib) if cv_dirs
-              else _int8_scores_on_val(int8, reference, data, val))
+    scored = (_int8_scores_on_val(int8, reference, data, val) if val is not None
+              else _int8_scores_out_of_fold(int8, reference, net, cv_dirs, batches, calib))
     plain = fp32.task.positive_probability(scored.probs)
     point = choose_operating_point(scored.y, plain, scored.tta, *card.threshold_targets, scored.groups)
     # the card's policy, on these films, named without the folders above them: the service shows the policy to its
@@ -412,16 +417,38 @@ def quantize_bundle(bundle: Path | str, data: Path | str | None = None, calibrat
         scored.change, scored.groups, scored.left_out)}
     if scored.member_mean_change is not None:  # the shipped graph against the members quantised alone
         figures[Int8Key.MAX_MEMBER_MEAN_CHANGE] = scored.member_mean_change
+    _auc_gate(fp32.task, figures)
+    out = _write_int8(bundle, graph, figures, scored.calibration_records)
+    log.info("INT8 model %s: val AUC %s (FP32 %s), threshold %.4f", out,
+             *(format_figure(figures[key], 4) for key in (Int8Key.VAL_AUC_INT8, Int8Key.VAL_AUC_FP32)), point.threshold)
+    return out
+
+
+def _fp32_reference(fp32: Predictor, calib: np.ndarray, val: np.ndarray | None) -> np.ndarray:
+    """The FP32 model's class probabilities on the films the INT8 change is measured on: the val films, or for a cv
+    ensemble, which has none (``val`` None), the calibration films ``calib``. FP32 scores that are not finite would
+    set NaN activation ranges: refused before quantising, the calibration films' first (an ensemble's naming the
+    member, its one graph giving only their mean); an ensemble's val films are checked in their TTA views too, since
+    its INT8 TTA threshold is chosen on them."""
+    calib_logits = member_named_logits(fp32, calib)
+    if val is None:
+        return softmax(calib_logits, fp32.card.temperature)
+    reference = softmax(member_named_logits(fp32, val), fp32.card.temperature)
+    for view in tta_views(val) if fp32.card.model == ENSEMBLE else ():
+        if view is not val:  # the unchanged view is the val films, scored above
+            member_named_logits(fp32, view)
+    return reference
+
+
+def _auc_gate(task: Task, figures: dict) -> None:
+    """Refuse an INT8 model whose validation AUC (``figures``: the sidecar's) falls more than MAX_AUC_DROP below
+    FP32's, and for a task of more than two classes one whose macro AUC does (:func:`_three_class_gate`)."""
     int8_auc, fp32_auc = figures[Int8Key.VAL_AUC_INT8], figures[Int8Key.VAL_AUC_FP32]
     if int8_auc < fp32_auc - MAX_AUC_DROP:
         raise ValueError(f"INT8 validation AUC {format_figure(int8_auc, 4)} is more than {MAX_AUC_DROP} below FP32's "
                          f"{format_figure(fp32_auc, 4)}: not written; serve this bundle with --backend onnx")
     if (classes := figures.get(Int8Key.THREE_CLASS)) is not None:
-        _three_class_gate(fp32.task, classes)
-    out = _write_int8(bundle, graph, figures, scored.calibration_records)
-    log.info("INT8 model %s: val AUC %s (FP32 %s), threshold %.4f", out, format_figure(int8_auc, 4),
-             format_figure(fp32_auc, 4), point.threshold)
-    return out
+        _three_class_gate(task, classes)
 
 
 def _three_class_gate(task: Task, figures: dict) -> None:
