@@ -9,8 +9,8 @@ used: the workers are children of multiprocessing's fork server, which is never 
 ``--near-duplicates`` times the search for near duplicates instead (one thread): on the pHashes ``audit`` and
 ``split`` compute of train/'s and val/'s films, and on those with COPIES copies of each whose bits are flipped
 with probability FLIP, the banded search pneumoscan runs (pairs that share a band of bits) against measuring every
-pair (the same distances, row block by row block), ROUNDS_SEARCH rounds of the two in turn, and whether the two
-find the same groups.
+pair (the same distances, row block by row block): whether the two find the same groups, in a first run of each
+that is not timed, then ROUNDS_SEARCH rounds of the two in turn.
 
 ``--headers`` times the header read ``audit`` makes of each JPEG (Pillow's reader: size, mode, format and the JPEG
 quality looked up from the luminance table) against the same read without the quality lookup, on HEADER_FILMS films
@@ -29,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -59,20 +60,20 @@ def header_without_quality(path: Path) -> dict:
 
 def header_costs(films: list[str]) -> None:
     """Print the microseconds of a JPEG header read with its quality lookup and without it (``--headers``)."""
+    from bench_predict import in_turn  # here, not at the top: it loads torch, which the cache's memory must not hold
     from pneumoscan.data.readers.pillow import PillowReader
 
     reader = PillowReader()
     paths = [Path(f) for f in films]
     for path in paths:  # the files into the page cache
         reader.header(path)
-    seconds: tuple[list[float], list[float]] = ([], [])
-    for r in range(ROUNDS_HEADERS):
-        for i in (0, 1) if r % 2 == 0 else (1, 0):
-            read = reader.header if i == 0 else header_without_quality
-            start = time.perf_counter()
-            for path in paths:
-                read(path)
-            seconds[i].append((time.perf_counter() - start) / len(paths) * 1e6)
+
+    def read_all(read: Callable[[Path], dict]) -> None:
+        for path in paths:
+            read(path)
+
+    runs = in_turn(lambda: read_all(reader.header), lambda: read_all(header_without_quality), ROUNDS_HEADERS)
+    seconds = [[s / len(paths) * 1e6 for s in t] for t in runs]
     more = [a - b for a, b in zip(*seconds)]
     with_q, without_q, added = (f"{np.median(t):.0f} ({min(t):.0f} to {max(t):.0f})" for t in (*seconds, more))
     print(f"{len(paths)} JPEG headers of train/, {ROUNDS_HEADERS} rounds of both in turn; us a header, median (min to "
@@ -85,6 +86,7 @@ def near_duplicate_search(films: list[str]) -> None:
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
+    from bench_predict import in_turn
     from pneumoscan.data.copies import _near_among, _near_duplicate_components, scan_file
 
     def every_pair(rows: np.ndarray) -> np.ndarray:
@@ -103,14 +105,8 @@ def near_duplicate_search(films: list[str]) -> None:
     print(f"{'hashes':>7} {'groups':>6} {'banded s':>16} {'every pair s':>18}  same groups")
     for rows in (raw, np.concatenate([raw, *copies])):
         hashes = [r.tobytes() for r in rows]
-        seconds: tuple[list[float], list[float]] = ([], [])
-        found: list[np.ndarray] = [np.zeros(0, int), np.zeros(0, int)]
-        for r in range(ROUNDS_SEARCH):
-            for i in (0, 1) if r % 2 == 0 else (1, 0):
-                start = time.perf_counter()
-                found[i] = _near_duplicate_components(hashes) if i == 0 else every_pair(rows)
-                seconds[i].append(time.perf_counter() - start)
-        banded, every = found
+        banded, every = _near_duplicate_components(hashes), every_pair(rows)  # also the warm-up
+        seconds = in_turn(lambda: _near_duplicate_components(hashes), lambda: every_pair(rows), ROUNDS_SEARCH)
         same = len(set(zip(banded, every))) == len(set(banded)) == len(set(every))
         banded_s, every_s = (f"{np.median(t):.2f} ({min(t):.2f}-{max(t):.2f})" for t in seconds)
         print(f"{len(rows):>7} {groups(banded):>6} {banded_s:>16} {every_s:>18}  {'yes' if same else 'NO'}",

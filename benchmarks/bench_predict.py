@@ -36,6 +36,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -105,6 +106,17 @@ def timed(fn, *args, **kwargs) -> float:
     return time.perf_counter() - t0
 
 
+def in_turn(first: Callable[[], object], second: Callable[[], object],
+            rounds: int) -> tuple[list[float], list[float]]:
+    """Seconds of each call in each of ``rounds`` rounds, the two taken in turn and which goes first alternating, so
+    that a shared CPU's load falls on both alike."""
+    seconds: tuple[list[float], list[float]] = ([], [])
+    for r in range(rounds):
+        for i in (0, 1) if r % 2 == 0 else (1, 0):
+            seconds[i].append(timed((first, second)[i]))
+    return seconds
+
+
 def percentiles_ms(samples: list[float]) -> tuple[float, float]:
     q = statistics.quantiles(samples, n=20, method="inclusive")
     return statistics.median(samples) * 1e3, q[18] * 1e3
@@ -161,13 +173,10 @@ def layout_speeds(jpeg224: list[str]) -> None:
             predictor = Predictor(make_bundle(Path(tmp) / f"lite0-{size}", size), BATCH, "torch")
             models = layouts(predictor)
             x = predictor.inputs(np.stack([preprocess(p, size) for p in jpeg224[:BATCH]]))
-            seconds: tuple[list[float], list[float]] = ([], [])
             with torch.inference_mode():
                 for model in models:  # warm-up: first-call allocations and kernel selection
                     model(x)
-                for r in range(ROUNDS_LAYOUT):
-                    for i in (0, 1) if r % 2 == 0 else (1, 0):
-                        seconds[i].append(timed(models[i], x))
+                seconds = in_turn(lambda: models[0](x), lambda: models[1](x), ROUNDS_LAYOUT)
             ratios = [c / l for l, c in zip(*seconds)]
             last, contiguous = (BATCH / statistics.median(s) for s in seconds)
             print(f"{size:>4} {last:>19.1f} {contiguous:>16.1f} {statistics.median(ratios):>15.2f}x "

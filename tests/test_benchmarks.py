@@ -138,6 +138,16 @@ def test_bench_predict_layout_times_the_predictors_model_against_a_contiguous_co
     assert torch.allclose(out_last, out_contiguous, atol=1e-4)
 
 
+def test_in_turn_alternates_which_call_goes_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    """bench_predict.in_turn, the benchmarks' comparisons taken in turn: one time per call and round, the first call
+    first in even rounds and second in odd ones."""
+    bench = _bench("bench_predict", monkeypatch)
+    order: list[str] = []
+    seconds = bench.in_turn(lambda: order.append("a"), lambda: order.append("b"), 3)
+    assert order == ["a", "b", "b", "a", "a", "b"]
+    assert [len(s) for s in seconds] == [3, 3] and all(t >= 0 for s in seconds for t in s)
+
+
 def test_bench_memory_arena_off_makes_sessions_without_the_arena(tiny_bundle: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """``--arena``'s child code (results.md's memory arena figures): the sessions made after it have ONNX Runtime's
