@@ -20,6 +20,12 @@ turn (which goes first alternates) for ARENA_ROUNDS rounds: each setting's media
 pair, median (min-max). Without ``--bundle`` the bundle is efficientnet_lite0 at 192 px with random weights (the
 arena holds the model's activations, and simple_cnn's are small).
 
+``--first-heatmap`` measures what the service's first ``?heatmap=true`` request loads instead (torch, where the
+backend is onnx, the Grad-CAM library and its model): in a process of its own per backend, the service's resident
+memory after its first prediction of a full-size film of val/, after its first heatmap of it and after HEATMAPS - 1
+more, with the seconds of the first heatmap request and of the later ones (median, min-max). Without ``--bundle`` the
+bundle is efficientnet_lite0 at 192 px with random weights.
+
 Measured on a 2-core machine with a simple_cnn 192 px bundle (efficientnet_lite0 192 px where said), peak anonymous
 MiB; ``onnx`` is predict's and evaluate's default backend:
 
@@ -257,15 +263,58 @@ print(f"{statistics.median(seconds[0]) * 1e3:.0f} {statistics.median(seconds[1])
 """
 
 
+HEATMAPS = 11
+FIRST_HEATMAP = """
+import re, statistics, sys, time
+from fastapi.testclient import TestClient
+from pneumoscan.serving.app import create_app
+def rss():
+    return int(re.search(r"VmRSS:\\s+(\\d+)", open("/proc/self/status").read()).group(1)) / 1024
+film = open(sys.argv[3], "rb").read()
+with TestClient(create_app(sys.argv[1], backend=sys.argv[2])) as client:
+    def post(**params):
+        start = time.perf_counter()
+        r = client.post("/v1/predict", files={"file": ("x.jpeg", film, "image/jpeg")}, params=params)
+        assert r.status_code == 200, r.text
+        return time.perf_counter() - start
+    post()
+    after_prediction = rss()
+    first = post(heatmap="true")
+    after_first = rss()
+    later = [post(heatmap="true") for _ in range(int(sys.argv[4]) - 1)]
+    print(f"{after_prediction:.0f} {after_first:.0f} {rss():.0f} {first:.2f} {statistics.median(later):.2f} "
+          f"{min(later):.2f} {max(later):.2f}")
+"""
+
+
+def lite0_bundle(bundle: str | None, work: Path) -> str:
+    """``bundle``, or efficientnet_lite0 at 192 px with random weights made in ``work``."""
+    if bundle is not None:
+        return bundle
+    import logging
+
+    from bench_predict import make_bundle
+
+    logging.getLogger("pneumoscan").setLevel(logging.ERROR)  # random weights: no appearance, a guessed threshold
+    return str(make_bundle(work / "lite0-192", 192))
+
+
+def first_heatmap(bundle: str | None, work: Path, env: dict[str, str]) -> None:
+    """Print the service's memory and times around its first heatmap, per backend (``--first-heatmap``)."""
+    bundle = lite0_bundle(bundle, work)
+    film = sorted((DATA / "val").rglob("*.jpeg"))[0]
+    print(f"bundle {bundle}; {film.name} posted; resident MiB; load average {os.getloadavg()[0]:.1f} before")
+    for backend in ("onnx", "torch"):
+        out = subprocess.run([sys.executable, "-c", FIRST_HEATMAP, bundle, backend, str(film), str(HEATMAPS)],
+                             env=env, capture_output=True, text=True, check=True, cwd=ROOT)  # fmt: skip
+        prediction, first, last, first_s, later_s, low, high = out.stdout.split()
+        print(f"{backend:<5} after the first prediction {prediction} MiB, the first heatmap {first} MiB, {HEATMAPS} "
+              f"heatmaps {last} MiB; the first heatmap request {first_s} s, a later one {later_s} s ({low}-{high})")
+
+
 def arena(bundle: str | None, work: Path, env: dict[str, str]) -> None:
     """Print the arena's memory and time figures (``--arena``)."""
-    if bundle is None:
-        import logging
-
-        from bench_predict import make_bundle
-
-        logging.getLogger("pneumoscan").setLevel(logging.ERROR)  # random weights: no appearance, a guessed threshold
-        bundle = str(make_bundle(work / "lite0-192", 192))
+    bundle = lite0_bundle(bundle, work)
     folder = folder_of(ARENA_FILMS, work)
     print(f"bundle {bundle}; predict {ARENA_FILMS} films, onnx; MiB: peak anonymous / peak resident")
     for name, prelude in (("arena on (pneumoscan's)", ""), ("arena off", ARENA_OFF)):
@@ -285,6 +334,8 @@ def main() -> None:
     parser.add_argument("--bundle", type=Path)
     parser.add_argument("--quick", action="store_true", help="no run over more than 1,000 films")
     parser.add_argument("--arena", action="store_true", help="ONNX Runtime's memory arena on and off, alone")
+    parser.add_argument("--first-heatmap", action="store_true",
+                        help="the service's memory and times around its first heatmap, alone")
     args = parser.parse_args()
     if args.bundle:  # a path that holds no bundle, said before the films are written and measured
         from bench_shift import refusing
@@ -300,6 +351,9 @@ def main() -> None:
             sys.exit(f"{DATA / 'train'}: no .jpeg film in NORMAL or PNEUMONIA (set PNEUMOSCAN_DATA)")
         if args.arena:
             arena(str(args.bundle) if args.bundle else None, work, env)
+            return
+        if args.first_heatmap:
+            first_heatmap(str(args.bundle) if args.bundle else None, work, env)
             return
         bundle = str(args.bundle or tiny_bundle(work / "tiny"))
         sizes = [50, 500] if args.quick else [50, 500, every]

@@ -162,6 +162,22 @@ def test_bench_memory_arena_off_makes_sessions_without_the_arena(tiny_bundle: Pa
     assert not onnx_runtime.session(model).get_session_options().enable_cpu_mem_arena
 
 
+def test_bench_memory_first_heatmap_measures_the_service_around_its_first_heatmap(
+        tiny_bundle: Path, data_root: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``--first-heatmap``'s child code (results.md's memory after the first heatmap, and the sandbox's Grad-CAM
+    times): one line of the resident MiB after the first prediction, the first heatmap and the last, then the seconds
+    of the first heatmap request and of the later ones (median, min, max)."""
+    bench = _bench("bench_memory", monkeypatch)
+    film = sorted((data_root / "val").rglob("*.jpeg"))[0]
+    monkeypatch.setattr(sys, "argv", ["-c", str(tiny_bundle), "onnx", str(film), "3"])
+    exec(bench.FIRST_HEATMAP, {})
+    words = capsys.readouterr().out.split()
+    assert len(words) == 7, words
+    prediction, first, last, first_s, later_s, low, high = map(float, words)
+    assert min(prediction, first, last) > 50 and first_s > 0 and 0 < low <= later_s <= high, words
+
+
 def test_bench_int8_probe_times_passes_from_the_exports_end(int8_bundle: Path, monkeypatch: pytest.MonkeyPatch,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
     """``--probe`` (results.md's INT8 speed straight after an export): a pass of PROBE_FILMS films every
