@@ -1321,6 +1321,38 @@ def test_by_touch_a_finger_windows_a_pinch_zooms_and_two_fingers_pan(browser: Br
         expect(page.locator("#view-touch")).to_contain_text("pinch")
 
 
+# The part of the film (in the fitted copy's viewer pixels from its centre) that the viewer's point [x, y] shows
+FILM_AT = "([x, y]) => [(x - 350 - view.panX) / view.zoom, (y - 260 - view.panY) / view.zoom]"
+
+
+def test_every_zoom_keeps_a_point_of_the_film_in_place(page: Page, small: Path) -> None:
+    """+ and -, the zoom buttons and the wheel zoomed about the viewer's centre and left the pan as it was: on a panned
+    film what sat in the middle of the viewer slid off it at each step. A key or button keeps what is in the middle
+    there, to the furthest out, and the wheel what is under the pointer, as a pinch keeps what is between the
+    fingers."""
+    upload_one(page, small)
+    page.focus("#view")
+    page.keyboard.press("Shift+ArrowRight")
+    page.keyboard.press("Shift+ArrowDown")
+    middle = page.evaluate(FILM_AT, [350, 260])
+    assert middle == [32, 32]
+    for zoom in ("+", "#zoom-in", "#zoom-out", *"-" * 9):
+        page.keyboard.press(zoom) if len(zoom) == 1 else page.click(zoom)
+        page.focus("#view")
+        assert page.evaluate(FILM_AT, [350, 260]) == pytest.approx(middle), zoom
+    assert page.evaluate("() => view.zoom") == 0.25
+    page.locator("#view").scroll_into_view_if_needed()
+    box = page.locator("#view").bounding_box()
+    x, y = int(box["x"]) + 100, int(box["y"]) + 80  # whole CSS pixels, as the mouse's events give them
+    point = [(x - box["x"]) * 700 / box["width"], (y - box["y"]) * 700 / box["width"]]
+    page.mouse.move(x, y)
+    under = page.evaluate(FILM_AT, point)
+    for _ in range(3):
+        page.mouse.wheel(0, -100)
+    expect(page.locator("#readout-wl")).to_contain_text("zoom 0.33x")
+    assert page.evaluate(FILM_AT, point) == pytest.approx(under)
+
+
 def test_show_in_the_list_brings_its_reading_into_view(browser: Browser, server: str, data_root: Path) -> None:
     """On a phone the list is under the reading: a film's Show, tapped, redrew a reading scrolled off screen above it,
     and seemed to do nothing. The reading comes into view."""

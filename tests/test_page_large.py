@@ -135,12 +135,11 @@ def test_the_viewer_keeps_the_whole_film_reduced_and_the_map_over_it(large_page:
 
 def look_at(page: Page, x: int, y: int, enlarged: float) -> None:
     """Zoom so that each of the large film's pixels spans ``enlarged`` viewer pixels, and pan so that the film's
-    point (x, y) (a pixel's top left corner) lies at the viewer's centre; the film fitted to the viewer and zoomed
-    about its centre, as the viewer does."""
+    point (x, y) (a pixel's top left corner) lies at the viewer's centre: zoomed as a key zooms, then panned there."""
     scale = enlarged * COPY_PIXEL  # viewer pixels a copy's pixel
     zoom = scale / min(VIEWER[0] / SHOWN[0], VIEWER[1] / SHOWN[1])
     pan = [-(x / COPY_PIXEL - SHOWN[0] / 2) * scale, -(y / COPY_PIXEL - SHOWN[1] / 2) * scale]
-    page.evaluate("([zoom, [x, y]]) => { view.panX = x; view.panY = y; setZoom(zoom); }", [zoom, pan])
+    page.evaluate("([zoom, [x, y]]) => { setZoom(zoom); view.panX = x; view.panY = y; draw(); }", [zoom, pan])
     expect(page.locator("#readout-wl")).to_contain_text(f"zoom {zoom:.2f}x")
 
 

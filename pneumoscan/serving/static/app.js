@@ -723,18 +723,18 @@ function zoomMost() {
   return ZOOM_MAX * (view.original ? view.original.naturalWidth / view.w : 1);
 }
 
-// Zoom from a key, a button or the wheel (a film opens fitted, at 1): said, and at either end said to be the end
-function setZoom(zoom) {
-  const most = zoomMost();
-  view.zoom = Math.max(ZOOM_MIN, Math.min(most, zoom));
-  compose();
-  const end = view.zoom === most ? ", the furthest in" : view.zoom === ZOOM_MIN ? ", the furthest out" : "";
+// Zoom from a key, a button or the wheel (a film opens fitted, at 1), about the viewer's point (x, y) as zoomAt: said,
+// and at either end said to be the end
+function setZoom(zoom, x, y) {
+  zoomAt(zoom, x, y);
+  const end = view.zoom === zoomMost() ? ", the furthest in" : view.zoom === ZOOM_MIN ? ", the furthest out" : "";
   sayView(`${zoomWords()}${end}`);
 }
 
-// Zoom from a pinch, about the point (x, y) of the viewer between the fingers, which stays under them; seen as it
-// goes, and not said, as a drag
-function zoomAt(zoom, x, y) {
+// Every zoom: the viewer's point (x, y) shows the same part of the film before and after, the centre for a key or a
+// button, the pointer for the wheel, between the fingers for a pinch (seen as it goes, and not said, as a drag). Zoomed
+// about the centre with the pan left as it was, a panned film slid away from the middle of the viewer at each step.
+function zoomAt(zoom, x = $("view").width / 2, y = $("view").height / 2) {
   const before = view.zoom;
   view.zoom = Math.max(ZOOM_MIN, Math.min(zoomMost(), zoom));
   const [cx, cy] = [x - $("view").width / 2, y - $("view").height / 2];  // from the viewer's centre
@@ -790,6 +790,17 @@ $("pan-mode").addEventListener("click", () => {
 const pointers = new Map();  // pointerId -> [clientX, clientY], for each pointer down on the viewer
 let dragging = null;  // {panning} with one pointer down, {pinch: [distance, midpoint]} with two, {done} after a pinch
 
+// The viewer's pixels a CSS pixel (the canvas is drawn at 700 x 520 and shown at the page's width)
+function viewerPixels() {
+  return $("view").width / $("view").getBoundingClientRect().width;
+}
+
+// The viewer's point under the page's point (clientX, clientY)
+function viewerPoint(clientX, clientY) {
+  const box = $("view").getBoundingClientRect();
+  return [(clientX - box.left) * viewerPixels(), (clientY - box.top) * viewerPixels()];
+}
+
 // The distance between the first two pointers down, and their midpoint, in CSS pixels
 function spread() {
   const [[x1, y1], [x2, y2]] = pointers.values();
@@ -809,8 +820,7 @@ $("view").addEventListener("pointermove", (event) => {
   const last = pointers.get(event.pointerId);
   if (!last || !dragging) return;
   pointers.set(event.pointerId, [event.clientX, event.clientY]);
-  const box = $("view").getBoundingClientRect();
-  const k = $("view").width / box.width;  // the viewer's pixels a CSS pixel
+  const k = viewerPixels();
   if (dragging.pinch) {
     const [distance, [x, y]] = spread();
     const [before, [x0, y0]] = dragging.pinch;
@@ -819,7 +829,7 @@ $("view").addEventListener("pointermove", (event) => {
     view.panY += (y - y0) * k;
     // fingers that touched down on one point have no spread to scale: this move sets it (a ratio to 0 took the zoom
     // to its furthest in)
-    zoomAt(before > 0 ? view.zoom * (distance / before) : view.zoom, (x - box.left) * k, (y - box.top) * k);
+    zoomAt(before > 0 ? view.zoom * (distance / before) : view.zoom, ...viewerPoint(x, y));
   } else if (dragging.panning) pan((event.clientX - last[0]) * k, (event.clientY - last[1]) * k);
   else if (!dragging.done) {
     $("preset").value = "custom";
@@ -835,7 +845,7 @@ for (const type of ["pointerup", "pointercancel"]) {
 }
 $("view").addEventListener("wheel", (event) => {
   event.preventDefault();
-  setZoom(view.zoom * (event.deltaY < 0 ? 1.1 : 1 / 1.1));
+  setZoom(view.zoom * (event.deltaY < 0 ? 1.1 : 1 / 1.1), ...viewerPoint(event.clientX, event.clientY));
 }, { passive: false });
 // The viewer's keys, the same as the help above it (index.html, view-keys). Pan pressed, the arrows pan without Shift
 // held, as a drag does: one key at a time for a reader who cannot hold two.
