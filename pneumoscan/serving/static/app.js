@@ -563,6 +563,8 @@ const VIRIDIS = (() => {
 
 // Pixel operations on the film: gray level -> window/level (-> inverted) -> blended with the coloured map, for the
 // viewer's copy; the part of the original in view, when zoomed in past the copy's pixels, goes the same way in draw.
+// Only a change of those (window, inversion, map, opacity, another film) calls for it: zoom and pan draw the copy
+// made here again (draw), as a pass over a 2,048 px film's pixels is too slow for each step of a pinch.
 function compose() {
   if (!view.gray) return;
   const { w, h, level, width } = view;
@@ -573,8 +575,6 @@ function compose() {
   }
   paint(composedFrame.data, view.gray, $("heatmap-toggle").checked ? view.cam : null);
   composed.getContext("2d").putImageData(composedFrame, 0, 0);
-  $("readout-wl").textContent = `${windowWords()}${view.invert ? ", inverted" : ""}` +
-    `${$("window-lock").checked ? ", window locked" : ""}, ${zoomWords()}`;
   draw();
 }
 
@@ -629,6 +629,8 @@ function draw() {
   ctx.fillStyle = "#000";
   ctx.fillRect(0, 0, canvas.width, canvas.height);
   if (!view.gray) return;
+  $("readout-wl").textContent = `${windowWords()}${view.invert ? ", inverted" : ""}` +
+    `${$("window-lock").checked ? ", window locked" : ""}, ${zoomWords()}`;
   const scale = Math.min(canvas.width / view.w, canvas.height / view.h) * view.zoom;  // viewer pixels a copy's
   const x = canvas.width / 2 + view.panX - (view.w * scale) / 2;  // where the copy's top left corner lies
   const y = canvas.height / 2 + view.panY - (view.h * scale) / 2;
@@ -740,7 +742,7 @@ function zoomAt(zoom, x = $("view").width / 2, y = $("view").height / 2) {
   const [cx, cy] = [x - $("view").width / 2, y - $("view").height / 2];  // from the viewer's centre
   view.panX = cx - (cx - view.panX) * (view.zoom / before);
   view.panY = cy - (cy - view.panY) * (view.zoom / before);
-  compose();
+  draw();
 }
 
 function pan(dx, dy) {
