@@ -1318,7 +1318,7 @@ def test_by_touch_a_finger_windows_a_pinch_zooms_and_two_fingers_pan(browser: Br
         before = page.evaluate(state)
         touches(cdp, *glide([(box["x"] + 50, box["y"] + 50)], [(20, -10)]))
         assert page.evaluate(state)[:5] == pytest.approx([*before[:3], before[3] + 20 * k, before[4] - 10 * k])
-        expect(page.locator("#view-touch")).to_contain_text("pinch")
+        expect(page.locator("#view-pointer")).to_contain_text("Pinch")
 
 
 # The part of the film (in the fitted copy's viewer pixels from its centre) that the viewer's point [x, y] shows
@@ -1371,6 +1371,27 @@ def test_zoom_and_pan_draw_the_film_again_without_a_window_pass(page: Page, smal
     assert page.evaluate("() => window.paints") == 0
     page.keyboard.press("ArrowUp")
     assert page.evaluate("() => window.paints") == 1
+
+
+@pytest.mark.parametrize(("device", "pinch", "wheel"), [({}, False, True), (TABLET, True, False)],
+                         ids=["mouse", "touch"])
+def test_the_viewers_help_says_what_the_device_has(browser: Browser, server: str, small: Path,
+                                                  device: dict[str, object], pinch: bool, wheel: bool) -> None:
+    """On a tablet the viewer's help gave its keys, a paragraph of keys the reader had none of, and the mouse wheel;
+    with a mouse, the pinch. Each says what the device has: the pinch on a touch screen, the wheel with a mouse, the
+    keys with a mouse (a keyboard comes with one) or from a keyboard's first key (a tablet's, with no mouse)."""
+    with opened_page(browser, server, **device) as page:
+        upload_one(page, small)
+        help_ = page.locator("#view-pointer")
+        expect(help_).to_be_visible()
+        assert ("Pinch" in help_.inner_text(), "wheel" in help_.inner_text()) == (pinch, wheel)
+        keys = page.locator("#view-keys")
+        expect(keys).to_be_visible() if wheel else expect(keys).to_be_hidden()
+        page.locator("#view").tap() if pinch else page.click("#view")
+        page.keyboard.press("+")  # a key: a keyboard is there, and its keys' help with it
+        expect(keys).to_be_visible()
+        # a screen reader hears the keys from the viewer's description, shown or not
+        expect(page.locator("#view")).to_have_accessible_description(re.compile(re.escape(keys.inner_text())))
 
 
 def test_show_in_the_list_brings_its_reading_into_view(browser: Browser, server: str, data_root: Path) -> None:

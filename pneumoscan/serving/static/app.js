@@ -849,6 +849,11 @@ $("view").addEventListener("wheel", (event) => {
   event.preventDefault();
   setZoom(view.zoom * (event.deltaY < 0 ? 1.1 : 1 / 1.1), ...viewerPoint(event.clientX, event.clientY));
 }, { passive: false });
+// A keyboard used shows the keys' help where a touch screen alone hid it (style.css): Tab anywhere, or any key on the
+// viewer (a phone's on-screen keyboard, typing the API key, is not one)
+document.addEventListener("keydown", (event) => {
+  if (event.key === "Tab" || event.target === $("view")) document.documentElement.classList.add("keys");
+}, { capture: true });
 // The viewer's keys, the same as the help above it (index.html, view-keys). Pan pressed, the arrows pan without Shift
 // held, as a drag does: one key at a time for a reader who cannot hold two.
 $("view").addEventListener("keydown", (event) => {
