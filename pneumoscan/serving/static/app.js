@@ -745,6 +745,11 @@ function zoomAt(zoom, x = $("view").width / 2, y = $("view").height / 2) {
   draw();
 }
 
+// Whether a drag or an arrow key pans (Pan pressed), rather than changing the window
+function panMode() {
+  return $("pan-mode").getAttribute("aria-pressed") === "true";
+}
+
 function pan(dx, dy) {
   view.panX += dx;
   view.panY += dy;
@@ -779,7 +784,7 @@ $("zoom-in").addEventListener("click", () => setZoom(view.zoom * 1.25));
 $("zoom-out").addEventListener("click", () => setZoom(view.zoom / 1.25));
 $("zoom-fit").addEventListener("click", reset);
 $("pan-mode").addEventListener("click", () => {
-  const on = $("pan-mode").getAttribute("aria-pressed") !== "true";
+  const on = !panMode();
   $("pan-mode").setAttribute("aria-pressed", String(on));
   $("view").classList.toggle("panning", on);
 });
@@ -815,7 +820,7 @@ $("view").addEventListener("pointerdown", (event) => {
   // not scrolled into view: a film whose top is off screen moved under the finger that touched it
   $("view").focus({ preventScroll: true });
   if (pointers.size === 1) {
-    dragging = { panning: event.shiftKey || $("pan-mode").getAttribute("aria-pressed") === "true" };
+    dragging = { panning: event.shiftKey || panMode() };
   } else if (pointers.size === 2) dragging = { pinch: spread() };
 });
 $("view").addEventListener("pointermove", (event) => {
@@ -863,7 +868,7 @@ $("view").addEventListener("keydown", (event) => {
   const moves = { ArrowLeft: [-1, 0], ArrowRight: [1, 0], ArrowUp: [0, -1], ArrowDown: [0, 1] };
   if (moves[event.key]) {
     const [x, y] = moves[event.key];
-    if (event.shiftKey || $("pan-mode").getAttribute("aria-pressed") === "true") pan(-x * step * 4, -y * step * 4);
+    if (event.shiftKey || panMode()) pan(-x * step * 4, -y * step * 4);
     else {
       setWindow(view.level - y * step, view.width + x * step);  // up: darker level as in a drag upwards
       sayView(windowWords());
