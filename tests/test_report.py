@@ -350,6 +350,27 @@ def test_the_reliability_diagram_shows_each_bins_films_and_exact_interval(tmp_pa
     assert "fewer than 10 films" not in page and "the number on each bar counts its films" in page
 
 
+def test_the_count_on_a_bin_of_almost_every_film_stays_clear_of_the_title() -> None:
+    """A bin holding almost every film has a bar reaching the top of the axes: the count written above it stood in
+    the title's line. Every count is drawn apart from the title (and inside the figure)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from pneumoscan.core.metrics import calibration
+    from pneumoscan.evaluation.report import _reliability_figure
+
+    rng = np.random.default_rng(7)
+    for prob in (np.r_[rng.uniform(0.0, 0.1, 995), rng.uniform(0.9, 1.0, 5)], rng.uniform(0.41, 0.49, 16),
+                 rng.uniform(0.91, 0.99, 12345)):
+        y = (rng.uniform(size=prob.size) < prob).astype(int)
+        fig = _reliability_figure(calibration(y, prob), "P")
+        renderer = FigureCanvasAgg(fig).get_renderer()
+        ax = fig.axes[0]
+        title = ax.title.get_window_extent(renderer)
+        counts = [t.get_window_extent(renderer) for t in ax.texts]
+        assert counts and not any(box.overlaps(title) for box in counts), (title, counts)
+        assert all(fig.bbox.contains(box.x0, box.y0) and fig.bbox.contains(box.x1, box.y1) for box in counts)
+
+
 def test_per_class_figures_say_they_have_no_interval(tmp_path) -> None:
     rng = np.random.default_rng(7)
     y = rng.integers(0, 3, 300)

@@ -297,6 +297,7 @@ def _pr_figure(pr: dict[str, list], label: str, prevalence: float, points: dict[
 
 
 _SPARSE_BIN = 10  # a bin of fewer films has an observed frequency too uncertain to read without its interval
+_FULL_BAR = 0.9  # the share of films above which a bar's count is written inside its top, under the title
 
 
 def _filled_bins(cal: dict[str, Any]) -> list[tuple[float, float, float, float, int, tuple[float, float]]]:
@@ -329,9 +330,10 @@ def _reliability_figure(cal: dict[str, Any], xlabel: str) -> Figure:
     ax.bar(edges[:-1], shares, width=edges[1] - edges[0], align="edge", color="#0b3c5d", alpha=0.15,
            label="share of films (count on the bar)")
     for left, share, count in zip(edges, shares, cal["counts"]):
-        if count:
-            ax.text(left + (edges[1] - edges[0]) / 2, share + 0.01, str(count), ha="center", va="bottom", fontsize=7,
-                    color="#0b3c5d")
+        if count:  # above its bar; inside the top of one of nearly every film, whose count above stood in the title
+            top = share > _FULL_BAR
+            ax.text(left + (edges[1] - edges[0]) / 2, share + (-0.01 if top else 0.01), str(count), ha="center",
+                    va="top" if top else "bottom", fontsize=7, color="#0b3c5d")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.17), ncol=2, fontsize=8, frameon=False)
     return fig
 
