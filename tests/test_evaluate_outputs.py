@@ -128,14 +128,14 @@ def test_the_report_shows_the_most_confident_errors_with_grad_cam(tiny_bundle: P
     assert len(normals) > GALLERY_SIZE
     html = (out / "report.html").read_text()
     fp_part, fn_part = html.split("<h3>False positives")[1].split("<h3>False negatives")
-    shown = [float(p) for p in re.findall(r"P = ([0-9.]+)</figcaption>", fp_part)]
+    shown = [float(p) for p in re.findall(r"P = ([0-9.]+)<br>", fp_part)]  # the overlay's caption beneath
     assert shown == [round(p, 4) for p in normals[:GALLERY_SIZE]]  # at the decimals of the threshold
     assert "None." in fn_part and "<img" not in fn_part
     for data in re.findall(r'<img src="data:image/png;base64,([^"]+)"', fp_part):
         overlay = Image.open(io.BytesIO(base64.b64decode(data)))
-        # original | heatmap | blend, over their caption (these 64 px films are thumbnails, outside the model's
-        # scope, so the caption, which says so, is taller than the panels): the film gray, the heatmap in colour
+        # original | heatmap | blend (their caption is the page's text): the film gray, the heatmap in colour
         side = overlay.size[0] // 3
+        assert overlay.size == (3 * side, side)  # the square films' panels alone
         panels = np.asarray(overlay.convert("RGB")).astype(int)[: side // 2]  # the square films' upper half
         film, heat = panels[:, : side - 1], panels[:, side + 1 : 2 * side - 1]
         assert (film == film[..., :1]).all() and np.ptp(heat, axis=2).mean() > 10

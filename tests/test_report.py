@@ -537,6 +537,42 @@ PAPERS = {"A4": (8.27, 11.69), "Letter": (8.5, 11.0)}  # inches, as Page.printTo
 CSS_PX = {"mm": 96 / 25.4, "in": 96.0, "px": 1.0}
 
 
+def _gallery_boxes(page: Page) -> list[dict]:
+    """Each gallery picture's box as the page lays it out (CSS px) with its caption's words."""
+    return page.evaluate("""() => [...document.querySelectorAll('.gallery figure')].map((f) => {
+        const box = f.querySelector('img').getBoundingClientRect();
+        return {width: box.width, height: box.height, caption: f.querySelector('figcaption').textContent};
+    })""")
+
+
+def test_the_error_gallery_shows_thumbnails_whatever_the_films_size_and_aspect(chromium: Page, tiny_evaluation: Path,
+                                                                             tmp_path: Path) -> None:
+    """A 64 px film's overlay came out a tall strip (its three panels over a caption burnt into the picture, eight
+    lines of it), stretched to the figure's width: 360 x 590 px, one a printed page, its words unread by a screen
+    reader. A thumbnail is the three panels alone, its caption's words text beside it, and fits a thumbnail's box
+    whatever the picture's size and aspect (a tall film, a wide one, a tiny one)."""
+    _read_as_a_reader(chromium, tiny_evaluation / "report.html")
+    shown = _gallery_boxes(chromium)
+    assert shown and all(box["height"] <= 240 and box["width"] <= 360 for box in shown), shown
+    assert all("Grad-CAM" in box["caption"] for box in shown), shown  # the overlay's words, as text
+    page = (tiny_evaluation / "report.html").read_text()
+    for png in _embedded_pngs(page[page.index("Most confident errors"):]):
+        with Image.open(io.BytesIO(png)) as picture:  # the tiny films are square: three panels side by side
+            assert picture.width == 3 * picture.height, picture.size
+    pictures = [Image.new("L", size, 128) for size in ((60, 600), (2000, 50), (20, 20), (1024, 1024))]
+    thumbnails = [(_png(picture), f"{i}.jpeg  P = 0.9") for i, picture in enumerate(pictures)]
+    report = write_report(_binary_metrics(), tmp_path, "Gallery", gallery={"False positives": thumbnails})
+    chromium.goto(report.as_uri())
+    shown = _gallery_boxes(chromium)
+    assert len(shown) == 4 and all(0 < box["height"] <= 240 and 0 < box["width"] <= 360 for box in shown), shown
+
+
+def _png(picture: Image.Image) -> bytes:
+    out = io.BytesIO()
+    picture.save(out, format="PNG")
+    return out.getvalue()
+
+
 def _printed(page: Page, paper: str) -> list[str]:
     """The loaded report printed on PAPER as Chromium prints it for a person (Page.printToPDF: the page's own
     margins, no background graphics), each page's text."""

@@ -5,7 +5,6 @@ films are new to the bundle is :mod:`.held_out`'s to say; a new threshold is :mo
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import time
@@ -204,13 +203,14 @@ def threshold_table(y: np.ndarray, scores: np.ndarray, threshold: float) -> list
     return jsonable(rows)  # an undefined rate (precision with nothing called positive) is None, not NaN
 
 
-def _thumbnail(image: Image.Image, overlay: bool) -> bytes:
+def _thumbnail(image: Image.Image, said: str | None) -> bytes:
     """A PNG at most THUMBNAIL pixels high (three panels wide for an overlay), so sixteen keep the report small; an
-    overlay's marked as pneumoscan output, as the full-size one is (saved from the report, it is refused as a film)."""
+    overlay's (``said``: its caption) marked as pneumoscan output, as the full-size one is (saved from the report, it
+    is refused as a film), its caption kept as its Description."""
     from pneumoscan.inference.explain import encode_png
 
     image.thumbnail((3 * THUMBNAIL, THUMBNAIL), Image.Resampling.BILINEAR)
-    return encode_png(image, own="overlay" if overlay else None)
+    return encode_png(image, own="overlay" if said is not None else None, description=said)
 
 
 def error_gallery(predictor: Predictor, records: list[Record], y: np.ndarray, scores: np.ndarray,
@@ -219,8 +219,10 @@ def error_gallery(predictor: Predictor, records: list[Record], y: np.ndarray, sc
     """The ``size`` most confident false positives (highest scores among negatives called positive) and false
     negatives (lowest scores among positives called negative) as thumbnails, with Grad-CAM overlays while
     ``cam_seconds`` last and the model has a spatial feature map, plain films after that. ``tta`` (the scores are
-    means of test-time views) and each film's ``scope`` warnings go into the overlays' captions, as predict's."""
-    from pneumoscan.inference.explain import NoMapOfFilm, film_overlay
+    means of test-time views) and each film's ``scope`` warnings go into the overlays' captions, as predict's. An
+    overlay is its panels alone, its caption the text's second line (the film's name and score the first): words
+    drawn under a small film's panels made a strip many times as tall as wide, which no screen reader reads."""
+    from pneumoscan.inference.explain import NoMapOfFilm, film_panels
 
     called = scores >= threshold
     false_pos = np.flatnonzero((y == 0) & called)
@@ -243,12 +245,11 @@ def error_gallery(predictor: Predictor, records: list[Record], y: np.ndarray, sc
             except DecodeError as e:  # changed since the cache was built: say so, do not stop the report
                 log.warning("gallery: %s: %s", record.path, e)
                 continue
-            image, overlay, refused = Image.fromarray(gray), False, ""
+            image, said, refused = Image.fromarray(gray), None, ""
             if cam and time.monotonic() < deadline:
                 try:
-                    png = film_overlay(predictor, gray, label=predictor.card.positive if called[i] else
-                                       predictor.card.classes[0], tta=tta, warnings=scope[i] if scope else ())
-                    image, overlay = Image.open(io.BytesIO(png)), True
+                    image, said = film_panels(predictor, gray, label=predictor.card.positive if called[i] else
+                                              predictor.card.classes[0], tta=tta, warnings=scope[i] if scope else ())
                 except NoMapOfFilm as e:  # this film's map only: the next film's may be drawn
                     refused = f"  ({NO_HEATMAP}: {e})"
                 except ValueError as e:  # a model without a spatial feature map, or an INT8 one
@@ -256,7 +257,7 @@ def error_gallery(predictor: Predictor, records: list[Record], y: np.ndarray, sc
                     cam = False
             # at the decimals of the report's threshold, more where they would show the two alike
             caption = f"{Path(record.path).name}  P = {figure_beside(scores[i], threshold, THRESHOLD_DIGITS)}{refused}"
-            items.append((_thumbnail(image, overlay), caption))
+            items.append((_thumbnail(image, said), caption + (f"\n{said}" if said is not None else "")))
         gallery[title] = items
     return gallery
 

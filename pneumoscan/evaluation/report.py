@@ -46,6 +46,7 @@ figure{margin:0;flex:1 1 320px;max-width:380px}figure img{width:100%;box-sizing:
 figcaption{font-size:.88em;color:#52606d;margin-top:4px}.note{color:#52606d;font-size:.9em}
 .block{flex:0 1 auto}
 .gallery{display:flex;flex-wrap:wrap;gap:12px}.gallery figure{flex:0 1 360px;max-width:360px}h3{font-size:1em}
+.gallery img{width:auto;max-width:100%;max-height:240px}.said{font-size:.9em}
 caption{text-align:left;color:#52606d;font-size:.88em;padding-bottom:3px}
 .optimistic{border:2px solid #b42318;background:#fef3f2;color:#7a271a;padding:8px 14px;margin:12px 0}
 .unchecked{border:2px solid #b54708;background:#fffaeb;color:#7a2e0e;padding:8px 14px;margin:12px 0}
@@ -482,16 +483,24 @@ def _threshold_table_html(rows: list[dict[str, Any]], absent: str | None) -> str
 
 
 def _gallery_html(gallery: dict[str, list[tuple[bytes, str]]]) -> str:
-    """Titled rows of thumbnails (PNG bytes, caption), e.g. the most confident errors."""
-    parts = ["<h2>Most confident errors</h2>"]
+    """Titled rows of thumbnails (PNG bytes, caption), e.g. the most confident errors: a caption's first line names
+    the picture (its text alternative, "Film ..."), a second one (an overlay's words) is shown beneath it."""
+    parts = ['<h2>Most confident errors</h2><p class="note">A Grad-CAM overlay shows the film, its map (viridis: dark '
+             "purple for no evidence, yellow for the top of the scale its caption names) and the two blended.</p>"]
     for title, items in gallery.items():
         parts.append(f"<h3>{_esc(title)}</h3>")
         if not items:
             parts.append('<p class="note">None.</p>')
             continue
-        parts.append('<div class="gallery">' + "".join(_image_html(png, caption, f"Film {caption}")
-                                                       for png, caption in items) + "</div>")
+        parts.append('<div class="gallery">' + "".join(_thumbnail_html(png, caption) for png, caption in items)
+                     + "</div>")
     return "".join(parts)
+
+
+def _thumbnail_html(png: bytes, caption: str) -> str:
+    name, _, said = caption.partition("\n")
+    return (f'<figure><img src="{png_data_url(png)}" alt="Film {_esc(name)}"><figcaption>{_esc(name)}'
+            + (f'<br><span class="said">{_esc(said)}</span>' if said else "") + "</figcaption></figure>")
 
 
 def _multiclass_body(m: dict[str, Any], section: str = "", pngs: dict[str, bytes] | None = None) -> str:

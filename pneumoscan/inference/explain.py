@@ -414,13 +414,31 @@ def _one_thread() -> Iterator[None]:
 
 def overlay_png(gray: np.ndarray, cam: np.ndarray, explains: str, scale: HeatmapScale | None, *,
                 negative: str | None = None, tta: bool = False, warnings: Sequence[str] = ()) -> bytes:
-    """PNG of three panels side by side: the original, the heatmap, and the two blended, in viridis (as the web
-    page draws it), over a caption strip that says what the map shows and on which scale (:func:`caption`), so a
-    file copied out of its folder or printed still says how to read it. Panels keep the original's aspect (shrunk
-    to at most MAX_PANEL pixels a side); ``cam`` of any shape is resized onto them. Where the model did not read the
-    film (``cam``'s NaN: :func:`unread_mask`) the heatmap panel is hatched grey, no colour of the scale, and the blend
-    shows the film alone: the scale's lowest colour there would say "no evidence" where the model never looked. A
-    map drawn in the lowest colour alone is said to be empty in the caption.
+    """PNG of :func:`overlay_panels` over a caption strip that says what the map shows and on which scale
+    (:func:`caption`), so a file copied out of its folder or printed still says how to read it."""
+    return captioned_png(*overlay_panels(gray, cam, explains, scale, negative=negative, tta=tta, warnings=warnings),
+                         scale)
+
+
+def captioned_png(panels: Image.Image, text: str, scale: HeatmapScale | None) -> bytes:
+    """The overlay's PANELS over a strip of the colour scale (``scale``'s) and TEXT, their caption, which the PNG
+    also carries as its ``Description``."""
+    strip = _caption_strip(panels.width, panels.height, text, scale_top(scale))
+    picture = Image.new("RGB", (panels.width, panels.height + strip.height))
+    picture.paste(panels)
+    picture.paste(strip, (0, panels.height))
+    return encode_png(picture, own="overlay", description=text)
+
+
+def overlay_panels(gray: np.ndarray, cam: np.ndarray, explains: str, scale: HeatmapScale | None, *,
+                   negative: str | None = None, tta: bool = False,
+                   warnings: Sequence[str] = ()) -> tuple[Image.Image, str]:
+    """Three panels side by side: the original, the heatmap, and the two blended, in viridis (as the web page draws
+    it), with their caption (:func:`caption`), which a page shows as its text. Panels keep the original's aspect
+    (shrunk to at most MAX_PANEL pixels a side); ``cam`` of any shape is resized onto them. Where the model did not
+    read the film (``cam``'s NaN: :func:`unread_mask`) the heatmap panel is hatched grey, no colour of the scale, and
+    the blend shows the film alone: the scale's lowest colour there would say "no evidence" where the model never
+    looked. A map drawn in the lowest colour alone is said to be empty in the caption.
     ``explains``: the class the map is evidence for; ``scale``: the one it was drawn on (:func:`heatmap_scale`);
     ``negative`` (the label of a film read as negative), ``tta`` and ``warnings`` (the film's): what else the caption
     must say of the reading the map goes with."""
@@ -438,13 +456,8 @@ def overlay_png(gray: np.ndarray, cam: np.ndarray, explains: str, scale: Heatmap
     heat[missing] = _hatch(height, width)[missing]
     blend[missing] = original[missing]
     panels = Image.fromarray(np.hstack([original, heat, blend]))
-    text = caption(explains, scale, unread=bool(missing.any()), negative=negative, empty=not levels[~missing].any(),
-                   tta=tta, warnings=warnings)
-    strip = _caption_strip(panels.width, height, text, scale_top(scale))
-    picture = Image.new("RGB", (panels.width, height + strip.height))
-    picture.paste(panels)
-    picture.paste(strip, (0, height))
-    return encode_png(picture, own="overlay", description=text)
+    return panels, caption(explains, scale, unread=bool(missing.any()), negative=negative,
+                           empty=not levels[~missing].any(), tta=tta, warnings=warnings)
 
 
 # What a caption adds for one film's map (:func:`caption`)
@@ -579,7 +592,15 @@ def panel_png(gray: np.ndarray, own: str | None = None) -> bytes:
 
 def film_overlay(predictor: Predictor, gray: np.ndarray, shown: np.ndarray | None = None, *, label: str,
                  tta: bool = False, warnings: Sequence[str] = ()) -> bytes:
-    """The overlay every route draws of a film (predict's files, the report's gallery, the service's answers):
+    """The overlay every route draws of a film (predict's files, the service's answers): :func:`film_panels` over
+    their caption strip (:func:`captioned_png`)."""
+    return captioned_png(*film_panels(predictor, gray, shown, label=label, tta=tta, warnings=warnings),
+                         heatmap_scale(predictor.card))
+
+
+def film_panels(predictor: Predictor, gray: np.ndarray, shown: np.ndarray | None = None, *, label: str,
+                tta: bool = False, warnings: Sequence[str] = ()) -> tuple[Image.Image, str]:
+    """The overlay's panels of a film and their caption (the report's gallery shows the caption as text):
     Grad-CAM of ``gray`` (the film as the model reads it) over ``shown`` (that film at a panel's size; default
     ``gray``), of the call's evidence on the bundle's scale, its caption saying when the reading's ``label`` is the
     negative class and when ``warnings`` put the film outside the model's scope. Raises :class:`NoMapOfFilm` for a
@@ -590,8 +611,8 @@ def film_overlay(predictor: Predictor, gray: np.ndarray, shown: np.ndarray | Non
         raise ValueError(f"label {label!r} is not a reading of this bundle ({' or '.join(calls)}): give the reading's "
                          "label, as predict_array or predict_paths spells it")
     cam = explain_array(predictor, gray)
-    return overlay_png(gray if shown is None else shown, cam, card.positive, heatmap_scale(card),
-                       negative=None if label == card.positive else label, tta=tta, warnings=warnings)
+    return overlay_panels(gray if shown is None else shown, cam, card.positive, heatmap_scale(card),
+                          negative=None if label == card.positive else label, tta=tta, warnings=warnings)
 
 
 def map_png(cam: np.ndarray) -> bytes:
