@@ -634,6 +634,23 @@ def test_a_printed_report_names_itself_on_every_page_and_cuts_no_table_or_figure
             assert "Rule Threshold Sensitivity Specificity Precision NPV TP FP TN FN" in text, (number, text)
 
 
+def test_a_report_printed_without_page_margin_boxes_still_names_itself_on_its_first_page(
+        chromium: Page, tiny_evaluation: Path, tiny_bundle: Path) -> None:
+    """Only Chromium 131 and later print CSS page margin boxes (the running title, model id, date and page of
+    pages): an engine without them (Firefox's) prints the page alone, so the first page's own text says what the
+    report is, of which model, when, and that it is for research use, as the screen shows it."""
+    page = (tiny_evaluation / "report.html").read_text()
+    bare = re.sub(r"@(top|bottom)-(left|right)\{[^}]*\}", "", page)
+    assert bare != page and "@top-" not in bare
+    chromium.set_content(bare)
+    title, card = chromium.title(), load_card(tiny_bundle)
+    first = _printed(chromium, "A4")[0]
+    generated = re.search(r"Generated \d{4}-\d\d-\d\d \d\d:\d\d UTC", first)
+    assert generated and first.startswith(title), first
+    for said in (f"model id {card.model_id}", "For research use; not a medical device."):
+        assert said in first, (said, first)
+
+
 def test_a_printed_report_is_dark_on_white_whatever_the_colour_scheme(chromium: Page, tiny_evaluation: Path) -> None:
     """Printed, the report kept the screen's grey page and its framed card (toner, with background graphics on) and
     the confusion matrices lost their shading (without): in print it is dark text on white, unframed, whether the
