@@ -651,6 +651,16 @@ def test_a_report_printed_without_page_margin_boxes_still_names_itself_on_its_fi
         assert said in first, (said, first)
 
 
+def test_a_training_runs_report_names_its_model_on_screen_as_on_paper(chromium: Page, tiny_bundle: Path) -> None:
+    """A training run's report gave its bundle's model id only in the printed pages' margins (CSS page margin boxes,
+    which no screen shows and a browser without them does not print): it is in the header's table, as evaluate's
+    report has it, and the margins take it from there."""
+    card = load_card(tiny_bundle)
+    chromium.goto((tiny_bundle.parent / "report.html").as_uri())
+    about = chromium.get_by_role("table", name="About this evaluation").inner_text()
+    assert f"model id\t{card.model_id}" in about, about
+
+
 def test_a_printed_report_is_dark_on_white_whatever_the_colour_scheme(chromium: Page, tiny_evaluation: Path) -> None:
     """Printed, the report kept the screen's grey page and its framed card (toner, with background graphics on) and
     the confusion matrices lost their shading (without): in print it is dark text on white, unframed, whether the

@@ -32,7 +32,7 @@ from pneumoscan.inference.predict import NO_HEATMAP, Predictor, check_bundle_sta
 from pneumoscan.models.card import WEIGHTS, BundleCard, load_card, proven_run_split, refuse_model_files
 from .held_out import HeldOutPolicy, check_held_out
 from .model_card import MODEL_CARD, add_evaluation, counted, evaluation_record, left_out_said
-from .report import METRICS, THRESHOLD_DIGITS, write_report
+from .report import METRICS, MODEL_ID, THRESHOLD_DIGITS, write_report
 
 log = logging.getLogger(__name__)
 PREDICTION_FIELDS = ("path", "label", "subtype", "patient", "probability", "called", "correct")
@@ -412,7 +412,7 @@ def _report_header(bundle: Path | str, data: Path | str, split: str | None, card
     films too."""
     mode = f"{len(TTA_VIEWS)}-view test-time augmentation" if tta else "plain"
     return {
-        "bundle": str(bundle), "model id": card.model_id, "data": f"{data}{f', split {split}' if split else ''}",
+        "bundle": str(bundle), MODEL_ID: card.model_id, "data": f"{data}{f', split {split}' if split else ''}",
         "images": images,
         "left out of the figures": left_out_said(left_out) or "none",
         "scores": mode,
@@ -462,5 +462,4 @@ def _write_outputs(out_dir: Path, predictor: Predictor, records: list[Record], t
     write_atomic(out_dir / "predictions.csv", results_csv(fields, rows).encode())
     table = metrics["threshold_table"]
     write_atomic(out_dir / "sensitivity_table.csv", results_csv(list(table[0]), table).encode())
-    write_report(metrics, out_dir, title, extra=header, figures=True, gallery=gallery,
-                 running=f"model id {card.model_id}")
+    write_report(metrics, out_dir, title, extra=header, figures=True, gallery=gallery)

@@ -57,12 +57,14 @@ h2,h3,h2+.note{break-after:avoid}figure,table,tr,.block,.optimistic,.unchecked{b
 th,td{padding:3px 6px}.cm td{print-color-adjust:exact;-webkit-print-color-adjust:exact}}
 """
 _RESEARCH_USE = "For research use; not a medical device."
+MODEL_ID = "model id"  # the header's row (``extra``) of the bundle's model id, which every printed page repeats
 
 
 def _page_css(title: str, generated: str, running: str) -> str:
     """Every printed page's margins say what it is (the title, ``running``: which bundle; when it was made; its page
     of how many), as a person's own browser prints them (CSS page margin boxes), not only the first page's header:
-    a page of a report printed to PDF is often read apart from the others."""
+    a page of a report printed to PDF is often read apart from the others. A browser without margin boxes prints
+    none of it: the first page's own text says the same."""
     box = "font:8pt Arial,sans-serif;color:#52606d"
     return (f"@page{{margin:16mm 14mm;@top-left{{content:{_css_string(title)};{box}}}"
             f"@top-right{{content:{_css_string(generated)};{box}}}"
@@ -556,7 +558,7 @@ _CLASS_PARTS = (("multiclass", "All classes: ", "classes_"), ("two_stage", "Two 
 
 def write_report(
     metrics: dict[str, Any], out_dir: Path, title: str, subtitle: str = "", extra: dict[str, Any] | None = None,
-    figures: bool = False, gallery: dict[str, list[tuple[bytes, str]]] | None = None, running: str = "",
+    figures: bool = False, gallery: dict[str, list[tuple[bytes, str]]] | None = None,
 ) -> Path:
     """Write ``out_dir/metrics.json`` and a self-contained ``out_dir/report.html`` for an evaluate_binary or
     evaluate_multiclass result; ``extra`` is shown as a key/value header table. A binary result carrying an
@@ -564,9 +566,8 @@ def write_report(
     by an etiology bundle) gets that block as a further part, and a ``threshold_table`` list becomes a table. With
     ``figures``, the main figures are also written beside the report (confusion_matrix.png, roc.png, pr.png,
     reliability.png: those the data defines; a further part's as classes_*.png or two_stage_*.png: confusion_matrix,
-    roc, reliability); ``gallery`` adds titled
-    rows of thumbnails; ``running`` (which bundle) is printed on every page beside the title. Returns the HTML path.
-    """
+    roc, reliability); ``gallery`` adds titled rows of thumbnails. The header's :data:`MODEL_ID` (which bundle) is
+    printed on every page beside the title. Returns the HTML path."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = jsonable(metrics)
@@ -591,6 +592,7 @@ def write_report(
     for name, png in (pngs or {}).items():
         write_atomic(out_dir / f"{name}.png", png)
     generated = f"Generated {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} by pneumoscan"
+    running = f"{MODEL_ID} {extra[MODEL_ID]}" if extra and MODEL_ID in extra else ""
     page = (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title>'
         f"<style>{_CSS}{_page_css(title, generated, running)}</style></head><body><main><h1>{_esc(title)}</h1>"

@@ -42,7 +42,7 @@ from pneumoscan.evaluation.held_out import check_held_out
 from pneumoscan.evaluation.operating_point import calibrated_temperature, check_better_than_chance
 from pneumoscan.evaluation.compare import TRAINING_DATA
 from pneumoscan.evaluation.evaluate import films_digest
-from pneumoscan.evaluation.report import write_report
+from pneumoscan.evaluation.report import MODEL_ID, write_report
 from pneumoscan.inference.export import check_exportable
 from pneumoscan.inference.predict import Predictor, tta_views
 from pneumoscan.models import registry
@@ -782,7 +782,7 @@ def _validation_report(run_dir: Path, cfg: TrainConfig, ctx: Dist, card: BundleC
     metrics["optimistic"] = [f"the threshold, the temperature and the best epoch were chosen on these {metrics['n']} "
                              "validation films: the figures on them are optimistic"]
     write_report(metrics, run_dir, f"{cfg.model} · {cfg.task} · validation", extra={
-        "bundle": str(RunFolder(run_dir).bundle), "epochs": epochs[0], "best epoch": epochs[1],
-        "processes": ctx.world, "temperature": f"{card.temperature:.3f}",
+        "bundle": str(RunFolder(run_dir).bundle), MODEL_ID: card.model_id, "epochs": epochs[0],
+        "best epoch": epochs[1], "processes": ctx.world, "temperature": f"{card.temperature:.3f}",
         "threshold": f"{card.threshold:.4f} ({card.threshold_policy})",
-    }, running=f"model id {card.model_id}")
+    })
