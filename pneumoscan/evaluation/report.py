@@ -13,7 +13,7 @@ import math
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
@@ -303,11 +303,21 @@ _SPARSE_BIN = 10  # a bin of fewer films has an observed frequency too uncertain
 _FULL_BAR = 0.9  # the share of films above which a bar's count is written inside its top, under the title
 
 
-def _filled_bins(cal: dict[str, Any]) -> list[tuple[float, float, float, float, int, tuple[float, float]]]:
-    """Each bin of films: its edges, mean predicted probability, observed frequency, films, and that frequency's
-    exact 95% interval (Clopper-Pearson, films): what the reliability diagram draws and its table lists."""
+class _Bin(NamedTuple):
+    """A bin of films: what the reliability diagram draws and its table lists."""
+
+    lo: float
+    hi: float
+    predicted: float  # the films' mean predicted probability
+    observed: float  # their observed frequency
+    films: int
+    ci: tuple[float, float]  # the observed frequency's exact 95% interval (Clopper-Pearson, films)
+
+
+def _filled_bins(cal: dict[str, Any]) -> list[_Bin]:
+    """The calibration's bins that hold films."""
     edges = cal["bin_edges"]
-    return [(lo, hi, p, o, c, clopper_pearson(round(o * c), c)) for lo, hi, p, o, c in zip(
+    return [_Bin(lo, hi, p, o, c, clopper_pearson(round(o * c), c)) for lo, hi, p, o, c in zip(
         edges, edges[1:], cal["mean_predicted"], cal["observed_frequency"], cal["counts"]) if c]
 
 
@@ -319,10 +329,10 @@ def _reliability_figure(cal: dict[str, Any], xlabel: str) -> Figure:
     ax.plot([0, 1], [0, 1], ls="--", color="#9aa5b1", lw=1, label="perfect calibration")
     filled = _filled_bins(cal)
     if filled:
-        errors = [[o - lo for *_, o, _, (lo, _) in filled], [hi - o for *_, o, _, (_, hi) in filled]]
-        bars = ax.errorbar([p for _, _, p, *_ in filled], [o for *_, o, _, _ in filled], yerr=errors, fmt="o-",
+        errors = [[b.observed - b.ci[0] for b in filled], [b.ci[1] - b.observed for b in filled]]
+        bars = ax.errorbar([b.predicted for b in filled], [b.observed for b in filled], yerr=errors, fmt="o-",
                            lw=2, capsize=3, label="model, 95% CI (Clopper-Pearson)")
-        sparse = [(p, o) for _, _, p, o, c, _ in filled if c < _SPARSE_BIN]
+        sparse = [(b.predicted, b.observed) for b in filled if b.films < _SPARSE_BIN]
         if sparse:
             # above the errorbar's own filled markers, which matplotlib draws over a plot of the same z-order
             ax.plot(*zip(*sparse), "o", mfc="white", color=bars.lines[0].get_color(), zorder=3,
@@ -355,7 +365,7 @@ def _reliability_html(cal: dict[str, Any], xlabel: str, caption: str, pngs: dict
             + _reliability_table(filled, of))
 
 
-def _reliability_table(filled: list[tuple[float, float, float, float, int, tuple[float, float]]], of: str) -> str:
+def _reliability_table(filled: list[_Bin], of: str) -> str:
     """The reliability diagram's numbers, bin by bin (:func:`_filled_bins`), for every reader: a table read by a
     screen reader cell by cell, where the same figures in the image's text alternative were one 700-character
     sentence, and on paper, where a point's interval cannot be read off the picture to three decimals."""
