@@ -550,11 +550,14 @@ def test_the_error_gallery_shows_thumbnails_whatever_the_films_size_and_aspect(c
     """A 64 px film's overlay came out a tall strip (its three panels over a caption burnt into the picture, eight
     lines of it), stretched to the figure's width: 360 x 590 px, one a printed page, its words unread by a screen
     reader. A thumbnail is the three panels alone, its caption's words text beside it, and fits a thumbnail's box
-    whatever the picture's size and aspect (a tall film, a wide one, a tiny one)."""
+    whatever the picture's size and aspect (a tall film, a wide one, a tiny one); printed, thumbnails stand side by
+    side (a flex row of two 360 px figures was wider than A4's text and broke onto a page each)."""
     _read_as_a_reader(chromium, tiny_evaluation / "report.html")
     shown = _gallery_boxes(chromium)
     assert shown and all(box["height"] <= 240 and box["width"] <= 360 for box in shown), shown
     assert all("Grad-CAM" in box["caption"] for box in shown), shown  # the overlay's words, as text
+    names = [box["caption"].split()[0] for box in shown]  # printed side by side, where a page holds them
+    assert any(all(name in text for name in names) for text in _printed(chromium, "A4")), names
     page = (tiny_evaluation / "report.html").read_text()
     for png in _embedded_pngs(page[page.index("Most confident errors"):]):
         with Image.open(io.BytesIO(png)) as picture:  # the tiny films are square: three panels side by side

@@ -28,8 +28,8 @@ from pneumoscan.models.run_folder import METRICS, REPORT
 from .model_card import ECE_NAME, PREVALENCE_BOUND, class_counts, film_counts, one_class, prevalence_note
 
 # In print: white, unframed, every figure, table and row whole where it fits a page and a heading with what follows;
-# the rows of figures are lines of blocks there, which Chromium breaks between (a flex row it moved whole to the
-# next page, its heading left behind).
+# the rows of figures and the gallery are lines of blocks there, which Chromium breaks between (a flex row it moved
+# whole to the next page, its heading left behind; a gallery's two 360 px figures, wider than A4, a page each).
 _CSS = """
 body{font-family:-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif;color:#1d2733;background:#f5f7fa;
 margin:0;padding:24px;line-height:1.45}
@@ -52,8 +52,8 @@ caption{text-align:left;color:#52606d;font-size:.88em;padding-bottom:3px}
 .unchecked{border:2px solid #b54708;background:#fffaeb;color:#7a2e0e;padding:8px 14px;margin:12px 0}
 @media print{body{background:#fff;padding:0;font-size:10pt}main{max-width:none;border:0;border-radius:0;padding:0}
 h2,h3,h2+.note{break-after:avoid}figure,table,tr,.block,.optimistic,.unchecked{break-inside:avoid}
-.row{display:block;orphans:1;widows:1}.row>*{display:inline-block;vertical-align:top;margin:0 12px 12px 0}
-.row>figure{width:47%}
+.row,.gallery{display:block;orphans:1;widows:1}
+.row>*,.gallery>*{display:inline-block;vertical-align:top;margin:0 12px 12px 0}.row>figure,.gallery>figure{width:47%}
 th,td{padding:3px 6px}.cm td{print-color-adjust:exact;-webkit-print-color-adjust:exact}}
 """
 _RESEARCH_USE = "For research use; not a medical device."
