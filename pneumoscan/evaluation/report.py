@@ -205,11 +205,12 @@ def _confusion_table(cm: dict[str, Any], names: Sequence[str], caption: str) -> 
     )
 
 
-def _image_html(png: bytes, caption: str, alt: str) -> str:
+def _image_html(png: bytes, caption: str, alt: str, said: str = "") -> str:
     """The picture with its visible ``caption`` and its text alternative ``alt``: what it shows, with its key
-    numbers, for a reader who does not see it (the caption alone says what it is, not what it shows)."""
-    return (f'<figure><img src="{png_data_url(png)}" alt="{_esc(alt)}">'
-            f'<figcaption>{_esc(caption)}</figcaption></figure>')
+    numbers, for a reader who does not see it (the caption alone says what it is, not what it shows); ``said``, a
+    gallery overlay's words, beneath the caption."""
+    return (f'<figure><img src="{png_data_url(png)}" alt="{_esc(alt)}"><figcaption>{_esc(caption)}'
+            + (f'<br><span class="said">{_esc(said)}</span>' if said else "") + "</figcaption></figure>")
 
 
 def _figure_html(fig: Figure, caption: str, alt: str, pngs: dict[str, bytes] | None = None, name: str = "") -> str:
@@ -510,9 +511,9 @@ def _gallery_html(gallery: dict[str, list[tuple[bytes, str]]]) -> str:
 
 
 def _thumbnail_html(png: bytes, caption: str) -> str:
+    """A gallery's picture (:func:`_gallery_html`): its caption's first line, then its second beneath."""
     name, _, said = caption.partition("\n")
-    return (f'<figure><img src="{png_data_url(png)}" alt="Film {_esc(name)}"><figcaption>{_esc(name)}'
-            + (f'<br><span class="said">{_esc(said)}</span>' if said else "") + "</figcaption></figure>")
+    return _image_html(png, name, f"Film {name}", said)
 
 
 def _multiclass_body(m: dict[str, Any], section: str = "", pngs: dict[str, bytes] | None = None) -> str:
