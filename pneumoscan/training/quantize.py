@@ -279,8 +279,13 @@ def _copied_run_split(bundle: Path, card: BundleCard, data: Path | str, val: Lab
     its thresholds (no `threshold` or `ensemble --data` chose them on others), proved by the card's data checksum
     (:func:`proven_run_split`, given DATA's val films as read: ``val``): the same films, pixels, labels and sides, in
     the same order."""
-    return (not card.threshold_records and not (bundle / CALIBRATION_FILMS).exists()
-            and proven_run_split(bundle, data, read=val))
+    return not _chosen_off_run(bundle, card) and proven_run_split(bundle, data, read=val)
+
+
+def _chosen_off_run(bundle: Path, card: BundleCard) -> bool:
+    """Whether BUNDLE's FP32 thresholds were chosen on other films than its run's val films, by `pneumoscan
+    threshold` (its card's ``threshold_records``) or `ensemble --data` (a calibration_films.csv in it)."""
+    return bool(card.threshold_records) or (bundle / CALIBRATION_FILMS).exists()
 
 
 def _check_same_films(bundle: Path, card: BundleCard, task: Task, data: Path | str, val: LabelledFilms,
@@ -298,7 +303,7 @@ def _check_same_films(bundle: Path, card: BundleCard, task: Task, data: Path | s
     else which films chose its thresholds, and whether DATA's val films are new to it, are unknown, and an INT8
     threshold chosen on its training films (too good) or on another population would be written."""
     listed, split = bundle / CALIBRATION_FILMS, RunFolder.of(bundle).split
-    by_list = bool(card.threshold_records) or listed.exists()  # chosen on other films than the run's
+    by_list = _chosen_off_run(bundle, card)
     if not by_list and not split.is_file():
         if proven:
             return  # DATA is the run's split: the same films, pixels, labels and sides, in the same order
@@ -338,7 +343,7 @@ def _chosen_on_other_films(bundle: Path, card: BundleCard, data: Path | str, giv
     """The refusal of DATA's val films (``given``, real paths) where BUNDLE's FP32 thresholds were chosen on other
     films (``chose``), naming what chose them and what to give instead."""
     listed, split = bundle / CALIBRATION_FILMS, RunFolder.of(bundle).split
-    where = f"films it lists in {CALIBRATION_FILMS}" if card.threshold_records or listed.exists() else "val films"
+    where = f"films it lists in {CALIBRATION_FILMS}" if _chosen_off_run(bundle, card) else "val films"
     which = f"only {len(given)} of the {len(chose)} {where}" if given < chose else "other films"
     other = f"and its INT8 thresholds would be chosen on the val films of {data}, {which}"
     if card.threshold_records:
