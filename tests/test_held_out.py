@@ -8,6 +8,7 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pneumoscan import cli
@@ -181,3 +182,64 @@ def test_the_proof_of_a_copied_bundles_run_split_reads_data_once(tiny_bundle: Pa
     metrics = evaluate(bundle, split, "val")
     assert metrics["unchecked"] == [] and any("validation films" in said for said in metrics["optimistic"])
     assert listed == [] and cached == [len(discover(split).records)]
+
+
+def _flipped(source: str, path: str) -> None:
+    """``source``'s picture mirrored, written over ``path`` in place (the same inode), a second later."""
+    from PIL import Image
+
+    Image.open(source).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(path, format="JPEG", quality=95)
+    os.utime(path, ns=(os.stat(path).st_atime_ns, os.stat(path).st_mtime_ns + 10**9))
+
+
+def test_the_copy_search_scans_a_training_film_once_until_it_changes(
+    tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The held-out check looks for copies of the bundle's training films among the films given by their pHashes:
+    every evaluate (and `export --int8`) decoded all of its run's films again for it. Decoded once, by an earlier
+    process (another evaluate's), counted at the reader the registry hands each film to; a training film changed
+    in place since is hashed again, so that a copy of what it held is no longer one, and a film given, changed in
+    place into a copy of a training film, is found to be one."""
+    import subprocess
+    import sys
+
+    from pneumoscan.data import readers
+    from pneumoscan.data.copies import PHASH_TARGET
+
+    monkeypatch.setenv("PNEUMOSCAN_CACHE", str(tmp_path / "cache"))
+    run = shutil.copytree(tiny_bundle.parent, tmp_path / "run", ignore=shutil.ignore_patterns("*.csv"))
+    films = []
+    for i, r in enumerate(discover(tiny_bundle.parent / "split.csv").records):  # films this test may change
+        films.append(dataclasses.replace(r, path=str(shutil.copyfile(r.path, tmp_path / f"{i}-{Path(r.path).name}"))))
+    write_manifest(films, run / "split.csv")
+    trained = [r.path for r in films if r.split == "train"]
+    site = tmp_path / "site"
+    for r in discover(tiny_dataset).split("test")[:4]:
+        (site / r.label).mkdir(parents=True, exist_ok=True)
+        shutil.copy(r.path, site / r.label / Path(r.path).name)
+    copy = shutil.copy(trained[0], site / "NORMAL" / "copy.jpeg")
+    given = discover(site).records
+    code = ("import sys; from pneumoscan.data.copies import picture_groups; "
+            "picture_groups(sorted(sys.argv[1:]))")  # as the check groups them, in a process of its own
+    subprocess.run([sys.executable, "-c", code, *(os.path.realpath(p) for p in [r.path for r in given + films])],
+                   check=True, cwd=Path(__file__).parents[1])
+    pillow = next(r for r in readers.registered() if r.name == "Pillow")
+    decoded, gray = [], pillow.gray
+
+    def counted(src: Path | bytes, at: int | None) -> np.ndarray:
+        if at == PHASH_TARGET:  # a film decoded for the copy search
+            decoded.append(os.path.realpath(src))
+        return gray(src, at)
+
+    monkeypatch.setattr(pillow, "gray", counted)
+    copies = "film(s) given to evaluate are copies of training films under other names"
+    assert any(copies in c for c in check_held_out([run / "bundle"], given, "evaluate").caveats)
+    assert decoded == []
+    _flipped(trained[0], trained[0])  # no longer the picture copy.jpeg holds
+    _flipped(trained[1], given[0].path)  # the picture trained[1] holds from now on
+    _flipped(trained[1], trained[1])
+    caveats = check_held_out([run / "bundle"], given, "evaluate").caveats
+    assert sorted(decoded) == sorted(os.path.realpath(p) for p in (*trained[:2], given[0].path))
+    assert [c for c in caveats if copies in c] == [
+        f"1 {copies}, byte for byte or the picture re-encoded or resized (e.g. {os.path.realpath(given[0].path)} of "
+        f"{os.path.realpath(trained[1])}): the figures on them are optimistic"], (caveats, copy)

@@ -115,13 +115,20 @@ def cache_key(paths: Sequence[str], spec: PreprocessSpec) -> str:
     (:func:`_decoding_source`) and the decode limits: any change gives a new cache, so an error stored for an
     unreadable file does not outlive its cause (a chmod changes only the ctime). The cache answers by the paths as
     given, so two spellings of one file are two caches."""
-    versions = [CACHE_VERSION, _decoder_versions(), _decoding()["limits"],
-                [qualified_name(type(r)) for r in readers.registered()], _decoding_source()]
-    digest = hashlib.sha256(json.dumps([versions, spec.to_dict()], sort_keys=True).encode())
+    digest = hashlib.sha256(json.dumps([[CACHE_VERSION, *decoding_versions()], spec.to_dict()],
+                                       sort_keys=True).encode())
     for path in paths:
         stamp = file_stamp(path) or "missing"  # reported as an error by the build; an appearance changes the key
         digest.update(f"\0{path}\0{os.path.abspath(path)}\0{stamp}".encode("utf-8", "surrogateescape"))  # any name
     return digest.hexdigest()[:32]
+
+
+def decoding_versions() -> list:
+    """What decides how a file decodes, besides a spec: the decoders' versions, the decode limits, the registered
+    readers and the source of the code that decodes. The image cache and the copy search's scans
+    (:mod:`pneumoscan.data.copies`) are keyed by it, so neither outlives a change of any."""
+    return [_decoder_versions(), _decoding()["limits"], [qualified_name(type(r)) for r in readers.registered()],
+            _decoding_source()]
 
 
 def _decoding_source() -> str:

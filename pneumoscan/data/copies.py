@@ -15,21 +15,25 @@ chest X-rays (different children's films were 2 bits apart), which is why the la
 
 from __future__ import annotations
 
-import functools
+import importlib.metadata
 import itertools
-import os
+import json
+import logging
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import imagehash
 import numpy as np
 from PIL import Image
 
+from pneumoscan.core.atomic import file_stamp, unchanged, write_atomic
 from pneumoscan.core.cpus import usable_cores
-from pneumoscan.core.digests import file_sha256
+from pneumoscan.core.digests import file_sha256, json_sha256
 from pneumoscan.core.files import NotRegularFile
 from pneumoscan.core.options import SPLITS
+from pneumoscan.data.cache import decoding_versions, default_cache_dir
 from pneumoscan.data.decode import image_info, read_gray
 from pneumoscan.data.layouts import Layout, Record, name_conflict
 from pneumoscan.data.pixels import DecodeError
@@ -42,6 +46,9 @@ PHASH_SIZE = 16  # 16x16 = 256-bit hash; see the module docstring for why not th
 # own groups are the same either way.
 PHASH_TARGET = 256
 NEAR_DUPLICATE_BITS = 10  # max Hamming distance (of 256 bits) for two images to count as near duplicates
+SCANS_VERSION = 1  # a change of what a kept scan holds (:func:`_scans`)
+
+log = logging.getLogger(__name__)
 
 
 def scan_file(path: str, header: bool = True) -> dict:
@@ -81,39 +88,75 @@ def picture_groups(paths: Sequence[str], workers: int | None = None) -> list[tup
     none (two empty or cut-short files are not one picture, and would tie unrelated patients together in a split).
     Threads, not the audit's processes: decoding and hashing release the GIL for most of their time, and split
     and evaluate run it in a process that holds torch's threads, where forking is unsafe."""
+    return picture_groups_of_scans([s for s in _scans(paths, workers) if "error" not in s])
+
+
+def _scans(paths: Sequence[str], workers: int | None) -> list[dict]:
+    """:func:`scan_file` without the header of each of ``paths``, in order: those of files unchanged since they were
+    scanned (the same path and :func:`~pneumoscan.core.atomic.file_stamp`) from the scans kept beside the image cache
+    (:func:`_scans_file`), the others read by ``workers`` threads and kept there. evaluate and ``export --int8``
+    look for copies of a bundle's training films among the films given on every run, and decoding those (5,232
+    films: about 7 s on 2 cores) was most of the held-out check's time. A file that could not be read is not kept:
+    the fault may pass (an I/O error)."""
+    store = _scans_file()
+    kept, stamps = _read_scans(store), [file_stamp(p) for p in paths]
+    stored = {i: _stored(p, kept[p]) for i, (p, stamp) in enumerate(zip(paths, stamps))
+              if stamp is not None and kept.get(p, {}).get("stamp") == stamp}
+    todo = [i for i in range(len(paths)) if i not in stored]
     with ThreadPoolExecutor(max_workers=workers or usable_cores()) as pool:
-        scans = list(pool.map(_scan_unchanged, paths))
-    return picture_groups_of_scans([s for s in scans if "error" not in s])
+        read = dict(zip(todo, pool.map(lambda i: scan_file(paths[i], header=False), todo)))
+    new = {paths[i]: {"stamp": stamps[i], "sha": scan["sha"], "phash": scan["phash"].hex()} for i, scan in read.items()
+           if "error" not in scan and stamps[i] is not None and file_stamp(paths[i]) == stamps[i]}  # not rewritten
+    if new:
+        _keep_scans(store, new)
+    scans = stored | read
+    return [scans[i] for i in range(len(paths))]
 
 
-def _scan_unchanged(path: str) -> dict:
-    """:func:`scan_file` of a file, read once a process while it is unchanged (the same inode, size and modification
-    time): evaluate groups its films twice, with the training films for its held-out check and among themselves for
-    its copies, and a full-size test split's decoding is most of that time."""
+def _stored(path: str, entry: dict) -> dict:
+    return {"path": path, "sha": entry["sha"], "phash": bytes.fromhex(entry["phash"])}
+
+
+def _scans_file() -> Path:
+    """Where the scans are kept: the image cache's folder, under a name made of what decides a scan (the hash's
+    size, the decode's, imagehash's version and how films decode: :func:`~pneumoscan.data.cache.decoding_versions`),
+    so that no scan outlives a change of any."""
+    what = [SCANS_VERSION, PHASH_SIZE, PHASH_TARGET, importlib.metadata.version("ImageHash"), decoding_versions()]
+    return default_cache_dir() / f"scans-{json_sha256(what).partition(':')[2][:32]}.json"
+
+
+def _read_scans(store: Path) -> dict[str, dict]:
+    """The kept scans by path (``{"stamp", "sha", "phash"}``), none when there are none or they cannot be read."""
     try:
-        stat = os.stat(path)
-        return _scan_of(path, stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
-    except OSError:
-        return scan_file(path, header=False)  # which says why
-    except _Unread as e:
-        return e.scan
+        return json.loads(store.read_bytes())["scans"]
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        log.warning("the copy search's scans in %s cannot be read (%s): the films are scanned again", store, e)
+        return {}
 
 
-class _Unread(Exception):
-    """A file :func:`_scan_of` could not read, raised so that it is not kept: the fault may pass (an I/O error)."""
-
-    def __init__(self, scan: dict) -> None:
-        super().__init__(scan["error"])
-        self.scan = scan
-
-
-@functools.lru_cache(maxsize=2**17)  # a scan is a few hundred bytes: 131,072 films in about 40 MB
-def _scan_of(path: str, device: int, inode: int, size: int, modified_ns: int) -> dict:
-    """:func:`scan_file` without the header, kept for one version of one file (:func:`_scan_unchanged`)."""
-    scan = scan_file(path, header=False)
-    if "error" in scan:
-        raise _Unread(scan)
-    return scan
+def _keep_scans(store: Path, new: dict[str, dict], tries: int = 3) -> None:
+    """Add ``new`` to the scans kept in ``store``, written whole (:func:`~pneumoscan.core.atomic.write_atomic`)
+    under the folder's lock (:func:`~pneumoscan.core.atomic.unchanged`) to the scans it holds, less those of files
+    gone or changed since. Another process that wrote it between its read and the lock (two that scanned at once
+    finish together) makes this one read it again, up to ``tries`` times; then, or when the folder cannot be
+    written, these scans are left out, to be made again next time."""
+    store.parent.mkdir(parents=True, exist_ok=True, mode=0o700)  # as the image cache makes it: its owner's alone
+    for _ in range(tries):
+        try:
+            with unchanged(store, file_stamp(store)):
+                kept = {p: e for p, e in _read_scans(store).items() if p not in new and file_stamp(p) == e["stamp"]}
+                # private as the image cache's index is: it names every film
+                write_atomic(store, json.dumps({"scans": kept | new}).encode(), mode=0o600)
+                return
+        except FileExistsError:
+            continue
+        except OSError as e:
+            log.warning("the copy search's scans cannot be kept in %s (%s): the films are scanned again next time",
+                        store, e)
+            return
+    log.debug("%s was written by other processes meanwhile: these %d scans are not kept", store, len(new))
 
 
 def picture_groups_of_scans(scans: Sequence[dict]) -> list[tuple[str, list[str]]]:
