@@ -760,3 +760,26 @@ def test_int8_thresholds_are_chosen_on_the_runs_val_films_that_can_be_read(tiny_
     sidecar = json.loads(spec_path(run / "bundle" / INT8_NAME).read_text())
     assert sidecar["validation_images"] == sum(r.split == "val" for r in records)
     assert sidecar["left_out"] == [{"films": 1, "reason": "could not be read"}]
+
+
+def test_int8_reads_only_the_training_films_it_calibrates_on(tiny_bundle: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """`export --int8 --data` copied every training film out of the image cache and then sampled the few it
+    calibrates on (256 of 4,447 of the data's): it reads those alone, the same ones for the seed, counted at the
+    cache's row look-up every read of its images goes through."""
+    from pneumoscan.data.cache import ImageCache
+    from pneumoscan.data.labelled import labelled_films
+    from pneumoscan.training.quantize import _sample
+
+    bundle = shutil.copytree(tiny_bundle.parent, tmp_path / "run") / "bundle"
+    split, card = bundle.parent / "split.csv", load_card(bundle)
+    trained = [r.path for r in labelled_films(split, "train", get_task(card.task), card.spec).records]
+    asked, rows = [], ImageCache.rows
+
+    def counted(cache: ImageCache, paths: list[str]) -> np.ndarray:
+        asked.extend(map(str, paths))
+        return rows(cache, paths)
+
+    monkeypatch.setattr(ImageCache, "rows", counted)
+    quantize_bundle(bundle, split, calibration_images=4)
+    assert [p for p in asked if p in set(trained)] == [trained[i] for i in _sample(len(trained), 4)]

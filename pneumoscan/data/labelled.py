@@ -7,6 +7,7 @@ model's calibration and check.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -33,7 +34,6 @@ class LabelledFilms:
     out, so that what reports their figures can say what the figures are not of."""
 
     records: list[Record]
-    images: np.ndarray  # preprocessed uint8 (N, S, S)
     targets: np.ndarray
     unreadable: list[dict[str, str]]  # the files that could not be read: path and reason
     outside: list[Record]  # readable films the task cannot score (another class, or a pneumonia film without type)
@@ -41,6 +41,16 @@ class LabelledFilms:
     # the cache of DATA's records of the split read (of every one without a split), in their order, or the one the
     # caller gave that holds them (labelled_films' ``cache``)
     cache: ImageCache
+
+    @functools.cached_property
+    def images(self) -> np.ndarray:
+        """The films' preprocessed uint8 images (N, S, S), copied out of the cache when first asked for."""
+        return self.images_at(range(len(self.records)))
+
+    def images_at(self, rows: Iterable[int]) -> np.ndarray:
+        """The images of the films at ``rows`` of :attr:`records` alone: ``export --int8`` calibrates on 256 of
+        thousands of training films, and copied them all."""
+        return self.cache.images[self.cache.rows([self.records[i].path for i in rows])]
 
 
 def labelled_films(data: Path | str, split: str | None, task: Task, spec: PreprocessSpec,
@@ -81,8 +91,8 @@ def labelled_films(data: Path | str, split: str | None, task: Task, spec: Prepro
     if errors:  # films that fail to decode are no random sample: the figures are of the others only
         log.warning("%d film(s) of %s could not be read and are left out (%s%s)", len(errors), shown(str(data)),
                     unreadable, "; ..." if len(errors) > 3 else "")
-    return LabelledFilms(records, cache.images[cache.rows([r.path for r in records])], targets, errors,
-                         [r for r in readable if task.target(r) is None], found.records, cache)
+    return LabelledFilms(records, targets, errors, [r for r in readable if task.target(r) is None], found.records,
+                         cache)
 
 
 def left_out(films: LabelledFilms, task: Task) -> list[dict]:

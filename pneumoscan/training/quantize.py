@@ -233,12 +233,12 @@ def _int8_scores_out_of_fold(int8: Predictor, reference_probs: np.ndarray, net: 
                       card.val_metrics.get(MACRO_AUC), oof.left_out)
 
 
-def _val_films(bundle: Path, data: Path | str, card: BundleCard, task: Task) -> tuple[np.ndarray, LabelledFilms]:
-    """DATA's training films (the calibration pool) and its validation films; refused when DATA lacks either split,
-    when the model trained on a validation film, or when they are all one class. DATA is listed once, and its train
-    and val films read from one image cache, its run's own when DATA is its run's split: its sides, both splits, the
-    proof that it is a copied bundle's run split, the held-out check and the check that its val films chose the
-    FP32 thresholds take them."""
+def _val_films(bundle: Path, data: Path | str, card: BundleCard, task: Task) -> tuple[LabelledFilms, LabelledFilms]:
+    """DATA's training films (the calibration pool, whose images are read once sampled) and its validation films;
+    refused when DATA lacks either split, when the model trained on a validation film, or when they are all one
+    class. DATA is listed once, and its train and val films read from one image cache, its run's own when DATA is
+    its run's split: its sides, both splits, the proof that it is a copied bundle's run split, the held-out check
+    and the check that its val films chose the FP32 thresholds take them."""
     found = discover(data)
     if missing := {"train", "val"} - {r.split for r in found.records}:
         # said before any film is decoded
@@ -258,8 +258,8 @@ def _val_films(bundle: Path, data: Path | str, card: BundleCard, task: Task) -> 
     check_held_out([bundle], records, "choose the INT8 thresholds", policy=HeldOutPolicy(refuse_copies=True),
                    run_split=run_split, run_records=val.every)
     _check_same_films(bundle, card, task, data, val, proven)
-    pool = labelled_films(data, "train", task, card.spec, found=found, cache=cache).images
-    if len(pool) == 0 or len(images) == 0:
+    pool = labelled_films(data, "train", task, card.spec, found=found, cache=cache)
+    if not pool.records or len(images) == 0:
         raise ValueError(f"{data} must hold train and val films of the {card.task} task (a run's split.csv)")
     if not has_both_classes(binary_targets(targets)):
         raise ValueError(f"the val films of {data} are all one class: no threshold can be chosen on them")
@@ -400,10 +400,11 @@ def quantize_bundle(bundle: Path | str, data: Path | str | None = None, calibrat
         net = _cv_ensemble(bundle, cv_dirs)
         # all the runs' films
         pool, _, _ = labelled_images(CvFolder(Path(cv_dirs[0])).split(0), None, fp32.task, card.spec)
+        calib = pool[_sample(len(pool), calibration_images)]
+        del pool  # every training film, copied: not held while quantising, when memory peaks
     else:
-        pool, val = _val_films(bundle, data, card, fp32.task)
-    calib = pool[_sample(len(pool), calibration_images)]
-    del pool  # every training film, copied: not held while quantising, when memory peaks
+        train, val = _val_films(bundle, data, card, fp32.task)
+        calib = train.images_at(_sample(len(train.records), calibration_images))  # those films alone read
     reference = _fp32_reference(fp32, calib, None if val is None else val.images)
     batches = [fp32.onnx_inputs(calib[i : i + CALIBRATION_BATCH]) for i in range(0, len(calib), CALIBRATION_BATCH)]
     # the graph is kept in memory until its figures pass: a failure or an interruption before then leaves the
