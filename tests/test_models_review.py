@@ -158,11 +158,12 @@ def test_a_timm_models_missing_weights_offline_fail_at_once_with_the_remedy(
 ) -> None:
     """Any timm name (not only the registered ones) asks for its ImageNet weights the registered ones' way: with no
     network and nothing cached, ``create("convnext_atto", pretrained=True)`` had logged the hub's retry lines for 47 s
-    and raised its LocalEntryNotFoundError, without the --no-pretrained remedy."""
+    and raised its LocalEntryNotFoundError, without the --no-pretrained remedy. The remedy names the parameter a
+    library caller gives, with the command's option in brackets, as the project's other refusals do."""
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")  # the discard port: refused
     start = time.monotonic()
-    reason = r"convnext_atto: .*neither in the local cache.*--no-pretrained"
+    reason = r"convnext_atto: .*neither in the local cache.*from scratch with pretrained false \(--no-pretrained\)$"
     with pytest.raises(models.WeightsUnavailable, match=reason):
         models.create("convnext_atto", pretrained=True)
     assert time.monotonic() - start < 5

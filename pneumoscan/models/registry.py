@@ -388,7 +388,8 @@ def _timm_with_weights(name: str, arch: str, pretrained: bool, **kwargs: Any) ->
     except OSError as e:  # huggingface_hub's LocalEntryNotFoundError and connection errors are OSErrors
         raise WeightsUnavailable(
             f"{name}: the ImageNet weights ({source}) are neither in the local cache nor downloadable here ({e}); "
-            "connect to the network once so timm can cache them, or train from scratch with --no-pretrained"
+            "connect to the network once so timm can cache them, or train from scratch with pretrained false "
+            "(--no-pretrained)"
         ) from None
 
 
