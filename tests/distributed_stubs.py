@@ -110,7 +110,7 @@ def ranks_given_other_settings(rank: int, port: int, results: multiprocessing.Qu
     ctx = Dist(rank, 2)
     try:
         for lr in (0.001, 0.001 * (1 + 9 * rank)):
-            check_same_recipe(made_by(TrainConfig(lr=lr, workers=rank), ctx, "sha256:data"), ctx)
+            check_same_recipe(made_by(TrainConfig(lr=lr, workers=rank), ctx, "sha256:data", []), ctx)
             said = "agreed"
     except ValueError as e:
         said = str(e)

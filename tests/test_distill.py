@@ -25,7 +25,8 @@ from pneumoscan.inference.export import export_onnx
 from pneumoscan.inference.onnx_runtime import INT8_NAME
 from pneumoscan.inference.predict import Predictor
 from pneumoscan.models.bundle import load_bundle, save_bundle
-from pneumoscan.models.card import CARD, SAMPLED_FROM, TEACHER_SAMPLES, load_card, sample_record, save_card
+from pneumoscan.models.card import (CARD, SAMPLED_FROM, TEACHER_SAMPLES, bundle_checksums, load_card, sample_record,
+                                   save_card)
 from pneumoscan.training.config import TrainConfig, load_config
 from pneumoscan.training.cv import cross_validate
 from pneumoscan.training.distill import check_teachers, teacher_probabilities
@@ -272,6 +273,24 @@ def test_resume_refuses_a_teacher_replaced_at_its_path(tiny_dataset: Path, teach
     (teacher / CARD).write_bytes(card)  # the same teacher again: resumed
     train(tiny_dataset, cfg, tmp_path / "run", resume=True)
     assert len((tmp_path / "run" / "history.csv").read_text().splitlines()) == 1 + 2
+
+
+def test_a_students_record_of_its_teachers_is_read_as_it_starts(tiny_dataset: Path, teacher_cv: Path,
+                                                                 tmp_path: Path) -> None:
+    """The teachers' checksums (teacher_cards) and samples of patients (teacher_samples) were read as the run ended:
+    a teacher trained again at its path during the run (here a trial's card put there after the first epoch) was
+    recorded as the one the student learnt from, under its checksum and its sample."""
+    teacher = shutil.copytree(teacher_cv / "fold-0", tmp_path / "teacher-run") / "bundle"
+    trial = trial_copy(teacher_cv / "fold-0" / "bundle", tmp_path / "trial", 20, 1)
+    checksum = bundle_checksums([teacher])[0]
+    cfg = dataclasses.replace(student_config(teacher_cv, tmp_path), teacher=[str(teacher)])
+
+    def retrain(epoch: int) -> None:
+        shutil.copyfile(trial / CARD, teacher / CARD)
+
+    recorded = load_card(train(tiny_dataset, cfg, tmp_path / "student", on_epoch_end=retrain)).train_config
+    assert bundle_checksums([teacher])[0] != checksum
+    assert recorded["teacher_cards"] == [checksum] and TEACHER_SAMPLES not in recorded, recorded
 
 
 def test_a_teacher_whose_training_films_are_unknown_is_refused(tiny_dataset: Path, teacher_cv: Path,

@@ -339,10 +339,11 @@ def trained_sample(card: BundleCard) -> dict[str, Any]:
             | {k: config[k] for k in (MEMBER_SAMPLES, TEACHER_SAMPLES, INIT_SAMPLE) if config.get(k)})
 
 
-def teachers_sample(teachers: Sequence[Path | str]) -> dict[str, list[dict[str, Any]]]:
-    """What a distilled run's train_config records of its teachers' samples of patients: each teacher's
-    :func:`trained_sample` under :data:`TEACHER_SAMPLES` when one learnt from a sample, else nothing."""
-    samples = [trained_sample(load_card(t)) for t in teachers]
+def teachers_sample(cards: Sequence[BundleCard]) -> dict[str, list[dict[str, Any]]]:
+    """What a distilled run's train_config records of its teachers' samples of patients (``cards``: theirs, in
+    teacher order): each teacher's :func:`trained_sample` under :data:`TEACHER_SAMPLES` when one learnt from a
+    sample, else nothing."""
+    samples = [trained_sample(card) for card in cards]
     return {TEACHER_SAMPLES: samples} if any(samples) else {}
 
 

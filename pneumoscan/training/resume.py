@@ -21,7 +21,7 @@ from pneumoscan.data.cache import ImageCache, build_cache
 from pneumoscan.data.layouts import Record, discover
 from pneumoscan.data.preprocess import PreprocessSpec
 from pneumoscan.models.card import (INIT_CARD, INIT_IN_PLACE, INIT_SAMPLE, SAMPLED_FROM, TEACHER_CARDS, TEACHER_SAMPLES,
-                                   TRAINING_FILMS, bundle_checksums, retrained_sources, teachers_sample)
+                                   TRAINING_FILMS, retrained_sources)
 from pneumoscan.models.run_folder import RunFolder
 from .config import TrainConfig, read_yaml, recorded_settings
 from .distributed import Dist
@@ -125,25 +125,22 @@ RESUMABLE = ("epochs", "time_budget", "split_csv")
 def run_record(cfg: TrainConfig, ctx: Dist) -> dict:
     """What made the run, as the card's train_config and the trackers record it: the settings, and what decides how
     it trains but is no setting (:data:`RECORDED`): the number of processes (the global batch and the learning rate
-    follow it) and what the training steps computed in (``precision`` auto is bf16 on CUDA, fp32 on CPU); for a
-    distilled run, its teachers' :func:`bundle_checksums` (:data:`TEACHER_CARDS`): the settings name them by path,
-    and one trained again at that path is another model (a starting bundle's, :data:`INIT_CARD`, is read with its card
-    at the run's start: :func:`~pneumoscan.training.train.start_record`). A student of teachers that learnt from a
-    sample of patients records theirs (:func:`~pneumoscan.models.card.teachers_sample`), which its card says: it
-    learnt from those patients too."""
-    taught = {TEACHER_CARDS: bundle_checksums(cfg.teacher), **teachers_sample(cfg.teacher)} if cfg.teacher else {}
+    follow it) and what the training steps computed in (``precision`` auto is bf16 on CUDA, fp32 on CPU). What the
+    run learnt from besides its films is read as it starts, beside it: its teachers' checksums and samples
+    (:func:`~pneumoscan.training.distill.check_teachers`) and its starting bundle's
+    (:func:`~pneumoscan.training.train.start_record`)."""
     return {**json.loads(json.dumps(dataclasses.asdict(cfg))), "processes": ctx.world,
-            "resolved_precision": resolved_precision(ctx.device, cfg.precision), **taught}
+            "resolved_precision": resolved_precision(ctx.device, cfg.precision)}
 
 
-def made_by(cfg: TrainConfig, ctx: Dist, data: str) -> dict:
+def made_by(cfg: TrainConfig, ctx: Dist, data: str, teachers: Sequence[str]) -> dict:
     """How a run is made, as its checkpoint records it and ``--resume`` checks it: the settings, what
     :func:`run_record` adds to them, the data (``data``: :func:`~pneumoscan.data.cache.data_checksum`, the pixels
-    and labels, not the files' paths or times) and each teacher's bundle.json checksum (``teachers``: another
-    bundle put at the same path)."""
+    and labels, not the files' paths or times) and each teacher's bundle.json checksum as the run started
+    (``teachers``, :data:`TEACHER_CARDS`: another bundle put at the same path)."""
     record = run_record(cfg, ctx)
     return {"config": dataclasses.asdict(cfg), **{k: record[k] for k in RECORDED}, "data": data,
-            "teachers": record.get(TEACHER_CARDS, [])}
+            "teachers": list(teachers)}
 
 
 def teachers_changed(recorded: dict | None) -> str | None:

@@ -47,8 +47,9 @@ from pneumoscan.inference.export import check_exportable
 from pneumoscan.inference.predict import Predictor, tta_views
 from pneumoscan.models import registry
 from pneumoscan.models.bundle import load_bundle, load_weights_into, save_bundle
-from pneumoscan.models.card import (BEST_SO_FAR, INIT_CARD, INIT_IN_PLACE, INIT_SAMPLE, TRAINING_FILMS, BundleCard,
-                                    bundle_checksums, load_card, runtime_versions, sample_record, trained_sample)
+from pneumoscan.models.card import (BEST_SO_FAR, INIT_CARD, INIT_IN_PLACE, INIT_SAMPLE, TEACHER_CARDS, TRAINING_FILMS,
+                                    BundleCard, bundle_checksums, load_card, runtime_versions, sample_record,
+                                    trained_sample)
 from pneumoscan.models.run_folder import RunFolder
 from .callbacks import (
     BestWeights,
@@ -247,7 +248,7 @@ class Data:
     class_weights: torch.Tensor | None  # inverse class frequency, or None without cfg.class_weights
     val_records: list[Record]  # the validation films, in val_set's order: their patients count in the CIs
     val_left_out: list[dict]  # the val side's files the validation figures leave out, and why (files_left_out)
-    sample: dict = field(default_factory=dict)  # split_records' and the starting bundle's (start_record), for the card
+    sample: dict = field(default_factory=dict)  # split_records', the starting bundle's and the teachers', for the card
 
 
 def build_model(cfg: TrainConfig, task: Task, ctx: Dist,
@@ -458,7 +459,8 @@ def load_data(records: list[Record], cache: ImageCache, checksum: str, cfg: Trai
               run_dir: Path, selected: dict, sample: dict | None = None) -> Data:
     """The split's records (kept as RUN/split.csv) and their preprocessed images (:func:`preprocessed`; ``checksum``
     their :func:`data_checksum`; ``selected``, the task's films of each side: :func:`selected_films`;
-    ``sample``, :func:`split_records`' and the starting bundle's :func:`start_record`) as
+    ``sample``, :func:`split_records`', the starting bundle's :func:`start_record` and the teachers'
+    :func:`~pneumoscan.training.distill.check_teachers`) as
     datasets and loaders, with the class weights."""
     if ctx.main:
         write_manifest(records, RunFolder(run_dir).split)
@@ -665,7 +667,7 @@ def train(
     from_checkpoint = resume and checkpoint_path.exists()
     model, imagenet, fresh, started = build_model(cfg, task, ctx, from_checkpoint)
     records, sample = split_records(data, cfg, sample)
-    check_teachers(cfg, records, task)
+    taught = check_teachers(cfg, records, task)  # read with their cards, as the starting bundle's (start_record)
     in_place = fine_tunes_own_bundle(cfg, run_dir)
     if started is not None:  # checked at the run's start
         check_init_held_out(cfg, records)
@@ -674,7 +676,7 @@ def train(
     learnt = start_record(cfg, started, in_place)
     # the images before the run folder is touched: --resume compares their pixels with the checkpoint's
     cache = preprocessed(records, cfg, ctx)
-    made = made_by(cfg, ctx, data_checksum(cache, records))
+    made = made_by(cfg, ctx, data_checksum(cache, records), taught.get(TEACHER_CARDS, []))
     ctx.agree(made["data"], f"read {len(cache.paths)} of {len(records)} films (data checksum {made['data'][7:19]}...)",
               "the films they train and validate on", "every machine needs the same films at the same path "
               "(`pneumoscan audit DATA` on each names its unreadable films)")
@@ -683,6 +685,8 @@ def train(
     if resumed is not None:  # the starting bundle is not read again (in place, the run cleared it): the checkpoint's
         learnt = {k: resumed[k] for k in (INIT_CARD, INIT_IN_PLACE, INIT_SAMPLE) if k in resumed}
     made |= learnt  # each checkpoint keeps it
+    # the teachers' checksums the checkpoint keeps (made["teachers"]) are this start's: --resume refuses others
+    learnt |= taught
     trackers = make_trackers(log_to, run_dir, run_record(cfg, ctx) | learnt, tracking_uri) if ctx.main else []
     selected = selected_films(records, cache, task, ctx)
     check_batches(len(selected["train"][0]), cfg, ctx)
