@@ -25,7 +25,7 @@ from pneumoscan.evaluation.model_card import (CARD_METRICS, MODEL_CARD, VALIDATI
 from pneumoscan.inference.onnx_runtime import INT8_NAME, spec_path
 from pneumoscan.evaluation.evaluate import evaluate
 from pneumoscan.models.card import (INIT_SAMPLE, MEMBER_SAMPLES, SAMPLED_FROM, TEACHER_SAMPLES, BundleCard,
-                                   load_card, save_card)
+                                   load_card, save_card, trained_sample)
 from pneumoscan.serving.app import create_app
 from tests.conftest import _xray_like
 
@@ -672,6 +672,34 @@ def test_a_start_from_a_bundle_whose_sample_the_card_predates_is_said_to_be_unkn
     for sample in ({}, {"patients": 20, SAMPLED_FROM: 48, "seed": 1}):
         assert "is not known here" not in said(**{INIT_SAMPLE: sample})
     assert "a trial" not in said() and "a trial" in said(**{INIT_SAMPLE: {"patients": 20, SAMPLED_FROM: 48, "seed": 1}})
+
+
+def test_an_unknown_starting_sample_is_carried_to_what_is_made_of_the_run(tiny_bundle: Path) -> None:
+    """A card older than init_sample says its starting bundle's sample is not known; trained_sample read it as a run
+    on all patients ({}), so a run started from it, an ensemble of it or a student of it said nothing of that. The
+    unknown is carried (init_sample null) at any depth, and each says it is not known, calling itself no trial."""
+    card = load_card(tiny_bundle)
+    old = dataclasses.replace(card, train_config={**card.train_config, "init": "/runs/a/bundle"})
+    assert trained_sample(old) == {INIT_SAMPLE: None}
+    assert trained_sample(dataclasses.replace(card, train_config={**card.train_config, INIT_SAMPLE: None})) == {
+        INIT_SAMPLE: None}  # an ensemble whose members share it
+    assert trained_sample(dataclasses.replace(card, train_config={**card.train_config, INIT_SAMPLE: {}})) == {}
+
+    def said(**recorded: object) -> str:
+        return " ".join(render(dataclasses.replace(card, train_config={**card.train_config, **recorded})).split())
+
+    unknown = ("**Some of the weights it was made from (a member's, a teacher's or a starting bundle's, at any "
+               "remove) were started from another bundle by a card that predates the record of that bundle's sample "
+               "of patients**: whether they learnt from a sample of patients, or from which, is not known here.")
+    started = said(init="/runs/b/bundle", **{INIT_SAMPLE: trained_sample(old)})
+    assert unknown in started and "a trial" not in started, started
+    assert unknown in said(**{INIT_SAMPLE: None})  # an ensemble of such runs
+    taught = said(**{TEACHER_SAMPLES: [trained_sample(old), {"patients": 20, SAMPLED_FROM: 48, "seed": 1}]})
+    assert unknown in taught and ("(teacher 1: learnt in part from weights whose sample of patients is not known; "
+                                  "teacher 2: a sample of 20 of the 48 patients of its data, seed 1)") in taught, taught
+    members = said(**{MEMBER_SAMPLES: [{INIT_SAMPLE: trained_sample(old)}, {}]})
+    assert unknown in members and "a trial" not in members, members
+    assert "is not known" not in said(**{INIT_SAMPLE: {}})
 
 
 def test_a_sample_of_every_patient_is_not_called_a_trial(tiny_bundle: Path) -> None:

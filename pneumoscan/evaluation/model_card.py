@@ -227,8 +227,20 @@ def _own_trial(record: dict) -> bool:
 def _is_trial(record: dict) -> bool:
     """Whether a :func:`~pneumoscan.models.card.trained_sample` learnt from a sample of patients: its own, or one of
     its members', teachers' or starting bundle's at any depth."""
-    return _own_trial(record) or any(map(_is_trial, [*record.get(MEMBER_SAMPLES, ()), *record.get(TEACHER_SAMPLES, ()),
-                                                     *([record[INIT_SAMPLE]] if INIT_SAMPLE in record else [])]))
+    return _own_trial(record) or any(map(_is_trial, _sources(record)))
+
+
+def _sources(record: dict) -> list[dict]:
+    """The samples a :func:`~pneumoscan.models.card.trained_sample` holds of its members, teachers and starting
+    bundle, one not known (None) left out."""
+    return [*record.get(MEMBER_SAMPLES, ()), *record.get(TEACHER_SAMPLES, ()), *filter(None, [record.get(INIT_SAMPLE)])]
+
+
+def _unknown(record: dict) -> bool:
+    """Whether a :func:`~pneumoscan.models.card.trained_sample` (or a train_config holding one) learnt in part from
+    weights whose sample of patients is not known: a starting bundle's record that is None (its card predates
+    :data:`INIT_SAMPLE`), its own or one of its members', teachers' or starting bundle's at any depth."""
+    return (INIT_SAMPLE in record and record[INIT_SAMPLE] is None) or any(map(_unknown, _sources(record)))
 
 
 def _words(s: dict) -> str:
@@ -239,7 +251,9 @@ def _words(s: dict) -> str:
     said += [f"{made} some of which learnt from a sample of patients" for key, made in (
         (MEMBER_SAMPLES, "an ensemble of members"), (TEACHER_SAMPLES, "distilled from teachers"))
         if any(map(_is_trial, s.get(key, ())))]
-    said += ["started from a bundle that learnt from a sample of patients"] if _is_trial(s.get(INIT_SAMPLE, {})) else []
+    start = s.get(INIT_SAMPLE) or {}  # None: not known (said below)
+    said += ["started from a bundle that learnt from a sample of patients"] if _is_trial(start) else []
+    said += ["learnt in part from weights whose sample of patients is not known"] if _unknown(s) else []
     return ", ".join(said) or "all the patients of its data"
 
 
@@ -272,7 +286,7 @@ def _split_sentence(card: BundleCard) -> str:
     taught = ("" if not any(map(_is_trial, teachers)) else
               f"**{who} distilled from teachers some of which learnt from a sample of patients** ("
               f"{_each('teacher', teachers)}): what {they} learnt from them comes from those patients alone. ")
-    if _is_trial(start := config.get(INIT_SAMPLE, {})):
+    if _is_trial(start := config.get(INIT_SAMPLE) or {}):
         taught += (f"**{who} started from the weights of a bundle that learnt from a sample of patients** (`--init`: "
                    f"{_words(start)}): what those weights learnt comes from those patients alone. ")
     trial = ": a trial, whose figures do not show what training on all the films gives" if sample or taught else ""
@@ -289,7 +303,8 @@ def _start_sentence(config: dict[str, Any]) -> str:
     run's own bundle, which the run replaced (:data:`INIT_IN_PLACE`), so that the path names this bundle, not the
     weights it started from; and, for a card older than the starting bundle's record of its sample
     (:data:`INIT_SAMPLE`), that whether those weights learnt from a sample of patients is not known (it said
-    nothing, as though they learnt from the run's own patients alone)."""
+    nothing, as though they learnt from the run's own patients alone); and the same of weights it was made from at
+    any remove whose card is such a card (:func:`_unknown`)."""
     said = ""
     if config.get(INIT_IN_PLACE):
         checksum = f", whose bundle.json's checksum was {config[INIT_CARD]}" if config.get(INIT_CARD) else ""
@@ -299,6 +314,11 @@ def _start_sentence(config: dict[str, Any]) -> str:
         said += (f"**It was started from the weights of another bundle** (`--init {config['init']}`), and this card "
                  "predates the record of that bundle's sample of patients: whether those weights learnt from a sample "
                  "of patients, or from which, is not known here. ")
+    if _unknown(config):
+        said += ("**Some of the weights it was made from (a member's, a teacher's or a starting bundle's, at any "
+                 "remove) were started from another bundle by a card that predates the record of that bundle's "
+                 "sample of patients**: whether they learnt from a sample of patients, or from which, is not known "
+                 "here. ")
     return said
 
 

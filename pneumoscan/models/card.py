@@ -314,7 +314,8 @@ MEMBER_SAMPLES = "member_samples"
 TEACHER_SAMPLES = "teacher_samples"
 # a run started from a bundle (--init): that bundle's trained_sample ({} when it learnt from all the patients of its
 # data), since the run's weights hold what it learnt from those patients; absent in a card older than the record, of
-# which MODEL_CARD.md says the starting bundle's sample is not known
+# which MODEL_CARD.md says the starting bundle's sample is not known, and null in a trained_sample of such a card
+# (and so in what is made of it: a run started from it, an ensemble or a student of it), which says it there too
 INIT_SAMPLE = "init_sample"
 # train_config of the card in RUN/best, the best epoch's weights a run keeps while it trains: no temperature,
 # threshold or validation figures were chosen for them, so load_card refuses it to all but training's finalisation
@@ -333,10 +334,14 @@ def trained_sample(card: BundleCard) -> dict[str, Any]:
     ensemble of members, a student of teachers, a run started from it) to say a trial as its own card does: its
     :func:`sample_record`, and its members' (:data:`MEMBER_SAMPLES`), teachers' (:data:`TEACHER_SAMPLES`) and
     starting bundle's (:data:`INIT_SAMPLE`) where it holds them; empty for a run on all patients that learnt from no
-    trial (a starting bundle's empty record is left out)."""
+    trial (a starting bundle's empty record is left out). A starting bundle whose sample is not known (a card older
+    than :data:`INIT_SAMPLE`, or one that carries such a card's) is None: read as empty, it was said as all patients
+    by what is made of the bundle."""
     config = card.train_config
+    start = config.get(INIT_SAMPLE, None if config.get("init") else {})
     return (sample_record(config.get("patients"), config.get(SAMPLED_FROM), config.get("seed"))
-            | {k: config[k] for k in (MEMBER_SAMPLES, TEACHER_SAMPLES, INIT_SAMPLE) if config.get(k)})
+            | {k: config[k] for k in (MEMBER_SAMPLES, TEACHER_SAMPLES) if config.get(k)}
+            | ({} if start == {} else {INIT_SAMPLE: start}))
 
 
 def teachers_sample(cards: Sequence[BundleCard]) -> dict[str, list[dict[str, Any]]]:
