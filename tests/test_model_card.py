@@ -664,9 +664,9 @@ def test_a_start_from_a_bundle_whose_sample_the_card_predates_is_said_to_be_unkn
         config = {**card.train_config, "init": "/runs/a/bundle", **recorded}
         return " ".join(render(dataclasses.replace(card, train_config=config)).split())
 
-    unknown = ("**It was started from the weights of another bundle** (`--init /runs/a/bundle`), and this card "
-               "predates the record of that bundle's sample of patients: whether those weights learnt from a sample "
-               "of patients, or from which, is not known here. The films were split by patient into training and "
+    unknown = ("**It was started from the weights of another bundle** (`--init /runs/a/bundle`), and this run began "
+               "before that bundle's sample of patients was recorded: whether those weights learnt from a sample of "
+               "patients, or from which, is not known here. The films were split by patient into training and "
                "validation.")
     assert unknown in said(), said()
     for sample in ({}, {"patients": 20, SAMPLED_FROM: 48, "seed": 1}):
@@ -689,8 +689,8 @@ def test_an_unknown_starting_sample_is_carried_to_what_is_made_of_the_run(tiny_b
         return " ".join(render(dataclasses.replace(card, train_config={**card.train_config, **recorded})).split())
 
     unknown = ("**Some of the weights it was made from (a member's, a teacher's or a starting bundle's, at any "
-               "remove) were started from another bundle by a card that predates the record of that bundle's sample "
-               "of patients**: whether they learnt from a sample of patients, or from which, is not known here.")
+               "remove) were started from another bundle by a run that began before that bundle's sample of patients "
+               "was recorded**: whether they learnt from a sample of patients, or from which, is not known here.")
     started = said(init="/runs/b/bundle", **{INIT_SAMPLE: trained_sample(old)})
     assert unknown in started and "a trial" not in started, started
     assert unknown in said(**{INIT_SAMPLE: None})  # an ensemble of such runs

@@ -380,6 +380,31 @@ def test_an_in_place_fine_tune_interrupted_goes_on_from_its_checkpoint(tiny_bund
     assert [int(row["epoch"]) for row in csv.DictReader((run / "history.csv").open())] == [1, 2]
 
 
+def test_an_in_place_fine_tune_resumed_from_a_checkpoint_older_than_its_record_claims_no_checksum(
+    tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path
+) -> None:
+    """A checkpoint of an in-place fine-tune made before the starting bundle was read as the run starts holds no
+    init_card, init_in_place or init_sample, and that bundle is gone: the resumed run recorded none of them, and its
+    card called the bundle it replaced, at this bundle's own path, another bundle, as though it were still there.
+    It records that the run fine-tuned its own bundle (known from its settings and folder) and no checksum it never
+    read, and its card says both, and that the starting weights' sample of patients is not known."""
+    run = shutil.copytree(tiny_bundle.parent, tmp_path / "run")
+    tune = TrainConfig(**{**TINY, "init": str(run / "bundle")})
+    with pytest.raises(Crash):
+        train(tiny_dataset, tune, run, on_epoch_end=crash_after_first_epoch)
+    checkpoint = torch.load(run / "checkpoint.pt", weights_only=True)
+    torch.save({k: v for k, v in checkpoint.items() if k not in (INIT_CARD, INIT_IN_PLACE, INIT_SAMPLE)},
+               run / "checkpoint.pt")  # as an earlier version wrote it
+    config = load_bundle(train(tiny_dataset, tune, run, resume=True))[1].train_config
+    assert config[INIT_IN_PLACE] is True and INIT_CARD not in config and INIT_SAMPLE not in config, config
+    text = " ".join((run / "bundle" / "MODEL_CARD.md").read_text(encoding="utf-8").split())
+    assert (f"**It was fine-tuned from the bundle it replaced** (`--init {run / 'bundle'}`): that bundle's weights and "
+            "card are no longer there, and its path holds this bundle. **It was started from the weights of another "
+            f"bundle** (`--init {run / 'bundle'}`), and this run began before that bundle's sample of patients was "
+            "recorded: whether those weights learnt from a sample of patients, or from which, is not known "
+            "here.") in text, text
+
+
 def test_a_start_from_a_bundle_that_trained_on_the_validation_films_is_refused(tiny_bundle: Path, tiny_dataset: Path,
                                                                                 tmp_path: Path) -> None:
     """Weights that learnt the validation films would choose the best epoch, temperature and threshold on films the

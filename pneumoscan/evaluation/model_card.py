@@ -301,23 +301,23 @@ def _split_sentence(card: BundleCard) -> str:
 def _start_sentence(config: dict[str, Any]) -> str:
     """What a run started from a bundle (``--init``) says of it before its samples of patients: that it was the
     run's own bundle, which the run replaced (:data:`INIT_IN_PLACE`), so that the path names this bundle, not the
-    weights it started from; and, for a card older than the starting bundle's record of its sample
-    (:data:`INIT_SAMPLE`), that whether those weights learnt from a sample of patients is not known (it said
-    nothing, as though they learnt from the run's own patients alone); and the same of weights it was made from at
-    any remove whose card is such a card (:func:`_unknown`)."""
+    weights it started from; and, for a run that began before the starting bundle's record of its sample
+    (:data:`INIT_SAMPLE`: a card by an earlier version, or one resumed from its checkpoint), that whether those
+    weights learnt from a sample of patients is not known (it said nothing, as though they learnt from the run's own
+    patients alone); and the same of weights it was made from at any remove that are such a run's (:func:`_unknown`)."""
     said = ""
     if config.get(INIT_IN_PLACE):
         checksum = f", whose bundle.json's checksum was {config[INIT_CARD]}" if config.get(INIT_CARD) else ""
         said += (f"**It was fine-tuned from the bundle it replaced** (`--init {config['init']}`{checksum}): that "
                  "bundle's weights and card are no longer there, and its path holds this bundle. ")
     if config.get("init") and INIT_SAMPLE not in config:
-        said += (f"**It was started from the weights of another bundle** (`--init {config['init']}`), and this card "
-                 "predates the record of that bundle's sample of patients: whether those weights learnt from a sample "
-                 "of patients, or from which, is not known here. ")
+        said += (f"**It was started from the weights of another bundle** (`--init {config['init']}`), and this run "
+                 "began before that bundle's sample of patients was recorded: whether those weights learnt from a "
+                 "sample of patients, or from which, is not known here. ")
     if _unknown(config):
         said += ("**Some of the weights it was made from (a member's, a teacher's or a starting bundle's, at any "
-                 "remove) were started from another bundle by a card that predates the record of that bundle's "
-                 "sample of patients**: whether they learnt from a sample of patients, or from which, is not known "
+                 "remove) were started from another bundle by a run that began before that bundle's sample of "
+                 "patients was recorded**: whether they learnt from a sample of patients, or from which, is not known "
                  "here. ")
     return said
 

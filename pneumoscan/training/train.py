@@ -683,7 +683,9 @@ def train(
     check_same_recipe(made, ctx)
     resumed = resume_from(checkpoint_path, cfg, records, made, ctx) if resume else None
     if resumed is not None:  # the starting bundle is not read again (in place, the run cleared it): the checkpoint's
-        learnt = {k: resumed[k] for k in (INIT_CARD, INIT_IN_PLACE, INIT_SAMPLE) if k in resumed}
+        # record, none in an earlier version's; whether the run replaces its own bundle its settings and folder say
+        learnt = ({k: resumed[k] for k in (INIT_CARD, INIT_SAMPLE) if k in resumed}
+                  | ({INIT_IN_PLACE: True} if in_place else {}))
     made |= learnt  # each checkpoint keeps it
     # the teachers' checksums the checkpoint keeps (made["teachers"]) are this start's: --resume refuses others
     learnt |= taught
