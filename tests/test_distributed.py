@@ -121,7 +121,8 @@ def trained_once(log: str, run: Path, data: Path, teacher: Path, cache: Path, ev
     assert log.count(f"{run / 'bundle'}: validation AUC") == 1, "train's result line, from rank 0 alone"
     assert "lr 0.002 (= 0.001 x 2, linear scaling)" in log, log
     assert log.count("Preprocessing") == 1, "rank 0 alone builds the cache"
-    assert len(list(cache.glob("*.u8"))) == 1 and len(list(cache.glob("*.json"))) == 1
+    images = [p for p in cache.glob("*.json") if not p.name.startswith("scans-")]  # scans: the copy search's
+    assert len(list(cache.glob("*.u8"))) == 1 and len(images) == 1 and len(list(cache.glob("scans-*.json"))) == 1
     files = {str(p.relative_to(run)) for p in run.rglob("*") if p.is_file()}
     assert files == {
         "config.yaml", "split.csv", "history.csv", "curves.png", "checkpoint.pt", "report.html", "metrics.json",
