@@ -750,7 +750,8 @@ def test_training_records_the_fingerprint_that_covers_the_pixels(tiny_bundle: Pa
     Under pytest-xdist the shared bundle was trained by one worker, into that worker's cache."""
     caches = ([default_cache_dir()] if "PYTEST_XDIST_WORKER" not in os.environ else
               [worker / "cache" for worker in tmp_path_factory.getbasetemp().parent.iterdir()])
-    indexes = [json.loads(p.read_text()) for cache in caches for p in cache.glob("*.json")]
+    # each image cache's index beside its pixels (the folder holds the copy search's scans-*.json too)
+    indexes = [json.loads(p.with_suffix(".json").read_text()) for cache in caches for p in cache.glob("*.u8")]
     covering = {hashlib.sha256(f"{i['fingerprint']}:{i['sha256']}".encode()).hexdigest()[:32] for i in indexes}
     assert load_card(tiny_bundle).data_fingerprint in covering
 
