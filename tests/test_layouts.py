@@ -267,6 +267,18 @@ def test_manifest_is_a_layout(tmp_path: Path) -> None:
     assert by_name(found)["VIRUS-55-0001.jpeg"] == ("PNEUMONIA", "virus", "55", "train")
 
 
+def test_a_manifests_own_columns_are_the_films_fields_and_written_back(tmp_path: Path) -> None:
+    """A site's own columns (site, age: evaluate --by groups by them) were refused; they are kept as each film's
+    columns, in the manifest's order, and a manifest written from the records (a run's split.csv) keeps them."""
+    (tmp_path / "m.csv").write_text("path,label,Site,age\na.png,NORMAL,north, 3\nperson1_virus_1.png,PNEUMONIA,,\n")
+    records = read_manifest(tmp_path / "m.csv").records
+    assert [r.columns for r in records] == [(("site", "north"), ("age", "3")), (("site", ""), ("age", ""))]
+    write_manifest(records, tmp_path / "again.csv")
+    assert (tmp_path / "again.csv").read_text().splitlines()[0] == "path,label,subtype,patient,split,site,age"
+    again = read_manifest(tmp_path / "again.csv").records
+    assert again == records and [r.columns for r in again] == [r.columns for r in records]
+
+
 def test_a_named_layout_is_used_or_refused_with_a_reason(tmp_path: Path) -> None:
     root = tree(tmp_path / "ds", {"train/NORMAL": ["IM-0001-0001.jpeg"]})
     assert discover(root, layout="kaggle").layout == "kaggle"

@@ -174,10 +174,11 @@ def test_a_manifest_of_files_that_are_not_there_is_not_split(tmp_path: Path) -> 
     ("path,label,split\na.png,NORMAL,testing\n",
      "line 2: unknown split 'testing'; did you mean 'test'\\? \\(choose from train, val, test, or leave it empty\\)"),
     ("path,label,splt\na.png,NORMAL,test\n", "unknown column in manifest .* 'splt'; did you mean 'split'"),
-    # a site's own column: what to do with it, not the list alone
-    ("path,label,age\na.png,NORMAL,3\n", "unknown column in manifest .* 'age' \\(a manifest takes path, label, "
-     "subtype, patient and split alone, so that a misspelt one \\(splt\\) is never left unread: keep a site's own "
-     "columns, such as age or site, in another file\\)$"),
+    # a column as close to a known one as a site's own column is not: read as its misspelling, saying what to do
+    ("path,label,patient_id\na.png,NORMAL,3\n", "unknown column in manifest .* 'patient_id'; did you mean "
+     "'patient'\\? \\(a column this close to path, label, subtype, patient or split is read as its misspelling, so "
+     "that it is never left unread: rename it\\)$"),
+    ("path,,label\na.png,x,NORMAL\n", "a column has no name \\(path,,label\\)"),
     ("path,label\na.png,NORMAL\n./a.png,PNEUMONIA\n",
      "line 3: ./a.png is listed again \\(first on line 2, as a.png\\)"),
     ("path,label\na.png,NORMAL\na.png,NORMAL\n", "line 3: a.png is listed again \\(first on line 2\\)$"),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import difflib
 import hashlib
 import logging
 import os
@@ -40,6 +41,10 @@ T = TypeVar("T")
 LABELS = ("NORMAL", "PNEUMONIA")
 SUBTYPES = ("normal", "bacteria", "virus")
 MANIFEST_FIELDS = ("path", "label", "subtype", "patient", "split")
+# a manifest column this close to one of MANIFEST_FIELDS (difflib's ratio: splt 0.89, patient_id 0.82, lable 0.8) is
+# refused as its misspelling, which would otherwise leave the field unread; a site's own columns (site 0.67 from split,
+# age, sex, scanner) are further than this and pass through as the film's columns (:attr:`Record.columns`)
+MISSPELT = 0.8
 
 HEADER_PATIENT = "dicom-"  # the prefix of a patient id taken from a DICOM header (header_patient)
 # how R (NA), a spreadsheet (#N/A), pandas (nan) and databases (NULL, None) write a missing value: as a manifest's
@@ -66,6 +71,9 @@ class Record:
     # own path (own_patient)
     patient: str
     split: str = ""  # "train" | "val" | "test" | "" for a single folder or a manifest without splits
+    # a manifest's further columns, (name, value) in its order (site, age, ...): fields to group figures by
+    # (``evaluate --by``); they do not make two records of one film differ
+    columns: tuple[tuple[str, str], ...] = field(default=(), compare=False)
 
 
 @dataclass
@@ -708,11 +716,12 @@ def _warn_split_left_out(root: Path, found: Discovery) -> None:
 
 
 def read_manifest(csv_path: Path | str) -> Discovery:
-    """Records from a CSV with columns ``path,label[,subtype,patient,split]`` (header names in any case); relative
-    paths are taken relative to the CSV's folder. Missing subtype/patient are parsed from the file name (a patient
-    also from a DICOM film's header, :func:`make_record`). Anything that could move a film silently (an unknown
-    column or split, the same file twice) is refused with its line: a misspelt ``split`` value or column would
-    otherwise put test films into the training pool."""
+    """Records from a CSV with columns ``path,label[,subtype,patient,split]`` (header names in any case) and any
+    of a site's own (site, age: :attr:`Record.columns`); relative paths are taken relative to the CSV's folder.
+    Missing subtype/patient are parsed from the file name (a patient also from a DICOM film's header,
+    :func:`make_record`). Anything that could move a film silently (a column as close to a known one as
+    :data:`MISSPELT`, an unknown split, the same file twice) is refused with its line: a misspelt ``split`` value or
+    column would otherwise put test films into the training pool."""
     csv_path = Path(csv_path)
     found = Discovery()
     seen: dict[tuple[int, int] | str, tuple[int, str]] = {}
@@ -727,10 +736,12 @@ def read_manifest(csv_path: Path | str) -> Discovery:
                 raise ValueError(f"{csv_path}: not a manifest, no {' or '.join(sorted(missing))} column "
                                  f"(columns: path,label[,subtype,patient,split]){_format_hint(header)}")
             for name in header:
-                look_up_option(name, MANIFEST_FIELDS, f"column in manifest {csv_path}",
-                               hint="a manifest takes path, label, subtype, patient and split alone, so that a "
-                               "misspelt one (splt) is never left unread: keep a site's own columns, such as age or "
-                               "site, in another file")
+                if not name:
+                    raise ValueError(f"{csv_path}: a column has no name ({','.join(header)})")
+                if difflib.get_close_matches(name, MANIFEST_FIELDS, n=1, cutoff=MISSPELT):
+                    look_up_option(name, MANIFEST_FIELDS, f"column in manifest {csv_path}",
+                                   hint="a column this close to path, label, subtype, patient or split is read as "
+                                   "its misspelling, so that it is never left unread: rename it")
             if len(set(header)) < len(header):
                 raise ValueError(f"{csv_path}: a column is named twice ({','.join(header)})")
             for values in reader:
@@ -834,7 +845,8 @@ def _manifest_record(csv_path: Path, row: dict[str, str], line: int,
     # the tasks read the subtype: a NORMAL image is "normal", a PNEUMONIA one bacteria, virus or unknown ("")
     if subtype not in (("normal",) if rec.label == "NORMAL" else ("bacteria", "virus", "")):
         raise ValueError(f"{where}: subtype {subtype!r} does not fit label {rec.label}")
-    return dataclasses.replace(rec, subtype=subtype)
+    columns = tuple((name, value) for name, value in row.items() if name not in MANIFEST_FIELDS)
+    return dataclasses.replace(rec, subtype=subtype, columns=columns)
 
 
 def write_manifest(records: Sequence[Record], csv_path: Path | str) -> None:
@@ -851,6 +863,8 @@ def write_manifest(records: Sequence[Record], csv_path: Path | str) -> None:
         if not os.path.isabs(path):  # the folder resolved, the name kept (it may be a link with a meaning)
             folder, name = os.path.split(path)
             path = os.path.relpath(os.path.join(os.path.realpath(folder), name), csv_dir)
-        return {**asdict(rec), "path": path}
+        return {**{k: v for k, v in asdict(rec).items() if k != "columns"}, **dict(rec.columns), "path": path}
 
-    write_csv(csv_path, MANIFEST_FIELDS, map(row, records), errors="surrogateescape")
+    # a manifest's own columns are kept (a run's split.csv of a manifest with a site column still groups by site)
+    columns = dict.fromkeys(name for rec in records for name, _ in rec.columns)
+    write_csv(csv_path, (*MANIFEST_FIELDS, *columns), map(row, records), errors="surrogateescape")
