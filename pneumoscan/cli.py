@@ -382,7 +382,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                "give a run's validation films instead: RUN/split.csv --split val")
     with _without_test_split(f"without a test split, {instead} (figures on them are optimistic)"):
         metrics = evaluate(args.bundle, args.data, args.split, out, tta=args.tta, add_to_card=args.add_to_card,
-                           data_name=args.data_name, etiology=args.etiology, backend=args.backend)
+                           data_name=args.data_name, etiology=args.etiology, backend=args.backend,
+                           by=args.by or ())
     if args.json:
         _print_json({k: v for k, v in metrics.items() if k != "curves"})
         return 0
@@ -405,10 +406,25 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"{row['threshold']:>10.4f} {format_figure(row['sensitivity'], 3):>12} "
               f"{format_figure(row['specificity'], 3):>12} {format_figure(row['precision'], 3):>10} "
               f"{format_figure(row['npv'], 3):>6}  {row['rule']}")
+    _print_subgroups(metrics.get("subgroups"), f"at threshold {metrics['threshold']:.4f}")
     for key in ("multiclass", "two_stage"):
         if block := metrics.get(key):
             print(f"\n{len(block['class_names'])} classes, {_three_classes(block)}")
+            _print_subgroups(block.get("subgroups"), f"of the decision ({block['decision']})")
     return 0
+
+
+def _print_subgroups(block: dict | None, at: str) -> None:
+    """evaluate --by's tables on the terminal, one a field, as the report words them (:func:`table_rows`)."""
+    from pneumoscan.evaluation.subgroups import table_rows
+
+    for field, groups in (block or {}).get("fields", {}).items():
+        head, rows = table_rows(groups)
+        widths = [max(len(cell) for cell in column) for column in zip(head, *rows)]
+        print(f"\nby {field}, {at} (95% CIs count patients):")
+        for row in (head, *rows):
+            print("  " + "  ".join(cell.ljust(width) if i == 0 else cell.rjust(width) if i < 3 else cell.ljust(width)
+                                   for i, (cell, width) in enumerate(zip(row, widths))).rstrip())
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -855,6 +871,10 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
     _choice(p, "--backend", BACKENDS, "backend", default="onnx",
             help="onnx (default: as predict and serve score, several times faster than torch on CPU), torch, or "
                  "onnx-int8: the bundle's INT8 model at its own thresholds (export --int8)")
+    p.add_argument("--by", action="append", metavar="FIELD",
+                   help="also give the figures of each group of films by FIELD, at the bundle's threshold (repeat for "
+                        "several): subtype, split, format, a manifest's own column, or a DICOM header's PatientSex, "
+                        "PatientAge (in bands), Manufacturer, ViewPosition or InstitutionName")
 
 
 def _compare_args(p: argparse.ArgumentParser) -> None:

@@ -17,6 +17,7 @@ from pneumoscan.core.metrics import (AUC_INTERVAL, FILM_UNIT_CAVEAT, clopper_pea
                                      evaluate_multiclass, softmax)
 from pneumoscan.core.figures import FIGURE_DPI, figure_bytes, png_data_url
 from pneumoscan.evaluation.report import roc_figure, write_report
+from pneumoscan.evaluation.subgroups import subgroup_figures
 from pneumoscan.models.card import load_card
 from pneumoscan.training.callbacks import plot_training_curves
 from tests.test_browser import ARGS, CHROMIUM, TIMEOUT_MS, serious_violations
@@ -529,6 +530,28 @@ def test_a_multiclass_report_and_a_binary_ones_three_class_part_say_each_class_a
     for name in ("All classes: Summary. 95% CIs count films.", "All classes: Per-class figures. No 95% CIs",
                  "Confusion matrix: Most probable class"):
         expect(chromium.get_by_role("table", name=re.compile("^" + re.escape(name)))).to_have_count(1)
+
+
+def test_the_figures_by_subgroup_are_a_named_table_a_field_in_each_part(chromium: Page, tmp_path: Path) -> None:
+    """evaluate --by's figures: one table a field, named by its caption (the field, the threshold or the decision
+    they are at), a group a row headed by its value, in the binary part and in its three-class part alike; the page
+    passes axe-core and keeps one heading level under another."""
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 3, 120)
+    probs = softmax(rng.normal(size=(120, 3)) + 2 * np.eye(3)[y])
+    m = evaluate_binary(y > 0, 1 - probs[:, 0], 0.4, n_boot=50, class_names=("normal", "pneumonia"))
+    m["multiclass"] = evaluate_multiclass(y, probs, ["normal", "bacteria", "virus"], n_boot=50)
+    sites = {"site": np.where(np.arange(120) < 110, "A", "B")}
+    m["subgroups"] = subgroup_figures(sites, np.arange(120), binary=(y > 0, 1 - probs[:, 0], 0.4))
+    m["multiclass"]["subgroups"] = subgroup_figures(sites, np.arange(120), decision=(y, probs.argmax(axis=1)))
+    _read_as_a_reader(chromium, write_report(m, tmp_path, "Classes"))
+    binary = chromium.get_by_role("table", name="Figures by site, at the bundle threshold 0.4000.")
+    rows = binary.get_by_role("row").all_inner_texts()
+    assert rows[0].split("\t") == ["Group", "Films", "Patients", "Sensitivity", "Specificity", "AUC"], rows
+    assert rows[1].startswith("A\t110\t110\t") and "(95% CI" in rows[1], rows
+    assert "(too few patients for a 95% CI)" in rows[2], rows
+    three = chromium.get_by_role("table", name=re.compile(r"^All classes: Figures by site, of the decision"))
+    assert three.get_by_role("row").all_inner_texts()[0].split("\t") == ["Group", "Films", "Patients", "Accuracy"]
 
 
 # ---------------------------------------------------------------- the report printed, as a person prints it to PDF

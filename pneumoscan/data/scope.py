@@ -534,13 +534,45 @@ def film_facts(ds: Dataset) -> dict[str, str | float | None]:
             "study_date": study.isoformat() if study else None}
 
 
-def describe(source: Source, dicom: bool = False, facts: bool = False, dataset: Dataset | None = None) -> dict:
+# the fields of a film's header or format that figures are grouped by (``evaluate --by``: :func:`grouping`)
+GROUPING_FIELDS = ("format", "PatientSex", "PatientAge", "Manufacturer", "ViewPosition", "InstitutionName")
+# PatientAge's bands (upper bound in years, exclusive; name): an infant's film and a teenager's differ, and a
+# child's age in years alone would make groups too small for an interval
+AGE_BANDS = ((1.0, "under 1 year"), (3.0, "1-2 years"), (6.0, "3-5 years"), (12.0, "6-11 years"),
+             (18.0, "12-17 years"))
+ADULT = "18 years and over"
+
+
+def age_band(years: float) -> str:
+    """The band of :data:`AGE_BANDS` an age in years falls in."""
+    return next((name for upper, name in AGE_BANDS if years < upper), ADULT)
+
+
+def grouping(ds: Dataset | None, format_name: str) -> dict[str, str]:
+    """The :data:`GROUPING_FIELDS` a film records (those it does not are left out): its ``format_name`` (JPEG, PNG,
+    DICOM), and from a DICOM header its sex and view as defined terms (:data:`NOT_SHOWN` for another value), its
+    age's band (:func:`age_band`, from PatientAge or the birth date, as :func:`age_years` reads them), and its
+    manufacturer and institution as stored."""
+    found = {"format": format_name}
+    if ds is None:
+        return found
+    age = age_years(ds)
+    values = {"PatientSex": defined_term(_text(ds, "PatientSex"), frozenset(PATIENT_SEXES)) if _text(ds, "PatientSex")
+              else "", "PatientAge": "" if age is None else age_band(age),
+              "ViewPosition": defined_term(position, VIEW_POSITIONS) if (position := _text(ds, "ViewPosition")) else "",
+              "Manufacturer": _stored(ds, "Manufacturer"), "InstitutionName": _stored(ds, "InstitutionName")}
+    return found | {key: value for key, value in values.items() if value}
+
+
+def describe(source: Source, dicom: bool = False, facts: bool = False, dataset: Dataset | None = None,
+             fields: bool = False) -> dict:
     """The result fields for a decoded film: its UIDs when it is a DICOM (with ``facts``, also :func:`film_facts`),
-    and ``warnings`` (a list, possibly empty). ``dataset``: the DICOM ``source`` as
-    :func:`~.decode.read_dicom` read it, before its pixels were decoded (:func:`read_described`); None reads the
-    header from ``source`` (header only, pixels left unread: 1.0 ms for a 12-bit DICOM's header read and checked,
-    where decoding the film took 16 ms at 224 x 224 and 42 ms at 1776 x 1416, and efficientnet_lite0 scores it in
-    26 ms on 2 cores)."""
+    and ``warnings`` (a list, possibly empty); with ``fields``, ``fields`` (:func:`grouping`: what ``evaluate --by``
+    groups by, from the same read of the header; none for a film that cannot be read). ``dataset``: the DICOM
+    ``source`` as :func:`~.decode.read_dicom` read it, before its pixels were decoded (:func:`read_described`); None
+    reads the header from ``source`` (header only, pixels left unread: 1.0 ms for a 12-bit DICOM's header read and
+    checked, where decoding the film took 16 ms at 224 x 224 and 42 ms at 1776 x 1416, and efficientnet_lite0 scores
+    it in 26 ms on 2 cores)."""
     try:
         ds = dataset if dataset is not None else read_dicom_header(source, dicom)
         if ds is None:
@@ -550,11 +582,13 @@ def describe(source: Source, dicom: bool = False, facts: bool = False, dataset: 
         else:
             width, height = size_as_read(ds)
     except (ValueError, TypeError) as e:  # a DecodeError too: decoded a moment ago, changed or removed since
-        return {"warnings": [UNREAD.text(reason=e)]}
+        return {"warnings": [UNREAD.text(reason=e)]} | ({"fields": {}} if fields else {})
+    grouped = {"fields": grouping(ds, "DICOM" if ds is not None else info["format"])} if fields else {}
     if ds is None:
-        return {"warnings": scope_warnings(ds, width, height) + colour}
+        return {"warnings": scope_warnings(ds, width, height) + colour} | grouped
     uids, problems = identifiers(ds)
-    return {**uids, **(film_facts(ds) if facts else {}), "warnings": scope_warnings(ds, width, height) + problems}
+    return {**uids, **(film_facts(ds) if facts else {}), "warnings": scope_warnings(ds, width, height) + problems,
+            **grouped}
 
 
 def read_described(source: Source, dataset: Dataset | None, target: int | None = None, dicom: bool = False,

@@ -33,6 +33,7 @@ from pneumoscan.models.card import WEIGHTS, BundleCard, load_card, proven_run_sp
 from .held_out import HeldOutPolicy, check_held_out
 from .model_card import MODEL_CARD, add_evaluation, counted, evaluation_record, left_out_said
 from .report import METRICS, MODEL_ID, THRESHOLD_DIGITS, write_report
+from .subgroups import film_values, subgroup_figures
 
 log = logging.getLogger(__name__)
 PREDICTION_FIELDS = ("path", "label", "subtype", "patient", "probability", "called", "correct")
@@ -106,7 +107,7 @@ def two_stage_names(first: Task, second: Task) -> tuple[str, ...]:
 
 def _two_stage(first: Predictor, first_scores: np.ndarray, records: list[Record], images: np.ndarray,
                targets: np.ndarray, data: Path | str, split: str | None, etiology: Path | str, tta: bool,
-               backend: str, groups: np.ndarray, scope: Sequence[list[str]]
+               backend: str, groups: np.ndarray, scope: Sequence[list[str]], by: dict[str, list[str]]
                ) -> tuple[dict, dict[str, list], BundleCard]:
     """The 1 + k class figures of FIRST followed by the ETIOLOGY bundle (a stage of k classes) on the first stage's
     films (every film is scored by both stages, so the composed probabilities exist for all, and checked against
@@ -114,7 +115,8 @@ def _two_stage(first: Predictor, first_scores: np.ndarray, records: list[Record]
     (:func:`stage_fields`: ``etiology_probability_virus``; a second stage of one's own is not reported as P(virus)):
     each film's probability (and class probabilities, for k of three or more), its 1 + k class call, and its scope
     (:func:`stage_scope`, the film's first-stage ``scope`` warnings with the second stage's content check); ``groups``
-    as :func:`evaluate_probabilities` takes them; and the second stage's card, whose threshold decides too. Refused
+    as :func:`evaluate_probabilities` takes them (and ``by``'s groups: :func:`film_values`, their accuracy of the
+    decision under ``subgroups``); and the second stage's card, whose threshold decides too. Refused
     when a film the first stage hands over does not say its class of the second stage (bacteria or virus)."""
     second = Predictor(etiology, backend=backend)  # the pair chains: evaluate checked it (check_stages)
     if second.card.spec != first.card.spec:  # decoded as the second stage was trained, through the same cache
@@ -143,6 +145,8 @@ def _two_stage(first: Predictor, first_scores: np.ndarray, records: list[Record]
                                            f"{second.card.positive} at {second_threshold:.4f}{among}")
     # which second stage, while it holds these weights (compare checks), as the first stage is recorded, and what its
     # card says of its threshold and temperature (a guess, not fitted), which decide these calls as the first's do
+    if by:
+        metrics["subgroups"] = subgroup_figures(by, groups, decision=(truth, called))
     metrics |= {"etiology_bundle": os.path.realpath(etiology), "etiology_threshold": second_threshold,
                 "etiology_bundle_weights": second.card.files.get(WEIGHTS, ""), "etiology_caveats": second.card.caveats}
     scopes = [stage_scope(warnings, content) for warnings, content in zip(scope, _content_warnings(second, images))]
@@ -284,7 +288,7 @@ def default_out_dir(bundle: Path | str, data: Path | str, split: str | None, tta
 
 def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out_dir: Path | str | None = None,
              tta: bool = False, add_to_card: bool = False, data_name: str | None = None,
-             etiology: Path | str | None = None, backend: str = "torch") -> dict:
+             etiology: Path | str | None = None, backend: str = "torch", by: Sequence[str] = ()) -> dict:
     """Score every image of DATA (a dataset root, a NORMAL/PNEUMONIA folder or a manifest) that belongs to the
     bundle's task; with a dataset root, ``split`` picks train/val/test. With ``tta``, scores average the test-time
     views and are read at the bundle's TTA threshold, as ``predict --tta`` does. The result holds a
@@ -296,7 +300,10 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
     each film checked against the second stage's training films too. ``backend`` scores as ``predict
     --backend`` does: with ``onnx-int8``, the bundles' INT8 models at their own thresholds. A bundle copied out of its
     run, given that run's split.csv as DATA, has its films checked against it as against a split.csv beside it, once
-    its card's data checksum proves it the run's (:func:`~pneumoscan.models.card.proven_run_split`)."""
+    its card's data checksum proves it the run's (:func:`~pneumoscan.models.card.proven_run_split`). ``by`` (fields:
+    :func:`~.subgroups.film_values`) adds the figures of each of their groups at the same threshold under
+    ``subgroups`` (:func:`~.subgroups.subgroup_figures`; a three-class decision's accuracy under its block's), a
+    field no film records refused before the films are scored."""
     if backend == "onnx-int8" and add_to_card:
         raise ValueError("add_to_card (--add-to-card) records evaluations of the bundle's FP32 model, which its card "
                          "describes; the INT8 model's figures stay in the report")
@@ -324,11 +331,17 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
         raise ValueError(f"add_to_card (--add-to-card) needs films of both classes ({' and '.join(task.classes)}): "
                          "on one class a card's AUC, precision and F1 are undefined or meaningless; the report still "
                          "shows the rest")
+    scope, fields = _film_warnings(predictor, records, images, name)
+    by_field = film_values(by, records, fields, name)  # an unknown field before the films are scored
     probs = predictor.probabilities(images, tta=tta)
     scores = predictor.positive_probability(probs)
     copies, groups, conflicts = patient_groups(records, data)
-    scope = _film_warnings(predictor, records, images, name)
     metrics = evaluate_probabilities(probs, targets, task, threshold, groups=groups)
+    if by_field:  # at the bundle's threshold, never one chosen per group
+        metrics["subgroups"] = subgroup_figures(by_field, groups, binary=(binary_targets(targets), scores, threshold))
+        if task.multiclass:  # the decision the three-class figures are of: the most probable class
+            metrics["multiclass"]["subgroups"] = subgroup_figures(by_field, groups,
+                                                                  decision=(targets, np.argmax(probs, axis=1)))
     _annotate(metrics, bundle, card, backend, tta, name, copies, errors, held_out.caveats)
     # the sources of its weights whose training films are unknown here: these films may be among them
     metrics["unchecked"] = list(held_out.unknown_sources.values())
@@ -343,7 +356,8 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
     second_card: BundleCard | None = None
     if etiology is not None:
         metrics["two_stage"], second, second_card = _two_stage(predictor, scores, records, images, targets, data,
-                                                               split, etiology, tta, backend, groups, scope)
+                                                               split, etiology, tta, backend, groups, scope,
+                                                               by_field)
         metrics["two_stage"]["films_without_patient_id"] = metrics["films_without_patient_id"]  # the same films
     if out_dir is not None:
         header = _report_header(bundle, data, split, card, threshold, len(targets), metrics["left_out"], tta,
@@ -366,18 +380,21 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
     return metrics
 
 
-def _film_warnings(predictor: Predictor, records: Sequence[Record], images: np.ndarray, name: str) -> list[list[str]]:
+def _film_warnings(predictor: Predictor, records: Sequence[Record], images: np.ndarray,
+                   name: str) -> tuple[list[list[str]], list[dict[str, str]]]:
     """Each film's scope warnings, as ``predict`` gives them (its header's, then its pixels' at the model's input:
     ``images``), and a warning naming those outside the model's scope: a lateral, a CT or an inverted film is scored
     and counted in the figures like the rest (figures on the films given, as published figures are), but
-    predictions.csv marks it (``in_scope`` false) and a card's record counts it."""
-    found = [describe(r.path)["warnings"] + c for r, c in zip(records, _content_warnings(predictor, images))]
+    predictions.csv marks it (``in_scope`` false) and a card's record counts it; with them, each film's fields to
+    group figures by, from the same read of its header (:func:`~pneumoscan.data.scope.grouping`)."""
+    described = [describe(r.path, fields=True) for r in records]
+    found = [d["warnings"] + c for d, c in zip(described, _content_warnings(predictor, images))]
     if outside := [(r, warnings) for r, warnings in zip(records, found) if not in_scope(warnings)]:
         record, warnings = outside[0]
         log.warning("%d film(s) of %s are outside the model's scope (e.g. %s: %s): they are scored and counted in the "
                     "figures like the rest; predictions.csv marks them (in_scope false)", len(outside), shown(name),
                     shown(record.path), outside_scope(warnings)[0][0])
-    return found
+    return found, [d["fields"] for d in described]
 
 
 def _content_warnings(predictor: Predictor, images: np.ndarray) -> list[list[str]]:

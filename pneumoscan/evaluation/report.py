@@ -26,6 +26,7 @@ from pneumoscan.core.names import path_text
 from pneumoscan.models.run_folder import METRICS, REPORT
 
 from .model_card import ECE_NAME, PREVALENCE_BOUND, class_counts, film_counts, one_class, prevalence_note
+from .subgroups import table_rows
 
 # In print: white, unframed, every figure, table and row whole where it fits a page and a heading with what follows;
 # the rows of figures and the gallery are lines of blocks there, which Chromium breaks between (a flex row it moved
@@ -558,8 +559,32 @@ def _multiclass_body(m: dict[str, Any], section: str = "", pngs: dict[str, bytes
             _reliability_html(curves["calibration"], "Confidence (probability of the decided class)",
                               "Reliability diagram of the decided class: accuracy per bin of confidence.", pngs),
             "</div>",
+            _subgroups_html(m.get("subgroups"), section, f"of the decision ({decision})"),
         ]
     )
+
+
+def _subgroups_html(block: dict[str, Any] | None, section: str = "", of: str = "") -> str:
+    """``evaluate --by``'s tables (:func:`~.subgroups.subgroup_figures`), one a field, each named by its caption: the
+    field, the threshold (the bundle's, the whole set's) or the decision its figures are at, and what a figure of
+    too few patients says instead of a rate."""
+    if not block:
+        return ""
+    at = f"at the bundle threshold {_fmt(block['threshold'], 'threshold')}" if "threshold" in block else of
+    parts = [f"<h2>{section}Figures by subgroup</h2>",
+             f'<p class="note">Each group&#x27;s figures on its films alone, {_esc(at)}, with 95% CIs that count '
+             f"patients; a figure of fewer than {block['smallest']} patients gives its films counted and no interval. "
+             "A group&#x27;s figures differ from the whole set&#x27;s by chance too: compare their intervals.</p>"]
+    for field, groups in block["fields"].items():
+        head, rows = table_rows(groups)
+        parts.append(
+            f"<table><caption>{_esc(section)}Figures by {_esc(field)}, {_esc(at)}.</caption><thead><tr>"
+            + "".join(f'<th scope="col">{_esc(name[:1].upper() + name[1:])}</th>' for name in head)
+            + "</tr></thead><tbody>"
+            + "".join(f'<tr><th scope="row">{_esc(row[0])}</th>'
+                      + "".join(f'<td class="num">{_esc(cell)}</td>' for cell in row[1:]) + "</tr>" for row in rows)
+            + "</tbody></table>")
+    return "".join(parts)
 
 
 _FIGURE_NAMES = ("confusion_matrix", "roc", "pr", "reliability")  # the figures a report writes as files
@@ -587,7 +612,7 @@ def write_report(
     if metrics.get("kind") == "multiclass":
         body = _multiclass_body(metrics, pngs=pngs)
     else:
-        body = _binary_body(metrics, pngs)
+        body = _binary_body(metrics, pngs) + _subgroups_html(metrics.get("subgroups"))
         for key, section, prefix in _CLASS_PARTS:
             if metrics.get(key):
                 part_pngs: dict[str, bytes] = {}

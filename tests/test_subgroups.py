@@ -1,0 +1,116 @@
+"""evaluate --by: each group's films, patients and figures at the bundle's own threshold, by a record's field, a
+manifest's own column or a DICOM header's attribute; a field no film records is refused."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pneumoscan import cli
+from pneumoscan.data.layouts import discover
+from pneumoscan.evaluation.evaluate import evaluate
+from pneumoscan.evaluation.subgroups import NOT_RECORDED
+from tests.builders import dicom_bytes
+
+
+def _site_manifest(tiny_dataset: Path, folder: Path, site: str | None = None) -> Path:
+    """The tiny dataset's 16 test films as a manifest with a site column: A for 6 films of each class, B for the
+    other 2 of each; with ``site``, that site's films alone."""
+    rows = []
+    for label in ("NORMAL", "PNEUMONIA"):
+        films = sorted(r.path for r in discover(tiny_dataset).split("test") if r.label == label)
+        rows += [(path, label, "A" if i < 6 else "B") for i, path in enumerate(films)]
+    csv_path = folder / f"site-{site or 'all'}.csv"
+    with csv_path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label", "site"])
+        writer.writerows(row for row in rows if site in (None, row[2]))
+    return csv_path
+
+
+def test_groups_add_up_and_each_has_the_figures_of_its_own_films_at_the_bundles_threshold(
+        tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A manifest's own column (site) and a record's field (subtype) group the figures: the groups' films and
+    patients add up to the set's; a site's sensitivity, specificity and AUC with their intervals are those of an
+    evaluation of its films alone (at the bundle's threshold, not one of its own), and a site of too few patients
+    says so where an interval would stand. The terminal and the report show each field's table."""
+    data, out = _site_manifest(tiny_dataset, tmp_path), tmp_path / "eval"
+    assert cli.main(["evaluate", str(tiny_bundle), str(data), "--by", "site", "--by", "SUBTYPE", "--out",
+                     str(out)]) == 0
+    printed = capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    block = metrics["subgroups"]
+    with (out / "predictions.csv").open() as f:
+        patients = len({row["patient"] for row in csv.DictReader(f)})
+    assert block["threshold"] == metrics["threshold"] and list(block["fields"]) == ["site", "subtype"]
+    for groups in block["fields"].values():
+        assert sum(g["films"] for g in groups) == metrics["n"] == 16
+        assert sum(g["patients"] for g in groups) == patients
+        assert sum(g["positive"] for g in groups) == metrics["n_positive"]
+    assert [g["value"] for g in block["fields"]["subtype"]] == ["bacteria", "normal", "virus"]
+    site_a, site_b = block["fields"]["site"]
+    alone = evaluate(tiny_bundle, _site_manifest(tiny_dataset, tmp_path, "A"))
+    assert (site_a["value"], site_a["films"], site_a["positive"]) == ("A", 12, 6)
+    for name in ("sensitivity", "specificity", "auc"):
+        assert site_a[name]["value"] == pytest.approx(alone[name]), name
+        assert site_a[name]["ci"] == pytest.approx(alone["ci"][name]), name
+    assert site_b["value"] == "B" and site_b["sensitivity"]["ci"] is None
+    assert site_b["sensitivity"]["too_few"] == "positive films of 2 patients: too few for an interval (it takes 5)"
+    said = f"{site_b['sensitivity']['hits']} of 2 (too few patients for a 95% CI)"
+    assert f"by site, at threshold {metrics['threshold']:.4f}" in printed and said in printed
+    page = (out / "report.html").read_text()
+    assert f"<caption>Figures by site, at the bundle threshold {metrics['threshold']:.4f}.</caption>" in page
+    assert f'<tr><th scope="row">B</th><td class="num">4</td><td class="num">4</td><td class="num">{said}</td>' in page
+
+
+def test_a_field_no_film_records_is_refused_naming_those_they_do(tiny_bundle: Path, tiny_dataset: Path,
+                                                                 tmp_path: Path) -> None:
+    """A field misspelt, or one these films lack (a JPEG has no header to give a sex), would give no groups: it is
+    refused before the films are scored, naming the fields there are."""
+    with pytest.raises(ValueError, match=r"no film of site-all.csv records 'PatientSex' to group the figures by; "
+                                         r"they record subtype, format, site \(a DICOM film's header also gives"):
+        evaluate(tiny_bundle, _site_manifest(tiny_dataset, tmp_path), by=["PatientSex"])
+
+
+def test_a_dicom_header_groups_films_by_sex_and_age_band(tiny_bundle: Path, tiny_dataset: Path,
+                                                         tmp_path: Path) -> None:
+    """A DICOM film's PatientSex and PatientAge (in bands) group the figures, read with its scope check; a film whose
+    header records neither is in an explicit "(not recorded)" group, never left out."""
+    heads = [{"PatientSex": "F", "PatientAge": "004Y"}, {"PatientSex": "M", "PatientAge": "008M"}, {}]
+    for label in ("NORMAL", "PNEUMONIA"):
+        (tmp_path / "films" / label).mkdir(parents=True)
+        films = sorted(r.path for r in discover(tiny_dataset).split("test") if r.label == label)[:3]
+        for i, (path, head) in enumerate(zip(films, heads)):
+            gray = np.asarray(Image.open(path).convert("L"), dtype=np.uint16) * 16
+            (tmp_path / "films" / label / f"{label}-{i}.dcm").write_bytes(dicom_bytes(gray, **head))
+    metrics = evaluate(tiny_bundle, tmp_path / "films", by=["PatientSex", "PatientAge", "format"])
+    fields = metrics["subgroups"]["fields"]
+    assert [(g["value"], g["films"], g["positive"]) for g in fields["PatientSex"]] == [
+        ("F", 2, 1), ("M", 2, 1), (NOT_RECORDED, 2, 1)]
+    assert [g["value"] for g in fields["PatientAge"]] == ["under 1 year", "3-5 years", NOT_RECORDED]
+    assert [(g["value"], g["films"]) for g in fields["format"]] == [("DICOM", 6)]
+
+
+def test_a_three_class_decision_has_its_accuracy_by_group(tiny_bundle: Path, tiny_etiology_bundle: Path,
+                                                          tiny_multiclass_bundle: Path, typed_dataset: Path,
+                                                          tmp_path: Path) -> None:
+    """A three-class bundle's most probable class, and a pneumonia bundle followed by an etiology bundle, are each
+    one decision among normal, bacteria and virus: each group's accuracy of it counts the films it called right, as
+    predictions.csv lists them."""
+    for bundle, etiology, key, column in ((tiny_multiclass_bundle, None, "multiclass", "most_probable"),
+                                          (tiny_bundle, tiny_etiology_bundle, "two_stage", "two_stage_called")):
+        out = tmp_path / key
+        metrics = evaluate(bundle, typed_dataset, "test", out, etiology=etiology, by=["subtype"])
+        with (out / "predictions.csv").open() as f:
+            rows = list(csv.DictReader(f))
+        groups = metrics[key]["subgroups"]["fields"]["subtype"]
+        assert [g["value"] for g in groups] == ["bacteria", "normal", "virus"]
+        for group in groups:
+            right = sum(r[column].casefold() == group["value"] for r in rows if r["subtype"] == group["value"])
+            assert (group["accuracy"]["hits"], group["accuracy"]["of"]) == (right, group["films"]), key
+        assert "sensitivity" in metrics["subgroups"]["fields"]["subtype"][0], key  # the positive call's too
