@@ -626,6 +626,14 @@ def _path(what: str, variable: str = "") -> Callable[[str], str]:
     return parse
 
 
+def _field(text: str) -> str:
+    """An argparse type for a field to group figures by (``evaluate --by``): an empty one, as an unset variable
+    gives it, is refused naming its option, where the library would name the fields there are as if one was asked."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("no field given (an empty value: is the variable that names it set?)")
+    return text.strip()
+
+
 _bundle = _path("bundle")
 _file = _path("file")
 _folder = _path("folder")
@@ -871,7 +879,7 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
     _choice(p, "--backend", BACKENDS, "backend", default="onnx",
             help="onnx (default: as predict and serve score, several times faster than torch on CPU), torch, or "
                  "onnx-int8: the bundle's INT8 model at its own thresholds (export --int8)")
-    p.add_argument("--by", action="append", metavar="FIELD",
+    p.add_argument("--by", action="append", metavar="FIELD", type=_field,
                    help="also give the figures of each group of films by FIELD, at the bundle's threshold (repeat for "
                         "several): subtype, split, format, a manifest's own column, or a DICOM header's PatientSex, "
                         "PatientAge (in bands), Manufacturer, ViewPosition or InstitutionName")
