@@ -477,7 +477,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     limits, access = serve_settings(args)
     build_server(args.bundle, etiology=args.etiology, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb,
-                 backend=args.backend, limits=limits, access=access, insecure=args.insecure,
+                 backend=args.backend, limits=limits, access=access, insecure=args.insecure, rate_limit=args.rate_limit,
                  heatmaps=not args.no_heatmaps, quiet=args.quiet).run()  # -q: no access log either
     return 0
 
@@ -611,6 +611,18 @@ def _port(text: str) -> int:
     if not text.strip().isdigit() or not 0 <= int(text) <= 65535:
         raise argparse.ArgumentTypeError(f"must be a TCP port, 0 to 65535, got {text}")
     return int(text)
+
+
+def _rate(text: str) -> str:
+    """An argparse type for serve's --rate-limit: a rate the service takes (:func:`~pneumoscan.serving.limits.
+    per_client_rate`), refused when the options are read rather than once the model has loaded."""
+    from pneumoscan.serving.limits import per_client_rate
+
+    try:
+        per_client_rate(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("rate_limit (--rate-limit) ")) from None
+    return text
 
 
 def _path(what: str, variable: str = "") -> Callable[[str], str]:
@@ -955,6 +967,10 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shutdown-grace", type=_positive(float),
                    help="seconds requests in progress get to finish after SIGTERM or Ctrl-C; one cut off then "
                         "gets 503 + Retry-After (default 20)")
+    p.add_argument("--rate-limit", type=_rate, metavar="N/minute",
+                   help="each client's prediction requests (its address, or the X-Forwarded-For of a proxy on "
+                        "loopback or FORWARDED_ALLOW_IPS): past N in any minute (N/second, N/hour, N per M minutes) it "
+                        "gets 429 + Retry-After while others are served (default: none)")
     p.add_argument("--max-lingering", type=_positive(int),
                    help="connections answered early (401, 413, 503 before the upload is in) whose rest is dropped "
                         "until the client closes, at most --body-timeout, at once; past it one closes at once "

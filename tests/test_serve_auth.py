@@ -288,14 +288,16 @@ def test_no_cors_unless_configured(tiny_bundle: Path) -> None:
 
 
 def test_cli_serves_with_a_key_file(tiny_bundle: Path, xray: bytes, tmp_path: Path) -> None:
-    """Quiet (``pneumoscan -q serve``), as well: no access log, no information messages."""
+    """Quiet (``pneumoscan -q serve``), as well: no access log, no information messages; and each client's
+    --rate-limit, which the requests the key check refuses spend none of."""
     (tmp_path / "key").write_text(KEY + "\n")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if k != "PNEUMOSCAN_API_KEY"}
     with (tmp_path / "log").open("wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "pneumoscan", "-q", "serve", str(tiny_bundle),
-                                 "--port", str(port), "--api-key-file", str(tmp_path / "key"), "--backend", "torch"],
+                                 "--port", str(port), "--api-key-file", str(tmp_path / "key"), "--backend", "torch",
+                                 "--rate-limit", "3/minute"],
                                 stdout=out, stderr=subprocess.STDOUT, env={**env, "PYTHONUNBUFFERED": "1"})
     try:
         wait_healthy(proc, url, tmp_path / "log")
@@ -306,6 +308,9 @@ def test_cli_serves_with_a_key_file(tiny_bundle: Path, xray: bytes, tmp_path: Pa
             assert http.get("/v1/model",
                             headers={"host": "rebound.attacker.example", "X-API-Key": KEY}).status_code == 400
             assert http.get("/docs", headers={"X-API-Key": KEY}).status_code == 404
+            # the film read above is the first of three; the next two (no film: 415) spend the rest
+            spent = [http.post("/v1/predict", headers={"X-API-Key": KEY}).status_code for _ in range(3)]
+            assert spent == [415, 415, 429]
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -630,6 +635,8 @@ PROVED_ELSEWHERE = {  # each reason's answer needs a service state of its own: t
     "heatmap_failed": ("test_runs_here", "test_a_heatmap_that_fails_after_the_start_is_refused_with_its_films_reading"),
     "client_gone": ("test_serve_limits", "test_work_of_a_client_that_disconnected_is_not_computed"),
     "cors_not_allowed": ("test_serve_auth", "test_no_cors_unless_configured"),
+    "rate_limited": ("test_serve_rate",
+                     "test_a_client_past_its_rate_gets_429_with_retry_after_and_another_is_still_served"),
 }
 
 

@@ -34,7 +34,7 @@ CLIENT_GONE = 499  # nginx's "client closed request": the status a request whose
 
 def create_app(bundle: Path | str, etiology: Path | str | None = None, max_upload_mb: float = MAX_UPLOAD_MB,
                backend: str = "torch", limits: Limits | None = None, access: Access | None = None,
-               heatmaps: bool = True) -> FastAPI:
+               heatmaps: bool = True, rate_limit: str | None = None) -> FastAPI:
     """The service for a pneumonia (or any) bundle, with an optional bacteria-vs-virus second stage.
     ``backend="onnx"`` predicts with ONNX Runtime (2-3x faster on CPU; Grad-CAM still uses torch), exporting the
     model at startup unless ``pneumoscan export`` already put a current model.onnx in the bundle. Concurrent
@@ -45,10 +45,12 @@ def create_app(bundle: Path | str, etiology: Path | str | None = None, max_uploa
     the key its operator set (``access=Access.from_options()`` applies it). ``heatmaps=False`` serves readings alone
     (each heatmap asked for refused with 422), without Grad-CAM's torch: for a host where torch cannot run (one that
     refuses memory both writable and executable, as systemd's ``MemoryDenyWriteExecute=yes``) with ONNX Runtime
-    scoring."""
+    scoring. ``rate_limit`` (``60/minute``; none by default): each client's allowance of prediction requests, past
+    which it gets 429 with Retry-After while others are served (:class:`.limits.PerClient`); the client is the
+    request's address, a trusted proxy's ``X-Forwarded-For`` (:func:`.service.client_of`)."""
     _refuse_unguarded_key(access)
     uid_root()  # a wrong $PNEUMOSCAN_UID_ROOT stops the start, not every report later as the client's fault (422)
-    service = Service(bundle, etiology, max_upload_mb, backend, limits or Limits(), heatmaps)
+    service = Service(bundle, etiology, max_upload_mb, backend, limits or Limits(), heatmaps, rate_limit)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -114,7 +116,8 @@ def _add_routes(app: FastAPI, service: Service) -> None:
         """Classify one uploaded X-ray (multipart field ``file``). ``format``: the JSON below; ``dicom-sr``, a DICOM
         Comprehensive SR (TID 1500) in the uploaded film's study -- with ``heatmap=true`` a multipart/related
         body of the SR and the overlay as a Secondary Capture; ``fhir``, a FHIR R4 Observation. 503 with
-        Retry-After when the service is full. ``heatmap=map`` returns the Grad-CAM map alone (the page colours it);
+        Retry-After when the service is full, 429 with Retry-After when the client has sent its allowance
+        (serve --rate-limit). ``heatmap=map`` returns the Grad-CAM map alone (the page colours it);
         ``image=true`` the decoded film (the page shows DICOM films with it); both only with the JSON answer
         (422 otherwise)."""
         check_options(format, heatmap, image, [name for name, _ in request.query_params.multi_items()])

@@ -155,8 +155,9 @@ class Health(BaseModel):
     reason: str | None = Field(None, description="why the service is degraded or unhealthy")
 
 
-# 500: a non-finite score or a failed heatmap (docs/api.md), and a bug, which the guard answers as internal_error
-ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 408, 413, 415, 422, 500, 503)}
+# 429: a client past its serve --rate-limit; 500: a non-finite score or a failed heatmap (docs/api.md), and a bug,
+# which the guard answers as internal_error
+ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 408, 413, 415, 422, 429, 500, 503)}
 
 
 PREDICT_OPTIONS = ("heatmap", "image", "format")  # /v1/predict's query parameters, the only ones the access log keeps

@@ -1,11 +1,17 @@
-"""How much work the service takes on at once (:class:`Limits`), and the refusals that end a request early."""
+"""How much work the service takes on at once (:class:`Limits`), each client's allowance of it (:class:`PerClient`),
+and the refusals that end a request early."""
 
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import field
 from typing import Annotated, Any, Literal
 
 from fastapi.responses import JSONResponse
+from limits import RateLimitItem, parse_many
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
 from pydantic import ConfigDict, Field
 from pydantic.dataclasses import dataclass
 
@@ -66,13 +72,13 @@ class Limits:
 # it) names one. The message says more, but holds what the film or the request said, which a metric's label must not
 Refusal = Literal["bad_request", "host_not_served", "cors_not_allowed", "key_missing", "key_wrong", "not_found",
                   "method_not_allowed", "upload_timeout", "too_large", "unsupported_type", "unreadable_film",
-                  "not_reportable", "heatmap_unavailable", "heatmap_failed", "busy", "shutting_down", "model_broken",
-                  "internal_error", "client_gone"]
+                  "not_reportable", "heatmap_unavailable", "heatmap_failed", "rate_limited", "busy", "shutting_down",
+                  "model_broken", "internal_error", "client_gone"]
 # each status's refusal where its raise names none: the 422 of a request's options, the 503 of a full lane, a path
 # not served and a method it does not take (the router's), a bug's 500 (the guard's)
 REFUSED_AS: dict[int, Refusal] = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
                                   408: "upload_timeout", 413: "too_large", 415: "unsupported_type",
-                                  422: "bad_request", 500: "internal_error", 503: "busy"}
+                                  422: "bad_request", 429: "rate_limited", 500: "internal_error", 503: "busy"}
 
 
 class Rejected(Exception):
@@ -96,3 +102,44 @@ class Rejected(Exception):
 
 class ClientGone(Exception):
     """The client closed its connection: its remaining work is dropped (and nobody hears the answer)."""
+
+
+def per_client_rate(text: str) -> RateLimitItem:
+    """``text`` (``60/minute``, ``10 per 30 seconds``: the ``limits`` library's notation) as one rate of at least one
+    request; none it can read, several (``1/second;50/minute``), or one of no request refused (ValueError)."""
+    try:
+        rates = parse_many(text)
+    except ValueError:  # the library's own words quote the text, and say nothing of what is taken
+        rates = []
+    if len(rates) != 1 or rates[0].amount < 1:
+        raise ValueError(f"rate_limit (--rate-limit) must be one rate of at least one request, as N/minute, N/second, "
+                         f"N/hour or N per M minutes (60/minute, 10 per 30 seconds), got {text!r}")
+    return rates[0]
+
+
+def _said(rate: RateLimitItem) -> str:
+    """``rate`` in words (``60 per minute``, ``10 per 30 seconds``), where the library's own says ``30 second``."""
+    unit = rate.GRANULARITY.name
+    return f"{rate.amount} per {unit}" if rate.multiples == 1 else f"{rate.amount} per {rate.multiples} {unit}s"
+
+
+class PerClient:
+    """Each client's allowance of prediction requests (``serve --rate-limit``), so that one client sending as fast
+    as it can (a misconfigured script) gets 429 with Retry-After while the others are served, where the bound on
+    all of them together (:class:`Limits`' ``max_queue``) answered everyone 503 once it had filled the queue.
+    Counted in a moving window (at most ``rate.amount`` requests in any ``rate``'s window) by the ``limits``
+    library, in this process's memory; used on the event loop alone. ``rate``: as :func:`per_client_rate` takes it."""
+
+    def __init__(self, rate: str) -> None:
+        self.rate, self.counts = per_client_rate(rate), MovingWindowRateLimiter(MemoryStorage())
+
+    def admit(self, client: str) -> None:
+        """Count one request of ``client``, or refuse it (429, ``rate_limited``) with the seconds until the oldest
+        of its window's requests leaves it (Retry-After)."""
+        if self.counts.hit(self.rate, client):
+            return
+        reset, _ = self.counts.get_window_stats(self.rate, client)
+        wait = max(1, math.ceil(reset - time.time()))  # the library's clock
+        raise Rejected(429, f"too many prediction requests from this client: each may send {_said(self.rate)} (serve "
+                            f"--rate-limit); send it again after {wait} s (Retry-After)",
+                       {"Retry-After": str(wait)}, kind="rate_limited")

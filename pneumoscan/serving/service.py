@@ -32,7 +32,7 @@ from pneumoscan.models.card import CARD, ENSEMBLE, BundleCard, load_card, verify
 
 from .batching import Stage
 from .formats import Health, Prediction, SecondStageResult, ServiceInfo, StageResult, report
-from .limits import BUNDLE_WAIT_S, RETRY_AFTER_S, ClientGone, Limits, Rejected
+from .limits import BUNDLE_WAIT_S, RETRY_AFTER_S, ClientGone, Limits, PerClient, Rejected
 from .metrics import ServiceMetrics
 from .uploads import decode_described, decode_upload, disconnected, read_upload
 
@@ -90,6 +90,12 @@ def without_member_folders(reason: str, card: BundleCard) -> str:
     for member in card.model_kwargs["members"] if card.model == ENSEMBLE else []:
         reason = reason.replace(f" ({member['source']})", "")
     return reason
+
+
+def client_of(request: Request) -> str:
+    """Who sent ``request``, for its allowance: its address as uvicorn gives it, which is the ``X-Forwarded-For`` of a
+    peer uvicorn trusts as a proxy (``$FORWARDED_ALLOW_IPS``, loopback by default), else the peer's own."""
+    return request.client.host if request.client is not None else "unknown"  # an ASGI server that names none
 
 
 class OnDisk:
@@ -176,11 +182,14 @@ def film_formats() -> list[dict[str, Any]]:
 class Service:
     """A pneumonia (or any) bundle with an optional second stage (bacteria vs virus, or a task of one's own), behind
     bounded lanes. Concurrent requests are decoded in threads and classified together in batches
-    (:class:`.batching.Batcher`). Its models, lanes, readings and runs are counted in :attr:`metrics`."""
+    (:class:`.batching.Batcher`). Its models, lanes, readings and runs are counted in :attr:`metrics`. With
+    ``rate_limit``, each client's prediction requests are also counted against that rate
+    (:class:`.limits.PerClient`)."""
 
     def __init__(self, bundle: Path | str, etiology: Path | str | None, max_upload_mb: float, backend: str,
-                 limits: Limits, heatmaps: bool = True) -> None:
+                 limits: Limits, heatmaps: bool = True, rate_limit: str | None = None) -> None:
         self.limits = limits
+        self.per_client = PerClient(rate_limit) if rate_limit is not None else None  # refused before the model loads
         if not math.isfinite(max_upload_mb):  # int() of it would be an OverflowError or NaN's own ValueError
             raise ValueError(f"an upload limit of {max_upload_mb} MB is no limit: give a number of MB")
         self.max_bytes = int(max_upload_mb * 2**20)
@@ -263,10 +272,13 @@ class Service:
         return self.card
 
     async def predict(self, request: Request, heatmap: bool | str, want_image: bool, format: str) -> Response:
-        """The answer to one upload, in its lanes: refused at once (503) when a lane is full, and for good once a
-        model has given a non-finite score (a model that is broken for one film is not trusted with the next);
-        heatmaps alone for good once Grad-CAM's model could not be built from the bundle's files, and always where the
-        service draws none (:attr:`heatmaps_off`)."""
+        """The answer to one upload, in its lanes: refused at once (429) when its client has sent its allowance
+        (:attr:`per_client`: each request counts, whatever its answer), at once (503) when a lane is full, and for
+        good once a model has given a non-finite score (a model that is broken for one film is not trusted with the
+        next); heatmaps alone for good once Grad-CAM's model could not be built from the bundle's files, and always
+        where the service draws none (:attr:`heatmaps_off`)."""
+        if self.per_client is not None:
+            self.per_client.admit(client_of(request))
         self._refuse_if_broken()
         if heatmap and self.heatmap_fault:
             raise Rejected(503, self.heatmap_fault, kind="heatmap_unavailable")

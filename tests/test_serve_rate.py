@@ -1,0 +1,119 @@
+"""Each client's allowance of prediction requests (serve --rate-limit): a client past it gets 429 with Retry-After
+and a reason while another is still served, its allowance frees once its window has passed, the health probe, the
+model card and the page are never counted, a shared API key does not make its holders one client, and behind a
+proxy each forwarded address is a client of its own, its 429s counted in /metrics and held back in the access
+log as any status's."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from pneumoscan import cli
+from pneumoscan.serving.app import create_app
+from pneumoscan.serving.guard import Access
+from pneumoscan.serving.limits import PerClient
+from tests.test_serve import labels, moved, scraped
+from tests.test_serve_auth import KEY, LOCAL, predict
+from tests.test_serve_limits import logged
+
+WARD, SCRIPT = ("10.1.0.7", 50123), ("10.1.0.99", 50124)  # two workstations' addresses
+
+
+@pytest.fixture(scope="module")
+def xray(data_root: Path) -> bytes:
+    return sorted((data_root / "train" / "NORMAL").glob("*.jpeg"))[0].read_bytes()
+
+
+def as_client(app: FastAPI, address: tuple[str, int], **headers: str) -> TestClient:
+    """A client of ``app`` from ``address`` (the app started by the test's own ``with TestClient(app)``)."""
+    return TestClient(app, base_url=LOCAL, client=address, headers=headers)
+
+
+def no_film(client: TestClient | httpx.Client, **headers: str) -> httpx.Response:
+    """A prediction request without its film: cheap, and counted as any other (415 when let in: no multipart form)."""
+    return client.post("/v1/predict", headers=headers)
+
+
+def test_a_client_past_its_rate_gets_429_with_retry_after_and_another_is_still_served(tiny_bundle: Path,
+                                                                                     xray: bytes) -> None:
+    """The script that sends films as fast as it can had the whole service answer 503 busy to every workstation once
+    the queue was full; past its own allowance it alone is refused, with the wait, in the service's own form."""
+    app = create_app(tiny_bundle, rate_limit="2/minute")
+    with as_client(app, SCRIPT) as script:
+        ward = as_client(app, WARD)
+        before = scraped(script)
+        assert [predict(script, xray).status_code for _ in range(2)] == [200, 200]
+        refused = predict(script, xray)
+        assert refused.status_code == 429, refused.text
+        assert refused.json() == {"reason": "rate_limited", "error": refused.json()["error"]}
+        assert "each may send 2 per minute (serve --rate-limit)" in refused.json()["error"]
+        assert 55 <= int(refused.headers["retry-after"]) <= 60  # until its first request leaves the minute
+        assert refused.headers["x-content-type-options"] == "nosniff"  # the guard's headers, as every answer
+        assert predict(ward, xray).status_code == 200
+        # what is no work is never counted, for the client past its allowance too
+        for path in ("/healthz", "/v1/model", "/", "/static/app.js", "/openapi.json") * 3:
+            assert script.get(path).status_code == 200, path
+        assert script.head("/healthz").status_code == 200
+        assert moved(before, scraped(script), "pneumoscan_refusals_total") == {labels(reason="rate_limited"): 1}
+        assert predict(script, xray, format="fhir").status_code == 429  # any request for work: a heatmap's too
+        assert script.post("/v1/predict?heatmap=true", files={"file": ("x.jpeg", xray)}).status_code == 429
+
+
+def test_the_allowance_frees_once_its_window_has_passed(tiny_bundle: Path, xray: bytes) -> None:
+    """A window of a second, so that the test waits no minute: Retry-After says when, and then the film is read."""
+    with as_client(create_app(tiny_bundle, rate_limit="1/second"), SCRIPT) as script:
+        assert no_film(script).status_code == 415  # counted, whatever its answer
+        refused = no_film(script)
+        assert (refused.status_code, refused.headers["retry-after"]) == (429, "1"), refused.text
+        time.sleep(int(refused.headers["retry-after"]))
+        assert predict(script, xray).status_code == 200
+
+
+def test_holders_of_the_one_key_are_told_apart_by_address_and_a_request_without_it_spends_nothing(
+        tiny_bundle: Path) -> None:
+    """The service has one API key, which every workstation (or the proxy for them) sends: counted by key, they
+    would share one allowance, and the script would starve the ward as the full queue did. A request the key check
+    refuses (401) is no work and spends none of its address's allowance."""
+    app = create_app(tiny_bundle, access=Access(api_key=KEY), rate_limit="2/minute")
+    with as_client(app, SCRIPT) as anonymous:
+        assert {no_film(anonymous).status_code for _ in range(5)} == {401}
+        script, ward = as_client(app, SCRIPT, **{"X-API-Key": KEY}), as_client(app, WARD, **{"X-API-Key": KEY})
+        assert [no_film(script).status_code for _ in range(3)] == [415, 415, 429]
+        assert no_film(ward).status_code == 415
+
+
+def test_behind_a_proxy_each_forwarded_address_is_a_client_and_its_429s_are_logged_as_any_status(
+        tiny_bundle: Path) -> None:
+    """A real server: uvicorn takes X-Forwarded-For from a peer on loopback (the nginx of docs/deployment.md), so a
+    ward behind the proxy is not one client; a flood of 429s writes ten access lines, not one a request."""
+    with logged(create_app(tiny_bundle, rate_limit="1/minute")) as (url, lines), \
+            httpx.Client(base_url=url, timeout=30) as http:
+        script = {"X-Forwarded-For": SCRIPT[0]}
+        statuses = [no_film(http, **script).status_code for _ in range(40)]
+        assert statuses == [415] + [429] * 39
+        assert no_film(http, **{"X-Forwarded-For": WARD[0]}).status_code == 415
+        assert no_film(http).status_code == 415  # the proxy's own address: a client too
+        refused = [record for record in lines if record.args[4] == 429]
+        assert scraped(http)[("pneumoscan_refusals_total", labels(reason="rate_limited"))] == 39
+    assert len(refused) == 10 and all(str(record.args[0]).startswith(SCRIPT[0]) for record in refused)
+
+
+@pytest.mark.parametrize("given", ["lots", "0/minute", "1/second;50/minute", "60/fortnight", ""])
+def test_a_rate_the_service_cannot_keep_is_refused_as_the_options_are_read(given: str,
+                                                                           capsys: pytest.CaptureFixture) -> None:
+    """Refused before the model loads, saying what is taken: by the command, and by the library's own classes."""
+    with pytest.raises(SystemExit) as exit:
+        cli.main(["serve", "bundle", "--rate-limit", given])
+    assert exit.value.code == 2
+    assert (f"argument --rate-limit: must be one rate of at least one request, as N/minute, N/second, N/hour or N per "
+            f"M minutes (60/minute, 10 per 30 seconds), got {given!r}") in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"rate_limit \(--rate-limit\) must be one rate of at least one request"):
+        PerClient(given)
+    assert cli.build_parser().parse_args(["serve", "b", "--rate-limit", "10 per 30 seconds"]).rate_limit == (
+        "10 per 30 seconds")
