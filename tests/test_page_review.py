@@ -828,3 +828,53 @@ def test_a_second_stage_after_a_first_near_its_threshold_is_indeterminate(page: 
         line.hidden = false; [line.textContent, line.className] = secondLine(films[0].result);
         return getComputedStyle(line).color; }""")
     assert colour == "rgb(82, 96, 109)"  # the grey of a reading that does not stand
+
+
+# The film's box in the viewer's pixels, [left, top, right, bottom], as draw lays it (app.js, shownScale)
+FILM_BOX = """() => { const c = document.getElementById('view');
+    const s = Math.min(c.width / view.w, c.height / view.h) * view.zoom;
+    const [x, y] = [c.width / 2 + view.panX, c.height / 2 + view.panY];
+    return [x - view.w * s / 2, y - view.h * s / 2, x + view.w * s / 2, y + view.h * s / 2]; }"""
+
+
+def assert_film_in_view(page: Page) -> None:
+    """A quarter of the viewer across and down (or the whole film, where it is smaller) is film."""
+    left, top, right, bottom = page.evaluate(FILM_BOX)
+    across, down = min(right, 700) - max(left, 0), min(bottom, 520) - max(top, 0)
+    assert across >= min(right - left, 700 / 4) - 0.5 and down >= min(bottom - top, 520 / 4) - 0.5, (
+        left, top, right, bottom)
+
+
+def test_the_film_cannot_be_panned_out_of_view(browser: Browser, server: str, page: Page, small: Path) -> None:
+    """A drag, the keys or two fingers moved the film out of the viewer entirely at any zoom: the reader saw an empty
+    black box, and the way back was a Reset they might not find. Part of the film stays in view whatever the pan,
+    at every zoom; zoomed or panned, the page says how to see it whole, and Fit and reset does."""
+    test_page.upload_one(page, small)
+    expect(page.locator("#fit-hint")).to_be_hidden()
+    for zoom in (0.25, 1, 3):  # the furthest out, fitted, and in: each arrow key pans 32 viewer pixels
+        page.evaluate("(zoom) => setZoom(zoom)", zoom)
+        test_page.drag(page, 3000, -2000, shift=True)
+        assert_film_in_view(page)
+        page.focus("#view")
+        for _ in range(40):
+            page.keyboard.press("Shift+ArrowLeft")
+        assert_film_in_view(page)
+        for _ in range(40):
+            page.keyboard.press("Shift+ArrowDown")
+        assert_film_in_view(page)
+    expect(page.locator("#fit-hint")).to_be_visible()
+    expect(page.locator("#fit-hint")).to_contain_text("Fit and reset")
+    page.get_by_role("button", name="Fit and reset").click()
+    expect(page.locator("#readout-wl")).to_have_text("level 128, width 255, zoom 1.00x")
+    expect(page.locator("#fit-hint")).to_be_hidden()
+
+    with test_page.opened_page(browser, server, **test_page.TABLET) as tablet:
+        cdp = tablet.context.new_cdp_session(tablet)
+        test_page.upload_one(tablet, small)
+        tablet.locator("#view").scroll_into_view_if_needed()
+        box = tablet.locator("#view").bounding_box()
+        x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+        for _ in range(4):  # two fingers moved together, again and again: a pan far past the viewer's edge
+            test_page.touches(cdp, *test_page.glide([(x - 20, y), (x + 20, y)], [(300, 200), (300, 200)]))
+            assert_film_in_view(tablet)
+        assert tablet.evaluate("() => view.panX") > 0

@@ -527,6 +527,7 @@ function emptyViewer() {
   detail = null;
   draw();
   $("readout-wl").textContent = "";
+  $("fit-hint").classList.remove("out");
 }
 
 // The film's Grad-CAM map (8-bit gray at the heatmap's size) stretched onto the viewer's copy of the film, smoothed
@@ -631,16 +632,38 @@ function draw() {
   if (!view.gray) return;
   $("readout-wl").textContent = `${windowWords()}${view.invert ? ", inverted" : ""}` +
     `${$("window-lock").checked ? ", window locked" : ""}, ${zoomWords()}`;
-  const scale = Math.min(canvas.width / view.w, canvas.height / view.h) * view.zoom;  // viewer pixels a copy's
+  const scale = shownScale();  // viewer pixels a copy's
   const x = canvas.width / 2 + view.panX - (view.w * scale) / 2;  // where the copy's top left corner lies
   const y = canvas.height / 2 + view.panY - (view.h * scale) / 2;
   // enlarged past one viewer pixel each, a reduced copy's pixels hide what the original's show
   const close = view.original !== null && scale > 1;
   if (view.original && view.film === current) $("caption").textContent = reducedCaption(close);
+  $("fit-hint").classList.toggle("out", x < 0 || y < 0 || x + view.w * scale > canvas.width ||
+    y + view.h * scale > canvas.height);
   if (close) return drawDetail(ctx, scale, x, y);
   ctx.setTransform(scale, 0, 0, scale, x, y);
   ctx.imageSmoothingEnabled = scale < 2;  // enlarged far, the reader sees the pixels themselves
   ctx.drawImage(composed, 0, 0);
+}
+
+// The viewer's pixels a pixel of the film's copy: fitted to the viewer at zoom 1
+function shownScale() {
+  const canvas = $("view");
+  return Math.min(canvas.width / view.w, canvas.height / view.h) * view.zoom;
+}
+
+// The least part of the viewer, across and down, that the film covers whatever the pan (the whole film where it is
+// smaller): dragged, keyed or pinched out of the viewer, the film left an empty black box and no clue of the way back.
+const KEEP_IN_VIEW = 1 / 4;
+
+// The pan held to where the film covers KEEP_IN_VIEW of the viewer, after each pan and zoom
+function keepInView() {
+  const canvas = $("view");
+  const scale = shownScale();
+  const most = (side, size) => (side + size) / 2 - Math.min(size, side * KEEP_IN_VIEW);
+  const held = (pan, side, size) => Math.max(-most(side, size), Math.min(most(side, size), pan));
+  view.panX = held(view.panX, canvas.width, view.w * scale);
+  view.panY = held(view.panY, canvas.height, view.h * scale);
 }
 
 // A reduced film's caption, true at the zoom shown: the copy's pixels, or, zoomed in past them, the original's.
@@ -742,6 +765,7 @@ function zoomAt(zoom, x = $("view").width / 2, y = $("view").height / 2) {
   const [cx, cy] = [x - $("view").width / 2, y - $("view").height / 2];  // from the viewer's centre
   view.panX = cx - (cx - view.panX) * (view.zoom / before);
   view.panY = cy - (cy - view.panY) * (view.zoom / before);
+  keepInView();
   draw();
 }
 
@@ -753,6 +777,7 @@ function panMode() {
 function pan(dx, dy) {
   view.panX += dx;
   view.panY += dy;
+  keepInView();
   draw();
 }
 
