@@ -878,3 +878,61 @@ def test_the_film_cannot_be_panned_out_of_view(browser: Browser, server: str, pa
             test_page.touches(cdp, *test_page.glide([(x - 20, y), (x + 20, y)], [(300, 200), (300, 200)]))
             assert_film_in_view(tablet)
         assert tablet.evaluate("() => view.panX") > 0
+
+
+def test_a_reader_moves_through_the_films_by_keys_buttons_and_touch(browser: Browser, server: str, page: Page,
+                                                                     small: Path, data_root: Path) -> None:
+    """Reading a session of films one after another, the way to the next film was the films list, below the viewer
+    (some 4,000 px of it for 35 films), and nothing said which films had been looked at. Previous film and Next film
+    (p and n, or Page Up and Page Down, on the viewer) move through the films with a reading in the list's order,
+    the place in it said beside them; a locked window stays from film to film; the list marks the film on screen and
+    those viewed, and so does the CSV."""
+    names = [small.name, "empty.jpeg", other_film(data_root).name, "third.jpeg"]
+    buffers = [small.read_bytes(), b"", other_film(data_root).read_bytes(),
+               sorted((data_root / "train" / "NORMAL").glob("*.jpeg"))[1].read_bytes()]
+    page.set_input_files("#file", files=[{"name": n, "mimeType": "image/jpeg", "buffer": b}
+                                         for n, b in zip(names, buffers)])
+    expect(page.locator("#error")).to_contain_text("4 films: 3 read")
+    title, place = page.locator("#film-title"), page.locator("#film-place")
+    expect(title).to_have_text("Film: third.jpeg")
+    expect(place).to_have_text("3 of 3 films with a reading")
+    page.get_by_role("checkbox", name="Lock window").check()
+    page.select_option("#preset", "lung")
+    page.focus("#view")
+    page.keyboard.press("p")  # the rejected film has no reading to show: passed over
+    expect(title).to_have_text(f"Film: {names[2]}")
+    expect(place).to_have_text("2 of 3 films with a reading")
+    page.keyboard.press("PageUp")
+    expect(title).to_have_text(f"Film: {names[0]}")
+    page.keyboard.press("p")  # the first: it stays, and says so
+    expect(page.locator("#view-said")).to_have_text("This is the first film with a reading.")
+    expect(title).to_have_text(f"Film: {names[0]}")
+    page.wait_for_function("() => view.film === films[0]")
+    expect(page.locator("#readout-wl")).to_have_text("level 80, width 140, window locked, zoom 1.00x")
+    assert page.evaluate("() => document.activeElement.id") == "view"
+    page.keyboard.press("PageDown")
+    expect(title).to_have_text(f"Film: {names[2]}")
+    page.get_by_role("button", name="Previous film").click()
+    expect(title).to_have_text(f"Film: {names[0]}")
+
+    rows = page.locator("#films tbody tr")
+    expect(rows.nth(0)).to_have_attribute("aria-current", "true")
+    assert [rows.nth(i).locator("td").last.inner_text().replace("\n", " ").strip() for i in range(4)] == [
+        "Show on screen", "Show", "Show viewed", "Show viewed"]
+    page.get_by_role("button", name="Probability").click()  # sorted: the films follow the list's order
+    order = [t for t in page.locator("#films tbody td:nth-child(1)").all_inner_texts() if t != "empty.jpeg"]
+    page.get_by_role("button", name=f"show {order[0]}").click()
+    for name in order[1:]:
+        page.get_by_role("button", name="Next film").click()
+        expect(title).to_have_text(f"Film: {name}")
+    with page.expect_download() as download:
+        page.click("#export")
+    exported = {r["path"]: r["viewed"] for r in csv.DictReader(io.StringIO(Path(download.value.path()).read_text()))}
+    assert exported == {names[0]: "True", "empty.jpeg": "False", names[2]: "True", "third.jpeg": "True"}
+
+    with test_page.opened_page(browser, server, **test_page.TABLET) as tablet:
+        tablet.set_input_files("#file", files=[{"name": n, "mimeType": "image/jpeg", "buffer": b}
+                                               for n, b in zip(names[::2], buffers[::2])])
+        expect(tablet.locator("#status")).to_have_text("2 films: 2 read, 0 rejected.")
+        tablet.get_by_role("button", name="Previous film").tap()
+        expect(tablet.locator("#film-title")).to_have_text(f"Film: {names[0]}")

@@ -35,8 +35,11 @@ let readWith = null;
 let filmFormats = [];
 const CLASS_FIELD = "probability_";  // + a class: its probability's CSV column, named as predict's results name it
 
-const films = [];  // {id, name, file, dicom, format, shown, status, result, error, readWith, cam}
+// viewed: whether the reader has had the film's reading on screen by choice (Show, Previous or Next film) or left at
+// the end of its batch, not only passed by as the batch was read
+const films = [];  // {id, name, file, dicom, format, shown, status, result, error, readWith, cam, viewed}
 let current = null;
+let lastShown = null;  // the film last shown, kept where its reading is refused (current is then null)
 let sortKey = null;
 let sortAscending = true;
 
@@ -383,6 +386,7 @@ function sourceCaption(film) {
 
 function showResult(film) {
   const r = film.result;
+  lastShown = film;
   // a film read before the service restarted with another bundle or threshold, shown again from the list, was drawn
   // with the card loaded since: another threshold's band, another heatmap scale
   if (cardDigest !== null && !ofTheCard(r)) {
@@ -422,6 +426,8 @@ function showResult(film) {
   $("caption").textContent = sourceCaption(film);
   $("result").hidden = false;
   current = film;
+  lastShown = film;
+  placeFilm();
   view.cam = null;
   $("heatmap-toggle").checked = false;
   heatControls();
@@ -901,6 +907,8 @@ $("view").addEventListener("keydown", (event) => {
   } else if (event.key === "+" || event.key === "=") setZoom(view.zoom * 1.25);
   else if (event.key === "-") setZoom(view.zoom / 1.25);
   else if (event.key === "0") reset();
+  else if (event.key === "n" || event.key === "PageDown") moveFilm(1);
+  else if (event.key === "p" || event.key === "PageUp") moveFilm(-1);
   else if (event.key === "i") {
     $("invert").checked = !$("invert").checked;
     view.invert = $("invert").checked;
@@ -1190,6 +1198,11 @@ async function analyseBatch(batch) {
     if (body.ok) showResult(film);
     else if (batch.length === 1) showError(titled(listReading(film)));
   }
+  // the film left on screen is looked at; those the batch passed by are not
+  if (current && batch.includes(current)) {
+    current.viewed = true;
+    renderList();
+  }
   if (batch.length > 1) batchSummary(batch.length, outcome);
 }
 
@@ -1335,6 +1348,7 @@ function secondCell(film, named) {
 
 function renderList() {
   $("list").hidden = films.length === 0;
+  placeFilm();
   const stages = secondStages();
   $("etiology-column").hidden = !stages.length;
   $("etiology-column").querySelector("button").textContent =
@@ -1370,16 +1384,51 @@ function renderList() {
     show.disabled = !r;
     show.dataset.film = String(film.id);
     show.addEventListener("click", () => {
-      showResult(film);
+      look(film);
       // the reading (or why it is not shown) is above the list: on a phone it was redrawn off screen, and the tap
       // seemed to do nothing; the focus stays on this button
       const shown = $("result").hidden ? $("error") : $("result");
       if (!inView(shown)) shown.scrollIntoView();
     });
-    row.insertCell().append(show);
+    const seen = film === current ? "on screen" : film.viewed ? "viewed" : "";
+    row.insertCell().append(show, ...(seen ? [" ", seen] : []));
+    if (film === current) row.setAttribute("aria-current", "true");
     if (show.dataset.film === focused) show.focus();
   }
 }
+
+// A film's reading shown by the reader's choice: marked viewed in the list and its CSV
+function look(film) {
+  showResult(film);
+  film.viewed = true;
+  renderList();
+}
+
+// The films with a reading, in the list's order: what Previous and Next film move through (a film refused has none
+// to show; the list says why)
+function readable() {
+  return sorted().filter((film) => film.result);
+}
+
+// Previous (by -1) or Next film (by 1) from the one last shown, in the list's order; at either end the film stays, and
+// that is said
+function moveFilm(by) {
+  const list = readable();
+  const at = list.indexOf(lastShown);
+  const to = at === -1 ? (by > 0 ? 0 : list.length - 1) : at + by;
+  if (!list[to]) return sayView(`This is the ${by > 0 ? "last" : "first"} film with a reading.`);
+  look(list[to]);
+}
+
+// Where the film on screen lies among the films with a reading, beside Previous and Next film
+function placeFilm() {
+  const list = readable();
+  const at = list.indexOf(current);
+  $("film-place").textContent = at === -1 ? "" : `${at + 1} of ${list.length} films with a reading`;
+}
+
+$("previous-film").addEventListener("click", () => moveFilm(-1));
+$("next-film").addEventListener("click", () => moveFilm(1));
 
 // Whether the top of element is on screen
 function inView(element) {
@@ -1439,7 +1488,7 @@ function csv() {
       ["error", film.error], ["warnings", r && r.warnings.join("; ")], ["in_scope", r && r.in_scope],
       ["model_id", r && r.model_id], ["model_version", r && r.model_version],
       ["study_instance_uid", r && r.study_instance_uid], ["series_instance_uid", r && r.series_instance_uid],
-      ["sop_instance_uid", r && r.sop_instance_uid]];
+      ["sop_instance_uid", r && r.sop_instance_uid], ["viewed", Boolean(film.viewed)]];
   });
   const head = rows.length ? rows[0].map(([name]) => name) : [];
   const lines = [head.join(","), ...rows.map((row) => row.map(([, v]) => csvCell(predictCell(v))).join(","))];
