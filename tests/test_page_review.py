@@ -936,3 +936,26 @@ def test_a_reader_moves_through_the_films_by_keys_buttons_and_touch(browser: Bro
         expect(tablet.locator("#status")).to_have_text("2 films: 2 read, 0 rejected.")
         tablet.get_by_role("button", name="Previous film").tap()
         expect(tablet.locator("#film-title")).to_have_text(f"Film: {names[0]}")
+
+
+def test_a_film_the_reader_chose_stays_on_screen_while_the_rest_are_read(page: Page, small: Path,
+                                                                         data_root: Path) -> None:
+    """A reader who started on the first films of a batch while the rest were read was taken to each film as its
+    reading came, away from the film they had chosen. Once they choose one (Show, Previous or Next film), the readings
+    that follow go to the list, and the film stays on screen."""
+    held: list[Route] = []
+    page.route(re.compile(r".*/v1/predict$"), lambda route: held.append(route))
+    third = sorted((data_root / "train" / "NORMAL").glob("*.jpeg"))[1]
+    page.set_input_files("#file", [small, other_film(data_root), third])
+    title = page.locator("#film-title")
+    for name in (small.name, other_film(data_root).name):  # not chosen yet: each reading is shown as it comes
+        while not held:
+            page.wait_for_timeout(50)
+        held.pop().continue_()
+        expect(title).to_have_text(f"Film: {name}")
+    page.get_by_role("button", name="Previous film").click()
+    expect(title).to_have_text(f"Film: {small.name}")
+    settle(page, held)
+    expect(page.locator("#status")).to_have_text("3 films: 3 read, 0 rejected.")
+    expect(title).to_have_text(f"Film: {small.name}")
+    expect(page.locator("#film-place")).to_have_text("1 of 3 films with a reading")

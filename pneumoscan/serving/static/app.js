@@ -39,6 +39,9 @@ const CLASS_FIELD = "probability_";  // + a class: its probability's CSV column,
 // the end of its batch, not only passed by as the batch was read
 const films = [];  // {id, name, file, dicom, format, shown, status, result, error, readWith, cam, viewed}
 let current = null;
+// whether the reader has chosen a film to show (Show, Previous or Next film) since the batch being read began: the
+// readings that follow go to the list alone, not over the film chosen
+let chosen = false;
 let lastShown = null;  // the film last shown, kept where its reading is refused (current is then null)
 let sortKey = null;
 let sortAscending = true;
@@ -1182,6 +1185,7 @@ async function analyseBatch(batch) {
   // the card, and the reading came without it (no heatmap, "enter the API key" for a key entered)
   if (!heatmapWords) await loadCard();
   const outcome = { read: 0, outside: 0, rejected: 0, unread: 0 };
+  chosen = false;  // films chosen anew: shown as they are read
   for (const [n, film] of batch.entries()) {
     $("status").textContent = batch.length > 1 ? `Analysing ${n + 1} of ${batch.length}...` : "Analysing...";
     const problem = check(film.file);
@@ -1195,6 +1199,7 @@ async function analyseBatch(batch) {
     film.readWith = body.ok ? readWith : null;  // the card of the model that read it, or none (ofTheCard)
     renderList();
     outcome[!body.ok ? film.status : body.result.in_scope ? "read" : "outside"] += 1;
+    if (chosen) continue;
     if (body.ok) showResult(film);
     else if (batch.length === 1) showError(titled(listReading(film)));
   }
@@ -1399,6 +1404,7 @@ function renderList() {
 
 // A film's reading shown by the reader's choice: marked viewed in the list and its CSV
 function look(film) {
+  chosen = true;
   showResult(film);
   film.viewed = true;
   renderList();
