@@ -959,3 +959,23 @@ def test_a_film_the_reader_chose_stays_on_screen_while_the_rest_are_read(page: P
     expect(page.locator("#status")).to_have_text("3 films: 3 read, 0 rejected.")
     expect(title).to_have_text(f"Film: {small.name}")
     expect(page.locator("#film-place")).to_have_text("1 of 3 films with a reading")
+
+
+def test_the_list_counts_the_films_of_each_kind_at_a_glance(page: Page) -> None:
+    """In a list of 35 films, each row some five lines tall, the films called positive, near the threshold, outside
+    the model's scope or refused were found by reading every row, and the batch's count of them went with its alert.
+    A line above the list counts them, and the films viewed, as the list changes."""
+    summary = page.locator("#list-summary")
+    page.evaluate("""() => {
+        const r = (label, inScope, near) => ({ label, positive: 'PNEUMONIA', in_scope: inScope, near_threshold: near,
+            probability: 0.6, threshold: 0.5, warnings: [], model_id: 'm', probabilities: {} });
+        const read = (name, result, viewed = false) => ({ name, result, status: 'done', viewed });
+        films.push(read('a', r('PNEUMONIA', true, false), true), read('b', r('PNEUMONIA', true, false)),
+            read('c', r('NORMAL', true, false), true), read('d', r('PNEUMONIA', true, true)),
+            read('e', r('NORMAL', false, false)), { name: 'f', status: 'rejected', error: 'empty', result: null },
+            { name: 'g', status: 'unread', error: 'busy', result: null },
+            { name: 'h', status: 'waiting', error: null, result: null });
+        renderList(); }""")
+    expect(summary).to_have_text("8 films: 2 PNEUMONIA, 1 NORMAL, 1 near the threshold, 1 outside the model's scope, "
+                                 "1 rejected, 1 not read, 1 waiting; 2 of the 5 with a reading viewed.")
+    assert summary.get_attribute("aria-live") is None  # the status says each batch's outcome once

@@ -1353,6 +1353,7 @@ function secondCell(film, named) {
 
 function renderList() {
   $("list").hidden = films.length === 0;
+  $("list-summary").textContent = listSummary();
   placeFilm();
   const stages = secondStages();
   $("etiology-column").hidden = !stages.length;
@@ -1435,6 +1436,26 @@ function placeFilm() {
 
 $("previous-film").addEventListener("click", () => moveFilm(-1));
 $("next-film").addEventListener("click", () => moveFilm(1));
+
+// The films listed, counted by what became of each: the readings that stand by their label, those near the threshold
+// and those outside the model's scope apart, then the films refused, not read and waiting, and the films viewed; a
+// kind with no film is left out
+function listSummary() {
+  const counts = new Map();
+  const count = (kind) => counts.set(kind, (counts.get(kind) || 0) + 1);
+  for (const film of films) {
+    const r = film.result;
+    if (!r) count({ rejected: "rejected", unread: "not read" }[film.status] || "waiting");
+    else count(!r.in_scope ? "outside the model's scope" : r.near_threshold ? "near the threshold" : r.label);
+  }
+  const order = ["near the threshold", "outside the model's scope", "rejected", "not read", "waiting"];
+  const kinds = [...counts.keys()].sort((a, b) => order.indexOf(a) - order.indexOf(b));
+  const withReading = films.filter((film) => film.result);
+  const viewed = withReading.filter((film) => film.viewed).length;
+  const seen = withReading.length ? `; ${viewed} of the ${withReading.length} with a reading viewed` : "";
+  return `${films.length} film${films.length === 1 ? "" : "s"}: ` +
+    `${kinds.map((k) => `${counts.get(k)} ${k}`).join(", ")}${seen}.`;
+}
 
 // Whether the top of element is on screen
 function inView(element) {
