@@ -1427,11 +1427,13 @@ function moveFilm(by) {
   look(list[to]);
 }
 
-// Where the film on screen lies among the films with a reading, beside Previous and Next film
+// Where the film on screen lies among the films with a reading, beside Previous and Next film, with its name and
+// reading in the list's words: the reading's heading is off screen while the reader looks at the film below it
 function placeFilm() {
   const list = readable();
   const at = list.indexOf(current);
-  $("film-place").textContent = at === -1 ? "" : `${at + 1} of ${list.length} films with a reading`;
+  $("film-place").textContent = at === -1 ? ""
+    : `${at + 1} of ${list.length} films with a reading: ${current.name}, ${listReading(current)}`;
 }
 
 $("previous-film").addEventListener("click", () => moveFilm(-1));
