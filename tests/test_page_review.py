@@ -979,3 +979,28 @@ def test_the_list_counts_the_films_of_each_kind_at_a_glance(page: Page) -> None:
     expect(summary).to_have_text("8 films: 2 PNEUMONIA, 1 NORMAL, 1 near the threshold, 1 outside the model's scope, "
                                  "1 rejected, 1 not read, 1 waiting; 2 of the 5 with a reading viewed.")
     assert summary.get_attribute("aria-live") is None  # the status says each batch's outcome once
+
+
+def test_the_warnings_every_film_has_are_said_once_above_the_list(page: Page) -> None:
+    """Every JPEG carries the same scope warnings ("no DICOM tags: ...", and from a model without the content check
+    "image content: not checked: ..."): in a list of 35 they made each row some five lines tall, and the one film
+    with a warning of its own (a CT slice) was found by reading them all. The warnings every film with a reading has
+    are said once above the list, and each row gives the rest; the CSV and the panel keep them all."""
+    page.evaluate("""() => {
+        const r = (warnings) => ({ label: 'NORMAL', positive: 'PNEUMONIA', in_scope: true, near_threshold: false,
+            probability: 0.4, threshold: 0.5, warnings, model_id: 'm', probabilities: {} });
+        films.push({ name: 'a', status: 'done', result: r(['no tags', 'unchecked']) },
+            { name: 'b', status: 'done', result: r(['no tags', 'unchecked', 'CT']) },
+            { name: 'c', status: 'rejected', error: 'empty', result: null });
+        renderList(); }""")
+    expect(page.locator("#list-common")).to_have_text("Every film with a reading has these scope warnings: no tags; "
+                                                      "unchecked.")
+    assert page.locator("#films tbody td:nth-child(4)").all_inner_texts() == ["none other", "CT", ""]
+    rows = list(csv.DictReader(io.StringIO(page.evaluate("() => csv()"))))
+    assert [row["warnings"] for row in rows] == ["no tags; unchecked", "no tags; unchecked; CT", ""]
+    page.evaluate("() => { films[0].result.warnings = ['unchecked']; renderList(); }")  # a DICOM, say
+    expect(page.locator("#list-common")).to_have_text("Every film with a reading has these scope warnings: unchecked.")
+    assert page.locator("#films tbody td:nth-child(4)").all_inner_texts() == ["none other", "no tags; CT", ""]
+    page.evaluate("() => { films.splice(1, 1); renderList(); }")  # one film: its row says all
+    expect(page.locator("#list-common")).to_be_hidden()
+    assert page.locator("#films tbody td:nth-child(4)").all_inner_texts() == ["unchecked", ""]

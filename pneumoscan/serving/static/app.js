@@ -1342,6 +1342,12 @@ function sorted() {
     : byGroup(a, b, ORDERS[sortKey], direction)));
 }
 
+// A reading's cell in the list's scope warnings column: its warnings but those every film has (common), said above
+function warningsCell(r, common) {
+  const own = allWarnings(r).filter((w) => !common.includes(w));
+  return own.length ? own.join("; ") : common.length ? "none other" : "none";
+}
+
 // A film's cell in the list's second-stage column: its own stage's reading, named by its task when the column holds
 // those of several; "no second stage" where the service that read it had none, "not known" where no card had loaded
 function secondCell(film, named) {
@@ -1354,6 +1360,9 @@ function secondCell(film, named) {
 function renderList() {
   $("list").hidden = films.length === 0;
   $("list-summary").textContent = listSummary();
+  const common = commonWarnings();
+  $("list-common").hidden = !common.length;
+  $("list-common").textContent = `Every film with a reading has these scope warnings: ${common.join("; ")}.`;
   placeFilm();
   const stages = secondStages();
   $("etiology-column").hidden = !stages.length;
@@ -1379,7 +1388,7 @@ function renderList() {
       listReading(film),
       r ? (classes.length > 1 ? `P(${r.positive}) = ` : "") + probabilityText(r.probability, r.threshold) : "",
       ...(stages.length ? [secondCell(film, stages.length > 1)] : []),
-      r ? (allWarnings(r).length ? allWarnings(r).join("; ") : "none") : "",
+      r ? warningsCell(r, common) : "",
     ];
     for (const text of cells) row.insertCell().textContent = text;
     if (r) row.cells[1].className = lookOf(film);
@@ -1457,6 +1466,15 @@ function listSummary() {
   const seen = withReading.length ? `; ${viewed} of the ${withReading.length} with a reading viewed` : "";
   return `${films.length} film${films.length === 1 ? "" : "s"}: ` +
     `${kinds.map((k) => `${counts.get(k)} ${k}`).join(", ")}${seen}.`;
+}
+
+// The scope warnings every film with a reading in the list has, where two or more have one: said once above the list
+// and left out of each row. Every JPEG has the same ones, which made each row of a list of 35 some five lines tall
+// and hid the film with a warning of its own; the panel and the CSV give each film's all.
+function commonWarnings() {
+  const read = films.filter((film) => film.result);
+  if (read.length < 2) return [];
+  return allWarnings(read[0].result).filter((w) => read.every((film) => allWarnings(film.result).includes(w)));
 }
 
 // Whether the top of element is on screen
