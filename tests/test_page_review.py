@@ -1004,3 +1004,26 @@ def test_the_warnings_every_film_has_are_said_once_above_the_list(page: Page) ->
     page.evaluate("() => { films.splice(1, 1); renderList(); }")  # one film: its row says all
     expect(page.locator("#list-common")).to_be_hidden()
     assert page.locator("#films tbody td:nth-child(4)").all_inner_texts() == ["unchecked", ""]
+
+
+def test_leaving_a_list_not_exported_asks_first(page: Page, small: Path) -> None:
+    """The page keeps its films' readings nowhere but in the tab: closed or reloaded before the CSV was exported, a
+    session's readings were gone without a word. The browser asks before leaving a list whose CSV has not been saved
+    since it last changed, and not once it has."""
+    asked: list[str] = []
+    page.on("dialog", lambda dialog: (asked.append(dialog.type), dialog.dismiss()))
+    with page.expect_event("close"):
+        page.close(run_before_unload=True)  # an empty page: nothing to lose
+    assert asked == []
+    with test_page.opened_page(page.context.browser, page.url) as again:
+        again.on("dialog", lambda dialog: (asked.append(dialog.type), dialog.dismiss()))
+        test_page.upload_one(again, small)
+        again.click("#view")  # the browser asks only on a page the reader has used
+        again.close(run_before_unload=True)
+        again.wait_for_timeout(200)
+        assert asked == ["beforeunload"] and not again.is_closed()
+        with again.expect_download():
+            again.click("#export")
+        with again.expect_event("close"):
+            again.close(run_before_unload=True)
+        assert asked == ["beforeunload"]

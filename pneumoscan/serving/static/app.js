@@ -1358,6 +1358,7 @@ function secondCell(film, named) {
 }
 
 function renderList() {
+  unsaved = films.length > 0;  // the list is drawn again at each change (a film added, read or viewed) and sort
   $("list").hidden = films.length === 0;
   $("list-summary").textContent = listSummary();
   const common = commonWarnings();
@@ -1542,7 +1543,15 @@ function csv() {
   return `${lines.join("\r\n")}\r\n`;
 }
 
+// Whether the list has changed since its CSV was last saved: the page keeps its readings nowhere but in the tab, and a
+// session's were lost without a word when it was closed or reloaded
+let unsaved = false;
+window.addEventListener("beforeunload", (event) => {
+  if (unsaved) event.preventDefault();  // the browser asks whether to leave, in its own words
+});
+
 $("export").addEventListener("click", () => {
+  unsaved = false;
   const url = URL.createObjectURL(new Blob([csv()], { type: "text/csv" }));
   const link = document.createElement("a");
   link.href = url;
