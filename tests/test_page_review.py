@@ -959,6 +959,24 @@ def test_a_film_the_reader_chose_stays_on_screen_while_the_rest_are_read(page: P
     expect(page.locator("#status")).to_have_text("3 films: 3 read, 0 rejected.")
     expect(title).to_have_text(f"Film: {small.name}")
     expect(page.locator("#film-place")).to_contain_text(f"1 of 3 films with a reading: {small.name}, ")
+    # one film more, and a film chosen while it is read: what became of it is said, its reading having gone to the list
+    page.set_input_files("#file", files=[{"name": "fourth.jpeg", "mimeType": "image/jpeg",
+                                          "buffer": small.read_bytes()}])
+    while not held:
+        page.wait_for_timeout(50)
+    page.get_by_role("button", name="Next film").click()
+    settle(page, held)
+    expect(title).to_have_text(f"Film: {other_film(data_root).name}")
+    expect(page.locator("#status")).to_have_text(re.compile(r"^fourth\.jpeg: (NORMAL|PNEUMONIA), in the list\.$"))
+    page.set_input_files("#file", files=[{"name": "fifth.jpeg", "mimeType": "image/jpeg",
+                                          "buffer": small.read_bytes()}])
+    while not held:
+        page.wait_for_timeout(50)
+    page.get_by_role("button", name="Previous film").click()
+    held.pop().fulfill(status=422, json={"error": "cannot read the image: truncated"})
+    expect(page.get_by_role("alert")).to_have_text("fifth.jpeg: Rejected: cannot read the image: truncated")
+    expect(title).to_have_text(f"Film: {small.name}")
+    expect(page.locator("#result")).to_be_visible()
 
 
 def test_the_list_counts_the_films_of_each_kind_at_a_glance(page: Page) -> None:

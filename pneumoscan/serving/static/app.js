@@ -1199,7 +1199,12 @@ async function analyseBatch(batch) {
     film.readWith = body.ok ? readWith : null;  // the card of the model that read it, or none (ofTheCard)
     renderList();
     outcome[!body.ok ? film.status : body.result.in_scope ? "read" : "outside"] += 1;
-    if (chosen) continue;
+    if (chosen) {
+      // the film chosen stays on screen: a lone film's reading is said to be in the list, its refusal beside the film
+      if (batch.length === 1 && body.ok) $("status").textContent = `${film.name}: ${listReading(film)}, in the list.`;
+      else if (batch.length === 1) showError(`${film.name}: ${titled(listReading(film))}`, true);
+      continue;
+    }
     if (body.ok) showResult(film);
     else if (batch.length === 1) showError(titled(listReading(film)));
   }
