@@ -132,16 +132,25 @@ def unchanged(path: Path | str, stamp: str | None) -> Iterator[None]:
     and that it was left as it is. The folder, made if missing, is locked (flock) for the check and the block, so
     that of two runs that take the lock one writes and the other finds its file changed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)  # released when fd is closed
-        except OSError:  # a file system without locks (some network ones): the check alone
-            pass
+    with locked(path.parent):
         now = file_stamp(path)
         if now is not None and now != stamp:
             raise _changed(path, appeared=stamp is None)
+        yield
+
+
+@contextmanager
+def locked(folder: Path | str) -> Iterator[None]:
+    """Run the block holding ``folder``'s lock (flock; the folder made if missing), which every writer of its
+    shared files takes: :func:`unchanged`'s results, the copy search's scans. On a file system without locks (some
+    network ones) the block runs unlocked."""
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # released when fd is closed
+        except OSError:
+            pass
         yield
     finally:
         os.close(fd)

@@ -28,7 +28,7 @@ import imagehash
 import numpy as np
 from PIL import Image
 
-from pneumoscan.core.atomic import file_stamp, unchanged, write_atomic
+from pneumoscan.core.atomic import file_stamp, locked, write_atomic
 from pneumoscan.core.cpus import usable_cores
 from pneumoscan.core.digests import file_sha256, json_sha256
 from pneumoscan.core.files import NotRegularFile
@@ -46,7 +46,7 @@ PHASH_SIZE = 16  # 16x16 = 256-bit hash; see the module docstring for why not th
 # own groups are the same either way.
 PHASH_TARGET = 256
 NEAR_DUPLICATE_BITS = 10  # max Hamming distance (of 256 bits) for two images to count as near duplicates
-SCANS_VERSION = 1  # a change of what a kept scan holds (:func:`_scans`)
+SCANS_VERSION = 2  # a change of what a kept scan holds (:func:`_scans`) or of its file's layout
 
 log = logging.getLogger(__name__)
 
@@ -125,38 +125,40 @@ def _scans_file() -> Path:
     return default_cache_dir() / f"scans-{json_sha256(what).partition(':')[2][:32]}.json"
 
 
-def _read_scans(store: Path) -> dict[str, dict]:
-    """The kept scans by path (``{"stamp", "sha", "phash"}``), none when there are none or they cannot be read."""
+def _read_scans(store: Path, warn: bool = True) -> dict[str, dict]:
+    """The kept scans by path (``{"stamp", "sha", "phash"}``), none when there are none or they cannot be read: a
+    file cut short, or whose scans differ from the checksum written with them (damaged bytes that still parse
+    would give films other hashes, and split or evaluate other copies), is made anew, with a warning (``warn``)."""
     try:
-        return json.loads(store.read_bytes())["scans"]
+        held = json.loads(store.read_bytes())
+        if json_sha256(held["scans"]) != held["sha256"]:
+            raise ValueError("its scans differ from the checksum written with them")
+        return held["scans"]
     except FileNotFoundError:
         return {}
     except (OSError, ValueError, KeyError, TypeError) as e:
-        log.warning("the copy search's scans in %s cannot be read (%s): the films are scanned again", store, e)
+        if warn:
+            log.warning("the copy search's scans in %s cannot be read (%s): the films are scanned again and the "
+                        "file made anew", store, e)
         return {}
 
 
-def _keep_scans(store: Path, new: dict[str, dict], tries: int = 3) -> None:
+def _keep_scans(store: Path, new: dict[str, dict]) -> None:
     """Add ``new`` to the scans kept in ``store``, written whole (:func:`~pneumoscan.core.atomic.write_atomic`)
-    under the folder's lock (:func:`~pneumoscan.core.atomic.unchanged`) to the scans it holds, less those of files
-    gone or changed since. Another process that wrote it between its read and the lock (two that scanned at once
-    finish together) makes this one read it again, up to ``tries`` times; then, or when the folder cannot be
-    written, these scans are left out, to be made again next time."""
-    store.parent.mkdir(parents=True, exist_ok=True, mode=0o700)  # as the image cache makes it: its owner's alone
-    for _ in range(tries):
-        try:
-            with unchanged(store, file_stamp(store)):
-                kept = {p: e for p, e in _read_scans(store).items() if p not in new and file_stamp(p) == e["stamp"]}
-                # private as the image cache's index is: it names every film
-                write_atomic(store, json.dumps({"scans": kept | new}).encode(), mode=0o600)
-                return
-        except FileExistsError:
-            continue
-        except OSError as e:
-            log.warning("the copy search's scans cannot be kept in %s (%s): the films are scanned again next time",
-                        store, e)
-            return
-    log.debug("%s was written by other processes meanwhile: these %d scans are not kept", store, len(new))
+    under the folder's lock (:func:`~pneumoscan.core.atomic.locked`) to the scans it holds then, less those of
+    files gone or changed since: of processes that scanned at once, each adds its own to the others'. When the
+    folder cannot be written, these scans are left out, to be made again next time."""
+    try:
+        store.parent.mkdir(parents=True, exist_ok=True, mode=0o700)  # as the image cache makes it: its owner's alone
+        with locked(store.parent):
+            kept = {p: e for p, e in _read_scans(store, warn=False).items()
+                    if p not in new and file_stamp(p) == e["stamp"]}
+            scans = kept | new
+            # private as the image cache's index is: it names every film
+            write_atomic(store, json.dumps({"scans": scans, "sha256": json_sha256(scans)}).encode(), mode=0o600)
+    except OSError as e:
+        log.warning("the copy search's scans cannot be kept in %s (%s): the films are scanned again next time",
+                    store, e)
 
 
 def picture_groups_of_scans(scans: Sequence[dict]) -> list[tuple[str, list[str]]]:
