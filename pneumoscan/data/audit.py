@@ -5,8 +5,9 @@ transform changes them (:func:`augmented_grid`, ``audit --augmented``).
 The report counts films per split/class/subtype, image sizes and modes, unreadable files, exact duplicates (content
 hash), near duplicates (perceptual hash), leakage across splits (the same patient, or the same picture, in two
 splits), patients whose films carry both labels, and label conflicts (a file name, or a duplicate, contradicting
-a film's label), found by the rules that split, train and evaluate use (:mod:`.copies`). One pass per file in a
-process pool reads everything, so the 5,216-image train folder takes seconds.
+a film's label), found by the rules that split, train and evaluate use (:mod:`.copies`). One pass per file reads
+everything, and its scan is kept beside the image cache as theirs are (:func:`~.copies.scans`): an audit after
+another, or after a train or evaluate of the same films, decodes none of those again.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import statistics
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,8 +26,7 @@ from PIL import Image
 from pneumoscan.core.atomic import write_atomic
 from pneumoscan.core.figures import figure_bytes
 from pneumoscan.core.names import shown
-from pneumoscan.core.cpus import usable_cores
-from pneumoscan.data.copies import (EXACT, NEAR_DUPLICATE_BITS, label_conflicts, picture_groups_of_scans, scan_file,
+from pneumoscan.data.copies import (EXACT, NEAR_DUPLICATE_BITS, label_conflicts, picture_groups_of_scans, scans,
                                     shared_patients)
 from pneumoscan.data.decode import read_gray
 from pneumoscan.data.layouts import (HEADER_PATIENT, LABELS, SUBTYPES, Discovery, Layout, Record, absent_hint, layouts,
@@ -92,9 +91,9 @@ def audit(discovery: Discovery, workers: int | None = None) -> dict:
     if not records:  # "0 images audited" would pass for a clean dataset
         raise ValueError("no images to audit" + (f" ({len(discovery.skipped)} files skipped as no image)"
                                                  if discovery.skipped else ""))
-    scans = _scan_files([r.path for r in records], workers or usable_cores())
+    found = scans([r.path for r in records], workers, header=True)
     counts, subtypes = _class_counts(records)
-    sizes, modes, unreadable, hashed = _image_stats(records, scans)
+    sizes, modes, unreadable, hashed = _image_stats(records, found)
     exact, near, conflicts = _duplicate_findings(records, hashed, layouts().get(discovery.layout))
     # films listed but not there: why, as split words it (a manifest saved in a local code page, or read from
     # another folder)
@@ -124,13 +123,6 @@ def audit(discovery: Discovery, workers: int | None = None) -> dict:
         "label_conflicts": conflicts,
         "seconds": round(time.perf_counter() - start, 2),
     }
-
-
-def _scan_files(paths: list[str], workers: int) -> list[dict]:
-    """:func:`scan_file` of every file, in order, by ``workers`` processes: one pass a file reads all the audit needs,
-    and chunks of about an eighth of a worker's share keep the pool busy to the end."""
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(scan_file, paths, chunksize=max(1, len(paths) // (workers * 8))))
 
 
 def _class_counts(records: Sequence[Record]) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, int]]]:

@@ -3,8 +3,8 @@ or converted: :func:`picture_groups`), the patients that two splits share (:func
 that copies of a film, or a film's own name, contradict (:func:`label_conflicts`).
 
 Split, train, evaluate and its held-out check group films by :func:`picture_groups`, so that copies of a film stay
-on one side of a split and count as one patient; the audit reads each file once for its report (:func:`scan_file`)
-and groups those scans by the same rule (:func:`picture_groups_of_scans`).
+on one side of a split and count as one patient; the audit reads each file's scan with its header (:func:`scans`,
+kept for the next run as theirs are) and groups those scans by the same rule (:func:`picture_groups_of_scans`).
 
 Near duplicates use a 256-bit pHash (``imagehash.phash``, ``hash_size=16``) and link two images when their
 hashes differ in at most :data:`NEAR_DUPLICATE_BITS` bits (groups are the connected components), each hashed from
@@ -46,7 +46,8 @@ PHASH_SIZE = 16  # 16x16 = 256-bit hash; see the module docstring for why not th
 # own groups are the same either way.
 PHASH_TARGET = 256
 NEAR_DUPLICATE_BITS = 10  # max Hamming distance (of 256 bits) for two images to count as near duplicates
-SCANS_VERSION = 2  # a change of what a kept scan holds (:func:`_scans`) or of its file's layout
+SCANS_VERSION = 2  # a change of what a kept scan holds (:func:`scans`) or of its file's layout
+_HEADER = ("width", "height", "mode")  # what scan_file reads from a film's header
 
 log = logging.getLogger(__name__)
 
@@ -86,35 +87,50 @@ def picture_groups(paths: Sequence[str], workers: int | None = None) -> list[tup
     :data:`NEAR`, sorted paths): a copy re-encoded, resized or converted (PNG of a JPEG) is as much the same child's
     film as a byte copy, and would leak across a split just the same. A file that cannot be read or decoded is in
     none (two empty or cut-short files are not one picture, and would tie unrelated patients together in a split).
-    Threads, not the audit's processes: decoding and hashing release the GIL for most of their time, and split
+    Threads, not processes: decoding and hashing release the GIL for most of their time, and split
     and evaluate run it in a process that holds torch's threads, where forking is unsafe."""
-    return picture_groups_of_scans([s for s in _scans(paths, workers) if "error" not in s])
+    return picture_groups_of_scans([s for s in scans(paths, workers) if "error" not in s])
 
 
-def _scans(paths: Sequence[str], workers: int | None) -> list[dict]:
-    """:func:`scan_file` without the header of each of ``paths``, in order: those of files unchanged since they were
-    scanned (the same path and :func:`~pneumoscan.core.atomic.file_stamp`) from the scans kept beside the image cache
+def scans(paths: Sequence[str], workers: int | None = None, header: bool = False) -> list[dict]:
+    """:func:`scan_file` of each of ``paths``, in order: those of files unchanged since they were scanned (the same
+    path and :func:`~pneumoscan.core.atomic.file_stamp`) from the scans kept beside the image cache
     (:func:`_scans_file`), the others read by ``workers`` threads and kept there. evaluate and ``export --int8``
     look for copies of a bundle's training films among the films given on every run, and decoding those (5,232
-    films: about 7 s on 2 cores) was most of the held-out check's time. A file that could not be read is not kept:
-    the fault may pass (an I/O error)."""
+    films: about 7 s on 2 cores) was most of the held-out check's time; the audit read every film again each time.
+    ``header``: with each film's size and mode, as the audit reports them; of a film kept without them (a train's
+    scan) the header alone is read, not the pixels. A file that could not be read is not kept: the fault may pass
+    (an I/O error)."""
     store = _scans_file()
     kept, stamps = _read_scans(store), [file_stamp(p) for p in paths]
-    stored = {i: _stored(p, kept[p]) for i, (p, stamp) in enumerate(zip(paths, stamps))
+    stored = {i: kept[p] for i, (p, stamp) in enumerate(zip(paths, stamps))
               if stamp is not None and kept.get(p, {}).get("stamp") == stamp}
-    todo = [i for i in range(len(paths)) if i not in stored]
+    todo = [i for i in range(len(paths)) if i not in stored or (header and _HEADER[0] not in stored[i])]
     with ThreadPoolExecutor(max_workers=workers or usable_cores()) as pool:
-        read = dict(zip(todo, pool.map(lambda i: scan_file(paths[i], header=False), todo)))
-    new = {paths[i]: {"stamp": stamps[i], "sha": scan["sha"], "phash": scan["phash"].hex()} for i, scan in read.items()
+        read = dict(zip(todo, pool.map(lambda i: _scan(paths[i], stored.get(i), header), todo)))
+    new = {paths[i]: {"stamp": stamps[i], "sha": scan["sha"], "phash": scan["phash"].hex()}
+           | {key: scan[key] for key in _HEADER if key in scan} for i, scan in read.items()
            if "error" not in scan and stamps[i] is not None and file_stamp(paths[i]) == stamps[i]}  # not rewritten
     if new:
         _keep_scans(store, new)
-    scans = stored | read
-    return [scans[i] for i in range(len(paths))]
+    return [read[i] if i in read else _stored(paths[i], stored[i]) for i in range(len(paths))]
+
+
+def _scan(path: str, entry: dict | None, header: bool) -> dict:
+    """:func:`scan_file` of ``path``, or of a film kept (``entry``) without its header, the header alone added to
+    its kept scan."""
+    if entry is None:
+        return scan_file(path, header=header)
+    try:
+        info = image_info(path)
+    except DecodeError:  # scanned whole, which says why
+        return scan_file(path, header=header)
+    return _stored(path, entry) | {key: info[key] for key in _HEADER}
 
 
 def _stored(path: str, entry: dict) -> dict:
-    return {"path": path, "sha": entry["sha"], "phash": bytes.fromhex(entry["phash"])}
+    return {"path": path, "sha": entry["sha"], "phash": bytes.fromhex(entry["phash"])} | {
+        key: entry[key] for key in _HEADER if key in entry}
 
 
 def _scans_file() -> Path:
@@ -126,9 +142,10 @@ def _scans_file() -> Path:
 
 
 def _read_scans(store: Path, warn: bool = True) -> dict[str, dict]:
-    """The kept scans by path (``{"stamp", "sha", "phash"}``), none when there are none or they cannot be read: a
-    file cut short, or whose scans differ from the checksum written with them (damaged bytes that still parse
-    would give films other hashes, and split or evaluate other copies), is made anew, with a warning (``warn``)."""
+    """The kept scans by path (``{"stamp", "sha", "phash"[, "width", "height", "mode"]}``), none when there are
+    none or they cannot be read: a file cut short, or whose scans differ from the checksum written with them
+    (damaged bytes that still parse would give films other hashes, and split or evaluate other copies), is made
+    anew, with a warning (``warn``)."""
     try:
         held = json.loads(store.read_bytes())
         if json_sha256(held["scans"]) != held["sha256"]:
@@ -151,11 +168,11 @@ def _keep_scans(store: Path, new: dict[str, dict]) -> None:
     try:
         store.parent.mkdir(parents=True, exist_ok=True, mode=0o700)  # as the image cache makes it: its owner's alone
         with locked(store.parent):
-            kept = {p: e for p, e in _read_scans(store, warn=False).items()
-                    if p not in new and file_stamp(p) == e["stamp"]}
-            scans = kept | new
+            kept = {p: e for p, e in _read_scans(store, warn=False).items() if file_stamp(p) == e["stamp"]}
+            # a scan kept with its header (the audit's) keeps it when this process scanned the file without
+            held = kept | {p: kept[p] | e if kept.get(p, {}).get("stamp") == e["stamp"] else e for p, e in new.items()}
             # private as the image cache's index is: it names every film
-            write_atomic(store, json.dumps({"scans": scans, "sha256": json_sha256(scans)}).encode(), mode=0o600)
+            write_atomic(store, json.dumps({"scans": held, "sha256": json_sha256(held)}).encode(), mode=0o600)
     except OSError as e:
         log.warning("the copy search's scans cannot be kept in %s (%s): the films are scanned again next time",
                     store, e)
