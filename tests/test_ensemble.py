@@ -567,6 +567,34 @@ def test_an_ensemble_of_cv_runs_and_its_int8_model_record_the_files_the_folds_le
     assert f"   {ONE_LEFT_OUT_SAID}" in capsys.readouterr().out
 
 
+def test_int8_of_a_cv_ensemble_reads_only_the_films_it_calibrates_on(
+        tiny_bundle: Path, member64: Path, tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`export --int8 --cv` copied every film of the cv runs out of their image cache, then sampled the few it
+    calibrates on (256 of thousands), as `--data` did: it reads those alone, the same ones for the seed, counted at
+    the row look-up every read of the cache's images goes through (the folds' out-of-fold scores read their own
+    validation films from caches of their own)."""
+    from pneumoscan.data.cache import ImageCache, cache_key
+    from pneumoscan.data.labelled import labelled_films
+    from pneumoscan.training.quantize import _sample
+
+    cv = _cv_run(tmp_path / "cv", (tiny_bundle, member64), tiny_dataset)
+    ens = tmp_path / "ens"
+    assert main(["ensemble", "--cv", str(cv), "--youden", "--out", str(ens)]) == 0
+    spec, every = load_card(ens).spec, cv / "split-fold-0.csv"
+    pool = cache_key([r.path for r in discover(every).records], spec)
+    films = [r.path for r in labelled_films(every, None, get_task("pneumonia"), spec).records]
+    asked, rows = [], ImageCache.rows
+
+    def counted(cache: ImageCache, paths: list[str]) -> np.ndarray:
+        if cache.key == pool:
+            asked.extend(map(str, paths))
+        return rows(cache, paths)
+
+    monkeypatch.setattr(ImageCache, "rows", counted)
+    assert main(["export", str(ens), "--int8", "--cv", str(cv), "--calibration-images", "4"]) == 0
+    assert asked == [films[i] for i in _sample(len(films), 4)]
+
+
 def test_several_cv_runs_on_the_same_folds_make_one_ensemble(tiny_bundle: Path, member64: Path, tiny_dataset: Path,
                                                              tmp_path: Path) -> None:
     first = _cv_run(tmp_path / "a", (tiny_bundle, member64), tiny_dataset)

@@ -38,7 +38,7 @@ from pneumoscan.data.cache import build_cache
 from pneumoscan.data.layouts import Record, discover
 from pneumoscan.data.tasks import Task, binary_targets
 from pneumoscan.evaluation.model_card import write_model_card
-from pneumoscan.data.labelled import LabelledFilms, labelled_films, labelled_images, left_out, patient_groups
+from pneumoscan.data.labelled import LabelledFilms, labelled_films, left_out, patient_groups
 from pneumoscan.evaluation.held_out import (CALIBRATION_FILMS, INT8_CALIBRATION_FILMS, HeldOutPolicy, check_held_out,
                                            record_calibration_films)
 from pneumoscan.evaluation.operating_point import choose_operating_point, int8_figures, policy_text
@@ -398,13 +398,10 @@ def quantize_bundle(bundle: Path | str, data: Path | str | None = None, calibrat
     val: LabelledFilms | None = None
     if cv_dirs:
         net = _cv_ensemble(bundle, cv_dirs)
-        # all the runs' films
-        pool, _, _ = labelled_images(CvFolder(Path(cv_dirs[0])).split(0), None, fp32.task, card.spec)
-        calib = pool[_sample(len(pool), calibration_images)]
-        del pool  # every training film, copied: not held while quantising, when memory peaks
+        train = labelled_films(CvFolder(Path(cv_dirs[0])).split(0), None, fp32.task, card.spec)  # the runs' films
     else:
         train, val = _val_films(bundle, data, card, fp32.task)
-        calib = train.images_at(_sample(len(train.records), calibration_images))  # those films alone read
+    calib = train.images_at(_sample(len(train.records), calibration_images))  # those films alone read
     reference = _fp32_reference(fp32, calib, None if val is None else val.images)
     batches = [fp32.onnx_inputs(calib[i : i + CALIBRATION_BATCH]) for i in range(0, len(calib), CALIBRATION_BATCH)]
     # the graph is kept in memory until its figures pass: a failure or an interruption before then leaves the
