@@ -1247,6 +1247,46 @@ def test_a_report_numbered_9901_is_replaced_by_one_of_other_uids_that_names_it(
     assert named.ReferencedSeriesSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == held.SOPInstanceUID
 
 
+def _numbered_9902(overlay: Path, film: Dataset, bundle: Path, mode: str) -> bytes:
+    """``overlay`` (an overlay of ``film`` by ``bundle``) as pneumoscan 0.2.0 made the overlay of its reading scored
+    in ``mode``: in series 9902, its series and SOP Instance UIDs derived with the kinds "sc-series" and "sc" alone."""
+    ds = pydicom.dcmread(overlay)
+    identity = film_identity(film.StudyInstanceUID, film.SeriesInstanceUID, film.SOPInstanceUID, film)
+    model = identity_fields(bundle, "torch")
+    series, sop = (derived_uid(identity, model["model_id"], model["model_version"], mode, kind)
+                   for kind in ("sc-series", "sc"))
+    ds.SeriesInstanceUID, ds.SOPInstanceUID, ds.file_meta.MediaStorageSOPInstanceUID = series, sop, sop
+    ds.SeriesNumber = 9902
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def test_an_overlay_numbered_9902_of_the_same_reading_is_replaced_in_predicts_folder(
+    tiny_bundle: Path, film: np.ndarray, tmp_path: Path
+) -> None:
+    """A folder that 0.2.0's `predict --dicom-sr --heatmaps` filled holds the film's overlay in series 9902: the
+    overlay numbered by its UID is another instance, and left beside it the folder held two images of one reading
+    (the report has its predecessor link; a Secondary Capture has none). The new overlay replaces it; the 9902
+    overlay of another reading (another scoring mode) is left."""
+    (path := tmp_path / "film.dcm").write_bytes(chest_dicom(film, InstanceNumber=2))
+    source = pydicom.dcmread(path)
+    [row] = predict_paths(tiny_bundle, [path], heatmap_dir=tmp_path / "h")
+    write_reports([first := dict(row)], tiny_bundle, sr_dir=tmp_path / "made", backend="torch")
+    (folder := tmp_path / "sr").mkdir()
+    (folder / "film.heatmap.dcm").write_bytes(_numbered_9902(Path(first["dicom_heatmap"]), source, tiny_bundle,
+                                                             "torch"))
+    (folder / "other.heatmap.dcm").write_bytes(other := _numbered_9902(Path(first["dicom_heatmap"]), source,
+                                                                       tiny_bundle, "torch+tta"))
+    write_reports([again := dict(row)], tiny_bundle, sr_dir=folder, backend="torch")
+    left = {p.name: pydicom.dcmread(p) for p in folder.glob("*.heatmap.dcm")}
+    new = pydicom.dcmread(again["dicom_heatmap"])
+    assert new.SOPInstanceUID == pydicom.dcmread(first["dicom_heatmap"]).SOPInstanceUID and new.SeriesNumber != 9902
+    kept = pydicom.dcmread(io.BytesIO(other)).SOPInstanceUID
+    assert {name: ds.SOPInstanceUID for name, ds in left.items()} == {
+        Path(again["dicom_heatmap"]).name: new.SOPInstanceUID, "other.heatmap.dcm": kept}
+
+
 def test_pacs_writes_a_fhir_observation_of_each_film_it_scores(
     orthanc: str, tiny_bundle: Path, film: np.ndarray, tmp_path: Path
 ) -> None:

@@ -7,6 +7,7 @@ fhir.resources."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
 from collections.abc import Sequence
@@ -24,6 +25,7 @@ from pneumoscan.models.card import BundleCard, card_task, load_card
 from .uids import uid_root
 
 log = logging.getLogger(__name__)
+SR_SUFFIX, OVERLAY_SUFFIX = ".sr.dcm", ".heatmap.dcm"  # what write_reports names its files
 
 
 def check_reportable(bundle: Path | str, dicom: bool = True) -> None:
@@ -64,19 +66,36 @@ def earlier_thresholds(card: BundleCard, backend: str, tta: bool = False) -> lis
     return list(dict.fromkeys(r[k] for r in card.threshold_records for k in keys if r.get(k) is not None))
 
 
-def issued_reports(folder: Path) -> dict[str, Dataset]:
-    """The headers of the DICOM SRs in FOLDER (``*.sr.dcm``, as :func:`write_reports` names them) by SOP Instance
-    UID: the reports a new one of the same film may replace. A file that is no readable DICOM is passed over."""
+def _issued(folder: Path, suffix: str) -> dict[str, tuple[Path, Dataset]]:
+    """The files of FOLDER named ``*SUFFIX`` (as :func:`write_reports` names them), with their headers, by SOP
+    Instance UID. A file that is no readable DICOM is passed over."""
     found = {}
-    for path in sorted(folder.glob("*.sr.dcm")):
+    for path in sorted(folder.glob(f"*{suffix}")):
         try:
             header = read_dicom_header(path, dicom=True)
         except (OSError, ValueError) as e:  # a DecodeError: not DICOM, cut short, not a regular file
-            log.debug("%s: not read as an earlier report: %s", path, e)
+            log.debug("%s: not read as an earlier report or overlay: %s", path, e)
             continue
         if header is not None and "SOPInstanceUID" in header:
-            found[str(header.SOPInstanceUID)] = header
+            found[str(header.SOPInstanceUID)] = path, header
     return found
+
+
+def issued_reports(folder: Path) -> dict[str, Dataset]:
+    """The headers of the DICOM SRs in FOLDER (``*.sr.dcm``) by SOP Instance UID: the reports a new one of the same
+    film may replace."""
+    return {uid: header for uid, (_, header) in _issued(folder, SR_SUFFIX).items()}
+
+
+def _replace_overlay(old: Path | None, new: Path) -> None:
+    """Remove ``old``, the same reading's overlay numbered 9902 (:func:`.sr.replaced_overlay_uid`), now that ``new``
+    is written: the folder holds one image of the reading, not two of which one is in a series other readings'
+    overlays share. An overlay filed in a PACS is not reached from here (docs/dicom.md)."""
+    if old is None:
+        return
+    with contextlib.suppress(FileNotFoundError):  # removed since it was read: nothing left to replace
+        old.unlink()
+        log.info("%s replaces %s, the overlay of the same reading in series 9902", new, old)
 
 
 def replaced_reports(source: Dataset, reading: dict, issued: dict[str, Dataset], earlier: Sequence[float],
@@ -119,6 +138,7 @@ def write_reports(
         folder.mkdir(parents=True, exist_ok=True)
     earlier = earlier_thresholds(card, backend, tta) if sr_dir is not None else []
     known = (issued_reports(Path(sr_dir)) if issued is None else issued) if sr_dir is not None else {}
+    overlays = {uid: path for uid, (path, _) in _issued(Path(sr_dir), OVERLAY_SUFFIX).items()} if sr_dir else {}
     for row in rows:
         if "probability" not in row:
             continue
@@ -152,9 +172,10 @@ def write_reports(
             png = Path(row["heatmap"]).read_bytes() if row.get("heatmap") else None
             previous = replaced_reports(source, reading, known, earlier, name, version, mode)
             made = sr.report_files(source, reading, png, name, version, mode, previous)
-            row["dicom_sr"] = str(write_new(Path(sr_dir), stem, ".sr.dcm", made[0]))
+            row["dicom_sr"] = str(write_new(Path(sr_dir), stem, SR_SUFFIX, made[0]))
             if len(made) > 1:
-                row["dicom_heatmap"] = str(write_new(Path(sr_dir), stem, ".heatmap.dcm", made[1]))
+                row["dicom_heatmap"] = str(new := write_new(Path(sr_dir), stem, OVERLAY_SUFFIX, made[1]))
+                _replace_overlay(overlays.pop(sr.replaced_overlay_uid(source, name, version, mode), None), new)
         except ValueError as e:  # a film without its UIDs, a malformed attribute, highdicom's refusal, ...
             row.setdefault("warnings", []).append(f"no DICOM SR written: {redact(str(e))}")
     reported, scored = sum(bool({"dicom_sr", "fhir"} & row.keys()) for row in rows), sum("probability" in row

@@ -369,6 +369,14 @@ def replaced_uids(source: Dataset, result: dict, model_name: str, model_version:
     return [uid for uid in uids if uid != own]
 
 
+def replaced_overlay_uid(source: Dataset, model_name: str, model_version: str, mode: str = "") -> UID:
+    """The SOP Instance UID of the overlay of the same reading numbered by :data:`FIXED_NUMBERS` (series 9902), which
+    :func:`build_heatmap_sc`'s overlay replaces: the same image under other UIDs, which no predecessor link can name
+    (a Secondary Capture has none)."""
+    return derived_uid(_source_identity(_checked_source(source)), model_name, model_version, mode,
+                       _kind("sc", FIXED_NUMBERS))
+
+
 def check_result(result: dict) -> None:
     """A result SR and FHIR can report: a reading (not an error row) of a model whose task reports pneumonia
     (pneumonia, multiclass: :attr:`Task.reports_pneumonia`), of a film no scope warning puts outside the model's scope
