@@ -250,6 +250,18 @@ def test_the_limitations_say_the_training_films_class_balance_as_the_card_counts
     assert "The card records no count of the training films by class" in older and "unbalanced" not in older
 
 
+def test_a_card_without_an_ece_does_not_say_its_figures_hold_one(tiny_bundle: Path) -> None:
+    """A 0.2.0 bundle's card records no expected calibration error (its val_metrics has none): its intended use
+    said that the ECE is among the validation figures, which hold none; it says that the card records none."""
+    card = load_card(tiny_bundle)
+    assert "ece" in card.val_metrics and "among the validation figures" in intended_use(card)
+    old = dataclasses.replace(card, val_metrics={k: v for k, v in card.val_metrics.items()
+                                                 if k not in ("ece", "ece_chance")})
+    said = intended_use(old)
+    assert "among the validation figures" not in said and "expected calibration error" in said
+    assert "not recorded" in said and said in render(old)
+
+
 def test_the_service_shows_intended_use_and_card_figures(tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path) -> None:
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)

@@ -33,13 +33,16 @@ MODEL_CARD = "MODEL_CARD.md"
 # where a bundle's temperature and threshold were chosen (chosen_on): a cv ensemble's films all trained a member
 VALIDATION_FILMS = "the validation films"
 OUT_OF_FOLD_SCORES = "its cross-validation runs' out-of-fold scores"
-INTENDED_USE = (  # {films}: chosen_on's
+INTENDED_USE = (  # {films}: chosen_on's; {ece}: ECE_SHOWN, or ECE_NOT_RECORDED for a card without one
     "Research use only; not a medical device. Reads frontal (anterior-posterior) chest X-ray films of pediatric "
     "patients aged 1 to 5 years, as taken at one hospital (Guangzhou Women and Children's Medical Center, "
     "Guangzhou, China), and gives a probability of the positive class, scaled by one temperature fitted on "
-    "{films} (which corrects over- or under-confidence, not a shift towards one class: its expected "
-    "calibration error there is among the validation figures), with a thresholded label."
+    "{films} (which corrects over- or under-confidence, not a shift towards one class: {ece}), with a thresholded "
+    "label."
 )
+ECE_SHOWN = "its expected calibration error there is among the validation figures"
+# a card whose run recorded none (pneumoscan 0.2.0's): how well calibrated the probabilities are is not said there
+ECE_NOT_RECORDED = "its expected calibration error there is not recorded on this card"
 # plain text: /v1/model gives these to the web page, which shows them as they are (MODEL_CARD.md too)
 OUT_OF_SCOPE = (
     "Diagnosis, treatment, triage or any other decision about a patient: the label is a research output.",
@@ -214,8 +217,10 @@ def chosen_on(card: BundleCard) -> str:
 
 
 def intended_use(card: BundleCard) -> str:
-    """:data:`INTENDED_USE`, naming the films its temperature was fitted on (:func:`chosen_on`)."""
-    return INTENDED_USE.format(films=chosen_on(card))
+    """:data:`INTENDED_USE`, naming the films its temperature was fitted on (:func:`chosen_on`) and where its
+    expected calibration error is, where the card records one."""
+    return INTENDED_USE.format(films=chosen_on(card),
+                               ece=ECE_SHOWN if "ece" in card.val_metrics else ECE_NOT_RECORDED)
 
 
 def _own_trial(record: dict) -> bool:
