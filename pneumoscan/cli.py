@@ -723,12 +723,17 @@ class _Parser(argparse.ArgumentParser):
     def closest_options(self, given: Sequence[str]) -> str:
         """``; did you mean --image-size?`` for the unknown options among ``given`` that are near ones of this
         parser, guessed as :func:`look_up_option` guesses a name (``--image_size=32`` read as ``--image_size``), on
-        the names without their dashes, which made ``--help`` look near ``--heatmpas``."""
+        the names without their dashes, which made ``--help`` look near ``--heatmpas``. A long option's prefix is
+        taken for the options it begins, as argparse expanded it (0.2.0's scripts: ``--val`` ran as
+        ``--val-folder``), which too short a prefix is near none of."""
         # argparse has no public list of a parser's option strings
         known = {flag.lstrip("-"): flag for flag in self._option_string_actions}
         flags = [arg.split("=", 1)[0] for arg in given if arg.startswith("-")]
+        begun = {flag: [name for name, option in known.items() if option.startswith(flag)] for flag in flags
+                 if flag.startswith("--") and len(flag) > 2}
         guesses = {flag: " or ".join(known[name] for name in close) for flag in flags
-                   if (close := difflib.get_close_matches(flag.lstrip("-"), list(known), n=3, cutoff=0.6))}
+                   if (close := begun.get(flag) or difflib.get_close_matches(flag.lstrip("-"), list(known), n=3,
+                                                                             cutoff=0.6))}
         if len(guesses) > 1:  # which guess is for which option
             return f"; did you mean {', '.join(f'{close} for {flag}' for flag, close in guesses.items())}?"
         return "".join(f"; did you mean {close}?" for close in guesses.values())
