@@ -1287,6 +1287,23 @@ def test_an_overlay_numbered_9902_of_the_same_reading_is_replaced_in_predicts_fo
         Path(again["dicom_heatmap"]).name: new.SOPInstanceUID, "other.heatmap.dcm": kept}
 
 
+def test_an_overlay_numbered_9902_a_study_holds_is_named_for_deletion(
+    orthanc: str, tiny_bundle: Path, film: np.ndarray, tmp_path: Path
+) -> None:
+    """`pacs --store` sends objects and deletes none, so the study keeps 0.2.0's overlay of the reading in series
+    9902 beside the new one: the film's row says so, naming the instance to delete in the PACS (it said nothing)."""
+    study = generate_uid()
+    (path := tmp_path / "film.dcm").write_bytes(data := chest_dicom(film, StudyInstanceUID=study))
+    source = _upload(orthanc, data)
+    [row] = predict_paths(tiny_bundle, [path], heatmap_dir=tmp_path / "h")
+    write_reports([made := dict(row)], tiny_bundle, sr_dir=tmp_path / "made", backend="torch")
+    old = _upload(orthanc, _numbered_9902(Path(made["dicom_heatmap"]), source, tiny_bundle, "torch"))
+    stored = _pacs_store(tiny_bundle, f"{orthanc}/dicom-web", study, tmp_path / "pacs.json")
+    [note] = [w for w in stored["warnings"] if "9902" in w]
+    assert old.SOPInstanceUID in note and "delete it in the PACS" in note
+    assert old.SOPInstanceUID in _held(orthanc, study)  # nothing deleted there
+
+
 def test_pacs_writes_a_fhir_observation_of_each_film_it_scores(
     orthanc: str, tiny_bundle: Path, film: np.ndarray, tmp_path: Path
 ) -> None:

@@ -872,7 +872,8 @@ def predict_study(
                                    heatmap_dir=Path(tmp) / "heatmaps" if heatmaps else None) if sources else []
             if store or fhir_dir is not None:
                 write_reports(scored, bundle, sr_dir=Path(tmp) / "sr" if store else None, fhir_dir=fhir_dir,
-                              backend=backend, issued=_issued_reports(found))
+                              backend=backend, issued=_issued_reports(found),
+                              held={_value(item, _SOP) for item in found})
             if store:
                 held = {_value(item, _SOP) for item in found}
                 for row in scored:

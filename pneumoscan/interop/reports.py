@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from pydicom.dataset import Dataset
@@ -114,6 +114,7 @@ def replaced_reports(source: Dataset, reading: dict, issued: dict[str, Dataset],
 def write_reports(
     rows: list[dict], bundle: Path | str, sr_dir: Path | str | None = None, fhir_dir: Path | str | None = None,
     backend: str = "torch", tta: bool = False, issued: dict[str, Dataset] | None = None,
+    held: Collection[str] = (),
 ) -> None:
     """For every scored row: ``STEM.sr.dcm`` (and ``STEM.heatmap.dcm`` when the row has a heatmap) in ``sr_dir``,
     ``STEM.fhir.json`` in ``fhir_dir``; their paths go into the row's ``dicom_sr``, ``dicom_heatmap`` and ``fhir``.
@@ -124,7 +125,9 @@ def write_reports(
     whatever the threshold: :mod:`.fhir`). A film's SR that ``sr_dir`` holds from an earlier threshold of these
     weights (:func:`earlier_thresholds`), or of the same reading in series 9901 (:func:`replaced_reports`), is named
     as the predecessor of the one written now, which is written beside it; ``issued``, the reports held elsewhere
-    (a PACS's study, by SOP Instance UID: study, series, SOP instance and class), are looked in instead."""
+    (a PACS's study, by SOP Instance UID: study, series, SOP instance and class), are looked in instead. The same
+    reading's overlay in series 9902 is replaced in ``sr_dir``; one among ``held`` (the SOP Instance UIDs of a
+    PACS's study, where nothing is deleted) is named in the row's warnings for deletion there."""
     from . import fhir, sr
 
     check_reportable(bundle, dicom=sr_dir is not None)
@@ -175,7 +178,11 @@ def write_reports(
             row["dicom_sr"] = str(write_new(Path(sr_dir), stem, SR_SUFFIX, made[0]))
             if len(made) > 1:
                 row["dicom_heatmap"] = str(new := write_new(Path(sr_dir), stem, OVERLAY_SUFFIX, made[1]))
-                _replace_overlay(overlays.pop(sr.replaced_overlay_uid(source, name, version, mode), None), new)
+                _replace_overlay(overlays.pop(old := sr.replaced_overlay_uid(source, name, version, mode), None), new)
+                if old in held:
+                    row.setdefault("warnings", []).append(
+                        f"the study holds this reading's overlay in series 9902 (SOP Instance UID {old}, made by "
+                        "pneumoscan 0.2.0) beside the new one: delete it in the PACS")
         except ValueError as e:  # a film without its UIDs, a malformed attribute, highdicom's refusal, ...
             row.setdefault("warnings", []).append(f"no DICOM SR written: {redact(str(e))}")
     reported, scored = sum(bool({"dicom_sr", "fhir"} & row.keys()) for row in rows), sum("probability" in row
