@@ -146,3 +146,24 @@ def test_what_counts_as_newer(tiny_bundle: Path, tmp_path: Path, monkeypatch: py
     bundle = forged(tiny_bundle, tmp_path, written_by(writer, "threshold_rule", package_version="0.0.1"))
     with pytest.raises(ValueError, match="upgrade pneumoscan" if newer else "unknown .*field 'threshold_rule'"):
         load_card(bundle)
+
+
+def test_unreleased_code_records_a_version_past_the_last_release() -> None:
+    """Every card records the pneumoscan that wrote it (from pyproject.toml's version): code with changes since the
+    last release named itself that release, so its bundles read as the release's, and the release, given one with a
+    field it does not know (`plugins`), refused it as edited (`unknown ... field 'plugins'`) where a writer newer than
+    itself is told to upgrade. While CHANGELOG.md's [Unreleased] lists changes, the version is past the release
+    (a dev release of the next one); with none listed, it is that release."""
+    import re
+    import tomllib
+
+    from packaging.version import Version
+
+    root = Path(__file__).resolve().parents[1]
+    log = (root / "CHANGELOG.md").read_text()
+    unreleased, released = re.search(r"^## \[Unreleased\]\n(.*?)^## \[([^\]]+)\]", log, re.M | re.S).groups()
+    version = tomllib.loads((root / "pyproject.toml").read_text())["project"]["version"]
+    if re.search(r"^- ", unreleased, re.M):
+        assert Version(version) > Version(released), (version, released)
+    else:
+        assert Version(version) == Version(released), (version, released)
