@@ -167,3 +167,30 @@ def test_unreleased_code_records_a_version_past_the_last_release() -> None:
         assert Version(version) > Version(released), (version, released)
     else:
         assert Version(version) == Version(released), (version, released)
+
+
+def test_a_cv_resumed_under_another_pneumoscan_says_its_folds_mix_versions(
+    tiny_bundle: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A cv run stopped under 0.2.0 and resumed under this version keeps the folds 0.2.0 finished and trains the
+    others here: cv.json pooled them without a word. Each version is named with its folds (a fold still to train,
+    this one), with what to do; folds all of one version say nothing."""
+    from pneumoscan.models.run_folder import RunFolder
+    from pneumoscan.training.cv import warn_fold_versions
+
+    runs = [RunFolder(tmp_path / f"fold-{k}") for k in range(3)]
+    old = "0.1.0" if __version__ != "0.1.0" else "0.0.1"  # a release before this one, whatever this one is
+    shutil.copytree(forged(tiny_bundle, tmp_path / "old", written_by(old, package_version=old)),
+                    runs[0].bundle)
+    shutil.copytree(tiny_bundle, runs[1].bundle)
+    with caplog.at_level("WARNING", logger="pneumoscan.training.cv"):
+        warn_fold_versions(runs)  # fold-2 still to train
+        shutil.copytree(tiny_bundle, runs[2].bundle)
+        warn_fold_versions(runs)  # all finished, by two versions
+        said = [r.getMessage() for r in caplog.records]
+        assert len(said) == 2 and all(f"fold-0: {old}; fold-1, fold-2: {__version__}" in m and "--out" in m
+                                      for m in said), said
+        caplog.clear()
+        shutil.rmtree(runs[0].bundle)  # fold-0 to train again, here
+        warn_fold_versions(runs)
+    assert caplog.records == []

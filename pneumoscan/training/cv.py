@@ -27,6 +27,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from pneumoscan import __version__
 from pneumoscan.core.atomic import write_atomic, write_json
 from pneumoscan.core.metrics import binary_metrics, choose_threshold, format_figure, jsonable, roc_auc
 from pneumoscan.core.names import path_list, path_text, results_csv
@@ -124,6 +125,21 @@ def check_fold_data(run: RunFolder, planned: list[Record], ctx: Dist, opened: di
         raise ValueError(f"{run.root.name} was trained on other pixels or labels than these films have now (rewritten "
                          "in place since, or decoded otherwise by this version?): its figures would not be this cv's; "
                          "use a new out_dir (--out)")
+
+
+def warn_fold_versions(runs: Sequence[RunFolder]) -> None:
+    """Warn when the folds are trained by more than one pneumoscan (a cv stopped under one version and resumed under
+    another: the finished folds' cards name theirs, a fold still to train is this one's), as cv.json pools their
+    figures; not refused, as a version need not change the recipe. A card that names no writer is passed over."""
+    made_by: dict[str, list[str]] = {}
+    for run in runs:
+        version = load_card(run.bundle).versions.get("pneumoscan") if (run.bundle / CARD).exists() else __version__
+        if version:
+            made_by.setdefault(version, []).append(run.root.name)
+    if len(made_by) > 1:
+        log.warning("the folds of this cv are trained by more than one pneumoscan (%s), and cv.json pools their "
+                    "figures: for figures of one version, finish it with the version that began it, or use a new "
+                    "out_dir (--out)", "; ".join(f"{', '.join(names)}: {v}" for v, names in made_by.items()))
 
 
 def check_fold_classes(plans: Sequence[Sequence[Record]], task: Task) -> None:
@@ -274,6 +290,7 @@ def _plan_folds(data: Path | str, cfg: TrainConfig, folds: int, cv_folder: CvFol
     ctx = setup_distributed()
     here = {"processes": ctx.world, "resolved_precision": resolved_precision(ctx.device, cfg.precision)}
     check_fold_processes([cv_folder.fold(k) for k in range(folds)], here)
+    warn_fold_versions([cv_folder.fold(k) for k in range(folds)])
     for k, planned in enumerate(plans):  # its films as listed: a fold's run refuses again should some be unreadable
         check_batches(len(select([r for r in planned if r.split == "train"], task)[0]), configs[k], ctx,
                       f"fold {k + 1} of {folds}: ")
