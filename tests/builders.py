@@ -31,7 +31,11 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from pneumoscan.data.labelled import labelled_films
+from pneumoscan.data.layouts import Record
+from pneumoscan.data.preprocess import PreprocessSpec
 from pneumoscan.data.scope import CONTENT_UNCHECKED
+from pneumoscan.data.tasks import Task
 from pneumoscan.models.card import SAMPLED_FROM, BundleCard, load_card, save_card
 
 # Two float32 scorings of the same film agree only to about 1e-7 when the batch, the thread count, the process
@@ -254,3 +258,16 @@ def at_threshold(card: BundleCard, **changes: Any) -> BundleCard:
     elif "threshold" in chosen and "threshold" in card.val_metrics:
         changes["val_metrics"] = {**card.val_metrics, "threshold": chosen["threshold"]}
     return dataclasses.replace(card, **changes)
+
+
+def labelled_records(data: Path | str, split: str | None, task: Task,
+                     spec: PreprocessSpec) -> tuple[list[Record], np.ndarray, np.ndarray, list[dict[str, str]]]:
+    """:func:`~pneumoscan.data.labelled.labelled_films` as (records, images, targets, unreadable files)."""
+    films = labelled_films(data, split, task, spec)
+    return films.records, films.images, films.targets, films.unreadable
+
+
+def labelled_images(data: Path | str, split: str | None, task: Task,
+                    spec: PreprocessSpec) -> tuple[np.ndarray, np.ndarray, list[dict[str, str]]]:
+    """:func:`labelled_records` without the records."""
+    return labelled_records(data, split, task, spec)[1:]

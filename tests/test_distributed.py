@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from tests.builders import SCORE_TOL, assert_close_report
-from pneumoscan.data.labelled import labelled_images
+from tests.builders import labelled_images
 from pneumoscan.data.layouts import discover
 from pneumoscan.data.tasks import get_task
 from pneumoscan.evaluation.evaluate import evaluate, films_digest

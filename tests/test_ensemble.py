@@ -26,7 +26,8 @@ from builders import SCORE_TOL, nudge_weights
 from pneumoscan.cli import main
 from pneumoscan.core.metrics import choose_threshold, softmax, threshold_interval
 from pneumoscan.data.cache import build_cache, data_checksum
-from pneumoscan.data.labelled import labelled_images, labelled_records, patient_groups
+from pneumoscan.data.labelled import patient_groups
+from tests.builders import labelled_images, labelled_records
 from pneumoscan.data.layouts import Record, discover, make_record, write_manifest
 from pneumoscan.data.tasks import binary_targets, get_task
 from pneumoscan.data.transforms import to_input

@@ -21,7 +21,7 @@ from tests.builders import SCORE_TOL, UNCHECKED, assert_close_report, at_thresho
 from tests.test_interop import chest_dicom
 from pneumoscan import cli
 from pneumoscan.core.metrics import FILM_UNIT_CAVEAT
-from pneumoscan.data.labelled import labelled_records
+from tests.builders import labelled_records
 from pneumoscan.data.layouts import discover
 from pneumoscan.data.preprocess import PreprocessSpec
 from pneumoscan.data.readers.pillow import OWN_OUTPUT_SOFTWARE

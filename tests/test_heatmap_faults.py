@@ -191,7 +191,7 @@ def test_the_evaluation_gallery_draws_the_maps_it_can_after_one_films_is_refused
                                                                                  tiny_dataset: Path) -> None:
     """The gallery took any refusal for a model without maps and drew no overlay for the films after it: one film's
     refused map leaves that film plain, its caption saying why, and the next films' overlays are drawn."""
-    from pneumoscan.data.labelled import labelled_records
+    from tests.builders import labelled_records
     from pneumoscan.data.tasks import get_task
     from pneumoscan.evaluation.evaluate import error_gallery
     from pneumoscan.inference.predict import NO_HEATMAP

@@ -21,7 +21,7 @@ from pydicom.uid import generate_uid
 from pneumoscan import cli
 from pneumoscan.core.metrics import binary_metrics, choose_threshold
 from pneumoscan.data.decode import read_gray
-from pneumoscan.data.labelled import labelled_images
+from tests.builders import labelled_images
 from pneumoscan.data.layouts import discover, make_record, write_manifest
 from pneumoscan.data.tasks import binary_targets, get_task
 from pneumoscan.evaluation.evaluate import evaluate

@@ -19,7 +19,7 @@ from sklearn.metrics import roc_auc_score
 
 from pneumoscan import cli
 from pneumoscan.core.metrics import binary_metrics, choose_threshold, choose_thresholds
-from pneumoscan.data.labelled import labelled_records
+from tests.builders import labelled_records
 from pneumoscan.data.layouts import discover, make_record, write_manifest
 from pneumoscan.data.tasks import binary_targets, get_task
 from pneumoscan.evaluation.compare import compare_runs, format_table

@@ -1139,7 +1139,8 @@ def test_validation_figures_and_threshold_interval_count_copies_of_a_film_as_one
     """A validation film filed again under another patient id is one child's: the run's validation figures, its
     card's and its threshold's interval count the two as one patient, as `evaluate` does (they counted two)."""
     from pneumoscan.core.metrics import threshold_interval
-    from pneumoscan.data.labelled import labelled_records, patient_groups
+    from pneumoscan.data.labelled import patient_groups
+    from tests.builders import labelled_records
 
     records = train_mod.split_records(tiny_dataset, TrainConfig(**TINY))[0]
     film = next(r for r in records if r.split == "val")

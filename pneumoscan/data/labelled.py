@@ -127,21 +127,6 @@ def _by_reason(counts: Counter) -> list[dict]:
     return [{"films": n, "reason": reason} for reason, n in ordered if n]
 
 
-def labelled_records(
-    data: Path | str, split: str | None, task: Task, spec: PreprocessSpec
-) -> tuple[list[Record], np.ndarray, np.ndarray, list[dict[str, str]]]:
-    """:func:`labelled_films` as (records, images, targets, unreadable files)."""
-    films = labelled_films(data, split, task, spec)
-    return films.records, films.images, films.targets, films.unreadable
-
-
-def labelled_images(
-    data: Path | str, split: str | None, task: Task, spec: PreprocessSpec
-) -> tuple[np.ndarray, np.ndarray, list[dict[str, str]]]:
-    """:func:`labelled_records` without the records."""
-    return labelled_records(data, split, task, spec)[1:]
-
-
 def patient_groups(records: Sequence[Record], data: Path | str) -> tuple[list[list[str]], np.ndarray, list[dict]]:
     """The copies of one film under other names among RECORDS (warned of), each film's patient unit
     (:func:`patient_units`), and the label conflicts among them (warned of: a picture labelled NORMAL and PNEUMONIA
