@@ -23,7 +23,7 @@ from PIL import Image, ImageFilter, ImageOps
 from sklearn.metrics import roc_auc_score
 
 from pneumoscan.core.metrics import binary_metrics
-from pneumoscan.data.labelled import labelled_images
+from pneumoscan.data.labelled import labelled_films
 from pneumoscan.data.preprocess import PreprocessSpec
 from pneumoscan.data.tasks import Task, binary_targets, get_task
 from pneumoscan.inference.predict import Predictor
@@ -45,8 +45,11 @@ def refusing(read: Callable[..., T], *args: object) -> T:
 def labelled(data: str | Path, split: str, task: Task, spec: PreprocessSpec) -> tuple[np.ndarray, np.ndarray]:
     """DATA's readable films of SPLIT as the bundle reads them, and their targets; else the reason, by
     :func:`refusing` (no dataset there, no film of the split, none readable)."""
-    images, targets, _ = refusing(labelled_images, data, split, task, spec)
-    return images, targets
+    def read() -> tuple[np.ndarray, np.ndarray]:
+        films = labelled_films(data, split, task, spec)
+        return films.images, films.targets
+
+    return refusing(read)
 
 
 def _u8(a: np.ndarray) -> np.ndarray:
