@@ -556,10 +556,10 @@ def grouping(ds: Dataset | None, format_name: str) -> dict[str, str]:
     found = {"format": format_name}
     if ds is None:
         return found
-    age = age_years(ds)
-    values = {"PatientSex": defined_term(_text(ds, "PatientSex"), frozenset(PATIENT_SEXES)) if _text(ds, "PatientSex")
-              else "", "PatientAge": "" if age is None else age_band(age),
-              "ViewPosition": defined_term(position, VIEW_POSITIONS) if (position := _text(ds, "ViewPosition")) else "",
+    sex, position, age = _text(ds, "PatientSex"), _text(ds, "ViewPosition"), age_years(ds)
+    values = {"PatientSex": sex and defined_term(sex, frozenset(PATIENT_SEXES)),
+              "PatientAge": "" if age is None else age_band(age),
+              "ViewPosition": position and defined_term(position, VIEW_POSITIONS),
               "Manufacturer": _stored(ds, "Manufacturer"), "InstitutionName": _stored(ds, "InstitutionName")}
     return found | {key: value for key, value in values.items() if value}
 
