@@ -423,7 +423,7 @@ def _print_subgroups(block: dict | None, at: str) -> None:
         widths = [max(len(cell) for cell in column) for column in zip(head, *rows)]
         print(f"\nby {field}, {at} (95% CIs count patients):")
         for row in (head, *rows):
-            print("  " + "  ".join(cell.ljust(width) if i == 0 else cell.rjust(width) if i < 3 else cell.ljust(width)
+            print("  " + "  ".join(cell.rjust(width) if 0 < i < 3 else cell.ljust(width)  # films, patients: numbers
                                    for i, (cell, width) in enumerate(zip(row, widths))).rstrip())
 
 
