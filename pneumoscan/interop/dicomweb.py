@@ -870,12 +870,11 @@ def predict_study(
                 raise ValueError(f"study {study_uid} holds no image instances to read")
             scored = predict_paths(bundle, list(sources), backend=backend,
                                    heatmap_dir=Path(tmp) / "heatmaps" if heatmaps else None) if sources else []
+            held = {_value(item, _SOP) for item in found}
             if store or fhir_dir is not None:
                 write_reports(scored, bundle, sr_dir=Path(tmp) / "sr" if store else None, fhir_dir=fhir_dir,
-                              backend=backend, issued=_issued_reports(found),
-                              held={_value(item, _SOP) for item in found})
+                              backend=backend, issued=_issued_reports(found), held=held)
             if store:
-                held = {_value(item, _SOP) for item in found}
                 for row in scored:
                     _store(session, root, study_uid, row, held)
             for row in scored:
