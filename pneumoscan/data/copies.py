@@ -69,7 +69,7 @@ def scan_file(path: str, header: bool = True) -> dict:
     try:
         if header:
             info = image_info(path)
-            out.update(width=info["width"], height=info["height"], mode=info["mode"])
+            out.update({key: info[key] for key in _HEADER})
         gray = read_gray(path, target=PHASH_TARGET)
         bits = imagehash.phash(Image.fromarray(gray), hash_size=PHASH_SIZE).hash
     except DecodeError as e:  # the decoder turns every bad input into one, with the reason as its message
