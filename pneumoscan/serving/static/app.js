@@ -429,7 +429,6 @@ function showResult(film) {
   $("caption").textContent = sourceCaption(film);
   $("result").hidden = false;
   current = film;
-  lastShown = film;
   placeFilm();
   view.cam = null;
   $("heatmap-toggle").checked = false;
