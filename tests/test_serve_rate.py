@@ -19,7 +19,7 @@ from pneumoscan.serving.app import create_app
 from pneumoscan.serving.guard import Access
 from pneumoscan.serving.limits import PerClient
 from tests.test_serve import labels, moved, scraped
-from tests.test_serve_auth import KEY, LOCAL, predict
+from tests.test_serve_auth import KEY, LOCAL, predict, predict_at
 from tests.test_serve_limits import logged
 
 WARD, SCRIPT = ("10.1.0.7", 50123), ("10.1.0.99", 50124)  # two workstations' addresses
@@ -61,7 +61,8 @@ def test_a_client_past_its_rate_gets_429_with_retry_after_and_another_is_still_s
             assert script.get(path).status_code == 200, path
         assert script.head("/healthz").status_code == 200
         assert moved(before, scraped(script), "pneumoscan_refusals_total") == {labels(reason="rate_limited"): 1}
-        assert predict(script, xray, format="fhir").status_code == 429  # any request for work: a heatmap's too
+        # any request for work: a FHIR answer's and a heatmap's too
+        assert predict_at(script, "/v1/predict?format=fhir", xray).status_code == 429
         assert script.post("/v1/predict?heatmap=true", files={"file": ("x.jpeg", xray)}).status_code == 429
 
 
