@@ -74,8 +74,9 @@ Refusal = Literal["bad_request", "host_not_served", "cors_not_allowed", "key_mis
                   "method_not_allowed", "upload_timeout", "too_large", "unsupported_type", "unreadable_film",
                   "not_reportable", "heatmap_unavailable", "heatmap_failed", "rate_limited", "busy", "shutting_down",
                   "model_broken", "internal_error", "client_gone"]
-# each status's refusal where its raise names none: the 422 of a request's options, the 503 of a full lane, a path
-# not served and a method it does not take (the router's), a bug's 500 (the guard's)
+# each status's refusal where its raise names none: the 422 of a request's options, the 429 of a client past its
+# rate, the 503 of a full lane, a path not served and a method it does not take (the router's), a bug's 500 (the
+# guard's)
 REFUSED_AS: dict[int, Refusal] = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
                                   408: "upload_timeout", 413: "too_large", 415: "unsupported_type",
                                   422: "bad_request", 429: "rate_limited", 500: "internal_error", 503: "busy"}
@@ -142,4 +143,4 @@ class PerClient:
         wait = max(1, math.ceil(reset - time.time()))  # the library's clock
         raise Rejected(429, f"too many prediction requests from this client: each may send {_said(self.rate)} (serve "
                             f"--rate-limit); send it again after {wait} s (Retry-After)",
-                       {"Retry-After": str(wait)}, kind="rate_limited")
+                       {"Retry-After": str(wait)})
