@@ -331,10 +331,11 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
         raise ValueError(f"add_to_card (--add-to-card) needs films of both classes ({' and '.join(task.classes)}): "
                          "on one class a card's AUC, precision and F1 are undefined or meaningless; the report still "
                          "shows the rest")
-    scope, fields = _film_warnings(predictor, records, images, name)
+    scope, fields = _film_warnings(predictor, records, images)
     by_field = film_values(by, records, fields, name)  # an unknown field before the films are scored
     probs = predictor.probabilities(images, tta=tta)
     scores = predictor.positive_probability(probs)
+    _say_outside(records, scope, name)  # once scored: a refusal of the scores (non-finite) is said alone
     copies, groups, conflicts = patient_groups(records, data)
     metrics = evaluate_probabilities(probs, targets, task, threshold, groups=groups)
     if by_field:  # at the bundle's threshold, never one chosen per group
@@ -380,21 +381,25 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
     return metrics
 
 
-def _film_warnings(predictor: Predictor, records: Sequence[Record], images: np.ndarray,
-                   name: str) -> tuple[list[list[str]], list[dict[str, str]]]:
+def _film_warnings(predictor: Predictor, records: Sequence[Record],
+                   images: np.ndarray) -> tuple[list[list[str]], list[dict[str, str]]]:
     """Each film's scope warnings, as ``predict`` gives them (its header's, then its pixels' at the model's input:
-    ``images``), and a warning naming those outside the model's scope: a lateral, a CT or an inverted film is scored
-    and counted in the figures like the rest (figures on the films given, as published figures are), but
-    predictions.csv marks it (``in_scope`` false) and a card's record counts it; with them, each film's fields to
-    group figures by, from the same read of its header (:func:`~pneumoscan.data.scope.grouping`)."""
+    ``images``), and each film's fields to group figures by, from the same read of its header
+    (:func:`~pneumoscan.data.scope.grouping`)."""
     described = [describe(r.path, fields=True) for r in records]
     found = [d["warnings"] + c for d, c in zip(described, _content_warnings(predictor, images))]
-    if outside := [(r, warnings) for r, warnings in zip(records, found) if not in_scope(warnings)]:
+    return found, [d["fields"] for d in described]
+
+
+def _say_outside(records: Sequence[Record], scope: Sequence[list[str]], name: str) -> None:
+    """A warning naming the films outside the model's scope: a lateral, a CT or an inverted film is scored and
+    counted in the figures like the rest (figures on the films given, as published figures are), but
+    predictions.csv marks it (``in_scope`` false) and a card's record counts it."""
+    if outside := [(r, warnings) for r, warnings in zip(records, scope) if not in_scope(warnings)]:
         record, warnings = outside[0]
         log.warning("%d film(s) of %s are outside the model's scope (e.g. %s: %s): they are scored and counted in the "
                     "figures like the rest; predictions.csv marks them (in_scope false)", len(outside), shown(name),
                     shown(record.path), outside_scope(warnings)[0][0])
-    return found, [d["fields"] for d in described]
 
 
 def _content_warnings(predictor: Predictor, images: np.ndarray) -> list[list[str]]:
