@@ -20,17 +20,26 @@ def read_secret(path: Path | str | None, env: str, kind: str) -> str | None:
     which no header carries (a service started with it answered every client 401; requests refused it quoting the
     value). A file every user of the machine can read is warned of (:func:`warn_if_shared`)."""
     if path is not None:
-        source = f"the {kind} file {path}"
-        try:
-            text = Path(path).read_text()
-        except OSError as e:
-            raise cannot_read(e, source) from None
-        except UnicodeDecodeError:  # raw bytes (`openssl rand 32`): the codec's words named no file, and a byte of it
-            raise ValueError(f"{source} is not text: it must hold one {kind} value, in printable ASCII") from None
-    elif (text := os.environ.get(env)) is not None:  # set but empty (ENV= in a unit file) is refused, not unset
-        source = env
-    else:
-        return None
+        return one_secret(secret_text(path, kind), path, None, kind)
+    if (text := os.environ.get(env)) is not None:  # set but empty (ENV= in a unit file) is refused, not unset
+        return one_secret(text, None, env, kind)
+    return None
+
+
+def secret_text(path: Path | str, kind: str) -> str:
+    """The text of the ``kind`` file at ``path``, refused naming the file where it cannot be read or is not text."""
+    try:
+        return Path(path).read_text()
+    except OSError as e:
+        raise cannot_read(e, f"the {kind} file {path}") from None
+    except UnicodeDecodeError:  # raw bytes (`openssl rand 32`): the codec's words named no file, and a byte of it
+        raise ValueError(f"the {kind} file {path} is not text: it must hold one {kind} value, in printable "
+                         "ASCII") from None
+
+
+def one_secret(text: str, path: Path | str | None, env: str | None, kind: str) -> str:
+    """``text``, of the file at ``path`` or else of ``$ENV``, as one value (:func:`read_secret`'s checks)."""
+    source = f"the {kind} file {path}" if path is not None else str(env)
     value = text.strip()
     if not value:
         raise ValueError(f"the {kind} file {path} is empty" if path is not None else
