@@ -270,5 +270,6 @@ def test_the_api_key_is_in_no_repr_of_the_access_rules_or_the_app(tiny_bundle: P
     key = "Kq7-secret-api-key-0123456789"
     access = Access(api_key=key, allowed_hosts=("xray.example",))
     app = create_app(tiny_bundle, access=access)
-    shown = repr(access) + repr(app.user_middleware)
+    named = Access(named_keys=(("ward", key),))  # a key file of named keys: their names may show, not their keys
+    shown = repr(access) + repr(app.user_middleware) + repr(named)
     assert "xray.example" in shown and key not in shown

@@ -118,8 +118,8 @@ def test_a_key_no_client_can_send_is_refused_and_the_environments_line_break_is_
     for key in (KEY + "\nsecond-line-0123456789", KEY[:8] + " " + KEY[8:], KEY + "\t", KEY + "é"):
         with pytest.raises(ValueError, match="no client can send in a header"):
             Access(api_key=key)
-    (tmp_path / "key").write_text(f"{KEY}\nsecond-line-0123456789\n")
-    with pytest.raises(ValueError, match="no client can send"):
+    (tmp_path / "key").write_text(f"{KEY}\nsecond-line-0123456789\n")  # two keys, neither named
+    with pytest.raises(ValueError, match="line 1: give one key a line, as NAME KEY"):
         Access.from_options(tmp_path / "key")
     monkeypatch.setenv("PNEUMOSCAN_API_KEY", KEY + "\n")  # a secret made from a file, an env file written by echo
     assert Access.from_options().api_key == KEY
@@ -140,6 +140,66 @@ def test_a_key_or_auth_file_of_raw_bytes_is_refused_naming_it(tmp_path: Path, ca
     assert cli.main(["pacs", "b", "--url", "http://127.0.0.1:1/dicom-web", "--study", "1.2.3", "--auth-file",
                      str(tmp_path / "auth")]) == 2
     assert f"the auth file {tmp_path / 'auth'} is not text" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- named keys
+
+WARD_KEY, PACS_KEY = "w4rd-" + "0123456789abcdef" * 2, "p4cs-" + "fedcba9876543210" * 2
+
+
+def test_each_named_key_opens_the_api_and_a_key_not_in_the_file_does_not(tiny_bundle: Path, xray: bytes,
+                                                                           tmp_path: Path) -> None:
+    """The ward's workstations, the PACS router and a script shared one key: none could be revoked alone. A key
+    file of NAME KEY lines, with comments and blank lines, gives each its own, and any of them is let in."""
+    keys = tmp_path / "keys"
+    keys.write_text(f"# who may call the service\n\nward {WARD_KEY}\n  pacs-router\t{PACS_KEY}  \n")
+    access = Access.from_options(keys)
+    assert access.named_keys == (("ward", WARD_KEY), ("pacs-router", PACS_KEY)) and access.api_key is None
+    with TestClient(create_app(tiny_bundle, access=access), base_url=LOCAL) as client:
+        assert predict(client, xray, Authorization=f"Bearer {WARD_KEY}").status_code == 200
+        assert predict(client, xray, **{"X-API-Key": PACS_KEY}).status_code == 200
+        for headers in ({}, {"X-API-Key": KEY}, {"X-API-Key": f"ward {WARD_KEY}"}, {"X-API-Key": "ward"}):
+            assert client.get("/v1/model", headers=headers).status_code == 401, headers
+    # as the file's rules, so the rules made in Python
+    with pytest.raises(ValueError, match="each named API key needs a name and a key of its own"):
+        Access(named_keys=(("ward", WARD_KEY), ("pacs", WARD_KEY)))
+    with pytest.raises(ValueError, match="either one API key or named keys, not both"):
+        Access(api_key=KEY, named_keys=(("ward", WARD_KEY),))
+    with pytest.raises(ValueError, match="the API key named pacs is too short"):
+        Access(named_keys=(("ward", WARD_KEY), ("pacs", "short-key")))
+
+
+@pytest.mark.parametrize("text, line, words", [
+    (f"ward {WARD_KEY}\n{PACS_KEY}\n", 2, "give one key a line, as NAME KEY (a name, a space, the key)"),
+    (f"ward {WARD_KEY} pacs\n", 1, "give one key a line, as NAME KEY"),
+    (f"# keys\nward {WARD_KEY}\nward {PACS_KEY}\n", 3, "the name ward is line 2's too: give each client a name of "
+                                                      "its own"),
+    (f"ward {WARD_KEY}\npacs {WARD_KEY}\n", 2, "its key is line 1's too: give each client a key of its own"),
+    (f"ward {WARD_KEY}\n\npacs short-key\n", 3, "its key is too short: use at least 16 characters"),
+    (f"ward/3 {WARD_KEY}\n", 1, "the key name 'ward/3' is not a short name"),
+    (f"{'w' * 33} {WARD_KEY}\n", 1, "is not a short name: 1 to 32 letters, digits, '.', '_' or '-'"),
+    (f"ward {WARD_KEY}\npacs {PACS_KEY}\u00e9\n", 2, "its key holds a character no client can send in a header"),
+])  # fmt: skip
+def test_a_malformed_key_file_is_refused_naming_the_line_never_the_key(text: str, line: int, words: str,
+                                                                       tmp_path: Path) -> None:
+    (keys := tmp_path / "keys").write_text(text)
+    with pytest.raises(ValueError) as refused:
+        Access.from_options(keys)
+    said = str(refused.value)
+    assert said.startswith(f"the API key file {keys}, line {line}: ") and words in said, said
+    assert WARD_KEY not in said and PACS_KEY not in said
+
+
+def test_a_key_file_of_comments_alone_is_refused_and_a_shared_one_warned_of(tmp_path: Path,
+                                                                            caplog: pytest.LogCaptureFixture) -> None:
+    (keys := tmp_path / "keys").write_text("# ward\n# pacs\n")
+    with pytest.raises(ValueError, match="holds no key: only comments and blank lines"):
+        Access.from_options(keys)
+    keys.write_text(f"ward {WARD_KEY}\npacs {PACS_KEY}\n")
+    keys.chmod(0o644)
+    with caplog.at_level(logging.WARNING, "pneumoscan.core.secrets"):
+        Access.from_options(keys)
+    assert f"the API key file {keys} is readable by every user of this machine" in caplog.text
 
 
 # ---------------------------------------------------------------- Host allow-list
@@ -334,7 +394,8 @@ def test_sighup_reloads_the_key_file_and_keeps_the_key_when_the_new_file_is_refu
     key file again, with the checks of the start, and a file they refuse leaves the key in use. A file that holds
     the key in use says so, and where it is systemd's copy of a LoadCredential= key (under $CREDENTIALS_DIRECTORY,
     made once at the start) that a restart hands over a new one: the copy was said to be reloaded, "requests from
-    now on need the new key", while the new key written over /etc/pneumoscan/key was refused (systemd 252)."""
+    now on need the new key", while the new key written over /etc/pneumoscan/key was refused (systemd 252). A file
+    of named keys replaces the one key, and a line removed from it revokes that key alone."""
     new_key = "n3w-" + "fedcba9876543210" * 2
     (credentials := tmp_path / "credentials").mkdir()
     (key := credentials / "key").write_text(KEY + "\n")
@@ -355,18 +416,31 @@ def test_sighup_reloads_the_key_file_and_keeps_the_key_when_the_new_file_is_refu
             _wait_for_line(proc, log, "SIGHUP: the API key was reloaded from")
             assert http.get("/v1/model", headers={"X-API-Key": KEY}).status_code == 401
             assert http.get("/v1/model", headers={"X-API-Key": new_key}).status_code == 200
-            key.write_text("short\n")
+            # a key each: both let in, each named in the access log; a line removed is that key revoked
+            key.write_text(f"ward {WARD_KEY}\npacs {PACS_KEY}\n")
+            proc.send_signal(signal.SIGHUP)
+            _wait_for_line(proc, log, "requests from now on need one of its keys (ward, pacs)")
+            assert http.get("/v1/model", headers={"X-API-Key": new_key}).status_code == 401
+            for name, each in (("ward", WARD_KEY), ("pacs", PACS_KEY)):
+                assert http.get("/v1/model", headers={"X-API-Key": each}).status_code == 200
+                _wait_for_line(proc, log, f' {name} "GET /v1/model HTTP/1.1" 200')
+            key.write_text(f"ward {WARD_KEY}\n")
+            proc.send_signal(signal.SIGHUP)
+            _wait_for_line(proc, log, "requests from now on need one of its keys (ward)")
+            assert http.get("/v1/model", headers={"X-API-Key": PACS_KEY}).status_code == 401
+            key.write_text(f"ward {WARD_KEY}\npacs short-key\n")  # refused: the keys in use stay
             proc.send_signal(signal.SIGHUP)
             said = _wait_for_line(proc, log, "SIGHUP: the API key was not reloaded")
-            assert http.get("/v1/model", headers={"X-API-Key": new_key}).status_code == 200
-            assert http.get("/v1/model", headers={"X-API-Key": "short"}).status_code == 401
+            assert http.get("/v1/model", headers={"X-API-Key": WARD_KEY}).status_code == 200
+            assert http.get("/v1/model", headers={"X-API-Key": "short-key"}).status_code == 401
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-    assert said.count("the API key was reloaded") == 1, said
-    assert re.search(r"^WARNING .*SIGHUP: the API key was not reloaded, the key in use stays: the API key is too "
-                     r"short", said, re.M), said
-    assert KEY not in said and new_key not in said, said
+    assert said.count("the API key was reloaded") == 3, said
+    assert re.search(rf"^WARNING .*SIGHUP: the API key was not reloaded, the key in use stays: the API key file "
+                     rf"{re.escape(str(key))}, line 2: its key is too short", said, re.M), said
+    assert re.search(r'^INFO: +127\.0\.0\.1:\d+ - "GET /v1/model HTTP/1\.1" 200', said, re.M), said  # one key: no name
+    assert not any(secret in said for secret in (KEY, new_key, WARD_KEY, PACS_KEY)), said
 
 
 def test_sighup_without_a_key_file_is_logged_and_the_service_goes_on(tiny_bundle: Path, tmp_path: Path) -> None:

@@ -1,8 +1,8 @@
 """Each client's allowance of prediction requests (serve --rate-limit): a client past it gets 429 with Retry-After
 and a reason while another is still served, its allowance frees once its window has passed, the health probe, the
-model card and the page are never counted, a shared API key does not make its holders one client, and behind a
-proxy each forwarded address is a client of its own, its 429s counted in /metrics and held back in the access
-log as any status's."""
+model card and the page are never counted, a shared API key does not make its holders one client, a named key is
+one client wherever it is sent from, and behind a proxy each forwarded address is a client of its own, its 429s
+counted in /metrics and held back in the access log as any status's."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from pneumoscan.serving.app import create_app
 from pneumoscan.serving.guard import Access
 from pneumoscan.serving.limits import PerClient
 from tests.test_serve import labels, moved, scraped
-from tests.test_serve_auth import KEY, LOCAL, predict, predict_at
+from tests.test_serve_auth import KEY, LOCAL, PACS_KEY, WARD_KEY, predict, predict_at
 from tests.test_serve_limits import logged
 
 WARD, SCRIPT = ("10.1.0.7", 50123), ("10.1.0.99", 50124)  # two workstations' addresses
@@ -103,6 +103,19 @@ def test_behind_a_proxy_each_forwarded_address_is_a_client_and_its_429s_are_logg
         refused = [record for record in lines if record.args[4] == 429]
         assert scraped(http)[("pneumoscan_refusals_total", labels(reason="rate_limited"))] == 39
     assert len(refused) == 10 and all(str(record.args[0]).startswith(SCRIPT[0]) for record in refused)
+
+
+def test_each_named_key_is_a_client_of_its_own_whatever_address_it_comes_from(tiny_bundle: Path) -> None:
+    """Two workstations behind one proxy (one address) were one client, and one sending fast spent the other's
+    allowance: with a key each, each is counted under its key's name, and a key sent from another address is the
+    same client."""
+    access = Access(named_keys=(("ward-1", WARD_KEY), ("ward-2", PACS_KEY)))
+    app = create_app(tiny_bundle, access=access, rate_limit="2/minute")
+    with as_client(app, SCRIPT, **{"X-API-Key": WARD_KEY}) as first:
+        second = as_client(app, SCRIPT, **{"X-API-Key": PACS_KEY})
+        assert [no_film(first).status_code for _ in range(3)] == [415, 415, 429]
+        assert [no_film(second).status_code for _ in range(3)] == [415, 415, 429]
+        assert no_film(as_client(app, WARD, **{"X-API-Key": WARD_KEY})).status_code == 429
 
 
 @pytest.mark.parametrize("given", ["lots", "0/minute", "1/second;50/minute", "60/fortnight", ""])

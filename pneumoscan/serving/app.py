@@ -47,7 +47,8 @@ def create_app(bundle: Path | str, etiology: Path | str | None = None, max_uploa
     refuses memory both writable and executable, as systemd's ``MemoryDenyWriteExecute=yes``) with ONNX Runtime
     scoring. ``rate_limit`` (``60/minute``; none by default): each client's allowance of prediction requests, past
     which it gets 429 with Retry-After while others are served (:class:`.limits.PerClient`); the client is the
-    request's address, a trusted proxy's ``X-Forwarded-For`` (:func:`.service.client_of`)."""
+    name of the key it was let in with (``access``'s named keys), else the request's address, a trusted proxy's
+    ``X-Forwarded-For`` (:func:`.service.client_of`)."""
     _refuse_unguarded_key(access)
     uid_root()  # a wrong $PNEUMOSCAN_UID_ROOT stops the start, not every report later as the client's fault (422)
     service = Service(bundle, etiology, max_upload_mb, backend, limits or Limits(), heatmaps, rate_limit)
@@ -90,7 +91,7 @@ def _add_middleware(app: FastAPI, access: Access | None, metrics: ServiceMetrics
     """The guard (key, Host check, security headers) on every request, and CORS for the origins ``access`` allows,
     outside the guard so that its refusals carry CORS too, with a guard of the preflights CORS answers outside it;
     outside them all, each answer counted (its refusals too)."""
-    app.state.key_in_use = KeyInUse(access.api_key if access else None)  # replaced by a reload (SIGHUP)
+    app.state.key_in_use = KeyInUse(access)  # replaced by a reload (SIGHUP)
     app.add_middleware(Guard, access=access, key=app.state.key_in_use, refused=metrics.refused)
     if access is not None and access.cors_origins:  # each added outside the ones before
         app.add_middleware(Cors, refused=metrics.refused, allow_origins=list(access.cors_origins),

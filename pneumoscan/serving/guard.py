@@ -8,6 +8,7 @@ import hmac
 import logging
 import re
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pneumoscan.core.logs import raised_at, redact
-from pneumoscan.core.secrets import read_secret
+from pneumoscan.core.secrets import one_secret, read_secret, secret_text, warn_if_shared
 
 from .limits import RETRY_AFTER_S, Refusal, Rejected
 
@@ -44,13 +45,21 @@ LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 API_KEY_ENV = "PNEUMOSCAN_API_KEY"  # the key when no key file is named
 # the answer to a request still in progress when the shutdown's grace ran out (--shutdown-grace)
 SHUTTING_DOWN = "the service is shutting down: send the request again (to another instance, or once it is back)"
+# a key's name in a key file of named keys (`NAME KEY` a line): what the access log and the rate limit call the
+# client, so a short word of the operator's, never a value a request chose
+KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")
+# the name of the key the request in progress was let in with (None: no key, or the one unnamed key), set by the
+# guard for the access log (server.AccessLines) and the rate limit (service.client_of) of the same request
+key_name: ContextVar[str | None] = ContextVar("key_name", default=None)
 
 
 @dataclass(frozen=True)
 class Access:
     """Who may use the service. ``api_key``: when set, every request but the page, its assets, /healthz and
     /openapi.json must carry it (``Authorization:
-    Bearer KEY`` or ``X-API-Key: KEY``). ``allowed_hosts``: Host header values accepted (``*`` for any,
+    Bearer KEY`` or ``X-API-Key: KEY``). ``named_keys``: in its place, one key for each client, ``(name, key)``
+    pairs (a key file of ``NAME KEY`` lines: :func:`read_keys`): a request carrying any of them is let in, as that
+    name's. ``allowed_hosts``: Host header values accepted (``*`` for any,
     ``*.example.org`` for subdomains): a web page on another site that points its own DNS name at this server
     (DNS rebinding) is refused. ``cors_origins``: origins whose pages may call the API from a browser (none by
     default)."""
@@ -59,14 +68,19 @@ class Access:
     allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
     cors_origins: tuple[str, ...] = ()
     key_file: Path | str | None = None  # where the key was read from: SIGHUP reads it again (server.ListeningServer)
+    named_keys: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
-        if self.api_key is not None and len(self.api_key) < 16:
-            raise ValueError("the API key is too short: use at least 16 characters (e.g. `openssl rand -hex 32`)")
-        if self.api_key is not None and not all(" " < c <= "~" for c in self.api_key):
-            # a service started with it would pass its health checks and answer every client 401
-            raise ValueError("the API key holds a character no client can send in a header (a line break, a space, "
-                             "a tab or a letter beyond ASCII): use printable ASCII (e.g. `openssl rand -hex 32`)")
+        if self.api_key is not None:
+            check_key(self.api_key)
+        if self.api_key is not None and self.named_keys:
+            raise ValueError("give either one API key or named keys, not both")
+        names, keys = [name for name, _ in self.named_keys], [key for _, key in self.named_keys]
+        if len(set(names)) < len(names) or len(set(keys)) < len(keys):
+            raise ValueError("each named API key needs a name and a key of its own")
+        for name, key in self.named_keys:
+            check_name(name)
+            check_key(key, f"the API key named {name}")
         if not self.allowed_hosts:
             raise ValueError("the Host allow-list is empty: name at least one host (or '*')")
         with_port = [h for h in self.allowed_hosts if _host_name(h) != h.lower().strip("[]")]
@@ -87,22 +101,81 @@ class Access:
     @classmethod
     def from_options(cls, api_key_file: Path | str | None = None, allowed_hosts: Sequence[str] = (),
                      cors_origins: Sequence[str] = ()) -> Access:
-        """The rules as ``serve`` is given them. The key: ``api_key_file``'s text, else ``$PNEUMOSCAN_API_KEY``'s,
-        else none (:func:`~pneumoscan.core.secrets.read_secret`: stripped; empty or blank, or of several lines,
-        refused). ``allowed_hosts``: names, each item possibly a comma-separated list; none given means loopback
-        only."""
-        key = read_secret(api_key_file, API_KEY_ENV, "API key")
+        """The rules as ``serve`` is given them. The keys: ``api_key_file``'s, one bare key or named keys
+        (:func:`read_keys`), else ``$PNEUMOSCAN_API_KEY``'s one key, else none
+        (:func:`~pneumoscan.core.secrets.read_secret`: stripped; empty or blank, or of several lines, refused).
+        ``allowed_hosts``: names, each item possibly a comma-separated list; none given means loopback only."""
+        key, named = read_keys(api_key_file) if api_key_file is not None else (read_secret(None, API_KEY_ENV,
+                                                                                           "API key"), ())
         hosts = tuple(h.strip() for item in allowed_hosts for h in item.split(",") if h.strip()) or LOOPBACK_HOSTS
-        return cls(api_key=key, allowed_hosts=hosts, cors_origins=tuple(cors_origins), key_file=api_key_file)
+        return cls(api_key=key, allowed_hosts=hosts, cors_origins=tuple(cors_origins), key_file=api_key_file,
+                   named_keys=named)
+
+    @property
+    def keys(self) -> tuple[tuple[str | None, str], ...]:
+        """Every key a request may carry, each with its name (None: the one unnamed key); none without a key."""
+        return self.named_keys or (((None, self.api_key),) if self.api_key is not None else ())
+
+
+def check_key(key: str, what: str = "the API key") -> None:
+    """Refuse (ValueError) a key too short to be one, or one that no client can send in a header."""
+    if len(key) < 16:
+        raise ValueError(f"{what} is too short: use at least 16 characters (e.g. `openssl rand -hex 32`)")
+    if not all(" " < c <= "~" for c in key):
+        # a service started with it would pass its health checks and answer every client 401
+        raise ValueError(f"{what} holds a character no client can send in a header (a line break, a space, a tab or "
+                         "a letter beyond ASCII): use printable ASCII (e.g. `openssl rand -hex 32`)")
+
+
+def check_name(name: str) -> None:
+    """Refuse (ValueError) a key's name that is not :data:`KEY_NAME`'s short word (it is written in the log)."""
+    if not KEY_NAME.fullmatch(name):
+        raise ValueError(f"the key name {name!r} is not a short name: 1 to 32 letters, digits, '.', '_' or '-', "
+                         "starting with a letter or a digit")
+
+
+def read_keys(path: Path | str) -> tuple[str | None, tuple[tuple[str, str], ...]]:
+    """The API key file at ``path``: one bare key (``(key, ())``, as :func:`~pneumoscan.core.secrets.read_secret`
+    reads it), or named keys (``(None, ((name, key), ...))``), one ``NAME KEY`` line each (``#`` comments and
+    blank lines allowed). A line that is no ``NAME KEY``, a name or key given twice, or a key that
+    :func:`check_key` refuses is refused (ValueError) naming the file and the line, never the key."""
+    text = secret_text(path, "API key")
+    if len(text.split()) <= 1:  # the one-key file (an empty one, or one key that holds a control character, refused)
+        return one_secret(text, path, None, "API key"), ()
+    named: dict[str, tuple[int, str]] = {}
+    lines: dict[str, int] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        fields = line.split()
+        if not fields or fields[0].startswith("#"):
+            continue
+        where = f"the API key file {path}, line {number}"
+        if len(fields) != 2:
+            raise ValueError(f"{where}: give one key a line, as NAME KEY (a name, a space, the key)")
+        name, key = fields
+        try:
+            check_name(name)
+            check_key(key, "its key")
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+        if name in named:
+            raise ValueError(f"{where}: the name {name} is line {named[name][0]}'s too: give each client a name of "
+                             "its own")
+        if key in lines:
+            raise ValueError(f"{where}: its key is line {lines[key]}'s too: give each client a key of its own")
+        named[name], lines[key] = (number, key), number
+    if not named:
+        raise ValueError(f"the API key file {path} holds no key: only comments and blank lines")
+    warn_if_shared(path, f"the API key file {path}")
+    return None, tuple((name, key) for name, (_, key) in named.items())
 
 
 class KeyInUse:
-    """The API key an app's guard asks for, one for the app, replaced while it serves (SIGHUP reads the key file
-    again: :meth:`.server.ListeningServer.reload_key`): a request is checked against the key in use as it arrives,
-    and one admitted goes on under it."""
+    """The API keys an app's guard asks for, one set for the app, replaced while it serves (SIGHUP reads the key
+    file again: :meth:`.server.ListeningServer.reload_key`): a request is checked against the keys in use as it
+    arrives, and one admitted goes on under its key."""
 
-    def __init__(self, api_key: str | None) -> None:
-        self.value = api_key.encode() if api_key else None
+    def __init__(self, access: Access | None) -> None:
+        self.keys = tuple((name, key.encode()) for name, key in access.keys) if access else ()
 
 
 class Guard:
@@ -118,7 +191,7 @@ class Guard:
     def __init__(self, app: ASGIApp, access: Access | None, preflights: bool = False,
                  key: KeyInUse | None = None, refused: Callable[[Refusal], None] = lambda kind: None) -> None:
         self.app, self.access, self.preflights, self.refused = app, access, preflights, refused
-        self.key = KeyInUse(None) if preflights else key or KeyInUse(access.api_key if access else None)
+        self.key = KeyInUse(None) if preflights else key or KeyInUse(access)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or (self.preflights and not _preflight(scope)):
@@ -176,17 +249,20 @@ class Guard:
         # no method is exempt: a browser's CORS preflight is answered before this guard (CORSMiddleware is outside
         # it, and only with --cors-origin; the guard outside that asks no key), so an OPTIONS that reaches here
         # needs the key as any other request
-        key = self.key.value  # the key as this request arrives: a reload replaces it, not this request's check
-        if key is not None and not _public(path):
+        keys = self.key.keys  # the keys as this request arrives: a reload replaces them, not this request's check
+        if keys and not _public(path):
             # either header may hold the key: a proxy that adds X-API-Key passes a client's own Bearer token (a
             # hospital sign-on's) on beside it
             auth = headers.get("authorization", "")
-            given = [k for k in (auth[7:].strip() if auth[:7].lower() == "bearer " else "",
-                                 headers.get("x-api-key", "")) if k]
-            if not any([hmac.compare_digest(k.encode("latin-1"), key) for k in given]):
+            given = [k.encode("latin-1") for k in (auth[7:].strip() if auth[:7].lower() == "bearer " else "",
+                                                   headers.get("x-api-key", "")) if k]
+            # every key compared, each in constant time: neither the time taken nor the answer says which came close
+            matched = [name for name, key in keys for k in given if hmac.compare_digest(k, key)]
+            if not matched:
                 reason = "a valid API key is required" if given else "an API key is required"
                 return Rejected(401, f"{reason}: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'",
                                 {"WWW-Authenticate": "Bearer"}, kind="key_wrong" if given else "key_missing")
+            key_name.set(matched[0])
         return None
 
 

@@ -40,7 +40,7 @@ from pneumoscan.core.network import is_loopback
 from pneumoscan.core.options import MAX_UPLOAD_MB
 from .app import ACCESS_LOGGER, CLIENT_GONE, create_app
 from .formats import PREDICT_OPTIONS, HeatmapWord, ReportFormat, ServiceInfo
-from .guard import SECURITY_HEADERS, Access
+from .guard import SECURITY_HEADERS, Access, KeyInUse, key_name
 from .limits import Limits, Refusal, Rejected
 from .metrics import ServiceMetrics
 
@@ -365,7 +365,8 @@ class AccessLines(AccessFormatter):
     """uvicorn's access line, with only the paths the app answers (``served``, :func:`served_paths`; any other as
     :data:`NOT_SERVED`) and the query parameters of :data:`.formats.PREDICT_OPTIONS`: a client that tags its
     requests ``?patient=...``, or a scanner or a mistyped link with a patient's number in the path, would put
-    patient data in the log. After the line, how many lines like it :class:`AccessLog` held back."""
+    patient data in the log. In the user's place of the line (``-`` otherwise), the name of the key the request was
+    let in with (named keys), never a key. After the line, how many lines like it :class:`AccessLog` held back."""
 
     def __init__(self, *args: Any, served: Sequence[str], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -384,6 +385,7 @@ class AccessLines(AccessFormatter):
             path += f" [{dropped} other query parameter(s) not logged]"
         record = copy.copy(record)
         record.args = (client, method, path, version, status)
+        record.key_name = key_name.get() or "-"  # the request's own: logged as its answer is sent, in its task
         line = super().formatMessage(record)
         held = getattr(record, "held_back", 0)
         return f"{line} ({held} more like this held back)" if held else line
@@ -401,7 +403,8 @@ def _log_config(app: FastAPI, root_path: str = "") -> dict[str, Any]:
     routing)."""
     config = copy.deepcopy(LOGGING_CONFIG)
     served = [root_path.rstrip("/") + path for path in served_paths(app)]
-    config["formatters"]["access"].update({"()": AccessLines, "served": served})
+    fmt = config["formatters"]["access"]["fmt"].replace("%(client_addr)s - ", "%(client_addr)s %(key_name)s ")
+    config["formatters"]["access"].update({"()": AccessLines, "served": served, "fmt": fmt})
     for handler in config["handlers"].values():
         handler["class"] = f"{__name__}.{LogStream.__qualname__}"
     return config
@@ -445,7 +448,7 @@ def build_server(bundle: Path | str, etiology: Path | str | None = None, host: s
     information messages from uvicorn, warnings and errors only. ``heatmaps``, ``rate_limit``: as
     :func:`.app.create_app`'s."""
     access = access or Access()
-    if access.api_key is None and not is_loopback(host):
+    if not access.keys and not is_loopback(host):
         if not insecure:
             raise ValueError(f"refusing to listen on {host} without an API key: set one (--api-key-file or "
                              "PNEUMOSCAN_API_KEY), or pass --insecure if a proxy in front does the authentication")
@@ -481,7 +484,15 @@ def _log_serving(card: ServiceInfo, bundle: Path | str, etiology: Path | str | N
     if card.etiology is not None:
         served += f", then {card.etiology.id} (version {card.etiology.version}) from {etiology}"
     log.info("serving %s, scored by %s%s; %s", served, backend, "" if card.heatmaps else ", without heatmaps",
-             "an API key is required" if access.api_key is not None else "no API key")
+             _keys_said(access))
+
+
+def _keys_said(access: Access) -> str:
+    """The keys ``access`` asks for, in words, by name where they have names (never a key)."""
+    if access.named_keys:
+        names = [name for name, _ in access.named_keys]
+        return f"one of {len(names)} named API keys is required ({', '.join(names)})"
+    return "an API key is required" if access.api_key is not None else "no API key"
 
 
 class ListeningServer(uvicorn.Server):
@@ -511,11 +522,12 @@ class ListeningServer(uvicorn.Server):
             signal.signal(signal.SIGHUP, previous)
 
     def reload_key(self) -> None:
-        """The API key read again from its file, with the checks of the start (:meth:`Access.from_options`): from
-        now on requests need the new key, and those in progress go on under the one they were admitted with. A key
-        file those checks refuse leaves the key in use, with a warning that says why (never the key), and so does
-        one that holds the key in use: systemd's copy of a ``LoadCredential=`` key, made once at the start, was
-        said to be reloaded while the new key was refused and the old one let in."""
+        """The API key file read again, with the checks of the start (:meth:`Access.from_options`): from now on
+        requests need a key it holds (a named key no longer in it is refused: revoked), and those in progress go on
+        under the one they were admitted with. A key file those checks refuse leaves the keys in use, with a
+        warning that says why (never a key), and so does one that holds the keys in use: systemd's copy of a
+        ``LoadCredential=`` key, made once at the start, was said to be reloaded while the new key was refused and
+        the old one let in."""
         key_file = self.access.key_file if self.access is not None else None
         if self.access is None or key_file is None:
             log.warning("SIGHUP: nothing to reload (the service was started without --api-key-file); it goes on")
@@ -525,7 +537,7 @@ class ListeningServer(uvicorn.Server):
         except (OSError, ValueError) as e:
             log.warning("SIGHUP: the API key was not reloaded, the key in use stays: %s", e)
             return
-        if access.api_key == self.access.api_key:
+        if access.keys == self.access.keys:
             credentials = os.environ.get(CREDENTIALS_ENV)
             copied = bool(credentials) and Path(key_file).resolve().is_relative_to(Path(credentials).resolve())
             log.warning("SIGHUP: the API key file %s holds the key in use, which stays%s", key_file,
@@ -533,8 +545,10 @@ class ListeningServer(uvicorn.Server):
                         "one)" if copied else "")
             return
         self.access = access
-        self.config.app.state.key_in_use.value = access.api_key.encode() if access.api_key else None
-        log.info("SIGHUP: the API key was reloaded from %s; requests from now on need the new key", key_file)
+        self.config.app.state.key_in_use.keys = KeyInUse(access).keys
+        log.info("SIGHUP: the API key was reloaded from %s; requests from now on need %s", key_file,
+                 f"one of its keys ({', '.join(name for name, _ in access.named_keys)})" if access.named_keys
+                 else "the new key")
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         await super().serve(self.sockets if sockets is None else sockets)

@@ -32,6 +32,7 @@ from pneumoscan.models.card import CARD, ENSEMBLE, BundleCard, load_card, verify
 
 from .batching import Stage
 from .formats import Health, Prediction, SecondStageResult, ServiceInfo, StageResult, report
+from .guard import key_name
 from .limits import BUNDLE_WAIT_S, RETRY_AFTER_S, ClientGone, Limits, PerClient, Rejected
 from .metrics import ServiceMetrics
 from .uploads import decode_described, decode_upload, disconnected, read_upload
@@ -93,8 +94,12 @@ def without_member_folders(reason: str, card: BundleCard) -> str:
 
 
 def client_of(request: Request) -> str:
-    """Who sent ``request``, for its allowance: its address as uvicorn gives it, which is the ``X-Forwarded-For`` of a
-    peer uvicorn trusts as a proxy (``$FORWARDED_ALLOW_IPS``, loopback by default), else the peer's own."""
+    """Who sent ``request``, for its allowance: the name of the key the guard let it in with (named keys: two
+    workstations behind one proxy are two clients), else its address as uvicorn gives it, which is the
+    ``X-Forwarded-For`` of a peer uvicorn trusts as a proxy (``$FORWARDED_ALLOW_IPS``, loopback by default), else the
+    peer's own."""
+    if (name := key_name.get()) is not None:
+        return f"key {name}"  # apart from any address
     return request.client.host if request.client is not None else "unknown"  # an ASGI server that names none
 
 
