@@ -949,7 +949,8 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
                         "refuses memory both writable and executable (MemoryDenyWriteExecute=yes), with --backend onnx")
     p.add_argument("--api-key-file", type=_file, metavar="PATH",
                    help="file holding the API key that every request but the page, /healthz and /openapi.json must "
-                        "send, read again on SIGHUP (default: env PNEUMOSCAN_API_KEY; none)")
+                        "send, or a key for each client as NAME KEY lines, read again on SIGHUP (default: env "
+                        "PNEUMOSCAN_API_KEY; none)")
     p.add_argument("--insecure", action="store_true",
                    help="allow a non-loopback --host without an API key (only behind a proxy that authenticates)")
     p.add_argument("--allowed-hosts", action="append", metavar="HOST[,HOST]",
