@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import io
 import os
@@ -32,7 +33,7 @@ from pydicom.uid import (
 )
 
 from pneumoscan.data.labelled import labelled_films
-from pneumoscan.data.layouts import Record
+from pneumoscan.data.layouts import Record, discover
 from pneumoscan.data.preprocess import PreprocessSpec
 from pneumoscan.data.scope import CONTENT_UNCHECKED
 from pneumoscan.data.tasks import Task
@@ -271,3 +272,18 @@ def labelled_images(data: Path | str, split: str | None, task: Task,
                     spec: PreprocessSpec) -> tuple[np.ndarray, np.ndarray, list[dict[str, str]]]:
     """:func:`labelled_records` without the records."""
     return labelled_records(data, split, task, spec)[1:]
+
+
+def site_manifest(tiny_dataset: Path, folder: Path, site: str | None = None) -> Path:
+    """The tiny dataset's 16 test films as a manifest with a site column: A for 6 films of each class, B for the
+    other 2 of each; with ``site``, that site's films alone."""
+    rows = []
+    for label in ("NORMAL", "PNEUMONIA"):
+        films = sorted(r.path for r in discover(tiny_dataset).split("test") if r.label == label)
+        rows += [(path, label, "A" if i < 6 else "B") for i, path in enumerate(films)]
+    csv_path = folder / f"site-{site or 'all'}.csv"
+    with csv_path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label", "site"])
+        writer.writerows(row for row in rows if site in (None, row[2]))
+    return csv_path

@@ -27,6 +27,7 @@ from pneumoscan.evaluation.evaluate import evaluate
 from pneumoscan.models.card import (INIT_SAMPLE, MEMBER_SAMPLES, SAMPLED_FROM, TEACHER_SAMPLES, BundleCard,
                                    load_card, save_card, trained_sample)
 from pneumoscan.serving.app import create_app
+from tests.builders import site_manifest
 from tests.conftest import _xray_like
 
 
@@ -724,3 +725,42 @@ def test_a_sample_of_every_patient_is_not_called_a_trial(tiny_bundle: Path) -> N
                                                               SAMPLED_FROM: 48}))
         assert ("a trial, whose figures do not show what training on all the films gives" in text) is trial, patients
         assert ("The films were split by patient into training and validation." in text) is not trial, patients
+
+
+def test_add_to_card_by_field_records_the_figures_by_subgroup_in_the_card_and_v1_model(
+        tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path) -> None:
+    """`evaluate --add-to-card --by site` records the figures by subgroup with the evaluation, under the card's
+    checksum (a figure edited and sealed again is refused), and MODEL_CARD.md gives a table a field, at the
+    evaluation's threshold, worded as evaluate words them (a site of too few patients counted, with no interval);
+    /v1/model gives them. A card whose evaluations record none says nothing of subgroups."""
+    bundle = shutil.copytree(tiny_bundle, tmp_path / "bundle")
+    assert cli.main(["evaluate", str(bundle), str(site_manifest(tiny_dataset, tmp_path)), "--by", "site", "--out",
+                     str(tmp_path / "e"), "--add-to-card", "--data-name", "two sites"]) == 0
+    reported = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    card = load_card(bundle)
+    [record] = card.external_evaluations
+    assert record["subgroups"] == reported["subgroups"] and record["threshold"] == card.threshold
+    site_a, site_b = record["subgroups"]["fields"]["site"]
+    body = (bundle / MODEL_CARD).read_text()
+    assert body == render(card)
+    assert ("### Figures by subgroup\n\nEach group's figures on its films alone, at the evaluation's threshold "
+            "(never one chosen per group); a figure of fewer than 5 patients gives its films counted and no "
+            "interval.") in body
+    assert (f"By site, on two sites ({today()}), at threshold {card.threshold:.4f}, 95% CIs counting "
+            f"{record['ci_unit']}s:\n\n| group | films | patients | sensitivity | specificity | AUC |\n"
+            "| --- | --- | --- | --- | --- | --- |\n"
+            f"| A | 12 | 12 | {with_ci(site_a['sensitivity']['value'], site_a['sensitivity']['ci'])} | "
+            f"{with_ci(site_a['specificity']['value'], site_a['specificity']['ci'])} | "
+            f"{with_ci(site_a['auc']['value'], site_a['auc']['ci'])} |\n"
+            f"| B | 4 | 4 | {site_b['sensitivity']['hits']} of 2 (too few patients for a 95% CI) | "
+            f"{site_b['specificity']['hits']} of 2 (too few patients for a 95% CI) | "
+            "(too few patients for a 95% CI) |") in body
+    with TestClient(create_app(bundle)) as client:
+        assert client.get("/v1/model").json()["external_evaluations"][0]["subgroups"] == record["subgroups"]
+    plain = {k: v for k, v in record.items() if k != "subgroups"}
+    assert "ubgroup" not in render(dataclasses.replace(card, external_evaluations=[plain]))
+    site_a["sensitivity"]["value"] = 7.5
+    save_card(bundle, card)
+    with pytest.raises(ValueError, match=r"external_evaluations\[0\]\.subgroups\.fields\.site\[0\]\.sensitivity"
+                                         r"\.value is 7\.5, not a figure in \[0, 1\]"):
+        load_card(bundle)

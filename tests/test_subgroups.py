@@ -15,22 +15,7 @@ from pneumoscan import cli
 from pneumoscan.data.layouts import discover
 from pneumoscan.evaluation.evaluate import evaluate
 from pneumoscan.evaluation.subgroups import NOT_RECORDED
-from tests.builders import dicom_bytes
-
-
-def _site_manifest(tiny_dataset: Path, folder: Path, site: str | None = None) -> Path:
-    """The tiny dataset's 16 test films as a manifest with a site column: A for 6 films of each class, B for the
-    other 2 of each; with ``site``, that site's films alone."""
-    rows = []
-    for label in ("NORMAL", "PNEUMONIA"):
-        films = sorted(r.path for r in discover(tiny_dataset).split("test") if r.label == label)
-        rows += [(path, label, "A" if i < 6 else "B") for i, path in enumerate(films)]
-    csv_path = folder / f"site-{site or 'all'}.csv"
-    with csv_path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", "label", "site"])
-        writer.writerows(row for row in rows if site in (None, row[2]))
-    return csv_path
+from tests.builders import dicom_bytes, site_manifest
 
 
 def test_groups_add_up_and_each_has_the_figures_of_its_own_films_at_the_bundles_threshold(
@@ -39,7 +24,7 @@ def test_groups_add_up_and_each_has_the_figures_of_its_own_films_at_the_bundles_
     patients add up to the set's; a site's sensitivity, specificity and AUC with their intervals are those of an
     evaluation of its films alone (at the bundle's threshold, not one of its own), and a site of too few patients
     says so where an interval would stand. The terminal and the report show each field's table."""
-    data, out = _site_manifest(tiny_dataset, tmp_path), tmp_path / "eval"
+    data, out = site_manifest(tiny_dataset, tmp_path), tmp_path / "eval"
     assert cli.main(["evaluate", str(tiny_bundle), str(data), "--by", "site", "--by", "SUBTYPE", "--out",
                      str(out)]) == 0
     printed = capsys.readouterr().out
@@ -54,7 +39,7 @@ def test_groups_add_up_and_each_has_the_figures_of_its_own_films_at_the_bundles_
         assert sum(g["positive"] for g in groups) == metrics["n_positive"]
     assert [g["value"] for g in block["fields"]["subtype"]] == ["bacteria", "normal", "virus"]
     site_a, site_b = block["fields"]["site"]
-    alone = evaluate(tiny_bundle, _site_manifest(tiny_dataset, tmp_path, "A"))
+    alone = evaluate(tiny_bundle, site_manifest(tiny_dataset, tmp_path, "A"))
     assert (site_a["value"], site_a["films"], site_a["positive"]) == ("A", 12, 6)
     for name in ("sensitivity", "specificity", "auc"):
         assert site_a[name]["value"] == pytest.approx(alone[name]), name
@@ -74,7 +59,7 @@ def test_a_field_no_film_records_is_refused_naming_those_they_do(tiny_bundle: Pa
     refused before the films are scored, naming the fields there are."""
     with pytest.raises(ValueError, match=r"no film of site-all.csv records 'PatientSex' to group the figures by; "
                                          r"they record subtype, format, site \(a DICOM film's header also gives"):
-        evaluate(tiny_bundle, _site_manifest(tiny_dataset, tmp_path), by=["PatientSex"])
+        evaluate(tiny_bundle, site_manifest(tiny_dataset, tmp_path), by=["PatientSex"])
 
 
 def test_a_dicom_header_groups_films_by_sex_and_age_band(tiny_bundle: Path, tiny_dataset: Path,

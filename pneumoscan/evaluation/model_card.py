@@ -27,6 +27,7 @@ from pneumoscan.models.card import (ENSEMBLE, INIT_CARD, INIT_IN_PLACE, INIT_SAM
                                    SAMPLED_FROM, TEACHER_SAMPLES, TRAINING_FILMS, WRITER, BundleCard, load_card,
                                    out_of_fold_ensemble, save_card)
 from .held_out import HeldOutFindings
+from .subgroups import table_rows
 
 log = logging.getLogger(__name__)
 MODEL_CARD = "MODEL_CARD.md"
@@ -501,7 +502,30 @@ def _external_section(card: BundleCard) -> str:
                   if macro else "")
     return (f"{head}\n{rows}\n\n" + " ".join(notes + ([FILM_UNIT_CAVEAT] if by_unit["film"] else [])) + macro_said
             + checked
-            + (f"\n\nWhat could not be checked, or was found, when they were recorded:\n{caveats}" if caveats else ""))
+            + (f"\n\nWhat could not be checked, or was found, when they were recorded:\n{caveats}" if caveats else "")
+            + _subgroups_section(card.external_evaluations))
+
+
+def _subgroups_section(records: Sequence[dict[str, Any]]) -> str:
+    """The figures by subgroup the evaluations recorded (``evaluate --add-to-card --by FIELD``): a table a field of
+    each, as the report words them (:func:`~.subgroups.table_rows`), at that evaluation's threshold, the card's
+    when it was recorded; "" where none records any."""
+    tables = []
+    for r in records:
+        block = r.get("subgroups") or {"fields": {}}
+        for field, groups in block["fields"].items():
+            head, rows = table_rows(groups)
+            tables.append(f"By {_md(field)}, on {_md(r['data'])} ({r['date']}), at threshold "
+                          f"{format_figure(block['threshold'], 4)}, 95% CIs counting {r.get('ci_unit', 'film')}s:\n\n"
+                          + "\n".join(f"| {' | '.join(map(_md, row))} |"
+                                      for row in (head, ["---"] * len(head), *rows)))
+    if not tables:
+        return ""
+    smallest = min(r["subgroups"]["smallest"] for r in records if r.get("subgroups"))
+    return ("\n\n### Figures by subgroup\n\nEach group's figures on its films alone, at the evaluation's threshold "
+            f"(never one chosen per group); a figure of fewer than {smallest} patients gives its films counted and no "
+            "interval. A group's figures differ from the whole set's by chance too: compare their intervals.\n\n"
+            + "\n\n".join(tables))
 
 
 def _films_cell(record: dict[str, Any]) -> str:
@@ -744,6 +768,7 @@ def evaluation_record(metrics: dict[str, Any], data_name: str, scores: str, bund
         "ci_unit": metrics.get("ci_unit", "film"),
         "metrics": {key: {"value": metrics.get(key), "ci": metrics.get("ci", {}).get(key)}
                     for key, _, _ in CARD_METRICS} | _macro_auc(metrics),
+        **({"subgroups": metrics["subgroups"]} if "subgroups" in metrics else {}),  # evaluate --by's, at threshold
         "label_conflicts": metrics["label_conflicts"],
         "unreadable": unreadable,
         "left_out": metrics["left_out"],  # the files given the figures are not of, and why (unreadable among them)

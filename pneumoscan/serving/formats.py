@@ -119,7 +119,9 @@ class ModelInfo(BaseModel):
                                "of its calls as a finding or its absence")
     intended_use: str = Field(description="what the model is for (MODEL_CARD.md)")
     out_of_scope: list[str] = Field(description="uses the model is not for")
-    external_evaluations: list[dict[str, Any]] = Field(description="evaluations on other data recorded in the card")
+    external_evaluations: list[dict[str, Any]] = Field(description="evaluations on other data recorded in the card, "
+                                                       "each with its figures by subgroup (subgroups) where "
+                                                       "evaluate --add-to-card --by recorded them")
     threshold_records: list[dict[str, Any]] = Field(description="thresholds chosen after training, newest last")
 
 
