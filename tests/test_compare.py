@@ -20,10 +20,11 @@ from pneumoscan.core.metrics import with_ci
 from pneumoscan.data.layouts import discover, write_manifest
 from pneumoscan.evaluation.compare import OPTIMISTIC, compare_runs, comparison_figure, format_table
 from pneumoscan.evaluation.evaluate import evaluate, films_digest
+from pneumoscan.evaluation.subgroups import figure_said
 from pneumoscan.models.card import load_card, save_card
 from pneumoscan.training.config import load_config
 from pneumoscan.training.train import train
-from tests.builders import nudge_weights
+from tests.builders import nudge_weights, site_manifest
 
 
 @pytest.fixture(scope="module")
@@ -455,3 +456,31 @@ def test_compare_and_evaluate_read_a_bundles_card_once(two_runs: tuple[Path, Pat
     read.clear()
     evaluate(run / "bundle", tiny_dataset, "test")
     assert read == [], "the held-out check reads the card the Predictor read"
+
+
+def test_compare_sets_each_groups_figures_side_by_side_and_names_fields_a_run_lacks(
+        tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path) -> None:
+    """Evaluations by subgroup (evaluate --by) on the same films: a field both have gets a table, each group's runs
+    one beneath the other with their figures as evaluate words them; a field one has and the other lacks is said,
+    with no table; a damaged group's figure is refused by its file."""
+    data = site_manifest(tiny_dataset, tmp_path)
+    plain, tta = tmp_path / "plain", tmp_path / "tta"
+    evaluate(tiny_bundle, data, out_dir=plain, by=["site", "subtype"])
+    evaluate(tiny_bundle, data, out_dir=tta, tta=True, by=["site"])
+    table = format_table(compare_runs([plain, tta]))
+    lines = table.splitlines()
+    start = lines.index("by site, each run at its own threshold (95% CIs count the run's CI unit):")
+    rows = [re.split(r" {2,}", line) for line in lines[start + 1:start + 6]]
+    assert rows[0] == ["group", "run", "films", "patients", "sensitivity", "specificity", "AUC"]
+    groups = {run: json.loads((run / "metrics.json").read_text())["subgroups"]["fields"]["site"]
+              for run in (plain, tta)}
+    assert rows[1:] == [[g["value"], run.name, str(g["films"]), str(g["patients"]),
+                         *(figure_said(g[name]) for name in ("sensitivity", "specificity", "auc"))]
+                        for i in range(2) for run in (plain, tta) for g in [groups[run][i]]]
+    assert rows[3][-1] == "(too few patients for a 95% CI)"  # site B: no interval
+    assert "* by subtype: figures by subgroup in plain; none in tta" in lines and "by subtype, each" not in table
+    m = json.loads((tta / "metrics.json").read_text())
+    m["subgroups"]["fields"]["site"][0]["auc"]["value"] = 7.5
+    (tta / "metrics.json").write_text(json.dumps(m))
+    with pytest.raises(ValueError, match=r"tta/metrics.json: subgroups\.fields\.site\[A\]\.auc\.value is 7\.5"):
+        compare_runs([plain, tta])

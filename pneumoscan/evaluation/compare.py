@@ -5,7 +5,9 @@ metrics.json). Model, task and threshold policy come from the bundle next to it 
 folder's sibling bundle), training minutes from RUN/history.csv; what cannot be found is shown as n/a, never guessed.
 Each row says which films its figures are on: runs measured on different films are not ranked by one table.
 Runs with figures of a decision among the classes (a multiclass task's most probable class, ``evaluate --etiology``'s
-two stages) get a second table of those, so the two three-class routes sit side by side. Runs whose figures answer
+two stages) get a second table of those, so the two three-class routes sit side by side. Fields that several runs
+have figures by subgroup of (``evaluate --by``) get a table each, every group's runs side by side; a field some runs
+lack is said. Runs whose figures answer
 different questions (pneumonia or not against bacteria or virus; three-class figures of other classes) are refused.
 """
 
@@ -14,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +29,7 @@ from pneumoscan.models.card import CARD, WEIGHTS, BundleCard, load_card
 from pneumoscan.models.run_folder import METRICS, CvFolder, RunFolder
 from .model_card import counted
 from .report import roc_figure
+from .subgroups import FIGURE_NAMES, figure_said, group_order
 
 TRAINING_DATA = "validation (chose its threshold)"  # a training run's data, as its metrics.json and compare name it
 
@@ -38,6 +41,7 @@ log = logging.getLogger(__name__)
 FIGURES = ("auc", "accuracy", "sensitivity", "specificity")  # each with its 95% CI
 THREE_CLASS = ("accuracy", "balanced_accuracy", "macro_auc")  # a decision among the classes: each with its 95% CI
 THREE_CLASS_BLOCKS = ("multiclass", "two_stage")  # metrics.json's: the most probable class; evaluate --etiology's
+SUBGROUP_FIGURES = ("sensitivity", "specificity", "auc")  # a group's binary figures (evaluate --by), each with its CI
 FIELDS = ("run", "model", "task", "data", "n", "patients", "ci_unit",
           *(f"{name}{end}" for name in FIGURES for end in ("", "_low", "_high")), "threshold", "policy", "scores",
           "minutes", "optimistic", "three_class_decision", "three_class_classes", "three_class_ci_unit",
@@ -91,6 +95,8 @@ class RunSummary:
     # how the films were scored: "plain" or "TTA" (test-time augmentation), ", INT8" with the INT8 model: each at
     # its own threshold, so two rows of one bundle on one set of films differ by it
     scores: str = "plain"
+    # evaluate --by's groups of each field (metrics.json's subgroups.fields), at the run's threshold; {} where none
+    subgroups: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     @property
     def auc(self) -> float | None:
@@ -175,6 +181,34 @@ def _three_class(metrics_path: Path, m: dict) -> list[ThreeClass]:
     return decisions
 
 
+def _subgroups(metrics_path: Path, m: dict) -> dict[str, list[dict[str, Any]]]:
+    """The run's figures by subgroup (``subgroups.fields``), each group's figures checked as its binary figures are:
+    a damaged group must not be shown beside another run's as measured."""
+    block = m.get("subgroups")
+    if block is None:
+        return {}
+    fields = block.get("fields") if isinstance(block, dict) else None
+    if not isinstance(fields, dict):
+        raise ValueError(f"{metrics_path}: subgroups holds no figures by field")
+    for name, groups in fields.items():
+        if not isinstance(groups, list) or not all(
+                isinstance(g, dict) and isinstance(g.get("value"), str) and isinstance(g.get("films"), int)
+                and isinstance(g.get("patients"), int) for g in groups):
+            raise ValueError(f"{metrics_path}: subgroups.fields.{name!s:.40} is not a list of groups, each with its "
+                             "value, films and patients")
+        for g in groups:
+            for figure in SUBGROUP_FIGURES:
+                entry = g.get(figure)
+                where = f"subgroups.fields.{name!s:.40}[{g['value']!s:.40}].{figure}."
+                if entry is not None and not (isinstance(entry, dict) and "value" in entry
+                                              and (entry.get("too_few") is None or isinstance(entry["too_few"], str))):
+                    raise ValueError(f"{metrics_path}: {where[:-1]} is not a figure with its interval")
+                if entry is not None:
+                    _checked_cis(metrics_path, {"value": entry["value"], "ci": {"value": entry.get("ci")}}, ("value",),
+                                 where)
+    return fields
+
+
 def _warn_retrained(folder: Path, bundle: Path | str | None, weights: object, shown_as: str,
                     card: BundleCard | None = None, int8: object = None) -> bool:
     """Whether BUNDLE now holds other weights than ``weights``, the figures of ``folder`` were measured with (a run
@@ -248,6 +282,7 @@ def load_run(path: Path | str) -> RunSummary:
         question=question, three_class=_three_class(metrics_path, m),
         films=m["films"] if isinstance(m.get("films"), str) else None,
         scores=("TTA" if m.get("tta") else "plain") + (", INT8" if m.get("backend") == "onnx-int8" else ""),
+        subgroups=_subgroups(metrics_path, m),
     )
 
 
@@ -272,7 +307,31 @@ def format_table(runs: list[RunSummary]) -> str:
                                       "balanced accuracy", "macro AUC")] + [
             (r.run + (OPTIMISTIC if r.optimistic else ""), d.decision, ", ".join(d.classes), d.ci_unit,
              *(with_ci(d.figures[name], d.cis[name]) for name in THREE_CLASS)) for r, d in decisions])
-    return table + "".join(f"\n* {r.run}: {reason}" for r in runs for reason in r.optimistic)
+    return (table + _subgroup_tables(runs)
+            + "".join(f"\n* {r.run}: {reason}" for r in runs for reason in r.optimistic))
+
+
+def _subgroup_tables(runs: list[RunSummary]) -> str:
+    """A table of each field that several runs have figures by subgroup of: each group's runs one beneath the
+    other, with films, patients and the figures as evaluate words them (:func:`~.subgroups.figure_said`), a group
+    a run has no film of as 0 films; then each field some runs have and others lack, naming which."""
+    fields = list(dict.fromkeys(name for r in runs for name in r.subgroups))
+    tables, lacking = [], []
+    for name in fields:
+        having = [r for r in runs if name in r.subgroups]
+        if len(having) < len(runs):
+            lacking.append(f"* by {name}: figures by subgroup in {', '.join(r.run for r in having)}; none in "
+                           f"{', '.join(r.run for r in runs if name not in r.subgroups)}")
+        if len(having) < 2:
+            continue
+        groups = [{g["value"]: g for g in r.subgroups[name]} for r in having]
+        values = sorted({value for of_run in groups for value in of_run}, key=group_order)
+        lines = [("group", "run", "films", "patients", *(FIGURE_NAMES[f] for f in SUBGROUP_FIGURES))]
+        lines += [(value, r.run + (OPTIMISTIC if r.optimistic else ""), str(g.get("films", 0)),
+                   str(g.get("patients", 0)), *(figure_said(g.get(f)) for f in SUBGROUP_FIGURES))
+                  for value in values for r, of_run in zip(having, groups) for g in [of_run.get(value, {})]]
+        tables.append(f"by {name}, each run at its own threshold (95% CIs count the run's CI unit):\n{_aligned(lines)}")
+    return "".join(f"\n\n{table}" for table in tables) + ("\n\n" + "\n".join(lacking) if lacking else "")
 
 
 def _aligned(lines: list[tuple[str, ...]]) -> str:

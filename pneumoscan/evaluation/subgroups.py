@@ -70,7 +70,7 @@ def subgroup_figures(values: Mapping[str, Sequence[str]], patients: np.ndarray,
     for field, film_value in values.items():
         film_value = np.asarray(film_value, dtype=object)
         groups = []
-        for value in sorted(set(film_value), key=_order):
+        for value in sorted(set(film_value), key=group_order):
             films = film_value == value
             group: dict[str, Any] = {"value": value, "films": int(films.sum()),
                                      "patients": int(np.unique(patients[films]).size)}
@@ -86,7 +86,7 @@ def subgroup_figures(values: Mapping[str, Sequence[str]], patients: np.ndarray,
     return jsonable(out)
 
 
-def _order(value: str) -> tuple[bool, int, str]:
+def group_order(value: str) -> tuple[bool, int, str]:
     """Groups in the order a reader looks for them: values as text sorts them (age bands youngest first), the films
     without one last."""
     return value == NOT_RECORDED, _ORDER.index(value) if value in _ORDER else len(_ORDER), value
