@@ -430,7 +430,11 @@ def test_sighup_reloads_the_key_file_and_keeps_the_key_when_the_new_file_is_refu
             assert http.get("/v1/model", headers={"X-API-Key": PACS_KEY}).status_code == 401
             key.write_text(f"ward {WARD_KEY}\npacs short-key\n")  # refused: the keys in use stay
             proc.send_signal(signal.SIGHUP)
-            said = _wait_for_line(proc, log, "SIGHUP: the API key was not reloaded")
+            _wait_for_line(proc, log, "SIGHUP: the API key was not reloaded")
+            # the operator's next try within seconds is answered too: an answer to a signal is never held back
+            key.write_text(f"ward {WARD_KEY}\nward {PACS_KEY}\n")
+            proc.send_signal(signal.SIGHUP)
+            said = _wait_for_line(proc, log, "SIGHUP: the API key was not reloaded", count=2)
             assert http.get("/v1/model", headers={"X-API-Key": WARD_KEY}).status_code == 200
             assert http.get("/v1/model", headers={"X-API-Key": "short-key"}).status_code == 401
     finally:
@@ -439,6 +443,8 @@ def test_sighup_reloads_the_key_file_and_keeps_the_key_when_the_new_file_is_refu
     assert said.count("the API key was reloaded") == 3, said
     assert re.search(rf"^WARNING .*SIGHUP: the API key was not reloaded, the key in use stays: the API key file "
                      rf"{re.escape(str(key))}, line 2: its key is too short", said, re.M), said
+    assert re.search(r"^WARNING .*SIGHUP: the API key was not reloaded, .*line 2: the name ward is line 1's too: ",
+                     said, re.M), said
     assert re.search(r'^INFO: +127\.0\.0\.1:\d+ - "GET /v1/model HTTP/1\.1" 200', said, re.M), said  # one key: no name
     assert not any(secret in said for secret in (KEY, new_key, WARD_KEY, PACS_KEY)), said
 

@@ -227,6 +227,11 @@ class GuardedH11(H11Protocol):
         close()
 
 
+# a warning that answers an operator's signal (SIGHUP): one a signal, so never held back by OneLineLog, which would
+# leave a second try within its interval unanswered, neither reloaded nor refused
+ANSWER = "answers_an_operator"
+
+
 class OneLineLog(logging.Filter):
     """A failure's traceback becomes one line, and each kind of warning or error passes at most once every
     ``interval`` seconds, with a count of those held back. At the open-file limit, or under a flood of failing
@@ -241,7 +246,7 @@ class OneLineLog(logging.Filter):
         self.lock = threading.Lock()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.WARNING:
+        if record.levelno < logging.WARNING or getattr(record, ANSWER, False):
             return True
         exc = record.exc_info[1] if record.exc_info else None
         key = (record.name, f"{record.msg}|{type(exc).__name__ if exc else ''}")
@@ -530,19 +535,20 @@ class ListeningServer(uvicorn.Server):
         the old one let in."""
         key_file = self.access.key_file if self.access is not None else None
         if self.access is None or key_file is None:
-            log.warning("SIGHUP: nothing to reload (the service was started without --api-key-file); it goes on")
+            log.warning("SIGHUP: nothing to reload (the service was started without --api-key-file); it goes on",
+                        extra={ANSWER: True})
             return
         try:
             access = Access.from_options(key_file, self.access.allowed_hosts, self.access.cors_origins)
         except (OSError, ValueError) as e:
-            log.warning("SIGHUP: the API key was not reloaded, the key in use stays: %s", e)
+            log.warning("SIGHUP: the API key was not reloaded, the key in use stays: %s", e, extra={ANSWER: True})
             return
         if access.keys == self.access.keys:
             credentials = os.environ.get(CREDENTIALS_ENV)
             copied = bool(credentials) and Path(key_file).resolve().is_relative_to(Path(credentials).resolve())
             log.warning("SIGHUP: the API key file %s holds the key in use, which stays%s", key_file,
                         " (systemd copies a LoadCredential= key once, at start: systemctl restart hands over a new "
-                        "one)" if copied else "")
+                        "one)" if copied else "", extra={ANSWER: True})
             return
         self.access = access
         self.config.app.state.key_in_use.keys = KeyInUse(access).keys
