@@ -19,6 +19,7 @@ import contextlib
 import copy
 import io
 import logging
+import sys
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -89,11 +90,15 @@ def _fixed_padding(model: torch.nn.Module, size: int) -> torch.nn.Module:
     ``Conv2dSame``, which works out its padding from the input's shape on every call) pad by constants instead.
     The exported graph then has no shape arithmetic before those convolutions, ONNX Runtime folds the padding into
     them: the default recipe's FP32 graph ran 1.42x faster, and its INT8 graph reached 2.1x that (docs/results.md,
-    INT8 export). The graph's input already has a fixed side, so nothing is lost."""
+    INT8 export). The graph's input already has a fixed side, so nothing is lost. A model that holds a Conv2dSame
+    has had timm imported: where it is not, none is looked for (simple_cnn's runs never import timm)."""
     import torch
-    from timm.layers import Conv2dSame, get_same_padding
 
     fixed = copy.deepcopy(model).eval()
+    if "timm" not in sys.modules:
+        return fixed
+    from timm.layers import Conv2dSame, get_same_padding
+
     same = {name: m for name, m in fixed.named_modules() if isinstance(m, Conv2dSame)}
     if not same:
         return fixed

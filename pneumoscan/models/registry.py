@@ -4,6 +4,8 @@ Registered names are the project's models, each with the input normalisation it 
 weights exist for it, and whether it is built for one input size (a Flatten before its dense head); any other
 name is handed to ``timm.create_model``, so every timm architecture can be tried without code here.
 All models take (B, in_chans, H, W) normalised floats and return raw logits (B, num_classes).
+timm is imported where a timm model is looked up or built (0.37 s of CPU), never by a run of the models defined
+here alone, such as simple_cnn.
 """
 
 from __future__ import annotations
@@ -15,9 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import timm
 import torch
-from timm.models import adapt_input_conv, get_pretrained_cfg, group_parameters, is_model_pretrained
 from torch import nn
 
 from pneumoscan.core.names import qualified_name
@@ -77,6 +77,9 @@ def has_pretrained(name: str) -> bool:
     run can decide before any work whether it fine-tunes or starts from scratch."""
     if name in _REGISTRY:
         return _REGISTRY.get(name).weights
+    import timm
+    from timm.models import get_pretrained_cfg, is_model_pretrained
+
     if get_pretrained_cfg(name) is None and name not in timm.list_models():
         unknown_model(name)
     return is_model_pretrained(name)
@@ -108,6 +111,8 @@ def create(
         return model
     if not known(name):
         unknown_model(name)
+    from timm.models import get_pretrained_cfg
+
     default = get_pretrained_cfg(name)
     if image_size is not None and default is not None and default.fixed_input_size:
         kwargs.setdefault("img_size", image_size)  # built for any other size, it fails at its first forward pass
@@ -134,11 +139,17 @@ def plugins_made_with(task: str, models: Sequence[str]) -> dict[str, dict[str, s
 
 def known(name: str) -> bool:
     """Whether :func:`create` can build ``name`` in this process: registered here, or a timm model."""
-    return name in _REGISTRY or timm.is_model(name)
+    if name in _REGISTRY:
+        return True
+    import timm
+
+    return timm.is_model(name)
 
 
 def unknown_model(name: str) -> None:
     """ValueError for a name neither registered nor in timm, with the closest names of both."""
+    import timm
+
     look_up_option(name, [*_REGISTRY, *timm.list_models()], "model",
                    hint=or_your_own("registered: pneumoscan models; or any timm model"))
 
@@ -154,6 +165,8 @@ def normalization(name: str) -> tuple[float, float]:
     if name in _REGISTRY:
         entry = _REGISTRY.get(name)
         return entry.mean, entry.std
+    from timm.models import get_pretrained_cfg
+
     cfg = get_pretrained_cfg(name)
     if cfg is None:
         unknown_model(name)
@@ -183,6 +196,8 @@ def set_trainable(model: nn.Module, last_stages: int | None) -> None:
     if last_stages > 0:
         if not hasattr(model, "group_matcher"):
             raise ValueError(f"{type(model).__name__} has no stages: use last_stages None or 0")
+        from timm.models import group_parameters  # a model with stages is timm's
+
         params = dict(model.named_parameters())
         groups = [
             [params[n] for n in names]
@@ -369,6 +384,8 @@ def _timm_with_weights(name: str, arch: str, pretrained: bool, **kwargs: Any) ->
     """timm's ``arch``; pretrained=True reads timm's ImageNet weights from the local cache first, without network,
     then downloads them from the Hugging Face Hub only if one request reaches it. A download that cannot happen
     is one reason to act on, in well under a second, not a minute of the hub's retry messages."""
+    import timm
+
     if not pretrained:
         return timm.create_model(arch, pretrained=False, **kwargs)
     cfg = timm.get_pretrained_cfg(arch)
@@ -424,6 +441,8 @@ def shipped_lite_weights(variant: int) -> str | None:
 def _efficientnet_lite(variant: int, num_classes: int, in_chans: int, pretrained: bool, **kwargs: Any) -> nn.Module:
     """EfficientNet-Lite``variant``; pretrained=True uses the shipped ImageNet weights (no download), else falls
     back to timm's download path."""
+    import timm
+
     weights = shipped_lite_weights(variant) if pretrained else None
     model = timm.create_model(
         f"tf_efficientnet_lite{variant}",
@@ -469,6 +488,8 @@ def map_efficientnet_pytorch_weights(
     The 1000-class head is taken only if dst's head has the same shapes; otherwise dst's freshly
     initialised head stays.
     """
+    from timm.models import adapt_input_conv
+
     src_keys, dst_keys = _learned(src_state, _SRC_HEAD), _learned(dst_state, _DST_HEAD)
     if len(src_keys) != len(dst_keys):
         raise ValueError(
