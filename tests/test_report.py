@@ -223,6 +223,22 @@ def test_each_figure_is_drawn_once_whole(tmp_path, monkeypatch) -> None:
         assert any(_same_picture(file.read_bytes(), fig) for fig in figures), file.name
 
 
+def test_a_curves_title_stands_where_matplotlib_places_it() -> None:
+    """A curve's axes give their title its height, so that neither the draw nor the crop's measure works the y
+    axis's ticks out again to place it: the picture is the one matplotlib's own placing draws, a legend beside the
+    axes and one below them included."""
+    from pneumoscan.core.metrics import calibration
+    from pneumoscan.evaluation.report import _reliability_figure
+
+    roc = {"fpr": [0.0, 0.2, 1.0], "tpr": [0.0, 0.8, 1.0]}
+    y = np.arange(40) % 2
+    for fig in (roc_figure({f"run{i}": roc for i in range(5)}, {f"run{i}": f"run{i}" for i in range(5)}, {}),
+                _reliability_figure(calibration(y, np.linspace(0.01, 0.99, 40)), "P")):
+        given = figure_bytes(fig, tight=True)
+        fig.axes[0]._autotitlepos = None  # as a title set without its height: matplotlib places it at each draw
+        assert figure_bytes(fig, tight=True) == given
+
+
 def test_a_figure_drawn_past_its_edge_is_saved_whole(monkeypatch) -> None:
     """A legend of many runs beside the ROC axes runs off the figure: it is drawn again, widened to take it in."""
     roc = {"fpr": [0.0, 0.2, 1.0], "tpr": [0.0, 0.8, 1.0]}

@@ -260,7 +260,11 @@ def _new_axes(title: str, xlabel: str, ylabel: str, below: float = 0.0) -> tuple
     (two columns of the longest entries: 0.7 inch on either side)."""
     beside = 0.85 if below else 0.0
     fig, ax = _sized_axes((3.25, 2.925), (max(0.75, beside), max(0.45, beside), 0.6 + below, 0.5))
-    ax.set(title=_drawn(title), xlabel=_drawn(xlabel), ylabel=_drawn(ylabel), xlim=(-0.02, 1.02), ylim=(-0.02, 1.02))
+    ax.set(xlabel=_drawn(xlabel), ylabel=_drawn(ylabel), xlim=(-0.02, 1.02), ylim=(-0.02, 1.02))
+    # at the height matplotlib places it: its placing lifts a title over the y axis's offset text alone, which
+    # these limits' ticks never have; placed by it, each draw and the crop's measure worked the y axis's ticks out
+    # again for it (10-15 % of the figure's CPU)
+    ax.set_title(_drawn(title), y=1.0)
     ax.grid(alpha=0.3)
     return fig, ax
 
