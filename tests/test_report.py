@@ -15,7 +15,7 @@ from playwright.sync_api import Page, expect, sync_playwright
 
 from pneumoscan.core.metrics import (AUC_INTERVAL, FILM_UNIT_CAVEAT, clopper_pearson, evaluate_binary,
                                      evaluate_multiclass, softmax)
-from pneumoscan.core.figures import FIGURE_DPI, figure_bytes, png_data_url
+from pneumoscan.core.figures import FIGURE_DPI, figure_bytes, png_data_url, set_title
 from pneumoscan.evaluation.report import roc_figure, write_report
 from pneumoscan.evaluation.subgroups import subgroup_figures
 from pneumoscan.models.card import load_card
@@ -223,20 +223,37 @@ def test_each_figure_is_drawn_once_whole(tmp_path, monkeypatch) -> None:
         assert any(_same_picture(file.read_bytes(), fig) for fig in figures), file.name
 
 
-def test_a_curves_title_stands_where_matplotlib_places_it() -> None:
-    """A curve's axes give their title its height, so that neither the draw nor the crop's measure works the y
-    axis's ticks out again to place it: the picture is the one matplotlib's own placing draws, a legend beside the
-    axes and one below them included."""
+def test_a_title_stands_where_matplotlib_places_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A figure's axes give their title its height where they can (core.figures.set_title), so that neither the
+    draw nor the crop's measure works the y axis's ticks out again to place it: the pictures are those matplotlib's
+    own placing draws, a legend beside the axes and one below them included, the training curves' Loss panel of an
+    offset text (1e-5+6.931e-1) as their other panels, which have none, and axes whose offset text lies under their
+    title, which matplotlib lifts over it."""
+    import pneumoscan.training.callbacks as callbacks
     from pneumoscan.core.metrics import calibration
     from pneumoscan.evaluation.report import _reliability_figure
 
+    drawn: list[Figure] = []
+    monkeypatch.setattr(callbacks, "figure_bytes", lambda fig, **kw: drawn.append(fig) or figure_bytes(fig, **kw))
+    plot_training_curves([{"epoch": i, "train_loss": 0.69313 + i / 1e5, "val_loss": 0.6932, "train_acc": 0.5 + i / 10,
+                           "val_acc": 0.6125} for i in range(1, 4)], tmp_path / "curves.png")
     roc = {"fpr": [0.0, 0.2, 1.0], "tpr": [0.0, 0.8, 1.0]}
     y = np.arange(40) % 2
-    for fig in (roc_figure({f"run{i}": roc for i in range(5)}, {f"run{i}": f"run{i}" for i in range(5)}, {}),
-                _reliability_figure(calibration(y, np.linspace(0.01, 0.99, 40)), "P")):
-        given = figure_bytes(fig, tight=True)
-        fig.axes[0]._autotitlepos = None  # as a title set without its height: matplotlib places it at each draw
-        assert figure_bytes(fig, tight=True) == given
+    figures = {"curves": (drawn[0], (tmp_path / "curves.png").read_bytes())}
+    for name, fig in (("roc", roc_figure({f"run{i}": roc for i in range(5)}, {f"run{i}": f"run{i}" for i in range(5)},
+                                         {})),
+                      ("reliability", _reliability_figure(calibration(y, np.linspace(0.01, 0.99, 40)), "P"))):
+        figures[name] = (fig, figure_bytes(fig, tight=True))
+    narrow = Figure(figsize=(2, 2))  # an offset text under the title, which matplotlib lifts over it
+    ax = narrow.add_subplot()
+    ax.plot([0, 1], [0.69314, 0.69316])
+    set_title(ax, "a title as wide as the axes")
+    figures["narrow"] = (narrow, figure_bytes(narrow, tight=True))
+    assert drawn[0].axes[0].yaxis.offsetText.get_text() and not drawn[0].axes[1].yaxis.offsetText.get_text()
+    for name, (fig, given) in figures.items():
+        for ax in fig.axes:
+            ax._autotitlepos = None  # as a title set without its height: matplotlib places it at each draw
+        assert figure_bytes(fig, tight=True) == given, name
 
 
 def test_a_figure_drawn_past_its_edge_is_saved_whole(monkeypatch) -> None:

@@ -19,7 +19,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from pneumoscan.core.atomic import write_atomic, write_json
-from pneumoscan.core.figures import figure_bytes, png_data_url
+from pneumoscan.core.figures import figure_bytes, png_data_url, set_title
 from pneumoscan.core.metrics import (BOTH_CLASSES, PATIENT_UNIT, ci_method_sentence, clopper_pearson, format_figure,
                                      format_percent, jsonable, unit_caveat)
 from pneumoscan.core.names import path_text
@@ -261,10 +261,7 @@ def _new_axes(title: str, xlabel: str, ylabel: str, below: float = 0.0) -> tuple
     beside = 0.85 if below else 0.0
     fig, ax = _sized_axes((3.25, 2.925), (max(0.75, beside), max(0.45, beside), 0.6 + below, 0.5))
     ax.set(xlabel=_drawn(xlabel), ylabel=_drawn(ylabel), xlim=(-0.02, 1.02), ylim=(-0.02, 1.02))
-    # at the height matplotlib places it: its placing lifts a title over the y axis's offset text alone, which
-    # these limits' ticks never have; placed by it, each draw and the crop's measure worked the y axis's ticks out
-    # again for it (10-15 % of the figure's CPU)
-    ax.set_title(_drawn(title), y=1.0)
+    set_title(ax, _drawn(title))
     ax.grid(alpha=0.3)
     return fig, ax
 

@@ -20,7 +20,7 @@ from matplotlib.ticker import MaxNLocator
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from pneumoscan.core.atomic import write_atomic, write_csv
-from pneumoscan.core.figures import figure_bytes
+from pneumoscan.core.figures import figure_bytes, set_title
 from pneumoscan.core.metrics import format_figure
 from pneumoscan.core.names import shown
 from pneumoscan.models.run_folder import RunFolder
@@ -232,8 +232,9 @@ def plot_training_curves(history: list[dict[str, Any]], out_png: Path) -> None:
             if any(v is not None for v in values):
                 label, color = styles[key.split("_")[0]]
                 ax.plot(epochs, [math.nan if v is None else v for v in values], "o-", ms=3, color=color, label=label)
-        ax.set(title=title, xlabel="epoch")
+        ax.set(xlabel="epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # one epoch: not 0.96, 0.98, ...
+        set_title(ax, title)
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=8)
