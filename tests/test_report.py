@@ -226,12 +226,12 @@ def test_each_figure_is_drawn_once_whole(tmp_path, monkeypatch) -> None:
 def test_a_title_stands_where_matplotlib_places_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A figure's axes give their title its height where they can (core.figures.set_title), so that neither the
     draw nor the crop's measure works the y axis's ticks out again to place it: the pictures are those matplotlib's
-    own placing draws, a legend beside the axes and one below them included, the training curves' Loss panel of an
-    offset text (1e-5+6.931e-1) as their other panels, which have none, and axes whose offset text lies under their
-    title, which matplotlib lifts over it."""
+    own placing draws, a legend beside the axes and one below them and a confusion matrix's included, the training
+    curves' Loss panel of an offset text (1e-5+6.931e-1) as their other panels, which have none, and axes whose
+    offset text lies under their title, which matplotlib lifts over it."""
     import pneumoscan.training.callbacks as callbacks
     from pneumoscan.core.metrics import calibration
-    from pneumoscan.evaluation.report import _reliability_figure
+    from pneumoscan.evaluation.report import _confusion_figure, _reliability_figure
 
     drawn: list[Figure] = []
     monkeypatch.setattr(callbacks, "figure_bytes", lambda fig, **kw: drawn.append(fig) or figure_bytes(fig, **kw))
@@ -242,7 +242,10 @@ def test_a_title_stands_where_matplotlib_places_it(tmp_path: Path, monkeypatch: 
     figures = {"curves": (drawn[0], (tmp_path / "curves.png").read_bytes())}
     for name, fig in (("roc", roc_figure({f"run{i}": roc for i in range(5)}, {f"run{i}": f"run{i}" for i in range(5)},
                                          {})),
-                      ("reliability", _reliability_figure(calibration(y, np.linspace(0.01, 0.99, 40)), "P"))):
+                      ("reliability", _reliability_figure(calibration(y, np.linspace(0.01, 0.99, 40)), "P")),
+                      ("confusion", _confusion_figure({"counts": [[3, 1], [0, 4]], "normalized": [[0.75, 0.25],
+                                                                                                   [0, 1]]},
+                                                      ["normal", "pneumonia"], "Confusion matrix"))):
         figures[name] = (fig, figure_bytes(fig, tight=True))
     narrow = Figure(figsize=(2, 2))  # an offset text under the title, which matplotlib lifts over it
     ax = narrow.add_subplot()

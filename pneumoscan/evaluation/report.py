@@ -238,9 +238,10 @@ def _confusion_figure(cm: dict[str, Any], names: Sequence[str], title: str) -> F
         for j, (count, share) in enumerate(zip(counts, row)):
             text = f"{count}" + ("" if math.isnan(share) else f"\n{format_percent(share)}")
             ax.text(j, i, text, ha="center", va="center", color="white" if share > 0.6 else "#1d2733")
-    ax.set(title=_drawn(title), xticks=range(len(names)), yticks=range(len(names)), xlabel="Predicted", ylabel="True")
+    ax.set(xticks=range(len(names)), yticks=range(len(names)), xlabel="Predicted", ylabel="True")
     ax.set_xticklabels(map(_drawn, names))
     ax.set_yticklabels(map(_drawn, names))
+    set_title(ax, _drawn(title))
     return fig
 
 
