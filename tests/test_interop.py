@@ -1192,20 +1192,24 @@ def test_each_report_series_of_a_study_has_a_number_of_its_own(
         assert report.SeriesNumber == numbers[report.SOPInstanceUID]
 
 
-def _numbered_9901(report: Path, film: Dataset, reading: dict, bundle: Path) -> bytes:
-    """``report`` (an SR of ``reading`` on ``film`` by ``bundle``, scored with torch) as a report numbered 9901 is:
-    every report was in series 9901, its series and SOP Instance UIDs derived from the film, the model, the scoring
-    mode and its threshold with the kinds "sr-series" and "sr" alone."""
-    ds = pydicom.dcmread(report)
+def _as_020(made: Path, film: Dataset, bundle: Path, mode: str, series_number: int, kinds: tuple[str, str]) -> bytes:
+    """``made`` (a report or overlay of ``film`` by ``bundle``) as pneumoscan 0.2.0 made it for a reading scored in
+    ``mode``: in series ``series_number`` (9901 a report, 9902 an overlay), its series and SOP Instance UIDs derived
+    from the film, the model and the mode with ``kinds`` alone ("sr-series" and "sr", or "sc-series" and "sc")."""
+    ds = pydicom.dcmread(made)
     identity = film_identity(film.StudyInstanceUID, film.SeriesInstanceUID, film.SOPInstanceUID, film)
     model = identity_fields(bundle, "torch")
-    series, sop = (derived_uid(identity, model["model_id"], model["model_version"], finding_mode("torch", reading),
-                               kind) for kind in ("sr-series", "sr"))
+    series, sop = (derived_uid(identity, model["model_id"], model["model_version"], mode, kind) for kind in kinds)
     ds.SeriesInstanceUID, ds.SOPInstanceUID, ds.file_meta.MediaStorageSOPInstanceUID = series, sop, sop
-    ds.SeriesNumber = 9901
+    ds.SeriesNumber = series_number
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
+
+
+def _numbered_9901(report: Path, film: Dataset, reading: dict, bundle: Path) -> bytes:
+    """``report`` (an SR of ``reading`` on ``film`` by ``bundle``, scored with torch) as a report numbered 9901 is."""
+    return _as_020(report, film, bundle, finding_mode("torch", reading), 9901, ("sr-series", "sr"))
 
 
 def test_a_report_numbered_9901_is_replaced_by_one_of_other_uids_that_names_it(
@@ -1249,17 +1253,8 @@ def test_a_report_numbered_9901_is_replaced_by_one_of_other_uids_that_names_it(
 
 def _numbered_9902(overlay: Path, film: Dataset, bundle: Path, mode: str) -> bytes:
     """``overlay`` (an overlay of ``film`` by ``bundle``) as pneumoscan 0.2.0 made the overlay of its reading scored
-    in ``mode``: in series 9902, its series and SOP Instance UIDs derived with the kinds "sc-series" and "sc" alone."""
-    ds = pydicom.dcmread(overlay)
-    identity = film_identity(film.StudyInstanceUID, film.SeriesInstanceUID, film.SOPInstanceUID, film)
-    model = identity_fields(bundle, "torch")
-    series, sop = (derived_uid(identity, model["model_id"], model["model_version"], mode, kind)
-                   for kind in ("sc-series", "sc"))
-    ds.SeriesInstanceUID, ds.SOPInstanceUID, ds.file_meta.MediaStorageSOPInstanceUID = series, sop, sop
-    ds.SeriesNumber = 9902
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
+    in ``mode``, in series 9902."""
+    return _as_020(overlay, film, bundle, mode, 9902, ("sc-series", "sc"))
 
 
 def test_an_overlay_numbered_9902_of_the_same_reading_is_replaced_in_predicts_folder(
