@@ -974,9 +974,10 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
                    help="seconds requests in progress get to finish after SIGTERM or Ctrl-C; one cut off then "
                         "gets 503 + Retry-After (default 20)")
     p.add_argument("--rate-limit", type=_rate, metavar="N/minute",
-                   help="each client's prediction requests (its address, or the X-Forwarded-For of a proxy on "
-                        "loopback or FORWARDED_ALLOW_IPS): past N in any minute (N/second, N/hour, N per M minutes) it "
-                        "gets 429 + Retry-After while others are served (default: none)")
+                   help="each client's prediction requests (its key's name with named keys, else its address, or the "
+                        "X-Forwarded-For of a proxy on loopback or FORWARDED_ALLOW_IPS): past N in any minute "
+                        "(N/second, N/hour, N per M minutes) it gets 429 + Retry-After while others are served "
+                        "(default: none)")
     p.add_argument("--max-lingering", type=_positive(int),
                    help="connections answered early (401, 413, 503 before the upload is in) whose rest is dropped "
                         "until the client closes, at most --body-timeout, at once; past it one closes at once "
