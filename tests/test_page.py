@@ -247,8 +247,13 @@ def test_window_level_invert_zoom_pan(page: Page, small: Path, tmp_path: Path) -
     assert page.input_value("#level") == level and page.evaluate(shown) != still
     assert page.evaluate("() => [view.panX, view.panY]") == pytest.approx([150 * 700 / 700, 100 * 700 / 700], rel=0.05)
     page.screenshot(path=tmp_path / "3-zoom-pan.png")
-    page.click("#zoom-fit")
-    expect(page.locator("#readout-wl")).to_have_text("level 128, width 255, zoom 1.00x")
+    # Fit fits the film and keeps the window it was read at; Default window puts the default back, and the zoom stays
+    page.get_by_role("button", name="Fit", exact=True).click()
+    expect(page.locator("#readout-wl")).to_have_text("level 190, width 110, zoom 1.00x")
+    page.click("#zoom-in")
+    page.get_by_role("button", name="Default window").click()
+    expect(page.locator("#readout-wl")).to_have_text("level 128, width 255, zoom 1.25x")
+    assert page.input_value("#preset") == "default"
 
 
 def test_heatmap_only_on_request_in_viridis_and_printed(page: Page, full_size: Path, tiny_bundle: Path,
@@ -474,7 +479,8 @@ def test_every_control_is_named_and_keyboard_operable(page: Page, small: Path) -
     named = [("textbox", "API key"), ("button", "Choose Files: chest X-rays"), ("region", "Upload and reading"),
              ("combobox", "window preset"), ("checkbox", "Lock window"),
              ("slider", "window level"), ("slider", "window width"), ("checkbox", "Invert"),
-             ("button", "zoom in"), ("button", "zoom out"), ("button", "Fit and reset"),
+             ("button", "zoom in"), ("button", "zoom out"), ("button", "Fit"),
+             ("button", "Default window"),
              ("button", "pan mode"), ("button", "Compute Grad-CAM heatmap"), ("checkbox", "Show heatmap"),
              ("slider", "heatmap opacity"), ("button", "Print this reading"), ("button", "Export list as CSV"),
              ("application", "X-ray viewer"), ("meter", "probability"), ("group", "heatmap")]
@@ -503,15 +509,19 @@ def test_every_control_is_named_and_keyboard_operable(page: Page, small: Path) -
     assert page.input_value("#level") == "120"
     page.keyboard.press("+")
     expect(page.locator("#readout-wl")).to_contain_text("zoom 1.25x")
-    page.keyboard.press("0")
-    expect(page.locator("#readout-wl")).to_have_text("level 128, width 255, inverted, zoom 1.00x")
+    page.keyboard.press("0")  # the film fitted, the window kept
+    expect(page.locator("#readout-wl")).to_have_text("level 120, width 255, inverted, zoom 1.00x")
     # the browser's own zoom keys (a low-vision reader's 200 %) are the browser's: the viewer took Ctrl + and Ctrl 0
     # as its zoom and reset, and kept them from the browser
     page.evaluate("() => document.addEventListener('keydown', (e) => { window.kept = e.defaultPrevented; })")
     for keys in ("Control+=", "Control+-", "Control+0", "Alt+i", "Alt+h"):
         page.keyboard.press(keys)
         assert page.evaluate("() => window.kept") is False, keys
-    expect(page.locator("#readout-wl")).to_have_text("level 128, width 255, inverted, zoom 1.00x")
+    expect(page.locator("#readout-wl")).to_have_text("level 120, width 255, inverted, zoom 1.00x")
+    page.keyboard.press("+")
+    page.keyboard.press("w")  # the default window back, the zoom kept
+    expect(page.locator("#readout-wl")).to_have_text("level 128, width 255, zoom 1.25x")
+    assert not page.is_checked("#invert")
     page.focus("#heatmap-button")
     page.keyboard.press("Enter")
     expect(page.locator("#heatmap-toggle")).to_be_enabled()
@@ -533,7 +543,7 @@ def test_the_viewer_says_what_it_is_and_its_keys_and_is_worked_by_them_alone(pag
     expect(page.get_by_role("application", name="X-ray viewer")).to_have_count(1)
     assert viewer.get_attribute("aria-roledescription") == "film viewer"
     keys = page.inner_text("#view-keys")  # the help on screen is what a screen reader hears on reaching the viewer
-    for words in ("arrow keys", "Shift", "Pan", "+ and -", "0 ", "i ", "h ", "Ctrl, Alt or Cmd"):
+    for words in ("arrow keys", "Shift", "Pan", "+ and -", "0 ", "w ", "i ", "h ", "Ctrl, Alt or Cmd"):
         assert words in keys, words
     expect(viewer).to_have_accessible_description(f"{keys} The film alone.")
     # a keyboard reader tabs to it from the heatmap's button, the control before it
@@ -552,8 +562,10 @@ def test_the_viewer_says_what_it_is_and_its_keys_and_is_worked_by_them_alone(pag
     page.keyboard.press("ArrowDown")
     assert page.evaluate("() => [view.panX, view.panY]") == [-32, -32] and page.input_value("#level") == "120"
     page.keyboard.press("0")
-    expect(said).to_have_text("zoom 1.00x, film centred, default window: level 128, width 255")
-    assert page.evaluate("() => [view.zoom, view.panX, view.panY]") == [1, 0, 0]
+    expect(said).to_have_text("zoom 1.00x, film centred")
+    assert page.evaluate("() => [view.zoom, view.panX, view.panY]") == [1, 0, 0] and page.input_value("#level") == "120"
+    page.keyboard.press("w")
+    expect(said).to_have_text("Default window: level 128, width 255, not inverted.")
     # a held key repeats some 30 times a second: its steps are said once, when it stops, not queued one by one (on the
     # page's clock, stopped here and moved on by hand, so a slow machine cannot space them further)
     page.evaluate("""() => { window.changes = 0;

@@ -1,8 +1,8 @@
 """A reader's review of the web page and the command line: films chosen one after another are shown in the order
 chosen, a batch none of whose films was read leaves no other film's reading on screen, a film's heatmap never lands
 on another film, a second stage near its threshold says so in the list and the CSV and each stage sorts apart, a key
-typed and a film dropped at once load the model card first, each film opens at its default window unless the reader
-locks it, a film over the upload limit is told the way out, a site's own film format is named and described; a
+typed and a film dropped at once load the model card first, each film opens at its own window unless the reader
+locks one, a film over the upload limit is told the way out, a site's own film format is named and described; a
 rate that is no number is refused in the command line's words, and a results file that cannot be written is
 refused before any film is read.
 The page runs in headless Chromium (tests/test_page.py's browser, server and page)."""
@@ -455,33 +455,42 @@ def test_a_card_that_never_comes_is_a_refusal_not_a_wait_without_end(page: Page,
     expect(page.get_by_role("alert")).to_contain_text("Heatmap not computed: the model card has not loaded")
 
 
-def test_each_film_opens_at_its_default_window_unless_the_reader_locks_it(page: Page, small: Path,
-                                                                          data_root: Path) -> None:
+def test_each_film_opens_at_its_own_window_unless_the_reader_locks_one(page: Page, small: Path,
+                                                                       data_root: Path) -> None:
     """The window (preset, level, width, invert) set for one film stayed on the next one, shown under a "default"
-    the reader had not chosen for it: a lung window or an inverted film carried over silently can hide a finding. Each
-    film opens at the default window, as in a PACS viewer; "Lock window" keeps the reader's for the next films."""
+    the reader had not chosen for it: a lung window or an inverted film carried over silently can hide a finding. A
+    film opens at the default window the first time, then at the window the reader left it at, as in a PACS viewer (a
+    film looked at again had lost the window its finding was seen in), said with it; "Lock window" keeps the reader's
+    for the next films, and says so."""
     later = other_film(data_root)
     page.set_input_files("#file", [small, later])
     expect(page.locator("#status")).to_have_text("2 films: 2 read, 0 rejected.")
+    readout, said = page.locator("#readout-wl"), page.locator("#view-said")
     default = "level 128, width 255, zoom 1.00x"
-    expect(page.locator("#readout-wl")).to_have_text(default)
-    plain = test_page.centre(page)
+    expect(readout).to_have_text(default)
     page.select_option("#preset", "lung")
     page.check("#invert")
-    expect(page.locator("#readout-wl")).to_have_text("level 80, width 140, inverted, zoom 1.00x")
-    for name in (small.name, later.name):  # another film, and the same film opened again from the list
-        page.get_by_role("button", name=f"show {name}").click()
-        expect(page.locator("#film-title")).to_have_text(f"Film: {name}")
-        expect(page.locator("#readout-wl")).to_have_text(default)
-        assert (page.input_value("#preset"), page.input_value("#level"), page.input_value("#width")) == (
-            "default", "128", "255") and not page.is_checked("#invert")
-    assert test_page.centre(page) == plain
+    own = "level 80, width 140, inverted"
+    expect(readout).to_have_text(f"{own}, zoom 1.00x")
+    windowed = test_page.centre(page)
+    page.get_by_role("button", name=f"show {small.name}").click()  # another film: its default
+    expect(page.locator("#film-title")).to_have_text(f"Film: {small.name}")
+    expect(readout).to_have_text(default)
+    assert (page.input_value("#preset"), page.input_value("#level"), page.input_value("#width")) == (
+        "default", "128", "255") and not page.is_checked("#invert")
+    page.get_by_role("button", name=f"show {later.name}").click()  # the film again: the window it was left at
+    expect(page.locator("#film-title")).to_have_text(f"Film: {later.name}")
+    expect(readout).to_have_text(f"{own}, zoom 1.00x")
+    expect(said).to_have_text(f"This film's window: {own}.")
+    assert page.input_value("#preset") == "lung" and page.is_checked("#invert")
+    assert test_page.centre(page) == windowed
 
     page.get_by_role("checkbox", name="Lock window").check()
     page.select_option("#preset", "bone")
     page.get_by_role("button", name=f"show {small.name}").click()
     expect(page.locator("#film-title")).to_have_text(f"Film: {small.name}")
-    expect(page.locator("#readout-wl")).to_have_text("level 190, width 110, window locked, zoom 1.00x")
+    expect(readout).to_have_text("level 190, width 110, inverted, window locked, zoom 1.00x")
+    expect(said).to_have_text("Window locked: level 190, width 110, inverted.")
     assert page.input_value("#preset") == "bone"
 
 
@@ -848,7 +857,7 @@ def assert_film_in_view(page: Page) -> None:
 def test_the_film_cannot_be_panned_out_of_view(browser: Browser, server: str, page: Page, small: Path) -> None:
     """A drag, the keys or two fingers moved the film out of the viewer entirely at any zoom: the reader saw an empty
     black box, and the way back was a Reset they might not find. Part of the film stays in view whatever the pan,
-    at every zoom; zoomed or panned, the page says how to see it whole, and Fit and reset does."""
+    at every zoom; zoomed or panned, the page says how to see it whole, and Fit does."""
     test_page.upload_one(page, small)
     expect(page.locator("#fit-hint")).to_be_hidden()
     for zoom in (0.25, 1, 3):  # the furthest out, fitted, and in: each arrow key pans 32 viewer pixels
@@ -863,8 +872,8 @@ def test_the_film_cannot_be_panned_out_of_view(browser: Browser, server: str, pa
             page.keyboard.press("Shift+ArrowDown")
         assert_film_in_view(page)
     expect(page.locator("#fit-hint")).to_be_visible()
-    expect(page.locator("#fit-hint")).to_contain_text("Fit and reset")
-    page.get_by_role("button", name="Fit and reset").click()
+    expect(page.locator("#fit-hint")).to_contain_text("Fit (or the 0 key) shows it whole")
+    page.get_by_role("button", name="Fit", exact=True).click()
     expect(page.locator("#readout-wl")).to_have_text("level 128, width 255, zoom 1.00x")
     expect(page.locator("#fit-hint")).to_be_hidden()
 

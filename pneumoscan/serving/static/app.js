@@ -36,8 +36,8 @@ let filmFormats = [];
 const CLASS_FIELD = "probability_";  // + a class: its probability's CSV column, named as predict's results name it
 
 // viewed: whether the reader has had the film's reading on screen by choice (Show, Previous or Next film) or left at
-// the end of its batch, not only passed by as the batch was read
-const films = [];  // {id, name, file, dicom, format, shown, status, result, error, readWith, cam, viewed}
+// the end of its batch, not only passed by as the batch was read; window: the window it was last drawn at (keepWindow)
+const films = [];  // {id, name, file, dicom, format, shown, status, result, error, readWith, cam, viewed, window}
 let current = null;
 // whether the reader has chosen a film to show (Show, Previous or Next film) since the batch being read began: the
 // readings that follow go to the list alone, not over the film chosen
@@ -49,6 +49,8 @@ let sortAscending = true;
 // Window presets on the 8-bit film the page shows: [level, width]. A JPEG has no Hounsfield or detector units,
 // so these pick a band of gray levels, named for what usually falls in it.
 const PRESETS = { default: [128, 255], lung: [80, 140], soft: [128, 120], bone: [190, 110] };
+// A film's default window: the whole range, not inverted
+const DEFAULT_WINDOW = { preset: "default", level: PRESETS.default[0], width: PRESETS.default[1], invert: false };
 // film: whose pixels gray holds (the film on screen may still be decoding); original: the decoded image of a film
 // whose copy in gray is reduced (null when gray holds the film's own pixels), read again for the part in view when
 // zoomed in past the copy's pixels
@@ -584,7 +586,14 @@ function compose() {
   }
   paint(composedFrame.data, view.gray, $("heatmap-toggle").checked ? view.cam : null);
   composed.getContext("2d").putImageData(composedFrame, 0, 0);
+  keepWindow();
   draw();
+}
+
+// The window drawn, kept with the film in the viewer (every change of it is composed): the film opens at it when shown
+// again (openWindow)
+function keepWindow() {
+  view.film.window = { preset: $("preset").value, level: view.level, width: view.width, invert: view.invert };
 }
 
 function windowWords() {
@@ -789,23 +798,40 @@ function pan(dx, dy) {
   draw();
 }
 
-// Each film opens at the default window, as in a PACS viewer: a window set for one film (a lung band, inverted) was
-// carried over to the next, shown at a window the reader never chose for it, which can hide a finding there. The
-// reader who wants one window across films locks it, and the readout says so.
+// Each film opens at its own window, as in a PACS viewer: the default the first time it is shown, then the window the
+// reader left it at (a film looked at again under the default had lost the window its finding was seen in). A window
+// set for one film (a lung band, inverted) is carried to the next only while the reader locks it: carried silently,
+// it showed a film at a window the reader never chose for it, which can hide a finding there. A window other than the
+// default is said with the film, whose it is, and the readout says "window locked" while it is.
 function openWindow() {
-  if ($("window-lock").checked) return compose();
-  $("invert").checked = false;
-  view.invert = false;
-  $("preset").value = "default";
-  setWindow(...PRESETS.default);
+  const locked = $("window-lock").checked;
+  if (locked) compose();
+  else applyWindow(view.film.window || DEFAULT_WINDOW);
+  const words = `${windowWords()}${view.invert ? ", inverted" : ""}`;
+  if (locked) sayView(`Window locked: ${words}.`);
+  else if (view.film.window.preset !== "default" || view.invert) sayView(`This film's window: ${words}.`);
 }
 
-// Reset, from its button or the 0 key
-function reset() {
-  $("preset").value = "default";
+// A window (preset, level, width, inversion) put on the film in the viewer
+function applyWindow({ preset, level, width, invert }) {
+  $("invert").checked = invert;
+  view.invert = invert;
+  $("preset").value = preset;
+  setWindow(level, width);
+}
+
+// The film fitted to the viewer and centred, from its button or the 0 key; the window stays: a reader who zoomed in
+// under a window chosen for a finding lost the window to see the whole film again
+function fit() {
   Object.assign(view, { zoom: 1, panX: 0, panY: 0 });
-  setWindow(...PRESETS.default);
-  sayView(`${zoomWords()}, film centred, default window: ${windowWords()}`);
+  draw();
+  sayView(`${zoomWords()}, film centred`);
+}
+
+// The default window back (preset, level, width, inversion), from its button or the w key; the zoom and pan stay
+function defaultWindow() {
+  applyWindow(DEFAULT_WINDOW);
+  sayView(`Default window: ${windowWords()}, not inverted.`);
 }
 
 $("preset").addEventListener("change", () => setWindow(...PRESETS[$("preset").value]));
@@ -815,7 +841,8 @@ $("invert").addEventListener("change", () => { view.invert = $("invert").checked
 $("window-lock").addEventListener("change", compose);
 $("zoom-in").addEventListener("click", () => setZoom(view.zoom * 1.25));
 $("zoom-out").addEventListener("click", () => setZoom(view.zoom / 1.25));
-$("zoom-fit").addEventListener("click", reset);
+$("zoom-fit").addEventListener("click", fit);
+$("window-default").addEventListener("click", defaultWindow);
 $("pan-mode").addEventListener("click", () => {
   const on = !panMode();
   $("pan-mode").setAttribute("aria-pressed", String(on));
@@ -908,7 +935,8 @@ $("view").addEventListener("keydown", (event) => {
     }
   } else if (event.key === "+" || event.key === "=") setZoom(view.zoom * 1.25);
   else if (event.key === "-") setZoom(view.zoom / 1.25);
-  else if (event.key === "0") reset();
+  else if (event.key === "0") fit();
+  else if (event.key === "w") defaultWindow();
   else if (event.key === "n" || event.key === "PageDown") moveFilm(1);
   else if (event.key === "p" || event.key === "PageUp") moveFilm(-1);
   else if (event.key === "i") {
