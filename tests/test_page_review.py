@@ -1036,7 +1036,8 @@ def test_the_warnings_every_film_has_are_said_once_above_the_list(page: Page) ->
 def test_leaving_a_list_not_exported_asks_first(page: Page, small: Path) -> None:
     """The page keeps its films' readings nowhere but in the tab: closed or reloaded before the CSV was exported, a
     session's readings were gone without a word. The browser asks before leaving a list whose CSV has not been saved
-    since it last changed, and not once it has."""
+    since it last changed, and not once it has, nor after a sort (which changed no reading, and asked again); the CSV
+    is named by the time it was saved and the model, where each session's overwrote pneumoscan-readings.csv."""
     asked: list[str] = []
     page.on("dialog", lambda dialog: (asked.append(dialog.type), dialog.dismiss()))
     with page.expect_event("close"):
@@ -1049,8 +1050,15 @@ def test_leaving_a_list_not_exported_asks_first(page: Page, small: Path) -> None
         again.close(run_before_unload=True)
         again.wait_for_timeout(200)
         assert asked == ["beforeunload"] and not again.is_closed()
-        with again.expect_download():
+        with again.expect_download() as download:
             again.click("#export")
+        # a session's CSV is named by the time it was saved and the model that read it, in an order that sorts
+        model = "-".join(again.locator("#card dd").nth(i).inner_text() for i in (0, 1)).replace(":", "-")
+        assert re.fullmatch(rf"pneumoscan-readings_\d{{4}}-\d\d-\d\d_\d\d-\d\d-\d\d_{re.escape(model)}\.csv",
+                            download.value.suggested_filename), download.value.suggested_filename
+        assert again.evaluate("() => csvName(new Date(2026, 0, 2, 3, 4, 5))") == (
+            f"pneumoscan-readings_2026-01-02_03-04-05_{model}.csv")
+        again.get_by_role("button", name="Reading", exact=True).click()  # sorted: no reading changed since it was saved
         with again.expect_event("close"):
             again.close(run_before_unload=True)
         assert asked == ["beforeunload"]

@@ -1390,7 +1390,6 @@ function secondCell(film, named) {
 }
 
 function renderList() {
-  unsaved = films.length > 0;  // the list is drawn again at each change (a film added, read or viewed) and sort
   $("list").hidden = films.length === 0;
   $("list-summary").textContent = listSummary();
   const common = commonWarnings();
@@ -1575,19 +1574,39 @@ function csv() {
   return `${lines.join("\r\n")}\r\n`;
 }
 
-// Whether the list has changed since its CSV was last saved: the page keeps its readings nowhere but in the tab, and a
-// session's were lost without a word when it was closed or reloaded
-let unsaved = false;
+// The CSV's rows in no order, under its header: what a save keeps, whichever way the list is sorted
+function contentOf(text) {
+  const [head, ...rows] = text.split("\r\n");
+  return [head, ...rows.sort()].join("\n");
+}
+
+// The list's content as its CSV was last saved: the page keeps its readings nowhere but in the tab, and a session's
+// were lost without a word when it was closed or reloaded. Compared by content, not by each drawing of the list: a
+// sort, which changes no reading, asked again before leaving a list already saved.
+let saved = null;
 window.addEventListener("beforeunload", (event) => {
-  if (unsaved) event.preventDefault();  // the browser asks whether to leave, in its own words
+  // the browser asks whether to leave, in its own words
+  if (films.length && contentOf(csv()) !== saved) event.preventDefault();
 });
 
+// The CSV's file name: the time it was saved, on the reader's clock, and the model that read the films, so that a
+// day's sessions sort in the order saved and none overwrites another (pneumoscan-readings.csv was every session's)
+function csvName(now = new Date()) {
+  const two = (n) => String(n).padStart(2, "0");
+  const time = `${now.getFullYear()}-${two(now.getMonth() + 1)}-${two(now.getDate())}_` +
+    `${two(now.getHours())}-${two(now.getMinutes())}-${two(now.getSeconds())}`;
+  // the model's id and version, each character a file name may not hold (the version's "sha256:") a "-"
+  const model = cardModel ? `_${cardModel.replace(/[^\w.-]+/g, "-")}` : "";
+  return `pneumoscan-readings_${time}${model}.csv`;
+}
+
 $("export").addEventListener("click", () => {
-  unsaved = false;
-  const url = URL.createObjectURL(new Blob([csv()], { type: "text/csv" }));
+  const text = csv();
+  saved = contentOf(text);
+  const url = URL.createObjectURL(new Blob([text], { type: "text/csv" }));
   const link = document.createElement("a");
   link.href = url;
-  link.download = "pneumoscan-readings.csv";
+  link.download = csvName();
   document.body.append(link);
   link.click();
   link.remove();
