@@ -714,7 +714,9 @@ def test_a_reading_that_arrives_leaves_the_keyboards_place_in_the_list(page: Pag
 
 def test_a_sorted_columns_name_is_its_title_alone(page: Page) -> None:
     """The arrow drawn after a sorted column's title was part of its name: a screen reader said "Reading black
-    up-pointing triangle", then "sorted ascending". The order is said once, by aria-sort; the arrow is seen only."""
+    up-pointing triangle", then "sorted ascending". The order is said by aria-sort; the arrow is seen only. A sort
+    is said as the button is pressed too, in a polite region: aria-sort changed under the button unsaid, and a screen
+    reader heard nothing of the list it had just sorted."""
     page.evaluate("""() => { films.push({ name: 'a.jpeg', status: 'done', result: { label: 'NORMAL',
         positive: 'PNEUMONIA', in_scope: true, near_threshold: false, probability: 0.2, threshold: 0.5, warnings: [],
         model_id: 'm', probabilities: {} } });
@@ -723,6 +725,8 @@ def test_a_sorted_columns_name_is_its_title_alone(page: Page) -> None:
         page.get_by_role("button", name="Reading").click()
         expect(page.get_by_role("columnheader", name="Reading", exact=True)).to_have_attribute("aria-sort", order)
         expect(page.get_by_role("button", name="Reading", exact=True)).to_be_visible()
+        expect(page.locator("#list-said")).to_have_text(f"Sorted by Reading, {order}.")
+    assert page.get_attribute("#list-said", "aria-live") == "polite"
 
 
 def test_a_film_over_the_upload_limit_is_told_the_way_out(browser: Browser, tiny_bundle: Path) -> None:
@@ -911,6 +915,9 @@ def test_a_reader_moves_through_the_films_by_keys_buttons_and_touch(browser: Bro
     page.keyboard.press("p")  # the rejected film has no reading to show: passed over
     expect(title).to_have_text(f"Film: {names[2]}")
     expect(place).to_contain_text(f"2 of 3 films with a reading: {names[2]}, ")
+    # a screen reader hears where the film lies too, after its reading: it heard each reading and not how far it was
+    expect(page.locator("#status")).to_have_text(re.compile(
+        rf"^Film: {re.escape(names[2])}\. Reading: .+\. 2 of 3 films with a reading\.$"))
     page.keyboard.press("PageUp")
     expect(title).to_have_text(f"Film: {names[0]}")
     page.keyboard.press("p")  # the first: it stays, and says so

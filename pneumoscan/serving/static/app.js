@@ -1459,13 +1459,15 @@ function readable() {
 }
 
 // Previous (by -1) or Next film (by 1) from the one last shown, in the list's order; at either end the film stays, and
-// that is said
+// that is said. Where the film lies is said after its reading: a screen reader moving through a session heard each
+// film's reading and never how far it had come, which the words beside the buttons show the eye.
 function moveFilm(by) {
   const list = readable();
   const at = list.indexOf(lastShown);
   const to = at === -1 ? (by > 0 ? 0 : list.length - 1) : at + by;
   if (!list[to]) return sayView(`This is the ${by > 0 ? "last" : "first"} film with a reading.`);
   look(list[to]);
+  if (current === list[to]) $("status").textContent += ` ${to + 1} of ${list.length} films with a reading.`;
 }
 
 // Where the film on screen lies among the films with a reading, beside Previous and Next film, with its name and
@@ -1521,6 +1523,9 @@ for (const button of $("films").querySelectorAll("th button")) {
     sortAscending = key === sortKey ? !sortAscending : true;
     sortKey = key;
     renderList();
+    // said: the column's sort order (aria-sort) is heard when the keyboard enters the column, not as it changes under
+    // the button pressed, and a screen reader heard nothing of the list it had just sorted
+    sayAgain($("list-said"), `Sorted by ${button.textContent}, ${sortAscending ? "ascending" : "descending"}.`);
   });
 }
 
