@@ -465,7 +465,7 @@ def test_each_film_opens_at_its_own_window_unless_the_reader_locks_one(page: Pag
     later = other_film(data_root)
     page.set_input_files("#file", [small, later])
     expect(page.locator("#status")).to_have_text("2 films: 2 read, 0 rejected.")
-    readout, said = page.locator("#readout-wl"), page.locator("#view-said")
+    readout, said = page.locator("#readout-wl"), page.locator("#status")
     default = "level 128, width 255, zoom 1.00x"
     expect(readout).to_have_text(default)
     page.select_option("#preset", "lung")
@@ -476,12 +476,13 @@ def test_each_film_opens_at_its_own_window_unless_the_reader_locks_one(page: Pag
     page.get_by_role("button", name=f"show {small.name}").click()  # another film: its default
     expect(page.locator("#film-title")).to_have_text(f"Film: {small.name}")
     expect(readout).to_have_text(default)
+    expect(said).not_to_contain_text("window")  # the default is not said
     assert (page.input_value("#preset"), page.input_value("#level"), page.input_value("#width")) == (
         "default", "128", "255") and not page.is_checked("#invert")
     page.get_by_role("button", name=f"show {later.name}").click()  # the film again: the window it was left at
     expect(page.locator("#film-title")).to_have_text(f"Film: {later.name}")
     expect(readout).to_have_text(f"{own}, zoom 1.00x")
-    expect(said).to_have_text(f"This film's window: {own}.")
+    expect(said).to_have_text(re.compile(rf"^Film: {re.escape(later.name)}\. .* This film's window: {own}\.$"))
     assert page.input_value("#preset") == "lung" and page.is_checked("#invert")
     assert test_page.centre(page) == windowed
 
@@ -490,7 +491,7 @@ def test_each_film_opens_at_its_own_window_unless_the_reader_locks_one(page: Pag
     page.get_by_role("button", name=f"show {small.name}").click()
     expect(page.locator("#film-title")).to_have_text(f"Film: {small.name}")
     expect(readout).to_have_text("level 190, width 110, inverted, window locked, zoom 1.00x")
-    expect(said).to_have_text("Window locked: level 190, width 110, inverted.")
+    expect(said).to_have_text(re.compile(r"\. Window locked: level 190, width 110, inverted\.$"))
     assert page.input_value("#preset") == "bone"
 
 

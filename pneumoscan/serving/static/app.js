@@ -399,7 +399,7 @@ function showResult(film) {
   }
   $("error").hidden = true;
   // a film shown again from the list, or the same film again, is said again
-  sayAgain($("status"), announcement(r, film.name, film.readWith));
+  sayAgain($("status"), `${announcement(r, film.name, film.readWith)}${windowSaid(film)}`);
   const look = lookOf(film);
   const [p, t] = figuresApart(r.probability, r.threshold);
   $("label").textContent = labelText(r);
@@ -596,8 +596,8 @@ function keepWindow() {
   view.film.window = { preset: $("preset").value, level: view.level, width: view.width, invert: view.invert };
 }
 
-function windowWords() {
-  return `level ${Math.round(view.level)}, width ${Math.round(view.width)}`;
+function windowWords({ level, width } = view) {
+  return `level ${Math.round(level)}, width ${Math.round(width)}`;
 }
 
 function zoomWords() {
@@ -801,15 +801,20 @@ function pan(dx, dy) {
 // Each film opens at its own window, as in a PACS viewer: the default the first time it is shown, then the window the
 // reader left it at (a film looked at again under the default had lost the window its finding was seen in). A window
 // set for one film (a lung band, inverted) is carried to the next only while the reader locks it: carried silently,
-// it showed a film at a window the reader never chose for it, which can hide a finding there. A window other than the
-// default is said with the film, whose it is, and the readout says "window locked" while it is.
+// it showed a film at a window the reader never chose for it, which can hide a finding there (windowSaid).
 function openWindow() {
-  const locked = $("window-lock").checked;
-  if (locked) compose();
+  if ($("window-lock").checked) compose();
   else applyWindow(view.film.window || DEFAULT_WINDOW);
-  const words = `${windowWords()}${view.invert ? ", inverted" : ""}`;
-  if (locked) sayView(`Window locked: ${words}.`);
-  else if (view.film.window.preset !== "default" || view.invert) sayView(`This film's window: ${words}.`);
+}
+
+// The window film opens at (openWindow), said after its reading where it is not the default: whose it is, the lock's or
+// the film's own. Said as the film is shown, not once it is decoded, when it took the place of what a key said since
+// ("This is the first film with a reading.").
+function windowSaid(film) {
+  const locked = $("window-lock").checked;
+  const w = locked ? view : film.window;
+  if (!locked && (!w || (w.preset === "default" && !w.invert))) return "";
+  return ` ${locked ? "Window locked" : "This film's window"}: ${windowWords(w)}${w.invert ? ", inverted" : ""}.`;
 }
 
 // A window (preset, level, width, inversion) put on the film in the viewer
