@@ -406,22 +406,23 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"{row['threshold']:>10.4f} {format_figure(row['sensitivity'], 3):>12} "
               f"{format_figure(row['specificity'], 3):>12} {format_figure(row['precision'], 3):>10} "
               f"{format_figure(row['npv'], 3):>6}  {row['rule']}")
-    _print_subgroups(metrics.get("subgroups"), f"at threshold {metrics['threshold']:.4f}")
+    _print_subgroups(metrics.get("subgroups"), f"at threshold {metrics['threshold']:.4f}", metrics.get("ci_unit"))
     for key in ("multiclass", "two_stage"):
         if block := metrics.get(key):
             print(f"\n{len(block['class_names'])} classes, {_three_classes(block)}")
-            _print_subgroups(block.get("subgroups"), f"of the decision ({block['decision']})")
+            _print_subgroups(block.get("subgroups"), f"of the decision ({block['decision']})", block.get("ci_unit"))
     return 0
 
 
-def _print_subgroups(block: dict | None, at: str) -> None:
-    """evaluate --by's tables on the terminal, one a field, as the report words them (:func:`table_rows`)."""
+def _print_subgroups(block: dict | None, at: str, ci_unit: str | None) -> None:
+    """evaluate --by's tables on the terminal, one a field, as the report words them (:func:`table_rows`), each
+    saying what its intervals count: the unit (``ci_unit``) of the evaluation they are part of."""
     from pneumoscan.evaluation.subgroups import table_rows
 
     for field, groups in (block or {}).get("fields", {}).items():
         head, rows = table_rows(groups)
         widths = [max(len(cell) for cell in column) for column in zip(head, *rows)]
-        print(f"\nby {field}, {at} (95% CIs count patients):")
+        print(f"\nby {field}, {at} (95% CIs count {ci_unit or 'film'}s):")
         for row in (head, *rows):
             print("  " + "  ".join(cell.rjust(width) if 0 < i < 3 else cell.ljust(width)  # films, patients: numbers
                                    for i, (cell, width) in enumerate(zip(row, widths))).rstrip())

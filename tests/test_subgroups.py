@@ -23,7 +23,8 @@ def test_groups_add_up_and_each_has_the_figures_of_its_own_films_at_the_bundles_
     """A manifest's own column (site) and a record's field (subtype) group the figures: the groups' films and
     patients add up to the set's; a site's sensitivity, specificity and AUC with their intervals are those of an
     evaluation of its films alone (at the bundle's threshold, not one of its own), and a site of too few patients
-    says so where an interval would stand. The terminal and the report show each field's table."""
+    says so where an interval would stand. The terminal and the report show each field's table, saying what its
+    intervals count (films here, as the whole set's)."""
     data, out = site_manifest(tiny_dataset, tmp_path), tmp_path / "eval"
     assert cli.main(["evaluate", str(tiny_bundle), str(data), "--by", "site", "--by", "SUBTYPE", "--out",
                      str(out)]) == 0
@@ -50,6 +51,10 @@ def test_groups_add_up_and_each_has_the_figures_of_its_own_films_at_the_bundles_
     assert f"by site, at threshold {metrics['threshold']:.4f}" in printed and said in printed
     page = (out / "report.html").read_text()
     assert f"<caption>Figures by site, at the bundle threshold {metrics['threshold']:.4f}.</caption>" in page
+    # no two of these films share a patient, so every interval counts films, the groups' as the whole set's
+    assert metrics["ci_unit"] == "film" and "count each film as an independent case" in printed
+    assert f"by site, at threshold {metrics['threshold']:.4f} (95% CIs count films):" in printed
+    assert "CIs count patients" not in printed and "with 95% CIs that count films;" in page
     assert f'<tr><th scope="row">B</th><td class="num">4</td><td class="num">4</td><td class="num">{said}</td>' in page
 
 

@@ -561,21 +561,23 @@ def _multiclass_body(m: dict[str, Any], section: str = "", pngs: dict[str, bytes
             _reliability_html(curves["calibration"], "Confidence (probability of the decided class)",
                               "Reliability diagram of the decided class: accuracy per bin of confidence.", pngs),
             "</div>",
-            _subgroups_html(m.get("subgroups"), section, f"of the decision ({decision})"),
+            _subgroups_html(m.get("subgroups"), m.get("ci_unit"), section, f"of the decision ({decision})"),
         ]
     )
 
 
-def _subgroups_html(block: dict[str, Any] | None, section: str = "", of: str = "") -> str:
+def _subgroups_html(block: dict[str, Any] | None, ci_unit: str | None, section: str = "", of: str = "") -> str:
     """``evaluate --by``'s tables (:func:`~.subgroups.subgroup_figures`), one a field, each named by its caption: the
-    field, the threshold (the bundle's, the whole set's) or the decision its figures are at, and what a figure of
-    too few patients says instead of a rate."""
+    field, the threshold (the bundle's, the whole set's) or the decision its figures are at, what the intervals
+    count (``ci_unit``: that of the evaluation they are part of; none: films) and what a figure of too few patients
+    says instead of a rate."""
     if not block:
         return ""
     at = f"at the bundle threshold {_fmt(block['threshold'], 'threshold')}" if "threshold" in block else of
     parts = [f"<h2>{section}Figures by subgroup</h2>",
              f'<p class="note">Each group&#x27;s figures on its films alone, {_esc(at)}, with 95% CIs that count '
-             f"patients; a figure of fewer than {block['smallest']} patients gives its films counted and no interval. "
+             f"{ci_unit or 'film'}s; a figure of fewer than {block['smallest']} patients gives its films counted and "
+             "no interval. "
              "A group&#x27;s figures differ from the whole set&#x27;s by chance too: compare their intervals.</p>"]
     for field, groups in block["fields"].items():
         head, rows = table_rows(groups)
@@ -614,7 +616,7 @@ def write_report(
     if metrics.get("kind") == "multiclass":
         body = _multiclass_body(metrics, pngs=pngs)
     else:
-        body = _binary_body(metrics, pngs) + _subgroups_html(metrics.get("subgroups"))
+        body = _binary_body(metrics, pngs) + _subgroups_html(metrics.get("subgroups"), metrics.get("ci_unit"))
         for key, section, prefix in _CLASS_PARTS:
             if metrics.get(key):
                 part_pngs: dict[str, bytes] = {}
