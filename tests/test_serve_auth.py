@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import get_args
 
@@ -30,7 +30,7 @@ from pneumoscan import cli
 from pneumoscan.inference.onnx_runtime import model_version
 from pneumoscan.models.card import load_card
 from pneumoscan.serving.app import create_app
-from pneumoscan.serving.guard import Access
+from pneumoscan.serving.guard import KEY_FILE_CHECK_S, KEY_FILE_REFUSED, Access
 from pneumoscan.serving.limits import RETRY_AFTER_S, Limits
 from pneumoscan.serving.server import UVICORN_GRACE_RAN_OUT, GraceRanOut, build_server
 from tests.builders import free_port, running, start_serve, wait_healthy
@@ -200,6 +200,62 @@ def test_a_key_file_of_comments_alone_is_refused_and_a_shared_one_warned_of(tmp_
     with caplog.at_level(logging.WARNING, "pneumoscan.core.secrets"):
         Access.from_options(keys)
     assert f"the API key file {keys} is readable by every user of this machine" in caplog.text
+
+
+def _after_a_look(client: TestClient, **headers: str) -> httpx.Response:
+    """/v1/model asked once the service may look at its key file again (KEY_FILE_CHECK_S after its last look)."""
+    time.sleep(KEY_FILE_CHECK_S + 0.1)
+    return client.get("/v1/model", headers=headers)
+
+
+def test_a_line_deleted_from_the_key_file_is_a_key_revoked_within_a_second_without_sighup(
+        tiny_bundle: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An operator who deletes a client's line expects its key to stop working: it went on being let in until
+    someone sent SIGHUP. The file is looked at by a request once a second at most, read again when it has changed
+    (a line deleted or added, a key replaced), and what the others send goes on being let in."""
+    (keys := tmp_path / "keys").write_text(f"ward {WARD_KEY}\npacs {PACS_KEY}\n")
+    with TestClient(create_app(tiny_bundle, access=Access.from_options(keys)), base_url=LOCAL) as client:
+        assert client.get("/v1/model", headers={"X-API-Key": PACS_KEY}).status_code == 200
+        keys.write_text(f"ward {WARD_KEY}\n")
+        with caplog.at_level(logging.INFO, "pneumoscan.serving.guard"):
+            assert _after_a_look(client, **{"X-API-Key": PACS_KEY}).status_code == 401
+        assert client.get("/v1/model", headers={"X-API-Key": WARD_KEY}).status_code == 200
+        assert (f"the API key file changed: the API key was reloaded from {keys}; requests from now on need one of "
+                "its keys (ward)") in caplog.text
+        keys.write_text(f"ward {WARD_KEY}\npacs {KEY}\n")  # the client given a key of its own again
+        assert _after_a_look(client, **{"X-API-Key": KEY}).status_code == 200
+    assert not any(secret in caplog.text for secret in (KEY, WARD_KEY, PACS_KEY)), caplog.text
+
+
+@pytest.mark.parametrize("spoil, words", [
+    (lambda keys: keys.write_text(""), "is empty"),
+    (lambda keys: keys.unlink(), "cannot be read (no such file or directory)"),
+    (lambda keys: keys.write_text(f"ward {WARD_KEY}\npacs short-key\n"), "line 2: its key is too short"),
+])  # fmt: skip
+def test_a_key_file_emptied_removed_or_spoiled_refuses_every_key_with_its_reason_never_opens_the_service(
+        spoil: Callable[[Path], object], words: str, tiny_bundle: Path, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A key file the checks of the start would refuse, found so while the service runs: every key is refused (503,
+    key_file_refused: the keys in use may hold the one being revoked), a request without a key too, the log says
+    why, and the file mended lets the keys in again. The page and the probe need no key, and stay."""
+    (keys := tmp_path / "keys").write_text(f"ward {WARD_KEY}\npacs {PACS_KEY}\n")
+    with TestClient(create_app(tiny_bundle, access=Access.from_options(keys)), base_url=LOCAL) as client:
+        spoil(keys)
+        with caplog.at_level(logging.WARNING, "pneumoscan.serving.guard"):
+            refused = _after_a_look(client, **{"X-API-Key": WARD_KEY})
+        assert refused.status_code == 503, refused.text
+        assert refused.json() == {"reason": "key_file_refused", "error": KEY_FILE_REFUSED}
+        assert [client.get(path, headers=headers).status_code for path, headers in (
+            ("/v1/model", {}), ("/v1/model", {"X-API-Key": PACS_KEY}), ("/metrics", {}),
+            ("/healthz", {}), ("/", {}))] == [503, 503, 503, 200, 200]
+        said = [r for r in caplog.records if "every API key is refused" in r.getMessage()]
+        assert len(said) == 1 and said[0].levelno == logging.WARNING, caplog.text  # said once, not a request
+        assert said[0].getMessage().startswith("the API key file changed: every API key is refused (503, "
+                                               f"key_file_refused) until the file is mended: the API key file {keys}")
+        assert words in said[0].getMessage() and WARD_KEY not in caplog.text
+        keys.write_text(f"ward {WARD_KEY}\n")
+        assert _after_a_look(client, **{"X-API-Key": WARD_KEY}).status_code == 200
+        assert client.get("/v1/model", headers={"X-API-Key": PACS_KEY}).status_code == 401
 
 
 # ---------------------------------------------------------------- Host allow-list
@@ -388,10 +444,11 @@ def _wait_for_line(proc: subprocess.Popen, log: Path, text: str, count: int = 1)
     return said
 
 
-def test_sighup_reloads_the_key_file_and_keeps_the_key_when_the_new_file_is_refused(tiny_bundle: Path,
-                                                                                     tmp_path: Path) -> None:
+def test_sighup_reloads_the_key_file_and_a_file_refused_refuses_every_key_until_mended(tiny_bundle: Path,
+                                                                                        tmp_path: Path) -> None:
     """`systemctl reload` (SIGHUP) ended the service without a line, a stop systemd did not restart: it reads the
-    key file again, with the checks of the start, and a file they refuse leaves the key in use. A file that holds
+    key file again, with the checks of the start, and a file they refuse refuses every key until it is mended (the
+    keys in use stayed, the one its operator meant to revoke among them). A file that holds
     the key in use says so, and where it is systemd's copy of a LoadCredential= key (under $CREDENTIALS_DIRECTORY,
     made once at the start) that a restart hands over a new one: the copy was said to be reloaded, "requests from
     now on need the new key", while the new key written over /etc/pneumoscan/key was refused (systemd 252). A file
@@ -428,22 +485,26 @@ def test_sighup_reloads_the_key_file_and_keeps_the_key_when_the_new_file_is_refu
             proc.send_signal(signal.SIGHUP)
             _wait_for_line(proc, log, "requests from now on need one of its keys (ward)")
             assert http.get("/v1/model", headers={"X-API-Key": PACS_KEY}).status_code == 401
-            key.write_text(f"ward {WARD_KEY}\npacs short-key\n")  # refused: the keys in use stay
+            key.write_text(f"ward {WARD_KEY}\npacs short-key\n")  # refused: so is every key
             proc.send_signal(signal.SIGHUP)
-            _wait_for_line(proc, log, "SIGHUP: the API key was not reloaded")
+            _wait_for_line(proc, log, "SIGHUP: every API key is refused")
             # the operator's next try within seconds is answered too: an answer to a signal is never held back
             key.write_text(f"ward {WARD_KEY}\nward {PACS_KEY}\n")
             proc.send_signal(signal.SIGHUP)
-            said = _wait_for_line(proc, log, "SIGHUP: the API key was not reloaded", count=2)
+            _wait_for_line(proc, log, "SIGHUP: every API key is refused", count=2)
+            for each in (WARD_KEY, "short-key", PACS_KEY):
+                assert http.get("/v1/model", headers={"X-API-Key": each}).status_code == 503
+            key.write_text(f"ward {WARD_KEY}\n")
+            proc.send_signal(signal.SIGHUP)
+            said = _wait_for_line(proc, log, "requests from now on need one of its keys (ward)", count=2)
             assert http.get("/v1/model", headers={"X-API-Key": WARD_KEY}).status_code == 200
-            assert http.get("/v1/model", headers={"X-API-Key": "short-key"}).status_code == 401
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-    assert said.count("the API key was reloaded") == 3, said
-    assert re.search(rf"^WARNING .*SIGHUP: the API key was not reloaded, the key in use stays: the API key file "
-                     rf"{re.escape(str(key))}, line 2: its key is too short", said, re.M), said
-    assert re.search(r"^WARNING .*SIGHUP: the API key was not reloaded, .*line 2: the name ward is line 1's too: ",
+    assert said.count("the API key was reloaded") == 4, said
+    assert re.search(rf"^WARNING .*SIGHUP: every API key is refused \(503, key_file_refused\) until the file is "
+                     rf"mended: the API key file {re.escape(str(key))}, line 2: its key is too short", said, re.M), said
+    assert re.search(r"^WARNING .*SIGHUP: every API key is refused .*line 2: the name ward is line 1's too: ",
                      said, re.M), said
     assert re.search(r'^INFO: +127\.0\.0\.1:\d+ - "GET /v1/model HTTP/1\.1" 200', said, re.M), said  # one key: no name
     assert not any(secret in said for secret in (KEY, new_key, WARD_KEY, PACS_KEY)), said
@@ -717,6 +778,8 @@ PROVED_ELSEWHERE = {  # each reason's answer needs a service state of its own: t
     "cors_not_allowed": ("test_serve_auth", "test_no_cors_unless_configured"),
     "rate_limited": ("test_serve_rate",
                      "test_a_client_past_its_rate_gets_429_with_retry_after_and_another_is_still_served"),
+    "key_file_refused": ("test_serve_auth", "test_a_key_file_emptied_removed_or_spoiled_refuses_every_key_with_its_"
+                                            "reason_never_opens_the_service"),
 }
 
 

@@ -7,6 +7,7 @@ import asyncio
 import hmac
 import logging
 import re
+import time
 from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from pneumoscan.core.atomic import file_stamp
 from pneumoscan.core.logs import raised_at, redact
 from pneumoscan.core.secrets import one_secret, read_secret, secret_text, warn_if_shared
 
@@ -51,6 +53,14 @@ KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")
 # the name of the key the request in progress was let in with (None: no key, or the one unnamed key), set by the
 # guard for the access log (server.AccessLines) and the rate limit (service.client_of) of the same request
 key_name: ContextVar[str | None] = ContextVar("key_name", default=None)
+# how often a request may look whether the key file has changed on disk (its stamp), to read it again
+KEY_FILE_CHECK_S = 1.0
+# the answer to a request that needs a key while the key file as it stands is refused: every key is refused
+KEY_FILE_REFUSED = ("the service cannot check API keys: its API key file is refused (the service log says why); "
+                    "its operator must mend the file")
+# a warning that answers an operator (a signal, SIGHUP; an edit of the key file): one an action, so never held back
+# by server.OneLineLog, which would leave a second try within its interval unanswered
+ANSWER = "answers_an_operator"
 
 
 @dataclass(frozen=True)
@@ -170,12 +180,59 @@ def read_keys(path: Path | str) -> tuple[str | None, tuple[tuple[str, str], ...]
 
 
 class KeyInUse:
-    """The API keys an app's guard asks for, one set for the app, replaced while it serves (SIGHUP reads the key
-    file again: :meth:`.server.ListeningServer.reload_key`): a request is checked against the keys in use as it
-    arrives, and one admitted goes on under its key."""
+    """The API keys an app's guard asks for, one set for the app, as its key file (``access.key_file``) holds them:
+    read again when the file changes on disk (its :func:`~pneumoscan.core.atomic.file_stamp`, which a request looks
+    at once a :data:`KEY_FILE_CHECK_S` at most) and on SIGHUP (:meth:`.server.ListeningServer.reload_key`), so that
+    a line deleted is a key revoked within a second, where it was one only once someone sent SIGHUP. A file that
+    cannot be read, or that the checks of the start refuse (empty, removed, a line malformed), refuses every key
+    (:attr:`refusal` says why; never the service opened): the keys in use may hold the one its operator meant to
+    revoke. A request is checked against the keys in use as it arrives, and one admitted goes on under its key.
+    Used on the event loop alone."""
 
     def __init__(self, access: Access | None) -> None:
-        self.keys = tuple((name, key.encode()) for name, key in access.keys) if access else ()
+        self.access = access
+        self.keys = self._encoded(access)
+        self.refusal: str | None = None  # why the key file as it stands is refused: every key with it
+        # no file's stamp (nor a missing file's None): the first look reads the file, which may have changed since it
+        # was read, before the model loaded
+        self.stamp: str | None = ""
+        self.looked = time.monotonic()
+
+    @staticmethod
+    def _encoded(access: Access | None) -> tuple[tuple[str | None, bytes], ...]:
+        return tuple((name, key.encode()) for name, key in access.keys) if access else ()
+
+    def current(self) -> tuple[tuple[str | None, bytes], ...]:
+        """The keys a request must carry now (none with :attr:`refusal`): the key file read again first where it
+        has changed since it was last read."""
+        key_file = self.access.key_file if self.access is not None else None
+        if key_file is not None and (now := time.monotonic()) - self.looked >= KEY_FILE_CHECK_S:
+            self.looked = now
+            if file_stamp(key_file) != self.stamp:
+                self.reload("the API key file changed")
+        return self.keys
+
+    def reload(self, said: str) -> bool:
+        """The key file read again, with the checks of the start (:meth:`Access.from_options`), its outcome logged
+        after ``said`` (what made it read); True when it holds the keys in use, which stay (nothing logged)."""
+        assert self.access is not None and self.access.key_file is not None
+        key_file, self.looked = self.access.key_file, time.monotonic()
+        self.stamp = file_stamp(key_file)  # before the read: a change during it is read at the next look
+        try:
+            access = Access.from_options(key_file, self.access.allowed_hosts, self.access.cors_origins)
+        except (OSError, ValueError) as e:  # an OSError's words without its "[Errno 2]"
+            self.keys, self.refusal = (), e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            log.warning("%s: every API key is refused (503, key_file_refused) until the file is mended: %s", said,
+                        self.refusal, extra={ANSWER: True})
+            return False
+        refused, self.refusal = self.refusal is not None, None
+        if self._encoded(access) == self.keys:  # none while refused
+            return True
+        self.access, self.keys = access, self._encoded(access)
+        log.info("%s: the API key was reloaded from %s; requests from now on need %s", said, key_file,
+                 f"one of its keys ({', '.join(name for name, _ in access.named_keys)})" if access.named_keys
+                 else "its key" if refused else "the new key", extra={ANSWER: True})
+        return False
 
 
 class Guard:
@@ -196,14 +253,14 @@ class Guard:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or (self.preflights and not _preflight(scope)):
             return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        problem = self._refusal(scope, headers)
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 message["headers"] = [*message.get("headers", []), *SECURITY_HEADERS]
             await send(message)
 
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        problem = self._refusal(scope, headers)
         if problem is not None:
             return await self._refuse(problem, scope, receive, send_with_headers)
         started = False
@@ -246,23 +303,28 @@ class Guard:
         # address (or localhost), and the probe reveals nothing a rebound page could use (the model id)
         if path != HEALTH_PATH and not _host_allowed(headers.get("host", ""), self.access.allowed_hosts):
             return Rejected(400, "this host name is not served here (see --allowed-hosts)", kind="host_not_served")
+        if _public(path):
+            return None
         # no method is exempt: a browser's CORS preflight is answered before this guard (CORSMiddleware is outside
         # it, and only with --cors-origin; the guard outside that asks no key), so an OPTIONS that reaches here
         # needs the key as any other request
-        keys = self.key.keys  # the keys as this request arrives: a reload replaces them, not this request's check
-        if keys and not _public(path):
-            # either header may hold the key: a proxy that adds X-API-Key passes a client's own Bearer token (a
-            # hospital sign-on's) on beside it
-            auth = headers.get("authorization", "")
-            given = [k.encode("latin-1") for k in (auth[7:].strip() if auth[:7].lower() == "bearer " else "",
-                                                   headers.get("x-api-key", "")) if k]
-            # every key compared, each in constant time: neither the time taken nor the answer says which came close
-            matched = [name for name, key in keys for k in given if hmac.compare_digest(k, key)]
-            if not matched:
-                reason = "a valid API key is required" if given else "an API key is required"
-                return Rejected(401, f"{reason}: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'",
-                                {"WWW-Authenticate": "Bearer"}, kind="key_wrong" if given else "key_missing")
-            key_name.set(matched[0])
+        keys = self.key.current()  # the keys as this request arrives: a reload replaces them, not this request's check
+        if self.key.refusal is not None:  # no key can be trusted, and none is not the service opened
+            return Rejected(503, KEY_FILE_REFUSED, kind="key_file_refused")
+        if not keys:
+            return None
+        # either header may hold the key: a proxy that adds X-API-Key passes a client's own Bearer token (a
+        # hospital sign-on's) on beside it
+        auth = headers.get("authorization", "")
+        given = [k.encode("latin-1") for k in (auth[7:].strip() if auth[:7].lower() == "bearer " else "",
+                                               headers.get("x-api-key", "")) if k]
+        # every key compared, each in constant time: neither the time taken nor the answer says which came close
+        matched = [name for name, key in keys for k in given if hmac.compare_digest(k, key)]
+        if not matched:
+            reason = "a valid API key is required" if given else "an API key is required"
+            return Rejected(401, f"{reason}: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'",
+                            {"WWW-Authenticate": "Bearer"}, kind="key_wrong" if given else "key_missing")
+        key_name.set(matched[0])
         return None
 
 

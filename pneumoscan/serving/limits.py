@@ -73,7 +73,7 @@ class Limits:
 Refusal = Literal["bad_request", "host_not_served", "cors_not_allowed", "key_missing", "key_wrong", "not_found",
                   "method_not_allowed", "upload_timeout", "too_large", "unsupported_type", "unreadable_film",
                   "not_reportable", "heatmap_unavailable", "heatmap_failed", "rate_limited", "busy", "shutting_down",
-                  "model_broken", "internal_error", "client_gone"]
+                  "key_file_refused", "model_broken", "internal_error", "client_gone"]
 # each status's refusal where its raise names none: the 422 of a request's options, the 429 of a client past its
 # rate, the 503 of a full lane, a path not served and a method it does not take (the router's), a bug's 500 (the
 # guard's)

@@ -40,7 +40,7 @@ from pneumoscan.core.network import is_loopback
 from pneumoscan.core.options import MAX_UPLOAD_MB
 from .app import ACCESS_LOGGER, CLIENT_GONE, create_app
 from .formats import PREDICT_OPTIONS, HeatmapWord, ReportFormat, ServiceInfo
-from .guard import SECURITY_HEADERS, Access, KeyInUse, key_name
+from .guard import ANSWER, SECURITY_HEADERS, Access, KeyInUse, key_name
 from .limits import Limits, Refusal, Rejected
 from .metrics import ServiceMetrics
 
@@ -225,11 +225,6 @@ class GuardedH11(H11Protocol):
     def _cut_off(self, close: Callable[[], None]) -> None:
         self.cut_off = True
         close()
-
-
-# a warning that answers an operator's signal (SIGHUP): one a signal, so never held back by OneLineLog, which would
-# leave a second try within its interval unanswered, neither reloaded nor refused
-ANSWER = "answers_an_operator"
 
 
 class OneLineLog(logging.Filter):
@@ -478,7 +473,7 @@ def build_server(bundle: Path | str, etiology: Path | str | None = None, host: s
         for sock in sockets:
             sock.close()
         raise
-    return ListeningServer(config, sockets, access)
+    return ListeningServer(config, sockets)
 
 
 def _log_serving(card: ServiceInfo, bundle: Path | str, etiology: Path | str | None, backend: str,
@@ -501,12 +496,12 @@ def _keys_said(access: Access) -> str:
 
 
 class ListeningServer(uvicorn.Server):
-    """uvicorn serving on the sockets :func:`listen` opened (``run()`` and ``serve()`` take them by default), with
-    the ``access`` rules its app applies, whose key file SIGHUP reads again (:meth:`reload_key`)."""
+    """uvicorn serving on the sockets :func:`listen` opened (``run()`` and ``serve()`` take them by default), whose
+    app's key file SIGHUP reads again (:meth:`reload_key`)."""
 
-    def __init__(self, config: uvicorn.Config, sockets: list[socket.socket], access: Access | None = None) -> None:
+    def __init__(self, config: uvicorn.Config, sockets: list[socket.socket]) -> None:
         super().__init__(config)
-        self.sockets, self.access = sockets, access
+        self.sockets = sockets
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -527,34 +522,23 @@ class ListeningServer(uvicorn.Server):
             signal.signal(signal.SIGHUP, previous)
 
     def reload_key(self) -> None:
-        """The API key file read again, with the checks of the start (:meth:`Access.from_options`): from now on
+        """The API key file read again (:meth:`.guard.KeyInUse.reload`, as a change of the file is): from now on
         requests need a key it holds (a named key no longer in it is refused: revoked), and those in progress go on
-        under the one they were admitted with. A key file those checks refuse leaves the keys in use, with a
-        warning that says why (never a key), and so does one that holds the keys in use: systemd's copy of a
-        ``LoadCredential=`` key, made once at the start, was said to be reloaded while the new key was refused and
-        the old one let in."""
-        key_file = self.access.key_file if self.access is not None else None
-        if self.access is None or key_file is None:
+        under the one they were admitted with; a file the checks of the start refuse refuses every key until it is
+        mended. A file that holds the keys in use says so: systemd's copy of a ``LoadCredential=`` key, made once at
+        the start, was said to be reloaded while the new key was refused and the old one let in."""
+        keys: KeyInUse = self.config.app.state.key_in_use
+        key_file = keys.access.key_file if keys.access is not None else None
+        if key_file is None:
             log.warning("SIGHUP: nothing to reload (the service was started without --api-key-file); it goes on",
                         extra={ANSWER: True})
             return
-        try:
-            access = Access.from_options(key_file, self.access.allowed_hosts, self.access.cors_origins)
-        except (OSError, ValueError) as e:
-            log.warning("SIGHUP: the API key was not reloaded, the key in use stays: %s", e, extra={ANSWER: True})
-            return
-        if access.keys == self.access.keys:
+        if keys.reload("SIGHUP"):
             credentials = os.environ.get(CREDENTIALS_ENV)
             copied = bool(credentials) and Path(key_file).resolve().is_relative_to(Path(credentials).resolve())
             log.warning("SIGHUP: the API key file %s holds the key in use, which stays%s", key_file,
                         " (systemd copies a LoadCredential= key once, at start: systemctl restart hands over a new "
                         "one)" if copied else "", extra={ANSWER: True})
-            return
-        self.access = access
-        self.config.app.state.key_in_use.keys = KeyInUse(access).keys
-        log.info("SIGHUP: the API key was reloaded from %s; requests from now on need %s", key_file,
-                 f"one of its keys ({', '.join(name for name, _ in access.named_keys)})" if access.named_keys
-                 else "the new key")
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         await super().serve(self.sockets if sockets is None else sockets)
