@@ -258,6 +258,37 @@ def test_a_key_file_emptied_removed_or_spoiled_refuses_every_key_with_its_reason
         assert client.get("/v1/model", headers={"X-API-Key": PACS_KEY}).status_code == 401
 
 
+def test_metrics_count_requests_and_readings_by_the_named_key_they_carried(tiny_bundle: Path, xray: bytes,
+                                                                          tmp_path: Path) -> None:
+    """IT saw how many requests were refused, but not which client sent them: each answer to a request that needs a
+    key is counted by the key's name, a key not in the file as (unknown) and none as (none) (a client sends no name
+    of its own: the series stay as few as the file's names), with its status (429: past --rate-limit), and each
+    reading by the key's name. A service of one key has no such series."""
+    from tests.test_serve import labels, moved, scraped
+
+    (keys := tmp_path / "keys").write_text(f"ward {WARD_KEY}\npacs {PACS_KEY}\nprometheus {KEY}\n")
+    app = create_app(tiny_bundle, access=Access.from_options(keys), rate_limit="2/minute")
+    with TestClient(app, base_url=LOCAL, headers={"X-API-Key": KEY}) as prometheus:
+        before = scraped(prometheus)
+        assert predict(prometheus, xray, **{"X-API-Key": WARD_KEY}).status_code == 200
+        assert [prometheus.post("/v1/predict", headers={"X-API-Key": PACS_KEY}).status_code
+                for _ in range(3)] == [415, 415, 429]
+        for sent in ("k3y-" + "a" * 32, "ward", "(unknown)"):
+            assert prometheus.get("/v1/model", headers={"X-API-Key": sent}).status_code == 401
+        assert TestClient(app, base_url=LOCAL).get("/v1/model").status_code == 401
+        after = scraped(prometheus)
+    assert moved(before, after, "pneumoscan_key_requests_total") == {
+        labels(key="ward", status="200"): 1, labels(key="pacs", status="415"): 2, labels(key="pacs", status="429"): 1,
+        labels(key="(unknown)", status="401"): 3, labels(key="(none)", status="401"): 1,
+        labels(key="prometheus", status="200"): 1}  # the first scrape
+    assert moved(before, after, "pneumoscan_key_readings_total") == {labels(key="ward", task="pneumonia"): 1}
+    with TestClient(create_app(tiny_bundle, access=Access(api_key=KEY)), base_url=LOCAL,
+                    headers={"X-API-Key": KEY}) as one_key:
+        assert predict(one_key, xray).status_code == 200
+        assert one_key.get("/v1/model", headers={"X-API-Key": WARD_KEY}).status_code == 401
+        assert not any(name.startswith("pneumoscan_key_") for name, _ in scraped(one_key))
+
+
 # ---------------------------------------------------------------- Host allow-list
 
 

@@ -92,7 +92,8 @@ def _add_middleware(app: FastAPI, access: Access | None, metrics: ServiceMetrics
     outside the guard so that its refusals carry CORS too, with a guard of the preflights CORS answers outside it;
     outside them all, each answer counted (its refusals too)."""
     app.state.key_in_use = KeyInUse(access)  # read again by a change of the key file, or SIGHUP
-    app.add_middleware(Guard, access=access, key=app.state.key_in_use, refused=metrics.refused)
+    app.add_middleware(Guard, access=access, key=app.state.key_in_use, refused=metrics.refused,
+                       answered=metrics.key_answered)
     if access is not None and access.cors_origins:  # each added outside the ones before
         app.add_middleware(Cors, refused=metrics.refused, allow_origins=list(access.cors_origins),
                            allow_methods=["GET", "POST"], allow_headers=["Authorization", "X-API-Key"], max_age=600)

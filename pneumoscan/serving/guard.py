@@ -53,6 +53,9 @@ KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")
 # the name of the key the request in progress was let in with (None: no key, or the one unnamed key), set by the
 # guard for the access log (server.AccessLines) and the rate limit (service.client_of) of the same request
 key_name: ContextVar[str | None] = ContextVar("key_name", default=None)
+# how /metrics counts by key (pneumoscan_key_requests_total's key) a request that carried no key of the key file's
+# named keys: a key not in it, or none; never a key file's name (KEY_NAME starts with a letter or a digit)
+UNKNOWN_KEY, NO_KEY = "(unknown)", "(none)"
 # how often a request may look whether the key file has changed on disk (its stamp), to read it again
 KEY_FILE_CHECK_S = 1.0
 # the answer to a request that needs a key while the key file as it stands is refused: every key is refused
@@ -240,25 +243,30 @@ class Guard:
     paths, the security headers on every response, and a JSON 500 for a bug (caught here, so the framework neither
     re-raises it, which closed the connection and logged a traceback per request, nor answers in plain text). Each
     of its refusals is a :class:`~.limits.Rejected`, with its reason, counted by ``refused`` (the service's
-    /metrics) as the app's are: a client sending a wrong key shows as ``key_wrong``. Pure ASGI, so request bodies
+    /metrics) as the app's are: a client sending a wrong key shows as ``key_wrong``; with named keys, each answer
+    is counted by ``answered`` under the key the request carried (:meth:`_refusal`). Pure ASGI, so request bodies
     stream through untouched. With ``preflights``, the guard outside CORS: CORS preflights only (which carry no key,
     by the Fetch standard, and CORS answers itself) get the Host check and the security headers; every other
     request passes to the CORS middleware, whose own guard inside sees it."""
 
     def __init__(self, app: ASGIApp, access: Access | None, preflights: bool = False,
-                 key: KeyInUse | None = None, refused: Callable[[Refusal], None] = lambda kind: None) -> None:
+                 key: KeyInUse | None = None, refused: Callable[[Refusal], None] = lambda kind: None,
+                 answered: Callable[[str, int], None] = lambda key, status: None) -> None:
         self.app, self.access, self.preflights, self.refused = app, access, preflights, refused
+        self.answered = answered  # each answer to a request that needed a named key, by its key (/metrics)
         self.key = KeyInUse(None) if preflights else key or KeyInUse(access)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or (self.preflights and not _preflight(scope)):
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        problem = self._refusal(scope, headers)
+        problem, carried = self._refusal(scope, headers)
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 message["headers"] = [*message.get("headers", []), *SECURITY_HEADERS]
+                if carried is not None:
+                    self.answered(carried, message["status"])
             await send(message)
 
         if problem is not None:
@@ -295,24 +303,27 @@ class Guard:
         self.refused(refusal.kind)
         await refusal.response()(scope, receive, send)
 
-    def _refusal(self, scope: Scope, headers: dict[str, str]) -> Rejected | None:
+    def _refusal(self, scope: Scope, headers: dict[str, str]) -> tuple[Rejected | None, str | None]:
+        """Why the request is refused (None: let in), and, where it needed one of the named keys, the key it carried
+        as /metrics counts it: its name, :data:`UNKNOWN_KEY` or :data:`NO_KEY`."""
         if self.access is None:
-            return None
+            return None, None
         path = route_path(scope)
         # the health probe answers any Host: a load balancer's or an orchestrator's probe names the instance by its
         # address (or localhost), and the probe reveals nothing a rebound page could use (the model id)
         if path != HEALTH_PATH and not _host_allowed(headers.get("host", ""), self.access.allowed_hosts):
-            return Rejected(400, "this host name is not served here (see --allowed-hosts)", kind="host_not_served")
+            return Rejected(400, "this host name is not served here (see --allowed-hosts)",
+                            kind="host_not_served"), None
         if _public(path):
-            return None
+            return None, None
         # no method is exempt: a browser's CORS preflight is answered before this guard (CORSMiddleware is outside
         # it, and only with --cors-origin; the guard outside that asks no key), so an OPTIONS that reaches here
         # needs the key as any other request
         keys = self.key.current()  # the keys as this request arrives: a reload replaces them, not this request's check
         if self.key.refusal is not None:  # no key can be trusted, and none is not the service opened
-            return Rejected(503, KEY_FILE_REFUSED, kind="key_file_refused")
+            return Rejected(503, KEY_FILE_REFUSED, kind="key_file_refused"), None
         if not keys:
-            return None
+            return None, None
         # either header may hold the key: a proxy that adds X-API-Key passes a client's own Bearer token (a
         # hospital sign-on's) on beside it
         auth = headers.get("authorization", "")
@@ -320,12 +331,14 @@ class Guard:
                                                headers.get("x-api-key", "")) if k]
         # every key compared, each in constant time: neither the time taken nor the answer says which came close
         matched = [name for name, key in keys for k in given if hmac.compare_digest(k, key)]
+        named = keys[0][0] is not None
         if not matched:
             reason = "a valid API key is required" if given else "an API key is required"
-            return Rejected(401, f"{reason}: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'",
-                            {"WWW-Authenticate": "Bearer"}, kind="key_wrong" if given else "key_missing")
+            return (Rejected(401, f"{reason}: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'",
+                             {"WWW-Authenticate": "Bearer"}, kind="key_wrong" if given else "key_missing"),
+                    (UNKNOWN_KEY if given else NO_KEY) if named else None)
         key_name.set(matched[0])
-        return None
+        return None, matched[0]
 
 
 class Cors(CORSMiddleware):

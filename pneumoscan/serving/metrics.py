@@ -1,11 +1,12 @@
 """The service's metrics for Prometheus (``GET /metrics``, its text format, by ``prometheus_client``): requests by
 endpoint and status, readings by stage, call and scope, refusals and scope warnings by kind, the model's run time,
-the requests in the service against their bounds, the lingering closes of connections answered early, and the models
-served.
+the requests in the service against their bounds, the lingering closes of connections answered early, the models
+served, and requests and readings by the named key they carried.
 
 Every label takes its values from a small fixed set (an endpoint of the app, a status, a class of the bundle, a kind
-of refusal or warning): nothing a client or a film says (a path, a file name, a message, a tag's value) becomes a
-label, so the metrics hold no patient data and their series stay few. One registry a service, in its one process
+of refusal or warning, a name of the operator's key file): nothing a client or a film says (a path, a file name, a
+message, a tag's value, a key not in the file) becomes a label, so the metrics hold no patient data and their series
+stay few. One registry a service, in its one process
 (``serve`` runs one): no multiprocess mode."""
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pneumoscan.data.scope import NAMED_KINDS, kind_of
 
-from .guard import route_path
+from .guard import key_name, route_path
 from .limits import Refusal
 
 OTHER = "other"  # the endpoint of a path the app does not serve; the kind of a warning no scope check wrote, or of one
@@ -58,6 +59,13 @@ class ServiceMetrics:
                                 "check's refusals, and paths not served, included)", ["reason"], registry=r)
         for reason in get_args(Refusal):  # each series from 0, so that a rate sees the first refusal of its kind
             self.refusals.labels(reason)
+        # by the key file's names (and UNKNOWN_KEY, NO_KEY) alone, so IT tells clients apart: a few series a client
+        self.key_requests = Counter("pneumoscan_key_requests", "requests that needed one of the key file's named keys, "
+                                    "by the key they carried (its name; (unknown): a key not in the file; (none): no "
+                                    "key) and status (401: refused; 429: past --rate-limit)", ["key", "status"],
+                                    registry=r)
+        self.key_readings = Counter("pneumoscan_key_readings", "readings answered to a request let in with a named "
+                                    "key, by its name and stage", ["key", "task"], registry=r)
         self.warnings = Counter("pneumoscan_scope_warnings", "scope warnings given with readings, by stage, kind "
                                 "(other: a warning no scope check wrote) and whether it puts the film out of scope",
                                 ["task", "kind", "out_of_scope"], registry=r)
@@ -103,6 +111,8 @@ class ServiceMetrics:
         """One stage's reading, answered, with its warnings by kind."""
         near = "unknown" if near_threshold is None else str(near_threshold).lower()
         self.readings.labels(task, call, str(in_scope).lower(), near).inc()
+        if (name := key_name.get()) is not None:  # the request's own (the guard's): a named key's
+            self.key_readings.labels(name, task).inc()
         for warning in warnings:
             kind = kind_of(warning)  # a kind no name was given yet counts as other, its scope as it says
             name, out = (KIND_NAMES.get(kind, OTHER), kind.out_of_scope) if kind is not None else (OTHER, False)
@@ -110,6 +120,10 @@ class ServiceMetrics:
 
     def refused(self, reason: Refusal) -> None:
         self.refusals.labels(reason).inc()
+
+    def key_answered(self, key: str, status: int) -> None:
+        """One answer to a request that needed a named key, by the key it carried (:meth:`.guard.Guard._refusal`)."""
+        self.key_requests.labels(key, str(status)).inc()
 
     def exposition(self, accept: str | None) -> tuple[bytes, str]:
         """Every series, and its content type, in the format the scrape's ``accept`` header asks for, as
