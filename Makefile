@@ -14,7 +14,7 @@ REFERENCE_DIR ?= runs/reference
 FHIR_VALIDATOR := .cache/fhir-validator
 export PNEUMOSCAN_DATA
 
-.PHONY: env test typecheck demo demo-etiology demo-best demo-best-etiology reference bench browser pacs-server dicom-tools systemd fhir-validator docs clean
+.PHONY: env test typecheck demo demo-etiology demo-best demo-best-etiology reference bench browser pacs-server dicom-tools systemd rate-limit-store fhir-validator docs clean
 
 env: $(VENV)/.installed
 
@@ -47,6 +47,12 @@ systemd:
 	@command -v systemd-analyze >/dev/null || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null)
 
+# The rate-limit test counts two services' allowances in a real Redis server (serve --rate-limit-storage); a missing
+# server is a test failure, so install it here (the server alone, without the packages it recommends).
+rate-limit-store:
+	@command -v redis-server >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get --no-install-recommends install -y -qq redis-server >/dev/null)
+
 # The FHIR conformance test validates every FHIR resource pneumoscan writes with FHIR's JSON Schemas (R4, R4B), FHIR.js
 # and HL7's FHIRPath engine over the invariants of HL7's R4B core package, npm packages at the versions
 # tests/fhir/package-lock.json pins; a missing validator is a test failure, so install them here (Node.js from Debian
@@ -61,7 +67,7 @@ $(FHIR_VALIDATOR)/node_modules/.installed: tests/fhir/package.json tests/fhir/pa
 	touch $@
 
 # One worker a CPU (tests/conftest.py); worksteal keeps them busy to the end though a few tests take 30 s.
-test: env browser pacs-server dicom-tools systemd fhir-validator
+test: env browser pacs-server dicom-tools systemd rate-limit-store fhir-validator
 	$(BIN)/pytest -q -n auto --dist worksteal
 
 # mypy --strict over docs/python.md as a user's script, against the package's annotations (pneumoscan/py.typed),

@@ -479,6 +479,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     limits, access = serve_settings(args)
     build_server(args.bundle, etiology=args.etiology, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb,
                  backend=args.backend, limits=limits, access=access, insecure=args.insecure, rate_limit=args.rate_limit,
+                 rate_limit_storage=args.rate_limit_storage,
                  heatmaps=not args.no_heatmaps, quiet=args.quiet).run()  # -q: no access log either
     return 0
 
@@ -979,6 +980,10 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
                         "X-Forwarded-For of a proxy on loopback or FORWARDED_ALLOW_IPS): past N in any minute "
                         "(N/second, N/hour, N per M minutes) it gets 429 + Retry-After while others are served "
                         "(default: none)")
+    p.add_argument("--rate-limit-storage", metavar="URI",
+                   help="where --rate-limit's counts are kept: memory:// (this process's, the default) or a Redis "
+                        "server the instances behind a load balancer share, redis://HOST:6379/0 (redis+unix:///PATH); "
+                        "one that does not answer at start is refused, and at a request refuses it 503 + Retry-After")
     p.add_argument("--max-lingering", type=_positive(int),
                    help="connections answered early (401, 413, 503 before the upload is in) whose rest is dropped "
                         "until the client closes, at most --body-timeout, at once; past it one closes at once "

@@ -2,11 +2,15 @@
 and a reason while another is still served, its allowance frees once its window has passed, the health probe, the
 model card and the page are never counted, a shared API key does not make its holders one client, a named key is
 one client wherever it is sent from, and behind a proxy each forwarded address is a client of its own, its 429s
-counted in /metrics and held back in the access log as any status's."""
+counted in /metrics and held back in the access log as any status's. Instances sharing a Redis server
+(--rate-limit-storage, a real redis-server started here) count one allowance."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -17,7 +21,8 @@ from fastapi.testclient import TestClient
 from pneumoscan import cli
 from pneumoscan.serving.app import create_app
 from pneumoscan.serving.guard import Access
-from pneumoscan.serving.limits import PerClient
+from pneumoscan.serving.limits import RETRY_AFTER_S, PerClient
+from tests.builders import free_port
 from tests.test_serve import labels, moved, scraped
 from tests.test_serve_auth import KEY, LOCAL, PACS_KEY, WARD_KEY, predict, predict_at
 from tests.test_serve_limits import logged
@@ -131,3 +136,62 @@ def test_a_rate_the_service_cannot_keep_is_refused_as_the_options_are_read(given
         PerClient(given)
     assert cli.build_parser().parse_args(["serve", "b", "--rate-limit", "10 per 30 seconds"]).rate_limit == (
         "10 per 30 seconds")
+
+
+# ---------------------------------------------------------------- a store the instances share
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[tuple[tuple[str, str], subprocess.Popen]]:
+    """A real redis-server on a free port of loopback and on a Unix socket, with no file of its own (`make
+    rate-limit-store` installs it; missing, the test fails), and its two URIs."""
+    assert shutil.which("redis-server"), "no redis-server: `make rate-limit-store` installs it"
+    port, sock = free_port(), tmp_path / "redis.sock"
+    server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--unixsocket", str(sock),
+                               "--save", "", "--appendonly", "no", "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True).stdout != "PONG\n":
+            assert server.poll() is None and time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.05)
+        yield (f"redis://127.0.0.1:{port}/0", f"redis+unix://{sock}"), server
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_instances_sharing_a_redis_server_count_one_allowance_and_refuse_503_while_it_is_down(
+        tiny_bundle: Path, redis_server: tuple[tuple[str, str], subprocess.Popen]) -> None:
+    """Two instances behind a load balancer counted apart in their memory: a client allowed 2 a minute sent 2 to
+    each. With --rate-limit-storage they count in one Redis server (reached over TCP by one, a Unix socket by the
+    other); while it does not answer, a prediction request
+    cannot be counted and is refused (503 with Retry-After), never let in uncounted, and the service answers again
+    once it is back."""
+    uris, server = redis_server
+    first, second = (create_app(tiny_bundle, rate_limit="2/minute", rate_limit_storage=uri) for uri in uris)
+    with as_client(first, SCRIPT) as script_first, as_client(second, SCRIPT) as script_second:
+        assert [no_film(script_first).status_code, no_film(script_second).status_code] == [415, 415]
+        refused = no_film(script_first)
+        assert refused.status_code == 429 and 55 <= int(refused.headers["retry-after"]) <= 60, refused.text
+        assert no_film(script_second).status_code == 429
+        assert no_film(as_client(second, WARD)).status_code == 415  # another client, its own allowance
+        server.terminate()
+        server.wait(timeout=10)
+        down = no_film(as_client(first, WARD))
+        assert (down.status_code, down.headers["retry-after"]) == (503, str(RETRY_AFTER_S)), down.text
+        assert down.json()["reason"] == "rate_limit_unavailable"
+        assert "its rate-limit store (--rate-limit-storage) does not answer" in down.json()["error"]
+        assert script_first.get("/healthz").status_code == 200  # what is never counted needs no store
+
+
+def test_a_store_that_does_not_answer_or_is_not_redis_is_refused_at_start_without_its_password(
+        tiny_bundle: Path) -> None:
+    """The service would start and refuse every prediction request; and a URI's password is never said."""
+    port = free_port()  # nothing listens there
+    with pytest.raises(ValueError, match=rf"--rate-limit-storage\) redis://:\*\*\*@127\.0\.0\.1:{port}/0: the "
+                                         r"Redis server does not answer \(within 1 s\): start it, or check the URI"):
+        PerClient("2/minute", f"redis://:s3cret-pass@127.0.0.1:{port}/0")
+    with pytest.raises(ValueError, match=r"takes memory:// or a Redis server's URI .*got 'memcached://127\.0\.0\.1'"):
+        PerClient("2/minute", "memcached://127.0.0.1")
+    with pytest.raises(ValueError, match=r"is where --rate-limit's counts are kept: give the rate too"):
+        create_app(tiny_bundle, rate_limit_storage="memory://")

@@ -34,7 +34,7 @@ CLIENT_GONE = 499  # nginx's "client closed request": the status a request whose
 
 def create_app(bundle: Path | str, etiology: Path | str | None = None, max_upload_mb: float = MAX_UPLOAD_MB,
                backend: str = "torch", limits: Limits | None = None, access: Access | None = None,
-               heatmaps: bool = True, rate_limit: str | None = None) -> FastAPI:
+               heatmaps: bool = True, rate_limit: str | None = None, rate_limit_storage: str | None = None) -> FastAPI:
     """The service for a pneumonia (or any) bundle, with an optional bacteria-vs-virus second stage.
     ``backend="onnx"`` predicts with ONNX Runtime (2-3x faster on CPU; Grad-CAM still uses torch), exporting the
     model at startup unless ``pneumoscan export`` already put a current model.onnx in the bundle. Concurrent
@@ -48,10 +48,13 @@ def create_app(bundle: Path | str, etiology: Path | str | None = None, max_uploa
     scoring. ``rate_limit`` (``60/minute``; none by default): each client's allowance of prediction requests, past
     which it gets 429 with Retry-After while others are served (:class:`.limits.PerClient`); the client is the
     name of the key it was let in with (``access``'s named keys), else the request's address, a trusted proxy's
-    ``X-Forwarded-For`` (:func:`.service.client_of`)."""
+    ``X-Forwarded-For`` (:func:`.service.client_of`). ``rate_limit_storage``: where the counts are kept, this process's
+    memory by default, or a Redis server's URI (``redis://HOST:6379/0``) shared by the instances behind a load
+    balancer (:func:`.limits.rate_store`; one that does not answer is refused)."""
     _refuse_unguarded_key(access)
     uid_root()  # a wrong $PNEUMOSCAN_UID_ROOT stops the start, not every report later as the client's fault (422)
-    service = Service(bundle, etiology, max_upload_mb, backend, limits or Limits(), heatmaps, rate_limit)
+    service = Service(bundle, etiology, max_upload_mb, backend, limits or Limits(), heatmaps, rate_limit,
+                      rate_limit_storage)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -3,21 +3,31 @@ and the refusals that end a request early."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
 import time
 from dataclasses import field
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from fastapi.responses import JSONResponse
 from limits import RateLimitItem, parse_many
-from limits.storage import MemoryStorage
+from limits.errors import StorageError
+from limits.storage import MemoryStorage, Storage, storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 from pydantic import ConfigDict, Field
 from pydantic.dataclasses import dataclass
 
 from pneumoscan.core.cpus import usable_cores
 
+log = logging.getLogger(__name__)
+
 RETRY_AFTER_S = 2  # what a 503 for a full service tells the client to wait
+# the stores --rate-limit-storage takes, by the scheme of their URI: a Redis server (over TCP or a Unix socket) that
+# the instances behind a load balancer share; any other of the limits library's is untested here
+SHARED_STORES = ("redis", "redis+unix")
+STORE_TIMEOUT_S = 1.0  # the longest a rate-limit store may take to connect or answer before a request is refused
 BUNDLE_WAIT_S = 3.0  # how long /healthz waits for a bundle's folder to answer (service.OnDisk) before it says so
 # What each limit takes, declared on its field so that pydantic checks it and the schema shows it: a count of at
 # least 1 (a semaphore of 2.5, or of True, is no bound), seconds above 0 and finite (a deadline of inf is none)
@@ -72,8 +82,8 @@ class Limits:
 # it) names one. The message says more, but holds what the film or the request said, which a metric's label must not
 Refusal = Literal["bad_request", "host_not_served", "cors_not_allowed", "key_missing", "key_wrong", "not_found",
                   "method_not_allowed", "upload_timeout", "too_large", "unsupported_type", "unreadable_film",
-                  "not_reportable", "heatmap_unavailable", "heatmap_failed", "rate_limited", "busy", "shutting_down",
-                  "key_file_refused", "model_broken", "internal_error", "client_gone"]
+                  "not_reportable", "heatmap_unavailable", "heatmap_failed", "rate_limited", "rate_limit_unavailable",
+                  "busy", "shutting_down", "key_file_refused", "model_broken", "internal_error", "client_gone"]
 # each status's refusal where its raise names none: the 422 of a request's options, the 429 of a client past its
 # rate, the 503 of a full lane, a path not served and a method it does not take (the router's), a bug's 500 (the
 # guard's)
@@ -124,19 +134,72 @@ def _said(rate: RateLimitItem) -> str:
     return f"{rate.amount} per {unit}" if rate.multiples == 1 else f"{rate.amount} per {rate.multiples} {unit}s"
 
 
+def said_store(uri: str) -> str:
+    """A store's URI as the log and the errors say it: without its password (``redis://:***@host:6379/0``)."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()
+
+
+def rate_store(uri: str | None) -> Storage:
+    """Where :class:`PerClient` counts: this process's memory (None, ``memory://``), or the Redis server at ``uri``
+    (:data:`SHARED_STORES`), each call of which waits :data:`STORE_TIMEOUT_S` at most and fails as the library's
+    StorageError. Any other URI is refused (ValueError), and so is a Redis server that does not answer now: the
+    service would start, then refuse every prediction request."""
+    if uri is None or uri == "memory://":
+        return MemoryStorage()
+    where = said_store(uri)
+    if urlsplit(uri).scheme not in SHARED_STORES:
+        raise ValueError(f"rate_limit_storage (--rate-limit-storage) takes memory:// or a Redis server's URI "
+                         f"(redis://HOST:6379/0, redis+unix:///PATH), got {where!r}")
+    try:
+        store = storage_from_string(uri, wrap_exceptions=True, socket_timeout=STORE_TIMEOUT_S,
+                                    socket_connect_timeout=STORE_TIMEOUT_S)
+    except Exception as e:  # the library's ConfigurationError, or the Redis client's own for a URI it cannot read
+        password = urlsplit(uri).password
+        reason = str(e).replace(password, "***") if password else str(e)
+        raise ValueError(f"rate_limit_storage (--rate-limit-storage) {where}: {reason}") from None
+    if not store.check():
+        raise ValueError(f"rate_limit_storage (--rate-limit-storage) {where}: the Redis server does not answer "
+                         f"(within {STORE_TIMEOUT_S:g} s): start it, or check the URI")
+    return store
+
+
 class PerClient:
     """Each client's allowance of prediction requests (``serve --rate-limit``), so that one client sending as fast
     as it can (a misconfigured script) gets 429 with Retry-After while the others are served, where the bound on
     all of them together (:class:`Limits`' ``max_queue``) answered everyone 503 once it had filled the queue.
     Counted in a moving window (at most ``rate.amount`` requests in any ``rate``'s window) by the ``limits``
-    library, in this process's memory; used on the event loop alone. ``rate``: as :func:`per_client_rate` takes it."""
+    library, in this process's memory, or in a Redis server that instances share (``storage``,
+    :func:`rate_store`: a client allowed N by each instance behind a load balancer sent N times as many).
+    ``rate``: as :func:`per_client_rate` takes it."""
 
-    def __init__(self, rate: str) -> None:
-        self.rate, self.counts = per_client_rate(rate), MovingWindowRateLimiter(MemoryStorage())
+    def __init__(self, rate: str, storage: str | None = None) -> None:
+        self.rate, self.store = per_client_rate(rate), rate_store(storage)
+        self.counts = MovingWindowRateLimiter(self.store)
+        self.where = said_store(storage) if storage is not None and storage != "memory://" else None
+        if self.where is not None:
+            log.info("each client's requests are counted against --rate-limit in %s, with every instance that counts "
+                     "there", self.where)
 
-    def admit(self, client: str) -> None:
+    async def admit(self, client: str) -> None:
         """Count one request of ``client``, or refuse it (429, ``rate_limited``) with the seconds until the oldest
-        of its window's requests leaves it (Retry-After)."""
+        of its window's requests leaves it (Retry-After). A shared store is asked in a thread (a server that hangs
+        holds that thread, not the event loop), and one that does not answer refuses the request (503,
+        ``rate_limit_unavailable``): it cannot be counted, and the allowance is the operator's bound."""
+        if self.where is None:
+            return self._admit(client)  # memory: on the event loop, which alone uses it
+        try:
+            await asyncio.to_thread(self._admit, client)
+        except StorageError as e:
+            log.warning("the rate-limit store %s does not answer (%s): prediction requests get 503 until it does",
+                        self.where, type(e.storage_error).__name__)
+            raise Rejected(503, "the service cannot count this client's requests: its rate-limit store "
+                                "(--rate-limit-storage) does not answer; send it again after the Retry-After seconds",
+                           {"Retry-After": str(RETRY_AFTER_S)}, kind="rate_limit_unavailable") from None
+
+    def _admit(self, client: str) -> None:
         if self.counts.hit(self.rate, client):
             return
         reset, _ = self.counts.get_window_stats(self.rate, client)

@@ -410,8 +410,9 @@ def _log_config(app: FastAPI, root_path: str = "") -> dict[str, Any]:
     return config
 
 
-# the loggers a failing request or a flood writes to: the guard's "internal error" and this module's warnings
-QUIET_LOGGERS = ("uvicorn.error", "asyncio", "pneumoscan.serving.guard", __name__)
+# the loggers a failing request or a flood writes to: the guard's "internal error", the rate-limit store's that does
+# not answer, and this module's warnings
+QUIET_LOGGERS = ("uvicorn.error", "asyncio", "pneumoscan.serving.guard", "pneumoscan.serving.limits", __name__)
 
 
 def server_config(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, limits: Limits | None = None,
@@ -440,13 +441,14 @@ def server_config(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, limit
 def build_server(bundle: Path | str, etiology: Path | str | None = None, host: str = "127.0.0.1", port: int = 8000,
                  max_upload_mb: float = MAX_UPLOAD_MB, backend: str = "torch", limits: Limits | None = None,
                  access: Access | None = None, insecure: bool = False, quiet: bool = False,
-                 heatmaps: bool = True, rate_limit: str | None = None) -> ListeningServer:
+                 heatmaps: bool = True, rate_limit: str | None = None,
+                 rate_limit_storage: str | None = None) -> ListeningServer:
     """The service, ready to run. Listening on anything but loopback without an API key is refused (ValueError)
     unless ``insecure``; then it goes on with a loud warning. The address being served is added to the Host
     allow-list (but not a wildcard address: name the hosts with ``access``). The port is taken before the model
     loads (:func:`listen`: OSError when it cannot be). ``quiet`` (``pneumoscan -q``): no access log and no
-    information messages from uvicorn, warnings and errors only. ``heatmaps``, ``rate_limit``: as
-    :func:`.app.create_app`'s."""
+    information messages from uvicorn, warnings and errors only. ``heatmaps``, ``rate_limit``,
+    ``rate_limit_storage``: as :func:`.app.create_app`'s."""
     access = access or Access()
     if not access.keys and not is_loopback(host):
         if not insecure:
@@ -464,7 +466,8 @@ def build_server(bundle: Path | str, etiology: Path | str | None = None, host: s
     _raise_open_file_limit()
     sockets = listen(host, port)  # before the model loads: a port in use ends the start at once
     try:
-        app = create_app(bundle, etiology, max_upload_mb, backend, limits, access, heatmaps, rate_limit)
+        app = create_app(bundle, etiology, max_upload_mb, backend, limits, access, heatmaps, rate_limit,
+                         rate_limit_storage)
         _log_serving(app.state.card, bundle, etiology, backend, access)
         config = server_config(app, host, port, limits,
                                **({"access_log": False, "log_level": "warning"} if quiet else {}))

@@ -189,12 +189,17 @@ class Service:
     bounded lanes. Concurrent requests are decoded in threads and classified together in batches
     (:class:`.batching.Batcher`). Its models, lanes, readings and runs are counted in :attr:`metrics`. With
     ``rate_limit``, each client's prediction requests are also counted against that rate
-    (:class:`.limits.PerClient`)."""
+    (:class:`.limits.PerClient`), in ``rate_limit_storage`` (a Redis server's URI) where it is given."""
 
     def __init__(self, bundle: Path | str, etiology: Path | str | None, max_upload_mb: float, backend: str,
-                 limits: Limits, heatmaps: bool = True, rate_limit: str | None = None) -> None:
+                 limits: Limits, heatmaps: bool = True, rate_limit: str | None = None,
+                 rate_limit_storage: str | None = None) -> None:
         self.limits = limits
-        self.per_client = PerClient(rate_limit) if rate_limit is not None else None  # refused before the model loads
+        if rate_limit_storage is not None and rate_limit is None:
+            raise ValueError("rate_limit_storage (--rate-limit-storage) is where --rate-limit's counts are kept: give "
+                             "the rate too")
+        # refused before the model loads (a store that does not answer too)
+        self.per_client = PerClient(rate_limit, rate_limit_storage) if rate_limit is not None else None
         if not math.isfinite(max_upload_mb):  # int() of it would be an OverflowError or NaN's own ValueError
             raise ValueError(f"an upload limit of {max_upload_mb} MB is no limit: give a number of MB")
         self.max_bytes = int(max_upload_mb * 2**20)
@@ -283,7 +288,7 @@ class Service:
         next); heatmaps alone for good once Grad-CAM's model could not be built from the bundle's files, and always
         where the service draws none (:attr:`heatmaps_off`)."""
         if self.per_client is not None:
-            self.per_client.admit(client_of(request))
+            await self.per_client.admit(client_of(request))
         self._refuse_if_broken()
         if heatmap and self.heatmap_fault:
             raise Rejected(503, self.heatmap_fault, kind="heatmap_unavailable")
