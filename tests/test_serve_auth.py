@@ -237,7 +237,8 @@ def test_a_key_file_emptied_removed_or_spoiled_refuses_every_key_with_its_reason
         caplog: pytest.LogCaptureFixture) -> None:
     """A key file the checks of the start would refuse, found so while the service runs: every key is refused (503,
     key_file_refused: the keys in use may hold the one being revoked), a request without a key too, the log says
-    why, and the file mended lets the keys in again. The page and the probe need no key, and stay."""
+    why, and the file mended lets the keys in again. The page and the probe need no key, and stay; the probe says
+    degraded (the service works, but lets no client in), where it said ok."""
     (keys := tmp_path / "keys").write_text(f"ward {WARD_KEY}\npacs {PACS_KEY}\n")
     with TestClient(create_app(tiny_bundle, access=Access.from_options(keys)), base_url=LOCAL) as client:
         spoil(keys)
@@ -253,8 +254,12 @@ def test_a_key_file_emptied_removed_or_spoiled_refuses_every_key_with_its_reason
         assert said[0].getMessage().startswith("the API key file changed: every API key is refused (503, "
                                                f"key_file_refused) until the file is mended: the API key file {keys}")
         assert words in said[0].getMessage() and WARD_KEY not in caplog.text
+        # the probe says it, without the file's words (its path, its lines), which the log holds
+        assert client.get("/healthz").json()["status"] == "degraded"
+        assert client.get("/healthz").json()["reason"] == KEY_FILE_REFUSED
         keys.write_text(f"ward {WARD_KEY}\n")
         assert _after_a_look(client, **{"X-API-Key": WARD_KEY}).status_code == 200
+        assert client.get("/healthz").json()["status"] == "ok"
         assert client.get("/v1/model", headers={"X-API-Key": PACS_KEY}).status_code == 401
 
 

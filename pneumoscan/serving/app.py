@@ -22,7 +22,7 @@ from pneumoscan.inference.predict import NON_FINITE, NonFiniteScore
 from pneumoscan.interop.uids import uid_root
 
 from .formats import ERRORS, Health, HeatmapWord, Prediction, ReportFormat, ServiceInfo, check_options
-from .guard import API_KEY_ENV, Access, Cors, Guard, KeyInUse
+from .guard import API_KEY_ENV, KEY_FILE_REFUSED, Access, Cors, Guard, KeyInUse
 from .limits import REFUSED_AS, ClientGone, Limits, Rejected
 from .metrics import CountRequests, ServiceMetrics
 from .service import Service
@@ -133,9 +133,15 @@ def _add_routes(app: FastAPI, service: Service) -> None:
         # async on purpose: it answers from the event loop, never waiting behind decodes for a worker thread (the
         # bundle's files are stat'ed, and read when changed, in a thread of their own, for a bounded wait: OnDisk)
         health = await service.health()
-        if health.status != "unhealthy":  # degraded still answers predictions: a balancer keeps sending them
-            return health
-        return JSONResponse(health.model_dump(exclude_none=True), status_code=503)
+        if health.status == "unhealthy":
+            return JSONResponse(health.model_dump(exclude_none=True), status_code=503)
+        keys: KeyInUse = app.state.key_in_use
+        keys.current()  # a look at the key file, as a request that needs a key makes (once a second at most)
+        if keys.refusal is not None:  # the last reason: the service works, but lets no client in (never the file's
+            # words, which name its path and lines, to a probe that needs no key)
+            reason = "; ".join(r for r in (health.reason, KEY_FILE_REFUSED) if r)
+            return health.model_copy(update={"status": "degraded", "reason": reason})
+        return health  # degraded still answers predictions: a balancer keeps sending them
 
     # HEAD too, for the /healthz and / the probes of some load balancers send (FastAPI answers GET routes' HEAD 405):
     # a route of its own, out of the schema, where one method and path is one operation (one id)
