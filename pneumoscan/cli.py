@@ -411,13 +411,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if block := metrics.get(key):
             print(f"\n{len(block['class_names'])} classes, {_three_classes(block)}")
             _print_subgroups(block.get("subgroups"), f"of the decision ({block['decision']})", block.get("ci_unit"))
+    if metrics.get("subgroups"):  # once, beneath the tables of every block
+        import textwrap
+
+        from pneumoscan.evaluation.subgroups import DIFFERENCES_NOTE
+
+        print("\n" + textwrap.fill(DIFFERENCES_NOTE, 116))
     return 0
 
 
 def _print_subgroups(block: dict | None, at: str, ci_unit: str | None) -> None:
     """evaluate --by's tables on the terminal, one a field, as the report words them (:func:`table_rows`), each
     saying what its intervals count: the unit (``ci_unit``) of the evaluation they are part of."""
-    from pneumoscan.evaluation.subgroups import table_rows
+    import textwrap
+
+    from pneumoscan.evaluation.subgroups import differences_said, table_rows
 
     for field, groups in (block or {}).get("fields", {}).items():
         head, rows = table_rows(groups)
@@ -426,6 +434,8 @@ def _print_subgroups(block: dict | None, at: str, ci_unit: str | None) -> None:
         for row in (head, *rows):
             print("  " + "  ".join(cell.rjust(width) if 0 < i < 3 else cell.ljust(width)  # films, patients: numbers
                                    for i, (cell, width) in enumerate(zip(row, widths))).rstrip())
+        if said := differences_said(block, field):  # block is set: it has fields
+            print(textwrap.fill(said, 116, initial_indent="  ", subsequent_indent="    "))
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

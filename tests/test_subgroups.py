@@ -12,9 +12,10 @@ import pytest
 from PIL import Image
 
 from pneumoscan import cli
+from pneumoscan.core.metrics.differences import holm
 from pneumoscan.data.layouts import discover
 from pneumoscan.evaluation.evaluate import evaluate
-from pneumoscan.evaluation.subgroups import NOT_RECORDED
+from pneumoscan.evaluation.subgroups import NOT_RECORDED, difference_said
 from tests.builders import dicom_bytes, site_manifest
 
 
@@ -56,6 +57,52 @@ def test_groups_add_up_and_each_has_the_figures_of_its_own_films_at_the_bundles_
     assert f"by site, at threshold {metrics['threshold']:.4f} (95% CIs count films):" in printed
     assert "CIs count patients" not in printed and "with 95% CIs that count films;" in page
     assert f'<tr><th scope="row">B</th><td class="num">4</td><td class="num">4</td><td class="num">{said}</td>' in page
+    # each rate's test of a difference across the sites, over the 8 patients with positive films: a p-value and
+    # its adjustment over the evaluation's tests, said beneath the table; a rate no film misses has none, saying why
+    sensitivity = block["differences"]["site"]["sensitivity"]
+    tests = [t for field in block["differences"].values() for t in field.values() if "p" in t]
+    assert (sensitivity["groups"], sensitivity["patients"], block["tests"]) == (2, 8, len(tests))
+    assert [t["p_holm"] for t in tests] == pytest.approx(holm([t["p"] for t in tests]))
+    specificity = block["differences"]["site"]["specificity"]
+    right = site_a["specificity"]["hits"] + site_b["specificity"]["hits"]
+    if 0 < right < 8:
+        assert "p" in specificity
+    else:
+        assert specificity["none"] == f"all 8 negative films called {'right' if right else 'wrong'}: nothing differs"
+    line = f"sensitivity p = {sensitivity['p']:.3f}, adjusted = {sensitivity['p_holm']:.3f} (2 groups, 8 patients)"
+    assert line in " ".join(printed.split()) and line in page
+    assert "Beneath each table, a permutation test over patients" in " ".join(printed.split())
+
+
+def test_a_patient_filmed_in_two_groups_is_left_out_of_the_test_as_it_says(
+        tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path) -> None:
+    """A patient with films at both sites joins the sites' rates, which no shuffle of patients then keeps apart: the
+    test compares the other patients' films, and says so with the films it counts, which are not the table's."""
+    with site_manifest(tiny_dataset, tmp_path).open() as f:
+        rows = list(csv.DictReader(f))
+    for i, row in enumerate(rows):  # each film a patient of its own, but a pneumonia film at A and one at B
+        row["patient"] = "both" if i in (8, 14) else f"p{i}"
+    data = tmp_path / "one-patient-two-sites.csv"
+    with data.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["path", "label", "site", "patient"])
+        writer.writeheader()
+        writer.writerows(rows)
+    assert [(rows[i]["label"], rows[i]["site"]) for i in (8, 14)] == [("PNEUMONIA", "A"), ("PNEUMONIA", "B")]
+    metrics = evaluate(tiny_bundle, data, out_dir=tmp_path / "out", by=["site"])
+    with (tmp_path / "out" / "predictions.csv").open() as f:
+        scored = {row["path"]: row["correct"] == "True" for row in csv.DictReader(f)}
+    test = metrics["subgroups"]["differences"]["site"]["sensitivity"]
+    counted = [{"value": site, "hits": sum(scored[r["path"]] for r in rows[8:] if r["site"] == site
+                                           and r["patient"] != "both"),
+                "of": sum(r["site"] == site and r["patient"] != "both" for r in rows[8:])} for site in ("A", "B")]
+    assert (test["groups"], test["patients"], test["left_out"]) == (2, 6, 1)
+    hits = sum(c["hits"] for c in counted)
+    if 0 < hits < 6:
+        assert test["compared"] == counted
+        assert (f"1 patient with films in several groups left out, which leaves A {counted[0]['hits']} of 5, "
+                f"B {counted[1]['hits']} of 1)") in difference_said("sensitivity", test)
+    else:
+        assert test["none"] == f"all 6 positive films called {'right' if hits else 'wrong'}: nothing differs"
 
 
 def test_a_field_no_film_records_is_refused_naming_those_they_do(tiny_bundle: Path, tiny_dataset: Path,
@@ -104,3 +151,9 @@ def test_a_three_class_decision_has_its_accuracy_by_group(tiny_bundle: Path, tin
             right = sum(r[column].casefold() == group["value"] for r in rows if r["subtype"] == group["value"])
             assert (group["accuracy"]["hits"], group["accuracy"]["of"]) == (right, group["films"]), key
         assert "sensitivity" in metrics["subgroups"]["fields"]["subtype"][0], key  # the positive call's too
+        # the accuracy's test is adjusted with the positive call's over every test of the evaluation (Holm)
+        tests = [t for block in (metrics["subgroups"], metrics[key]["subgroups"])
+                 for field in block["differences"].values() for t in field.values() if "p" in t]
+        assert "p" in metrics[key]["subgroups"]["differences"]["subtype"]["accuracy"], key
+        assert [t["p_holm"] for t in tests] == pytest.approx(holm([t["p"] for t in tests])), key
+        assert metrics[key]["subgroups"]["tests"] == metrics["subgroups"]["tests"] == len(tests), key

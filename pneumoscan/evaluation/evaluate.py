@@ -33,7 +33,7 @@ from pneumoscan.models.card import WEIGHTS, BundleCard, load_card, proven_run_sp
 from .held_out import HeldOutPolicy, check_held_out
 from .model_card import MODEL_CARD, add_evaluation, counted, evaluation_record, left_out_said
 from .report import METRICS, MODEL_ID, THRESHOLD_DIGITS, write_report
-from .subgroups import film_values, subgroup_figures
+from .subgroups import adjust, film_values, subgroup_figures
 
 log = logging.getLogger(__name__)
 PREDICTION_FIELDS = ("path", "label", "subtype", "patient", "probability", "called", "correct")
@@ -302,8 +302,9 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
     run, given that run's split.csv as DATA, has its films checked against it as against a split.csv beside it, once
     its card's data checksum proves it the run's (:func:`~pneumoscan.models.card.proven_run_split`). ``by`` (fields:
     :func:`~.subgroups.film_values`) adds the figures of each of their groups at the same threshold under
-    ``subgroups`` (:func:`~.subgroups.subgroup_figures`; a three-class decision's accuracy under its block's), a
-    field no film records refused before the films are scored."""
+    ``subgroups`` (:func:`~.subgroups.subgroup_figures`; a three-class decision's accuracy under its block's), each
+    rate's test of a difference across the groups adjusted over all of them (:func:`~.subgroups.adjust`), a field no
+    film records refused before the films are scored."""
     if backend == "onnx-int8" and add_to_card:
         raise ValueError("add_to_card (--add-to-card) records evaluations of the bundle's FP32 model, which its card "
                          "describes; the INT8 model's figures stay in the report")
@@ -360,6 +361,7 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
                                                                split, etiology, tta, backend, groups, scope,
                                                                by_field)
         metrics["two_stage"]["films_without_patient_id"] = metrics["films_without_patient_id"]  # the same films
+    adjust(metrics)  # the tests of a difference across groups, over every field and rate of this evaluation
     if out_dir is not None:
         header = _report_header(bundle, data, split, card, threshold, len(targets), metrics["left_out"], tta,
                                 backend, etiology)

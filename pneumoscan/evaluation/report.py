@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
@@ -26,7 +27,7 @@ from pneumoscan.core.names import path_text
 from pneumoscan.models.run_folder import METRICS, REPORT
 
 from .model_card import ECE_NAME, PREVALENCE_BOUND, class_counts, film_counts, one_class, prevalence_note
-from .subgroups import table_rows
+from .subgroups import DIFFERENCES_NOTE, differences_said, table_rows
 
 # In print: white, unframed, every figure, table and row whole where it fits a page and a heading with what follows;
 # the rows of figures and the gallery are lines of blocks there, which Chromium breaks between (a flex row it moved
@@ -290,6 +291,40 @@ def roc_figure(curves: dict[str, dict[str, list]], label_of: dict[str, str], poi
         ax.legend(handles=shown, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8)
     else:
         ax.legend(handles=shown, loc="lower right", fontsize=8)
+    return fig
+
+
+def forest_figure(rows: Sequence[tuple[str, dict[str, tuple[float, float | None, float | None] | None]]],
+                  figures: Sequence[str], title: str) -> Figure:
+    """Figures by subgroup as a forest plot, a panel a figure (``figures``: their names as shown), a line a row
+    (``rows``: a label, and each figure's value with its 95% CI's ends, None where the row has none), top to bottom:
+    a figure without an interval (too few patients) as an open circle, never a bar that looks precise."""
+    height = 0.22 * len(rows)
+    fig, first = _sized_axes((1.9 * len(figures) + 0.25 * (len(figures) - 1), height), (2.4, 0.2, 0.8, 0.45))
+    axes = [first]
+    box = first.get_position()
+    width = box.width / (len(figures) + 0.13 * (len(figures) - 1))
+    first.set_position((box.x0, box.y0, width, box.height))
+    axes += [fig.add_axes((box.x0 + i * 1.13 * width, box.y0, width, box.height), sharey=first)
+             for i in range(1, len(figures))]
+    y = -np.arange(len(rows), dtype=float)
+    for ax, name in zip(axes, figures):
+        for (_, entries), at in zip(rows, y):
+            if (entry := entries.get(name)) is None:
+                continue
+            value, low, high = entry
+            if low is None or high is None:
+                ax.plot([value], [at], "o", mfc="none", mec="black", ms=5)
+            else:
+                ax.errorbar([value], [at], xerr=[[value - low], [high - value]], fmt="o", color="#1f77b4", ms=4,
+                            capsize=2, lw=1)
+        ax.set(xlim=(-0.02, 1.02), xlabel=_drawn(name), ylim=(y[-1] - 0.7, 0.7) if len(y) else None)
+        ax.grid(axis="x", alpha=0.3)
+        ax.tick_params(axis="y", left=ax is first, labelleft=ax is first)
+    first.set_yticks(y, [_drawn(label) for label, _ in rows], fontsize=8)
+    fig.text(box.x0, 1 - 0.08 / fig.get_figheight(), _drawn(title), va="top", fontsize=10)
+    fig.text(box.x0, 0.1 / fig.get_figheight(), "dots: value with its 95% CI; open circles: too few patients for "
+             "a CI", fontsize=7, va="bottom")
     return fig
 
 
@@ -579,6 +614,8 @@ def _subgroups_html(block: dict[str, Any] | None, ci_unit: str | None, section: 
              f"{ci_unit or 'film'}s; a figure of fewer than {block['smallest']} patients gives its films counted and "
              "no interval. "
              "A group&#x27;s figures differ from the whole set&#x27;s by chance too: compare their intervals.</p>"]
+    if block.get("differences"):
+        parts.append(f'<p class="note">{_esc(DIFFERENCES_NOTE)}</p>')
     for field, groups in block["fields"].items():
         head, rows = table_rows(groups)
         parts.append(
@@ -588,6 +625,8 @@ def _subgroups_html(block: dict[str, Any] | None, ci_unit: str | None, section: 
             + "".join(f'<tr><th scope="row">{_esc(row[0])}</th>'
                       + "".join(f'<td class="num">{_esc(cell)}</td>' for cell in row[1:]) + "</tr>" for row in rows)
             + "</tbody></table>")
+        if said := differences_said(block, field):
+            parts.append(f'<p class="note">{_esc(said)}</p>')
     return "".join(parts)
 
 

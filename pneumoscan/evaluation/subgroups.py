@@ -3,7 +3,9 @@ scanner maker, site, view), its films and patients and the figures its films def
 never one chosen per group: sensitivity where it has positive films, specificity where it has negative ones, AUC
 where it has both, each with the interval evaluate gives the whole set (:mod:`pneumoscan.core.metrics`), counting
 patients; a three-class decision's accuracy. A group of too few patients for an interval says so instead of showing
-a rate that looks precise.
+a rate that looks precise. Each field's sensitivity, specificity and accuracy are tested for a difference across its
+groups (:func:`~pneumoscan.core.metrics.differences.rate_difference`, a permutation test over patients), the
+p-values adjusted over every test of the evaluation (:func:`adjust`, Holm's).
 
 A film's fields are what its record knows (subtype, split), a manifest's own columns (:attr:`Record.columns`) and
 what :func:`~pneumoscan.data.scope.grouping` reads from its header with its scope check (format, PatientSex,
@@ -11,6 +13,7 @@ PatientAge as a band, Manufacturer, ViewPosition, InstitutionName)."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -18,6 +21,7 @@ import numpy as np
 
 from pneumoscan.core.metrics import (binary_metrics, jsonable, proportion_ci, roc_auc, threshold_metrics_ci,
                                      with_ci)
+from pneumoscan.core.metrics.differences import holm, rate_difference
 from pneumoscan.core.metrics.intervals import FEW_PATIENTS
 from pneumoscan.data.layouts import Record
 from pneumoscan.data.scope import ADULT, AGE_BANDS, GROUPING_FIELDS
@@ -28,6 +32,16 @@ NOT_RECORDED = "(not recorded)"  # the group of the films that do not record the
 # uses, and an exact interval of 2 of 2 patients, 0.16-1, says no more than "too few")
 SMALLEST = FEW_PATIENTS
 FIGURE_NAMES = {"sensitivity": "sensitivity", "specificity": "specificity", "auc": "AUC", "accuracy": "accuracy"}
+TESTED = ("sensitivity", "specificity", "accuracy")  # the rates tested for a difference across groups (not AUC)
+# metrics.json's blocks of figures by subgroup: (where, what their figures are of) beside the binary ``subgroups``
+DECISION_BLOCKS = ("multiclass", "two_stage")
+# what the tests beneath each field's table tell and do not, said where they are shown
+DIFFERENCES_NOTE = ("Beneath each table, a permutation test over patients asks of each rate whether it differs across "
+                    "the field's groups by more than shuffling patients among them makes it differ (films without "
+                    "the field, and patients with films in several groups, left out); its adjusted p is Holm's over "
+                    "every test of the evaluation: read that one against 0.05. A small p does not say why the groups "
+                    "differ (their patients may differ in other ways); a large p on small groups is no sign that "
+                    "they are alike. AUC is not tested.")
 _ORDER = [name for _, name in AGE_BANDS] + [ADULT]  # age bands youngest first, not as text sorts them
 
 
@@ -62,11 +76,21 @@ def subgroup_figures(values: Mapping[str, Sequence[str]], patients: np.ndarray,
     """metrics.json's ``subgroups``: for each field of ``values`` (:func:`film_values`), each value's films and
     patients (``patients``: each film's unit, as evaluate's intervals count them) and figures: with ``binary`` (the
     films' 0/1 truth, positive-class scores and the bundle's threshold) sensitivity, specificity and AUC; with
-    ``decision`` (truth and call among the classes) its accuracy. Undefined figures (no positive film) are None."""
+    ``decision`` (truth and call among the classes) its accuracy. Undefined figures (no positive film) are None.
+    ``differences``: each field's test of each rate across its groups (:func:`_difference`), unadjusted until
+    :func:`adjust` has seen every block of the evaluation."""
     patients = np.asarray(patients)
-    out: dict[str, Any] = {"smallest": SMALLEST, "fields": {}}
+    out: dict[str, Any] = {"smallest": SMALLEST, "fields": {}, "differences": {}}
+    rates: dict[str, tuple[np.ndarray, np.ndarray, str]] = {}  # a tested rate's films and their hits
     if binary is not None:
-        out["threshold"] = float(binary[2])
+        y, scores, threshold = binary
+        out["threshold"] = float(threshold)
+        called = np.asarray(scores) >= threshold
+        y = np.asarray(y).astype(int)
+        rates |= {"sensitivity": (y == 1, called, "positive"), "specificity": (y == 0, ~called, "negative")}
+    if decision is not None:
+        truth, decided = decision
+        rates["accuracy"] = (np.ones(len(truth), dtype=bool), np.asarray(truth) == np.asarray(decided), "")
     for field, film_value in values.items():
         film_value = np.asarray(film_value, dtype=object)
         groups = []
@@ -75,15 +99,113 @@ def subgroup_figures(values: Mapping[str, Sequence[str]], patients: np.ndarray,
             group: dict[str, Any] = {"value": value, "films": int(films.sum()),
                                      "patients": int(np.unique(patients[films]).size)}
             if binary is not None:
-                y, scores, threshold = binary
                 group |= _binary(y[films], scores[films], threshold, patients[films])
             if decision is not None:
-                truth, called = decision
-                right = truth[films] == called[films]
-                group["accuracy"] = _proportion(right, patients[films], "films")
+                group["accuracy"] = _proportion(rates["accuracy"][1][films], patients[films], "films")
             groups.append(group)
         out["fields"][field] = groups
+        out["differences"][field] = {name: _difference(hits[of], film_value[of], patients[of], what)
+                                     for name, (of, hits, what) in rates.items()}
     return jsonable(out)
+
+
+def _difference(hits: np.ndarray, values: np.ndarray, patients: np.ndarray, what: str) -> dict[str, Any]:
+    """A field's test of whether a rate (``hits`` of its films) differs across its groups (``values``): its p-value
+    (:func:`~pneumoscan.core.metrics.differences.rate_difference`) with the groups and patients it compares, or
+    ``none``, why no test is made (fewer than two groups, or films all called alike: nothing to differ). Left out of
+    it: the films that record no value (not a group of their own kind), and the patients with films in several groups
+    (``left_out``: Kermany's ``personN_bacteria`` and ``personN_virus`` are one patient), whose groups would not be
+    apart; a test on the others still holds, as which patients they are does not depend on their films' calls.
+    ``compared``: each group's films and hits the test counts."""
+    recorded = values != NOT_RECORDED
+    hits, values, patients = hits[recorded], values[recorded], patients[recorded]
+    groups_of = Counter(unit for unit, _ in set(zip(patients.tolist(), values.tolist())))
+    shared = np.array([groups_of[unit] > 1 for unit in patients.tolist()], dtype=bool)
+    hits, values, patients = hits[~shared], values[~shared], patients[~shared]
+    kinds = f"{what} films" if what else "films"
+    said: dict[str, Any] = {"groups": int(np.unique(values).size), "patients": int(np.unique(patients).size),
+                            "left_out": sum(count > 1 for count in groups_of.values())}
+    if said["groups"] < 2:
+        return said | {"none": f"{kinds} in fewer than two groups"
+                               + (" once the patients in several are left out" if said["left_out"] else "")}
+    if hits.all() or not hits.any():
+        return said | {"none": f"all {hits.size} {kinds} called {'right' if hits.all() else 'wrong'}: nothing "
+                               "differs"}
+    compared = [{"value": value, "hits": int(hits[values == value].sum()), "of": int((values == value).sum())}
+                for value in sorted(set(values.tolist()), key=group_order)]  # the table's, unless some left out
+    return said | {"p": rate_difference(hits, values, patients), "compared": compared}
+
+
+def blocks(metrics: Mapping[str, Any]) -> list[tuple[str | None, dict[str, Any]]]:
+    """metrics.json's or a card record's blocks of figures by subgroup, each with the decision its figures are of
+    (None: the binary figures, at ``threshold``): metrics.json keeps a decision's under its own block
+    (:data:`DECISION_BLOCKS`), a card's evaluation record under ``three_class_subgroups`` (:func:`recorded`)."""
+    found = [(None, metrics["subgroups"])] if metrics.get("subgroups") else []
+    for key in DECISION_BLOCKS:
+        if (block := metrics.get(key)) and block.get("subgroups"):
+            found.append((str(block["decision"]), block["subgroups"]))
+    return found + [(block["decision"], block) for block in metrics.get("three_class_subgroups") or ()]
+
+
+def recorded(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """What a card's evaluation record keeps of the figures by subgroup of ``metrics``: ``subgroups`` (the binary
+    figures') and ``three_class_subgroups``, each decision's block with the decision it is of, read back by
+    :func:`blocks`; {} where the evaluation has none."""
+    found = blocks(metrics)
+    binary = [block for decision, block in found if decision is None]
+    decisions = [{"decision": decision, **block} for decision, block in found if decision is not None]
+    return ({"subgroups": binary[0]} if binary else {}) | ({"three_class_subgroups": decisions} if decisions else {})
+
+
+def adjust(metrics: Mapping[str, Any]) -> None:
+    """Holm's adjustment (:func:`~pneumoscan.core.metrics.differences.holm`) of every test in the blocks of
+    ``metrics`` (:func:`blocks`), over every field and rate of the evaluation: ``p_holm`` beside each ``p``, and each
+    block's ``tests``, how many the adjustment is over. Looking through many fields and rates finds a small p by
+    chance alone; read ``p_holm`` against 0.05, not ``p``."""
+    tests = [test for _, block in blocks(metrics) for field in block.get("differences", {}).values()
+             for test in field.values() if "p" in test]
+    for test, adjusted in zip(tests, holm([t["p"] for t in tests])):
+        test["p_holm"] = adjusted
+    for _, block in blocks(metrics):
+        block["tests"] = len(tests)
+
+
+def difference_said(name: str, test: Mapping[str, Any] | None) -> str:
+    """A field's test of a rate in a sentence's words: its p, Holm-adjusted, with what it compares (the films it
+    counts where patients in several groups are left out: then not the table's), or why none."""
+    if test is None:
+        return f"{FIGURE_NAMES[name]}: not tested"
+    if "none" in test:
+        return f"{FIGURE_NAMES[name]}: no test ({test['none']})"
+    left_out = test.get("left_out", 0)
+    return (f"{FIGURE_NAMES[name]} p {_p(test['p'])}, adjusted {_p(test.get('p_holm', test['p']))} "
+            f"({test['groups']} groups, {test['patients']} patients"
+            + (f"; {left_out} patient{'' if left_out == 1 else 's'} with films in several groups left out, "
+               "which leaves " + ", ".join(f"{c['value']} {c['hits']} of {c['of']}" for c in test["compared"])
+               if left_out else "") + ")")
+
+
+def tests_said(block: Mapping[str, Any], field: str, figures: Sequence[str] = TESTED) -> str:
+    """A field's tests of ``figures`` (:func:`difference_said`), one after the other; "" where none was made (a
+    result written before the tests)."""
+    tests = block.get("differences", {}).get(field)
+    if not tests:
+        return ""
+    return "; ".join(difference_said(name, tests.get(name)) for name in figures if name in tests)
+
+
+def differences_said(block: Mapping[str, Any], field: str) -> str:
+    """What a field's tests say (:func:`tests_said`), the line beneath its table; "" where none was made."""
+    if not (said := tests_said(block, field)):
+        return ""
+    count = block.get("tests", 0)
+    return ("Do the groups differ by more than chance? (permutation test over patients, adjusted over the "
+            f"{count} test{'' if count == 1 else 's'} of this evaluation): {said}")
+
+
+def _p(p: float) -> str:
+    """A p-value as a paper gives it, with its sign: "= 0.043", "< 0.001"."""
+    return "< 0.001" if p < 0.001 else f"= {p:.3f}"
 
 
 def group_order(value: str) -> tuple[bool, int, str]:

@@ -76,16 +76,18 @@ POSITIVE = ("size", "temperature")  # zero or below: no image, inverted probabil
 # the card's fields a training run records again in train_config (its own name for each), under the same checksum
 RUN_RECORD = {"task": "task", "size": "image_size", "resize_policy": "resize_policy", "model_kwargs": "model_kwargs"}
 # the figures a card's records hold (val_metrics, external_evaluations, threshold_records; an INT8 sidecar's
-# validation figures), by key wherever they sit in them: what a figure can be. A rate, an AUC, a threshold or a
-# target is in [0, 1], a count a whole number of films (or patients) from 0; "ci" holds intervals, each in [0, 1],
-# low to high, and around its figure where it is an exact or score interval (a BCa bootstrap's, F1's, may leave it)
+# validation figures), by key wherever they sit in them: what a figure can be. A rate, an AUC, a threshold, a
+# target or a p-value is in [0, 1], a count a whole number of films (or patients, or tests) from 0; "ci" holds
+# intervals, each in [0, 1], low to high, and around its figure where it is an exact or score interval (a BCa
+# bootstrap's, F1's, may leave it)
 RATES = frozenset({
     "auc", "accuracy", "sensitivity", "specificity", "precision", "npv", "f1", "prevalence", "ece", "ece_chance",
     "three_class_accuracy", "three_class_balanced_accuracy", "three_class_macro_auc", "tta_sensitivity",
     "tta_specificity", "threshold", "tta_threshold", "previous_threshold", "previous_tta_threshold",
     "target_sensitivity", "max_false_positive_rate", "int8_threshold", "int8_tta_threshold",
-    "previous_int8_threshold", "previous_int8_tta_threshold"})
-COUNTS = frozenset({"n", "n_positive", "n_negative", "unreadable", "outside_scope", "all", "positive", "negative"})
+    "previous_int8_threshold", "previous_int8_tta_threshold", "p", "p_holm"})
+COUNTS = frozenset({"n", "n_positive", "n_negative", "unreadable", "outside_scope", "all", "positive", "negative",
+                    "tests"})
 HELD = frozenset({"auc", "accuracy", "sensitivity", "specificity", "precision", "npv"})  # intervals around their figure
 FIGURE_RECORDS = ("val_metrics", "external_evaluations", "threshold_records")
 # a three-class task's macro one-vs-rest AUC, as val_metrics and an evaluation's metrics record it beside "auc": the
