@@ -24,6 +24,7 @@ from pneumoscan.evaluation.model_card import (CARD_METRICS, MODEL_CARD, VALIDATI
                                               intended_use, write_model_card)
 from pneumoscan.inference.onnx_runtime import INT8_NAME, spec_path
 from pneumoscan.evaluation.evaluate import evaluate
+from pneumoscan.evaluation.subgroups import differences_said, table_rows
 from pneumoscan.models.card import (INIT_SAMPLE, MEMBER_SAMPLES, SAMPLED_FROM, TEACHER_SAMPLES, BundleCard,
                                    load_card, save_card, trained_sample)
 from pneumoscan.serving.app import create_app
@@ -763,4 +764,38 @@ def test_add_to_card_by_field_records_the_figures_by_subgroup_in_the_card_and_v1
     save_card(bundle, card)
     with pytest.raises(ValueError, match=r"external_evaluations\[0\]\.subgroups\.fields\.site\[0\]\.sensitivity"
                                          r"\.value is 7\.5, not a figure in \[0, 1\]"):
+        load_card(bundle)
+
+
+def test_add_to_card_by_field_records_a_three_class_decisions_accuracy_by_subgroup(
+        tiny_bundle: Path, tiny_etiology_bundle: Path, tiny_multiclass_bundle: Path, typed_dataset: Path,
+        tmp_path: Path) -> None:
+    """A three-class bundle's most probable class, and two stages, recorded --by subtype: the card keeps each
+    decision's accuracy by group with the decision and its tests of a difference across the groups
+    (three_class_subgroups), MODEL_CARD.md gives its table and tests beneath the binary figures', worded as evaluate
+    words them, and /v1/model gives it; a test's p edited and sealed again is refused."""
+    for source, etiology, key in ((tiny_multiclass_bundle, None, "multiclass"),
+                                  (tiny_bundle, tiny_etiology_bundle, "two_stage")):
+        bundle = shutil.copytree(source, tmp_path / key)
+        metrics = evaluate(bundle, typed_dataset, "test", add_to_card=True, data_name="typed", etiology=etiology,
+                           by=["subtype"])
+        card = load_card(bundle)
+        [record] = card.external_evaluations
+        block, decision = metrics[key]["subgroups"], metrics[key]["decision"]
+        assert record["three_class_subgroups"] == [{"decision": decision, **block}], key
+        assert record["subgroups"] == metrics["subgroups"], key
+        body = (bundle / MODEL_CARD).read_text()
+        head, rows = table_rows(block["fields"]["subtype"])
+        assert (f"By subtype, on typed ({today()}), of the decision ({decision}), 95% CIs counting "
+                f"{record['ci_unit']}s:\n\n| group | films | patients | accuracy |\n| --- | --- | --- | --- |\n"
+                + "\n".join(f"| {' | '.join(row)} |" for row in rows)
+                + f"\n\n{differences_said(block, 'subtype')}") in body, key
+        assert body.index("By subtype, on typed") < body.index("of the decision"), key  # the binary figures first
+    with TestClient(create_app(bundle)) as client:
+        assert client.get("/v1/model").json()["external_evaluations"][0]["three_class_subgroups"] == (
+            record["three_class_subgroups"])
+    record["three_class_subgroups"][0]["differences"]["subtype"]["accuracy"]["p"] = 1.5
+    save_card(bundle, card)
+    with pytest.raises(ValueError, match=r"external_evaluations\[0\]\.three_class_subgroups\[0\]\.differences\."
+                                         r"subtype\.accuracy\.p is 1\.5, not a figure in \[0, 1\]"):
         load_card(bundle)

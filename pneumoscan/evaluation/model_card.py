@@ -27,7 +27,7 @@ from pneumoscan.models.card import (ENSEMBLE, INIT_CARD, INIT_IN_PLACE, INIT_SAM
                                    SAMPLED_FROM, TEACHER_SAMPLES, TRAINING_FILMS, WRITER, BundleCard, load_card,
                                    out_of_fold_ensemble, save_card)
 from .held_out import HeldOutFindings
-from .subgroups import table_rows
+from .subgroups import DIFFERENCES_NOTE, blocks, differences_said, recorded, table_rows
 
 log = logging.getLogger(__name__)
 MODEL_CARD = "MODEL_CARD.md"
@@ -508,24 +508,31 @@ def _external_section(card: BundleCard) -> str:
 
 def _subgroups_section(records: Sequence[dict[str, Any]]) -> str:
     """The figures by subgroup the evaluations recorded (``evaluate --add-to-card --by FIELD``): a table a field of
-    each, as the report words them (:func:`~.subgroups.table_rows`), at that evaluation's threshold, the card's
-    when it was recorded; "" where none records any."""
-    tables = []
+    each block (:func:`~.subgroups.blocks`: the binary figures at that evaluation's threshold, the card's when it was
+    recorded, and each decision among the classes' accuracy), as the report words them
+    (:func:`~.subgroups.table_rows`), each field's tests of a difference across its groups beneath; "" where none
+    records any."""
+    tables, tested = [], False
     for r in records:
-        block = r.get("subgroups") or {"fields": {}}
-        for field, groups in block["fields"].items():
-            head, rows = table_rows(groups)
-            tables.append(f"By {_md(field)}, on {_md(r['data'])} ({r['date']}), at threshold "
-                          f"{format_figure(block['threshold'], 4)}, 95% CIs counting {r.get('ci_unit', 'film')}s:\n\n"
-                          + "\n".join(f"| {' | '.join(map(_md, row))} |"
-                                      for row in (head, ["---"] * len(head), *rows)))
+        for decision, block in blocks(r):
+            at = (f"at threshold {format_figure(block['threshold'], 4)}" if decision is None
+                  else f"of the decision ({_md(decision)})")
+            tested = tested or bool(block.get("differences"))
+            for field, groups in block["fields"].items():
+                head, rows = table_rows(groups)
+                said = differences_said(block, field)
+                tables.append(f"By {_md(field)}, on {_md(r['data'])} ({r['date']}), {at}, 95% CIs counting "
+                              f"{r.get('ci_unit', 'film')}s:\n\n"
+                              + "\n".join(f"| {' | '.join(map(_md, row))} |"
+                                          for row in (head, ["---"] * len(head), *rows))
+                              + (f"\n\n{_md(said)}" if said else ""))
     if not tables:
         return ""
-    smallest = min(r["subgroups"]["smallest"] for r in records if r.get("subgroups"))
+    smallest = min(block["smallest"] for r in records for _, block in blocks(r))
     return ("\n\n### Figures by subgroup\n\nEach group's figures on its films alone, at the evaluation's threshold "
             f"(never one chosen per group); a figure of fewer than {smallest} patients gives its films counted and no "
-            "interval. A group's figures differ from the whole set's by chance too: compare their intervals.\n\n"
-            + "\n\n".join(tables))
+            "interval. A group's figures differ from the whole set's by chance too: compare their intervals."
+            + (f" {DIFFERENCES_NOTE}" if tested else "") + "\n\n" + "\n\n".join(tables))
 
 
 def _films_cell(record: dict[str, Any]) -> str:
@@ -768,7 +775,7 @@ def evaluation_record(metrics: dict[str, Any], data_name: str, scores: str, bund
         "ci_unit": metrics.get("ci_unit", "film"),
         "metrics": {key: {"value": metrics.get(key), "ci": metrics.get("ci", {}).get(key)}
                     for key, _, _ in CARD_METRICS} | _macro_auc(metrics),
-        **({"subgroups": metrics["subgroups"]} if "subgroups" in metrics else {}),  # evaluate --by's, at threshold
+        **recorded(metrics),  # evaluate --by's, at threshold and of each decision among the classes
         "label_conflicts": metrics["label_conflicts"],
         "unreadable": unreadable,
         "left_out": metrics["left_out"],  # the files given the figures are not of, and why (unreadable among them)

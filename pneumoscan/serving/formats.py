@@ -120,8 +120,11 @@ class ModelInfo(BaseModel):
     intended_use: str = Field(description="what the model is for (MODEL_CARD.md)")
     out_of_scope: list[str] = Field(description="uses the model is not for")
     external_evaluations: list[dict[str, Any]] = Field(description="evaluations on other data recorded in the card, "
-                                                       "each with its figures by subgroup (subgroups) where "
-                                                       "evaluate --add-to-card --by recorded them")
+                                                       "each with its figures by subgroup (subgroups; a "
+                                                       "three-class decision's accuracy by subgroup, "
+                                                       "three_class_subgroups) and their tests of a difference "
+                                                       "across groups where evaluate --add-to-card --by recorded "
+                                                       "them")
     threshold_records: list[dict[str, Any]] = Field(description="thresholds chosen after training, newest last")
 
 
