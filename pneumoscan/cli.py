@@ -439,12 +439,15 @@ def _print_subgroups(block: dict | None, at: str, ci_unit: str | None) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from pneumoscan.evaluation.compare import FIGURE, TABLE, compare_runs, format_table
+    from pneumoscan.evaluation.compare import (FIGURE, SUBGROUP_FIGURE, SUBGROUP_TABLE, TABLE, compare_runs,
+                                               format_table)
 
     runs = compare_runs(args.runs, args.out)
     print(format_table(runs))
     if args.out:
         print(f"\ntable: {Path(args.out) / TABLE}   figure: {Path(args.out) / FIGURE}")
+        if (Path(args.out) / SUBGROUP_TABLE).is_file():  # written for these runs, or removed
+            print(f"by subgroup: {Path(args.out) / SUBGROUP_TABLE}   figure: {Path(args.out) / SUBGROUP_FIGURE}")
     return 0
 
 

@@ -484,3 +484,60 @@ def test_compare_sets_each_groups_figures_side_by_side_and_names_fields_a_run_la
     (tta / "metrics.json").write_text(json.dumps(m))
     with pytest.raises(ValueError, match=r"tta/metrics.json: subgroups\.fields\.site\[A\]\.auc\.value is 7\.5"):
         compare_runs([plain, tta])
+
+
+def test_compare_sets_a_three_class_decisions_accuracy_by_subgroup_side_by_side_and_writes_a_papers_table(
+        tiny_multiclass_bundle: Path, typed_dataset: Path, tmp_path: Path) -> None:
+    """Three-class evaluations --by subtype, plain and TTA: each group's accuracy of the decision among the classes,
+    run beneath run with its tests; compare_subgroups.csv gives a row a run, field and group, each figure with its
+    CI's ends, films counted and its field's test (as metrics.json has them), and compare_subgroups.png draws them;
+    runs without figures by subgroup compared into the same folder leave none of them. A damaged p is refused."""
+    plain, tta = tmp_path / "plain", tmp_path / "tta"
+    for out, augment in ((plain, False), (tta, True)):
+        evaluate(tiny_multiclass_bundle, typed_dataset, "test", out_dir=out, tta=augment, by=["subtype"])
+    blocks = {run: json.loads((run / "metrics.json").read_text()) for run in (plain, tta)}
+    table = format_table(compare_runs([plain, tta], tmp_path / "both"))
+    lines = table.splitlines()
+    start = lines.index("by subtype, each run's three-class decision (95% CIs count the run's CI unit):")
+    rows = [re.split(r" {2,}", line) for line in lines[start + 1:start + 8]]
+    assert rows[0] == ["group", "run", "three-class decision", "films", "patients", "accuracy"]
+    assert rows[1:] == [[g["value"], run.name, "most probable class", str(g["films"]), str(g["patients"]),
+                         figure_said(g["accuracy"])]
+                        for i in range(3) for run in (plain, tta)
+                        for g in [blocks[run]["multiclass"]["subgroups"]["fields"]["subtype"][i]]]
+    assert lines[start + 8].startswith("do the groups differ by more than chance?")
+    assert lines[start + 9].startswith("  plain (most probable class): accuracy ")
+    with (tmp_path / "both" / "compare_subgroups.csv").open() as f:
+        written = list(csv.DictReader(f))
+    assert [(r["run"], r["field"], r["group"]) for r in written] == [
+        (run.name, "subtype", value) for run in (plain, tta) for value in ("bacteria", "normal", "virus")]
+    for row in written:
+        m = blocks[tmp_path / row["run"]]
+        [group] = [g for g in m["subgroups"]["fields"]["subtype"] if g["value"] == row["group"]]
+        [decided] = [g for g in m["multiclass"]["subgroups"]["fields"]["subtype"] if g["value"] == row["group"]]
+        test = m["multiclass"]["subgroups"]["differences"]["subtype"]["accuracy"]
+        assert float(row["accuracy"]) == pytest.approx(decided["accuracy"]["value"])
+        assert [row["accuracy_low"], row["accuracy_high"]] == (
+            [str(bound) for bound in decided["accuracy"]["ci"]] if decided["accuracy"]["ci"] else ["", ""])
+        assert (row["accuracy_hits"], row["accuracy_of"]) == (str(decided["accuracy"]["hits"]),
+                                                              str(decided["accuracy"]["of"]))
+        assert row["accuracy_p"] == str(test.get("p", "")) and row["accuracy_no_test"] == test.get("none", "")
+        assert row["accuracy_p_holm"] == str(test.get("p_holm", ""))
+        assert (row["films"], row["positive"]) == (str(group["films"]), str(group["positive"]))
+        assert row["sensitivity"] == ("" if group["sensitivity"] is None else str(group["sensitivity"]["value"]))
+        assert (row["three_class_decision"], row["tests"]) == ("most probable class", str(m["subgroups"]["tests"]))
+    with Image.open(tmp_path / "both" / "compare_subgroups.png") as png:
+        assert png.format == "PNG" and png.height > 200
+    for run in (plain, tta):  # the same runs, their figures by subgroup left out
+        m = blocks[run]
+        del m["subgroups"], m["multiclass"]["subgroups"]
+        shutil.copytree(run, tmp_path / "without" / run.name)
+        (tmp_path / "without" / run.name / "metrics.json").write_text(json.dumps(m))
+    compare_runs([tmp_path / "without" / "plain", tmp_path / "without" / "tta"], tmp_path / "both")
+    assert not any((tmp_path / "both" / name).exists() for name in ("compare_subgroups.csv", "compare_subgroups.png"))
+    m = json.loads((tta / "metrics.json").read_text())
+    m["multiclass"]["subgroups"]["differences"]["subtype"]["accuracy"]["p_holm"] = 2.0
+    (tta / "metrics.json").write_text(json.dumps(m))
+    with pytest.raises(ValueError, match=r"tta/metrics.json: multiclass\.subgroups\.differences\.subtype\.accuracy\."
+                                         r"p_holm is 2\.0, not a figure in \[0, 1\]"):
+        compare_runs([plain, tta])

@@ -6,9 +6,11 @@ folder's sibling bundle), training minutes from RUN/history.csv; what cannot be 
 Each row says which films its figures are on: runs measured on different films are not ranked by one table.
 Runs with figures of a decision among the classes (a multiclass task's most probable class, ``evaluate --etiology``'s
 two stages) get a second table of those, so the two three-class routes sit side by side. Fields that several runs
-have figures by subgroup of (``evaluate --by``) get a table each, every group's runs side by side; a field some runs
-lack is said. Runs whose figures answer
-different questions (pneumonia or not against bacteria or virus; three-class figures of other classes) are refused.
+have figures by subgroup of (``evaluate --by``) get a table each, every group's runs side by side with each run's
+tests of a difference across the groups beneath, and so do their three-class decisions' accuracy by subgroup; a
+field some runs lack is said. compare_subgroups.csv and .png give them a row a run, field and group. Runs whose
+figures answer different questions (pneumonia or not against bacteria or virus; three-class figures of other
+classes) are refused.
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ from pneumoscan.inference.onnx_runtime import INT8_NAME
 from pneumoscan.models.card import CARD, WEIGHTS, BundleCard, load_card
 from pneumoscan.models.run_folder import METRICS, CvFolder, RunFolder
 from .model_card import counted
-from .report import roc_figure
-from .subgroups import FIGURE_NAMES, figure_said, group_order
+from .report import forest_figure, roc_figure
+from .subgroups import FIGURE_NAMES, figure_said, group_order, tests_said
 
 TRAINING_DATA = "validation (chose its threshold)"  # a training run's data, as its metrics.json and compare name it
 
@@ -46,6 +48,15 @@ FIELDS = ("run", "model", "task", "data", "n", "patients", "ci_unit",
           *(f"{name}{end}" for name in FIGURES for end in ("", "_low", "_high")), "threshold", "policy", "scores",
           "minutes", "optimistic", "three_class_decision", "three_class_classes", "three_class_ci_unit",
           *(f"three_class_{name}{end}" for name in THREE_CLASS for end in ("", "_low", "_high")))
+RATE_CELLS = ("", "_low", "_high", "_hits", "_of", "_p", "_p_holm", "_no_test")  # a tested rate's, by subgroup
+# compare_subgroups.csv: a row a run, field and group (and decision among the classes, where a run has several), each
+# figure with its CI's ends and films counted, each rate's test of a difference across the field's groups (its p,
+# Holm-adjusted over the run's tests, or why none) repeated on each group's row, as a paper's table gives it
+SUBGROUP_FIELDS = ("run", "model", "task", "data", "scores", "threshold", "ci_unit", "field", "group", "films",
+                   "patients", "positive", "negative",
+                   *(f"{name}{end}" for name in ("sensitivity", "specificity") for end in RATE_CELLS),
+                   "auc", "auc_low", "auc_high", "three_class_decision", *(f"accuracy{end}" for end in RATE_CELLS),
+                   "tests")
 OPTIMISTIC = " (optimistic *)"  # a run's mark, in the table and the figure alike, for the reasons beneath the table
 
 
@@ -65,6 +76,8 @@ class ThreeClass:
     ci_unit: str  # what the intervals count: "patient" or "film"
     figures: dict[str, float | None]  # THREE_CLASS
     cis: dict[str, tuple[float | None, float | None]]  # THREE_CLASS's 95% CIs, (None, None) where there is none
+    # evaluate --by's block of its accuracy by subgroup (``fields``, ``differences``, ``tests``); {} where none
+    subgroups: dict[str, Any] = field(default_factory=dict)
 
     def row(self) -> dict[str, Any]:
         return {"three_class_decision": self.decision, "three_class_classes": ", ".join(self.classes),
@@ -95,8 +108,9 @@ class RunSummary:
     # how the films were scored: "plain" or "TTA" (test-time augmentation), ", INT8" with the INT8 model: each at
     # its own threshold, so two rows of one bundle on one set of films differ by it
     scores: str = "plain"
-    # evaluate --by's groups of each field (metrics.json's subgroups.fields), at the run's threshold; {} where none
-    subgroups: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    # evaluate --by's block (metrics.json's subgroups: each field's groups under ``fields``, at the run's threshold,
+    # and their tests under ``differences``); {} where none
+    subgroups: dict[str, Any] = field(default_factory=dict)
 
     @property
     def auc(self) -> float | None:
@@ -109,6 +123,62 @@ class RunSummary:
                "threshold": self.threshold, "policy": self.policy, "scores": self.scores, "minutes": self.minutes,
                "optimistic": "; ".join(self.optimistic)}
         return [row | (decision.row() if decision else {}) for decision in (self.three_class or [None])]
+
+
+def subgroup_rows(runs: Sequence[RunSummary]) -> list[dict[str, Any]]:
+    """compare_subgroups.csv's rows (:data:`SUBGROUP_FIELDS`): each run's groups of each field, its binary figures
+    and its decisions' accuracy on one row (a row a decision where it has several, as compare.csv's)."""
+    rows = []
+    for r in runs:
+        blocks = [r.subgroups, *(d.subgroups for d in r.three_class)]
+        for name in dict.fromkeys(of for block in blocks for of in block.get("fields", {})):
+            binary = {g["value"]: g for g in r.subgroups.get("fields", {}).get(name, [])}
+            decisions = [(d.decision, {g["value"]: g for g in d.subgroups["fields"][name]}, d.subgroups)
+                         for d in r.three_class if name in d.subgroups.get("fields", {})] or [(None, {}, {})]
+            values = sorted({v for of in (binary, *(groups for _, groups, _ in decisions)) for v in of},
+                            key=group_order)
+            for value in values:
+                for decision, groups, block in decisions:
+                    group = binary.get(value) or groups.get(value, {})
+                    row = {"run": r.run, "model": r.model, "task": r.task, "data": r.data, "scores": r.scores,
+                           "threshold": r.threshold, "ci_unit": r.ci_unit, "field": name, "group": value,
+                           "films": group.get("films", 0), "patients": group.get("patients", 0),
+                           "positive": binary.get(value, {}).get("positive"),
+                           "negative": binary.get(value, {}).get("negative"),
+                           "tests": r.subgroups.get("tests", block.get("tests")),
+                           "three_class_decision": decision}
+                    row |= _figure_cells("auc", binary.get(value, {}).get("auc"))
+                    for figure in ("sensitivity", "specificity"):
+                        row |= _figure_cells(figure, binary.get(value, {}).get(figure), r.subgroups, name)
+                    rows.append(row | _figure_cells("accuracy", groups.get(value, {}).get("accuracy"), block, name))
+    return rows
+
+
+def _figure_cells(name: str, entry: dict[str, Any] | None, block: dict[str, Any] | None = None,
+                  field_name: str = "") -> dict[str, Any]:
+    """A figure's cells of compare_subgroups.csv: its value, its CI's ends (none where too few patients), the films
+    it counts, and, with its ``block``, its field's test of a difference across the groups."""
+    ci = (entry or {}).get("ci") or [None, None]
+    cells = {name: (entry or {}).get("value"), f"{name}_low": ci[0], f"{name}_high": ci[1]}
+    if block is None:
+        return cells
+    test = (block.get("differences") or {}).get(field_name, {}).get(name) or {}
+    return cells | {f"{name}_hits": (entry or {}).get("hits"), f"{name}_of": (entry or {}).get("of"),
+                    f"{name}_p": test.get("p"), f"{name}_p_holm": test.get("p_holm"),
+                    f"{name}_no_test": test.get("none")}
+
+
+def subgroup_figure(rows: Sequence[dict[str, Any]]) -> Figure:
+    """compare_subgroups.png: :func:`subgroup_rows` as a forest plot (:func:`~.report.forest_figure`), a line a row,
+    each group's runs one beneath the other as the terminal's tables set them, a panel a figure any row has."""
+    fields = list(dict.fromkeys(row["field"] for row in rows))
+    rows = sorted(rows, key=lambda row: (fields.index(row["field"]), group_order(row["group"])))  # runs in order
+    figures = [name for name in FIGURE_NAMES if any(row[name] is not None for row in rows)]
+    lines = [(f"{row['field']} {row['group']} · {row['run']}",
+              {FIGURE_NAMES[name]: (row[name], row[f"{name}_low"], row[f"{name}_high"]) if row[name] is not None
+               else None for name in figures}) for row in rows]
+    return forest_figure(lines, [FIGURE_NAMES[name] for name in figures],
+                         "Figures by subgroup, each run at its own threshold")
 
 
 def _training_minutes(folder: Path) -> float | None:
@@ -177,36 +247,47 @@ def _three_class(metrics_path: Path, m: dict) -> list[ThreeClass]:
         decisions.append(ThreeClass(
             decision=str(block.get("decision") or key), classes=list(block["class_names"]),
             ci_unit=_ci_unit(metrics_path, block, f"{key}."), figures={name: block.get(name) for name in THREE_CLASS},
-            cis={name: tuple(cis.get(name) or (None, None)) for name in THREE_CLASS}))
+            cis={name: tuple(cis.get(name) or (None, None)) for name in THREE_CLASS},
+            subgroups=_subgroups(metrics_path, block, f"{key}.")))
     return decisions
 
 
-def _subgroups(metrics_path: Path, m: dict) -> dict[str, list[dict[str, Any]]]:
-    """The run's figures by subgroup (``subgroups.fields``), each group's figures checked as its binary figures are:
-    a damaged group must not be shown beside another run's as measured."""
+def _subgroups(metrics_path: Path, m: dict, where: str = "") -> dict[str, Any]:
+    """The run's block of figures by subgroup (``subgroups``: each field's groups and their tests), each group's
+    figures and each test's p-values checked as its binary figures are: a damaged group must not be shown beside
+    another run's as measured. ``where``: the block it is in (``multiclass.``), "" for the binary figures'."""
     block = m.get("subgroups")
     if block is None:
         return {}
     fields = block.get("fields") if isinstance(block, dict) else None
     if not isinstance(fields, dict):
-        raise ValueError(f"{metrics_path}: subgroups holds no figures by field")
+        raise ValueError(f"{metrics_path}: {where}subgroups holds no figures by field")
     for name, groups in fields.items():
         if not isinstance(groups, list) or not all(
                 isinstance(g, dict) and isinstance(g.get("value"), str) and isinstance(g.get("films"), int)
                 and isinstance(g.get("patients"), int) for g in groups):
-            raise ValueError(f"{metrics_path}: subgroups.fields.{name!s:.40} is not a list of groups, each with its "
-                             "value, films and patients")
+            raise ValueError(f"{metrics_path}: {where}subgroups.fields.{name!s:.40} is not a list of groups, each "
+                             "with its value, films and patients")
         for g in groups:
-            for figure in SUBGROUP_FIGURES:
+            for figure in FIGURE_NAMES:
                 entry = g.get(figure)
-                where = f"subgroups.fields.{name!s:.40}[{g['value']!s:.40}].{figure}."
+                at = f"{where}subgroups.fields.{name!s:.40}[{g['value']!s:.40}].{figure}."
                 if entry is not None and not (isinstance(entry, dict) and "value" in entry
                                               and (entry.get("too_few") is None or isinstance(entry["too_few"], str))):
-                    raise ValueError(f"{metrics_path}: {where[:-1]} is not a figure with its interval")
+                    raise ValueError(f"{metrics_path}: {at[:-1]} is not a figure with its interval")
                 if entry is not None:
                     _checked_cis(metrics_path, {"value": entry["value"], "ci": {"value": entry.get("ci")}}, ("value",),
-                                 where)
-    return fields
+                                 at)
+    differences = block.get("differences", {})
+    if not (isinstance(differences, dict) and all(
+            isinstance(tests, dict) and all(isinstance(test, dict) for test in tests.values())
+            for tests in differences.values())):
+        raise ValueError(f"{metrics_path}: {where}subgroups.differences is not each field's tests")
+    for name, tests in differences.items():
+        for figure, test in tests.items():
+            _checked_cis(metrics_path, test, ("p", "p_holm"),
+                         f"{where}subgroups.differences.{name!s:.40}.{figure!s:.40}.")
+    return block
 
 
 def _warn_retrained(folder: Path, bundle: Path | str | None, weights: object, shown_as: str,
@@ -312,26 +393,48 @@ def format_table(runs: list[RunSummary]) -> str:
 
 
 def _subgroup_tables(runs: list[RunSummary]) -> str:
-    """A table of each field that several runs have figures by subgroup of: each group's runs one beneath the
-    other, with films, patients and the figures as evaluate words them (:func:`~.subgroups.figure_said`), a group
-    a run has no film of as 0 films; then each field some runs have and others lack, naming which."""
-    fields = list(dict.fromkeys(name for r in runs for name in r.subgroups))
+    """The runs' figures by subgroup side by side (:func:`_field_tables`): their binary figures, then the accuracy of
+    their decisions among the classes."""
+    binary = [((r.run + (OPTIMISTIC if r.optimistic else ""),), r.subgroups) for r in runs]
+    decisions = [((r.run + (OPTIMISTIC if r.optimistic else ""), d.decision), d.subgroups)
+                 for r in runs for d in r.three_class]
+    return (_field_tables(binary, ("run",), SUBGROUP_FIGURES, "each run at its own threshold")
+            + _field_tables(decisions, ("run", "three-class decision"), ("accuracy",),
+                            "each run's three-class decision"))
+
+
+def _field_tables(blocks: list[tuple[tuple[str, ...], dict[str, Any]]], named: tuple[str, ...],
+                  figures: Sequence[str], at: str) -> str:
+    """A table of each field that several ``blocks`` (each named by its cells under ``named``: a run, and its
+    decision) have figures by subgroup of: each group's blocks one beneath the other, with films, patients and
+    ``figures`` as evaluate words them (:func:`~.subgroups.figure_said`), a group a run has no film of as 0 films,
+    and each block's tests of a difference across the groups beneath; then each field some blocks have and others
+    lack, naming which."""
+    fields = list(dict.fromkeys(name for _, block in blocks for name in block.get("fields", {})))
     tables, lacking = [], []
     for name in fields:
-        having = [r for r in runs if name in r.subgroups]
-        if len(having) < len(runs):
-            lacking.append(f"* by {name}: figures by subgroup in {', '.join(r.run for r in having)}; none in "
-                           f"{', '.join(r.run for r in runs if name not in r.subgroups)}")
+        having = [(cells, block) for cells, block in blocks if name in block.get("fields", {})]
+        if len(having) < len(blocks):
+            lacking.append(f"* by {name}: figures by subgroup in {', '.join(_label(c) for c, _ in having)}; none in "
+                           f"{', '.join(_label(c) for c, b in blocks if name not in b.get('fields', {}))}")
         if len(having) < 2:
             continue
-        groups = [{g["value"]: g for g in r.subgroups[name]} for r in having]
+        groups = [{g["value"]: g for g in block["fields"][name]} for _, block in having]
         values = sorted({value for of_run in groups for value in of_run}, key=group_order)
-        lines = [("group", "run", "films", "patients", *(FIGURE_NAMES[f] for f in SUBGROUP_FIGURES))]
-        lines += [(value, r.run + (OPTIMISTIC if r.optimistic else ""), str(g.get("films", 0)),
-                   str(g.get("patients", 0)), *(figure_said(g.get(f)) for f in SUBGROUP_FIGURES))
-                  for value in values for r, of_run in zip(having, groups) for g in [of_run.get(value, {})]]
-        tables.append(f"by {name}, each run at its own threshold (95% CIs count the run's CI unit):\n{_aligned(lines)}")
+        lines = [("group", *named, "films", "patients", *(FIGURE_NAMES[f] for f in figures))]
+        lines += [(value, *cells, str(g.get("films", 0)), str(g.get("patients", 0)),
+                   *(figure_said(g.get(f)) for f in figures))
+                  for value in values for (cells, _), of_run in zip(having, groups) for g in [of_run.get(value, {})]]
+        tests = [f"  {_label(cells)}: {said}" for cells, block in having if (said := tests_said(block, name, figures))]
+        tables.append(f"by {name}, {at} (95% CIs count the run's CI unit):\n{_aligned(lines)}"
+                      + ("\ndo the groups differ by more than chance? (permutation test over patients; adjusted: "
+                         "Holm's over each run's tests)\n" + "\n".join(tests) if tests else ""))
     return "".join(f"\n\n{table}" for table in tables) + ("\n\n" + "\n".join(lacking) if lacking else "")
+
+
+def _label(cells: tuple[str, ...]) -> str:
+    """A block's name in a sentence: its run, and its decision in brackets."""
+    return cells[0] + "".join(f" ({cell})" for cell in cells[1:])
 
 
 def _aligned(lines: list[tuple[str, ...]]) -> str:
@@ -341,13 +444,17 @@ def _aligned(lines: list[tuple[str, ...]]) -> str:
 
 
 TABLE, FIGURE = "compare.csv", "compare.png"  # what compare_runs writes in its out_dir
+# what it writes there too where a run has figures by subgroup: subgroup_rows as CSV and as a forest plot
+SUBGROUP_TABLE, SUBGROUP_FIGURE = "compare_subgroups.csv", "compare_subgroups.png"
 
 
 def compare_runs(paths: Iterable[Path | str] | Path | str, out_dir: Path | str | None = None) -> list[RunSummary]:
     """Summaries of ``paths`` (one run given alone is one run); with ``out_dir``, also compare.csv (the table) and
-    compare.png (ROC curves overlaid, each run's operating point marked in its curve's colour). Runs whose binary
-    figures answer different questions are refused (a two-class and a three-class pneumonia task answer one, normal
-    or pneumonia), as are runs whose figures among the classes are of different classes."""
+    compare.png (ROC curves overlaid, each run's operating point marked in its curve's colour), and where runs have
+    figures by subgroup compare_subgroups.csv and .png (:func:`subgroup_rows`, :func:`subgroup_figure`; else an
+    earlier comparison's removed). Runs whose binary figures answer different questions are refused (a two-class and
+    a three-class pneumonia task answer one, normal or pneumonia), as are runs whose figures among the classes are of
+    different classes."""
     paths = path_list(paths)  # a generator read once, to load the runs and to name them
     if not paths:
         raise ValueError("no runs to compare")
@@ -367,6 +474,13 @@ def compare_runs(paths: Iterable[Path | str] | Path | str, out_dir: Path | str |
         write_atomic(out / TABLE, results_csv(FIELDS, [row for r in runs for row in r.rows()]).encode())
         write_atomic(out / FIGURE, figure_bytes(comparison_figure(runs), tight=True))
         log.info("wrote %s and %s", out / TABLE, out / FIGURE)
+        if rows := subgroup_rows(runs):
+            write_atomic(out / SUBGROUP_TABLE, results_csv(SUBGROUP_FIELDS, rows).encode())
+            write_atomic(out / SUBGROUP_FIGURE, figure_bytes(subgroup_figure(rows), tight=True))
+            log.info("wrote %s and %s", out / SUBGROUP_TABLE, out / SUBGROUP_FIGURE)
+        else:  # an earlier comparison's, in the same folder, must not pass for these runs'
+            for stale in (SUBGROUP_TABLE, SUBGROUP_FIGURE):
+                (out / stale).unlink(missing_ok=True)
     return runs
 
 
