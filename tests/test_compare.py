@@ -20,7 +20,7 @@ from pneumoscan.core.metrics import with_ci
 from pneumoscan.data.layouts import discover, write_manifest
 from pneumoscan.evaluation.compare import OPTIMISTIC, compare_runs, comparison_figure, format_table
 from pneumoscan.evaluation.evaluate import evaluate, films_digest
-from pneumoscan.evaluation.subgroups import figure_said
+from pneumoscan.evaluation.subgroups import difference_said, figure_said
 from pneumoscan.models.card import load_card, save_card
 from pneumoscan.training.config import load_config
 from pneumoscan.training.train import train
@@ -521,7 +521,7 @@ def test_compare_sets_a_three_class_decisions_accuracy_by_subgroup_side_by_side_
             [str(bound) for bound in decided["accuracy"]["ci"]] if decided["accuracy"]["ci"] else ["", ""])
         assert (row["accuracy_hits"], row["accuracy_of"]) == (str(decided["accuracy"]["hits"]),
                                                               str(decided["accuracy"]["of"]))
-        assert row["accuracy_p"] == str(test.get("p", "")) and row["accuracy_no_test"] == test.get("none", "")
+        assert row["accuracy_p"] == str(test.get("p", "")) and row["accuracy_test"] == difference_said("accuracy", test)
         assert row["accuracy_p_holm"] == str(test.get("p_holm", ""))
         assert (row["films"], row["positive"]) == (str(group["films"]), str(group["positive"]))
         assert row["sensitivity"] == ("" if group["sensitivity"] is None else str(group["sensitivity"]["value"]))

@@ -31,7 +31,7 @@ from pneumoscan.models.card import CARD, WEIGHTS, BundleCard, load_card
 from pneumoscan.models.run_folder import METRICS, CvFolder, RunFolder
 from .model_card import counted
 from .report import forest_figure, roc_figure
-from .subgroups import FIGURE_NAMES, figure_said, group_order, tests_said
+from .subgroups import FIGURE_NAMES, difference_said, figure_said, group_order, tests_said
 
 TRAINING_DATA = "validation (chose its threshold)"  # a training run's data, as its metrics.json and compare name it
 
@@ -48,10 +48,11 @@ FIELDS = ("run", "model", "task", "data", "n", "patients", "ci_unit",
           *(f"{name}{end}" for name in FIGURES for end in ("", "_low", "_high")), "threshold", "policy", "scores",
           "minutes", "optimistic", "three_class_decision", "three_class_classes", "three_class_ci_unit",
           *(f"three_class_{name}{end}" for name in THREE_CLASS for end in ("", "_low", "_high")))
-RATE_CELLS = ("", "_low", "_high", "_hits", "_of", "_p", "_p_holm", "_no_test")  # a tested rate's, by subgroup
+RATE_CELLS = ("", "_low", "_high", "_hits", "_of", "_p", "_p_holm", "_test")  # a tested rate's, by subgroup
 # compare_subgroups.csv: a row a run, field and group (and decision among the classes, where a run has several), each
 # figure with its CI's ends and films counted, each rate's test of a difference across the field's groups (its p,
-# Holm-adjusted over the run's tests, or why none) repeated on each group's row, as a paper's table gives it
+# Holm-adjusted over the run's tests, and in words what it compared or why none) repeated on each group's row, as a
+# paper's table gives it
 SUBGROUP_FIELDS = ("run", "model", "task", "data", "scores", "threshold", "ci_unit", "field", "group", "films",
                    "patients", "positive", "negative",
                    *(f"{name}{end}" for name in ("sensitivity", "specificity") for end in RATE_CELLS),
@@ -133,8 +134,9 @@ def subgroup_rows(runs: Sequence[RunSummary]) -> list[dict[str, Any]]:
         blocks = [r.subgroups, *(d.subgroups for d in r.three_class)]
         for name in dict.fromkeys(of for block in blocks for of in block.get("fields", {})):
             binary = {g["value"]: g for g in r.subgroups.get("fields", {}).get(name, [])}
-            decisions = [(d.decision, {g["value"]: g for g in d.subgroups["fields"][name]}, d.subgroups)
-                         for d in r.three_class if name in d.subgroups.get("fields", {})] or [(None, {}, {})]
+            decisions: list[tuple[str | None, dict[str, Any], dict[str, Any]]] = [
+                (d.decision, {g["value"]: g for g in d.subgroups["fields"][name]}, d.subgroups)
+                for d in r.three_class if name in d.subgroups.get("fields", {})] or [(None, {}, {})]
             values = sorted({v for of in (binary, *(groups for _, groups, _ in decisions)) for v in of},
                             key=group_order)
             for value in values:
@@ -157,15 +159,18 @@ def subgroup_rows(runs: Sequence[RunSummary]) -> list[dict[str, Any]]:
 def _figure_cells(name: str, entry: dict[str, Any] | None, block: dict[str, Any] | None = None,
                   field_name: str = "") -> dict[str, Any]:
     """A figure's cells of compare_subgroups.csv: its value, its CI's ends (none where too few patients), the films
-    it counts, and, with its ``block``, its field's test of a difference across the groups."""
+    it counts, and, with its ``block``, its field's test of a difference across the groups, in figures and words
+    (:func:`~.subgroups.difference_said`)."""
     ci = (entry or {}).get("ci") or [None, None]
     cells = {name: (entry or {}).get("value"), f"{name}_low": ci[0], f"{name}_high": ci[1]}
     if block is None:
         return cells
-    test = (block.get("differences") or {}).get(field_name, {}).get(name) or {}
+    tests = (block.get("differences") or {}).get(field_name)
+    test = (tests or {}).get(name) or {}
     return cells | {f"{name}_hits": (entry or {}).get("hits"), f"{name}_of": (entry or {}).get("of"),
                     f"{name}_p": test.get("p"), f"{name}_p_holm": test.get("p_holm"),
-                    f"{name}_no_test": test.get("none")}
+                    # in words: what it compared (not the table's films where patients were left out), or why none
+                    f"{name}_test": difference_said(name, test) if tests else None}
 
 
 def subgroup_figure(rows: Sequence[dict[str, Any]]) -> Figure:
@@ -403,7 +408,7 @@ def _subgroup_tables(runs: list[RunSummary]) -> str:
                             "each run's three-class decision"))
 
 
-def _field_tables(blocks: list[tuple[tuple[str, ...], dict[str, Any]]], named: tuple[str, ...],
+def _field_tables(blocks: Sequence[tuple[tuple[str, ...], dict[str, Any]]], named: tuple[str, ...],
                   figures: Sequence[str], at: str) -> str:
     """A table of each field that several ``blocks`` (each named by its cells under ``named``: a run, and its
     decision) have figures by subgroup of: each group's blocks one beneath the other, with films, patients and

@@ -140,7 +140,7 @@ def blocks(metrics: Mapping[str, Any]) -> list[tuple[str | None, dict[str, Any]]
     """metrics.json's or a card record's blocks of figures by subgroup, each with the decision its figures are of
     (None: the binary figures, at ``threshold``): metrics.json keeps a decision's under its own block
     (:data:`DECISION_BLOCKS`), a card's evaluation record under ``three_class_subgroups`` (:func:`recorded`)."""
-    found = [(None, metrics["subgroups"])] if metrics.get("subgroups") else []
+    found: list[tuple[str | None, dict[str, Any]]] = [(None, metrics["subgroups"])] if metrics.get("subgroups") else []
     for key in DECISION_BLOCKS:
         if (block := metrics.get(key)) and block.get("subgroups"):
             found.append((str(block["decision"]), block["subgroups"]))
