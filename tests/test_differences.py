@@ -19,11 +19,15 @@ def test_one_film_a_patient_gives_fishers_exact_p() -> None:
 
 
 def test_a_group_of_one_patient_is_tested_too() -> None:
-    """A group of a single patient (a site of one child) is compared with the rest, every order of its 7 patients
-    counted: Fisher's exact p of 5 of 6 against 0 of 1."""
+    """A group of a single patient (a site of one child) is compared with the rest, every order of 7 patients
+    counted: Fisher's exact p of 5 of 6 against 0 of 1; of more patients, about Fisher's p."""
     hits = np.array([True, True, True, True, False, True, False])
     assert rate_difference(hits, np.array(list("AAAAAAB")), np.arange(7)) == pytest.approx(
         fisher_exact([[5, 1], [0, 1]]).pvalue)
+    # 80 patients, one of them a group of its own: 9,999 orders drawn, about Fisher's p (its Monte Carlo error 0.005)
+    hits = np.array([True] * 60 + [False] * 19 + [False])
+    assert rate_difference(hits, np.array(["A"] * 79 + ["B"]), np.arange(80)) == pytest.approx(
+        fisher_exact([[60, 19], [0, 1]]).pvalue, abs=0.015)
 
 
 def test_a_patients_films_count_once_not_as_independent_cases() -> None:
