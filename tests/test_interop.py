@@ -1282,6 +1282,36 @@ def test_an_overlay_numbered_9902_of_the_same_reading_is_replaced_in_predicts_fo
         Path(again["dicom_heatmap"]).name: new.SOPInstanceUID, "other.heatmap.dcm": kept}
 
 
+def test_an_observation_of_the_same_identifier_in_predicts_folder_is_replaced(
+    tiny_bundle: Path, film: np.ndarray, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """0.2.0's `predict --fhir` wrote the film's Observation under the identifier this version gives the same reading:
+    the new one was written beside it as film-2.fhir.json, which sorts first, so a script sending the folder's files
+    in order left 0.2.0's in force on a server updating by identifier. It replaces that file, and a rerun its own;
+    another film's Observation, and a file that is none, are left."""
+    (path := tmp_path / "film.dcm").write_bytes(chest_dicom(film))
+    [row] = predict_paths(tiny_bundle, [path])
+    write_reports([made := dict(row)], tiny_bundle, fhir_dir=tmp_path / "made", backend="torch")
+    new = json.loads(Path(made["fhir"]).read_text())
+    old = {**new, "method": {"text": new["method"]["text"].replace("decision", "validated")}}  # as 0.2.0 wrote it
+    del old["text"]  # 0.2.0's had no narrative
+    another = "urn:uuid:0b8d0e7c-8a5e-5b8e-9d4f-1c2a3b4c5d6e"  # another film's reading
+    other = {**old, "identifier": [{"system": "urn:ietf:rfc:3986", "value": another}]}
+    (folder := tmp_path / "fhir").mkdir()
+    for name, body in (("film", old), ("other", other)):
+        (folder / f"{name}.fhir.json").write_text(json.dumps(body))
+    (folder / "notes.fhir.json").write_text("not an Observation")
+    with caplog.at_level("INFO", logger="pneumoscan.interop.reports"):
+        for _ in range(2):
+            write_reports([again := dict(row)], tiny_bundle, fhir_dir=folder, backend="torch")
+            assert again["fhir"] == str(folder / "film.fhir.json")
+    assert sorted(p.name for p in folder.iterdir()) == ["film.fhir.json", "notes.fhir.json", "other.fhir.json"]
+    written = json.loads((folder / "film.fhir.json").read_text())
+    assert written["identifier"] == old["identifier"] and written["method"] == new["method"] and "text" in written
+    assert json.loads((folder / "other.fhir.json").read_text()) == other
+    assert sum("replaces the one of the same identifier" in r.getMessage() for r in caplog.records) == 2
+
+
 def test_an_overlay_numbered_9902_a_study_holds_is_named_for_deletion(
     orthanc: str, tiny_bundle: Path, film: np.ndarray, tmp_path: Path
 ) -> None:

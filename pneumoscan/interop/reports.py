@@ -8,6 +8,7 @@ fhir.resources."""
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import uuid
 from collections.abc import Collection, Sequence
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset
 
-from pneumoscan.core.atomic import write_new
+from pneumoscan.core.atomic import write_atomic, write_new
 from pneumoscan.core.logs import redact
 from pneumoscan.data.decode import read_dicom_header
 from pneumoscan.data.scope import IDENTIFIERS, identifiers
@@ -25,7 +26,7 @@ from pneumoscan.models.card import BundleCard, card_task, load_card
 from .uids import uid_root
 
 log = logging.getLogger(__name__)
-SR_SUFFIX, OVERLAY_SUFFIX = ".sr.dcm", ".heatmap.dcm"  # what write_reports names its files
+SR_SUFFIX, OVERLAY_SUFFIX, FHIR_SUFFIX = ".sr.dcm", ".heatmap.dcm", ".fhir.json"  # what write_reports names its files
 
 
 def check_reportable(bundle: Path | str, dicom: bool = True) -> None:
@@ -98,6 +99,54 @@ def _replace_overlay(old: Path | None, new: Path) -> None:
         log.info("%s replaces %s, the overlay of the same reading in series 9902", new, old)
 
 
+def _identifier(text: bytes | str) -> str | None:
+    """An Observation's first identifier as ``system|value`` (how a FHIR server is asked for it); None when the text
+    is no Observation with one."""
+    try:
+        held = json.loads(text)
+        first = held["identifier"][0] if held.get("resourceType") == "Observation" else None
+        return f"{first['system']}|{first['value']}" if first else None
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+        return None
+
+
+def _issued_observations(folder: Path) -> dict[str, list[Path]]:
+    """The files of FOLDER named ``*.fhir.json`` by their Observation's identifier: those a new Observation of the
+    same identifier (the same reading, by pneumoscan 0.2.0 too) replaces. A file that is no such Observation is
+    passed over."""
+    found: dict[str, list[Path]] = {}
+    for path in sorted(folder.glob(f"*{FHIR_SUFFIX}")):
+        try:
+            key = _identifier(path.read_bytes())
+        except OSError as e:  # not a regular file, unreadable
+            log.debug("%s: not read as an earlier Observation: %s", path, e)
+            continue
+        if key is not None:
+            found.setdefault(key, []).append(path)
+    return found
+
+
+def _write_observation(folder: Path, stem: str, text: str, issued: dict[str, list[Path]]) -> Path:
+    """The Observation ``text`` as ``STEM.fhir.json`` in FOLDER (``STEM-2...`` when that name is another's), or in
+    place of the ``issued`` files of its identifier: a FHIR server keeps one Observation of an identifier, updated in
+    place with the earlier ones in its history, and so does the folder, where a second file of one identifier beside
+    the first left which is in force to the order a script sends them in (``STEM-2.fhir.json`` sorts before
+    ``STEM.fhir.json``: the earlier reading, sent last, would be the server's). The log names each file replaced."""
+    data = text.encode()
+    key = _identifier(data)
+    earlier = issued.pop(key, []) if key is not None else []
+    path = write_atomic(earlier[0], data) if earlier else write_new(folder, stem, FHIR_SUFFIX, data)
+    for other in earlier[1:]:
+        other.unlink(missing_ok=True)
+    if earlier:
+        log.info("%s: the Observation written replaces the one of the same identifier (the same reading of the film "
+                 "by the model) the file held%s", path, "".join(f"; {p}, of that identifier too, is removed"
+                                                           for p in earlier[1:]))
+    if key is not None:
+        issued[key] = [path]
+    return path
+
+
 def replaced_reports(source: Dataset, reading: dict, issued: dict[str, Dataset], earlier: Sequence[float],
                      name: str, version: str, mode: str) -> list[Dataset]:
     """Of the ``issued`` reports, those this model made of the film at an ``earlier`` threshold, in the same
@@ -122,12 +171,14 @@ def write_reports(
     to; a row with an ``error``; an object that is not a radiograph; a malformed header) gets a warning saying why
     instead, and the other rows are still written. ``backend`` and ``tta``: how the rows were scored, part of every
     report's identity, so the same film scored the same way gets the same UIDs and FHIR identifier (the identifier
-    whatever the threshold: :mod:`.fhir`). A film's SR that ``sr_dir`` holds from an earlier threshold of these
-    weights (:func:`earlier_thresholds`), or of the same reading in series 9901 (:func:`replaced_reports`), is named
-    as the predecessor of the one written now, which is written beside it; ``issued``, the reports held elsewhere
-    (a PACS's study, by SOP Instance UID: study, series, SOP instance and class), are looked in instead. The same
-    reading's overlay in series 9902 is replaced in ``sr_dir``; one among ``held`` (the SOP Instance UIDs of a
-    PACS's study, where nothing is deleted) is named in the row's warnings for deletion there."""
+    whatever the threshold: :mod:`.fhir`). An Observation whose identifier a file in ``fhir_dir`` holds (a rerun's,
+    pneumoscan 0.2.0's of the same reading) replaces that file (:func:`_write_observation`). A film's SR that
+    ``sr_dir`` holds from an earlier threshold of these weights (:func:`earlier_thresholds`), or of the same reading
+    in series 9901 (:func:`replaced_reports`), is named as the predecessor of the one written now, which is written
+    beside it; ``issued``, the reports held elsewhere (a PACS's study, by SOP Instance UID: study, series, SOP
+    instance and class), are looked in instead. The same reading's overlay in series 9902 is replaced in ``sr_dir``;
+    one among ``held`` (the SOP Instance UIDs of a PACS's study, where nothing is deleted) is named in the row's
+    warnings for deletion there."""
     from . import fhir, sr
 
     check_reportable(bundle, dicom=sr_dir is not None)
@@ -140,6 +191,7 @@ def write_reports(
     for folder in folders:
         folder.mkdir(parents=True, exist_ok=True)
     earlier = earlier_thresholds(card, backend, tta) if sr_dir is not None else []
+    observations = _issued_observations(Path(fhir_dir)) if fhir_dir is not None else {}
     known = (issued_reports(Path(sr_dir)) if issued is None else issued) if sr_dir is not None else {}
     overlays = {uid: path for uid, (path, _) in _issued(Path(sr_dir), OVERLAY_SUFFIX).items()} if sr_dir else {}
     for row in rows:
@@ -163,7 +215,7 @@ def write_reports(
         if fhir_dir is not None:
             try:
                 text = fhir.observation_json(reading, name, version, mode, source)
-                row["fhir"] = str(write_new(Path(fhir_dir), stem, ".fhir.json", text.encode()))
+                row["fhir"] = str(_write_observation(Path(fhir_dir), stem, text, observations))
             except ValueError as e:  # a film without identity, a malformed PatientID, a failed FHIR validation
                 row.setdefault("warnings", []).append(f"no FHIR Observation written: {e}")
         if sr_dir is None:
