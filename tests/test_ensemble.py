@@ -833,8 +833,26 @@ def test_a_cv_ensembles_card_says_its_temperature_and_threshold_were_chosen_out_
     assert "the validation films" not in body.split("## Intended use")[1].split("## Out of scope")[0]
     assert "chosen on the validation films" not in body
     assert "out-of-fold" in card_summary(load_card(cv_ensemble[1]))["intended_use"]
-    plain = (ensemble / "MODEL_CARD.md").read_text()
-    assert "fitted on the validation films" in plain and "chosen on the validation films" in plain
+
+
+def test_an_ensembles_card_says_its_temperature_was_fitted_on_the_films_given_to_it(ensemble: Path) -> None:
+    """An ensemble calibrated on `--data` said in its intended use and limitations (0.2.0's said it in its
+    limitations) that its temperature and threshold were fitted on "the validation films", which an ensemble has
+    none of: it names the films its run recorded (calibrated_on), /v1/model's summary too; a card that records none
+    says so."""
+    card = load_card(ensemble)
+    calibrated_on = card.train_config["calibrated_on"]
+    body = (ensemble / "MODEL_CARD.md").read_text()
+    assert f"scaled by one temperature fitted on {calibrated_on} (which corrects" in body
+    assert f"The threshold and the temperature were chosen on {calibrated_on}, so the validation figures" in body
+    assert "the validation films" not in body.split("## Intended use")[1].split("## Out of scope")[0]
+    assert "chosen on the validation films" not in body
+    assert calibrated_on in card_summary(card)["intended_use"]
+    card.train_config.pop("calibrated_on")  # an ensemble's card that records none
+    unsaid = render(card)
+    assert "scaled by one temperature fitted on films not recorded on this card (which corrects" in unsaid
+    assert f"temperature {card.temperature:.3f} fitted on films not recorded on this card" in unsaid
+    assert "the validation films" not in unsaid.split("## Intended use")[1].split("## Out of scope")[0]
 
 
 def test_int8_of_a_cv_ensemble_chooses_its_thresholds_out_of_fold(tiny_bundle: Path, member64: Path,

@@ -34,6 +34,8 @@ MODEL_CARD = "MODEL_CARD.md"
 # where a bundle's temperature and threshold were chosen (chosen_on): a cv ensemble's films all trained a member
 VALIDATION_FILMS = "the validation films"
 OUT_OF_FOLD_SCORES = "its cross-validation runs' out-of-fold scores"
+# an ensemble's card that records no calibrated_on: its films are not said to be any
+FILMS_NOT_RECORDED = "films not recorded on this card"
 INTENDED_USE = (  # {films}: chosen_on's; {ece}: ECE_SHOWN, or ECE_NOT_RECORDED for a card without one
     "Research use only; not a medical device. Reads frontal (anterior-posterior) chest X-ray films of pediatric "
     "patients aged 1 to 5 years, as taken at one hospital (Guangzhou Women and Children's Medical Center, "
@@ -212,9 +214,15 @@ def _with_ci(block: dict[str, Any], key: str) -> str:
 
 
 def chosen_on(card: BundleCard) -> str:
-    """The films the card's temperature (and training's threshold) were chosen on: a cv ensemble's are its runs'
-    out-of-fold scores (:func:`out_of_fold_ensemble`), of films every one of which trained a member."""
-    return OUT_OF_FOLD_SCORES if out_of_fold_ensemble(card) else VALIDATION_FILMS
+    """The films the card's temperature (and training's threshold) were chosen on: a trained bundle's validation
+    films; a cv ensemble's are its runs' out-of-fold scores (:func:`out_of_fold_ensemble`), of films every one of
+    which trained a member; another ensemble's, the films its run recorded (``calibrated_on``: those given to
+    ``ensemble --data``, none of them validation films of the ensemble), or :data:`FILMS_NOT_RECORDED`."""
+    if out_of_fold_ensemble(card):
+        return OUT_OF_FOLD_SCORES
+    if card.model != ENSEMBLE:
+        return VALIDATION_FILMS
+    return card.train_config.get("calibrated_on") or FILMS_NOT_RECORDED
 
 
 def intended_use(card: BundleCard) -> str:
@@ -706,7 +714,7 @@ def render(card: BundleCard, int8: dict | None = None) -> str:
         f"paths): `{card.data_checksum or 'not recorded'}`. Data fingerprint (those files where they were): "
         f"`{card.data_fingerprint or 'not recorded'}`.",
         f"## Recipe\n\n{_model_description(card, source)}; softmax temperature {card.temperature:.3f} fitted on "
-        f"{card.train_config.get('calibrated_on') or 'validation'}"
+        f"{card.train_config.get('calibrated_on') or chosen_on(card)}"
         + (f" (**the probabilities are not calibrated:** {card.temperature_caveat})" if card.temperature_caveat else "")
         + ". Training configuration:\n\n"
         "```yaml\n" + (yaml.safe_dump(recipe, sort_keys=False) if recipe else "{}\n") + "```\n\n"
