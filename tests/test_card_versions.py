@@ -174,9 +174,11 @@ def test_a_cv_resumed_under_another_pneumoscan_says_its_folds_mix_versions(
 ) -> None:
     """A cv run stopped under 0.2.0 and resumed under this version keeps the folds 0.2.0 finished and trains the
     others here: cv.json pooled them without a word. Each version is named with its folds (a fold still to train,
-    this one), with what to do; folds all of one version say nothing."""
+    this one; a fold stopped mid-fold, its checkpoint's then this one, a checkpoint of 0.2.0 naming none), with what
+    to do; folds all of one version say nothing."""
     from pneumoscan.models.run_folder import RunFolder
     from pneumoscan.training.cv import warn_fold_versions
+    from pneumoscan.training.resume import TRAINED_BY, save_checkpoint
 
     runs = [RunFolder(tmp_path / f"fold-{k}") for k in range(3)]
     old = "0.1.0" if __version__ != "0.1.0" else "0.0.1"  # a release before this one, whatever this one is
@@ -192,5 +194,16 @@ def test_a_cv_resumed_under_another_pneumoscan_says_its_folds_mix_versions(
                                       for m in said), said
         caplog.clear()
         shutil.rmtree(runs[0].bundle)  # fold-0 to train again, here
+        warn_fold_versions(runs)
+        assert caplog.records == []
+        # fold-0 stopped mid-fold under 0.2.0, whose checkpoint records no version: its epochs to come are this
+        # one's, and it was said of no version (a fold still to train is this one's)
+        save_checkpoint(runs[0].checkpoint, {"epoch": 0})
+        warn_fold_versions(runs)
+        [said] = [r.getMessage() for r in caplog.records]
+        assert (f"fold-0: a version before 0.3 (its checkpoint records none), then {__version__}; fold-1, fold-2: "
+                f"{__version__}") in said, said
+        caplog.clear()
+        save_checkpoint(runs[0].checkpoint, {"epoch": 0, TRAINED_BY: [__version__]})  # this version's
         warn_fold_versions(runs)
     assert caplog.records == []

@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 from torch.utils.data.distributed import DistributedSampler
 
 from builders import SCORE_TOL, Crash, crash_after_first_epoch, trial_copy
+from pneumoscan import __version__
 from pneumoscan.cli import main
 from pneumoscan.core.metrics import choose_threshold, format_figure
 from pneumoscan.data import cache as cache_mod
@@ -41,7 +42,7 @@ from pneumoscan.training import train as train_mod
 from pneumoscan.training.callbacks import lr_factor, schedule_done
 from pneumoscan.training.config import load_config, TrainConfig
 from pneumoscan.training.distributed import Dist
-from pneumoscan.training.resume import config_changes
+from pneumoscan.training.resume import TRAINED_BY, config_changes
 from pneumoscan.training.engine import Callback, State
 from pneumoscan.training.distributed import setup_distributed
 from pneumoscan.training.train import stream_seed, train
@@ -226,8 +227,9 @@ def test_resume_refuses_another_number_of_processes(
                                          rf"{AUTO_PRECISION} \(precision auto: auto is bf16 on CUDA, fp32 on CPU\)"):
         train(tiny_dataset, cfg, run, resume=True)
 
-    for key in ("processes", "resolved_precision", "data", "teachers"):  # an earlier version's checkpoint records
-        del ckpt[key]  # none of them: said, and resumed as before (a TypeError ended it, for want of teachers)
+    assert ckpt[TRAINED_BY] == [__version__]
+    for key in ("processes", "resolved_precision", "data", "teachers", TRAINED_BY):  # an earlier version's checkpoint
+        del ckpt[key]  # records none of them: said, and resumed as before (a TypeError ended it, for want of teachers)
     train_mod.save_checkpoint(run / "checkpoint.pt", ckpt)
     with caplog.at_level("WARNING"):
         bundle = train(tiny_dataset, cfg, run, resume=True)
@@ -236,7 +238,8 @@ def test_resume_refuses_another_number_of_processes(
     card = load_bundle(bundle)[1]
     assert card.train_config["processes"] == 1 and "processes: 1" in (bundle / "MODEL_CARD.md").read_text()
     assert config_changes(card.train_config, cfg) == [], "a record, not a setting: cv still takes the run as its own"
-    assert torch.load(run / "checkpoint.pt", weights_only=True)["processes"] == 1
+    resumed = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert resumed["processes"] == 1 and resumed[TRAINED_BY] == [None, __version__]  # its epochs' and this one's
 
 
 def test_a_kill_while_the_checkpoint_is_written_never_ships_that_epochs_weights(

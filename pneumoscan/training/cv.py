@@ -37,7 +37,7 @@ from pneumoscan.data.layouts import Record, write_manifest
 from pneumoscan.data.split import patient_folds, sampled_pool
 from pneumoscan.data.tasks import Task, binary_targets, get_task, select
 from pneumoscan.inference.predict import Predictor
-from pneumoscan.models.card import CARD, SAMPLED_FROM, films_as_trained, load_card, sample_record
+from pneumoscan.models.card import CARD, SAMPLED_FROM, WRITER, films_as_trained, load_card, sample_record
 from pneumoscan.models.run_folder import CvFolder, RunFolder
 from .config import TrainConfig
 from .distill import check_teachers
@@ -45,7 +45,7 @@ from .distributed import Dist, is_main_process, setup_distributed
 from .engine import resolved_precision
 from .ensemble import cv_folds
 from .resume import (checkpoint_config, config_changes, load_checkpoint, machine_cache, split_change,
-                     teachers_changed)
+                     teachers_changed, trained_by)
 from .train import absent_classes, check_batches, check_init_held_out, train
 
 log = logging.getLogger(__name__)
@@ -127,16 +127,30 @@ def check_fold_data(run: RunFolder, planned: list[Record], ctx: Dist, opened: di
                          "use a new out_dir (--out)")
 
 
+def _fold_versions(run: RunFolder) -> list[str | None]:
+    """The pneumoscans that train a fold: a finished fold's, its card's writer (none named: none); an interrupted
+    fold's, those of its checkpoint's epochs (None: a version before 0.3, which records none) and this one, which
+    trains the rest; a fold still to train, this one."""
+    if (run.bundle / CARD).exists():
+        return list(filter(None, [load_card(run.bundle).versions.get(WRITER)]))
+    if run.checkpoint.exists():
+        return list(dict.fromkeys([*trained_by(load_checkpoint(run.checkpoint)), __version__]))
+    return [__version__]
+
+
 def warn_fold_versions(runs: Sequence[RunFolder]) -> None:
     """Warn when the folds are trained by more than one pneumoscan (a cv stopped under one version and resumed under
-    another: the finished folds' cards name theirs, a fold still to train is this one's), as cv.json pools their
-    figures; not refused, as a version need not change the recipe. A card that names no writer is passed over."""
+    another: the finished folds' cards name theirs, an interrupted fold's checkpoint its epochs', a fold still to
+    train is this one's), as cv.json pools their figures; not refused, as a version need not change the recipe. A
+    card that names no writer is passed over; a checkpoint that names none is said to be of a version before 0.3."""
     made_by: dict[str, list[str]] = {}
+    seen: set[str | None] = set()
     for run in runs:
-        version = load_card(run.bundle).versions.get("pneumoscan") if (run.bundle / CARD).exists() else __version__
-        if version:
-            made_by.setdefault(version, []).append(run.root.name)
-    if len(made_by) > 1:
+        if versions := _fold_versions(run):
+            seen.update(versions)
+            said = ", then ".join(v or "a version before 0.3 (its checkpoint records none)" for v in versions)
+            made_by.setdefault(said, []).append(run.root.name)
+    if len(seen) > 1:
         log.warning("the folds of this cv are trained by more than one pneumoscan (%s), and cv.json pools their "
                     "figures: for figures of one version, finish it with the version that began it, or use a new "
                     "out_dir (--out)", "; ".join(f"{', '.join(names)}: {v}" for v, names in made_by.items()))

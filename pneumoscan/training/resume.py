@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from pneumoscan import __version__
 from pneumoscan.core.atomic import write_atomic
 from pneumoscan.core.names import shown
 from pneumoscan.data.cache import ImageCache, build_cache
@@ -52,6 +53,9 @@ def load_checkpoint(path: Path) -> dict | None:
 
 
 _ABSENT = object()
+# a checkpoint's record of the pneumoscans that trained its epochs, oldest first (made_by's, and on a resume the
+# checkpoint's with this one: trained_by); one of a version before 0.3 records none
+TRAINED_BY = "trained_by"
 # what a bundle's train_config records beside the settings: how the run was made, not a setting, so no config has
 # it; --resume checks them on their own (made_change)
 RECORDED = ("processes", "resolved_precision")
@@ -137,10 +141,17 @@ def made_by(cfg: TrainConfig, ctx: Dist, data: str, teachers: Sequence[str]) -> 
     """How a run is made, as its checkpoint records it and ``--resume`` checks it: the settings, what
     :func:`run_record` adds to them, the data (``data``: :func:`~pneumoscan.data.cache.data_checksum`, the pixels
     and labels, not the files' paths or times) and each teacher's bundle.json checksum as the run started
-    (``teachers``, :data:`TEACHER_CARDS`: another bundle put at the same path)."""
+    (``teachers``, :data:`TEACHER_CARDS`: another bundle put at the same path), and this pneumoscan
+    (:data:`TRAINED_BY`)."""
     record = run_record(cfg, ctx)
     return {"config": dataclasses.asdict(cfg), **{k: record[k] for k in RECORDED}, "data": data,
-            "teachers": list(teachers)}
+            "teachers": list(teachers), TRAINED_BY: [__version__]}
+
+
+def trained_by(ckpt: dict) -> list[str | None]:
+    """The pneumoscans that trained a checkpoint's epochs, oldest first: [None] for a checkpoint of a version before
+    0.3, which records none (a cv fold resumed from it is told as trained by two: :func:`~.cv.warn_fold_versions`)."""
+    return list(ckpt.get(TRAINED_BY) or [None])
 
 
 def teachers_changed(recorded: dict | None) -> str | None:

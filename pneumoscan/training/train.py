@@ -69,8 +69,8 @@ from .distill import check_teachers, distilled_targets, teacher_probabilities
 from .distributed import Dist, gather, gather_shards, setup_distributed, shard
 from .engine import OUT_OF_SCALE_LOSS, Callback, State, divergence_advice, fit
 from .finish import ScoredFilms, finish_bundle
-from .resume import (check_same_recipe, load_checkpoint, machine_cache, made_by, resume_from, run_record,
-                     save_checkpoint, split_change)
+from .resume import (TRAINED_BY, check_same_recipe, load_checkpoint, machine_cache, made_by, resume_from,
+                     run_record, save_checkpoint, split_change, trained_by)
 from .tracking import make_trackers
 from .warm_start import warm_start_head
 
@@ -687,6 +687,8 @@ def train(
         learnt = ({k: resumed[k] for k in (INIT_CARD, INIT_SAMPLE) if k in resumed}
                   | ({INIT_IN_PLACE: True} if in_place else {}))
     made |= learnt  # each checkpoint keeps it
+    if resumed is not None:  # its epochs' pneumoscans, then this one's
+        made[TRAINED_BY] = list(dict.fromkeys([*trained_by(resumed), *made[TRAINED_BY]]))
     # the teachers' checksums the checkpoint keeps (made["teachers"]) are this start's: --resume refuses others
     learnt |= taught
     trackers = make_trackers(log_to, run_dir, run_record(cfg, ctx) | learnt, tracking_uri) if ctx.main else []
