@@ -510,6 +510,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         args.bundle, args.paths, backend=args.backend, batch_size=args.batch_size, tta=args.tta,
         etiology=args.etiology, heatmap_dir=args.heatmaps, progress=True, skipped=skipped,
     )  # fmt: skip
+    from pneumoscan.evaluation.model_card import stale_model_card
+
+    for stale in filter(None, map(stale_model_card, [args.bundle, *([args.etiology] if args.etiology else [])])):
+        log.warning("%s", stale)  # a 0.2.0 bundle's text, which the readings' card is not
     if args.dicom_sr or args.fhir:  # after predicting, so a report's row says where its files went
         from pneumoscan.interop.reports import write_reports
 
@@ -592,6 +596,21 @@ def cmd_export(args: argparse.Namespace) -> int:
                          "thresholds)")
     out = export_onnx(args.bundle, args.out)
     print(f"wrote {shown(out)} and its preprocessing spec {shown(spec_path(out))}")
+    return 0
+
+
+def cmd_card(args: argparse.Namespace) -> int:
+    from pneumoscan.evaluation.model_card import model_card_text, stale_model_card, write_model_card
+    from pneumoscan.models.card import load_card
+
+    card = load_card(args.bundle)  # its checksum checked: a damaged card is refused, not written out
+    if args.write:
+        log.info("wrote %s from the card (bundle.json; nothing else changed)",
+                 shown(write_model_card(args.bundle, card)))
+        return 0
+    print(model_card_text(args.bundle, card), end="")
+    if stale := stale_model_card(args.bundle):
+        log.warning("%s", stale)
     return 0
 
 
@@ -1071,6 +1090,13 @@ def _export_args(p: argparse.ArgumentParser) -> None:
                         f"(default {CALIBRATION_IMAGES})")
 
 
+def _card_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("bundle", type=_bundle, help="bundle folder")
+    p.add_argument("--write", action="store_true",
+                   help="rewrite BUNDLE/MODEL_CARD.md from the card (bundle.json), which stays as it is; without it "
+                        "the text is printed and the bundle left untouched")
+
+
 def _models_args(p: argparse.ArgumentParser) -> None:
     """``models`` takes no options."""
 
@@ -1098,6 +1124,8 @@ COMMANDS: tuple[
     ("predict", "probabilities and labels for image files and folders (CSV/JSON)", _predict_args, cmd_predict),
     ("pacs", "score a study's films from a PACS over DICOMweb; --store sends the SRs back", _pacs_args, cmd_pacs),
     ("export", "export a bundle's model as ONNX, with its preprocessing spec beside it", _export_args, cmd_export),
+    ("card", "print a bundle's MODEL_CARD.md as its card (bundle.json) says it; --write rewrites the file",
+     _card_args, cmd_card),
     ("models", "list registered model names", _models_args, cmd_models),
 )
 

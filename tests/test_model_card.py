@@ -264,6 +264,45 @@ def test_a_card_without_an_ece_does_not_say_its_figures_hold_one(tiny_bundle: Pa
     assert "not recorded" in said and said in render(old)
 
 
+def test_a_model_card_md_that_is_not_its_cards_text_is_named_and_rewritten_on_command(
+    tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    """A 0.2.0 bundle's MODEL_CARD.md keeps 0.2.0's text (it said the training films' class balance, which its card
+    does not record), and predict and serve said nothing of it. Both name it, and `pneumoscan card` prints the text
+    of the card, writing nothing until --write, which rewrites MODEL_CARD.md alone. A bundle whose file is its
+    card's text (the fixture's, one evaluate --add-to-card rewrote) is not named."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    text = (bundle / MODEL_CARD).read_text()
+    old = text.replace(intended_use(load_card(bundle)), "Research use only; not a medical device. Reads frontal "
+                       "chest X-ray films ... and gives a calibrated probability of the positive class with a "
+                       "thresholded label.")  # as 0.2.0 wrote it
+    (bundle / MODEL_CARD).write_text(old)
+    card_json = (bundle / "bundle.json").read_bytes()
+    film = str(next((tiny_dataset / "test").rglob("*.jpeg")))
+    with caplog.at_level("WARNING"):
+        assert cli.main(["predict", str(bundle), film, "--out", str(tmp_path / "p.csv")]) == 0
+        with TestClient(create_app(bundle)):
+            pass
+        capsys.readouterr()
+        assert cli.main(["card", str(bundle)]) == 0
+    assert capsys.readouterr().out == text and (bundle / MODEL_CARD).read_text() == old  # printed, not written
+    named = [r.getMessage() for r in caplog.records if f"{bundle / MODEL_CARD} is not the text" in r.getMessage()]
+    assert len(named) == 3 and all(f"pneumoscan card {bundle} --write" in m for m in named), named
+    caplog.clear()
+    assert cli.main(["card", str(bundle), "--write"]) == 0
+    assert (bundle / MODEL_CARD).read_text() == text and (bundle / "bundle.json").read_bytes() == card_json
+    assert cli.main(["evaluate", str(bundle), str(tiny_dataset), "--split", "test", "--out", str(tmp_path / "e"),
+                     "--add-to-card", "--data-name", "site B"]) == 0
+    with caplog.at_level("WARNING"):
+        for checked in (tiny_bundle, bundle):
+            assert cli.main(["predict", str(checked), film, "--out", str(tmp_path / "p.csv")]) == 0
+            with TestClient(create_app(checked)):
+                pass
+    assert not [r for r in caplog.records if "is not the text" in r.getMessage()]
+
+
 def test_the_service_shows_intended_use_and_card_figures(tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path) -> None:
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)

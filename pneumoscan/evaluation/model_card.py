@@ -731,19 +731,43 @@ def render(card: BundleCard, int8: dict | None = None) -> str:
     return f"---\n{meta}---\n\n" + "\n\n".join(sections).rstrip() + "\n"
 
 
-def write_model_card(directory: Path | str, card: BundleCard) -> Path:
-    """(Re)write BUNDLE/MODEL_CARD.md from ``card``; atomic like bundle.json."""
-    path = Path(directory) / MODEL_CARD
+def model_card_text(directory: Path | str, card: BundleCard) -> str:
+    """The text of BUNDLE/MODEL_CARD.md for ``card``, with the INT8 model's section where the bundle has one."""
     quantized = Path(directory) / INT8_NAME
     # the INT8 model's own thresholds and figures, when export --int8 made one; a sidecar without them (unreadable,
     # or not written whole by export --int8) describes no model --backend onnx-int8 would run: no section
     int8 = read_sidecar(quantized) if quantized.exists() else None
     if int8 is not None and Int8Operating.validated(int8) is None:
         log.warning("%s gives no validated INT8 thresholds (`pneumoscan export --int8` makes them): %s has no INT8 "
-                    "section", spec_path(quantized), path)
+                    "section", spec_path(quantized), Path(directory) / MODEL_CARD)
         int8 = None
-    write_atomic(path, render(card, int8).encode("utf-8"))
+    return render(card, int8)
+
+
+def write_model_card(directory: Path | str, card: BundleCard) -> Path:
+    """(Re)write BUNDLE/MODEL_CARD.md from ``card``; atomic like bundle.json."""
+    path = Path(directory) / MODEL_CARD
+    write_atomic(path, model_card_text(directory, card).encode("utf-8"))
     return path
+
+
+def stale_model_card(directory: Path | str) -> str | None:
+    """Why BUNDLE/MODEL_CARD.md is not the text this pneumoscan writes of its card, bundle.json (a 0.2.0 bundle's
+    keeps 0.2.0's until a command rewrites it, and may say what the card does not record, or leave out what it
+    does), with how to rewrite it; None when it is, or there is none. Said, never rewritten here: a bundle is
+    written by a command that says so (``pneumoscan card BUNDLE --write``)."""
+    path, card = Path(directory) / MODEL_CARD, load_card(directory)
+    try:
+        if path.read_text(encoding="utf-8") == model_card_text(directory, card):
+            return None
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError):  # unreadable, or not text: not the card's text either
+        pass
+    writer = card.versions.get(WRITER) or "a version that records none"
+    return (f"{shown(path)} is not the text this pneumoscan writes of the card (bundle.json, by pneumoscan "
+            f"{writer}): it may say more or less than the card records, which /v1/model and the web page state; "
+            f"`pneumoscan card {shown(directory)} --write` rewrites it from the card")
 
 
 def update_card(directory: Path | str, card: BundleCard) -> None:
