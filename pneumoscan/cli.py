@@ -659,6 +659,18 @@ def _rate(text: str) -> str:
     return text
 
 
+def _rate_store(text: str) -> str:
+    """An argparse type for serve's --rate-limit-storage: a store the service counts in (:func:`~pneumoscan.serving.
+    limits.known_store`), an empty or mistyped one refused when the options are read; whether it answers is the
+    service's to check as it starts."""
+    from pneumoscan.serving.limits import known_store
+
+    try:
+        return known_store(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("rate_limit_storage (--rate-limit-storage) ")) from None
+
+
 def _path(what: str, variable: str = "") -> Callable[[str], str]:
     """An argparse type for a path to a ``what`` (bundle, run, file, folder): an empty one refused naming its option
     (:func:`~pneumoscan.core.names.given_path`), as an unset variable gives it (``--etiology "$ETIOLOGY"``), where
@@ -1012,7 +1024,7 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
                         "X-Forwarded-For of a proxy on loopback or FORWARDED_ALLOW_IPS): past N in any minute "
                         "(N/second, N/hour, N per M minutes) it gets 429 + Retry-After while others are served "
                         "(default: none)")
-    p.add_argument("--rate-limit-storage", metavar="URI",
+    p.add_argument("--rate-limit-storage", metavar="URI", type=_rate_store,
                    help="where --rate-limit's counts are kept: memory:// (this process's, the default) or a Redis "
                         "server the instances behind a load balancer share, redis://HOST:6379/0 (redis+unix:///PATH); "
                         "one that does not answer at start is refused, and at a request refuses it 503 + Retry-After")

@@ -142,17 +142,23 @@ def said_store(uri: str) -> str:
     return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()
 
 
+def known_store(uri: str) -> str:
+    """``uri`` if it names a store :func:`rate_store` can count in (``memory://``, :data:`SHARED_STORES`), else a
+    ValueError, without reaching the store: an empty or mistyped one is refused as the options are read."""
+    if uri != "memory://" and urlsplit(uri).scheme not in SHARED_STORES:
+        raise ValueError(f"rate_limit_storage (--rate-limit-storage) takes memory:// or a Redis server's URI "
+                         f"(redis://HOST:6379/0, redis+unix:///PATH), got {said_store(uri)!r}")
+    return uri
+
+
 def rate_store(uri: str | None) -> Storage:
     """Where :class:`PerClient` counts: this process's memory (None, ``memory://``), or the Redis server at ``uri``
     (:data:`SHARED_STORES`), each call of which waits :data:`STORE_TIMEOUT_S` at most and fails as the library's
     StorageError. Any other URI is refused (ValueError), and so is a Redis server that does not answer now: the
     service would start, then refuse every prediction request."""
-    if uri is None or uri == "memory://":
+    if uri is None or known_store(uri) == "memory://":
         return MemoryStorage()
     where = said_store(uri)
-    if urlsplit(uri).scheme not in SHARED_STORES:
-        raise ValueError(f"rate_limit_storage (--rate-limit-storage) takes memory:// or a Redis server's URI "
-                         f"(redis://HOST:6379/0, redis+unix:///PATH), got {where!r}")
     try:
         store = storage_from_string(uri, wrap_exceptions=True, socket_timeout=STORE_TIMEOUT_S,
                                     socket_connect_timeout=STORE_TIMEOUT_S)
