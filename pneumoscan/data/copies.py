@@ -19,6 +19,7 @@ import importlib.metadata
 import itertools
 import json
 import logging
+import os
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -46,20 +47,20 @@ PHASH_SIZE = 16  # 16x16 = 256-bit hash; see the module docstring for why not th
 # own groups are the same either way.
 PHASH_TARGET = 256
 NEAR_DUPLICATE_BITS = 10  # max Hamming distance (of 256 bits) for two images to count as near duplicates
-SCANS_VERSION = 2  # a change of what a kept scan holds (:func:`scans`) or of its file's layout
+SCANS_VERSION = 3  # a change of what a kept scan holds (:func:`scans`) or of its file's layout
 _HEADER = ("width", "height", "mode")  # what scan_file reads from a film's header
 
 log = logging.getLogger(__name__)
 
 
-def scan_file(path: str, header: bool = True) -> dict:
-    """Everything the audit needs from one file: content hash, header (unless not ``header``: grouping copies needs
-    none, and reading it is a sixth of a 224 px film's scan), perceptual hash (or why it failed). The decoder gets
-    the path, not the bytes, so a .dcm without the DICM preamble is still known by its name; the re-reads come from
-    the OS cache."""
+def scan_file(path: str, header: bool = True, sha: str | None = None) -> dict:
+    """Everything the audit needs from one file: content hash (``sha`` when the caller has just read it), header
+    (unless not ``header``: grouping copies needs none, and reading it is a sixth of a 224 px film's scan),
+    perceptual hash (or why it failed). The decoder gets the path, not the bytes, so a .dcm without the DICM
+    preamble is still known by its name; the re-reads come from the OS cache."""
     out: dict = {"path": path}
     try:
-        out["sha"] = file_sha256(path)  # a FIFO or a device named in a manifest would hang split and audit
+        out["sha"] = sha or file_sha256(path)  # a FIFO or a device named in a manifest would hang split and audit
     except OSError as e:
         out["error"] = f"cannot read file: {e.strerror or e}"
         return out
@@ -93,43 +94,69 @@ def picture_groups(paths: Sequence[str], workers: int | None = None) -> list[tup
 
 
 def scans(paths: Sequence[str], workers: int | None = None, header: bool = False) -> list[dict]:
-    """:func:`scan_file` of each of ``paths``, in order: those of files unchanged since they were scanned (the same
-    path and :func:`~pneumoscan.core.atomic.file_stamp`) from the scans kept beside the image cache
-    (:func:`_scans_file`), the others read by ``workers`` threads and kept there. evaluate and ``export --int8``
-    look for copies of a bundle's training films among the films given on every run, and decoding those (5,232
-    films: about 7 s on 2 cores) was most of the held-out check's time; the audit read every film again each time.
-    ``header``: with each film's size and mode, as the audit reports them; of a film kept without them (a train's
-    scan) the header alone is read, not the pixels. A file that could not be read is not kept: the fault may pass
-    (an I/O error)."""
+    """:func:`scan_file` of each of ``paths``, in order (each scan names its path as given), from the scans kept
+    beside the image cache (:func:`_scans_file`) where they can be. A scan is kept by what its file holds (its
+    SHA-256, and its name's suffix, by which a DICOM without its preamble is read) and each file's content by its
+    real path and :func:`~pneumoscan.core.atomic.file_stamp`: a file unchanged since it was scanned, under any name
+    (a link, a relative path), is not read at all; a file whose path or stamp is new (its dataset moved, copied or
+    mounted elsewhere) is hashed, not decoded, when a file of the same bytes was scanned; a changed file has other
+    bytes, and is scanned again. evaluate and ``export --int8`` look for copies of a bundle's training films among
+    the films given on every run, and decoding those (5,232 films: about 7 s on 2 cores) was most of the held-out
+    check's time; the audit read every film again each time. ``header``: with each film's size and mode, as the
+    audit reports them; of a film kept without them (a train's scan) the header alone is read, not the pixels. A
+    file that could not be read is not kept: the fault may pass (an I/O error)."""
     store = _scans_file()
-    kept, stamps = _read_scans(store), [file_stamp(p) for p in paths]
-    stored = {i: kept[p] for i, (p, stamp) in enumerate(zip(paths, stamps))
-              if stamp is not None and kept.get(p, {}).get("stamp") == stamp}
-    todo = [i for i in range(len(paths)) if i not in stored or (header and _HEADER[0] not in stored[i])]
+    held = _read_scans(store)
+    reals, stamps = [os.path.realpath(p) for p in paths], [file_stamp(p) for p in paths]
+    known = [held["files"].get(real, {}).get("sha") if stamp is not None and
+             held["files"].get(real, {}).get("stamp") == stamp else None for real, stamp in zip(reals, stamps)]
+    found = {i: _stored(paths[i], sha, entry) for i, sha in enumerate(known)
+             if sha is not None and (entry := _content(held, sha, paths[i])) is not None
+             and (not header or _HEADER[0] in entry)}
+    todo = [i for i in range(len(paths)) if i not in found]
     with ThreadPoolExecutor(max_workers=workers or usable_cores()) as pool:
-        read = dict(zip(todo, pool.map(lambda i: _scan(paths[i], stored.get(i), header), todo)))
-    new = {paths[i]: {"stamp": stamps[i], "sha": scan["sha"], "phash": scan["phash"].hex()}
-           | {key: scan[key] for key in _HEADER if key in scan} for i, scan in read.items()
-           if "error" not in scan and stamps[i] is not None and file_stamp(paths[i]) == stamps[i]}  # not rewritten
-    if new:
-        _keep_scans(store, new)
-    return [read[i] if i in read else _stored(paths[i], stored[i]) for i in range(len(paths))]
+        read = dict(zip(todo, pool.map(lambda i: _scan(paths[i], known[i], held, header), todo)))
+    kept = {i: scan for i, scan in read.items()  # of a file not rewritten while it was read
+            if "error" not in scan and stamps[i] is not None and file_stamp(paths[i]) == stamps[i]}
+    if kept:
+        _keep_scans(store, {reals[i]: {"stamp": stamps[i], "sha": scan["sha"]} for i, scan in kept.items()},
+                    [(scan["sha"], _suffix(paths[i]), {"phash": scan["phash"].hex()}
+                      | {key: scan[key] for key in _HEADER if key in scan}) for i, scan in kept.items()])
+    return [read[i] if i in read else found[i] for i in range(len(paths))]
 
 
-def _scan(path: str, entry: dict | None, header: bool) -> dict:
-    """:func:`scan_file` of ``path``, or of a film kept (``entry``) without its header, the header alone added to
-    its kept scan."""
+def _suffix(path: str) -> str:
+    """What of a file's name its decode depends on: the suffix a reader claims it by when no magic bytes match."""
+    return Path(path).suffix.lower()
+
+
+def _content(held: dict, sha: str, path: str) -> dict | None:
+    """The scan kept of a file of ``sha``'s bytes named as ``path`` is, None when there is none."""
+    return held["scans"].get(sha, {}).get(_suffix(path))
+
+
+def _scan(path: str, sha: str | None, held: dict, header: bool) -> dict:
+    """The scan of ``path`` whose bytes are ``sha`` (None: not known, hashed here): kept in ``held`` for those bytes
+    (with its header read here when ``header`` asks for one kept without), else :func:`scan_file`."""
+    if sha is None:
+        try:
+            sha = file_sha256(path)
+        except (OSError, NotRegularFile):
+            return scan_file(path, header=header)  # which says why
+    entry = _content(held, sha, path)
     if entry is None:
-        return scan_file(path, header=header)
+        return scan_file(path, header=header, sha=sha)
+    if not header or _HEADER[0] in entry:
+        return _stored(path, sha, entry)
     try:
         info = image_info(path)
     except DecodeError:  # scanned whole, which says why
-        return scan_file(path, header=header)
-    return _stored(path, entry) | {key: info[key] for key in _HEADER}
+        return scan_file(path, header=header, sha=sha)
+    return _stored(path, sha, entry) | {key: info[key] for key in _HEADER}
 
 
-def _stored(path: str, entry: dict) -> dict:
-    return {"path": path, "sha": entry["sha"], "phash": bytes.fromhex(entry["phash"])} | {
+def _stored(path: str, sha: str, entry: dict) -> dict:
+    return {"path": path, "sha": sha, "phash": bytes.fromhex(entry["phash"])} | {
         key: entry[key] for key in _HEADER if key in entry}
 
 
@@ -142,37 +169,43 @@ def _scans_file() -> Path:
 
 
 def _read_scans(store: Path, warn: bool = True) -> dict[str, dict]:
-    """The kept scans by path (``{"stamp", "sha", "phash"[, "width", "height", "mode"]}``), none when there are
-    none or they cannot be read: a file cut short, or whose scans differ from the checksum written with them
-    (damaged bytes that still parse would give films other hashes, and split or evaluate other copies), is made
-    anew, with a warning (``warn``)."""
+    """The kept scans: ``files`` (each file's content by its real path: ``{"stamp", "sha"}``) and ``scans`` (by SHA-256
+    and suffix: ``{"phash"[, "width", "height", "mode"]}``), none when there are none or they cannot be read: a file
+    cut short, or whose scans differ from the checksum written with them (damaged bytes that still parse would give
+    films other hashes, and split or evaluate other copies), is made anew, with a warning (``warn``)."""
     try:
         held = json.loads(store.read_bytes())
-        if json_sha256(held["scans"]) != held["sha256"]:
+        kept = {"files": held["files"], "scans": held["scans"]}
+        if json_sha256(kept) != held["sha256"]:
             raise ValueError("its scans differ from the checksum written with them")
-        return held["scans"]
+        return kept
     except FileNotFoundError:
-        return {}
+        pass
     except (OSError, ValueError, KeyError, TypeError) as e:
         if warn:
             log.warning("the copy search's scans in %s cannot be read (%s): the films are scanned again and the "
                         "file made anew", store, e)
-        return {}
+    return {"files": {}, "scans": {}}
 
 
-def _keep_scans(store: Path, new: dict[str, dict]) -> None:
-    """Add ``new`` to the scans kept in ``store``, written whole (:func:`~pneumoscan.core.atomic.write_atomic`)
-    under the folder's lock (:func:`~pneumoscan.core.atomic.locked`) to the scans it holds then, less those of
-    files gone or changed since: of processes that scanned at once, each adds its own to the others'. When the
-    folder cannot be written, these scans are left out, to be made again next time."""
+def _keep_scans(store: Path, files: dict[str, dict], new: list[tuple[str, str, dict]]) -> None:
+    """Add ``files`` (real path: its stamp and SHA-256) and the scans ``new`` ((SHA-256, suffix, scan)) to those kept
+    in ``store``, written whole (:func:`~pneumoscan.core.atomic.write_atomic`) under the folder's lock
+    (:func:`~pneumoscan.core.atomic.locked`) to the scans it holds then, less those of files gone or changed since
+    and the scans of bytes no file kept holds: of processes that scanned at once, each adds its own to the
+    others'. When the folder cannot be written, these scans are left out, to be made again next time."""
     try:
         store.parent.mkdir(parents=True, exist_ok=True, mode=0o700)  # as the image cache makes it: its owner's alone
         with locked(store.parent):
-            kept = {p: e for p, e in _read_scans(store, warn=False).items() if file_stamp(p) == e["stamp"]}
-            # a scan kept with its header (the audit's) keeps it when this process scanned the file without
-            held = kept | {p: kept[p] | e if kept.get(p, {}).get("stamp") == e["stamp"] else e for p, e in new.items()}
+            held = _read_scans(store, warn=False)
+            kept = {p: e for p, e in held["files"].items() if file_stamp(p) == e["stamp"]} | files
+            shas = {e["sha"] for e in kept.values()}
+            scans = {sha: by for sha, by in held["scans"].items() if sha in shas}
+            for sha, suffix, scan in new:  # a scan kept with its header (the audit's) keeps it where this one has none
+                scans.setdefault(sha, {})[suffix] = scans.get(sha, {}).get(suffix, {}) | scan
+            held = {"files": kept, "scans": scans}
             # private as the image cache's index is: it names every film
-            write_atomic(store, json.dumps({"scans": held, "sha256": json_sha256(held)}).encode(), mode=0o600)
+            write_atomic(store, json.dumps(held | {"sha256": json_sha256(held)}).encode(), mode=0o600)
     except OSError as e:
         log.warning("the copy search's scans cannot be kept in %s (%s): the films are scanned again next time",
                     store, e)
