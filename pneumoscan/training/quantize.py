@@ -43,7 +43,7 @@ from pneumoscan.evaluation.held_out import (CALIBRATION_FILMS, INT8_CALIBRATION_
                                            record_calibration_films)
 from pneumoscan.evaluation.operating_point import choose_operating_point, int8_figures, policy_text
 from pneumoscan.inference.export import module_onnx, write_int8_spec
-from pneumoscan.inference.onnx_runtime import INPUT, INT8_NAME, Int8Key, optimize_graph, session
+from pneumoscan.inference.onnx_runtime import INPUT, INT8_NAME, Int8Key, optimize_graph, session, without_arena
 from pneumoscan.inference.predict import Predictor, session_logits, tta_probabilities, tta_views
 from pneumoscan.models.bundle import load_bundle
 from pneumoscan.models.card import (ENSEMBLE, MACRO_AUC, ONNX_NAME, BundleCard, checked_bytes, films_as_trained,
@@ -376,6 +376,7 @@ def _films_to_give(bundle: Path) -> str:
     return f": for {bundle}, --data {split}" if card.model != ENSEMBLE and split.is_file() else ""
 
 
+@without_arena()  # its sessions each run once through large batches, the FP32 one held to the end
 def quantize_bundle(bundle: Path | str, data: Path | str | None = None, calibration_images: int = CALIBRATION_IMAGES,
                     cv_dirs: Sequence[Path | str] | Path | str = ()) -> Path:
     """Write BUNDLE/model.int8.onnx and its sidecar. DATA is labelled data with train and val splits (the run's
