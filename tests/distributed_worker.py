@@ -1,12 +1,14 @@
-"""What each of two ranks runs under torchrun in tests/test_distributed.py's second launch (``python -m
-tests.distributed_worker DATA OTHER_COPY OUT TRAIN-ARGUMENTS...``): train's command line resuming the first launch's
-run, then the library's runs that could leave the ranks disagreeing. One launch for both: each costs three
-interpreters' start (the launcher and two ranks importing training's whole stack)."""
+"""What each of two ranks runs under torchrun in tests/test_distributed.py (``python -m tests.distributed_worker
+DATA OTHER_COPY OUT TRAIN-ARGUMENTS...``): train's command line, the same command resuming its run, then the
+library's runs that could leave the ranks disagreeing. One launch for all: each costs three interpreters' start (the
+launcher and two ranks importing training's whole stack)."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -18,6 +20,8 @@ from pneumoscan.training.engine import Callback, State
 from pneumoscan.training.train import train, warm_start
 from tests.distributed_stubs import CountingProbe, probe_films
 
+# what rank 0 prints once the first run is done and kept, before the resume: the test splits the launch's log there
+FIRST_RUN_KEPT = "== the first run is done and kept =="
 # cnn5 has BatchNorm; class weights off, so the test recomputes the validation loss without the training split
 RECIPE = dict(model="cnn5", pretrained=False, image_size=32, batch_size=8, epochs=1, class_weights=False)
 
@@ -40,12 +44,32 @@ def probe_warm_start(ctx: Dist) -> dict:
     return {"l2": l2, "weight": probe.fc.weight.tolist(), "bias": probe.fc.bias.tolist(), "films": probe.films}
 
 
+def keep_first_run(ctx: Dist, run: Path, out: Path) -> dict[str, list[int]]:
+    """Once every rank is done with the first run, rank 0 copies it to OUT/first, says :data:`FIRST_RUN_KEPT` after
+    all the ranks' lines of that run, and gives each cache file's inode and mtime then, for the test to check the
+    run as it was and the cache's reuse by the resume."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    ctx.barrier()
+    cached = {}
+    if ctx.main:
+        shutil.copytree(run, out / "first")
+        cache = Path(os.environ["PNEUMOSCAN_CACHE"])
+        cached = {p.name: [p.stat().st_ino, p.stat().st_mtime_ns] for p in cache.iterdir()}
+        print(FIRST_RUN_KEPT, flush=True)
+    ctx.barrier()
+    return cached
+
+
 def main(data: Path, other_copy: Path, out: Path, train_args: list[str]) -> None:
-    """One rank's part: ``pneumoscan train ... --resume``; a run one process made, resumed under two; a run whose
-    rank 1 moves its BatchNorm statistics; as ``cv`` goes on to its next fold while rank 0 still writes the last, a
-    run where rank 1 reads a copy of the data with a film it cannot read; then a warm start of a probe together."""
+    """One rank's part: ``pneumoscan train ...`` as TRAIN-ARGUMENTS give it, then resumed for an epoch more by the
+    same command; a run one process made, resumed under two; a run whose rank 1 moves its BatchNorm statistics; as
+    ``cv`` goes on to its next fold while rank 0 still writes the last, a run where rank 1 reads a copy of the data
+    with a film it cannot read; then a warm start of a probe together."""
     rank = int(os.environ["RANK"])
-    said: dict = {"resume_status": cli.main(train_args)}
+    said: dict = {"first_status": cli.main(train_args)}
+    said["cached"] = keep_first_run(setup_distributed(), Path(cli.build_parser().parse_args(train_args).out), out)
+    said["resume_status"] = cli.main([*train_args, "--epochs", "2", "--resume"])
     try:  # its own settings, one epoch more than it trained
         config = out / "single" / "config.yaml"
         train(data, load_config(config, epochs=load_config(config).epochs + 1), config.parent, resume=True)
@@ -69,3 +93,4 @@ def main(data: Path, other_copy: Path, out: Path, train_args: list[str]) -> None
 
 if __name__ == "__main__":
     main(*map(Path, sys.argv[1:4]), sys.argv[4:])
+    gc.freeze()  # as pneumoscan's own entry does: the interpreter's last collections cost each rank 1-2 s

@@ -44,7 +44,7 @@ from tests.distributed_stubs import (
     ranks_given_other_settings,
     two_gloo_ranks,
 )
-from tests.distributed_worker import probe_warm_start
+from tests.distributed_worker import FIRST_RUN_KEPT, probe_warm_start
 
 
 # what train_args gives every run, as the library takes it
@@ -58,12 +58,12 @@ def train_args(data: Path, run: Path, *extra: str) -> list[str]:
             "--image-size", "32", "--batch-size", "8", *extra]
 
 
-def torchrun(program: list[str], cache: Path, cwd: Path | None = None) -> str:
+def torchrun(program: list[str], cache: Path) -> str:
     """``torchrun --standalone --nproc_per_node 2 PROGRAM`` with this interpreter; its log once it has ended well. A
     rank that hangs ends the launch: torchrun, told to stop, ends its ranks (killed, it would leave them)."""
     env = {**os.environ, "PNEUMOSCAN_CACHE": str(cache), "OMP_NUM_THREADS": "1",
            "CUDA_VISIBLE_DEVICES": ""}  # these test gloo: a 1-GPU machine would refuse 2 ranks
-    launch = subprocess.Popen([*TORCHRUN, *program], env=env, cwd=cwd, stdout=subprocess.PIPE,
+    launch = subprocess.Popen([*TORCHRUN, *program], env=env, cwd=Path(__file__).parents[1], stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
     try:
         log = launch.communicate(timeout=240)[0]
@@ -80,28 +80,30 @@ def history(run: Path) -> list[dict]:
 
 
 def test_two_gloo_processes_train_resume_and_agree(tiny_dataset: Path, tiny_bundle: Path, tmp_path: Path) -> None:
-    """Two launches under torchrun (each costs three interpreters' start): `pneumoscan train`, then ranks that
-    resume it with the same command and go on to the library's runs that could leave them disagreeing."""
+    """One launch under torchrun (each costs three interpreters' start): ranks that run `pneumoscan train`'s command
+    line, resume its run with the same command and go on to the library's runs that could leave them disagreeing."""
     run, cache, split = tmp_path / "run", tmp_path / "cache", str(tiny_bundle.parent / "split.csv")
     teacher = ("--teacher", str(tiny_bundle), "--split-csv", split)  # given again on --resume, as every setting
-    log = torchrun(["-m", "pneumoscan", *train_args(tiny_dataset, run, "--epochs", "1", *teacher)], cache)
-    trained_once(log, run, tiny_dataset, tiny_bundle, cache, tmp_path / "eval")
-    first, [cached] = history(run), list(cache.glob("*.u8"))
-    cached_stat = (cached.stat().st_ino, cached.stat().st_mtime_ns)
-
-    # a run one process made: tiny_bundle's (a copy: the second launch tries to resume it)
+    # a run one process made: tiny_bundle's (a copy: the ranks try to resume it)
     single, other_copy = shutil.copytree(tiny_bundle.parent, tmp_path / "single"), tmp_path / "copy" / "chest_xray"
     kept = {p: p.read_bytes() for p in single.rglob("*") if p.is_file()}
     shutil.copytree(tiny_dataset, other_copy)
     (other_copy / "train" / "NORMAL" / "IM-0003-0001.jpeg").write_bytes(b"not a JPEG")
     worker = ["-m", "tests.distributed_worker", str(tiny_dataset), str(other_copy), str(tmp_path),
-              *train_args(tiny_dataset, run, "--epochs", "2", "--resume", *teacher)]
-    log = torchrun(worker, cache, cwd=Path(__file__).parents[1])
+              *train_args(tiny_dataset, run, "--epochs", "1", *teacher)]
+    log = torchrun(worker, cache)
     said = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert log.count(FIRST_RUN_KEPT) == 1, log
+    first_log, log = log.split(FIRST_RUN_KEPT)
+    assert [rank["first_status"] for rank in said] == [0, 0], first_log
+    assert first_log.count(f"{run / 'bundle'}: validation AUC") == 1, "train's result line, from rank 0 alone"
+    trained_once(first_log, tmp_path / "first", said[0]["cached"], tiny_dataset, tiny_bundle, tmp_path / "eval")
+    first = history(tmp_path / "first")
 
     assert [rank["resume_status"] for rank in said] == [0, 0], log
     assert f"resuming after epoch 1 (step {first[0]['step']})" in log, log
-    assert (cached.stat().st_ino, cached.stat().st_mtime_ns) == cached_stat, "the cache is reused"
+    [(name, stat)] = [(name, stat) for name, stat in said[0]["cached"].items() if name.endswith(".u8")]
+    assert [(cache / name).stat().st_ino, (cache / name).stat().st_mtime_ns] == stat, "the cache is reused"
     rows = history(run)
     assert rows[0] == first[0] and [r["epoch"] for r in rows] == ["1", "2"]
     assert int(rows[1]["step"]) == 2 * int(first[0]["step"]) > 0
@@ -110,19 +112,20 @@ def test_two_gloo_processes_train_resume_and_agree(tiny_dataset: Path, tiny_bund
     ranks_agree(said, tmp_path, kept)
 
 
-def trained_once(log: str, run: Path, data: Path, teacher: Path, cache: Path, eval_dir: Path) -> None:
-    """One run under torchrun; it learns from a teacher, which rank 0 alone scores the training films with, handing
-    the targets to the other rank. Rank 0 alone builds the cache and writes, and the bundle's figures are those one
-    process gets from its weights."""
+def trained_once(log: str, run: Path, cached: dict[str, list[int]], data: Path, teacher: Path, eval_dir: Path
+                 ) -> None:
+    """One run under torchrun, as its ranks left it (RUN, the cache files CACHED); it learns from a teacher, which
+    rank 0 alone scores the training films with, handing the targets to the other rank. Rank 0 alone builds the cache
+    and writes, and the bundle's figures are those one process gets from its weights."""
     n_train = sum(r.split == "train" for r in discover(teacher.parent / "split.csv").records)
     assert log.count(f"scored the {n_train} training films") == 1, log
 
     assert "2 process(es) on cpu" in log and "global batch 16 (8 x 2)" in log, log
-    assert log.count(f"{run / 'bundle'}: validation AUC") == 1, "train's result line, from rank 0 alone"
     assert "lr 0.002 (= 0.001 x 2, linear scaling)" in log, log
     assert log.count("Preprocessing") == 1, "rank 0 alone builds the cache"
-    images = [p for p in cache.glob("*.json") if not p.name.startswith("scans-")]  # scans: the copy search's
-    assert len(list(cache.glob("*.u8"))) == 1 and len(images) == 1 and len(list(cache.glob("scans-*.json"))) == 1
+    images = [name for name in cached if name.endswith(".json") and not name.startswith("scans-")]  # the copy search's
+    assert [name.endswith(".u8") for name in cached].count(True) == 1 and len(images) == 1, cached
+    assert [name.startswith("scans-") and name.endswith(".json") for name in cached].count(True) == 1, cached
     files = {str(p.relative_to(run)) for p in run.rglob("*") if p.is_file()}
     assert files == {
         "config.yaml", "split.csv", "history.csv", "curves.png", "checkpoint.pt", "report.html", "metrics.json",
