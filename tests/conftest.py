@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -294,6 +295,13 @@ def pytest_configure(config: pytest.Config) -> None:
         torch.set_num_threads(share)
         os.environ.setdefault("OMP_NUM_THREADS", str(share))
     _temp_folders_in_memory()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Every test has run: the interpreter's last collections, which walk every object torch and the test modules
+    made (2-3 s of a worker's exit, at the end of the run), are left to the process's end, as pneumoscan's own entry
+    does (cli.run)."""
+    gc.freeze()
 
 
 MEMORY_TEMPROOT = Path("/dev/shm")
