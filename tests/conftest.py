@@ -19,8 +19,6 @@ from filelock import FileLock
 from PIL import Image
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser
-
     from pneumoscan.data.layouts import Record
 
 
@@ -41,17 +39,6 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory):
         mp.delenv("PNEUMOSCAN_API_KEY", raising=False)
         mp.delenv("PNEUMOSCAN_UID_ROOT", raising=False)  # the tests that set a root set their own
         yield
-
-
-@pytest.fixture(scope="session")
-def browser() -> Iterator[Browser]:
-    """One headless Chromium a worker (tests/test_browser.py's), for every page and report test: each test or module
-    opens a context of its own in it (no cookies, storage or cache shared). A launch and close cost about 0.7 s of
-    CPU, which each module and heatmap test paid for a Chromium of its own."""
-    from tests.test_browser import chromium
-
-    with chromium() as launched:
-        yield launched
 
 
 @pytest.fixture(scope="module")

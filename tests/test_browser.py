@@ -54,8 +54,7 @@ def server(tiny_bundle: Path) -> Iterator[str]:
 
 @contextlib.contextmanager
 def chromium() -> Iterator[Browser]:
-    """Debian's Chromium, closed on leaving; a missing browser fails the test, never skips it. The tests take it as
-    the session's ``browser`` fixture (tests/conftest.py)."""
+    """Debian's Chromium, closed on leaving; a missing browser fails the test, never skips it."""
     assert CHROMIUM.exists(), f"{CHROMIUM} is missing: install Debian's chromium package (make browser)"
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
@@ -74,6 +73,20 @@ def new_page(browser: Browser) -> Iterator[Page]:
         yield page
     finally:
         page.context.close()
+
+
+@contextlib.contextmanager
+def chromium_page() -> Iterator[Page]:
+    """A page of a Chromium of its own, closed on leaving."""
+    with chromium() as browser, new_page(browser) as page:
+        yield page
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """One Chromium for the module's tests (a launch and close cost about 1 s a test), each test in a new page."""
+    with chromium() as browser:
+        yield browser
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import pytest
 from matplotlib.figure import Figure
 from PIL import Image
 from pypdf import PdfReader
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Page, expect, sync_playwright
 
 from pneumoscan.core.metrics import (AUC_INTERVAL, FILM_UNIT_CAVEAT, clopper_pearson, evaluate_binary,
                                      evaluate_multiclass, softmax)
@@ -20,7 +20,7 @@ from pneumoscan.evaluation.report import roc_figure, write_report
 from pneumoscan.evaluation.subgroups import subgroup_figures
 from pneumoscan.models.card import load_card
 from pneumoscan.training.callbacks import plot_training_curves
-from tests.test_browser import new_page, serious_violations
+from tests.test_browser import ARGS, CHROMIUM, TIMEOUT_MS, serious_violations
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 DATA_URL = re.compile(r"data:image/png;base64,([A-Za-z0-9+/=]+)")
@@ -458,10 +458,15 @@ def test_every_figure_is_a_png_encoded_at_the_fast_zlib_level(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def chromium(browser: Browser) -> Iterator[Page]:
-    """One page of the session's Chromium for the module's reports, that each test loads its documents in."""
-    with new_page(browser) as page:
+def chromium() -> Iterator[Page]:
+    """One headless Chromium for the module's reports, one page that each test loads its documents in."""
+    assert CHROMIUM.exists(), f"{CHROMIUM} is missing: install Debian's chromium package (make browser)"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        page = browser.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
         yield page
+        browser.close()
 
 
 def _alts(page: Page) -> dict[str, str]:
