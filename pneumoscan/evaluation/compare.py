@@ -31,7 +31,7 @@ from pneumoscan.models.card import CARD, WEIGHTS, BundleCard, load_card
 from pneumoscan.models.run_folder import METRICS, CvFolder, RunFolder
 from .model_card import counted
 from .report import forest_figure, roc_figure
-from .subgroups import FIGURE_NAMES, difference_said, figure_said, group_order, tests_said
+from .subgroups import DECISION_BLOCKS, FIGURE_NAMES, difference_said, figure_said, group_order, tests_said
 
 TRAINING_DATA = "validation (chose its threshold)"  # a training run's data, as its metrics.json and compare name it
 
@@ -42,7 +42,6 @@ log = logging.getLogger(__name__)
 
 FIGURES = ("auc", "accuracy", "sensitivity", "specificity")  # each with its 95% CI
 THREE_CLASS = ("accuracy", "balanced_accuracy", "macro_auc")  # a decision among the classes: each with its 95% CI
-THREE_CLASS_BLOCKS = ("multiclass", "two_stage")  # metrics.json's: the most probable class; evaluate --etiology's
 SUBGROUP_FIGURES = ("sensitivity", "specificity", "auc")  # a group's binary figures (evaluate --by), each with its CI
 FIELDS = ("run", "model", "task", "data", "n", "patients", "ci_unit",
           *(f"{name}{end}" for name in FIGURES for end in ("", "_low", "_high")), "threshold", "policy", "scores",
@@ -241,7 +240,7 @@ def _three_class(metrics_path: Path, m: dict) -> list[ThreeClass]:
     """The run's decisions among the classes (the most probable class; two stages), checked as its binary figures
     are."""
     decisions = []
-    for key in THREE_CLASS_BLOCKS:
+    for key in DECISION_BLOCKS:
         if (block := m.get(key)) is None:
             continue
         if not isinstance(block, dict) or not _names(block.get("class_names")):

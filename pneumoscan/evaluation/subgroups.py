@@ -33,7 +33,8 @@ NOT_RECORDED = "(not recorded)"  # the group of the films that do not record the
 SMALLEST = FEW_PATIENTS
 FIGURE_NAMES = {"sensitivity": "sensitivity", "specificity": "specificity", "auc": "AUC", "accuracy": "accuracy"}
 TESTED = ("sensitivity", "specificity", "accuracy")  # the rates tested for a difference across groups (not AUC)
-# metrics.json's blocks of figures by subgroup: (where, what their figures are of) beside the binary ``subgroups``
+# metrics.json's blocks of a decision among the classes (the most probable class; evaluate --etiology's two
+# stages), each with its figures by subgroup beside the binary ``subgroups``
 DECISION_BLOCKS = ("multiclass", "two_stage")
 # what the tests beneath each field's table tell and do not, said where they are shown
 DIFFERENCES_NOTE = ("Beneath each table, a permutation test over patients asks of each rate whether it differs across "
