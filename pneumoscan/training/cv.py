@@ -134,7 +134,7 @@ def _fold_versions(run: RunFolder) -> list[str | None]:
     if (run.bundle / CARD).exists():
         return list(filter(None, [load_card(run.bundle).versions.get(WRITER)]))
     if run.checkpoint.exists():
-        return list(dict.fromkeys([*trained_by(load_checkpoint(run.checkpoint)), __version__]))
+        return trained_by(load_checkpoint(run.checkpoint))
     return [__version__]
 
 

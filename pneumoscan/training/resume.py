@@ -149,9 +149,10 @@ def made_by(cfg: TrainConfig, ctx: Dist, data: str, teachers: Sequence[str]) -> 
 
 
 def trained_by(ckpt: dict) -> list[str | None]:
-    """The pneumoscans that trained a checkpoint's epochs, oldest first: [None] for a checkpoint of a version before
-    0.3, which records none (a cv fold resumed from it is told as trained by two: :func:`~.cv.warn_fold_versions`)."""
-    return list(ckpt.get(TRAINED_BY) or [None])
+    """The pneumoscans that train a run resumed from a checkpoint, oldest first: those of its epochs (None for a
+    checkpoint of a version before 0.3, which records none: a cv fold resumed from it is told as trained by two,
+    :func:`~.cv.warn_fold_versions`), then this one, which trains the rest."""
+    return list(dict.fromkeys([*(ckpt.get(TRAINED_BY) or [None]), __version__]))
 
 
 def teachers_changed(recorded: dict | None) -> str | None:

@@ -688,7 +688,7 @@ def train(
                   | ({INIT_IN_PLACE: True} if in_place else {}))
     made |= learnt  # each checkpoint keeps it
     if resumed is not None:  # its epochs' pneumoscans, then this one's
-        made[TRAINED_BY] = list(dict.fromkeys([*trained_by(resumed), *made[TRAINED_BY]]))
+        made[TRAINED_BY] = trained_by(resumed)
     # the teachers' checksums the checkpoint keeps (made["teachers"]) are this start's: --resume refuses others
     learnt |= taught
     trackers = make_trackers(log_to, run_dir, run_record(cfg, ctx) | learnt, tracking_uri) if ctx.main else []
