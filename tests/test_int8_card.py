@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pneumoscan import cli
-from pneumoscan.evaluation.model_card import MODEL_CARD, write_model_card
+from pneumoscan.evaluation.model_card import MODEL_CARD, stale_model_card, write_model_card
 from pneumoscan.inference.onnx_runtime import INT8_NAME, spec_path
 from pneumoscan.models.card import load_card
 
@@ -58,6 +58,10 @@ def test_a_sidecar_without_validated_int8_thresholds_gives_the_card_no_int8_sect
     text = (bundle / MODEL_CARD).read_text()
     assert "## INT8 model" not in text and "## Operating threshold" in text
     assert any("gives no validated INT8 thresholds" in m for m in caplog.messages), caplog.messages
+    caplog.clear()  # predict and serve compare the file with the card's text at each start, whatever their backend:
+    with caplog.at_level(logging.WARNING, logger="pneumoscan"):  # the file is the card's, and nothing is said twice
+        assert stale_model_card(bundle) is None
+    assert caplog.messages == []
 
 
 def test_add_to_card_with_an_int8_sidecar_without_threshold_records_the_evaluation(

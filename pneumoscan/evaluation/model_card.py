@@ -731,15 +731,18 @@ def render(card: BundleCard, int8: dict | None = None) -> str:
     return f"---\n{meta}---\n\n" + "\n\n".join(sections).rstrip() + "\n"
 
 
-def model_card_text(directory: Path | str, card: BundleCard) -> str:
-    """The text of BUNDLE/MODEL_CARD.md for ``card``, with the INT8 model's section where the bundle has one."""
+def model_card_text(directory: Path | str, card: BundleCard, say: bool = True) -> str:
+    """The text of BUNDLE/MODEL_CARD.md for ``card``, with the INT8 model's section where the bundle has one; a
+    sidecar that gives none is warned of when ``say`` (the text is being written or printed), not when the text is
+    only compared (:func:`stale_model_card`, at each start of predict and serve, whatever their backend)."""
     quantized = Path(directory) / INT8_NAME
     # the INT8 model's own thresholds and figures, when export --int8 made one; a sidecar without them (unreadable,
     # or not written whole by export --int8) describes no model --backend onnx-int8 would run: no section
     int8 = read_sidecar(quantized) if quantized.exists() else None
     if int8 is not None and Int8Operating.validated(int8) is None:
-        log.warning("%s gives no validated INT8 thresholds (`pneumoscan export --int8` makes them): %s has no INT8 "
-                    "section", spec_path(quantized), Path(directory) / MODEL_CARD)
+        if say:
+            log.warning("%s gives no validated INT8 thresholds (`pneumoscan export --int8` makes them): %s has no "
+                        "INT8 section", spec_path(quantized), Path(directory) / MODEL_CARD)
         int8 = None
     return render(card, int8)
 
@@ -758,7 +761,7 @@ def stale_model_card(directory: Path | str) -> str | None:
     written by a command that says so (``pneumoscan card BUNDLE --write``)."""
     path, card = Path(directory) / MODEL_CARD, load_card(directory)
     try:
-        if path.read_text(encoding="utf-8") == model_card_text(directory, card):
+        if path.read_text(encoding="utf-8") == model_card_text(directory, card, say=False):
             return None
     except FileNotFoundError:
         return None
