@@ -164,9 +164,8 @@ def test_instances_sharing_a_redis_server_count_one_allowance_and_refuse_503_whi
         tiny_bundle: Path, redis_server: tuple[tuple[str, str], subprocess.Popen]) -> None:
     """Two instances behind a load balancer counted apart in their memory: a client allowed 2 a minute sent 2 to
     each. With --rate-limit-storage they count in one Redis server (reached over TCP by one, a Unix socket by the
-    other); while it does not answer, a prediction request
-    cannot be counted and is refused (503 with Retry-After), never let in uncounted, and the service answers again
-    once it is back."""
+    other); while it does not answer, a prediction request cannot be counted and is refused (503 with Retry-After),
+    never let in uncounted, and the service answers again once it is back."""
     uris, server = redis_server
     first, second = (create_app(tiny_bundle, rate_limit="2/minute", rate_limit_storage=uri) for uri in uris)
     with as_client(first, SCRIPT) as script_first, as_client(second, SCRIPT) as script_second:
@@ -182,6 +181,16 @@ def test_instances_sharing_a_redis_server_count_one_allowance_and_refuse_503_whi
         assert down.json()["reason"] == "rate_limit_unavailable"
         assert "its rate-limit store (--rate-limit-storage) does not answer" in down.json()["error"]
         assert script_first.get("/healthz").status_code == 200  # what is never counted needs no store
+        back = subprocess.Popen(server.args, stdout=subprocess.DEVNULL)  # the same server again, counts lost
+        try:
+            deadline = time.monotonic() + 10
+            while (answer := no_film(as_client(first, WARD))).status_code == 503:
+                assert back.poll() is None and time.monotonic() < deadline, answer.text
+                time.sleep(0.05)
+            assert answer.status_code == 415, answer.text  # counted again, and let in
+        finally:
+            back.terminate()
+            back.wait(timeout=10)
 
 
 def test_a_store_that_does_not_answer_or_is_not_redis_is_refused_at_start_without_its_password(
