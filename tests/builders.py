@@ -111,6 +111,16 @@ def trial_copy(run: Path, out: Path, patients: int, seed: int) -> Path:
     return bundle
 
 
+def as_run_split(bundle: Path) -> Path:
+    """BUNDLE with the split.csv a test wrote beside it recorded in its card as its run's (``split_checksum``), as
+    training records the one it writes: a run whose split lists the films the test gives it. Returns BUNDLE."""
+    from pneumoscan.core.digests import file_sha256
+    from pneumoscan.models.run_folder import RunFolder
+
+    save_card(bundle, dataclasses.replace(load_card(bundle), split_checksum=file_sha256(RunFolder.of(bundle).split)))
+    return bundle
+
+
 def nudge_weights(bundle: Path) -> None:
     """Give a copied bundle weights of its own, a little off the original's, as a second run's would differ:
     `ensemble` refuses a plain copy as the same model twice."""

@@ -255,8 +255,7 @@ def test_a_run_recorded_before_distillation_existed_is_the_same_recipe(tmp_path:
 def test_resume_refuses_a_teacher_replaced_at_its_path(tiny_dataset: Path, teacher_cv: Path, tmp_path: Path) -> None:
     """--resume computed the soft targets again from whatever bundle was at the teacher's path, and the card named
     only the path: the run's first epochs learnt from one teacher, its last from another."""
-    teacher = tmp_path / "teacher"
-    shutil.copytree(teacher_cv / "fold-0" / "bundle", teacher)
+    teacher = shutil.copytree(teacher_cv / "fold-0", tmp_path / "teacher-run") / "bundle"  # with its run's split.csv
     cfg = dataclasses.replace(student_config(teacher_cv, tmp_path), teacher=[str(teacher)], epochs=2)
 
     def crash(epoch: int) -> None:

@@ -27,7 +27,7 @@ from pneumoscan.cli import main
 from pneumoscan.core.metrics import choose_threshold, roc_auc, softmax, threshold_interval
 from pneumoscan.data.cache import build_cache, data_checksum
 from pneumoscan.data.labelled import patient_groups
-from tests.builders import labelled_images, labelled_records
+from tests.builders import as_run_split, labelled_images, labelled_records
 from pneumoscan.data.layouts import Record, discover, make_record, write_manifest
 from pneumoscan.data.tasks import binary_targets, get_task
 from pneumoscan.data.transforms import to_input
@@ -424,10 +424,12 @@ def _cv_run(folder: Path, bundles: tuple[Path, Path], tiny_dataset: Path, shift:
 
 
 def _record_fold_data(bundle: Path, planned: list[Record]) -> None:
-    """The fold's films as its bundle's training data (``data_checksum``), as a fold's run records them."""
+    """The fold's films as its bundle's training data (``data_checksum``) and the split.csv beside it as its run's
+    (``split_checksum``), as a fold's run records them."""
     card = load_card(bundle)
     save_card(bundle, dataclasses.replace(card, data_checksum=data_checksum(build_cache(
         [r.path for r in planned], card.spec), planned)))
+    as_run_split(bundle)
 
 
 def _by_hand_out_of_fold(ens: Path, cv: Path, runs: int) -> tuple[list[Record], np.ndarray, np.ndarray]:

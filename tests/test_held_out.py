@@ -18,6 +18,7 @@ from pneumoscan.evaluation import held_out
 from pneumoscan.evaluation.evaluate import evaluate
 from pneumoscan.evaluation.held_out import HeldOutPolicy, check_held_out
 from pneumoscan.models.card import BundleCard, load_card, save_card
+from tests.builders import as_run_split
 
 
 def test_each_card_is_read_once_and_still_names_the_task(tiny_bundle: Path, tmp_path: Path,
@@ -212,6 +213,7 @@ def test_the_copy_search_scans_a_training_film_once_until_it_changes(
     for i, r in enumerate(discover(tiny_bundle.parent / "split.csv").records):  # films this test may change
         films.append(dataclasses.replace(r, path=str(shutil.copyfile(r.path, tmp_path / f"{i}-{Path(r.path).name}"))))
     write_manifest(films, run / "split.csv")
+    as_run_split(run / "bundle")
     trained = [r.path for r in films if r.split == "train"]
     site = tmp_path / "site"
     for r in discover(tiny_dataset).split("test")[:4]:
@@ -243,3 +245,56 @@ def test_the_copy_search_scans_a_training_film_once_until_it_changes(
     assert [c for c in caveats if copies in c] == [
         f"1 {copies}, byte for byte or the picture re-encoded or resized (e.g. {os.path.realpath(given[0].path)} of "
         f"{os.path.realpath(trained[1])}): the figures on them are optimistic"], (caveats, copy)
+
+
+def _beside_a_strangers_split(tiny_bundle: Path, tiny_dataset: Path, folder: Path) -> Path:
+    """tiny_bundle copied into FOLDER, which holds a split.csv of other films, as `pneumoscan split` writes one
+    into the folder it runs in: the tiny dataset's test films, as train and val films."""
+    bundle = shutil.copytree(tiny_bundle, folder / "bundle")
+    strangers = discover(tiny_dataset).split("test")
+    write_manifest([dataclasses.replace(r, split=("train", "val")[i % 2]) for i, r in enumerate(strangers)],
+                   folder / "split.csv")
+    return bundle
+
+
+def test_a_bundle_beside_another_runs_split_is_taken_as_copied_out_of_its_run(
+    tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A bundle copied into a folder holding another split.csv had that split read as its run's: evaluate on the
+    bundle's own training films was taken without a word, and --add-to-card wrote the figures into its card as an
+    evaluation of other data, its films "checked". The split beside it is its run's only when it is the file its
+    card recorded at training: here the bundle is one copied out of its run, its evaluation unchecked, and the
+    reason names both files. predict's warning of training films read that other split too."""
+    bundle = _beside_a_strangers_split(tiny_bundle, tiny_dataset, tmp_path / "elsewhere")
+    trained = [dataclasses.replace(r, split="") for r in discover(tiny_bundle.parent / "split.csv").records
+               if r.split == "train"]
+    write_manifest(trained, tmp_path / "site.csv")
+    assert cli.main(["evaluate", str(bundle), str(tmp_path / "site.csv"), "--add-to-card", "--out",
+                     str(tmp_path / "eval")]) == 0
+    record = load_card(bundle).external_evaluations[-1]
+    assert record["films_checked"] is False, record
+    split = tmp_path / "elsewhere" / "split.csv"
+    assert f"the split.csv beside it ({split}) is not its run's" in record["caveats"][0], record["caveats"]
+    assert f"{bundle / 'bundle.json'} recorded " in record["caveats"][0], record["caveats"]
+    caplog.clear()
+    strangers = [r.path for r in discover(split).records if r.split == "train"]
+    assert held_out.trained_among([bundle], strangers, "predict") == []
+    assert f"{split}) is not its run's" in caplog.text
+
+
+def test_a_bundle_in_its_run_and_a_card_older_than_the_splits_record_take_the_split_beside_it(
+    tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The split.csv its run wrote is read as the run's, wherever the run folder is copied; a card that records no
+    checksum of its run's split (written before pneumoscan kept one) takes the split beside it, with a warning that
+    it could not be proved its run's, rather than decoding every film of the run to prove it at each command."""
+    bundle = shutil.copytree(tiny_bundle.parent, tmp_path / "run") / "bundle"
+    trained = [r for r in discover(bundle.parent / "split.csv").records if r.split == "train"]
+    with pytest.raises(ValueError, match="training split"):
+        check_held_out([bundle], trained, "evaluate")
+    old = _beside_a_strangers_split(tiny_bundle, tiny_dataset, tmp_path / "old")
+    save_card(old, dataclasses.replace(load_card(old), split_checksum=""))
+    strangers = [r for r in discover(old.parent / "split.csv").records if r.split == "train"]
+    with pytest.raises(ValueError, match="training split"):
+        check_held_out([old], strangers, "evaluate")
+    assert f"so {old.parent / 'split.csv'} is taken as its run's split without proof" in caplog.text

@@ -41,7 +41,7 @@ from pneumoscan.models.card import (CARD, CHECKSUM, ONNX_NAME, SEALED_ERA, WEIGH
                                     checked_bytes, load_card, record_checksum, save_card)
 from pneumoscan.serving.app import create_app
 from pneumoscan.serving.batching import Batcher
-from tests.builders import at_threshold
+from tests.builders import as_run_split, at_threshold
 from tests.test_serve import with_threshold
 
 # ---------------------------------------------------------------- helpers
@@ -633,6 +633,7 @@ def test_evaluate_stops_on_nan_scores(tmp_path: Path, tiny_dataset: Path, capsys
                                       backend: str) -> None:
     bundle = nan_bundle(tmp_path / "run" / "bundle")
     write_manifest(discover(tiny_dataset).split("train"), tmp_path / "run" / "split.csv")  # test films are new to it
+    as_run_split(bundle)
     assert cli.main(["-q", "evaluate", str(bundle), str(tiny_dataset), "--split", "test", "--out", str(tmp_path / "e"),
                      "--backend", backend]) == 2
     one_line_error(capsys, "non-finite")

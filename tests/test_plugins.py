@@ -41,6 +41,7 @@ from pneumoscan.serving.app import create_app
 from pneumoscan.training.ensemble import build_ensemble
 from pneumoscan.training.config import TrainConfig
 from pneumoscan.training.quantize import quantize_bundle
+from tests.builders import as_run_split
 
 PLUGIN = "pneumoscan_site_plugin"  # the module's name, importable once its folder is on sys.path
 PLUGIN_SOURCE = '''
@@ -268,6 +269,7 @@ def test_every_route_refuses_a_bundle_whose_task_is_not_imported_saying_what_to_
                # in a run folder: the films its split.csv says chose its numbers are those of its task
                "initial": _bundle(tmp_path / "run" / "bundle", "opacity", ("clear", "opacity"))}
     shutil.copy(tiny_bundle.parent / "split.csv", tmp_path / "run")
+    as_run_split(bundles["initial"])
     _unregistered(monkeypatch, "opacity", "typicality")
     refused = bundles[{"predict --etiology": "typicality", "evaluate --etiology": "typicality",
                        "export --int8": "exported", "train --init": "initial"}.get(route, "opacity")]

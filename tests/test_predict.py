@@ -36,7 +36,7 @@ from pneumoscan.inference.explain import explain_array
 from pneumoscan.models import registry as models
 from pneumoscan.models.bundle import save_bundle
 from pneumoscan.models.card import ONNX_NAME, BundleCard, load_card, save_card
-from tests.builders import SCORE_TOL, at_threshold, chest_film_dicom, count_dicom_reads, dicom_bytes
+from tests.builders import SCORE_TOL, as_run_split, at_threshold, chest_film_dicom, count_dicom_reads, dicom_bytes
 
 
 def _image(height: int, width: int, seed: int) -> np.ndarray:
@@ -644,6 +644,7 @@ def test_a_training_film_whose_name_holds_a_comma_or_a_quote_is_found_among_the_
         shutil.copyfile(records[first].path, named[name])
         records.append(dataclasses.replace(records[first], path=str(named[name])))
     write_manifest(records, tmp_path / "run" / "split.csv")
+    as_run_split(tmp_path / "run" / "bundle")
     for path in named.values():
         said = trained_among([tmp_path / "run" / "bundle"], [str(path)], "predict")
         assert len(said) == 1 and said[0].startswith("1 of the 1 films given to predict are in "), (path, said)
@@ -669,6 +670,7 @@ def test_a_training_film_its_split_lists_with_spaces_around_its_path_is_found(
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+    as_run_split(tmp_path / "run" / "bundle")
     said = trained_among([tmp_path / "run" / "bundle"], [str(film)], "predict")
     assert len(said) == 1 and said[0].startswith("1 of the 1 films given to predict are in "), said
 
@@ -697,6 +699,7 @@ def test_a_training_film_by_a_link_of_another_name_or_a_copy_is_found_among_the_
         (tmp_path / f"link-{i}.jpeg").symlink_to(target)
         records[i] = dataclasses.replace(records[i], path=str(tmp_path / f"link-{i}.jpeg"))
     write_manifest(records, tmp_path / "run" / "split.csv")
+    as_run_split(tmp_path / "run" / "bundle")
     os.link(archive / f"film-{second}.jpeg", tmp_path / "hard.jpeg")
     shutil.copyfile(archive / f"film-{third}.jpeg", tmp_path / "copy.jpeg")
     new = [r.path for r in discover(tiny_dataset).split("test")][:3]

@@ -32,7 +32,7 @@ from pneumoscan.interop.reports import write_reports
 from pneumoscan.models.card import load_card
 from pneumoscan.serving.app import create_app
 from pneumoscan.training.quantize import quantize_bundle
-from tests.builders import SCORE_TOL, dicom_bytes
+from tests.builders import SCORE_TOL, as_run_split, dicom_bytes
 from tests.conftest import _xray_like
 
 
@@ -554,10 +554,26 @@ def test_a_bundle_copied_out_of_its_run_takes_only_its_runs_films(tiny_bundle: P
     own = [dataclasses.replace(r, split="val" if i % 3 == 0 else "train") for i, r in enumerate(trained)]
     for name, films in (("own-training-films", own), ("new", [*trained, *new])):
         write_manifest(films, tmp_path / "data" / f"{name}.csv")
-        with pytest.raises(ValueError, match=r"has no split.csv beside it \(copied out of its run folder\?\), and "
-                                             r"the films of .* are not the ones it was trained and validated on"):
+        with pytest.raises(ValueError, match=r"has no split.csv of its run beside it \(copied out of its run "
+                                             r"folder\?\), and the films of .* are not the ones it was trained and "
+                                             r"validated on"):
             quantize_bundle(bundle, tmp_path / "data" / f"{name}.csv")
         assert not (bundle / INT8_NAME).exists()
+
+
+def test_a_bundle_beside_another_runs_split_takes_its_own_runs_split(tiny_bundle: Path, tiny_dataset: Path,
+                                                                      tmp_path: Path) -> None:
+    """A bundle copied into a folder holding another split.csv (one `pneumoscan split` wrote there) took that split for
+    its run's: given its own run's split.csv, it was refused as chosen "on the val films of its run's" other split,
+    which it was told to give instead. The split beside it is not the file its card recorded, so --data its run's
+    split, proved by the card's data checksum, is taken, and the other split is refused as not its run's."""
+    from tests.test_held_out import _beside_a_strangers_split
+
+    bundle = _beside_a_strangers_split(tiny_bundle, tiny_dataset, tmp_path / "elsewhere")
+    quantize_bundle(bundle, tiny_bundle.parent / "split.csv")
+    assert (bundle / INT8_NAME).exists()
+    with pytest.raises(ValueError, match=r"has no split.csv of its run beside it"):
+        quantize_bundle(bundle, bundle.parent / "split.csv")
 
 
 def test_int8_lists_data_once(tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -622,6 +638,7 @@ def test_int8_thresholds_are_refused_on_run_films_rewritten_in_place(tiny_bundle
     for i, r in enumerate(records):  # the run's films copied where this test may change them
         moved.append(dataclasses.replace(r, path=str(shutil.copyfile(r.path, tmp_path / f"{i}-{Path(r.path).name}"))))
     write_manifest(moved, run / "split.csv")  # the same films elsewhere: still the ones it was made on
+    as_run_split(run / "bundle")
     val = next(r for r in moved if r.split == "val")
     Image.open(val.path).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(val.path)
     with pytest.raises(ValueError, match=r"lists have other pixels or labels than .* was trained and validated on"):

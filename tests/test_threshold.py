@@ -19,7 +19,7 @@ from sklearn.metrics import roc_auc_score
 
 from pneumoscan import cli
 from pneumoscan.core.metrics import binary_metrics, choose_threshold, choose_thresholds
-from tests.builders import labelled_records
+from tests.builders import as_run_split, labelled_records
 from pneumoscan.data.layouts import discover, make_record, write_manifest
 from pneumoscan.data.tasks import binary_targets, get_task
 from pneumoscan.evaluation.compare import compare_runs, format_table
@@ -350,6 +350,7 @@ def test_a_run_whose_split_lists_no_film_where_it_is_cannot_be_checked_and_says_
     records = discover(tiny_bundle.parent / "split.csv").records
     write_manifest([dataclasses.replace(r, path=str(tmp_path / "gone" / Path(r.path).name)) for r in records],
                    run / "split.csv")
+    as_run_split(run / "bundle")
     caplog.clear()
     figures = evaluate(run / "bundle", tiny_dataset, split="train", out_dir=tmp_path / "eval")
     unchecked = f"none of the films {run / 'split.csv'} lists is where it says (a run folder copied or moved?)"

@@ -23,7 +23,7 @@ from pneumoscan.evaluation.rethreshold import rethreshold
 from pneumoscan.inference.onnx_runtime import INT8_NAME, read_sidecar
 from pneumoscan.interop.reports import earlier_thresholds
 from pneumoscan.models.card import load_card
-from tests.builders import dicom_bytes
+from tests.builders import as_run_split, dicom_bytes
 
 IN_SCOPE = {"Modality": "DX", "BodyPartExamined": "CHEST", "ViewPosition": "PA", "PatientAge": "003Y",
             "PatientID": "MRN-1", "PatientSex": "F", "StudyDate": "20230315", "StudyTime": "101500"}
@@ -105,6 +105,7 @@ def test_a_run_whose_split_lists_no_film_where_it_is_is_refused_for_a_threshold(
     records = discover(tiny_bundle.parent / "split.csv").records
     write_manifest([dataclasses.replace(r, path=str(tmp_path / "gone" / Path(r.path).name)) for r in records],
                    run / "split.csv")
+    as_run_split(run / "bundle")
     with pytest.raises(ValueError, match=r"is where it says .* run it where the run's split.csv finds its films"):
         rethreshold(run / "bundle", site, tmp_path / "new")
     assert not (tmp_path / "new").exists()

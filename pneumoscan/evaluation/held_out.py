@@ -19,9 +19,9 @@ from pneumoscan.core.names import shown
 from pneumoscan.data.copies import picture_groups
 from pneumoscan.data.layouts import Record, discover, listed_paths, own_patient, patient_key, write_manifest
 from pneumoscan.data.walk import file_identity
-from pneumoscan.models.card import (CARD, ENSEMBLE, BundleCard, card_task, load_card, member_label, member_sources,
-                                   WEIGHTS, out_of_fold_ensemble, refused_as, replaced_members, retrained_sources,
-                                   teacher_label)
+from pneumoscan.models.card import (CARD, ENSEMBLE, BundleCard, card_task, foreign_split, load_card, member_label,
+                                   member_sources, WEIGHTS, out_of_fold_ensemble, refused_as, replaced_members,
+                                   retrained_sources, run_split, teacher_label)
 from pneumoscan.models.run_folder import RunFolder
 
 log = logging.getLogger(__name__)
@@ -184,7 +184,9 @@ def check_held_out(bundles: Sequence[Path | str], records: Sequence[Record], pur
                    run_records: Sequence[Record] | None = None) -> HeldOutFindings:
     """Refuse films a bundle (an ensemble: any member) trained on for PURPOSE, such as choosing a threshold: its
     scores on them are too good, so a threshold for a sensitivity target comes out too high. The training films are
-    those of the run's split.csv (RUN/bundle's parent); a bundle without one is trusted, with a warning. What else is
+    those of the run's split.csv (RUN/bundle's parent); a bundle without one is trusted, with a warning, as is one
+    beside a split.csv other than the one its card recorded (:func:`~pneumoscan.models.card.foreign_split`, said
+    with the reason naming both files). What else is
     warned of or refused is the ``policy``'s (:class:`HeldOutPolicy`): films that chose a bundle's own temperature and
     threshold (its INT8 thresholds too for the INT8 model's scores), a run whose split.csv lists no film where it says
     (moved). Returns the warnings (each also logged) and the bundles whose training films are unknown here
@@ -232,13 +234,14 @@ def trained_among(bundles: Sequence[Path | str], paths: Sequence[str], purpose: 
     films new to the bundle: a run's split.csv is read as a manifest only when a film given is one of the files it
     lists (:func:`_listed_among`). Copies re-encoded or resized and other films of the patients, which need every
     film read or labelled, are :func:`check_held_out`'s. A bundle without its run's split.csv beside it passes
-    without a word: bundles are shipped alone."""
+    without a word (bundles are shipped alone), and so, with a logged warning, does one beside another run's
+    split.csv (:func:`~pneumoscan.models.card.run_split`), whose films are not its own."""
     given = _stats(paths)
     said = []
     for bundle in map(Path, bundles):
         for path, how, card in _weight_sources(bundle):
-            split = RunFolder.of(path).split
-            if how == "replaced" or not split.is_file() or not (listed := _listed_among(split, given)):
+            if how == "replaced" or (split := run_split(path, card)) is None or not (
+                    listed := _listed_among(split, given)):
                 continue
             films = {os.path.realpath(r.path): r for r in discover(split).records}
             train = _read_side(path, films, card, "train")
@@ -332,9 +335,11 @@ def _weight_runs(given: _Given, bundle: Path, card: BundleCard | None, proven: _
     for path, how, card in _weight_sources(bundle, card=card):
         own = proven if how == "" else None
         split = own.split if own is not None else RunFolder.of(path).split
-        if (why := _unknown_source(bundle, path, how, given.purpose, split)) is not None:
+        foreign = None if own is not None or how == "replaced" else foreign_split(path, card)
+        if (why := _unknown_source(bundle, path, how, given.purpose, split, foreign)) is not None:
             given.unknown.setdefault(os.path.realpath(bundle), why)
-        films, unresolved = _run_films(path, given.purpose, how, split, own.records if own is not None else None)
+        films, unresolved = _run_films(path, given.purpose, how, split, own.records if own is not None else None,
+                                       foreign)
         if unresolved and given.policy.refuse_unchecked:
             raise ValueError(f"{unresolved}; run it where the run's split.csv finds its films")
         if unresolved:
@@ -448,13 +453,16 @@ def _refuse_mostly_copies(given: _Given, copies: Sequence[tuple[str, str]], bund
                      f"train on{given.hint}{_SOURCE_NOTES[run.how].format(bundle=bundle)}")
 
 
-def _unknown_source(bundle: Path, path: Path, how: str, purpose: str, split: Path) -> str | None:
+def _unknown_source(bundle: Path, path: Path, how: str, purpose: str, split: Path,
+                    foreign: str | None = None) -> str | None:
     """Why the training films of PATH, a source of BUNDLE's weights (:func:`_weight_sources`), are unknown here:
-    no run's split.csv beside it, or an ensemble member trained again since; None when its run's ``split`` is there
-    (beside it, or proved to be its run's: :func:`check_held_out`'s ``run_split``)."""
-    if how != "replaced" and split.exists():
+    no run's split.csv beside it (none, or another run's: ``foreign``, :func:`foreign_split`'s reason), or an
+    ensemble member trained again since; None when its run's ``split`` is there (beside it, or proved to be its
+    run's: :func:`check_held_out`'s ``run_split``)."""
+    if how != "replaced" and split.exists() and foreign is None:
         return None
     why = (f"it was trained again since {bundle} learnt from it" if how == "replaced" else
+           foreign if foreign is not None else
            f"no {split.name} of its run beside it: copied out of its run folder, or made elsewhere?")
     return (f"{bundle}: its weights come from {path} ({why}), so it cannot be checked that it never trained on the "
             f"films given to {purpose}; give it in its run folder (RUN/bundle beside RUN/{split.name})")
@@ -486,15 +494,16 @@ _SOURCE_NOTES = {
 }
 
 
-def _run_films(path: Path, purpose: str, how: str, split: Path,
-               listed: Sequence[Record] | None = None) -> tuple[dict[str, Record], str | None]:
+def _run_films(path: Path, purpose: str, how: str, split: Path, listed: Sequence[Record] | None = None,
+               foreign: str | None = None) -> tuple[dict[str, Record], str | None]:
     """The films of its run's ``split`` (the split.csv beside a bundle, or one proved to be its run's: its run's films
     and their sides; ``listed``: its records where the caller listed them) by real path, or none and why
     the films given cannot be checked when none is where the file says (a run folder copied or moved away from
     relative paths: the films given may be those very films, so the reason goes with the figures, and their
     patients are not matched, which would call them other files of the same patients). None, with a logged
-    warning only, when there is no such file to check against: none beside it (a bundle shipped alone), or another
-    model's (an ensemble member trained again)."""
+    warning only, when there is no such file to check against: none beside it (a bundle shipped alone), another
+    run's beside it (``foreign``: why, :func:`foreign_split`), or another model's (an ensemble member trained
+    again)."""
     cannot = f"so it cannot be checked that the films given to {purpose} are new to it"
     if how == "replaced":
         log.warning("%s holds other weights than the bundle that learnt from it recorded (trained again since?), %s",
@@ -502,6 +511,9 @@ def _run_films(path: Path, purpose: str, how: str, split: Path,
         return {}, None
     if not split.exists():
         log.warning("%s: no %s beside it, %s", path, split, cannot)
+        return {}, None
+    if foreign is not None:
+        log.warning("%s: %s, %s", path, foreign, cannot)
         return {}, None
     films = {os.path.realpath(r.path): r for r in (discover(split).records if listed is None else listed)}
     if films and not any(os.path.exists(f) for f in films):

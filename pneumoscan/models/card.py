@@ -144,6 +144,10 @@ class BundleCard:
     # (which names the image cache: paths and file times too) the same films touched, copied or moved give the same
     # value. Empty in bundles older than it and in ensembles whose members do not all record it
     data_checksum: str = ""
+    # "sha256:HEX" of its run's split.csv as training wrote it (RUN/split.csv): the held-out checks read a split.csv
+    # beside the bundle as its run's only when it is that file (run_split). Empty in ensembles (their members' runs
+    # hold the splits) and in bundles older than it
+    split_checksum: str = ""
     # the versions of the libraries that trained (or built) the model (runtime_versions), and under WRITER the
     # pneumoscan that last wrote the card; empty in older bundles
     versions: dict[str, str] = field(default_factory=dict)
@@ -427,18 +431,64 @@ def _built_cache(records: Sequence[Record], spec: PreprocessSpec) -> ImageCache:
 
 
 def proven_run_split(bundle: Path | str, data: Path | str, read: LabelledFilms | None = None) -> bool:
-    """Whether DATA is the split of the run BUNDLE was copied out of (no split.csv beside it), proved by the card's
-    data checksum (:func:`films_as_trained`): the same films, pixels, labels and sides, in the same order, which the
-    held-out check (:func:`~pneumoscan.evaluation.held_out.check_held_out`'s ``run_split``) then checks against as
-    the split beside it. Only a manifest of train and val films can be one: the films of other data are not
-    decoded. Below evaluation and training, so that ``evaluate`` (from Python too) and ``export --int8`` make the
-    one proof. ``read``: DATA as the caller read it (:func:`~pneumoscan.data.labelled.labelled_films`), whose
-    records are not listed again, nor its films' pixels read again when its cache holds every split."""
-    if RunFolder.of(Path(bundle)).split.is_file() or not load_card(bundle).data_checksum:
+    """Whether DATA is the split of the run BUNDLE was copied out of (no split.csv of its run beside it:
+    :func:`run_split`), proved by the card's data checksum (:func:`films_as_trained`): the same films, pixels, labels
+    and sides, in the same order, which the held-out check (:func:`~pneumoscan.evaluation.held_out.check_held_out`'s
+    ``run_split``) then checks against as the split beside it. Only a manifest of train and val films can be one: the
+    films of other data are not decoded. Below evaluation and training, so that ``evaluate`` (from Python too) and
+    ``export --int8`` make the one proof. ``read``: DATA as the caller read it
+    (:func:`~pneumoscan.data.labelled.labelled_films`), whose records are not listed again, nor its films' pixels
+    read again when its cache holds every split."""
+    card = load_card(bundle)
+    beside = RunFolder.of(Path(bundle)).split.is_file() and foreign_split(bundle, card) is None  # said by the check
+    if beside or not card.data_checksum:
         return False
     records = discover(data).records if read is None else read.every
     return {r.split for r in records} == {"train", "val"} and films_as_trained(
         bundle, records, read=None if read is None else read.cache)
+
+
+def foreign_split(bundle: Path | str, card: BundleCard | None) -> str | None:
+    """Why the split.csv beside BUNDLE (RUN/bundle beside RUN/split.csv) is not its run's: not the file its card
+    recorded when its run wrote it (``split_checksum``). A bundle copied into a folder that holds another split.csv
+    (`pneumoscan split` writes ./split.csv) had that split's films taken for its own: films it trained on passed as
+    new ones. None when none is beside it, when it is the run's, or when it cannot be told: no card (``card`` None: a
+    bundle gone), an ensemble (its members' runs hold the splits), or a card older than the record, whose split is
+    taken as its run's with a warning (proving it by the card's data checksum, :func:`films_as_trained`, decodes
+    every film of the run, which no command that reads a split beside a bundle should do each time)."""
+    split = RunFolder.of(Path(bundle)).split
+    if card is None or card.model == ENSEMBLE or not split.is_file():
+        return None
+    if not card.split_checksum:
+        _warn_unproved_split(str(bundle), str(split))
+        return None
+    if (actual := file_sha256(split)) == card.split_checksum:
+        return None
+    return (f"the {split.name} beside it ({split}) is not its run's: its SHA-256 is {actual[7:19]}..., where "
+            f"{Path(bundle) / CARD} recorded {card.split_checksum[7:19]}... when its run wrote its split (copied into "
+            f"a folder holding another {split.name}, such as the one `pneumoscan split` writes?)")
+
+
+@functools.cache
+def _warn_unproved_split(bundle: str, split: str) -> None:
+    """Once a process per bundle: every command reads the split several times."""
+    log.warning("%s records no checksum of its run's split (a bundle written before pneumoscan kept one), so %s is "
+                "taken as its run's split without proof: a bundle copied into a folder holding another split.csv would "
+                "have that split's films checked as its own; train it again to get a bundle that records it", bundle,
+                split)
+
+
+def run_split(bundle: Path | str, card: BundleCard | None) -> Path | None:
+    """The split.csv of BUNDLE's run where it is beside BUNDLE and is the run's (:func:`foreign_split`; ``card``:
+    BUNDLE's as the caller read it, None where it has none); None otherwise, the reason of a split that is not the
+    run's logged."""
+    split = RunFolder.of(Path(bundle)).split
+    if not split.is_file():
+        return None
+    if (why := foreign_split(bundle, card)) is not None:
+        log.warning("%s: %s; it is not read as its run's split", bundle, why)
+        return None
+    return split
 
 
 RECORDED_LIBRARIES = ("torch", "timm", "numpy", "onnxruntime")

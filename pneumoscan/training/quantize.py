@@ -48,7 +48,7 @@ from pneumoscan.inference.predict import Predictor, session_logits, tta_probabil
 from pneumoscan.models.bundle import load_bundle
 from pneumoscan.models.card import (ENSEMBLE, MACRO_AUC, ONNX_NAME, BundleCard, checked_bytes, films_as_trained,
                                    load_card, member_sources, out_of_fold_ensemble, proven_run_split, record_checksum,
-                                   replaced_members)
+                                   replaced_members, run_split)
 from pneumoscan.models.ensemble_net import EnsembleNet
 from pneumoscan.models.run_folder import CvFolder, RunFolder
 from .ensemble import cv_members, member_named_logits, out_of_fold
@@ -253,10 +253,10 @@ def _val_films(bundle: Path, data: Path | str, card: BundleCard, task: Task) -> 
     # threshold chosen on their too-good scores is written into the bundle. A copied bundle's run's split, proved by
     # its checksum, is checked against as the split.csv beside it would be: no warning that the films are unchecked.
     # That split, or the one beside a bundle in its run given as DATA, is checked against as DATA was listed above
-    beside = RunFolder.of(bundle).split
-    run_split = data if proven else beside if _same_file(beside, data) else None
+    beside = run_split(bundle, card)
+    given_split = data if proven else beside if _same_file(beside, data) else None
     check_held_out([bundle], records, "choose the INT8 thresholds", policy=HeldOutPolicy(refuse_copies=True),
-                   run_split=run_split, run_records=val.every)
+                   run_split=given_split, run_records=val.every)
     _check_same_films(bundle, card, task, data, val, proven)
     pool = labelled_films(data, "train", task, card.spec, found=found, cache=cache)
     if not pool.records or len(images) == 0:
@@ -269,9 +269,9 @@ def _val_films(bundle: Path, data: Path | str, card: BundleCard, task: Task) -> 
     return pool, val
 
 
-def _same_file(split: Path, data: Path | str) -> bool:
-    """Whether DATA is SPLIT, the split.csv beside a bundle, under any name."""
-    return split.is_file() and os.path.realpath(split) == os.path.realpath(data)
+def _same_file(split: Path | None, data: Path | str) -> bool:
+    """Whether DATA is SPLIT, the split.csv of its run beside a bundle (None: none), under any name."""
+    return split is not None and split.is_file() and os.path.realpath(split) == os.path.realpath(data)
 
 
 def _copied_run_split(bundle: Path, card: BundleCard, data: Path | str, val: LabelledFilms) -> bool:
@@ -298,19 +298,20 @@ def _check_same_films(bundle: Path, card: BundleCard, task: Task, data: Path | s
     films; or from half of the films, whose sensitivity was met on the other half too). The run's films are checked
     by their pixels and labels too (the card's data checksum, :func:`films_as_trained`, from the films as DATA's
     cache holds them where DATA is the split beside BUNDLE): rewritten in place, or another machine's files under the
-    same paths, they are other films. A bundle copied out of its run (no split.csv beside it) is taken only with
+    same paths, they are other films. A bundle copied out of its run (no split.csv of its run beside it:
+    :func:`~pneumoscan.models.card.run_split`) is taken only with
     DATA its run's split, wherever its films are now, told by that checksum (``proven``: :func:`_copied_run_split`):
     else which films chose its thresholds, and whether DATA's val films are new to it, are unknown, and an INT8
     threshold chosen on its training films (too good) or on another population would be written."""
-    listed, split = bundle / CALIBRATION_FILMS, RunFolder.of(bundle).split
+    listed, split, own = bundle / CALIBRATION_FILMS, RunFolder.of(bundle).split, run_split(bundle, card)
     by_list = _chosen_off_run(bundle, card)
-    if not by_list and not split.is_file():
+    if not by_list and own is None:
         if proven:
             return  # DATA is the run's split: the same films, pixels, labels and sides, in the same order
-        raise ValueError(f"{bundle} has no {split.name} beside it (copied out of its run folder?), and the films of "
-                         f"{data} are not the ones it was trained and validated on (its card's data checksum"
-                         f"{'' if card.data_checksum else ', which it does not record'}): which films chose its "
-                         "thresholds, and whether those val films are new to it, cannot be checked, and its INT8 "
+        raise ValueError(f"{bundle} has no {split.name} of its run beside it (copied out of its run folder?), and "
+                         f"the films of {data} are not the ones it was trained and validated on (its card's data "
+                         f"checksum{'' if card.data_checksum else ', which it does not record'}): which films chose "
+                         "its thresholds, and whether those val films are new to it, cannot be checked, and its INT8 "
                          "thresholds, which replace the FP32 ones for onnx-int8, would be chosen on them; quantise it "
                          f"in its run folder, or give --data its run's {split.name} with the films it lists where it "
                          "lists them (the same files)")
@@ -372,8 +373,8 @@ def _films_to_give(bundle: Path) -> str:
     if out_of_fold_ensemble(card):
         runs = " ".join(dict.fromkeys(str(p.parent.parent) for p in member_sources(card)))
         return f": {bundle} was built by `ensemble --cv`, so give --cv {runs}"
-    split = RunFolder(bundle.parent).split
-    return f": for {bundle}, --data {split}" if card.model != ENSEMBLE and split.is_file() else ""
+    split = run_split(bundle, card) if card.model != ENSEMBLE else None
+    return f": for {bundle}, --data {split}" if split is not None else ""
 
 
 @without_arena()  # its sessions each run once through large batches, the FP32 one held to the end

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 from pneumoscan.core.atomic import write_atomic
+from pneumoscan.core.digests import file_sha256
 from pneumoscan.core.metrics import binary_metrics, format_figure, roc_auc, softmax
 from pneumoscan.core.names import shown
 from pneumoscan.data.appearance import Appearance
@@ -757,7 +758,8 @@ def finalize(run_dir: Path, cfg: TrainConfig, d: Data, ctx: Dist, epochs: int, b
     # the training films by class (their hard labels, a distilled run's too): MODEL_CARD.md says their balance
     trained_on = dict(zip(card.classes, np.bincount(d.plain[0].targets, minlength=len(card.classes)).tolist()))
     card = dataclasses.replace(card, temperature=float(temperature[0]), data_fingerprint=d.data_fingerprint,
-                               data_checksum=d.checksum, versions=runtime_versions(),
+                               data_checksum=d.checksum, split_checksum=file_sha256(run.split),
+                               versions=runtime_versions(),
                                train_config=run_record(cfg, ctx) | {TRAINING_FILMS: trained_on} | d.sample)
 
     def score(bundle: Path) -> ScoredFilms:  # the plain logits torch's; the TTA views' by the ONNX graph shipped
