@@ -541,3 +541,19 @@ def test_compare_sets_a_three_class_decisions_accuracy_by_subgroup_side_by_side_
     with pytest.raises(ValueError, match=r"tta/metrics.json: multiclass\.subgroups\.differences\.subtype\.accuracy\."
                                          r"p_holm is 2\.0, not a figure in \[0, 1\]"):
         compare_runs([plain, tta])
+    # an edited test, or a rate's test gone beside the others', is refused by its file, not a KeyError
+    m = blocks[tta] | {"subgroups": json.loads((plain / "metrics.json").read_text())["subgroups"]}
+    tests = m["subgroups"]["differences"]["subtype"]
+    for edited, said in (({"specificity": tests["specificity"]}, r" has no test of sensitivity beside its others"),
+                         (tests | {"sensitivity": {"groups": 3}}, r"\.sensitivity is neither a test"),
+                         (tests | {"specificity": {"p": 0.5, "groups": 3, "patients": 9, "left_out": 1}},
+                          r"\.specificity is neither a test")):
+        (tta / "metrics.json").write_text(json.dumps(m | {"subgroups": m["subgroups"] | {
+            "differences": {"subtype": edited}}}))
+        with pytest.raises(ValueError, match=r"tta/metrics.json: subgroups\.differences\.subtype" + said):
+            compare_runs([plain, tta], tmp_path / "both")
+    group = m["subgroups"]["fields"]["subtype"][0]
+    (tta / "metrics.json").write_text(json.dumps(m | {"subgroups": m["subgroups"] | {"fields": {"subtype": [
+        group | {"auc": {"value": 0.5, "ci": None, "too_few": "too few", "hits": 3}}]}}}))
+    with pytest.raises(ValueError, match=r"subgroups\.fields\.subtype\[bacteria\]\.auc counts no hits"):
+        compare_runs([plain, tta])

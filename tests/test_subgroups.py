@@ -15,7 +15,7 @@ from pneumoscan import cli
 from pneumoscan.core.metrics.differences import holm
 from pneumoscan.data.layouts import discover
 from pneumoscan.evaluation.evaluate import evaluate
-from pneumoscan.evaluation.subgroups import NOT_RECORDED, difference_said
+from pneumoscan.evaluation.subgroups import NOT_RECORDED, difference_said, figure_said
 from tests.builders import dicom_bytes, site_manifest
 
 
@@ -157,3 +157,10 @@ def test_a_three_class_decision_has_its_accuracy_by_group(tiny_bundle: Path, tin
         assert "p" in metrics[key]["subgroups"]["differences"]["subtype"]["accuracy"], key
         assert [t["p_holm"] for t in tests] == pytest.approx(holm([t["p"] for t in tests])), key
         assert metrics[key]["subgroups"]["tests"] == metrics["subgroups"]["tests"] == len(tests), key
+
+
+def test_a_figure_recorded_without_its_interval_or_why_reads_as_one_without_an_interval() -> None:
+    """An edited metrics.json's or card's figure without ``ci`` or ``too_few`` is said as measured without an
+    interval, not a KeyError."""
+    assert figure_said({"value": 0.5}) == "0.500 (no 95% CI)"
+    assert figure_said({"value": 1.0, "too_few": "few", "hits": 3, "of": 3}) == "3 of 3 (too few patients for a 95% CI)"

@@ -31,7 +31,7 @@ from pneumoscan.models.card import CARD, WEIGHTS, BundleCard, load_card
 from pneumoscan.models.run_folder import METRICS, CvFolder, RunFolder
 from .model_card import counted
 from .report import forest_figure, roc_figure
-from .subgroups import DECISION_BLOCKS, FIGURE_NAMES, difference_said, figure_said, group_order, tests_said
+from .subgroups import DECISION_BLOCKS, FIGURE_NAMES, TESTED, difference_said, figure_said, group_order, tests_said
 
 TRAINING_DATA = "validation (chose its threshold)"  # a training run's data, as its metrics.json and compare name it
 
@@ -282,16 +282,43 @@ def _subgroups(metrics_path: Path, m: dict, where: str = "") -> dict[str, Any]:
                 if entry is not None:
                     _checked_cis(metrics_path, {"value": entry["value"], "ci": {"value": entry.get("ci")}}, ("value",),
                                  at)
+                    if entry.get("too_few") and "hits" in entry and not _counts(entry, "hits", "of"):
+                        raise ValueError(f"{metrics_path}: {at[:-1]} counts no hits of its films")
     differences = block.get("differences", {})
     if not (isinstance(differences, dict) and all(
             isinstance(tests, dict) and all(isinstance(test, dict) for test in tests.values())
             for tests in differences.values())):
         raise ValueError(f"{metrics_path}: {where}subgroups.differences is not each field's tests")
     for name, tests in differences.items():
+        at = f"{where}subgroups.differences.{name!s:.40}"
+        rates = {figure for g in fields.get(name, ()) for figure in TESTED if figure in g}
+        if tests and (missing := sorted(rates - tests.keys())):
+            raise ValueError(f"{metrics_path}: {at} has no test of {', '.join(missing)} beside its others")
         for figure, test in tests.items():
-            _checked_cis(metrics_path, test, ("p", "p_holm"),
-                         f"{where}subgroups.differences.{name!s:.40}.{figure!s:.40}.")
+            _checked_test(metrics_path, test, f"{at}.{figure!s:.40}")
     return block
+
+
+def _counts(block: dict, *keys: str) -> bool:
+    """Whether each of ``keys`` of BLOCK is a count (a non-negative int)."""
+    return all(isinstance(block.get(key), int) and not isinstance(block[key], bool) and block[key] >= 0
+               for key in keys)
+
+
+def _checked_test(metrics_path: Path, test: dict, at: str) -> None:
+    """A field's test of a rate (:func:`~.subgroups.difference_said` says it) after checking it is either why none
+    was made or a p with the groups and patients it compared, and the films it counted where patients were left
+    out: an edited test must be refused by its file, not end in a traceback or read as made."""
+    _checked_cis(metrics_path, test, ("p", "p_holm"), f"{at}.")
+    if isinstance(test.get("none"), str):
+        return
+    compared = test.get("compared")
+    if not (_number(test.get("p")) and _counts(test, "groups", "patients") and (not test.get("left_out") or (
+            _counts(test, "left_out") and isinstance(compared, list) and all(
+                isinstance(c, dict) and isinstance(c.get("value"), str) and _counts(c, "hits", "of")
+                for c in compared)))):
+        raise ValueError(f"{metrics_path}: {at} is neither a test (its p, groups and patients, and the films it "
+                         "compared where patients were left out) nor why none was made")
 
 
 def _warn_retrained(folder: Path, bundle: Path | str | None, weights: object, shown_as: str,

@@ -260,10 +260,10 @@ def figure_said(figure: Mapping[str, Any] | None, digits: int = 3) -> str:
     it is of."""
     if figure is None:
         return "n/a"
-    if figure["too_few"]:
+    if figure.get("too_few"):  # an edited record may lack what it need not say
         counted = f"{figure['hits']} of {figure['of']} " if "hits" in figure else ""
         return f"{counted}(too few patients for a 95% CI)"
-    return with_ci(figure["value"], figure["ci"], digits)
+    return with_ci(figure["value"], figure.get("ci"), digits)
 
 
 def table_rows(groups: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[str]]]:
