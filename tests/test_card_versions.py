@@ -16,7 +16,7 @@ from PIL import Image
 
 from pneumoscan import __version__, cli
 from pneumoscan.models import card as card_module
-from pneumoscan.models.card import CARD, CHECKSUM, load_card, save_card
+from pneumoscan.models.card import CARD, CHECKSUM, TRAINED_BY, load_card, save_card
 
 UPGRADE = "upgrade pneumoscan (`pip install -U pneumoscan`) to use it"
 
@@ -41,6 +41,7 @@ def written_by(version: str | None, new_field: str | None = None, form: int | No
         if version is not None:
             fields["versions"]["pneumoscan"] = version
         fields.pop("package_version")
+        fields["train_config"].pop(TRAINED_BY, None)  # a record the card's writer is not known to keep
         if package_version is not None:
             fields["package_version"] = package_version
         if new_field is not None:

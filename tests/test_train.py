@@ -42,6 +42,7 @@ from pneumoscan.training import train as train_mod
 from pneumoscan.training.callbacks import lr_factor, schedule_done
 from pneumoscan.training.config import load_config, TrainConfig
 from pneumoscan.training.distributed import Dist
+from pneumoscan.training.cv import warn_fold_versions
 from pneumoscan.training.resume import TRAINED_BY, config_changes
 from pneumoscan.training.engine import Callback, State
 from pneumoscan.training.distributed import setup_distributed
@@ -240,6 +241,12 @@ def test_resume_refuses_another_number_of_processes(
     assert config_changes(card.train_config, cfg) == [], "a record, not a setting: cv still takes the run as its own"
     resumed = torch.load(run / "checkpoint.pt", weights_only=True)
     assert resumed["processes"] == 1 and resumed[TRAINED_BY] == [None, __version__]  # its epochs' and this one's
+    # the card keeps them, sealed with it: a later cv still names the finished run as trained by two versions
+    assert card.train_config[TRAINED_BY] == [None, __version__]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="pneumoscan.training.cv"):
+        warn_fold_versions([RunFolder(run)])
+    assert f"run: a version before 0.3 (its checkpoint records none), then {__version__}" in caplog.text
 
 
 def test_a_kill_while_the_checkpoint_is_written_never_ships_that_epochs_weights(

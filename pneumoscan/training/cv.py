@@ -37,7 +37,7 @@ from pneumoscan.data.layouts import Record, write_manifest
 from pneumoscan.data.split import patient_folds, sampled_pool
 from pneumoscan.data.tasks import Task, binary_targets, get_task, select
 from pneumoscan.inference.predict import Predictor
-from pneumoscan.models.card import CARD, SAMPLED_FROM, WRITER, films_as_trained, load_card, sample_record
+from pneumoscan.models.card import CARD, SAMPLED_FROM, TRAINED_BY, WRITER, films_as_trained, load_card, sample_record
 from pneumoscan.models.run_folder import CvFolder, RunFolder
 from .config import TrainConfig
 from .distill import check_teachers
@@ -128,11 +128,13 @@ def check_fold_data(run: RunFolder, planned: list[Record], ctx: Dist, opened: di
 
 
 def _fold_versions(run: RunFolder) -> list[str | None]:
-    """The pneumoscans that train a fold: a finished fold's, its card's writer (none named: none); an interrupted
-    fold's, those of its checkpoint's epochs (None: a version before 0.3, which records none) and this one, which
-    trains the rest; a fold still to train, this one."""
+    """The pneumoscans that train a fold: a finished fold's, those its card records trained its weights (its
+    checkpoint's, kept as it finished), or of a card older than that record its writer (none named: none); an
+    interrupted fold's, those of its checkpoint's epochs (None: a version before 0.3, which records none) and this
+    one, which trains the rest; a fold still to train, this one."""
     if (run.bundle / CARD).exists():
-        return list(filter(None, [load_card(run.bundle).versions.get(WRITER)]))
+        card = load_card(run.bundle)
+        return card.train_config.get(TRAINED_BY) or list(filter(None, [card.versions.get(WRITER)]))
     if run.checkpoint.exists():
         return trained_by(load_checkpoint(run.checkpoint))
     return [__version__]

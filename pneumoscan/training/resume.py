@@ -22,7 +22,7 @@ from pneumoscan.data.cache import ImageCache, build_cache
 from pneumoscan.data.layouts import Record, discover
 from pneumoscan.data.preprocess import PreprocessSpec
 from pneumoscan.models.card import (INIT_CARD, INIT_IN_PLACE, INIT_SAMPLE, SAMPLED_FROM, TEACHER_CARDS, TEACHER_SAMPLES,
-                                   TRAINING_FILMS, retrained_sources)
+                                   TRAINED_BY, TRAINING_FILMS, retrained_sources)
 from pneumoscan.models.run_folder import RunFolder
 from .config import TrainConfig, read_yaml, recorded_settings
 from .distributed import Dist
@@ -53,9 +53,6 @@ def load_checkpoint(path: Path) -> dict | None:
 
 
 _ABSENT = object()
-# a checkpoint's record of the pneumoscans that trained its epochs, oldest first (made_by's, and on a resume the
-# checkpoint's with this one: trained_by); one of a version before 0.3 records none
-TRAINED_BY = "trained_by"
 # what a bundle's train_config records beside the settings: how the run was made, not a setting, so no config has
 # it; --resume checks them on their own (made_change)
 RECORDED = ("processes", "resolved_precision")
@@ -75,7 +72,7 @@ def config_changes(recorded: dict, cfg: TrainConfig, ignore: Collection[str] = (
         settings["teacher"] = [os.path.realpath(t) for t in settings.get("teacher") or []]
     # records of the run, not settings
     skip = {*ignore, *RECORDED, TEACHER_CARDS, TEACHER_SAMPLES, INIT_CARD, INIT_IN_PLACE, INIT_SAMPLE, TRAINING_FILMS,
-            SAMPLED_FROM}
+            SAMPLED_FROM, TRAINED_BY}
     return _changes({k: v for k, v in old.items() if k not in skip}, {k: v for k, v in new.items() if k not in skip})
 
 

@@ -48,9 +48,9 @@ from pneumoscan.inference.export import check_exportable
 from pneumoscan.inference.predict import Predictor, tta_views
 from pneumoscan.models import registry
 from pneumoscan.models.bundle import load_bundle, load_weights_into, save_bundle
-from pneumoscan.models.card import (BEST_SO_FAR, INIT_CARD, INIT_IN_PLACE, INIT_SAMPLE, TEACHER_CARDS, TRAINING_FILMS,
-                                    BundleCard, bundle_checksums, load_card, runtime_versions, sample_record,
-                                    trained_sample)
+from pneumoscan.models.card import (BEST_SO_FAR, INIT_CARD, INIT_IN_PLACE, INIT_SAMPLE, TEACHER_CARDS, TRAINED_BY,
+                                    TRAINING_FILMS, BundleCard, bundle_checksums, load_card, runtime_versions,
+                                    sample_record, trained_sample)
 from pneumoscan.models.run_folder import RunFolder
 from .callbacks import (
     BestWeights,
@@ -70,8 +70,8 @@ from .distill import check_teachers, distilled_targets, teacher_probabilities
 from .distributed import Dist, gather, gather_shards, setup_distributed, shard
 from .engine import OUT_OF_SCALE_LOSS, Callback, State, divergence_advice, fit
 from .finish import ScoredFilms, finish_bundle
-from .resume import (TRAINED_BY, check_same_recipe, load_checkpoint, machine_cache, made_by, resume_from,
-                     run_record, save_checkpoint, split_change, trained_by)
+from .resume import (check_same_recipe, load_checkpoint, machine_cache, made_by, resume_from, run_record,
+                     save_checkpoint, split_change, trained_by)
 from .tracking import make_trackers
 from .warm_start import warm_start_head
 
@@ -460,9 +460,9 @@ def load_data(records: list[Record], cache: ImageCache, checksum: str, cfg: Trai
               run_dir: Path, selected: dict, sample: dict | None = None) -> Data:
     """The split's records (kept as RUN/split.csv) and their preprocessed images (:func:`preprocessed`; ``checksum``
     their :func:`data_checksum`; ``selected``, the task's films of each side: :func:`selected_films`;
-    ``sample``, :func:`split_records`', the starting bundle's :func:`start_record` and the teachers'
-    :func:`~pneumoscan.training.distill.check_teachers`) as
-    datasets and loaders, with the class weights."""
+    ``sample``, what the card records of the films and weights: :func:`split_records`', the starting bundle's
+    :func:`start_record`, the teachers' :func:`~pneumoscan.training.distill.check_teachers` and the versions that
+    trained them, :data:`~pneumoscan.models.card.TRAINED_BY`) as datasets and loaders, with the class weights."""
     if ctx.main:
         write_manifest(records, RunFolder(run_dir).split)
     paths = [r.path for r in records]
@@ -697,7 +697,9 @@ def train(
     check_batches(len(selected["train"][0]), cfg, ctx)
     prepare_run_dir(run_dir, cfg, resume, ctx)
     with refusal_kept(run_dir, ctx):
-        d = load_data(records, cache, made["data"], cfg, task, ctx, run_dir, selected, {**sample, **learnt})
+        # the card keeps the versions that trained its weights, as the checkpoint does (a resumed run's are several)
+        d = load_data(records, cache, made["data"], cfg, task, ctx, run_dir, selected,
+                      {**sample, **learnt, TRAINED_BY: made[TRAINED_BY]})
         t0, warm_s, start = prepare_weights(model, cfg, d, ctx, imagenet, fresh, resumed)
         optimizer, schedule, lr = make_optimizer(model, cfg, d, ctx, warm_s)
         hooks, stateful = make_callbacks(model, cfg, task, d, ctx, run_dir, schedule, trackers, made, on_epoch_end,
