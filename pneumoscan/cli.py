@@ -506,14 +506,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
         from pneumoscan.interop.reports import check_reportable
 
         check_reportable(args.bundle, dicom=bool(args.dicom_sr))
+    from pneumoscan.evaluation.model_card import say_stale_model_cards
+
+    say_stale_model_cards([args.bundle, args.etiology])
     rows = predict_paths(
         args.bundle, args.paths, backend=args.backend, batch_size=args.batch_size, tta=args.tta,
         etiology=args.etiology, heatmap_dir=args.heatmaps, progress=True, skipped=skipped,
     )  # fmt: skip
-    from pneumoscan.evaluation.model_card import stale_model_card
-
-    for stale in filter(None, map(stale_model_card, [args.bundle, *([args.etiology] if args.etiology else [])])):
-        log.warning("%s", stale)  # a 0.2.0 bundle's text, which the readings' card is not
     if args.dicom_sr or args.fhir:  # after predicting, so a report's row says where its files went
         from pneumoscan.interop.reports import write_reports
 
@@ -546,10 +545,12 @@ def _say_unreadable(rows: list[dict]) -> list[dict]:
 
 
 def cmd_pacs(args: argparse.Namespace) -> int:
+    from pneumoscan.evaluation.model_card import say_stale_model_cards
     from pneumoscan.interop.dicomweb import Connection, predict_study, read_authorization, unfiled
     from pneumoscan.inference.predict import format_results
 
     results = ResultsTarget.check(args.out, ("json",))  # before the PACS is asked anything
+    say_stale_model_cards([args.bundle])
     rows = predict_study(args.bundle, args.url, args.study, store=args.store, heatmaps=args.heatmaps,
                          backend=args.backend, authorization=read_authorization(args.auth_file), fhir_dir=args.fhir,
                          accession=args.accession,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -771,6 +771,14 @@ def stale_model_card(directory: Path | str) -> str | None:
     return (f"{shown(path)} is not the text this pneumoscan writes of the card (bundle.json, by pneumoscan "
             f"{writer}): it may say more or less than the card records, which /v1/model and the web page state; "
             f"`pneumoscan card {shown(directory)} --write` rewrites it from the card")
+
+
+def say_stale_model_cards(bundles: Iterable[Path | str | None]) -> None:
+    """Warn, once as a command that reads them starts (predict, pacs, serve), of each of ``bundles`` (None: no such
+    stage) whose MODEL_CARD.md is not its card's text (:func:`stale_model_card`): a reader of the file would take a
+    0.2.0 bundle's text for what the readings' card says."""
+    for stale in filter(None, map(stale_model_card, filter(None, bundles))):
+        log.warning("%s", stale)
 
 
 def update_card(directory: Path | str, card: BundleCard) -> None:

@@ -24,7 +24,7 @@ from pneumoscan.core.digests import json_sha256
 from pneumoscan.core.figures import png_data_url
 from pneumoscan.core.logs import raised_at, redact
 from pneumoscan.data import readers
-from pneumoscan.evaluation.model_card import stale_model_card
+from pneumoscan.evaluation.model_card import say_stale_model_cards
 from pneumoscan.inference.explain import (INT8_HEATMAPS, MAX_PANEL, NoSpatialMap, explain_array, film_overlay,
                                          map_png, panel_png)
 from pneumoscan.inference.predict import (NO_WX_MEMORY, NON_FINITE, Predictor, Stages, prove_runs, stage_scope,
@@ -213,8 +213,7 @@ class Service:
         self.second = Stage(self.stages.second, self.metrics) if self.stages.second is not None else None
         for said in self.stages.said_at_start():
             log.warning("%s", said)  # once, as predict says them (the page's model card says the caveats too)
-        for stale in filter(None, map(stale_model_card, [bundle, *([etiology] if etiology is not None else [])])):
-            log.warning("%s", stale)  # a 0.2.0 bundle's text: /v1/model states the card itself
+        say_stale_model_cards([bundle, etiology])  # /v1/model states the card itself
         # Grad-CAM gets its own threads and bound: it never holds a decode thread or more than its share of the
         # queue. With ONNX Runtime scoring it uses the main stage's Predictor, whose torch model the first heatmap
         # builds (checked to be the weights the service started with), so a service that draws none never builds
