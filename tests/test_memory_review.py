@@ -15,7 +15,7 @@ from pneumoscan.data.preprocess import TTA_VIEWS
 from pneumoscan.inference.predict import tta_views
 
 VIEWS_PEAK = """
-import collections
+import collections, gc
 import numpy as np
 from pneumoscan.inference import predict
 from pneumoscan.inference.predict import tta_views
@@ -29,6 +29,7 @@ with open("/proc/self/clear_refs", "w") as f:
 before = status("VmRSS:")
 collections.deque(map(np.sum, tta_views(images)), 0)  # read one at a time, as Predictor.probabilities reads them
 print((status("VmHWM:") - before) / images.nbytes)
+gc.freeze()  # as pneumoscan's entry: its exit walks no torch objects
 """
 
 
