@@ -119,7 +119,7 @@ def test_predict_refuses_before_its_films_where_its_model_cannot_run(film_sized_
 # a service proven at start where the policy is not yet in force (ONNX Runtime scoring, no heatmap drawn at start),
 # then put under it: its first heatmap's Grad-CAM, in torch, fails as it would on a host that refused that memory
 # later (or for any other internal error), while its readings, by ONNX Runtime, go on
-POLICY_AFTER_START = """import ctypes, io, json, sys
+POLICY_AFTER_START = """import ctypes, gc, io, json, sys
 import numpy as np
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -143,6 +143,7 @@ with TestClient(app, raise_server_exceptions=False) as c:
                       "sr": [[a.status_code, a.headers["content-type"], a.content.hex()] for a in sr],
                       "failed": samples[("pneumoscan_refusals_total", (("reason", "heatmap_failed"),))],
                       "readings": sum(v for (n, _), v in samples.items() if n == "pneumoscan_readings_total")}))
+gc.freeze()  # as pneumoscan's entry: its exit walks no torch objects
 """
 
 
