@@ -45,7 +45,7 @@ def run_python(code: str, *args: str) -> Any:
 
 
 PREDICT = f"""
-import io, json, sys
+import gc, io, json, sys
 import numpy as np
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -64,6 +64,7 @@ with TestClient(create_app(sys.argv[2], backend="onnx")) as client:
 said.append({{"status": answer.status_code, "loaded": loaded()}})
 said.append({{"code": cli.main(heatmaps), "loaded": loaded()}})
 print(json.dumps(said))
+gc.freeze()  # as pneumoscan's entry: its exit walks no torch objects
 """
 BACKENDS = ("onnx", "onnx-int8")
 
