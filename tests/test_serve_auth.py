@@ -30,7 +30,8 @@ from pneumoscan import cli
 from pneumoscan.inference.onnx_runtime import model_version
 from pneumoscan.models.card import load_card
 from pneumoscan.serving.app import create_app
-from pneumoscan.serving.guard import KEY_FILE_CHECK_S, KEY_FILE_REFUSED, Access
+from pneumoscan.serving import guard
+from pneumoscan.serving.guard import KEY_FILE_REFUSED, Access
 from pneumoscan.serving.limits import RETRY_AFTER_S, Limits
 from pneumoscan.serving.server import UVICORN_GRACE_RAN_OUT, GraceRanOut, build_server
 from tests.builders import free_port, running, start_serve, wait_healthy
@@ -202,14 +203,21 @@ def test_a_key_file_of_comments_alone_is_refused_and_a_shared_one_warned_of(tmp_
     assert f"the API key file {keys} is readable by every user of this machine" in caplog.text
 
 
+@pytest.fixture
+def quick_looks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request may look at the key file 0.2 s after the last look, not a second: each test below waits for a
+    look twice (2.2 s of sleep each, 8.8 s a run, where the looks and reloads they prove take milliseconds)."""
+    monkeypatch.setattr(guard, "KEY_FILE_CHECK_S", 0.2)
+
+
 def _after_a_look(client: TestClient, **headers: str) -> httpx.Response:
     """/v1/model asked once the service may look at its key file again (KEY_FILE_CHECK_S after its last look)."""
-    time.sleep(KEY_FILE_CHECK_S + 0.1)
+    time.sleep(guard.KEY_FILE_CHECK_S + 0.1)
     return client.get("/v1/model", headers=headers)
 
 
 def test_a_line_deleted_from_the_key_file_is_a_key_revoked_within_a_second_without_sighup(
-        tiny_bundle: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+        tiny_bundle: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, quick_looks: None) -> None:
     """An operator who deletes a client's line expects its key to stop working: it went on being let in until
     someone sent SIGHUP. The file is looked at by a request once a second at most, read again when it has changed
     (a line deleted or added, a key replaced), and what the others send goes on being let in."""
@@ -234,7 +242,7 @@ def test_a_line_deleted_from_the_key_file_is_a_key_revoked_within_a_second_witho
 ])  # fmt: skip
 def test_a_key_file_emptied_removed_or_spoiled_refuses_every_key_with_its_reason_never_opens_the_service(
         spoil: Callable[[Path], object], words: str, tiny_bundle: Path, tmp_path: Path,
-        caplog: pytest.LogCaptureFixture) -> None:
+        caplog: pytest.LogCaptureFixture, quick_looks: None) -> None:
     """A key file the checks of the start would refuse, found so while the service runs: every key is refused (503,
     key_file_refused: the keys in use may hold the one being revoked), a request without a key too, the log says
     why, and the file mended lets the keys in again. The page and the probe need no key, and stay; the probe says
