@@ -506,13 +506,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
         from pneumoscan.interop.reports import check_reportable
 
         check_reportable(args.bundle, dicom=bool(args.dicom_sr))
-    from pneumoscan.evaluation.model_card import say_stale_model_cards
-
-    say_stale_model_cards([args.bundle, args.etiology])
     rows = predict_paths(
         args.bundle, args.paths, backend=args.backend, batch_size=args.batch_size, tta=args.tta,
         etiology=args.etiology, heatmap_dir=args.heatmaps, progress=True, skipped=skipped,
     )  # fmt: skip
+    from pneumoscan.evaluation.model_card import say_stale_model_cards
+
+    say_stale_model_cards([args.bundle, args.etiology])  # once the bundles have been read and their files checked
     if args.dicom_sr or args.fhir:  # after predicting, so a report's row says where its files went
         from pneumoscan.interop.reports import write_reports
 
@@ -550,11 +550,11 @@ def cmd_pacs(args: argparse.Namespace) -> int:
     from pneumoscan.inference.predict import format_results
 
     results = ResultsTarget.check(args.out, ("json",))  # before the PACS is asked anything
-    say_stale_model_cards([args.bundle])
     rows = predict_study(args.bundle, args.url, args.study, store=args.store, heatmaps=args.heatmaps,
                          backend=args.backend, authorization=read_authorization(args.auth_file), fhir_dir=args.fhir,
                          accession=args.accession,
                          connection=Connection(args.read_timeout, args.film_timeout, args.client_cert, args.client_key))
+    say_stale_model_cards([args.bundle])  # as predict: once the bundle has been read and its files checked
     results.write(format_results(rows, results.fmt))
     failed = _say_unreadable(rows)
     scored = [row for row in rows if "probability" in row]

@@ -1354,6 +1354,22 @@ def test_pacs_writes_a_fhir_observation_of_each_film_it_scores(
     assert observation["derivedFrom"][0]["identifier"]["value"] == f"urn:oid:{study}"
 
 
+def test_pacs_names_a_model_card_md_that_is_not_its_cards_text(
+    orthanc: str, tiny_bundle: Path, film: np.ndarray, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 0.2.0 bundle's MODEL_CARD.md keeps 0.2.0's text: `pacs` names it once the bundle is read, as predict and
+    serve do (test_model_card), with the command that rewrites it; it said nothing of it."""
+    bundle = shutil.copytree(tiny_bundle, tmp_path / "bundle")
+    (bundle / "MODEL_CARD.md").write_text("# A model card as pneumoscan 0.2.0 wrote it\n")
+    study = generate_uid()
+    _upload(orthanc, chest_dicom(film, StudyInstanceUID=study))
+    with caplog.at_level(logging.WARNING):
+        assert cli.main(["pacs", str(bundle), "--url", f"{orthanc}/dicom-web", "--study", study, "--out",
+                         str(tmp_path / "pacs.json"), "--backend", "torch"]) == 0
+    named = [m for m in caplog.messages if f"{bundle / 'MODEL_CARD.md'} is not the text" in m]
+    assert len(named) == 1 and f"pneumoscan card {bundle} --write" in named[0], caplog.messages
+
+
 def test_pacs_searches_ask_for_dicom_json_alone(tiny_bundle: Path, film: np.ndarray, tmp_path: Path) -> None:
     """dicomweb-client asked for `application/dicom+json, application/json`, and Orthanc's DICOMweb plugin logged an
     error for each search (`Unsupported return MIME type: ...`): a log of the PACS's errors filled with pneumoscan's.
