@@ -12,6 +12,8 @@ import logging
 import os
 import re
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -273,3 +275,24 @@ def test_the_api_key_is_in_no_repr_of_the_access_rules_or_the_app(tiny_bundle: P
     named = Access(named_keys=(("ward", key),))  # a key file of named keys: their names may show, not their keys
     shown = repr(access) + repr(app.user_middleware) + repr(named)
     assert "xray.example" in shown and key not in shown
+
+
+def test_onnx_runtime_sends_no_telemetry_and_leaves_no_file_unless_the_user_asks(tmp_path: Path) -> None:
+    """ONNX Runtime (1.29 on) sends usage telemetry from Linux, keeps a device ID under ~/.cache and writes a session
+    file (.ses) into $TMPDIR as it is imported, unless ORT_DISABLE_TELEMETRY is set first: a `pacs` run stopped by
+    SIGTERM left that file in the folder it had cleaned of the study's films. pneumoscan sets it unless the user
+    gave it; a user's ORT_DISABLE_TELEMETRY=0 is kept."""
+    code = ("import os, pneumoscan.inference.onnx_runtime, onnxruntime; "
+            "print(os.environ['ORT_DISABLE_TELEMETRY'])")
+    for given, said in ((None, "1"), ("0", "0")):
+        home, temp = tmp_path / f"home-{given}", tmp_path / f"tmp-{given}"
+        home.mkdir(), temp.mkdir()
+        env = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"}
+        env |= {"HOME": str(home), "TMPDIR": str(temp), "XDG_CACHE_HOME": str(home / ".cache")}
+        if given is not None:
+            env["ORT_DISABLE_TELEMETRY"] = given
+        child = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+        assert child.returncode == 0 and child.stdout.strip() == said, child.stderr
+        if given is None:
+            assert list(home.rglob("*")) == [] and list(temp.iterdir()) == [], (list(home.rglob("*")),
+                                                                                 list(temp.iterdir()))
