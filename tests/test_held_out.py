@@ -284,17 +284,71 @@ def test_a_bundle_beside_another_runs_split_is_taken_as_copied_out_of_its_run(
 
 def test_a_bundle_in_its_run_and_a_card_older_than_the_splits_record_take_the_split_beside_it(
     tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The split.csv its run wrote is read as the run's, wherever the run folder is copied; a card that records no
     checksum of its run's split (written before pneumoscan kept one) takes the split beside it, with a warning that
-    it could not be proved its run's, rather than decoding every film of the run to prove it at each command."""
+    it could not be proved its run's, where its films' image cache is not at hand to prove it (no cache here),
+    rather than decoding every film of the run to prove it at each command."""
     bundle = shutil.copytree(tiny_bundle.parent, tmp_path / "run") / "bundle"
     trained = [r for r in discover(bundle.parent / "split.csv").records if r.split == "train"]
     with pytest.raises(ValueError, match="training split"):
         check_held_out([bundle], trained, "evaluate")
+    monkeypatch.setenv("PNEUMOSCAN_CACHE", str(tmp_path / "no-cache"))
     old = _beside_a_strangers_split(tiny_bundle, tiny_dataset, tmp_path / "old")
     save_card(old, dataclasses.replace(load_card(old), split_checksum=""))
     strangers = [r for r in discover(old.parent / "split.csv").records if r.split == "train"]
     with pytest.raises(ValueError, match="training split"):
         check_held_out([old], strangers, "evaluate")
     assert f"so {old.parent / 'split.csv'} is taken as its run's split without proof" in caplog.text
+
+
+def _older_card(bundle: Path) -> Path:
+    """BUNDLE's card as one written before cards recorded their run's split (0.2.0's, an early 0.3.0.dev0's)."""
+    save_card(bundle, dataclasses.replace(load_card(bundle), split_checksum=""))
+    return bundle
+
+
+def test_a_card_older_than_the_splits_record_has_the_split_beside_it_proved_by_its_films_cache(
+    tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An older card took any split.csv beside it as its run's with a warning, and evaluate --add-to-card on its own
+    training films beside a stranger's split marked them "checked". Where the split's films are in the image cache
+    (its run's, built at training; `pneumoscan cache SPLIT --bundle B`), the card's data checksum tells it from that
+    cache with no film decoded: its own run's split is taken without a warning, a stranger's is not its run's."""
+    run = _older_card(shutil.copytree(tiny_bundle.parent, tmp_path / "run") / "bundle")
+    trained = [r for r in discover(run.parent / "split.csv").records if r.split == "train"]
+    with pytest.raises(ValueError, match="training split"):
+        check_held_out([run], trained, "evaluate")
+    assert "without proof" not in caplog.text
+    bundle = _older_card(_beside_a_strangers_split(tiny_bundle, tiny_dataset, tmp_path / "elsewhere"))
+    split = bundle.parent / "split.csv"
+    build_cache([r.path for r in discover(split).records], load_card(bundle).spec)  # `pneumoscan cache` would
+    write_manifest([dataclasses.replace(r, split="") for r in trained], tmp_path / "site.csv")
+    assert cli.main(["evaluate", str(bundle), str(tmp_path / "site.csv"), "--add-to-card", "--out",
+                     str(tmp_path / "eval")]) == 0
+    record = load_card(bundle).external_evaluations[-1]
+    assert record["films_checked"] is False, record
+    assert f"the split.csv beside it ({split}) is not its run's: its films are not the ones" in record["caveats"][0]
+
+
+def test_evaluate_add_to_card_says_a_split_it_could_not_prove_its_runs(
+    tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An older card whose split's films are in no image cache takes the split beside it as its run's unproved:
+    --add-to-card recorded its figures as checked, with nothing but a log line to say that the split might be a
+    stranger's. The record's caveats say it, and MODEL_CARD.md shows it; a threshold's record alike."""
+    monkeypatch.setenv("PNEUMOSCAN_CACHE", str(tmp_path / "no-cache"))
+    bundle = _older_card(_beside_a_strangers_split(tiny_bundle, tiny_dataset, tmp_path / "elsewhere"))
+    trained = [dataclasses.replace(r, split="") for r in discover(tiny_bundle.parent / "split.csv").records
+               if r.split == "train"]
+    write_manifest(trained, tmp_path / "site.csv")
+    assert cli.main(["evaluate", str(bundle), str(tmp_path / "site.csv"), "--add-to-card", "--out",
+                     str(tmp_path / "eval")]) == 0
+    record = load_card(bundle).external_evaluations[-1]
+    said = f"so {bundle.parent / 'split.csv'} is taken as its run's split without proof"
+    assert [c for c in record["caveats"] if said in c], record["caveats"]
+    assert said in (bundle / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert cli.main(["threshold", str(bundle), str(tmp_path / "site.csv"), "--youden", "--out",
+                     str(tmp_path / "thresholded")]) == 0
+    assert [c for c in load_card(tmp_path / "thresholded").threshold_records[-1]["caveats"] if said in c]

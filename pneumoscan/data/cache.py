@@ -190,6 +190,13 @@ def build_cache(
     return loaded
 
 
+def cached(paths: Sequence[str], spec: PreprocessSpec) -> ImageCache | None:
+    """The cache of PATHS under SPEC where one is built and reusable (:func:`build_cache` would open it), else None:
+    no film is decoded. Opening it reads its pixels' SHA-256 (with listing a split, 0.5-0.7 s for 5,232 films of
+    224 px), a proof by a card's data checksum that is cheap where building it is not."""
+    return _reusable(default_cache_dir(), cache_key([str(p) for p in paths], spec), spec)
+
+
 def _reusable(cache_dir: Path, key: str, spec: PreprocessSpec) -> ImageCache | None:
     """The cache for ``key`` when it is intact and none of its files failed for a reason that may have passed (an
     I/O error, say): such a file is read again, so a cache is never stuck with a passing fault."""

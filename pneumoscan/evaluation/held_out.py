@@ -19,9 +19,9 @@ from pneumoscan.core.names import shown
 from pneumoscan.data.copies import picture_groups
 from pneumoscan.data.layouts import Record, discover, listed_paths, own_patient, patient_key, write_manifest
 from pneumoscan.data.walk import file_identity
-from pneumoscan.models.card import (CARD, ENSEMBLE, BundleCard, card_task, foreign_split, load_card, member_label,
-                                   member_sources, WEIGHTS, out_of_fold_ensemble, refused_as, replaced_members,
-                                   retrained_sources, run_split, teacher_label)
+from pneumoscan.models.card import (CARD, ENSEMBLE, BundleCard, card_task, load_card, member_label, member_sources,
+                                   WEIGHTS, out_of_fold_ensemble, refused_as, replaced_members, retrained_sources,
+                                   run_split, split_beside, teacher_label)
 from pneumoscan.models.run_folder import RunFolder
 
 log = logging.getLogger(__name__)
@@ -185,8 +185,9 @@ def check_held_out(bundles: Sequence[Path | str], records: Sequence[Record], pur
     """Refuse films a bundle (an ensemble: any member) trained on for PURPOSE, such as choosing a threshold: its
     scores on them are too good, so a threshold for a sensitivity target comes out too high. The training films are
     those of the run's split.csv (RUN/bundle's parent); a bundle without one is trusted, with a warning, as is one
-    beside a split.csv other than the one its card recorded (:func:`~pneumoscan.models.card.foreign_split`, said
-    with the reason naming both files). What else is
+    beside a split.csv other than the one its card recorded (:func:`~pneumoscan.models.card.split_beside`, said
+    with the reason naming both files). A card older than that record has the split beside it proved where its
+    films' image cache is at hand, and is otherwise taken as its run's with a caveat that says so. What else is
     warned of or refused is the ``policy``'s (:class:`HeldOutPolicy`): films that chose a bundle's own temperature and
     threshold (its INT8 thresholds too for the INT8 model's scores), a run whose split.csv lists no film where it says
     (moved). Returns the warnings (each also logged) and the bundles whose training films are unknown here
@@ -335,7 +336,10 @@ def _weight_runs(given: _Given, bundle: Path, card: BundleCard | None, proven: _
     for path, how, card in _weight_sources(bundle, card=card):
         own = proven if how == "" else None
         split = own.split if own is not None else RunFolder.of(path).split
-        foreign = None if own is not None or how == "replaced" else foreign_split(path, card)
+        beside = split_beside(path, card, prove=True) if own is None and how != "replaced" else None
+        foreign = beside.foreign if beside is not None else None
+        if beside is not None and beside.unproved is not None:  # a card's record of these films must say so
+            given.warn(beside.unproved)
         if (why := _unknown_source(bundle, path, how, given.purpose, split, foreign)) is not None:
             given.unknown.setdefault(os.path.realpath(bundle), why)
         films, unresolved = _run_films(path, given.purpose, how, split, own.records if own is not None else None,
@@ -456,9 +460,9 @@ def _refuse_mostly_copies(given: _Given, copies: Sequence[tuple[str, str]], bund
 def _unknown_source(bundle: Path, path: Path, how: str, purpose: str, split: Path,
                     foreign: str | None = None) -> str | None:
     """Why the training films of PATH, a source of BUNDLE's weights (:func:`_weight_sources`), are unknown here:
-    no run's split.csv beside it (none, or another run's: ``foreign``, :func:`foreign_split`'s reason), or an
-    ensemble member trained again since; None when its run's ``split`` is there (beside it, or proved to be its
-    run's: :func:`check_held_out`'s ``run_split``)."""
+    no run's split.csv beside it (none, or another run's: ``foreign``,
+    :func:`~pneumoscan.models.card.split_beside`'s reason), or an ensemble member trained again since; None when its
+    run's ``split`` is there (beside it, or proved to be its run's: :func:`check_held_out`'s ``run_split``)."""
     if how != "replaced" and split.exists() and foreign is None:
         return None
     why = (f"it was trained again since {bundle} learnt from it" if how == "replaced" else
@@ -502,8 +506,8 @@ def _run_films(path: Path, purpose: str, how: str, split: Path, listed: Sequence
     relative paths: the films given may be those very films, so the reason goes with the figures, and their
     patients are not matched, which would call them other files of the same patients). None, with a logged
     warning only, when there is no such file to check against: none beside it (a bundle shipped alone), another
-    run's beside it (``foreign``: why, :func:`foreign_split`), or another model's (an ensemble member trained
-    again)."""
+    run's beside it (``foreign``: why, :func:`~pneumoscan.models.card.split_beside`), or another model's (an
+    ensemble member trained again)."""
     cannot = f"so it cannot be checked that the films given to {purpose} are new to it"
     if how == "replaced":
         log.warning("%s holds other weights than the bundle that learnt from it recorded (trained again since?), %s",

@@ -39,7 +39,7 @@ from pneumoscan.core.metrics import CHANCE_AUC, ECE_TOLERANCE, TEMPERATURE_BOUND
 from pneumoscan.core.names import given_path, is_utf8, shown
 from pneumoscan.core.options import MAX_SIZE, MIN_SIZE, look_up_option
 from pneumoscan.data.appearance import Appearance
-from pneumoscan.data.cache import ImageCache, build_cache, data_checksum
+from pneumoscan.data.cache import ImageCache, build_cache, cached, data_checksum
 from pneumoscan.data.layouts import Record, discover
 from pneumoscan.data.preprocess import PreprocessSpec, check_normalization
 from pneumoscan.data.tasks import Task, check_classes, get_task, list_tasks
@@ -444,7 +444,7 @@ def proven_run_split(bundle: Path | str, data: Path | str, read: LabelledFilms |
     (:func:`~pneumoscan.data.labelled.labelled_films`), whose records are not listed again, nor its films' pixels
     read again when its cache holds every split."""
     card = load_card(bundle)
-    beside = RunFolder.of(Path(bundle)).split.is_file() and foreign_split(bundle, card) is None  # said by the check
+    beside = RunFolder.of(Path(bundle)).split.is_file() and split_beside(bundle, card).foreign is None  # the check's
     if beside or not card.data_checksum:
         return False
     records = discover(data).records if read is None else read.every
@@ -452,47 +452,78 @@ def proven_run_split(bundle: Path | str, data: Path | str, read: LabelledFilms |
         bundle, records, read=None if read is None else read.cache)
 
 
-def foreign_split(bundle: Path | str, card: BundleCard | None) -> str | None:
-    """Why the split.csv beside BUNDLE (RUN/bundle beside RUN/split.csv) is not its run's: not the file its card
-    recorded when its run wrote it (``split_checksum``). A bundle copied into a folder that holds another split.csv
+class SplitBeside(NamedTuple):
+    """What the split.csv beside a bundle is to it (:func:`split_beside`): ``foreign``, why it is not its run's (it
+    is not read as the run's); ``unproved``, why it is read as the run's without proof. Both None: it is the run's,
+    or there is none to read."""
+
+    foreign: str | None = None
+    unproved: str | None = None
+
+
+def split_beside(bundle: Path | str, card: BundleCard | None, prove: bool = False) -> SplitBeside:
+    """Whether the split.csv beside BUNDLE (RUN/bundle beside RUN/split.csv) is its run's: the file its card recorded
+    when its run wrote it (``split_checksum``). A bundle copied into a folder that holds another split.csv
     (`pneumoscan split` writes ./split.csv) had that split's films taken for its own: films it trained on passed as
-    new ones. None when none is beside it, when it is the run's, or when it cannot be told: no card (``card`` None: a
-    bundle gone), an ensemble (its members' runs hold the splits), or a card older than the record, whose split is
-    taken as its run's with a warning (proving it by the card's data checksum, :func:`films_as_trained`, decodes
-    every film of the run, which no command that reads a split beside a bundle should do each time)."""
+    new ones. Nothing to say when none is beside it, or when it cannot be told: no card (``card`` None: a bundle
+    gone), an ensemble (its members' runs hold the splits). A card older than the record has its split proved with
+    ``prove`` where that is cheap (:func:`_proved_by_cache`: its films' image cache at hand, no film decoded), and is
+    otherwise taken as its run's, ``unproved`` saying so (``predict``'s check of training films, about 35 ms, does not
+    open a cache)."""
     split = RunFolder.of(Path(bundle)).split
     if card is None or card.model == ENSEMBLE or not split.is_file():
-        return None
-    if not card.split_checksum:
-        _warn_unproved_split(str(bundle), str(split))
-        return None
-    if (actual := file_sha256(split)) == card.split_checksum:
-        return None
-    return (f"the {split.name} beside it ({split}) is not its run's: its SHA-256 is {actual[7:19]}..., where "
+        return SplitBeside()
+    if card.split_checksum:
+        if (actual := file_sha256(split)) == card.split_checksum:
+            return SplitBeside()
+        return SplitBeside(foreign=(
+            f"the {split.name} beside it ({split}) is not its run's: its SHA-256 is {actual[7:19]}..., where "
             f"{Path(bundle) / CARD} recorded {card.split_checksum[7:19]}... when its run wrote its split (copied into "
-            f"a folder holding another {split.name}, such as the one `pneumoscan split` writes?)")
+            f"a folder holding another {split.name}, such as the one `pneumoscan split` writes?)"))
+    proved = _proved_by_cache(card, split) if prove else None
+    if proved is None:
+        return SplitBeside(unproved=(
+            f"{bundle} records no checksum of its run's split (a bundle written before pneumoscan kept one), so "
+            f"{split} is taken as its run's split without proof: a bundle copied into a folder holding another "
+            "split.csv would have that split's films checked as its own (`pneumoscan cache "
+            f"{split} --bundle {bundle}` caches the split's films, whereby the card's data checksum proves it or not)"))
+    return SplitBeside() if proved else SplitBeside(foreign=(
+        f"the {split.name} beside it ({split}) is not its run's: its films are not the ones {Path(bundle) / CARD} "
+        "records it was trained and validated on (their pixels, labels and sides: its data checksum), so it is "
+        f"another run's {split.name}, or its films were changed since"))
+
+
+def _proved_by_cache(card: BundleCard, split: Path) -> bool | None:
+    """Whether SPLIT lists the films CARD's bundle was trained and validated on, told by the card's data checksum
+    from the image cache of SPLIT's films where one is at hand (:func:`~pneumoscan.data.cache.cached`: its run's,
+    built when it trained, or `pneumoscan cache SPLIT --bundle BUNDLE`'s): no film is decoded. None where it cannot be
+    told so: a card without a data checksum (0.2.0's), or no such cache (cleared, or the films touched since)."""
+    if not card.data_checksum:
+        return None
+    records = discover(split).records
+    if (cache := cached([r.path for r in records], card.spec)) is None:
+        return None
+    return data_checksum(cache, records) == card.data_checksum
 
 
 @functools.cache
-def _warn_unproved_split(bundle: str, split: str) -> None:
+def _warn_unproved_split(why: str) -> None:
     """Once a process per bundle: every command reads the split several times."""
-    log.warning("%s records no checksum of its run's split (a bundle written before pneumoscan kept one), so %s is "
-                "taken as its run's split without proof: a bundle copied into a folder holding another split.csv would "
-                "have that split's films checked as its own; train it again to get a bundle that records it", bundle,
-                split)
+    log.warning("%s", why)
 
 
 def run_split(bundle: Path | str, card: BundleCard | None) -> Path | None:
-    """The split.csv of BUNDLE's run where it is beside BUNDLE and is the run's (:func:`foreign_split`; ``card``:
-    BUNDLE's as the caller read it, None where it has none); None otherwise, the reason of a split that is not the
-    run's logged."""
+    """The split.csv of BUNDLE's run where it is beside BUNDLE and is the run's (:func:`split_beside`, not proved:
+    ``card``, BUNDLE's as the caller read it, None where it has none); None otherwise, the reason of a split that is
+    not the run's, or is taken as its run's without proof, logged."""
     split = RunFolder.of(Path(bundle)).split
-    if not split.is_file():
+    beside = split_beside(bundle, card)
+    if beside.unproved is not None:
+        _warn_unproved_split(beside.unproved)
+    if beside.foreign is not None:
+        log.warning("%s: %s; it is not read as its run's split", bundle, beside.foreign)
         return None
-    if (why := foreign_split(bundle, card)) is not None:
-        log.warning("%s: %s; it is not read as its run's split", bundle, why)
-        return None
-    return split
+    return split if split.is_file() else None
 
 
 RECORDED_LIBRARIES = ("torch", "timm", "numpy", "onnxruntime")
