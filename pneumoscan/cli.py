@@ -140,9 +140,10 @@ def cmd_split(args: argparse.Namespace) -> int:
 
 
 @contextlib.contextmanager
-def _without_test_split(instead: str) -> Iterator[None]:
-    """``--split test`` of data without test films refused with what this command takes ``instead``: the library
-    says which splits DATA holds, and what stands in for the test split differs from one command to another."""
+def _without_test_split(instead: str | Callable[[], str]) -> Iterator[None]:
+    """``--split test`` of data without test films refused with what this command takes ``instead`` (a callable: made
+    only then, where it reads the bundle): the library says which splits DATA holds, and what stands in for the test
+    split differs from one command to another."""
     from pneumoscan.data.cache import EmptySplit
 
     try:
@@ -150,19 +151,19 @@ def _without_test_split(instead: str) -> Iterator[None]:
     except EmptySplit as e:
         if e.split != "test" or not e.held:
             raise
-        raise ValueError(f"{e}; {instead}") from e
+        raise ValueError(f"{e}; {instead if isinstance(instead, str) else instead()}") from e
 
 
 def _on_run_validation(bundle: str | None, arguments: str) -> str | None:
     """The command to paste that runs on the validation films of the run ``bundle`` sits in: ``pneumoscan`` and
     ``arguments`` with ``{bundle}`` and ``{split}`` (the run's split.csv) filled in, quoted for a shell. None without
-    a bundle, or for one with no split.csv beside it (copied out of its run), which is told a placeholder instead.
-    What `evaluate` and `cache` say of data without a test split (the quick start's step 3 on a copy without test/,
-    whose val/ train pools with train/)."""
-    from pneumoscan.models.run_folder import RunFolder
+    a bundle, or for one with no split.csv of its run beside it (copied out of its run, or beside another run's:
+    :func:`~pneumoscan.models.card.run_split`), which is told a placeholder instead. What `evaluate` and `cache` say
+    of data without a test split (the quick start's step 3 on a copy without test/, whose val/ train pools with
+    train/)."""
+    from pneumoscan.models.card import load_card, run_split as run_split_of
 
-    run_split = RunFolder.of(bundle).split if bundle else None
-    if run_split is None or not run_split.is_file():
+    if not bundle or (run_split := run_split_of(bundle, load_card(bundle))) is None:
         return None
     return "pneumoscan " + arguments.format(bundle=shlex.quote(shown(bundle)), split=shlex.quote(shown(run_split)))
 
@@ -180,12 +181,16 @@ def cmd_cache(args: argparse.Namespace) -> int:
         spec = load_card(args.bundle).spec
     else:
         spec = PreprocessSpec(args.size or 192, args.policy or "squash")
-    command = _on_run_validation(args.bundle, "cache {split} --split val --bundle {bundle}")
-    instead = (f"cache its run's validation films instead, for evaluate on them: {command} (or give no --split to "
-               "cache them all)" if command else
-               "cache the films the next command reads (RUN/split.csv --split val --bundle RUN/bundle for evaluate on "
-               "a run's validation films), or give no --split to cache them all")
-    with _without_test_split(f"without a test split, {instead}"):
+
+    def instead() -> str:
+        command = _on_run_validation(args.bundle, "cache {split} --split val --bundle {bundle}")
+        return "without a test split, " + (
+            f"cache its run's validation films instead, for evaluate on them: {command} (or give no --split to cache "
+            "them all)" if command else
+            "cache the films the next command reads (RUN/split.csv --split val --bundle RUN/bundle for evaluate on a "
+            "run's validation films), or give no --split to cache them all")
+
+    with _without_test_split(instead):
         _, cache = cache_dataset(args.data, spec, args.split, progress=True)
     print(f"{len(cache.paths)} images cached as {cache.images.shape} ({cache.key}); {len(cache.errors)} unreadable")
     for err in cache.errors:
@@ -377,10 +382,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from pneumoscan.models.run_folder import REPORT
 
     out = args.out or default_out_dir(args.bundle, args.data, args.split, args.tta, args.etiology, args.backend)
-    command = _on_run_validation(args.bundle, "evaluate {bundle} {split} --split val" + (" --tta" if args.tta else ""))
-    instead = (f"measure it on its run's validation films instead: {command}" if command else
+
+    def instead() -> str:
+        command = _on_run_validation(args.bundle, "evaluate {bundle} {split} --split val" + " --tta" * args.tta)
+        run = (f"measure it on its run's validation films instead: {command}" if command else
                "give a run's validation films instead: RUN/split.csv --split val")
-    with _without_test_split(f"without a test split, {instead} (figures on them are optimistic)"):
+        return f"without a test split, {run} (figures on them are optimistic)"
+
+    with _without_test_split(instead):
         metrics = evaluate(args.bundle, args.data, args.split, out, tta=args.tta, add_to_card=args.add_to_card,
                            data_name=args.data_name, etiology=args.etiology, backend=args.backend,
                            by=args.by or ())

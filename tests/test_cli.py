@@ -469,13 +469,17 @@ def test_evaluate_without_a_test_split_names_a_bundles_own_run_split(
 ) -> None:
     """The quick start's step 3 on the Kaggle copy without test/: the refusal said `RUN/split.csv --split val`, and a
     newcomer had to work out which folder RUN was and where the manifest goes. A bundle in its run folder is told the
-    command to run, `--tta` kept; one copied out of its run (no split.csv beside it) is told the placeholder."""
+    command to run, `--tta` kept; one copied out of its run (no split.csv beside it, or another run's: it was told
+    to evaluate on that stranger's films) is told the placeholder."""
     data = shutil.copytree(tiny_dataset / "train", tmp_path / "no_test" / "train").parent
     copied = shutil.copytree(tiny_bundle, tmp_path / "copied")
+    beside = shutil.copytree(tiny_bundle, tmp_path / "elsewhere" / "bundle")
+    write_manifest(discover(tiny_dataset).split("test"), beside.parent / "split.csv")  # `pneumoscan split`'s
     for bundle, instead in (
             (tiny_bundle, f"measure it on its run's validation films instead: pneumoscan evaluate {tiny_bundle} "
                           f"{tiny_bundle.parent / 'split.csv'} --split val --tta "),
-            (copied, "give a run's validation films instead: RUN/split.csv --split val ")):
+            (copied, "give a run's validation films instead: RUN/split.csv --split val "),
+            (beside, "give a run's validation films instead: RUN/split.csv --split val ")):
         assert cli.main(["-q", "evaluate", str(bundle), str(data), "--split", "test", "--tta"]) == 2
         said = capsys.readouterr().err
         assert said.endswith(f"; without a test split, {instead}(figures on them are optimistic)\n"), said
