@@ -25,8 +25,8 @@ from pneumoscan.evaluation.model_card import (CARD_METRICS, MODEL_CARD, VALIDATI
 from pneumoscan.inference.onnx_runtime import INT8_NAME, spec_path
 from pneumoscan.evaluation.evaluate import evaluate
 from pneumoscan.evaluation.subgroups import differences_said, table_rows
-from pneumoscan.models.card import (INIT_SAMPLE, MEMBER_SAMPLES, SAMPLED_FROM, TEACHER_SAMPLES, BundleCard,
-                                   load_card, save_card, trained_sample)
+from pneumoscan.models.card import (INIT_SAMPLE, MEMBER_SAMPLES, SAMPLED_FROM, TEACHER_SAMPLES, TRAINED_BY,
+                                   BundleCard, load_card, save_card, trained_sample)
 from pneumoscan.serving.app import create_app
 from tests.builders import site_manifest
 from tests.conftest import _xray_like
@@ -320,6 +320,31 @@ def test_the_service_shows_intended_use_and_card_figures(tiny_bundle: Path, tiny
                                             for r in recorded]
     assert info["external_evaluations"][0]["data"] == "site B" and recorded[0]["caveats"]
     assert info["external_evaluations"][0]["films_checked"] is False, "a bundle given alone: not checked"
+
+
+def test_the_card_and_the_service_say_in_words_which_versions_trained_the_weights(
+    tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+) -> None:
+    """A run resumed from a 0.2.0 checkpoint records its trainers as [null, 0.3.0.dev0]: the settings block showed
+    that null alone, and /v1/model named only the version that finished it. The recipe's prose says both in words,
+    and /v1/model's trained_by says what `pneumoscan card` says; the settings block keeps the record, as it keeps the
+    card's other records (training_films, init_card)."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    card = load_card(bundle)
+    assert "Its weights were trained by pneumoscan " in render(card)  # a run trained by one version names it
+    save_card(bundle, dataclasses.replace(card, train_config={**card.train_config, TRAINED_BY: [None, "0.3.0.dev0"]}))
+    said = ("Its weights were begun by a version of pneumoscan before 0.3, which recorded none, and finished by "
+            "pneumoscan 0.3.0.dev0.")
+    assert cli.main(["card", str(bundle)]) == 0
+    text = capsys.readouterr().out
+    assert said in text.split("## Recipe")[1].split("## ")[0], "said where the recipe is"
+    assert "trained_by:\n- null\n- 0.3.0.dev0\n" in text, "the record kept in the settings block"
+    with TestClient(create_app(bundle)) as client:
+        assert client.get("/v1/model").json()["trained_by"] == said
+    ensemble_like = dataclasses.replace(card, train_config={k: v for k, v in card.train_config.items()
+                                                            if k != TRAINED_BY})
+    assert "Its weights were" not in render(ensemble_like) and card_summary(ensemble_like)["trained_by"] is None
 
 
 def test_a_pipe_in_place_of_the_int8_sidecar_does_not_hold_the_model_card(tiny_bundle: Path, tmp_path: Path) -> None:

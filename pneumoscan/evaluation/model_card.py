@@ -24,8 +24,8 @@ from pneumoscan.core.names import shown
 from pneumoscan.inference.onnx_runtime import INT8_NAME, Int8Key, Int8Operating, read_sidecar, spec_path
 from pneumoscan.models import PLUGINS_ENV
 from pneumoscan.models.card import (ENSEMBLE, INIT_CARD, INIT_IN_PLACE, INIT_SAMPLE, MACRO_AUC, MEMBER_SAMPLES,
-                                   SAMPLED_FROM, TEACHER_SAMPLES, TRAINING_FILMS, WRITER, BundleCard, load_card,
-                                   out_of_fold_ensemble, save_card)
+                                   SAMPLED_FROM, TEACHER_SAMPLES, TRAINED_BY, TRAINING_FILMS, WRITER, BundleCard,
+                                   load_card, out_of_fold_ensemble, save_card)
 from .held_out import HeldOutFindings
 from .subgroups import DIFFERENCES_NOTE, blocks, differences_said, recorded, table_rows
 
@@ -692,6 +692,20 @@ def _plugins_sentence(card: BundleCard) -> str:
             f"command line, `{PLUGINS_ENV}={','.join(modules)}`).")
 
 
+def trained_by_said(card: BundleCard) -> str | None:
+    """The pneumoscans that trained the weights, in words (:data:`~pneumoscan.models.card.TRAINED_BY`, oldest
+    first): a run resumed from a checkpoint of a version before 0.3 records None for it, which the settings block
+    shows as ``null``. None where the card records none (an ensemble, a card older than the record)."""
+    versions = card.train_config.get(TRAINED_BY)
+    if not versions:
+        return None
+    known = ", then by ".join(f"pneumoscan {v}" for v in versions if v)  # the last is the one that finished it
+    if None in versions:
+        return (f"Its weights were begun by a version of pneumoscan before 0.3, which recorded none, and finished by "
+                f"{known}.")
+    return f"Its weights were trained by {known}."
+
+
 def render(card: BundleCard, int8: dict | None = None) -> str:
     """The text of MODEL_CARD.md for a bundle's card; ``int8`` the INT8 sidecar's figures, when it has validated
     ones (:meth:`Int8Operating.validated`)."""
@@ -719,7 +733,8 @@ def render(card: BundleCard, int8: dict | None = None) -> str:
         + ". Training configuration:\n\n"
         "```yaml\n" + (yaml.safe_dump(recipe, sort_keys=False) if recipe else "{}\n") + "```\n\n"
         + (f"Trained with {', '.join(f'{name} {v}' for name, v in libraries.items())}."
-           if libraries else "Library versions not recorded.") + _plugins_sentence(card),
+           if libraries else "Library versions not recorded.")
+        + (f" {trained}" if (trained := trained_by_said(card)) else "") + _plugins_sentence(card),
         f"## Operating threshold\n\n{_threshold_section(card)}",
         *([f"## INT8 model\n\n{_int8_section(int8)}"] if int8 else []),
         f"## Validation figures\n\n{_validation_section(card)}",
@@ -860,6 +875,7 @@ def card_summary(card: BundleCard) -> dict[str, Any]:
     return {
         "intended_use": intended_use(card),
         "out_of_scope": list(OUT_OF_SCOPE),
+        "trained_by": trained_by_said(card),
         # each with films_checked, without the caveats of its films' check and its label conflicts (paths on the
         # machine that evaluated)
         "external_evaluations": [{k: v for k, v in r.items() if k not in ("caveats", "label_conflicts")}

@@ -119,6 +119,9 @@ class ModelInfo(BaseModel):
                                "of its calls as a finding or its absence")
     intended_use: str = Field(description="what the model is for (MODEL_CARD.md)")
     out_of_scope: list[str] = Field(description="uses the model is not for")
+    trained_by: str | None = Field(description="the pneumoscan versions that trained the weights, in MODEL_CARD.md's "
+                                   "words (a run resumed from another version's checkpoint names both); null where "
+                                   "the card records none (an ensemble, a card older than the record)")
     external_evaluations: list[dict[str, Any]] = Field(description="evaluations on other data recorded in the card, "
                                                        "each with its figures by subgroup (subgroups; a "
                                                        "three-class decision's accuracy by subgroup, "
