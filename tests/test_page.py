@@ -409,6 +409,26 @@ def test_films_list_sort_csv_and_dicom_panel(page: Page, data_root: Path, tagged
     expect(page.locator("#status")).to_have_text(re.compile(rf"^Film: {re.escape(paths[1].name)}\. Reading: "))
 
 
+def test_the_csvs_name_says_the_time_in_utc_so_the_hour_the_clocks_go_back_sorts(browser: Browser, server: str,
+                                                                                 small: Path) -> None:
+    """The CSV was named by the reader's local clock without its offset: in London on 25 October 2026, a list saved
+    at 01:30 BST and one saved 45 minutes later, at 01:15 GMT, were named 01-30-00 and 01-15-00 and sorted the wrong
+    way, and two sites' files could not be put in one order. Named in UTC with a Z, they sort as saved, anywhere."""
+    info = httpx.get(f"{server}/v1/model").json()
+    version = re.sub(r"[^\w.-]+", "-", f"{info['id']} {info['version']}")  # as the page names the model
+    with opened_page(browser, server, timezone_id="Europe/London") as page:
+        upload_one(page, small)
+        names = []
+        for instant in ("2026-10-25T00:30:00Z", "2026-10-25T01:15:00Z"):  # 01:30 BST, then 01:15 GMT
+            page.clock.set_fixed_time(instant)
+            with page.expect_download() as download:
+                page.click("#export")
+            names.append(download.value.suggested_filename)
+    assert names == [f"pneumoscan-readings_2026-10-25_00-30-00Z_{version}.csv",
+                     f"pneumoscan-readings_2026-10-25_01-15-00Z_{version}.csv"]
+    assert sorted(names) == names
+
+
 def contrast(a: str, b: str) -> float:
     """WCAG contrast ratio of two CSS rgb() colours."""
     def luminance(colour: str) -> float:

@@ -1062,10 +1062,10 @@ def test_leaving_a_list_not_exported_asks_first(page: Page, small: Path) -> None
             again.click("#export")
         # a session's CSV is named by the time it was saved and the model that read it, in an order that sorts
         model = "-".join(again.locator("#card dd").nth(i).inner_text() for i in (0, 1)).replace(":", "-")
-        assert re.fullmatch(rf"pneumoscan-readings_\d{{4}}-\d\d-\d\d_\d\d-\d\d-\d\d_{re.escape(model)}\.csv",
+        assert re.fullmatch(rf"pneumoscan-readings_\d{{4}}-\d\d-\d\d_\d\d-\d\d-\d\dZ_{re.escape(model)}\.csv",
                             download.value.suggested_filename), download.value.suggested_filename
-        assert again.evaluate("() => csvName(new Date(2026, 0, 2, 3, 4, 5))") == (
-            f"pneumoscan-readings_2026-01-02_03-04-05_{model}.csv")
+        assert again.evaluate("() => csvName(new Date(Date.UTC(2026, 0, 2, 3, 4, 5)))") == (
+            f"pneumoscan-readings_2026-01-02_03-04-05Z_{model}.csv")
         again.get_by_role("button", name="Reading", exact=True).click()  # sorted: no reading changed since it was saved
         with again.expect_event("close"):
             again.close(run_before_unload=True)

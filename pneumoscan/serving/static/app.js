@@ -1599,12 +1599,13 @@ window.addEventListener("beforeunload", (event) => {
   if (films.length && contentOf(csv()) !== saved) event.preventDefault();
 });
 
-// The CSV's file name: the time it was saved, on the reader's clock, and the model that read the films, so that a
-// day's sessions sort in the order saved and none overwrites another (pneumoscan-readings.csv was every session's)
+// The CSV's file name: the time it was saved, in UTC (Z), and the model that read the films, so that sessions sort in
+// the order saved and none overwrites another (pneumoscan-readings.csv was every session's). On the reader's clock
+// without its offset, the hour the clocks go back sorted out of order and two sites' files could not be put in one
 function csvName(now = new Date()) {
   const two = (n) => String(n).padStart(2, "0");
-  const time = `${now.getFullYear()}-${two(now.getMonth() + 1)}-${two(now.getDate())}_` +
-    `${two(now.getHours())}-${two(now.getMinutes())}-${two(now.getSeconds())}`;
+  const time = `${now.getUTCFullYear()}-${two(now.getUTCMonth() + 1)}-${two(now.getUTCDate())}_` +
+    `${two(now.getUTCHours())}-${two(now.getUTCMinutes())}-${two(now.getUTCSeconds())}Z`;
   // the model's id and version, each character a file name may not hold (the version's "sha256:") a "-"
   const model = cardModel ? `_${cardModel.replace(/[^\w.-]+/g, "-")}` : "";
   return `pneumoscan-readings_${time}${model}.csv`;
