@@ -495,6 +495,37 @@ def test_each_film_opens_at_its_own_window_unless_the_reader_locks_one(page: Pag
     assert page.input_value("#preset") == "bone"
 
 
+def test_each_film_opens_fitted_and_at_its_own_zoom_and_pan_when_shown_again(page: Page, small: Path,
+                                                                             data_root: Path) -> None:
+    """Showing another film put the film left back at zoom 1, centred: a reader who zoomed in on a finding, looked at
+    the next film and came back had to find it again. As in a PACS viewer, a film opens fitted the first time and
+    at the zoom and pan the reader left it at when shown again, as its window does."""
+    later = other_film(data_root)
+    page.set_input_files("#file", [small, later])
+    expect(page.locator("#status")).to_have_text("2 films: 2 read, 0 rejected.")
+    readout = page.locator("#readout-wl")
+    for _ in range(3):
+        page.click("#zoom-in")
+    page.click("#pan-mode")
+    page.locator("#view").focus()
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("ArrowDown")
+    zoomed = readout.inner_text()
+    assert "zoom 1.00x" not in zoomed, zoomed
+    left = page.evaluate("() => [view.zoom, view.panX, view.panY]")
+    assert left[1] != 0 and left[2] != 0, "panned"
+    seen = test_page.centre(page)
+    page.get_by_role("button", name=f"show {small.name}").click()  # another film: fitted the first time
+    expect(page.locator("#film-title")).to_have_text(f"Film: {small.name}")
+    expect(readout).to_have_text("level 128, width 255, zoom 1.00x")
+    assert page.evaluate("() => [view.zoom, view.panX, view.panY]") == [1, 0, 0]
+    page.get_by_role("button", name=f"show {later.name}").click()  # the film again: where the reader left it
+    expect(page.locator("#film-title")).to_have_text(f"Film: {later.name}")
+    expect(readout).to_have_text(zoomed)
+    assert page.evaluate("() => [view.zoom, view.panX, view.panY]") == left
+    assert test_page.centre(page) == seen
+
+
 def test_the_list_and_the_csv_say_the_same_of_a_film_in_each_state(page: Page, small: Path, data_root: Path) -> None:
     """The list and the CSV built their words for a film without a reading apart: the list said "waiting" where the
     CSV said "waiting: not read yet". Each state, rejected (an empty file), not read (the service busy), read and

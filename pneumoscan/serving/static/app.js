@@ -505,7 +505,11 @@ function grayOf(source) {
   });
 }
 
+// Each film opens fitted the first time it is shown and at the zoom and pan the reader left it at when shown again, as
+// its window does (openWindow) and as in a PACS viewer: put back at zoom 1, a finding zoomed in on was lost to a look
+// at the next film. The film leaving the viewer keeps its own.
 async function loadFilm(film) {
+  if (view.film) view.film.frame = { zoom: view.zoom, panX: view.panX, panY: view.panY };
   if (view.film !== film) emptyViewer();
   $("film-pending").hidden = view.film === film;  // the same film shown again stays in the viewer while decoded
   const source = film.result.image || URL.createObjectURL(film.file);
@@ -515,7 +519,8 @@ async function loadFilm(film) {
     // a reduced copy keeps its decoded original (the browser's memory, not a copy) for the part in view zoomed in;
     // the film shown before is let go, and the part read from it
     const original = w !== img.naturalWidth || h !== img.naturalHeight ? img : null;
-    Object.assign(view, { film, gray, original, w, h, cam: null, zoom: 1, panX: 0, panY: 0 });
+    Object.assign(view, { film, gray, original, w, h, cam: null, zoom: 1, panX: 0, panY: 0, ...film.frame });
+    keepInView();  // a viewer resized since holds less of the film
     detail = null;
     if (film.cam) await loadCam(film);
     $("film-pending").hidden = true;
@@ -765,8 +770,8 @@ function zoomMost() {
   return ZOOM_MAX * (view.original ? view.original.naturalWidth / view.w : 1);
 }
 
-// Zoom from a key, a button or the wheel (a film opens fitted, at 1), about the viewer's point (x, y) as zoomAt: said,
-// and at either end said to be the end
+// Zoom from a key, a button or the wheel (a film opens fitted, at 1, the first time it is shown: loadFilm), about the
+// viewer's point (x, y) as zoomAt: said, and at either end said to be the end
 function setZoom(zoom, x, y) {
   zoomAt(zoom, x, y);
   const end = view.zoom === zoomMost() ? ", the furthest in" : view.zoom === ZOOM_MIN ? ", the furthest out" : "";
