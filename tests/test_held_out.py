@@ -257,6 +257,17 @@ def _beside_a_strangers_split(tiny_bundle: Path, tiny_dataset: Path, folder: Pat
     return bundle
 
 
+def _added_on_its_training_films(bundle: Path, run_bundle: Path, tmp_path: Path) -> dict:
+    """The record `evaluate --add-to-card` adds to BUNDLE's card on the training films of RUN_BUNDLE's run (its
+    weights'), given as a site's manifest (tmp_path/site.csv)."""
+    trained = [dataclasses.replace(r, split="") for r in discover(run_bundle.parent / "split.csv").records
+               if r.split == "train"]
+    write_manifest(trained, tmp_path / "site.csv")
+    assert cli.main(["evaluate", str(bundle), str(tmp_path / "site.csv"), "--add-to-card", "--out",
+                     str(tmp_path / "eval")]) == 0
+    return load_card(bundle).external_evaluations[-1]
+
+
 def test_a_bundle_beside_another_runs_split_is_taken_as_copied_out_of_its_run(
     tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -266,12 +277,7 @@ def test_a_bundle_beside_another_runs_split_is_taken_as_copied_out_of_its_run(
     card recorded at training: here the bundle is one copied out of its run, its evaluation unchecked, and the
     reason names both files. predict's warning of training films read that other split too."""
     bundle = _beside_a_strangers_split(tiny_bundle, tiny_dataset, tmp_path / "elsewhere")
-    trained = [dataclasses.replace(r, split="") for r in discover(tiny_bundle.parent / "split.csv").records
-               if r.split == "train"]
-    write_manifest(trained, tmp_path / "site.csv")
-    assert cli.main(["evaluate", str(bundle), str(tmp_path / "site.csv"), "--add-to-card", "--out",
-                     str(tmp_path / "eval")]) == 0
-    record = load_card(bundle).external_evaluations[-1]
+    record = _added_on_its_training_films(bundle, tiny_bundle, tmp_path)
     assert record["films_checked"] is False, record
     split = tmp_path / "elsewhere" / "split.csv"
     assert f"the split.csv beside it ({split}) is not its run's" in record["caveats"][0], record["caveats"]
@@ -324,10 +330,7 @@ def test_a_card_older_than_the_splits_record_has_the_split_beside_it_proved_by_i
     bundle = _older_card(_beside_a_strangers_split(tiny_bundle, tiny_dataset, tmp_path / "elsewhere"))
     split = bundle.parent / "split.csv"
     build_cache([r.path for r in discover(split).records], load_card(bundle).spec)  # `pneumoscan cache` would
-    write_manifest([dataclasses.replace(r, split="") for r in trained], tmp_path / "site.csv")
-    assert cli.main(["evaluate", str(bundle), str(tmp_path / "site.csv"), "--add-to-card", "--out",
-                     str(tmp_path / "eval")]) == 0
-    record = load_card(bundle).external_evaluations[-1]
+    record = _added_on_its_training_films(bundle, run, tmp_path)
     assert record["films_checked"] is False, record
     assert f"the split.csv beside it ({split}) is not its run's: its films are not the ones" in record["caveats"][0]
 
@@ -340,12 +343,7 @@ def test_evaluate_add_to_card_says_a_split_it_could_not_prove_its_runs(
     stranger's. The record's caveats say it, and MODEL_CARD.md shows it; a threshold's record alike."""
     monkeypatch.setenv("PNEUMOSCAN_CACHE", str(tmp_path / "no-cache"))
     bundle = _older_card(_beside_a_strangers_split(tiny_bundle, tiny_dataset, tmp_path / "elsewhere"))
-    trained = [dataclasses.replace(r, split="") for r in discover(tiny_bundle.parent / "split.csv").records
-               if r.split == "train"]
-    write_manifest(trained, tmp_path / "site.csv")
-    assert cli.main(["evaluate", str(bundle), str(tmp_path / "site.csv"), "--add-to-card", "--out",
-                     str(tmp_path / "eval")]) == 0
-    record = load_card(bundle).external_evaluations[-1]
+    record = _added_on_its_training_films(bundle, tiny_bundle, tmp_path)
     said = f"so {bundle.parent / 'split.csv'} is taken as its run's split without proof"
     assert [c for c in record["caveats"] if said in c], record["caveats"]
     assert said in (bundle / "MODEL_CARD.md").read_text(encoding="utf-8")
