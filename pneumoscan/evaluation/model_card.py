@@ -789,9 +789,9 @@ def stale_model_card(directory: Path | str) -> str | None:
 
 
 def say_stale_model_cards(bundles: Iterable[Path | str | None]) -> None:
-    """Warn, once as a command that reads them starts (predict, pacs, serve), of each of ``bundles`` (None: no such
-    stage) whose MODEL_CARD.md is not its card's text (:func:`stale_model_card`): a reader of the file would take a
-    0.2.0 bundle's text for what the readings' card says."""
+    """Warn, once a command that reads them (predict, pacs, serve) has read them and checked their files, of each of
+    ``bundles`` (None: no such stage) whose MODEL_CARD.md is not its card's text (:func:`stale_model_card`): a
+    reader of the file would take a 0.2.0 bundle's text for what the readings' card says."""
     for stale in filter(None, map(stale_model_card, filter(None, bundles))):
         log.warning("%s", stale)
 
