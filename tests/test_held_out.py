@@ -321,7 +321,8 @@ def test_a_card_older_than_the_splits_record_has_the_split_beside_it_proved_by_i
     """An older card took any split.csv beside it as its run's with a warning, and evaluate --add-to-card on its own
     training films beside a stranger's split marked them "checked". Where the split's films are in the image cache
     (its run's, built at training; `pneumoscan cache SPLIT --bundle B`), the card's data checksum tells it from that
-    cache with no film decoded: its own run's split is taken without a warning, a stranger's is not its run's."""
+    cache with no film decoded: its own run's split is taken without a warning; a stranger's is not the films it
+    trained on, and an evaluation of others is unchecked for that reason."""
     run = _older_card(shutil.copytree(tiny_bundle.parent, tmp_path / "run") / "bundle")
     trained = [r for r in discover(run.parent / "split.csv").records if r.split == "train"]
     with pytest.raises(ValueError, match="training split"):
@@ -332,7 +333,7 @@ def test_a_card_older_than_the_splits_record_has_the_split_beside_it_proved_by_i
     build_cache([r.path for r in discover(split).records], load_card(bundle).spec)  # `pneumoscan cache` would
     record = _added_on_its_training_films(bundle, run, tmp_path)
     assert record["films_checked"] is False, record
-    assert f"the split.csv beside it ({split}) is not its run's: its films are not the ones" in record["caveats"][0]
+    assert f"the films of the split.csv beside it ({split}) are not the ones" in record["caveats"][0]
 
 
 def test_evaluate_add_to_card_says_a_split_it_could_not_prove_its_runs(
@@ -350,3 +351,56 @@ def test_evaluate_add_to_card_says_a_split_it_could_not_prove_its_runs(
     assert cli.main(["threshold", str(bundle), str(tmp_path / "site.csv"), "--youden", "--out",
                      str(tmp_path / "thresholded")]) == 0
     assert [c for c in load_card(tmp_path / "thresholded").threshold_records[-1]["caveats"] if said in c]
+
+
+def _run_on_films_of_its_own(tiny_bundle: Path, tiny_dataset: Path, folder: Path, split_checksum: bool) -> Path:
+    """A copy of tiny_bundle's run whose split.csv lists a copy of the tiny dataset's films (in FOLDER/data), which
+    a test may change without touching the session's; ``split_checksum``: its card records its split as a run of
+    this version's does, else none (0.2.0's). Returns its bundle."""
+    films = shutil.copytree(tiny_dataset, folder / "data")
+    bundle = shutil.copytree(tiny_bundle.parent, folder / "run") / "bundle"
+    split = bundle.parent / "split.csv"
+    write_manifest([dataclasses.replace(r, path=r.path.replace(str(tiny_dataset), str(films)))
+                    for r in discover(split).records], split)
+    return as_run_split(bundle) if split_checksum else _older_card(bundle)
+
+
+def _exported_again(paths: list[str]) -> None:
+    """A site's films exported again under the same paths: brighter, saved at another quality."""
+    from PIL import Image, ImageEnhance
+
+    for path in paths:
+        with Image.open(path) as film:
+            ImageEnhance.Brightness(film.convert("L")).enhance(1.2).save(path, format="JPEG", quality=90)
+
+
+def test_an_older_cards_split_whose_films_were_exported_again_keeps_its_training_films_refused(
+    tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A card older than the split's record (0.2.0's) in its run, its films exported again in place since training:
+    the image cache of the films as they are now disproves the split beside it, and it was taken as another run's,
+    so that evaluate on the bundle's own training films measured them, unchecked, and --add-to-card recorded them.
+    The card cannot tell films changed from another run's split: the message says both, with the check and the
+    count of films, the films the split lists are refused as its training films all the same, and an evaluation on
+    others stays unchecked, for the reason."""
+    bundle = _run_on_films_of_its_own(tiny_bundle, tiny_dataset, tmp_path, split_checksum=False)
+    split = bundle.parent / "split.csv"
+    records = discover(split).records
+    build_cache([r.path for r in records], load_card(bundle).spec)
+    with pytest.raises(ValueError, match="training split"):  # as trained: the cache proves it its run's
+        check_held_out([bundle], [r for r in records if r.split == "train"], "evaluate")
+    assert "not the ones" not in caplog.text and "without proof" not in caplog.text
+    _exported_again([r.path for r in records])
+    build_cache([r.path for r in records], load_card(bundle).spec)  # `pneumoscan cache SPLIT --bundle B` would
+    trained = [r for r in records if r.split == "train"]
+    with pytest.raises(ValueError, match=r"training split .*its films are not the ones its card records"):
+        check_held_out([bundle], trained, "evaluate")
+    said = (f"the films of the split.csv beside it ({split}) are not the ones {bundle / 'bundle.json'} records it "
+            f"was trained and validated on: their data checksum (pixels, labels and sides of the {len(records)} "
+            "films it lists, read from the image cache) is another")
+    assert said in caplog.text
+    assert "changed since training" in caplog.text and "or it is another run's split.csv" in caplog.text
+    assert "is not its run's" not in caplog.text
+    findings = check_held_out([bundle], discover(tiny_dataset).split("test"), "evaluate")
+    assert said in findings.unknown_source(bundle), findings
+

@@ -176,6 +176,7 @@ class _Run(NamedTuple):
     films: dict[str, Record]
     train: set[str]
     val: set[str]  # the validation films its task reads: those that chose its temperature and threshold
+    unlike: bool = False  # its films are not the ones its card records (SplitBeside.unlike): read as its run's
 
 
 def check_held_out(bundles: Sequence[Path | str], records: Sequence[Record], purpose: str, hint: str = "",
@@ -337,10 +338,12 @@ def _weight_runs(given: _Given, bundle: Path, card: BundleCard | None, proven: _
         own = proven if how == "" else None
         split = own.split if own is not None else RunFolder.of(path).split
         beside = split_beside(path, card, prove=True) if own is None and how != "replaced" else None
-        foreign = beside.foreign if beside is not None else None
+        foreign, unlike = (beside.foreign, beside.unlike) if beside is not None else (None, None)
         if beside is not None and beside.unproved is not None:  # a card's record of these films must say so
             given.warn(beside.unproved)
-        if (why := _unknown_source(bundle, path, how, given.purpose, split, foreign)) is not None:
+        if unlike is not None:
+            log.warning("%s: %s", path, unlike)
+        if (why := _unknown_source(bundle, path, how, given.purpose, split, foreign, unlike)) is not None:
             given.unknown.setdefault(os.path.realpath(bundle), why)
         films, unresolved = _run_films(path, given.purpose, how, split, own.records if own is not None else None,
                                        foreign)
@@ -350,7 +353,7 @@ def _weight_runs(given: _Given, bundle: Path, card: BundleCard | None, proven: _
             given.warn(unresolved)
         if films:
             runs.append(_Run(path, how, split, films,
-                             *(_read_side(path, films, card, side) for side in ("train", "val"))))
+                             *(_read_side(path, films, card, side) for side in ("train", "val")), unlike is not None))
     return runs
 
 
@@ -375,8 +378,10 @@ def _refuse_trained(given: _Given, bundle: Path, runs: Sequence[_Run]) -> None:
     total = len(set().union(*(set(f) for _, f in trained)))
     among = (f"; {total} counting the training splits of all {len(trained)} bundles its weights come from"
              if len(trained) > 1 else "")
+    unlike = (f"; {run.split} is taken as its run's split, though its films are not the ones its card records: "
+              "changed since training, or another run's split" if run.unlike else "")
     raise ValueError(f"{len(films)} of the films given to {purpose} were in {run.path}'s training split "
-                     f"(e.g. {films[0]}{among}): {purpose} on films {run.path} did not train on{given.hint}"
+                     f"(e.g. {films[0]}{among}{unlike}): {purpose} on films {run.path} did not train on{given.hint}"
                      f"{_SOURCE_NOTES[run.how].format(bundle=bundle)}")
 
 
@@ -458,18 +463,22 @@ def _refuse_mostly_copies(given: _Given, copies: Sequence[tuple[str, str]], bund
 
 
 def _unknown_source(bundle: Path, path: Path, how: str, purpose: str, split: Path,
-                    foreign: str | None = None) -> str | None:
+                    foreign: str | None = None, unlike: str | None = None) -> str | None:
     """Why the training films of PATH, a source of BUNDLE's weights (:func:`_weight_sources`), are unknown here:
     no run's split.csv beside it (none, or another run's: ``foreign``,
-    :func:`~pneumoscan.models.card.split_beside`'s reason), or an ensemble member trained again since; None when its
-    run's ``split`` is there (beside it, or proved to be its run's: :func:`check_held_out`'s ``run_split``)."""
-    if how != "replaced" and split.exists() and foreign is None:
+    :func:`~pneumoscan.models.card.split_beside`'s reason), a split beside it whose films are not the ones its card
+    records (``unlike``: films changed since training, or another run's split), or an ensemble member trained again
+    since; None when its run's ``split`` is there (beside it, or proved to be its run's: :func:`check_held_out`'s
+    ``run_split``)."""
+    if how != "replaced" and split.exists() and foreign is None and unlike is None:
         return None
     why = (f"it was trained again since {bundle} learnt from it" if how == "replaced" else
-           foreign if foreign is not None else
+           foreign if foreign is not None else unlike if unlike is not None else
            f"no {split.name} of its run beside it: copied out of its run folder, or made elsewhere?")
+    what = (f"the films {split} lists are refused as its training films all the same" if unlike is not None else
+            f"give it in its run folder (RUN/bundle beside RUN/{split.name})")
     return (f"{bundle}: its weights come from {path} ({why}), so it cannot be checked that it never trained on the "
-            f"films given to {purpose}; give it in its run folder (RUN/bundle beside RUN/{split.name})")
+            f"films given to {purpose}; {what}")
 
 
 def _copies(given: set[str], sides: Sequence[set[str]]) -> list[list[tuple[str, str]]]:

@@ -454,11 +454,14 @@ def proven_run_split(bundle: Path | str, data: Path | str, read: LabelledFilms |
 
 class SplitBeside(NamedTuple):
     """What the split.csv beside a bundle is to it (:func:`split_beside`): ``foreign``, why it is not its run's (it
-    is not read as the run's); ``unproved``, why it is read as the run's without proof. Both None: it is the run's,
-    or there is none to read."""
+    is not read as the run's); ``unproved``, why it is read as the run's without proof; ``unlike``, why its films are
+    not the ones the bundle was trained and validated on, where its card cannot tell films changed since training
+    from another run's split (it is read as the run's, its films refused as its training films, and whether the
+    bundle trained on others is unknown). All None: it is the run's, or there is none to read."""
 
     foreign: str | None = None
     unproved: str | None = None
+    unlike: str | None = None
 
 
 def split_beside(bundle: Path | str, card: BundleCard | None, prove: bool = False) -> SplitBeside:
@@ -469,7 +472,8 @@ def split_beside(bundle: Path | str, card: BundleCard | None, prove: bool = Fals
     gone), an ensemble (its members' runs hold the splits). A card older than the record has its split proved with
     ``prove`` where that is cheap (:func:`_proved_by_cache`: its films' image cache at hand, no film decoded), and is
     otherwise taken as its run's, ``unproved`` saying so (``predict``'s check of training films, about 35 ms, does not
-    open a cache)."""
+    open a cache); disproved, it is ``unlike``: the card cannot tell whether its films were changed since training (a
+    site's films exported again under the same paths, whose split is still the run's) or it is another run's."""
     split = RunFolder.of(Path(bundle)).split
     if card is None or card.model == ENSEMBLE or not split.is_file():
         return SplitBeside()
@@ -480,30 +484,34 @@ def split_beside(bundle: Path | str, card: BundleCard | None, prove: bool = Fals
             f"the {split.name} beside it ({split}) is not its run's: its SHA-256 is {actual[7:19]}..., where "
             f"{Path(bundle) / CARD} recorded {card.split_checksum[7:19]}... when its run wrote its split (copied into "
             f"a folder holding another {split.name}, such as the one `pneumoscan split` writes?)"))
-    proved = _proved_by_cache(card, split) if prove else None
-    if proved is None:
+    films = _proved_by_cache(card, split) if prove else None
+    if films is None:
         return SplitBeside(unproved=(
             f"{bundle} records no checksum of its run's split (a bundle written before pneumoscan kept one), so "
             f"{split} is taken as its run's split without proof: a bundle copied into a folder holding another "
             "split.csv would have that split's films checked as its own (`pneumoscan cache "
             f"{split} --bundle {bundle}` caches the split's films, whereby the card's data checksum proves it or not)"))
-    return SplitBeside() if proved else SplitBeside(foreign=(
-        f"the {split.name} beside it ({split}) is not its run's: its films are not the ones {Path(bundle) / CARD} "
-        "records it was trained and validated on (their pixels, labels and sides: its data checksum), so it is "
-        f"another run's {split.name}, or its films were changed since"))
+    proved, count = films
+    return SplitBeside() if proved else SplitBeside(unlike=(
+        f"the films of the {split.name} beside it ({split}) are not the ones {Path(bundle) / CARD} records it was "
+        f"trained and validated on: their data checksum (pixels, labels and sides of the {count} films it lists, "
+        "read from the image cache) is another. Its films were changed since training (a site's films exported "
+        f"again under the same paths?), or it is another run's {split.name}: the card records no checksum of its run's "
+        "split to tell which"))
 
 
-def _proved_by_cache(card: BundleCard, split: Path) -> bool | None:
+def _proved_by_cache(card: BundleCard, split: Path) -> tuple[bool, int] | None:
     """Whether SPLIT lists the films CARD's bundle was trained and validated on, told by the card's data checksum
     from the image cache of SPLIT's films where one is at hand (:func:`~pneumoscan.data.cache.cached`: its run's,
-    built when it trained, or `pneumoscan cache SPLIT --bundle BUNDLE`'s): no film is decoded. None where it cannot be
-    told so: a card without a data checksum (0.2.0's), or no such cache (cleared, or the films touched since)."""
+    built when it trained, or `pneumoscan cache SPLIT --bundle BUNDLE`'s): no film is decoded; with the count of
+    films SPLIT lists, which the checksum covers. None where it cannot be told so: a card without a data checksum
+    (0.1.0's), or no such cache (cleared, or the films touched since)."""
     if not card.data_checksum:
         return None
     records = discover(split).records
     if (cache := cached([r.path for r in records], card.spec)) is None:
         return None
-    return data_checksum(cache, records) == card.data_checksum
+    return data_checksum(cache, records) == card.data_checksum, len(records)
 
 
 @functools.cache
