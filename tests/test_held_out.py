@@ -404,3 +404,21 @@ def test_an_older_cards_split_whose_films_were_exported_again_keeps_its_training
     findings = check_held_out([bundle], discover(tiny_dataset).split("test"), "evaluate")
     assert said in findings.unknown_source(bundle), findings
 
+
+def test_a_copied_bundle_given_its_runs_split_whose_films_were_exported_again_says_so(
+    tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A bundle copied out of its run, given its run's split.csv (the file its card recorded) whose films were
+    exported again in place since training: the proof by the data checksum failed, and the split was taken as no
+    run's, its films unchecked, so that --add-to-card recorded its own validation films. The split is its run's by
+    its checksum: its films are checked as the run's (validation films refused for a card's record), and the log
+    says its films changed since training, with the check and the count of films."""
+    run = _run_on_films_of_its_own(tiny_bundle, tiny_dataset, tmp_path, split_checksum=True)
+    split = run.parent / "split.csv"
+    _exported_again([r.path for r in discover(split).records])
+    bundle = shutil.copytree(run, tmp_path / "elsewhere" / "bundle")
+    with pytest.raises(ValueError, match="validation films"):
+        evaluate(bundle, split, "val", add_to_card=True)
+    assert (f"{split} is the split {bundle}'s run wrote (its SHA-256 is the one {bundle / 'bundle.json'} recorded), "
+            "but its films are not the ones it was trained and validated on: their data checksum (pixels, labels "
+            "and sides of the 48 films it lists) is another") in caplog.text

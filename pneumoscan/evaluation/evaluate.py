@@ -300,7 +300,8 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
     each film checked against the second stage's training films too. ``backend`` scores as ``predict
     --backend`` does: with ``onnx-int8``, the bundles' INT8 models at their own thresholds. A bundle copied out of its
     run, given that run's split.csv as DATA, has its films checked against it as against a split.csv beside it, once
-    its card's data checksum proves it the run's (:func:`~pneumoscan.models.card.proven_run_split`). ``by`` (fields:
+    its card's data checksum proves it the run's, or its split checksum proves it the file its run wrote, its films
+    changed since (:func:`~pneumoscan.models.card.proven_run_split`). ``by`` (fields:
     :func:`~.subgroups.film_values`) adds the figures of each of their groups at the same threshold under
     ``subgroups`` (:func:`~.subgroups.subgroup_figures`; a three-class decision's accuracy under its block's), each
     rate's test of a difference across the groups adjusted over all of them (:func:`~.subgroups.adjust`), a field no
@@ -327,7 +328,7 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
                               "record an evaluation in the card" if add_to_card else "evaluate",
                               policy=HeldOutPolicy(validation_warning=True, refuse_validation=add_to_card,
                                                    int8=backend == "onnx-int8", refuse_unchecked=add_to_card),
-                              cards=[card], run_split=data if proven else None, run_records=films.every)
+                              cards=[card], run_split=data if proven.listed else None, run_records=films.every)
     if add_to_card and not has_both_classes(binary_targets(targets)):
         raise ValueError(f"add_to_card (--add-to-card) needs films of both classes ({' and '.join(task.classes)}): "
                          "on one class a card's AUC, precision and F1 are undefined or meaningless; the report still "

@@ -434,22 +434,42 @@ def _built_cache(records: Sequence[Record], spec: PreprocessSpec) -> ImageCache:
     return build_cache([r.path for r in records], spec, progress=True)
 
 
-def proven_run_split(bundle: Path | str, data: Path | str, read: LabelledFilms | None = None) -> bool:
+class RunSplit(NamedTuple):
+    """What DATA is to the run a bundle was copied out of (:func:`proven_run_split`): ``listed``, its run's split,
+    whose films the held-out check takes as the run's; ``as_trained``, with the very films the bundle was trained
+    and validated on (its card's data checksum)."""
+
+    listed: bool = False
+    as_trained: bool = False
+
+
+def proven_run_split(bundle: Path | str, data: Path | str, read: LabelledFilms | None = None) -> RunSplit:
     """Whether DATA is the split of the run BUNDLE was copied out of (no split.csv of its run beside it:
     :func:`run_split`), proved by the card's data checksum (:func:`films_as_trained`): the same films, pixels, labels
     and sides, in the same order, which the held-out check (:func:`~pneumoscan.evaluation.held_out.check_held_out`'s
     ``run_split``) then checks against as the split beside it. Only a manifest of train and val films can be one: the
-    films of other data are not decoded. Below evaluation and training, so that ``evaluate`` (from Python too) and
-    ``export --int8`` make the one proof. ``read``: DATA as the caller read it
-    (:func:`~pneumoscan.data.labelled.labelled_films`), whose records are not listed again, nor its films' pixels
-    read again when its cache holds every split."""
+    films of other data are not decoded. DATA that is the file its run wrote (the card's ``split_checksum``) lists
+    the run's films whatever became of them: films changed since training (a site's films exported again under the
+    same paths) are its run's films all the same, said so in the log, not ``as_trained``. Below evaluation and
+    training, so that ``evaluate`` (from Python too) and ``export --int8`` make the one proof. ``read``: DATA as the
+    caller read it (:func:`~pneumoscan.data.labelled.labelled_films`), whose records are not listed again, nor its
+    films' pixels read again when its cache holds every split."""
     card = load_card(bundle)
     beside = RunFolder.of(Path(bundle)).split.is_file() and split_beside(bundle, card).foreign is None  # the check's
     if beside or not card.data_checksum:
-        return False
+        return RunSplit()
     records = discover(data).records if read is None else read.every
-    return {r.split for r in records} == {"train", "val"} and films_as_trained(
-        bundle, records, read=None if read is None else read.cache)
+    if {r.split for r in records} != {"train", "val"}:
+        return RunSplit()
+    if films_as_trained(bundle, records, read=None if read is None else read.cache):
+        return RunSplit(listed=True, as_trained=True)
+    if not (card.split_checksum and Path(data).is_file() and file_sha256(data) == card.split_checksum):
+        return RunSplit()
+    log.warning("%s is the split %s's run wrote (its SHA-256 is the one %s recorded), but its films are not the ones "
+                "it was trained and validated on: their data checksum (pixels, labels and sides of the %d films it "
+                "lists) is another: changed since training (a site's films exported again under the same paths?)",
+                data, bundle, Path(bundle) / CARD, len(records))
+    return RunSplit(listed=True)
 
 
 class SplitBeside(NamedTuple):

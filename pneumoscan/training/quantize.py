@@ -279,7 +279,7 @@ def _copied_run_split(bundle: Path, card: BundleCard, data: Path | str, val: Lab
     its thresholds (no `threshold` or `ensemble --data` chose them on others), proved by the card's data checksum
     (:func:`proven_run_split`, given DATA's val films as read: ``val``): the same films, pixels, labels and sides, in
     the same order."""
-    return not _chosen_off_run(bundle, card) and proven_run_split(bundle, data, read=val)
+    return not _chosen_off_run(bundle, card) and proven_run_split(bundle, data, read=val).as_trained
 
 
 def _chosen_off_run(bundle: Path, card: BundleCard) -> bool:
