@@ -405,6 +405,24 @@ def test_an_older_cards_split_whose_films_were_exported_again_keeps_its_training
     assert said in findings.unknown_source(bundle), findings
 
 
+def test_a_card_without_a_data_checksum_says_nothing_can_prove_its_split_and_what_to_do(
+    tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path,
+) -> None:
+    """A card that records neither its run's split nor its training films (0.1.0's) has nothing to prove the split
+    beside it by: the caveat told its user to cache the split's films, whereby the card's data checksum would prove
+    it, and the cache built changed nothing. It says once that nothing can, and what the user can do."""
+    bundle = _older_card(shutil.copytree(tiny_bundle.parent, tmp_path / "run") / "bundle")
+    save_card(bundle, dataclasses.replace(load_card(bundle), data_checksum=""))
+    split = bundle.parent / "split.csv"
+    build_cache([r.path for r in discover(split).records], load_card(bundle).spec)
+    caveats = check_held_out([bundle], discover(tiny_dataset).split("test"), "evaluate").caveats
+    said = [c for c in caveats if "without proof" in c]
+    assert len(said) == 1, caveats
+    assert f"nothing can prove {split} its run's split" in said[0], said
+    assert "Keep the bundle in its run folder" in said[0] and "trained again" in said[0], said
+    assert "pneumoscan cache" not in said[0], said
+
+
 def test_a_copied_bundle_given_its_runs_split_whose_films_were_exported_again_says_so(
     tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -504,12 +504,19 @@ def split_beside(bundle: Path | str, card: BundleCard | None, prove: bool = Fals
             f"the {split.name} beside it ({split}) is not its run's: its SHA-256 is {actual[7:19]}..., where "
             f"{Path(bundle) / CARD} recorded {card.split_checksum[7:19]}... when its run wrote its split (copied into "
             f"a folder holding another {split.name}, such as the one `pneumoscan split` writes?)"))
+    if not card.data_checksum:
+        return SplitBeside(unproved=(
+            f"{bundle} records no checksum of its run's split nor of its training films (a bundle written before "
+            f"pneumoscan kept them, such as 0.1.0's), so nothing can prove {split} its run's split, and it is taken "
+            "as its run's without proof: a bundle copied into a folder holding another split.csv would have that "
+            "split's films checked as its own. Keep the bundle in its run folder, beside the split.csv its run wrote; "
+            "a bundle trained again with this version records both"))
     films = _proved_by_cache(card, split) if prove else None
     if films is None:
         return SplitBeside(unproved=(
-            f"{bundle} records no checksum of its run's split (a bundle written before pneumoscan kept one), so "
-            f"{split} is taken as its run's split without proof: a bundle copied into a folder holding another "
-            "split.csv would have that split's films checked as its own (`pneumoscan cache "
+            f"{bundle} records no checksum of its run's split (a bundle written before pneumoscan kept one, such as "
+            f"0.2.0's), so {split} is taken as its run's split without proof: a bundle copied into a folder holding "
+            "another split.csv would have that split's films checked as its own (`pneumoscan cache "
             f"{split} --bundle {bundle}` caches the split's films, whereby the card's data checksum proves it or not)"))
     proved, count = films
     return SplitBeside() if proved else SplitBeside(unlike=(
@@ -524,10 +531,8 @@ def _proved_by_cache(card: BundleCard, split: Path) -> tuple[bool, int] | None:
     """Whether SPLIT lists the films CARD's bundle was trained and validated on, told by the card's data checksum
     from the image cache of SPLIT's films where one is at hand (:func:`~pneumoscan.data.cache.cached`: its run's,
     built when it trained, or `pneumoscan cache SPLIT --bundle BUNDLE`'s): no film is decoded; with the count of
-    films SPLIT lists, which the checksum covers. None where it cannot be told so: a card without a data checksum
-    (0.1.0's), or no such cache (cleared, or the films touched since)."""
-    if not card.data_checksum:
-        return None
+    films SPLIT lists, which the checksum covers. None where it cannot be told so: no such cache (cleared, or the
+    films touched since)."""
     records = discover(split).records
     if (cache := cached([r.path for r in records], card.spec)) is None:
         return None
