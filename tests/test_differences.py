@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from scipy.stats import chi2_contingency, fisher_exact
+from sklearn.metrics import roc_auc_score
 
-from pneumoscan.core.metrics.differences import holm, rate_difference
+from pneumoscan.core.metrics.differences import auc_difference, holm, rate_difference
 
 
 def test_one_film_a_patient_gives_fishers_exact_p() -> None:
@@ -66,3 +67,80 @@ def test_holm_steps_down_from_the_smallest_p() -> None:
     assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
     assert holm([0.5, 0.6]) == [1.0, 1.0]
     assert holm([]) == []
+
+
+def _auc(positive: np.ndarray, scores: np.ndarray) -> float:
+    """ROC AUC by its definition: the share of positive-negative pairs scored in order, a tie counting half."""
+    above = scores[positive][:, None] - scores[~positive][None, :]
+    return float(np.mean((above > 0) + (above == 0) / 2))
+
+
+def _every_shuffle_p(positive: np.ndarray, scores: np.ndarray, groups: np.ndarray, patients: np.ndarray) -> float:
+    """AUC's permutation p by hand: every assignment of patients to groups that keeps each group's patients of each
+    class (positive films only, negative only, both), each group's AUC by its pairs, their spread weighted by
+    1 / (1 / positive patients + 1 / negative patients); the share at least as spread as the real groups."""
+    from itertools import permutations, product
+
+    units = np.unique(patients)
+    unit_group = np.array([groups[patients == u][0] for u in units])
+    unit_class = np.array([(positive[patients == u].any(), (~positive[patients == u]).any()) for u in units])
+    strata = [np.flatnonzero((unit_class == c).all(axis=1)) for c in ((True, False), (False, True), (True, True))]
+    k = groups.max() + 1
+    sides = np.array([[unit_class[unit_group == g, side].sum() for g in range(k)] for side in (0, 1)])
+    weight = 1 / (1 / sides).sum(axis=0)
+
+    def spread(assigned: np.ndarray) -> float:
+        film_group = assigned[np.searchsorted(units, patients)]
+        auc = np.array([_auc(positive[film_group == g], scores[film_group == g]) for g in range(k)])
+        return float((weight * (auc - (weight * auc).sum() / weight.sum()) ** 2).sum())
+
+    observed, spreads = spread(unit_group), []
+    for orders in product(*(set(permutations(unit_group[s].tolist())) for s in strata)):
+        assigned = unit_group.copy()
+        for stratum, order in zip(strata, orders):
+            assigned[stratum] = order
+        spreads.append(spread(assigned))
+    return float(np.mean(np.array(spreads) >= observed - 1e-12))
+
+
+def test_auc_difference_agrees_with_every_shuffle_counted_by_hand() -> None:
+    """The vectorised AUCs and shuffles within each class give about the p of every assignment counted, each AUC by
+    its pairs (sklearn's, checked; 9,999 drawn: Monte Carlo error under 0.005): three groups of tied scores and
+    patients of two films; two groups with patients of a positive and a negative film."""
+    patients = np.array([0, 0, 1, 2, 3, 3, 4, 5, 6, 7, 8, 9, 10, 11, 11])
+    positive = np.array([True] * 8 + [False] * 7)
+    groups = np.array([0, 0, 0, 1, 2, 2, 1, 2, 0, 0, 1, 1, 2, 2, 2])
+    scores = np.array([0.9, 0.8, 0.7, 0.9, 0.4, 0.6, 0.6, 0.3, 0.2, 0.3, 0.1, 0.6, 0.5, 0.5, 0.3])
+    exact = _every_shuffle_p(positive, scores, groups, patients)
+    assert _auc(positive, scores) == pytest.approx(roc_auc_score(positive, scores))
+    assert 0.02 < exact < 0.5
+    assert auc_difference(positive, scores, groups, patients) == pytest.approx(exact, abs=0.015)
+    patients = np.array([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 10, 11, 11])
+    positive = np.array([True] * 5 + [False] * 5 + [True, False, True, False])
+    groups = np.array([0, 0, 0, 1, 1, 0, 0, 1, 1, 1, 0, 0, 1, 1])
+    scores = np.array([0.9, 0.8, 0.6, 0.5, 0.4, 0.3, 0.2, 0.6, 0.45, 0.3, 0.7, 0.5, 0.6, 0.5])
+    exact = _every_shuffle_p(positive, scores, groups, patients)
+    assert 0.02 < exact < 0.5
+    assert auc_difference(positive, scores, groups, patients) == pytest.approx(exact, abs=0.015)
+
+
+def test_auc_difference_counts_a_patients_films_once() -> None:
+    """Each patient filmed twice, both films scored alike: the evidence is the patients', so the p-value is the one
+    film a patient gives; the same films taken as patients of their own would give a far smaller one."""
+    rng = np.random.default_rng(2)
+    positive = np.arange(80) % 2 == 0
+    groups = np.arange(80) // 40
+    scores = rng.random(80) + positive * np.where(groups == 0, 0.6, 0.15)
+    once = auc_difference(positive, scores, groups, np.arange(80))
+    twice = np.repeat(np.arange(80), 2)
+    assert auc_difference(positive[twice], scores[twice], groups[twice], twice) == pytest.approx(once)
+    assert auc_difference(positive[twice], scores[twice], groups[twice], np.arange(160)) < once / 5
+
+
+def test_auc_difference_refuses_what_it_cannot_test() -> None:
+    """A patient in two groups cannot be shuffled as one, and a group without both classes has no AUC."""
+    with pytest.raises(ValueError, match="a patient's films are in several groups"):
+        auc_difference(np.array([True, False, True, False]), np.arange(4.0), np.array([0, 1, 1, 0]),
+                       np.array([0, 0, 1, 2]))
+    with pytest.raises(ValueError, match="a group without both positive and negative films has no AUC"):
+        auc_difference(np.array([True, False, True, True]), np.arange(4.0), np.array([0, 0, 1, 1]), np.arange(4))
