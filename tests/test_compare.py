@@ -479,7 +479,20 @@ def test_compare_sets_each_groups_figures_side_by_side_and_names_fields_a_run_la
                         for i in range(2) for run in (plain, tta) for g in [groups[run][i]]]
     assert rows[3][-1] == "(too few patients for a 95% CI)"  # site B: no interval
     assert "* by subtype: figures by subgroup in plain; none in tta" in lines and "by subtype, each" not in table
+    # each run's test of AUC across the sites beneath the table, beside the rates', and on each row of the paper's
+    # table; a metrics.json written before AUC was tested is read as it is, its AUC untested
     m = json.loads((tta / "metrics.json").read_text())
+    tests = {run: json.loads((run / "metrics.json").read_text())["subgroups"]["differences"]["site"]["auc"]
+             for run in (plain, tta)}
+    assert all(f"{run.name}: " in table and difference_said("auc", tests[run]) in table for run in (plain, tta))
+    del m["subgroups"]["differences"]["site"]["auc"]
+    (tta / "metrics.json").write_text(json.dumps(m))
+    table = format_table(compare_runs([plain, tta], tmp_path / "both"))
+    with (tmp_path / "both" / "compare_subgroups.csv").open() as f:
+        written = [row for row in csv.DictReader(f) if row["field"] == "site"]
+    assert "auc_hits" not in written[0] and [(row["run"], row["auc_p"], row["auc_test"]) for row in written] == [
+        ("plain", str(tests[plain]["p"]), difference_said("auc", tests[plain]))] * 2 + [("tta", "", "")] * 2
+    assert difference_said("auc", tests[tta]) not in table
     m["subgroups"]["fields"]["site"][0]["auc"]["value"] = 7.5
     (tta / "metrics.json").write_text(json.dumps(m))
     with pytest.raises(ValueError, match=r"tta/metrics.json: subgroups\.fields\.site\[A\]\.auc\.value is 7\.5"):
@@ -547,7 +560,10 @@ def test_compare_sets_a_three_class_decisions_accuracy_by_subgroup_side_by_side_
     for edited, said in (({"specificity": tests["specificity"]}, r" has no test of sensitivity beside its others"),
                          (tests | {"sensitivity": {"groups": 3}}, r"\.sensitivity is neither a test"),
                          (tests | {"specificity": {"p": 0.5, "groups": 3, "patients": 9, "left_out": 1}},
-                          r"\.specificity is neither a test")):
+                          r"\.specificity is neither a test"),
+                         (tests | {"auc": {"p": 0.5, "groups": 2, "patients": 9, "left_out": 1,
+                                           "compared": [{"value": "A", "auc": 0.5}]}}, r"\.auc is neither a test"),
+                         (tests | {"auc": {"none": "why", "one_class": "normal"}}, r"\.auc\.one_class is not a list")):
         (tta / "metrics.json").write_text(json.dumps(m | {"subgroups": m["subgroups"] | {
             "differences": {"subtype": edited}}}))
         with pytest.raises(ValueError, match=r"tta/metrics.json: subgroups\.differences\.subtype" + said):

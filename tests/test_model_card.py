@@ -24,7 +24,7 @@ from pneumoscan.evaluation.model_card import (CARD_METRICS, MODEL_CARD, VALIDATI
                                               intended_use, write_model_card)
 from pneumoscan.inference.onnx_runtime import INT8_NAME, spec_path
 from pneumoscan.evaluation.evaluate import evaluate
-from pneumoscan.evaluation.subgroups import differences_said, table_rows
+from pneumoscan.evaluation.subgroups import difference_said, differences_said, table_rows
 from pneumoscan.models.card import (INIT_SAMPLE, MEMBER_SAMPLES, SAMPLED_FROM, TEACHER_SAMPLES, TRAINED_BY,
                                    BundleCard, load_card, save_card, trained_sample)
 from pneumoscan.serving.app import create_app
@@ -821,6 +821,10 @@ def test_add_to_card_by_field_records_the_figures_by_subgroup_in_the_card_and_v1
             f"| B | 4 | 4 | {site_b['sensitivity']['hits']} of 2 (too few patients for a 95% CI) | "
             f"{site_b['specificity']['hits']} of 2 (too few patients for a 95% CI) | "
             "(too few patients for a 95% CI) |") in body
+    # the sites' tests beneath, AUC's with the rates', as evaluate says them
+    auc = record["subgroups"]["differences"]["site"]["auc"]
+    said = differences_said(record["subgroups"], "site")
+    assert "p" in auc and difference_said("auc", auc) in said and said in body
     with TestClient(create_app(bundle)) as client:
         assert client.get("/v1/model").json()["external_evaluations"][0]["subgroups"] == record["subgroups"]
     plain = {k: v for k, v in record.items() if k != "subgroups"}

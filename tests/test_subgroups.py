@@ -15,7 +15,8 @@ from pneumoscan import cli
 from pneumoscan.core.metrics.differences import holm
 from pneumoscan.data.layouts import discover
 from pneumoscan.evaluation.evaluate import evaluate
-from pneumoscan.evaluation.subgroups import NOT_RECORDED, difference_said, figure_said
+from pneumoscan.evaluation.subgroups import (FIGURE_NAMES, NOT_RECORDED, difference_said, figure_said,
+                                             subgroup_figures)
 from tests.builders import dicom_bytes, site_manifest
 
 
@@ -72,6 +73,17 @@ def test_groups_add_up_and_each_has_the_figures_of_its_own_films_at_the_bundles_
     line = f"sensitivity p = {sensitivity['p']:.3f}, adjusted = {sensitivity['p_holm']:.3f} (2 groups, 8 patients)"
     assert line in " ".join(printed.split()) and line in page
     assert "Beneath each table, a permutation test over patients" in " ".join(printed.split())
+    # AUC's test: across both sites, over all 16 patients, each site's AUC the table's; by subtype no group has both
+    # classes, which it says in place of a p
+    auc = block["differences"]["site"]["auc"]
+    assert (auc["groups"], auc["patients"], auc["left_out"]) == (2, 16, 0) and "p_holm" in auc
+    assert [(c["value"], c["auc"], c["positive"], c["negative"]) for c in auc["compared"]] == [
+        (g["value"], pytest.approx(g["auc"]["value"]), g["positive"], g["negative"]) for g in (site_a, site_b)]
+    line = f"AUC p = {auc['p']:.3f}, adjusted = {auc['p_holm']:.3f} (2 groups, 16 patients)"
+    assert line in " ".join(printed.split()) and line in page
+    said = "AUC: not tested (fewer than two groups have both positive and negative films)"
+    assert block["differences"]["subtype"]["auc"]["one_class"] == ["bacteria", "normal", "virus"]
+    assert said in " ".join(printed.split()) and said in page
 
 
 def test_a_patient_filmed_in_two_groups_is_left_out_of_the_test_as_it_says(
@@ -103,6 +115,33 @@ def test_a_patient_filmed_in_two_groups_is_left_out_of_the_test_as_it_says(
                 f"B {counted[1]['hits']} of 1)") in difference_said("sensitivity", test)
     else:
         assert test["none"] == f"all 6 positive films called {'right' if hits else 'wrong'}: nothing differs"
+
+
+def test_a_group_that_leaving_patients_out_empties_is_not_tested_saying_why() -> None:
+    """Three sites, B's positive films all of patients with films at A too: left out of the tests, they leave B no
+    positive film, so sensitivity and AUC are not tested (a p over A and C alone would read as the sites'), each
+    saying how many patients were left out and why; specificity, of other patients, is tested. A site of one class
+    is named as left out of AUC's test of the others."""
+    sites = np.array(list("AAAACCCCBB") + list("AAAACCCCBB"))
+    y = np.repeat([1, 0], 10)
+    patients = np.array(["a", "b", "c", "d", "e", "f", "g", "h", "a", "c"] + [f"n{i}" for i in range(10)])
+    scores = np.linspace(0.05, 0.95, 20)[::-1]
+    scores[[1, 12, 15]] = [0.1, 0.8, 0.9]  # some films of each class called wrong at 0.5
+    tests = subgroup_figures({"site": sites}, patients, binary=(y, scores, 0.5))["differences"]["site"]
+    for name in ("sensitivity", "auc"):
+        assert (tests[name]["left_out"], "p" in tests[name]) == (2, False), name
+        assert difference_said(name, tests[name]) == (
+            f"{FIGURE_NAMES[name]}: not tested (2 patients with films in several groups left out; B has no positive "
+            "films of patients in one group)")
+    specificity = tests["specificity"]
+    assert (specificity["left_out"], specificity["groups"], "p" in specificity) == (0, 3, True)
+    # B's positive films of patients of their own, its negative films at C: AUC compares A and C, naming B
+    sites[[18, 19]] = "C"
+    patients[[8, 9]] = ["i", "j"]
+    auc = subgroup_figures({"site": sites}, patients, binary=(y, scores, 0.5))["differences"]["site"]["auc"]
+    assert ([c["value"] for c in auc["compared"]], auc["one_class"], auc["left_out"]) == (["A", "C"], ["B"], 0)
+    assert difference_said("auc", auc).endswith(
+        "(2 groups, 18 patients; B without both positive and negative films: no AUC)")
 
 
 def test_a_field_no_film_records_is_refused_naming_those_they_do(tiny_bundle: Path, tiny_dataset: Path,

@@ -31,7 +31,7 @@ from pneumoscan.models.card import CARD, WEIGHTS, BundleCard, load_card
 from pneumoscan.models.run_folder import METRICS, CvFolder, RunFolder
 from .model_card import counted
 from .report import forest_figure, roc_figure
-from .subgroups import DECISION_BLOCKS, FIGURE_NAMES, TESTED, difference_said, figure_said, group_order, tests_said
+from .subgroups import DECISION_BLOCKS, FIGURE_NAMES, RATES, difference_said, figure_said, group_order, tests_said
 
 TRAINING_DATA = "validation (chose its threshold)"  # a training run's data, as its metrics.json and compare name it
 
@@ -48,14 +48,16 @@ FIELDS = ("run", "model", "task", "data", "n", "patients", "ci_unit",
           "minutes", "optimistic", "three_class_decision", "three_class_classes", "three_class_ci_unit",
           *(f"three_class_{name}{end}" for name in THREE_CLASS for end in ("", "_low", "_high")))
 RATE_CELLS = ("", "_low", "_high", "_hits", "_of", "_p", "_p_holm", "_test")  # a tested rate's, by subgroup
+AUC_CELLS = ("", "_low", "_high", "_p", "_p_holm", "_test")  # AUC's, by subgroup: a rate's but its films hit
 # compare_subgroups.csv: a row a run, field and group (and decision among the classes, where a run has several), each
-# figure with its CI's ends and films counted, each rate's test of a difference across the field's groups (its p,
+# figure with its CI's ends and films counted, each rate's and AUC's test of a difference across the groups (its p,
 # Holm-adjusted over the run's tests, and in words what it compared or why none) repeated on each group's row, as a
 # paper's table gives it
 SUBGROUP_FIELDS = ("run", "model", "task", "data", "scores", "threshold", "ci_unit", "field", "group", "films",
                    "patients", "positive", "negative",
                    *(f"{name}{end}" for name in ("sensitivity", "specificity") for end in RATE_CELLS),
-                   "auc", "auc_low", "auc_high", "three_class_decision", *(f"accuracy{end}" for end in RATE_CELLS),
+                   *(f"auc{end}" for end in AUC_CELLS), "three_class_decision",
+                   *(f"accuracy{end}" for end in RATE_CELLS),
                    "tests")
 OPTIMISTIC = " (optimistic *)"  # a run's mark, in the table and the figure alike, for the reasons beneath the table
 
@@ -148,28 +150,25 @@ def subgroup_rows(runs: Sequence[RunSummary]) -> list[dict[str, Any]]:
                            "negative": binary.get(value, {}).get("negative"),
                            "tests": r.subgroups.get("tests", block.get("tests")),
                            "three_class_decision": decision}
-                    row |= _figure_cells("auc", binary.get(value, {}).get("auc"))
-                    for figure in ("sensitivity", "specificity"):
+                    for figure in SUBGROUP_FIGURES:
                         row |= _figure_cells(figure, binary.get(value, {}).get(figure), r.subgroups, name)
                     rows.append(row | _figure_cells("accuracy", groups.get(value, {}).get("accuracy"), block, name))
     return rows
 
 
-def _figure_cells(name: str, entry: dict[str, Any] | None, block: dict[str, Any] | None = None,
-                  field_name: str = "") -> dict[str, Any]:
-    """A figure's cells of compare_subgroups.csv: its value, its CI's ends (none where too few patients), the films
-    it counts, and, with its ``block``, its field's test of a difference across the groups, in figures and words
+def _figure_cells(name: str, entry: dict[str, Any] | None, block: dict[str, Any], field_name: str) -> dict[str, Any]:
+    """A figure's cells of compare_subgroups.csv: its value, its CI's ends (none where too few patients), the films it
+    counts (a rate's), and its field's test of a difference across the groups in ``block``, in figures and words
     (:func:`~.subgroups.difference_said`)."""
     ci = (entry or {}).get("ci") or [None, None]
     cells = {name: (entry or {}).get("value"), f"{name}_low": ci[0], f"{name}_high": ci[1]}
-    if block is None:
-        return cells
     tests = (block.get("differences") or {}).get(field_name)
     test = (tests or {}).get(name) or {}
-    return cells | {f"{name}_hits": (entry or {}).get("hits"), f"{name}_of": (entry or {}).get("of"),
-                    f"{name}_p": test.get("p"), f"{name}_p_holm": test.get("p_holm"),
-                    # in words: what it compared (not the table's films where patients were left out), or why none
-                    f"{name}_test": difference_said(name, test) if tests else None}
+    counted = {} if name == "auc" else {f"{name}_{key}": (entry or {}).get(key) for key in ("hits", "of")}
+    return cells | counted | {f"{name}_p": test.get("p"), f"{name}_p_holm": test.get("p_holm"),
+                              # in words: what it compared (not the table's films where patients were left out), or
+                              # why none; none where it was not tested (AUC, by a version before it was)
+                              f"{name}_test": difference_said(name, test) if test else None}
 
 
 def subgroup_figure(rows: Sequence[dict[str, Any]]) -> Figure:
@@ -291,7 +290,8 @@ def _subgroups(metrics_path: Path, m: dict, where: str = "") -> dict[str, Any]:
         raise ValueError(f"{metrics_path}: {where}subgroups.differences is not each field's tests")
     for name, tests in differences.items():
         at = f"{where}subgroups.differences.{name!s:.40}"
-        rates = {figure for g in fields.get(name, ()) for figure in TESTED if figure in g}
+        # AUC's test is not asked for: a result written before AUC was tested has none
+        rates = {figure for g in fields.get(name, ()) for figure in RATES if figure in g}
         if tests and (missing := sorted(rates - tests.keys())):
             raise ValueError(f"{metrics_path}: {at} has no test of {', '.join(missing)} beside its others")
         for figure, test in tests.items():
@@ -306,16 +306,21 @@ def _counts(block: dict, *keys: str) -> bool:
 
 
 def _checked_test(metrics_path: Path, test: dict, at: str) -> None:
-    """A field's test of a rate (:func:`~.subgroups.difference_said` says it) after checking it is either why none
-    was made or a p with the groups and patients it compared, and the films it counted where patients were left
-    out: an edited test must be refused by its file, not end in a traceback or read as made."""
+    """A field's test of a figure (:func:`~.subgroups.difference_said` says it) after checking it is either why none
+    was made or a p with the groups and patients it compared, and the films it counted (a rate's hits, or AUC's with
+    its films of each class) where patients were left out, and the groups without both classes an AUC's names: an
+    edited test must be refused by its file, not end in a traceback or read as made."""
     _checked_cis(metrics_path, test, ("p", "p_holm"), f"{at}.")
+    one_class = test.get("one_class", [])
+    if not (isinstance(one_class, list) and all(isinstance(value, str) for value in one_class)):
+        raise ValueError(f"{metrics_path}: {at}.one_class is not a list of groups")
     if isinstance(test.get("none"), str):
         return
     compared = test.get("compared")
     if not (_number(test.get("p")) and _counts(test, "groups", "patients") and (not test.get("left_out") or (
             _counts(test, "left_out") and isinstance(compared, list) and all(
-                isinstance(c, dict) and isinstance(c.get("value"), str) and _counts(c, "hits", "of")
+                isinstance(c, dict) and isinstance(c.get("value"), str)
+                and (_counts(c, "hits", "of") or (_number(c.get("auc")) and _counts(c, "positive", "negative")))
                 for c in compared)))):
         raise ValueError(f"{metrics_path}: {at} is neither a test (its p, groups and patients, and the films it "
                          "compared where patients were left out) nor why none was made")

@@ -3,9 +3,10 @@ scanner maker, site, view), its films and patients and the figures its films def
 never one chosen per group: sensitivity where it has positive films, specificity where it has negative ones, AUC
 where it has both, each with the interval evaluate gives the whole set (:mod:`pneumoscan.core.metrics`), counting
 patients; a three-class decision's accuracy. A group of too few patients for an interval says so instead of showing
-a rate that looks precise. Each field's sensitivity, specificity and accuracy are tested for a difference across its
-groups (:func:`~pneumoscan.core.metrics.differences.rate_difference`, a permutation test over patients), the
-p-values adjusted over every test of the evaluation (:func:`adjust`, Holm's).
+a rate that looks precise. Each field's sensitivity, specificity, AUC and accuracy are tested for a difference across
+its groups (:func:`~pneumoscan.core.metrics.differences.rate_difference` and
+:func:`~pneumoscan.core.metrics.differences.auc_difference`, permutation tests over patients), the p-values adjusted
+over every test of the evaluation (:func:`adjust`, Holm's).
 
 A film's fields are what its record knows (subtype, split), a manifest's own columns (:attr:`Record.columns`) and
 what :func:`~pneumoscan.data.scope.grouping` reads from its header with its scope check (format, PatientSex,
@@ -21,7 +22,7 @@ import numpy as np
 
 from pneumoscan.core.metrics import (binary_metrics, jsonable, proportion_ci, roc_auc, threshold_metrics_ci,
                                      with_ci)
-from pneumoscan.core.metrics.differences import holm, rate_difference
+from pneumoscan.core.metrics.differences import auc_difference, holm, rate_difference
 from pneumoscan.core.metrics.intervals import FEW_PATIENTS
 from pneumoscan.data.layouts import Record
 from pneumoscan.data.scope import ADULT, AGE_BANDS, GROUPING_FIELDS
@@ -32,17 +33,21 @@ NOT_RECORDED = "(not recorded)"  # the group of the films that do not record the
 # uses, and an exact interval of 2 of 2 patients, 0.16-1, says no more than "too few")
 SMALLEST = FEW_PATIENTS
 FIGURE_NAMES = {"sensitivity": "sensitivity", "specificity": "specificity", "auc": "AUC", "accuracy": "accuracy"}
-TESTED = ("sensitivity", "specificity", "accuracy")  # the rates tested for a difference across groups (not AUC)
+RATES = ("sensitivity", "specificity", "accuracy")  # the rates tested for a difference across groups (rate_difference)
+TESTED = ("sensitivity", "specificity", "auc", "accuracy")  # each figure tested so, in the order they are said
 # metrics.json's blocks of a decision among the classes (the most probable class; evaluate --etiology's two
 # stages), each with its figures by subgroup beside the binary ``subgroups``
 DECISION_BLOCKS = ("multiclass", "two_stage")
 # what the tests beneath each field's table tell and do not, said where they are shown
 DIFFERENCES_NOTE = ("Beneath each table, a permutation test over patients asks of each rate whether it differs across "
-                    "the field's groups by more than shuffling patients among them makes it differ (films without "
-                    "the field, and patients with films in several groups, left out); its adjusted p is Holm's over "
-                    "every test of the evaluation: read that one against 0.05. A small p does not say why the groups "
-                    "differ (their patients may differ in other ways); a large p on small groups is no sign that "
-                    "they are alike. AUC is not tested.")
+                    "the field's groups by more than shuffling patients among them makes it differ, and of AUC "
+                    "whether the groups rank films alike, among the groups with both positive and negative films; "
+                    "its adjusted p is Holm's over every test of the evaluation: read that one against 0.05. Films "
+                    "without the field are left out, and so are patients with films in several groups (one AP and "
+                    "one PA film), as a patient is shuffled whole and cannot be moved into one group: each test "
+                    "says how many, and is not made where that leaves a group without its films. A small p does not "
+                    "say why the groups differ (their patients may differ in other ways); a large p on small groups "
+                    "is no sign that they are alike.")
 _ORDER = [name for _, name in AGE_BANDS] + [ADULT]  # age bands youngest first, not as text sorts them
 
 
@@ -78,8 +83,8 @@ def subgroup_figures(values: Mapping[str, Sequence[str]], patients: np.ndarray,
     patients (``patients``: each film's unit, as evaluate's intervals count them) and figures: with ``binary`` (the
     films' 0/1 truth, positive-class scores and the bundle's threshold) sensitivity, specificity and AUC; with
     ``decision`` (truth and call among the classes) its accuracy. Undefined figures (no positive film) are None.
-    ``differences``: each field's test of each rate across its groups (:func:`_difference`), unadjusted until
-    :func:`adjust` has seen every block of the evaluation."""
+    ``differences``: each field's test of each rate (:func:`_difference`) and of AUC (:func:`_auc_difference`)
+    across its groups, unadjusted until :func:`adjust` has seen every block of the evaluation."""
     patients = np.asarray(patients)
     out: dict[str, Any] = {"smallest": SMALLEST, "fields": {}, "differences": {}}
     rates: dict[str, tuple[np.ndarray, np.ndarray, str]] = {}  # a tested rate's films and their hits
@@ -105,30 +110,81 @@ def subgroup_figures(values: Mapping[str, Sequence[str]], patients: np.ndarray,
                 group["accuracy"] = _proportion(rates["accuracy"][1][films], patients[films], "films")
             groups.append(group)
         out["fields"][field] = groups
-        out["differences"][field] = {name: _difference(hits[of], film_value[of], patients[of], what)
-                                     for name, (of, hits, what) in rates.items()}
+        tests = {name: _difference(hits[of], film_value[of], patients[of], what)
+                 for name, (of, hits, what) in rates.items()}
+        if binary is not None:
+            tests["auc"] = _auc_difference(y, np.asarray(scores), film_value, patients)
+        out["differences"][field] = tests
     return jsonable(out)
+
+
+def _apart(values: np.ndarray, patients: np.ndarray) -> tuple[np.ndarray, int]:
+    """The films a test of a field counts, of its recorded groups (``values``, one a film): films that record no value
+    (not a group of their own kind) and those of patients with films in several groups, whose groups would not be
+    apart (Kermany's ``personN_bacteria`` and ``personN_virus`` are one patient), are left out; with how many
+    patients are. A test on the others still holds, as which patients they are does not depend on their films'
+    calls."""
+    recorded = values != NOT_RECORDED
+    groups_of = Counter(unit for unit, _ in set(zip(patients[recorded].tolist(), values[recorded].tolist())))
+    shared = np.array([groups_of[unit] > 1 for unit in patients.tolist()], dtype=bool)
+    return recorded & ~shared, sum(count > 1 for count in groups_of.values())
+
+
+def _emptied(before: Sequence[str], after: set[str], kinds: str) -> str | None:
+    """Why a test is not made where leaving patients out (:func:`_apart`) took every film of ``kinds`` from a group
+    that had some (``before``): it would compare fewer groups than the table shows, unsaid; None where none was."""
+    if not (emptied := [value for value in before if value not in after]):
+        return None
+    return (f"{', '.join(emptied)} {'has' if len(emptied) == 1 else 'have'} no {kinds} of patients in one group")
+
+
+def _auc_difference(y: np.ndarray, scores: np.ndarray, values: np.ndarray, patients: np.ndarray) -> dict[str, Any]:
+    """A field's test of whether AUC differs across its groups (``values``), among those with both positive and
+    negative films (an AUC needs both; ``one_class`` names the others): its p-value
+    (:func:`~pneumoscan.core.metrics.differences.auc_difference`) with the groups and patients it compares, each
+    group's AUC and films of each class in ``compared``, or ``none``, why no test is made (fewer than two such
+    groups, or one left without a class once patients in several groups are left out, :func:`_apart`)."""
+    kept, left_out = _apart(values, patients)
+
+    def both(films: np.ndarray) -> list[str]:  # the groups with positive and negative films among FILMS
+        return [value for value in sorted(set(values[films].tolist()), key=group_order)
+                if len(set(y[films & (values == value)].tolist())) == 2]
+
+    recorded = values != NOT_RECORDED
+    before, after = both(recorded), both(kept)
+    films = kept & np.isin(values, after)
+    said: dict[str, Any] = {"groups": len(after), "patients": int(np.unique(patients[films]).size),
+                            "left_out": left_out}
+    if one_class := [value for value in sorted(set(values[recorded].tolist()), key=group_order)
+                     if value not in before]:
+        said["one_class"] = one_class
+    if len(before) < 2:
+        return said | {"none": "fewer than two groups have both positive and negative films"}
+    for label, kinds in ((1, "positive films"), (0, "negative films")):
+        if emptied := _emptied(before, set(values[kept & (y == label)].tolist()), kinds):
+            return said | {"none": emptied}
+    compared = [{"value": value, "auc": roc_auc(y[of], scores[of]), "positive": int(y[of].sum()),
+                 "negative": int((y[of] == 0).sum())} for value in after for of in [films & (values == value)]]
+    return said | {"p": auc_difference(y[films] == 1, scores[films], values[films], patients[films]),
+                   "compared": compared}
 
 
 def _difference(hits: np.ndarray, values: np.ndarray, patients: np.ndarray, what: str) -> dict[str, Any]:
     """A field's test of whether a rate (``hits`` of its films) differs across its groups (``values``): its p-value
     (:func:`~pneumoscan.core.metrics.differences.rate_difference`) with the groups and patients it compares, or
-    ``none``, why no test is made (fewer than two groups, or films all called alike: nothing to differ). Left out of
-    it: the films that record no value (not a group of their own kind), and the patients with films in several groups
-    (``left_out``: Kermany's ``personN_bacteria`` and ``personN_virus`` are one patient), whose groups would not be
-    apart; a test on the others still holds, as which patients they are does not depend on their films' calls.
+    ``none``, why no test is made (fewer than two groups, a group left without films once patients in several groups
+    are left out, ``left_out`` of them (:func:`_apart`), or films all called alike: nothing to differ).
     ``compared``: each group's films and hits the test counts."""
-    recorded = values != NOT_RECORDED
-    hits, values, patients = hits[recorded], values[recorded], patients[recorded]
-    groups_of = Counter(unit for unit, _ in set(zip(patients.tolist(), values.tolist())))
-    shared = np.array([groups_of[unit] > 1 for unit in patients.tolist()], dtype=bool)
-    hits, values, patients = hits[~shared], values[~shared], patients[~shared]
+    kept, left_out = _apart(values, patients)
+    before = sorted(set(values[values != NOT_RECORDED].tolist()), key=group_order)
+    hits, values, patients = hits[kept], values[kept], patients[kept]
     kinds = f"{what} films" if what else "films"
     said: dict[str, Any] = {"groups": int(np.unique(values).size), "patients": int(np.unique(patients).size),
-                            "left_out": sum(count > 1 for count in groups_of.values())}
-    if said["groups"] < 2:
-        return said | {"none": f"{kinds} in fewer than two groups"
-                               + (" once the patients in several are left out" if said["left_out"] else "")}
+                            "left_out": left_out}
+    if len(before) < 2:
+        return said | {"none": f"{kinds} in fewer than two groups"}
+    if emptied := _emptied(before, set(values.tolist()), kinds):
+        return said | {"none": emptied}
     if hits.all() or not hits.any():
         return said | {"none": f"all {hits.size} {kinds} called {'right' if hits.all() else 'wrong'}: nothing "
                                "differs"}
@@ -172,18 +228,29 @@ def adjust(metrics: Mapping[str, Any]) -> None:
 
 
 def difference_said(name: str, test: Mapping[str, Any] | None) -> str:
-    """A field's test of a rate in a sentence's words: its p, Holm-adjusted, with what it compares (the films it
-    counts where patients in several groups are left out: then not the table's), or why none."""
+    """A field's test of a figure in a sentence's words: its p, Holm-adjusted, with what it compares (the films it
+    counts where patients in several groups are left out: then not the table's) and the groups AUC's could not
+    compare, or why none; the patients left out counted either way."""
     if test is None:
         return f"{FIGURE_NAMES[name]}: not tested"
-    if "none" in test:
-        return f"{FIGURE_NAMES[name]}: no test ({test['none']})"
     left_out = test.get("left_out", 0)
+    apart = (f"{left_out} patient{'' if left_out == 1 else 's'} with films in several groups left out"
+             if left_out else "")
+    one_class = (f"{', '.join(test['one_class'])} without both positive and negative films: no AUC"
+                 if test.get("one_class") else "")
+    if "none" in test:
+        return f"{FIGURE_NAMES[name]}: not tested ({'; '.join(filter(None, (apart, test['none'])))})"
     return (f"{FIGURE_NAMES[name]} p {_p(test['p'])}, adjusted {_p(test.get('p_holm', test['p']))} "
-            f"({test['groups']} groups, {test['patients']} patients"
-            + (f"; {left_out} patient{'' if left_out == 1 else 's'} with films in several groups left out, "
-               "which leaves " + ", ".join(f"{c['value']} {c['hits']} of {c['of']}" for c in test["compared"])
-               if left_out else "") + ")")
+            f"({test['groups']} groups, {test['patients']} patients" + (f"; {one_class}" if one_class else "")
+            + (f"; {apart}, which leaves " + ", ".join(map(_compared_said, test["compared"])) if apart else "")
+            + ")")
+
+
+def _compared_said(group: Mapping[str, Any]) -> str:
+    """A group as a test compared it: its hits of its films, or its AUC with its films of each class."""
+    if "auc" in group:
+        return f"{group['value']} {group['auc']:.3f} ({group['positive']} positive, {group['negative']} negative films)"
+    return f"{group['value']} {group['hits']} of {group['of']}"
 
 
 def tests_said(block: Mapping[str, Any], field: str, figures: Sequence[str] = TESTED) -> str:
