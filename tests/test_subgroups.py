@@ -15,8 +15,8 @@ from pneumoscan import cli
 from pneumoscan.core.metrics.differences import holm
 from pneumoscan.data.layouts import discover
 from pneumoscan.evaluation.evaluate import evaluate
-from pneumoscan.evaluation.subgroups import (FIGURE_NAMES, NOT_RECORDED, difference_said, figure_said,
-                                             subgroup_figures)
+from pneumoscan.evaluation.subgroups import (FIGURE_NAMES, NOT_RECORDED, adjust, difference_said, differences_said,
+                                             figure_said, subgroup_figures)
 from tests.builders import dicom_bytes, site_manifest
 
 
@@ -203,3 +203,15 @@ def test_a_figure_recorded_without_its_interval_or_why_reads_as_one_without_an_i
     interval, not a KeyError."""
     assert figure_said({"value": 0.5}) == "0.500 (no 95% CI)"
     assert figure_said({"value": 1.0, "too_few": "few", "hits": 3, "of": 3}) == "3 of 3 (too few patients for a 95% CI)"
+
+
+def test_a_field_with_nothing_tested_claims_no_adjustment() -> None:
+    """One site of positive films, one of negative: no figure can be tested, so the line under the table says why
+    for each and claims no Holm adjustment over "0 tests"."""
+    metrics = {"subgroups": subgroup_figures({"site": np.array(list("AABB"))}, np.array(["a", "b", "c", "d"]),
+                                             binary=(np.array([1, 1, 0, 0]), np.array([0.9, 0.2, 0.7, 0.4]), 0.5))}
+    adjust(metrics)
+    said = differences_said(metrics["subgroups"], "site")
+    assert metrics["subgroups"]["tests"] == 0 and said.startswith(
+        "Do the groups differ by more than chance? (permutation test over patients): "), said
+    assert said.count("not tested") == 3, said

@@ -267,8 +267,8 @@ def differences_said(block: Mapping[str, Any], field: str) -> str:
     if not (said := tests_said(block, field)):
         return ""
     count = block.get("tests", 0)
-    return ("Do the groups differ by more than chance? (permutation test over patients, adjusted over the "
-            f"{count} test{'' if count == 1 else 's'} of this evaluation): {said}")
+    adjusted = f", adjusted over the {count} test{'' if count == 1 else 's'} of this evaluation" if count else ""
+    return f"Do the groups differ by more than chance? (permutation test over patients{adjusted}): {said}"
 
 
 def _p(p: float) -> str:
