@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import shutil
 import signal
@@ -28,7 +29,7 @@ from pneumoscan.core.figures import figure_bytes
 from pneumoscan.data.audit import audit, audit_figure, format_audit
 from pneumoscan.data.copies import EXACT, NEAR, picture_groups
 from pneumoscan.data.layouts import discover
-from pneumoscan.data.split import split_pool
+from pneumoscan.data.split import split_dataset, split_pool
 from tests.builders import dicom_bytes
 
 
@@ -580,3 +581,25 @@ def test_an_audit_after_a_train_or_another_audit_decodes_no_film_again(
     headers.clear()
     assert audit(found) | {"seconds": None} == fresh
     assert decoded == headers == []
+
+
+def test_a_manifest_whose_patients_are_in_a_column_of_its_own_is_told_to_name_it_patient(tmp_path: Path,
+                                                                                         caplog) -> None:
+    """A hospital's sheet keeps its patients under MRN: read as a field for evaluate --by, its two films of one child
+    were split one per film, and audit said nothing (its JSON counted them), split only that they had no id."""
+    rows = []
+    for i, (label, mrn) in enumerate([("NORMAL", "0007000"), ("NORMAL", "0007000"), ("PNEUMONIA", "0007013"),
+                                      ("PNEUMONIA", "0007026")]):
+        _picture(i, (32, 32)).save(tmp_path / f"{i}.png")
+        rows.append(f"{i}.png,{label},{mrn},north\n")
+    (manifest := tmp_path / "films.csv").write_text("path,label,MRN,site\n" + "".join(rows))
+    hint = ("the manifest's own columns mrn, site are read as fields to group figures by (evaluate --by), not as "
+            "patients: if one of them holds each film's patient, name it patient")
+    report = audit(discover(manifest), workers=1)
+    console = Console(file=io.StringIO(), width=1000)
+    console.print(format_audit(report))
+    assert (f"no patient id: 4 of 4 films (in their names, a manifest's patient column or a DICOM header), each a "
+            f"patient of its own to split and cv; {hint}") in console.file.getvalue()
+    with caplog.at_level(logging.WARNING, logger="pneumoscan.data.split"):
+        split_dataset(manifest, val_fraction=0.5)
+    assert caplog.messages[0].endswith(f"(path,label,patient); {hint}")

@@ -222,6 +222,24 @@ def test_a_manifest_in_another_spreadsheet_format_is_refused_saying_which(tmp_pa
         read_manifest(csv_path)
 
 
+def test_a_hospitals_sheet_with_columns_of_its_own_is_refused_naming_them_and_what_to_rename(tmp_path: Path) -> None:
+    """A researcher's sheet (MRN,file,dx,site) beside the films: given as the folder, it was refused with the layouts'
+    list alone; given itself, with the columns a manifest has but not the ones it has, nor which to rename."""
+    site = tmp_path / "site"
+    (site / "png").mkdir(parents=True)
+    Image.new("L", (32, 32)).save(site / "png" / "0007000_1.png")
+    (site / "films.csv").write_text("MRN,file,dx,site\n0007000,png/0007000_1.png,normal,north\n")
+    remedy = ("its columns are mrn,file,dx,site: name the one giving each film's file (relative to the CSV's "
+              "folder) path, and the one giving its class (NORMAL or PNEUMONIA) label")
+    with pytest.raises(ValueError) as folder:
+        discover(site)
+    assert f"no dataset layout recognises it: it holds {site / 'films.csv'}, a CSV that is no manifest; {remedy}" in (
+        str(folder.value))
+    with pytest.raises(ValueError) as sheet:
+        read_manifest(site / "films.csv")
+    assert str(sheet.value).endswith(f"no label or path column (columns: path,label[,subtype,patient,split]); {remedy}")
+
+
 def test_an_archive_or_a_workbook_given_as_data_is_not_called_utf16_text(tmp_path: Path) -> None:
     """The download given before it is unpacked (or an .xlsx, a zip too) is no text at all: it was refused as UTF-16
     text to save as comma-separated UTF-8, which sent the user to a spreadsheet they did not have."""

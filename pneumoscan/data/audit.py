@@ -32,7 +32,7 @@ from pneumoscan.data.decode import read_gray
 from pneumoscan.data.layouts import (HEADER_PATIENT, LABELS, SUBTYPES, Discovery, Layout, Record, absent_hint, layouts,
                                      own_patient)
 from pneumoscan.data.preprocess import resize, spread
-from pneumoscan.data.split import crowded_caveat, crowded_patient
+from pneumoscan.data.split import crowded_caveat, crowded_patient, own_columns_hint
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -115,6 +115,8 @@ def audit(discovery: Discovery, workers: int | None = None) -> dict:
         "patient_examples": _patient_examples(records, overlap),
         # films whose patient nothing names (file name, manifest, DICOM header): the overlap cannot count them
         "without_patient_id": sum(map(own_patient, records)),
+        # a manifest's own columns on those films (MRN), one of which may hold the patients (split.own_columns_hint)
+        "without_patient_id_hint": own_columns_hint(records),
         # one id on films of both classes: a typo, or a film filed under the other class (or a child filmed again)
         "patients_in_both_classes": _in_both_classes(records),
         # one id on more films than a child has: an anonymiser's (split.crowded_patient), which split keeps as one
@@ -383,9 +385,13 @@ def _patient_lines(report: dict) -> list[tuple[str, bool]]:
         lines.append((f"patients in both {pair}: {len(ids)}{some}", bool(ids)))
         lines += [(f"  {shown(p)}: {' | '.join(map(shown, report['patient_examples'][p]))}", True)
                   for p in ids[:10] if p.startswith(HEADER_PATIENT)]
+    hint = f"; {hint}" if (hint := report["without_patient_id_hint"]) else ""
     if report["patient_overlap"] and (unnamed := report["without_patient_id"]):
         lines.append((f"  not checked: {unnamed} of {report['n_images']} films carry no patient id (in their "
-                      "names, a manifest's patient column or a DICOM header)", True))
+                      f"names, a manifest's patient column or a DICOM header){hint}", True))
+    elif unnamed := report["without_patient_id"]:  # one set of films: what split and cv will make of them
+        lines.append((f"no patient id: {unnamed} of {report['n_images']} films (in their names, a manifest's patient "
+                      f"column or a DICOM header), each a patient of its own to split and cv{hint}", True))
     if crowded := report["crowded_patient"]:
         lines.append((crowded_caveat(crowded["patient"], crowded["films"], report["n_images"]), True))
     if both := report["patients_in_both_classes"]:

@@ -584,6 +584,14 @@ def _unrecognised(root: Path) -> str:
     children = sorted(root.iterdir())
     if inside := [shown(child) for child in children if _recognised(child) or _is_manifest(child)]:
         return f": it holds a dataset; give {' or '.join(inside)}"
+    if sheet := next((child for child in children if child.suffix.lower() == ".csv" and child.is_file()), None):
+        try:
+            with sheet.open(newline="", encoding="utf-8-sig", errors="replace") as f:
+                header = _manifest_header(csv.reader(f))
+        except (OSError, csv.Error):
+            header = []
+        if hint := _columns_hint(header):
+            return f": it holds {shown(sheet)}, a CSV that is no manifest{hint}"
     if any(_is_image(child) for child in children[:20] if child.is_file()):
         return (f": it holds films but no {' and '.join(LABELS)} folders: put them in those folders, or list them "
                 "with their labels in a CSV manifest (path,label)")
@@ -734,7 +742,8 @@ def read_manifest(csv_path: Path | str) -> Discovery:
             missing = {"path", "label"} - set(header)
             if missing:
                 raise ValueError(f"{csv_path}: not a manifest, no {' or '.join(sorted(missing))} column "
-                                 f"(columns: path,label[,subtype,patient,split]){_format_hint(header)}")
+                                 f"(columns: path,label[,subtype,patient,split])"
+                                 f"{_format_hint(header) or _columns_hint(header)}")
             for name in header:
                 if not name:
                     raise ValueError(f"{csv_path}: a column has no name ({','.join(header)})")
@@ -779,6 +788,15 @@ def _format_hint(header: list[str]) -> str:
     else:
         return ""
     return f"; {found}: save it as comma-separated UTF-8 (a spreadsheet's \"CSV UTF-8\")"
+
+
+def _columns_hint(header: list[str]) -> str:
+    """Which of a sheet's own columns to rename, for a CSV that is no manifest: a hospital's (MRN,file,dx,site) was
+    refused with the columns a manifest has, not the ones it has, and no word of which of them to rename."""
+    if not any(header):
+        return ""
+    return (f"; its columns are {','.join(header)}: name the one giving each film's file (relative to the CSV's "
+            "folder) path, and the one giving its class (NORMAL or PNEUMONIA) label")
 
 
 def absent_hint(absent: Sequence[str]) -> str:

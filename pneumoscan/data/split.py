@@ -47,15 +47,30 @@ def _warn_unnamed(records: Sequence[Record]) -> None:
     image is a group of its own, so one child's films can land on both sides, and a user must know the split is by
     image there; and when one id carries more films than a child has (:func:`crowded_patient`), kept as one patient."""
     unnamed = sum(map(own_patient, records))
+    columns = f"; {hint}" if (hint := own_columns_hint(records)) else ""
     if unnamed and unnamed == len(records):
         log.warning("no patient ids in file names: %d images split as %d groups, one per image, so one child's films "
                     "may land on both sides: give each film's patient in a manifest's patient column "
-                    "(path,label,patient)", unnamed, unnamed)
+                    "(path,label,patient)%s", unnamed, unnamed, columns)
     elif unnamed:
         log.warning("no patient id in %d of %d films (their names, a manifest or a DICOM header): those images are "
-                    "split as %d groups, one per image", unnamed, len(records), unnamed)  # fmt: skip
+                    "split as %d groups, one per image%s", unnamed, len(records), unnamed, columns)  # fmt: skip
     if crowded := crowded_patient(records):
         log.warning("%s", crowded_caveat(*crowded, len(records)))
+
+
+def own_columns_hint(records: Sequence[Record]) -> str:
+    """What to do when films without a patient id come from a manifest with columns of its own: a hospital's sheet
+    keeps its patients under its own name (``MRN``), which is read as a field for ``evaluate --by``, so one child's
+    films were split one per film with nothing pointing at the column that would have kept them together. Empty
+    when those films carry no such column."""
+    names = list(dict.fromkeys(name for rec in records if own_patient(rec) for name, _ in rec.columns))
+    if not names:
+        return ""
+    many = len(names) > 1
+    return (f"the manifest's own column{'s' if many else ''} {', '.join(names)} {'are' if many else 'is'} read as "
+            f"fields to group figures by (evaluate --by), not as patients: if {'one of them' if many else 'it'} holds "
+            "each film's patient, name it patient")
 
 
 # the most films one child has in the Kermany release's train/ (person23, 30 of its 5,216 films; 99 % of its 2,846
