@@ -280,15 +280,18 @@ def _trained(bundle: Path) -> str:
     model better than chance, or show its probabilities far off (its card's ranking and calibration caveats, which
     every consumer says), and one where they leave out files of the validation side (unreadable, or outside the
     task), as the card says too."""
-    from pneumoscan.core.metrics import format_figure
+    from pneumoscan.core.metrics import format_figure, with_ci
     from pneumoscan.evaluation.model_card import left_out_caveat
-    from pneumoscan.models.card import load_card
+    from pneumoscan.models.card import load_card, validation_films
 
     card = load_card(bundle)
     val = card.val_metrics
+    # each rate with its interval and the films it is on: a site's 9 validation films gave 1.000 three times
+    rate = {key: with_ci(val.get(key), (val.get("ci") or {}).get(key)) for key in ("sensitivity", "specificity",
+                                                                                   "accuracy")}
     return (f"{shown(bundle)}: validation AUC {format_figure(val.get('auc'), 4)}, threshold {card.threshold:.4f} "
-            f"({card.threshold_policy}): {_sensitivity(card, val.get('sensitivity'))}, "
-            f"specificity {format_figure(val.get('specificity'))}, accuracy {format_figure(val.get('accuracy'))}; "
+            f"({card.threshold_policy}): {_sensitivity(card, rate['sensitivity'])}, "
+            f"specificity {rate['specificity']}, accuracy {rate['accuracy']} on {validation_films(val)}; "
             f"with --tta {format_figure(card.tta_threshold, 4)}"
             # a task of more than two classes: its decision, as cv and evaluate print it beside the positive call
             + (f"\n   most probable class: accuracy {format_figure(val['three_class_accuracy'], 4)}, balanced "
@@ -298,12 +301,21 @@ def _trained(bundle: Path) -> str:
             + "".join(f"\n   {said}" for said in left_out_caveat(val.get("left_out", []), val.get("n", 0))))
 
 
-def _sensitivity(card: BundleCard, figure: float | None) -> str:
-    """A sensitivity as the result lines of ``train`` and ``threshold`` say it: named by the positive class it is
-    of, which an etiology bundle's is not obviously (``sensitivity (virus) 1.000``)."""
+def _sensitivity(card: BundleCard, said: str) -> str:
+    """A sensitivity as the result lines of ``train`` and ``threshold`` say it (``said``: the figure as written):
+    named by the positive class it is of, which an etiology bundle's is not obviously (``sensitivity (virus)
+    1.000``)."""
+    return f"sensitivity ({card.positive}) {said}"
+
+
+def _of_films(figure: float | None, films: int | None) -> str:
+    """A rate with the films it is of (``1.000 (5 of 5)``), as ``threshold`` says the rates it chose by: a few films
+    give 1.000 as readily as thousands; a record without its count gives the rate alone."""
     from pneumoscan.core.metrics import format_figure
 
-    return f"sensitivity ({card.positive}) {format_figure(figure)}"
+    if figure is None or not films:
+        return format_figure(figure)
+    return f"{format_figure(figure)} ({round(figure * films)} of {films})"
 
 
 def _print_left_out(left_out: list[dict], n: int) -> None:
@@ -461,7 +473,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_threshold(args: argparse.Namespace) -> int:
-    from pneumoscan.core.metrics import format_figure
     from pneumoscan.evaluation.rethreshold import rethreshold
 
     with _without_test_split("the test split never chooses a threshold: choose it on films the bundle never saw (a "
@@ -471,8 +482,9 @@ def cmd_threshold(args: argparse.Namespace) -> int:
                            args.max_false_positive_rate, args.data_name)
     record = card.threshold_records[-1]
     print(f"{args.out}: threshold {card.threshold:.4f} (was {record['previous_threshold']:.4f}), with --tta "
-          f"{card.tta_threshold:.4f}; {card.threshold_policy}: {_sensitivity(card, record['sensitivity'])}, "
-          f"specificity {format_figure(record['specificity'], 3)} on {record['n']} images")
+          f"{card.tta_threshold:.4f}; {card.threshold_policy}: "
+          f"{_sensitivity(card, _of_films(record['sensitivity'], record.get('n_positive')))}, "
+          f"specificity {_of_films(record['specificity'], record.get('n_negative'))} on {record['n']} images")
     # what the new card says of its ranking, probabilities and temperature, as predict and evaluate say it; its
     # threshold's own caveat was warned of as the threshold was chosen
     for said in card.caveats:

@@ -22,6 +22,7 @@ import pytest
 from PIL import Image
 
 from pneumoscan import __version__, cli
+from pneumoscan.core.metrics import with_ci
 from pneumoscan.data.cache import cache_dataset
 from pneumoscan.data.layouts import discover, make_record, write_manifest
 from pneumoscan.data.preprocess import PreprocessSpec
@@ -550,6 +551,7 @@ def test_a_program_importing_pneumoscan_can_silence_it(
 
 LOADED = """
 import sys
+from pneumoscan.core.metrics import with_ci
 from pneumoscan.cli import main
 {run}
 print(" ".join(m for m in ("torch", "torchvision", "timm", "pydicom", "onnxruntime") if m in sys.modules))
@@ -755,4 +757,15 @@ def test_trains_closing_line_names_the_class_its_sensitivity_is_of(tiny_bundle: 
         card = load_card(bundle)
         line = cli._trained(bundle).splitlines()[0]
         assert card.positive == positive
-        assert f"): sensitivity ({positive}) {card.val_metrics['sensitivity']:.3f}, specificity " in line, line
+        assert f"): sensitivity ({positive}) {card.val_metrics['sensitivity']:.3f} (95% CI " in line, line
+
+
+def test_trains_closing_line_gives_its_rates_intervals_and_the_films_they_are_on(tiny_bundle: Path) -> None:
+    """A site's fine-tuning said "sensitivity (PNEUMONIA) 1.000, specificity 1.000, accuracy 1.000" of 9 validation
+    films, as certain as a figure on thousands: the line gives each rate's 95% CI and the films and patients."""
+    val = load_card(tiny_bundle).val_metrics
+    line = cli._trained(tiny_bundle).splitlines()[0]
+    rates = ", ".join(f"{name} {with_ci(val[key], val['ci'][key])}" for name, key in (
+        ("sensitivity (PNEUMONIA)", "sensitivity"), ("specificity", "specificity"), ("accuracy", "accuracy")))
+    # the tiny bundle's films name no patient: the films alone (a site's line says "on 9 films of 8 patients")
+    assert f"): {rates} on {val['n']} films; with --tta " in line and val.get("patients") is None, line

@@ -568,7 +568,8 @@ def test_the_films_a_threshold_left_out_are_in_its_record_its_card_and_its_outpu
     shown = capsys.readouterr().out
     assert said in shown
     # the sensitivity of bacteria or virus? named, as train's closing line names it
-    assert f": sensitivity (virus) {record['sensitivity']:.3f}, specificity " in shown
+    assert f": sensitivity (virus) {record['sensitivity']:.3f} ({round(record['sensitivity'] * record['n_positive'])} " \
+           f"of {record['n_positive']}), specificity " in shown
     card = (out / MODEL_CARD).read_text()
     assert "| films (n = 6; 11 left out) |" in card and f"on films: {said}" in card
 
@@ -593,4 +594,9 @@ def test_the_new_bundles_temperature_caveat_is_said_as_predict_and_evaluate_say_
     assert f"\n   caveat: {said}\n" in shown
     assert [line[len("   caveat: "):] for line in shown.splitlines() if line.startswith("   caveat: ")] == [
         c for c in card.caveats if c != card.threshold_caveat]
-    assert f": sensitivity (PNEUMONIA) {card.threshold_records[-1]['sensitivity']:.3f}, specificity " in shown
+    record = card.threshold_records[-1]
+    hits = round(record["sensitivity"] * record["n_positive"]), round(record["specificity"] * record["n_negative"])
+    # the films behind each rate, as few as they are (8 positive here)
+    assert (f": sensitivity (PNEUMONIA) {record['sensitivity']:.3f} ({hits[0]} of {record['n_positive']}), "
+            f"specificity {record['specificity']:.3f} ({hits[1]} of {record['n_negative']}) on {record['n']} "
+            "images") in shown

@@ -199,7 +199,7 @@ class BundleCard:
         chance = val.get("ece_chance")
         if (low := ece - (ece_chance_margin(cases) if chance is None else chance)) <= ECE_TOLERANCE:
             return ""
-        return (f"validation expected calibration error {ece:.3f} on {_validation_films(val)}: allowing for chance in "
+        return (f"validation expected calibration error {ece:.3f} on {validation_films(val)}: allowing for chance in "
                 f"{cases} {unit}, its probabilities are off by at least {low:.3f} on average (95% bound), more than "
                 f"the {ECE_TOLERANCE} tolerated, so they are not calibrated: a probability of 0.3 need not mean that 3 "
                 f"in 10 such films are {self.positive}; they rank films and the threshold makes the call, but do not "
@@ -1093,7 +1093,7 @@ def _auc_records(card: BundleCard) -> list[AucRecord]:
     earlier record only where its films were checked new to the bundle (unchecked, they may be its training films)
     and its scores are the plain ones the readings are."""
     val, cis = card.val_metrics, card.val_metrics.get("ci") or {}
-    films = _validation_films(val)
+    films = validation_films(val)
     multiclass = f"validation macro AUC over the {len(card.classes)} classes"
     records = [AucRecord(figure, what, val[figure], _interval(cis.get(figure)), films, val.get("n"), False)
                for figure, what in (("auc", "validation AUC"), (MACRO_AUC, multiclass))
@@ -1110,7 +1110,7 @@ def _auc_records(card: BundleCard) -> list[AucRecord]:
     return records
 
 
-def _validation_films(val: Mapping[str, Any]) -> str:
+def validation_films(val: Mapping[str, Any]) -> str:
     """The validation films as a caveat says them: "785 films of 454 patients" (the patients where recorded)."""
     patients = (val.get("patients") or {}).get("all")
     return f"{val.get('n', 'its')} films" + (f" of {patients} patients" if patients else "")
