@@ -112,6 +112,9 @@ def test_evaluate_marks_the_films_outside_the_models_scope_as_predict_does(
     assert sorted(film["path"] for film in metrics["out_of_scope"]) == outside
     assert any("lateral view (LL)" in reason for film in metrics["out_of_scope"] for reason in film["reasons"])
     assert f"{len(outside)} film(s) of films are outside the model's scope" in caplog.text
+    # and what to do to measure without them, which a researcher with a lateral among a site's films had to guess
+    assert ("predictions.csv marks them (in_scope false) and metrics.json lists them (out_of_scope): leave them out "
+            "of the films given to measure without them") in caplog.text
 
 
 def test_the_report_shows_the_most_confident_errors_with_grad_cam(tiny_bundle: Path, tiny_dataset: Path,

@@ -397,12 +397,14 @@ def _film_warnings(predictor: Predictor, records: Sequence[Record],
 def _say_outside(records: Sequence[Record], scope: Sequence[list[str]], name: str) -> None:
     """A warning naming the films outside the model's scope: a lateral, a CT or an inverted film is scored and
     counted in the figures like the rest (figures on the films given, as published figures are), but
-    predictions.csv marks it (``in_scope`` false) and a card's record counts it."""
+    predictions.csv marks it (``in_scope`` false) and a card's record counts it; the warning says how to measure
+    without them, which a site with a lateral among its films had to guess."""
     if outside := [(r, warnings) for r, warnings in zip(records, scope) if not in_scope(warnings)]:
         record, warnings = outside[0]
         log.warning("%d film(s) of %s are outside the model's scope (e.g. %s: %s): they are scored and counted in the "
-                    "figures like the rest; predictions.csv marks them (in_scope false)", len(outside), shown(name),
-                    shown(record.path), outside_scope(warnings)[0][0])
+                    "figures like the rest; predictions.csv marks them (in_scope false) and metrics.json lists them "
+                    "(out_of_scope): leave them out of the films given to measure without them", len(outside),
+                    shown(name), shown(record.path), outside_scope(warnings)[0][0])
 
 
 def _content_warnings(predictor: Predictor, images: np.ndarray) -> list[list[str]]:
