@@ -287,9 +287,9 @@ def _trained(bundle: Path) -> str:
     card = load_card(bundle)
     val = card.val_metrics
     # each rate with its interval and the films it is on: a site's 9 validation films gave 1.000 three times
-    rate = {key: with_ci(val.get(key), (val.get("ci") or {}).get(key)) for key in ("sensitivity", "specificity",
-                                                                                   "accuracy")}
-    return (f"{shown(bundle)}: validation AUC {format_figure(val.get('auc'), 4)}, threshold {card.threshold:.4f} "
+    rate = {key: with_ci(val.get(key), (val.get("ci") or {}).get(key), 4 if key == "auc" else 3)
+            for key in ("auc", "sensitivity", "specificity", "accuracy")}
+    return (f"{shown(bundle)}: validation AUC {rate['auc']}, threshold {card.threshold:.4f} "
             f"({card.threshold_policy}): {_sensitivity(card, rate['sensitivity'])}, "
             f"specificity {rate['specificity']}, accuracy {rate['accuracy']} on {validation_films(val)}; "
             f"with --tta {format_figure(card.tta_threshold, 4)}"

@@ -769,3 +769,4 @@ def test_trains_closing_line_gives_its_rates_intervals_and_the_films_they_are_on
         ("sensitivity (PNEUMONIA)", "sensitivity"), ("specificity", "specificity"), ("accuracy", "accuracy")))
     # the tiny bundle's films name no patient: the films alone (a site's line says "on 9 films of 8 patients")
     assert f"): {rates} on {val['n']} films; with --tta " in line and val.get("patients") is None, line
+    assert line.startswith(f"{tiny_bundle}: validation AUC {with_ci(val['auc'], val['ci']['auc'], 4)}, threshold ")
