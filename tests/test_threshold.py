@@ -568,8 +568,9 @@ def test_the_films_a_threshold_left_out_are_in_its_record_its_card_and_its_outpu
     shown = capsys.readouterr().out
     assert said in shown
     # the sensitivity of bacteria or virus? named, as train's closing line names it
-    assert f": sensitivity (virus) {record['sensitivity']:.3f} ({round(record['sensitivity'] * record['n_positive'])} " \
-           f"of {record['n_positive']}), specificity " in shown
+    hits = round(record["sensitivity"] * record["n_positive"])
+    said_of = f": sensitivity (virus) {record['sensitivity']:.3f} ({hits} of {record['n_positive']}), specificity "
+    assert said_of in shown
     card = (out / MODEL_CARD).read_text()
     assert "| films (n = 6; 11 left out) |" in card and f"on films: {said}" in card
 
