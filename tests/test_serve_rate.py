@@ -7,10 +7,13 @@ counted in /metrics and held back in the access log as any status's. Instances s
 
 from __future__ import annotations
 
+import logging
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -21,7 +24,8 @@ from fastapi.testclient import TestClient
 from pneumoscan import cli
 from pneumoscan.serving.app import create_app
 from pneumoscan.serving.guard import Access
-from pneumoscan.serving.limits import RETRY_AFTER_S, PerClient
+from pneumoscan.serving import limits
+from pneumoscan.serving.limits import RETRY_AFTER_S, STORE_SILENT, PerClient
 from tests.builders import free_port
 from tests.test_serve import labels, moved, scraped
 from tests.test_serve_auth import KEY, LOCAL, PACS_KEY, WARD_KEY, predict, predict_at
@@ -141,23 +145,32 @@ def test_a_rate_the_service_cannot_keep_is_refused_as_the_options_are_read(given
 # ---------------------------------------------------------------- a store the instances share
 
 
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[tuple[tuple[str, str], subprocess.Popen]]:
-    """A real redis-server on a free port of loopback and on a Unix socket, with no file of its own (`make
-    rate-limit-store` installs it; missing, the test fails), and its two URIs."""
+@contextmanager
+def started_redis(folder: Path, *options: str) -> Iterator[subprocess.Popen]:
+    """A real redis-server on loopback with ``options`` (its ports), with no file of its own (`make
+    rate-limit-store` installs it; missing, the test fails), once it answers a PING on its Unix socket."""
     assert shutil.which("redis-server"), "no redis-server: `make rate-limit-store` installs it"
-    port, sock = free_port(), tmp_path / "redis.sock"
-    server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--unixsocket", str(sock),
-                               "--save", "", "--appendonly", "no", "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
+    sock = folder / "redis.sock"
+    server = subprocess.Popen(["redis-server", *options, "--bind", "127.0.0.1", "--unixsocket", str(sock), "--save", "",
+                               "--appendonly", "no", "--dir", str(folder)], stdout=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 10
-        while subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True).stdout != "PONG\n":
+        while subprocess.run(["redis-cli", "-s", str(sock), "ping"], capture_output=True, text=True).stdout != "PONG\n":
             assert server.poll() is None and time.monotonic() < deadline, "redis-server did not start"
             time.sleep(0.05)
-        yield (f"redis://127.0.0.1:{port}/0", f"redis+unix://{sock}"), server
+        yield server
     finally:
+        server.send_signal(signal.SIGCONT)  # one a test left hung ends as any other
         server.terminate()
         server.wait(timeout=10)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[tuple[tuple[str, str], subprocess.Popen]]:
+    """A real redis-server on a free port of loopback and on a Unix socket, and its two URIs."""
+    port = free_port()
+    with started_redis(tmp_path, "--port", str(port)) as server:
+        yield (f"redis://127.0.0.1:{port}/0", f"redis+unix://{tmp_path / 'redis.sock'}"), server
 
 
 def test_instances_sharing_a_redis_server_count_one_allowance_and_refuse_503_while_it_is_down(
@@ -191,6 +204,54 @@ def test_instances_sharing_a_redis_server_count_one_allowance_and_refuse_503_whi
         finally:
             back.terminate()
             back.wait(timeout=10)
+
+
+def timed(call: object, *args: object) -> tuple[httpx.Response, float]:
+    """``call(*args)``'s answer and the seconds it took."""
+    start = time.monotonic()
+    answer = call(*args)  # type: ignore[operator]
+    return answer, time.monotonic() - start
+
+
+def test_a_store_that_hangs_is_an_outage_refused_at_once_said_by_healthz_and_logged_as_it_starts_and_ends(
+        tiny_bundle: Path, redis_server: tuple[tuple[str, str], subprocess.Popen], caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Redis server that hangs (stopped: its port takes connections, and nothing answers) held each prediction
+    request for the store's timeout, and a worker thread with it; /healthz said ok, and the log said an outage's
+    start, never its end (nor the start of a second one within 10 s). Once a request has found it silent, the others
+    are refused at once; it is asked again a back-off later, by the health probe alone where no request comes, and
+    the service counts again by itself. A real server, whose log holds back a warning said twice within 10 s: the
+    store's timeout and back-off half a second for the test (limits.STORE_TIMEOUT_S, STORE_RETRY_S)."""
+    monkeypatch.setattr(limits, "STORE_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(limits, "STORE_RETRY_S", 0.5)
+    uris, server = redis_server
+    caplog.set_level(logging.INFO, logger="pneumoscan.serving.limits")
+    with logged(create_app(tiny_bundle, rate_limit="100/minute", rate_limit_storage=uris[0])) as (url, _), \
+            httpx.Client(base_url=url, timeout=30) as http:
+        assert http.get("/healthz").json()["status"] == "ok"
+        for outage in (1, 2):
+            server.send_signal(signal.SIGSTOP)
+            first, waited = timed(no_film, http)
+            assert first.status_code == 503 and waited >= 0.45, (first.text, waited)
+            for _ in range(5):  # refused at once, each: not after the store's timeout each
+                down, took = timed(no_film, http)
+                assert (down.status_code, down.json()["reason"]) == (503, "rate_limit_unavailable"), down.text
+                assert took < 0.4, took
+            health, took = timed(http.get, "/healthz")
+            assert (health.status_code, health.json()["status"], health.json()["reason"], took < 0.4) == (
+                200, "degraded", STORE_SILENT, True), (health.text, took)
+            server.send_signal(signal.SIGCONT)
+            time.sleep(0.5)  # the back-off after the last ask
+            back = http.get("/healthz").json()  # the probe asks it: no request needed
+            assert (back["status"], "reason" in back) == ("ok", False), back
+            assert no_film(http).status_code == 415
+        said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("the rate-limit store")]
+    assert len(said) == 4, said
+    for start, end in (said[:2], said[2:]):
+        assert start == (f"the rate-limit store {uris[0]} does not answer (TimeoutError): prediction requests get 503 "
+                         f"until it does"), said
+        assert end.startswith(f"the rate-limit store {uris[0]} answers again, after "), said
+        assert end.endswith("s without: prediction requests are counted again (6 refused 503 meanwhile)"), said
 
 
 def test_a_store_that_does_not_answer_or_is_not_redis_is_refused_at_start_without_its_password(

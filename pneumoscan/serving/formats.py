@@ -156,7 +156,8 @@ class Health(BaseModel):
     status: str = Field(description="ok; degraded (HTTP 200) while predictions go on, once heatmaps are unavailable "
                         "or a bundle's files on disk changed, or while the last run of a model failed with an "
                         "internal error (until a run succeeds), or while the API key file is refused (every request "
-                        "that needs a key gets 503); unhealthy (HTTP 503) once a model has produced a "
+                        "that needs a key gets 503), or while the rate-limit store does not answer (each prediction "
+                        "request gets 503); unhealthy (HTTP 503) once a model has produced a "
                         f"non-finite score, or while a bundle's folder does not answer within {BUNDLE_WAIT_S:g} s")
     model_id: str
     model_version: str = Field(description="the version /v1/model and each reading give: a bundle retrained on the "

@@ -24,7 +24,7 @@ from pneumoscan.core.atomic import file_stamp
 from pneumoscan.core.logs import raised_at, redact
 from pneumoscan.core.secrets import one_secret, read_secret, secret_text, warn_if_shared
 
-from .limits import RETRY_AFTER_S, Refusal, Rejected
+from .limits import ANSWER, RETRY_AFTER_S, Refusal, Rejected
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +61,6 @@ KEY_FILE_CHECK_S = 1.0
 # the answer to a request that needs a key while the key file as it stands is refused: every key is refused
 KEY_FILE_REFUSED = ("the service cannot check API keys: its API key file is refused (the service log says why); "
                     "its operator must mend the file")
-# a warning that answers an operator (a signal, SIGHUP; an edit of the key file): one an action, so never held back
-# by server.OneLineLog, which would leave a second try within its interval unanswered
-ANSWER = "answers_an_operator"
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,9 @@ import asyncio
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import field
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from fastapi.responses import JSONResponse
@@ -28,11 +29,22 @@ RETRY_AFTER_S = 2  # what a 503 for a full service tells the client to wait
 # the instances behind a load balancer share; any other of the limits library's is untested here
 SHARED_STORES = ("redis", "redis+unix")
 STORE_TIMEOUT_S = 1.0  # the longest a rate-limit store may take to connect or answer before a request is refused
+# once the store has failed to answer, how long prediction requests are refused at once (503) before one asks it again:
+# a store that hangs held a worker thread for STORE_TIMEOUT_S with each request, and the requests queued behind them
+STORE_RETRY_S = 1.0
+# a warning said once for what it says, never held back by server.OneLineLog: one that answers an operator (a signal,
+# SIGHUP; an edit of the key file), which would leave a second try within its interval unanswered, and the start of an
+# outage of the rate-limit store, which would leave a second outage within it without its start
+ANSWER = "answers_an_operator"
+# Why /healthz says degraded while the rate-limit store does not answer: the service works, but counts no request
+STORE_SILENT = ("the rate-limit store (--rate-limit-storage) does not answer: each prediction request is refused (503) "
+                "until it does; check the Redis server")
 BUNDLE_WAIT_S = 3.0  # how long /healthz waits for a bundle's folder to answer (service.OnDisk) before it says so
 # What each limit takes, declared on its field so that pydantic checks it and the schema shows it: a count of at
 # least 1 (a semaphore of 2.5, or of True, is no bound), seconds above 0 and finite (a deadline of inf is none)
 Count = Annotated[int, Field(gt=0)]
 Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+T = TypeVar("T")
 
 
 def _cores() -> int:
@@ -172,6 +184,10 @@ def rate_store(uri: str | None) -> Storage:
     return store
 
 
+class StoreSilent(Exception):
+    """The shared store did not answer, or is known not to and is not yet due to be asked again."""
+
+
 class PerClient:
     """Each client's allowance of prediction requests (``serve --rate-limit``), so that one client sending as fast
     as it can (a misconfigured script) gets 429 with Retry-After while the others are served, where the bound on
@@ -179,7 +195,12 @@ class PerClient:
     Counted in a moving window (at most ``rate.amount`` requests in any ``rate``'s window) by the ``limits``
     library, in this process's memory, or in a Redis server that instances share (``storage``,
     :func:`rate_store`: a client allowed N by each instance behind a load balancer sent N times as many).
-    ``rate``: as :func:`per_client_rate` takes it."""
+    ``rate``: as :func:`per_client_rate` takes it.
+
+    A shared store that does not answer is an outage, with a start and an end: logged once as it starts (a
+    warning) and once as it ends (with its length and the requests it refused), said by :meth:`health` meanwhile,
+    and asked at most once every :data:`STORE_RETRY_S` (after the wait of the last ask) by one request or probe at a
+    time, the others refused at once: each request waited on a store that hangs (:data:`STORE_TIMEOUT_S`)."""
 
     def __init__(self, rate: str, storage: str | None = None) -> None:
         self.rate, self.store = per_client_rate(rate), rate_store(storage)
@@ -188,6 +209,12 @@ class PerClient:
         if self.where is not None:
             log.info("each client's requests are counted against --rate-limit in %s, with every instance that counts "
                      "there", self.where)
+        # the outage, if any (all on the event loop, which alone reads and sets them): when it began
+        # (time.monotonic()), when the store may be asked again, whether it is being asked, and the requests refused
+        self.silent_since: float | None = None
+        self.ask_at = 0.0
+        self.asking = False
+        self.refused = 0
 
     async def admit(self, client: str) -> None:
         """Count one request of ``client``, or refuse it (429, ``rate_limited``) with the seconds until the oldest
@@ -195,21 +222,65 @@ class PerClient:
         holds that thread, not the event loop), and one that does not answer refuses the request (503,
         ``rate_limit_unavailable``): it cannot be counted, and the allowance is the operator's bound."""
         if self.where is None:
-            return self._admit(client)  # memory: on the event loop, which alone uses it
-        try:
-            await asyncio.to_thread(self._admit, client)
-        except StorageError as e:
-            log.warning("the rate-limit store %s does not answer (%s): prediction requests get 503 until it does",
-                        self.where, type(e.storage_error).__name__)
-            raise Rejected(503, "the service cannot count this client's requests: its rate-limit store "
-                                "(--rate-limit-storage) does not answer; send it again after the Retry-After seconds",
-                           {"Retry-After": str(RETRY_AFTER_S)}, kind="rate_limit_unavailable") from None
+            wait = self._count(client)  # memory: on the event loop, which alone uses it
+        else:
+            try:
+                wait = await self._ask(self._count, client)
+            except StoreSilent:
+                self.refused += 1
+                raise Rejected(503, "the service cannot count this client's requests: its rate-limit store "
+                                    "(--rate-limit-storage) does not answer; send it again after the Retry-After "
+                                    "seconds", {"Retry-After": str(RETRY_AFTER_S)},
+                               kind="rate_limit_unavailable") from None
+        if wait is not None:
+            raise Rejected(429, f"too many prediction requests from this client: each may send {_said(self.rate)} "
+                                f"(serve --rate-limit); send it again after {wait} s (Retry-After)",
+                           {"Retry-After": str(wait)})
 
-    def _admit(self, client: str) -> None:
+    async def health(self) -> str | None:
+        """:data:`STORE_SILENT` while the shared store does not answer, else None. The probe asks it too (a PING,
+        as a request would be asked), so that an idle service says an outage, and sees its end, without a request."""
+        if self.where is None:
+            return None
+        try:
+            await self._ask(self._ping)
+        except StoreSilent:
+            return STORE_SILENT
+        return None
+
+    async def _ask(self, call: Callable[..., T], *args: Any) -> T:
+        """``call(*args)`` on the store in a thread, or :class:`StoreSilent` at once while it is known not to answer
+        and is not due (or is being asked by another). Its failure starts an outage (logged), its answer ends one."""
+        if self.silent_since is not None and (self.asking or time.monotonic() < self.ask_at):
+            raise StoreSilent
+        probe = self.silent_since is not None  # the one ask of a store known silent
+        self.asking |= probe
+        try:
+            answer = await asyncio.to_thread(call, *args)
+        except StorageError as e:
+            if self.silent_since is None:
+                self.silent_since, self.refused = time.monotonic(), 0
+                log.warning("the rate-limit store %s does not answer (%s): prediction requests get 503 until it "
+                            "does", self.where, type(e.storage_error).__name__, extra={ANSWER: True})
+            self.ask_at = time.monotonic() + STORE_RETRY_S
+            raise StoreSilent from None
+        finally:
+            if probe:
+                self.asking = False
+        if self.silent_since is not None:
+            log.info("the rate-limit store %s answers again, after %.1f s without: prediction requests are counted "
+                     "again (%d refused 503 meanwhile)", self.where, time.monotonic() - self.silent_since,
+                     self.refused)
+            self.silent_since = None
+        return answer
+
+    def _count(self, client: str) -> int | None:
+        """Count one request of ``client``: None if it is within its allowance, else the seconds to wait."""
         if self.counts.hit(self.rate, client):
-            return
+            return None
         reset, _ = self.counts.get_window_stats(self.rate, client)
-        wait = max(1, math.ceil(reset - time.time()))  # the library's clock
-        raise Rejected(429, f"too many prediction requests from this client: each may send {_said(self.rate)} (serve "
-                            f"--rate-limit); send it again after {wait} s (Retry-After)",
-                       {"Retry-After": str(wait)})
+        return max(1, math.ceil(reset - time.time()))  # the library's clock
+
+    def _ping(self) -> None:
+        if not self.store.check():  # which says no more than that
+            raise StorageError(ConnectionError("no answer to PING"))

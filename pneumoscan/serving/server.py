@@ -40,8 +40,8 @@ from pneumoscan.core.network import is_loopback
 from pneumoscan.core.options import MAX_UPLOAD_MB
 from .app import ACCESS_LOGGER, CLIENT_GONE, create_app
 from .formats import PREDICT_OPTIONS, HeatmapWord, ReportFormat, ServiceInfo
-from .guard import ANSWER, SECURITY_HEADERS, Access, KeyInUse, key_name
-from .limits import Limits, Refusal, Rejected
+from .guard import SECURITY_HEADERS, Access, KeyInUse, key_name
+from .limits import ANSWER, Limits, Refusal, Rejected
 from .metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)

@@ -265,20 +265,26 @@ class Service:
         answer (:data:`BUNDLE_SILENT`: predictions go on, but a restart would hang); degraded while a model's last run
         failed (each request of that run got a 500; the next run may succeed, so the probe does not take the service
         out), when heatmaps are lost or the last one failed (readings go on), or a bundle's files on disk changed
-        (:class:`OnDisk`), but the predictions still come from the model checked at start-up."""
+        (:class:`OnDisk`), but the predictions still come from the model checked at start-up; degraded too while the
+        rate-limit store does not answer (:meth:`.limits.PerClient.health`: every instance that shares it refuses
+        predictions alike, and a probe that took them all out would end none of it)."""
         model = self.main.identity  # model_id and model_version, as each reading names them
         if self.faults:
             return Health(status="unhealthy", **model, reason=self.faults[0])
-        checks = await asyncio.gather(*[disk.check() for disk in self.on_disk])  # each bundle's folder at once
+        # each bundle's folder and the rate-limit store at once
+        store, *checks = await asyncio.gather(self._store_health(), *[disk.check() for disk in self.on_disk])
         if (silent := BUNDLE_SILENT.format(BUNDLE_WAIT_S)) in checks:
             return Health(status="unhealthy", **model, reason=silent)
         failing = [MODEL_FAILING.format(s.batcher.failing) for s in (self.main, self.second) if s and s.batcher.failing]
         changes = [change for change in checks if change]
         # the files first: they say whether a restart would be refused, which the heatmaps' reason does not
         heatmaps = self.heatmap_fault or (self.heatmaps_failing and HEATMAPS_FAILING.format(self.heatmaps_failing))
-        if reasons := [*changes[:1], *failing[:1], *([heatmaps] if heatmaps else [])]:
+        if reasons := [*changes[:1], *failing[:1], *([store] if store else []), *([heatmaps] if heatmaps else [])]:
             return Health(status="degraded", **model, reason="; ".join(reasons))
         return Health(status="ok", **model)
+
+    async def _store_health(self) -> str | None:
+        return await self.per_client.health() if self.per_client is not None else None
 
     def info(self) -> ServiceInfo:
         return self.card
