@@ -1048,8 +1048,9 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
                         "(default: none)")
     p.add_argument("--rate-limit-storage", metavar="URI", type=_rate_store,
                    help="where --rate-limit's counts are kept: memory:// (this process's, the default) or a Redis "
-                        "server the instances behind a load balancer share, redis://HOST:6379/0 (redis+unix:///PATH); "
-                        "one that does not answer at start is refused, and at a request refuses it 503 + Retry-After")
+                        "server the instances behind a load balancer share, redis://HOST:6379/0 (redis+unix:///PATH, "
+                        "or over TLS rediss://HOST:6380/0?ssl_ca_certs=CA.pem); one that does not answer at start is "
+                        "refused, and while it does not answer each prediction request gets 503 + Retry-After")
     p.add_argument("--max-lingering", type=_positive(int),
                    help="connections answered early (401, 413, 503 before the upload is in) whose rest is dropped "
                         "until the client closes, at most --body-timeout, at once; past it one closes at once "

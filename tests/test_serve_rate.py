@@ -29,6 +29,7 @@ from pneumoscan.serving.limits import RETRY_AFTER_S, STORE_SILENT, PerClient
 from tests.builders import free_port
 from tests.test_serve import labels, moved, scraped
 from tests.test_serve_auth import KEY, LOCAL, PACS_KEY, WARD_KEY, predict, predict_at
+from tests.test_interop import private_ca
 from tests.test_serve_limits import logged
 
 WARD, SCRIPT = ("10.1.0.7", 50123), ("10.1.0.99", 50124)  # two workstations' addresses
@@ -252,6 +253,29 @@ def test_a_store_that_hangs_is_an_outage_refused_at_once_said_by_healthz_and_log
                          f"until it does"), said
         assert end.startswith(f"the rate-limit store {uris[0]} answers again, after "), said
         assert end.endswith("s without: prediction requests are counted again (6 refused 503 meanwhile)"), said
+
+
+def test_a_redis_server_over_tls_counts_with_its_ca_given_in_the_uri_and_is_refused_at_start_without_it(
+        tiny_bundle: Path, tmp_path: Path) -> None:
+    """A hospital that keeps TLS inside its network too had its rediss:// refused as no store. A real redis-server
+    on a TLS port alone, its certificate signed by the hospital's own CA, which the URI names (``ssl_ca_certs``, as
+    the Redis client reads it): the counts are kept there. Without it, or by a name the certificate does not give,
+    the server is not trusted, and the start is refused with the client's reason."""
+    ca, _ = private_ca(tmp_path)
+    port, server_pem = free_port(), str(tmp_path / "server.pem")
+    with started_redis(tmp_path, "--port", "0", "--tls-port", str(port), "--tls-cert-file", server_pem,
+                       "--tls-key-file", server_pem, "--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no"):
+        uri = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={ca}"
+        assert cli.build_parser().parse_args(["serve", "b", "--rate-limit", "2/minute", "--rate-limit-storage",
+                                              uri]).rate_limit_storage == uri
+        with as_client(create_app(tiny_bundle, rate_limit="2/minute", rate_limit_storage=uri), SCRIPT) as script:
+            assert [no_film(script).status_code for _ in range(3)] == [415, 415, 429]
+            assert script.get("/healthz").json()["status"] == "ok"
+        with pytest.raises(ValueError, match=rf"rediss://127\.0\.0\.1:{port}/0: the Redis server does not answer .*"
+                                             r"certificate verify failed"):
+            PerClient("2/minute", f"rediss://127.0.0.1:{port}/0")
+        with pytest.raises(ValueError, match=r"certificate verify failed: Hostname mismatch"):  # named 127.0.0.1
+            PerClient("2/minute", f"rediss://localhost:{port}/0?ssl_ca_certs={ca}")
 
 
 def test_a_store_that_does_not_answer_or_is_not_redis_is_refused_at_start_without_its_password(

@@ -9,13 +9,13 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import field
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, cast
 from urllib.parse import urlsplit
 
 from fastapi.responses import JSONResponse
 from limits import RateLimitItem, parse_many
 from limits.errors import StorageError
-from limits.storage import MemoryStorage, Storage, storage_from_string
+from limits.storage import MemoryStorage, RedisStorage, Storage, storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 from pydantic import ConfigDict, Field
 from pydantic.dataclasses import dataclass
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 RETRY_AFTER_S = 2  # what a 503 for a full service tells the client to wait
 # the stores --rate-limit-storage takes, by the scheme of their URI: a Redis server (over TCP or a Unix socket) that
 # the instances behind a load balancer share; any other of the limits library's is untested here
-SHARED_STORES = ("redis", "redis+unix")
+SHARED_STORES = ("redis", "rediss", "redis+unix")
 STORE_TIMEOUT_S = 1.0  # the longest a rate-limit store may take to connect or answer before a request is refused
 # once the store has failed to answer, how long prediction requests are refused at once (503) before one asks it again:
 # a store that hangs held a worker thread for STORE_TIMEOUT_S with each request, and the requests queued behind them
@@ -159,7 +159,8 @@ def known_store(uri: str) -> str:
     ValueError, without reaching the store: an empty or mistyped one is refused as the options are read."""
     if uri != "memory://" and urlsplit(uri).scheme not in SHARED_STORES:
         raise ValueError(f"rate_limit_storage (--rate-limit-storage) takes memory:// or a Redis server's URI "
-                         f"(redis://HOST:6379/0, redis+unix:///PATH), got {said_store(uri)!r}")
+                         f"(redis://HOST:6379/0, rediss://HOST:6380/0 over TLS, redis+unix:///PATH), "
+                         f"got {said_store(uri)!r}")
     return uri
 
 
@@ -170,17 +171,20 @@ def rate_store(uri: str | None) -> Storage:
     service would start, then refuse every prediction request."""
     if uri is None or known_store(uri) == "memory://":
         return MemoryStorage()
-    where = said_store(uri)
+    where, password = said_store(uri), urlsplit(uri).password
     try:
         store = storage_from_string(uri, wrap_exceptions=True, socket_timeout=STORE_TIMEOUT_S,
                                     socket_connect_timeout=STORE_TIMEOUT_S)
     except Exception as e:  # the library's ConfigurationError, or the Redis client's own for a URI it cannot read
-        password = urlsplit(uri).password
         reason = str(e).replace(password, "***") if password else str(e)
         raise ValueError(f"rate_limit_storage (--rate-limit-storage) {where}: {reason}") from None
-    if not store.check():
+    try:
+        # the Redis client's words for why not, where check() says no more than False
+        cast(RedisStorage, store).get_connection().ping()
+    except Exception as e:  # refused, timed out, a certificate not verified (rediss://), a password refused
+        reason = str(e).replace(password, "***") if password else str(e)
         raise ValueError(f"rate_limit_storage (--rate-limit-storage) {where}: the Redis server does not answer "
-                         f"(within {STORE_TIMEOUT_S:g} s): start it, or check the URI")
+                         f"(within {STORE_TIMEOUT_S:g} s): start it, or check the URI ({reason})") from None
     return store
 
 
