@@ -36,8 +36,12 @@ let filmFormats = [];
 const CLASS_FIELD = "probability_";  // + a class: its probability's CSV column, named as predict's results name it
 
 // viewed: whether the reader has had the film's reading on screen by choice (Show, Previous or Next film) or left at
-// the end of its batch, not only passed by as the batch was read; window: the window it was last drawn at (keepWindow)
-const films = [];  // {id, name, file, dicom, format, shown, status, result, error, readWith, cam, viewed, window}
+// the end of its batch, not only passed by as the batch was read; window: the window it was last drawn at (keepWindow);
+// frame: its zoom and pan (loadFilm); sha256: the SHA-256 of its file's bytes, which proves a film dropped again after
+// a reload to be the one a kept reading is of (keepSession); file: null for a film kept through a reload, whose
+// pixels the tab does not keep
+const films = [];  // {id, name, file, sha256, dicom, format, shown, status, result, error, readWith, cam, viewed,
+//                     window, frame}
 let current = null;
 // whether the reader has chosen a film to show (Show, Previous or Next film) since the batch being read began: the
 // readings that follow go to the list alone, not over the film chosen
@@ -397,6 +401,11 @@ function showResult(film) {
   if (cardDigest !== null && !ofTheCard(r)) {
     return showError(`Not shown: ${notOfTheCard(r)}: choose the film again to have it read by the model described`);
   }
+  // a reading kept through a reload is shown only once the card proves it this model's
+  if (cardDigest === null && !film.file) {
+    return showError("Not shown: the model card has not loaded, so the page cannot tell whether this reading, kept " +
+      "through a reload, is of the model the service runs: enter the API key if the service asks for one");
+  }
   $("error").hidden = true;
   // a film shown again from the list, or the same film again, is said again
   sayAgain($("status"), `${announcement(r, film.name, film.readWith)}${windowSaid(film)}`);
@@ -511,6 +520,12 @@ function grayOf(source) {
 async function loadFilm(film) {
   if (view.film) view.film.frame = { zoom: view.zoom, panX: view.panX, panY: view.panY };
   if (view.film !== film) emptyViewer();
+  if (!film.file) {  // kept through a reload: its reading, not its pixels (keepSession)
+    $("film-pending").hidden = true;
+    $("caption").textContent = `The film itself is not kept through a reload of the page: drop ${film.name} again to ` +
+      "see it (its reading, viewed mark, window and zoom are kept).";
+    return;
+  }
   $("film-pending").hidden = view.film === film;  // the same film shown again stays in the viewer while decoded
   const source = film.result.image || URL.createObjectURL(film.file);
   try {
@@ -979,7 +994,7 @@ function heatControls() {
   const have = Boolean(current && current.cam);
   $("heatmap-toggle").disabled = !have;
   $("opacity").disabled = !have;
-  $("heatmap-button").disabled = have;
+  $("heatmap-button").disabled = have || !(current && current.file);  // a film kept through a reload: no file to send
   $("legend").hidden = !(have && $("heatmap-toggle").checked);
   $("legend-text").textContent = have ? legendText(current.result, current.unread, current.empty) : "";
   // the second half of the viewer's description, after its keys
@@ -1202,6 +1217,30 @@ function check(file) {
   return null;
 }
 
+// The SHA-256 of a file's bytes, in hex: what proves a film dropped again to be the one a reading kept through a
+// reload is of (its name does not: two films of two patients may both be IM0001). null where the browser offers no
+// digest (a page served over plain HTTP from another machine): no kept reading is then taken for any film.
+async function sha256Of(file) {
+  if (!crypto.subtle) return null;
+  try {
+    const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", await file.arrayBuffer()));
+    return Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
+  } catch (err) {
+    return null;  // unreadable here: the upload says why
+  }
+}
+
+// A film dropped again after a reload takes the place of the film kept without its pixels whose bytes it has (the same
+// SHA-256), with its viewed mark, window, zoom and pan; it is read again, so its reading is this model's of these
+// bytes. A film of the same name and other bytes is another film, listed as one.
+function takeOver(film) {
+  const kept = film.sha256 && films.find((f) => !f.file && f.sha256 === film.sha256);
+  if (!kept) return;
+  Object.assign(film, { viewed: kept.viewed, window: kept.window, frame: kept.frame });
+  films.splice(films.indexOf(kept), 1);
+  if (lastShown === kept) lastShown = film;
+}
+
 // Batches are read one after another, in the order they were chosen: read side by side, an earlier film's late
 // reply put its reading (or its refusal) over the film chosen after it, and the reader's last film was not on screen.
 let uploads = Promise.resolve();
@@ -1227,7 +1266,10 @@ async function analyseBatch(batch) {
     $("status").textContent = batch.length > 1 ? `Analysing ${n + 1} of ${batch.length}...` : "Analysing...";
     const problem = check(film.file);
     if (!problem) Object.assign(film, await sniff(film.file));
+    film.sha256 = await sha256Of(film.file);
+    takeOver(film);
     let body = problem ? { ok: false, error: problem } : await post(film.file, film.shown ? "" : "image=true");
+    if (!films.includes(film)) return;  // the session was cleared while the film was read
     // no card at all: the reading is shown without one (no band, no heatmap), as when the card could not load
     if (body.ok && cardDigest !== null && !ofTheCard(body.result)) body = await withItsCard(body.result);
     film.status = body.ok ? "done" : body.unread ? "unread" : "rejected";
@@ -1447,11 +1489,14 @@ function renderList() {
       const shown = $("result").hidden ? $("error") : $("result");
       if (!inView(shown)) shown.scrollIntoView();
     });
-    const seen = film === current ? "on screen" : film.viewed ? "viewed" : "";
+    const seen = [film === current ? "on screen" : film.viewed ? "viewed" : "",
+      film.file ? "" : "drop the film again to see it"].filter(Boolean).join("; ");
     row.insertCell().append(show, ...(seen ? [" ", seen] : []));
     if (film === current) row.setAttribute("aria-current", "true");
     if (show.dataset.film === focused) show.focus();
   }
+  sessionNotice();
+  keepSession();
 }
 
 // A film's reading shown by the reader's choice: marked viewed in the list and its CSV
@@ -1631,6 +1676,110 @@ $("export").addEventListener("click", () => {
 
 $("print").addEventListener("click", () => window.print());
 
+// ---- the session through a reload: kept in the tab (sessionStorage), gone with it ----
+
+// A reload (F5, or the browser reloading a tab it set aside) lost every reading not yet saved as CSV. What the page
+// needs to show the session again is kept in this tab's sessionStorage, which a reload keeps and closing the tab
+// clears (never localStorage or IndexedDB, which outlive it; nothing is sent anywhere): each film's name, the
+// SHA-256 of its bytes, its reading or refusal, viewed mark, window, zoom and pan, the list's order, and the CSV last
+// saved. Not the films' pixels (a session's films are hundreds of MB, the storage some 5 MB): a film is dropped again
+// to be seen (takeOver).
+const SESSION_KEY = "pneumoscan-session";
+// whether the session could not be kept (the storage full or refused): said, so the reader saves it before reloading
+let sessionUnkept = false;
+
+function keepSession() {
+  if (!films.length) {
+    sessionStorage.removeItem(SESSION_KEY);
+    return;
+  }
+  if (view.film) view.film.frame = { zoom: view.zoom, panX: view.panX, panY: view.panY };
+  const kept = films.map((film) => ({
+    id: film.id, name: film.name, sha256: film.sha256 || null, dicom: film.dicom, format: film.format,
+    // a film still waiting has no file after a reload, and will not be read: said as not read
+    status: film.status === "waiting" ? "unread" : film.status,
+    error: film.status === "waiting" ? "not read before the page was reloaded: drop the film again" : film.error,
+    // the service's decode of the film (image) is its pixels: not kept
+    result: film.result && { ...film.result, image: null },
+    readWith: film.readWith, viewed: Boolean(film.viewed), window: film.window || null, frame: film.frame || null,
+  }));
+  const shown = lastShown && films.includes(lastShown) ? lastShown.id : null;
+  try {
+    sessionStorage.setItem(SESSION_KEY, JSON.stringify({ films: kept, sortKey, sortAscending, saved, shown }));
+    sessionUnkept = false;
+  } catch (err) {
+    sessionStorage.removeItem(SESSION_KEY);  // an older state is never shown as this session
+    sessionUnkept = true;
+    console.warn(`pneumoscan: the session is not kept through a reload: ${err.message}`);
+  }
+}
+
+// The session kept in this tab, listed again after a reload: the films without their pixels (file null)
+function restoreSession() {
+  let kept = null;
+  try {
+    kept = JSON.parse(sessionStorage.getItem(SESSION_KEY));
+  } catch (err) {
+    sessionStorage.removeItem(SESSION_KEY);  // not this page's: nothing is shown of it
+  }
+  if (!kept || !Array.isArray(kept.films)) return;
+  films.push(...kept.films.map((film) => ({ ...film, file: null, shown: true, cam: null, unread: false,
+    empty: false })));
+  ({ sortKey, sortAscending, saved } = kept);
+  lastShown = films.find((film) => film.id === kept.shown) || null;
+  renderList();
+}
+
+// What the session kept through a reload holds and lacks (the films to drop again, by name), and the readings of
+// another card than the one on the page (the service restarted with another model since they were made): those are
+// not shown as this model's, and the reader may save them (their CSV names the model of each) or clear them.
+function sessionNotice() {
+  const unseen = films.filter((film) => !film.file).map((film) => film.name);
+  const kept = unseen.length ? `Kept from before the page was reloaded: the readings of ${unseen.length} ` +
+    `film${unseen.length === 1 ? "" : "s"}, not the films themselves. To see a film again, drop it again: ` +
+    `${unseen.join(", ")}.` : "";
+  const unkept = sessionUnkept ? "This session is too large to be kept through a reload in this browser: export " +
+    "it as CSV before reloading the page." : "";
+  $("session-kept").textContent = [kept, unkept].filter(Boolean).join(" ");
+  $("session-kept").hidden = !kept && !unkept;
+  const others = cardDigest === null ? [] : films.filter((film) => film.result && !ofTheCard(film.result));
+  const models = [...new Set(others.map((film) => modelOf(film.result)))].filter((model) => model !== cardModel);
+  const one = others.length === 1;
+  const by = models.length ? `the model ${models.join(" and ")}, not by the model this service runs now (${cardModel})`
+    : `this model (${cardModel}) under another card than this service's (its content check, second stage, threshold ` +
+      "or upload limit differs)";
+  $("session-other").textContent = others.length ? `${others.length} reading${one ? "" : "s"} of this session ` +
+    `${one ? "was" : "were"} made by ${by}: not shown as this model's. Export list as CSV to keep ` +
+    `${one ? "it" : "them"} (each row names its model), or Clear session; a film dropped again is read by this model.`
+    : "";
+  $("session-other").hidden = !others.length;
+  $("session").hidden = $("session-kept").hidden && $("session-other").hidden;
+}
+
+// The session cleared: its films, readings and marks gone from the page and the tab; one not saved since it last
+// changed is cleared only once the reader confirms
+$("clear-session").addEventListener("click", () => {
+  if (contentOf(csv()) !== saved && !window.confirm("Clear this session? Its readings are not saved as CSV: they " +
+    "will be lost.")) return;
+  films.length = 0;
+  current = null;
+  lastShown = null;
+  saved = null;
+  $("result").hidden = true;
+  $("error").hidden = true;
+  emptyViewer();
+  renderList();
+  $("file").focus();  // the list, and the button pressed, are gone
+  $("status").textContent = "Session cleared: no film or reading of it is kept in this tab.";
+});
+
+// kept as the tab is left or set aside, with the zoom and pan of the film in the viewer (the list's changes keep
+// it as they come)
+window.addEventListener("pagehide", keepSession);
+document.addEventListener("visibilitychange", () => {
+  if (document.visibilityState === "hidden") keepSession();
+});
+
 $("file").addEventListener("change", () => {
   analyse($("file").files);
   $("file").value = "";  // choosing the same file again still triggers a change
@@ -1667,4 +1816,5 @@ async function loadCard() {
 $("api-key").addEventListener("change", loadCard);
 drawLegend();
 draw();
+restoreSession();
 loadCard();

@@ -1,0 +1,163 @@
+"""The reading page's session through a reload (F5, or the browser reloading the tab): its films' readings, viewed
+marks, windows and zooms are kept in the tab (sessionStorage), never in storage that outlives it and never the films'
+pixels; a film is dropped again to be seen, proved the same by its bytes' SHA-256, not by its name; a session read by
+another model than the one the service runs after a restart is said to be so, and can be saved or cleared. The page
+runs in headless Chromium (tests/test_page.py's browser and server)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+from pathlib import Path
+
+import uvicorn
+from playwright.sync_api import Browser, Page, expect
+
+from tests import test_page
+from pneumoscan.serving.app import create_app
+from tests.builders import nudge_weights, running
+from tests.test_browser import TIMEOUT_MS, serious_violations
+from tests.test_page import upload_one
+
+browser, server, page, small = test_page.browser, test_page.server, test_page.page, test_page.small
+
+ROWS = "#films tbody tr"
+
+
+def two_films(data_root: Path) -> list[Path]:
+    return sorted((data_root / "train" / "NORMAL").glob("*.jpeg"))[:2]
+
+
+def reload(page: Page) -> None:
+    """F5, leaving the page when the browser asks (the readings are not saved), the card loaded again."""
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.reload()
+    expect(page.locator("#intended-use")).not_to_be_empty()
+
+
+def leaving_asks(page: Page) -> bool:
+    """Whether the page asks before it is left (its beforeunload handler cancels the event)."""
+    return page.evaluate("""() => { const e = new Event('beforeunload', { cancelable: true });
+        window.dispatchEvent(e); return e.defaultPrevented; }""")
+
+
+def test_a_reload_keeps_the_readings_marks_window_and_zoom_in_the_tab_not_the_films(page: Page, data_root: Path
+                                                                                    ) -> None:
+    """F5 lost every reading not yet saved. After a reload the list, its readings, viewed marks and order are there;
+    a film shown says it must be dropped again to be seen, and dropped again it opens at the window and zoom the
+    reader left it at, in its own row. Nothing is kept beyond the tab (localStorage) nor any film's pixels; the page
+    still asks before it is left with readings not saved."""
+    first, second = two_films(data_root)
+    page.set_input_files("#file", [first, second])
+    expect(page.locator("#status")).to_have_text("2 films: 2 read, 0 rejected.")
+    page.get_by_role("button", name=f"show {first.name}").click()
+    page.wait_for_function("() => /zoom/.test(document.getElementById('readout-wl').textContent)")
+    page.select_option("#preset", "lung")
+    page.click("#zoom-in")
+    page.get_by_role("button", name="File", exact=True).click()  # sorted by name
+    readings = page.locator(f"{ROWS} td:nth-child(2)").all_inner_texts()
+
+    reload(page)
+    expect(page.locator(ROWS)).to_have_count(2)
+    assert page.locator(f"{ROWS} td:nth-child(1)").all_inner_texts() == [first.name, second.name]
+    assert page.locator(f"{ROWS} td:nth-child(2)").all_inner_texts() == readings
+    expect(page.locator(f"{ROWS} >> nth=0")).to_contain_text("viewed; drop the film again to see it")
+    expect(page.locator("#session-kept")).to_have_text(
+        "Kept from before the page was reloaded: the readings of 2 films, not the films themselves. To see a film "
+        f"again, drop it again: {first.name}, {second.name}.")
+    kept = page.evaluate("() => [sessionStorage.getItem('pneumoscan-session'), localStorage.length]")
+    assert kept[1] == 0 and "data:image" not in kept[0]
+    assert [f["sha256"] for f in json.loads(kept[0])["films"]] != [None, None]
+    assert leaving_asks(page)
+
+    page.get_by_role("button", name=f"show {first.name}").click()
+    expect(page.locator("#label")).not_to_be_empty()
+    expect(page.locator("#caption")).to_contain_text(f"drop {first.name} again to see it")
+    expect(page.locator("#heatmap-button")).to_be_disabled()
+
+    upload_one(page, first)
+    expect(page.locator(ROWS)).to_have_count(2)
+    expect(page.locator("#preset")).to_have_value("lung")
+    assert page.evaluate("() => view.zoom") > 1
+    expect(page.locator("#session-kept")).to_contain_text(f"drop it again: {second.name}.")
+
+    with page.expect_download():
+        page.click("#export")
+    reload(page)
+    assert not leaving_asks(page)  # saved before the reload: nothing to lose
+
+
+def test_a_kept_reading_is_taken_by_its_films_bytes_not_its_name(page: Page, data_root: Path) -> None:
+    """A film of another patient under the same name (IM0001) is another film, listed as one; the kept film's bytes
+    under another name are that film, which takes its row."""
+    first, second = two_films(data_root)
+    upload_one(page, first)
+    reload(page)
+    page.set_input_files("#file", files=[{"name": first.name, "mimeType": "image/jpeg",
+                                          "buffer": second.read_bytes()}])
+    expect(page.locator(ROWS)).to_have_count(2)
+    expect(page.locator(f"{ROWS} >> nth=0")).to_contain_text("drop the film again to see it")
+    page.set_input_files("#file", files=[{"name": "renamed.jpeg", "mimeType": "image/jpeg",
+                                          "buffer": first.read_bytes()}])
+    expect(page.locator("#status")).to_contain_text("renamed.jpeg")
+    expect(page.locator(ROWS)).to_have_count(2)
+    expect(page.locator("#session")).to_be_hidden()
+    assert sorted(page.locator(f"{ROWS} td:nth-child(1)").all_inner_texts()) == [first.name, "renamed.jpeg"]
+
+
+def test_a_session_of_another_model_is_said_and_saved_or_cleared(browser: Browser, tiny_bundle: Path, small: Path,
+                                                                tmp_path: Path) -> None:
+    """The service restarted with another bundle under a session: after a reload its readings are not shown as the
+    new model's; the page says whose they are, and they can be saved (each row names its model) or cleared."""
+    other = shutil.copytree(tiny_bundle.parent, tmp_path / "other") / "bundle"
+    nudge_weights(other)
+    context = browser.new_context(viewport={"width": 1280, "height": 1000}, accept_downloads=True)
+    try:
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        config = uvicorn.Config(create_app(tiny_bundle), host="127.0.0.1", port=0, log_level="warning")
+        with running(uvicorn.Server(config)) as url:
+            page.goto(url)
+            upload_one(page, small)
+            first = page.evaluate("() => cardModel")
+        port = int(url.rsplit(":", 1)[1])
+        config = uvicorn.Config(create_app(other), host="127.0.0.1", port=port, log_level="warning")
+        with running(uvicorn.Server(config)):
+            reload(page)
+            now = page.evaluate("() => cardModel")
+            assert now != first
+            expect(page.locator("#session-other")).to_have_text(
+                f"1 reading of this session was made by the model {first}, not by the model this service runs now "
+                f"({now}): not shown as this model's. Export list as CSV to keep it (each row names its model), or "
+                "Clear session; a film dropped again is read by this model.")
+            assert serious_violations(page) == []
+            page.get_by_role("button", name=f"show {small.name}").click()
+            expect(page.locator("#error")).to_contain_text("Not shown: the reading is of the model")
+            expect(page.locator("#result")).to_be_hidden()
+            with page.expect_download() as download:
+                page.click("#export")
+            rows = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text())))
+            assert f"{rows[0]['model_id']} {rows[0]['model_version']}" == first
+            page.click("#clear-session")  # saved: cleared without a question
+            expect(page.locator("#list")).to_be_hidden()
+            expect(page.locator("#status")).to_have_text(
+                "Session cleared: no film or reading of it is kept in this tab.")
+            reload(page)
+            expect(page.locator("#list")).to_be_hidden()
+            assert page.evaluate("() => sessionStorage.length") == 0
+    finally:
+        context.close()
+
+
+def test_clearing_a_session_not_saved_asks_first(page: Page, small: Path) -> None:
+    """Clear session throws readings away: where they are not saved, only once the reader confirms."""
+    upload_one(page, small)
+    page.once("dialog", lambda dialog: dialog.dismiss())
+    page.click("#clear-session")
+    expect(page.locator(ROWS)).to_have_count(1)
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("#clear-session")
+    expect(page.locator("#list")).to_be_hidden()
+    expect(page.locator("#result")).to_be_hidden()
