@@ -52,11 +52,12 @@ def test_a_reload_keeps_the_readings_marks_window_and_zoom_in_the_tab_not_the_fi
     first, second = two_films(data_root)
     page.set_input_files("#file", [first, second])
     expect(page.locator("#status")).to_have_text("2 films: 2 read, 0 rejected.")
+    page.get_by_role("button", name="File", exact=True).click()  # sorted by name
     page.get_by_role("button", name=f"show {first.name}").click()
     page.wait_for_function("() => /zoom/.test(document.getElementById('readout-wl').textContent)")
+    # the last changes before the reload: kept as the page is left, not only as the list changes
     page.select_option("#preset", "lung")
     page.click("#zoom-in")
-    page.get_by_role("button", name="File", exact=True).click()  # sorted by name
     readings = page.locator(f"{ROWS} td:nth-child(2)").all_inner_texts()
 
     reload(page)

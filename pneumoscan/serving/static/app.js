@@ -1728,6 +1728,7 @@ function restoreSession() {
   ({ sortKey, sortAscending, saved } = kept);
   lastShown = films.find((film) => film.id === kept.shown) || null;
   renderList();
+  $("status").textContent = $("session-kept").textContent;  // heard as the page opens again
 }
 
 // What the session kept through a reload holds and lacks (the films to drop again, by name), and the readings of
