@@ -630,8 +630,8 @@ def cmd_card(args: argparse.Namespace) -> int:
         log.info("wrote %s from the card (bundle.json; nothing else changed)",
                  shown(write_model_card(args.bundle, card)))
         return 0
-    print(model_card_text(args.bundle, card), end="")
-    if stale := stale_model_card(args.bundle):
+    print(text := model_card_text(args.bundle, card), end="")
+    if stale := stale_model_card(args.bundle, card, text):
         log.warning("%s", stale)
     return 0
 

@@ -304,6 +304,29 @@ def test_a_model_card_md_that_is_not_its_cards_text_is_named_and_rewritten_on_co
     assert not [r for r in caplog.records if "is not the text" in r.getMessage()]
 
 
+def test_pneumoscan_card_renders_the_text_once(
+    tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    """`pneumoscan card BUNDLE` prints the card's text and compares MODEL_CARD.md with that same text: it rendered
+    it a second time to compare; --write renders it once too."""
+    import pneumoscan.evaluation.model_card as model_card
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    (bundle / MODEL_CARD).write_text("an old text\n")
+    renders: list[BundleCard] = []
+    real = model_card.render
+    monkeypatch.setattr(model_card, "render", lambda card, int8=None: renders.append(card) or real(card, int8))
+    with caplog.at_level("WARNING"):
+        assert cli.main(["card", str(bundle)]) == 0
+    assert capsys.readouterr().out == render(load_card(bundle)) and len(renders) == 1, len(renders)
+    assert [r for r in caplog.records if f"{bundle / MODEL_CARD} is not the text" in r.getMessage()]
+    renders.clear()
+    assert cli.main(["card", str(bundle), "--write"]) == 0
+    assert len(renders) == 1 and (bundle / MODEL_CARD).read_text() == render(load_card(bundle))
+
+
 def test_the_service_shows_intended_use_and_card_figures(tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path) -> None:
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)

@@ -769,14 +769,16 @@ def write_model_card(directory: Path | str, card: BundleCard) -> Path:
     return path
 
 
-def stale_model_card(directory: Path | str) -> str | None:
+def stale_model_card(directory: Path | str, card: BundleCard | None = None, text: str | None = None) -> str | None:
     """Why BUNDLE/MODEL_CARD.md is not the text this pneumoscan writes of its card, bundle.json (a 0.2.0 bundle's
     keeps 0.2.0's until a command rewrites it, and may say what the card does not record, or leave out what it
     does), with how to rewrite it; None when it is, or there is none. Said, never rewritten here: a bundle is
-    written by a command that says so (``pneumoscan card BUNDLE --write``)."""
-    path, card = Path(directory) / MODEL_CARD, load_card(directory)
+    written by a command that says so (``pneumoscan card BUNDLE --write``). ``card`` and ``text`` (its
+    :func:`model_card_text`) where the caller has them: ``pneumoscan card`` compares the text it prints, rendered
+    once."""
+    path, card = Path(directory) / MODEL_CARD, card or load_card(directory)
     try:
-        if path.read_text(encoding="utf-8") == model_card_text(directory, card, say=False):
+        if path.read_text(encoding="utf-8") == (model_card_text(directory, card, say=False) if text is None else text):
             return None
     except FileNotFoundError:
         return None
