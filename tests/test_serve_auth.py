@@ -762,6 +762,17 @@ def test_access_rules_from_the_serve_options(tmp_path: Path, monkeypatch: pytest
         Access.from_options(tmp_path / "blank")
 
 
+def test_the_keys_in_use_say_where_their_key_file_is(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The looks at the key file, its reloads and SIGHUP's answer each read where the file is from one place: serve's
+    --api-key-file path, and none for a key from the environment or no key at all."""
+    (keys := tmp_path / "keys").write_text(f"ward {WARD_KEY}\n")
+    keys.chmod(0o600)
+    assert guard.KeyInUse(Access.from_options(keys)).key_file == keys
+    monkeypatch.setenv("PNEUMOSCAN_API_KEY", KEY)
+    assert guard.KeyInUse(Access.from_options()).key_file is None
+    assert guard.KeyInUse(None).key_file is None
+
+
 @pytest.mark.parametrize("option, value", [
     ("--max-upload-mb", "inf"), ("--max-upload-mb", "nan"), ("--body-timeout", "inf"), ("--header-timeout", "-inf"),
     ("--port", "65536"), ("--port", "-1"), ("--port", "http"),

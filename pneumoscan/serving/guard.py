@@ -202,10 +202,17 @@ class KeyInUse:
     def _encoded(access: Access | None) -> tuple[tuple[str | None, bytes], ...]:
         return tuple((name, key.encode()) for name, key in access.keys) if access else ()
 
+    @property
+    def key_file(self) -> Path | str | None:
+        """Where the key file is (``serve --api-key-file``'s path, systemd's copy of a ``LoadCredential=`` key
+        among them); None where the keys are not a file's (``$PNEUMOSCAN_API_KEY``'s, or none): the one answer the
+        looks, the reloads and SIGHUP read."""
+        return self.access.key_file if self.access is not None else None
+
     def current(self) -> tuple[tuple[str | None, bytes], ...]:
         """The keys a request must carry now (none with :attr:`refusal`): the key file read again first where it
         has changed since it was last read."""
-        key_file = self.access.key_file if self.access is not None else None
+        key_file = self.key_file
         if key_file is not None and (now := time.monotonic()) - self.looked >= KEY_FILE_CHECK_S:
             self.looked = now
             if file_stamp(key_file) != self.stamp:
@@ -215,8 +222,8 @@ class KeyInUse:
     def reload(self, said: str) -> bool:
         """The key file read again, with the checks of the start (:meth:`Access.from_options`), its outcome logged
         after ``said`` (what made it read); True when it holds the keys in use, which stay (nothing logged)."""
-        assert self.access is not None and self.access.key_file is not None
-        key_file, self.looked = self.access.key_file, time.monotonic()
+        key_file, self.looked = self.key_file, time.monotonic()
+        assert self.access is not None and key_file is not None
         self.stamp = file_stamp(key_file)  # before the read: a change during it is read at the next look
         try:
             access = Access.from_options(key_file, self.access.allowed_hosts, self.access.cors_origins)

@@ -531,8 +531,7 @@ class ListeningServer(uvicorn.Server):
         mended. A file that holds the keys in use says so: systemd's copy of a ``LoadCredential=`` key, made once at
         the start, was said to be reloaded while the new key was refused and the old one let in."""
         keys: KeyInUse = self.config.app.state.key_in_use
-        key_file = keys.access.key_file if keys.access is not None else None
-        if key_file is None:
+        if (key_file := keys.key_file) is None:
             log.warning("SIGHUP: nothing to reload (the service was started without --api-key-file); it goes on",
                         extra={ANSWER: True})
             return
