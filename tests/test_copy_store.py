@@ -142,3 +142,34 @@ def test_a_film_reached_by_another_name_or_moved_is_not_decoded_again_and_a_chan
     (copied / names[1]).write_bytes(b"not a film")
     assert groups(copied) == []
     assert decoded == [str(copied / names[1])]
+
+
+def test_a_write_stats_the_films_it_adds_not_every_film_the_store_holds_and_drops_those_gone_in_time(
+        tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each write stat'ed every file the store held, to drop those gone or changed: a store of 10,000 films paid
+    10,000 stats a film added. A write stats the films it adds; those gone are dropped once the store holds more
+    than twice the files it held at the last such look, and until then a file's scan is used only while its path
+    and stamp are the ones kept: a film put where a gone one was is scanned as what it holds."""
+    monkeypatch.setenv("PNEUMOSCAN_CACHE", str(tmp_path / "cache"))
+    films = sorted(r.path for r in discover(tiny_dataset).records)  # train/'s and test/'s
+    gone = shutil.copytree(tiny_dataset / "train", tmp_path / "gone")
+    held = sorted(str(p) for p in gone.rglob("*.jpeg"))
+    copies.scans(held)
+    store = copies._scans_file()
+    stamped: list[str] = []
+    stamp = copies.file_stamp
+    monkeypatch.setattr(copies, "file_stamp", lambda path: stamped.append(path) or stamp(path))
+    copies.scans([films[0]])
+    assert set(stamped) == {films[0]}, f"{len(set(stamped))} files stat'ed to add one"
+    assert copies._read_scans(store)["checked"] == len(held)
+    was = copies._read_scans(store)["files"][os.path.realpath(held[0])]["sha"]
+    shutil.rmtree(gone)
+    Path(held[0]).parent.mkdir(parents=True)
+    shutil.copyfile(films[1], held[0])  # another film where a gone one was: its scan kept is not this film's
+    assert copies.scans([held[0]])[0]["sha"] == copies.scans([films[1]])[0]["sha"] != was
+    assert len(copies._read_scans(store)["files"]) == len(held) + 2, "the gone films not stat'ed yet"
+    stamped.clear()
+    copies.scans(films[2:len(held) + 1])  # the store passes twice its last look's files: each is looked at
+    assert set(stamped) >= set(map(os.path.realpath, held[1:]))
+    assert sorted(copies._read_scans(store)["files"]) == _real([held[0], *films[:len(held) + 1]])
+    assert copies._read_scans(store)["checked"] == len(held) + 2

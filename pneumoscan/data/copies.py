@@ -168,44 +168,53 @@ def _scans_file() -> Path:
     return default_cache_dir() / f"scans-{json_sha256(what).partition(':')[2][:32]}.json"
 
 
-def _read_scans(store: Path, warn: bool = True) -> dict[str, dict]:
+def _read_scans(store: Path, warn: bool = True) -> dict:
     """The kept scans: ``files`` (each file's content by its real path: ``{"stamp", "sha"}``) and ``scans`` (by SHA-256
-    and suffix: ``{"phash"[, "width", "height", "mode"]}``), none when there are none or they cannot be read: a file
-    cut short, or whose scans differ from the checksum written with them (damaged bytes that still parse would give
-    films other hashes, and split or evaluate other copies), is made anew, with a warning (``warn``)."""
+    and suffix: ``{"phash"[, "width", "height", "mode"]}``), with ``checked``, how many files it held when they were
+    last stat'ed (:func:`_keep_scans`; 0 in a store written without it); none when there are none or they cannot be
+    read: a file cut short, or whose scans differ from the checksum written with them (damaged bytes that still parse
+    would give films other hashes, and split or evaluate other copies), is made anew, with a warning (``warn``)."""
     try:
         held = json.loads(store.read_bytes())
         kept = {"files": held["files"], "scans": held["scans"]}
         if json_sha256(kept) != held["sha256"]:
             raise ValueError("its scans differ from the checksum written with them")
-        return kept
+        return kept | {"checked": int(held.get("checked", 0))}  # outside the checksum: it decides no scan
     except FileNotFoundError:
         pass
     except (OSError, ValueError, KeyError, TypeError) as e:
         if warn:
             log.warning("the copy search's scans in %s cannot be read (%s): the films are scanned again and the "
                         "file made anew", store, e)
-    return {"files": {}, "scans": {}}
+    return {"files": {}, "scans": {}, "checked": 0}
 
 
 def _keep_scans(store: Path, files: dict[str, dict], new: list[tuple[str, str, dict]]) -> None:
     """Add ``files`` (real path: its stamp and SHA-256) and the scans ``new`` ((SHA-256, suffix, scan)) to those kept
     in ``store``, written whole (:func:`~pneumoscan.core.atomic.write_atomic`) under the folder's lock
-    (:func:`~pneumoscan.core.atomic.locked`) to the scans it holds then, less those of files gone or changed since
-    and the scans of bytes no file kept holds: of processes that scanned at once, each adds its own to the
-    others'. When the folder cannot be written, these scans are left out, to be made again next time."""
+    (:func:`~pneumoscan.core.atomic.locked`) to the scans it holds then, less the scans of bytes no file kept holds:
+    of processes that scanned at once, each adds its own to the others'. The files gone or changed since they were
+    kept are dropped once the store holds more than twice the files it held when they were last stat'ed: a stat of
+    every file on each write cost a store of 10,000 films 10,000 stats a film added, and a file's scan is used only
+    where its path and stamp match (:func:`scans`), dropped or not; so a film added costs two stats at most, over
+    the writes. When the folder cannot be written, these scans are left out, to be made again next time."""
     try:
         store.parent.mkdir(parents=True, exist_ok=True, mode=0o700)  # as the image cache makes it: its owner's alone
         with locked(store.parent):
             held = _read_scans(store, warn=False)
-            kept = {p: e for p, e in held["files"].items() if file_stamp(p) == e["stamp"]} | files
+            kept, checked = held["files"] | files, held["checked"]
+            if len(kept) > 2 * checked:
+                kept = {p: e for p, e in held["files"].items()
+                        if p not in files and file_stamp(p) == e["stamp"]} | files
+                checked = len(kept)
             shas = {e["sha"] for e in kept.values()}
             scans = {sha: by for sha, by in held["scans"].items() if sha in shas}
             for sha, suffix, scan in new:  # a scan kept with its header (the audit's) keeps it where this one has none
                 scans.setdefault(sha, {})[suffix] = scans.get(sha, {}).get(suffix, {}) | scan
             held = {"files": kept, "scans": scans}
             # private as the image cache's index is: it names every film
-            write_atomic(store, json.dumps(held | {"sha256": json_sha256(held)}).encode(), mode=0o600)
+            write_atomic(store, json.dumps(held | {"checked": checked, "sha256": json_sha256(held)}).encode(),
+                         mode=0o600)
     except OSError as e:
         log.warning("the copy search's scans cannot be kept in %s (%s): the films are scanned again next time",
                     store, e)
