@@ -208,3 +208,38 @@ def test_a_cv_resumed_under_another_pneumoscan_says_its_folds_mix_versions(
         save_checkpoint(runs[0].checkpoint, {"epoch": 0, TRAINED_BY: [__version__]})  # this version's
         warn_fold_versions(runs)
     assert caplog.records == []
+
+
+def test_folds_started_from_a_bundle_of_another_pneumoscan_are_told_as_of_one_version(
+    tiny_bundle: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A cv started from a bundle (--init) that an earlier version trained: each fold's card names that bundle's
+    versions first, then this one. Finished or still to train, its folds are of one version for cv, which says
+    nothing; a fold finished by another version than the others is named, as without --init."""
+    import dataclasses
+
+    from pneumoscan.models.run_folder import RunFolder
+    from pneumoscan.training.cv import warn_fold_versions
+
+    old = "0.1.0" if __version__ != "0.1.0" else "0.0.1"
+    start = {TRAINED_BY: [None, old]}  # the starting bundle's train_config: begun before 0.3, finished by old
+    runs = [RunFolder(tmp_path / f"fold-{k}") for k in range(3)]
+
+    def finished(run: RunFolder, versions: list[str | None]) -> None:
+        shutil.copytree(tiny_bundle, run.bundle, dirs_exist_ok=True)
+        card = load_card(run.bundle)
+        save_card(run.bundle, dataclasses.replace(card, train_config={**card.train_config, TRAINED_BY: versions}))
+
+    for run in runs[:2]:
+        finished(run, [None, old, __version__])
+    with caplog.at_level("WARNING", logger="pneumoscan.training.cv"):
+        warn_fold_versions(runs, start)  # fold-2 still to train, from the same bundle
+        assert caplog.records == []
+        finished(runs[2], [None, old, __version__])
+        warn_fold_versions(runs, start)
+        assert caplog.records == []
+        finished(runs[2], [None, old, "9.9.9"])  # finished by another version
+        warn_fold_versions(runs, start)
+    [said] = [r.getMessage() for r in caplog.records]
+    assert f"then {old}, then {__version__}; fold-2: " in said and f"then {old}, then 9.9.9" in said, said
+    assert said.count("fold-0, fold-1: ") == 1, said

@@ -319,15 +319,22 @@ def test_a_run_fine_tunes_its_own_bundle_in_place(tiny_bundle: Path, tiny_datase
     when the bundle was gone, none was recorded) and says that it was an earlier version of itself, which the run
     replaced (its --init names its own path). That bundle learnt from all the patients of its data: init_sample
     says so ({}), and the card calls nothing a trial. The films the weights learnt are the run's own: evaluation
-    still refuses them."""
+    still refuses them. The weights were trained by the versions that trained the bundle's (one resumed from a 0.2.0
+    checkpoint: [null, this one]) and go on being trained by this one: the card named this one alone."""
     run, cfg = tmp_path / "run", TrainConfig(**{**TINY, "epochs": 1})
-    first = load_bundle(shutil.copytree(tiny_bundle.parent, run) / "bundle")[1].files
+    started = load_bundle(shutil.copytree(tiny_bundle.parent, run) / "bundle")[1]
+    save_card(run / "bundle", dataclasses.replace(started, train_config={**started.train_config,
+                                                                         TRAINED_BY: [None, __version__]}))
     checksum = card_mod.bundle_checksums([run / "bundle"])[0]
     again = train(tiny_dataset, dataclasses.replace(cfg, init=str(run / "bundle")), run)
     config = load_bundle(again)[1].train_config
-    assert config["init"] == str(run / "bundle") and load_bundle(again)[1].files != first
+    assert config["init"] == str(run / "bundle") and load_bundle(again)[1].files != started.files
     assert config[INIT_CARD] == checksum and config[INIT_IN_PLACE] is True and config[INIT_SAMPLE] == {}
+    assert config[TRAINED_BY] == [None, __version__], "the starting bundle's versions first, each once"
+    assert torch.load(run / "checkpoint.pt", weights_only=True)[TRAINED_BY] == config[TRAINED_BY], "a resume's too"
     text = " ".join((again / "MODEL_CARD.md").read_text(encoding="utf-8").split())
+    assert (f"Its weights were begun by a version of pneumoscan before 0.3, which recorded none, and finished by "
+            f"pneumoscan {__version__}.") in text
     assert (f"**It was fine-tuned from the bundle it replaced** (`--init {run / 'bundle'}`, whose bundle.json's "
             f"checksum was {checksum}): that bundle's weights and card are no longer there, and its path holds this "
             "bundle. The films were split by patient into training and validation.") in text, text

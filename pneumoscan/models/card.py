@@ -323,9 +323,10 @@ TEACHER_SAMPLES = "teacher_samples"
 # which MODEL_CARD.md says the starting bundle's sample is not known, and null in a trained_sample of such a card
 # (and so in what is made of it: a run started from it, an ensemble or a student of it), which says it there too
 INIT_SAMPLE = "init_sample"
-# the pneumoscans that trained a run's epochs, oldest first: its checkpoint's record (a resume adding its own), kept in
-# its card's train_config once it finishes, so that cv still names a fold resumed under another version as trained by
-# both (None: a version before 0.3, whose checkpoint records none); absent in a card older than the record
+# the pneumoscans that trained a run's weights, oldest first (those of the bundle it started from, --init, first): its
+# checkpoint's record (a resume adding its own), kept in its card's train_config once it finishes, so that cv still
+# names a fold resumed under another version as trained by both (None: a version before 0.3, whose checkpoint or card
+# records none); absent in a card older than the record
 TRAINED_BY = "trained_by"
 # train_config of the card in RUN/best, the best epoch's weights a run keeps while it trains: no temperature,
 # threshold or validation figures were chosen for them, so load_card refuses it to all but training's finalisation

@@ -21,9 +21,9 @@ import json
 import math
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -45,7 +45,7 @@ from .distributed import Dist, is_main_process, setup_distributed
 from .engine import resolved_precision
 from .ensemble import cv_folds
 from .resume import (checkpoint_config, config_changes, load_checkpoint, machine_cache, split_change,
-                     teachers_changed, trained_by)
+                     teachers_changed, trained_by, trainers)
 from .train import absent_classes, check_batches, check_init_held_out, train
 
 log = logging.getLogger(__name__)
@@ -127,32 +127,36 @@ def check_fold_data(run: RunFolder, planned: list[Record], ctx: Dist, opened: di
                          "use a new out_dir (--out)")
 
 
-def _fold_versions(run: RunFolder) -> list[str | None]:
+def _fold_versions(run: RunFolder, start: Mapping[str, Any] | None) -> list[str | None]:
     """The pneumoscans that train a fold: a finished fold's, those its card records trained its weights (its
     checkpoint's, kept as it finished), or of a card older than that record its writer (none named: none); an
     interrupted fold's, those of its checkpoint's epochs (None: a version before 0.3, which records none) and this
-    one, which trains the rest; a fold still to train, this one."""
+    one, which trains the rest; a fold still to train, those that trained the bundle it starts from (``start``, its
+    card's train_config: the recipe's init; None without one), then this one."""
     if (run.bundle / CARD).exists():
         card = load_card(run.bundle)
         return card.train_config.get(TRAINED_BY) or list(filter(None, [card.versions.get(WRITER)]))
     if run.checkpoint.exists():
         return trained_by(load_checkpoint(run.checkpoint))
-    return [__version__]
+    return trained_by(start) if start is not None else [__version__]
 
 
-def warn_fold_versions(runs: Sequence[RunFolder]) -> None:
+def warn_fold_versions(runs: Sequence[RunFolder], start: Mapping[str, Any] | None = None) -> None:
     """Warn when the folds are trained by more than one pneumoscan (a cv stopped under one version and resumed under
     another: the finished folds' cards name theirs, an interrupted fold's checkpoint its epochs', a fold still to
     train is this one's), as cv.json pools their figures; not refused, as a version need not change the recipe. A
-    card that names no writer is passed over; a checkpoint that names none is said to be of a version before 0.3."""
+    card that names no writer is passed over; a checkpoint that names none is said to be of a version before 0.3.
+    ``start``: the train_config of the card of the bundle every fold starts from (init), whose versions each
+    fold names first: folds that name the same versions are not told as of several for them."""
     made_by: dict[str, list[str]] = {}
     seen: set[str | None] = set()
+    started = set(trainers(start)) if start is not None else set()
     for run in runs:
-        if versions := _fold_versions(run):
-            seen.update(versions)
+        if versions := _fold_versions(run, start):
+            seen.update(v for v in versions if v not in started)
             said = ", then ".join(v or "a version before 0.3 (its checkpoint records none)" for v in versions)
             made_by.setdefault(said, []).append(run.root.name)
-    if len(seen) > 1:
+    if len(seen) > 1 or len(made_by) > 1:
         log.warning("the folds of this cv are trained by more than one pneumoscan (%s), and cv.json pools their "
                     "figures: for figures of one version, finish it with the version that began it, or use a new "
                     "out_dir (--out)", "; ".join(f"{', '.join(names)}: {v}" for v, names in made_by.items()))
@@ -306,7 +310,8 @@ def _plan_folds(data: Path | str, cfg: TrainConfig, folds: int, cv_folder: CvFol
     ctx = setup_distributed()
     here = {"processes": ctx.world, "resolved_precision": resolved_precision(ctx.device, cfg.precision)}
     check_fold_processes([cv_folder.fold(k) for k in range(folds)], here)
-    warn_fold_versions([cv_folder.fold(k) for k in range(folds)])
+    warn_fold_versions([cv_folder.fold(k) for k in range(folds)],
+                       load_card(cfg.init).train_config if cfg.init is not None else None)
     for k, planned in enumerate(plans):  # its films as listed: a fold's run refuses again should some be unreadable
         check_batches(len(select([r for r in planned if r.split == "train"], task)[0]), configs[k], ctx,
                       f"fold {k + 1} of {folds}: ")

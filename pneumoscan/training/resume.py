@@ -10,8 +10,9 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -145,11 +146,19 @@ def made_by(cfg: TrainConfig, ctx: Dist, data: str, teachers: Sequence[str]) -> 
             "teachers": list(teachers), TRAINED_BY: [__version__]}
 
 
-def trained_by(ckpt: dict) -> list[str | None]:
-    """The pneumoscans that train a run resumed from a checkpoint, oldest first: those of its epochs (None for a
-    checkpoint of a version before 0.3, which records none: a cv fold resumed from it is told as trained by two,
-    :func:`~.cv.warn_fold_versions`), then this one, which trains the rest."""
-    return list(dict.fromkeys([*(ckpt.get(TRAINED_BY) or [None]), __version__]))
+def trained_by(earlier: Mapping[str, Any]) -> list[str | None]:
+    """The pneumoscans that train a run that goes on from weights trained before, oldest first, each once: those
+    ``earlier`` records (:data:`TRAINED_BY`) trained them, then this one, which trains the rest. ``earlier``: the
+    checkpoint a run resumes (its epochs'), or the train_config of the card of the bundle it starts from (--init:
+    its weights were trained by those, and the new card says so); None for one of a version before 0.3, which
+    records none: a cv fold resumed from it is told as trained by two (:func:`~.cv.warn_fold_versions`)."""
+    return list(dict.fromkeys([*trainers(earlier), __version__]))
+
+
+def trainers(record: Mapping[str, Any]) -> list[str | None]:
+    """The pneumoscans ``record`` (a checkpoint, a card's train_config) says trained its weights, oldest first;
+    ``[None]`` for one of a version before 0.3, which records none."""
+    return list(record.get(TRAINED_BY) or [None])
 
 
 def teachers_changed(recorded: dict | None) -> str | None:

@@ -688,8 +688,10 @@ def train(
         learnt = ({k: resumed[k] for k in (INIT_CARD, INIT_SAMPLE) if k in resumed}
                   | ({INIT_IN_PLACE: True} if in_place else {}))
     made |= learnt  # each checkpoint keeps it
-    if resumed is not None:  # its epochs' pneumoscans, then this one's
+    if resumed is not None:  # its epochs' pneumoscans (its starting bundle's among them), then this one's
         made[TRAINED_BY] = trained_by(resumed)
+    elif started is not None:  # the starting bundle's, whose weights it goes on training
+        made[TRAINED_BY] = trained_by(started.train_config)
     # the teachers' checksums the checkpoint keeps (made["teachers"]) are this start's: --resume refuses others
     learnt |= taught
     trackers = make_trackers(log_to, run_dir, run_record(cfg, ctx) | learnt, tracking_uri) if ctx.main else []
