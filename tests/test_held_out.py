@@ -336,6 +336,29 @@ def test_a_card_older_than_the_splits_record_has_the_split_beside_it_proved_by_i
     assert f"the films of the split.csv beside it ({split}) are not the ones" in record["caveats"][0]
 
 
+def test_export_int8_says_a_split_unproved_only_once_its_films_have_been_checked_and_left_it_so(
+    tiny_bundle: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """export --int8 of an older card in its run, given the split beside it or a copy of it: the split was said to
+    be taken without proof before the films read proved it by the card's data checksum (a copy where no image cache
+    of the split's films proved it first). Proved, nothing is said; a card without a data checksum (0.2.0's) leaves
+    it unproved, said once, after the checks."""
+    run = _older_card(shutil.copytree(tiny_bundle.parent, tmp_path / "run") / "bundle")
+    export = ["export", str(run), "--int8", "--data", str(run.parent / "split.csv")]
+    with caplog.at_level("WARNING"):
+        assert cli.main(export) == 0
+        monkeypatch.setenv("PNEUMOSCAN_CACHE", str(tmp_path / "no-cache"))  # none holds the split's films
+        copy = shutil.copyfile(run.parent / "split.csv", tmp_path / "copy.csv")
+        assert cli.main(["export", str(run), "--int8", "--data", str(copy)]) == 0
+    assert "without proof" not in caplog.text
+    save_card(run, dataclasses.replace(load_card(run), data_checksum=""))
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert cli.main(export) == 0
+    said = [r.getMessage() for r in caplog.records]
+    assert sum(f"so {run.parent / 'split.csv'} is taken as its run's split without proof" in m for m in said) == 1, said
+
+
 def test_evaluate_add_to_card_says_a_split_it_could_not_prove_its_runs(
     tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:

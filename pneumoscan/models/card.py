@@ -540,19 +540,27 @@ def _proved_by_cache(card: BundleCard, split: Path) -> tuple[bool, int] | None:
     return data_checksum(cache, records) == card.data_checksum, len(records)
 
 
+def say_unproved_split(bundle: Path | str, card: BundleCard | None) -> None:
+    """Warn where the split.csv beside BUNDLE is taken as its run's without proof (:func:`split_beside`), once a
+    process per bundle, as :func:`run_split` says it."""
+    if (unproved := split_beside(bundle, card).unproved) is not None:
+        _warn_unproved_split(unproved)
+
+
 @functools.cache
 def _warn_unproved_split(why: str) -> None:
     """Once a process per bundle: every command reads the split several times."""
     log.warning("%s", why)
 
 
-def run_split(bundle: Path | str, card: BundleCard | None) -> Path | None:
+def run_split(bundle: Path | str, card: BundleCard | None, say: bool = True) -> Path | None:
     """The split.csv of BUNDLE's run where it is beside BUNDLE and is the run's (:func:`split_beside`, not proved:
     ``card``, BUNDLE's as the caller read it, None where it has none); None otherwise, the reason of a split that is
-    not the run's, or is taken as its run's without proof, logged."""
+    not the run's, or (``say``) is taken as its run's without proof, logged: not said where the caller goes on to
+    prove it by its films, and says it only where they leave it unproved (:func:`say_unproved_split`)."""
     split = RunFolder.of(Path(bundle)).split
     beside = split_beside(bundle, card)
-    if beside.unproved is not None:
+    if say and beside.unproved is not None:
         _warn_unproved_split(beside.unproved)
     if beside.foreign is not None:
         log.warning("%s: %s; it is not read as its run's split", bundle, beside.foreign)

@@ -48,7 +48,7 @@ from pneumoscan.inference.predict import Predictor, session_logits, tta_probabil
 from pneumoscan.models.bundle import load_bundle
 from pneumoscan.models.card import (ENSEMBLE, MACRO_AUC, ONNX_NAME, BundleCard, checked_bytes, films_as_trained,
                                    load_card, member_sources, out_of_fold_ensemble, proven_run_split, record_checksum,
-                                   replaced_members, run_split)
+                                   replaced_members, run_split, say_unproved_split)
 from pneumoscan.models.ensemble_net import EnsembleNet
 from pneumoscan.models.run_folder import CvFolder, RunFolder
 from .ensemble import cv_members, member_named_logits, out_of_fold
@@ -252,12 +252,18 @@ def _val_films(bundle: Path, data: Path | str, card: BundleCard, task: Task) -> 
     # copies of training films under other names are refused as `threshold` and `ensemble --data` refuse them: a
     # threshold chosen on their too-good scores is written into the bundle. A copied bundle's run's split, proved by
     # its checksum, is checked against as the split.csv beside it would be: no warning that the films are unchecked.
-    # That split, or the one beside a bundle in its run given as DATA, is checked against as DATA was listed above
-    beside = run_split(bundle, card)
-    given_split = data if proven else beside if _same_file(beside, data) else None
+    # That split, or the one beside a bundle in its run given as DATA, is checked against as DATA was listed above.
+    # The one beside it is checked against too where its films are then proved its run's by the card's data checksum
+    # or refused (_check_same_films, of a bundle whose thresholds its run chose): one taken without proof (an older
+    # card's) is said so once that check has left it unproved, not before
+    beside = run_split(bundle, card, say=False)
+    same = _same_file(beside, data)
+    given_split = data if proven else beside if same or not _chosen_off_run(bundle, card) else None
     check_held_out([bundle], records, "choose the INT8 thresholds", policy=HeldOutPolicy(refuse_copies=True),
-                   run_split=given_split, run_records=val.every)
-    _check_same_films(bundle, card, task, data, val, proven)
+                   run_split=given_split, run_records=val.every if proven or same else None)
+    if not _check_same_films(bundle, card, task, data, val, proven, beside) and beside is not None and (
+            given_split is beside):
+        say_unproved_split(bundle, card)
     pool = labelled_films(data, "train", task, card.spec, found=found, cache=cache)
     if not pool.records or len(images) == 0:
         raise ValueError(f"{data} must hold train and val films of the {card.task} task (a run's split.csv)")
@@ -289,7 +295,7 @@ def _chosen_off_run(bundle: Path, card: BundleCard) -> bool:
 
 
 def _check_same_films(bundle: Path, card: BundleCard, task: Task, data: Path | str, val: LabelledFilms,
-                      proven: bool) -> None:
+                      proven: bool, own: Path | None) -> bool:
     """Refuse val films of ``data`` (``val``) that are not the films BUNDLE's FP32 thresholds were chosen on, all of
     them: its calibration_films.csv where `pneumoscan threshold` or `ensemble --data` chose them on other films than
     its run's, else its run's val films (:func:`_run_val_films`). The INT8 thresholds replace the FP32 ones for
@@ -302,12 +308,14 @@ def _check_same_films(bundle: Path, card: BundleCard, task: Task, data: Path | s
     :func:`~pneumoscan.models.card.run_split`) is taken only with
     DATA its run's split, wherever its films are now, told by that checksum (``proven``: :func:`_copied_run_split`):
     else which films chose its thresholds, and whether DATA's val films are new to it, are unknown, and an INT8
-    threshold chosen on its training films (too good) or on another population would be written."""
-    listed, split, own = bundle / CALIBRATION_FILMS, RunFolder.of(bundle).split, run_split(bundle, card)
+    threshold chosen on its training films (too good) or on another population would be written. ``own``: the
+    split.csv of its run beside it (:func:`~pneumoscan.models.card.run_split`; None: none). Returns whether the run's
+    films were proved by that checksum (a card that records none, or thresholds chosen off the run, prove nothing)."""
+    listed, split = bundle / CALIBRATION_FILMS, RunFolder.of(bundle).split
     by_list = _chosen_off_run(bundle, card)
     if not by_list and own is None:
         if proven:
-            return  # DATA is the run's split: the same films, pixels, labels and sides, in the same order
+            return True  # DATA is the run's split: the same films, pixels, labels and sides, in the same order
         raise ValueError(f"{bundle} has no {split.name} of its run beside it (copied out of its run folder?), and "
                          f"the films of {data} are not the ones it was trained and validated on (its card's data "
                          f"checksum{'' if card.data_checksum else ', which it does not record'}): which films chose "
@@ -329,6 +337,7 @@ def _check_same_films(bundle: Path, card: BundleCard, task: Task, data: Path | s
                          "on (rewritten in place since, other files under the same paths on this machine, or decoded "
                          "otherwise by this version?): its INT8 thresholds would be chosen on other films than its "
                          "FP32 ones; quantise it where its run's films are")
+    return not by_list and bool(card.data_checksum)
 
 
 def _run_val_films(run: Sequence[Record], task: Task, val: LabelledFilms) -> set[str]:
