@@ -135,6 +135,7 @@ bench: env
 	$(BIN)/python benchmarks/bench_precision.py
 	$(BIN)/python benchmarks/bench_ci_coverage.py
 	$(BIN)/python benchmarks/bench_startup.py
+	$(BIN)/python benchmarks/bench_huffman.py
 
 # The user documentation (docs/, mkdocs.yml) as a static site in site/; a broken link or anchor fails the build.
 docs: env
