@@ -249,6 +249,98 @@ def test_the_huffman_walk_accepts_every_real_film_and_refuses_their_damage(data_
                 jpeg_reader.check_huffman_scans(damaged)
 
 
+
+def _walk_mcus_code_by_code(data: bytes, units: list[tuple[list[int], list[int] | None]], count: int) -> int:
+    """The reference for the DCT walk: ``count`` MCUs of ``units`` (DC steps, the AC table as _huffman_lookup gives
+    it) read one code a lookup, each window cut from the bytes of ``data`` (then zeros) as it is read."""
+    padded, at = data + bytes(4), 0
+    for _ in range(count):
+        for dc, ac in units:
+            step = dc[(int.from_bytes(padded[at >> 3 : (at >> 3) + 3], "big") >> (8 - (at & 7))) & 0xFFFF]
+            if not step:
+                raise ValueError("Corrupt JPEG data: bad Huffman code")
+            at, k = at + step, 64 if ac is None else 1
+            while k < 64:
+                entry = ac[(int.from_bytes(padded[at >> 3 : (at >> 3) + 3], "big") >> (8 - (at & 7))) & 0xFFFF]
+                if not entry:
+                    raise ValueError("Corrupt JPEG data: bad Huffman code")
+                run, size = entry >> 4 & 15, entry & 15
+                at += (entry >> 8) + size
+                if size:
+                    k += run + 1
+                elif run == 15:
+                    k += 16
+                else:
+                    break
+            if k > 64:
+                raise ValueError("Corrupt JPEG data: a block of more than 64 coefficients")
+        if at > 8 * len(data):
+            raise ValueError("Corrupt JPEG data: premature end of data segment")
+    return at
+
+
+def _walked(intervals: list[bytes], units: list[tuple], counts: list[int], walk=None) -> list[int | str]:
+    """Where each interval's walk ends in turn, by the reference (or by ``walk``, all at once), up to the first
+    that is refused and the reason."""
+    ends: list[int | str] = []
+    try:
+        if walk is None:
+            for data, count in zip(intervals, counts):
+                ends.append(_walk_mcus_code_by_code(data, units, count))
+        else:
+            ends.extend(walk(intervals, units, counts))
+    except ValueError as e:
+        ends.append(str(e))
+    return ends
+
+
+def _short_codes(symbols: bytes) -> tuple[list[tuple], list[tuple]]:
+    """One unit's coding (fast, and as the reference reads it) by an AC table no encoder writes: ``symbols`` (a
+    ZRL, EOB, a run of 14 and a run of 10 that ends the block among them) in codes of 1 to 4 bits, so that many codes
+    of a window cross the 64th coefficient; the DC table's code of all ones held by none."""
+    dc = jpeg_reader._dc_steps(jpeg_reader._huffman_lookup(bytes([0, 3, 1] + [0] * 13), bytes([0, 1, 2, 3])), False)
+    ac = jpeg_reader._huffman_lookup(bytes([1, 0, 3, 2] + [0] * 12), symbols)
+    return [(dc, jpeg_reader._ac_steps(ac))], [(dc, ac.tolist())]
+
+
+def test_the_dct_walk_ends_where_a_walk_code_by_code_does(data_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The DCT walk reads several codes a lookup, from windows made for a stretch of the data at a time; it must end
+    every interval where the walk code by code ends it, or refuse it with the same reason: intact, cut, overwritten
+    with noise, noise alone, no data, or more data than its MCUs read; alone, and before an intact interval whose
+    data the walk may read on into. A grey film of restart intervals, a colour one of 4:2:0 MCUs (six blocks, two
+    pairs of tables), and noise read by tables of short codes for long runs; the windows made for stretches of
+    1,024 bits, so that a film's interval is walked over several."""
+    monkeypatch.setattr(jpeg_reader, "_WINDOW_BITS", 1 << 10)
+    film = sorted((data_root / "val").rglob("*.jpeg"))[0].read_bytes()
+    gray = simplejpeg.decode_jpeg(film, "GRAY")[:96, :128, 0]
+    colour = simplejpeg.encode_jpeg(np.ascontiguousarray(np.dstack([gray, gray[::-1], 255 - gray])), quality=90,
+                                    colorspace="RGB", colorsubsampling="420")  # fmt: skip
+    rng, seen = np.random.default_rng(3), []
+    noise = [rng.integers(0, 256, 80, dtype=np.uint8).tobytes() for _ in range(60)]
+    bits = [rng.integers(0, 256, size, dtype=np.uint8).tobytes() for size in rng.integers(1, 8, 60)]
+    cases = [(*_short_codes(bytes([0x01, 0xF0, 0x00, 0xE1, 0x11, 0xA0])), noise, 8),
+             (*_short_codes(bytes([0x12, 0x00, 0xF0, 0xE1, 0x11, 0xA0])), bits, 4)]  # zeros: over 64 in 96 bits
+    for frame in (film, colour):
+        scan = next(jpeg_reader._sequential_scans(frame))
+        with monkeypatch.context() as raw:
+            raw.setattr(jpeg_reader, "_ac_steps", lambda table: table.tolist())
+            units = next(jpeg_reader._sequential_scans(frame)).units
+        pieces = jpeg_reader._restart_intervals(frame[scan.start : scan.end], scan.restart, scan.mcus)
+        whole, more = jpeg_reader._unstuffed(pieces[0]), rng.integers(0, 256, 400, dtype=np.uint8).tobytes()
+        intervals = [whole, whole[: len(whole) // 2], whole[:100] + more[:50] + whole[150:], more, b"", b"\xff" * 40,
+                     whole + more]  # fmt: skip
+        cases.append((scan.units, units, intervals + noise, scan.restart or scan.mcus))
+    for fast, reference, intervals, count in cases:
+        for data in intervals:
+            for mcus in (count, 1, 4):  # alone, and before an intact interval, whose data it may read on into
+                for walked in ([data], [mcus]), ([data, intervals[0]], [mcus, count]):
+                    expected = _walked(*walked[:1], reference, *walked[1:])
+                    assert _walked(walked[0], fast, walked[1], jpeg_reader._walk_mcus) == expected
+                    seen += [end if isinstance(end, str) else "ended" for end in expected]
+    assert set(seen) == {"ended", "Corrupt JPEG data: bad Huffman code", "Corrupt JPEG data: premature end of data "
+                         "segment", "Corrupt JPEG data: a block of more than 64 coefficients"}
+
+
 def _at_frame_header(frame: bytes, piece: bytes) -> bytes:
     """``frame`` with ``piece`` before its frame header (SOF0, SOF1 or SOF3)."""
     start = re.search(rb"\xff[\xc0\xc1\xc3]", frame).start()

@@ -36,6 +36,7 @@ _ALONE = frozenset({0x01, *range(0xD0, 0xD8)})  # TEM, RST0-RST7: markers withou
 # with the true walk, to be walked again code by code
 _SEGMENT_BITS = 1 << 14
 _LEAD_IN = 1 << 9
+_WINDOW_BITS = 1 << 23  # the bits of a scan's windows made at once (:func:`_windows`): 16 MB for 1 MB of its data
 
 
 def decode(data: bytes, colorspace: str, **options: int) -> np.ndarray | None:
@@ -66,7 +67,7 @@ def check_frame(frame: bytes) -> None:
     """Raise ValueError ("Corrupt JPEG data: ...") when a JPEG DICOM frame's entropy-coded data is damaged or cut
     short: pydicom's plugins decode it anyway. An 8-bit DCT frame is decoded by libjpeg-turbo at 1/8 scale for this,
     which still reads every coefficient (about 3 ms for a 1776 x 1416 film, half the full decode); a 12-bit one (JPEG
-    Extended, process 4) or a lossless one (process 14) is checked by :func:`check_huffman_scans` (0.1-0.4 s for a
+    Extended, process 4) or a lossless one (process 14) is checked by :func:`check_huffman_scans` (0.05-0.08 s for a
     12-bit DCT film of that size, about 0.1 s of CPU for a grey lossless one, whose every sample has its own code;
     refused over MAX_HUFFMAN_CODES)."""
     marker, precision = _frame_header(frame) or (None, None)
@@ -227,8 +228,7 @@ def _walk_scans(frame: bytes) -> None:
         if scan.lossless and len(scan.units) == 1:  # one code a sample: every interval walked at once
             ends = iter(_walk_samples(intervals, scan.units[0][0], counts))
         else:
-            ends = (_walk_mcus(data + bytes(4), len(data) * 8, scan.units, count)
-                    for data, count in zip(intervals, counts))  # fmt: skip
+            ends = _walk_mcus(intervals, scan.units, counts)
         for data, at in zip(intervals, ends):  # in order: the first fault found is the one libjpeg meets
             _check_end(data, at)
     if fault is not None:
@@ -253,7 +253,7 @@ def _sequential_scans(frame: bytes) -> Iterator[_Scan]:
     """The scans of a sequential Huffman-coded frame, each with the tables, components and restart interval its
     markers have defined by then; none of a progressive or arithmetic-coded one (a progression's cost is capped
     here), nor after a scan whose height a DNL marker gives later. A frame without a scan is refused."""
-    tables: dict[tuple[int, int], list[int]] = {}
+    tables: dict[tuple[int, int], np.ndarray] = {}
     components: dict[int, tuple[int, int]] = {}
     width = height = restart = 0
     lossless = scanned = False
@@ -290,27 +290,28 @@ def _sequential_scans(frame: bytes) -> Iterator[_Scan]:
         raise ValueError("JPEG datastream contains no image")
 
 
-def _huffman_lookup(counts: bytes, symbols: bytes) -> list[int]:
+def _huffman_lookup(counts: bytes, symbols: bytes) -> np.ndarray:
     """Every 16-bit window of the bit stream -> code length << 8 | symbol of the code it starts with, 0 where no
     code does: one lookup a symbol."""
-    lookup, code, at = [0] * 65536, 0, 0
+    lookup, code, at = np.zeros(65536, np.int32), 0, 0
     for length, count in enumerate(counts, 1):
         for symbol in symbols[at : at + count]:
             if code >> length:
                 raise ValueError("Bogus Huffman table definition")
             span = 1 << (16 - length)
-            lookup[code * span : (code + 1) * span] = [length << 8 | symbol] * span
+            lookup[code * span : (code + 1) * span] = length << 8 | symbol
             code += 1
         at += count
         code <<= 1
     return lookup
 
 
-# A unit's coding in a scan: (its DC or lossless differences' :func:`_dc_steps`, its AC table; None in a lossless scan)
-_Coding = tuple[list[int], list[int] | None]
+# A unit's coding in a scan: (its DC or lossless differences' :func:`_dc_steps`, its AC :func:`_ac_steps`; None in a
+# lossless scan)
+_Coding = tuple[list[int], tuple[list[int], list[int]] | None]
 
 
-def _scan_units(sos: bytes, components: dict[int, tuple[int, int]], tables: dict[tuple[int, int], list[int]],
+def _scan_units(sos: bytes, components: dict[int, tuple[int, int]], tables: dict[tuple[int, int], np.ndarray],
                 size: tuple[int, int], lossless: bool) -> tuple[int, list[_Coding]]:
     """(MCUs in the scan, the coding of each unit of an MCU in order), by the geometry of T.81 A.2: the cost guard
     and every walk of the scan's intervals start from them."""
@@ -318,7 +319,8 @@ def _scan_units(sos: bytes, components: dict[int, tuple[int, int]], tables: dict
     selected = [(sos[1 + 2 * i], sos[2 + 2 * i] >> 4, sos[2 + 2 * i] & 15) for i in range(sos[0])]
     side = 1 if lossless else 8  # pixels a unit spans each way
     steps = {dc: _dc_steps(tables[0, dc], lossless) for dc in {dc for _, dc, _ in selected}}  # once a table
-    codings = [(steps[dc], None if lossless else tables[1, ac]) for _, dc, ac in selected]
+    acs = {} if lossless else {ac: _ac_steps(tables[1, ac]) for ac in {ac for _, _, ac in selected}}
+    codings = [(steps[dc], acs.get(ac)) for _, dc, ac in selected]
     if len(selected) == 1:  # one component: one unit an MCU, over the component's own size
         h, v = components[selected[0][0]]
         return -(-(-(-width * h // hmax)) // side) * -(-(-(-height * v // vmax)) // side), codings
@@ -326,12 +328,38 @@ def _scan_units(sos: bytes, components: dict[int, tuple[int, int]], tables: dict
     return mcus, [coding for (c, _, _), coding in zip(selected, codings) for _ in range(math.prod(components[c]))]
 
 
-def _dc_steps(table: list[int], lossless: bool) -> list[int]:
+def _dc_steps(table: np.ndarray, lossless: bool) -> list[int]:
     """The bits a DC difference (or a lossless one) takes from each 16-bit window of ``table``
     (:func:`_huffman_lookup`): its code, then the bits its size says, so that one lookup reads it whole; 0 where
     no code starts or the size is over 16. A lossless difference of size 16 has no bits (T.81 H.1.2.2)."""
-    return [0 if not e or e & 0xFF > 16 else (e >> 8) + (0 if lossless and e & 0xFF == 16 else e & 0xFF)
-            for e in table]  # fmt: skip
+    size = table & 0xFF
+    bits = np.where((size == 16) & lossless, 0, size)
+    return np.where((table == 0) | (size > 16), 0, (table >> 8) + bits).tolist()
+
+
+def _ac_steps(table: np.ndarray) -> tuple[list[int], list[int]]:
+    """Each 16-bit window of an AC ``table`` (:func:`_huffman_lookup`) -> bits << 8 | coefficients << 1 | EOB, for
+    the codes it starts with and their values, 0 where its first code is none: (as many codes as lie whole in the
+    window, up to an EOB, and none after 16 or more coefficients; its first code alone). A film's codes are mostly a
+    few bits long, so :func:`_walk_mcus` takes two or three a lookup; from a block's 48th coefficient on it takes
+    the first code alone, and so reads the codes a walk code by code reads (none after the 64th coefficient)."""
+    length, run, size = table >> 8, table >> 4 & 15, table & 15
+    coefficients = np.where(size > 0, run + 1, np.where(run == 15, 16, 0))  # a value; ZRL: 16 zeros; else EOB
+    end = (size == 0) & (run != 15)
+    single = np.where(table == 0, 0, (length + size) << 8 | coefficients << 1 | end)
+    several = single.copy()
+    window = np.flatnonzero((table != 0) & ~end & (length + size < 16))  # windows that may hold a next code
+    taken, counted = length[window] + size[window], coefficients[window]
+    while window.size:
+        following = window << taken & 0xFFFF
+        entry = single[following]
+        whole = (entry != 0) & (taken + length[following] <= 16)  # a code, all of its bits in the window
+        window, taken, counted, entry = window[whole], taken[whole], counted[whole], entry[whole]
+        several[window] += entry  # the bits and coefficients add up; its end of block is the entry's
+        taken, counted = taken + (entry >> 8), counted + (entry >> 1 & 127)
+        going = (entry & 1 == 0) & (counted <= 16) & (taken < 16)
+        window, taken, counted = window[going], taken[going], counted[going]
+    return several.tolist(), single.tolist()
 
 
 def _restart_intervals(data: bytes, restart: int, mcus: int) -> list[bytes]:
@@ -366,35 +394,76 @@ def _check_end(data: bytes, at: int | None) -> None:
         raise ValueError(f"Corrupt JPEG data: {extra} extraneous bytes before marker")
 
 
-def _walk_mcus(padded: bytes, bits: int, units: list[_Coding], count: int) -> int:
-    """The bit after ``count`` MCUs of ``units`` from the start of ``padded`` (``bits`` of data, then zeros),
-    refused at the first MCU that ends past ``bits`` (codes read from the zeros after the data would be no reason
-    to give), or at a code no table holds."""
-    at = 0
-    for _ in range(count):
-        for dc, ac in units:
-            step = dc[(int.from_bytes(padded[at >> 3 : (at >> 3) + 3], "big") >> (8 - (at & 7))) & 0xFFFF]
-            if not step:
-                raise ValueError("Corrupt JPEG data: bad Huffman code")
-            at += step
-            k = 64 if ac is None else 1
-            while k < 64:
-                entry = ac[(int.from_bytes(padded[at >> 3 : (at >> 3) + 3], "big") >> (8 - (at & 7))) & 0xFFFF]
-                if not entry:
-                    raise ValueError("Corrupt JPEG data: bad Huffman code")
-                run, bits_of_value = entry >> 4 & 15, entry & 15
-                at += (entry >> 8) + bits_of_value
-                if bits_of_value:
-                    k += run + 1
-                elif run == 15:  # ZRL: 16 zeros
-                    k += 16
-                else:  # EOB
-                    break
-            if k > 64:
-                raise ValueError("Corrupt JPEG data: a block of more than 64 coefficients")
-        if at > bits:
-            raise ValueError(_CUT_SHORT)
-    return at
+def _walk_mcus(intervals: list[bytes], units: list[_Coding], counts: list[int]) -> Iterator[int]:
+    """For each interval (its data unstuffed, then zeros) in turn, the bit after its ``counts`` MCUs of ``units``,
+    refused at the first MCU that ends past its end (codes read from the zeros after the data would be no reason to
+    give), or at a code no table holds.
+
+    Codes are looked up by the 16-bit window at each bit (:func:`_windows`), several AC codes a lookup while a block
+    is at least 16 coefficients from its end (:func:`_ac_steps`), one at a time nearer. The windows are made for all
+    the intervals at once, each followed by two zero bytes, a stretch of :data:`_WINDOW_BITS` at a time (made for
+    each interval alone, they cost a frame of one MCU an interval more than its walk): an MCU that reads past its
+    interval's end, into the next one's data, has the interval walked again alone, to be refused for what the zeros
+    after it give."""
+    stream = b"".join(data + bytes(2) for data in intervals)
+    reach = sum(32 if ac is None else 32 + 63 * 31 for _, ac in units)  # the most bits an MCU takes
+    base, origin, last = 0, 0, len(intervals) - 1  # the bit the windows start at; the interval's
+    window = _windows(stream, 0, min(8 * len(stream), _WINDOW_BITS) + reach)
+    for number, (data, count) in enumerate(zip(intervals, counts)):
+        at, end = origin - base, origin + 8 * len(data)  # the walk's bit from base; the interval's end
+        for _ in range(count):
+            if at > _WINDOW_BITS:  # past the windows made: the next stretch's, from the byte it is at
+                base, at = base + (at & ~7), at & 7
+                window = _windows(stream, base >> 3, min(8 * len(stream) - base, _WINDOW_BITS) + reach)
+            try:
+                for dc, ac in units:
+                    step = dc[window[at]]
+                    if not step:
+                        raise ValueError("Corrupt JPEG data: bad Huffman code")
+                    at += step
+                    if ac is None:
+                        continue
+                    several, single, k = *ac, 1
+                    while k < 48:  # each code of a lookup starts before the 64th coefficient
+                        entry = several[window[at]]
+                        if not entry:
+                            raise ValueError("Corrupt JPEG data: bad Huffman code")
+                        at, k = at + (entry >> 8), k + (entry >> 1 & 127)
+                        if entry & 1:  # EOB
+                            break
+                    else:
+                        while k < 64:
+                            entry = single[window[at]]
+                            if not entry:
+                                raise ValueError("Corrupt JPEG data: bad Huffman code")
+                            at, k = at + (entry >> 8), k + (entry >> 1 & 127)
+                            if entry & 1:
+                                break
+                    if k > 64:
+                        raise ValueError("Corrupt JPEG data: a block of more than 64 coefficients")
+            except ValueError:
+                if base + at > end and number < last:  # it may have read the next interval's data
+                    next(_walk_mcus([data], units, [count]))  # walked alone, refused for the zeros after it
+                raise
+            if base + at > end:
+                if number < last:
+                    next(_walk_mcus([data], units, [count]))
+                raise ValueError(_CUT_SHORT)
+        yield base + at - origin
+        origin = end + 16
+
+
+def _windows(data: bytes, start: int, bits: int) -> memoryview:
+    """The 16-bit window of ``data`` at each of ``bits`` bits from byte ``start`` (zeros past its end), for the walk
+    to index as it goes: a lookup where slicing and shifting the bytes code by code cost more than the code's."""
+    size = -(-bits // 8)
+    piece, found = np.zeros(size + 2, np.uint32), np.frombuffer(data[start : start + size + 2], np.uint8)
+    piece[: len(found)] = found
+    bytes3 = piece[:-2] << 16 | piece[1:-1] << 8 | piece[2:]
+    window = np.empty((size, 8), np.uint16)
+    for shift in range(8):
+        window[:, shift] = bytes3 >> (8 - shift)  # cast to 16 bits: the window's mask
+    return memoryview(window.reshape(-1))
 
 
 def _walk_samples(intervals: list[bytes], steps: list[int], counts: list[int]) -> list[int | None]:
