@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy.stats import chi2_contingency, fisher_exact
+from scipy.stats import chi2_contingency, fisher_exact, rankdata
 from sklearn.metrics import roc_auc_score
 
-from pneumoscan.core.metrics.differences import auc_difference, holm, rate_difference
+from pneumoscan.core.metrics.differences import auc_difference, holm, paired_differences, rate_difference
 
 
 def test_one_film_a_patient_gives_fishers_exact_p() -> None:
@@ -144,3 +144,62 @@ def test_auc_difference_refuses_what_it_cannot_test() -> None:
                        np.array([0, 0, 1, 2]))
     with pytest.raises(ValueError, match="a group without both positive and negative films has no AUC"):
         auc_difference(np.array([True, False, True, True]), np.arange(4.0), np.array([0, 0, 1, 1]), np.arange(4))
+
+
+def _every_swap_p(positive: np.ndarray, scores: np.ndarray, called: np.ndarray,
+                  patients: np.ndarray) -> dict[str, float]:
+    """The paired test's p of each figure with every swap of the two models' ranks and calls, patient by patient,
+    counted: each AUC by sklearn from the swapped ranks, each rate by its films."""
+    ranks = np.stack([rankdata(s) for s in scores])
+    hits = called == positive
+    units = np.unique(patients)
+
+    def apart(swapped: np.ndarray) -> dict[str, float]:
+        mixed = np.where(swapped, ranks[::-1], ranks)
+        rates = np.where(swapped, hits[::-1], hits)
+        return {"auc": abs(roc_auc_score(positive, mixed[1]) - roc_auc_score(positive, mixed[0])),
+                "sensitivity": abs(rates[1][positive].mean() - rates[0][positive].mean()),
+                "specificity": abs(rates[1][~positive].mean() - rates[0][~positive].mean())}
+
+    observed = apart(np.zeros(positive.size, dtype=bool))
+    swaps = [apart(np.isin(patients, units[np.array(bits, dtype=bool)]))
+             for bits in np.ndindex(*(2,) * units.size)]
+    return {name: float(np.mean([s[name] >= observed[name] - 1e-12 for s in swaps])) for name in observed}
+
+
+def test_paired_differences_agree_with_every_swap_counted_by_hand() -> None:
+    """On 8 patients (two with two films, one of them a positive and a negative film) every one of the 256 swaps
+    is counted, so the p of each figure is the exact one: the second model's scores are on another scale (a tenth
+    higher), which swapping ranks, not scores, leaves out of the test; the difference is the second's less the
+    first's."""
+    patients = np.array([0, 0, 1, 2, 3, 3, 4, 5, 6, 7])
+    positive = np.array([1, 1, 0, 0, 1, 0, 1, 0, 0, 1], dtype=bool)
+    first = np.array([0.2, 0.9, 0.5, 0.1, 0.6, 0.7, 0.3, 0.4, 0.8, 0.55])
+    second = np.array([0.95, 0.9, 0.3, 0.2, 0.8, 0.5, 0.7, 0.35, 0.6, 0.75]) + 0.1
+    called = np.stack([first >= 0.5, second >= 0.6])
+    exact = _every_swap_p(positive, np.stack([first, second]), called, patients)
+    found = paired_differences(positive, np.stack([first, second]), called, patients)
+    assert {name: entry["p"] for name, entry in found.items()} == pytest.approx(exact)
+    assert exact["auc"] < 0.2 and exact["sensitivity"] < 1  # not every swap is as far apart
+    assert found["auc"]["difference"] == pytest.approx(roc_auc_score(positive, second) - roc_auc_score(positive, first))
+    assert found["sensitivity"]["difference"] == pytest.approx(1.0 - 0.6)
+    assert (found["auc"]["patients"], found["sensitivity"]["films"], found["specificity"]["patients"]) == (8, 5, 5)
+
+
+def test_paired_differences_count_a_patients_films_once() -> None:
+    """Each patient filmed twice, both films scored alike: the p and interval are the one film a patient gives;
+    the same films taken as patients of their own give a smaller p and a narrower interval."""
+    rng = np.random.default_rng(3)
+    positive = np.arange(60) % 2 == 0
+    first = rng.random(60) + positive * 0.5
+    second = first + rng.normal(0, 0.25, 60) + positive * 0.1
+    scores, called = np.stack([first, second]), np.stack([first > 0.7, second > 0.7])
+    once = paired_differences(positive, scores, called, np.arange(60))
+    twice = np.repeat(np.arange(60), 2)
+    again = paired_differences(positive[twice], scores[:, twice], called[:, twice], twice)
+    apart = paired_differences(positive[twice], scores[:, twice], called[:, twice], np.arange(120))
+    for name in ("auc", "sensitivity", "specificity"):
+        assert again[name]["p"] == pytest.approx(once[name]["p"], abs=0.02)  # 9,999 random swaps each
+        assert np.ptp(again[name]["ci"]) == pytest.approx(np.ptp(once[name]["ci"]), rel=0.15)
+        assert np.ptp(apart[name]["ci"]) < np.ptp(again[name]["ci"]) * 0.85
+    assert apart["auc"]["p"] < again["auc"]["p"]

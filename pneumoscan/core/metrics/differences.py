@@ -17,6 +17,9 @@ The test (:func:`rate_difference`) is a permutation test over patients, chosen o
 of its class (those with positive films, with negative ones, with both): every group keeps the case mix it has, as an
 AUC needs both classes and does not depend on their proportion.
 
+:func:`paired_differences` asks whether two models differ on the same films: the same shuffles' idea, each
+patient's scores swapped between the two models or not, as a sign on that patient's part of the difference.
+
 What it does not tell: a small p says the groups' rates differ by more than reshuffling patients makes them, not why
 (the groups may differ in case mix: a site of sicker children); a large p on small groups says little, as they could
 not show a difference of any size. Its patients are assumed independent, each in one group of the field.
@@ -25,10 +28,11 @@ not show a difference of any size. Its patients are assumed independent, each in
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-from .intervals import BOOTSTRAP_SEED
+from .intervals import ALPHA, BOOTSTRAP_SEED, FEW_PATIENTS, _bootstrap_weights
 
 RESAMPLES = 9999  # shuffles drawn where counting every assignment of patients to groups would take more
 BATCH = 500  # shuffles scored at once: 5,000 patients took 1.8 GB in one batch of 9,999
@@ -148,3 +152,119 @@ def auc_difference(positive: np.ndarray, scores: np.ndarray, groups: np.ndarray,
         beyond += int((spread(shuffled) >= observed * (1 - 1e-12)).sum())  # as far apart, rounding aside
         done += batch
     return (1 + beyond) / (1 + RESAMPLES)
+
+
+PAIRED_BOOTSTRAP = 2000  # patient resamples of a paired difference's interval
+
+
+def paired_differences(positive: np.ndarray, scores: np.ndarray, called: np.ndarray,
+                       patients: np.ndarray) -> dict[str, dict[str, Any]]:
+    """Two models' AUC, sensitivity and specificity on the same films, and the second's difference from the first,
+    each with a permutation test over ``patients`` (one a film) of whether they differ and a 95% interval.
+
+    ``scores`` and ``called`` hold a row a model (2, films): its score of each film and whether it called the film
+    positive at its own threshold. Each shuffle swaps the two models' scores (or calls) of all of a patient's films
+    or none, with chance one half a patient: under no difference between the models, which of them gave a patient's
+    films their scores is chance, and a patient's films stay together, as :func:`rate_difference` keeps them. The AUC
+    test swaps each film's ranks among each model's scores (mid-ranks), not its scores: two models' scores need not
+    be on one scale (one may score everything higher), and swapping them would mix the scales (Bandos, Rockette and
+    Gur, 2005). Its statistic is the absolute difference of the AUCs, or of the rates, two-sided. Either difference
+    is a sum over patients, each patient's part changing sign where it is swapped (:func:`_auc_parts`), so a shuffle
+    costs a product of signs and parts, not an AUC. Every one of the 2^patients swaps is counted where they are at
+    most :data:`RESAMPLES` (an exact test), else :data:`RESAMPLES` drawn with a fixed seed (:func:`_sign_flip_p`).
+
+    The interval is the 2.5th and 97.5th percentiles of the difference over :data:`PAIRED_BOOTSTRAP` resamples of
+    patients (:func:`~.intervals._bootstrap_weights`, each patient's films together in both models), resamples
+    without the figure's films left out; none where they are of fewer than :data:`~.intervals.FEW_PATIENTS`
+    patients. A figure without films (AUC without both classes) is left out of the result."""
+    positive, scores, called = np.asarray(positive, dtype=bool), np.asarray(scores, float), np.asarray(called, bool)
+    units, unit_of = np.unique(np.asarray(patients), return_inverse=True)
+    weights = _bootstrap_weights(positive, unit_of, PAIRED_BOOTSTRAP, BOOTSTRAP_SEED)
+    out: dict[str, dict[str, Any]] = {}
+    if positive.any() and (~positive).any():
+        parts = np.bincount(unit_of, _auc_parts(scores, positive), units.size) / (positive.sum() * (~positive).sum())
+        out["auc"] = _paired(_weighted_auc(scores, positive, np.ones((1, positive.size))), parts,
+                             _weighted_auc(scores, positive, weights), np.ones_like(positive), unit_of)
+    for name, films in (("sensitivity", positive), ("specificity", ~positive)):
+        if films.any():
+            hits = (called == positive)[:, films].astype(float)
+            with np.errstate(divide="ignore", invalid="ignore"):  # a resample without the figure's films: nan
+                drawn = np.stack([(weights[:, films] @ h) / weights[:, films].sum(axis=1) for h in hits])
+            parts = np.bincount(unit_of[films], hits[1] - hits[0], units.size) / films.sum()
+            out[name] = _paired(hits.mean(axis=1)[:, None], parts, drawn, films, unit_of)
+    return out
+
+
+def _auc_parts(scores: np.ndarray, positive: np.ndarray) -> np.ndarray:
+    """Each film's part of the second model's AUC less the first's, times positive films x negative films, such
+    that swapping the two models' ranks of some patients' films changes the sign of those films' parts and nothing
+    else. With H(x) 1 for x > 0, 1/2 for 0, and a, b each film's rank among the first and second model's scores,
+    AUC(b) - AUC(a) over pairs of a positive film i and a negative one j sums d = H(b_i - b_j) - H(a_i - a_j). Where
+    i's patient is swapped and j's is not, the pair gives c = H(a_i - b_j) - H(b_i - a_j) instead, and -c the other
+    way round; both swapped, -d. So each pair gives (s_i + s_j) d / 2 + (s_j - s_i) c / 2, s = -1 where swapped,
+    which sums to s_i (d - c) / 2 over j for positive film i, plus s_j (d + c) / 2 over i for negative film j: those
+    sums are the parts, each four counts of films below a rank (ties half), found by sorting once."""
+    from scipy.stats import rankdata
+
+    a, b = (rankdata(s) for s in scores)
+
+    def below(values: np.ndarray, of: np.ndarray) -> np.ndarray:  # films of ``of`` under each value, ties half
+        of = np.sort(of)
+        return (np.searchsorted(of, values, "left") + np.searchsorted(of, values, "right")) / 2
+
+    parts = np.empty(positive.size)
+    negative = ~positive
+    parts[positive] = (below(b[positive], b[negative]) - below(a[positive], a[negative])
+                       - below(a[positive], b[negative]) + below(b[positive], a[negative])) / 2
+    n_pos = positive.sum()  # the positives above a negative film's rank: n_pos less those below, ties half
+    parts[negative] = ((n_pos - below(b[negative], b[positive])) - (n_pos - below(a[negative], a[positive]))
+                       + (n_pos - below(b[negative], a[positive])) - (n_pos - below(a[negative], b[positive]))) / 2
+    return parts
+
+
+def _sign_flip_p(parts: np.ndarray) -> float:
+    """The p of the paired permutation test whose statistic is |sum of ``parts``| (a patient each), each shuffle
+    changing the sign of each patient's part or not: every one of the 2^patients sign changes counted where they are
+    at most :data:`RESAMPLES`, else :data:`RESAMPLES` drawn with a fixed seed, p = (1 + as far) / (1 + shuffles).
+    Signs times parts, not scipy's permutation_test of pairs, which took 5 of 6 s at 5,216 films."""
+    observed = abs(parts.sum()) - 1e-12 * np.abs(parts).sum()  # as far apart, rounding aside
+    if 2 ** parts.size <= RESAMPLES:
+        signs = 1 - 2 * ((np.arange(2 ** parts.size)[:, None] >> np.arange(parts.size)) & 1)
+        return float((np.abs(signs @ parts) >= observed).mean())
+    rng, beyond = np.random.default_rng(BOOTSTRAP_SEED), 0
+    for done in range(0, RESAMPLES, BATCH):
+        signs = rng.choice((-1.0, 1.0), (min(BATCH, RESAMPLES - done), parts.size))
+        beyond += int((np.abs(signs @ parts) >= observed).sum())
+    return (1 + beyond) / (1 + RESAMPLES)
+
+
+def _weighted_auc(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Each model's AUC in each resample (2, resamples), a film counted as often as ``weights`` (resamples, films)
+    draw it: each positive film's place among the negatives by score found once a model (ties counting half), and
+    each resample's negatives counted up to it."""
+    out = []
+    for s in scores:
+        negatives = np.flatnonzero(~positive)
+        negatives = negatives[np.argsort(s[negatives], kind="stable")]
+        ends = [np.searchsorted(s[negatives], s[positive], side) for side in ("left", "right")]
+        below = np.zeros((weights.shape[0], negatives.size + 1))
+        np.cumsum(weights[:, negatives], axis=1, out=below[:, 1:])
+        placed = (below[:, ends[0]] + below[:, ends[1]]) / 2
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out.append((weights[:, positive] * placed).sum(axis=1) / (weights[:, positive].sum(axis=1) * below[:, -1]))
+    return np.stack(out)
+
+
+def _paired(figures: np.ndarray, parts: np.ndarray, drawn: np.ndarray, films: np.ndarray,
+            unit_of: np.ndarray) -> dict[str, Any]:
+    """A figure's entry of :func:`paired_differences`: the two models' values (``figures``, (2, 1)), the difference,
+    its p from each patient's part of it (:func:`_sign_flip_p`), its percentile interval over the resamples
+    ``drawn`` (2, resamples; nan where a resample lacks the figure's films), and the films and patients it is of."""
+    difference = drawn[1] - drawn[0]
+    difference = difference[np.isfinite(difference)]
+    patients = np.unique(unit_of[films]).size
+    ci = (np.percentile(difference, [100 * ALPHA / 2, 100 * (1 - ALPHA / 2)]).tolist()
+          if patients >= FEW_PATIENTS and difference.size else None)
+    first, second = (float(f[0]) for f in figures)
+    return {"first": first, "second": second, "difference": second - first, "ci": ci,
+            "p": _sign_flip_p(parts[np.unique(unit_of[films])]), "films": int(films.sum()), "patients": patients}
