@@ -460,8 +460,8 @@ def _print_subgroups(block: dict | None, at: str, ci_unit: str | None) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from pneumoscan.evaluation.compare import (FIGURE, SUBGROUP_FIGURE, SUBGROUP_TABLE, TABLE, compare_runs,
-                                               format_table)
+    from pneumoscan.evaluation.compare import (FIGURE, PAIRED_TABLE, SUBGROUP_FIGURE, SUBGROUP_TABLE, TABLE,
+                                               compare_runs, format_table)
 
     runs = compare_runs(args.runs, args.out)
     print(format_table(runs))
@@ -469,6 +469,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(f"\ntable: {Path(args.out) / TABLE}   figure: {Path(args.out) / FIGURE}")
         if (Path(args.out) / SUBGROUP_TABLE).is_file():  # written for these runs, or removed
             print(f"by subgroup: {Path(args.out) / SUBGROUP_TABLE}   figure: {Path(args.out) / SUBGROUP_FIGURE}")
+        if (Path(args.out) / PAIRED_TABLE).is_file():
+            print(f"paired tests: {Path(args.out) / PAIRED_TABLE}")
     return 0
 
 

@@ -17,6 +17,7 @@ from matplotlib.colors import to_rgba
 
 from pneumoscan.cli import main
 from pneumoscan.core.metrics import with_ci
+from pneumoscan.core.metrics.differences import holm
 from pneumoscan.data.layouts import discover, write_manifest
 from pneumoscan.evaluation.compare import OPTIMISTIC, compare_runs, comparison_figure, format_table
 from pneumoscan.evaluation.evaluate import evaluate, films_digest
@@ -246,7 +247,7 @@ def test_compare_names_the_patients_beside_the_films_and_what_the_intervals_coun
     by_patient = m | {"ci_unit": "patient", "patients": {"positive": 5, "negative": 4, "all": 9}}
     (ev / "metrics.json").write_text(json.dumps(by_patient))
     runs = compare_runs([two_runs[1], ev], tmp_path / "out")
-    head, *lines = format_table(runs).splitlines()
+    head, *lines = format_table(runs).split("\n\n")[0].splitlines()  # the table, not the paired tests beneath
     assert re.split(r"\s{2,}", head)[4:6] == ["n", "CI unit"]
     assert [re.split(r"\s{2,}", line)[4:6] for line in lines] == [["16 films", "film"],
                                                                   ["16 films of 9 patients", "patient"]]
@@ -573,3 +574,88 @@ def test_compare_sets_a_three_class_decisions_accuracy_by_subgroup_side_by_side_
         group | {"auc": {"value": 0.5, "ci": None, "too_few": "too few", "hits": 3}}]}}}))
     with pytest.raises(ValueError, match=r"subgroups\.fields\.subtype\[bacteria\]\.auc counts no hits"):
         compare_runs([plain, tta])
+
+
+def _paired_rows(out: Path) -> list[dict[str, str]]:
+    with (out / "compare_paired.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_evaluations_of_the_same_films_are_tested_paired_against_the_first(
+        two_runs: tuple[Path, Path], three_class_runs: tuple[Path, Path], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A three-class bundle and the pneumonia bundle evaluated on the same test films: the second's AUC,
+    sensitivity and specificity (each at its own threshold, as its metrics.json gives them) against the first's, in
+    the terminal and compare_paired.csv, each difference with its interval and p, Holm-adjusted over the tests; a
+    copy of the second, scored alike, differs by nothing (p 1), and with three evaluations the six tests are
+    adjusted together, the copy's marked optimistic figures said to make its tests so. The training run, whose
+    figures have no scores a film, is said to be left out."""
+    run, _ = two_runs
+    multiclass, pneumonia = three_class_runs
+    same = shutil.copytree(pneumonia, tmp_path / "eval-again")
+    m = json.loads((same / "metrics.json").read_text())  # as if its threshold had been chosen on these films
+    (same / "metrics.json").write_text(json.dumps(m | {"optimistic": ["its threshold was chosen on these films"]}))
+    out = tmp_path / "out"
+    assert main(["compare", str(run), str(multiclass), str(pneumonia), str(same), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    rows = _paired_rows(out)
+    reference, m = (json.loads((folder / "metrics.json").read_text()) for folder in (multiclass, pneumonia))
+    assert [(r["run"], r["figure"]) for r in rows] == [
+        (name, figure) for name in ("eval-two-stage", "eval-again") for figure in ("auc", "sensitivity", "specificity")]
+    for row in rows:
+        figure = row["figure"]
+        assert (row["reference"], int(row["films"])) == ("eval-multiclass", reference["n"])
+        assert float(row["reference_value"]) == pytest.approx(reference[figure])
+        assert float(row["value"]) == pytest.approx(m[figure])  # eval-again's are eval-two-stage's
+        assert float(row["difference"]) == pytest.approx(m[figure] - reference[figure])
+        assert 0 < float(row["p"]) <= float(row["p_holm"]) <= 1
+    assert [float(r["p_holm"]) for r in rows] == pytest.approx(holm([float(r["p"]) for r in rows]))
+    for row in rows[3:]:  # the copy: the same scores as eval-two-stage's, so the same test
+        assert row["difference"] == next(r["difference"] for r in rows if r["figure"] == row["figure"])
+    said = " ".join(printed.split())  # the sentence above the table, wrapped
+    assert "is each run better or worse than eval-multiclass on the same 16 films of 16 patients?" in said
+    assert ("adjusted: Holm's over the 6 tests) eval-again: figures that may flatter the model (*, beneath), and so "
+            "may the tests of them") in said
+    assert [row["optimistic"] for row in rows] == [""] * 3 + ["its threshold was chosen on these films"] * 3
+    assert "* tiny-run: not in the paired test: a training run: its validation figures come without scores a film" \
+        in printed
+    line = next(line for line in printed.splitlines() if line.startswith("eval-two-stage") and " AUC " in line)
+    first = next(r for r in rows if r["figure"] == "auc")
+    assert f"{float(first['difference']):+.3f} ({float(first['difference_low']):+.3f} to " in line
+    assert "paired tests: " in printed
+
+
+def test_a_paired_test_is_refused_saying_why_where_the_films_or_labels_differ(
+        three_class_runs: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Evaluations whose predictions.csv list other paths, or another label, than the reference's, or whose
+    metrics.json records other films, are not paired with it, each saying why; the table still shows them, and with
+    nothing tested no compare_paired.csv is left from an earlier comparison."""
+    multiclass, pneumonia = three_class_runs
+    out = tmp_path / "out"
+    compare_runs([multiclass, pneumonia], out)
+    assert (out / "compare_paired.csv").is_file()
+    edited = {}
+    for name, edit in (("moved", lambda row: row | {"path": row["path"].replace("test", "elsewhere")}),
+                       ("relabelled", lambda row: row | {"label": "PNEUMONIA" if row["label"] == "NORMAL" else
+                                                         "NORMAL"})):
+        folder = edited[name] = shutil.copytree(pneumonia, tmp_path / name)
+        with (folder / "predictions.csv").open() as f:
+            reader = csv.DictReader(f)
+            fields, rows = reader.fieldnames, list(reader)
+        rows[0] = edit(rows[0])
+        with (folder / "predictions.csv").open("w", newline="") as f:
+            writer = csv.DictWriter(f, fields)
+            writer.writeheader()
+            writer.writerows(rows)
+    other = shutil.copytree(pneumonia, tmp_path / "other")
+    m = json.loads((other / "metrics.json").read_text())
+    (other / "metrics.json").write_text(json.dumps(m | {"films": "sha256:" + "0" * 64, "data": "a site's films"}))
+    assert main(["compare", str(multiclass), *map(str, edited.values()), str(other), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "* moved: not in the paired test: its films are listed by other paths than eval-multiclass's (e.g. " \
+        in printed
+    assert "* relabelled: not in the paired test: its labels are not eval-multiclass's (e.g. " in printed
+    assert ("* other: not in the paired test: other films or labels than eval-multiclass's (metrics.json's films "
+            "differ)") in printed
+    assert "is each run better or worse" not in printed
+    assert not (out / "compare_paired.csv").exists()

@@ -8,30 +8,37 @@ Runs with figures of a decision among the classes (a multiclass task's most prob
 two stages) get a second table of those, so the two three-class routes sit side by side. Fields that several runs
 have figures by subgroup of (``evaluate --by``) get a table each, every group's runs side by side with each run's
 tests of a difference across the groups beneath, and so do their three-class decisions' accuracy by subgroup; a
-field some runs lack is said. compare_subgroups.csv and .png give them a row a run, field and group. Runs whose
-figures answer different questions (pneumonia or not against bacteria or virus; three-class figures of other
-classes) are refused.
+field some runs lack is said. compare_subgroups.csv and .png give them a row a run, field and group. evaluate folders
+on the same films are tested against the first of them, film by film (:func:`paired_tests`; compare_paired.csv).
+Runs whose figures answer different questions (pneumonia or not against bacteria or virus; three-class figures of
+other classes) are refused.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
+import textwrap
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from pneumoscan.core.atomic import write_atomic
 from pneumoscan.core.figures import figure_bytes
 from pneumoscan.core.metrics import format_figure, with_ci
+from pneumoscan.core.metrics.differences import holm, paired_differences
 from pneumoscan.core.names import path_list, results_csv, shown
 from pneumoscan.inference.onnx_runtime import INT8_NAME
 from pneumoscan.models.card import CARD, WEIGHTS, BundleCard, load_card
 from pneumoscan.models.run_folder import METRICS, CvFolder, RunFolder
 from .model_card import counted
 from .report import forest_figure, roc_figure
-from .subgroups import DECISION_BLOCKS, FIGURE_NAMES, RATES, difference_said, figure_said, group_order, tests_said
+from .subgroups import (DECISION_BLOCKS, FIGURE_NAMES, RATES, difference_said, figure_said, group_order, p_said,
+                        tests_said)
 
 TRAINING_DATA = "validation (chose its threshold)"  # a training run's data, as its metrics.json and compare name it
 
@@ -87,6 +94,18 @@ class ThreeClass:
 
 
 @dataclass
+class PairedTest:
+    """A run's figures against the reference run's on the same films, each run at its own threshold: each figure's
+    entry of :func:`~pneumoscan.core.metrics.differences.paired_differences` (the reference's value as ``first``,
+    the run's as ``second``), with ``p_holm`` added."""
+
+    reference: str
+    films: int
+    patients: int
+    figures: dict[str, dict[str, Any]]
+
+
+@dataclass
 class RunSummary:
     """One run's row of the comparison, with its ROC curve for the figure."""
 
@@ -113,6 +132,9 @@ class RunSummary:
     # evaluate --by's block (metrics.json's subgroups: each field's groups under ``fields``, at the run's threshold,
     # and their tests under ``differences``); {} where none
     subgroups: dict[str, Any] = field(default_factory=dict)
+    folder: Path | None = None  # where its figures are: an evaluate folder's predictions.csv is beside them
+    paired: PairedTest | None = None  # its paired test against the reference run (:func:`paired_tests`)
+    unpaired: str | None = None  # why it is in no paired test, where it is not (:func:`paired_tests`)
 
     @property
     def auc(self) -> float | None:
@@ -399,7 +421,7 @@ def load_run(path: Path | str) -> RunSummary:
         question=question, three_class=_three_class(metrics_path, m),
         films=m["films"] if isinstance(m.get("films"), str) else None,
         scores=("TTA" if m.get("tta") else "plain") + (", INT8" if m.get("backend") == "onnx-int8" else ""),
-        subgroups=_subgroups(metrics_path, m),
+        subgroups=_subgroups(metrics_path, m), folder=folder,
     )
 
 
@@ -424,7 +446,7 @@ def format_table(runs: list[RunSummary]) -> str:
                                       "balanced accuracy", "macro AUC")] + [
             (r.run + (OPTIMISTIC if r.optimistic else ""), d.decision, ", ".join(d.classes), d.ci_unit,
              *(with_ci(d.figures[name], d.cis[name]) for name in THREE_CLASS)) for r, d in decisions])
-    return (table + _subgroup_tables(runs)
+    return (table + _subgroup_tables(runs) + _paired_table(runs)
             + "".join(f"\n* {r.run}: {reason}" for r in runs for reason in r.optimistic))
 
 
@@ -482,6 +504,7 @@ def _aligned(lines: list[tuple[str, ...]]) -> str:
 TABLE, FIGURE = "compare.csv", "compare.png"  # what compare_runs writes in its out_dir
 # what it writes there too where a run has figures by subgroup: subgroup_rows as CSV and as a forest plot
 SUBGROUP_TABLE, SUBGROUP_FIGURE = "compare_subgroups.csv", "compare_subgroups.png"
+PAIRED_TABLE = "compare_paired.csv"  # and where runs are evaluations of the same films, their paired tests
 
 
 def compare_runs(paths: Iterable[Path | str] | Path | str, out_dir: Path | str | None = None) -> list[RunSummary]:
@@ -504,6 +527,7 @@ def compare_runs(paths: Iterable[Path | str] | Path | str, out_dir: Path | str |
         for r in training:
             r.data = f"validation of {r.run} (chose its threshold)"
     _check_comparable(runs)
+    paired_tests(runs)
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -517,6 +541,11 @@ def compare_runs(paths: Iterable[Path | str] | Path | str, out_dir: Path | str |
         else:  # an earlier comparison's, in the same folder, must not pass for these runs'
             for stale in (SUBGROUP_TABLE, SUBGROUP_FIGURE):
                 (out / stale).unlink(missing_ok=True)
+        if rows := paired_rows(runs):
+            write_atomic(out / PAIRED_TABLE, results_csv(PAIRED_FIELDS, rows).encode())
+            log.info("wrote %s", out / PAIRED_TABLE)
+        else:
+            (out / PAIRED_TABLE).unlink(missing_ok=True)
     return runs
 
 
@@ -541,6 +570,159 @@ def _check_comparable(runs: list[RunSummary]) -> None:
     if len({tuple(c.casefold() for c in d.classes) for _, d in decisions}) > 1:
         said = "; ".join(dict.fromkeys(f"{r.run}: {', '.join(d.classes)}" for r, d in decisions))
         raise ValueError(f"runs whose three-class figures are of different classes ({said}) do not share one table")
+
+
+PREDICTIONS = "predictions.csv"  # an evaluate folder's scores, a row a film: what the paired test reads
+# compare_paired.csv: a row a run and figure tested against the reference run, on the films and patients both share
+PAIRED_FIELDS = ("run", "reference", "data", "films", "patients", "figure", "reference_value", "value", "difference",
+                 "difference_low", "difference_high", "p", "p_holm", "figure_films", "figure_patients", "optimistic")
+
+
+@dataclass
+class _Scored:
+    """An evaluate folder's films as its predictions.csv lists them, in order of path."""
+
+    paths: list[str]
+    positive: np.ndarray  # whether each film's label is a positive class
+    patients: list[str]  # each film's patient id, "" where none
+    scores: np.ndarray  # the positive class's probability
+    called: np.ndarray  # whether the run called each film positive, at its threshold
+
+
+def _scored(run: RunSummary) -> _Scored | str:
+    """The run's films with their scores and calls (predictions.csv beside its metrics.json), or why it has none
+    for a paired test; a damaged file is refused by its name."""
+    if run.folder is None or not (run.folder / PREDICTIONS).is_file():
+        return ("a training run: its validation figures come without scores a film" if run.data == TRAINING_DATA
+                else f"no {PREDICTIONS} beside its metrics.json")
+    if run.question is None:
+        return "its classes are not known (no bundle card, no class names in its metrics.json)"
+    path = run.folder / PREDICTIONS
+    with path.open(newline="") as f:
+        rows = sorted(csv.DictReader(f), key=lambda row: row.get("path") or "")
+    try:
+        scores = np.array([float(row["probability"]) for row in rows])
+        paths, labels, patients, called = ([row[key] or "" for row in rows]
+                                           for key in ("path", "label", "patient", "called"))
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"{path}: not a row a film with its path, label, patient, probability and call") from None
+    if not (np.isfinite(scores).all() and ((scores >= 0) & (scores <= 1)).all()) or len(rows) != run.n:
+        raise ValueError(f"{path}: its probabilities are not {run.n} figures in [0, 1], one a film of its "
+                         f"{METRICS}")
+    if len(set(paths)) < len(paths):
+        return f"{PREDICTIONS} lists a film twice"
+    negative = run.question[0].casefold()  # every task's first class is negative, any other positive
+    return _Scored(paths, np.array([label.casefold() != negative for label in labels]), patients, scores,
+                   np.array([call.casefold() != negative for call in called]))
+
+
+def _other_films(reference: RunSummary, films: _Scored, run: RunSummary, of_run: _Scored) -> str | None:
+    """Why ``run``'s films are not the reference's, for the paired test: another digest, other paths, or other
+    labels (of the two classes: a three-class run's bacteria is a two-class run's pneumonia), with an example; None
+    where they are the same."""
+    if reference.films is None or run.films is None:
+        return f"{METRICS} records no digest of its films (an evaluation by an older version): evaluate it again"
+    if reference.films != run.films:
+        return f"other films or labels than {reference.run}'s ({METRICS}'s films differ)"
+    if films.paths != of_run.paths:
+        ours = set(films.paths)
+        first = next((p for p in of_run.paths if p not in ours), None) or next(
+            p for p in films.paths if p not in set(of_run.paths))
+        return f"its films are listed by other paths than {reference.run}'s (e.g. {shown(first)})"
+    if (films.positive != of_run.positive).any():
+        at = int(np.flatnonzero(films.positive != of_run.positive)[0])
+        return f"its labels are not {reference.run}'s (e.g. {shown(films.paths[at])})"
+    return None
+
+
+def _patient_units(scored: Sequence[_Scored], copies: Sequence[Sequence[str]]) -> np.ndarray:
+    """Each film's patient unit, as evaluate's intervals count them: films of one patient id (in any run's file),
+    a film without one on its own, and copies of one film under other names (metrics.json's ``copies``) one unit."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    paths = scored[0].paths
+    index = {path: i for i, path in enumerate(paths)}
+    ids = {p: len(paths) + i for i, p in enumerate(dict.fromkeys(p for s in scored for p in s.patients if p))}
+    edges = [(i, ids[p]) for s in scored for i, p in enumerate(s.patients) if p]
+    edges += [(index[a], index[b]) for group in copies for a, b in zip(group, group[1:]) if a in index and b in index]
+    ends = np.array(edges, dtype=np.int64).reshape(-1, 2)
+    size = len(paths) + len(ids)
+    graph = coo_matrix((np.ones(len(ends)), (ends[:, 0], ends[:, 1])), shape=(size, size))
+    return connected_components(graph, directed=False)[1][:len(paths)]
+
+
+def paired_tests(runs: Sequence[RunSummary]) -> None:
+    """Test each evaluate folder's AUC, sensitivity and specificity against the first one's (the reference), on the
+    same films (:func:`~pneumoscan.core.metrics.differences.paired_differences`), Holm-adjusted over every test
+    made: each run's :attr:`RunSummary.paired`, or its :attr:`RunSummary.unpaired` saying why none (a training run,
+    other films or labels than the reference's). Nothing is set where fewer than two runs have scores a film."""
+    evaluated = []
+    for r in runs:
+        if isinstance(scored := _scored(r), str):
+            r.unpaired = scored
+        else:
+            evaluated.append((r, scored))
+    if len(evaluated) < 2:
+        for r in runs:
+            r.unpaired = None  # no test to be left out of
+        return
+    (reference, films), same = evaluated[0], []
+    for r, of_run in evaluated[1:]:
+        r.unpaired = _other_films(reference, films, r, of_run)
+        if r.unpaired is None:
+            same.append((r, of_run))
+    if not same:
+        return
+    copies = json.loads((reference.folder / METRICS).read_text()).get("copies") or [] if reference.folder else []
+    units = _patient_units([films, *(s for _, s in same)], copies)
+    for r, of_run in same:
+        figures = paired_differences(films.positive, np.stack([films.scores, of_run.scores]),
+                                     np.stack([films.called, of_run.called]), units)
+        r.paired = PairedTest(reference.run, len(films.paths), int(np.unique(units).size), figures)
+    tests = [test for r, _ in same if r.paired for test in r.paired.figures.values()]
+    for test, adjusted in zip(tests, holm([test["p"] for test in tests])):
+        test["p_holm"] = adjusted
+
+
+def paired_rows(runs: Sequence[RunSummary]) -> list[dict[str, Any]]:
+    """compare_paired.csv's rows (:data:`PAIRED_FIELDS`): a run and figure a row, of each run tested."""
+    return [{"run": r.run, "reference": r.paired.reference, "data": r.data, "films": r.paired.films,
+             "patients": r.paired.patients, "figure": name, "reference_value": test["first"], "value": test["second"],
+             "difference": test["difference"], "difference_low": (test["ci"] or [None])[0],
+             "difference_high": (test["ci"] or [None, None])[1], "p": test["p"], "p_holm": test["p_holm"],
+             "figure_films": test["films"], "figure_patients": test["patients"], "optimistic": "; ".join(r.optimistic)}
+            for r in runs if r.paired for name, test in r.paired.figures.items()]
+
+
+def _signed(value: float, ci: Sequence[float] | None) -> str:
+    """A difference with its sign and its 95% CI (none where too few patients)."""
+    return f"{value:+.3f} " + (f"({ci[0]:+.3f} to {ci[1]:+.3f})" if ci else "(no 95% CI: too few patients)")
+
+
+def _paired_table(runs: Sequence[RunSummary]) -> str:
+    """The terminal's paired tests: a line a run and figure against the reference, then why runs were left out."""
+    tested = [r for r in runs if r.paired]
+    left = [f"* {r.run}: not in the paired test: {r.unpaired}" for r in runs if r.unpaired]
+    if not tested:
+        return "".join(f"\n{line}" for line in ["", *left]) if left else ""
+    first = tested[0].paired
+    assert first is not None
+    count = sum(len(r.paired.figures) for r in tested if r.paired)
+    lines = [("run", "figure", first.reference, "run's", "difference (95% CI)", "p", "adjusted p")]
+    lines += [(r.run + (OPTIMISTIC if r.optimistic else ""), FIGURE_NAMES[name], format_figure(test["first"]),
+               format_figure(test["second"]), _signed(test["difference"], test["ci"]), p_said(test["p"]),
+               p_said(test["p_holm"]))
+              for r in tested if r.paired for name, test in r.paired.figures.items()]
+    flattered = [r.run for r in runs if r.optimistic and (r.paired or r.run == first.reference)]
+    said = (f"is each run better or worse than {first.reference} on the same {counted(first.films, 'film')} of "
+            f"{counted(first.patients, 'patient')}? (each at its own threshold; difference: the run's figure less "
+            f"{first.reference}'s, its 95% CI from patients resampled; p: permutation test swapping the two runs' "
+            f"scores of each patient's films; adjusted: Holm's over the {count} tests)")
+    if flattered:
+        said += (f" {', '.join(flattered)}: figures that may flatter the model (*, beneath), and so may the tests of "
+                 "them")
+    return ("\n\n" + textwrap.fill(said, 116) + "\n" + _aligned(lines) + "".join(f"\n{line}" for line in left))
 
 
 def comparison_figure(runs: list[RunSummary]) -> Figure:

@@ -240,7 +240,7 @@ def difference_said(name: str, test: Mapping[str, Any] | None) -> str:
                  if test.get("one_class") else "")
     if "none" in test:
         return f"{FIGURE_NAMES[name]}: not tested ({'; '.join(filter(None, (apart, test['none'])))})"
-    return (f"{FIGURE_NAMES[name]} p {_p(test['p'])}, adjusted {_p(test.get('p_holm', test['p']))} "
+    return (f"{FIGURE_NAMES[name]} p {p_said(test['p'])}, adjusted {p_said(test.get('p_holm', test['p']))} "
             f"({test['groups']} groups, {test['patients']} patients" + (f"; {one_class}" if one_class else "")
             + (f"; {apart}, which leaves " + ", ".join(map(_compared_said, test["compared"])) if apart else "")
             + ")")
@@ -271,7 +271,7 @@ def differences_said(block: Mapping[str, Any], field: str) -> str:
     return f"Do the groups differ by more than chance? (permutation test over patients{adjusted}): {said}"
 
 
-def _p(p: float) -> str:
+def p_said(p: float) -> str:
     """A p-value as a paper gives it, with its sign: "= 0.043", "< 0.001"."""
     return "< 0.001" if p < 0.001 else f"= {p:.3f}"
 
