@@ -629,7 +629,8 @@ def test_a_paired_test_is_refused_saying_why_where_the_films_or_labels_differ(
         three_class_runs: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Evaluations whose predictions.csv list other paths, or another label, than the reference's, or whose
     metrics.json records other films, are not paired with it, each saying why; the table still shows them, and with
-    nothing tested no compare_paired.csv is left from an earlier comparison."""
+    nothing tested no compare_paired.csv is left from an earlier comparison. A predictions.csv a film short is
+    refused by its name."""
     multiclass, pneumonia = three_class_runs
     out = tmp_path / "out"
     compare_runs([multiclass, pneumonia], out)
@@ -659,3 +660,9 @@ def test_a_paired_test_is_refused_saying_why_where_the_films_or_labels_differ(
             "differ)") in printed
     assert "is each run better or worse" not in printed
     assert not (out / "compare_paired.csv").exists()
+    damaged = shutil.copytree(pneumonia, tmp_path / "damaged")
+    text = (damaged / "predictions.csv").read_text().splitlines()
+    (damaged / "predictions.csv").write_text("\n".join(text[:-1]))  # a film short
+    with pytest.raises(ValueError, match=re.escape(f"{damaged / 'predictions.csv'}: its probabilities are not 16 "
+                                                   "figures in [0, 1], one a film of its metrics.json")):
+        compare_runs([multiclass, damaged])
