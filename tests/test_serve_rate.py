@@ -8,6 +8,7 @@ counted in /metrics and held back in the access log as any status's. Instances s
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import signal
 import subprocess
@@ -276,6 +277,32 @@ def test_a_redis_server_over_tls_counts_with_its_ca_given_in_the_uri_and_is_refu
             PerClient("2/minute", f"rediss://127.0.0.1:{port}/0")
         with pytest.raises(ValueError, match=r"certificate verify failed: Hostname mismatch"):  # named 127.0.0.1
             PerClient("2/minute", f"rediss://localhost:{port}/0?ssl_ca_certs={ca}")
+
+
+@pytest.mark.parametrize(("options", "off"), [
+    ("ssl_cert_reqs=none", "ssl_cert_reqs=none"),
+    ("ssl_ca_certs=/etc/ca.pem&ssl_check_hostname=false", "ssl_check_hostname=false"),
+    ("ssl_check_hostname=0&ssl_cert_reqs=none", "ssl_cert_reqs=none and ssl_check_hostname=false")])
+def test_a_redis_server_over_tls_left_unverified_by_its_uri_is_refused_as_the_options_are_read(
+        options: str, off: str, capsys: pytest.CaptureFixture) -> None:
+    """The Redis client takes options in the URI that turn off its check of the server's certificate or of the name
+    it gives: the counts were kept in a server not verified, without a word. Refused before the model loads or the
+    server is reached (nothing listens at the port), saying which option and what to give instead; the options that
+    keep the checks are taken."""
+    port = free_port()
+    uri = f"rediss://:s3cret-pass@127.0.0.1:{port}/0?{options}"
+    said = (f"://:***@127.0.0.1:{port}/0?{options}: {off} would turn off the check of the Redis server's "
+            f"certificate, and pneumoscan counts in no server it has not verified: drop ")
+    with pytest.raises(SystemExit) as exit:
+        cli.main(["serve", "bundle", "--rate-limit", "2/minute", "--rate-limit-storage", uri])
+    err = capsys.readouterr().err
+    assert exit.value.code == 2 and f"argument --rate-limit-storage: rediss{said}" in err, err
+    assert "give the CA that signed the server's certificate in ssl_ca_certs" in err and "s3cret" not in err, err
+    with pytest.raises(ValueError, match=re.escape(f"(--rate-limit-storage) rediss{said}")):
+        PerClient("2/minute", uri)
+    kept = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs=/etc/ca.pem&ssl_cert_reqs=required&ssl_check_hostname=true"
+    assert cli.build_parser().parse_args(["serve", "b", "--rate-limit", "2/minute", "--rate-limit-storage",
+                                          kept]).rate_limit_storage == kept
 
 
 def test_a_store_that_does_not_answer_or_is_not_redis_is_refused_at_start_without_its_password(

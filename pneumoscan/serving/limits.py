@@ -155,13 +155,38 @@ def said_store(uri: str) -> str:
 
 
 def known_store(uri: str) -> str:
-    """``uri`` if it names a store :func:`rate_store` can count in (``memory://``, :data:`SHARED_STORES`), else a
-    ValueError, without reaching the store: an empty or mistyped one is refused as the options are read."""
+    """``uri`` if it names a store :func:`rate_store` can count in (``memory://``, :data:`SHARED_STORES`) and, over
+    TLS, verifies it (:func:`_verified`), else a ValueError, without reaching the store: an empty or mistyped one,
+    or one not to be verified, is refused as the options are read."""
     if uri != "memory://" and urlsplit(uri).scheme not in SHARED_STORES:
         raise ValueError(f"rate_limit_storage (--rate-limit-storage) takes memory:// or a Redis server's URI "
                          f"(redis://HOST:6379/0, rediss://HOST:6380/0 over TLS, redis+unix:///PATH), "
                          f"got {said_store(uri)!r}")
+    if urlsplit(uri).scheme == "rediss":
+        _verified(uri)
     return uri
+
+
+def _verified(uri: str) -> None:
+    """A ValueError if ``uri``'s options, read as the Redis client reads them, turn off its check of the server's
+    certificate (``ssl_cert_reqs=none``) or of the name it gives (``ssl_check_hostname=false``): a hospital's tool
+    does not count in a server it has not verified, and a URI should not make it so without a word."""
+    from redis.connection import parse_url  # here: the Redis client takes 65 ms to import, and memory:// needs none
+
+    where = said_store(uri)
+    try:
+        options = parse_url(uri)
+    except ValueError as e:  # a value the client cannot read (ssl_check_hostname, db, a verify flag)
+        raise ValueError(f"rate_limit_storage (--rate-limit-storage) {where}: {e}") from None
+    off = [said for said, is_off in (("ssl_cert_reqs=none", options.get("ssl_cert_reqs") == "none"),
+                                     ("ssl_check_hostname=false", options.get("ssl_check_hostname") is False))
+           if is_off]
+    if off:
+        raise ValueError(f"rate_limit_storage (--rate-limit-storage) {where}: {' and '.join(off)} would turn off the "
+                         f"check of the Redis server's certificate, and pneumoscan counts in no server it has not "
+                         f"verified: drop {'them' if len(off) > 1 else 'it'}, and give the CA that signed the "
+                         f"server's certificate in ssl_ca_certs (rediss://HOST:6380/0?ssl_ca_certs=CA.pem) with a "
+                         f"host the certificate names")
 
 
 def rate_store(uri: str | None) -> Storage:
