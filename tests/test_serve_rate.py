@@ -26,7 +26,7 @@ from pneumoscan import cli
 from pneumoscan.serving.app import create_app
 from pneumoscan.serving.guard import Access
 from pneumoscan.serving import limits
-from pneumoscan.serving.limits import RETRY_AFTER_S, STORE_SILENT, PerClient
+from pneumoscan.serving.limits import STORE_SILENT, PerClient
 from tests.builders import free_port
 from tests.test_serve import labels, moved, scraped
 from tests.test_serve_auth import KEY, LOCAL, PACS_KEY, WARD_KEY, predict, predict_at
@@ -176,11 +176,14 @@ def redis_server(tmp_path: Path) -> Iterator[tuple[tuple[str, str], subprocess.P
 
 
 def test_instances_sharing_a_redis_server_count_one_allowance_and_refuse_503_while_it_is_down(
-        tiny_bundle: Path, redis_server: tuple[tuple[str, str], subprocess.Popen]) -> None:
+        tiny_bundle: Path, redis_server: tuple[tuple[str, str], subprocess.Popen],
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """Two instances behind a load balancer counted apart in their memory: a client allowed 2 a minute sent 2 to
     each. With --rate-limit-storage they count in one Redis server (reached over TCP by one, a Unix socket by the
-    other); while it does not answer, a prediction request cannot be counted and is refused (503 with Retry-After),
-    never let in uncounted, and the service answers again once it is back."""
+    other); while it does not answer, a prediction request cannot be counted and is refused (503 with Retry-After,
+    the seconds until the store is next asked, rounded up: 2 whatever the back-off, before), never let in uncounted,
+    and the service answers again once it is back. The back-off 2.5 s for the test (limits.STORE_RETRY_S)."""
+    monkeypatch.setattr(limits, "STORE_RETRY_S", 2.5)
     uris, server = redis_server
     first, second = (create_app(tiny_bundle, rate_limit="2/minute", rate_limit_storage=uri) for uri in uris)
     with as_client(first, SCRIPT) as script_first, as_client(second, SCRIPT) as script_second:
@@ -192,7 +195,10 @@ def test_instances_sharing_a_redis_server_count_one_allowance_and_refuse_503_whi
         server.terminate()
         server.wait(timeout=10)
         down = no_film(as_client(first, WARD))
-        assert (down.status_code, down.headers["retry-after"]) == (503, str(RETRY_AFTER_S)), down.text
+        assert (down.status_code, down.headers["retry-after"]) == (503, "3"), down.text
+        time.sleep(1.2)  # 1.3 s left of the back-off, less this request's own time: counted down, not said anew
+        later = no_film(as_client(first, WARD))
+        assert (later.status_code, later.headers["retry-after"] in ("1", "2")) == (503, True), later.headers
         assert down.json()["reason"] == "rate_limit_unavailable"
         assert "its rate-limit store (--rate-limit-storage) does not answer" in down.json()["error"]
         assert script_first.get("/healthz").status_code == 200  # what is never counted needs no store

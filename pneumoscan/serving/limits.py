@@ -249,7 +249,8 @@ class PerClient:
         """Count one request of ``client``, or refuse it (429, ``rate_limited``) with the seconds until the oldest
         of its window's requests leaves it (Retry-After). A shared store is asked in a thread (a server that hangs
         holds that thread, not the event loop), and one that does not answer refuses the request (503,
-        ``rate_limit_unavailable``): it cannot be counted, and the allowance is the operator's bound."""
+        ``rate_limit_unavailable``, Retry-After the seconds until it is next asked): it cannot be counted, and the
+        allowance is the operator's bound."""
         if self.where is None:
             wait = self._count(client)  # memory: on the event loop, which alone uses it
         else:
@@ -257,10 +258,12 @@ class PerClient:
                 wait = await self._ask(self._count, client)
             except StoreSilent:
                 self.refused += 1
+                # Retry-After: the seconds until the store is next asked (STORE_RETRY_S after its last ask), so
+                # that a client sent back is sent back once it may be counted, not before
+                retry = max(1, math.ceil(self.ask_at - time.monotonic()))
                 raise Rejected(503, "the service cannot count this client's requests: its rate-limit store "
                                     "(--rate-limit-storage) does not answer; send it again after the Retry-After "
-                                    "seconds", {"Retry-After": str(RETRY_AFTER_S)},
-                               kind="rate_limit_unavailable") from None
+                                    "seconds", {"Retry-After": str(retry)}, kind="rate_limit_unavailable") from None
         if wait is not None:
             raise Rejected(429, f"too many prediction requests from this client: each may send {_said(self.rate)} "
                                 f"(serve --rate-limit); send it again after {wait} s (Retry-After)",
