@@ -625,6 +625,28 @@ def test_evaluations_of_the_same_films_are_tested_paired_against_the_first(
     assert "paired tests: " in printed
 
 
+def test_a_films_copy_under_another_name_is_one_patient_with_it_in_the_paired_test(
+        tiny_bundle: Path, int8_bundle: Path, tiny_dataset: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A film copied in under another name, of no patient id, is a copy of it (evaluate's metrics.json ``copies``):
+    one patient with it in evaluate's intervals, and in the paired test's resamples and shuffles, which count the
+    patients evaluate counts (the float and INT8 models of one bundle on the same films), not one more."""
+    films = [dataclasses.replace(r, split="") for r in discover(tiny_dataset).split("test")]
+    copy = tmp_path / "copy.jpeg"
+    shutil.copyfile(films[0].path, copy)
+    write_manifest([*films, dataclasses.replace(films[0], path=str(copy), patient="")], tmp_path / "films.csv")
+    evaluate(tiny_bundle, tmp_path / "films.csv", out_dir=tmp_path / "float")
+    m = evaluate(int8_bundle, tmp_path / "films.csv", out_dir=tmp_path / "int8", backend="onnx-int8")
+    assert (m["n"], m["patients"]["all"], m["copies"]) == (17, 16, [sorted([films[0].path, str(copy)])]), m
+    out = tmp_path / "out"
+    assert main(["compare", str(tmp_path / "float"), str(tmp_path / "int8"), "--out", str(out)]) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert "is each run better or worse than float on the same 17 films of 16 patients?" in said
+    rows = _paired_rows(out)
+    assert [(r["figure"], int(r["films"]), int(r["patients"])) for r in rows] == [
+        (figure, 17, 16) for figure in ("auc", "sensitivity", "specificity")]
+
+
 def test_a_paired_test_is_refused_saying_why_where_the_films_or_labels_differ(
         three_class_runs: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Evaluations whose predictions.csv list other paths, or another label, than the reference's, or whose
