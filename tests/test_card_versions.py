@@ -241,5 +241,7 @@ def test_folds_started_from_a_bundle_of_another_pneumoscan_are_told_as_of_one_ve
         finished(runs[2], [None, old, "9.9.9"])  # finished by another version
         warn_fold_versions(runs, start)
     [said] = [r.getMessage() for r in caplog.records]
-    assert f"then {old}, then {__version__}; fold-2: " in said and f"then {old}, then 9.9.9" in said, said
+    before = "a version before 0.3 (the card of init, the bundle it starts from, records none)"  # no checkpoint's
+    assert (f"fold-0, fold-1: {before}, then {old}, then {__version__}; fold-2: {before}, then {old}, then 9.9.9"
+            in said), said
     assert said.count("fold-0, fold-1: ") == 1, said

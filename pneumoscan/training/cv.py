@@ -145,16 +145,20 @@ def warn_fold_versions(runs: Sequence[RunFolder], start: Mapping[str, Any] | Non
     """Warn when the folds are trained by more than one pneumoscan (a cv stopped under one version and resumed under
     another: the finished folds' cards name theirs, an interrupted fold's checkpoint its epochs', a fold still to
     train is this one's), as cv.json pools their figures; not refused, as a version need not change the recipe. A
-    card that names no writer is passed over; a checkpoint that names none is said to be of a version before 0.3.
-    ``start``: the train_config of the card of the bundle every fold starts from (init), whose versions each
-    fold names first: folds that name the same versions are not told as of several for them."""
+    card that names no writer is passed over; a checkpoint, or a starting bundle's card, that names none is said to
+    be of a version before 0.3, naming which. ``start``: the train_config of the card of the bundle every fold
+    starts from (init), whose versions each fold names first: folds that name the same versions are not told as of
+    several for them."""
     made_by: dict[str, list[str]] = {}
     seen: set[str | None] = set()
     started = set(trainers(start)) if start is not None else set()
+    # what records no version, where one is None: the starting bundle's card, whose versions each fold names first,
+    # or else the fold's checkpoint
+    unrecorded = "the card of init, the bundle it starts from," if None in started else "its checkpoint"
     for run in runs:
         if versions := _fold_versions(run, start):
             seen.update(v for v in versions if v not in started)
-            said = ", then ".join(v or "a version before 0.3 (its checkpoint records none)" for v in versions)
+            said = ", then ".join(v or f"a version before 0.3 ({unrecorded} records none)" for v in versions)
             made_by.setdefault(said, []).append(run.root.name)
     if len(seen) > 1 or len(made_by) > 1:
         log.warning("the folds of this cv are trained by more than one pneumoscan (%s), and cv.json pools their "
