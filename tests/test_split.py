@@ -170,6 +170,11 @@ def test_a_manifest_of_files_that_are_not_there_is_not_split(tmp_path: Path) -> 
     ("file,label\na.png,NORMAL\n", "no path column"),
     ("path,label\na.png\n", "line 2: path and label must not be empty"),
     ("path,label\na.png,SICK\n", "line 2: unknown label"),
+    # a sheet's diagnosis as the label: said where its kind goes, not only which labels there are
+    ("path,label\na.png,NORMAL\nb.png,bacterial pneumonia\n", "line 3: label 'bacterial pneumonia' names a kind of "
+     "pneumonia, and a label is NORMAL or PNEUMONIA: write PNEUMONIA as its label and bacteria in the subtype column$"),
+    ("path,label,subtype\na.png,Viral Pneumonia,\n", "line 2: label 'Viral Pneumonia' .*: write PNEUMONIA as its "
+     "label and virus in the subtype column$"),
     # a misspelt split or column would put a test film into the training pool
     ("path,label,split\na.png,NORMAL,testing\n",
      "line 2: unknown split 'testing'; did you mean 'test'\\? \\(choose from train, val, test, or leave it empty\\)"),

@@ -843,6 +843,10 @@ def _manifest_record(csv_path: Path, row: dict[str, str], line: int,
     if first != line:
         raise ValueError(f"{where}: {shown(row['path'])} is listed again (first on line {first}"
                          f"{'' if spelt == row['path'] else ', as ' + shown(spelt)})")
+    if row["label"].upper() not in LABELS and (kind := kind_in_words(row["label"])):
+        # a sheet's diagnosis ("bacterial pneumonia") as the label: its kind has a column of its own
+        raise ValueError(f"{where}: label {row['label']!r} names a kind of pneumonia, and a label is NORMAL or "
+                         f"PNEUMONIA: write PNEUMONIA as its label and {kind} in the subtype column")
     if row.get("patient", "").casefold() in MISSING_VALUES:
         raise ValueError(f"{where}: patient {row['patient']!r} is a missing value as a spreadsheet or R writes it, "
                          "which would make every film so marked one patient: leave the cell empty (the film's name or "
