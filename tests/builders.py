@@ -168,12 +168,12 @@ def dicom_bytes(
     return buf.getvalue()
 
 
-def chest_film_dicom(gray: np.ndarray) -> bytes:
+def chest_film_dicom(gray: np.ndarray, **elements: object) -> bytes:
     """``gray`` (8-bit) as a 12-bit frontal chest DX of a child, with its own study and series and the facts the
-    service shows (age, sex, study date)."""
+    service shows (age, sex, study date); ``elements`` added by keyword (BurnedInAnnotation)."""
     return dicom_bytes(gray.astype(np.uint16) * 16, BodyPartExamined="CHEST", ViewPosition="PA", PatientAge="004Y",
                        PatientSex="F", StudyDate="20240102", StudyInstanceUID=generate_uid(),
-                       SeriesInstanceUID=generate_uid())
+                       SeriesInstanceUID=generate_uid(), **elements)
 
 
 def count_dicom_reads(monkeypatch: pytest.MonkeyPatch) -> list[bool]:

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.builders import SCORE_TOL, UNCHECKED, assert_close_report, at_threshold
+from tests.builders import SCORE_TOL, UNCHECKED, assert_close_report, at_threshold, chest_film_dicom
 from tests.test_interop import chest_dicom
 from pneumoscan import cli
 from pneumoscan.core.metrics import FILM_UNIT_CAVEAT
@@ -25,6 +25,7 @@ from tests.builders import labelled_records
 from pneumoscan.data.layouts import discover
 from pneumoscan.data.preprocess import PreprocessSpec
 from pneumoscan.data.readers.pillow import OWN_OUTPUT_SOFTWARE
+from pneumoscan.data.scope import BURNED_IN
 from pneumoscan.data.tasks import binary_targets, get_task
 from pneumoscan.evaluation.evaluate import GALLERY_SIZE, error_gallery, evaluate, threshold_table
 from pneumoscan.inference.predict import Predictor, predict_paths
@@ -115,6 +116,26 @@ def test_evaluate_marks_the_films_outside_the_models_scope_as_predict_does(
     # and what to do to measure without them, which a researcher with a lateral among a site's films had to guess
     assert ("predictions.csv marks them (in_scope false) and metrics.json lists them (out_of_scope): leave them out "
             "of the films given to measure without them") in caplog.text
+
+
+def test_a_film_with_text_burned_in_is_warned_of_and_kept_in_scope(tiny_bundle: Path, tiny_dataset: Path,
+                                                                     tmp_path: Path) -> None:
+    """A DICOM whose header says text is burned into its pixels was read like any film: text is a shortcut a model
+    may read, and a heatmap or copy sent on shows it. predict and evaluate's rows warn of it, and the film stays in
+    scope (a chest film with a marker, as most are, the training films too): not counted out of scope."""
+    data = tmp_path / "films"
+    shutil.copytree(tiny_dataset / "test", data)
+    # at a film's size: the tiny films are thumbnails, out of scope by that alone
+    pixels = np.asarray(Image.open(next((data / "NORMAL").glob("*.jpeg"))).convert("L").resize((256, 256)))
+    (data / "NORMAL" / "marked.dcm").write_bytes(chest_film_dicom(pixels, BurnedInAnnotation="YES"))
+    (data / "NORMAL" / "plain.dcm").write_bytes(chest_film_dicom(pixels, BurnedInAnnotation="NO"))
+    metrics = evaluate(tiny_bundle, data, out_dir=tmp_path / "eval")
+    rows = {Path(row["path"]).name: row for row in read_csv(tmp_path / "eval" / "predictions.csv")}
+    predicted = {Path(p["path"]).name: p for p in predict_paths(tiny_bundle, sorted(data.glob("NORMAL/*.dcm")))}
+    for name, warned in (("marked.dcm", True), ("plain.dcm", False)):
+        assert (BURNED_IN.text() in predicted[name]["warnings"]) == warned and predicted[name]["in_scope"]
+        assert rows[name]["in_scope"] == "True" and (BURNED_IN.text() in rows[name]["warnings"]) == warned
+    assert not any(film["path"].endswith(".dcm") for film in metrics["out_of_scope"])
 
 
 def test_the_report_shows_the_most_confident_errors_with_grad_cam(tiny_bundle: Path, tiny_dataset: Path,

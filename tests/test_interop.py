@@ -140,6 +140,7 @@ OUT_OF_SCOPE = {
     "no body part": ({"BodyPartExamined": None}, "BodyPartExamined not recorded"),
     "no view": ({"ViewPosition": None}, "view (ViewPosition) not recorded"),
     "colour": ({"PhotometricInterpretation": "PALETTE COLOR"}, "PhotometricInterpretation PALETTE COLOR"),
+    "burned-in text": ({"BurnedInAnnotation": "YES"}, "BurnedInAnnotation YES: text is burned into its pixels"),
 }  # fmt: skip
 
 

@@ -35,7 +35,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pneumoscan.core.digests import json_sha256
 from pneumoscan.data.appearance import LAYOUT_SIDE, Appearance
 from pneumoscan.data.decode import read_dicom_header, read_gray
-from pneumoscan.data.scope import NO_TAGS, describe
+from pneumoscan.data.scope import BURNED_IN, NO_TAGS, describe
 from pneumoscan.inference.export import write_onnx_spec
 from pneumoscan.inference.predict import Predictor, alone_warning, predict_paths
 from pneumoscan.models.card import ONNX_NAME, load_card, save_appearance, save_card
@@ -251,6 +251,14 @@ def test_an_uploaded_dicom_is_read_once_for_its_pixels_and_its_header(client: Te
         key: value for key, value in expected.items() if key != "warnings"}
     assert r.json()["warnings"][: len(expected["warnings"])] == expected["warnings"]
     assert r.json()["study_instance_uid"] and r.json()["age_years"] == 4
+
+
+def test_a_dicom_with_text_burned_in_is_answered_in_scope_with_its_warning(client: TestClient, xray: bytes) -> None:
+    """BurnedInAnnotation YES: the answer warns that text is in the film's pixels (a shortcut, and what a heatmap
+    sent on shows), and the film stays in scope, as predict gives it."""
+    r = upload(client, chest_film_dicom(read_gray(xray), BurnedInAnnotation="YES"), "application/dicom", "film.dcm")
+    assert r.status_code == 200 and r.json()["in_scope"] is True, r.text
+    assert BURNED_IN.text() in r.json()["warnings"]
 
 
 # what a report records of the time it was made, which differs from one making to the next

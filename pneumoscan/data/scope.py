@@ -200,6 +200,12 @@ FIELD = WarningKind("field of view {width:.4g} x {height:.4g} mm by its {keyword
 COLOUR = WarningKind("colour image (its colour channels differ by {spread:.0f} grey levels or more over 1% of it, "
                      "beyond {tolerance}): a radiograph is grayscale; it was read as grey, and may be a photograph or "
                      "a coloured screen capture", out_of_scope=True, source="pixels")
+# text in the pixels (a name, a date, a side marker, a device's box), as the header's BurnedInAnnotation says: the film
+# is still a chest film (most carry a side marker), but a model may read a box of text as a sign of the disease it
+# went with, and a heatmap or a copy of the film sent on carries what the text says of the patient
+BURNED_IN = WarningKind("BurnedInAnnotation YES: text is burned into its pixels, which a model may read as a sign, "
+                        "and a heatmap or copy of the film shows it: remove what names the patient before either is "
+                        "sent on", out_of_scope=False)
 INVALID_UID = WarningKind("{keyword} is not a valid DICOM UID: left out, so this result is not linked to its film",
                           out_of_scope=False)
 UNREAD = WarningKind("header could not be read again for the scope checks: {reason}", out_of_scope=False)
@@ -237,7 +243,8 @@ NAMED_KINDS = {"not_radiograph": NOT_RADIOGRAPH, "not_chest": NOT_CHEST, "latera
                "clipped_white": CLIPPED_WHITE, "clipped_black": CLIPPED_BLACK, "unlike_layout": UNLIKE_LAYOUT,
                "turned": TURNED, "blurred": BLURRED, "noisy": NOISY, "untagged": UNTAGGED, "no_modality": NO_MODALITY,
                "no_body_part": NO_BODY_PART, "no_view": NO_VIEW, "no_age": NO_AGE, "age_malformed": AGE_MALFORMED,
-               "birth_date_malformed": BIRTH_DATE_MALFORMED, "age_outside": AGE_OUTSIDE, "invalid_uid": INVALID_UID,
+               "birth_date_malformed": BIRTH_DATE_MALFORMED, "age_outside": AGE_OUTSIDE, "burned_in_text": BURNED_IN,
+               "invalid_uid": INVALID_UID,
                "unread": UNREAD, "content_unchecked": CONTENT_UNCHECKED}
 KINDS = tuple(NAMED_KINDS.values())
 
@@ -287,6 +294,13 @@ def _stored(ds: Dataset, keyword: str) -> str:
 def _text(ds: Dataset, keyword: str) -> str:
     """A coded element (modality, view, sex, ...) as stripped upper-case text: devices differ in case."""
     return _stored(ds, keyword).upper()
+
+
+def burned_in(ds: Dataset) -> str | None:
+    """The film's BurnedInAnnotation, YES or NO; None when it does not say (the flag is type 3: not known is left
+    unsaid), or says something else."""
+    said = _text(ds, "BurnedInAnnotation")
+    return said if said in ("YES", "NO") else None
 
 
 def defined_term(value: str, terms: frozenset[str]) -> str:
@@ -477,6 +491,8 @@ def scope_warnings(ds: Dataset | None, width: int, height: int, reduced_to: int 
         photometric = _text(ds, "PhotometricInterpretation")
         if photometric and photometric not in ("MONOCHROME1", "MONOCHROME2"):
             found.append(NOT_GRAYSCALE.text(photometric=defined_term(photometric, PHOTOMETRICS)))
+        if burned_in(ds) == "YES":
+            found.append(BURNED_IN.text())
     if min(height, width) < MIN_SIDE and (reduced_to is None or min(height, width) <= reduced_to):
         found.append(THUMBNAIL.text(width=width, height=height, least=MIN_SIDE))
     if max(height, width) > MAX_ASPECT * min(height, width):

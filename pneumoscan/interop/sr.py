@@ -62,7 +62,7 @@ from pydicom.valuerep import DA, DT, TM
 
 from pneumoscan.core.logs import keep_dicom_values_out_of_logs, redact
 from pneumoscan.data.readers.dicom import MANUFACTURER, charset_terms, misread_text, standard_form
-from pneumoscan.data.scope import CONFLICT, PATIENT_SEXES, outside_scope
+from pneumoscan.data.scope import CONFLICT, PATIENT_SEXES, burned_in, outside_scope
 from pneumoscan.data.tasks import get_task, list_tasks
 
 from .uids import derive_uid, derived_uid, film_identity
@@ -319,15 +319,6 @@ def _patient_orientation(source: Dataset) -> list[str]:
     return directions if len(directions) == 2 and all(_DIRECTION.fullmatch(d) for d in directions) else []
 
 
-def _burned_in(source: Dataset) -> str | None:
-    """The film's BurnedInAnnotation (YES or NO) for its overlay, which redraws the film's pixels in two of its three
-    panels: text burned into the film that names the patient is in the overlay too, and a de-identification that
-    goes by the flag (PS3.15 E.1) would pass an overlay without it, the name in its pixels. None when the film does
-    not say (the flag is type 3: not known is left unsaid); pneumoscan's caption names no patient."""
-    said = str(source.get("BurnedInAnnotation") or "").strip().upper()
-    return said if said in ("YES", "NO") else None
-
-
 def _device_uid(model_name: str, model_version: str) -> UID:
     """The Device Observer UID of a model: made from its name and version (its weights' digest), so a PACS sees one
     device for every report of one model, and another for other weights."""
@@ -527,8 +518,8 @@ def build_heatmap_sc(source: Dataset, overlay_png: bytes, model_name: str, model
     film it was derived from (SourceImageSequence) so a viewer can go back to it. Its body part is the film's (with
     none recorded, whether it is a paired one is not known, so it states the film's laterality or an empty one), a
     film compressed lossily keeps saying so (PS3.3 C.7.6.1.1.5: once 01, never reset), and so does one that says
-    whether text in its pixels identifies the patient (:func:`_burned_in`). Its series is numbered by its UID
-    (:func:`series_number`)."""
+    whether text in its pixels identifies the patient (:func:`~pneumoscan.data.scope.burned_in`). Its series is
+    numbered by its UID (:func:`series_number`)."""
     as_held, source = source, _checked_source(source)
     identity = _source_identity(source)
     series, instance = (derived_uid(identity, model_name, model_version, mode, _kind(kind))
@@ -572,7 +563,9 @@ def build_heatmap_sc(source: Dataset, overlay_png: bytes, model_name: str, model
         said = str(source.get("LossyImageCompression") or "").strip() == "01"
         if said or getattr(source, "file_meta", Dataset()).get("TransferSyntaxUID") in _LOSSY_SYNTAXES:
             sc.LossyImageCompression = "01"
-        if (burned := _burned_in(source)) is not None:
+        # two of the overlay's three panels are the film: a de-identification that goes by the flag (PS3.15 E.1)
+        # would pass it without, a name in its pixels; not known is left unsaid (the flag is type 3)
+        if (burned := burned_in(source)) is not None:
             sc.BurnedInAnnotation = burned
     _check_copies(sc, as_held)
     return sc
