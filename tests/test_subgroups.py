@@ -156,20 +156,24 @@ def test_a_field_no_film_records_is_refused_naming_those_they_do(tiny_bundle: Pa
 def test_a_dicom_header_groups_films_by_sex_and_age_band(tiny_bundle: Path, tiny_dataset: Path,
                                                          tmp_path: Path) -> None:
     """A DICOM film's PatientSex and PatientAge (in bands) group the figures, read with its scope check; a film whose
-    header records neither is in an explicit "(not recorded)" group, never left out."""
-    heads = [{"PatientSex": "F", "PatientAge": "004Y"}, {"PatientSex": "M", "PatientAge": "008M"}, {}]
+    header records neither is in an explicit "(not recorded)" group, never left out. So does BurnedInAnnotation:
+    whether the films with text in their pixels, a shortcut a model may read, score otherwise than the rest."""
+    heads = [{"PatientSex": "F", "PatientAge": "004Y", "BurnedInAnnotation": "YES"},
+             {"PatientSex": "M", "PatientAge": "008M", "BurnedInAnnotation": "NO"}, {}]
     for label in ("NORMAL", "PNEUMONIA"):
         (tmp_path / "films" / label).mkdir(parents=True)
         films = sorted(r.path for r in discover(tiny_dataset).split("test") if r.label == label)[:3]
         for i, (path, head) in enumerate(zip(films, heads)):
             gray = np.asarray(Image.open(path).convert("L"), dtype=np.uint16) * 16
             (tmp_path / "films" / label / f"{label}-{i}.dcm").write_bytes(dicom_bytes(gray, **head))
-    metrics = evaluate(tiny_bundle, tmp_path / "films", by=["PatientSex", "PatientAge", "format"])
+    metrics = evaluate(tiny_bundle, tmp_path / "films", by=["PatientSex", "PatientAge", "format", "burnedinannotation"])
     fields = metrics["subgroups"]["fields"]
     assert [(g["value"], g["films"], g["positive"]) for g in fields["PatientSex"]] == [
         ("F", 2, 1), ("M", 2, 1), (NOT_RECORDED, 2, 1)]
     assert [g["value"] for g in fields["PatientAge"]] == ["under 1 year", "3-5 years", NOT_RECORDED]
     assert [(g["value"], g["films"]) for g in fields["format"]] == [("DICOM", 6)]
+    assert [(g["value"], g["films"]) for g in fields["BurnedInAnnotation"]] == [("NO", 2), ("YES", 2),
+                                                                              (NOT_RECORDED, 2)]
 
 
 def test_a_three_class_decision_has_its_accuracy_by_group(tiny_bundle: Path, tiny_etiology_bundle: Path,

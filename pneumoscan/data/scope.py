@@ -551,7 +551,8 @@ def film_facts(ds: Dataset) -> dict[str, str | float | None]:
 
 
 # the fields of a film's header or format that figures are grouped by (``evaluate --by``: :func:`grouping`)
-GROUPING_FIELDS = ("format", "PatientSex", "PatientAge", "Manufacturer", "ViewPosition", "InstitutionName")
+GROUPING_FIELDS = ("format", "PatientSex", "PatientAge", "Manufacturer", "ViewPosition", "InstitutionName",
+                   "BurnedInAnnotation")
 # PatientAge's bands (upper bound in years, exclusive; name): an infant's film and a teenager's differ, and a
 # child's age in years alone would make groups too small for an interval
 AGE_BANDS = ((1.0, "under 1 year"), (3.0, "1-2 years"), (6.0, "3-5 years"), (12.0, "6-11 years"),
@@ -567,8 +568,9 @@ def age_band(years: float) -> str:
 def grouping(ds: Dataset | None, format_name: str) -> dict[str, str]:
     """The :data:`GROUPING_FIELDS` a film records (those it does not are left out): its ``format_name`` (JPEG, PNG,
     DICOM), and from a DICOM header its sex and view as defined terms (:data:`NOT_SHOWN` for another value), its
-    age's band (:func:`age_band`, from PatientAge or the birth date, as :func:`age_years` reads them), and its
-    manufacturer and institution as stored."""
+    age's band (:func:`age_band`, from PatientAge or the birth date, as :func:`age_years` reads them), its
+    manufacturer and institution as stored, and its BurnedInAnnotation (:func:`burned_in`: whether films with text in
+    their pixels, a shortcut a model may read, score otherwise than the rest)."""
     found = {"format": format_name}
     if ds is None:
         return found
@@ -576,7 +578,8 @@ def grouping(ds: Dataset | None, format_name: str) -> dict[str, str]:
     values = {"PatientSex": sex and defined_term(sex, frozenset(PATIENT_SEXES)),
               "PatientAge": "" if age is None else age_band(age),
               "ViewPosition": position and defined_term(position, VIEW_POSITIONS),
-              "Manufacturer": _stored(ds, "Manufacturer"), "InstitutionName": _stored(ds, "InstitutionName")}
+              "Manufacturer": _stored(ds, "Manufacturer"), "InstitutionName": _stored(ds, "InstitutionName"),
+              "BurnedInAnnotation": burned_in(ds) or ""}
     return found | {key: value for key, value in values.items() if value}
 
 
