@@ -341,7 +341,7 @@ def test_export_int8_says_a_split_unproved_only_once_its_films_have_been_checked
 ) -> None:
     """export --int8 of an older card in its run, given the split beside it or a copy of it: the split was said to
     be taken without proof before the films read proved it by the card's data checksum (a copy where no image cache
-    of the split's films proved it first). Proved, nothing is said; a card without a data checksum (0.2.0's) leaves
+    of the split's films proved it first). Proved, nothing is said; a card without a data checksum (0.1.0's) leaves
     it unproved, said once, after the checks."""
     run = _older_card(shutil.copytree(tiny_bundle.parent, tmp_path / "run") / "bundle")
     export = ["export", str(run), "--int8", "--data", str(run.parent / "split.csv")]
@@ -356,7 +356,7 @@ def test_export_int8_says_a_split_unproved_only_once_its_films_have_been_checked
     with caplog.at_level("WARNING"):
         assert cli.main(export) == 0
     said = [r.getMessage() for r in caplog.records]
-    assert sum(f"so {run.parent / 'split.csv'} is taken as its run's split without proof" in m for m in said) == 1, said
+    assert sum(f"so nothing can prove {run.parent / 'split.csv'} its run's split" in m for m in said) == 1, said
 
 
 def test_evaluate_add_to_card_says_a_split_it_could_not_prove_its_runs(
