@@ -612,8 +612,10 @@ def test_a_film_read_by_a_model_before_a_restart_is_not_shown_again_with_the_new
             expect(page.locator("#card")).to_contain_text("on: films unlike the training films are flagged")
             expect(first).to_have_class("indeterminate")
             page.get_by_role("button", name=f"show {small.name}").click()
-            expect(page.get_by_role("alert")).to_contain_text("Not shown: the reading is of the model ")
-            expect(page.get_by_role("alert")).to_contain_text(
+            # the refusal: an alert beside the notice of the session's reading of another card (test_page_session)
+            refusal = page.locator("#error[role=alert]")
+            expect(refusal).to_contain_text("Not shown: the reading is of the model ")
+            expect(refusal).to_contain_text(
                 f"at threshold {load_card(tiny_bundle).threshold:.3f}, not of the model this page describes")
             expect(page.locator("#result")).to_be_hidden()
             assert page.evaluate("() => current === null")
@@ -626,9 +628,9 @@ def test_a_film_read_by_a_model_before_a_restart_is_not_shown_again_with_the_new
             expect(rows.nth(0).locator("td").nth(3)).to_have_text("no second stage")  # its model had none
         with serving_again(page, create_app(unchecked)):
             page.click("#heatmap-button")  # the film on screen was read with the card before: not its map
-            expect(page.get_by_role("alert")).to_contain_text(
+            expect(refusal).to_contain_text(
                 "Heatmap not computed: the service now runs the model simple_cnn-pneumonia-")
-            expect(page.get_by_role("alert")).to_contain_text("with another card than the one that read this film")
+            expect(refusal).to_contain_text("with another card than the one that read this film")
             expect(page.locator("#legend")).to_be_hidden()
             test_page.upload_one(page, small)
             expect(page.locator("#card")).to_contain_text("off: this bundle records no appearance")
@@ -637,7 +639,7 @@ def test_a_film_read_by_a_model_before_a_restart_is_not_shown_again_with_the_new
             expect(rows.nth(1).locator("td").nth(3)).to_have_text(etiology)  # each film's own second stage
             expect(rows.nth(2).locator("td").nth(3)).to_have_text("no second stage")
             page.get_by_role("button", name=f"show {later.name}").click()
-            expect(page.get_by_role("alert")).to_contain_text("with another card")
+            expect(refusal).to_contain_text("with another card")
             with page.expect_download() as download:
                 page.click("#export")
             exported = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text())))

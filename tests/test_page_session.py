@@ -111,7 +111,8 @@ def test_a_kept_reading_is_taken_by_its_films_bytes_not_its_name(page: Page, dat
 def test_a_session_of_another_model_is_said_and_saved_or_cleared(browser: Browser, tiny_bundle: Path, small: Path,
                                                                 tmp_path: Path) -> None:
     """The service restarted with another bundle under a session: after a reload its readings are not shown as the
-    new model's; the page says whose they are, and they can be saved (each row names its model) or cleared."""
+    new model's; the page says whose they are, as an alert heard once (not at each drawing of the list), and they
+    can be saved (each row names its model) or cleared."""
     other = shutil.copytree(tiny_bundle.parent, tmp_path / "other") / "bundle"
     nudge_weights(other)
     context = browser.new_context(viewport={"width": 1280, "height": 1000}, accept_downloads=True)
@@ -133,9 +134,17 @@ def test_a_session_of_another_model_is_said_and_saved_or_cleared(browser: Browse
                 f"1 reading of this session was made by the model {first}, not by the model this service runs now "
                 f"({now}): not shown as this model's. Export list as CSV to keep it (each row names its model), or "
                 "Clear session; a film dropped again is read by this model.")
+            # heard as it appears, not only seen: an alert, not said again as the list is drawn again
+            expect(page.get_by_role("alert").filter(has_text="made by the model")).to_have_text(
+                page.locator("#session-other").inner_text())
             assert serious_violations(page) == []
+            page.evaluate("""() => { window.said = 0; new MutationObserver(() => { window.said += 1; }).observe(
+                document.getElementById('session-other'), {childList: true, characterData: true, subtree: true}); }""")
             page.get_by_role("button", name=f"show {small.name}").click()
             expect(page.locator("#error")).to_contain_text("Not shown: the reading is of the model")
+            page.get_by_role("button", name="File", exact=True).click()
+            expect(page.locator(ROWS)).to_have_count(1)
+            assert page.evaluate("() => window.said") == 0
             expect(page.locator("#result")).to_be_hidden()
             with page.expect_download() as download:
                 page.click("#export")

@@ -1749,10 +1749,13 @@ function sessionNotice() {
   const by = models.length ? `the model ${models.join(" and ")}, not by the model this service runs now (${cardModel})`
     : `this model (${cardModel}) under another card than this service's (its content check, second stage, threshold ` +
       "or upload limit differs)";
-  $("session-other").textContent = others.length ? `${others.length} reading${one ? "" : "s"} of this session ` +
+  const other = others.length ? `${others.length} reading${one ? "" : "s"} of this session ` +
     `${one ? "was" : "were"} made by ${by}: not shown as this model's. Export list as CSV to keep ` +
     `${one ? "it" : "them"} (each row names its model), or Clear session; a film dropped again is read by this model.`
     : "";
+  // an alert (index.html): a screen reader heard the kept session in the status line, not that its readings were
+  // another model's; set only when it changes, so that it is not heard again each time the list is drawn
+  if ($("session-other").textContent !== other) $("session-other").textContent = other;
   $("session-other").hidden = !others.length;
   $("session").hidden = $("session-kept").hidden && $("session-other").hidden;
 }
