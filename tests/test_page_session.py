@@ -77,6 +77,11 @@ def test_a_reload_keeps_the_readings_marks_window_and_zoom_in_the_tab_not_the_fi
     expect(page.locator("#label")).not_to_be_empty()
     expect(page.locator("#caption")).to_contain_text(f"drop {first.name} again to see it")
     expect(page.locator("#heatmap-button")).to_be_disabled()
+    page.focus("#view")
+    page.keyboard.press("h")  # the button is disabled: what to do instead
+    expect(page.locator("#view-said")).to_have_text(
+        f"No heatmap: the film is not kept through a reload of the page: drop {first.name} again to see it and its "
+        "heatmap.")
 
     upload_one(page, first)
     expect(page.locator(ROWS)).to_have_count(2)

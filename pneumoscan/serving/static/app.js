@@ -981,6 +981,11 @@ $("view").addEventListener("keydown", (event) => {
 // (a map is computed only when the reader asks)
 function toggleHeatmap() {
   if (!heatmapsDrawn) return sayView($("heatmap-off").textContent.replace(/\s+/g, " ").trim());
+  // a film kept through a reload has no file to compute one from: its button is disabled (heatControls)
+  if (current && !current.file) {
+    return sayView(`No heatmap: the film is not kept through a reload of the page: drop ${current.name} again to see ` +
+      "it and its heatmap.");
+  }
   if ($("heatmap-toggle").disabled) return sayView("No heatmap computed yet: use Compute Grad-CAM heatmap.");
   $("heatmap-toggle").checked = !$("heatmap-toggle").checked;
   heatControls();
