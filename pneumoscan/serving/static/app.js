@@ -1222,16 +1222,48 @@ function check(file) {
   return null;
 }
 
-// The SHA-256 of a file's bytes, in hex: what proves a film dropped again to be the one a reading kept through a
-// reload is of (its name does not: two films of two patients may both be IM0001). null where the browser offers no
-// digest (a page served over plain HTTP from another machine): no kept reading is then taken for any film.
+// A SHA-256 of a file's bytes, in hex: what proves a film dropped again to be the one a reading kept through a
+// reload is of (its name does not: two films of two patients may both be IM0001). The SHA-256 of the SHA-256s of its
+// slices in turn: the whole file read at once was held in the page's memory twice (the digest copies its input), where
+// the upload sends it from the file: 210 MB more at the peak for a 100 MB DICOM, 4 MB without it. null where the
+// browser offers no digest (a page served over plain HTTP from another machine): no kept reading is then taken for
+// any film.
+const HASHED_SLICE = 4 * 2 ** 20;
+
 async function sha256Of(file) {
   if (!crypto.subtle) return null;
+  const digestOf = async (bytes) => new Uint8Array(await crypto.subtle.digest("SHA-256", bytes));
   try {
-    const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", await file.arrayBuffer()));
+    const slices = [];
+    for await (const slice of slicesOf(file)) slices.push(await digestOf(slice));
+    const digest = await digestOf(await new Blob(slices).arrayBuffer());
     return Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
   } catch (err) {
     return null;  // unreadable here: the upload says why
+  }
+}
+
+// A file's bytes, HASHED_SLICE at a time (the last one shorter), each read into the one buffer the slice before it
+// was read into: slices read as buffers of their own were garbage held until collected, 66 MB more at the peak for a
+// 100 MB DICOM, 105 MB for 300 MB. A browser whose file streams cannot fill a buffer given has them read so.
+async function* slicesOf(file) {
+  let reader;
+  try {
+    reader = file.stream().getReader({ mode: "byob" });
+  } catch (err) {
+    for (let at = 0; at < file.size; at += HASHED_SLICE) yield await file.slice(at, at + HASHED_SLICE).arrayBuffer();
+    return;
+  }
+  let buffer = new ArrayBuffer(HASHED_SLICE);
+  for (let done = false; !done;) {
+    let filled = 0;
+    while (!done && filled < HASHED_SLICE) {
+      const read = await reader.read(new Uint8Array(buffer, filled, HASHED_SLICE - filled));
+      done = read.done;
+      buffer = read.value.buffer;  // the same memory, handed back
+      filled += read.value.byteLength;
+    }
+    if (filled) yield new Uint8Array(buffer, 0, filled);  // digested (copied) before the next read
   }
 }
 
