@@ -122,11 +122,8 @@ def auc_difference(positive: np.ndarray, scores: np.ndarray, groups: np.ndarray,
     if (sides == 0).any():
         raise ValueError("a group without both positive and negative films has no AUC")
     weight = 1 / (1 / sides).sum(axis=0)
-    # each positive film's place among the negative films by score, made once: the negatives scored below it and
-    # those not above it, whose mean counts a tie half
-    negatives, positives = np.flatnonzero(~positive), np.flatnonzero(positive)
-    negatives = negatives[np.argsort(scores[negatives], kind="stable")]
-    ends = [np.searchsorted(scores[negatives], scores[positives], side) for side in ("left", "right")]
+    negatives, ends = _ranked_negatives(scores, positive)  # each positive film's place among them, made once
+    positives = np.flatnonzero(positive)
 
     def spread(unit_groups: np.ndarray) -> np.ndarray:  # shuffles on the first axis, each patient's group
         shape = (len(unit_groups), k)
@@ -238,15 +235,22 @@ def _sign_flip_p(parts: np.ndarray) -> float:
     return (1 + beyond) / (1 + RESAMPLES)
 
 
+def _ranked_negatives(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The negative films in order of score, and each positive film's place among them (in film order): the
+    negatives scored below it and those not above it, whose mean counts a tie half. Found once, an AUC in each
+    shuffle or resample counts its own negatives up to each place (:func:`auc_difference`, :func:`_weighted_auc`)."""
+    negatives = np.flatnonzero(~positive)
+    negatives = negatives[np.argsort(scores[negatives], kind="stable")]
+    return negatives, [np.searchsorted(scores[negatives], scores[positive], side) for side in ("left", "right")]
+
+
 def _weighted_auc(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """Each model's AUC in each resample (2, resamples), a film counted as often as ``weights`` (resamples, films)
     draw it: each positive film's place among the negatives by score found once a model (ties counting half), and
     each resample's negatives counted up to it."""
     out = []
     for s in scores:
-        negatives = np.flatnonzero(~positive)
-        negatives = negatives[np.argsort(s[negatives], kind="stable")]
-        ends = [np.searchsorted(s[negatives], s[positive], side) for side in ("left", "right")]
+        negatives, ends = _ranked_negatives(s, positive)
         below = np.zeros((weights.shape[0], negatives.size + 1))
         np.cumsum(weights[:, negatives], axis=1, out=below[:, 1:])
         placed = (below[:, ends[0]] + below[:, ends[1]]) / 2
