@@ -585,12 +585,7 @@ def _unrecognised(root: Path) -> str:
     if inside := [shown(child) for child in children if _recognised(child) or _is_manifest(child)]:
         return f": it holds a dataset; give {' or '.join(inside)}"
     if sheet := next((child for child in children if child.suffix.lower() == ".csv" and child.is_file()), None):
-        try:
-            with sheet.open(newline="", encoding="utf-8-sig", errors="replace") as f:
-                header = _manifest_header(csv.reader(f))
-        except (OSError, csv.Error):
-            header = []
-        if hint := _columns_hint(header):
+        if hint := _columns_hint(_sheet_header(sheet)):
             return f": it holds {shown(sheet)}, a CSV that is no manifest{hint}"
     if any(_is_image(child) for child in children[:20] if child.is_file()):
         return (f": it holds films but no {' and '.join(LABELS)} folders: put them in those folders, or list them "
@@ -601,13 +596,17 @@ def _unrecognised(root: Path) -> str:
 def _is_manifest(path: Path) -> bool:
     """Whether ``path`` is a CSV file whose header names the path and label columns: a researcher's labels.csv
     beside the films it lists, given as the folder that holds both."""
-    if path.suffix.lower() != ".csv" or not path.is_file():
-        return False
+    return path.suffix.lower() == ".csv" and path.is_file() and {"path", "label"} <= set(_sheet_header(path))
+
+
+def _sheet_header(path: Path) -> list[str]:
+    """The column names of CSV file ``path`` as :func:`_manifest_header` reads them, for a look at a folder's sheets
+    (:func:`_is_manifest`, :func:`_unrecognised`); none where it cannot be read."""
     try:
         with path.open(newline="", encoding="utf-8-sig", errors="replace") as f:
-            return {"path", "label"} <= set(_manifest_header(csv.reader(f)))
+            return _manifest_header(csv.reader(f))
     except (OSError, csv.Error):
-        return False
+        return []
 
 
 def listed_paths(csv_path: Path | str) -> list[Path]:
