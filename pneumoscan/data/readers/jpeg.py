@@ -441,14 +441,12 @@ def _walk_mcus(intervals: list[bytes], units: list[_Coding], counts: list[int]) 
                                 break
                     if k > 64:
                         raise ValueError("Corrupt JPEG data: a block of more than 64 coefficients")
+                if base + at > end:
+                    raise ValueError(_CUT_SHORT)
             except ValueError:
                 if base + at > end and number < last:  # it may have read the next interval's data
                     next(_walk_mcus([data], units, [count]))  # walked alone, refused for the zeros after it
                 raise
-            if base + at > end:
-                if number < last:
-                    next(_walk_mcus([data], units, [count]))
-                raise ValueError(_CUT_SHORT)
         yield base + at - origin
         origin = end + 16
 
