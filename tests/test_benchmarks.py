@@ -32,10 +32,10 @@ for path in sorted(here.glob("*.py")):
     # each script on its own: no path entry or module another one added (tests.builders, bench_serve) helps it
     sys.path[:] = clean_path
     for name, loaded in list(sys.modules.items()):
-        # where it was loaded from: its file, or a namespace package's folder (tests/ has no __init__.py: kept, it
-        # let a script without its own path entry import tests.builders); a prefix of that path, as Path.parents of
-        # the thousands of modules loaded took 0.25 s a script
-        origin = getattr(loaded, "__file__", None) or next(iter(getattr(loaded, "__path__", None) or ()), "")
+        # where it was loaded from (the tests package too: kept, it let a script without its own path entry import
+        # tests.builders); a prefix of that path, as Path.parents of the thousands of modules loaded took 0.25 s a
+        # script
+        origin = getattr(loaded, "__file__", None) or ""
         if f"{origin}{os.sep}".startswith(own):
             del sys.modules[name]
     out = io.StringIO()

@@ -19,7 +19,6 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-from builders import Crash, crash_after_first_epoch
 from pneumoscan.cli import main
 from pneumoscan.core.metrics import evaluate_multiclass, format_figure
 from pneumoscan.data.labelled import patient_groups
@@ -32,6 +31,7 @@ from pneumoscan.training.cv import _plan_folds, cross_validate, fold_figures, fo
 from pneumoscan.training.config import TrainConfig
 from pneumoscan.training.resume import config_changes
 from pneumoscan.training.train import train
+from tests.builders import Crash, crash_after_first_epoch
 
 
 def test_real_folds_keep_patients_duplicates_and_mix(real_train) -> None:

@@ -15,9 +15,9 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import RLELossless
 
-from builders import dicom_bytes
 from pneumoscan.data.pixels import DecodeError
 from pneumoscan.data.readers import dicom, dicom_pixels
+from tests.builders import dicom_bytes
 
 RNG = np.random.default_rng(7)
 ROWS, COLS = 72, 60

@@ -22,7 +22,6 @@ import torch.nn.functional as F
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from builders import SCORE_TOL, nudge_weights
 from pneumoscan.cli import main
 from pneumoscan.core.metrics import choose_threshold, roc_auc, softmax, threshold_interval
 from pneumoscan.data.cache import build_cache, data_checksum
@@ -42,7 +41,7 @@ from pneumoscan.models.card import (CHECKSUM, INIT_SAMPLE, MEMBER_SAMPLES, ONNX_
                                    WEIGHTS, BundleCard, load_card, save_card)
 from pneumoscan.training.ensemble import out_of_fold
 from pneumoscan.serving.app import create_app
-from tests.builders import trial_copy
+from tests.builders import SCORE_TOL, nudge_weights, trial_copy
 from tests.test_integrity import written_before_checksums
 
 

@@ -20,7 +20,6 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from builders import nudge_weights
 from pneumoscan.data.decode import read_gray
 from pneumoscan.inference.explain import (EMPTY, HeatmapScale, NoMapOfFilm, caption, explain_array,
                                           gradcam, heatmap_scale, overlay_png)
@@ -29,6 +28,7 @@ from pneumoscan.models import card as card_module
 from pneumoscan.models.card import CARD, CHECKSUM, MEMBERS_OWN_SCALE, load_card, save_card
 from pneumoscan.serving.app import create_app
 from pneumoscan.training.ensemble import build_ensemble
+from tests.builders import nudge_weights
 from tests import test_ensemble, test_heatmap_scale
 from tests.test_heatmap_faults import _IgnoresTheFilm
 from tests.test_heatmap_scale import (ON_MODEL_SCALE, PER_FILM, _by_probability, assert_legend_is_the_caption,

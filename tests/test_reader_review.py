@@ -19,12 +19,12 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import convert_color_space
 from pydicom.sequence import Sequence
 
-from builders import dicom_bytes
 from pneumoscan.data import pixels
 from pneumoscan.data.cache import IN_PROCESS_FILMS, build_cache, cache_key
 from pneumoscan.data.decode import image_info, read_gray
 from pneumoscan.data.pixels import DecodeError
 from pneumoscan.data.preprocess import PreprocessSpec
+from tests.builders import dicom_bytes
 
 SIDE = 256
 _ROWS, _COLS = np.mgrid[0:SIDE, 0:SIDE]

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from builders import Crash, crash_after_first_epoch
 from pneumoscan.cli import main
 from pneumoscan.models import registry as models
 from pneumoscan.models.bundle import load_bundle
@@ -21,6 +20,7 @@ from pneumoscan.serving.app import create_app
 from pneumoscan.training.config import TrainConfig
 from pneumoscan.training.engine import Callback, State, divergence_advice
 from pneumoscan.training.train import train
+from tests.builders import Crash, crash_after_first_epoch
 
 
 def test_a_run_best_written_before_its_card_said_so_is_refused(tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path,

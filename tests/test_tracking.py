@@ -12,12 +12,12 @@ import pytest
 from mlflow.tracking import MlflowClient
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from builders import Crash, crash_after_first_epoch
 from pneumoscan.training import train as train_mod
 from pneumoscan.training.tracking import make_trackers
 from pneumoscan.training.config import TrainConfig
 from pneumoscan.training.engine import Callback, State
 from pneumoscan.training.train import train
+from tests.builders import Crash, crash_after_first_epoch
 
 TINY = dict(model="simple_cnn", pretrained=False, image_size=32, batch_size=8, patience=10)
 BOTH = ("tensorboard", "mlflow")

@@ -20,7 +20,6 @@ from PIL import Image
 from safetensors.torch import load_file
 from torch.utils.data.distributed import DistributedSampler
 
-from builders import SCORE_TOL, Crash, crash_after_first_epoch, trial_copy
 from pneumoscan import __version__
 from pneumoscan.cli import main
 from pneumoscan.core.metrics import choose_threshold, format_figure
@@ -48,6 +47,7 @@ from pneumoscan.training.engine import Callback, State
 from pneumoscan.training.distributed import setup_distributed
 from pneumoscan.training.train import stream_seed, train
 from pneumoscan.training.warm_start import warm_start_head, WARM_START_L2
+from tests.builders import SCORE_TOL, Crash, crash_after_first_epoch, trial_copy
 from tests.distributed_stubs import CountingProbe
 
 TINY = dict(model="simple_cnn", pretrained=False, image_size=32, epochs=2, batch_size=8, lr=3e-3, val_fraction=0.25)
