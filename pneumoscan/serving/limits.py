@@ -154,6 +154,12 @@ def said_store(uri: str) -> str:
     return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()
 
 
+def _said_reason(error: Exception, uri: str) -> str:
+    """``error``'s words as the errors say them: without ``uri``'s password, which the Redis client may quote."""
+    password = urlsplit(uri).password
+    return str(error).replace(password, "***") if password else str(error)
+
+
 def known_store(uri: str) -> str:
     """``uri`` if it names a store :func:`rate_store` can count in (``memory://``, :data:`SHARED_STORES`) and, over
     TLS, verifies it (:func:`_verified`), else a ValueError, without reaching the store: an empty or mistyped one,
@@ -196,20 +202,19 @@ def rate_store(uri: str | None) -> Storage:
     service would start, then refuse every prediction request."""
     if uri is None or known_store(uri) == "memory://":
         return MemoryStorage()
-    where, password = said_store(uri), urlsplit(uri).password
+    where = said_store(uri)
     try:
         store = storage_from_string(uri, wrap_exceptions=True, socket_timeout=STORE_TIMEOUT_S,
                                     socket_connect_timeout=STORE_TIMEOUT_S)
     except Exception as e:  # the library's ConfigurationError, or the Redis client's own for a URI it cannot read
-        reason = str(e).replace(password, "***") if password else str(e)
-        raise ValueError(f"rate_limit_storage (--rate-limit-storage) {where}: {reason}") from None
+        raise ValueError(f"rate_limit_storage (--rate-limit-storage) {where}: {_said_reason(e, uri)}") from None
     try:
         # the Redis client's words for why not, where check() says no more than False
         cast(RedisStorage, store).get_connection().ping()
     except Exception as e:  # refused, timed out, a certificate not verified (rediss://), a password refused
-        reason = str(e).replace(password, "***") if password else str(e)
         raise ValueError(f"rate_limit_storage (--rate-limit-storage) {where}: the Redis server does not answer "
-                         f"(within {STORE_TIMEOUT_S:g} s): start it, or check the URI ({reason})") from None
+                         f"(within {STORE_TIMEOUT_S:g} s): start it, or check the URI "
+                         f"({_said_reason(e, uri)})") from None
     return store
 
 
