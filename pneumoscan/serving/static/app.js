@@ -514,11 +514,17 @@ function grayOf(source) {
   });
 }
 
+// The zoom and pan of the film in the viewer, kept on it: as it leaves the viewer (loadFilm), and in the session kept
+// through a reload (keepSession)
+function keepFrame() {
+  if (view.film) view.film.frame = { zoom: view.zoom, panX: view.panX, panY: view.panY };
+}
+
 // Each film opens fitted the first time it is shown and at the zoom and pan the reader left it at when shown again, as
 // its window does (openWindow) and as in a PACS viewer: put back at zoom 1, a finding zoomed in on was lost to a look
-// at the next film. The film leaving the viewer keeps its own.
+// at the next film. The film leaving the viewer keeps its own (keepFrame).
 async function loadFilm(film) {
-  if (view.film) view.film.frame = { zoom: view.zoom, panX: view.panX, panY: view.panY };
+  keepFrame();
   if (view.film !== film) emptyViewer();
   if (!film.file) {  // kept through a reload: its reading, not its pixels (keepSession)
     $("film-pending").hidden = true;
@@ -1730,7 +1736,7 @@ function keepSession() {
     sessionStorage.removeItem(SESSION_KEY);
     return;
   }
-  if (view.film) view.film.frame = { zoom: view.zoom, panX: view.panX, panY: view.panY };
+  keepFrame();
   const kept = films.map((film) => ({
     id: film.id, name: film.name, sha256: film.sha256 || null, dicom: film.dicom, format: film.format,
     // a film still waiting has no file after a reload, and will not be read: said as not read
