@@ -262,6 +262,26 @@ def test_a_store_that_hangs_is_an_outage_refused_at_once_said_by_healthz_and_log
         assert end.endswith("s without: prediction requests are counted again (6 refused 503 meanwhile)"), said
 
 
+def test_a_store_that_hangs_found_by_the_health_probe_is_logged_as_timing_out(
+        tiny_bundle: Path, redis_server: tuple[tuple[str, str], subprocess.Popen], caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An idle service whose probe was the first to find a hung Redis server logged the outage as a refused
+    connection (ConnectionError), where a request finding it logged TimeoutError: the probe's PING fails with the
+    client's own error, as a request's count does."""
+    monkeypatch.setattr(limits, "STORE_TIMEOUT_S", 0.5)
+    uris, server = redis_server
+    caplog.set_level(logging.WARNING, logger="pneumoscan.serving.limits")
+    with as_client(create_app(tiny_bundle, rate_limit="100/minute", rate_limit_storage=uris[0]), SCRIPT) as http:
+        server.send_signal(signal.SIGSTOP)
+        try:
+            assert http.get("/healthz").json()["status"] == "degraded"
+        finally:
+            server.send_signal(signal.SIGCONT)
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("the rate-limit store")]
+    assert said == [f"the rate-limit store {uris[0]} does not answer (TimeoutError): prediction requests get 503 "
+                    "until it does"], said
+
+
 def test_a_redis_server_over_tls_counts_with_its_ca_given_in_the_uri_and_is_refused_at_start_without_it(
         tiny_bundle: Path, tmp_path: Path) -> None:
     """A hospital that keeps TLS inside its network too had its rediss:// refused as no store. A real redis-server

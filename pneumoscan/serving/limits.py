@@ -319,5 +319,9 @@ class PerClient:
         return max(1, math.ceil(reset - time.time()))  # the library's clock
 
     def _ping(self) -> None:
-        if not self.store.check():  # which says no more than that
-            raise StorageError(ConnectionError("no answer to PING"))
+        """PING the store, failing as a request's count does, with the Redis client's own error (a timeout for a
+        server that hangs, a refused connection for a stopped one): the library's check() says no more than False."""
+        try:
+            cast(RedisStorage, self.store).get_connection().ping()
+        except Exception as e:  # any failure of the client is the store not answering
+            raise StorageError(e) from None
