@@ -32,12 +32,14 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from pneumoscan.data.appearance import Appearance
+from pneumoscan.data.decode import read_gray
 from pneumoscan.data.labelled import labelled_films
 from pneumoscan.data.layouts import Record, discover
 from pneumoscan.data.preprocess import PreprocessSpec
 from pneumoscan.data.scope import CONTENT_UNCHECKED
 from pneumoscan.data.tasks import Task
-from pneumoscan.models.card import SAMPLED_FROM, BundleCard, load_card, save_card
+from pneumoscan.models.card import SAMPLED_FROM, BundleCard, load_card, save_appearance, save_card
 
 # Two float32 scorings of the same film agree only to about 1e-7 when the batch, the thread count, the process
 # layout or the CPU's kernels differ (oneDNN picks its kernels per machine); 1e-5 is far above that and far below
@@ -109,6 +111,17 @@ def trial_copy(run: Path, out: Path, patients: int, seed: int) -> Path:
     save_card(bundle, dataclasses.replace(card, train_config={**card.train_config, "patients": patients,
                                                               SAMPLED_FROM: 48, "seed": seed}))
     return bundle
+
+
+def with_appearance_of(bundle: Path, data: Path) -> Appearance:
+    """Record in ``bundle`` (a copy of a tiny one) the appearance of every film under ``data`` and their mirror
+    images (the tiny dataset's 64 films alone are too few to fit one), as a run on 100 films or more records its
+    own: a bundle with the image content check. Returns it."""
+    spec = load_card(bundle).spec
+    films = np.stack([spec.apply(read_gray(p, target=spec.decode_target)) for p in sorted(data.rglob("*.jpeg"))])
+    appearance = Appearance.fit(np.concatenate([films, films[:, :, ::-1]]))
+    save_appearance(bundle, appearance)
+    return appearance
 
 
 def as_run_split(bundle: Path) -> Path:

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.builders import SCORE_TOL, UNCHECKED, assert_close_report, at_threshold, chest_film_dicom
+from tests.builders import SCORE_TOL, UNCHECKED, assert_close_report, at_threshold, chest_film_dicom, with_appearance_of
 from tests.test_interop import chest_dicom
 from pneumoscan import cli
 from pneumoscan.core.metrics import FILM_UNIT_CAVEAT
@@ -549,15 +549,10 @@ def test_a_second_stage_checks_the_content_of_the_films_by_its_own_training_film
     it without a word. Each film is checked against the second stage's training films too (here the tiny films and
     their mirror images), an inverted film is flagged in its row (etiology_in_scope false, its reasons in
     etiology_warnings), in metrics.json's two_stage block and in the report's count."""
-    from pneumoscan.data.appearance import Appearance
-    from pneumoscan.data.decode import read_gray
     from pneumoscan.data.scope import UNLIKE_LAYOUT, in_scope
-    from pneumoscan.models.card import save_appearance
 
     second = shutil.copytree(tiny_etiology_bundle, tmp_path / "second")
-    spec = load_card(second).spec
-    films = np.stack([spec.apply(read_gray(p, target=spec.decode_target)) for p in tiny_dataset.rglob("*.jpeg")])
-    save_appearance(second, Appearance.fit(np.concatenate([films, films[:, :, ::-1]])))
+    with_appearance_of(second, tiny_dataset)
     data = shutil.copytree(tiny_dataset / "test", tmp_path / "films")
     source = sorted((data / "PNEUMONIA").glob("*virus*"))[0]
     inverted = data / "PNEUMONIA" / "person999_virus_999.jpeg"

@@ -30,7 +30,7 @@ from pneumoscan.data.tasks import binary_targets, get_task, select
 from pneumoscan.data.augment import Augment
 import pneumoscan.evaluation.operating_point as operating_point
 from pneumoscan.evaluation.evaluate import evaluate
-from pneumoscan.inference.predict import Predictor
+from pneumoscan.inference.predict import Predictor, predict_paths
 from pneumoscan.models import registry as models
 from pneumoscan.models.bundle import load_bundle, load_weights_into, save_bundle
 from pneumoscan.models import card as card_mod
@@ -344,6 +344,43 @@ def test_a_run_fine_tunes_its_own_bundle_in_place(tiny_bundle: Path, tiny_datase
         evaluate(again, tmp_path / "trained.csv")
 
 
+def test_a_fine_tune_on_too_few_films_keeps_the_content_check_of_the_bundle_it_started_from(
+    tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bundle fine-tuned (--init) on fewer than 100 films (the tiny run's 36 training films) recorded no appearance
+    of its own and dropped the image content check of the bundle it started from: an inverted film that bundle
+    warned of was read without a word. It keeps that bundle's check (the bundle a copy of the tiny run with one), and
+    its card, MODEL_CARD.md and the log say where the check came from and how many of the run's own films it flags."""
+    from pneumoscan.data.scope import UNLIKE_LAYOUT
+    from tests.builders import UNCHECKED, with_appearance_of
+
+    start = shutil.copytree(tiny_bundle.parent, tmp_path / "start") / "bundle"
+    kept = with_appearance_of(start, tiny_dataset)
+    source = sorted((tiny_dataset / "test" / "NORMAL").glob("*.jpeg"))[0]
+    inverted = tmp_path / "inverted.jpeg"
+    Image.fromarray(255 - np.asarray(Image.open(source).convert("L"))).save(inverted, quality=95)
+    (warned,) = predict_paths(start, [inverted])
+    assert any(map(UNLIKE_LAYOUT.wrote, warned["warnings"])), warned["warnings"]
+    caplog.set_level(logging.INFO, logger="pneumoscan")
+    tuned = train(tiny_dataset, TrainConfig(**{**TINY, "epochs": 1, "init": str(start)}), tmp_path / "tuned")
+    (row,) = predict_paths(tuned, [inverted])
+    assert UNCHECKED not in row["warnings"] and row["warnings"] == warned["warnings"], row["warnings"]
+    assert all(np.array_equal(a, b) for a, b in zip(Predictor(tuned).appearance.to_arrays().values(),
+                                                    kept.to_arrays().values()))
+    from pneumoscan.models.card import APPEARANCE_FROM_INIT
+
+    films = sum(r.split == "train" for r in discover(tmp_path / "tuned" / "split.csv").records)
+    assert load_card(tuned).train_config[APPEARANCE_FROM_INIT] == {"films": films, "flagged": 0}
+    said = (f"{films} training films, fewer than 100 to learn their appearance from: the image content check is that "
+            f"of the bundle it started from (init {start}), which flags 0 of them")
+    assert said in caplog.text, caplog.text
+    text = " ".join((tuned / "MODEL_CARD.md").read_text(encoding="utf-8").split())
+    assert (f"**Its image content check is that of the bundle it started from** (`--init`): it trained on {films} "
+            "films, fewer than the 100 it takes to learn what films look like, so films are compared with the "
+            f"training films of that bundle's check, which flags 0 of its {films} training films as unlike "
+            "them.") in text, text
+
+
 def test_an_in_place_fine_tune_that_would_lose_what_its_weights_learnt_is_refused(
     tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path
 ) -> None:
@@ -379,8 +416,12 @@ def test_an_in_place_fine_tune_interrupted_goes_on_from_its_checkpoint(tiny_bund
     on that missing bundle ("is not a bundle folder"), its finished epochs lost with the bundle (RUN a copy of the
     tiny run). The bundle was a trial (train --patients): the run records its sample (init_sample) from the start,
     through the checkpoint, though that bundle is gone, and its card says it (a run started from a trial's weights
-    was called a run on all the films)."""
+    was called a run on all the films). The bundle's image content check is kept through the checkpoint too, as the
+    run on too few films to learn its own keeps it (the resumed bundle recorded none)."""
+    from tests.builders import with_appearance_of
+
     run = trial_copy(tiny_bundle, tmp_path / "run", 20, 1).parent
+    kept = with_appearance_of(run / "bundle", tiny_dataset)
     tune = TrainConfig(**{**TINY, "init": str(run / "bundle")})
     with pytest.raises(Crash):
         train(tiny_dataset, tune, run, on_epoch_end=crash_after_first_epoch)
@@ -389,6 +430,9 @@ def test_an_in_place_fine_tune_interrupted_goes_on_from_its_checkpoint(tiny_bund
     config = load_bundle(resumed)[1].train_config
     assert config["init"] == str(run / "bundle") and config["patients"] is None
     assert config[INIT_SAMPLE] == {"patients": 20, SAMPLED_FROM: 48, "seed": 1}
+    assert Predictor(resumed).appearance is not None, "the content check was dropped"
+    assert all(np.array_equal(a, b) for a, b in zip(Predictor(resumed).appearance.to_arrays().values(),
+                                                    kept.to_arrays().values()))
     text = " ".join((resumed / "MODEL_CARD.md").read_text(encoding="utf-8").split())
     assert ("**It was started from the weights of a bundle that learnt from a sample of patients** (`--init`: a "
             "sample of 20 of the 48 patients of its data, seed 1): what those weights learnt comes from those patients "

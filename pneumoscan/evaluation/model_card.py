@@ -21,11 +21,12 @@ from pneumoscan.core.atomic import write_atomic
 from pneumoscan.core.metrics import (BOTH_CLASSES, ECE_BINS, FILM_UNIT_CAVEAT, NO_RANGE, ci_method_sentence,
                                      format_figure, format_percent, jsonable, unit_caveat, with_ci)
 from pneumoscan.core.names import shown
+from pneumoscan.data.appearance import MIN_FILMS
 from pneumoscan.inference.onnx_runtime import INT8_NAME, Int8Key, Int8Operating, read_sidecar, spec_path
 from pneumoscan.models import PLUGINS_ENV
-from pneumoscan.models.card import (ENSEMBLE, INIT_CARD, INIT_IN_PLACE, INIT_SAMPLE, MACRO_AUC, MEMBER_SAMPLES,
-                                   SAMPLED_FROM, TEACHER_SAMPLES, TRAINED_BY, TRAINING_FILMS, WRITER, BundleCard,
-                                   load_card, out_of_fold_ensemble, save_card)
+from pneumoscan.models.card import (APPEARANCE_FROM_INIT, ENSEMBLE, INIT_CARD, INIT_IN_PLACE, INIT_SAMPLE, MACRO_AUC,
+                                   MEMBER_SAMPLES, SAMPLED_FROM, TEACHER_SAMPLES, TRAINED_BY, TRAINING_FILMS, WRITER,
+                                   BundleCard, load_card, out_of_fold_ensemble, save_card)
 from .held_out import HeldOutFindings
 from .subgroups import DIFFERENCES_NOTE, blocks, differences_said, recorded, table_rows
 
@@ -334,6 +335,18 @@ def _start_sentence(config: dict[str, Any]) -> str:
                  "patients was recorded**: whether they learnt from a sample of patients, or from which, is not known "
                  "here. ")
     return said
+
+
+def _content_check_sentence(config: dict[str, Any]) -> str:
+    """Where the image content check of a run on too few films to learn their appearance came from: the bundle it
+    started from (:data:`APPEARANCE_FROM_INIT`), with how many of the run's own training films it flags, which are
+    read out of scope; empty where the check is the run's own, or there is none."""
+    if not (kept := config.get(APPEARANCE_FROM_INIT)):
+        return ""
+    return (f" **Its image content check is that of the bundle it started from** (`--init`): it trained on "
+            f"{kept['films']:,} films, fewer than the {MIN_FILMS} it takes to learn what films look like, so films are "
+            f"compared with the training films of that bundle's check, which flags {kept['flagged']:,} of its "
+            f"{kept['films']:,} training films as unlike them.")
 
 
 def _class_balance(card: BundleCard) -> tuple[str, ...]:
@@ -723,7 +736,7 @@ def render(card: BundleCard, int8: dict | None = None) -> str:
         "## Training data\n\n"
         f"Pediatric chest X-ray films of {DATASET}, licensed CC BY 4.0: these weights are trained on CC BY 4.0 "
         "data, so any use of them must credit the data as under *How to cite the data*. "
-        f"{_split_sentence(card)}\n\n"
+        f"{_split_sentence(card)}{_content_check_sentence(card.train_config)}\n\n"
         f"Data checksum (the training and validation films' pixels as preprocessed, with their labels, whatever their "
         f"paths): `{card.data_checksum or 'not recorded'}`. Data fingerprint (those files where they were): "
         f"`{card.data_fingerprint or 'not recorded'}`.",

@@ -306,6 +306,10 @@ INIT_CARD = "init_card"  # a run started from a bundle (--init): that bundle's b
 # a run that fine-tuned its own bundle in place (--init RUN/bundle --out RUN): True. The bundle at init is then the
 # run's own, and the one it started from (init_card) is gone, which MODEL_CARD.md says
 INIT_IN_PLACE = "init_in_place"
+# a run started from a bundle (--init) on too few films to learn their appearance (data.appearance.MIN_FILMS), which
+# keeps that bundle's image content check (appearance.safetensors): its training films and how many of them that check
+# flags ({"films": n, "flagged": k}), which MODEL_CARD.md says; absent where the check is the run's own or there is none
+APPEARANCE_FROM_INIT = "appearance_from_init"
 # a trained bundle's train_config: its training films counted by class ({class: films}), of which MODEL_CARD.md says
 # how unbalanced they were; absent in ensembles and in bundles older than it
 TRAINING_FILMS = "training_films"

@@ -22,8 +22,8 @@ from pneumoscan.core.names import shown
 from pneumoscan.data.cache import ImageCache, build_cache
 from pneumoscan.data.layouts import Record, discover
 from pneumoscan.data.preprocess import PreprocessSpec
-from pneumoscan.models.card import (INIT_CARD, INIT_IN_PLACE, INIT_SAMPLE, SAMPLED_FROM, TEACHER_CARDS, TEACHER_SAMPLES,
-                                   TRAINED_BY, TRAINING_FILMS, retrained_sources)
+from pneumoscan.models.card import (APPEARANCE_FROM_INIT, INIT_CARD, INIT_IN_PLACE, INIT_SAMPLE, SAMPLED_FROM,
+                                   TEACHER_CARDS, TEACHER_SAMPLES, TRAINED_BY, TRAINING_FILMS, retrained_sources)
 from pneumoscan.models.run_folder import RunFolder
 from .config import TrainConfig, read_yaml, recorded_settings
 from .distributed import Dist
@@ -73,7 +73,7 @@ def config_changes(recorded: dict, cfg: TrainConfig, ignore: Collection[str] = (
         settings["teacher"] = [os.path.realpath(t) for t in settings.get("teacher") or []]
     # records of the run, not settings
     skip = {*ignore, *RECORDED, TEACHER_CARDS, TEACHER_SAMPLES, INIT_CARD, INIT_IN_PLACE, INIT_SAMPLE, TRAINING_FILMS,
-            SAMPLED_FROM, TRAINED_BY}
+            SAMPLED_FROM, TRAINED_BY, APPEARANCE_FROM_INIT}
     return _changes({k: v for k, v in old.items() if k not in skip}, {k: v for k, v in new.items() if k not in skip})
 
 

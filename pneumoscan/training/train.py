@@ -29,7 +29,7 @@ from pneumoscan.core.atomic import write_atomic
 from pneumoscan.core.digests import file_sha256
 from pneumoscan.core.metrics import binary_metrics, format_figure, roc_auc, softmax
 from pneumoscan.core.names import shown
-from pneumoscan.data.appearance import Appearance
+from pneumoscan.data.appearance import MIN_FILMS, Appearance
 from pneumoscan.data.cache import ImageCache, data_checksum
 from pneumoscan.data.copies import picture_groups, shared_patients
 from pneumoscan.data.dataset import CachedImages
@@ -48,9 +48,9 @@ from pneumoscan.inference.export import check_exportable
 from pneumoscan.inference.predict import Predictor, tta_views
 from pneumoscan.models import registry
 from pneumoscan.models.bundle import load_bundle, load_weights_into, save_bundle
-from pneumoscan.models.card import (BEST_SO_FAR, INIT_CARD, INIT_IN_PLACE, INIT_SAMPLE, TEACHER_CARDS, TRAINED_BY,
-                                    TRAINING_FILMS, BundleCard, bundle_checksums, load_card, runtime_versions,
-                                    sample_record, trained_sample)
+from pneumoscan.models.card import (APPEARANCE_FROM_INIT, BEST_SO_FAR, INIT_CARD, INIT_IN_PLACE, INIT_SAMPLE,
+                                    TEACHER_CARDS, TRAINED_BY, TRAINING_FILMS, BundleCard, bundle_checksums,
+                                    load_appearance, load_card, runtime_versions, sample_record, trained_sample)
 from pneumoscan.models.run_folder import RunFolder
 from .callbacks import (
     BestWeights,
@@ -252,6 +252,11 @@ class Data:
     sample: dict = field(default_factory=dict)  # split_records', the starting bundle's and the teachers', for the card
 
 
+# a checkpoint's record of the image content check of the bundle a run started from (--init), which a run on too few
+# films to learn their appearance keeps (training_appearance): that bundle, fine-tuned in place, is gone on --resume
+INIT_APPEARANCE = "init_appearance"
+
+
 def build_model(cfg: TrainConfig, task: Task, ctx: Dist,
                 from_checkpoint: bool = False) -> tuple[torch.nn.Module, bool, list[str], BundleCard | None]:
     """The model first, with the weights it starts from: a wrong size or weights that cannot be had fail before the
@@ -303,6 +308,19 @@ def start_record(cfg: TrainConfig, started: BundleCard | None, in_place: bool) -
         return {}
     return {INIT_CARD: bundle_checksums([cfg.init])[0], INIT_SAMPLE: trained_sample(started),
             **({INIT_IN_PLACE: True} if in_place else {})}
+
+
+def start_appearance(cfg: TrainConfig, started: BundleCard, spec: PreprocessSpec) -> Appearance | None:
+    """The image content check of the bundle the run starts from (``started``: its card), read at the run's start
+    (fine-tuned in place, that bundle is cleared with the run folder), for a run on too few films to learn their own
+    (:func:`training_appearance`); None when it records none, or when it prepares films otherwise than the run
+    (``spec``), since its limits are of films as it reads them (said in the log)."""
+    appearance = load_appearance(cfg.init, started)
+    if appearance is not None and started.spec != spec:
+        log.info("the image content check of init %s is of films prepared otherwise (%s) than this run's (%s): it is "
+                 "not kept", cfg.init, started.spec, spec)
+        return None
+    return appearance
 
 
 def fine_tunes_own_bundle(cfg: TrainConfig, run_dir: Path) -> bool:
@@ -611,14 +629,15 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, d: Data, ctx: Dist,
 
 def make_callbacks(model: torch.nn.Module, cfg: TrainConfig, task: Task, d: Data, ctx: Dist, run_dir: Path,
                    schedule: list[Callback], trackers: list[Callback], made: dict,
-                   on_epoch_end: Callable[[int], None] | None,
-                   extra: Sequence[Callback] = ()) -> tuple[list[Callback], list[Callback]]:
+                   on_epoch_end: Callable[[int], None] | None, extra: Sequence[Callback] = (),
+                   kept: Appearance | None = None) -> tuple[list[Callback], list[Callback]]:
     """The run's callbacks in hook order, and those whose state a checkpoint keeps besides the model and the
     optimiser. :class:`BestWeights` and :class:`History` go before the ``schedule``, so the epoch's line (marked best
     or not) is logged before what its figures decide (a rate cut, early stopping). Savers and trackers go before
     :class:`Checkpoint`, so an epoch it records has been saved and logged (a crash before it is whole makes the
     resumed run log that epoch again, at the same step); trackers go after :class:`Finalize`, whose bundle they log;
-    the caller's ``extra`` ones after those, before the checkpoint, which keeps their state too."""
+    the caller's ``extra`` ones after those, before the checkpoint, which keeps their state too. ``kept``: the
+    starting bundle's content check (:func:`start_appearance`), which :func:`finalize` keeps on too few films."""
     card = BundleCard(cfg.model, cfg.task, list(task.classes), task.positive, d.spec.size, d.spec.policy,
                       *registry.normalization(cfg.model), d.spec.source_size, d.spec.source_quality,
                       model_kwargs=cfg.model_kwargs, train_config={BEST_SO_FAR: True},  # no model to use
@@ -632,7 +651,7 @@ def make_callbacks(model: torch.nn.Module, cfg: TrainConfig, task: Task, d: Data
     checkpoint = Checkpoint(run.checkpoint, stateful, save_checkpoint, made)
     callbacks = [Reshuffle(model, d.sampler, cfg.seed), best, History(run_dir), *schedule, *average,
                  Finalize(lambda s: finalize(run_dir, cfg, d, ctx, len(s.history), s.info["best_epoch"],
-                                             chance_remedy(s))),
+                                             chance_remedy(s), kept)),
                  *trackers, *extra, checkpoint, *([EpochHook(on_epoch_end)] if on_epoch_end else [])]
     return callbacks, stateful
 
@@ -677,6 +696,8 @@ def train(
     learnt = start_record(cfg, started, in_place)
     # the images before the run folder is touched: --resume compares their pixels with the checkpoint's
     cache = preprocessed(records, cfg, ctx)
+    # the starting bundle's content check, read before the run folder is touched too (in place, it is cleared)
+    kept = start_appearance(cfg, started, cache.spec) if started is not None else None
     made = made_by(cfg, ctx, data_checksum(cache, records), taught.get(TEACHER_CARDS, []))
     ctx.agree(made["data"], f"read {len(cache.paths)} of {len(records)} films (data checksum {made['data'][7:19]}...)",
               "the films they train and validate on", "every machine needs the same films at the same path "
@@ -688,6 +709,10 @@ def train(
         learnt = ({k: resumed[k] for k in (INIT_CARD, INIT_SAMPLE) if k in resumed}
                   | ({INIT_IN_PLACE: True} if in_place else {}))
     made |= learnt  # each checkpoint keeps it
+    if resumed is not None and INIT_APPEARANCE in resumed:
+        kept = Appearance.from_arrays({k: v.numpy() for k, v in resumed[INIT_APPEARANCE].items()})
+    if kept is not None:  # as tensors, which a checkpoint loads with weights_only
+        made[INIT_APPEARANCE] = {k: torch.from_numpy(v) for k, v in kept.to_arrays().items()}
     if resumed is not None:  # its epochs' pneumoscans (its starting bundle's among them), then this one's
         made[TRAINED_BY] = trained_by(resumed)
     elif started is not None:  # the starting bundle's, whose weights it goes on training
@@ -705,7 +730,7 @@ def train(
         t0, warm_s, start = prepare_weights(model, cfg, d, ctx, imagenet, fresh, resumed)
         optimizer, schedule, lr = make_optimizer(model, cfg, d, ctx, warm_s)
         hooks, stateful = make_callbacks(model, cfg, task, d, ctx, run_dir, schedule, trackers, made, on_epoch_end,
-                                         callbacks)
+                                         callbacks, kept)
         net = torch.nn.parallel.DistributedDataParallel(model) if ctx.world > 1 else model
         state = State(model, net, optimizer, d.train_loader, ctx, cfg.epochs, t0, warm_s, lr, precision=cfg.precision,
                       start=start)
@@ -717,14 +742,27 @@ def train(
     return state.info["bundle"]
 
 
-def training_appearance(train_set: CachedImages) -> Appearance | None:
+def training_appearance(train_set: CachedImages, kept: Appearance | None,
+                        init: str | None) -> tuple[Appearance | None, dict]:
     """The appearance of the training films (:mod:`pneumoscan.data.appearance`), which the bundle keeps so that a
-    film unlike them is flagged; None for a run on too few films (said in the log)."""
+    film unlike them is flagged, and what the card records of where it came from. A run on too few films to learn
+    it keeps ``kept``, the check of the bundle it started from (``init``: :func:`start_appearance`), whose weights it
+    goes on training, and records how many of its own films that check flags (:data:`APPEARANCE_FROM_INIT`: a site's
+    few dozen films unlike those are read out of scope); without it, such a fine-tune dropped the check. None for a
+    run on too few films that has none to keep. Each is said in the log."""
+    images = train_set.images[train_set.rows]
     try:
-        return Appearance.fit(train_set.images[train_set.rows])
+        return Appearance.fit(images), {}
     except ValueError as e:
-        log.info("no appearance of the training films recorded (%s): films unlike them will not be flagged", e)
-        return None
+        if kept is None:
+            log.info("no appearance of the training films recorded (%s): films unlike them will not be flagged", e)
+            return None, {}
+    flagged = sum(map(bool, kept.warnings(images)))
+    (log.warning if flagged else log.info)(
+        "%d training films, fewer than %d to learn their appearance from: the image content check is that of the "
+        "bundle it started from (init %s), which flags %d of them%s", len(images), MIN_FILMS, init, flagged,
+        ": films like them are read out of scope" if flagged else "")
+    return kept, {APPEARANCE_FROM_INIT: {"films": len(images), "flagged": flagged}}
 
 
 def chance_remedy(state: State) -> str:
@@ -740,10 +778,10 @@ def chance_remedy(state: State) -> str:
 
 
 def finalize(run_dir: Path, cfg: TrainConfig, d: Data, ctx: Dist, epochs: int, best_epoch: int,
-             remedy: str) -> Path:
+             remedy: str, kept: Appearance | None) -> Path:
     """Best weights -> temperature and threshold fitted on validation -> bundle, ONNX, model card
     (:func:`finish_bundle`) and validation report; ``remedy``: what a run no better than chance should change
-    (:func:`chance_remedy`)."""
+    (:func:`chance_remedy`); ``kept``: the starting bundle's content check (:func:`training_appearance`)."""
     run = RunFolder(run_dir)
     model, card = ctx.from_main(load_bundle(run.best, best_so_far=True) if ctx.main else None)
     model.to(ctx.device, memory_format=torch.channels_last)
@@ -761,17 +799,18 @@ def finalize(run_dir: Path, cfg: TrainConfig, d: Data, ctx: Dist, epochs: int, b
     temperature = calibrated_temperature(logits, targets)
     # the training films by class (their hard labels, a distilled run's too): MODEL_CARD.md says their balance
     trained_on = dict(zip(card.classes, np.bincount(d.plain[0].targets, minlength=len(card.classes)).tolist()))
+    appearance, came_from = training_appearance(d.plain[0], kept, cfg.init)
     card = dataclasses.replace(card, temperature=float(temperature[0]), data_fingerprint=d.data_fingerprint,
                                data_checksum=d.checksum, split_checksum=file_sha256(run.split),
                                versions=runtime_versions(),
-                               train_config=run_record(cfg, ctx) | {TRAINING_FILMS: trained_on} | d.sample)
+                               train_config=run_record(cfg, ctx) | {TRAINING_FILMS: trained_on} | d.sample | came_from)
 
     def score(bundle: Path) -> ScoredFilms:  # the plain logits torch's; the TTA views' by the ONNX graph shipped
         predictor = Predictor(bundle, cfg.eval_batch_size, backend="onnx")
         return ScoredFilms(logits, list(map(predictor.logits, tta_views(images))), targets, groups, images,
                            d.val_left_out)
 
-    card, metrics, tta = finish_bundle(run.bundle, model, card, training_appearance(d.plain[0]), score,
+    card, metrics, tta = finish_bundle(run.bundle, model, card, appearance, score,
                                        (cfg.target_sensitivity, None), "validation", temperature)
     _validation_report(run_dir, cfg, ctx, card, metrics, (epochs, best_epoch), d.val_records)
     log.debug(  # the command prints its own line from the card
