@@ -104,9 +104,9 @@ def _every_shuffle_p(positive: np.ndarray, scores: np.ndarray, groups: np.ndarra
 
 
 def test_auc_difference_agrees_with_every_shuffle_counted_by_hand() -> None:
-    """The vectorised AUCs and shuffles within each class give about the p of every assignment counted, each AUC by
-    its pairs (sklearn's, checked; 9,999 drawn: Monte Carlo error under 0.005): three groups of tied scores and
-    patients of two films; two groups with patients of a positive and a negative film."""
+    """The vectorised AUCs and shuffles within each class give the p of every assignment counted, each AUC by its
+    pairs (sklearn's, checked; fewer than 9,999 shuffles, each counted): three groups of tied scores and patients of
+    two films; two groups with patients of a positive and a negative film."""
     patients = np.array([0, 0, 1, 2, 3, 3, 4, 5, 6, 7, 8, 9, 10, 11, 11])
     positive = np.array([True] * 8 + [False] * 7)
     groups = np.array([0, 0, 0, 1, 2, 2, 1, 2, 0, 0, 1, 1, 2, 2, 2])
@@ -114,14 +114,33 @@ def test_auc_difference_agrees_with_every_shuffle_counted_by_hand() -> None:
     exact = _every_shuffle_p(positive, scores, groups, patients)
     assert _auc(positive, scores) == pytest.approx(roc_auc_score(positive, scores))
     assert 0.02 < exact < 0.5
-    assert auc_difference(positive, scores, groups, patients) == pytest.approx(exact, abs=0.015)
+    assert auc_difference(positive, scores, groups, patients) == pytest.approx(exact, rel=1e-12)
     patients = np.array([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 10, 11, 11])
     positive = np.array([True] * 5 + [False] * 5 + [True, False, True, False])
     groups = np.array([0, 0, 0, 1, 1, 0, 0, 1, 1, 1, 0, 0, 1, 1])
     scores = np.array([0.9, 0.8, 0.6, 0.5, 0.4, 0.3, 0.2, 0.6, 0.45, 0.3, 0.7, 0.5, 0.6, 0.5])
     exact = _every_shuffle_p(positive, scores, groups, patients)
     assert 0.02 < exact < 0.5
-    assert auc_difference(positive, scores, groups, patients) == pytest.approx(exact, abs=0.015)
+    assert auc_difference(positive, scores, groups, patients) == pytest.approx(exact, rel=1e-12)
+
+
+def test_auc_difference_counts_every_shuffle_where_they_are_few() -> None:
+    """3 positive and 3 negative patients (one filmed twice) in two groups: the shuffles that keep each group's
+    patients of each class are 3 x 3, each counted, and p is their share at least as far apart, counted by hand: the
+    first group ranks all its pairs right, the second all wrong, and only the real assignment is as far apart, p 1/9.
+    9,999 drawn gave a p near it, never one of the 9 shares it can be. Where the shuffles are more than 9,999, they
+    are drawn, p (1 + as far) / 10,000."""
+    patients = np.array([0, 0, 1, 2, 3, 4, 5])
+    positive = np.array([True, True, True, True, False, False, False])
+    groups = np.array([0, 0, 0, 1, 0, 1, 1])
+    scores = np.array([0.9, 0.8, 0.7, 0.2, 0.1, 0.6, 0.5])
+    exact = _every_shuffle_p(positive, scores, groups, patients)
+    assert exact == pytest.approx(1 / 9)
+    assert auc_difference(positive, scores, groups, patients) == pytest.approx(exact, rel=1e-12)
+    rng = np.random.default_rng(3)  # 40 patients of each class in two groups of 20: far more than 9,999 shuffles
+    positive, groups = np.arange(80) % 2 == 0, np.arange(80) // 40
+    drawn = auc_difference(positive, rng.random(80), groups, np.arange(80))
+    assert (10_000 * drawn) == pytest.approx(round(10_000 * drawn))
 
 
 def test_auc_difference_counts_a_patients_films_once() -> None:

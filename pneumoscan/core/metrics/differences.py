@@ -15,7 +15,8 @@ The test (:func:`rate_difference`) is a permutation test over patients, chosen o
 
 :func:`auc_difference` asks the same of the ROC AUC, by the same shuffles of patients, each kept among the patients
 of its class (those with positive films, with negative ones, with both): every group keeps the case mix it has, as an
-AUC needs both classes and does not depend on their proportion.
+AUC needs both classes and does not depend on their proportion. Every shuffle is counted where they are at most
+9,999, else 9,999 are drawn, as for the rates.
 
 :func:`paired_differences` asks whether two models differ on the same films: the same shuffles' idea, each
 patient's scores swapped between the two models or not, as a sign on that patient's part of the difference.
@@ -27,6 +28,8 @@ not show a difference of any size. Its patients are assumed independent, each in
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -101,12 +104,13 @@ def auc_difference(positive: np.ndarray, scores: np.ndarray, groups: np.ndarray,
     ``positive`` (one a film) differs across ``groups`` (one a film, each with both classes), each patient's films in
     one group. Its statistic is the spread of the groups' AUCs, sum w (AUC - their w-weighted mean)^2 with w = 1 / (1 /
     positive patients + 1 / negative patients), the inverse of about the AUC's variance: with two groups, the squared
-    difference of their AUCs. Patients are shuffled among the groups within their class (:data:`RESAMPLES`, a fixed
-    seed; p is (1 + shuffles at least as far apart) / (1 + shuffles), valid however few the distinct shuffles), as
-    scipy's permutation_test cannot keep strata. Each shuffle's AUCs come from each positive film's place among the
-    negatives, found once (ties counting half), and each group's negatives counted up to each place: no sort, nor
-    sklearn's roc_auc_score, a shuffle. Raises ValueError where a patient's films are in several groups or
-    a group lacks a class."""
+    difference of their AUCs. Patients are shuffled among the groups within their class, as scipy's permutation_test
+    cannot keep strata: every distinct shuffle counted once where they are at most :data:`RESAMPLES` (an exact test,
+    p the share at least as far apart, the real assignment among them), as the rates' tests count theirs, else
+    :data:`RESAMPLES` drawn with a fixed seed (p is (1 + shuffles at least as far apart) / (1 + shuffles)). Each
+    shuffle's AUCs come from each positive film's place among the negatives, found once (ties counting half), and
+    each group's negatives counted up to each place: no sort, nor sklearn's roc_auc_score, a shuffle. Raises
+    ValueError where a patient's films are in several groups or a group lacks a class."""
     positive, scores, groups = np.asarray(positive, dtype=bool), np.asarray(scores, dtype=float), np.asarray(groups)
     units, unit_of = np.unique(np.asarray(patients), return_inverse=True)
     unit_group = np.empty(units.size, dtype=groups.dtype)
@@ -138,17 +142,43 @@ def auc_difference(positive: np.ndarray, scores: np.ndarray, groups: np.ndarray,
         mean = (auc * weight).sum(axis=-1, keepdims=True) / weight.sum()
         return ((auc - mean) ** 2 * weight).sum(axis=-1)
 
-    observed = spread(codes[None])[0]
-    rng, beyond, done = np.random.default_rng(BOOTSTRAP_SEED), 0, 0
+    observed = spread(codes[None])[0] * (1 - 1e-12)  # as far apart, rounding aside
     strata = [np.flatnonzero(unit_class == c) for c in (1, 2, 3)]
+    # the distinct shuffles: in each class, the ways to deal its patients among the groups, as many as there were
+    shuffles = math.prod(math.factorial(s.size) // math.prod(map(math.factorial, np.bincount(codes[s]).tolist()))
+                         for s in strata)
+    if shuffles <= RESAMPLES:
+        every = np.tile(codes, (shuffles, 1))
+        # each class's arrangements (rows), all combined: the stratum's columns of row i from its own row of i
+        made = [_arrangements(codes[s]) for s in strata]
+        for stratum, rows, index in zip(strata, made, np.indices([len(r) for r in made]).reshape(len(made), -1)):
+            every[:, stratum] = rows[index]
+        return float(np.mean(np.concatenate([spread(every[i:i + AUC_BATCH])
+                                             for i in range(0, shuffles, AUC_BATCH)]) >= observed))
+    rng, beyond, done = np.random.default_rng(BOOTSTRAP_SEED), 0, 0
     while done < RESAMPLES:
         batch = min(AUC_BATCH, RESAMPLES - done)
         shuffled = np.tile(codes, (batch, 1))
         for stratum in strata:
             shuffled[:, stratum] = rng.permuted(shuffled[:, stratum], axis=1)
-        beyond += int((spread(shuffled) >= observed * (1 - 1e-12)).sum())  # as far apart, rounding aside
+        beyond += int((spread(shuffled) >= observed).sum())
         done += batch
     return (1 + beyond) / (1 + RESAMPLES)
+
+
+def _arrangements(labels: np.ndarray) -> np.ndarray:
+    """Every distinct order of ``labels`` once (the permutations of a multiset), one a row: each value given its
+    places among those left, by itertools' combinations."""
+    rows: list[tuple[np.ndarray, tuple[int, ...]]] = [(labels.copy(), tuple(range(labels.size)))]
+    for value, count in zip(*np.unique(labels, return_counts=True)):
+        grown = []
+        for row, free in rows:
+            for places in itertools.combinations(free, int(count)):
+                placed = row.copy()
+                placed[list(places)] = value
+                grown.append((placed, tuple(i for i in free if i not in places)))
+        rows = grown
+    return np.array([row for row, _ in rows]).reshape(len(rows), labels.size)
 
 
 PAIRED_BOOTSTRAP = 2000  # patient resamples of a paired difference's interval
