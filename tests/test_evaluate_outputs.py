@@ -20,7 +20,7 @@ from PIL import Image
 from tests.builders import SCORE_TOL, UNCHECKED, assert_close_report, at_threshold, chest_film_dicom, with_appearance_of
 from tests.test_interop import chest_dicom
 from pneumoscan import cli
-from pneumoscan.core.metrics import FILM_UNIT_CAVEAT
+from pneumoscan.core.metrics import FILM_UNIT_CAVEAT, with_ci
 from tests.builders import labelled_records
 from pneumoscan.data.layouts import discover
 from pneumoscan.data.preprocess import PreprocessSpec
@@ -28,6 +28,7 @@ from pneumoscan.data.readers.pillow import OWN_OUTPUT_SOFTWARE
 from pneumoscan.data.scope import BURNED_IN
 from pneumoscan.data.tasks import binary_targets, get_task
 from pneumoscan.evaluation.evaluate import GALLERY_SIZE, error_gallery, evaluate, threshold_table
+from pneumoscan.evaluation.methods import METHODS
 from pneumoscan.inference.predict import Predictor, predict_paths
 from pneumoscan.models.card import load_card, save_card
 
@@ -302,6 +303,10 @@ def test_a_multiclass_predictions_csv_recomputes_its_three_class_figures(tiny_da
         assert row["most_probable"] == classes[int(np.argmax(probs))]
         counts[classes.index(row["label"]), classes.index(row["most_probable"])] += 1
     assert counts.tolist() == metrics["multiclass"]["confusion_matrix"]["counts"]
+    block = metrics["multiclass"]  # methods.md gives its accuracy, the matrix's, with its interval
+    assert block["accuracy"] == pytest.approx(np.trace(counts) / len(rows))
+    said = f"accuracy {with_ci(block['accuracy'], block['ci']['accuracy'])}; balanced accuracy"
+    assert said in (out / METHODS).read_text().split("### Three classes, the most probable class")[1]
 
 
 def test_two_stages_are_scored_as_the_three_classes_predict_calls(

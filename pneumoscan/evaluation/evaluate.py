@@ -31,6 +31,7 @@ from pneumoscan.inference.onnx_runtime import INT8_NAME
 from pneumoscan.inference.predict import NO_HEATMAP, Predictor, check_bundle_stages, stage_fields, stage_scope
 from pneumoscan.models.card import WEIGHTS, BundleCard, load_card, proven_run_split, refuse_model_files
 from .held_out import HeldOutPolicy, check_held_out
+from .methods import METHODS, methods_text, software
 from .model_card import MODEL_CARD, add_evaluation, counted, evaluation_record, left_out_said
 from .report import METRICS, MODEL_ID, THRESHOLD_DIGITS, write_report
 from .subgroups import adjust, film_values, subgroup_figures
@@ -428,6 +429,7 @@ def _annotate(metrics: dict, bundle: Path | str, card: BundleCard, backend: str,
         metrics["bundle_int8"] = card.files.get(INT8_NAME, "")
     metrics["tta"] = tta  # test-time augmentation's scores, at its own threshold: compare says which
     metrics["data"] = name  # compare says which films each run's figures are on
+    metrics["software"] = software()  # the versions that made these figures (a paper's methods name them)
 
 
 def _report_header(bundle: Path | str, data: Path | str, split: str | None, card: BundleCard, threshold: float,
@@ -490,3 +492,4 @@ def _write_outputs(out_dir: Path, predictor: Predictor, records: list[Record], t
     table = metrics["threshold_table"]
     write_atomic(out_dir / "sensitivity_table.csv", results_csv(list(table[0]), table).encode())
     write_report(metrics, out_dir, title, extra=header, figures=True, gallery=gallery)
+    write_atomic(out_dir / METHODS, methods_text(metrics, card, str(header["threshold"])).encode())

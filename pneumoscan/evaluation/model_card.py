@@ -719,14 +719,24 @@ def trained_by_said(card: BundleCard) -> str | None:
     return f"Its weights were trained by {known}."
 
 
+def model_read(card: BundleCard) -> str:
+    """How the model reads a film (its input and preprocessing: :func:`_model_description`) and the temperature its
+    probabilities are scaled by, with the films it was fitted on and its caveat: the recipe's opening in
+    MODEL_CARD.md, and the index test's in an evaluation's methods.md."""
+    source = (f"; inputs larger than the training files are first brought down to {card.source_size} px JPEG "
+              f"quality {card.source_quality}, as those were made" if card.source_size else "")
+    return (f"{_model_description(card, source)}; softmax temperature {card.temperature:.3f} fitted on "
+            f"{card.train_config.get('calibrated_on') or chosen_on(card)}"
+            + (f" (**the probabilities are not calibrated:** {card.temperature_caveat})" if card.temperature_caveat
+               else ""))
+
+
 def render(card: BundleCard, int8: dict | None = None) -> str:
     """The text of MODEL_CARD.md for a bundle's card; ``int8`` the INT8 sidecar's figures, when it has validated
     ones (:meth:`Int8Operating.validated`)."""
     recipe = {k: card.train_config[k] for k in card.train_config if k not in ("split_csv",)}
     # versions[WRITER] is the pneumoscan that last wrote the card (a later `threshold` too), not one that trained
     libraries = {name: v for name, v in card.versions.items() if name != WRITER}
-    source = (f"; inputs larger than the training files are first brought down to {card.source_size} px JPEG "
-              f"quality {card.source_quality}, as those were made" if card.source_size else "")
     sections = [
         f"# {card.model_id}\n\n{card.model} classifier for the `{card.task}` task ({' vs '.join(card.classes)}; "
         f"positive class {card.positive}), made with pneumoscan {card.package_version}. "
@@ -740,10 +750,7 @@ def render(card: BundleCard, int8: dict | None = None) -> str:
         f"Data checksum (the training and validation films' pixels as preprocessed, with their labels, whatever their "
         f"paths): `{card.data_checksum or 'not recorded'}`. Data fingerprint (those files where they were): "
         f"`{card.data_fingerprint or 'not recorded'}`.",
-        f"## Recipe\n\n{_model_description(card, source)}; softmax temperature {card.temperature:.3f} fitted on "
-        f"{card.train_config.get('calibrated_on') or chosen_on(card)}"
-        + (f" (**the probabilities are not calibrated:** {card.temperature_caveat})" if card.temperature_caveat else "")
-        + ". Training configuration:\n\n"
+        f"## Recipe\n\n{model_read(card)}. Training configuration:\n\n"
         "```yaml\n" + (yaml.safe_dump(recipe, sort_keys=False) if recipe else "{}\n") + "```\n\n"
         + (f"Trained with {', '.join(f'{name} {v}' for name, v in libraries.items())}."
            if libraries else "Library versions not recorded.")

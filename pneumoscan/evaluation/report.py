@@ -164,11 +164,11 @@ def _ci_note(m: dict[str, Any], proportions: str, others: Sequence[str], auc_key
     ``others``: the figures with other intervals than the PROPORTIONS'."""
     unit = "patient" if m.get("ci_unit") == "patient" else "film"
     note = (ci_method_sentence(unit, proportions, others, unit_said=False)
-            + _auc_bound_note(m[auc_key], auc_name, f"{unit}s"))
+            + auc_bound_note(m[auc_key], auc_name, f"{unit}s"))
     return " ".join(filter(None, [note, unit_caveat(m)]))
 
 
-def _auc_bound_note(auc: Any, what: str, unit: str) -> str:
+def auc_bound_note(auc: Any, what: str, unit: str) -> str:
     """Why a perfect (or perfectly reversed) AUC still has an interval: it is an exact bound."""
     if auc in (0, 1):
         return (f" The classes are ordered {'perfectly' if auc == 1 else 'in reverse'}, so the {what}'s interval is "

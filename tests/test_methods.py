@@ -1,0 +1,99 @@
+"""methods.md, the draft methods and results that `evaluate` writes for a paper: every count and figure in it is the
+run's own (metrics.json, predictions.csv), with the flow of films, the intervals' method and the software."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import shutil
+from pathlib import Path
+
+import torch
+
+import pneumoscan
+from pneumoscan import cli
+from pneumoscan.core.metrics import with_ci
+from pneumoscan.evaluation.methods import METHODS
+from pneumoscan.models.card import load_card
+
+
+def _site(tiny_dataset: Path, folder: Path) -> Path:
+    """The tiny dataset's 16 test films as a site's folder, with a file that cannot be read and one training film
+    copied under a name of the site's (a copy the check finds by its picture, not its name)."""
+    site = shutil.copytree(tiny_dataset / "test", folder)
+    (site / "NORMAL" / "broken.jpeg").write_bytes(b"not a film")
+    shutil.copyfile(next((tiny_dataset / "train" / "NORMAL").glob("*.jpeg")), site / "NORMAL" / "IM-0900-0001.jpeg")
+    return site
+
+
+def _read(out: Path) -> tuple[str, dict, list[dict]]:
+    with (out / "predictions.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    return (out / METHODS).read_text(), json.loads((out / "metrics.json").read_text()), rows
+
+
+def test_methods_md_gives_the_flow_of_films_and_each_figure_from_the_run(tiny_bundle: Path, tiny_dataset: Path,
+                                                                         tmp_path: Path) -> None:
+    """18 files given, 1 unreadable, 17 scored: the flow's counts are those of the folder, predictions.csv and
+    metrics.json; each figure with its CI is metrics.json's, the confusion counts predictions.csv's, and no figure in
+    the text comes from elsewhere; what the check against the training films found is said; the versions are the
+    ones that ran."""
+    site = _site(tiny_dataset, tmp_path / "site")
+    out = tmp_path / "eval"
+    assert cli.main(["evaluate", str(tiny_bundle), str(site), "--out", str(out), "--by", "subtype"]) == 0
+    text, m, rows = _read(out)
+
+    files = [p for p in site.rglob("*") if p.is_file()]
+    assert len(files) == 18 and len(rows) == m["n"] == 17
+    assert f"| Files given | {len(files)} |" in text
+    assert "| Left out: could not be read | 1 |" in text
+    positive = sum(r["label"] == "PNEUMONIA" for r in rows)
+    scored = f"17 films ({positive} PNEUMONIA, {17 - positive} NORMAL)"
+    assert f"| Scored, the films of every figure below | {scored} |" in text
+    outside = sum(r["in_scope"] == "False" for r in rows)
+    assert f"scope (scored and counted all the same; predictions.csv marks them) | {outside} |" in text
+
+    for key, label in (("auc", "ROC AUC"), ("sensitivity", "sensitivity"), ("specificity", "specificity"),
+                       ("npv", "NPV"), ("accuracy", "accuracy"), ("f1", "F1")):
+        assert f"{label} {with_ci(m[key], m['ci'][key])}" in text, key
+    tp = sum(r["label"] == r["called"] == "PNEUMONIA" for r in rows)
+    fp = sum(r["label"] == "NORMAL" and r["called"] == "PNEUMONIA" for r in rows)
+    fn = sum(r["label"] == "PNEUMONIA" and r["called"] == "NORMAL" for r in rows)
+    tn = 17 - positive - fp
+    assert f"{tp} true positive, {fp} false positive, {tn} true negative and {fn} false negative" in text
+
+    card = load_card(tiny_bundle)
+    run = {f"{v:.3f}" for v in (m[k] for k in ("auc", "sensitivity", "specificity", "precision", "npv", "accuracy",
+                                               "f1")) if v is not None}
+    run |= {f"{bound:.3f}" for ci in m["ci"].values() if ci for bound in ci}
+    run |= {f"{g[k]['value']:.3f}" for g in m["subgroups"]["fields"]["subtype"] for k in ("sensitivity",
+                                                                                          "specificity") if g[k]}
+    run |= {f"{b:.3f}" for g in m["subgroups"]["fields"]["subtype"] for k in ("sensitivity", "specificity")
+            if g[k] and g[k]["ci"] for b in g[k]["ci"]}
+    run |= {f"{t['p']:.3f}" for t in m["subgroups"]["differences"]["subtype"].values() if "p" in t}
+    run |= {f"{t['p_holm']:.3f}" for t in m["subgroups"]["differences"]["subtype"].values() if "p" in t}
+    run |= {f"{card.temperature:.3f}", f"{m['threshold']:.4f}"}
+    figures = set(re.findall(r"(?<![\d.])\d\.\d{3,4}(?![\d.])", text))
+    assert figures and figures <= run, figures - run
+    assert f"{m['threshold']:.4f}" in text and f"{100 * m['prevalence']:.1f}%" in text
+
+    assert m["optimistic"] and all(said in text for said in m["optimistic"])  # the training film's copy
+    assert m["software"]["pneumoscan"] == pneumoscan.__version__ and m["software"]["torch"] == torch.__version__
+    assert f"pneumoscan {pneumoscan.__version__}" in text and f"torch {torch.__version__}" in text
+    assert "| bacteria |" in text and "| normal |" in text  # the figures by subtype
+
+
+def test_methods_md_says_the_films_were_checked_new_only_where_they_were(tiny_bundle: Path, tiny_evaluation: Path,
+                                                                         tiny_dataset: Path, tmp_path: Path) -> None:
+    """Test films of other patients, checked against the run's split: said to be new to the model. The same bundle
+    copied away from its run's split.csv cannot be checked: the text says why, not that they are new."""
+    checked = (tiny_evaluation / METHODS).read_text()
+    assert "and none was among them or of their patients" in checked
+
+    alone = shutil.copytree(tiny_bundle, tmp_path / "alone" / "bundle")
+    out = tmp_path / "eval"
+    assert cli.main(["evaluate", str(alone), str(tiny_dataset), "--split", "test", "--out", str(out)]) == 0
+    text, m, _ = _read(out)
+    assert m["unchecked"] and all(said in text for said in m["unchecked"])
+    assert "none was among them" not in text
