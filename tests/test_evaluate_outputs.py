@@ -378,6 +378,13 @@ def test_two_stages_are_scored_as_the_three_classes_predict_calls(
     html = (out / "report.html").read_text()
     assert "Two stages: Confusion matrix" in html and block["decision"] in html
     assert (out / "two_stage_confusion_matrix.png").read_bytes().startswith(b"\x89PNG")
+    # methods.md names the second stage, at its own threshold, and gives the route's accuracy with its interval
+    text = (out / METHODS).read_text()
+    second_card = load_card(second)
+    assert f"go to a second stage: {second_card.model_id}, for the etiology task" in text
+    assert f"calls virus at its own threshold {second_card.threshold:.4f} (" in text
+    said = f"accuracy {with_ci(block['accuracy'], block['ci']['accuracy'])}; balanced accuracy"
+    assert said in text.split("### Two stages as three classes")[1]
 
     with pytest.raises(ValueError, match="follows"):  # the stages the wrong way round
         evaluate(second, tiny_dataset, "test", etiology=first)

@@ -379,6 +379,7 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
         with unchanged(Path(out_dir) / METRICS, results):
             _write_outputs(Path(out_dir), predictor, records, targets, probs, threshold, metrics,
                            f"{card.model} · {card.task} · {name}", header, second, gallery, scope)
+            write_atomic(Path(out_dir) / METHODS, methods_text(metrics, header, card, second_card).encode())
     if add_to_card:
         add_evaluation(bundle, evaluation_record(metrics, name, "tta" if tta else "plain", bundle, held_out))
         log.info("recorded the evaluation on %s in %s", name, Path(bundle) / MODEL_CARD)
@@ -492,4 +493,3 @@ def _write_outputs(out_dir: Path, predictor: Predictor, records: list[Record], t
     table = metrics["threshold_table"]
     write_atomic(out_dir / "sensitivity_table.csv", results_csv(list(table[0]), table).encode())
     write_report(metrics, out_dir, title, extra=header, figures=True, gallery=gallery)
-    write_atomic(out_dir / METHODS, methods_text(metrics, card, str(header["threshold"])).encode())

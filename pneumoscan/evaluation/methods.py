@@ -32,9 +32,11 @@ def software() -> dict[str, str]:
     return {"pneumoscan": __version__, "python": platform.python_version(), **runtime_versions()}
 
 
-def methods_text(metrics: Mapping[str, Any], card: BundleCard, threshold_said: str) -> str:
-    """methods.md of an evaluation's ``metrics`` (as written to metrics.json) of the bundle whose ``card`` it is;
-    ``threshold_said``: its threshold with the policy and films that chose it, as the report's header says it."""
+def methods_text(metrics: Mapping[str, Any], header: Mapping[str, Any], card: BundleCard,
+                 second: BundleCard | None = None) -> str:
+    """methods.md of an evaluation's ``metrics`` (as written to metrics.json) of the bundle whose ``card`` it is,
+    followed by the ``second`` stage's bundle with ``--etiology``; ``header``: the report's, whose thresholds say the
+    policy and films that chose them."""
     names = tuple(metrics["class_names"])
     parts = [
         f"# Methods and results: {card.model_id} on {metrics['data']}",
@@ -52,10 +54,13 @@ def methods_text(metrics: Mapping[str, Any], card: BundleCard, threshold_said: s
         _independence(metrics),
         "## Index test: the model",
         _model(card, metrics),
+        second and f"Films it calls {names[1]} go to a second stage: {_model(second, metrics)}",
         "## Operating point",
         f"A film is called {names[1]} where the model's probability of {names[1]} is at least the threshold "
-        f"{threshold_said}: the bundle's own, chosen when it was made, and not changed for these films."
+        f"{header['threshold']}: the bundle's own, chosen when it was made, and not changed for these films."
         + "".join(f" Caveat of the card: {c.rstrip('.')}." for c in metrics.get("caveats") or ()),
+        second and (f"The second stage calls {second.positive} at its own threshold {header['etiology threshold']}."
+                    + "".join(f" Caveat of its card: {c.rstrip('.')}." for c in second.caveats)),
         "## Statistical analysis",
         _statistics(metrics),
         "## Results",
@@ -92,7 +97,7 @@ def _independence(metrics: Mapping[str, Any]) -> str:
     found = [*metrics["optimistic"], *metrics["unchecked"]]
     if not found:
         return ("Independence from the model's own data: every film was checked against the training and validation "
-                "films of the run that made the bundle, by path, by patient id and by the picture itself (copies "
+                "films of each run its weights come from, by path, by patient id and by the picture itself (copies "
                 "under other names, re-encoded or resized), and none was among them or of their patients.")
     listed = "\n".join(f"- {text}" for text in found)
     return ("Independence from the model's own data: the check against its training and validation films "
