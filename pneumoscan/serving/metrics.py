@@ -41,6 +41,14 @@ class ModelRuns:
     errors: Counter
 
 
+def warning_kind(warning: str) -> tuple[str, bool]:
+    """A scope warning's kind, by its name in :data:`~pneumoscan.data.scope.NAMED_KINDS` (a kind no name was given
+    yet, or a warning no scope check wrote, is :data:`OTHER`), and whether it puts the film out of scope: the warning
+    without its words, which may quote a value of the film's header."""
+    kind = kind_of(warning)
+    return (KIND_NAMES.get(kind, OTHER), kind.out_of_scope) if kind is not None else (OTHER, False)
+
+
 class ServiceMetrics:
     """The series of one service, in a registry of its own (apps made side by side, as tests make them, count
     apart), with the process's memory, CPU time and open files (``process_*``)."""
@@ -114,8 +122,7 @@ class ServiceMetrics:
         if (name := key_name.get()) is not None:  # the request's own (the guard's): a named key's
             self.key_readings.labels(name, task).inc()
         for warning in warnings:
-            kind = kind_of(warning)  # a kind no name was given yet counts as other, its scope as it says
-            name, out = (KIND_NAMES.get(kind, OTHER), kind.out_of_scope) if kind is not None else (OTHER, False)
+            name, out = warning_kind(warning)
             self.warnings.labels(task, name, str(out).lower()).inc()
 
     def refused(self, reason: Refusal) -> None:
