@@ -515,7 +515,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     limits, access = serve_settings(args)
     build_server(args.bundle, etiology=args.etiology, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb,
                  backend=args.backend, limits=limits, access=access, insecure=args.insecure, rate_limit=args.rate_limit,
-                 rate_limit_storage=args.rate_limit_storage,
+                 rate_limit_storage=args.rate_limit_storage, audit_log=args.audit_log,
                  heatmaps=not args.no_heatmaps, quiet=args.quiet).run()  # -q: no access log either
     return 0
 
@@ -1053,6 +1053,10 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
                         "server the instances behind a load balancer share, redis://HOST:6379/0 (redis+unix:///PATH, "
                         "or over TLS rediss://HOST:6380/0?ssl_ca_certs=CA.pem); one that does not answer at start is "
                         "refused, and while it does not answer each prediction request gets 503 + Retry-After")
+    p.add_argument("--audit-log", type=_file, metavar="FILE",
+                   help="append one JSON line for each prediction request, answered or refused (time, request id, "
+                        "key name, the film's SHA-256 and size, model, readings, status, reason; no file names or "
+                        "patient data), to FILE, created 0600 and opened again once logrotate moves it (default: none)")
     p.add_argument("--max-lingering", type=_positive(int),
                    help="connections answered early (401, 413, 503 before the upload is in) whose rest is dropped "
                         "until the client closes, at most --body-timeout, at once; past it one closes at once "

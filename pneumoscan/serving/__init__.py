@@ -13,6 +13,7 @@ unless configured; see docs/deployment.md.
 
 Modules, bottom to top: :mod:`.limits` (work bounds and refusals), :mod:`.guard` (access and security headers),
 :mod:`.uploads` (reading and decoding an upload), :mod:`.formats` (response models, SR and FHIR answers),
-:mod:`.metrics` (the Prometheus metrics, /metrics), :mod:`.batching` (the batching queue), :mod:`.service` (a request's
-work and its lanes), :mod:`.app` (the routes), :mod:`.server` (uvicorn).
+:mod:`.metrics` (the Prometheus metrics, /metrics), :mod:`.batching` (the batching queue), :mod:`.audit` (the audit
+log of readings and refusals, serve --audit-log), :mod:`.service` (a request's work and its lanes), :mod:`.app`
+(the routes), :mod:`.server` (uvicorn).
 """

@@ -21,6 +21,7 @@ from pneumoscan.core.options import MAX_UPLOAD_MB
 from pneumoscan.inference.predict import NON_FINITE, NonFiniteScore
 from pneumoscan.interop.uids import uid_root
 
+from .audit import AuditLog, AuditRequests, note
 from .formats import ERRORS, Health, HeatmapWord, Prediction, ReportFormat, ServiceInfo, check_options
 from .guard import API_KEY_ENV, KEY_FILE_REFUSED, Access, Cors, Guard, KeyInUse
 from .limits import REFUSED_AS, ClientGone, Limits, Rejected
@@ -34,7 +35,8 @@ CLIENT_GONE = 499  # nginx's "client closed request": the status a request whose
 
 def create_app(bundle: Path | str, etiology: Path | str | None = None, max_upload_mb: float = MAX_UPLOAD_MB,
                backend: str = "torch", limits: Limits | None = None, access: Access | None = None,
-               heatmaps: bool = True, rate_limit: str | None = None, rate_limit_storage: str | None = None) -> FastAPI:
+               heatmaps: bool = True, rate_limit: str | None = None, rate_limit_storage: str | None = None,
+               audit_log: Path | str | None = None) -> FastAPI:
     """The service for a pneumonia (or any) bundle, with an optional bacteria-vs-virus second stage.
     ``backend="onnx"`` predicts with ONNX Runtime (2-3x faster on CPU; Grad-CAM still uses torch), exporting the
     model at startup unless ``pneumoscan export`` already put a current model.onnx in the bundle. Concurrent
@@ -50,16 +52,26 @@ def create_app(bundle: Path | str, etiology: Path | str | None = None, max_uploa
     name of the key it was let in with (``access``'s named keys), else the request's address, a trusted proxy's
     ``X-Forwarded-For`` (:func:`.service.client_of`). ``rate_limit_storage``: where the counts are kept, this process's
     memory by default, or a Redis server's URI (``redis://HOST:6379/0``) shared by the instances behind a load
-    balancer (:func:`.limits.rate_store`; one that does not answer is refused)."""
+    balancer (:func:`.limits.rate_store`; one that does not answer is refused). ``audit_log``: a file that each
+    /v1/predict request, answered or refused, is appended to as one JSON line (:mod:`.audit`); one that cannot be
+    written is refused before the model loads."""
     _refuse_unguarded_key(access)
     uid_root()  # a wrong $PNEUMOSCAN_UID_ROOT stops the start, not every report later as the client's fault (422)
-    service = Service(bundle, etiology, max_upload_mb, backend, limits or Limits(), heatmaps, rate_limit,
-                      rate_limit_storage)
+    audit = AuditLog(audit_log) if audit_log is not None else None
+    try:
+        service = Service(bundle, etiology, max_upload_mb, backend, limits or Limits(), heatmaps, rate_limit,
+                          rate_limit_storage)
+    except BaseException:
+        if audit is not None:
+            audit.close()
+        raise
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         service.close()
+        if audit is not None:
+            audit.close()
 
     app = FastAPI(
         title="pneumoscan",
@@ -73,6 +85,10 @@ def create_app(bundle: Path | str, etiology: Path | str | None = None, max_uploa
         redirect_slashes=False,
     )
     _add_middleware(app, access, service.metrics)
+    if audit is not None:  # outside the guard, so that its refusals are written too
+        card = service.card
+        app.add_middleware(AuditRequests, audit=audit,
+                           model={"model_id": card.id, "model_version": card.version, "card_digest": card.card_digest})
     app.state.in_flight = service.in_flight
     app.state.metrics = service.metrics  # the server adds its log's held-back lines (server.build_server)
     app.state.card = service.card  # the cards as served (the start names the model: server.build_server)
@@ -95,8 +111,12 @@ def _add_middleware(app: FastAPI, access: Access | None, metrics: ServiceMetrics
     outside the guard so that its refusals carry CORS too, with a guard of the preflights CORS answers outside it;
     outside them all, each answer counted (its refusals too)."""
     app.state.key_in_use = KeyInUse(access)  # read again by a change of the key file, or SIGHUP
-    app.add_middleware(Guard, access=access, key=app.state.key_in_use, refused=metrics.refused,
-                       answered=metrics.key_answered)
+
+    def answered(key: str, status: int) -> None:  # the key a request carried, let in or not (the audit's too)
+        metrics.key_answered(key, status)
+        note(key=key)
+
+    app.add_middleware(Guard, access=access, key=app.state.key_in_use, refused=metrics.refused, answered=answered)
     if access is not None and access.cors_origins:  # each added outside the ones before
         app.add_middleware(Cors, refused=metrics.refused, allow_origins=list(access.cors_origins),
                            allow_methods=["GET", "POST"], allow_headers=["Authorization", "X-API-Key"], max_age=600)

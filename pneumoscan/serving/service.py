@@ -20,7 +20,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
 from pneumoscan.core.atomic import file_stamp
-from pneumoscan.core.digests import json_sha256
+from pneumoscan.core.digests import bytes_sha256, json_sha256
 from pneumoscan.core.figures import png_data_url
 from pneumoscan.core.logs import raised_at, redact
 from pneumoscan.data import readers
@@ -31,6 +31,7 @@ from pneumoscan.inference.predict import (NO_WX_MEMORY, NON_FINITE, Predictor, S
                                           wx_memory_refused)
 from pneumoscan.models.card import CARD, ENSEMBLE, BundleCard, load_card, verify_file
 
+from .audit import note, reading_fields
 from .batching import Stage
 from .formats import Health, Prediction, SecondStageResult, ServiceInfo, StageResult, report
 from .guard import key_name
@@ -295,6 +296,7 @@ class Service:
         good once a model has given a non-finite score (a model that is broken for one film is not trusted with the
         next); heatmaps alone for good once Grad-CAM's model could not be built from the bundle's files, and always
         where the service draws none (:attr:`heatmaps_off`)."""
+        note(format=format, heatmap=heatmap)
         if self.per_client is not None:
             await self.per_client.admit(client_of(request))
         self._refuse_if_broken()
@@ -389,6 +391,7 @@ class Service:
         second stage for the same film."""
         main, second, stages = self.main, self.second, self.stages
         data, dicom = await read_upload(request, self.max_bytes, self.limits.body_timeout)
+        note(film_sha256=bytes_sha256(data), film_bytes=len(data))
         gone = asyncio.ensure_future(disconnected(request))  # the body is in: what comes next is a disconnect
 
         async def decoded(fn: Callable[..., T], *args: Any) -> T:
@@ -453,10 +456,13 @@ class Service:
         return answer
 
     def _count(self, result: StageResult, scope: dict[str, Any], second: SecondStageResult | None) -> None:
-        """A film's readings, answered, in /metrics."""
+        """A film's readings, answered, in /metrics and the audit log."""
         self.metrics.reading(result.task, result.label, result.near_threshold, scope["in_scope"], scope["warnings"])
+        readings = [reading_fields(result, scope["in_scope"], scope["warnings"])]
         if second is not None:
             self.metrics.reading(second.task, second.label, second.near_threshold, second.in_scope, second.warnings)
+            readings.append(reading_fields(second, second.in_scope, second.warnings))
+        note(readings=readings)
 
     def _heatmap_ran(self, error: Exception | None) -> None:
         """A heatmap's Grad-CAM ran (``error`` None) or raised ``error``. The first failure after a success is logged

@@ -1,0 +1,174 @@
+"""The audit trail of readings (``serve --audit-log FILE``): one JSON line for each /v1/predict request answered, a
+reading or a refusal, so that a hospital can say later which model (id, version, card digest, threshold) gave which
+answer on which film, when, to which client key, with which warnings.
+
+A film is named by its SHA-256 and size alone, a client by its key's name (never the key), a warning by its kind (the
+names /metrics counts them under: a warning's words may quote a value of the film's header, such as the patient's
+age): no file name, patient identifier, UID or pixel. The file links films to answers, so it is created for the
+service's user alone (0600), and one that others may read or any group may write is refused at start. Lines are
+written through :mod:`logging` by a :class:`logging.handlers.WatchedFileHandler`, flushed one by one, which opens the
+file again at the same path once logrotate has moved it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import logging.handlers
+import os
+import stat
+import sys
+import uuid
+from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .formats import StageResult
+from .guard import key_name, route_path
+from .metrics import warning_kind
+
+log = logging.getLogger(__name__)
+PREDICT_PATH = "/v1/predict"
+FILE_MODE = 0o600  # a file created, or created again after logrotate moved it: the service's user alone
+REFUSED_MODE = stat.S_IWGRP | stat.S_IRWXO  # an existing file's bits refused: others' access, a group's writing
+REQUEST_ID = "X-Request-ID"  # the answer's header that names its audit line
+MAX_REFUSAL_BYTES = 2**16  # the most of a refusal's body read for its reason (a heatmap_failed one holds a reading)
+# the fields of the request in progress, filled by the service (film, options, readings) and the guard (the key a
+# refused request carried); None outside an audited request
+audit_entry: ContextVar[dict[str, Any] | None] = ContextVar("audit_entry", default=None)
+
+
+def note(**fields: Any) -> None:
+    """``fields`` into the audit line of the request in progress (nothing when the service keeps no audit log)."""
+    if (entry := audit_entry.get()) is not None:
+        entry.update(fields)
+
+
+def reading_fields(stage: StageResult, in_scope: bool, warnings: Sequence[str]) -> dict[str, Any]:
+    """One stage's reading as its audit line records it: its model, probability, call and threshold, and its
+    warnings by kind."""
+    return {"task": stage.task, "model_id": stage.model_id, "model_version": stage.model_version,
+            "probability": stage.probability, "call": stage.label, "threshold": stage.threshold,
+            "near_threshold": stage.near_threshold, "in_scope": in_scope,
+            "warnings": [warning_kind(warning)[0] for warning in warnings]}
+
+
+class AuditFile(logging.handlers.WatchedFileHandler):
+    """A :class:`~logging.handlers.WatchedFileHandler` whose file is created :data:`FILE_MODE` whatever the umask,
+    and whose line that cannot be written is said as a warning of the service's log (rate-limited there), not as
+    logging's traceback."""
+
+    def _open(self) -> Any:
+        return open(self.baseFilename, self.mode, encoding=self.encoding, errors=self.errors,
+                    opener=lambda path, flags: os.open(path, flags, FILE_MODE))
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        error = getattr(sys.exc_info()[1], "strerror", None) or type(sys.exc_info()[1]).__name__
+        log.warning("audit log lines to %s are lost (%s): free its disk or mend its folder; the service goes on",
+                    self.baseFilename, error)
+
+
+class AuditLog:
+    """The audit file at ``path``, opened (and so proven writable) at once: a path that cannot be written, is not a
+    regular file, or whose mode lets others read it or any group write it is refused (ValueError, with the reason)
+    before the model loads. Lines go through a logger of its own, which no other handler sees."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        try:
+            found = os.stat(self.path)
+            # checked before it is opened: a FIFO opened for writing waits for a reader, the start with it
+            if not stat.S_ISREG(found.st_mode):
+                raise ValueError(f"--audit-log {self.path}: not a regular file: name a file to append to")
+            if found.st_mode & REFUSED_MODE:
+                raise ValueError(f"--audit-log {self.path}: its mode {stat.filemode(found.st_mode)} lets others read "
+                                 "it or a group write it, and it links films to answers: chmod 600 (or 640) it")
+        except FileNotFoundError:
+            pass  # created by the handler, FILE_MODE
+        except OSError as e:
+            raise ValueError(f"--audit-log {self.path}: cannot be written ({e.strerror})") from None
+        try:
+            self.handler = AuditFile(self.path, encoding="utf-8")
+        except OSError as e:
+            raise ValueError(f"--audit-log {self.path}: cannot be written ({e.strerror})") from None
+        # a logger of its own, not the manager's: apps made side by side (tests) write each to its own file alone
+        self.logger = logging.Logger("pneumoscan.audit", logging.INFO)
+        self.logger.propagate = False
+        self.logger.addHandler(self.handler)
+
+    def write(self, entry: Mapping[str, Any]) -> None:
+        """One line, appended and flushed."""
+        self.logger.info("%s", json.dumps(entry, separators=(",", ":")))
+
+    def close(self) -> None:
+        try:
+            self.handler.close()
+        except OSError:  # the last lines' flush again (a full disk): their loss was said as they were written
+            pass
+
+
+class AuditRequests:
+    """ASGI middleware outside the guard: each /v1/predict request, answered or refused, written to ``audit`` as one
+    line, with the model served (``model``: id, version and card digest, as /v1/model gives them) and a request id
+    that its answer carries too (:data:`REQUEST_ID`)."""
+
+    def __init__(self, app: ASGIApp, audit: AuditLog, model: Mapping[str, str]) -> None:
+        self.app, self.audit, self.model = app, audit, dict(model)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or route_path(scope) != PREDICT_PATH:
+            return await self.app(scope, receive, send)
+        request_id = uuid.uuid4().hex
+        entry: dict[str, Any] = {}
+        status: int | None = None
+        refusal = bytearray()
+        written = False
+
+        def write() -> None:
+            nonlocal written
+            if not written:
+                written = True
+                self.audit.write(self._line(request_id, entry, status, bytes(refusal)))
+
+        async def watched(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                entry.setdefault("time", _now())
+                message["headers"] = [*message.get("headers", []), (REQUEST_ID.lower().encode(), request_id.encode())]
+            elif message["type"] == "http.response.body":
+                if status is not None and status >= 400:
+                    refusal.extend(message.get("body", b"")[:MAX_REFUSAL_BYTES - len(refusal)])
+                if not message.get("more_body", False):  # written before the answer's end is sent: an answer a
+                    write()  # client holds whole is in the file
+            await send(message)
+
+        token = audit_entry.set(entry)
+        try:
+            await self.app(scope, receive, watched)
+        finally:
+            audit_entry.reset(token)
+            write()  # an answer that never ended (the client gone, the shutdown's grace run out)
+
+    def _line(self, request_id: str, entry: dict[str, Any], status: int | None, refusal: bytes) -> dict[str, Any]:
+        """The request's audit line: when, which request and key, the film, the options, the model, its readings
+        answered, and the status with the refusal's reason."""
+        reason = None
+        if refusal:
+            try:
+                reason = json.loads(refusal).get("reason")
+            except ValueError:  # cut short at MAX_REFUSAL_BYTES, or no JSON: the status still says it was refused
+                reason = None
+        return {"time": entry.pop("time", None) or _now(),  # when the answer began; else when it was given up
+                "request_id": request_id, "key": entry.pop("key", None) or key_name.get(),
+                "film_sha256": entry.pop("film_sha256", None), "film_bytes": entry.pop("film_bytes", None),
+                "format": entry.pop("format", None), "heatmap": entry.pop("heatmap", None),
+                **self.model, "readings": entry.pop("readings", []), "status": status, "reason": reason}
+
+
+def _now() -> str:
+    """UTC now, to the millisecond, as ISO 8601 with a Z."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -1,0 +1,135 @@
+"""serve --audit-log: one JSON line for each prediction request, answered or refused, that matches the answer the
+client got (model, card digest, threshold, probability, call, warnings by kind, key name, film digest), without the
+key, a file name or patient data; the file 0600, opened again at its path once logrotate has moved it; and a path
+that cannot be written refused at start, with the reason."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import stat
+from pathlib import Path
+
+import httpx
+import pytest
+
+from pneumoscan.cli import main
+from pneumoscan.serving.audit import AuditLog
+from tests.builders import free_port, start_serve, wait_healthy
+
+WARD_KEY, PACS_KEY = "ward-" + "0123456789abcdef" * 2, "pacs-" + "fedcba9876543210" * 2
+SECRET = "Jane-Doe-MRN-004217"  # a file name that must reach no line
+
+
+@pytest.fixture(scope="module")
+def films(data_root: Path) -> list[bytes]:
+    return [sorted((data_root / "train" / label).glob("*.jpeg"))[0].read_bytes() for label in ("NORMAL", "PNEUMONIA")]
+
+
+def lines(path: Path) -> list[dict]:
+    """The audit file's lines, parsed: each is written before its answer's end is sent."""
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def post(http: httpx.Client, film: bytes, key: str, **params: str) -> httpx.Response:
+    return http.post("/v1/predict", files={"file": (f"{SECRET}.jpeg", film, "image/jpeg")}, params=params,
+                     headers={"X-API-Key": key})
+
+
+def test_each_reading_and_refusal_is_a_line_that_matches_its_answer_and_logrotate_moves_the_file(
+        tiny_bundle: Path, films: list[bytes], tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text(f"ward {WARD_KEY}\npacs {PACS_KEY}\n")
+    keys.chmod(0o600)
+    audit, log = tmp_path / "audit" / "readings.jsonl", tmp_path / "log"
+    audit.parent.mkdir()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = start_serve([str(tiny_bundle), "--port", str(port), "--api-key-file", str(keys), "--audit-log", str(audit)],
+                       log)
+    try:
+        wait_healthy(proc, url, log)
+        with httpx.Client(base_url=url, timeout=60) as http:
+            card = http.get("/v1/model", headers={"X-API-Key": WARD_KEY}).json()
+            answers = [post(http, films[0], WARD_KEY), post(http, films[1], PACS_KEY, format="json"),
+                       post(http, films[0], "not-" + WARD_KEY), post(http, films[1][:400], PACS_KEY)]
+            assert [r.status_code for r in answers] == [200, 200, 401, 422]
+            before = lines(audit)
+            audit.rename(audit.with_name("readings.jsonl.1"))  # logrotate's move (no copytruncate)
+            answers.append(post(http, films[1], WARD_KEY))
+            assert answers[-1].status_code == 200
+            after = lines(audit)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert [len(before), len(after)] == [4, 1]
+    assert stat.S_IMODE(os.stat(audit).st_mode) == 0o600  # the file created again after the move too
+    sent = [films[0], films[1], films[0], films[1][:400], films[1]]
+    for line, answer, film, key in zip(before + after, answers, sent, ["ward", "pacs", "(unknown)", "pacs", "ward"],
+                                       strict=True):
+        assert line["request_id"] == answer.headers["x-request-id"]
+        assert line["time"].endswith("Z") and line["key"] == key and line["status"] == answer.status_code
+        assert (line["model_id"], line["model_version"], line["card_digest"]) == (card["id"], card["version"],
+                                                                                 card["card_digest"])
+        body = answer.json()
+        if answer.status_code == 200:
+            assert line["reason"] is None and line["format"] == "json" and line["heatmap"] is False
+            assert line["film_sha256"] == "sha256:" + hashlib.sha256(film).hexdigest()
+            assert line["film_bytes"] == len(film)
+            assert line["readings"] == [{
+                "task": card["task"], "model_id": body["model_id"], "model_version": body["model_version"],
+                "probability": body["probability"], "call": body["label"], "threshold": card["threshold"],
+                "near_threshold": body["near_threshold"], "in_scope": body["in_scope"],
+                "warnings": ["untagged", "content_unchecked"]}]  # the JPEG's, and the tiny bundle's
+            assert len(body["warnings"]) == 2
+        else:
+            assert line["reason"] == body["reason"] and line["readings"] == []
+    assert before[2]["film_sha256"] is None  # refused at the key: no film was read
+    assert before[3]["film_sha256"] == "sha256:" + hashlib.sha256(films[1][:400]).hexdigest()
+    text = (audit.with_name("readings.jsonl.1").read_text() + audit.read_text())
+    for absent in (SECRET, WARD_KEY, PACS_KEY, "no DICOM tags"):  # a file name, the keys, a warning's words
+        assert absent not in text
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda tmp: tmp / "missing" / "audit.jsonl", "cannot be written (No such file or directory)"),
+    (lambda tmp: tmp, "not a regular file"),
+    (lambda tmp: _fifo(tmp / "fifo"), "not a regular file"),  # opened, it would wait for a reader
+    (lambda tmp: _file(tmp / "audit.jsonl", 0o644), "its mode -rw-r--r-- lets others read it or a group write it"),
+], ids=["no folder", "a folder", "a FIFO", "readable by others"])
+def test_an_audit_log_that_cannot_be_written_or_is_open_to_others_refuses_the_start(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], make, words: str) -> None:
+    """Refused before the bundle is read: the folder named as one holds none, so a check that let the path pass
+    would fail on it (not serve on for ever)."""
+    path = make(tmp_path)
+    assert main(["serve", str(tmp_path), "--port", str(free_port()), "--audit-log", str(path)]) == 2
+    assert f"error: --audit-log {path}: {words}" in capsys.readouterr().err
+
+
+def _file(path: Path, mode: int) -> Path:
+    path.write_text("")
+    path.chmod(mode)
+    return path
+
+
+def _fifo(path: Path) -> Path:
+    os.mkfifo(path)
+    return path
+
+
+def test_a_line_that_cannot_be_written_is_said_as_a_warning_not_a_traceback(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A full disk (/dev/full) loses the line: a warning says so, rate-limited by the served log's filter, where
+    logging printed a traceback of its own for each line lost."""
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    audit.handler.stream = open("/dev/full", "w")  # noqa: SIM115 - closed by the handler
+    try:
+        with caplog.at_level(logging.WARNING, "pneumoscan.serving.audit"):
+            audit.write({"status": 200})
+    finally:
+        audit.close()
+    assert [r.getMessage() for r in caplog.records] == [
+        f"audit log lines to {tmp_path / 'audit.jsonl'} are lost (No space left on device): free its disk or mend "
+        "its folder; the service goes on"]
