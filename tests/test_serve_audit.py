@@ -14,10 +14,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 
 from pneumoscan.cli import main
+from pneumoscan.serving.app import create_app
 from pneumoscan.serving.audit import AuditLog
 from tests.builders import free_port, start_serve, wait_healthy
+from tests.test_serve import with_threshold
 
 WARD_KEY, PACS_KEY = "ward-" + "0123456789abcdef" * 2, "pacs-" + "fedcba9876543210" * 2
 SECRET = "Jane-Doe-MRN-004217"  # a file name that must reach no line
@@ -133,3 +136,17 @@ def test_a_line_that_cannot_be_written_is_said_as_a_warning_not_a_traceback(
     assert [r.getMessage() for r in caplog.records] == [
         f"audit log lines to {tmp_path / 'audit.jsonl'} are lost (No space left on device): free its disk or mend "
         "its folder; the service goes on"]
+
+
+def test_a_second_stage_reading_is_its_own_entry_after_the_first(tiny_bundle: Path, tiny_etiology_bundle: Path,
+                                                                 films: list[bytes], tmp_path: Path) -> None:
+    always = with_threshold(tiny_bundle, 0.0, tmp_path / "always")  # every film read as pneumonia: etiology follows
+    audit = tmp_path / "audit.jsonl"
+    with TestClient(create_app(always, etiology=tiny_etiology_bundle, audit_log=audit)) as c:
+        body = c.post("/v1/predict", files={"file": ("x.jpeg", films[1], "image/jpeg")}).json()
+    [line] = lines(audit)
+    etiology = body["etiology"]
+    assert [(r["task"], r["model_id"], r["call"], r["probability"], r["in_scope"]) for r in line["readings"]] == [
+        ("pneumonia", body["model_id"], "PNEUMONIA", body["probability"], body["in_scope"]),
+        ("etiology", etiology["model_id"], etiology["label"], etiology["probability"], etiology["in_scope"])]
+    assert line["key"] is None and line["readings"][1]["threshold"] == etiology["threshold"]
