@@ -437,6 +437,9 @@ def test_no_cors_unless_configured(tiny_bundle: Path) -> None:
         refused = c.get("/v1/model", headers={"Origin": "https://viewer.hospital.org"})
         # the allowed page can read why it was refused
         assert refused.status_code == 401 and refused.headers["access-control-allow-origin"] == "https://viewer.hospital.org"
+        # and when to try again, and which audit line its answer has: headers a browser hides unless exposed
+        exposed = {h.strip().lower() for h in refused.headers["access-control-expose-headers"].split(",")}
+        assert {"retry-after", "x-request-id"} <= exposed, exposed
         # preflights, which CORS answers before the key is asked, had no Host check and no security headers
         assert ok.headers["x-frame-options"] == "DENY" and other.headers["x-content-type-options"] == "nosniff"
         rebound = c.options("/v1/predict", headers={**preflight, "Origin": "https://viewer.hospital.org",

@@ -21,7 +21,7 @@ from pneumoscan.core.options import MAX_UPLOAD_MB
 from pneumoscan.inference.predict import NON_FINITE, NonFiniteScore
 from pneumoscan.interop.uids import uid_root
 
-from .audit import AuditLog, AuditRequests, note
+from .audit import REQUEST_ID, AuditLog, AuditRequests, note
 from .formats import ERRORS, Health, HeatmapWord, Prediction, ReportFormat, ServiceInfo, check_options
 from .guard import API_KEY_ENV, KEY_FILE_REFUSED, Access, Cors, Guard, KeyInUse
 from .limits import REFUSED_AS, ClientGone, Limits, Rejected
@@ -119,7 +119,8 @@ def _add_middleware(app: FastAPI, access: Access | None, metrics: ServiceMetrics
     app.add_middleware(Guard, access=access, key=app.state.key_in_use, refused=metrics.refused, answered=answered)
     if access is not None and access.cors_origins:  # each added outside the ones before
         app.add_middleware(Cors, refused=metrics.refused, allow_origins=list(access.cors_origins),
-                           allow_methods=["GET", "POST"], allow_headers=["Authorization", "X-API-Key"], max_age=600)
+                           allow_methods=["GET", "POST"], allow_headers=["Authorization", "X-API-Key"], max_age=600,
+                           expose_headers=["Retry-After", REQUEST_ID])  # for the allowed page to read
         app.add_middleware(Guard, access=access, preflights=True, refused=metrics.refused)
     app.add_middleware(CountRequests, metrics=metrics)
 
