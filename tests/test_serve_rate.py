@@ -305,6 +305,46 @@ def test_a_redis_server_over_tls_counts_with_its_ca_given_in_the_uri_and_is_refu
             PerClient("2/minute", f"rediss://localhost:{port}/0?ssl_ca_certs={ca}")
 
 
+def test_a_redis_server_that_asks_for_a_client_certificate_counts_with_it_given_in_the_uri_and_names_it_without(
+        tiny_bundle: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A hospital whose Redis server asks each client for a certificate (tls-auth-clients yes): the start was refused
+    with the TLS library's words alone (EOF occurred in violation of protocol), naming no setting, and a certificate
+    file missing was said as the server not answering. A real redis-server that asks for one: given in the URI
+    (``ssl_certfile``, its key in the same file), the counts are kept there; without it, the start is refused naming
+    the setting; its file is checked before the server is asked, and its key warned of where every user can read
+    it, as the PACS's client key is."""
+    ca, _ = private_ca(tmp_path)
+    port, server_pem, client_pem = free_port(), str(tmp_path / "server.pem"), tmp_path / "client.pem"
+    caplog.set_level(logging.WARNING, logger="pneumoscan.core.secrets")
+
+    def warned() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "pneumoscan.core.secrets"]
+
+    with started_redis(tmp_path, "--port", "0", "--tls-port", str(port), "--tls-cert-file", server_pem,
+                       "--tls-key-file", server_pem, "--tls-ca-cert-file", str(ca), "--tls-auth-clients", "yes"):
+        server = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={ca}"
+        with pytest.raises(ValueError, match=r"the Redis server does not answer .*; a Redis server that asks each "
+                                             r"client for a certificate \(tls-auth-clients yes\) ends the connection "
+                                             r"of one without: give it in ssl_certfile"):
+            PerClient("2/minute", server)
+        uri = f"{server}&ssl_certfile={client_pem}"
+        with as_client(create_app(tiny_bundle, rate_limit="2/minute", rate_limit_storage=uri), SCRIPT) as script:
+            assert [no_film(script).status_code for _ in range(3)] == [415, 415, 429]
+            assert script.get("/healthz").json()["status"] == "ok"
+        assert warned() == []  # mode 600: the account's alone
+        client_pem.chmod(0o644)
+        PerClient("2/minute", f"{uri}&ssl_keyfile={client_pem}")
+        assert warned() == [
+            f"the client key file {client_pem} is readable by every user of this machine (mode 644): make it "
+            "readable by the account that runs pneumoscan alone (chmod 600, or 640 with a group of its own)"]
+    missing = tmp_path / "missing.pem"  # the server is gone: refused before it is asked
+    for given, said in ((f"ssl_certfile={missing}", f"the client certificate file {missing} cannot be read (no such "
+                                                    "file or directory)"),
+                        (f"ssl_keyfile={client_pem}", "ssl_keyfile goes with ssl_certfile: give the certificate too")):
+        with pytest.raises(ValueError if "ssl_keyfile" in said else OSError, match=re.escape(said)):
+            PerClient("2/minute", f"{server}&{given}")
+
+
 @pytest.mark.parametrize(("options", "off"), [
     ("ssl_cert_reqs=none", "ssl_cert_reqs=none"),
     ("ssl_ca_certs=/etc/ca.pem&ssl_check_hostname=false", "ssl_check_hostname=false"),

@@ -1,11 +1,12 @@
 """Secrets a command is given (the service's API key, the PACS's Authorization header value), read one way from a
 file or an environment variable, so that no source accepts what another refuses; a file that every user can read
-warned of one way, a client key's too."""
+warned of one way, a client certificate's key checked one way (:func:`check_client_cert`)."""
 
 from __future__ import annotations
 
 import logging
 import os
+import ssl
 import stat
 from pathlib import Path
 
@@ -66,3 +67,33 @@ def warn_if_shared(path: Path | str, source: str) -> None:
     if mode & stat.S_IROTH:
         log.warning("%s is readable by every user of this machine (mode %o): make it readable by the account that "
                     "runs pneumoscan alone (chmod 600, or 640 with a group of its own)", source, mode)
+
+
+def _no_passphrase() -> bytes:
+    """The passphrase OpenSSL asks for an encrypted key: none (it would prompt on the terminal, and neither requests
+    nor the Redis client passes one on)."""
+    raise ValueError("is encrypted, and a key with a passphrase cannot be used: give it decrypted (openssl pkey -in "
+                     "KEY -out KEY.pem), readable by the account that runs pneumoscan alone")
+
+
+def check_client_cert(cert: str, key: str | None, cert_said: str, key_said: str) -> None:
+    """Check the client certificate at ``cert`` and its key (at ``key``, or in ``cert``'s file where None) before any
+    connection: each file readable, the pair loaded as TLS loads it, and the file with the key warned of when every
+    user of the machine can read it (as a secret's file is); a file of neither failed only at the first connection,
+    as a TLS failure that named no file. ``cert_said``, ``key_said``: the settings that gave them, as the errors name
+    them."""
+    for what, path in (("client certificate", cert), ("client key", key)):
+        try:
+            if path is not None:
+                Path(path).open("rb").close()
+        except OSError as e:
+            raise cannot_read(e, f"the {what} file {path}") from None
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(cert, key, password=_no_passphrase)
+    except ValueError as e:  # a passphrase asked for (_no_passphrase)
+        raise ValueError(f"the client key in {key or cert} {e}") from None
+    except ssl.SSLError as e:
+        raise ValueError(f"{cert_said} {cert} (with {key_said} {key or 'none'}) is not a PEM certificate with its "
+                         f"private key ({e.reason or e}): give the certificate and its key in one PEM file, or the key "
+                         f"in {key_said}") from None
+    warn_if_shared(key or cert, f"the client key file {key or cert}")  # once it is known to hold the key

@@ -51,7 +51,7 @@ from urllib3.util import Retry
 from pneumoscan.core.names import shown
 from pneumoscan.core.network import is_loopback
 from pneumoscan.core.options import PACS_FILM_S, PACS_READ_S
-from pneumoscan.core.secrets import cannot_read, read_secret, warn_if_shared
+from pneumoscan.core.secrets import check_client_cert, read_secret
 from pneumoscan.data.pixels import MAX_DECODED_BYTES
 from pneumoscan.data.readers.dicom import FOR_PROCESSING, for_processing, is_own_output, read_dataset
 from pneumoscan.data.scope import (MIN_SIDE, MODALITIES, RADIOGRAPH_CLASSES, RADIOGRAPHY, defined_term, kind_of,
@@ -503,18 +503,9 @@ class _Session(requests.Session):
         return super().request(method, url, **kwargs)
 
 
-def _no_passphrase() -> bytes:
-    """The passphrase OpenSSL asks for an encrypted key: none (it would prompt on the terminal, and requests passes
-    none on)."""
-    raise ValueError("is encrypted, and a key with a passphrase cannot be used: give it decrypted (openssl pkey -in "
-                     "KEY -out KEY.pem), readable by the account that runs pneumoscan alone")
-
-
 def _client_cert(connection: Connection, scheme: str) -> str | tuple[str, str] | None:
-    """The client certificate of ``connection`` as requests' ``cert=`` takes it, checked before any request: over
-    TLS only, each file readable, the pair loaded as TLS loads it, and the file with the key warned of when every
-    user of the machine can read it (as the auth file is); a file of neither had failed only at the first request,
-    as a TLS failure."""
+    """The client certificate of ``connection`` as requests' ``cert=`` takes it, checked before any request
+    (:func:`~pneumoscan.core.secrets.check_client_cert`), over TLS only."""
     cert, key = connection.client_cert, connection.client_key
     if cert is None:
         if key is not None:
@@ -524,22 +515,7 @@ def _client_cert(connection: Connection, scheme: str) -> str | tuple[str, str] |
     if scheme != "https":
         raise ValueError("connection.client_cert (--client-cert) is presented over TLS only, and url (--url) is "
                          "http://: give the PACS's https:// URL")
-    for what, path in (("client certificate", cert), ("client key", key)):
-        try:
-            if path is not None:
-                Path(path).open("rb").close()
-        except OSError as e:
-            raise cannot_read(e, f"the {what} file {path}") from None
-    try:
-        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(cert, key, password=_no_passphrase)
-    except ValueError as e:  # a passphrase asked for (_no_passphrase)
-        raise ValueError(f"the client key in {key or cert} {e}") from None
-    except ssl.SSLError as e:
-        raise ValueError(f"connection.client_cert (--client-cert) {cert} (with connection.client_key (--client-key) "
-                         f"{key or 'none'}) is not a PEM certificate with its private key ({e.reason or e}): give the "
-                         "certificate and its key in one PEM file, or the key in connection.client_key "
-                         "(--client-key)") from None
-    warn_if_shared(key or cert, f"the client key file {key or cert}")  # once it is known to hold the key
+    check_client_cert(cert, key, "connection.client_cert (--client-cert)", "connection.client_key (--client-key)")
     return cert if key is None else (cert, key)
 
 

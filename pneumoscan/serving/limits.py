@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import field
@@ -21,6 +22,7 @@ from pydantic import ConfigDict, Field
 from pydantic.dataclasses import dataclass
 
 from pneumoscan.core.cpus import usable_cores
+from pneumoscan.core.secrets import check_client_cert
 
 log = logging.getLogger(__name__)
 
@@ -203,6 +205,7 @@ def rate_store(uri: str | None) -> Storage:
     if uri is None or known_store(uri) == "memory://":
         return MemoryStorage()
     where = said_store(uri)
+    certified = _client_cert(uri)
     try:
         store = storage_from_string(uri, wrap_exceptions=True, socket_timeout=STORE_TIMEOUT_S,
                                     socket_connect_timeout=STORE_TIMEOUT_S)
@@ -212,10 +215,44 @@ def rate_store(uri: str | None) -> Storage:
         # the Redis client's words for why not, where check() says no more than False
         cast(RedisStorage, store).get_connection().ping()
     except Exception as e:  # refused, timed out, a certificate not verified (rediss://), a password refused
+        hint = "" if certified or not _tls_refused(e) else (
+            "; a Redis server that asks each client for a certificate (tls-auth-clients yes) ends the connection of "
+            "one without: give it in ssl_certfile, and its key in ssl_keyfile unless that file holds it "
+            "(rediss://HOST:6380/0?ssl_ca_certs=CA.pem&ssl_certfile=CLIENT.pem)")
         raise ValueError(f"rate_limit_storage (--rate-limit-storage) {where}: the Redis server does not answer "
                          f"(within {STORE_TIMEOUT_S:g} s): start it, or check the URI "
-                         f"({_said_reason(e, uri)})") from None
+                         f"({_said_reason(e, uri)}){hint}") from None
     return store
+
+
+def _client_cert(uri: str) -> bool:
+    """Whether ``uri`` (rediss://) gives the Redis client a certificate of its own (``ssl_certfile``, its key in
+    ``ssl_keyfile`` or in that file), for a server that asks each client for one (mutual TLS); checked before the
+    server is asked as the PACS's client certificate is (:func:`~pneumoscan.core.secrets.check_client_cert`), where
+    a file missing was said as the server not answering ("Error 2 connecting to HOST"), naming no file."""
+    from redis.connection import parse_url
+
+    if urlsplit(uri).scheme != "rediss":
+        return False
+    options = parse_url(uri)  # read once already by known_store (_verified)
+    cert, key = options.get("ssl_certfile"), options.get("ssl_keyfile")
+    if cert is None and key is None:
+        return False
+    where = f"rate_limit_storage (--rate-limit-storage) {said_store(uri)}"
+    if cert is None:
+        raise ValueError(f"{where}: ssl_keyfile goes with ssl_certfile: give the certificate too")
+    check_client_cert(cert, key, f"{where}: ssl_certfile", "ssl_keyfile")
+    return True
+
+
+def _tls_refused(error: BaseException) -> bool:
+    """Whether the Redis client's ``error`` was the TLS connection ended or refused by the server (as one that asks
+    for a client certificate ends a connection without one), not the server's certificate left unverified."""
+    causes: list[BaseException] = []
+    while error is not None and error not in causes:
+        causes.append(error)
+        error = error.__cause__ or error.__context__  # type: ignore[assignment]
+    return any(isinstance(c, ssl.SSLError) and not isinstance(c, ssl.SSLCertVerificationError) for c in causes)
 
 
 class StoreSilent(Exception):
