@@ -212,17 +212,33 @@ def rate_store(uri: str | None) -> Storage:
     except Exception as e:  # the library's ConfigurationError, or the Redis client's own for a URI it cannot read
         raise ValueError(f"rate_limit_storage (--rate-limit-storage) {where}: {_said_reason(e, uri)}") from None
     try:
-        # the Redis client's words for why not, where check() says no more than False
-        cast(RedisStorage, store).get_connection().ping()
-    except Exception as e:  # refused, timed out, a certificate not verified (rediss://), a password refused
-        hint = "" if certified or not _tls_refused(e) else (
+        _ping(store)
+    except StorageError as e:  # refused, timed out, a certificate not verified (rediss://), a password refused
+        hint = "" if certified or not _tls_refused(e.storage_error) else (
             "; a Redis server that asks each client for a certificate (tls-auth-clients yes) ends the connection of "
             "one without: give it in ssl_certfile, and its key in ssl_keyfile unless that file holds it "
             "(rediss://HOST:6380/0?ssl_ca_certs=CA.pem&ssl_certfile=CLIENT.pem)")
         raise ValueError(f"rate_limit_storage (--rate-limit-storage) {where}: the Redis server does not answer "
                          f"(within {STORE_TIMEOUT_S:g} s): start it, or check the URI "
-                         f"({_said_reason(e, uri)}){hint}") from None
+                         f"({_said_reason(e.storage_error, uri)}){hint}") from None
     return store
+
+
+def _ping(store: Storage) -> None:
+    """PING the Redis server of ``store``, failing as a request's count does (the library's StorageError) with the
+    Redis client's own error: a timeout for a server that hangs, a refused connection for a stopped one, a
+    certificate not verified, which the start and the log say, where the library's check() says no more than
+    False."""
+    try:
+        cast(RedisStorage, store).get_connection().ping()
+    except Exception as e:  # any failure of the client is the store not answering
+        raise StorageError(e) from None
+
+
+def _retry_after(seconds: float) -> int:
+    """``seconds`` as a Retry-After gives them: whole, rounded up (a client back a fraction early is refused
+    again), and at least 1."""
+    return max(1, math.ceil(seconds))
 
 
 def _client_cert(uri: str) -> bool:
@@ -302,7 +318,7 @@ class PerClient:
                 self.refused += 1
                 # Retry-After: the seconds until the store is next asked (STORE_RETRY_S after its last ask), so
                 # that a client sent back is sent back once it may be counted, not before
-                retry = max(1, math.ceil(self.ask_at - time.monotonic()))
+                retry = _retry_after(self.ask_at - time.monotonic())
                 raise Rejected(503, "the service cannot count this client's requests: its rate-limit store "
                                     "(--rate-limit-storage) does not answer; send it again after the Retry-After "
                                     "seconds", {"Retry-After": str(retry)}, kind="rate_limit_unavailable") from None
@@ -317,7 +333,7 @@ class PerClient:
         if self.where is None:
             return None
         try:
-            await self._ask(self._ping)
+            await self._ask(_ping, self.store)
         except StoreSilent:
             return STORE_SILENT
         return None
@@ -353,12 +369,4 @@ class PerClient:
         if self.counts.hit(self.rate, client):
             return None
         reset, _ = self.counts.get_window_stats(self.rate, client)
-        return max(1, math.ceil(reset - time.time()))  # the library's clock
-
-    def _ping(self) -> None:
-        """PING the store, failing as a request's count does, with the Redis client's own error (a timeout for a
-        server that hangs, a refused connection for a stopped one): the library's check() says no more than False."""
-        try:
-            cast(RedisStorage, self.store).get_connection().ping()
-        except Exception as e:  # any failure of the client is the store not answering
-            raise StorageError(e) from None
+        return _retry_after(reset - time.time())  # the library's clock
