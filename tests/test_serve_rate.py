@@ -7,6 +7,7 @@ counted in /metrics and held back in the access log as any status's. Instances s
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import shutil
@@ -26,7 +27,7 @@ from pneumoscan import cli
 from pneumoscan.serving.app import create_app
 from pneumoscan.serving.guard import Access
 from pneumoscan.serving import limits
-from pneumoscan.serving.limits import STORE_SILENT, PerClient
+from pneumoscan.serving.limits import STORE_SILENT, PerClient, Rejected
 from tests.builders import free_port
 from tests.test_serve import labels, moved, scraped
 from tests.test_serve_auth import KEY, LOCAL, PACS_KEY, WARD_KEY, predict, predict_at
@@ -290,6 +291,68 @@ def test_a_store_that_hangs_is_an_outage_refused_at_once_said_by_healthz_and_log
                          f"until it does"), said
         assert end == (f"the rate-limit store {uris[0]} answers again, after {limits.STORE_RETRY_S:.1f} s without: "
                        "prediction requests are counted again (6 refused 503 meanwhile)"), said
+
+
+def test_a_store_that_stays_down_is_asked_again_after_a_back_off_that_doubles_to_its_cap_and_said_in_retry_after(
+        redis_server: tuple[tuple[str, str], subprocess.Popen], monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
+    """A Redis server down for minutes was asked once a second by each instance, and every client, sent back for a
+    second, sent its film again each second (its whole upload, for a PACS that keeps to Retry-After). Each ask that
+    finds it silent doubles the wait before the next, from 1 s to 16 s at most, Retry-After saying the seconds left
+    of it; the outage's end starts the next one's at 1 s again, and requests that set out together before the
+    outage was known double nothing. A real server, hung (stopped), then down and started again on its port; the
+    store's clock (limits.time) is the test's, so that the waits are proved whatever else the machine is doing."""
+    monkeypatch.setattr(limits, "STORE_TIMEOUT_S", 0.5)
+    clock = Clock()
+    monkeypatch.setattr(limits, "time", clock)
+    uris, server = redis_server
+    per_client = PerClient("100/minute", uris[0])
+
+    def retry_after() -> int | None:
+        """The Retry-After of a request now (None: let in)."""
+        try:
+            asyncio.run(per_client.admit("10.1.0.7"))
+        except Rejected as refused:
+            assert refused.status == 503, refused.message
+            return int(refused.headers["Retry-After"])  # type: ignore[index]
+        return None
+
+    assert retry_after() is None
+
+    async def together() -> list[BaseException | None]:
+        return await asyncio.gather(*(per_client.admit(f"10.1.0.{n}") for n in range(3)), return_exceptions=True)
+
+    server.send_signal(signal.SIGSTOP)
+    try:
+        assert [getattr(r, "status", r) for r in asyncio.run(together())] == [503] * 3  # each asked, and waited
+        assert retry_after() == 1
+    finally:
+        server.send_signal(signal.SIGCONT)
+    clock.now += 1
+    assert retry_after() is None  # the outage ends
+    server.terminate()
+    server.wait(timeout=10)
+    waits = []
+    for _ in range(7):
+        waits.append(retry_after())  # the ask: it finds the server silent
+        clock.now += waits[-1] - 0.5
+        assert retry_after() == 1  # half a second left of that wait: not asked, said so
+        clock.now += 0.5
+    assert waits == [1, 2, 4, 8, 16, 16, 16]
+    back = subprocess.Popen(server.args, stdout=subprocess.DEVNULL)  # the same server again
+    try:
+        deadline = time.monotonic() + 10
+        while subprocess.run(["redis-cli", "-s", str(tmp_path / "redis.sock"), "ping"], capture_output=True,
+                             text=True).stdout != "PONG\n":
+            assert back.poll() is None and time.monotonic() < deadline, "redis-server did not start again"
+            time.sleep(0.05)
+        assert retry_after() is None  # asked as its wait ends: counted again
+        back.terminate()
+        back.wait(timeout=10)
+        assert [retry_after(), retry_after()] == [1, 1]  # a new outage: from 1 s again
+    finally:
+        back.terminate()
+        back.wait(timeout=10)
 
 
 def test_a_store_that_hangs_found_by_the_health_probe_is_logged_as_timing_out(

@@ -32,8 +32,12 @@ RETRY_AFTER_S = 2  # what a 503 for a full service tells the client to wait
 SHARED_STORES = ("redis", "rediss", "redis+unix")
 STORE_TIMEOUT_S = 1.0  # the longest a rate-limit store may take to connect or answer before a request is refused
 # once the store has failed to answer, how long prediction requests are refused at once (503) before one asks it again:
-# a store that hangs held a worker thread for STORE_TIMEOUT_S with each request, and the requests queued behind them
+# a store that hangs held a worker thread for STORE_TIMEOUT_S with each request, and the requests queued behind them.
+# Each ask that finds it silent doubles the wait, to STORE_RETRY_MAX_S at most: a store down for minutes was asked
+# once a second by each instance, and each client sent back for a second sent its film again each second, where a
+# store back within the cap is counted in again at most that late
 STORE_RETRY_S = 1.0
+STORE_RETRY_MAX_S = 16.0
 # a warning said once for what it says, never held back by server.OneLineLog: one that answers an operator (a signal,
 # SIGHUP; an edit of the key file), which would leave a second try within its interval unanswered, and the start of an
 # outage of the rate-limit store, which would leave a second outage within it without its start
@@ -286,8 +290,9 @@ class PerClient:
 
     A shared store that does not answer is an outage, with a start and an end: logged once as it starts (a
     warning) and once as it ends (with its length and the requests it refused), said by :meth:`health` meanwhile,
-    and asked at most once every :data:`STORE_RETRY_S` (after the wait of the last ask) by one request or probe at a
-    time, the others refused at once: each request waited on a store that hangs (:data:`STORE_TIMEOUT_S`)."""
+    and asked again :data:`STORE_RETRY_S` after the ask that found it silent, then after twice the last wait each
+    time it is still silent (to :data:`STORE_RETRY_MAX_S`), by one request or probe at a time, the others refused at
+    once: each request waited on a store that hangs (:data:`STORE_TIMEOUT_S`)."""
 
     def __init__(self, rate: str, storage: str | None = None) -> None:
         self.rate, self.store = per_client_rate(rate), rate_store(storage)
@@ -299,6 +304,7 @@ class PerClient:
         # the outage, if any (all on the event loop, which alone reads and sets them): when it began
         # (time.monotonic()), when the store may be asked again, whether it is being asked, and the requests refused
         self.silent_since: float | None = None
+        self.backoff = STORE_RETRY_S  # the wait after the last ask that found it silent
         self.ask_at = 0.0
         self.asking = False
         self.refused = 0
@@ -316,7 +322,7 @@ class PerClient:
                 wait = await self._ask(self._count, client)
             except StoreSilent:
                 self.refused += 1
-                # Retry-After: the seconds until the store is next asked (STORE_RETRY_S after its last ask), so
+                # Retry-After: the seconds until the store is next asked (the back-off after its last ask), so
                 # that a client sent back is sent back once it may be counted, not before
                 retry = _retry_after(self.ask_at - time.monotonic())
                 raise Rejected(503, "the service cannot count this client's requests: its rate-limit store "
@@ -352,7 +358,10 @@ class PerClient:
                 self.silent_since, self.refused = time.monotonic(), 0
                 log.warning("the rate-limit store %s does not answer (%s): prediction requests get 503 until it "
                             "does", self.where, type(e.storage_error).__name__, extra={ANSWER: True})
-            self.ask_at = time.monotonic() + STORE_RETRY_S
+                self.backoff = STORE_RETRY_S
+            elif probe:  # not a request that set out before the outage was known, as several may have
+                self.backoff = min(STORE_RETRY_MAX_S, 2 * self.backoff)
+            self.ask_at = time.monotonic() + self.backoff
             raise StoreSilent from None
         finally:
             if probe:
