@@ -25,8 +25,12 @@ from pneumoscan.serving.app import create_app
 from tests.builders import UNCHECKED, dicom_bytes, running
 
 CHROMIUM = Path("/usr/bin/chromium")
+WARD = "ward.example"  # a ward computer's name for the service, over plain HTTP
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        # a name for the loopback service that is no "localhost": a page loaded from it is no secure context (as one
+        # opened over plain HTTP from another computer), where 127.0.0.0/8 is one to Chromium
+        f"--host-resolver-rules=MAP {WARD} 127.0.0.1"]
 TIMEOUT_MS = 30_000  # a shared 2-core machine can be slow
 # the viewer's caption of a film shown from the service's decode (?image=true): its rendering's size, the service's
 SERVICE_CAPTION = f"as decoded by the service (8-bit, at most {MAX_PANEL:,} pixels a side)."

@@ -19,8 +19,8 @@ from playwright.sync_api import Browser, Page, expect
 from tests import test_page
 from pneumoscan.serving.app import create_app
 from tests.builders import nudge_weights, running
-from tests.test_browser import TIMEOUT_MS, serious_violations
-from tests.test_page import upload_one
+from tests.test_browser import TIMEOUT_MS, WARD, serious_violations
+from tests.test_page import opened_page, upload_one
 
 browser, server, page, small = test_page.browser, test_page.server, test_page.page, test_page.small
 
@@ -208,3 +208,38 @@ def test_a_film_is_proved_by_its_bytes_read_a_slice_at_a_time_not_held_whole(pag
     page.set_input_files("#file", big)
     expect(page.locator("#session")).to_be_hidden()
     expect(page.locator(ROWS)).to_have_count(1)
+
+
+def test_a_film_dropped_again_on_a_page_over_plain_http_is_known_by_the_services_digest(
+        browser: Browser, server: str, data_root: Path) -> None:
+    """Over plain HTTP from another computer the browser gives no digest (no secure context): a film dropped again
+    after a reload was listed as new, its earlier reading and window not found. It is known by the SHA-256 of the bytes
+    the service read; another film under its name is another film; a film of which no digest can be had (refused,
+    so unread by the service) is said not to be matched, kept or dropped, never silently listed as new."""
+    first, second = two_films(data_root)
+    with opened_page(browser, server.replace("127.0.0.1", WARD)) as page:
+        assert page.evaluate("() => [window.isSecureContext, typeof crypto.subtle]") == [False, "undefined"]
+        upload_one(page, first)
+        page.select_option("#preset", "lung")
+        page.set_input_files("#file", files=[{"name": "IM0001", "mimeType": "image/jpeg", "buffer": b"no film"}])
+        expect(page.locator(ROWS).filter(has_text="IM0001")).to_contain_text("rejected")
+        reload(page)
+        expect(page.locator("#session-kept")).to_have_text(
+            "Kept from before the page was reloaded: the readings of 2 films, not the films themselves. To see a film "
+            f"again, drop it again: {first.name}. Dropped again, IM0001 is listed as a new film: no fingerprint of its "
+            "bytes could be had when it was dropped (it was not read by the service, and a page opened over plain HTTP "
+            "from another computer cannot fingerprint a film itself).")
+        page.set_input_files("#file", files=[{"name": first.name, "mimeType": "image/jpeg",
+                                              "buffer": second.read_bytes()}])
+        expect(page.locator(ROWS)).to_have_count(3)
+        expect(page.locator("#preset")).to_have_value("default")
+        page.set_input_files("#file", files=[{"name": "IM0001", "mimeType": "image/jpeg", "buffer": b"no film"}])
+        expect(page.locator(ROWS)).to_have_count(4)
+        expect(page.locator("#session-kept")).to_contain_text(
+            "Not matched to a film kept from before the reload, since no fingerprint of its bytes could be had (it was "
+            "not read by the service, and a page opened over plain HTTP from another computer cannot fingerprint a "
+            "film itself): IM0001; listed as a new film.")
+        upload_one(page, first)
+        expect(page.locator(ROWS)).to_have_count(4)
+        expect(page.locator("#preset")).to_have_value("lung")
+        expect(page.locator("#session-kept")).not_to_contain_text(f"drop it again: {first.name}")

@@ -32,7 +32,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from pneumoscan.core.digests import json_sha256
+from pneumoscan.core.digests import bytes_sha256, json_sha256
 from pneumoscan.data.appearance import LAYOUT_SIDE, Appearance
 from pneumoscan.data.decode import read_dicom_header, read_gray
 from pneumoscan.data.scope import BURNED_IN, NO_TAGS, describe
@@ -177,6 +177,15 @@ def test_each_reading_names_the_card_it_was_read_with(client: TestClient, tiny_b
         again, reading = restarted.get("/v1/model").json(), upload(restarted, xray).json()
     assert (again["id"], again["version"], again["threshold"]) == (info["id"], info["version"], info["threshold"])
     assert reading["card_digest"] == again["card_digest"] != digest
+
+
+def test_each_reading_names_the_sha256_of_the_bytes_it_read(client: TestClient, xray: bytes, data_root: Path
+                                                            ) -> None:
+    """A page opened over plain HTTP from another computer has no digest of its own (crypto.subtle): it knows a film
+    dropped again after a reload by the SHA-256 of the bytes the service read, which each reading names."""
+    other = sorted((data_root / "train" / "NORMAL").glob("*.jpeg"))[0].read_bytes()
+    readings = [upload(client, film).json() for film in (xray, other)]
+    assert [r["film_sha256"] for r in readings] == [bytes_sha256(xray), bytes_sha256(other)]
 
 
 def test_openapi_schema_documents_the_api(client: TestClient) -> None:

@@ -68,6 +68,9 @@ class Prediction(StageResult):
     card_digest: str = Field(description="the card_digest of the /v1/model answer of the service that read the film: "
                              "a reading whose card_digest is not that of the card a client holds was read by another "
                              "model, threshold or card (the service restarted with another bundle)")
+    film_sha256: str = Field(description="sha256:HEX of the film's bytes as the service received them: which file "
+                             "this reading is of (the web page knows a film dropped again by it where the browser "
+                             "gives it no digest of its own, over plain HTTP from another computer)")
 
 
 class ErrorBody(BaseModel):

@@ -400,6 +400,9 @@ class Service:
         try:
             # the film and its warnings, UIDs and facts, from one read of it
             image, described, header = await decoded(decode_described, main.card.spec.decode_target, dicom)
+            # which bytes were read (hashed off the loop): the page's proof of a film where the browser has none
+            digest = await asyncio.to_thread(bytes_sha256, data)
+            identity = {"card_digest": self.card.card_digest, "film_sha256": digest}
             film, unlike = await self._in_lane(gone, self.decode_slots, self.decoders, self._prepared, main, image)
             scope = stages.scoped(described, unlike)  # all the warnings, in_scope, the model's identity
             if format != "json" and "study_instance_uid" not in scope:  # an SR is filed in the film's study, and an
@@ -440,7 +443,7 @@ class Service:
             raise Rejected(500, HEATMAP_FAILED_SR.format(type(failed).__name__), kind="heatmap_failed")
         if failed is not None:  # the reading as the JSON answer gives it, beside the refusal of its heatmap
             self._count(result, scope, second_result)
-            alone = Prediction(**reading, etiology=second_result, card_digest=self.card.card_digest)
+            alone = Prediction(**reading, etiology=second_result, **identity)
             raise Rejected(500, HEATMAP_FAILED.format(type(failed).__name__), kind="heatmap_failed",
                            reading=alone.model_dump())
         if format != "json":  # a report filed apart from the service states the model's caveats (said at its start)
@@ -450,7 +453,7 @@ class Service:
         else:
             film = png_data_url(panel_png(shown)) if shown is not None else None
             body = Prediction(**reading, etiology=second_result, heatmap=png_data_url(png) if png else None,
-                              image=film, card_digest=self.card.card_digest)
+                              image=film, **identity)
             answer = JSONResponse(body.model_dump(), headers={"Cache-Control": "no-store"})
         self._count(result, scope, second_result)
         return answer

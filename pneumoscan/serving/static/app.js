@@ -37,9 +37,10 @@ const CLASS_FIELD = "probability_";  // + a class: its probability's CSV column,
 
 // viewed: whether the reader has had the film's reading on screen by choice (Show, Previous or Next film) or left at
 // the end of its batch, not only passed by as the batch was read; window: the window it was last drawn at (keepWindow);
-// frame: its zoom and pan (loadFilm); sha256: the SHA-256 of its file's bytes, which proves a film dropped again after
-// a reload to be the one a kept reading is of (keepSession); file: null for a film kept through a reload, whose
-// pixels the tab does not keep
+// frame: its zoom and pan (loadFilm); sha256: the SHA-256 of its file's bytes (sha256Of, or the service's:
+// servicesDigest), which proves a film dropped again after a reload to be the one a kept reading is of
+// (keepSession), null where none was had; file: null for a film kept through a reload, whose pixels the tab does
+// not keep
 const films = [];  // {id, name, file, sha256, dicom, format, shown, status, result, error, readWith, cam, viewed,
 //                     window, frame}
 let current = null;
@@ -1232,8 +1233,8 @@ function check(file) {
 // reload is of (its name does not: two films of two patients may both be IM0001). The SHA-256 of the SHA-256s of its
 // slices in turn: the whole file read at once was held in the page's memory twice (the digest copies its input), where
 // the upload sends it from the file: 210 MB more at the peak for a 100 MB DICOM, 4 MB without it. null where the
-// browser offers no digest (a page served over plain HTTP from another machine): no kept reading is then taken for
-// any film.
+// browser offers no digest (a page served over plain HTTP from another machine: the service's is taken then,
+// servicesDigest) or cannot read the file.
 const HASHED_SLICE = 4 * 2 ** 20;
 
 async function sha256Of(file) {
@@ -1271,6 +1272,21 @@ async function* slicesOf(file) {
     }
     if (filled) yield new Uint8Array(buffer, 0, filled);  // digested (copied) before the next read
   }
+}
+
+// The SHA-256 of the bytes the service read, which its reading names (sha256:HEX), for a page that has no digest of
+// its own: never equal to one of the page's (the SHA-256 of its slices' SHA-256s, bare hex), so a session proved one
+// way is never matched the other. null where the answer names none that is one (a service older than film_sha256).
+function servicesDigest(result) {
+  const digest = result.film_sha256;
+  return typeof digest === "string" && /^sha256:[0-9a-f]{64}$/.test(digest) ? digest : null;
+}
+
+// Why no digest could be had of a film (film.sha256 null): said, as a film dropped again then can be matched to no
+// film kept through a reload, and is listed as new
+function noDigest() {
+  return crypto.subtle ? "the browser could not read its file" : "it was not read by the service, and a page " +
+    "opened over plain HTTP from another computer cannot fingerprint a film itself";
 }
 
 // A film dropped again after a reload takes the place of the film kept without its pixels whose bytes it has (the same
@@ -1313,6 +1329,10 @@ async function analyseBatch(batch) {
     takeOver(film);
     let body = problem ? { ok: false, error: problem } : await post(film.file, film.shown ? "" : "image=true");
     if (!films.includes(film)) return;  // the session was cleared while the film was read
+    if (!film.sha256 && body.ok) {  // no digest of the page's own (plain HTTP): the service's, of what it read
+      film.sha256 = servicesDigest(body.result);
+      takeOver(film);
+    }
     // no card at all: the reading is shown without one (no band, no heatmap), as when the card could not load
     if (body.ok && cardDigest !== null && !ofTheCard(body.result)) body = await withItsCard(body.result);
     film.status = body.ok ? "done" : body.unread ? "unread" : "rejected";
@@ -1777,14 +1797,26 @@ function restoreSession() {
 // What the session kept through a reload holds and lacks (the films to drop again, by name), and the readings of
 // another card than the one on the page (the service restarted with another model since they were made): those are
 // not shown as this model's, and the reader may save them (their CSV names the model of each) or clear them.
+// A film of which no digest was had (sha256 null) is matched to none: said of those kept and of those dropped while
+// kept films wait, never listed as new unsaid.
 function sessionNotice() {
-  const unseen = films.filter((film) => !film.file).map((film) => film.name);
-  const kept = unseen.length ? `Kept from before the page was reloaded: the readings of ${unseen.length} ` +
-    `film${unseen.length === 1 ? "" : "s"}, not the films themselves. To see a film again, drop it again: ` +
-    `${unseen.join(", ")}.` : "";
+  const unseen = films.filter((film) => !film.file);
+  const named = (list) => list.map((film) => film.name).join(", ");
+  const asNew = (list) => (list.length === 1 ? "a new film" : "new films");
+  const its = (list) => (list.length === 1 ? "its" : "their");
+  const proved = unseen.filter((film) => film.sha256), unproved = unseen.filter((film) => !film.sha256);
+  const kept = unseen.length ? [`Kept from before the page was reloaded: the readings of ${unseen.length} ` +
+    `film${unseen.length === 1 ? "" : "s"}, not the films themselves.`,
+  proved.length ? `To see a film again, drop it again: ${named(proved)}.` : "",
+  unproved.length ? `Dropped again, ${named(unproved)} ${unproved.length === 1 ? "is" : "are"} listed as ` +
+    `${asNew(unproved)}: no fingerprint of ${its(unproved)} bytes could be had when ` +
+    `${unproved.length === 1 ? "it was" : "they were"} dropped (${noDigest()}).` : ""].filter(Boolean).join(" ") : "";
+  const unmatched = unseen.length ? films.filter((film) => film.file && !film.sha256 && film.status !== "waiting") : [];
+  const apart = unmatched.length ? "Not matched to a film kept from before the reload, since no fingerprint of " +
+    `${its(unmatched)} bytes could be had (${noDigest()}): ${named(unmatched)}; listed as ${asNew(unmatched)}.` : "";
   const unkept = sessionUnkept ? "This session is too large to be kept through a reload in this browser: export " +
     "it as CSV before reloading the page." : "";
-  $("session-kept").textContent = [kept, unkept].filter(Boolean).join(" ");
+  $("session-kept").textContent = [kept, apart, unkept].filter(Boolean).join(" ");
   $("session-kept").hidden = !kept && !unkept;
   const others = cardDigest === null ? [] : films.filter((film) => film.result && !ofTheCard(film.result));
   const models = [...new Set(others.map((film) => modelOf(film.result)))].filter((model) => model !== cardModel);
