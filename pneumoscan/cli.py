@@ -569,7 +569,8 @@ def _say_unreadable(rows: list[dict]) -> list[dict]:
 
 def cmd_pacs(args: argparse.Namespace) -> int:
     from pneumoscan.evaluation.model_card import say_stale_model_cards
-    from pneumoscan.interop.dicomweb import Connection, predict_study, read_authorization, unfiled
+    from pneumoscan.interop.dicomweb import Connection, predict_study, read_authorization
+    from pneumoscan.interop.study import unfiled
     from pneumoscan.inference.predict import format_results
 
     results = ResultsTarget.check(args.out, ("json",))  # before the PACS is asked anything

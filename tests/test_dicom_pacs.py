@@ -21,7 +21,8 @@ from pneumoscan.data.decode import read_gray
 from pneumoscan.data.pixels import DecodeError
 from pneumoscan.data.readers.dicom import FOR_PROCESSING
 from pneumoscan.inference.predict import predict_paths
-from pneumoscan.interop.dicomweb import _FIELDS, _not_scored, _recorded, _session, predict_study
+from pneumoscan.interop.dicomweb import _FIELDS, _recorded, _session, predict_study
+from pneumoscan.interop.study import not_scored
 from tests.builders import SCORE_TOL
 from tests.test_interop import _wado_answer, chest_dicom, hostile_front, running_orthanc
 
@@ -140,7 +141,7 @@ def test_the_search_answer_and_the_films_header_are_judged_for_processing_by_one
     """What the search answer says keeps an image For Processing from being retrieved, and what its header says
     refuses it once read: the same rule on the same fields, so that neither lets through what the other stops."""
     data, for_processing = chest_dicom(film, **HEADERS[case]), case != "DX For Presentation"
-    why = _not_scored(_recorded(search_answer(data)))
+    why = not_scored(_recorded(search_answer(data)))
     assert (why is not None and why.endswith(f": {FOR_PROCESSING}")) == for_processing
     if for_processing:
         with pytest.raises(DecodeError, match=f"^an X-ray image For Processing: {FOR_PROCESSING}$"):
@@ -154,7 +155,7 @@ def test_a_malformed_class_or_intent_in_the_search_answer_leaves_the_decision_to
         film: np.ndarray, tag: str) -> None:  # fmt: skip
     """A field that is no DICOM JSON object ended `pacs` in an AttributeError traceback before any film was read."""
     answer = {**search_answer(chest_dicom(film)), tag: "FOR PROCESSING"}
-    assert _not_scored(_recorded(answer)) is None  # retrieved: its own header decides
+    assert not_scored(_recorded(answer)) is None  # retrieved: its own header decides
 
 
 @pytest.mark.parametrize(("host", "warned"), [

@@ -60,10 +60,11 @@ from pneumoscan.inference.explain import MAX_PANEL
 from pneumoscan.inference.export import write_onnx_spec
 from pneumoscan.inference.onnx_runtime import weights_digest
 from pneumoscan.inference.predict import format_results, identity_fields, predict_paths
-from pneumoscan.interop.dicomweb import (AUTH_ENV, Connection, _answer, _not_scored, _only_part, _post, _read_back,
-                                         _recorded, _session, _stored, _withdrawn, read_authorization, unfiled)
+from pneumoscan.interop.dicomweb import (AUTH_ENV, Connection, _answer, _only_part, _post, _read_back, _recorded,
+                                         _session, _stored, _withdrawn, read_authorization)
 from pneumoscan.interop.fhir import CODE_SYSTEM, build_observation, observation_json
 from pneumoscan.interop.reports import dicom_multipart, write_reports
+from pneumoscan.interop.study import not_scored, unfiled
 from pneumoscan.interop.sr import DISCLAIMER, build_heatmap_sc, build_sr, finding_mode, report_files
 from pneumoscan.interop.uids import UID_ROOT_ENV, derived_uid, film_identity
 from pneumoscan.models.card import ONNX_NAME, load_card, save_card
@@ -2636,9 +2637,9 @@ def test_a_malformed_view_in_the_search_answer_leaves_the_decision_to_the_films_
     """It ended `pacs` in a TypeError or KeyError traceback before any film was read."""
     dx = {"00080060": {"vr": "CS", "Value": ["DX"]}}
     # retrieved; its own header's scope warnings then apply
-    assert _not_scored(_recorded({**dx, "00185101": field})) is None
+    assert not_scored(_recorded({**dx, "00185101": field})) is None
     lateral = _recorded({**dx, "00185101": {"vr": "CS", "Value": ["LL"]}})
-    assert _not_scored(lateral).startswith("lateral view (LL)")
+    assert not_scored(lateral).startswith("lateral view (LL)")
 
 
 def test_the_pacs_credential_from_the_environment_is_read_as_serve_reads_its_key(

@@ -30,7 +30,7 @@ from pneumoscan import cli
 from pneumoscan.data.decode import read_gray
 from pneumoscan.data.scope import NOT_SHOWN, describe, scope_warnings
 from pneumoscan.inference.predict import Predictor
-from pneumoscan.interop.dicomweb import _not_scored
+from pneumoscan.interop.study import not_scored
 from pneumoscan.serving.app import create_app
 from pneumoscan.serving.guard import Access, Guard
 from tests.builders import dicom_bytes
@@ -132,14 +132,14 @@ def test_a_coded_element_holding_free_text_is_named_by_its_keyword_never_repeate
     assert (facts["modality"], facts["view"]) == (NOT_SHOWN, NOT_SHOWN)
     answer = Dataset()
     answer.Modality, answer.BodyPartExamined = typed["Modality"], typed["BodyPartExamined"]
-    form = _not_scored(answer)
+    form = not_scored(answer)
     answer.Modality = "DX"
     code = Dataset()
     code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "99", "99LOCAL", "Quenby Marta"
     coded = Dataset()
     coded.ViewCodeSequence = [code]
     texts = {"results": out.read_text(), "log": caplog.text, "stderr": capsys.readouterr().err, "facts": str(facts),
-             "pacs": f"{form} {_not_scored(answer)}", "view code": str(scope_warnings(coded, 500, 500))}
+             "pacs": f"{form} {not_scored(answer)}", "view code": str(scope_warnings(coded, 500, 500))}
     assert texts["pacs"].startswith(f"Modality {NOT_SHOWN}, SOP class not given") and NOT_SHOWN in texts["view code"]
     assert {where: [s for s in secrets if s in text.upper()] for where, text in texts.items()} == dict.fromkeys(
         texts, [])

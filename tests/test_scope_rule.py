@@ -20,7 +20,8 @@ import pneumoscan.data.scope as scope
 from pneumoscan.data.appearance import Appearance
 from pneumoscan.data.scope import (KINDS, WarningKind, describe, film_facts, in_scope, kind_of, outside_scope,
                                    scope_warnings)
-from pneumoscan.interop.dicomweb import _not_scored, _recorded
+from pneumoscan.interop.dicomweb import _recorded
+from pneumoscan.interop.study import not_scored
 from pneumoscan.interop.sr import check_result
 from tests.test_scope_conflicts import header, view_code
 
@@ -165,7 +166,7 @@ def test_a_pacs_search_answer_that_records_another_body_part_or_view_is_not_scor
     """What the search answer records of the body part and view decides as the film's own header would."""
     ds = header(**HEADERS[case][0])
     item = Dataset({e.tag: e for e in ds if e.keyword in ("Modality", "BodyPartExamined", "ViewPosition")})
-    why = _not_scored(_recorded(item.to_json_dict()))
+    why = not_scored(_recorded(item.to_json_dict()))
     assert why and why == "; ".join(w for w, _ in outside_scope(scope_warnings(ds, 224, 224)))
 
 

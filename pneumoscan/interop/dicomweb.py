@@ -1,7 +1,7 @@
 """``pneumoscan pacs``: read a study's films from a PACS over DICOMweb, score them, and store the results back.
 
 QIDO-RS finds the study's instances, WADO-RS retrieves the radiographs among them (decided from the QIDO answer, so
-a CT series is never downloaded), :func:`~pneumoscan.inference.predict.predict_paths` scores them (scope warnings
+a CT series is never downloaded), :func:`~pneumoscan.interop.study.score_films` scores them (scope warnings
 and UIDs included), and with ``store`` STOW-RS sends each film's DICOM SR (and its Grad-CAM Secondary Capture when
 heatmaps are asked) into the same study. Any other image in the study (a scanned form, a dose screen) gets a row
 saying why it was not scored, and no report. Only what the PACS's answer lists as stored is recorded as stored: a
@@ -53,11 +53,10 @@ from pneumoscan.core.network import is_loopback
 from pneumoscan.core.options import PACS_FILM_S, PACS_READ_S
 from pneumoscan.core.secrets import check_client_cert, read_secret
 from pneumoscan.data.pixels import MAX_DECODED_BYTES
-from pneumoscan.data.readers.dicom import FOR_PROCESSING, for_processing, is_own_output, read_dataset
-from pneumoscan.data.scope import (MIN_SIDE, MODALITIES, RADIOGRAPH_CLASSES, RADIOGRAPHY, defined_term, kind_of,
-                                   outside_scope, scope_warnings)
-from pneumoscan.inference.predict import predict_paths
-from .reports import check_reportable, dicom_multipart, write_reports
+from pneumoscan.data.readers.dicom import is_own_output, read_dataset
+from .reports import check_reportable, dicom_multipart
+from .study import (FAILURES, MADE, WARNINGS, not_scored, one_patient, score_films, status_words, study_rows,
+                    valid_uid)
 
 log = logging.getLogger(__name__)
 # one film's WADO-RS answer: a film whose pixels decode to more than MAX_DECODED_BYTES is refused by the decoder,
@@ -105,13 +104,6 @@ _PATIENT = ("00100020", "00100021")  # PatientID, IssuerOfPatientID: whose each 
 REJECTIONS = {c.value: c.meaning for c in (
     codes.DCM.RejectedForQualityReasons, codes.DCM.RejectedForPatientSafetyReasons,
     codes.DCM.IncorrectModalityWorklistEntry, codes.DCM.DataRetentionPolicyExpired)}
-_MADE = {"dicom_sr": "DICOM SR", "dicom_heatmap": "Grad-CAM Secondary Capture"}  # what write_reports made, by key
-# STOW-RS status codes (PS3.18 table I.2-1 and I.2-2), in words; another is given in hex only
-_FAILURES = {0x0110: "processing failure", 0x0122: "SOP class not supported", 0x0124: "not authorized",
-             0xA700: "out of resources", 0xA900: "data set does not match SOP class", 0xC000: "cannot understand",
-             0xC122: "transfer syntax not supported"}  # fmt: skip
-_WARNINGS = {0xB000: "coercion of data elements", 0xB006: "elements discarded",
-             0xB007: "data set does not match SOP class"}  # fmt: skip
 # the VRs whose values DICOM JSON writes as numbers, which the XML of a STOW-RS answer writes as text
 _NUMBERS = {**dict.fromkeys(("US", "UL", "SS", "SL", "UV", "SV"), int), **dict.fromkeys(("FL", "FD"), float)}
 
@@ -186,27 +178,9 @@ def _instances(session: requests.Session, root: str, study_uid: str) -> list[dic
 
 
 def _one_patient(found: list[dict]) -> None:
-    """Refuse a study whose instances the search answer gives to more than one patient (PatientID and its issuer):
-    a study is one patient's. A PACS keys its patients by id, so a film whose patient id was corrected, re-sent under
-    the same UIDs, leaves the study's other instances under the earlier id, pneumoscan's report of it among them: a
-    rerun filed a new report and exited 0, while the study held one in the earlier patient's record, and a film
-    filed under the wrong patient would get a report there too. Each patient's instances are named by UID, the
-    patients numbered in the order of their UIDs; their ids are not shown. An instance the answer gives no PatientID
-    is not counted (a PACS may leave the field out)."""
-    patients: dict[tuple[str, ...], list[str]] = {}
-    for item in found:
-        patient = tuple(_value(item, tag).strip() for tag in _PATIENT)
-        if patient[0]:  # an answer without the id says nothing of whose the instance is
-            patients.setdefault(patient, []).append(_value(item, _SOP))
-    if len(patients) < 2:
-        return
-    named = "; ".join(f"patient {n}: " + ", ".join(uids[:5]) + (f" and {len(uids) - 5} more" if len(uids) > 5 else "")
-                      for n, uids in enumerate(sorted(sorted(group) for group in patients.values()), 1))
-    raise ValueError(f"the study's instances belong to {len(patients)} patients (by PatientID and its issuer, not "
-                     f"shown; {named}). A study is one patient's; a report filed "
-                     "in it would sit beside another patient's films, or one filed before a correction of the "
-                     "patient's id would stay in the earlier patient's record; have the PACS's administrator "
-                     "reconcile the study (its instances under the wrong patient moved or deleted) and run again")
+    """Refuse a study whose instances the search answer gives to more than one patient
+    (:func:`~pneumoscan.interop.study.one_patient`)."""
+    one_patient({_value(item, _SOP): tuple(_value(item, tag).strip() for tag in _PATIENT) for item in found})
 
 
 def _study_size(session: requests.Session, root: str, study_uid: str) -> float:
@@ -217,13 +191,6 @@ def _study_size(session: requests.Session, root: str, study_uid: str) -> float:
     counts = {_value(study, _COUNT) for study in studies}
     value = counts.pop() if len(counts) == 1 else ""  # none, or answers that disagree: no word to go by
     return int(value) if value.isdigit() else math.inf
-
-
-def _status(code: int | None, words: dict[int, str]) -> str:
-    """A STOW-RS status code in hex and, when known, in words: what a PACS's operator looks up."""
-    if code is None:
-        return "no reason given"
-    return f"0x{int(code):04X}" + (f": {words[code]}" if code in words else "")
 
 
 def _stored(answer: Dataset, sent: dict[str, str], row: dict, refusal: str | None = None,
@@ -242,9 +209,9 @@ def _stored(answer: Dataset, sent: dict[str, str], row: dict, refusal: str | Non
     for uid, what in sent.items():
         if uid in accepted and "WarningReason" in accepted[uid]:
             notes.append(f"the PACS stored the {what} {uid} with a warning "
-                         f"({_status(accepted[uid].get('WarningReason'), _WARNINGS)})")
+                         f"({status_words(accepted[uid].get('WarningReason'), WARNINGS)})")
         elif uid in failed:
-            because = "; ".join(filter(None, (_status(failed[uid].get("FailureReason"), _FAILURES), refusal)))
+            because = "; ".join(filter(None, (status_words(failed[uid].get("FailureReason"), FAILURES), refusal)))
             notes.append(f"the PACS refused the {what} {uid} ({because}): it is not stored")
         elif uid not in accepted and refusal is not None:
             notes.append(f"the PACS refused the {what} {uid} ({refusal}, no reason given): it is not stored")
@@ -390,30 +357,6 @@ def _recorded(item: dict) -> Dataset:
         except Exception:  # a malformed field: pydicom raises whatever its parsing meets
             log.debug("field %s of the search answer is malformed: left to the film's own header", tag)
     return recorded
-
-
-def _not_scored(recorded: Dataset) -> str | None:
-    """Why an instance of the QIDO-RS answer (as :func:`_recorded` reads it) is not scored, None when it is a
-    radiograph (Modality CR or DX, or the "DR" some devices write, or a CR/DX SOP class) that the answer does not
-    record as For Processing, another body part or a view that is not frontal. A scanned form, a dose screen or a CT
-    is no chest film, nor is the lateral film of a two-view study a frontal one: a coded finding on it would be a
-    confident answer the model cannot give (:func:`~pneumoscan.data.scope.outside_scope`; a PACS that leaves those
-    fields out of its answer has the film scored, and its report refused, by the same rule)."""
-    if (marked := for_processing(recorded)) is not None:  # the raw values of an exposure whose film is another image
-        return f"{marked}: {FOR_PROCESSING}"
-    modality = str(recorded.get("Modality") or "").strip().upper()
-    sop_class = str(recorded.get("SOPClassUID") or "").strip()
-    if modality not in RADIOGRAPHY and sop_class not in RADIOGRAPH_CLASSES:
-        # neither repeated unless a defined term or a UID: a PACS's answer may hold any text in either
-        kind = UID(sop_class).name if UID(sop_class).is_valid else "SOPClassUID not a valid UID" if sop_class else \
-            "SOP class not given"
-        said = defined_term(modality, MODALITIES) if modality else "not recorded"
-        return f"Modality {said}, {kind}: not a radiograph (CR/DX); the model reads chest X-ray films only"
-    # its body part and view alone: its modality and class are judged above (the "DR" some devices write included),
-    # and the rest is the film's own header's to judge; the size is not in the answer: given as large enough
-    header = Dataset({recorded[k].tag: recorded[k] for k in ("BodyPartExamined", "ViewPosition") if k in recorded})
-    warnings = scope_warnings(header, MIN_SIDE, MIN_SIDE)
-    return "; ".join(w for w, _ in outside_scope(warnings)) or None
 
 
 def _issued_reports(found: list[dict]) -> dict[str, Dataset]:
@@ -653,7 +596,7 @@ def _retrieved(session: _Session, study_uid: str, found: list[dict], root: str,
         if sop in withdrawn:
             entries.append({**row, "not_scored": withdrawn[sop]})
             continue
-        why = _not_scored(recorded)
+        why = not_scored(recorded)
         if why is not None:
             if _ROWS in item:  # an image: said, not scored; a report or key object is no image at all
                 log.info("not scored: %s: %s", where, why)
@@ -750,7 +693,7 @@ def _store(session: _Session, root: str, study_uid: str, row: dict, held: set[st
     as what it holds when the study held their UIDs before (``held``: :func:`_read_back`). A 4xx/5xx, or no answer
     at all (a read timeout, a connection reset: it may have stored them), is this film's only: it had ended the
     whole study in exit status 2, with no results, though earlier films' reports were stored."""
-    made = {_MADE[key]: Path(row.pop(key)).read_bytes() for key in _MADE if key in row}
+    made = {MADE[key]: Path(row.pop(key)).read_bytes() for key in MADE if key in row}
     if not made:
         return
     built = {}
@@ -775,12 +718,6 @@ def _store(session: _Session, root: str, study_uid: str, row: dict, held: set[st
     _read_back(session, root, study_uid, built, held, row)
 
 
-def _valid_uid(text: str) -> bool:
-    """Whether ``text`` is a valid DICOM UID as it stands (judged here, not warned of by pydicom in a UserWarning
-    quoting it; a UID with spaces around is none either)."""
-    return UID(text, validation_mode=pydicom.config.IGNORE).is_valid and text == text.strip()
-
-
 def _study_of(session: requests.Session, root: str, accession: str) -> str:
     """The StudyInstanceUID of the one study the PACS holds under ``accession`` (QIDO-RS): an order from the RIS or
     an HL7 message names a study by its accession number. None, or several (two sites' numbers may meet on one
@@ -791,10 +728,10 @@ def _study_of(session: requests.Session, root: str, accession: str) -> str:
     if not uids:
         raise ValueError("no study on the PACS carries the accession number given")
     if len(uids) > 1:
-        shown_uids = ", ".join(uid if _valid_uid(uid) else "(an invalid UID)" for uid in uids)
+        shown_uids = ", ".join(uid if valid_uid(uid) else "(an invalid UID)" for uid in uids)
         raise ValueError(f"{len(uids)} studies on the PACS carry the accession number given ({shown_uids}): give the "
                          "one to read with study_uid (--study)")
-    if not _valid_uid(uids[0]):
+    if not valid_uid(uids[0]):
         raise ValueError("the PACS's answer gives the study of the accession number given an invalid UID")
     return uids[0]
 
@@ -821,7 +758,7 @@ def predict_study(
         raise ValueError("accession (--accession) is blank, or holds a wildcard (* or ?), a backslash or a control "
                          "character, which QIDO-RS would match against other studies: give the accession number "
                          "itself")
-    if study_uid is not None and not _valid_uid(study_uid):
+    if study_uid is not None and not valid_uid(study_uid):
         raise ValueError(f"study_uid (--study) {study_uid!r} is not a valid DICOM UID (digits and dots, at most 64 "
                          "characters, no part with a leading zero, e.g. 1.2.840.113619.2.55.3): give the study's "
                          "StudyInstanceUID")
@@ -844,23 +781,13 @@ def predict_study(
             entries, sources = _retrieved(session, study_uid, found, root, films)
             if not entries:
                 raise ValueError(f"study {study_uid} holds no image instances to read")
-            scored = predict_paths(bundle, list(sources), backend=backend,
-                                   heatmap_dir=Path(tmp) / "heatmaps" if heatmaps else None) if sources else []
             held = {_value(item, _SOP) for item in found}
-            if store or fhir_dir is not None:
-                write_reports(scored, bundle, sr_dir=Path(tmp) / "sr" if store else None, fhir_dir=fhir_dir,
-                              backend=backend, issued=_issued_reports(found), held=held)
+            scored = score_films(bundle, sources, Path(tmp), backend, heatmaps, store, fhir_dir,
+                                 _issued_reports(found), held)
             if store:
                 for row in scored:
                     _store(session, root, study_uid, row, held)
-            for row in scored:
-                asked = sources[row["path"]]
-                row["path"] = asked["path"]
-                for key, value in asked.items():  # an error row, not decoded, has no UIDs of its own
-                    row.setdefault(key, value)
-                row.pop("heatmap", None)  # the temporary PNG is gone with the folder
-            by_path = {row["path"]: row for row in scored}
-            rows = [by_path[sources[e]["path"]] if isinstance(e, str) else e for e in entries]
+            rows = study_rows(entries, sources, scored)
     except requests.RequestException as e:  # unreachable, refused, a QIDO-RS 4xx/5xx: one line, not a traceback
         given = authorization is not None or "@" in urlsplit(url).netloc
         raise OSError(f"DICOMweb at {root}: {_failure(e, given, connection)}") from None
@@ -912,20 +839,3 @@ def _failure(e: requests.RequestException, credentials: bool, connection: Connec
     if isinstance(e, requests.Timeout):
         return f"no answer {_too_slow(e, connection)} (default {PACS_READ_S})"
     return str(e)
-
-
-def unfiled(rows: Sequence[dict]) -> list[tuple[dict, str]]:
-    """The scored films of a :func:`predict_study` run with ``store`` whose reports the PACS does not hold, each with
-    a line saying so (names escaped: a PACS may hold any bytes): reports it refused or did not confirm
-    (``not_stored``), or none filed, since none could be made (the row's warnings of its reports say why; its scope
-    warnings are in the results). Such a film fails the run, not a footnote: its reading reached no one who reads the
-    study in the PACS."""
-    failed = []
-    for row in rows:
-        if "probability" not in row or (row.get("stored") and not row.get("not_stored")):
-            continue
-        refused = row.get("not_stored")
-        what = f"not stored: {len(refused)} report(s) of" if refused else "no report filed for"
-        why = [w for w in row.get("warnings") or [] if kind_of(w) is None]  # the reports' and the PACS's, not scope
-        failed.append((row, f"{what} {shown(row['path'])}: {shown('; '.join(why))}"))
-    return failed
