@@ -241,7 +241,8 @@ def _not_a_bundle(out: str) -> None:
 # the commands whose first argument is a bundle: the argument that follows it and its name in the usage (None:
 # nothing follows)
 BUNDLE_FIRST = {"evaluate": ("data", "DATA"), "threshold": ("data", "DATA"), "predict": ("paths", "FILMS"),
-                "serve": None, "pacs": None, "export": None}
+                "serve": None, "pacs": None, "listen": None,
+                "export": None}
 
 
 def _bundle_first(args: argparse.Namespace, extra: Sequence[str] = ()) -> None:
@@ -592,6 +593,27 @@ def cmd_pacs(args: argparse.Namespace) -> int:
     return 1 if failed or unstored else 0
 
 
+def cmd_listen(args: argparse.Namespace) -> int:
+    try:
+        from pneumoscan.interop.dimse import Destination, Listener
+    except ModuleNotFoundError as e:
+        if e.name != "pynetdicom":
+            raise
+        raise ValueError("listen needs pynetdicom: pip install 'pneumoscan[dimse]'") from None
+
+    allow = [title for given in args.allow or () for title in given.split(",") if title.strip()]
+    # the films received are held here, private, until their study is done; all of it deleted when stopped
+    with tempfile.TemporaryDirectory(prefix="pneumoscan-listen-", ignore_cleanup_errors=True) as work:
+        listener = Listener(args.bundle, args.ae_title, Destination.parse(args.store_to), Path(work), allow,
+                            backend=args.backend, heatmaps=args.heatmaps)
+        server = listener.start(args.host, args.port)
+        try:
+            threading.Event().wait()  # until Ctrl-C or SIGTERM: each association is served in a thread of its own
+        finally:
+            server.shutdown()
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from pneumoscan.core.metrics import format_figure
     from pneumoscan.inference.export import export_onnx
@@ -715,6 +737,18 @@ def _field(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("no field given (an empty value: is the variable that names it set?)")
     return text.strip()
+
+
+def _named(what: str) -> Callable[[str], str]:
+    """An argparse type for a name (``listen``'s AE titles and destination): an empty one, as an unset variable gives
+    it, is refused naming its option; what a name must be is the library's to check."""
+
+    def parse(text: str) -> str:
+        if not text.strip():
+            raise argparse.ArgumentTypeError(f"no {what} given (an empty value: is the variable that names it set?)")
+        return text
+
+    return parse
 
 
 _bundle = _path("bundle")
@@ -1114,6 +1148,21 @@ def _pacs_args(p: argparse.ArgumentParser) -> None:
                    help=f"how long one film's whole retrieval may take (default {PACS_FILM_S})")
 
 
+def _listen_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("bundle", help="a pneumonia (or multiclass) bundle")
+    p.add_argument("--store-to", required=True, type=_named("destination"), metavar="AET@HOST:PORT",
+                   help="the AE each film's DICOM SR is sent to with C-STORE, e.g. PACS@pacs.hospital.example:104")
+    p.add_argument("--ae-title", default="PNEUMOSCAN", type=_named("AE title"),
+                   help="this listener's AE title: associations addressed to another are rejected (default PNEUMOSCAN)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="interface to listen on (default 127.0.0.1: loopback only; 0.0.0.0 for the hospital network)")
+    p.add_argument("--port", type=_port, default=11112, help="TCP port (default 11112)")
+    p.add_argument("--allow", action="append", type=_named("AE title"), metavar="AET[,AET]",
+                   help="calling AE titles accepted (repeatable); others are rejected at association (default: any)")
+    p.add_argument("--heatmaps", action="store_true", help="also send the Grad-CAM Secondary Captures")
+    _choice(p, "--backend", BACKENDS, "backend", default="onnx", help="as predict --backend (default onnx)")
+
+
 def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundle", help="bundle folder")
     p.add_argument("--out", type=_file,
@@ -1165,6 +1214,8 @@ COMMANDS: tuple[
     ("serve", "HTTP API (/v1/predict, /v1/model, /healthz, /openapi.json) and web page at /", _serve_args, cmd_serve),
     ("predict", "probabilities and labels for image files and folders (CSV/JSON)", _predict_args, cmd_predict),
     ("pacs", "score a study's films from a PACS over DICOMweb; --store sends the SRs back", _pacs_args, cmd_pacs),
+    ("listen", "a DICOM listener (C-STORE SCP): scores each study sent to it and C-STOREs the SRs to --store-to",
+     _listen_args, cmd_listen),
     ("export", "export a bundle's model as ONNX, with its preprocessing spec beside it", _export_args, cmd_export),
     ("card", "print a bundle's MODEL_CARD.md as its card (bundle.json) says it; --write rewrites the file",
      _card_args, cmd_card),

@@ -1,0 +1,261 @@
+"""``pneumoscan listen``, the DICOM listener, with real components: films sent by a pynetdicom SCU, the listener on a
+free port, and a pynetdicom C-STORE SCP as the destination its reports go to."""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import (ComprehensiveSRStorage, CTImageStorage, DigitalXRayImageStorageForPresentation,
+                         ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid)
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import Verification
+
+from pneumoscan import cli
+from pneumoscan.data.decode import read_gray
+from pneumoscan.inference.predict import predict_paths
+from pneumoscan.interop import dimse
+from pneumoscan.interop.dimse import Destination, Listener
+from pneumoscan.interop.reports import write_reports
+from tests.builders import SCORE_TOL
+from tests.test_interop import NAME, PATIENT_ID, chest_dicom
+
+WAIT_S = 60.0  # the longest a study's scoring and sending may take here
+
+
+@pytest.fixture(scope="module")
+def film(data_root: Path) -> np.ndarray:
+    """A real training film (224 x 224) as 12-bit values."""
+    return read_gray(sorted((data_root / "train" / "PNEUMONIA").glob("*.jpeg"))[0]).astype(np.uint16) * 16
+
+
+class Destination_SCP:
+    """A C-STORE SCP that keeps what it is sent, answering each with ``status``."""
+
+    def __init__(self, status: int = 0x0000) -> None:
+        self.received: list[Dataset] = []
+        ae = AE(ae_title="DEST")
+        for sop_class in (ComprehensiveSRStorage, SecondaryCaptureImageStorage):
+            ae.add_supported_context(sop_class, ExplicitVRLittleEndian)
+        self.server = ae.start_server(("127.0.0.1", 0), block=False,
+                                      evt_handlers=[(evt.EVT_C_STORE, self._store)])
+        self.port = self.server.server_address[1]
+        self.status = status
+
+    def _store(self, event: evt.Event) -> int:
+        ds = event.dataset
+        ds.file_meta = event.file_meta
+        self.received.append(ds)
+        return self.status
+
+
+@pytest.fixture
+def destination() -> Iterator[Destination_SCP]:
+    scp = Destination_SCP()
+    yield scp
+    scp.server.shutdown()
+
+
+@pytest.fixture
+def listen(tiny_bundle: Path, tmp_path: Path) -> Iterator[Callable[..., int]]:
+    """Start a listener on a free port (its keyword arguments as Listener takes them), its port returned; the films
+    it held are checked to be gone once it is done."""
+    servers = []
+    (work := tmp_path / "listener").mkdir()
+
+    def start(port: int, **options: object) -> int:
+        listener = Listener(tiny_bundle, "PNEUMOSCAN", Destination("DEST", "127.0.0.1", port), work,
+                            backend="torch", **options)
+        servers.append(server := listener.start("127.0.0.1", 0))
+        return server.server_address[1]
+
+    yield start
+    for server in servers:
+        server.shutdown()
+    assert not list(work.iterdir())  # each association's folder deleted with its films once its studies were done
+
+
+def send(port: int, films: list[bytes], calling: str = "MODALITY") -> list[int]:
+    """C-STORE ``films`` in one association, released; each one's status."""
+    datasets = [pydicom.dcmread(io.BytesIO(data)) for data in films]
+    ae = AE(ae_title=calling)
+    for sop_class in {str(ds.SOPClassUID) for ds in datasets}:
+        ae.add_requested_context(sop_class, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", port, ae_title="PNEUMOSCAN")
+    assert assoc.is_established
+    statuses = [int(assoc.send_c_store(ds).Status) for ds in datasets]
+    assoc.release()
+    return statuses
+
+
+def wait_for(done: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not done():
+        assert time.monotonic() < deadline, "the listener did not finish in time"
+        time.sleep(0.05)
+
+
+def test_studies_sent_in_one_association_get_the_srs_pacs_builds_and_faults_get_its_rows(
+    listen: Callable[..., int], destination: Destination_SCP, tiny_bundle: Path, film: np.ndarray, tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Three studies in one association: a DX film, a lateral film (by its orientation alone) and a scanned form
+    (Secondary Capture, Modality OT) in one, a film that cannot be decoded (two frames) in another, two patients'
+    films in the third. The film's SR reaches the destination, the same SR (UIDs, finding, references) that predict
+    --dicom-sr and pacs --store build of it; the lateral film is scored and gets no report, the form is not scored,
+    the two-frame film is unreadable and the study of two patients is refused, each logged with its study and UIDs,
+    as pacs says them; no patient name or id is logged."""
+    caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="pneumoscan")
+    study, other, shared = generate_uid(), generate_uid(), generate_uid()
+    films = {"film": chest_dicom(film, StudyInstanceUID=study, SOPClassUID=DigitalXRayImageStorageForPresentation),
+             "lateral": chest_dicom(film, StudyInstanceUID=study, ViewPosition=None, PatientOrientation=["A", "F"]),
+             "form": chest_dicom(film, StudyInstanceUID=study, Modality="OT"),
+             "frames": chest_dicom(np.stack([film, film]), StudyInstanceUID=other, NumberOfFrames=2),
+             "first": chest_dicom(film, StudyInstanceUID=shared),
+             "second": chest_dicom(film, StudyInstanceUID=shared, PatientID="ANOTHER-1")}
+    port = listen(destination.port)
+    assert send(port, list(films.values())) == [0] * 6
+    wait_for(lambda: sum("reports of" in r.getMessage() or "belong to 2 patients" in r.getMessage()
+                         for r in caplog.records) == 3)
+    [sr] = destination.received
+    # what predict --dicom-sr (and pacs --store, through the same score_films) builds of the same film
+    (tmp_path / "film.dcm").write_bytes(films["film"])
+    rows = predict_paths(tiny_bundle, [tmp_path / "film.dcm"], backend="torch")
+    write_reports(rows, tiny_bundle, sr_dir=tmp_path / "sr", backend="torch")
+    expected = pydicom.dcmread(rows[0]["dicom_sr"])
+    for keyword in ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "SOPClassUID", "PatientID"):
+        assert sr[keyword].value == expected[keyword].value
+    assert sr.CurrentRequestedProcedureEvidenceSequence[0].to_json_dict() == \
+        expected.CurrentRequestedProcedureEvidenceSequence[0].to_json_dict()
+    assert _finding(sr) == _finding(expected)
+    assert abs(_probability(sr) - _probability(expected)) <= SCORE_TOL
+    log = caplog.text
+    uid = {name: str(pydicom.dcmread(io.BytesIO(data)).SOPInstanceUID) for name, data in films.items()}
+    assert f"study {study}: not scored: {uid['form']}: Modality OT" in log
+    assert f"study {study}: no report filed for {uid['lateral']}: no DICOM SR written: not a frontal chest radiograph" \
+        in log
+    assert f"study {other}: unreadable: {uid['frames']}: multi-frame DICOM (2 frames)" in log
+    assert f"study {study}: 2 scored, 1 not scored, 0 unreadable; reports of 1 of 2 films stored" in log
+    assert f"study {other}: 0 scored, 0 not scored, 1 unreadable" in log
+    assert f"study {shared}: not scored: the study's instances belong to 2 patients" in log
+    for secret in (NAME, "Doe", PATIENT_ID):
+        assert secret not in log
+
+
+def _finding(sr: Dataset) -> list[tuple[str, str]]:
+    """The coded items of an SR's content tree: its finding, in codes."""
+    found = []
+
+    def walk(items: list[Dataset]) -> None:
+        for item in items:
+            if item.ValueType == "CODE":
+                found.append((item.ConceptNameCodeSequence[0].CodeValue, item.ConceptCodeSequence[0].CodeValue))
+            walk(item.get("ContentSequence", []))
+
+    walk(sr.ContentSequence)
+    return found
+
+
+def _probability(sr: Dataset) -> float:
+    """The SR's first numeric measurement: the probability."""
+    def walk(items: list[Dataset]) -> Iterator[float]:
+        for item in items:
+            if item.ValueType == "NUM":
+                yield float(item.MeasuredValueSequence[0].NumericValue)
+            yield from walk(item.get("ContentSequence", []))
+
+    return next(walk(sr.ContentSequence))
+
+
+def test_a_caller_not_allowed_is_rejected_and_a_class_not_handled_is_refused_at_negotiation(
+    listen: Callable[..., int], destination: Destination_SCP
+) -> None:
+    """--allow: another calling AE title is rejected at association; an allowed one is answered C-ECHO, and a CT
+    image's presentation context is refused while a DX film's is accepted."""
+    port = listen(destination.port, allow=["MODALITY"])
+    ae = AE(ae_title="INTRUDER")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", port, ae_title="PNEUMOSCAN")
+    assert assoc.is_rejected
+    ae = AE(ae_title="MODALITY")
+    for sop_class in (Verification, CTImageStorage, DigitalXRayImageStorageForPresentation):
+        ae.add_requested_context(sop_class)
+    assoc = ae.associate("127.0.0.1", port, ae_title="PNEUMOSCAN")
+    assert assoc.is_established
+    assert int(assoc.send_c_echo().Status) == 0
+    accepted = {str(c.abstract_syntax) for c in assoc.accepted_contexts}
+    assert accepted == {Verification, DigitalXRayImageStorageForPresentation}
+    assoc.release()
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(Verification)
+    assert ae.associate("127.0.0.1", port, ae_title="ANOTHER").is_rejected  # addressed to another AE title
+
+
+def test_listen_refuses_a_destination_or_ae_title_it_cannot_use_before_listening(
+    tiny_bundle: Path, capsys: pytest.CaptureFixture
+) -> None:
+    for args, said in ((["--store-to", "PACS@pacs.example"], "is not AET@HOST:PORT"),
+                       (["--store-to", "PACS@pacs.example:104", "--ae-title", "A_TITLE_OF_17_CHR"], "not an AE title"),
+                       (["--store-to", "PACS@pacs.example:104", "--allow", "ok,back\\slash"], "not an AE title")):
+        assert cli.main(["listen", str(tiny_bundle), "--port", "0", *args]) == 2
+        assert said in capsys.readouterr().err
+
+
+def test_an_association_aborted_leaves_its_films_unscored_and_gone(
+    listen: Callable[..., int], destination: Destination_SCP, film: np.ndarray, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The sender aborts after a film: the film is not scored (the sender did not finish), a warning names its study,
+    and its folder is deleted (the fixture checks)."""
+    caplog.set_level(logging.INFO, logger="pneumoscan")
+    port = listen(destination.port)
+    study = generate_uid()
+    ds = pydicom.dcmread(io.BytesIO(chest_dicom(film, StudyInstanceUID=study)))
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(ds.SOPClassUID, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", port, ae_title="PNEUMOSCAN")
+    assert int(assoc.send_c_store(ds).Status) == 0
+    assoc.abort()
+    wait_for(lambda: "aborted" in caplog.text)
+    assert f"association from MODALITY aborted: its 1 instance(s) of 1 study(ies) are not scored ({study})" in \
+        caplog.text
+    assert destination.received == [] and "reports of" not in caplog.text
+
+
+@pytest.mark.parametrize("down", [True, False], ids=["down", "refusing"])
+def test_a_destination_down_or_refusing_is_an_error_line_per_report_never_dropped(
+    listen: Callable[..., int], film: np.ndarray, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch, down: bool,
+) -> None:
+    """A destination that does not answer is tried 3 times; one that refuses the SR (0xA900) is not tried again:
+    either way an error line names the study, the SR's SOP Instance UID and the reason, and the study's line counts
+    its report not stored."""
+    monkeypatch.setattr(dimse, "FIRST_WAIT_S", 0.01)
+    caplog.set_level(logging.INFO, logger="pneumoscan")
+    refusing = Destination_SCP(status=0xA900)
+    try:
+        if down:
+            refusing.server.shutdown()  # its port, now with no one listening
+        port = listen(refusing.port)
+        study = generate_uid()
+        assert send(port, [chest_dicom(film, StudyInstanceUID=study)]) == [0]
+        wait_for(lambda: "reports of" in caplog.text)
+    finally:
+        if not down:
+            refusing.server.shutdown()
+    [error] = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR and r.name == dimse.log.name]
+    assert error.startswith(f"study {study}: the DICOM SR 1.")
+    reason = "no answer (no association: the destination is down or cannot be reached)" if down else \
+        "refused (0xA900: data set does not match SOP class)"
+    assert error.endswith(f"is not stored at DEST@127.0.0.1:{refusing.port}: {reason}")
+    tries = [r for r in caplog.records if "report(s) not stored at" in r.getMessage()]
+    assert len(tries) == (2 if down else 0)
+    assert f"study {study}: 1 scored, 0 not scored, 0 unreadable; reports of 0 of 1 films stored" in caplog.text
+    assert len(refusing.received) == (0 if down else 1)
