@@ -83,6 +83,11 @@ def test_methods_md_gives_the_flow_of_films_and_each_figure_from_the_run(tiny_bu
     assert f"pneumoscan {pneumoscan.__version__}" in text and f"torch {torch.__version__}" in text
     assert "| bacteria |" in text and "| normal |" in text  # the figures by subtype
 
+    report = (out / "report.html").read_text()  # the report names methods.md, and both pneumoscans
+    assert f'<a href="{METHODS}">{METHODS}</a>' in report
+    assert (f"<th>bundle made with</th><td>pneumoscan {card.package_version}</td>" in report
+            and f"<th>films scored with</th><td>pneumoscan {pneumoscan.__version__}</td>" in report)
+
 
 def test_methods_md_says_the_films_were_checked_new_only_where_they_were(tiny_bundle: Path, tiny_evaluation: Path,
                                                                          tiny_dataset: Path, tmp_path: Path) -> None:

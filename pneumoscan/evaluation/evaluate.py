@@ -366,7 +366,7 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
     adjust(metrics)  # the tests of a difference across groups, over every field and rate of this evaluation
     if out_dir is not None:
         header = _report_header(bundle, data, split, card, threshold, len(targets), metrics["left_out"], tta,
-                                backend, etiology)
+                                backend, etiology, metrics["software"]["pneumoscan"])
         header["outside the model's scope"] = len(metrics["out_of_scope"])
         if second_card is not None:  # its threshold decides the three-class calls too; its scope by its own check
             block = metrics["two_stage"]
@@ -435,11 +435,12 @@ def _annotate(metrics: dict, bundle: Path | str, card: BundleCard, backend: str,
 
 def _report_header(bundle: Path | str, data: Path | str, split: str | None, card: BundleCard, threshold: float,
                    images: int, left_out: Sequence[dict], tta: bool, backend: str,
-                   etiology: Path | str | None) -> dict[str, object]:
+                   etiology: Path | str | None, scored_by: str) -> dict[str, object]:
     """The report's table of what was measured, and how: which bundle and model, on which data (and which of its
     files the figures leave out, and why: :func:`~pneumoscan.data.labelled.left_out`), at which threshold (and where
-    it was chosen), with the card's caveats about it. The data names its split: a dataset root holds the training
-    films too."""
+    it was chosen), with the card's caveats about it, and the pneumoscans that made the bundle and scored the films
+    (``scored_by``: metrics.json's ``software``). The data names its split: a dataset root holds the training films
+    too."""
     mode = f"{len(TTA_VIEWS)}-view test-time augmentation" if tta else "plain"
     return {
         "bundle": str(bundle), MODEL_ID: card.model_id, "data": f"{data}{f', split {split}' if split else ''}",
@@ -447,7 +448,8 @@ def _report_header(bundle: Path | str, data: Path | str, split: str | None, card
         "left out of the figures": left_out_said(left_out) or "none",
         "scores": mode,
         "threshold": _threshold_said(card, threshold),
-        "temperature": f"{card.temperature:.3f}", "package version": card.package_version, "backend": backend,
+        "temperature": f"{card.temperature:.3f}", "bundle made with": f"pneumoscan {card.package_version}",
+        "films scored with": f"pneumoscan {scored_by}", "backend": backend,
     } | ({"caveats": "; ".join(card.caveats)} if card.caveats else {}) | (
         {"etiology bundle": str(etiology)} if etiology else {})  # fmt: skip
 
@@ -492,4 +494,5 @@ def _write_outputs(out_dir: Path, predictor: Predictor, records: list[Record], t
     write_atomic(out_dir / "predictions.csv", results_csv(fields, rows).encode())
     table = metrics["threshold_table"]
     write_atomic(out_dir / "sensitivity_table.csv", results_csv(list(table[0]), table).encode())
-    write_report(metrics, out_dir, title, extra=header, figures=True, gallery=gallery)
+    write_report(metrics, out_dir, title, extra=header, figures=True, gallery=gallery,
+                 beside={METHODS: "a draft of a paper's methods and results, with this report's figures"})

@@ -638,6 +638,7 @@ _CLASS_PARTS = (("multiclass", "All classes: ", "classes_"), ("two_stage", "Two 
 def write_report(
     metrics: dict[str, Any], out_dir: Path, title: str, subtitle: str = "", extra: dict[str, Any] | None = None,
     figures: bool = False, gallery: dict[str, list[tuple[bytes, str]]] | None = None,
+    beside: dict[str, str] | None = None,
 ) -> Path:
     """Write ``out_dir/metrics.json`` and a self-contained ``out_dir/report.html`` for an evaluate_binary or
     evaluate_multiclass result; ``extra`` is shown as a key/value header table. A binary result carrying an
@@ -645,8 +646,9 @@ def write_report(
     by an etiology bundle) gets that block as a further part, and a ``threshold_table`` list becomes a table. With
     ``figures``, the main figures are also written beside the report (confusion_matrix.png, roc.png, pr.png,
     reliability.png: those the data defines; a further part's as classes_*.png or two_stage_*.png: confusion_matrix,
-    roc, reliability); ``gallery`` adds titled rows of thumbnails. The header's :data:`MODEL_ID` (which bundle) is
-    printed on every page beside the title. Returns the HTML path."""
+    roc, reliability); ``gallery`` adds titled rows of thumbnails; ``beside`` links the files written beside the
+    report (each name with what it holds) that a reader would not find otherwise (methods.md). The header's
+    :data:`MODEL_ID` (which bundle) is printed on every page beside the title. Returns the HTML path."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = jsonable(metrics)
@@ -678,6 +680,8 @@ def write_report(
         + (f'<p class="subtitle">{_esc(subtitle)}</p>' if subtitle else "")
         + f'<p class="note">{generated}. {_RESEARCH_USE}</p>'
         + (_meta_table(extra) if extra else "")
+        + "".join(f'<p class="note">Beside this report: <a href="{_esc(name)}">{_esc(name)}</a>, {_esc(what)}.</p>'
+                  for name, what in (beside or {}).items())
         + _optimistic_html(metrics.get("optimistic"), metrics.get("unchecked"))
         + body
         + "</main></body></html>"
