@@ -27,6 +27,11 @@ def _site(tiny_dataset: Path, folder: Path) -> Path:
     return site
 
 
+def _section(text: str, title: str) -> str:
+    """The text of methods.md's section TITLE, up to the next heading."""
+    return text.split(f"## {title}\n", 1)[1].split("\n#", 1)[0]
+
+
 def _read(out: Path) -> tuple[str, dict, list[dict]]:
     with (out / "predictions.csv").open() as f:
         rows = list(csv.DictReader(f))
@@ -79,6 +84,9 @@ def test_methods_md_gives_the_flow_of_films_and_each_figure_from_the_run(tiny_bu
     assert f"{m['threshold']:.4f}" in text and f"{100 * m['prevalence']:.1f}%" in text
 
     assert m["optimistic"] and all(said in text for said in m["optimistic"])  # the training film's copy
+    for title in ("Operating point", "Results"):  # a paragraph copied alone still says its figures are flattered
+        said = _section(text, title)
+        assert "Not an independent evaluation." in said and all(c in said for c in m["optimistic"]), title
     assert m["software"]["pneumoscan"] == pneumoscan.__version__ and m["software"]["torch"] == torch.__version__
     assert f"pneumoscan {pneumoscan.__version__}" in text and f"torch {torch.__version__}" in text
     assert "| bacteria |" in text and "| normal |" in text  # the figures by subtype
@@ -95,10 +103,12 @@ def test_methods_md_says_the_films_were_checked_new_only_where_they_were(tiny_bu
     copied away from its run's split.csv cannot be checked: the text says why, not that they are new."""
     checked = (tiny_evaluation / METHODS).read_text()
     assert "and none was among them or of their patients" in checked
+    assert "independent" not in _section(checked, "Results")
 
     alone = shutil.copytree(tiny_bundle, tmp_path / "alone" / "bundle")
     out = tmp_path / "eval"
     assert cli.main(["evaluate", str(alone), str(tiny_dataset), "--split", "test", "--out", str(out)]) == 0
     text, m, _ = _read(out)
     assert m["unchecked"] and all(said in text for said in m["unchecked"])
+    assert all("Not checked to be independent." in _section(text, title) for title in ("Operating point", "Results"))
     assert "none was among them" not in text

@@ -15,7 +15,7 @@ from pneumoscan import __version__
 from pneumoscan.core.metrics import ci_method_sentence, format_percent, unit_caveat, with_ci
 from pneumoscan.models.card import TRAINING_FILMS, BundleCard, runtime_versions
 from .model_card import class_counts, counted, film_counts, model_read, one_class, trained_by_said
-from .report import auc_bound_note
+from .report import auc_bound_note, not_independent
 from .subgroups import differences_said, table_rows
 
 METHODS = "methods.md"
@@ -58,6 +58,7 @@ def methods_text(metrics: Mapping[str, Any], header: Mapping[str, Any], card: Bu
         "## Operating point",
         f"A film is called {names[1]} where the model's probability of {names[1]} is at least the threshold "
         f"{header['threshold']}: the bundle's own, chosen when it was made, and not changed for these films."
+        + _not_independent(metrics)
         + "".join(f" Caveat of the card: {c.rstrip('.')}." for c in metrics.get("caveats") or ()),
         second and (f"The second stage calls {second.positive} at its own threshold {header['etiology threshold']}."
                     + "".join(f" Caveat of its card: {c.rstrip('.')}." for c in second.caveats)),
@@ -104,6 +105,14 @@ def _independence(metrics: Mapping[str, Any]) -> str:
             f"found\n\n{listed}")
 
 
+def _not_independent(metrics: Mapping[str, Any]) -> str:
+    """The report's boxes above its figures (:func:`not_independent`), in its words, as sentences that follow the
+    threshold and the figures they flatter: a paragraph copied alone must not pass for figures on films new to the
+    model."""
+    return "".join(f" {title} {'; '.join(text.rstrip('.') for text in texts)}."
+                   for _, title, texts in not_independent(metrics))
+
+
 def _model(card: BundleCard, metrics: Mapping[str, Any]) -> str:
     """The model as a paper names it: its id and task, how it reads a film as its card's recipe says it
     (:func:`model_read`), its training films and seed, and how it scored these films."""
@@ -134,7 +143,7 @@ def _results(metrics: Mapping[str, Any], names: Sequence[str]) -> str:
                         if metrics.get(key) is not None)
     (tn, fp), (fn, tp) = metrics["confusion_matrix"]["counts"]
     said = (f"On {film_counts(metrics, names)}: {figures}. At the threshold: {tp} true positive, {fp} false positive, "
-            f"{tn} true negative and {fn} false negative films.")
+            f"{tn} true negative and {fn} false negative films.{_not_independent(metrics)}")
     if absent:
         return said + f" The films hold no {absent} film: precision, NPV and F1 say nothing of the model here."
     return (said + f" Precision and NPV hold at this set's prevalence of {names[1]}, "

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import html
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -682,18 +682,26 @@ def write_report(
         + (_meta_table(extra) if extra else "")
         + "".join(f'<p class="note">Beside this report: <a href="{_esc(name)}">{_esc(name)}</a>, {_esc(what)}.</p>'
                   for name, what in (beside or {}).items())
-        + _optimistic_html(metrics.get("optimistic"), metrics.get("unchecked"))
+        + _optimistic_html(metrics)
         + body
         + "</main></body></html>"
     )
     return write_atomic(out_dir / REPORT, page.encode("utf-8"))
 
 
-def _optimistic_html(caveats: list[str] | None, unchecked: list[str] | None = None) -> str:
-    """The held-out check's warnings (:func:`pneumoscan.evaluation.held_out.check_held_out`) above every figure:
-    a report read after the terminal is closed must not pass for an independent evaluation; nor for a checked one
-    where the check could not see a source's training films (``unchecked``)."""
-    boxes = [(kind, title, "".join(f"<li>{_esc(text)}</li>" for text in texts))
-             for kind, title, texts in (("optimistic", "Not an independent evaluation.", caveats),
-                                        ("unchecked", "Not checked to be independent.", unchecked)) if texts]
-    return "".join(f'<div class="{kind}"><b>{title}</b><ul>{items}</ul></div>' for kind, title, items in boxes)
+def not_independent(metrics: Mapping[str, Any]) -> list[tuple[str, str, list[str]]]:
+    """The held-out check's warnings (:func:`pneumoscan.evaluation.held_out.check_held_out`) of an evaluation's
+    ``metrics``, each kind with its title, for every text of it to say: (kind, title, texts) of the ``optimistic``
+    ones (films the model trained on, or that chose its threshold) and of the ``unchecked`` ones (sources whose
+    training films the check could not see), those it has."""
+    return [(kind, title, texts) for kind, title in (("optimistic", "Not an independent evaluation."),
+                                                     ("unchecked", "Not checked to be independent."))
+            if (texts := metrics.get(kind))]
+
+
+def _optimistic_html(metrics: dict[str, Any]) -> str:
+    """The held-out check's warnings (:func:`not_independent`) above every figure: a report read after the terminal
+    is closed must not pass for an independent evaluation; nor for a checked one where the check could not see a
+    source's training films."""
+    return "".join(f'<div class="{kind}"><b>{title}</b><ul>{"".join(f"<li>{_esc(t)}</li>" for t in texts)}</ul></div>'
+                   for kind, title, texts in not_independent(metrics))
