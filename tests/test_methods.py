@@ -32,6 +32,11 @@ def _section(text: str, title: str) -> str:
     return text.split(f"## {title}\n", 1)[1].split("\n#", 1)[0]
 
 
+def _own_data_row(text: str) -> str:
+    """The flow's count of films scored that the check found among the model's own data."""
+    return re.search(r"\| \.\.\. of which among the model's own data[^|]*\| (\d+) \|", text)[1]
+
+
 def _read(out: Path) -> tuple[str, dict, list[dict]]:
     with (out / "predictions.csv").open() as f:
         rows = list(csv.DictReader(f))
@@ -84,6 +89,8 @@ def test_methods_md_gives_the_flow_of_films_and_each_figure_from_the_run(tiny_bu
     assert f"{m['threshold']:.4f}" in text and f"{100 * m['prevalence']:.1f}%" in text
 
     assert m["optimistic"] and all(said in text for said in m["optimistic"])  # the training film's copy
+    copy = str(site / "NORMAL" / "IM-0900-0001.jpeg")
+    assert m["optimistic_films"] == [copy] and _own_data_row(text) == "1"  # scored, and counted in the flow
     for title in ("Operating point", "Results"):  # a paragraph copied alone still says its figures are flattered
         said = _section(text, title)
         assert "Not an independent evaluation." in said and all(c in said for c in m["optimistic"]), title
@@ -103,7 +110,7 @@ def test_methods_md_says_the_films_were_checked_new_only_where_they_were(tiny_bu
     copied away from its run's split.csv cannot be checked: the text says why, not that they are new."""
     checked = (tiny_evaluation / METHODS).read_text()
     assert "and none was among them or of their patients" in checked
-    assert "independent" not in _section(checked, "Results")
+    assert _own_data_row(checked) == "0" and "independent" not in _section(checked, "Results")
 
     alone = shutil.copytree(tiny_bundle, tmp_path / "alone" / "bundle")
     out = tmp_path / "eval"

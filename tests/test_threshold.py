@@ -286,8 +286,9 @@ def test_a_bundle_made_by_threshold_is_checked_against_the_run_that_trained_it(
         (films / r.label).mkdir(parents=True, exist_ok=True)
         shutil.copy(next(tested[r.label]), films / r.label / name)
     caplog.clear()
-    evaluate(second, films)
+    kin = evaluate(second, films)["optimistic_films"]
     assert "3 film(s) given to evaluate are other files of patients in" in caplog.text
+    assert sorted(kin) == sorted(str(path) for path in films.rglob("*.jpeg"))  # each film named, by its path
 
 
 def test_the_films_that_chose_a_threshold_are_known_to_the_new_bundle(
@@ -305,6 +306,7 @@ def test_the_films_that_chose_a_threshold_are_known_to_the_new_bundle(
     # the files outlive the terminal: they say it too, and compare marks the run
     assert metrics["optimistic"] == [f"16 film(s) given to evaluate chose {out}'s threshold ({CALIBRATION_FILMS}): "
                                      "the figures on them are optimistic"]
+    assert sorted(metrics["optimistic_films"]) == sorted(r.path for r in discover(site).records)  # each film named
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["optimistic"] == metrics["optimistic"]
     assert "Not an independent evaluation" in (tmp_path / "eval" / "report.html").read_text()
     # the report's header names the films of the threshold in force, not the validation films of the original's
@@ -445,6 +447,7 @@ def test_other_films_of_the_patients_that_chose_a_site_threshold_are_warned_abou
     chosen = tmp_path / "chosen"
     rethreshold(tiny_bundle, tmp_path / "a.csv", chosen)
     figures = evaluate(chosen, tmp_path / "b.csv")
+    assert sorted(figures["optimistic_films"]) == sorted(r.path for r in later)  # each film named, by its path
     assert [c for c in figures["optimistic"] if CALIBRATION_FILMS in c] == [
         f"{len(later)} film(s) given to evaluate are other files of patients in {chosen}'s {CALIBRATION_FILMS}, whose "
         "films chose its threshold (by their patient ids: file names, a manifest's patient column or DICOM headers; "

@@ -349,6 +349,8 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
     _annotate(metrics, bundle, card, backend, tta, name, copies, errors, held_out.caveats)
     # the sources of its weights whose training films are unknown here: these films may be among them
     metrics["unchecked"] = list(held_out.unknown_sources.values())
+    # the films scored all the same that the check found among its own data (copies, its patients', its threshold's)
+    metrics["optimistic_films"] = [path_text(path) for path in held_out.films]
     metrics["films"] = films_digest(records)  # compare checks that runs named alike are on the same films
     metrics["left_out"] = left_out(films, task)  # what of the files given the figures are not of, and why
     metrics["out_of_scope"] = [{"path": path_text(r.path), "reasons": [w for w, _ in outside_scope(warnings)]}

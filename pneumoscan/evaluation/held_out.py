@@ -141,10 +141,13 @@ class _Given:
     paths: set[str]  # their real paths
     caveats: list[str] = dataclasses.field(default_factory=list)
     unknown: dict[str, str] = dataclasses.field(default_factory=dict)  # HeldOutFindings.unknown_sources
+    named: set[str] = dataclasses.field(default_factory=set)  # the real paths of the films the warnings are of
 
-    def warn(self, text: str) -> None:
+    def warn(self, text: str, films: Iterable[str] = ()) -> None:
+        """Say TEXT, of the FILMS given (real paths) it finds among a model's own data, if any."""
         log.warning("%s", text)
         self.caveats.append(text)
+        self.named.update(films)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,13 +156,16 @@ class HeldOutFindings:
     be optimistic, for the reports made of them to say so), by the real path of each bundle given whose weights
     come from a run whose training films are unknown here, why (``unknown_sources``, worded as
     :func:`pneumoscan.training.distill.check_teachers` refuses a teacher): a card's record says whether its films
-    could be checked (``model_card.films_record``) from what this one check saw; and how many of the films given
+    could be checked (``model_card.films_record``) from what this one check saw; how many of the films given
     are in the validation split of a bundle's own run (``own_validation``, from the split.csv the check read: an
-    ensemble's card names films that chose its members' own temperatures and thresholds so)."""
+    ensemble's card names films that chose its members' own temperatures and thresholds so); and the films given
+    that the warnings find among a model's own data (``films``: as given, in their order), which a flow of films
+    counts among those scored."""
 
     caveats: list[str]
     unknown_sources: dict[str, str]
     own_validation: int
+    films: list[str] = dataclasses.field(default_factory=list)
 
     def unknown_source(self, bundle: Path | str) -> str | None:
         """Why BUNDLE's training films could not be checked here; None when every source of its weights was."""
@@ -224,7 +230,8 @@ def check_held_out(bundles: Sequence[Path | str], records: Sequence[Record], pur
             if run.how == "":
                 own_validation |= run.val
     _warn_copies(given, trained, validation - trained.keys())
-    return HeldOutFindings(given.caveats, given.unknown, sum(real[r.path] in own_validation for r in records))
+    return HeldOutFindings(given.caveats, given.unknown, sum(real[r.path] in own_validation for r in records),
+                           [r.path for r in records if real[r.path] in given.named])
 
 
 def trained_among(bundles: Sequence[Path | str], paths: Sequence[str], purpose: str) -> list[str]:
@@ -315,7 +322,7 @@ def _check_calibration_films(given: _Given, bundle: Path) -> dict[str, Record]:
                              f"{chosen[0]}; {name}): {given.purpose} on films new to it{given.hint}")
         if chosen and given.policy.validation_warning:
             given.warn(f"{len(chosen)} film(s) given to {given.purpose} chose {bundle}'s {what} ({name}): the figures "
-                       "on them are optimistic")
+                       "on them are optimistic", chosen)
     return every
 
 
@@ -395,7 +402,7 @@ def _check_validation(given: _Given, run: _Run) -> None:
                          f"{given.purpose} on films new to it{given.hint}")
     if validation and given.policy.validation_warning:
         given.warn(f"{len(validation)} film(s) given to {given.purpose} are {run.path}'s validation films, on which "
-                   "its own temperature and threshold were chosen: the figures on them are optimistic")
+                   "its own temperature and threshold were chosen: the figures on them are optimistic", validation)
 
 
 def _warn_same_patients(given: _Given, run: _Run) -> None:
@@ -416,11 +423,12 @@ def _warn_kin(given: _Given, films: dict[str, Record], paths: set[str], side: st
         return {patient_key(films[p].patient) for p in of if not own_patient(films[p])}
 
     patients = known(paths) - known(exclude)
-    if kin := [r.patient for r in given.records if patient_key(r.patient) in patients and not own_patient(r)
+    if kin := [r for r in given.records if patient_key(r.patient) in patients and not own_patient(r)
                and given.real[r.path] not in films]:
         given.warn(f"{len(kin)} film(s) given to {given.purpose} are other files of patients in {side}{why} (by their "
                    "patient ids: file names, a manifest's patient column or DICOM headers; "
-                   f"e.g. {shown(kin[0])}): if they are the same patients, the figures are optimistic")
+                   f"e.g. {shown(kin[0].patient)}): if they are the same patients, the figures are optimistic",
+                   (given.real[r.path] for r in kin))
 
 
 def _warn_copies(given: _Given, trained: dict[str, tuple[Path, _Run]], validation: set[str]) -> None:
@@ -442,7 +450,7 @@ def _warn_copies(given: _Given, trained: dict[str, tuple[Path, _Run]], validatio
         if copies:
             given.warn(f"{len(copies)} film(s) given to {given.purpose} are copies of {side} films under other names, "
                        f"byte for byte or the picture re-encoded or resized (e.g. {shown(copies[0][0])} of "
-                       f"{shown(copies[0][1])}){why}: the figures on them are optimistic")
+                       f"{shown(copies[0][1])}){why}: the figures on them are optimistic", (f for f, _ in copies))
 
 
 def _refuse_mostly_copies(given: _Given, copies: Sequence[tuple[str, str]], bundle: Path, run: _Run) -> None:

@@ -77,7 +77,9 @@ def methods_text(metrics: Mapping[str, Any], header: Mapping[str, Any], card: Bu
 def _flow(metrics: Mapping[str, Any], names: Sequence[str]) -> str:
     """The films from those given to those the figures are of, a table of counts, as a STARD flow diagram has them:
     each reason films were left out, then the films scored, and among those, the films scored all the same that a
-    reader should know of (outside the model's scope, copies of one picture, contradicted labels)."""
+    reader should know of (outside the model's scope, copies of one picture, contradicted labels, films the check
+    against the model's own data warned of: scored with a warning, never left out, which ``evaluate`` has no option
+    for; a manifest without them measures without them)."""
     left = sum(e["films"] for e in metrics["left_out"])
     rows = [("Files given", str(metrics["n"] + left)),
             *((f"Left out: {e['reason']}", str(e["films"])) for e in metrics["left_out"]),
@@ -87,7 +89,11 @@ def _flow(metrics: Mapping[str, Any], names: Sequence[str]) -> str:
             ("... of which copies of another film given (each counted once in the intervals' patients)",
              str(sum(len(group) - 1 for group in metrics["copies"]))),
             ("... of which labelled against their name or a copy (scored as labelled)",
-             str(len(metrics["label_conflicts"])))]
+             str(len(metrics["label_conflicts"]))),
+            ("... of which among the model's own data: its training or validation films under other names, other "
+             "films of their patients, or films that chose its threshold (scored and counted all the same, the "
+             "figures on them optimistic: metrics.json lists them under optimistic_films; leave them out of the "
+             "films given to measure without them)", str(len(metrics["optimistic_films"])))]
     table = "\n".join(f"| {step} | {count} |" for step, count in rows)
     return f"| step | films |\n| --- | --- |\n{table}"
 
