@@ -183,14 +183,16 @@ def test_compare_draws_a_run_named_with_dollar_signs_as_its_name(tmp_path: Path)
 def test_names_that_are_not_utf8_reach_the_report_and_the_comparison_as_escapes(tiny_bundle: Path, tiny_dataset: Path,
                                                                                 tmp_path: Path) -> None:
     """A data folder or run folder whose name holds bytes that are not UTF-8 (``caf\\xe9``, written by another
-    system): evaluate ended in a UnicodeEncodeError writing report.html (after metrics.json), and compare writing
-    compare.csv; both show such a byte as ``\\xe9``, as predictions.csv and metrics.json do."""
+    system): evaluate ended in a UnicodeEncodeError writing report.html (after metrics.json), then methods.md, and
+    compare writing compare.csv; each shows such a byte as ``\\xe9``, as predictions.csv and metrics.json do."""
     data = Path(os.fsdecode(bytes(tmp_path) + b"/caf\xe9"))
     shutil.copytree(tiny_dataset / "test", data)
     out = Path(os.fsdecode(bytes(tmp_path) + b"/eval-\xe9"))
     evaluate(tiny_bundle, data, out_dir=out)
     page = (out / "report.html").read_text(encoding="utf-8")
     assert f"<th>data</th><td>{html.escape(str(tmp_path))}/caf\\xe9</td>" in page
+    assert "# Methods and results: " in (methods := (out / "methods.md").read_text(encoding="utf-8"))
+    assert "The films of caf\\xe9:" in methods  # the draft for the paper too
     compare_runs([out], tmp_path / "compared")
     with (tmp_path / "compared" / "compare.csv").open(newline="", encoding="utf-8") as f:
         [row] = list(csv.DictReader(f))

@@ -381,7 +381,8 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
         with unchanged(Path(out_dir) / METRICS, results):
             _write_outputs(Path(out_dir), predictor, records, targets, probs, threshold, metrics,
                            f"{card.model} · {card.task} · {name}", header, second, gallery, scope)
-            write_atomic(Path(out_dir) / METHODS, methods_text(metrics, header, card, second_card).encode())
+            # valid UTF-8 whatever a name's bytes, as the report writes them (caf\xe9)
+            write_atomic(Path(out_dir) / METHODS, path_text(methods_text(metrics, header, card, second_card)).encode())
     if add_to_card:
         add_evaluation(bundle, evaluation_record(metrics, name, "tta" if tta else "plain", bundle, held_out))
         log.info("recorded the evaluation on %s in %s", name, Path(bundle) / MODEL_CARD)
