@@ -555,6 +555,10 @@ def test_compare_sets_a_three_class_decisions_accuracy_by_subgroup_side_by_side_
     with pytest.raises(ValueError, match=r"tta/metrics.json: multiclass\.subgroups\.differences\.subtype\.accuracy\."
                                          r"p_holm is 2\.0, not a figure in \[0, 1\]"):
         compare_runs([plain, tta])
+    m["multiclass"]["subgroups"]["differences"]["subtype"]["accuracy"] |= {"p_holm": 0.5, "p_method": "guessed"}
+    (tta / "metrics.json").write_text(json.dumps(m))
+    with pytest.raises(ValueError, match=r"accuracy\.p_method is 'guessed', not one of exact, drawn"):
+        compare_runs([plain, tta])
     # an edited test, or a rate's test gone beside the others', is refused by its file, not a KeyError
     m = blocks[tta] | {"subgroups": json.loads((plain / "metrics.json").read_text())["subgroups"]}
     tests = m["subgroups"]["differences"]["subtype"]
@@ -609,6 +613,9 @@ def test_evaluations_of_the_same_films_are_tested_paired_against_the_first(
         assert float(row["value"]) == pytest.approx(m[figure])  # eval-again's are eval-two-stage's
         assert float(row["difference"]) == pytest.approx(m[figure] - reference[figure])
         assert 0 < float(row["p"]) <= float(row["p_holm"]) <= 1
+        # AUC's of 16 patients: 2^16 swaps, more than the 9,999 drawn; a rate's of 8 patients: 256, each counted
+        assert (figure, row["p_method"], int(row["figure_patients"])) in {("auc", "drawn", 16),
+                                                                          (figure, "exact", 8)}, row
     assert [float(r["p_holm"]) for r in rows] == pytest.approx(holm([float(r["p"]) for r in rows]))
     for row in rows[3:]:  # the copy: the same scores as eval-two-stage's, so the same test
         assert row["difference"] == next(r["difference"] for r in rows if r["figure"] == row["figure"])
@@ -622,6 +629,7 @@ def test_evaluations_of_the_same_films_are_tested_paired_against_the_first(
     line = next(line for line in printed.splitlines() if line.startswith("eval-two-stage") and " AUC " in line)
     first = next(r for r in rows if r["figure"] == "auc")
     assert f"{float(first['difference']):+.3f} ({float(first['difference_low']):+.3f} to " in line
+    assert line.endswith(" drawn") and "exact where every swap was counted, else drawn: 9,999 swaps" in said
     assert "paired tests: " in printed
 
 

@@ -8,7 +8,7 @@ import pytest
 from scipy.stats import chi2_contingency, fisher_exact, rankdata
 from sklearn.metrics import roc_auc_score
 
-from pneumoscan.core.metrics.differences import auc_difference, holm, paired_differences, rate_difference
+from pneumoscan.core.metrics.differences import DRAWN, EXACT, auc_difference, holm, paired_differences, rate_difference
 
 
 def test_one_film_a_patient_gives_fishers_exact_p() -> None:
@@ -16,19 +16,20 @@ def test_one_film_a_patient_gives_fishers_exact_p() -> None:
     two-sided one (equal groups order the tables alike), 6 of 6 against 1 of 6 hits."""
     hits = np.array([True] * 6 + [True] + [False] * 5)
     groups = np.array(["A"] * 6 + ["B"] * 6)
-    assert rate_difference(hits, groups, np.arange(12)) == pytest.approx(fisher_exact([[6, 0], [1, 5]]).pvalue)
+    assert rate_difference(hits, groups, np.arange(12)) == (pytest.approx(fisher_exact([[6, 0], [1, 5]]).pvalue),
+                                                            EXACT)  # 924 assignments, each counted
 
 
 def test_a_group_of_one_patient_is_tested_too() -> None:
     """A group of a single patient (a site of one child) is compared with the rest, every order of 7 patients
     counted: Fisher's exact p of 5 of 6 against 0 of 1; of more patients, about Fisher's p."""
     hits = np.array([True, True, True, True, False, True, False])
-    assert rate_difference(hits, np.array(list("AAAAAAB")), np.arange(7)) == pytest.approx(
-        fisher_exact([[5, 1], [0, 1]]).pvalue)
+    assert rate_difference(hits, np.array(list("AAAAAAB")), np.arange(7)) == (pytest.approx(
+        fisher_exact([[5, 1], [0, 1]]).pvalue), EXACT)
     # 80 patients, one of them a group of its own: 9,999 orders drawn, about Fisher's p (its Monte Carlo error 0.005)
     hits = np.array([True] * 60 + [False] * 19 + [False])
-    assert rate_difference(hits, np.array(["A"] * 79 + ["B"]), np.arange(80)) == pytest.approx(
-        fisher_exact([[60, 19], [0, 1]]).pvalue, abs=0.015)
+    assert rate_difference(hits, np.array(["A"] * 79 + ["B"]), np.arange(80)) == (pytest.approx(
+        fisher_exact([[60, 19], [0, 1]]).pvalue, abs=0.015), DRAWN)
 
 
 def test_a_patients_films_count_once_not_as_independent_cases() -> None:
@@ -39,8 +40,8 @@ def test_a_patients_films_count_once_not_as_independent_cases() -> None:
     groups = np.array(["A"] * 6 + ["B"] * 6)
     once = rate_difference(hits, groups, np.arange(12))
     twice = rate_difference(np.repeat(hits, 2), np.repeat(groups, 2), np.repeat(np.arange(12), 2))
-    assert twice == pytest.approx(once)
-    assert fisher_exact([[12, 0], [2, 10]]).pvalue < once / 200
+    assert twice.p == pytest.approx(once.p)
+    assert fisher_exact([[12, 0], [2, 10]]).pvalue < once.p / 200
 
 
 def test_many_patients_in_three_groups_agree_with_the_chi_square() -> None:
@@ -51,7 +52,7 @@ def test_many_patients_in_three_groups_agree_with_the_chi_square() -> None:
     hits = rng.random(300) < np.array([0.7, 0.6, 0.8])[groups]
     table = [[(hits & (groups == g)).sum(), (~hits & (groups == g)).sum()] for g in range(3)]
     p = rate_difference(hits, groups, np.arange(300))
-    assert p == pytest.approx(chi2_contingency(table, correction=False).pvalue, abs=0.005)
+    assert p == (pytest.approx(chi2_contingency(table, correction=False).pvalue, abs=0.005), DRAWN)
     assert rate_difference(hits, groups, np.arange(300)) == p
 
 
@@ -114,14 +115,14 @@ def test_auc_difference_agrees_with_every_shuffle_counted_by_hand() -> None:
     exact = _every_shuffle_p(positive, scores, groups, patients)
     assert _auc(positive, scores) == pytest.approx(roc_auc_score(positive, scores))
     assert 0.02 < exact < 0.5
-    assert auc_difference(positive, scores, groups, patients) == pytest.approx(exact, rel=1e-12)
+    assert auc_difference(positive, scores, groups, patients) == (pytest.approx(exact, rel=1e-12), EXACT)
     patients = np.array([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 10, 11, 11])
     positive = np.array([True] * 5 + [False] * 5 + [True, False, True, False])
     groups = np.array([0, 0, 0, 1, 1, 0, 0, 1, 1, 1, 0, 0, 1, 1])
     scores = np.array([0.9, 0.8, 0.6, 0.5, 0.4, 0.3, 0.2, 0.6, 0.45, 0.3, 0.7, 0.5, 0.6, 0.5])
     exact = _every_shuffle_p(positive, scores, groups, patients)
     assert 0.02 < exact < 0.5
-    assert auc_difference(positive, scores, groups, patients) == pytest.approx(exact, rel=1e-12)
+    assert auc_difference(positive, scores, groups, patients) == (pytest.approx(exact, rel=1e-12), EXACT)
 
 
 def test_auc_difference_counts_every_shuffle_where_they_are_few() -> None:
@@ -136,11 +137,11 @@ def test_auc_difference_counts_every_shuffle_where_they_are_few() -> None:
     scores = np.array([0.9, 0.8, 0.7, 0.2, 0.1, 0.6, 0.5])
     exact = _every_shuffle_p(positive, scores, groups, patients)
     assert exact == pytest.approx(1 / 9)
-    assert auc_difference(positive, scores, groups, patients) == pytest.approx(exact, rel=1e-12)
+    assert auc_difference(positive, scores, groups, patients) == (pytest.approx(exact, rel=1e-12), EXACT)
     rng = np.random.default_rng(3)  # 40 patients of each class in two groups of 20: far more than 9,999 shuffles
     positive, groups = np.arange(80) % 2 == 0, np.arange(80) // 40
-    drawn = auc_difference(positive, rng.random(80), groups, np.arange(80))
-    assert (10_000 * drawn) == pytest.approx(round(10_000 * drawn))
+    drawn, method = auc_difference(positive, rng.random(80), groups, np.arange(80))
+    assert (10_000 * drawn, method) == (pytest.approx(round(10_000 * drawn)), DRAWN)
 
 
 def test_auc_difference_counts_a_patients_films_once() -> None:
@@ -150,10 +151,10 @@ def test_auc_difference_counts_a_patients_films_once() -> None:
     positive = np.arange(80) % 2 == 0
     groups = np.arange(80) // 40
     scores = rng.random(80) + positive * np.where(groups == 0, 0.6, 0.15)
-    once = auc_difference(positive, scores, groups, np.arange(80))
+    once = auc_difference(positive, scores, groups, np.arange(80)).p
     twice = np.repeat(np.arange(80), 2)
-    assert auc_difference(positive[twice], scores[twice], groups[twice], twice) == pytest.approx(once)
-    assert auc_difference(positive[twice], scores[twice], groups[twice], np.arange(160)) < once / 5
+    assert auc_difference(positive[twice], scores[twice], groups[twice], twice).p == pytest.approx(once)
+    assert auc_difference(positive[twice], scores[twice], groups[twice], np.arange(160)).p < once / 5
 
 
 def test_auc_difference_refuses_what_it_cannot_test() -> None:
@@ -222,3 +223,4 @@ def test_paired_differences_count_a_patients_films_once() -> None:
         assert np.ptp(again[name]["ci"]) == pytest.approx(np.ptp(once[name]["ci"]), rel=0.15)
         assert np.ptp(apart[name]["ci"]) < np.ptp(again[name]["ci"]) * 0.85
     assert apart["auc"]["p"] < again["auc"]["p"]
+

@@ -70,7 +70,10 @@ def test_groups_add_up_and_each_has_the_figures_of_its_own_films_at_the_bundles_
         assert "p" in specificity
     else:
         assert specificity["none"] == f"all 8 negative films called {'right' if right else 'wrong'}: nothing differs"
-    line = f"sensitivity p = {sensitivity['p']:.3f}, adjusted = {sensitivity['p_holm']:.3f} (2 groups, 8 patients)"
+    # 8 patients in two groups: every one of their at most 70 assignments counted, which the p says
+    assert sensitivity["p_method"] == "exact"
+    line = (f"sensitivity p = {sensitivity['p']:.3f} (exact: every shuffle counted), adjusted = "
+            f"{sensitivity['p_holm']:.3f} (2 groups, 8 patients)")
     assert line in " ".join(printed.split()) and line in page
     assert "Beneath each table, a permutation test over patients" in " ".join(printed.split())
     # AUC's test: across both sites, over all 16 patients, each site's AUC the table's; by subtype no group has both
@@ -79,7 +82,9 @@ def test_groups_add_up_and_each_has_the_figures_of_its_own_films_at_the_bundles_
     assert (auc["groups"], auc["patients"], auc["left_out"]) == (2, 16, 0) and "p_holm" in auc
     assert [(c["value"], c["auc"], c["positive"], c["negative"]) for c in auc["compared"]] == [
         (g["value"], pytest.approx(g["auc"]["value"]), g["positive"], g["negative"]) for g in (site_a, site_b)]
-    line = f"AUC p = {auc['p']:.3f}, adjusted = {auc['p_holm']:.3f} (2 groups, 16 patients)"
+    assert auc["p_method"] == "exact"  # the 8 patients of each class dealt between the sites: at most 70 x 70
+    line = (f"AUC p = {auc['p']:.3f} (exact: every shuffle counted), adjusted = {auc['p_holm']:.3f} (2 groups, "
+            "16 patients)")
     assert line in " ".join(printed.split()) and line in page
     said = "AUC: not tested (fewer than two groups have both positive and negative films)"
     assert block["differences"]["subtype"]["auc"]["one_class"] == ["bacteria", "normal", "virus"]

@@ -30,7 +30,7 @@ import numpy as np
 from pneumoscan.core.atomic import write_atomic
 from pneumoscan.core.figures import figure_bytes
 from pneumoscan.core.metrics import format_figure, with_ci
-from pneumoscan.core.metrics.differences import holm, paired_differences
+from pneumoscan.core.metrics.differences import P_METHODS, RESAMPLES, holm, paired_differences
 from pneumoscan.core.names import path_list, results_csv, shown
 from pneumoscan.inference.onnx_runtime import INT8_NAME
 from pneumoscan.models.card import CARD, WEIGHTS, BundleCard, load_card
@@ -54,12 +54,13 @@ FIELDS = ("run", "model", "task", "data", "n", "patients", "ci_unit",
           *(f"{name}{end}" for name in FIGURES for end in ("", "_low", "_high")), "threshold", "policy", "scores",
           "minutes", "optimistic", "three_class_decision", "three_class_classes", "three_class_ci_unit",
           *(f"three_class_{name}{end}" for name in THREE_CLASS for end in ("", "_low", "_high")))
-RATE_CELLS = ("", "_low", "_high", "_hits", "_of", "_p", "_p_holm", "_test")  # a tested rate's, by subgroup
-AUC_CELLS = ("", "_low", "_high", "_p", "_p_holm", "_test")  # AUC's, by subgroup: a rate's but its films hit
+# a tested rate's cells, by subgroup; AUC's, a rate's but its films hit
+RATE_CELLS = ("", "_low", "_high", "_hits", "_of", "_p", "_p_holm", "_p_method", "_test")
+AUC_CELLS = ("", "_low", "_high", "_p", "_p_holm", "_p_method", "_test")
 # compare_subgroups.csv: a row a run, field and group (and decision among the classes, where a run has several), each
 # figure with its CI's ends and films counted, each rate's and AUC's test of a difference across the groups (its p,
-# Holm-adjusted over the run's tests, and in words what it compared or why none) repeated on each group's row, as a
-# paper's table gives it
+# Holm-adjusted over the run's tests, how it was found, and in words what it compared or why none) repeated on each
+# group's row, as a paper's table gives it
 SUBGROUP_FIELDS = ("run", "model", "task", "data", "scores", "threshold", "ci_unit", "field", "group", "films",
                    "patients", "positive", "negative",
                    *(f"{name}{end}" for name in ("sensitivity", "specificity") for end in RATE_CELLS),
@@ -188,6 +189,7 @@ def _figure_cells(name: str, entry: dict[str, Any] | None, block: dict[str, Any]
     test = (tests or {}).get(name) or {}
     counted = {} if name == "auc" else {f"{name}_{key}": (entry or {}).get(key) for key in ("hits", "of")}
     return cells | counted | {f"{name}_p": test.get("p"), f"{name}_p_holm": test.get("p_holm"),
+                              f"{name}_p_method": test.get("p_method"),  # exact or drawn; none where not recorded
                               # in words: what it compared (not the table's films where patients were left out), or
                               # why none; none where it was not tested (AUC, by a version before it was)
                               f"{name}_test": difference_said(name, test) if test else None}
@@ -333,6 +335,9 @@ def _checked_test(metrics_path: Path, test: dict, at: str) -> None:
     its films of each class) where patients were left out, and the groups without both classes an AUC's names: an
     edited test must be refused by its file, not end in a traceback or read as made."""
     _checked_cis(metrics_path, test, ("p", "p_holm"), f"{at}.")
+    if "p_method" in test and test["p_method"] not in P_METHODS:
+        raise ValueError(f"{metrics_path}: {at}.p_method is {test['p_method']!r:.40}, not one of "
+                         f"{', '.join(P_METHODS)}")
     one_class = test.get("one_class", [])
     if not (isinstance(one_class, list) and all(isinstance(value, str) for value in one_class)):
         raise ValueError(f"{metrics_path}: {at}.one_class is not a list of groups")
@@ -575,7 +580,8 @@ def _check_comparable(runs: list[RunSummary]) -> None:
 PREDICTIONS = "predictions.csv"  # an evaluate folder's scores, a row a film: what the paired test reads
 # compare_paired.csv: a row a run and figure tested against the reference run, on the films and patients both share
 PAIRED_FIELDS = ("run", "reference", "data", "films", "patients", "figure", "reference_value", "value", "difference",
-                 "difference_low", "difference_high", "p", "p_holm", "figure_films", "figure_patients", "optimistic")
+                 "difference_low", "difference_high", "p", "p_holm", "p_method", "figure_films", "figure_patients",
+                 "optimistic")
 
 
 @dataclass
@@ -691,6 +697,7 @@ def paired_rows(runs: Sequence[RunSummary]) -> list[dict[str, Any]]:
              "patients": r.paired.patients, "figure": name, "reference_value": test["first"], "value": test["second"],
              "difference": test["difference"], "difference_low": (test["ci"] or [None])[0],
              "difference_high": (test["ci"] or [None, None])[1], "p": test["p"], "p_holm": test["p_holm"],
+             "p_method": test["p_method"],
              "figure_films": test["films"], "figure_patients": test["patients"], "optimistic": "; ".join(r.optimistic)}
             for r in runs if r.paired for name, test in r.paired.figures.items()]
 
@@ -709,16 +716,17 @@ def _paired_table(runs: Sequence[RunSummary]) -> str:
     first = tested[0].paired
     assert first is not None
     count = sum(len(r.paired.figures) for r in tested if r.paired)
-    lines = [("run", "figure", first.reference, "run's", "difference (95% CI)", "p", "adjusted p")]
+    lines = [("run", "figure", first.reference, "run's", "difference (95% CI)", "p", "adjusted p", "p by")]
     lines += [(r.run + (OPTIMISTIC if r.optimistic else ""), FIGURE_NAMES[name], format_figure(test["first"]),
                format_figure(test["second"]), _signed(test["difference"], test["ci"]), p_said(test["p"]),
-               p_said(test["p_holm"]))
+               p_said(test["p_holm"]), test["p_method"])
               for r in tested if r.paired for name, test in r.paired.figures.items()]
     flattered = [r.run for r in runs if r.optimistic and (r.paired or r.run == first.reference)]
     said = (f"is each run better or worse than {first.reference} on the same {counted(first.films, 'film')} of "
             f"{counted(first.patients, 'patient')}? (each at its own threshold; difference: the run's figure less "
-            f"{first.reference}'s, its 95% CI from patients resampled; p: permutation test swapping the two runs' "
-            f"scores of each patient's films; adjusted: Holm's over the {count} tests)")
+            f"{first.reference}'s, its 95% CI from patients resampled; p: "
+            "permutation test swapping the two runs' scores of each patient's films, exact where every swap was "
+            f"counted, else drawn: {RESAMPLES:,} swaps with a fixed seed; adjusted: Holm's over the {count} tests)")
     if flattered:
         said += (f" {', '.join(flattered)}: figures that may flatter the model (*, beneath), and so may the tests of "
                  "them")

@@ -22,7 +22,7 @@ import numpy as np
 
 from pneumoscan.core.metrics import (binary_metrics, jsonable, proportion_ci, roc_auc, threshold_metrics_ci,
                                      with_ci)
-from pneumoscan.core.metrics.differences import auc_difference, holm, rate_difference
+from pneumoscan.core.metrics.differences import P_METHODS, RESAMPLES, auc_difference, holm, rate_difference
 from pneumoscan.core.metrics.intervals import FEW_PATIENTS
 from pneumoscan.data.layouts import Record
 from pneumoscan.data.scope import ADULT, AGE_BANDS, GROUPING_FIELDS
@@ -45,7 +45,9 @@ DIFFERENCES_NOTE = ("Beneath each table, a permutation test over patients asks o
                     "its adjusted p is Holm's over every test of the evaluation: read that one against 0.05. Films "
                     "without the field are left out, and so are patients with films in several groups (one AP and "
                     "one PA film), as a patient is shuffled whole and cannot be moved into one group: each test "
-                    "says how many, and is not made where that leaves a group without its films. A small p does not "
+                    "says how many, and is not made where that leaves a group without its films. Each p says how it "
+                    f"was found: exact where every shuffle of the patients was counted (at most {RESAMPLES:,}), else "
+                    f"drawn, {RESAMPLES:,} shuffles with a fixed seed (the same p each run). A small p does not "
                     "say why the groups differ (their patients may differ in other ways); a large p on small groups "
                     "is no sign that they are alike.")
 _ORDER = [name for _, name in AGE_BANDS] + [ADULT]  # age bands youngest first, not as text sorts them
@@ -141,7 +143,8 @@ def _emptied(before: Sequence[str], after: set[str], kinds: str) -> str | None:
 def _auc_difference(y: np.ndarray, scores: np.ndarray, values: np.ndarray, patients: np.ndarray) -> dict[str, Any]:
     """A field's test of whether AUC differs across its groups (``values``), among those with both positive and
     negative films (an AUC needs both; ``one_class`` names the others): its p-value
-    (:func:`~pneumoscan.core.metrics.differences.auc_difference`) with the groups and patients it compares, each
+    (:func:`~pneumoscan.core.metrics.differences.auc_difference`), ``p_method`` (exact or drawn), with the groups
+    and patients it compares, each
     group's AUC and films of each class in ``compared``, or ``none``, why no test is made (fewer than two such
     groups, or one left without a class once patients in several groups are left out, :func:`_apart`)."""
     kept, left_out = _apart(values, patients)
@@ -165,13 +168,14 @@ def _auc_difference(y: np.ndarray, scores: np.ndarray, values: np.ndarray, patie
             return said | {"none": emptied}
     compared = [{"value": value, "auc": roc_auc(y[of], scores[of]), "positive": int(y[of].sum()),
                  "negative": int((y[of] == 0).sum())} for value in after for of in [films & (values == value)]]
-    return said | {"p": auc_difference(y[films] == 1, scores[films], values[films], patients[films]),
-                   "compared": compared}
+    tested = auc_difference(y[films] == 1, scores[films], values[films], patients[films])
+    return said | {"p": tested.p, "p_method": tested.method, "compared": compared}
 
 
 def _difference(hits: np.ndarray, values: np.ndarray, patients: np.ndarray, what: str) -> dict[str, Any]:
     """A field's test of whether a rate (``hits`` of its films) differs across its groups (``values``): its p-value
-    (:func:`~pneumoscan.core.metrics.differences.rate_difference`) with the groups and patients it compares, or
+    (:func:`~pneumoscan.core.metrics.differences.rate_difference`), ``p_method`` (exact or drawn), with the groups
+    and patients it compares, or
     ``none``, why no test is made (fewer than two groups, a group left without films once patients in several groups
     are left out, ``left_out`` of them (:func:`_apart`), or films all called alike: nothing to differ).
     ``compared``: each group's films and hits the test counts."""
@@ -190,7 +194,8 @@ def _difference(hits: np.ndarray, values: np.ndarray, patients: np.ndarray, what
                                "differs"}
     compared = [{"value": value, "hits": int(hits[values == value].sum()), "of": int((values == value).sum())}
                 for value in sorted(set(values.tolist()), key=group_order)]  # the table's, unless some left out
-    return said | {"p": rate_difference(hits, values, patients), "compared": compared}
+    tested = rate_difference(hits, values, patients)
+    return said | {"p": tested.p, "p_method": tested.method, "compared": compared}
 
 
 def blocks(metrics: Mapping[str, Any]) -> list[tuple[str | None, dict[str, Any]]]:
@@ -228,7 +233,8 @@ def adjust(metrics: Mapping[str, Any]) -> None:
 
 
 def difference_said(name: str, test: Mapping[str, Any] | None) -> str:
-    """A field's test of a figure in a sentence's words: its p, Holm-adjusted, with what it compares (the films it
+    """A field's test of a figure in a sentence's words: its p and how it was found (:data:`P_METHODS`; a result
+    of a version that did not record it, none), Holm-adjusted, with what it compares (the films it
     counts where patients in several groups are left out: then not the table's) and the groups AUC's could not
     compare, or why none; the patients left out counted either way."""
     if test is None:
@@ -240,7 +246,8 @@ def difference_said(name: str, test: Mapping[str, Any] | None) -> str:
                  if test.get("one_class") else "")
     if "none" in test:
         return f"{FIGURE_NAMES[name]}: not tested ({'; '.join(filter(None, (apart, test['none'])))})"
-    return (f"{FIGURE_NAMES[name]} p {p_said(test['p'])}, adjusted {p_said(test.get('p_holm', test['p']))} "
+    method = f" ({P_METHODS[test['p_method']]})" if "p_method" in test else ""
+    return (f"{FIGURE_NAMES[name]} p {p_said(test['p'])}{method}, adjusted {p_said(test.get('p_holm', test['p']))} "
             f"({test['groups']} groups, {test['patients']} patients" + (f"; {one_class}" if one_class else "")
             + (f"; {apart}, which leaves " + ", ".join(map(_compared_said, test["compared"])) if apart else "")
             + ")")

@@ -21,6 +21,9 @@ AUC needs both classes and does not depend on their proportion. Every shuffle is
 :func:`paired_differences` asks whether two models differ on the same films: the same shuffles' idea, each
 patient's scores swapped between the two models or not, as a sign on that patient's part of the difference.
 
+Each p says how it was found (:class:`Tested`): ``exact`` (every shuffle counted) or ``drawn`` (:data:`RESAMPLES`
+shuffles drawn with a fixed seed).
+
 What it does not tell: a small p says the groups' rates differ by more than reshuffling patients makes them, not why
 (the groups may differ in case mix: a site of sicker children); a large p on small groups says little, as they could
 not show a difference of any size. Its patients are assumed independent, each in one group of the field.
@@ -31,7 +34,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -40,12 +43,23 @@ from .intervals import ALPHA, BOOTSTRAP_SEED, FEW_PATIENTS, _bootstrap_weights
 RESAMPLES = 9999  # shuffles drawn where counting every assignment of patients to groups would take more
 BATCH = 500  # shuffles scored at once: 5,000 patients took 1.8 GB in one batch of 9,999
 AUC_BATCH = 200  # :func:`auc_difference`'s shuffles scored at once: each holds a count a group and negative film
+EXACT, DRAWN = "exact", "drawn"  # how a p was found (:class:`Tested`)
+# each way in a reader's words, as tables and reports say it beside the p
+P_METHODS = {EXACT: "exact: every shuffle counted", DRAWN: f"drawn: {RESAMPLES:,} shuffles, fixed seed"}
 
 
-def rate_difference(hits: np.ndarray, groups: np.ndarray, patients: np.ndarray) -> float:
+class Tested(NamedTuple):
+    """A test's p-value and how it was found: :data:`EXACT` or :data:`DRAWN`."""
+
+    p: float
+    method: str
+
+
+def rate_difference(hits: np.ndarray, groups: np.ndarray, patients: np.ndarray) -> Tested:
     """The p-value of the permutation test over ``patients`` (one a film) of whether the share of ``hits`` (one a film,
-    true or false) differs across ``groups`` (one a film), each patient's films in one group. Raises ValueError where
-    a patient's films are in several groups: shuffling them as one would need a group to move them to."""
+    true or false) differs across ``groups`` (one a film), each patient's films in one group, and whether it is exact
+    (every assignment counted, as scipy does where they are at most :data:`RESAMPLES`) or drawn. Raises ValueError
+    where a patient's films are in several groups: shuffling them as one would need a group to move them to."""
     from scipy.stats import permutation_test
 
     hits, groups = np.asarray(hits, dtype=bool), np.asarray(groups)
@@ -79,12 +93,15 @@ def rate_difference(hits: np.ndarray, groups: np.ndarray, patients: np.ndarray) 
 
     settings = {"vectorized": True, "n_resamples": RESAMPLES, "alternative": "greater", "batch": BATCH,
                 "random_state": np.random.default_rng(BOOTSTRAP_SEED)}
-    if np.bincount(codes).min() >= 2:  # each assignment of patients to groups once (scipy's samples need two each)
+    sizes = np.bincount(codes)
+    if sizes.min() >= 2:  # each assignment of patients to groups once (scipy's samples need two each)
         found = permutation_test([np.flatnonzero(codes == g) for g in range(codes.max() + 1)], of_groups,
                                  permutation_type="independent", **settings)
+        shuffles = math.factorial(units.size) // math.prod(map(math.factorial, sizes.tolist()))
     else:  # a group of one patient: the patients' groups shuffled (every order counted for 7 patients or fewer)
         found = permutation_test((codes,), of_patients, permutation_type="pairings", **settings)
-    return float(found.pvalue)
+        shuffles = math.factorial(units.size)
+    return Tested(float(found.pvalue), EXACT if shuffles <= RESAMPLES else DRAWN)  # as scipy chooses
 
 
 def holm(p_values: Sequence[float]) -> list[float]:
@@ -99,18 +116,18 @@ def holm(p_values: Sequence[float]) -> list[float]:
     return adjusted.tolist()
 
 
-def auc_difference(positive: np.ndarray, scores: np.ndarray, groups: np.ndarray, patients: np.ndarray) -> float:
-    """The p-value of the permutation test over ``patients`` (one a film) of whether the ROC AUC of ``scores`` for
-    ``positive`` (one a film) differs across ``groups`` (one a film, each with both classes), each patient's films in
-    one group. Its statistic is the spread of the groups' AUCs, sum w (AUC - their w-weighted mean)^2 with w = 1 / (1 /
-    positive patients + 1 / negative patients), the inverse of about the AUC's variance: with two groups, the squared
-    difference of their AUCs. Patients are shuffled among the groups within their class, as scipy's permutation_test
-    cannot keep strata: every distinct shuffle counted once where they are at most :data:`RESAMPLES` (an exact test,
-    p the share at least as far apart, the real assignment among them), as the rates' tests count theirs, else
-    :data:`RESAMPLES` drawn with a fixed seed (p is (1 + shuffles at least as far apart) / (1 + shuffles)). Each
-    shuffle's AUCs come from each positive film's place among the negatives, found once (ties counting half), and
-    each group's negatives counted up to each place: no sort, nor sklearn's roc_auc_score, a shuffle. Raises
-    ValueError where a patient's films are in several groups or a group lacks a class."""
+def auc_difference(positive: np.ndarray, scores: np.ndarray, groups: np.ndarray, patients: np.ndarray) -> Tested:
+    """The p-value, exact or drawn, of the permutation test over ``patients`` (one a film) of whether the ROC AUC of
+    ``scores`` for ``positive`` (one a film) differs across ``groups`` (one a film, each with both classes), each
+    patient's films in one group. Its statistic is the spread of the groups' AUCs, sum w (AUC - their w-weighted mean)^2
+    with w = 1 / (1 / positive patients + 1 / negative patients), the inverse of about the AUC's variance: with two
+    groups, the squared difference of their AUCs. Patients are shuffled among the groups within their class, as scipy's
+    permutation_test cannot keep strata: every distinct shuffle counted once where they are at most :data:`RESAMPLES`
+    (an exact test, p the share at least as far apart, the real assignment among them), as the rates' tests count
+    theirs, else :data:`RESAMPLES` drawn with a fixed seed (p is (1 + shuffles at least as far apart) / (1 + shuffles)).
+    Each shuffle's AUCs come from each positive film's place among the negatives, found once (ties counting half), and
+    each group's negatives counted up to each place: no sort, nor sklearn's roc_auc_score, a shuffle. Raises ValueError
+    where a patient's films are in several groups or a group lacks a class."""
     positive, scores, groups = np.asarray(positive, dtype=bool), np.asarray(scores, dtype=float), np.asarray(groups)
     units, unit_of = np.unique(np.asarray(patients), return_inverse=True)
     unit_group = np.empty(units.size, dtype=groups.dtype)
@@ -153,8 +170,8 @@ def auc_difference(positive: np.ndarray, scores: np.ndarray, groups: np.ndarray,
         made = [_arrangements(codes[s]) for s in strata]
         for stratum, rows, index in zip(strata, made, np.indices([len(r) for r in made]).reshape(len(made), -1)):
             every[:, stratum] = rows[index]
-        return float(np.mean(np.concatenate([spread(every[i:i + AUC_BATCH])
-                                             for i in range(0, shuffles, AUC_BATCH)]) >= observed))
+        return Tested(float(np.mean(np.concatenate([spread(every[i:i + AUC_BATCH])
+                                                    for i in range(0, shuffles, AUC_BATCH)]) >= observed)), EXACT)
     rng, beyond, done = np.random.default_rng(BOOTSTRAP_SEED), 0, 0
     while done < RESAMPLES:
         batch = min(AUC_BATCH, RESAMPLES - done)
@@ -163,7 +180,7 @@ def auc_difference(positive: np.ndarray, scores: np.ndarray, groups: np.ndarray,
             shuffled[:, stratum] = rng.permuted(shuffled[:, stratum], axis=1)
         beyond += int((spread(shuffled) >= observed).sum())
         done += batch
-    return (1 + beyond) / (1 + RESAMPLES)
+    return Tested((1 + beyond) / (1 + RESAMPLES), DRAWN)
 
 
 def _arrangements(labels: np.ndarray) -> np.ndarray:
@@ -199,6 +216,7 @@ def paired_differences(positive: np.ndarray, scores: np.ndarray, called: np.ndar
     is a sum over patients, each patient's part changing sign where it is swapped (:func:`_auc_parts`), so a shuffle
     costs a product of signs and parts, not an AUC. Every one of the 2^patients swaps is counted where they are at
     most :data:`RESAMPLES` (an exact test), else :data:`RESAMPLES` drawn with a fixed seed (:func:`_sign_flip_p`).
+    Each entry's ``p_method`` says how its p was found (:class:`Tested`).
 
     The interval is the 2.5th and 97.5th percentiles of the difference over :data:`PAIRED_BOOTSTRAP` resamples of
     patients (:func:`~.intervals._bootstrap_weights`, each patient's films together in both models), resamples
@@ -209,8 +227,9 @@ def paired_differences(positive: np.ndarray, scores: np.ndarray, called: np.ndar
     weights = _bootstrap_weights(positive, unit_of, PAIRED_BOOTSTRAP, BOOTSTRAP_SEED)
     out: dict[str, dict[str, Any]] = {}
     if positive.any() and (~positive).any():
-        parts = np.bincount(unit_of, _auc_parts(scores, positive), units.size) / (positive.sum() * (~positive).sum())
-        out["auc"] = _paired(_weighted_auc(scores, positive, np.ones((1, positive.size))), parts,
+        tested = _sign_flip_p(
+            np.bincount(unit_of, _auc_parts(scores, positive), units.size) / (positive.sum() * (~positive).sum()))
+        out["auc"] = _paired(_weighted_auc(scores, positive, np.ones((1, positive.size))), tested,
                              _weighted_auc(scores, positive, weights), np.ones_like(positive), unit_of)
     for name, films in (("sensitivity", positive), ("specificity", ~positive)):
         if films.any():
@@ -218,7 +237,8 @@ def paired_differences(positive: np.ndarray, scores: np.ndarray, called: np.ndar
             with np.errstate(divide="ignore", invalid="ignore"):  # a resample without the figure's films: nan
                 drawn = np.stack([(weights[:, films] @ h) / weights[:, films].sum(axis=1) for h in hits])
             parts = np.bincount(unit_of[films], hits[1] - hits[0], units.size) / films.sum()
-            out[name] = _paired(hits.mean(axis=1)[:, None], parts, drawn, films, unit_of)
+            out[name] = _paired(hits.mean(axis=1)[:, None], _sign_flip_p(parts[np.unique(unit_of[films])]), drawn,
+                                films, unit_of)
     return out
 
 
@@ -249,7 +269,7 @@ def _auc_parts(scores: np.ndarray, positive: np.ndarray) -> np.ndarray:
     return parts
 
 
-def _sign_flip_p(parts: np.ndarray) -> float:
+def _sign_flip_p(parts: np.ndarray) -> Tested:
     """The p of the paired permutation test whose statistic is |sum of ``parts``| (a patient each), each shuffle
     changing the sign of each patient's part or not: every one of the 2^patients sign changes counted where they are
     at most :data:`RESAMPLES`, else :data:`RESAMPLES` drawn with a fixed seed, p = (1 + as far) / (1 + shuffles).
@@ -257,12 +277,12 @@ def _sign_flip_p(parts: np.ndarray) -> float:
     observed = abs(parts.sum()) - 1e-12 * np.abs(parts).sum()  # as far apart, rounding aside
     if 2 ** parts.size <= RESAMPLES:
         signs = 1 - 2 * ((np.arange(2 ** parts.size)[:, None] >> np.arange(parts.size)) & 1)
-        return float((np.abs(signs @ parts) >= observed).mean())
+        return Tested(float((np.abs(signs @ parts) >= observed).mean()), EXACT)
     rng, beyond = np.random.default_rng(BOOTSTRAP_SEED), 0
     for done in range(0, RESAMPLES, BATCH):
         signs = rng.choice((-1.0, 1.0), (min(BATCH, RESAMPLES - done), parts.size))
         beyond += int((np.abs(signs @ parts) >= observed).sum())
-    return (1 + beyond) / (1 + RESAMPLES)
+    return Tested((1 + beyond) / (1 + RESAMPLES), DRAWN)
 
 
 def _ranked_negatives(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -289,10 +309,10 @@ def _weighted_auc(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray)
     return np.stack(out)
 
 
-def _paired(figures: np.ndarray, parts: np.ndarray, drawn: np.ndarray, films: np.ndarray,
+def _paired(figures: np.ndarray, tested: Tested, drawn: np.ndarray, films: np.ndarray,
             unit_of: np.ndarray) -> dict[str, Any]:
     """A figure's entry of :func:`paired_differences`: the two models' values (``figures``, (2, 1)), the difference,
-    its p from each patient's part of it (:func:`_sign_flip_p`), its percentile interval over the resamples
+    its test's p and how it was found (``tested``), its percentile interval over the resamples
     ``drawn`` (2, resamples; nan where a resample lacks the figure's films), and the films and patients it is of."""
     difference = drawn[1] - drawn[0]
     difference = difference[np.isfinite(difference)]
@@ -301,4 +321,4 @@ def _paired(figures: np.ndarray, parts: np.ndarray, drawn: np.ndarray, films: np
           if patients >= FEW_PATIENTS and difference.size else None)
     first, second = (float(f[0]) for f in figures)
     return {"first": first, "second": second, "difference": second - first, "ci": ci,
-            "p": _sign_flip_p(parts[np.unique(unit_of[films])]), "films": int(films.sum()), "patients": patients}
+            "p": tested.p, "p_method": tested.method, "films": int(films.sum()), "patients": patients}
