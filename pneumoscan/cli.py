@@ -26,9 +26,9 @@ from rich.console import Console
 from pneumoscan import __version__
 from pneumoscan.core.atomic import file_stamp, refuse_special, write_unchanged
 from pneumoscan.core.names import given_path, json_text, path_list, shown
-from pneumoscan.core.options import (BACKENDS, CALIBRATION_IMAGES, FILL_MODES, MAX_UPLOAD_MB, OPTIMIZERS, PACS_FILM_S,
-                                     PACS_READ_S, PREDICT_BATCH, RESIZE_POLICIES, SPLITS, TRACKERS, VAL_FRACTION,
-                                     look_up_option)
+from pneumoscan.core.options import (AUC_TESTS, BACKENDS, CALIBRATION_IMAGES, FILL_MODES, MAX_UPLOAD_MB, OPTIMIZERS,
+                                     PACS_FILM_S, PACS_READ_S, PREDICT_BATCH, RESIZE_POLICIES, SPLITS, TRACKERS,
+                                     VAL_FRACTION, look_up_option)
 from pneumoscan.data.tasks import list_tasks
 from pneumoscan.models import PLUGINS_ENV, WeightsUnavailable, or_your_own
 
@@ -464,7 +464,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from pneumoscan.evaluation.compare import (FIGURE, PAIRED_TABLE, SUBGROUP_FIGURE, SUBGROUP_TABLE, TABLE,
                                                compare_runs, format_table)
 
-    runs = compare_runs(args.runs, args.out)
+    runs = compare_runs(args.runs, args.out, args.auc_test)
     print(format_table(runs))
     if args.out:
         print(f"\ntable: {Path(args.out) / TABLE}   figure: {Path(args.out) / FIGURE}")
@@ -1011,6 +1011,10 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("runs", type=_path("run"), nargs="+", metavar="RUN",
                    help="training run folders (RUN/metrics.json) or evaluate folders")
     p.add_argument("--out", type=_folder, help="folder for compare.csv and compare.png (default: print the table only)")
+    _choice(p, "--auc-test", AUC_TESTS, "paired AUC test", any_case=True, default="permutation",
+            help="how evaluate folders' AUCs on the same films are tested against the first's: permutation (default; "
+                 "exact where every swap can be counted, no normal approximation) or delong (DeLong's test of "
+                 "correlated AUCs, clustered by patient, as pROC's roc.test)")
 
 
 def _threshold_args(p: argparse.ArgumentParser) -> None:

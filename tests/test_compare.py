@@ -17,7 +17,7 @@ from matplotlib.colors import to_rgba
 
 from pneumoscan.cli import main
 from pneumoscan.core.metrics import with_ci
-from pneumoscan.core.metrics.differences import holm
+from pneumoscan.core.metrics.differences import delong_difference, holm
 from pneumoscan.data.layouts import discover, write_manifest
 from pneumoscan.evaluation.compare import OPTIMISTIC, compare_runs, comparison_figure, format_table
 from pneumoscan.evaluation.evaluate import evaluate, films_digest
@@ -557,7 +557,7 @@ def test_compare_sets_a_three_class_decisions_accuracy_by_subgroup_side_by_side_
         compare_runs([plain, tta])
     m["multiclass"]["subgroups"]["differences"]["subtype"]["accuracy"] |= {"p_holm": 0.5, "p_method": "guessed"}
     (tta / "metrics.json").write_text(json.dumps(m))
-    with pytest.raises(ValueError, match=r"accuracy\.p_method is 'guessed', not one of exact, drawn"):
+    with pytest.raises(ValueError, match=r"accuracy\.p_method is 'guessed', not one of exact, drawn, DeLong"):
         compare_runs([plain, tta])
     # an edited test, or a rate's test gone beside the others', is refused by its file, not a KeyError
     m = blocks[tta] | {"subgroups": json.loads((plain / "metrics.json").read_text())["subgroups"]}
@@ -631,6 +631,37 @@ def test_evaluations_of_the_same_films_are_tested_paired_against_the_first(
     assert f"{float(first['difference']):+.3f} ({float(first['difference_low']):+.3f} to " in line
     assert line.endswith(" drawn") and "exact where every swap was counted, else drawn: 9,999 swaps" in said
     assert "paired tests: " in printed
+
+
+def test_compare_tests_auc_by_delong_where_asked(three_class_runs: tuple[Path, Path], tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """--auc-test delong: the AUC's p in compare_paired.csv and the terminal is DeLong's test of the two runs'
+    scores of the 16 films (one a patient), said so in its row and above the table; its interval and the rates'
+    tests are the permutation run's. An unknown test is refused by its option."""
+    multiclass, pneumonia = three_class_runs
+    assert main(["compare", str(multiclass), str(pneumonia), "--out", str(tmp_path / "permuted")]) == 0
+    capsys.readouterr()
+    assert main(["compare", str(multiclass), str(pneumonia), "--out", str(tmp_path / "delong"),
+                 "--auc-test", "DeLong"]) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    permuted, rows = _paired_rows(tmp_path / "permuted"), _paired_rows(tmp_path / "delong")
+    scored = []
+    for folder in (multiclass, pneumonia):
+        with (folder / "predictions.csv").open() as f:
+            scored.append(sorted(csv.DictReader(f), key=lambda row: row["path"]))
+    positive = np.array([row["label"].casefold() != "normal" for row in scored[0]])
+    scores = np.array([[float(row["probability"]) for row in films] for films in scored])
+    auc = rows[0]
+    assert (auc["figure"], auc["p_method"]) == ("auc", "DeLong")
+    assert float(auc["p"]) == pytest.approx(delong_difference(positive, scores, np.arange(16)).p)
+    assert (auc["difference_low"], auc["difference_high"]) == (permuted[0]["difference_low"],
+                                                               permuted[0]["difference_high"])
+    assert [(r["p"], r["p_method"]) for r in rows[1:]] == [(r["p"], r["p_method"]) for r in permuted[1:]]
+    assert "p: AUC's by DeLong's test of correlated AUCs clustered by patient (a normal approximation)" in said
+    assert re.search(r"eval-two-stage +AUC .* DeLong", said)
+    with pytest.raises(SystemExit):
+        main(["compare", str(multiclass), str(pneumonia), "--auc-test", "wilcoxon"])
+    assert "--auc-test" in capsys.readouterr().err
 
 
 def test_a_films_copy_under_another_name_is_one_patient_with_it_in_the_paired_test(

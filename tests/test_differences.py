@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy.stats import chi2_contingency, fisher_exact, rankdata
+from scipy.stats import chi2_contingency, fisher_exact, norm, rankdata
 from sklearn.metrics import roc_auc_score
 
-from pneumoscan.core.metrics.differences import DRAWN, EXACT, auc_difference, holm, paired_differences, rate_difference
+from pneumoscan.core.metrics.differences import (DELONG, DRAWN, EXACT, auc_difference, delong_difference, holm,
+                                                  paired_differences, rate_difference)
 
 
 def test_one_film_a_patient_gives_fishers_exact_p() -> None:
@@ -224,3 +225,92 @@ def test_paired_differences_count_a_patients_films_once() -> None:
         assert np.ptp(apart[name]["ci"]) < np.ptp(again[name]["ci"]) * 0.85
     assert apart["auc"]["p"] < again["auc"]["p"]
 
+
+def _delong_1988_p(positive: np.ndarray, scores: np.ndarray) -> float:
+    """DeLong, DeLong and Clarke-Pearson (Biometrics 1988, 44:837-845), written from the paper, pair by pair: psi
+    of each positive and negative film, each film's structural components V10 and V01, their covariance matrices
+    S10 and S01 over the two models, and the variance of the difference L (S10 / m + S01 / n) L' with L = (-1, 1)."""
+    x, y = scores[:, positive], scores[:, ~positive]
+    m, n = x.shape[1], y.shape[1]
+    psi = (x[:, :, None] > y[:, None, :]) + 0.5 * (x[:, :, None] == y[:, None, :])  # (model, positive, negative)
+    v10, v01 = psi.mean(axis=2), psi.mean(axis=1)
+    auc = psi.mean(axis=(1, 2))
+    s10 = (v10 - auc[:, None]) @ (v10 - auc[:, None]).T / (m - 1)
+    s01 = (v01 - auc[:, None]) @ (v01 - auc[:, None]).T / (n - 1)
+    contrast = np.array([-1.0, 1.0])
+    z = (auc[1] - auc[0]) / np.sqrt(contrast @ (s10 / m + s01 / n) @ contrast)
+    return float(2 * norm.sf(abs(z)))
+
+
+def test_delong_with_one_film_a_patient_is_delongs_own() -> None:
+    """One film a patient: the clustered test's p is DeLong's 1988 one computed pair by pair from the paper's
+    formulas (ties among and across the models' scores included), and says it is DeLong's."""
+    positive = np.array([1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 1], dtype=bool)
+    first = np.array([0.9, 0.8, 0.4, 0.7, 0.5, 0.3, 0.5, 0.2, 0.6, 0.1, 0.4, 0.35])
+    second = np.array([0.8, 0.9, 0.6, 0.6, 0.75, 0.2, 0.3, 0.2, 0.7, 0.3, 0.6, 0.65])
+    scores = np.stack([first, second])
+    expected = _delong_1988_p(positive, scores)
+    found = delong_difference(positive, scores, np.arange(12))
+    assert 0.05 < expected < 0.95  # a case where the difference is neither nothing nor all
+    assert found == (pytest.approx(expected, rel=1e-9), DELONG)
+
+
+def test_delong_counts_a_patients_films_as_one_unit() -> None:
+    """Each patient filmed twice, scored alike: the clustered test gives the p of one film a patient exactly, where
+    DeLong's over films (each taken as a patient) gives a far smaller one. Films of a patient scored apart: its
+    variance is about the jackknife's over patients (leave each patient out, the AUC difference's spread), as
+    Obuchowski's is that estimate's large-sample form."""
+    rng = np.random.default_rng(5)
+    positive = np.arange(80) % 2 == 0
+    first = rng.random(80) + positive * 0.5
+    second = first + rng.normal(0, 0.3, 80) + positive * 0.15
+    scores = np.stack([first, second])
+    once = delong_difference(positive, scores, np.arange(80)).p
+    twice = np.repeat(np.arange(80), 2)
+    assert delong_difference(positive[twice], scores[:, twice], twice).p == pytest.approx(once, rel=1e-9)
+    apart = delong_difference(positive[twice], scores[:, twice], np.arange(160)).p  # as if 160 patients
+    assert norm.isf(apart / 2) == pytest.approx(np.sqrt(2) * norm.isf(once / 2), rel=0.02)
+    # 150 patients of 1 to 3 films, each patient's films sharing a part of their scores and their class
+    patients = np.repeat(np.arange(150), rng.integers(1, 4, 150))
+    positive = (rng.random(150) < 0.4)[patients] ^ (rng.random(patients.size) < 0.1)
+    shared = rng.normal(0, 0.6, (2, 150))[:, patients]
+    scores = positive + shared + rng.normal(0, 0.5, (2, patients.size)) + np.array([[0.0], [0.2]]) * positive
+    tested = delong_difference(positive, scores, patients)
+    difference = roc_auc_score(positive, scores[1]) - roc_auc_score(positive, scores[0])
+    variance = (difference / norm.isf(tested.p / 2)) ** 2
+    left = np.array([roc_auc_score(positive[keep], scores[1, keep]) - roc_auc_score(positive[keep], scores[0, keep])
+                     for keep in (patients != i for i in range(150))])
+    jackknife = 149 / 150 * ((left - left.mean()) ** 2).sum()
+    assert variance == pytest.approx(jackknife, rel=0.05)  # 0.98 of it; over films as patients, 0.61
+    assert delong_difference(positive, scores, np.arange(patients.size)).p < tested.p  # films as patients: too small
+
+
+def test_delong_refuses_what_it_cannot_scale() -> None:
+    """A class of one patient's films has no spread to estimate; two models that rank every film alike differ by
+    nothing (p 1); a difference with no spread at all is refused, not given p 0."""
+    with pytest.raises(ValueError, match="at least two patients"):
+        delong_difference(np.array([True, True, False, False]), np.stack([np.arange(4.0)] * 2), np.array([0, 0, 1, 2]))
+    same = np.stack([np.array([0.9, 0.2, 0.8, 0.1])] * 2)
+    assert delong_difference(np.array([True, False, True, False]), same, np.arange(4)) == (1.0, DELONG)
+    with pytest.raises(ValueError, match="variance is 0"):
+        delong_difference(np.array([True, False, True, False]), np.stack([same[0], np.full(4, 0.5)]), np.arange(4))
+
+
+def test_paired_differences_test_auc_by_delong_where_asked() -> None:
+    """--auc-test delong: the AUC's p is the clustered DeLong test's, said so; the rates' stay permutation tests,
+    each saying whether every swap was counted (8 patients: 256) or 9,999 drawn (60 patients)."""
+    patients = np.array([0, 0, 1, 2, 3, 3, 4, 5, 6, 7])
+    positive = np.array([1, 1, 0, 0, 1, 0, 1, 0, 0, 1], dtype=bool)
+    scores = np.stack([np.array([0.2, 0.9, 0.5, 0.1, 0.6, 0.7, 0.3, 0.4, 0.8, 0.55]),
+                       np.array([0.95, 0.9, 0.3, 0.2, 0.8, 0.5, 0.7, 0.35, 0.6, 0.75])])
+    called = scores >= 0.5
+    permuted = paired_differences(positive, scores, called, patients)
+    delong = paired_differences(positive, scores, called, patients, auc_test="delong")
+    assert {name: entry["p_method"] for name, entry in permuted.items()} == dict.fromkeys(permuted, EXACT)
+    assert (delong["auc"]["p"], delong["auc"]["p_method"]) == (delong_difference(positive, scores, patients).p, DELONG)
+    assert delong["auc"]["ci"] == permuted["auc"]["ci"] and delong["sensitivity"] == permuted["sensitivity"]
+    many = paired_differences(np.arange(60) % 2 == 0, np.random.default_rng(0).random((2, 60)),
+                              np.zeros((2, 60), dtype=bool) | (np.arange(60) < 30), np.arange(60))
+    assert {entry["p_method"] for entry in many.values()} == {DRAWN}
+    with pytest.raises(ValueError, match="no paired AUC test 'wilcoxon'"):
+        paired_differences(positive, scores, called, patients, auc_test="wilcoxon")

@@ -30,7 +30,7 @@ import numpy as np
 from pneumoscan.core.atomic import write_atomic
 from pneumoscan.core.figures import figure_bytes
 from pneumoscan.core.metrics import format_figure, with_ci
-from pneumoscan.core.metrics.differences import P_METHODS, RESAMPLES, holm, paired_differences
+from pneumoscan.core.metrics.differences import DELONG, P_METHODS, RESAMPLES, holm, paired_differences
 from pneumoscan.core.names import path_list, results_csv, shown
 from pneumoscan.inference.onnx_runtime import INT8_NAME
 from pneumoscan.models.card import CARD, WEIGHTS, BundleCard, load_card
@@ -512,13 +512,14 @@ SUBGROUP_TABLE, SUBGROUP_FIGURE = "compare_subgroups.csv", "compare_subgroups.pn
 PAIRED_TABLE = "compare_paired.csv"  # and where runs are evaluations of the same films, their paired tests
 
 
-def compare_runs(paths: Iterable[Path | str] | Path | str, out_dir: Path | str | None = None) -> list[RunSummary]:
+def compare_runs(paths: Iterable[Path | str] | Path | str, out_dir: Path | str | None = None,
+                 auc_test: str = "permutation") -> list[RunSummary]:
     """Summaries of ``paths`` (one run given alone is one run); with ``out_dir``, also compare.csv (the table) and
     compare.png (ROC curves overlaid, each run's operating point marked in its curve's colour), and where runs have
     figures by subgroup compare_subgroups.csv and .png (:func:`subgroup_rows`, :func:`subgroup_figure`; else an
     earlier comparison's removed). Runs whose binary figures answer different questions are refused (a two-class and
     a three-class pneumonia task answer one, normal or pneumonia), as are runs whose figures among the classes are of
-    different classes."""
+    different classes. ``auc_test`` is the paired test of AUCs (:func:`paired_tests`)."""
     paths = path_list(paths)  # a generator read once, to load the runs and to name them
     if not paths:
         raise ValueError("no runs to compare")
@@ -532,7 +533,7 @@ def compare_runs(paths: Iterable[Path | str] | Path | str, out_dir: Path | str |
         for r in training:
             r.data = f"validation of {r.run} (chose its threshold)"
     _check_comparable(runs)
-    paired_tests(runs)
+    paired_tests(runs, auc_test)
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -658,9 +659,10 @@ def _patient_units(scored: Sequence[_Scored], copies: Sequence[Sequence[str]]) -
     return connected_components(graph, directed=False)[1][:len(paths)]
 
 
-def paired_tests(runs: Sequence[RunSummary]) -> None:
+def paired_tests(runs: Sequence[RunSummary], auc_test: str = "permutation") -> None:
     """Test each evaluate folder's AUC, sensitivity and specificity against the first one's (the reference), on the
-    same films (:func:`~pneumoscan.core.metrics.differences.paired_differences`), Holm-adjusted over every test
+    same films (:func:`~pneumoscan.core.metrics.differences.paired_differences`, AUC by ``auc_test``: "permutation"
+    or "delong"), Holm-adjusted over every test
     made: each run's :attr:`RunSummary.paired`, or its :attr:`RunSummary.unpaired` saying why none (a training run,
     other films or labels than the reference's). Nothing is set where fewer than two runs have scores a film."""
     evaluated = []
@@ -684,7 +686,7 @@ def paired_tests(runs: Sequence[RunSummary]) -> None:
     units = _patient_units([films, *(s for _, s in same)], copies)
     for r, of_run in same:
         figures = paired_differences(films.positive, np.stack([films.scores, of_run.scores]),
-                                     np.stack([films.called, of_run.called]), units)
+                                     np.stack([films.called, of_run.called]), units, auc_test)
         r.paired = PairedTest(reference.run, len(films.paths), int(np.unique(units).size), figures)
     tests = [test for r, _ in same if r.paired for test in r.paired.figures.values()]
     for test, adjusted in zip(tests, holm([test["p"] for test in tests])):
@@ -721,11 +723,14 @@ def _paired_table(runs: Sequence[RunSummary]) -> str:
                format_figure(test["second"]), _signed(test["difference"], test["ci"]), p_said(test["p"]),
                p_said(test["p_holm"]), test["p_method"])
               for r in tested if r.paired for name, test in r.paired.figures.items()]
+    delong = any(test["p_method"] == DELONG for r in tested if r.paired for test in r.paired.figures.values())
     flattered = [r.run for r in runs if r.optimistic and (r.paired or r.run == first.reference)]
     said = (f"is each run better or worse than {first.reference} on the same {counted(first.films, 'film')} of "
             f"{counted(first.patients, 'patient')}? (each at its own threshold; difference: the run's figure less "
             f"{first.reference}'s, its 95% CI from patients resampled; p: "
-            "permutation test swapping the two runs' scores of each patient's films, exact where every swap was "
+            + ("AUC's by DeLong's test of correlated AUCs clustered by patient (a normal approximation), the rates' "
+               "by " if delong else "")
+            + "permutation test swapping the two runs' scores of each patient's films, exact where every swap was "
             f"counted, else drawn: {RESAMPLES:,} swaps with a fixed seed; adjusted: Holm's over the {count} tests)")
     if flattered:
         said += (f" {', '.join(flattered)}: figures that may flatter the model (*, beneath), and so may the tests of "

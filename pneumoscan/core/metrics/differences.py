@@ -21,8 +21,12 @@ AUC needs both classes and does not depend on their proportion. Every shuffle is
 :func:`paired_differences` asks whether two models differ on the same films: the same shuffles' idea, each
 patient's scores swapped between the two models or not, as a sign on that patient's part of the difference.
 
-Each p says how it was found (:class:`Tested`): ``exact`` (every shuffle counted) or ``drawn`` (:data:`RESAMPLES`
-shuffles drawn with a fixed seed).
+:func:`delong_difference` answers the paired question by DeLong's test of correlated AUCs, the test papers in
+medical imaging name (pROC's roc.test), in Obuchowski's (1997) clustered form: each patient's films summed as one
+unit, so two films of one child are not taken as two children; with one film a patient it is DeLong's own.
+
+Each p says how it was found (:class:`Tested`): ``exact`` (every shuffle counted), ``drawn`` (:data:`RESAMPLES`
+shuffles drawn with a fixed seed) or ``DeLong`` (a normal approximation).
 
 What it does not tell: a small p says the groups' rates differ by more than reshuffling patients makes them, not why
 (the groups may differ in case mix: a site of sicker children); a large p on small groups says little, as they could
@@ -38,18 +42,20 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ..options import AUC_TESTS
 from .intervals import ALPHA, BOOTSTRAP_SEED, FEW_PATIENTS, _bootstrap_weights
 
 RESAMPLES = 9999  # shuffles drawn where counting every assignment of patients to groups would take more
 BATCH = 500  # shuffles scored at once: 5,000 patients took 1.8 GB in one batch of 9,999
 AUC_BATCH = 200  # :func:`auc_difference`'s shuffles scored at once: each holds a count a group and negative film
-EXACT, DRAWN = "exact", "drawn"  # how a p was found (:class:`Tested`)
+EXACT, DRAWN, DELONG = "exact", "drawn", "DeLong"  # how a p was found (:class:`Tested`)
 # each way in a reader's words, as tables and reports say it beside the p
-P_METHODS = {EXACT: "exact: every shuffle counted", DRAWN: f"drawn: {RESAMPLES:,} shuffles, fixed seed"}
+P_METHODS = {EXACT: "exact: every shuffle counted", DRAWN: f"drawn: {RESAMPLES:,} shuffles, fixed seed",
+             DELONG: "DeLong: normal approximation, clustered by patient"}
 
 
 class Tested(NamedTuple):
-    """A test's p-value and how it was found: :data:`EXACT` or :data:`DRAWN`."""
+    """A test's p-value and how it was found: :data:`EXACT`, :data:`DRAWN` or :data:`DELONG`."""
 
     p: float
     method: str
@@ -201,8 +207,8 @@ def _arrangements(labels: np.ndarray) -> np.ndarray:
 PAIRED_BOOTSTRAP = 2000  # patient resamples of a paired difference's interval
 
 
-def paired_differences(positive: np.ndarray, scores: np.ndarray, called: np.ndarray,
-                       patients: np.ndarray) -> dict[str, dict[str, Any]]:
+def paired_differences(positive: np.ndarray, scores: np.ndarray, called: np.ndarray, patients: np.ndarray,
+                       auc_test: str = "permutation") -> dict[str, dict[str, Any]]:
     """Two models' AUC, sensitivity and specificity on the same films, and the second's difference from the first,
     each with a permutation test over ``patients`` (one a film) of whether they differ and a 95% interval.
 
@@ -216,19 +222,22 @@ def paired_differences(positive: np.ndarray, scores: np.ndarray, called: np.ndar
     is a sum over patients, each patient's part changing sign where it is swapped (:func:`_auc_parts`), so a shuffle
     costs a product of signs and parts, not an AUC. Every one of the 2^patients swaps is counted where they are at
     most :data:`RESAMPLES` (an exact test), else :data:`RESAMPLES` drawn with a fixed seed (:func:`_sign_flip_p`).
-    Each entry's ``p_method`` says how its p was found (:class:`Tested`).
+    With ``auc_test`` "delong", the AUC's p is DeLong's test clustered by patient (:func:`delong_difference`)
+    instead; the rates' stay permutation tests. Each entry's ``p_method`` says how its p was found (:class:`Tested`).
 
     The interval is the 2.5th and 97.5th percentiles of the difference over :data:`PAIRED_BOOTSTRAP` resamples of
     patients (:func:`~.intervals._bootstrap_weights`, each patient's films together in both models), resamples
     without the figure's films left out; none where they are of fewer than :data:`~.intervals.FEW_PATIENTS`
     patients. A figure without films (AUC without both classes) is left out of the result."""
+    if auc_test not in AUC_TESTS:
+        raise ValueError(f"no paired AUC test {auc_test!r}: {' or '.join(AUC_TESTS)}")
     positive, scores, called = np.asarray(positive, dtype=bool), np.asarray(scores, float), np.asarray(called, bool)
     units, unit_of = np.unique(np.asarray(patients), return_inverse=True)
     weights = _bootstrap_weights(positive, unit_of, PAIRED_BOOTSTRAP, BOOTSTRAP_SEED)
     out: dict[str, dict[str, Any]] = {}
     if positive.any() and (~positive).any():
-        tested = _sign_flip_p(
-            np.bincount(unit_of, _auc_parts(scores, positive), units.size) / (positive.sum() * (~positive).sum()))
+        tested = (delong_difference(positive, scores, unit_of) if auc_test == "delong" else _sign_flip_p(
+            np.bincount(unit_of, _auc_parts(scores, positive), units.size) / (positive.sum() * (~positive).sum())))
         out["auc"] = _paired(_weighted_auc(scores, positive, np.ones((1, positive.size))), tested,
                              _weighted_auc(scores, positive, weights), np.ones_like(positive), unit_of)
     for name, films in (("sensitivity", positive), ("specificity", ~positive)):
@@ -240,6 +249,46 @@ def paired_differences(positive: np.ndarray, scores: np.ndarray, called: np.ndar
             out[name] = _paired(hits.mean(axis=1)[:, None], _sign_flip_p(parts[np.unique(unit_of[films])]), drawn,
                                 films, unit_of)
     return out
+
+
+def delong_difference(positive: np.ndarray, scores: np.ndarray, patients: np.ndarray) -> Tested:
+    """The two-sided p of DeLong's test of whether two models' AUCs on the same films differ (``scores``: a row a
+    model), in Obuchowski's clustered form over ``patients`` (one a film; Biometrics 1997, 53:567-578), a normal
+    approximation. Each film's structural component is, for a positive film, the share of negative films scored
+    below it, for a negative one the share of positive films scored above it (ties half); V, the second model's less
+    the first's, sums to each patient's V10 (positive films, m of them) and V01 (negative, n), and with M and N the
+    films of each class, I10 and I01 the patients with any, I all, and t the AUC difference, the variance of t is
+    S10 / M + S01 / N + 2 S11 / (M N): S10 = I10 / ((I10 - 1) M) sum (V10 - m t)^2, S01 = I01 / ((I01 - 1) N)
+    sum (V01 - n t)^2, S11 = I / (I - 1) sum (V10 - m t)(V01 - n t). With one film a patient S11 is 0 and this is
+    DeLong's (1988) variance. Raises ValueError where fewer than two patients have films of a class, or where the
+    variance is 0 while the AUCs differ (every component alike: no spread to scale the difference by)."""
+    from scipy.stats import norm
+
+    positive, scores = np.asarray(positive, dtype=bool), np.asarray(scores, dtype=float)
+    unit_of = np.unique(np.asarray(patients), return_inverse=True)[1]
+    units, m, n = int(unit_of.max()) + 1, int(positive.sum()), int((~positive).sum())
+    components = np.empty(scores.shape)
+    for model, s in enumerate(scores):
+        below = _ranked_negatives(s, positive)[1]  # the negatives below each positive film, ties half
+        components[model, positive] = (below[0] + below[1]) / (2 * n)
+        above = np.sort(-s[positive])  # the positives above each negative film, ties half
+        components[model, ~positive] = (np.searchsorted(above, -s[~positive], "left")
+                                        + np.searchsorted(above, -s[~positive], "right")) / (2 * m)
+    v = components[1] - components[0]
+    t = v[positive].mean()
+    v10, v01 = (np.bincount(unit_of[films], v[films], units) - np.bincount(unit_of[films], minlength=units) * t
+                for films in (positive, ~positive))
+    i10, i01 = (int(np.unique(unit_of[films]).size) for films in (positive, ~positive))
+    if min(i10, i01) < 2:
+        raise ValueError("DeLong's test needs positive and negative films of at least two patients each")
+    variance = (i10 / ((i10 - 1) * m) * (v10 ** 2).sum() / m + i01 / ((i01 - 1) * n) * (v01 ** 2).sum() / n
+                + 2 * units / (units - 1) * (v10 * v01).sum() / (m * n))
+    if variance <= 1e-15:
+        if abs(t) <= 1e-12:
+            return Tested(1.0, DELONG)
+        raise ValueError("DeLong's test cannot scale an AUC difference of films ranked alike within each model "
+                         "(its variance is 0): use the permutation test")
+    return Tested(float(2 * norm.sf(abs(t) / math.sqrt(variance))), DELONG)
 
 
 def _auc_parts(scores: np.ndarray, positive: np.ndarray) -> np.ndarray:
