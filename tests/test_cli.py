@@ -608,9 +608,11 @@ def interrupted_train(tiny_dataset: Path, module_tmp: Callable[[str], Path]) -> 
     import time
 
     run = module_tmp("interrupted_train") / "run"
+    # no early stop: on a busy machine the tiny run's few epochs past its best ended it before the signal was sent
     proc = subprocess.Popen([sys.executable, "-c", ENTRY, "-q", "train", "--data", str(tiny_dataset), "--out",
                              str(run), "--model", "simple_cnn", "--no-pretrained", "--image-size", "32", "--epochs",
-                             "500", "--batch-size", "8"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             "500", "--set", "patience=500", "--batch-size", "8"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             # an xdist worker ignores SIGINT, and a child inherits that: Ctrl-C as a shell sends it
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
