@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 
 from tests.builders import SCORE_TOL, assert_close_report
 from tests.builders import labelled_images
+import pneumoscan
 from pneumoscan.data.layouts import discover
 from pneumoscan.data.tasks import get_task
 from pneumoscan.evaluation.evaluate import evaluate, films_digest
@@ -152,6 +153,8 @@ def trained_once(log: str, run: Path, cached: dict[str, list[int]], data: Path, 
     assert again.pop("tta") is False, "evaluate says how it scored them"
     assert len(again.pop("out_of_scope")) == n_val, "the tiny films are 64 px thumbnails: evaluate says so"
     assert again.pop("optimistic"), "the bundle's own validation films: evaluate says its figures are optimistic"
+    assert len(again.pop("optimistic_films")) == n_val, "and names each film it says so of"
+    assert again.pop("software")["pneumoscan"] == pneumoscan.__version__, "and the versions that scored them"
     assert again.pop("data") == "split.csv/val" and reported.pop("data") == "validation (chose its threshold)"
     assert reported.pop("optimistic"), "the run's own report says the films chose its threshold"
     assert (reported.pop("epochs"), reported.pop("best_epoch")) == (1, 1), "the run's own: the epoch its weights are"
