@@ -391,7 +391,10 @@ class Service:
         second stage for the same film."""
         main, second, stages = self.main, self.second, self.stages
         data, dicom = await read_upload(request, self.max_bytes, self.limits.body_timeout)
-        note(film_sha256=bytes_sha256(data), film_bytes=len(data))
+        # which bytes were read (hashed off the loop): the audit line's film, and the page's proof of a film where
+        # the browser has none
+        digest = await asyncio.to_thread(bytes_sha256, data)
+        note(film_sha256=digest, film_bytes=len(data))
         gone = asyncio.ensure_future(disconnected(request))  # the body is in: what comes next is a disconnect
 
         async def decoded(fn: Callable[..., T], *args: Any) -> T:
@@ -400,8 +403,6 @@ class Service:
         try:
             # the film and its warnings, UIDs and facts, from one read of it
             image, described, header = await decoded(decode_described, main.card.spec.decode_target, dicom)
-            # which bytes were read (hashed off the loop): the page's proof of a film where the browser has none
-            digest = await asyncio.to_thread(bytes_sha256, data)
             identity = {"card_digest": self.card.card_digest, "film_sha256": digest}
             film, unlike = await self._in_lane(gone, self.decode_slots, self.decoders, self._prepared, main, image)
             scope = stages.scoped(described, unlike)  # all the warnings, in_scope, the model's identity
