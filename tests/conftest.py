@@ -41,6 +41,18 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory):
         yield
 
 
+@pytest.fixture(autouse=True)
+def _cache_left_where_it_was() -> Iterator[None]:
+    """A test that moved PNEUMOSCAN_CACHE for good (a script's main run in this process sets it) sent every later
+    test of its worker to another cache: each image cache and copy search's scan made before it was made again (the
+    real train/ folder's 5,216 films: 5 s of CPU). It fails instead, naming where it left it."""
+    before = os.environ["PNEUMOSCAN_CACHE"]  # _isolated_cache's, or a test's own monkeypatched one
+    yield
+    if (after := os.environ.get("PNEUMOSCAN_CACHE")) != before:
+        os.environ["PNEUMOSCAN_CACHE"] = before  # one failure, not one for every later test
+        pytest.fail(f"PNEUMOSCAN_CACHE was {before} and this test left it {after}", pytrace=False)
+
+
 @pytest.fixture(scope="module")
 def module_tmp(request: pytest.FixtureRequest,
                tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str], Path]]:

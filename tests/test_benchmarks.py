@@ -11,6 +11,7 @@ import runpy
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -311,10 +312,11 @@ def test_bench_models_fine_tunes_every_model_whose_weights_ship_and_counts_its_f
 
 
 def _run_main(name: str, args: list[str], monkeypatch: pytest.MonkeyPatch) -> str:
-    """``python benchmarks/NAME.py ARGS``'s refusal, run in this process: the message it exits with (status 1)."""
+    """``python benchmarks/NAME.py ARGS``'s refusal, run in this process: the message it exits with (status 1). The
+    environment it leaves is this process's again (bench_memory points PNEUMOSCAN_CACHE at a folder of its own)."""
     monkeypatch.setattr(sys, "path", [str(BENCHMARKS), *sys.path])  # its folder first; what it adds goes after
     monkeypatch.setattr(sys, "argv", [name, *args])
-    with pytest.raises(SystemExit) as exited:
+    with mock.patch.dict(os.environ), pytest.raises(SystemExit) as exited:
         runpy.run_path(str(BENCHMARKS / name), run_name="__main__")
     assert isinstance(exited.value.code, str), f"{name} exited {exited.value.code!r}, not with a reason"
     return exited.value.code
