@@ -26,7 +26,8 @@ from rich.console import Console
 from pneumoscan import __version__
 from pneumoscan.core.atomic import file_stamp, refuse_special, write_unchanged
 from pneumoscan.core.names import given_path, json_text, path_list, shown
-from pneumoscan.core.options import (AUC_TESTS, BACKENDS, CALIBRATION_IMAGES, FILL_MODES, MAX_UPLOAD_MB, OPTIMIZERS,
+from pneumoscan.core.options import (AUC_TESTS, BACKENDS, CALIBRATION_IMAGES, FILL_MODES, LISTEN_ASSOCIATION_MB,
+                                     LISTEN_FREE_MB, LISTEN_SEND_S, LISTEN_STORE_S, MAX_UPLOAD_MB, OPTIMIZERS,
                                      PACS_FILM_S, PACS_READ_S, PREDICT_BATCH, RESIZE_POLICIES, SPLITS, TRACKERS,
                                      VAL_FRACTION, look_up_option)
 from pneumoscan.data.tasks import list_tasks
@@ -595,17 +596,23 @@ def cmd_pacs(args: argparse.Namespace) -> int:
 
 def cmd_listen(args: argparse.Namespace) -> int:
     try:
-        from pneumoscan.interop.dimse import Destination, Listener
+        from pneumoscan.interop.dimse import Destination, Listener, Room
     except ModuleNotFoundError as e:
         if e.name != "pynetdicom":
             raise
         raise ValueError("listen needs pynetdicom: pip install 'pneumoscan[dimse]'") from None
 
     allow = [title for given in args.allow or () for title in given.split(",") if title.strip()]
+    out = None
+    if args.out:  # made, and checked to take a file, before any film is taken
+        ResultsTarget.check(str(Path(args.out) / "study.json"), ("json",))
+        out = Path(args.out)
+    room = Room(args.max_film_mb, args.max_association_mb, args.min_free_mb)
     # the films received are held here, private, until their study is done; all of it deleted when stopped
     with tempfile.TemporaryDirectory(prefix="pneumoscan-listen-", ignore_cleanup_errors=True) as work:
         listener = Listener(args.bundle, args.ae_title, Destination.parse(args.store_to), Path(work), allow,
-                            backend=args.backend, heatmaps=args.heatmaps)
+                            backend=args.backend, heatmaps=args.heatmaps, room=room, store_s=args.store_timeout,
+                            send_s=args.send_within, out=out)
         server = listener.start(args.host, args.port)
         try:
             threading.Event().wait()  # until Ctrl-C or SIGTERM: each association is served in a thread of its own
@@ -1165,6 +1172,22 @@ def _listen_args(p: argparse.ArgumentParser) -> None:
                    help="calling AE titles accepted (repeatable); others are rejected at association (default: any)")
     p.add_argument("--heatmaps", action="store_true", help="also send the Grad-CAM Secondary Captures")
     _choice(p, "--backend", BACKENDS, "backend", default="onnx", help="as predict --backend (default onnx)")
+    p.add_argument("--out", type=_folder, metavar="DIR",
+                   help="write each study's rows, as pacs --out writes them, to DIR/STUDY_UID.json")
+    p.add_argument("--max-film-mb", type=_positive(float), default=MAX_UPLOAD_MB, metavar="MB",
+                   help=f"a larger film is refused with 0xA700, out of resources (default {MAX_UPLOAD_MB})")
+    p.add_argument("--max-association-mb", type=_positive(float), default=LISTEN_ASSOCIATION_MB, metavar="MB",
+                   help=f"films past this many MB in one association are refused with 0xA700 (default "
+                        f"{LISTEN_ASSOCIATION_MB})")
+    p.add_argument("--min-free-mb", type=_positive(float, zero=True), default=LISTEN_FREE_MB, metavar="MB",
+                   help=f"a film that would leave less free space on the temporary folder's disk is refused with "
+                        f"0xA700 (default {LISTEN_FREE_MB})")
+    p.add_argument("--store-timeout", type=_positive(float), default=LISTEN_STORE_S, metavar="SECONDS",
+                   help=f"how long --store-to may take to connect, accept an association or answer one C-STORE "
+                        f"(default {LISTEN_STORE_S})")
+    p.add_argument("--send-within", type=_positive(float), default=LISTEN_SEND_S, metavar="SECONDS",
+                   help=f"a report not stored this long after its study was scored is given up, with an error line "
+                        f"(default {LISTEN_SEND_S})")
 
 
 def _export_args(p: argparse.ArgumentParser) -> None:

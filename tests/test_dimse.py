@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,7 +23,7 @@ from pneumoscan import cli
 from pneumoscan.data.decode import read_gray
 from pneumoscan.inference.predict import predict_paths
 from pneumoscan.interop import dimse
-from pneumoscan.interop.dimse import Destination, Listener
+from pneumoscan.interop.dimse import Destination, Listener, Room
 from pneumoscan.interop.reports import write_reports
 from tests.builders import SCORE_TOL
 from tests.test_interop import NAME, PATIENT_ID, chest_dicom
@@ -37,10 +38,12 @@ def film(data_root: Path) -> np.ndarray:
 
 
 class Destination_SCP:
-    """A C-STORE SCP that keeps what it is sent, answering each with ``status``."""
+    """A C-STORE SCP that keeps what it is sent, answering each with ``status``; one that ``hangs`` accepts the
+    association and answers no C-STORE until it is shut down."""
 
-    def __init__(self, status: int = 0x0000) -> None:
+    def __init__(self, status: int = 0x0000, hangs: bool = False) -> None:
         self.received: list[Dataset] = []
+        self.hangs, self.closing = hangs, threading.Event()
         ae = AE(ae_title="DEST")
         for sop_class in (ComprehensiveSRStorage, SecondaryCaptureImageStorage):
             ae.add_supported_context(sop_class, ExplicitVRLittleEndian)
@@ -49,7 +52,13 @@ class Destination_SCP:
         self.port = self.server.server_address[1]
         self.status = status
 
+    def shutdown(self) -> None:
+        self.closing.set()
+        self.server.shutdown()
+
     def _store(self, event: evt.Event) -> int:
+        if self.hangs:
+            self.closing.wait(30)
         ds = event.dataset
         ds.file_meta = event.file_meta
         self.received.append(ds)
@@ -60,7 +69,7 @@ class Destination_SCP:
 def destination() -> Iterator[Destination_SCP]:
     scp = Destination_SCP()
     yield scp
-    scp.server.shutdown()
+    scp.shutdown()
 
 
 @pytest.fixture
@@ -79,20 +88,25 @@ def listen(tiny_bundle: Path, tmp_path: Path) -> Iterator[Callable[..., int]]:
     yield start
     for server in servers:
         server.shutdown()
-    assert not list(work.iterdir())  # each association's folder deleted with its films once its studies were done
+    wait_for(lambda: not list(work.iterdir()))  # each association's folder deleted once its studies were done
 
 
 def send(port: int, films: list[bytes], calling: str = "MODALITY") -> list[int]:
     """C-STORE ``films`` in one association, released; each one's status."""
+    return [int(answer.Status) for answer in send_answers(port, films, calling)]
+
+
+def send_answers(port: int, films: list[bytes], calling: str = "MODALITY") -> list[Dataset]:
+    """C-STORE ``films`` in one association, released; each one's answer."""
     datasets = [pydicom.dcmread(io.BytesIO(data)) for data in films]
     ae = AE(ae_title=calling)
     for sop_class in {str(ds.SOPClassUID) for ds in datasets}:
         ae.add_requested_context(sop_class, ExplicitVRLittleEndian)
     assoc = ae.associate("127.0.0.1", port, ae_title="PNEUMOSCAN")
     assert assoc.is_established
-    statuses = [int(assoc.send_c_store(ds).Status) for ds in datasets]
+    answers = [assoc.send_c_store(ds) for ds in datasets]
     assoc.release()
-    return statuses
+    return answers
 
 
 def wait_for(done: Callable[[], bool]) -> None:
@@ -143,7 +157,8 @@ def test_studies_sent_in_one_association_get_the_srs_pacs_builds_and_faults_get_
     assert f"study {study}: no report filed for {uid['lateral']}: no DICOM SR written: not a frontal chest radiograph" \
         in log
     assert f"study {other}: unreadable: {uid['frames']}: multi-frame DICOM (2 frames)" in log
-    assert f"study {study}: 2 scored, 1 not scored, 0 unreadable; reports of 1 of 2 films stored" in log
+    assert f"study {study}: 2 scored, 1 not scored, 0 unreadable; 1 report(s) to send to DEST@" in log
+    assert f"study {study}: reports of 1 of 2 films stored at DEST@" in log
     assert f"study {other}: 0 scored, 0 not scored, 1 unreadable" in log
     assert f"study {shared}: not scored: the study's instances belong to 2 patients" in log
     for secret in (NAME, "Doe", PATIENT_ID):
@@ -242,14 +257,14 @@ def test_a_destination_down_or_refusing_is_an_error_line_per_report_never_droppe
     refusing = Destination_SCP(status=0xA900)
     try:
         if down:
-            refusing.server.shutdown()  # its port, now with no one listening
+            refusing.shutdown()  # its port, now with no one listening
         port = listen(refusing.port)
         study = generate_uid()
         assert send(port, [chest_dicom(film, StudyInstanceUID=study)]) == [0]
         wait_for(lambda: "reports of" in caplog.text)
     finally:
         if not down:
-            refusing.server.shutdown()
+            refusing.shutdown()
     [error] = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR and r.name == dimse.log.name]
     assert error.startswith(f"study {study}: the DICOM SR 1.")
     reason = "no answer (no association: the destination is down or cannot be reached)" if down else \
@@ -257,5 +272,62 @@ def test_a_destination_down_or_refusing_is_an_error_line_per_report_never_droppe
     assert error.endswith(f"is not stored at DEST@127.0.0.1:{refusing.port}: {reason}")
     tries = [r for r in caplog.records if "report(s) not stored at" in r.getMessage()]
     assert len(tries) == (2 if down else 0)
-    assert f"study {study}: 1 scored, 0 not scored, 0 unreadable; reports of 0 of 1 films stored" in caplog.text
+    assert f"study {study}: reports of 0 of 1 films stored" in caplog.text
     assert len(refusing.received) == (0 if down else 1)
+
+
+@pytest.mark.parametrize("room, refused, comment", [
+    (Room(film_mb=0.05), [0, 1], "film of 0.1 MB over the limit of 0.05 MB"),
+    (Room(association_mb=0.15), [1], "association over its limit of 0.15 MB; send the rest in another"),
+    (Room(free_mb=2**40), [0, 1], "listener's disk short of space ("),
+], ids=["film", "association", "free"])
+def test_a_film_past_what_the_listener_may_hold_on_disk_is_refused_out_of_resources(
+    listen: Callable[..., int], destination: Destination_SCP, film: np.ndarray, caplog: pytest.LogCaptureFixture,
+    room: Room, refused: list[int], comment: str,
+) -> None:
+    """A sender could fill the disk: a film (~100 KB here) over the film limit, one past the association's limit,
+    or one that would leave less than the free space asked for is refused with 0xA700 (out of resources) and the
+    reason in ErrorComment, which the sender's log shows, and a warning; the listener goes on, and what it took of
+    the association is scored at its release."""
+    caplog.set_level(logging.INFO, logger="pneumoscan")
+    port = listen(destination.port, room=room)
+    study = generate_uid()
+    answers = send_answers(port, [chest_dicom(film, StudyInstanceUID=study) for _ in range(2)])
+    assert [int(a.Status) for a in answers] == [0xA700 if i in refused else 0 for i in range(2)]
+    for i in refused:
+        assert answers[i].ErrorComment.startswith(comment)
+        assert f"C-STORE refused (0xA700): {comment}" in caplog.text
+    wait_for(lambda: f"study {study}: reports of" in caplog.text or refused == [0, 1])
+    assert len(destination.received) == 2 - len(refused)
+    small = chest_dicom(film[:8, :8], StudyInstanceUID=generate_uid())  # the listener goes on: a small film fits
+    assert send(port, [small]) == [0xA700 if "disk" in comment else 0]
+
+
+def test_a_destination_that_never_answers_holds_up_no_scoring_and_its_report_is_given_up_in_time(
+    listen: Callable[..., int], film: np.ndarray, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A destination that accepts the association and answers no C-STORE (a real SCP whose handler waits): each try
+    ends after --store-timeout, and the report is given up with an error line within --send-within of its study's
+    scoring; meanwhile a second study, sent in another association, is scored without waiting for the first's
+    report (scoring and sending shared one lock: the second study waited up to 3 x 30 s)."""
+    monkeypatch.setattr(dimse, "FIRST_WAIT_S", 0.05)
+    caplog.set_level(logging.INFO, logger="pneumoscan")
+    hung = Destination_SCP(hangs=True)
+    try:
+        port = listen(hung.port, store_s=0.5, send_s=1.5)
+        first, second = generate_uid(), generate_uid()
+        assert send(port, [chest_dicom(film, StudyInstanceUID=first)]) == [0]
+        wait_for(lambda: f"study {first}: 1 scored" in caplog.text)
+        scored = time.monotonic()
+        assert send(port, [chest_dicom(film, StudyInstanceUID=second)]) == [0]
+        wait_for(lambda: f"study {second}: reports of" in caplog.text)
+        took = time.monotonic() - scored
+    finally:
+        hung.shutdown()
+    lines = [r.getMessage() for r in caplog.records if r.name == dimse.log.name]
+    given_up = next(i for i, line in enumerate(lines) if line.startswith(f"study {first}: the DICOM SR "))
+    assert next(i for i, line in enumerate(lines) if line.startswith(f"study {second}: 1 scored")) < given_up
+    assert lines[given_up].endswith("no answer (no answer to the C-STORE)")
+    assert f"study {first}: reports of 0 of 1 films stored" in caplog.text
+    assert f"study {second}: reports of 0 of 1 films stored" in caplog.text
+    assert took < 2 * 1.5 + 1  # each study's report given up within its 1.5 s, one after the other

@@ -24,6 +24,11 @@ PREDICT_BATCH = 64  # predict.Predictor: images per model call
 MAX_UPLOAD_MB = 20  # serving.app.create_app: larger uploads are refused
 PACS_READ_S = 60  # dicomweb.Connection.read_s: one read of a PACS's answer (or one connection), in seconds
 PACS_FILM_S = 600  # dicomweb.Connection.film_s: one film's whole retrieval (272 MiB at ~4 Mbit/s)
+# dimse.Room: what `listen` holds on disk: one association's films (a study, or a sender's batch of them) and the
+# free space it leaves on the folder's disk, in MB; a film past the first or short of the second is refused (0xA700)
+LISTEN_ASSOCIATION_MB, LISTEN_FREE_MB = 2000, 1000
+LISTEN_STORE_S = 30  # dimse.Listener.store_s: the destination's answer to one step (connect, associate, one C-STORE)
+LISTEN_SEND_S = 600  # dimse.Listener.send_s: the longest a report waits, from scoring, to be stored at the destination
 CALIBRATION_IMAGES = 256  # quantize: training films whose activations set the INT8 ranges (more changed AUC by < 0.001)
 # The model input side (preprocess.PreprocessSpec.size, a recipe's image_size, a card's size): below 8 a network has
 # nothing to see (a card's size 3 crashed ONNX Runtime), and above 2048 a batch of inputs outgrows the memory of the

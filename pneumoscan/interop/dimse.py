@@ -6,17 +6,22 @@ DIMSE, not DICOMweb. It scores each study an association carried once the sender
 What is refused, and where: a caller whose AE title is not allowed, or an association not addressed to this AE
 title, at association (pynetdicom's own checks); an SOP class other than the radiograph and Secondary Capture image
 classes, or a transfer syntax pneumoscan does not decode, at negotiation; an instance without a valid Study or SOP
-Instance UID, with a C-STORE failure naming why. A film that cannot be decoded, or that is no frontal chest
-radiograph, gets the row ``pacs`` gives it (an error, or ``not_scored``) and no report. A destination that refuses
-or does not answer is tried :data:`ATTEMPTS` times; each report then not stored is an error line naming its study
-and SOP Instance UID, with the status. An association aborted, by either side, leaves its films unscored: the
-sender did not finish. The films are held in a private temporary folder, named by SOP Instance UID, and deleted once
-their study is done; the log names instances by UID, never by patient.
+Instance UID, with a C-STORE failure naming why; a film past what the listener may hold on disk (:class:`Room`),
+with an "out of resources" status (0xA700) naming why, which the sender may try again later. A film that cannot be
+decoded, or that is no frontal chest radiograph, gets the row ``pacs`` gives it (an error, or ``not_scored``) and no
+report. Reports are sent by a thread of their own, in the order their studies were scored, so a slow destination
+never holds up scoring: a destination that refuses or does not answer is tried :data:`ATTEMPTS` times, each step
+bounded by ``store_s``, and a report not stored within ``send_s`` of its study's scoring is given up; each report
+not stored is an error line naming its study and SOP Instance UID, with the reason. An association aborted, by
+either side, leaves its films unscored: the sender did not finish. The films are held in a private temporary folder,
+named by SOP Instance UID, and deleted once their studies' reports are sent; the log names instances by UID, never
+by patient.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import shutil
 import tempfile
 import threading
@@ -35,8 +40,10 @@ from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
+from pneumoscan.core.atomic import write_json
 from pneumoscan.core.logs import redact
 from pneumoscan.core.names import shown
+from pneumoscan.core.options import LISTEN_ASSOCIATION_MB, LISTEN_FREE_MB, LISTEN_SEND_S, LISTEN_STORE_S, MAX_UPLOAD_MB
 from pneumoscan.data.readers.dicom import is_own_output, read_dataset
 from pneumoscan.data.scope import CAPTURE_CLASSES, RADIOGRAPH_CLASSES
 
@@ -53,10 +60,12 @@ SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLi
             JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1, JPEGLSLossless, JPEGLSNearLossless,
             JPEG2000Lossless, JPEG2000, RLELossless]
 # a report not stored for want of an answer (no association, none to the C-STORE) or of the destination's resources
-# (0xA7xx) is tried again, 3 times in all over ~3 s (FIRST_WAIT_S, then twice that); another refusal is not
+# (0xA7xx) is tried again, 3 times in all, FIRST_WAIT_S after the first try and twice that after the second, within
+# the report's send_s; another refusal is not
 ATTEMPTS, FIRST_WAIT_S = 3, 1.0
-STORE_TIMEOUT_S = 30.0  # how long the destination may take to connect, accept, or answer one C-STORE
+MB = 2**20  # as serve's upload limit counts a MB
 _REFUSED_INSTANCE = 0xC000  # "cannot understand": an instance that cannot be filed under a study
+_OUT_OF_RESOURCES = 0xA700  # "refused: out of resources": the sender may send the instance again later
 _STORED = (0x0000, *WARNINGS)
 
 
@@ -91,33 +100,73 @@ def _check_title(title: str, what: str) -> None:
         raise ValueError(f"{what} {title!r} is not an AE title: 1 to 16 characters of printable ASCII, no backslash")
 
 
+@dataclass(frozen=True)
+class Room:
+    """What the listener may hold on disk, in MB: one film (as ``serve``'s upload limit), the films of one association
+    (all on disk until it is released and its studies are scored), and the free space a film must leave on the disk
+    of the listener's folder. A sender could otherwise fill the disk; a film past any of them is refused with
+    0xA700 (out of resources) and the reason in ErrorComment, where the sender's log shows it."""
+
+    film_mb: float = MAX_UPLOAD_MB
+    association_mb: float = LISTEN_ASSOCIATION_MB
+    free_mb: float = LISTEN_FREE_MB
+
+    def refusal(self, size: int, held: int, free: int) -> str | None:
+        """Why a film of ``size`` bytes is refused, its association holding ``held`` bytes and the disk ``free``
+        bytes free (at most 64 characters, an ErrorComment's); None when it fits."""
+        if size > self.film_mb * MB:
+            return f"film of {size / MB:.1f} MB over the limit of {self.film_mb:g} MB"
+        if held + size > self.association_mb * MB:
+            return f"association over its limit of {self.association_mb:g} MB; send the rest in another"
+        if free - size < self.free_mb * MB:
+            return f"listener's disk short of space ({free / MB:.0f} MB free)"
+        return None
+
+
 @dataclass
 class _Association:
-    """What one association brought: its folder, and its instances' rows by study and SOP Instance UID."""
+    """What one association brought: its folder, its instances' rows by study and SOP Instance UID, and their bytes
+    on disk."""
 
     folder: Path
     calling: str
     studies: dict[str, dict[str, dict]] = field(default_factory=dict)
+    size: int = 0
+
+
+@dataclass
+class _Scored:
+    """An association's studies scored, each with its rows and the time (on the monotonic clock) its reports are to
+    be sent by; their files in ``folder``, deleted once they are sent."""
+
+    folder: Path
+    studies: list[tuple[str, list[dict], float]] = field(default_factory=list)
 
 
 class Listener:
     """The C-STORE SCP of ``listen``: :meth:`start` it on an address; each study it is sent is scored once the
-    association that carried it is released, one study at a time, and its reports sent to ``destination``.
-    ``work``: the private folder each association's films are held in, a folder of their own, until their studies
-    are done (the caller deletes it at the end, with what an association cut short by a stop left there).
-    ``allow``: the calling AE titles accepted (none: any). ``backend`` and ``heatmaps`` as ``pacs`` takes them."""
+    association that carried it is released, one study at a time, and its reports sent to ``destination`` by a
+    thread of their own. ``work``: the private folder each association's films are held in, a folder of their own,
+    until their studies' reports are sent (the caller deletes it at the end, with what a stop left there); ``room``:
+    what they may take of it. ``allow``: the calling AE titles accepted (none: any). ``store_s``: how long the
+    destination may take to connect, accept an association or answer one C-STORE; ``send_s``: how long a report may
+    wait, from its study's scoring, to be stored. ``out``: a folder for each study's rows, ``STUDY_UID.json``, as
+    ``pacs --out`` writes them. ``backend`` and ``heatmaps`` as ``pacs`` takes them."""
 
     def __init__(self, bundle: Path | str, ae_title: str, destination: Destination, work: Path,
-                 allow: Iterable[str] = (), backend: str = "onnx", heatmaps: bool = False) -> None:
+                 allow: Iterable[str] = (), backend: str = "onnx", heatmaps: bool = False, room: Room = Room(),
+                 store_s: float = LISTEN_STORE_S, send_s: float = LISTEN_SEND_S, out: Path | None = None) -> None:
         _check_title(ae_title, "ae_title (--ae-title)")
         for title in allow:
             _check_title(title, "allow (--allow)")
         check_reportable(bundle, dicom=True)  # the UID root and the bundle's task, before any film is taken
         self.bundle, self.ae_title, self.destination, self.work = bundle, ae_title.strip(), destination, work
         self.allow, self.backend, self.heatmaps = [t.strip() for t in allow], backend, heatmaps
+        self.room, self.store_s, self.send_s, self.out = room, store_s, send_s, out
         self._associations: dict[int, _Association] = {}
         self._lock = threading.Lock()  # the associations' table
         self._scoring = threading.Lock()  # one study scored at a time: a model's memory, not one per sender
+        self._outbox: queue.SimpleQueue[_Scored] = queue.SimpleQueue()  # scored, their reports to send in turn
 
     def start(self, host: str, port: int) -> ThreadedAssociationServer:
         """Listen on ``host``:``port`` (0: a free port, the server's ``server_address`` says which) in threads of
@@ -131,6 +180,8 @@ class Listener:
         handlers = [(evt.EVT_C_STORE, self._stored), (evt.EVT_RELEASED, self._released),
                     (evt.EVT_ABORTED, self._aborted)]  # a connection dropped is an abort too (A-P-ABORT)
         server = ae.start_server((host, port), block=False, evt_handlers=handlers)
+        # a daemon: a stop does not wait for a destination; the reports it leaves unsent are not in the PACS
+        threading.Thread(target=self._sender, name="listen-sender", daemon=True).start()
         bound = server.server_address
         log.info("listening as %s on %s:%d; reports go to %s%s", self.ae_title, bound[0], bound[1], self.destination,
                  f"; callers allowed: {', '.join(self.allow)}" if self.allow else "; any caller")
@@ -160,8 +211,16 @@ class Listener:
         received = self._entry(event.assoc)
         if any(sop in instances for other, instances in received.studies.items() if other != study):
             return _refusal("its SOPInstanceUID was sent under another study")
+        data = event.encoded_dataset()
+        if why := self.room.refusal(len(data), received.size, shutil.disk_usage(self.work).free):
+            return _refusal(why, _OUT_OF_RESOURCES)
         path = received.folder / f"{sop}.dcm"
-        path.write_bytes(event.encoded_dataset())
+        try:
+            path.write_bytes(data)
+        except OSError as e:  # a disk filled by another program since: out of resources too, never a crash
+            path.unlink(missing_ok=True)
+            return _refusal(f"the listener cannot keep it ({e.strerror})", _OUT_OF_RESOURCES)
+        received.size += len(data)
         row = {"path": sop, "study_instance_uid": study, "series_instance_uid": series, "sop_instance_uid": sop}
         received.studies.setdefault(study, {})[sop] = row
         return 0x0000
@@ -181,24 +240,43 @@ class Listener:
         shutil.rmtree(received.folder, ignore_errors=True)
 
     def _released(self, event: evt.Event) -> None:
-        """The sender is done: each study the association brought is scored, and its folder deleted."""
+        """The sender is done: each study the association brought is scored, and handed to the sending thread,
+        which deletes the association's folder once their reports are sent."""
         with self._lock:
             received = self._associations.pop(id(event.assoc), None)
         if received is None:  # a C-ECHO, or no instance at all
             return
+        scored = _Scored(received.folder)
         try:
             with self._scoring:
                 for study, instances in received.studies.items():
                     try:
-                        self.score_study(study, instances, received.folder)
+                        rows = self.score_study(study, instances, received.folder)
                     except Exception as e:  # one study's fault is that study's: the others, and the listener, go on
                         log.error("study %s: not scored: %s", study, shown(redact(str(e)) or type(e).__name__))
+                        continue
+                    scored.studies.append((study, rows, time.monotonic() + self.send_s))
         finally:
-            shutil.rmtree(received.folder, ignore_errors=True)
+            self._outbox.put(scored)
+
+    def _sender(self) -> None:
+        """The sending thread: each association's studies in turn, their reports sent, their rows written, their
+        folder deleted."""
+        while True:
+            scored = self._outbox.get()
+            try:
+                for study, rows, deadline in scored.studies:
+                    try:
+                        self.file_study(study, rows, deadline)
+                    except Exception as e:  # one study's fault is that study's: the others, and the listener, go on
+                        log.error("study %s: reports not sent: %s", study, shown(redact(str(e)) or type(e).__name__))
+            finally:
+                shutil.rmtree(scored.folder, ignore_errors=True)
 
     def score_study(self, study_uid: str, instances: dict[str, dict], folder: Path) -> list[dict]:
-        """Score one study's instances (their files in ``folder``, named by SOP Instance UID), send its reports and
-        log what became of each film; the rows, as ``pacs`` gives them."""
+        """Score one study's instances (their files in ``folder``, named by SOP Instance UID) and log what became of
+        each film; the rows, as ``pacs`` gives them, their reports' files named under the keys write_reports gives
+        them, for :meth:`file_study`."""
         entries: list[dict | str] = []
         sources: dict[str, dict] = {}
         patients = {}
@@ -223,45 +301,64 @@ class Listener:
         work.mkdir()
         scored = score_films(self.bundle, sources, work, self.backend, self.heatmaps, store=True,
                              held=set(instances))
-        for row in scored:
-            self._send(study_uid, row)
         rows = study_rows(entries, sources, scored)
         for row in rows:
             if "not_scored" in row:
                 log.info("study %s: not scored: %s: %s", study_uid, row["path"], row["not_scored"])
             elif "error" in row:
                 log.warning("study %s: unreadable: %s: %s", study_uid, row["path"], shown(row["error"]))
+        reports = sum(key in row for row in rows for key in MADE)
+        log.info("study %s: %d scored, %d not scored, %d unreadable; %d report(s) to send to %s", study_uid,
+                 sum("probability" in row for row in rows), sum("not_scored" in row for row in rows),
+                 sum("error" in row for row in rows), reports, self.destination)
+        return rows
+
+    def file_study(self, study_uid: str, rows: list[dict], deadline: float) -> None:
+        """Send a study's reports (:meth:`_send`, by ``deadline`` on the monotonic clock), log the films whose reports
+        are not filed and how many are, and write its rows to ``out``."""
+        self._send(study_uid, [row for row in rows if any(key in row for key in MADE)], deadline)
         for row, line in unfiled(rows):
             if not row.get("not_stored"):  # a report not made; one not stored has its line (:meth:`_send`)
                 log.error("study %s: %s", study_uid, line)
         stored = sum(len(row.get("stored", [])) for row in rows)
         count = sum("probability" in row for row in rows)
-        log.info("study %s: %d scored, %d not scored, %d unreadable; reports of %d of %d films stored at %s (%d "
-                 "objects)", study_uid, count, sum("not_scored" in row for row in rows),
-                 sum("error" in row for row in rows), count - len(unfiled(rows)), count, self.destination, stored)
-        return rows
+        log.info("study %s: reports of %d of %d films stored at %s (%d objects)", study_uid,
+                 count - len(unfiled(rows)), count, self.destination, stored)
+        if self.out is not None:
+            try:
+                write_json(self.out / f"{study_uid}.json", rows)
+            except OSError as e:  # its reports are where they are: only the copy of its rows is missing
+                log.error("study %s: its rows are not written to %s: %s", study_uid, self.out,
+                          shown(e.strerror or type(e).__name__))
 
-    def _send(self, study_uid: str, row: dict) -> None:
-        """C-STORE the reports write_reports made for ``row`` to the destination, tried as :data:`ATTEMPTS` says;
-        ``stored`` and ``not_stored`` as it answered, each report not stored named in the row's warnings and in an
-        error line (study and SOP Instance UID, and the status)."""
+    def _send(self, study_uid: str, rows: list[dict], deadline: float) -> None:
+        """C-STORE the reports write_reports made for ``rows`` to the destination, in one association a try, tried as
+        :data:`ATTEMPTS` says while ``deadline`` is ahead; each row's ``stored`` and ``not_stored`` as it answered,
+        each report not stored named in its row's warnings and in an error line (study and SOP Instance UID, and
+        why)."""
         pending: dict[str, Dataset] = {}
-        whats: dict[str, str] = {}
-        for key, what in MADE.items():
-            if key in row:
-                ds = pydicom.dcmread(row.pop(key))
-                pending[str(ds.SOPInstanceUID)], whats[str(ds.SOPInstanceUID)] = ds, what
+        whats: dict[str, tuple[str, dict]] = {}
+        for row in rows:
+            row["stored"] = []
+            for key, what in MADE.items():
+                if key in row:
+                    ds = pydicom.dcmread(row.pop(key))
+                    pending[str(ds.SOPInstanceUID)], whats[str(ds.SOPInstanceUID)] = ds, (what, row)
         if not pending:
             return
-        row["stored"], why = [], {}
+        why = dict.fromkeys(pending, f"not sent within {self.send_s:g} s of the study's scoring (--send-within): "
+                                     "the destination is slow, or reports of other studies were ahead")
         for attempt in range(1, ATTEMPTS + 1):
-            for uid, answer in self._store(pending).items():
+            if (left := deadline - time.monotonic()) <= 0:
+                break
+            for uid, answer in self._store(pending, min(self.store_s, left)).items():
+                what, row = whats[uid]
                 if answer in _STORED:
                     row["stored"].append(uid)
                     del pending[uid]
                     if answer in WARNINGS:
                         row.setdefault("warnings", []).append(
-                            f"{self.destination} stored the {whats[uid]} {uid} with a warning "
+                            f"{self.destination} stored the {what} {uid} with a warning "
                             f"({status_words(answer, WARNINGS)})")
                     continue
                 if isinstance(answer, str):
@@ -270,25 +367,24 @@ class Listener:
                 why[uid] = f"refused ({status_words(answer, FAILURES)})"
                 if answer >> 8 != 0xA7:  # not out of resources: another try would meet the same refusal
                     del pending[uid]
-            if not pending:
+            wait = FIRST_WAIT_S * 2 ** (attempt - 1)
+            if not pending or attempt == ATTEMPTS or time.monotonic() + wait >= deadline:
                 break
-            if attempt < ATTEMPTS:
-                wait = FIRST_WAIT_S * 2 ** (attempt - 1)
-                log.warning("study %s: %d report(s) not stored at %s, try %d of %d; tried again in %g s", study_uid,
-                            len(pending), self.destination, attempt, ATTEMPTS, wait)
-                time.sleep(wait)
-        for uid, what in whats.items():
+            log.warning("study %s: %d report(s) not stored at %s, try %d of %d; tried again in %g s", study_uid,
+                        len(pending), self.destination, attempt, ATTEMPTS, wait)
+            time.sleep(wait)
+        for uid, (what, row) in whats.items():
             if uid in row["stored"]:
                 continue
             row.setdefault("not_stored", []).append(uid)
             row.setdefault("warnings", []).append(f"{self.destination}: {why[uid]}: the {what} {uid} is not stored")
             log.error("study %s: the %s %s is not stored at %s: %s", study_uid, what, uid, self.destination, why[uid])
 
-    def _store(self, pending: dict[str, Dataset]) -> dict[str, int | str]:
+    def _store(self, pending: dict[str, Dataset], timeout: float) -> dict[str, int | str]:
         """One association to the destination, each of ``pending`` sent over it: its C-STORE status, or why there
-        was none (no association, the association aborted, no answer within :data:`STORE_TIMEOUT_S`)."""
+        was none (no association, the association aborted, no answer within ``timeout`` seconds a step)."""
         ae = AE(ae_title=self.ae_title)
-        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = STORE_TIMEOUT_S
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = timeout
         for ds in pending.values():
             ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
         where = self.destination
@@ -310,9 +406,9 @@ class Listener:
         return {uid: answers.get(uid, "the association ended") for uid in pending}
 
 
-def _refusal(why: str) -> Dataset:
-    """A C-STORE failure that says ``why`` to the sender (and to the log)."""
-    log.warning("C-STORE refused: %s", why)
+def _refusal(why: str, status: int = _REFUSED_INSTANCE) -> Dataset:
+    """A C-STORE failure, ``status``, that says ``why`` to the sender (and to the log)."""
+    log.warning("C-STORE refused (0x%04X): %s", status, why)
     answer = Dataset()
-    answer.Status, answer.ErrorComment = _REFUSED_INSTANCE, why[:64]
+    answer.Status, answer.ErrorComment = status, why[:64]
     return answer
