@@ -595,6 +595,8 @@ def cmd_pacs(args: argparse.Namespace) -> int:
 
 
 def cmd_listen(args: argparse.Namespace) -> int:
+    from pneumoscan.core.logs import show_log_of
+
     try:
         from pneumoscan.interop.dimse import Destination, Listener, Room
     except ModuleNotFoundError as e:
@@ -602,6 +604,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
             raise
         raise ValueError("listen needs pynetdicom: pip install 'pneumoscan[dimse]'") from None
 
+    show_log_of("pynetdicom")  # its refusals and network errors, which it logs to no one, among ours
     allow = [title for given in args.allow or () for title in given.split(",") if title.strip()]
     out = None
     if args.out:  # made, and checked to take a file, before any film is taken

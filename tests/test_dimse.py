@@ -4,7 +4,14 @@ free port, and a pynetdicom C-STORE SCP as the destination its reports go to."""
 from __future__ import annotations
 
 import io
+import json
 import logging
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -274,6 +281,48 @@ def test_a_destination_down_or_refusing_is_an_error_line_per_report_never_droppe
     assert len(tries) == (2 if down else 0)
     assert f"study {study}: reports of 0 of 1 films stored" in caplog.text
     assert len(refusing.received) == (0 if down else 1)
+
+
+def test_the_command_scores_a_film_sent_to_it_and_sigterm_ends_it_with_its_folders_gone(
+    tiny_bundle: Path, destination: Destination_SCP, film: np.ndarray, tmp_path: Path
+) -> None:
+    """`pneumoscan listen` as IT runs it: on a free port, a film C-STOREd to it by a modality, its SR received by the
+    destination, then SIGTERM (systemctl stop): it exits as the signal ends it, its temporary folders removed, and
+    each line on stderr one of pneumoscan's log lines (pynetdicom's among them, formatted as ours: a connection
+    that sends no DICOM, as a port scanner's, is one); --out has the study's rows, as pacs --out writes them."""
+    (temp := tmp_path / "tmp").mkdir()
+    command = subprocess.Popen(
+        [sys.executable, "-m", "pneumoscan", "listen", str(tiny_bundle), "--port", "0", "--backend", "torch",
+         "--store-to", f"DEST@127.0.0.1:{destination.port}", "--out", str(tmp_path / "rows")],
+        env={**os.environ, "TMPDIR": str(temp)}, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(command.stderr), daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: any("listening as" in line for line in lines) or command.poll() is not None)
+        [port] = [int(m[1]) for line in lines if (m := re.search(r"listening as PNEUMOSCAN on 127.0.0.1:(\d+)", line))]
+        study = generate_uid()
+        assert send(port, [chest_dicom(film, StudyInstanceUID=study)]) == [0]
+        wait_for(lambda: any(f"study {study}: reports of 1 of 1 films stored" in line for line in lines))
+        assert list(temp.glob("pneumoscan-listen-*")), "the listener's folder is there while it runs"
+        with socket.create_connection(("127.0.0.1", port)) as probe:
+            probe.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        wait_for(lambda: any("Unknown PDU type" in line for line in lines))
+        command.terminate()
+        assert command.wait(30) == -signal.SIGTERM  # cleaned up, then ended by the signal (a shell shows 143)
+    finally:
+        command.kill()
+    reader.join(10)
+    [sr] = destination.received
+    assert sr.StudyInstanceUID == study
+    assert list(temp.iterdir()) == []
+    assert lines[-1].strip() == "pneumoscan listen: terminated"
+    assert all(re.match(r"(DEBUG|INFO|WARNING|ERROR|CRITICAL) +\S", line) for line in lines[:-1]), lines
+    assert "ERROR    Unknown PDU type received '...'\n" in lines  # pynetdicom's, redacted as pydicom's are
+    [row] = json.loads((tmp_path / "rows" / f"{study}.json").read_text())
+    assert row["sop_instance_uid"] == sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0] \
+        .ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+    assert row["stored"] == [sr.SOPInstanceUID] and 0 <= row["probability"] <= 1
 
 
 @pytest.mark.parametrize("room, refused, comment", [

@@ -99,6 +99,19 @@ def configure(quiet: bool = False) -> None:
     warnings.showwarning = _log_warning
 
 
+def show_log_of(package: str, level: int = logging.WARNING) -> None:
+    """``package``'s log records at ``level`` and above on the command line's log (:func:`configure`), formatted as
+    pneumoscan's and redacted (:func:`keep_dicom_values_out_of_logs`): a library that logs to no one (pynetdicom
+    adds a NullHandler) would otherwise keep its refusals and network errors from the journal."""
+    logger = logging.getLogger(package)
+    for handler in [h for h in logger.handlers if getattr(h, "_pneumoscan_cli", False)]:
+        logger.removeHandler(handler)
+    for handler in [h for h in logging.getLogger(LOGGER).handlers if getattr(h, "_pneumoscan_cli", False)]:
+        logger.addHandler(handler)
+    logger.setLevel(level)
+    keep_dicom_values_out_of_logs(package)
+
+
 def redact(text: str) -> str:
     """``text`` with everything from its first quote to its last replaced by ``'...'``: pydicom and highdicom
     quote element values in their messages ("Invalid value for VR DA: '...'"), and the value may be a patient's
