@@ -621,6 +621,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
             threading.Event().wait()  # until Ctrl-C or SIGTERM: each association is served in a thread of its own
         finally:
             server.shutdown()
+            listener.stop()
     return 0
 
 

@@ -382,3 +382,29 @@ def test_a_destination_that_never_answers_holds_up_no_scoring_and_its_report_is_
         [scored] = [r.created for r in records if r.getMessage().startswith(f"study {study}: 1 scored")]
         [done] = [r.created for r in records if r.getMessage().startswith(f"study {study}: reports of")]
         assert done - scored < 1.5 + 0.5  # though it waited behind the first's
+
+
+def test_a_stop_says_which_studies_reports_are_not_sent(
+    tiny_bundle: Path, film: np.ndarray, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Stopped (SIGTERM, Ctrl-C) while the reports of one study are being sent to a destination that does not answer
+    and another's wait behind them: an error line for each, as the journal is all IT has of reports not filed."""
+    caplog.set_level(logging.INFO, logger="pneumoscan")
+    hung = Destination_SCP(hangs=True)
+    listener = Listener(tiny_bundle, "PNEUMOSCAN", Destination("DEST", "127.0.0.1", hung.port), tmp_path,
+                        backend="torch", store_s=10, send_s=30)
+    server = listener.start("127.0.0.1", 0)
+    try:
+        first, second = generate_uid(), generate_uid()
+        for study in (first, second):
+            assert send(server.server_address[1], [chest_dicom(film, StudyInstanceUID=study)]) == [0]
+            wait_for(lambda: f"study {study}: 1 scored" in caplog.text)  # noqa: B023 (waited for here)
+        server.shutdown()
+        listener.stop()
+        errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR and r.name == dimse.log.name]
+        assert len(list(tmp_path.iterdir())) == 1  # the second's folder deleted; the first's is its sending's
+    finally:
+        hung.shutdown()
+    assert errors == [f"study {first}: the listener stopped while its reports were sent to DEST@127.0.0.1:{hung.port}: "
+                      "those not yet stored are not",
+                      f"study {second}: 1 report(s) not sent to DEST@127.0.0.1:{hung.port}: the listener stopped"]

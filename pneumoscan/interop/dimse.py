@@ -167,6 +167,8 @@ class Listener:
         self._lock = threading.Lock()  # the associations' table
         self._scoring = threading.Lock()  # one study scored at a time: a model's memory, not one per sender
         self._outbox: queue.SimpleQueue[_Scored] = queue.SimpleQueue()  # scored, their reports to send in turn
+        self._sending: str | None = None  # the study whose reports the sending thread is sending
+        self._stopped = threading.Event()
 
     def start(self, host: str, port: int) -> ThreadedAssociationServer:
         """Listen on ``host``:``port`` (0: a free port, the server's ``server_address`` says which) in threads of
@@ -266,12 +268,41 @@ class Listener:
             scored = self._outbox.get()
             try:
                 for study, rows, deadline in scored.studies:
+                    if self._stopped.is_set():
+                        self._unsent(study, rows)
+                        continue
+                    self._sending = study
                     try:
                         self.file_study(study, rows, deadline)
                     except Exception as e:  # one study's fault is that study's: the others, and the listener, go on
                         log.error("study %s: reports not sent: %s", study, shown(redact(str(e)) or type(e).__name__))
+                    finally:
+                        self._sending = None
             finally:
                 shutil.rmtree(scored.folder, ignore_errors=True)
+
+    def stop(self) -> None:
+        """As the listener stops (SIGTERM, Ctrl-C; after its server's shutdown): an error line for each study whose
+        reports are not sent, queued or being sent (those of it not yet stored are not), as the journal is all IT
+        has of them; the sending thread sends no more."""
+        self._stopped.set()
+        if (study := self._sending) is not None:
+            log.error("study %s: the listener stopped while its reports were sent to %s: those not yet stored are not",
+                      study, self.destination)
+        while True:
+            try:
+                scored = self._outbox.get_nowait()
+            except queue.Empty:
+                return
+            for study, rows, _ in scored.studies:
+                self._unsent(study, rows)
+            shutil.rmtree(scored.folder, ignore_errors=True)
+
+    def _unsent(self, study_uid: str, rows: list[dict]) -> None:
+        """The error line of a study whose reports the listener stopped before sending."""
+        if reports := sum(key in row for row in rows for key in MADE):
+            log.error("study %s: %d report(s) not sent to %s: the listener stopped", study_uid, reports,
+                      self.destination)
 
     def score_study(self, study_uid: str, instances: dict[str, dict], folder: Path) -> list[dict]:
         """Score one study's instances (their files in ``folder``, named by SOP Instance UID) and log what became of
