@@ -51,6 +51,7 @@ class Destination_SCP:
     def __init__(self, status: int = 0x0000, hangs: bool = False) -> None:
         self.received: list[Dataset] = []
         self.hangs, self.closing = hangs, threading.Event()
+        self.contexts: list[int] = []  # the contexts accepted in the association of each C-STORE
         ae = AE(ae_title="DEST")
         for sop_class in (ComprehensiveSRStorage, SecondaryCaptureImageStorage):
             ae.add_supported_context(sop_class, ExplicitVRLittleEndian)
@@ -64,6 +65,7 @@ class Destination_SCP:
         self.server.shutdown()
 
     def _store(self, event: evt.Event) -> int:
+        self.contexts.append(len(event.assoc.accepted_contexts))
         if self.hangs:
             self.closing.wait(30)
         ds = event.dataset
@@ -408,3 +410,24 @@ def test_a_stop_says_which_studies_reports_are_not_sent(
     assert errors == [f"study {first}: the listener stopped while its reports were sent to DEST@127.0.0.1:{hung.port}: "
                       "those not yet stored are not",
                       f"study {second}: 1 report(s) not sent to DEST@127.0.0.1:{hung.port}: the listener stopped"]
+
+
+def test_the_reports_of_a_study_go_in_one_association_with_one_context_a_class(
+    tiny_bundle: Path, destination: Destination_SCP, film: np.ndarray, tmp_path: Path
+) -> None:
+    """A study's reports are sent in one association, which takes at most 128 presentation contexts: the SRs of a
+    study's films share one (one a report, pynetdicom refused the 129th: a study of 129 films had no report sent)."""
+    (tmp_path / "film.dcm").write_bytes(chest_dicom(film))
+    rows = predict_paths(tiny_bundle, [tmp_path / "film.dcm"], backend="torch")
+    write_reports(rows, tiny_bundle, sr_dir=tmp_path / "sr", backend="torch")
+    sr = pydicom.dcmread(rows[0]["dicom_sr"])
+    three = []
+    for i in range(3):
+        sr.SOPInstanceUID = sr.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        sr.save_as(path := tmp_path / f"sr-{i}.dcm")
+        three.append({"path": f"film-{i}", "probability": 0.5, "dicom_sr": str(path)})
+    listener = Listener(tiny_bundle, "PNEUMOSCAN", Destination("DEST", "127.0.0.1", destination.port), tmp_path,
+                        backend="torch")
+    listener.file_study(str(sr.StudyInstanceUID), three, time.monotonic() + WAIT_S)
+    assert len(destination.received) == 3 and all(len(row["stored"]) == 1 for row in three)
+    assert destination.contexts == [1, 1, 1]

@@ -416,8 +416,9 @@ class Listener:
         was none (no association, the association aborted, no answer within ``timeout`` seconds a step)."""
         ae = AE(ae_title=self.ae_title)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = timeout
-        for ds in pending.values():
-            ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+        # one context per class and syntax: a study's reports share them, and an association takes at most 128
+        for sop_class, syntax in {(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID) for ds in pending.values()}:
+            ae.add_requested_context(sop_class, syntax)
         where = self.destination
         assoc = ae.associate(where.host, where.port, ae_title=where.ae_title)
         if not assoc.is_established:
