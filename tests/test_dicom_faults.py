@@ -87,7 +87,7 @@ def test_a_jpeg_ls_frame_charls_refuses_is_refused_not_decoded_by_libjpeg(damage
     frame = compressed_frame(film, uid.JPEGLSLossless)
     damaged = frame[: len(frame) // 2] if damage == "cut short" else JPEG_DAMAGE[damage](frame)
     data = encapsulated(dicom_bytes(film), [damaged], uid.JPEGLSLossless)
-    with pytest.raises(DecodeError, match=r"\(JPEG-LS Lossless Image Compression\): .*pyjpegls: .*Invalid JPEG-LS"):
+    with pytest.raises(DecodeError, match=r"\(JPEG-LS Lossless Image Compression\): (.*pyjpegls: .*)?Invalid JPEG-LS"):
         read_gray(data)
     np.testing.assert_array_equal(read_gray(encapsulated(dicom_bytes(film), [frame], uid.JPEGLSLossless)),
                                   read_gray(dicom_bytes(film)))  # fmt: skip

@@ -143,6 +143,8 @@ def _pixels(ds: Dataset, film: Film) -> np.ndarray:
             precision = _check_codestream(frame, ds, film)
             if syntax in _JPEG_CHECKED:
                 jpeg.check_frame(frame)
+            elif syntax in _JPEG_LS:
+                jpeg.check_ls_frame(frame)
         elif film.samples == 3 and syntax != RLELossless:  # RLE's segments are one sample each, whatever it says
             _check_planar_configuration(ds, syntax, film)
     unused = _unused_bits(ds, syntax, precision)

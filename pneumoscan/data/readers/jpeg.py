@@ -27,6 +27,8 @@ _DAMAGE = ("Corrupt JPEG data", "Premature end of JPEG file", "Inconsistent prog
 _HARMLESS = ("bad ICC marker",)
 _PADDING = 3  # unused bytes libjpeg accepts before the marker that ends a scan without a warning
 _ENDS_SCAN = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")  # the marker after a scan: not stuffing, a restart or fill
+# the marker after a JPEG-LS scan: in its coded data 0xFF is followed by a byte under 0x80 (T.87 A.1), and fill is 0xFF
+_LS_ENDS_SCAN = re.compile(rb"\xff[\x80-\xfe]")
 _RESTART = re.compile(rb"\xff([\xd0-\xd7])")
 _PROGRESSIVE = (0xC2, 0xCA)  # SOF2, SOF10: progressive DCT, Huffman- or arithmetic-coded
 _CUT_SHORT = "Corrupt JPEG data: premature end of data segment"
@@ -78,13 +80,32 @@ def check_frame(frame: bytes) -> None:
         check_huffman_scans(frame)
 
 
-def _segments(data: bytes, strict: bool = False) -> Iterator[tuple[int, int, int, bytes]]:
+def check_ls_frame(frame: bytes) -> None:
+    """Raise ValueError when a JPEG-LS frame's last scan does not run to the EOI marker that ends the frame (zero
+    bytes after it aside: a DICOM frame is padded to an even length): CharLS (pyjpegls 1.5.1) never returns on some
+    such scans, cut short or followed by other bytes (a 64 x 64 frame cut two bytes into its scan), and no thread can
+    stop it. A scan is read to the marker that ends it (:data:`_LS_ENDS_SCAN`)."""
+    end = len(frame.rstrip(b"\0"))
+    last = None
+    for marker, _, stop, _ in _segments(frame, ends_scan=_LS_ENDS_SCAN):
+        last = marker, stop
+    if last is None or last[0] != 0xDA:
+        raise ValueError("Invalid JPEG-LS stream: its last marker segment before EOI is no scan (SOS)")
+    after = _LS_ENDS_SCAN.search(frame, last[1])
+    if after is None or after.start() != end - 2 or frame[end - 1] != 0xD9:
+        raise ValueError("Invalid JPEG-LS stream: its last scan does not run to the EOI marker that ends the frame "
+                         "(cut short, or other bytes after it)")
+
+
+def _segments(data: bytes, strict: bool = False,
+              ends_scan: re.Pattern[bytes] = _ENDS_SCAN) -> Iterator[tuple[int, int, int, bytes]]:
     """(marker, where its segment begins, where it ends, its fields) for each marker segment of a JPEG codestream
     after SOI, fill bytes and markers without a segment (TEM, RSTn) skipped, up to EOI: one walk for every reader
     here. After a scan (SOS) it goes on at the marker that ends the entropy-coded data, and stops when none does.
     Where no marker is due (the data cut short, or other bytes), or at a second SOI, it stops; ``strict``: with
     libjpeg's warning or error instead. Over :data:`~pneumoscan.data.pixels.MAX_SEGMENTS` markers and fill bytes are
-    refused (4 MB of empty comments in a DICOM frame took 2.7 s to walk)."""
+    refused (4 MB of empty comments in a DICOM frame took 2.7 s to walk). ``ends_scan``: the marker that ends a scan
+    (JPEG-LS's stuffing differs)."""
     pos, count = 2, 0  # after SOI
     while pos + 2 <= len(data) and data[pos] == 0xFF:
         marker = data[pos + 1]
@@ -108,7 +129,7 @@ def _segments(data: bytes, strict: bool = False) -> Iterator[tuple[int, int, int
         yield marker, pos, end, data[pos + 4 : end]
         pos = end
         if marker == 0xDA:  # SOS: its entropy-coded data runs to the next marker that is not a restart
-            if not (after := _ENDS_SCAN.search(data, end)):
+            if not (after := ends_scan.search(data, end)):
                 return
             pos = after.start()
     if strict:
