@@ -356,6 +356,10 @@ def _read_file(fp: BinaryIO, header_only: bool, encoding: tuple[bool, bool] | No
     head = DicomBytesIO(bytes(start) + fp.read(_HEAD_BYTES))  # at the file's offsets, as each element records them
     head.seek(start)
     meta = filereader._read_file_meta_info(head)
+    if "TransferSyntaxUID" in meta and (vr := meta["TransferSyntaxUID"].VR) != "UI":
+        # read as text, not a UID, it passed every check of the codestream its syntax names, then was decoded by it
+        raise pixels.DecodeError(f"malformed DICOM file: its Transfer Syntax UID (0002,0010) is written as {vr}, "
+                                 "not UI (a UID)")
     syntax = meta.get("TransferSyntaxUID")
     deflated = syntax == DeflatedExplicitVRLittleEndian
     command_set = Dataset() if deflated else filereader._read_command_set_elements(head)
