@@ -314,3 +314,51 @@ def test_paired_differences_test_auc_by_delong_where_asked() -> None:
     assert {entry["p_method"] for entry in many.values()} == {DRAWN}
     with pytest.raises(ValueError, match="no paired AUC test 'wilcoxon'"):
         paired_differences(positive, scores, called, patients, auc_test="wilcoxon")
+
+
+def test_auc_difference_drawn_shuffles_agree_with_each_shuffle_scored_by_its_pairs() -> None:
+    """Where the shuffles are drawn (more than 9,999), p is that of the same draws with each group's AUC counted by
+    its pairs (ties half): 70 patients, some filmed twice (one with a positive and a negative film), in three
+    groups, scores rounded to tie, and in two groups; the shuffles drawn in AUC_BATCH rows, each class's patients
+    permuted among themselves, as auc_difference draws them."""
+    from pneumoscan.core.metrics.differences import AUC_BATCH, BOOTSTRAP_SEED, RESAMPLES
+
+    rng = np.random.default_rng(5)
+    patients = np.sort(rng.integers(0, 70, 110))
+    patients = np.unique(patients, return_inverse=True)[1]
+    m = patients.max() + 1
+    positive = rng.random(110) < 0.45
+    for k in (3, 2):
+        groups = (np.arange(m) % k)[patients]
+        scores = np.round(rng.random(110) + positive * (0.4 + 0.15 * (groups == 0)), 1)
+        pairs = scores[positive][:, None] - scores[~positive][None, :]
+        in_order = (pairs > 0) + (pairs == 0) / 2
+        unit_class = ((np.bincount(patients, positive, m) > 0) + 2 * (np.bincount(patients, ~positive, m) > 0))
+        unit_group = (np.arange(m) % k)
+        sides = np.stack([np.bincount(unit_group, unit_class & side, k) for side in (1, 2)])
+        weight = 1 / (1 / sides).sum(axis=0)
+
+        def spread(assigned: np.ndarray) -> np.ndarray:  # shuffles on the first axis, by each group's pairs
+            films = assigned[:, patients]
+            aucs = []
+            for g in range(k):
+                at_pos, at_neg = films[:, positive] == g, films[:, ~positive] == g
+                aucs.append(np.einsum("bi,ij,bj->b", at_pos, in_order, at_neg)
+                            / (at_pos.sum(axis=1) * at_neg.sum(axis=1)))
+            auc = np.stack(aucs, axis=1)
+            mean = (auc * weight).sum(axis=1, keepdims=True) / weight.sum()
+            return ((auc - mean) ** 2 * weight).sum(axis=1)
+
+        observed = spread(unit_group[None])[0] - 1e-12
+        draw, beyond, done = np.random.default_rng(BOOTSTRAP_SEED), 0, 0
+        while done < RESAMPLES:
+            shuffled = np.tile(unit_group, (min(AUC_BATCH, RESAMPLES - done), 1))
+            for c in (1, 2, 3):
+                stratum = np.flatnonzero(unit_class == c)
+                shuffled[:, stratum] = draw.permuted(shuffled[:, stratum], axis=1)
+            beyond += int((spread(shuffled) >= observed).sum())
+            done += len(shuffled)
+        p, method = auc_difference(positive, scores, groups, patients)
+        assert p == pytest.approx((1 + beyond) / (1 + RESAMPLES), rel=1e-12) and method == "drawn"
+        assert 0.001 < p < 0.9
+
