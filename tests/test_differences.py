@@ -362,3 +362,32 @@ def test_auc_difference_drawn_shuffles_agree_with_each_shuffle_scored_by_its_pai
         assert p == pytest.approx((1 + beyond) / (1 + RESAMPLES), rel=1e-12) and method == "drawn"
         assert 0.001 < p < 0.9
 
+
+def test_paired_differences_intervals_agree_with_each_resample_weighted_film_by_film() -> None:
+    """The intervals counted patient by patient are those of each resample's films weighted by their patient's
+    draws (the bootstrap's weights, film by film): each model's AUC by its weighted pairs (ties half), each rate by its
+    weighted films; 50 patients, some filmed two or three times, tied scores."""
+    from pneumoscan.core.metrics.differences import PAIRED_BOOTSTRAP
+    from pneumoscan.core.metrics.intervals import BOOTSTRAP_SEED, _bootstrap_weights
+
+    rng = np.random.default_rng(8)
+    patients = np.sort(rng.integers(0, 50, 90))
+    positive = rng.random(90) < 0.4
+    scores = np.round(np.stack([rng.random(90), rng.random(90)]) + 0.4 * positive, 1)
+    called = scores >= 0.7
+    found = paired_differences(positive, scores, called, patients)
+    weights = _bootstrap_weights(positive, np.unique(patients, return_inverse=True)[1], PAIRED_BOOTSTRAP,
+                                 BOOTSTRAP_SEED)
+    pair_weights = weights[:, positive][:, :, None] * weights[:, ~positive][:, None, :]
+    aucs = []
+    for s in scores:
+        apart = s[positive][:, None] - s[~positive][None, :]
+        aucs.append((pair_weights * ((apart > 0) + (apart == 0) / 2)).sum(axis=(1, 2)) / pair_weights.sum(axis=(1, 2)))
+    figures = {"auc": aucs[1] - aucs[0]}
+    for name, films in (("sensitivity", positive), ("specificity", ~positive)):
+        rates = [weights[:, films] @ (c == positive)[films] / weights[:, films].sum(axis=1) for c in called]
+        figures[name] = rates[1] - rates[0]
+    for name, difference in figures.items():
+        ends = np.percentile(difference[np.isfinite(difference)], [2.5, 97.5])
+        assert found[name]["ci"] == pytest.approx(ends.tolist(), rel=1e-12, abs=1e-15)
+        assert ends[0] < ends[1]

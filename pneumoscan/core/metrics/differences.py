@@ -43,7 +43,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ..options import AUC_TESTS
-from .intervals import ALPHA, BOOTSTRAP_SEED, FEW_PATIENTS, _bootstrap_weights
+from .intervals import ALPHA, BOOTSTRAP_SEED, FEW_PATIENTS, ROWS_AT_ONCE, _bootstrap_counts, _resampled_sums
 
 RESAMPLES = 9999  # shuffles drawn where counting every assignment of patients to groups would take more
 BATCH = 500  # shuffles scored at once: 5,000 patients took 1.8 GB in one batch of 9,999
@@ -251,28 +251,29 @@ def paired_differences(positive: np.ndarray, scores: np.ndarray, called: np.ndar
     instead; the rates' stay permutation tests. Each entry's ``p_method`` says how its p was found (:class:`Tested`).
 
     The interval is the 2.5th and 97.5th percentiles of the difference over :data:`PAIRED_BOOTSTRAP` resamples of
-    patients (:func:`~.intervals._bootstrap_weights`, each patient's films together in both models), resamples
+    patients (:func:`~.intervals._bootstrap_counts`, each patient's films together in both models), resamples
     without the figure's films left out; none where they are of fewer than :data:`~.intervals.FEW_PATIENTS`
     patients. A figure without films (AUC without both classes) is left out of the result."""
     if auc_test not in AUC_TESTS:
         raise ValueError(f"no paired AUC test {auc_test!r}: {' or '.join(AUC_TESTS)}")
     positive, scores, called = np.asarray(positive, dtype=bool), np.asarray(scores, float), np.asarray(called, bool)
     units, unit_of = np.unique(np.asarray(patients), return_inverse=True)
-    weights = _bootstrap_weights(positive, unit_of, PAIRED_BOOTSTRAP, BOOTSTRAP_SEED)
+    counts = _bootstrap_counts(positive, unit_of, PAIRED_BOOTSTRAP, BOOTSTRAP_SEED)[0]
     out: dict[str, dict[str, Any]] = {}
     if positive.any() and (~positive).any():
         tested = (delong_difference(positive, scores, unit_of) if auc_test == "delong" else _sign_flip_p(
             np.bincount(unit_of, _auc_parts(scores, positive), units.size) / (positive.sum() * (~positive).sum())))
-        out["auc"] = _paired(_weighted_auc(scores, positive, np.ones((1, positive.size))), tested,
-                             _weighted_auc(scores, positive, weights), np.ones_like(positive), unit_of)
+        out["auc"] = _paired(_weighted_auc(scores, positive, np.ones((1, units.size)), unit_of), tested,
+                             _weighted_auc(scores, positive, counts, unit_of), np.ones_like(positive), unit_of)
     for name, films in (("sensitivity", positive), ("specificity", ~positive)):
         if films.any():
-            hits = (called == positive)[:, films].astype(float)
+            hits = (called == positive).astype(float)
             with np.errstate(divide="ignore", invalid="ignore"):  # a resample without the figure's films: nan
-                drawn = np.stack([(weights[:, films] @ h) / weights[:, films].sum(axis=1) for h in hits])
-            parts = np.bincount(unit_of[films], hits[1] - hits[0], units.size) / films.sum()
-            out[name] = _paired(hits.mean(axis=1)[:, None], _sign_flip_p(parts[np.unique(unit_of[films])]), drawn,
-                                films, unit_of)
+                drawn = np.stack([_resampled_sums(counts, unit_of, h * films) / _resampled_sums(counts, unit_of, films)
+                                  for h in hits])
+            parts = np.bincount(unit_of[films], hits[1, films] - hits[0, films], units.size) / films.sum()
+            out[name] = _paired(hits[:, films].mean(axis=1)[:, None], _sign_flip_p(parts[np.unique(unit_of[films])]),
+                                drawn, films, unit_of)
     return out
 
 
@@ -368,18 +369,25 @@ def _ranked_negatives(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndar
     return negatives, [np.searchsorted(scores[negatives], scores[positive], side) for side in ("left", "right")]
 
 
-def _weighted_auc(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Each model's AUC in each resample (2, resamples), a film counted as often as ``weights`` (resamples, films)
-    draw it: each positive film's place among the negatives by score found once a model (ties counting half), and
-    each resample's negatives counted up to it."""
+def _weighted_auc(scores: np.ndarray, positive: np.ndarray, counts: np.ndarray, units: np.ndarray) -> np.ndarray:
+    """Each model's AUC in each resample (2, resamples), a film counted as often as its unit (``units``, one a film)
+    is drawn in ``counts`` (resamples, units): each positive film's place among the negatives by score found once a
+    model (ties counting half), and each resample's negatives counted up to it, a few resamples at a time (the films'
+    weights of 2,000 resamples of 100,000 films took 1.6 GB, and this 4.8 GB at its peak, held at once)."""
     out = []
+    step = max(1, ROWS_AT_ONCE // units.size)
     for s in scores:
         negatives, ends = _ranked_negatives(s, positive)
-        below = np.zeros((weights.shape[0], negatives.size + 1))
-        np.cumsum(weights[:, negatives], axis=1, out=below[:, 1:])
-        placed = (below[:, ends[0]] + below[:, ends[1]]) / 2
-        with np.errstate(divide="ignore", invalid="ignore"):
-            out.append((weights[:, positive] * placed).sum(axis=1) / (weights[:, positive].sum(axis=1) * below[:, -1]))
+        aucs = []
+        for start in range(0, counts.shape[0], step):
+            weights = counts[start:start + step, units]
+            below = np.zeros((weights.shape[0], negatives.size + 1))
+            np.cumsum(weights[:, negatives], axis=1, out=below[:, 1:])
+            placed = (below[:, ends[0]] + below[:, ends[1]]) / 2
+            with np.errstate(divide="ignore", invalid="ignore"):
+                aucs.append((weights[:, positive] * placed).sum(axis=1)
+                            / (weights[:, positive].sum(axis=1) * below[:, -1]))
+        out.append(np.concatenate(aucs))
     return np.stack(out)
 
 
