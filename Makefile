@@ -136,6 +136,7 @@ bench: env
 	$(BIN)/python benchmarks/bench_ci_coverage.py
 	$(BIN)/python benchmarks/bench_startup.py
 	$(BIN)/python benchmarks/bench_huffman.py
+	$(BIN)/python benchmarks/bench_scale.py
 
 # The user documentation (docs/, mkdocs.yml) as a static site in site/; a broken link or anchor fails the build.
 docs: env
