@@ -135,7 +135,7 @@ def auc_difference(positive: np.ndarray, scores: np.ndarray, groups: np.ndarray,
     Each shuffle's AUCs come from each positive film's place among the negatives, found once (ties counting half): the
     shuffle's films sorted by group (a radix sort, score order kept within a group) and the negatives counted up to
     each place in one pass, in time and memory that do not grow with the groups (a count a group and negative film
-    took 72 s of CPU for 8 sites of 100,000 films, 39 s so); no sklearn roc_auc_score a shuffle. Raises ValueError
+    took 62 s of CPU for 8 sites of 100,000 films, 37 s so); no sklearn roc_auc_score a shuffle. Raises ValueError
     where a patient's films are in several groups or a group lacks a class."""
     positive, scores, groups = np.asarray(positive, dtype=bool), np.asarray(scores, dtype=float), np.asarray(groups)
     units, unit_of = np.unique(np.asarray(patients), return_inverse=True)
@@ -178,10 +178,10 @@ def auc_difference(positive: np.ndarray, scores: np.ndarray, groups: np.ndarray,
         # positive film's event, less those of the groups before its own, are its group's negatives below it
         by_group = np.argsort(unit_groups.astype(label)[:, event_unit], axis=1, kind="stable")
         negative = event_negative[by_group]
-        counted = np.cumsum(negative, axis=1, dtype=np.int64)
-        counted[negative] = 0
+        counted = np.cumsum(negative, axis=1, dtype=np.int32)  # at most the negative films
+        np.multiply(counted, ~negative, out=counted)  # at the positive films' events only (a mask's setitem: 2x)
         summed = np.zeros((shape[0], counted.shape[1] + 1), dtype=np.int64)
-        np.cumsum(counted, axis=1, out=summed[:, 1:])
+        np.cumsum(counted, axis=1, dtype=np.int64, out=summed[:, 1:])
         group_ends = np.cumsum(events_in, axis=1).astype(np.int64)  # past each group's events, in each shuffle
         twice = np.diff(np.take_along_axis(summed, group_ends, axis=1), axis=1, prepend=0)
         before = np.cumsum(negatives_in, axis=1) - negatives_in  # negatives of the groups before each
