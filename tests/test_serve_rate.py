@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -339,20 +340,11 @@ def test_a_store_that_stays_down_is_asked_again_after_a_back_off_that_doubles_to
         assert retry_after() == 1  # half a second left of that wait: not asked, said so
         clock.now += 0.5
     assert waits == [1, 2, 4, 8, 16, 16, 16]
-    back = subprocess.Popen(server.args, stdout=subprocess.DEVNULL)  # the same server again
-    try:
-        deadline = time.monotonic() + 10
-        while subprocess.run(["redis-cli", "-s", str(tmp_path / "redis.sock"), "ping"], capture_output=True,
-                             text=True).stdout != "PONG\n":
-            assert back.poll() is None and time.monotonic() < deadline, "redis-server did not start again"
-            time.sleep(0.05)
+    with started_redis(tmp_path, "--port", str(urlsplit(uris[0]).port)) as back:  # the same server again
         assert retry_after() is None  # asked as its wait ends: counted again
         back.terminate()
         back.wait(timeout=10)
         assert [retry_after(), retry_after()] == [1, 1]  # a new outage: from 1 s again
-    finally:
-        back.terminate()
-        back.wait(timeout=10)
 
 
 def test_a_store_that_hangs_found_by_the_health_probe_is_logged_as_timing_out(
