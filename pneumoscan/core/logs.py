@@ -10,7 +10,7 @@ pydicom and highdicom quote DICOM element values (a patient's name, id or birth 
 warnings: :func:`keep_dicom_values_out_of_logs` redacts them (:func:`redact`), by logger name, for the modules that
 use those libraries. The DICOM reader imports this module, so it loads neither of them, nor rich before a bar or the
 command line's log needs it. :func:`raised_at` names where an error was raised, for a log line that gives no
-traceback (a traceback would repeat what its message quotes).
+traceback (a traceback would repeat what its message quotes); :func:`error_chain` walks an error's causes.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import re
 import sys
 import traceback
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
@@ -124,6 +125,17 @@ def raised_at(error: BaseException) -> str:
     """Where ``error`` was raised, as a log line names it without a traceback: ``file.py:LINE in function``."""
     frame = traceback.extract_tb(error.__traceback__)[-1]
     return f"{Path(frame.filename).name}:{frame.lineno} in {frame.name}"
+
+
+def error_chain(error: BaseException) -> Iterator[BaseException]:
+    """``error``, then the error it was raised from or while handling, and so on, each once: a library raises its
+    own error while the one that says why (the system's, the TLS library's) is being handled."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
 
 
 class _RedactValues(logging.Filter):

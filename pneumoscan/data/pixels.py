@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from pneumoscan.core import files
+from pneumoscan.core.logs import error_chain
 
 # Refuse anything bigger before pixels are decoded (a 12,000 x 12,000 film is 1.44e8; the largest real chest
 # radiographs are ~4,300 x 3,500). Pillow's own hard limit (2 * Image.MAX_IMAGE_PIXELS ~ 1.8e8) is above this.
@@ -187,14 +188,7 @@ def transient(error: BaseException) -> bool:
     it struck: an OSError of :data:`TRANSIENT_ERRNOS` anywhere in the error's chain (a reader raises its
     DecodeError while the library's error, holding the system's, is being handled). A cache keeps no such failure,
     so the film is read again next time instead of staying out of training for good."""
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        if isinstance(current, OSError) and current.errno in TRANSIENT_ERRNOS:
-            return True
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return False
+    return any(isinstance(e, OSError) and e.errno in TRANSIENT_ERRNOS for e in error_chain(error))
 
 
 def too_large(width: int, height: int) -> DecodeError:

@@ -22,6 +22,7 @@ from pydantic import ConfigDict, Field
 from pydantic.dataclasses import dataclass
 
 from pneumoscan.core.cpus import usable_cores
+from pneumoscan.core.logs import error_chain
 from pneumoscan.core.secrets import check_client_cert
 
 log = logging.getLogger(__name__)
@@ -268,11 +269,8 @@ def _client_cert(uri: str) -> bool:
 def _tls_refused(error: BaseException) -> bool:
     """Whether the Redis client's ``error`` was the TLS connection ended or refused by the server (as one that asks
     for a client certificate ends a connection without one), not the server's certificate left unverified."""
-    causes: list[BaseException] = []
-    while error is not None and error not in causes:
-        causes.append(error)
-        error = error.__cause__ or error.__context__  # type: ignore[assignment]
-    return any(isinstance(c, ssl.SSLError) and not isinstance(c, ssl.SSLCertVerificationError) for c in causes)
+    return any(isinstance(c, ssl.SSLError) and not isinstance(c, ssl.SSLCertVerificationError)
+               for c in error_chain(error))
 
 
 class StoreSilent(Exception):
