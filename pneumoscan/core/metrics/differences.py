@@ -171,9 +171,8 @@ def auc_difference(positive: np.ndarray, scores: np.ndarray, groups: np.ndarray,
     def _spread(unit_groups: np.ndarray) -> np.ndarray:
         shape = (len(unit_groups), k)
         at = (np.arange(shape[0])[:, None] * k + unit_groups).ravel()  # each patient's (shuffle, group)
-        negatives_in, positives_in, events_in = (
-            np.bincount(at, np.tile(count, shape[0]), np.prod(shape)).reshape(shape)
-            for count in (unit_negatives, unit_positives, unit_negatives + 2 * unit_positives))
+        negatives_in, positives_in = (np.bincount(at, np.tile(count, shape[0]), np.prod(shape)).reshape(shape)
+                                      for count in (unit_negatives, unit_positives))
         # each shuffle's events sorted by group, in score order within it (stable): the negatives counted up to each
         # positive film's event, less those of the groups before its own, are its group's negatives below it
         by_group = np.argsort(unit_groups.astype(label)[:, event_unit], axis=1, kind="stable")
@@ -182,7 +181,8 @@ def auc_difference(positive: np.ndarray, scores: np.ndarray, groups: np.ndarray,
         np.multiply(counted, ~negative, out=counted)  # at the positive films' events only (a mask's setitem: 2x)
         summed = np.zeros((shape[0], counted.shape[1] + 1), dtype=np.int64)
         np.cumsum(counted, axis=1, dtype=np.int64, out=summed[:, 1:])
-        group_ends = np.cumsum(events_in, axis=1).astype(np.int64)  # past each group's events, in each shuffle
+        # past each group's events (a negative film's one, a positive film's two), in each shuffle
+        group_ends = np.cumsum(negatives_in + 2 * positives_in, axis=1).astype(np.int64)
         twice = np.diff(np.take_along_axis(summed, group_ends, axis=1), axis=1, prepend=0)
         before = np.cumsum(negatives_in, axis=1) - negatives_in  # negatives of the groups before each
         # twice each group's pairs in order (a tie once), exact in integers: their AUC as its pairs' share
