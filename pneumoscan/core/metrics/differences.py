@@ -295,11 +295,10 @@ def delong_difference(positive: np.ndarray, scores: np.ndarray, patients: np.nda
     units, m, n = int(unit_of.max()) + 1, int(positive.sum()), int((~positive).sum())
     components = np.empty(scores.shape)
     for model, s in enumerate(scores):
-        below = _ranked_negatives(s, positive)[1]  # the negatives below each positive film, ties half
-        components[model, positive] = (below[0] + below[1]) / (2 * n)
-        above = np.sort(-s[positive])  # the positives above each negative film, ties half
-        components[model, ~positive] = (np.searchsorted(above, -s[~positive], "left")
-                                        + np.searchsorted(above, -s[~positive], "right")) / (2 * m)
+        # the negatives below each positive film, and the positives above each negative one (below it, negated)
+        for ranked, films, others in ((s, positive, n), (-s, ~positive, m)):
+            below = _ranked_negatives(ranked, films)[1]
+            components[model, films] = (below[0] + below[1]) / (2 * others)  # ties half
     v = components[1] - components[0]
     t = v[positive].mean()
     v10, v01 = (np.bincount(unit_of[films], v[films], units) - np.bincount(unit_of[films], minlength=units) * t
