@@ -265,12 +265,12 @@ def paired_differences(positive: np.ndarray, scores: np.ndarray, called: np.ndar
             np.bincount(unit_of, _auc_parts(scores, positive), units.size) / (positive.sum() * (~positive).sum())))
         out["auc"] = _paired(_weighted_auc(scores, positive, np.ones((1, units.size)), unit_of), tested,
                              _weighted_auc(scores, positive, counts, unit_of), np.ones_like(positive), unit_of)
+    hits = (called == positive).astype(float)  # each model's right calls
     for name, films in (("sensitivity", positive), ("specificity", ~positive)):
         if films.any():
-            hits = (called == positive).astype(float)
+            of = _resampled_sums(counts, unit_of, films)  # each resample's films of the figure
             with np.errstate(divide="ignore", invalid="ignore"):  # a resample without the figure's films: nan
-                drawn = np.stack([_resampled_sums(counts, unit_of, h * films) / _resampled_sums(counts, unit_of, films)
-                                  for h in hits])
+                drawn = np.stack([_resampled_sums(counts, unit_of, h * films) / of for h in hits])
             parts = np.bincount(unit_of[films], hits[1, films] - hits[0, films], units.size) / films.sum()
             out[name] = _paired(hits[:, films].mean(axis=1)[:, None], _sign_flip_p(parts[np.unique(unit_of[films])]),
                                 drawn, films, unit_of)
