@@ -12,10 +12,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pneumoscan import __version__
-from pneumoscan.core.metrics import ci_method_sentence, format_percent, unit_caveat, with_ci
+from pneumoscan.core.metrics import format_percent, with_ci
 from pneumoscan.models.card import TRAINING_FILMS, BundleCard, runtime_versions
 from .model_card import class_counts, counted, film_counts, model_read, one_class, trained_by_said
-from .report import auc_bound_note, not_independent
+from .report import ci_note, not_independent
 from .subgroups import differences_said, table_rows
 
 METHODS = "methods.md"
@@ -134,12 +134,10 @@ def _model(card: BundleCard, metrics: Mapping[str, Any]) -> str:
 
 
 def _statistics(metrics: Mapping[str, Any]) -> str:
-    """How the 95% CIs were made, in the words the report uses (:func:`ci_method_sentence`, :func:`auc_bound_note`),
-    with what their unit leaves out (:func:`unit_caveat`)."""
-    unit = "patient" if metrics.get("ci_unit") == "patient" else "film"
-    how = (ci_method_sentence(unit, "sensitivity, specificity, precision, NPV and accuracy", ("auc", "f1"))
-           + auc_bound_note(metrics["auc"], "AUC", f"{unit}s"))
-    return " ".join(filter(None, ["Figures at the bundle's threshold.", how, unit_caveat(metrics)]))
+    """How the 95% CIs were made, in the words of the report's note (:func:`ci_note`), saying their unit."""
+    return ("Figures at the bundle's threshold. "
+            + ci_note(metrics, "sensitivity, specificity, precision, NPV and accuracy", ("auc", "f1"), "auc", "AUC",
+                      unit_said=True))
 
 
 def _results(metrics: Mapping[str, Any], names: Sequence[str]) -> str:

@@ -153,22 +153,24 @@ def _value_cell(block: dict[str, Any], name: str, absent: str | None = None) -> 
 def _ci_caption(m: dict[str, Any], name: str) -> str:
     """The table's ``name`` (a screen reader's list of tables gives it) and the unit its intervals count, on the
     table itself (its n counts films either way), and why where it is patients: the note above the table
-    (:func:`_ci_note`) does not say it again."""
+    (:func:`ci_note`) does not say it again."""
     unit = PATIENT_UNIT if m.get("ci_unit") == "patient" else "count films"
     return f"<caption>{_esc(name)}. 95% CIs {unit}.</caption>"
 
 
-def _ci_note(m: dict[str, Any], proportions: str, others: Sequence[str], auc_key: str, auc_name: str) -> str:
+def ci_note(m: Mapping[str, Any], proportions: str, others: Sequence[str], auc_key: str, auc_name: str,
+            unit_said: bool = False) -> str:
     """How a block's 95% CIs were made (:func:`~pneumoscan.core.metrics.ci_method_sentence`), by the unit its
-    ``ci_unit`` records (a result without one: films), whose unit the table's caption says (:func:`_ci_caption`);
-    ``others``: the figures with other intervals than the PROPORTIONS'."""
+    ``ci_unit`` records (a result without one: films), whose unit the table's caption says (:func:`_ci_caption`),
+    or the note itself with ``unit_said`` (text without the table: methods.md); ``others``: the figures with other
+    intervals than the PROPORTIONS'."""
     unit = "patient" if m.get("ci_unit") == "patient" else "film"
-    note = (ci_method_sentence(unit, proportions, others, unit_said=False)
-            + auc_bound_note(m[auc_key], auc_name, f"{unit}s"))
+    note = (ci_method_sentence(unit, proportions, others, unit_said=unit_said)
+            + _auc_bound_note(m[auc_key], auc_name, f"{unit}s"))
     return " ".join(filter(None, [note, unit_caveat(m)]))
 
 
-def auc_bound_note(auc: Any, what: str, unit: str) -> str:
+def _auc_bound_note(auc: Any, what: str, unit: str) -> str:
     """Why a perfect (or perfectly reversed) AUC still has an interval: it is an exact bound."""
     if auc in (0, 1):
         return (f" The classes are ordered {'perfectly' if auc == 1 else 'in reverse'}, so the {what}'s interval is "
@@ -461,7 +463,7 @@ def _binary_summary(m: dict[str, Any], names: tuple[str, str], absent: str | Non
         (
             f'<p class="note">Positive class: <b>{_esc(pos)}</b> (called positive when P({_esc(pos)}) &ge; threshold). '
             f"n = {_esc(film_counts(m, (neg, pos)))}. "
-            + _ci_note(m, "sensitivity, specificity, precision, NPV and accuracy", ("auc", "f1"), "auc", "AUC")
+            + ci_note(m, "sensitivity, specificity, precision, NPV and accuracy", ("auc", "f1"), "auc", "AUC")
             + "</p>"
         ),
         f"<table>{_ci_caption(m, 'Summary')}<thead>{head}</thead><tbody>{rows}</tbody></table>",
@@ -575,7 +577,7 @@ def _multiclass_body(m: dict[str, Any], section: str = "", pngs: dict[str, bytes
             f"<h2>{section}Summary</h2>",
             (
                 f'<p class="note">n = {_esc(class_counts(m))}; decision = {_esc(decision)}. '
-                + _ci_note(m, "accuracy", ("balanced_accuracy", "macro_auc"), "macro_auc", "macro AUC") + "</p>"
+                + ci_note(m, "accuracy", ("balanced_accuracy", "macro_auc"), "macro_auc", "macro AUC") + "</p>"
             ),
             (f"<table>{_ci_caption(m, f'{section}Summary')}<thead><tr><th>Metric</th><th>Value</th></tr></thead>"
              f"<tbody>{rows}</tbody></table>"),
