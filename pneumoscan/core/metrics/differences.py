@@ -201,8 +201,7 @@ def auc_difference(positive: np.ndarray, scores: np.ndarray, groups: np.ndarray,
         made = [_arrangements(codes[s]) for s in strata]
         for stratum, rows, index in zip(strata, made, np.indices([len(r) for r in made]).reshape(len(made), -1)):
             every[:, stratum] = rows[index]
-        return Tested(float(np.mean(np.concatenate([spread(every[i:i + AUC_BATCH])
-                                                    for i in range(0, shuffles, AUC_BATCH)]) >= observed)), EXACT)
+        return Tested(float(np.mean(spread(every) >= observed)), EXACT)
     rng, beyond, done = np.random.default_rng(BOOTSTRAP_SEED), 0, 0
     while done < RESAMPLES:
         batch = min(AUC_BATCH, RESAMPLES - done)
