@@ -348,13 +348,14 @@ class Listener:
         """Send a study's reports (:meth:`_send`, by ``deadline`` on the monotonic clock), log the films whose reports
         are not filed and how many are, and write its rows to ``out``."""
         self._send(study_uid, [row for row in rows if any(key in row for key in MADE)], deadline)
-        for row, line in unfiled(rows):
+        missing = unfiled(rows)
+        for row, line in missing:
             if not row.get("not_stored"):  # a report not made; one not stored has its line (:meth:`_send`)
                 log.error("study %s: %s", study_uid, line)
         stored = sum(len(row.get("stored", [])) for row in rows)
         count = sum("probability" in row for row in rows)
         log.info("study %s: reports of %d of %d films stored at %s (%d objects)", study_uid,
-                 count - len(unfiled(rows)), count, self.destination, stored)
+                 count - len(missing), count, self.destination, stored)
         if self.out is not None:
             try:
                 write_json(self.out / f"{study_uid}.json", rows)
