@@ -33,7 +33,6 @@ from pydicom.uid import (
 )
 
 from pneumoscan.data.appearance import Appearance
-from pneumoscan.data.decode import read_gray
 from pneumoscan.data.labelled import labelled_films
 from pneumoscan.data.layouts import Record, discover
 from pneumoscan.data.preprocess import PreprocessSpec
@@ -118,7 +117,7 @@ def with_appearance_of(bundle: Path, data: Path) -> Appearance:
     images (the tiny dataset's 64 films alone are too few to fit one), as a run on 100 films or more records its
     own: a bundle with the image content check. Returns it."""
     spec = load_card(bundle).spec
-    films = np.stack([spec.apply(read_gray(p, target=spec.decode_target)) for p in sorted(data.rglob("*.jpeg"))])
+    films = np.stack([spec.read(p) for p in sorted(data.rglob("*.jpeg"))])
     appearance = Appearance.fit(np.concatenate([films, films[:, :, ::-1]]))
     save_appearance(bundle, appearance)
     return appearance
