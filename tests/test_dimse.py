@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pydicom
 import pytest
@@ -33,7 +34,7 @@ from pneumoscan.interop import dimse
 from pneumoscan.interop.dimse import Destination, Listener, Room
 from pneumoscan.interop.reports import write_reports
 from tests.builders import SCORE_TOL
-from tests.test_interop import NAME, PATIENT_ID, chest_dicom
+from tests.test_interop import NAME, PATIENT_ID, chest_dicom, running_orthanc
 
 WAIT_S = 60.0  # the longest a study's scoring and sending may take here
 
@@ -172,6 +173,42 @@ def test_studies_sent_in_one_association_get_the_srs_pacs_builds_and_faults_get_
     assert f"study {shared}: not scored: the study's instances belong to 2 patients" in log
     for secret in (NAME, "Doe", PATIENT_ID):
         assert secret not in log
+
+
+def test_a_pacs_routes_a_study_to_the_listener_and_gets_its_sr_back_over_dicom(
+    tiny_bundle: Path, film: np.ndarray, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The hospital's flow with a real PACS: Orthanc knows the listener as a modality (REST /modalities), sends it a
+    film it holds (C-STORE, Orthanc's AE title the one allowed), and the listener stores the film's SR in Orthanc's
+    DICOM port, where it is found under the film's study, referencing the film."""
+    caplog.set_level(logging.INFO, logger="pneumoscan")
+    with running_orthanc(tmp_path / "orthanc") as url:
+        system = httpx.get(f"{url}/system", timeout=10).json()
+        destination = Destination(system["DicomAet"], "127.0.0.1", system["DicomPort"])
+        (work := tmp_path / "listener").mkdir()
+        listener = Listener(tiny_bundle, "PNEUMOSCAN", destination, work, allow=[system["DicomAet"]],
+                            backend="torch")
+        server = listener.start("127.0.0.1", 0)
+        try:
+            modality = {"AET": "PNEUMOSCAN", "Host": "127.0.0.1", "Port": server.server_address[1]}
+            assert httpx.put(f"{url}/modalities/PNEUMOSCAN", json=modality, timeout=10).status_code == 200
+            data = chest_dicom(film)
+            sent = pydicom.dcmread(io.BytesIO(data))
+            orthanc_id = httpx.post(f"{url}/instances", content=data, timeout=30).json()["ID"]
+            answer = httpx.post(f"{url}/modalities/PNEUMOSCAN/store", json={"Resources": [orthanc_id]}, timeout=30)
+            assert answer.status_code == 200, answer.text
+            wait_for(lambda: "reports of" in caplog.text)
+            found = httpx.post(f"{url}/tools/find", timeout=10, json={
+                "Level": "Instance", "Query": {"StudyInstanceUID": sent.StudyInstanceUID, "Modality": "SR"}}).json()
+            [sr_id] = found
+            sr = pydicom.dcmread(io.BytesIO(httpx.get(f"{url}/instances/{sr_id}/file", timeout=10).content))
+        finally:
+            server.shutdown()
+    assert f"study {sent.StudyInstanceUID}: reports of 1 of 1 films stored at {destination}" in caplog.text
+    [evidence] = sr.CurrentRequestedProcedureEvidenceSequence
+    [referenced] = evidence.ReferencedSeriesSequence[0].ReferencedSOPSequence
+    assert referenced.ReferencedSOPInstanceUID == sent.SOPInstanceUID
+    assert sr.StudyInstanceUID == sent.StudyInstanceUID
 
 
 def _finding(sr: Dataset) -> list[tuple[str, str]]:

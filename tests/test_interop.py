@@ -1019,15 +1019,16 @@ def _free_port() -> int:
 
 @contextmanager
 def running_orthanc(folder: Path, lua: str | None = None, users: dict[str, str] | None = None) -> Iterator[str]:
-    """Orthanc with its DICOMweb plugin on a free port, its storage in ``folder``, ``lua`` as its Lua script when
-    given (Orthanc's own hooks on what it receives), and with ``users`` (name: password) HTTP Basic authentication;
-    yields the HTTP root."""
+    """Orthanc with its DICOMweb plugin on a free port and its DICOM port on another (AE title ORTHANC; its REST
+    ``/system`` says which), its storage in ``folder``, ``lua`` as its Lua script when given (Orthanc's own hooks on
+    what it receives), and with ``users`` (name: password) HTTP Basic authentication; yields the HTTP root."""
     assert Path(ORTHANC).exists() and DICOMWEB_PLUGIN.exists(), "install orthanc and orthanc-dicomweb (make test)"
     folder.mkdir(parents=True, exist_ok=True)
     port = _free_port()
     config = {
         "Name": "pneumoscan-test", "StorageDirectory": str(folder / "db"), "IndexDirectory": str(folder / "db"),
-        "HttpPort": port, "DicomServerEnabled": False, "RemoteAccessAllowed": False,
+        "HttpPort": port, "DicomServerEnabled": True, "DicomPort": _free_port(), "DicomAet": "ORTHANC",
+        "RemoteAccessAllowed": False,
         "AuthenticationEnabled": bool(users), "RegisteredUsers": users or {},
         "Plugins": [str(DICOMWEB_PLUGIN)], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
     }  # fmt: skip
