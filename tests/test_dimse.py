@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -389,6 +390,28 @@ def test_a_film_past_what_the_listener_may_hold_on_disk_is_refused_out_of_resour
     assert len(destination.received) == 2 - len(refused)
     small = chest_dicom(film[:8, :8], StudyInstanceUID=generate_uid())  # the listener goes on: a small film fits
     assert send(port, [small]) == [0xA700 if "disk" in comment else 0]
+
+
+def test_a_film_is_written_to_disk_as_it_arrives_and_refused_by_its_size_before_it_is_read(
+    listen: Callable[..., int], destination: Destination_SCP, film: np.ndarray, tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A film of 32 MB, over --max-film-mb 16, sent by DCMTK's storescu (another process, so that only the
+    listener's memory is traced), is refused out of resources without the listener's memory ever holding it: it
+    costs the disk, not RAM, and a film bigger than the machine's memory cannot take the listener down."""
+    caplog.set_level(logging.INFO, logger="pneumoscan")
+    port = listen(destination.port, room=Room(film_mb=16))
+    (path := tmp_path / "big.dcm").write_bytes(chest_dicom(np.tile(film, (19, 19))[:4096, :4096]))
+    assert path.stat().st_size > 32 * dimse.MB
+    tracemalloc.start()
+    try:
+        subprocess.run(["storescu", "-aet", "MODALITY", "-aec", "PNEUMOSCAN", "127.0.0.1", str(port), str(path)],
+                       capture_output=True, timeout=60)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert "C-STORE refused (0xA700): film of 32.0 MB over the limit of 16 MB" in caplog.text
+    assert peak < 4 * dimse.MB, f"{peak / dimse.MB:.1f} MB traced while a 32 MB film was received"
 
 
 def test_a_destination_that_never_answers_holds_up_no_scoring_and_its_report_is_given_up_in_time(

@@ -7,7 +7,9 @@ What is refused, and where: a caller whose AE title is not allowed, or an associ
 title, at association (pynetdicom's own checks); an SOP class other than the radiograph and Secondary Capture image
 classes, or a transfer syntax pneumoscan does not decode, at negotiation; an instance without a valid Study or SOP
 Instance UID, with a C-STORE failure naming why; a film past what the listener may hold on disk (:class:`Room`),
-with an "out of resources" status (0xA700) naming why, which the sender may try again later. A film that cannot be
+with an "out of resources" status (0xA700) naming why, which the sender may try again later: each film is
+written to a temporary file as it arrives (pynetdicom's ``STORE_RECV_CHUNKED_DATASET``), never held whole in
+memory, and these bounds apply to that file before any of it is decoded. A film that cannot be
 decoded, or that is no frontal chest radiograph, gets the row ``pacs`` gives it (an error, or ``not_scored``) and no
 report. Reports are sent by a thread of their own, in the order their studies were scored, so a slow destination
 never holds up scoring: a destination that refuses or does not answer is tried :data:`ATTEMPTS` times, each step
@@ -35,7 +37,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import (DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ExplicitVRLittleEndian,
                          ImplicitVRLittleEndian, JPEG2000, JPEG2000Lossless, JPEGBaseline8Bit, JPEGExtended12Bit,
                          JPEGLossless, JPEGLosslessSV1, JPEGLSLossless, JPEGLSNearLossless, RLELossless)
-from pynetdicom import AE, evt
+from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
@@ -173,6 +175,9 @@ class Listener:
     def start(self, host: str, port: int) -> ThreadedAssociationServer:
         """Listen on ``host``:``port`` (0: a free port, the server's ``server_address`` says which) in threads of
         its own; the caller shuts the returned server down."""
+        # each film is written to a temporary file as it arrives, not held in memory (pynetdicom's setting is
+        # the process's: its other SCPs, none in pneumoscan, would get their C-STOREs' files too)
+        _config.STORE_RECV_CHUNKED_DATASET = True
         ae = AE(ae_title=self.ae_title)
         ae.require_called_aet = True  # an association addressed to another AE title is rejected
         ae.require_calling_aet = self.allow
@@ -199,8 +204,14 @@ class Listener:
 
     def _stored(self, event: evt.Event) -> int | Dataset:
         """One C-STORE: the instance kept, under its study, for when the association is released."""
+        received = self._entry(event.assoc)
+        arrived = event.dataset_path  # pynetdicom's temporary file, deleted by it after this handler unless moved
+        size = arrived.stat().st_size
+        # the free space as it was before the film: its file is on the same disk as the work folder already
+        if why := self.room.refusal(size, received.size, shutil.disk_usage(self.work).free + size):
+            return _refusal(why, _OUT_OF_RESOURCES)
         try:
-            ds = event.dataset
+            ds = pydicom.dcmread(arrived, stop_before_pixels=True)
         except Exception as e:  # pydicom raises whatever its parsing meets
             return _refusal(f"its data set cannot be read ({type(e).__name__})")
         study, series = str(ds.get("StudyInstanceUID", "")), str(ds.get("SeriesInstanceUID", ""))
@@ -210,19 +221,15 @@ class Listener:
                 return _refusal(f"its {what} is missing or not a valid UID")
         if str(ds.get("SOPInstanceUID", "")) != sop:
             return _refusal("its SOPInstanceUID is not the one its C-STORE request names")
-        received = self._entry(event.assoc)
         if any(sop in instances for other, instances in received.studies.items() if other != study):
             return _refusal("its SOPInstanceUID was sent under another study")
-        data = event.encoded_dataset()
-        if why := self.room.refusal(len(data), received.size, shutil.disk_usage(self.work).free):
-            return _refusal(why, _OUT_OF_RESOURCES)
         path = received.folder / f"{sop}.dcm"
         try:
-            path.write_bytes(data)
+            shutil.move(arrived, path)  # a rename: the work folder is in the temporary folder pynetdicom writes to
         except OSError as e:  # a disk filled by another program since: out of resources too, never a crash
             path.unlink(missing_ok=True)
             return _refusal(f"the listener cannot keep it ({e.strerror})", _OUT_OF_RESOURCES)
-        received.size += len(data)
+        received.size += size
         row = {"path": sop, "study_instance_uid": study, "series_instance_uid": series, "sop_instance_uid": sop}
         received.studies.setdefault(study, {})[sop] = row
         return 0x0000
