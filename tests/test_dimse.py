@@ -238,10 +238,12 @@ def _probability(sr: Dataset) -> float:
 
 
 def test_a_caller_not_allowed_is_rejected_and_a_class_not_handled_is_refused_at_negotiation(
-    listen: Callable[..., int], destination: Destination_SCP
+    listen: Callable[..., int], destination: Destination_SCP, caplog: pytest.LogCaptureFixture
 ) -> None:
     """--allow: another calling AE title is rejected at association; an allowed one is answered C-ECHO, and a CT
-    image's presentation context is refused while a DX film's is accepted."""
+    image's presentation context is refused while a DX film's is accepted. Each rejection is a warning naming the
+    caller's AE title and address and why, where IT looks when a modality cannot connect."""
+    caplog.set_level(logging.INFO, logger="pneumoscan")
     port = listen(destination.port, allow=["MODALITY"])
     ae = AE(ae_title="INTRUDER")
     ae.add_requested_context(Verification)
@@ -259,6 +261,15 @@ def test_a_caller_not_allowed_is_rejected_and_a_class_not_handled_is_refused_at_
     ae = AE(ae_title="MODALITY")
     ae.add_requested_context(Verification)
     assert ae.associate("127.0.0.1", port, ae_title="ANOTHER").is_rejected  # addressed to another AE title
+    def rejected() -> list[str]:  # logged by the listener's thread once its rejection is sent
+        return [re.sub(r":\d+ ", ":PORT ", r.getMessage()) for r in caplog.records
+                if r.levelno == logging.WARNING and "rejected" in r.getMessage()]
+
+    wait_for(lambda: len(rejected()) >= 2)
+    assert rejected() == [
+        "association from 'INTRUDER' at 127.0.0.1:PORT rejected: its calling AE title is not one of --allow (MODALITY)",
+        "association from 'MODALITY' at 127.0.0.1:PORT rejected: it is addressed to the AE title 'ANOTHER', not this "
+        "listener's 'PNEUMOSCAN'"]
 
 
 def test_listen_refuses_a_destination_or_ae_title_it_cannot_use_before_listening(

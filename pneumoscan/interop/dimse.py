@@ -4,8 +4,9 @@ DIMSE, not DICOMweb. It scores each study an association carried once the sender
 (and its Grad-CAM Secondary Capture with heatmaps) to the destination AE with C-STORE.
 
 What is refused, and where: a caller whose AE title is not allowed, or an association not addressed to this AE
-title, at association (pynetdicom's own checks); an SOP class other than the radiograph and Secondary Capture image
-classes, or a transfer syntax pneumoscan does not decode, at negotiation; an instance without a valid Study or SOP
+title, at association (pynetdicom's own checks), with a warning naming the caller, its address and why; an SOP
+class other than the radiograph and Secondary Capture image classes, or a transfer syntax pneumoscan does not
+decode, at negotiation; an instance without a valid Study or SOP
 Instance UID, with a C-STORE failure naming why; a film past what the listener may hold on disk (:class:`Room`),
 with an "out of resources" status (0xA700) naming why, which the sender may try again later: each film is
 written to a temporary file as it arrives (pynetdicom's ``STORE_RECV_CHUNKED_DATASET``), never held whole in
@@ -185,7 +186,8 @@ class Listener:
             ae.add_supported_context(sop_class, SYNTAXES)
         ae.add_supported_context(Verification)  # C-ECHO, answered by pynetdicom
         handlers = [(evt.EVT_C_STORE, self._stored), (evt.EVT_RELEASED, self._released),
-                    (evt.EVT_ABORTED, self._aborted)]  # a connection dropped is an abort too (A-P-ABORT)
+                    (evt.EVT_ABORTED, self._aborted),  # a connection dropped is an abort too (A-P-ABORT)
+                    (evt.EVT_REJECTED, self._rejected)]
         server = ae.start_server((host, port), block=False, evt_handlers=handlers)
         # a daemon: a stop does not wait for a destination; the reports it leaves unsent are not in the PACS
         threading.Thread(target=self._sender, name="listen-sender", daemon=True).start()
@@ -233,6 +235,21 @@ class Listener:
         row = {"path": sop, "study_instance_uid": study, "series_instance_uid": series, "sop_instance_uid": sop}
         received.studies.setdefault(study, {})[sop] = row
         return 0x0000
+
+    def _rejected(self, event: evt.Event) -> None:
+        """An association pynetdicom rejected: a warning naming the caller (AE title and address) and why, so that
+        IT can see why a modality or PACS cannot connect (pynetdicom's own line says only that it rejected one)."""
+        requestor = event.assoc.requestor
+        calling = requestor.ae_title.strip()
+        called = str(getattr(requestor.primitive, "called_ae_title", "")).strip()
+        if self.allow and calling not in self.allow:
+            why = f"its calling AE title is not one of --allow ({', '.join(self.allow)})"
+        elif called != self.ae_title:
+            why = f"it is addressed to the AE title {shown(called)!r}, not this listener's {self.ae_title!r}"
+        else:
+            why = "pynetdicom's own checks (its log line above says which)"
+        log.warning("association from %r at %s:%d rejected: %s", shown(calling), requestor.address, requestor.port,
+                    why)
 
     def _aborted(self, event: evt.Event) -> None:
         """An association aborted by either side, or its connection dropped, before a release: what it brought is
