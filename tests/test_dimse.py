@@ -23,8 +23,9 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
-from pydicom.uid import (ComprehensiveSRStorage, CTImageStorage, DigitalXRayImageStorageForPresentation,
-                         ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid)
+from pydicom.uid import (ComprehensiveSRStorage, CTImageStorage, DeflatedExplicitVRLittleEndian,
+                         DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, SecondaryCaptureImageStorage,
+                         generate_uid)
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification
 
@@ -34,6 +35,7 @@ from pneumoscan.inference.predict import predict_paths
 from pneumoscan.interop import dimse
 from pneumoscan.interop.dimse import Destination, Listener, Room
 from pneumoscan.interop.reports import write_reports
+from pneumoscan.data import pixels
 from tests.builders import SCORE_TOL
 from tests.test_interop import NAME, PATIENT_ID, chest_dicom, running_orthanc
 
@@ -423,6 +425,34 @@ def test_a_film_is_written_to_disk_as_it_arrives_and_refused_by_its_size_before_
         tracemalloc.stop()
     assert "C-STORE refused (0xA700): film of 32.0 MB over the limit of 16 MB" in caplog.text
     assert peak < 4 * dimse.MB, f"{peak / dimse.MB:.1f} MB traced while a 32 MB film was received"
+
+
+def test_a_deflated_film_is_inflated_within_the_decode_limit_as_it_is_received(
+    listen: Callable[..., int], destination: Destination_SCP, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A deflated film of 64 KiB that inflates to 64 MiB (past MAX_DECODED_BYTES, 1 MiB here), sent by
+    DCMTK's storescu (another process, so that only the listener's memory is traced), is refused as it is received,
+    the listener never holding it inflated: pydicom inflates the whole data set before any check, so a film under
+    --max-film-mb could have inflated to many GB in the listener's memory."""
+    caplog.set_level(logging.INFO, logger="pneumoscan")
+    monkeypatch.setattr(pixels, "MAX_DECODED_BYTES", 2**20)
+    port = listen(destination.port)
+    ds = pydicom.dcmread(io.BytesIO(chest_dicom(np.zeros((4096, 8192), np.uint16))))
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.save_as(path := tmp_path / "bomb.dcm")
+    del ds
+    assert path.stat().st_size < 2**20
+    tracemalloc.start()
+    try:
+        subprocess.run(["storescu", "-xd", "-aet", "MODALITY", "-aec", "PNEUMOSCAN", "127.0.0.1", str(port),
+                        str(path)], capture_output=True, timeout=60)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert "C-STORE refused (0xC000): its data set cannot be read: deflated DICOM dataset inflates to over 1 MiB" \
+        in caplog.text
+    assert peak < 8 * 2**20, f"{peak / 2**20:.1f} MiB traced while a deflated 64 MiB data set was received"
 
 
 def test_a_destination_that_never_answers_holds_up_no_scoring_and_its_report_is_given_up_in_time(

@@ -212,10 +212,10 @@ class Listener:
         # the free space as it was before the film: its file is on the same disk as the work folder already
         if why := self.room.refusal(size, received.size, shutil.disk_usage(self.work).free + size):
             return _refusal(why, _OUT_OF_RESOURCES)
-        try:
-            ds = pydicom.dcmread(arrived, stop_before_pixels=True)
-        except Exception as e:  # pydicom raises whatever its parsing meets
-            return _refusal(f"its data set cannot be read ({type(e).__name__})")
+        try:  # the data layer's bounded read: a deflated data set is inflated within MAX_DECODED_BYTES, never whole
+            ds = read_dataset(arrived, header_only=True)
+        except (OSError, ValueError) as e:
+            return _refusal(f"its data set cannot be read: {shown(str(e))}")
         study, series = str(ds.get("StudyInstanceUID", "")), str(ds.get("SeriesInstanceUID", ""))
         sop = str(event.request.AffectedSOPInstanceUID or "")
         for what, uid in (("StudyInstanceUID", study), ("SeriesInstanceUID", series), ("SOPInstanceUID", sop)):
