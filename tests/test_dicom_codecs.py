@@ -20,14 +20,12 @@ from pneumoscan.data.decode import read_gray
 from pneumoscan.data.readers import jpeg as jpeg_reader
 
 from pneumoscan.data.pixels import DecodeError
+from pneumoscan.data.readers.dicom import TRANSFER_SYNTAXES
 from tests.builders import JPEG_DAMAGE, cut_with_eoi, dicom_bytes
 from tests.test_corrupt_jpeg import frame_header, swapped_frame_header
 
-# Every compressed syntax in the DICOM standard's image set that pydicom has a decoder for.
-DECODED_SYNTAXES = (
-    uid.JPEGBaseline8Bit, uid.JPEGExtended12Bit, uid.JPEGLossless, uid.JPEGLosslessSV1, uid.JPEGLSLossless,
-    uid.JPEGLSNearLossless, uid.JPEG2000Lossless, uid.JPEG2000, uid.RLELossless,
-)  # fmt: skip
+# The compressed syntaxes pneumoscan reads (and listen accepts)
+DECODED_SYNTAXES = tuple(syntax for syntax in TRANSFER_SYNTAXES if syntax.is_encapsulated)
 # The lossless syntaxes pydicom can also write (JPEG lossless, process 14, has no encoder in any plugin).
 ENCODED_SYNTAXES = (uid.RLELossless, uid.JPEGLSLossless, uid.JPEG2000Lossless)
 

@@ -35,9 +35,6 @@ from pathlib import Path
 
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.uid import (DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ExplicitVRLittleEndian,
-                         ImplicitVRLittleEndian, JPEG2000, JPEG2000Lossless, JPEGBaseline8Bit, JPEGExtended12Bit,
-                         JPEGLossless, JPEGLosslessSV1, JPEGLSLossless, JPEGLSNearLossless, RLELossless)
 from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification
@@ -47,7 +44,7 @@ from pneumoscan.core.atomic import write_json
 from pneumoscan.core.logs import redact
 from pneumoscan.core.names import shown
 from pneumoscan.core.options import LISTEN_ASSOCIATION_MB, LISTEN_FREE_MB, LISTEN_SEND_S, LISTEN_STORE_S, MAX_UPLOAD_MB
-from pneumoscan.data.readers.dicom import is_own_output, read_dataset
+from pneumoscan.data.readers.dicom import TRANSFER_SYNTAXES, is_own_output, read_dataset
 from pneumoscan.data.scope import CAPTURE_CLASSES, RADIOGRAPH_CLASSES
 
 from .reports import check_reportable
@@ -58,10 +55,6 @@ log = logging.getLogger(__name__)
 # the image classes a film may come in: the radiographs' (a For Processing image is accepted, and not scored, as
 # `pacs` does) and Secondary Capture (scored when its Modality says CR or DX, as `pacs` decides)
 IMAGE_CLASSES = sorted(RADIOGRAPH_CLASSES | CAPTURE_CLASSES)
-# the transfer syntaxes pneumoscan decodes (docs/dicom.md, Transfer syntaxes); pynetdicom inflates a deflated one
-SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian,
-            JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1, JPEGLSLossless, JPEGLSNearLossless,
-            JPEG2000Lossless, JPEG2000, RLELossless]
 # a report not stored for want of an answer (no association, none to the C-STORE) or of the destination's resources
 # (0xA7xx) is tried again, 3 times in all, FIRST_WAIT_S after the first try and twice that after the second, within
 # the report's send_s; another refusal is not
@@ -183,7 +176,7 @@ class Listener:
         ae.require_called_aet = True  # an association addressed to another AE title is rejected
         ae.require_calling_aet = self.allow
         for sop_class in IMAGE_CLASSES:
-            ae.add_supported_context(sop_class, SYNTAXES)
+            ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification)  # C-ECHO, answered by pynetdicom
         handlers = [(evt.EVT_C_STORE, self._stored), (evt.EVT_RELEASED, self._released),
                     (evt.EVT_ABORTED, self._aborted),  # a connection dropped is an abort too (A-P-ABORT)

@@ -45,9 +45,11 @@ from pydicom.tag import BaseTag
 from pydicom.valuerep import (CUSTOMIZABLE_CHARSET_VR, DA, EXPLICIT_VR_LENGTH_32, PN_DELIMS, TEXT_VR_DELIMS, TM,
                                VR)
 from pydicom.uid import (
-    UID, DeflatedExplicitVRLittleEndian, DigitalIntraOralXRayImageStorageForProcessing,
+    JPEG2000, UID, DeflatedExplicitVRLittleEndian, DigitalIntraOralXRayImageStorageForProcessing,
     DigitalMammographyXRayImageStorageForProcessing, DigitalXRayImageStorageForProcessing, ExplicitVRBigEndian,
-    ExplicitVRLittleEndian, ImplicitVRLittleEndian, MediaStorageDirectoryStorage, PrivateTransferSyntaxes, RLELossless,
+    ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless, JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless,
+    JPEGLosslessSV1, JPEGLSLossless, JPEGLSNearLossless, MediaStorageDirectoryStorage, PrivateTransferSyntaxes,
+    RLELossless,
 )  # fmt: skip
 from pydicom.values import converters
 
@@ -57,6 +59,12 @@ from . import dicom_pixels
 from .base import Reader, formats
 from .dicom_pixels import GREY_NUMBERS, PIXEL_KEYWORDS, POLARITY, Film, frame_group, given, syntax_name
 
+# The transfer syntaxes pneumoscan reads (docs/dicom.md, Transfer syntaxes), each decoded by a plugin installed with
+# it and tested on a real film; what a DICOM receiver (listen) accepts. HTJ2K, which pylibjpeg-openjpeg decodes, is
+# not among them: no encoder here makes a film to test it on.
+TRANSFER_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian,
+                     ExplicitVRBigEndian, JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1,
+                     JPEGLSLossless, JPEGLSNearLossless, JPEG2000Lossless, JPEG2000, RLELossless)
 # (implicit VR, little endian) as pydicom detected them -> the transfer syntax of a file that records none
 _ENCODINGS = {(True, True): ImplicitVRLittleEndian, (False, True): ExplicitVRLittleEndian,
               (False, False): ExplicitVRBigEndian}  # fmt: skip
