@@ -4,21 +4,21 @@ DIMSE, not DICOMweb. It scores each study an association carried once the sender
 (and its Grad-CAM Secondary Capture with heatmaps) to the destination AE with C-STORE.
 
 What is refused, and where: a caller whose AE title is not allowed, or an association not addressed to this AE
-title, at association (pynetdicom's own checks), with a warning naming the caller, its address and why; an SOP
-class other than the radiograph and Secondary Capture image classes, or a transfer syntax pneumoscan does not
-decode, at negotiation; an instance without a valid Study or SOP
-Instance UID, with a C-STORE failure naming why; a film past what the listener may hold on disk (:class:`Room`),
-with an "out of resources" status (0xA700) naming why, which the sender may try again later: each film is
-written to a temporary file as it arrives (pynetdicom's ``STORE_RECV_CHUNKED_DATASET``), never held whole in
-memory, and these bounds apply to that file before any of it is decoded. A film that cannot be
-decoded, or that is no frontal chest radiograph, gets the row ``pacs`` gives it (an error, or ``not_scored``) and no
-report. Reports are sent by a thread of their own, in the order their studies were scored, so a slow destination
-never holds up scoring: a destination that refuses or does not answer is tried :data:`ATTEMPTS` times, each step
-bounded by ``store_s``, and a report not stored within ``send_s`` of its study's scoring is given up; each report
-not stored is an error line naming its study and SOP Instance UID, with the reason. An association aborted, by
-either side, leaves its films unscored: the sender did not finish. The films are held in a private temporary folder,
-named by SOP Instance UID, and deleted once their studies' reports are sent; the log names instances by UID, never
-by patient.
+title, at association (pynetdicom's own checks), with a warning naming the caller, its address and why; an SOP class
+other than the radiograph and Secondary Capture image classes, or a transfer syntax pneumoscan does not decode, at
+negotiation; an instance without a valid Study or SOP Instance UID, or whose data set cannot be read
+(:func:`read_dataset`, which inflates a deflated one within the decode limit), with a C-STORE failure naming why; a
+film past what the listener may hold on disk (:class:`Room`), with an "out of resources" status (0xA700) naming why,
+which the sender may try again later. Each film is written to a temporary file as it arrives (pynetdicom's
+``STORE_RECV_CHUNKED_DATASET``), never held whole in memory, and these bounds apply to that file before any of it is
+read. A film that cannot be decoded, or that is no frontal chest radiograph, gets the row ``pacs`` gives it (an
+error, or ``not_scored``) and no report. Reports are sent by a thread of their own, in the order their studies were
+scored, so a slow destination never holds up scoring: a destination that refuses or does not answer is tried
+:data:`ATTEMPTS` times, each step bounded by ``store_s``, and a report not stored within ``send_s`` of its study's
+scoring is given up; each report not stored is an error line naming its study and SOP Instance UID, with the reason.
+An association aborted, by either side, leaves its films unscored: the sender did not finish. The films are held in
+a private temporary folder, named by SOP Instance UID, and deleted once their studies' reports are sent; the log
+names instances by UID, never by patient.
 """
 
 from __future__ import annotations
@@ -240,7 +240,7 @@ class Listener:
         elif called != self.ae_title:
             why = f"it is addressed to the AE title {shown(called)!r}, not this listener's {self.ae_title!r}"
         else:
-            why = "pynetdicom's own checks (its log line above says which)"
+            why = "pynetdicom's other checks: too many associations at once, or a user identity it cannot verify"
         log.warning("association from %r at %s:%d rejected: %s", shown(calling), requestor.address, requestor.port,
                     why)
 
