@@ -896,14 +896,28 @@ def test_a_field_of_view_no_chest_film_has_is_out_of_scope_not_refused(spacing: 
 # ------------------------------------------------------------------ 8. a decoder's panic
 
 
-def test_a_panic_in_the_rle_decoder_is_a_refusal() -> None:
-    """pylibjpeg-rle panics (pyo3's PanicException, a BaseException) on these bytes; it ended a whole predict run."""
+def test_an_rle_segment_that_runs_over_its_frame_is_refused_before_the_decoder_panics(
+        capfd: pytest.CaptureFixture[str]) -> None:
+    """pylibjpeg-rle panics (pyo3's PanicException, a BaseException) on these bytes: it ended a whole predict run,
+    and once caught, each panic still printed a Rust backtrace to stderr, noise in a service's journal."""
     y, x = np.mgrid[0:64, 0:64]
     film = (2048 + 1200 * np.sin(x / 7.0) * np.cos(y / 5.0)).astype(np.int64)
     frame = compressed_frame(film, uid.RLELossless)
     data = encapsulated(dicom_bytes(film), [JPEG_DAMAGE["random bytes in the middle"](frame)], uid.RLELossless)
-    with pytest.raises(DecodeError, match=r"cannot decode DICOM pixel data \(RLE Lossless\): index out of bounds"):
+    with pytest.raises(DecodeError, match=r"the RLE frame's segment 2 of 2 decodes to more than the 64 x 64 bytes "
+                                          r"the header describes"):
         read_gray(data)
+    assert "panicked" not in capfd.readouterr().err
+
+
+def test_an_rle_segment_that_decodes_to_more_bytes_than_an_8_bit_film_is_refused() -> None:
+    """pylibjpeg-rle dropped the excess of an 8-bit segment without a word: Rows or Columns short of the data's."""
+    film = phantom(48, 64, 0, 255).astype(np.uint8)
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(film, bits=8)))
+    ds.compress(uid.RLELossless)
+    frame = get_frame(ds.PixelData, 0, number_of_frames=1)
+    with pytest.raises(DecodeError, match=r"the RLE frame's segment 1 of 1 decodes to more than the 47 x 64 bytes"):
+        read_gray(encapsulated(dicom_bytes(film[:47], bits=8), [frame], uid.RLELossless))
 
 
 @pytest.mark.parametrize("syntax", [uid.JPEGBaseline8Bit, uid.JPEGLSLossless, uid.JPEG2000Lossless, uid.RLELossless],

@@ -39,6 +39,8 @@ from pydicom.uid import (
     RLELossless,
 )  # fmt: skip
 
+from rle.utils import decode_pixel_data
+
 from pneumoscan.data import pixels
 from . import jpeg
 
@@ -47,6 +49,7 @@ POLARITY = {"MONOCHROME1": "INVERSE", "MONOCHROME2": "IDENTITY"}  # the Presenta
 GREY_NUMBERS = ("RescaleSlope", "RescaleIntercept", "WindowCenter", "WindowWidth")  # what maps values to grey
 VOI_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")  # VOI LUT Function's defined terms (PS3.3 C.11.2.1.3)
 _JPEG_LS = (JPEGLSLossless, JPEGLSNearLossless)
+_RLE_ONE_SEGMENT = struct.pack("<16L", 1, 64, *[0] * 14)  # an RLE header of one segment, right after it
 # the syntaxes whose frames jpeg.check_frame checks (Huffman-coded JPEG: lossy DCT and lossless process 14)
 _JPEG_CHECKED = (JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1)
 # A fragment that begins a frame: JPEG and JPEG-LS start with SOI, JPEG 2000 with SOC then SIZ. Neither can begin a
@@ -137,7 +140,7 @@ def _pixels(ds: Dataset, film: Film) -> np.ndarray:
     if isinstance(syntax, UID) and syntax.is_transfer_syntax:
         _check_length(ds, syntax, film)
         if syntax == RLELossless:
-            _check_rle_header(get_frame(ds.PixelData, 0, number_of_frames=1), ds, film)
+            _check_rle_frame(get_frame(ds.PixelData, 0, number_of_frames=1), ds, film)
         elif syntax.is_encapsulated:
             frame = get_frame(ds.PixelData, 0, number_of_frames=1)
             precision = _check_codestream(frame, ds, film)
@@ -309,11 +312,14 @@ def _lossy(syntax: object) -> bool:
     return isinstance(syntax, UID) and syntax.is_encapsulated and not _LOSSLESS.search(syntax.name)
 
 
-def _check_rle_header(frame: bytes, ds: Dataset, film: Film) -> None:
+def _check_rle_frame(frame: bytes, ds: Dataset, film: Film) -> None:
     """Refuse an RLE frame whose header (PS3.5 G.5: the number of segments, then 15 offsets) does not describe its
     segments: one a byte of each sample, the first right after the header, each after the one before, all inside the
     frame. pylibjpeg-rle refuses such a header, and pydicom then falls back on its own decoder, which expands a
-    segment whole before it checks its length: 19 MB of runs after an offset of 66 took 1.1 GB."""
+    segment whole before it checks its length: 19 MB of runs after an offset of 66 took 1.1 GB. A segment that
+    decodes to more than a byte a pixel is refused too: pylibjpeg-rle bounds a run by its byte count, not by the bytes
+    it spans in a frame of 16-bit samples, and panicked on it (a refusal, but a Rust backtrace on stderr each time);
+    in an 8-bit frame it dropped the excess without a word."""
     if len(frame) < 64:
         raise pixels.DecodeError("the RLE frame is shorter than its 64-byte header: send the film again")
     count, *offsets = struct.unpack("<16L", frame[:64])
@@ -325,6 +331,15 @@ def _check_rle_header(frame: bytes, ds: Dataset, film: Film) -> None:
                                  f"offsets {', '.join(map(str, used or offsets[:1]))} in {len(frame)} bytes; "
                                  f"{film.samples} sample(s) of {ds.get('BitsAllocated')} bits take {expected}, the "
                                  "first at 64): export the film again")
+    ends = [*used[1:], len(frame)]
+    for n, (start, end) in enumerate(zip(used, ends), 1):
+        try:  # alone, as 8-bit samples, into one byte more than the film: the decoder bounds 8-bit runs exactly
+            decode_pixel_data(_RLE_ONE_SEGMENT + frame[start:end], version=2, rows=1, columns=film.rows * film.cols + 1,
+                              bits_allocated=8)
+        except ValueError:  # it does not fill that byte: a segment short of the film the decoder itself refuses
+            continue
+        raise pixels.DecodeError(f"the RLE frame's segment {n} of {count} decodes to more than the {film.rows} x "
+                                 f"{film.cols} bytes the header describes: export the film again")
 
 
 def _check_j2k_coding(frame: bytes, siz: int, components: int) -> None:
