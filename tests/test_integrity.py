@@ -945,8 +945,16 @@ def _evaluation(sensitivity: float = 0.8, ci: list[float] | None = None) -> dict
      r"external_evaluations\[0\]\.metrics\.sensitivity\.ci is \[0\.9, 0\.95\], which does not hold its figure 0\.8"),
     (lambda c: {"external_evaluations": [{**_evaluation(), "n_negative": -5}]},
      r"external_evaluations\[0\]\.n_negative is -5, not a count"),
+    (lambda c: {"val_metrics": {**c.val_metrics, "patients": -1.7e308}},
+     r"val_metrics\.patients is -1\.7e\+308, not a count"),
+    (lambda c: {"val_metrics": {**c.val_metrics, "patients": {"positive": 3, "negative": -2}}},
+     r"val_metrics\.patients\.negative is -2, not a count"),
+    (lambda c: {"val_metrics": {**c.val_metrics, "auc": [7.5]}}, r"val_metrics\.auc is \[7\.5\], not a figure"),
+    (lambda c: {"external_evaluations": [{**_evaluation(), "n": [10]}]},
+     r"external_evaluations\[0\]\.n is \[10\], not a figure"),
 ], ids=["auc 7.5", "negative n", "fractional n", "interval high to low", "interval without its figure",
-        "sensitivity 1.3", "evaluation interval without its figure", "negative count"])
+        "sensitivity 1.3", "evaluation interval without its figure", "negative count", "patients -1.7e308",
+        "negative patients of a class", "auc as a list", "count as a list"])
 def test_a_resealed_card_of_impossible_figures_is_refused(
     tiny_bundle: Path, tmp_path: Path, edit: Callable[[BundleCard], dict], reason: str
 ) -> None:

@@ -87,7 +87,7 @@ RATES = frozenset({
     "target_sensitivity", "max_false_positive_rate", "int8_threshold", "int8_tta_threshold",
     "previous_int8_threshold", "previous_int8_tta_threshold", "p", "p_holm"})
 COUNTS = frozenset({"n", "n_positive", "n_negative", "unreadable", "outside_scope", "all", "positive", "negative",
-                    "tests"})
+                    "tests", "patients"})  # patients: a count, or {"positive": count, "negative": count}
 HELD = frozenset({"auc", "accuracy", "sensitivity", "specificity", "precision", "npv"})  # intervals around their figure
 FIGURE_RECORDS = ("val_metrics", "external_evaluations", "threshold_records")
 # a three-class task's macro one-vs-rest AUC, as val_metrics and an evaluation's metrics record it beside "auc": the
@@ -919,6 +919,8 @@ def _check_figures(path: Path, where: str, tree: object, name: str = "") -> None
             continue
         if key == "ci":  # an evaluation's {"value", "ci"} entry
             _check_interval(path, at, value, name, tree.get("value"))
+        elif isinstance(value, list) and rule in RATES | COUNTS:  # [7.5] escaped the rule as a list of figures
+            raise ValueError(f"{path}: {at} is {value!r}, not a figure; restore the bundle from a good copy")
         elif isinstance(value, (dict, list)):
             _check_figures(path, at, value, key if isinstance(key, str) else name)
         elif value is None:
