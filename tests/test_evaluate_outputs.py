@@ -47,8 +47,8 @@ def test_evaluate_writes_predictions_figures_and_a_threshold_table(tiny_bundle: 
     card = load_card(tiny_bundle)
 
     rows = read_csv(out / "predictions.csv")
-    assert list(rows[0]) == ["path", "label", "subtype", "patient", "probability", "called", "correct", "in_scope",
-                             "warnings"]
+    assert list(rows[0]) == ["path", "label", "subtype", "patient", "probability", "called", "correct", "optimistic",
+                             "in_scope", "warnings"]
     assert len(rows) == metrics["n"] == 16
     predictor = Predictor(tiny_bundle)
     for row in rows:
@@ -292,7 +292,7 @@ def test_a_multiclass_predictions_csv_recomputes_its_three_class_figures(tiny_da
 
     rows = read_csv(out / "predictions.csv")
     classes = ["normal", "bacteria", "virus"]
-    assert list(rows[0]) == ["path", "label", "subtype", "patient", "probability", "called", "correct",
+    assert list(rows[0]) == ["path", "label", "subtype", "patient", "probability", "called", "correct", "optimistic",
                              "probability_normal", "probability_bacteria", "probability_virus", "most_probable",
                              "in_scope", "warnings"]
     counts = np.zeros((3, 3), int)
@@ -347,7 +347,7 @@ def test_two_stages_are_scored_as_the_three_classes_predict_calls(
 
     rows = read_csv(out / "predictions.csv")
     # the second stage's probability under predict's name for it (results.csv's etiology_probability_virus)
-    assert list(rows[0]) == ["path", "label", "subtype", "patient", "probability", "called", "correct",
+    assert list(rows[0]) == ["path", "label", "subtype", "patient", "probability", "called", "correct", "optimistic",
                              "etiology_probability_virus", "two_stage_called", "etiology_in_scope",
                              "etiology_warnings", "in_scope", "warnings"]
     assert len(rows) == block["n"] == 16
@@ -535,7 +535,7 @@ def test_a_second_stage_of_three_classes_is_scored_as_one_decision_among_four(
     assert block["class_names"] == names and "(the most probable of virus, fungus)" in block["decision"]
     rows = read_csv(out / "predictions.csv")
     columns = ["kinds_probability_bacteria", "kinds_probability_virus", "kinds_probability_fungus"]
-    assert list(rows[0])[7:12] == ["kinds_probability_nonbacterial", *columns, "two_stage_called"]
+    assert list(rows[0])[8:13] == ["kinds_probability_nonbacterial", *columns, "two_stage_called"]
     predicted = {str(r["path"]): r for r in predict_paths(tiny_bundle, [r["path"] for r in rows], etiology=second)}
     counts = np.zeros((4, 4), int)
     for row in rows:

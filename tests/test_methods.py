@@ -91,6 +91,9 @@ def test_methods_md_gives_the_flow_of_films_and_each_figure_from_the_run(tiny_bu
     assert m["optimistic"] and all(said in text for said in m["optimistic"])  # the training film's copy
     copy = str(site / "NORMAL" / "IM-0900-0001.jpeg")
     assert m["optimistic_films"] == [copy] and _own_data_row(text) == "1"  # scored, and counted in the flow
+    assert [r["path"] for r in rows if r["optimistic"] == "True"] == [copy]  # marked beside its score, as the flow says
+    assert re.search(r"\| \.\.\. of which among the model's own data[^|]*predictions\.csv marks them \(optimistic "
+                     r"true\)", text)
     for title in ("Operating point", "Results"):  # a paragraph copied alone still says its figures are flattered
         said = _section(text, title)
         assert "Not an independent evaluation." in said and all(c in said for c in m["optimistic"]), title

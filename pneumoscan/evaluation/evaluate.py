@@ -37,7 +37,8 @@ from .report import METRICS, MODEL_ID, THRESHOLD_DIGITS, write_report
 from .subgroups import adjust, film_values, subgroup_figures
 
 log = logging.getLogger(__name__)
-PREDICTION_FIELDS = ("path", "label", "subtype", "patient", "probability", "called", "correct")
+# optimistic: whether metrics.json lists the film under optimistic_films (among the model's own data)
+PREDICTION_FIELDS = ("path", "label", "subtype", "patient", "probability", "called", "correct", "optimistic")
 SCOPE_FIELDS = ("in_scope", "warnings")  # predictions.csv's last columns: as predict's rows say them
 TWO_STAGE_CALLED = "two_stage_called"  # predictions.csv with a second stage: each film's call among the 1 + k
 MOST_PROBABLE = "most_probable"  # predictions.csv of a multiclass bundle: the class its three-class figures call
@@ -473,15 +474,17 @@ def _write_outputs(out_dir: Path, predictor: Predictor, records: list[Record], t
     the second stage's columns, ``second`` (:func:`_two_stage`), when there is one),
     sensitivity_table.csv, and the report with its figures and the most confident errors (``gallery``:
     :func:`error_gallery`). Each row says whether its film is in the model's scope, with its warnings (``scope``:
-    :func:`_film_warnings`)."""
+    :func:`_film_warnings`), and whether it is among the model's own data (``optimistic``: metrics.json's
+    ``optimistic_films``), for a researcher to leave those films out without joining the two by path."""
     card, task = predictor.card, predictor.task
     classes, scores = task.classes, task.positive_probability(probs)
     out_dir.mkdir(parents=True, exist_ok=True)
     y = binary_targets(targets)
     called = scores >= threshold
+    optimistic = set(metrics["optimistic_films"])
     rows = [{"path": r.path, "label": classes[t], "subtype": r.subtype, "patient": r.patient,
              "probability": p, "called": card.positive if c else card.classes[0], "correct": bool(c == yy),
-             "in_scope": in_scope(w), "warnings": w}
+             "optimistic": path_text(r.path) in optimistic, "in_scope": in_scope(w), "warnings": w}
             for r, t, p, c, yy, w in zip(records, targets, scores, called, y, scope)]  # fmt: skip
     class_fields: tuple[str, ...] = ()
     if task.multiclass:

@@ -92,8 +92,9 @@ def _flow(metrics: Mapping[str, Any], names: Sequence[str]) -> str:
              str(len(metrics["label_conflicts"]))),
             ("... of which among the model's own data: its training or validation films under other names, other "
              "films of their patients, or films that chose its threshold (scored and counted all the same, the "
-             "figures on them optimistic: metrics.json lists them under optimistic_films; leave them out of the "
-             "films given to measure without them)", str(len(metrics["optimistic_films"])))]
+             "figures on them optimistic: predictions.csv marks them (optimistic true) and metrics.json lists them "
+             "under optimistic_films; leave them out of the films given to measure without them)",
+             str(len(metrics["optimistic_films"])))]
     table = "\n".join(f"| {step} | {count} |" for step, count in rows)
     return f"| step | films |\n| --- | --- |\n{table}"
 
