@@ -16,6 +16,7 @@ from pneumoscan import cli
 from pneumoscan.core.metrics import with_ci
 from pneumoscan.evaluation.methods import METHODS
 from pneumoscan.models.card import load_card
+from tests.builders import site_manifest
 
 
 def _site(tiny_dataset: Path, folder: Path) -> Path:
@@ -122,3 +123,22 @@ def test_methods_md_says_the_films_were_checked_new_only_where_they_were(tiny_bu
     assert m["unchecked"] and all(said in text for said in m["unchecked"])
     assert all("Not checked to be independent." in _section(text, title) for title in ("Operating point", "Results"))
     assert "none was among them" not in text
+
+
+def test_methods_md_escapes_a_name_in_a_table_cell(tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path) -> None:
+    """A group named ``a|b`` is one cell of its row, as the model card writes it: a bare "|" split the row, every
+    figure then a column off."""
+    manifest = site_manifest(tiny_dataset, tmp_path)
+    with manifest.open(newline="") as f:
+        rows = [row | {"site": "a|b" if row["site"] == "B" else row["site"]} for row in csv.DictReader(f)]
+    with manifest.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    out = tmp_path / "eval"
+    assert cli.main(["evaluate", str(tiny_bundle), str(manifest), "--out", str(out), "--by", "site"]) == 0
+    text = (out / METHODS).read_text()
+    table = text.split("### By site", 1)[1].split("\n\n")[1].splitlines()
+    assert any(line.startswith("| a\\|b |") for line in table), table
+    cells = {len(re.findall(r"(?<!\\)\|", line)) for line in table}
+    assert len(cells) == 1, table  # every row as many cells as the header

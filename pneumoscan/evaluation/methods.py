@@ -14,7 +14,7 @@ from typing import Any
 from pneumoscan import __version__
 from pneumoscan.core.metrics import format_percent, with_ci
 from pneumoscan.models.card import TRAINING_FILMS, BundleCard, runtime_versions
-from .model_card import class_counts, counted, film_counts, model_read, one_class, trained_by_said
+from .model_card import class_counts, counted, film_counts, markdown_table, model_read, one_class, trained_by_said
 from .report import ci_note, not_independent
 from .subgroups import differences_said, table_rows
 
@@ -95,8 +95,7 @@ def _flow(metrics: Mapping[str, Any], names: Sequence[str]) -> str:
              "figures on them optimistic: predictions.csv marks them (optimistic true) and metrics.json lists them "
              "under optimistic_films; leave them out of the films given to measure without them)",
              str(len(metrics["optimistic_films"])))]
-    table = "\n".join(f"| {step} | {count} |" for step, count in rows)
-    return f"| step | films |\n| --- | --- |\n{table}"
+    return markdown_table(["step", "films"], rows)
 
 
 def _independence(metrics: Mapping[str, Any]) -> str:
@@ -171,10 +170,7 @@ def _subgroups(metrics: Mapping[str, Any]) -> list[str]:
     fields = (metrics.get("subgroups") or {}).get("fields", {})
     found = []
     for field, groups in fields.items():
-        head, rows = table_rows(groups)
-        lines = [f"| {' | '.join(head)} |", f"|{' --- |' * len(head)}",
-                 *(f"| {' | '.join(row)} |" for row in rows)]
-        found += [f"### By {field}, at the bundle's threshold", "\n".join(lines),
+        found += [f"### By {field}, at the bundle's threshold", markdown_table(*table_rows(groups)),
                   differences_said(metrics["subgroups"], field)]
     return found
 

@@ -544,8 +544,7 @@ def _subgroups_section(records: Sequence[dict[str, Any]]) -> str:
                 said = differences_said(block, field)
                 tables.append(f"By {_md(field)}, on {_md(r['data'])} ({r['date']}), {at}, 95% CIs counting "
                               f"{r.get('ci_unit', 'film')}s:\n\n"
-                              + "\n".join(f"| {' | '.join(map(_md, row))} |"
-                                          for row in (head, ["---"] * len(head), *rows))
+                              + markdown_table(head, rows)
                               + (f"\n\n{_md(said)}" if said else ""))
     if not tables:
         return ""
@@ -577,6 +576,12 @@ def _md(text: str) -> str:
     cell or line: a "|" split the evaluations table's row, every figure then a column off ("Sensitivity" showing
     the AUC), and an HTML tag in it was kept as markup."""
     return re.sub(r"<(?=[A-Za-z/!?])", "&lt;", text.replace("&", "&amp;")).replace("|", "\\|")  # "<=" opens none
+
+
+def markdown_table(head: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """A Markdown table (MODEL_CARD.md's, methods.md's), each cell escaped (:func:`_md`): a "|" in a file's or
+    group's name would split its row."""
+    return "\n".join(f"| {' | '.join(map(_md, row))} |" for row in (head, ["---"] * len(head), *rows))
 
 
 def _conflicts_caveat(conflicts: Sequence[dict[str, Any]]) -> list[str]:
