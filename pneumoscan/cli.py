@@ -1022,7 +1022,7 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("runs", type=_path("run"), nargs="+", metavar="RUN",
                    help="training run folders (RUN/metrics.json) or evaluate folders")
     p.add_argument("--out", type=_folder, help="folder for compare.csv and compare.png (default: print the table only)")
-    _choice(p, "--auc-test", AUC_TESTS, "paired AUC test", any_case=True, default="permutation",
+    _choice(p, "--auc-test", AUC_TESTS, "paired AUC test", any_case=True, default=AUC_TESTS[0],
             help="how evaluate folders' AUCs on the same films are tested against the first's: permutation (default; "
                  "exact where every swap can be counted, no normal approximation) or delong (DeLong's test of "
                  "correlated AUCs, clustered by patient, as pROC's roc.test)")

@@ -16,7 +16,8 @@ RESIZE_POLICIES = ("squash", "pad", "center-crop")  # preprocess.resize: how a f
 OPTIMIZERS = ("adamw-cosine", "adam-plateau")  # config.TrainConfig.optimizer
 PRECISIONS = ("auto", "bf16", "fp32")  # config.TrainConfig.precision
 TRACKERS = ("tensorboard", "mlflow")  # tracking.make_trackers: train --log
-AUC_TESTS = ("permutation", "delong")  # differences.paired_differences: compare's test of two models' AUCs
+# differences.paired_differences: compare's test of two models' AUCs, the first the default (no normal approximation)
+AUC_TESTS = ("permutation", "delong")
 SPLITS = ("train", "val", "test")  # layouts: a dataset root's split folders, a manifest's split column
 # Defaults the command line shows and the library takes, one number for both
 VAL_FRACTION = 0.15  # split.patient_split: the share of each class and subtype in validation

@@ -32,6 +32,7 @@ from pneumoscan.core.figures import figure_bytes
 from pneumoscan.core.metrics import format_figure, with_ci
 from pneumoscan.core.metrics.differences import DELONG, P_METHODS, RESAMPLES, holm, paired_differences
 from pneumoscan.core.names import path_list, results_csv, shown
+from pneumoscan.core.options import AUC_TESTS
 from pneumoscan.inference.onnx_runtime import INT8_NAME
 from pneumoscan.models.card import CARD, WEIGHTS, BundleCard, load_card
 from pneumoscan.models.run_folder import METRICS, CvFolder, RunFolder
@@ -513,7 +514,7 @@ PAIRED_TABLE = "compare_paired.csv"  # and where runs are evaluations of the sam
 
 
 def compare_runs(paths: Iterable[Path | str] | Path | str, out_dir: Path | str | None = None,
-                 auc_test: str = "permutation") -> list[RunSummary]:
+                 auc_test: str = AUC_TESTS[0]) -> list[RunSummary]:
     """Summaries of ``paths`` (one run given alone is one run); with ``out_dir``, also compare.csv (the table) and
     compare.png (ROC curves overlaid, each run's operating point marked in its curve's colour), and where runs have
     figures by subgroup compare_subgroups.csv and .png (:func:`subgroup_rows`, :func:`subgroup_figure`; else an
@@ -659,7 +660,7 @@ def _patient_units(scored: Sequence[_Scored], copies: Sequence[Sequence[str]]) -
     return connected_components(graph, directed=False)[1][:len(paths)]
 
 
-def paired_tests(runs: Sequence[RunSummary], auc_test: str = "permutation") -> None:
+def paired_tests(runs: Sequence[RunSummary], auc_test: str = AUC_TESTS[0]) -> None:
     """Test each evaluate folder's AUC, sensitivity and specificity against the first one's (the reference), on the
     same films (:func:`~pneumoscan.core.metrics.differences.paired_differences`, AUC by ``auc_test``: "permutation"
     or "delong"), Holm-adjusted over every test

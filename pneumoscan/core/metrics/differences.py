@@ -232,7 +232,7 @@ PAIRED_BOOTSTRAP = 2000  # patient resamples of a paired difference's interval
 
 
 def paired_differences(positive: np.ndarray, scores: np.ndarray, called: np.ndarray, patients: np.ndarray,
-                       auc_test: str = "permutation") -> dict[str, dict[str, Any]]:
+                       auc_test: str = AUC_TESTS[0]) -> dict[str, dict[str, Any]]:
     """Two models' AUC, sensitivity and specificity on the same films, and the second's difference from the first,
     each with a permutation test over ``patients`` (one a film) of whether they differ and a 95% interval.
 
