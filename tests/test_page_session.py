@@ -13,8 +13,9 @@ import json
 import shutil
 from pathlib import Path
 
+import httpx
 import uvicorn
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, Page, Route, expect
 
 from tests import test_page
 from pneumoscan.serving.app import create_app
@@ -208,6 +209,33 @@ def test_a_film_is_proved_by_its_bytes_read_a_slice_at_a_time_not_held_whole(pag
     page.set_input_files("#file", big)
     expect(page.locator("#session")).to_be_hidden()
     expect(page.locator(ROWS)).to_have_count(1)
+
+
+def test_a_film_read_by_a_service_that_names_no_digest_is_said_to_have_been_read(browser: Browser, server: str,
+                                                                                  data_root: Path) -> None:
+    """Over plain HTTP, a reading without film_sha256 (a service older than it) leaves the film without a fingerprint:
+    the notice says the service read it and named none, where it said the service had not read it."""
+    first = two_films(data_root)[0]
+    answers = []
+
+    def without_digest(route: Route) -> None:
+        """The service's own reading of the film (the page's query: its image, its heatmap), less its fingerprint."""
+        query = route.request.url.partition("?")[2]
+        answer = httpx.post(f"{server}/v1/predict?{query}", files={"file": (first.name, first.read_bytes())},
+                            timeout=TIMEOUT_MS / 1000).json()
+        answers.append(answer.pop("film_sha256"))
+        route.fulfill(json=answer)
+
+    with opened_page(browser, server.replace("127.0.0.1", WARD)) as page:
+        page.route("**/v1/predict*", without_digest)
+        upload_one(page, first)
+        assert len(answers) == 1
+        reload(page)
+        expect(page.locator("#session-kept")).to_have_text(
+            "Kept from before the page was reloaded: the readings of 1 film, not the films themselves. Dropped again, "
+            f"{first.name} is listed as a new film: no fingerprint of its bytes could be had when it was dropped (the "
+            "service read it, but its reading named no fingerprint (film_sha256), and a page opened over plain HTTP "
+            "from another computer cannot fingerprint a film itself).")
 
 
 def test_a_film_dropped_again_on_a_page_over_plain_http_is_known_by_the_services_digest(

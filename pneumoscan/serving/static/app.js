@@ -1282,11 +1282,17 @@ function servicesDigest(result) {
   return typeof digest === "string" && /^sha256:[0-9a-f]{64}$/.test(digest) ? digest : null;
 }
 
-// Why no digest could be had of a film (film.sha256 null): said, as a film dropped again then can be matched to no
-// film kept through a reload, and is listed as new
-function noDigest() {
-  return crypto.subtle ? "the browser could not read its file" : "it was not read by the service, and a page " +
-    "opened over plain HTTP from another computer cannot fingerprint a film itself";
+// Why no digest could be had of the films of LIST (film.sha256 null): said, as a film dropped again then can be
+// matched to no film kept through a reload, and is listed as new. Over plain HTTP the service's digest comes with its
+// reading: a film refused has none, and a reading without one (a service older than film_sha256) was read all the same
+function noDigest(list) {
+  if (crypto.subtle) return "the browser could not read its file";
+  const read = list.filter((film) => film.result).length, one = list.length === 1;
+  const why = !read ? `${one ? "it was" : "they were"} not read by the service`
+    : read === list.length ? `the service read ${one ? "it" : "them"}, but its reading${one ? "" : "s"} named no ` +
+      "fingerprint (film_sha256)"
+    : "the service read some of them, its readings naming no fingerprint (film_sha256), and not the others";
+  return `${why}, and a page opened over plain HTTP from another computer cannot fingerprint a film itself`;
 }
 
 // A film dropped again after a reload takes the place of the film kept without its pixels whose bytes it has (the same
@@ -1810,10 +1816,10 @@ function sessionNotice() {
   proved.length ? `To see a film again, drop it again: ${named(proved)}.` : "",
   unproved.length ? `Dropped again, ${named(unproved)} ${unproved.length === 1 ? "is" : "are"} listed as ` +
     `${asNew(unproved)}: no fingerprint of ${its(unproved)} bytes could be had when ` +
-    `${unproved.length === 1 ? "it was" : "they were"} dropped (${noDigest()}).` : ""].filter(Boolean).join(" ") : "";
+    `${unproved.length === 1 ? "it was" : "they were"} dropped (${noDigest(unproved)}).` : ""].filter(Boolean).join(" ") : "";
   const unmatched = unseen.length ? films.filter((film) => film.file && !film.sha256 && film.status !== "waiting") : [];
   const apart = unmatched.length ? "Not matched to a film kept from before the reload, since no fingerprint of " +
-    `${its(unmatched)} bytes could be had (${noDigest()}): ${named(unmatched)}; listed as ${asNew(unmatched)}.` : "";
+    `${its(unmatched)} bytes could be had (${noDigest(unmatched)}): ${named(unmatched)}; listed as ${asNew(unmatched)}.` : "";
   const unkept = sessionUnkept ? "This session is too large to be kept through a reload in this browser: export " +
     "it as CSV before reloading the page." : "";
   $("session-kept").textContent = [kept, apart, unkept].filter(Boolean).join(" ");
