@@ -19,6 +19,7 @@ from fastapi.testclient import TestClient
 from pneumoscan.cli import main
 from pneumoscan.serving.app import create_app
 from pneumoscan.serving.audit import AuditLog
+from pneumoscan.serving.guard import Access
 from tests.builders import free_port, start_serve, wait_healthy
 from tests.test_serve import with_threshold
 
@@ -150,3 +151,19 @@ def test_a_second_stage_reading_is_its_own_entry_after_the_first(tiny_bundle: Pa
         ("pneumonia", body["model_id"], "PNEUMONIA", body["probability"], body["in_scope"]),
         ("etiology", etiology["model_id"], etiology["label"], etiology["probability"], etiology["in_scope"])]
     assert line["key"] is None and line["readings"][1]["threshold"] == etiology["threshold"]
+
+
+def test_a_key_refused_on_any_endpoint_is_a_line_and_one_let_in_there_is_none(tiny_bundle: Path,
+                                                                               tmp_path: Path) -> None:
+    """Failed authentication belongs in the trail wherever it is tried: a wrong or missing key on /v1/model or
+    /metrics is a line (status, reason, key, path), as on /v1/predict, where /metrics alone counted it; a request let
+    in there, or a public one, is none."""
+    audit = tmp_path / "audit.jsonl"
+    access = Access(named_keys=(("ward", WARD_KEY),))
+    with TestClient(create_app(tiny_bundle, access=access, audit_log=audit), base_url="http://127.0.0.1:8000") as c:
+        answers = [c.get("/v1/model", headers={"X-API-Key": "not-" + WARD_KEY}), c.get("/metrics"),
+                   c.get("/v1/model", headers={"X-API-Key": WARD_KEY}), c.get("/healthz")]
+    assert [r.status_code for r in answers] == [401, 401, 200, 200]
+    assert [(line["status"], line["reason"], line["key"], line["path"]) for line in lines(audit)] == [
+        (401, "key_wrong", "(unknown)", "/v1/model"), (401, "key_missing", "(none)", "/metrics")]
+    assert [line["request_id"] for line in lines(audit)] == [r.headers["x-request-id"] for r in answers[:2]]

@@ -53,8 +53,8 @@ def create_app(bundle: Path | str, etiology: Path | str | None = None, max_uploa
     ``X-Forwarded-For`` (:func:`.service.client_of`). ``rate_limit_storage``: where the counts are kept, this process's
     memory by default, or a Redis server's URI (``redis://HOST:6379/0``) shared by the instances behind a load
     balancer (:func:`.limits.rate_store`; one that does not answer is refused). ``audit_log``: a file that each
-    /v1/predict request, answered or refused, is appended to as one JSON line (:mod:`.audit`); one that cannot be
-    written is refused before the model loads."""
+    /v1/predict request, answered or refused, and each request refused at the key, is appended to as one JSON line
+    (:mod:`.audit`); one that cannot be written is refused before the model loads."""
     _refuse_unguarded_key(access)
     uid_root()  # a wrong $PNEUMOSCAN_UID_ROOT stops the start, not every report later as the client's fault (422)
     audit = AuditLog(audit_log) if audit_log is not None else None

@@ -1,6 +1,7 @@
 """The audit trail of readings (``serve --audit-log FILE``): one JSON line for each /v1/predict request answered, a
 reading or a refusal, so that a hospital can say later which model (id, version, card digest, threshold) gave which
-answer on which film, when, to which client key, with which warnings.
+answer on which film, when, to which client key, with which warnings; and one for each request to another endpoint
+refused at the key (401), since failed authentication anywhere is what a security officer looks for.
 
 A film is named by its SHA-256 and size alone, a client by its key's name (never the key), a warning by its kind (the
 names /metrics counts them under: a warning's words may quote a value of the film's header, such as the patient's
@@ -35,6 +36,7 @@ PREDICT_PATH = "/v1/predict"
 FILE_MODE = 0o600  # a file created, or created again after logrotate moved it: the service's user alone
 REFUSED_MODE = stat.S_IWGRP | stat.S_IRWXO  # an existing file's bits refused: others' access, a group's writing
 REQUEST_ID = "X-Request-ID"  # the answer's header that names its audit line
+KEY_REFUSED = 401  # a request refused at the key (guard: key_wrong, key_missing): a line whatever its path
 MAX_REFUSAL_BYTES = 2**16  # the most of a refusal's body read for its reason (a heatmap_failed one holds a reading)
 # the fields of the request in progress, filled by the service (film, options, readings) and the guard (the key a
 # refused request carried); None outside an audited request
@@ -111,16 +113,18 @@ class AuditLog:
 
 
 class AuditRequests:
-    """ASGI middleware outside the guard: each /v1/predict request, answered or refused, written to ``audit`` as one
-    line, with the model served (``model``: id, version and card digest, as /v1/model gives them) and a request id
-    that its answer carries too (:data:`REQUEST_ID`)."""
+    """ASGI middleware outside the guard: each /v1/predict request, answered or refused, and each other request
+    refused at the key (:data:`KEY_REFUSED`), written to ``audit`` as one line, with its path, the model served
+    (``model``: id, version and card digest, as /v1/model gives them) and a request id that its answer carries too
+    (:data:`REQUEST_ID`)."""
 
     def __init__(self, app: ASGIApp, audit: AuditLog, model: Mapping[str, str]) -> None:
         self.app, self.audit, self.model = app, audit, dict(model)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or route_path(scope) != PREDICT_PATH:
+        if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        path = route_path(scope)
         request_id = uuid.uuid4().hex
         entry: dict[str, Any] = {}
         status: int | None = None
@@ -129,16 +133,18 @@ class AuditRequests:
 
         def write() -> None:
             nonlocal written
-            if not written:
+            if not written and (path == PREDICT_PATH or status == KEY_REFUSED):
                 written = True
-                self.audit.write(self._line(request_id, entry, status, bytes(refusal)))
+                self.audit.write(self._line(request_id, path, entry, status, bytes(refusal)))
 
         async def watched(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
                 entry.setdefault("time", _now())
-                message["headers"] = [*message.get("headers", []), (REQUEST_ID.lower().encode(), request_id.encode())]
+                if path == PREDICT_PATH or status == KEY_REFUSED:  # the answers that have a line
+                    message["headers"] = [*message.get("headers", []),
+                                          (REQUEST_ID.lower().encode(), request_id.encode())]
             elif message["type"] == "http.response.body":
                 if status is not None and status >= 400:
                     refusal.extend(message.get("body", b"")[:MAX_REFUSAL_BYTES - len(refusal)])
@@ -153,9 +159,10 @@ class AuditRequests:
             audit_entry.reset(token)
             write()  # an answer that never ended (the client gone, the shutdown's grace run out)
 
-    def _line(self, request_id: str, entry: dict[str, Any], status: int | None, refusal: bytes) -> dict[str, Any]:
+    def _line(self, request_id: str, path: str, entry: dict[str, Any], status: int | None,
+              refusal: bytes) -> dict[str, Any]:
         """The request's audit line: when, which request and key, the film, the options, the model, its readings
-        answered, and the status with the refusal's reason."""
+        answered, the status with the refusal's reason, and the path asked for."""
         reason = None
         if refusal:
             try:
@@ -166,7 +173,8 @@ class AuditRequests:
                 "request_id": request_id, "key": entry.pop("key", None) or key_name.get(),
                 "film_sha256": entry.pop("film_sha256", None), "film_bytes": entry.pop("film_bytes", None),
                 "format": entry.pop("format", None), "heatmap": entry.pop("heatmap", None),
-                **self.model, "readings": entry.pop("readings", []), "status": status, "reason": reason}
+                **self.model, "readings": entry.pop("readings", []), "status": status, "reason": reason,
+                "path": path}
 
 
 def _now() -> str:
