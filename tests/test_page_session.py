@@ -180,6 +180,17 @@ def test_clearing_a_session_not_saved_asks_first(page: Page, small: Path) -> Non
     expect(page.locator("#result")).to_be_hidden()
 
 
+def test_a_file_read_that_never_ends_gives_up_the_digest_not_the_reading(page: Page, small: Path) -> None:
+    """The reading waits for the film's digest, and a read of the file that never ended (seen in Chromium: a blob
+    stream under load) held the batch at "Analysing..." for good. A read that gives nothing for digestStallMs is given
+    up: the film is read, and known by the digest of the bytes the service read, as over plain HTTP."""
+    page.evaluate("() => { digestStallMs = 300; "
+                  "ReadableStreamBYOBReader.prototype.read = () => new Promise(() => {}); }")
+    upload_one(page, small)
+    assert page.evaluate("() => films.map((f) => [f.status, f.sha256])") == [
+        ["done", f"sha256:{hashlib.sha256(small.read_bytes()).hexdigest()}"]]
+
+
 def test_a_film_is_proved_by_its_bytes_read_a_slice_at_a_time_not_held_whole(page: Page, tmp_path: Path) -> None:
     """The proof of a film's bytes read the whole file into the page's memory once more than the upload (which sends
     it from the file): a 100 MB DICOM raised Chromium's peak by 210 MB, where 4 MB without it. Its bytes are read a

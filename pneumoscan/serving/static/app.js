@@ -1236,6 +1236,18 @@ function check(file) {
 // browser offers no digest (a page served over plain HTTP from another machine: the service's is taken then,
 // servicesDigest) or cannot read the file.
 const HASHED_SLICE = 4 * 2 ** 20;
+// How long a read of the file may give nothing before the digest is given up (null): the reading waits for the digest,
+// and a read that never ends (seen in Chromium, a blob stream under load) held the batch at "Analysing..." for good
+let digestStallMs = 15000;
+
+// ``promise``, or a rejection once digestStallMs pass without it
+function unstalled(promise) {
+  let timer;
+  const stalled = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error("the file gave no bytes")), digestStallMs);
+  });
+  return Promise.race([promise, stalled]).finally(() => clearTimeout(timer));
+}
 
 async function sha256Of(file) {
   if (!crypto.subtle) return null;
@@ -1258,14 +1270,16 @@ async function* slicesOf(file) {
   try {
     reader = file.stream().getReader({ mode: "byob" });
   } catch (err) {
-    for (let at = 0; at < file.size; at += HASHED_SLICE) yield await file.slice(at, at + HASHED_SLICE).arrayBuffer();
+    for (let at = 0; at < file.size; at += HASHED_SLICE) {
+      yield await unstalled(file.slice(at, at + HASHED_SLICE).arrayBuffer());
+    }
     return;
   }
   let buffer = new ArrayBuffer(HASHED_SLICE);
   for (let done = false; !done;) {
     let filled = 0;
     while (!done && filled < HASHED_SLICE) {
-      const read = await reader.read(new Uint8Array(buffer, filled, HASHED_SLICE - filled));
+      const read = await unstalled(reader.read(new Uint8Array(buffer, filled, HASHED_SLICE - filled)));
       done = read.done;
       buffer = read.value.buffer;  // the same memory, handed back
       filled += read.value.byteLength;
