@@ -28,7 +28,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import shutil
 import struct
 import subprocess
@@ -36,6 +35,8 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from fuzz_decode import fuzz, fuzz_arguments, imported_atheris  # the harnesses' one command line and run
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the tiny bundle is built as the tests build theirs (tests.conftest)
@@ -222,27 +223,19 @@ def list_loads(harness: Harness, corpus: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("corpus", help="folder of inputs (seeded when it holds none), or a crash file to run again")
-    parser.add_argument("libfuzzer", nargs="*", help="libFuzzer's own flags, after -- (-runs=N, -max_len=N)")
+    fuzz_arguments(parser, timeout=5, memory_mb=8192)
     parser.add_argument("--base", type=Path, default=Path(tempfile.gettempdir()) / "pneumoscan_fuzz_bundle",
                         help="where the tiny bundle is trained once and kept (default: TMPDIR/pneumoscan_fuzz_bundle)")
     parser.add_argument("--build-only", action="store_true", help=argparse.SUPPRESS)  # the base, in its own process
     parser.add_argument("--list-loads", action="store_true",
                         help="list, for each input of CORPUS that loads, the card's fields it changed (no fuzzing)")
-    parser.add_argument("--seconds", type=int, default=600, help="how long to fuzz (default 600)")
-    parser.add_argument("--timeout", type=int, default=5, help="seconds an input may take (default 5)")
-    parser.add_argument("--memory-mb", type=int, default=8192,
-                        help="address-space limit (resource.setrlimit) and libFuzzer's RSS limit (default 8192)")
     args, unknown = parser.parse_known_args()
     if args.build_only:
         base_bundle(args.base)
         return
     if not (args.base / "run" / "bundle" / CARD).is_file():  # trained apart: pneumoscan is instrumented on import
         subprocess.run([sys.executable, __file__, "unused", "--base", str(args.base), "--build-only"], check=True)
-    try:
-        import atheris
-    except ImportError:
-        raise SystemExit("atheris is not installed: pip install atheris") from None
+    atheris = imported_atheris()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 
@@ -256,18 +249,10 @@ def main() -> None:
     if args.list_loads:
         list_loads(harness, Path(args.corpus))
         return
-    corpus = Path(args.corpus)
-    if not corpus.is_file():
-        corpus.mkdir(parents=True, exist_ok=True)
-        if not any(corpus.iterdir()):  # the bundle as it is, resealed or not, and a few edits of each kind
-            for n, seed in enumerate((b"\0", b"\3", b"\3\1", b"\3\0\2\0", b"\3\0\1\1", b"\3\0\4\2\0\2")):
-                (corpus / f"seed{n}").write_bytes(seed + bytes(range(n * 7, n * 7 + 16)))
-    limit = args.memory_mb * 2**20
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    flags = [f"-max_total_time={args.seconds}", f"-timeout={args.timeout}", f"-rss_limit_mb={args.memory_mb}",
-             "-print_final_stats=1", *args.libfuzzer, *unknown]
-    atheris.Setup([sys.argv[0], str(corpus), *flags], harness.one_input)
-    atheris.Fuzz()
+    # the bundle as it is, resealed or not, and a few edits of each kind
+    fuzz(atheris, args, unknown, harness.one_input, lambda: {
+        f"seed{n}": seed + bytes(range(n * 7, n * 7 + 16))
+        for n, seed in enumerate((b"\0", b"\3", b"\3\1", b"\3\0\2\0", b"\3\0\1\1", b"\3\0\4\2\0\2"))})
 
 
 if __name__ == "__main__":

@@ -29,7 +29,9 @@ import io
 import os
 import resource
 import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the DICOM writer is the tests' (tests.builders)
@@ -108,34 +110,35 @@ def one_input(data: bytes) -> None:
         raise AssertionError(f"described as {type(described).__name__}")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def fuzz_arguments(parser: argparse.ArgumentParser, timeout: int, memory_mb: int) -> None:
+    """The command line every fuzz harness here takes (fuzz_bundle.py and fuzz_manifest.py call it too): the corpus,
+    libFuzzer's own flags, and how long, how long an input and how much memory."""
     parser.add_argument("corpus", help="folder of inputs (seeded when it holds none), or a crash file to run again")
     parser.add_argument("libfuzzer", nargs="*", help="libFuzzer's own flags, after -- (-runs=N, -max_len=N)")
-    parser.add_argument("--data", default=os.environ.get("PNEUMOSCAN_DATA", DEFAULT_DATA), type=Path,
-                        help="dataset the seeds' films come from (default $PNEUMOSCAN_DATA, else data/chest_xray)")
     parser.add_argument("--seconds", type=int, default=600, help="how long to fuzz (default 600)")
-    parser.add_argument("--timeout", type=int, default=2, help="seconds an input may take (default 2)")
-    parser.add_argument("--memory-mb", type=int, default=3072,
-                        help="address-space limit (resource.setrlimit) and libFuzzer's RSS limit (default 3072)")
-    args, unknown = parser.parse_known_args()
+    parser.add_argument("--timeout", type=int, default=timeout, help=f"seconds an input may take (default {timeout})")
+    parser.add_argument("--memory-mb", type=int, default=memory_mb, help="address-space limit (resource.setrlimit) "
+                        f"and libFuzzer's RSS limit (default {memory_mb})")
+
+
+def imported_atheris() -> Any:
+    """atheris, or the exit that says how to install it (it is no test dependency)."""
     try:
         import atheris
     except ImportError:
         raise SystemExit("atheris is not installed: pip install atheris") from None
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    with atheris.instrument_imports(include=["pneumoscan", "pydicom"]):
-        import pydicom.encaps  # noqa: F401
-        import pydicom.pixels  # noqa: F401
+    return atheris
 
-        import pneumoscan.data.decode  # noqa: F401
-        import pneumoscan.data.scope  # noqa: F401
+
+def fuzz(atheris: Any, args: argparse.Namespace, unknown: list[str], one_input: Callable[[bytes], None],
+         seeds: Callable[[], Mapping[str, bytes]]) -> None:
+    """Fuzz ``one_input`` over the corpus, seeded by ``seeds`` when it is an empty folder (a file: run once), within
+    ``--memory-mb`` of address space, as :func:`fuzz_arguments` read it."""
     corpus = Path(args.corpus)
     if not corpus.is_file():
         corpus.mkdir(parents=True, exist_ok=True)
         if not any(corpus.iterdir()):
-            for name, data in seeds(args.data).items():
+            for name, data in seeds().items():
                 (corpus / name).write_bytes(data)
     limit = args.memory_mb * 2**20
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
@@ -143,6 +146,24 @@ def main() -> None:
              "-print_final_stats=1", *args.libfuzzer, *unknown]
     atheris.Setup([sys.argv[0], str(corpus), *flags], one_input)
     atheris.Fuzz()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    fuzz_arguments(parser, timeout=2, memory_mb=3072)
+    parser.add_argument("--data", default=os.environ.get("PNEUMOSCAN_DATA", DEFAULT_DATA), type=Path,
+                        help="dataset the seeds' films come from (default $PNEUMOSCAN_DATA, else data/chest_xray)")
+    args, unknown = parser.parse_known_args()
+    atheris = imported_atheris()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    with atheris.instrument_imports(include=["pneumoscan", "pydicom"]):
+        import pydicom.encaps  # noqa: F401
+        import pydicom.pixels  # noqa: F401
+
+        import pneumoscan.data.decode  # noqa: F401
+        import pneumoscan.data.scope  # noqa: F401
+    fuzz(atheris, args, unknown, one_input, lambda: seeds(args.data))
 
 
 if __name__ == "__main__":

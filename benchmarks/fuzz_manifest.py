@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
-import sys
 import tempfile
 from pathlib import Path
+
+from fuzz_decode import fuzz, fuzz_arguments, imported_atheris  # the harnesses' one command line and run
 
 DEFAULT_DATA = "data/chest_xray"
 SEEDS = {
@@ -74,35 +74,17 @@ def make_one_input(manifest: Path):  # noqa: ANN201 (atheris' callback)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("corpus", help="folder of inputs (seeded when it holds none), or a crash file to run again")
-    parser.add_argument("libfuzzer", nargs="*", help="libFuzzer's own flags, after -- (-runs=N, -max_len=N)")
+    fuzz_arguments(parser, timeout=2, memory_mb=3072)
     parser.add_argument("--data", default=os.environ.get("PNEUMOSCAN_DATA", DEFAULT_DATA), type=Path,
                         help="dataset the films come from (default $PNEUMOSCAN_DATA, else data/chest_xray)")
-    parser.add_argument("--seconds", type=int, default=600, help="how long to fuzz (default 600)")
-    parser.add_argument("--timeout", type=int, default=2, help="seconds an input may take (default 2)")
-    parser.add_argument("--memory-mb", type=int, default=3072,
-                        help="address-space limit (resource.setrlimit) and libFuzzer's RSS limit (default 3072)")
     args, unknown = parser.parse_known_args()
-    try:
-        import atheris
-    except ImportError:
-        raise SystemExit("atheris is not installed: pip install atheris") from None
+    atheris = imported_atheris()
     with atheris.instrument_imports(include=["pneumoscan"]):
         import pneumoscan.data.layouts  # noqa: F401
     folder = Path(tempfile.mkdtemp(prefix="fuzz_manifest_"))
     films(folder, args.data)
-    corpus = Path(args.corpus)
-    if not corpus.is_file():
-        corpus.mkdir(parents=True, exist_ok=True)
-        if not any(corpus.iterdir()):
-            for name, text in SEEDS.items():
-                (corpus / name).write_text(text, newline="")
-    limit = args.memory_mb * 2**20
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    flags = [f"-max_total_time={args.seconds}", f"-timeout={args.timeout}", f"-rss_limit_mb={args.memory_mb}",
-             "-print_final_stats=1", *args.libfuzzer, *unknown]
-    atheris.Setup([sys.argv[0], str(corpus), *flags], make_one_input(folder / "manifest.csv"))
-    atheris.Fuzz()
+    fuzz(atheris, args, unknown, make_one_input(folder / "manifest.csv"),
+         lambda: {name: text.encode() for name, text in SEEDS.items()})
 
 
 if __name__ == "__main__":
