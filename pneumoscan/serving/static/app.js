@@ -1236,8 +1236,9 @@ function check(file) {
 // browser offers no digest (a page served over plain HTTP from another machine: the service's is taken then,
 // servicesDigest) or cannot read the file.
 const HASHED_SLICE = 4 * 2 ** 20;
-// How long a read of the file may give nothing before the digest is given up (null): the reading waits for the digest,
-// and a read that never ends (seen in Chromium, a blob stream under load) held the batch at "Analysing..." for good
+// How long a read of the file may give nothing before it is given up (the stream for slices, a slice for the digest:
+// null): the reading waits for the digest, and a read that never ended (seen in Chromium, a blob stream under load)
+// held the batch at "Analysing..." for good
 let digestStallMs = 15000;
 
 // ``promise``, or a rejection once digestStallMs pass without it
@@ -1264,28 +1265,35 @@ async function sha256Of(file) {
 
 // A file's bytes, HASHED_SLICE at a time (the last one shorter), each read into the one buffer the slice before it
 // was read into: slices read as buffers of their own were garbage held until collected, 66 MB more at the peak for a
-// 100 MB DICOM, 105 MB for 300 MB. A browser whose file streams cannot fill a buffer given has them read so.
+// 100 MB DICOM, 105 MB for 300 MB. A browser whose file streams cannot fill a buffer given has them read so, and so is
+// the rest of a file whose stream fails or gives nothing for digestStallMs (a read never ended in Chromium under load)
 async function* slicesOf(file) {
-  let reader;
+  let reader = null, at = 0;  // the bytes given, whole slices
   try {
     reader = file.stream().getReader({ mode: "byob" });
   } catch (err) {
-    for (let at = 0; at < file.size; at += HASHED_SLICE) {
-      yield await unstalled(file.slice(at, at + HASHED_SLICE).arrayBuffer());
-    }
-    return;
+    // no byte stream: read by slices
   }
-  let buffer = new ArrayBuffer(HASHED_SLICE);
-  for (let done = false; !done;) {
-    let filled = 0;
-    while (!done && filled < HASHED_SLICE) {
-      const read = await unstalled(reader.read(new Uint8Array(buffer, filled, HASHED_SLICE - filled)));
-      done = read.done;
-      buffer = read.value.buffer;  // the same memory, handed back
-      filled += read.value.byteLength;
+  if (reader) {
+    try {
+      let buffer = new ArrayBuffer(HASHED_SLICE);
+      for (let done = false; !done;) {
+        let filled = 0;
+        while (!done && filled < HASHED_SLICE) {
+          const read = await unstalled(reader.read(new Uint8Array(buffer, filled, HASHED_SLICE - filled)));
+          done = read.done;
+          buffer = read.value.buffer;  // the same memory, handed back
+          filled += read.value.byteLength;
+        }
+        if (filled) yield new Uint8Array(buffer, 0, filled);  // digested (copied) before the next read
+        at += filled;
+      }
+      return;
+    } catch (err) {
+      reader.cancel().catch(() => {});  // not awaited: a stalled stream may never say it is cancelled
     }
-    if (filled) yield new Uint8Array(buffer, 0, filled);  // digested (copied) before the next read
   }
+  for (; at < file.size; at += HASHED_SLICE) yield await unstalled(file.slice(at, at + HASHED_SLICE).arrayBuffer());
 }
 
 // The SHA-256 of the bytes the service read, which its reading names (sha256:HEX), for a page that has no digest of
