@@ -26,10 +26,10 @@ from rich.console import Console
 from pneumoscan import __version__
 from pneumoscan.core.atomic import file_stamp, refuse_special, write_unchanged
 from pneumoscan.core.names import given_path, json_text, path_list, shown
-from pneumoscan.core.options import (AUC_TESTS, BACKENDS, CALIBRATION_IMAGES, FILL_MODES, LISTEN_ASSOCIATION_MB,
-                                     LISTEN_FREE_MB, LISTEN_SEND_S, LISTEN_STORE_S, MAX_UPLOAD_MB, OPTIMIZERS,
-                                     PACS_FILM_S, PACS_READ_S, PREDICT_BATCH, RESIZE_POLICIES, SPLITS, TRACKERS,
-                                     VAL_FRACTION, look_up_option)
+from pneumoscan.core.options import (AUC_TESTS, BACKENDS, CALIBRATION_IMAGES, DECISION_RANGE, FILL_MODES,
+                                     LISTEN_ASSOCIATION_MB, LISTEN_FREE_MB, LISTEN_SEND_S, LISTEN_STORE_S,
+                                     MAX_UPLOAD_MB, OPTIMIZERS, PACS_FILM_S, PACS_READ_S, PREDICT_BATCH,
+                                     RESIZE_POLICIES, SPLITS, TRACKERS, VAL_FRACTION, look_up_option)
 from pneumoscan.data.tasks import list_tasks
 from pneumoscan.models import PLUGINS_ENV, WeightsUnavailable, or_your_own
 
@@ -406,9 +406,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     with _without_test_split(instead):
         metrics = evaluate(args.bundle, args.data, args.split, out, tta=args.tta, add_to_card=args.add_to_card,
                            data_name=args.data_name, etiology=args.etiology, backend=args.backend,
-                           by=args.by or ())
+                           by=args.by or (), decision_range=tuple(args.decision_range or DECISION_RANGE))
     if args.json:
-        _print_json({k: v for k, v in metrics.items() if k != "curves"})
+        _print_json({k: v for k, v in metrics.items() if k not in ("curves", "decision_curve")})
         return 0
     absent = one_class(metrics, metrics["class_names"])  # precision, NPV and F1 then say nothing of the model
     for name in ("auc", "accuracy", "sensitivity", "specificity", "precision", "npv", "f1"):
@@ -1016,6 +1016,9 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
                    help="also give the figures of each group of films by FIELD, at the bundle's threshold (repeat for "
                         "several): subtype, split, format, a manifest's own column, or a DICOM header's PatientSex, "
                         "PatientAge (in bands), Manufacturer, ViewPosition or InstitutionName")
+    p.add_argument("--decision-range", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                   help="threshold probabilities the decision curve spans, in steps of 0.01 (default "
+                        f"{DECISION_RANGE[0]:g} {DECISION_RANGE[1]:g}): those a clinician would act at")
 
 
 def _compare_args(p: argparse.ArgumentParser) -> None:

@@ -711,3 +711,38 @@ def test_pneumonia_films_of_no_type_leaving_only_normal_films_are_refused(typed_
     next(iter(sorted((films / "PNEUMONIA").glob("*.jpeg")))).rename(films / "PNEUMONIA" / "person1_virus_1.jpeg")
     records = labelled_records(films, None, get_task("multiclass"), spec)[0]  # one typed film: warned, not refused
     assert len(records) == 9
+
+
+def test_evaluate_writes_the_decision_curve_beside_the_calibration_plot(tiny_evaluation: Path) -> None:
+    """decision_curve.csv gives the net benefit at 0.01 to 0.99 that predictions.csv's probabilities and labels give
+    (TP/n - FP/n * pt / (1 - pt)), against treat all and treat none; metrics.json gives it at the bundle's threshold;
+    the report shows the curve after the reliability diagram (the same picture as decision_curve.png) and says that
+    net benefit holds at this set's prevalence."""
+    out = tiny_evaluation
+    m = json.loads((out / "metrics.json").read_text())
+    films = read_csv(out / "predictions.csv")
+    y = np.array([row["label"] == "PNEUMONIA" for row in films])
+    p = np.array([float(row["probability"]) for row in films])
+
+    def expected(pt: float) -> tuple[float, float]:
+        called, n = p >= pt, len(films)
+        return ((called & y).sum() / n - (called & ~y).sum() / n * pt / (1 - pt),
+                y.mean() - (1 - y.mean()) * pt / (1 - pt))
+
+    rows = read_csv(out / "decision_curve.csv")
+    assert [float(r["threshold"]) for r in rows] == pytest.approx(np.arange(1, 100) / 100)
+    for row in rows:
+        pt = float(row["threshold"])
+        assert (float(row["net_benefit"]), float(row["treat_all"])) == pytest.approx(expected(pt), abs=1e-9), pt
+        assert float(row["treat_none"]) == 0.0
+    at = m["net_benefit"]
+    assert at["threshold"] == m["threshold"]
+    assert (at["net_benefit"], at["treat_all"]) == pytest.approx(expected(m["threshold"]), abs=1e-9)
+
+    html = (out / "report.html").read_text()
+    png = (out / "decision_curve.png").read_bytes()
+    assert png.startswith(b"\x89PNG")
+    at_reliability = html.index(base64.b64encode((out / "reliability.png").read_bytes()).decode())
+    assert html.index(base64.b64encode(png).decode()) > at_reliability
+    assert f"net benefit {at['net_benefit']:.3f}, treat all {at['treat_all']:.3f}" in html  # its text alternative
+    assert f"Net benefit holds at this set&#x27;s prevalence of {100 * m['prevalence']:.1f}%" in html

@@ -85,6 +85,7 @@ def test_methods_md_gives_the_flow_of_films_and_each_figure_from_the_run(tiny_bu
     run |= {f"{t['p']:.3f}" for t in m["subgroups"]["differences"]["subtype"].values() if "p" in t}
     run |= {f"{t['p_holm']:.3f}" for t in m["subgroups"]["differences"]["subtype"].values() if "p" in t}
     run |= {f"{card.temperature:.3f}", f"{m['threshold']:.4f}"}
+    run |= {f"{abs(m['net_benefit'][k]):.3f}" for k in ("net_benefit", "treat_all")}  # the decision curve's
     figures = set(re.findall(r"(?<![\d.])\d\.\d{3,4}(?![\d.])", text))
     assert figures and figures <= run, figures - run
     assert f"{m['threshold']:.4f}" in text and f"{100 * m['prevalence']:.1f}%" in text
@@ -142,3 +143,35 @@ def test_methods_md_escapes_a_name_in_a_table_cell(tiny_bundle: Path, tiny_datas
     assert any(line.startswith("| a\\|b |") for line in table), table
     cells = {len(re.findall(r"(?<!\\)\|", line)) for line in table}
     assert len(cells) == 1, table  # every row as many cells as the header
+
+
+def test_methods_md_gives_the_decision_curve_over_the_range_asked_for(tiny_bundle: Path, tiny_dataset: Path,
+                                                                      tmp_path: Path) -> None:
+    """The statistics say how the decision curve was made, over the range asked for (--decision-range) and at which
+    prevalence it holds; the results give the net benefit at the threshold from metrics.json; decision_curve.csv
+    spans that range."""
+    out = tmp_path / "eval"
+    assert cli.main(["evaluate", str(tiny_bundle), str(tiny_dataset), "--split", "test", "--out", str(out),
+                     "--decision-range", "0.05", "0.5"]) == 0
+    text, m, _ = _read(out)
+    with (out / "decision_curve.csv").open() as f:
+        thresholds = [float(row["threshold"]) for row in csv.DictReader(f)]
+    assert len(thresholds) == 46 and thresholds[0] == 0.05 and thresholds[-1] == 0.5
+
+    statistics = _section(text, "Statistical analysis")
+    assert "Decision curve (Vickers & Elkin 2006)" in statistics and "for pt from 5.0% to 50.0%" in statistics
+    assert f"prevalence of {100 * m['prevalence']:.1f}%" in statistics
+    at = m["net_benefit"]
+    assert (f"Net benefit at the threshold: {at['net_benefit']:.3f} (true positives a film, net of false positives "
+            f"weighed by the threshold's odds), against {at['treat_all']:.3f} for calling every film PNEUMONIA"
+            in _section(text, "Results"))
+
+
+def test_evaluate_refuses_a_decision_range_outside_0_to_1_before_reading_a_film(tiny_bundle: Path, tiny_dataset: Path,
+                                                                                tmp_path: Path, capsys) -> None:
+    """A decision curve at a threshold probability of 0 or 1 (odds 0 or infinite) says nothing: refused, naming the
+    range, and no folder written."""
+    out = tmp_path / "eval"
+    assert cli.main(["evaluate", str(tiny_bundle), str(tiny_dataset), "--split", "test", "--out", str(out),
+                     "--decision-range", "0", "0.5"]) == 2
+    assert "0 < LOW < HIGH < 1" in capsys.readouterr().err and not out.exists()

@@ -883,3 +883,34 @@ def test_the_fast_roc_points_are_sklearns(seed: int) -> None:
     ours = _roc_points(y, p)
     for theirs, mine in zip((fpr[1:], tpr[1:], thresholds[1:]), ours):
         np.testing.assert_allclose(mine, theirs, rtol=0, atol=1e-12)
+
+
+def test_net_benefit_is_vickers_and_elkins_on_a_hand_worked_example() -> None:
+    """10 films, 3 positive. At pt 0.25 (odds 1/3) the films at or above it are 0.9, 0.6 (positive), 0.7 and 0.3
+    (negative): 2/10 - 2/10 / 3 = 0.1333; treat all 3/10 - 7/10 / 3 = 0.0667. At pt 0.5 (odds 1): 0.9, 0.6 and
+    0.7: 2/10 - 1/10 = 0.1; treat all 0.3 - 0.7 = -0.4. Sensitivity and specificity recompute each."""
+    y = [1, 1, 1, 0, 0, 0, 0, 0, 0, 0]
+    p = [0.9, 0.6, 0.2, 0.7, 0.3, 0.1, 0.1, 0.05, 0.2, 0.15]
+    curve = metrics.net_benefit(y, p, [0.25, 0.5])
+    assert curve["threshold"] == [0.25, 0.5]
+    assert np.allclose(curve["net_benefit"], [0.2 - 0.2 / 3, 0.1])
+    assert np.allclose(curve["treat_all"], [0.3 - 0.7 / 3, -0.4]) and curve["treat_none"] == [0.0, 0.0]
+    assert np.allclose(curve["sensitivity"], [2 / 3, 2 / 3]) and np.allclose(curve["specificity"], [5 / 7, 6 / 7])
+    prevalence, odds = 0.3, np.array([1 / 3, 1.0])  # the docstring's recomputation at a prevalence gives the same
+    recomputed = (np.array(curve["sensitivity"]) * prevalence
+                  - (1 - np.array(curve["specificity"])) * (1 - prevalence) * odds)
+    assert np.allclose(recomputed, curve["net_benefit"])
+
+
+def test_a_decision_curve_spans_its_range_in_steps_and_refuses_one_outside_0_to_1() -> None:
+    """0.01 to 0.99 is 99 thresholds; a range of its own ends at its HIGH; 0 or 1 (odds 0 or infinite), a reversed
+    range and a threshold of 1 given to net_benefit are refused."""
+    default = metrics.decision_thresholds()
+    assert default.size == 99 and default[0] == 0.01 and default[-1] == 0.99
+    assert np.allclose(np.diff(default), 0.01)
+    assert metrics.decision_thresholds(0.05, 0.333).tolist()[-2:] == [0.33, 0.333]
+    for low, high in ((0.0, 0.5), (0.2, 1.0), (0.5, 0.2)):
+        with pytest.raises(ValueError, match="0 < LOW < HIGH < 1"):
+            metrics.decision_thresholds(low, high)
+    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+        metrics.net_benefit([0, 1], [0.2, 0.8], [1.0])

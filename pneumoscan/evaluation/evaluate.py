@@ -16,9 +16,11 @@ from PIL import Image
 
 from pneumoscan.core.atomic import file_stamp, unchanged, write_atomic
 from pneumoscan.core.digests import bytes_sha256, file_sha256
-from pneumoscan.core.metrics import (binary_metrics, choose_threshold, describe_policy, ece_by_chance, evaluate_binary,
-                                     evaluate_multiclass, figure_beside, has_both_classes, jsonable)
+from pneumoscan.core.metrics import (binary_metrics, choose_threshold, decision_thresholds,
+                                     describe_policy, ece_by_chance, evaluate_binary, evaluate_multiclass,
+                                     figure_beside, has_both_classes, jsonable, net_benefit)
 from pneumoscan.core.names import path_text, results_csv, shown
+from pneumoscan.core.options import DECISION_RANGE
 from pneumoscan.data.cache import cache_dataset
 from pneumoscan.data.decode import read_gray
 from pneumoscan.data.labelled import films_without_patient_id, labelled_films, left_out, patient_groups
@@ -38,6 +40,7 @@ from .subgroups import adjust, film_values, subgroup_figures
 
 log = logging.getLogger(__name__)
 # optimistic: whether metrics.json lists the film under optimistic_films (among the model's own data)
+DECISION_CURVE = "decision_curve.csv"  # beside the report: the decision curve, a row a threshold probability
 PREDICTION_FIELDS = ("path", "label", "subtype", "patient", "probability", "called", "correct", "optimistic")
 SCOPE_FIELDS = ("in_scope", "warnings")  # predictions.csv's last columns: as predict's rows say them
 TWO_STAGE_CALLED = "two_stage_called"  # predictions.csv with a second stage: each film's call among the 1 + k
@@ -65,6 +68,18 @@ def evaluate_probabilities(probs: np.ndarray, targets: np.ndarray, task: Task, t
     metrics["threshold_table"] = threshold_table(y, prob, threshold)
     metrics.update(task.extra_metrics(targets, probs, groups))
     return metrics
+
+
+def decision_curve(y: np.ndarray, scores: np.ndarray, threshold: float, points: np.ndarray) -> dict:
+    """metrics.json's ``decision_curve`` (:func:`~pneumoscan.core.metrics.net_benefit` at each of ``points``) and
+    ``net_benefit``, the model's, treat-all's and treat-none's at the bundle's own threshold, of the decision the
+    bundle makes: P(positive) against its threshold, a multiclass bundle's too (pneumonia, whichever its type). A
+    three-class decision (the most probable class, two stages) is no threshold on one probability, so it has no
+    curve: one class against the rest would weigh a call the bundle never makes."""
+    at = net_benefit(y, scores, [threshold]) if 0 < threshold < 1 else None  # 0 or 1: odds 0 or infinite
+    return {"decision_curve": net_benefit(y, scores, points),
+            "net_benefit": at and {key: values[0] for key, values in at.items()
+                                   if key in ("threshold", "net_benefit", "treat_all", "treat_none")}}
 
 
 def two_stage_decision(first: np.ndarray, second: np.ndarray, first_threshold: float, second_threshold: float,
@@ -290,7 +305,8 @@ def default_out_dir(bundle: Path | str, data: Path | str, split: str | None, tta
 
 def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out_dir: Path | str | None = None,
              tta: bool = False, add_to_card: bool = False, data_name: str | None = None,
-             etiology: Path | str | None = None, backend: str = "torch", by: Sequence[str] = ()) -> dict:
+             etiology: Path | str | None = None, backend: str = "torch", by: Sequence[str] = (),
+             decision_range: tuple[float, float] = DECISION_RANGE) -> dict:
     """Score every image of DATA (a dataset root, a NORMAL/PNEUMONIA folder or a manifest) that belongs to the
     bundle's task; with a dataset root, ``split`` picks train/val/test. With ``tta``, scores average the test-time
     views and are read at the bundle's TTA threshold, as ``predict --tta`` does. The result holds a
@@ -307,7 +323,10 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
     :func:`~.subgroups.film_values`) adds the figures of each of their groups at the same threshold under
     ``subgroups`` (:func:`~.subgroups.subgroup_figures`; a three-class decision's accuracy under its block's), each
     rate's test of a difference across the groups adjusted over all of them (:func:`~.subgroups.adjust`), a field no
-    film records refused before the films are scored."""
+    film records refused before the films are scored. The decision curve of the bundle's own decision (P(positive)
+    against its threshold; a three-class block has none: :func:`decision_curve`) spans ``decision_range``'s threshold
+    probabilities."""
+    points = decision_thresholds(*decision_range)  # a range that says nothing refused before any film is read
     if backend == "onnx-int8" and add_to_card:
         raise ValueError("add_to_card (--add-to-card) records evaluations of the bundle's FP32 model, which its card "
                          "describes; the INT8 model's figures stay in the report")
@@ -342,6 +361,7 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
     _say_outside(records, scope, name)  # once scored: a refusal of the scores (non-finite) is said alone
     copies, groups, conflicts = patient_groups(records, data)
     metrics = evaluate_probabilities(probs, targets, task, threshold, groups=groups)
+    metrics |= decision_curve(binary_targets(targets), scores, threshold, points)
     if by_field:  # at the bundle's threshold, never one chosen per group
         metrics["subgroups"] = subgroup_figures(by_field, groups, binary=(binary_targets(targets), scores, threshold))
         if task.multiclass:  # the decision the three-class figures are of: the most probable class
@@ -472,10 +492,11 @@ def _write_outputs(out_dir: Path, predictor: Predictor, records: list[Record], t
     """predictions.csv (for a multiclass bundle with each class's probability and the most probable class, the
     decision its three-class figures are of, so they can be recomputed or split by subgroup from the file; with
     the second stage's columns, ``second`` (:func:`_two_stage`), when there is one),
-    sensitivity_table.csv, and the report with its figures and the most confident errors (``gallery``:
-    :func:`error_gallery`). Each row says whether its film is in the model's scope, with its warnings (``scope``:
-    :func:`_film_warnings`), and whether it is among the model's own data (``optimistic``: metrics.json's
-    ``optimistic_films``), for a researcher to leave those films out without joining the two by path."""
+    sensitivity_table.csv, decision_curve.csv (:func:`decision_curve`), and the report with its figures and the most
+    confident errors (``gallery``: :func:`error_gallery`). Each row says whether its film is in the model's scope,
+    with its warnings (``scope``: :func:`_film_warnings`), and whether it is among the model's own data
+    (``optimistic``: metrics.json's ``optimistic_films``), for a researcher to leave those films out without joining
+    the two by path."""
     card, task = predictor.card, predictor.task
     classes, scores = task.classes, task.positive_probability(probs)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -500,5 +521,8 @@ def _write_outputs(out_dir: Path, predictor: Predictor, records: list[Record], t
     write_atomic(out_dir / "predictions.csv", results_csv(fields, rows).encode())
     table = metrics["threshold_table"]
     write_atomic(out_dir / "sensitivity_table.csv", results_csv(list(table[0]), table).encode())
+    curve = jsonable(metrics["decision_curve"])  # a rate of a class without films an empty cell, not "nan"
+    write_atomic(out_dir / DECISION_CURVE, results_csv(list(curve), [dict(zip(curve, row))
+                                                                     for row in zip(*curve.values())]).encode())
     write_report(metrics, out_dir, title, extra=header, figures=True, gallery=gallery,
                  beside={METHODS: "a draft of a paper's methods and results, with this report's figures"})

@@ -15,7 +15,7 @@ from pneumoscan import __version__
 from pneumoscan.core.metrics import format_percent, with_ci
 from pneumoscan.models.card import TRAINING_FILMS, BundleCard, runtime_versions
 from .model_card import class_counts, counted, film_counts, markdown_table, model_read, one_class, trained_by_said
-from .report import ci_note, not_independent
+from .report import ci_note, decision_note, not_independent
 from .subgroups import differences_said, table_rows
 
 METHODS = "methods.md"
@@ -63,7 +63,7 @@ def methods_text(metrics: Mapping[str, Any], header: Mapping[str, Any], card: Bu
         second and (f"The second stage calls {second.positive} at its own threshold {header['etiology threshold']}."
                     + "".join(f" Caveat of its card: {c.rstrip('.')}." for c in second.caveats)),
         "## Statistical analysis",
-        _statistics(metrics),
+        _statistics(metrics, names[1]),
         "## Results",
         _results(metrics, names),
         *_parts(metrics),
@@ -133,25 +133,39 @@ def _model(card: BundleCard, metrics: Mapping[str, Any]) -> str:
         "configuration.", trained_by_said(card), f"Scores here: {tta}, backend {metrics['backend']}."]))
 
 
-def _statistics(metrics: Mapping[str, Any]) -> str:
-    """How the 95% CIs were made, in the words of the report's note (:func:`ci_note`), saying their unit."""
+def _statistics(metrics: Mapping[str, Any], positive: str) -> str:
+    """How the 95% CIs were made, in the words of the report's note (:func:`ci_note`), saying their unit; and the
+    decision curve of calling ``positive``, in the words of the report's (:func:`decision_note`)."""
     return ("Figures at the bundle's threshold. "
             + ci_note(metrics, "sensitivity, specificity, precision, NPV and accuracy", ("auc", "f1"), "auc", "AUC",
-                      unit_said=True))
+                      unit_said=True)
+            + "\n\nClinical utility. " + decision_note(metrics, positive))
 
 
 def _results(metrics: Mapping[str, Any], names: Sequence[str]) -> str:
-    """Each figure with its 95% CI, the confusion counts and the prevalence its precision and NPV hold at."""
+    """Each figure with its 95% CI, the confusion counts, the net benefit at the threshold and the prevalence its
+    precision, NPV and net benefit hold at."""
     absent = one_class(metrics, names)
     figures = "; ".join(f"{label} {with_ci(metrics[key], metrics['ci'].get(key))}" for key, label in _BINARY_FIGURES
                         if metrics.get(key) is not None)
     (tn, fp), (fn, tp) = metrics["confusion_matrix"]["counts"]
     said = (f"On {film_counts(metrics, names)}: {figures}. At the threshold: {tp} true positive, {fp} false positive, "
             f"{tn} true negative and {fn} false negative films.{_not_independent(metrics)}")
+    said += " " + _net_benefit(metrics, names[1])
     if absent:
         return said + f" The films hold no {absent} film: precision, NPV and F1 say nothing of the model here."
-    return (said + f" Precision and NPV hold at this set's prevalence of {names[1]}, "
+    return (said + f" Precision, NPV and net benefit hold at this set's prevalence of {names[1]}, "
             f"{format_percent(metrics['prevalence'])}, and differ at another.")
+
+
+def _net_benefit(metrics: Mapping[str, Any], positive: str) -> str:
+    """The decision curve's figures at the bundle's threshold (metrics.json's ``net_benefit``), or why it has none."""
+    if (at := metrics["net_benefit"]) is None:
+        return "Net benefit is undefined at a threshold of 0 or 1."
+    return (f"Net benefit at the threshold: {at['net_benefit']:.3f} (true positives a film, net of false positives "
+            f"weighed by the threshold's odds), against {at['treat_all']:.3f} for calling every film {positive} and 0 "
+            "for calling none; decision_curve.csv gives the curve over every threshold probability, report.html its "
+            "figure.")
 
 
 def _parts(metrics: Mapping[str, Any]) -> list[str]:

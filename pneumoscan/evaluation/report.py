@@ -340,6 +340,57 @@ def _pr_figure(pr: dict[str, list], label: str, prevalence: float, points: dict[
     return fig
 
 
+def _decision_figure(curve: dict[str, list], prevalence: float, at: dict[str, float] | None) -> Figure:
+    """The decision curve (:func:`~pneumoscan.core.metrics.net_benefit`): the model's net benefit over the threshold
+    probabilities, with treat-all's and treat-none's, and the bundle's threshold as a dot on the model's curve. Net
+    benefit is at most the prevalence, and below a little under 0 a strategy is worse than none, as the curves of
+    Vickers and Elkin show it: the axes span that, so that treat-all's fall towards -infinity does not flatten the
+    rest. The legend goes below the axes, where it covers no curve."""
+    fig, ax = _new_axes("Decision curve", "Threshold probability", "Net benefit", below=0.5)
+    top = max(prevalence, 0.05) * 1.1
+    ax.set(xlim=(curve["threshold"][0], curve["threshold"][-1]), ylim=(-0.1 * top - 0.02, top))
+    points = dict(zip(curve["threshold"], curve["net_benefit"]))
+    if at is not None and curve["threshold"][0] <= at["threshold"] <= curve["threshold"][-1]:
+        points[at["threshold"]] = at["net_benefit"]  # the dot on its curve, which scores between two steps can jump
+    ax.plot(sorted(points), [points[t] for t in sorted(points)], lw=2, label="model")
+    ax.plot(curve["threshold"], curve["treat_all"], ls="--", color="#9aa5b1", lw=1.5, label="treat all")
+    ax.plot(curve["threshold"], curve["treat_none"], color="#1d2733", lw=1, label="treat none")
+    if at is not None:
+        ax.plot([at["threshold"]], [at["net_benefit"]], "o", ms=7, mec="black",
+                label=f"bundle threshold {at['threshold']:.{THRESHOLD_DIGITS}f}")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.17), ncol=2, fontsize=8, frameon=False)
+    return fig
+
+
+def _decision_html(m: dict[str, Any], pos: str, pngs: dict[str, bytes] | None) -> str:
+    """The decision curve with its text alternative (the net benefits at the bundle's threshold)."""
+    curve, at = m["decision_curve"], m.get("net_benefit")
+    low, high = curve["threshold"][0], curve["threshold"][-1]
+    said = (f" At the bundle's threshold {_fmt(at['threshold'], 'threshold')}: net benefit {at['net_benefit']:.3f}, "
+            f"treat all {at['treat_all']:.3f}, treat none 0." if at else "")
+    alt = (f"Decision curve of calling {pos} at threshold probabilities {low:.2f} to {high:.2f}: the model's net "
+           f"benefit against treating all and none.{said} decision_curve.csv lists every point.")
+    return _figure_html(_decision_figure(curve, m["prevalence"], at),
+                        "Decision curve: net benefit of the model, of treating all and of treating none.", alt, pngs,
+                        "decision_curve")
+
+
+def decision_note(m: Mapping[str, Any], pos: str) -> str:
+    """What a decision curve's net benefit is and that it holds at the films' prevalence: a curated set's is not a
+    clinic's, and the clinic's is recomputed from decision_curve.csv's sensitivity and specificity."""
+    points = m["decision_curve"]["threshold"]
+    return (f"Decision curve (Vickers & Elkin 2006): net benefit = TP/n - FP/n × pt/(1 - pt) of calling {pos} the "
+            f"films whose probability is at least the threshold probability pt, for pt from "
+            f"{format_percent(points[0])} to {format_percent(points[-1])}, against calling every film "
+            f"{pos} (treat all) and none (treat none: 0); pt/(1 - pt) is the harm of a false positive that a clinician "
+            f"acting at pt accepts for one true positive. Net benefit holds at this set's prevalence of "
+            f"{format_percent(m['prevalence'])} ({pos} films): where that is not the prevalence of the patients the "
+            "model will read (a curated or enriched dataset), a clinic sees other net benefits. Measure it on films "
+            "at the clinic's prevalence (consecutive patients), or recompute each row of decision_curve.csv at the "
+            "clinic's prevalence p as sensitivity × p - (1 - specificity) × (1 - p) × pt/(1 - pt). Read the curve "
+            "only over the threshold probabilities a clinician would act at.")
+
+
 _SPARSE_BIN = 10  # a bin of fewer films has an observed frequency too uncertain to read without its interval
 _FULL_BAR = 0.9  # the share of films above which a bar's count is written inside its top, under the title
 
@@ -436,6 +487,7 @@ def _binary_body(m: dict[str, Any], pngs: dict[str, bytes] | None = None) -> str
         '</div><h2>Curves</h2><div class="row">',
         _binary_curves(m, pos, pngs),
         "</div>",
+        f'<p class="note">{_esc(decision_note(m, pos))}</p>' if m.get("decision_curve") else "",
     ]
     if pngs is not None:
         title = f"At threshold {_fmt(m['threshold'], 'threshold')}"
@@ -510,6 +562,8 @@ def _binary_curves(m: dict[str, Any], pos: str, pngs: dict[str, bytes] | None) -
         parts.append('<p class="note">ROC and PR curves are undefined: only one class is present.</p>')
     parts.append(_reliability_html(curves["calibration"], f"Predicted P({pos})",
                                    "Reliability diagram: observed frequency per bin of predicted probability.", pngs))
+    if m.get("decision_curve"):  # evaluate's: a training run's validation report has none
+        parts.append(_decision_html(m, pos, pngs))
     return "".join(parts)
 
 
@@ -632,7 +686,8 @@ def _subgroups_html(block: dict[str, Any] | None, ci_unit: str | None, section: 
     return "".join(parts)
 
 
-_FIGURE_NAMES = ("confusion_matrix", "roc", "pr", "reliability")  # the figures a report writes as files
+# the figures a report writes as files
+_FIGURE_NAMES = ("confusion_matrix", "roc", "pr", "reliability", "decision_curve")
 # parts of a binary result decided among three classes: (key, section title, figure file prefix)
 _CLASS_PARTS = (("multiclass", "All classes: ", "classes_"), ("two_stage", "Two stages: ", "two_stage_"))
 
@@ -647,9 +702,10 @@ def write_report(
     evaluate_multiclass block under ``multiclass`` (the 3-class task) or ``two_stage`` (a pneumonia bundle followed
     by an etiology bundle) gets that block as a further part, and a ``threshold_table`` list becomes a table. With
     ``figures``, the main figures are also written beside the report (confusion_matrix.png, roc.png, pr.png,
-    reliability.png: those the data defines; a further part's as classes_*.png or two_stage_*.png: confusion_matrix,
-    roc, reliability); ``gallery`` adds titled rows of thumbnails; ``beside`` links the files written beside the
-    report (each name with what it holds) that a reader would not find otherwise (methods.md). The header's
+    reliability.png, decision_curve.png: those the data defines and the result holds; a further part's as
+    classes_*.png or two_stage_*.png: confusion_matrix, roc, reliability); ``gallery`` adds titled rows of
+    thumbnails; ``beside`` links the files written beside the report (each name with what it holds) that a reader
+    would not find otherwise (methods.md). The header's
     :data:`MODEL_ID` (which bundle) is printed on every page beside the title. Returns the HTML path."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -26,18 +26,20 @@ from .intervals import (ALPHA, BOOTSTRAP_SEED, FILM_UNIT_CAVEAT, PATIENT_UNIT, _
                         unit_caveat)
 from .probabilities import (ECE_BINS, ECE_TOLERANCE, TEMPERATURE_BOUNDS, calibration, ece_by_chance,
                             ece_chance_margin, fit_temperature, softmax)
-from .summaries import (BOTH_CLASSES, CURVE_POINTS, binary_metrics, evaluate_binary, evaluate_multiclass, macro_auc,
-                        roc_auc)
+from .summaries import (BOTH_CLASSES, CURVE_POINTS, binary_metrics, decision_thresholds,
+                        evaluate_binary, evaluate_multiclass, macro_auc, net_benefit, roc_auc)
 from .thresholds import (NO_RANGE, choose_threshold, choose_thresholds, describe_policy, threshold_interval,
                          threshold_range)
 
 __all__ = ["ALPHA", "AUC_INTERVAL", "BOOTSTRAP_SEED", "BOTH_CLASSES", "CHANCE_AUC", "CURVE_POINTS", "ECE_BINS",
            "ECE_TOLERANCE", "FILM_UNIT_CAVEAT", "NO_RANGE", "PATIENT_UNIT", "TEMPERATURE_BOUNDS", "binary_metrics",
            "calibration",
-           "choose_threshold", "choose_thresholds", "ci_method_sentence", "clopper_pearson", "describe_policy",
+           "choose_threshold", "choose_thresholds", "ci_method_sentence", "clopper_pearson", "decision_thresholds",
+           "describe_policy",
            "ece_by_chance", "ece_chance_margin", "evaluate_binary", "evaluate_multiclass", "figure_beside",
            "fit_temperature", "format_figure", "format_percent", "has_both_classes", "jsonable", "macro_auc",
-           "proportion_ci", "roc_auc", "short_of_one", "softmax", "threshold_interval", "threshold_metrics_ci",
+           "net_benefit", "proportion_ci", "roc_auc", "short_of_one", "softmax", "threshold_interval",
+           "threshold_metrics_ci",
            "threshold_range", "unit_caveat", "with_ci",
            # private helpers that the tests and benchmarks/bench_ci_coverage.py check through the package
            "_auc_ci", "_bca_ci", "_bootstrap_weights", "_ratio_jackknife"]

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from .auc_intervals import _macro_auc_ci
+from ..options import DECISION_RANGE
 from .formatting import jsonable
 from .inputs import _as_binary, _as_multiclass, has_both_classes, _patient_codes, _ratio
 from .intervals import ALPHA, _balanced_accuracy_ci, proportion_ci, threshold_metrics_ci
@@ -52,6 +53,39 @@ def binary_metrics(y_true: Any, prob: Any, threshold: float) -> dict[str, Any]:
         "n": int(y.size),
         "threshold": float(threshold),
     }
+
+
+DECISION_STEP = 0.01  # between a decision curve's threshold probabilities
+
+
+def decision_thresholds(low: float = DECISION_RANGE[0], high: float = DECISION_RANGE[1]) -> np.ndarray:
+    """The threshold probabilities of a decision curve: LOW to HIGH in steps of :data:`DECISION_STEP`, HIGH the last;
+    refused outside (0, 1), where a threshold's odds pt / (1 - pt) are 0 or infinite and net benefit says nothing."""
+    if not 0 < low < high < 1:
+        raise ValueError(f"a decision curve's threshold probabilities run from LOW to HIGH with 0 < LOW < HIGH < 1, "
+                         f"not {low} to {high}")
+    return np.unique(np.round(np.r_[np.arange(low, high, DECISION_STEP), high], 6))
+
+
+def net_benefit(y_true: Any, prob: Any, thresholds: Any) -> dict[str, list[float]]:
+    """Decision curve analysis (Vickers & Elkin 2006) of calling positive the films whose ``prob`` is at least each
+    threshold probability pt: the model's ``net_benefit`` TP/n - FP/n * pt / (1 - pt), that of calling every film
+    positive ("treat all": prevalence - (1 - prevalence) * pt / (1 - pt)) and that of calling none ("treat none": 0),
+    with each threshold's sensitivity and specificity, from which a reader recomputes the model's net benefit at
+    another prevalence pi as sensitivity * pi - (1 - specificity) * (1 - pi) * pt / (1 - pt). Net benefit is in true
+    positives per film: it holds at these films' prevalence only. A rate of a class without films is NaN."""
+    y, p = _as_binary(y_true, prob)
+    pt = np.asarray(thresholds, dtype=float).ravel()
+    if not ((pt > 0) & (pt < 1)).all():
+        raise ValueError("a decision curve's threshold probabilities lie strictly between 0 and 1")
+    called = p[None, :] >= pt[:, None]
+    tp, fp = (called & (y == 1)).sum(axis=1), (called & (y == 0)).sum(axis=1)
+    positives, n = int(y.sum()), y.size
+    odds = pt / (1 - pt)
+    return {"threshold": pt.tolist(), "net_benefit": (tp / n - fp / n * odds).tolist(),
+            "treat_all": (positives / n - (n - positives) / n * odds).tolist(), "treat_none": [0.0] * pt.size,
+            "sensitivity": [_ratio(t, positives) for t in tp], "specificity": [_ratio(n - positives - f, n - positives)
+                                                                              for f in fp]}
 
 
 def _unit(patients: np.ndarray | None) -> str:
