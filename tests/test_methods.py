@@ -167,6 +167,21 @@ def test_methods_md_gives_the_decision_curve_over_the_range_asked_for(tiny_bundl
             in _section(text, "Results"))
 
 
+def test_methods_md_writes_a_name_given_as_text_in_its_prose(tiny_bundle: Path, tiny_dataset: Path,
+                                                               tmp_path: Path) -> None:
+    """A data name with Markdown's table bar and an HTML tag in it reads as text in the prose as in the tables, with
+    the escape MODEL_CARD.md uses: a bare "<img" became markup in a Markdown viewer."""
+    name = 'site <img src=x onerror="alert(1)"> a|b'
+    out = tmp_path / "eval"
+    assert cli.main(["evaluate", str(tiny_bundle), str(tiny_dataset), "--split", "test", "--out", str(out),
+                     "--data-name", name]) == 0
+    text, m, _ = _read(out)
+    assert m["data"] == name and "<img" not in text
+    escaped = 'site &lt;img src=x onerror="alert(1)"> a\\|b'
+    assert text.startswith(f"# Methods and results: {load_card(tiny_bundle).model_id} on {escaped}\n")
+    assert f"The films of {escaped}: [their source" in text
+
+
 def test_evaluate_refuses_a_decision_range_outside_0_to_1_before_reading_a_film(tiny_bundle: Path, tiny_dataset: Path,
                                                                                 tmp_path: Path, capsys) -> None:
     """A decision curve at a threshold probability of 0 or 1 (odds 0 or infinite) says nothing: refused, naming the

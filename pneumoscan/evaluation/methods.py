@@ -14,7 +14,8 @@ from typing import Any
 from pneumoscan import __version__
 from pneumoscan.core.metrics import format_percent, with_ci
 from pneumoscan.models.card import TRAINING_FILMS, BundleCard, runtime_versions
-from .model_card import class_counts, counted, film_counts, markdown_table, model_read, one_class, trained_by_said
+from .model_card import (class_counts, counted, film_counts, markdown_table, markdown_text, model_read, one_class,
+                         trained_by_said)
 from .report import ci_note, decision_note, not_independent
 from .subgroups import differences_said, table_rows
 
@@ -36,15 +37,18 @@ def methods_text(metrics: Mapping[str, Any], header: Mapping[str, Any], card: Bu
                  second: BundleCard | None = None) -> str:
     """methods.md of an evaluation's ``metrics`` (as written to metrics.json) of the bundle whose ``card`` it is,
     followed by the ``second`` stage's bundle with ``--etiology``; ``header``: the report's, whose thresholds say the
-    policy and films that chose them."""
+    policy and films that chose them. Every name a user gave (the data's, a class's, a field's, a path in a caveat)
+    is written as text, never as Markdown (:func:`markdown_text`), in the prose as in the tables."""
     names = tuple(metrics["class_names"])
+    said = tuple(map(markdown_text, names))  # as the prose says them; the tables escape their cells themselves
+    data = markdown_text(metrics["data"])
     parts = [
-        f"# Methods and results: {card.model_id} on {metrics['data']}",
+        f"# Methods and results: {markdown_text(card.model_id)} on {data}",
         "A draft for a paper's methods and results, filled in from this evaluation's metrics.json and the bundle's "
         "card (MODEL_CARD.md beside the weights). Check every sentence against your study and fill in the items in "
         "[brackets], which no file here records. Research use only; not a medical device.",
         "## Data and reference standard",
-        f"The films of {metrics['data']}: [their source: site, equipment, dates of acquisition, and whether they are "
+        f"The films of {data}: [their source: site, equipment, dates of acquisition, and whether they are "
         "consecutive patients or selected]. The reference standard is each film's label as given (its folder name or "
         "a manifest's label column): [who assigned the labels, by what means, and blind to what]. pneumoscan scored "
         "the films as labelled; it checks a label only against the film's name and its copies (the flow counts those "
@@ -54,18 +58,19 @@ def methods_text(metrics: Mapping[str, Any], header: Mapping[str, Any], card: Bu
         _independence(metrics),
         "## Index test: the model",
         _model(card, metrics),
-        second and f"Films it calls {names[1]} go to a second stage: {_model(second, metrics)}",
+        second and f"Films it calls {said[1]} go to a second stage: {_model(second, metrics)}",
         "## Operating point",
-        f"A film is called {names[1]} where the model's probability of {names[1]} is at least the threshold "
-        f"{header['threshold']}: the bundle's own, chosen when it was made, and not changed for these films."
-        + _not_independent(metrics)
-        + "".join(f" Caveat of the card: {c.rstrip('.')}." for c in metrics.get("caveats") or ()),
-        second and (f"The second stage calls {second.positive} at its own threshold {header['etiology threshold']}."
-                    + "".join(f" Caveat of its card: {c.rstrip('.')}." for c in second.caveats)),
+        f"A film is called {said[1]} where the model's probability of {said[1]} is at least the threshold "
+        f"{markdown_text(header['threshold'])}: the bundle's own, chosen when it was made, and not changed for these "
+        "films." + _not_independent(metrics)
+        + "".join(f" Caveat of the card: {markdown_text(c.rstrip('.'))}." for c in metrics.get("caveats") or ()),
+        second and (f"The second stage calls {markdown_text(second.positive)} at its own threshold "
+                    f"{markdown_text(header['etiology threshold'])}."
+                    + "".join(f" Caveat of its card: {markdown_text(c.rstrip('.'))}." for c in second.caveats)),
         "## Statistical analysis",
-        _statistics(metrics, names[1]),
+        _statistics(metrics, said[1]),
         "## Results",
-        _results(metrics, names),
+        _results(metrics, said),
         *_parts(metrics),
         *_subgroups(metrics),
         "## Software",
@@ -106,7 +111,7 @@ def _independence(metrics: Mapping[str, Any]) -> str:
         return ("Independence from the model's own data: every film was checked against the training and validation "
                 "films of each run its weights come from, by path, by patient id and by the picture itself (copies "
                 "under other names, re-encoded or resized), and none was among them or of their patients.")
-    listed = "\n".join(f"- {text}" for text in found)
+    listed = "\n".join(f"- {markdown_text(text)}" for text in found)
     return ("Independence from the model's own data: the check against its training and validation films "
             f"found\n\n{listed}")
 
@@ -115,7 +120,7 @@ def _not_independent(metrics: Mapping[str, Any]) -> str:
     """The report's boxes above its figures (:func:`not_independent`), in its words, as sentences that follow the
     threshold and the figures they flatter: a paragraph copied alone must not pass for figures on films new to the
     model."""
-    return "".join(f" {title} {'; '.join(text.rstrip('.') for text in texts)}."
+    return "".join(f" {title} {'; '.join(markdown_text(text.rstrip('.')) for text in texts)}."
                    for _, title, texts in not_independent(metrics))
 
 
@@ -128,7 +133,8 @@ def _model(card: BundleCard, metrics: Mapping[str, Any]) -> str:
     seed = card.train_config.get("seed")
     tta = "the mean of its test-time augmentation views" if metrics["tta"] else "one pass a film"
     return " ".join(filter(None, [
-        f"{card.model_id}, for the {card.task} task ({' vs '.join(card.classes)}). {model_read(card)}.",
+        f"{markdown_text(card.model_id)}, for the {card.task} task ({markdown_text(' vs '.join(card.classes))}). "
+        f"{model_read(card)}.",
         f"{trained}{f' with seed {seed}' if seed is not None else ''}; MODEL_CARD.md gives its training data and full "
         "configuration.", trained_by_said(card), f"Scores here: {tta}, backend {metrics['backend']}."]))
 
@@ -144,7 +150,7 @@ def _statistics(metrics: Mapping[str, Any], positive: str) -> str:
 
 def _results(metrics: Mapping[str, Any], names: Sequence[str]) -> str:
     """Each figure with its 95% CI, the confusion counts, the net benefit at the threshold and the prevalence its
-    precision, NPV and net benefit hold at."""
+    precision, NPV and net benefit hold at; ``names`` as the prose says them."""
     absent = one_class(metrics, names)
     figures = "; ".join(f"{label} {with_ci(metrics[key], metrics['ci'].get(key))}" for key, label in _BINARY_FIGURES
                         if metrics.get(key) is not None)
@@ -174,7 +180,8 @@ def _parts(metrics: Mapping[str, Any]) -> list[str]:
     for key, title in _CLASS_PARTS:
         if block := metrics.get(key):
             found += [f"### {title}",
-                      f"On {class_counts(block)}: accuracy {with_ci(block['accuracy'], block['ci'].get('accuracy'))}; "
+                      f"On {markdown_text(class_counts(block))}: accuracy "
+                      f"{with_ci(block['accuracy'], block['ci'].get('accuracy'))}; "
                       f"balanced accuracy {with_ci(block['balanced_accuracy'], block['ci'].get('balanced_accuracy'))}."]
     return found
 
@@ -184,8 +191,8 @@ def _subgroups(metrics: Mapping[str, Any]) -> list[str]:
     fields = (metrics.get("subgroups") or {}).get("fields", {})
     found = []
     for field, groups in fields.items():
-        found += [f"### By {field}, at the bundle's threshold", markdown_table(*table_rows(groups)),
-                  differences_said(metrics["subgroups"], field)]
+        found += [f"### By {markdown_text(field)}, at the bundle's threshold", markdown_table(*table_rows(groups)),
+                  markdown_text(differences_said(metrics["subgroups"], field))]
     return found
 
 

@@ -371,7 +371,7 @@ def _limitations(card: BundleCard) -> tuple[str, ...]:
     caveat (:attr:`BundleCard.calibration_caveat`: its validation films show its probabilities far off), with the
     threshold's line saying where the threshold in force was chosen when `pneumoscan threshold` chose it on other
     films than the validation ones."""
-    first = tuple(f"**{lead}:** {_md(caveat)}." for lead, caveat in (
+    first = tuple(f"**{lead}:** {markdown_text(caveat)}." for lead, caveat in (
         ("The model is not shown to rank films better than chance", card.ranking_caveat),
         ("The probabilities are not calibrated", card.calibration_caveat)) if caveat)
     limitations = LIMITATIONS[:2] + _class_balance(card) + LIMITATIONS[2:]
@@ -501,14 +501,14 @@ def _external_section(card: BundleCard) -> str:
     head = "| date | data | n | 95% CIs count | scores, threshold | " + " | ".join(
         name for _, _, name in CARD_METRICS[:3]) + " | films new to it |\n|" + " --- |" * 9
     rows = "\n".join(
-        f"| {r['date']} | {_md(r['data'])} | {film_counts(r, names)}{_left_out_count(r)} | "
+        f"| {r['date']} | {markdown_text(r['data'])} | {film_counts(r, names)}{_left_out_count(r)} | "
         f"{r.get('ci_unit', 'film')}s | {r['scores']}, {format_figure(r['threshold'], 4)} | "
         + " | ".join(_with_ci(r["metrics"], key) for key, _, _ in CARD_METRICS[:3])
         + f" | {_films_cell(r)} |"
         for r in card.external_evaluations
     )
     # how the intervals were made, by the unit they count, naming the data of each (the table's "95% CIs count")
-    by_unit = {unit: list(dict.fromkeys(_md(r["data"]) for r in card.external_evaluations
+    by_unit = {unit: list(dict.fromkeys(markdown_text(r["data"]) for r in card.external_evaluations
                                         if r.get("ci_unit", "film") == unit)) for unit in ("patient", "film")}
     notes = [ci_method_sentence(unit, "sensitivity and specificity", ("auc",), f" of {', '.join(data)}")
              for unit, data in by_unit.items() if data]
@@ -517,7 +517,7 @@ def _external_section(card: BundleCard) -> str:
                "films it trained on are optimistic; those \"not checked\" may be such figures.")
     caveats = _caveat_lines(card.external_evaluations)
     # a three-class bundle's ranking of its classes, which answers (or raises) a caveat of its validation macro AUC
-    macro = [f"{r['date']}, on {_md(r['data'])}: {_with_ci(r['metrics'], MACRO_AUC)}"
+    macro = [f"{r['date']}, on {markdown_text(r['data'])}: {_with_ci(r['metrics'], MACRO_AUC)}"
              for r in card.external_evaluations if MACRO_AUC in r["metrics"]]
     macro_said = (f"\n\n{MACRO_AUC_NAME}, with its 95% CI: {'; '.join(macro)}."
                   if macro else "")
@@ -537,15 +537,15 @@ def _subgroups_section(records: Sequence[dict[str, Any]]) -> str:
     for r in records:
         for decision, block in blocks(r):
             at = (f"at threshold {format_figure(block['threshold'], 4)}" if decision is None
-                  else f"of the decision ({_md(decision)})")
+                  else f"of the decision ({markdown_text(decision)})")
             tested = tested or bool(block.get("differences"))
             for field, groups in block["fields"].items():
                 head, rows = table_rows(groups)
                 said = differences_said(block, field)
-                tables.append(f"By {_md(field)}, on {_md(r['data'])} ({r['date']}), {at}, 95% CIs counting "
-                              f"{r.get('ci_unit', 'film')}s:\n\n"
+                tables.append(f"By {markdown_text(field)}, on {markdown_text(r['data'])} ({r['date']}), {at}, 95% CIs "
+                              f"counting {r.get('ci_unit', 'film')}s:\n\n"
                               + markdown_table(head, rows)
-                              + (f"\n\n{_md(said)}" if said else ""))
+                              + (f"\n\n{markdown_text(said)}" if said else ""))
     if not tables:
         return ""
     smallest = min(block["smallest"] for r in records for _, block in blocks(r))
@@ -567,21 +567,21 @@ def _films_cell(record: dict[str, Any]) -> str:
 def _caveat_lines(records: Sequence[dict[str, Any]]) -> str:
     """The caveats of a card's records (evaluations, thresholds), then what their label conflicts say
     (:func:`_conflicts_caveat`), a line each, with the record's date and data; a record older than either has none."""
-    return "".join(f"\n- {r['date']}, on {_md(r['data'])}: {_md(caveat)}" for r in records
+    return "".join(f"\n- {r['date']}, on {markdown_text(r['data'])}: {markdown_text(caveat)}" for r in records
                    for caveat in [*r.get("caveats", []), *_conflicts_caveat(r.get("label_conflicts", []))])
 
 
-def _md(text: str) -> str:
+def markdown_text(text: str) -> str:
     """Text a user named (a --data-name, a policy naming it, a path in a caveat) as it reads in a Markdown table
-    cell or line: a "|" split the evaluations table's row, every figure then a column off ("Sensitivity" showing
-    the AUC), and an HTML tag in it was kept as markup."""
+    cell or line (MODEL_CARD.md's, methods.md's prose and tables): a "|" split the evaluations table's row, every
+    figure then a column off ("Sensitivity" showing the AUC), and an HTML tag in it was kept as markup."""
     return re.sub(r"<(?=[A-Za-z/!?])", "&lt;", text.replace("&", "&amp;")).replace("|", "\\|")  # "<=" opens none
 
 
 def markdown_table(head: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
-    """A Markdown table (MODEL_CARD.md's, methods.md's), each cell escaped (:func:`_md`): a "|" in a file's or
-    group's name would split its row."""
-    return "\n".join(f"| {' | '.join(map(_md, row))} |" for row in (head, ["---"] * len(head), *rows))
+    """A Markdown table (MODEL_CARD.md's, methods.md's), each cell escaped (:func:`markdown_text`): a "|" in a
+    file's or group's name would split its row."""
+    return "\n".join(f"| {' | '.join(map(markdown_text, row))} |" for row in (head, ["---"] * len(head), *rows))
 
 
 def _conflicts_caveat(conflicts: Sequence[dict[str, Any]]) -> list[str]:
@@ -596,9 +596,9 @@ def _conflicts_caveat(conflicts: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def _threshold_section(card: BundleCard) -> str:
-    text = (f"In force: **{format_figure(card.threshold, 4)}** ({_md(card.threshold_policy)}); with test-time "
-            f"augmentation (`--tta`): {format_figure(card.tta_threshold, 4)}. A film is called {card.positive} when "
-            f"P({card.positive}) is at or above the threshold.")
+    text = (f"In force: **{format_figure(card.threshold, 4)}** ({markdown_text(card.threshold_policy)}); with "
+            f"test-time augmentation (`--tta`): {format_figure(card.tta_threshold, 4)}. A film is called "
+            f"{card.positive} when P({card.positive}) is at or above the threshold.")
     if card.threshold_caveat:
         text += f" **Caveat:** {card.threshold_caveat}."
     text += _interval_sentence(card.threshold_interval, card.tta_threshold_interval, card.threshold_policy,
@@ -606,7 +606,8 @@ def _threshold_section(card: BundleCard) -> str:
     if not card.threshold_records:
         return text
     rows = "\n".join(
-        f"| {r['date']} | {_md(r['policy'])} | {_md(r['data'])} (n = {r['n']}{_left_out_count(r)}) | "
+        f"| {r['date']} | {markdown_text(r['policy'])} | {markdown_text(r['data'])} "
+        f"(n = {r['n']}{_left_out_count(r)}) | "
         f"{format_figure(r['previous_threshold'], 4)} -> {format_figure(r['threshold'], 4)} | "
         f"{format_figure(r['tta_threshold'], 4)} | {format_figure(r['sensitivity'])} / "
         f"{format_figure(r['specificity'])} | {_films_cell(r)} |"
