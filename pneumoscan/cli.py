@@ -27,8 +27,8 @@ from pneumoscan import __version__
 from pneumoscan.core.atomic import file_stamp, refuse_special, write_unchanged
 from pneumoscan.core.names import given_path, json_text, path_list, shown
 from pneumoscan.core.options import (AUC_TESTS, BACKENDS, CALIBRATION_IMAGES, DECISION_RANGE, FILL_MODES,
-                                     LISTEN_ASSOCIATION_MB, LISTEN_FREE_MB, LISTEN_SEND_S, LISTEN_STORE_S,
-                                     MAX_UPLOAD_MB, OPTIMIZERS, PACS_FILM_S, PACS_READ_S, PREDICT_BATCH,
+                                     LISTEN_ASSOCIATION_MB, LISTEN_FREE_MB, LISTEN_RETRY_S, LISTEN_SEND_S,
+                                     LISTEN_STORE_S, MAX_UPLOAD_MB, OPTIMIZERS, PACS_FILM_S, PACS_READ_S, PREDICT_BATCH,
                                      RESIZE_POLICIES, SPLITS, TRACKERS, VAL_FRACTION, look_up_option)
 from pneumoscan.data.tasks import list_tasks
 from pneumoscan.models import PLUGINS_ENV, WeightsUnavailable, or_your_own
@@ -615,7 +615,8 @@ def cmd_listen(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="pneumoscan-listen-", ignore_cleanup_errors=True) as work:
         listener = Listener(args.bundle, args.ae_title, Destination.parse(args.store_to), Path(work), allow,
                             backend=args.backend, heatmaps=args.heatmaps, room=room, store_s=args.store_timeout,
-                            send_s=args.send_within, out=out)
+                            send_s=args.send_within, out=out,
+                            spool=Path(args.spool) if args.spool else None, retry_s=args.retry_every)
         server = listener.start(args.host, args.port)
         try:
             threading.Event().wait()  # until Ctrl-C or SIGTERM: each association is served in a thread of its own
@@ -1193,8 +1194,13 @@ def _listen_args(p: argparse.ArgumentParser) -> None:
                    help=f"how long --store-to may take to connect, accept an association or answer one C-STORE "
                         f"(default {LISTEN_STORE_S})")
     p.add_argument("--send-within", type=_positive(float), default=LISTEN_SEND_S, metavar="SECONDS",
-                   help=f"a report not stored this long after its study was scored is given up, with an error line "
-                        f"(default {LISTEN_SEND_S})")
+                   help=f"a report not stored this long after its study was scored is left to the spool, with an "
+                        f"error line (default {LISTEN_SEND_S})")
+    p.add_argument("--spool", type=_folder, metavar="DIR",
+                   help="keep each report here until the destination confirms it, sent again every --retry-every and "
+                        "at start; refused ones in DIR/refused (default: a temporary folder, lost when listen stops)")
+    p.add_argument("--retry-every", type=_positive(float), default=LISTEN_RETRY_S, metavar="SECONDS",
+                   help=f"how often the reports in the spool are sent again (default {LISTEN_RETRY_S})")
 
 
 def _export_args(p: argparse.ArgumentParser) -> None:

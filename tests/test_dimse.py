@@ -52,14 +52,14 @@ class Destination_SCP:
     """A C-STORE SCP that keeps what it is sent, answering each with ``status``; one that ``hangs`` accepts the
     association and answers no C-STORE until it is shut down."""
 
-    def __init__(self, status: int = 0x0000, hangs: bool = False) -> None:
+    def __init__(self, status: int = 0x0000, hangs: bool = False, port: int = 0) -> None:
         self.received: list[Dataset] = []
         self.hangs, self.closing = hangs, threading.Event()
         self.contexts: list[int] = []  # the contexts accepted in the association of each C-STORE
         ae = AE(ae_title="DEST")
         for sop_class in (ComprehensiveSRStorage, SecondaryCaptureImageStorage):
             ae.add_supported_context(sop_class, ExplicitVRLittleEndian)
-        self.server = ae.start_server(("127.0.0.1", 0), block=False,
+        self.server = ae.start_server(("127.0.0.1", port), block=False,
                                       evt_handlers=[(evt.EVT_C_STORE, self._store)])
         self.port = self.server.server_address[1]
         self.status = status
@@ -101,7 +101,7 @@ def listen(tiny_bundle: Path, tmp_path: Path) -> Iterator[Callable[..., int]]:
     yield start
     for server in servers:
         server.shutdown()
-    wait_for(lambda: not list(work.iterdir()))  # each association's folder deleted once its studies were done
+    wait_for(lambda: not list(work.glob("association-*")))  # each one's folder deleted once its studies were done
 
 
 def send(port: int, films: list[bytes], calling: str = "MODALITY") -> list[int]:
@@ -307,18 +307,19 @@ def test_an_association_aborted_leaves_its_films_unscored_and_gone(
 @pytest.mark.parametrize("down", [True, False], ids=["down", "refusing"])
 def test_a_destination_down_or_refusing_is_an_error_line_per_report_never_dropped(
     listen: Callable[..., int], film: np.ndarray, caplog: pytest.LogCaptureFixture,
-    monkeypatch: pytest.MonkeyPatch, down: bool,
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, down: bool,
 ) -> None:
-    """A destination that does not answer is tried 3 times; one that refuses the SR (0xA900) is not tried again:
-    either way an error line names the study, the SR's SOP Instance UID and the reason, and the study's line counts
-    its report not stored."""
+    """A destination that does not answer is tried 3 times, and the report kept in the spool; one that refuses the
+    SR (0xA900) is not tried again, and the report set aside in the spool's refused/ (tried for ever, it would be
+    refused for ever): either way an error line names the study, the SR's SOP Instance UID and the reason, and the
+    study's line counts its report not stored."""
     monkeypatch.setattr(dimse, "FIRST_WAIT_S", 0.01)
     caplog.set_level(logging.INFO, logger="pneumoscan")
     refusing = Destination_SCP(status=0xA900)
     try:
         if down:
             refusing.shutdown()  # its port, now with no one listening
-        port = listen(refusing.port)
+        port = listen(refusing.port, spool=(spool := tmp_path / "spool"))
         study = generate_uid()
         assert send(port, [chest_dicom(film, StudyInstanceUID=study)]) == [0]
         wait_for(lambda: "reports of" in caplog.text)
@@ -327,13 +328,83 @@ def test_a_destination_down_or_refusing_is_an_error_line_per_report_never_droppe
             refusing.shutdown()
     [error] = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR and r.name == dimse.log.name]
     assert error.startswith(f"study {study}: the DICOM SR 1.")
-    reason = "no answer (no association: the destination is down or cannot be reached)" if down else \
-        "refused (0xA900: data set does not match SOP class)"
+    reason = "no answer (no association: the destination is down or cannot be reached); kept in the spool, sent " \
+        "again every 60 s" if down else \
+        f"refused (0xA900: data set does not match SOP class); set aside in {spool / 'refused'}, not sent again"
     assert error.endswith(f"is not stored at DEST@127.0.0.1:{refusing.port}: {reason}")
+    uid = error.split()[5]
+    assert [p.name for p in spool.glob("*.dcm")] == ([f"{study}_{uid}.dcm"] if down else [])
+    assert [p.name for p in (spool / "refused").iterdir()] == ([] if down else [f"{study}_{uid}.dcm"])
     tries = [r for r in caplog.records if "report(s) not stored at" in r.getMessage()]
     assert len(tries) == (2 if down else 0)
     assert f"study {study}: reports of 0 of 1 films stored" in caplog.text
     assert len(refusing.received) == (0 if down else 1)
+
+
+def test_a_report_spooled_while_the_destination_is_down_arrives_once_when_it_is_back(
+    listen: Callable[..., int], film: np.ndarray, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A destination down past --send-within: the report stays in the spool, tried every --retry-every; the
+    destination back on its port, it receives the report once, the spool is emptied, and later tries send nothing
+    (a confirmed report is never sent again)."""
+    monkeypatch.setattr(dimse, "FIRST_WAIT_S", 0.01)
+    caplog.set_level(logging.INFO, logger="pneumoscan")
+    down = Destination_SCP()
+    down.shutdown()  # its port, with no one listening for now
+    port = listen(down.port, spool=(spool := tmp_path / "spool"), send_s=0.5, retry_s=0.2)
+    study = generate_uid()
+    assert send(port, [chest_dicom(film, StudyInstanceUID=study)]) == [0]
+    wait_for(lambda: f"study {study}: reports of 0 of 1 films stored" in caplog.text)
+    wait_for(lambda: "1 spooled report(s) not stored at" in caplog.text)
+    [kept] = spool.glob("*.dcm")
+    back = Destination_SCP(port=down.port)
+    try:
+        wait_for(lambda: "spooled, is stored at" in caplog.text)
+        time.sleep(1.0)  # five more tries of the spool
+    finally:
+        back.shutdown()
+    [sr] = back.received
+    assert f"{sr.StudyInstanceUID}_{sr.SOPInstanceUID}.dcm" == kept.name and sr.StudyInstanceUID == study
+    assert list(spool.glob("*.dcm")) == [] and list((spool / "refused").iterdir()) == []
+
+
+def test_a_listener_started_again_sends_the_reports_an_earlier_one_left_in_the_spool(
+    tiny_bundle: Path, film: np.ndarray, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A listener stopped while its destination is down keeps the study's report in --spool (its stop's error line
+    says so); a listener started again with that spool, the destination up, sends it at once, and once."""
+    monkeypatch.setattr(dimse, "FIRST_WAIT_S", 0.01)
+    caplog.set_level(logging.INFO, logger="pneumoscan")
+    destination = Destination_SCP()
+    destination.shutdown()
+    to, spool = Destination("DEST", "127.0.0.1", destination.port), tmp_path / "spool"
+    (work := tmp_path / "work").mkdir()
+    first = Listener(tiny_bundle, "PNEUMOSCAN", to, work, backend="torch", send_s=0.3, spool=spool)
+    server = first.start("127.0.0.1", 0)
+    study = generate_uid()
+    try:
+        assert send(server.server_address[1], [chest_dicom(film, StudyInstanceUID=study)]) == [0]
+        wait_for(lambda: f"study {study}: reports of 0 of 1 films stored" in caplog.text)
+    finally:
+        server.shutdown()
+        first.stop()
+    [kept] = spool.glob("*.dcm")
+    assert kept.name.startswith(f"{study}_")
+    back = Destination_SCP(port=destination.port)
+    try:
+        second = Listener(tiny_bundle, "PNEUMOSCAN", to, work, backend="torch", spool=spool, retry_s=0.2)
+        server = second.start("127.0.0.1", 0)
+        wait_for(lambda: "spooled, is stored at" in caplog.text)
+        time.sleep(0.6)  # more tries of the spool
+        server.shutdown()
+        second.stop()
+    finally:
+        back.shutdown()
+    [sr] = back.received
+    assert sr.StudyInstanceUID == study and kept.name == f"{study}_{sr.SOPInstanceUID}.dcm"
+    assert list(spool.glob("*.dcm")) == []
 
 
 def test_the_command_scores_a_film_sent_to_it_and_sigterm_ends_it_with_its_folders_gone(
@@ -478,7 +549,7 @@ def test_a_destination_that_never_answers_holds_up_no_scoring_and_its_report_is_
     lines = [r.getMessage() for r in records]
     given_up = next(i for i, line in enumerate(lines) if line.startswith(f"study {first}: the DICOM SR "))
     assert next(i for i, line in enumerate(lines) if line.startswith(f"study {second}: 1 scored")) < given_up
-    assert lines[given_up].endswith("no answer (no answer to the C-STORE)")
+    assert lines[given_up].endswith("no answer (no answer to the C-STORE); kept in the spool, sent again every 60 s")
     assert f"study {first}: reports of 0 of 1 films stored" in caplog.text
     assert f"study {second}: reports of 0 of 1 films stored" in caplog.text
     for study in (first, second):  # each report given up within --send-within of its scoring, the second's too
@@ -505,12 +576,13 @@ def test_a_stop_says_which_studies_reports_are_not_sent(
         server.shutdown()
         listener.stop()
         errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR and r.name == dimse.log.name]
-        assert len(list(tmp_path.iterdir())) == 1  # the second's folder deleted; the first's is its sending's
+        assert len(list(tmp_path.glob("association-*"))) == 1  # the second's deleted; the first's is its sending's
     finally:
         hung.shutdown()
+    lost = "; no spool (--spool): they are lost"
     assert errors == [f"study {first}: the listener stopped while its reports were sent to DEST@127.0.0.1:{hung.port}: "
-                      "those not yet stored are not",
-                      f"study {second}: 1 report(s) not sent to DEST@127.0.0.1:{hung.port}: the listener stopped"]
+                      f"those not yet stored are not{lost}",
+                      f"study {second}: 1 report(s) not sent to DEST@127.0.0.1:{hung.port}: the listener stopped{lost}"]
 
 
 def test_the_reports_of_a_study_go_in_one_association_with_one_context_a_class(

@@ -31,6 +31,7 @@ LISTEN_ASSOCIATION_MB, LISTEN_FREE_MB = 2000, 1000
 LISTEN_STORE_S = 30  # dimse.Listener.store_s: the destination's answer to one step (connect, associate, one C-STORE)
 LISTEN_SEND_S = 600  # dimse.Listener.send_s: the longest a report waits, from scoring, to be stored at the destination
 DECISION_RANGE = (0.01, 0.99)  # metrics.decision_thresholds: the threshold probabilities of evaluate's decision curve
+LISTEN_RETRY_S = 60  # dimse.Listener.retry_s: how often the reports in the spool are sent again
 CALIBRATION_IMAGES = 256  # quantize: training films whose activations set the INT8 ranges (more changed AUC by < 0.001)
 # The model input side (preprocess.PreprocessSpec.size, a recipe's image_size, a card's size): below 8 a network has
 # nothing to see (a card's size 3 crashed ONNX Runtime), and above 2048 a batch of inputs outgrows the memory of the

@@ -16,6 +16,9 @@ error, or ``not_scored``) and no report. Reports are sent by a thread of their o
 scored, so a slow destination never holds up scoring: a destination that refuses or does not answer is tried
 :data:`ATTEMPTS` times, each step bounded by ``store_s``, and a report not stored within ``send_s`` of its study's
 scoring is given up; each report not stored is an error line naming its study and SOP Instance UID, with the reason.
+No report is lost with it: each is written to the spool (:class:`Spool`) before it is queued, deleted there once
+the destination confirms its C-STORE, and sent again from there every ``retry_s`` and when ``listen`` starts; one
+the destination refuses (a failure status, not a network error or 0xA7xx) is moved aside, never tried for ever.
 An association aborted, by either side, leaves its films unscored: the sender did not finish. The films are held in
 a private temporary folder, named by SOP Instance UID, and deleted once their studies' reports are sent; the log
 names instances by UID, never by patient.
@@ -40,10 +43,11 @@ from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
-from pneumoscan.core.atomic import write_json
+from pneumoscan.core.atomic import write_atomic, write_json
 from pneumoscan.core.logs import redact
 from pneumoscan.core.names import shown
-from pneumoscan.core.options import LISTEN_ASSOCIATION_MB, LISTEN_FREE_MB, LISTEN_SEND_S, LISTEN_STORE_S, MAX_UPLOAD_MB
+from pneumoscan.core.options import (LISTEN_ASSOCIATION_MB, LISTEN_FREE_MB, LISTEN_RETRY_S, LISTEN_SEND_S,
+                                     LISTEN_STORE_S, MAX_UPLOAD_MB)
 from pneumoscan.data.readers.dicom import TRANSFER_SYNTAXES, is_own_output, read_dataset
 from pneumoscan.data.scope import CAPTURE_CLASSES, RADIOGRAPH_CLASSES
 
@@ -63,6 +67,7 @@ MB = 2**20  # as serve's upload limit counts a MB
 _REFUSED_INSTANCE = 0xC000  # "cannot understand": an instance that cannot be filed under a study
 _OUT_OF_RESOURCES = 0xA700  # "refused: out of resources": the sender may send the instance again later
 _STORED = (0x0000, *WARNINGS)
+SPOOL_BATCH = 64  # the spool's oldest reports sent again in one association, at most
 
 
 @dataclass(frozen=True)
@@ -119,6 +124,41 @@ class Room:
         return None
 
 
+class Spool:
+    """The reports not yet confirmed by the destination, one file each, ``STUDY_UID_SOP_UID.dcm`` (private, written
+    atomically), in a folder that outlives the listener: a report is kept from before it is queued until the
+    destination confirms it (status 0x0000, or a warning), so that a destination down, or a stop, loses none. A
+    report the destination refuses outright goes to ``refused/``, where IT finds it beside the error line."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder, self.refused = folder, folder / "refused"
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)  # reports name patients: the service's alone
+        self.refused.mkdir(exist_ok=True, mode=0o700)
+
+    def keep(self, study_uid: str, path: Path) -> Path:
+        """The report at ``path`` (one write_reports made) written to the spool, under its study and SOP Instance
+        UID; its path there."""
+        uid = str(pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).SOPInstanceUID)
+        return write_atomic(self.folder / f"{study_uid}_{uid}.dcm", path.read_bytes(), mode=0o600)
+
+    def waiting(self) -> list[Path]:
+        """The reports in the spool, the oldest first."""
+        return sorted(self.folder.glob("*_*.dcm"), key=lambda p: (p.stat().st_mtime, p.name))
+
+    def confirmed(self, path: Path) -> None:
+        """The destination holds it: never sent again."""
+        path.unlink(missing_ok=True)
+
+    def set_aside(self, path: Path) -> Path:
+        """A report the destination refused: out of the spool, into ``refused/``."""
+        return path.replace(self.refused / path.name)
+
+
+def study_of(path: Path) -> str:
+    """The study UID a spooled report's name gives."""
+    return path.name.partition("_")[0]
+
+
 @dataclass
 class _Association:
     """What one association brought: its folder, its instances' rows by study and SOP Instance UID, and their bytes
@@ -133,10 +173,11 @@ class _Association:
 @dataclass
 class _Scored:
     """An association's studies scored, each with its rows and the time (on the monotonic clock) its reports are to
-    be sent by; their files in ``folder``, deleted once they are sent."""
+    be sent by; their files in ``folder``, deleted once they are sent, and their reports in the spool."""
 
     folder: Path
     studies: list[tuple[str, list[dict], float]] = field(default_factory=list)
+    spooled: list[Path] = field(default_factory=list)
 
 
 class Listener:
@@ -147,11 +188,14 @@ class Listener:
     what they may take of it. ``allow``: the calling AE titles accepted (none: any). ``store_s``: how long the
     destination may take to connect, accept an association or answer one C-STORE; ``send_s``: how long a report may
     wait, from its study's scoring, to be stored. ``out``: a folder for each study's rows, ``STUDY_UID.json``, as
-    ``pacs --out`` writes them. ``backend`` and ``heatmaps`` as ``pacs`` takes them."""
+    ``pacs --out`` writes them. ``backend`` and ``heatmaps`` as ``pacs`` takes them. ``spool``: where each report
+    waits until the destination confirms it (:class:`Spool`; None: a folder in ``work``, gone with it), sent again
+    from there every ``retry_s`` seconds and at :meth:`start` (what an earlier run left)."""
 
     def __init__(self, bundle: Path | str, ae_title: str, destination: Destination, work: Path,
                  allow: Iterable[str] = (), backend: str = "onnx", heatmaps: bool = False, room: Room = Room(),
-                 store_s: float = LISTEN_STORE_S, send_s: float = LISTEN_SEND_S, out: Path | None = None) -> None:
+                 store_s: float = LISTEN_STORE_S, send_s: float = LISTEN_SEND_S, out: Path | None = None,
+                 spool: Path | None = None, retry_s: float = LISTEN_RETRY_S) -> None:
         _check_title(ae_title, "ae_title (--ae-title)")
         for title in allow:
             _check_title(title, "allow (--allow)")
@@ -159,6 +203,9 @@ class Listener:
         self.bundle, self.ae_title, self.destination, self.work = bundle, ae_title.strip(), destination, work
         self.allow, self.backend, self.heatmaps = [t.strip() for t in allow], backend, heatmaps
         self.room, self.store_s, self.send_s, self.out = room, store_s, send_s, out
+        self.kept = spool is not None  # a spool that outlives the listener: its reports survive a stop
+        self.spool, self.retry_s = Spool(spool if spool is not None else work / "spool"), retry_s
+        self._queued: set[Path] = set()  # the spooled reports of studies queued or being sent: not sent again yet
         self._associations: dict[int, _Association] = {}
         self._lock = threading.Lock()  # the associations' table
         self._scoring = threading.Lock()  # one study scored at a time: a model's memory, not one per sender
@@ -187,6 +234,9 @@ class Listener:
         bound = server.server_address
         log.info("listening as %s on %s:%d; reports go to %s%s", self.ae_title, bound[0], bound[1], self.destination,
                  f"; callers allowed: {', '.join(self.allow)}" if self.allow else "; any caller")
+        if not self.kept:
+            log.warning("no spool (--spool): reports the destination has not confirmed when the listener stops are "
+                        "lost with its temporary folder")
         return server
 
     def _entry(self, assoc: Association) -> _Association:
@@ -274,15 +324,42 @@ class Listener:
                     except Exception as e:  # one study's fault is that study's: the others, and the listener, go on
                         log.error("study %s: not scored: %s", study, shown(redact(str(e)) or type(e).__name__))
                         continue
+                    self._spool_reports(study, rows, scored)
                     scored.studies.append((study, rows, time.monotonic() + self.send_s))
         finally:
             self._outbox.put(scored)
 
+    def _spool_reports(self, study_uid: str, rows: list[dict], scored: _Scored) -> None:
+        """Each report of a study written to the spool before it is queued, its row naming it there; one the spool
+        cannot take (a full disk) is sent from the association's folder, an error line saying it is not kept."""
+        for row in rows:
+            for key in MADE.keys() & row.keys():
+                try:
+                    row[key] = str(path := self.spool.keep(study_uid, Path(row[key])))
+                except OSError as e:
+                    log.error("study %s: a report is not kept in the spool %s (%s): it is lost if not sent in time",
+                              study_uid, self.spool.folder, shown(e.strerror or type(e).__name__))
+                    continue
+                scored.spooled.append(path)
+                with self._lock:
+                    self._queued.add(path)
+
     def _sender(self) -> None:
-        """The sending thread: each association's studies in turn, their reports sent, their rows written, their
-        folder deleted."""
+        """The sending thread: what the spool holds, at once (an earlier run's) and every ``retry_s``; each
+        association's studies in turn, their reports sent, their rows written, their folder deleted."""
+        retry_at = time.monotonic()
         while True:
-            scored = self._outbox.get()
+            if time.monotonic() >= retry_at:
+                try:
+                    self._resend()
+                except Exception as e:  # the spool is tried again; the listener goes on
+                    log.error("the spool %s is not sent: %s", self.spool.folder,
+                              shown(redact(str(e)) or type(e).__name__))
+                retry_at = time.monotonic() + self.retry_s
+            try:
+                scored = self._outbox.get(timeout=max(0.0, retry_at - time.monotonic()))
+            except queue.Empty:
+                continue
             try:
                 for study, rows, deadline in scored.studies:
                     if self._stopped.is_set():
@@ -296,16 +373,56 @@ class Listener:
                     finally:
                         self._sending = None
             finally:
+                with self._lock:
+                    self._queued.difference_update(scored.spooled)
                 shutil.rmtree(scored.folder, ignore_errors=True)
+
+    def _resend(self) -> None:
+        """Send the spool's oldest reports (:data:`SPOOL_BATCH`) not queued now, in one association: each confirmed
+        deleted, each refused outright set aside with an error line, the rest left for the next try, in one
+        warning line."""
+        if self._stopped.is_set():
+            return
+        with self._lock:
+            paths = [p for p in self.spool.waiting() if p not in self._queued][:SPOOL_BATCH]
+        pending = {}
+        for path in paths:
+            try:
+                pending[path.name] = pydicom.dcmread(path)
+            except (OSError, pydicom.errors.InvalidDicomError) as e:
+                log.error("study %s: the spooled report %s cannot be read (%s): set aside in %s", study_of(path),
+                          path.name, shown(str(e)), self.spool.refused)
+                self.spool.set_aside(path)
+        if not pending:
+            return
+        left: dict[str, str] = {}
+        for name, answer in self._store(pending, self.store_s).items():
+            path, uid = self.spool.folder / name, str(pending[name].SOPInstanceUID)
+            if answer in _STORED:
+                self.spool.confirmed(path)
+                log.info("study %s: the report %s, spooled, is stored at %s", study_of(path), uid, self.destination)
+            elif isinstance(answer, str) or answer >> 8 == 0xA7:
+                left[uid] = answer if isinstance(answer, str) else f"refused ({status_words(answer, FAILURES)})"
+            else:
+                self._set_aside(study_of(path), uid, path, answer)
+        if left:
+            log.warning("%d spooled report(s) not stored at %s: %s; tried again in %g s", len(left), self.destination,
+                        "; ".join(sorted(set(left.values()))), self.retry_s)
+
+    def _set_aside(self, study_uid: str, uid: str, path: Path, status: int) -> None:
+        """A report the destination refused outright (another try would meet the same refusal): out of the spool."""
+        where = self.spool.set_aside(path)
+        log.error("study %s: %s refused the report %s (%s): set aside as %s, not sent again", study_uid,
+                  self.destination, uid, status_words(status, FAILURES), where)
 
     def stop(self) -> None:
         """As the listener stops (SIGTERM, Ctrl-C; after its server's shutdown): an error line for each study whose
         reports are not sent, queued or being sent (those of it not yet stored are not), as the journal is all IT
-        has of them; the sending thread sends no more."""
+        has of them, saying whether the spool keeps them for the next start; the sending thread sends no more."""
         self._stopped.set()
         if (study := self._sending) is not None:
-            log.error("study %s: the listener stopped while its reports were sent to %s: those not yet stored are not",
-                      study, self.destination)
+            log.error("study %s: the listener stopped while its reports were sent to %s: those not yet stored are "
+                      "not%s", study, self.destination, self._left())
         while True:
             try:
                 scored = self._outbox.get_nowait()
@@ -318,8 +435,13 @@ class Listener:
     def _unsent(self, study_uid: str, rows: list[dict]) -> None:
         """The error line of a study whose reports the listener stopped before sending."""
         if reports := sum(key in row for row in rows for key in MADE):
-            log.error("study %s: %d report(s) not sent to %s: the listener stopped", study_uid, reports,
-                      self.destination)
+            log.error("study %s: %d report(s) not sent to %s: the listener stopped%s", study_uid, reports,
+                      self.destination, self._left())
+
+    def _left(self) -> str:
+        """What becomes of the reports a stop leaves unsent: the spool's, or lost."""
+        return f"; kept in the spool {self.spool.folder}, sent when listen starts again" if self.kept else \
+            "; no spool (--spool): they are lost"
 
     def score_study(self, study_uid: str, instances: dict[str, dict], folder: Path) -> list[dict]:
         """Score one study's instances (their files in ``folder``, named by SOP Instance UID) and log what became of
@@ -387,12 +509,14 @@ class Listener:
         why)."""
         pending: dict[str, Dataset] = {}
         whats: dict[str, tuple[str, dict]] = {}
+        paths: dict[str, Path] = {}  # each report's file: in the spool, deleted once confirmed
         for row in rows:
             row["stored"] = []
             for key, what in MADE.items():
                 if key in row:
-                    ds = pydicom.dcmread(row.pop(key))
-                    pending[str(ds.SOPInstanceUID)], whats[str(ds.SOPInstanceUID)] = ds, (what, row)
+                    ds = pydicom.dcmread(path := Path(row.pop(key)))
+                    uid = str(ds.SOPInstanceUID)
+                    pending[uid], whats[uid], paths[uid] = ds, (what, row), path
         if not pending:
             return
         why = dict.fromkeys(pending, f"not sent within {self.send_s:g} s of the study's scoring (--send-within): "
@@ -405,6 +529,8 @@ class Listener:
                 if answer in _STORED:
                     row["stored"].append(uid)
                     del pending[uid]
+                    if paths[uid].parent == self.spool.folder:
+                        self.spool.confirmed(paths[uid])
                     if answer in WARNINGS:
                         row.setdefault("warnings", []).append(
                             f"{self.destination} stored the {what} {uid} with a warning "
@@ -416,6 +542,9 @@ class Listener:
                 why[uid] = f"refused ({status_words(answer, FAILURES)})"
                 if answer >> 8 != 0xA7:  # not out of resources: another try would meet the same refusal
                     del pending[uid]
+                    if paths[uid].parent == self.spool.folder:
+                        why[uid] += f"; set aside in {self.spool.refused}, not sent again"
+                        self.spool.set_aside(paths[uid])
             wait = FIRST_WAIT_S * 2 ** (attempt - 1)
             if not pending or attempt == ATTEMPTS or time.monotonic() + wait >= deadline:
                 break
@@ -427,6 +556,8 @@ class Listener:
                 continue
             row.setdefault("not_stored", []).append(uid)
             row.setdefault("warnings", []).append(f"{self.destination}: {why[uid]}: the {what} {uid} is not stored")
+            if uid in pending and paths[uid].parent == self.spool.folder:
+                why[uid] += f"; kept in the spool, sent again every {self.retry_s:g} s"
             log.error("study %s: the %s %s is not stored at %s: %s", study_uid, what, uid, self.destination, why[uid])
 
     def _store(self, pending: dict[str, Dataset], timeout: float) -> dict[str, int | str]:
