@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import tracemalloc
@@ -450,18 +451,15 @@ def test_the_command_scores_a_film_sent_to_it_and_sigterm_ends_it_with_its_folde
 
 
 @pytest.mark.parametrize("room, refused, comment", [
-    (Room(film_mb=0.05), [0, 1], "film of 0.1 MB over the limit of 0.05 MB"),
-    (Room(association_mb=0.15), [1], "association over its limit of 0.15 MB; send the rest in another"),
     (Room(free_mb=2**40), [0, 1], "listener's disk short of space ("),
-], ids=["film", "association", "free"])
+], ids=["free"])
 def test_a_film_past_what_the_listener_may_hold_on_disk_is_refused_out_of_resources(
     listen: Callable[..., int], destination: Destination_SCP, film: np.ndarray, caplog: pytest.LogCaptureFixture,
     room: Room, refused: list[int], comment: str,
 ) -> None:
-    """A sender could fill the disk: a film (~100 KB here) over the film limit, one past the association's limit,
-    or one that would leave less than the free space asked for is refused with 0xA700 (out of resources) and the
-    reason in ErrorComment, which the sender's log shows, and a warning; the listener goes on, and what it took of
-    the association is scored at its release."""
+    """A sender could fill the disk: a film (~100 KB here) that would leave less than the free space asked for is
+    refused with 0xA700 (out of resources) and the reason in ErrorComment, which the sender's log shows, and a
+    warning; the listener goes on, and what it took of the association is scored at its release."""
     caplog.set_level(logging.INFO, logger="pneumoscan")
     port = listen(destination.port, room=room)
     study = generate_uid()
@@ -476,12 +474,64 @@ def test_a_film_past_what_the_listener_may_hold_on_disk_is_refused_out_of_resour
     assert send(port, [small]) == [0xA700 if "disk" in comment else 0]
 
 
+@pytest.mark.parametrize("room, stored, why", [
+    (Room(film_mb=1), [], "film of 1.0"),
+    (Room(film_mb=20, association_mb=9), [0], "association of 9.0"),
+], ids=["film", "association"])
+def test_a_film_past_its_bound_is_cut_short_as_it_arrives_never_written_whole(
+    tiny_bundle: Path, destination: Destination_SCP, film: np.ndarray, tmp_path: Path,
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, room: Room, stored: list[int], why: str,
+) -> None:
+    """Films of 8 MB: over --max-film-mb 1, or the second past --max-association-mb 9, the association is aborted
+    as the film arrives, a warning naming the caller, the size so far and the bound: the bytes the listener received
+    until the abort (pynetdicom's own count of what came off the socket, PDU headers and all) are the bound and one
+    PDU (16 KB) at most, never the film, and pynetdicom's temporary file of it is deleted. A film the association
+    stored before (0x0000: the sender holds it stored) is scored."""
+    caplog.set_level(logging.INFO, logger="pneumoscan")
+    monkeypatch.setattr(tempfile, "tempdir", str(temp := tmp_path / "tmp"))  # where pynetdicom writes each film
+    temp.mkdir()
+    listener = Listener(tiny_bundle, "PNEUMOSCAN", Destination("DEST", "127.0.0.1", destination.port), tmp_path,
+                        backend="torch", room=room)
+    server = listener.start("127.0.0.1", 0)
+    received = [0]  # the bytes received before the abort: what could have reached the disk
+
+    def count(event: evt.Event) -> None:
+        if not event.assoc.is_aborted:
+            received[0] += len(event.data)
+
+    server.bind(evt.EVT_DATA_RECV, count)  # each PDU as it comes off the socket, before the listener counts it
+    study = generate_uid()
+    data = chest_dicom(np.tile(film, (10, 10))[:2048, :2048], StudyInstanceUID=study)
+    try:
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(pydicom.dcmread(io.BytesIO(data)).SOPClassUID, ExplicitVRLittleEndian)
+        assoc = ae.associate("127.0.0.1", server.server_address[1], ae_title="PNEUMOSCAN")
+        answers = []
+        for _ in range(2):
+            answers.append(int(assoc.send_c_store(pydicom.dcmread(io.BytesIO(data))).get("Status", -1)))
+            if answers[-1] == -1:  # no answer: the association was aborted
+                break
+        assert answers == [*stored, -1]
+        wait_for(lambda: not list(temp.glob("*.dcm")))  # pynetdicom's file of the film cut short, deleted
+        if stored:
+            wait_for(lambda: f"study {study}: reports of 1 of 1 films stored" in caplog.text)
+    finally:
+        server.shutdown()
+        listener.stop()
+    bound = (room.association_mb if stored else room.film_mb) * dimse.MB
+    assert bound < received[0] <= bound + 16382 + 16384, f"{received[0] / dimse.MB:.3f} MB received, bound {bound}"
+    [warning] = [r.getMessage() for r in caplog.records if "aborted:" in r.getMessage()]
+    assert re.fullmatch(rf"association from 'MODALITY' at 127\.0\.0\.1:\d+ aborted: {why}\d MB so far, over "
+                        rf"--max-{'association' if stored else 'film'}-mb {9 if stored else 1}", warning), warning
+    assert len(destination.received) == len(stored)
+
+
 def test_a_film_is_written_to_disk_as_it_arrives_and_refused_by_its_size_before_it_is_read(
     listen: Callable[..., int], destination: Destination_SCP, film: np.ndarray, tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A film of 32 MB, over --max-film-mb 16, sent by DCMTK's storescu (another process, so that only the
-    listener's memory is traced), is refused out of resources without the listener's memory ever holding it: it
+    listener's memory is traced), is cut short as it arrives without the listener's memory ever holding it: it
     costs the disk, not RAM, and a film bigger than the machine's memory cannot take the listener down."""
     caplog.set_level(logging.INFO, logger="pneumoscan")
     port = listen(destination.port, room=Room(film_mb=16))
@@ -494,7 +544,7 @@ def test_a_film_is_written_to_disk_as_it_arrives_and_refused_by_its_size_before_
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert "C-STORE refused (0xA700): film of 32.0 MB over the limit of 16 MB" in caplog.text
+    assert "aborted: film of 16.0" in caplog.text and "MB so far, over --max-film-mb 16" in caplog.text
     assert peak < 4 * dimse.MB, f"{peak / dimse.MB:.1f} MB traced while a 32 MB film was received"
 
 

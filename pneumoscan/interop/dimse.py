@@ -11,17 +11,20 @@ negotiation; an instance without a valid Study or SOP Instance UID, or whose dat
 film past what the listener may hold on disk (:class:`Room`), with an "out of resources" status (0xA700) naming why,
 which the sender may try again later. Each film is written to a temporary file as it arrives (pynetdicom's
 ``STORE_RECV_CHUNKED_DATASET``), never held whole in memory, and these bounds apply to that file before any of it is
-read. A film that cannot be decoded, or that is no frontal chest radiograph, gets the row ``pacs`` gives it (an
-error, or ``not_scored``) and no report. Reports are sent by a thread of their own, in the order their studies were
-scored, so a slow destination never holds up scoring: a destination that refuses or does not answer is tried
-:data:`ATTEMPTS` times, each step bounded by ``store_s``, and a report not stored within ``send_s`` of its study's
-scoring is given up; each report not stored is an error line naming its study and SOP Instance UID, with the reason.
+read; a film, or an association, that passes its bound while it arrives is cut short there, the association aborted
+(A-ABORT) at the P-DATA that passed it, so that the disk holds at most the bound and one PDU more (a C-STORE has
+no status to refuse a data set half sent), the films it had stored scored as if it had been released. A film that
+cannot be decoded, or that is no frontal chest radiograph, gets the row ``pacs`` gives it (an error, or
+``not_scored``) and no report. Reports are sent by a thread of their own, in the order their studies were scored, so
+a slow destination never holds up scoring: a destination that refuses or does not answer is tried :data:`ATTEMPTS`
+times, each step bounded by ``store_s``, and a report not stored within ``send_s`` of its study's scoring is given
+up; each report not stored is an error line naming its study and SOP Instance UID, with the reason.
 No report is lost with it: each is written to the spool (:class:`Spool`) before it is queued, deleted there once
 the destination confirms its C-STORE, and sent again from there every ``retry_s`` and when ``listen`` starts; one
 the destination refuses (a failure status, not a network error or 0xA7xx) is moved aside, never tried for ever.
-An association aborted, by either side, leaves its films unscored: the sender did not finish. The films are held in
-a private temporary folder, named by SOP Instance UID, and deleted once their studies' reports are sent; the log
-names instances by UID, never by patient.
+An association aborted by the sender, or dropped, leaves its films unscored: the sender did not finish. The films are
+held in a private temporary folder, named by SOP Instance UID, and deleted once their studies' reports are sent; the
+log names instances by UID, never by patient.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
+from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -105,8 +109,9 @@ def _check_title(title: str, what: str) -> None:
 class Room:
     """What the listener may hold on disk, in MB: one film (as ``serve``'s upload limit), the films of one association
     (all on disk until it is released and its studies are scored), and the free space a film must leave on the disk
-    of the listener's folder. A sender could otherwise fill the disk; a film past any of them is refused with
-    0xA700 (out of resources) and the reason in ErrorComment, where the sender's log shows it."""
+    of the listener's folder. A sender could otherwise fill the disk: a film that passes the first two as it arrives
+    is cut short (:meth:`overrun`), and one past any of them once received is refused with 0xA700 (out of resources)
+    and the reason in ErrorComment, where the sender's log shows it."""
 
     film_mb: float = MAX_UPLOAD_MB
     association_mb: float = LISTEN_ASSOCIATION_MB
@@ -121,6 +126,16 @@ class Room:
             return f"association over its limit of {self.association_mb:g} MB; send the rest in another"
         if free - size < self.free_mb * MB:
             return f"listener's disk short of space ({free / MB:.0f} MB free)"
+        return None
+
+    def overrun(self, arriving: int, held: int) -> str | None:
+        """Why an association is cut short while a film arrives, ``arriving`` bytes of it received so far and
+        ``held`` bytes of its association's films kept; None while both are within their bounds."""
+        if arriving > self.film_mb * MB:
+            return f"film of {arriving / MB:.2f} MB so far, over --max-film-mb {self.film_mb:g}"
+        if held + arriving > self.association_mb * MB:
+            return (f"association of {(held + arriving) / MB:.2f} MB so far, over --max-association-mb "
+                    f"{self.association_mb:g}")
         return None
 
 
@@ -168,6 +183,7 @@ class _Association:
     calling: str
     studies: dict[str, dict[str, dict]] = field(default_factory=dict)
     size: int = 0
+    overrun: bool = False  # aborted by the listener at a bound: the films it stored (0x0000) are scored
 
 
 @dataclass
@@ -207,6 +223,7 @@ class Listener:
         self.spool, self.retry_s = Spool(spool if spool is not None else work / "spool"), retry_s
         self._queued: set[Path] = set()  # the spooled reports of studies queued or being sent: not sent again yet
         self._associations: dict[int, _Association] = {}
+        self._arriving: dict[int, int] = {}  # by association: the bytes of the film arriving, received so far
         self._lock = threading.Lock()  # the associations' table
         self._scoring = threading.Lock()  # one study scored at a time: a model's memory, not one per sender
         self._outbox: queue.SimpleQueue[_Scored] = queue.SimpleQueue()  # scored, their reports to send in turn
@@ -225,7 +242,8 @@ class Listener:
         for sop_class in IMAGE_CLASSES:
             ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification)  # C-ECHO, answered by pynetdicom
-        handlers = [(evt.EVT_C_STORE, self._stored), (evt.EVT_RELEASED, self._released),
+        handlers = [(evt.EVT_PDU_RECV, self._received), (evt.EVT_C_STORE, self._stored),
+                    (evt.EVT_RELEASED, self._released),
                     (evt.EVT_ABORTED, self._aborted),  # a connection dropped is an abort too (A-P-ABORT)
                     (evt.EVT_REJECTED, self._rejected)]
         server = ae.start_server((host, port), block=False, evt_handlers=handlers)
@@ -246,6 +264,30 @@ class Listener:
                 folder = Path(tempfile.mkdtemp(prefix="association-", dir=self.work))
                 self._associations[id(assoc)] = _Association(folder, assoc.requestor.ae_title)
             return self._associations[id(assoc)]
+
+    def _received(self, event: evt.Event) -> None:
+        """A PDU received, before pynetdicom writes it: each data set fragment counted against the room, and the
+        association aborted at the one that takes its film or itself past its bound, never written whole."""
+        if not isinstance(event.pdu, P_DATA_TF) or event.assoc.is_aborted:  # aborted: what follows is ignored
+            return
+        key = id(event.assoc)
+        for item in event.pdu.presentation_data_value_items:
+            header, size = item.presentation_data_value[0], len(item.presentation_data_value) - 1
+            if header & 1:  # a command's fragment: a message begins, its data set (if any) after it
+                self._arriving[key] = 0
+                continue
+            arriving = self._arriving[key] = self._arriving.get(key, 0) + size
+            with self._lock:
+                received = self._associations.get(key)
+            if (why := self.room.overrun(arriving, received.size if received else 0)) is None:
+                continue
+            requestor = event.assoc.requestor
+            log.warning("association from %r at %s:%d aborted: %s", shown(requestor.ae_title.strip()),
+                        requestor.address, requestor.port, why)
+            if received is not None:
+                received.overrun = True
+            event.assoc.abort()  # in a handler: the A-ABORT queued, EVT_ABORTED (_aborted) at once
+            return
 
     def _stored(self, event: evt.Event) -> int | Dataset:
         """One C-STORE: the instance kept, under its study, for when the association is released."""
@@ -296,11 +338,19 @@ class Listener:
 
     def _aborted(self, event: evt.Event) -> None:
         """An association aborted by either side, or its connection dropped, before a release: what it brought is
-        left unscored. (Not on the connection's close, which the network thread may report before the association's
-        thread reports the release.)"""
+        left unscored, and the film it was sending deleted (pynetdicom leaves its temporary file); aborted by the
+        listener at a bound, the films it stored are scored, as the sender was told they were stored. (Not on the
+        connection's close, which the network thread may report before the association's thread reports the
+        release.)"""
+        self._arriving.pop(id(event.assoc), None)
+        if (partial := getattr(event.assoc.dimse.message, "_data_set_path", None)) is not None:
+            Path(partial).unlink(missing_ok=True)
         with self._lock:
             received = self._associations.pop(id(event.assoc), None)
         if received is None:
+            return
+        if received.overrun:  # scored in a thread of its own: this is the association's network thread
+            threading.Thread(target=self._score, args=(received,), name="listen-overrun", daemon=True).start()
             return
         count = sum(len(instances) for instances in received.studies.values())
         log.warning("association from %s aborted: its %d instance(s) of %d study(ies) are not scored (%s); the sender "
@@ -311,10 +361,14 @@ class Listener:
     def _released(self, event: evt.Event) -> None:
         """The sender is done: each study the association brought is scored, and handed to the sending thread,
         which deletes the association's folder once their reports are sent."""
+        self._arriving.pop(id(event.assoc), None)
         with self._lock:
             received = self._associations.pop(id(event.assoc), None)
-        if received is None:  # a C-ECHO, or no instance at all
-            return
+        if received is not None:  # None: a C-ECHO, or no instance at all
+            self._score(received)
+
+    def _score(self, received: _Association) -> None:
+        """Each study an association brought scored, and handed to the sending thread."""
         scored = _Scored(received.folder)
         try:
             with self._scoring:
