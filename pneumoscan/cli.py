@@ -395,6 +395,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from pneumoscan.evaluation.model_card import film_counts, one_class
     from pneumoscan.models.run_folder import REPORT
 
+    if args.auc_test != AUC_TESTS[0] and not args.by:  # it would change nothing, and say nothing of it
+        raise ValueError(f"--auc-test {args.auc_test} only with --by FIELD (it tests the groups' AUCs)")
     out = args.out or default_out_dir(args.bundle, args.data, args.split, args.tta, args.etiology, args.backend)
 
     def instead() -> str:
@@ -406,7 +408,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     with _without_test_split(instead):
         metrics = evaluate(args.bundle, args.data, args.split, out, tta=args.tta, add_to_card=args.add_to_card,
                            data_name=args.data_name, etiology=args.etiology, backend=args.backend,
-                           by=args.by or (), decision_range=tuple(args.decision_range or DECISION_RANGE))
+                           by=args.by or (), auc_test=args.auc_test,
+                           decision_range=tuple(args.decision_range or DECISION_RANGE))
     if args.json:
         _print_json({k: v for k, v in metrics.items() if k not in ("curves", "decision_curve")})
         return 0
@@ -1017,6 +1020,10 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
                    help="also give the figures of each group of films by FIELD, at the bundle's threshold (repeat for "
                         "several): subtype, split, format, a manifest's own column, or a DICOM header's PatientSex, "
                         "PatientAge (in bands), Manufacturer, ViewPosition or InstitutionName")
+    _choice(p, "--auc-test", AUC_TESTS, "AUC test across groups", any_case=True, default=AUC_TESTS[0],
+            help="how --by's groups' AUCs are tested for a difference: permutation (default; patients shuffled among "
+                 "the groups, exact where every shuffle can be counted) or delong (DeLong's test of independent AUCs, "
+                 "each group's variance clustered by patient, a normal approximation)")
     p.add_argument("--decision-range", type=float, nargs=2, metavar=("LOW", "HIGH"),
                    help="threshold probabilities the decision curve spans, in steps of 0.01 (default "
                         f"{DECISION_RANGE[0]:g} {DECISION_RANGE[1]:g}): those a clinician would act at")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy.stats import norm
 from PIL import Image
 from matplotlib.colors import to_rgba
 
@@ -636,8 +637,8 @@ def test_evaluations_of_the_same_films_are_tested_paired_against_the_first(
 def test_compare_tests_auc_by_delong_where_asked(three_class_runs: tuple[Path, Path], tmp_path: Path,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     """--auc-test delong: the AUC's p in compare_paired.csv and the terminal is DeLong's test of the two runs'
-    scores of the 16 films (one a patient), said so in its row and above the table; its interval and the rates'
-    tests are the permutation run's. An unknown test is refused by its option."""
+    scores of the 16 films (one a patient), and so is its interval, each said so in its row and above the table;
+    the rates' tests and intervals are the permutation run's. An unknown test is refused by its option."""
     multiclass, pneumonia = three_class_runs
     assert main(["compare", str(multiclass), str(pneumonia), "--out", str(tmp_path / "permuted")]) == 0
     capsys.readouterr()
@@ -654,9 +655,13 @@ def test_compare_tests_auc_by_delong_where_asked(three_class_runs: tuple[Path, P
     auc = rows[0]
     assert (auc["figure"], auc["p_method"]) == ("auc", "DeLong")
     assert float(auc["p"]) == pytest.approx(delong_difference(positive, scores, np.arange(16)).p)
-    assert (auc["difference_low"], auc["difference_high"]) == (permuted[0]["difference_low"],
-                                                               permuted[0]["difference_high"])
-    assert [(r["p"], r["p_method"]) for r in rows[1:]] == [(r["p"], r["p_method"]) for r in permuted[1:]]
+    assert (auc["ci_method"], permuted[0]["ci_method"]) == ("DeLong", "bootstrap")
+    low, high = float(auc["difference_low"]), float(auc["difference_high"])
+    assert (low + high) / 2 == pytest.approx(float(auc["difference"]))
+    assert (high - low) / 2 / 1.959964 == pytest.approx(abs(float(auc["difference"])) / norm.isf(float(auc["p"]) / 2))
+    assert [(r["difference_low"], r["p"], r["p_method"], r["ci_method"]) for r in rows[1:]] == [
+        (r["difference_low"], r["p"], r["p_method"], r["ci_method"]) for r in permuted[1:]]
+    assert "its 95% CI AUC's DeLong's (the difference +- 1.96 of its standard errors" in said
     assert "p: AUC's by DeLong's test of correlated AUCs clustered by patient (a normal approximation)" in said
     assert re.search(r"eval-two-stage +AUC .* DeLong", said)
     with pytest.raises(SystemExit):

@@ -8,8 +8,8 @@ import pytest
 from scipy.stats import chi2_contingency, fisher_exact, norm, rankdata
 from sklearn.metrics import roc_auc_score
 
-from pneumoscan.core.metrics.differences import (DELONG, DRAWN, EXACT, auc_difference, delong_difference, holm,
-                                                  paired_differences, rate_difference)
+from pneumoscan.core.metrics.differences import (BOOTSTRAP, DELONG, DRAWN, EXACT, auc_difference, delong_difference,
+                                                  delong_groups, holm, paired_differences, rate_difference)
 
 
 def test_one_film_a_patient_gives_fishers_exact_p() -> None:
@@ -226,10 +226,10 @@ def test_paired_differences_count_a_patients_films_once() -> None:
     assert apart["auc"]["p"] < again["auc"]["p"]
 
 
-def _delong_1988_p(positive: np.ndarray, scores: np.ndarray) -> float:
+def _delong_1988(positive: np.ndarray, scores: np.ndarray, contrast: np.ndarray) -> tuple[float, float]:
     """DeLong, DeLong and Clarke-Pearson (Biometrics 1988, 44:837-845), written from the paper, pair by pair: psi
     of each positive and negative film, each film's structural components V10 and V01, their covariance matrices
-    S10 and S01 over the two models, and the variance of the difference L (S10 / m + S01 / n) L' with L = (-1, 1)."""
+    S10 and S01 over the models, and the contrast L of the AUCs with its variance L (S10 / m + S01 / n) L'."""
     x, y = scores[:, positive], scores[:, ~positive]
     m, n = x.shape[1], y.shape[1]
     psi = (x[:, :, None] > y[:, None, :]) + 0.5 * (x[:, :, None] == y[:, None, :])  # (model, positive, negative)
@@ -237,9 +237,13 @@ def _delong_1988_p(positive: np.ndarray, scores: np.ndarray) -> float:
     auc = psi.mean(axis=(1, 2))
     s10 = (v10 - auc[:, None]) @ (v10 - auc[:, None]).T / (m - 1)
     s01 = (v01 - auc[:, None]) @ (v01 - auc[:, None]).T / (n - 1)
-    contrast = np.array([-1.0, 1.0])
-    z = (auc[1] - auc[0]) / np.sqrt(contrast @ (s10 / m + s01 / n) @ contrast)
-    return float(2 * norm.sf(abs(z)))
+    return float(contrast @ auc), float(contrast @ (s10 / m + s01 / n) @ contrast)
+
+
+def _delong_1988_p(positive: np.ndarray, scores: np.ndarray) -> float:
+    """The two-sided p of DeLong's 1988 test of two models' AUCs (:func:`_delong_1988`)."""
+    difference, variance = _delong_1988(positive, scores, np.array([-1.0, 1.0]))
+    return float(2 * norm.sf(abs(difference) / np.sqrt(variance)))
 
 
 def test_delong_with_one_film_a_patient_is_delongs_own() -> None:
@@ -253,6 +257,60 @@ def test_delong_with_one_film_a_patient_is_delongs_own() -> None:
     found = delong_difference(positive, scores, np.arange(12))
     assert 0.05 < expected < 0.95  # a case where the difference is neither nothing nor all
     assert found == (pytest.approx(expected, rel=1e-9), DELONG)
+
+
+def test_a_delong_difference_has_delongs_interval() -> None:
+    """--auc-test delong: the AUC difference's 95% interval is DeLong's too, the difference plus or minus 1.96 of
+    its standard errors from the paper's pair-by-pair formulas (one film a patient), said so; on 150 patients of
+    1 to 3 films it is about as wide as the patients' bootstrap, by which the permutation test's is made."""
+    positive = np.array([1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 1], dtype=bool)
+    scores = np.stack([np.array([0.9, 0.8, 0.4, 0.7, 0.5, 0.3, 0.5, 0.2, 0.6, 0.1, 0.4, 0.35]),
+                       np.array([0.8, 0.9, 0.6, 0.6, 0.75, 0.2, 0.3, 0.2, 0.7, 0.3, 0.6, 0.65])])
+    auc = paired_differences(positive, scores, scores >= 0.5, np.arange(12), auc_test="delong")["auc"]
+    difference, variance = _delong_1988(positive, scores, np.array([-1.0, 1.0]))
+    half = 1.959964 * np.sqrt(variance)
+    assert auc["ci"] == pytest.approx([difference - half, difference + half], rel=1e-6)
+    assert (auc["ci_method"], auc["p_method"]) == (DELONG, DELONG)
+    rng = np.random.default_rng(5)
+    patients = np.repeat(np.arange(150), rng.integers(1, 4, 150))
+    positive = (rng.random(150) < 0.4)[patients]
+    scores = positive + rng.normal(0, 0.6, (2, 150))[:, patients] + rng.normal(0, 0.5, (2, patients.size))
+    called = scores >= 0.5
+    delong, resampled = (paired_differences(positive, scores, called, patients, auc_test=test)["auc"]
+                         for test in ("delong", "permutation"))
+    assert resampled["ci_method"] == BOOTSTRAP
+    assert np.ptp(delong["ci"]) == pytest.approx(np.ptp(resampled["ci"]), rel=0.15)
+    assert np.mean(delong["ci"]) == pytest.approx(np.mean(resampled["ci"]), abs=0.01)
+
+
+def test_delong_groups_is_delongs_test_of_independent_aucs() -> None:
+    """--by with DeLong: two groups' AUCs, independent samples, are compared by z = (A1 - A2) / sqrt(V1 + V2), each
+    V from the paper's pair-by-pair formulas (one film a patient); three groups by the Wald chi-square of the
+    contrasts A1 - A2, A2 - A3 (2 degrees of freedom); each patient filmed twice, scored alike, gives the same p.
+    A group with one patient of a class, or a patient in two groups, is refused."""
+    from scipy.stats import chi2
+
+    rng = np.random.default_rng(3)
+    groups = np.repeat(["A", "B", "C"], [12, 10, 14])
+    positive = np.arange(36) % 3 == 0
+    scores = positive * np.repeat([1.2, 0.4, 0.8], [12, 10, 14]) + rng.normal(0, 0.6, 36)
+    one = [_delong_1988(positive[groups == g], scores[None, groups == g], np.array([1.0])) for g in "ABC"]
+    two = groups != "C"
+    z = (one[0][0] - one[1][0]) / np.sqrt(one[0][1] + one[1][1])
+    assert 0.05 < 2 * norm.sf(abs(z)) < 0.95
+    assert delong_groups(positive[two], scores[two], groups[two], np.arange(22)) == (
+        pytest.approx(2 * norm.sf(abs(z)), rel=1e-9), DELONG)
+    contrasts = np.array([[1.0, -1.0, 0.0], [0.0, 1.0, -1.0]])
+    aucs, variances = np.array([a for a, _ in one]), np.diag([v for _, v in one])
+    wald = contrasts @ aucs @ np.linalg.solve(contrasts @ variances @ contrasts.T, contrasts @ aucs)
+    assert delong_groups(positive, scores, groups, np.arange(36)).p == pytest.approx(chi2.sf(wald, 2), rel=1e-9)
+    twice = np.repeat(np.arange(36), 2)
+    assert delong_groups(positive[twice], scores[twice], groups[twice], twice).p == pytest.approx(
+        chi2.sf(wald, 2), rel=1e-9)
+    with pytest.raises(ValueError, match="at least two patients in each group, which B lacks"):
+        delong_groups(positive[:15], scores[:15], groups[:15], np.arange(15))  # one positive film in B
+    with pytest.raises(ValueError, match="a patient's films are in several groups"):
+        delong_groups(positive, scores, groups, np.arange(36) % 30)
 
 
 def test_delong_counts_a_patients_films_as_one_unit() -> None:
@@ -308,7 +366,8 @@ def test_paired_differences_test_auc_by_delong_where_asked() -> None:
     delong = paired_differences(positive, scores, called, patients, auc_test="delong")
     assert {name: entry["p_method"] for name, entry in permuted.items()} == dict.fromkeys(permuted, EXACT)
     assert (delong["auc"]["p"], delong["auc"]["p_method"]) == (delong_difference(positive, scores, patients).p, DELONG)
-    assert delong["auc"]["ci"] == permuted["auc"]["ci"] and delong["sensitivity"] == permuted["sensitivity"]
+    assert (permuted["auc"]["ci_method"], delong["auc"]["ci_method"]) == (BOOTSTRAP, DELONG)
+    assert delong["sensitivity"] == permuted["sensitivity"] and delong["sensitivity"]["ci_method"] == BOOTSTRAP
     many = paired_differences(np.arange(60) % 2 == 0, np.random.default_rng(0).random((2, 60)),
                               np.zeros((2, 60), dtype=bool) | (np.arange(60) < 30), np.arange(60))
     assert {entry["p_method"] for entry in many.values()} == {DRAWN}

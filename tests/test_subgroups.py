@@ -12,11 +12,11 @@ import pytest
 from PIL import Image
 
 from pneumoscan import cli
-from pneumoscan.core.metrics.differences import holm
+from pneumoscan.core.metrics.differences import delong_groups, holm
 from pneumoscan.data.layouts import discover
 from pneumoscan.evaluation.evaluate import evaluate
 from pneumoscan.evaluation.subgroups import (FIGURE_NAMES, NOT_RECORDED, adjust, difference_said, differences_said,
-                                             figure_said, subgroup_figures)
+                                             figure_said, p_said, subgroup_figures)
 from tests.builders import dicom_bytes, site_manifest
 
 
@@ -224,3 +224,37 @@ def test_a_field_with_nothing_tested_claims_no_adjustment() -> None:
     assert metrics["subgroups"]["tests"] == 0 and said.startswith(
         "Do the groups differ by more than chance? (permutation test over patients): "), said
     assert said.count("not tested") == 3, said
+
+
+def test_delong_tests_the_groups_aucs_where_asked(tiny_bundle: Path, tiny_dataset: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """--auc-test delong: AUC's test across the groups is DeLong's of independent AUCs by patient (the rates' stay
+    permutation tests), each p saying how it was found and the line beneath the table saying both; a group whose
+    AUC has no spread (its classes apart) gets no p, saying why. Without --by the option is refused."""
+    rng = np.random.default_rng(2)
+    patients = np.repeat(np.arange(40), 2)  # two films a patient, 20 patients a site
+    sites = np.where(patients < 20, "A", "B")
+    y = (patients % 2 == 0).astype(int)
+    scores = 1 / (1 + np.exp(-(y * np.where(sites == "A", 2.0, 1.0) + rng.normal(0, 1, 80))))
+    block = subgroup_figures({"site": sites}, patients, binary=(y, scores, 0.5), auc_test="delong")
+    adjust({"subgroups": block})
+    tests = block["differences"]["site"]
+    assert (tests["auc"]["p"], tests["auc"]["p_method"]) == (
+        pytest.approx(delong_groups(y == 1, scores, sites, patients).p), "DeLong")
+    assert tests["sensitivity"]["p_method"] in ("exact", "drawn")
+    said = differences_said(block, "site")
+    assert said.startswith("Do the groups differ by more than chance? (AUC's by DeLong's test of independent AUCs, "
+                           "the rates' by a permutation test over patients, adjusted over the 3 tests")
+    assert f"AUC p {p_said(tests['auc']['p'])} (DeLong: normal approximation, clustered by patient)" in said
+    permuted = subgroup_figures({"site": sites}, patients, binary=(y, scores, 0.5))
+    assert permuted["differences"]["site"]["auc"]["p_method"] == "drawn"  # 20 patients of each class: 184,756^2
+    assert differences_said(permuted, "site").startswith(
+        "Do the groups differ by more than chance? (permutation test over patients): ")
+    scores[sites == "B"] = y[sites == "B"] * 0.5 + 0.25  # B's classes apart: no spread to scale its AUC by
+    apart = subgroup_figures({"site": sites}, patients, binary=(y, scores, 0.5), auc_test="delong")
+    assert "p" not in apart["differences"]["site"]["auc"]
+    assert difference_said("auc", apart["differences"]["site"]["auc"]) == (
+        "AUC: not tested (DeLong's test cannot scale B's AUC, whose variance is 0 (every film placed alike): use the "
+        "permutation test)")
+    assert cli.main(["evaluate", str(tiny_bundle), str(tiny_dataset), "--auc-test", "delong"]) != 0
+    assert "--auc-test delong only with --by FIELD" in capsys.readouterr().err

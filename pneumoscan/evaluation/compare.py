@@ -582,8 +582,8 @@ def _check_comparable(runs: list[RunSummary]) -> None:
 PREDICTIONS = "predictions.csv"  # an evaluate folder's scores, a row a film: what the paired test reads
 # compare_paired.csv: a row a run and figure tested against the reference run, on the films and patients both share
 PAIRED_FIELDS = ("run", "reference", "data", "films", "patients", "figure", "reference_value", "value", "difference",
-                 "difference_low", "difference_high", "p", "p_holm", "p_method", "figure_films", "figure_patients",
-                 "optimistic")
+                 "difference_low", "difference_high", "ci_method", "p", "p_holm", "p_method", "figure_films",
+                 "figure_patients", "optimistic")
 
 
 @dataclass
@@ -699,7 +699,8 @@ def paired_rows(runs: Sequence[RunSummary]) -> list[dict[str, Any]]:
     return [{"run": r.run, "reference": r.paired.reference, "data": r.data, "films": r.paired.films,
              "patients": r.paired.patients, "figure": name, "reference_value": test["first"], "value": test["second"],
              "difference": test["difference"], "difference_low": (test["ci"] or [None])[0],
-             "difference_high": (test["ci"] or [None, None])[1], "p": test["p"], "p_holm": test["p_holm"],
+             "difference_high": (test["ci"] or [None, None])[1], "ci_method": test["ci_method"], "p": test["p"],
+             "p_holm": test["p_holm"],
              "p_method": test["p_method"],
              "figure_films": test["films"], "figure_patients": test["patients"], "optimistic": "; ".join(r.optimistic)}
             for r in runs if r.paired for name, test in r.paired.figures.items()]
@@ -728,7 +729,9 @@ def _paired_table(runs: Sequence[RunSummary]) -> str:
     flattered = [r.run for r in runs if r.optimistic and (r.paired or r.run == first.reference)]
     said = (f"is each run better or worse than {first.reference} on the same {counted(first.films, 'film')} of "
             f"{counted(first.patients, 'patient')}? (each at its own threshold; difference: the run's figure less "
-            f"{first.reference}'s, its 95% CI from patients resampled; p: "
+            f"{first.reference}'s, its 95% CI "
+            + ("AUC's DeLong's (the difference +- 1.96 of its standard errors, clustered by patient), the rates' "
+               if delong else "") + "from patients resampled; p: "
             + ("AUC's by DeLong's test of correlated AUCs clustered by patient (a normal approximation), the rates' "
                "by " if delong else "")
             + "permutation test swapping the two runs' scores of each patient's films, exact where every swap was "

@@ -20,7 +20,7 @@ from pneumoscan.core.metrics import (binary_metrics, choose_threshold, decision_
                                      describe_policy, ece_by_chance, evaluate_binary, evaluate_multiclass,
                                      figure_beside, has_both_classes, jsonable, net_benefit)
 from pneumoscan.core.names import path_text, results_csv, shown
-from pneumoscan.core.options import DECISION_RANGE
+from pneumoscan.core.options import AUC_TESTS, DECISION_RANGE
 from pneumoscan.data.cache import cache_dataset
 from pneumoscan.data.decode import read_gray
 from pneumoscan.data.labelled import films_without_patient_id, labelled_films, left_out, patient_groups
@@ -306,7 +306,7 @@ def default_out_dir(bundle: Path | str, data: Path | str, split: str | None, tta
 def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out_dir: Path | str | None = None,
              tta: bool = False, add_to_card: bool = False, data_name: str | None = None,
              etiology: Path | str | None = None, backend: str = "torch", by: Sequence[str] = (),
-             decision_range: tuple[float, float] = DECISION_RANGE) -> dict:
+             auc_test: str = AUC_TESTS[0], decision_range: tuple[float, float] = DECISION_RANGE) -> dict:
     """Score every image of DATA (a dataset root, a NORMAL/PNEUMONIA folder or a manifest) that belongs to the
     bundle's task; with a dataset root, ``split`` picks train/val/test. With ``tta``, scores average the test-time
     views and are read at the bundle's TTA threshold, as ``predict --tta`` does. The result holds a
@@ -322,10 +322,10 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
     changed since (:func:`~pneumoscan.models.card.proven_run_split`). ``by`` (fields:
     :func:`~.subgroups.film_values`) adds the figures of each of their groups at the same threshold under
     ``subgroups`` (:func:`~.subgroups.subgroup_figures`; a three-class decision's accuracy under its block's), each
-    rate's test of a difference across the groups adjusted over all of them (:func:`~.subgroups.adjust`), a field no
-    film records refused before the films are scored. The decision curve of the bundle's own decision (P(positive)
-    against its threshold; a three-class block has none: :func:`decision_curve`) spans ``decision_range``'s threshold
-    probabilities."""
+    rate's test of a difference across the groups adjusted over all of them (:func:`~.subgroups.adjust`), AUC's by
+    ``auc_test`` ("permutation" or "delong"), a field no film records refused before the films are scored. The
+    decision curve of the bundle's own decision (P(positive) against its threshold; a three-class block has none:
+    :func:`decision_curve`) spans ``decision_range``'s threshold probabilities."""
     points = decision_thresholds(*decision_range)  # a range that says nothing refused before any film is read
     if backend == "onnx-int8" and add_to_card:
         raise ValueError("add_to_card (--add-to-card) records evaluations of the bundle's FP32 model, which its card "
@@ -363,7 +363,8 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
     metrics = evaluate_probabilities(probs, targets, task, threshold, groups=groups)
     metrics |= decision_curve(binary_targets(targets), scores, threshold, points)
     if by_field:  # at the bundle's threshold, never one chosen per group
-        metrics["subgroups"] = subgroup_figures(by_field, groups, binary=(binary_targets(targets), scores, threshold))
+        metrics["subgroups"] = subgroup_figures(by_field, groups, binary=(binary_targets(targets), scores, threshold),
+                                                auc_test=auc_test)
         if task.multiclass:  # the decision the three-class figures are of: the most probable class
             metrics["multiclass"]["subgroups"] = subgroup_figures(by_field, groups,
                                                                   decision=(targets, np.argmax(probs, axis=1)))

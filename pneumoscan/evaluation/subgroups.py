@@ -5,8 +5,9 @@ where it has both, each with the interval evaluate gives the whole set (:mod:`pn
 patients; a three-class decision's accuracy. A group of too few patients for an interval says so instead of showing
 a rate that looks precise. Each field's sensitivity, specificity, AUC and accuracy are tested for a difference across
 its groups (:func:`~pneumoscan.core.metrics.differences.rate_difference` and
-:func:`~pneumoscan.core.metrics.differences.auc_difference`, permutation tests over patients), the p-values adjusted
-over every test of the evaluation (:func:`adjust`, Holm's).
+:func:`~pneumoscan.core.metrics.differences.auc_difference`, permutation tests over patients; AUC by DeLong's test
+of independent groups where asked, :func:`~pneumoscan.core.metrics.differences.delong_groups`), the p-values
+adjusted over every test of the evaluation (:func:`adjust`, Holm's).
 
 A film's fields are what its record knows (subtype, split), a manifest's own columns (:attr:`Record.columns`) and
 what :func:`~pneumoscan.data.scope.grouping` reads from its header with its scope check (format, PatientSex,
@@ -22,8 +23,10 @@ import numpy as np
 
 from pneumoscan.core.metrics import (binary_metrics, jsonable, proportion_ci, roc_auc, threshold_metrics_ci,
                                      with_ci)
-from pneumoscan.core.metrics.differences import P_METHODS, RESAMPLES, auc_difference, holm, rate_difference
+from pneumoscan.core.metrics.differences import (DELONG, P_METHODS, RESAMPLES, auc_difference, delong_groups, holm,
+                                                  rate_difference)
 from pneumoscan.core.metrics.intervals import FEW_PATIENTS
+from pneumoscan.core.options import AUC_TESTS
 from pneumoscan.data.layouts import Record
 from pneumoscan.data.scope import ADULT, AGE_BANDS, GROUPING_FIELDS
 
@@ -47,7 +50,9 @@ DIFFERENCES_NOTE = ("Beneath each table, a permutation test over patients asks o
                     "one PA film), as a patient is shuffled whole and cannot be moved into one group: each test "
                     "says how many, and is not made where that leaves a group without its films. Each p says how it "
                     f"was found: exact where every shuffle of the patients was counted (at most {RESAMPLES:,}), else "
-                    f"drawn, {RESAMPLES:,} shuffles with a fixed seed (the same p each run). A small p does not "
+                    f"drawn, {RESAMPLES:,} shuffles with a fixed seed (the same p each run); an AUC's p said to be "
+                    "DeLong's (evaluate --auc-test delong) is DeLong's test of the groups' AUCs as independent "
+                    "samples, each group's variance clustered by patient, a normal approximation. A small p does not "
                     "say why the groups differ (their patients may differ in other ways); a large p on small groups "
                     "is no sign that they are alike.")
 _ORDER = [name for _, name in AGE_BANDS] + [ADULT]  # age bands youngest first, not as text sorts them
@@ -80,13 +85,15 @@ def film_values(by: Sequence[str], records: Sequence[Record], fields: Sequence[M
 
 def subgroup_figures(values: Mapping[str, Sequence[str]], patients: np.ndarray,
                      binary: tuple[np.ndarray, np.ndarray, float] | None = None,
-                     decision: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
+                     decision: tuple[np.ndarray, np.ndarray] | None = None,
+                     auc_test: str = AUC_TESTS[0]) -> dict[str, Any]:
     """metrics.json's ``subgroups``: for each field of ``values`` (:func:`film_values`), each value's films and
     patients (``patients``: each film's unit, as evaluate's intervals count them) and figures: with ``binary`` (the
     films' 0/1 truth, positive-class scores and the bundle's threshold) sensitivity, specificity and AUC; with
     ``decision`` (truth and call among the classes) its accuracy. Undefined figures (no positive film) are None.
-    ``differences``: each field's test of each rate (:func:`_difference`) and of AUC (:func:`_auc_difference`)
-    across its groups, unadjusted until :func:`adjust` has seen every block of the evaluation."""
+    ``differences``: each field's test of each rate (:func:`_difference`) and of AUC (:func:`_auc_difference`, by
+    ``auc_test``: "permutation" or "delong") across its groups, unadjusted until :func:`adjust` has seen every
+    block of the evaluation."""
     patients = np.asarray(patients)
     out: dict[str, Any] = {"smallest": SMALLEST, "fields": {}, "differences": {}}
     rates: dict[str, tuple[np.ndarray, np.ndarray, str]] = {}  # a tested rate's films and their hits
@@ -115,7 +122,7 @@ def subgroup_figures(values: Mapping[str, Sequence[str]], patients: np.ndarray,
         tests = {name: _difference(hits[of], film_value[of], patients[of], what)
                  for name, (of, hits, what) in rates.items()}
         if binary is not None:
-            tests["auc"] = _auc_difference(y, np.asarray(scores), film_value, patients)
+            tests["auc"] = _auc_difference(y, np.asarray(scores), film_value, patients, auc_test)
         out["differences"][field] = tests
     return jsonable(out)
 
@@ -140,13 +147,15 @@ def _emptied(before: Sequence[str], after: set[str], kinds: str) -> str | None:
     return (f"{', '.join(emptied)} {'has' if len(emptied) == 1 else 'have'} no {kinds} of patients in one group")
 
 
-def _auc_difference(y: np.ndarray, scores: np.ndarray, values: np.ndarray, patients: np.ndarray) -> dict[str, Any]:
+def _auc_difference(y: np.ndarray, scores: np.ndarray, values: np.ndarray, patients: np.ndarray,
+                    auc_test: str = AUC_TESTS[0]) -> dict[str, Any]:
     """A field's test of whether AUC differs across its groups (``values``), among those with both positive and
     negative films (an AUC needs both; ``one_class`` names the others): its p-value
-    (:func:`~pneumoscan.core.metrics.differences.auc_difference`), ``p_method`` (exact or drawn), with the groups
-    and patients it compares, each
-    group's AUC and films of each class in ``compared``, or ``none``, why no test is made (fewer than two such
-    groups, or one left without a class once patients in several groups are left out, :func:`_apart`)."""
+    (:func:`~pneumoscan.core.metrics.differences.auc_difference`, or with ``auc_test`` "delong"
+    :func:`~pneumoscan.core.metrics.differences.delong_groups`), ``p_method`` (exact, drawn or DeLong), with the
+    groups and patients it compares, each group's AUC and films of each class in ``compared``, or ``none``, why no
+    test is made (fewer than two such groups, or one left without a class once patients in several groups are left
+    out, :func:`_apart`; DeLong's refusal, a group of fewer than two patients of a class or without spread)."""
     kept, left_out = _apart(values, patients)
 
     def both(films: np.ndarray) -> list[str]:  # the groups with positive and negative films among FILMS
@@ -168,7 +177,13 @@ def _auc_difference(y: np.ndarray, scores: np.ndarray, values: np.ndarray, patie
             return said | {"none": emptied}
     compared = [{"value": value, "auc": roc_auc(y[of], scores[of]), "positive": int(y[of].sum()),
                  "negative": int((y[of] == 0).sum())} for value in after for of in [films & (values == value)]]
-    tested = auc_difference(y[films] == 1, scores[films], values[films], patients[films])
+    if auc_test == "delong":
+        try:
+            tested = delong_groups(y[films] == 1, scores[films], values[films], patients[films])
+        except ValueError as e:  # no p rather than one DeLong's approximation cannot give
+            return said | {"none": str(e), "compared": compared}
+    else:
+        tested = auc_difference(y[films] == 1, scores[films], values[films], patients[films])
     return said | {"p": tested.p, "p_method": tested.method, "compared": compared}
 
 
@@ -275,7 +290,10 @@ def differences_said(block: Mapping[str, Any], field: str) -> str:
         return ""
     count = block.get("tests", 0)
     adjusted = f", adjusted over the {count} test{'' if count == 1 else 's'} of this evaluation" if count else ""
-    return f"Do the groups differ by more than chance? (permutation test over patients{adjusted}): {said}"
+    tests = block.get("differences", {}).get(field, {})
+    how = ("AUC's by DeLong's test of independent AUCs, the rates' by a permutation test over patients"
+           if tests.get("auc", {}).get("p_method") == DELONG else "permutation test over patients")
+    return f"Do the groups differ by more than chance? ({how}{adjusted}): {said}"
 
 
 def p_said(p: float) -> str:

@@ -138,18 +138,49 @@ def _macro_auc_ci(probs: np.ndarray, in_class: Sequence[np.ndarray], patients: n
     return _score_interval(macro, variance_at, variance, fewest - 1, alpha)
 
 
-def _delong_variance(placed: np.ndarray, positive: np.ndarray, units: np.ndarray, auc: float) -> float:
-    """DeLong's variance of the AUC (DeLong, DeLong & Clarke-Pearson 1988, Biometrics 44:837) from its
-    :func:`_placements`, summed by ``units`` as Obuchowski (1997, Biometrics 53:567) does for clustered data
-    (patients holding films of both classes count their covariance). Needs two units on each side."""
-    n_pos, n_neg = float(positive.sum()), float((~positive).sum())
+def delong_components(scores: np.ndarray, positive: np.ndarray) -> np.ndarray:
+    """DeLong's structural components of each model's AUC (``scores``: a row a model, one a film; ``positive`` with
+    films of both classes): for a positive film the share of negative films scored below it, for a negative film the
+    share of positive films scored above it, ties half (:func:`_placements`). A model's AUC is the mean of either
+    class's components."""
+    rows = []
+    for s in np.atleast_2d(scores):
+        if (placing := _placements(s, positive)) is None:
+            raise ValueError("an AUC needs both positive and negative films")
+        placed, n_pos, n_neg = placing
+        rows.append(np.where(positive, placed / n_neg, placed / n_pos))
+    return np.stack(rows)
+
+
+def delong_covariance(components: np.ndarray, positive: np.ndarray, units: np.ndarray) -> np.ndarray:
+    """The covariance of the AUCs of :func:`delong_components` (a row a model), DeLong's (DeLong, DeLong &
+    Clarke-Pearson 1988, Biometrics 44:837) summed by ``units`` (0 to size - 1, one a film) as Obuchowski (1997,
+    Biometrics 53:567) does for clustered data: with M and N the films of each class, I10 and I01 the units with
+    any, I all, and each unit's V10 (and V01) its positive (negative) films' components less m (n) times the AUC,
+    m (n) its films of the class, it is S10 / M + S01 / N + (S11 + S11') / (M N): S10 = I10 / ((I10 - 1) M) sum
+    V10 V10', S01 = I01 / ((I01 - 1) N) sum V01 V01', S11 = I / (I - 1) sum V10 V01'. With one film a unit S11 is 0
+    and this is DeLong's. The one implementation of it: evaluate's AUC interval, compare's DeLong test and
+    interval and the groups' DeLong test all read it. Needs two units on each side."""
+    components = np.atleast_2d(components)
     size = int(units.max()) + 1
-    pos_placed, neg_placed = (np.bincount(units, placed * side, size) for side in (positive, ~positive))
-    pos_films, neg_films = (np.bincount(units, side, size) for side in (positive, ~positive))
-    with_pos, with_neg = int((pos_films > 0).sum()), int((neg_films > 0).sum())
-    d10, d01 = pos_placed / n_neg - pos_films * auc, neg_placed / n_pos - neg_films * auc
-    return (with_pos / (with_pos - 1) * (d10**2).sum() / n_pos**2 + with_neg / (with_neg - 1) * (d01**2).sum()
-            / n_neg**2 + 2 * size / (size - 1) * (d10 * d01).sum() / (n_pos * n_neg))
+    aucs = components[:, positive].mean(axis=1, keepdims=True)
+    deviations, factors = [], []
+    for films in (positive, ~positive):
+        counted = np.bincount(units[films], minlength=size)
+        summed = np.stack([np.bincount(units[films], c[films], size) for c in components])
+        deviations.append(summed - counted * aucs)
+        with_films = int((counted > 0).sum())
+        factors.append(with_films / (with_films - 1) / float(films.sum()) ** 2)
+    (v10, v01), (f10, f01) = deviations, factors
+    cross = v10 @ v01.T
+    return (f10 * v10 @ v10.T + f01 * v01 @ v01.T
+            + size / (size - 1) * (cross + cross.T) / (float(positive.sum()) * float((~positive).sum())))
+
+
+def _delong_variance(placed: np.ndarray, positive: np.ndarray, units: np.ndarray) -> float:
+    """:func:`delong_covariance`'s variance of one AUC from its :func:`_placements`, summed by ``units``."""
+    n_pos, n_neg = float(positive.sum()), float((~positive).sum())
+    return float(delong_covariance(np.where(positive, placed / n_neg, placed / n_pos), positive, units)[0, 0])
 
 
 def _auc_ci(scores: np.ndarray, positive: np.ndarray, patients: np.ndarray | None, alpha: float) -> list[float]:
@@ -174,10 +205,10 @@ def _auc_ci(scores: np.ndarray, positive: np.ndarray, patients: np.ndarray | Non
         return _separated_ci([auc], [min(with_pos, with_neg)], alpha)
     if min(with_pos, with_neg) < 2:
         return [math.nan, math.nan]
-    variance = _delong_variance(placed, positive, units, auc)
+    variance = _delong_variance(placed, positive, units)
     if not variance > 0:
         return [math.nan, math.nan]
-    by_film = variance if patients is None else _delong_variance(placed, positive, np.arange(scores.size), auc)
+    by_film = variance if patients is None else _delong_variance(placed, positive, np.arange(scores.size))
     sizes = _effective_sizes((n_pos, n_neg), (with_pos, with_neg), variance, by_film)
     return _score_interval(auc, lambda theta: _newcombe_variance(theta, *sizes), variance,
                            min(with_pos, with_neg) - 1, alpha)

@@ -24,6 +24,8 @@ patient's scores swapped between the two models or not, as a sign on that patien
 :func:`delong_difference` answers the paired question by DeLong's test of correlated AUCs, the test papers in
 medical imaging name (pROC's roc.test), in Obuchowski's (1997) clustered form: each patient's films summed as one
 unit, so two films of one child are not taken as two children; with one film a patient it is DeLong's own.
+:func:`delong_groups` asks :func:`auc_difference`'s question by DeLong's test of independent AUCs, each group's
+variance so clustered; both read :func:`~.auc_intervals.delong_covariance`, as evaluate's AUC interval does.
 
 Each p says how it was found (:class:`Tested`): ``exact`` (every shuffle counted), ``drawn`` (:data:`RESAMPLES`
 shuffles drawn with a fixed seed) or ``DeLong`` (a normal approximation).
@@ -43,6 +45,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ..options import AUC_TESTS
+from .auc_intervals import delong_components, delong_covariance
 from .intervals import ALPHA, BOOTSTRAP_SEED, FEW_PATIENTS, ROWS_AT_ONCE, _bootstrap_counts, _resampled_sums
 
 RESAMPLES = 9999  # shuffles drawn where counting every assignment of patients to groups would take more
@@ -50,6 +53,7 @@ BATCH = 500  # shuffles scored at once: 5,000 patients took 1.8 GB in one batch 
 AUC_BATCH = 200  # :func:`auc_difference`'s shuffles drawn at once (the draws depend on it)
 SCORED = 4_000_000  # :func:`auc_difference`'s films (twice the positive ones) times shuffles scored at once
 EXACT, DRAWN, DELONG = "exact", "drawn", "DeLong"  # how a p was found (:class:`Tested`)
+BOOTSTRAP = "bootstrap"  # a paired difference's interval from resampled patients (else DELONG's: ``ci_method``)
 # each way in a reader's words, as tables and reports say it beside the p
 P_METHODS = {EXACT: "exact: every shuffle counted", DRAWN: f"drawn: {RESAMPLES:,} shuffles, fixed seed",
              DELONG: "DeLong: normal approximation, clustered by patient"}
@@ -246,13 +250,15 @@ def paired_differences(positive: np.ndarray, scores: np.ndarray, called: np.ndar
     is a sum over patients, each patient's part changing sign where it is swapped (:func:`_auc_parts`), so a shuffle
     costs a product of signs and parts, not an AUC. Every one of the 2^patients swaps is counted where they are at
     most :data:`RESAMPLES` (an exact test), else :data:`RESAMPLES` drawn with a fixed seed (:func:`_sign_flip_p`).
-    With ``auc_test`` "delong", the AUC's p is DeLong's test clustered by patient (:func:`delong_difference`)
-    instead; the rates' stay permutation tests. Each entry's ``p_method`` says how its p was found (:class:`Tested`).
+    With ``auc_test`` "delong", the AUC's p and interval are DeLong's, clustered by patient (:func:`_delong_paired`)
+    instead; the rates' stay permutation tests. Each entry's ``p_method`` says how its p was found (:class:`Tested`)
+    and ``ci_method`` how its interval was made (:data:`BOOTSTRAP` or :data:`DELONG`).
 
-    The interval is the 2.5th and 97.5th percentiles of the difference over :data:`PAIRED_BOOTSTRAP` resamples of
-    patients (:func:`~.intervals._bootstrap_counts`, each patient's films together in both models), resamples
-    without the figure's films left out; none where they are of fewer than :data:`~.intervals.FEW_PATIENTS`
-    patients. A figure without films (AUC without both classes) is left out of the result."""
+    The bootstrap interval is the 2.5th and 97.5th percentiles of the difference over :data:`PAIRED_BOOTSTRAP`
+    resamples of patients (:func:`~.intervals._bootstrap_counts`, each patient's films together in both models),
+    resamples without the figure's films left out. Either interval is none where the figure's films are of fewer
+    than :data:`~.intervals.FEW_PATIENTS` patients. A figure without films (AUC without both classes) is left out of
+    the result."""
     if auc_test not in AUC_TESTS:
         raise ValueError(f"no paired AUC test {auc_test!r}: {' or '.join(AUC_TESTS)}")
     positive, scores, called = np.asarray(positive, dtype=bool), np.asarray(scores, float), np.asarray(called, bool)
@@ -260,10 +266,14 @@ def paired_differences(positive: np.ndarray, scores: np.ndarray, called: np.ndar
     counts = _bootstrap_counts(positive, unit_of, PAIRED_BOOTSTRAP, BOOTSTRAP_SEED)[0]
     out: dict[str, dict[str, Any]] = {}
     if positive.any() and (~positive).any():
-        tested = (delong_difference(positive, scores, unit_of) if auc_test == "delong" else _sign_flip_p(
-            np.bincount(unit_of, _auc_parts(scores, positive), units.size) / (positive.sum() * (~positive).sum())))
-        out["auc"] = _paired(_weighted_auc(scores, positive, np.ones((1, units.size)), unit_of), tested,
-                             _weighted_auc(scores, positive, counts, unit_of), np.ones_like(positive), unit_of)
+        figures = _weighted_auc(scores, positive, np.ones((1, units.size)), unit_of)
+        films = np.ones_like(positive)
+        if auc_test == "delong":
+            out["auc"] = _paired(figures, *_delong_paired(positive, scores, unit_of), films, unit_of)
+        else:
+            out["auc"] = _paired(figures, _sign_flip_p(np.bincount(unit_of, _auc_parts(scores, positive), units.size)
+                                                       / (positive.sum() * (~positive).sum())),
+                                 _weighted_auc(scores, positive, counts, unit_of), films, unit_of)
     hits = (called == positive).astype(float)  # each model's right calls
     for name, films in (("sensitivity", positive), ("specificity", ~positive)):
         if films.any():
@@ -279,40 +289,68 @@ def paired_differences(positive: np.ndarray, scores: np.ndarray, called: np.ndar
 def delong_difference(positive: np.ndarray, scores: np.ndarray, patients: np.ndarray) -> Tested:
     """The two-sided p of DeLong's test of whether two models' AUCs on the same films differ (``scores``: a row a
     model), in Obuchowski's clustered form over ``patients`` (one a film; Biometrics 1997, 53:567-578), a normal
-    approximation. Each film's structural component is, for a positive film, the share of negative films scored
-    below it, for a negative one the share of positive films scored above it (ties half); V, the second model's less
-    the first's, sums to each patient's V10 (positive films, m of them) and V01 (negative, n), and with M and N the
-    films of each class, I10 and I01 the patients with any, I all, and t the AUC difference, the variance of t is
-    S10 / M + S01 / N + 2 S11 / (M N): S10 = I10 / ((I10 - 1) M) sum (V10 - m t)^2, S01 = I01 / ((I01 - 1) N)
-    sum (V01 - n t)^2, S11 = I / (I - 1) sum (V10 - m t)(V01 - n t). With one film a patient S11 is 0 and this is
-    DeLong's (1988) variance. Raises ValueError where fewer than two patients have films of a class, or where the
-    variance is 0 while the AUCs differ (every component alike: no spread to scale the difference by)."""
+    approximation: the difference t over the square root of its variance, the two AUCs' variances less twice their
+    covariance (:func:`~.auc_intervals.delong_covariance`). With one film a patient this is DeLong's (1988) test.
+    Raises ValueError where fewer than two patients have films of a class, or where the variance is 0 while the
+    AUCs differ (every component alike: no spread to scale the difference by)."""
+    return _delong_paired(positive, scores, patients)[0]
+
+
+def _delong_paired(positive: np.ndarray, scores: np.ndarray, patients: np.ndarray) -> tuple[Tested, list[float]]:
+    """:func:`delong_difference`'s test with the difference's 95% interval, t +- z sqrt(variance) (DeLong's Wald
+    interval), [0, 0] where the models rank every film alike."""
     from scipy.stats import norm
 
     positive, scores = np.asarray(positive, dtype=bool), np.asarray(scores, dtype=float)
     unit_of = np.unique(np.asarray(patients), return_inverse=True)[1]
-    units, m, n = int(unit_of.max()) + 1, int(positive.sum()), int((~positive).sum())
-    components = np.empty(scores.shape)
-    for model, s in enumerate(scores):
-        # the negatives below each positive film, and the positives above each negative one (below it, negated)
-        for ranked, films, others in ((s, positive, n), (-s, ~positive, m)):
-            below = _ranked_negatives(ranked, films)[1]
-            components[model, films] = (below[0] + below[1]) / (2 * others)  # ties half
-    v = components[1] - components[0]
-    t = v[positive].mean()
-    v10, v01 = (np.bincount(unit_of[films], v[films], units) - np.bincount(unit_of[films], minlength=units) * t
-                for films in (positive, ~positive))
-    i10, i01 = (int(np.unique(unit_of[films]).size) for films in (positive, ~positive))
-    if min(i10, i01) < 2:
+    if min(np.unique(unit_of[films]).size for films in (positive, ~positive)) < 2:
         raise ValueError("DeLong's test needs positive and negative films of at least two patients each")
-    variance = (i10 / ((i10 - 1) * m) * (v10 ** 2).sum() / m + i01 / ((i01 - 1) * n) * (v01 ** 2).sum() / n
-                + 2 * units / (units - 1) * (v10 * v01).sum() / (m * n))
+    components = delong_components(scores, positive)
+    covariance = delong_covariance(components, positive, unit_of)
+    aucs = components[:, positive].mean(axis=1)
+    t = float(aucs[1] - aucs[0])
+    variance = float(covariance[0, 0] + covariance[1, 1] - 2 * covariance[0, 1])
     if variance <= 1e-15:
         if abs(t) <= 1e-12:
-            return Tested(1.0, DELONG)
+            return Tested(1.0, DELONG), [0.0, 0.0]
         raise ValueError("DeLong's test cannot scale an AUC difference of films ranked alike within each model "
                          "(its variance is 0): use the permutation test")
-    return Tested(float(2 * norm.sf(abs(t) / math.sqrt(variance))), DELONG)
+    half = float(norm.isf(ALPHA / 2)) * math.sqrt(variance)
+    return Tested(float(2 * norm.sf(abs(t) / math.sqrt(variance))), DELONG), [t - half, t + half]
+
+
+def delong_groups(positive: np.ndarray, scores: np.ndarray, groups: np.ndarray, patients: np.ndarray) -> Tested:
+    """The p of DeLong's test of whether the ROC AUC of ``scores`` for ``positive`` differs across ``groups`` (one a
+    film), independent samples of ``patients`` (each patient's films in one group): each group's AUC A and its
+    variance V clustered by patient (:func:`~.auc_intervals.delong_covariance`), the statistic sum (A - their
+    1/V-weighted mean)^2 / V read against a chi-square on groups - 1 degrees of freedom; with two groups,
+    z = (A1 - A2) / sqrt(V1 + V2), two-sided. A normal approximation, as :func:`delong_difference`'s. Raises
+    ValueError where a patient's films are in several groups, a group has fewer than two patients with films of
+    a class, or a group's AUC has no spread (variance 0: every one of its films placed alike)."""
+    from scipy.stats import chi2
+
+    positive, scores, groups = np.asarray(positive, dtype=bool), np.asarray(scores, dtype=float), np.asarray(groups)
+    unit_of = np.unique(np.asarray(patients), return_inverse=True)[1]
+    if np.unique(np.stack([unit_of, np.unique(groups, return_inverse=True)[1]]), axis=1).shape[1] != unit_of.max() + 1:
+        raise ValueError("a patient's films are in several groups")
+    aucs, variances = [], []
+    for group in np.unique(groups):
+        films = groups == group
+        units = np.unique(unit_of[films], return_inverse=True)[1]
+        if min(np.unique(units[side]).size for side in (positive[films], ~positive[films])) < 2:
+            raise ValueError(f"DeLong's test needs positive and negative films of at least two patients in each "
+                             f"group, which {group} lacks")
+        components = delong_components(scores[films], positive[films])
+        variance = float(delong_covariance(components, positive[films], units)[0, 0])
+        if variance <= 1e-15:
+            raise ValueError(f"DeLong's test cannot scale {group}'s AUC, whose variance is 0 (every film placed "
+                             "alike): use the permutation test")
+        aucs.append(float(components[0, positive[films]].mean()))
+        variances.append(variance)
+    weight = 1 / np.asarray(variances)
+    mean = float((weight * aucs).sum() / weight.sum())
+    statistic = float((weight * (np.asarray(aucs) - mean) ** 2).sum())
+    return Tested(float(chi2.sf(statistic, len(aucs) - 1)), DELONG)
 
 
 def _auc_parts(scores: np.ndarray, positive: np.ndarray) -> np.ndarray:
@@ -389,16 +427,21 @@ def _weighted_auc(scores: np.ndarray, positive: np.ndarray, counts: np.ndarray, 
     return np.stack(out)
 
 
-def _paired(figures: np.ndarray, tested: Tested, drawn: np.ndarray, films: np.ndarray,
+def _paired(figures: np.ndarray, tested: Tested, drawn: np.ndarray | list[float], films: np.ndarray,
             unit_of: np.ndarray) -> dict[str, Any]:
     """A figure's entry of :func:`paired_differences`: the two models' values (``figures``, (2, 1)), the difference,
-    its test's p and how it was found (``tested``), its percentile interval over the resamples
-    ``drawn`` (2, resamples; nan where a resample lacks the figure's films), and the films and patients it is of."""
-    difference = drawn[1] - drawn[0]
-    difference = difference[np.isfinite(difference)]
+    its test's p and how it was found (``tested``), its interval and how it was made (``ci_method``): the
+    percentile interval over the resamples ``drawn`` (2, resamples; nan where a resample lacks the figure's films),
+    or, where ``drawn`` is DeLong's interval itself (a list), that one; and the films and patients it is of."""
     patients = np.unique(unit_of[films]).size
-    ci = (np.percentile(difference, [100 * ALPHA / 2, 100 * (1 - ALPHA / 2)]).tolist()
-          if patients >= FEW_PATIENTS and difference.size else None)
+    if isinstance(drawn, list):
+        ci, ci_method = (drawn if patients >= FEW_PATIENTS else None), DELONG
+    else:
+        difference = drawn[1] - drawn[0]
+        difference = difference[np.isfinite(difference)]
+        ci = (np.percentile(difference, [100 * ALPHA / 2, 100 * (1 - ALPHA / 2)]).tolist()
+              if patients >= FEW_PATIENTS and difference.size else None)
+        ci_method = BOOTSTRAP
     first, second = (float(f[0]) for f in figures)
-    return {"first": first, "second": second, "difference": second - first, "ci": ci,
+    return {"first": first, "second": second, "difference": second - first, "ci": ci, "ci_method": ci_method,
             "p": tested.p, "p_method": tested.method, "films": int(films.sum()), "patients": patients}
