@@ -437,8 +437,9 @@ class Listener:
         warning line."""
         if self._stopped.is_set():
             return
+        waiting = self.spool.waiting()  # listed outside the associations' lock, which each P-DATA takes
         with self._lock:
-            paths = [p for p in self.spool.waiting() if p not in self._queued][:SPOOL_BATCH]
+            paths = [p for p in waiting if p not in self._queued][:SPOOL_BATCH]
         pending = {}
         for path in paths:
             try:
