@@ -564,14 +564,16 @@ class Listener:
         why)."""
         pending: dict[str, Dataset] = {}
         whats: dict[str, tuple[str, dict]] = {}
-        paths: dict[str, Path] = {}  # each report's file: in the spool, deleted once confirmed
+        spooled: dict[str, Path] = {}  # the reports the spool holds (not one it could not take), by UID
         for row in rows:
             row["stored"] = []
             for key, what in MADE.items():
                 if key in row:
                     ds = pydicom.dcmread(path := Path(row.pop(key)))
                     uid = str(ds.SOPInstanceUID)
-                    pending[uid], whats[uid], paths[uid] = ds, (what, row), path
+                    pending[uid], whats[uid] = ds, (what, row)
+                    if path.parent == self.spool.folder:
+                        spooled[uid] = path
         if not pending:
             return
         why = dict.fromkeys(pending, f"not sent within {self.send_s:g} s of the study's scoring (--send-within): "
@@ -584,8 +586,8 @@ class Listener:
                 if answer in _STORED:
                     row["stored"].append(uid)
                     del pending[uid]
-                    if paths[uid].parent == self.spool.folder:
-                        self.spool.confirmed(paths[uid])
+                    if uid in spooled:
+                        self.spool.confirmed(spooled[uid])
                     if answer in WARNINGS:
                         row.setdefault("warnings", []).append(
                             f"{self.destination} stored the {what} {uid} with a warning "
@@ -597,9 +599,9 @@ class Listener:
                 why[uid] = f"refused ({status_words(answer, FAILURES)})"
                 if answer >> 8 != 0xA7:  # not out of resources: another try would meet the same refusal
                     del pending[uid]
-                    if paths[uid].parent == self.spool.folder:
+                    if uid in spooled:
                         why[uid] += f"; set aside in {self.spool.refused}, not sent again"
-                        self.spool.set_aside(paths[uid])
+                        self.spool.set_aside(spooled[uid])
             wait = FIRST_WAIT_S * 2 ** (attempt - 1)
             if not pending or attempt == ATTEMPTS or time.monotonic() + wait >= deadline:
                 break
@@ -611,7 +613,7 @@ class Listener:
                 continue
             row.setdefault("not_stored", []).append(uid)
             row.setdefault("warnings", []).append(f"{self.destination}: {why[uid]}: the {what} {uid} is not stored")
-            if uid in pending and paths[uid].parent == self.spool.folder:
+            if uid in pending and uid in spooled:
                 why[uid] += f"; kept in the spool, sent again every {self.retry_s:g} s"
             log.error("study %s: the %s %s is not stored at %s: %s", study_uid, what, uid, self.destination, why[uid])
 
