@@ -74,12 +74,7 @@ def rate_difference(hits: np.ndarray, groups: np.ndarray, patients: np.ndarray) 
     from scipy.stats import permutation_test
 
     hits, groups = np.asarray(hits, dtype=bool), np.asarray(groups)
-    units, unit_of = np.unique(np.asarray(patients), return_inverse=True)
-    unit_group = np.empty(units.size, dtype=groups.dtype)
-    unit_group[unit_of] = groups
-    if (unit_group[unit_of] != groups).any():
-        raise ValueError("a patient's films are in several groups")
-    codes = np.unique(unit_group, return_inverse=True)[1]  # each patient's group, 0 to k - 1
+    units, unit_of, codes, k = _patient_groups(groups, patients)
     unit_hits = np.bincount(unit_of, weights=hits, minlength=units.size)
     unit_films = np.bincount(unit_of, minlength=units.size).astype(float)
     share = hits.mean()
@@ -96,7 +91,6 @@ def rate_difference(hits: np.ndarray, groups: np.ndarray, patients: np.ndarray) 
 
     def of_patients(labels: np.ndarray, axis: int = -1) -> np.ndarray:  # each patient's group
         labels = np.moveaxis(labels, axis, -1).astype(int)
-        k = codes.max() + 1
         at = (labels + k * np.arange(labels[..., 0].size).reshape(labels.shape[:-1])[..., None]).ravel()
         sums = [np.bincount(at, np.broadcast_to(of, labels.shape).ravel(), k * labels[..., 0].size)
                 .reshape(*labels.shape[:-1], k) for of in (unit_hits, unit_films)]
@@ -106,13 +100,27 @@ def rate_difference(hits: np.ndarray, groups: np.ndarray, patients: np.ndarray) 
                 "random_state": np.random.default_rng(BOOTSTRAP_SEED)}
     sizes = np.bincount(codes)
     if sizes.min() >= 2:  # each assignment of patients to groups once (scipy's samples need two each)
-        found = permutation_test([np.flatnonzero(codes == g) for g in range(codes.max() + 1)], of_groups,
+        found = permutation_test([np.flatnonzero(codes == g) for g in range(k)], of_groups,
                                  permutation_type="independent", **settings)
         shuffles = math.factorial(units.size) // math.prod(map(math.factorial, sizes.tolist()))
     else:  # a group of one patient: the patients' groups shuffled (every order counted for 7 patients or fewer)
         found = permutation_test((codes,), of_patients, permutation_type="pairings", **settings)
         shuffles = math.factorial(units.size)
     return Tested(float(found.pvalue), EXACT if shuffles <= RESAMPLES else DRAWN)  # as scipy chooses
+
+
+def _patient_groups(groups: np.ndarray, patients: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """The distinct ``patients`` (one a film), each film's patient among them, each patient's group (0 to k - 1) and
+    k, the number of ``groups`` (one a film), as every test across groups reads them. Raises ValueError
+    where a patient's films are in several groups: each test takes a patient whole, shuffled as one or in one
+    group's sample."""
+    units, unit_of = np.unique(np.asarray(patients), return_inverse=True)
+    unit_group = np.empty(units.size, dtype=groups.dtype)
+    unit_group[unit_of] = groups
+    if (unit_group[unit_of] != groups).any():
+        raise ValueError("a patient's films are in several groups")
+    codes = np.unique(unit_group, return_inverse=True)[1]
+    return units, unit_of, codes, int(codes.max()) + 1
 
 
 def holm(p_values: Sequence[float]) -> list[float]:
@@ -144,13 +152,7 @@ def auc_difference(positive: np.ndarray, scores: np.ndarray, groups: np.ndarray,
     takes 33 s, docs/results.md); no sklearn roc_auc_score a shuffle. Raises ValueError where a patient's films are
     in several groups or a group lacks a class."""
     positive, scores, groups = np.asarray(positive, dtype=bool), np.asarray(scores, dtype=float), np.asarray(groups)
-    units, unit_of = np.unique(np.asarray(patients), return_inverse=True)
-    unit_group = np.empty(units.size, dtype=groups.dtype)
-    unit_group[unit_of] = groups
-    if (unit_group[unit_of] != groups).any():
-        raise ValueError("a patient's films are in several groups")
-    codes = np.unique(unit_group, return_inverse=True)[1]
-    k = int(codes.max()) + 1
+    units, unit_of, codes, k = _patient_groups(groups, patients)
     # each patient's class: 1 with positive films, 2 with negative ones, 3 with both
     unit_class = ((np.bincount(unit_of, positive, units.size) > 0)
                   + 2 * (np.bincount(unit_of, ~positive, units.size) > 0))
@@ -338,9 +340,7 @@ def delong_groups(positive: np.ndarray, scores: np.ndarray, groups: np.ndarray, 
     from scipy.stats import chi2
 
     positive, scores, groups = np.asarray(positive, dtype=bool), np.asarray(scores, dtype=float), np.asarray(groups)
-    unit_of = np.unique(np.asarray(patients), return_inverse=True)[1]
-    if np.unique(np.stack([unit_of, np.unique(groups, return_inverse=True)[1]]), axis=1).shape[1] != unit_of.max() + 1:
-        raise ValueError("a patient's films are in several groups")
+    unit_of = _patient_groups(groups, patients)[1]
     aucs, variances = [], []
     for group in np.unique(groups):
         films = groups == group
