@@ -45,7 +45,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ..options import AUC_TESTS
-from .auc_intervals import delong_components, delong_covariance
+from .auc_intervals import _sides, delong_components, delong_covariance
 from .intervals import ALPHA, BOOTSTRAP_SEED, FEW_PATIENTS, ROWS_AT_ONCE, _bootstrap_counts, _resampled_sums
 
 RESAMPLES = 9999  # shuffles drawn where counting every assignment of patients to groups would take more
@@ -313,7 +313,7 @@ def _delong_paired(positive: np.ndarray, scores: np.ndarray, patients: np.ndarra
 
     positive, scores = np.asarray(positive, dtype=bool), np.asarray(scores, dtype=float)
     unit_of = np.unique(np.asarray(patients), return_inverse=True)[1]
-    if min(np.unique(unit_of[films]).size for films in (positive, ~positive)) < 2:
+    if min(_sides(positive, unit_of)) < 2:
         raise ValueError("DeLong's test needs positive and negative films of at least two patients each")
     components = delong_components(scores, positive)
     covariance = delong_covariance(components, positive, unit_of)
@@ -345,7 +345,7 @@ def delong_groups(positive: np.ndarray, scores: np.ndarray, groups: np.ndarray, 
     for group in np.unique(groups):
         films = groups == group
         units = np.unique(unit_of[films], return_inverse=True)[1]
-        if min(np.unique(units[side]).size for side in (positive[films], ~positive[films])) < 2:
+        if min(_sides(positive[films], units)) < 2:
             raise ValueError(f"DeLong's test needs positive and negative films of at least two patients in each "
                              f"group, which {group} lacks")
         components = delong_components(scores[films], positive[films])
