@@ -258,3 +258,14 @@ def test_delong_tests_the_groups_aucs_where_asked(tiny_bundle: Path, tiny_datase
         "permutation test)")
     assert cli.main(["evaluate", str(tiny_bundle), str(tiny_dataset), "--auc-test", "delong"]) != 0
     assert "--auc-test delong only with --by FIELD" in capsys.readouterr().err
+
+
+def test_an_auc_test_not_known_is_refused_before_a_film_is_read(tiny_bundle: Path, tiny_dataset: Path,
+                                                                 tmp_path: Path) -> None:
+    """A library caller's "DeLong" (the command line offers only the names it knows) is refused naming the tests,
+    never run as the permutation test in its name."""
+    with pytest.raises(ValueError, match=r"unknown AUC test 'DeLong'; did you mean 'delong'\?"):
+        subgroup_figures({"site": np.array(["A", "B"])}, np.arange(2), binary=(np.array([0, 1]), np.array([.2, .8]),
+                                                                                  0.5), auc_test="DeLong")
+    with pytest.raises(ValueError, match=r"unknown AUC test 'DeLong'"):
+        evaluate(tiny_bundle, tmp_path / "no films here", by=["site"], auc_test="DeLong")

@@ -20,7 +20,7 @@ from pneumoscan.core.metrics import (binary_metrics, choose_threshold, decision_
                                      describe_policy, ece_by_chance, evaluate_binary, evaluate_multiclass,
                                      figure_beside, has_both_classes, jsonable, net_benefit)
 from pneumoscan.core.names import path_text, results_csv, shown
-from pneumoscan.core.options import AUC_TESTS, DECISION_RANGE
+from pneumoscan.core.options import AUC_TESTS, DECISION_RANGE, look_up_option
 from pneumoscan.data.cache import cache_dataset
 from pneumoscan.data.decode import read_gray
 from pneumoscan.data.labelled import films_without_patient_id, labelled_films, left_out, patient_groups
@@ -327,6 +327,7 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
     decision curve of the bundle's own decision (P(positive) against its threshold; a three-class block has none:
     :func:`decision_curve`) spans ``decision_range``'s threshold probabilities."""
     points = decision_thresholds(*decision_range)  # a range that says nothing refused before any film is read
+    look_up_option(auc_test, AUC_TESTS, "AUC test")  # a misspelt test never runs another in its name
     if backend == "onnx-int8" and add_to_card:
         raise ValueError("add_to_card (--add-to-card) records evaluations of the bundle's FP32 model, which its card "
                          "describes; the INT8 model's figures stay in the report")

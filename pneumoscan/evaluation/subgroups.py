@@ -26,7 +26,7 @@ from pneumoscan.core.metrics import (binary_metrics, jsonable, proportion_ci, ro
 from pneumoscan.core.metrics.differences import (DELONG, P_METHODS, RESAMPLES, auc_difference, delong_groups, holm,
                                                   rate_difference)
 from pneumoscan.core.metrics.intervals import FEW_PATIENTS
-from pneumoscan.core.options import AUC_TESTS
+from pneumoscan.core.options import AUC_TESTS, look_up_option
 from pneumoscan.data.layouts import Record
 from pneumoscan.data.scope import ADULT, AGE_BANDS, GROUPING_FIELDS
 
@@ -94,6 +94,7 @@ def subgroup_figures(values: Mapping[str, Sequence[str]], patients: np.ndarray,
     ``differences``: each field's test of each rate (:func:`_difference`) and of AUC (:func:`_auc_difference`, by
     ``auc_test``: "permutation" or "delong") across its groups, unadjusted until :func:`adjust` has seen every
     block of the evaluation."""
+    look_up_option(auc_test, AUC_TESTS, "AUC test")
     patients = np.asarray(patients)
     out: dict[str, Any] = {"smallest": SMALLEST, "fields": {}, "differences": {}}
     rates: dict[str, tuple[np.ndarray, np.ndarray, str]] = {}  # a tested rate's films and their hits
