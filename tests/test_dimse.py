@@ -34,7 +34,7 @@ from pneumoscan import cli
 from pneumoscan.data.decode import read_gray
 from pneumoscan.inference.predict import predict_paths
 from pneumoscan.interop import dimse
-from pneumoscan.interop.dimse import Destination, Listener, Room
+from pneumoscan.interop.dimse import MB, Destination, Listener, Room
 from pneumoscan.interop.reports import write_reports
 from pneumoscan.data import pixels
 from tests.builders import SCORE_TOL
@@ -472,6 +472,17 @@ def test_a_film_past_what_the_listener_may_hold_on_disk_is_refused_out_of_resour
     assert len(destination.received) == 2 - len(refused)
     small = chest_dicom(film[:8, :8], StudyInstanceUID=generate_uid())  # the listener goes on: a small film fits
     assert send(port, [small]) == [0xA700 if "disk" in comment else 0]
+
+
+def test_a_film_whose_file_passes_a_bound_its_data_set_kept_is_refused_once_received() -> None:
+    """Films are counted as their data sets arrive; the file kept adds its header (about 200 bytes), so a film just
+    under a bound as it arrives may pass it on disk: the bounds are checked again on the file, refused out of
+    resources with the reason in at most 64 characters (an ErrorComment's)."""
+    room, free = Room(film_mb=1, association_mb=2), 2**50
+    assert room.refusal(MB, 0, free) is None and room.refusal(MB, MB, free) is None
+    assert room.refusal(MB + 1, 0, free) == "film of 1.0 MB over the limit of 1 MB"
+    assert room.refusal(MB, MB + 1, free) == "association over its limit of 2 MB; send the rest in another"
+    assert all(len(room.refusal(*case) or "") <= 64 for case in [(MB + 1, 0, free), (MB, MB + 1, free), (1, 0, 0)])
 
 
 @pytest.mark.parametrize("room, stored, why", [
