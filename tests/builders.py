@@ -146,6 +146,19 @@ def nudge_weights(bundle: Path) -> None:
     save_bundle(bundle, model, card)
 
 
+def overflow_every_film(model: Any) -> None:
+    """Make a simple_cnn's weights finite and huge, so that every film's logits overflow to infinity (a training that
+    diverged): its scores are NaN though its weights load (weights NaN or infinite are refused at load)."""
+    import torch
+
+    with torch.no_grad():
+        conv = model.features[0]
+        conv.weight.zero_()
+        conv.bias.fill_(1.0)  # every feature 1, whatever the film
+        model.head[0].weight.fill_(1e30)
+        model.get_classifier().weight.fill_(1e30)  # 1e30 x 8192 x 1e30 x 128: infinity, then inf - inf in softmax
+
+
 def dicom_bytes(
     pixels: np.ndarray | None,
     photometric: str = "MONOCHROME2",

@@ -41,7 +41,7 @@ from pneumoscan.models.card import (CHECKSUM, INIT_SAMPLE, MEMBER_SAMPLES, ONNX_
                                    WEIGHTS, BundleCard, load_card, save_card)
 from pneumoscan.training.ensemble import out_of_fold
 from pneumoscan.serving.app import create_app
-from tests.builders import SCORE_TOL, nudge_weights, trial_copy
+from tests.builders import SCORE_TOL, nudge_weights, overflow_every_film, trial_copy
 from tests.test_integrity import written_before_checksums
 
 
@@ -665,8 +665,7 @@ def test_a_member_with_unusable_weights_is_refused_by_name(tiny_bundle: Path, me
 
     broken = shutil.copytree(member64, tmp_path / "broken")
     model, card = load_bundle(broken)
-    with torch.no_grad():
-        list(model.parameters())[-1].fill_(float("inf"))
+    overflow_every_film(model)
     save_bundle(broken, model, card)
     with pytest.raises(ValueError, match=rf"^ensemble member 2 of 2 \({re.escape(str(broken))}\): the model gives "
                                          r"non-finite probabilities \(NaN or infinity\): its weights are unusable"):

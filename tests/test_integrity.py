@@ -41,7 +41,7 @@ from pneumoscan.models.card import (CARD, CHECKSUM, ONNX_NAME, SEALED_ERA, WEIGH
                                     checked_bytes, load_card, record_checksum, save_card)
 from pneumoscan.serving.app import create_app
 from pneumoscan.serving.batching import Batcher
-from tests.builders import as_run_split, at_threshold
+from tests.builders import as_run_split, at_threshold, overflow_every_film
 from tests.test_serve import with_threshold
 
 # ---------------------------------------------------------------- helpers
@@ -75,11 +75,11 @@ def flip_one_bit(path: Path, offset: int) -> None:
 
 
 def nan_bundle(directory: Path, task: str = "pneumonia") -> Path:
-    """A bundle written the normal way (checksums and all) of a model whose output is NaN: a diverged training."""
+    """A bundle written the normal way (checksums and all) of a model whose output is NaN: a diverged training, its
+    weights finite (NaN weights are refused at load) and huge, so every film's logits overflow to infinity."""
     torch.manual_seed(0)
     model = models.create("simple_cnn")
-    with torch.no_grad():
-        model.get_classifier().bias.fill_(float("nan"))
+    overflow_every_film(model)
     classes = get_task(task).classes
     card = BundleCard("simple_cnn", task, list(classes), get_task(task).positive, 32, "squash", 0.5, 0.25)
     return save_bundle(directory, model, card)
@@ -426,6 +426,32 @@ def test_server_does_not_start_on_damaged_weights(tiny_bundle: Path, tmp_path: P
     for backend in ("torch", "onnx"):
         with pytest.raises(ValueError, match="model.safetensors is damaged"):
             create_app(bundle, backend=backend)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")], ids=["nan", "inf", "-inf"])
+def test_weights_resealed_with_a_value_not_finite_are_refused_at_load_naming_the_tensor(
+    tiny_bundle: Path, tmp_path: Path, film: Path, value: float, capsys: pytest.CaptureFixture
+) -> None:
+    """A NaN or an infinity written into the weights and sealed again (their SHA-256 recorded anew, and the card's
+    checksum with it) passes the digest check: the bundle loaded, `predict` refused each film in turn and `serve`
+    started, answered 500 and turned unhealthy. Refused at load, naming the bundle's file and the tensor."""
+    from safetensors.torch import load, save
+
+    bundle = copy_bundle(tiny_bundle, tmp_path)
+    tensors = load((bundle / WEIGHTS).read_bytes())
+    name = sorted(tensors)[1]
+    tensors[name].view(-1)[3] = value
+    (bundle / WEIGHTS).write_bytes(save(tensors))
+    card = load_card(bundle)
+    save_card(bundle, dataclasses.replace(card, files={**card.files, WEIGHTS: file_sha256(bundle / WEIGHTS)}))
+    reason = (f"{re.escape(str(bundle / WEIGHTS))}: its tensor '{re.escape(name)}' holds 1 NaN or infinite values of "
+              f"{tensors[name].numel()}, which no model computes with")
+    with pytest.raises(ValueError, match=f"^{reason}"):
+        load_bundle(bundle)
+    with pytest.raises(ValueError, match=f"^{reason}"):
+        create_app(bundle, backend="torch")
+    assert cli.main(["predict", str(bundle), str(film), "--backend", "torch"]) == 2
+    one_line_error(capsys, f"its tensor '{name}' holds 1 NaN or infinite values")
 
 
 def test_one_flipped_bit_in_the_weights_is_refused(tiny_bundle: Path, tmp_path: Path) -> None:

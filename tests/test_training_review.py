@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from pneumoscan.cli import main
@@ -24,6 +23,7 @@ from pneumoscan.models.card import load_card
 from pneumoscan.training.config import TrainConfig, load_config
 from pneumoscan.training.distributed import Dist
 from pneumoscan.training.train import check_validation_scores, prepare_run_dir, train
+from tests.builders import overflow_every_film
 from tests.conftest import _xray_like
 from tests.engine_stubs import stub_state
 
@@ -132,13 +132,12 @@ def test_validation_scores_certain_of_every_film_are_refused_as_a_divergence(tas
 
 def test_a_run_that_diverges_before_its_first_step_names_its_init_bundle(tiny_bundle: Path, tiny_dataset: Path,
                                                                          tmp_path: Path) -> None:
-    """`--init` of a bundle whose classifier is NaN (a diverged run's, sealed as any other) stopped at step 1 with
+    """`--init` of a bundle whose scores are NaN (a diverged run's, sealed as any other) stopped at step 1 with
     "lower the learning rate", which had not acted yet. The refusal names the bundle."""
     shutil.copytree(tiny_bundle.parent, tmp_path / "start", ignore=shutil.ignore_patterns("checkpoint.pt", "best"))
     start = tmp_path / "start" / "bundle"
     model, card = load_bundle(start)
-    with torch.no_grad():
-        model.get_classifier().bias.fill_(math.nan)
+    overflow_every_film(model)
     save_bundle(start, model, card)
     with pytest.raises(ValueError, match=r"^training diverged at epoch 1, step 1 \(loss nan\): no step had moved the "
                                          r"weights yet, so the weights of init \(--init\) "

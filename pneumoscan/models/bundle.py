@@ -43,14 +43,25 @@ def save_bundle(directory: Path | str, model: torch.nn.Module, card: BundleCard)
 
 
 def _read_weights(directory: Path | str, card: BundleCard) -> dict[str, torch.Tensor]:
-    """The bundle's tensors, checked against the recorded SHA-256; a damaged file is a wrong input (a reason and
-    exit status 2), not a crash and not a model that answers."""
+    """The bundle's tensors, checked against the recorded SHA-256 and for NaN or infinity; a damaged file is a wrong
+    input (a reason and exit status 2), not a crash and not a model that answers. A tensor not finite is refused here,
+    at load, by name: its digest holds where the card was sealed again over it (or training wrote it, diverged), and
+    the model would otherwise refuse each film in turn (serve: 500, then unhealthy) instead of never starting."""
     data = verified_bytes(directory, card, WEIGHTS)  # read by Python, as save_bundle writes it
     path = Path(directory) / WEIGHTS
     try:
-        return load(data)
+        tensors = load(data)
     except SafetensorError as e:
         raise ValueError(f"{path} is not a readable safetensors file: {e}") from None
+    names = [name for name, tensor in tensors.items() if tensor.is_floating_point()]
+    # x * 0 is NaN where x is NaN or infinite and 0 elsewhere: one sum a tensor, a third of isfinite's mask's cost
+    sums = torch.stack([(tensors[name] * 0).sum(dtype=torch.float64) for name in names]) if names else torch.zeros(0)
+    if (bad := torch.isnan(sums).nonzero()).numel():
+        tensor = tensors[names[int(bad[0])]]
+        raise ValueError(f"{path}: its tensor {names[int(bad[0])]!r} holds {int((~torch.isfinite(tensor)).sum())} NaN "
+                         f"or infinite values of {tensor.numel()}, which no model computes with (damaged weights, or "
+                         "a training that diverged); restore the bundle from a good copy or train again")
+    return tensors
 
 
 def load_bundle(directory: Path | str, best_so_far: bool = False) -> tuple[torch.nn.Module, BundleCard]:

@@ -24,7 +24,8 @@ def softmax(logits: Any, temperature: float = 1.0) -> np.ndarray:
     """Class probabilities from logits (last axis), softened by ``temperature`` (T > 1 = less confident): scipy's
     formula (shifted by the row maximum), in numpy alone."""
     z = np.asarray(logits, dtype=float) / temperature
-    shifted = np.exp(z - np.max(z, axis=-1, keepdims=True))
+    with np.errstate(invalid="ignore"):  # an infinite logit gives NaN (inf - inf), which every caller refuses by name
+        shifted = np.exp(z - np.max(z, axis=-1, keepdims=True))
     return shifted / np.sum(shifted, axis=-1, keepdims=True)
 
 
