@@ -973,14 +973,23 @@ def _evaluation(sensitivity: float = 0.8, ci: list[float] | None = None) -> dict
      r"external_evaluations\[0\]\.n_negative is -5, not a count"),
     (lambda c: {"val_metrics": {**c.val_metrics, "patients": -1.7e308}},
      r"val_metrics\.patients is -1\.7e\+308, not a count"),
-    (lambda c: {"val_metrics": {**c.val_metrics, "patients": {"positive": 3, "negative": -2}}},
+    (lambda c: {"val_metrics": {**c.val_metrics, "patients": {"all": 4, "positive": 3, "negative": -2}}},
      r"val_metrics\.patients\.negative is -2, not a count"),
     (lambda c: {"val_metrics": {**c.val_metrics, "auc": [7.5]}}, r"val_metrics\.auc is \[7\.5\], not a figure"),
     (lambda c: {"external_evaluations": [{**_evaluation(), "n": [10]}]},
      r"external_evaluations\[0\]\.n is \[10\], not a figure"),
+    (lambda c: {"val_metrics": {**c.val_metrics, "ece": {"a": 1}}}, r"val_metrics\.ece is \{'a': 1\}, not a figure"),
+    (lambda c: {"val_metrics": {**c.val_metrics, "auc": {}}}, r"val_metrics\.auc is \{\}, not a figure"),
+    (lambda c: {"val_metrics": {**c.val_metrics, "n": {"value": 40}}}, r"val_metrics\.n is \{'value': 40\}, not a "
+                                                                         r"figure"),
+    (lambda c: {"val_metrics": {**c.val_metrics, "patients": {"positive": 3, "negative": 2}}},
+     r"val_metrics\.patients is \{'positive': 3, 'negative': 2\}, not a figure"),
+    (lambda c: {"external_evaluations": [{**_evaluation(), "metrics": {"sensitivity": {"v": 0.8}}}]},
+     r"external_evaluations\[0\]\.metrics\.sensitivity is \{'v': 0\.8\}, not a figure"),
 ], ids=["auc 7.5", "negative n", "fractional n", "interval high to low", "interval without its figure",
         "sensitivity 1.3", "evaluation interval without its figure", "negative count", "patients -1.7e308",
-        "negative patients of a class", "auc as a list", "count as a list"])
+        "negative patients of a class", "auc as a list", "count as a list", "rate as a dict", "auc as an empty dict",
+        "count as a dict", "patients without all", "evaluation entry without its value"])
 def test_a_resealed_card_of_impossible_figures_is_refused(
     tiny_bundle: Path, tmp_path: Path, edit: Callable[[BundleCard], dict], reason: str
 ) -> None:
@@ -993,6 +1002,28 @@ def test_a_resealed_card_of_impossible_figures_is_refused(
     assert load_card(bundle).external_evaluations == [_evaluation()]
     save_card(bundle, dataclasses.replace(card, **edit(card)))
     with pytest.raises(ValueError, match=f"bundle.json: {reason}; restore the bundle from a good copy$"):
+        load_card(bundle)
+
+
+@pytest.mark.parametrize("change, reason", [
+    ({"target_sensitivity": {"a": 1}}, r"train_config\.target_sensitivity: input should be a valid number"),
+    ({"target_sensitivity": "0.95"}, r"train_config\.target_sensitivity: input should be a valid number"),
+    ({"max_false_positive_rate": 1.5}, r"train_config\.max_false_positive_rate: input should be less than or "
+                                       r"equal to 1"),
+    ({"training_films": {"NORMAL": "60", "PNEUMONIA": 60}}, r"train_config\.training_films\.NORMAL: input should be "
+                                                            r"a valid integer"),
+    ({"patients": [12]}, r"train_config\.patients: input should be a valid integer"),
+], ids=["target as a dict", "target as text", "rate above 1", "films as text", "patients as a list"])
+def test_a_resealed_card_whose_run_record_is_of_the_wrong_type_is_refused(
+    tiny_bundle: Path, tmp_path: Path, change: dict, reason: str
+) -> None:
+    """train_config's fields that the card's readers compute with (the threshold policy an ensemble or an INT8 export
+    chooses by, the films by class and the sample of patients MODEL_CARD.md states), edited to a dict or a text and
+    sealed again, loaded, and were a TypeError where read (MODEL_CARD.md's class balance, the policy's target)."""
+    bundle = copy_bundle(tiny_bundle, tmp_path)
+    card = load_card(bundle)
+    save_card(bundle, dataclasses.replace(card, train_config={**card.train_config, **change}))
+    with pytest.raises(ValueError, match=f"bundle.json: {reason}"):
         load_card(bundle)
 
 

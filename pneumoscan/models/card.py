@@ -103,6 +103,27 @@ UPGRADE = "upgrade pneumoscan (`pip install -U pneumoscan`) to use it"
 log = logging.getLogger(__name__)
 
 
+Rate = Annotated[float, Field(ge=0, le=1)]
+Count = Annotated[int, Field(ge=0)]
+
+
+@with_config(ConfigDict(strict=True, allow_inf_nan=False, extra="allow"))
+class TrainRecord(TypedDict, total=False):
+    """The fields of a card's ``train_config`` (the run's settings and records, each written by the pneumoscan of its
+    time, so any other key is kept as it is) that the card's readers compute with: the threshold policy (ensemble,
+    INT8 export), the sample of patients and the films by class (MODEL_CARD.md, methods.md). Typed here so that
+    a resealed card holding a dict or a text for one is refused by name at load, not a TypeError wherever read."""
+
+    target_sensitivity: Rate | None
+    max_false_positive_rate: Rate | None
+    training_films: dict[str, Count]
+    patients: Count | None
+    sampled_from: Count | None
+    seed: int | None
+    image_size: int
+    calibrated_on: str
+
+
 @with_config(ConfigDict(strict=True, allow_inf_nan=False, extra="forbid"))  # load_card checks bundle.json by it
 @dataclass
 class BundleCard:
@@ -152,7 +173,7 @@ class BundleCard:
     # pneumoscan that last wrote the card; empty in older bundles
     versions: dict[str, str] = field(default_factory=dict)
     val_metrics: dict = field(default_factory=dict)
-    train_config: dict = field(default_factory=dict)
+    train_config: TrainRecord = field(default_factory=TrainRecord)
     package_version: str = __version__
     format_version: int = FORMAT_VERSION
     # "sha256:HEX" of each model file as written ({WEIGHTS: ..., ONNX_NAME: ...}); empty in bundles older than it
@@ -910,6 +931,9 @@ def _check_figures(path: Path, where: str, tree: object, name: str = "") -> None
     a negative count or an interval above its figure, edited and sealed again, was shown by /v1/model and
     MODEL_CARD.md as measured. None is a figure the films left undefined."""
     items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, list) else ()
+    # a block of figures (the validation figures, an evaluation's metrics), which readers take by key as figures;
+    # elsewhere a figure's name may key a record of its own (a subgroup difference's test)
+    block = where == "val_metrics" or where.endswith(".metrics")
     for key, value in items:
         at = f"{where}[{key}]" if isinstance(key, int) else f"{where}.{key}"
         rule = name if key == "value" else key
@@ -919,8 +943,10 @@ def _check_figures(path: Path, where: str, tree: object, name: str = "") -> None
             continue
         if key == "ci":  # an evaluation's {"value", "ci"} entry
             _check_interval(path, at, value, name, tree.get("value"))
-        elif isinstance(value, list) and rule in RATES | COUNTS:  # [7.5] escaped the rule as a list of figures
-            raise ValueError(f"{path}: {at} is {value!r}, not a figure; restore the bundle from a good copy")
+        elif rule in RATES | COUNTS and (isinstance(value, list) or isinstance(value, dict) and block
+                                           and not _figure_entry(rule, value)):
+            # [7.5] and {"a": 1} escaped the rule as figures inside, the dict to a TypeError at every predict's start
+            raise ValueError(f"{path}: {at} is {value!r:.80}, not a figure; restore the bundle from a good copy")
         elif isinstance(value, (dict, list)):
             _check_figures(path, at, value, key if isinstance(key, str) else name)
         elif value is None:
@@ -929,6 +955,15 @@ def _check_figures(path: Path, where: str, tree: object, name: str = "") -> None
             raise ValueError(f"{path}: {at} is {value!r}, not a figure in [0, 1]; restore the bundle from a good copy")
         elif rule in COUNTS and not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
             raise ValueError(f"{path}: {at} is {value!r}, not a count; restore the bundle from a good copy")
+
+
+def _figure_entry(rule: str, value: object) -> bool:
+    """Whether ``value``, a dict or list under a figure's key in a block of figures, is one of those a card records
+    there, holding the key its readers take first (its figures then checked by their keys' rules): patients counted
+    ("all", and each class's), or a rate's entry in an evaluation ("value", its interval)."""
+    if not isinstance(value, dict):
+        return False
+    return "all" in value if rule == "patients" else rule in RATES and "value" in value
 
 
 def _check_interval(path: Path, at: str, interval: object, figure: str, value: object) -> None:
