@@ -514,13 +514,21 @@ def serve_settings(args: argparse.Namespace) -> tuple[Limits, Access]:
     return limits, access
 
 
+def _check_audit(args: argparse.Namespace) -> None:
+    """serve's and listen's --audit-required, refused without the file whose lines it requires."""
+    if args.audit_required and not args.audit_log:
+        raise ValueError("--audit-required needs --audit-log FILE")
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from pneumoscan.serving.server import build_server
 
+    _check_audit(args)
     limits, access = serve_settings(args)
     build_server(args.bundle, etiology=args.etiology, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb,
                  backend=args.backend, limits=limits, access=access, insecure=args.insecure, rate_limit=args.rate_limit,
                  rate_limit_storage=args.rate_limit_storage, audit_log=args.audit_log,
+                 audit_required=args.audit_required,
                  heatmaps=not args.no_heatmaps, quiet=args.quiet).run()  # -q: no access log either
     return 0
 
@@ -598,8 +606,10 @@ def cmd_pacs(args: argparse.Namespace) -> int:
 
 
 def cmd_listen(args: argparse.Namespace) -> int:
+    from pneumoscan.core.audit import AuditLog
     from pneumoscan.core.logs import show_log_of
 
+    _check_audit(args)
     try:
         from pneumoscan.interop.dimse import Destination, Listener, Room
     except ModuleNotFoundError as e:
@@ -614,18 +624,21 @@ def cmd_listen(args: argparse.Namespace) -> int:
         ResultsTarget.check(str(Path(args.out) / "study.json"), ("json",))
         out = Path(args.out)
     room = Room(args.max_film_mb, args.max_association_mb, args.min_free_mb)
+    audit = AuditLog(args.audit_log, args.audit_required) if args.audit_log else None  # refused before any film
     # the films received are held here, private, until their study is done; all of it deleted when stopped
     with tempfile.TemporaryDirectory(prefix="pneumoscan-listen-", ignore_cleanup_errors=True) as work:
         listener = Listener(args.bundle, args.ae_title, Destination.parse(args.store_to), Path(work), allow,
                             backend=args.backend, heatmaps=args.heatmaps, room=room, store_s=args.store_timeout,
                             send_s=args.send_within, out=out,
-                            spool=Path(args.spool) if args.spool else None, retry_s=args.retry_every)
+                            spool=Path(args.spool) if args.spool else None, retry_s=args.retry_every, audit=audit)
         server = listener.start(args.host, args.port)
         try:
             threading.Event().wait()  # until Ctrl-C or SIGTERM: each association is served in a thread of its own
         finally:
             server.shutdown()
             listener.stop()
+            if audit is not None:
+                audit.close()
     return 0
 
 
@@ -1118,6 +1131,9 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
                    help="append one JSON line for each prediction request, answered or refused (time, request id, "
                         "key name, the film's SHA-256 and size, model, readings, status, reason; no file names or "
                         "patient data), to FILE, created 0600 and opened again once logrotate moves it (default: none)")
+    p.add_argument("--audit-required", action="store_true",
+                   help="with --audit-log: a reading whose line cannot be written is answered 503 (audit_log_lost), "
+                        "not the reading, where the default answers it with a warning that the line is lost")
     p.add_argument("--max-lingering", type=_positive(int),
                    help="connections answered early (401, 413, 503 before the upload is in) whose rest is dropped "
                         "until the client closes, at most --body-timeout, at once; past it one closes at once "
@@ -1208,6 +1224,13 @@ def _listen_args(p: argparse.ArgumentParser) -> None:
                         "at start; refused ones in DIR/refused (default: a temporary folder, lost when listen stops)")
     p.add_argument("--retry-every", type=_positive(float), default=LISTEN_RETRY_S, metavar="SECONDS",
                    help=f"how often the reports in the spool are sent again (default {LISTEN_RETRY_S})")
+    p.add_argument("--audit-log", type=_file, metavar="FILE",
+                   help="append one JSON line for each film read (caller, UIDs, the film's SHA-256, model, reading or "
+                        "refusal), each caller refused at association and each report the destination stored or "
+                        "refused, to FILE, created 0600 and opened again once logrotate moves it (default: none)")
+    p.add_argument("--audit-required", action="store_true",
+                   help="with --audit-log: a film whose line cannot be written gets no report (held back, an error "
+                        "line), where the default sends it with a warning that the line is lost")
 
 
 def _export_args(p: argparse.ArgumentParser) -> None:

@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import signal
+import stat
 import socket
 import subprocess
 import sys
@@ -31,6 +32,7 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification
 
 from pneumoscan import cli
+from pneumoscan.core.audit import AuditLog
 from pneumoscan.data.decode import read_gray
 from pneumoscan.inference.predict import predict_paths
 from pneumoscan.interop import dimse
@@ -353,7 +355,8 @@ def test_a_report_spooled_while_the_destination_is_down_arrives_once_when_it_is_
     caplog.set_level(logging.INFO, logger="pneumoscan")
     down = Destination_SCP()
     down.shutdown()  # its port, with no one listening for now
-    port = listen(down.port, spool=(spool := tmp_path / "spool"), send_s=0.5, retry_s=0.2)
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    port = listen(down.port, spool=(spool := tmp_path / "spool"), send_s=0.5, retry_s=0.2, audit=audit)
     study = generate_uid()
     assert send(port, [chest_dicom(film, StudyInstanceUID=study)]) == [0]
     wait_for(lambda: f"study {study}: reports of 0 of 1 films stored" in caplog.text)
@@ -368,6 +371,70 @@ def test_a_report_spooled_while_the_destination_is_down_arrives_once_when_it_is_
     [sr] = back.received
     assert f"{sr.StudyInstanceUID}_{sr.SOPInstanceUID}.dcm" == kept.name and sr.StudyInstanceUID == study
     assert list(spool.glob("*.dcm")) == [] and list((spool / "refused").iterdir()) == []
+    # the rows said not_stored when the study was sent; the audit line of the delivery is the record that it arrived
+    assert [(line["event"], line.get("report_sop_instance_uid"), line.get("status")) for line in audit_lines(audit)] \
+        == [("film_read", None, None), ("report_stored", sr.SOPInstanceUID, "0x0000")]
+
+
+def audit_lines(audit: AuditLog) -> list[dict]:
+    return [json.loads(line) for line in audit.path.read_text().splitlines()]
+
+
+def test_each_film_read_caller_refused_and_report_stored_is_an_audit_line(
+    listen: Callable[..., int], destination: Destination_SCP, film: np.ndarray, tiny_bundle: Path, tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """listen --audit-log: a caller refused at association is a line (its AE title, address, why); a film read is a
+    line naming its caller, UIDs, the SHA-256 of the bytes received, the model and its reading; its report stored at
+    the destination is a line naming the report's UID and the status, so governance can tell what reached the PACS.
+    The file is 0600."""
+    caplog.set_level(logging.INFO, logger="pneumoscan")
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    port = listen(destination.port, allow=["MODALITY"], audit=audit)
+    ae = AE(ae_title="INTRUDER")
+    ae.add_requested_context(Verification)
+    assert ae.associate("127.0.0.1", port, ae_title="PNEUMOSCAN").is_rejected
+    study = generate_uid()
+    data = chest_dicom(film, StudyInstanceUID=study)
+    assert send(port, [data]) == [0]
+    wait_for(lambda: f"study {study}: reports of 1 of 1 films stored" in caplog.text)
+    refused, read, stored = audit_lines(audit)
+    assert (refused["event"], refused["calling_ae"]) == ("association_refused", "INTRUDER")
+    assert re.fullmatch(r"127\.0\.0\.1:\d+", refused["address"]) and "--allow" in refused["reason"]
+    ds = pydicom.dcmread(io.BytesIO(data))
+    card = json.loads((tiny_bundle / "bundle.json").read_text())
+    assert (read["event"], read["calling_ae"], read["study_instance_uid"], read["series_instance_uid"],
+            read["sop_instance_uid"], read["bundle_checksum"], read["refusal"]) == (
+        "film_read", "MODALITY", study, ds.SeriesInstanceUID, ds.SOPInstanceUID, card["checksum"], None)
+    assert re.fullmatch(r"sha256:[0-9a-f]{64}", read["film_sha256"]) and 0 <= read["probability"] <= 1 and read["label"]
+    [sr] = destination.received
+    assert (stored["event"], stored["report_sop_instance_uid"], stored["status"]) == (
+        "report_stored", sr.SOPInstanceUID, "0x0000")
+    assert stat.S_IMODE(audit.path.stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize("required", [False, True], ids=["default", "required"])
+def test_a_film_whose_audit_line_cannot_be_written_gets_its_report_only_when_the_line_is_not_required(
+    listen: Callable[..., int], destination: Destination_SCP, film: np.ndarray, tmp_path: Path,
+    caplog: pytest.LogCaptureFixture, required: bool,
+) -> None:
+    """The audit file replaced by a folder after start (its lines cannot be written, as root too): by default the
+    film's report is sent and a warning says the lines are lost; with --audit-required the report is held back, an
+    error line says why, and the destination receives nothing."""
+    caplog.set_level(logging.INFO, logger="pneumoscan")
+    audit = AuditLog(path := tmp_path / "audit.jsonl", required=required)
+    port = listen(destination.port, audit=audit)
+    path.unlink()
+    path.mkdir()
+    study = generate_uid()
+    assert send(port, [chest_dicom(film, StudyInstanceUID=study)]) == [0]
+    wait_for(lambda: f"study {study}: reports of" in caplog.text)
+    audit.close()
+    assert "audit log lines to" in caplog.text and "are lost (Is a directory)" in caplog.text
+    assert len(destination.received) == (0 if required else 1)
+    held = [r.getMessage() for r in caplog.records if "its report is held back" in r.getMessage()]
+    assert len(held) == (1 if required else 0)
+    assert f"study {study}: reports of {0 if required else 1} of 1 films stored" in caplog.text
 
 
 def test_a_listener_started_again_sends_the_reports_an_earlier_one_left_in_the_spool(

@@ -167,3 +167,24 @@ def test_a_key_refused_on_any_endpoint_is_a_line_and_one_let_in_there_is_none(ti
     assert [(line["status"], line["reason"], line["key"], line["path"]) for line in lines(audit)] == [
         (401, "key_wrong", "(unknown)", "/v1/model"), (401, "key_missing", "(none)", "/metrics")]
     assert [line["request_id"] for line in lines(audit)] == [r.headers["x-request-id"] for r in answers[:2]]
+
+
+@pytest.mark.parametrize("required", [False, True], ids=["default", "required"])
+def test_a_reading_whose_line_cannot_be_written_is_answered_only_when_the_line_is_not_required(
+        tiny_bundle: Path, films: list[bytes], tmp_path: Path, caplog: pytest.LogCaptureFixture,
+        required: bool) -> None:
+    """The audit file replaced by a folder while the service runs (its lines cannot be written, as root too): by
+    default the reading is answered and a warning says the line is lost; with --audit-required it is a 503 naming
+    the reason, no reading in it."""
+    audit = tmp_path / "audit.jsonl"
+    with TestClient(create_app(tiny_bundle, audit_log=audit, audit_required=required)) as c:
+        audit.unlink()
+        audit.mkdir()
+        with caplog.at_level(logging.WARNING, "pneumoscan.serving.audit"):
+            answer = c.post("/v1/predict", files={"file": ("x.jpeg", films[0], "image/jpeg")})
+    assert "are lost (Is a directory)" in caplog.text
+    if required:
+        assert (answer.status_code, answer.json()["reason"]) == (503, "audit_log_lost")
+        assert "probability" not in answer.text and answer.headers["x-request-id"]
+    else:
+        assert answer.status_code == 200 and 0 <= answer.json()["probability"] <= 1

@@ -24,11 +24,14 @@ the destination confirms its C-STORE, and sent again from there every ``retry_s`
 the destination refuses (a failure status, not a network error or 0xA7xx) is moved aside, never tried for ever.
 An association aborted by the sender, or dropped, leaves its films unscored: the sender did not finish. The films are
 held in a private temporary folder, named by SOP Instance UID, and deleted once their studies' reports are sent; the
-log names instances by UID, never by patient.
+log names instances by UID, never by patient. With an audit log (:class:`~pneumoscan.core.audit.AuditLog`), each film
+read, each caller refused at association and each report the destination confirmed or refused is a JSON line
+(:meth:`Listener._audit`); with ``required`` set on it, a film whose line cannot be written gets no report.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import shutil
@@ -48,12 +51,16 @@ from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
 from pneumoscan.core.atomic import write_atomic, write_json
+from pneumoscan.core.audit import AuditLog, now
+from pneumoscan.core.digests import file_sha256
 from pneumoscan.core.logs import redact
 from pneumoscan.core.names import shown
 from pneumoscan.core.options import (LISTEN_ASSOCIATION_MB, LISTEN_FREE_MB, LISTEN_RETRY_S, LISTEN_SEND_S,
                                      LISTEN_STORE_S, MAX_UPLOAD_MB)
 from pneumoscan.data.readers.dicom import TRANSFER_SYNTAXES, is_own_output, read_dataset
 from pneumoscan.data.scope import CAPTURE_CLASSES, RADIOGRAPH_CLASSES
+from pneumoscan.inference.predict import identity_fields
+from pneumoscan.models.card import CHECKSUM
 
 from .reports import check_reportable
 from .study import (FAILURES, MADE, WARNINGS, not_scored, one_patient, score_films, status_words, study_rows, unfiled,
@@ -181,6 +188,7 @@ class _Association:
 
     folder: Path
     calling: str
+    address: str  # the caller's HOST:PORT
     studies: dict[str, dict[str, dict]] = field(default_factory=dict)
     size: int = 0
     overrun: bool = False  # aborted by the listener at a bound: the films it stored (0x0000) are scored
@@ -211,7 +219,7 @@ class Listener:
     def __init__(self, bundle: Path | str, ae_title: str, destination: Destination, work: Path,
                  allow: Iterable[str] = (), backend: str = "onnx", heatmaps: bool = False, room: Room = Room(),
                  store_s: float = LISTEN_STORE_S, send_s: float = LISTEN_SEND_S, out: Path | None = None,
-                 spool: Path | None = None, retry_s: float = LISTEN_RETRY_S) -> None:
+                 spool: Path | None = None, retry_s: float = LISTEN_RETRY_S, audit: AuditLog | None = None) -> None:
         _check_title(ae_title, "ae_title (--ae-title)")
         for title in allow:
             _check_title(title, "allow (--allow)")
@@ -229,6 +237,10 @@ class Listener:
         self._outbox: queue.SimpleQueue[_Scored] = queue.SimpleQueue()  # scored, their reports to send in turn
         self._sending: str | None = None  # the study whose reports the sending thread is sending
         self._stopped = threading.Event()
+        self.audit = audit
+        # the model each audit line names: as each reading names it, and bundle.json's own checksum
+        self.model = {**identity_fields(bundle, backend),
+                      "bundle_checksum": json.loads((Path(bundle) / "bundle.json").read_text()).get(CHECKSUM)}
 
     def start(self, host: str, port: int) -> ThreadedAssociationServer:
         """Listen on ``host``:``port`` (0: a free port, the server's ``server_address`` says which) in threads of
@@ -262,7 +274,9 @@ class Listener:
         with self._lock:
             if id(assoc) not in self._associations:
                 folder = Path(tempfile.mkdtemp(prefix="association-", dir=self.work))
-                self._associations[id(assoc)] = _Association(folder, assoc.requestor.ae_title)
+                requestor = assoc.requestor
+                self._associations[id(assoc)] = _Association(folder, requestor.ae_title.strip(),
+                                                             f"{requestor.address}:{requestor.port}")
             return self._associations[id(assoc)]
 
     def _received(self, event: evt.Event) -> None:
@@ -335,6 +349,8 @@ class Listener:
             why = "pynetdicom's other checks: too many associations at once, or a user identity it cannot verify"
         log.warning("association from %r at %s:%d rejected: %s", shown(calling), requestor.address, requestor.port,
                     why)
+        self._audit({"event": "association_refused", "calling_ae": calling,
+                     "address": f"{requestor.address}:{requestor.port}", "reason": why})
 
     def _aborted(self, event: evt.Event) -> None:
         """An association aborted by either side, or its connection dropped, before a release: what it brought is
@@ -378,10 +394,39 @@ class Listener:
                     except Exception as e:  # one study's fault is that study's: the others, and the listener, go on
                         log.error("study %s: not scored: %s", study, shown(redact(str(e)) or type(e).__name__))
                         continue
+                    self._audit_reads(study, rows, received)
                     self._spool_reports(study, rows, scored)
                     scored.studies.append((study, rows, time.monotonic() + self.send_s))
         finally:
             self._outbox.put(scored)
+
+    def _audit(self, entry: dict) -> bool:
+        """``entry`` as an audit line, with its time: whether it was written (True without an audit log)."""
+        return self.audit is None or self.audit.write({"time": now(), **entry})
+
+    def _audit_reads(self, study_uid: str, rows: list[dict], received: _Association) -> None:
+        """A line for each film of a study read: its caller, UIDs, the SHA-256 of the bytes received, the model, and
+        its reading or why there is none; with ``audit.required``, a film whose line is lost gets no report (its row
+        says why)."""
+        if self.audit is None:
+            return
+        for row in rows:
+            sop = row.get("sop_instance_uid")
+            if sop is None:  # a row of no film received (none: each instance's row names its SOP Instance UID)
+                continue
+            film = received.folder / f"{sop}.dcm"
+            written = self._audit({
+                "event": "film_read", "calling_ae": received.calling, "address": received.address,
+                "study_instance_uid": study_uid, "series_instance_uid": row.get("series_instance_uid"),
+                "sop_instance_uid": sop, "film_sha256": file_sha256(film) if film.is_file() else None, **self.model,
+                "probability": row.get("probability"), "label": row.get("label"),
+                "refusal": row.get("not_scored") or row.get("error")})
+            if not written and self.audit.required and (made := MADE.keys() & row.keys()):
+                for key in made:
+                    row.pop(key)
+                # said in the study's error line of films without a report (:meth:`file_study`)
+                row.setdefault("warnings", []).append(
+                    "its audit line cannot be written (--audit-required): its report is held back, not sent")
 
     def _spool_reports(self, study_uid: str, rows: list[dict], scored: _Scored) -> None:
         """Each report of a study written to the spool before it is queued, its row naming it there; one the spool
@@ -456,6 +501,7 @@ class Listener:
             if answer in _STORED:
                 self.spool.confirmed(path)
                 log.info("study %s: the report %s, spooled, is stored at %s", study_of(path), uid, self.destination)
+                self._audit_report(study_of(path), uid, answer)
             elif isinstance(answer, str) or answer >> 8 == 0xA7:
                 left[uid] = answer if isinstance(answer, str) else f"refused ({status_words(answer, FAILURES)})"
             else:
@@ -467,6 +513,7 @@ class Listener:
     def _set_aside(self, study_uid: str, uid: str, path: Path, status: int) -> None:
         """A report the destination refused outright (another try would meet the same refusal): out of the spool."""
         where = self.spool.set_aside(path)
+        self._audit_report(study_uid, uid, status)
         log.error("study %s: %s refused the report %s (%s): set aside as %s, not sent again", study_uid,
                   self.destination, uid, status_words(status, FAILURES), where)
 
@@ -586,6 +633,7 @@ class Listener:
                 if answer in _STORED:
                     row["stored"].append(uid)
                     del pending[uid]
+                    self._audit_report(study_uid, uid, answer)
                     if uid in spooled:
                         self.spool.confirmed(spooled[uid])
                     if answer in WARNINGS:
@@ -599,6 +647,7 @@ class Listener:
                 why[uid] = f"refused ({status_words(answer, FAILURES)})"
                 if answer >> 8 != 0xA7:  # not out of resources: another try would meet the same refusal
                     del pending[uid]
+                    self._audit_report(study_uid, uid, answer)
                     if uid in spooled:
                         why[uid] += f"; set aside in {self.spool.refused}, not sent again"
                         self.spool.set_aside(spooled[uid])
@@ -616,6 +665,13 @@ class Listener:
             if uid in pending and uid in spooled:
                 why[uid] += f"; kept in the spool, sent again every {self.retry_s:g} s"
             log.error("study %s: the %s %s is not stored at %s: %s", study_uid, what, uid, self.destination, why[uid])
+
+    def _audit_report(self, study_uid: str, uid: str, status: int) -> None:
+        """The line of a report the destination answered for good: stored (a success or warning status), or refused
+        (set aside, never sent again), with the status; what governance reads to know what reached the PACS."""
+        self._audit({"event": "report_stored" if status in _STORED else "report_refused",
+                     "study_instance_uid": study_uid, "report_sop_instance_uid": uid,
+                     "destination": str(self.destination), "status": f"0x{status:04X}"})
 
     def _store(self, pending: dict[str, Dataset], timeout: float) -> dict[str, int | str]:
         """One association to the destination, each of ``pending`` sent over it: its C-STORE status, or why there

@@ -36,7 +36,7 @@ CLIENT_GONE = 499  # nginx's "client closed request": the status a request whose
 def create_app(bundle: Path | str, etiology: Path | str | None = None, max_upload_mb: float = MAX_UPLOAD_MB,
                backend: str = "torch", limits: Limits | None = None, access: Access | None = None,
                heatmaps: bool = True, rate_limit: str | None = None, rate_limit_storage: str | None = None,
-               audit_log: Path | str | None = None) -> FastAPI:
+               audit_log: Path | str | None = None, audit_required: bool = False) -> FastAPI:
     """The service for a pneumonia (or any) bundle, with an optional bacteria-vs-virus second stage.
     ``backend="onnx"`` predicts with ONNX Runtime (2-3x faster on CPU; Grad-CAM still uses torch), exporting the
     model at startup unless ``pneumoscan export`` already put a current model.onnx in the bundle. Concurrent
@@ -54,10 +54,11 @@ def create_app(bundle: Path | str, etiology: Path | str | None = None, max_uploa
     memory by default, or a Redis server's URI (``redis://HOST:6379/0``) shared by the instances behind a load
     balancer (:func:`.limits.rate_store`; one that does not answer is refused). ``audit_log``: a file that each
     /v1/predict request, answered or refused, and each request refused at the key, is appended to as one JSON line
-    (:mod:`.audit`); one that cannot be written is refused before the model loads."""
+    (:mod:`.audit`); one that cannot be written is refused before the model loads. ``audit_required``: a reading
+    whose line cannot be written is answered 503, not the reading."""
     _refuse_unguarded_key(access)
     uid_root()  # a wrong $PNEUMOSCAN_UID_ROOT stops the start, not every report later as the client's fault (422)
-    audit = AuditLog(audit_log) if audit_log is not None else None
+    audit = AuditLog(audit_log, audit_required) if audit_log is not None else None
     try:
         service = Service(bundle, etiology, max_upload_mb, backend, limits or Limits(), heatmaps, rate_limit,
                           rate_limit_storage)

@@ -14,18 +14,15 @@ from __future__ import annotations
 
 import json
 import logging
-import logging.handlers
-import os
-import stat
-import sys
 import uuid
 from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from pneumoscan.core import audit
+from pneumoscan.core.audit import now
 
 from .formats import StageResult
 from .guard import key_name, route_path
@@ -33,10 +30,9 @@ from .metrics import warning_kind
 
 log = logging.getLogger(__name__)
 PREDICT_PATH = "/v1/predict"
-FILE_MODE = 0o600  # a file created, or created again after logrotate moved it: the service's user alone
-REFUSED_MODE = stat.S_IWGRP | stat.S_IRWXO  # an existing file's bits refused: others' access, a group's writing
 REQUEST_ID = "X-Request-ID"  # the answer's header that names its audit line
 KEY_REFUSED = 401  # a request refused at the key (guard: key_wrong, key_missing): a line whatever its path
+AUDIT_LOST = "audit_log_lost"  # the reason of a reading refused (503) since its line cannot be written (required)
 MAX_REFUSAL_BYTES = 2**16  # the most of a refusal's body read for its reason (a heatmap_failed one holds a reading)
 # the fields of the request in progress, filled by the service (film, options, readings) and the guard (the key a
 # refused request carried); None outside an audited request
@@ -58,65 +54,19 @@ def reading_fields(stage: StageResult, in_scope: bool, warnings: Sequence[str]) 
             "warnings": [warning_kind(warning)[0] for warning in warnings]}
 
 
-class AuditFile(logging.handlers.WatchedFileHandler):
-    """A :class:`~logging.handlers.WatchedFileHandler` whose file is created :data:`FILE_MODE` whatever the umask,
-    and whose line that cannot be written is said as a warning of the service's log (rate-limited there), not as
-    logging's traceback."""
+class AuditLog(audit.AuditLog):
+    """The service's audit file (:class:`pneumoscan.core.audit.AuditLog`), a line lost said by this module's logger,
+    which the served log rate-limits."""
 
-    def _open(self) -> Any:
-        return open(self.baseFilename, self.mode, encoding=self.encoding, errors=self.errors,
-                    opener=lambda path, flags: os.open(path, flags, FILE_MODE))
-
-    def handleError(self, record: logging.LogRecord) -> None:
-        error = getattr(sys.exc_info()[1], "strerror", None) or type(sys.exc_info()[1]).__name__
-        log.warning("audit log lines to %s are lost (%s): free its disk or mend its folder; the service goes on",
-                    self.baseFilename, error)
-
-
-class AuditLog:
-    """The audit file at ``path``, opened (and so proven writable) at once: a path that cannot be written, is not a
-    regular file, or whose mode lets others read it or any group write it is refused (ValueError, with the reason)
-    before the model loads. Lines go through a logger of its own, which no other handler sees."""
-
-    def __init__(self, path: Path | str) -> None:
-        self.path = Path(path)
-        try:
-            found = os.stat(self.path)
-            # checked before it is opened: a FIFO opened for writing waits for a reader, the start with it
-            if not stat.S_ISREG(found.st_mode):
-                raise ValueError(f"--audit-log {self.path}: not a regular file: name a file to append to")
-            if found.st_mode & REFUSED_MODE:
-                raise ValueError(f"--audit-log {self.path}: its mode {stat.filemode(found.st_mode)} lets others read "
-                                 "it or a group write it, and it links films to answers: chmod 600 (or 640) it")
-        except FileNotFoundError:
-            pass  # created by the handler, FILE_MODE
-        except OSError as e:
-            raise ValueError(f"--audit-log {self.path}: cannot be written ({e.strerror})") from None
-        try:
-            self.handler = AuditFile(self.path, encoding="utf-8")
-        except OSError as e:
-            raise ValueError(f"--audit-log {self.path}: cannot be written ({e.strerror})") from None
-        # a logger of its own, not the manager's: apps made side by side (tests) write each to its own file alone
-        self.logger = logging.Logger("pneumoscan.audit", logging.INFO)
-        self.logger.propagate = False
-        self.logger.addHandler(self.handler)
-
-    def write(self, entry: Mapping[str, Any]) -> None:
-        """One line, appended and flushed."""
-        self.logger.info("%s", json.dumps(entry, separators=(",", ":")))
-
-    def close(self) -> None:
-        try:
-            self.handler.close()
-        except OSError:  # the last lines' flush again (a full disk): their loss was said as they were written
-            pass
+    log = log
 
 
 class AuditRequests:
     """ASGI middleware outside the guard: each /v1/predict request, answered or refused, and each other request
     refused at the key (:data:`KEY_REFUSED`), written to ``audit`` as one line, with its path, the model served
     (``model``: id, version and card digest, as /v1/model gives them) and a request id that its answer carries too
-    (:data:`REQUEST_ID`)."""
+    (:data:`REQUEST_ID`). With ``audit.required`` a reading's line is written before its answer begins, and a reading
+    whose line cannot be written is answered 503 (:data:`AUDIT_LOST`) in its place, nothing of it sent."""
 
     def __init__(self, app: ASGIApp, audit: AuditLog, model: Mapping[str, str]) -> None:
         self.app, self.audit, self.model = app, audit, dict(model)
@@ -129,19 +79,25 @@ class AuditRequests:
         entry: dict[str, Any] = {}
         status: int | None = None
         refusal = bytearray()
-        written = False
+        written = withheld = False
 
-        def write() -> None:
+        def write() -> bool:
             nonlocal written
             if not written and (path == PREDICT_PATH or status == KEY_REFUSED):
                 written = True
-                self.audit.write(self._line(request_id, path, entry, status, bytes(refusal)))
+                return self.audit.write(self._line(request_id, path, entry, status, bytes(refusal)))
+            return True
 
         async def watched(message: Message) -> None:
-            nonlocal status
+            nonlocal status, withheld
+            if withheld:  # a reading whose line was lost: none of its answer is sent
+                return
             if message["type"] == "http.response.start":
                 status = message["status"]
-                entry.setdefault("time", _now())
+                entry.setdefault("time", now())
+                if self.audit.required and path == PREDICT_PATH and status < 400 and not write():
+                    withheld = True
+                    return await self._refuse(request_id, send)
                 if path == PREDICT_PATH or status == KEY_REFUSED:  # the answers that have a line
                     message["headers"] = [*message.get("headers", []),
                                           (REQUEST_ID.lower().encode(), request_id.encode())]
@@ -159,6 +115,15 @@ class AuditRequests:
             audit_entry.reset(token)
             write()  # an answer that never ended (the client gone, the shutdown's grace run out)
 
+    async def _refuse(self, request_id: str, send: Send) -> None:
+        """The 503 that takes a reading's place when its audit line cannot be written (``--audit-required``)."""
+        body = json.dumps({"error": "the reading is not answered: its audit line cannot be written "
+                                    "(--audit-required); the service's log says why", "reason": AUDIT_LOST}).encode()
+        await send({"type": "http.response.start", "status": 503,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (REQUEST_ID.lower().encode(), request_id.encode())]})
+        await send({"type": "http.response.body", "body": body})
+
     def _line(self, request_id: str, path: str, entry: dict[str, Any], status: int | None,
               refusal: bytes) -> dict[str, Any]:
         """The request's audit line: when, which request and key, the film, the options, the model, its readings
@@ -169,14 +134,10 @@ class AuditRequests:
                 reason = json.loads(refusal).get("reason")
             except ValueError:  # cut short at MAX_REFUSAL_BYTES, or no JSON: the status still says it was refused
                 reason = None
-        return {"time": entry.pop("time", None) or _now(),  # when the answer began; else when it was given up
+        return {"time": entry.pop("time", None) or now(),  # when the answer began; else when it was given up
                 "request_id": request_id, "key": entry.pop("key", None) or key_name.get(),
                 "film_sha256": entry.pop("film_sha256", None), "film_bytes": entry.pop("film_bytes", None),
                 "format": entry.pop("format", None), "heatmap": entry.pop("heatmap", None),
                 **self.model, "readings": entry.pop("readings", []), "status": status, "reason": reason,
                 "path": path}
 
-
-def _now() -> str:
-    """UTC now, to the millisecond, as ISO 8601 with a Z."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -443,13 +443,14 @@ def build_server(bundle: Path | str, etiology: Path | str | None = None, host: s
                  max_upload_mb: float = MAX_UPLOAD_MB, backend: str = "torch", limits: Limits | None = None,
                  access: Access | None = None, insecure: bool = False, quiet: bool = False,
                  heatmaps: bool = True, rate_limit: str | None = None,
-                 rate_limit_storage: str | None = None, audit_log: Path | str | None = None) -> ListeningServer:
+                 rate_limit_storage: str | None = None, audit_log: Path | str | None = None,
+                 audit_required: bool = False) -> ListeningServer:
     """The service, ready to run. Listening on anything but loopback without an API key is refused (ValueError)
     unless ``insecure``; then it goes on with a loud warning. The address being served is added to the Host
     allow-list (but not a wildcard address: name the hosts with ``access``). The port is taken before the model
     loads (:func:`listen`: OSError when it cannot be). ``quiet`` (``pneumoscan -q``): no access log and no
     information messages from uvicorn, warnings and errors only. ``heatmaps``, ``rate_limit``,
-    ``rate_limit_storage``, ``audit_log``: as :func:`.app.create_app`'s."""
+    ``rate_limit_storage``, ``audit_log``, ``audit_required``: as :func:`.app.create_app`'s."""
     access = access or Access()
     if not access.keys and not is_loopback(host):
         if not insecure:
@@ -468,7 +469,7 @@ def build_server(bundle: Path | str, etiology: Path | str | None = None, host: s
     sockets = listen(host, port)  # before the model loads: a port in use ends the start at once
     try:
         app = create_app(bundle, etiology, max_upload_mb, backend, limits, access, heatmaps, rate_limit,
-                         rate_limit_storage, audit_log)
+                         rate_limit_storage, audit_log, audit_required)
         _log_serving(app.state.card, bundle, etiology, backend, access)
         config = server_config(app, host, port, limits,
                                **({"access_log": False, "log_level": "warning"} if quiet else {}))
