@@ -914,3 +914,59 @@ def test_a_decision_curve_spans_its_range_in_steps_and_refuses_one_outside_0_to_
             metrics.decision_thresholds(low, high)
     with pytest.raises(ValueError, match="strictly between 0 and 1"):
         metrics.net_benefit([0, 1], [0.2, 0.8], [1.0])
+
+
+# 10 pneumonia films, 9 called (sensitivity 0.9), and 10 normal ones, 2 called (specificity 0.8), at threshold 0.5
+_AT_PREVALENCE = ([1] * 10 + [0] * 10, [0.9] * 9 + [0.1] + [0.9] * 2 + [0.1] * 8)
+
+
+def test_figures_at_a_prevalence_are_bayes_from_sensitivity_and_specificity() -> None:
+    """Sensitivity 0.9 and specificity 0.8 at a prevalence of 10 %: PPV = 0.09 / (0.09 + 0.2 × 0.9) = 1/3, NPV =
+    0.72 / (0.72 + 0.1 × 0.1) = 0.72 / 0.73, accuracy 0.09 + 0.72 = 0.81; at threshold probability 0.5 (odds 1) net
+    benefit 0.09 - 0.18 = -0.09, treat all 0.1 - 0.9 = -0.8. At the set's own prevalence (50 %) they are the set's
+    figures: precision 9/11, NPV 8/9, accuracy 17/20."""
+    y, p = _AT_PREVALENCE
+    block = metrics.at_prevalence(y, p, 0.5, [0.1, 0.5])
+    assert (block["sensitivity"], block["specificity"]) == pytest.approx((0.9, 0.8))
+    clinic, own = block["figures"]
+    assert clinic["prevalence"] == 0.1
+    assert (clinic["precision"], clinic["npv"], clinic["accuracy"]) == pytest.approx((1 / 3, 0.72 / 0.73, 0.81))
+    assert (clinic["net_benefit"], clinic["treat_all"]) == pytest.approx((-0.09, -0.8))
+    at_own = metrics.binary_metrics(y, p, 0.5)
+    assert (own["precision"], own["npv"], own["accuracy"]) == pytest.approx((9 / 11, 8 / 9, 17 / 20))
+    assert (own["precision"], own["npv"], own["accuracy"]) == pytest.approx(
+        (at_own["precision"], at_own["npv"], at_own["accuracy"]))
+    curve = metrics.net_benefit(y, p, [0.25, 0.5])  # each row of a decision curve at the clinic's prevalence
+    again = metrics.at_prevalence(y, p, 0.5, [0.1], curve)["figures"][0]["decision_curve"]
+    assert again["threshold"] == [0.25, 0.5]
+    assert again["net_benefit"] == pytest.approx([0.09 - 0.18 / 3, -0.09])
+    assert again["treat_all"] == pytest.approx([0.1 - 0.9 / 3, -0.8])
+
+
+def test_the_interval_of_a_figure_at_a_prevalence_is_bayes_at_the_bonferroni_ends_of_sensitivity_and_specificity(
+) -> None:
+    """Each figure rises with sensitivity and with specificity, so the box of their exact (Clopper-Pearson) 97.5 %
+    intervals (Bonferroni: 95 % together) bounds it: computed here from the beta quantiles themselves, 9 of 10
+    sensitivity [0.5094, 0.9987] and 8 of 10 specificity [0.4010, 0.9825], PPV at 10 % [0.0863, 0.8640], NPV
+    [0.88031, 0.99986], accuracy [0.4118, 0.9842]. Each interval holds its figure."""
+    y, p = _AT_PREVALENCE
+    block = metrics.at_prevalence(y, p, 0.5, [0.1])
+    low, high = 0.025 / 2, 1 - 0.025 / 2
+    se = (beta.ppf(low, 9, 2), beta.ppf(high, 10, 1))
+    sp = (beta.ppf(low, 8, 3), beta.ppf(high, 9, 2))
+    assert block["ci"]["sensitivity"] == pytest.approx(se) and block["ci"]["specificity"] == pytest.approx(sp)
+    assert se == pytest.approx((0.5094, 0.9987), abs=1e-4) and sp == pytest.approx((0.4010, 0.9825), abs=1e-4)
+    figures = block["figures"][0]
+    assert figures["ci"]["precision"] == pytest.approx([0.0863, 0.8640], abs=1e-4)
+    assert figures["ci"]["npv"] == pytest.approx([0.88031, 0.99986], abs=1e-5)
+    assert figures["ci"]["accuracy"] == pytest.approx([0.4118, 0.9842], abs=1e-4)
+    assert figures["ci"]["net_benefit"] == pytest.approx([s * 0.1 - (1 - c) * 0.9 for s, c in zip(se, sp)])
+    for key in ("precision", "npv", "accuracy", "net_benefit"):
+        assert figures["ci"][key][0] <= figures[key] <= figures["ci"][key][1], key
+
+
+def test_a_prevalence_outside_0_to_1_is_refused() -> None:
+    """A prevalence of 0 or 1 leaves PPV or NPV a constant, and 10 (a percentage) is none."""
+    for wrong in (0.0, 1.0, 10.0, -0.1, float("nan")):
+        with pytest.raises(ValueError, match=r"a prevalence lies strictly between 0 and 1"):
+            metrics.check_prevalences([0.1, wrong])

@@ -26,15 +26,18 @@ from .intervals import (ALPHA, BOOTSTRAP_SEED, FILM_UNIT_CAVEAT, PATIENT_UNIT, _
                         unit_caveat)
 from .probabilities import (ECE_BINS, ECE_TOLERANCE, TEMPERATURE_BOUNDS, calibration, ece_by_chance,
                             ece_chance_margin, fit_temperature, softmax)
-from .summaries import (BOTH_CLASSES, CURVE_POINTS, binary_metrics, decision_thresholds,
+from .summaries import (BOTH_CLASSES, CURVE_POINTS, at_prevalence, binary_metrics, check_prevalences,
+                        decision_thresholds,
                         evaluate_binary, evaluate_multiclass, macro_auc, net_benefit, roc_auc)
 from .thresholds import (NO_RANGE, choose_threshold, choose_thresholds, describe_policy, threshold_interval,
                          threshold_range)
 
 __all__ = ["ALPHA", "AUC_INTERVAL", "BOOTSTRAP_SEED", "BOTH_CLASSES", "CHANCE_AUC", "CURVE_POINTS", "ECE_BINS",
-           "ECE_TOLERANCE", "FILM_UNIT_CAVEAT", "NO_RANGE", "PATIENT_UNIT", "TEMPERATURE_BOUNDS", "binary_metrics",
+           "ECE_TOLERANCE", "FILM_UNIT_CAVEAT", "NO_RANGE", "PATIENT_UNIT", "TEMPERATURE_BOUNDS", "at_prevalence",
+           "binary_metrics",
            "calibration",
-           "choose_threshold", "choose_thresholds", "ci_method_sentence", "clopper_pearson", "decision_thresholds",
+           "check_prevalences", "choose_threshold", "choose_thresholds",
+           "ci_method_sentence", "clopper_pearson", "decision_thresholds",
            "describe_policy",
            "ece_by_chance", "ece_chance_margin", "evaluate_binary", "evaluate_multiclass", "figure_beside",
            "fit_temperature", "format_figure", "format_percent", "has_both_classes", "jsonable", "macro_auc",

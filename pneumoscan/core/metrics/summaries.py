@@ -88,6 +88,70 @@ def net_benefit(y_true: Any, prob: Any, thresholds: Any) -> dict[str, list[float
                                                                               for f in fp]}
 
 
+def check_prevalences(prevalences: Sequence[float]) -> list[float]:
+    """The prevalences figures are recomputed at (:func:`at_prevalence`), refused outside (0, 1): at 0 or 1 PPV or
+    NPV is a constant whatever the model, and 10 is a percentage given for a share."""
+    for value in prevalences:
+        if not 0 < value < 1:  # NaN too
+            raise ValueError(f"a prevalence lies strictly between 0 and 1 (0.1 for 10 %), not {value}")
+    return [float(value) for value in prevalences]
+
+
+def _at(sensitivity: Any, specificity: Any, prevalence: float, odds: Any) -> dict[str, Any]:
+    """Bayes: precision (PPV), NPV, accuracy and net benefit (at threshold odds ``odds``) of a test of this
+    ``sensitivity`` and ``specificity`` among films of this ``prevalence``; each rises with both. NaN where undefined
+    (PPV with nothing called positive)."""
+    se, sp = np.asarray(sensitivity, float), np.asarray(specificity, float)
+    true_pos, false_pos = se * prevalence, (1 - sp) * (1 - prevalence)
+    true_neg, false_neg = sp * (1 - prevalence), (1 - se) * prevalence
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return {"precision": true_pos / (true_pos + false_pos), "npv": true_neg / (true_neg + false_neg),
+                "accuracy": true_pos + true_neg, "net_benefit": true_pos - false_pos * odds}
+
+
+def at_prevalence(y_true: Any, prob: Any, threshold: float, prevalences: Sequence[float],
+                  curve: dict[str, list[float]] | None = None, groups: Any = None) -> dict[str, Any]:
+    """Precision (PPV), NPV, accuracy and net benefit at ``threshold`` recomputed at each of ``prevalences`` from these
+    films' sensitivity and specificity (Bayes), for a clinic whose prevalence is not the set's; with ``curve``
+    (:func:`net_benefit`'s) its net benefit and treat-all's at each threshold probability too. It assumes the
+    sensitivity and specificity carry over to the clinic's films, which a different case mix (spectrum) breaks.
+
+    Each figure rises with sensitivity and with specificity, so it is bounded by its values at the ends of their
+    exact intervals at 97.5 % each (:func:`~pneumoscan.core.metrics.intervals.proportion_ci`, by patient with
+    ``groups``): Bonferroni, at least 95 % together, so each figure's interval covers at least 95 % (conservative).
+    Refused on films of one class, which leave sensitivity or specificity undefined."""
+    y, p = _as_binary(y_true, prob)
+    prevalences = check_prevalences(prevalences)
+    if not has_both_classes(y):
+        raise ValueError("figures at another prevalence come from sensitivity and specificity, which need films of "
+                         "both classes")
+    patients = _patient_codes(groups, y.size)
+    called, positive = p >= threshold, y == 1
+
+    def among(hits: np.ndarray, films: np.ndarray) -> list[float]:
+        return proportion_ci(hits[films], None if patients is None else patients[films], ALPHA / 2)
+
+    se, sp = _ratio(int((called & positive).sum()), int(positive.sum())), _ratio(int((~called & ~positive).sum()),
+                                                                                  int((~positive).sum()))
+    ci = {"sensitivity": among(called, positive), "specificity": among(~called, ~positive)}
+    odds = threshold / (1 - threshold) if 0 < threshold < 1 else math.nan  # 0 or 1: odds 0 or infinite
+    figures = []
+    for prevalence in prevalences:
+        value, ends = _at(se, sp, prevalence, odds), _at(ci["sensitivity"], ci["specificity"], prevalence, odds)
+        block: dict[str, Any] = {"prevalence": prevalence, **{key: float(v) for key, v in value.items()},
+                                 "treat_all": prevalence - (1 - prevalence) * odds,
+                                 "ci": {key: [float(v) for v in ends[key]] for key in value}}
+        if curve is not None:
+            pt = np.asarray(curve["threshold"], float)
+            block["decision_curve"] = {
+                "threshold": pt.tolist(),
+                "net_benefit": _at(curve["sensitivity"], curve["specificity"], prevalence,
+                                   pt / (1 - pt))["net_benefit"].tolist(),
+                "treat_all": (prevalence - (1 - prevalence) * pt / (1 - pt)).tolist()}
+        figures.append(block)
+    return jsonable({"sensitivity": se, "specificity": sp, "ci": ci, "figures": figures})
+
+
 def _unit(patients: np.ndarray | None) -> str:
     """What the intervals count as a case, as metrics.json records it (``ci_unit``)."""
     return "film" if patients is None else "patient"
