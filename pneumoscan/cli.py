@@ -390,7 +390,7 @@ def _three_classes(block: dict) -> str:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from pneumoscan.core.metrics import BOTH_CLASSES, format_figure, unit_caveat, with_ci
+    from pneumoscan.core.metrics import BOTH_CLASSES, format_figure, format_percent, unit_caveat, with_ci
     from pneumoscan.evaluation.evaluate import default_out_dir, evaluate
     from pneumoscan.evaluation.model_card import film_counts, one_class
     from pneumoscan.models.run_folder import REPORT
@@ -409,7 +409,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         metrics = evaluate(args.bundle, args.data, args.split, out, tta=args.tta, add_to_card=args.add_to_card,
                            data_name=args.data_name, etiology=args.etiology, backend=args.backend,
                            by=args.by or (), auc_test=args.auc_test,
-                           decision_range=tuple(args.decision_range or DECISION_RANGE))
+                           decision_range=tuple(args.decision_range or DECISION_RANGE),
+                           prevalences=args.prevalence or ())
     if args.json:
         _print_json({k: v for k, v in metrics.items() if k not in ("curves", "decision_curve")})
         return 0
@@ -427,6 +428,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for stage, caveats in (("", metrics["caveats"]), ("etiology ", second.get("etiology_caveats"))):
         for said in caveats or ():
             print(f"   {stage}caveat: {said}")
+    for block in (metrics.get("at_prevalence") or {}).get("figures", ()):  # the assumption: the report says it
+        print(f"   at prevalence {format_percent(block['prevalence'])} (if sensitivity and specificity carry over): "
+              + ", ".join(f"{name} {with_ci(block[key], block['ci'][key], 4)}" for key, name in (
+                  ("precision", "precision"), ("npv", "npv"), ("accuracy", "accuracy"),
+                  ("net_benefit", "net benefit"))))
     print(f"\n{'threshold':>10} {'sensitivity':>12} {'specificity':>12} {'precision':>10} {'npv':>6}  rule")
     for row in metrics["threshold_table"]:
         print(f"{row['threshold']:>10.4f} {format_figure(row['sensitivity'], 3):>12} "
@@ -1040,6 +1046,10 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--decision-range", type=float, nargs=2, metavar=("LOW", "HIGH"),
                    help="threshold probabilities the decision curve spans, in steps of 0.01 (default "
                         f"{DECISION_RANGE[0]:g} {DECISION_RANGE[1]:g}): those a clinician would act at")
+    p.add_argument("--prevalence", type=float, nargs="+", metavar="P",
+                   help="also give precision (PPV), NPV, accuracy and net benefit at each prevalence P of the positive "
+                        "class (0.1 for 10 %%, one or more), recomputed from the films' sensitivity and specificity: a "
+                        "clinic's figures, if the two carry over to its films")
 
 
 def _compare_args(p: argparse.ArgumentParser) -> None:

@@ -746,3 +746,76 @@ def test_evaluate_writes_the_decision_curve_beside_the_calibration_plot(tiny_eva
     assert html.index(base64.b64encode(png).decode()) > at_reliability
     assert f"net benefit {at['net_benefit']:.3f}, treat all {at['treat_all']:.3f}" in html  # its text alternative
     assert f"Net benefit holds at this set&#x27;s prevalence of {100 * m['prevalence']:.1f}%" in html
+
+
+def test_evaluate_gives_the_figures_at_a_clinics_prevalence_and_records_them_in_the_card(
+        tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """evaluate --prevalence 0.1 0.3: metrics.json's at_prevalence gives precision, NPV, accuracy and net benefit at
+    the threshold that Bayes gives at each from predictions.csv's sensitivity and specificity, each interval holding
+    its figure; decision_curve.csv gives each row's net benefit and treat all at each; the report shows them beside
+    the set's own, saying what they assume; methods.md's results and the screen give them; --add-to-card records
+    PPV, NPV and accuracy at each in bundle.json and MODEL_CARD.md, which load again."""
+    bundle = shutil.copytree(tiny_bundle, tmp_path / "bundle")
+    out = tmp_path / "eval"
+    assert cli.main(["evaluate", str(bundle), str(tiny_dataset), "--split", "test", "--out", str(out),
+                     "--prevalence", "0.1", "0.3", "--add-to-card", "--data-name", "clinic"]) == 0
+    screen = capsys.readouterr().out
+    m = json.loads((out / "metrics.json").read_text())
+    films = read_csv(out / "predictions.csv")
+    y = np.array([row["label"] == "PNEUMONIA" for row in films])
+    called = np.array([row["called"] == "PNEUMONIA" for row in films])
+    se, sp = (called & y).sum() / y.sum(), (~called & ~y).sum() / (~y).sum()
+    odds = m["threshold"] / (1 - m["threshold"])
+    block = m["at_prevalence"]
+    assert (block["sensitivity"], block["specificity"]) == pytest.approx((se, sp))
+    assert [b["prevalence"] for b in block["figures"]] == [0.1, 0.3]
+    for b in block["figures"]:
+        prev = b["prevalence"]
+        expected = {"precision": se * prev / (se * prev + (1 - sp) * (1 - prev)),
+                    "npv": sp * (1 - prev) / (sp * (1 - prev) + (1 - se) * prev),
+                    "accuracy": se * prev + sp * (1 - prev),
+                    "net_benefit": se * prev - (1 - sp) * (1 - prev) * odds}
+        for key, value in expected.items():
+            assert b[key] == pytest.approx(value), (prev, key)
+            assert b["ci"][key][0] <= b[key] <= b["ci"][key][1], (prev, key)
+        assert f"at prevalence {100 * prev:.1f}% (if sensitivity and specificity carry over): precision " in screen
+    rows = read_csv(out / "decision_curve.csv")
+    for row in rows:
+        pt, rse, rsp = (float(row[k]) for k in ("threshold", "sensitivity", "specificity"))
+        assert float(row["net_benefit_at_0.1"]) == pytest.approx(rse * 0.1 - (1 - rsp) * 0.9 * pt / (1 - pt))
+        assert float(row["treat_all_at_0.3"]) == pytest.approx(0.3 - 0.7 * pt / (1 - pt))
+
+    html = (out / "report.html").read_text()
+    assert "<h2>At a clinic's prevalence of PNEUMONIA</h2>" in html
+    assert "<tr><th>10.0%</th>" in html and "<tr><th>30.0%</th>" in html
+    assert "The next table gives them at the prevalences asked for." in html
+    assert "carry over to the clinic&#x27;s films" in html and "spectrum effects" in html
+    methods = (out / METHODS).read_text()
+    assert "Recomputed at a clinic's prevalence: at 10.0%, precision (PPV) " in methods
+    assert "spectrum effects" in methods
+
+    record = load_card(bundle).external_evaluations[-1]
+    assert [r["prevalence"] for r in record["at_prevalence"]] == [0.1, 0.3]
+    first = block["figures"][0]
+    assert record["at_prevalence"][0]["metrics"]["precision"] == {"value": first["precision"],
+                                                                    "ci": first["ci"]["precision"]}
+    card = (bundle / "MODEL_CARD.md").read_text()
+    assert (f"At a clinic's prevalence (`evaluate --prevalence`), with 95% CIs: {record['date']}, on clinic: at "
+            f"10.0%, PPV {with_ci(first['precision'], first['ci']['precision'])}, ") in card
+    assert "spectrum effects" in card
+
+
+def test_a_prevalence_outside_0_to_1_or_on_films_of_one_class_is_refused(tiny_bundle: Path, tiny_dataset: Path,
+                                                                         tmp_path: Path, capsys) -> None:
+    """--prevalence 10 (a percentage) or 0 is refused before a film is read (DATA need not even exist), and no
+    folder written; on films of one class, which give no specificity (or sensitivity), refused naming both."""
+    out = tmp_path / "eval"
+    for wrong in ("10", "0"):
+        assert cli.main(["evaluate", str(tiny_bundle), str(tmp_path / "no such films"), "--out", str(out),
+                         "--prevalence", "0.1", wrong]) == 2
+        assert "a prevalence lies strictly between 0 and 1" in capsys.readouterr().err and not out.exists()
+    normal = tmp_path / "normal"
+    shutil.copytree(tiny_dataset / "test" / "NORMAL", normal / "NORMAL")
+    assert cli.main(["evaluate", str(tiny_bundle), str(normal), "--out", str(out), "--prevalence", "0.1"]) == 2
+    assert ("prevalence (--prevalence) recomputes figures from sensitivity and specificity, which need films of both "
+            "classes (NORMAL and PNEUMONIA)") in capsys.readouterr().err

@@ -16,9 +16,9 @@ from PIL import Image
 
 from pneumoscan.core.atomic import file_stamp, unchanged, write_atomic
 from pneumoscan.core.digests import bytes_sha256, file_sha256
-from pneumoscan.core.metrics import (binary_metrics, choose_threshold, decision_thresholds,
-                                     describe_policy, ece_by_chance, evaluate_binary, evaluate_multiclass,
-                                     figure_beside, has_both_classes, jsonable, net_benefit)
+from pneumoscan.core.metrics import (at_prevalence, binary_metrics, check_prevalences, choose_threshold,
+                                     decision_thresholds, describe_policy, ece_by_chance, evaluate_binary,
+                                     evaluate_multiclass, figure_beside, has_both_classes, jsonable, net_benefit)
 from pneumoscan.core.names import path_text, results_csv, shown
 from pneumoscan.core.options import AUC_TESTS, DECISION_RANGE, look_up_option
 from pneumoscan.data.cache import cache_dataset
@@ -306,7 +306,8 @@ def default_out_dir(bundle: Path | str, data: Path | str, split: str | None, tta
 def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out_dir: Path | str | None = None,
              tta: bool = False, add_to_card: bool = False, data_name: str | None = None,
              etiology: Path | str | None = None, backend: str = "torch", by: Sequence[str] = (),
-             auc_test: str = AUC_TESTS[0], decision_range: tuple[float, float] = DECISION_RANGE) -> dict:
+             auc_test: str = AUC_TESTS[0], decision_range: tuple[float, float] = DECISION_RANGE,
+             prevalences: Sequence[float] = ()) -> dict:
     """Score every image of DATA (a dataset root, a NORMAL/PNEUMONIA folder or a manifest) that belongs to the
     bundle's task; with a dataset root, ``split`` picks train/val/test. With ``tta``, scores average the test-time
     views and are read at the bundle's TTA threshold, as ``predict --tta`` does. The result holds a
@@ -325,9 +326,13 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
     rate's test of a difference across the groups adjusted over all of them (:func:`~.subgroups.adjust`), AUC's by
     ``auc_test`` ("permutation" or "delong"), a field no film records refused before the films are scored. The
     decision curve of the bundle's own decision (P(positive) against its threshold; a three-class block has none:
-    :func:`decision_curve`) spans ``decision_range``'s threshold probabilities."""
+    :func:`decision_curve`) spans ``decision_range``'s threshold probabilities. ``prevalences`` (each in (0, 1))
+    add under ``at_prevalence`` the binary decision's precision, NPV, accuracy and net benefit, and its decision
+    curve, recomputed at each from the films' sensitivity and specificity
+    (:func:`~pneumoscan.core.metrics.at_prevalence`); a three-class decision's figures are not recomputed."""
     points = decision_thresholds(*decision_range)  # a range that says nothing refused before any film is read
     look_up_option(auc_test, AUC_TESTS, "AUC test")  # a misspelt test never runs another in its name
+    prevalences = check_prevalences(prevalences)  # so is a prevalence outside (0, 1)
     if backend == "onnx-int8" and add_to_card:
         raise ValueError("add_to_card (--add-to-card) records evaluations of the bundle's FP32 model, which its card "
                          "describes; the INT8 model's figures stay in the report")
@@ -351,6 +356,10 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
                               policy=HeldOutPolicy(validation_warning=True, refuse_validation=add_to_card,
                                                    int8=backend == "onnx-int8", refuse_unchecked=add_to_card),
                               cards=[card], run_split=data if proven.listed else None, run_records=films.every)
+    if prevalences and not has_both_classes(binary_targets(targets)):
+        raise ValueError(f"prevalence (--prevalence) recomputes figures from sensitivity and specificity, which need "
+                         f"films of both classes ({' and '.join(task.classes)}); the report still shows the rest "
+                         "without it")
     if add_to_card and not has_both_classes(binary_targets(targets)):
         raise ValueError(f"add_to_card (--add-to-card) needs films of both classes ({' and '.join(task.classes)}): "
                          "on one class a card's AUC, precision and F1 are undefined or meaningless; the report still "
@@ -363,6 +372,9 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
     copies, groups, conflicts = patient_groups(records, data)
     metrics = evaluate_probabilities(probs, targets, task, threshold, groups=groups)
     metrics |= decision_curve(binary_targets(targets), scores, threshold, points)
+    if prevalences:  # of the decision the curve is of: P(positive) against the bundle's threshold
+        metrics["at_prevalence"] = at_prevalence(binary_targets(targets), scores, threshold, prevalences,
+                                                 metrics["decision_curve"], groups)
     if by_field:  # at the bundle's threshold, never one chosen per group
         metrics["subgroups"] = subgroup_figures(by_field, groups, binary=(binary_targets(targets), scores, threshold),
                                                 auc_test=auc_test)
@@ -524,6 +536,9 @@ def _write_outputs(out_dir: Path, predictor: Predictor, records: list[Record], t
     table = metrics["threshold_table"]
     write_atomic(out_dir / "sensitivity_table.csv", results_csv(list(table[0]), table).encode())
     curve = jsonable(metrics["decision_curve"])  # a rate of a class without films an empty cell, not "nan"
+    for block in (metrics.get("at_prevalence") or {}).get("figures", ()):  # its columns at each prevalence asked
+        curve |= {f"{key}_at_{block['prevalence']:g}": block["decision_curve"][key]
+                  for key in ("net_benefit", "treat_all")}
     write_atomic(out_dir / DECISION_CURVE, results_csv(list(curve), [dict(zip(curve, row))
                                                                      for row in zip(*curve.values())]).encode())
     write_report(metrics, out_dir, title, extra=header, figures=True, gallery=gallery,

@@ -14,8 +14,8 @@ from typing import Any
 from pneumoscan import __version__
 from pneumoscan.core.metrics import format_percent, with_ci
 from pneumoscan.models.card import TRAINING_FILMS, BundleCard, runtime_versions
-from .model_card import (class_counts, counted, film_counts, markdown_table, markdown_text, model_read, one_class,
-                         trained_by_said)
+from .model_card import (at_prevalence_note, class_counts, counted, film_counts, markdown_table, markdown_text,
+                         model_read, one_class, trained_by_said)
 from .report import ci_note, decision_note, not_independent
 from .subgroups import differences_said, table_rows
 
@@ -161,7 +161,19 @@ def _results(metrics: Mapping[str, Any], names: Sequence[str]) -> str:
     if absent:
         return said + f" The films hold no {absent} film: precision, NPV and F1 say nothing of the model here."
     return (said + f" Precision, NPV and net benefit hold at this set's prevalence of {names[1]}, "
-            f"{format_percent(metrics['prevalence'])}, and differ at another.")
+            f"{format_percent(metrics['prevalence'])}, and differ at another." + _at_prevalence(metrics, names[1]))
+
+
+def _at_prevalence(metrics: Mapping[str, Any], positive: str) -> str:
+    """The figures recomputed at each prevalence asked for (evaluate --prevalence), with what they assume; "" where
+    none was."""
+    if not (block := metrics.get("at_prevalence")):
+        return ""
+    said = "; ".join(f"at {format_percent(b['prevalence'])}, " + ", ".join(
+        f"{label} {with_ci(b[key], b['ci'][key])}" for key, label in (
+            ("precision", "precision (PPV)"), ("npv", "NPV"), ("accuracy", "accuracy"),
+            ("net_benefit", "net benefit"))) for b in block["figures"])
+    return f" Recomputed at a clinic's prevalence: {said}. {at_prevalence_note(positive)}"
 
 
 def _net_benefit(metrics: Mapping[str, Any], positive: str) -> str:

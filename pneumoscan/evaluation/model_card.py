@@ -464,6 +464,23 @@ def prevalence_note(prevalence: float, positive: str, mark: str = "") -> str:
             "and NPV differ.")
 
 
+AT_PREVALENCE_FIGURES = (("precision", "PPV"), ("npv", "NPV"), ("accuracy", "accuracy"))  # a card's, as a rate
+
+
+def at_prevalence_note(positive: str) -> str:
+    """How figures at a clinic's prevalence (evaluate --prevalence) were made and what they assume: the report's,
+    methods.md's and a card's words."""
+    return (f"At a clinic's prevalence P of {positive}: PPV = Se P / (Se P + (1 - Sp)(1 - P)), NPV = Sp (1 - P) / "
+            "(Sp (1 - P) + (1 - Se) P), accuracy = Se P + Sp (1 - P) and net benefit = Se P - (1 - Sp)(1 - P) × "
+            "pt/(1 - pt), from this set's sensitivity Se and specificity Sp at the threshold (Bayes' rule). They "
+            "hold only where the model's sensitivity and specificity carry over to the clinic's films: another case "
+            "mix (milder or more advanced disease, other ages, equipment or referral: spectrum effects) changes "
+            "them, and only the clinic's own consecutive films measure that. Each 95% CI is the figure at the ends "
+            "of sensitivity's and specificity's exact 97.5% intervals (each figure rises with both; Bonferroni), so "
+            "it covers at least 95%. Three-class figures are not recomputed: a clinic's three-class case mix is two "
+            "shares, and the decision is no threshold on one probability.")
+
+
 def _validation_section(card: BundleCard) -> str:
     m = card.val_metrics
     if not m:
@@ -521,6 +538,14 @@ def _external_section(card: BundleCard) -> str:
              for r in card.external_evaluations if MACRO_AUC in r["metrics"]]
     macro_said = (f"\n\n{MACRO_AUC_NAME}, with its 95% CI: {'; '.join(macro)}."
                   if macro else "")
+    # the figures a clinic of another prevalence would see, where the evaluation was asked for them
+    at = [f"{r['date']}, on {markdown_text(r['data'])}: " + "; ".join(
+        f"at {format_percent(b['prevalence'])}, " + ", ".join(f"{name} {_with_ci(b['metrics'], key)}"
+                                                          for key, name in AT_PREVALENCE_FIGURES)
+        for b in r["at_prevalence"]) for r in card.external_evaluations if r.get("at_prevalence")]
+    macro_said += (f"\n\nAt a clinic's prevalence (`evaluate --prevalence`), with 95% CIs: {'; '.join(at)}. "
+                   + at_prevalence_note(card.positive) + " Net benefit at each is in the evaluation's report."
+                   if at else "")
     return (f"{head}\n{rows}\n\n" + " ".join(notes + ([FILM_UNIT_CAVEAT] if by_unit["film"] else [])) + macro_said
             + checked
             + (f"\n\nWhat could not be checked, or was found, when they were recorded:\n{caveats}" if caveats else "")
@@ -862,12 +887,24 @@ def evaluation_record(metrics: dict[str, Any], data_name: str, scores: str, bund
         "metrics": {key: {"value": metrics.get(key), "ci": metrics.get("ci", {}).get(key)}
                     for key, _, _ in CARD_METRICS} | _macro_auc(metrics),
         **recorded(metrics),  # evaluate --by's, at threshold and of each decision among the classes
+        **_at_prevalence_record(metrics),
         "label_conflicts": metrics["label_conflicts"],
         "unreadable": unreadable,
         "left_out": metrics["left_out"],  # the files given the figures are not of, and why (unreadable among them)
         "outside_scope": outside,
         **films_record(bundle, held_out, more),
     }
+
+
+def _at_prevalence_record(metrics: dict[str, Any]) -> dict[str, Any]:
+    """An evaluation record's figures at the prevalences evaluate --prevalence asked for: PPV, NPV and accuracy
+    (:data:`AT_PREVALENCE_FIGURES`) with their intervals; net benefit, no rate (below 0 where a model harms), stays
+    in the report and metrics.json. Empty where none was asked for."""
+    if not (block := metrics.get("at_prevalence")):
+        return {}
+    return {"at_prevalence": [{"prevalence": b["prevalence"],
+                               "metrics": {key: {"value": b[key], "ci": b["ci"][key]} for key, _ in
+                                           AT_PREVALENCE_FIGURES}} for b in block["figures"]]}
 
 
 def _macro_auc(metrics: dict[str, Any]) -> dict[str, Any]:

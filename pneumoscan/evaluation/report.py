@@ -26,7 +26,8 @@ from pneumoscan.core.metrics import (BOTH_CLASSES, PATIENT_UNIT, ci_method_sente
 from pneumoscan.core.names import path_text
 from pneumoscan.models.run_folder import METRICS, REPORT
 
-from .model_card import ECE_NAME, PREVALENCE_BOUND, class_counts, film_counts, one_class, prevalence_note
+from .model_card import (ECE_NAME, PREVALENCE_BOUND, at_prevalence_note, class_counts, film_counts, one_class,
+                         prevalence_note)
 from .subgroups import DIFFERENCES_NOTE, differences_said, table_rows
 
 # In print: white, unframed, every figure, table and row whole where it fits a page and a heading with what follows;
@@ -519,8 +520,36 @@ def _binary_summary(m: dict[str, Any], names: tuple[str, str], absent: str | Non
             + "</p>"
         ),
         f"<table>{_ci_caption(m, 'Summary')}<thead>{head}</thead><tbody>{rows}</tbody></table>",
-        "" if absent else f'<p class="note">{_esc(prevalence_note(m["prevalence"], pos, "† "))}</p>',
+        "" if absent else f'<p class="note">{_esc(prevalence_note(m["prevalence"], pos, "† "))}'
+                          + (" The next table gives them at the prevalences asked for." if m.get("at_prevalence")
+                             else "") + "</p>",
+        _at_prevalence_html(m, pos),
     ])  # fmt: skip
+
+
+def _at_prevalence_html(m: dict[str, Any], pos: str) -> str:
+    """The binary decision's precision, NPV, accuracy and net benefit at the bundle's threshold recomputed at each
+    prevalence asked for (metrics.json's ``at_prevalence``), beside the set's own, with what they assume."""
+    if not (block := m.get("at_prevalence")):
+        return ""
+    keys = (("precision", "Precision (PPV)"), ("npv", "NPV"), ("accuracy", "Accuracy"),
+            ("net_benefit", "Net benefit"))
+    head = "<tr><th>Prevalence</th>" + "".join(f"<th>{label}</th>" for _, label in keys) + "</tr>"
+
+    def row(label: str, figures: dict[str, Any]) -> str:
+        return f"<tr><th>{label}</th>" + "".join(_value_cell(figures, key) for key, _ in keys) + "</tr>"
+
+    own = row(f"{_esc(format_percent(m['prevalence']))} (this set)", m | {"net_benefit": (m.get("net_benefit") or {})
+                                                                          .get("net_benefit")})
+    rows = "".join(row(_esc(format_percent(b["prevalence"])), b) for b in block["figures"])
+    return "".join([
+        f"<h2>At a clinic's prevalence of {_esc(pos)}</h2>",
+        f"<table><caption>At bundle threshold {_fmt(m['threshold'], 'threshold')}, recomputed from sensitivity "
+        f"{_fmt(block['sensitivity'], 'sensitivity')} and specificity {_fmt(block['specificity'], 'specificity')}"
+        f".</caption><thead>{head}</thead><tbody>{own}{rows}</tbody></table>",
+        f'<p class="note">{_esc(at_prevalence_note(pos))} decision_curve.csv gives the net benefit and treat all '
+        "at each prevalence over every threshold probability.</p>",
+    ])
 
 
 def _binary_curves(m: dict[str, Any], pos: str, pngs: dict[str, bytes] | None) -> str:
