@@ -656,14 +656,19 @@ def test_evaluate_etiology_says_on_screen_the_films_and_patients_of_its_three_cl
     tiny_bundle: Path, tiny_etiology_bundle: Path, tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     """The two stages' line (`3 classes, ...`) gave neither its films nor the patients its intervals count, where the
-    first stage's line gives both: it ends with them, class by class."""
+    first stage's line gives both: it ends with them, class by class. --prevalence recomputes the first stage's
+    binary figures, not the two stages' three-class ones."""
     records = sorted(discover(tiny_dataset).split("test"), key=lambda r: r.path)  # 8 NORMAL films, then 8 PNEUMONIA
     manifest = tmp_path / "paired.csv"
     manifest.write_text("path,label,subtype,patient\n"
                         + "".join(f"{r.path},{r.label},{r.subtype},p{i // 2}\n" for i, r in enumerate(records)))
     assert cli.main(["evaluate", str(tiny_bundle), str(manifest), "--etiology", str(tiny_etiology_bundle),
-                     "--out", str(tmp_path / "eval")]) == 0
-    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("3 classes, "))
+                     "--out", str(tmp_path / "eval"), "--prevalence", "0.1"]) == 0
+    screen = capsys.readouterr().out
+    m = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert m["at_prevalence"]["sensitivity"] == m["sensitivity"] and "at_prevalence" not in m["two_stage"]
+    assert "   at prevalence 10.0% (if sensitivity and specificity carry over): precision " in screen
+    line = next(line for line in screen.splitlines() if line.startswith("3 classes, "))
     # each patient of the pneumonia films has one bacterial and one viral film
     assert line.endswith("; n = 16 films of 8 patients (8 normal films of 4 patients, 4 bacteria of 4, 4 virus of 4)")
 
