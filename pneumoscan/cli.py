@@ -411,8 +411,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                            by=args.by or (), auc_test=args.auc_test,
                            decision_range=tuple(args.decision_range or DECISION_RANGE),
                            prevalences=args.prevalence or ())
-    if args.json:
-        _print_json({k: v for k, v in metrics.items() if k not in ("curves", "decision_curve")})
+    if args.json:  # the curves stay in metrics.json: the figures, each prevalence's too, are printed
+        printed = {k: v for k, v in metrics.items() if k not in ("curves", "decision_curve")}
+        if "at_prevalence" in printed:
+            printed["at_prevalence"] = printed["at_prevalence"] | {"figures": [
+                {k: v for k, v in at.items() if k != "decision_curve"} for at in printed["at_prevalence"]["figures"]]}
+        _print_json(printed)
         return 0
     absent = one_class(metrics, metrics["class_names"])  # precision, NPV and F1 then say nothing of the model
     for name in ("auc", "accuracy", "sensitivity", "specificity", "precision", "npv", "f1"):

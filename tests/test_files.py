@@ -493,18 +493,23 @@ def test_evaluate_json_on_stdout_names_files_as_its_metrics_json_does(
 ) -> None:
     """``--json`` output is a results file too: a lone surrogate (``\\udce9``) there is refused by strict UTF-8
     readers (jq shows it as a replacement character). The film left out is said, not only counted in n. The curves
-    (the decision curve's 99 rows among them) stay in metrics.json; the net benefit at the threshold is printed."""
+    (the decision curve's 99 rows among them, and each --prevalence's) stay in metrics.json; the net benefit at the
+    threshold, and the figures at each prevalence, are printed."""
     data = tmp_path / "data"
     shutil.copytree(tiny_dataset, data)
     with open(os.path.join(os.fsencode(data / "test" / "NORMAL"), os.fsencode(LATIN1)), "wb") as f:
         f.write(b"not a film")
     out = tmp_path / "eval"
-    assert main(["evaluate", str(tiny_bundle), str(data), "--split", "test", "--out", str(out), "--json"]) == 0
+    assert main(["evaluate", str(tiny_bundle), str(data), "--split", "test", "--out", str(out), "--json",
+                 "--prevalence", "0.1"]) == 0
     printed = json.loads(capsys.readouterr().out.encode("utf-8"))  # strict: no lone surrogate
     written = json.loads((out / "metrics.json").read_text())
     assert printed["unreadable"] == written["unreadable"]
     assert "curves" not in printed and "decision_curve" not in printed and "decision_curve" in written
     assert printed["net_benefit"] == written["net_benefit"]
+    [at] = printed["at_prevalence"]["figures"]
+    assert "decision_curve" not in at and "decision_curve" in written["at_prevalence"]["figures"][0]
+    assert at == {k: v for k, v in written["at_prevalence"]["figures"][0].items() if k != "decision_curve"}
     assert [Path(e["path"]).name for e in printed["unreadable"]] == ["caf\\xe9.jpeg"]
     assert "1 film(s) of " in caplog.text and "could not be read and are left out (" in caplog.text
 
