@@ -131,8 +131,8 @@ def at_prevalence(y_true: Any, prob: Any, threshold: float, prevalences: Sequenc
     def among(hits: np.ndarray, films: np.ndarray) -> list[float]:
         return proportion_ci(hits[films], None if patients is None else patients[films], ALPHA / 2)
 
-    se, sp = _ratio(int((called & positive).sum()), int(positive.sum())), _ratio(int((~called & ~positive).sum()),
-                                                                                  int((~positive).sum()))
+    at_threshold = binary_metrics(y, p, threshold)
+    se, sp = at_threshold["sensitivity"], at_threshold["specificity"]
     ci = {"sensitivity": among(called, positive), "specificity": among(~called, ~positive)}
     odds = threshold / (1 - threshold) if 0 < threshold < 1 else math.nan  # 0 or 1: odds 0 or infinite
     figures = []
