@@ -543,11 +543,11 @@ def _external_section(card: BundleCard) -> str:
         f"at {format_percent(b['prevalence'])}, " + ", ".join(f"{name} {_with_ci(b['metrics'], key)}"
                                                           for key, name in AT_PREVALENCE_FIGURES)
         for b in r["at_prevalence"]) for r in card.external_evaluations if r.get("at_prevalence")]
-    macro_said += (f"\n\nAt a clinic's prevalence (`evaluate --prevalence`), with 95% CIs: {'; '.join(at)}. "
-                   + at_prevalence_note(card.positive) + " Net benefit at each is in the evaluation's report."
-                   if at else "")
+    at_said = (f"\n\nAt a clinic's prevalence (`evaluate --prevalence`), with 95% CIs: {'; '.join(at)}. "
+               + at_prevalence_note(card.positive) + " Net benefit at each is in the evaluation's report."
+               if at else "")
     return (f"{head}\n{rows}\n\n" + " ".join(notes + ([FILM_UNIT_CAVEAT] if by_unit["film"] else [])) + macro_said
-            + checked
+            + at_said + checked
             + (f"\n\nWhat could not be checked, or was found, when they were recorded:\n{caveats}" if caveats else "")
             + _subgroups_section(card.external_evaluations))
 
