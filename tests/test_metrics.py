@@ -970,3 +970,12 @@ def test_a_prevalence_outside_0_to_1_is_refused() -> None:
     for wrong in (0.0, 1.0, 10.0, -0.1, float("nan")):
         with pytest.raises(ValueError, match=r"a prevalence lies strictly between 0 and 1"):
             metrics.check_prevalences([0.1, wrong])
+
+
+def test_prevalences_the_report_or_the_csv_would_show_alike_are_refused() -> None:
+    """Each prevalence is a row of the report, at 0.1 %, and a column of decision_curve.csv named by its ``:g``: two
+    that read alike there (one column overwriting the other) are refused, naming both."""
+    assert metrics.check_prevalences([0.1, 0.3, 0.101]) == [0.1, 0.3, 0.101]
+    for twins in ([0.1, 0.1], [0.1, 0.1001], [0.1234561, 0.1234564]):
+        with pytest.raises(ValueError, match=rf"prevalences {twins[0]} and {twins[1]} are both "):
+            metrics.check_prevalences(twins)

@@ -12,7 +12,7 @@ import numpy as np
 
 from .auc_intervals import _macro_auc_ci
 from ..options import DECISION_RANGE
-from .formatting import jsonable
+from .formatting import format_percent, jsonable
 from .inputs import _as_binary, _as_multiclass, has_both_classes, _patient_codes, _ratio
 from .intervals import ALPHA, _balanced_accuracy_ci, proportion_ci, threshold_metrics_ci
 from .probabilities import calibration
@@ -91,9 +91,16 @@ def net_benefit(y_true: Any, prob: Any, thresholds: Any) -> dict[str, list[float
 def check_prevalences(prevalences: Sequence[float]) -> list[float]:
     """The prevalences figures are recomputed at (:func:`at_prevalence`), refused outside (0, 1): at 0 or 1 PPV or
     NPV is a constant whatever the model, and 10 is a percentage given for a share."""
+    shown: dict[str, float] = {}
     for value in prevalences:
         if not 0 < value < 1:  # NaN too
             raise ValueError(f"a prevalence lies strictly between 0 and 1 (0.1 for 10 %), not {value}")
+        # each is a row of the report shown at 0.1 % and a column of decision_curve.csv named by its :g
+        for name in (format_percent(value), f"{value:g}"):
+            if name in shown:
+                raise ValueError(f"prevalences {shown[name]} and {value} are both {name} as the report and "
+                                 "decision_curve.csv name them: give each once, at most to 0.1 %")
+            shown[name] = value
     return [float(value) for value in prevalences]
 
 
