@@ -957,12 +957,10 @@ def _check_figures(path: Path, where: str, tree: object, name: str = "") -> None
             raise ValueError(f"{path}: {at} is {value!r}, not a count; restore the bundle from a good copy")
 
 
-def _figure_entry(rule: str, value: object) -> bool:
-    """Whether ``value``, a dict or list under a figure's key in a block of figures, is one of those a card records
-    there, holding the key its readers take first (its figures then checked by their keys' rules): patients counted
-    ("all", and each class's), or a rate's entry in an evaluation ("value", its interval)."""
-    if not isinstance(value, dict):
-        return False
+def _figure_entry(rule: str, value: dict) -> bool:
+    """Whether ``value``, a dict under a figure's key in a block of figures, is one of those a card records there,
+    holding the key its readers take first (its figures then checked by their keys' rules): patients counted ("all",
+    and each class's), or a rate's entry in an evaluation ("value", its interval)."""
     return "all" in value if rule == "patients" else rule in RATES and "value" in value
 
 
