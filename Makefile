@@ -35,11 +35,12 @@ pacs-server:
 	@(command -v Orthanc >/dev/null || test -x /usr/sbin/Orthanc) && test -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc orthanc-dicomweb >/dev/null)
 
-# The DICOM conformance test validates every object pneumoscan writes with dicom3tools' dciodvfy and dcmtk's dsrdump;
-# a missing validator is a test failure, so install them here.
+# The DICOM conformance test validates every object pneumoscan writes with dicom3tools' dciodvfy and dcmtk's dsrdump,
+# and the codec tests make HTJ2K films with OpenJPH's ojph_compress (no Python plugin encodes HTJ2K); a missing tool is
+# a test failure, so install them here.
 dicom-tools:
-	@command -v dciodvfy >/dev/null && command -v dsrdump >/dev/null || \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dicom3tools dcmtk >/dev/null)
+	@command -v dciodvfy >/dev/null && command -v dsrdump >/dev/null && command -v ojph_compress >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dicom3tools dcmtk openjph-tools >/dev/null)
 
 # The unit test checks deploy/pneumoscan.service with systemd's own systemd-analyze (verify, security); a missing one
 # is a test failure, so install it here.

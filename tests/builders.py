@@ -11,6 +11,7 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import zlib
@@ -228,6 +229,22 @@ def framed_dicom(frame: bytes, syntax: str, side: int, bits: int = 8, **elements
     buf = io.BytesIO()
     ds.save_as(buf)
     return buf.getvalue()
+
+
+# OpenJPH's encoder (Debian's openjph-tools, `make dicom-tools`): pydicom's plugins encode no HTJ2K
+OJPH_COMPRESS = shutil.which("ojph_compress") or "ojph_compress"
+
+
+def htj2k_frame(pixels: np.ndarray, bits: int, *options: str) -> bytes:
+    """Grey ``pixels`` of ``bits`` stored bits as an HTJ2K codestream made by OpenJPH's ``ojph_compress`` with its
+    ``options`` (``-reversible true`` for a lossless one, ``-prog_order``, ``-qstep``, ``-block_size``, ...)."""
+    rows, cols = pixels.shape
+    with tempfile.TemporaryDirectory() as folder:
+        pgm, j2c = Path(folder) / "film.pgm", Path(folder) / "film.j2c"
+        pgm.write_bytes(b"P5\n%d %d\n%d\n" % (cols, rows, 2**bits - 1)
+                        + pixels.astype(">u2" if bits > 8 else np.uint8).tobytes())  # fmt: skip
+        subprocess.run([OJPH_COMPRESS, "-i", str(pgm), "-o", str(j2c), *options], check=True, capture_output=True)
+        return j2c.read_bytes()
 
 
 def write_png(path: str | Path, width: int, height: int, bits: int = 8, color: int = 0,

@@ -1,5 +1,6 @@
 """Compressed DICOM: every transfer syntax pydicom decodes with its standard plugins (pylibjpeg, -libjpeg,
--openjpeg, -rle) reads like the uncompressed film; lossless syntaxes give back the very same pixels."""
+-openjpeg, -rle) reads like the uncompressed film; lossless syntaxes give back the very same pixels. HTJ2K films are
+made by OpenJPH's ojph_compress (no plugin encodes HTJ2K) and read by OpenJPEG."""
 
 from __future__ import annotations
 
@@ -16,13 +17,15 @@ from pydicom.data import get_testdata_file
 from pydicom.encaps import encapsulate, get_frame
 from pydicom.pixels import get_decoder
 
+from pneumoscan.data import pixels as pixel_limits
 from pneumoscan.data.decode import read_gray
 from pneumoscan.data.readers import jpeg as jpeg_reader
 
 from pneumoscan.data.pixels import DecodeError
 from pneumoscan.data.readers.dicom import TRANSFER_SYNTAXES
-from tests.builders import JPEG_DAMAGE, cut_with_eoi, dicom_bytes
+from tests.builders import JPEG_DAMAGE, cut_with_eoi, dicom_bytes, htj2k_frame, noise_in_middle
 from tests.test_corrupt_jpeg import frame_header, swapped_frame_header
+from tests.test_dicom_faults import encapsulated
 
 # The compressed syntaxes pneumoscan reads (and listen accepts)
 DECODED_SYNTAXES = tuple(syntax for syntax in TRANSFER_SYNTAXES if syntax.is_encapsulated)
@@ -81,6 +84,80 @@ def test_deflated_dataset_reads_like_the_plain_one(film: np.ndarray) -> None:
     ds.save_as(buf)
     assert len(buf.getvalue()) < len(plain)
     np.testing.assert_array_equal(read_gray(buf.getvalue()), read_gray(plain))
+
+
+# Each HTJ2K syntax with the ojph_compress options of its film: reversible in LRCP order, reversible in RPCL order
+# (its syntax's progression; OpenJPH 0.9 writes no TLM marker), and irreversible (9/7 wavelet, quantised)
+HTJ2K_FILMS = {uid.HTJ2KLossless: ("-reversible", "true", "-prog_order", "LRCP"),
+               uid.HTJ2KLosslessRPCL: ("-reversible", "true", "-prog_order", "RPCL"),
+               uid.HTJ2K: ("-qstep", "0.002")}  # fmt: skip
+_PROGRESSIONS = {b"\x00": "LRCP", b"\x02": "RPCL"}
+
+
+def _htj2k_dicom(pixels: np.ndarray, syntax: uid.UID, bits: int = 12) -> tuple[bytes, bytes]:
+    """The plain film of ``pixels`` and the same film as ojph_compress encodes it for ``syntax``; the frame checked
+    to be an HTJ2K codestream (Rsiz says Part 15 and a CAP marker follows SIZ), in the order its options ask."""
+    plain = dicom_bytes(pixels, bits=bits)
+    frame = htj2k_frame(pixels, bits, *HTJ2K_FILMS[syntax])
+    siz_end = 4 + int.from_bytes(frame[4:6], "big")  # SOC, SIZ's marker, then Lsiz bytes from its length
+    assert frame[6] & 0x40 and frame[siz_end : siz_end + 2] == b"\xff\x50"  # Rsiz bit 14, then CAP
+    cod = frame.index(b"\xff\x52")  # COD: Lcod, Scod, then the progression order
+    options = HTJ2K_FILMS[syntax]
+    if "-prog_order" in options:
+        assert _PROGRESSIONS[frame[cod + 5 : cod + 6]] == options[options.index("-prog_order") + 1]
+    return plain, encapsulated(plain, [frame], syntax)
+
+
+@pytest.mark.parametrize("bits", [8, 12])
+@pytest.mark.parametrize("syntax", [uid.HTJ2KLossless, uid.HTJ2KLosslessRPCL], ids=lambda s: s.name)
+def test_a_lossless_htj2k_film_reads_back_exactly(film: np.ndarray, syntax: uid.UID, bits: int) -> None:
+    pixels = film >> 4 if bits == 8 else film
+    plain, packed = _htj2k_dicom(pixels, syntax, bits)
+    ds = pydicom.dcmread(io.BytesIO(packed))
+    assert ds.file_meta.TransferSyntaxUID == syntax
+    np.testing.assert_array_equal(ds.pixel_array, pixels)  # every stored value, as decoded
+    np.testing.assert_array_equal(read_gray(packed), read_gray(plain))
+
+
+def test_a_lossy_htj2k_film_reads_close_to_the_film(film: np.ndarray) -> None:
+    """Quantised (ojph_compress -qstep 0.002): its stored values differ from the film's, its grey by no more than a
+    lossy JPEG's (3 levels of 255), and by under half a level on average."""
+    plain, packed = _htj2k_dicom(film, uid.HTJ2K)
+    assert np.any(pydicom.dcmread(io.BytesIO(packed)).pixel_array != film)  # really lossy
+    difference = np.abs(read_gray(packed).astype(int) - read_gray(plain).astype(int))
+    assert difference.max() <= 3 and difference.mean() < 0.5
+
+
+@pytest.mark.parametrize("damage", ["cut to a third", "random bytes in the middle"])
+@pytest.mark.parametrize("syntax", list(HTJ2K_FILMS), ids=lambda s: s.name)
+def test_a_damaged_htj2k_frame_is_refused_in_one_line_naming_its_syntax(film: np.ndarray, syntax: uid.UID,
+                                                                        damage: str) -> None:  # fmt: skip
+    frame = htj2k_frame(film, 12, *HTJ2K_FILMS[syntax])
+    damaged = frame[: len(frame) // 3] if damage == "cut to a third" else noise_in_middle(frame)
+    with pytest.raises(DecodeError, match=rf"^cannot decode DICOM pixel data \({re.escape(syntax.name)}\): .*"
+                                          "pylibjpeg: Error decoding the J2K data") as info:  # fmt: skip
+        read_gray(encapsulated(dicom_bytes(film), [damaged], syntax))
+    assert "\n" not in str(info.value)
+
+
+def test_the_jpeg_2000_decode_bounds_refuse_an_htj2k_frame_past_them(film: np.ndarray,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The size, code block and tile checks made before OpenJPEG decodes a JPEG 2000 frame read an HTJ2K frame too
+    (the limits here at this small film's scale): ojph_compress's frames of 4 x 4 code blocks and of 16 x 16 tiles
+    are refused, and a frame of another size than its header's, where its own frame is read."""
+    monkeypatch.setattr(pixel_limits, "MAX_J2K_BLOCKS", 1000)
+    monkeypatch.setattr(pixel_limits, "MAX_J2K_TILES", 100)
+    plain, packed = _htj2k_dicom(film, uid.HTJ2KLossless)
+    np.testing.assert_array_equal(read_gray(packed), read_gray(plain))
+    lossless = HTJ2K_FILMS[uid.HTJ2KLossless]
+    for options, refusal in ((("-block_size", "{4,4}"), "coding makes about 4,197 code blocks (limit 1,000)"),
+                             (("-tile_size", "{16,16}"), "cut into 196 tiles (limit 100)")):
+        frame = htj2k_frame(film, 12, *lossless, *options)
+        with pytest.raises(DecodeError, match=rf"^the JPEG 2000 frame(')?s? .*{re.escape(refusal)}"):
+            read_gray(encapsulated(plain, [frame], uid.HTJ2KLossless))
+    with pytest.raises(DecodeError, match=r"^the compressed frame is 224 x 224 pixels with 1 component\(s\); the "
+                                          r"header says 200 x 224"):  # fmt: skip
+        read_gray(encapsulated(dicom_bytes(film[:, :200]), [htj2k_frame(film, 12, *lossless)], uid.HTJ2KLossless))
 
 
 # Files pydicom ships, each the same image as a plain reference (uncompressed MR_small.dcm; RLE SC_rgb_rle.dcm),
