@@ -39,7 +39,9 @@ from pneumoscan.interop import dimse
 from pneumoscan.interop.dimse import MB, Destination, Listener, Room
 from pneumoscan.interop.reports import write_reports
 from pneumoscan.data import pixels
-from tests.builders import SCORE_TOL
+from tests.builders import SCORE_TOL, htj2k_frame
+from tests.test_dicom_codecs import HTJ2K_FILMS
+from tests.test_dicom_faults import encapsulated
 from tests.test_interop import NAME, PATIENT_ID, chest_dicom, running_orthanc
 
 WAIT_S = 60.0  # the longest a study's scoring and sending may take here
@@ -275,6 +277,36 @@ def test_a_caller_not_allowed_is_rejected_and_a_class_not_handled_is_refused_at_
         "association from 'INTRUDER' at 127.0.0.1:PORT rejected: its calling AE title is not one of --allow (MODALITY)",
         "association from 'MODALITY' at 127.0.0.1:PORT rejected: it is addressed to the AE title 'ANOTHER', not this "
         "listener's 'PNEUMOSCAN'"]
+
+
+def test_htj2k_films_are_accepted_at_negotiation_and_scored(
+    listen: Callable[..., int], destination: Destination_SCP, tiny_bundle: Path, film: np.ndarray, tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A modality or PACS that sends High-Throughput JPEG 2000 (its three syntaxes, films made by OpenJPH) has its
+    presentation contexts accepted and each film scored, in a study of its own: the SR of a lossless one has the
+    probability predict gives the uncompressed film."""
+    caplog.set_level(logging.INFO, logger="pneumoscan")
+    (tmp_path / "plain.dcm").write_bytes(chest_dicom(film))
+    [row] = predict_paths(tiny_bundle, [tmp_path / "plain.dcm"], backend="torch")
+    films = {syntax: pydicom.dcmread(io.BytesIO(encapsulated(chest_dicom(film), [htj2k_frame(film, 12, *options)],
+                                                             syntax)))
+             for syntax, options in HTJ2K_FILMS.items()}  # fmt: skip
+    port = listen(destination.port)
+    ae = AE(ae_title="MODALITY")
+    for syntax, ds in films.items():
+        ae.add_requested_context(ds.SOPClassUID, syntax)
+    assoc = ae.associate("127.0.0.1", port, ae_title="PNEUMOSCAN")
+    assert assoc.is_established
+    assert sorted(str(context.transfer_syntax[0]) for context in assoc.accepted_contexts) == sorted(films)
+    assert [int(assoc.send_c_store(ds).Status) for ds in films.values()] == [0, 0, 0]
+    assoc.release()
+    wait_for(lambda: len(destination.received) == 3)
+    srs = {sr.StudyInstanceUID: sr for sr in destination.received}
+    for syntax, ds in films.items():
+        assert f"study {ds.StudyInstanceUID}: reports of 1 of 1 films stored" in caplog.text
+        if syntax.name.endswith("(Lossless Only)"):
+            assert abs(_probability(srs[ds.StudyInstanceUID]) - row["probability"]) <= SCORE_TOL, syntax.name
 
 
 def test_listen_refuses_a_destination_or_ae_title_it_cannot_use_before_listening(

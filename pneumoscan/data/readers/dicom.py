@@ -45,11 +45,11 @@ from pydicom.tag import BaseTag
 from pydicom.valuerep import (CUSTOMIZABLE_CHARSET_VR, DA, EXPLICIT_VR_LENGTH_32, PN_DELIMS, TEXT_VR_DELIMS, TM,
                                VR)
 from pydicom.uid import (
-    JPEG2000, UID, DeflatedExplicitVRLittleEndian, DigitalIntraOralXRayImageStorageForProcessing,
+    HTJ2K, JPEG2000, UID, DeflatedExplicitVRLittleEndian, DigitalIntraOralXRayImageStorageForProcessing,
     DigitalMammographyXRayImageStorageForProcessing, DigitalXRayImageStorageForProcessing, ExplicitVRBigEndian,
-    ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless, JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless,
-    JPEGLosslessSV1, JPEGLSLossless, JPEGLSNearLossless, MediaStorageDirectoryStorage, PrivateTransferSyntaxes,
-    RLELossless,
+    ExplicitVRLittleEndian, HTJ2KLossless, HTJ2KLosslessRPCL, ImplicitVRLittleEndian, JPEG2000Lossless,
+    JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1, JPEGLSLossless, JPEGLSNearLossless,
+    MediaStorageDirectoryStorage, PrivateTransferSyntaxes, RLELossless,
 )  # fmt: skip
 from pydicom.values import converters
 
@@ -60,11 +60,11 @@ from .base import Reader, formats
 from .dicom_pixels import GREY_NUMBERS, PIXEL_KEYWORDS, POLARITY, Film, frame_group, given, syntax_name
 
 # The transfer syntaxes pneumoscan reads (docs/dicom.md, Transfer syntaxes), each decoded by a plugin installed with
-# it and tested on a real film; what a DICOM receiver (listen) accepts. HTJ2K, which pylibjpeg-openjpeg decodes, is
-# not among them: no encoder here makes a film to test it on.
+# it and tested on a real film (HTJ2K's made by OpenJPH, decoded by OpenJPEG); what a DICOM receiver (listen) accepts
 TRANSFER_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian,
                      ExplicitVRBigEndian, JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1,
-                     JPEGLSLossless, JPEGLSNearLossless, JPEG2000Lossless, JPEG2000, RLELossless)
+                     JPEGLSLossless, JPEGLSNearLossless, JPEG2000Lossless, JPEG2000, HTJ2KLossless, HTJ2KLosslessRPCL,
+                     HTJ2K, RLELossless)
 # (implicit VR, little endian) as pydicom detected them -> the transfer syntax of a file that records none
 _ENCODINGS = {(True, True): ImplicitVRLittleEndian, (False, True): ExplicitVRLittleEndian,
               (False, False): ExplicitVRBigEndian}  # fmt: skip
