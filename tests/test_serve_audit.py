@@ -21,7 +21,7 @@ from pneumoscan.serving.app import create_app
 from pneumoscan.serving.audit import AuditLog
 from pneumoscan.serving.guard import Access
 from tests.builders import free_port, start_serve, wait_healthy
-from tests.test_serve import with_threshold
+from tests.test_serve import labels, moved, scraped, with_threshold
 
 WARD_KEY, PACS_KEY = "ward-" + "0123456789abcdef" * 2, "pacs-" + "fedcba9876543210" * 2
 SECRET = "Jane-Doe-MRN-004217"  # a file name that must reach no line
@@ -175,14 +175,17 @@ def test_a_reading_whose_line_cannot_be_written_is_answered_only_when_the_line_i
         required: bool) -> None:
     """The audit file replaced by a folder while the service runs (its lines cannot be written, as root too): by
     default the reading is answered and a warning says the line is lost; with --audit-required it is a 503 naming
-    the reason, no reading in it."""
+    the reason, no reading in it, counted under that reason in /metrics as every refusal is."""
     audit = tmp_path / "audit.jsonl"
     with TestClient(create_app(tiny_bundle, audit_log=audit, audit_required=required)) as c:
         audit.unlink()
         audit.mkdir()
+        before = scraped(c)
         with caplog.at_level(logging.WARNING, "pneumoscan.serving.audit"):
             answer = c.post("/v1/predict", files={"file": ("x.jpeg", films[0], "image/jpeg")})
+        counted = moved(before, scraped(c), "pneumoscan_refusals_total")
     assert "are lost (Is a directory)" in caplog.text
+    assert counted == ({labels(reason="audit_log_lost"): 1} if required else {})
     if required:
         assert (answer.status_code, answer.json()["reason"]) == (503, "audit_log_lost")
         assert "probability" not in answer.text and answer.headers["x-request-id"]

@@ -838,6 +838,8 @@ PROVED_ELSEWHERE = {  # each reason's answer needs a service state of its own: t
                      "test_a_client_past_its_rate_gets_429_with_retry_after_and_another_is_still_served"),
     "rate_limit_unavailable": ("test_serve_rate", "test_instances_sharing_a_redis_server_count_one_allowance_and_"
                                                   "refuse_503_while_it_is_down"),
+    "audit_log_lost": ("test_serve_audit",
+                       "test_a_reading_whose_line_cannot_be_written_is_answered_only_when_the_line_is_not_required"),
     "key_file_refused": ("test_serve_auth", "test_a_key_file_emptied_removed_or_spoiled_refuses_every_key_with_its_"
                                             "reason_never_opens_the_service"),
 }

@@ -88,7 +88,7 @@ def create_app(bundle: Path | str, etiology: Path | str | None = None, max_uploa
     _add_middleware(app, access, service.metrics)
     if audit is not None:  # outside the guard, so that its refusals are written too
         card = service.card
-        app.add_middleware(AuditRequests, audit=audit,
+        app.add_middleware(AuditRequests, audit=audit, refused=service.metrics.refused,
                            model={"model_id": card.id, "model_version": card.version, "card_digest": card.card_digest})
     app.state.in_flight = service.in_flight
     app.state.metrics = service.metrics  # the server adds its log's held-back lines (server.build_server)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from typing import Any
 
@@ -26,13 +26,14 @@ from pneumoscan.core.audit import now
 
 from .formats import StageResult
 from .guard import key_name, route_path
+from .limits import Refusal, Rejected
 from .metrics import warning_kind
 
 log = logging.getLogger(__name__)
 PREDICT_PATH = "/v1/predict"
 REQUEST_ID = "X-Request-ID"  # the answer's header that names its audit line
 KEY_REFUSED = 401  # a request refused at the key (guard: key_wrong, key_missing): a line whatever its path
-AUDIT_LOST = "audit_log_lost"  # the reason of a reading refused (503) since its line cannot be written (required)
+AUDIT_LOST: Refusal = "audit_log_lost"  # a reading refused (503) since its line cannot be written (required)
 MAX_REFUSAL_BYTES = 2**16  # the most of a refusal's body read for its reason (a heatmap_failed one holds a reading)
 # the fields of the request in progress, filled by the service (film, options, readings) and the guard (the key a
 # refused request carried); None outside an audited request
@@ -66,10 +67,12 @@ class AuditRequests:
     refused at the key (:data:`KEY_REFUSED`), written to ``audit`` as one line, with its path, the model served
     (``model``: id, version and card digest, as /v1/model gives them) and a request id that its answer carries too
     (:data:`REQUEST_ID`). With ``audit.required`` a reading's line is written before its answer begins, and a reading
-    whose line cannot be written is answered 503 (:data:`AUDIT_LOST`) in its place, nothing of it sent."""
+    whose line cannot be written is answered 503 (:data:`AUDIT_LOST`) in its place, nothing of it sent, counted by
+    ``refused`` as every refusal of the service is (/metrics)."""
 
-    def __init__(self, app: ASGIApp, audit: AuditLog, model: Mapping[str, str]) -> None:
-        self.app, self.audit, self.model = app, audit, dict(model)
+    def __init__(self, app: ASGIApp, audit: AuditLog, model: Mapping[str, str],
+                 refused: Callable[[Refusal], None] = lambda kind: None) -> None:
+        self.app, self.audit, self.model, self.refused = app, audit, dict(model), refused
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -117,8 +120,10 @@ class AuditRequests:
 
     async def _refuse(self, request_id: str, send: Send) -> None:
         """The 503 that takes a reading's place when its audit line cannot be written (``--audit-required``)."""
-        body = json.dumps({"error": "the reading is not answered: its audit line cannot be written "
-                                    "(--audit-required); the service's log says why", "reason": AUDIT_LOST}).encode()
+        refusal = Rejected(503, "the reading is not answered: its audit line cannot be written (--audit-required); "
+                                "the service's log says why", kind=AUDIT_LOST)
+        self.refused(refusal.kind)
+        body = json.dumps(refusal.body()).encode()
         await send({"type": "http.response.start", "status": 503,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                                 (REQUEST_ID.lower().encode(), request_id.encode())]})

@@ -102,7 +102,8 @@ class Limits:
 Refusal = Literal["bad_request", "host_not_served", "cors_not_allowed", "key_missing", "key_wrong", "not_found",
                   "method_not_allowed", "upload_timeout", "too_large", "unsupported_type", "unreadable_film",
                   "not_reportable", "heatmap_unavailable", "heatmap_failed", "rate_limited", "rate_limit_unavailable",
-                  "busy", "shutting_down", "key_file_refused", "model_broken", "internal_error", "client_gone"]
+                  "busy", "shutting_down", "key_file_refused", "model_broken", "internal_error", "client_gone",
+                  "audit_log_lost"]
 # each status's refusal where its raise names none: the 422 of a request's options, the 429 of a client past its
 # rate, the 503 of a full lane, a path not served and a method it does not take (the router's), a bug's 500 (the
 # guard's)
