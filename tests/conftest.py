@@ -151,15 +151,16 @@ def _shared_left_as_built(request: pytest.FixtureRequest):
 
 @pytest.fixture(autouse=True)
 def _log_rate_limits_forgotten() -> None:
-    """The service's log filters (serving.server.OneLineLog) hold back a warning said within 10 s of the same one,
-    and stay on their loggers for the process: a test that asserts a start-up warning would fail when another test
-    in its worker said it just before. Each test starts with nothing held back, as a new service does."""
-    server = sys.modules.get("pneumoscan.serving.server")  # never imported here: most tests start no service
-    if server is None:
+    """The services' log filters (core.logs.OneLineLog: serve's, listen's on its audit log) hold back a warning said
+    within 10 s of the same one, and stay on their loggers for the process: a test that asserts a start-up warning
+    would fail when another test in its worker said it just before. Each test starts with nothing held back, as a new
+    service does."""
+    logs = sys.modules.get("pneumoscan.core.logs")  # never imported here
+    if logs is None:
         return
-    for name in server.QUIET_LOGGERS:
-        for limit in logging.getLogger(name).filters:
-            if isinstance(limit, server.OneLineLog):
+    for logger in [*logging.root.manager.loggerDict.values(), logging.root]:
+        for limit in getattr(logger, "filters", ()):  # a placeholder of a logger not made yet has none
+            if isinstance(limit, logs.OneLineLog):
                 with limit.lock:
                     limit.last.clear()
                     limit.held.clear()

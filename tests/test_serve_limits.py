@@ -28,11 +28,12 @@ from fastapi import FastAPI
 from pydantic import TypeAdapter
 
 import pneumoscan.serving.service as service_module
+from pneumoscan.core.logs import OneLineLog
 from pneumoscan.inference.predict import Predictor
 from pneumoscan.serving.app import create_app
 from pneumoscan.serving.limits import Limits
-from pneumoscan.serving.server import (ACCESS_LOGGER, NOT_SERVED, QUIET_LOGGERS, AccessLines, AccessLog, OneLineLog,
-                                       served_paths, server_config)
+from pneumoscan.serving.server import (ACCESS_LOGGER, NOT_SERVED, QUIET_LOGGERS, AccessLines, AccessLog, served_paths,
+                                       server_config)
 from tests.builders import free_port, running, wait_healthy
 from tests.test_integrity import bright_overflow_bundle, png
 from tests.test_serve import labels, moved, scraped

@@ -11,6 +11,7 @@ warnings: :func:`keep_dicom_values_out_of_logs` redacts them (:func:`redact`), b
 use those libraries. The DICOM reader imports this module, so it loads neither of them, nor rich before a bar or the
 command line's log needs it. :func:`raised_at` names where an error was raised, for a log line that gives no
 traceback (a traceback would repeat what its message quotes); :func:`error_chain` walks an error's causes.
+:class:`OneLineLog` holds a service's repeated warnings to one a kind every few seconds.
 """
 
 from __future__ import annotations
@@ -19,8 +20,11 @@ import functools
 import logging
 import re
 import sys
+import threading
+import time
 import traceback
 import warnings
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
@@ -136,6 +140,47 @@ def error_chain(error: BaseException) -> Iterator[BaseException]:
         seen.add(id(current))
         yield current
         current = current.__cause__ or current.__context__
+
+
+# a warning said once for what it says, never held back by OneLineLog: one that answers an operator (a signal, SIGHUP;
+# an edit of serve's key file), which would leave a second try within its interval unanswered, and the start of an
+# outage of the rate-limit store, which would leave a second outage within it without its start
+ANSWER = "answers_an_operator"
+
+
+class OneLineLog(logging.Filter):
+    """A failure's traceback becomes one line, and each kind of warning or error passes at most once every
+    ``interval`` seconds, with a count of those held back. At the open-file limit, or under a flood of failing
+    requests, the log must stay small and readable (it once grew by 88 MB in 45 s). On serve's loggers
+    (:func:`pneumoscan.serving.server.server_config`) and on listen's lost audit lines (a broken audit file is
+    otherwise a warning for each film)."""
+
+    def __init__(self, interval: float = 10.0) -> None:
+        super().__init__()
+        self.interval = interval
+        self.last: dict[tuple[str, str], float] = {}
+        self.held: Counter[tuple[str, str]] = Counter()
+        self.held_back = 0  # lines held back since the start (serve's /metrics: serving.server.HeldBack)
+        self.lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING or getattr(record, ANSWER, False):
+            return True
+        exc = record.exc_info[1] if record.exc_info else None
+        key = (record.name, f"{record.msg}|{type(exc).__name__ if exc else ''}")
+        now = time.monotonic()
+        with self.lock:
+            if now - self.last.get(key, -self.interval) < self.interval:
+                self.held[key] += 1
+                self.held_back += 1
+                return False
+            self.last[key] = now
+            held = self.held.pop(key, 0)
+        text = record.getMessage().rstrip() + (f": {type(exc).__name__}: {exc}" if exc else "")
+        if held:
+            text += f" ({held} more like this held back)"
+        record.msg, record.args, record.exc_info, record.exc_text, record.stack_info = text, None, None, None, None
+        return True
 
 
 class _RedactValues(logging.Filter):

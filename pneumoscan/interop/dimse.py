@@ -53,7 +53,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from pneumoscan.core.atomic import write_atomic, write_json
 from pneumoscan.core.audit import AuditLog, now
 from pneumoscan.core.digests import file_sha256
-from pneumoscan.core.logs import redact
+from pneumoscan.core.logs import OneLineLog, redact
 from pneumoscan.core.names import shown
 from pneumoscan.core.options import (LISTEN_ASSOCIATION_MB, LISTEN_FREE_MB, LISTEN_RETRY_S, LISTEN_SEND_S,
                                      LISTEN_STORE_S, MAX_UPLOAD_MB)
@@ -248,6 +248,9 @@ class Listener:
         # each film is written to a temporary file as it arrives, not held in memory (pynetdicom's setting is
         # the process's: its other SCPs, none in pneumoscan, would get their C-STOREs' files too)
         _config.STORE_RECV_CHUNKED_DATASET = True
+        # a broken audit file loses the line of each film and report: its warning held to one every 10 s, as serve's
+        if self.audit is not None and not any(isinstance(f, OneLineLog) for f in self.audit.log.filters):
+            self.audit.log.addFilter(OneLineLog())
         ae = AE(ae_title=self.ae_title)
         ae.require_called_aet = True  # an association addressed to another AE title is rejected
         ae.require_calling_aet = self.allow

@@ -21,10 +21,10 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pneumoscan.core.atomic import file_stamp
-from pneumoscan.core.logs import raised_at, redact
+from pneumoscan.core.logs import ANSWER, raised_at, redact
 from pneumoscan.core.secrets import one_secret, read_secret, secret_text, warn_if_shared
 
-from .limits import ANSWER, RETRY_AFTER_S, Refusal, Rejected
+from .limits import RETRY_AFTER_S, Refusal, Rejected
 
 log = logging.getLogger(__name__)
 
@@ -295,7 +295,7 @@ class Guard:
             # the kind of error, where it was raised and its message with what it quotes redacted, no traceback: a
             # message may quote a value of the film's header (a patient's name, a birth date), as pydicom's and
             # highdicom's do, and a traceback repeats it. The kind and place are in the format, which the served
-            # log's rate limit (server.OneLineLog) tells failures apart by
+            # log's rate limit (core.logs.OneLineLog) tells failures apart by
             where = raised_at(e).replace("%", "%%")  # in the format
             log.error(f"internal error on %s %s: {type(e).__name__} at {where}: %s", scope["method"],
                       scope["path"], redact(str(e)))

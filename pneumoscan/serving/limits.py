@@ -22,7 +22,7 @@ from pydantic import ConfigDict, Field
 from pydantic.dataclasses import dataclass
 
 from pneumoscan.core.cpus import usable_cores
-from pneumoscan.core.logs import error_chain
+from pneumoscan.core.logs import ANSWER, error_chain
 from pneumoscan.core.secrets import check_client_cert
 
 log = logging.getLogger(__name__)
@@ -39,10 +39,6 @@ STORE_TIMEOUT_S = 1.0  # the longest a rate-limit store may take to connect or a
 # store back within the cap is counted in again at most that late
 STORE_RETRY_S = 1.0
 STORE_RETRY_MAX_S = 16.0
-# a warning said once for what it says, never held back by server.OneLineLog: one that answers an operator (a signal,
-# SIGHUP; an edit of the key file), which would leave a second try within its interval unanswered, and the start of an
-# outage of the rate-limit store, which would leave a second outage within it without its start
-ANSWER = "answers_an_operator"
 # Why /healthz says degraded while the rate-limit store does not answer: the service works, but counts no request
 STORE_SILENT = ("the rate-limit store (--rate-limit-storage) does not answer: each prediction request is refused (503) "
                 "until it does; check the Redis server")

@@ -36,12 +36,13 @@ from uvicorn.config import LOGGING_CONFIG
 from uvicorn.logging import AccessFormatter
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from pneumoscan.core.logs import ANSWER, OneLineLog
 from pneumoscan.core.network import is_loopback
 from pneumoscan.core.options import MAX_UPLOAD_MB
 from .app import ACCESS_LOGGER, CLIENT_GONE, create_app
 from .formats import PREDICT_OPTIONS, HeatmapWord, ReportFormat, ServiceInfo
 from .guard import SECURITY_HEADERS, Access, KeyInUse, key_name
-from .limits import ANSWER, Limits, Refusal, Rejected
+from .limits import Limits, Refusal, Rejected
 from .metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
@@ -225,39 +226,6 @@ class GuardedH11(H11Protocol):
     def _cut_off(self, close: Callable[[], None]) -> None:
         self.cut_off = True
         close()
-
-
-class OneLineLog(logging.Filter):
-    """A failure's traceback becomes one line, and each kind of warning or error passes at most once every
-    ``interval`` seconds, with a count of those held back. At the open-file limit, or under a flood of failing
-    requests, the log must stay small and readable (it once grew by 88 MB in 45 s)."""
-
-    def __init__(self, interval: float = 10.0) -> None:
-        super().__init__()
-        self.interval = interval
-        self.last: dict[tuple[str, str], float] = {}
-        self.held: Counter[tuple[str, str]] = Counter()
-        self.held_back = 0  # lines held back since the start (/metrics: HeldBack)
-        self.lock = threading.Lock()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.WARNING or getattr(record, ANSWER, False):
-            return True
-        exc = record.exc_info[1] if record.exc_info else None
-        key = (record.name, f"{record.msg}|{type(exc).__name__ if exc else ''}")
-        now = time.monotonic()
-        with self.lock:
-            if now - self.last.get(key, -self.interval) < self.interval:
-                self.held[key] += 1
-                self.held_back += 1
-                return False
-            self.last[key] = now
-            held = self.held.pop(key, 0)
-        text = record.getMessage().rstrip() + (f": {type(exc).__name__}: {exc}" if exc else "")
-        if held:
-            text += f" ({held} more like this held back)"
-        record.msg, record.args, record.exc_info, record.exc_text, record.stack_info = text, None, None, None, None
-        return True
 
 
 class LogStream(logging.StreamHandler):
