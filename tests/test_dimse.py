@@ -445,6 +445,32 @@ def test_each_film_read_caller_refused_and_report_stored_is_an_audit_line(
     assert stat.S_IMODE(audit.path.stat().st_mode) == 0o600
 
 
+def test_each_film_of_a_study_that_cannot_be_scored_is_an_audit_line_with_the_reason(
+    listen: Callable[..., int], destination: Destination_SCP, film: np.ndarray, tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A study whose scoring raises (its films of two patients) is a film_read line for each film received, its
+    digest and the error's one-line reason as its refusal, no reading: the trail shows every film and what became of
+    it, where only the journal's error line did."""
+    caplog.set_level(logging.INFO, logger="pneumoscan")
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    port = listen(destination.port, audit=audit)
+    study = generate_uid()
+    films = [chest_dicom(film, StudyInstanceUID=study), chest_dicom(film, StudyInstanceUID=study, PatientID="B-2")]
+    assert send(port, films) == [0, 0]
+    wait_for(lambda: f"study {study}: not scored: " in caplog.text)
+    wait_for(lambda: not list((tmp_path / "listener").glob("association-*")))  # its films' lines written before
+    [error] = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"study {study}: not scored: ")]
+    why = error.removeprefix(f"study {study}: not scored: ")
+    assert why.startswith("the study's instances belong to 2 patients")
+    sent = [pydicom.dcmread(io.BytesIO(data)) for data in films]
+    assert sorted((line["event"], line["study_instance_uid"], line["sop_instance_uid"], line["series_instance_uid"],
+                   line["probability"], line["label"], line["refusal"]) for line in audit_lines(audit)) == sorted(
+        ("film_read", study, ds.SOPInstanceUID, ds.SeriesInstanceUID, None, None, why) for ds in sent)
+    assert all(re.fullmatch(r"sha256:[0-9a-f]{64}", line["film_sha256"]) for line in audit_lines(audit))
+    assert destination.received == []
+
+
 @pytest.mark.parametrize("required", [False, True], ids=["default", "required"])
 def test_a_film_whose_audit_line_cannot_be_written_gets_its_report_only_when_the_line_is_not_required(
     listen: Callable[..., int], destination: Destination_SCP, film: np.ndarray, tmp_path: Path,

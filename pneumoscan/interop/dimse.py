@@ -387,7 +387,8 @@ class Listener:
             self._score(received)
 
     def _score(self, received: _Association) -> None:
-        """Each study an association brought scored, and handed to the sending thread."""
+        """Each study an association brought scored, and handed to the sending thread; a study whose scoring raised
+        is an error line, and an audit line for each of its films with the error as its refusal."""
         scored = _Scored(received.folder)
         try:
             with self._scoring:
@@ -395,7 +396,9 @@ class Listener:
                     try:
                         rows = self.score_study(study, instances, received.folder)
                     except Exception as e:  # one study's fault is that study's: the others, and the listener, go on
-                        log.error("study %s: not scored: %s", study, shown(redact(str(e)) or type(e).__name__))
+                        why = shown(redact(str(e)) or type(e).__name__)
+                        log.error("study %s: not scored: %s", study, why)
+                        self._audit_reads(study, [{**row, "error": why} for row in instances.values()], received)
                         continue
                     self._audit_reads(study, rows, received)
                     self._spool_reports(study, rows, scored)
