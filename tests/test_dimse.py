@@ -606,12 +606,20 @@ def test_a_film_past_what_the_listener_may_hold_on_disk_is_refused_out_of_resour
 def test_a_film_whose_file_passes_a_bound_its_data_set_kept_is_refused_once_received() -> None:
     """Films are counted as their data sets arrive; the file kept adds its header (about 200 bytes), so a film just
     under a bound as it arrives may pass it on disk: the bounds are checked again on the file, refused out of
-    resources with the reason in at most 64 characters (an ErrorComment's)."""
+    resources with the reason in at most 64 characters (an ErrorComment's), whatever the bounds. A size past a bound
+    is rounded up, so that it never reads as the bound itself, when refused and when cut short alike."""
     room, free = Room(film_mb=1, association_mb=2), 2**50
     assert room.refusal(MB, 0, free) is None and room.refusal(MB, MB, free) is None
-    assert room.refusal(MB + 1, 0, free) == "film of 1.0 MB over the limit of 1 MB"
-    assert room.refusal(MB, MB + 1, free) == "association over its limit of 2 MB; send the rest in another"
-    assert all(len(room.refusal(*case) or "") <= 64 for case in [(MB + 1, 0, free), (MB, MB + 1, free), (1, 0, 0)])
+    assert room.refusal(MB + 1, 0, free) == "film of 1.01 MB over the limit of 1 MB"
+    assert room.refusal(MB, MB + 1, free) == "association over 2 MB; send the rest in another"
+    assert room.overrun(MB + 1, 0) == "film of 1.01 MB so far, over --max-film-mb 1"
+    assert room.overrun(MB, MB + 1) == "association of 2.01 MB so far, over --max-association-mb 2"
+    wide = Room(film_mb=1234567.5, association_mb=1234567.5)  # "1.23457e+06" as a bound is written
+    past_film, past_association = int(wide.film_mb * MB) + 1, int(wide.association_mb * MB)
+    cases = [(room, MB + 1, 0, free), (room, MB, MB + 1, free), (room, 1, 0, 0), (wide, past_film, 0, free),
+             (wide, MB, past_association, free), (wide, 1, 0, 0)]
+    assert all(len(bounds.refusal(*case) or "") <= 64 for bounds, *case in cases), [
+        bounds.refusal(*case) for bounds, *case in cases]
 
 
 @pytest.mark.parametrize("room, stored, why", [

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import queue
 import shutil
 import tempfile
@@ -128,9 +129,9 @@ class Room:
         """Why a film of ``size`` bytes is refused, its association holding ``held`` bytes and the disk ``free``
         bytes free (at most 64 characters, an ErrorComment's); None when it fits."""
         if size > self.film_mb * MB:
-            return f"film of {size / MB:.1f} MB over the limit of {self.film_mb:g} MB"
-        if held + size > self.association_mb * MB:
-            return f"association over its limit of {self.association_mb:g} MB; send the rest in another"
+            return f"film of {_past(size)} MB over the limit of {self.film_mb:g} MB"
+        if held + size > self.association_mb * MB:  # in 64 characters with the widest bound :g writes, 1.23457e+06
+            return f"association over {self.association_mb:g} MB; send the rest in another"
         if free - size < self.free_mb * MB:
             return f"listener's disk short of space ({free / MB:.0f} MB free)"
         return None
@@ -139,11 +140,17 @@ class Room:
         """Why an association is cut short while a film arrives, ``arriving`` bytes of it received so far and
         ``held`` bytes of its association's films kept; None while both are within their bounds."""
         if arriving > self.film_mb * MB:
-            return f"film of {arriving / MB:.2f} MB so far, over --max-film-mb {self.film_mb:g}"
+            return f"film of {_past(arriving)} MB so far, over --max-film-mb {self.film_mb:g}"
         if held + arriving > self.association_mb * MB:
-            return (f"association of {(held + arriving) / MB:.2f} MB so far, over --max-association-mb "
+            return (f"association of {_past(held + arriving)} MB so far, over --max-association-mb "
                     f"{self.association_mb:g}")
         return None
+
+
+def _past(size: int) -> str:
+    """``size`` bytes, past a bound, in MB to two decimals rounded up: never shown as the bound it passed (a film
+    of 1 MB and a byte is 1.01 MB, not 1.00)."""
+    return f"{math.ceil(size * 100 / MB) / 100:.2f}"
 
 
 class Spool:
