@@ -175,7 +175,8 @@ def test_a_reading_whose_line_cannot_be_written_is_answered_only_when_the_line_i
         required: bool) -> None:
     """The audit file replaced by a folder while the service runs (its lines cannot be written, as root too): by
     default the reading is answered and a warning says the line is lost; with --audit-required it is a 503 naming
-    the reason, no reading in it, counted under that reason in /metrics as every refusal is."""
+    the reason, no reading in it, counted under that reason and as a 503 in /metrics as every refusal is, with the
+    security headers every answer carries."""
     audit = tmp_path / "audit.jsonl"
     with TestClient(create_app(tiny_bundle, audit_log=audit, audit_required=required)) as c:
         audit.unlink()
@@ -183,11 +184,18 @@ def test_a_reading_whose_line_cannot_be_written_is_answered_only_when_the_line_i
         before = scraped(c)
         with caplog.at_level(logging.WARNING, "pneumoscan.serving.audit"):
             answer = c.post("/v1/predict", files={"file": ("x.jpeg", films[0], "image/jpeg")})
-        counted = moved(before, scraped(c), "pneumoscan_refusals_total")
+        after = scraped(c)
+    counted = moved(before, after, "pneumoscan_refusals_total")
     assert "are lost (Is a directory)" in caplog.text
     assert counted == ({labels(reason="audit_log_lost"): 1} if required else {})
+    answered = {k: n for k, n in moved(before, after, "pneumoscan_http_requests_total").items()
+                if ("endpoint", "/v1/predict") in k}  # the status the client got, not the reading's
+    assert answered == {labels(endpoint="/v1/predict", status="503" if required else "200"): 1}
     if required:
         assert (answer.status_code, answer.json()["reason"]) == (503, "audit_log_lost")
         assert "probability" not in answer.text and answer.headers["x-request-id"]
+        assert (answer.headers["x-content-type-options"], answer.headers["referrer-policy"]) == ("nosniff",
+                                                                                               "no-referrer")
+        assert answer.headers["content-type"] == "application/json"
     else:
         assert answer.status_code == 200 and 0 <= answer.json()["probability"] <= 1

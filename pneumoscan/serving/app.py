@@ -85,11 +85,9 @@ def create_app(bundle: Path | str, etiology: Path | str | None = None, max_uploa
         # with the slash would pass only by following (to plain http behind a TLS proxy)
         redirect_slashes=False,
     )
-    _add_middleware(app, access, service.metrics)
-    if audit is not None:  # outside the guard, so that its refusals are written too
-        card = service.card
-        app.add_middleware(AuditRequests, audit=audit, refused=service.metrics.refused,
-                           model={"model_id": card.id, "model_version": card.version, "card_digest": card.card_digest})
+    card = service.card
+    _add_middleware(app, access, service.metrics, audit,
+                    {"model_id": card.id, "model_version": card.version, "card_digest": card.card_digest})
     app.state.in_flight = service.in_flight
     app.state.metrics = service.metrics  # the server adds its log's held-back lines (server.build_server)
     app.state.card = service.card  # the cards as served (the start names the model: server.build_server)
@@ -107,10 +105,12 @@ def _refuse_unguarded_key(access: Access | None) -> None:
                          f"others), or unset {API_KEY_ENV}")
 
 
-def _add_middleware(app: FastAPI, access: Access | None, metrics: ServiceMetrics) -> None:
+def _add_middleware(app: FastAPI, access: Access | None, metrics: ServiceMetrics, audit: AuditLog | None,
+                    model: dict[str, str]) -> None:
     """The guard (key, Host check, security headers) on every request, and CORS for the origins ``access`` allows,
     outside the guard so that its refusals carry CORS too, with a guard of the preflights CORS answers outside it;
-    outside them all, each answer counted (its refusals too)."""
+    the audit (of the ``model`` served) outside them, so that their refusals are written too; outside them all,
+    each answer counted (its refusals too, the audit's own)."""
     app.state.key_in_use = KeyInUse(access)  # read again by a change of the key file, or SIGHUP
 
     def answered(key: str, status: int) -> None:  # the key a request carried, let in or not (the audit's too)
@@ -123,6 +123,8 @@ def _add_middleware(app: FastAPI, access: Access | None, metrics: ServiceMetrics
                            allow_methods=["GET", "POST"], allow_headers=["Authorization", "X-API-Key"], max_age=600,
                            expose_headers=["Retry-After", REQUEST_ID])  # for the allowed page to read
         app.add_middleware(Guard, access=access, preflights=True, refused=metrics.refused)
+    if audit is not None:
+        app.add_middleware(AuditRequests, audit=audit, refused=metrics.refused, model=model)
     app.add_middleware(CountRequests, metrics=metrics)
 
 

@@ -100,7 +100,7 @@ class AuditRequests:
                 entry.setdefault("time", now())
                 if self.audit.required and path == PREDICT_PATH and status < 400 and not write():
                     withheld = True
-                    return await self._refuse(request_id, send)
+                    return await self._refuse(request_id, message.get("headers", []), send)
                 if path == PREDICT_PATH or status == KEY_REFUSED:  # the answers that have a line
                     message["headers"] = [*message.get("headers", []),
                                           (REQUEST_ID.lower().encode(), request_id.encode())]
@@ -118,14 +118,17 @@ class AuditRequests:
             audit_entry.reset(token)
             write()  # an answer that never ended (the client gone, the shutdown's grace run out)
 
-    async def _refuse(self, request_id: str, send: Send) -> None:
-        """The 503 that takes a reading's place when its audit line cannot be written (``--audit-required``)."""
+    async def _refuse(self, request_id: str, headers: Sequence[tuple[bytes, bytes]], send: Send) -> None:
+        """The 503 that takes a reading's place when its audit line cannot be written (``--audit-required``), with
+        the headers the layers inside gave the reading (security headers, CORS) but its body's own."""
         refusal = Rejected(503, "the reading is not answered: its audit line cannot be written (--audit-required); "
                                 "the service's log says why", kind=AUDIT_LOST)
         self.refused(refusal.kind)
         body = json.dumps(refusal.body()).encode()
+        kept = [(name, value) for name, value in headers if name.lower() not in (b"content-type", b"content-length")]
         await send({"type": "http.response.start", "status": 503,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                    "headers": [*kept, (b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode()),
                                 (REQUEST_ID.lower().encode(), request_id.encode())]})
         await send({"type": "http.response.body", "body": body})
 
