@@ -19,6 +19,7 @@ import warnings
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -32,7 +33,8 @@ from pneumoscan.data.layouts import discover, write_manifest
 from pneumoscan.data.preprocess import PreprocessSpec, preprocess
 from pneumoscan.data.tasks import get_task
 from pneumoscan.inference.export import _check_parity, export_onnx, module_onnx, write_onnx_spec
-from pneumoscan.inference.onnx_runtime import INPUT, INT8_NAME, OUTPUT, session, spec_path
+from pneumoscan.inference.onnx_runtime import (INPUT, INT8_NAME, OUTPUT, check_finite, described, session,
+                                               spec_path)
 from pneumoscan.inference.predict import NonFiniteScore, Predictor, predict_paths
 from pneumoscan.models import registry as models
 from pneumoscan.models.bundle import load_bundle, save_bundle
@@ -452,6 +454,102 @@ def test_weights_resealed_with_a_value_not_finite_are_refused_at_load_naming_the
         create_app(bundle, backend="torch")
     assert cli.main(["predict", str(bundle), str(film), "--backend", "torch"]) == 2
     one_line_error(capsys, f"its tensor '{name}' holds 1 NaN or infinite values")
+
+
+def reseal_graph(bundle: Path, name: str, value: float, constant: bool) -> str:
+    """Write ``value`` into BUNDLE/NAME's first floating-point initializer of more than one value (``constant``:
+    given instead by a Constant node, as exporters write some: efficientnet_lite0's graph holds 111), then seal the
+    file again as a tool would: its sidecar's and bundle.json's SHA-256 recorded anew. Returns what the refusal
+    names."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load_model_from_string((bundle / name).read_bytes())
+    tensor = next(t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT and np.prod(t.dims) > 1)
+    values = numpy_helper.to_array(tensor).copy()
+    values.flat[0] = value
+    tensor.CopyFrom(numpy_helper.from_array(values, tensor.name))
+    what = f"initializer {tensor.name!r}"
+    if constant:
+        node = onnx.helper.make_node("Constant", [], [tensor.name], name="damaged", value=tensor)
+        model.graph.initializer.remove(tensor)
+        model.graph.node.insert(0, node)
+        what = "Constant node 'damaged'"
+    (bundle / name).write_bytes(model.SerializeToString())
+    sidecar = json.loads(spec_path(bundle / name).read_text())
+    spec_path(bundle / name).write_text(json.dumps({**sidecar, **described(bundle / name)}))
+    record_checksum(bundle, name)
+    record_checksum(bundle, spec_path(bundle / name).name)
+    return f"{what} holds 1 NaN or infinite values of {values.size}"
+
+
+@pytest.mark.parametrize(("backend", "value", "constant"), [("onnx", float("nan"), False),
+                                                            ("onnx-int8", float("inf"), False),
+                                                            ("onnx", float("-inf"), True)],
+                         ids=["onnx-nan", "onnx-int8-inf", "onnx-constant"])
+def test_an_onnx_model_resealed_with_a_value_not_finite_is_refused_at_load_naming_it(
+    int8_bundle: Path, tmp_path: Path, film: Path, capsys: pytest.CaptureFixture, backend: str, value: float,
+    constant: bool
+) -> None:
+    """A NaN or an infinity written into model.onnx or model.int8.onnx and sealed again (its SHA-256 recorded anew
+    in its sidecar and bundle.json) passes every digest check: the ONNX backends loaded it and refused each film in
+    turn. Refused at load, naming the file and the tensor."""
+    bundle = copy_bundle(int8_bundle, tmp_path)
+    name = INT8_NAME if backend == "onnx-int8" else ONNX_NAME
+    said = reseal_graph(bundle, name, value, constant)
+    with pytest.raises(ValueError, match=f"^{re.escape(f'{bundle / name}: its {said}')}, which no model computes"):
+        Predictor(bundle, backend=backend)
+    assert cli.main(["predict", str(bundle), str(film), "--backend", backend]) == 2
+    one_line_error(capsys, said)
+
+
+def graph_holding(tensor: Any, where: str) -> bytes:
+    """A model whose ``tensor`` is an initializer, a sparse initializer's values, a Constant node's value, that of a
+    Constant node in an If node's branch, or in a local function's body."""
+    import onnx
+    from onnx import helper
+
+    constant = helper.make_node("Constant", [], ["c"], name="k", value=tensor)
+    graph: dict[str, Any] = {"nodes": [], "name": "g", "inputs": [], "outputs": []}
+    functions = []
+    if where == "initializer":
+        graph["initializer"] = [tensor]
+    elif where == "sparse initializer":
+        graph["sparse_initializer"] = [helper.make_sparse_tensor(tensor, helper.make_tensor("i", onnx.TensorProto.INT64,
+                                                                                            [3], [0, 1, 2]), [3])]
+    elif where == "Constant node":
+        graph["nodes"] = [constant]
+    elif where == "branch":
+        branch = helper.make_graph([constant], "branch", [], [])
+        graph["nodes"] = [helper.make_node("If", ["x"], ["y"], then_branch=branch, else_branch=branch)]
+    else:
+        functions = [helper.make_function("local", "f", [], ["c"], [constant], [helper.make_opsetid("", 17)])]
+    return helper.make_model(helper.make_graph(**graph), functions=functions).SerializeToString()
+
+
+@pytest.mark.parametrize("data_type", ["FLOAT", "DOUBLE", "FLOAT16", "BFLOAT16"])
+@pytest.mark.parametrize("raw", [True, False], ids=["raw_data", "typed_field"])
+@pytest.mark.parametrize("where", ["initializer", "sparse initializer", "Constant node", "branch", "function"])
+def test_a_value_not_finite_is_found_in_every_place_and_encoding_an_onnx_file_holds_it(
+        data_type: str, raw: bool, where: str) -> None:
+    """The ONNX check reads a graph's tensors by onnx.proto's field numbers (the onnx package's parse costs 0.6 s at
+    import): a NaN or an infinity is found as onnx's own reading finds it, in each floating-point type, whether held
+    as raw bytes or in the type's own field (float16 and bfloat16: int32_data), and in every place a file holds a
+    tensor; the same tensor finite passes."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    kind = getattr(TensorProto, data_type)
+    for values, refused in (([1.0, float("nan"), float("-inf")], True), ([1.0, -2.5, 3e4], False)):
+        tensor = (numpy_helper.from_array(np.array(values).astype(helper.tensor_dtype_to_np_dtype(kind)), "w") if raw
+                  else helper.make_tensor("w", kind, [3], values))
+        assert bool(tensor.raw_data) == raw
+        model = graph_holding(tensor, where)
+        if not refused:
+            check_finite(model, Path("m.onnx"))
+            continue
+        what = f"{where} 'w'" if where.endswith("initializer") else "Constant node 'k'"
+        with pytest.raises(ValueError, match=f"^m.onnx: its {what} holds 2 NaN or infinite values of 3, which no"):
+            check_finite(model, Path("m.onnx"))
 
 
 def test_one_flipped_bit_in_the_weights_is_refused(tiny_bundle: Path, tmp_path: Path) -> None:

@@ -34,10 +34,9 @@ from pneumoscan.core.metrics import softmax
 from pneumoscan.data.preprocess import TTA_VIEWS
 from pneumoscan.data.scope import AGE_RANGE_YEARS, FRONTAL_VIEWS, MAX_ASPECT, MIN_SIDE, RADIOGRAPHY
 from pneumoscan.core.digests import file_sha256
-from pneumoscan.models.card import (CARD, ONNX_NAME, BundleCard, card_task, checked_bytes, load_card,
-                                   record_checksum)
-from .onnx_runtime import (INPUT, INT8_NAME, OUTPUT, Int8Operating, described, session, spec_path,
-                           verify_onnx, weights_digest)
+from pneumoscan.models.card import CARD, ONNX_NAME, BundleCard, card_task, load_card, record_checksum
+from .onnx_runtime import (INPUT, INT8_NAME, OUTPUT, Int8Operating, bundle_model, described, session,
+                           spec_path, verify_onnx, weights_digest)
 
 if TYPE_CHECKING:
     import torch
@@ -354,9 +353,9 @@ def _check_parity(model: torch.nn.Module, sess: ort.InferenceSession, size: int,
 
 def bundle_session(bundle: Path | str, card: BundleCard | None = None) -> ort.InferenceSession:
     """Session on BUNDLE/model.onnx once it is shown to be the export of the bundle's weights, undamaged, from the
-    bytes checked (:func:`checked_bytes`); a bundle without a model.onnx (nor a record of one) is exported to a
-    temporary file first. ``card``: the one the caller loaded the bundle by (read here when None): a card read apart
-    could be another bundle's, were the folder replaced in between."""
+    bytes checked, its constants finite (:func:`~.onnx_runtime.bundle_model`); a bundle without a model.onnx (nor a
+    record of one) is exported to a temporary file first. ``card``: the one the caller loaded the bundle by (read
+    here when None): a card read apart could be another bundle's, were the folder replaced in between."""
     card = card if card is not None else load_card(bundle)
     existing = Path(bundle) / ONNX_NAME
     if ONNX_NAME not in card.files and not existing.exists():
@@ -364,4 +363,4 @@ def bundle_session(bundle: Path | str, card: BundleCard | None = None) -> ort.In
         with tempfile.TemporaryDirectory() as tmp:
             return session(export_onnx(bundle, Path(tmp) / ONNX_NAME).read_bytes())
     verify_onnx(bundle, card)
-    return session(checked_bytes(existing, card.files.get(ONNX_NAME)))
+    return bundle_model(existing, card.files.get(ONNX_NAME))

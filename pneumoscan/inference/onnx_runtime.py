@@ -9,12 +9,14 @@ without loading torch (tests/test_startup.py holds it so).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Mapping
+import functools
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnxruntime as ort
 
 from pneumoscan.core.cpus import model_threads
@@ -98,6 +100,100 @@ def session(model: Path | str | bytes, optimized: bool = True) -> ort.InferenceS
         name = "the exported model" if isinstance(model, bytes) else str(model)
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"{name} is not a loadable ONNX model: {reason}") from None
+
+
+def bundle_model(path: Path, recorded: str | None) -> ort.InferenceSession:
+    """A session on a bundle's ONNX file (``model.onnx``, ``model.int8.onnx``) from the bytes checked
+    (:func:`checked_bytes` against ``recorded``), its constants finite (:func:`check_finite`): the one load of
+    either file, for both ONNX backends."""
+    data = checked_bytes(path, recorded)
+    loaded = session(data)  # first: a file ONNX Runtime cannot load is refused with its reason
+    check_finite(data, path)
+    return loaded
+
+
+def check_finite(model: bytes, path: Path) -> None:
+    """Refuse (ValueError) a graph whose floating-point tensors held in the file (initializers, sparse ones, and
+    tensor attributes: Constant nodes, in subgraphs and local functions too) hold a NaN or an infinity, naming
+    ``path`` and the first such tensor: a file damaged and sealed again (its SHA-256 recorded anew) passes the digest
+    checks, and the model then refused each film in turn (serve: 500, then unhealthy) instead of never starting."""
+    parsed = _graph_schema().FromString(model)
+    for what, tensor in _tensors(parsed.graph, [node for function in parsed.functions for node in function.node]):
+        if (values := _floats(tensor)) is not None and not np.isfinite(values).all():
+            raise ValueError(f"{path}: its {what} holds {int((~np.isfinite(values)).sum())} NaN or infinite values "
+                             f"of {values.size}, which no model computes with (a damaged file, or the export of a "
+                             "training that diverged); restore the bundle from a good copy, or export it again")
+
+
+def _tensors(graph: Any, nodes: Iterable[Any] = ()) -> Iterator[tuple[str, Any]]:
+    """Every tensor ``graph`` and ``nodes`` hold, with what holds it, the nodes' subgraphs' included. A field not in
+    the file reads as its empty default (a tensor of no type, a graph of nothing), which gives nothing."""
+    yield from ((f"initializer {t.name!r}", t) for t in graph.initializer)
+    yield from ((f"sparse initializer {t.values.name!r}", t.values) for t in graph.sparse_initializer)
+    for node in [*graph.node, *nodes]:
+        what = f"{node.op_type} node {node.name or ([*node.output] or [''])[0]!r}"
+        for attribute in node.attribute:
+            for tensor in [attribute.t, *attribute.tensors,
+                           *(sparse.values for sparse in [attribute.sparse_tensor, *attribute.sparse_tensors])]:
+                yield what, tensor
+            for subgraph in [attribute.g, *attribute.graphs]:
+                yield from _tensors(subgraph)
+
+
+def _floats(tensor: Any) -> np.ndarray | None:
+    """A TensorProto's values as floats (bfloat16 widened to float32), None for a type that is not floating-point."""
+    if (kind := _FLOATING.get(tensor.data_type)) is None:
+        return None
+    raw, field = kind
+    values = np.frombuffer(tensor.raw_data, raw) if tensor.raw_data else np.asarray(getattr(tensor, field)).astype(raw)
+    if tensor.data_type == _BFLOAT16:  # a float32's upper half
+        return (values.astype(np.uint32) << 16).view(np.float32)
+    return values.view(np.float16) if raw == "<u2" else values
+
+
+# TensorProto.DataType's floating-point types (onnx.proto): FLOAT, DOUBLE, FLOAT16, BFLOAT16, each with the type of
+# its raw data (little-endian, the format's rule) and the field holding its values otherwise (float16 and bfloat16:
+# the low 16 bits of each int32_data value)
+_BFLOAT16 = 16
+_FLOATING = {1: ("<f4", "float_data"), 11: ("<f8", "double_data"), 10: ("<u2", "int32_data"),
+             _BFLOAT16: ("<u2", "int32_data")}
+
+
+@functools.cache
+def _graph_schema() -> type:
+    """The message class of the part of onnx.proto's ModelProto that holds a graph's tensors, for protobuf's parser:
+    ONNX Runtime shows no initializer's values, and the ``onnx`` package, which parses the whole format, imports
+    ml_dtypes (0.6 s of CPU, ten times an ONNX backend's load of an efficientnet_lite0 bundle); this parse takes 10 ms
+    for that bundle. Field numbers are onnx.proto's, which the format keeps for ever (old files stay readable);
+    fields not named here are skipped."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    kinds = descriptor_pb2.FieldDescriptorProto
+    messages = {  # message: (field, number, type or message, repeated)
+        "Model": [("graph", 7, "Graph", False), ("functions", 25, "Function", True)],
+        "Function": [("node", 7, "Node", True)],
+        "Graph": [("node", 1, "Node", True), ("initializer", 5, "Tensor", True),
+                  ("sparse_initializer", 15, "Sparse", True)],
+        "Node": [("output", 2, kinds.TYPE_STRING, True), ("name", 3, kinds.TYPE_STRING, False),
+                 ("op_type", 4, kinds.TYPE_STRING, False), ("attribute", 5, "Attribute", True)],
+        "Attribute": [("t", 5, "Tensor", False), ("g", 6, "Graph", False), ("tensors", 10, "Tensor", True),
+                      ("graphs", 11, "Graph", True), ("sparse_tensor", 22, "Sparse", False),
+                      ("sparse_tensors", 23, "Sparse", True)],
+        "Sparse": [("values", 1, "Tensor", False)],
+        "Tensor": [("data_type", 2, kinds.TYPE_INT32, False), ("float_data", 4, kinds.TYPE_FLOAT, True),
+                   ("int32_data", 5, kinds.TYPE_INT32, True), ("name", 8, kinds.TYPE_STRING, False),
+                   ("raw_data", 9, kinds.TYPE_BYTES, False), ("double_data", 10, kinds.TYPE_DOUBLE, True)],
+    }
+    schema = descriptor_pb2.FileDescriptorProto(name="pneumoscan_onnx_tensors.proto", package="pneumoscan_onnx")
+    for message, fields in messages.items():
+        schema.message_type.add(name=message, field=[
+            kinds(name=name, number=number, label=kinds.LABEL_REPEATED if repeated else kinds.LABEL_OPTIONAL,
+                  **({"type": kinds.TYPE_MESSAGE, "type_name": f".pneumoscan_onnx.{kind}"} if isinstance(kind, str)
+                     else {"type": kind}))
+            for name, number, kind, repeated in fields])
+    pool = descriptor_pool.DescriptorPool()  # its own pool: the onnx package's, where loaded, is untouched
+    pool.Add(schema)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("pneumoscan_onnx.Model"))
 
 
 def _options() -> ort.SessionOptions:
@@ -287,7 +383,7 @@ def int8_model(bundle: Path | str, card: BundleCard | None = None) -> tuple[ort.
     bundle by (read here when None), so that both describe one bundle."""
     card = card if card is not None else load_card(bundle)
     sidecar = int8_sidecar(bundle, card)
-    return session(checked_bytes(Path(bundle) / INT8_NAME, card.files.get(INT8_NAME))), sidecar
+    return bundle_model(Path(bundle) / INT8_NAME, card.files.get(INT8_NAME)), sidecar
 
 
 def int8_card(card: BundleCard, sidecar: Mapping[str, Any]) -> BundleCard:
