@@ -4,7 +4,9 @@ form, a turned, inverted or blurred film had read "pneumonia" at 0.94-0.997 with
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -22,9 +24,9 @@ from pneumoscan.data.layouts import make_record, write_manifest
 from pneumoscan.data.preprocess import PreprocessSpec
 from pneumoscan.data.scope import CLIPPED_BLACK, CLIPPED_WHITE, CONTENT, CONTENT_UNCHECKED, in_scope, kind_of
 from pneumoscan.inference.predict import Predictor, predict_paths
-from pneumoscan.models.card import APPEARANCE, load_card
+from pneumoscan.models.card import APPEARANCE, load_card, save_appearance
 from pneumoscan.serving.app import create_app
-from tests.builders import dicom_bytes
+from tests.builders import dicom_bytes, with_appearance_of
 
 CHEST_TAGS = {"Modality": "DX", "BodyPartExamined": "CHEST", "ViewPosition": "AP", "PatientAge": "003Y"}
 
@@ -95,16 +97,16 @@ def test_too_few_films_or_a_foreign_record_are_refused(data_root: Path) -> None:
     good = {"mean": np.zeros(36), "precision": np.eye(36), "limits": np.array([10.0, -3.0, -1.0, 60.0])}
     assert Appearance.from_arrays(good).layout_limit == 10.0
     assert Appearance.from_arrays(good).white is None  # a record made before the white check: left out, not refused
-    before_black = Appearance.from_arrays(good | {"limits": np.array([10.0, -3.0, -1.0, 60.0, 0.02])})
-    assert (before_black.white, before_black.black) == (0.02, None)  # a record made before the black check
-    now = Appearance.from_arrays(good | {"limits": np.array([10.0, -3.0, -1.0, 60.0, 0.02, 0.05])})
-    assert (now.white, now.black) == (0.02, 0.05)
-    assert now.to_arrays()["limits"].tolist() == [10.0, -3.0, -1.0, 60.0, 0.02, 0.05]
+    before_black = Appearance.from_arrays(good | {"limits": np.array([10.0, -3.0, -1.0, 60.0, 0.12])})
+    assert (before_black.white, before_black.black) == (0.12, None)  # a record made before the black check
+    now = Appearance.from_arrays(good | {"limits": np.array([10.0, -3.0, -1.0, 60.0, 0.12, 0.05])})
+    assert (now.white, now.black) == (0.12, 0.05)
+    assert now.to_arrays()["limits"].tolist() == [10.0, -3.0, -1.0, 60.0, 0.12, 0.05]
     for name, value in (("precision", -np.eye(36)), ("limits", np.array([10.0, -1.0, -3.0, 60.0])),
                         ("limits", np.array([-1.0, -3.0, -1.0, 60.0])),
                         ("limits", np.array([10.0, -3.0, -1.0, 60.0, 0.0])),
-                        ("limits", np.array([10.0, -3.0, -1.0, 60.0, 0.02, 0.0]))):
-        with pytest.raises(ValueError, match="positive definite|out of order"):
+                        ("limits", np.array([10.0, -3.0, -1.0, 60.0, 0.12, 0.0]))):
+        with pytest.raises(ValueError, match="positive definite|out of order|is outside"):
             Appearance.from_arrays(good | {name: value})
 
 
@@ -205,3 +207,26 @@ def test_predict_and_serve_say_once_when_a_bundle_checks_no_content(real_runs: t
         assert len(said) == (2 if unchecked else 0), caplog.messages
         assert (CONTENT_UNCHECKED.text() in row["warnings"]) == unchecked
     assert in_scope([CONTENT_UNCHECKED.text()])  # said, but no reason to take the film for no chest film
+
+
+@pytest.mark.parametrize(("field", "value", "said"), [
+    ("layout_limit", 5e-324, "its layout limit 5e-324 is outside 1 to inf"),
+    ("white", 1e-9, "its white limit 1e-09 is outside 0.1 to 1.1"),
+    ("black", 2.0, "its black limit 2.0 is outside 0.05 to 1.05"),
+    ("contrast", 200.0, "its contrast limit 200.0 is outside 0 to 153"),
+    ("sharpness", (-1e300, 0.4), "its sharpness low limit -1e+300 is outside"),
+    ("sharpness", (0.4, 0.3), "its sharpness limits [0.4, 0.3] are out of order"),
+], ids=["layout", "white", "black", "contrast", "sharpness", "sharpness-order"])
+def test_a_resealed_appearance_record_of_a_limit_no_fit_gives_is_refused_naming_it(
+        tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path, field: str, value: object, said: str) -> None:
+    """A record damaged and sealed again (its SHA-256 recorded anew) passes the digest check: one whose layout limit
+    was near 0 (it had only to be above 0) loaded and flagged every film "inf times the limit" unlike the training
+    films, one whose white share was near 0 every film with a white pixel, one whose sharpness limit was beyond what
+    any film measures none. Refused at load, naming the limit, where the record as fitted loads."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    fitted = with_appearance_of(bundle, tiny_dataset)
+    assert Predictor(bundle, backend="onnx").appearance.layout_limit == fitted.layout_limit  # loads as fitted
+    save_appearance(bundle, dataclasses.replace(fitted, **{field: value}))
+    with pytest.raises(ValueError, match=f"{APPEARANCE} is not a readable appearance record: {re.escape(said)}"):
+        Predictor(bundle, backend="onnx")

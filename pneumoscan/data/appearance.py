@@ -42,6 +42,7 @@ the training films is flagged too: when in doubt, the tool says so.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,6 +61,13 @@ WHITE_LEVEL = 253  # a pixel this bright at the model's input is white, clipped 
 WHITE_MARGIN = 0.1  # of a film, above the training films' 99.9th percentile: a contrast of 1.3 times clips a little
 BLACK_LEVEL = 2  # a pixel this dark at the model's input is black, clipped by a window
 BLACK_MARGIN = 0.05  # of a film's middle, above the training films' 99.9th percentile: as WHITE_MARGIN, for black
+# the least layout limit a fit gives: Mahalanobis distances are in the training films' own units, a film's from a fit
+# that did not see it about the square root of the 36 dimensions (6), and the limit the 99.9th percentile of at least
+# 100 of them (8.5 on the Kermany films); a record's limit near 0 flagged every film, "inf times the limit"
+LEAST_LAYOUT_LIMIT = 1.0
+# what :func:`_sharpness` can measure: its floor of 1e-6 over the widest spread of grey levels (127.5), to the largest
+# mean absolute Laplacian (4 x 255) over the floor; a limit beyond it flags no film
+SHARPNESS_RANGE = (math.log(1e-6 / 127.5), math.log(4 * 255 / 1e-6))
 
 
 def _layout(images: np.ndarray) -> np.ndarray:
@@ -183,8 +191,9 @@ class Appearance:
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> Appearance:
         """As :meth:`to_arrays` wrote them (four limits: a record made before the white check, five: one made before
         the black check, which it then leaves out); ValueError for arrays of other shapes, or values no fit gives (a
-        precision that is not symmetric positive definite, limits out of order), which would flag every film or
-        none."""
+        precision that is not symmetric positive definite, a limit outside what :meth:`fit` can give, by name, or
+        limits out of order), which would flag every film or none: a record damaged and sealed again passes its
+        digest check."""
         mean, precision, limits = arrays.get("mean"), arrays.get("precision"), arrays.get("limits")
         n = LAYOUT_SIDE * LAYOUT_SIDE
         if (mean is None or precision is None or limits is None or mean.shape != (n,) or precision.shape != (n, n)
@@ -194,7 +203,17 @@ class Appearance:
         precision = precision.astype(np.float64)
         if not np.allclose(precision, precision.T) or np.linalg.eigvalsh(precision).min() <= 0:
             raise ValueError("its precision matrix is not symmetric positive definite")
-        if not (limits[0] > 0 and limits[1] < limits[2] and 0 <= limits[3] < 255 and 0 < limits[4:].min(initial=1)):
-            raise ValueError(f"its limits {limits.tolist()} are out of order")
+        low, high = SHARPNESS_RANGE
+        fitted = {"layout": (LEAST_LAYOUT_LIMIT, math.inf),  # what fit gives for each limit, in to_arrays' order
+                  "sharpness low": (low - SHARPNESS_MARGINS[0], high - SHARPNESS_MARGINS[0]),
+                  "sharpness high": (low + SHARPNESS_MARGINS[1], high + SHARPNESS_MARGINS[1]),
+                  "contrast": (0.0, CONTRAST_FACTOR * 255),  # of grey levels, 0-255
+                  "white": (WHITE_MARGIN, 1 + WHITE_MARGIN), "black": (BLACK_MARGIN, 1 + BLACK_MARGIN)}  # shares
+        for (name, (least, most)), value in zip(fitted.items(), limits.tolist()):
+            if not least <= value <= most:
+                raise ValueError(f"its {name} limit {value!r} is outside {least:g} to {most:g}, what a fit of "
+                                 "training films gives")
+        if limits[1] >= limits[2]:
+            raise ValueError(f"its sharpness limits {limits[1:3].tolist()} are out of order")
         return cls(mean.astype(np.float64), precision, float(limits[0]), (float(limits[1]), float(limits[2])),
                    float(limits[3]), *(float(share) for share in limits[4:]))
