@@ -432,14 +432,16 @@ def test_server_does_not_start_on_damaged_weights(tiny_bundle: Path, tmp_path: P
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")], ids=["nan", "inf", "-inf"])
 def test_weights_resealed_with_a_value_not_finite_are_refused_at_load_naming_the_tensor(
-    tiny_bundle: Path, tmp_path: Path, film: Path, value: float, capsys: pytest.CaptureFixture
+    int8_bundle: Path, tmp_path: Path, film: Path, value: float, capsys: pytest.CaptureFixture
 ) -> None:
     """A NaN or an infinity written into the weights and sealed again (their SHA-256 recorded anew, and the card's
     checksum with it) passes the digest check: the bundle loaded, `predict` refused each film in turn and `serve`
-    started, answered 500 and turned unhealthy. Refused at load, naming the bundle's file and the tensor."""
+    started, answered 500 and turned unhealthy. Refused at load, naming the bundle's file and the tensor; by the ONNX
+    backends too, which had called the bundle's model.onnx stale (exported from other weights) and its
+    model.int8.onnx made from other weights."""
     from safetensors.torch import load, save
 
-    bundle = copy_bundle(tiny_bundle, tmp_path)
+    bundle = copy_bundle(int8_bundle, tmp_path)
     tensors = load((bundle / WEIGHTS).read_bytes())
     name = sorted(tensors)[1]
     tensors[name].view(-1)[3] = value
@@ -454,6 +456,9 @@ def test_weights_resealed_with_a_value_not_finite_are_refused_at_load_naming_the
         create_app(bundle, backend="torch")
     assert cli.main(["predict", str(bundle), str(film), "--backend", "torch"]) == 2
     one_line_error(capsys, f"its tensor '{name}' holds 1 NaN or infinite values")
+    for backend in ("onnx", "onnx-int8"):
+        with pytest.raises(ValueError, match=f"^{reason}"):
+            Predictor(bundle, backend=backend)
 
 
 def reseal_graph(bundle: Path, name: str, value: float, constant: bool) -> str:

@@ -21,8 +21,8 @@ import onnxruntime as ort
 
 from pneumoscan.core.cpus import model_threads
 from pneumoscan.core.digests import file_sha256, hex_part
-from pneumoscan.models.card import (ONNX_NAME, WEIGHTS, BundleCard, checked_bytes, checked_card, load_card,
-                                   out_of_fold_ensemble, read_bundle_json, verify_file)
+from pneumoscan.models.card import (ONNX_NAME, WEIGHTS, BundleCard, check_finite_weights, checked_bytes, checked_card,
+                                   load_card, out_of_fold_ensemble, read_bundle_json, verify_file)
 from pneumoscan.models.run_folder import RunFolder
 
 # What ONNX Runtime raises for a file it cannot load (truncated, not ONNX, an unsupported graph)
@@ -289,6 +289,7 @@ def verify_onnx(bundle: Path | str, card: BundleCard) -> None:
         raise ValueError(f"{spec_path(existing)} is missing or unreadable, so nothing ties {existing} to the "
                          f"bundle's weights; {remedy}")
     if (exported_from := sidecar["weights_sha256"]) != weights_digest(bundle):
+        check_finite_weights(bundle, card)  # weights sealed again over a NaN: that is the reason, not the export
         raise ValueError(f"{existing} is stale: it was exported from other weights ({str(exported_from)[:12]}...) "
                          f"than {WEIGHTS} ({weights_digest(bundle)[:12]}...); {remedy}")
     if card.files:  # a bundle older than the record (warned of at load) has only the sidecar's ties
@@ -410,6 +411,7 @@ def int8_sidecar(bundle: Path | str, card: BundleCard) -> dict:
     if not out.exists() or chosen is None:
         raise ValueError(f"{bundle} has no validated {INT8_NAME}: run `{command}`")
     if sidecar.get("weights_sha256") != weights_digest(bundle):
+        check_finite_weights(bundle, card)  # weights sealed again over a NaN: that is the reason, not the export
         raise ValueError(f"{out} was made from other weights than {bundle}'s: {remedy}")
     if card.files:  # a bundle that records checksums: both files must be the ones quantisation wrote
         for name in (INT8_NAME, sidecar_path.name):

@@ -24,7 +24,8 @@ from safetensors.torch import load, save
 
 from pneumoscan.core.atomic import write_atomic
 from . import register_first, registry
-from .card import ENSEMBLE, WEIGHTS, BundleCard, load_card, member_label, save_card, verified_bytes
+from .card import (ENSEMBLE, WEIGHTS, BundleCard, load_card, member_label, not_finite_weights, save_card,
+                   verified_bytes)
 from .ensemble_net import EnsembleNet
 
 
@@ -58,9 +59,7 @@ def _read_weights(directory: Path | str, card: BundleCard) -> dict[str, torch.Te
     sums = torch.stack([(tensors[name] * 0).sum(dtype=torch.float64) for name in names]) if names else torch.zeros(0)
     if (bad := torch.isnan(sums).nonzero()).numel():
         tensor = tensors[names[int(bad[0])]]
-        raise ValueError(f"{path}: its tensor {names[int(bad[0])]!r} holds {int((~torch.isfinite(tensor)).sum())} NaN "
-                         f"or infinite values of {tensor.numel()}, which no model computes with (damaged weights, or "
-                         "a training that diverged); restore the bundle from a good copy or train again")
+        raise not_finite_weights(path, names[int(bad[0])], int((~torch.isfinite(tensor)).sum()), tensor.numel())
     return tensors
 
 

@@ -1089,6 +1089,29 @@ def checked_bytes(path: Path, recorded: str | None) -> bytes:
     return data
 
 
+def not_finite_weights(path: Path, name: str, bad: int, size: int) -> ValueError:
+    """The refusal of weights whose tensor ``name`` holds ``bad`` NaN or infinite values of ``size``, in one wording
+    for torch's read of them (:func:`.bundle._read_weights`) and numpy's (:func:`check_finite_weights`)."""
+    return ValueError(f"{path}: its tensor {name!r} holds {bad} NaN or infinite values of {size}, which no model "
+                      "computes with (damaged weights, or a training that diverged); restore the bundle from a good "
+                      "copy or train again")
+
+
+def check_finite_weights(directory: Path | str, card: BundleCard) -> None:
+    """Refuse (ValueError) the bundle's weights where a tensor holds a NaN or an infinity, read by numpy, without
+    torch: the ONNX backends read no weights, and weights sealed again over such damage differ from those their ONNX
+    model was exported from, which they called a stale export; they call this first. Weights numpy cannot hold
+    (bfloat16) are left to torch's check."""
+    path = Path(directory) / WEIGHTS
+    try:
+        arrays = load_arrays(verified_bytes(directory, card, WEIGHTS))
+    except (SafetensorError, TypeError):
+        return
+    for name, values in arrays.items():
+        if values.dtype.kind == "f" and not np.isfinite(values).all():
+            raise not_finite_weights(path, name, int((~np.isfinite(values)).sum()), values.size)
+
+
 def verified_bytes(directory: Path | str, card: BundleCard, name: str) -> bytes:
     """BUNDLE/``name``'s bytes: :func:`verify_file`'s checks, then :func:`checked_bytes`."""
     verify_file(directory, card, name)
