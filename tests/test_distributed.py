@@ -155,6 +155,8 @@ def trained_once(log: str, run: Path, cached: dict[str, list[int]], data: Path, 
     assert again.pop("optimistic"), "the bundle's own validation films: evaluate says its figures are optimistic"
     assert len(again.pop("optimistic_films")) == n_val, "and names each film it says so of"
     assert again.pop("software")["pneumoscan"] == pneumoscan.__version__, "and the versions that scored them"
+    assert len(again.pop("decision_curve")["net_benefit"]) == 99, "and its decision curve, 0.01 to 0.99"
+    assert again.pop("net_benefit")["threshold"] == reported["threshold"], "its net benefit at the bundle's threshold"
     assert again.pop("data") == "split.csv/val" and reported.pop("data") == "validation (chose its threshold)"
     assert reported.pop("optimistic"), "the run's own report says the films chose its threshold"
     assert (reported.pop("epochs"), reported.pop("best_epoch")) == (1, 1), "the run's own: the epoch its weights are"
