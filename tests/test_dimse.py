@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import signal
+import socketserver
 import stat
 import socket
 import subprocess
@@ -18,6 +19,7 @@ import threading
 import time
 import tracemalloc
 from collections.abc import Callable, Iterator
+from functools import partialmethod
 from pathlib import Path
 
 import httpx
@@ -30,6 +32,7 @@ from pydicom.uid import (ComprehensiveSRStorage, CTImageStorage, DeflatedExplici
                          generate_uid)
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification
+from pynetdicom.transport import ThreadedAssociationServer
 
 from pneumoscan import cli
 from pneumoscan.core.audit import AuditLog
@@ -45,6 +48,14 @@ from tests.test_dicom_faults import encapsulated
 from tests.test_interop import NAME, PATIENT_ID, chest_dicom, running_orthanc
 
 WAIT_S = 60.0  # the longest a study's scoring and sending may take here
+
+
+@pytest.fixture(autouse=True)
+def prompt_shutdown(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pynetdicom's servers (the listener's, the destination's) look for a shutdown between waits of 0.5 s for a
+    connection (socketserver's default): 11 s of idle stops in this module, where 0.05 s keeps each stop prompt."""
+    monkeypatch.setattr(ThreadedAssociationServer, "serve_forever",
+                        partialmethod(socketserver.BaseServer.serve_forever, poll_interval=0.05))
 
 
 @pytest.fixture(scope="module")
