@@ -647,14 +647,17 @@ def test_logs_carry_no_file_names_or_pixels(live_server: tuple[str, Path, int], 
     url, log_path, _ = live_server
     secret = "Jane-Doe-MRN-004217"
     truncated, content_type, _, _ = bad_cases["truncated JPEG"]
+    logged_before = log_path.stat().st_size
     # the first heatmap loads torch into the server (seconds, and more on a machine busy with other tests)
     with httpx.Client(base_url=url, timeout=120) as http:
         ok = http.post("/v1/predict?heatmap=true", files={"file": (f"{secret}.jpeg", xray, "image/jpeg")})
         bad = http.post("/v1/predict", files={"file": (f"{secret}-2.jpeg", truncated, content_type)})
         text = http.post("/v1/predict", files={"file": (f"{secret}.txt", TEXT, "text/plain")})
     assert (ok.status_code, bad.status_code, text.status_code) == (200, 422, 415)
-    time.sleep(0.5)  # let the access log lines land
-    log = log_path.read_bytes()
+    deadline = time.monotonic() + 30  # until the last request's access log line lands, the lines before it with it
+    while b'"POST /v1/predict HTTP/1.1" 415' not in (log := log_path.read_bytes())[logged_before:]:
+        assert time.monotonic() < deadline, log.decode(errors="replace")
+        time.sleep(0.02)
     assert b'"POST /v1/predict?heatmap=true HTTP/1.1" 200' in log  # request logging is on...
     assert b'"POST /v1/predict HTTP/1.1" 422' in log
     assert secret.encode() not in log  # ...but names never reach it
