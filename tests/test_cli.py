@@ -355,7 +355,8 @@ def test_pacs_refuses_a_results_file_it_cannot_write_before_asking_the_pacs_anyt
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Pacs)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    # shutdown() waits for the loop to look again: 0.5 s between looks by default
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     folder = tmp_path / "results.json"
     folder.mkdir()
     try:

@@ -420,7 +420,8 @@ def test_the_proxy_variables_pacs_follows_are_documented(monkeypatch: pytest.Mon
             pass
 
     proxy = http.server.HTTPServer(("127.0.0.1", 0), Proxy)
-    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    # shutdown() waits for the loop to look again: 0.5 s between looks by default
+    threading.Thread(target=proxy.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     try:
         monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.server_port}")
         monkeypatch.delenv("NO_PROXY", raising=False)
