@@ -487,7 +487,7 @@ def _wait_for_line(proc: subprocess.Popen, log: Path, text: str, count: int = 1)
     deadline = time.monotonic() + 30
     while (said := log.read_text()).count(text) < count:
         assert proc.poll() is None and time.monotonic() < deadline, f"no {text!r} in the log:\n{said}"
-        time.sleep(0.1)
+        time.sleep(0.02)  # the line comes milliseconds after its signal or request
     return said
 
 
