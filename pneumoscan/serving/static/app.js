@@ -632,12 +632,13 @@ function zoomWords() {
 }
 
 // What a key or button did to the viewer, said in its polite region once the keys stop: a held key repeats some 30
-// times a second, and each step said would queue them all. A drag is seen as it goes, and not said.
-const SAY_AFTER_MS = 400;
+// times a second, and each step said would queue them all. A drag is seen as it goes, and not said. (A test of the
+// keys shortens the wait: what a key did is what it tests, not how long after it is said.)
+let sayAfterMs = 400;
 let sayTimer = null;
 function sayView(text) {
   clearTimeout(sayTimer);
-  sayTimer = setTimeout(() => sayAgain($("view-said"), text), SAY_AFTER_MS);
+  sayTimer = setTimeout(() => sayAgain($("view-said"), text), sayAfterMs);
 }
 
 // Gray levels into RGBA pixels px through the window/level table, blended with the coloured map where cam gives
