@@ -175,16 +175,21 @@ def test_a_reading_whose_line_cannot_be_written_is_answered_only_when_the_line_i
         required: bool) -> None:
     """The audit file replaced by a folder while the service runs (its lines cannot be written, as root too): by
     default the reading is answered and a warning says the line is lost; with --audit-required it is a 503 naming
-    the reason, no reading in it, counted under that reason and as a 503 in /metrics as every refusal is, with the
-    security headers every answer carries."""
+    the reason, no reading in it, counted under that reason and as a 503 in /metrics as every refusal is, and not
+    as a reading (nor its key's), with the security headers every answer carries."""
     audit = tmp_path / "audit.jsonl"
-    with TestClient(create_app(tiny_bundle, audit_log=audit, audit_required=required)) as c:
+    app = create_app(tiny_bundle, access=Access(named_keys=(("ward", WARD_KEY),)), audit_log=audit,
+                     audit_required=required)
+    with TestClient(app, base_url="http://127.0.0.1:8000", headers={"X-API-Key": WARD_KEY}) as c:
         audit.unlink()
         audit.mkdir()
         before = scraped(c)
         with caplog.at_level(logging.WARNING, "pneumoscan.serving.audit"):
             answer = c.post("/v1/predict", files={"file": ("x.jpeg", films[0], "image/jpeg")})
         after = scraped(c)
+    readings = [sum(moved(before, after, name).values())
+                for name in ("pneumoscan_readings_total", "pneumoscan_key_readings_total")]
+    assert readings == ([0, 0] if required else [1, 1])  # the readings the client got
     counted = moved(before, after, "pneumoscan_refusals_total")
     assert "are lost (Is a directory)" in caplog.text
     assert counted == ({labels(reason="audit_log_lost"): 1} if required else {})

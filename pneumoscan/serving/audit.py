@@ -27,7 +27,7 @@ from pneumoscan.core.audit import now
 from .formats import StageResult
 from .guard import key_name, route_path
 from .limits import Refusal, Rejected
-from .metrics import warning_kind
+from .metrics import unanswered, warning_kind
 
 log = logging.getLogger(__name__)
 PREDICT_PATH = "/v1/predict"
@@ -68,7 +68,7 @@ class AuditRequests:
     (``model``: id, version and card digest, as /v1/model gives them) and a request id that its answer carries too
     (:data:`REQUEST_ID`). With ``audit.required`` a reading's line is written before its answer begins, and a reading
     whose line cannot be written is answered 503 (:data:`AUDIT_LOST`) in its place, nothing of it sent, counted by
-    ``refused`` as every refusal of the service is (/metrics)."""
+    ``refused`` as every refusal of the service is, and its readings not counted (/metrics)."""
 
     def __init__(self, app: ASGIApp, audit: AuditLog, model: Mapping[str, str],
                  refused: Callable[[Refusal], None] = lambda kind: None) -> None:
@@ -124,6 +124,7 @@ class AuditRequests:
         refusal = Rejected(503, "the reading is not answered: its audit line cannot be written (--audit-required); "
                                 "the service's log says why", kind=AUDIT_LOST)
         self.refused(refusal.kind)
+        unanswered()  # nor are its readings counted in /metrics
         body = json.dumps(refusal.body()).encode()
         kept = [(name, value) for name, value in headers if name.lower() not in (b"content-type", b"content-length")]
         await send({"type": "http.response.start", "status": 503,

@@ -12,6 +12,7 @@ stay few. One registry a service, in its one process
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import get_args
 
@@ -30,6 +31,9 @@ OTHER = "other"  # the endpoint of a path the app does not serve; the kind of a 
 KIND_NAMES = {kind: name for name, kind in NAMED_KINDS.items()}
 # a model run on a CPU: a few ms for a small model's film, seconds for a batch of 32 through an ensemble
 RUN_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# the series the readings of the request in progress move, moved when its answer begins (CountRequests), so that a
+# reading whose answer is withheld (the audit's 503, unanswered) is never counted; None outside a counted request
+answering: ContextVar[list[Counter] | None] = ContextVar("answering", default=None)
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,12 @@ class ModelRuns:
 
     seconds: Histogram
     errors: Counter
+
+
+def unanswered() -> None:
+    """The readings of the request in progress are not answered (their answer withheld): none is counted."""
+    if (pending := answering.get()) is not None:
+        pending.clear()
 
 
 def warning_kind(warning: str) -> tuple[str, bool]:
@@ -116,14 +126,16 @@ class ServiceMetrics:
 
     def reading(self, task: str, call: str, near_threshold: bool | None, in_scope: bool,
                 warnings: Sequence[str]) -> None:
-        """One stage's reading, answered, with its warnings by kind."""
+        """One stage's reading, with its warnings by kind, counted when its answer begins (:data:`answering`)."""
         near = "unknown" if near_threshold is None else str(near_threshold).lower()
-        self.readings.labels(task, call, str(in_scope).lower(), near).inc()
+        series = [self.readings.labels(task, call, str(in_scope).lower(), near)]
         if (name := key_name.get()) is not None:  # the request's own (the guard's): a named key's
-            self.key_readings.labels(name, task).inc()
+            series.append(self.key_readings.labels(name, task))
         for warning in warnings:
             name, out = warning_kind(warning)
-            self.warnings.labels(task, name, str(out).lower()).inc()
+            series.append(self.warnings.labels(task, name, str(out).lower()))
+        if (pending := answering.get()) is not None:  # the service answers inside CountRequests alone
+            pending.extend(series)
 
     def refused(self, reason: Refusal) -> None:
         self.refusals.labels(reason).inc()
@@ -141,9 +153,9 @@ class ServiceMetrics:
 
 class CountRequests:
     """ASGI middleware outside every other: each answer counted by endpoint and status, the guard's refusals (401,
-    a Host not served) and CORS preflights too. The endpoint is the path the app routes on if it serves it (a
-    mount, such as /static, by its prefix), else :data:`OTHER`: a path is what a client chooses, and may hold a
-    patient's number."""
+    a Host not served) and CORS preflights too, and the readings it gives as it begins (:data:`answering`). The
+    endpoint is the path the app routes on if it serves it (a mount, such as /static, by its prefix), else
+    :data:`OTHER`: a path is what a client chooses, and may hold a patient's number."""
 
     def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
         self.app, self.metrics = app, metrics
@@ -154,13 +166,21 @@ class CountRequests:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         endpoint = self._endpoint(scope)
+        pending: list[Counter] = []
 
         async def counted(message: Message) -> None:
             if message["type"] == "http.response.start":
                 self.metrics.requests.labels(endpoint, str(message["status"])).inc()
+                for counter in pending:
+                    counter.inc()
+                pending.clear()
             await send(message)
 
-        await self.app(scope, receive, counted)
+        token = answering.set(pending)
+        try:
+            await self.app(scope, receive, counted)
+        finally:
+            answering.reset(token)
 
     def _endpoint(self, scope: Scope) -> str:
         if self.paths is None:  # all added by the first request (create_app adds the routes after this middleware)
