@@ -616,12 +616,11 @@ def cmd_pacs(args: argparse.Namespace) -> int:
 
 
 def cmd_listen(args: argparse.Namespace) -> int:
-    from pneumoscan.core.audit import AuditLog
     from pneumoscan.core.logs import show_log_of
 
     _check_audit(args)
     try:
-        from pneumoscan.interop.dimse import Destination, Listener, Room
+        from pneumoscan.interop.dimse import AuditLog, Destination, Listener, Room
     except ModuleNotFoundError as e:
         if e.name != "pynetdicom":
             raise

@@ -35,11 +35,10 @@ from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
 from pneumoscan import cli
-from pneumoscan.core.audit import AuditLog
 from pneumoscan.data.decode import read_gray
 from pneumoscan.inference.predict import predict_paths
 from pneumoscan.interop import dimse
-from pneumoscan.interop.dimse import MB, Destination, Listener, Room
+from pneumoscan.interop.dimse import MB, AuditLog, Destination, Listener, Room
 from pneumoscan.interop.reports import write_reports
 from pneumoscan.data import pixels
 from tests.builders import SCORE_TOL, htj2k_frame
@@ -488,9 +487,9 @@ def test_a_film_whose_audit_line_cannot_be_written_gets_its_report_only_when_the
     caplog: pytest.LogCaptureFixture, required: bool,
 ) -> None:
     """The audit file replaced by a folder after start (its lines cannot be written, as root too): by default the
-    films' reports are sent and a warning says the lines are lost; with --audit-required the reports are held back,
-    an error line says why for each, and the destination receives nothing. The warning is rate-limited as serve's
-    is (one a kind every 10 s), not one for each line lost."""
+    films' reports are sent and a warning says the lines are lost and the listener goes on; with --audit-required
+    the reports are held back, the warning says so, an error line says why for each, and the destination receives
+    nothing. The warning is rate-limited as serve's is (one a kind every 10 s), not one for each line lost."""
     caplog.set_level(logging.INFO, logger="pneumoscan")
     audit = AuditLog(path := tmp_path / "audit.jsonl", required=required)
     port = listen(destination.port, audit=audit)
@@ -502,6 +501,8 @@ def test_a_film_whose_audit_line_cannot_be_written_gets_its_report_only_when_the
     audit.close()
     lost = [r.getMessage() for r in caplog.records if r.getMessage().startswith("audit log lines to")]
     assert lost[0].startswith(f"audit log lines to {path} are lost (Is a directory)"), lost
+    said = "each film whose line is lost gets no report (--audit-required)" if required else "the listener goes on"
+    assert lost[0].endswith(said) and "readings are refused" not in caplog.text, lost  # what listen does, not serve
     # one warning for the films' lines (and their reports'); a later one only past 10 s, counting those held back
     assert all(re.search(r"\(\d+ more like this held back\)$", later) for later in lost[1:]), lost
     assert len(destination.received) == (0 if required else 2)

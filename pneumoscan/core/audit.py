@@ -17,7 +17,7 @@ import threading
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 FILE_MODE = 0o600  # a file created, or created again after logrotate moved it: the service's user alone
 REFUSED_MODE = stat.S_IWGRP | stat.S_IRWXO  # an existing file's bits refused: others' access, a group's writing
@@ -54,9 +54,12 @@ class AuditLog:
     regular file, or whose mode lets others read it or any group write it is refused (ValueError, with the reason)
     before the model loads. Lines go through a logger of its own, which no other handler sees; a line lost is a
     warning of ``log`` (the service's own, whose filters rate-limit it). ``required``: a reading whose line is lost
-    is refused by the caller (the warning says so)."""
+    is refused by the caller. Each command's subclass names what it does once a line is lost, which the warning
+    says: :attr:`goes_on`, and :attr:`goes_on_required` with ``required``."""
 
     log = logging.getLogger(__name__)
+    goes_on: ClassVar[str]
+    goes_on_required: ClassVar[str]
 
     def __init__(self, path: Path | str, required: bool = False) -> None:
         self.path, self.required = Path(path), required
@@ -72,10 +75,8 @@ class AuditLog:
             pass  # created by the handler, FILE_MODE
         except OSError as e:
             raise ValueError(f"--audit-log {self.path}: cannot be written ({e.strerror})") from None
-        goes_on = ("readings are refused until it can be written (--audit-required)" if required else
-                   "the service goes on")
         try:
-            self.handler = AuditFile(self.path, self.log, goes_on)
+            self.handler = AuditFile(self.path, self.log, self.goes_on_required if required else self.goes_on)
         except OSError as e:
             raise ValueError(f"--audit-log {self.path}: cannot be written ({e.strerror})") from None
         # a logger of its own, not the manager's: apps made side by side (tests) write each to its own file alone

@@ -24,7 +24,7 @@ the destination confirms its C-STORE, and sent again from there every ``retry_s`
 the destination refuses (a failure status, not a network error or 0xA7xx) is moved aside, never tried for ever.
 An association aborted by the sender, or dropped, leaves its films unscored: the sender did not finish. The films are
 held in a private temporary folder, named by SOP Instance UID, and deleted once their studies' reports are sent; the
-log names instances by UID, never by patient. With an audit log (:class:`~pneumoscan.core.audit.AuditLog`), each film
+log names instances by UID, never by patient. With an audit log (:class:`AuditLog`), each film
 read, each caller refused at association and each report the destination confirmed or refused is a JSON line
 (:meth:`Listener._audit`); with ``required`` set on it, a film whose line cannot be written gets no report.
 """
@@ -52,7 +52,8 @@ from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
 from pneumoscan.core.atomic import write_atomic, write_json
-from pneumoscan.core.audit import AuditLog, now
+from pneumoscan.core import audit
+from pneumoscan.core.audit import now
 from pneumoscan.core.digests import file_sha256
 from pneumoscan.core.logs import OneLineLog, redact
 from pneumoscan.core.names import shown
@@ -209,6 +210,14 @@ class _Scored:
     folder: Path
     studies: list[tuple[str, list[dict], float]] = field(default_factory=list)
     spooled: list[Path] = field(default_factory=list)
+
+
+class AuditLog(audit.AuditLog):
+    """The listener's audit file (:class:`pneumoscan.core.audit.AuditLog`), a line lost said with what the listener
+    does about it: with ``required``, it holds the film's report back (:meth:`Listener._audit_reads`)."""
+
+    goes_on = "the listener goes on"
+    goes_on_required = "each film whose line is lost gets no report (--audit-required)"
 
 
 class Listener:

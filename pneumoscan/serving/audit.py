@@ -57,9 +57,11 @@ def reading_fields(stage: StageResult, in_scope: bool, warnings: Sequence[str]) 
 
 class AuditLog(audit.AuditLog):
     """The service's audit file (:class:`pneumoscan.core.audit.AuditLog`), a line lost said by this module's logger,
-    which the served log rate-limits."""
+    which the served log rate-limits, with what the service does about it."""
 
     log = log
+    goes_on = "the service goes on"
+    goes_on_required = "readings are refused until it can be written (--audit-required)"
 
 
 class AuditRequests:
