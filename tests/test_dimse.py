@@ -481,6 +481,36 @@ def test_each_film_of_a_study_that_cannot_be_scored_is_an_audit_line_with_the_re
     assert destination.received == []
 
 
+def test_a_study_whose_audit_lines_raise_is_that_studys_fault_alone(
+    listen: Callable[..., int], destination: Destination_SCP, film: np.ndarray, tmp_path: Path,
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A fault in a study's audit lines (its film's digest cannot be read: an I/O error injected there) is an error
+    line for that study, whose report is not sent; the association's other study is scored, written and sent, where
+    the fault ended the association's scoring."""
+    caplog.set_level(logging.INFO, logger="pneumoscan")
+    faulty, sound = generate_uid(), generate_uid()
+    films = [chest_dicom(film, StudyInstanceUID=faulty), chest_dicom(film, StudyInstanceUID=sound)]
+    broken = pydicom.dcmread(io.BytesIO(films[0])).SOPInstanceUID
+    digest = dimse.file_sha256
+
+    def failing(path: Path) -> str:
+        if path.stem == broken:
+            raise OSError(5, "Input/output error")
+        return digest(path)
+
+    monkeypatch.setattr(dimse, "file_sha256", failing)
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    port = listen(destination.port, audit=audit)
+    assert send(port, films) == [0, 0]
+    wait_for(lambda: f"study {sound}: reports of" in caplog.text)
+    assert f"study {faulty}: its audit lines cannot be made, its reports not sent: [Errno 5] Input/output error" in (
+        caplog.text)
+    assert f"study {sound}: reports of 1 of 1 films stored" in caplog.text
+    assert [line["study_instance_uid"] for line in audit_lines(audit) if line["event"] == "film_read"] == [sound]
+    assert len(destination.received) == 1
+
+
 @pytest.mark.parametrize("required", [False, True], ids=["default", "required"])
 def test_a_film_whose_audit_line_cannot_be_written_gets_its_report_only_when_the_line_is_not_required(
     listen: Callable[..., int], destination: Destination_SCP, film: np.ndarray, tmp_path: Path,

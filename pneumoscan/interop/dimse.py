@@ -404,7 +404,8 @@ class Listener:
 
     def _score(self, received: _Association) -> None:
         """Each study an association brought scored, and handed to the sending thread; a study whose scoring raised
-        is an error line, and an audit line for each of its films with the error as its refusal."""
+        is an error line, and an audit line for each of its films with the error as its refusal. A fault in one
+        study's scoring or audit lines is that study's: the others, and the listener, go on."""
         scored = _Scored(received.folder)
         try:
             with self._scoring:
@@ -416,9 +417,9 @@ class Listener:
                         log.error("study %s: not scored: %s", study, why)
                         self._audit_reads(study, [{**row, "error": why} for row in instances.values()], received)
                         continue
-                    self._audit_reads(study, rows, received)
-                    self._spool_reports(study, rows, scored)
-                    scored.studies.append((study, rows, time.monotonic() + self.send_s))
+                    if self._audit_reads(study, rows, received):
+                        self._spool_reports(study, rows, scored)
+                        scored.studies.append((study, rows, time.monotonic() + self.send_s))
         finally:
             self._outbox.put(scored)
 
@@ -426,29 +427,36 @@ class Listener:
         """``entry`` as an audit line, with its time: whether it was written (True without an audit log)."""
         return self.audit is None or self.audit.write({"time": now(), **entry})
 
-    def _audit_reads(self, study_uid: str, rows: list[dict], received: _Association) -> None:
+    def _audit_reads(self, study_uid: str, rows: list[dict], received: _Association) -> bool:
         """A line for each film of a study read: its caller, UIDs, the SHA-256 of the bytes received, the model, and
         its reading or why there is none; with ``audit.required``, a film whose line is lost gets no report (its row
-        says why)."""
+        says why). Whether the lines were made: a fault in making them (a film's digest that cannot be read) is an
+        error line, and the study's reports are not sent."""
         if self.audit is None:
-            return
-        for row in rows:
-            sop = row.get("sop_instance_uid")
-            if sop is None:  # a row of no film received (none: each instance's row names its SOP Instance UID)
-                continue
-            film = received.folder / f"{sop}.dcm"
-            written = self._audit({
-                "event": "film_read", "calling_ae": received.calling, "address": received.address,
-                "study_instance_uid": study_uid, "series_instance_uid": row.get("series_instance_uid"),
-                "sop_instance_uid": sop, "film_sha256": file_sha256(film) if film.is_file() else None, **self.model,
-                "probability": row.get("probability"), "label": row.get("label"),
-                "refusal": row.get("not_scored") or row.get("error")})
-            if not written and self.audit.required and (made := MADE.keys() & row.keys()):
-                for key in made:
-                    row.pop(key)
-                # said in the study's error line of films without a report (:meth:`file_study`)
-                row.setdefault("warnings", []).append(
-                    "its audit line cannot be written (--audit-required): its report is held back, not sent")
+            return True
+        try:
+            for row in rows:
+                sop = row.get("sop_instance_uid")
+                if sop is None:  # a row of no film received (none: each instance's row names its SOP Instance UID)
+                    continue
+                film = received.folder / f"{sop}.dcm"
+                written = self._audit({
+                    "event": "film_read", "calling_ae": received.calling, "address": received.address,
+                    "study_instance_uid": study_uid, "series_instance_uid": row.get("series_instance_uid"),
+                    "sop_instance_uid": sop, "film_sha256": file_sha256(film) if film.is_file() else None,
+                    **self.model, "probability": row.get("probability"), "label": row.get("label"),
+                    "refusal": row.get("not_scored") or row.get("error")})
+                if not written and self.audit.required and (made := MADE.keys() & row.keys()):
+                    for key in made:
+                        row.pop(key)
+                    # said in the study's error line of films without a report (:meth:`file_study`)
+                    row.setdefault("warnings", []).append(
+                        "its audit line cannot be written (--audit-required): its report is held back, not sent")
+        except Exception as e:  # one study's fault is that study's: the association's others go on
+            log.error("study %s: its audit lines cannot be made, its reports not sent: %s", study_uid,
+                      shown(redact(str(e)) or type(e).__name__))
+            return False
+        return True
 
     def _spool_reports(self, study_uid: str, rows: list[dict], scored: _Scored) -> None:
         """Each report of a study written to the spool before it is queued, its row naming it there; one the spool
