@@ -622,7 +622,7 @@ def test_the_command_scores_a_film_sent_to_it_and_sigterm_ends_it_with_its_folde
 
 
 @pytest.mark.parametrize("room, refused, comment", [
-    (Room(free_mb=2**40), [0, 1], "listener's disk short of space ("),
+    (Room(free_mb=2**40), [0, 1], "would leave "),
 ], ids=["free"])
 def test_a_film_past_what_the_listener_may_hold_on_disk_is_refused_out_of_resources(
     listen: Callable[..., int], destination: Destination_SCP, film: np.ndarray, caplog: pytest.LogCaptureFixture,
@@ -642,24 +642,29 @@ def test_a_film_past_what_the_listener_may_hold_on_disk_is_refused_out_of_resour
     wait_for(lambda: f"study {study}: reports of" in caplog.text or refused == [0, 1])
     assert len(destination.received) == 2 - len(refused)
     small = chest_dicom(film[:8, :8], StudyInstanceUID=generate_uid())  # the listener goes on: a small film fits
-    assert send(port, [small]) == [0xA700 if "disk" in comment else 0]
+    assert send(port, [small]) == [0xA700 if "--min-free-mb" in answers[refused[0]].ErrorComment else 0]
 
 
 def test_a_film_whose_file_passes_a_bound_its_data_set_kept_is_refused_once_received() -> None:
     """Films are counted as their data sets arrive; the file kept adds its header (about 200 bytes), so a film just
     under a bound as it arrives may pass it on disk: the bounds are checked again on the file, refused out of
     resources with the reason in at most 64 characters (an ErrorComment's), whatever the bounds. A size past a bound
-    is rounded up, so that it never reads as the bound itself, when refused and when cut short alike."""
+    is rounded up, so that it never reads as the bound itself, when refused and when cut short alike; the free space
+    a film would leave is rounded down, beside the bound it is under."""
     room, free = Room(film_mb=1, association_mb=2), 2**50
     assert room.refusal(MB, 0, free) is None and room.refusal(MB, MB, free) is None
     assert room.refusal(MB + 1, 0, free) == "film of 1.01 MB over the limit of 1 MB"
     assert room.refusal(MB, MB + 1, free) == "association over 2 MB; send the rest in another"
     assert room.overrun(MB + 1, 0) == "film of 1.01 MB so far, over --max-film-mb 1"
     assert room.overrun(MB, MB + 1) == "association of 2.01 MB so far, over --max-association-mb 2"
-    wide = Room(film_mb=1234567.5, association_mb=1234567.5)  # "1.23457e+06" as a bound is written
+    # what the film would leave on the disk, rounded down, never past the bound; none where it does not fit at all
+    floor = Room(free_mb=1024)
+    assert floor.refusal(10 * MB, 0, 1034 * MB - 1) == "would leave 1023 MB free, under --min-free-mb 1024"
+    assert floor.refusal(5 * MB, 0, 2 * MB) == "would leave 0 MB free, under --min-free-mb 1024"
+    wide = Room(film_mb=1234567.5, association_mb=1234567.5, free_mb=1234567.5)  # "1.23457e+06" as written
     past_film, past_association = int(wide.film_mb * MB) + 1, int(wide.association_mb * MB)
     cases = [(room, MB + 1, 0, free), (room, MB, MB + 1, free), (room, 1, 0, 0), (wide, past_film, 0, free),
-             (wide, MB, past_association, free), (wide, 1, 0, 0)]
+             (wide, MB, past_association, free), (wide, 1, 0, 0), (wide, 1, 0, int(wide.free_mb * MB))]
     assert all(len(bounds.refusal(*case) or "") <= 64 for bounds, *case in cases), [
         bounds.refusal(*case) for bounds, *case in cases]
 

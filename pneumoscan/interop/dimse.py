@@ -133,8 +133,8 @@ class Room:
             return f"film of {_past(size)} MB over the limit of {self.film_mb:g} MB"
         if held + size > self.association_mb * MB:  # in 64 characters with the widest bound :g writes, 1.23457e+06
             return f"association over {self.association_mb:g} MB; send the rest in another"
-        if free - size < self.free_mb * MB:
-            return f"listener's disk short of space ({free / MB:.0f} MB free)"
+        if free - size < self.free_mb * MB:  # what it would leave, rounded down: never read as the bound itself
+            return f"would leave {max(0, (free - size) // MB)} MB free, under --min-free-mb {self.free_mb:g}"
         return None
 
     def overrun(self, arriving: int, held: int) -> str | None:
