@@ -4,6 +4,7 @@ call takes.
 
     python benchmarks/bench_ci_coverage.py [--samples 400] [--boot 1000] [--patients 12 30 150] [--mean 1.2]
     python benchmarks/bench_ci_coverage.py --only regimes [--samples 300]
+    python benchmarks/bench_ci_coverage.py --only prevalence|delong-paired|delong-groups [--samples 1000]
 
 Each sample draws ``--patients`` pneumonia and as many normal patients, with 1 to 4 films each ("1-4 films") or
 one ("1 film"). A film's logit is its class's mean (+-``--mean``: 1.2 gives AUC 0.915, 2.32 gives AUC 0.996 and
@@ -25,6 +26,21 @@ A second table does the same for the three-class macro AUC and balanced accuracy
 patient: each of
 ``--patients`` patients a class has 1 to 4 films, whose three logits are the patient's (sd 1.0, shared) plus the
 film's (sd 0.3), with SEPARATION added to its class's; the truths are those of 600,000 patients' single films.
+
+The last three tables, each only with ``--only``, measure what the newer methods promise, on sets like the Kermany
+test split (120 pneumonia and 80 normal patients, 1 to ``--films`` (3) films each, about 400 films), the logits as
+above (patient sd 1.2, film sd 0.3) with each class's mean set to give the sensitivity, specificity or AUC asked:
+
+- ``prevalence``: ``at_prevalence``'s PPV, NPV, accuracy and net benefit (at 0.5) at prevalences 0.05, 0.1 and 0.3,
+  by patient: each interval's coverage and mean width, truths by Bayes from the films' sensitivity and specificity;
+  beside them Mercaldo, Lau and Zhou's (2007) logit intervals of PPV and NPV over films (0.5 added to each count
+  where one is 0). At 0.5 net benefit is accuracy less 1 - prevalence, so the two cover alike.
+- ``delong-paired``: ``compare --auc-test delong``'s interval of two models' AUC difference (the two share the
+  patient's and the film's effects, each adds its own noise, sd 0.5 a film), its coverage at a true difference of 0
+  and of about 0.02 near AUCs of 0.97-0.995 beside the patients' bootstrap interval ``compare`` gives by default,
+  and the share of sets its test and the permutation test reject at 0.05 (at equal AUCs, the test's size).
+- ``delong-groups``: the share of sets ``delong_groups`` (``evaluate --by FIELD --auc-test delong``) and the
+  permutation test (``auc_difference``) reject at 0.05 where two or three groups of patients have one AUC.
 """
 
 from __future__ import annotations
@@ -37,7 +53,9 @@ from collections.abc import Callable
 import numpy as np
 from scipy.stats import norm
 
-from pneumoscan.core.metrics import evaluate_multiclass, softmax, threshold_metrics_ci
+from pneumoscan.core.metrics import at_prevalence, evaluate_multiclass, softmax, threshold_metrics_ci
+from pneumoscan.core.metrics.differences import auc_difference, delong_groups, paired_differences
+from pneumoscan.core.options import AUC_TESTS
 
 SD_PATIENT, SD_FILM = 1.2, 0.3
 FIGURES = ("auc", "f1", "sensitivity", "specificity", "precision", "accuracy")
@@ -190,17 +208,162 @@ def regimes(samples: int) -> None:
                   f"{np.nanmean(widths):.3f} |", flush=True)
 
 
+SD_TOTAL = math.hypot(SD_PATIENT, SD_FILM)
+SD_MODEL = 0.5  # each model's own noise on a film, beside the effects two models share (``delong-paired``)
+PREVALENCES = (0.05, 0.1, 0.3)
+KERMANY_LIKE = (120, 80)  # pneumonia and normal patients of the last three tables
+
+
+def _patients(rng: np.random.Generator, positives: int, negatives: int, max_films: int,
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each film's class (positive), patient and shared logit noise (the patient's effect plus the film's)."""
+    films = rng.integers(1, max_films + 1, positives + negatives)
+    patient = np.repeat(np.arange(positives + negatives), films)
+    noise = rng.normal(0, SD_PATIENT, positives + negatives)[patient] + rng.normal(0, SD_FILM, patient.size)
+    return patient < positives, patient, noise
+
+
+def _bayes(se: float, sp: float, prevalence: float) -> dict[str, float]:
+    """The truths at a prevalence, written out here rather than taken from the code under test; net benefit at 0.5."""
+    tp, fp, tn, fn = se * prevalence, (1 - sp) * (1 - prevalence), sp * (1 - prevalence), (1 - se) * prevalence
+    return {"precision": tp / (tp + fp), "npv": tn / (tn + fn), "accuracy": tp + tn, "net_benefit": tp - fp}
+
+
+def _mercaldo(se: float, sp: float, positives: int, negatives: int, prevalence: float) -> dict[str, list[float]]:
+    """Mercaldo, Lau & Zhou's (2007) logit intervals of PPV and NPV from films' sensitivity and specificity, 0.5
+    added to each of the four counts where one is 0 (a Haldane correction), which the plain logit cannot take."""
+    hits, misses = np.array([se * positives, sp * negatives]), np.array([(1 - se) * positives, (1 - sp) * negatives])
+    if (np.round(hits) == 0).any() or (np.round(misses) == 0).any():
+        hits, misses = hits + 0.5, misses + 0.5
+    (se, sp), (n_pos, n_neg) = hits / (hits + misses), hits + misses
+    z, odds = float(norm.isf(0.025)), prevalence / (1 - prevalence)
+    out = {}
+    for name, logit, variance in (
+            ("precision", math.log(se * odds / (1 - sp)), (1 - se) / (se * n_pos) + sp / ((1 - sp) * n_neg)),
+            ("npv", math.log(sp / ((1 - se) * odds)), se / ((1 - se) * n_pos) + (1 - sp) / (sp * n_neg))):
+        out[name] = [1 / (1 + math.exp(-(logit + side * z * math.sqrt(variance)))) for side in (-1, 1)]
+    return out
+
+
+def prevalence_coverage(samples: int, max_films: int) -> None:
+    """``--only prevalence``: at_prevalence's intervals by patient, and Mercaldo's over films, at PREVALENCES."""
+    positives, negatives = KERMANY_LIKE
+    print(f"{samples} sets a setting of {positives} + {negatives} patients, 1-{max_films} films each; "
+          "coverage (mean width); each coverage within about "
+          f"{2 * math.sqrt(0.05 * 0.95 / samples):.3f} of its expectation at 0.95 (two standard errors)")
+    print("| sensitivity, specificity | prevalence | PPV | NPV | accuracy | net benefit at 0.5 | PPV, Mercaldo | "
+          "NPV, Mercaldo |")
+    print("| --- " * 8 + "|")
+    for se, sp in ((0.97, 0.85), (0.995, 0.99)):
+        shift_pos, shift_neg = SD_TOTAL * float(norm.ppf(se)), SD_TOTAL * float(norm.ppf(sp))
+        truth = {p: _bayes(se, sp, p) for p in PREVALENCES}
+        names = ("precision", "npv", "accuracy", "net_benefit")
+        covered = {(p, n): [] for p in PREVALENCES for n in (*names, "precision_m", "npv_m")}
+        widths = {key: [] for key in covered}
+        rng = np.random.default_rng(0)
+        for _ in range(samples):
+            positive, patient, noise = _patients(rng, positives, negatives, max_films)
+            logit = np.where(positive, shift_pos, -shift_neg) + noise
+            out = at_prevalence(positive.astype(int), 1 / (1 + np.exp(-logit)), 0.5, PREVALENCES, groups=patient)
+            for block in out["figures"]:
+                p = block["prevalence"]
+                mercaldo = _mercaldo(out["sensitivity"], out["specificity"], int(positive.sum()),
+                                     int((~positive).sum()), p)
+                ends = block["ci"] | {f"{n}_m": mercaldo[n] for n in ("precision", "npv")}
+                for key, (lo, hi) in ends.items():
+                    covered[p, key].append(bool(lo <= truth[p][key.removesuffix("_m")] <= hi))
+                    widths[p, key].append(hi - lo)
+        for p in PREVALENCES:
+            print(f"| {se}, {sp} | {p} | " + " | ".join(
+                f"{np.mean(covered[p, key]):.3f} ({np.nanmean(widths[p, key]):.3f})"
+                for key in (*names, "precision_m", "npv_m")) + " |", flush=True)
+
+
+def _shift(auc: float) -> float:
+    """The positives' mean logit above the negatives' that gives this AUC for a model of noise sd SD_MODEL."""
+    return math.sqrt(2) * math.hypot(SD_TOTAL, SD_MODEL) * float(norm.ppf(auc))
+
+
+def delong_paired_coverage(samples: int, max_films: int) -> None:
+    """``--only delong-paired``: the DeLong interval of a paired AUC difference beside the patients' bootstrap one
+    (the permutation test's), and both tests' rejections at 0.05."""
+    positives, negatives = KERMANY_LIKE
+    print(f"{samples} sets a setting of {positives} + {negatives} patients, 1-{max_films} films each, two models "
+          f"sharing the patient's and the film's effects, each its own noise (sd {SD_MODEL} a film); a share near "
+          f"0.95 or 0.05 is within about {2 * math.sqrt(0.05 * 0.95 / samples):.3f} (two standard errors)")
+    print("| true AUCs | difference | DeLong CI coverage (mean width) | its misses above, below | bootstrap CI "
+          "coverage (mean width) | rejected at 0.05: DeLong | permutation |")
+    print("| --- " * 7 + "|")
+    for first, second in ((0.97, 0.97), (0.99, 0.99), (0.995, 0.995), (0.97, 0.99), (0.975, 0.995)):
+        rng, covered, widths, above, below = np.random.default_rng(0), dict.fromkeys(AUC_TESTS, 0), [], 0, 0
+        boot_widths = []
+        rejected = dict.fromkeys(AUC_TESTS, 0)
+        for _ in range(samples):
+            positive, patient, noise = _patients(rng, positives, negatives, max_films)
+            scores = np.stack([positive * _shift(auc) + noise + rng.normal(0, SD_MODEL, positive.size)
+                               for auc in (first, second)])
+            called = scores >= np.median(scores, axis=1, keepdims=True)
+            for test in rejected:
+                auc = paired_differences(positive, scores, called, patient, test)["auc"]
+                rejected[test] += auc["p"] < 0.05
+                lo, hi = auc["ci"]
+                covered[test] += lo <= second - first <= hi
+                (widths if test == "delong" else boot_widths).append(hi - lo)
+                if test == "delong":
+                    above += lo > second - first
+                    below += hi < second - first
+        print(f"| {first}, {second} | {second - first:.3f} | {covered['delong'] / samples:.3f} "
+              f"({np.mean(widths):.3f}) | {above / samples:.3f}, {below / samples:.3f} | "
+              f"{covered['permutation'] / samples:.3f} ({np.mean(boot_widths):.3f}) | "
+              f"{rejected['delong'] / samples:.3f} | {rejected['permutation'] / samples:.3f} |", flush=True)
+
+
+def delong_groups_size(samples: int, max_films: int) -> None:
+    """``--only delong-groups``: how often DeLong's and the permutation test reject one AUC across groups at 0.05."""
+    print(f"{samples} sets a setting, groups of patients with 1-{max_films} films each and one AUC; a share of 0.05 "
+          f"is within about {2 * math.sqrt(0.05 * 0.95 / samples):.3f}")
+    print("| true AUC | groups (pneumonia + normal patients each) | rejected at 0.05: DeLong | permutation | "
+          "DeLong refused |")
+    print("| --- " * 5 + "|")
+    for auc in (0.97, 0.99):
+        for sizes in (((60, 40),) * 2, ((60, 40),) * 3, ((20, 15), (100, 65))):
+            rng, rejected, refused = np.random.default_rng(0), {"delong": 0, "permutation": 0}, 0
+            for _ in range(samples):
+                parts = [_patients(rng, *size, max_films) for size in sizes]
+                positive = np.concatenate([part[0] for part in parts])
+                patient = np.concatenate([part[1] + 1000 * i for i, part in enumerate(parts)])
+                group = np.concatenate([np.full(part[0].size, i) for i, part in enumerate(parts)])
+                scores = positive * _shift(auc) + np.concatenate([part[2] for part in parts])
+                scores += rng.normal(0, SD_MODEL, scores.size)
+                try:
+                    rejected["delong"] += delong_groups(positive, scores, group, patient).p < 0.05
+                except ValueError:  # a group's AUC of 1: no DeLong variance, the test is not made
+                    refused += 1
+                rejected["permutation"] += auc_difference(positive, scores, group, patient).p < 0.05
+            made = samples - refused
+            print(f"| {auc} | {' and '.join(f'{p} + {n}' for p, n in sizes)} | "
+                  f"{rejected['delong'] / made if made else math.nan:.3f} | "
+                  f"{rejected['permutation'] / samples:.3f} | {refused / samples:.3f} |", flush=True)
+
+
+TABLES = {"prevalence": prevalence_coverage, "delong-paired": delong_paired_coverage,
+          "delong-groups": delong_groups_size}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=400, help="simulated data sets per setting")
     parser.add_argument("--boot", type=int, default=1000, help="bootstrap resamples per interval")
     parser.add_argument("--patients", type=int, nargs="+", default=[12, 30, 150], help="patients of each class")
-    parser.add_argument("--only", choices=("binary", "three-class", "regimes"), help="one of the tables")
+    parser.add_argument("--only", choices=("binary", "three-class", "regimes", *TABLES), help="one of the tables")
     parser.add_argument("--mean", type=float, default=1.2, help="the binary classes' mean logit, +-")
+    parser.add_argument("--films", type=int, default=3, help="films a patient at most, in the last three tables")
     parser.add_argument("--separations", type=float, nargs="+", default=SEPARATIONS, help="three-class settings")
     args = parser.parse_args()
     if args.only == "regimes":
         return regimes(args.samples)
+    if args.only in TABLES:
+        return TABLES[args.only](args.samples, args.films)
     if args.only != "three-class":
         print(f"{args.samples} samples a setting, {args.boot} resamples; nominal coverage 0.95; truths "
               + ", ".join(f"{k} {v:.4f}" for k, v in truths(args.mean).items() if k in ("auc", "f1")))
