@@ -311,7 +311,9 @@ def test_htj2k_films_are_accepted_at_negotiation_and_scored(
     assert sorted(str(context.transfer_syntax[0]) for context in assoc.accepted_contexts) == sorted(films)
     assert [int(assoc.send_c_store(ds).Status) for ds in films.values()] == [0, 0, 0]
     assoc.release()
-    wait_for(lambda: len(destination.received) == 3)
+    # the listener says a study's reports are stored once the destination's answer is back, after it has them
+    wait_for(lambda: all(f"study {ds.StudyInstanceUID}: reports of " in caplog.text for ds in films.values()))
+    assert len(destination.received) == 3
     srs = {sr.StudyInstanceUID: sr for sr in destination.received}
     for syntax, ds in films.items():
         assert f"study {ds.StudyInstanceUID}: reports of 1 of 1 films stored" in caplog.text
