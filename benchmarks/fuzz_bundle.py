@@ -36,7 +36,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from fuzz_decode import fuzz, fuzz_arguments, imported_atheris  # the harnesses' one command line and run
+from fuzz_decode import fuzz, fuzz_parser, imported_atheris  # the harnesses' one command line and run
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the tiny bundle is built as the tests build theirs (tests.conftest)
@@ -221,9 +221,7 @@ def list_loads(harness: Harness, corpus: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    fuzz_arguments(parser, timeout=5, memory_mb=8192)
+    parser = fuzz_parser(__doc__, timeout=5, memory_mb=8192)
     parser.add_argument("--base", type=Path, default=Path(tempfile.gettempdir()) / "pneumoscan_fuzz_bundle",
                         help="where the tiny bundle is trained once and kept (default: TMPDIR/pneumoscan_fuzz_bundle)")
     parser.add_argument("--build-only", action="store_true", help=argparse.SUPPRESS)  # the base, in its own process

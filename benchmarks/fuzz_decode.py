@@ -110,15 +110,22 @@ def one_input(data: bytes) -> None:
         raise AssertionError(f"described as {type(described).__name__}")
 
 
-def fuzz_arguments(parser: argparse.ArgumentParser, timeout: int, memory_mb: int) -> None:
-    """The command line every fuzz harness here takes (fuzz_bundle.py and fuzz_manifest.py call it too): the corpus,
-    libFuzzer's own flags, and how long, how long an input and how much memory."""
+def fuzz_parser(doc: str, timeout: int, memory_mb: int, data: str | None = None) -> argparse.ArgumentParser:
+    """The command line every fuzz harness here takes (fuzz_bundle.py and fuzz_manifest.py call it too), described
+    by the first paragraph of the harness's ``doc``: the corpus, libFuzzer's own flags, and how long, how long an
+    input and how much memory; with ``data`` (what the harness takes from it), the dataset too."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("corpus", help="folder of inputs (seeded when it holds none), or a crash file to run again")
     parser.add_argument("libfuzzer", nargs="*", help="libFuzzer's own flags, after -- (-runs=N, -max_len=N)")
     parser.add_argument("--seconds", type=int, default=600, help="how long to fuzz (default 600)")
     parser.add_argument("--timeout", type=int, default=timeout, help=f"seconds an input may take (default {timeout})")
     parser.add_argument("--memory-mb", type=int, default=memory_mb, help="address-space limit (resource.setrlimit) "
                         f"and libFuzzer's RSS limit (default {memory_mb})")
+    if data is not None:
+        parser.add_argument("--data", default=os.environ.get("PNEUMOSCAN_DATA", DEFAULT_DATA), type=Path,
+                            help=f"dataset {data} come from (default $PNEUMOSCAN_DATA, else {DEFAULT_DATA})")
+    return parser
 
 
 def imported_atheris() -> Any:
@@ -133,7 +140,7 @@ def imported_atheris() -> Any:
 def fuzz(atheris: Any, args: argparse.Namespace, unknown: list[str], one_input: Callable[[bytes], None],
          seeds: Callable[[], Mapping[str, bytes]]) -> None:
     """Fuzz ``one_input`` over the corpus, seeded by ``seeds`` when it is an empty folder (a file: run once), within
-    ``--memory-mb`` of address space, as :func:`fuzz_arguments` read it."""
+    ``--memory-mb`` of address space, as :func:`fuzz_parser` read it."""
     corpus = Path(args.corpus)
     if not corpus.is_file():
         corpus.mkdir(parents=True, exist_ok=True)
@@ -149,11 +156,7 @@ def fuzz(atheris: Any, args: argparse.Namespace, unknown: list[str], one_input: 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    fuzz_arguments(parser, timeout=2, memory_mb=3072)
-    parser.add_argument("--data", default=os.environ.get("PNEUMOSCAN_DATA", DEFAULT_DATA), type=Path,
-                        help="dataset the seeds' films come from (default $PNEUMOSCAN_DATA, else data/chest_xray)")
+    parser = fuzz_parser(__doc__, timeout=2, memory_mb=3072, data="the seeds' films")
     args, unknown = parser.parse_known_args()
     atheris = imported_atheris()
     os.environ.setdefault("OMP_NUM_THREADS", "1")

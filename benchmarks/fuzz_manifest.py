@@ -20,14 +20,11 @@ libFuzzer's own flags follow a ``--``; a ``crash-*`` file given as CORPUS is run
 
 from __future__ import annotations
 
-import argparse
-import os
 import tempfile
 from pathlib import Path
 
-from fuzz_decode import fuzz, fuzz_arguments, imported_atheris  # the harnesses' one command line and run
+from fuzz_decode import fuzz, fuzz_parser, imported_atheris  # the harnesses' one command line and run
 
-DEFAULT_DATA = "data/chest_xray"
 SEEDS = {
     "plain.csv": "path,label\nNORMAL/IM-0001-0001.jpeg,NORMAL\nPNEUMONIA/person1_bacteria_1.jpeg,PNEUMONIA\n",
     "full.csv": "path,label,subtype,patient,split,site\nNORMAL/IM-0001-0001.jpeg,NORMAL,normal,IM-0001,train,A\n"
@@ -72,11 +69,7 @@ def make_one_input(manifest: Path):  # noqa: ANN201 (atheris' callback)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    fuzz_arguments(parser, timeout=2, memory_mb=3072)
-    parser.add_argument("--data", default=os.environ.get("PNEUMOSCAN_DATA", DEFAULT_DATA), type=Path,
-                        help="dataset the films come from (default $PNEUMOSCAN_DATA, else data/chest_xray)")
+    parser = fuzz_parser(__doc__, timeout=2, memory_mb=3072, data="the films")
     args, unknown = parser.parse_known_args()
     atheris = imported_atheris()
     with atheris.instrument_imports(include=["pneumoscan"]):
