@@ -461,48 +461,66 @@ def test_weights_resealed_with_a_value_not_finite_are_refused_at_load_naming_the
             Predictor(bundle, backend=backend)
 
 
-def reseal_graph(bundle: Path, name: str, value: float, constant: bool) -> str:
-    """Write ``value`` into BUNDLE/NAME's first floating-point initializer of more than one value (``constant``:
-    given instead by a Constant node, as exporters write some: efficientnet_lite0's graph holds 111), then seal the
-    file again as a tool would: its sidecar's and bundle.json's SHA-256 recorded anew. Returns what the refusal
-    names."""
+def reseal_graph(bundle: Path, name: str, value: float, place: str) -> str:
+    """Write ``value`` into BUNDLE/NAME's first floating-point initializer of more than one value (``place``
+    "constant": given instead by a Constant node, as exporters write some: efficientnet_lite0's graph holds 111;
+    "attribute": into its first float attribute instead, a Gemm's alpha; "external": that initializer's values
+    moved to a file beside it in the bundle's folder), then seal the file again as a tool would: its sidecar's and
+    bundle.json's SHA-256 recorded anew. Returns what the refusal says after the file's name and "its"."""
     import onnx
     from onnx import numpy_helper
 
     model = onnx.load_model_from_string((bundle / name).read_bytes())
     tensor = next(t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT and np.prod(t.dims) > 1)
     values = numpy_helper.to_array(tensor).copy()
-    values.flat[0] = value
-    tensor.CopyFrom(numpy_helper.from_array(values, tensor.name))
+    if place != "attribute":
+        values.flat[0] = value
+        tensor.CopyFrom(numpy_helper.from_array(values, tensor.name))
     what = f"initializer {tensor.name!r}"
-    if constant:
+    if place == "constant":
         node = onnx.helper.make_node("Constant", [], [tensor.name], name="damaged", value=tensor)
         model.graph.initializer.remove(tensor)
         model.graph.node.insert(0, node)
         what = "Constant node 'damaged'"
+    elif place == "attribute":
+        node, attribute = next((n, a) for n in model.graph.node for a in n.attribute
+                               if a.type == onnx.AttributeProto.FLOAT)
+        attribute.f, values = value, np.array([value])
+        what = f"attribute {attribute.name!r} of {node.op_type} node {node.name!r}"
+    elif place == "external":  # in the bundle's own folder, as another tool would write it
+        (bundle / "values.bin").write_bytes(tensor.raw_data)
+        tensor.ClearField("raw_data")
+        tensor.data_location = onnx.TensorProto.EXTERNAL
+        tensor.external_data.add(key="location", value="values.bin")
     (bundle / name).write_bytes(model.SerializeToString())
     sidecar = json.loads(spec_path(bundle / name).read_text())
     spec_path(bundle / name).write_text(json.dumps({**sidecar, **described(bundle / name)}))
     record_checksum(bundle, name)
     record_checksum(bundle, spec_path(bundle / name).name)
-    return f"{what} holds 1 NaN or infinite values of {values.size}"
+    if place == "external":
+        return f"{what} keeps its values in another file ('values.bin'), which no checksum of the bundle covers"
+    return f"{what} holds 1 NaN or infinite values of {values.size}, which no model computes"
 
 
-@pytest.mark.parametrize(("backend", "value", "constant"), [("onnx", float("nan"), False),
-                                                            ("onnx-int8", float("inf"), False),
-                                                            ("onnx", float("-inf"), True)],
-                         ids=["onnx-nan", "onnx-int8-inf", "onnx-constant"])
+@pytest.mark.parametrize(("backend", "value", "place"), [("onnx", float("nan"), "initializer"),
+                                                         ("onnx-int8", float("inf"), "initializer"),
+                                                         ("onnx", float("-inf"), "constant"),
+                                                         ("onnx", float("nan"), "attribute"),
+                                                         ("onnx-int8", 1.0, "external")],
+                         ids=["onnx-nan", "onnx-int8-inf", "onnx-constant", "onnx-attribute", "onnx-int8-external"])
 def test_an_onnx_model_resealed_with_a_value_not_finite_is_refused_at_load_naming_it(
     int8_bundle: Path, tmp_path: Path, film: Path, capsys: pytest.CaptureFixture, backend: str, value: float,
-    constant: bool
+    place: str
 ) -> None:
     """A NaN or an infinity written into model.onnx or model.int8.onnx and sealed again (its SHA-256 recorded anew
     in its sidecar and bundle.json) passes every digest check: the ONNX backends loaded it and refused each film in
-    turn. Refused at load, naming the file and the tensor."""
+    turn, and one in a float attribute (a Gemm's alpha) was not looked for. Refused at load, naming the file and the
+    tensor or attribute; so is a tensor whose values were moved to another file, which no checksum covers (ONNX
+    Runtime had refused it in its own words, after logging a line of its own)."""
     bundle = copy_bundle(int8_bundle, tmp_path)
     name = INT8_NAME if backend == "onnx-int8" else ONNX_NAME
-    said = reseal_graph(bundle, name, value, constant)
-    with pytest.raises(ValueError, match=f"^{re.escape(f'{bundle / name}: its {said}')}, which no model computes"):
+    said = reseal_graph(bundle, name, value, place)
+    with pytest.raises(ValueError, match=f"^{re.escape(f'{bundle / name}: its {said}')}"):
         Predictor(bundle, backend=backend)
     assert cli.main(["predict", str(bundle), str(film), "--backend", backend]) == 2
     one_line_error(capsys, said)
@@ -555,6 +573,63 @@ def test_a_value_not_finite_is_found_in_every_place_and_encoding_an_onnx_file_ho
         what = f"{where} 'w'" if where.endswith("initializer") else "Constant node 'k'"
         with pytest.raises(ValueError, match=f"^m.onnx: its {what} holds 2 NaN or infinite values of 3, which no"):
             check_finite(model, Path("m.onnx"))
+
+
+def test_float_attributes_values_in_another_file_and_no_protobuf_are_refused_by_the_onnx_check() -> None:
+    """Beside tensors, a node's float attributes (a LeakyRelu's alpha, a BatchNormalization's epsilon, a Constant's
+    value_floats; in a branch, in a local function) are checked for a NaN or an infinity, where they had passed; a
+    tensor of any type whose values lie in another file (external data: an initializer, a sparse tensor's indices, a
+    Constant's value in a branch) is refused wherever the file is, as no checksum covers it; and bytes no protobuf
+    parse reads are refused as not ONNX, where the parse raised its own DecodeError. The same attributes finite
+    pass."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    def graph(node: Any, where: str = "graph", **extra: Any) -> bytes:
+        nodes, functions = [node], []
+        if where == "branch":
+            branch = helper.make_graph([node], "branch", [], [])
+            nodes = [helper.make_node("If", ["x"], ["y"], then_branch=branch, else_branch=branch)]
+        elif where == "function":
+            nodes, functions = [], [helper.make_function("local", "f", [], ["y"], [node],
+                                                         [helper.make_opsetid("", 17)])]
+        model = helper.make_model(helper.make_graph(nodes, "g", [], [], **extra), functions=functions)
+        return model.SerializeToString()
+
+    def external(tensor: TensorProto, location: str) -> TensorProto:
+        tensor.ClearField("raw_data")
+        tensor.data_location = TensorProto.EXTERNAL
+        tensor.external_data.add(key="location", value=location)
+        return tensor
+
+    for op, attribute, where, inputs in [("LeakyRelu", "alpha", "graph", ["x"]),
+                                         ("BatchNormalization", "epsilon", "branch", ["x", "s", "b", "m", "v"]),
+                                         ("Constant", "value_floats", "function", [])]:
+        for value, refused in ((float("nan"), True), (float("-inf"), True), (0.01, False)):
+            given = [1.0, value] if attribute == "value_floats" else value
+            model = graph(helper.make_node(op, inputs, ["y"], name="n", **{attribute: given}), where)
+            if not refused:
+                check_finite(model, Path("m.onnx"))
+                continue
+            with pytest.raises(ValueError, match=f"^m.onnx: its attribute '{attribute}' of {op} node 'n' holds 1 NaN "
+                                                 f"or infinite values of {1 + (attribute == 'value_floats')}, "):
+                check_finite(model, Path("m.onnx"))
+    values = numpy_helper.from_array(np.ones(3, np.float32), "w")
+    indices = numpy_helper.from_array(np.arange(3, dtype=np.int64), "i")
+    for model, what, location in [
+        (graph(helper.make_node("Relu", ["x"], ["y"]), initializer=[external(values, "w.bin")]),
+         "initializer 'w'", "w.bin"),
+        (graph(helper.make_node("Relu", ["x"], ["y"]), sparse_initializer=[helper.make_sparse_tensor(
+            numpy_helper.from_array(np.ones(3, np.float32), "w"), external(indices, "../i.bin"), [3])]),
+         "sparse initializer 'w'", "../i.bin"),
+        (graph(helper.make_node("Constant", [], ["y"], name="k", value=external(
+            numpy_helper.from_array(np.ones(3, np.float32), "c"), "/dev/zero")), "branch"),
+         "Constant node 'k'", "/dev/zero"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(f"m.onnx: its {what} keeps its values in another file "
+                                                       f"({location!r}), which no checksum")):
+            check_finite(model, Path("m.onnx"))
+    with pytest.raises(ValueError, match="^m.onnx is not a loadable ONNX model: its bytes are not an ONNX protobuf"):
+        check_finite(b"\x0a\xff\xff", Path("m.onnx"))
 
 
 def test_one_flipped_bit_in_the_weights_is_refused(tiny_bundle: Path, tmp_path: Path) -> None:

@@ -104,40 +104,67 @@ def session(model: Path | str | bytes, optimized: bool = True) -> ort.InferenceS
 
 def bundle_model(path: Path, recorded: str | None) -> ort.InferenceSession:
     """A session on a bundle's ONNX file (``model.onnx``, ``model.int8.onnx``) from the bytes checked
-    (:func:`checked_bytes` against ``recorded``), its constants finite (:func:`check_finite`): the one load of
-    either file, for both ONNX backends."""
+    (:func:`checked_bytes` against ``recorded``), its values all in the file and finite (:func:`check_finite`): the
+    one load of either file, for both ONNX backends."""
     data = checked_bytes(path, recorded)
-    loaded = session(data)  # first: a file ONNX Runtime cannot load is refused with its reason
-    check_finite(data, path)
-    return loaded
+    check_finite(data, path)  # first: ONNX Runtime would open the files a tensor's external data names
+    return session(data)
 
 
 def check_finite(model: bytes, path: Path) -> None:
-    """Refuse (ValueError) a graph whose floating-point tensors held in the file (initializers, sparse ones, and
-    tensor attributes: Constant nodes, in subgraphs and local functions too) hold a NaN or an infinity, naming
-    ``path`` and the first such tensor: a file damaged and sealed again (its SHA-256 recorded anew) passes the digest
-    checks, and the model then refused each film in turn (serve: 500, then unhealthy) instead of never starting."""
-    parsed = _graph_schema().FromString(model)
-    for what, tensor in _tensors(parsed.graph, [node for function in parsed.functions for node in function.node]):
-        if (values := _floats(tensor)) is not None and not np.isfinite(values).all():
+    """Refuse (ValueError) a graph whose floating-point values held in the file (initializers, sparse ones, tensor
+    attributes such as a Constant node's, float attributes such as a LeakyRelu's alpha or a BatchNormalization's
+    epsilon; in subgraphs and local functions too) hold a NaN or an infinity, or any of whose tensors keeps its
+    values in another file (external data), naming ``path`` and the first such value. A file damaged and sealed again
+    (its SHA-256 recorded anew) passes the digest checks, and the model then refused each film in turn (serve: 500,
+    then unhealthy) instead of never starting. External data is refused wherever it points, in the bundle's folder
+    too: bundle.json's checksums cover the model's own file alone, so the other file's values could change unseen
+    (and ONNX Runtime, given the model's bytes, looks for it in the working directory, not the bundle); pneumoscan's
+    exports write every value into the model's file. Bytes that are no ONNX protobuf are refused too, as
+    :func:`session` refuses them: this parse comes first, so that ONNX Runtime never opens a file the graph names."""
+    from google.protobuf.message import DecodeError
+
+    try:
+        parsed = _graph_schema().FromString(model)
+    except DecodeError:
+        raise ValueError(f"{path} is not a loadable ONNX model: its bytes are not an ONNX protobuf (cut short, or "
+                         "another kind of file)") from None
+    remedy = "restore the bundle from a good copy, or export it again"
+    for what, held in _held(parsed.graph, [node for function in parsed.functions for node in function.node]):
+        if isinstance(held, np.ndarray):  # a float attribute's values
+            values: np.ndarray | None = held
+        elif held.data_location == _EXTERNAL or held.external_data:
+            location = {entry.key: entry.value for entry in held.external_data}.get("location", "")
+            raise ValueError(f"{path}: its {what} keeps its values in another file ({location!r}), which no "
+                             "checksum of the bundle covers; a bundle's ONNX model holds all its values (pneumoscan's "
+                             f"export writes them so): {remedy}")
+        else:
+            values = _floats(held)
+        if values is not None and not np.isfinite(values).all():
             raise ValueError(f"{path}: its {what} holds {int((~np.isfinite(values)).sum())} NaN or infinite values "
                              f"of {values.size}, which no model computes with (a damaged file, or the export of a "
-                             "training that diverged); restore the bundle from a good copy, or export it again")
+                             f"training that diverged); {remedy}")
 
 
-def _tensors(graph: Any, nodes: Iterable[Any] = ()) -> Iterator[tuple[str, Any]]:
-    """Every tensor ``graph`` and ``nodes`` hold, with what holds it, the nodes' subgraphs' included. A field not in
-    the file reads as its empty default (a tensor of no type, a graph of nothing), which gives nothing."""
+def _held(graph: Any, nodes: Iterable[Any] = ()) -> Iterator[tuple[str, Any]]:
+    """Every tensor ``graph`` and ``nodes`` hold (a TensorProto: a sparse tensor's values and indices, each) and
+    every node's float attribute (its values as an array), with what holds it, the nodes' subgraphs' included. A
+    field not in the file reads as its empty default (a tensor of no type, a graph of nothing), which gives nothing;
+    ``f``, a float attribute's one value, only where the file holds it."""
     yield from ((f"initializer {t.name!r}", t) for t in graph.initializer)
-    yield from ((f"sparse initializer {t.values.name!r}", t.values) for t in graph.sparse_initializer)
+    for sparse in graph.sparse_initializer:
+        yield from ((f"sparse initializer {sparse.values.name!r}", t) for t in (sparse.values, sparse.indices))
     for node in [*graph.node, *nodes]:
         what = f"{node.op_type} node {node.name or ([*node.output] or [''])[0]!r}"
         for attribute in node.attribute:
             for tensor in [attribute.t, *attribute.tensors,
-                           *(sparse.values for sparse in [attribute.sparse_tensor, *attribute.sparse_tensors])]:
+                           *(t for sparse in [attribute.sparse_tensor, *attribute.sparse_tensors]
+                             for t in (sparse.values, sparse.indices))]:
                 yield what, tensor
+            if floats := [*([attribute.f] if attribute.HasField("f") else []), *attribute.floats]:
+                yield f"attribute {attribute.name!r} of {what}", np.array(floats, np.float32)
             for subgraph in [attribute.g, *attribute.graphs]:
-                yield from _tensors(subgraph)
+                yield from _held(subgraph)
 
 
 def _floats(tensor: Any) -> np.ndarray | None:
@@ -155,17 +182,18 @@ def _floats(tensor: Any) -> np.ndarray | None:
 # its raw data (little-endian, the format's rule) and the field holding its values otherwise (float16 and bfloat16:
 # the low 16 bits of each int32_data value)
 _BFLOAT16 = 16
+_EXTERNAL = 1  # TensorProto.DataLocation: the values in another file, which external_data names
 _FLOATING = {1: ("<f4", "float_data"), 11: ("<f8", "double_data"), 10: ("<u2", "int32_data"),
              _BFLOAT16: ("<u2", "int32_data")}
 
 
 @functools.cache
 def _graph_schema() -> type:
-    """The message class of the part of onnx.proto's ModelProto that holds a graph's tensors, for protobuf's parser:
-    ONNX Runtime shows no initializer's values, and the ``onnx`` package, which parses the whole format, imports
-    ml_dtypes (0.6 s of CPU, ten times an ONNX backend's load of an efficientnet_lite0 bundle); this parse takes 10 ms
-    for that bundle. Field numbers are onnx.proto's, which the format keeps for ever (old files stay readable);
-    fields not named here are skipped."""
+    """The message class of the part of onnx.proto's ModelProto that holds a graph's tensors and float attributes,
+    for protobuf's parser: ONNX Runtime shows no initializer's values, and the ``onnx`` package, which parses the
+    whole format, imports ml_dtypes (0.6 s of CPU, ten times an ONNX backend's load of an efficientnet_lite0
+    bundle); this parse takes 10 ms for that bundle. Field numbers are onnx.proto's, which the format keeps for ever
+    (old files stay readable); fields not named here are skipped."""
     from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
     kinds = descriptor_pb2.FieldDescriptorProto
@@ -176,13 +204,16 @@ def _graph_schema() -> type:
                   ("sparse_initializer", 15, "Sparse", True)],
         "Node": [("output", 2, kinds.TYPE_STRING, True), ("name", 3, kinds.TYPE_STRING, False),
                  ("op_type", 4, kinds.TYPE_STRING, False), ("attribute", 5, "Attribute", True)],
-        "Attribute": [("t", 5, "Tensor", False), ("g", 6, "Graph", False), ("tensors", 10, "Tensor", True),
-                      ("graphs", 11, "Graph", True), ("sparse_tensor", 22, "Sparse", False),
-                      ("sparse_tensors", 23, "Sparse", True)],
-        "Sparse": [("values", 1, "Tensor", False)],
+        "Attribute": [("name", 1, kinds.TYPE_STRING, False), ("f", 2, kinds.TYPE_FLOAT, False),
+                      ("t", 5, "Tensor", False), ("g", 6, "Graph", False), ("floats", 7, kinds.TYPE_FLOAT, True),
+                      ("tensors", 10, "Tensor", True), ("graphs", 11, "Graph", True),
+                      ("sparse_tensor", 22, "Sparse", False), ("sparse_tensors", 23, "Sparse", True)],
+        "Sparse": [("values", 1, "Tensor", False), ("indices", 2, "Tensor", False)],
         "Tensor": [("data_type", 2, kinds.TYPE_INT32, False), ("float_data", 4, kinds.TYPE_FLOAT, True),
                    ("int32_data", 5, kinds.TYPE_INT32, True), ("name", 8, kinds.TYPE_STRING, False),
-                   ("raw_data", 9, kinds.TYPE_BYTES, False), ("double_data", 10, kinds.TYPE_DOUBLE, True)],
+                   ("raw_data", 9, kinds.TYPE_BYTES, False), ("double_data", 10, kinds.TYPE_DOUBLE, True),
+                   ("external_data", 13, "Entry", True), ("data_location", 14, kinds.TYPE_INT32, False)],
+        "Entry": [("key", 1, kinds.TYPE_STRING, False), ("value", 2, kinds.TYPE_STRING, False)],
     }
     schema = descriptor_pb2.FileDescriptorProto(name="pneumoscan_onnx_tensors.proto", package="pneumoscan_onnx")
     for message, fields in messages.items():
