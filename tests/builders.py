@@ -33,7 +33,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from pneumoscan.data.appearance import Appearance
+from pneumoscan.data.appearance import LAYOUT_SIDE, Appearance, farthest_layout
 from pneumoscan.data.labelled import labelled_films
 from pneumoscan.data.layouts import Record, discover
 from pneumoscan.data.preprocess import PreprocessSpec
@@ -113,6 +113,16 @@ def trial_copy(run: Path, out: Path, patients: int, seed: int) -> Path:
     save_card(bundle, dataclasses.replace(card, train_config={**card.train_config, "patients": patients,
                                                               SAMPLED_FROM: 48, "seed": seed}))
     return bundle
+
+
+def content_check_on() -> Appearance:
+    """An appearance record that turns a bundle's image content check on without a fit, flagging no film's layout:
+    its mean half a checkerboard's layout, so that every film's layout (of length 6) lies 5.5 to 6.5 from it under
+    the identity precision, and its limit 6.5 the farthest any can lie (a limit beyond it is refused at load), which
+    only a layout exactly opposite to the checkerboard reaches; no turn brings a film 1.5 times closer."""
+    board = np.indices((LAYOUT_SIDE, LAYOUT_SIDE)).sum(axis=0) % 2 * 2.0 - 1  # +-1, zero mean: length 6
+    mean, precision = board.ravel() / 12, np.eye(LAYOUT_SIDE**2)
+    return Appearance(mean, precision, farthest_layout(mean, precision), (-3.0, -1.0), 60.0)
 
 
 def with_appearance_of(bundle: Path, data: Path) -> Appearance:

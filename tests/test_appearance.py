@@ -94,7 +94,8 @@ def test_too_few_films_or_a_foreign_record_are_refused(data_root: Path) -> None:
     with pytest.raises(ValueError, match="not an appearance record"):
         Appearance.from_arrays({"mean": np.zeros(4), "precision": np.eye(4), "limits": np.zeros(3)})
     # right shapes, values no fit gives: they would flag every film, or none
-    good = {"mean": np.zeros(36), "precision": np.eye(36), "limits": np.array([10.0, -3.0, -1.0, 60.0])}
+    # (every film's layout lies 6 * 2 = 12 from this mean under this precision: a limit of 12 or more flags none)
+    good = {"mean": np.zeros(36), "precision": 4 * np.eye(36), "limits": np.array([10.0, -3.0, -1.0, 60.0])}
     assert Appearance.from_arrays(good).layout_limit == 10.0
     assert Appearance.from_arrays(good).white is None  # a record made before the white check: left out, not refused
     before_black = Appearance.from_arrays(good | {"limits": np.array([10.0, -3.0, -1.0, 60.0, 0.12])})
@@ -104,6 +105,7 @@ def test_too_few_films_or_a_foreign_record_are_refused(data_root: Path) -> None:
     assert now.to_arrays()["limits"].tolist() == [10.0, -3.0, -1.0, 60.0, 0.12, 0.05]
     for name, value in (("precision", -np.eye(36)), ("limits", np.array([10.0, -1.0, -3.0, 60.0])),
                         ("limits", np.array([-1.0, -3.0, -1.0, 60.0])),
+                        ("limits", np.array([12.5, -3.0, -1.0, 60.0])),
                         ("limits", np.array([10.0, -3.0, -1.0, 60.0, 0.0])),
                         ("limits", np.array([10.0, -3.0, -1.0, 60.0, 0.12, 0.0]))):
         with pytest.raises(ValueError, match="positive definite|out of order|is outside"):
@@ -210,19 +212,21 @@ def test_predict_and_serve_say_once_when_a_bundle_checks_no_content(real_runs: t
 
 
 @pytest.mark.parametrize(("field", "value", "said"), [
-    ("layout_limit", 5e-324, "its layout limit 5e-324 is outside 1 to inf"),
+    ("layout_limit", 5e-324, "its layout limit 5e-324 is outside 1 to "),
+    ("layout_limit", 1e300, "its layout limit 1e+300 is outside 1 to "),
     ("white", 1e-9, "its white limit 1e-09 is outside 0.1 to 1.1"),
     ("black", 2.0, "its black limit 2.0 is outside 0.05 to 1.05"),
     ("contrast", 200.0, "its contrast limit 200.0 is outside 0 to 153"),
     ("sharpness", (-1e300, 0.4), "its sharpness low limit -1e+300 is outside"),
     ("sharpness", (0.4, 0.3), "its sharpness limits [0.4, 0.3] are out of order"),
-], ids=["layout", "white", "black", "contrast", "sharpness", "sharpness-order"])
+], ids=["layout", "layout-most", "white", "black", "contrast", "sharpness", "sharpness-order"])
 def test_a_resealed_appearance_record_of_a_limit_no_fit_gives_is_refused_naming_it(
         tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path, field: str, value: object, said: str) -> None:
     """A record damaged and sealed again (its SHA-256 recorded anew) passes the digest check: one whose layout limit
     was near 0 (it had only to be above 0) loaded and flagged every film "inf times the limit" unlike the training
-    films, one whose white share was near 0 every film with a white pixel, one whose sharpness limit was beyond what
-    any film measures none. Refused at load, naming the limit, where the record as fitted loads."""
+    films, one whose layout limit was beyond the distance any film's layout can have (it was bounded from below
+    only) none, one whose white share was near 0 every film with a white pixel, one whose sharpness limit was
+    beyond what any film measures none. Refused at load, naming the limit, where the record as fitted loads."""
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)
     fitted = with_appearance_of(bundle, tiny_dataset)

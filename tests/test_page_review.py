@@ -19,7 +19,6 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
-import numpy as np
 import pytest
 import uvicorn
 from fastapi import FastAPI
@@ -27,13 +26,12 @@ from playwright.sync_api import Browser, Page, Route, expect
 
 from pneumoscan import cli
 from pneumoscan.data import readers
-from pneumoscan.data.appearance import LAYOUT_SIDE, Appearance
 from pneumoscan.inference.explain import EMPTY
 from pneumoscan.models.card import load_card, save_appearance, save_card
 from pneumoscan.serving.app import create_app
 from pneumoscan.serving.guard import Access
 from tests import test_page, test_readers
-from tests.builders import at_threshold, nudge_weights, running
+from tests.builders import at_threshold, content_check_on, nudge_weights, running
 from tests.test_browser import PAGE_KEY, TIMEOUT_MS, drop_file, run_server
 from tests.test_heatmap_scale import sentence
 
@@ -599,7 +597,7 @@ def test_a_film_read_by_a_model_before_a_restart_is_not_shown_again_with_the_new
     save_card(unchecked, at_threshold(load_card(unchecked), threshold=0.3, threshold_interval=[0.25, 0.35]))
     other = shutil.copytree(unchecked, tmp_path / "checked")  # the same weights and threshold, and a record of its
     # training films' appearance: a model with the content check (what it flags matters not here)
-    save_appearance(other, Appearance(np.zeros(LAYOUT_SIDE**2), np.eye(LAYOUT_SIDE**2), 10.0, (-3.0, -1.0), 60.0))
+    save_appearance(other, content_check_on())
     with opened(browser, create_app(tiny_bundle), lambda page: test_page.upload_one(page, small)) as page:
         rows = page.locator("#films tbody tr")
         first = rows.nth(0).locator("td").nth(1)

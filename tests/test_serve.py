@@ -33,7 +33,6 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from pneumoscan.core.digests import bytes_sha256, json_sha256
-from pneumoscan.data.appearance import LAYOUT_SIDE, Appearance
 from pneumoscan.data.decode import read_dicom_header, read_gray
 from pneumoscan.data.scope import BURNED_IN, NO_TAGS, describe
 from pneumoscan.inference.export import write_onnx_spec
@@ -43,8 +42,8 @@ from pneumoscan.serving.app import create_app
 from pneumoscan.serving.batching import Batcher
 from pneumoscan.serving.limits import Limits
 from pneumoscan.serving.service import BUNDLE_DAMAGED, BUNDLE_REPLACED, OnDisk
-from tests.builders import (SCORE_TOL, UNCHECKED, at_threshold, chest_film_dicom, count_dicom_reads, dicom_bytes,
-                            free_port, start_serve, wait_healthy)
+from tests.builders import (SCORE_TOL, UNCHECKED, at_threshold, chest_film_dicom, content_check_on, count_dicom_reads,
+                            dicom_bytes, free_port, start_serve, wait_healthy)
 
 MB = 2**20
 
@@ -172,7 +171,7 @@ def test_each_reading_names_the_card_it_was_read_with(client: TestClient, tiny_b
     assert digest == json_sha256(info)
     assert upload(client, xray).json()["card_digest"] == digest
     checked = shutil.copytree(tiny_bundle, tmp_path / "checked")
-    save_appearance(checked, Appearance(np.zeros(LAYOUT_SIDE**2), np.eye(LAYOUT_SIDE**2), 10.0, (-3.0, -1.0), 60.0))
+    save_appearance(checked, content_check_on())
     with TestClient(create_app(checked)) as restarted:
         again, reading = restarted.get("/v1/model").json(), upload(restarted, xray).json()
     assert (again["id"], again["version"], again["threshold"]) == (info["id"], info["version"], info["threshold"])
