@@ -175,8 +175,9 @@ def test_a_reading_whose_line_cannot_be_written_is_answered_only_when_the_line_i
         required: bool) -> None:
     """The audit file replaced by a folder while the service runs (its lines cannot be written, as root too): by
     default the reading is answered and a warning says the line is lost; with --audit-required it is a 503 naming
-    the reason, no reading in it, counted under that reason and as a 503 in /metrics as every refusal is, and not
-    as a reading (nor its key's), with the security headers every answer carries."""
+    the reason, no reading in it, counted under that reason and as a 503 in /metrics as every refusal is (by its key
+    too, which had counted the 200 withheld), and not as a reading (nor its key's), with the security headers every
+    answer carries."""
     audit = tmp_path / "audit.jsonl"
     app = create_app(tiny_bundle, access=Access(named_keys=(("ward", WARD_KEY),)), audit_log=audit,
                      audit_required=required)
@@ -196,6 +197,10 @@ def test_a_reading_whose_line_cannot_be_written_is_answered_only_when_the_line_i
     answered = {k: n for k, n in moved(before, after, "pneumoscan_http_requests_total").items()
                 if ("endpoint", "/v1/predict") in k}  # the status the client got, not the reading's
     assert answered == {labels(endpoint="/v1/predict", status="503" if required else "200"): 1}
+    # by its key too (a 200 there had said the ward got a reading), beside the first scrape's 200
+    assert moved(before, after, "pneumoscan_key_requests_total") == (
+        {labels(key="ward", status="200"): 1, labels(key="ward", status="503"): 1} if required
+        else {labels(key="ward", status="200"): 2})
     if required:
         assert (answer.status_code, answer.json()["reason"]) == (503, "audit_log_lost")
         assert "probability" not in answer.text and answer.headers["x-request-id"]

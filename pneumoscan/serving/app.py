@@ -113,11 +113,11 @@ def _add_middleware(app: FastAPI, access: Access | None, metrics: ServiceMetrics
     each answer counted (its refusals too, the audit's own)."""
     app.state.key_in_use = KeyInUse(access)  # read again by a change of the key file, or SIGHUP
 
-    def answered(key: str, status: int) -> None:  # the key a request carried, let in or not (the audit's too)
-        metrics.key_answered(key, status)
+    def carried(key: str) -> None:  # the key a request carried, let in or not (the audit's too)
+        metrics.key_carried(key)
         note(key=key)
 
-    app.add_middleware(Guard, access=access, key=app.state.key_in_use, refused=metrics.refused, answered=answered)
+    app.add_middleware(Guard, access=access, key=app.state.key_in_use, refused=metrics.refused, carried=carried)
     if access is not None and access.cors_origins:  # each added outside the ones before
         app.add_middleware(Cors, refused=metrics.refused, allow_origins=list(access.cors_origins),
                            allow_methods=["GET", "POST"], allow_headers=["Authorization", "X-API-Key"], max_age=600,

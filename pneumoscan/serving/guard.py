@@ -247,17 +247,17 @@ class Guard:
     paths, the security headers on every response, and a JSON 500 for a bug (caught here, so the framework neither
     re-raises it, which closed the connection and logged a traceback per request, nor answers in plain text). Each
     of its refusals is a :class:`~.limits.Rejected`, with its reason, counted by ``refused`` (the service's
-    /metrics) as the app's are: a client sending a wrong key shows as ``key_wrong``; with named keys, each answer
-    is counted by ``answered`` under the key the request carried (:meth:`_refusal`). Pure ASGI, so request bodies
-    stream through untouched. With ``preflights``, the guard outside CORS: CORS preflights only (which carry no key,
-    by the Fetch standard, and CORS answers itself) get the Host check and the security headers; every other
-    request passes to the CORS middleware, whose own guard inside sees it."""
+    /metrics) as the app's are: a client sending a wrong key shows as ``key_wrong``; with named keys, the key each
+    request carried is given to ``carried`` (:meth:`_refusal`), which /metrics counts the request's answer under.
+    Pure ASGI, so request bodies stream through untouched. With ``preflights``, the guard outside CORS: CORS
+    preflights only (which carry no key, by the Fetch standard, and CORS answers itself) get the Host check and the
+    security headers; every other request passes to the CORS middleware, whose own guard inside sees it."""
 
     def __init__(self, app: ASGIApp, access: Access | None, preflights: bool = False,
                  key: KeyInUse | None = None, refused: Callable[[Refusal], None] = lambda kind: None,
-                 answered: Callable[[str, int], None] = lambda key, status: None) -> None:
+                 carried: Callable[[str], None] = lambda key: None) -> None:
         self.app, self.access, self.preflights, self.refused = app, access, preflights, refused
-        self.answered = answered  # each answer to a request that needed a named key, by its key (/metrics)
+        self.carried = carried  # the key a request that needed a named key carried (/metrics, the audit)
         self.key = KeyInUse(None) if preflights else key or KeyInUse(access)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -265,12 +265,12 @@ class Guard:
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         problem, carried = self._refusal(scope, headers)
+        if carried is not None:
+            self.carried(carried)
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 message["headers"] = [*message.get("headers", []), *SECURITY_HEADERS]
-                if carried is not None:
-                    self.answered(carried, message["status"])
             await send(message)
 
         if problem is not None:

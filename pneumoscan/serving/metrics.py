@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
@@ -31,9 +31,20 @@ OTHER = "other"  # the endpoint of a path the app does not serve; the kind of a 
 KIND_NAMES = {kind: name for name, kind in NAMED_KINDS.items()}
 # a model run on a CPU: a few ms for a small model's film, seconds for a batch of 32 through an ensemble
 RUN_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-# the series the readings of the request in progress move, moved when its answer begins (CountRequests), so that a
-# reading whose answer is withheld (the audit's 503, unanswered) is never counted; None outside a counted request
-answering: ContextVar[list[Counter] | None] = ContextVar("answering", default=None)
+
+
+@dataclass
+class Answering:
+    """What the request in progress is counted under once its answer begins (:class:`CountRequests`), when the
+    status the client gets is known: a layer outside the one that made the answer may replace it (the audit's 503
+    in a reading's place)."""
+
+    readings: list[Counter] = field(default_factory=list)  # its readings' series; none once withheld (unanswered)
+    key: str | None = None  # the named key it carried (:meth:`ServiceMetrics.key_carried`), counted with that status
+
+
+# the request in progress's, None outside a counted request
+answering: ContextVar[Answering | None] = ContextVar("answering", default=None)
 
 
 @dataclass(frozen=True)
@@ -48,7 +59,7 @@ class ModelRuns:
 def unanswered() -> None:
     """The readings of the request in progress are not answered (their answer withheld): none is counted."""
     if (pending := answering.get()) is not None:
-        pending.clear()
+        pending.readings.clear()
 
 
 def warning_kind(warning: str) -> tuple[str, bool]:
@@ -135,14 +146,17 @@ class ServiceMetrics:
             name, out = warning_kind(warning)
             series.append(self.warnings.labels(task, name, str(out).lower()))
         if (pending := answering.get()) is not None:  # the service answers inside CountRequests alone
-            pending.extend(series)
+            pending.readings.extend(series)
 
     def refused(self, reason: Refusal) -> None:
         self.refusals.labels(reason).inc()
 
-    def key_answered(self, key: str, status: int) -> None:
-        """One answer to a request that needed a named key, by the key it carried (:meth:`.guard.Guard._refusal`)."""
-        self.key_requests.labels(key, str(status)).inc()
+    def key_carried(self, key: str) -> None:
+        """The request in progress needed a named key and carried ``key`` (:meth:`.guard.Guard._refusal`): counted
+        when its answer begins, with the status the client gets (:class:`Answering`), never the one a layer inside
+        gave a reading that the audit then withheld."""
+        if (pending := answering.get()) is not None:
+            pending.key = key
 
     def exposition(self, accept: str | None) -> tuple[bytes, str]:
         """Every series, and its content type, in the format the scrape's ``accept`` header asks for, as
@@ -153,9 +167,10 @@ class ServiceMetrics:
 
 class CountRequests:
     """ASGI middleware outside every other: each answer counted by endpoint and status, the guard's refusals (401,
-    a Host not served) and CORS preflights too, and the readings it gives as it begins (:data:`answering`). The
-    endpoint is the path the app routes on if it serves it (a mount, such as /static, by its prefix), else
-    :data:`OTHER`: a path is what a client chooses, and may hold a patient's number."""
+    a Host not served) and CORS preflights too, and, as it begins, the readings it gives and the named key the
+    request carried, under the status the client gets (:data:`answering`). The endpoint is the path the app routes
+    on if it serves it (a mount, such as /static, by its prefix), else :data:`OTHER`: a path is what a client
+    chooses, and may hold a patient's number."""
 
     def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
         self.app, self.metrics = app, metrics
@@ -166,14 +181,17 @@ class CountRequests:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         endpoint = self._endpoint(scope)
-        pending: list[Counter] = []
+        pending = Answering()
 
         async def counted(message: Message) -> None:
             if message["type"] == "http.response.start":
-                self.metrics.requests.labels(endpoint, str(message["status"])).inc()
-                for counter in pending:
+                status = str(message["status"])
+                self.metrics.requests.labels(endpoint, status).inc()
+                if pending.key is not None:
+                    self.metrics.key_requests.labels(pending.key, status).inc()
+                for counter in pending.readings:
                     counter.inc()
-                pending.clear()
+                pending.readings.clear()
             await send(message)
 
         token = answering.set(pending)
