@@ -28,8 +28,9 @@ from pneumoscan.core.atomic import file_stamp, refuse_special, write_unchanged
 from pneumoscan.core.names import given_path, json_text, path_list, shown
 from pneumoscan.core.options import (AUC_TESTS, BACKENDS, CALIBRATION_IMAGES, DECISION_RANGE, FILL_MODES,
                                      LISTEN_ASSOCIATION_MB, LISTEN_FREE_MB, LISTEN_RETRY_S, LISTEN_SEND_S,
-                                     LISTEN_STORE_S, MAX_UPLOAD_MB, OPTIMIZERS, PACS_FILM_S, PACS_READ_S, PREDICT_BATCH,
-                                     RESIZE_POLICIES, SPLITS, TRACKERS, VAL_FRACTION, look_up_option)
+                                     LISTEN_SPOOL_MB, LISTEN_STORE_S, MAX_UPLOAD_MB, OPTIMIZERS, PACS_FILM_S,
+                                     PACS_READ_S, PREDICT_BATCH, RESIZE_POLICIES, SPLITS, TRACKERS, VAL_FRACTION,
+                                     look_up_option)
 from pneumoscan.data.tasks import list_tasks
 from pneumoscan.models import PLUGINS_ENV, WeightsUnavailable, or_your_own
 
@@ -632,7 +633,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
     if args.out:  # made, and checked to take a file, before any film is taken
         ResultsTarget.check(str(Path(args.out) / "study.json"), ("json",))
         out = Path(args.out)
-    room = Room(args.max_film_mb, args.max_association_mb, args.min_free_mb)
+    room = Room(args.max_film_mb, args.max_association_mb, args.min_free_mb, args.spool_max_mb)
     audit = AuditLog(args.audit_log, args.audit_required) if args.audit_log else None  # refused before any film
     # the films received are held here, private, until their study is done; all of it deleted when stopped
     with tempfile.TemporaryDirectory(prefix="pneumoscan-listen-", ignore_cleanup_errors=True) as work:
@@ -1224,8 +1225,8 @@ def _listen_args(p: argparse.ArgumentParser) -> None:
                    help=f"films past this many MB in one association are refused with 0xA700 (default "
                         f"{LISTEN_ASSOCIATION_MB})")
     p.add_argument("--min-free-mb", type=_positive(float, zero=True), default=LISTEN_FREE_MB, metavar="MB",
-                   help=f"a film that would leave less free space on the temporary folder's disk is refused with "
-                        f"0xA700 (default {LISTEN_FREE_MB})")
+                   help=f"a film that takes the temporary folder's disk under this much free space is cut short as "
+                        f"it arrives (A-ABORT) (default {LISTEN_FREE_MB})")
     p.add_argument("--store-timeout", type=_positive(float), default=LISTEN_STORE_S, metavar="SECONDS",
                    help=f"how long --store-to may take to connect, accept an association or answer one C-STORE "
                         f"(default {LISTEN_STORE_S})")
@@ -1235,6 +1236,10 @@ def _listen_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--spool", type=_folder, metavar="DIR",
                    help="keep each report here until the destination confirms it, sent again every --retry-every and "
                         "at start; refused ones in DIR/refused (default: a temporary folder, lost when listen stops)")
+    p.add_argument("--spool-max-mb", type=_positive(float), default=LISTEN_SPOOL_MB, metavar="MB",
+                   help=f"while the spool (reports not yet confirmed, DIR/refused among them) holds this many MB, each "
+                        f"film is refused with 0xA700, no report made that could not be kept (default "
+                        f"{LISTEN_SPOOL_MB})")
     p.add_argument("--retry-every", type=_positive(float), default=LISTEN_RETRY_S, metavar="SECONDS",
                    help=f"how often the reports in the spool are sent again (default {LISTEN_RETRY_S})")
     p.add_argument("--audit-log", type=_file, metavar="FILE",

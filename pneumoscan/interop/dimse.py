@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import queue
 import shutil
 import tempfile
@@ -45,8 +46,10 @@ from pathlib import Path
 
 import pydicom
 from pydicom.dataset import Dataset
+import pynetdicom
 from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
+from pynetdicom.dimse_messages import DIMSEMessage
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
@@ -58,7 +61,7 @@ from pneumoscan.core.digests import file_sha256
 from pneumoscan.core.logs import OneLineLog, redact
 from pneumoscan.core.names import shown
 from pneumoscan.core.options import (LISTEN_ASSOCIATION_MB, LISTEN_FREE_MB, LISTEN_RETRY_S, LISTEN_SEND_S,
-                                     LISTEN_STORE_S, MAX_UPLOAD_MB)
+                                     LISTEN_SPOOL_MB, LISTEN_STORE_S, MAX_UPLOAD_MB)
 from pneumoscan.data.readers.dicom import TRANSFER_SYNTAXES, is_own_output, read_dataset
 from pneumoscan.data.scope import CAPTURE_CLASSES, RADIOGRAPH_CLASSES
 from pneumoscan.inference.predict import identity_fields
@@ -81,6 +84,9 @@ _REFUSED_INSTANCE = 0xC000  # "cannot understand": an instance that cannot be fi
 _OUT_OF_RESOURCES = 0xA700  # "refused: out of resources": the sender may send the instance again later
 _STORED = (0x0000, *WARNINGS)
 SPOOL_BATCH = 64  # the spool's oldest reports sent again in one association, at most
+# pynetdicom's own (private) attribute naming the temporary file a C-STORE's data set is written to as it arrives: no
+# public one says which file holds a film an abort cut short, which pynetdicom leaves on disk (Listener._discard)
+_PARTIAL_FILE = "_data_set_path"
 
 
 @dataclass(frozen=True)
@@ -117,35 +123,48 @@ def _check_title(title: str, what: str) -> None:
 @dataclass(frozen=True)
 class Room:
     """What the listener may hold on disk, in MB: one film (as ``serve``'s upload limit), the films of one association
-    (all on disk until it is released and its studies are scored), and the free space a film must leave on the disk
-    of the listener's folder. A sender could otherwise fill the disk: a film that passes the first two as it arrives
-    is cut short (:meth:`overrun`), and one past any of them once received is refused with 0xA700 (out of resources)
-    and the reason in ErrorComment, where the sender's log shows it."""
+    (all on disk until it is released and its studies are scored), the free space a film must leave on the disk
+    of the listener's folder, and the reports the spool may hold unconfirmed (a destination down for days). A sender
+    could otherwise fill the disk: a film that passes the first three as it arrives is cut short (:meth:`overrun`),
+    and one past any of them once received is refused with 0xA700 (out of resources) and the reason in ErrorComment,
+    where the sender's log shows it: a film whose report the spool has no room for is refused, never read and its
+    report lost."""
 
     film_mb: float = MAX_UPLOAD_MB
     association_mb: float = LISTEN_ASSOCIATION_MB
     free_mb: float = LISTEN_FREE_MB
+    spool_mb: float = LISTEN_SPOOL_MB
 
-    def refusal(self, size: int, held: int, free: int) -> str | None:
-        """Why a film of ``size`` bytes is refused, its association holding ``held`` bytes and the disk ``free``
-        bytes free (at most 64 characters, an ErrorComment's); None when it fits."""
+    def refusal(self, size: int, held: int, free: int, spooled: int = 0) -> str | None:
+        """Why a film of ``size`` bytes is refused, its association holding ``held`` bytes, the disk ``free``
+        bytes free and the spool ``spooled`` bytes (at most 64 characters, an ErrorComment's); None when it fits."""
         if size > self.film_mb * MB:
             return f"film of {_past(size)} MB over the limit of {self.film_mb:g} MB"
         if held + size > self.association_mb * MB:  # in 64 characters with the widest bound :g writes, 1.23457e+06
             return f"association over {self.association_mb:g} MB; send the rest in another"
         if free - size < self.free_mb * MB:  # what it would leave, rounded down: never read as the bound itself
-            return f"would leave {max(0, (free - size) // MB)} MB free, under --min-free-mb {self.free_mb:g}"
+            return _short(free - size, self.free_mb)
+        if spooled >= self.spool_mb * MB:  # the reports of films taken before go in past it: none is dropped
+            return f"spool full: {_past(spooled)} MB unsent, --spool-max-mb {self.spool_mb:g}"
         return None
 
-    def overrun(self, arriving: int, held: int) -> str | None:
-        """Why an association is cut short while a film arrives, ``arriving`` bytes of it received so far and
-        ``held`` bytes of its association's films kept; None while both are within their bounds."""
+    def overrun(self, arriving: int, held: int, free: int) -> str | None:
+        """Why an association is cut short while a film arrives, ``arriving`` bytes of it received so far,
+        ``held`` bytes of its association's films kept, and ``free`` bytes left on the disk once what arrived is
+        written; None while all three are within their bounds."""
         if arriving > self.film_mb * MB:
             return f"film of {_past(arriving)} MB so far, over --max-film-mb {self.film_mb:g}"
         if held + arriving > self.association_mb * MB:
             return (f"association of {_past(held + arriving)} MB so far, over --max-association-mb "
                     f"{self.association_mb:g}")
+        if free < self.free_mb * MB:
+            return _short(free, self.free_mb)
         return None
+
+
+def _short(free: int, free_mb: float) -> str:
+    """What ``free`` bytes left on the disk say, under ``--min-free-mb``: rounded down, never read as the bound."""
+    return f"would leave {max(0, free // MB)} MB free, under --min-free-mb {free_mb:g}"
 
 
 def _past(size: int) -> str:
@@ -170,6 +189,19 @@ class Spool:
         UID; its path there."""
         uid = str(pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).SOPInstanceUID)
         return write_atomic(self.folder / f"{study_uid}_{uid}.dcm", path.read_bytes(), mode=0o600)
+
+    def held(self) -> int:
+        """The bytes the spool's files take, ``refused/``'s among them: what a destination down costs the disk,
+        counted from the folder itself (IT may move or delete reports in it)."""
+        total = 0
+        for folder in (self.folder, self.refused):
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    try:
+                        total += entry.stat().st_size if entry.is_file() else 0
+                    except FileNotFoundError:  # confirmed, and deleted, since it was listed
+                        continue
+        return total
 
     def waiting(self) -> list[Path]:
         """The reports in the spool, the oldest first."""
@@ -199,7 +231,6 @@ class _Association:
     address: str  # the caller's HOST:PORT
     studies: dict[str, dict[str, dict]] = field(default_factory=dict)
     size: int = 0
-    overrun: bool = False  # aborted by the listener at a bound: the films it stored (0x0000) are scored
 
 
 @dataclass
@@ -248,6 +279,7 @@ class Listener:
         self._queued: set[Path] = set()  # the spooled reports of studies queued or being sent: not sent again yet
         self._associations: dict[int, _Association] = {}
         self._arriving: dict[int, int] = {}  # by association: the bytes of the film arriving, received so far
+        self._cut: dict[int, str] = {}  # by association: why the listener aborted it at a bound
         self._lock = threading.Lock()  # the associations' table
         self._scoring = threading.Lock()  # one study scored at a time: a model's memory, not one per sender
         self._outbox: queue.SimpleQueue[_Scored] = queue.SimpleQueue()  # scored, their reports to send in turn
@@ -267,6 +299,10 @@ class Listener:
         # a broken audit file loses the line of each film and report: its warning held to one every 10 s, as serve's
         if self.audit is not None and not any(isinstance(f, OneLineLog) for f in self.audit.log.filters):
             self.audit.log.addFilter(OneLineLog())
+        if not hasattr(DIMSEMessage(), _PARTIAL_FILE):  # the bounds, counted from the PDUs, hold without it
+            log.warning("pynetdicom %s does not say which temporary file holds a film cut short as it arrives (%s): "
+                        "each such file is left in %s, counted against --min-free-mb; delete them after a stop",
+                        pynetdicom.__version__, _PARTIAL_FILE, tempfile.gettempdir())
         ae = AE(ae_title=self.ae_title)
         ae.require_called_aet = True  # an association addressed to another AE title is rejected
         ae.require_calling_aet = self.allow
@@ -299,26 +335,31 @@ class Listener:
             return self._associations[id(assoc)]
 
     def _received(self, event: evt.Event) -> None:
-        """A PDU received, before pynetdicom writes it: each data set fragment counted against the room, and the
-        association aborted at the one that takes its film or itself past its bound, never written whole."""
+        """A PDU received, before pynetdicom writes it (pynetdicom's public event and PDU, the bytes counted here):
+        each data set fragment counted against the room, and the association aborted at the one that takes its film
+        or itself past its bound, or the disk under ``--min-free-mb``, never written whole."""
         if not isinstance(event.pdu, P_DATA_TF) or event.assoc.is_aborted:  # aborted: what follows is ignored
             return
-        key = id(event.assoc)
+        key, free, written = id(event.assoc), None, 0
         for item in event.pdu.presentation_data_value_items:
             header, size = item.presentation_data_value[0], len(item.presentation_data_value) - 1
             if header & 1:  # a command's fragment: a message begins, its data set (if any) after it
-                self._arriving[key] = 0
+                self._arriving.pop(key, None)
                 continue
             arriving = self._arriving[key] = self._arriving.get(key, 0) + size
+            if free is None:  # the disk as this PDU arrives, before pynetdicom writes its fragments
+                free = shutil.disk_usage(self.work).free
+            written += size
             with self._lock:
                 received = self._associations.get(key)
-            if (why := self.room.overrun(arriving, received.size if received else 0)) is None:
+            if (why := self.room.overrun(arriving, received.size if received else 0, free - written)) is None:
+                if header & 2:  # the data set's last fragment: whole once written, handed to _stored
+                    self._arriving.pop(key, None)
                 continue
             requestor = event.assoc.requestor
             log.warning("association from %r at %s:%d aborted: %s", shown(requestor.ae_title.strip()),
                         requestor.address, requestor.port, why)
-            if received is not None:
-                received.overrun = True
+            self._cut[key] = why
             event.assoc.abort()  # in a handler: the A-ABORT queued, EVT_ABORTED (_aborted) at once
             return
 
@@ -327,32 +368,46 @@ class Listener:
         received = self._entry(event.assoc)
         arrived = event.dataset_path  # pynetdicom's temporary file, deleted by it after this handler unless moved
         size = arrived.stat().st_size
-        # the free space as it was before the film: its file is on the same disk as the work folder already
-        if why := self.room.refusal(size, received.size, shutil.disk_usage(self.work).free + size):
-            return _refusal(why, _OUT_OF_RESOURCES)
+        # the free space as it was before the film: its file is on the same disk as the work folder already; the
+        # spool as it stands: a film is refused while it is full, so that no report is made that cannot be kept
+        if why := self.room.refusal(size, received.size, shutil.disk_usage(self.work).free + size,
+                                    self.spool.held()):
+            return self._refuse(event, why, _OUT_OF_RESOURCES)
         try:  # the data layer's bounded read: a deflated data set is inflated within MAX_DECODED_BYTES, never whole
             ds = read_dataset(arrived, header_only=True)
         except (OSError, ValueError) as e:
-            return _refusal(f"its data set cannot be read: {shown(str(e))}")
+            return self._refuse(event, f"its data set cannot be read: {shown(str(e))}")
         study, series = str(ds.get("StudyInstanceUID", "")), str(ds.get("SeriesInstanceUID", ""))
         sop = str(event.request.AffectedSOPInstanceUID or "")
         for what, uid in (("StudyInstanceUID", study), ("SeriesInstanceUID", series), ("SOPInstanceUID", sop)):
             if not valid_uid(uid):  # never put in a file name; an instance without its study cannot be filed
-                return _refusal(f"its {what} is missing or not a valid UID")
+                return self._refuse(event, f"its {what} is missing or not a valid UID")
         if str(ds.get("SOPInstanceUID", "")) != sop:
-            return _refusal("its SOPInstanceUID is not the one its C-STORE request names")
+            return self._refuse(event, "its SOPInstanceUID is not the one its C-STORE request names")
         if any(sop in instances for other, instances in received.studies.items() if other != study):
-            return _refusal("its SOPInstanceUID was sent under another study")
+            return self._refuse(event, "its SOPInstanceUID was sent under another study")
         path = received.folder / f"{sop}.dcm"
         try:
             shutil.move(arrived, path)  # a rename: the work folder is in the temporary folder pynetdicom writes to
         except OSError as e:  # a disk filled by another program since: out of resources too, never a crash
             path.unlink(missing_ok=True)
-            return _refusal(f"the listener cannot keep it ({e.strerror})", _OUT_OF_RESOURCES)
+            return self._refuse(event, f"the listener cannot keep it ({e.strerror})", _OUT_OF_RESOURCES)
         received.size += size
         row = {"path": sop, "study_instance_uid": study, "series_instance_uid": series, "sop_instance_uid": sop}
         received.studies.setdefault(study, {})[sop] = row
         return 0x0000
+
+    def _refuse(self, event: evt.Event, why: str, status: int = _REFUSED_INSTANCE) -> Dataset:
+        """A C-STORE failure, ``status``, that says ``why`` to the sender, in a warning and an audit line: the trail
+        shows each film turned away (not kept, no report) and why."""
+        log.warning("C-STORE refused (0x%04X): %s", status, why)
+        requestor, sop = event.assoc.requestor, str(event.request.AffectedSOPInstanceUID or "")
+        self._audit({"event": "film_refused", "calling_ae": requestor.ae_title.strip(),
+                     "address": f"{requestor.address}:{requestor.port}",
+                     "sop_instance_uid": sop if valid_uid(sop) else None, "status": f"0x{status:04X}", "reason": why})
+        answer = Dataset()
+        answer.Status, answer.ErrorComment = status, why[:64]
+        return answer
 
     def _rejected(self, event: evt.Event) -> None:
         """An association pynetdicom rejected: a warning naming the caller (AE title and address) and why, so that
@@ -374,24 +429,50 @@ class Listener:
     def _aborted(self, event: evt.Event) -> None:
         """An association aborted by either side, or its connection dropped, before a release: what it brought is
         left unscored, and the film it was sending deleted (pynetdicom leaves its temporary file); aborted by the
-        listener at a bound, the films it stored are scored, as the sender was told they were stored. (Not on the
-        connection's close, which the network thread may report before the association's thread reports the
-        release.)"""
-        self._arriving.pop(id(event.assoc), None)
-        if (partial := getattr(event.assoc.dimse.message, "_data_set_path", None)) is not None:
-            Path(partial).unlink(missing_ok=True)
+        listener at a bound, the films it stored are scored, as the sender was told they were stored. An abort that
+        loses a film is a warning (the listener's own, at its bound, is said in :meth:`_received`) and an audit line.
+        (Not on the connection's close, which the network thread may report before the association's thread reports
+        the release.)"""
+        key = id(event.assoc)
+        arriving, cut = self._arriving.pop(key, None), self._cut.pop(key, None)
+        kept = arriving is not None and not self._discard(event.assoc)  # the film cut short: its file deleted
         with self._lock:
-            received = self._associations.pop(id(event.assoc), None)
+            received = self._associations.pop(key, None)
+        studies = list(received.studies) if received is not None and cut is None else []
+        if arriving is None and not studies and cut is None:
+            return  # nothing lost: a C-ECHO's association, or one aborted between films that brought none
+        requestor = event.assoc.requestor
+        calling, address = requestor.ae_title.strip(), f"{requestor.address}:{requestor.port}"
+        lost = []
+        if arriving is not None:
+            lost.append(f"the film arriving is cut short after {_past(arriving)} MB, " + (
+                f"its temporary file left in {tempfile.gettempdir()}" if kept else "its temporary file deleted"))
+        if studies:
+            count = sum(len(instances) for instances in received.studies.values())
+            lost.append(f"its {count} instance(s) of {len(studies)} study(ies) are not scored ({', '.join(studies)}); "
+                        "the sender should send them again")
+        if cut is None:
+            log.warning("association from %r at %s aborted by the sender, or its connection dropped: %s",
+                        shown(calling), address, "; ".join(lost))
+        self._audit({"event": "association_aborted", "calling_ae": calling, "address": address,
+                     "by": "sender" if cut is None else "listener", "reason": cut,
+                     "film_cut_short": arriving is not None, "studies_not_scored": studies})
         if received is None:
             return
-        if received.overrun:  # scored in a thread of its own: this is the association's network thread
+        if cut is not None:  # scored in a thread of its own: this is the association's network thread
             threading.Thread(target=self._score, args=(received,), name="listen-overrun", daemon=True).start()
             return
-        count = sum(len(instances) for instances in received.studies.values())
-        log.warning("association from %s aborted: its %d instance(s) of %d study(ies) are not scored (%s); the sender "
-                    "should send them again", shown(received.calling), count, len(received.studies),
-                    ", ".join(received.studies))
         shutil.rmtree(received.folder, ignore_errors=True)
+
+    def _discard(self, assoc: Association) -> bool:
+        """Delete pynetdicom's temporary file of the film an abort cut short (pynetdicom leaves it); whether it
+        could: no public attribute names that file, so its own (:data:`_PARTIAL_FILE`) does, which a later pynetdicom
+        may drop (said once at :meth:`start`; the file then stays, counted against ``--min-free-mb`` as it arrives)."""
+        partial = getattr(getattr(assoc.dimse, "message", None), _PARTIAL_FILE, None)
+        if not isinstance(partial, (str, os.PathLike)):
+            return False
+        Path(partial).unlink(missing_ok=True)
+        return True
 
     def _released(self, event: evt.Event) -> None:
         """The sender is done: each study the association brought is scored, and handed to the sending thread,
@@ -728,11 +809,3 @@ class Listener:
             if assoc.is_established:
                 assoc.release()
         return {uid: answers.get(uid, "the association ended") for uid in pending}
-
-
-def _refusal(why: str, status: int = _REFUSED_INSTANCE) -> Dataset:
-    """A C-STORE failure, ``status``, that says ``why`` to the sender (and to the log)."""
-    log.warning("C-STORE refused (0x%04X): %s", status, why)
-    answer = Dataset()
-    answer.Status, answer.ErrorComment = status, why[:64]
-    return answer
