@@ -733,6 +733,24 @@ def test_a_full_spool_refuses_each_film_out_of_resources_until_the_destination_t
     assert len(back.received) == 2
 
 
+def test_the_spool_counts_its_folders_and_the_reports_kept_and_confirmed_since(film: np.ndarray,
+                                                                            tmp_path: Path) -> None:
+    """What --spool-max-mb is held to: the spool's files, refused/'s and an earlier run's among them, counted from
+    its folders at start and at each --retry-every, where IT may have deleted some, and each report kept or confirmed
+    between counts (a count for each film would stat every report)."""
+    (refused := tmp_path / "spool" / "refused").mkdir(parents=True)
+    (refused / "1.2.3_1.2.4.dcm").write_bytes(b"x" * 1000)  # an earlier run's
+    spool = dimse.Spool(tmp_path / "spool")
+    assert spool.held() == 1000
+    (report := tmp_path / "sr.dcm").write_bytes(data := chest_dicom(film[:8, :8]))
+    kept = spool.keep("1.2.3", report)
+    assert spool.held() == 1000 + len(data)
+    (refused / "1.2.3_1.2.4.dcm").unlink()  # IT deletes a refused report: seen at the next count
+    assert spool.held() == 1000 + len(data) and spool.count() == len(data) == spool.held()
+    spool.confirmed(kept)
+    assert spool.held() == 0 and not kept.exists()
+
+
 def test_a_film_whose_file_passes_a_bound_its_data_set_kept_is_refused_once_received() -> None:
     """Films are counted as their data sets arrive; the file kept adds its header (about 200 bytes), so a film just
     under a bound as it arrives may pass it on disk: the bounds are checked again on the file, refused out of
