@@ -205,12 +205,15 @@ class Spool:
         counted from the folders themselves, where IT may move or delete reports: what :meth:`held` says from now."""
         total = 0
         for folder in (self.folder, self.refused):
-            with os.scandir(folder) as entries:
-                for entry in entries:
-                    try:
-                        total += entry.stat().st_size if entry.is_file() else 0
-                    except FileNotFoundError:  # confirmed, and deleted, since it was listed
-                        continue
+            try:
+                with os.scandir(folder) as entries:
+                    for entry in entries:
+                        try:
+                            total += entry.stat().st_size if entry.is_file() else 0
+                        except FileNotFoundError:  # confirmed, and deleted, since it was listed
+                            continue
+            except FileNotFoundError:  # a folder deleted under the listener holds nothing (its keep says the rest)
+                continue
         with self._lock:
             self._held = total
         return total
