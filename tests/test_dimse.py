@@ -354,6 +354,11 @@ def test_an_association_aborted_leaves_its_films_unscored_and_gone(
                      rf"dropped: its 1 instance\(s\) of 1 study\(ies\) are not scored \({study}\); the sender should "
                      "send them again", caplog.text), caplog.text
     assert destination.received == [] and "reports of" not in caplog.text
+    del ds.StudyInstanceUID  # an association whose one film was refused (0xC000), aborted: nothing lost, nothing said
+    assoc = ae.associate("127.0.0.1", port, ae_title="PNEUMOSCAN")
+    assert int(assoc.send_c_store(ds).Status) == 0xC000
+    assoc.abort()  # its folder deleted too: the fixture checks
+    assert len([r for r in caplog.records if "aborted by the sender" in r.getMessage()]) == 1
 
 
 def _send_part(assoc: object, ds: Dataset, fragments: int) -> None:

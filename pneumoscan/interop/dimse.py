@@ -463,19 +463,32 @@ class Listener:
         the release.)"""
         key = id(event.assoc)
         arriving, cut = self._arriving.pop(key, None), self._cut.pop(key, None)
-        kept = arriving is not None and not self._discard(event.assoc)  # the film cut short: its file deleted
+        # the film cut short, or one whose command alone came: its file deleted (whether any film was arriving)
+        kept = not self._discard(event.assoc) and arriving is not None
         with self._lock:
             received = self._associations.pop(key, None)
         studies = list(received.studies) if received is not None and cut is None else []
-        if arriving is None and not studies and cut is None:
-            return  # nothing lost: a C-ECHO's association, or one aborted between films that brought none
-        requestor = event.assoc.requestor
+        if arriving is not None or studies or cut is not None:  # else nothing lost: a C-ECHO's, or no film kept
+            self._say_aborted(event.assoc, arriving, kept, cut, studies, received)
+        if received is None:
+            return
+        if cut is not None:  # scored in a thread of its own: this is the association's network thread
+            threading.Thread(target=self._score, args=(received,), name="listen-overrun", daemon=True).start()
+            return
+        shutil.rmtree(received.folder, ignore_errors=True)
+
+    def _say_aborted(self, assoc: Association, arriving: int | None, kept: bool, cut: str | None,
+                     studies: list[str], received: _Association | None) -> None:
+        """The warning of an abort that lost a film (the sender's; the listener's own is said as it aborts) and its
+        audit line: the film arriving (``arriving`` bytes of it, its file ``kept`` or deleted) and ``studies``
+        left unscored."""
+        requestor = assoc.requestor
         calling, address = requestor.ae_title.strip(), f"{requestor.address}:{requestor.port}"
         lost = []
         if arriving is not None:
             lost.append(f"the film arriving is cut short after {_past(arriving)} MB, " + (
                 f"its temporary file left in {tempfile.gettempdir()}" if kept else "its temporary file deleted"))
-        if studies:
+        if studies and received is not None:
             count = sum(len(instances) for instances in received.studies.values())
             lost.append(f"its {count} instance(s) of {len(studies)} study(ies) are not scored ({', '.join(studies)}); "
                         "the sender should send them again")
@@ -485,12 +498,6 @@ class Listener:
         self._audit({"event": "association_aborted", "calling_ae": calling, "address": address,
                      "by": "sender" if cut is None else "listener", "reason": cut,
                      "film_cut_short": arriving is not None, "studies_not_scored": studies})
-        if received is None:
-            return
-        if cut is not None:  # scored in a thread of its own: this is the association's network thread
-            threading.Thread(target=self._score, args=(received,), name="listen-overrun", daemon=True).start()
-            return
-        shutil.rmtree(received.folder, ignore_errors=True)
 
     def _discard(self, assoc: Association) -> bool:
         """Delete pynetdicom's temporary file of the film an abort cut short (pynetdicom leaves it); whether it
