@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -159,37 +159,66 @@ def auc_difference(positive: np.ndarray, scores: np.ndarray, groups: np.ndarray,
     sides = np.stack([np.bincount(codes, unit_class & side, k) for side in (1, 2)])  # each group's patients a class
     if (sides == 0).any():
         raise ValueError("a group without both positive and negative films has no AUC")
-    weight = 1 / (1 / sides).sum(axis=0)
-    negatives, ends = _ranked_negatives(scores, positive)  # each positive film's place among them, made once
-    positives = np.flatnonzero(positive)
-    # the counts of negatives below each positive film, in score order: each negative film at its place, each
-    # positive film twice, before the negatives it ties with (those below it) and after them (those not above it)
-    place = np.concatenate([2 * np.arange(negatives.size) + 1, 2 * ends[0], 2 * ends[1]])
-    order = np.argsort(place, kind="stable")
-    event_unit = np.concatenate([unit_of[negatives], unit_of[positives], unit_of[positives]])[order]
-    event_negative = order < negatives.size
-    unit_negatives = np.bincount(unit_of[negatives], minlength=units.size)
-    unit_positives = np.bincount(unit_of[positives], minlength=units.size)
-    label = np.min_scalar_type(k)  # 8 or 16 bits: numpy's stable sort of such labels is a radix sort
-    at_once = max(1, SCORED // event_unit.size)
-    # each patient's films of each class, a row a shuffle of a batch, made once (np.tile each batch took a tenth)
-    tiled = [np.tile(count.astype(float), at_once) for count in (unit_negatives, unit_positives)]
+    spread = _AucSpread(scores, positive, unit_of, units.size, k, weight=1 / (1 / sides).sum(axis=0))
+    observed = spread(codes[None])[0] * (1 - 1e-12)  # as far apart, rounding aside
+    strata = [np.flatnonzero(unit_class == c) for c in (1, 2, 3)]
+    # the distinct shuffles: in each class, the ways to deal its patients among the groups, as many as there were
+    shuffles = math.prod(math.factorial(s.size) // math.prod(map(math.factorial, np.bincount(codes[s]).tolist()))
+                         for s in strata)
+    if shuffles <= RESAMPLES:
+        return Tested(float(np.mean(spread(_every_shuffle(codes, strata, shuffles)) >= observed)), EXACT)
+    beyond = sum(int((spread(shuffled) >= observed).sum()) for shuffled in _drawn_shuffles(codes, strata))
+    return Tested((1 + beyond) / (1 + RESAMPLES), DRAWN)
 
-    def spread(unit_groups: np.ndarray) -> np.ndarray:  # shuffles on the first axis, each patient's group
-        return np.concatenate([_spread(unit_groups[i:i + at_once]) for i in range(0, len(unit_groups), at_once)])
 
-    def _spread(unit_groups: np.ndarray) -> np.ndarray:
-        shape = (len(unit_groups), k)
-        at = (np.arange(shape[0])[:, None] * k + unit_groups).ravel()  # each patient's (shuffle, group)
+class _AucSpread:
+    """:func:`auc_difference`'s statistic of shuffles of patients among groups, its films' events in score order
+    made once: each shuffle then costs a stable sort of its group labels and sums in integers, not an AUC a group."""
+
+    def __init__(self, scores: np.ndarray, positive: np.ndarray, unit_of: np.ndarray, units: int, k: int,
+                 weight: np.ndarray) -> None:
+        self.k, self.weight = k, weight
+        negatives, ends = _ranked_negatives(scores, positive)  # each positive film's place among them, made once
+        positives = np.flatnonzero(positive)
+        # the counts of negatives below each positive film, in score order: each negative film at its place, each
+        # positive film twice, before the negatives it ties with (those below it) and after them (those not above it)
+        place = np.concatenate([2 * np.arange(negatives.size) + 1, 2 * ends[0], 2 * ends[1]])
+        order = np.argsort(place, kind="stable")
+        self.event_unit = np.concatenate([unit_of[negatives], unit_of[positives], unit_of[positives]])[order]
+        self.event_negative = order < negatives.size
+        unit_negatives = np.bincount(unit_of[negatives], minlength=units)
+        unit_positives = np.bincount(unit_of[positives], minlength=units)
+        self.label = np.min_scalar_type(k)  # 8 or 16 bits: numpy's stable sort of such labels is a radix sort
+        self.at_once = max(1, SCORED // self.event_unit.size)
+        # each patient's films of each class, a row a shuffle of a batch, made once (np.tile each batch took a tenth)
+        self.tiled = [np.tile(count.astype(float), self.at_once) for count in (unit_negatives, unit_positives)]
+
+    def __call__(self, unit_groups: np.ndarray) -> np.ndarray:
+        """Each shuffle's spread of the groups' AUCs (shuffles on the first axis, each patient's group), scored a
+        few shuffles at a time: about :data:`SCORED` events in all, whose sorts hold memory that grows with them."""
+        at_once = self.at_once
+        return np.concatenate([self._spread(unit_groups[i:i + at_once])
+                               for i in range(0, len(unit_groups), at_once)])
+
+    def _spread(self, unit_groups: np.ndarray) -> np.ndarray:
+        """sum w (AUC - their w-weighted mean)^2 over the groups, a shuffle a row."""
+        auc = self._aucs(unit_groups)
+        mean = (auc * self.weight).sum(axis=-1, keepdims=True) / self.weight.sum()
+        return ((auc - mean) ** 2 * self.weight).sum(axis=-1)
+
+    def _aucs(self, unit_groups: np.ndarray) -> np.ndarray:
+        """Each group's AUC in each shuffle (shuffles, k), from where its events fall once sorted by group."""
+        shape = (len(unit_groups), self.k)
+        at = (np.arange(shape[0])[:, None] * self.k + unit_groups).ravel()  # each patient's (shuffle, group)
         negatives_in, positives_in = (np.bincount(at, count[:at.size], np.prod(shape)).astype(np.int64)
-                                      .reshape(shape) for count in tiled)
+                                      .reshape(shape) for count in self.tiled)
         # each shuffle's events sorted by group, in score order within it (stable): a positive film's event at place
         # j, of the r-th positive event, has j - r negatives before it, those of its group below it and of the groups
         # before its own; summed over a group's positive events, their places less the r's (consecutive: the
         # positive events of the groups before, r0, to r0 + 2 positives_in - 1)
-        events = event_unit.size
-        by_group = np.argsort(unit_groups.astype(label)[:, event_unit], axis=1, kind="stable")
-        placed = np.flatnonzero(~event_negative[by_group])  # the positive events' places, shuffle after shuffle
+        events = self.event_unit.size
+        by_group = np.argsort(unit_groups.astype(self.label)[:, self.event_unit], axis=1, kind="stable")
+        placed = np.flatnonzero(~self.event_negative[by_group])  # the positive events' places, shuffle after shuffle
         sizes = negatives_in + 2 * positives_in  # each group's events (a negative film's one, a positive film's two)
         starts = np.cumsum(sizes, axis=1) - sizes + np.arange(shape[0])[:, None] * events  # in the flat places
         # every group has positive films in every shuffle (shuffled within classes), so no span is empty
@@ -200,31 +229,29 @@ def auc_difference(positive: np.ndarray, scores: np.ndarray, groups: np.ndarray,
                  - twice_positives * (twice_positives - 1) // 2)
         before = np.cumsum(negatives_in, axis=1) - negatives_in  # negatives of the groups before each
         # twice each group's pairs in order (a tie once), exact in integers: their AUC as its pairs' share
-        auc = ((twice - 2 * positives_in * before) / 2) / (positives_in * negatives_in)
-        mean = (auc * weight).sum(axis=-1, keepdims=True) / weight.sum()
-        return ((auc - mean) ** 2 * weight).sum(axis=-1)
+        return ((twice - 2 * positives_in * before) / 2) / (positives_in * negatives_in)
 
-    observed = spread(codes[None])[0] * (1 - 1e-12)  # as far apart, rounding aside
-    strata = [np.flatnonzero(unit_class == c) for c in (1, 2, 3)]
-    # the distinct shuffles: in each class, the ways to deal its patients among the groups, as many as there were
-    shuffles = math.prod(math.factorial(s.size) // math.prod(map(math.factorial, np.bincount(codes[s]).tolist()))
-                         for s in strata)
-    if shuffles <= RESAMPLES:
-        every = np.tile(codes, (shuffles, 1))
-        # each class's arrangements (rows), all combined: the stratum's columns of row i from its own row of i
-        made = [_arrangements(codes[s]) for s in strata]
-        for stratum, rows, index in zip(strata, made, np.indices([len(r) for r in made]).reshape(len(made), -1)):
-            every[:, stratum] = rows[index]
-        return Tested(float(np.mean(spread(every) >= observed)), EXACT)
-    rng, beyond, done = np.random.default_rng(BOOTSTRAP_SEED), 0, 0
-    while done < RESAMPLES:
-        batch = min(AUC_BATCH, RESAMPLES - done)
-        shuffled = np.tile(codes, (batch, 1))
+
+def _every_shuffle(codes: np.ndarray, strata: list[np.ndarray], shuffles: int) -> np.ndarray:
+    """Each distinct shuffle of patients among their groups (``codes``) within each stratum once, a row each (the
+    real assignment among them): few enough to count them all is an exact test."""
+    every = np.tile(codes, (shuffles, 1))
+    # each class's arrangements (rows), all combined: the stratum's columns of row i from its own row of i
+    made = [_arrangements(codes[s]) for s in strata]
+    for stratum, rows, index in zip(strata, made, np.indices([len(r) for r in made]).reshape(len(made), -1)):
+        every[:, stratum] = rows[index]
+    return every
+
+
+def _drawn_shuffles(codes: np.ndarray, strata: list[np.ndarray]) -> Iterator[np.ndarray]:
+    """:data:`RESAMPLES` shuffles of patients among their groups (``codes``) within each stratum, drawn with a fixed
+    seed, :data:`AUC_BATCH` rows at a time: the same draws on every run, so a run gives the same p each time."""
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    for done in range(0, RESAMPLES, AUC_BATCH):
+        shuffled = np.tile(codes, (min(AUC_BATCH, RESAMPLES - done), 1))
         for stratum in strata:
             shuffled[:, stratum] = rng.permuted(shuffled[:, stratum], axis=1)
-        beyond += int((spread(shuffled) >= observed).sum())
-        done += batch
-    return Tested((1 + beyond) / (1 + RESAMPLES), DRAWN)
+        yield shuffled
 
 
 def _arrangements(labels: np.ndarray) -> np.ndarray:
