@@ -12,6 +12,7 @@ import json
 import logging
 import uuid
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom.dataset import Dataset
@@ -179,65 +180,123 @@ def write_reports(
     instance and class), are looked in instead. The same reading's overlay in series 9902 is replaced in ``sr_dir``;
     one among ``held`` (the SOP Instance UIDs of a PACS's study, where nothing is deleted) is named in the row's
     warnings for deletion there."""
-    from . import fhir, sr
-
     check_reportable(bundle, dicom=sr_dir is not None)
-    card = load_card(bundle)
-    identity = identity_fields(bundle, backend, card)  # what predict's rows name, for the backend that scored them
-    caveats = scoring_card(bundle, card, backend).caveats  # of the threshold the rows were labelled at
-    name, version = identity["model_id"], identity["model_version"]
-    mode = scoring_mode(backend, tta)
-    folders = [Path(d) for d in (sr_dir, fhir_dir) if d is not None]
-    for folder in folders:
-        folder.mkdir(parents=True, exist_ok=True)
-    earlier = earlier_thresholds(card, backend, tta) if sr_dir is not None else []
-    observations = _issued_observations(Path(fhir_dir)) if fhir_dir is not None else {}
-    known = (issued_reports(Path(sr_dir)) if issued is None else issued) if sr_dir is not None else {}
-    overlays = {uid: path for uid, (path, _) in _issued(Path(sr_dir), OVERLAY_SUFFIX).items()} if sr_dir else {}
+    reports = _Reports.opened(bundle, sr_dir, fhir_dir, backend, tta, issued, held)
     for row in rows:
-        if "probability" not in row:
-            continue
-        # the reading as scored: its own warnings list, so a report's failure added to the row is no scope warning
-        reading = {**row, "warnings": list(row.get("warnings") or []), "positive": card.positive, "task": card.task,
-                   "caveats": caveats}
-        stem = Path(row["path"]).stem
-        try:
-            sr.check_result(reading)  # an error row, an object that is no radiograph: neither report
-            source = read_dicom_header(row["path"])  # None: a JPEG/PNG
-            if (identifiers(source)[0] if source is not None else {}) != {k: row[k] for k in IDENTIFIERS if k in row}:
-                raise ValueError("the file is not the film that was scored: its UIDs changed since (replaced or "
-                                 "rewritten), so this reading would be filed under another film")
-        except ValueError as e:  # ... or a DecodeError: changed or removed since it was scored
-            for folder, what in ((fhir_dir, "FHIR Observation"), (sr_dir, "DICOM SR")):
-                if folder is not None:
-                    row.setdefault("warnings", []).append(f"no {what} written: {redact(str(e))}")
-            continue
-        if fhir_dir is not None:
-            try:
-                text = fhir.observation_json(reading, name, version, mode, source)
-                row["fhir"] = str(_write_observation(Path(fhir_dir), stem, text, observations))
-            except ValueError as e:  # a film without identity, a malformed PatientID, a failed FHIR validation
-                row.setdefault("warnings", []).append(f"no FHIR Observation written: {e}")
-        if sr_dir is None:
-            continue
-        try:
-            if source is None:
-                row.setdefault("warnings", []).append("not a DICOM file: no DICOM SR written (it has no study to join)")
-                continue
-            png = Path(row["heatmap"]).read_bytes() if row.get("heatmap") else None
-            previous = replaced_reports(source, reading, known, earlier, name, version, mode)
-            made = sr.report_files(source, reading, png, name, version, mode, previous)
-            row["dicom_sr"] = str(write_new(Path(sr_dir), stem, SR_SUFFIX, made[0]))
-            if len(made) > 1:
-                row["dicom_heatmap"] = str(new := write_new(Path(sr_dir), stem, OVERLAY_SUFFIX, made[1]))
-                _replace_overlay(overlays.pop(old := sr.replaced_overlay_uid(source, name, version, mode), None), new)
-                if old in held:
-                    row.setdefault("warnings", []).append(
-                        f"the study holds this reading's overlay in series 9902 (SOP Instance UID {old}, made by "
-                        "pneumoscan 0.2.0) beside the new one: delete it in the PACS")
-        except ValueError as e:  # a film without its UIDs, a malformed attribute, highdicom's refusal, ...
-            row.setdefault("warnings", []).append(f"no DICOM SR written: {redact(str(e))}")
+        if "probability" in row:
+            reports.write(row)
     reported, scored = sum(bool({"dicom_sr", "fhir"} & row.keys()) for row in rows), sum("probability" in row
                                                                                           for row in rows)
     log.info("wrote reports for %d of %d results%s", reported, scored,
              " (each other row's warnings say why it has none)" if reported < scored else "")
+
+
+def _warn(row: dict, text: str) -> None:
+    """Say in the row why a report of it is missing or what to do about one: its other reports are still written."""
+    row.setdefault("warnings", []).append(text)
+
+
+@dataclass
+class _Reports:
+    """What every row's reports share (:func:`write_reports`): the model's identity and scoring mode, the folders,
+    and what those folders (or a PACS's study) already hold, read once and kept up to date as files are written."""
+
+    card: BundleCard
+    caveats: list[str]
+    name: str
+    version: str
+    mode: str
+    sr_dir: Path | None
+    fhir_dir: Path | None
+    earlier: list[float]  # the thresholds these weights were read at before
+    observations: dict[str, list[Path]]  # fhir_dir's Observations by identifier
+    known: dict[str, Dataset]  # the SRs a new one may replace, by SOP Instance UID
+    overlays: dict[str, Path]  # sr_dir's overlays by SOP Instance UID
+    held: Collection[str]
+
+    @classmethod
+    def opened(cls, bundle: Path | str, sr_dir: Path | str | None, fhir_dir: Path | str | None, backend: str,
+               tta: bool, issued: dict[str, Dataset] | None, held: Collection[str]) -> _Reports:
+        """The folders made, once the model is known to report, and what they hold read, before the first row."""
+        card = load_card(bundle)
+        identity = identity_fields(bundle, backend, card)  # what predict's rows name, for the backend that scored them
+        caveats = scoring_card(bundle, card, backend).caveats  # of the threshold the rows were labelled at
+        sr_folder, fhir_folder = (Path(d) if d is not None else None for d in (sr_dir, fhir_dir))
+        for folder in filter(None, (sr_folder, fhir_folder)):
+            folder.mkdir(parents=True, exist_ok=True)
+        earlier = earlier_thresholds(card, backend, tta) if sr_folder is not None else []
+        observations = _issued_observations(fhir_folder) if fhir_folder is not None else {}
+        known = (issued_reports(sr_folder) if issued is None else issued) if sr_folder is not None else {}
+        overlays = {uid: path for uid, (path, _) in _issued(Path(sr_dir), OVERLAY_SUFFIX).items()} if sr_dir else {}
+        return cls(card, caveats, identity["model_id"], identity["model_version"], scoring_mode(backend, tta),
+                   sr_folder, fhir_folder, earlier, observations, known, overlays, held)
+
+    def write(self, row: dict) -> None:
+        """The row's reports, or the warnings that say why it has none."""
+        # the reading as scored: its own warnings list, so a report's failure added to the row is no scope warning
+        reading = {**row, "warnings": list(row.get("warnings") or []), "positive": self.card.positive,
+                   "task": self.card.task, "caveats": self.caveats}
+        try:
+            source = _scored_source(row, reading)
+        except ValueError as e:  # ... or a DecodeError: changed or removed since it was scored
+            for folder, what in ((self.fhir_dir, "FHIR Observation"), (self.sr_dir, "DICOM SR")):
+                if folder is not None:
+                    _warn(row, f"no {what} written: {redact(str(e))}")
+            return
+        stem = Path(row["path"]).stem
+        if self.fhir_dir is not None:
+            self._write_fhir(row, reading, source, stem, self.fhir_dir)
+        if self.sr_dir is not None:
+            self._write_sr(row, reading, source, stem, self.sr_dir)
+
+    def _write_fhir(self, row: dict, reading: dict, source: Dataset | None, stem: str, folder: Path) -> None:
+        """``STEM.fhir.json``, replacing the file of the same identifier (:func:`_write_observation`)."""
+        from . import fhir
+
+        try:
+            text = fhir.observation_json(reading, self.name, self.version, self.mode, source)
+            row["fhir"] = str(_write_observation(folder, stem, text, self.observations))
+        except ValueError as e:  # a film without identity, a malformed PatientID, a failed FHIR validation
+            _warn(row, f"no FHIR Observation written: {e}")
+
+    def _write_sr(self, row: dict, reading: dict, source: Dataset | None, stem: str, folder: Path) -> None:
+        """``STEM.sr.dcm``, naming the reports it replaces, and the overlay with it when the row has a heatmap."""
+        from . import sr
+
+        if source is None:
+            _warn(row, "not a DICOM file: no DICOM SR written (it has no study to join)")
+            return
+        try:
+            png = Path(row["heatmap"]).read_bytes() if row.get("heatmap") else None
+            previous = replaced_reports(source, reading, self.known, self.earlier, self.name, self.version, self.mode)
+            made = sr.report_files(source, reading, png, self.name, self.version, self.mode, previous)
+            row["dicom_sr"] = str(write_new(folder, stem, SR_SUFFIX, made[0]))
+            if len(made) > 1:
+                self._write_overlay(row, source, stem, folder, made[1])
+        except ValueError as e:  # a film without its UIDs, a malformed attribute, highdicom's refusal, ...
+            _warn(row, f"no DICOM SR written: {redact(str(e))}")
+
+    def _write_overlay(self, row: dict, source: Dataset, stem: str, folder: Path, data: bytes) -> None:
+        """``STEM.heatmap.dcm`` in place of the same reading's overlay in series 9902: removed from ``folder``, or,
+        where a PACS's study holds it (``held``), named in the row's warnings for deletion there."""
+        from . import sr
+
+        row["dicom_heatmap"] = str(new := write_new(folder, stem, OVERLAY_SUFFIX, data))
+        old = sr.replaced_overlay_uid(source, self.name, self.version, self.mode)
+        _replace_overlay(self.overlays.pop(old, None), new)
+        if old in self.held:
+            _warn(row, f"the study holds this reading's overlay in series 9902 (SOP Instance UID {old}, made by "
+                       "pneumoscan 0.2.0) beside the new one: delete it in the PACS")
+
+
+def _scored_source(row: dict, reading: dict) -> Dataset | None:
+    """The header of the film the row scored (None: a JPEG/PNG), or a ValueError saying why neither report may be
+    made of it: an error row, an object that is no radiograph, a file whose UIDs changed since it was scored."""
+    from . import sr
+
+    sr.check_result(reading)  # an error row, an object that is no radiograph: neither report
+    source = read_dicom_header(row["path"])  # None: a JPEG/PNG
+    if (identifiers(source)[0] if source is not None else {}) != {k: row[k] for k in IDENTIFIERS if k in row}:
+        raise ValueError("the file is not the film that was scored: its UIDs changed since (replaced or "
+                         "rewritten), so this reading would be filed under another film")
+    return source
