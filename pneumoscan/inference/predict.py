@@ -729,44 +729,18 @@ def predict_paths(
     heatmap_dir = _heatmap_folder(heatmap_dir, paths, backend) if heatmap_dir is not None else None
     stages = Stages.load(bundle, etiology or None, backend, batch_size, tta)
     predictor = stages.first
-    # before the films: a model that cannot run here stopped the run at its first batch with a traceback
-    prove_runs(stages, predictor if heatmap_dir is not None else None)
-    second_fields = stage_fields(stages.second.task) if stages.second is not None else {}
-    if heatmap_dir is not None:
-        from .explain import MAX_PANEL, check_explainable
-
-        check_explainable(predictor)
-        heatmap_dir.mkdir(parents=True, exist_ok=True)
-    for said in stages.said_at_start():  # once the options are sound: of the readings to come
-        log.warning("%s", said)
+    _ready_to_read(stages, heatmap_dir)
     items = expand_paths(paths, exclude=heatmap_dir, skipped=skipped)
     rows: list[dict] = []
     try:
         with progress_bar(enabled=progress) as bar:
             task = bar.add_task(f"Predicting {len(items)} image{'s' if len(items) != 1 else ''}", total=len(items))
             for batch in _decoded(items, predictor.card.spec.decode_target, batch_size):
-                readable = [(path, read[0]) for path, read, _ in batch if not isinstance(read, str)]
-                results = iter(_classify(stages, [p for p, _ in readable], [g for _, g in readable], tta))
-                for path, read, stamp in batch:
-                    if isinstance(read, str):
-                        rows.append({"path": path, "error": read})
-                        continue
-                    gray, described = read
-                    row = {"path": path, **next(results)}
-                    if "label" in row:  # a score carries its scope warnings, DICOM UIDs and model; an error row
-                        # stays path, error; the warnings so far are the pixels' (_classify)
-                        row.update(stages.scoped(described, row["warnings"]))
-                        if second_fields and (content := row[second_fields["warnings"]]) is not None:  # handed over
-                            scope = stage_scope(row["warnings"], content)
-                            row.update({second_fields[key]: value for key, value in scope.items()})
-                        # the panels show the film decoded again at a panel's size, as the web service shows it:
-                        # the model's copy (224 px a side, say) is too small to check the map against the anatomy
-                        film = _decode(path, MAX_PANEL) if heatmap_dir is not None else None
-                        if file_stamp(path) != stamp:  # the pixels, the header (its UIDs) and the panel: one file's
-                            row = {"path": path, "error": CHANGED}
-                    rows.append(row)
-                    if heatmap_dir is not None and "label" in row:  # no overlay of a model that gave no score
-                        _add_heatmap(row, predictor, gray, None if isinstance(film, str) else film, heatmap_dir, tta)
+                for row, gray, film in _read_batch(stages, batch, tta, panels=heatmap_dir is not None):
+                    rows.append(row)  # before its overlay is written: a stop removes every overlay rows name
+                    # no overlay of a film not read or of a model that gave no score
+                    if heatmap_dir is not None and gray is not None and "label" in row:
+                        _add_heatmap(row, predictor, gray, film, heatmap_dir, tta)
                 bar.advance(task, len(batch))
     except BaseException:
         # stopped (Ctrl-C, SIGTERM, a fault): no results name the overlays written so far, which a rerun would
@@ -776,6 +750,55 @@ def predict_paths(
                 Path(row["heatmap"]).unlink(missing_ok=True)
         raise
     return rows
+
+
+def _ready_to_read(stages: Stages, heatmap_dir: Path | None) -> None:
+    """Everything that would refuse the run checked before the first film is read, then what the user should know of
+    the readings to come said once: a model that cannot run here stopped the run at its first batch with a
+    traceback, and a model that draws no heatmap after every film was scored."""
+    prove_runs(stages, stages.first if heatmap_dir is not None else None)
+    if heatmap_dir is not None:
+        from .explain import check_explainable
+
+        check_explainable(stages.first)
+        heatmap_dir.mkdir(parents=True, exist_ok=True)
+    for said in stages.said_at_start():  # once the options are sound: of the readings to come
+        log.warning("%s", said)
+
+
+def _read_batch(stages: Stages, batch: list[tuple[str, tuple[np.ndarray, dict] | str, str | None]], tta: bool,
+                panels: bool) -> Iterator[tuple[dict, np.ndarray | None, np.ndarray | None]]:
+    """Each decoded film's row in input order (``path, error`` for one that could not be read or changed since),
+    with the film as the model read it and, with ``panels``, as the overlay shows it (None where there is none):
+    the batch scored at once (:func:`_classify`), each row then given its scope warnings, UIDs and model."""
+    readable = [(path, read[0]) for path, read, _ in batch if not isinstance(read, str)]
+    results = iter(_classify(stages, [p for p, _ in readable], [g for _, g in readable], tta))
+    second_fields = stage_fields(stages.second.task) if stages.second is not None else {}
+    for path, read, stamp in batch:
+        if isinstance(read, str):
+            yield {"path": path, "error": read}, None, None
+            continue
+        gray, described = read
+        row, film = {"path": path, **next(results)}, None
+        if "label" in row:  # a score carries its scope warnings, DICOM UIDs and model; an error row stays path,
+            # error; the warnings so far are the pixels' (_classify)
+            row.update(stages.scoped(described, row["warnings"]))
+            if second_fields and (content := row[second_fields["warnings"]]) is not None:  # handed over
+                scope = stage_scope(row["warnings"], content)
+                row.update({second_fields[key]: value for key, value in scope.items()})
+            film = _panel_film(path) if panels else None
+            if file_stamp(path) != stamp:  # the pixels, the header (its UIDs) and the panel: one file's
+                row = {"path": path, "error": CHANGED}
+        yield row, gray, film
+
+
+def _panel_film(path: str) -> np.ndarray | None:
+    """The film decoded again at a panel's size, as the web service shows it: the model's copy (224 px a side,
+    say) is too small to check the map against the anatomy. None where it cannot be read again."""
+    from .explain import MAX_PANEL
+
+    film = _decode(path, MAX_PANEL)
+    return None if isinstance(film, str) else film
 
 
 def _add_heatmap(row: dict, predictor: Predictor, gray: np.ndarray, film: np.ndarray | None, heatmap_dir: Path,
