@@ -852,63 +852,14 @@ def _validated(path: Path, data: dict) -> BundleCard:
     silently give wrong answers: an unknown (misspelt) field, a missing one, a value of the wrong type (pydantic,
     strict: "0.2" is no number, true no size) or out of range; for an ensemble, the same for each member's entry
     that its network is built from."""
-    unknown = [key for key in data if key not in _CARD_FIELDS]
-    if unknown and (newer := _writer(data)[0]):  # not misspelt: fields a newer pneumoscan writes, of unknown meaning
-        raise ValueError(f"{path}: this bundle was written by pneumoscan {newer}, newer than this one ({__version__}), "
-                         f"with fields this one does not know ({', '.join(map(repr, unknown))}): {UPGRADE}")
-    for key in unknown:
-        look_up_option(key, _CARD_FIELDS, f"{path} field")
-    if missing := [key for key in REQUIRED if key not in data]:  # a default would decide the label silently
-        raise ValueError(f"{path}: {missing[0]} is missing")
+    _check_known_fields(path, data)
     card = _parsed(_CARD, data, str(path))
     entries = [(str(path), asdict(card))]
     if card.model == ENSEMBLE:
-        members = _member_entries(path, card.model_kwargs.get("members"))
-        if len(members) < 2:
-            raise ValueError(f"{path}: an ensemble's model_kwargs.members must list at least two members")
-        # its input is the largest member's size in [0, 1] grey: each member resizes and normalises it itself
-        if (card.mean, card.std) != (0.0, 1.0):
-            raise ValueError(f"{path}: mean {card.mean!r} and std {card.std!r}, but an ensemble's input is [0, 1] "
-                             "grey (mean 0, std 1); restore the bundle from a good copy")
-        if card.size != (largest := max(member["size"] for member in members)):
-            raise ValueError(f"{path}: size is {card.size!r}, but an ensemble's input is its largest member's, "
-                             f"{largest} pixels; restore the bundle from a good copy")
-        names = [member_label(i, len(members), m["source"]) for i, m in enumerate(members)]
-        entries += [(f"{path}: {name}", dict(member)) for name, member in zip(names, members)]
-        # its maps are drawn on its members' own scales times its own: 1e300 drew every map blank, 1e-300 full
-        if card.heatmap_scale not in (None, MEMBERS_OWN_SCALE):
-            raise ValueError(f"{path}: heatmap_scale is {card.heatmap_scale!r}, but an ensemble's is "
-                             f"{MEMBERS_OWN_SCALE} (each member's map on its own member's scale) or none; restore the "
-                             "bundle from a good copy")
-        # a member without one has no map on a scale to join
-        if card.heatmap_scale is not None and (bare := next(
-                (i for i, member in enumerate(members) if member.get("heatmap_scale") is None), None)) is not None:
-            raise ValueError(f"{path}: heatmap_scale is {card.heatmap_scale!r}, but {names[bare]} records none; "
-                             "restore the bundle from a good copy, or build the ensemble again")
+        entries += _ensemble_entries(path, card)
     for where, entry in entries:
-        for key in POSITIVE:
-            if not entry[key] > 0:
-                raise ValueError(f"{where}: {key} is {entry[key]!r}, not above 0")
-        low, high = TEMPERATURE_BOUNDS  # fit_temperature searches within them: 1e-300 called every film positive
-        if not low * (1 - 1e-9) <= entry["temperature"] <= high * (1 + 1e-9):
-            raise ValueError(f"{where}: temperature is {entry['temperature']!r}, outside {low:g} to {high:g}, the "
-                             "range temperatures are fitted in; restore the bundle from a good copy")
-        try:  # a mean of 1e6 called every film positive
-            check_normalization(entry["mean"], entry["std"])
-        except ValueError as e:
-            raise ValueError(f"{where}: {e}; restore the bundle from a good copy") from None
-        if not MIN_SIZE <= entry["size"] <= MAX_SIZE:
-            raise ValueError(f"{where}: size is {entry['size']!r}, not {MIN_SIZE} to {MAX_SIZE} pixels")
-        low, high = HEATMAP_SCALE_BOUNDS  # a single model's own, and each member's (an ensemble's is 1.0: above)
-        if (scale := entry.get("heatmap_scale")) is not None and not low <= scale <= high:
-            raise ValueError(f"{where}: heatmap_scale is {scale!r}, outside {low:.3g} to {high:.3g}, the float32 "
-                             "Grad-CAM values it is measured from; restore the bundle from a good copy")
-    for key in ("threshold", "tta_threshold"):  # 1.5 called a pneumonia film at 0.81 normal
-        if (value := getattr(card, key)) is not None and not 0 <= value <= 1:
-            raise ValueError(f"{path}: {key} is {value!r}, not a probability in [0, 1]")
-    for key in ("threshold_interval", "tta_threshold_interval"):
-        if (interval := getattr(card, key)) and not (len(interval) == 2 and 0 <= interval[0] <= interval[1] <= 1):
-            raise ValueError(f"{path}: {key} is {interval!r}, not two probabilities in order")
+        _check_model_entry(where, entry)
+    _check_thresholds(path, card)
     for key in FIGURE_RECORDS:
         _check_figures(path, key, getattr(card, key))
     # a file the card records is one of the bundle's own: a name with a folder in it (../../etc/shadow, /dev/zero)
@@ -923,6 +874,80 @@ def _validated(path: Path, data: dict) -> BundleCard:
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
     return card
+
+
+def _check_known_fields(path: Path, data: dict) -> None:
+    """Every field of ``data`` one BundleCard has, and every one it requires, before pydantic reads them: a
+    misspelt field would silently take its default, a missing one let a default decide the label; a field only a
+    newer pneumoscan writes is no misspelling, and says to upgrade."""
+    unknown = [key for key in data if key not in _CARD_FIELDS]
+    if unknown and (newer := _writer(data)[0]):  # not misspelt: fields a newer pneumoscan writes, of unknown meaning
+        raise ValueError(f"{path}: this bundle was written by pneumoscan {newer}, newer than this one ({__version__}), "
+                         f"with fields this one does not know ({', '.join(map(repr, unknown))}): {UPGRADE}")
+    for key in unknown:
+        look_up_option(key, _CARD_FIELDS, f"{path} field")
+    if missing := [key for key in REQUIRED if key not in data]:  # a default would decide the label silently
+        raise ValueError(f"{path}: {missing[0]} is missing")
+
+
+def _ensemble_entries(path: Path, card: BundleCard) -> list[tuple[str, dict]]:
+    """An ensemble's members' entries, each named as its refusals name it, once the ensemble's own input and heatmap
+    scale are those its members make: its network is built from them, and each is held to a model's checks."""
+    members = _member_entries(path, card.model_kwargs.get("members"))
+    if len(members) < 2:
+        raise ValueError(f"{path}: an ensemble's model_kwargs.members must list at least two members")
+    # its input is the largest member's size in [0, 1] grey: each member resizes and normalises it itself
+    if (card.mean, card.std) != (0.0, 1.0):
+        raise ValueError(f"{path}: mean {card.mean!r} and std {card.std!r}, but an ensemble's input is [0, 1] "
+                         "grey (mean 0, std 1); restore the bundle from a good copy")
+    if card.size != (largest := max(member["size"] for member in members)):
+        raise ValueError(f"{path}: size is {card.size!r}, but an ensemble's input is its largest member's, "
+                         f"{largest} pixels; restore the bundle from a good copy")
+    names = [member_label(i, len(members), m["source"]) for i, m in enumerate(members)]
+    # its maps are drawn on its members' own scales times its own: 1e300 drew every map blank, 1e-300 full
+    if card.heatmap_scale not in (None, MEMBERS_OWN_SCALE):
+        raise ValueError(f"{path}: heatmap_scale is {card.heatmap_scale!r}, but an ensemble's is "
+                         f"{MEMBERS_OWN_SCALE} (each member's map on its own member's scale) or none; restore the "
+                         "bundle from a good copy")
+    # a member without one has no map on a scale to join
+    if card.heatmap_scale is not None and (bare := next(
+            (i for i, member in enumerate(members) if member.get("heatmap_scale") is None), None)) is not None:
+        raise ValueError(f"{path}: heatmap_scale is {card.heatmap_scale!r}, but {names[bare]} records none; "
+                         "restore the bundle from a good copy, or build the ensemble again")
+    return [(f"{path}: {name}", dict(member)) for name, member in zip(names, members)]
+
+
+def _check_model_entry(where: str, entry: Mapping[str, Any]) -> None:
+    """A model's numbers (the card's, or an ensemble member's entry), in the ranges pneumoscan makes them in: each
+    of these out of range was sealed and loaded, and then called every film one way or drew every map blank."""
+    for key in POSITIVE:
+        if not entry[key] > 0:
+            raise ValueError(f"{where}: {key} is {entry[key]!r}, not above 0")
+    low, high = TEMPERATURE_BOUNDS  # fit_temperature searches within them: 1e-300 called every film positive
+    if not low * (1 - 1e-9) <= entry["temperature"] <= high * (1 + 1e-9):
+        raise ValueError(f"{where}: temperature is {entry['temperature']!r}, outside {low:g} to {high:g}, the "
+                         "range temperatures are fitted in; restore the bundle from a good copy")
+    try:  # a mean of 1e6 called every film positive
+        check_normalization(entry["mean"], entry["std"])
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}; restore the bundle from a good copy") from None
+    if not MIN_SIZE <= entry["size"] <= MAX_SIZE:
+        raise ValueError(f"{where}: size is {entry['size']!r}, not {MIN_SIZE} to {MAX_SIZE} pixels")
+    low, high = HEATMAP_SCALE_BOUNDS  # a single model's own, and each member's (an ensemble's is 1.0: above)
+    if (scale := entry.get("heatmap_scale")) is not None and not low <= scale <= high:
+        raise ValueError(f"{where}: heatmap_scale is {scale!r}, outside {low:.3g} to {high:.3g}, the float32 "
+                         "Grad-CAM values it is measured from; restore the bundle from a good copy")
+
+
+def _check_thresholds(path: Path, card: BundleCard) -> None:
+    """The thresholds, plain and TTA, probabilities, and their intervals two in order: 1.5 called a pneumonia film
+    at 0.81 normal."""
+    for key in ("threshold", "tta_threshold"):
+        if (value := getattr(card, key)) is not None and not 0 <= value <= 1:
+            raise ValueError(f"{path}: {key} is {value!r}, not a probability in [0, 1]")
+    for key in ("threshold_interval", "tta_threshold_interval"):
+        if (interval := getattr(card, key)) and not (len(interval) == 2 and 0 <= interval[0] <= interval[1] <= 1):
+            raise ValueError(f"{path}: {key} is {interval!r}, not two probabilities in order")
 
 
 def _check_figures(path: Path, where: str, tree: object, name: str = "") -> None:
