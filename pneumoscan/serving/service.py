@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from fastapi import Request
@@ -38,6 +38,9 @@ from .guard import key_name
 from .limits import BUNDLE_WAIT_S, RETRY_AFTER_S, ClientGone, Limits, PerClient, Rejected
 from .metrics import ServiceMetrics
 from .uploads import decode_described, decode_upload, disconnected, read_upload
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -389,75 +392,107 @@ class Service:
     async def _predict_admitted(self, request: Request, heatmap: bool | str, want_image: bool, format: str) -> Response:
         """One upload's reading, by the rules ``predict`` follows (:class:`Stages`): the same fields, warnings and
         second stage for the same film."""
-        main, second, stages = self.main, self.second, self.stages
         data, dicom = await read_upload(request, self.max_bytes, self.limits.body_timeout)
         # which bytes were read (hashed off the loop): the audit line's film, and the page's proof of a film where
         # the browser has none
         digest = await asyncio.to_thread(bytes_sha256, data)
         note(film_sha256=digest, film_bytes=len(data))
+        identity = {"card_digest": self.card.card_digest, "film_sha256": digest}
         gone = asyncio.ensure_future(disconnected(request))  # the body is in: what comes next is a disconnect
-
-        async def decoded(fn: Callable[..., T], *args: Any) -> T:
-            return await self._in_lane(gone, self.decode_slots, self.decoders, fn, data, *args)
-
         try:
             # the film and its warnings, UIDs and facts, from one read of it
-            image, described, header = await decoded(decode_described, main.card.spec.decode_target, dicom)
-            identity = {"card_digest": self.card.card_digest, "film_sha256": digest}
-            film, unlike = await self._in_lane(gone, self.decode_slots, self.decoders, self._prepared, main, image)
-            scope = stages.scoped(described, unlike)  # all the warnings, in_scope, the model's identity
-            if format != "json" and "study_instance_uid" not in scope:  # an SR is filed in the film's study, and an
-                # Observation is linked to its study and patient
-                raise Rejected(422, f"format={format} needs a DICOM upload: a report belongs to the study of the film",
-                               kind="not_reportable")
-            if gone.done():
-                raise ClientGone()
-            result = await main.predict(film)
-            second_result = None
-            if stages.hands_over(result.label):  # so there is a second stage
-                target = stages.second_target
-                gray = image if target is None else await decoded(decode_upload, target, dicom)
-                read, own = await self._in_lane(gone, self.decode_slots, self.decoders, self._prepared, second, gray)
-                second_result = SecondStageResult(**(await second.predict(read)).model_dump(),
-                                                  **stage_scope(scope["warnings"], own))
+            image, described, header = await self._decoding(gone, decode_described, data,
+                                                            self.main.card.spec.decode_target, dicom)
+            result, scope = await self._first_reading(gone, image, described, format)
+            second_result = await self._second_reading(gone, data, dicom, image, result.label, scope)
             # the film for a reader's eyes, decoded again larger than the model's copy (at most a panel's size): on the
             # page, and under an overlay filed in a PACS, as predict draws it (the page's overlay, at the model's size,
             # stays light to send)
             under_report = bool(heatmap) and format == "dicom-sr"
-            shown = await decoded(decode_upload, MAX_PANEL, dicom) if want_image or under_report else None
+            shown = (await self._decoding(gone, decode_upload, data, MAX_PANEL, dicom) if want_image or under_report
+                     else None)
             png, failed = None, None
             if heatmap:
-                try:
-                    png = await self._in_lane(gone, self.heatmap_slots, self.painters, self._heatmap_png, image,
-                                              shown if under_report else image, heatmap == "map", result.label,
-                                              scope["warnings"])
-                except (Rejected, ClientGone):
-                    raise
-                except Exception as e:  # noqa: BLE001 - the heatmap alone failed: refused below, with the reading
-                    failed = e
-                self._heatmap_ran(failed)
+                png, failed = await self._heatmap(gone, image, shown if under_report else image, heatmap == "map",
+                                                  result.label, scope["warnings"])
         finally:
             gone.cancel()
         self._refuse_if_broken()
         reading = {**result.model_dump(), **scope}
-        if failed is not None and format == "dicom-sr":
-            raise Rejected(500, HEATMAP_FAILED_SR.format(type(failed).__name__), kind="heatmap_failed")
-        if failed is not None:  # the reading as the JSON answer gives it, beside the refusal of its heatmap
-            self._count(result, scope, second_result)
-            alone = Prediction(**reading, etiology=second_result, **identity)
-            raise Rejected(500, HEATMAP_FAILED.format(type(failed).__name__), kind="heatmap_failed",
-                           reading=alone.model_dump())
-        if format != "json":  # a report filed apart from the service states the model's caveats (said at its start)
-            answer = await asyncio.to_thread(report, format, {**reading, "caveats": main.predictor.card.caveats},
-                                             header, png, scope["model_id"], scope["model_version"],
-                                             main.predictor.backend)  # the backend: identity too
-        else:
-            film = png_data_url(panel_png(shown)) if shown is not None else None
-            body = Prediction(**reading, etiology=second_result, heatmap=png_data_url(png) if png else None,
-                              image=film, **identity)
-            answer = JSONResponse(body.model_dump(), headers={"Cache-Control": "no-store"})
+        if failed is not None:
+            raise self._heatmap_refusal(failed, format, reading, result, scope, second_result, identity)
+        answer = await self._answer(format, reading, header, png, shown, second_result, identity)
         self._count(result, scope, second_result)
         return answer
+
+    async def _decoding(self, gone: asyncio.Future, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in the decode lane: decodes and the preprocessing that follows them share its bound."""
+        return await self._in_lane(gone, self.decode_slots, self.decoders, fn, *args)
+
+    async def _first_reading(self, gone: asyncio.Future, image: np.ndarray, described: dict,
+                             format: str) -> tuple[StageResult, dict[str, Any]]:
+        """The first stage's reading of the film, with its scope (all the warnings, in_scope, the model's identity);
+        a report asked of a film that has no study to file it in is refused before the model is asked."""
+        film, unlike = await self._decoding(gone, self._prepared, self.main, image)
+        scope = self.stages.scoped(described, unlike)  # all the warnings, in_scope, the model's identity
+        if format != "json" and "study_instance_uid" not in scope:  # an SR is filed in the film's study, and an
+            # Observation is linked to its study and patient
+            raise Rejected(422, f"format={format} needs a DICOM upload: a report belongs to the study of the film",
+                           kind="not_reportable")
+        if gone.done():
+            raise ClientGone()
+        return await self.main.predict(film), scope
+
+    async def _second_reading(self, gone: asyncio.Future, data: bytes, dicom: bool, image: np.ndarray, label: str,
+                              scope: dict[str, Any]) -> SecondStageResult | None:
+        """The second stage's reading of a film the first hands over (None otherwise), decoded again where its model
+        was trained at another size, its scope from its own content check and the film's warnings."""
+        if self.second is None or not self.stages.hands_over(label):
+            return None
+        target = self.stages.second_target
+        gray = image if target is None else await self._decoding(gone, decode_upload, data, target, dicom)
+        read, own = await self._decoding(gone, self._prepared, self.second, gray)
+        return SecondStageResult(**(await self.second.predict(read)).model_dump(),
+                                 **stage_scope(scope["warnings"], own))
+
+    async def _heatmap(self, gone: asyncio.Future, image: np.ndarray, shown: np.ndarray | None, raw: bool, label: str,
+                       warnings: list[str]) -> tuple[bytes | None, Exception | None]:
+        """The heatmap's PNG (:meth:`_heatmap_png`) in its lane, or the error Grad-CAM raised: the reading stands,
+        refused with it (a refusal or a client gone ends the request as they are)."""
+        png, failed = None, None
+        try:
+            png = await self._in_lane(gone, self.heatmap_slots, self.painters, self._heatmap_png, image, shown, raw,
+                                      label, warnings)
+        except (Rejected, ClientGone):
+            raise
+        except Exception as e:  # noqa: BLE001 - the heatmap alone failed: refused below, with the reading
+            failed = e
+        self._heatmap_ran(failed)
+        return png, failed
+
+    def _heatmap_refusal(self, failed: Exception, format: str, reading: dict[str, Any], result: StageResult,
+                         scope: dict[str, Any], second: SecondStageResult | None, identity: dict[str, str]) -> Rejected:
+        """The 500 of a failed heatmap: an SR is not filed without the overlay it was asked with; a JSON answer's
+        refusal carries the reading, as the JSON answer gives it, and counts it as answered."""
+        if format == "dicom-sr":
+            return Rejected(500, HEATMAP_FAILED_SR.format(type(failed).__name__), kind="heatmap_failed")
+        self._count(result, scope, second)
+        alone = Prediction(**reading, etiology=second, **identity)
+        return Rejected(500, HEATMAP_FAILED.format(type(failed).__name__), kind="heatmap_failed",
+                        reading=alone.model_dump())
+
+    async def _answer(self, format: str, reading: dict[str, Any], header: Dataset | None, png: bytes | None,
+                      shown: np.ndarray | None, second: SecondStageResult | None, identity: dict[str, str]) -> Response:
+        """The reading in the format asked: a report (DICOM SR, FHIR) or the JSON answer with its heatmap and film."""
+        if format != "json":  # a report filed apart from the service states the model's caveats (said at its start)
+            card = self.main.predictor.card
+            return await asyncio.to_thread(report, format, {**reading, "caveats": card.caveats}, header, png,
+                                           reading["model_id"], reading["model_version"],
+                                           self.main.predictor.backend)  # the backend: identity too
+        film = png_data_url(panel_png(shown)) if shown is not None else None
+        body = Prediction(**reading, etiology=second, heatmap=png_data_url(png) if png else None, image=film,
+                          **identity)
+        return JSONResponse(body.model_dump(), headers={"Cache-Control": "no-store"})
 
     def _count(self, result: StageResult, scope: dict[str, Any], second: SecondStageResult | None) -> None:
         """A film's readings, answered, in /metrics and the audit log."""
