@@ -93,38 +93,9 @@ def split_records(data: Path | str, cfg: TrainConfig,
                          "set patients")
     sample = sample or {}
     if cfg.split_csv:
-        records = discover(cfg.split_csv).records
-        if not any(r.split for r in records):
-            raise ValueError(f"{shown(cfg.split_csv)} gives no film a split (it has no split column, or an empty "
-                             "one), so split_csv (--split-csv) names no train and val films: give a manifest with a "
-                             "split column (`pneumoscan split DATA --out FILE` writes one), or leave split_csv out and "
-                             "training splits DATA by patient itself")
-        sides = [side for side in ("train", "val", "test") if any(r.split == side for r in records)]
-        if empty := [side for side in ("train", "val") if side not in sides]:
-            raise ValueError(f"{shown(cfg.split_csv)} gives no film the split {' or '.join(empty)} (it has "
-                             f"{', '.join(sides)}), so split_csv (--split-csv) names no {' and '.join(empty)} films: "
-                             "give each patient's films a train or val split (`pneumoscan split DATA --out FILE` "
-                             "writes a patient-grouped one of everything but test), or leave split_csv out and "
-                             "training splits DATA by patient itself")
-        if unsided := [r for r in records if r.split not in ("train", "val", "test")]:
-            log.warning("%d film(s) of %s are in no train, val or test split (e.g. %s, split %r): left out",
-                        len(unsided), shown(cfg.split_csv), shown(unsided[0].path), unsided[0].split)
+        records = _manifest_records(cfg.split_csv)
     elif cfg.validate_on_val_folder:
-        found = discover(data).records
-        if not any(r.split == "val" for r in found):
-            splits = list(dict.fromkeys(r.split for r in found if r.split))  # in the layout's order
-            raise ValueError(f"validate_on_val_folder (--val-folder) validates on the val/ folder of {shown(data)}, "
-                             "which holds no film ("
-                             + (f"it has {', '.join(splits)}" if splits else "it has no split folders")
-                             + "): leave it out and training validates on a patient-grouped split of everything "
-                             "but test/ (val_fraction, --set val_fraction=), or give a split_csv (--split-csv)")
-        records = [r for r in found if r.split in ("train", "val")]
-        per_class = Counter(r.label for r in records if r.split == "val")
-        if per_class and min(per_class.values()) < 50:
-            log.warning("validating on the val/ folder of %s: %d films. The threshold, the temperature and early "
-                        "stopping rest on them, and one film moves sensitivity or specificity by %.1f points; "
-                        "its figures cannot rank recipes (the patient-grouped split, the default, can).",
-                        data, sum(per_class.values()), 100 / min(per_class.values()))
+        records = _val_folder_records(data)
     else:
         records, sampled_from = sampled_split(data, cfg.val_fraction, cfg.seed, cfg.patients)
         sample = sample_record(cfg.patients, sampled_from, cfg.seed)
@@ -146,6 +117,50 @@ def split_records(data: Path | str, cfg: TrainConfig,
     if cfg.split_csv or cfg.validate_on_val_folder:  # the default split keeps copies on one side itself
         _refuse_copies_across(records, source)
     return records, sample
+
+
+def _manifest_records(manifest: Path | str) -> list[Record]:
+    """The films of a split manifest (split_csv), refused where it names no train or no val film: training would
+    otherwise stop later with a reason that does not name the manifest. Films of no split it knows are left out,
+    with a warning."""
+    records = discover(manifest).records
+    if not any(r.split for r in records):
+        raise ValueError(f"{shown(manifest)} gives no film a split (it has no split column, or an empty "
+                         "one), so split_csv (--split-csv) names no train and val films: give a manifest with a "
+                         "split column (`pneumoscan split DATA --out FILE` writes one), or leave split_csv out and "
+                         "training splits DATA by patient itself")
+    sides = [side for side in ("train", "val", "test") if any(r.split == side for r in records)]
+    if empty := [side for side in ("train", "val") if side not in sides]:
+        raise ValueError(f"{shown(manifest)} gives no film the split {' or '.join(empty)} (it has "
+                         f"{', '.join(sides)}), so split_csv (--split-csv) names no {' and '.join(empty)} films: "
+                         "give each patient's films a train or val split (`pneumoscan split DATA --out FILE` "
+                         "writes a patient-grouped one of everything but test), or leave split_csv out and "
+                         "training splits DATA by patient itself")
+    if unsided := [r for r in records if r.split not in ("train", "val", "test")]:
+        log.warning("%d film(s) of %s are in no train, val or test split (e.g. %s, split %r): left out",
+                    len(unsided), shown(manifest), shown(unsided[0].path), unsided[0].split)
+    return records
+
+
+def _val_folder_records(data: Path | str) -> list[Record]:
+    """DATA's train/ and val/ films (validate_on_val_folder, the reference protocol), refused where val/ holds
+    none, with a warning where it holds too few for its figures to rank recipes."""
+    found = discover(data).records
+    if not any(r.split == "val" for r in found):
+        splits = list(dict.fromkeys(r.split for r in found if r.split))  # in the layout's order
+        raise ValueError(f"validate_on_val_folder (--val-folder) validates on the val/ folder of {shown(data)}, "
+                         "which holds no film ("
+                         + (f"it has {', '.join(splits)}" if splits else "it has no split folders")
+                         + "): leave it out and training validates on a patient-grouped split of everything "
+                         "but test/ (val_fraction, --set val_fraction=), or give a split_csv (--split-csv)")
+    records = [r for r in found if r.split in ("train", "val")]
+    per_class = Counter(r.label for r in records if r.split == "val")
+    if per_class and min(per_class.values()) < 50:
+        log.warning("validating on the val/ folder of %s: %d films. The threshold, the temperature and early "
+                    "stopping rest on them, and one film moves sensitivity or specificity by %.1f points; "
+                    "its figures cannot rank recipes (the patient-grouped split, the default, can).",
+                    data, sum(per_class.values()), 100 / min(per_class.values()))
+    return records
 
 
 def _refuse_copies_across(records: Sequence[Record], source: str) -> None:
