@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -28,8 +29,11 @@ import pneumoscan.data.copies as copies
 from pneumoscan.core.figures import figure_bytes
 from pneumoscan.data.audit import audit, audit_figure, format_audit
 from pneumoscan.data.copies import EXACT, NEAR, picture_groups
+from pneumoscan.data.labelled import labelled_films
 from pneumoscan.data.layouts import discover
+from pneumoscan.data.preprocess import PreprocessSpec
 from pneumoscan.data.split import split_dataset, split_pool
+from pneumoscan.data.tasks import get_task
 from tests.builders import dicom_bytes
 
 
@@ -384,6 +388,38 @@ def test_a_manifest_in_a_local_code_page_is_given_the_remedy_split_gives(tmp_pat
     console.print(format_audit(report))
     assert f"unreadable: 1 ({hint})" in console.file.getvalue()
     assert report["unreadable_hint"] == hint
+
+
+@pytest.mark.parametrize("listed, where", [
+    # a labels sheet of bare names beside its images/ folder
+    ("CXR0001.png", r"images/CXR0001.png is there: write the paths relative to the manifest's folder "
+                    r"\(images/CXR0001.png\), or move the manifest into .*images$"),
+    # a sheet of ids, the files' ending left out
+    ("images/CXR0001", r"images/CXR0001.png is there: give each film's file name with its ending \(.png\)$"),
+    # a sheet written on Windows
+    ("images\\CXR0001.png", r"images/CXR0001.png is there: write the paths with / between folders, not \\$"),
+], ids=["bare names", "no ending", "Windows separators"])
+def test_a_manifest_whose_films_are_elsewhere_says_where_they_are(tmp_path: Path, listed: str, where: str) -> None:
+    """A researcher's labels sheet next to a flat folder of films, listing bare names or ids: split, audit and
+    evaluate said only that relative paths are read from the manifest's folder, and audit listed every film as
+    unreadable, so the report's findings lay under a page of "No such file or directory"."""
+    (tmp_path / "images").mkdir()
+    _picture(0, (64, 64)).save(tmp_path / "images" / "CXR0001.png")
+    manifest = tmp_path / "labels.csv"
+    manifest.write_text("path,label\n" + listed + ",NORMAL\n" + "".join(f"x/{i}.png,NORMAL\n" for i in range(11)))
+    hint = r"a manifest's relative paths are read from the manifest's own folder, and .*" + where
+    with pytest.raises(ValueError, match=hint):
+        split_pool(manifest)
+    with pytest.raises(ValueError, match=r"no readable film of .*labels.csv for the pneumonia task: 12 could not be "
+                                         r"read \(.*\); " + hint):
+        labelled_films(manifest, None, get_task("pneumonia"), PreprocessSpec(32))
+    report = audit(discover(manifest), workers=1)
+    assert re.fullmatch(hint, report["unreadable_hint"]) and len(report["unreadable"]) == 12
+    console = Console(file=io.StringIO(), width=1000)
+    console.print(format_audit(report))
+    listed_lines = [line for line in console.file.getvalue().splitlines() if "No such file or directory" in line]
+    assert len(listed_lines) == 10
+    assert "  ... and 2 more (all of them in --json-out's report)" in console.file.getvalue()
 
 
 def test_audit_json_is_valid_utf8_whatever_the_names_bytes(tiny_dataset: Path, tmp_path: Path) -> None:

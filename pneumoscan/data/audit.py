@@ -344,12 +344,14 @@ def _finding_lines(report: dict) -> list[tuple[str, bool]]:
           for split, counts in report["counts"].items() if sum(counts.values()) for label in LABELS
           if not counts[label]),
         (f"label conflicts (a name or a duplicate contradicting a label): {len(conflicts)}", bool(conflicts)),
-        *((f"  {c['kind']}: {' | '.join(map(shown, c['paths']))}: {c['reason']}", True) for c in conflicts[:10]),
+        *((f"  {c['kind']}: {' | '.join(map(shown, c['paths']))}: {c['reason']}", True) for c in conflicts[:LISTED]),
+        *_more(conflicts),
         (f"modes: {', '.join(f'{m} {n}' for m, n in sorted(report['modes'].items())) or '-'}", False),
         (f"skipped (junk, or outside the folder layout): {len(report['skipped'])}", False),
         (f"unreadable: {len(report['unreadable'])}" + (f" ({hint})" if (hint := report["unreadable_hint"]) else ""),
          bool(report["unreadable"])),
-        *((f"  {shown(u['path'])}: {u['reason']}", True) for u in report["unreadable"]),
+        *((f"  {shown(u['path'])}: {u['reason']}", True) for u in report["unreadable"][:LISTED]),
+        *_more(report["unreadable"]),
         (f"exact duplicates: {len(dup)} groups, {sum(len(g) for g in dup)} files", bool(dup)),
         (
             (
@@ -360,8 +362,21 @@ def _finding_lines(report: dict) -> list[tuple[str, bool]]:
         ),
         *_patient_lines(report),
         (f"images repeated across splits: {len(cross)} groups", bool(cross)),
-        *((f"  {' | '.join(map(shown, g['paths']))}", True) for g in cross[:10]),
+        *((f"  {' | '.join(map(shown, g['paths']))}", True) for g in cross[:LISTED]),
+        *_more(cross),
     ]
+
+
+#: how many of each finding the text of an audit lists (its JSON lists them all)
+LISTED = 10
+
+
+def _more(findings: list) -> list[tuple[str, bool]]:
+    """The line saying how many of ``findings`` the text leaves unlisted: a manifest read from the wrong folder
+    listed every one of its films as unreadable, burying the rest of the report, and a list cut silently reads as
+    complete."""
+    rest = len(findings) - LISTED
+    return [(f"  ... and {rest} more (all of them in --json-out's report)", True)] if rest > 0 else []
 
 
 def _split_line(report: dict) -> tuple[str, bool]:

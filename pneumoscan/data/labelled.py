@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ import numpy as np
 from pneumoscan.core.names import shown
 from pneumoscan.data.cache import ImageCache, cache_dataset
 from pneumoscan.data.copies import label_conflicts, picture_groups
-from pneumoscan.data.layouts import Discovery, Record, discover, own_patient
+from pneumoscan.data.layouts import Discovery, Record, absent_hint, discover, own_patient
 from pneumoscan.data.preprocess import PreprocessSpec
 from pneumoscan.data.split import patient_units, warn_conflicts
 from pneumoscan.data.tasks import Task, select, warn_untyped
@@ -84,7 +85,10 @@ def labelled_films(data: Path | str, split: str | None, task: Task, spec: Prepro
         raise ValueError(f"no readable film of {data}" + (f" ({split})" if split else "") + f" for the {task.name} task"
                          + (f": {beyond} film(s), which it does not read ({', '.join(task.classes)})"
                             if outside else "")
-                         + (f": {len(errors)} could not be read ({unreadable})" if errors else ""))
+                         + (f": {len(errors)} could not be read ({unreadable})" if errors else "")
+                         # a manifest's paths read from another folder than meant: where its films are, as split says
+                         + (f"; {absent_hint(absent)}" if found.layout == "manifest" and
+                            (absent := [e["path"] for e in errors if not os.path.exists(e["path"])]) else ""))
     if outside:
         log.warning("%s film(s) of %s are outside the %s task (%s) and are left out: the figures are of the other %d",
                     beyond, shown(str(data)), task.name, ", ".join(task.classes), len(records))

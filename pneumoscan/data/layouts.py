@@ -806,7 +806,35 @@ def absent_hint(absent: Sequence[str]) -> str:
     if any(any("\udc80" <= c <= "\udcff" for c in path) for path in absent):
         return ("the manifest's paths hold bytes that are not UTF-8 (a spreadsheet saves its local code page as "
                 "\"CSV\"): save it as CSV UTF-8")
-    return "a manifest's relative paths are read from the manifest's own folder"
+    return "a manifest's relative paths are read from the manifest's own folder" + _found_elsewhere(absent[0])
+
+
+#: the most folders beside a missing film that :func:`_found_elsewhere` looks into
+LOOKED_INTO = 50
+
+
+def _found_elsewhere(path: str) -> str:
+    """Where a manifest's missing film most likely is, said, never taken: the file its path names with Windows
+    separators (``images\\CXR0001.png``), the file with an image ending its path lacks (a sheet listing ids,
+    ``CXR0001`` for ``CXR0001.png``), or of its name in a folder beside where it was looked for (a sheet of bare
+    names next to its ``images/`` folder). A researcher's labels sheet is mostly one of these, and "read from the
+    manifest's own folder" alone left them to guess which; empty when none is there."""
+    missing = Path(path)
+    if "\\" in path and (slashed := Path(path.replace("\\", "/"))).is_file():
+        return f", and {shown(str(slashed))} is there: write the paths with / between folders, not \\"
+    for suffix in sorted(readers.suffixes()):
+        if (named := missing.with_name(missing.name + suffix)).is_file():
+            return f", and {shown(str(named))} is there: give each film's file name with its ending ({suffix})"
+    try:
+        with os.scandir(missing.parent) as entries:
+            beside = sorted(entry.name for entry in entries if entry.is_dir())[:LOOKED_INTO]
+    except OSError:
+        return ""
+    for folder in beside:
+        if (found := missing.parent / folder / missing.name).is_file():
+            return (f", and {shown(str(found))} is there: write the paths relative to the manifest's folder "
+                    f"({folder}/{missing.name}), or move the manifest into {shown(str(found.parent))}")
+    return ""
 
 
 def _one_spelling(records: list[Record]) -> list[Record]:
