@@ -381,6 +381,26 @@ def test_a_fine_tune_on_too_few_films_keeps_the_content_check_of_the_bundle_it_s
             "them.") in text, text
 
 
+def test_a_start_bundle_whose_check_reads_films_otherwise_says_how_in_words(
+    tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bundle trained on the Kermany train folder brings larger films down to 224 px JPEG first; fine-tuned on a
+    site's PNG films, which are not, its content check is not kept, and the log said why in Python's spelling
+    (``PreprocessSpec(size=32, policy='squash', source_size=None, source_quality=None)``)."""
+    from pneumoscan.data.preprocess import PreprocessSpec
+    from tests.builders import with_appearance_of
+
+    start = shutil.copytree(tiny_bundle.parent, tmp_path / "start") / "bundle"
+    with_appearance_of(start, tiny_dataset)
+    kermany = dataclasses.replace(load_card(start), source_size=224, source_quality=75)
+    with caplog.at_level(logging.INFO, logger="pneumoscan"):
+        assert train_mod.start_appearance(TrainConfig(**{**TINY, "init": str(start)}), kermany, PreprocessSpec(32)) \
+            is None
+    assert (f"the image content check of init {start} is of films prepared otherwise (32 x 32 px, squash, inputs "
+            "larger than 224 px first brought down to 224 px JPEG quality 75) than this run's (32 x 32 px, squash): "
+            "it is not kept") in caplog.text, caplog.text
+
+
 def test_an_in_place_fine_tune_that_would_lose_what_its_weights_learnt_is_refused(
     tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path
 ) -> None:

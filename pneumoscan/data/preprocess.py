@@ -175,6 +175,14 @@ class PreprocessSpec:
         large film), then :meth:`apply`."""
         return self.apply(read_gray(source, target=self.decode_target))
 
+    @property
+    def said(self) -> str:
+        """The preprocessing in a user's words, for messages: the dataclass's own repr (``source_size=None``) is
+        Python's spelling, not a user's."""
+        source = (f", inputs larger than {self.source_size} px first brought down to {self.source_size} px JPEG "
+                  f"quality {self.source_quality}" if self.source_size else "")
+        return f"{self.size} x {self.size} px, {self.policy}{source}"
+
     def geometry(self, height: int, width: int) -> str:
         """The resize policy an image of this shape really gets: :func:`match_source` squashes a larger one to the
         training files' square first, so pad and center-crop then have nothing left to pad or cut."""

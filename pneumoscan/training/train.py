@@ -333,7 +333,7 @@ def start_appearance(cfg: TrainConfig, started: BundleCard, spec: PreprocessSpec
     appearance = load_appearance(cfg.init, started)
     if appearance is not None and started.spec != spec:
         log.info("the image content check of init %s is of films prepared otherwise (%s) than this run's (%s): it is "
-                 "not kept", cfg.init, started.spec, spec)
+                 "not kept", cfg.init, started.spec.said, spec.said)
         return None
     return appearance
 
