@@ -33,6 +33,7 @@ from pneumoscan.core.atomic import file_stamp, locked, write_atomic
 from pneumoscan.core.cpus import usable_cores
 from pneumoscan.core.digests import file_sha256, json_sha256
 from pneumoscan.core.files import NotRegularFile
+from pneumoscan.core.logs import progress
 from pneumoscan.core.options import SPLITS
 from pneumoscan.data.cache import decoding_versions, default_cache_dir
 from pneumoscan.data.decode import image_info, read_gray
@@ -114,8 +115,13 @@ def scans(paths: Sequence[str], workers: int | None = None, header: bool = False
              if sha is not None and (entry := _content(held, sha, paths[i])) is not None
              and (not header or _HEADER[0] in entry)}
     todo = [i for i in range(len(paths)) if i not in found]
-    with ThreadPoolExecutor(max_workers=workers or usable_cores()) as pool:
-        read = dict(zip(todo, pool.map(lambda i: _scan(paths[i], known[i], held, header), todo)))
+    read: dict[int, dict] = {}
+    # a site's first split, train or audit decodes every film here: minutes for tens of thousands, said with a bar
+    with ThreadPoolExecutor(max_workers=workers or usable_cores()) as pool, progress(enabled=bool(todo)) as bar:
+        task = bar.add_task(f"Scanning {len(todo)} films for copies", total=len(todo))
+        for i, scan in zip(todo, pool.map(lambda i: _scan(paths[i], known[i], held, header), todo)):
+            read[i] = scan
+            bar.advance(task)
     kept = {i: scan for i, scan in read.items()  # of a file not rewritten while it was read
             if "error" not in scan and stamps[i] is not None and file_stamp(paths[i]) == stamps[i]}
     if kept:
