@@ -54,7 +54,7 @@ from pneumoscan.core.options import PACS_FILM_S, PACS_READ_S
 from pneumoscan.core.secrets import check_client_cert, read_secret
 from pneumoscan.data.pixels import MAX_DECODED_BYTES
 from pneumoscan.data.readers.dicom import is_own_output, read_dataset
-from .reports import check_reportable, dicom_multipart
+from .reports import add_warning, check_reportable, dicom_multipart
 from .study import (FAILURES, MADE, WARNINGS, not_scored, one_patient, score_films, status_words, study_rows,
                     valid_uid)
 
@@ -205,21 +205,20 @@ def _stored(answer: Dataset, sent: dict[str, str], row: dict, refusal: str | Non
     failed = _by_instance(answer, "FailedSOPSequence")
     # listed as failed too: the PACS does not say it is stored
     accepted = {uid: item for uid, item in _by_instance(answer, "ReferencedSOPSequence").items() if uid not in failed}
-    notes = row.setdefault("warnings", [])
     for uid, what in sent.items():
         if uid in accepted and "WarningReason" in accepted[uid]:
-            notes.append(f"the PACS stored the {what} {uid} with a warning "
-                         f"({status_words(accepted[uid].get('WarningReason'), WARNINGS)})")
+            add_warning(row, f"the PACS stored the {what} {uid} with a warning "
+                             f"({status_words(accepted[uid].get('WarningReason'), WARNINGS)})")
         elif uid in failed:
             because = "; ".join(filter(None, (status_words(failed[uid].get("FailureReason"), FAILURES), refusal)))
-            notes.append(f"the PACS refused the {what} {uid} ({because}): it is not stored")
+            add_warning(row, f"the PACS refused the {what} {uid} ({because}): it is not stored")
         elif uid not in accepted and refusal is not None:
-            notes.append(f"the PACS refused the {what} {uid} ({refusal}, no reason given): it is not stored")
+            add_warning(row, f"the PACS refused the {what} {uid} ({refusal}, no reason given): it is not stored")
         elif silence is not None:
-            notes.append(f"no answer from the PACS to storing the {what} {uid} {silence}: it may or may not have "
-                         "stored it")
+            add_warning(row, f"no answer from the PACS to storing the {what} {uid} {silence}: it may or may not "
+                             "have stored it")
         elif uid not in accepted:
-            notes.append(f"the PACS did not confirm storing the {what} {uid}: it may not be stored")
+            add_warning(row, f"the PACS did not confirm storing the {what} {uid}: it may not be stored")
     stored = [uid for uid in sent if uid in accepted]
     if len(stored) < len(sent):
         log.warning("the PACS stored %d of the %d instances sent", len(stored), len(sent))
@@ -683,7 +682,7 @@ def _read_back(session: _Session, root: str, study_uid: str, built: dict[str, tu
                        "kept it (it keeps the first copy of an instance): the copy it holds names the patient or the "
                        "study as before; delete it in the PACS, or have the PACS apply the correction to it, and "
                        "run again")
-        row.setdefault("warnings", []).append(why)
+        add_warning(row, why)
         row["stored"].remove(uid)
         row.setdefault("not_stored", []).append(uid)
 
@@ -710,8 +709,8 @@ def _store(session: _Session, root: str, study_uid: str, row: dict, held: set[st
             refusal = str(e)
         row["stored"] = _stored(_answer(e.response), sent, row, refusal)
         if e.response.status_code in (401, 403):  # every film's store will be: say what to do, not only the status
-            row["warnings"].append(f"the PACS does not let the credentials given store ({refusal}): ask its "
-                                   "administrator for STOW-RS access, or run without store (--store)")
+            add_warning(row, f"the PACS does not let the credentials given store ({refusal}): ask its "
+                             "administrator for STOW-RS access, or run without store (--store)")
     except requests.RequestException as e:  # a read timeout names the option, as a film's and a search's do
         silence = _too_slow(e, session.connection) if isinstance(e, requests.Timeout) else f"({type(e).__name__})"
         row["stored"] = _stored(Dataset(), sent, row, silence=silence)

@@ -191,8 +191,10 @@ def write_reports(
              " (each other row's warnings say why it has none)" if reported < scored else "")
 
 
-def _warn(row: dict, text: str) -> None:
-    """Say in the row why a report of it is missing or what to do about one: its other reports are still written."""
+def add_warning(row: dict, text: str) -> None:
+    """Say in the row why a report of it is missing, or what became of one or what to do about it, wherever the
+    report was written or stored (here, ``pacs``'s STOW-RS, ``listen``'s C-STORE): the row goes on, and so do its
+    other reports and the other rows."""
     row.setdefault("warnings", []).append(text)
 
 
@@ -241,7 +243,7 @@ class _Reports:
         except ValueError as e:  # ... or a DecodeError: changed or removed since it was scored
             for folder, what in ((self.fhir_dir, "FHIR Observation"), (self.sr_dir, "DICOM SR")):
                 if folder is not None:
-                    _warn(row, f"no {what} written: {redact(str(e))}")
+                    add_warning(row, f"no {what} written: {redact(str(e))}")
             return
         stem = Path(row["path"]).stem
         if self.fhir_dir is not None:
@@ -257,14 +259,14 @@ class _Reports:
             text = fhir.observation_json(reading, self.name, self.version, self.mode, source)
             row["fhir"] = str(_write_observation(folder, stem, text, self.observations))
         except ValueError as e:  # a film without identity, a malformed PatientID, a failed FHIR validation
-            _warn(row, f"no FHIR Observation written: {e}")
+            add_warning(row, f"no FHIR Observation written: {e}")
 
     def _write_sr(self, row: dict, reading: dict, source: Dataset | None, stem: str, folder: Path) -> None:
         """``STEM.sr.dcm``, naming the reports it replaces, and the overlay with it when the row has a heatmap."""
         from . import sr
 
         if source is None:
-            _warn(row, "not a DICOM file: no DICOM SR written (it has no study to join)")
+            add_warning(row, "not a DICOM file: no DICOM SR written (it has no study to join)")
             return
         try:
             png = Path(row["heatmap"]).read_bytes() if row.get("heatmap") else None
@@ -274,7 +276,7 @@ class _Reports:
             if len(made) > 1:
                 self._write_overlay(row, source, stem, folder, made[1])
         except ValueError as e:  # a film without its UIDs, a malformed attribute, highdicom's refusal, ...
-            _warn(row, f"no DICOM SR written: {redact(str(e))}")
+            add_warning(row, f"no DICOM SR written: {redact(str(e))}")
 
     def _write_overlay(self, row: dict, source: Dataset, stem: str, folder: Path, data: bytes) -> None:
         """``STEM.heatmap.dcm`` in place of the same reading's overlay in series 9902: removed from ``folder``, or,
@@ -285,7 +287,7 @@ class _Reports:
         old = sr.replaced_overlay_uid(source, self.name, self.version, self.mode)
         _replace_overlay(self.overlays.pop(old, None), new)
         if old in self.held:
-            _warn(row, f"the study holds this reading's overlay in series 9902 (SOP Instance UID {old}, made by "
+            add_warning(row, f"the study holds this reading's overlay in series 9902 (SOP Instance UID {old}, made by "
                        "pneumoscan 0.2.0) beside the new one: delete it in the PACS")
 
 
