@@ -629,18 +629,17 @@ def cmd_listen(args: argparse.Namespace) -> int:
 
     show_log_of("pynetdicom")  # its refusals and network errors, which it logs to no one, among ours
     allow = [title for given in args.allow or () for title in given.split(",") if title.strip()]
-    out = None
-    if args.out:  # made, and checked to take a file, before any film is taken
-        ResultsTarget.check(str(Path(args.out) / "study.json"), ("json",))
-        out = Path(args.out)
+    for folder in filter(None, (args.out, args.fhir)):  # made, and checked to take a file, before any film is taken
+        ResultsTarget.check(str(Path(folder) / "study.json"), ("json",))
+    out, fhir = (Path(folder) if folder else None for folder in (args.out, args.fhir))
     room = Room(args.max_film_mb, args.max_association_mb, args.min_free_mb, args.spool_max_mb)
     audit = AuditLog(args.audit_log, args.audit_required) if args.audit_log else None  # refused before any film
     # the films received are held here, private, until their study is done; all of it deleted when stopped
     with tempfile.TemporaryDirectory(prefix="pneumoscan-listen-", ignore_cleanup_errors=True) as work:
         listener = Listener(args.bundle, args.ae_title, Destination.parse(args.store_to), Path(work), allow,
                             backend=args.backend, heatmaps=args.heatmaps, room=room, store_s=args.store_timeout,
-                            send_s=args.send_within, out=out,
-                            spool=Path(args.spool) if args.spool else None, retry_s=args.retry_every, audit=audit)
+                            send_s=args.send_within, out=out, spool=Path(args.spool) if args.spool else None,
+                            retry_s=args.retry_every, audit=audit, fhir=fhir)
         server = listener.start(args.host, args.port)
         try:
             threading.Event().wait()  # until Ctrl-C or SIGTERM: each association is served in a thread of its own
@@ -1219,6 +1218,8 @@ def _listen_args(p: argparse.ArgumentParser) -> None:
     _choice(p, "--backend", BACKENDS, "backend", default="onnx", help="as predict --backend (default onnx)")
     p.add_argument("--out", type=_folder, metavar="DIR",
                    help="write each study's rows, as pacs --out writes them, to DIR/STUDY_UID.json")
+    p.add_argument("--fhir", type=_folder, metavar="DIR",
+                   help="write a FHIR R4 Observation (JSON) per scored film into DIR, as pacs --fhir")
     p.add_argument("--max-film-mb", type=_positive(float), default=MAX_UPLOAD_MB, metavar="MB",
                    help=f"a larger film is refused with 0xA700, out of resources (default {MAX_UPLOAD_MB})")
     p.add_argument("--max-association-mb", type=_positive(float), default=LISTEN_ASSOCIATION_MB, metavar="MB",

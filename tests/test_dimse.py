@@ -326,11 +326,14 @@ def test_htj2k_films_are_accepted_at_negotiation_and_scored(
 
 
 def test_listen_refuses_a_destination_or_ae_title_it_cannot_use_before_listening(
-    tiny_bundle: Path, capsys: pytest.CaptureFixture
+    tiny_bundle: Path, capsys: pytest.CaptureFixture, tmp_path: Path
 ) -> None:
+    (tmp_path / "a-file").touch()  # --fhir's folder: a file there is refused, as --out's is
     for args, said in ((["--store-to", "PACS@pacs.example"], "is not AET@HOST:PORT"),
                        (["--store-to", "PACS@pacs.example:104", "--ae-title", "A_TITLE_OF_17_CHR"], "not an AE title"),
-                       (["--store-to", "PACS@pacs.example:104", "--allow", "ok,back\\slash"], "not an AE title")):
+                       (["--store-to", "PACS@pacs.example:104", "--allow", "ok,back\\slash"], "not an AE title"),
+                       (["--store-to", "PACS@pacs.example:104", "--fhir", str(tmp_path / "a-file")],
+                        "a-file: file exists")):
         assert cli.main(["listen", str(tiny_bundle), "--port", "0", *args]) == 2
         assert said in capsys.readouterr().err
 
@@ -471,16 +474,22 @@ def test_a_report_spooled_while_the_destination_is_down_arrives_once_when_it_is_
 ) -> None:
     """A destination down past --send-within: the report stays in the spool, tried every --retry-every; the
     destination back on its port, it receives the report once, the spool is emptied, and later tries send nothing
-    (a confirmed report is never sent again)."""
+    (a confirmed report is never sent again). The study's rows in --out, which said the report not stored, are
+    rewritten to say it is stored, and why it came late."""
     monkeypatch.setattr(dimse, "FIRST_WAIT_S", 0.01)
     caplog.set_level(logging.INFO, logger="pneumoscan")
     down = Destination_SCP()
     down.shutdown()  # its port, with no one listening for now
     audit = AuditLog(tmp_path / "audit.jsonl")
-    port = listen(down.port, spool=(spool := tmp_path / "spool"), send_s=0.5, retry_s=0.2, audit=audit)
+    (out := tmp_path / "rows").mkdir()
+    port = listen(down.port, spool=(spool := tmp_path / "spool"), send_s=0.5, retry_s=0.2, audit=audit, out=out)
     study = generate_uid()
     assert send(port, [chest_dicom(film, StudyInstanceUID=study)]) == [0]
     wait_for(lambda: f"study {study}: reports of 0 of 1 films stored" in caplog.text)
+    wait_for((rows := out / f"{study}.json").is_file)
+    [row] = json.loads(rows.read_text())
+    assert "stored" not in row or row["stored"] == []
+    [unsent] = row["not_stored"]
     wait_for(lambda: "1 spooled report(s) not stored at" in caplog.text)
     [kept] = spool.glob("*.dcm")
     back = Destination_SCP(port=down.port)
@@ -492,9 +501,13 @@ def test_a_report_spooled_while_the_destination_is_down_arrives_once_when_it_is_
     [sr] = back.received
     assert f"{sr.StudyInstanceUID}_{sr.SOPInstanceUID}.dcm" == kept.name and sr.StudyInstanceUID == study
     assert list(spool.glob("*.dcm")) == [] and list((spool / "refused").iterdir()) == []
-    # the rows said not_stored when the study was sent; the audit line of the delivery is the record that it arrived
     assert [(line["event"], line.get("report_sop_instance_uid"), line.get("status")) for line in audit_lines(audit)] \
         == [("film_read", None, None), ("report_stored", sr.SOPInstanceUID, "0x0000")]
+    [row] = json.loads(rows.read_text())
+    assert unsent == sr.SOPInstanceUID and row["stored"] == [unsent] and "not_stored" not in row
+    assert [w for w in row["warnings"] if unsent in w] == [
+        f"DEST@127.0.0.1:{down.port}: no answer (no association: the destination is down or cannot be reached): the "
+        f"DICOM SR {unsent} was not stored when its study was sent; sent again from the spool, it is stored"]
 
 
 def audit_lines(audit: AuditLog) -> list[dict]:
@@ -598,10 +611,11 @@ def test_a_film_whose_audit_line_cannot_be_written_gets_its_report_only_when_the
     """The audit file replaced by a folder after start (its lines cannot be written, as root too): by default the
     films' reports are sent and a warning says the lines are lost and the listener goes on; with --audit-required
     the reports are held back, the warning says so, an error line says why for each, and the destination receives
-    nothing. The warning is rate-limited as serve's is (one a kind every 10 s), not one for each line lost."""
+    nothing, nor does --fhir keep their Observations. The warning is rate-limited as serve's is (one a kind every
+    10 s), not one for each line lost."""
     caplog.set_level(logging.INFO, logger="pneumoscan")
     audit = AuditLog(path := tmp_path / "audit.jsonl", required=required)
-    port = listen(destination.port, audit=audit)
+    port = listen(destination.port, audit=audit, fhir=tmp_path / "fhir")
     path.unlink()
     path.mkdir()
     study = generate_uid()
@@ -617,6 +631,8 @@ def test_a_film_whose_audit_line_cannot_be_written_gets_its_report_only_when_the
     assert len(destination.received) == (0 if required else 2)
     held = [r.getMessage() for r in caplog.records if "its report is held back" in r.getMessage()]
     assert len(held) == (2 if required else 0)
+    assert all(line.endswith("its report is held back, not sent; its FHIR Observation is deleted") for line in held)
+    assert len(list((tmp_path / "fhir").glob("*.fhir.json"))) == (0 if required else 2)
     assert f"study {study}: reports of {0 if required else 2} of 2 films stored" in caplog.text
 
 
@@ -664,11 +680,13 @@ def test_the_command_scores_a_film_sent_to_it_and_sigterm_ends_it_with_its_folde
     """`pneumoscan listen` as IT runs it: on a free port, a film C-STOREd to it by a modality, its SR received by the
     destination, then SIGTERM (systemctl stop): it exits as the signal ends it, its temporary folders removed, and
     each line on stderr one of pneumoscan's log lines (pynetdicom's among them, formatted as ours: a connection
-    that sends no DICOM, as a port scanner's, is one); --out has the study's rows, as pacs --out writes them."""
+    that sends no DICOM, as a port scanner's, is one); --out has the study's rows, as pacs --out writes them, and
+    --fhir the film's Observation, named as pacs --fhir names it, stating what its SR states."""
     (temp := tmp_path / "tmp").mkdir()
     command = subprocess.Popen(
         [sys.executable, "-m", "pneumoscan", "listen", str(tiny_bundle), "--port", "0", "--backend", "torch",
-         "--store-to", f"DEST@127.0.0.1:{destination.port}", "--out", str(tmp_path / "rows")],
+         "--store-to", f"DEST@127.0.0.1:{destination.port}", "--out", str(tmp_path / "rows"),
+         "--fhir", str(tmp_path / "fhir")],
         env={**os.environ, "TMPDIR": str(temp)}, stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(command.stderr), daemon=True)
@@ -698,6 +716,13 @@ def test_the_command_scores_a_film_sent_to_it_and_sigterm_ends_it_with_its_folde
     assert row["sop_instance_uid"] == sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0] \
         .ReferencedSOPSequence[0].ReferencedSOPInstanceUID
     assert row["stored"] == [sr.SOPInstanceUID] and 0 <= row["probability"] <= 1
+    assert row["fhir"] == str(tmp_path / "fhir" / f"{row['sop_instance_uid']}.fhir.json")
+    observation = json.loads(Path(row["fhir"]).read_text())
+    assert observation["resourceType"] == "Observation"
+    assert observation["component"][0]["valueQuantity"]["value"] == pytest.approx(_probability(sr), abs=1e-9)
+    assert observation["valueCodeableConcept"]["coding"][0]["code"] in {code for _, code in _finding(sr)}
+    assert observation["derivedFrom"][0]["identifier"]["value"] == f"urn:oid:{sr.StudyInstanceUID}"
+    assert observation["subject"]["identifier"]["value"] == sr.PatientID
 
 
 def test_a_full_spool_refuses_each_film_out_of_resources_until_the_destination_takes_its_reports(

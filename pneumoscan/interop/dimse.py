@@ -71,7 +71,7 @@ from pneumoscan.data.scope import CAPTURE_CLASSES, RADIOGRAPH_CLASSES
 from pneumoscan.inference.predict import identity_fields
 from pneumoscan.models.card import CHECKSUM
 
-from .reports import check_reportable
+from .reports import add_warning, check_reportable
 from .study import (FAILURES, MADE, WARNINGS, not_scored, one_patient, score_films, status_words, study_rows, unfiled,
                     valid_uid)
 
@@ -287,21 +287,25 @@ class Listener:
     what they may take of it. ``allow``: the calling AE titles accepted (none: any). ``store_s``: how long the
     destination may take to connect, accept an association or answer one C-STORE; ``send_s``: how long a report may
     wait, from its study's scoring, to be stored. ``out``: a folder for each study's rows, ``STUDY_UID.json``, as
-    ``pacs --out`` writes them. ``backend`` and ``heatmaps`` as ``pacs`` takes them. ``spool``: where each report
-    waits until the destination confirms it (:class:`Spool`; None: a folder in ``work``, gone with it), sent again
-    from there every ``retry_s`` seconds and at :meth:`start` (what an earlier run left)."""
+    ``pacs --out`` writes them, rewritten as the spool delivers a report they say is not stored
+    (:meth:`_delivered`). ``fhir``: a folder for each scored film's FHIR Observation, as ``pacs --fhir`` writes it
+    (:func:`~pneumoscan.interop.study.score_films`). ``backend`` and ``heatmaps`` as ``pacs`` takes them.
+    ``spool``: where each report waits until the destination confirms it (:class:`Spool`; None: a folder in
+    ``work``, gone with it), sent again from there every ``retry_s`` seconds and at :meth:`start` (what an earlier
+    run left)."""
 
     def __init__(self, bundle: Path | str, ae_title: str, destination: Destination, work: Path,
                  allow: Iterable[str] = (), backend: str = "onnx", heatmaps: bool = False, room: Room = Room(),
                  store_s: float = LISTEN_STORE_S, send_s: float = LISTEN_SEND_S, out: Path | None = None,
-                 spool: Path | None = None, retry_s: float = LISTEN_RETRY_S, audit: AuditLog | None = None) -> None:
+                 spool: Path | None = None, retry_s: float = LISTEN_RETRY_S, audit: AuditLog | None = None,
+                 fhir: Path | None = None) -> None:
         _check_title(ae_title, "ae_title (--ae-title)")
         for title in allow:
             _check_title(title, "allow (--allow)")
         check_reportable(bundle, dicom=True)  # the UID root and the bundle's task, before any film is taken
         self.bundle, self.ae_title, self.destination, self.work = bundle, ae_title.strip(), destination, work
         self.allow, self.backend, self.heatmaps = [t.strip() for t in allow], backend, heatmaps
-        self.room, self.store_s, self.send_s, self.out = room, store_s, send_s, out
+        self.room, self.store_s, self.send_s, self.out, self.fhir = room, store_s, send_s, out, fhir
         self.kept = spool is not None  # a spool that outlives the listener: its reports survive a stop
         self.spool, self.retry_s = Spool(spool if spool is not None else work / "spool"), retry_s
         self._queued: set[Path] = set()  # the spooled reports of studies queued or being sent: not sent again yet
@@ -562,12 +566,14 @@ class Listener:
                     "sop_instance_uid": sop, "film_sha256": file_sha256(film) if film.is_file() else None,
                     **self.model, "probability": row.get("probability"), "label": row.get("label"),
                     "refusal": row.get("not_scored") or row.get("error")})
-                if not written and self.audit.required and (made := MADE.keys() & row.keys()):
+                if not written and self.audit.required and (made := (MADE.keys() | {"fhir"}) & row.keys()):
                     for key in made:
-                        row.pop(key)
+                        if key == "fhir":  # written by now, in a folder a script sends on from: no report either
+                            Path(row.pop(key)).unlink(missing_ok=True)
+                        row.pop(key, None)
                     # said in the study's error line of films without a report (:meth:`file_study`)
-                    row.setdefault("warnings", []).append(
-                        "its audit line cannot be written (--audit-required): its report is held back, not sent")
+                    add_warning(row, "its audit line cannot be written (--audit-required): its report is held back, "
+                                     "not sent" + ("; its FHIR Observation is deleted" if "fhir" in made else ""))
         except Exception as e:  # one study's fault is that study's: the association's others go on
             log.error("study %s: its audit lines cannot be made, its reports not sent: %s", study_uid,
                       shown(redact(str(e)) or type(e).__name__))
@@ -643,12 +649,14 @@ class Listener:
         if not pending:
             return
         left: dict[str, str] = {}
+        delivered: dict[str, dict[str, int]] = {}  # by study: each report stored, with its status
         for name, answer in self._store(pending, self.store_s).items():
             path, uid = self.spool.folder / name, str(pending[name].SOPInstanceUID)
             if answer in _STORED:
                 self.spool.confirmed(path)
                 log.info("study %s: the report %s, spooled, is stored at %s", study_of(path), uid, self.destination)
                 self._audit_report(study_of(path), uid, answer)
+                delivered.setdefault(study_of(path), {})[uid] = answer
             elif isinstance(answer, str) or answer >> 8 == 0xA7:
                 left[uid] = answer if isinstance(answer, str) else f"refused ({status_words(answer, FAILURES)})"
             else:
@@ -656,6 +664,49 @@ class Listener:
         if left:
             log.warning("%d spooled report(s) not stored at %s: %s; tried again in %g s", len(left), self.destination,
                         "; ".join(sorted(set(left.values()))), self.retry_s)
+        for study_uid, answers in delivered.items():
+            self._delivered(study_uid, answers)
+
+    def _delivered(self, study_uid: str, answers: dict[str, int]) -> None:
+        """The study's rows in ``out`` (this run's or an earlier one's) told that the spool delivered reports they
+        say are not stored (``answers``: the destination's status of each, by SOP Instance UID): each moved from its
+        row's ``not_stored`` to its ``stored``, its warning saying so, and the file rewritten whole, so that the
+        rows never say a report the PACS holds is missing. No ``out``, or no rows of the study there: nothing to
+        tell."""
+        if self.out is None:
+            return
+        path = self.out / f"{study_uid}.json"
+        try:
+            rows = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as e:  # moved, made unreadable or edited by someone else: said, not guessed
+            log.error("study %s: its rows %s cannot be read to say that the spool delivered its reports: %s",
+                      study_uid, path, shown(str(e)))
+            return
+        told = 0
+        for row in rows if isinstance(rows, list) else []:
+            for uid in [uid for uid in row.get("not_stored") or [] if uid in answers]:
+                row["not_stored"].remove(uid)
+                row.setdefault("stored", []).append(uid)
+                told += 1
+                said = f" {uid} is not stored"  # its warning's end (:meth:`_send`), what it was and why kept
+                now_said = (f" {uid} was not stored when its study was sent; sent again from the spool, it is stored"
+                            + (f" with a warning ({status_words(answers[uid], WARNINGS)})"
+                               if answers[uid] in WARNINGS else ""))
+                row["warnings"] = [w.removesuffix(said) + now_said if isinstance(w, str) and w.endswith(said) else w
+                                   for w in row.get("warnings") or []]
+            if "not_stored" in row and not row["not_stored"]:
+                del row["not_stored"]
+        if not told:
+            return
+        try:
+            write_json(path, rows)
+        except OSError as e:
+            log.error("study %s: its rows %s still say %d report(s) the spool has delivered are not stored: %s",
+                      study_uid, path, told, shown(e.strerror or type(e).__name__))
+        else:
+            log.info("study %s: its rows %s say the %d report(s) the spool delivered are stored", study_uid, path, told)
 
     def _set_aside(self, study_uid: str, uid: str, path: Path, status: int) -> None:
         """A report the destination refused outright (another try would meet the same refusal): out of the spool."""
@@ -718,7 +769,7 @@ class Listener:
         one_patient(patients)
         work = folder / study_uid
         work.mkdir()
-        scored = score_films(self.bundle, sources, work, self.backend, self.heatmaps, store=True,
+        scored = score_films(self.bundle, sources, work, self.backend, self.heatmaps, store=True, fhir_dir=self.fhir,
                              held=set(instances))
         rows = study_rows(entries, sources, scored)
         for row in rows:
@@ -784,9 +835,8 @@ class Listener:
                     if uid in spooled:
                         self.spool.confirmed(spooled[uid])
                     if answer in WARNINGS:
-                        row.setdefault("warnings", []).append(
-                            f"{self.destination} stored the {what} {uid} with a warning "
-                            f"({status_words(answer, WARNINGS)})")
+                        add_warning(row, f"{self.destination} stored the {what} {uid} with a warning "
+                                         f"({status_words(answer, WARNINGS)})")
                     continue
                 if isinstance(answer, str):
                     why[uid] = f"no answer ({answer})"
@@ -808,7 +858,7 @@ class Listener:
             if uid in row["stored"]:
                 continue
             row.setdefault("not_stored", []).append(uid)
-            row.setdefault("warnings", []).append(f"{self.destination}: {why[uid]}: the {what} {uid} is not stored")
+            add_warning(row, f"{self.destination}: {why[uid]}: the {what} {uid} is not stored")
             if uid in pending and uid in spooled:
                 why[uid] += f"; kept in the spool, sent again every {self.retry_s:g} s"
             log.error("study %s: the %s %s is not stored at %s: %s", study_uid, what, uid, self.destination, why[uid])
