@@ -5,6 +5,7 @@ call takes.
     python benchmarks/bench_ci_coverage.py [--samples 400] [--boot 1000] [--patients 12 30 150] [--mean 1.2]
     python benchmarks/bench_ci_coverage.py --only regimes [--samples 300]
     python benchmarks/bench_ci_coverage.py --only prevalence|delong-paired|delong-groups [--samples 1000]
+    python benchmarks/bench_ci_coverage.py --only net-benefit [--samples 400]
 
 Each sample draws ``--patients`` pneumonia and as many normal patients, with 1 to 4 films each ("1-4 films") or
 one ("1 film"). A film's logit is its class's mean (+-``--mean``: 1.2 gives AUC 0.915, 2.32 gives AUC 0.996 and
@@ -27,7 +28,7 @@ patient: each of
 ``--patients`` patients a class has 1 to 4 films, whose three logits are the patient's (sd 1.0, shared) plus the
 film's (sd 0.3), with SEPARATION added to its class's; the truths are those of 600,000 patients' single films.
 
-The last three tables, each only with ``--only``, measure what the newer methods promise, on sets like the Kermany
+The last four tables, each only with ``--only``, measure what the newer methods promise, on sets like the Kermany
 test split (120 pneumonia and 80 normal patients, 1 to ``--films`` (3) films each, about 400 films), the logits as
 above (patient sd 1.2, film sd 0.3) with each class's mean set to give the sensitivity, specificity or AUC asked:
 
@@ -41,6 +42,11 @@ above (patient sd 1.2, film sd 0.3) with each class's mean set to give the sensi
   and the share of sets its test and the permutation test reject at 0.05 (at equal AUCs, the test's size).
 - ``delong-groups``: the share of sets ``delong_groups`` (``evaluate --by FIELD --auc-test delong``) and the
   permutation test (``auc_difference``) reject at 0.05 where two or three groups of patients have one AUC.
+- ``net-benefit``: ``net_benefit_ci``'s intervals of the decision curve (``evaluate``'s decision_curve.csv) at
+  threshold probabilities 0.05 to 0.9, by patient, each one's coverage and mean width, in two designs: a cohort (each
+  of 200 patients pneumonia with chance 0.6, so the set's prevalence varies as a clinic's sample's does) and fixed
+  classes (120 + 80 patients, as the tables above draw them). The truth is the net benefit at prevalence 0.6 of the
+  model's sensitivity and specificity at each threshold probability, in closed form from the logits.
 """
 
 from __future__ import annotations
@@ -53,7 +59,8 @@ from collections.abc import Callable
 import numpy as np
 from scipy.stats import norm
 
-from pneumoscan.core.metrics import at_prevalence, evaluate_multiclass, softmax, threshold_metrics_ci
+from pneumoscan.core.metrics import (at_prevalence, evaluate_multiclass, net_benefit_ci, softmax,
+                                     threshold_metrics_ci)
 from pneumoscan.core.metrics.differences import auc_difference, delong_groups, paired_differences
 from pneumoscan.core.options import AUC_TESTS
 
@@ -346,8 +353,43 @@ def delong_groups_size(samples: int, max_films: int) -> None:
                   f"{rejected['permutation'] / samples:.3f} | {refused / samples:.3f} |", flush=True)
 
 
+NET_BENEFIT_POINTS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)  # threshold probabilities of ``net-benefit``
+COHORT = 200  # patients of a ``net-benefit`` cohort, each pneumonia with chance P(positive) of KERMANY_LIKE
+
+
+def net_benefit_coverage(samples: int, max_films: int) -> None:
+    """``--only net-benefit``: net_benefit_ci's coverage and mean width by patient along the decision curve."""
+    positives, negatives = KERMANY_LIKE
+    share = positives / (positives + negatives)
+    pt = np.array(NET_BENEFIT_POINTS)
+    cut = np.log(pt / (1 - pt))  # a film is called at pt where its logit is at least this
+    print(f"{samples} sets a setting, 1-{max_films} films a patient, 1000 resamples; coverage (mean width) at each "
+          f"threshold probability; a coverage of 0.95 is within about {2 * math.sqrt(0.05 * 0.95 / samples):.3f}")
+    print("| sensitivity, specificity at 0.5 | design | " + " | ".join(f"{p:g}" for p in pt) + " |")
+    print("| --- " * (2 + pt.size) + "|")
+    for se, sp in ((0.97, 0.85), (0.995, 0.99)):
+        shift_pos, shift_neg = SD_TOTAL * float(norm.ppf(se)), SD_TOTAL * float(norm.ppf(sp))
+        rates = norm.sf((cut - shift_pos) / SD_TOTAL), norm.cdf((cut + shift_neg) / SD_TOTAL)
+        truth = share * rates[0] - (1 - share) * (1 - rates[1]) * pt / (1 - pt)
+        for design in ("cohort", "fixed classes"):
+            rng, covered, widths = np.random.default_rng(0), [], []
+            for _ in range(samples):
+                if design == "cohort":
+                    n_pos = int(rng.binomial(COHORT, share))
+                    positive, patient, noise = _patients(rng, n_pos, COHORT - n_pos, max_films)
+                else:
+                    positive, patient, noise = _patients(rng, positives, negatives, max_films)
+                logit = np.where(positive, shift_pos, -shift_neg) + noise
+                ci = np.array(net_benefit_ci(positive.astype(int), 1 / (1 + np.exp(-logit)), pt, groups=patient))
+                covered.append((ci[:, 0] <= truth) & (truth <= ci[:, 1]))
+                widths.append(ci[:, 1] - ci[:, 0])
+            print(f"| {se}, {sp} | {design} | " + " | ".join(
+                f"{c:.3f} ({w:.3f})" for c, w in zip(np.mean(covered, axis=0), np.nanmean(widths, axis=0))) + " |",
+                flush=True)
+
+
 TABLES = {"prevalence": prevalence_coverage, "delong-paired": delong_paired_coverage,
-          "delong-groups": delong_groups_size}
+          "delong-groups": delong_groups_size, "net-benefit": net_benefit_coverage}
 
 
 def main() -> None:
@@ -357,7 +399,7 @@ def main() -> None:
     parser.add_argument("--patients", type=int, nargs="+", default=[12, 30, 150], help="patients of each class")
     parser.add_argument("--only", choices=("binary", "three-class", "regimes", *TABLES), help="one of the tables")
     parser.add_argument("--mean", type=float, default=1.2, help="the binary classes' mean logit, +-")
-    parser.add_argument("--films", type=int, default=3, help="films a patient at most, in the last three tables")
+    parser.add_argument("--films", type=int, default=3, help="films a patient at most, in the last four tables")
     parser.add_argument("--separations", type=float, nargs="+", default=SEPARATIONS, help="three-class settings")
     args = parser.parse_args()
     if args.only == "regimes":

@@ -9,11 +9,13 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
+import pytest
 import torch
 
 import pneumoscan
 from pneumoscan import cli
-from pneumoscan.core.metrics import with_ci
+from pneumoscan.core.metrics import net_benefit_ci, with_ci
 from pneumoscan.evaluation.methods import METHODS
 from pneumoscan.models.card import load_card
 from tests.builders import site_manifest
@@ -148,23 +150,37 @@ def test_methods_md_escapes_a_name_in_a_table_cell(tiny_bundle: Path, tiny_datas
 def test_methods_md_gives_the_decision_curve_over_the_range_asked_for(tiny_bundle: Path, tiny_dataset: Path,
                                                                       tmp_path: Path) -> None:
     """The statistics say how the decision curve was made, over the range asked for (--decision-range) and at which
-    prevalence it holds; the results give the net benefit at the threshold from metrics.json; decision_curve.csv
-    spans that range."""
+    prevalence it holds, and how its band was; the results give the net benefit at the threshold from metrics.json
+    with its interval; decision_curve.csv spans that range, each row with the model's net benefit's 95% CI
+    (net_benefit_low, net_benefit_high), which are net_benefit_ci's of predictions.csv's scores, as is the one at the
+    threshold."""
     out = tmp_path / "eval"
     assert cli.main(["evaluate", str(tiny_bundle), str(tiny_dataset), "--split", "test", "--out", str(out),
                      "--decision-range", "0.05", "0.5"]) == 0
     text, m, _ = _read(out)
     with (out / "decision_curve.csv").open() as f:
-        thresholds = [float(row["threshold"]) for row in csv.DictReader(f)]
+        reader = csv.DictReader(f)
+        rows, fields = list(reader), reader.fieldnames
+    thresholds = [float(row["threshold"]) for row in rows]
     assert len(thresholds) == 46 and thresholds[0] == 0.05 and thresholds[-1] == 0.5
+    assert fields[:4] == ["threshold", "net_benefit", "net_benefit_low", "net_benefit_high"]
+    with (out / "predictions.csv").open() as f:
+        films = list(csv.DictReader(f))
+    y = [int(film["label"] == "PNEUMONIA") for film in films]
+    p = [float(film["probability"]) for film in films]
+    at = m["net_benefit"]
+    expected = net_benefit_ci(y, p, [*thresholds, at["threshold"]], groups=[film["patient"] for film in films])
+    np.testing.assert_allclose([[float(row["net_benefit_low"]), float(row["net_benefit_high"])] for row in rows],
+                               expected[:-1], rtol=1e-9, atol=1e-12)
+    assert at["ci"] == pytest.approx(expected[-1]) and at["ci"][0] < at["net_benefit"] < at["ci"][1]
 
     statistics = _section(text, "Statistical analysis")
     assert "Decision curve (Vickers & Elkin 2006)" in statistics and "for pt from 5.0% to 50.0%" in statistics
     assert f"prevalence of {100 * m['prevalence']:.1f}%" in statistics
-    at = m["net_benefit"]
+    assert "The band is the model's net benefit's 95% CI at each pt: its 95% CI is a BCa bootstrap" in statistics
     assert (f"Net benefit at the threshold: {at['net_benefit']:.3f} (true positives a film, net of false positives "
-            f"weighed by the threshold's odds), against {at['treat_all']:.3f} for calling every film PNEUMONIA"
-            in _section(text, "Results"))
+            f"weighed by the threshold's odds, 95% CI {at['ci'][0]:.3f} to {at['ci'][1]:.3f}), against "
+            f"{at['treat_all']:.3f} for calling every film PNEUMONIA" in _section(text, "Results"))
 
 
 def test_methods_md_writes_a_name_given_as_text_in_its_prose(tiny_bundle: Path, tiny_dataset: Path,

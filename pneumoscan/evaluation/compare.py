@@ -52,7 +52,9 @@ FIGURES = ("auc", "accuracy", "sensitivity", "specificity")  # each with its 95%
 THREE_CLASS = ("accuracy", "balanced_accuracy", "macro_auc")  # a decision among the classes: each with its 95% CI
 SUBGROUP_FIGURES = ("sensitivity", "specificity", "auc")  # a group's binary figures (evaluate --by), each with its CI
 FIELDS = ("run", "model", "task", "data", "n", "patients", "ci_unit",
-          *(f"{name}{end}" for name in FIGURES for end in ("", "_low", "_high")), "threshold", "policy", "scores",
+          *(f"{name}{end}" for name in FIGURES for end in ("", "_low", "_high")),
+          # at the run's threshold, as evaluate's metrics.json gives it (a training run's validation has none)
+          "net_benefit", "net_benefit_low", "net_benefit_high", "treat_all", "threshold", "policy", "scores",
           "minutes", "optimistic", "three_class_decision", "three_class_classes", "three_class_ci_unit",
           *(f"three_class_{name}{end}" for name in THREE_CLASS for end in ("", "_low", "_high")))
 # a tested rate's cells, by subgroup; AUC's, a rate's but its films hit
@@ -136,6 +138,9 @@ class RunSummary:
     subgroups: dict[str, Any] = field(default_factory=dict)
     folder: Path | None = None  # where its figures are: an evaluate folder's predictions.csv is beside them
     paired: PairedTest | None = None  # its paired test against the reference run (:func:`paired_tests`)
+    # evaluate's net benefit at the run's threshold ({"net_benefit", "ci", "treat_all", "treat_none"}); None where
+    # none (a training run's validation figures, a threshold of 0 or 1)
+    net_benefit: dict[str, Any] | None = None
     unpaired: str | None = None  # why it is in no paired test, where it is not (:func:`paired_tests`)
 
     @property
@@ -146,9 +151,18 @@ class RunSummary:
         """compare.csv's rows of the run: one per decision among the classes (one row when it has none)."""
         row = {"run": self.run, "model": self.model, "task": self.task, "data": self.data, "n": self.n,
                "patients": self.patients, "ci_unit": self.ci_unit, **_with_bounds("", self.figures, self.cis),
-               "threshold": self.threshold, "policy": self.policy, "scores": self.scores, "minutes": self.minutes,
+               **_net_benefit_cells(self.net_benefit), "threshold": self.threshold, "policy": self.policy,
+               "scores": self.scores, "minutes": self.minutes,
                "optimistic": "; ".join(self.optimistic)}
         return [row | (decision.row() if decision else {}) for decision in (self.three_class or [None])]
+
+
+def _net_benefit_cells(at: dict[str, Any] | None) -> dict[str, float | None]:
+    """compare.csv's cells of a run's net benefit at its threshold: the figure, its CI's ends and treat all's."""
+    at = at or {}
+    low, high = at.get("ci") or (None, None)
+    return {"net_benefit": at.get("net_benefit"), "net_benefit_low": low, "net_benefit_high": high,
+            "treat_all": at.get("treat_all")}
 
 
 def subgroup_rows(runs: Sequence[RunSummary]) -> list[dict[str, Any]]:
@@ -232,6 +246,22 @@ def _checked_cis(metrics_path: Path, block: dict, names: Sequence[str], where: s
         if value is not None and not (_number(value) and 0 <= value <= 1):
             raise ValueError(f"{metrics_path}: {where}{key} is {value!r:.40}, not a figure in [0, 1]")
     return cis
+
+
+def _checked_net_benefit(metrics_path: Path, m: dict) -> dict[str, Any] | None:
+    """metrics.json's ``net_benefit`` after checking that its figures are numbers at most 1 (net benefit is below 0
+    where a strategy harms) and its interval two of them low to high, or absent: a damaged file is refused by its
+    name, not shown as measured."""
+    at = m.get("net_benefit")
+    if at is None:
+        return None
+    ci = at.get("ci") if isinstance(at, dict) else None
+    figures = [at.get(key) for key in ("net_benefit", "treat_all")] if isinstance(at, dict) else [at]
+    ends = [] if ci is None or ci == [None, None] else ci if isinstance(ci, list) and len(ci) == 2 else [ci]
+    if not (all(_number(v) and v <= 1 for v in [*figures, *ends]) and (not ends or ends[0] <= ends[1])):
+        raise ValueError(f"{metrics_path}: net_benefit is {at!r:.80}, not a net benefit (at most 1) with its "
+                         "interval and treat all's")
+    return at
 
 
 def _ci_unit(metrics_path: Path, block: dict, where: str = "") -> str:
@@ -427,7 +457,7 @@ def load_run(path: Path | str) -> RunSummary:
         question=question, three_class=_three_class(metrics_path, m),
         films=m["films"] if isinstance(m.get("films"), str) else None,
         scores=("TTA" if m.get("tta") else "plain") + (", INT8" if m.get("backend") == "onnx-int8" else ""),
-        subgroups=_subgroups(metrics_path, m), folder=folder,
+        subgroups=_subgroups(metrics_path, m), folder=folder, net_benefit=_checked_net_benefit(metrics_path, m),
     )
 
 
@@ -435,14 +465,14 @@ def load_run(path: Path | str) -> RunSummary:
 def format_table(runs: list[RunSummary]) -> str:
     """The comparison as aligned plain text (one line per run, each figure with its CI); a run whose figures are
     on films the model chose its threshold on or trained on is marked, with the reasons beneath."""
-    head = ("run", "model", "task", "data", "n", "CI unit", "AUC", "acc", "sens", "spec", "threshold (policy)",
-            "minutes")
+    head = ("run", "model", "task", "data", "n", "CI unit", "AUC", "acc", "sens", "spec", "net benefit (treat all)",
+            "threshold (policy)", "minutes")
     lines = [head]
     for r in runs:
         n = counted(r.n, "film") + (f" of {counted(r.patients, 'patient')}" if r.patients else "")
         lines.append((r.run + (OPTIMISTIC if r.optimistic else ""), r.model or "n/a", r.task or "n/a",
                       r.data or "n/a", n, r.ci_unit,
-                      *(with_ci(r.figures[name], r.cis[name]) for name in FIGURES),
+                      *(with_ci(r.figures[name], r.cis[name]) for name in FIGURES), _net_benefit_said(r.net_benefit),
                       f"{r.threshold:.4f} ({r.policy or 'n/a'}{'' if r.scores == 'plain' else '; ' + r.scores})",
                       format_figure(r.minutes, 1)))
     table = _aligned(lines)
@@ -454,6 +484,16 @@ def format_table(runs: list[RunSummary]) -> str:
              *(with_ci(d.figures[name], d.cis[name]) for name in THREE_CLASS)) for r, d in decisions])
     return (table + _subgroup_tables(runs) + _paired_table(runs)
             + "".join(f"\n* {r.run}: {reason}" for r in runs for reason in r.optimistic))
+
+
+def _net_benefit_said(at: dict[str, Any] | None) -> str:
+    """A run's net benefit at its threshold with its 95% CI, "to" between ends that may be negative, and treat
+    all's beside it; n/a where it has none (a training run's validation figures)."""
+    if not at or at.get("net_benefit") is None:
+        return "n/a"
+    low, high = at.get("ci") or (None, None)
+    interval = f"95% CI {low:.3f} to {high:.3f}" if low is not None and high is not None else "no 95% CI"
+    return f"{at['net_benefit']:.3f} ({interval}; {at['treat_all']:.3f})"
 
 
 def _subgroup_tables(runs: list[RunSummary]) -> str:
@@ -687,9 +727,13 @@ def paired_tests(runs: Sequence[RunSummary], auc_test: str = AUC_TESTS[0]) -> No
     units = _patient_units([films, *(s for _, s in same)], copies)
     for r, of_run in same:
         figures = paired_differences(films.positive, np.stack([films.scores, of_run.scores]),
-                                     np.stack([films.called, of_run.called]), units, auc_test)
+                                     np.stack([films.called, of_run.called]), units, auc_test,
+                                     thresholds=(reference.threshold, r.threshold))
         r.paired = PairedTest(reference.run, len(films.paths), int(np.unique(units).size), figures)
-    tests = [test for r, _ in same if r.paired for test in r.paired.figures.values()]
+    figures = [test for r, _ in same if r.paired for test in r.paired.figures.values()]
+    tests = [test for test in figures if test["p"] is not None]  # net benefit's difference has an interval alone
+    for test in figures:
+        test["p_holm"] = None
     for test, adjusted in zip(tests, holm([test["p"] for test in tests])):
         test["p_holm"] = adjusted
 
@@ -706,6 +750,15 @@ def paired_rows(runs: Sequence[RunSummary]) -> list[dict[str, Any]]:
             for r in runs if r.paired for name, test in r.paired.figures.items()]
 
 
+PAIRED_NAMES = FIGURE_NAMES | {"net_benefit": "net benefit"}  # the paired table's figures, as it names them
+
+
+def _value(name: str, value: float) -> str:
+    """A paired figure's value: a rate's as a table gives it (never rounded up to 1), a net benefit (below 0 where
+    a model harms) as it is."""
+    return f"{value:.3f}" if name == "net_benefit" else format_figure(value)
+
+
 def _signed(value: float, ci: Sequence[float] | None) -> str:
     """A difference with its sign and its 95% CI (none where too few patients)."""
     return f"{value:+.3f} " + (f"({ci[0]:+.3f} to {ci[1]:+.3f})" if ci else "(no 95% CI: too few patients)")
@@ -719,12 +772,14 @@ def _paired_table(runs: Sequence[RunSummary]) -> str:
         return "".join(f"\n{line}" for line in ["", *left]) if left else ""
     first = tested[0].paired
     assert first is not None
-    count = sum(len(r.paired.figures) for r in tested if r.paired)
+    count = sum(test["p"] is not None for r in tested if r.paired for test in r.paired.figures.values())
     lines = [("run", "figure", first.reference, "run's", "difference (95% CI)", "p", "adjusted p", "p by")]
-    lines += [(r.run + (OPTIMISTIC if r.optimistic else ""), FIGURE_NAMES[name], format_figure(test["first"]),
-               format_figure(test["second"]), _signed(test["difference"], test["ci"]), p_said(test["p"]),
-               p_said(test["p_holm"]), test["p_method"])
+    lines += [(r.run + (OPTIMISTIC if r.optimistic else ""), PAIRED_NAMES[name], _value(name, test["first"]),
+               _value(name, test["second"]), _signed(test["difference"], test["ci"]),
+               *((p_said(test["p"]), p_said(test["p_holm"]), test["p_method"]) if test["p"] is not None
+                 else ("none", "", "interval only")))
               for r in tested if r.paired for name, test in r.paired.figures.items()]
+    benefit = any("net_benefit" in r.paired.figures for r in tested if r.paired)
     delong = any(test["p_method"] == DELONG for r in tested if r.paired for test in r.paired.figures.values())
     flattered = [r.run for r in runs if r.optimistic and (r.paired or r.run == first.reference)]
     said = (f"is each run better or worse than {first.reference} on the same {counted(first.films, 'film')} of "
@@ -735,7 +790,10 @@ def _paired_table(runs: Sequence[RunSummary]) -> str:
             + ("AUC's by DeLong's test of correlated AUCs clustered by patient (a normal approximation), the rates' "
                "by " if delong else "")
             + "permutation test swapping the two runs' scores of each patient's films, exact where every swap was "
-            f"counted, else drawn: {RESAMPLES:,} swaps with a fixed seed; adjusted: Holm's over the {count} tests)")
+            f"counted, else drawn: {RESAMPLES:,} swaps with a fixed seed; adjusted: Holm's over the {count} tests"
+            + ("; net benefit: each run's at its own threshold t, true positives a film less false positives weighed "
+               "by t/(1 - t), at these films' prevalence; its difference's 95% CI from patients resampled, and no "
+               "test, as runs at other thresholds weigh a false positive differently" if benefit else "") + ")")
     if flattered:
         said += (f" {', '.join(flattered)}: figures that may flatter the model (*, beneath), and so may the tests of "
                  "them")

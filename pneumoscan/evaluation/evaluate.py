@@ -18,7 +18,8 @@ from pneumoscan.core.atomic import file_stamp, unchanged, write_atomic
 from pneumoscan.core.digests import bytes_sha256, file_sha256
 from pneumoscan.core.metrics import (at_prevalence, binary_metrics, check_prevalences, choose_threshold,
                                      decision_thresholds, describe_policy, ece_by_chance, evaluate_binary,
-                                     evaluate_multiclass, figure_beside, has_both_classes, jsonable, net_benefit)
+                                     evaluate_multiclass, figure_beside, has_both_classes, jsonable, net_benefit,
+                                     net_benefit_ci)
 from pneumoscan.core.names import path_text, results_csv, shown
 from pneumoscan.core.options import AUC_TESTS, DECISION_RANGE, look_up_option
 from pneumoscan.data.cache import cache_dataset
@@ -70,16 +71,27 @@ def evaluate_probabilities(probs: np.ndarray, targets: np.ndarray, task: Task, t
     return metrics
 
 
-def decision_curve(y: np.ndarray, scores: np.ndarray, threshold: float, points: np.ndarray) -> dict:
-    """metrics.json's ``decision_curve`` (:func:`~pneumoscan.core.metrics.net_benefit` at each of ``points``) and
-    ``net_benefit``, the model's, treat-all's and treat-none's at the bundle's own threshold, of the decision the
-    bundle makes: P(positive) against its threshold, a multiclass bundle's too (pneumonia, whichever its type). A
-    three-class decision (the most probable class, two stages) is no threshold on one probability, so it has no
-    curve: one class against the rest would weigh a call the bundle never makes."""
-    at = net_benefit(y, scores, [threshold]) if 0 < threshold < 1 else None  # 0 or 1: odds 0 or infinite
-    return {"decision_curve": net_benefit(y, scores, points),
+def decision_curve(y: np.ndarray, scores: np.ndarray, threshold: float, points: np.ndarray,
+                   groups: Sequence[str] | np.ndarray | None = None) -> dict:
+    """metrics.json's ``decision_curve`` (:func:`~pneumoscan.core.metrics.net_benefit` at each of ``points``, with
+    the 95% interval of the model's net benefit at each, ``net_benefit_low`` and ``net_benefit_high``:
+    :func:`~pneumoscan.core.metrics.net_benefit_ci`, by patient with ``groups``) and ``net_benefit``, the model's
+    (with its ``ci``), treat-all's and treat-none's at the bundle's own threshold, of the decision the bundle makes:
+    P(positive) against its threshold, a multiclass bundle's too (pneumonia, whichever its type). A three-class
+    decision (the most probable class, two stages) is no threshold on one probability, so it has no curve: one class
+    against the rest would weigh a call the bundle never makes."""
+    inside = 0 < threshold < 1  # 0 or 1: odds 0 or infinite
+    # one set of resamples for the curve and the bundle's threshold
+    intervals = net_benefit_ci(y, scores, [*points, *([threshold] if inside else [])], groups=groups)
+    made = net_benefit(y, scores, points)
+    curve = {"threshold": made.pop("threshold"), "net_benefit": made.pop("net_benefit"),  # its interval beside it
+             "net_benefit_low": [ci[0] for ci in intervals[:len(points)]],
+             "net_benefit_high": [ci[1] for ci in intervals[:len(points)]], **made}
+    at = net_benefit(y, scores, [threshold]) if inside else None
+    return {"decision_curve": curve,
             "net_benefit": at and {key: values[0] for key, values in at.items()
-                                   if key in ("threshold", "net_benefit", "treat_all", "treat_none")}}
+                                   if key in ("threshold", "net_benefit", "treat_all", "treat_none")}
+            | {"ci": intervals[-1]}}
 
 
 def two_stage_decision(first: np.ndarray, second: np.ndarray, first_threshold: float, second_threshold: float,
@@ -371,7 +383,7 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
     _say_outside(records, scope, name)  # once scored: a refusal of the scores (non-finite) is said alone
     copies, groups, conflicts = patient_groups(records, data)
     metrics = evaluate_probabilities(probs, targets, task, threshold, groups=groups)
-    metrics |= decision_curve(binary_targets(targets), scores, threshold, points)
+    metrics |= decision_curve(binary_targets(targets), scores, threshold, points, groups)
     if prevalences:  # of the decision the curve is of: P(positive) against the bundle's threshold
         metrics["at_prevalence"] = at_prevalence(binary_targets(targets), scores, threshold, prevalences,
                                                  metrics["decision_curve"], groups)

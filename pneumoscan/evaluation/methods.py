@@ -180,10 +180,13 @@ def _net_benefit(metrics: Mapping[str, Any], positive: str) -> str:
     """The decision curve's figures at the bundle's threshold (metrics.json's ``net_benefit``), or why it has none."""
     if (at := metrics["net_benefit"]) is None:
         return "Net benefit is undefined at a threshold of 0 or 1."
+    ci = at.get("ci") or [None, None]
+    interval = (f", 95% CI {ci[0]:.3f} to {ci[1]:.3f}" if ci[0] is not None and ci[1] is not None
+                else ", no 95% CI")
     return (f"Net benefit at the threshold: {at['net_benefit']:.3f} (true positives a film, net of false positives "
-            f"weighed by the threshold's odds), against {at['treat_all']:.3f} for calling every film {positive} and 0 "
-            "for calling none; decision_curve.csv gives the curve over every threshold probability, report.html its "
-            "figure.")
+            f"weighed by the threshold's odds{interval}), against {at['treat_all']:.3f} for calling every film "
+            f"{positive} and 0 for calling none; decision_curve.csv gives the curve over every threshold probability "
+            "with its interval, report.html its figure.")
 
 
 def _parts(metrics: Mapping[str, Any]) -> list[str]:

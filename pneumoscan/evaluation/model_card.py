@@ -546,8 +546,16 @@ def _external_section(card: BundleCard) -> str:
     at_said = (f"\n\nAt a clinic's prevalence (`evaluate --prevalence`), with 95% CIs: {'; '.join(at)}. "
                + at_prevalence_note(card.positive) + " Net benefit at each is in the evaluation's report."
                if at else "")
+    # the decision curve's figure at each evaluation's threshold, beside the two strategies it must beat
+    benefit = [f"{r['date']}, on {markdown_text(r['data'])}, at {format_figure(r['threshold'], 4)}: "
+               f"{net_benefit_said(r['net_benefit'])}" for r in card.external_evaluations if r.get("net_benefit")]
+    benefit_said = (f"\n\nNet benefit at the threshold (decision curve analysis; true positives a film, net of false "
+                    f"positives weighed by the threshold's odds), against calling every film {card.positive} (treat "
+                    f"all) and none (treat none): {'; '.join(benefit)}. It holds at each set's prevalence; the "
+                    "evaluation's decision_curve.csv and report give it over every threshold probability."
+                    if benefit else "")
     return (f"{head}\n{rows}\n\n" + " ".join(notes + ([FILM_UNIT_CAVEAT] if by_unit["film"] else [])) + macro_said
-            + at_said + checked
+            + benefit_said + at_said + checked
             + (f"\n\nWhat could not be checked, or was found, when they were recorded:\n{caveats}" if caveats else "")
             + _subgroups_section(card.external_evaluations))
 
@@ -888,6 +896,7 @@ def evaluation_record(metrics: dict[str, Any], data_name: str, scores: str, bund
                     for key, _, _ in CARD_METRICS} | _macro_auc(metrics),
         **recorded(metrics),  # evaluate --by's, at threshold and of each decision among the classes
         **_at_prevalence_record(metrics),
+        **_net_benefit_record(metrics),
         "label_conflicts": metrics["label_conflicts"],
         "unreadable": unreadable,
         "left_out": metrics["left_out"],  # the files given the figures are not of, and why (unreadable among them)
@@ -905,6 +914,25 @@ def _at_prevalence_record(metrics: dict[str, Any]) -> dict[str, Any]:
     return {"at_prevalence": [{"prevalence": b["prevalence"],
                                "metrics": {key: {"value": b[key], "ci": b["ci"][key]} for key, _ in
                                            AT_PREVALENCE_FIGURES}} for b in block["figures"]]}
+
+
+def _net_benefit_record(metrics: dict[str, Any]) -> dict[str, Any]:
+    """An evaluation record's net benefit at its threshold (metrics.json's ``net_benefit``: the decision curve's
+    figure at the bundle's threshold, with its interval, beside treating every film as positive and none). Empty
+    where the evaluation has none (a threshold of 0 or 1, whose odds are 0 or infinite)."""
+    if not (at := metrics.get("net_benefit")):
+        return {}
+    return {"net_benefit": {"value": at["net_benefit"], "ci": at.get("ci"), "treat_all": at["treat_all"],
+                            "treat_none": at["treat_none"]}}
+
+
+def net_benefit_said(entry: dict[str, Any]) -> str:
+    """A net benefit (``{"value", "ci", "treat_all", "treat_none"}``) with its interval beside treat all and treat
+    none, in plain text: "to" between the ends, which may be negative."""
+    ci = entry.get("ci") or [None, None]
+    interval = (f"95% CI {ci[0]:.3f} to {ci[1]:.3f}" if ci[0] is not None and ci[1] is not None else "no 95% CI")
+    return (f"{entry['value']:.3f} ({interval}); treat all {entry['treat_all']:.3f}, treat none "
+            f"{entry['treat_none']:.3f}")
 
 
 def _macro_auc(metrics: dict[str, Any]) -> dict[str, Any]:

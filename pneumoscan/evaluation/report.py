@@ -343,9 +343,10 @@ def _pr_figure(pr: dict[str, list], label: str, prevalence: float, points: dict[
 
 def _decision_figure(curve: dict[str, list], prevalence: float, at: dict[str, float] | None) -> Figure:
     """The decision curve (:func:`~pneumoscan.core.metrics.net_benefit`): the model's net benefit over the threshold
-    probabilities, with treat-all's and treat-none's, and the bundle's threshold as a dot on the model's curve. Net
-    benefit is at most the prevalence, and below a little under 0 a strategy is worse than none, as the curves of
-    Vickers and Elkin show it: the axes span that, so that treat-all's fall towards -infinity does not flatten the
+    probabilities with its 95% interval as a band (none where a point has none), with treat-all's and treat-none's,
+    and the bundle's threshold as a dot on the model's curve. Net benefit is at most the prevalence, and below a
+    little under 0 a strategy is worse than none, as the curves of Vickers and Elkin show it: the axes span that, so
+    that treat-all's fall towards -infinity (and a band's, where few false positives weigh much) does not flatten the
     rest. The legend goes below the axes, where it covers no curve."""
     fig, ax = _new_axes("Decision curve", "Threshold probability", "Net benefit", below=0.5)
     top = max(prevalence, 0.05) * 1.1
@@ -353,7 +354,13 @@ def _decision_figure(curve: dict[str, list], prevalence: float, at: dict[str, fl
     points = dict(zip(curve["threshold"], curve["net_benefit"]))
     if at is not None and curve["threshold"][0] <= at["threshold"] <= curve["threshold"][-1]:
         points[at["threshold"]] = at["net_benefit"]  # the dot on its curve, which scores between two steps can jump
-    ax.plot(sorted(points), [points[t] for t in sorted(points)], lw=2, label="model")
+    line, = ax.plot(sorted(points), [points[t] for t in sorted(points)], lw=2, label="model")
+    if "net_benefit_low" in curve:  # a result without intervals (written before they were given) draws none
+        low, high = (np.array([np.nan if v is None else v for v in curve[key]], float)
+                     for key in ("net_benefit_low", "net_benefit_high"))
+        known = np.isfinite(low) & np.isfinite(high)
+        ax.fill_between(curve["threshold"], np.where(known, low, 0), np.where(known, high, 0), where=known,
+                        color=line.get_color(), alpha=0.2, lw=0, label="model, 95% CI")
     ax.plot(curve["threshold"], curve["treat_all"], ls="--", color="#9aa5b1", lw=1.5, label="treat all")
     ax.plot(curve["threshold"], curve["treat_none"], color="#1d2733", lw=1, label="treat none")
     if at is not None:
@@ -367,13 +374,27 @@ def _decision_html(m: dict[str, Any], pos: str, pngs: dict[str, bytes] | None) -
     """The decision curve with its text alternative (the net benefits at the bundle's threshold)."""
     curve, at = m["decision_curve"], m.get("net_benefit")
     low, high = curve["threshold"][0], curve["threshold"][-1]
-    said = (f" At the bundle's threshold {_fmt(at['threshold'], 'threshold')}: net benefit {at['net_benefit']:.3f}, "
-            f"treat all {at['treat_all']:.3f}, treat none 0." if at else "")
+    said = (f" At the bundle's threshold {_fmt(at['threshold'], 'threshold')}: net benefit "
+            f"{_with_ci(_at_threshold(at), 'net_benefit')}, treat all {at['treat_all']:.3f}, treat none 0."
+            if at else "")
     alt = (f"Decision curve of calling {pos} at threshold probabilities {low:.2f} to {high:.2f}: the model's net "
-           f"benefit against treating all and none.{said} decision_curve.csv lists every point.")
+           f"benefit, with its 95% CI as a band, against treating all and none.{said} decision_curve.csv lists every "
+           "point with its interval.")
     return _figure_html(_decision_figure(curve, m["prevalence"], at),
                         "Decision curve: net benefit of the model, of treating all and of treating none.", alt, pngs,
                         "decision_curve")
+
+
+def _at_threshold(at: Mapping[str, Any]) -> dict[str, Any]:
+    """metrics.json's ``net_benefit`` as a block :func:`_with_ci` and :func:`_value_cell` read: its figure and its
+    interval (none in a result written before intervals were given)."""
+    return {"net_benefit": at.get("net_benefit"), "ci": {"net_benefit": at.get("ci")}}
+
+
+NET_BENEFIT_INTERVAL = ("its 95% CI is a BCa bootstrap of the patients (all films of a patient resampled together; "
+                        "of the films within their class where no patient has two), widened to hold it over the exact "
+                        "interval of a sensitivity or specificity of 0 or 1, or, where every resample gives one "
+                        "value, the Bonferroni bound from their exact intervals at 97.5% each")
 
 
 def decision_note(m: Mapping[str, Any], pos: str) -> str:
@@ -384,7 +405,9 @@ def decision_note(m: Mapping[str, Any], pos: str) -> str:
             f"films whose probability is at least the threshold probability pt, for pt from "
             f"{format_percent(points[0])} to {format_percent(points[-1])}, against calling every film "
             f"{pos} (treat all) and none (treat none: 0); pt/(1 - pt) is the harm of a false positive that a clinician "
-            f"acting at pt accepts for one true positive. Net benefit holds at this set's prevalence of "
+            f"acting at pt accepts for one true positive. The band is the model's net benefit's 95% CI at each pt: "
+            f"{NET_BENEFIT_INTERVAL}; resampled patients carry this set's prevalence with them, so it holds for "
+            f"patients drawn as these were. Net benefit holds at this set's prevalence of "
             f"{format_percent(m['prevalence'])} ({pos} films): where that is not the prevalence of the patients the "
             "model will read (a curated or enriched dataset), a clinic sees other net benefits. Measure it on films "
             "at the clinic's prevalence (consecutive patients), or recompute each row of decision_curve.csv at the "
@@ -539,8 +562,9 @@ def _at_prevalence_html(m: dict[str, Any], pos: str) -> str:
     def row(label: str, figures: dict[str, Any]) -> str:
         return f"<tr><th>{label}</th>" + "".join(_value_cell(figures, key) for key, _ in keys) + "</tr>"
 
-    own = row(f"{_esc(format_percent(m['prevalence']))} (this set)", m | {"net_benefit": (m.get("net_benefit") or {})
-                                                                          .get("net_benefit")})
+    at = _at_threshold(m.get("net_benefit") or {})
+    own = row(f"{_esc(format_percent(m['prevalence']))} (this set)",
+              m | at | {"ci": m.get("ci", {}) | at["ci"]})
     rows = "".join(row(_esc(format_percent(b["prevalence"])), b) for b in block["figures"])
     return "".join([
         f"<h2>At a clinic's prevalence of {_esc(pos)}</h2>",

@@ -16,6 +16,7 @@ import contextlib
 import functools
 import json
 import logging
+import math
 import sys
 from importlib import metadata
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -89,6 +90,9 @@ RATES = frozenset({
 COUNTS = frozenset({"n", "n_positive", "n_negative", "unreadable", "outside_scope", "all", "positive", "negative",
                     "tests", "patients"})  # patients: a count, or {"positive": count, "negative": count}
 HELD = frozenset({"auc", "accuracy", "sensitivity", "specificity", "precision", "npv"})  # intervals around their figure
+# net benefits (an evaluation's at its threshold, and treating all and none): true positives a film less weighed false
+# positives, at most 1 and below 0 where a strategy harms, and so is each end of an interval of one
+NET_BENEFITS = frozenset({"net_benefit", "treat_all", "treat_none"})
 FIGURE_RECORDS = ("val_metrics", "external_evaluations", "threshold_records")
 # a three-class task's macro one-vs-rest AUC, as val_metrics and an evaluation's metrics record it beside "auc": the
 # ranking caveat holds both to chance (BundleCard.ranking_caveat)
@@ -980,6 +984,9 @@ def _check_figures(path: Path, where: str, tree: object, name: str = "") -> None
             raise ValueError(f"{path}: {at} is {value!r}, not a figure in [0, 1]; restore the bundle from a good copy")
         elif rule in COUNTS and not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
             raise ValueError(f"{path}: {at} is {value!r}, not a count; restore the bundle from a good copy")
+        elif rule in NET_BENEFITS and not _net_benefit(value):
+            raise ValueError(f"{path}: {at} is {value!r}, not a net benefit (a finite number at most 1); restore the "
+                             "bundle from a good copy")
 
 
 def _figure_entry(rule: str, value: dict) -> bool:
@@ -994,6 +1001,12 @@ def _check_interval(path: Path, at: str, interval: object, figure: str, value: o
     none; else in [0, 1], low to high, and holding ``value`` where its kind of interval always does (:data:`HELD`)."""
     if interval is None or interval == [None, None]:
         return
+    if figure in NET_BENEFITS:
+        if not (isinstance(interval, list) and len(interval) == 2 and all(map(_net_benefit, interval))
+                and interval[0] <= interval[1]):
+            raise ValueError(f"{path}: {at} is {interval!r}, not an interval of net benefits (each at most 1), low to "
+                             "high; restore the bundle from a good copy")
+        return
     if not (isinstance(interval, list) and len(interval) == 2 and all(map(_number, interval))
             and 0 <= interval[0] <= interval[1] <= 1):
         raise ValueError(f"{path}: {at} is {interval!r}, not an interval in [0, 1], low to high; restore the bundle "
@@ -1005,6 +1018,11 @@ def _check_interval(path: Path, at: str, interval: object, figure: str, value: o
 
 def _number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _net_benefit(value: object) -> bool:
+    """Whether ``value`` can be a net benefit (:data:`NET_BENEFITS`): a finite number at most 1."""
+    return _number(value) and math.isfinite(value) and value <= 1
 
 
 def card_task(card: BundleCard, bundle: Path | str) -> Task:

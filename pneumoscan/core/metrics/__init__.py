@@ -22,8 +22,8 @@ from .auc_intervals import AUC_INTERVAL, CHANCE_AUC, _auc_ci
 from .formatting import figure_beside, format_figure, format_percent, jsonable, short_of_one, with_ci
 from .inputs import has_both_classes
 from .intervals import (ALPHA, BOOTSTRAP_SEED, FILM_UNIT_CAVEAT, PATIENT_UNIT, _bca_ci, _bootstrap_weights,
-                        _ratio_jackknife, ci_method_sentence, clopper_pearson, proportion_ci, threshold_metrics_ci,
-                        unit_caveat)
+                        _ratio_jackknife, ci_method_sentence, clopper_pearson, net_benefit_ci, proportion_ci,
+                        threshold_metrics_ci, unit_caveat)
 from .probabilities import (ECE_BINS, ECE_TOLERANCE, TEMPERATURE_BOUNDS, calibration, ece_by_chance,
                             ece_chance_margin, fit_temperature, softmax)
 from .summaries import (BOTH_CLASSES, CURVE_POINTS, at_prevalence, binary_metrics, check_prevalences,
@@ -41,7 +41,7 @@ __all__ = ["ALPHA", "AUC_INTERVAL", "BOOTSTRAP_SEED", "BOTH_CLASSES", "CHANCE_AU
            "describe_policy",
            "ece_by_chance", "ece_chance_margin", "evaluate_binary", "evaluate_multiclass", "figure_beside",
            "fit_temperature", "format_figure", "format_percent", "has_both_classes", "jsonable", "macro_auc",
-           "net_benefit", "proportion_ci", "roc_auc", "short_of_one", "softmax", "threshold_interval",
+           "net_benefit", "net_benefit_ci", "proportion_ci", "roc_auc", "short_of_one", "softmax", "threshold_interval",
            "threshold_metrics_ci",
            "threshold_range", "unit_caveat", "with_ci",
            # private helpers that the tests and benchmarks/bench_ci_coverage.py check through the package

@@ -273,7 +273,8 @@ PAIRED_BOOTSTRAP = 2000  # patient resamples of a paired difference's interval
 
 
 def paired_differences(positive: np.ndarray, scores: np.ndarray, called: np.ndarray, patients: np.ndarray,
-                       auc_test: str = AUC_TESTS[0]) -> dict[str, dict[str, Any]]:
+                       auc_test: str = AUC_TESTS[0],
+                       thresholds: Sequence[float] | None = None) -> dict[str, dict[str, Any]]:
     """Two models' AUC, sensitivity and specificity on the same films, and the second's difference from the first,
     each with a permutation test over ``patients`` (one a film) of whether they differ and a 95% interval.
 
@@ -295,7 +296,12 @@ def paired_differences(positive: np.ndarray, scores: np.ndarray, called: np.ndar
     resamples of patients (:func:`~.intervals._bootstrap_counts`, each patient's films together in both models),
     resamples without the figure's films left out. Either interval is none where the figure's films are of fewer
     than :data:`~.intervals.FEW_PATIENTS` patients. A figure without films (AUC without both classes) is left out of
-    the result."""
+    the result.
+
+    With ``thresholds`` (each model's, in (0, 1)), ``net_benefit`` too: each model's net benefit TP/n - FP/n t/(1 - t)
+    at its own threshold t (:func:`~.summaries.net_benefit`, as evaluate gives it), the difference with the same
+    resamples' percentile interval, and no test (p None): where the thresholds differ, the two weigh a false positive
+    differently, and swapping a patient's calls between the models is no exchange of equals."""
     if auc_test not in AUC_TESTS:
         raise ValueError(f"no paired AUC test {auc_test!r}: {' or '.join(AUC_TESTS)}")
     positive, scores, called = np.asarray(positive, dtype=bool), np.asarray(scores, float), np.asarray(called, bool)
@@ -320,6 +326,13 @@ def paired_differences(positive: np.ndarray, scores: np.ndarray, called: np.ndar
             parts = np.bincount(unit_of[films], hits[1, films] - hits[0, films], units.size) / films.sum()
             out[name] = _paired(hits[:, films].mean(axis=1)[:, None], _sign_flip_p(parts[np.unique(unit_of[films])]),
                                 drawn, films, unit_of)
+    if thresholds is not None and all(0 < t < 1 for t in thresholds):  # 0 or 1: odds 0 or infinite
+        odds = np.array([t / (1 - t) for t in thresholds])[:, None]
+        value = (called & positive) - odds * (called & ~positive)  # each film's part of n times the net benefit
+        films = np.ones_like(positive)
+        n = _resampled_sums(counts, unit_of, films)
+        drawn = np.stack([_resampled_sums(counts, unit_of, v) / n for v in value])
+        out["net_benefit"] = _paired(value.mean(axis=1)[:, None], None, drawn, films, unit_of)
     return out
 
 
@@ -462,12 +475,13 @@ def _weighted_auc(scores: np.ndarray, positive: np.ndarray, counts: np.ndarray, 
     return np.stack(out)
 
 
-def _paired(figures: np.ndarray, tested: Tested, drawn: np.ndarray | list[float], films: np.ndarray,
+def _paired(figures: np.ndarray, tested: Tested | None, drawn: np.ndarray | list[float], films: np.ndarray,
             unit_of: np.ndarray) -> dict[str, Any]:
     """A figure's entry of :func:`paired_differences`: the two models' values (``figures``, (2, 1)), the difference,
-    its test's p and how it was found (``tested``), its interval and how it was made (``ci_method``): the
-    percentile interval over the resamples ``drawn`` (2, resamples; nan where a resample lacks the figure's films),
-    or, where ``drawn`` is DeLong's interval itself (a list), that one; and the films and patients it is of."""
+    its test's p and how it was found (``tested``; both None where it has none), its interval and how it was made
+    (``ci_method``): the percentile interval over the resamples ``drawn`` (2, resamples; nan where a resample lacks
+    the figure's films), or, where ``drawn`` is DeLong's interval itself (a list), that one; and the films and
+    patients it is of."""
     patients = np.unique(unit_of[films]).size
     if isinstance(drawn, list):
         ci, ci_method = (drawn if patients >= FEW_PATIENTS else None), DELONG
@@ -479,4 +493,5 @@ def _paired(figures: np.ndarray, tested: Tested, drawn: np.ndarray | list[float]
         ci_method = BOOTSTRAP
     first, second = (float(f[0]) for f in figures)
     return {"first": first, "second": second, "difference": second - first, "ci": ci, "ci_method": ci_method,
-            "p": tested.p, "p_method": tested.method, "films": int(films.sum()), "patients": patients}
+            "p": None if tested is None else tested.p, "p_method": None if tested is None else tested.method,
+            "films": int(films.sum()), "patients": patients}

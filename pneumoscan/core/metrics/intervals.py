@@ -352,3 +352,62 @@ def _balanced_accuracy_ci(y: np.ndarray, pred: np.ndarray, in_class: Sequence[np
              if _at_an_edge(hits) or _few_patients(units[c], patients)
              else [_ratio(hits.sum(), hits.size)] * 2 for hits, c in zip(right, in_class)]
     return _stretched(_bca_ci(boot, balanced, jackknife, ALPHA), [float(np.mean(end)) for end in zip(*edges)])
+
+
+def net_benefit_ci(y_true: Any, prob: Any, thresholds: Sequence[float], n_boot: int = 1000,
+                   seed: int = BOOTSTRAP_SEED, groups: Any = None) -> list[list[float]]:
+    """95% intervals of the net benefit TP/n - FP/n * pt / (1 - pt) of calling positive the films whose ``prob`` is at
+    least each threshold probability pt (:func:`~pneumoscan.core.metrics.summaries.net_benefit`), one [low, high] a
+    threshold: a BCa bootstrap (:func:`_bca_ci`) of the same resamples as F1's (:func:`_bootstrap_counts`: patients
+    with ``groups``, all of a patient's films together, else films within their class), every threshold sharing
+    them. Net benefit is Se P - (1 - Sp)(1 - P) pt / (1 - pt) at the films' prevalence P, rising with sensitivity Se
+    and specificity Sp; where one of them is 0 or 1, which no resample changes, the interval is widened to hold net
+    benefit over that rate's exact interval, the other as observed (:func:`_stretched`); where every resample gives
+    one value (nothing called: 0 in each), it is the Bonferroni bound from both rates' exact intervals at 97.5 %
+    each. NaN where the films leave it undefined (a class without films and a rate at an edge)."""
+    y, p = _as_binary(y_true, prob)
+    pt = np.asarray(thresholds, dtype=float).ravel()
+    if not ((pt > 0) & (pt < 1)).all():
+        raise ValueError("a decision curve's threshold probabilities lie strictly between 0 and 1")
+    patients = _patient_codes(groups, y.size)
+    counts, resampled = _bootstrap_counts(y, patients, n_boot, seed)
+    units = np.arange(y.size) if patients is None else patients
+    positive = y == 1
+    prevalence = _ratio(int(positive.sum()), y.size)
+    films = _resampled_sums(counts, resampled, np.ones(y.size))
+    cached: dict[tuple[str, int, float], list[float]] = {}
+
+    def rate_ends(name: str, hits: np.ndarray, of: np.ndarray, alpha: float) -> list[float]:
+        """A rate's exact interval; the same films at an edge give the same one at every threshold."""
+        key = (name, int(hits[of].sum()), alpha)
+        if key not in cached:
+            cached[key] = proportion_ci(hits[of], None if patients is None else patients[of], alpha)
+        return cached[key]
+
+    out = []
+    for threshold in pt:
+        odds = threshold / (1 - threshold)
+        called = p >= threshold
+        value = (called & positive) - odds * (called & ~positive)  # each film's part of n times the net benefit
+        # from each resample's counts, whole numbers summed exactly: resamples of the same counts give one value
+        samples = (_resampled_sums(counts, resampled, called & positive)
+                   - odds * _resampled_sums(counts, resampled, called & ~positive)) / films
+        estimate = float(value.mean())
+
+        def at(se: float, sp: float) -> float:
+            return prevalence * se - (1 - prevalence) * (1 - sp) * odds
+
+        se, sp = _ratio(int((called & positive).sum()), int(positive.sum())), _ratio(
+            int((~called & ~positive).sum()), int((~positive).sum()))
+        if _one_value(samples):  # nothing called, say: no spread for a bootstrap to show
+            (se_low, se_high), (sp_low, sp_high) = (rate_ends("sensitivity", called, positive, ALPHA / 2),
+                                                    rate_ends("specificity", ~called, ~positive, ALPHA / 2))
+            out.append([at(se_low, sp_low), at(se_high, sp_high)])
+            continue
+        ends = ([at(end, sp) for end in rate_ends("sensitivity", called, positive, ALPHA)]
+                if _at_an_edge(called[positive]) else [])
+        ends += ([at(se, end) for end in rate_ends("specificity", ~called, ~positive, ALPHA)]
+                 if _at_an_edge(~called[~positive]) else [])
+        out.append(_stretched(_bca_ci(samples, estimate, _ratio_jackknife(value, np.ones(y.size), units), ALPHA),
+                              ends))
+    return [[float(v) for v in ci] for ci in out]
