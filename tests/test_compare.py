@@ -57,12 +57,19 @@ def test_compare_table_holds_each_runs_own_figures(two_runs: tuple[Path, Path], 
             assert float(row[key]) == pytest.approx(m[key])
         for key in ("auc", "accuracy", "sensitivity", "specificity"):  # each figure with its interval
             assert [float(row[f"{key}_low"]), float(row[f"{key}_high"])] == pytest.approx(m["ci"][key])
+        at = m.get("net_benefit") or {}  # evaluate's at its threshold, with its interval; a training run has none
+        assert [row[key] for key in ("net_benefit", "net_benefit_low", "net_benefit_high", "treat_all")] == [
+            "" if v is None else str(v) for v in (at.get("net_benefit"), *(at.get("ci") or [None, None]),
+                                                   at.get("treat_all"))]
         assert (row["model"], row["task"], row["policy"]) == (card.model, card.task, card.threshold_policy)
         assert float(row["minutes"]) == pytest.approx(_last_minutes(run))  # the evaluate folder's run's clock
     assert rows[0]["n"] != rows[1]["n"]  # validation split vs test split: two different sets of films
     # and each row says which: a table of a run's own validation figures beside others' test figures ranks nothing
     assert [r["data"] for r in rows] == ["validation (chose its threshold)", "chest_xray/test"]
     assert "chest_xray/test" in format_table(runs).splitlines()[2]
+    at = json.loads((ev / "metrics.json").read_text())["net_benefit"]
+    assert (f"{at['net_benefit']:.3f} (95% CI {at['ci'][0]:.3f} to {at['ci'][1]:.3f}; {at['treat_all']:.3f})"
+            in format_table(runs).splitlines()[2])
     assert (tmp_path / "out" / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(runs) == 2
 
@@ -153,6 +160,24 @@ def test_compare_refuses_a_folder_without_figures_and_mixed_tasks(two_runs: tupl
     (other / "metrics.json").write_text(json.dumps({"kind": "multiclass"}))
     with pytest.raises(ValueError, match="no binary validation figures"):
         compare_runs([other])
+
+
+def test_a_damaged_net_benefit_is_refused_by_its_file_and_one_below_0_is_shown(two_runs: tuple[Path, Path],
+                                                                               tmp_path: Path) -> None:
+    """metrics.json's net benefit at the threshold, which compare.csv and the table show beside the run's other
+    figures: one above 1, a text figure or an interval high to low is refused naming the file; one below 0 (a model
+    that harms at its threshold) is a net benefit like any other."""
+    run = tmp_path / "damaged"
+    shutil.copytree(two_runs[1], run)
+    metrics = json.loads((run / "metrics.json").read_text())
+    at = metrics["net_benefit"]
+    for damaged in (at | {"net_benefit": 1.5}, at | {"treat_all": "0.2"}, at | {"ci": [0.3, 0.1]}, [0.1]):
+        (run / "metrics.json").write_text(json.dumps(metrics | {"net_benefit": damaged}))
+        with pytest.raises(ValueError, match=re.escape(f"{run / 'metrics.json'}: net_benefit is ")):
+            compare_runs([run])
+    (run / "metrics.json").write_text(json.dumps(metrics | {"net_benefit": at | {"net_benefit": -0.25,
+                                                                                 "ci": [-0.4, -0.1]}}))
+    assert "-0.250 (95% CI -0.400 to -0.100; " in format_table(compare_runs([run]))
 
 
 def test_a_damaged_roc_curve_is_refused_by_its_file(two_runs: tuple[Path, Path], tmp_path: Path) -> None:
@@ -590,11 +615,11 @@ def test_evaluations_of_the_same_films_are_tested_paired_against_the_first(
         two_runs: tuple[Path, Path], three_class_runs: tuple[Path, Path], tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
     """A three-class bundle and the pneumonia bundle evaluated on the same test films: the second's AUC,
-    sensitivity and specificity (each at its own threshold, as its metrics.json gives them) against the first's, in
-    the terminal and compare_paired.csv, each difference with its interval and p, Holm-adjusted over the tests; a
-    copy of the second, scored alike, differs by nothing (p 1), and with three evaluations the six tests are
-    adjusted together, the copy's marked optimistic figures said to make its tests so. The training run, whose
-    figures have no scores a film, is said to be left out."""
+    sensitivity, specificity and net benefit (each at its own threshold, as its metrics.json gives them) against the
+    first's, in the terminal and compare_paired.csv, each difference with its interval, and each but net benefit's
+    with its p, Holm-adjusted over the tests; a copy of the second, scored alike, differs by nothing (p 1), and with
+    three evaluations the six tests are adjusted together, the copy's marked optimistic figures said to make its
+    tests so. The training run, whose figures have no scores a film, is said to be left out."""
     run, _ = two_runs
     multiclass, pneumonia = three_class_runs
     same = shutil.copytree(pneumonia, tmp_path / "eval-again")
@@ -606,7 +631,14 @@ def test_evaluations_of_the_same_films_are_tested_paired_against_the_first(
     rows = _paired_rows(out)
     reference, m = (json.loads((folder / "metrics.json").read_text()) for folder in (multiclass, pneumonia))
     assert [(r["run"], r["figure"]) for r in rows] == [
-        (name, figure) for name in ("eval-two-stage", "eval-again") for figure in ("auc", "sensitivity", "specificity")]
+        (name, figure) for name in ("eval-two-stage", "eval-again")
+        for figure in ("auc", "sensitivity", "specificity", "net_benefit")]
+    for row in (r for r in rows if r["figure"] == "net_benefit"):  # an interval alone, as evaluate's figures
+        assert (float(row["reference_value"]), float(row["value"])) == pytest.approx(
+            (reference["net_benefit"]["net_benefit"], m["net_benefit"]["net_benefit"]))
+        assert float(row["difference_low"]) <= float(row["difference"]) <= float(row["difference_high"])
+        assert (row["p"], row["p_holm"], row["p_method"], row["ci_method"]) == ("", "", "", "bootstrap")
+    rows = [r for r in rows if r["figure"] != "net_benefit"]
     for row in rows:
         figure = row["figure"]
         assert (row["reference"], int(row["films"])) == ("eval-multiclass", reference["n"])
@@ -622,11 +654,15 @@ def test_evaluations_of_the_same_films_are_tested_paired_against_the_first(
         assert row["difference"] == next(r["difference"] for r in rows if r["figure"] == row["figure"])
     said = " ".join(printed.split())  # the sentence above the table, wrapped
     assert "is each run better or worse than eval-multiclass on the same 16 films of 16 patients?" in said
-    assert ("adjusted: Holm's over the 6 tests) eval-again: figures that may flatter the model (*, beneath), and so "
-            "may the tests of them") in said
+    assert "adjusted: Holm's over the 6 tests; net benefit: " in said
+    assert ("as runs at other thresholds weigh a false positive differently) eval-again: figures that may flatter the "
+            "model (*, beneath), and so may the tests of them") in said
     assert [row["optimistic"] for row in rows] == [""] * 3 + ["its threshold was chosen on these films"] * 3
     assert "* tiny-run: not in the paired test: a training run: its validation figures come without scores a film" \
         in printed
+    assert "net benefit: each run's at its own threshold t, true positives a film less false positives weighed" in said
+    benefit = next(line for line in printed.splitlines() if line.startswith("eval-two-stage") and "net benefit" in line)
+    assert benefit.split()[-3:] == ["none", "interval", "only"]
     line = next(line for line in printed.splitlines() if line.startswith("eval-two-stage") and " AUC " in line)
     first = next(r for r in rows if r["figure"] == "auc")
     assert f"{float(first['difference']):+.3f} ({float(first['difference_low']):+.3f} to " in line
@@ -688,7 +724,7 @@ def test_a_films_copy_under_another_name_is_one_patient_with_it_in_the_paired_te
     assert "is each run better or worse than float on the same 17 films of 16 patients?" in said
     rows = _paired_rows(out)
     assert [(r["figure"], int(r["films"]), int(r["patients"])) for r in rows] == [
-        (figure, 17, 16) for figure in ("auc", "sensitivity", "specificity")]
+        (figure, 17, 16) for figure in ("auc", "sensitivity", "specificity", "net_benefit")]
 
 
 def test_a_paired_test_is_refused_saying_why_where_the_films_or_labels_differ(

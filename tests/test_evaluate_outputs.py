@@ -29,6 +29,7 @@ from pneumoscan.data.scope import BURNED_IN
 from pneumoscan.data.tasks import binary_targets, get_task
 from pneumoscan.evaluation.evaluate import GALLERY_SIZE, error_gallery, evaluate, threshold_table
 from pneumoscan.evaluation.methods import METHODS
+from pneumoscan.evaluation.report import _decision_figure
 from pneumoscan.inference.predict import Predictor, predict_paths
 from pneumoscan.models.card import load_card, save_card
 
@@ -749,8 +750,21 @@ def test_evaluate_writes_the_decision_curve_beside_the_calibration_plot(tiny_eva
     assert png.startswith(b"\x89PNG")
     at_reliability = html.index(base64.b64encode((out / "reliability.png").read_bytes()).decode())
     assert html.index(base64.b64encode(png).decode()) > at_reliability
-    assert f"net benefit {at['net_benefit']:.3f}, treat all {at['treat_all']:.3f}" in html  # its text alternative
+    # its text alternative, the net benefit with its interval
+    assert (f"net benefit {at['net_benefit']:.3f} (95% CI {at['ci'][0]:.3f}–{at['ci'][1]:.3f}), treat all "
+            f"{at['treat_all']:.3f}") in html
     assert f"Net benefit holds at this set&#x27;s prevalence of {100 * m['prevalence']:.1f}%" in html
+    assert "The band is the model&#x27;s net benefit&#x27;s 95% CI at each pt" in html
+    # the band spans each threshold probability's interval, and leaves out a point that has none
+    curve = m["decision_curve"]
+    curve["net_benefit_low"][5] = curve["net_benefit_high"][5] = None
+    figure = _decision_figure(curve, m["prevalence"], at)
+    band, = [c for c in figure.axes[0].collections if c.get_label() == "model, 95% CI"]
+    drawn = np.concatenate([path.vertices for path in band.get_paths()])
+    inside = [i for i, v in enumerate(curve["net_benefit_low"]) if v is not None]
+    assert not np.isclose(drawn[:, 0], curve["threshold"][5]).any()
+    assert drawn[:, 1].min() == pytest.approx(min(curve["net_benefit_low"][i] for i in inside))
+    assert drawn[:, 1].max() == pytest.approx(max(curve["net_benefit_high"][i] for i in inside))
 
 
 def test_evaluate_gives_the_figures_at_a_clinics_prevalence_and_records_them_in_the_card(

@@ -902,6 +902,44 @@ def test_net_benefit_is_vickers_and_elkins_on_a_hand_worked_example() -> None:
     assert np.allclose(recomputed, curve["net_benefit"])
 
 
+def test_net_benefit_interval_with_nothing_called_is_the_bonferroni_bound_of_the_exact_rates() -> None:
+    """Above every score no film is called: net benefit is 0 in every resample, which shows none of its uncertainty,
+    so its interval is Se P - (1 - Sp)(1 - P) pt/(1 - pt) at the ends of sensitivity's (0 of 4) and specificity's
+    (6 of 6) exact intervals at 97.5 % each, written out here from scipy's Clopper-Pearson."""
+    pt = 0.95
+    odds = pt / (1 - pt)
+    (low, high), = metrics.net_benefit_ci(Y_SMALL, P_SMALL, [pt])
+    se_high = binomtest(0, 4).proportion_ci(0.975, "exact").high
+    sp_low = binomtest(6, 6).proportion_ci(0.975, "exact").low
+    assert (low, high) == pytest.approx((-0.6 * (1 - sp_low) * odds, 0.4 * se_high))
+
+
+def test_net_benefit_interval_holds_it_over_a_sensitivity_of_1s_exact_interval() -> None:
+    """At pt 0.3 every positive film is called (sensitivity 4 of 4, which no resample changes) and half the
+    negative ones: the interval reaches down to the net benefit at sensitivity's exact lower end, specificity as
+    observed, and holds the figure; at 0.5 (sensitivity 3 of 4, specificity 4 of 6) it is the bootstrap's alone,
+    around the figure and within what the films allow (at most the prevalence)."""
+    curve = metrics.net_benefit(Y_SMALL, P_SMALL, [0.3, 0.5])
+    (low, high), (low_5, high_5) = metrics.net_benefit_ci(Y_SMALL, P_SMALL, [0.3, 0.5])
+    se_low = binomtest(4, 4).proportion_ci(0.95, "exact").low
+    assert low == pytest.approx(0.4 * se_low - 0.6 * 0.5 * 0.3 / 0.7) and low < curve["net_benefit"][0] < high
+    assert low_5 < curve["net_benefit"][1] < high_5 <= 0.4
+
+
+def test_net_benefit_interval_counts_a_patients_films_once() -> None:
+    """Each of 80 patients filmed three times, the films scored alike: counted by patient, the interval is about
+    that of the patients' single films, and wider than that of the same films taken as independent cases."""
+    y, p = synthetic_binary(80, seed=4)
+    three = np.repeat(np.arange(80), 3)
+    pts = [0.2, 0.5]
+    single = metrics.net_benefit_ci(y, p, pts, groups=np.arange(80) % 79)  # one patient with two films: by patient
+    clustered = metrics.net_benefit_ci(y[three], p[three], pts, groups=three)
+    apart = metrics.net_benefit_ci(y[three], p[three], pts)
+    for one, by_patient, by_film in zip(single, clustered, apart):
+        assert np.ptp(by_patient) == pytest.approx(np.ptp(one), rel=0.2)
+        assert np.ptp(by_film) < 0.75 * np.ptp(by_patient)
+
+
 def test_a_decision_curve_spans_its_range_in_steps_and_refuses_one_outside_0_to_1() -> None:
     """0.01 to 0.99 is 99 thresholds; a range of its own ends at its HIGH; 0 or 1 (odds 0 or infinite), a reversed
     range and a threshold of 1 given to net_benefit are refused."""

@@ -83,6 +83,10 @@ def test_add_to_card_records_an_evaluation_and_keeps_the_weights(
         assert second["metrics"][key] == {"value": reported[key], "ci": reported["ci"][key]}, key
     assert (second["patients"], second["prevalence"]) == (reported["patients"], reported["prevalence"])
     assert first["date"] == today()
+    # the decision curve's net benefit at the threshold, with its interval, beside treat all and treat none
+    at = reported["net_benefit"]
+    assert second["net_benefit"] == {"value": at["net_benefit"], "ci": at["ci"], "treat_all": at["treat_all"],
+                                     "treat_none": 0.0}
 
     meta, body = front_matter_and_body((bundle / MODEL_CARD).read_text())
     results = meta["model-index"][0]["results"]
@@ -100,6 +104,14 @@ def test_add_to_card_records_an_evaluation_and_keeps_the_weights(
         ["ROC AUC", f"Sensitivity (at threshold {card.threshold:.4f})"],
         ["ROC AUC", f"Sensitivity (at threshold {card.tta_threshold:.4f})"]]
     assert "| synthetic test films | 16 films (8 PNEUMONIA, 8 NORMAL) | films | plain," in body
+    said = " ".join(body.split())
+    assert ("Net benefit at the threshold (decision curve analysis; true positives a film, net of false positives "
+            "weighed by the threshold's odds), against calling every film PNEUMONIA (treat all) and none (treat none): "
+            f"{today()}, on synthetic test films, at {first['threshold']:.4f}: {first['net_benefit']['value']:.3f} "
+            f"(95% CI {first['net_benefit']['ci'][0]:.3f} to {first['net_benefit']['ci'][1]:.3f}); treat all "
+            f"{first['net_benefit']['treat_all']:.3f}, treat none 0.000; {today()}, on chest_xray/test, at "
+            f"{second['threshold']:.4f}: {at['net_benefit']:.3f} (95% CI {at['ci'][0]:.3f} to {at['ci'][1]:.3f})"
+            ) in said
     assert f"for ROC AUC, {AUC_INTERVAL}" in body and "bootstrap for AUC" not in body  # as computed
     assert FILM_UNIT_CAVEAT in body  # one film a patient: as the report and the screen say it
     mixed = render(dataclasses.replace(card, external_evaluations=[first | {"ci_unit": "patient"}, second]))
@@ -113,6 +125,14 @@ def test_add_to_card_records_an_evaluation_and_keeps_the_weights(
         first | {"metrics": first["metrics"] | {"auc": {"value": auc, "ci": [None, None]}}}])
     assert f"plain, {first['threshold']:.4f} | {auc:.3f} (no 95% CI) |" in render(no_ci), (
         "a bare figure reads as certain")
+    # a net benefit below 0 (a model that harms at its threshold) loads as recorded; an interval high to low does not
+    harms = first["net_benefit"] | {"value": -0.2, "ci": [-0.35, -0.05], "treat_all": -1.5}
+    save_card(bundle, dataclasses.replace(card, external_evaluations=[first | {"net_benefit": harms}]))
+    assert load_card(bundle).external_evaluations[0]["net_benefit"] == harms
+    save_card(bundle, dataclasses.replace(card, external_evaluations=[first | {"net_benefit": harms | {
+        "ci": [-0.05, -0.35]}}]))
+    with pytest.raises(ValueError, match=r"net_benefit\.ci is \[-0\.05, -0\.35\], not an interval of net benefits"):
+        load_card(bundle)
 
 
 def test_an_evaluation_in_the_run_folder_is_recorded_as_checked_and_old_records_as_not_recorded(
