@@ -88,6 +88,7 @@ def test_methods_md_gives_the_flow_of_films_and_each_figure_from_the_run(tiny_bu
     run |= {f"{t['p_holm']:.3f}" for t in m["subgroups"]["differences"]["subtype"].values() if "p" in t}
     run |= {f"{card.temperature:.3f}", f"{m['threshold']:.4f}"}
     run |= {f"{abs(m['net_benefit'][k]):.3f}" for k in ("net_benefit", "treat_all")}  # the decision curve's
+    run |= {f"{abs(bound):.3f}" for bound in m["net_benefit"]["ci"]}  # and its interval
     figures = set(re.findall(r"(?<![\d.])\d\.\d{3,4}(?![\d.])", text))
     assert figures and figures <= run, figures - run
     assert f"{m['threshold']:.4f}" in text and f"{100 * m['prevalence']:.1f}%" in text

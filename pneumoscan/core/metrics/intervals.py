@@ -375,6 +375,12 @@ def net_benefit_ci(y_true: Any, prob: Any, thresholds: Sequence[float], n_boot: 
     positive = y == 1
     prevalence = _ratio(int(positive.sum()), y.size)
     films = _resampled_sums(counts, resampled, np.ones(y.size))
+    # each resample's true and false positives at every threshold at once, summed by unit first (whole numbers, so
+    # exact): one product, where a product a threshold took 2 s for 624 films and 100 thresholds
+    called_at = p[None, :] >= pt[:, None]
+    by_unit = np.zeros((counts.shape[1], 2 * pt.size))
+    np.add.at(by_unit, resampled, np.concatenate([called_at & positive, called_at & ~positive]).T)
+    true_pos, false_pos = np.split(counts @ by_unit, 2, axis=1)
     cached: dict[tuple[str, int, float], list[float]] = {}
 
     def rate_ends(name: str, hits: np.ndarray, of: np.ndarray, alpha: float) -> list[float]:
@@ -385,13 +391,12 @@ def net_benefit_ci(y_true: Any, prob: Any, thresholds: Sequence[float], n_boot: 
         return cached[key]
 
     out = []
-    for threshold in pt:
+    for i, threshold in enumerate(pt):
         odds = threshold / (1 - threshold)
-        called = p >= threshold
+        called = called_at[i]
         value = (called & positive) - odds * (called & ~positive)  # each film's part of n times the net benefit
-        # from each resample's counts, whole numbers summed exactly: resamples of the same counts give one value
-        samples = (_resampled_sums(counts, resampled, called & positive)
-                   - odds * _resampled_sums(counts, resampled, called & ~positive)) / films
+        # from each resample's counts: resamples of the same counts give one value
+        samples = (true_pos[:, i] - odds * false_pos[:, i]) / films
         estimate = float(value.mean())
 
         def at(se: float, sp: float) -> float:
