@@ -9,7 +9,6 @@ import json
 from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from pneumoscan.training import train as train_mod
@@ -29,8 +28,16 @@ def tensorboard_steps(run: Path, tag: str = "val_auc") -> list[int]:
     return [e.step for e in events.Scalars(tag)]
 
 
+def mlflow_client(run: Path):
+    """The MLflow store of RUN. mlflow is imported here, by the worker that runs these tests: at the module's top it
+    cost every pytest-xdist worker's collection 0.6 s of CPU."""
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(f"sqlite:///{run / 'mlflow.db'}")
+
+
 def mlflow_run(run: Path):
-    client = MlflowClient(f"sqlite:///{run / 'mlflow.db'}")
+    client = mlflow_client(run)
     (found,) = client.search_runs([client.get_experiment_by_name("pneumoscan").experiment_id])
     return client, found
 
@@ -57,7 +64,7 @@ def test_tensorboard_and_mlflow_record_config_epochs_curves_and_the_bundle(tiny_
     config = events.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
     assert "model: simple_cnn" in config and "optimizer: adamw-cosine" in config
 
-    client = MlflowClient(f"sqlite:///{run / 'mlflow.db'}")
+    client = mlflow_client(run)
     experiment = client.get_experiment_by_name("pneumoscan")
     (found,) = client.search_runs([experiment.experiment_id])
     assert found.info.status == "FINISHED" and found.info.run_name == "run"
