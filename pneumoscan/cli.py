@@ -135,7 +135,7 @@ def cmd_split(args: argparse.Namespace) -> int:
     from pneumoscan.models.card import refuse_model_files
 
     refuse_model_files(args.out)  # a run's split.csv replaced: its training films were no longer refused
-    records = split_dataset(args.data, args.val_fraction, args.seed)
+    records = split_dataset(args.data, args.val_fraction, args.seed, args.test_fraction)
     write_manifest(records, args.out)
     _print_json(split_summary(records))
     return 0
@@ -959,7 +959,11 @@ def _split_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", help=DATA_HELP)
     p.add_argument("--val-fraction", type=_share(zero=False, one=False), default=VAL_FRACTION,
                    help="share of the films of each class and subtype that goes to validation, whole patients at a "
-                        f"time (default {VAL_FRACTION:g})")
+                        f"time (default {VAL_FRACTION:g}); with --test-fraction, a share of the films outside test")
+    p.add_argument("--test-fraction", type=_share(one=False), default=0.0,
+                   help="also hold this share of the films of each class and subtype out for the test, whole patients "
+                        "at a time, drawn before validation; the same seed holds out the same patients whatever "
+                        "--val-fraction (default 0: no test rows)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the split (default 0)")
     p.add_argument("--out", type=_file, default="split.csv", help="manifest to write (default split.csv)")
 

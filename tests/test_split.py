@@ -479,6 +479,52 @@ def test_a_split_that_cannot_be_trained_on_is_refused(groups: dict, fraction: fl
         patient_split(_records(groups), fraction)
 
 
+def test_a_test_fraction_holds_out_whole_patients_in_the_mix_the_same_for_any_val_fraction() -> None:
+    """A site's test drawn in the split's pass (it was the val side, renamed by hand): each stratum's share, whole
+    patients, the same patients whatever the validation fraction, and validation drawn from the rest as training
+    draws it from a manifest whose test rows it leaves out."""
+    records = _records({"normal": [1, 2] * 10, "bacteria": [1, 2] * 10, "virus": [1] * 20})
+    out = patient_split(records, 0.2, seed=4, test_fraction=0.3)
+    assert [r.path for r in out] == [r.path for r in records] and {r.split for r in out} == {"train", "val", "test"}
+    assert split_summary(out)["shared_patients"] == []
+    test = {r.path for r in out if r.split == "test"}
+    whole, held = Counter(r.subtype for r in records), Counter(r.subtype for r in out if r.split == "test")
+    assert held == {k: round(0.3 * n) for k, n in whole.items()}
+    assert all(test == {r.path for r in patient_split(records, v, 4, test_fraction=0.3) if r.split == "test"}
+               for v in (0.1, 0.4))
+    assert test != {r.path for r in patient_split(records, 0.2, 5, test_fraction=0.3) if r.split == "test"}
+    rest = [r for r in records if r.path not in test]
+    assert _val_paths(out) == _val_paths(patient_split(rest, 0.2, seed=4))
+    assert patient_split(records, 0.2, seed=4, test_fraction=0.0) == patient_split(records, 0.2, seed=4)
+
+
+@pytest.mark.parametrize("groups, fraction, reason", [
+    ({"normal": [6, 6], "virus": [1] * 10}, 0.3, "the test side holds no NORMAL film: none of the 2 patient "
+     "group\\(s\\) of the 12 NORMAL films fits in 30% of its class and subtype .* raise the test fraction"),
+    ({"normal": [1], "virus": [1] * 10}, 0.6, "the test side takes all 1 NORMAL films at 60%, leaving none to train "
+     "on; lower the test fraction"),
+])
+def test_a_test_side_that_could_not_measure_or_leaves_no_class_to_train_on_is_refused(groups: dict, fraction: float,
+                                                                                     reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        patient_split(_records(groups), 0.2, test_fraction=fraction)
+
+
+def test_split_writes_held_out_test_rows_that_training_leaves_out(tiny_dataset: Path, tmp_path: Path) -> None:
+    """The quick start's step 3 in one pass: the manifest split writes holds test rows, which a split or a run of
+    it leaves out, and its train and val rows as they are."""
+    out = tmp_path / "held.csv"
+    assert main(["split", str(tiny_dataset), "--test-fraction", "0.25", "--out", str(out)]) == 0
+    written = read_manifest(out).records
+    sides = Counter((r.split, r.label) for r in written)
+    assert sides[("test", "NORMAL")] == sides[("test", "PNEUMONIA")] == 6
+    # 15 % of what is left of each stratum: 3 of 18 normal films, 1 of 9 bacteria and 1 of 9 virus
+    assert (sides[("val", "NORMAL")], sides[("val", "PNEUMONIA")]) == (3, 2)
+    assert split_summary(written)["shared_patients"] == []
+    pool, _ = split_pool(out)
+    assert {r.path for r in pool} == {r.path for r in written if r.split != "test"}
+
+
 def test_a_manifest_keeps_names_that_are_not_utf8_and_reads_back_to_the_same_files(tmp_path: Path) -> None:
     """An escaped name (caf\\xe9.jpeg) would name another file: the bytes are kept, so the round trip holds."""
     folder = tmp_path / "data" / "NORMAL"

@@ -12,7 +12,8 @@ almost exactly (on the train folder, val subtype shares stay within 0.1 point of
 ``StratifiedGroupKFold`` was not used: it only serves fractions of 1/k. Cross-validation (:func:`patient_folds`)
 deals the same units into k folds, each unit to the fold that lacks most of its strata. A trial run on part of the
 data (``--patients N``) takes N of the same units first (:func:`patient_sample`), so that its split or folds stay
-patient-disjoint too.
+patient-disjoint too. A site's own test (``split --test-fraction``) is drawn first, of the same units and strata in
+a stream of its own, and validation from the rest.
 """
 
 from __future__ import annotations
@@ -180,25 +181,70 @@ def patient_split(
     val_fraction: float = VAL_FRACTION,
     seed: int = 0,
     duplicate_groups: Sequence[Sequence[str]] | None = None,
+    test_fraction: float = 0.0,
 ) -> list[Record]:
-    """The same records (same order) with ``split`` set to "train" or "val"; no patient or duplicate group is
-    on both sides, and val's class and subtype mix follows the whole, or a warning says where it cannot; a split
-    without validation films or a class without training films is refused (:func:`_check_sides`)."""
+    """The same records (same order) with ``split`` set to "train" or "val", and "test" for ``test_fraction`` of
+    each class and subtype (:func:`_held_for_test`) where it is above 0; no patient or duplicate group is on two
+    sides, and val's class and subtype mix follows the whole, or a warning says where it cannot; a split without
+    validation films or a class without training films is refused (:func:`_check_sides`). Validation is
+    ``val_fraction`` of the films outside test, drawn as training draws it from a manifest whose test rows are left
+    out, so that ``train`` with the same seed splits those rows as they were written."""
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be between 0 and 1, got {val_fraction}")
+    if not 0 <= test_fraction < 1:
+        raise ValueError(f"test_fraction must be from 0 to below 1, got {test_fraction}")
     units = _units(records, duplicate_groups or [])
-    target = {k: round(val_fraction * n) for k, n in Counter(_stratum(r) for r in records).items()}
-    in_val: Counter[str] = Counter()
-    val: set[int] = set()
-    random.Random(seed).shuffle(units)
+    test = _held_for_test(records, units, test_fraction, seed) if test_fraction else set()
+    kept = [i for i in range(len(records)) if i not in test]
+    at = {i: j for j, i in enumerate(kept)}
+    rest = [records[i] for i in kept]
+    rest_units = [[at[i] for i in unit] for unit in units if unit[0] not in test]  # units never straddle test
+    val, target = _filled(rest, rest_units, val_fraction, random.Random(seed))
+    side = {i: "val" if at[i] in val else "train" for i in kept} | dict.fromkeys(test, "test")
+    _check_sides([replace(r, split=side[i]) for i, r in zip(kept, rest)], rest_units, target, val_fraction)
+    return [replace(r, split=side[i]) for i, r in enumerate(records)]
+
+
+def _filled(records: Sequence[Record], units: list[list[int]], fraction: float,
+            rng: random.Random) -> tuple[set[int], dict[str, int]]:
+    """The records a side holds, and each stratum's room in it: units (shuffled here in place by ``rng``) go to the
+    side while they fit, every stratum filling up to ``round(fraction * its size)`` films and no further."""
+    target = {k: round(fraction * n) for k, n in Counter(_stratum(r) for r in records).items()}
+    filled: Counter[str] = Counter()
+    chosen: set[int] = set()
+    rng.shuffle(units)
     for unit in units:
         add = Counter(_stratum(records[i]) for i in unit)
-        if all(in_val[k] + n <= target[k] for k, n in add.items()):
-            in_val.update(add)
-            val.update(unit)
-    split = [replace(r, split="val" if i in val else "train") for i, r in enumerate(records)]
-    _check_sides(split, units, target, val_fraction)
-    return split
+        if all(filled[k] + n <= target[k] for k, n in add.items()):
+            filled.update(add)
+            chosen.update(unit)
+    return chosen, target
+
+
+def _held_for_test(records: Sequence[Record], units: Sequence[list[int]], test_fraction: float,
+                   seed: int) -> set[int]:
+    """The records held out for the test (``split --test-fraction``): whole patients, ``test_fraction`` of each
+    class and subtype, drawn as validation is (:func:`_filled`) in a stream of their own, so that the same seed
+    holds out the same patients whatever the validation fraction. Refused where the test side would lack a class
+    (a sensitivity or specificity it cannot measure) or take all of one (none left to train on): a site's few
+    patients give either at a high fraction, and the figures of that test would be no answer."""
+    test, _ = _filled(records, [list(unit) for unit in units], test_fraction, random.Random(f"test {seed}"))
+    pct = f"{test_fraction:.0%}"
+    labels = Counter(r.label for r in records)
+    held = Counter(records[i].label for i in test)
+    if missing := [label for label in LABELS if labels[label] and not held[label]]:
+        groups = sum(any(records[i].label == missing[0] for i in unit) for unit in units)
+        raise ValueError(f"the test side holds no {missing[0]} film: none of the {groups} patient group(s) of the "
+                         f"{labels[missing[0]]} {missing[0]} films fits in {pct} of its class and subtype (a "
+                         "patient's films stay on one side), so the test could not measure sensitivity and "
+                         f"specificity; raise the test fraction (split --test-fraction) or add {missing[0]} films of "
+                         "other patients")
+    if whole := [label for label in LABELS if labels[label] and held[label] == labels[label]]:
+        raise ValueError(f"the test side takes all {labels[whole[0]]} {whole[0]} films at {pct}, leaving none to "
+                         f"train on; lower the test fraction (split --test-fraction) or add {whole[0]} films")
+    log.info("held out for the test: %d of the %d films (%s of each class and subtype, whole patients)", len(test),
+             len(records), pct)
+    return test
 
 
 def _check_sides(split: Sequence[Record], units: Sequence[Sequence[int]], target: dict[str, int],
@@ -320,9 +366,12 @@ def warn_conflicts(conflicts: Sequence[dict]) -> None:
                     len(conflicts), " | ".join(map(shown, first["paths"])), first["reason"])
 
 
-def split_dataset(data: Path | str, val_fraction: float = VAL_FRACTION, seed: int = 0) -> list[Record]:
-    """Everything in DATA but its test split, divided by patient into train and val (copies of a film together)."""
-    return sampled_split(data, val_fraction, seed)[0]
+def split_dataset(data: Path | str, val_fraction: float = VAL_FRACTION, seed: int = 0,
+                  test_fraction: float = 0.0) -> list[Record]:
+    """Everything in DATA but its test split, divided by patient into train and val, and test for ``test_fraction``
+    above 0 (:func:`patient_split`; copies of a film together)."""
+    pool, duplicates = split_pool(data)
+    return patient_split(pool, val_fraction, seed, duplicates, test_fraction)
 
 
 def sampled_split(data: Path | str, val_fraction: float = VAL_FRACTION, seed: int = 0,
