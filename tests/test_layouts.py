@@ -640,3 +640,29 @@ def test_a_folder_holding_a_manifest_r_wrote_names_it(tmp_path: Path) -> None:
     manifest = re.escape(str(site / "labels.csv"))
     with pytest.raises(ValueError, match=rf"recognises it: it holds a dataset; give {manifest} \(expected "):
         discover(site)
+
+
+@pytest.mark.parametrize("rows, remedy", [
+    ("7,png/0.png,Normal\n8,png/1.png,PNEUMONIA\n",
+     "rename filename to path (its values are files, e.g. png/0.png), and rename diagnosis to label (its values are "
+     "Normal or PNEUMONIA)"),
+    ("7,png/0.png,normal\n8,png/1.png,bacterial pneumonia\n",
+     "rename filename to path (its values are files, e.g. png/0.png), and write diagnosis's class as label (NORMAL "
+     "or PNEUMONIA) and its kind of pneumonia (bacterial pneumonia) as subtype (normal, bacteria, virus)"),
+    ("7,png/9.png,1\n8,png/8.png,0\n",  # no file there, no class in words: nothing to suggest
+     "name the one giving each film's file (relative to the CSV's folder) path, and name the one giving its class "
+     "(NORMAL or PNEUMONIA) label"),
+])
+def test_a_sheet_with_its_own_column_names_is_refused_suggesting_renames_from_their_values(
+        tmp_path: Path, rows: str, remedy: str) -> None:
+    """A researcher's sheet (MRN,filename,diagnosis) was refused asking for "the one giving each film's file",
+    though its values say which: the column of files and the column of classes are named, and it stays refused."""
+    (tmp_path / "png").mkdir()
+    for name in ("0.png", "1.png"):
+        (tmp_path / "png" / name).write_bytes(b"")
+    (tmp_path / "films.csv").write_text("MRN,filename,diagnosis\n" + rows)
+    with pytest.raises(ValueError) as refused:
+        read_manifest(tmp_path / "films.csv")
+    assert str(refused.value) == (f"{tmp_path / 'films.csv'}: not a manifest, no label or path column (columns: "
+                                  f"path,label[,subtype,patient,split]); its columns are mrn,filename,diagnosis: "
+                                  f"{remedy}")

@@ -247,8 +247,8 @@ def test_a_hospitals_sheet_with_columns_of_its_own_is_refused_naming_them_and_wh
     (site / "png").mkdir(parents=True)
     Image.new("L", (32, 32)).save(site / "png" / "0007000_1.png")
     (site / "films.csv").write_text("MRN,file,dx,site\n0007000,png/0007000_1.png,normal,north\n")
-    remedy = ("its columns are mrn,file,dx,site: name the one giving each film's file (relative to the CSV's "
-              "folder) path, and the one giving its class (NORMAL or PNEUMONIA) label")
+    remedy = ("its columns are mrn,file,dx,site: rename file to path (its values are files, e.g. "
+              "png/0007000_1.png), and rename dx to label (its values are normal)")
     with pytest.raises(ValueError) as folder:
         discover(site)
     assert f"no dataset layout recognises it: it holds {site / 'films.csv'}, a CSV that is no manifest; {remedy}" in (

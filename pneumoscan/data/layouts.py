@@ -15,6 +15,7 @@ import csv
 import dataclasses
 import difflib
 import hashlib
+import itertools
 import logging
 import os
 import re
@@ -41,6 +42,8 @@ T = TypeVar("T")
 LABELS = ("NORMAL", "PNEUMONIA")
 SUBTYPES = ("normal", "bacteria", "virus")
 MANIFEST_FIELDS = ("path", "label", "subtype", "patient", "split")
+# the rows of a CSV that is no manifest read for which of its columns to rename (_columns_hint)
+SAMPLED_ROWS = 50
 # a manifest column this close to one of MANIFEST_FIELDS (difflib's ratio: splt 0.89, patient_id 0.82, lable 0.8) is
 # refused as its misspelling, which would otherwise leave the field unread; a site's own columns (site 0.67 from split,
 # age, sex, scanner) are further than this and pass through as the film's columns (:attr:`Record.columns`)
@@ -585,7 +588,7 @@ def _unrecognised(root: Path) -> str:
     if inside := [shown(child) for child in children if _recognised(child) or _is_manifest(child)]:
         return f": it holds a dataset; give {' or '.join(inside)}"
     if sheet := next((child for child in children if child.suffix.lower() == ".csv" and child.is_file()), None):
-        if hint := _columns_hint(_sheet_header(sheet)):
+        if hint := _columns_hint(*_sheet_sample(sheet), sheet.parent):
             return f": it holds {shown(sheet)}, a CSV that is no manifest{hint}"
     if any(_is_image(child) for child in children[:20] if child.is_file()):
         return (f": it holds films but no {' and '.join(LABELS)} folders: put them in those folders, or list them "
@@ -602,11 +605,18 @@ def _is_manifest(path: Path) -> bool:
 def _sheet_header(path: Path) -> list[str]:
     """The column names of CSV file ``path`` as :func:`_manifest_header` reads them, for a look at a folder's sheets
     (:func:`_is_manifest`, :func:`_unrecognised`); none where it cannot be read."""
+    return _sheet_sample(path, 0)[0]
+
+
+def _sheet_sample(path: Path, rows: int = SAMPLED_ROWS) -> tuple[list[str], list[list[str]]]:
+    """:func:`_sheet_header` and the first ``rows`` rows below it, whose values say which of a sheet's columns to
+    rename (:func:`_columns_hint`); none where it cannot be read."""
     try:
         with path.open(newline="", encoding="utf-8-sig", errors="replace") as f:
-            return _manifest_header(csv.reader(f))
+            reader = csv.reader(f)
+            return _manifest_header(reader), list(itertools.islice(reader, rows))
     except (OSError, csv.Error):
-        return []
+        return [], []
 
 
 def listed_paths(csv_path: Path | str) -> list[Path]:
@@ -740,9 +750,10 @@ def read_manifest(csv_path: Path | str) -> Discovery:
             header = _manifest_header(reader)
             missing = {"path", "label"} - set(header)
             if missing:
+                hint = _format_hint(header) or _columns_hint(header, list(itertools.islice(reader, SAMPLED_ROWS)),
+                                                             csv_path.parent)
                 raise ValueError(f"{csv_path}: not a manifest, no {' or '.join(sorted(missing))} column "
-                                 f"(columns: path,label[,subtype,patient,split])"
-                                 f"{_format_hint(header) or _columns_hint(header)}")
+                                 f"(columns: path,label[,subtype,patient,split]){hint}")
             for name in header:
                 if not name:
                     raise ValueError(f"{csv_path}: a column has no name ({','.join(header)})")
@@ -789,13 +800,55 @@ def _format_hint(header: list[str]) -> str:
     return f"; {found}: save it as comma-separated UTF-8 (a spreadsheet's \"CSV UTF-8\")"
 
 
-def _columns_hint(header: list[str]) -> str:
+def _columns_hint(header: list[str], rows: Sequence[Sequence[str]], folder: Path) -> str:
     """Which of a sheet's own columns to rename, for a CSV that is no manifest: a hospital's (MRN,file,dx,site) was
-    refused with the columns a manifest has, not the ones it has, and no word of which of them to rename."""
+    refused with the columns a manifest has, not the ones it has, and no word of which of them to rename. Its first
+    ``rows`` say which where they can (:func:`_column_of_files`, :func:`_column_of_labels`), as a suggestion: the
+    sheet stays refused, as a column read as another would move films between classes unseen."""
     if not any(header):
         return ""
-    return (f"; its columns are {','.join(header)}: name the one giving each film's file (relative to the CSV's "
-            "folder) path, and the one giving its class (NORMAL or PNEUMONIA) label")
+    values = {name: [cell.strip() for row in rows if i < len(row) and (cell := row[i]).strip()]
+              for i, name in enumerate(header) if name and name not in MANIFEST_FIELDS}
+    steps = []
+    if "path" not in header:
+        files = _column_of_files(values, folder)
+        steps.append(f"rename {files[0]} to path (its values are files, e.g. {shown(files[1])})" if files else
+                     "name the one giving each film's file (relative to the CSV's folder) path")
+    if "label" not in header:
+        steps.append(_label_step(values))
+    return f"; its columns are {','.join(header)}: {', and '.join(steps)}"
+
+
+def _column_of_files(values: dict[str, list[str]], folder: Path) -> tuple[str, str] | None:
+    """The column most of whose values name files (relative to the sheet's ``folder``, or absolute), the one with the
+    most such values, and one of them; None when no column's do."""
+    def is_file(value: str) -> bool:
+        try:
+            return (folder / value).is_file()
+        except (OSError, ValueError):  # a name too long, a NUL: no file
+            return False
+
+    found = {name: [v for v in cells if is_file(v)] for name, cells in values.items()}
+    name = max(found, key=lambda n: len(found[n]), default=None)
+    return (name, found[name][0]) if name and 2 * len(found[name]) > len(values[name]) else None
+
+
+def _label_step(values: dict[str, list[str]]) -> str:
+    """What to do for the label column: rename the column whose values are all NORMAL or PNEUMONIA (any case), or
+    write those and the subtype from one whose values say NORMAL, PNEUMONIA or a kind of pneumonia (``bacterial
+    pneumonia``, ``viral``: :func:`kind_in_words`); else name the column that gives the class."""
+    def said(cell: str) -> bool:
+        return cell.upper() in LABELS or bool(kind_in_words(cell))
+
+    for name, cells in values.items():
+        if cells and all(cell.upper() in LABELS for cell in cells):
+            return f"rename {name} to label (its values are {' or '.join(sorted(set(cells))[:4])})"
+    for name, cells in values.items():
+        if cells and all(map(said, cells)):
+            kind = next(cell for cell in cells if cell.upper() not in LABELS)
+            return (f"write {name}'s class as label (NORMAL or PNEUMONIA) and its kind of pneumonia ({kind}) as "
+                    "subtype (normal, bacteria, virus)")
+    return "name the one giving its class (NORMAL or PNEUMONIA) label"
 
 
 def absent_hint(absent: Sequence[str]) -> str:
