@@ -276,52 +276,65 @@ def threshold_metrics_ci(
     positive = y == 1
     n_pos = _resampled_sums(counts, resampled, positive)
     auc = _auc_ci(p, positive, patients, ALPHA)
-    units = np.arange(y.size) if patients is None else patients
-
-    def among(hits: np.ndarray, films: np.ndarray, alpha: float = ALPHA) -> list[float]:
-        return proportion_ci(hits[films], None if patients is None else patients[films], alpha)
-
     out = []
     for threshold in thresholds:
         called = p >= threshold
-        tp, fp = (_resampled_sums(counts, resampled, hits) for hits in (called & positive, called & ~positive))
-        with np.errstate(divide="ignore", invalid="ignore"):  # 2 tp / (2 tp + fp + fn), with fn = n_pos - tp;
-            # undefined (left out) in a resample without a positive film, where it had read 0 after a false positive
-            f1 = np.where(n_pos > 0, 2 * tp / (tp + fp + n_pos), np.nan)
-        num, den = 2.0 * (called & positive), called + positive.astype(float)  # per film
-        if (_one_value(f1) or _few_patients(units[positive], patients)) and called.any() and positive.any():
-            # every resample gave one value (a perfect call, say), or the positives are too few patients' for a
-            # bootstrap of them to show the spread between them (:func:`_few_patients`): F1 = 2 P R / (P + R) grows
-            # with precision P and recall R, so their exact intervals at alpha / 2 each (Bonferroni) bound it
-            ends = zip(among(called, positive, ALPHA / 2), among(positive, called, ALPHA / 2))
-            f1_ci = [_ratio(2 * recall * precision, recall + precision) if recall + precision else 0.0
-                     for recall, precision in ends]
-        else:
-            f1_ci = _stretched(_bca_ci(f1, _ratio(num.sum(), den.sum()), _ratio_jackknife(num, den, units), ALPHA),
-                               _f1_at_recall_ends(called, positive, among))
         out.append({
             "auc": auc,
             "accuracy": proportion_ci(called == positive, patients),
-            "sensitivity": among(called, positive),
-            "specificity": among(~called, ~positive),
-            "precision": among(positive, called),
-            "npv": among(~positive, ~called),
-            "f1": f1_ci,
+            "sensitivity": _among(called, positive, patients),
+            "specificity": _among(~called, ~positive, patients),
+            "precision": _among(positive, called, patients),
+            "npv": _among(~positive, ~called, patients),
+            "f1": _f1_ci(called, positive, patients, counts, resampled, n_pos),
         })
     return out
 
 
-def _f1_at_recall_ends(called: np.ndarray, positive: np.ndarray,
-                       among: Callable[[np.ndarray, np.ndarray], list[float]]) -> list[float]:
+def _among(hits: np.ndarray, films: np.ndarray, patients: np.ndarray | None, alpha: float = ALPHA) -> list[float]:
+    """The exact interval of the share of ``films`` (a mask) that are ``hits``, by patient with ``patients``
+    (:func:`proportion_ci`)."""
+    return proportion_ci(hits[films], None if patients is None else patients[films], alpha)
+
+
+def _units(patients: np.ndarray | None, size: int) -> np.ndarray:
+    """What a bootstrap resamples and its jackknife leaves out: each film's patient, or each film alone."""
+    return np.arange(size) if patients is None else patients
+
+
+def _f1_ci(called: np.ndarray, positive: np.ndarray, patients: np.ndarray | None, counts: np.ndarray,
+           resampled: np.ndarray, n_pos: np.ndarray) -> list[float]:
+    """F1's interval at one threshold (:func:`threshold_metrics_ci`): a BCa bootstrap of the resamples every
+    threshold shares (``counts`` of the ``resampled`` units, with ``n_pos`` positive films each), widened over
+    recall's exact interval at a recall of 0 or 1 (:func:`_f1_at_recall_ends`), or the Bonferroni bound where the
+    bootstrap cannot show the spread."""
+    tp, fp = (_resampled_sums(counts, resampled, hits) for hits in (called & positive, called & ~positive))
+    with np.errstate(divide="ignore", invalid="ignore"):  # 2 tp / (2 tp + fp + fn), with fn = n_pos - tp;
+        # undefined (left out) in a resample without a positive film, where it had read 0 after a false positive
+        f1 = np.where(n_pos > 0, 2 * tp / (tp + fp + n_pos), np.nan)
+    units = _units(patients, called.size)
+    if (_one_value(f1) or _few_patients(units[positive], patients)) and called.any() and positive.any():
+        # every resample gave one value (a perfect call, say), or the positives are too few patients' for a
+        # bootstrap of them to show the spread between them (:func:`_few_patients`): F1 = 2 P R / (P + R) grows
+        # with precision P and recall R, so their exact intervals at alpha / 2 each (Bonferroni) bound it
+        ends = zip(_among(called, positive, patients, ALPHA / 2), _among(positive, called, patients, ALPHA / 2))
+        return [_ratio(2 * recall * precision, recall + precision) if recall + precision else 0.0
+                for recall, precision in ends]
+    num, den = 2.0 * (called & positive), called + positive.astype(float)  # per film
+    return _stretched(_bca_ci(f1, _ratio(num.sum(), den.sum()), _ratio_jackknife(num, den, units), ALPHA),
+                      _f1_at_recall_ends(called, positive, patients))
+
+
+def _f1_at_recall_ends(called: np.ndarray, positive: np.ndarray, patients: np.ndarray | None) -> list[float]:
     """F1 = 2 R n / (n (1 + R) + fp), of the recall R over n positive films and the fp false positives, at each end of
-    recall's exact interval (``among``: hits among films), the false positives as observed, for :func:`_stretched`;
-    none when recall is neither 0 nor 1. (A false-positive rate of 0 beside a recall below 1 needs none: on sets of
-    5 to 100 positive films with one or two missed and 3 to 100 negative ones, the resampled misses always spread
-    F1 further.)"""
+    recall's exact interval (:func:`_among`), the false positives as observed, for :func:`_stretched`; none when
+    recall is neither 0 nor 1. (A false-positive rate of 0 beside a recall below 1 needs none: on sets of 5 to 100
+    positive films with one or two missed and 3 to 100 negative ones, the resampled misses always spread F1
+    further.)"""
     if not _at_an_edge(called[positive]):
         return []
     n, fp = int(positive.sum()), int((called & ~positive).sum())
-    return [_ratio(2 * r * n, n * (1 + r) + fp) for r in among(called, positive)]
+    return [_ratio(2 * r * n, n * (1 + r) + fp) for r in _among(called, positive, patients)]
 
 
 def _balanced_accuracy_ci(y: np.ndarray, pred: np.ndarray, in_class: Sequence[np.ndarray],
@@ -338,18 +351,16 @@ def _balanced_accuracy_ci(y: np.ndarray, pred: np.ndarray, in_class: Sequence[np
     with np.errstate(divide="ignore", invalid="ignore"):  # a class without films: its recall and the mean are NaN
         boot = np.mean([_resampled_sums(counts, resampled, c & (pred == y)) / _resampled_sums(counts, resampled, c)
                         for c in in_class], axis=0)
-    units = np.arange(y.size) if patients is None else patients
+    units = _units(patients, y.size)
     jackknife = np.mean([_ratio_jackknife((c & (pred == y)).astype(float), c.astype(float), units)
                          for c in in_class], axis=0)
     if _one_value(boot) and all(c.any() for c in in_class):
-        recalls = [proportion_ci((pred == y)[c], None if patients is None else patients[c], ALPHA / len(in_class))
-                   for c in in_class]
+        recalls = [_among(pred == y, c, patients, ALPHA / len(in_class)) for c in in_class]
         return [float(end) for end in np.mean(recalls, axis=0)]
     # each class whose films are all right (or all wrong), or are too few patients', at either end of its exact
     # recall interval, the others as observed (:func:`_stretched`)
     right = [(pred == y)[c] for c in in_class]
-    edges = [proportion_ci(hits, None if patients is None else patients[c])
-             if _at_an_edge(hits) or _few_patients(units[c], patients)
+    edges = [_among(pred == y, c, patients) if _at_an_edge(hits) or _few_patients(units[c], patients)
              else [_ratio(hits.sum(), hits.size)] * 2 for hits, c in zip(right, in_class)]
     return _stretched(_bca_ci(boot, balanced, jackknife, ALPHA), [float(np.mean(end)) for end in zip(*edges)])
 
@@ -371,48 +382,61 @@ def net_benefit_ci(y_true: Any, prob: Any, thresholds: Sequence[float], n_boot: 
         raise ValueError("a decision curve's threshold probabilities lie strictly between 0 and 1")
     patients = _patient_codes(groups, y.size)
     counts, resampled = _bootstrap_counts(y, patients, n_boot, seed)
-    units = np.arange(y.size) if patients is None else patients
     positive = y == 1
-    prevalence = _ratio(int(positive.sum()), y.size)
     films = _resampled_sums(counts, resampled, np.ones(y.size))
-    # each resample's true and false positives at every threshold at once, summed by unit first (whole numbers, so
-    # exact): one product, where a product a threshold took 2 s for 624 films and 100 thresholds
     called_at = p[None, :] >= pt[:, None]
-    by_unit = np.zeros((counts.shape[1], 2 * pt.size))
-    np.add.at(by_unit, resampled, np.concatenate([called_at & positive, called_at & ~positive]).T)
-    true_pos, false_pos = np.split(counts @ by_unit, 2, axis=1)
+    true_pos, false_pos = _positives_resampled(called_at, positive, counts, resampled)
     cached: dict[tuple[str, int, float], list[float]] = {}
 
     def rate_ends(name: str, hits: np.ndarray, of: np.ndarray, alpha: float) -> list[float]:
         """A rate's exact interval; the same films at an edge give the same one at every threshold."""
         key = (name, int(hits[of].sum()), alpha)
         if key not in cached:
-            cached[key] = proportion_ci(hits[of], None if patients is None else patients[of], alpha)
+            cached[key] = _among(hits, of, patients, alpha)
         return cached[key]
 
     out = []
     for i, threshold in enumerate(pt):
         odds = threshold / (1 - threshold)
-        called = called_at[i]
-        value = (called & positive) - odds * (called & ~positive)  # each film's part of n times the net benefit
         # from each resample's counts: resamples of the same counts give one value
         samples = (true_pos[:, i] - odds * false_pos[:, i]) / films
-        estimate = float(value.mean())
-
-        def at(se: float, sp: float) -> float:
-            return prevalence * se - (1 - prevalence) * (1 - sp) * odds
-
-        se, sp = _ratio(int((called & positive).sum()), int(positive.sum())), _ratio(
-            int((~called & ~positive).sum()), int((~positive).sum()))
-        if _one_value(samples):  # nothing called, say: no spread for a bootstrap to show
-            (se_low, se_high), (sp_low, sp_high) = (rate_ends("sensitivity", called, positive, ALPHA / 2),
-                                                    rate_ends("specificity", ~called, ~positive, ALPHA / 2))
-            out.append([at(se_low, sp_low), at(se_high, sp_high)])
-            continue
-        ends = ([at(end, sp) for end in rate_ends("sensitivity", called, positive, ALPHA)]
-                if _at_an_edge(called[positive]) else [])
-        ends += ([at(se, end) for end in rate_ends("specificity", ~called, ~positive, ALPHA)]
-                 if _at_an_edge(~called[~positive]) else [])
-        out.append(_stretched(_bca_ci(samples, estimate, _ratio_jackknife(value, np.ones(y.size), units), ALPHA),
-                              ends))
+        out.append(_net_benefit_interval(called_at[i], positive, odds, samples, patients, rate_ends))
     return [[float(v) for v in ci] for ci in out]
+
+
+def _positives_resampled(called_at: np.ndarray, positive: np.ndarray, counts: np.ndarray,
+                         resampled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each resample's true and false positives at every threshold (``called_at``: a row a threshold) at once,
+    summed by unit first (whole numbers, so exact): one product, where a product a threshold took 2 s for 624 films
+    and 100 thresholds."""
+    by_unit = np.zeros((counts.shape[1], 2 * called_at.shape[0]))
+    np.add.at(by_unit, resampled, np.concatenate([called_at & positive, called_at & ~positive]).T)
+    true_pos, false_pos = np.split(counts @ by_unit, 2, axis=1)
+    return true_pos, false_pos
+
+
+def _net_benefit_interval(called: np.ndarray, positive: np.ndarray, odds: float, samples: np.ndarray,
+                          patients: np.ndarray | None,
+                          rate_ends: Callable[[str, np.ndarray, np.ndarray, float], list[float]]) -> list[float]:
+    """The net benefit's interval at one threshold of ``odds`` (:func:`net_benefit_ci`): a BCa bootstrap of its
+    resampled values (``samples``), widened over the exact interval of a sensitivity or specificity of 0 or 1
+    (``rate_ends``), or the Bonferroni bound where every resample gives one value."""
+    prevalence = _ratio(int(positive.sum()), positive.size)
+    value = (called & positive) - odds * (called & ~positive)  # each film's part of n times the net benefit
+    estimate = float(value.mean())
+
+    def at(se: float, sp: float) -> float:
+        return prevalence * se - (1 - prevalence) * (1 - sp) * odds
+
+    se, sp = _ratio(int((called & positive).sum()), int(positive.sum())), _ratio(
+        int((~called & ~positive).sum()), int((~positive).sum()))
+    if _one_value(samples):  # nothing called, say: no spread for a bootstrap to show
+        (se_low, se_high), (sp_low, sp_high) = (rate_ends("sensitivity", called, positive, ALPHA / 2),
+                                                rate_ends("specificity", ~called, ~positive, ALPHA / 2))
+        return [at(se_low, sp_low), at(se_high, sp_high)]
+    ends = ([at(end, sp) for end in rate_ends("sensitivity", called, positive, ALPHA)]
+            if _at_an_edge(called[positive]) else [])
+    ends += ([at(se, end) for end in rate_ends("specificity", ~called, ~positive, ALPHA)]
+             if _at_an_edge(~called[~positive]) else [])
+    jackknife = _ratio_jackknife(value, np.ones(called.size), _units(patients, called.size))
+    return _stretched(_bca_ci(samples, estimate, jackknife, ALPHA), ends)

@@ -14,7 +14,7 @@ from .auc_intervals import _macro_auc_ci
 from ..options import DECISION_RANGE
 from .formatting import format_percent, jsonable
 from .inputs import _as_binary, _as_multiclass, has_both_classes, _patient_codes, _ratio
-from .intervals import ALPHA, _balanced_accuracy_ci, proportion_ci, threshold_metrics_ci
+from .intervals import ALPHA, _among, _balanced_accuracy_ci, proportion_ci, threshold_metrics_ci
 from .probabilities import calibration
 
 CURVE_POINTS = 200  # curves are thinned to about this many points so metrics.json stays small
@@ -134,13 +134,10 @@ def at_prevalence(y_true: Any, prob: Any, threshold: float, prevalences: Sequenc
                          "both classes")
     patients = _patient_codes(groups, y.size)
     called, positive = p >= threshold, y == 1
-
-    def among(hits: np.ndarray, films: np.ndarray) -> list[float]:
-        return proportion_ci(hits[films], None if patients is None else patients[films], ALPHA / 2)
-
     at_threshold = binary_metrics(y, p, threshold)
     se, sp = at_threshold["sensitivity"], at_threshold["specificity"]
-    ci = {"sensitivity": among(called, positive), "specificity": among(~called, ~positive)}
+    ci = {"sensitivity": _among(called, positive, patients, ALPHA / 2),
+          "specificity": _among(~called, ~positive, patients, ALPHA / 2)}
     odds = threshold / (1 - threshold) if 0 < threshold < 1 else math.nan  # 0 or 1: odds 0 or infinite
     figures = []
     for prevalence in prevalences:
