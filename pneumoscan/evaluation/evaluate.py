@@ -24,7 +24,8 @@ from pneumoscan.core.names import path_text, results_csv, shown
 from pneumoscan.core.options import AUC_TESTS, DECISION_RANGE, look_up_option
 from pneumoscan.data.cache import cache_dataset
 from pneumoscan.data.decode import read_gray
-from pneumoscan.data.labelled import films_without_patient_id, labelled_films, left_out, patient_groups
+from pneumoscan.data.labelled import (LabelledFilms, films_without_patient_id, labelled_films, left_out,
+                                      patient_groups)
 from pneumoscan.data.pixels import DecodeError
 from pneumoscan.data.layouts import Record
 from pneumoscan.data.preprocess import TTA_VIEWS
@@ -33,7 +34,7 @@ from pneumoscan.data.tasks import Task, binary_targets, get_task, list_tasks
 from pneumoscan.inference.onnx_runtime import INT8_NAME
 from pneumoscan.inference.predict import NO_HEATMAP, Predictor, check_bundle_stages, stage_fields, stage_scope
 from pneumoscan.models.card import WEIGHTS, BundleCard, load_card, proven_run_split, refuse_model_files
-from .held_out import HeldOutPolicy, check_held_out
+from .held_out import HeldOutFindings, HeldOutPolicy, check_held_out
 from .methods import METHODS, methods_text, software
 from .model_card import MODEL_CARD, add_evaluation, counted, evaluation_record, left_out_said
 from .report import METRICS, MODEL_ID, THRESHOLD_DIGITS, write_report
@@ -134,10 +135,9 @@ def two_stage_names(first: Task, second: Task) -> tuple[str, ...]:
     return next((classes for classes in same if [c.casefold() for c in classes] == folded), composed)
 
 
-def _two_stage(first: Predictor, first_scores: np.ndarray, records: list[Record], images: np.ndarray,
-               targets: np.ndarray, data: Path | str, split: str | None, etiology: Path | str, tta: bool,
-               backend: str, groups: np.ndarray, scope: Sequence[list[str]], by: dict[str, list[str]]
-               ) -> tuple[dict, dict[str, list], BundleCard]:
+def _two_stage(first: Predictor, first_scores: np.ndarray, films: LabelledFilms, data: Path | str,
+               split: str | None, etiology: Path | str, tta: bool, backend: str, groups: np.ndarray,
+               scope: Sequence[list[str]], by: dict[str, list[str]]) -> tuple[dict, dict[str, list], BundleCard]:
     """The 1 + k class figures of FIRST followed by the ETIOLOGY bundle (a stage of k classes) on the first stage's
     films (every film is scored by both stages, so the composed probabilities exist for all, and checked against
     both stages' training films), and predictions.csv's columns of the second stage, named as predict names them
@@ -148,25 +148,13 @@ def _two_stage(first: Predictor, first_scores: np.ndarray, records: list[Record]
     decision under ``subgroups``); and the second stage's card, whose threshold decides too. Refused
     when a film the first stage hands over does not say its class of the second stage (bacteria or virus)."""
     second = Predictor(etiology, backend=backend)  # the pair chains: evaluate checked it (check_stages)
-    if second.card.spec != first.card.spec:  # decoded as the second stage was trained, through the same cache
-        _, cache = cache_dataset(data, second.card.spec, split, progress=True)
-        try:
-            images = cache.images[cache.rows([r.path for r in records])]
-        except KeyError as e:  # the two stages are scored on the same films, or not at all
-            raise ValueError(f"the {second.task.name} stage cannot read a film the first stage read: {e.args[0]}; "
-                             "evaluate the two stages on films both can read") from None
+    records = films.records
+    images = _images_as_trained(second, first, records, films.images, data, split)
     task = second.task
     second_probs = second.probabilities(images, tta=tta)
     first_threshold, second_threshold = first.threshold(tta), second.threshold(tta)
     probs, called = two_stage_decision(first_scores, second_probs, first_threshold, second_threshold, task)
-    subtypes = [task.target(r) for r in records]
-    unnamed = [r.path for r, t, s in zip(records, targets, subtypes) if t != 0 and s is None]
-    if unnamed:  # leaving them out would score the pipeline on other films than the first stage
-        raise ValueError(f"no {task.name} class ({', '.join(task.classes[:-1])} or {task.classes[-1]}) is named for "
-                         f"{counted(len(unnamed), f'{first.card.positive.lower()} film')} of {data} (e.g. "
-                         f"{unnamed[0]}): the two stages can only be scored as one decision among their classes on "
-                         "films that name it")
-    truth = np.array([0 if t == 0 else 1 + s for t, s in zip(targets, subtypes)])
+    truth = _two_stage_truth(first, task, records, films.targets, data)
     names = two_stage_names(first.task, task)
     among = f" (the most probable of {', '.join(task.classes[1:])})" if task.multiclass else ""
     metrics = evaluate_multiclass(truth, probs, names, predicted=called, groups=groups,
@@ -178,21 +166,58 @@ def _two_stage(first: Predictor, first_scores: np.ndarray, records: list[Record]
         metrics["subgroups"] = subgroup_figures(by, groups, decision=(truth, called))
     metrics |= {"etiology_bundle": os.path.realpath(etiology), "etiology_threshold": second_threshold,
                 "etiology_bundle_weights": second.card.files.get(WEIGHTS, ""), "etiology_caveats": second.card.caveats}
-    scopes = [stage_scope(warnings, content) for warnings, content in zip(scope, _content_warnings(second, images))]
+    scopes, metrics["out_of_scope"] = _second_stage_scope(second, records, images, scope, data_label(data, split))
     fields = stage_fields(task)
-    # the films the second stage's own check flags (the first stage's flags are the evaluation's out_of_scope)
-    outside = [(r, found) for r, s in zip(records, scopes) if (found := outside_scope(s["warnings"]))]
-    metrics["out_of_scope"] = [{"path": path_text(r.path), "reasons": [w for w, _ in found]} for r, found in outside]
-    if outside:
-        record, found = outside[0]
-        log.warning("%d film(s) of %s do not look like the films the %s stage was trained on (e.g. %s: %s): they are "
-                    "scored and counted in the two-stage figures like the rest; predictions.csv marks them (%s false)",
-                    len(outside), shown(data_label(data, split)), task.name, shown(record.path), found[0][0],
-                    fields["in_scope"])
     columns = {fields["probability"]: list(second.positive_probability(second_probs)),
                **{fields[c]: list(second_probs[:, i]) for i, c in enumerate(task.class_columns)},
                TWO_STAGE_CALLED: list(np.array(names)[called])}
     return metrics, columns | {fields[key]: [s[key] for s in scopes] for key in ("in_scope", "warnings")}, second.card
+
+
+def _images_as_trained(second: Predictor, first: Predictor, records: list[Record], images: np.ndarray,
+                       data: Path | str, split: str | None) -> np.ndarray:
+    """The films as the second stage was trained to read them: the first stage's ``images``, or decoded again
+    through the same cache where its preprocessing differs. Refused where it cannot read a film the first stage
+    read: the two stages are scored on the same films, or not at all."""
+    if second.card.spec == first.card.spec:
+        return images
+    _, cache = cache_dataset(data, second.card.spec, split, progress=True)
+    try:
+        return cache.images[cache.rows([r.path for r in records])]
+    except KeyError as e:
+        raise ValueError(f"the {second.task.name} stage cannot read a film the first stage read: {e.args[0]}; "
+                         "evaluate the two stages on films both can read") from None
+
+
+def _two_stage_truth(first: Predictor, task: Task, records: list[Record], targets: np.ndarray,
+                     data: Path | str) -> np.ndarray:
+    """Each film's true class among the 1 + k (0 the first stage's negative class, 1 + j the second stage's class
+    j), refused where a film of the first stage's positive class names no class of the second: leaving it out would
+    score the pipeline on other films than the first stage."""
+    subtypes = [task.target(r) for r in records]
+    unnamed = [r.path for r, t, s in zip(records, targets, subtypes) if t != 0 and s is None]
+    if unnamed:
+        raise ValueError(f"no {task.name} class ({', '.join(task.classes[:-1])} or {task.classes[-1]}) is named for "
+                         f"{counted(len(unnamed), f'{first.card.positive.lower()} film')} of {data} (e.g. "
+                         f"{unnamed[0]}): the two stages can only be scored as one decision among their classes on "
+                         "films that name it")
+    return np.array([0 if t == 0 else 1 + s for t, s in zip(targets, subtypes)])
+
+
+def _second_stage_scope(second: Predictor, records: list[Record], images: np.ndarray, scope: Sequence[list[str]],
+                        name: str) -> tuple[list[dict[str, object]], list[dict]]:
+    """Each film's scope for the second stage (:func:`stage_scope`: its first-stage ``scope`` warnings with the
+    second stage's content check), and the films that check flags, as metrics.json's ``out_of_scope`` lists them
+    (the first stage's flags are the evaluation's own): warned of, as they are scored and counted like the rest."""
+    scopes = [stage_scope(warnings, content) for warnings, content in zip(scope, _content_warnings(second, images))]
+    outside = _outside(records, [s["warnings"] for s in scopes])
+    if outside:
+        record, found = outside[0]
+        log.warning("%d film(s) of %s do not look like the films the %s stage was trained on (e.g. %s: %s): they are "
+                    "scored and counted in the two-stage figures like the rest; predictions.csv marks them (%s false)",
+                    len(outside), shown(name), second.task.name, shown(record.path), found[0][0],
+                    stage_fields(second.task)["in_scope"])
+    return scopes, _out_of_scope(outside)
 
 
 def data_label(data: Path | str, split: str | None, data_name: str | None = None) -> str:
@@ -342,87 +367,36 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
     add under ``at_prevalence`` the binary decision's precision, NPV, accuracy and net benefit, and its decision
     curve, recomputed at each from the films' sensitivity and specificity
     (:func:`~pneumoscan.core.metrics.at_prevalence`); a three-class decision's figures are not recomputed."""
-    points = decision_thresholds(*decision_range)  # a range that says nothing refused before any film is read
-    look_up_option(auc_test, AUC_TESTS, "AUC test")  # a misspelt test never runs another in its name
-    prevalences = check_prevalences(prevalences)  # so is a prevalence outside (0, 1)
-    if backend == "onnx-int8" and add_to_card:
-        raise ValueError("add_to_card (--add-to-card) records evaluations of the bundle's FP32 model, which its card "
-                         "describes; the INT8 model's figures stay in the report")
-    if out_dir is not None:
-        refuse_model_files(Path(out_dir) / METRICS, folder=True)  # over a run's record, or into a bundle
-    # the report this run may replace: another run's, written into the same folder meanwhile, is not
-    results = file_stamp(Path(out_dir) / METRICS) if out_dir is not None else None
-    if etiology is not None:  # a pair that does not chain is refused from the cards, before any film is read
-        _check_composable(bundle, etiology)
+    points, prevalences, results = _refuse_early(bundle, out_dir, etiology, add_to_card, backend, auc_test,
+                                                 decision_range, prevalences)
     predictor = Predictor(bundle, backend=backend)
     card = predictor.card
     threshold = predictor.threshold(tta)
     task = predictor.task
     name = data_label(data, split, data_name)
     films = labelled_films(data, split, task, card.spec)
-    records, images, targets, errors = films.records, films.images, films.targets, films.unreadable
-    proven = proven_run_split(bundle, data, films)  # a copied bundle's run split, from what was read
-    # figures on training films flatter a model, and a card's "other data" must be other than its calibration films
-    held_out = check_held_out([bundle, *([etiology] if etiology is not None else [])], records,
-                              "record an evaluation in the card" if add_to_card else "evaluate",
-                              policy=HeldOutPolicy(validation_warning=True, refuse_validation=add_to_card,
-                                                   int8=backend == "onnx-int8", refuse_unchecked=add_to_card),
-                              cards=[card], run_split=data if proven.listed else None, run_records=films.every)
-    if prevalences and not has_both_classes(binary_targets(targets)):
-        raise ValueError(f"prevalence (--prevalence) recomputes figures from sensitivity and specificity, which need "
-                         f"films of both classes ({' and '.join(task.classes)}); the report still shows the rest "
-                         "without it")
-    if add_to_card and not has_both_classes(binary_targets(targets)):
-        raise ValueError(f"add_to_card (--add-to-card) needs films of both classes ({' and '.join(task.classes)}): "
-                         "on one class a card's AUC, precision and F1 are undefined or meaningless; the report still "
-                         "shows the rest")
+    held_out = _check_films(predictor, bundle, data, films, etiology, add_to_card, backend, prevalences)
+    records, images, targets = films.records, films.images, films.targets
     scope, fields = _film_warnings(predictor, records, images)
     by_field = film_values(by, records, fields, name)  # an unknown field before the films are scored
     probs = predictor.probabilities(images, tta=tta)
     scores = predictor.positive_probability(probs)
-    _say_outside(records, scope, name)  # once scored: a refusal of the scores (non-finite) is said alone
+    outside = _outside(records, scope)
+    _say_outside(outside, name)  # once scored: a refusal of the scores (non-finite) is said alone
     copies, groups, conflicts = patient_groups(records, data)
-    metrics = evaluate_probabilities(probs, targets, task, threshold, groups=groups)
-    metrics |= decision_curve(binary_targets(targets), scores, threshold, points, groups)
-    if prevalences:  # of the decision the curve is of: P(positive) against the bundle's threshold
-        metrics["at_prevalence"] = at_prevalence(binary_targets(targets), scores, threshold, prevalences,
-                                                 metrics["decision_curve"], groups)
-    if by_field:  # at the bundle's threshold, never one chosen per group
-        metrics["subgroups"] = subgroup_figures(by_field, groups, binary=(binary_targets(targets), scores, threshold),
-                                                auc_test=auc_test)
-        if task.multiclass:  # the decision the three-class figures are of: the most probable class
-            metrics["multiclass"]["subgroups"] = subgroup_figures(by_field, groups,
-                                                                  decision=(targets, np.argmax(probs, axis=1)))
-    _annotate(metrics, bundle, card, backend, tta, name, copies, errors, held_out.caveats)
-    # the sources of its weights whose training films are unknown here: these films may be among them
-    metrics["unchecked"] = list(held_out.unknown_sources.values())
-    # the films scored all the same that the check found among its own data (copies, its patients', its threshold's)
-    metrics["optimistic_films"] = [path_text(path) for path in held_out.films]
-    metrics["films"] = films_digest(records)  # compare checks that runs named alike are on the same films
-    metrics["left_out"] = left_out(films, task)  # what of the files given the figures are not of, and why
-    metrics["out_of_scope"] = [{"path": path_text(r.path), "reasons": [w for w, _ in outside_scope(warnings)]}
-                               for r, warnings in zip(records, scope) if not in_scope(warnings)]
-    metrics["label_conflicts"] = conflicts  # films scored against a label their name or a copy contradicts
-    # films that are patients of their own for want of an id: intervals by patient may then still be too narrow
-    metrics["films_without_patient_id"] = films_without_patient_id(records)
+    metrics = _figures(task, probs, scores, targets, threshold, points, groups, prevalences, by_field, auc_test)
+    _annotate(metrics, bundle, card, backend, tta, name, copies, films.unreadable, held_out.caveats)
+    _list_films(metrics, films, task, held_out, outside, conflicts)
     second: dict[str, list] | None = None  # predictions.csv's columns of the second stage
     second_card: BundleCard | None = None
     if etiology is not None:
-        metrics["two_stage"], second, second_card = _two_stage(predictor, scores, records, images, targets, data,
-                                                               split, etiology, tta, backend, groups, scope,
-                                                               by_field)
+        metrics["two_stage"], second, second_card = _two_stage(predictor, scores, films, data, split, etiology, tta,
+                                                               backend, groups, scope, by_field)
         metrics["two_stage"]["films_without_patient_id"] = metrics["films_without_patient_id"]  # the same films
     adjust(metrics)  # the tests of a difference across groups, over every field and rate of this evaluation
     if out_dir is not None:
-        header = _report_header(bundle, data, split, card, threshold, len(targets), metrics["left_out"], tta,
-                                backend, etiology, metrics["software"]["pneumoscan"])
-        header["outside the model's scope"] = len(metrics["out_of_scope"])
-        if second_card is not None:  # its threshold decides the three-class calls too; its scope by its own check
-            block = metrics["two_stage"]
-            header["etiology threshold"] = _threshold_said(second_card, block["etiology_threshold"])
-            if block["etiology_caveats"]:
-                header["etiology caveats"] = "; ".join(block["etiology_caveats"])
-            header["outside the second stage's scope"] = len(block["out_of_scope"])
+        header = _report_header(bundle, data, split, card, threshold, len(targets), metrics, tta, backend, etiology,
+                                second_card)
         # made before the folder is locked: its Grad-CAMs take up to a minute, which another run would wait out
         gallery = error_gallery(predictor, records, binary_targets(targets), scores, threshold, tta=tta, scope=scope)
         with unchanged(Path(out_dir) / METRICS, results):
@@ -436,6 +410,87 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
     return metrics
 
 
+def _refuse_early(bundle: Path | str, out_dir: Path | str | None, etiology: Path | str | None, add_to_card: bool,
+                  backend: str, auc_test: str, decision_range: tuple[float, float],
+                  prevalences: Sequence[float]) -> tuple[np.ndarray, list[float], str | None]:
+    """Refuse what the request alone makes wrong, before any film is read: a decision range that says nothing, a
+    misspelt AUC test (never another test run in its name), a prevalence outside (0, 1), an INT8 model's figures for the
+    card, a folder over a run's record or in a bundle, two bundles that do not chain. Gives the decision curve's
+    threshold probabilities, the prevalences and the stamp of the report this run may replace (:func:`file_stamp`:
+    another run's, written into the same folder meanwhile, is not)."""
+    points = decision_thresholds(*decision_range)
+    look_up_option(auc_test, AUC_TESTS, "AUC test")  # a misspelt test never runs another in its name
+    prevalences = check_prevalences(prevalences)  # so is a prevalence outside (0, 1)
+    if backend == "onnx-int8" and add_to_card:
+        raise ValueError("add_to_card (--add-to-card) records evaluations of the bundle's FP32 model, which its card "
+                         "describes; the INT8 model's figures stay in the report")
+    if out_dir is not None:
+        refuse_model_files(Path(out_dir) / METRICS, folder=True)  # over a run's record, or into a bundle
+    results = file_stamp(Path(out_dir) / METRICS) if out_dir is not None else None
+    if etiology is not None:  # a pair that does not chain is refused from the cards
+        _check_composable(bundle, etiology)
+    return points, prevalences, results
+
+
+def _check_films(predictor: Predictor, bundle: Path | str, data: Path | str, films: LabelledFilms,
+                 etiology: Path | str | None, add_to_card: bool, backend: str,
+                 prevalences: Sequence[float]) -> HeldOutFindings:
+    """The films checked against the bundles' own data (figures on training films flatter a model, and a card's
+    "other data" must be other than its calibration films: :func:`check_held_out`), then refused for what needs
+    films of both classes."""
+    card, task = predictor.card, predictor.task
+    proven = proven_run_split(bundle, data, films)  # a copied bundle's run split, from what was read
+    held_out = check_held_out([bundle, *([etiology] if etiology is not None else [])], films.records,
+                              "record an evaluation in the card" if add_to_card else "evaluate",
+                              policy=HeldOutPolicy(validation_warning=True, refuse_validation=add_to_card,
+                                                   int8=backend == "onnx-int8", refuse_unchecked=add_to_card),
+                              cards=[card], run_split=data if proven.listed else None, run_records=films.every)
+    both = has_both_classes(binary_targets(films.targets))
+    if prevalences and not both:
+        raise ValueError(f"prevalence (--prevalence) recomputes figures from sensitivity and specificity, which need "
+                         f"films of both classes ({' and '.join(task.classes)}); the report still shows the rest "
+                         "without it")
+    if add_to_card and not both:
+        raise ValueError(f"add_to_card (--add-to-card) needs films of both classes ({' and '.join(task.classes)}): "
+                         "on one class a card's AUC, precision and F1 are undefined or meaningless; the report still "
+                         "shows the rest")
+    return held_out
+
+
+def _figures(task: Task, probs: np.ndarray, scores: np.ndarray, targets: np.ndarray, threshold: float,
+             points: np.ndarray, groups: np.ndarray, prevalences: Sequence[float], by_field: dict[str, list[str]],
+             auc_test: str) -> dict:
+    """The figures of the bundle's decision on the films (:func:`evaluate_probabilities`), its decision curve over
+    ``points`` (:func:`decision_curve`), recomputed at each of ``prevalences``, and by ``by_field``'s groups."""
+    y = binary_targets(targets)
+    metrics = evaluate_probabilities(probs, targets, task, threshold, groups=groups)
+    metrics |= decision_curve(y, scores, threshold, points, groups)
+    if prevalences:  # of the decision the curve is of: P(positive) against the bundle's threshold
+        metrics["at_prevalence"] = at_prevalence(y, scores, threshold, prevalences, metrics["decision_curve"], groups)
+    if by_field:  # at the bundle's threshold, never one chosen per group
+        metrics["subgroups"] = subgroup_figures(by_field, groups, binary=(y, scores, threshold), auc_test=auc_test)
+        if task.multiclass:  # the decision the three-class figures are of: the most probable class
+            metrics["multiclass"]["subgroups"] = subgroup_figures(by_field, groups,
+                                                                  decision=(targets, np.argmax(probs, axis=1)))
+    return metrics
+
+
+def _list_films(metrics: dict, films: LabelledFilms, task: Task, held_out: HeldOutFindings,
+                outside: list[tuple[Record, list]], conflicts: list[dict]) -> None:
+    """Add to METRICS the films its figures may be flattered or muddied by, and which films they are of, for a
+    researcher to leave some out or ``compare`` to check that runs named alike are on the same films."""
+    # the sources of its weights whose training films are unknown here: these films may be among them
+    metrics["unchecked"] = list(held_out.unknown_sources.values())
+    # the films scored all the same that the check found among its own data (copies, its patients', its threshold's)
+    metrics["optimistic_films"] = [path_text(path) for path in held_out.films]
+    metrics["films"] = films_digest(films.records)  # compare checks that runs named alike are on the same films
+    metrics["left_out"] = left_out(films, task)  # what of the files given the figures are not of, and why
+    metrics["out_of_scope"] = _out_of_scope(outside)
+    metrics["label_conflicts"] = conflicts  # films scored against a label their name or a copy contradicts
+    # films that are patients of their own for want of an id: intervals by patient may then still be too narrow
+    metrics["films_without_patient_id"] = films_without_patient_id(films.records)
+
+
 def _film_warnings(predictor: Predictor, records: Sequence[Record],
                    images: np.ndarray) -> tuple[list[list[str]], list[dict[str, str]]]:
     """Each film's scope warnings, as ``predict`` gives them (its header's, then its pixels' at the model's input:
@@ -446,17 +501,27 @@ def _film_warnings(predictor: Predictor, records: Sequence[Record],
     return found, [d["fields"] for d in described]
 
 
-def _say_outside(records: Sequence[Record], scope: Sequence[list[str]], name: str) -> None:
-    """A warning naming the films outside the model's scope: a lateral, a CT or an inverted film is scored and
-    counted in the figures like the rest (figures on the films given, as published figures are), but
+def _outside(records: Sequence[Record], scope: Sequence[list[str]]) -> list[tuple[Record, list]]:
+    """Each film whose warnings put it outside the model's scope, with those warnings (:func:`outside_scope`)."""
+    return [(r, found) for r, warnings in zip(records, scope) if (found := outside_scope(warnings))]
+
+
+def _out_of_scope(outside: list[tuple[Record, list]]) -> list[dict]:
+    """metrics.json's ``out_of_scope``: each film outside the scope (:func:`_outside`) and the warnings why."""
+    return [{"path": path_text(r.path), "reasons": [w for w, _ in found]} for r, found in outside]
+
+
+def _say_outside(outside: list[tuple[Record, list]], name: str) -> None:
+    """A warning naming the films outside the model's scope (:func:`_outside`): a lateral, a CT or an inverted film
+    is scored and counted in the figures like the rest (figures on the films given, as published figures are), but
     predictions.csv marks it (``in_scope`` false) and a card's record counts it; the warning says how to measure
     without them, which a site with a lateral among its films had to guess."""
-    if outside := [(r, warnings) for r, warnings in zip(records, scope) if not in_scope(warnings)]:
-        record, warnings = outside[0]
+    if outside:
+        record, found = outside[0]
         log.warning("%d film(s) of %s are outside the model's scope (e.g. %s: %s): they are scored and counted in the "
                     "figures like the rest; predictions.csv marks them (in_scope false) and metrics.json lists them "
                     "(out_of_scope): leave them out of the films given to measure without them", len(outside),
-                    shown(name), shown(record.path), outside_scope(warnings)[0][0])
+                    shown(name), shown(record.path), found[0][0])
 
 
 def _content_warnings(predictor: Predictor, images: np.ndarray) -> list[list[str]]:
@@ -484,24 +549,33 @@ def _annotate(metrics: dict, bundle: Path | str, card: BundleCard, backend: str,
 
 
 def _report_header(bundle: Path | str, data: Path | str, split: str | None, card: BundleCard, threshold: float,
-                   images: int, left_out: Sequence[dict], tta: bool, backend: str,
-                   etiology: Path | str | None, scored_by: str) -> dict[str, object]:
+                   images: int, metrics: dict, tta: bool, backend: str, etiology: Path | str | None,
+                   second_card: BundleCard | None) -> dict[str, object]:
     """The report's table of what was measured, and how: which bundle and model, on which data (and which of its
     files the figures leave out, and why: :func:`~pneumoscan.data.labelled.left_out`), at which threshold (and where
-    it was chosen), with the card's caveats about it, and the pneumoscans that made the bundle and scored the films
-    (``scored_by``: metrics.json's ``software``). The data names its split: a dataset root holds the training films
-    too."""
+    it was chosen), with the card's caveats about it, the pneumoscans that made the bundle and scored the films
+    (metrics.json's ``software``), and how many films are outside the scope; with a second stage (``second_card``),
+    its threshold, which decides the three-class calls too, its caveats and the films its own check flags. The data
+    names its split: a dataset root holds the training films too."""
     mode = f"{len(TTA_VIEWS)}-view test-time augmentation" if tta else "plain"
-    return {
+    header = {
         "bundle": str(bundle), MODEL_ID: card.model_id, "data": f"{data}{f', split {split}' if split else ''}",
         "images": images,
-        "left out of the figures": left_out_said(left_out) or "none",
+        "left out of the figures": left_out_said(metrics["left_out"]) or "none",
         "scores": mode,
         "threshold": _threshold_said(card, threshold),
         "temperature": f"{card.temperature:.3f}", "bundle made with": f"pneumoscan {card.package_version}",
-        "films scored with": f"pneumoscan {scored_by}", "backend": backend,
+        "films scored with": f"pneumoscan {metrics['software']['pneumoscan']}", "backend": backend,
     } | ({"caveats": "; ".join(card.caveats)} if card.caveats else {}) | (
         {"etiology bundle": str(etiology)} if etiology else {})  # fmt: skip
+    header["outside the model's scope"] = len(metrics["out_of_scope"])
+    if second_card is not None:
+        block = metrics["two_stage"]
+        header["etiology threshold"] = _threshold_said(second_card, block["etiology_threshold"])
+        if block["etiology_caveats"]:
+            header["etiology caveats"] = "; ".join(block["etiology_caveats"])
+        header["outside the second stage's scope"] = len(block["out_of_scope"])
+    return header
 
 
 def _threshold_said(card: BundleCard, threshold: float) -> str:
