@@ -391,10 +391,7 @@ def _three_classes(block: dict) -> str:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from pneumoscan.core.metrics import BOTH_CLASSES, format_figure, format_percent, unit_caveat, with_ci
     from pneumoscan.evaluation.evaluate import default_out_dir, evaluate
-    from pneumoscan.evaluation.model_card import film_counts, one_class
-    from pneumoscan.models.run_folder import REPORT
 
     if args.auc_test != AUC_TESTS[0] and not args.by:  # it would change nothing, and say nothing of it
         raise ValueError(f"--auc-test {args.auc_test} only with --by FIELD (it tests the groups' AUCs)")
@@ -412,13 +409,31 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                            by=args.by or (), auc_test=args.auc_test,
                            decision_range=tuple(args.decision_range or DECISION_RANGE),
                            prevalences=args.prevalence or ())
-    if args.json:  # the curves stay in metrics.json: the figures, each prevalence's too, are printed
-        printed = {k: v for k, v in metrics.items() if k not in ("curves", "decision_curve")}
-        if "at_prevalence" in printed:
-            printed["at_prevalence"] = printed["at_prevalence"] | {"figures": [
-                {k: v for k, v in at.items() if k != "decision_curve"} for at in printed["at_prevalence"]["figures"]]}
-        _print_json(printed)
+    if args.json:
+        _print_json(_figures_printed(metrics))
         return 0
+    _print_figures(metrics, out)
+    _print_tables(metrics)
+    return 0
+
+
+def _figures_printed(metrics: dict) -> dict:
+    """evaluate --json's figures: the curves stay in metrics.json, each prevalence's too."""
+    printed = {k: v for k, v in metrics.items() if k not in ("curves", "decision_curve")}
+    if "at_prevalence" in printed:
+        printed["at_prevalence"] = printed["at_prevalence"] | {"figures": [
+            {k: v for k, v in at.items() if k != "decision_curve"} for at in printed["at_prevalence"]["figures"]]}
+    return printed
+
+
+def _print_figures(metrics: dict, out: str | Path) -> None:
+    """evaluate's figures at the bundle's threshold with their CIs, its films and where the report is, and what a
+    reader of this screen alone must not miss: the intervals' caveat, the cards' caveats and the assumption of the
+    figures at another prevalence (the report says them too)."""
+    from pneumoscan.core.metrics import BOTH_CLASSES, format_percent, unit_caveat, with_ci
+    from pneumoscan.evaluation.model_card import film_counts, one_class
+    from pneumoscan.models.run_folder import REPORT
+
     absent = one_class(metrics, metrics["class_names"])  # precision, NPV and F1 then say nothing of the model
     for name in ("auc", "accuracy", "sensitivity", "specificity", "precision", "npv", "f1"):
         figure = (f"n/a (no {absent} films: it depends on both classes)" if absent and name in BOTH_CLASSES
@@ -426,18 +441,26 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"{name:>12}: {figure}")
     print(f"   threshold: {metrics['threshold']:.4f}   n = {film_counts(metrics, metrics['class_names'])}   "
           f"prevalence {metrics['prevalence']:.3f}   report: {Path(out) / REPORT}")
-    if said := unit_caveat(metrics):  # the report says it too; a reader of this screen alone must not miss it
+    if said := unit_caveat(metrics):
         print(f"   {said}")
     # what the cards say of the thresholds (a guess) and temperatures (not fitted) these figures are at, as the report
     second = metrics.get("two_stage") or {}
     for stage, caveats in (("", metrics["caveats"]), ("etiology ", second.get("etiology_caveats"))):
         for said in caveats or ():
             print(f"   {stage}caveat: {said}")
-    for block in (metrics.get("at_prevalence") or {}).get("figures", ()):  # the assumption: the report says it
+    for block in (metrics.get("at_prevalence") or {}).get("figures", ()):
         print(f"   at prevalence {format_percent(block['prevalence'])} (if sensitivity and specificity carry over): "
               + ", ".join(f"{name} {with_ci(block[key], block['ci'][key], 4)}" for key, name in (
                   ("precision", "precision"), ("npv", "npv"), ("accuracy", "accuracy"),
                   ("net_benefit", "net benefit"))))
+
+
+def _print_tables(metrics: dict) -> None:
+    """evaluate's tables beneath its figures: sensitivity and specificity over thresholds, the subgroups', and each
+    decision among classes (a multiclass bundle's, two stages') with its subgroups; the note on differences across
+    groups once, beneath them all."""
+    from pneumoscan.core.metrics import format_figure
+
     print(f"\n{'threshold':>10} {'sensitivity':>12} {'specificity':>12} {'precision':>10} {'npv':>6}  rule")
     for row in metrics["threshold_table"]:
         print(f"{row['threshold']:>10.4f} {format_figure(row['sensitivity'], 3):>12} "
@@ -448,13 +471,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if block := metrics.get(key):
             print(f"\n{len(block['class_names'])} classes, {_three_classes(block)}")
             _print_subgroups(block.get("subgroups"), f"of the decision ({block['decision']})", block.get("ci_unit"))
-    if metrics.get("subgroups"):  # once, beneath the tables of every block
+    if metrics.get("subgroups"):
         import textwrap
 
         from pneumoscan.evaluation.subgroups import DIFFERENCES_NOTE
 
         print("\n" + textwrap.fill(DIFFERENCES_NOTE, 116))
-    return 0
 
 
 def _print_subgroups(block: dict | None, at: str, ci_unit: str | None) -> None:
@@ -1108,6 +1130,23 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-heatmaps", action="store_true",
                    help="serve readings alone, heatmaps refused (422), without Grad-CAM's torch: for a host that "
                         "refuses memory both writable and executable (MemoryDenyWriteExecute=yes), with --backend onnx")
+    _serve_access_args(p)
+    _serve_limit_args(p)
+    p.add_argument("--audit-log", type=_file, metavar="FILE",
+                   help="append one JSON line for each prediction request, answered or refused (time, request id, "
+                        "key name, the film's SHA-256 and size, model, readings, status, reason; no file names or "
+                        "patient data), to FILE, created 0600 and opened again once logrotate moves it (default: none)")
+    p.add_argument("--audit-required", action="store_true",
+                   help="with --audit-log: a reading whose line cannot be written is answered 503 (audit_log_lost), "
+                        "not the reading, where the default answers it with a warning that the line is lost")
+    p.add_argument("--max-lingering", type=_positive(int),
+                   help="connections answered early (401, 413, 503 before the upload is in) whose rest is dropped "
+                        "until the client closes, at most --body-timeout, at once; past it one closes at once "
+                        "(default 128)")
+
+
+def _serve_access_args(p: argparse.ArgumentParser) -> None:
+    """serve's options of who may call it: the API key, the hosts and the browser origins."""
     p.add_argument("--api-key-file", type=_file, metavar="PATH",
                    help="file holding the API key that every request but the page, /healthz and /openapi.json must "
                         "send, or a key for each client as NAME KEY lines, read again on SIGHUP (default: env "
@@ -1120,6 +1159,10 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cors-origin", action="append", metavar="ORIGIN",
                    help="let pages from this origin call the API from a browser, given as a browser sends it "
                         "(https://viewer.example: no path); repeat for each (default: none)")
+
+
+def _serve_limit_args(p: argparse.ArgumentParser) -> None:
+    """serve's bounds on the work in it at once, on how long a request may take, and on each client's requests."""
     # no defaults here: a flag not given leaves serving.limits.Limits' own (the help repeats them)
     p.add_argument("--max-concurrent-decodes", type=_positive(int),
                    help="images decoded at once (default: the cores this process may run on, at most 4)")
@@ -1144,17 +1187,6 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
                         "server the instances behind a load balancer share, redis://HOST:6379/0 (redis+unix:///PATH, "
                         "or over TLS rediss://HOST:6380/0?ssl_ca_certs=CA.pem); one that does not answer at start is "
                         "refused, and while it does not answer each prediction request gets 503 + Retry-After")
-    p.add_argument("--audit-log", type=_file, metavar="FILE",
-                   help="append one JSON line for each prediction request, answered or refused (time, request id, "
-                        "key name, the film's SHA-256 and size, model, readings, status, reason; no file names or "
-                        "patient data), to FILE, created 0600 and opened again once logrotate moves it (default: none)")
-    p.add_argument("--audit-required", action="store_true",
-                   help="with --audit-log: a reading whose line cannot be written is answered 503 (audit_log_lost), "
-                        "not the reading, where the default answers it with a warning that the line is lost")
-    p.add_argument("--max-lingering", type=_positive(int),
-                   help="connections answered early (401, 413, 503 before the upload is in) whose rest is dropped "
-                        "until the client closes, at most --body-timeout, at once; past it one closes at once "
-                        "(default 128)")
 
 
 def _predict_args(p: argparse.ArgumentParser) -> None:
