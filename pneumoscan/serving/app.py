@@ -67,6 +67,22 @@ def create_app(bundle: Path | str, etiology: Path | str | None = None, max_uploa
             audit.close()
         raise
 
+    app = _app_of(service, audit)
+    card = service.card
+    _add_middleware(app, access, service.metrics, audit,
+                    {"model_id": card.id, "model_version": card.version, "card_digest": card.card_digest})
+    app.state.in_flight = service.in_flight
+    app.state.metrics = service.metrics  # the server adds its log's held-back lines (server.build_server)
+    app.state.card = service.card  # the cards as served (the start names the model: server.build_server)
+    _add_error_handlers(app, service)
+    _add_routes(app, service)
+    return app
+
+
+def _app_of(service: Service, audit: AuditLog | None) -> FastAPI:
+    """The bare FastAPI app of ``service``, which closes the service and the ``audit`` when it stops; no /docs or
+    /redoc (they load scripts from a CDN), and one spelling a path."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
@@ -74,7 +90,7 @@ def create_app(bundle: Path | str, etiology: Path | str | None = None, max_uploa
         if audit is not None:
             audit.close()
 
-    app = FastAPI(
+    return FastAPI(
         title="pneumoscan",
         summary="Pediatric chest X-ray classifier (normal vs pneumonia; bacterial vs viral). Research use only.",
         version=service.main.card.package_version,
@@ -85,15 +101,6 @@ def create_app(bundle: Path | str, etiology: Path | str | None = None, max_uploa
         # with the slash would pass only by following (to plain http behind a TLS proxy)
         redirect_slashes=False,
     )
-    card = service.card
-    _add_middleware(app, access, service.metrics, audit,
-                    {"model_id": card.id, "model_version": card.version, "card_digest": card.card_digest})
-    app.state.in_flight = service.in_flight
-    app.state.metrics = service.metrics  # the server adds its log's held-back lines (server.build_server)
-    app.state.card = service.card  # the cards as served (the start names the model: server.build_server)
-    _add_error_handlers(app, service)
-    _add_routes(app, service)
-    return app
 
 
 def _refuse_unguarded_key(access: Access | None) -> None:
@@ -131,6 +138,33 @@ def _add_middleware(app: FastAPI, access: Access | None, metrics: ServiceMetrics
 def _add_routes(app: FastAPI, service: Service) -> None:
     """The API (/v1/predict, /v1/model, /healthz, /metrics) and the page (/ and /static), each answered by
     ``service``."""
+    _add_predict(app, service)
+    _add_health(app, service)
+
+    @app.get("/v1/model", response_model=ServiceInfo)
+    async def model_info() -> ServiceInfo:
+        """The model card: task, classes, threshold, validation metrics, training data fingerprint."""
+        return service.info()
+
+    @app.get("/metrics", response_class=PlainTextResponse,
+             responses={200: {"description": "Prometheus text format (OpenMetrics when the Accept header asks)"}})
+    async def metrics(request: Request) -> Response:
+        """The service's metrics for Prometheus: requests, readings, refusals and scope warnings by kind, the
+        model's run time, the requests in the service against their bounds, the models served (docs/deployment.md).
+        No patient data; behind the API key when one is set, as the rest of the API."""
+        body, content_type = service.metrics.exposition(request.headers.get("accept"))
+        return Response(body, media_type=content_type)
+
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html")  # with the guard's Content-Security-Policy, as every response
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+
+def _add_predict(app: FastAPI, service: Service) -> None:
+    """POST /v1/predict: ``service`` reads the upload from the request itself (some refusals come before it is
+    read), so the schema describes its multipart body by hand."""
 
     @app.post(
         "/v1/predict", response_model=Prediction, responses=ERRORS,
@@ -152,6 +186,10 @@ def _add_routes(app: FastAPI, service: Service) -> None:
         check_options(format, heatmap, image, [name for name, _ in request.query_params.multi_items()])
         return await service.predict(request, heatmap, image, format)
 
+
+def _add_health(app: FastAPI, service: Service) -> None:
+    """GET and HEAD /healthz: the service's health, degraded while the key file lets no client in."""
+
     @app.get("/healthz", response_model=Health, response_model_exclude_none=True, responses={503: {"model": Health}})
     async def healthz() -> Health | JSONResponse:
         # async on purpose: it answers from the event loop, never waiting behind decodes for a worker thread (the
@@ -171,26 +209,6 @@ def _add_routes(app: FastAPI, service: Service) -> None:
     # a route of its own, out of the schema, where one method and path is one operation (one id)
     app.add_api_route("/healthz", healthz, methods=["HEAD"], response_model=Health, response_model_exclude_none=True,
                       include_in_schema=False)
-
-    @app.get("/v1/model", response_model=ServiceInfo)
-    async def model_info() -> ServiceInfo:
-        """The model card: task, classes, threshold, validation metrics, training data fingerprint."""
-        return service.info()
-
-    @app.get("/metrics", response_class=PlainTextResponse,
-             responses={200: {"description": "Prometheus text format (OpenMetrics when the Accept header asks)"}})
-    async def metrics(request: Request) -> Response:
-        """The service's metrics for Prometheus: requests, readings, refusals and scope warnings by kind, the
-        model's run time, the requests in the service against their bounds, the models served (docs/deployment.md).
-        No patient data; behind the API key when one is set, as the rest of the API."""
-        body, content_type = service.metrics.exposition(request.headers.get("accept"))
-        return Response(body, media_type=content_type)
-
-    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
-    def index() -> FileResponse:
-        return FileResponse(STATIC / "index.html")  # with the guard's Content-Security-Policy, as every response
-
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
 
 def _add_error_handlers(app: FastAPI, service: Service) -> None:
