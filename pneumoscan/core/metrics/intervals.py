@@ -386,11 +386,12 @@ def net_benefit_ci(y_true: Any, prob: Any, thresholds: Sequence[float], n_boot: 
     films = _resampled_sums(counts, resampled, np.ones(y.size))
     called_at = p[None, :] >= pt[:, None]
     true_pos, false_pos = _positives_resampled(called_at, positive, counts, resampled)
-    cached: dict[tuple[str, int, float], list[float]] = {}
+    cached: dict[tuple[str, bytes, float], list[float]] = {}
 
     def rate_ends(name: str, hits: np.ndarray, of: np.ndarray, alpha: float) -> list[float]:
-        """A rate's exact interval; the same films at an edge give the same one at every threshold."""
-        key = (name, int(hits[of].sum()), alpha)
+        """A rate's exact interval; the same hits among the same films (a rate at an edge, say) give the same one
+        at every threshold, so it is computed once for them."""
+        key = (name, hits[of].tobytes(), alpha)
         if key not in cached:
             cached[key] = _among(hits, of, patients, alpha)
         return cached[key]
