@@ -997,3 +997,37 @@ def test_the_reports_of_a_study_go_in_one_association_with_one_context_a_class(
     listener.file_study(str(sr.StudyInstanceUID), three, time.monotonic() + WAIT_S)
     assert len(destination.received) == 3 and all(len(row["stored"]) == 1 for row in three)
     assert destination.contexts == [1, 1, 1]
+
+
+def test_the_listener_reads_its_fhir_folder_once_and_a_film_sent_again_replaces_its_observation(
+    listen: Callable[..., int], destination: Destination_SCP, film: np.ndarray, tmp_path: Path,
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """--fhir's folder is read when the listener starts, not again for each study (a folder of 100,000 files was
+    3 s of reading a study): each other Observation there is read once, and the same film sent again in a study of
+    its own still replaces the first one's file, read to check it holds that Observation still, as a rerun does."""
+    caplog.set_level(logging.INFO, logger="pneumoscan")
+    (folder := tmp_path / "fhir").mkdir()
+    others = [folder / f"other-{n}.fhir.json" for n in range(3)]
+    for n, path in enumerate(others):
+        path.write_text(json.dumps({"resourceType": "Observation", "identifier": [
+            {"system": "urn:ietf:rfc:3986", "value": f"urn:uuid:0b8d0e7c-8a5e-5b8e-9d4f-1c2a3b4c5d6{n}"}]}))
+    reads: list[str] = []
+    read_bytes = Path.read_bytes
+
+    def counted(path: Path) -> bytes:
+        if path.parent == folder:
+            reads.append(path.name)
+        return read_bytes(path)
+
+    monkeypatch.setattr(Path, "read_bytes", counted)
+    port = listen(destination.port, fhir=folder)
+    data = chest_dicom(film, StudyInstanceUID=(study := generate_uid()))
+    for n in (1, 2):
+        assert send(port, [data]) == [0]
+        wait_for(lambda: caplog.text.count(f"study {study}: reports of 1 of 1 films stored") == n)
+    sop = destination.received[0].CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0] \
+        .ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+    assert sorted(p.name for p in folder.iterdir()) == sorted([f"{sop}.fhir.json", *(p.name for p in others)])
+    assert sorted(name for name in reads if name.startswith("other-")) == sorted(p.name for p in others)
+    assert caplog.text.count("the Observation written replaces the one of the same identifier") == 1

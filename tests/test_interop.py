@@ -63,7 +63,7 @@ from pneumoscan.inference.predict import format_results, identity_fields, predic
 from pneumoscan.interop.dicomweb import (AUTH_ENV, Connection, _answer, _only_part, _post, _read_back, _recorded,
                                          _session, _stored, _withdrawn, read_authorization)
 from pneumoscan.interop.fhir import CODE_SYSTEM, build_observation, observation_json
-from pneumoscan.interop.reports import dicom_multipart, write_reports
+from pneumoscan.interop.reports import ObservationIndex, dicom_multipart, write_reports
 from pneumoscan.interop.study import not_scored, unfiled
 from pneumoscan.interop.sr import DISCLAIMER, build_heatmap_sc, build_sr, finding_mode, report_files
 from pneumoscan.interop.uids import UID_ROOT_ENV, derived_uid, film_identity
@@ -1313,6 +1313,35 @@ def test_an_observation_of_the_same_identifier_in_predicts_folder_is_replaced(
     assert written["identifier"] == old["identifier"] and written["method"] == new["method"] and "text" in written
     assert json.loads((folder / "other.fhir.json").read_text()) == other
     assert sum("replaces the one of the same identifier" in r.getMessage() for r in caplog.records) == 2
+
+
+def _observation(n: int, method: str = "first") -> str:
+    """An Observation of reading ``n`` as its file holds it: what the index goes by is its first identifier."""
+    return json.dumps({"resourceType": "Observation", "method": {"text": method}, "identifier": [
+        {"system": "urn:ietf:rfc:3986", "value": f"urn:uuid:0b8d0e7c-8a5e-5b8e-9d4f-1c2a3b4c5d{n:02d}"}]})
+
+
+def test_the_observation_index_a_listener_keeps_holds_when_another_process_changes_the_folder(tmp_path: Path) -> None:
+    """The index is read once; another process then deletes a file it names (a script that sent it on), puts
+    another reading's Observation under a name it gives a reading, and writes a reading's Observation at the name the
+    next one takes. Each write still goes through: the deleted one's reading is written anew, the other reading's
+    file is left and the new one goes beside it, and the file written since is replaced, not doubled."""
+    folder = tmp_path / "fhir"
+    index = ObservationIndex(folder)
+    for n, stem in enumerate(("gone", "taken")):
+        index.write(stem, _observation(n))
+    (folder / "gone.fhir.json").unlink()
+    (folder / "taken.fhir.json").write_text(other := _observation(7))
+    (folder / "since.fhir.json").write_text(_observation(2))
+    assert index.write("gone", _observation(0, "again")) == folder / "gone.fhir.json"
+    assert index.write("taken", _observation(1, "again")) == folder / "taken-2.fhir.json"
+    assert index.write("since", _observation(2, "again")) == folder / "since.fhir.json"
+    assert sorted(p.name for p in folder.iterdir()) == ["gone.fhir.json", "since.fhir.json", "taken-2.fhir.json",
+                                                       "taken.fhir.json"]
+    assert (folder / "taken.fhir.json").read_text() == other
+    assert all(json.loads(p.read_text())["method"]["text"] == "again" for p in folder.glob("[gs]*"))
+    # a reading written again replaces its own file, which the index names, whatever stem it is given
+    assert index.write("renamed", _observation(1, "third")) == folder / "taken-2.fhir.json"
 
 
 def test_an_overlay_numbered_9902_a_study_holds_is_named_for_deletion(

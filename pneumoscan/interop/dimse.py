@@ -71,7 +71,7 @@ from pneumoscan.data.scope import CAPTURE_CLASSES, RADIOGRAPH_CLASSES
 from pneumoscan.inference.predict import identity_fields
 from pneumoscan.models.card import CHECKSUM
 
-from .reports import add_warning, check_reportable
+from .reports import ObservationIndex, add_warning, check_reportable
 from .study import (FAILURES, MADE, WARNINGS, not_scored, one_patient, score_films, status_words, study_rows, unfiled,
                     valid_uid)
 
@@ -289,7 +289,9 @@ class Listener:
     wait, from its study's scoring, to be stored. ``out``: a folder for each study's rows, ``STUDY_UID.json``, as
     ``pacs --out`` writes them, rewritten as the spool delivers a report they say is not stored
     (:meth:`_delivered`). ``fhir``: a folder for each scored film's FHIR Observation, as ``pacs --fhir`` writes it
-    (:func:`~pneumoscan.interop.study.score_films`). ``backend`` and ``heatmaps`` as ``pacs`` takes them.
+    (:func:`~pneumoscan.interop.study.score_films`), its Observations read here, once, and kept track of as they are
+    written (:class:`~pneumoscan.interop.reports.ObservationIndex`, which says what is assumed of other processes
+    writing there). ``backend`` and ``heatmaps`` as ``pacs`` takes them.
     ``spool``: where each report waits until the destination confirms it (:class:`Spool`; None: a folder in
     ``work``, gone with it), sent again from there every ``retry_s`` seconds and at :meth:`start` (what an earlier
     run left)."""
@@ -305,7 +307,9 @@ class Listener:
         check_reportable(bundle, dicom=True)  # the UID root and the bundle's task, before any film is taken
         self.bundle, self.ae_title, self.destination, self.work = bundle, ae_title.strip(), destination, work
         self.allow, self.backend, self.heatmaps = [t.strip() for t in allow], backend, heatmaps
-        self.room, self.store_s, self.send_s, self.out, self.fhir = room, store_s, send_s, out, fhir
+        self.room, self.store_s, self.send_s, self.out = room, store_s, send_s, out
+        # read here, not at each study: a folder that grows for months would take longer to read at every study
+        self.observations = ObservationIndex(fhir) if fhir is not None else None
         self.kept = spool is not None  # a spool that outlives the listener: its reports survive a stop
         self.spool, self.retry_s = Spool(spool if spool is not None else work / "spool"), retry_s
         self._queued: set[Path] = set()  # the spooled reports of studies queued or being sent: not sent again yet
@@ -568,8 +572,9 @@ class Listener:
                     "refusal": row.get("not_scored") or row.get("error")})
                 if not written and self.audit.required and (made := (MADE.keys() | {"fhir"}) & row.keys()):
                     for key in made:
-                        if key == "fhir":  # written by now, in a folder a script sends on from: no report either
-                            Path(row.pop(key)).unlink(missing_ok=True)
+                        # the Observation is written by now, in a folder a script sends on from: no report either
+                        if key == "fhir" and self.observations is not None:
+                            self.observations.remove(Path(row.pop(key)))
                         row.pop(key, None)
                     # said in the study's error line of films without a report (:meth:`file_study`)
                     add_warning(row, "its audit line cannot be written (--audit-required): its report is held back, "
@@ -769,8 +774,8 @@ class Listener:
         one_patient(patients)
         work = folder / study_uid
         work.mkdir()
-        scored = score_films(self.bundle, sources, work, self.backend, self.heatmaps, store=True, fhir_dir=self.fhir,
-                             held=set(instances))
+        scored = score_films(self.bundle, sources, work, self.backend, self.heatmaps, store=True,
+                             fhir_dir=self.observations, held=set(instances))
         rows = study_rows(entries, sources, scored)
         for row in rows:
             if "not_scored" in row:

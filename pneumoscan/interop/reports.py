@@ -111,41 +111,73 @@ def _identifier(text: bytes | str) -> str | None:
         return None
 
 
-def _issued_observations(folder: Path) -> dict[str, list[Path]]:
-    """The files of FOLDER named ``*.fhir.json`` by their Observation's identifier: those a new Observation of the
-    same identifier (the same reading, by pneumoscan 0.2.0 too) replaces. A file that is no such Observation is
-    passed over."""
-    found: dict[str, list[Path]] = {}
-    for path in sorted(folder.glob(f"*{FHIR_SUFFIX}")):
+class ObservationIndex:
+    """The files of a FHIR folder named ``*.fhir.json`` by their Observation's identifier, read once and kept as
+    :meth:`write` writes and :meth:`remove` removes them: a run writing many studies (``listen``, for months) reads
+    the folder when it starts, not at every study (a folder of 100,000 files would take seconds a study, more every
+    month). A file that is no such Observation is passed over.
+
+    What other processes do in the folder after the index is read is assumed to be this: scripts that send its files
+    on may delete or move them, and others may write files of other readings. The index is a list of the files to
+    look in, not their truth: a file it names is read again before it is replaced, so one deleted since is passed
+    over and one that holds another Observation now is left; and the file the new one is named as (``STEM``) is read
+    when the index names none, so an Observation of the same identifier another run put there (``pacs --fhir`` names
+    its files by SOP Instance UID, as ``listen`` does) is replaced rather than doubled. An Observation of the same
+    identifier another process wrote under another name after the index was read is not seen until it is read again
+    (a new :class:`ObservationIndex`, as at the listener's start)."""
+
+    def __init__(self, folder: Path | str) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._names: dict[str, list[str]] = {}  # file names, not paths: a listener's index may name 100,000
+        for path in sorted(self.folder.glob(f"*{FHIR_SUFFIX}")):
+            if (key := self._held(path)) is not None:
+                self._names.setdefault(key, []).append(path.name)
+        log.debug("%s: %d Observation identifiers in %d files", self.folder, len(self._names),
+                  sum(map(len, self._names.values())))
+
+    @staticmethod
+    def _held(path: Path) -> str | None:
+        """The identifier of the Observation in the file at ``path``; None when it holds none (or is gone)."""
         try:
-            key = _identifier(path.read_bytes())
-        except OSError as e:  # not a regular file, unreadable
+            return _identifier(path.read_bytes())
+        except OSError as e:  # gone, not a regular file, unreadable
             log.debug("%s: not read as an earlier Observation: %s", path, e)
-            continue
+            return None
+
+    def write(self, stem: str, text: str) -> Path:
+        """The Observation ``text`` as ``STEM.fhir.json`` (``STEM-2...`` when that name is another's), or in place
+        of the files of its identifier: a FHIR server keeps one Observation of an identifier, updated in place with
+        the earlier ones in its history, and so does the folder, where a second file of one identifier beside the
+        first left which is in force to the order a script sends them in (``STEM-2.fhir.json`` sorts before
+        ``STEM.fhir.json``: the earlier reading, sent last, would be the server's). The log names each file
+        replaced."""
+        data = text.encode()
+        key = _identifier(data)
+        named = self._names.pop(key, []) if key is not None else []
+        if key is not None and not named and (self.folder / f"{stem}{FHIR_SUFFIX}").is_file():
+            named = [f"{stem}{FHIR_SUFFIX}"]  # another run's, written since the folder was read
+        earlier = [path for name in named if self._held(path := self.folder / name) == key]
+        path = write_atomic(earlier[0], data) if earlier else write_new(self.folder, stem, FHIR_SUFFIX, data)
+        for other in earlier[1:]:
+            other.unlink(missing_ok=True)
+        if earlier:
+            log.info("%s: the Observation written replaces the one of the same identifier (the same reading of the "
+                     "film by the model) the file held%s", path,
+                     "".join(f"; {p}, of that identifier too, is removed" for p in earlier[1:]))
         if key is not None:
-            found.setdefault(key, []).append(path)
-    return found
+            self._names[key] = [path.name]
+        return path
 
-
-def _write_observation(folder: Path, stem: str, text: str, issued: dict[str, list[Path]]) -> Path:
-    """The Observation ``text`` as ``STEM.fhir.json`` in FOLDER (``STEM-2...`` when that name is another's), or in
-    place of the ``issued`` files of its identifier: a FHIR server keeps one Observation of an identifier, updated in
-    place with the earlier ones in its history, and so does the folder, where a second file of one identifier beside
-    the first left which is in force to the order a script sends them in (``STEM-2.fhir.json`` sorts before
-    ``STEM.fhir.json``: the earlier reading, sent last, would be the server's). The log names each file replaced."""
-    data = text.encode()
-    key = _identifier(data)
-    earlier = issued.pop(key, []) if key is not None else []
-    path = write_atomic(earlier[0], data) if earlier else write_new(folder, stem, FHIR_SUFFIX, data)
-    for other in earlier[1:]:
-        other.unlink(missing_ok=True)
-    if earlier:
-        log.info("%s: the Observation written replaces the one of the same identifier (the same reading of the film "
-                 "by the model) the file held%s", path, "".join(f"; {p}, of that identifier too, is removed"
-                                                           for p in earlier[1:]))
-    if key is not None:
-        issued[key] = [path]
-    return path
+    def remove(self, path: Path) -> None:
+        """Delete the Observation file at ``path`` (one :meth:`write` wrote, whose reading is held back), and forget
+        it."""
+        key = self._held(path)
+        path.unlink(missing_ok=True)
+        if key is not None and path.name in (names := self._names.get(key, [])):
+            names.remove(path.name)
+            if not names:
+                del self._names[key]
 
 
 def replaced_reports(source: Dataset, reading: dict, issued: dict[str, Dataset], earlier: Sequence[float],
@@ -162,7 +194,8 @@ def replaced_reports(source: Dataset, reading: dict, issued: dict[str, Dataset],
 
 
 def write_reports(
-    rows: list[dict], bundle: Path | str, sr_dir: Path | str | None = None, fhir_dir: Path | str | None = None,
+    rows: list[dict], bundle: Path | str, sr_dir: Path | str | None = None,
+    fhir_dir: Path | str | ObservationIndex | None = None,
     backend: str = "torch", tta: bool = False, issued: dict[str, Dataset] | None = None,
     held: Collection[str] = (),
 ) -> None:
@@ -173,7 +206,9 @@ def write_reports(
     instead, and the other rows are still written. ``backend`` and ``tta``: how the rows were scored, part of every
     report's identity, so the same film scored the same way gets the same UIDs and FHIR identifier (the identifier
     whatever the threshold: :mod:`.fhir`). An Observation whose identifier a file in ``fhir_dir`` holds (a rerun's,
-    pneumoscan 0.2.0's of the same reading) replaces that file (:func:`_write_observation`). A film's SR that
+    pneumoscan 0.2.0's of the same reading) replaces that file (:meth:`ObservationIndex.write`); ``fhir_dir`` may be
+    the folder's :class:`ObservationIndex`, which a caller writing many batches keeps, so that the folder is read once
+    for them all rather than for each batch. A film's SR that
     ``sr_dir`` holds from an earlier threshold of these weights (:func:`earlier_thresholds`), or of the same reading
     in series 9901 (:func:`replaced_reports`), is named as the predecessor of the one written now, which is written
     beside it; ``issued``, the reports held elsewhere (a PACS's study, by SOP Instance UID: study, series, SOP
@@ -209,29 +244,29 @@ class _Reports:
     version: str
     mode: str
     sr_dir: Path | None
-    fhir_dir: Path | None
     earlier: list[float]  # the thresholds these weights were read at before
-    observations: dict[str, list[Path]]  # fhir_dir's Observations by identifier
+    observations: ObservationIndex | None  # fhir_dir's Observations by identifier
     known: dict[str, Dataset]  # the SRs a new one may replace, by SOP Instance UID
     overlays: dict[str, Path]  # sr_dir's overlays by SOP Instance UID
     held: Collection[str]
 
     @classmethod
-    def opened(cls, bundle: Path | str, sr_dir: Path | str | None, fhir_dir: Path | str | None, backend: str,
-               tta: bool, issued: dict[str, Dataset] | None, held: Collection[str]) -> _Reports:
+    def opened(cls, bundle: Path | str, sr_dir: Path | str | None, fhir_dir: Path | str | ObservationIndex | None,
+               backend: str, tta: bool, issued: dict[str, Dataset] | None, held: Collection[str]) -> _Reports:
         """The folders made, once the model is known to report, and what they hold read, before the first row."""
         card = load_card(bundle)
         identity = identity_fields(bundle, backend, card)  # what predict's rows name, for the backend that scored them
         caveats = scoring_card(bundle, card, backend).caveats  # of the threshold the rows were labelled at
-        sr_folder, fhir_folder = (Path(d) if d is not None else None for d in (sr_dir, fhir_dir))
-        for folder in filter(None, (sr_folder, fhir_folder)):
-            folder.mkdir(parents=True, exist_ok=True)
+        sr_folder = Path(sr_dir) if sr_dir is not None else None
+        if sr_folder is not None:
+            sr_folder.mkdir(parents=True, exist_ok=True)
         earlier = earlier_thresholds(card, backend, tta) if sr_folder is not None else []
-        observations = _issued_observations(fhir_folder) if fhir_folder is not None else {}
+        # a folder is read here; an index a caller keeps across batches is taken as it stands
+        observations = ObservationIndex(fhir_dir) if isinstance(fhir_dir, (str, Path)) else fhir_dir
         known = (issued_reports(sr_folder) if issued is None else issued) if sr_folder is not None else {}
         overlays = {uid: path for uid, (path, _) in _issued(Path(sr_dir), OVERLAY_SUFFIX).items()} if sr_dir else {}
         return cls(card, caveats, identity["model_id"], identity["model_version"], scoring_mode(backend, tta),
-                   sr_folder, fhir_folder, earlier, observations, known, overlays, held)
+                   sr_folder, earlier, observations, known, overlays, held)
 
     def write(self, row: dict) -> None:
         """The row's reports, or the warnings that say why it has none."""
@@ -241,23 +276,24 @@ class _Reports:
         try:
             source = _scored_source(row, reading)
         except ValueError as e:  # ... or a DecodeError: changed or removed since it was scored
-            for folder, what in ((self.fhir_dir, "FHIR Observation"), (self.sr_dir, "DICOM SR")):
+            for folder, what in ((self.observations, "FHIR Observation"), (self.sr_dir, "DICOM SR")):
                 if folder is not None:
                     add_warning(row, f"no {what} written: {redact(str(e))}")
             return
         stem = Path(row["path"]).stem
-        if self.fhir_dir is not None:
-            self._write_fhir(row, reading, source, stem, self.fhir_dir)
+        if self.observations is not None:
+            self._write_fhir(row, reading, source, stem, self.observations)
         if self.sr_dir is not None:
             self._write_sr(row, reading, source, stem, self.sr_dir)
 
-    def _write_fhir(self, row: dict, reading: dict, source: Dataset | None, stem: str, folder: Path) -> None:
-        """``STEM.fhir.json``, replacing the file of the same identifier (:func:`_write_observation`)."""
+    def _write_fhir(self, row: dict, reading: dict, source: Dataset | None, stem: str,
+                    observations: ObservationIndex) -> None:
+        """``STEM.fhir.json``, replacing the file of the same identifier (:meth:`ObservationIndex.write`)."""
         from . import fhir
 
         try:
             text = fhir.observation_json(reading, self.name, self.version, self.mode, source)
-            row["fhir"] = str(_write_observation(folder, stem, text, self.observations))
+            row["fhir"] = str(observations.write(stem, text))
         except ValueError as e:  # a film without identity, a malformed PatientID, a failed FHIR validation
             add_warning(row, f"no FHIR Observation written: {e}")
 

@@ -20,7 +20,7 @@ from pneumoscan.data.scope import (MIN_SIDE, MODALITIES, RADIOGRAPH_CLASSES, RAD
                                    outside_scope, scope_warnings)
 from pneumoscan.inference.predict import predict_paths
 
-from .reports import write_reports
+from .reports import ObservationIndex, write_reports
 
 MADE = {"dicom_sr": "DICOM SR", "dicom_heatmap": "Grad-CAM Secondary Capture"}  # what write_reports made, by key
 # a store's status codes (C-STORE's, PS3.4 B.2.3, which STOW-RS answers with: PS3.18 table I.2-1 and I.2-2), in
@@ -70,12 +70,14 @@ def not_scored(recorded: Dataset) -> str | None:
 
 
 def score_films(bundle: Path | str, sources: dict[str, dict], work: Path, backend: str, heatmaps: bool,
-                store: bool, fhir_dir: Path | str | None = None, issued: dict[str, Dataset] | None = None,
+                store: bool, fhir_dir: Path | str | ObservationIndex | None = None,
+                issued: dict[str, Dataset] | None = None,
                 held: Collection[str] = ()) -> list[dict]:
     """The rows of the films at the paths ``sources`` names (each path's row as the study lists it: where it came
     from, its UIDs), scored as ``predict`` scores them; with ``store``, each scored film's SR (and its Grad-CAM
     Secondary Capture with ``heatmaps``) written into ``work``, the paths in its ``dicom_sr`` and ``dicom_heatmap``
-    (:data:`MADE`), and with ``fhir_dir`` its FHIR Observation there; ``issued`` and ``held``: the reports and the SOP
+    (:data:`MADE`), and with ``fhir_dir`` (a folder, or its index a caller keeps) its FHIR Observation there;
+    ``issued`` and ``held``: the reports and the SOP
     Instance UIDs the study held already (:func:`~pneumoscan.interop.reports.write_reports`). Each row's ``path`` is
     still the film's file here: :func:`study_rows` gives it its place in the study."""
     if not sources:
