@@ -932,6 +932,11 @@ def _add_recipe_options(p: argparse.ArgumentParser) -> None:
                         help="threshold policy: the most specific threshold with at least this validation sensitivity "
                              "(default 0.95)")
     policy.add_argument("--youden", action="store_true", help="choose the threshold by Youden's J instead")
+    p.add_argument("--data-name", metavar="TEXT", type=_named("data name"),
+                   help="where the training films come from, for the model card (a site's own: the card names "
+                        "Kermany et al.'s films itself, by their file names); default: said to be not described")
+    p.add_argument("--data-licence", metavar="TEXT", type=_named("licence"),
+                   help="with --data-name: the licence of those films, for the model card (default: not stated)")
     p.add_argument("--distill-weight", type=_probability, metavar="W",
                    help="with --teacher (train) or --teacher-cv (cv): the teachers' share of each training film's "
                         "target, the label's the rest (default 0.5)")
@@ -958,7 +963,8 @@ def _recipe(args: argparse.Namespace, **flags: object) -> TrainConfig:
     cfg = load_config(args.config, args.set or (), task=args.task, model=args.model, epochs=args.epochs,
                       time_budget=args.time_budget, image_size=args.image_size, batch_size=args.batch_size,
                       seed=args.seed, patients=args.patients, pretrained=args.pretrained,
-                      target_sensitivity=args.target_sensitivity, distill_weight=args.distill_weight, **flags)
+                      target_sensitivity=args.target_sensitivity, distill_weight=args.distill_weight,
+                      data_name=args.data_name, data_licence=args.data_licence, **flags)
     if args.youden:
         cfg.target_sensitivity = None
     return cfg

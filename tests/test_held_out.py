@@ -13,7 +13,7 @@ import pytest
 
 from pneumoscan import cli
 from pneumoscan.data.cache import build_cache
-from pneumoscan.data.layouts import discover, write_manifest
+from pneumoscan.data.layouts import KERMANY, discover, make_record, write_manifest
 from pneumoscan.evaluation import held_out
 from pneumoscan.evaluation.evaluate import evaluate
 from pneumoscan.evaluation.held_out import HeldOutPolicy, check_held_out
@@ -81,12 +81,20 @@ def test_a_bundle_learnt_from_that_was_trained_again_since_is_not_taken_at_its_w
     trained = [dataclasses.replace(r, split="") for r in discover(origin.parent / "split.csv").records
                if r.split == "train"]
     write_manifest(trained, tmp_path / "trained.csv")
-    site = [dataclasses.replace(r, split="") for r in discover(tiny_dataset).split("test")]
+    (tmp_path / "films").mkdir()
+    site = [make_record(shutil.copy(r.path, tmp_path / "films" / f"site_{i}.jpeg"), r.label)  # a site's own names
+            for i, r in enumerate(discover(tiny_dataset).split("test"))]
     write_manifest(site, tmp_path / "site.csv")
     assert cli.main(["threshold", str(origin), str(tmp_path / "site.csv"), "--youden", "--out",
                      str(tmp_path / "copy")]) == 0
     started = train(tmp_path / "site.csv", TrainConfig(model="simple_cnn", pretrained=False, image_size=32, epochs=1,
-                                                       batch_size=8, init=str(origin)), tmp_path / "started")
+                                                       batch_size=8, init=str(origin), data_name="site A"),
+                    tmp_path / "started")
+    # its card names the films its weights started from (Kermany's) and its own, not Kermany's alone
+    assert [(s["name"], s["films"], s["started_from"]) for s in load_card(started).training_data] == [
+        (KERMANY, 48, True), ("site A", 16, False)]
+    assert ("Reads chest X-ray films like those its weights learnt from (films of site A, fine-tuned from weights that "
+            "learnt from Kermany et al.'s films") in (started / "MODEL_CARD.md").read_text()
     for bundle in (tmp_path / "copy", started):
         with pytest.raises(ValueError, match=rf"were in {re.escape(str(origin))}'s training split"):
             evaluate(bundle, tmp_path / "trained.csv")

@@ -911,3 +911,117 @@ def test_add_to_card_by_field_records_a_three_class_decisions_accuracy_by_subgro
     with pytest.raises(ValueError, match=r"external_evaluations\[0\]\.three_class_subgroups\[0\]\.differences\."
                                          r"subtype\.accuracy\.p is 1\.5, not a figure in \[0, 1\]"):
         load_card(bundle)
+
+
+def _trained_on(tiny_bundle: Path, folder: Path, sources: list[dict]) -> Path:
+    """A copy of the tiny bundle whose card records ``sources`` as its training data, as a run on them records it,
+    its MODEL_CARD.md written from it."""
+    from pneumoscan.evaluation.model_card import update_card
+
+    bundle = shutil.copytree(tiny_bundle, folder)
+    update_card(bundle, dataclasses.replace(load_card(bundle), training_data=sources))
+    return bundle
+
+
+def _source(name: str, licence: str = "", films: int | None = 48, started_from: bool = False) -> dict:
+    return {"name": name, "licence": licence, "films": films, "layout": "manifest", "started_from": started_from}
+
+
+def test_a_card_names_the_training_data_its_run_recorded_and_kermany_only_for_kermany_films(
+    tiny_bundle: Path, tmp_path: Path
+) -> None:
+    """MODEL_CARD.md said that every bundle was trained on Kermany et al.'s films from Guangzhou, under CC BY 4.0,
+    whatever its run trained on: a site's fine-tuning on its own films too. It says what the card records: Kermany's
+    films for a run on them (the tiny run's, named as Kermany's are); a site's own by the name and licence given
+    (`train --data-name`, `--data-licence`), or that their source was not described, with no word of Kermany,
+    Guangzhou, ages 1 to 5 or CC BY; and for a fine-tune of a Kermany bundle on a site's films, both, with Kermany's
+    citation. /v1/model's intended use and out of scope say the same."""
+    from pneumoscan.data.layouts import KERMANY
+
+    (recorded,) = load_card(tiny_bundle).training_data
+    assert recorded == {"name": KERMANY, "licence": "CC BY 4.0", "films": 48, "layout": "kaggle",
+                        "started_from": False}
+    kermany_words = ("Kermany", "Guangzhou", "aged 1 to 5", "CC BY", "cc-by-4.0", "one hospital",
+                     "How to cite the data")
+    named = _trained_on(tiny_bundle, tmp_path / "named", [_source("St Elsewhere PACS 2024 | ward <b>", "internal use")])
+    undescribed = _trained_on(tiny_bundle, tmp_path / "undescribed", [_source("")])
+    tuned = _trained_on(tiny_bundle, tmp_path / "tuned", [{**recorded, "started_from": True},
+                                                          _source("St Elsewhere PACS 2024")])
+    texts = {bundle.name: (bundle / MODEL_CARD).read_text() for bundle in (named, undescribed, tuned)}
+    for name in ("named", "undescribed"):
+        meta, body = front_matter_and_body(texts[name])
+        summary = card_summary(load_card(tmp_path / name))
+        for word in kermany_words:
+            assert word not in texts[name] and word not in json.dumps(summary), (name, word)
+        assert meta["license"] == "unknown"
+        assert meta["model-index"][0]["results"][0]["dataset"]["type"] == "training-data"
+        assert "Patients unlike those of the training films" in " ".join(summary["out_of_scope"])
+    meta, body = front_matter_and_body(texts["named"])
+    assert meta["datasets"] == ["St Elsewhere PACS 2024 | ward <b>"]
+    assert ("It was trained on these chest X-ray films:\n\n- 48 training and validation films (read as the manifest "
+            "layout): St Elsewhere PACS 2024 \\| ward &lt;b>; licence: internal use.") in body, body
+    assert "films of St Elsewhere PACS 2024 | ward <b>" in intended_use(load_card(named))
+    meta, body = front_matter_and_body(texts["undescribed"])
+    assert "datasets" not in meta
+    assert ("- **48 training and validation films (read as the manifest layout) whose source was not described** "
+            "(`train --data-name` names it): where they come from, and under what licence, is not recorded "
+            "here.") in body, body
+    assert "films whose source was not described" in intended_use(load_card(undescribed))
+    meta, body = front_matter_and_body(texts["tuned"])
+    assert meta["license"] == "cc-by-4.0" and meta["datasets"] == [KERMANY, "St Elsewhere PACS 2024"]
+    assert ("It was trained on these chest X-ray films:\n\n- 48 training and validation films (read as the manifest "
+            "layout): St Elsewhere PACS 2024; licence: not stated (`train --data-licence`).\n\nIts training started "
+            "from the weights of a bundle (`--init`) that learnt from these:\n\n- 48 training and validation films "
+            f"(read as the kaggle layout): pediatric films of {KERMANY}, licensed CC BY 4.0.\n\nKermany et al.'s films "
+            "are licensed CC BY 4.0") in body, body
+    assert body.rstrip().endswith("```") and "## How to cite the data" in body
+    assert ("films of St Elsewhere PACS 2024, fine-tuned from weights that learnt from Kermany et al.'s films of "
+            "children aged 1 to 5 years at one hospital in Guangzhou, China") in intended_use(load_card(tuned))
+    # the staleness check holds such a card to its text as any other
+    from pneumoscan.evaluation.model_card import stale_model_card
+
+    assert stale_model_card(named) is None
+    (named / MODEL_CARD).write_text(texts["named"].replace("St Elsewhere", "Kermany"))
+    assert "is not the text this pneumoscan writes of the card" in stale_model_card(named)
+
+
+def test_a_card_older_than_its_training_data_record_loads_and_keeps_its_kermany_card(tiny_bundle: Path,
+                                                                                     tmp_path: Path) -> None:
+    """Every bundle made before cards recorded their training data was trained on the Kermany layouts: such a card
+    (no training_data field) loads, its MODEL_CARD.md is the Kermany text it was, and the staleness check of
+    predict and serve finds a file written by the version before this record to be its card's text."""
+    from pneumoscan.models.card import CARD, CHECKSUM, KERMANY_SOURCE, training_sources
+    from tests.test_card_versions import forged
+
+    def older(fields: dict) -> None:
+        del fields["training_data"]
+
+    bundle = forged(tiny_bundle, tmp_path, older)
+    card = load_card(bundle)
+    assert card.training_data is None and training_sources(card) == [KERMANY_SOURCE]
+    assert "training_data" not in json.loads((bundle / CARD).read_text()) and CHECKSUM in (bundle / CARD).read_text()
+    assert render(card) == render(load_card(tiny_bundle)), "a Kermany run's card reads as the older card's"
+    text = render(card)
+    assert ("Pediatric chest X-ray films of Kermany et al. 2018, Labeled OCT and Chest X-Ray Images, Mendeley Data V2 "
+            "(doi:10.17632/rscbjbr9sj.2), licensed CC BY 4.0: these weights are trained on CC BY 4.0 data, so any use "
+            "of them must credit the data as under *How to cite the data*.") in text
+    assert "as taken at one hospital (Guangzhou Women and Children's Medical Center" in text
+
+    def emptied(fields: dict) -> None:
+        fields["training_data"] = []
+
+    with pytest.raises(ValueError, match="training_data lists no source of films; restore the bundle"):
+        load_card(forged(tiny_bundle, tmp_path / "emptied", emptied))
+
+
+def test_an_ensemble_names_its_members_training_data(tiny_bundle: Path) -> None:
+    """An ensemble's card records each source its members learnt from once, its films not counted: an ensemble of a
+    Kermany member and a site's member names both."""
+    from pneumoscan.data.layouts import KERMANY
+    from pneumoscan.models.card import pooled_sources
+
+    kermany = load_card(tiny_bundle)
+    site = dataclasses.replace(kermany, training_data=[_source("site B")])
+    assert pooled_sources([kermany, site, kermany]) == [
+        {"name": KERMANY, "licence": "CC BY 4.0", "films": None, "layout": "kaggle", "started_from": False},
+        _source("site B", films=None)]

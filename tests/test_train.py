@@ -450,6 +450,11 @@ def test_an_in_place_fine_tune_interrupted_goes_on_from_its_checkpoint(tiny_bund
     config = load_bundle(resumed)[1].train_config
     assert config["init"] == str(run / "bundle") and config["patients"] is None
     assert config[INIT_SAMPLE] == {"patients": 20, SAMPLED_FROM: 48, "seed": 1}
+    # and the training data of the bundle it started from, kept through the checkpoint too
+    from pneumoscan.data.layouts import KERMANY
+
+    assert [(s["name"], s["started_from"]) for s in load_card(resumed).training_data] == [(KERMANY, True),
+                                                                                         (KERMANY, False)]
     assert Predictor(resumed).appearance is not None, "the content check was dropped"
     assert all(np.array_equal(a, b) for a, b in zip(Predictor(resumed).appearance.to_arrays().values(),
                                                     kept.to_arrays().values()))
@@ -1355,7 +1360,8 @@ def test_an_earlier_versions_config_yaml_loads_and_is_the_same_recipe(tmp_path: 
     assert config_changes(recorded, taught_now) == ['teacher [] -> ["/t"]', "distill_weight null -> 0.5"]
     taught = load_config(tmp_path / "config.yaml", teacher=["/t"])
     assert taught.distill_weight == 0.5 and config_changes(recorded | {"teacher": ["/t"]}, taught) == []
-    printed = EARLIER_CONFIG.replace("split_csv: null\n", "split_csv: null\npatients: null\n")  # a setting since
+    printed = EARLIER_CONFIG.replace("split_csv: null\n", "split_csv: null\ndata_name: null\ndata_licence: null\n"
+                                     "patients: null\n")  # settings since
     assert main(["train", "--print-config"]) == 0
     assert capsys.readouterr().out == printed.replace("distill_weight: 0.5", "distill_weight: null")
     assert main(["train", "--print-config", "--teacher", "/t"]) == 0
@@ -1372,3 +1378,50 @@ def test_the_loss_weights_each_class_by_its_inverse_frequency(tiny_dataset: Path
                             train_mod.selected_films(records, cache, get_task(task), ctx))
     counts = np.bincount(d.plain[0].targets, minlength=len(get_task(task).classes))
     assert d.class_weights.tolist() == torch.tensor(counts.sum() / (len(counts) * counts), dtype=torch.float32).tolist()
+
+
+def test_a_run_records_where_its_films_came_from_and_never_calls_a_sites_films_kermany(
+    tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The card said every bundle was trained on Kermany et al.'s films. A run records what its films are: those
+    named by the Kaggle or Mendeley rules Kermany's (in a split manifest too), a site's others by --data-name and
+    --data-licence, or, with no name given, a source not described (said in the log); a mix, both. A name for films
+    that are all Kermany's, a licence without a name, or empty text is refused: the card would name what no film
+    is."""
+    from pneumoscan.data.layouts import KERMANY, make_record
+
+    kermany = [dataclasses.replace(r, split="train" if i % 4 else "val")
+               for i, r in enumerate(discover(tiny_dataset).split("test"))]
+    site = [make_record(shutil.copy(r.path, tmp_path / f"site_{i}.jpeg"), r.label, r.split)
+            for i, r in enumerate(kermany)]
+    write_manifest(kermany, tmp_path / "split.csv")
+    films = {"films": 16, "started_from": False}
+    assert train_mod.training_data(tiny_dataset, TrainConfig(), kermany) == [
+        {"name": KERMANY, "licence": "CC BY 4.0", "layout": "kaggle", **films}]
+    in_manifest = TrainConfig(split_csv=str(tmp_path / "split.csv"))
+    assert train_mod.training_data(tiny_dataset, in_manifest, kermany)[0]["layout"] == "manifest"
+    with caplog.at_level("WARNING"):
+        assert train_mod.training_data(tmp_path, in_manifest, site) == [
+            {"name": "", "licence": "", "layout": "manifest", **films}]
+    assert ("16 of the 16 training and validation films are named by no published dataset's rules, and data_name "
+            "(--data-name) does not say where they come from: the model card says their source was not described"
+            ) in caplog.text
+    named = TrainConfig(data_name="site B", data_licence="internal")
+    assert train_mod.training_data(tmp_path, named, site + kermany) == [
+        {"name": KERMANY, "licence": "CC BY 4.0", "layout": "", **films},
+        {"name": "site B", "licence": "internal", "layout": "", **films}]
+    with pytest.raises(ValueError, match=r"data_name \(--data-name\) 'site B' names the source of training films no "
+                                         r"published dataset's file names name, and every one of the 16 given is "
+                                         r"named as Kermany et al\. 2018.*'s films are"):
+        train_mod.training_data(tiny_dataset, named, kermany)
+    with pytest.raises(ValueError, match=r"data_name \(--data-name\) is empty"):  # from Python, as the flag refuses it
+        TrainConfig(data_name=" ")
+    assert main(["train", "--data-name", "site B", "--data-licence", "CC BY-NC 4.0", "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert (printed["data_name"], printed["data_licence"]) == ("site B", "CC BY-NC 4.0")
+    assert main(["train", "--data-licence", "CC0", "--print-config"]) == 2
+    assert ("data_licence 'CC0' (--data-licence) is the licence of the films data_name (--data-name) names: give their "
+            "name too") in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="2"):
+        main(["train", "--data-name", " ", "--print-config"])
+    assert "argument --data-name: no data name given" in capsys.readouterr().err

@@ -61,6 +61,10 @@ _NEGATION = re.compile(r"(?<![a-z])(no|non|not|neg|negative|without|free|exclude
 # states the kind for the label check, never a subtype
 _NORMAL_WORD = re.compile(r"(?<![a-z])normal(?![a-z])", re.IGNORECASE)
 SUBTYPE_WORDS = {"bacterial": "bacteria", "viral": "virus"}  # the adjectives, read as the subtypes they name
+# the dataset the Kaggle and Mendeley releases are, and its licence: what a bundle's card names as the source of the
+# films that those releases' file-name rules name (:func:`named_datasets`)
+KERMANY = "Kermany et al. 2018, Labeled OCT and Chest X-Ray Images, Mendeley Data V2 (doi:10.17632/rscbjbr9sj.2)"
+KERMANY_LICENCE = "CC BY 4.0"
 
 
 @dataclass(frozen=True)
@@ -109,6 +113,19 @@ def _ruled_by(name: str, label: str, layout: Layout | None) -> tuple[Layout, tup
         if parsed is not None:
             return candidate, parsed
     return None
+
+
+def named_datasets(records: Sequence[Record]) -> Counter[tuple[str, str]]:
+    """How many of RECORDS' films each published dataset's file-name rules name, by (dataset, licence) of the first
+    layout whose rules a film's name follows (:attr:`Layout.dataset`; ("", "") for a film named by none, or by a
+    layout of no one dataset). By the films' names, not the layout that read them: Kermany's films listed in a
+    manifest (a split.csv, cv's folds) are Kermany's, and a site's own films in NORMAL/ and PNEUMONIA/ folders, which
+    the Kaggle layout reads, are not."""
+    named: Counter[tuple[str, str]] = Counter()
+    for rec in records:
+        ruled = _ruled_by(Path(rec.path).name, rec.label, None)
+        named[(ruled[0].dataset, ruled[0].licence) if ruled else ("", "")] += 1
+    return named
 
 
 def name_conflict(rec: Record, layout: Layout | None = None) -> str | None:
@@ -227,6 +244,10 @@ class Layout(ABC):
 
     name: str = ""  # what ``discover(layout=...)`` takes
     description: str = ""  # one line: what a root laid out this way looks like
+    # the published dataset whose films this layout's file-name rules name, and its licence: what a model trained on
+    # films so named is said to have learnt from (:func:`named_datasets`); "" for a layout of no one dataset's films
+    dataset: str = ""
+    licence: str = ""
 
     @abstractmethod
     def detect(self, root: Path) -> bool:
@@ -405,6 +426,7 @@ class KaggleLayout(ClassFolders):
     name = "kaggle"
     description = ("{train,val,test}/{NORMAL,PNEUMONIA} folders, or NORMAL/ and PNEUMONIA/ alone; "
                    "person12_bacteria_45.jpeg, IM-0115-0001.jpeg")
+    dataset, licence = KERMANY, KERMANY_LICENCE
     _PERSON = re.compile(r"^(person\d+)_(bacteria|virus)_", re.IGNORECASE)
     _STUDY = re.compile(r"^((?:NORMAL\d*-)?IM-\d+)", re.IGNORECASE)
 
@@ -442,6 +464,7 @@ class MendeleyLayout(ClassFolders):
 
     name = "mendeley"
     description = "{train,test}/{NORMAL,PNEUMONIA} folders; NORMAL-2552119-0002.jpeg, BACTERIA-4038442-0001.jpeg"
+    dataset, licence = KERMANY, KERMANY_LICENCE
     # not anchored at the end, as the Kaggle rules are not: a copy's suffix ("... (1)") or a second counter
     # ("-0001-0002") keeps the patient id
     _NAME = re.compile(r"^(normal|bacteria|virus)-(\d+)-\d+", re.IGNORECASE)

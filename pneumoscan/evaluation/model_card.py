@@ -22,11 +22,13 @@ from pneumoscan.core.metrics import (BOTH_CLASSES, ECE_BINS, FILM_UNIT_CAVEAT, N
                                      format_figure, format_percent, jsonable, unit_caveat, with_ci)
 from pneumoscan.core.names import shown
 from pneumoscan.data.appearance import MIN_FILMS
+from pneumoscan.data.layouts import KERMANY
 from pneumoscan.inference.onnx_runtime import INT8_NAME, Int8Key, Int8Operating, read_sidecar, spec_path
 from pneumoscan.models import PLUGINS_ENV
 from pneumoscan.models.card import (APPEARANCE_FROM_INIT, ENSEMBLE, INIT_CARD, INIT_IN_PLACE, INIT_SAMPLE, MACRO_AUC,
                                    MEMBER_SAMPLES, SAMPLED_FROM, TEACHER_SAMPLES, TRAINED_BY, TRAINING_FILMS, WRITER,
-                                   BundleCard, load_card, out_of_fold_ensemble, save_card)
+                                   BundleCard, TrainingSource, load_card, out_of_fold_ensemble, save_card,
+                                   training_sources)
 from .held_out import HeldOutFindings
 from .subgroups import DIFFERENCES_NOTE, blocks, differences_said, recorded, table_rows
 
@@ -44,22 +46,38 @@ INTENDED_USE = (  # {films}: chosen_on's; {ece}: ECE_SHOWN, or ECE_NOT_RECORDED 
     "{films} (which corrects over- or under-confidence, not a shift towards one class: {ece}), with a thresholded "
     "label."
 )
+# a bundle whose weights learnt from other films than Kermany et al.'s alone: {data}, its training data in words
+# (:func:`data_said`); the films it reads are said to be those, whose patients and hospitals the card does not record
+OTHER_USE = (
+    "Research use only; not a medical device. Reads chest X-ray films like those its weights learnt from ({data}; "
+    "*Training data* says what is recorded of them), and gives a probability of the positive class, scaled by one "
+    "temperature fitted on {films} (which corrects over- or under-confidence, not a shift towards one class: {ece}), "
+    "with a thresholded label."
+)
 ECE_SHOWN = "its expected calibration error there is among the validation figures"
 # a card whose run recorded none (pneumoscan 0.2.0's): how well calibrated the probabilities are is not said there
 ECE_NOT_RECORDED = "its expected calibration error there is not recorded on this card"
 # plain text: /v1/model gives these to the web page, which shows them as they are (MODEL_CARD.md too)
 OUT_OF_SCOPE = (
     "Diagnosis, treatment, triage or any other decision about a patient: the label is a research output.",
-    "Adults, infants under 1 year, children over 5 years: the training films hold none.",
+    "Adults, infants under 1 year, children over 5 years: the training films hold none.",  # KERMANY_AGES
     "Lateral films, CT, photographs or screenshots of films, and any other modality.",
     "Films from other hospitals, scanners or processing pipelines until the model is evaluated on them "
     "(pneumoscan evaluate BUNDLE DATA --add-to-card); scores shift with the source.",
     "Other findings (tuberculosis, COVID-19, effusion, nodules, devices): the model knows only its classes.",
 )
+KERMANY_AGES = OUT_OF_SCOPE[1]  # true of Kermany et al.'s films, which the card knows the patients of
+# in its place, where the weights learnt from other films too
+OTHER_PATIENTS = ("Patients unlike those of the training films: the card records where those films came from, not "
+                  "the ages or illnesses of the patients they show.")
 # the limitation of a bundle whose threshold training chose; a `threshold` copy's says where its own was chosen
 _CHOSEN = ("The threshold and the temperature were chosen on {films}, so the validation figures at that threshold are "
            "optimistic; figures on data the model has never seen are the ones to trust.")
 CHOSEN_ON_VALIDATION = _CHOSEN.format(films=VALIDATION_FILMS)
+# in place of LIMITATIONS' first two (Kermany et al.'s hospital and gradings), where the weights learnt from other films
+UNRECORDED_SOURCE = ("Of the training films, the card records only what *Training data* says: their patients, "
+                     "hospitals, equipment and how their labels were given are not recorded here, so how far the "
+                     "figures carry to other films is not known.")
 LIMITATIONS = (
     "One centre, retrospective: the films come from one hospital's routine care; prevalence, equipment and "
     "patients elsewhere differ.",
@@ -94,7 +112,7 @@ Image-Based Deep Learning. Cell 2018; 172(5): 1122-1131.e9. doi:10.1016/j.cell.2
 # an evaluation record's films_checked, in the card's table: False when the bundle's training films were not known
 # where it was evaluated (its run's split.csv not beside it), so the films may be ones it trained on
 FILMS_CHECKED = {True: "checked", False: "**not checked**", None: "not recorded"}  # None: a record older than it
-DATASET = "Kermany et al. 2018, Labeled OCT and Chest X-Ray Images, Mendeley Data V2 (doi:10.17632/rscbjbr9sj.2)"
+DATASET = KERMANY
 # (key in a metrics block, metric type in the model index, name shown)
 CARD_METRICS = (
     ("auc", "roc_auc", "ROC AUC"),
@@ -227,10 +245,77 @@ def chosen_on(card: BundleCard) -> str:
 
 
 def intended_use(card: BundleCard) -> str:
-    """:data:`INTENDED_USE`, naming the films its temperature was fitted on (:func:`chosen_on`) and where its
-    expected calibration error is, where the card records one."""
-    return INTENDED_USE.format(films=chosen_on(card),
-                               ece=ECE_SHOWN if "ece" in card.val_metrics else ECE_NOT_RECORDED)
+    """:data:`INTENDED_USE` (:data:`OTHER_USE`, with its training data, for weights that learnt from other films than
+    Kermany et al.'s alone: :func:`kermany_only`), naming the films its temperature was fitted on (:func:`chosen_on`)
+    and where its expected calibration error is, where the card records one."""
+    ece = ECE_SHOWN if "ece" in card.val_metrics else ECE_NOT_RECORDED
+    if kermany_only(card):
+        return INTENDED_USE.format(films=chosen_on(card), ece=ece)
+    return OTHER_USE.format(data=data_said(card), films=chosen_on(card), ece=ece)
+
+
+def kermany_only(card: BundleCard) -> bool:
+    """Whether every film the card's weights learnt from is Kermany et al.'s, as the card records it
+    (:func:`~pneumoscan.models.card.training_sources`: a card older than the record is): what it says of the
+    patients, the hospital and the labels is then that dataset's."""
+    return all(source["name"] == KERMANY for source in training_sources(card))
+
+
+def _named(source: TrainingSource) -> str:
+    """A source of training films as the intended use names it."""
+    if source["name"] == KERMANY:
+        return "Kermany et al.'s films of children aged 1 to 5 years at one hospital in Guangzhou, China"
+    return f"films of {source['name']}" if source["name"] else "films whose source was not described"
+
+
+def data_said(card: BundleCard) -> str:
+    """The card's training data in words: the sources of the run's own films, then those the weights it started from
+    (``--init``) learnt from."""
+    own, start = ([_named(s) for s in training_sources(card) if s["started_from"] is started] for started in
+                  (False, True))
+    said = " and ".join(dict.fromkeys(own))
+    return said + (f", fine-tuned from weights that learnt from {' and '.join(dict.fromkeys(start))}" if start else "")
+
+
+def out_of_scope(card: BundleCard) -> tuple[str, ...]:
+    """:data:`OUT_OF_SCOPE`, whose ages are Kermany et al.'s patients': for weights that learnt from other films
+    (:func:`kermany_only`), :data:`OTHER_PATIENTS` in their place."""
+    return OUT_OF_SCOPE if kermany_only(card) else tuple(OTHER_PATIENTS if line == KERMANY_AGES else line
+                                                         for line in OUT_OF_SCOPE)
+
+
+def _training_data(card: BundleCard) -> str:
+    """The opening of MODEL_CARD.md's Training data: Kermany et al.'s films and their licence where the weights learnt
+    from those alone (a card older than the record too); else each source the card records, the run's own and those
+    of the weights it started from (``--init``), with its films, layout and licence, or that it was not described."""
+    if kermany_only(card):
+        return (f"Pediatric chest X-ray films of {DATASET}, licensed CC BY 4.0: these weights are trained on CC BY 4.0 "
+                "data, so any use of them must credit the data as under *How to cite the data*. ")
+    sources = training_sources(card)
+    own, start = ([s for s in sources if s["started_from"] is started] for started in (False, True))
+    who = "Its members were" if card.model == ENSEMBLE else "It was"
+    said = f"{who} trained on these chest X-ray films:\n\n{_bullets(tuple(map(_source_line, own)))}\n\n"
+    if start:
+        said += (f"{'Their' if card.model == ENSEMBLE else 'Its'} training started from the weights of a bundle "
+                 f"(`--init`) that learnt from these:\n\n{_bullets(tuple(map(_source_line, start)))}\n\n")
+    if any(s["name"] == KERMANY for s in sources):
+        said += ("Kermany et al.'s films are licensed CC BY 4.0: these weights learnt from CC BY 4.0 data, so any use "
+                 "of them must credit the data as under *How to cite the data*. ")
+    return said
+
+
+def _source_line(source: TrainingSource) -> str:
+    """One source of training films in MODEL_CARD.md: its films and the layout that read them, its name and licence,
+    or, not described, that where they come from is not recorded."""
+    films = f"{source['films']:,} training and validation films" if source["films"] is not None else "Films"
+    read = f" (read as the {source['layout']} layout)" if source["layout"] else ""
+    if source["name"] == KERMANY:
+        return f"{films}{read}: pediatric films of {DATASET}, licensed CC BY 4.0."
+    if not source["name"]:
+        return (f"**{films}{read} whose source was not described** (`train --data-name` names it): where they come "
+                "from, and under what licence, is not recorded here.")
+    licence = markdown_text(source["licence"]) if source["licence"] else "not stated (`train --data-licence`)"
+    return f"{films}{read}: {markdown_text(source['name'])}; licence: {licence}."
 
 
 def _own_trial(record: dict) -> bool:
@@ -374,7 +459,8 @@ def _limitations(card: BundleCard) -> tuple[str, ...]:
     first = tuple(f"**{lead}:** {markdown_text(caveat)}." for lead, caveat in (
         ("The model is not shown to rank films better than chance", card.ranking_caveat),
         ("The probabilities are not calibrated", card.calibration_caveat)) if caveat)
-    limitations = LIMITATIONS[:2] + _class_balance(card) + LIMITATIONS[2:]
+    source = LIMITATIONS[:2] if kermany_only(card) else (UNRECORDED_SOURCE,)  # Kermany's hospital and gradings
+    limitations = source + _class_balance(card) + LIMITATIONS[2:]
     chosen = (_CHOSEN.format(films=chosen_on(card)) if not card.threshold_records else
               f"The threshold in force ({card.threshold:.4f}) was chosen on {card.threshold_records[-1].get('data')} "
               f"and the temperature on {chosen_on(card)}: figures on either at the threshold that was chosen on "
@@ -414,8 +500,8 @@ def _model_index(card: BundleCard) -> list[dict[str, Any]]:
         metrics += _macro_index(val.get(MACRO_AUC), ["validation"])
         calibrated_on = card.train_config.get("calibrated_on")  # an ensemble's: held-out or out-of-fold films
         dataset = ({"name": calibrated_on, "type": "calibration"} if calibrated_on else
-                   {"name": "validation split of the training data", "type": "kermany-chest-xray",
-                    "split": "validation"})
+                   {"name": "validation split of the training data",
+                    "type": "kermany-chest-xray" if kermany_only(card) else "training-data", "split": "validation"})
         results.append({"task": task, "dataset": dataset, "metrics": metrics})
     for record in card.external_evaluations:
         absent = one_class(record, (card.classes[0], card.positive))  # its 1.0 precision would read as a figure
@@ -432,13 +518,17 @@ def _model_index(card: BundleCard) -> list[dict[str, Any]]:
 
 
 def front_matter(card: BundleCard) -> dict[str, Any]:
+    """MODEL_CARD.md's YAML front matter: its licence is CC BY 4.0 where the weights learnt from Kermany et al.'s
+    films (that data's), else unknown; its datasets, those the card names (one not described is none)."""
+    sources = training_sources(card)
+    datasets = list(dict.fromkeys(s["name"] for s in sources if s["name"]))
     meta: dict[str, Any] = {
-        "license": "cc-by-4.0",
+        "license": "cc-by-4.0" if KERMANY in datasets else "unknown",
         "library_name": "pneumoscan",
         "pipeline_tag": "image-classification",
         "tags": list(dict.fromkeys(["medical-imaging", "chest-x-ray", "radiology", "pediatric", "pneumonia", card.task,
                                     card.model, "research-only"])),
-        "datasets": [DATASET],
+        **({"datasets": datasets} if datasets else {}),
         "metrics": [kind for _, kind, _ in CARD_METRICS],
     }
     index = _model_index(card)
@@ -781,11 +871,9 @@ def render(card: BundleCard, int8: dict | None = None) -> str:
         f"positive class {card.positive}), made with pneumoscan {card.package_version}. "
         "**Research use only; not a medical device.**",
         f"## Intended use\n\n{intended_use(card)}",
-        f"## Out of scope\n\n{_bullets(OUT_OF_SCOPE)}",
-        "## Training data\n\n"
-        f"Pediatric chest X-ray films of {DATASET}, licensed CC BY 4.0: these weights are trained on CC BY 4.0 "
-        "data, so any use of them must credit the data as under *How to cite the data*. "
-        f"{_split_sentence(card)}{_content_check_sentence(card.train_config)}\n\n"
+        f"## Out of scope\n\n{_bullets(out_of_scope(card))}",
+        f"## Training data\n\n{_training_data(card)}{_split_sentence(card)}"
+        f"{_content_check_sentence(card.train_config)}\n\n"
         f"Data checksum (the training and validation films' pixels as preprocessed, with their labels, whatever their "
         f"paths): `{card.data_checksum or 'not recorded'}`. Data fingerprint (those files where they were): "
         f"`{card.data_fingerprint or 'not recorded'}`.",
@@ -799,7 +887,8 @@ def render(card: BundleCard, int8: dict | None = None) -> str:
         f"## Validation figures\n\n{_validation_section(card)}",
         f"## Evaluations on other data\n\n{_external_section(card)}",
         f"## Limitations\n\n{_bullets(_limitations(card))}",
-        f"## How to cite the data\n\n{CITATION}",
+        *([f"## How to cite the data\n\n{CITATION}"] if any(s["name"] == KERMANY for s in training_sources(card))
+          else []),
     ]
     meta = yaml.dump(front_matter(card), Dumper=_PlainDumper, sort_keys=False, allow_unicode=True, width=1000)
     return f"---\n{meta}---\n\n" + "\n\n".join(sections).rstrip() + "\n"
@@ -967,7 +1056,7 @@ def card_summary(card: BundleCard) -> dict[str, Any]:
     """What the web service shows of the model card: intended use, out of scope, and the recorded figures."""
     return {
         "intended_use": intended_use(card),
-        "out_of_scope": list(OUT_OF_SCOPE),
+        "out_of_scope": list(out_of_scope(card)),
         "trained_by": trained_by_said(card),
         # each with films_checked, without the caveats of its films' check and its label conflicts (paths on the
         # machine that evaluated)

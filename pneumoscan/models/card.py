@@ -41,7 +41,7 @@ from pneumoscan.core.names import given_path, is_utf8, shown
 from pneumoscan.core.options import MAX_SIZE, MIN_SIZE, look_up_option
 from pneumoscan.data.appearance import Appearance
 from pneumoscan.data.cache import ImageCache, build_cache, cached, data_checksum
-from pneumoscan.data.layouts import Record, discover
+from pneumoscan.data.layouts import KERMANY, KERMANY_LICENCE, Record, discover
 from pneumoscan.data.preprocess import PreprocessSpec, check_normalization
 from pneumoscan.data.tasks import Task, check_classes, get_task, list_tasks
 from . import register_first
@@ -55,7 +55,8 @@ if TYPE_CHECKING:  # scipy (data.split) stays out of an ONNX predict's start
 FORMAT_VERSION = 2
 FORMATS = (1, FORMAT_VERSION)  # what this pneumoscan reads
 # fields only a pneumoscan that writes every card's checksum writes: a card holding one must have its checksum
-SEALED_ERA = ("threshold_interval", "tta_threshold_interval", "threshold_caveat", "temperature_caveat", "plugins")
+SEALED_ERA = ("threshold_interval", "tta_threshold_interval", "threshold_caveat", "temperature_caveat", "plugins",
+              "training_data")
 WEIGHTS = "model.safetensors"
 ONNX_NAME = "model.onnx"  # where `pneumoscan export` puts the file by default and the onnx backend looks first
 CARD = "bundle.json"
@@ -128,6 +129,23 @@ class TrainRecord(TypedDict, total=False):
     calibrated_on: str
 
 
+@with_config(ConfigDict(strict=True, allow_inf_nan=False, extra="forbid"))
+class TrainingSource(TypedDict):
+    """Where some of the films a bundle's weights learnt from came from (:attr:`BundleCard.training_data`), as the run
+    that trained on them recorded it: what MODEL_CARD.md says of its training data, and nothing else."""
+
+    name: str  # the dataset's name: a published dataset's its file-name rules name, or `train --data-name`; "": none
+    licence: str  # its licence: a published dataset's, or `train --data-licence`; "": none stated
+    films: Count | None  # the training and validation films from it; None: not counted (an older card, an ensemble)
+    layout: str  # the dataset layout that read them (data.layouts); "": not recorded
+    # True: the weights a run started from (--init) learnt from them, at any remove, not the run itself
+    started_from: bool
+
+
+# what a card older than training_data trained on: every earlier bundle was made from the Kermany layouts
+KERMANY_SOURCE = TrainingSource(name=KERMANY, licence=KERMANY_LICENCE, films=None, layout="", started_from=False)
+
+
 @with_config(ConfigDict(strict=True, allow_inf_nan=False, extra="forbid"))  # load_card checks bundle.json by it
 @dataclass
 class BundleCard:
@@ -191,6 +209,10 @@ class BundleCard:
     # (models.registry.plugins_made_with): a process without one is told to import that module. Empty in bundles older
     # than it and in bundles made with pneumoscan's own tasks, models, readers and layouts only
     plugins: dict[str, dict[str, str]] = field(default_factory=dict)
+    # where the films its weights learnt from came from, each source as the run that trained on them recorded it
+    # (the runs its weights started from first: started_from); an ensemble's, its members'. None in a card older than
+    # the record, whose films were Kermany et al.'s (:func:`training_sources`)
+    training_data: list[TrainingSource] | None = None
 
     @property
     def spec(self) -> PreprocessSpec:
@@ -360,6 +382,29 @@ TRAINED_BY = "trained_by"
 # train_config of the card in RUN/best, the best epoch's weights a run keeps while it trains: no temperature,
 # threshold or validation figures were chosen for them, so load_card refuses it to all but training's finalisation
 BEST_SO_FAR = "best_so_far"
+
+
+def training_sources(card: BundleCard) -> list[TrainingSource]:
+    """Where the films CARD's weights learnt from came from: its record, or, for a card older than the record
+    (``training_data`` None), Kermany et al.'s films, as every bundle made before it was trained on."""
+    return [KERMANY_SOURCE] if card.training_data is None else card.training_data
+
+
+def started_sources(card: BundleCard) -> list[TrainingSource]:
+    """CARD's :func:`training_sources` as the weights of a run started from its bundle (``--init``) record them:
+    every one marked ``started_from``, since that run's films are its own record's."""
+    return [{**source, "started_from": True} for source in training_sources(card)]  # type: ignore[typeddict-item]
+
+
+def pooled_sources(cards: Sequence[BundleCard]) -> list[TrainingSource]:
+    """The training data of a bundle made of several (an ensemble's members, ``cards``): each source any of them
+    learnt from, once, in their order, its films not counted (members trained on folds of one dataset share films)."""
+    pooled: dict[tuple, TrainingSource] = {}
+    for card in cards:
+        for source in training_sources(card):
+            key = (source["name"], source["licence"], source["layout"], source["started_from"])
+            pooled.setdefault(key, {**source, "films": None})  # type: ignore[typeddict-item]
+    return list(pooled.values())
 
 
 def sample_record(patients: int | None, sampled_from: int | None, seed: int | None) -> dict[str, int | None]:
@@ -870,6 +915,8 @@ def _validated(path: Path, data: dict) -> BundleCard:
     # would have any file hashed at every load and health probe
     if odd := next((name for name in card.files if Path(name).name != name or name in ("", ".", "..")), None):
         raise ValueError(f"{path}: files names {odd!r}, not a file of the bundle's own folder")
+    if card.training_data == []:  # every run trains on films: an empty record would read as one of no source at all
+        raise ValueError(f"{path}: training_data lists no source of films; restore the bundle from a good copy")
     _check_classes(path, card)
     _check_run_record(path, card)
     _check_plugins(path, card)

@@ -112,6 +112,10 @@ class TrainConfig:
     patience: int = 3  # epochs without a better validation AUC (adam-plateau: loss) before stopping
     val_fraction: float = VAL_FRACTION
     split_csv: str | None = None  # a manifest with a split column; default: patient-grouped split of train/
+    # what the card names as the source of the training films that no published dataset's file-name rules name (a
+    # site's own), and their licence (`train --data-name`, `--data-licence`); None: not described, which it says
+    data_name: str | None = None
+    data_licence: str | None = None
     # a trial on part of the data: train (or cv) on a seeded sample of this many patients, each class and subtype in
     # its share, taken before the patient-grouped split (data.split.patient_sample); None: every patient
     patients: int | None = None
@@ -172,6 +176,12 @@ class TrainConfig:
         if self.optimizer == "adamw-cosine" and changed:
             raise ValueError(f"{' and '.join(changed)} set the adam-plateau recipe's rate cuts: adamw-cosine follows "
                              "its cosine schedule, so drop them or use optimizer adam-plateau (--optimizer)")
+        for name in ("data_name", "data_licence"):  # "" or spaces would name no source, and the card would say so
+            if (value := getattr(self, name)) is not None and not value.strip():
+                raise ValueError(f"{name} (--{name.replace('_', '-')}) is empty: give the text, or leave it out")
+        if self.data_licence and not self.data_name:
+            raise ValueError(f"data_licence {self.data_licence!r} (--data-licence) is the licence of the films "
+                             "data_name (--data-name) names: give their name too")
         if self.split_csv and self.validate_on_val_folder:
             raise ValueError("split_csv and validate_on_val_folder both choose the validation films: give one")
         if self.patients is not None and (self.split_csv or self.validate_on_val_folder):

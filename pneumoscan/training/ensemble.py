@@ -53,7 +53,7 @@ from pneumoscan.models import registry
 from pneumoscan.models.bundle import load_bundle
 from pneumoscan.models.card import (CARD, ENSEMBLE, MEMBER_SAMPLES, MEMBERS_OWN_SCALE, OUT_OF_FOLD, WEIGHTS,
                                    BundleCard, card_task, films_as_trained, load_appearance, load_card, member_label,
-                                   refused_as, runtime_versions, trained_sample)
+                                   pooled_sources, refused_as, runtime_versions, trained_sample)
 from pneumoscan.models.ensemble_net import EnsembleNet, Member
 from pneumoscan.models.run_folder import CvFolder, RunFolder
 from .resume import split_change
@@ -238,8 +238,8 @@ def _ensemble_card(loaded: Sequence[tuple[torch.nn.Module, BundleCard]], paths: 
                    ) -> tuple[EnsembleNet, BundleCard]:
     """The network averaging the members at the largest member's input size, and its card before calibration: the
     first member's task and preprocessing, each member described (architecture, size, normalisation, temperature,
-    source, weights checksum, heatmap scale), the data fingerprints combined, and the heatmap scale
-    (:func:`_heatmap_scale`)."""
+    source, weights checksum, heatmap scale), the data fingerprints combined, the heatmap scale
+    (:func:`_heatmap_scale`) and the members' training data (:func:`~pneumoscan.models.card.pooled_sources`)."""
     cards = [c for _, c in loaded]
     first, size = cards[0], max(c.size for c in cards)
     net = EnsembleNet([Member(m, c.size, c.mean, c.std, c.temperature, size, c.heatmap_scale, str(p))
@@ -256,7 +256,7 @@ def _ensemble_card(loaded: Sequence[tuple[torch.nn.Module, BundleCard]], paths: 
         size=size, resize_policy=first.resize_policy, mean=0.0, std=1.0,
         source_size=first.source_size, source_quality=first.source_quality, model_kwargs={"members": described},
         data_fingerprint=fingerprint, data_checksum=checksum, versions=runtime_versions(),
-        heatmap_scale=_heatmap_scale(cards, paths), plugins=_plugins(cards),
+        heatmap_scale=_heatmap_scale(cards, paths), plugins=_plugins(cards), training_data=pooled_sources(cards),
     )  # fmt: skip
     return net, card
 

@@ -34,7 +34,7 @@ from pneumoscan.data.cache import ImageCache, data_checksum
 from pneumoscan.data.copies import picture_groups, shared_patients
 from pneumoscan.data.dataset import CachedImages
 from pneumoscan.data.labelled import files_left_out, films_without_patient_id, patient_groups
-from pneumoscan.data.layouts import Record, discover, write_manifest
+from pneumoscan.data.layouts import Record, discover, named_datasets, recognising_layout, write_manifest
 from pneumoscan.data.preprocess import PreprocessSpec, source_of
 from pneumoscan.data.split import sampled_split
 from pneumoscan.data.tasks import Task, binary_targets, get_task, select, warn_untyped
@@ -49,8 +49,9 @@ from pneumoscan.inference.predict import Predictor, tta_views
 from pneumoscan.models import registry
 from pneumoscan.models.bundle import load_bundle, load_weights_into, save_bundle
 from pneumoscan.models.card import (APPEARANCE_FROM_INIT, BEST_SO_FAR, INIT_CARD, INIT_IN_PLACE, INIT_SAMPLE,
-                                    TEACHER_CARDS, TRAINED_BY, TRAINING_FILMS, BundleCard, bundle_checksums,
-                                    load_appearance, load_card, runtime_versions, sample_record, trained_sample)
+                                    KERMANY_SOURCE, TEACHER_CARDS, TRAINED_BY, TRAINING_FILMS, BundleCard,
+                                    TrainingSource, bundle_checksums, load_appearance, load_card, runtime_versions,
+                                    sample_record, started_sources, trained_sample)
 from pneumoscan.models.run_folder import RunFolder
 from .callbacks import (
     BestWeights,
@@ -265,8 +266,13 @@ class Data:
     val_records: list[Record]  # the validation films, in val_set's order: their patients count in the CIs
     val_left_out: list[dict]  # the val side's files the validation figures leave out, and why (files_left_out)
     sample: dict = field(default_factory=dict)  # split_records', the starting bundle's and the teachers', for the card
+    # where the films the weights learn from came from (the starting bundle's, then the run's: training_data)
+    sources: list[TrainingSource] = field(default_factory=list)
 
 
+# a checkpoint's record of the training data of the bundle a run started from (--init), its sources marked
+# started_from (models.card.started_sources): that bundle, fine-tuned in place, is gone on --resume
+INIT_DATA = "init_data"
 # a checkpoint's record of the image content check of the bundle a run started from (--init), which a run on too few
 # films to learn their appearance keeps (training_appearance): that bundle, fine-tuned in place, is gone on --resume
 INIT_APPEARANCE = "init_appearance"
@@ -323,6 +329,33 @@ def start_record(cfg: TrainConfig, started: BundleCard | None, in_place: bool) -
         return {}
     return {INIT_CARD: bundle_checksums([cfg.init])[0], INIT_SAMPLE: trained_sample(started),
             **({INIT_IN_PLACE: True} if in_place else {})}
+
+
+def training_data(data: Path | str, cfg: TrainConfig, records: Sequence[Record]) -> list[TrainingSource]:
+    """Where the run's training and validation films (``records``) came from, as its card records it: the films a
+    published dataset's file-name rules name are that dataset's (:func:`~pneumoscan.data.layouts.named_datasets`:
+    Kermany et al.'s), the others are what ``cfg.data_name`` says, with ``cfg.data_licence``, or a source not
+    described (name ""), which the card says as such, never as Kermany's. A name given for films none of which it
+    could name is refused: the card would name a source of no film."""
+    films = [r for r in records if r.split in ("train", "val")]
+    named = named_datasets(films)
+    own = named.pop(("", ""), 0)
+    if cfg.data_name and not own:
+        datasets = " and ".join(name for name, _ in named)
+        raise ValueError(f"data_name (--data-name) {cfg.data_name!r} names the source of training films no published "
+                         f"dataset's file names name, and every one of the {len(films)} given is named as {datasets}'s "
+                         "films are: the card names that dataset itself; leave data_name (and data_licence) out")
+    layout = "manifest" if cfg.split_csv else getattr(recognising_layout(Path(data)), "name", "")
+    sources = [TrainingSource(name=name, licence=licence, films=n, layout=layout, started_from=False)
+               for (name, licence), n in named.items()]
+    if own:
+        sources.append(TrainingSource(name=cfg.data_name or "", licence=cfg.data_licence or "", films=own,
+                                      layout=layout, started_from=False))
+        if not cfg.data_name:
+            log.warning("%d of the %d training and validation films are named by no published dataset's rules, and "
+                        "data_name (--data-name) does not say where they come from: the model card says their source "
+                        "was not described", own, len(films))
+    return sources
 
 
 def start_appearance(cfg: TrainConfig, started: BundleCard, spec: PreprocessSpec) -> Appearance | None:
@@ -490,12 +523,14 @@ def check_batches(train_films: int, cfg: TrainConfig, ctx: Dist, where: str = ""
 
 
 def load_data(records: list[Record], cache: ImageCache, checksum: str, cfg: TrainConfig, task: Task, ctx: Dist,
-              run_dir: Path, selected: dict, sample: dict | None = None) -> Data:
+              run_dir: Path, selected: dict, sample: dict | None = None,
+              sources: Sequence[TrainingSource] = ()) -> Data:
     """The split's records (kept as RUN/split.csv) and their preprocessed images (:func:`preprocessed`; ``checksum``
     their :func:`data_checksum`; ``selected``, the task's films of each side: :func:`selected_films`;
     ``sample``, what the card records of the films and weights: :func:`split_records`', the starting bundle's
     :func:`start_record`, the teachers' :func:`~pneumoscan.training.distill.check_teachers` and the versions that
-    trained them, :data:`~pneumoscan.models.card.TRAINED_BY`) as datasets and loaders, with the class weights."""
+    trained them, :data:`~pneumoscan.models.card.TRAINED_BY`; ``sources``, where the films the weights learn from came
+    from: :func:`training_data`) as datasets and loaders, with the class weights."""
     if ctx.main:
         write_manifest(records, RunFolder(run_dir).split)
     paths = [r.path for r in records]
@@ -523,7 +558,7 @@ def load_data(records: list[Record], cache: ImageCache, checksum: str, cfg: Trai
     plain = tuple(CachedImages(cache.images, *parts[n], normalize(mean, std)) for n in ("train", "val"))
     return Data(cache.spec, cache.data_fingerprint, checksum, train_set, val_set, val_loader, sampler,
                 train_loader, plain, weights if cfg.class_weights else None, selected["val"][0],
-                _val_left_out(records, cache, task), sample or {})
+                _val_left_out(records, cache, task), sample or {}, list(sources))
 
 
 def _val_left_out(records: Sequence[Record], cache: ImageCache, task: Task) -> list[dict]:
@@ -702,6 +737,7 @@ def train(
     from_checkpoint = resume and checkpoint_path.exists()
     model, imagenet, fresh, started = build_model(cfg, task, ctx, from_checkpoint)
     records, sample = split_records(data, cfg, sample)
+    own_data = training_data(data, cfg, records)
     taught = check_teachers(cfg, records, task)  # read with their cards, as the starting bundle's (start_record)
     in_place = fine_tunes_own_bundle(cfg, run_dir)
     if started is not None:  # checked at the run's start
@@ -709,6 +745,7 @@ def train(
         if in_place:
             check_in_place(cfg, run_dir, records, started)
     learnt = start_record(cfg, started, in_place)
+    start_data = started_sources(started) if started is not None else []
     # the images before the run folder is touched: --resume compares their pixels with the checkpoint's
     cache = preprocessed(records, cfg, ctx)
     # the starting bundle's content check, read before the run folder is touched too (in place, it is cleared)
@@ -723,7 +760,10 @@ def train(
         # record, none in an earlier version's; whether the run replaces its own bundle its settings and folder say
         learnt = ({k: resumed[k] for k in (INIT_CARD, INIT_SAMPLE) if k in resumed}
                   | ({INIT_IN_PLACE: True} if in_place else {}))
+        # an earlier version's checkpoint records none: its starting bundle, as every one then, learnt from Kermany's
+        start_data = resumed.get(INIT_DATA, [{**KERMANY_SOURCE, "started_from": True}] if cfg.init else [])
     made |= learnt  # each checkpoint keeps it
+    made[INIT_DATA] = start_data
     if resumed is not None and INIT_APPEARANCE in resumed:
         kept = Appearance.from_arrays({k: v.numpy() for k, v in resumed[INIT_APPEARANCE].items()})
     if kept is not None:  # as tensors, which a checkpoint loads with weights_only
@@ -741,7 +781,7 @@ def train(
     with refusal_kept(run_dir, ctx):
         # the card keeps the versions that trained its weights, as the checkpoint does (a resumed run's are several)
         d = load_data(records, cache, made["data"], cfg, task, ctx, run_dir, selected,
-                      {**sample, **learnt, TRAINED_BY: made[TRAINED_BY]})
+                      {**sample, **learnt, TRAINED_BY: made[TRAINED_BY]}, [*start_data, *own_data])
         t0, warm_s, start = prepare_weights(model, cfg, d, ctx, imagenet, fresh, resumed)
         optimizer, schedule, lr = make_optimizer(model, cfg, d, ctx, warm_s)
         hooks, stateful = make_callbacks(model, cfg, task, d, ctx, run_dir, schedule, trackers, made, on_epoch_end,
@@ -817,7 +857,7 @@ def finalize(run_dir: Path, cfg: TrainConfig, d: Data, ctx: Dist, epochs: int, b
     appearance, came_from = training_appearance(d.plain[0], kept, cfg.init)
     card = dataclasses.replace(card, temperature=float(temperature[0]), data_fingerprint=d.data_fingerprint,
                                data_checksum=d.checksum, split_checksum=file_sha256(run.split),
-                               versions=runtime_versions(),
+                               versions=runtime_versions(), training_data=d.sources,
                                train_config=run_record(cfg, ctx) | {TRAINING_FILMS: trained_on} | d.sample | came_from)
 
     def score(bundle: Path) -> ScoredFilms:  # the plain logits torch's; the TTA views' by the ONNX graph shipped
