@@ -510,6 +510,31 @@ def test_a_test_side_that_could_not_measure_or_leaves_no_class_to_train_on_is_re
         patient_split(_records(groups), 0.2, test_fraction=fraction)
 
 
+def test_a_test_side_short_of_its_share_is_logged_as_held_and_warned_of(caplog) -> None:
+    """NORMAL patients of 4 films: 30 % of 20 is 6, of which whole patients fill 4; the log says the 20 % held,
+    not the 30 % asked, and the test's mix off the whole is warned of as validation's is."""
+    with caplog.at_level(logging.INFO, logger="pneumoscan.data.split"):
+        patient_split(_records({"normal": [4] * 5, "bacteria": [1] * 20, "virus": [1] * 20}), 0.25, test_fraction=0.3)
+    assert caplog.messages == [
+        "held out for the test: 16 of the 60 films, whole patients, 30% asked of each class and subtype: bacteria 6 "
+        "of 20 (30.0%), normal 4 of 20 (20.0%), virus 6 of 20 (30.0%)",
+        "the test side is off the whole's mix by more than 2 points and more than one film, as patient groups too "
+        "large for the room left did not fit (a patient's films stay on one side): normal 25.0% against 33.3% (4 "
+        "films where 30% is 6)"]
+
+
+def test_a_test_side_without_a_pneumonia_subtype_is_warned_of(caplog) -> None:
+    """Two viral patients of 5 films fit in no 20 % of 10: the test could not measure bacterial against viral."""
+    with caplog.at_level(logging.WARNING, logger="pneumoscan.data.split"):
+        out = patient_split(_records({"normal": [1] * 20, "bacteria": [1] * 20, "virus": [5, 5]}), 0.25,
+                            test_fraction=0.2)
+    assert "virus" not in {r.subtype for r in out if r.split == "test"}
+    assert caplog.messages[0] == (
+        "the test side holds no virus film: none of the 2 patient group(s) of the 10 virus films fits in 20% of its "
+        "subtype (a patient's films stay on one side), so its bacterial-viral (etiology) figures cannot be measured; "
+        "raise the test fraction (split --test-fraction) or add virus films of other patients")
+
+
 def test_split_writes_held_out_test_rows_that_training_leaves_out(tiny_dataset: Path, tmp_path: Path) -> None:
     """The quick start's step 3 in one pass: the manifest split writes holds test rows, which a split or a run of
     it leaves out, and its train and val rows as they are."""

@@ -22,7 +22,7 @@ import logging
 import os
 import random
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -33,8 +33,8 @@ from scipy.sparse.csgraph import connected_components
 from pneumoscan.core.names import shown
 from pneumoscan.core.options import VAL_FRACTION
 from pneumoscan.data.copies import label_conflicts, picture_groups, shared_patients
-from pneumoscan.data.layouts import (HEADER_PATIENT, LABELS, Discovery, Record, absent_hint, discover, layouts,
-                                     own_patient)
+from pneumoscan.data.layouts import (HEADER_PATIENT, LABELS, SUBTYPES, Discovery, Record, absent_hint, discover,
+                                     layouts, own_patient)
 
 log = logging.getLogger(__name__)
 
@@ -227,8 +227,10 @@ def _held_for_test(records: Sequence[Record], units: Sequence[list[int]], test_f
     class and subtype, drawn as validation is (:func:`_filled`) in a stream of their own, so that the same seed
     holds out the same patients whatever the validation fraction. Refused where the test side would lack a class
     (a sensitivity or specificity it cannot measure) or take all of one (none left to train on): a site's few
-    patients give either at a high fraction, and the figures of that test would be no answer."""
-    test, _ = _filled(records, [list(unit) for unit in units], test_fraction, random.Random(f"test {seed}"))
+    patients give either at a high fraction, and the figures of that test would be no answer. A pneumonia subtype
+    it lacks is warned of (its bacterial-viral figures are n/a, its normal-pneumonia ones stand), as is a mix off
+    the whole's (:func:`_warn_off_mix`); the shares it holds are logged, as large patients fill less than asked."""
+    test, target = _filled(records, [list(unit) for unit in units], test_fraction, random.Random(f"test {seed}"))
     pct = f"{test_fraction:.0%}"
     labels = Counter(r.label for r in records)
     held = Counter(records[i].label for i in test)
@@ -242,8 +244,18 @@ def _held_for_test(records: Sequence[Record], units: Sequence[list[int]], test_f
     if whole := [label for label in LABELS if labels[label] and held[label] == labels[label]]:
         raise ValueError(f"the test side takes all {labels[whole[0]]} {whole[0]} films at {pct}, leaving none to "
                          f"train on; lower the test fraction (split --test-fraction) or add {whole[0]} films")
-    log.info("held out for the test: %d of the %d films (%s of each class and subtype, whole patients)", len(test),
-             len(records), pct)
+    strata = Counter(_stratum(r) for r in records)
+    in_test = Counter(_stratum(records[i]) for i in test)
+    for kind in (k for k in SUBTYPES if strata[k] and not in_test[k]):  # normal: refused above, as NORMAL
+        groups = sum(any(_stratum(records[i]) == kind for i in unit) for unit in units)
+        log.warning("the test side holds no %s film: none of the %d patient group(s) of the %d %s films fits in %s "
+                    "of its subtype (a patient's films stay on one side), so its bacterial-viral (etiology) figures "
+                    "cannot be measured; raise the test fraction (split --test-fraction) or add %s films of other "
+                    "patients", kind, groups, strata[kind], kind, pct, kind)
+    log.info("held out for the test: %d of the %d films, whole patients, %s asked of each class and subtype: %s",
+             len(test), len(records), pct,
+             ", ".join(f"{k} {in_test[k]} of {n} ({in_test[k] / n:.1%})" for k, n in sorted(strata.items())))
+    _warn_off_mix("the test side", records, in_test, target, pct)
     return test
 
 
@@ -251,8 +263,7 @@ def _check_sides(split: Sequence[Record], units: Sequence[Sequence[int]], target
                  val_fraction: float) -> None:
     """Refuse a split that cannot be trained on (no validation film, a class without training films) and warn of
     one that misses the whole's mix: a class without validation films (its figures cannot be measured), or a
-    stratum left short of its room by patient groups too large for it, off its share by more than 2 points and by
-    more than one film (on a small validation side one film is more than 2 points)."""
+    stratum left short of its room (:func:`_warn_off_mix`)."""
     pct = f"{val_fraction:.0%}"
     whole = Counter(_stratum(r) for r in split)
     in_val = Counter(_stratum(r) for r in split if r.split == "val")
@@ -276,13 +287,24 @@ def _check_sides(split: Sequence[Record], units: Sequence[Sequence[int]], target
                     "fitted in it (a patient's films stay on one side), so its AUC, sensitivity and specificity "
                     "cannot be measured; add %s films of other patients or raise the validation fraction",
                     label, pct, labels[label], label, room, groups, label)
-    n, n_val = len(split), sum(in_val.values())
-    off = [f"{k} {in_val[k] / n_val:.1%} against {whole[k] / n:.1%} ({in_val[k]} films where {pct} is {target[k]})"
-           for k in sorted(whole) if label_of[k] not in missing and in_val[k] < target[k]
-           and abs(in_val[k] / n_val - whole[k] / n) > max(0.02, 1 / n_val)]
+    _warn_off_mix("validation", split, in_val, target, pct, missing)
+
+
+def _warn_off_mix(side: str, records: Sequence[Record], held: Counter[str], target: dict[str, int], pct: str,
+                  skip: Collection[str] = ()) -> None:
+    """Warn when a side (validation, the test) misses the whole ``records``' mix: a stratum ``held`` short of its
+    room (``target``) by patient groups too large for it, off its share by more than 2 points and by more than one
+    film (on a small side one film is more than 2 points). Strata of the classes in ``skip`` are left out, a side
+    without a class being said otherwise."""
+    whole = Counter(_stratum(r) for r in records)
+    label_of = {_stratum(r): r.label for r in records}
+    n, n_side = len(records), sum(held.values())
+    off = [f"{k} {held[k] / n_side:.1%} against {whole[k] / n:.1%} ({held[k]} films where {pct} is {target[k]})"
+           for k in sorted(whole) if label_of[k] not in skip and held[k] < target[k]
+           and abs(held[k] / n_side - whole[k] / n) > max(0.02, 1 / n_side)]
     if off:
-        log.warning("validation is off the whole's mix by more than 2 points and more than one film, as patient "
-                    "groups too large for the room left did not fit (a patient's films stay on one side): %s",
+        log.warning("%s is off the whole's mix by more than 2 points and more than one film, as patient groups too "
+                    "large for the room left did not fit (a patient's films stay on one side): %s", side,
                     "; ".join(off))
 
 
