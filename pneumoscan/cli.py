@@ -991,7 +991,7 @@ def _split_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test-fraction", type=_share(one=False), default=0.0,
                    help="also hold this share of the films of each class and subtype out for the test, whole patients "
                         "at a time, drawn before validation; the same seed holds out the same patients whatever "
-                        "--val-fraction (default 0: no test rows)")
+                        "--val-fraction (default 0: no test rows); refused for DATA with a test split of its own")
     p.add_argument("--seed", type=int, default=0, help="random seed of the split (default 0)")
     p.add_argument("--out", type=_file, default="split.csv", help="manifest to write (default split.csv)")
 

@@ -535,11 +535,21 @@ def test_a_test_side_without_a_pneumonia_subtype_is_warned_of(caplog) -> None:
         "raise the test fraction (split --test-fraction) or add virus films of other patients")
 
 
+def test_a_new_test_of_data_with_a_test_split_is_refused(tiny_dataset: Path, tmp_path: Path, capsys) -> None:
+    """A test drawn from train and val beside test/ would be other patients than evaluate --split test reads."""
+    assert main(["split", str(tiny_dataset), "--test-fraction", "0.25", "--out", str(tmp_path / "held.csv")]) == 2
+    assert ("has a test split of its own (16 films in test/ or test rows): a new test drawn from its other films "
+            "(--test-fraction) would be other patients than the ones evaluate --split test reads from it"
+            in capsys.readouterr().err)
+    assert not (tmp_path / "held.csv").exists()
+
+
 def test_split_writes_held_out_test_rows_that_training_leaves_out(tiny_dataset: Path, tmp_path: Path) -> None:
     """The quick start's step 3 in one pass: the manifest split writes holds test rows, which a split or a run of
     it leaves out, and its train and val rows as they are."""
-    out = tmp_path / "held.csv"
-    assert main(["split", str(tiny_dataset), "--test-fraction", "0.25", "--out", str(out)]) == 0
+    out, films = tmp_path / "held.csv", tmp_path / "films.csv"
+    write_manifest(discover(tiny_dataset).split("train"), films)  # a site's films, without a test split
+    assert main(["split", str(films), "--test-fraction", "0.25", "--out", str(out)]) == 0
     written = read_manifest(out).records
     sides = Counter((r.split, r.label) for r in written)
     assert sides[("test", "NORMAL")] == sides[("test", "PNEUMONIA")] == 6

@@ -341,12 +341,18 @@ def patient_folds(
     return fold
 
 
-def split_pool(data: Path | str) -> tuple[list[Record], list[list[str]]]:
+def split_pool(data: Path | str, new_test: bool = False) -> tuple[list[Record], list[list[str]]]:
     """Everything in DATA but its test split, and its picture groups (copies of one film, which must stay
     together). A pool without a film of each class is refused (:func:`_check_classes`); label conflicts in it are
-    warned of."""
+    warned of. A pool to draw a ``new_test`` from is refused where DATA has a test split: the new test would be
+    other patients than the one ``--split test`` reads from DATA, and a manifest holds one split per film."""
     found = discover(data)
     pool = [r for r in found.records if r.split != "test"]
+    if new_test and (given := len(found.records) - len(pool)):
+        raise ValueError(f"{shown(data)} has a test split of its own ({given} films in test/ or test rows): a new "
+                         "test drawn from its other films (--test-fraction) would be other patients than the ones "
+                         "evaluate --split test reads from it; split it without --test-fraction to keep its test, or "
+                         "give its films without their test split (a manifest without the test rows) to draw a new one")
     if not pool:
         raise ValueError(f"{data}: no images outside test/ to split")
     if absent := [r.path for r in pool if not os.path.exists(r.path)]:
@@ -391,8 +397,9 @@ def warn_conflicts(conflicts: Sequence[dict]) -> None:
 def split_dataset(data: Path | str, val_fraction: float = VAL_FRACTION, seed: int = 0,
                   test_fraction: float = 0.0) -> list[Record]:
     """Everything in DATA but its test split, divided by patient into train and val, and test for ``test_fraction``
-    above 0 (:func:`patient_split`; copies of a film together)."""
-    pool, duplicates = split_pool(data)
+    above 0 (:func:`patient_split`; copies of a film together), which DATA with a test split of its own refuses
+    (:func:`split_pool`)."""
+    pool, duplicates = split_pool(data, new_test=test_fraction > 0)
     return patient_split(pool, val_fraction, seed, duplicates, test_fraction)
 
 
