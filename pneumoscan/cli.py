@@ -1280,7 +1280,7 @@ def _listen_args(p: argparse.ArgumentParser) -> None:
                    help="keep each report here until the destination confirms it, sent again every --retry-every and "
                         "at start; refused ones in DIR/refused (default: a temporary folder, lost when listen stops)")
     p.add_argument("--spool-max-mb", type=_positive(float), default=LISTEN_SPOOL_MB, metavar="MB",
-                   help=f"while the spool (reports not yet confirmed, DIR/refused among them) holds this many MB, each "
+                   help=f"while the spool (reports waiting to be sent, not DIR/refused) holds this many MB, each "
                         f"film is refused with 0xA700, no report made that could not be kept (default "
                         f"{LISTEN_SPOOL_MB})")
     p.add_argument("--retry-every", type=_positive(float), default=LISTEN_RETRY_S, metavar="SECONDS",

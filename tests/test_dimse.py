@@ -3,6 +3,7 @@ free port, and a pynetdicom C-STORE SCP as the destination its reports go to."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -764,24 +765,66 @@ def test_a_full_spool_refuses_each_film_out_of_resources_until_the_destination_t
     assert len(back.received) == 2
 
 
-def test_the_spool_counts_its_folders_and_the_reports_kept_and_confirmed_since(film: np.ndarray,
-                                                                            tmp_path: Path) -> None:
-    """What --spool-max-mb is held to: the spool's files, refused/'s and an earlier run's among them, counted from
-    its folders at start and at each --retry-every, where IT may have deleted some, and each report kept or confirmed
-    between counts (a count for each film would stat every report)."""
+def test_the_spool_counts_its_waiting_reports_and_those_kept_confirmed_and_set_aside_since(
+    film: np.ndarray, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """What --spool-max-mb is held to: the reports waiting to be sent, an earlier run's among them, counted from the
+    spool's folder at start and at each --retry-every, where IT may have deleted some, and each report kept,
+    confirmed or set aside between counts (a count for each film would stat every report). refused/ is not counted:
+    a destination refusing every report would otherwise end with each film refused "spool full" though nothing
+    waits to be sent; each report set aside says IT must look there."""
     (refused := tmp_path / "spool" / "refused").mkdir(parents=True)
-    (refused / "1.2.3_1.2.4.dcm").write_bytes(b"x" * 1000)  # an earlier run's
+    (refused / "1.2.3_1.2.4.dcm").write_bytes(b"x" * 1000)  # an earlier run's, refused: never sent again
+    (tmp_path / "spool" / "1.2.3_1.2.5.dcm").write_bytes(b"x" * 500)  # an earlier run's, waiting
     spool = dimse.Spool(tmp_path / "spool")
-    assert spool.held() == 1000
+    assert spool.held() == 500
+    assert Room(spool_mb=1000 / MB).refusal(1, 0, 10**15, spool.held()) is None  # refused/'s 1000 bytes pass it
     (report := tmp_path / "sr.dcm").write_bytes(data := chest_dicom(film[:8, :8]))
     kept = spool.keep("1.2.3", report)
-    assert spool.held() == 1000 + len(data)
-    (refused / "1.2.3_1.2.4.dcm").unlink()  # IT deletes a refused report: seen at the next count
-    assert spool.held() == 1000 + len(data) and spool.count() == len(data) == spool.held()
+    assert spool.held() == 500 + len(data)
+    (tmp_path / "spool" / "1.2.3_1.2.5.dcm").unlink()  # IT deletes a waiting report: seen at the next count
+    assert spool.held() == 500 + len(data) and spool.count() == len(data) == spool.held()
+    caplog.set_level(logging.WARNING, logger="pneumoscan")
+    aside = spool.set_aside(kept)
+    assert spool.held() == 0 == spool.count() and aside.parent == refused and aside.is_file()
+    assert f"{aside.name} is set aside, not sent again and not counted against --spool-max-mb: look at {refused}" in (
+        caplog.text)
+    kept = spool.keep("1.2.3", report)
     spool.confirmed(kept)
     assert spool.held() == 0 and not kept.exists()
     shutil.rmtree(spool.folder)  # deleted under the listener: nothing held, not an error line every --retry-every
     assert spool.count() == 0
+
+
+@pytest.mark.parametrize("change", ["keep", "confirmed"])
+def test_a_report_kept_or_confirmed_while_the_spool_is_counted_is_counted_exactly(
+    film: np.ndarray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: str,
+) -> None:
+    """A count (each --retry-every) and the reports kept (scoring) and confirmed (sending) run in threads of their
+    own: a report kept or confirmed once the count has listed the folder, before it sets what the spool holds, is
+    neither lost nor counted twice. The change is made in another thread just after the folder is listed and its
+    files' sizes read (the listing wrapped to do so), given 0.2 s to finish before the count goes on."""
+    spool = dimse.Spool(tmp_path / "spool")
+    (report := tmp_path / "sr.dcm").write_bytes(chest_dicom(film[:8, :8]))
+    first = spool.keep("1.2.3", report)
+    listed, threads = os.scandir, []
+
+    def listing(folder: Path) -> Iterator[os.DirEntry]:
+        with listed(folder) as entries:
+            found = list(entries)
+        for entry in found:
+            entry.stat()  # a DirEntry keeps its first stat: the sizes read before the change, as a slow count does
+        act = (lambda: spool.keep("1.2.4", report)) if change == "keep" else (lambda: spool.confirmed(first))
+        threads.append(thread := threading.Thread(target=act))
+        thread.start()
+        thread.join(0.2)
+        return contextlib.nullcontext(iter(found))
+
+    monkeypatch.setattr(dimse.os, "scandir", listing)
+    spool.count()
+    threads[0].join()
+    monkeypatch.undo()
+    assert spool.held() == sum(p.stat().st_size for p in spool.folder.glob("*_*.dcm")) == spool.count()
 
 
 def test_a_film_whose_file_passes_a_bound_its_data_set_kept_is_refused_once_received() -> None:

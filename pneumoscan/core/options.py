@@ -28,7 +28,7 @@ PACS_FILM_S = 600  # dicomweb.Connection.film_s: one film's whole retrieval (272
 # dimse.Room: what `listen` holds on disk: one association's films (a study, or a sender's batch of them) and the
 # free space it leaves on the folder's disk, in MB; a film past the first or short of the second is refused (0xA700)
 LISTEN_ASSOCIATION_MB, LISTEN_FREE_MB = 2000, 1000
-# dimse.Room.spool_mb: the reports `listen` keeps unconfirmed (its spool, refused/ among them), in MB: a film is refused
+# dimse.Room.spool_mb: the reports `listen` keeps waiting to be sent (its spool, not refused/), in MB: a film is refused
 # (0xA700) while the spool holds this much; some 700,000 SRs of 7 KB, or a few thousand films' Grad-CAM captures
 LISTEN_SPOOL_MB = 5000
 LISTEN_STORE_S = 30  # dimse.Listener.store_s: the destination's answer to one step (connect, associate, one C-STORE)

@@ -10,7 +10,7 @@ negotiation; an instance without a valid Study or SOP Instance UID, or whose dat
 (:func:`read_dataset`, which inflates a deflated one within the decode limit), with a C-STORE failure naming why; a
 film past what the listener may hold on disk (:class:`Room`), with an "out of resources" status (0xA700) naming why,
 which the sender may try again later, among them each film while the spool holds ``--spool-max-mb`` of reports
-not yet confirmed (a destination down for days), so that no report is made that could not be kept. Each film is
+waiting to be sent (a destination down for days), so that no report is made that could not be kept. Each film is
 written to a temporary file as it arrives (pynetdicom's ``STORE_RECV_CHUNKED_DATASET``), never held whole in memory,
 and these bounds apply to that file before any of it is read; a film, or an association, that passes its bound (or
 takes the disk under ``--min-free-mb``) while it arrives is cut short there, the association aborted (A-ABORT) at
@@ -181,7 +181,15 @@ class Spool:
     """The reports not yet confirmed by the destination, one file each, ``STUDY_UID_SOP_UID.dcm`` (private, written
     atomically), in a folder that outlives the listener: a report is kept from before it is queued until the
     destination confirms it (status 0x0000, or a warning), so that a destination down, or a stop, loses none. A
-    report the destination refuses outright goes to ``refused/``, where IT finds it beside the error line."""
+    report the destination refuses outright goes to ``refused/``, where IT finds it beside the error line.
+
+    ``--spool-max-mb`` holds the reports waiting to be sent, not ``refused/``: a refused report is never sent
+    again, so counting it would, at a destination that refuses every report, end with each film refused "spool
+    full" though nothing waits to be sent; the disk is kept by ``--min-free-mb`` (:class:`Room`), and each report
+    set aside is a warning that IT must look at ``refused/``, which nothing empties. The count (:meth:`count`) and
+    each change to it (:meth:`keep`, :meth:`confirmed`, :meth:`set_aside`) hold one lock, the file's change with
+    it, so that no report is counted twice or missed: a C-STORE waits for a count (about 0.1 to 0.2 s for 10,000
+    reports) once each ``--retry-every`` at most."""
 
     def __init__(self, folder: Path) -> None:
         self.folder, self.refused = folder, folder / "refused"
@@ -195,32 +203,31 @@ class Spool:
         UID; its path there."""
         uid = str(pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).SOPInstanceUID)
         data = path.read_bytes()
-        kept = write_atomic(self.folder / f"{study_uid}_{uid}.dcm", data, mode=0o600)
         with self._lock:
+            kept = write_atomic(self.folder / f"{study_uid}_{uid}.dcm", data, mode=0o600)
             self._held += len(data)
         return kept
 
     def count(self) -> int:
-        """The bytes the spool's files take, ``refused/``'s among them (what a destination down costs the disk),
-        counted from the folders themselves, where IT may move or delete reports: what :meth:`held` says from now."""
-        total = 0
-        for folder in (self.folder, self.refused):
+        """The bytes the reports waiting in the spool take, counted from its folder, where IT may move or delete
+        reports: what :meth:`held` says from now."""
+        with self._lock:
+            total = 0
             try:
-                with os.scandir(folder) as entries:
+                with os.scandir(self.folder) as entries:
                     for entry in entries:
                         try:
                             total += entry.stat().st_size if entry.is_file() else 0
-                        except FileNotFoundError:  # confirmed, and deleted, since it was listed
+                        except FileNotFoundError:  # deleted by IT since it was listed
                             continue
             except FileNotFoundError:  # a folder deleted under the listener holds nothing (its keep says the rest)
-                continue
-        with self._lock:
+                pass
             self._held = total
         return total
 
     def held(self) -> int:
-        """The spool's bytes as last counted, with the reports kept and confirmed since: a count for each film would
-        stat every report (0.1 to 0.2 s for 10,000 of them on a shared 2-core machine), as many as a
+        """The spool's bytes as last counted, with the reports kept, confirmed and set aside since: a count for each
+        film would stat every report (0.1 to 0.2 s for 10,000 of them on a shared 2-core machine), as many as a
         destination down for days leaves."""
         with self._lock:
             return self._held
@@ -231,17 +238,25 @@ class Spool:
 
     def confirmed(self, path: Path) -> None:
         """The destination holds it: never sent again."""
-        try:
-            size = path.stat().st_size
-        except FileNotFoundError:
-            return
-        path.unlink(missing_ok=True)
         with self._lock:
+            try:
+                size = path.stat().st_size
+            except FileNotFoundError:
+                return
+            path.unlink(missing_ok=True)
             self._held = max(0, self._held - size)
 
     def set_aside(self, path: Path) -> Path:
-        """A report the destination refused: out of the spool, into ``refused/``."""
-        return path.replace(self.refused / path.name)
+        """A report the destination refused (or that cannot be read): out of the spool and its bound, into
+        ``refused/``, with a warning that IT must look there."""
+        with self._lock:
+            size = path.stat().st_size
+            where = path.replace(self.refused / path.name)
+            self._held = max(0, self._held - size)
+        log.warning("%s is set aside, not sent again and not counted against --spool-max-mb: look at %s (send its "
+                    "reports by hand once the cause is fixed, or delete them); nothing empties it", where.name,
+                    self.refused)
+        return where
 
 
 def study_of(path: Path) -> str:
