@@ -1261,7 +1261,8 @@ def _listen_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=_folder, metavar="DIR",
                    help="write each study's rows, as pacs --out writes them, to DIR/STUDY_UID.json")
     p.add_argument("--fhir", type=_folder, metavar="DIR",
-                   help="write a FHIR R4 Observation (JSON) per scored film into DIR, as pacs --fhir")
+                   help="write a FHIR R4 Observation (JSON) per scored film into DIR, as pacs --fhir, once its "
+                        "study's audit lines are written")
     p.add_argument("--max-film-mb", type=_positive(float), default=MAX_UPLOAD_MB, metavar="MB",
                    help=f"a larger film is refused with 0xA700, out of resources (default {MAX_UPLOAD_MB})")
     p.add_argument("--max-association-mb", type=_positive(float), default=LISTEN_ASSOCIATION_MB, metavar="MB",

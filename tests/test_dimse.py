@@ -579,8 +579,8 @@ def test_a_study_whose_audit_lines_raise_is_that_studys_fault_alone(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A fault in a study's audit lines (its film's digest cannot be read: an I/O error injected there) is an error
-    line for that study, whose report is not sent; the association's other study is scored, written and sent, where
-    the fault ended the association's scoring."""
+    line for that study, whose report is not sent, nor its FHIR Observation put in --fhir; the association's other
+    study is scored, written and sent, where the fault ended the association's scoring."""
     caplog.set_level(logging.INFO, logger="pneumoscan")
     faulty, sound = generate_uid(), generate_uid()
     films = [chest_dicom(film, StudyInstanceUID=faulty), chest_dicom(film, StudyInstanceUID=sound)]
@@ -594,9 +594,11 @@ def test_a_study_whose_audit_lines_raise_is_that_studys_fault_alone(
 
     monkeypatch.setattr(dimse, "file_sha256", failing)
     audit = AuditLog(tmp_path / "audit.jsonl")
-    port = listen(destination.port, audit=audit)
+    port = listen(destination.port, audit=audit, fhir=tmp_path / "fhir")
     assert send(port, films) == [0, 0]
     wait_for(lambda: f"study {sound}: reports of" in caplog.text)
+    kept = pydicom.dcmread(io.BytesIO(films[1])).SOPInstanceUID
+    assert [p.name for p in (tmp_path / "fhir").iterdir()] == [f"{kept}.fhir.json"]
     assert f"study {faulty}: its audit lines cannot be made, its reports not sent: [Errno 5] Input/output error" in (
         caplog.text)
     assert f"study {sound}: reports of 1 of 1 films stored" in caplog.text
@@ -607,15 +609,25 @@ def test_a_study_whose_audit_lines_raise_is_that_studys_fault_alone(
 @pytest.mark.parametrize("required", [False, True], ids=["default", "required"])
 def test_a_film_whose_audit_line_cannot_be_written_gets_its_report_only_when_the_line_is_not_required(
     listen: Callable[..., int], destination: Destination_SCP, film: np.ndarray, tmp_path: Path,
-    caplog: pytest.LogCaptureFixture, required: bool,
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, required: bool,
 ) -> None:
     """The audit file replaced by a folder after start (its lines cannot be written, as root too): by default the
     films' reports are sent and a warning says the lines are lost and the listener goes on; with --audit-required
     the reports are held back, the warning says so, an error line says why for each, and the destination receives
-    nothing, nor does --fhir keep their Observations. The warning is rate-limited as serve's is (one a kind every
-    10 s), not one for each line lost."""
+    nothing, nor does --fhir get their Observations: none is there before its film's line is tried, where a script
+    sending on from that folder could take it. The warning is rate-limited as serve's is (one a kind every 10 s),
+    not one for each line lost."""
     caplog.set_level(logging.INFO, logger="pneumoscan")
     audit = AuditLog(path := tmp_path / "audit.jsonl", required=required)
+    seen: list[list[str]] = []  # what --fhir holds as each film's line is tried
+    write = audit.write
+
+    def watched(entry: dict) -> bool:
+        if entry.get("event") == "film_read":
+            seen.append([p.name for p in (tmp_path / "fhir").glob("*.fhir.json")])
+        return write(entry)
+
+    monkeypatch.setattr(audit, "write", watched)
     port = listen(destination.port, audit=audit, fhir=tmp_path / "fhir")
     path.unlink()
     path.mkdir()
@@ -623,6 +635,7 @@ def test_a_film_whose_audit_line_cannot_be_written_gets_its_report_only_when_the
     assert send(port, [chest_dicom(film, StudyInstanceUID=study), chest_dicom(film, StudyInstanceUID=study)]) == [0, 0]
     wait_for(lambda: f"study {study}: reports of" in caplog.text)
     audit.close()
+    assert seen == [[], []]
     lost = [r.getMessage() for r in caplog.records if r.getMessage().startswith("audit log lines to")]
     assert lost[0].startswith(f"audit log lines to {path} are lost (Is a directory)"), lost
     said = "each film whose line is lost gets no report (--audit-required)" if required else "the listener goes on"
@@ -632,7 +645,7 @@ def test_a_film_whose_audit_line_cannot_be_written_gets_its_report_only_when_the
     assert len(destination.received) == (0 if required else 2)
     held = [r.getMessage() for r in caplog.records if "its report is held back" in r.getMessage()]
     assert len(held) == (2 if required else 0)
-    assert all(line.endswith("its report is held back, not sent; its FHIR Observation is deleted") for line in held)
+    assert all(line.endswith("its report is held back, not sent; its FHIR Observation is not written") for line in held)
     assert len(list((tmp_path / "fhir").glob("*.fhir.json"))) == (0 if required else 2)
     assert f"study {study}: reports of {0 if required else 2} of 2 films stored" in caplog.text
 

@@ -71,7 +71,7 @@ from pneumoscan.data.scope import CAPTURE_CLASSES, RADIOGRAPH_CLASSES
 from pneumoscan.inference.predict import identity_fields
 from pneumoscan.models.card import CHECKSUM
 
-from .reports import ObservationIndex, add_warning, check_reportable
+from .reports import FHIR_SUFFIX, ObservationIndex, add_warning, check_reportable
 from .study import (FAILURES, MADE, WARNINGS, not_scored, one_patient, score_films, status_words, study_rows, unfiled,
                     valid_uid)
 
@@ -304,7 +304,8 @@ class Listener:
     wait, from its study's scoring, to be stored. ``out``: a folder for each study's rows, ``STUDY_UID.json``, as
     ``pacs --out`` writes them, rewritten as the spool delivers a report they say is not stored
     (:meth:`_delivered`). ``fhir``: a folder for each scored film's FHIR Observation, as ``pacs --fhir`` writes it
-    (:func:`~pneumoscan.interop.study.score_films`), its Observations read here, once, and kept track of as they are
+    (:func:`~pneumoscan.interop.study.score_films`), moved there from the study's folder once its audit lines are
+    written (:meth:`_file_observations`); its Observations read here, once, and kept track of as they are
     written (:class:`~pneumoscan.interop.reports.ObservationIndex`, which says what is assumed of other processes
     writing there). ``backend`` and ``heatmaps`` as ``pacs`` takes them.
     ``spool``: where each report waits until the destination confirms it (:class:`Spool`; None: a folder in
@@ -557,6 +558,7 @@ class Listener:
                         self._audit_reads(study, [{**row, "error": why} for row in instances.values()], received)
                         continue
                     if self._audit_reads(study, rows, received):
+                        self._file_observations(study, rows)
                         self._spool_reports(study, rows, scored)
                         scored.studies.append((study, rows, time.monotonic() + self.send_s))
         finally:
@@ -586,19 +588,34 @@ class Listener:
                     **self.model, "probability": row.get("probability"), "label": row.get("label"),
                     "refusal": row.get("not_scored") or row.get("error")})
                 if not written and self.audit.required and (made := (MADE.keys() | {"fhir"}) & row.keys()):
-                    for key in made:
-                        # the Observation is written by now, in a folder a script sends on from: no report either
-                        if key == "fhir" and self.observations is not None:
-                            self.observations.remove(Path(row.pop(key)))
-                        row.pop(key, None)
+                    for key in made:  # each left in the study's folder, deleted with it
+                        row.pop(key)
                     # said in the study's error line of films without a report (:meth:`file_study`)
                     add_warning(row, "its audit line cannot be written (--audit-required): its report is held back, "
-                                     "not sent" + ("; its FHIR Observation is deleted" if "fhir" in made else ""))
+                                     "not sent" + ("; its FHIR Observation is not written" if "fhir" in made else ""))
         except Exception as e:  # one study's fault is that study's: the association's others go on
             log.error("study %s: its audit lines cannot be made, its reports not sent: %s", study_uid,
                       shown(redact(str(e)) or type(e).__name__))
             return False
         return True
+
+    def _file_observations(self, study_uid: str, rows: list[dict]) -> None:
+        """Each FHIR Observation of a study, written in its folder as it was scored, moved into ``fhir`` (written
+        whole there, through its index, replacing the file of the same identifier) once the study's audit lines are
+        written: a script sending on from that folder never takes one whose audit line is missing, nor one of a
+        study whose scoring or audit lines failed partway. One that cannot be moved is an error line, and its row
+        says so."""
+        if self.observations is None:
+            return
+        for row in [row for row in rows if "fhir" in row]:
+            made = Path(row.pop("fhir"))
+            try:
+                row["fhir"] = str(self.observations.write(made.name.removesuffix(FHIR_SUFFIX), made.read_text()))
+            except OSError as e:
+                why = shown(e.strerror or type(e).__name__)
+                log.error("study %s: the FHIR Observation of %s is not written to %s: %s", study_uid,
+                          row.get("sop_instance_uid"), self.observations.folder, why)
+                add_warning(row, f"no FHIR Observation written: {why}")
 
     def _spool_reports(self, study_uid: str, rows: list[dict], scored: _Scored) -> None:
         """Each report of a study written to the spool before it is queued, its row naming it there; one the spool
@@ -789,8 +806,9 @@ class Listener:
         one_patient(patients)
         work = folder / study_uid
         work.mkdir()
+        # its Observations beside its SRs, moved into `fhir` once its audit lines are written (_file_observations)
         scored = score_films(self.bundle, sources, work, self.backend, self.heatmaps, store=True,
-                             fhir_dir=self.observations, held=set(instances))
+                             fhir_dir=work / "fhir" if self.observations is not None else None, held=set(instances))
         rows = study_rows(entries, sources, scored)
         for row in rows:
             if "not_scored" in row:

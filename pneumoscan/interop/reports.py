@@ -113,7 +113,7 @@ def _identifier(text: bytes | str) -> str | None:
 
 class ObservationIndex:
     """The files of a FHIR folder named ``*.fhir.json`` by their Observation's identifier, read once and kept as
-    :meth:`write` writes and :meth:`remove` removes them: a run writing many studies (``listen``, for months) reads
+    :meth:`write` writes them: a run writing many studies (``listen``, for months) reads
     the folder when it starts, not at every study (a folder of 100,000 files would take seconds a study, more every
     month). A file that is no such Observation is passed over.
 
@@ -168,16 +168,6 @@ class ObservationIndex:
         if key is not None:
             self._names[key] = [path.name]
         return path
-
-    def remove(self, path: Path) -> None:
-        """Delete the Observation file at ``path`` (one :meth:`write` wrote, whose reading is held back), and forget
-        it."""
-        key = self._held(path)
-        path.unlink(missing_ok=True)
-        if key is not None and path.name in (names := self._names.get(key, [])):
-            names.remove(path.name)
-            if not names:
-                del self._names[key]
 
 
 def replaced_reports(source: Dataset, reading: dict, issued: dict[str, Dataset], earlier: Sequence[float],
