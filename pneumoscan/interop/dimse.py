@@ -128,11 +128,11 @@ def _check_title(title: str, what: str) -> None:
 class Room:
     """What the listener may hold on disk, in MB: one film (as ``serve``'s upload limit), the films of one association
     (all on disk until it is released and its studies are scored), the free space a film must leave on the disk
-    of the listener's folder, and the reports the spool may hold unconfirmed (a destination down for days). A sender
-    could otherwise fill the disk: a film that passes the first three as it arrives is cut short (:meth:`overrun`),
-    and one past any of them once received is refused with 0xA700 (out of resources) and the reason in ErrorComment,
-    where the sender's log shows it: a film whose report the spool has no room for is refused, never read and its
-    report lost."""
+    of the listener's folder, and the reports the spool may hold waiting to be sent (a destination down for days).
+    A sender could otherwise fill the disk: a film that passes the first three as it arrives is cut short
+    (:meth:`overrun`), and one past any of them once received is refused with 0xA700 (out of resources) and the
+    reason in ErrorComment, where the sender's log shows it: a film whose report the spool has no room for is
+    refused, never read and its report lost."""
 
     film_mb: float = MAX_UPLOAD_MB
     association_mb: float = LISTEN_ASSOCIATION_MB
