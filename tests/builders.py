@@ -351,3 +351,10 @@ def site_manifest(tiny_dataset: Path, folder: Path, site: str | None = None) -> 
         writer.writerow(["path", "label", "site"])
         writer.writerows(row for row in rows if site in (None, row[2]))
     return csv_path
+
+
+def copy_of_cv(cv: tuple[Path, list[str]], to: Path) -> tuple[Path, list[str]]:
+    """A copy of a finished cv run at ``to`` and its arguments with ``--out`` pointing there (its files' times kept)."""
+    out, args = cv
+    shutil.copytree(out, to)
+    return to, [str(to) if a == str(out) else a for a in args]

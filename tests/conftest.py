@@ -242,6 +242,27 @@ def tiny_multiclass_bundle(typed_dataset: Path, tmp_path_factory: pytest.TempPat
 
 
 @pytest.fixture(scope="session")
+def tiny_cv(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
+    """A finished two-fold cv of the tiny dataset (simple_cnn, 32 px, one epoch, Youden's thresholds), its OUT and the
+    arguments that made it, for the tests that read a cv run or teach with its fold bundles (two folds train in
+    10-30 s: once a run, not once a module). The data is given through a link, as a linked data disk would be. A
+    test that runs cv again into it works on a copy (``tests.builders.copy_of_cv``)."""
+    from pneumoscan import cli
+
+    def build(folder: Path) -> Path:
+        link = folder / "data-link"
+        link.symlink_to(tiny_dataset)
+        args = ["cv", "--data", str(link), "--out", str(folder / "cv"), "--folds", "2", "--model", "simple_cnn",
+                "--no-pretrained", "--image-size", "32", "--epochs", "1", "--batch-size", "8", "--youden"]
+        assert cli.main(args) == 0
+        (folder / "args.json").write_text(json.dumps(args))
+        return folder / "cv"
+
+    out = _once_per_run(tmp_path_factory, "tiny_cv", build)
+    return out, json.loads((out.parent / "args.json").read_text())
+
+
+@pytest.fixture(scope="session")
 def tiny_evaluation(tiny_bundle: Path, tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """evaluate's report folder of tiny_bundle on the tiny dataset's test films (report.html with its figures, its
     threshold table and its error gallery), for the tests that read a report as a person does."""

@@ -31,7 +31,7 @@ from pneumoscan.training.cv import _plan_folds, cross_validate, fold_figures, fo
 from pneumoscan.training.config import TrainConfig
 from pneumoscan.training.resume import config_changes
 from pneumoscan.training.train import train
-from tests.builders import Crash, crash_after_first_epoch
+from tests.builders import Crash, copy_of_cv, crash_after_first_epoch
 
 
 def test_real_folds_keep_patients_duplicates_and_mix(real_train) -> None:
@@ -94,22 +94,10 @@ def test_specificity_at_the_sensitivity_floor_is_that_of_the_most_specific_rule(
     assert fold_figures(y, p, floor=1.0)["specificity_at_sensitivity_1"] == pytest.approx(0.75)
 
 
-@pytest.fixture(scope="module")
-def finished_cv(tiny_dataset: Path, module_tmp: Callable[[str], Path]) -> tuple[Path, list[str]]:
-    """A finished two-fold cv (its OUT) and the arguments that made it; tests run it again but change no fold run.
-    The data is given through a link, as a linked data disk would be."""
-    out = module_tmp("finished") / "cv"
-    link = out.parent / "data-link"
-    link.symlink_to(tiny_dataset)
-    args = ["cv", "--data", str(link), "--out", str(out), "--folds", "2", "--model", "simple_cnn",
-            "--no-pretrained", "--image-size", "32", "--epochs", "1", "--batch-size", "8", "--youden"]
-    assert main(args) == 0
-    return out, args
-
-
 def test_cv_trains_each_fold_and_scores_every_film_out_of_fold(tiny_dataset: Path,
-                                                               finished_cv: tuple[Path, list[str]]) -> None:
-    out, args = finished_cv
+                                                               tiny_cv: tuple[Path, list[str]],
+                                                               tmp_path: Path) -> None:
+    out, args = tiny_cv
     result = json.loads((out / "cv.json").read_text())
     with (out / "oof.csv").open() as f:
         rows = list(csv.DictReader(f))
@@ -129,19 +117,21 @@ def test_cv_trains_each_fold_and_scores_every_film_out_of_fold(tiny_dataset: Pat
     aucs = [f["auc"] for f in result["per_fold"]]
     assert result["summary"]["auc"]["mean"] == pytest.approx(np.mean(aucs))
     assert result["summary"]["auc"]["std"] == pytest.approx(np.std(aucs, ddof=1))
-    stamp = (out / "fold-0" / "bundle" / "model.safetensors").stat().st_mtime_ns
-    assert main(args) == 0, "a finished cv runs again"
-    assert (out / "fold-0" / "bundle" / "model.safetensors").stat().st_mtime_ns == stamp, "finished folds are reused"
+    again, again_args = copy_of_cv(tiny_cv, tmp_path / "cv")
+    stamp = (again / "fold-0" / "bundle" / "model.safetensors").stat().st_mtime_ns
+    assert main(again_args) == 0, "a finished cv runs again"
+    assert (again / "fold-0" / "bundle" / "model.safetensors").stat().st_mtime_ns == stamp, "finished folds are reused"
     fold = out / "fold-0" / "bundle"
     assert "sampled_from" not in load_card(fold).train_config, "no sample: a run on all the data"
     assert "The films were split by patient" in (fold / "MODEL_CARD.md").read_text(encoding="utf-8")
 
 
-def test_cv_prints_the_pooled_out_of_fold_figures_its_ensemble_records(finished_cv: tuple[Path, list[str]],
+def test_cv_prints_the_pooled_out_of_fold_figures_its_ensemble_records(tiny_cv: tuple[Path, list[str]],
+                                                                         tmp_path: Path,
                                                                          capsys: pytest.CaptureFixture[str]) -> None:
     """The summary printed the folds' mean AUC alone; the pooled out-of-fold AUC, which `ensemble --cv` records as
     its validation AUC, was only in cv.json, so the card's figure matched nothing the run printed."""
-    out, args = finished_cv
+    out, args = copy_of_cv(tiny_cv, tmp_path / "cv")
     capsys.readouterr()
     assert main(args) == 0
     pooled = json.loads((out / "cv.json").read_text())["pooled_out_of_fold"]
@@ -149,11 +139,11 @@ def test_cv_prints_the_pooled_out_of_fold_figures_its_ensemble_records(finished_
     assert f"pooled out of fold ({pooled['n']} films): auc {format_figure(pooled['auc'], 4)}, " in "\n".join(lines)
 
 
-def test_compare_given_a_cv_run_says_where_its_figures_are(finished_cv: tuple[Path, list[str]],
+def test_compare_given_a_cv_run_says_where_its_figures_are(tiny_cv: tuple[Path, list[str]],
                                                             capsys: pytest.CaptureFixture[str]) -> None:
     """`compare CV_DIR` said only "no metrics.json (give a training run folder or an evaluate --out folder)": it
     names the cv.json that holds a recipe's figures, and the fold runs it may be given."""
-    out, _ = finished_cv
+    out, _ = tiny_cv
     capsys.readouterr()
     assert main(["compare", str(out)]) == 2
     assert (f"it is a cv run: its figures are in {out / 'cv.json'} (the folds' spread and the pooled out-of-fold "
@@ -161,19 +151,18 @@ def test_compare_given_a_cv_run_says_where_its_figures_are(finished_cv: tuple[Pa
 
 
 def test_a_fold_scored_with_an_earlier_epochs_weights_says_its_figures_lean_optimistic(
-        finished_cv: tuple[Path, list[str]], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+        tiny_cv: tuple[Path, list[str]], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A fold keeps its best epoch's weights, chosen on the films it is then scored on: when that is not its last
     epoch, the fold's AUC is the highest of several chances on those films, and a recipe of more epochs looked
     better for it. cv.json gives each fold's epochs, best epoch and last epoch's AUC, and the log says so."""
-    out, args = finished_cv
-    copy = shutil.copytree(out, tmp_path / "cv")
+    copy, args = copy_of_cv(tiny_cv, tmp_path / "cv")
     history = copy / "fold-0" / "history.csv"
     with history.open() as f:
         [first] = list(csv.DictReader(f))
     later = {**first, "epoch": "2", "val_auc": str(float(first["val_auc"]) - 0.125)}  # a second epoch, worse
     history.write_text(history.read_text() + ",".join(later[k] for k in first) + "\n")
     with caplog.at_level(logging.INFO, logger="pneumoscan"):
-        assert main([*args[:args.index("--out") + 1], str(copy), *args[args.index("--out") + 2:]]) == 0
+        assert main(args) == 0
     result = json.loads((copy / "cv.json").read_text())
     fold = result["per_fold"][0]
     assert (fold["epochs"], fold["best_epoch"], fold["last_epoch_auc"]) == (2, 1, float(later["val_auc"]))
@@ -190,14 +179,13 @@ def test_a_fold_scored_with_an_earlier_epochs_weights_says_its_figures_lean_opti
 
 
 def test_a_fold_copied_in_without_its_history_is_scored_and_says_nothing_of_its_epochs(
-        finished_cv: tuple[Path, list[str]], tmp_path: Path) -> None:
+        tiny_cv: tuple[Path, list[str]], tmp_path: Path) -> None:
     """A fold bundle brought from another machine without its run's history.csv and metrics.json is scored as
     before; what its folder does not say is null, never guessed, and the other fold's figures stand."""
-    out, args = finished_cv
-    copy = shutil.copytree(out, tmp_path / "cv")
+    copy, args = copy_of_cv(tiny_cv, tmp_path / "cv")
     (copy / "fold-0" / "history.csv").unlink()
     (copy / "fold-0" / "metrics.json").unlink()
-    assert main([*args[:args.index("--out") + 1], str(copy), *args[args.index("--out") + 2:]]) == 0
+    assert main(args) == 0
     result = json.loads((copy / "cv.json").read_text())
     assert [(f["epochs"], f["best_epoch"]) for f in result["per_fold"]] == [(None, None), (1, 1)]
     assert result["per_fold"][0]["last_epoch_auc"] is None and result["summary"]["last_epoch_auc"]["folds"] == 1
@@ -296,10 +284,10 @@ def test_cv_pooled_three_class_block_counts_copies_of_a_film_as_one_patient(
     (["--model", "cnn5", "--set", "augment.noise=0.1"],
      'fold-0 was trained with other settings (model "simple_cnn" -> "cnn5", augment.noise 0.04 -> 0.1)'),
 ])
-def test_cv_refuses_a_finished_fold_of_another_split_or_recipe(finished_cv: tuple[Path, list[str]], change: list[str],
+def test_cv_refuses_a_finished_fold_of_another_split_or_recipe(tiny_cv: tuple[Path, list[str]], change: list[str],
                                                                said: str, capsys: pytest.CaptureFixture[str]) -> None:
     """Scored as it stood, a fold trained on another split would score films it trained on as out of fold."""
-    out, args = finished_cv
+    out, args = tiny_cv
     before = {p.name: p.read_bytes() for p in out.glob("split-fold-*.csv")}
     capsys.readouterr()
     assert main([*args, *change]) == 2
@@ -394,14 +382,11 @@ def test_a_fold_recorded_before_a_nested_setting_existed_is_the_same_recipe() ->
     assert config_changes(recorded, on) == ["augment.gamma unset -> 0.4"]
 
 
-def test_cv_refuses_folds_of_different_numbers_of_processes(finished_cv: tuple[Path, list[str]], tmp_path: Path,
+def test_cv_refuses_folds_of_different_numbers_of_processes(tiny_cv: tuple[Path, list[str]], tmp_path: Path,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
     """Folds trained by different numbers of processes are different recipes (global batch, learning rate); folds
     all trained elsewhere by one number may still be scored here."""
-    finished, args = finished_cv
-    out = tmp_path / "cv"
-    shutil.copytree(finished, out)
-    args = [a if a != str(finished) else str(out) for a in args]
+    out, args = copy_of_cv(tiny_cv, tmp_path / "cv")
 
     def made_by(k: int, n: int) -> None:
         card = load_card(out / f"fold-{k}" / "bundle")
@@ -421,14 +406,11 @@ def test_cv_refuses_folds_of_different_numbers_of_processes(finished_cv: tuple[P
     assert not (out / "fold-1").exists()
 
 
-def test_cv_refuses_folds_trained_in_different_precisions(finished_cv: tuple[Path, list[str]], tmp_path: Path,
+def test_cv_refuses_folds_trained_in_different_precisions(tiny_cv: tuple[Path, list[str]], tmp_path: Path,
                                                            capsys: pytest.CaptureFixture[str]) -> None:
     """A fold trained on a GPU (precision auto: bf16) beside one still to train here in fp32 was trained without a
     word: two recipes' folds summarised as one. (The GPU's fold is its card's record, as a GPU machine writes it.)"""
-    finished, args = finished_cv
-    out = tmp_path / "cv"
-    shutil.copytree(finished, out)
-    args = [a if a != str(finished) else str(out) for a in args]
+    out, args = copy_of_cv(tiny_cv, tmp_path / "cv")
     here = "bf16" if torch.cuda.is_available() else "fp32"  # precision auto on this machine
     other = {"bf16": "fp32", "fp32": "bf16"}[here]
     card = load_card(out / "fold-0" / "bundle")

@@ -7,7 +7,6 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -36,17 +35,15 @@ from pneumoscan.training.quantize import quantize_bundle
 from pneumoscan.training.resume import config_changes
 from pneumoscan.data.cache import data_checksum
 from pneumoscan.training.train import load_data, preprocessed, selected_films, split_records, train
-from tests.builders import nudge_weights, trial_copy
+from tests.builders import copy_of_cv, nudge_weights, trial_copy
 
 TINY = ["--model", "simple_cnn", "--no-pretrained", "--image-size", "32", "--epochs", "1", "--batch-size", "8"]
 
 
-@pytest.fixture(scope="module")
-def teacher_cv(tiny_dataset: Path, module_tmp: Callable[[str], Path]) -> Path:
-    """A finished two-fold cv whose fold bundles teach."""
-    out = module_tmp("teachers") / "cv"
-    assert main(["cv", *TINY, "--data", str(tiny_dataset), "--out", str(out), "--folds", "2"]) == 0
-    return out
+@pytest.fixture
+def teacher_cv(tiny_cv: tuple[Path, list[str]]) -> Path:
+    """A finished two-fold cv whose fold bundles teach: the session's (tests that change it work on a copy)."""
+    return tiny_cv[0]
 
 
 def student_config(teacher_cv: Path, tmp_path: Path, **changes: object) -> TrainConfig:
@@ -134,10 +131,11 @@ def test_a_student_of_trials_says_it_is_a_trial(tiny_dataset: Path, teacher_cv: 
 
 
 def test_cv_students_are_taught_by_the_fold_bundles_that_never_saw_their_fold(
-    tiny_dataset: Path, teacher_cv: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tiny_cv: tuple[Path, list[str]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    out, teacher_cv = tmp_path / "students", shutil.copytree(teacher_cv, tmp_path / "teachers")  # trained again below
-    args = ["cv", *TINY, "--data", str(tiny_dataset), "--out", str(out), "--folds", "2",
+    out, (teacher_cv, _) = tmp_path / "students", copy_of_cv(tiny_cv, tmp_path / "teachers")  # trained again below
+    data = tiny_cv[1][tiny_cv[1].index("--data") + 1]  # the teachers' data, as they were given it
+    args = ["cv", *TINY, "--data", data, "--out", str(out), "--folds", "2",
             "--teacher-cv", str(teacher_cv), "--distill-weight", "0.7"]
     assert main(args) == 0
     for k in range(2):
