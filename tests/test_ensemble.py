@@ -570,7 +570,7 @@ def test_an_ensemble_of_cv_runs_and_its_int8_model_record_the_files_the_folds_le
 
 
 def test_int8_of_a_cv_ensemble_reads_only_the_films_it_calibrates_on(
-        tiny_bundle: Path, member64: Path, tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        cv_ensemble: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`export --int8 --cv` copied every film of the cv runs out of their image cache, then sampled the few it
     calibrates on (256 of thousands), as `--data` did: it reads those alone, the same ones for the seed, counted at
     the row look-up every read of the cache's images goes through (the folds' out-of-fold scores read their own
@@ -579,9 +579,7 @@ def test_int8_of_a_cv_ensemble_reads_only_the_films_it_calibrates_on(
     from pneumoscan.data.labelled import labelled_films
     from pneumoscan.training.quantize import _sample
 
-    cv = _cv_run(tmp_path / "cv", (tiny_bundle, member64), tiny_dataset)
-    ens = tmp_path / "ens"
-    assert main(["ensemble", "--cv", str(cv), "--youden", "--out", str(ens)]) == 0
+    cv, ens = cv_ensemble[0], shutil.copytree(cv_ensemble[1], tmp_path / "ens")  # export writes into it
     spec, every = load_card(ens).spec, cv / "split-fold-0.csv"
     pool = cache_key([r.path for r in discover(every).records], spec)
     films = [r.path for r in labelled_films(every, None, get_task("pneumonia"), spec).records]
