@@ -244,8 +244,8 @@ def tiny_multiclass_bundle(typed_dataset: Path, tmp_path_factory: pytest.TempPat
 @pytest.fixture(scope="session")
 def tiny_cv(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
     """A finished two-fold cv of the tiny dataset (simple_cnn, 32 px, one epoch, Youden's thresholds), its OUT and the
-    arguments that made it, for the tests that read a cv run or teach with its fold bundles (two folds train in
-    10-30 s: once a run, not once a module). The data is given through a link, as a linked data disk would be. A
+    arguments that made it, for the tests that read a cv run or teach with its fold bundles (its two folds cost
+    3-6 s of CPU: once a run, not once a module). The data is given through a link, as a linked data disk would be. A
     test that runs cv again into it works on a copy (``tests.builders.copy_of_cv``)."""
     from pneumoscan import cli
 
