@@ -926,6 +926,25 @@ def test_net_benefit_interval_holds_it_over_a_sensitivity_of_1s_exact_interval()
     assert low_5 < curve["net_benefit"][1] < high_5 <= 0.4
 
 
+def test_net_benefit_interval_of_too_few_positive_patients_is_the_bonferroni_bound_as_f1s() -> None:
+    """40 patients, 3 of them positive (two films each): too few for a bootstrap of patients to show their spread
+    (FEW_PATIENTS, the rule F1's interval follows), so the interval at pt 0.3 is Se P - (1 - Sp)(1 - P) pt/(1 - pt)
+    at the ends of sensitivity's and specificity's exact intervals by patient at 97.5 % each, as proportion_ci
+    gives them, and holds the figure."""
+    y, p = synthetic_binary(40, seed=2)
+    y = (np.arange(40) < 3).astype(int)  # three positive patients
+    groups = np.repeat(np.arange(40), 2)
+    y, p = y[groups], np.clip(p[groups] + 0.3 * y[groups], 0, 1)
+    pt = 0.3
+    called = p >= pt
+    odds, prevalence = pt / (1 - pt), y.mean()
+    (low, high), = metrics.net_benefit_ci(y, p, [pt], groups=groups)
+    se = metrics.proportion_ci(called[y == 1], groups[y == 1], 0.025)
+    sp = metrics.proportion_ci(~called[y == 0], groups[y == 0], 0.025)
+    assert (low, high) == pytest.approx([prevalence * s - (1 - prevalence) * (1 - q) * odds for s, q in zip(se, sp)])
+    assert low < metrics.net_benefit(y, p, [pt])["net_benefit"][0] < high
+
+
 def test_net_benefit_interval_counts_a_patients_films_once() -> None:
     """Each of 80 patients filmed three times, the films scored alike: counted by patient, the interval is about
     that of the patients' single films, and wider than that of the same films taken as independent cases."""

@@ -46,7 +46,8 @@ import numpy as np
 
 from ..options import AUC_TESTS
 from .auc_intervals import _sides, delong_components, delong_covariance
-from .intervals import ALPHA, BOOTSTRAP_SEED, FEW_PATIENTS, ROWS_AT_ONCE, _bootstrap_counts, _resampled_sums
+from .intervals import (ALPHA, BOOTSTRAP_SEED, FEW_PATIENTS, ROWS_AT_ONCE, _bootstrap_counts, _resampled_sums,
+                        net_benefit_parts)
 
 RESAMPLES = 9999  # shuffles drawn where counting every assignment of patients to groups would take more
 BATCH = 500  # shuffles scored at once: 5,000 patients took 1.8 GB in one batch of 9,999
@@ -328,7 +329,7 @@ def paired_differences(positive: np.ndarray, scores: np.ndarray, called: np.ndar
                                 drawn, films, unit_of)
     if thresholds is not None and all(0 < t < 1 for t in thresholds):  # 0 or 1: odds 0 or infinite
         odds = np.array([t / (1 - t) for t in thresholds])[:, None]
-        value = (called & positive) - odds * (called & ~positive)  # each film's part of n times the net benefit
+        value = net_benefit_parts(called, positive, odds)
         films = np.ones_like(positive)
         n = _resampled_sums(counts, unit_of, films)
         drawn = np.stack([_resampled_sums(counts, unit_of, v) / n for v in value])

@@ -374,8 +374,9 @@ def net_benefit_ci(y_true: Any, prob: Any, thresholds: Sequence[float], n_boot: 
     them. Net benefit is Se P - (1 - Sp)(1 - P) pt / (1 - pt) at the films' prevalence P, rising with sensitivity Se
     and specificity Sp; where one of them is 0 or 1, which no resample changes, the interval is widened to hold net
     benefit over that rate's exact interval, the other as observed (:func:`_stretched`); where every resample gives
-    one value (nothing called: 0 in each), it is the Bonferroni bound from both rates' exact intervals at 97.5 %
-    each. NaN where the films leave it undefined (a class without films and a rate at an edge)."""
+    one value (nothing called: 0 in each), or the positive films are too few patients' for a bootstrap of them
+    (:func:`_few_patients`, the rule F1's interval follows), it is the Bonferroni bound from both rates' exact
+    intervals at 97.5 % each. NaN where the films leave it undefined (a class without films and a rate at an edge)."""
     y, p = _as_binary(y_true, prob)
     pt = np.asarray(thresholds, dtype=float).ravel()
     if not ((pt > 0) & (pt < 1)).all():
@@ -416,22 +417,42 @@ def _positives_resampled(called_at: np.ndarray, positive: np.ndarray, counts: np
     return true_pos, false_pos
 
 
+def net_benefit_of_rates(sensitivity: Any, specificity: Any, prevalence: Any, odds: Any) -> Any:
+    """Net benefit Se P - (1 - Sp)(1 - P) x odds of a test of this ``sensitivity`` Se and ``specificity`` Sp among
+    films of this ``prevalence`` P, at threshold odds pt / (1 - pt): TP/n - FP/n x odds written by its rates, so it
+    rises with both and can be recomputed at a clinic's prevalence. The one place the formula is written (arrays
+    elementwise)."""
+    return np.multiply(sensitivity, prevalence) - np.multiply(np.subtract(1, specificity),
+                                                              np.subtract(1, prevalence)) * odds
+
+
+def net_benefit_parts(called: np.ndarray, positive: np.ndarray, odds: Any) -> np.ndarray:
+    """Each film's part of n times the net benefit TP/n - FP/n x odds: 1 a true positive, -odds a false positive, 0
+    otherwise (``odds`` a column a row of ``called``, for several at once), whose mean over films is the net
+    benefit."""
+    return (called & positive) - odds * (called & ~positive)
+
+
 def _net_benefit_interval(called: np.ndarray, positive: np.ndarray, odds: float, samples: np.ndarray,
                           patients: np.ndarray | None,
                           rate_ends: Callable[[str, np.ndarray, np.ndarray, float], list[float]]) -> list[float]:
     """The net benefit's interval at one threshold of ``odds`` (:func:`net_benefit_ci`): a BCa bootstrap of its
     resampled values (``samples``), widened over the exact interval of a sensitivity or specificity of 0 or 1
-    (``rate_ends``), or the Bonferroni bound where every resample gives one value."""
+    (``rate_ends``), or the Bonferroni bound where every resample gives one value or the positive films are too few
+    patients' for the bootstrap (:func:`_few_patients`, as F1's: 40 patients at a prevalence of 0.12, fewer than 5
+    of them positive, had the bootstrap cover 0.889 at pt 0.3)."""
     prevalence = _ratio(int(positive.sum()), positive.size)
-    value = (called & positive) - odds * (called & ~positive)  # each film's part of n times the net benefit
+    value = net_benefit_parts(called, positive, odds)
     estimate = float(value.mean())
 
     def at(se: float, sp: float) -> float:
-        return prevalence * se - (1 - prevalence) * (1 - sp) * odds
+        return float(net_benefit_of_rates(se, sp, prevalence, odds))
 
     se, sp = _ratio(int((called & positive).sum()), int(positive.sum())), _ratio(
         int((~called & ~positive).sum()), int((~positive).sum()))
-    if _one_value(samples):  # nothing called, say: no spread for a bootstrap to show
+    units = _units(patients, called.size)
+    if _one_value(samples) or (positive.any() and _few_patients(units[positive], patients)):
+        # nothing called, say, or too few positive patients: no spread (or too little) for a bootstrap to show
         (se_low, se_high), (sp_low, sp_high) = (rate_ends("sensitivity", called, positive, ALPHA / 2),
                                                 rate_ends("specificity", ~called, ~positive, ALPHA / 2))
         return [at(se_low, sp_low), at(se_high, sp_high)]
@@ -439,5 +460,5 @@ def _net_benefit_interval(called: np.ndarray, positive: np.ndarray, odds: float,
             if _at_an_edge(called[positive]) else [])
     ends += ([at(se, end) for end in rate_ends("specificity", ~called, ~positive, ALPHA)]
              if _at_an_edge(~called[~positive]) else [])
-    jackknife = _ratio_jackknife(value, np.ones(called.size), _units(patients, called.size))
+    jackknife = _ratio_jackknife(value, np.ones(called.size), units)
     return _stretched(_bca_ci(samples, estimate, jackknife, ALPHA), ends)

@@ -14,7 +14,8 @@ from .auc_intervals import _macro_auc_ci
 from ..options import DECISION_RANGE
 from .formatting import format_percent, jsonable
 from .inputs import _as_binary, _as_multiclass, has_both_classes, _patient_codes, _ratio
-from .intervals import ALPHA, _among, _balanced_accuracy_ci, proportion_ci, threshold_metrics_ci
+from .intervals import (ALPHA, _among, _balanced_accuracy_ci, net_benefit_of_rates, proportion_ci,
+                        threshold_metrics_ci)
 from .probabilities import calibration
 
 CURVE_POINTS = 200  # curves are thinned to about this many points so metrics.json stays small
@@ -113,7 +114,7 @@ def _at(sensitivity: Any, specificity: Any, prevalence: float, odds: Any) -> dic
     true_neg, false_neg = sp * (1 - prevalence), (1 - se) * prevalence
     with np.errstate(divide="ignore", invalid="ignore"):
         return {"precision": true_pos / (true_pos + false_pos), "npv": true_neg / (true_neg + false_neg),
-                "accuracy": true_pos + true_neg, "net_benefit": true_pos - false_pos * odds}
+                "accuracy": true_pos + true_neg, "net_benefit": net_benefit_of_rates(se, sp, prevalence, odds)}
 
 
 def at_prevalence(y_true: Any, prob: Any, threshold: float, prevalences: Sequence[float],
