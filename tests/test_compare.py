@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import math
 import re
 import shutil
 from collections.abc import Callable
@@ -165,13 +166,15 @@ def test_compare_refuses_a_folder_without_figures_and_mixed_tasks(two_runs: tupl
 def test_a_damaged_net_benefit_is_refused_by_its_file_and_one_below_0_is_shown(two_runs: tuple[Path, Path],
                                                                                tmp_path: Path) -> None:
     """metrics.json's net benefit at the threshold, which compare.csv and the table show beside the run's other
-    figures: one above 1, a text figure or an interval high to low is refused naming the file; one below 0 (a model
-    that harms at its threshold) is a net benefit like any other."""
+    figures: one above 1 or infinite, a text figure, an interval high to low or of one number (which ended in an
+    IndexError) is refused naming the file, by the check a bundle's card gets; one below 0 (a model that harms at
+    its threshold) is a net benefit like any other."""
     run = tmp_path / "damaged"
     shutil.copytree(two_runs[1], run)
     metrics = json.loads((run / "metrics.json").read_text())
     at = metrics["net_benefit"]
-    for damaged in (at | {"net_benefit": 1.5}, at | {"treat_all": "0.2"}, at | {"ci": [0.3, 0.1]}, [0.1]):
+    for damaged in (at | {"net_benefit": 1.5}, at | {"treat_all": "0.2"}, at | {"ci": [0.3, 0.1]}, [0.1],
+                    at | {"ci": 0.3}, at | {"net_benefit": -math.inf}, 0.1):
         (run / "metrics.json").write_text(json.dumps(metrics | {"net_benefit": damaged}))
         with pytest.raises(ValueError, match=re.escape(f"{run / 'metrics.json'}: net_benefit is ")):
             compare_runs([run])

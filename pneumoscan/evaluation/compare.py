@@ -29,7 +29,7 @@ import numpy as np
 
 from pneumoscan.core.atomic import write_atomic
 from pneumoscan.core.figures import figure_bytes
-from pneumoscan.core.metrics import format_figure, with_ci
+from pneumoscan.core.metrics import format_figure, is_net_benefit, is_net_benefit_interval, with_ci
 from pneumoscan.core.metrics.differences import DELONG, P_METHODS, RESAMPLES, holm, paired_differences
 from pneumoscan.core.names import path_list, results_csv, shown
 from pneumoscan.core.options import AUC_TESTS
@@ -249,16 +249,15 @@ def _checked_cis(metrics_path: Path, block: dict, names: Sequence[str], where: s
 
 
 def _checked_net_benefit(metrics_path: Path, m: dict) -> dict[str, Any] | None:
-    """metrics.json's ``net_benefit`` after checking that its figures are numbers at most 1 (net benefit is below 0
-    where a strategy harms) and its interval two of them low to high, or absent: a damaged file is refused by its
-    name, not shown as measured."""
+    """metrics.json's ``net_benefit`` after checking that its figures are net benefits (finite, at most 1; below 0
+    where a strategy harms) and its interval two of them low to high, or absent, by the check a bundle's card gets
+    too (:func:`~pneumoscan.core.metrics.is_net_benefit`): a damaged file is refused by its name, not shown as
+    measured."""
     at = m.get("net_benefit")
     if at is None:
         return None
-    ci = at.get("ci") if isinstance(at, dict) else None
-    figures = [at.get(key) for key in ("net_benefit", "treat_all")] if isinstance(at, dict) else [at]
-    ends = [] if ci is None or ci == [None, None] else ci if isinstance(ci, list) and len(ci) == 2 else [ci]
-    if not (all(_number(v) and v <= 1 for v in [*figures, *ends]) and (not ends or ends[0] <= ends[1])):
+    if not (isinstance(at, dict) and all(is_net_benefit(at.get(key)) for key in ("net_benefit", "treat_all"))
+            and is_net_benefit_interval(at.get("ci"))):
         raise ValueError(f"{metrics_path}: net_benefit is {at!r:.80}, not a net benefit (at most 1) with its "
                          "interval and treat all's")
     return at

@@ -16,7 +16,6 @@ import contextlib
 import functools
 import json
 import logging
-import math
 import sys
 from importlib import metadata
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -36,7 +35,8 @@ from pneumoscan import __version__
 from pneumoscan.core.atomic import write_atomic
 from pneumoscan.core.digests import bytes_sha256, file_sha256, json_sha256
 from pneumoscan.core.files import NotRegularFile, open_regular
-from pneumoscan.core.metrics import CHANCE_AUC, ECE_TOLERANCE, TEMPERATURE_BOUNDS, ece_chance_margin, with_ci
+from pneumoscan.core.metrics import (CHANCE_AUC, ECE_TOLERANCE, TEMPERATURE_BOUNDS, ece_chance_margin,
+                                     is_net_benefit, is_net_benefit_interval, with_ci)
 from pneumoscan.core.names import given_path, is_utf8, shown
 from pneumoscan.core.options import MAX_SIZE, MIN_SIZE, look_up_option
 from pneumoscan.data.appearance import Appearance
@@ -1031,7 +1031,7 @@ def _check_figures(path: Path, where: str, tree: object, name: str = "") -> None
             raise ValueError(f"{path}: {at} is {value!r}, not a figure in [0, 1]; restore the bundle from a good copy")
         elif rule in COUNTS and not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
             raise ValueError(f"{path}: {at} is {value!r}, not a count; restore the bundle from a good copy")
-        elif rule in NET_BENEFITS and not _net_benefit(value):
+        elif rule in NET_BENEFITS and not is_net_benefit(value):
             raise ValueError(f"{path}: {at} is {value!r}, not a net benefit (a finite number at most 1); restore the "
                              "bundle from a good copy")
 
@@ -1049,8 +1049,7 @@ def _check_interval(path: Path, at: str, interval: object, figure: str, value: o
     if interval is None or interval == [None, None]:
         return
     if figure in NET_BENEFITS:
-        if not (isinstance(interval, list) and len(interval) == 2 and all(map(_net_benefit, interval))
-                and interval[0] <= interval[1]):
+        if not is_net_benefit_interval(interval):
             raise ValueError(f"{path}: {at} is {interval!r}, not an interval of net benefits (each at most 1), low to "
                              "high; restore the bundle from a good copy")
         return
@@ -1065,11 +1064,6 @@ def _check_interval(path: Path, at: str, interval: object, figure: str, value: o
 
 def _number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _net_benefit(value: object) -> bool:
-    """Whether ``value`` can be a net benefit (:data:`NET_BENEFITS`): a finite number at most 1."""
-    return _number(value) and math.isfinite(value) and value <= 1
 
 
 def card_task(card: BundleCard, bundle: Path | str) -> Task:

@@ -68,3 +68,18 @@ def _as_multiclass(y_true: Any, probs: Any, n_classes: int,
     if pred.shape != y.shape or not np.isin(pred, range(n_classes)).all():
         raise ValueError(f"predicted must be N = {y.size} class indices 0..{n_classes - 1}")
     return y, P, pred
+
+
+def is_net_benefit(value: object) -> bool:
+    """Whether ``value`` can be a net benefit TP/n - FP/n x pt/(1 - pt) read back from a file: a finite number (not a
+    bool) at most 1; below 0 where a strategy harms. One check for every reader of a stored net benefit."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value <= 1
+
+
+def is_net_benefit_interval(interval: object) -> bool:
+    """Whether ``interval`` can be a net benefit's stored 95% CI: None or [None, None] where the films gave none,
+    else two net benefits (:func:`is_net_benefit`), low to high."""
+    if interval is None or interval == [None, None]:
+        return True
+    return (isinstance(interval, list) and len(interval) == 2 and all(map(is_net_benefit, interval))
+            and interval[0] <= interval[1])
