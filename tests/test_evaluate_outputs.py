@@ -751,7 +751,7 @@ def test_evaluate_writes_the_decision_curve_beside_the_calibration_plot(tiny_eva
     at_reliability = html.index(base64.b64encode((out / "reliability.png").read_bytes()).decode())
     assert html.index(base64.b64encode(png).decode()) > at_reliability
     # its text alternative, the net benefit with its interval
-    assert (f"net benefit {at['net_benefit']:.3f} (95% CI {at['ci'][0]:.3f}–{at['ci'][1]:.3f}), treat all "
+    assert (f"net benefit {at['net_benefit']:.3f} (95% CI {at['ci'][0]:.3f} to {at['ci'][1]:.3f}), treat all "
             f"{at['treat_all']:.3f}") in html
     assert f"Net benefit holds at this set&#x27;s prevalence of {100 * m['prevalence']:.1f}%" in html
     assert "The band is the model&#x27;s net benefit&#x27;s 95% CI at each pt" in html

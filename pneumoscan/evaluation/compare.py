@@ -29,7 +29,8 @@ import numpy as np
 
 from pneumoscan.core.atomic import write_atomic
 from pneumoscan.core.figures import figure_bytes
-from pneumoscan.core.metrics import format_figure, is_net_benefit, is_net_benefit_interval, with_ci
+from pneumoscan.core.metrics import (format_figure, is_net_benefit, is_net_benefit_interval, net_benefit_interval,
+                                     with_ci)
 from pneumoscan.core.metrics.differences import DELONG, P_METHODS, RESAMPLES, holm, paired_differences
 from pneumoscan.core.names import path_list, results_csv, shown
 from pneumoscan.core.options import AUC_TESTS
@@ -490,9 +491,7 @@ def _net_benefit_said(at: dict[str, Any] | None) -> str:
     all's beside it; n/a where it has none (a training run's validation figures)."""
     if not at or at.get("net_benefit") is None:
         return "n/a"
-    low, high = at.get("ci") or (None, None)
-    interval = f"95% CI {low:.3f} to {high:.3f}" if low is not None and high is not None else "no 95% CI"
-    return f"{at['net_benefit']:.3f} ({interval}; {at['treat_all']:.3f})"
+    return f"{at['net_benefit']:.3f} ({net_benefit_interval(at.get('ci'))}; {at['treat_all']:.3f})"
 
 
 def _subgroup_tables(runs: list[RunSummary]) -> str:

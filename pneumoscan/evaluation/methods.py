@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pneumoscan import __version__
-from pneumoscan.core.metrics import format_percent, with_ci
+from pneumoscan.core.metrics import format_percent, net_benefit_interval, with_ci
 from pneumoscan.models.card import TRAINING_FILMS, BundleCard, runtime_versions
 from .model_card import (at_prevalence_note, class_counts, counted, film_counts, markdown_table, markdown_text,
                          model_read, one_class, trained_by_said)
@@ -180,13 +180,10 @@ def _net_benefit(metrics: Mapping[str, Any], positive: str) -> str:
     """The decision curve's figures at the bundle's threshold (metrics.json's ``net_benefit``), or why it has none."""
     if (at := metrics["net_benefit"]) is None:
         return "Net benefit is undefined at a threshold of 0 or 1."
-    ci = at.get("ci") or [None, None]
-    interval = (f", 95% CI {ci[0]:.3f} to {ci[1]:.3f}" if ci[0] is not None and ci[1] is not None
-                else ", no 95% CI")
     return (f"Net benefit at the threshold: {at['net_benefit']:.3f} (true positives a film, net of false positives "
-            f"weighed by the threshold's odds{interval}), against {at['treat_all']:.3f} for calling every film "
-            f"{positive} and 0 for calling none; decision_curve.csv gives the curve over every threshold probability "
-            "with its interval, report.html its figure.")
+            f"weighed by the threshold's odds, {net_benefit_interval(at.get('ci'))}), against "
+            f"{at['treat_all']:.3f} for calling every film {positive} and 0 for calling none; decision_curve.csv "
+            "gives the curve over every threshold probability with its interval, report.html its figure.")
 
 
 def _parts(metrics: Mapping[str, Any]) -> list[str]:

@@ -19,7 +19,8 @@ import yaml
 
 from pneumoscan.core.atomic import write_atomic
 from pneumoscan.core.metrics import (BOTH_CLASSES, ECE_BINS, FILM_UNIT_CAVEAT, NO_RANGE, ci_method_sentence,
-                                     format_figure, format_percent, jsonable, unit_caveat, with_ci)
+                                     format_figure, format_percent, jsonable, net_benefit_interval, unit_caveat,
+                                     with_ci)
 from pneumoscan.core.names import shown
 from pneumoscan.data.appearance import MIN_FILMS
 from pneumoscan.data.layouts import KERMANY
@@ -1018,10 +1019,8 @@ def _net_benefit_record(metrics: dict[str, Any]) -> dict[str, Any]:
 def net_benefit_said(entry: dict[str, Any]) -> str:
     """A net benefit (``{"value", "ci", "treat_all", "treat_none"}``) with its interval beside treat all and treat
     none, in plain text: "to" between the ends, which may be negative."""
-    ci = entry.get("ci") or [None, None]
-    interval = (f"95% CI {ci[0]:.3f} to {ci[1]:.3f}" if ci[0] is not None and ci[1] is not None else "no 95% CI")
-    return (f"{entry['value']:.3f} ({interval}); treat all {entry['treat_all']:.3f}, treat none "
-            f"{entry['treat_none']:.3f}")
+    return (f"{entry['value']:.3f} ({net_benefit_interval(entry.get('ci'))}); treat all {entry['treat_all']:.3f}, "
+            f"treat none {entry['treat_none']:.3f}")
 
 
 def _macro_auc(metrics: dict[str, Any]) -> dict[str, Any]:

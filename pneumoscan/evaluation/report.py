@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 from pneumoscan.core.atomic import write_atomic, write_json
 from pneumoscan.core.figures import figure_bytes, png_data_url, set_title
 from pneumoscan.core.metrics import (BOTH_CLASSES, PATIENT_UNIT, ci_method_sentence, clopper_pearson, format_figure,
-                                     format_percent, jsonable, unit_caveat)
+                                     format_percent, jsonable, net_benefit_interval, unit_caveat)
 from pneumoscan.core.names import path_text
 from pneumoscan.models.run_folder import METRICS, REPORT
 
@@ -375,7 +375,8 @@ def _decision_html(m: dict[str, Any], pos: str, pngs: dict[str, bytes] | None) -
     curve, at = m["decision_curve"], m.get("net_benefit")
     low, high = curve["threshold"][0], curve["threshold"][-1]
     said = (f" At the bundle's threshold {_fmt(at['threshold'], 'threshold')}: net benefit "
-            f"{_with_ci(_at_threshold(at), 'net_benefit')}, treat all {at['treat_all']:.3f}, treat none 0."
+            f"{at['net_benefit']:.3f} ({net_benefit_interval(at.get('ci'))}), treat all {at['treat_all']:.3f}, "
+            "treat none 0."
             if at else "")
     alt = (f"Decision curve of calling {pos} at threshold probabilities {low:.2f} to {high:.2f}: the model's net "
            f"benefit, with its 95% CI as a band, against treating all and none.{said} decision_curve.csv lists every "
@@ -386,7 +387,7 @@ def _decision_html(m: dict[str, Any], pos: str, pngs: dict[str, bytes] | None) -
 
 
 def _at_threshold(at: Mapping[str, Any]) -> dict[str, Any]:
-    """metrics.json's ``net_benefit`` as a block :func:`_with_ci` and :func:`_value_cell` read: its figure and its
+    """metrics.json's ``net_benefit`` as a block :func:`_value_cell` reads: its figure and its
     interval (none in a result written before intervals were given)."""
     return {"net_benefit": at.get("net_benefit"), "ci": {"net_benefit": at.get("ci")}}
 

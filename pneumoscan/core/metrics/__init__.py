@@ -19,7 +19,8 @@ second of every start.
 from __future__ import annotations
 
 from .auc_intervals import AUC_INTERVAL, CHANCE_AUC, _auc_ci
-from .formatting import figure_beside, format_figure, format_percent, jsonable, short_of_one, with_ci
+from .formatting import (figure_beside, format_figure, format_percent, jsonable, net_benefit_interval, short_of_one,
+                         with_ci)
 from .inputs import has_both_classes, is_net_benefit, is_net_benefit_interval
 from .intervals import (ALPHA, BOOTSTRAP_SEED, FILM_UNIT_CAVEAT, PATIENT_UNIT, _bca_ci, _bootstrap_weights,
                         _ratio_jackknife, ci_method_sentence, clopper_pearson, net_benefit_ci, proportion_ci,
@@ -42,7 +43,8 @@ __all__ = ["ALPHA", "AUC_INTERVAL", "BOOTSTRAP_SEED", "BOTH_CLASSES", "CHANCE_AU
            "ece_by_chance", "ece_chance_margin", "evaluate_binary", "evaluate_multiclass", "figure_beside",
            "fit_temperature", "format_figure", "format_percent", "has_both_classes",
            "is_net_benefit", "is_net_benefit_interval", "jsonable", "macro_auc",
-           "net_benefit", "net_benefit_ci", "proportion_ci", "roc_auc", "short_of_one", "softmax", "threshold_interval",
+           "net_benefit", "net_benefit_ci", "net_benefit_interval",
+           "proportion_ci", "roc_auc", "short_of_one", "softmax", "threshold_interval",
            "threshold_metrics_ci",
            "threshold_range", "unit_caveat", "with_ci",
            # private helpers that the tests and benchmarks/bench_ci_coverage.py check through the package

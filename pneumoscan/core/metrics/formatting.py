@@ -55,3 +55,11 @@ def with_ci(value: float | None, ci: Sequence[float | None] | None, digits: int 
     if lo is not None and hi is not None:
         return f"{format_figure(value, digits)} (95% CI {format_figure(lo, digits)}-{format_figure(hi, digits)})"
     return format_figure(value, digits) + (" (no 95% CI)" if value is not None and not math.isnan(value) else "")
+
+
+def net_benefit_interval(ci: Sequence[float | None] | None) -> str:
+    """A net benefit's 95% CI in plain text, "95% CI -0.040 to 0.120", or "no 95% CI": "to" between the ends, as
+    a dash beside a negative end reads as a minus ("-0.040--0.010"). The one wording of a net benefit's interval in
+    reports, model cards, methods and compare."""
+    low, high = ci or (None, None)
+    return f"95% CI {low:.3f} to {high:.3f}" if low is not None and high is not None else "no 95% CI"
