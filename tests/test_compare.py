@@ -18,7 +18,7 @@ from PIL import Image
 from matplotlib.colors import to_rgba
 
 from pneumoscan.cli import main
-from pneumoscan.core.metrics import with_ci
+from pneumoscan.core.metrics import net_benefit, with_ci
 from pneumoscan.core.metrics.differences import delong_difference, holm
 from pneumoscan.data.layouts import discover, write_manifest
 from pneumoscan.evaluation.compare import OPTIMISTIC, compare_runs, comparison_figure, format_table
@@ -618,8 +618,9 @@ def test_evaluations_of_the_same_films_are_tested_paired_against_the_first(
         two_runs: tuple[Path, Path], three_class_runs: tuple[Path, Path], tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
     """A three-class bundle and the pneumonia bundle evaluated on the same test films: the second's AUC,
-    sensitivity, specificity and net benefit (each at its own threshold, as its metrics.json gives them) against the
-    first's, in the terminal and compare_paired.csv, each difference with its interval, and each but net benefit's
+    sensitivity and specificity (each at its own threshold, as its metrics.json gives them) and net benefit (both at
+    the first's threshold probability, from predictions.csv's probabilities) against the first's, in the terminal
+    and compare_paired.csv, each difference with its interval, and each but net benefit's
     with its p, Holm-adjusted over the tests; a copy of the second, scored alike, differs by nothing (p 1), and with
     three evaluations the six tests are adjusted together, the copy's marked optimistic figures said to make its
     tests so. The training run, whose figures have no scores a film, is said to be left out."""
@@ -636,9 +637,16 @@ def test_evaluations_of_the_same_films_are_tested_paired_against_the_first(
     assert [(r["run"], r["figure"]) for r in rows] == [
         (name, figure) for name in ("eval-two-stage", "eval-again")
         for figure in ("auc", "sensitivity", "specificity", "net_benefit")]
+    pt = reference["threshold"]  # both runs' net benefit at the reference's threshold probability, one odds
+    expected = []
+    for folder in (multiclass, pneumonia):
+        with (folder / "predictions.csv").open() as f:
+            films = list(csv.DictReader(f))
+        expected.append(net_benefit([int(row["label"].casefold() != "normal") for row in films],
+                                    [float(row["probability"]) for row in films], [pt])["net_benefit"][0])
+    assert expected[0] == pytest.approx(reference["net_benefit"]["net_benefit"])
     for row in (r for r in rows if r["figure"] == "net_benefit"):  # an interval alone, as evaluate's figures
-        assert (float(row["reference_value"]), float(row["value"])) == pytest.approx(
-            (reference["net_benefit"]["net_benefit"], m["net_benefit"]["net_benefit"]))
+        assert (float(row["reference_value"]), float(row["value"])) == pytest.approx(expected)
         assert float(row["difference_low"]) <= float(row["difference"]) <= float(row["difference_high"])
         assert (row["p"], row["p_holm"], row["p_method"], row["ci_method"]) == ("", "", "", "bootstrap")
     rows = [r for r in rows if r["figure"] != "net_benefit"]
@@ -658,12 +666,13 @@ def test_evaluations_of_the_same_films_are_tested_paired_against_the_first(
     said = " ".join(printed.split())  # the sentence above the table, wrapped
     assert "is each run better or worse than eval-multiclass on the same 16 films of 16 patients?" in said
     assert "adjusted: Holm's over the 6 tests; net benefit: " in said
-    assert ("as runs at other thresholds weigh a false positive differently) eval-again: figures that may flatter the "
-            "model (*, beneath), and so may the tests of them") in said
+    assert ("net benefit: each run's at eval-multiclass's threshold probability pt (not each run's own threshold, so "
+            "that both weigh a false positive at one odds)") in said
+    assert ("and no test) eval-again: figures that may flatter the model (*, beneath), and so may the tests of them"
+            in said)
     assert [row["optimistic"] for row in rows] == [""] * 3 + ["its threshold was chosen on these films"] * 3
     assert "* tiny-run: not in the paired test: a training run: its validation figures come without scores a film" \
         in printed
-    assert "net benefit: each run's at its own threshold t, true positives a film less false positives weighed" in said
     benefit = next(line for line in printed.splitlines() if line.startswith("eval-two-stage") and "net benefit" in line)
     assert benefit.split()[-3:] == ["none", "interval", "only"]
     line = next(line for line in printed.splitlines() if line.startswith("eval-two-stage") and " AUC " in line)

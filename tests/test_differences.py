@@ -208,27 +208,27 @@ def test_paired_differences_agree_with_every_swap_counted_by_hand() -> None:
     assert (found["auc"]["patients"], found["sensitivity"]["films"], found["specificity"]["patients"]) == (8, 5, 5)
 
 
-def test_paired_differences_give_each_models_net_benefit_at_its_threshold_and_the_difference_without_a_test() -> None:
-    """With the two thresholds, each model's net benefit at its own (net_benefit's of its scores, as evaluate gives
-    it), the second's less the first's with the patients' percentile interval, which a copy of the first model's
-    calls narrows to nothing; no p, as the two weigh a false positive by other odds. Without thresholds, or with one of
-    0 (odds 0), there is none."""
+def test_paired_differences_give_both_models_net_benefit_at_one_threshold_and_the_difference_without_a_test() -> None:
+    """With a threshold probability pt, each model's net benefit calling positive the films it scores at least pt
+    (net_benefit's of its scores at pt, as a decision curve compares them: one odds for a false positive), not at the
+    second's own threshold; the second's less the first's with the patients' percentile interval, which a copy of the
+    first model narrows to nothing; no p. Without a threshold, or with one of 0 (odds 0), there is none."""
     rng = np.random.default_rng(5)
     patients = np.repeat(np.arange(40), 2)
     positive = patients % 2 == 0
     scores = np.stack([rng.random(80) + positive * 0.4, rng.random(80) + positive * 0.6]).clip(0, 0.999)
-    thresholds = (0.5, 0.6)
-    called = np.stack([scores[0] >= 0.5, scores[1] >= 0.6])
-    found = paired_differences(positive, scores, called, patients, thresholds=thresholds)["net_benefit"]
-    first, second = (net_benefit(positive.astype(int), s, [t])["net_benefit"][0] for s, t in zip(scores, thresholds))
+    called = np.stack([scores[0] >= 0.5, scores[1] >= 0.6])  # the second model's own threshold is 0.6
+    found = paired_differences(positive, scores, called, patients, threshold=0.5)["net_benefit"]
+    first, second = (net_benefit(positive.astype(int), s, [0.5])["net_benefit"][0] for s in scores)
+    assert second != net_benefit(positive.astype(int), scores[1], [0.6])["net_benefit"][0]
     assert (found["first"], found["second"]) == pytest.approx((first, second))
     assert found["difference"] == pytest.approx(second - first)
     assert found["ci"][0] < found["difference"] < found["ci"][1] and found["ci_method"] == "bootstrap"
     assert (found["p"], found["p_method"], found["films"], found["patients"]) == (None, None, 80, 40)
-    same = paired_differences(positive, scores[[0, 0]], called[[0, 0]], patients, thresholds=(0.5, 0.5))
+    same = paired_differences(positive, scores[[0, 0]], called[[0, 0]], patients, threshold=0.5)
     assert same["net_benefit"]["ci"] == [0.0, 0.0] and same["net_benefit"]["difference"] == 0
     assert "net_benefit" not in paired_differences(positive, scores, called, patients)
-    assert "net_benefit" not in paired_differences(positive, scores, called, patients, thresholds=(0.0, 0.6))
+    assert "net_benefit" not in paired_differences(positive, scores, called, patients, threshold=0.0)
 
 
 def test_paired_differences_count_a_patients_films_once() -> None:

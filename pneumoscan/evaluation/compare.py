@@ -701,7 +701,9 @@ def _patient_units(scored: Sequence[_Scored], copies: Sequence[Sequence[str]]) -
 def paired_tests(runs: Sequence[RunSummary], auc_test: str = AUC_TESTS[0]) -> None:
     """Test each evaluate folder's AUC, sensitivity and specificity against the first one's (the reference), on the
     same films (:func:`~pneumoscan.core.metrics.differences.paired_differences`, AUC by ``auc_test``: "permutation"
-    or "delong"), Holm-adjusted over every test
+    or "delong"), and give the difference of their net benefits at the reference's threshold probability (both
+    calling positive at a probability of at least it, so both weigh a false positive at one odds), Holm-adjusted
+    over every test
     made: each run's :attr:`RunSummary.paired`, or its :attr:`RunSummary.unpaired` saying why none (a training run,
     other films or labels than the reference's). Nothing is set where fewer than two runs have scores a film."""
     evaluated = []
@@ -726,7 +728,7 @@ def paired_tests(runs: Sequence[RunSummary], auc_test: str = AUC_TESTS[0]) -> No
     for r, of_run in same:
         figures = paired_differences(films.positive, np.stack([films.scores, of_run.scores]),
                                      np.stack([films.called, of_run.called]), units, auc_test,
-                                     thresholds=(reference.threshold, r.threshold))
+                                     threshold=reference.threshold)
         r.paired = PairedTest(reference.run, len(films.paths), int(np.unique(units).size), figures)
     figures = [test for r, _ in same if r.paired for test in r.paired.figures.values()]
     tests = [test for test in figures if test["p"] is not None]  # net benefit's difference has an interval alone
@@ -789,9 +791,10 @@ def _paired_table(runs: Sequence[RunSummary]) -> str:
                "by " if delong else "")
             + "permutation test swapping the two runs' scores of each patient's films, exact where every swap was "
             f"counted, else drawn: {RESAMPLES:,} swaps with a fixed seed; adjusted: Holm's over the {count} tests"
-            + ("; net benefit: each run's at its own threshold t, true positives a film less false positives weighed "
-               "by t/(1 - t), at these films' prevalence; its difference's 95% CI from patients resampled, and no "
-               "test, as runs at other thresholds weigh a false positive differently" if benefit else "") + ")")
+            + (f"; net benefit: each run's at {first.reference}'s threshold probability pt (not each run's own "
+               "threshold, so that both weigh a false positive at one odds), calling positive a probability of at "
+               "least pt, true positives a film less false positives weighed by pt/(1 - pt), at these films' "
+               "prevalence; its difference's 95% CI from patients resampled, and no test" if benefit else "") + ")")
     if flattered:
         said += (f" {', '.join(flattered)}: figures that may flatter the model (*, beneath), and so may the tests of "
                  "them")

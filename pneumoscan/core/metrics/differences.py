@@ -275,7 +275,7 @@ PAIRED_BOOTSTRAP = 2000  # patient resamples of a paired difference's interval
 
 def paired_differences(positive: np.ndarray, scores: np.ndarray, called: np.ndarray, patients: np.ndarray,
                        auc_test: str = AUC_TESTS[0],
-                       thresholds: Sequence[float] | None = None) -> dict[str, dict[str, Any]]:
+                       threshold: float | None = None) -> dict[str, dict[str, Any]]:
     """Two models' AUC, sensitivity and specificity on the same films, and the second's difference from the first,
     each with a permutation test over ``patients`` (one a film) of whether they differ and a 95% interval.
 
@@ -299,10 +299,15 @@ def paired_differences(positive: np.ndarray, scores: np.ndarray, called: np.ndar
     than :data:`~.intervals.FEW_PATIENTS` patients. A figure without films (AUC without both classes) is left out of
     the result.
 
-    With ``thresholds`` (each model's, in (0, 1)), ``net_benefit`` too: each model's net benefit TP/n - FP/n t/(1 - t)
-    at its own threshold t (:func:`~.summaries.net_benefit`, as evaluate gives it), the difference with the same
-    resamples' percentile interval, and no test (p None): where the thresholds differ, the two weigh a false positive
-    differently, and swapping a patient's calls between the models is no exchange of equals."""
+    With a ``threshold`` probability pt in (0, 1) (compare gives the first model's), ``net_benefit`` too: each
+    model's net benefit TP/n - FP/n pt/(1 - pt) where it calls positive the films it scores at least pt (as a decision
+    curve compares models, :func:`~.summaries.net_benefit`), the difference with the same resamples' percentile
+    interval, and no test (p None, as evaluate's net benefit has an interval alone). Both at one pt, as decision-curve
+    analysis compares them: a net benefit weighs a false positive by pt's odds, so two taken at each model's own
+    threshold weigh it at other odds, and their difference answers no one clinical preference. The second model's
+    net benefit here is at pt, not at its own threshold (where compare's table gives it), and it reads its scores as
+    probabilities, which a poorly calibrated model's are not: that lowers its net benefit, as a decision curve
+    would show."""
     if auc_test not in AUC_TESTS:
         raise ValueError(f"no paired AUC test {auc_test!r}: {' or '.join(AUC_TESTS)}")
     positive, scores, called = np.asarray(positive, dtype=bool), np.asarray(scores, float), np.asarray(called, bool)
@@ -327,9 +332,8 @@ def paired_differences(positive: np.ndarray, scores: np.ndarray, called: np.ndar
             parts = np.bincount(unit_of[films], hits[1, films] - hits[0, films], units.size) / films.sum()
             out[name] = _paired(hits[:, films].mean(axis=1)[:, None], _sign_flip_p(parts[np.unique(unit_of[films])]),
                                 drawn, films, unit_of)
-    if thresholds is not None and all(0 < t < 1 for t in thresholds):  # 0 or 1: odds 0 or infinite
-        odds = np.array([t / (1 - t) for t in thresholds])[:, None]
-        value = net_benefit_parts(called, positive, odds)
+    if threshold is not None and 0 < threshold < 1:  # 0 or 1: odds 0 or infinite
+        value = net_benefit_parts(scores >= threshold, positive, threshold / (1 - threshold))
         films = np.ones_like(positive)
         n = _resampled_sums(counts, unit_of, films)
         drawn = np.stack([_resampled_sums(counts, unit_of, v) / n for v in value])
