@@ -904,14 +904,17 @@ def test_net_benefit_is_vickers_and_elkins_on_a_hand_worked_example() -> None:
 
 def test_net_benefit_interval_with_nothing_called_is_the_bonferroni_bound_of_the_exact_rates() -> None:
     """Above every score no film is called: net benefit is 0 in every resample, which shows none of its uncertainty,
-    so its interval is Se P - (1 - Sp)(1 - P) pt/(1 - pt) at the ends of sensitivity's (0 of 4) and specificity's
-    (6 of 6) exact intervals at 97.5 % each, written out here from scipy's Clopper-Pearson."""
+    so its interval is Se P - (1 - Sp)(1 - P) pt/(1 - pt) at the ends of sensitivity's (0 of 4), specificity's
+    (6 of 6) and the prevalence's (4 of 10) exact intervals at 1 - 0.05/3 each, written out here from scipy's
+    Clopper-Pearson."""
     pt = 0.95
     odds = pt / (1 - pt)
     (low, high), = metrics.net_benefit_ci(Y_SMALL, P_SMALL, [pt])
-    se_high = binomtest(0, 4).proportion_ci(0.975, "exact").high
-    sp_low = binomtest(6, 6).proportion_ci(0.975, "exact").low
-    assert (low, high) == pytest.approx((-0.6 * (1 - sp_low) * odds, 0.4 * se_high))
+    level = 1 - 0.05 / 3
+    se_high = binomtest(0, 4).proportion_ci(level, "exact").high
+    sp_low = binomtest(6, 6).proportion_ci(level, "exact").low
+    prevalence = binomtest(4, 10).proportion_ci(level, "exact")
+    assert (low, high) == pytest.approx((-(1 - prevalence.low) * (1 - sp_low) * odds, prevalence.high * se_high))
 
 
 def test_net_benefit_interval_holds_it_over_a_sensitivity_of_1s_exact_interval() -> None:
@@ -928,20 +931,23 @@ def test_net_benefit_interval_holds_it_over_a_sensitivity_of_1s_exact_interval()
 
 def test_net_benefit_interval_of_too_few_positive_patients_is_the_bonferroni_bound_as_f1s() -> None:
     """40 patients, 3 of them positive (two films each): too few for a bootstrap of patients to show their spread
-    (FEW_PATIENTS, the rule F1's interval follows), so the interval at pt 0.3 is Se P - (1 - Sp)(1 - P) pt/(1 - pt)
-    at the ends of sensitivity's and specificity's exact intervals by patient at 97.5 % each, as proportion_ci
-    gives them, and holds the figure."""
+    (FEW_PATIENTS, as F1's interval), so the interval at pt 0.3 is Se P - (1 - Sp)(1 - P) pt/(1 - pt) at the ends of
+    sensitivity's, specificity's and the prevalence's exact intervals by patient at 1 - 0.05/3 each, as
+    proportion_ci gives them (the prevalence's too, which a cohort's few positive patients leave uncertain), and
+    holds the figure."""
     y, p = synthetic_binary(40, seed=2)
     y = (np.arange(40) < 3).astype(int)  # three positive patients
     groups = np.repeat(np.arange(40), 2)
     y, p = y[groups], np.clip(p[groups] + 0.3 * y[groups], 0, 1)
     pt = 0.3
     called = p >= pt
-    odds, prevalence = pt / (1 - pt), y.mean()
+    odds = pt / (1 - pt)
     (low, high), = metrics.net_benefit_ci(y, p, [pt], groups=groups)
-    se = metrics.proportion_ci(called[y == 1], groups[y == 1], 0.025)
-    sp = metrics.proportion_ci(~called[y == 0], groups[y == 0], 0.025)
-    assert (low, high) == pytest.approx([prevalence * s - (1 - prevalence) * (1 - q) * odds for s, q in zip(se, sp)])
+    se = metrics.proportion_ci(called[y == 1], groups[y == 1], 0.05 / 3)
+    sp = metrics.proportion_ci(~called[y == 0], groups[y == 0], 0.05 / 3)
+    shares = metrics.proportion_ci(y == 1, groups, 0.05 / 3)
+    assert (low, high) == pytest.approx([share * s - (1 - share) * (1 - q) * odds
+                                         for s, q, share in zip(se, sp, shares)])
     assert low < metrics.net_benefit(y, p, [pt])["net_benefit"][0] < high
 
 

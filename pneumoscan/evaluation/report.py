@@ -23,6 +23,7 @@ from pneumoscan.core.atomic import write_atomic, write_json
 from pneumoscan.core.figures import figure_bytes, png_data_url, set_title
 from pneumoscan.core.metrics import (BOTH_CLASSES, PATIENT_UNIT, ci_method_sentence, clopper_pearson, format_figure,
                                      format_percent, jsonable, net_benefit_interval, unit_caveat)
+from pneumoscan.core.metrics.intervals import FEW_PATIENTS
 from pneumoscan.core.names import path_text
 from pneumoscan.models.run_folder import METRICS, REPORT
 
@@ -395,7 +396,8 @@ def _at_threshold(at: Mapping[str, Any]) -> dict[str, Any]:
 NET_BENEFIT_INTERVAL = ("its 95% CI is a BCa bootstrap of the patients (all films of a patient resampled together; "
                         "of the films within their class where no patient has two), widened to hold it over the exact "
                         "interval of a sensitivity or specificity of 0 or 1, or, where every resample gives one "
-                        "value, the Bonferroni bound from their exact intervals at 97.5% each")
+                        f"value or the positive films are fewer than {FEW_PATIENTS} patients', the Bonferroni bound "
+                        "from their exact intervals and the prevalence's at 98.3% each")
 
 
 def decision_note(m: Mapping[str, Any], pos: str) -> str:
