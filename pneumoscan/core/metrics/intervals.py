@@ -376,7 +376,8 @@ def net_benefit_ci(y_true: Any, prob: Any, thresholds: Sequence[float], n_boot: 
     benefit over that rate's exact interval, the other as observed (:func:`_stretched`); where every resample gives
     one value (nothing called: 0 in each), or the positive films are too few patients' for a bootstrap of them
     (:func:`_few_patients`, as F1's interval), it is the Bonferroni bound from the exact intervals of both rates
-    and of the prevalence (which resampled patients let vary, as a cohort's does) at 1 - 0.05/3 each. NaN where the films leave it undefined (a class without films and a rate at an edge)."""
+    and of the prevalence (which resampled patients let vary, as a cohort's does) at 1 - 0.05/3 each. NaN where the
+    films leave it undefined (a class without films and a rate at an edge)."""
     y, p = _as_binary(y_true, prob)
     pt = np.asarray(thresholds, dtype=float).ravel()
     if not ((pt > 0) & (pt < 1)).all():
