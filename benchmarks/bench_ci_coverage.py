@@ -43,10 +43,11 @@ above (patient sd 1.2, film sd 0.3) with each class's mean set to give the sensi
 - ``delong-groups``: the share of sets ``delong_groups`` (``evaluate --by FIELD --auc-test delong``) and the
   permutation test (``auc_difference``) reject at 0.05 where two or three groups of patients have one AUC.
 - ``net-benefit``: ``net_benefit_ci``'s intervals of the decision curve (``evaluate``'s decision_curve.csv) at
-  threshold probabilities 0.05 to 0.9, by patient, each one's coverage and mean width, in two designs: cohorts
+  threshold probabilities 0.05 to 0.9, by patient, each one's coverage and mean width, in three designs: cohorts
   (each of 200, or 40, patients pneumonia with chance 0.6, so the set's prevalence varies as a clinic's sample's
-  does) and fixed classes (120 + 80 patients, as the tables above draw them). The truth is the net benefit at
-  prevalence 0.6 of the model's sensitivity and specificity at each threshold probability, in closed form from the
+  does), fixed classes (120 + 80 patients, as the tables above draw them), and cohorts of 40 at a prevalence of
+  0.12 (mostly fewer than 5 positive patients). The truth is the net benefit at the cohort's prevalence (0.6 but in
+  the last) of the model's sensitivity and specificity at each threshold probability, in closed form from the
   logits.
 """
 
@@ -356,6 +357,8 @@ def delong_groups_size(samples: int, max_films: int) -> None:
 
 NET_BENEFIT_POINTS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)  # threshold probabilities of ``net-benefit``
 COHORTS = (200, 40)  # patients of a ``net-benefit`` cohort, each pneumonia with chance P(positive) of KERMANY_LIKE
+FEW_COHORT = (40, 0.12)  # a ``net-benefit`` cohort of 40 patients, each pneumonia with chance 0.12: most sets have
+# fewer than 5 positive patients, where the interval is the Bonferroni bound (FEW_PATIENTS)
 
 
 def net_benefit_coverage(samples: int, max_films: int) -> None:
@@ -371,12 +374,14 @@ def net_benefit_coverage(samples: int, max_films: int) -> None:
     for se, sp in ((0.97, 0.85), (0.995, 0.99)):
         shift_pos, shift_neg = SD_TOTAL * float(norm.ppf(se)), SD_TOTAL * float(norm.ppf(sp))
         rates = norm.sf((cut - shift_pos) / SD_TOTAL), norm.cdf((cut + shift_neg) / SD_TOTAL)
-        truth = share * rates[0] - (1 - share) * (1 - rates[1]) * pt / (1 - pt)
-        for cohort in (*COHORTS, None):  # None: the classes' patients fixed
+        # None: the classes' patients fixed; last, a small cohort of few positive patients (FEW_COHORT)
+        for cohort, chance in (*((c, share) for c in COHORTS), (None, share), FEW_COHORT):
+            truth = chance * rates[0] - (1 - chance) * (1 - rates[1]) * pt / (1 - pt)
             rng, covered, widths = np.random.default_rng(0), [], []
-            design = f"cohort of {cohort}" if cohort else f"{positives} + {negatives} fixed"
+            design = (f"cohort of {cohort}" + (f" at prevalence {chance:g}" if chance != share else "") if cohort
+                      else f"{positives} + {negatives} fixed")
             for _ in range(samples):
-                n_pos = int(rng.binomial(cohort, share)) if cohort else positives
+                n_pos = int(rng.binomial(cohort, chance)) if cohort else positives
                 n_neg = cohort - n_pos if cohort else negatives
                 positive, patient, noise = _patients(rng, n_pos, n_neg, max_films)
                 logit = np.where(positive, shift_pos, -shift_neg) + noise

@@ -456,7 +456,7 @@ def _net_benefit_interval(called: np.ndarray, positive: np.ndarray, odds: float,
         # nothing called, say, or too few positive patients: no spread (or too little) for a bootstrap to show
         # it rises with Se, Sp and the prevalence P, so their exact intervals at alpha / 3 each bound it: resampled
         # patients let P vary as a cohort's does, and the rates' bound at P as observed (2 positive patients of 40,
-        # say, where 0.12 was drawn) covered 0.60-0.85 of cohorts of 40 at 0.12 (benchmarks/bench_ci_coverage.py)
+        # say, where 0.12 was drawn) covered 0.60-0.96 of cohorts of 40 at 0.12 (benchmarks/bench_ci_coverage.py)
         (se_low, se_high), (sp_low, sp_high), (p_low, p_high) = (
             rate_ends("sensitivity", called, positive, ALPHA / 3),
             rate_ends("specificity", ~called, ~positive, ALPHA / 3),
