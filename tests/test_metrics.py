@@ -929,7 +929,7 @@ def test_net_benefit_interval_holds_it_over_a_sensitivity_of_1s_exact_interval()
     assert low_5 < curve["net_benefit"][1] < high_5 <= 0.4
 
 
-def test_net_benefit_interval_of_too_few_positive_patients_is_the_bonferroni_bound_of_its_rates_and_prevalence() -> None:
+def test_net_benefit_interval_of_too_few_positive_patients_is_a_bonferroni_bound_with_prevalence() -> None:
     """40 patients, 3 of them positive (two films each): too few for a bootstrap of patients to show their spread
     (FEW_PATIENTS, as F1's interval), so the interval at pt 0.3 is Se P - (1 - Sp)(1 - P) pt/(1 - pt) at the ends of
     sensitivity's, specificity's and the prevalence's exact intervals by patient at 1 - 0.05/3 each, as
