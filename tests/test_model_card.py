@@ -1025,3 +1025,31 @@ def test_an_ensemble_names_its_members_training_data(tiny_bundle: Path) -> None:
     assert pooled_sources([kermany, site, kermany]) == [
         {"name": KERMANY, "licence": "CC BY 4.0", "films": None, "layout": "kaggle", "started_from": False},
         _source("site B", films=None)]
+
+
+def test_a_kermany_cards_licence_words_are_the_datasets_recorded_licence(tiny_bundle: Path) -> None:
+    """The card says Kermany et al.'s licence from the one record of it (the layouts' KERMANY_LICENCE, the source's
+    licence): every line that names it, in a card of Kermany's films alone and in one beside a site's, is the text
+    the card has always had, word for word."""
+    from pneumoscan.data.layouts import KERMANY
+
+    card = load_card(tiny_bundle)
+    (kermany,) = card.training_data
+    mixed = dataclasses.replace(card, training_data=[kermany, _source("site B", "internal use")])
+    cite = ("Classification. Mendeley Data, V2, 2018. doi:10.17632/rscbjbr9sj.2. Licence: CC BY 4.0 (attribution "
+            "required).")
+    own = (f"Pediatric chest X-ray films of {KERMANY}, licensed CC BY 4.0: these weights are trained on CC BY 4.0 "
+           "data, so any use of them must credit the data as under *How to cite the data*. The films were split by "
+           "patient into training and validation.")
+    beside = [f"- 48 training and validation films (read as the kaggle layout): pediatric films of {KERMANY}, "
+              "licensed CC BY 4.0.",
+              "Kermany et al.'s films are licensed CC BY 4.0: these weights learnt from CC BY 4.0 data, so any use of "
+              "them must credit the data as under *How to cite the data*. The films were split by patient into "
+              "training and validation."]
+
+    def said(of: BundleCard) -> list[str]:
+        return [line for line in front_matter_and_body(render(of))[1].splitlines() if "CC BY" in line]
+
+    assert said(card) == [own, cite], said(card)
+    assert said(mixed) == [*beside, cite], said(mixed)
+    assert front_matter_and_body(render(card))[0]["license"] == "cc-by-4.0"

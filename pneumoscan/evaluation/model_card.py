@@ -23,7 +23,7 @@ from pneumoscan.core.metrics import (BOTH_CLASSES, ECE_BINS, FILM_UNIT_CAVEAT, N
                                      with_ci)
 from pneumoscan.core.names import shown
 from pneumoscan.data.appearance import MIN_FILMS
-from pneumoscan.data.layouts import KERMANY
+from pneumoscan.data.layouts import KERMANY, KERMANY_LICENCE
 from pneumoscan.inference.onnx_runtime import INT8_NAME, Int8Key, Int8Operating, read_sidecar, spec_path
 from pneumoscan.models import PLUGINS_ENV
 from pneumoscan.models.card import (APPEARANCE_FROM_INIT, ENSEMBLE, INIT_CARD, INIT_IN_PLACE, INIT_SAMPLE, MACRO_AUC,
@@ -89,10 +89,10 @@ LIMITATIONS = (
 )
 # the most common class's training films per film of the least common from which the card calls the classes unbalanced
 UNEVEN = 1.5
-CITATION = """\
-The data: Kermany D, Zhang K, Goldbaum M. Labeled Optical Coherence Tomography (OCT) and Chest X-Ray Images for
-Classification. Mendeley Data, V2, 2018. doi:10.17632/rscbjbr9sj.2. Licence: CC BY 4.0 (attribution required).
-
+CITATION = (  # the data's licence is the one its layouts record
+    "The data: Kermany D, Zhang K, Goldbaum M. Labeled Optical Coherence Tomography (OCT) and Chest X-Ray "
+    "Images for\nClassification. Mendeley Data, V2, 2018. doi:10.17632/rscbjbr9sj.2. Licence: "
+    f"{KERMANY_LICENCE} (attribution required).\n" + """
 The paper: Kermany DS, Goldbaum M, Cai W, et al. Identifying Medical Diagnoses and Treatable Diseases by
 Image-Based Deep Learning. Cell 2018; 172(5): 1122-1131.e9. doi:10.1016/j.cell.2018.02.010.
 
@@ -109,7 +109,7 @@ Image-Based Deep Learning. Cell 2018; 172(5): 1122-1131.e9. doi:10.1016/j.cell.2
   doi = {10.1016/j.cell.2018.02.010}
 }
 ```
-"""
+""")
 # an evaluation record's films_checked, in the card's table: False when the bundle's training films were not known
 # where it was evaluated (its run's split.csv not beside it), so the films may be ones it trained on
 FILMS_CHECKED = {True: "checked", False: "**not checked**", None: "not recorded"}  # None: a record older than it
@@ -290,8 +290,8 @@ def _training_data(card: BundleCard) -> str:
     from those alone (a card older than the record too); else each source the card records, the run's own and those
     of the weights it started from (``--init``), with its films, layout and licence, or that it was not described."""
     if kermany_only(card):
-        return (f"Pediatric chest X-ray films of {DATASET}, licensed CC BY 4.0: these weights are trained on CC BY 4.0 "
-                "data, so any use of them must credit the data as under *How to cite the data*. ")
+        return (f"Pediatric chest X-ray films of {DATASET}, licensed {KERMANY_LICENCE}: these weights are trained on "
+                f"{KERMANY_LICENCE} data, so any use of them must credit the data as under *How to cite the data*. ")
     sources = training_sources(card)
     own, start = ([s for s in sources if s["started_from"] is started] for started in (False, True))
     who = "Its members were" if card.model == ENSEMBLE else "It was"
@@ -300,8 +300,8 @@ def _training_data(card: BundleCard) -> str:
         said += (f"{'Their' if card.model == ENSEMBLE else 'Its'} training started from the weights of a bundle "
                  f"(`--init`) that learnt from these:\n\n{_bullets(tuple(map(_source_line, start)))}\n\n")
     if any(s["name"] == KERMANY for s in sources):
-        said += ("Kermany et al.'s films are licensed CC BY 4.0: these weights learnt from CC BY 4.0 data, so any use "
-                 "of them must credit the data as under *How to cite the data*. ")
+        said += (f"Kermany et al.'s films are licensed {KERMANY_LICENCE}: these weights learnt from {KERMANY_LICENCE} "
+                 "data, so any use of them must credit the data as under *How to cite the data*. ")
     return said
 
 
@@ -311,7 +311,7 @@ def _source_line(source: TrainingSource) -> str:
     films = f"{source['films']:,} training and validation films" if source["films"] is not None else "Films"
     read = f" (read as the {source['layout']} layout)" if source["layout"] else ""
     if source["name"] == KERMANY:
-        return f"{films}{read}: pediatric films of {DATASET}, licensed CC BY 4.0."
+        return f"{films}{read}: pediatric films of {DATASET}, licensed {source['licence']}."
     if not source["name"]:
         return (f"**{films}{read} whose source was not described** (`train --data-name` names it): where they come "
                 "from, and under what licence, is not recorded here.")
