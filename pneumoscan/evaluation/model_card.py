@@ -269,11 +269,17 @@ def _named(source: TrainingSource) -> str:
     return f"films of {source['name']}" if source["name"] else "films whose source was not described"
 
 
+def _by_origin(card: BundleCard) -> tuple[list[TrainingSource], list[TrainingSource]]:
+    """CARD's :func:`~pneumoscan.models.card.training_sources`, split into the run's own films' and those the weights
+    it started from (``--init``) learnt from (``started_from``): what the card says of each differs."""
+    sources = training_sources(card)
+    return [s for s in sources if not s["started_from"]], [s for s in sources if s["started_from"]]
+
+
 def data_said(card: BundleCard) -> str:
     """The card's training data in words: the sources of the run's own films, then those the weights it started from
     (``--init``) learnt from."""
-    own, start = ([_named(s) for s in training_sources(card) if s["started_from"] is started] for started in
-                  (False, True))
+    own, start = ([_named(s) for s in sources] for sources in _by_origin(card))
     said = " and ".join(dict.fromkeys(own))
     return said + (f", fine-tuned from weights that learnt from {' and '.join(dict.fromkeys(start))}" if start else "")
 
@@ -292,14 +298,13 @@ def _training_data(card: BundleCard) -> str:
     if kermany_only(card):
         return (f"Pediatric chest X-ray films of {DATASET}, licensed {KERMANY_LICENCE}: these weights are trained on "
                 f"{KERMANY_LICENCE} data, so any use of them must credit the data as under *How to cite the data*. ")
-    sources = training_sources(card)
-    own, start = ([s for s in sources if s["started_from"] is started] for started in (False, True))
+    own, start = _by_origin(card)
     who = "Its members were" if card.model == ENSEMBLE else "It was"
     said = f"{who} trained on these chest X-ray films:\n\n{_bullets(tuple(map(_source_line, own)))}\n\n"
     if start:
         said += (f"{'Their' if card.model == ENSEMBLE else 'Its'} training started from the weights of a bundle "
                  f"(`--init`) that learnt from these:\n\n{_bullets(tuple(map(_source_line, start)))}\n\n")
-    if any(s["name"] == KERMANY for s in sources):
+    if any(s["name"] == KERMANY for s in training_sources(card)):
         said += (f"Kermany et al.'s films are licensed {KERMANY_LICENCE}: these weights learnt from {KERMANY_LICENCE} "
                  "data, so any use of them must credit the data as under *How to cite the data*. ")
     return said
