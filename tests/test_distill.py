@@ -16,7 +16,7 @@ from PIL import Image
 
 from pneumoscan.cli import main
 from pneumoscan.core.metrics import softmax
-from pneumoscan.data.layouts import discover, make_record, write_manifest
+from pneumoscan.data.layouts import KERMANY, discover, make_record, write_manifest
 from pneumoscan.data.preprocess import preprocess
 from pneumoscan.data.tasks import get_task
 from pneumoscan.evaluation.evaluate import evaluate
@@ -112,13 +112,27 @@ def test_a_students_teachers_training_films_are_its_own(tiny_dataset: Path, teac
 def test_a_student_of_trials_says_it_is_a_trial(tiny_dataset: Path, teacher_cv: Path, tmp_path: Path) -> None:
     """A student of teachers trained on a sample of patients (train --patients) recorded none, and its card called
     it a run on all the films: it records each teacher's sample and says it, beside its own sample when it trained
-    on one (here cv's, given as cv gives a fold's run its manifest's)."""
+    on one (here cv's, given as cv gives a fold's run its manifest's). Its training data named only the films it was
+    distilled on, and a student of Kermany films read a Kermany-only card though a teacher learnt from a site's films:
+    it records and names its teachers' sources too (``taught``), once each, their films not counted."""
     trial = trial_copy(teacher_cv / "fold-0" / "bundle", tmp_path / "trial", 20, 1)
     whole = shutil.copytree(teacher_cv / "fold-0", tmp_path / "whole") / "bundle"
     nudge_weights(whole)  # another model, trained on all the patients of fold 0's training films
     export_onnx(whole)
+    site = {"name": "site B", "licence": "internal use", "films": 40, "layout": "manifest", "started_from": False}
+    save_card(whole, dataclasses.replace(card := load_card(whole), training_data=[*card.training_data, site]))
     cfg = dataclasses.replace(student_config(teacher_cv, tmp_path), teacher=[str(trial), str(whole)])
     bundle = train(tiny_dataset, cfg, tmp_path / "student", sample=sample_record(30, 48, 2))
+    (own, *taught) = load_card(bundle).training_data
+    kermany = load_card(trial).training_data[0]
+    assert (own["name"], own["films"], own.get("taught")) == (KERMANY, 44, None), own
+    assert taught == [{**kermany, "films": None, "taught": True}, {**site, "films": None, "taught": True}], taught
+    body = " ".join((bundle / "MODEL_CARD.md").read_text(encoding="utf-8").split())
+    assert (f"It was distilled from teachers (`--teacher`) whose weights learnt from these: - Films (read as the "
+            f"{kermany['layout']} layout): pediatric films of {KERMANY}, licensed CC BY 4.0. - Films (read as the "
+            "manifest layout): site B; licence: internal use.") in body, body
+    assert "distilled from teachers that learnt from Kermany et al.'s films of children" in body
+    assert "as taken at one hospital" not in body and "(Guangzhou Women" not in body, "no Kermany-only card"
     config = load_card(bundle).train_config
     assert config[TEACHER_SAMPLES] == [{"patients": 20, SAMPLED_FROM: 48, "seed": 1}, {}]
     assert (config["patients"], config[SAMPLED_FROM], config["seed"]) == (30, 48, 2)

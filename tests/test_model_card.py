@@ -1016,7 +1016,7 @@ def test_a_card_older_than_its_training_data_record_loads_and_keeps_its_kermany_
 
 def test_an_ensemble_names_its_members_training_data(tiny_bundle: Path) -> None:
     """An ensemble's card records each source its members learnt from once, its films not counted: an ensemble of a
-    Kermany member and a site's member names both."""
+    Kermany member and a site's member names both; a source a member's teachers learnt from stays marked so."""
     from pneumoscan.data.layouts import KERMANY
     from pneumoscan.models.card import pooled_sources
 
@@ -1025,6 +1025,11 @@ def test_an_ensemble_names_its_members_training_data(tiny_bundle: Path) -> None:
     assert pooled_sources([kermany, site, kermany]) == [
         {"name": KERMANY, "licence": "CC BY 4.0", "films": None, "layout": "kaggle", "started_from": False},
         _source("site B", films=None)]
+    # a student member's teachers' sources stay theirs (taught), apart from the same films a member trained on
+    taught = {**_source("site B", films=None), "taught": True}
+    student = dataclasses.replace(kermany, training_data=[*kermany.training_data, taught])
+    assert pooled_sources([site, student]) == [_source("site B", films=None), {**kermany.training_data[0],
+                                                                                "films": None}, taught]
 
 
 def test_a_kermany_cards_licence_words_are_the_datasets_recorded_licence(tiny_bundle: Path) -> None:

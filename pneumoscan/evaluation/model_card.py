@@ -269,19 +269,22 @@ def _named(source: TrainingSource) -> str:
     return f"films of {source['name']}" if source["name"] else "films whose source was not described"
 
 
-def _by_origin(card: BundleCard) -> tuple[list[TrainingSource], list[TrainingSource]]:
-    """CARD's :func:`~pneumoscan.models.card.training_sources`, split into the run's own films' and those the weights
-    it started from (``--init``) learnt from (``started_from``): what the card says of each differs."""
+def _by_origin(card: BundleCard) -> tuple[list[TrainingSource], list[TrainingSource], list[TrainingSource]]:
+    """CARD's :func:`~pneumoscan.models.card.training_sources`, split into the run's own films', those its teachers
+    (``--teacher``) learnt from (``taught``) and those the weights it started from (``--init``) learnt from
+    (``started_from``): what the card says of each differs."""
     sources = training_sources(card)
-    return [s for s in sources if not s["started_from"]], [s for s in sources if s["started_from"]]
+    return ([s for s in sources if not s["started_from"] and not s.get("taught")],
+            [s for s in sources if not s["started_from"] and s.get("taught")],
+            [s for s in sources if s["started_from"]])
 
 
 def data_said(card: BundleCard) -> str:
     """The card's training data in words: the sources of the run's own films, then those the weights it started from
     (``--init``) learnt from."""
-    own, start = ([_named(s) for s in sources] for sources in _by_origin(card))
-    said = " and ".join(dict.fromkeys(own))
-    return said + (f", fine-tuned from weights that learnt from {' and '.join(dict.fromkeys(start))}" if start else "")
+    own, taught, start = (" and ".join(dict.fromkeys(map(_named, sources))) for sources in _by_origin(card))
+    return (own + (f", distilled from teachers that learnt from {taught}" if taught else "")
+            + (f", fine-tuned from weights that learnt from {start}" if start else ""))
 
 
 def out_of_scope(card: BundleCard) -> tuple[str, ...]:
@@ -294,13 +297,17 @@ def out_of_scope(card: BundleCard) -> tuple[str, ...]:
 def _training_data(card: BundleCard) -> str:
     """The opening of MODEL_CARD.md's Training data: Kermany et al.'s films and their licence where the weights learnt
     from those alone (a card older than the record too); else each source the card records, the run's own and those
-    of the weights it started from (``--init``), with its films, layout and licence, or that it was not described."""
+    of its teachers (``--teacher``) and of the weights it started from (``--init``), with its films, layout and licence,
+    or that it was not described."""
     if kermany_only(card):
         return (f"Pediatric chest X-ray films of {DATASET}, licensed {KERMANY_LICENCE}: these weights are trained on "
                 f"{KERMANY_LICENCE} data, so any use of them must credit the data as under *How to cite the data*. ")
-    own, start = _by_origin(card)
+    own, taught, start = _by_origin(card)
     who = "Its members were" if card.model == ENSEMBLE else "It was"
     said = f"{who} trained on these chest X-ray films:\n\n{_bullets(tuple(map(_source_line, own)))}\n\n"
+    if taught:
+        said += (f"{'Members of it were' if card.model == ENSEMBLE else 'It was'} distilled from teachers "
+                 f"(`--teacher`) whose weights learnt from these:\n\n{_bullets(tuple(map(_source_line, taught)))}\n\n")
     if start:
         said += (f"{'Their' if card.model == ENSEMBLE else 'Its'} training started from the weights of a bundle "
                  f"(`--init`) that learnt from these:\n\n{_bullets(tuple(map(_source_line, start)))}\n\n")

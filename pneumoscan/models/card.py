@@ -18,7 +18,7 @@ import json
 import logging
 import sys
 from importlib import metadata
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NamedTuple
@@ -140,6 +140,10 @@ class TrainingSource(TypedDict):
     layout: str  # the dataset layout that read them (data.layouts); "": not recorded
     # True: the weights a run started from (--init) learnt from them, at any remove, not the run itself
     started_from: bool
+    # True: the teachers a run was distilled from (--teacher) learnt from them, at any remove, not the run itself (and
+    # not its starting bundle: started_from False); written only where True, so absent in the run's own sources and in
+    # a card older than it
+    taught: NotRequired[bool]
 
 
 # what a card older than training_data trained on: every earlier bundle was made from the Kermany layouts
@@ -210,8 +214,8 @@ class BundleCard:
     # than it and in bundles made with pneumoscan's own tasks, models, readers and layouts only
     plugins: dict[str, dict[str, str]] = field(default_factory=dict)
     # where the films its weights learnt from came from, each source as the run that trained on them recorded it
-    # (the runs its weights started from first: started_from); an ensemble's, its members'. None in a card older than
-    # the record, whose films were Kermany et al.'s (:func:`training_sources`)
+    # (the runs its weights started from first: started_from; a student's teachers' last: taught); an ensemble's, its
+    # members'. None in a card older than the record, whose films were Kermany et al.'s (:func:`training_sources`)
     training_data: list[TrainingSource] | None = None
 
     @property
@@ -399,11 +403,23 @@ def started_sources(card: BundleCard) -> list[TrainingSource]:
 def pooled_sources(cards: Sequence[BundleCard]) -> list[TrainingSource]:
     """The training data of a bundle made of several (an ensemble's members, ``cards``): each source any of them
     learnt from, once, in their order, its films not counted (members trained on folds of one dataset share films)."""
+    return _pooled(source for card in cards for source in training_sources(card))
+
+
+def taught_sources(cards: Sequence[BundleCard]) -> list[TrainingSource]:
+    """What a student's card records of the training data of the teachers it was distilled from (``cards``): their
+    :func:`pooled_sources`, each marked ``taught`` and none ``started_from`` (a teacher's starting bundle is not the
+    student's), since the teachers' probabilities carry what they learnt from those films into the student."""
+    return _pooled({**source, "started_from": False, "taught": True}  # type: ignore[typeddict-item]
+                   for card in cards for source in training_sources(card))
+
+
+def _pooled(sources: Iterable[TrainingSource]) -> list[TrainingSource]:
+    """Each of ``sources`` once, in their order, its films not counted."""
     pooled: dict[tuple, TrainingSource] = {}
-    for card in cards:
-        for source in training_sources(card):
-            key = (source["name"], source["licence"], source["layout"], source["started_from"])
-            pooled.setdefault(key, {**source, "films": None})  # type: ignore[typeddict-item]
+    for source in sources:
+        key = (source["name"], source["licence"], source["layout"], source["started_from"], source.get("taught", False))
+        pooled.setdefault(key, {**source, "films": None})  # type: ignore[typeddict-item]
     return list(pooled.values())
 
 

@@ -26,15 +26,16 @@ from pneumoscan.data.layouts import Record
 from pneumoscan.data.tasks import Task
 from pneumoscan.evaluation.held_out import check_held_out
 from pneumoscan.inference.predict import Predictor
-from pneumoscan.models.card import (TEACHER_CARDS, WEIGHTS, BundleCard, bundle_checksums, load_card, refused_as,
-                                    teacher_label, teachers_sample, verify_file)
+from pneumoscan.models.card import (TEACHER_CARDS, WEIGHTS, BundleCard, TrainingSource, bundle_checksums, load_card,
+                                    refused_as, taught_sources, teacher_label, teachers_sample, verify_file)
 from .config import TrainConfig
 from .ensemble import member_named_logits, refuse_repeated_models
 
 log = logging.getLogger(__name__)
 
 
-def check_teachers(cfg: TrainConfig, records: Sequence[Record], task: Task) -> dict[str, Any]:
+def check_teachers(cfg: TrainConfig, records: Sequence[Record],
+                   task: Task) -> tuple[dict[str, Any], list[TrainingSource]]:
     """Refuse a distillation the student's validation could not judge honestly: a teacher of another task, one given
     twice or a copy of another (it would weigh double), one that trained on any of the student's validation films or
     whose training films are unknown here (its probabilities carry what it learnt of them into every film the student
@@ -43,9 +44,11 @@ def check_teachers(cfg: TrainConfig, records: Sequence[Record], task: Task) -> d
     Returns what the student's card records of its teachers, read with their cards as the run starts (empty without
     teachers): their bundle.json checksums (:data:`~pneumoscan.models.card.TEACHER_CARDS`), which tell them from a
     bundle trained again at a teacher's path during the run, and their samples of patients
-    (:func:`~pneumoscan.models.card.teachers_sample`), since the student learnt from those patients too."""
+    (:func:`~pneumoscan.models.card.teachers_sample`), since the student learnt from those patients too; and the
+    teachers' training data (:func:`~pneumoscan.models.card.taught_sources`), which its card names beside its own
+    films, since it learnt from those films too."""
     if not cfg.teacher:
-        return {}
+        return {}, []
     if cfg.distill_weight is None or not 0 < cfg.distill_weight < 1:  # None: teachers set after the config was made
         raise ValueError("distill_weight is the teachers' share of the target, between 0 and 1: got "
                          f"{cfg.distill_weight}")
@@ -65,7 +68,7 @@ def check_teachers(cfg: TrainConfig, records: Sequence[Record], task: Task) -> d
     for teacher in cfg.teacher:  # refused, not only warned of as evaluation does: see the docstring
         if (unknown := findings.unknown_source(teacher)) is not None:
             raise ValueError(unknown)
-    return {TEACHER_CARDS: bundle_checksums(cfg.teacher), **teachers_sample(cards)}
+    return {TEACHER_CARDS: bundle_checksums(cfg.teacher), **teachers_sample(cards)}, taught_sources(cards)
 
 
 def _teacher_card(teachers: Sequence[str], i: int) -> BundleCard:

@@ -266,7 +266,7 @@ class Data:
     val_records: list[Record]  # the validation films, in val_set's order: their patients count in the CIs
     val_left_out: list[dict]  # the val side's files the validation figures leave out, and why (files_left_out)
     sample: dict = field(default_factory=dict)  # split_records', the starting bundle's and the teachers', for the card
-    # where the films the weights learn from came from (the starting bundle's, then the run's: training_data)
+    # where the films the weights learn from came from (the starting bundle's, the run's, its teachers': training_data)
     sources: list[TrainingSource] = field(default_factory=list)
 
 
@@ -530,7 +530,8 @@ def load_data(records: list[Record], cache: ImageCache, checksum: str, cfg: Trai
     ``sample``, what the card records of the films and weights: :func:`split_records`', the starting bundle's
     :func:`start_record`, the teachers' :func:`~pneumoscan.training.distill.check_teachers` and the versions that
     trained them, :data:`~pneumoscan.models.card.TRAINED_BY`; ``sources``, where the films the weights learn from came
-    from: :func:`training_data`) as datasets and loaders, with the class weights."""
+    from: :func:`training_data`, with the starting bundle's and the teachers') as datasets and loaders, with the class
+    weights."""
     if ctx.main:
         write_manifest(records, RunFolder(run_dir).split)
     paths = [r.path for r in records]
@@ -738,7 +739,8 @@ def train(
     model, imagenet, fresh, started = build_model(cfg, task, ctx, from_checkpoint)
     records, sample = split_records(data, cfg, sample)
     own_data = training_data(data, cfg, records)
-    taught = check_teachers(cfg, records, task)  # read with their cards, as the starting bundle's (start_record)
+    # read with their cards, as the starting bundle's (start_record), and so their training data
+    taught, taught_data = check_teachers(cfg, records, task)
     in_place = fine_tunes_own_bundle(cfg, run_dir)
     if started is not None:  # checked at the run's start
         check_init_held_out(cfg, records)
@@ -781,7 +783,7 @@ def train(
     with refusal_kept(run_dir, ctx):
         # the card keeps the versions that trained its weights, as the checkpoint does (a resumed run's are several)
         d = load_data(records, cache, made["data"], cfg, task, ctx, run_dir, selected,
-                      {**sample, **learnt, TRAINED_BY: made[TRAINED_BY]}, [*start_data, *own_data])
+                      {**sample, **learnt, TRAINED_BY: made[TRAINED_BY]}, [*start_data, *own_data, *taught_data])
         t0, warm_s, start = prepare_weights(model, cfg, d, ctx, imagenet, fresh, resumed)
         optimizer, schedule, lr = make_optimizer(model, cfg, d, ctx, warm_s)
         hooks, stateful = make_callbacks(model, cfg, task, d, ctx, run_dir, schedule, trackers, made, on_epoch_end,
