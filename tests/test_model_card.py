@@ -953,22 +953,23 @@ def test_a_card_names_the_training_data_its_run_recorded_and_kermany_only_for_ke
         summary = card_summary(load_card(tmp_path / name))
         for word in kermany_words:
             assert word not in texts[name] and word not in json.dumps(summary), (name, word)
-        assert meta["license"] == "unknown"
         assert meta["model-index"][0]["results"][0]["dataset"]["type"] == "training-data"
         assert "Patients unlike those of the training films" in " ".join(summary["out_of_scope"])
     meta, body = front_matter_and_body(texts["named"])
     assert meta["datasets"] == ["St Elsewhere PACS 2024 | ward <b>"]
+    assert (meta["license"], meta["license_name"]) == ("other", "internal use")
     assert ("It was trained on these chest X-ray films:\n\n- 48 training and validation films (read as the manifest "
             "layout): St Elsewhere PACS 2024 \\| ward &lt;b>; licence: internal use.") in body, body
     assert "films of St Elsewhere PACS 2024 | ward <b>" in intended_use(load_card(named))
     meta, body = front_matter_and_body(texts["undescribed"])
-    assert "datasets" not in meta
+    assert "datasets" not in meta and meta["license"] == "unknown" and "license_name" not in meta
     assert ("- **48 training and validation films (read as the manifest layout) whose source was not described** "
             "(`train --data-name` names it): where they come from, and under what licence, is not recorded "
             "here.") in body, body
     assert "films whose source was not described" in intended_use(load_card(undescribed))
     meta, body = front_matter_and_body(texts["tuned"])
-    assert meta["license"] == "cc-by-4.0" and meta["datasets"] == [KERMANY, "St Elsewhere PACS 2024"]
+    assert meta["datasets"] == [KERMANY, "St Elsewhere PACS 2024"]
+    assert (meta["license"], meta["license_name"]) == ("other", "CC BY 4.0; not stated"), "no CC BY of a site's films"
     assert ("It was trained on these chest X-ray films:\n\n- 48 training and validation films (read as the manifest "
             "layout): St Elsewhere PACS 2024; licence: not stated (`train --data-licence`).\n\nIts training started "
             "from the weights of a bundle (`--init`) that learnt from these:\n\n- 48 training and validation films "
@@ -1058,3 +1059,34 @@ def test_a_kermany_cards_licence_words_are_the_datasets_recorded_licence(tiny_bu
     assert said(card) == [own, cite], said(card)
     assert said(mixed) == [*beside, cite], said(mixed)
     assert front_matter_and_body(render(card))[0]["license"] == "cc-by-4.0"
+
+
+def test_the_front_matter_gives_the_datas_licence_by_its_hugging_face_id_or_as_other(tiny_bundle: Path) -> None:
+    """The front matter said `license: unknown` for weights whose data's licence `train --data-licence` gave: a
+    licence the table of common Creative Commons and open data licences knows (by id or name, in any case and
+    spacing) is its Hugging Face id; any other is `other`, its text as given in `license_name`; none given stays
+    `unknown`. Sources under different licences (a Kermany bundle fine-tuned or distilled on a site's films) are
+    `other`, naming each, never one id that drops another: one not stated is said so."""
+    from pneumoscan.evaluation.model_card import front_matter, licence_meta
+
+    def meta(*licences: str) -> dict[str, str]:
+        return licence_meta([_source(f"site {i}", licence) for i, licence in enumerate(licences)])
+
+    for given, hf in (("CC BY 4.0", "cc-by-4.0"), ("CC-BY-NC-4.0", "cc-by-nc-4.0"), ("cc0-1.0", "cc0-1.0"),
+                      ("CC0 1.0 Universal", "cc0-1.0"), ("cc by-nc-sa 4.0", "cc-by-nc-sa-4.0"), ("ODbL", "odbl"),
+                      ("Creative Commons Attribution Share Alike 4.0 International", "cc-by-sa-4.0")):
+        assert meta(given) == {"license": hf}, given
+    for given in ("CC BY", "CC BY 4.0 or any later version", "internal use"):
+        assert meta(given) == {"license": "other", "license_name": given}, given
+    assert meta("") == meta("", "") == {"license": "unknown"}
+    assert meta("CC BY 4.0", "cc-by-4.0") == {"license": "cc-by-4.0"}, "one licence, however written"
+    assert meta("CC BY 4.0", "CC-BY-NC-4.0", "cc by 4.0") == {"license": "other",
+                                                             "license_name": "CC BY 4.0; CC-BY-NC-4.0"}
+    assert meta("CC BY 4.0", "") == {"license": "other", "license_name": "CC BY 4.0; not stated"}
+    card = load_card(tiny_bundle)
+    assert front_matter(card)["license"] == "cc-by-4.0" and "license_name" not in front_matter(card)
+    terms = 'St Elsewhere terms: "research only" # v2'
+    taught = {**_source("St Elsewhere", terms, films=None), "taught": True}  # a student's teacher's films
+    student = dataclasses.replace(card, training_data=[*card.training_data, taught])
+    parsed, _ = front_matter_and_body(render(student))
+    assert (parsed["license"], parsed["license_name"]) == ("other", f"CC BY 4.0; {terms}"), parsed

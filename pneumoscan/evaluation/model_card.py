@@ -530,13 +530,72 @@ def _model_index(card: BundleCard) -> list[dict[str, Any]]:
     return [{"name": card.model_id, "results": results}] if results else []
 
 
+# the Hugging Face licence ids (hub-docs' repositories-licenses) of the Creative Commons and open data licences data
+# are commonly under, each with the names it goes by besides its id (SPDX's ids are these, in capitals): a licence
+# given as one of them, whatever its case and the spaces, hyphens or underscores between its words, and with or
+# without a closing "International" or "Universal", is that id in MODEL_CARD.md's front matter; any other is not
+HF_LICENCES: dict[str, tuple[str, ...]] = {
+    "cc0-1.0": ("CC0", "Creative Commons Zero v1.0", "Creative Commons Zero 1.0"),
+    "cc-by-2.0": ("Creative Commons Attribution 2.0",),
+    "cc-by-2.5": ("Creative Commons Attribution 2.5",),
+    "cc-by-3.0": ("Creative Commons Attribution 3.0",),
+    "cc-by-4.0": ("Creative Commons Attribution 4.0",),
+    "cc-by-sa-3.0": ("Creative Commons Attribution Share Alike 3.0",),
+    "cc-by-sa-4.0": ("Creative Commons Attribution Share Alike 4.0",),
+    "cc-by-nc-2.0": ("Creative Commons Attribution Non Commercial 2.0",),
+    "cc-by-nc-3.0": ("Creative Commons Attribution Non Commercial 3.0",),
+    "cc-by-nc-4.0": ("Creative Commons Attribution Non Commercial 4.0",),
+    "cc-by-nd-4.0": ("Creative Commons Attribution No Derivatives 4.0",),
+    "cc-by-nc-nd-3.0": ("Creative Commons Attribution Non Commercial No Derivatives 3.0",),
+    "cc-by-nc-nd-4.0": ("Creative Commons Attribution Non Commercial No Derivatives 4.0",),
+    "cc-by-nc-sa-2.0": ("Creative Commons Attribution Non Commercial Share Alike 2.0",),
+    "cc-by-nc-sa-3.0": ("Creative Commons Attribution Non Commercial Share Alike 3.0",),
+    "cc-by-nc-sa-4.0": ("Creative Commons Attribution Non Commercial Share Alike 4.0",),
+    "odc-by": ("ODC-By 1.0", "Open Data Commons Attribution License"),
+    "odbl": ("ODbL 1.0", "Open Database License"),
+    "pddl": ("PDDL 1.0", "Open Data Commons Public Domain Dedication and License"),
+    "cdla-permissive-1.0": ("Community Data License Agreement Permissive 1.0",),
+    "cdla-permissive-2.0": ("Community Data License Agreement Permissive 2.0",),
+    "cdla-sharing-1.0": ("Community Data License Agreement Sharing 1.0",),
+}
+
+
+def _licence_key(text: str) -> str:
+    """A licence's words as :data:`HF_LICENCES` is looked up by: lower case, joined by hyphens, a closing
+    "international" or "universal" (Creative Commons' full names end so) left out."""
+    return re.sub(r"-(international|universal)$", "", "-".join(re.split(r"[\s_-]+", text.strip().lower())))
+
+
+_HF_IDS = {_licence_key(name): hf for hf, names in HF_LICENCES.items() for name in (hf, *names)}
+
+
+def hf_licence(text: str) -> str | None:
+    """The Hugging Face id of the licence ``text`` names (:data:`HF_LICENCES`), or None: not one of them."""
+    return _HF_IDS.get(_licence_key(text))
+
+
+def licence_meta(sources: Sequence[TrainingSource]) -> dict[str, str]:
+    """The front matter's licence of weights that learnt from ``sources``: their licence's Hugging Face id where they
+    all have one and the same (:func:`hf_licence`: Kermany et al.'s CC BY 4.0, a site's `--data-licence`);
+    ``unknown`` where none states one; else ``other``, with each licence in ``license_name`` (a text the table does
+    not know as given, one not stated as such), since one id would drop the others."""
+    licences: dict[str, str] = {}  # by id (or text where none), the first text given for it
+    for source in sources:
+        licences.setdefault(hf_licence(source["licence"]) or source["licence"], source["licence"])
+    if list(licences) == [""]:
+        return {"license": "unknown"}
+    if len(licences) == 1 and (only := next(iter(licences))) in HF_LICENCES:
+        return {"license": only}
+    return {"license": "other", "license_name": "; ".join(text or "not stated" for text in licences.values())}
+
+
 def front_matter(card: BundleCard) -> dict[str, Any]:
-    """MODEL_CARD.md's YAML front matter: its licence is CC BY 4.0 where the weights learnt from Kermany et al.'s
-    films (that data's), else unknown; its datasets, those the card names (one not described is none)."""
+    """MODEL_CARD.md's YAML front matter: its licence that of the data the weights learnt from (:func:`licence_meta`:
+    CC BY 4.0 for Kermany et al.'s films); its datasets, those the card names (one not described is none)."""
     sources = training_sources(card)
     datasets = list(dict.fromkeys(s["name"] for s in sources if s["name"]))
     meta: dict[str, Any] = {
-        "license": "cc-by-4.0" if KERMANY in datasets else "unknown",
+        **licence_meta(sources),
         "library_name": "pneumoscan",
         "pipeline_tag": "image-classification",
         "tags": list(dict.fromkeys(["medical-imaging", "chest-x-ray", "radiology", "pediatric", "pneumonia", card.task,
