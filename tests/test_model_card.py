@@ -1067,10 +1067,14 @@ def test_the_front_matter_gives_the_datas_licence_by_its_hugging_face_id_or_as_o
     spacing) is its Hugging Face id; any other is `other`, its text as given in `license_name`; none given stays
     `unknown`. Sources under different licences (a Kermany bundle fine-tuned or distilled on a site's films) are
     `other`, naming each, never one id that drops another: one not stated is said so."""
-    from pneumoscan.evaluation.model_card import front_matter, licence_meta
+    from pneumoscan.evaluation.model_card import front_matter
+
+    card = load_card(tiny_bundle)
 
     def meta(*licences: str) -> dict[str, str]:
-        return licence_meta([_source(f"site {i}", licence) for i, licence in enumerate(licences)])
+        sources = [_source(f"site {i}", licence) for i, licence in enumerate(licences)]
+        said = front_matter(dataclasses.replace(card, training_data=sources))
+        return {key: said[key] for key in ("license", "license_name") if key in said}
 
     for given, hf in (("CC BY 4.0", "cc-by-4.0"), ("CC-BY-NC-4.0", "cc-by-nc-4.0"), ("cc0-1.0", "cc0-1.0"),
                       ("CC0 1.0 Universal", "cc0-1.0"), ("cc by-nc-sa 4.0", "cc-by-nc-sa-4.0"), ("ODbL", "odbl"),
@@ -1083,7 +1087,6 @@ def test_the_front_matter_gives_the_datas_licence_by_its_hugging_face_id_or_as_o
     assert meta("CC BY 4.0", "CC-BY-NC-4.0", "cc by 4.0") == {"license": "other",
                                                              "license_name": "CC BY 4.0; CC-BY-NC-4.0"}
     assert meta("CC BY 4.0", "") == {"license": "other", "license_name": "CC BY 4.0; not stated"}
-    card = load_card(tiny_bundle)
     assert front_matter(card)["license"] == "cc-by-4.0" and "license_name" not in front_matter(card)
     terms = 'St Elsewhere terms: "research only" # v2'
     taught = {**_source("St Elsewhere", terms, films=None), "taught": True}  # a student's teacher's films
