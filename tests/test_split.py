@@ -535,6 +535,20 @@ def test_a_test_side_without_a_pneumonia_subtype_is_warned_of(caplog) -> None:
         "raise the test fraction (split --test-fraction) or add virus films of other patients")
 
 
+def test_a_test_side_that_takes_a_pneumonia_subtype_whole_is_warned_of(caplog) -> None:
+    """One viral patient of two films, 75 % of which rounds to both: the test takes every viral film, and training
+    and validation hold none (an etiology run could not learn one): said, with the subtype and its count."""
+    with caplog.at_level(logging.WARNING, logger="pneumoscan.data.split"):
+        out = patient_split(_records({"normal": [1] * 20, "bacteria": [1] * 20, "virus": [2]}), 0.25,
+                            test_fraction=0.75)
+    assert [r.split for r in out if r.subtype == "virus"] == ["test", "test"]
+    assert caplog.messages[0] == (
+        "the test side takes all 2 virus films at 75%, leaving none for training or validation: an etiology or "
+        "three-class run on this split has no virus film to learn from (train refuses it), and a pneumonia model "
+        "learns pneumonia without one; lower the test fraction (split --test-fraction) or add virus films of other "
+        "patients")
+
+
 def test_a_new_test_of_data_with_a_test_split_is_refused(tiny_dataset: Path, tmp_path: Path, capsys) -> None:
     """A test drawn from train and val beside test/ would be other patients than evaluate --split test reads."""
     assert main(["split", str(tiny_dataset), "--test-fraction", "0.25", "--out", str(tmp_path / "held.csv")]) == 2

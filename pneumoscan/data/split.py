@@ -228,8 +228,10 @@ def _held_for_test(records: Sequence[Record], units: Sequence[list[int]], test_f
     holds out the same patients whatever the validation fraction. Refused where the test side would lack a class
     (a sensitivity or specificity it cannot measure) or take all of one (none left to train on): a site's few
     patients give either at a high fraction, and the figures of that test would be no answer. A pneumonia subtype
-    it lacks is warned of (its bacterial-viral figures are n/a, its normal-pneumonia ones stand), as is a mix off
-    the whole's (:func:`_warn_off_mix`); the shares it holds are logged, as large patients fill less than asked."""
+    it lacks is warned of (its bacterial-viral figures are n/a, its normal-pneumonia ones stand), and so is one it
+    takes whole (a split serves every task, and only an etiology or three-class run, which ``train`` then refuses,
+    cannot learn from it), as is a mix off the whole's (:func:`_warn_off_mix`); the shares it holds are logged, as
+    large patients fill less than asked."""
     test, target = _filled(records, [list(unit) for unit in units], test_fraction, random.Random(f"test {seed}"))
     pct = f"{test_fraction:.0%}"
     labels = Counter(r.label for r in records)
@@ -252,6 +254,11 @@ def _held_for_test(records: Sequence[Record], units: Sequence[list[int]], test_f
                     "of its subtype (a patient's films stay on one side), so its bacterial-viral (etiology) figures "
                     "cannot be measured; raise the test fraction (split --test-fraction) or add %s films of other "
                     "patients", kind, groups, strata[kind], kind, pct, kind)
+    for kind in (k for k in SUBTYPES if strata[k] and in_test[k] == strata[k]):  # normal: refused above, as NORMAL
+        log.warning("the test side takes all %d %s films at %s, leaving none for training or validation: an etiology "
+                    "or three-class run on this split has no %s film to learn from (train refuses it), and a "
+                    "pneumonia model learns pneumonia without one; lower the test fraction (split --test-fraction) "
+                    "or add %s films of other patients", strata[kind], kind, pct, kind, kind)
     log.info("held out for the test: %d of the %d films, whole patients, %s asked of each class and subtype: %s",
              len(test), len(records), pct,
              ", ".join(f"{k} {in_test[k]} of {n} ({in_test[k] / n:.1%})" for k, n in sorted(strata.items())))
