@@ -511,6 +511,41 @@ def test_a_report_spooled_while_the_destination_is_down_arrives_once_when_it_is_
         f"DICOM SR {unsent} was not stored when its study was sent; sent again from the spool, it is stored"]
 
 
+def test_a_spooled_report_refused_when_sent_again_is_said_refused_for_good_in_its_row(
+    tiny_bundle: Path, film: np.ndarray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A report not stored when its study was sent (the destination down) is kept in the spool; sent again from
+    there, the destination back refuses it outright (0xA900), and it is set aside in refused/: the study's row in
+    --out says so, with the destination's reason, in place of the first reason (no answer), which would have told IT
+    the report was still waiting to be sent."""
+    monkeypatch.setattr(dimse, "FIRST_WAIT_S", 0.01)
+    down = Destination_SCP()
+    down.shutdown()  # its port, with no one listening for now
+    (out := tmp_path / "rows").mkdir()
+    listener = Listener(tiny_bundle, "PNEUMOSCAN", Destination("DEST", "127.0.0.1", down.port), tmp_path / "work",
+                        backend="torch", out=out, spool=(spool := tmp_path / "spool"))
+    report = pydicom.dcmread(io.BytesIO(chest_dicom(film[:8, :8])))  # any data set the destination takes as an SR
+    report.SOPClassUID = report.file_meta.MediaStorageSOPClassUID = ComprehensiveSRStorage
+    report.save_as(made := tmp_path / "made.sr.dcm")
+    study, uid = str(report.StudyInstanceUID), str(report.SOPInstanceUID)
+    row = {"path": "film", "probability": 0.5, "dicom_sr": str(listener.spool.keep(study, made))}
+    listener.file_study(study, [row], time.monotonic() + WAIT_S)
+    [first] = json.loads((out / f"{study}.json").read_text())
+    assert first["not_stored"] == [uid] and first["warnings"][0].startswith(f"DEST@127.0.0.1:{down.port}: no answer")
+    refusing = Destination_SCP(status=0xA900, port=down.port)
+    try:
+        listener._resend()  # what the sending thread does every --retry-every
+    finally:
+        refusing.shutdown()
+    assert [p.name for p in (spool / "refused").iterdir()] == [f"{study}_{uid}.dcm"]
+    [row] = json.loads((out / f"{study}.json").read_text())
+    assert row["not_stored"] == [uid] and row["stored"] == []
+    assert row["warnings"] == [
+        f"DEST@127.0.0.1:{down.port}: no answer (no association: the destination is down or cannot be reached): the "
+        f"DICOM SR {uid} was not stored when its study was sent; sent again from the spool, DEST@127.0.0.1:{down.port} "
+        f"refused it (0xA900: data set does not match SOP class): set aside in {spool / 'refused'}, not sent again"]
+
+
 def audit_lines(audit: AuditLog) -> list[dict]:
     return [json.loads(line) for line in audit.path.read_text().splitlines()]
 

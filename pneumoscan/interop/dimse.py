@@ -302,12 +302,12 @@ class Listener:
     what they may take of it. ``allow``: the calling AE titles accepted (none: any). ``store_s``: how long the
     destination may take to connect, accept an association or answer one C-STORE; ``send_s``: how long a report may
     wait, from its study's scoring, to be stored. ``out``: a folder for each study's rows, ``STUDY_UID.json``, as
-    ``pacs --out`` writes them, rewritten as the spool delivers a report they say is not stored
-    (:meth:`_delivered`). ``fhir``: a folder for each scored film's FHIR Observation, as ``pacs --fhir`` writes it
-    (:func:`~pneumoscan.interop.study.score_films`), moved there from the study's folder once its audit lines are
-    written (:meth:`_file_observations`); its Observations read here, once, and kept track of as they are
-    written (:class:`~pneumoscan.interop.reports.ObservationIndex`, which says what is assumed of other processes
-    writing there). ``backend`` and ``heatmaps`` as ``pacs`` takes them.
+    ``pacs --out`` writes them, rewritten as the destination stores or refuses for good a report they say is not
+    stored, sent again from the spool (:meth:`_answered`). ``fhir``: a folder for each scored film's FHIR
+    Observation, as ``pacs --fhir`` writes it (:func:`~pneumoscan.interop.study.score_films`), moved there from the
+    study's folder once its audit lines are written (:meth:`_file_observations`); its Observations read here, once,
+    and kept track of as they are written (:class:`~pneumoscan.interop.reports.ObservationIndex`, which says what is
+    assumed of other processes writing there). ``backend`` and ``heatmaps`` as ``pacs`` takes them.
     ``spool``: where each report waits until the destination confirms it (:class:`Spool`; None: a folder in
     ``work``, gone with it), sent again from there every ``retry_s`` seconds and at :meth:`start` (what an earlier
     run left)."""
@@ -686,30 +686,33 @@ class Listener:
         if not pending:
             return
         left: dict[str, str] = {}
-        delivered: dict[str, dict[str, int]] = {}  # by study: each report stored, with its status
+        answered: dict[str, dict[str, int]] = {}  # by study: each report stored or refused for good, with its status
         for name, answer in self._store(pending, self.store_s).items():
             path, uid = self.spool.folder / name, str(pending[name].SOPInstanceUID)
             if answer in _STORED:
                 self.spool.confirmed(path)
                 log.info("study %s: the report %s, spooled, is stored at %s", study_of(path), uid, self.destination)
                 self._audit_report(study_of(path), uid, answer)
-                delivered.setdefault(study_of(path), {})[uid] = answer
+                answered.setdefault(study_of(path), {})[uid] = answer
             elif isinstance(answer, str) or answer >> 8 == 0xA7:
                 left[uid] = answer if isinstance(answer, str) else f"refused ({status_words(answer, FAILURES)})"
             else:
                 self._set_aside(study_of(path), uid, path, answer)
+                answered.setdefault(study_of(path), {})[uid] = answer
         if left:
             log.warning("%d spooled report(s) not stored at %s: %s; tried again in %g s", len(left), self.destination,
                         "; ".join(sorted(set(left.values()))), self.retry_s)
-        for study_uid, answers in delivered.items():
-            self._delivered(study_uid, answers)
+        for study_uid, answers in answered.items():
+            self._answered(study_uid, answers)
 
-    def _delivered(self, study_uid: str, answers: dict[str, int]) -> None:
-        """The study's rows in ``out`` (this run's or an earlier one's) told that the spool delivered reports they
-        say are not stored (``answers``: the destination's status of each, by SOP Instance UID): each moved from its
-        row's ``not_stored`` to its ``stored``, its warning saying so, and the file rewritten whole, so that the
-        rows never say a report the PACS holds is missing. No ``out``, or no rows of the study there: nothing to
-        tell."""
+    def _answered(self, study_uid: str, answers: dict[str, int]) -> None:
+        """The study's rows in ``out`` (this run's or an earlier one's) told how the destination answered reports the
+        spool sent again that they say are not stored (``answers``: its status of each, by SOP Instance UID), each
+        row's warning saying the final outcome in place of the first reason: a report stored moved from its row's
+        ``not_stored`` to its ``stored``; one refused for good (set aside in ``refused/``) left in ``not_stored``,
+        with the destination's reason. The file is rewritten whole, so that the rows never say a report the PACS
+        holds is missing, nor that one it refused for good waits to be sent again. No ``out``, or no rows of the
+        study there: nothing to tell."""
         if self.out is None:
             return
         path = self.out / f"{study_uid}.json"
@@ -718,19 +721,24 @@ class Listener:
         except FileNotFoundError:
             return
         except (OSError, ValueError) as e:  # moved, made unreadable or edited by someone else: said, not guessed
-            log.error("study %s: its rows %s cannot be read to say that the spool delivered its reports: %s",
+            log.error("study %s: its rows %s cannot be read to say what became of the reports the spool sent: %s",
                       study_uid, path, shown(str(e)))
             return
         told = 0
         for row in rows if isinstance(rows, list) else []:
             for uid in [uid for uid in row.get("not_stored") or [] if uid in answers]:
-                row["not_stored"].remove(uid)
-                row.setdefault("stored", []).append(uid)
+                status = answers[uid]
+                if status in _STORED:
+                    row["not_stored"].remove(uid)
+                    row.setdefault("stored", []).append(uid)
+                    outcome = "it is stored" + (f" with a warning ({status_words(status, WARNINGS)})"
+                                                if status in WARNINGS else "")
+                else:
+                    outcome = (f"{self.destination} refused it ({status_words(status, FAILURES)}): set aside in "
+                               f"{self.spool.refused}, not sent again")
                 told += 1
                 said = f" {uid} is not stored"  # its warning's end (:meth:`_send`), what it was and why kept
-                now_said = (f" {uid} was not stored when its study was sent; sent again from the spool, it is stored"
-                            + (f" with a warning ({status_words(answers[uid], WARNINGS)})"
-                               if answers[uid] in WARNINGS else ""))
+                now_said = f" {uid} was not stored when its study was sent; sent again from the spool, {outcome}"
                 row["warnings"] = [w.removesuffix(said) + now_said if isinstance(w, str) and w.endswith(said) else w
                                    for w in row.get("warnings") or []]
             if "not_stored" in row and not row["not_stored"]:
@@ -740,10 +748,11 @@ class Listener:
         try:
             write_json(path, rows)
         except OSError as e:
-            log.error("study %s: its rows %s still say %d report(s) the spool has delivered are not stored: %s",
+            log.error("study %s: its rows %s do not say what became of %d report(s) the spool sent again: %s",
                       study_uid, path, told, shown(e.strerror or type(e).__name__))
         else:
-            log.info("study %s: its rows %s say the %d report(s) the spool delivered are stored", study_uid, path, told)
+            log.info("study %s: its rows %s say what became of the %d report(s) the spool sent again", study_uid,
+                     path, told)
 
     def _set_aside(self, study_uid: str, uid: str, path: Path, status: int) -> None:
         """A report the destination refused outright (another try would meet the same refusal): out of the spool."""
