@@ -108,20 +108,32 @@ def destination() -> Iterator[Destination_SCP]:
 @pytest.fixture
 def listen(tiny_bundle: Path, tmp_path: Path) -> Iterator[Callable[..., int]]:
     """Start a listener on a free port (its keyword arguments as Listener takes them), its port returned; the films
-    it held are checked to be gone once it is done."""
-    servers = []
+    it held are checked to be gone once it is done, and each listener is stopped, its sending thread ended (left
+    running, each would try its spool every --retry-every until the worker ends)."""
+    started: list[tuple[ThreadedAssociationServer, Listener]] = []
     (work := tmp_path / "listener").mkdir()
+    before = set(threading.enumerate())
 
     def start(port: int, **options: object) -> int:
         listener = Listener(tiny_bundle, "PNEUMOSCAN", Destination("DEST", "127.0.0.1", port), work,
                             backend="torch", **options)
-        servers.append(server := listener.start("127.0.0.1", 0))
+        started.append((server := listener.start("127.0.0.1", 0), listener))
         return server.server_address[1]
 
     yield start
-    for server in servers:
+    for server, _ in started:
         server.shutdown()
     wait_for(lambda: not list(work.glob("association-*")))  # each one's folder deleted once its studies were done
+    for _, listener in started:
+        listener.stop()
+    assert senders_ended(before, WAIT_S)
+
+
+def senders_ended(before: set[threading.Thread], timeout: float) -> bool:
+    """Whether the listeners' sending threads started since ``before`` have ended, given ``timeout`` s each to."""
+    for thread in [t for t in threading.enumerate() if t not in before and t.name == "listen-sender"]:
+        thread.join(timeout)
+    return not any(t.is_alive() for t in threading.enumerate() if t not in before and t.name == "listen-sender")
 
 
 def send(port: int, films: list[bytes], calling: str = "MODALITY") -> list[int]:
@@ -227,6 +239,7 @@ def test_a_pacs_routes_a_study_to_the_listener_and_gets_its_sr_back_over_dicom(
             sr = pydicom.dcmread(io.BytesIO(httpx.get(f"{url}/instances/{sr_id}/file", timeout=10).content))
         finally:
             server.shutdown()
+            listener.stop()
     assert f"study {sent.StudyInstanceUID}: reports of 1 of 1 films stored at {destination}" in caplog.text
     [evidence] = sr.CurrentRequestedProcedureEvidenceSequence
     [referenced] = evidence.ReferencedSeriesSequence[0].ReferencedSOPSequence
@@ -1040,6 +1053,20 @@ def test_a_destination_that_never_answers_holds_up_no_scoring_and_its_report_is_
         [scored] = [r.created for r in records if r.getMessage().startswith(f"study {study}: 1 scored")]
         [done] = [r.created for r in records if r.getMessage().startswith(f"study {study}: reports of")]
         assert done - scored < 1.5 + 0.5  # though it waited behind the first's
+
+
+def test_a_stopped_listener_ends_its_sending_thread(
+    tiny_bundle: Path, destination: Destination_SCP, tmp_path: Path
+) -> None:
+    """stop() ends the thread that sends reports and tries the spool every --retry-every (60 s, waited on for a
+    study meanwhile) at once: a process that starts listeners and stops them keeps no thread of each."""
+    before = set(threading.enumerate())
+    listener = Listener(tiny_bundle, "PNEUMOSCAN", Destination("DEST", "127.0.0.1", destination.port), tmp_path,
+                        backend="torch")
+    server = listener.start("127.0.0.1", 0)
+    server.shutdown()
+    listener.stop()
+    assert senders_ended(before, 5.0)
 
 
 def test_a_stop_says_which_studies_reports_are_not_sent(

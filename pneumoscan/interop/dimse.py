@@ -334,7 +334,8 @@ class Listener:
         self._cut: dict[int, str] = {}  # by association: why the listener aborted it at a bound
         self._lock = threading.Lock()  # the associations' table
         self._scoring = threading.Lock()  # one study scored at a time: a model's memory, not one per sender
-        self._outbox: queue.SimpleQueue[_Scored] = queue.SimpleQueue()  # scored, their reports to send in turn
+        # scored, their reports to send in turn; None wakes the sending thread to end it (stop)
+        self._outbox: queue.SimpleQueue[_Scored | None] = queue.SimpleQueue()
         self._sending: str | None = None  # the study whose reports the sending thread is sending
         self._stopped = threading.Event()
         self.audit = audit
@@ -634,9 +635,10 @@ class Listener:
 
     def _sender(self) -> None:
         """The sending thread: what the spool holds, at once (an earlier run's) and every ``retry_s``; each
-        association's studies in turn, their reports sent, their rows written, their folder deleted."""
+        association's studies in turn, their reports sent, their rows written, their folder deleted; until
+        :meth:`stop`."""
         retry_at = time.monotonic()
-        while True:
+        while not self._stopped.is_set():
             if time.monotonic() >= retry_at:
                 try:
                     self._resend()
@@ -647,6 +649,8 @@ class Listener:
             try:
                 scored = self._outbox.get(timeout=max(0.0, retry_at - time.monotonic()))
             except queue.Empty:
+                continue
+            if scored is None:  # stop's wake-up: the loop ends
                 continue
             try:
                 for study, rows, deadline in scored.studies:
@@ -764,7 +768,10 @@ class Listener:
     def stop(self) -> None:
         """As the listener stops (SIGTERM, Ctrl-C; after its server's shutdown): an error line for each study whose
         reports are not sent, queued or being sent (those of it not yet stored are not), as the journal is all IT
-        has of them, saying whether the spool keeps them for the next start; the sending thread sends no more."""
+        has of them, saying whether the spool keeps them for the next start; the sending thread sends no more, and
+        ends (at once when idle, once the study it is sending is done otherwise), so that a process that starts
+        listeners and stops them (a test suite, an application embedding one) keeps no thread of each, trying the
+        spool every ``retry_s``."""
         self._stopped.set()
         if (study := self._sending) is not None:
             log.error("study %s: the listener stopped while its reports were sent to %s: those not yet stored are "
@@ -773,10 +780,12 @@ class Listener:
             try:
                 scored = self._outbox.get_nowait()
             except queue.Empty:
-                return
-            for study, rows, _ in scored.studies:
-                self._unsent(study, rows)
-            shutil.rmtree(scored.folder, ignore_errors=True)
+                break
+            if scored is not None:  # None: an earlier stop's wake-up
+                for study, rows, _ in scored.studies:
+                    self._unsent(study, rows)
+                shutil.rmtree(scored.folder, ignore_errors=True)
+        self._outbox.put(None)  # wakes the sending thread, waiting up to retry_s for a study, to end
 
     def _unsent(self, study_uid: str, rows: list[dict]) -> None:
         """The error line of a study whose reports the listener stopped before sending."""
