@@ -305,9 +305,10 @@ class Listener:
     ``pacs --out`` writes them, rewritten as the destination stores or refuses for good a report they say is not
     stored, sent again from the spool (:meth:`_answered`). ``fhir``: a folder for each scored film's FHIR
     Observation, as ``pacs --fhir`` writes it (:func:`~pneumoscan.interop.study.score_films`), moved there from the
-    study's folder once its audit lines are written (:meth:`_file_observations`); its Observations read here, once,
-    and kept track of as they are written (:class:`~pneumoscan.interop.reports.ObservationIndex`, which says what is
-    assumed of other processes writing there). ``backend`` and ``heatmaps`` as ``pacs`` takes them.
+    study's folder once its audit lines are written (:meth:`_file_observations`); each of its files read once (here,
+    or when another process puts it there) and kept track of as they are written
+    (:class:`~pneumoscan.interop.reports.ObservationIndex`, which says what other processes may do there).
+    ``backend`` and ``heatmaps`` as ``pacs`` takes them.
     ``spool``: where each report waits until the destination confirms it (:class:`Spool`; None: a folder in
     ``work``, gone with it), sent again from there every ``retry_s`` seconds and at :meth:`start` (what an earlier
     run left)."""
@@ -324,7 +325,7 @@ class Listener:
         self.bundle, self.ae_title, self.destination, self.work = bundle, ae_title.strip(), destination, work
         self.allow, self.backend, self.heatmaps = [t.strip() for t in allow], backend, heatmaps
         self.room, self.store_s, self.send_s, self.out = room, store_s, send_s, out
-        # read here, not at each study: a folder that grows for months would take longer to read at every study
+        # read here, and after only what changed: a folder that grows for months would take longer to read each study
         self.observations = ObservationIndex(fhir) if fhir is not None else None
         self.kept = spool is not None  # a spool that outlives the listener: its reports survive a stop
         self.spool, self.retry_s = Spool(spool if spool is not None else work / "spool"), retry_s

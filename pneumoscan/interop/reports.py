@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import uuid
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -112,27 +113,26 @@ def _identifier(text: bytes | str) -> str | None:
 
 
 class ObservationIndex:
-    """The files of a FHIR folder named ``*.fhir.json`` by their Observation's identifier, read once and kept as
-    :meth:`write` writes them: a run writing many studies (``listen``, for months) reads
-    the folder when it starts, not at every study (a folder of 100,000 files would take seconds a study, more every
-    month). A file that is no such Observation is passed over.
+    """The files of a FHIR folder named ``*.fhir.json`` by their Observation's identifier, each file read once and
+    kept track of as :meth:`write` writes them: a run writing many studies (``listen``, for months) reads every file
+    when it starts, not at every study (a folder of 100,000 files would take seconds a study, more every month). A
+    file that is no such Observation is passed over.
 
-    What other processes do in the folder after the index is read is assumed to be this: scripts that send its files
-    on may delete or move them, and others may write files of other readings. The index is a list of the files to
-    look in, not their truth: a file it names is read again before it is replaced, so one deleted since is passed
-    over and one that holds another Observation now is left; and the file the new one is named as (``STEM``) is read
-    when the index names none, so an Observation of the same identifier another run put there (``pacs --fhir`` names
-    its files by SOP Instance UID, as ``listen`` does) is replaced rather than doubled. An Observation of the same
-    identifier another process wrote under another name after the index was read is not seen until it is read again
-    (a new :class:`ObservationIndex`, as at the listener's start)."""
+    Other processes may change the folder meanwhile: scripts that send its files on delete or move them, and others
+    (``pacs --fhir``, a second listener) write Observations there, of other readings or of one this run writes
+    again, under any name. Before each write the folder is listed again, names and inodes alone (10,000 files in
+    about 10 ms), and only the files new since, or replaced (another inode: a write made whole by a rename, as
+    pneumoscan's are), are read; the files gone are forgotten. So an Observation of the same identifier another
+    process wrote since, under any name, is replaced rather than doubled. The index is a list of the files to look
+    in, not their truth: a file it names is read again before it is replaced, so one that holds another Observation
+    now (rewritten in place, its inode kept) is left, and read again at the next write."""
 
     def __init__(self, folder: Path | str) -> None:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self._names: dict[str, list[str]] = {}  # file names, not paths: a listener's index may name 100,000
-        for path in sorted(self.folder.glob(f"*{FHIR_SUFFIX}")):
-            if (key := self._held(path)) is not None:
-                self._names.setdefault(key, []).append(path.name)
+        self._files: dict[str, tuple[int, str | None]] = {}  # by file name: its inode and identifier, as read
+        self._refresh()
         log.debug("%s: %d Observation identifiers in %d files", self.folder, len(self._names),
                   sum(map(len, self._names.values())))
 
@@ -145,6 +145,27 @@ class ObservationIndex:
             log.debug("%s: not read as an earlier Observation: %s", path, e)
             return None
 
+    def _refresh(self) -> None:
+        """The folder listed (names and inodes, which the listing gives without a stat): each file new since the
+        last listing, or replaced, read; each gone forgotten. Compared as sets: a listing of 10,000 files that
+        changed none takes about as long as the listing itself."""
+        with os.scandir(self.folder) as entries:
+            listed = {(e.name, e.inode()) for e in entries if e.name.endswith(FHIR_SUFFIX) and e.name[0] != "."}
+        known = {(name, inode) for name, (inode, _) in self._files.items()}
+        for name, _ in known - listed:
+            self._forget(name)
+        for name, inode in sorted(listed - known):
+            self._forget(name)  # replaced: another inode under a name read before
+            self._files[name] = inode, (key := self._held(self.folder / name))
+            if key is not None:
+                self._names.setdefault(key, []).append(name)
+
+    def _forget(self, name: str) -> None:
+        """The file ``name`` out of the index: gone, or to be read again at the next listing."""
+        if (known := self._files.pop(name, None)) is not None and (key := known[1]) is not None:
+            if names := [n for n in self._names.pop(key, []) if n != name]:
+                self._names[key] = names
+
     def write(self, stem: str, text: str) -> Path:
         """The Observation ``text`` as ``STEM.fhir.json`` (``STEM-2...`` when that name is another's), or in place
         of the files of its identifier: a FHIR server keeps one Observation of an identifier, updated in place with
@@ -154,9 +175,8 @@ class ObservationIndex:
         replaced."""
         data = text.encode()
         key = _identifier(data)
-        named = self._names.pop(key, []) if key is not None else []
-        if key is not None and not named and (self.folder / f"{stem}{FHIR_SUFFIX}").is_file():
-            named = [f"{stem}{FHIR_SUFFIX}"]  # another run's, written since the folder was read
+        self._refresh()  # what other processes wrote, replaced or deleted since the last write
+        named = sorted(self._names.get(key, [])) if key is not None else []
         earlier = [path for name in named if self._held(path := self.folder / name) == key]
         path = write_atomic(earlier[0], data) if earlier else write_new(self.folder, stem, FHIR_SUFFIX, data)
         for other in earlier[1:]:
@@ -165,8 +185,12 @@ class ObservationIndex:
             log.info("%s: the Observation written replaces the one of the same identifier (the same reading of the "
                      "film by the model) the file held%s", path,
                      "".join(f"; {p}, of that identifier too, is removed" for p in earlier[1:]))
+        for name in named:  # replaced, removed, or holding another Observation now: read again if listed again
+            self._forget(name)
+        self._forget(path.name)
+        self._files[path.name] = path.stat().st_ino, key
         if key is not None:
-            self._names[key] = [path.name]
+            self._names.setdefault(key, []).append(path.name)
         return path
 
 
