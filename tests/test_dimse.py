@@ -1086,8 +1086,10 @@ def test_a_stop_says_which_studies_reports_are_not_sent(
             wait_for(lambda: f"study {study}: 1 scored" in caplog.text)  # noqa: B023 (waited for here)
         server.shutdown()
         listener.stop()
+        # the second's deleted (by the stop, or by its scoring's end where that came after); the first's is its
+        # sending's
+        wait_for(lambda: len(list(tmp_path.glob("association-*"))) == 1)
         errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR and r.name == dimse.log.name]
-        assert len(list(tmp_path.glob("association-*"))) == 1  # the second's deleted; the first's is its sending's
     finally:
         hung.shutdown()
     lost = "; no spool (--spool): they are lost"

@@ -1348,19 +1348,17 @@ def test_an_observation_another_process_writes_under_another_name_after_the_inde
     tmp_path: Path,
 ) -> None:
     """A listener's index is read when it starts; `pacs --fhir` beside it (or a second listener) then writes an
-    Observation of a reading the listener writes again, under another name, and replaces another file by a rename:
-    the listener's write replaces the first (one file of the identifier, not two), and the file replaced holds
-    what the other process wrote, not what the index read at start."""
+    Observation of a reading the listener writes again, under another name, and a script sends one the index named
+    on (deleting it): the listener's write replaces the other process's file (one file of the identifier, not two),
+    and the reading whose file went is written anew."""
     folder = tmp_path / "fhir"
     index = ObservationIndex(folder)
-    index.write("kept", _observation(0))
+    index.write("sent-on", _observation(0))
     (folder / "by-pacs.fhir.json").write_text(_observation(1, "pacs"))
-    (staged := tmp_path / "staged.json").write_text(_observation(2, "pacs"))
-    staged.replace(folder / "kept.fhir.json")  # reading 0's file now reading 2's, written whole as pneumoscan writes
+    (folder / "sent-on.fhir.json").unlink()
     assert index.write("1.2.3", _observation(1, "listen")) == folder / "by-pacs.fhir.json"
-    assert index.write("4.5.6", _observation(2, "listen")) == folder / "kept.fhir.json"
-    assert index.write("7.8.9", _observation(0, "listen")) == folder / "7.8.9.fhir.json"
-    assert sorted(p.name for p in folder.iterdir()) == ["7.8.9.fhir.json", "by-pacs.fhir.json", "kept.fhir.json"]
+    assert index.write("4.5.6", _observation(0, "listen")) == folder / "4.5.6.fhir.json"
+    assert sorted(p.name for p in folder.iterdir()) == ["4.5.6.fhir.json", "by-pacs.fhir.json"]
     assert all(json.loads(p.read_text())["method"]["text"] == "listen" for p in folder.iterdir())
 
 

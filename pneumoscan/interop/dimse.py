@@ -565,6 +565,8 @@ class Listener:
                         scored.studies.append((study, rows, time.monotonic() + self.send_s))
         finally:
             self._outbox.put(scored)
+            if self._stopped.is_set():  # scored as the listener stopped: after stop's drain, so drained here
+                self._drain()
 
     def _audit(self, entry: dict) -> bool:
         """``entry`` as an audit line, with its time: whether it was written (True without an audit log)."""
@@ -777,16 +779,23 @@ class Listener:
         if (study := self._sending) is not None:
             log.error("study %s: the listener stopped while its reports were sent to %s: those not yet stored are "
                       "not%s", study, self.destination, self._left())
+        self._drain()
+
+    def _drain(self) -> None:
+        """Once stopped: the error line of each study queued, its folder deleted, and the sending thread woken (it
+        waits up to ``retry_s`` for a study) to end. Whichever of :meth:`stop` and a study's scoring (:meth:`_score`,
+        which may finish after the stop: the server's shutdown does not wait for it) comes last drains what the
+        other left, each study taken once from the queue."""
         while True:
             try:
                 scored = self._outbox.get_nowait()
             except queue.Empty:
                 break
-            if scored is not None:  # None: an earlier stop's wake-up
+            if scored is not None:  # None: an earlier drain's wake-up
                 for study, rows, _ in scored.studies:
                     self._unsent(study, rows)
                 shutil.rmtree(scored.folder, ignore_errors=True)
-        self._outbox.put(None)  # wakes the sending thread, waiting up to retry_s for a study, to end
+        self._outbox.put(None)
 
     def _unsent(self, study_uid: str, rows: list[dict]) -> None:
         """The error line of a study whose reports the listener stopped before sending."""

@@ -120,18 +120,20 @@ class ObservationIndex:
 
     Other processes may change the folder meanwhile: scripts that send its files on delete or move them, and others
     (``pacs --fhir``, a second listener) write Observations there, of other readings or of one this run writes
-    again, under any name. Before each write the folder is listed again, names and inodes alone (10,000 files in
-    about 10 ms), and only the files new since, or replaced (another inode: a write made whole by a rename, as
-    pneumoscan's are), are read; the files gone are forgotten. So an Observation of the same identifier another
-    process wrote since, under any name, is replaced rather than doubled. The index is a list of the files to look
-    in, not their truth: a file it names is read again before it is replaced, so one that holds another Observation
-    now (rewritten in place, its inode kept) is left, and read again at the next write."""
+    again, under any name. Before each write the folder is listed again, names alone (no file read, none
+    stat'ed), and only the files new since are read; the files gone are forgotten. So an Observation of the same
+    identifier another process wrote since, under a name of its own, is replaced rather than doubled. The index is
+    a list of the files to look in, not their truth: a file it names is read again before it is replaced, so one
+    that holds another Observation now (replaced under its name by another process, which pneumoscan does only with
+    an Observation of the same identifier) is left, and read again at the next listing. What it is not told is a
+    file replaced under a name it has read, by another reading's Observation, which is taken for the one read until
+    that file is about to be replaced."""
 
     def __init__(self, folder: Path | str) -> None:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self._names: dict[str, list[str]] = {}  # file names, not paths: a listener's index may name 100,000
-        self._files: dict[str, tuple[int, str | None]] = {}  # by file name: its inode and identifier, as read
+        self._files: dict[str, str | None] = {}  # by file name: the identifier it held when read
         self._refresh()
         log.debug("%s: %d Observation identifiers in %d files", self.folder, len(self._names),
                   sum(map(len, self._names.values())))
@@ -146,23 +148,25 @@ class ObservationIndex:
             return None
 
     def _refresh(self) -> None:
-        """The folder listed (names and inodes, which the listing gives without a stat): each file new since the
-        last listing, or replaced, read; each gone forgotten. Compared as sets: a listing of 10,000 files that
-        changed none takes about as long as the listing itself."""
-        with os.scandir(self.folder) as entries:
-            listed = {(e.name, e.inode()) for e in entries if e.name.endswith(FHIR_SUFFIX) and e.name[0] != "."}
-        known = {(name, inode) for name, (inode, _) in self._files.items()}
-        for name, _ in known - listed:
+        """The folder listed, names alone (no file stat'ed): each file new since the last listing read, each gone
+        forgotten. The listings are compared as sets of names, so one that changed nothing costs little more than
+        the listing itself."""
+        listed = set(os.listdir(self.folder))
+        for name in self._files.keys() - listed:
             self._forget(name)
-        for name, inode in sorted(listed - known):
-            self._forget(name)  # replaced: another inode under a name read before
-            self._files[name] = inode, (key := self._held(self.folder / name))
-            if key is not None:
-                self._names.setdefault(key, []).append(name)
+        for name in sorted(listed - self._files.keys()):
+            if name.endswith(FHIR_SUFFIX) and not name.startswith("."):  # as glob("*.fhir.json") finds them
+                self._add(name, self._held(self.folder / name))
+
+    def _add(self, name: str, key: str | None) -> None:
+        """The file ``name`` into the index, as holding the Observation ``key`` (None: none)."""
+        self._files[name] = key
+        if key is not None:
+            self._names.setdefault(key, []).append(name)
 
     def _forget(self, name: str) -> None:
         """The file ``name`` out of the index: gone, or to be read again at the next listing."""
-        if (known := self._files.pop(name, None)) is not None and (key := known[1]) is not None:
+        if (key := self._files.pop(name, None)) is not None:
             if names := [n for n in self._names.pop(key, []) if n != name]:
                 self._names[key] = names
 
@@ -175,7 +179,7 @@ class ObservationIndex:
         replaced."""
         data = text.encode()
         key = _identifier(data)
-        self._refresh()  # what other processes wrote, replaced or deleted since the last write
+        self._refresh()  # what other processes wrote or deleted since the last write
         named = sorted(self._names.get(key, [])) if key is not None else []
         earlier = [path for name in named if self._held(path := self.folder / name) == key]
         path = write_atomic(earlier[0], data) if earlier else write_new(self.folder, stem, FHIR_SUFFIX, data)
@@ -188,9 +192,7 @@ class ObservationIndex:
         for name in named:  # replaced, removed, or holding another Observation now: read again if listed again
             self._forget(name)
         self._forget(path.name)
-        self._files[path.name] = path.stat().st_ino, key
-        if key is not None:
-            self._names.setdefault(key, []).append(path.name)
+        self._add(path.name, key)
         return path
 
 
