@@ -243,6 +243,45 @@ def test_16bit_png_with_12bit_values_uses_the_grey_range() -> None:
     np.testing.assert_array_equal(gray, np.rint(values * (255 / 4095)).astype(np.uint8))
 
 
+ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+
+
+def hand_png(film: np.ndarray, interlaced: bool = False, keep: int | None = None) -> bytes:
+    """``film`` (8- or 16-bit grey) as a PNG written by hand (Pillow writes no interlaced PNG): its rows, or its
+    Adam7 passes' rows, each after filter byte 0; ``keep``: only the first that many of those rows, in a zlib stream
+    closed properly, as a tool that closes a file cut short leaves it (the header still gives the whole film)."""
+    height, width = film.shape
+    passes = ADAM7 if interlaced else ((0, 0, 1, 1),)
+    big = film.astype(">u2") if film.dtype == np.uint16 else film
+    rows = [b"\0" + row.tobytes() for x, y, dx, dy in passes for row in big[y::dy, x::dx] if row.size]
+    ihdr = struct.pack(">IIBBBBB", width, height, 16 if film.dtype == np.uint16 else 8, 0, 0, 0, int(interlaced))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    data = zlib.compress(b"".join(rows[:keep]))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
+
+
+NOISE = np.random.default_rng(0).integers(0, 256, (37, 61), dtype=np.uint8)  # odd sides: partial Adam7 blocks
+
+
+@pytest.mark.parametrize("interlaced", [False, True])
+@pytest.mark.parametrize("deep", [False, True])
+def test_a_whole_png_written_by_hand_reads_as_its_pixels(interlaced: bool, deep: bool) -> None:
+    film = NOISE.astype(np.uint16) * 257 if deep else NOISE
+    np.testing.assert_array_equal(read_gray(hand_png(film, interlaced)), NOISE)
+
+
+@pytest.mark.parametrize(("interlaced", "keep"), [(False, 18), (False, 36), (True, 37), (True, 50)])
+def test_a_png_whose_image_data_ends_before_its_last_row_is_refused(interlaced: bool, keep: int) -> None:
+    """A PNG whose compressed image data (IDAT) ends early, in a zlib stream closed properly, was read by Pillow as
+    the rows it holds, the rest black (an interlaced one without its last pass: every other row black), and
+    scored: a film cut short and closed again by a tool, or a faulty export, is refused as a cut JPEG is."""
+    with pytest.raises(DecodeError, match="^corrupt or truncated image data: the PNG's image data ends early"):
+        read_gray(hand_png(NOISE, interlaced, keep))
+
+
 def test_exif_orientation_is_applied() -> None:
     stored = np.zeros((20, 30), np.uint8)
     stored[:, :5] = 255  # a bright left edge as stored
