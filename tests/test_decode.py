@@ -6,6 +6,7 @@ import csv
 import io
 import struct
 import time
+import warnings
 import zlib
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from pneumoscan import cli
-from pneumoscan.data.decode import image_info, read_gray
+from pneumoscan.data.decode import colour_spread, image_info, read_gray
 
 from pneumoscan.data.pixels import BLANK, BLANK_IN_WINDOW, MAX_PIXELS, NOT_FINITE, DecodeError, reduce, reduced_shape
 from pneumoscan.data.preprocess import RESIZE_POLICIES, match_source, preprocess, resize, source_of
@@ -343,6 +344,17 @@ def test_a_palette_of_alphas_is_read_by_the_entries_its_pixels_use() -> None:
                 read_gray(data)
         else:
             assert np.abs(read_gray(data).astype(int) - FILM).max() <= 1
+
+
+def test_a_palette_of_alphas_no_pixel_uses_is_read_without_a_warning_that_names_no_film() -> None:
+    """Pillow warns "Palette images with Transparency expressed in bytes should be converted to RGBA images" on
+    converting such a film to grey and on measuring its colour: predict's and the service's logs carried that line,
+    naming no film, for a film whose transparency had been judged (no pixel uses a see-through entry)."""
+    data = encode(_palette(FILM), "PNG", transparency=bytes(128 if i == 7 else 255 for i in range(256)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.abs(read_gray(data).astype(int) - FILM).max() <= 1
+        assert colour_spread(data) == 0
 
 
 @pytest.mark.parametrize("mode", ["RGBA", "LA"])

@@ -96,7 +96,7 @@ class PillowReader(Reader):
             try:
                 if isinstance(im, JpegImageFile):
                     im.draft("RGB", (SPREAD_SIDE, SPREAD_SIDE))
-                rgb = pixels.reduce(im.convert("RGB"), SPREAD_SIDE)
+                rgb = pixels.reduce(_opaque(im).convert("RGB"), SPREAD_SIDE)
             except Exception as e:  # decoded (strictly) a moment ago: changed since, or a quirk of the draft decode
                 raise pixels.DecodeError(f"corrupt or truncated image data: {e}") from None
         return channel_spread(np.asarray(rgb))
@@ -307,7 +307,7 @@ def _gray(im: Image.Image, src: Path | bytes, target: int | None) -> np.ndarray:
         _refuse_transparency(decoded)
         if decoded.mode == "1":  # however small: a bilevel picture is never a radiograph
             raise pixels.too_few_levels('a bilevel (1-bit, mode "1") image holds 2')
-        gray = decoded if decoded.mode == "L" else decoded.convert("L")
+        gray = decoded if decoded.mode == "L" else _opaque(decoded).convert("L")
     pixels.check_grey_levels(gray)
     gray = pixels.reduce(gray, target)
     if orientation in _ORIENTATION:  # a phone photo of a film: upright as every viewer shows it
@@ -410,6 +410,14 @@ def _refuse_transparency(im: Image.Image) -> None:
         transparent = alpha.getextrema()[0] < 255
     if transparent:
         raise pixels.DecodeError(TRANSPARENT)
+
+
+def _opaque(im: Image.Image) -> Image.Image:
+    """``im`` without its tRNS transparency, which its conversion leaves out anyway: a film is read only when no pixel
+    is see-through (:func:`_refuse_transparency`), and Pillow's convert of a palette with an alpha for each entry
+    warns that it "should be converted to RGBA images", a line in predict's and the service's logs naming no film."""
+    im.info.pop("transparency", None)
+    return im
 
 
 def _jpeg_gray(im: JpegImageFile, src: Path | bytes) -> Image.Image:
