@@ -12,7 +12,8 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
-from pydicom.uid import (ComputedRadiographyImageStorage, CTImageStorage, DigitalXRayImageStorageForPresentation,
+from pydicom.uid import (ComputedRadiographyImageStorage, CTImageStorage, DigitalIntraOralXRayImageStorageForProcessing,
+                         DigitalMammographyXRayImageStorageForPresentation, DigitalXRayImageStorageForPresentation,
                          MultiFrameGrayscaleWordSecondaryCaptureImageStorage)
 
 from pneumoscan.data.scope import CONFLICT, in_scope, scope_warnings
@@ -51,6 +52,14 @@ CONFLICTING = {
                               "PatientAge 004Y (4.0 years) but PatientBirthDate and the study date give 44.0 years"),
     "CT object as CR": ({"Modality": "CR", "SOPClassUID": CTImageStorage},
                         "SOPClassUID CT Image Storage but Modality CR: the object may be no radiograph"),
+    # classes whose keyword does not end in "Storage" (a mammogram, a dental film, a retired ultrasound class):
+    # each had been passed over, and the film read in scope
+    "mammogram as DX": ({"SOPClassUID": DigitalMammographyXRayImageStorageForPresentation},
+                        "SOPClassUID Digital Mammography X-Ray Image Storage - For Presentation but Modality DX"),
+    "intra-oral film as DX": ({"SOPClassUID": DigitalIntraOralXRayImageStorageForProcessing},
+                              "SOPClassUID Digital Intra-Oral X-Ray Image Storage - For Processing but Modality DX"),
+    "retired ultrasound class as CR": ({"Modality": "CR", "SOPClassUID": "1.2.840.10008.5.1.4.1.1.6"},
+                                       "SOPClassUID Ultrasound Image Storage but Modality CR"),
 }  # fmt: skip
 
 

@@ -110,6 +110,9 @@ RADIOGRAPH_CLASSES = frozenset({ComputedRadiographyImageStorage, DigitalXRayImag
 # other image storage class the standard names (CT, MR, US, ...) is a header that contradicts itself.
 CAPTURE_CLASSES = frozenset({SecondaryCaptureImageStorage, MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
                              MultiFrameGrayscaleWordSecondaryCaptureImageStorage})
+# the keyword of a storage SOP class, an object's class: a mammogram's and a dental film's (...StorageForPresentation),
+# and a retired or trial one's (UltrasoundImageStorageRetired), which a keyword that ends in "Storage" left out
+_STORED_OBJECT = re.compile(r"Storage(ForPresentation|ForProcessing)?(Retired|Trial)?$")
 # PatientAge and the age from the dates may differ by rounding (a "004Y" is 4.0-4.99) and by a de-identified birth
 # date cut to the first of January of its year (up to a year older): beyond both, the two disagree
 AGE_CONFLICT_YEARS = 2.0
@@ -451,7 +454,7 @@ def _conflicts(ds: Dataset, modality: str) -> list[str]:
             dated <= PLACEHOLDER_AGE_YEARS:
         found.append(AGE_CONFLICT.text(recorded=_text(ds, "PatientAge"), stated=stated, dated=dated))
     sop_class = UID(_stored(ds, "SOPClassUID"))
-    if (modality in RADIOGRAPHY and sop_class.type == "SOP Class" and sop_class.keyword.endswith("Storage")
+    if (modality in RADIOGRAPHY and sop_class.type == "SOP Class" and _STORED_OBJECT.search(sop_class.keyword)
             and sop_class not in RADIOGRAPH_CLASSES | CAPTURE_CLASSES):
         found.append(CLASS_CONFLICT.text(sop_class=sop_class.name, modality=modality))
     return found
