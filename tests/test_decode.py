@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
@@ -291,6 +292,35 @@ def test_exif_orientation_is_applied() -> None:
     exif[0x0112] = 6  # "rotate 90 degrees clockwise to display", as a phone writes it
     gray = read_gray(encode(im, "PNG", exif=exif))
     assert gray.shape == (30, 20) and gray[:5].mean() > 200 and gray[-5:].mean() < 50  # the edge is now on top
+
+
+def _turned_elsewhere(fmt: str) -> bytes:
+    """A film stored upright (a bright left edge) whose orientation 6 is written where browsers do not read one: a
+    JPEG's XMP (tiff:Orientation), with no EXIF block or one without an orientation, a PNG's ImageMagick text chunk
+    ("Raw profile type exif")."""
+    im = Image.fromarray(np.pad(np.full((20, 5), 255, np.uint8), ((0, 0), (0, 25))))
+    if fmt.startswith("JPEG"):
+        other = Image.Exif()
+        other[0x010F] = "a camera"  # Make: an EXIF block without an orientation, for "JPEG with EXIF"
+        xmp = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+               b'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/></rdf:RDF>'
+               b"</x:xmpmeta>")
+        return encode(im, "JPEG", quality=95, exif=other if fmt.endswith("EXIF") else b"", xmp=xmp)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    raw = exif.tobytes().hex()
+    info = PngInfo()
+    info.add_text("Raw profile type exif", f"\nexif\n{len(raw) // 2:8d}\n{raw}\n")
+    return encode(im, "PNG", pnginfo=info)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "JPEG with EXIF", "PNG"])
+def test_an_orientation_outside_the_exif_block_leaves_the_film_as_browsers_show_it(fmt: str) -> None:
+    """Pillow's getexif takes an orientation from XMP or from ImageMagick's PNG text when the EXIF block has none;
+    browsers, and so the service's page, read the EXIF block alone: the film was scored turned a quarter from the
+    film shown, its heatmap drawn over the wrong orientation."""
+    gray = read_gray(_turned_elsewhere(fmt))
+    assert gray.shape == (20, 30) and gray[:, :5].mean() > 200 and gray[:, -5:].mean() < 50
 
 
 def _palette(film: np.ndarray) -> Image.Image:

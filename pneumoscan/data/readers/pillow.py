@@ -286,7 +286,7 @@ def _gray(im: Image.Image, src: Path | bytes, target: int | None) -> np.ndarray:
                 _refuse_short_png(im.fp)
             im.load()
             decoded = im
-        orientation, warned = _heeded(lambda: im.getexif().get(ExifTags.Base.Orientation))  # a PNG's may follow
+        orientation, warned = _heeded(lambda: _exif_orientation(im))  # a PNG's may follow
         _say(src, warned)  # its pixels; a JPEG's was read on opening it
     except pixels.DecodeError:
         raise
@@ -371,6 +371,24 @@ def _png_data_bytes(ihdr: bytes) -> int:
         if columns > 0 and rows > 0:
             total += rows * (1 + -(-columns * bits // 8))
     return total
+
+
+def _exif_orientation(im: Image.Image) -> int | None:
+    """The orientation the image's EXIF block gives (a JPEG's APP1, a PNG's eXIf), the one browsers, and so the
+    service's page, turn a film by. Pillow's getexif also takes one from XMP (tiff:Orientation) or from ImageMagick's
+    PNG text ("Raw profile type exif") when the EXIF block has none, which browsers ignore: such a film was scored
+    turned a quarter from the film shown, and its heatmap drawn over the wrong orientation. Pillow's parse is kept
+    for its warnings (said once a film: a JPEG's on opening it); the block is parsed again, silently, only when
+    Pillow found an orientation, to tell whether the block holds it."""
+    found = im.getexif().get(ExifTags.Base.Orientation)
+    block = im.info.get("exif")
+    if found is None or not block:
+        return None
+    own = Image.Exif()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        own.load(block)
+    return own.get(ExifTags.Base.Orientation)
 
 
 def _png_images(kinds: list[bytes]) -> int:
