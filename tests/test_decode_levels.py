@@ -60,6 +60,33 @@ def test_a_film_of_few_grey_levels_is_refused(film: np.ndarray, case: str) -> No
         read_gray(data, 224)
 
 
+def png_bits(film: np.ndarray, mode: str, bits: int) -> bytes:
+    """``film`` stretched and posterised to every one of the 2 ** ``bits`` levels a PNG of that bit depth holds, saved
+    so (grey "L", or a palette of greys "P")."""
+    stretched = ((film - film.min()) / max(1, np.ptp(film)) * 255.99).astype(np.uint8)
+    levels = posterised(stretched, 2**bits)
+    assert len(np.unique(levels)) == 2**bits
+    im = Image.fromarray(levels)
+    buf = io.BytesIO()
+    (im if mode == "L" else im.quantize(2**bits)).save(buf, "PNG", bits=bits)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(("mode", "bits"), [("L", 4), ("P", 4), ("P", 2)])
+def test_a_png_of_fewer_than_8_bits_is_refused_from_its_header_as_a_dicom_is(film: np.ndarray, mode: str,
+                                                                              bits: int) -> None:
+    """A DICOM of Bits Stored under 8 is refused from its header, whatever its levels; a 4-bit PNG of 16 levels (the
+    least a film is read with) was read and scored: a PNG of 1, 2 or 4 bits a sample (grey or palette) is refused
+    so, however small."""
+    data = png_bits(film, mode, bits)
+    with Image.open(io.BytesIO(data)) as im:
+        assert im.tile[0].args == f"{mode};{bits}"  # stored at that depth
+    for size in (None, 64):
+        with pytest.raises(DecodeError, match=f"^too few grey levels: a {bits}-bit PNG holds at most {2**bits}, .*"
+                                              "not a radiograph$"):
+            read_gray(data if size is None else png_bits(film[:size, :size], mode, bits), 224)
+
+
 def test_the_levels_are_counted_before_the_reduction_blends_them(film: np.ndarray) -> None:
     """A bilevel film four times the model's size, reduced, holds levels in between: counted at full size."""
     big = np.kron(np.where(film > 128, 255, 0).astype(np.uint8), np.ones((4, 4), np.uint8))

@@ -47,6 +47,9 @@ _OWN_REFUSALS = {OWN_OUTPUT_SOFTWARE["overlay"]: OWN_OVERLAY, OWN_OUTPUT_SOFTWAR
 DEEP_COLOUR = "a 16-bit colour or grey-and-alpha PNG: only the high byte of its values can be read, which leaves a " \
               "film of 10- to 14-bit values nearly black; export it as a 16-bit greyscale PNG, or as 8-bit"
 _DEEP_COLOUR_RAW = frozenset({"RGB;16B", "LA;16B", "RGBA;16B"})  # Pillow's raw modes of those PNGs
+# Pillow's raw modes of a PNG of 1, 2 or 4 bits a sample (grey or palette; a 1-bit grey one is mode "1", refused as
+# bilevel), by its bits: at most 16 grey levels, refused from the header as a DICOM of Bits Stored under 8 is
+_SHALLOW_RAW = {"L;2": 2, "L;4": 4, "P;1": 1, "P;2": 2, "P;4": 4}
 TRANSPARENT = "image has transparent pixels (an alpha channel or a PNG transparency colour): a film has no grey " \
               "value where it is see-through; export it without transparency"
 
@@ -85,6 +88,8 @@ class PillowReader(Reader):
                 raise pixels.DecodeError(refusal)
             if im.format == "PNG" and im.tile and im.tile[0].args in _DEEP_COLOUR_RAW:
                 raise pixels.DecodeError(DEEP_COLOUR)
+            if im.format == "PNG" and im.tile and (bits := _SHALLOW_RAW.get(im.tile[0].args)):
+                raise pixels.too_few_levels(f"a {bits}-bit PNG holds at most {2**bits}")
             return _gray(im, src, target)
 
     def colour_spread(self, src: Path | bytes) -> float:
