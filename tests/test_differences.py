@@ -10,7 +10,8 @@ from sklearn.metrics import roc_auc_score
 
 from pneumoscan.core.metrics import net_benefit
 from pneumoscan.core.metrics.differences import (BOOTSTRAP, DELONG, DRAWN, EXACT, auc_difference, delong_difference,
-                                                  delong_groups, holm, paired_differences, rate_difference)
+                                                  delong_groups, holm, net_benefit_differences, paired_differences,
+                                                  rate_difference)
 
 
 def test_one_film_a_patient_gives_fishers_exact_p() -> None:
@@ -229,6 +230,37 @@ def test_paired_differences_give_both_models_net_benefit_at_one_threshold_and_th
     assert same["net_benefit"]["ci"] == [0.0, 0.0] and same["net_benefit"]["difference"] == 0
     assert "net_benefit" not in paired_differences(positive, scores, called, patients)
     assert "net_benefit" not in paired_differences(positive, scores, called, patients, threshold=0.0)
+
+
+def test_net_benefit_differences_across_thresholds_agree_with_a_hand_worked_example() -> None:
+    """Two models' net benefits on the same ten films of ten patients at each threshold probability pt, and the
+    second's less the first's, by hand: at pt 0.5 (odds 1) the first calls films 0, 2, 4, 6 and 9 (3 true, 2 false
+    positives: 3/10 - 2/10 = 0.1), the second films 0, 1, 4, 6 and 7 (4 true, 1 false: 0.3), a difference of 0.2; at
+    pt 0.25 (odds 1/3) the first calls 4 true and 4 false positives (0.4 - 4/30), the second 5 and 2 (0.5 - 2/30), a
+    difference of 2/30 + 0.1. Each pt's interval is the 2.5th and 97.5th percentiles of the difference over the
+    paired test's resamples of patients, each film weighted by its patient's draws (the bootstrap's weights, film by
+    film): at the reference's pt the interval compare_paired.csv gives, so one set of resamples makes both."""
+    from pneumoscan.core.metrics.differences import PAIRED_BOOTSTRAP
+    from pneumoscan.core.metrics.intervals import BOOTSTRAP_SEED, _bootstrap_weights
+
+    positive = np.array([1, 1, 0, 0, 1, 0, 1, 0, 1, 0], bool)
+    scores = np.array([[0.9, 0.4, 0.6, 0.1, 0.8, 0.3, 0.55, 0.45, 0.2, 0.7],
+                       [0.9, 0.7, 0.2, 0.1, 0.85, 0.35, 0.6, 0.5, 0.3, 0.2]])
+    patients = np.arange(10)
+    found = net_benefit_differences(positive, scores, patients, [0.25, 0.5])
+    assert [at[key] for at in found for key in ("first", "second", "difference")] == pytest.approx(
+        [0.4 - 4 / 30, 0.5 - 2 / 30, 0.1 + 2 / 30, 0.1, 0.3, 0.2])
+    weights = _bootstrap_weights(positive, patients, PAIRED_BOOTSTRAP, BOOTSTRAP_SEED)
+    for pt, at in zip((0.25, 0.5), found):
+        called = scores >= pt
+        drawn = [weights @ ((c & positive) - pt / (1 - pt) * (c & ~positive)) / weights.sum(axis=1) for c in called]
+        assert at["ci"] == pytest.approx(np.percentile(drawn[1] - drawn[0], [2.5, 97.5]).tolist(), abs=1e-12)
+        assert at["ci"][0] < at["difference"] < at["ci"][1]
+        assert (at["p"], at["ci_method"], at["films"], at["patients"]) == (None, BOOTSTRAP, 10, 10)
+    alone = paired_differences(positive, scores, scores >= 0.5, patients, threshold=0.5)["net_benefit"]
+    assert alone == found[1] | {"ci": pytest.approx(found[1]["ci"], abs=1e-12)}
+    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+        net_benefit_differences(positive, scores, patients, [0.5, 1.0])
 
 
 def test_paired_differences_count_a_patients_films_once() -> None:

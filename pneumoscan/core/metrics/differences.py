@@ -311,8 +311,7 @@ def paired_differences(positive: np.ndarray, scores: np.ndarray, called: np.ndar
     if auc_test not in AUC_TESTS:
         raise ValueError(f"no paired AUC test {auc_test!r}: {' or '.join(AUC_TESTS)}")
     positive, scores, called = np.asarray(positive, dtype=bool), np.asarray(scores, float), np.asarray(called, bool)
-    units, unit_of = np.unique(np.asarray(patients), return_inverse=True)
-    counts = _bootstrap_counts(positive, unit_of, PAIRED_BOOTSTRAP, BOOTSTRAP_SEED)[0]
+    units, unit_of, counts = _paired_resamples(positive, patients)
     out: dict[str, dict[str, Any]] = {}
     if positive.any() and (~positive).any():
         figures = _weighted_auc(scores, positive, np.ones((1, units.size)), unit_of)
@@ -333,12 +332,50 @@ def paired_differences(positive: np.ndarray, scores: np.ndarray, called: np.ndar
             out[name] = _paired(hits[:, films].mean(axis=1)[:, None], _sign_flip_p(parts[np.unique(unit_of[films])]),
                                 drawn, films, unit_of)
     if threshold is not None and 0 < threshold < 1:  # 0 or 1: odds 0 or infinite
-        value = net_benefit_parts(scores >= threshold, positive, threshold / (1 - threshold))
-        films = np.ones_like(positive)
-        n = _resampled_sums(counts, unit_of, films)
-        drawn = np.stack([_resampled_sums(counts, unit_of, v) / n for v in value])
-        out["net_benefit"] = _paired(value.mean(axis=1)[:, None], None, drawn, films, unit_of)
+        out["net_benefit"] = _net_benefit_differences(positive, scores, unit_of, counts, [threshold])[0]
     return out
+
+
+def _paired_resamples(positive: np.ndarray, patients: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The distinct ``patients`` (one a film), each film's patient among them, and the :data:`PAIRED_BOOTSTRAP`
+    resamples of them (:func:`~.intervals._bootstrap_counts`, a fixed seed) that every paired interval draws: the
+    same patients give the same resamples to :func:`paired_differences` and :func:`net_benefit_differences`."""
+    units, unit_of = np.unique(np.asarray(patients), return_inverse=True)
+    return units, unit_of, _bootstrap_counts(positive, unit_of, PAIRED_BOOTSTRAP, BOOTSTRAP_SEED)[0]
+
+
+def net_benefit_differences(positive: np.ndarray, scores: np.ndarray, patients: np.ndarray,
+                            thresholds: Sequence[float]) -> list[dict[str, Any]]:
+    """Two models' net benefits on the same films (``scores``: a row a model) at each of ``thresholds`` (each in
+    (0, 1): a decision curve's threshold probabilities), and the second's difference from the first, each an entry
+    as :func:`paired_differences` gives ``net_benefit`` (a model calling positive the films it scores at least pt;
+    the difference's percentile interval over the same resamples of ``patients``, one a film; no test). The
+    intervals are pointwise: each holds the difference at its pt with 95% confidence, and all of them together
+    hold the curve of differences with less (no simultaneous band)."""
+    pt = np.asarray(thresholds, dtype=float).ravel()
+    if not ((pt > 0) & (pt < 1)).all():
+        raise ValueError("a decision curve's threshold probabilities lie strictly between 0 and 1")
+    positive, scores = np.asarray(positive, dtype=bool), np.asarray(scores, dtype=float)
+    _, unit_of, counts = _paired_resamples(positive, patients)
+    return _net_benefit_differences(positive, scores, unit_of, counts, pt.tolist())
+
+
+def _net_benefit_differences(positive: np.ndarray, scores: np.ndarray, unit_of: np.ndarray, counts: np.ndarray,
+                             thresholds: Sequence[float]) -> list[dict[str, Any]]:
+    """:func:`net_benefit_differences` on resamples drawn (``counts`` of the units ``unit_of`` gives each film):
+    each film's part of each model's net benefit at each threshold summed by patient, then each resample's sums at
+    every threshold in one product a model."""
+    films = np.ones_like(positive)
+    pt = np.asarray(thresholds, dtype=float)[:, None]  # a row a threshold
+    n = _resampled_sums(counts, unit_of, films)[:, None]
+    values, drawn = [], []
+    for s in scores:
+        parts = net_benefit_parts(s >= pt, positive, pt / (1 - pt))  # (thresholds, films)
+        values.append(parts.mean(axis=1))
+        by_unit = np.stack([np.bincount(unit_of, part, counts.shape[1]) for part in parts], axis=1)
+        drawn.append(counts @ by_unit / n)  # (resamples, thresholds)
+    return [_paired(np.array([[v[i]] for v in values]), None, np.stack([d[:, i] for d in drawn]), films, unit_of)
+            for i in range(pt.shape[0])]
 
 
 def delong_difference(positive: np.ndarray, scores: np.ndarray, patients: np.ndarray) -> Tested:
