@@ -21,7 +21,7 @@ from pneumoscan.cli import main
 from pneumoscan.core.metrics import net_benefit, with_ci
 from pneumoscan.core.metrics.differences import delong_difference, holm
 from pneumoscan.data.layouts import discover, write_manifest
-from pneumoscan.evaluation.compare import OPTIMISTIC, compare_runs, comparison_figure, format_table
+from pneumoscan.evaluation.compare import OPTIMISTIC, compare_runs, comparison_figure, decision_figure, format_table
 from pneumoscan.evaluation.evaluate import evaluate, films_digest
 from pneumoscan.evaluation.subgroups import difference_said, figure_said
 from pneumoscan.models.card import load_card, save_card
@@ -780,3 +780,95 @@ def test_a_paired_test_is_refused_saying_why_where_the_films_or_labels_differ(
     with pytest.raises(ValueError, match=re.escape(f"{damaged / 'predictions.csv'}: its probabilities are not 16 "
                                                    "figures in [0, 1], one a film of its metrics.json")):
         compare_runs([multiclass, damaged])
+
+
+def test_paired_evaluations_get_their_net_benefit_difference_at_each_threshold_of_the_decision_curve(
+        two_runs: tuple[Path, Path], three_class_runs: tuple[Path, Path], tmp_path: Path) -> None:
+    """The pneumonia bundle against the three-class one on the same test films: net_benefit_difference.csv gives the
+    second's net benefit less the first's at every threshold probability of the first's decision curve (each from
+    the probabilities in predictions.csv, as net_benefit computes a decision curve), each with its pointwise 95% CI;
+    at the reference's own threshold, 0.3, the difference and interval compare_paired.csv gives, from the same
+    resamples of patients. Compared again without a second evaluation of those films, no such file is left."""
+    multiclass, pneumonia = three_class_runs
+    out = tmp_path / "out"
+    compare_runs([multiclass, pneumonia], out)
+    with (out / "net_benefit_difference.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    curve = json.loads((multiclass / "metrics.json").read_text())["decision_curve"]
+    assert list(rows[0]) == ["run", "reference", "threshold", "difference", "low", "high"]
+    assert {(r["run"], r["reference"]) for r in rows} == {("eval-two-stage", "eval-multiclass")}
+    assert [float(r["threshold"]) for r in rows] == pytest.approx(curve["threshold"])
+    benefits = []
+    for folder in (multiclass, pneumonia):
+        with (folder / "predictions.csv").open() as f:
+            films = list(csv.DictReader(f))
+        benefits.append(np.array(net_benefit([int(row["label"].casefold() != "normal") for row in films],
+                                             [float(row["probability"]) for row in films],
+                                             curve["threshold"])["net_benefit"]))
+    assert [float(r["difference"]) for r in rows] == pytest.approx((benefits[1] - benefits[0]).tolist())
+    assert all(float(r["low"]) <= float(r["difference"]) <= float(r["high"]) for r in rows)  # 16 patients: each has one
+    assert any(float(r["low"]) < float(r["high"]) for r in rows)
+    [at] = [r for r in rows if float(r["threshold"]) == pytest.approx(0.3)]
+    [paired] = [r for r in _paired_rows(out) if r["figure"] == "net_benefit"]
+    assert [float(at[key]) for key in ("difference", "low", "high")] == pytest.approx(
+        [float(paired[key]) for key in ("difference", "difference_low", "difference_high")])
+    compare_runs([two_runs[0], multiclass], out)
+    assert not (out / "net_benefit_difference.csv").exists()
+
+
+def test_the_decision_figure_draws_each_runs_curve_with_its_band_and_the_paired_differences(
+        two_runs: tuple[Path, Path], three_class_runs: tuple[Path, Path], tmp_path: Path) -> None:
+    """compare_decision_curve.png: the evaluations' decision curves on one axes, each with its 95% CI as a band, one
+    evaluated before intervals were given (no net_benefit_low and _high) drawn without one and said so in the
+    legend, treat all at the films' prevalence once for runs on one set of films, treat none, and the training run,
+    which has no curve, named in the legend; beside them a panel of each paired run's net benefit less the
+    reference's, as net_benefit_difference.csv gives it, with its pointwise band, said not to be a simultaneous one.
+    Compared with no evaluation among the runs, no such figure is left."""
+    run, _ = two_runs
+    multiclass, pneumonia = three_class_runs
+    older = shutil.copytree(pneumonia, tmp_path / "eval-older")
+    m = json.loads((older / "metrics.json").read_text())
+    m["decision_curve"] = {k: v for k, v in m["decision_curve"].items() if k not in ("net_benefit_low",
+                                                                                     "net_benefit_high")}
+    (older / "metrics.json").write_text(json.dumps(m))
+    out = tmp_path / "out"
+    runs = compare_runs([run, multiclass, pneumonia, older], out)
+    assert (out / "compare_decision_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    curves, differences = decision_figure(runs).axes
+    by_label = {line.get_label(): line for line in curves.lines}
+    prevalence = json.loads((multiclass / "metrics.json").read_text())["prevalence"]
+    assert list(by_label) == ["eval-multiclass", "eval-two-stage", "eval-older (no 95% CI in its metrics.json)",
+                              f"treat all at {prevalence:.1%} prevalence", "treat none"]
+    for folder, label in ((multiclass, "eval-multiclass"), (pneumonia, "eval-two-stage")):
+        curve = json.loads((folder / "metrics.json").read_text())["decision_curve"]
+        assert list(by_label[label].get_xdata()) == pytest.approx(curve["threshold"])
+        assert list(by_label[label].get_ydata()) == pytest.approx(curve["net_benefit"])
+    assert len(curves.collections) == 2  # the bands of the two evaluations that have them
+    legend = [text.get_text() for text in curves.get_legend().get_texts()]
+    assert legend[-2:] == ["95% CI of each run's net benefit", "tiny-run: no decision curve in its metrics.json"]
+    with (out / "net_benefit_difference.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    for line, name in zip(differences.lines[1:], ("eval-two-stage", "eval-older")):
+        assert line.get_label() == f"{name} less eval-multiclass"
+        assert list(line.get_ydata()) == pytest.approx([float(r["difference"]) for r in rows if r["run"] == name])
+    assert len(differences.collections) == 2  # each paired run's pointwise band, the older one's too
+    assert ("pointwise 95% CI at each threshold (not a simultaneous band)"
+            in [text.get_text() for text in differences.get_legend().get_texts()])
+    compare_runs([run], out)
+    assert not (out / "compare_decision_curve.png").exists()
+
+
+def test_a_damaged_decision_curve_is_refused_by_its_file(two_runs: tuple[Path, Path], tmp_path: Path) -> None:
+    """A decision curve whose net benefit is above 1 or text, whose lists differ in length, whose threshold
+    probabilities leave (0, 1) or fall, or whose interval's end is text, would be drawn as the run's, or end the
+    figure in a plotting error naming no file; it is refused by its file."""
+    run = shutil.copytree(two_runs[1], tmp_path / "damaged")
+    metrics = json.loads((run / "metrics.json").read_text())
+    curve = metrics["decision_curve"]
+    for damaged in (curve | {"net_benefit": [1.5] * len(curve["threshold"])}, curve | {"treat_all": "0.2"},
+                    curve | {"net_benefit": curve["net_benefit"][:-1]}, curve | {"threshold": curve["threshold"][::-1]},
+                    curve | {"threshold": [0.0, *curve["threshold"][1:]]},
+                    curve | {"net_benefit_low": ["0.1"] * len(curve["threshold"])}, [0.1]):
+        (run / "metrics.json").write_text(json.dumps(metrics | {"decision_curve": damaged}))
+        with pytest.raises(ValueError, match=re.escape(f"{run / 'metrics.json'}: decision_curve is not threshold ")):
+            compare_runs([two_runs[1], run], tmp_path / "out")

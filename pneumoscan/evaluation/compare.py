@@ -29,16 +29,18 @@ import numpy as np
 
 from pneumoscan.core.atomic import write_atomic
 from pneumoscan.core.figures import figure_bytes
-from pneumoscan.core.metrics import (format_figure, is_net_benefit, is_net_benefit_interval, net_benefit_interval,
-                                     with_ci)
-from pneumoscan.core.metrics.differences import DELONG, P_METHODS, RESAMPLES, holm, paired_differences
+from pneumoscan.core.metrics import (format_figure, format_percent, is_net_benefit, is_net_benefit_interval,
+                                     net_benefit_interval, with_ci)
+from pneumoscan.core.metrics.differences import (DELONG, P_METHODS, RESAMPLES, holm, net_benefit_differences,
+                                                  paired_differences)
+from pneumoscan.core.metrics.summaries import decision_thresholds
 from pneumoscan.core.names import path_list, results_csv, shown
 from pneumoscan.core.options import AUC_TESTS
 from pneumoscan.inference.onnx_runtime import INT8_NAME
 from pneumoscan.models.card import CARD, WEIGHTS, BundleCard, load_card
 from pneumoscan.models.run_folder import METRICS, CvFolder, RunFolder
 from .model_card import counted
-from .report import forest_figure, roc_figure
+from .report import Curve, decision_curves_figure, forest_figure, roc_figure
 from .subgroups import (DECISION_BLOCKS, FIGURE_NAMES, RATES, difference_said, figure_said, group_order, p_said,
                         tests_said)
 
@@ -108,6 +110,9 @@ class PairedTest:
     films: int
     patients: int
     figures: dict[str, dict[str, Any]]
+    # the net benefits' difference at each threshold probability of the reference's decision curve, each
+    # :func:`~pneumoscan.core.metrics.differences.net_benefit_differences` entry with its pt as ``threshold``
+    curve: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -143,6 +148,11 @@ class RunSummary:
     # none (a training run's validation figures, a threshold of 0 or 1)
     net_benefit: dict[str, Any] | None = None
     unpaired: str | None = None  # why it is in no paired test, where it is not (:func:`paired_tests`)
+    # evaluate's decision curve (metrics.json's ``decision_curve``: threshold, net_benefit, with net_benefit_low and
+    # net_benefit_high where the evaluation gave intervals, treat_all, treat_none, ...) and the films' prevalence;
+    # None where none (a training run's validation figures)
+    decision_curve: dict[str, list] | None = None
+    prevalence: float | None = None
 
     @property
     def auc(self) -> float | None:
@@ -262,6 +272,29 @@ def _checked_net_benefit(metrics_path: Path, m: dict) -> dict[str, Any] | None:
         raise ValueError(f"{metrics_path}: net_benefit is {at!r:.80}, not a net benefit (at most 1) with its "
                          "interval and treat all's")
     return at
+
+
+def _checked_decision_curve(metrics_path: Path, m: dict) -> dict[str, list] | None:
+    """metrics.json's ``decision_curve`` after checking that its threshold probabilities lie in (0, 1), rising, and
+    that its net benefits and treat all's (and the interval's ends, None where a point has none, where it has them:
+    an evaluation by an older version has none) are net benefits, one a threshold: a damaged curve is refused by its
+    file, not drawn as measured."""
+    curve = m.get("decision_curve")
+    if curve is None:
+        return None
+    points = curve.get("threshold") if isinstance(curve, dict) else None
+    keys = ["net_benefit", "treat_all"]
+    bands = ["net_benefit_low", "net_benefit_high"] if isinstance(curve, dict) and (
+        "net_benefit_low" in curve or "net_benefit_high" in curve) else []
+    if not (isinstance(points, list) and points and all(_number(t) and 0 < t < 1 for t in points)
+            and all(a < b for a, b in zip(points, points[1:]))
+            and all(isinstance(curve.get(key), list) and len(curve[key]) == len(points)
+                    and all(map(is_net_benefit, curve[key])) for key in keys)
+            and all(isinstance(curve.get(key), list) and len(curve[key]) == len(points)
+                    and all(v is None or is_net_benefit(v) for v in curve[key]) for key in bands)):
+        raise ValueError(f"{metrics_path}: decision_curve is not threshold probabilities in (0, 1), rising, each with "
+                         "its net benefit (at most 1), treat all's and, where given, its interval's ends")
+    return curve
 
 
 def _ci_unit(metrics_path: Path, block: dict, where: str = "") -> str:
@@ -458,6 +491,8 @@ def load_run(path: Path | str) -> RunSummary:
         films=m["films"] if isinstance(m.get("films"), str) else None,
         scores=("TTA" if m.get("tta") else "plain") + (", INT8" if m.get("backend") == "onnx-int8" else ""),
         subgroups=_subgroups(metrics_path, m), folder=folder, net_benefit=_checked_net_benefit(metrics_path, m),
+        decision_curve=_checked_decision_curve(metrics_path, m),
+        prevalence=m["prevalence"] if _number(m.get("prevalence")) and 0 <= m["prevalence"] <= 1 else None,
     )
 
 
@@ -549,6 +584,9 @@ TABLE, FIGURE = "compare.csv", "compare.png"  # what compare_runs writes in its 
 # what it writes there too where a run has figures by subgroup: subgroup_rows as CSV and as a forest plot
 SUBGROUP_TABLE, SUBGROUP_FIGURE = "compare_subgroups.csv", "compare_subgroups.png"
 PAIRED_TABLE = "compare_paired.csv"  # and where runs are evaluations of the same films, their paired tests
+# and their net benefits' difference across the reference's threshold probabilities (:func:`difference_rows`)
+DIFFERENCE_TABLE = "net_benefit_difference.csv"
+DECISION_FIGURE = "compare_decision_curve.png"  # and where runs have decision curves, those (:func:`decision_figure`)
 
 
 def compare_runs(paths: Iterable[Path | str] | Path | str, out_dir: Path | str | None = None,
@@ -556,9 +594,12 @@ def compare_runs(paths: Iterable[Path | str] | Path | str, out_dir: Path | str |
     """Summaries of ``paths`` (one run given alone is one run); with ``out_dir``, also compare.csv (the table) and
     compare.png (ROC curves overlaid, each run's operating point marked in its curve's colour), and where runs have
     figures by subgroup compare_subgroups.csv and .png (:func:`subgroup_rows`, :func:`subgroup_figure`; else an
-    earlier comparison's removed). Runs whose binary figures answer different questions are refused (a two-class and
-    a three-class pneumonia task answer one, normal or pneumonia), as are runs whose figures among the classes are of
-    different classes. ``auc_test`` is the paired test of AUCs (:func:`paired_tests`)."""
+    earlier comparison's removed), where runs have decision curves compare_decision_curve.png
+    (:func:`decision_figure`), and where runs are tested paired compare_paired.csv and net_benefit_difference.csv
+    (:func:`paired_rows`, :func:`difference_rows`; else an earlier comparison's removed). Runs whose binary
+    figures answer different questions are refused (a two-class and a three-class pneumonia task answer one, normal
+    or pneumonia), as are runs whose figures among the classes are of different classes. ``auc_test`` is the paired
+    test of AUCs (:func:`paired_tests`)."""
     paths = path_list(paths)  # a generator read once, to load the runs and to name them
     if not paths:
         raise ValueError("no runs to compare")
@@ -591,6 +632,16 @@ def compare_runs(paths: Iterable[Path | str] | Path | str, out_dir: Path | str |
             log.info("wrote %s", out / PAIRED_TABLE)
         else:
             (out / PAIRED_TABLE).unlink(missing_ok=True)
+        if rows := difference_rows(runs):
+            write_atomic(out / DIFFERENCE_TABLE, results_csv(DIFFERENCE_FIELDS, rows).encode())
+            log.info("wrote %s", out / DIFFERENCE_TABLE)
+        else:
+            (out / DIFFERENCE_TABLE).unlink(missing_ok=True)
+        if (figure := decision_figure(runs)) is not None:
+            write_atomic(out / DECISION_FIGURE, figure_bytes(figure, tight=True))
+            log.info("wrote %s", out / DECISION_FIGURE)
+        else:
+            (out / DECISION_FIGURE).unlink(missing_ok=True)
     return runs
 
 
@@ -705,7 +756,11 @@ def paired_tests(runs: Sequence[RunSummary], auc_test: str = AUC_TESTS[0]) -> No
     calling positive at a probability of at least it, so both weigh a false positive at one odds), Holm-adjusted
     over every test
     made: each run's :attr:`RunSummary.paired`, or its :attr:`RunSummary.unpaired` saying why none (a training run,
-    other films or labels than the reference's). Nothing is set where fewer than two runs have scores a film."""
+    other films or labels than the reference's). Nothing is set where fewer than two runs have scores a film. Each
+    paired run's :attr:`PairedTest.curve` is the net benefits' difference at every threshold probability of the
+    reference's decision curve (the default range where its metrics.json has none), each with its pointwise
+    interval from the same resamples of patients
+    (:func:`~pneumoscan.core.metrics.differences.net_benefit_differences`)."""
     evaluated = []
     for r in runs:
         if isinstance(scored := _scored(r), str):
@@ -725,11 +780,14 @@ def paired_tests(runs: Sequence[RunSummary], auc_test: str = AUC_TESTS[0]) -> No
         return
     copies = json.loads((reference.folder / METRICS).read_text()).get("copies") or [] if reference.folder else []
     units = _patient_units([films, *(s for _, s in same)], copies)
+    points = (reference.decision_curve or {}).get("threshold") or decision_thresholds().tolist()
     for r, of_run in same:
-        figures = paired_differences(films.positive, np.stack([films.scores, of_run.scores]),
-                                     np.stack([films.called, of_run.called]), units, auc_test,
+        scores = np.stack([films.scores, of_run.scores])
+        figures = paired_differences(films.positive, scores, np.stack([films.called, of_run.called]), units, auc_test,
                                      threshold=reference.threshold)
-        r.paired = PairedTest(reference.run, len(films.paths), int(np.unique(units).size), figures)
+        curve = [{"threshold": pt} | entry
+                 for pt, entry in zip(points, net_benefit_differences(films.positive, scores, units, points))]
+        r.paired = PairedTest(reference.run, len(films.paths), int(np.unique(units).size), figures, curve)
     figures = [test for r, _ in same if r.paired for test in r.paired.figures.values()]
     tests = [test for test in figures if test["p"] is not None]  # net benefit's difference has an interval alone
     for test in figures:
@@ -748,6 +806,19 @@ def paired_rows(runs: Sequence[RunSummary]) -> list[dict[str, Any]]:
              "p_method": test["p_method"],
              "figure_films": test["films"], "figure_patients": test["patients"], "optimistic": "; ".join(r.optimistic)}
             for r in runs if r.paired for name, test in r.paired.figures.items()]
+
+
+# net_benefit_difference.csv: a row a run tested against the reference and threshold probability of the reference's
+# decision curve: the run's net benefit less the reference's there, with its pointwise 95% CI
+DIFFERENCE_FIELDS = ("run", "reference", "threshold", "difference", "low", "high")
+
+
+def difference_rows(runs: Sequence[RunSummary]) -> list[dict[str, Any]]:
+    """net_benefit_difference.csv's rows (:data:`DIFFERENCE_FIELDS`): each run tested, at each threshold
+    probability, its net benefit's difference from the reference's (its ends empty where too few patients)."""
+    return [{"run": r.run, "reference": r.paired.reference, "threshold": at["threshold"],
+             "difference": at["difference"], "low": (at["ci"] or [None])[0], "high": (at["ci"] or [None, None])[1]}
+            for r in runs if r.paired for at in r.paired.curve]
 
 
 PAIRED_NAMES = FIGURE_NAMES | {"net_benefit": "net benefit"}  # the paired table's figures, as it names them
@@ -817,3 +888,47 @@ def comparison_figure(runs: list[RunSummary]) -> Figure:
             label = f"{r.run} at t = {r.threshold:.3g}"
             points[label], owner[label] = (1 - specificity, sensitivity), r.run
     return roc_figure(curves, labels, points, owner, "ROC curve" + (f" on {data.pop()}" if len(data) == 1 else ""))
+
+
+def decision_figure(runs: Sequence[RunSummary]) -> Figure | None:
+    """compare_decision_curve.png: every run's decision curve on one axes, each with its 95% CI as a band (an
+    evaluation without intervals drawn without one, said in its label), treat all's at each run's prevalence (one
+    line for runs on films of one prevalence) and treat none's; and where runs were tested against the reference on
+    the same films, a second panel of each one's net benefit less the reference's across the reference's threshold
+    probabilities, with its pointwise 95% CI. Runs without a curve (a training run's validation figures) are named
+    in the legend. None where no run has a curve."""
+    colour_of = {r.run: f"C{i}" for i, r in enumerate(runs)}
+    drawn = [(colour_of[r.run], r) for r in runs if r.decision_curve]
+    if not drawn:
+        return None
+    data = {r.data or "n/a" for _, r in drawn}
+    curves = []
+    for colour, r in drawn:
+        curve = r.decision_curve or {}
+        banded = "net_benefit_low" in curve
+        label = (f"{r.run}{OPTIMISTIC if r.optimistic else ''}" + ("" if len(data) == 1 else f" on {r.data or 'n/a'}")
+                 + ("" if banded else f" (no 95% CI in its {METRICS})"))
+        curves.append(Curve(label, colour, curve["threshold"], curve["net_benefit"],
+                            curve.get("net_benefit_low"), curve.get("net_benefit_high")))
+    treat_all: dict[tuple[tuple[float, ...], tuple[float, ...]], list[RunSummary]] = {}
+    for _, r in drawn:  # runs on films of one prevalence (and one range of thresholds) share a line
+        curve = r.decision_curve or {}
+        treat_all.setdefault((tuple(curve["threshold"]), tuple(curve["treat_all"])), []).append(r)
+    greys = ["#9aa5b1", "#616e7c", "#3e4c59", "#cbd2d9"] * len(runs)
+    lines = [Curve("treat all" + (f" at {format_percent(of[0].prevalence)} prevalence" if of[0].prevalence is not None
+                                  else "") + ("" if len(treat_all) == 1 else f" ({', '.join(r.run for r in of)})"),
+                   grey, list(points), list(values))
+             for ((points, values), of), grey in zip(treat_all.items(), greys)]
+    notes = [f"{r.run}: no decision curve in its {METRICS}" for r in runs if not r.decision_curve]
+    differences = []
+    for r in runs:
+        if r.paired and r.paired.curve:
+            ends = [at["ci"] or [None, None] for at in r.paired.curve]  # none where too few patients
+            low, high = ([e[i] for e in ends] if any(at["ci"] for at in r.paired.curve) else None for i in (0, 1))
+            differences.append(Curve(f"{r.run} less {r.paired.reference}", colour_of[r.run],
+                                     [at["threshold"] for at in r.paired.curve],
+                                     [at["difference"] for at in r.paired.curve], low, high))
+    reference = next((r.paired.reference for r in runs if r.paired), "")
+    return decision_curves_figure(curves, lines, differences, notes,
+                                  "Decision curves" + (f" on {data.pop()}" if len(data) == 1 else ""),
+                                  f"Net benefit less {reference}'s, at each threshold")

@@ -357,17 +357,100 @@ def _decision_figure(curve: dict[str, list], prevalence: float, at: dict[str, fl
         points[at["threshold"]] = at["net_benefit"]  # the dot on its curve, which scores between two steps can jump
     line, = ax.plot(sorted(points), [points[t] for t in sorted(points)], lw=2, label="model")
     if "net_benefit_low" in curve:  # a result without intervals (written before they were given) draws none
-        low, high = (np.array([np.nan if v is None else v for v in curve[key]], float)
-                     for key in ("net_benefit_low", "net_benefit_high"))
-        known = np.isfinite(low) & np.isfinite(high)
-        ax.fill_between(curve["threshold"], np.where(known, low, 0), np.where(known, high, 0), where=known,
-                        color=line.get_color(), alpha=0.2, lw=0, label="model, 95% CI")
+        _band(ax, curve["threshold"], curve["net_benefit_low"], curve["net_benefit_high"], line.get_color(),
+              "model, 95% CI")
     ax.plot(curve["threshold"], curve["treat_all"], ls="--", color="#9aa5b1", lw=1.5, label="treat all")
     ax.plot(curve["threshold"], curve["treat_none"], color="#1d2733", lw=1, label="treat none")
     if at is not None:
         ax.plot([at["threshold"]], [at["net_benefit"]], "o", ms=7, mec="black",
                 label=f"bundle threshold {at['threshold']:.{THRESHOLD_DIGITS}f}")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.17), ncol=2, fontsize=8, frameon=False)
+    return fig
+
+
+def _band(ax: Axes, x: Sequence[float], low: Sequence[float | None], high: Sequence[float | None], colour: str,
+          label: str | None = None) -> None:
+    """A curve's pointwise 95% CI as a band in its colour, left open where a point has none (None or NaN)."""
+    low_, high_ = (np.array([np.nan if v is None else v for v in ends], float) for ends in (low, high))
+    known = np.isfinite(low_) & np.isfinite(high_)
+    ax.fill_between(x, np.where(known, low_, 0), np.where(known, high_, 0), where=known, color=colour, alpha=0.2,
+                    lw=0, label=label)
+
+
+class Curve(NamedTuple):
+    """A curve over threshold probabilities as :func:`decision_curves_figure` draws it: its legend entry, colour,
+    points and pointwise 95% CI (``low`` and ``high`` None where it has none: an evaluation written before
+    intervals were given; an end None where a point has none)."""
+
+    label: str
+    colour: str
+    threshold: Sequence[float]
+    value: Sequence[float]
+    low: Sequence[float | None] | None = None
+    high: Sequence[float | None] | None = None
+
+
+def decision_curves_figure(curves: Sequence[Curve], treat_all: Sequence[Curve], differences: Sequence[Curve],
+                           notes: Sequence[str], title: str, difference_title: str) -> Figure:
+    """Several runs' decision curves on one axes, each with its band, beside treat all (one line for each
+    prevalence ``treat_all`` names) and treat none, and where ``differences`` are given a second panel of them
+    (each a run's net benefit less the reference's, with its pointwise band) about 0, where the runs do alike.
+    ``notes`` go into the first panel's legend (the runs without a curve). As in the report's decision curve
+    (:func:`_decision_figure`), the net benefit axis spans from a little under 0 to a little over
+    the highest net benefit drawn, so that treat all's fall towards -infinity does not flatten the rest; the
+    difference panel spans the differences and their bands, but never more than that either side of 0: at high
+    thresholds, where a false positive weighs much, bands widen fast, and are cut where they leave it."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    panels = 2 if differences else 1
+    entries = max(len(curves) + len(treat_all) + 1 + len(notes), len(differences) + 2)
+    below = 0.3 + 0.17 * entries  # the legends, a line an entry, beneath their panels
+    width, height, gap, left, right, bottom, top_margin = 3.6, 2.925, 1.0, 0.75, 0.8, 0.6 + below, 0.5
+    fig = Figure(figsize=(left + panels * width + (panels - 1) * gap + right, bottom + height + top_margin))
+    size = fig.get_size_inches()
+    axes = [fig.add_axes(((left + i * (width + gap)) / size[0], bottom / size[1], width / size[0],
+                          height / size[1])) for i in range(panels)]
+    ax = axes[0]
+    drawn = [v for c in (*curves, *treat_all) for v in c.value]
+    top = max(0.05, *drawn) * 1.1
+    low_end = min((c.threshold[0] for c in (*curves, *treat_all)), default=0.01)
+    high_end = max((c.threshold[-1] for c in (*curves, *treat_all)), default=0.99)
+    for c in curves:
+        ax.plot(c.threshold, c.value, lw=2, color=c.colour, label=_drawn(c.label))
+        if c.low is not None and c.high is not None:
+            _band(ax, c.threshold, c.low, c.high, c.colour)
+    for c, dashes in zip(treat_all, [(4, 2), (1, 1), (6, 2, 1, 2), (2, 2)] * len(treat_all)):
+        ax.plot(c.threshold, c.value, color=c.colour, lw=1.5, dashes=dashes, label=_drawn(c.label))
+    ax.plot([low_end, high_end], [0, 0], color="#1d2733", lw=1, label="treat none")
+    handles = ax.get_legend_handles_labels()[0]
+    if any(c.low is not None for c in curves):
+        handles.append(Patch(color="#52606d", alpha=0.2, lw=0, label="95% CI of each run's net benefit"))
+    handles += [Line2D([], [], ls="none", label=_drawn(note)) for note in notes]
+    ax.set(xlim=(low_end, high_end), ylim=(-0.1 * top - 0.02, top), xlabel="Threshold probability",
+           ylabel="Net benefit")
+    ax.grid(alpha=0.3)
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.17), fontsize=8, frameon=False)
+    set_title(ax, _drawn(title))
+    if differences:
+        ax = axes[1]
+        ends = np.array([v for c in differences for values in (c.value, c.low or (), c.high or ()) for v in values
+                         if v is not None], float)
+        span = min(1.1 * top + 0.02, max(0.02, 1.2 * np.abs(ends[np.isfinite(ends)]).max(initial=0)))
+        ax.axhline(0, color="#1d2733", lw=1, label="no difference")
+        for c in differences:
+            ax.plot(c.threshold, c.value, lw=2, color=c.colour, label=_drawn(c.label))
+            if c.low is not None and c.high is not None:
+                _band(ax, c.threshold, c.low, c.high, c.colour)
+        handles = ax.get_legend_handles_labels()[0]
+        if any(c.low is not None for c in differences):
+            handles.append(Patch(color="#52606d", alpha=0.2, lw=0,
+                                 label="pointwise 95% CI at each threshold (not a simultaneous band)"))
+        ax.set(xlim=(low_end, high_end), ylim=(-span, span), xlabel="Threshold probability",
+               ylabel="Net benefit difference")
+        ax.grid(alpha=0.3)
+        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.17), fontsize=8, frameon=False)
+        set_title(ax, _drawn(difference_title))
     return fig
 
 
