@@ -9,7 +9,9 @@ two stages) get a second table of those, so the two three-class routes sit side 
 have figures by subgroup of (``evaluate --by``) get a table each, every group's runs side by side with each run's
 tests of a difference across the groups beneath, and so do their three-class decisions' accuracy by subgroup; a
 field some runs lack is said. compare_subgroups.csv and .png give them a row a run, field and group. evaluate folders
-on the same films are tested against the first of them, film by film (:func:`paired_tests`; compare_paired.csv).
+on the same films are tested against the first of them, film by film (:func:`paired_tests`; compare_paired.csv),
+their net benefits' difference given at every threshold probability of its decision curve too
+(net_benefit_difference.csv); the evaluations' decision curves share one plot (:func:`decision_figure`).
 Runs whose figures answer different questions (pneumonia or not against bacteria or virus; three-class figures of
 other classes) are refused.
 """
