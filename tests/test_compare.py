@@ -783,12 +783,12 @@ def test_a_paired_test_is_refused_saying_why_where_the_films_or_labels_differ(
 
 
 def test_paired_evaluations_get_their_net_benefit_difference_at_each_threshold_of_the_decision_curve(
-        two_runs: tuple[Path, Path], three_class_runs: tuple[Path, Path], tmp_path: Path) -> None:
+        three_class_runs: tuple[Path, Path], tmp_path: Path) -> None:
     """The pneumonia bundle against the three-class one on the same test films: net_benefit_difference.csv gives the
     second's net benefit less the first's at every threshold probability of the first's decision curve (each from
     the probabilities in predictions.csv, as net_benefit computes a decision curve), each with its pointwise 95% CI;
     at the reference's own threshold, 0.3, the difference and interval compare_paired.csv gives, from the same
-    resamples of patients. Compared again without a second evaluation of those films, no such file is left."""
+    resamples of patients."""
     multiclass, pneumonia = three_class_runs
     out = tmp_path / "out"
     compare_runs([multiclass, pneumonia], out)
@@ -812,8 +812,6 @@ def test_paired_evaluations_get_their_net_benefit_difference_at_each_threshold_o
     [paired] = [r for r in _paired_rows(out) if r["figure"] == "net_benefit"]
     assert [float(at[key]) for key in ("difference", "low", "high")] == pytest.approx(
         [float(paired[key]) for key in ("difference", "difference_low", "difference_high")])
-    compare_runs([two_runs[0], multiclass], out)
-    assert not (out / "net_benefit_difference.csv").exists()
 
 
 def test_the_decision_figure_draws_each_runs_curve_with_its_band_and_the_paired_differences(
@@ -823,7 +821,7 @@ def test_the_decision_figure_draws_each_runs_curve_with_its_band_and_the_paired_
     legend, treat all at the films' prevalence once for runs on one set of films, treat none, and the training run,
     which has no curve, named in the legend; beside them a panel of each paired run's net benefit less the
     reference's, as net_benefit_difference.csv gives it, with its pointwise band, said not to be a simultaneous one.
-    Compared with no evaluation among the runs, no such figure is left."""
+    Compared with no evaluation among the runs, neither that figure nor net_benefit_difference.csv is left."""
     run, _ = two_runs
     multiclass, pneumonia = three_class_runs
     older = shutil.copytree(pneumonia, tmp_path / "eval-older")
@@ -855,7 +853,7 @@ def test_the_decision_figure_draws_each_runs_curve_with_its_band_and_the_paired_
     assert ("pointwise 95% CI at each threshold (not a simultaneous band)"
             in [text.get_text() for text in differences.get_legend().get_texts()])
     compare_runs([run], out)
-    assert not (out / "compare_decision_curve.png").exists()
+    assert not (out / "compare_decision_curve.png").exists() and not (out / "net_benefit_difference.csv").exists()
 
 
 def test_a_damaged_decision_curve_is_refused_by_its_file(two_runs: tuple[Path, Path], tmp_path: Path) -> None:
