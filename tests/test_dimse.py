@@ -28,10 +28,12 @@ import httpx
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sr.codedict import codes
 from pydicom.uid import (ComprehensiveSRStorage, CTImageStorage, DeflatedExplicitVRLittleEndian,
-                         DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, SecondaryCaptureImageStorage,
-                         generate_uid)
+                         DigitalXRayImageStorageForPresentation, EncapsulatedPDFStorage, ExplicitVRLittleEndian,
+                         GrayscaleSoftcopyPresentationStateStorage, KeyObjectSelectionDocumentStorage,
+                         SecondaryCaptureImageStorage, generate_uid)
 from pynetdicom import AE, evt
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
@@ -45,11 +47,12 @@ from pneumoscan.inference.predict import predict_paths
 from pneumoscan.interop import dimse
 from pneumoscan.interop.dimse import MB, AuditLog, Destination, Listener, Room
 from pneumoscan.interop.reports import write_reports
+from pneumoscan.interop.sr import report_files
 from pneumoscan.data import pixels
 from tests.builders import SCORE_TOL, htj2k_frame
 from tests.test_dicom_codecs import HTJ2K_FILMS
 from tests.test_dicom_faults import encapsulated
-from tests.test_interop import NAME, PATIENT_ID, chest_dicom, running_orthanc
+from tests.test_interop import NAME, PATIENT_ID, chest_dicom, key_object_selection, running_orthanc
 
 WAIT_S = 60.0  # the longest a study's scoring and sending may take here
 
@@ -276,8 +279,8 @@ def test_a_caller_not_allowed_is_rejected_and_a_class_not_handled_is_refused_at_
     listen: Callable[..., int], destination: Destination_SCP, caplog: pytest.LogCaptureFixture
 ) -> None:
     """--allow: another calling AE title is rejected at association; an allowed one is answered C-ECHO, and a CT
-    image's presentation context is refused while a DX film's is accepted. Each rejection is a warning naming the
-    caller's AE title and address and why, where IT looks when a modality cannot connect."""
+    image's presentation context is refused while a DX film's, and an SR's (set aside), are accepted. Each rejection
+    is a warning naming the caller's AE title and address and why, where IT looks when a modality cannot connect."""
     caplog.set_level(logging.INFO, logger="pneumoscan")
     port = listen(destination.port, allow=["MODALITY"])
     ae = AE(ae_title="INTRUDER")
@@ -285,13 +288,13 @@ def test_a_caller_not_allowed_is_rejected_and_a_class_not_handled_is_refused_at_
     assoc = ae.associate("127.0.0.1", port, ae_title="PNEUMOSCAN")
     assert assoc.is_rejected
     ae = AE(ae_title="MODALITY")
-    for sop_class in (Verification, CTImageStorage, DigitalXRayImageStorageForPresentation):
+    for sop_class in (Verification, CTImageStorage, DigitalXRayImageStorageForPresentation, ComprehensiveSRStorage):
         ae.add_requested_context(sop_class)
     assoc = ae.associate("127.0.0.1", port, ae_title="PNEUMOSCAN")
     assert assoc.is_established
     assert int(assoc.send_c_echo().Status) == 0
     accepted = {str(c.abstract_syntax) for c in assoc.accepted_contexts}
-    assert accepted == {Verification, DigitalXRayImageStorageForPresentation}
+    assert accepted == {Verification, DigitalXRayImageStorageForPresentation, ComprehensiveSRStorage}
     assoc.release()
     ae = AE(ae_title="MODALITY")
     ae.add_requested_context(Verification)
@@ -1151,3 +1154,167 @@ def test_the_listener_reads_its_fhir_folder_once_and_a_film_sent_again_replaces_
     assert sorted(p.name for p in folder.iterdir()) == sorted([f"{sop}.fhir.json", *(p.name for p in others)])
     assert sorted(name for name in reads if name.startswith("other-")) == sorted(p.name for p in others)
     assert caplog.text.count("the Observation written replaces the one of the same identifier") == 1
+
+
+def non_image(sop_class: str, study: str, **elements: object) -> bytes:
+    """A minimal instance of a class that is no image (another vendor's SR, a presentation state, a PDF) in
+    ``study``, as a PACS routing the whole study sends it."""
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study, generate_uid()
+    ds.PatientName, ds.PatientID, ds.Modality = NAME, PATIENT_ID, "OT"
+    for keyword, value in elements.items():
+        setattr(ds, keyword, value)
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def referenced_film(sr: Dataset) -> str:
+    """The SOP Instance UID of the film a pneumoscan SR reports on."""
+    return str(sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
+               .ReferencedSOPInstanceUID)
+
+
+def test_a_studys_instances_that_are_no_image_are_stored_and_set_aside_and_its_own_sr_routed_back_ignored(
+    listen: Callable[..., int], destination: Destination_SCP, film: np.ndarray, tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A PACS that routes whole studies sends the film with another vendor's SR, a presentation state, a PDF, a key
+    object selection that is no rejection note and pneumoscan's own SR of the film (a loop in the routing): each is
+    stored (0x0000, so the sender holds the study sent), none is scored; the film alone gets a report; each other is
+    an info line and an audit line saying what it was."""
+    caplog.set_level(logging.INFO, logger="pneumoscan")
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    study = generate_uid()
+    data = chest_dicom(film, StudyInstanceUID=study)
+    source = pydicom.dcmread(io.BytesIO(data))
+    reading = {"probability": 0.7, "label": "PNEUMONIA", "threshold": 0.5, "positive": "PNEUMONIA",
+               "task": "pneumonia", "warnings": []}
+    own = report_files(source, reading, None, "m", "v")[0]
+    others = {"another SR": non_image(ComprehensiveSRStorage, study, Modality="SR"),
+              "a presentation state": non_image(GrayscaleSoftcopyPresentationStateStorage, study, Modality="PR"),
+              "a PDF": non_image(EncapsulatedPDFStorage, study, Modality="DOC"),
+              "a key object": key_object_selection(codes.DCM.OfInterest, [source]),
+              "our SR": own}
+    port = listen(destination.port, audit=audit)
+    assert send(port, [data, *others.values()]) == [0] * 6
+    wait_for(lambda: f"study {study}: reports of 1 of 1 films stored" in caplog.text)
+    [sr] = destination.received
+    assert referenced_film(sr) == source.SOPInstanceUID
+    assert sr.SOPInstanceUID != pydicom.dcmread(io.BytesIO(own)).SOPInstanceUID
+    assert f"study {study}: 1 scored, 0 not scored, 0 unreadable" in caplog.text
+    aside = {line["sop_instance_uid"]: line for line in audit_lines(audit) if line["event"] == "instance_set_aside"}
+    reasons = {name: aside[str(pydicom.dcmread(io.BytesIO(data)).SOPInstanceUID)]["reason"]
+               for name, data in others.items()}
+    assert reasons == {
+        "another SR": "not an image (Comprehensive SR Storage): set aside, not scored",
+        "a presentation state": "not an image (Grayscale Softcopy Presentation State Storage): set aside, not scored",
+        "a PDF": "not an image (Encapsulated PDF Storage): set aside, not scored",
+        "a key object": "not an image (Key Object Selection Document Storage): set aside, not scored",
+        "our SR": "pneumoscan's own Comprehensive SR Storage, routed back: ignored"}
+    assert all(line["calling_ae"] == "MODALITY" and line["study_instance_uid"] == study for line in aside.values())
+    for reason in reasons.values():
+        assert f"received from 'MODALITY': {reason}" in caplog.text
+    assert [line["event"] for line in audit_lines(audit)].count("film_read") == 1
+
+
+def test_a_film_a_rejection_note_withdraws_before_it_is_scored_is_not_scored_nor_reported(
+    listen: Callable[..., int], destination: Destination_SCP, film: np.ndarray, tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A study's two films and the technologist's rejection note for one of them (IHE IOCM), sent in one
+    association: that film is not scored, its row saying which note withdrew it (as pacs says it), and no report is
+    made on it; the other is scored and reported."""
+    caplog.set_level(logging.INFO, logger="pneumoscan")
+    study = generate_uid()
+    kept, wrong = (chest_dicom(pixels, StudyInstanceUID=study) for pixels in (film, film[::-1]))
+    headers = [pydicom.dcmread(io.BytesIO(data)) for data in (kept, wrong)]
+    note = key_object_selection(codes.DCM.RejectedForPatientSafetyReasons, headers[1:])
+    (out := tmp_path / "rows").mkdir()
+    port = listen(destination.port, out=out)
+    assert send(port, [kept, wrong, note]) == [0, 0, 0]
+    wait_for(lambda: (out / f"{study}.json").is_file())
+    rows = {row["sop_instance_uid"]: row for row in json.loads((out / f"{study}.json").read_text())}
+    assert rows.keys() == {h.SOPInstanceUID for h in headers}
+    scored, withdrawn = (rows[h.SOPInstanceUID] for h in headers)
+    uid = pydicom.dcmread(io.BytesIO(note)).SOPInstanceUID
+    assert withdrawn["not_scored"] == f"withdrawn by the study's rejection note {uid} (113037: Rejected for Patient " \
+        "Safety Reasons)"
+    assert not {"probability", "stored"} & withdrawn.keys()
+    [sr] = destination.received
+    assert scored["stored"] == [sr.SOPInstanceUID] and referenced_film(sr) == headers[0].SOPInstanceUID
+    assert "a rejection note withdrawing 1 film(s) (Key Object Selection Document Storage)" in caplog.text
+
+
+def test_a_rejection_note_of_a_film_scored_already_names_its_reports_and_keeps_the_one_waiting_from_the_pacs(
+    listen: Callable[..., int], film: np.ndarray, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A film scored while the destination is down, its SR waiting in the spool; its rejection note then comes in an
+    association of its own: a warning and an audit line name the SR and FHIR Observation made on it and the
+    rejection reason, and its SR is moved out of the spool into withdrawn/, never sent: the destination, back, is
+    sent nothing. pneumoscan sends no retraction."""
+    monkeypatch.setattr(dimse, "FIRST_WAIT_S", 0.01)
+    caplog.set_level(logging.INFO, logger="pneumoscan")
+    down = Destination_SCP()
+    down.shutdown()  # its port, with no one listening for now
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    port = listen(down.port, spool=(spool := tmp_path / "spool"), send_s=0.2, retry_s=0.1, audit=audit,
+                  fhir=(fhir := tmp_path / "fhir"))
+    study = generate_uid()
+    data = chest_dicom(film, StudyInstanceUID=study)
+    source = pydicom.dcmread(io.BytesIO(data))
+    assert send(port, [data]) == [0]
+    wait_for(lambda: f"study {study}: reports of 0 of 1 films stored" in caplog.text)
+    [waiting] = spool.glob("*.dcm")
+    sr_uid = str(pydicom.dcmread(waiting).SOPInstanceUID)
+    [observation] = fhir.iterdir()
+    note = key_object_selection(codes.DCM.RejectedForQualityReasons, [source])
+    assert send(port, [note]) == [0]
+    wait_for(lambda: "1 of them scored already by this listener" in caplog.text)
+    why = (f"withdrawn by the study's rejection note {pydicom.dcmread(io.BytesIO(note)).SOPInstanceUID} (113001: "
+           "Rejected for Quality Reasons)")
+    [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "scored already" in
+                 r.getMessage()]
+    assert warning == (
+        f"study {study}: the film {source.SOPInstanceUID}, scored already, is {why}: made on it: report {sr_uid}, "
+        f"FHIR Observation {observation}; waiting in the spool, set aside in {spool / 'withdrawn'} and not sent: "
+        f"{sr_uid}; pneumoscan sends no retraction: remove what the PACS holds of them by hand")
+    [line] = [line for line in audit_lines(audit) if line["event"] == "scored_film_withdrawn"]
+    assert (line["study_instance_uid"], line["sop_instance_uid"], line["reason"], line["report_sop_instance_uids"],
+            line["fhir"], line["reports_set_aside"]) == (study, source.SOPInstanceUID, why, [sr_uid],
+                                                          str(observation), [sr_uid])
+    assert list(spool.glob("*.dcm")) == [] and [p.name for p in (spool / "withdrawn").iterdir()] == [waiting.name]
+    back = Destination_SCP(port=down.port)
+    try:
+        time.sleep(0.3)  # three tries of the spool
+    finally:
+        back.shutdown()
+    assert back.received == []
+
+
+def test_a_key_object_selection_that_cannot_be_read_is_refused_and_its_studys_films_not_scored(
+    listen: Callable[..., int], destination: Destination_SCP, film: np.ndarray, tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Whether a key object selection without its title is a rejection note is not known: its C-STORE is refused
+    with the reason, and the film of its study sent with it is not scored, as pacs refuses the study."""
+    caplog.set_level(logging.INFO, logger="pneumoscan")
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    study = generate_uid()
+    data = chest_dicom(film, StudyInstanceUID=study)
+    broken = non_image(KeyObjectSelectionDocumentStorage, study, Modality="KO")
+    port = listen(destination.port, audit=audit)
+    assert send(port, [data, broken]) == [0, 0xC000]
+    wait_for(lambda: f"study {study}: not scored" in caplog.text)
+    uid = pydicom.dcmread(io.BytesIO(broken)).SOPInstanceUID
+    why = (f"the study's key object selection {uid} could not be read (AttributeError): whether it is a rejection "
+           "note that withdraws films is not known, so none is scored")
+    assert f"study {study}: not scored: {why}" in caplog.text
+    refused, read = audit_lines(audit)
+    assert (refused["event"], refused["reason"], read["event"], read["refusal"]) == (
+        "film_refused", why, "film_read", why)
+    assert destination.received == []

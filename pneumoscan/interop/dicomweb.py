@@ -42,13 +42,11 @@ import requests
 import urllib3
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.sr.codedict import codes
 from pydicom.uid import UID, ComprehensiveSRStorage, KeyObjectSelectionDocumentStorage
 from python_multipart.multipart import parse_options_header
 from requests.adapters import HTTPAdapter
 from urllib3.util import Retry
 
-from pneumoscan.core.names import shown
 from pneumoscan.core.network import is_loopback
 from pneumoscan.core.options import PACS_FILM_S, PACS_READ_S
 from pneumoscan.core.secrets import check_client_cert, read_secret
@@ -56,7 +54,7 @@ from pneumoscan.data.pixels import MAX_DECODED_BYTES
 from pneumoscan.data.readers.dicom import is_own_output, read_dataset
 from .reports import add_warning, check_reportable, dicom_multipart
 from .study import (FAILURES, MADE, WARNINGS, not_scored, one_patient, score_films, status_words, study_rows,
-                    valid_uid)
+                    unreadable_note, valid_uid, withdrawn_by)
 
 log = logging.getLogger(__name__)
 # one film's WADO-RS answer: a film whose pixels decode to more than MAX_DECODED_BYTES is refused by the decoder,
@@ -100,10 +98,6 @@ CA_BUNDLE_ENV = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")  # the CA file requests
 _FIELDS = ["Modality", "SOPClassUID", "Rows", "Manufacturer", "BodyPartExamined", "ViewPosition",
            "PresentationIntentType", "PatientID", "IssuerOfPatientID"]
 _PATIENT = ("00100020", "00100021")  # PatientID, IssuerOfPatientID: whose each instance is
-# the titles of IHE IOCM rejection notes (Key Object Selection documents): the films they list are withdrawn
-REJECTIONS = {c.value: c.meaning for c in (
-    codes.DCM.RejectedForQualityReasons, codes.DCM.RejectedForPatientSafetyReasons,
-    codes.DCM.IncorrectModalityWorklistEntry, codes.DCM.DataRetentionPolicyExpired)}
 # the VRs whose values DICOM JSON writes as numbers, which the XML of a STOW-RS answer writes as text
 _NUMBERS = {**dict.fromkeys(("US", "UL", "SS", "SL", "UV", "SV"), int), **dict.fromkeys(("FL", "FD"), float)}
 
@@ -544,10 +538,9 @@ def _instance_url(root: str, study_uid: str, series_uid: str, sop_uid: str) -> s
 
 
 def _withdrawn(session: _Session, root: str, study_uid: str, found: list[dict]) -> dict[str, str]:
-    """Why each film that a rejection note of the study (IHE IOCM: a Key Object Selection document titled
-    :data:`REJECTIONS`) withdraws is not scored, by SOP Instance UID. A PACS may keep a rejected film beside its note:
-    one rejected for patient safety (another patient's film, a wrong side) or for quality would otherwise be scored
-    and its report filed. A note that cannot be read leaves which films are withdrawn unknown: the study is refused."""
+    """Why each film that a rejection note of the study withdraws is not scored, by SOP Instance UID
+    (:func:`~pneumoscan.interop.study.withdrawn_by`): each key object selection of the study retrieved and read. One
+    that cannot be retrieved or read leaves which films are withdrawn unknown: the study is refused."""
     withdrawn = {}
     for item in found:
         if _value(item, _CLASS) != KeyObjectSelectionDocumentStorage:
@@ -557,20 +550,11 @@ def _withdrawn(session: _Session, root: str, study_uid: str, found: list[dict]) 
             if not UID(series).is_valid or not UID(sop).is_valid:  # never put in a URL
                 raise ValueError("an invalid UID in the search answer")
             note = _retrieve(session, _instance_url(root, study_uid, series, sop))
-            title = note.ConceptNameCodeSequence[0]
-            rejection = (str(title.CodingSchemeDesignator), str(title.CodeValue))
-            listed = [str(instance.ReferencedSOPInstanceUID)
-                      for evidence in note.get("CurrentRequestedProcedureEvidenceSequence", [])
-                      for listed_series in evidence.get("ReferencedSeriesSequence", [])
-                      for instance in listed_series.get("ReferencedSOPSequence", [])]
-        except (requests.RequestException, AttributeError, *_MALFORMED) as e:
-            raise ValueError(f"the study's key object selection {shown(sop)} could not be read ({type(e).__name__}): "
-                             "whether it is a rejection note that withdraws films is not known, so none is scored"
-                             ) from None
-        if rejection[0] == "DCM" and rejection[1] in REJECTIONS:
-            why = f"withdrawn by the study's rejection note {sop} ({rejection[1]}: {REJECTIONS[rejection[1]]})"
-            log.info("%d instance(s) %s", len(listed), why)
-            withdrawn.update(dict.fromkeys(listed, why))
+        except (requests.RequestException, *_MALFORMED) as e:
+            raise unreadable_note(sop, e) from None
+        if listed := withdrawn_by(note):
+            log.info("%d instance(s) %s", len(listed), next(iter(listed.values())))
+            withdrawn.update(listed)
     return withdrawn
 
 

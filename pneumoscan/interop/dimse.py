@@ -5,9 +5,11 @@ DIMSE, not DICOMweb. It scores each study an association carried once the sender
 
 What is refused, and where: a caller whose AE title is not allowed, or an association not addressed to this AE
 title, at association (pynetdicom's own checks), with a warning naming the caller, its address and why; an SOP class
-other than the radiograph and Secondary Capture image classes, or a transfer syntax pneumoscan does not decode, at
-negotiation; an instance without a valid Study or SOP Instance UID, or whose data set cannot be read
-(:func:`read_dataset`, which inflates a deflated one within the decode limit), with a C-STORE failure naming why; a
+other than the radiograph and Secondary Capture image classes and the non-image classes a study carries
+(:data:`SET_ASIDE_CLASSES`, stored and set aside, never scored: :meth:`Listener._non_image`), or a transfer syntax
+pneumoscan does not decode, at negotiation; an instance without a valid Study or SOP Instance UID, or whose data set
+cannot be read (:func:`read_dataset`, which inflates a deflated one within the decode limit), with a C-STORE failure
+naming why; a
 film past what the listener may hold on disk (:class:`Room`), with an "out of resources" status (0xA700) naming why,
 which the sender may try again later, among them each film while the spool holds ``--spool-max-mb`` of reports
 waiting to be sent (a destination down for days), so that no report is made that could not be kept. Each film is
@@ -44,12 +46,20 @@ import shutil
 import tempfile
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.uid import (UID, AcquisitionContextSRStorage, BasicTextSRStorage, BlendingSoftcopyPresentationStateStorage,
+                         ChestCADSRStorage, ColorSoftcopyPresentationStateStorage, Comprehensive3DSRStorage,
+                         ComprehensiveSRStorage, EncapsulatedPDFStorage, EnhancedSRStorage,
+                         EnhancedXRayRadiationDoseSRStorage, ExtensibleSRStorage,
+                         GrayscaleSoftcopyPresentationStateStorage, KeyObjectSelectionDocumentStorage,
+                         PatientRadiationDoseSRStorage, PseudoColorSoftcopyPresentationStateStorage,
+                         XAXRFGrayscaleSoftcopyPresentationStateStorage, XRayRadiationDoseSRStorage)
 import pynetdicom
 from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
@@ -73,12 +83,25 @@ from pneumoscan.models.card import CHECKSUM
 
 from .reports import FHIR_SUFFIX, ObservationIndex, add_warning, check_reportable
 from .study import (FAILURES, MADE, WARNINGS, not_scored, one_patient, score_films, status_words, study_rows, unfiled,
-                    valid_uid)
+                    valid_uid, withdrawn_by)
 
 log = logging.getLogger(__name__)
 # the image classes a film may come in: the radiographs' (a For Processing image is accepted, and not scored, as
 # `pacs` does) and Secondary Capture (scored when its Modality says CR or DX, as `pacs` decides)
 IMAGE_CLASSES = sorted(RADIOGRAPH_CLASSES | CAPTURE_CLASSES)
+# the instances a study commonly carries beside its images (reports, key objects, presentation states, a scanned
+# request as PDF), which a PACS routing whole studies sends too: refused at negotiation, the sender would hold the
+# study's transfer failed and try it again for ever. Stored and set aside, never scored (Listener._non_image); a key
+# object selection is read for the films it withdraws. Other classes (CT, MR, ...) are no chest film: refused.
+SET_ASIDE_CLASSES = sorted({
+    BasicTextSRStorage, EnhancedSRStorage, ComprehensiveSRStorage, Comprehensive3DSRStorage, ExtensibleSRStorage,
+    ChestCADSRStorage, XRayRadiationDoseSRStorage, EnhancedXRayRadiationDoseSRStorage, PatientRadiationDoseSRStorage,
+    AcquisitionContextSRStorage, KeyObjectSelectionDocumentStorage, GrayscaleSoftcopyPresentationStateStorage,
+    ColorSoftcopyPresentationStateStorage, PseudoColorSoftcopyPresentationStateStorage,
+    BlendingSoftcopyPresentationStateStorage, XAXRFGrayscaleSoftcopyPresentationStateStorage, EncapsulatedPDFStorage})
+# the films scored whose reports a rejection note that comes later is told of (Listener._made): the latest, about
+# 0.5 KB each in memory
+RECALLED = 20_000
 # a report not stored for want of an answer (no association, none to the C-STORE) or of the destination's resources
 # (0xA7xx) is tried again, 3 times in all, FIRST_WAIT_S after the first try and twice that after the second, within
 # the report's send_s; another refusal is not
@@ -192,9 +215,10 @@ class Spool:
     reports) once each ``--retry-every`` at most."""
 
     def __init__(self, folder: Path) -> None:
-        self.folder, self.refused = folder, folder / "refused"
+        self.folder, self.refused, self.withdrawn = folder, folder / "refused", folder / "withdrawn"
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)  # reports name patients: the service's alone
         self.refused.mkdir(exist_ok=True, mode=0o700)
+        self.withdrawn.mkdir(exist_ok=True, mode=0o700)
         self._lock = threading.Lock()
         self._held = self.count()
 
@@ -259,6 +283,32 @@ class Spool:
         return where
 
 
+    def withdraw(self, study_uid: str, films: Iterable[str]) -> dict[str, list[str]]:
+        """The study's reports waiting here made on ``films`` (those a report's references name: its evidence, its
+        source image), moved out of the spool and its bound into ``withdrawn/``, never sent: films a rejection note
+        withdrew. Their SOP Instance UIDs, by film. Read from the spool itself, so an earlier run's reports are
+        found too."""
+        moved: dict[str, list[str]] = {}
+        for path in sorted(self.folder.glob(f"{study_uid}_*.dcm")):
+            try:
+                report = pydicom.dcmread(path, stop_before_pixels=True)
+            except FileNotFoundError:  # sent and confirmed since it was listed
+                continue
+            named = {str(e.value) for e in report.iterall() if e.keyword == "ReferencedSOPInstanceUID"}
+            if not (made_on := [film for film in films if film in named]):
+                continue
+            with self._lock:
+                try:
+                    size = path.stat().st_size
+                    path.replace(self.withdrawn / path.name)
+                except FileNotFoundError:
+                    continue
+                self._held = max(0, self._held - size)
+            for film in made_on:
+                moved.setdefault(film, []).append(str(report.SOPInstanceUID))
+        return moved
+
+
 def study_of(path: Path) -> str:
     """The study UID a spooled report's name gives."""
     return path.name.partition("_")[0]
@@ -274,6 +324,10 @@ class _Association:
     address: str  # the caller's HOST:PORT
     studies: dict[str, dict[str, dict]] = field(default_factory=dict)
     size: int = 0
+    # by study: the films its rejection notes withdraw (why each, by SOP Instance UID), and why one of its key object
+    # selections could not be read (which films it withdraws not known: none of the study's is scored)
+    notes: dict[str, dict[str, str]] = field(default_factory=dict)
+    doubts: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -339,6 +393,10 @@ class Listener:
         self._outbox: queue.SimpleQueue[_Scored | None] = queue.SimpleQueue()
         self._sending: str | None = None  # the study whose reports the sending thread is sending
         self._stopped = threading.Event()
+        # by (study, SOP Instance UID): why each film a rejection note withdrew is not scored, and what was made on each
+        # film scored (the latest RECALLED), for a note that comes after its scoring (both while the listener runs)
+        self._withdrawn: dict[tuple[str, str], str] = {}
+        self._made: OrderedDict[tuple[str, str], dict] = OrderedDict()
         self.audit = audit
         # the model each audit line names: as each reading names it, and bundle.json's own checksum
         self.model = {**identity_fields(bundle, backend),
@@ -360,7 +418,7 @@ class Listener:
         ae = AE(ae_title=self.ae_title)
         ae.require_called_aet = True  # an association addressed to another AE title is rejected
         ae.require_calling_aet = self.allow
-        for sop_class in IMAGE_CLASSES:
+        for sop_class in IMAGE_CLASSES + SET_ASIDE_CLASSES:
             ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification)  # C-ECHO, answered by pynetdicom
         handlers = [(evt.EVT_PDU_RECV, self._received), (evt.EVT_C_STORE, self._stored),
@@ -422,10 +480,12 @@ class Listener:
         received = self._entry(event.assoc)
         arrived = event.dataset_path  # pynetdicom's temporary file, deleted by it after this handler unless moved
         size = arrived.stat().st_size
+        aside = str(event.request.AffectedSOPClassUID or "") in SET_ASIDE_CLASSES
         # the free space as it was before the film: its file is on the same disk as the work folder already; the
-        # spool as it stands: a film is refused while it is full, so that no report is made that cannot be kept
+        # spool as it stands: a film is refused while it is full, so that no report is made that cannot be kept (an
+        # instance set aside makes none)
         if why := self.room.refusal(size, received.size, shutil.disk_usage(self.work).free + size,
-                                    self.spool.held()):
+                                    0 if aside else self.spool.held()):
             return self._refuse(event, why, _OUT_OF_RESOURCES)
         try:  # the data layer's bounded read: a deflated data set is inflated within MAX_DECODED_BYTES, never whole
             ds = read_dataset(arrived, header_only=True)
@@ -440,6 +500,8 @@ class Listener:
             return self._refuse(event, "its SOPInstanceUID is not the one its C-STORE request names")
         if any(sop in instances for other, instances in received.studies.items() if other != study):
             return self._refuse(event, "its SOPInstanceUID was sent under another study")
+        if aside:
+            return self._non_image(event, received, ds)
         path = received.folder / f"{sop}.dcm"
         try:
             shutil.move(arrived, path)  # a rename: the work folder is in the temporary folder pynetdicom writes to
@@ -450,6 +512,48 @@ class Listener:
         row = {"path": sop, "study_instance_uid": study, "series_instance_uid": series, "sop_instance_uid": sop}
         received.studies.setdefault(study, {})[sop] = row
         return 0x0000
+
+    def _non_image(self, event: evt.Event, received: _Association, ds: Dataset) -> int | Dataset:
+        """An instance of :data:`SET_ASIDE_CLASSES` (no image): stored (0x0000), never scored nor kept, an info line
+        and an audit line saying what it was. pneumoscan's own report routed back (a loop in the routing) is
+        ignored; a rejection note's films are withdrawn (:meth:`_withdraw`); a key object selection that cannot be
+        read is refused (0xC000), and its study's films in the association are not scored, as ``pacs`` refuses the
+        study: which films it withdraws is not known."""
+        study, series, sop = (str(ds.get(k, "")) for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"))
+        sop_class = UID(str(event.request.AffectedSOPClassUID))
+        withdrawn: dict[str, str] = {}
+        if is_own_output(ds):
+            what = f"pneumoscan's own {sop_class.name}, routed back: ignored"
+        else:
+            if sop_class == KeyObjectSelectionDocumentStorage:
+                try:
+                    withdrawn = withdrawn_by(ds)
+                except ValueError as e:
+                    received.doubts[study] = str(e)
+                    return self._refuse(event, str(e))
+            what = (f"a rejection note withdrawing {len(withdrawn)} film(s)" if withdrawn else "not an image") + \
+                f" ({sop_class.name}): set aside, not scored"
+        log.info("study %s: instance %s received from %r: %s", study, sop, shown(received.calling), what)
+        self._audit({"event": "instance_set_aside", "calling_ae": received.calling, "address": received.address,
+                     "study_instance_uid": study, "series_instance_uid": series, "sop_instance_uid": sop,
+                     "sop_class": sop_class.name, "reason": what})
+        if withdrawn:
+            self._withdraw(received, study, withdrawn)
+        return 0x0000
+
+    def _withdraw(self, received: _Association, study_uid: str, withdrawn: dict[str, str]) -> None:
+        """A rejection note's films (``withdrawn``: why each, by SOP Instance UID) remembered at once, so that one not
+        yet scored, in any association, is not (:meth:`score_study`); those scored already are told of once the
+        note's association is released (:meth:`_retract`), when no study is being scored."""
+        with self._lock:
+            for film, why in withdrawn.items():
+                self._withdrawn[(study_uid, film)] = why
+        received.notes.setdefault(study_uid, {}).update(withdrawn)
+
+    def _withdrawal(self, study_uid: str, film: str | None) -> str | None:
+        """Why a rejection note withdrew the film, None when none did."""
+        with self._lock:
+            return self._withdrawn.get((study_uid, film or ""))
 
     def _refuse(self, event: evt.Event, why: str, status: int = _REFUSED_INSTANCE) -> Dataset:
         """A C-STORE failure, ``status``, that says ``why`` to the sender, in a warning and an audit line: the trail
@@ -553,6 +657,8 @@ class Listener:
             with self._scoring:
                 for study, instances in received.studies.items():
                     try:
+                        if (doubt := received.doubts.get(study)) is not None:
+                            raise ValueError(doubt)
                         rows = self.score_study(study, instances, received.folder)
                     except Exception as e:  # one study's fault is that study's: the others, and the listener, go on
                         why = shown(redact(str(e)) or type(e).__name__)
@@ -561,12 +667,54 @@ class Listener:
                         continue
                     if self._audit_reads(study, rows, received):
                         self._file_observations(study, rows)
+                        self._record(study, rows)
                         self._spool_reports(study, rows, scored)
                         scored.studies.append((study, rows, time.monotonic() + self.send_s))
+                for study, withdrawn in received.notes.items():  # no study scored meanwhile: each one's reports known
+                    self._retract(study, withdrawn)
         finally:
             self._outbox.put(scored)
             if self._stopped.is_set():  # scored as the listener stopped: after stop's drain, so drained here
                 self._drain()
+
+    def _record(self, study_uid: str, rows: list[dict]) -> None:
+        """What was made on each film of a study scored (its reports' SOP Instance UIDs, its FHIR Observation), kept
+        for a rejection note that comes after (:meth:`_retract`): the latest :data:`RECALLED` films."""
+        for row in rows:
+            if "probability" not in row:
+                continue
+            reports = [str(pydicom.dcmread(row[key], stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
+                           .SOPInstanceUID) for key in MADE if key in row]
+            with self._lock:
+                self._made[(study_uid, row["sop_instance_uid"])] = {"reports": reports, "fhir": row.get("fhir")}
+                while len(self._made) > RECALLED:
+                    self._made.popitem(last=False)
+
+    def _retract(self, study_uid: str, withdrawn: dict[str, str]) -> None:
+        """A rejection note's films (``withdrawn``: why each, by SOP Instance UID) that were scored already: a warning
+        and an audit line for each, naming the reports made on it (as :meth:`_record` kept them) and the reason; its
+        reports still waiting in the spool set aside, never sent. pneumoscan sends no retraction: what the PACS, or
+        the FHIR folder, holds already is for IT to remove. Films this listener did not score (or scored before it
+        started, or more than RECALLED films ago) are counted in an info line."""
+        with self._lock:
+            made = {film: self._made.pop((study_uid, film)) for film in withdrawn if (study_uid, film) in self._made}
+        moved = self.spool.withdraw(study_uid, withdrawn)
+        for film, why in withdrawn.items():
+            if film not in made and film not in moved:
+                continue
+            aside = moved.get(film, [])
+            reports = made[film]["reports"] if film in made else aside  # an earlier run's: those its spool holds
+            fhir = made.get(film, {}).get("fhir")
+            named = [f"report {uid}" for uid in reports] + ([f"FHIR Observation {fhir}"] if fhir else [])
+            log.warning("study %s: the film %s, scored already, is %s: made on it: %s%s; pneumoscan sends no "
+                        "retraction: remove what the PACS holds of them by hand", study_uid, film, why,
+                        ", ".join(named), f"; waiting in the spool, set aside in {self.spool.withdrawn} and not sent: "
+                        f"{', '.join(aside)}" if aside else "")
+            self._audit({"event": "scored_film_withdrawn", "study_instance_uid": study_uid, "sop_instance_uid": film,
+                         "reason": why, "report_sop_instance_uids": reports, "fhir": fhir, "reports_set_aside": aside})
+        told = len(made.keys() | moved.keys())
+        log.info("study %s: %d film(s) withdrawn by its rejection note(s), %d of them scored already by this listener",
+                 study_uid, len(withdrawn), told)
 
     def _audit(self, entry: dict) -> bool:
         """``entry`` as an audit line, with its time: whether it was written (True without an audit log)."""
@@ -817,6 +965,9 @@ class Listener:
         patients = {}
         for sop, row in instances.items():
             path = folder / f"{sop}.dcm"
+            if (why := self._withdrawal(study_uid, sop)) is not None:  # not the study's film, by its rejection note
+                entries.append({**row, "not_scored": why})
+                continue
             try:
                 header = read_dataset(path, header_only=True)
             except (OSError, ValueError):  # a header that cannot be read: the scorer's error row says why
@@ -853,12 +1004,12 @@ class Listener:
         """Send a study's reports (:meth:`_send`, by ``deadline`` on the monotonic clock), log the films whose reports
         are not filed and how many are, and write its rows to ``out``."""
         self._send(study_uid, [row for row in rows if any(key in row for key in MADE)], deadline)
-        missing = unfiled(rows)
+        missing = [(row, line) for row, line in unfiled(rows) if "withdrawn" not in row]  # said as withdrawn
         for row, line in missing:
             if not row.get("not_stored"):  # a report not made; one not stored has its line (:meth:`_send`)
                 log.error("study %s: %s", study_uid, line)
         stored = sum(len(row.get("stored", [])) for row in rows)
-        count = sum("probability" in row for row in rows)
+        count = sum("probability" in row and "withdrawn" not in row for row in rows)
         log.info("study %s: reports of %d of %d films stored at %s (%d objects)", study_uid,
                  count - len(missing), count, self.destination, stored)
         if self.out is not None:
@@ -872,25 +1023,37 @@ class Listener:
         """C-STORE the reports write_reports made for ``rows`` to the destination, in one association a try, tried as
         :data:`ATTEMPTS` says while ``deadline`` is ahead; each row's ``stored`` and ``not_stored`` as it answered,
         each report not stored named in its row's warnings and in an error line (study and SOP Instance UID, and
-        why)."""
+        why). The reports of a film a rejection note withdrew before they are sent are not sent: its row's
+        ``withdrawn`` says why (:meth:`_retract` set them aside in the spool)."""
         pending: dict[str, Dataset] = {}
         whats: dict[str, tuple[str, dict]] = {}
         spooled: dict[str, Path] = {}  # the reports the spool holds (not one it could not take), by UID
+
+        def held_back(row: dict) -> str | None:
+            return self._withdrawal(study_uid, row.get("sop_instance_uid"))
+
         for row in rows:
             row["stored"] = []
             for key, what in MADE.items():
-                if key in row:
+                if key not in row or held_back(row) is not None:
+                    row.pop(key, None)
+                    continue
+                try:
                     ds = pydicom.dcmread(path := Path(row.pop(key)))
-                    uid = str(ds.SOPInstanceUID)
-                    pending[uid], whats[uid] = ds, (what, row)
-                    if path.parent == self.spool.folder:
-                        spooled[uid] = path
-        if not pending:
-            return
+                except FileNotFoundError:  # set aside since by the film's rejection note (Spool.withdraw)
+                    if held_back(row) is None:
+                        raise
+                    continue
+                uid = str(ds.SOPInstanceUID)
+                pending[uid], whats[uid] = ds, (what, row)
+                if path.parent == self.spool.folder:
+                    spooled[uid] = path
         why = dict.fromkeys(pending, f"not sent within {self.send_s:g} s of the study's scoring (--send-within): "
                                      "the destination is slow, or reports of other studies were ahead")
         for attempt in range(1, ATTEMPTS + 1):
-            if (left := deadline - time.monotonic()) <= 0:
+            for uid in [uid for uid in pending if held_back(whats[uid][1]) is not None]:
+                del pending[uid]
+            if not pending or (left := deadline - time.monotonic()) <= 0:
                 break
             for uid, answer in self._store(pending, min(self.store_s, left)).items():
                 what, row = whats[uid]
@@ -900,6 +1063,9 @@ class Listener:
                     self._audit_report(study_uid, uid, answer)
                     if uid in spooled:
                         self.spool.confirmed(spooled[uid])
+                    if (withdrawn := held_back(row)) is not None:  # its note came while it was being sent
+                        log.warning("study %s: the %s %s is stored at %s, its film %s since: remove it there by "
+                                    "hand", study_uid, what, uid, self.destination, withdrawn)
                     if answer in WARNINGS:
                         add_warning(row, f"{self.destination} stored the {what} {uid} with a warning "
                                          f"({status_words(answer, WARNINGS)})")
@@ -920,8 +1086,12 @@ class Listener:
             log.warning("study %s: %d report(s) not stored at %s, try %d of %d; tried again in %g s", study_uid,
                         len(pending), self.destination, attempt, ATTEMPTS, wait)
             time.sleep(wait)
+        for row in rows:
+            if (withdrawn := held_back(row)) is not None:
+                row["withdrawn"] = withdrawn
+                add_warning(row, f"{withdrawn}: its reports are not sent")
         for uid, (what, row) in whats.items():
-            if uid in row["stored"]:
+            if uid in row["stored"] or "withdrawn" in row:
                 continue
             row.setdefault("not_stored", []).append(uid)
             add_warning(row, f"{self.destination}: {why[uid]}: the {what} {uid} is not stored")

@@ -2,7 +2,8 @@
 films came and their reports go: which images are scored (:func:`not_scored`), a study that is not one patient's
 refused (:func:`one_patient`), the scoring and the reports (:func:`score_films`), each film's row in the study's
 order (:func:`study_rows`), a store's status code in words (:func:`status_words`: STOW-RS answers with C-STORE's
-codes) and the films whose reports were not filed (:func:`unfiled`). One implementation, so that a film routed over
+codes), the films whose reports were not filed (:func:`unfiled`) and the films a rejection note withdraws
+(:func:`withdrawn_by`). One implementation, so that a film routed over
 DIMSE gets the row and the report it would get read over DICOMweb."""
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
 from pydicom.uid import UID
 
 from pneumoscan.core.names import shown
@@ -28,6 +30,10 @@ MADE = {"dicom_sr": "DICOM SR", "dicom_heatmap": "Grad-CAM Secondary Capture"}  
 FAILURES = {0x0110: "processing failure", 0x0122: "SOP class not supported", 0x0124: "not authorized",
             0xA700: "out of resources", 0xA900: "data set does not match SOP class", 0xC000: "cannot understand",
             0xC122: "transfer syntax not supported"}  # fmt: skip
+# the titles of IHE IOCM rejection notes (Key Object Selection documents): the films they list are withdrawn
+REJECTIONS = {c.value: c.meaning for c in (
+    codes.DCM.RejectedForQualityReasons, codes.DCM.RejectedForPatientSafetyReasons,
+    codes.DCM.IncorrectModalityWorklistEntry, codes.DCM.DataRetentionPolicyExpired)}
 WARNINGS = {0xB000: "coercion of data elements", 0xB006: "elements discarded",
             0xB007: "data set does not match SOP class"}  # fmt: skip
 
@@ -140,3 +146,32 @@ def unfiled(rows: Sequence[dict]) -> list[tuple[dict, str]]:
         why = [w for w in row.get("warnings") or [] if kind_of(w) is None]  # the reports' and the PACS's, not scope
         failed.append((row, f"{what} {shown(row['path'])}: {shown('; '.join(why))}"))
     return failed
+
+
+def unreadable_note(sop: str, error: Exception) -> ValueError:
+    """The refusal of a study whose key object selection ``sop`` cannot be retrieved or read (``error``): whether it
+    is a rejection note, and which films it withdraws, is not known, so none of the study's films is scored."""
+    return ValueError(f"the study's key object selection {shown(sop)} could not be read ({type(error).__name__}): "
+                      "whether it is a rejection note that withdraws films is not known, so none is scored")
+
+
+def withdrawn_by(note: Dataset) -> dict[str, str]:
+    """Why each film a key object selection withdraws is not scored, by SOP Instance UID: each film it lists when it
+    is a rejection note (IHE IOCM: titled :data:`REJECTIONS`), none under another title (Of Interest, say). A PACS
+    may keep a rejected film beside its note: one rejected for patient safety (another patient's film, a wrong side)
+    or for quality would otherwise be scored and its report filed. One that cannot be read raises
+    :func:`unreadable_note`'s ValueError. The one reading of a note, ``pacs``'s and ``listen``'s."""
+    sop = str(note.get("SOPInstanceUID", ""))
+    try:
+        title = note.ConceptNameCodeSequence[0]
+        rejection = (str(title.CodingSchemeDesignator), str(title.CodeValue))
+        listed = [str(instance.ReferencedSOPInstanceUID)
+                  for evidence in note.get("CurrentRequestedProcedureEvidenceSequence", [])
+                  for listed_series in evidence.get("ReferencedSeriesSequence", [])
+                  for instance in listed_series.get("ReferencedSOPSequence", [])]
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError) as e:
+        raise unreadable_note(sop, e) from None
+    if rejection[0] != "DCM" or rejection[1] not in REJECTIONS:
+        return {}
+    return dict.fromkeys(listed, f"withdrawn by the study's rejection note {sop} ({rejection[1]}: "
+                                 f"{REJECTIONS[rejection[1]]})")
