@@ -1254,9 +1254,10 @@ def test_a_rejection_note_of_a_film_scored_already_names_its_reports_and_keeps_t
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A film scored while the destination is down, its SR waiting in the spool; its rejection note then comes in an
-    association of its own: a warning and an audit line name the SR and FHIR Observation made on it and the
-    rejection reason, and its SR is moved out of the spool into withdrawn/, never sent: the destination, back, is
-    sent nothing. pneumoscan sends no retraction."""
+    association of its own, and the destination is back before that association is released: the spool sends the
+    SR neither then nor after. Once released, a warning and an audit line name the SR and FHIR Observation made on
+    the film and the rejection reason, and its SR is moved out of the spool into withdrawn/. pneumoscan sends no
+    retraction."""
     monkeypatch.setattr(dimse, "FIRST_WAIT_S", 0.01)
     caplog.set_level(logging.INFO, logger="pneumoscan")
     down = Destination_SCP()
@@ -1273,8 +1274,19 @@ def test_a_rejection_note_of_a_film_scored_already_names_its_reports_and_keeps_t
     sr_uid = str(pydicom.dcmread(waiting).SOPInstanceUID)
     [observation] = fhir.iterdir()
     note = key_object_selection(codes.DCM.RejectedForQualityReasons, [source])
-    assert send(port, [note]) == [0]
-    wait_for(lambda: "1 of them scored already by this listener" in caplog.text)
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(KeyObjectSelectionDocumentStorage, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", port, ae_title="PNEUMOSCAN")
+    assert int(assoc.send_c_store(pydicom.dcmread(io.BytesIO(note))).Status) == 0
+    back = Destination_SCP(port=down.port)
+    try:
+        time.sleep(0.3)  # three tries of the spool before the note's association is released
+        assoc.release()
+        wait_for(lambda: "1 of them scored already by this listener" in caplog.text)
+        time.sleep(0.3)  # three more after
+    finally:
+        back.shutdown()
+    assert back.received == []
     why = (f"withdrawn by the study's rejection note {pydicom.dcmread(io.BytesIO(note)).SOPInstanceUID} (113001: "
            "Rejected for Quality Reasons)")
     [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "scored already" in
@@ -1288,12 +1300,6 @@ def test_a_rejection_note_of_a_film_scored_already_names_its_reports_and_keeps_t
             line["fhir"], line["reports_set_aside"]) == (study, source.SOPInstanceUID, why, [sr_uid],
                                                           str(observation), [sr_uid])
     assert list(spool.glob("*.dcm")) == [] and [p.name for p in (spool / "withdrawn").iterdir()] == [waiting.name]
-    back = Destination_SCP(port=down.port)
-    try:
-        time.sleep(0.3)  # three tries of the spool
-    finally:
-        back.shutdown()
-    assert back.received == []
 
 
 def test_a_key_object_selection_that_cannot_be_read_is_refused_and_its_studys_films_not_scored(
@@ -1318,3 +1324,28 @@ def test_a_key_object_selection_that_cannot_be_read_is_refused_and_its_studys_fi
     assert (refused["event"], refused["reason"], read["event"], read["refusal"]) == (
         "film_refused", why, "film_read", why)
     assert destination.received == []
+
+
+def test_the_reports_of_a_film_withdrawn_while_its_study_waits_to_be_sent_are_not_sent(
+    tiny_bundle: Path, destination: Destination_SCP, film: np.ndarray, tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A rejection note that comes while the study of the film it withdraws waits to be sent (scored, queued behind
+    another study's reports): the film's report is not sent, its row says why, and no error line counts it as a
+    report not filed."""
+    caplog.set_level(logging.INFO, logger="pneumoscan")
+    (tmp_path / "film.dcm").write_bytes(data := chest_dicom(film))
+    source = pydicom.dcmread(io.BytesIO(data))
+    rows = predict_paths(tiny_bundle, [tmp_path / "film.dcm"], backend="torch")
+    write_reports(rows, tiny_bundle, sr_dir=tmp_path / "sr", backend="torch")
+    row = {**rows[0], "sop_instance_uid": source.SOPInstanceUID}
+    listener = Listener(tiny_bundle, "PNEUMOSCAN", Destination("DEST", "127.0.0.1", destination.port), tmp_path,
+                        backend="torch")
+    why = "withdrawn by the study's rejection note 1.2.3 (113037: Rejected for Patient Safety Reasons)"
+    listener._withdraw(dimse._Association(tmp_path, "PACS", "127.0.0.1:104"), source.StudyInstanceUID,
+                       {source.SOPInstanceUID: why})
+    listener.file_study(source.StudyInstanceUID, [row], time.monotonic() + WAIT_S)
+    assert destination.received == [] and row["stored"] == [] and row["withdrawn"] == why
+    assert f"{why}: its reports are not sent" in row["warnings"]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert f"study {source.StudyInstanceUID}: reports of 0 of 0 films stored" in caplog.text

@@ -3,36 +3,37 @@ DIMSE, not DICOMweb. It scores each study an association carried once the sender
 ``pacs`` scores a study read over DICOMweb (:mod:`.study`: the same rows, the same SRs), and sends each film's SR
 (and its Grad-CAM Secondary Capture with heatmaps) to the destination AE with C-STORE.
 
-What is refused, and where: a caller whose AE title is not allowed, or an association not addressed to this AE
-title, at association (pynetdicom's own checks), with a warning naming the caller, its address and why; an SOP class
-other than the radiograph and Secondary Capture image classes and the non-image classes a study carries
+What is refused, and where: a caller whose AE title is not allowed, or an association not addressed to this AE title,
+at association (pynetdicom's own checks), with a warning naming the caller, its address and why; an SOP class other
+than the radiograph and Secondary Capture image classes and the non-image classes a study carries
 (:data:`SET_ASIDE_CLASSES`, stored and set aside, never scored: :meth:`Listener._non_image`), or a transfer syntax
 pneumoscan does not decode, at negotiation; an instance without a valid Study or SOP Instance UID, or whose data set
 cannot be read (:func:`read_dataset`, which inflates a deflated one within the decode limit), with a C-STORE failure
-naming why; a
-film past what the listener may hold on disk (:class:`Room`), with an "out of resources" status (0xA700) naming why,
-which the sender may try again later, among them each film while the spool holds ``--spool-max-mb`` of reports
-waiting to be sent (a destination down for days), so that no report is made that could not be kept. Each film is
-written to a temporary file as it arrives (pynetdicom's ``STORE_RECV_CHUNKED_DATASET``), never held whole in memory,
-and these bounds apply to that file before any of it is read; a film, or an association, that passes its bound (or
-takes the disk under ``--min-free-mb``) while it arrives is cut short there, the association aborted (A-ABORT) at
+naming why; a film past what the listener may hold on disk (:class:`Room`), with an "out of resources" status (0xA700)
+naming why, which the sender may try again later, among them each film while the spool holds ``--spool-max-mb`` of
+reports waiting to be sent (a destination down for days), so that no report is made that could not be kept. Each film
+is written to a temporary file as it arrives (pynetdicom's ``STORE_RECV_CHUNKED_DATASET``), never held whole in
+memory, and these bounds apply to that file before any of it is read; a film, or an association, that passes its bound
+(or takes the disk under ``--min-free-mb``) while it arrives is cut short there, the association aborted (A-ABORT) at
 the P-DATA that passed it, so that the disk holds at most the bound and one PDU more (a C-STORE has no status to
-refuse a data set half sent), the films it had stored scored as if it had been released. A film that
-cannot be decoded, or that is no frontal chest radiograph, gets the row ``pacs`` gives it (an error, or
-``not_scored``) and no report. Reports are sent by a thread of their own, in the order their studies were scored, so
-a slow destination never holds up scoring: a destination that refuses or does not answer is tried :data:`ATTEMPTS`
-times, each step bounded by ``store_s``, and a report not stored within ``send_s`` of its study's scoring is given
-up; each report not stored is an error line naming its study and SOP Instance UID, with the reason.
-No report is lost with it: each is written to the spool (:class:`Spool`) before it is queued, deleted there once
-the destination confirms its C-STORE, and sent again from there every ``retry_s`` and when ``listen`` starts; one
-the destination refuses (a failure status, not a network error or 0xA7xx) is moved aside, never tried for ever.
-An association aborted by the sender, or dropped, leaves its films unscored: the sender did not finish; the film
-it was sending, if any, is deleted, and a warning says what was lost. The films are
-held in a private temporary folder, named by SOP Instance UID, and deleted once their studies' reports are sent; the
-log names instances by UID, never by patient. With an audit log (:class:`AuditLog`), each film
-read or refused, each caller refused at association, each association aborted with a film lost, and each report the
-destination confirmed or refused is a JSON line (:meth:`Listener._audit`); with ``required`` set on it, a film whose
-line cannot be written gets no report.
+refuse a data set half sent), the films it had stored scored as if it had been released. A film that cannot be
+decoded, or that is no frontal chest radiograph, gets the row ``pacs`` gives it (an error, or ``not_scored``) and no
+report. Reports are sent by a thread of their own, in the order their studies were scored, so a slow destination never
+holds up scoring: a destination that refuses or does not answer is tried :data:`ATTEMPTS` times, each step bounded by
+``store_s``, and a report not stored within ``send_s`` of its study's scoring is given up; each report not stored is
+an error line naming its study and SOP Instance UID, with the reason. No report is lost with it: each is written to
+the spool (:class:`Spool`) before it is queued, deleted there once the destination confirms its C-STORE, and sent
+again from there every ``retry_s`` and when ``listen`` starts; one the destination refuses (a failure status, not a
+network error or 0xA7xx) is moved aside, never tried for ever. An association aborted by the sender, or dropped,
+leaves its films unscored: the sender did not finish; the film it was sending, if any, is deleted, and a warning says
+what was lost. The films are held in a private temporary folder, named by SOP Instance UID, and deleted once their
+studies' reports are sent; the log names instances by UID, never by patient. With an audit log (:class:`AuditLog`),
+each film read or refused, each caller refused at association, each association aborted with a film lost, and each
+report the destination confirmed or refused is a JSON line (:meth:`Listener._audit`); with ``required`` set on it, a
+film whose line cannot be written gets no report. A rejection note (IHE IOCM, read as ``pacs`` reads it:
+:func:`~pneumoscan.interop.study.withdrawn_by`) withdraws its films from scoring as it arrives
+(:meth:`Listener._withdraw`); of those scored already, the reports made are named and those waiting in the spool set
+aside (:meth:`Listener._retract`). No retraction is sent to the destination: what it holds is IT's to remove.
 """
 
 from __future__ import annotations
@@ -294,7 +295,7 @@ class Spool:
                 report = pydicom.dcmread(path, stop_before_pixels=True)
             except FileNotFoundError:  # sent and confirmed since it was listed
                 continue
-            named = {str(e.value) for e in report.iterall() if e.keyword == "ReferencedSOPInstanceUID"}
+            named = references(report)
             if not (made_on := [film for film in films if film in named]):
                 continue
             with self._lock:
@@ -307,6 +308,11 @@ class Spool:
             for film in made_on:
                 moved.setdefault(film, []).append(str(report.SOPInstanceUID))
         return moved
+
+
+def references(report: Dataset) -> set[str]:
+    """The SOP Instance UIDs a report names (its evidence, its source image): the film it was made on among them."""
+    return {str(e.value) for e in report.iterall() if e.keyword == "ReferencedSOPInstanceUID"}
 
 
 def study_of(path: Path) -> str:
@@ -671,7 +677,12 @@ class Listener:
                         self._spool_reports(study, rows, scored)
                         scored.studies.append((study, rows, time.monotonic() + self.send_s))
                 for study, withdrawn in received.notes.items():  # no study scored meanwhile: each one's reports known
-                    self._retract(study, withdrawn)
+                    try:
+                        self._retract(study, withdrawn)
+                    except Exception as e:  # the films stay withdrawn from scoring and sending (_withdrawal)
+                        log.error("study %s: the reports made on the films its rejection note withdraws are not "
+                                  "told of, nor set aside in the spool: %s", study,
+                                  shown(redact(str(e)) or type(e).__name__))
         finally:
             self._outbox.put(scored)
             if self._stopped.is_set():  # scored as the listener stopped: after stop's drain, so drained here
@@ -833,11 +844,15 @@ class Listener:
         pending = {}
         for path in paths:
             try:
-                pending[path.name] = pydicom.dcmread(path)
+                report = pydicom.dcmread(path)
             except (OSError, pydicom.errors.InvalidDicomError) as e:
                 log.error("study %s: the spooled report %s cannot be read (%s): set aside in %s", study_of(path),
                           path.name, shown(str(e)), self.spool.refused)
                 self.spool.set_aside(path)
+                continue
+            # its film withdrawn by a rejection note whose association is not yet released (then _retract moves it)
+            if not any(self._withdrawal(study_of(path), film) for film in references(report)):
+                pending[path.name] = report
         if not pending:
             return
         left: dict[str, str] = {}
