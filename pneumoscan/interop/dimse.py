@@ -101,7 +101,7 @@ SET_ASIDE_CLASSES = sorted({
     ColorSoftcopyPresentationStateStorage, PseudoColorSoftcopyPresentationStateStorage,
     BlendingSoftcopyPresentationStateStorage, XAXRFGrayscaleSoftcopyPresentationStateStorage, EncapsulatedPDFStorage})
 # the films scored whose reports a rejection note that comes later is told of (Listener._made): the latest, about
-# 0.5 KB each in memory
+# 1 KB each in memory with an SR, an overlay and an Observation (19 MB for 20,000, measured with tracemalloc)
 RECALLED = 20_000
 # a report not stored for want of an answer (no association, none to the C-STORE) or of the destination's resources
 # (0xA7xx) is tried again, 3 times in all, FIRST_WAIT_S after the first try and twice that after the second, within
