@@ -6,6 +6,8 @@ from __future__ import annotations
 import csv
 import logging
 import json
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -40,6 +42,25 @@ def mlflow_run(run: Path):
     client = mlflow_client(run)
     (found,) = client.search_runs([client.get_experiment_by_name("pneumoscan").experiment_id])
     return client, found
+
+
+@pytest.fixture(scope="module")
+def mlflow_tables(module_tmp: Callable[[str], Path]) -> Path:
+    """An MLflow store with its tables made and nothing logged: MLflow makes a new store's tables by running its
+    schema migrations, about 70 (3 s of CPU a store). The tests of what the trackers log across a refusal or a
+    resume start their run folder with a copy (:func:`run_folder`); the first test and the quiet one make theirs
+    from nothing, as a user's run does."""
+    folder = module_tmp("mlflow_tables")
+    mlflow_client(folder).search_experiments()
+    return folder / "mlflow.db"
+
+
+def run_folder(tmp_path: Path, mlflow_tables: Path) -> Path:
+    """TMP_PATH/run, holding a copy of the store :func:`mlflow_tables` made, as the run's own RUN/mlflow.db."""
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(mlflow_tables, run / "mlflow.db")
+    return run
 
 
 def test_tensorboard_and_mlflow_record_config_epochs_curves_and_the_bundle(tiny_dataset: Path, tmp_path: Path) -> None:
@@ -79,12 +100,12 @@ def test_tensorboard_and_mlflow_record_config_epochs_curves_and_the_bundle(tiny_
     assert (run / "mlartifacts").is_dir(), "the local store keeps its artifacts in the run folder"
 
 
-def test_a_refused_run_ends_its_mlflow_run_failed_and_both_trackers_say_why(tiny_dataset: Path,
-                                                                           tmp_path: Path) -> None:
+def test_a_refused_run_ends_its_mlflow_run_failed_and_both_trackers_say_why(tiny_dataset: Path, tmp_path: Path,
+                                                                           mlflow_tables: Path) -> None:
     """A run that training refused (lr 1e8: diverged at its first validation) left its MLflow run RUNNING for good,
     as if still training, and neither tracker said why: the reason was on the terminal only. The MLflow run ends
     FAILED with the refusal as its tag ``refused``, and TensorBoard keeps it as the text ``refused``."""
-    run = tmp_path / "run"
+    run = run_folder(tmp_path, mlflow_tables)
     with pytest.raises(ValueError, match=r"^training diverged at epoch 1") as refused:
         train(tiny_dataset, TrainConfig(**TINY, epochs=1, lr=1e8), run, log_to=BOTH)
     _, found = mlflow_run(run)
@@ -104,11 +125,12 @@ class _RefusedInSecondEpoch(Callback):
             raise ValueError("refused in the second epoch")
 
 
-def test_a_refused_run_resumed_to_its_bundle_is_an_mlflow_run_finished_without_the_reason(tiny_dataset: Path,
-                                                                                        tmp_path: Path) -> None:
+def test_a_refused_run_resumed_to_its_bundle_is_an_mlflow_run_finished_without_the_reason(
+    tiny_dataset: Path, tmp_path: Path, mlflow_tables: Path
+) -> None:
     """The resumed run goes on in the MLflow run the refused one ended FAILED: running, then finished, the earlier
     reason would stay beside the bundle's figures."""
-    run, cfg = tmp_path / "run", TrainConfig(**TINY, epochs=2)
+    run, cfg = run_folder(tmp_path, mlflow_tables), TrainConfig(**TINY, epochs=2)
     with pytest.raises(ValueError, match="^refused in the second epoch$"):
         train(tiny_dataset, cfg, run, log_to=("mlflow",), callbacks=[_RefusedInSecondEpoch()])
     assert mlflow_run(run)[1].info.status == "FAILED"
@@ -125,11 +147,12 @@ def test_tracking_options_are_checked_before_training(tmp_path: Path) -> None:
     assert make_trackers([], tmp_path, {}) == [] and not list(tmp_path.iterdir()), "off by default, nothing written"
 
 
-def test_a_resumed_run_logs_every_epoch_and_the_settings_it_changed(tiny_dataset: Path, tmp_path: Path) -> None:
+def test_a_resumed_run_logs_every_epoch_and_the_settings_it_changed(tiny_dataset: Path, tmp_path: Path,
+                                                                    mlflow_tables: Path) -> None:
     """A crash after epoch 1's checkpoint, before the trackers came to that epoch, lost it for good (steps [2, 3]),
     and MLflow kept the first --epochs as its only record. A fresh run into the folder then appended its events to
     the earlier run's (steps [2, 3, 1])."""
-    run = tmp_path / "run"
+    run = run_folder(tmp_path, mlflow_tables)
     with pytest.raises(Crash):
         train(tiny_dataset, TrainConfig(epochs=2, **TINY), run, on_epoch_end=crash_after_first_epoch, log_to=BOTH)
     train(tiny_dataset, TrainConfig(epochs=3, **TINY), run, resume=True, log_to=BOTH)
@@ -153,7 +176,7 @@ def test_a_resumed_run_logs_every_epoch_and_the_settings_it_changed(tiny_dataset
 
 
 def test_an_epoch_logged_before_a_kill_in_its_checkpoint_write_is_logged_again_not_twice(
-    tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_dataset: Path, tmp_path: Path, mlflow_tables: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The trackers log an epoch before its checkpoint, so a kill while it is written leaves that epoch logged and
     the resumed run trains and logs it again: TensorBoard shows it once (the resumed run purges what came after
@@ -165,7 +188,7 @@ def test_an_epoch_logged_before_a_kill_in_its_checkpoint_write_is_logged_again_n
             raise Crash
         real(path, state)
 
-    run, cfg = tmp_path / "run", TrainConfig(epochs=2, **TINY)
+    run, cfg = run_folder(tmp_path, mlflow_tables), TrainConfig(epochs=2, **TINY)
     with monkeypatch.context() as patched, pytest.raises(Crash):
         patched.setattr(train_mod, "save_checkpoint", killed_in_second)
         train(tiny_dataset, cfg, run, log_to=BOTH)
