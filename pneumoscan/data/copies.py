@@ -252,7 +252,9 @@ def _near_duplicate_components(hashes: list[bytes]) -> np.ndarray:
     words, bits = raw.view(np.uint64), np.unpackbits(raw, axis=1)
     bands = np.array_split(np.arange(bits.shape[1]), NEAR_DUPLICATE_BITS + 1)
     pairs = np.concatenate([_sharing(np.packbits(bits[:, band], axis=1), words) for band in bands], axis=1)
-    i, j = np.unique(pairs, axis=1) if pairs.size else pairs
+    # each pair once, as one number i * n + j: np.unique along axis 1 sorted the pairs as raw bytes, 2 s for the 2
+    # million pairs of 600 copies of one film, where the numbers take 0.1 s
+    i, j = np.divmod(np.unique(pairs[0] * n + pairs[1]), n) if pairs.size else pairs
     near = np.bitwise_count(words[i] ^ words[j]).sum(axis=1) <= NEAR_DUPLICATE_BITS
     graph = coo_matrix((np.ones(int(near.sum()), dtype=np.int8), (i[near], j[near])), shape=(n, n))
     return connected_components(graph, directed=False)[1]
