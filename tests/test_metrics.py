@@ -321,14 +321,16 @@ def test_the_three_class_block_computes_each_class_auc_once(monkeypatch: pytest.
     y = rng.integers(0, 3, 90)
     probs = softmax(rng.normal(size=(90, 3)) + 1.5 * np.eye(3)[y])
     computed = []
+    roc = summaries._roc
 
-    def counted(y_true, prob):  # the real AUC, counted
+    def counted(y_true, prob):  # the real curve and AUC, counted
         computed.append(1)
-        return roc_auc(y_true, prob)
+        return roc(y_true, prob)
 
-    monkeypatch.setattr(summaries, "roc_auc", counted)  # where the per-class AUCs look it up
+    monkeypatch.setattr(summaries, "_roc", counted)  # where the per-class curves and AUCs look it up
     result = evaluate_multiclass(y, probs, ["normal", "bacteria", "virus"], n_boot=50)
-    assert len(computed) == 3, "one AUC a class"
+    assert len(computed) == 3, "one curve and AUC a class"
+    assert [c["auc"] for c in result["per_class"].values()] == [roc_auc_score(y == k, probs[:, k]) for k in range(3)]
     assert result["macro_auc"] == pytest.approx(np.mean([c["auc"] for c in result["per_class"].values()]))
     assert macro_auc(y, probs) == result["macro_auc"]
 
