@@ -647,7 +647,9 @@ def test_evaluations_of_the_same_films_are_tested_paired_against_the_first(
     assert expected[0] == pytest.approx(reference["net_benefit"]["net_benefit"])
     for row in (r for r in rows if r["figure"] == "net_benefit"):  # an interval alone, as evaluate's figures
         assert (float(row["reference_value"]), float(row["value"])) == pytest.approx(expected)
-        assert float(row["difference_low"]) <= float(row["difference"]) <= float(row["difference_high"])
+        # at pt 0.3 both call the same films: every resample's difference 0, so no interval, and why
+        assert (row["difference"], row["difference_low"], row["difference_high"]) == ("0.0", "", "")
+        assert row["no_ci"] == "both runs call every film alike"
         assert (row["p"], row["p_holm"], row["p_method"], row["ci_method"]) == ("", "", "", "bootstrap")
     rows = [r for r in rows if r["figure"] != "net_benefit"]
     for row in rows:
@@ -675,6 +677,10 @@ def test_evaluations_of_the_same_films_are_tested_paired_against_the_first(
         in printed
     benefit = next(line for line in printed.splitlines() if line.startswith("eval-two-stage") and "net benefit" in line)
     assert benefit.split()[-3:] == ["none", "interval", "only"]
+    assert "+0.000 (no 95% CI: both runs call every film alike)" in benefit
+    sensitivity = next(line for line in printed.splitlines()  # calls of the positive films differ for 2 of 8 patients
+                       if line.split()[:2] == ["eval-two-stage", "sensitivity"])
+    assert "(no 95% CI: the runs call differently the films of 2 patients only, fewer than 5)" in sensitivity
     line = next(line for line in printed.splitlines() if line.startswith("eval-two-stage") and " AUC " in line)
     first = next(r for r in rows if r["figure"] == "auc")
     assert f"{float(first['difference']):+.3f} ({float(first['difference_low']):+.3f} to " in line
@@ -795,7 +801,7 @@ def test_paired_evaluations_get_their_net_benefit_difference_at_each_threshold_o
     with (out / "net_benefit_difference.csv").open() as f:
         rows = list(csv.DictReader(f))
     curve = json.loads((multiclass / "metrics.json").read_text())["decision_curve"]
-    assert list(rows[0]) == ["run", "reference", "threshold", "difference", "low", "high"]
+    assert list(rows[0]) == ["run", "reference", "threshold", "difference", "low", "high", "no_ci"]
     assert {(r["run"], r["reference"]) for r in rows} == {("eval-two-stage", "eval-multiclass")}
     assert [float(r["threshold"]) for r in rows] == pytest.approx(curve["threshold"])
     benefits = []
@@ -806,12 +812,19 @@ def test_paired_evaluations_get_their_net_benefit_difference_at_each_threshold_o
                                              [float(row["probability"]) for row in films],
                                              curve["threshold"])["net_benefit"]))
     assert [float(r["difference"]) for r in rows] == pytest.approx((benefits[1] - benefits[0]).tolist())
-    assert all(float(r["low"]) <= float(r["difference"]) <= float(r["high"]) for r in rows)  # 16 patients: each has one
-    assert any(float(r["low"]) < float(r["high"]) for r in rows)
+    for r in rows:  # each interval of positive width, or none where too few patients' films are called apart
+        if r["low"] == r["high"] == "":
+            assert r["no_ci"].startswith(("both runs call every film alike", "the runs call differently the films of"))
+        else:
+            assert float(r["low"]) <= float(r["difference"]) <= float(r["high"])
+            assert float(r["low"]) < float(r["high"]) and r["no_ci"] == ""
+    assert any(r["low"] for r in rows)
+    [last] = [r for r in rows if float(r["threshold"]) == pytest.approx(0.99)]
+    assert (last["low"], last["no_ci"]) == ("", "both runs call every film alike")
     [at] = [r for r in rows if float(r["threshold"]) == pytest.approx(0.3)]
     [paired] = [r for r in _paired_rows(out) if r["figure"] == "net_benefit"]
-    assert [float(at[key]) for key in ("difference", "low", "high")] == pytest.approx(
-        [float(paired[key]) for key in ("difference", "difference_low", "difference_high")])
+    assert [at[key] for key in ("difference", "low", "high", "no_ci")] == [
+        paired[key] for key in ("difference", "difference_low", "difference_high", "no_ci")]
 
 
 def test_the_decision_figure_draws_each_runs_curve_with_its_band_and_the_paired_differences(

@@ -227,7 +227,8 @@ def test_paired_differences_give_both_models_net_benefit_at_one_threshold_and_th
     assert found["ci"][0] < found["difference"] < found["ci"][1] and found["ci_method"] == "bootstrap"
     assert (found["p"], found["p_method"], found["films"], found["patients"]) == (None, None, 80, 40)
     same = paired_differences(positive, scores[[0, 0]], called[[0, 0]], patients, threshold=0.5)
-    assert same["net_benefit"]["ci"] == [0.0, 0.0] and same["net_benefit"]["difference"] == 0
+    assert same["net_benefit"]["difference"] == 0 and same["net_benefit"]["differing_patients"] == 0
+    assert same["net_benefit"]["ci"] is None  # every resample's 0 is no certainty of no difference
     assert "net_benefit" not in paired_differences(positive, scores, called, patients)
     assert "net_benefit" not in paired_differences(positive, scores, called, patients, threshold=0.0)
 
@@ -239,14 +240,19 @@ def test_net_benefit_differences_across_thresholds_agree_with_a_hand_worked_exam
     pt 0.25 (odds 1/3) the first calls 4 true and 4 false positives (0.4 - 4/30), the second 5 and 2 (0.5 - 2/30), a
     difference of 2/30 + 0.1. Each pt's interval is the 2.5th and 97.5th percentiles of the difference over the
     paired test's resamples of patients, each film weighted by its patient's draws (the bootstrap's weights, film by
-    film): at the reference's pt the interval compare_paired.csv gives, so one set of resamples makes both."""
+    film): at the reference's pt the interval compare_paired.csv gives, so one set of resamples makes both. The
+    ten films are taken three times, as 30 patients: on the ten alone the models call differently the films of 3
+    and 4 patients, too few for an interval."""
     from pneumoscan.core.metrics.differences import PAIRED_BOOTSTRAP
     from pneumoscan.core.metrics.intervals import BOOTSTRAP_SEED, _bootstrap_weights
 
     positive = np.array([1, 1, 0, 0, 1, 0, 1, 0, 1, 0], bool)
     scores = np.array([[0.9, 0.4, 0.6, 0.1, 0.8, 0.3, 0.55, 0.45, 0.2, 0.7],
                        [0.9, 0.7, 0.2, 0.1, 0.85, 0.35, 0.6, 0.5, 0.3, 0.2]])
-    patients = np.arange(10)
+    few = net_benefit_differences(positive, scores, np.arange(10), [0.25, 0.5])
+    assert [(at["differing_patients"], at["ci"]) for at in few] == [(3, None), (4, None)]
+    positive, scores = np.tile(positive, 3), np.tile(scores, 3)
+    patients = np.arange(30)
     found = net_benefit_differences(positive, scores, patients, [0.25, 0.5])
     assert [at[key] for at in found for key in ("first", "second", "difference")] == pytest.approx(
         [0.4 - 4 / 30, 0.5 - 2 / 30, 0.1 + 2 / 30, 0.1, 0.3, 0.2])
@@ -256,11 +262,35 @@ def test_net_benefit_differences_across_thresholds_agree_with_a_hand_worked_exam
         drawn = [weights @ ((c & positive) - pt / (1 - pt) * (c & ~positive)) / weights.sum(axis=1) for c in called]
         assert at["ci"] == pytest.approx(np.percentile(drawn[1] - drawn[0], [2.5, 97.5]).tolist(), abs=1e-12)
         assert at["ci"][0] < at["difference"] < at["ci"][1]
-        assert (at["p"], at["ci_method"], at["films"], at["patients"]) == (None, BOOTSTRAP, 10, 10)
+        assert (at["p"], at["ci_method"], at["films"], at["patients"]) == (None, BOOTSTRAP, 30, 30)
     alone = paired_differences(positive, scores, scores >= 0.5, patients, threshold=0.5)["net_benefit"]
     assert alone == found[1] | {"ci": pytest.approx(found[1]["ci"], abs=1e-12)}
     with pytest.raises(ValueError, match="strictly between 0 and 1"):
         net_benefit_differences(positive, scores, patients, [0.5, 1.0])
+
+
+def test_a_difference_from_films_both_models_call_alike_has_no_interval() -> None:
+    """Where the two models call the same films at a pt (at 0.99 neither calls any; a copy of a model calls what it
+    calls), every resample's net benefit difference is 0: no interval, not [0, 0], which would read as a certain
+    "no difference"; nor where they call differently the films of 4 patients, whose few distinct resampled values
+    the percentile interval covers too little. Sensitivity and specificity, made of the same calls, alike; where
+    the calls differ for 5 patients or more each is given."""
+    rng = np.random.default_rng(8)
+    patients = np.repeat(np.arange(40), 2)
+    positive = patients % 2 == 0
+    scores = np.stack([rng.random(80) * 0.9, rng.random(80) * 0.9])  # none at 0.99
+    scores[1, :8] = scores[0, :8] = 0.5  # the first four patients' films
+    scores[1, 8:] = scores[0, 8:]  # alike elsewhere: calls at 0.5 differ for patients 0-3 only once moved
+    scores[1, [0, 2, 4, 6]] = 0.95  # patients 0-3 each get a film the second calls at 0.6 and the first does not
+    found = net_benefit_differences(positive, scores, patients, [0.6, 0.99])
+    assert [(at["differing_patients"], at["ci"]) for at in found] == [(4, None), (0, None)]
+    assert found[0]["difference"] != 0
+    called = scores >= 0.6
+    figures = paired_differences(positive, scores, called, patients, threshold=0.6)
+    assert all(figures[name]["ci"] is None for name in ("sensitivity", "specificity", "net_benefit"))
+    scores[1, 8:18] = 0.95  # five patients more, each with a film called apart
+    found = net_benefit_differences(positive, scores, patients, [0.6])[0]
+    assert found["differing_patients"] == 9 and found["ci"][0] < found["ci"][1]
 
 
 def test_paired_differences_count_a_patients_films_once() -> None:
@@ -270,7 +300,7 @@ def test_paired_differences_count_a_patients_films_once() -> None:
     positive = np.arange(60) % 2 == 0
     first = rng.random(60) + positive * 0.5
     second = first + rng.normal(0, 0.25, 60) + positive * 0.1
-    scores, called = np.stack([first, second]), np.stack([first > 0.7, second > 0.7])
+    scores, called = np.stack([first, second]), np.stack([first > 0.65, second > 0.65])  # 5 and 6 patients apart
     once = paired_differences(positive, scores, called, np.arange(60))
     twice = np.repeat(np.arange(60), 2)
     again = paired_differences(positive[twice], scores[:, twice], called[:, twice], twice)

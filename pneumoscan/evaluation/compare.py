@@ -33,6 +33,7 @@ from pneumoscan.core.atomic import write_atomic
 from pneumoscan.core.figures import figure_bytes
 from pneumoscan.core.metrics import (format_figure, format_percent, is_net_benefit, is_net_benefit_interval,
                                      net_benefit_interval, with_ci)
+from pneumoscan.core.metrics.intervals import FEW_PATIENTS
 from pneumoscan.core.metrics.differences import (DELONG, P_METHODS, RESAMPLES, holm, net_benefit_differences,
                                                   paired_differences)
 from pneumoscan.core.metrics.summaries import decision_thresholds
@@ -673,7 +674,7 @@ def _check_comparable(runs: list[RunSummary]) -> None:
 PREDICTIONS = "predictions.csv"  # an evaluate folder's scores, a row a film: what the paired test reads
 # compare_paired.csv: a row a run and figure tested against the reference run, on the films and patients both share
 PAIRED_FIELDS = ("run", "reference", "data", "films", "patients", "figure", "reference_value", "value", "difference",
-                 "difference_low", "difference_high", "ci_method", "p", "p_holm", "p_method", "figure_films",
+                 "difference_low", "difference_high", "ci_method", "no_ci", "p", "p_holm", "p_method", "figure_films",
                  "figure_patients", "optimistic")
 
 
@@ -803,7 +804,8 @@ def paired_rows(runs: Sequence[RunSummary]) -> list[dict[str, Any]]:
     return [{"run": r.run, "reference": r.paired.reference, "data": r.data, "films": r.paired.films,
              "patients": r.paired.patients, "figure": name, "reference_value": test["first"], "value": test["second"],
              "difference": test["difference"], "difference_low": (test["ci"] or [None])[0],
-             "difference_high": (test["ci"] or [None, None])[1], "ci_method": test["ci_method"], "p": test["p"],
+             "difference_high": (test["ci"] or [None, None])[1], "ci_method": test["ci_method"],
+             "no_ci": None if test["ci"] else no_interval(test), "p": test["p"],
              "p_holm": test["p_holm"],
              "p_method": test["p_method"],
              "figure_films": test["films"], "figure_patients": test["patients"], "optimistic": "; ".join(r.optimistic)}
@@ -811,15 +813,17 @@ def paired_rows(runs: Sequence[RunSummary]) -> list[dict[str, Any]]:
 
 
 # net_benefit_difference.csv: a row a run tested against the reference and threshold probability of the reference's
-# decision curve: the run's net benefit less the reference's there, with its pointwise 95% CI
-DIFFERENCE_FIELDS = ("run", "reference", "threshold", "difference", "low", "high")
+# decision curve: the run's net benefit less the reference's there, with its pointwise 95% CI or why it has none
+DIFFERENCE_FIELDS = ("run", "reference", "threshold", "difference", "low", "high", "no_ci")
 
 
 def difference_rows(runs: Sequence[RunSummary]) -> list[dict[str, Any]]:
     """net_benefit_difference.csv's rows (:data:`DIFFERENCE_FIELDS`): each run tested, at each threshold
-    probability, its net benefit's difference from the reference's (its ends empty where too few patients)."""
+    probability, its net benefit's difference from the reference's (its ends empty, and ``no_ci`` saying why, where
+    too few patients' films are called differently: :func:`no_interval`)."""
     return [{"run": r.run, "reference": r.paired.reference, "threshold": at["threshold"],
-             "difference": at["difference"], "low": (at["ci"] or [None])[0], "high": (at["ci"] or [None, None])[1]}
+             "difference": at["difference"], "low": (at["ci"] or [None])[0], "high": (at["ci"] or [None, None])[1],
+             "no_ci": None if at["ci"] else no_interval(at)}
             for r in runs if r.paired for at in r.paired.curve]
 
 
@@ -832,9 +836,22 @@ def _value(name: str, value: float) -> str:
     return f"{value:.3f}" if name == "net_benefit" else format_figure(value)
 
 
-def _signed(value: float, ci: Sequence[float] | None) -> str:
-    """A difference with its sign and its 95% CI (none where too few patients)."""
-    return f"{value:+.3f} " + (f"({ci[0]:+.3f} to {ci[1]:+.3f})" if ci else "(no 95% CI: too few patients)")
+def _signed(test: dict[str, Any]) -> str:
+    """A paired difference with its sign and its 95% CI, or why it has none (:func:`no_interval`)."""
+    ci = test["ci"]
+    return f"{test['difference']:+.3f} " + (f"({ci[0]:+.3f} to {ci[1]:+.3f})" if ci
+                                            else f"(no 95% CI: {no_interval(test)})")
+
+
+def no_interval(test: dict[str, Any]) -> str:
+    """Why a paired difference has no interval: its films are of too few patients, or the two runs call differently
+    the films of too few (none: every resample would give 0, read as a certain "no difference")."""
+    apart = test.get("differing_patients")
+    if apart is None or test["patients"] < FEW_PATIENTS:
+        return "too few patients"
+    if apart == 0:
+        return "both runs call every film alike"
+    return f"the runs call differently the films of {counted(apart, 'patient')} only, fewer than {FEW_PATIENTS}"
 
 
 def _paired_table(runs: Sequence[RunSummary]) -> str:
@@ -848,7 +865,7 @@ def _paired_table(runs: Sequence[RunSummary]) -> str:
     count = sum(test["p"] is not None for r in tested if r.paired for test in r.paired.figures.values())
     lines = [("run", "figure", first.reference, "run's", "difference (95% CI)", "p", "adjusted p", "p by")]
     lines += [(r.run + (OPTIMISTIC if r.optimistic else ""), PAIRED_NAMES[name], _value(name, test["first"]),
-               _value(name, test["second"]), _signed(test["difference"], test["ci"]),
+               _value(name, test["second"]), _signed(test),
                *((p_said(test["p"]), p_said(test["p_holm"]), test["p_method"]) if test["p"] is not None
                  else ("none", "", "interval only")))
               for r in tested if r.paired for name, test in r.paired.figures.items()]
@@ -925,7 +942,7 @@ def decision_figure(runs: Sequence[RunSummary]) -> Figure | None:
     differences = []
     for r in runs:
         if r.paired and r.paired.curve:
-            ends = [at["ci"] or [None, None] for at in r.paired.curve]  # none where too few patients
+            ends = [at["ci"] or [None, None] for at in r.paired.curve]  # none where too few patients differ
             low, high = ([e[i] for e in ends] if any(at["ci"] for at in r.paired.curve) else None for i in (0, 1))
             differences.append(Curve(f"{r.run} less {r.paired.reference}", colour_of[r.run],
                                      [at["threshold"] for at in r.paired.curve],

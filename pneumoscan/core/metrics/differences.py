@@ -296,8 +296,9 @@ def paired_differences(positive: np.ndarray, scores: np.ndarray, called: np.ndar
     The bootstrap interval is the 2.5th and 97.5th percentiles of the difference over :data:`PAIRED_BOOTSTRAP`
     resamples of patients (:func:`~.intervals._bootstrap_counts`, each patient's films together in both models),
     resamples without the figure's films left out. Either interval is none where the figure's films are of fewer
-    than :data:`~.intervals.FEW_PATIENTS` patients. A figure without films (AUC without both classes) is left out of
-    the result.
+    than :data:`~.intervals.FEW_PATIENTS` patients, and a rate's where the two models call differently the films of
+    fewer than that (``differing_patients``, :func:`_paired`). A figure without films (AUC without both classes) is
+    left out of the result.
 
     With a ``threshold`` probability pt in (0, 1) (compare gives the first model's), ``net_benefit`` too: each
     model's net benefit TP/n - FP/n pt/(1 - pt) where it calls positive the films it scores at least pt (as a decision
@@ -330,7 +331,7 @@ def paired_differences(positive: np.ndarray, scores: np.ndarray, called: np.ndar
                 drawn = np.stack([_resampled_sums(counts, unit_of, h * films) / of for h in hits])
             parts = np.bincount(unit_of[films], hits[1, films] - hits[0, films], units.size) / films.sum()
             out[name] = _paired(hits[:, films].mean(axis=1)[:, None], _sign_flip_p(parts[np.unique(unit_of[films])]),
-                                drawn, films, unit_of)
+                                drawn, films, unit_of, called[0] != called[1])
     if threshold is not None and 0 < threshold < 1:  # 0 or 1: odds 0 or infinite
         out["net_benefit"] = _net_benefit_differences(positive, scores, unit_of, counts, [threshold])[0]
     return out
@@ -349,7 +350,8 @@ def net_benefit_differences(positive: np.ndarray, scores: np.ndarray, patients: 
     """Two models' net benefits on the same films (``scores``: a row a model) at each of ``thresholds`` (each in
     (0, 1): a decision curve's threshold probabilities), and the second's difference from the first, each an entry
     as :func:`paired_differences` gives ``net_benefit`` (a model calling positive the films it scores at least pt;
-    the difference's percentile interval over the same resamples of ``patients``, one a film; no test). The
+    the difference's percentile interval over the same resamples of ``patients``, one a film, none where the two
+    call differently the films of fewer than :data:`~.intervals.FEW_PATIENTS` patients; no test). The
     intervals are pointwise: each holds the difference at its pt with 95% confidence, and all of them together
     hold the curve of differences with less (no simultaneous band)."""
     pt = np.asarray(thresholds, dtype=float).ravel()
@@ -368,13 +370,15 @@ def _net_benefit_differences(positive: np.ndarray, scores: np.ndarray, unit_of: 
     films = np.ones_like(positive)
     pt = np.asarray(thresholds, dtype=float)[:, None]  # a row a threshold
     n = _resampled_sums(counts, unit_of, films)[:, None]
-    values, drawn = [], []
+    values, drawn, calls = [], [], []
     for s in scores:
-        parts = net_benefit_parts(s >= pt, positive, pt / (1 - pt))  # (thresholds, films)
+        calls.append(s >= pt)  # (thresholds, films)
+        parts = net_benefit_parts(calls[-1], positive, pt / (1 - pt))
         values.append(parts.mean(axis=1))
         by_unit = np.stack([np.bincount(unit_of, part, counts.shape[1]) for part in parts], axis=1)
         drawn.append(counts @ by_unit / n)  # (resamples, thresholds)
-    return [_paired(np.array([[v[i]] for v in values]), None, np.stack([d[:, i] for d in drawn]), films, unit_of)
+    return [_paired(np.array([[v[i]] for v in values]), None, np.stack([d[:, i] for d in drawn]), films, unit_of,
+                    calls[0][i] != calls[1][i])
             for i in range(pt.shape[0])]
 
 
@@ -518,22 +522,30 @@ def _weighted_auc(scores: np.ndarray, positive: np.ndarray, counts: np.ndarray, 
 
 
 def _paired(figures: np.ndarray, tested: Tested | None, drawn: np.ndarray | list[float], films: np.ndarray,
-            unit_of: np.ndarray) -> dict[str, Any]:
+            unit_of: np.ndarray, differing: np.ndarray | None = None) -> dict[str, Any]:
     """A figure's entry of :func:`paired_differences`: the two models' values (``figures``, (2, 1)), the difference,
     its test's p and how it was found (``tested``; both None where it has none), its interval and how it was made
     (``ci_method``): the percentile interval over the resamples ``drawn`` (2, resamples; nan where a resample lacks
     the figure's films), or, where ``drawn`` is DeLong's interval itself (a list), that one; and the films and
-    patients it is of."""
+    patients it is of.
+
+    A rate's or net benefit's difference comes only from the films the two models call differently (``differing``,
+    one a film): ``differing_patients`` counts the figure's patients with such a film, and the interval is None
+    where they are fewer than :data:`~.intervals.FEW_PATIENTS`. With none, every resample's difference is 0 and
+    the percentile interval [0, 0] would read as a certain "no difference"; with 1 to 4, the resamples take a few
+    values and the percentile interval holds the true difference less often than 95%."""
     patients = np.unique(unit_of[films]).size
+    apart = None if differing is None else int(np.unique(unit_of[films & differing]).size)
+    enough = patients >= FEW_PATIENTS and (apart is None or apart >= FEW_PATIENTS)
     if isinstance(drawn, list):
-        ci, ci_method = (drawn if patients >= FEW_PATIENTS else None), DELONG
+        ci, ci_method = (drawn if enough else None), DELONG
     else:
         difference = drawn[1] - drawn[0]
         difference = difference[np.isfinite(difference)]
         ci = (np.percentile(difference, [100 * ALPHA / 2, 100 * (1 - ALPHA / 2)]).tolist()
-              if patients >= FEW_PATIENTS and difference.size else None)
+              if enough and difference.size else None)
         ci_method = BOOTSTRAP
     first, second = (float(f[0]) for f in figures)
     return {"first": first, "second": second, "difference": second - first, "ci": ci, "ci_method": ci_method,
             "p": None if tested is None else tested.p, "p_method": None if tested is None else tested.method,
-            "films": int(films.sum()), "patients": patients}
+            "films": int(films.sum()), "patients": patients, "differing_patients": apart}
