@@ -1101,6 +1101,29 @@ def test_a_stop_says_which_studies_reports_are_not_sent(
                       f"study {second}: 1 report(s) not sent to DEST@127.0.0.1:{hung.port}: the listener stopped{lost}"]
 
 
+def test_a_study_scored_after_the_stop_is_drained_by_its_scoring(
+    tiny_bundle: Path, film: np.ndarray, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A study whose scoring ends after stop() (the server's shutdown does not wait for it) is drained by its
+    scoring, as stop's drain came before it: its error line says its report is not sent, and its association's
+    folder is deleted, not left in the work folder."""
+    caplog.set_level(logging.INFO, logger="pneumoscan")
+    listener = Listener(tiny_bundle, "PNEUMOSCAN", Destination("DEST", "127.0.0.1", 104), tmp_path, backend="torch")
+    listener.stop()
+    source = pydicom.dcmread(io.BytesIO(data := chest_dicom(film)))
+    study, sop = str(source.StudyInstanceUID), str(source.SOPInstanceUID)
+    (folder := tmp_path / "association-late").mkdir()
+    (folder / f"{sop}.dcm").write_bytes(data)
+    received = dimse._Association(folder, "PACS", "127.0.0.1:104")
+    received.studies[study] = {sop: {"path": sop, "study_instance_uid": study,
+                                     "series_instance_uid": str(source.SeriesInstanceUID), "sop_instance_uid": sop}}
+    listener._score(received)
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR and r.name == dimse.log.name]
+    assert errors == [f"study {study}: 1 report(s) not sent to DEST@127.0.0.1:104: the listener stopped; no spool "
+                      "(--spool): they are lost"]
+    assert not folder.exists()
+
+
 def test_the_reports_of_a_study_go_in_one_association_with_one_context_a_class(
     tiny_bundle: Path, destination: Destination_SCP, film: np.ndarray, tmp_path: Path
 ) -> None:
