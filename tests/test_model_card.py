@@ -21,7 +21,7 @@ from pneumoscan.core.metrics import AUC_INTERVAL, FILM_UNIT_CAVEAT, ci_method_se
 from pneumoscan.data.layouts import discover, make_record, write_manifest
 from pneumoscan.evaluation.model_card import (CARD_METRICS, MODEL_CARD, VALIDATION_PROPORTIONS,
                                               MACRO_AUC_NAME, card_summary, front_matter, render, today,
-                                              intended_use, write_model_card)
+                                              intended_use, markdown_text, write_model_card)
 from pneumoscan.inference.onnx_runtime import INT8_NAME, spec_path
 from pneumoscan.evaluation.evaluate import evaluate
 from pneumoscan.evaluation.subgroups import difference_said, differences_said, table_rows
@@ -957,7 +957,7 @@ def test_a_card_names_the_training_data_its_run_recorded_and_kermany_only_for_ke
         assert "Patients unlike those of the training films" in " ".join(summary["out_of_scope"])
     meta, body = front_matter_and_body(texts["named"])
     assert meta["datasets"] == ["St Elsewhere PACS 2024 | ward <b>"]
-    assert (meta["license"], meta["license_name"]) == ("other", "internal use")
+    assert (meta["license"], meta["license_name"]) == ("other", "internal-use")
     assert ("It was trained on these chest X-ray films:\n\n- 48 training and validation films (read as the manifest "
             "layout): St Elsewhere PACS 2024 \\| ward &lt;b>; licence: internal use.") in body, body
     assert "films of St Elsewhere PACS 2024 | ward <b>" in intended_use(load_card(named))
@@ -969,7 +969,7 @@ def test_a_card_names_the_training_data_its_run_recorded_and_kermany_only_for_ke
     assert "films whose source was not described" in intended_use(load_card(undescribed))
     meta, body = front_matter_and_body(texts["tuned"])
     assert meta["datasets"] == [KERMANY, "St Elsewhere PACS 2024"]
-    assert (meta["license"], meta["license_name"]) == ("other", "CC BY 4.0; not stated"), "no CC BY of a site's films"
+    assert (meta["license"], meta["license_name"]) == ("other", "mixed-cc-by-4.0-and-not-stated"), "no CC BY"
     assert ("It was trained on these chest X-ray films:\n\n- 48 training and validation films (read as the manifest "
             "layout): St Elsewhere PACS 2024; licence: not stated (`train --data-licence`).\n\nIts training started "
             "from the weights of a bundle (`--init`) that learnt from these:\n\n- 48 training and validation films "
@@ -1064,9 +1064,11 @@ def test_a_kermany_cards_licence_words_are_the_datasets_recorded_licence(tiny_bu
 def test_the_front_matter_gives_the_datas_licence_by_its_hugging_face_id_or_as_other(tiny_bundle: Path) -> None:
     """The front matter said `license: unknown` for weights whose data's licence `train --data-licence` gave: a
     licence the table of common Creative Commons and open data licences knows (by id or name, in any case and
-    spacing) is its Hugging Face id; any other is `other`, its text as given in `license_name`; none given stays
-    `unknown`. Sources under different licences (a Kermany bundle fine-tuned or distilled on a site's films) are
-    `other`, naming each, never one id that drops another: one not stated is said so."""
+    spacing, Creative Commons' own long names too) is its Hugging Face id; any other is `other`, with
+    `license_name` an id made from its text (lower case, [a-z0-9.-], as Hugging Face's card spec asks), its words as
+    given in the card's Training data; none given stays `unknown`. Sources under different licences (a Kermany
+    bundle fine-tuned or distilled on a site's films) are `other`, naming each, never one id that drops another: one
+    not stated is said so."""
     from pneumoscan.evaluation.model_card import front_matter
 
     card = load_card(tiny_bundle)
@@ -1078,18 +1080,26 @@ def test_the_front_matter_gives_the_datas_licence_by_its_hugging_face_id_or_as_o
 
     for given, hf in (("CC BY 4.0", "cc-by-4.0"), ("CC-BY-NC-4.0", "cc-by-nc-4.0"), ("cc0-1.0", "cc0-1.0"),
                       ("CC0 1.0 Universal", "cc0-1.0"), ("cc by-nc-sa 4.0", "cc-by-nc-sa-4.0"), ("ODbL", "odbl"),
-                      ("Creative Commons Attribution Share Alike 4.0 International", "cc-by-sa-4.0")):
+                      ("Creative Commons Attribution Share Alike 4.0 International", "cc-by-sa-4.0"),
+                      ("Attribution-NonCommercial-ShareAlike 4.0 International", "cc-by-nc-sa-4.0"),
+                      ("Creative Commons Attribution-NoDerivatives 4.0 International", "cc-by-nd-4.0"),
+                      ("Attribution-NonCommercial-NoDerivs 3.0 Unported", "cc-by-nc-nd-3.0"),
+                      ("Attribution-NonCommercial 2.0 Generic", "cc-by-nc-2.0")):
         assert meta(given) == {"license": hf}, given
-    for given in ("CC BY", "CC BY 4.0 or any later version", "internal use"):
-        assert meta(given) == {"license": "other", "license_name": given}, given
+    for given, slug in (("CC BY", "cc-by"), ("CC BY 4.0 or any later version", "cc-by-4.0-or-any-later-version"),
+                        ("internal use", "internal-use"), ("©", "unnamed"),
+                        ("Zürich Klinik: nur Forschung!", "zurich-klinik-nur-forschung")):
+        assert meta(given) == {"license": "other", "license_name": slug}, given
     assert meta("") == meta("", "") == {"license": "unknown"}
     assert meta("CC BY 4.0", "cc-by-4.0") == {"license": "cc-by-4.0"}, "one licence, however written"
     assert meta("CC BY 4.0", "CC-BY-NC-4.0", "cc by 4.0") == {"license": "other",
-                                                             "license_name": "CC BY 4.0; CC-BY-NC-4.0"}
-    assert meta("CC BY 4.0", "") == {"license": "other", "license_name": "CC BY 4.0; not stated"}
+                                                             "license_name": "mixed-cc-by-4.0-and-cc-by-nc-4.0"}
+    assert meta("CC BY 4.0", "") == {"license": "other", "license_name": "mixed-cc-by-4.0-and-not-stated"}
     assert front_matter(card)["license"] == "cc-by-4.0" and "license_name" not in front_matter(card)
     terms = 'St Elsewhere terms: "research only" # v2'
     taught = {**_source("St Elsewhere", terms, films=None), "taught": True}  # a student's teacher's films
     student = dataclasses.replace(card, training_data=[*card.training_data, taught])
-    parsed, _ = front_matter_and_body(render(student))
-    assert (parsed["license"], parsed["license_name"]) == ("other", f"CC BY 4.0; {terms}"), parsed
+    parsed, body = front_matter_and_body(render(student))
+    assert (parsed["license"], parsed["license_name"]) == ("other", "mixed-cc-by-4.0-and-st-elsewhere-terms-research-"
+                                                           "only-v2"), parsed
+    assert markdown_text(terms) in body and "licensed CC BY 4.0" in body  # each licence's own words

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -531,26 +532,33 @@ def _model_index(card: BundleCard) -> list[dict[str, Any]]:
 
 
 # the Hugging Face licence ids (hub-docs' repositories-licenses) of the Creative Commons and open data licences data
-# are commonly under, each with the names it goes by besides its id (SPDX's ids are these, in capitals): a licence
-# given as one of them, whatever its case and the spaces, hyphens or underscores between its words, and with or
-# without a closing "International" or "Universal", is that id in MODEL_CARD.md's front matter; any other is not
+# are commonly under, each with the names it goes by besides its id (SPDX's ids are these, in capitals; Creative
+# Commons' own are its legal code's, "Attribution-NonCommercial-ShareAlike 4.0 International"): a licence given as
+# one of them, whatever its case and the spaces, hyphens or underscores between its words, with or without an
+# opening "Creative Commons" and a closing "International", "Universal", "Unported" or "Generic", is that id in
+# MODEL_CARD.md's front matter; any other is not
 HF_LICENCES: dict[str, tuple[str, ...]] = {
     "cc0-1.0": ("CC0", "Creative Commons Zero v1.0", "Creative Commons Zero 1.0"),
     "cc-by-2.0": ("Creative Commons Attribution 2.0",),
     "cc-by-2.5": ("Creative Commons Attribution 2.5",),
     "cc-by-3.0": ("Creative Commons Attribution 3.0",),
     "cc-by-4.0": ("Creative Commons Attribution 4.0",),
-    "cc-by-sa-3.0": ("Creative Commons Attribution Share Alike 3.0",),
-    "cc-by-sa-4.0": ("Creative Commons Attribution Share Alike 4.0",),
-    "cc-by-nc-2.0": ("Creative Commons Attribution Non Commercial 2.0",),
-    "cc-by-nc-3.0": ("Creative Commons Attribution Non Commercial 3.0",),
-    "cc-by-nc-4.0": ("Creative Commons Attribution Non Commercial 4.0",),
-    "cc-by-nd-4.0": ("Creative Commons Attribution No Derivatives 4.0",),
-    "cc-by-nc-nd-3.0": ("Creative Commons Attribution Non Commercial No Derivatives 3.0",),
-    "cc-by-nc-nd-4.0": ("Creative Commons Attribution Non Commercial No Derivatives 4.0",),
-    "cc-by-nc-sa-2.0": ("Creative Commons Attribution Non Commercial Share Alike 2.0",),
-    "cc-by-nc-sa-3.0": ("Creative Commons Attribution Non Commercial Share Alike 3.0",),
-    "cc-by-nc-sa-4.0": ("Creative Commons Attribution Non Commercial Share Alike 4.0",),
+    "cc-by-sa-3.0": ("Creative Commons Attribution Share Alike 3.0", "Attribution-ShareAlike 3.0"),
+    "cc-by-sa-4.0": ("Creative Commons Attribution Share Alike 4.0", "Attribution-ShareAlike 4.0"),
+    "cc-by-nc-2.0": ("Creative Commons Attribution Non Commercial 2.0", "Attribution-NonCommercial 2.0"),
+    "cc-by-nc-3.0": ("Creative Commons Attribution Non Commercial 3.0", "Attribution-NonCommercial 3.0"),
+    "cc-by-nc-4.0": ("Creative Commons Attribution Non Commercial 4.0", "Attribution-NonCommercial 4.0"),
+    "cc-by-nd-4.0": ("Creative Commons Attribution No Derivatives 4.0", "Attribution-NoDerivatives 4.0"),
+    "cc-by-nc-nd-3.0": ("Creative Commons Attribution Non Commercial No Derivatives 3.0",
+                        "Attribution-NonCommercial-NoDerivs 3.0"),
+    "cc-by-nc-nd-4.0": ("Creative Commons Attribution Non Commercial No Derivatives 4.0",
+                        "Attribution-NonCommercial-NoDerivatives 4.0"),
+    "cc-by-nc-sa-2.0": ("Creative Commons Attribution Non Commercial Share Alike 2.0",
+                        "Attribution-NonCommercial-ShareAlike 2.0"),
+    "cc-by-nc-sa-3.0": ("Creative Commons Attribution Non Commercial Share Alike 3.0",
+                        "Attribution-NonCommercial-ShareAlike 3.0"),
+    "cc-by-nc-sa-4.0": ("Creative Commons Attribution Non Commercial Share Alike 4.0",
+                        "Attribution-NonCommercial-ShareAlike 4.0"),
     "odc-by": ("ODC-By 1.0", "Open Data Commons Attribution License"),
     "odbl": ("ODbL 1.0", "Open Database License"),
     "pddl": ("PDDL 1.0", "Open Data Commons Public Domain Dedication and License"),
@@ -561,9 +569,11 @@ HF_LICENCES: dict[str, tuple[str, ...]] = {
 
 
 def _licence_key(text: str) -> str:
-    """A licence's words as :data:`HF_LICENCES` is looked up by: lower case, joined by hyphens, a closing
-    "international" or "universal" (Creative Commons' full names end so) left out."""
-    return re.sub(r"-(international|universal)$", "", "-".join(re.split(r"[\s_-]+", text.strip().lower())))
+    """A licence's words as :data:`HF_LICENCES` is looked up by: lower case, joined by hyphens, an opening "creative
+    commons" and a closing "international", "universal", "unported" or "generic" (Creative Commons' full names
+    begin and end so) left out."""
+    key = "-".join(re.split(r"[\s_-]+", text.strip().lower()))
+    return re.sub(r"^creative-commons-(?=.)|-(international|universal|unported|generic)$", "", key)
 
 
 _HF_IDS = {_licence_key(name): hf for hf, names in HF_LICENCES.items() for name in (hf, *names)}
@@ -577,8 +587,9 @@ def hf_licence(text: str) -> str | None:
 def licence_meta(sources: Sequence[TrainingSource]) -> dict[str, str]:
     """The front matter's licence of weights that learnt from ``sources``: their licence's Hugging Face id where they
     all have one and the same (:func:`hf_licence`: Kermany et al.'s CC BY 4.0, a site's `--data-licence`);
-    ``unknown`` where none states one; else ``other``, with each licence in ``license_name`` (a text the table does
-    not know as given, one not stated as such), since one id would drop the others."""
+    ``unknown`` where none states one; else ``other``, with ``license_name`` an id made of each licence
+    (:func:`licence_slug`: ``mixed-cc-by-4.0-and-not-stated``), as Hugging Face's card spec asks, since one id would
+    drop the others; each licence's own words are in the card's Training data."""
     licences: dict[str, str] = {}  # by id (or text where none), the first text given for it
     for source in sources:
         licences.setdefault(hf_licence(source["licence"]) or source["licence"], source["licence"])
@@ -586,7 +597,18 @@ def licence_meta(sources: Sequence[TrainingSource]) -> dict[str, str]:
         return {"license": "unknown"}
     if len(licences) == 1 and (only := next(iter(licences))) in HF_LICENCES:
         return {"license": only}
-    return {"license": "other", "license_name": "; ".join(text or "not stated" for text in licences.values())}
+    slugs = list(dict.fromkeys(key if key in HF_LICENCES else licence_slug(key) for key in licences))
+    return {"license": "other", "license_name": slugs[0] if len(slugs) == 1 else f"mixed-{'-and-'.join(slugs)}"}
+
+
+def licence_slug(text: str) -> str:
+    """A licence text as an id of the kind Hugging Face's ``license_name`` takes (``my-license-1.0``): its letters
+    without accents, lower case, each run of other characters than a-z, 0-9 and "." one hyphen; ``not-stated``
+    where none is given, ``unnamed`` where nothing of it is left."""
+    if not text.strip():
+        return "not-stated"
+    plain = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().lower()
+    return re.sub(r"[^a-z0-9.]+", "-", plain).strip("-.") or "unnamed"
 
 
 def front_matter(card: BundleCard) -> dict[str, Any]:
