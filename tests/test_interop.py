@@ -1362,6 +1362,25 @@ def test_an_observation_another_process_writes_under_another_name_after_the_inde
     assert all(json.loads(p.read_text())["method"]["text"] == "listen" for p in folder.iterdir())
 
 
+def test_an_observation_seen_half_written_is_read_again_once_whole(tmp_path: Path) -> None:
+    """A file another tool copies into the folder in place, seen half-written (no JSON yet) when the index lists
+    the folder, is read again at the next listing: once whole, holding an Observation of a reading the listener
+    writes again, the write replaces it rather than putting a second file of that identifier beside it. A file that
+    is whole JSON but no Observation is read once."""
+    folder = tmp_path / "fhir"
+    folder.mkdir()
+    whole = _observation(3, "copied")
+    (copied := folder / "copied.fhir.json").write_text(whole[: len(whole) // 2])
+    (folder / "bundle.fhir.json").write_text(json.dumps({"resourceType": "Bundle"}))
+    index = ObservationIndex(folder)
+    index.write("other", _observation(4))  # a listing with the copy still half-written
+    copied.write_text(whole)
+    assert index.write("1.2.3", _observation(3, "listen")) == copied
+    assert sorted(p.name for p in folder.iterdir()) == ["bundle.fhir.json", "copied.fhir.json", "other.fhir.json"]
+    assert json.loads(copied.read_text())["method"]["text"] == "listen"
+    assert index._unread == set()
+
+
 def test_an_overlay_numbered_9902_a_study_holds_is_named_for_deletion(
     orthanc: str, tiny_bundle: Path, film: np.ndarray, tmp_path: Path
 ) -> None:

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pydicom.dataset import Dataset
 
@@ -105,10 +106,17 @@ def _identifier(text: bytes | str) -> str | None:
     """An Observation's first identifier as ``system|value`` (how a FHIR server is asked for it); None when the text
     is no Observation with one."""
     try:
-        held = json.loads(text)
+        return _key(json.loads(text))
+    except ValueError:
+        return None
+
+
+def _key(held: Any) -> str | None:
+    """:func:`_identifier` of JSON read: None when it is no Observation with an identifier."""
+    try:
         first = held["identifier"][0] if held.get("resourceType") == "Observation" else None
         return f"{first['system']}|{first['value']}" if first else None
-    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+    except (TypeError, KeyError, IndexError, AttributeError):
         return None
 
 
@@ -127,36 +135,49 @@ class ObservationIndex:
     that holds another Observation now (replaced under its name by another process, which pneumoscan does only with
     an Observation of the same identifier) is left, and read again at the next listing. What it is not told is a
     file replaced under a name it has read, by another reading's Observation, which is taken for the one read until
-    that file is about to be replaced."""
+    that file is about to be replaced. A file that cannot be read or is no JSON (seen half-written, as a tool that
+    copies files in place writes them) is read again at each listing until it is, as it may hold an Observation
+    of a reading this run writes again once whole."""
 
     def __init__(self, folder: Path | str) -> None:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self._names: dict[str, list[str]] = {}  # file names, not paths: a listener's index may name 100,000
         self._files: dict[str, str | None] = {}  # by file name: the identifier it held when read
+        self._unread: set[str] = set()  # names whose file could not be read or parsed: read at the next listing
         self._refresh()
         log.debug("%s: %d Observation identifiers in %d files", self.folder, len(self._names),
                   sum(map(len, self._names.values())))
 
     @staticmethod
-    def _held(path: Path) -> str | None:
-        """The identifier of the Observation in the file at ``path``; None when it holds none (or is gone)."""
+    def _read(path: Path) -> tuple[str | None, bool]:
+        """The identifier of the Observation in the file at ``path`` (None when it holds none), and whether the file
+        was read whole: not where it is gone, unreadable or no JSON (half-written, say)."""
         try:
-            return _identifier(path.read_bytes())
-        except OSError as e:  # gone, not a regular file, unreadable
+            return _key(json.loads(path.read_bytes())), True
+        except (OSError, ValueError) as e:  # gone, not a regular file, unreadable; no JSON (yet)
             log.debug("%s: not read as an earlier Observation: %s", path, e)
-            return None
+            return None, False
+
+    def _held(self, path: Path) -> str | None:
+        """The identifier of the Observation in the file at ``path``; None when it holds none (or is gone)."""
+        return self._read(path)[0]
 
     def _refresh(self) -> None:
-        """The folder listed, names alone (no file stat'ed): each file new since the last listing read, each gone
-        forgotten. The listings are compared as sets of names, so one that changed nothing costs little more than
-        the listing itself."""
+        """The folder listed, names alone (no file stat'ed): each file new since the last listing read, and each
+        one that could not be read whole at the last (:attr:`_unread`) read again, each gone forgotten. The
+        listings are compared as sets of names, so one that changed nothing costs little more than the listing
+        itself."""
         listed = set(os.listdir(self.folder))
         for name in self._files.keys() - listed:
             self._forget(name)
-        for name in sorted(listed - self._files.keys()):
+        for name in sorted((listed - self._files.keys()) | self._unread):
             if name.endswith(FHIR_SUFFIX) and not name.startswith("."):  # as glob("*.fhir.json") finds them
-                self._add(name, self._held(self.folder / name))
+                self._forget(name)
+                key, whole = self._read(self.folder / name)
+                self._add(name, key)
+                if not whole:
+                    self._unread.add(name)
 
     def _add(self, name: str, key: str | None) -> None:
         """The file ``name`` into the index, as holding the Observation ``key`` (None: none)."""
@@ -166,6 +187,7 @@ class ObservationIndex:
 
     def _forget(self, name: str) -> None:
         """The file ``name`` out of the index: gone, or to be read again at the next listing."""
+        self._unread.discard(name)
         if (key := self._files.pop(name, None)) is not None:
             if names := [n for n in self._names.pop(key, []) if n != name]:
                 self._names[key] = names
