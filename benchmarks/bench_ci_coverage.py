@@ -36,12 +36,15 @@ above (patient sd 1.2, film sd 0.3) with each class's mean set to give the sensi
   by patient: each interval's coverage and mean width, truths by Bayes from the films' sensitivity and specificity;
   beside them Mercaldo, Lau and Zhou's (2007) logit intervals of PPV and NPV over films (0.5 added to each count
   where one is 0). At 0.5 net benefit is accuracy less 1 - prevalence, so the two cover alike.
-- ``delong-paired``: ``compare --auc-test delong``'s interval of two models' AUC difference (the two share the
-  patient's and the film's effects, each adds its own noise, sd 0.5 a film), its coverage at a true difference of 0
-  and of about 0.02 near AUCs of 0.97-0.995 beside the patients' bootstrap interval ``compare`` gives by default,
-  and the share of sets its test and the permutation test reject at 0.05 (at equal AUCs, the test's size).
-- ``delong-groups``: the share of sets ``delong_groups`` (``evaluate --by FIELD --auc-test delong``) and the
-  permutation test (``auc_difference``) reject at 0.05 where two or three groups of patients have one AUC.
+- ``delong-paired``: ``compare --auc-test delong``'s interval of two models' AUC difference (score-type; the two
+  models share the patient's and the film's effects, each adds its own noise, sd 0.5 a film), its coverage at a
+  true difference of 0 and of about 0.02 near AUCs of 0.97-0.995 beside the alternatives (DeLong's Wald interval,
+  Zou and Donner's MOVER from each AUC's Newcombe or logit interval, the patients' bootstrap interval ``compare``
+  gives by default), and the share of sets its test and the permutation test reject at 0.05 (at equal AUCs, the
+  test's size).
+- ``delong-groups``: the share of sets ``delong_groups`` (``evaluate --by FIELD --auc-test delong``), the same test
+  with each group's variance DeLong's at its own AUC, and the permutation test (``auc_difference``) reject at 0.05
+  where two or three groups of patients have one AUC.
 - ``net-benefit``: ``net_benefit_ci``'s intervals of the decision curve (``evaluate``'s decision_curve.csv) at
   threshold probabilities 0.05 to 0.9, by patient, each one's coverage and mean width, in three designs: cohorts
   (each of 200, or 40, patients pneumonia with chance 0.6, so the set's prevalence varies as a clinic's sample's
@@ -293,50 +296,111 @@ def _shift(auc: float) -> float:
     return math.sqrt(2) * math.hypot(SD_TOTAL, SD_MODEL) * float(norm.ppf(auc))
 
 
+def _wald(aucs: np.ndarray, covariance: np.ndarray) -> list[float]:
+    """DeLong's Wald interval of the second AUC less the first: the difference +- z of its standard errors."""
+    half = float(norm.isf(0.025)) * math.sqrt(covariance[0, 0] + covariance[1, 1] - 2 * covariance[0, 1])
+    return [aucs[1] - aucs[0] - half, aucs[1] - aucs[0] + half]
+
+
+def _mover(aucs: np.ndarray, lows: list[float], highs: list[float], r: float) -> list[float]:
+    """Zou and Donner's (2008, Stat Med 27:1693) MOVER interval of the second AUC less the first from each AUC's own
+    interval and the correlation r of the two estimates: the variance each end needs recovered from the limits."""
+    (a1, a2), (l1, l2), (u1, u2) = aucs, lows, highs
+    below = (a2 - l2) ** 2 + (u1 - a1) ** 2 - 2 * r * (a2 - l2) * (u1 - a1)
+    above = (u2 - a2) ** 2 + (a1 - l1) ** 2 - 2 * r * (u2 - a2) * (a1 - l1)
+    return [a2 - a1 - math.sqrt(max(below, 0.0)), a2 - a1 + math.sqrt(max(above, 0.0))]
+
+
+def _logit_ci(auc: float, variance: float) -> list[float]:
+    """DeLong's interval of one AUC on the logit scale, back-transformed (an AUC of 0 or 1: [auc, auc])."""
+    if auc in (0.0, 1.0) or variance <= 0:
+        return [auc, auc]
+    logit, half = math.log(auc / (1 - auc)), float(norm.isf(0.025)) * math.sqrt(variance) / (auc * (1 - auc))
+    return [1 / (1 + math.exp(-(logit + side * half))) for side in (-1, 1)]
+
+
+PAIRED_INTERVALS = ("score-type", "DeLong Wald", "MOVER, Newcombe", "MOVER, logit", "bootstrap")
+
+
 def delong_paired_coverage(samples: int, max_films: int) -> None:
-    """``--only delong-paired``: the DeLong interval of a paired AUC difference beside the patients' bootstrap one
-    (the permutation test's), and both tests' rejections at 0.05."""
+    """``--only delong-paired``: the interval of a paired AUC difference ``compare --auc-test delong`` gives (score-
+    type) beside the alternatives: DeLong's Wald interval, Zou and Donner's MOVER from each AUC's Newcombe score-type
+    interval (evaluate's, ``_auc_ci``) or DeLong logit interval with DeLong's correlation, and the patients'
+    bootstrap ``compare`` gives by default; and both tests' rejections at 0.05."""
+    from pneumoscan.core.metrics import _auc_ci
+    from pneumoscan.core.metrics.auc_intervals import delong_components, delong_covariance
+
     positives, negatives = KERMANY_LIKE
     print(f"{samples} sets a setting of {positives} + {negatives} patients, 1-{max_films} films each, two models "
           f"sharing the patient's and the film's effects, each its own noise (sd {SD_MODEL} a film); a share near "
-          f"0.95 or 0.05 is within about {2 * math.sqrt(0.05 * 0.95 / samples):.3f} (two standard errors)")
-    print("| true AUCs | difference | DeLong CI coverage (mean width) | its misses above, below | bootstrap CI "
-          "coverage (mean width) | rejected at 0.05: DeLong | permutation |")
-    print("| --- " * 7 + "|")
+          f"0.95 or 0.05 is within about {2 * math.sqrt(0.05 * 0.95 / samples):.3f} (two standard errors); coverage "
+          "(mean width)")
+    print("| true AUCs | difference | " + " | ".join(PAIRED_INTERVALS[:1]) + " | its misses above, below | "
+          + " | ".join(PAIRED_INTERVALS[1:]) + " | rejected at 0.05: DeLong | permutation |")
+    print("| --- " * (len(PAIRED_INTERVALS) + 5) + "|")
     for first, second in ((0.97, 0.97), (0.99, 0.99), (0.995, 0.995), (0.97, 0.99), (0.975, 0.995)):
-        rng, covered, widths, above, below = np.random.default_rng(0), dict.fromkeys(AUC_TESTS, 0), [], 0, 0
-        boot_widths = []
+        rng, truth = np.random.default_rng(0), second - first
+        ends: dict[str, list[list[float]]] = {name: [] for name in PAIRED_INTERVALS}
         rejected = dict.fromkeys(AUC_TESTS, 0)
         for _ in range(samples):
             positive, patient, noise = _patients(rng, positives, negatives, max_films)
             scores = np.stack([positive * _shift(auc) + noise + rng.normal(0, SD_MODEL, positive.size)
                                for auc in (first, second)])
             called = scores >= np.median(scores, axis=1, keepdims=True)
-            for test in rejected:
+            for test, name in zip(AUC_TESTS, ("bootstrap", "score-type")):
                 auc = paired_differences(positive, scores, called, patient, test)["auc"]
                 rejected[test] += auc["p"] < 0.05
-                lo, hi = auc["ci"]
-                covered[test] += lo <= second - first <= hi
-                (widths if test == "delong" else boot_widths).append(hi - lo)
-                if test == "delong":
-                    above += lo > second - first
-                    below += hi < second - first
-        print(f"| {first}, {second} | {second - first:.3f} | {covered['delong'] / samples:.3f} "
-              f"({np.mean(widths):.3f}) | {above / samples:.3f}, {below / samples:.3f} | "
-              f"{covered['permutation'] / samples:.3f} ({np.mean(boot_widths):.3f}) | "
-              f"{rejected['delong'] / samples:.3f} | {rejected['permutation'] / samples:.3f} |", flush=True)
+                ends[name].append(auc["ci"])
+            components = delong_components(scores, positive)
+            covariance = delong_covariance(components, positive, patient)
+            aucs = components[:, positive].mean(axis=1)
+            r = covariance[0, 1] / math.sqrt(covariance[0, 0] * covariance[1, 1])
+            ends["DeLong Wald"].append(_wald(aucs, covariance))
+            for name, each in (("MOVER, Newcombe", [_auc_ci(s, positive, patient, 0.05) for s in scores]),
+                               ("MOVER, logit", [_logit_ci(a, v) for a, v in zip(aucs, np.diag(covariance))])):
+                ends[name].append(_mover(aucs, [e[0] for e in each], [e[1] for e in each], r))
+        cells = {}
+        for name, found in ends.items():
+            lo, hi = np.array(found).T
+            cells[name] = f"{np.mean((lo <= truth) & (truth <= hi)):.3f} ({np.mean(hi - lo):.4f})"
+        lo, hi = np.array(ends["score-type"]).T
+        print(f"| {first}, {second} | {truth:.3f} | {cells['score-type']} | {np.mean(lo > truth):.3f}, "
+              f"{np.mean(hi < truth):.3f} | " + " | ".join(cells[name] for name in PAIRED_INTERVALS[1:])
+              + f" | {rejected['delong'] / samples:.3f} | {rejected['permutation'] / samples:.3f} |", flush=True)
+
+
+def _delong_at_estimates(positive: np.ndarray, scores: np.ndarray, group: np.ndarray, patient: np.ndarray) -> float:
+    """The p of DeLong's test of independent AUCs with each group's variance DeLong's at its own AUC, the
+    alternative ``delong_groups`` is measured against (refused, ValueError, where a group's variance is 0)."""
+    from scipy.stats import chi2
+
+    from pneumoscan.core.metrics.auc_intervals import delong_components, delong_covariance
+
+    aucs, variances = [], []
+    for g in np.unique(group):
+        films = group == g
+        components = delong_components(scores[films], positive[films])
+        units = np.unique(patient[films], return_inverse=True)[1]
+        variances.append(float(delong_covariance(components, positive[films], units)[0, 0]))
+        aucs.append(float(components[0, positive[films]].mean()))
+    if min(variances) <= 1e-15:
+        raise ValueError("a group's AUC has no spread")
+    weight = 1 / np.asarray(variances)
+    mean = float((weight * aucs).sum() / weight.sum())
+    return float(chi2.sf(float((weight * (np.asarray(aucs) - mean) ** 2).sum()), len(aucs) - 1))
 
 
 def delong_groups_size(samples: int, max_films: int) -> None:
-    """``--only delong-groups``: how often DeLong's and the permutation test reject one AUC across groups at 0.05."""
+    """``--only delong-groups``: how often DeLong's test (``delong_groups``; beside it, each group's variance
+    DeLong's at its own AUC) and the permutation test reject one AUC across groups at 0.05."""
     print(f"{samples} sets a setting, groups of patients with 1-{max_films} films each and one AUC; a share of 0.05 "
           f"is within about {2 * math.sqrt(0.05 * 0.95 / samples):.3f}")
-    print("| true AUC | groups (pneumonia + normal patients each) | rejected at 0.05: DeLong | permutation | "
-          "DeLong refused |")
-    print("| --- " * 5 + "|")
+    print("| true AUC | groups (pneumonia + normal patients each) | rejected at 0.05: DeLong | DeLong, variance at "
+          "each group's AUC | permutation | DeLong refused |")
+    print("| --- " * 6 + "|")
     for auc in (0.97, 0.99):
         for sizes in (((60, 40),) * 2, ((60, 40),) * 3, ((20, 15), (100, 65))):
-            rng, rejected, refused = np.random.default_rng(0), {"delong": 0, "permutation": 0}, 0
+            rng, rejected, refused = np.random.default_rng(0), {"delong": 0, "estimates": 0, "permutation": 0}, 0
             for _ in range(samples):
                 parts = [_patients(rng, *size, max_films) for size in sizes]
                 positive = np.concatenate([part[0] for part in parts])
@@ -346,13 +410,14 @@ def delong_groups_size(samples: int, max_films: int) -> None:
                 scores += rng.normal(0, SD_MODEL, scores.size)
                 try:
                     rejected["delong"] += delong_groups(positive, scores, group, patient).p < 0.05
+                    rejected["estimates"] += _delong_at_estimates(positive, scores, group, patient) < 0.05
                 except ValueError:  # a group's AUC of 1: no DeLong variance, the test is not made
                     refused += 1
                 rejected["permutation"] += auc_difference(positive, scores, group, patient).p < 0.05
             made = samples - refused
             print(f"| {auc} | {' and '.join(f'{p} + {n}' for p, n in sizes)} | "
-                  f"{rejected['delong'] / made if made else math.nan:.3f} | "
-                  f"{rejected['permutation'] / samples:.3f} | {refused / samples:.3f} |", flush=True)
+                  + " | ".join(f"{rejected[k] / made if made else math.nan:.3f}" for k in ("delong", "estimates"))
+                  + f" | {rejected['permutation'] / samples:.3f} | {refused / samples:.3f} |", flush=True)
 
 
 NET_BENEFIT_POINTS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)  # threshold probabilities of ``net-benefit``

@@ -1077,7 +1077,8 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
     _choice(p, "--auc-test", AUC_TESTS, "AUC test across groups", any_case=True, default=AUC_TESTS[0],
             help="how --by's groups' AUCs are tested for a difference: permutation (default; patients shuffled among "
                  "the groups, exact where every shuffle can be counted) or delong (DeLong's test of independent AUCs, "
-                 "each group's variance clustered by patient, a normal approximation)")
+                 "each group's variance clustered by patient and taken at the groups' common AUC, a normal "
+                 "approximation)")
     p.add_argument("--decision-range", type=float, nargs=2, metavar=("LOW", "HIGH"),
                    help="threshold probabilities the decision curve spans, in steps of 0.01 (default "
                         f"{DECISION_RANGE[0]:g} {DECISION_RANGE[1]:g}): those a clinician would act at")

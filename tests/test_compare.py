@@ -691,7 +691,8 @@ def test_evaluations_of_the_same_films_are_tested_paired_against_the_first(
 def test_compare_tests_auc_by_delong_where_asked(three_class_runs: tuple[Path, Path], tmp_path: Path,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     """--auc-test delong: the AUC's p in compare_paired.csv and the terminal is DeLong's test of the two runs'
-    scores of the 16 films (one a patient), and so is its interval, each said so in its row and above the table;
+    scores of the 16 films (one a patient), and its interval the score-type one on DeLong's variance (holding
+    DeLong's Wald interval, in [-1, 1]), each said so in its row and above the table;
     the rates' tests and intervals are the permutation run's. An unknown test is refused by its option."""
     multiclass, pneumonia = three_class_runs
     assert main(["compare", str(multiclass), str(pneumonia), "--out", str(tmp_path / "permuted")]) == 0
@@ -709,13 +710,14 @@ def test_compare_tests_auc_by_delong_where_asked(three_class_runs: tuple[Path, P
     auc = rows[0]
     assert (auc["figure"], auc["p_method"]) == ("auc", "DeLong")
     assert float(auc["p"]) == pytest.approx(delong_difference(positive, scores, np.arange(16)).p)
-    assert (auc["ci_method"], permuted[0]["ci_method"]) == ("DeLong", "bootstrap")
-    low, high = float(auc["difference_low"]), float(auc["difference_high"])
-    assert (low + high) / 2 == pytest.approx(float(auc["difference"]))
-    assert (high - low) / 2 / 1.959964 == pytest.approx(abs(float(auc["difference"])) / norm.isf(float(auc["p"]) / 2))
+    assert (auc["ci_method"], permuted[0]["ci_method"]) == ("score-type", "bootstrap")
+    low, high, difference = (float(auc[key]) for key in ("difference_low", "difference_high", "difference"))
+    half = 1.959964 * abs(difference) / norm.isf(float(auc["p"]) / 2)  # DeLong's Wald interval, from its test's p
+    assert -1 <= low <= difference - half + 1e-6 and difference + half - 1e-6 <= high <= 1  # the CSV rounds
     assert [(r["difference_low"], r["p"], r["p_method"], r["ci_method"]) for r in rows[1:]] == [
         (r["difference_low"], r["p"], r["p_method"], r["ci_method"]) for r in permuted[1:]]
-    assert "its 95% CI AUC's DeLong's (the difference +- 1.96 of its standard errors" in said
+    assert ("its 95% CI AUC's score-type on DeLong's variance clustered by patient (never narrower than the "
+            "difference +- 1.96 of its standard errors") in said
     assert "p: AUC's by DeLong's test of correlated AUCs clustered by patient (a normal approximation)" in said
     assert re.search(r"eval-two-stage +AUC .* DeLong", said)
     with pytest.raises(SystemExit):

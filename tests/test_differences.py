@@ -9,9 +9,9 @@ from scipy.stats import chi2_contingency, fisher_exact, norm, rankdata
 from sklearn.metrics import roc_auc_score
 
 from pneumoscan.core.metrics import net_benefit
-from pneumoscan.core.metrics.differences import (BOOTSTRAP, DELONG, DRAWN, EXACT, auc_difference, delong_difference,
-                                                  delong_groups, holm, net_benefit_differences, paired_differences,
-                                                  rate_difference)
+from pneumoscan.core.metrics.differences import (BOOTSTRAP, DELONG, DRAWN, EXACT, SCORE, auc_difference,
+                                                  delong_difference, delong_groups, holm, net_benefit_differences,
+                                                  paired_differences, rate_difference)
 
 
 def test_one_film_a_patient_gives_fishers_exact_p() -> None:
@@ -312,10 +312,10 @@ def test_paired_differences_count_a_patients_films_once() -> None:
     assert apart["auc"]["p"] < again["auc"]["p"]
 
 
-def _delong_1988(positive: np.ndarray, scores: np.ndarray, contrast: np.ndarray) -> tuple[float, float]:
+def _delong_1988_covariance(positive: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """DeLong, DeLong and Clarke-Pearson (Biometrics 1988, 44:837-845), written from the paper, pair by pair: psi
     of each positive and negative film, each film's structural components V10 and V01, their covariance matrices
-    S10 and S01 over the models, and the contrast L of the AUCs with its variance L (S10 / m + S01 / n) L'."""
+    S10 and S01 over the models; the models' AUCs and the covariance S10 / m + S01 / n of their estimates."""
     x, y = scores[:, positive], scores[:, ~positive]
     m, n = x.shape[1], y.shape[1]
     psi = (x[:, :, None] > y[:, None, :]) + 0.5 * (x[:, :, None] == y[:, None, :])  # (model, positive, negative)
@@ -323,7 +323,20 @@ def _delong_1988(positive: np.ndarray, scores: np.ndarray, contrast: np.ndarray)
     auc = psi.mean(axis=(1, 2))
     s10 = (v10 - auc[:, None]) @ (v10 - auc[:, None]).T / (m - 1)
     s01 = (v01 - auc[:, None]) @ (v01 - auc[:, None]).T / (n - 1)
-    return float(contrast @ auc), float(contrast @ (s10 / m + s01 / n) @ contrast)
+    return auc, s10 / m + s01 / n
+
+
+def _delong_1988(positive: np.ndarray, scores: np.ndarray, contrast: np.ndarray) -> tuple[float, float]:
+    """The contrast L of the AUCs with its variance L S L' (:func:`_delong_1988_covariance`)."""
+    auc, covariance = _delong_1988_covariance(positive, scores)
+    return float(contrast @ auc), float(contrast @ covariance @ contrast)
+
+
+def _hanley_mcneil(theta: float, m: int, n: int) -> float:
+    """The variance of an AUC of theta from m positive and n negative independent films, Hanley and McNeil's (1982)
+    with both m - 1 and n - 1 replaced by (m + n) / 2 - 1 (Newcombe 2006)."""
+    q1, q2, star = theta / (2 - theta), 2 * theta**2 / (1 + theta), (m + n) / 2 - 1
+    return (theta * (1 - theta) + star * (q1 - theta**2) + star * (q2 - theta**2)) / (m * n)
 
 
 def _delong_1988_p(positive: np.ndarray, scores: np.ndarray) -> float:
@@ -345,35 +358,61 @@ def test_delong_with_one_film_a_patient_is_delongs_own() -> None:
     assert found == (pytest.approx(expected, rel=1e-9), DELONG)
 
 
-def test_a_delong_difference_has_delongs_interval() -> None:
-    """--auc-test delong: the AUC difference's 95% interval is DeLong's too, the difference plus or minus 1.96 of
-    its standard errors from the paper's pair-by-pair formulas (one film a patient), said so; on 150 patients of
-    1 to 3 films it is about as wide as the patients' bootstrap, by which the permutation test's is made."""
+def _score_type_gap(positive: np.ndarray, scores: np.ndarray, delta: float) -> float:
+    """(d - delta)^2 - 1.96^2 max(V, V(delta)) of the score-type interval of the AUC difference, written out from
+    the paper's covariance (one film a patient, so each class's films are its independent units): the AUCs moved
+    along their covariance with the difference to differ by delta, each one's variance Hanley and McNeil's there,
+    scaled to DeLong's at the AUC seen, the two correlated as DeLong's are. Inside the interval where <= 0."""
+    m, n = int(positive.sum()), int((~positive).sum())
+    aucs, covariance = _delong_1988_covariance(positive, scores)
+    towards = covariance @ np.array([-1.0, 1.0])
+    variance, seen = towards[1] - towards[0], aucs[1] - aucs[0]
+    moved = np.clip(aucs + towards * (delta - seen) / variance, 0, 1)
+    first, second = (covariance[k, k] / _hanley_mcneil(aucs[k], m, n) * _hanley_mcneil(moved[k], m, n)
+                     for k in (0, 1))
+    r = covariance[0, 1] / np.sqrt(covariance[0, 0] * covariance[1, 1])
+    return (seen - delta) ** 2 - norm.isf(0.025) ** 2 * max(variance, first + second - 2 * r * np.sqrt(first * second))
+
+
+def test_a_delong_difference_has_a_score_type_interval() -> None:
+    """--auc-test delong: the AUC difference's 95% interval is the score-type one, said so: its ends are where the
+    difference's distance from the one seen reaches 1.96 standard errors, each taken as the larger of DeLong's and
+    the one the difference there would have (written out from the papers, one film a patient), so it holds
+    DeLong's Wald interval; it lies in [-1, 1] and holds the difference seen. Where the better model's AUC is near
+    1 it reaches further above the difference than below it (a weaker model's AUC seen too high shows too small a
+    difference and too small a variance alike), where the Wald interval is symmetric."""
     positive = np.array([1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 1], dtype=bool)
     scores = np.stack([np.array([0.9, 0.8, 0.4, 0.7, 0.5, 0.3, 0.5, 0.2, 0.6, 0.1, 0.4, 0.35]),
                        np.array([0.8, 0.9, 0.6, 0.6, 0.75, 0.2, 0.3, 0.2, 0.7, 0.3, 0.6, 0.65])])
     auc = paired_differences(positive, scores, scores >= 0.5, np.arange(12), auc_test="delong")["auc"]
+    assert (auc["ci_method"], auc["p_method"]) == (SCORE, DELONG)
+    low, high = auc["ci"]
+    for end, outside in ((low, low - 1e-4), (high, high + 1e-4)):
+        scale = (auc["difference"] - end) ** 2
+        assert _score_type_gap(positive, scores, end) == pytest.approx(0, abs=1e-9 * scale)
+        assert _score_type_gap(positive, scores, outside) > 0
+    assert all(_score_type_gap(positive, scores, d) < 0 for d in np.linspace(low + 1e-4, high - 1e-4, 50))
     difference, variance = _delong_1988(positive, scores, np.array([-1.0, 1.0]))
-    half = 1.959964 * np.sqrt(variance)
-    assert auc["ci"] == pytest.approx([difference - half, difference + half], rel=1e-6)
-    assert (auc["ci_method"], auc["p_method"]) == (DELONG, DELONG)
-    rng = np.random.default_rng(5)
-    patients = np.repeat(np.arange(150), rng.integers(1, 4, 150))
-    positive = (rng.random(150) < 0.4)[patients]
-    scores = positive + rng.normal(0, 0.6, (2, 150))[:, patients] + rng.normal(0, 0.5, (2, patients.size))
-    called = scores >= 0.5
-    delong, resampled = (paired_differences(positive, scores, called, patients, auc_test=test)["auc"]
-                         for test in ("delong", "permutation"))
-    assert resampled["ci_method"] == BOOTSTRAP
-    assert np.ptp(delong["ci"]) == pytest.approx(np.ptp(resampled["ci"]), rel=0.15)
-    assert np.mean(delong["ci"]) == pytest.approx(np.mean(resampled["ci"]), abs=0.01)
+    half = norm.isf(0.025) * np.sqrt(variance)
+    assert -1 <= low <= difference - half < difference < difference + half <= high <= 1
+    rng = np.random.default_rng(4)
+    positive = np.arange(80) % 2 == 0
+    shared = rng.normal(0, 1, 80)
+    scores = np.stack([shared + 2.0 * positive, shared + rng.normal(0, 0.3, 80) + 3.6 * positive])
+    auc = paired_differences(positive, scores, scores >= 1, np.arange(80), auc_test="delong")["auc"]
+    assert auc["second"] > 0.98 > 0.95 > auc["first"]
+    low, high = auc["ci"]
+    assert high - auc["difference"] > 1.2 * (auc["difference"] - low)
 
 
 def test_delong_groups_is_delongs_test_of_independent_aucs() -> None:
-    """--by with DeLong: two groups' AUCs, independent samples, are compared by z = (A1 - A2) / sqrt(V1 + V2), each
-    V from the paper's pair-by-pair formulas (one film a patient); three groups by the Wald chi-square of the
-    contrasts A1 - A2, A2 - A3 (2 degrees of freedom); each patient filmed twice, scored alike, gives the same p.
-    A group with one patient of a class, or a patient in two groups, is refused."""
+    """--by with DeLong: two groups' AUCs, independent samples, are compared by z = (A1 - A2) / sqrt(V1 + V2); three
+    groups by the Wald chi-square of the contrasts A1 - A2, A2 - A3 (2 degrees of freedom). Each V is the variance
+    the group's AUC would have at the groups' common AUC (their mean weighted by 1 / DeLong's variance): Hanley and
+    McNeil's there (Newcombe's form), never below DeLong's, both written from the papers (one film a patient);
+    here it is above DeLong's for some groups, so the p is larger than DeLong's variances alone give. Each patient
+    filmed twice, scored alike, gives the same p. A group with one patient of a class, or a patient in two groups,
+    is refused."""
     from scipy.stats import chi2
 
     rng = np.random.default_rng(3)
@@ -381,14 +420,25 @@ def test_delong_groups_is_delongs_test_of_independent_aucs() -> None:
     positive = np.arange(36) % 3 == 0
     scores = positive * np.repeat([1.2, 0.4, 0.8], [12, 10, 14]) + rng.normal(0, 0.6, 36)
     one = [_delong_1988(positive[groups == g], scores[None, groups == g], np.array([1.0])) for g in "ABC"]
+    aucs, delong = np.array([a for a, _ in one]), np.array([v for _, v in one])
+
+    def at_common(of: np.ndarray) -> np.ndarray:  # each group's variance at the groups' common AUC
+        common = np.average(aucs[of], weights=1 / delong[of])
+        model = [_hanley_mcneil(common, int(positive[groups == g].sum()), int((~positive[groups == g]).sum()))
+                 for g in np.array(list("ABC"))[of]]
+        return np.maximum(delong[of], model)
+
     two = groups != "C"
-    z = (one[0][0] - one[1][0]) / np.sqrt(one[0][1] + one[1][1])
+    variances = at_common(np.array([0, 1]))
+    assert (variances > delong[:2]).any()
+    z = (aucs[0] - aucs[1]) / np.sqrt(variances.sum())
     assert 0.05 < 2 * norm.sf(abs(z)) < 0.95
     assert delong_groups(positive[two], scores[two], groups[two], np.arange(22)) == (
         pytest.approx(2 * norm.sf(abs(z)), rel=1e-9), DELONG)
+    assert 2 * norm.sf(abs(z)) > 2 * norm.sf(abs(aucs[0] - aucs[1]) / np.sqrt(delong[:2].sum()))
     contrasts = np.array([[1.0, -1.0, 0.0], [0.0, 1.0, -1.0]])
-    aucs, variances = np.array([a for a, _ in one]), np.diag([v for _, v in one])
-    wald = contrasts @ aucs @ np.linalg.solve(contrasts @ variances @ contrasts.T, contrasts @ aucs)
+    covariance = np.diag(at_common(np.arange(3)))
+    wald = contrasts @ aucs @ np.linalg.solve(contrasts @ covariance @ contrasts.T, contrasts @ aucs)
     assert delong_groups(positive, scores, groups, np.arange(36)).p == pytest.approx(chi2.sf(wald, 2), rel=1e-9)
     twice = np.repeat(np.arange(36), 2)
     assert delong_groups(positive[twice], scores[twice], groups[twice], twice).p == pytest.approx(
@@ -452,7 +502,7 @@ def test_paired_differences_test_auc_by_delong_where_asked() -> None:
     delong = paired_differences(positive, scores, called, patients, auc_test="delong")
     assert {name: entry["p_method"] for name, entry in permuted.items()} == dict.fromkeys(permuted, EXACT)
     assert (delong["auc"]["p"], delong["auc"]["p_method"]) == (delong_difference(positive, scores, patients).p, DELONG)
-    assert (permuted["auc"]["ci_method"], delong["auc"]["ci_method"]) == (BOOTSTRAP, DELONG)
+    assert (permuted["auc"]["ci_method"], delong["auc"]["ci_method"]) == (BOOTSTRAP, SCORE)
     assert delong["sensitivity"] == permuted["sensitivity"] and delong["sensitivity"]["ci_method"] == BOOTSTRAP
     many = paired_differences(np.arange(60) % 2 == 0, np.random.default_rng(0).random((2, 60)),
                               np.zeros((2, 60), dtype=bool) | (np.arange(60) < 30), np.arange(60))

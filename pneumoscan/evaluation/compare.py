@@ -875,7 +875,8 @@ def _paired_table(runs: Sequence[RunSummary]) -> str:
     said = (f"is each run better or worse than {first.reference} on the same {counted(first.films, 'film')} of "
             f"{counted(first.patients, 'patient')}? (each at its own threshold; difference: the run's figure less "
             f"{first.reference}'s, its 95% CI "
-            + ("AUC's DeLong's (the difference +- 1.96 of its standard errors, clustered by patient), the rates' "
+            + ("AUC's score-type on DeLong's variance clustered by patient (never narrower than the difference +- "
+               "1.96 of its standard errors, wider on the side an AUC near 1 leaves room), the rates' "
                if delong else "") + "from patients resampled; p: "
             + ("AUC's by DeLong's test of correlated AUCs clustered by patient (a normal approximation), the rates' "
                "by " if delong else "")

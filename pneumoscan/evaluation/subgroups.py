@@ -52,7 +52,8 @@ DIFFERENCES_NOTE = ("Beneath each table, a permutation test over patients asks o
                     f"was found: exact where every shuffle of the patients was counted (at most {RESAMPLES:,}), else "
                     f"drawn, {RESAMPLES:,} shuffles with a fixed seed (the same p each run); an AUC's p said to be "
                     "DeLong's (evaluate --auc-test delong) is DeLong's test of the groups' AUCs as independent "
-                    "samples, each group's variance clustered by patient, a normal approximation. A small p does not "
+                    "samples, each group's variance clustered by patient and taken at the groups' common AUC, a "
+                    "normal approximation. A small p does not "
                     "say why the groups differ (their patients may differ in other ways); a large p on small groups "
                     "is no sign that they are alike.")
 _ORDER = [name for _, name in AGE_BANDS] + [ADULT]  # age bands youngest first, not as text sorts them

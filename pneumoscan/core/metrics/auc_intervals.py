@@ -1,5 +1,7 @@
 """The 95% interval of a ROC AUC, binary or macro (one-vs-rest): DeLong's placements and variance (summed by
-patient), Newcombe's score-type interval, and the exact bound where the classes are perfectly separated."""
+patient), Newcombe's score-type interval, and the exact bound where the classes are perfectly separated; the
+variance an AUC would have at another value (:func:`variance_shape`), and the score-type interval of two models'
+AUC difference on the same films (:func:`difference_ci`)."""
 
 from __future__ import annotations
 
@@ -212,3 +214,61 @@ def _auc_ci(scores: np.ndarray, positive: np.ndarray, patients: np.ndarray | Non
     sizes = _effective_sizes((n_pos, n_neg), (with_pos, with_neg), variance, by_film)
     return _score_interval(auc, lambda theta: _newcombe_variance(theta, *sizes), variance,
                            min(with_pos, with_neg) - 1, alpha)
+
+
+def variance_shape(components: np.ndarray, positive: np.ndarray, units: np.ndarray,
+                   measured: float) -> Callable[[float], float]:
+    """The variance one model's AUC would have were it theta: :func:`_newcombe_variance` at the independent units
+    its films are worth (:func:`_effective_sizes`, from ``measured``, its variance summed by ``units``, and the same
+    with every film its own unit), for its :func:`delong_components` (one row). What a score-type interval or test
+    reads where the variance at the estimate is linked to the estimate itself (near an AUC of 1, a set whose AUC
+    comes out high measures a small variance)."""
+    by_film = float(delong_covariance(components, positive, np.arange(positive.size))[0, 0])
+    sizes = _effective_sizes((float(positive.sum()), float((~positive).sum())), _sides(positive, units), measured,
+                             by_film)
+    return lambda theta: _newcombe_variance(theta, *sizes)
+
+
+def difference_ci(components: np.ndarray, positive: np.ndarray, units: np.ndarray, alpha: float) -> list[float]:
+    """The 95% interval (at ``alpha``) of the second model's AUC less the first's on the same films (``components``
+    of :func:`delong_components`, a row a model; ``units`` the patients, 0 to size - 1), a score-type interval: the
+    differences delta with (d - delta)^2 <= z^2 max(V, V(delta)), d the difference seen, V its variance DeLong's
+    summed by patient (:func:`delong_covariance`, DeLong 1988, Obuchowski 1997), and V(delta) the variance of the
+    difference were it delta. V(delta) takes each model's AUC where the difference delta moves it most plausibly,
+    the AUCs seen moved along DeLong's covariance with the difference (the restricted estimate of the score
+    intervals of a difference, Miettinen & Nurminen 1985, Stat Med 4:213), each model's variance there Newcombe's
+    at that AUC (:func:`variance_shape`; his score-type idea, Stat Med 2006, 25:559) scaled to DeLong's at the
+    AUC seen, the two correlated as DeLong's are.
+
+    Why: near an AUC of 1 the Wald interval d +- z sqrt(V) covered a true difference of 0.02 (0.97 against 0.99) in
+    0.906-0.916 of simulated sets of 200 patients, nearly every miss an upper end below the truth: a set where the
+    weaker model's AUC comes out high shows a small difference and measures a small variance alike. Taking the
+    variance at each candidate difference removes that link, as :func:`_score_interval` does for one AUC; never
+    below V, it keeps the Wald interval's coverage where the two models' AUCs are alike. Zou and Donner's MOVER
+    (2008), each AUC's own interval combined with DeLong's correlation, went the other way (lower ends above the
+    truth): with models this correlated it adds the two intervals' asymmetries, not the difference's
+    (docs/results.md). The interval holds DeLong's: where it leaves 0 out, DeLong's test gives p < 0.05; it lies
+    in [-1, 1]. A model whose AUC is 0 or 1 (no spread) is held there.
+    Needs V > 0."""
+    from scipy.optimize import brentq
+    from scipy.stats import norm
+
+    covariance = delong_covariance(components, positive, units)
+    aucs = components[:, positive].mean(axis=1)
+    towards = covariance @ np.array([-1.0, 1.0])  # each AUC's covariance with the difference
+    variance, seen = float(towards[1] - towards[0]), float(aucs[1] - aucs[0])
+    spread = np.sqrt(np.diag(covariance))
+    shapes = [variance_shape(row[None], positive, units, float(v)) for row, v in zip(components, np.diag(covariance))]
+    # each model's variance over Newcombe's at its AUC; 0 where it has no spread (an AUC of 0 or 1), held there
+    scales = [float(v) / shape(float(a)) if v > 0 else 0.0 for v, shape, a in zip(np.diag(covariance), shapes, aucs)]
+    r = float(covariance[0, 1] / (spread[0] * spread[1])) if spread.all() else 0.0
+    q2 = float(norm.isf(alpha / 2)) ** 2
+
+    def gap(delta: float) -> float:  # > 0 outside the interval
+        theta = np.clip(aucs + towards * (delta - seen) / variance, 0.0, 1.0)
+        first, second = (scale * shape(float(t)) for scale, shape, t in zip(scales, shapes, theta))
+        at = first + second - 2 * r * math.sqrt(first * second)
+        return (seen - delta) ** 2 - q2 * max(variance, at)
+
+    return [-1.0 if gap(-1.0) <= 0 else float(brentq(gap, -1.0, seen)),
+            1.0 if gap(1.0) <= 0 else float(brentq(gap, seen, 1.0))]
