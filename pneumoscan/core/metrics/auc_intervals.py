@@ -244,11 +244,13 @@ def difference_ci(components: np.ndarray, positive: np.ndarray, units: np.ndarra
     0.906-0.916 of simulated sets of 200 patients, nearly every miss an upper end below the truth: a set where the
     weaker model's AUC comes out high shows a small difference and measures a small variance alike. Taking the
     variance at each candidate difference removes that link, as :func:`_score_interval` does for one AUC; never
-    below V, it keeps the Wald interval's coverage where the two models' AUCs are alike. Zou and Donner's MOVER
-    (2008), each AUC's own interval combined with DeLong's correlation, went the other way (lower ends above the
-    truth): with models this correlated it adds the two intervals' asymmetries, not the difference's
-    (docs/results.md). The interval holds DeLong's: where it leaves 0 out, DeLong's test gives p < 0.05; it lies
-    in [-1, 1]. A model whose AUC is 0 or 1 (no spread) is held there.
+    below V, it keeps the Wald interval's coverage where the two models' AUCs are alike: 0.952-0.994 at the five
+    settings of the benchmark, 1.1-1.3 times the Wald interval's width at equal AUCs. Zou and Donner's MOVER (2008,
+    Stat Med 27:1693), each AUC's own interval combined with DeLong's correlation, either went the other way (from
+    DeLong's logit intervals: 0.876-0.908 at the difference of 0.02, lower ends above the truth; with models this
+    correlated it adds the two AUCs' asymmetries, not the difference's) or was 2.3-5.4 times as wide at equal AUCs
+    (from :func:`_auc_ci`'s, conservative near 1) (docs/results.md). The interval holds DeLong's: where it leaves 0
+    out, DeLong's test gives p < 0.05; it lies in [-1, 1]. A model whose AUC is 0 or 1 (no spread) is held there.
     Needs V > 0."""
     from scipy.optimize import brentq
     from scipy.stats import norm
