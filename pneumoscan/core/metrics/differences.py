@@ -431,10 +431,10 @@ def delong_groups(positive: np.ndarray, scores: np.ndarray, groups: np.ndarray, 
     variance), as a score test takes it under the hypothesis tested: Newcombe's at that AUC
     (:func:`~.auc_intervals.variance_shape`, Stat Med 2006, 25:559), never below DeLong's clustered by patient
     (:func:`~.auc_intervals.delong_covariance`; Obuchowski 1997). Why not DeLong's alone: a small group's AUC
-    and its DeLong variance move together near 1 (a set whose AUC comes out high measures a small variance,
-    correlation -0.94 at 35 patients and an AUC of 0.97), and its z grew with them: p < 0.05 in 0.12-0.14 of
-    simulated sets of 35 patients against 165 with one AUC of 0.97. Its variance was right on average (clustering
-    by patient was not the cause). With V so taken it gave 0.05 there, fewer elsewhere (docs/results.md). Raises
+    and its DeLong variance move together near 1 (a set whose AUC comes out high measures a small variance), and
+    its z grew with them: p < 0.05 in 0.139 of simulated sets of 35 patients against 165 with one AUC of 0.97,
+    though that variance was about right on average over the sets (clustering by patient was not the cause).
+    With V so taken it gave 0.038 there, 0.003-0.020 elsewhere (docs/results.md). Raises
     ValueError where a patient's films are in several groups, a group has fewer than two patients with films of
     a class, or a group's AUC has no spread (DeLong's variance 0: every one of its films placed alike)."""
     from scipy.stats import chi2
