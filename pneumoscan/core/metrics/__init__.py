@@ -7,9 +7,10 @@ A screening report needs sensitivity and specificity at the threshold that will 
 their uncertainty, so everything here is computed at an explicit threshold.
 
 One module a subject, each importing only the ones before it: :mod:`.inputs` (labels, scores and patient ids,
-checked), :mod:`.formatting` (figures as text and JSON), :mod:`.auc_intervals` (an AUC's interval),
-:mod:`.intervals` (the other intervals and the sentences naming their methods), :mod:`.thresholds` (threshold
-choice), :mod:`.probabilities` (softmax, temperature scaling, calibration) and :mod:`.summaries` (``metrics.json``).
+checked), :mod:`.formatting` (figures as text and JSON), :mod:`.auc_intervals` (an AUC's interval, and two
+models' AUC difference's), :mod:`.intervals` (the other intervals and the sentences naming their methods),
+:mod:`.thresholds` (threshold choice), :mod:`.probabilities` (softmax, temperature scaling, calibration) and
+:mod:`.summaries` (``metrics.json``).
 
 scipy and scikit-learn are imported by the functions that use them: predicting and serving need only
 :func:`~pneumoscan.core.metrics.probabilities.softmax` and the formatting helpers, and those imports took half a
