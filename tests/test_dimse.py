@@ -1305,7 +1305,7 @@ def test_a_rejection_note_of_a_film_scored_already_names_its_reports_and_keeps_t
     try:
         time.sleep(0.3)  # three tries of the spool before the note's association is released
         assoc.release()
-        wait_for(lambda: "1 of them scored already by this listener" in caplog.text)
+        wait_for(lambda: "reports known for 1" in caplog.text)
         time.sleep(0.3)  # three more after
     finally:
         back.shutdown()
@@ -1322,7 +1322,7 @@ def test_a_rejection_note_of_a_film_scored_already_names_its_reports_and_keeps_t
     assert (line["study_instance_uid"], line["sop_instance_uid"], line["reason"], line["report_sop_instance_uids"],
             line["fhir"], line["reports_set_aside"]) == (study, source.SOPInstanceUID, why, [sr_uid],
                                                           str(observation), [sr_uid])
-    assert list(spool.glob("*.dcm")) == [] and [p.name for p in (spool / "withdrawn").iterdir()] == [waiting.name]
+    assert list(spool.glob("*.dcm")) == [] and [p.name for p in (spool / "withdrawn").glob("*.dcm")] == [waiting.name]
 
 
 def test_a_key_object_selection_that_cannot_be_read_is_refused_and_its_studys_films_not_scored(
@@ -1365,6 +1365,7 @@ def test_the_reports_of_a_film_withdrawn_while_its_study_waits_to_be_sent_are_no
     listener = Listener(tiny_bundle, "PNEUMOSCAN", Destination("DEST", "127.0.0.1", destination.port), tmp_path,
                         backend="torch")
     why = "withdrawn by the study's rejection note 1.2.3 (113037: Rejected for Patient Safety Reasons)"
+    listener.spool.remember(source.StudyInstanceUID, "1.2.3", {source.SOPInstanceUID: why})
     listener._withdraw(dimse._Association(tmp_path, "PACS", "127.0.0.1:104"), source.StudyInstanceUID,
                        {source.SOPInstanceUID: why})
     listener.file_study(source.StudyInstanceUID, [row], time.monotonic() + WAIT_S)
@@ -1372,3 +1373,56 @@ def test_the_reports_of_a_film_withdrawn_while_its_study_waits_to_be_sent_are_no
     assert f"{why}: its reports are not sent" in row["warnings"]
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert f"study {source.StudyInstanceUID}: reports of 0 of 0 films stored" in caplog.text
+
+
+def test_a_rejection_note_whose_association_is_aborted_still_keeps_the_films_report_from_the_pacs_after_a_restart(
+    tiny_bundle: Path, film: np.ndarray, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A film scored while the destination is down, its SR in the spool; its rejection note (113037) comes and the
+    sender aborts that association: the SR is set aside in withdrawn/ with a warning and an audit line all the same.
+    Put back in the spool, a second listener on the same spool, the destination up, sets it aside again and never
+    sends it: the withdrawal is on disk."""
+    monkeypatch.setattr(dimse, "FIRST_WAIT_S", 0.01)
+    caplog.set_level(logging.INFO, logger="pneumoscan")
+    down = Destination_SCP()
+    down.shutdown()
+    to, spool, audit = Destination("DEST", "127.0.0.1", down.port), tmp_path / "spool", AuditLog(tmp_path / "a.jsonl")
+    (work := tmp_path / "work").mkdir()
+    first = Listener(tiny_bundle, "PNEUMOSCAN", to, work, backend="torch", send_s=0.2, spool=spool, audit=audit)
+    server = first.start("127.0.0.1", 0)
+    study = generate_uid()
+    data = chest_dicom(film, StudyInstanceUID=study)
+    try:
+        assert send(server.server_address[1], [data]) == [0]
+        wait_for(lambda: f"study {study}: reports of 0 of 1 films stored" in caplog.text)
+        [waiting] = spool.glob("*.dcm")
+        sr_uid = str(pydicom.dcmread(waiting).SOPInstanceUID)
+        note = key_object_selection(codes.DCM.RejectedForPatientSafetyReasons, [pydicom.dcmread(io.BytesIO(data))])
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(KeyObjectSelectionDocumentStorage, ExplicitVRLittleEndian)
+        assoc = ae.associate("127.0.0.1", server.server_address[1], ae_title="PNEUMOSCAN")
+        assert int(assoc.send_c_store(pydicom.dcmread(io.BytesIO(note))).Status) == 0
+        assoc.abort()
+        wait_for(lambda: "reports known for 1" in caplog.text)
+    finally:
+        server.shutdown()
+        first.stop()
+    assert list(spool.glob("*.dcm")) == [] and (spool / "withdrawn" / waiting.name).is_file()
+    [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "scored already" in
+                 r.getMessage()]
+    assert f"set aside in {spool / 'withdrawn'} and not sent: {sr_uid}" in warning
+    [line] = [line for line in audit_lines(audit) if line["event"] == "scored_film_withdrawn"]
+    assert line["reports_set_aside"] == [sr_uid]
+    shutil.copy(spool / "withdrawn" / waiting.name, waiting)  # put back, as IT might
+    back = Destination_SCP(port=down.port)
+    try:
+        second = Listener(tiny_bundle, "PNEUMOSCAN", to, work, backend="torch", spool=spool, retry_s=0.1)
+        server = second.start("127.0.0.1", 0)
+        wait_for(lambda: f"the report(s) {sr_uid} of the film" in caplog.text)
+        time.sleep(0.3)  # more tries of the spool
+        server.shutdown()
+        second.stop()
+    finally:
+        back.shutdown()
+    assert back.received == [] and list(spool.glob("*.dcm")) == []

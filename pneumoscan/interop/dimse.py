@@ -54,6 +54,7 @@ from pathlib import Path
 
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
 from pydicom.uid import (UID, AcquisitionContextSRStorage, BasicTextSRStorage, BlendingSoftcopyPresentationStateStorage,
                          ChestCADSRStorage, ColorSoftcopyPresentationStateStorage, Comprehensive3DSRStorage,
                          ComprehensiveSRStorage, EncapsulatedPDFStorage, EnhancedSRStorage,
@@ -103,6 +104,10 @@ SET_ASIDE_CLASSES = sorted({
 # the films scored whose reports a rejection note that comes later is told of (Listener._made): the latest, about
 # 1 KB each in memory with an SR, an overlay and an Observation (19 MB for 20,000, measured with tracemalloc)
 RECALLED = 20_000
+PURGE = codes.DCM.DataRetentionPolicyExpired.value  # a rejection note of a routine purge, not of a fault
+# the films withdrawn by rejection notes that the spool remembers (Spool.remember), on disk and in memory: those of
+# the latest notes, about 0.2 KB each in memory; an older note's files deleted at start, past this many films
+WITHDRAWALS = 20_000
 # a report not stored for want of an answer (no association, none to the C-STORE) or of the destination's resources
 # (0xA7xx) is tried again, 3 times in all, FIRST_WAIT_S after the first try and twice that after the second, within
 # the report's send_s; another refusal is not
@@ -222,6 +227,57 @@ class Spool:
         self.withdrawn.mkdir(exist_ok=True, mode=0o700)
         self._lock = threading.Lock()
         self._held = self.count()
+        # by (study, film): why a rejection note withdrew it, the latest WITHDRAWALS, this run's notes and earlier
+        # runs' (one file each in withdrawn/, read here)
+        self._withdrawals: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self._recall()
+
+    def _recall(self) -> None:
+        """The withdrawals earlier runs' notes left in ``withdrawn/``, the newest :data:`WITHDRAWALS` films'; the
+        files of older notes deleted, so that the folder stays as bounded as the memory. One that cannot be read
+        stops the start: which films it withdraws is not known, and their reports could reach the PACS."""
+        notes = sorted(self.withdrawn.glob(f"*{NOTE_SUFFIX}"), key=lambda p: (p.stat().st_mtime, p.name),
+                       reverse=True)
+        recalled: list[tuple[str, dict[str, str]]] = []
+        count = 0
+        for path in notes:
+            if count >= WITHDRAWALS:
+                path.unlink(missing_ok=True)
+                log.info("the rejection note %s is forgotten: the spool remembers the latest %d films withdrawn",
+                         path.name, WITHDRAWALS)
+                continue
+            try:
+                films = json.loads(path.read_bytes())
+                if not (isinstance(films, dict) and all(isinstance(w, str) for w in films.values())):
+                    raise ValueError("not a JSON object of reasons by SOP Instance UID")
+            except (OSError, ValueError) as e:
+                raise ValueError(f"the rejection note's withdrawals {path} cannot be read ({shown(str(e))}): which "
+                                 "films it withdraws is not known; restore or delete it") from None
+            recalled.append((study_of(path), films))
+            count += len(films)
+        for study_uid, films in reversed(recalled):  # the oldest first: the newest last, evicted last
+            self._add(study_uid, films)
+
+    def _add(self, study_uid: str, films: dict[str, str]) -> None:
+        """Withdrawals remembered in memory, the oldest forgotten past :data:`WITHDRAWALS` (the lock held, or at
+        start)."""
+        for film, why in films.items():
+            self._withdrawals[(study_uid, film)] = why
+            self._withdrawals.move_to_end((study_uid, film))
+        while len(self._withdrawals) > WITHDRAWALS:
+            self._withdrawals.popitem(last=False)
+
+    def remember(self, study_uid: str, note_uid: str, films: dict[str, str]) -> None:
+        """A rejection note's withdrawals (``films``: why each, by SOP Instance UID), written to ``withdrawn/``
+        before they are remembered, so that a restart keeps holding their reports back."""
+        write_atomic(self.withdrawn / f"{study_uid}_{note_uid}{NOTE_SUFFIX}", json.dumps(films).encode(), mode=0o600)
+        with self._lock:
+            self._add(study_uid, films)
+
+    def withdrawal(self, study_uid: str, film: str | None) -> str | None:
+        """Why a rejection note withdrew the film, None when none did (or none of the latest ones)."""
+        with self._lock:
+            return self._withdrawals.get((study_uid, film or ""))
 
     def keep(self, study_uid: str, path: Path) -> Path:
         """The report at ``path`` (one write_reports made) written to the spool, under its study and SOP Instance
@@ -315,6 +371,9 @@ def references(report: Dataset) -> set[str]:
     return {str(e.value) for e in report.iterall() if e.keyword == "ReferencedSOPInstanceUID"}
 
 
+NOTE_SUFFIX = ".note.json"  # a rejection note's withdrawals in the spool's withdrawn/: STUDY_UID_NOTE_UID.note.json
+
+
 def study_of(path: Path) -> str:
     """The study UID a spooled report's name gives."""
     return path.name.partition("_")[0]
@@ -334,6 +393,10 @@ class _Association:
     # selections could not be read (which films it withdraws not known: none of the study's is scored)
     notes: dict[str, dict[str, str]] = field(default_factory=dict)
     doubts: dict[str, str] = field(default_factory=dict)
+    # by study: the reports its notes' films had waiting in the spool, set aside as each note came (by film), and the
+    # films withdrawn by a retention-expiry note (113039: a routine purge, not a fault)
+    aside: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    purged: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -399,9 +462,8 @@ class Listener:
         self._outbox: queue.SimpleQueue[_Scored | None] = queue.SimpleQueue()
         self._sending: str | None = None  # the study whose reports the sending thread is sending
         self._stopped = threading.Event()
-        # by (study, SOP Instance UID): why each film a rejection note withdrew is not scored, and what was made on each
-        # film scored (the latest RECALLED), for a note that comes after its scoring (both while the listener runs)
-        self._withdrawn: dict[tuple[str, str], str] = {}
+        # by (study, SOP Instance UID): what was made on each film scored (the latest RECALLED), for a rejection note
+        # that comes after its scoring (while the listener runs); the films notes withdrew are the spool's (on disk)
         self._made: OrderedDict[tuple[str, str], dict] = OrderedDict()
         self.audit = audit
         # the model each audit line names: as each reading names it, and bundle.json's own checksum
@@ -537,6 +599,13 @@ class Listener:
                 except ValueError as e:
                     received.doubts[study] = str(e)
                     return self._refuse(event, str(e))
+                try:  # on disk before it is answered: a restart, or an abort, keeps its films' reports back
+                    if withdrawn:
+                        self.spool.remember(study, sop, withdrawn)
+                except OSError as e:  # the sender sends it again later
+                    return self._refuse(event, f"its withdrawals cannot be kept ({e.strerror})", _OUT_OF_RESOURCES)
+                if withdrawn and str(ds.ConceptNameCodeSequence[0].CodeValue) == PURGE:
+                    received.purged.update(withdrawn)
             what = (f"a rejection note withdrawing {len(withdrawn)} film(s)" if withdrawn else "not an image") + \
                 f" ({sop_class.name}): set aside, not scored"
         log.info("study %s: instance %s received from %r: %s", study, sop, shown(received.calling), what)
@@ -548,18 +617,17 @@ class Listener:
         return 0x0000
 
     def _withdraw(self, received: _Association, study_uid: str, withdrawn: dict[str, str]) -> None:
-        """A rejection note's films (``withdrawn``: why each, by SOP Instance UID) remembered at once, so that one not
-        yet scored, in any association, is not (:meth:`score_study`); those scored already are told of once the
-        note's association is released (:meth:`_retract`), when no study is being scored."""
-        with self._lock:
-            for film, why in withdrawn.items():
-                self._withdrawn[(study_uid, film)] = why
+        """A rejection note's films (``withdrawn``: why each, by SOP Instance UID; remembered by the spool already,
+        so that one not yet scored, in any association, is not: :meth:`score_study`): their reports waiting in the
+        spool set aside at once; those scored already are told of once the note's association ends (released,
+        aborted, or the listener stopped: :meth:`_retract`), when no study is being scored."""
+        for film, reports in self.spool.withdraw(study_uid, withdrawn).items():
+            received.aside.setdefault(study_uid, {}).setdefault(film, []).extend(reports)
         received.notes.setdefault(study_uid, {}).update(withdrawn)
 
     def _withdrawal(self, study_uid: str, film: str | None) -> str | None:
         """Why a rejection note withdrew the film, None when none did."""
-        with self._lock:
-            return self._withdrawn.get((study_uid, film or ""))
+        return self.spool.withdrawal(study_uid, film)
 
     def _refuse(self, event: evt.Event, why: str, status: int = _REFUSED_INSTANCE) -> Dataset:
         """A C-STORE failure, ``status``, that says ``why`` to the sender, in a warning and an audit line: the trail
@@ -612,6 +680,8 @@ class Listener:
             threading.Thread(target=self._score, args=(received,), name="listen-overrun", daemon=True).start()
             return
         shutil.rmtree(received.folder, ignore_errors=True)
+        if received.notes:  # its notes stored: their films scored already told of, as after a release
+            threading.Thread(target=self._retract_all, args=(received,), name="listen-retract", daemon=True).start()
 
     def _say_aborted(self, assoc: Association, arriving: int | None, kept: bool, cut: str | None,
                      studies: list[str], received: _Association | None) -> None:
@@ -676,17 +746,29 @@ class Listener:
                         self._record(study, rows)
                         self._spool_reports(study, rows, scored)
                         scored.studies.append((study, rows, time.monotonic() + self.send_s))
-                for study, withdrawn in received.notes.items():  # no study scored meanwhile: each one's reports known
-                    try:
-                        self._retract(study, withdrawn)
-                    except Exception as e:  # the films stay withdrawn from scoring and sending (_withdrawal)
-                        log.error("study %s: the reports made on the films its rejection note withdraws are not "
-                                  "told of, nor set aside in the spool: %s", study,
-                                  shown(redact(str(e)) or type(e).__name__))
+                self._retract_notes(received)
         finally:
             self._outbox.put(scored)
             if self._stopped.is_set():  # scored as the listener stopped: after stop's drain, so drained here
                 self._drain()
+
+    def _retract_all(self, received: _Association) -> None:
+        """The notes of an association that ended with no release (aborted, or the listener stopped), told of
+        (:meth:`_retract_notes`) once no study is being scored."""
+        with self._scoring:
+            self._retract_notes(received)
+
+    def _retract_notes(self, received: _Association) -> None:
+        """Each of the association's notes' films scored already told of (:meth:`_retract`), once: no study is being
+        scored meanwhile (the caller holds ``_scoring``), so each one's reports are known."""
+        with self._lock:  # taken once: a stop and the association's end may both come here
+            notes, received.notes = received.notes, {}
+        for study, withdrawn in notes.items():
+            try:
+                self._retract(study, withdrawn, received.aside.get(study, {}), received.purged)
+            except Exception as e:  # the films stay withdrawn from scoring and sending (_withdrawal)
+                log.error("study %s: the reports made on the films its rejection note withdraws are not "
+                          "told of, nor set aside in the spool: %s", study, shown(redact(str(e)) or type(e).__name__))
 
     def _record(self, study_uid: str, rows: list[dict]) -> None:
         """What was made on each film of a study scored (its reports' SOP Instance UIDs, its FHIR Observation), kept
@@ -701,7 +783,8 @@ class Listener:
                 while len(self._made) > RECALLED:
                     self._made.popitem(last=False)
 
-    def _retract(self, study_uid: str, withdrawn: dict[str, str]) -> None:
+    def _retract(self, study_uid: str, withdrawn: dict[str, str], aside: dict[str, list[str]],
+                 purged: set[str]) -> None:
         """A rejection note's films (``withdrawn``: why each, by SOP Instance UID) that were scored already: a warning
         and an audit line for each, naming the reports made on it (as :meth:`_record` kept them) and the reason; its
         reports still waiting in the spool set aside, never sent. pneumoscan sends no retraction: what the PACS, or
@@ -709,23 +792,29 @@ class Listener:
         started, or more than RECALLED films ago) are counted in an info line."""
         with self._lock:
             made = {film: self._made.pop((study_uid, film)) for film in withdrawn if (study_uid, film) in self._made}
-        moved = self.spool.withdraw(study_uid, withdrawn)
+        later = self.spool.withdraw(study_uid, withdrawn)  # spooled since the note came
+        moved = {film: aside.get(film, []) + later.get(film, []) for film in aside.keys() | later.keys()}
         for film, why in withdrawn.items():
             if film not in made and film not in moved:
                 continue
-            aside = moved.get(film, [])
-            reports = made[film]["reports"] if film in made else aside  # an earlier run's: those its spool holds
+            held = moved.get(film, [])
+            reports = made[film]["reports"] if film in made else held  # an earlier run's: those its spool holds
             fhir = made.get(film, {}).get("fhir")
             named = [f"report {uid}" for uid in reports] + ([f"FHIR Observation {fhir}"] if fhir else [])
-            log.warning("study %s: the film %s, scored already, is %s: made on it: %s%s; pneumoscan sends no "
-                        "retraction: remove what the PACS holds of them by hand", study_uid, film, why,
-                        ", ".join(named), f"; waiting in the spool, set aside in {self.spool.withdrawn} and not sent: "
-                        f"{', '.join(aside)}" if aside else "")
+            kept = f"; waiting in the spool, set aside in {self.spool.withdrawn} and not sent: {', '.join(held)}" \
+                if held else ""
+            if film in purged:  # a routine purge: what the PACS holds goes by its own retention rule
+                log.info("study %s: the film %s, scored already, is %s: made on it: %s%s", study_uid, film, why,
+                         ", ".join(named), kept)
+            else:
+                log.warning("study %s: the film %s, scored already, is %s: made on it: %s%s; pneumoscan sends no "
+                            "retraction: remove what the PACS holds of them by hand", study_uid, film, why,
+                            ", ".join(named), kept)
             self._audit({"event": "scored_film_withdrawn", "study_instance_uid": study_uid, "sop_instance_uid": film,
-                         "reason": why, "report_sop_instance_uids": reports, "fhir": fhir, "reports_set_aside": aside})
-        told = len(made.keys() | moved.keys())
-        log.info("study %s: %d film(s) withdrawn by its rejection note(s), %d of them scored already by this listener",
-                 study_uid, len(withdrawn), told)
+                         "reason": why, "report_sop_instance_uids": reports, "fhir": fhir, "reports_set_aside": held})
+        known = len(made.keys() | moved.keys())
+        log.info("study %s: %d film(s) withdrawn by its rejection note(s); reports known for %d; for the others see "
+                 "the audit log's film_read lines", study_uid, len(withdrawn), known)
 
     def _audit(self, entry: dict) -> bool:
         """``entry`` as an audit line, with its time: whether it was written (True without an audit log)."""
@@ -850,9 +939,10 @@ class Listener:
                           path.name, shown(str(e)), self.spool.refused)
                 self.spool.set_aside(path)
                 continue
-            # its film withdrawn by a rejection note whose association is not yet released (then _retract moves it)
-            if not any(self._withdrawal(study_of(path), film) for film in references(report)):
-                pending[path.name] = report
+            if (films := [film for film in references(report) if self._withdrawal(study_of(path), film)]):
+                self._hold_back(study_of(path), films)  # spooled, or put back, after its film's note came
+                continue
+            pending[path.name] = report
         if not pending:
             return
         left: dict[str, str] = {}
@@ -874,6 +964,13 @@ class Listener:
                         "; ".join(sorted(set(left.values()))), self.retry_s)
         for study_uid, answers in answered.items():
             self._answered(study_uid, answers)
+
+    def _hold_back(self, study_uid: str, films: list[str]) -> None:
+        """The spool's reports of ``films``, which rejection notes withdrew (this run's or an earlier one's), set
+        aside in ``withdrawn/``, never sent, with a warning."""
+        for film, reports in self.spool.withdraw(study_uid, films).items():
+            log.warning("study %s: the report(s) %s of the film %s, %s, are set aside in %s and not sent", study_uid,
+                        ", ".join(reports), film, self._withdrawal(study_uid, film), self.spool.withdrawn)
 
     def _answered(self, study_uid: str, answers: dict[str, int]) -> None:
         """The study's rows in ``out`` (this run's or an earlier one's) told how the destination answered reports the
@@ -939,6 +1036,10 @@ class Listener:
         listeners and stops them (a test suite, an application embedding one) keeps no thread of each, trying the
         spool every ``retry_s``."""
         self._stopped.set()
+        with self._lock:
+            open_ = [received for received in self._associations.values() if received.notes]
+        for received in open_:  # their notes' films scored already told of: the association may never end
+            self._retract_all(received)
         if (study := self._sending) is not None:
             log.error("study %s: the listener stopped while its reports were sent to %s: those not yet stored are "
                       "not%s", study, self.destination, self._left())
