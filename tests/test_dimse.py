@@ -1426,3 +1426,42 @@ def test_a_rejection_note_whose_association_is_aborted_still_keeps_the_films_rep
     finally:
         back.shutdown()
     assert back.received == [] and list(spool.glob("*.dcm")) == []
+
+
+def test_a_report_being_sent_as_its_films_rejection_note_comes_is_said_being_sent_never_set_aside(
+    listen: Callable[..., int], film: np.ndarray, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A film's SR waits in the spool; the spool sends it to a destination that takes its time to answer, and the
+    film's rejection note comes (and its association is released) during that C-STORE: the note's warning says the
+    report is being sent and must be removed by hand if stored, never that it is set aside and not sent; once the
+    destination stores it, a warning says so, and the spool holds it no more."""
+    monkeypatch.setattr(dimse, "FIRST_WAIT_S", 0.01)
+    caplog.set_level(logging.INFO, logger="pneumoscan")
+    down = Destination_SCP()
+    down.shutdown()
+    port = listen(down.port, spool=(spool := tmp_path / "spool"), send_s=0.2, retry_s=0.1)
+    study = generate_uid()
+    data = chest_dicom(film, StudyInstanceUID=study)
+    assert send(port, [data]) == [0]
+    wait_for(lambda: f"study {study}: reports of 0 of 1 films stored" in caplog.text)
+    [waiting] = spool.glob("*.dcm")
+    sr_uid = str(pydicom.dcmread(waiting).SOPInstanceUID)
+    slow = Destination_SCP(hangs=True, port=down.port)
+    try:
+        wait_for(lambda: slow.contexts != [])  # the spool's C-STORE has begun, unanswered
+        note = key_object_selection(codes.DCM.RejectedForPatientSafetyReasons, [pydicom.dcmread(io.BytesIO(data))])
+        assert send(port, [note]) == [0]
+        wait_for(lambda: "reports known for 1" in caplog.text)
+        slow.closing.set()  # the destination answers: stored
+        wait_for(lambda: "spooled, is stored at" in caplog.text)
+    finally:
+        slow.shutdown()
+    [said] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "scored already" in
+              r.getMessage()]
+    assert said.endswith(f"being sent to DEST@127.0.0.1:{down.port}: {sr_uid}: if stored, remove it by hand; "
+                         "pneumoscan sends no retraction: remove what the PACS holds of them by hand")
+    assert "set aside" not in said
+    assert f"the report {sr_uid} is stored at DEST@127.0.0.1:{down.port}, its film withdrawn by" in caplog.text
+    assert [r.SOPInstanceUID for r in slow.received] == [sr_uid]
+    assert list(spool.glob("*.dcm")) == [] and list((spool / "withdrawn").glob("*.dcm")) == []

@@ -231,6 +231,7 @@ class Spool:
         # runs' (one file each in withdrawn/, read here)
         self._withdrawals: OrderedDict[tuple[str, str], str] = OrderedDict()
         self._recall()
+        self._sending: set[Path] = set()  # the reports a C-STORE is carrying now (begin, end): not withdrawn
 
     def _recall(self) -> None:
         """The withdrawals earlier runs' notes left in ``withdrawn/``, the newest :data:`WITHDRAWALS` films'; the
@@ -340,12 +341,25 @@ class Spool:
         return where
 
 
-    def withdraw(self, study_uid: str, films: Iterable[str]) -> dict[str, list[str]]:
+    def begin(self, paths: Iterable[Path]) -> None:
+        """Reports a C-STORE is about to carry: :meth:`withdraw` leaves them, as whether the destination stores them
+        is not known yet (the sender checks their films after: :meth:`Listener._check_stored`)."""
+        with self._lock:
+            self._sending.update(paths)
+
+    def end(self, paths: Iterable[Path]) -> None:
+        """Reports no C-STORE carries any more (stored, refused or left)."""
+        with self._lock:
+            self._sending.difference_update(paths)
+
+    def withdraw(self, study_uid: str, films: Iterable[str]) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
         """The study's reports waiting here made on ``films`` (those a report's references name: its evidence, its
         source image), moved out of the spool and its bound into ``withdrawn/``, never sent: films a rejection note
-        withdrew. Their SOP Instance UIDs, by film. Read from the spool itself, so an earlier run's reports are
-        found too."""
+        withdrew. Their SOP Instance UIDs, by film; and those of the reports being sent (:meth:`begin`), left here.
+        Read from the spool itself, so an earlier run's reports are found too."""
+        films = list(films)
         moved: dict[str, list[str]] = {}
+        sending: dict[str, list[str]] = {}
         for path in sorted(self.folder.glob(f"{study_uid}_*.dcm")):
             try:
                 report = pydicom.dcmread(path, stop_before_pixels=True)
@@ -356,14 +370,17 @@ class Spool:
                 continue
             with self._lock:
                 try:
-                    size = path.stat().st_size
-                    path.replace(self.withdrawn / path.name)
+                    if (carried := path in self._sending):
+                        size = 0
+                    else:
+                        size = path.stat().st_size
+                        path.replace(self.withdrawn / path.name)
                 except FileNotFoundError:
                     continue
                 self._held = max(0, self._held - size)
             for film in made_on:
-                moved.setdefault(film, []).append(str(report.SOPInstanceUID))
-        return moved
+                (sending if carried else moved).setdefault(film, []).append(str(report.SOPInstanceUID))
+        return moved, sending
 
 
 def references(report: Dataset) -> set[str]:
@@ -396,6 +413,7 @@ class _Association:
     # by study: the reports its notes' films had waiting in the spool, set aside as each note came (by film), and the
     # films withdrawn by a retention-expiry note (113039: a routine purge, not a fault)
     aside: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    carried: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # as aside: those being sent, left
     purged: set[str] = field(default_factory=set)
 
 
@@ -621,8 +639,10 @@ class Listener:
         so that one not yet scored, in any association, is not: :meth:`score_study`): their reports waiting in the
         spool set aside at once; those scored already are told of once the note's association ends (released,
         aborted, or the listener stopped: :meth:`_retract`), when no study is being scored."""
-        for film, reports in self.spool.withdraw(study_uid, withdrawn).items():
-            received.aside.setdefault(study_uid, {}).setdefault(film, []).extend(reports)
+        moved, carried = self.spool.withdraw(study_uid, withdrawn)
+        for found, into in ((moved, received.aside), (carried, received.carried)):
+            for film, reports in found.items():
+                into.setdefault(study_uid, {}).setdefault(film, []).extend(reports)
         received.notes.setdefault(study_uid, {}).update(withdrawn)
 
     def _withdrawal(self, study_uid: str, film: str | None) -> str | None:
@@ -765,7 +785,7 @@ class Listener:
             notes, received.notes = received.notes, {}
         for study, withdrawn in notes.items():
             try:
-                self._retract(study, withdrawn, received.aside.get(study, {}), received.purged)
+                self._retract(study, withdrawn, received)
             except Exception as e:  # the films stay withdrawn from scoring and sending (_withdrawal)
                 log.error("study %s: the reports made on the films its rejection note withdraws are not "
                           "told of, nor set aside in the spool: %s", study, shown(redact(str(e)) or type(e).__name__))
@@ -783,8 +803,7 @@ class Listener:
                 while len(self._made) > RECALLED:
                     self._made.popitem(last=False)
 
-    def _retract(self, study_uid: str, withdrawn: dict[str, str], aside: dict[str, list[str]],
-                 purged: set[str]) -> None:
+    def _retract(self, study_uid: str, withdrawn: dict[str, str], received: _Association) -> None:
         """A rejection note's films (``withdrawn``: why each, by SOP Instance UID) that were scored already: a warning
         and an audit line for each, naming the reports made on it (as :meth:`_record` kept them) and the reason; its
         reports still waiting in the spool set aside, never sent. pneumoscan sends no retraction: what the PACS, or
@@ -792,18 +811,26 @@ class Listener:
         started, or more than RECALLED films ago) are counted in an info line."""
         with self._lock:
             made = {film: self._made.pop((study_uid, film)) for film in withdrawn if (study_uid, film) in self._made}
-        later = self.spool.withdraw(study_uid, withdrawn)  # spooled since the note came
-        moved = {film: aside.get(film, []) + later.get(film, []) for film in aside.keys() | later.keys()}
+        later, carried_later = self.spool.withdraw(study_uid, withdrawn)  # spooled since the note came
+        moved, carried = ({film: earlier.get(film, []) + now.get(film, []) for film in earlier.keys() | now.keys()}
+                          for earlier, now in ((received.aside.get(study_uid, {}), later),
+                                               (received.carried.get(study_uid, {}), carried_later)))
+        for film, uids in list(carried.items()):  # being sent as the note came: since, set aside (not stored) or not
+            aside = [uid for uid in uids if (self.spool.withdrawn / f"{study_uid}_{uid}.dcm").is_file()]
+            moved[film] = sorted({*moved.get(film, []), *aside})
+            carried[film] = sorted({*uids} - {*moved[film]})
+        moved, carried = ({film: uids for film, uids in found.items() if uids} for found in (moved, carried))
         for film, why in withdrawn.items():
-            if film not in made and film not in moved:
+            if not {film} & (made.keys() | moved.keys() | carried.keys()):
                 continue
-            held = moved.get(film, [])
-            reports = made[film]["reports"] if film in made else held  # an earlier run's: those its spool holds
+            held, sent = moved.get(film, []), carried.get(film, [])
+            reports = made[film]["reports"] if film in made else held + sent  # an earlier run's: its spool's
             fhir = made.get(film, {}).get("fhir")
             named = [f"report {uid}" for uid in reports] + ([f"FHIR Observation {fhir}"] if fhir else [])
-            kept = f"; waiting in the spool, set aside in {self.spool.withdrawn} and not sent: {', '.join(held)}" \
-                if held else ""
-            if film in purged:  # a routine purge: what the PACS holds goes by its own retention rule
+            kept = (f"; waiting in the spool, set aside in {self.spool.withdrawn} and not sent: {', '.join(held)}"
+                    if held else "") + (f"; being sent to {self.destination}: {', '.join(sent)}: if stored, remove "
+                                        "it by hand" if sent else "")
+            if film in received.purged:  # a routine purge: what the PACS holds goes by its own retention rule
                 log.info("study %s: the film %s, scored already, is %s: made on it: %s%s", study_uid, film, why,
                          ", ".join(named), kept)
             else:
@@ -811,8 +838,9 @@ class Listener:
                             "retraction: remove what the PACS holds of them by hand", study_uid, film, why,
                             ", ".join(named), kept)
             self._audit({"event": "scored_film_withdrawn", "study_instance_uid": study_uid, "sop_instance_uid": film,
-                         "reason": why, "report_sop_instance_uids": reports, "fhir": fhir, "reports_set_aside": held})
-        known = len(made.keys() | moved.keys())
+                         "reason": why, "report_sop_instance_uids": reports, "fhir": fhir, "reports_set_aside": held,
+                         "reports_being_sent": sent})
+        known = len(made.keys() | moved.keys() | carried.keys())
         log.info("study %s: %d film(s) withdrawn by its rejection note(s); reports known for %d; for the others see "
                  "the audit log's film_read lines", study_uid, len(withdrawn), known)
 
@@ -930,6 +958,14 @@ class Listener:
         waiting = self.spool.waiting()  # listed outside the associations' lock, which each P-DATA takes
         with self._lock:
             paths = [p for p in waiting if p not in self._queued][:SPOOL_BATCH]
+        self.spool.begin(paths)  # before each is checked: a note that comes after leaves it to us
+        try:
+            self._resend_batch(paths)
+        finally:
+            self.spool.end(paths)
+
+    def _resend_batch(self, paths: list[Path]) -> None:
+        """:meth:`_resend`'s reports (``paths``), each read, checked, and stored."""
         pending = {}
         for path in paths:
             try:
@@ -939,8 +975,10 @@ class Listener:
                           path.name, shown(str(e)), self.spool.refused)
                 self.spool.set_aside(path)
                 continue
-            if (films := [film for film in references(report) if self._withdrawal(study_of(path), film)]):
-                self._hold_back(study_of(path), films)  # spooled, or put back, after its film's note came
+            if self._report_withdrawal(study_of(path), report) is not None:  # spooled, or put back, after its note
+                self.spool.end([path])
+                self._hold_back(study_of(path), [film for film in sorted(references(report))
+                                                 if self._withdrawal(study_of(path), film)])
                 continue
             pending[path.name] = report
         if not pending:
@@ -952,6 +990,7 @@ class Listener:
             if answer in _STORED:
                 self.spool.confirmed(path)
                 log.info("study %s: the report %s, spooled, is stored at %s", study_of(path), uid, self.destination)
+                self._check_stored(study_of(path), pending[name])
                 self._audit_report(study_of(path), uid, answer)
                 answered.setdefault(study_of(path), {})[uid] = answer
             elif isinstance(answer, str) or answer >> 8 == 0xA7:
@@ -968,7 +1007,7 @@ class Listener:
     def _hold_back(self, study_uid: str, films: list[str]) -> None:
         """The spool's reports of ``films``, which rejection notes withdrew (this run's or an earlier one's), set
         aside in ``withdrawn/``, never sent, with a warning."""
-        for film, reports in self.spool.withdraw(study_uid, films).items():
+        for film, reports in self.spool.withdraw(study_uid, films)[0].items():
             log.warning("study %s: the report(s) %s of the film %s, %s, are set aside in %s and not sent", study_uid,
                         ", ".join(reports), film, self._withdrawal(study_uid, film), self.spool.withdrawn)
 
@@ -1166,8 +1205,30 @@ class Listener:
                     spooled[uid] = path
         why = dict.fromkeys(pending, f"not sent within {self.send_s:g} s of the study's scoring (--send-within): "
                                      "the destination is slow, or reports of other studies were ahead")
+        self.spool.begin(spooled.values())  # before each is checked: a note that comes after leaves it to us
+        try:
+            self._send_tries(study_uid, pending, whats, spooled, why, deadline)
+        finally:
+            self.spool.end(spooled.values())
+        for row in rows:
+            if (withdrawn := held_back(row)) is not None:
+                row["withdrawn"] = withdrawn
+                add_warning(row, f"{withdrawn}: its reports are not sent")
+        for uid, (what, row) in whats.items():
+            if uid in row["stored"] or "withdrawn" in row:
+                continue
+            row.setdefault("not_stored", []).append(uid)
+            add_warning(row, f"{self.destination}: {why[uid]}: the {what} {uid} is not stored")
+            if uid in pending and uid in spooled:
+                why[uid] += f"; kept in the spool, sent again every {self.retry_s:g} s"
+            log.error("study %s: the %s %s is not stored at %s: %s", study_uid, what, uid, self.destination, why[uid])
+
+    def _send_tries(self, study_uid: str, pending: dict[str, Dataset], whats: dict[str, tuple[str, dict]],
+                    spooled: dict[str, Path], why: dict[str, str], deadline: float) -> None:
+        """:meth:`_send`'s tries: ``pending`` stored as :data:`ATTEMPTS` says, those stored or refused for good taken
+        out of it, ``why`` each other is not stored."""
         for attempt in range(1, ATTEMPTS + 1):
-            for uid in [uid for uid in pending if held_back(whats[uid][1]) is not None]:
+            for uid in [uid for uid in pending if self._report_withdrawal(study_uid, pending[uid]) is not None]:
                 del pending[uid]
             if not pending or (left := deadline - time.monotonic()) <= 0:
                 break
@@ -1175,13 +1236,10 @@ class Listener:
                 what, row = whats[uid]
                 if answer in _STORED:
                     row["stored"].append(uid)
-                    del pending[uid]
+                    self._check_stored(study_uid, pending.pop(uid))
                     self._audit_report(study_uid, uid, answer)
                     if uid in spooled:
                         self.spool.confirmed(spooled[uid])
-                    if (withdrawn := held_back(row)) is not None:  # its note came while it was being sent
-                        log.warning("study %s: the %s %s is stored at %s, its film %s since: remove it there by "
-                                    "hand", study_uid, what, uid, self.destination, withdrawn)
                     if answer in WARNINGS:
                         add_warning(row, f"{self.destination} stored the {what} {uid} with a warning "
                                          f"({status_words(answer, WARNINGS)})")
@@ -1202,18 +1260,19 @@ class Listener:
             log.warning("study %s: %d report(s) not stored at %s, try %d of %d; tried again in %g s", study_uid,
                         len(pending), self.destination, attempt, ATTEMPTS, wait)
             time.sleep(wait)
-        for row in rows:
-            if (withdrawn := held_back(row)) is not None:
-                row["withdrawn"] = withdrawn
-                add_warning(row, f"{withdrawn}: its reports are not sent")
-        for uid, (what, row) in whats.items():
-            if uid in row["stored"] or "withdrawn" in row:
-                continue
-            row.setdefault("not_stored", []).append(uid)
-            add_warning(row, f"{self.destination}: {why[uid]}: the {what} {uid} is not stored")
-            if uid in pending and uid in spooled:
-                why[uid] += f"; kept in the spool, sent again every {self.retry_s:g} s"
-            log.error("study %s: the %s %s is not stored at %s: %s", study_uid, what, uid, self.destination, why[uid])
+
+    def _report_withdrawal(self, study_uid: str, report: Dataset) -> str | None:
+        """Why a rejection note withdrew a film the report names (:func:`references`), None when none did: what both
+        senders check before a report is sent (:meth:`_send`, :meth:`_resend`) and after it is stored
+        (:meth:`_check_stored`)."""
+        return next((why for film in sorted(references(report)) if (why := self._withdrawal(study_uid, film))), None)
+
+    def _check_stored(self, study_uid: str, report: Dataset) -> None:
+        """A report the destination stored: a warning when its film's rejection note came while it was being sent
+        (the spool left it to the C-STORE: :meth:`Spool.begin`), as only IT can remove it from the PACS."""
+        if (withdrawn := self._report_withdrawal(study_uid, report)) is not None:
+            log.warning("study %s: the report %s is stored at %s, its film %s since: remove it there by hand",
+                        study_uid, report.SOPInstanceUID, self.destination, withdrawn)
 
     def _audit_report(self, study_uid: str, uid: str, status: int) -> None:
         """The line of a report the destination answered for good: stored (a success or warning status), or refused
