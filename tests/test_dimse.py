@@ -1465,3 +1465,27 @@ def test_a_report_being_sent_as_its_films_rejection_note_comes_is_said_being_sen
     assert f"the report {sr_uid} is stored at DEST@127.0.0.1:{down.port}, its film withdrawn by" in caplog.text
     assert [r.SOPInstanceUID for r in slow.received] == [sr_uid]
     assert list(spool.glob("*.dcm")) == [] and list((spool / "withdrawn").glob("*.dcm")) == []
+
+
+def test_a_fault_in_keeping_what_was_made_on_a_studys_films_is_that_studys_alone(
+    listen: Callable[..., int], destination: Destination_SCP, film: np.ndarray, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two studies in one association, what was made on the first's film not kept for a later rejection note (a
+    fault): an error line says so, and both studies are scored and their reports sent all the same."""
+    caplog.set_level(logging.INFO, logger="pneumoscan")
+    first, second = generate_uid(), generate_uid()
+    record = Listener._record
+
+    def failing(self: Listener, study_uid: str, rows: list[dict]) -> None:
+        if study_uid == first:
+            raise OSError("the disk went away")
+        record(self, study_uid, rows)
+
+    monkeypatch.setattr(Listener, "_record", failing)
+    port = listen(destination.port)
+    assert send(port, [chest_dicom(film, StudyInstanceUID=first), chest_dicom(film, StudyInstanceUID=second)]) == [0, 0]
+    wait_for(lambda: all(f"study {s}: reports of 1 of 1 films stored" in caplog.text for s in (first, second)))
+    assert f"study {first}: what was made on its films is not kept for a rejection note that comes later, which " \
+        "cannot name it: the disk went away" in caplog.text
+    assert sorted(str(sr.StudyInstanceUID) for sr in destination.received) == sorted([first, second])

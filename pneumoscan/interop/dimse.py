@@ -396,6 +396,11 @@ def study_of(path: Path) -> str:
     return path.name.partition("_")[0]
 
 
+def uid_of(path: Path) -> str:
+    """The report's SOP Instance UID a spooled report's name gives."""
+    return path.name.partition("_")[2].removesuffix(".dcm")
+
+
 @dataclass
 class _Association:
     """What one association brought: its folder, its instances' rows by study and SOP Instance UID, and their bytes
@@ -763,8 +768,13 @@ class Listener:
                         continue
                     if self._audit_reads(study, rows, received):
                         self._file_observations(study, rows)
-                        self._record(study, rows)
                         self._spool_reports(study, rows, scored)
+                        try:
+                            self._record(study, rows)
+                        except Exception as e:  # its reports go on; a note that comes later cannot name them
+                            log.error("study %s: what was made on its films is not kept for a rejection note that "
+                                      "comes later, which cannot name it: %s", study,
+                                      shown(redact(str(e)) or type(e).__name__))
                         scored.studies.append((study, rows, time.monotonic() + self.send_s))
                 self._retract_notes(received)
         finally:
@@ -796,12 +806,18 @@ class Listener:
         for row in rows:
             if "probability" not in row:
                 continue
-            reports = [str(pydicom.dcmread(row[key], stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
-                           .SOPInstanceUID) for key in MADE if key in row]
+            reports = [self._report_uid(Path(row[key])) for key in MADE if key in row]
             with self._lock:
                 self._made[(study_uid, row["sop_instance_uid"])] = {"reports": reports, "fhir": row.get("fhir")}
                 while len(self._made) > RECALLED:
                     self._made.popitem(last=False)
+
+    def _report_uid(self, path: Path) -> str:
+        """A report's SOP Instance UID: its name in the spool says it (:meth:`Spool.keep` read it); one the spool
+        could not take is read."""
+        if path.parent == self.spool.folder:
+            return uid_of(path)
+        return str(pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).SOPInstanceUID)
 
     def _retract(self, study_uid: str, withdrawn: dict[str, str], received: _Association) -> None:
         """A rejection note's films (``withdrawn``: why each, by SOP Instance UID) that were scored already: a warning
