@@ -1208,7 +1208,7 @@ def test_a_studys_instances_that_are_no_image_are_stored_and_set_aside_and_its_o
     """A PACS that routes whole studies sends the film with another vendor's SR, a presentation state, a PDF, a key
     object selection that is no rejection note and pneumoscan's own SR of the film (a loop in the routing): each is
     stored (0x0000, so the sender holds the study sent), none is scored; the film alone gets a report; each other is
-    an info line and an audit line saying what it was."""
+    an info line (a warning for our own SR: the routing loops) and an audit line saying what it was."""
     caplog.set_level(logging.INFO, logger="pneumoscan")
     audit = AuditLog(tmp_path / "audit.jsonl")
     study = generate_uid()
@@ -1241,6 +1241,8 @@ def test_a_studys_instances_that_are_no_image_are_stored_and_set_aside_and_its_o
     assert all(line["calling_ae"] == "MODALITY" and line["study_instance_uid"] == study for line in aside.values())
     for reason in reasons.values():
         assert f"received from 'MODALITY': {reason}" in caplog.text
+    [loop] = [r for r in caplog.records if "routed back" in r.getMessage()]  # a loop in the routing: IT must see it
+    assert loop.levelno == logging.WARNING
     assert [line["event"] for line in audit_lines(audit)].count("film_read") == 1
 
 
@@ -1489,3 +1491,53 @@ def test_a_fault_in_keeping_what_was_made_on_a_studys_films_is_that_studys_alone
     assert f"study {first}: what was made on its films is not kept for a rejection note that comes later, which " \
         "cannot name it: the disk went away" in caplog.text
     assert sorted(str(sr.StudyInstanceUID) for sr in destination.received) == sorted([first, second])
+
+
+def test_an_instance_whose_data_set_is_not_of_the_class_its_c_store_names_is_refused(
+    listen: Callable[..., int], destination: Destination_SCP, film: np.ndarray, tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A film sent under the SR class (its C-STORE's Affected SOP Class) would be set aside, never scored, on the
+    request's word alone: it is refused with 0xA900 (data set does not match SOP class) and gets no report."""
+    ds = pydicom.dcmread(io.BytesIO(chest_dicom(film)))
+    port = listen(destination.port)
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(ComprehensiveSRStorage, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", port, ae_title="PNEUMOSCAN")
+    request = C_STORE()  # as send_c_store makes it, but for the class named
+    request.MessageID, request.Priority = 1, 2
+    request.AffectedSOPClassUID, request.AffectedSOPInstanceUID = ComprehensiveSRStorage, ds.SOPInstanceUID
+    request.DataSet = io.BytesIO(encode(ds, False, True))
+    [context] = assoc.accepted_contexts
+    assoc._reactor_checkpoint.clear()  # as send_c_store does (pynetdicom's own): the answer is this thread's
+    while not assoc._is_paused:
+        time.sleep(0.0001)
+    assoc.dimse.send_msg(request, context.context_id)
+    _, answer = assoc.dimse.get_msg(block=True)
+    assoc._reactor_checkpoint.set()
+    assoc.release()
+    assert (int(answer.Status), answer.ErrorComment) == (
+        0xA900, "its SOPClassUID is not the one its C-STORE request names")
+    assert "set aside" not in caplog.text and destination.received == []
+
+
+def test_a_retention_expiry_note_of_a_film_scored_already_is_an_info_line_not_a_warning(
+    listen: Callable[..., int], destination: Destination_SCP, film: np.ndarray, tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A film scored and its report stored, then purged by the archive's retention rule (a 113039 note): a routine
+    purge, said in an info line and the audit log, not the warning that asks IT to remove the report by hand."""
+    caplog.set_level(logging.INFO, logger="pneumoscan")
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    port = listen(destination.port, audit=audit)
+    study = generate_uid()
+    data = chest_dicom(film, StudyInstanceUID=study)
+    assert send(port, [data]) == [0]
+    wait_for(lambda: f"study {study}: reports of 1 of 1 films stored" in caplog.text)
+    note = key_object_selection(codes.DCM.DataRetentionPolicyExpired, [pydicom.dcmread(io.BytesIO(data))])
+    assert send(port, [note]) == [0]
+    wait_for(lambda: "reports known for 1" in caplog.text)
+    [said] = [r for r in caplog.records if "scored already, is" in r.getMessage()]
+    assert said.levelno == logging.INFO and "(113039: Data Retention Policy Expired)" in said.getMessage()
+    assert "by hand" not in said.getMessage()
+    assert [line["event"] for line in audit_lines(audit)].count("scored_film_withdrawn") == 1

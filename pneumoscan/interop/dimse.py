@@ -115,6 +115,7 @@ ATTEMPTS, FIRST_WAIT_S = 3, 1.0
 MB = 2**20  # as serve's upload limit counts a MB
 _REFUSED_INSTANCE = 0xC000  # "cannot understand": an instance that cannot be filed under a study
 _OUT_OF_RESOURCES = 0xA700  # "refused: out of resources": the sender may send the instance again later
+_NOT_ITS_CLASS = 0xA900  # "data set does not match SOP class"
 _STORED = (0x0000, *WARNINGS)
 SPOOL_BATCH = 64  # the spool's oldest reports sent again in one association, at most
 # pynetdicom's own (private) attribute naming the temporary file a C-STORE's data set is written to as it arrives: no
@@ -589,6 +590,8 @@ class Listener:
                 return self._refuse(event, f"its {what} is missing or not a valid UID")
         if str(ds.get("SOPInstanceUID", "")) != sop:
             return self._refuse(event, "its SOPInstanceUID is not the one its C-STORE request names")
+        if str(ds.get("SOPClassUID", "")) != str(event.request.AffectedSOPClassUID or ""):  # it chose set aside or not
+            return self._refuse(event, "its SOPClassUID is not the one its C-STORE request names", _NOT_ITS_CLASS)
         if any(sop in instances for other, instances in received.studies.items() if other != study):
             return self._refuse(event, "its SOPInstanceUID was sent under another study")
         if aside:
@@ -613,8 +616,9 @@ class Listener:
         study, series, sop = (str(ds.get(k, "")) for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"))
         sop_class = UID(str(event.request.AffectedSOPClassUID))
         withdrawn: dict[str, str] = {}
-        if is_own_output(ds):
-            what = f"pneumoscan's own {sop_class.name}, routed back: ignored"
+        level = logging.INFO
+        if is_own_output(ds):  # a loop in the routing: each report would come back after each film
+            what, level = f"pneumoscan's own {sop_class.name}, routed back: ignored", logging.WARNING
         else:
             if sop_class == KeyObjectSelectionDocumentStorage:
                 try:
@@ -631,7 +635,8 @@ class Listener:
                     received.purged.update(withdrawn)
             what = (f"a rejection note withdrawing {len(withdrawn)} film(s)" if withdrawn else "not an image") + \
                 f" ({sop_class.name}): set aside, not scored"
-        log.info("study %s: instance %s received from %r: %s", study, sop, shown(received.calling), what)
+        log.log(level, "study %s: instance %s received from %r: %s%s", study, sop, shown(received.calling), what,
+                "; the PACS's routing sends the listener's reports back to it" if level > logging.INFO else "")
         self._audit({"event": "instance_set_aside", "calling_ae": received.calling, "address": received.address,
                      "study_instance_uid": study, "series_instance_uid": series, "sop_instance_uid": sop,
                      "sop_class": sop_class.name, "reason": what})
