@@ -31,9 +31,11 @@ studies' reports are sent; the log names instances by UID, never by patient. Wit
 each film read or refused, each caller refused at association, each association aborted with a film lost, and each
 report the destination confirmed or refused is a JSON line (:meth:`Listener._audit`); with ``required`` set on it, a
 film whose line cannot be written gets no report. A rejection note (IHE IOCM, read as ``pacs`` reads it:
-:func:`~pneumoscan.interop.study.withdrawn_by`) withdraws its films from scoring as it arrives
-(:meth:`Listener._withdraw`); of those scored already, the reports made are named and those waiting in the spool set
-aside (:meth:`Listener._retract`). No retraction is sent to the destination: what it holds is IT's to remove.
+:func:`~pneumoscan.interop.study.withdrawn_by`) withdraws its films from scoring and sending as it arrives, kept
+on disk by the spool so that a restart keeps them withdrawn (:meth:`Spool.remember`), their reports waiting in the
+spool set aside at once (:meth:`Listener._withdraw`); of those scored already, the reports made are named once its
+association ends, however it ends (:meth:`Listener._retract`). No retraction is sent to the destination: what it
+holds is IT's to remove.
 """
 
 from __future__ import annotations
@@ -211,7 +213,8 @@ class Spool:
     """The reports not yet confirmed by the destination, one file each, ``STUDY_UID_SOP_UID.dcm`` (private, written
     atomically), in a folder that outlives the listener: a report is kept from before it is queued until the
     destination confirms it (status 0x0000, or a warning), so that a destination down, or a stop, loses none. A
-    report the destination refuses outright goes to ``refused/``, where IT finds it beside the error line.
+    report the destination refuses outright goes to ``refused/``, where IT finds it beside the error line; one of a
+    film a rejection note withdrew to ``withdrawn/``, beside each note's withdrawals (:meth:`remember`).
 
     ``--spool-max-mb`` holds the reports waiting to be sent, not ``refused/``: a refused report is never sent
     again, so counting it would, at a destination that refuses every report, end with each film refused "spool
