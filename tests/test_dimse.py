@@ -1541,3 +1541,25 @@ def test_a_retention_expiry_note_of_a_film_scored_already_is_an_info_line_not_a_
     assert said.levelno == logging.INFO and "(113039: Data Retention Policy Expired)" in said.getMessage()
     assert "by hand" not in said.getMessage()
     assert [line["event"] for line in audit_lines(audit)].count("scored_film_withdrawn") == 1
+
+
+def test_the_spool_keeps_the_latest_notes_withdrawals_across_restarts_and_refuses_one_it_cannot_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each rejection note's withdrawals, remembered by the spool, are read again by a spool started on its folder:
+    those of the latest WITHDRAWALS films, the older notes' files deleted; a note's file that cannot be read stops
+    the start (which films it withdraws is not known)."""
+    monkeypatch.setattr(dimse, "WITHDRAWALS", 2)
+    spool = dimse.Spool(tmp_path / "spool")
+    for n in range(3):
+        spool.remember("1.2", f"9.{n}", {f"1.2.3.{n}": f"why {n}"})
+        os.utime(next((tmp_path / "spool" / "withdrawn").glob(f"1.2_9.{n}.*")), (n, n))  # written in that order
+    assert [spool.withdrawal("1.2", f"1.2.3.{n}") for n in range(3)] == [None, "why 1", "why 2"]
+    again = dimse.Spool(tmp_path / "spool")
+    assert [again.withdrawal("1.2", f"1.2.3.{n}") for n in range(3)] == [None, "why 1", "why 2"]
+    assert sorted(p.name for p in (tmp_path / "spool" / "withdrawn").iterdir()) == [
+        f"1.2_9.{n}{dimse.NOTE_SUFFIX}" for n in (1, 2)]
+    (tmp_path / "spool" / "withdrawn" / f"1.2_9.2{dimse.NOTE_SUFFIX}").write_text("[")
+    with pytest.raises(ValueError, match=r"1\.2_9\.2\.note\.json cannot be read .*which films it withdraws is not "
+                                         "known; restore or delete it"):
+        dimse.Spool(tmp_path / "spool")
