@@ -46,7 +46,7 @@ from pneumoscan.data.decode import read_gray
 from pneumoscan.inference.predict import predict_paths
 from pneumoscan.interop import dimse
 from pneumoscan.interop.dimse import MB, AuditLog, Destination, Listener, Room
-from pneumoscan.interop.reports import write_reports
+from pneumoscan.interop.reports import SR_SUFFIX, write_reports
 from pneumoscan.interop.sr import report_files
 from pneumoscan.data import pixels
 from tests.builders import SCORE_TOL, htj2k_frame
@@ -1491,6 +1491,35 @@ def test_a_fault_in_keeping_what_was_made_on_a_studys_films_is_that_studys_alone
     assert f"study {first}: what was made on its films is not kept for a rejection note that comes later, which " \
         "cannot name it: the disk went away" in caplog.text
     assert sorted(str(sr.StudyInstanceUID) for sr in destination.received) == sorted([first, second])
+
+
+def test_a_report_the_spool_cannot_read_is_that_studys_error_alone(
+    listen: Callable[..., int], destination: Destination_SCP, film: np.ndarray, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two studies in one association, the first's SR not a DICOM file when the spool keeps it (InvalidDicomError):
+    an error line names the study and why, neither its SR nor its overlay is sent (the overlay no reading alone),
+    and the second study is scored and its reports sent all the same."""
+    caplog.set_level(logging.INFO, logger="pneumoscan")
+    first, second = generate_uid(), generate_uid()
+    keep = dimse.Spool.keep
+
+    def spoiled(self: dimse.Spool, study_uid: str, path: Path) -> Path:
+        if study_uid == first and path.name.endswith(SR_SUFFIX):
+            path.write_bytes(b"not a DICOM file")
+        return keep(self, study_uid, path)
+
+    monkeypatch.setattr(dimse.Spool, "keep", spoiled)
+    port = listen(destination.port, heatmaps=True)
+    assert send(port, [chest_dicom(film, StudyInstanceUID=first), chest_dicom(film, StudyInstanceUID=second)]) == [0, 0]
+    wait_for(lambda: f"study {second}: reports of 1 of 1 films stored" in caplog.text
+             and f"study {first}: reports of 0 of 1 films stored" in caplog.text)
+    assert re.search(f"study {first}: its DICOM SR of .* cannot be read, so it is not sent: File is missing DICOM File "
+                     "Meta Information header", caplog.text)
+    assert f"study {first}: not scored" not in caplog.text
+    assert f"study {first}: no report filed for" in caplog.text
+    assert sorted(ds.Modality for ds in destination.received if ds.StudyInstanceUID == second) == ["OT", "SR"]
+    assert not [ds for ds in destination.received if ds.StudyInstanceUID == first]
 
 
 def test_an_instance_whose_data_set_is_not_of_the_class_its_c_store_names_is_refused(

@@ -923,14 +923,27 @@ class Listener:
 
     def _spool_reports(self, study_uid: str, rows: list[dict], scored: _Scored) -> None:
         """Each report of a study written to the spool before it is queued, its row naming it there; one the spool
-        cannot take (a full disk) is sent from the association's folder, an error line saying it is not kept."""
+        cannot take (a full disk) is sent from the association's folder, an error line saying it is not kept. One
+        that cannot be read (not a DICOM file, no SOP Instance UID) is not sent, the error line and its row saying
+        why, nor the overlay of an SR that cannot be (an overlay is no reading without its SR): a fault in one
+        report is its film's, the association's other studies are scored and sent."""
         for row in rows:
-            for key in MADE.keys() & row.keys():
+            for key in [key for key in MADE if key in row]:  # the SR first: its overlay not spooled without it
+                if key not in row:  # held back with its SR
+                    continue
                 try:
                     row[key] = str(path := self.spool.keep(study_uid, Path(row[key])))
                 except OSError as e:
                     log.error("study %s: a report is not kept in the spool %s (%s): it is lost if not sent in time",
                               study_uid, self.spool.folder, shown(e.strerror or type(e).__name__))
+                    continue
+                except Exception as e:  # left in the association's folder, deleted with it
+                    why = shown(redact(str(e)) or type(e).__name__)
+                    for held in MADE if key == "dicom_sr" else [key]:
+                        row.pop(held, None)
+                    log.error("study %s: its %s of %s cannot be read, so it is not sent: %s", study_uid, MADE[key],
+                              shown(row.get("path", "?")), why)
+                    add_warning(row, f"its {MADE[key]} cannot be read, so it is not sent: {why}")
                     continue
                 scored.spooled.append(path)
                 with self._lock:
