@@ -1522,6 +1522,38 @@ def test_a_report_the_spool_cannot_read_is_that_studys_error_alone(
     assert not [ds for ds in destination.received if ds.StudyInstanceUID == first]
 
 
+def test_a_film_whose_sr_the_spool_cannot_read_gets_no_fhir_observation_and_its_row_says_why(
+    listen: Callable[..., int], destination: Destination_SCP, film: np.ndarray, tmp_path: Path,
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two studies in one association with --fhir, the first's SR not a DICOM file when the spool keeps it: its SR is
+    not sent, so its FHIR Observation is not written either (a reader of the FHIR folder never sees a reading the
+    DICOM side refused), its row and error line saying so; the second's film gets its SR and its Observation."""
+    caplog.set_level(logging.INFO, logger="pneumoscan")
+    first, second = generate_uid(), generate_uid()
+    keep = dimse.Spool.keep
+
+    def spoiled(self: dimse.Spool, study_uid: str, path: Path) -> Path:
+        if study_uid == first:
+            path.write_bytes(b"not a DICOM file")
+        return keep(self, study_uid, path)
+
+    monkeypatch.setattr(dimse.Spool, "keep", spoiled)
+    (out := tmp_path / "rows").mkdir()
+    port = listen(destination.port, fhir=(fhir := tmp_path / "fhir"), out=out)
+    films = [chest_dicom(film, StudyInstanceUID=study) for study in (first, second)]
+    assert send(port, films) == [0, 0]
+    wait_for(lambda: all((out / f"{study}.json").is_file() for study in (first, second)))
+    [spoilt] = json.loads((out / f"{first}.json").read_text())
+    assert "fhir" not in spoilt and "probability" in spoilt
+    assert any(w.startswith("its DICOM SR cannot be read, so it is not sent, nor its FHIR Observation written: ")
+               for w in spoilt["warnings"])
+    assert f"study {first}: its DICOM SR of " in caplog.text and ", nor its FHIR Observation written: " in caplog.text
+    [kept] = json.loads((out / f"{second}.json").read_text())
+    [sr] = destination.received
+    assert sr.StudyInstanceUID == second and [p.name for p in fhir.iterdir()] == [Path(kept["fhir"]).name]
+
+
 def test_an_instance_whose_data_set_is_not_of_the_class_its_c_store_names_is_refused(
     listen: Callable[..., int], destination: Destination_SCP, film: np.ndarray, tmp_path: Path,
     caplog: pytest.LogCaptureFixture,

@@ -775,8 +775,8 @@ class Listener:
                         self._audit_reads(study, [{**row, "error": why} for row in instances.values()], received)
                         continue
                     if self._audit_reads(study, rows, received):
+                        self._spool_reports(study, rows, scored)  # first: an SR not sent takes its Observation
                         self._file_observations(study, rows)
-                        self._spool_reports(study, rows, scored)
                         try:
                             self._record(study, rows)
                         except Exception as e:  # its reports go on; a note that comes later cannot name them
@@ -925,8 +925,9 @@ class Listener:
         """Each report of a study written to the spool before it is queued, its row naming it there; one the spool
         cannot take (a full disk) is sent from the association's folder, an error line saying it is not kept. One
         that cannot be read (not a DICOM file, no SOP Instance UID) is not sent, the error line and its row saying
-        why, nor the overlay of an SR that cannot be (an overlay is no reading without its SR): a fault in one
-        report is its film's, the association's other studies are scored and sent."""
+        why, nor the overlay of an SR that cannot be (an overlay is no reading without its SR), nor its film's FHIR
+        Observation filed (:meth:`_file_observations`, after this): the FHIR folder holds no reading the DICOM side
+        refused. A fault in one report is its film's: the association's other studies are scored and sent."""
         for row in rows:
             for key in [key for key in MADE if key in row]:  # the SR first: its overlay not spooled without it
                 if key not in row:  # held back with its SR
@@ -939,11 +940,15 @@ class Listener:
                     continue
                 except Exception as e:  # left in the association's folder, deleted with it
                     why = shown(redact(str(e)) or type(e).__name__)
-                    for held in MADE if key == "dicom_sr" else [key]:
-                        row.pop(held, None)
-                    log.error("study %s: its %s of %s cannot be read, so it is not sent: %s", study_uid, MADE[key],
-                              shown(row.get("path", "?")), why)
-                    add_warning(row, f"its {MADE[key]} cannot be read, so it is not sent: {why}")
+                    held = [*MADE, "fhir"] if key == "dicom_sr" else [key]  # the SR's reading: none of it filed
+                    observation = "fhir" in held and row.pop("fhir", None) is not None
+                    for made in held:
+                        row.pop(made, None)
+                    log.error("study %s: its %s of %s cannot be read, so it is not sent%s: %s", study_uid, MADE[key],
+                              shown(row.get("path", "?")), ", nor its FHIR Observation written" if observation else "",
+                              why)
+                    add_warning(row, f"its {MADE[key]} cannot be read, so it is not sent"
+                                     f"{', nor its FHIR Observation written' if observation else ''}: {why}")
                     continue
                 scored.spooled.append(path)
                 with self._lock:
