@@ -1624,3 +1624,93 @@ def test_the_spool_keeps_the_latest_notes_withdrawals_across_restarts_and_refuse
     with pytest.raises(ValueError, match=r"1\.2_9\.2\.note\.json cannot be read .*which films it withdraws is not "
                                          "known; restore or delete it"):
         dimse.Spool(tmp_path / "spool")
+
+
+def test_a_stop_while_a_rejection_note_is_kept_waits_for_it_tells_of_its_film_and_refuses_what_comes_after(
+    tiny_bundle: Path, destination: Destination_SCP, film: np.ndarray, tmp_path: Path,
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A film scored and its SR stored; its rejection note's C-STORE arrives and, while its withdrawals are being
+    written, the listener is stopped with the note's association still open. The stop waits for the note to be
+    kept, answered 0x0000, and tells of its film scored already (a warning and an audit line) before it returns,
+    never after an association end that may not come; what that association sends after the stop (another note, a
+    film) is refused with 0xA700, for the sender to send again later; its release tells of nothing twice."""
+    caplog.set_level(logging.INFO, logger="pneumoscan")
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    (work := tmp_path / "work").mkdir()
+    listener = Listener(tiny_bundle, "PNEUMOSCAN", Destination("DEST", "127.0.0.1", destination.port), work,
+                        backend="torch", spool=tmp_path / "spool", audit=audit)
+    server = listener.start("127.0.0.1", 0)
+    entered, go_on = threading.Event(), threading.Event()
+    remember = dimse.Spool.remember
+
+    def slow(self: dimse.Spool, *args: object) -> None:
+        entered.set()
+        go_on.wait(WAIT_S)
+        remember(self, *args)
+
+    data = chest_dicom(film, StudyInstanceUID=(study := generate_uid()))
+    source = pydicom.dcmread(io.BytesIO(data))
+    try:
+        assert send(server.server_address[1], [data]) == [0]
+        wait_for(lambda: f"study {study}: reports of 1 of 1 films stored" in caplog.text)
+        monkeypatch.setattr(dimse.Spool, "remember", slow)
+        ae = AE(ae_title="MODALITY")
+        for sop_class in (KeyObjectSelectionDocumentStorage, source.SOPClassUID):
+            ae.add_requested_context(sop_class, ExplicitVRLittleEndian)
+        assoc = ae.associate("127.0.0.1", server.server_address[1], ae_title="PNEUMOSCAN")
+        note = pydicom.dcmread(io.BytesIO(key_object_selection(codes.DCM.RejectedForQualityReasons, [source])))
+        answers: list[int] = []
+        sending = threading.Thread(target=lambda: answers.append(int(assoc.send_c_store(note).Status)))
+        sending.start()
+        assert entered.wait(WAIT_S)  # the note received, its withdrawals being written
+        server.shutdown()
+        stopping = threading.Thread(target=listener.stop)
+        stopping.start()
+        stopping.join(0.3)
+        assert stopping.is_alive()  # waiting for the note
+        go_on.set()
+        stopping.join(WAIT_S)
+        sending.join(WAIT_S)
+        assert not stopping.is_alive() and answers == [0]
+        told = [line for line in audit_lines(audit) if line["event"] == "scored_film_withdrawn"]
+        assert [line["sop_instance_uid"] for line in told] == [source.SOPInstanceUID]
+        assert f"study {study}: the film {source.SOPInstanceUID}, scored already, is withdrawn" in caplog.text
+        again = key_object_selection(codes.DCM.RejectedForQualityReasons, [source])
+        for late in (again, chest_dicom(film, StudyInstanceUID=study)):
+            answer = assoc.send_c_store(pydicom.dcmread(io.BytesIO(late)))
+            assert (int(answer.Status), answer.ErrorComment) == (0xA700, dimse.STOPPING)
+        assoc.release()
+        wait_for(lambda: not list(work.glob("association-*")))
+    finally:
+        go_on.set()
+    assert [line["event"] for line in audit_lines(audit)].count("scored_film_withdrawn") == 1
+    assert destination.received and all(str(sr.StudyInstanceUID) == study for sr in destination.received)
+
+
+def test_a_stop_waits_for_a_rejection_note_being_kept_for_a_bounded_time_and_says_so(
+    tiny_bundle: Path, film: np.ndarray, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A rejection note whose withdrawals take longer to write than STOP_WAIT_S (a disk that hangs) does not hang
+    the stop: it returns after that long with an error line that the films the note withdraws scored already are
+    not told of."""
+    monkeypatch.setattr(dimse, "STOP_WAIT_S", 0.2)
+    entered, go_on = threading.Event(), threading.Event()
+    monkeypatch.setattr(dimse.Spool, "remember", lambda *args: entered.set() or go_on.wait(WAIT_S))
+    listener = Listener(tiny_bundle, "PNEUMOSCAN", Destination("DEST", "127.0.0.1", 104), tmp_path, backend="torch")
+    server = listener.start("127.0.0.1", 0)
+    note = key_object_selection(codes.DCM.RejectedForQualityReasons, [pydicom.dcmread(io.BytesIO(chest_dicom(film)))])
+    sending = threading.Thread(target=send, args=(server.server_address[1], [note]))
+    try:
+        sending.start()
+        assert entered.wait(WAIT_S)
+        server.shutdown()
+        began = time.monotonic()
+        listener.stop()
+        assert time.monotonic() - began < 5.0
+    finally:
+        go_on.set()
+        sending.join(WAIT_S)
+    assert "a rejection note was still being kept 0.2 s after the stop: the films it withdraws that were scored " \
+        "already are not told of, and its withdrawals are lost with the temporary folder (no --spool)" in caplog.text

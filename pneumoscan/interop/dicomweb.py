@@ -552,7 +552,7 @@ def _withdrawn(session: _Session, root: str, study_uid: str, found: list[dict]) 
             note = _retrieve(session, _instance_url(root, study_uid, series, sop))
         except (requests.RequestException, *_MALFORMED) as e:
             raise unreadable_note(sop, e) from None
-        if listed := withdrawn_by(note):
+        if listed := withdrawn_by(note).films:
             log.info("%d instance(s) %s", len(listed), next(iter(listed.values())))
             withdrawn.update(listed)
     return withdrawn

@@ -56,7 +56,6 @@ from pathlib import Path
 
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.sr.codedict import codes
 from pydicom.uid import (UID, AcquisitionContextSRStorage, BasicTextSRStorage, BlendingSoftcopyPresentationStateStorage,
                          ChestCADSRStorage, ColorSoftcopyPresentationStateStorage, Comprehensive3DSRStorage,
                          ComprehensiveSRStorage, EncapsulatedPDFStorage, EnhancedSRStorage,
@@ -87,7 +86,7 @@ from pneumoscan.models.card import CHECKSUM
 
 from .reports import FHIR_SUFFIX, ObservationIndex, add_warning, check_reportable
 from .study import (FAILURES, MADE, WARNINGS, not_scored, one_patient, score_films, status_words, study_rows, unfiled,
-                    valid_uid, withdrawn_by)
+                    valid_uid, Withdrawn, withdrawn_by)
 
 log = logging.getLogger(__name__)
 # the image classes a film may come in: the radiographs' (a For Processing image is accepted, and not scored, as
@@ -106,7 +105,6 @@ SET_ASIDE_CLASSES = sorted({
 # the films scored whose reports a rejection note that comes later is told of (Listener._made): the latest, about
 # 1 KB each in memory with an SR, an overlay and an Observation (19 MB for 20,000, measured with tracemalloc)
 RECALLED = 20_000
-PURGE = codes.DCM.DataRetentionPolicyExpired.value  # a rejection note of a routine purge, not of a fault
 # the films withdrawn by rejection notes that the spool remembers (Spool.remember), on disk and in memory: those of
 # the latest notes, about 0.2 KB each in memory; an older note's files deleted at start, past this many films
 WITHDRAWALS = 20_000
@@ -120,6 +118,10 @@ _OUT_OF_RESOURCES = 0xA700  # "refused: out of resources": the sender may send t
 _NOT_ITS_CLASS = 0xA900  # "data set does not match SOP class"
 _STORED = (0x0000, *WARNINGS)
 SPOOL_BATCH = 64  # the spool's oldest reports sent again in one association, at most
+# how long a stop waits for a rejection note being kept (Listener._keep_note: a local write, and its reports waiting in
+# the spool moved) before it tells of the open associations' notes without it, in an error line
+STOP_WAIT_S = 10.0
+STOPPING = "the listener is stopping: send it again later"  # each C-STORE's refusal once it stops (0xA700)
 # pynetdicom's own (private) attribute naming the temporary file a C-STORE's data set is written to as it arrives: no
 # public one says which file holds a film an abort cut short, which pynetdicom leaves on disk (Listener._discard)
 _PARTIAL_FILE = "_data_set_path"
@@ -489,6 +491,7 @@ class Listener:
         self._outbox: queue.SimpleQueue[_Scored | None] = queue.SimpleQueue()
         self._sending: str | None = None  # the study whose reports the sending thread is sending
         self._stopped = threading.Event()
+        self._notes = threading.Lock()  # held while a rejection note is kept (_keep_note): what a stop waits for
         # by (study, SOP Instance UID): what was made on each film scored (the latest RECALLED), for a rejection note
         # that comes after its scoring (while the listener runs); the films notes withdrew are the spool's (on disk)
         self._made: OrderedDict[tuple[str, str], dict] = OrderedDict()
@@ -571,7 +574,10 @@ class Listener:
             return
 
     def _stored(self, event: evt.Event) -> int | Dataset:
-        """One C-STORE: the instance kept, under its study, for when the association is released."""
+        """One C-STORE: the instance kept, under its study, for when the association is released; refused once the
+        listener stops (0xA700, sent again later): it would be neither scored nor, a rejection note, told of."""
+        if self._stopped.is_set():
+            return self._refuse(event, STOPPING, _OUT_OF_RESOURCES)
         received = self._entry(event.assoc)
         arrived = event.dataset_path  # pynetdicom's temporary file, deleted by it after this handler unless moved
         size = arrived.stat().st_size
@@ -625,17 +631,12 @@ class Listener:
         else:
             if sop_class == KeyObjectSelectionDocumentStorage:
                 try:
-                    withdrawn = withdrawn_by(ds)
+                    note = withdrawn_by(ds)
                 except ValueError as e:
                     received.doubts[study] = str(e)
                     return self._refuse(event, str(e))
-                try:  # on disk before it is answered: a restart, or an abort, keeps its films' reports back
-                    if withdrawn:
-                        self.spool.remember(study, sop, withdrawn)
-                except OSError as e:  # the sender sends it again later
-                    return self._refuse(event, f"its withdrawals cannot be kept ({e.strerror})", _OUT_OF_RESOURCES)
-                if withdrawn and str(ds.ConceptNameCodeSequence[0].CodeValue) == PURGE:
-                    received.purged.update(withdrawn)
+                if (withdrawn := note.films) and (why := self._keep_note(received, study, sop, note)) is not None:
+                    return self._refuse(event, why, _OUT_OF_RESOURCES)  # the sender sends it again later
             what = (f"a rejection note withdrawing {len(withdrawn)} film(s)" if withdrawn else "not an image") + \
                 f" ({sop_class.name}): set aside, not scored"
         log.log(level, "study %s: instance %s received from %r: %s%s", study, sop, shown(received.calling), what,
@@ -643,9 +644,26 @@ class Listener:
         self._audit({"event": "instance_set_aside", "calling_ae": received.calling, "address": received.address,
                      "study_instance_uid": study, "series_instance_uid": series, "sop_instance_uid": sop,
                      "sop_class": sop_class.name, "reason": what})
-        if withdrawn:
-            self._withdraw(received, study, withdrawn)
         return 0x0000
+
+    def _keep_note(self, received: _Association, study_uid: str, note_uid: str, note: Withdrawn) -> str | None:
+        """A rejection note's withdrawals kept before it is answered: on disk (:meth:`Spool.remember`: a restart, or an
+        abort, keeps its films' reports back), then its films' reports set aside (:meth:`_withdraw`) and a routine
+        purge's films noted as such (told of in an info line: :meth:`_retract`), under the lock
+        a stop waits on before it tells of the open associations' notes (:meth:`stop`), so that no note answered
+        0x0000 goes untold. Why it is refused (0xA700: the sender sends it again later), None once kept: the
+        listener stopping, or its withdrawals that cannot be written."""
+        with self._notes:
+            if self._stopped.is_set():
+                return STOPPING
+            try:
+                self.spool.remember(study_uid, note_uid, note.films)
+            except OSError as e:
+                return f"its withdrawals cannot be kept ({e.strerror})"
+            if note.purge:
+                received.purged.update(note.films)
+            self._withdraw(received, study_uid, note.films)
+        return None
 
     def _withdraw(self, received: _Association, study_uid: str, withdrawn: dict[str, str]) -> None:
         """A rejection note's films (``withdrawn``: why each, by SOP Instance UID; remembered by the spool already,
@@ -657,10 +675,6 @@ class Listener:
             for film, reports in found.items():
                 into.setdefault(study_uid, {}).setdefault(film, []).extend(reports)
         received.notes.setdefault(study_uid, {}).update(withdrawn)
-
-    def _withdrawal(self, study_uid: str, film: str | None) -> str | None:
-        """Why a rejection note withdrew the film, None when none did."""
-        return self.spool.withdrawal(study_uid, film)
 
     def _refuse(self, event: evt.Event, why: str, status: int = _REFUSED_INSTANCE) -> Dataset:
         """A C-STORE failure, ``status``, that says ``why`` to the sender, in a warning and an audit line: the trail
@@ -804,7 +818,7 @@ class Listener:
         for study, withdrawn in notes.items():
             try:
                 self._retract(study, withdrawn, received)
-            except Exception as e:  # the films stay withdrawn from scoring and sending (_withdrawal)
+            except Exception as e:  # the films stay withdrawn from scoring and sending (Spool.withdrawal)
                 log.error("study %s: the reports made on the films its rejection note withdraws are not "
                           "told of, nor set aside in the spool: %s", study, shown(redact(str(e)) or type(e).__name__))
 
@@ -1020,7 +1034,7 @@ class Listener:
             if self._report_withdrawal(study_of(path), report) is not None:  # spooled, or put back, after its note
                 self.spool.end([path])
                 self._hold_back(study_of(path), [film for film in sorted(references(report))
-                                                 if self._withdrawal(study_of(path), film)])
+                                                 if self.spool.withdrawal(study_of(path), film)])
                 continue
             pending[path.name] = report
         if not pending:
@@ -1051,7 +1065,7 @@ class Listener:
         aside in ``withdrawn/``, never sent, with a warning."""
         for film, reports in self.spool.withdraw(study_uid, films)[0].items():
             log.warning("study %s: the report(s) %s of the film %s, %s, are set aside in %s and not sent", study_uid,
-                        ", ".join(reports), film, self._withdrawal(study_uid, film), self.spool.withdrawn)
+                        ", ".join(reports), film, self.spool.withdrawal(study_uid, film), self.spool.withdrawn)
 
     def _answered(self, study_uid: str, answers: dict[str, int]) -> None:
         """The study's rows in ``out`` (this run's or an earlier one's) told how the destination answered reports the
@@ -1115,8 +1129,16 @@ class Listener:
         has of them, saying whether the spool keeps them for the next start; the sending thread sends no more, and
         ends (at once when idle, once the study it is sending is done otherwise), so that a process that starts
         listeners and stops them (a test suite, an application embedding one) keeps no thread of each, trying the
-        spool every ``retry_s``."""
-        self._stopped.set()
+        spool every ``retry_s``. Each C-STORE that comes after is refused (0xA700, the sender sends it again later);
+        a rejection note being kept as it stops is waited for (:data:`STOP_WAIT_S` at most), so that the films it
+        withdraws that were scored already are told of with the other open associations' notes."""
+        self._stopped.set()  # each C-STORE from now refused, a rejection note among them (_keep_note)
+        if self._notes.acquire(timeout=STOP_WAIT_S):  # a note being kept is kept whole first, told of below
+            self._notes.release()
+        else:
+            log.error("a rejection note was still being kept %g s after the stop: the films it withdraws that were "
+                      "scored already are not told of%s", STOP_WAIT_S, "" if self.kept else
+                      ", and its withdrawals are lost with the temporary folder (no --spool)")
         with self._lock:
             open_ = [received for received in self._associations.values() if received.notes]
         for received in open_:  # their notes' films scored already told of: the association may never end
@@ -1162,7 +1184,7 @@ class Listener:
         patients = {}
         for sop, row in instances.items():
             path = folder / f"{sop}.dcm"
-            if (why := self._withdrawal(study_uid, sop)) is not None:  # not the study's film, by its rejection note
+            if (why := self.spool.withdrawal(study_uid, sop)) is not None:  # not the study's film, by its note
                 entries.append({**row, "not_scored": why})
                 continue
             try:
@@ -1227,7 +1249,7 @@ class Listener:
         spooled: dict[str, Path] = {}  # the reports the spool holds (not one it could not take), by UID
 
         def held_back(row: dict) -> str | None:
-            return self._withdrawal(study_uid, row.get("sop_instance_uid"))
+            return self.spool.withdrawal(study_uid, row.get("sop_instance_uid"))
 
         for row in rows:
             row["stored"] = []
@@ -1307,7 +1329,8 @@ class Listener:
         """Why a rejection note withdrew a film the report names (:func:`references`), None when none did: what both
         senders check before a report is sent (:meth:`_send`, :meth:`_resend`) and after it is stored
         (:meth:`_check_stored`)."""
-        return next((why for film in sorted(references(report)) if (why := self._withdrawal(study_uid, film))), None)
+        films = sorted(references(report))
+        return next((why for film in films if (why := self.spool.withdrawal(study_uid, film))), None)
 
     def _check_stored(self, study_uid: str, report: Dataset) -> None:
         """A report the destination stored: a warning when its film's rejection note came while it was being sent

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -34,6 +35,7 @@ FAILURES = {0x0110: "processing failure", 0x0122: "SOP class not supported", 0x0
 REJECTIONS = {c.value: c.meaning for c in (
     codes.DCM.RejectedForQualityReasons, codes.DCM.RejectedForPatientSafetyReasons,
     codes.DCM.IncorrectModalityWorklistEntry, codes.DCM.DataRetentionPolicyExpired)}
+PURGE = codes.DCM.DataRetentionPolicyExpired.value  # a rejection note of a routine purge (retention), not of a fault
 WARNINGS = {0xB000: "coercion of data elements", 0xB006: "elements discarded",
             0xB007: "data set does not match SOP class"}  # fmt: skip
 
@@ -155,7 +157,15 @@ def unreadable_note(sop: str, error: Exception) -> ValueError:
                       "whether it is a rejection note that withdraws films is not known, so none is scored")
 
 
-def withdrawn_by(note: Dataset) -> dict[str, str]:
+class Withdrawn(NamedTuple):
+    """What a key object selection withdraws (:func:`withdrawn_by`): why each film is not scored, by SOP Instance
+    UID (none when it is no rejection note), and whether its title is :data:`PURGE`'s, a routine purge."""
+
+    films: dict[str, str]
+    purge: bool = False
+
+
+def withdrawn_by(note: Dataset) -> Withdrawn:
     """Why each film a key object selection withdraws is not scored, by SOP Instance UID: each film it lists when it
     is a rejection note (IHE IOCM: titled :data:`REJECTIONS`), none under another title (Of Interest, say). A PACS
     may keep a rejected film beside its note: one rejected for patient safety (another patient's film, a wrong side)
@@ -172,6 +182,6 @@ def withdrawn_by(note: Dataset) -> dict[str, str]:
     except (AttributeError, KeyError, IndexError, TypeError, ValueError) as e:
         raise unreadable_note(sop, e) from None
     if rejection[0] != "DCM" or rejection[1] not in REJECTIONS:
-        return {}
-    return dict.fromkeys(listed, f"withdrawn by the study's rejection note {sop} ({rejection[1]}: "
-                                 f"{REJECTIONS[rejection[1]]})")
+        return Withdrawn({})
+    return Withdrawn(dict.fromkeys(listed, f"withdrawn by the study's rejection note {sop} ({rejection[1]}: "
+                                           f"{REJECTIONS[rejection[1]]})"), rejection[1] == PURGE)
