@@ -25,6 +25,7 @@ from rich.console import Console
 
 from pneumoscan import __version__
 from pneumoscan.core.atomic import file_stamp, refuse_special, write_unchanged
+from pneumoscan.core.audit import LISTEN_EVENTS
 from pneumoscan.core.names import given_path, json_text, path_list, shown
 from pneumoscan.core.options import (AUC_TESTS, BACKENDS, CALIBRATION_IMAGES, DECISION_RANGE, FILL_MODES,
                                      LISTEN_ASSOCIATION_MB, LISTEN_FREE_MB, LISTEN_RETRY_S, LISTEN_SEND_S,
@@ -1290,7 +1291,8 @@ def _listen_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--audit-log", type=_file, metavar="FILE",
                    help="append one JSON line for each film read (caller, UIDs, the film's SHA-256, model, reading or "
                         "refusal), each caller refused at association and each report the destination stored or "
-                        "refused, to FILE, created 0600 and opened again once logrotate moves it (default: none)")
+                        "refused, to FILE, created 0600 and opened again once logrotate moves it (default: none); "
+                        f"its events: {', '.join(LISTEN_EVENTS)}")
     p.add_argument("--audit-required", action="store_true",
                    help="with --audit-log: a film whose line cannot be written gets no report (held back, an error "
                         "line), where the default sends it with a warning that the line is lost")

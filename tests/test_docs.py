@@ -26,6 +26,7 @@ from markdown.extensions.toc import slugify
 from PIL import Image
 
 from pneumoscan.cli import build_parser
+from pneumoscan.core.audit import LISTEN_EVENTS
 from pneumoscan.data.cache import IN_PROCESS_FILMS
 from pneumoscan.data.scope import CONFLICT
 from tests.conftest import _write_tiny_dataset
@@ -984,3 +985,22 @@ def test_every_make_line_in_the_docs_names_a_target_and_variables_of_the_makefil
     wrong = sorted(f"{page}: make ... {word}" for page, word in named
                    if word not in targets and word.partition("=")[0] not in variables)
     assert not wrong, f"pages name make targets or variables the Makefile lacks: {wrong}"
+
+
+def test_the_listeners_audit_events_are_one_list_its_lines_deployment_md_and_its_help_name() -> None:
+    """listen's audit events are LISTEN_EVENTS: each `"event"` the listener writes (read from its source, the
+    values of its entries' "event" key), docs/deployment.md's table of them in that order, and `listen
+    --audit-log`'s help, which names each."""
+    source = ast.parse((ROOT / "pneumoscan" / "interop" / "dimse.py").read_text())
+    written = set()
+    for node in ast.walk(source):
+        if isinstance(node, ast.Dict):
+            for key, value in zip(node.keys, node.values):
+                if isinstance(key, ast.Constant) and key.value == "event":
+                    written |= {n.value for n in ast.walk(value) if isinstance(n, ast.Constant)}
+    assert written == set(LISTEN_EVENTS)
+    page = (ROOT / "docs" / "deployment.md").read_text()
+    table = re.search(r"^### The listener's audit log\n(.*?)(?=^#)", page, flags=re.S | re.M).group(1)
+    assert tuple(re.findall(r"^\| `(\w+)` \|(?! when \|)", table, flags=re.M)) == LISTEN_EVENTS  # not its head
+    [audit_log] = [a for a in _sub_commands()["listen"]._actions if "--audit-log" in a.option_strings]
+    assert all(re.search(rf"\b{event}\b", audit_log.help) for event in LISTEN_EVENTS)

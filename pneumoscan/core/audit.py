@@ -21,6 +21,10 @@ from typing import Any, ClassVar
 
 FILE_MODE = 0o600  # a file created, or created again after logrotate moved it: the service's user alone
 REFUSED_MODE = stat.S_IWGRP | stat.S_IRWXO  # an existing file's bits refused: others' access, a group's writing
+# each line's `event` in listen's audit log, in the order of docs/deployment.md's table: the one list that table,
+# `listen --audit-log`'s help and the listener's lines (pneumoscan.interop.dimse) are held to (tests/test_docs.py)
+LISTEN_EVENTS = ("film_read", "film_refused", "association_refused", "instance_set_aside", "scored_film_withdrawn",
+                 "association_aborted", "report_stored", "report_refused")
 
 
 class AuditFile(logging.handlers.WatchedFileHandler):
