@@ -1714,3 +1714,21 @@ def test_a_stop_waits_for_a_rejection_note_being_kept_for_a_bounded_time_and_say
         sending.join(WAIT_S)
     assert "a rejection note was still being kept 0.2 s after the stop: the films it withdraws that were scored " \
         "already are not told of, and its withdrawals are lost with the temporary folder (no --spool)" in caplog.text
+
+
+def test_a_listener_without_a_spool_warns_at_start_that_rejection_notes_are_forgotten_at_its_stop(
+    tiny_bundle: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without --spool the withdrawals rejection notes bring live in the temporary folder, gone at a stop: the start
+    warning says so (a film they withdraw, sent again after a restart, is scored); with --spool there is none."""
+    for spool in (None, tmp_path / "spool"):
+        caplog.clear()
+        listener = Listener(tiny_bundle, "PNEUMOSCAN", Destination("DEST", "127.0.0.1", 104), tmp_path,
+                            backend="torch", spool=spool)
+        listener.start("127.0.0.1", 0).shutdown()
+        listener.stop()
+        said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "no spool" in r.getMessage()]
+        assert said == ([] if spool else [
+            "no spool (--spool): reports the destination has not confirmed when the listener stops are lost with its "
+            "temporary folder, and so are the films rejection notes withdraw: one sent again after a restart is "
+            "scored"])

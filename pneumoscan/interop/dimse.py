@@ -529,9 +529,10 @@ class Listener:
         bound = server.server_address
         log.info("listening as %s on %s:%d; reports go to %s%s", self.ae_title, bound[0], bound[1], self.destination,
                  f"; callers allowed: {', '.join(self.allow)}" if self.allow else "; any caller")
-        if not self.kept:
+        if not self.kept:  # a rejection note is taken all the same: refused, its films would be scored now too
             log.warning("no spool (--spool): reports the destination has not confirmed when the listener stops are "
-                        "lost with its temporary folder")
+                        "lost with its temporary folder, and so are the films rejection notes withdraw: one sent "
+                        "again after a restart is scored")
         return server
 
     def _entry(self, assoc: Association) -> _Association:
