@@ -650,10 +650,10 @@ class Listener:
     def _keep_note(self, received: _Association, study_uid: str, note_uid: str, note: Withdrawn) -> str | None:
         """A rejection note's withdrawals kept before it is answered: on disk (:meth:`Spool.remember`: a restart, or an
         abort, keeps its films' reports back), then its films' reports set aside (:meth:`_withdraw`) and a routine
-        purge's films noted as such (told of in an info line: :meth:`_retract`), under the lock
-        a stop waits on before it tells of the open associations' notes (:meth:`stop`), so that no note answered
-        0x0000 goes untold. Why it is refused (0xA700: the sender sends it again later), None once kept: the
-        listener stopping, or its withdrawals that cannot be written."""
+        purge's films noted as such (told of in an info line: :meth:`_retract`), under the lock a stop waits on
+        before it tells of the open associations' notes (:meth:`stop`), so that no note answered 0x0000 goes untold.
+        Why it is refused (0xA700: the sender sends it again later), None once kept: the listener stopping, or its
+        withdrawals that cannot be written."""
         with self._notes:
             if self._stopped.is_set():
                 return STOPPING
@@ -956,14 +956,12 @@ class Listener:
                 except Exception as e:  # left in the association's folder, deleted with it
                     why = shown(redact(str(e)) or type(e).__name__)
                     held = [*MADE, "fhir"] if key == "dicom_sr" else [key]  # the SR's reading: none of it filed
-                    observation = "fhir" in held and row.pop("fhir", None) is not None
+                    nor = ", nor its FHIR Observation written" if "fhir" in held and "fhir" in row else ""
                     for made in held:
                         row.pop(made, None)
                     log.error("study %s: its %s of %s cannot be read, so it is not sent%s: %s", study_uid, MADE[key],
-                              shown(row.get("path", "?")), ", nor its FHIR Observation written" if observation else "",
-                              why)
-                    add_warning(row, f"its {MADE[key]} cannot be read, so it is not sent"
-                                     f"{', nor its FHIR Observation written' if observation else ''}: {why}")
+                              shown(row.get("path", "?")), nor, why)
+                    add_warning(row, f"its {MADE[key]} cannot be read, so it is not sent{nor}: {why}")
                     continue
                 scored.spooled.append(path)
                 with self._lock:
