@@ -294,32 +294,63 @@ def test_exif_orientation_is_applied() -> None:
     assert gray.shape == (30, 20) and gray[:5].mean() > 200 and gray[-5:].mean() < 50  # the edge is now on top
 
 
-def _turned_elsewhere(fmt: str) -> bytes:
-    """A film stored upright (a bright left edge) whose orientation 6 is written where browsers do not read one: a
-    JPEG's XMP (tiff:Orientation), with no EXIF block or one without an orientation, a PNG's ImageMagick text chunk
-    ("Raw profile type exif")."""
-    im = Image.fromarray(np.pad(np.full((20, 5), 255, np.uint8), ((0, 0), (0, 25))))
-    if fmt.startswith("JPEG"):
-        other = Image.Exif()
-        other[0x010F] = "a camera"  # Make: an EXIF block without an orientation, for "JPEG with EXIF"
-        xmp = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
-               b'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/></rdf:RDF>'
-               b"</x:xmpmeta>")
-        return encode(im, "JPEG", quality=95, exif=other if fmt.endswith("EXIF") else b"", xmp=xmp)
+def _xmp(orientation: int) -> bytes:
+    """An XMP packet whose tiff:Orientation is ``orientation``, as photo editors write it."""
+    return (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+            b'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="%d"/></rdf:RDF>'
+            b"</x:xmpmeta>" % orientation)
+
+
+EDGE = np.pad(np.full((20, 5), 255, np.uint8), ((0, 0), (0, 25)))  # stored upright: a bright left edge
+
+
+def _oriented(fmt: str, exif: int | None, xmp: int | None) -> bytes:
+    """EDGE as a ``fmt`` file whose EXIF block (a camera's, with an orientation ``exif`` or none) and XMP metadata
+    (``xmp``; None: no XMP) say how to turn it."""
+    im = Image.fromarray(EDGE)
+    block = Image.Exif()
+    block[0x010F] = "a camera"  # Make
+    if exif is not None:
+        block[0x0112] = exif
+    if fmt == "JPEG":
+        return encode(im, "JPEG", quality=95, exif=block, **({} if xmp is None else {"xmp": _xmp(xmp)}))
+    info = PngInfo()
+    if xmp is not None:
+        info.add_itxt("XML:com.adobe.xmp", _xmp(xmp).decode())
+    return encode(im, "PNG", exif=block, pnginfo=info)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+@pytest.mark.parametrize(("exif", "xmp"), [(None, 6), (1, 6), (6, 1), (6, 8)])
+def test_an_xmp_orientation_other_than_the_exif_blocks_is_refused(fmt: str, exif: int | None, xmp: int) -> None:
+    """An orientation in XMP (a privacy tool strips EXIF and keeps XMP) that the EXIF block does not give: browsers,
+    and so the service's page, turn the film by EXIF alone, photo editors (and ImageOps.exif_transpose, where EXIF
+    gives none) by XMP. The film was read as stored, scored turned a quarter from the film an editor shows; which
+    way up it is cannot be told, so it is refused with both."""
+    said = "none" if exif is None else f"Orientation {exif}"
+    with pytest.raises(DecodeError, match=f"^conflicting orientations: the XMP metadata says tiff:Orientation {xmp}, "
+                                          f"the EXIF block {said}; browsers"):
+        read_gray(_oriented(fmt, exif, xmp))
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+@pytest.mark.parametrize(("exif", "xmp", "turned"), [(6, 6, True), (None, 1, False), (6, None, True)])
+def test_an_xmp_orientation_the_exif_block_agrees_with_reads_as_exif_says(
+    fmt: str, exif: int | None, xmp: int | None, turned: bool
+) -> None:
+    gray = read_gray(_oriented(fmt, exif, xmp))
+    np.testing.assert_array_equal(gray > 127, np.rot90(EDGE, -1) > 127 if turned else EDGE > 127)
+
+
+def test_an_orientation_in_imagemagicks_png_text_leaves_the_film_as_browsers_show_it() -> None:
+    """Pillow's getexif takes an orientation from ImageMagick's PNG text ("Raw profile type exif") when no EXIF block
+    gives one; browsers, and so the service's page, read the EXIF block alone, and no viewer of films reads it."""
     exif = Image.Exif()
     exif[0x0112] = 6
     raw = exif.tobytes().hex()
     info = PngInfo()
     info.add_text("Raw profile type exif", f"\nexif\n{len(raw) // 2:8d}\n{raw}\n")
-    return encode(im, "PNG", pnginfo=info)
-
-
-@pytest.mark.parametrize("fmt", ["JPEG", "JPEG with EXIF", "PNG"])
-def test_an_orientation_outside_the_exif_block_leaves_the_film_as_browsers_show_it(fmt: str) -> None:
-    """Pillow's getexif takes an orientation from XMP or from ImageMagick's PNG text when the EXIF block has none;
-    browsers, and so the service's page, read the EXIF block alone: the film was scored turned a quarter from the
-    film shown, its heatmap drawn over the wrong orientation."""
-    gray = read_gray(_turned_elsewhere(fmt))
+    gray = read_gray(encode(Image.fromarray(EDGE), "PNG", pnginfo=info))
     assert gray.shape == (20, 30) and gray[:, :5].mean() > 200 and gray[:, -5:].mean() < 50
 
 

@@ -291,7 +291,7 @@ def _gray(im: Image.Image, src: Path | bytes, target: int | None) -> np.ndarray:
                 _refuse_short_png(im.fp)
             im.load()
             decoded = im
-        orientation, warned = _heeded(lambda: _exif_orientation(im))  # a PNG's may follow
+        orientation, warned = _heeded(lambda: _orientation(im))  # a PNG's may follow
         _say(src, warned)  # its pixels; a JPEG's was read on opening it
     except pixels.DecodeError:
         raise
@@ -378,22 +378,46 @@ def _png_data_bytes(ihdr: bytes) -> int:
     return total
 
 
-def _exif_orientation(im: Image.Image) -> int | None:
+def _orientation(im: Image.Image) -> int | None:
     """The orientation the image's EXIF block gives (a JPEG's APP1, a PNG's eXIf), the one browsers, and so the
-    service's page, turn a film by. Pillow's getexif also takes one from XMP (tiff:Orientation) or from ImageMagick's
-    PNG text ("Raw profile type exif") when the EXIF block has none, which browsers ignore: such a film was scored
-    turned a quarter from the film shown, and its heatmap drawn over the wrong orientation. Pillow's parse is kept
-    for its warnings (said once a film: a JPEG's on opening it); the block is parsed again, silently, only when
-    Pillow found an orientation, to tell whether the block holds it."""
+    service's page, turn a film by; refused when its XMP metadata gives another (:func:`_xmp_orientation`). Pillow's
+    getexif also takes one from XMP or from ImageMagick's PNG text ("Raw profile type exif") when the EXIF block has
+    none, which browsers ignore; photo editors follow XMP. A film whose only orientation is in XMP (a privacy tool
+    strips EXIF and keeps XMP) was read as stored, which is one of two readings: scored turned a quarter from the
+    film an editor shows, or, turned, beside a page that shows it as stored, its heatmap over the wrong orientation.
+    Which way up it is cannot be told, so it is refused; one whose XMP agrees reads as EXIF says. The PNG text, which
+    no viewer of films follows, is left as browsers leave it. Pillow's parse is kept for its warnings (said once a
+    film: a JPEG's on opening it); the block is parsed again, silently, only when Pillow found an orientation, to
+    tell whether the block holds it."""
     found = im.getexif().get(ExifTags.Base.Orientation)
     block = im.info.get("exif")
-    if found is None or not block:
+    own = None
+    if found is not None and block:
+        parsed = Image.Exif()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            parsed.load(block)
+        own = parsed.get(ExifTags.Base.Orientation)
+    xmp = _xmp_orientation(im)
+    if xmp is not None and _ORIENTATION.get(xmp) != _ORIENTATION.get(own):  # an unknown value turns nothing
+        raise pixels.DecodeError(
+            f"conflicting orientations: the XMP metadata says tiff:Orientation {xmp}, the EXIF block "
+            f"{'none' if own is None else f'Orientation {own}'}; browsers (and the service's page) turn a film by "
+            "EXIF alone, photo editors by XMP, so which way up the film is cannot be told; export it upright, with "
+            "no orientation or the same in both")
+    return own
+
+
+def _xmp_orientation(im: Image.Image) -> int | None:
+    """The orientation the image's XMP metadata gives (``tiff:Orientation``; a JPEG's APP1 XMP, a PNG's iTXt), read
+    by Pillow's own parse (getexif's, which ImageOps.exif_transpose turns an image by when EXIF gives none) of the
+    XMP alone; None without one."""
+    xmp = {key: im.info[key] for key in ("xmp", "XML:com.adobe.xmp") if im.info.get(key)}
+    if not xmp:
         return None
-    own = Image.Exif()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        own.load(block)
-    return own.get(ExifTags.Base.Orientation)
+    alone = Image.new("L", (1, 1))  # no EXIF block: getexif reads the XMP
+    alone.info.update(xmp)
+    return alone.getexif().get(ExifTags.Base.Orientation)
 
 
 def _png_images(kinds: list[bytes]) -> int:
