@@ -82,6 +82,27 @@ def test_a_field_from_a_newer_pneumoscan_is_refused_with_the_upgrade(
                                   f"{UPGRADE}")
 
 
+@pytest.mark.parametrize(("writer", "upgrade"), [("99.0", True), (__version__, False)])
+def test_a_field_inside_a_training_source_from_a_newer_pneumoscan_is_refused_with_the_upgrade(
+    tiny_bundle: Path, tmp_path: Path, writer: str, upgrade: bool
+) -> None:
+    """A key a newer pneumoscan writes inside a record of the card (as a student's ``taught`` in its training_data,
+    which a pneumoscan before that record does not know) is refused saying which pneumoscan wrote it and to
+    upgrade, as a new field of the card is: it was refused as "extra inputs are not permitted", read as an edit. A
+    card its own version wrote with such a key keeps that refusal."""
+    def change(fields: dict) -> None:
+        written_by(writer, package_version=__version__)(fields)
+        fields["training_data"][0]["consent"] = "opt-out"
+
+    bundle = forged(tiny_bundle, tmp_path, change)
+    with pytest.raises(ValueError) as refused:
+        load_card(bundle)
+    assert str(refused.value) == (
+        f"{bundle / CARD}: this bundle was written by pneumoscan 99.0, newer than this one ({__version__}), with "
+        f"fields this one does not know ('training_data.0.consent'): {UPGRADE}" if upgrade else
+        f"{bundle / CARD}: training_data.0.consent: extra inputs are not permitted (found 'opt-out')")
+
+
 def test_the_refusal_is_one_line_of_the_command(tiny_bundle: Path, tmp_path: Path,
                                                  capsys: pytest.CaptureFixture) -> None:
     bundle = forged(tiny_bundle, tmp_path, written_by("99.0", "threshold_rule", package_version=__version__))

@@ -1103,14 +1103,21 @@ def test_an_ensemble_of_trials_says_it_is_a_trial(tiny_bundle: Path, member64: P
 def test_an_ensemble_of_a_student_of_trials_says_it_is_a_trial(tiny_bundle: Path, member64: Path, held_out: Path,
                                                                tmp_path: Path) -> None:
     """A member distilled from teachers trained on a sample of patients (its train_config's teacher_samples) is a
-    trial: the ensemble recorded only its members' own samples, and its card called it a run on all the films."""
+    trial: the ensemble recorded only its members' own samples, and its card called it a run on all the films. The
+    card names that member as the one distilled from teachers (its entry records ``taught``), where it said "Members
+    of it were distilled" of an ensemble of a student and a bundle that learnt from no teacher."""
     student = shutil.copytree(member64.parent, tmp_path / "student") / member64.name
     card, taught = load_card(student), [{"patients": 20, SAMPLED_FROM: 48, "seed": 1}]
-    save_card(student, dataclasses.replace(card, train_config={**card.train_config, TEACHER_SAMPLES: taught}))
+    teachers = {"name": "site B", "licence": "", "films": None, "layout": "", "started_from": False, "taught": True}
+    save_card(student, dataclasses.replace(card, train_config={**card.train_config, TEACHER_SAMPLES: taught},
+                                           training_data=[*card.training_data, teachers]))
     out = tmp_path / "ensemble"
     assert main(["ensemble", str(tiny_bundle), str(student), "--data", str(held_out), "--out", str(out)]) == 0
     assert load_card(out).train_config[MEMBER_SAMPLES] == [{}, {TEACHER_SAMPLES: taught}]
+    assert [m.get("taught") for m in load_card(out).model_kwargs["members"]] == [None, True]
     text = " ".join((out / "MODEL_CARD.md").read_text(encoding="utf-8").split())
+    assert (f"Ensemble member 2 of 2 ({student}) was distilled from teachers (`--teacher`) whose weights learnt from "
+            "these:") in text, text
     assert ("(member 1: all the patients of its data; member 2: distilled from teachers some of which learnt from a "
             "sample of patients;") in text, text
     assert "a trial, whose figures do not show what training on all the films gives" in text

@@ -29,8 +29,8 @@ from pneumoscan.inference.onnx_runtime import INT8_NAME, Int8Key, Int8Operating,
 from pneumoscan.models import PLUGINS_ENV
 from pneumoscan.models.card import (APPEARANCE_FROM_INIT, ENSEMBLE, INIT_CARD, INIT_IN_PLACE, INIT_SAMPLE, MACRO_AUC,
                                    MEMBER_SAMPLES, SAMPLED_FROM, TEACHER_SAMPLES, TRAINED_BY, TRAINING_FILMS, WRITER,
-                                   BundleCard, TrainingSource, load_card, out_of_fold_ensemble, save_card,
-                                   training_sources)
+                                   BundleCard, TrainingSource, load_card, member_label, out_of_fold_ensemble,
+                                   save_card, training_sources)
 from .held_out import HeldOutFindings
 from .subgroups import DIFFERENCES_NOTE, blocks, differences_said, recorded, table_rows
 
@@ -307,7 +307,7 @@ def _training_data(card: BundleCard) -> str:
     who = "Its members were" if card.model == ENSEMBLE else "It was"
     said = f"{who} trained on these chest X-ray films:\n\n{_bullets(tuple(map(_source_line, own)))}\n\n"
     if taught:
-        said += (f"{'Members of it were' if card.model == ENSEMBLE else 'It was'} distilled from teachers "
+        said += (f"{_taught_who(card)} distilled from teachers "
                  f"(`--teacher`) whose weights learnt from these:\n\n{_bullets(tuple(map(_source_line, taught)))}\n\n")
     if start:
         said += (f"{'Their' if card.model == ENSEMBLE else 'Its'} training started from the weights of a bundle "
@@ -316,6 +316,21 @@ def _training_data(card: BundleCard) -> str:
         said += (f"Kermany et al.'s films are licensed {KERMANY_LICENCE}: these weights learnt from {KERMANY_LICENCE} "
                  "data, so any use of them must credit the data as under *How to cite the data*. ")
     return said
+
+
+def _taught_who(card: BundleCard) -> str:
+    """Who of CARD was distilled from teachers, as the sentence on their training data opens: the bundle, or each
+    member its ensemble records as having learnt from teachers (one that is an ensemble: some of its members), named
+    as refusals name a member; an ensemble that does not record which says so."""
+    if card.model != ENSEMBLE:
+        return "It was"
+    members = card.model_kwargs["members"]
+    named = [member_label(i, len(members), m.get("source")) + (" (some of its members)" if m["model"] == ENSEMBLE
+             else "") for i, m in enumerate(members) if m.get("taught")]
+    if not named:
+        return "Members of it (which ones, its card does not record) were"
+    said = ", ".join(named[:-1]) + (" and " if len(named) > 1 else "") + named[-1]
+    return said[0].upper() + said[1:] + (" was" if len(named) == 1 else " were")
 
 
 def _source_line(source: TrainingSource) -> str:

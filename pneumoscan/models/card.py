@@ -313,6 +313,15 @@ class MemberEntry(TypedDict):
     # the member bundle's own heatmap_scale, its map's scale inside the ensemble (None: it records none); absent from
     # ensembles older than it, whose maps are scaled film by film
     heatmap_scale: NotRequired[Annotated[float, Field(gt=0)] | None]
+    # True: the member's weights learnt in part from teachers (:func:`learnt_from_teachers`), which MODEL_CARD.md names
+    # it for; written only where True, so absent from other members and from ensembles older than the record
+    taught: NotRequired[bool]
+
+
+def learnt_from_teachers(card: BundleCard) -> bool:
+    """Whether CARD's weights learnt in part from teachers (``--teacher``): a student's, or an ensemble's with one
+    among its members at any depth (a source of its training data marked ``taught``)."""
+    return any(source.get("taught") for source in training_sources(card))
 
 
 def out_of_fold_ensemble(card: BundleCard) -> bool:
@@ -918,7 +927,7 @@ def _validated(path: Path, data: dict) -> BundleCard:
     strict: "0.2" is no number, true no size) or out of range; for an ensemble, the same for each member's entry
     that its network is built from."""
     _check_known_fields(path, data)
-    card = _parsed(_CARD, data, str(path))
+    card = _parsed(_CARD, data, str(path), _writer(data)[0])
     entries = [(str(path), asdict(card))]
     if card.model == ENSEMBLE:
         entries += _ensemble_entries(path, card)
@@ -949,12 +958,18 @@ def _check_known_fields(path: Path, data: dict) -> None:
     newer pneumoscan writes is no misspelling, and says to upgrade."""
     unknown = [key for key in data if key not in _CARD_FIELDS]
     if unknown and (newer := _writer(data)[0]):  # not misspelt: fields a newer pneumoscan writes, of unknown meaning
-        raise ValueError(f"{path}: this bundle was written by pneumoscan {newer}, newer than this one ({__version__}), "
-                         f"with fields this one does not know ({', '.join(map(repr, unknown))}): {UPGRADE}")
+        raise ValueError(_newer_fields(str(path), newer, unknown))
     for key in unknown:
         look_up_option(key, _CARD_FIELDS, f"{path} field")
     if missing := [key for key in REQUIRED if key not in data]:  # a default would decide the label silently
         raise ValueError(f"{path}: {missing[0]} is missing")
+
+
+def _newer_fields(where: str, newer: str, names: Sequence[str]) -> str:
+    """Why a card with fields this pneumoscan does not know (``names``: a field, or one inside a field's value such as
+    ``training_data.0.taught``), written by the ``newer`` pneumoscan, is refused: its meaning is not known here."""
+    return (f"{where}: this bundle was written by pneumoscan {newer}, newer than this one ({__version__}), with fields "
+            f"this one does not know ({', '.join(map(repr, names))}): {UPGRADE}")
 
 
 def _ensemble_entries(path: Path, card: BundleCard) -> list[tuple[str, dict]]:
@@ -1145,10 +1160,16 @@ def _recorded_source(entry: object) -> str | None:
     return source if isinstance(source, str) else None
 
 
-def _parsed(adapter: TypeAdapter, value: object, where: str):  # noqa: ANN202 - the adapter's type
+def _parsed(adapter: TypeAdapter, value: object, where: str, newer: str | None = None):  # noqa: ANN202 - the adapter's
+    """``value`` as ``adapter`` reads it, or a refusal naming the field; a field inside a record's value that this
+    pneumoscan does not know (a source of training_data with a key it lacks), in a card the ``newer`` pneumoscan
+    wrote, is refused saying to upgrade, as an unknown field of the card is (:func:`_check_known_fields`)."""
     try:
         return adapter.validate_json(json.dumps(value))
     except ValidationError as e:
+        unknown = [".".join(map(str, err["loc"])) for err in e.errors() if err["type"] == "extra_forbidden"]
+        if unknown and newer:
+            raise ValueError(_newer_fields(where, newer, unknown)) from None
         error = e.errors()[0]
         field = ".".join(map(str, error["loc"]))
         found = "" if error["type"] == "missing" else f" (found {error['input']!r:.60})"

@@ -52,8 +52,9 @@ from pneumoscan.inference.predict import NonFiniteScore, Predictor, session_logi
 from pneumoscan.models import registry
 from pneumoscan.models.bundle import load_bundle
 from pneumoscan.models.card import (CARD, ENSEMBLE, MEMBER_SAMPLES, MEMBERS_OWN_SCALE, OUT_OF_FOLD, WEIGHTS,
-                                   BundleCard, card_task, films_as_trained, load_appearance, load_card, member_label,
-                                   pooled_sources, refused_as, runtime_versions, trained_sample)
+                                   BundleCard, card_task, films_as_trained, learnt_from_teachers, load_appearance,
+                                   load_card, member_label, pooled_sources, refused_as, runtime_versions,
+                                   trained_sample)
 from pneumoscan.models.ensemble_net import EnsembleNet, Member
 from pneumoscan.models.run_folder import CvFolder, RunFolder
 from .resume import split_change
@@ -238,15 +239,17 @@ def _ensemble_card(loaded: Sequence[tuple[torch.nn.Module, BundleCard]], paths: 
                    ) -> tuple[EnsembleNet, BundleCard]:
     """The network averaging the members at the largest member's input size, and its card before calibration: the
     first member's task and preprocessing, each member described (architecture, size, normalisation, temperature,
-    source, weights checksum, heatmap scale), the data fingerprints combined, the heatmap scale
-    (:func:`_heatmap_scale`) and the members' training data (:func:`~pneumoscan.models.card.pooled_sources`)."""
+    source, weights checksum, heatmap scale, whether it learnt from teachers), the data fingerprints combined, the
+    heatmap scale (:func:`_heatmap_scale`) and the members' training data
+    (:func:`~pneumoscan.models.card.pooled_sources`)."""
     cards = [c for _, c in loaded]
     first, size = cards[0], max(c.size for c in cards)
     net = EnsembleNet([Member(m, c.size, c.mean, c.std, c.temperature, size, c.heatmap_scale, str(p))
                        for (m, c), p in zip(loaded, paths)]).eval()
     described = [{"model": c.model, "model_kwargs": c.model_kwargs, "size": c.size, "mean": c.mean, "std": c.std,
                   "temperature": c.temperature, "model_id": c.model_id, "source": str(p), "threshold": c.threshold,
-                  "weights": c.files.get(WEIGHTS, ""), "heatmap_scale": c.heatmap_scale} for c, p in zip(cards, paths)]
+                  "weights": c.files.get(WEIGHTS, ""), "heatmap_scale": c.heatmap_scale,
+                  **({"taught": True} if learnt_from_teachers(c) else {})} for c, p in zip(cards, paths)]
     fingerprint = hex_part(bytes_sha256("".join(c.data_fingerprint for c in cards).encode()))
     # the members' data, when every member records its own: a member without one leaves the ensemble's unknown
     checksum = (bytes_sha256("".join(c.data_checksum for c in cards).encode())
