@@ -53,27 +53,68 @@ def film_sized_bundle(module_tmp: Callable[[str], Path]) -> Path:
     return bundle
 
 
-def under_mdwe(*args: str) -> subprocess.CompletedProcess:
-    """``pneumoscan ARGS`` under the policy; one still running after 120 s (a service that started) fails the test."""
+# the commands that refuse to start, run by the one interpreter under the policy (each a fresh interpreter cost its
+# start, torch's import, seconds a command): each command's status and what it wrote on stderr, its traceback too
+REFUSALS = UNDER_MDWE.removesuffix("from pneumoscan.cli import run\nrun()\n") + """
+import gc, json, os, tempfile, traceback
+from pneumoscan.cli import main
+said = []
+for args in json.loads(sys.argv[1]):
+    with tempfile.TemporaryFile() as err:
+        sys.stderr.flush()
+        kept = os.dup(2)
+        os.dup2(err.fileno(), 2)
+        try:
+            status = main(args)
+        except BaseException:
+            status = None
+            traceback.print_exc()
+        finally:
+            sys.stderr.flush()
+            os.dup2(kept, 2)
+            os.close(kept)
+        err.seek(0)
+        said.append((status, err.read().decode()))
+print(json.dumps(said))
+gc.freeze()
+"""
+
+
+@pytest.fixture(scope="module")
+def refused(film_sized_bundle: Path, module_tmp: Callable[[str], Path]) -> dict[str, tuple[int | None, str]]:
+    """What `serve` with each backend and `predict --backend torch` said under the policy (its status and stderr),
+    one after another in one process under it; one still running after 120 s (a service that started) fails the
+    tests."""
+    folder = module_tmp("refused")
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 260), dtype=np.uint8)).save(folder / "film.png")
+    commands = {f"serve {backend}": ["-q", "serve", str(film_sized_bundle), "--backend", backend, "--port",
+                                     str(free_port())] for backend in ("torch", "onnx")}
+    commands["predict"] = ["-q", "predict", str(film_sized_bundle), str(folder / "film.png"), "--backend", "torch",
+                           "--out", str(folder / "results.csv")]
     try:
-        return subprocess.run([sys.executable, "-c", UNDER_MDWE, *args], capture_output=True, text=True, timeout=120)
+        done = subprocess.run([sys.executable, "-c", REFUSALS, json.dumps(list(commands.values()))],
+                              capture_output=True, text=True, timeout=120)
     except subprocess.TimeoutExpired:
-        pytest.fail(f"pneumoscan {' '.join(args)} was still running after 120 s under the policy: it did not refuse")
+        pytest.fail(f"{list(commands)} were still running after 120 s under the policy: one did not refuse")
+    assert done.returncode == 0, done.stderr
+    said = dict(zip(commands, map(tuple, json.loads(done.stdout.splitlines()[-1]))))
+    said["predict's out"] = (folder / "results.csv").exists()
+    return said
 
 
 @pytest.mark.parametrize(("backend", "failing", "way_out"),
                          [("torch", "scoring", ""), ("onnx", "Grad-CAM of", f"; or {WITHOUT_HEATMAPS}")])
-def test_serve_refuses_to_start_where_its_model_cannot_run(film_sized_bundle: Path, backend: str, failing: str,
-                                                           way_out: str) -> None:
+def test_serve_refuses_to_start_where_its_model_cannot_run(film_sized_bundle: Path, refused: dict, backend: str,
+                                                           failing: str, way_out: str) -> None:
     """With torch scoring, the test film's score fails; with ONNX Runtime scoring (which runs), the heatmap, and the
     refusal names the way to serve the readings without heatmaps."""
-    done = under_mdwe("-q", "serve", str(film_sized_bundle), "--backend", backend, "--port", str(free_port()))
-    assert done.returncode == 2, done.stderr
-    error = done.stderr.splitlines()[-1]
+    status, stderr = refused[f"serve {backend}"]
+    assert status == 2, stderr
+    error = stderr.splitlines()[-1]
     assert error.startswith(f"pneumoscan serve: error: {film_sized_bundle}: its model cannot run on this machine: "
                             f"{failing} a film-sized test input in torch failed (RuntimeError: "), error
     assert error.endswith(f"; {NO_WX_MEMORY}{way_out}") and "MemoryDenyWriteExecute=yes" in error
-    assert "Traceback" not in done.stderr
+    assert "Traceback" not in stderr
 
 
 def test_serve_without_heatmaps_runs_under_the_policy(film_sized_bundle: Path, tmp_path: Path) -> None:
@@ -103,17 +144,14 @@ def test_serve_without_heatmaps_runs_under_the_policy(film_sized_bundle: Path, t
     assert "Traceback" not in log.read_text()
 
 
-def test_predict_refuses_before_its_films_where_its_model_cannot_run(film_sized_bundle: Path, tmp_path: Path) -> None:
+def test_predict_refuses_before_its_films_where_its_model_cannot_run(film_sized_bundle: Path, refused: dict) -> None:
     """No results file of errors: no file at all, status 2 and the reason, before a film is read."""
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 260), dtype=np.uint8)).save(tmp_path / "film.png")
-    out = tmp_path / "results.csv"
-    done = under_mdwe("-q", "predict", str(film_sized_bundle), str(tmp_path / "film.png"), "--backend", "torch",
-                      "--out", str(out))
-    assert done.returncode == 2, done.stderr
-    assert done.stderr.splitlines()[-1] == (
+    status, stderr = refused["predict"]
+    assert status == 2, stderr
+    assert stderr.splitlines()[-1] == (
         f"pneumoscan predict: error: {film_sized_bundle}: its model cannot run on this machine: scoring a film-sized "
         f"test input in torch failed (RuntimeError: could not create a primitive); {NO_WX_MEMORY}")
-    assert not out.exists()
+    assert not refused["predict's out"]
 
 
 # a service proven at start where the policy is not yet in force (ONNX Runtime scoring, no heatmap drawn at start),
