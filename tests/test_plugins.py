@@ -428,20 +428,37 @@ def test_a_task_or_model_name_not_registered_here_says_how_one_of_your_own_is(
         registry.create("tiny_net")
 
 
+# the command line twice in one fresh interpreter (a second one cost its start and torch's import): without
+# PNEUMOSCAN_PLUGINS, then with it, which the command reads each time it starts; each run's status and stderr, the
+# second's stdout
+TWICE = """import contextlib, io, json, os, sys
+from pneumoscan.cli import main
+said = []
+for plugins in (None, sys.argv[1]):
+    if plugins:
+        os.environ[sys.argv[2]] = plugins
+    with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.redirect_stderr(io.StringIO()) as err:
+        status = main(sys.argv[3:])
+    said.append([status, out.getvalue(), err.getvalue()])
+print(json.dumps(said))
+"""
+
+
 def test_a_fresh_pneumoscan_process_reads_a_plugin_bundle_through_PNEUMOSCAN_PLUGINS(
     plugin_dir: Path, opacity_bundle: Path, typicality_bundle: Path, tiny_dataset: Path, tmp_path: Path
 ) -> None:
-    """The installed command, as a user runs it: without the variable it refuses the bundles saying what to do,
-    with it it reads them (the plugin's first stage, then its second)."""
+    """The command line in a fresh process, as a user runs it: without the variable it refuses the bundles saying
+    what to do, with it it reads them (the plugin's first stage, then its second)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(plugin_dir), os.environ.get("PYTHONPATH"))))}
     env.pop(PLUGINS_ENV, None)
-    argv = [sys.executable, "-m", "pneumoscan", "-q", "predict", str(opacity_bundle), str(tiny_dataset / "test"),
-            "--etiology", str(typicality_bundle)]
-    without = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
-    assert without.returncode == 2 and f"{PLUGINS_ENV}={PLUGIN})" in without.stderr, without.stderr
-    done = subprocess.run(argv, capture_output=True, text=True, env={**env, PLUGINS_ENV: PLUGIN}, timeout=120)
-    assert done.returncode == 0, done.stderr
-    rows = _csv_rows(done.stdout)
+    argv = ["-q", "predict", str(opacity_bundle), str(tiny_dataset / "test"), "--etiology", str(typicality_bundle)]
+    ran = subprocess.run([sys.executable, "-c", TWICE, PLUGIN, PLUGINS_ENV, *argv], capture_output=True, text=True,
+                         env=env, timeout=120)
+    assert ran.returncode == 0, ran.stderr
+    (status, _, err), (done, out, done_err) = json.loads(ran.stdout.splitlines()[-1])
+    assert status == 2 and f"{PLUGINS_ENV}={PLUGIN})" in err, err
+    assert done == 0, done_err
+    rows = _csv_rows(out)
     assert len(rows) == 16 and {row["label"] for row in rows} <= {"clear", "opacity"}
     assert {row["typicality_label"] for row in rows} - {""} <= {"typical", "atypical"}
 
