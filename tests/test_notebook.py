@@ -1,17 +1,18 @@
 """notebooks/tour.ipynb: it runs end to end on the real data (small setting), and it is stored without outputs.
 
-It runs under nbmake in a child pytest rather than being collected by the suite's own pytest: the child gets
-PNEUMOSCAN_TOUR_SMALL=1 and its own output folder, and a plain `pytest notebooks/` by a user keeps its full size.
+It runs by nbmake's runner (what `pytest --nbmake` runs for each notebook) from the test, rather than being collected
+by the suite's own pytest: its kernel gets PNEUMOSCAN_TOUR_SMALL=1 and its own output folder, and a plain `pytest
+notebooks/` by a user keeps its full size. A child pytest to run it had cost an interpreter's start and its plugins'
+imports.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
+import pytest
+from nbmake.nb_run import NotebookRun
 from PIL import Image
 
 from pneumoscan.inference.predict import predict_paths
@@ -38,7 +39,8 @@ def test_the_tours_heatmaps_are_drawn_from_predicts_input_with_its_caption() -> 
     assert 'film_overlay(predictor, gray, label=result["label"], warnings=result["warnings"])' in cell, cell
 
 
-def test_tour_runs_end_to_end_on_a_small_subset(data_root: Path, tmp_path: Path) -> None:
+def test_tour_runs_end_to_end_on_a_small_subset(data_root: Path, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
     # the real films, about a hundred of each class folder (spread over its sorted names, so over many patients): the
     # small setting trains on 48 of them, and its split's duplicate search (a decode of every film) took 5 s on all
     data, out = tmp_path / "chest_xray", tmp_path / "out"
@@ -47,13 +49,11 @@ def test_tour_runs_end_to_end_on_a_small_subset(data_root: Path, tmp_path: Path)
         (data / folder.relative_to(data_root)).mkdir(parents=True)
         for film in films[:: max(1, len(films) // 100)]:
             (data / folder.relative_to(data_root) / film.name).symlink_to(film)
-    env = {**os.environ, "PNEUMOSCAN_DATA": str(data), "PNEUMOSCAN_TOUR_SMALL": "1",
-           "PNEUMOSCAN_TOUR_OUT": str(out), "PYTHONPATH": str(NOTEBOOK.parents[1])}
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbmake", "--nbmake-timeout=300",
-         str(NOTEBOOK)], cwd=NOTEBOOK.parent, env=env, capture_output=True, text=True, timeout=400,
-    )
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    for name, value in (("PNEUMOSCAN_DATA", data), ("PNEUMOSCAN_TOUR_SMALL", "1"), ("PNEUMOSCAN_TOUR_OUT", out),
+                        ("PYTHONPATH", NOTEBOOK.parents[1])):
+        monkeypatch.setenv(name, str(value))  # the kernel's environment, which it takes from this process
+    done = NotebookRun(NOTEBOOK, default_timeout=300).execute()  # in the notebook's folder, as nbmake runs it
+    assert done.error is None, done.error.trace[-4000:]
     # every step left its figure or table behind
     for name in ("audit.png", "augmented.png", "compare.png", "compare.csv"):
         assert (out / name).is_file(), name
