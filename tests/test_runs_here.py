@@ -53,62 +53,13 @@ def film_sized_bundle(module_tmp: Callable[[str], Path]) -> Path:
     return bundle
 
 
-# the commands that refuse to start, run by the one interpreter under the policy (each a fresh interpreter cost its
-# start, torch's import, seconds a command): each command's status and what it wrote on stderr, its traceback too
-REFUSALS = UNDER_MDWE.removesuffix("from pneumoscan.cli import run\nrun()\n") + """
-import gc, json, os, tempfile, traceback
-from pneumoscan.cli import main
-said = []
-for args in json.loads(sys.argv[1]):
-    with tempfile.TemporaryFile() as err:
-        sys.stderr.flush()
-        kept = os.dup(2)
-        os.dup2(err.fileno(), 2)
-        try:
-            status = main(args)
-        except BaseException:
-            status = None
-            traceback.print_exc()
-        finally:
-            sys.stderr.flush()
-            os.dup2(kept, 2)
-            os.close(kept)
-        err.seek(0)
-        said.append((status, err.read().decode()))
-print(json.dumps(said))
-gc.freeze()
-"""
-
-
-@pytest.fixture(scope="module")
-def refused(film_sized_bundle: Path, module_tmp: Callable[[str], Path]) -> dict[str, tuple[int | None, str]]:
-    """What `serve` with each backend and `predict --backend torch` said under the policy (its status and stderr),
-    one after another in one process under it; one still running after 120 s (a service that started) fails the
-    tests."""
-    folder = module_tmp("refused")
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 260), dtype=np.uint8)).save(folder / "film.png")
-    commands = {f"serve {backend}": ["-q", "serve", str(film_sized_bundle), "--backend", backend, "--port",
-                                     str(free_port())] for backend in ("torch", "onnx")}
-    commands["predict"] = ["-q", "predict", str(film_sized_bundle), str(folder / "film.png"), "--backend", "torch",
-                           "--out", str(folder / "results.csv")]
-    try:
-        done = subprocess.run([sys.executable, "-c", REFUSALS, json.dumps(list(commands.values()))],
-                              capture_output=True, text=True, timeout=120)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"{list(commands)} were still running after 120 s under the policy: one did not refuse")
-    assert done.returncode == 0, done.stderr
-    said = dict(zip(commands, map(tuple, json.loads(done.stdout.splitlines()[-1]))))
-    said["predict's out"] = (folder / "results.csv").exists()
-    return said
-
-
 @pytest.mark.parametrize(("backend", "failing", "way_out"),
                          [("torch", "scoring", ""), ("onnx", "Grad-CAM of", f"; or {WITHOUT_HEATMAPS}")])
-def test_serve_refuses_to_start_where_its_model_cannot_run(film_sized_bundle: Path, refused: dict, backend: str,
+def test_serve_refuses_to_start_where_its_model_cannot_run(film_sized_bundle: Path, under_policy: dict, backend: str,
                                                            failing: str, way_out: str) -> None:
     """With torch scoring, the test film's score fails; with ONNX Runtime scoring (which runs), the heatmap, and the
     refusal names the way to serve the readings without heatmaps."""
-    status, stderr = refused[f"serve {backend}"]
+    status, stderr = under_policy["refused"][f"serve {backend}"]
     assert status == 2, stderr
     error = stderr.splitlines()[-1]
     assert error.startswith(f"pneumoscan serve: error: {film_sized_bundle}: its model cannot run on this machine: "
@@ -144,8 +95,10 @@ def test_serve_without_heatmaps_runs_under_the_policy(film_sized_bundle: Path, t
     assert "Traceback" not in log.read_text()
 
 
-def test_predict_refuses_before_its_films_where_its_model_cannot_run(film_sized_bundle: Path, refused: dict) -> None:
+def test_predict_refuses_before_its_films_where_its_model_cannot_run(film_sized_bundle: Path,
+                                                                    under_policy: dict) -> None:
     """No results file of errors: no file at all, status 2 and the reason, before a film is read."""
+    refused = under_policy["refused"]
     status, stderr = refused["predict"]
     assert status == 2, stderr
     assert stderr.splitlines()[-1] == (
@@ -180,25 +133,68 @@ with TestClient(app, raise_server_exceptions=False) as c:
     print(json.dumps({"answers": [[a.status_code, a.json()] for a in answers], "health": c.get("/healthz").json(),
                       "sr": [[a.status_code, a.headers["content-type"], a.content.hex()] for a in sr],
                       "failed": samples[("pneumoscan_refusals_total", (("reason", "heatmap_failed"),))],
-                      "readings": sum(v for (n, _), v in samples.items() if n == "pneumoscan_readings_total")}))
+                      "readings": sum(v for (n, _), v in samples.items() if n == "pneumoscan_readings_total")}),
+      flush=True)
+# then the commands that refuse to start under the policy, one after another: each its status and what it wrote on
+# stderr (its traceback too)
+import os, tempfile, traceback
+from pneumoscan.cli import main
+said = []
+for args in json.loads(sys.argv[3]):
+    with tempfile.TemporaryFile() as err:
+        sys.stderr.flush()
+        kept = os.dup(2)
+        os.dup2(err.fileno(), 2)
+        try:
+            status = main(args)
+        except BaseException:
+            status = None
+            traceback.print_exc()
+        finally:
+            sys.stderr.flush()
+            os.dup2(kept, 2)
+            os.close(kept)
+        err.seek(0)
+        said.append((status, err.read().decode()))
+print(json.dumps(said))
 gc.freeze()  # as pneumoscan's entry: its exit walks no torch objects
 """
 
 
-def test_a_heatmap_that_fails_after_the_start_is_refused_with_its_films_reading(film_sized_bundle: Path,
-                                                                               tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def under_policy(film_sized_bundle: Path, module_tmp: Callable[[str], Path]) -> dict:
+    """One interpreter (each cost its start and torch's import, seconds): a service proven at start, then put under
+    the policy, as :data:`POLICY_AFTER_START` says; then under it `serve` with each backend and `predict --backend
+    torch`, which must refuse to start, one after another. What the service answered, what it logged, and each
+    command's status and stderr; one still running after 120 s (a service that started) fails the tests."""
+    folder = module_tmp("under_policy")
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 260), dtype=np.uint8)).save(folder / "film.png")
+    film = folder / "film.dcm"
+    film.write_bytes(chest_film_dicom(np.random.default_rng(1).integers(0, 256, (300, 260), dtype=np.uint8)))
+    commands = {f"serve {backend}": ["-q", "serve", str(film_sized_bundle), "--backend", backend, "--port",
+                                     str(free_port())] for backend in ("torch", "onnx")}
+    commands["predict"] = ["-q", "predict", str(film_sized_bundle), str(folder / "film.png"), "--backend", "torch",
+                           "--out", str(folder / "results.csv")]
+    try:
+        done = subprocess.run([sys.executable, "-c", POLICY_AFTER_START, str(film_sized_bundle), str(film),
+                               json.dumps(list(commands.values()))], capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{list(commands)} were still running after 120 s under the policy: one did not refuse")
+    assert done.returncode == 0, done.stderr
+    *_, seen, refused = done.stdout.splitlines()
+    said = dict(zip(commands, map(tuple, json.loads(refused))))
+    said["predict's out"] = (folder / "results.csv").exists()
+    return {"seen": json.loads(seen), "stderr": done.stderr, "refused": said}
+
+
+def test_a_heatmap_that_fails_after_the_start_is_refused_with_its_films_reading(under_policy: dict) -> None:
     """It answered a bare 500 ("internal error") and lost the reading, while /healthz said ok: each heatmap is
     refused (500, heatmap_failed) with the reading of its film, which stands; the failure is logged once with its
     cause, counted in /metrics, and /healthz says degraded. An SR with its overlay is refused without the JSON
     reading (not the report asked for), saying to ask again without the heatmap, which answers the SR."""
     from pneumoscan.serving.service import HEATMAP_FAILED, HEATMAP_FAILED_SR, HEATMAPS_FAILING
 
-    film = tmp_path / "film.dcm"
-    film.write_bytes(chest_film_dicom(np.random.default_rng(1).integers(0, 256, (300, 260), dtype=np.uint8)))
-    done = subprocess.run([sys.executable, "-c", POLICY_AFTER_START, str(film_sized_bundle), str(film)],
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    seen = json.loads(done.stdout.splitlines()[-1])
+    seen, stderr = under_policy["seen"], under_policy["stderr"]
     (with_overlay, its_type, its_body), (alone, sr_type, sr_body) = seen["sr"]
     assert (with_overlay, its_type) == (500, "application/json"), bytes.fromhex(its_body)
     assert json.loads(bytes.fromhex(its_body)) == {"error": HEATMAP_FAILED_SR.format("RuntimeError"),
@@ -215,6 +211,6 @@ def test_a_heatmap_that_fails_after_the_start_is_refused_with_its_films_reading(
     assert seen["health"]["status"] == "degraded"
     assert seen["health"]["reason"] == HEATMAPS_FAILING.format("RuntimeError")
     assert (seen["failed"], seen["readings"]) == (3, 4)  # the SR refused gave no reading; the SR alone one
-    logged = [line for line in done.stderr.splitlines() if "heatmaps fail: Grad-CAM raised RuntimeError" in line]
-    assert len(logged) == 1 and "could not create a primitive" in logged[0], done.stderr
-    assert "internal error" not in done.stderr
+    logged = [line for line in stderr.splitlines() if "heatmaps fail: Grad-CAM raised RuntimeError" in line]
+    assert len(logged) == 1 and "could not create a primitive" in logged[0], stderr
+    assert "internal error" not in stderr
