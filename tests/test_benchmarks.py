@@ -3,12 +3,13 @@ import (doing nothing at import: its work waits for ``__main__``) and answer ``-
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
-import json
+import io
 import math
 import os
+import re
 import runpy
-import subprocess
 import sys
 from pathlib import Path
 from unittest import mock
@@ -21,23 +22,20 @@ from pneumoscan.models.card import load_card
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
-# Run as ``python benchmarks/NAME.py`` runs them: the scripts' folder first on sys.path, not the repository root.
-CHECK = r"""
-import contextlib, gc, importlib.util, io, json, os, re, runpy, sys
-from pathlib import Path
+def _own(module: object, folders: tuple[str, ...]) -> bool:
+    """Whether ``module`` was loaded from under one of ``folders`` (each ending in os.sep): a prefix of its path, as
+    Path.parents of the thousands of modules loaded took 0.25 s a script."""
+    return f"{getattr(module, '__file__', None) or ''}{os.sep}".startswith(folders)
 
-here = Path(".").resolve()
-clean_path, own = list(sys.path), tuple(f"{folder}{os.sep}" for folder in (here, here.parent / "tests"))
-report = {}
-for path in sorted(here.glob("*.py")):
-    # each script on its own: no path entry or module another one added (tests.builders, bench_serve) helps it
+
+def _import_and_help(path: Path, clean_path: list[str], own: tuple[str, ...]) -> dict:
+    """``path`` imported, then run as ``__main__`` with ``--help`` where it reads its command line, as ``python
+    benchmarks/NAME.py`` runs it: the scripts' folder first on sys.path, not the repository root, and no module of
+    the benchmarks or tests folders loaded (tests.builders, bench_serve): none another script or the suite loaded
+    helps it. What it printed on import, on --help, and how --help ended."""
     sys.path[:] = clean_path
     for name, loaded in list(sys.modules.items()):
-        # where it was loaded from (the tests package too: kept, it let a script without its own path entry import
-        # tests.builders); a prefix of that path, as Path.parents of the thousands of modules loaded took 0.25 s a
-        # script
-        origin = getattr(loaded, "__file__", None) or ""
-        if f"{origin}{os.sep}".startswith(own):
+        if _own(loaded, own):
             del sys.modules[name]
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
@@ -45,9 +43,9 @@ for path in sorted(here.glob("*.py")):
         module = importlib.util.module_from_spec(spec)
         sys.modules[path.stem] = module
         spec.loader.exec_module(module)
-    entry = {"import_output": out.getvalue()}
+    entry: dict = {"import_output": out.getvalue()}
     if re.search(r"\.parse_(known_)?args\(", path.read_text()):  # reads its command line: --help is safe to ask
-        help_out, argv = io.StringIO(), sys.argv
+        help_out = io.StringIO()
         sys.argv = [str(path), "--help"]
         try:
             with contextlib.redirect_stdout(help_out):
@@ -55,21 +53,30 @@ for path in sorted(here.glob("*.py")):
             entry["help_exit"] = "returned without exiting"
         except SystemExit as e:
             entry["help_exit"] = e.code
-        finally:
-            sys.argv = argv
         entry["help"] = help_out.getvalue()
-    report[path.name] = entry
-print(json.dumps(report))
-gc.freeze()  # as pneumoscan's entry: its exit walks no torch objects
-"""
+    return entry
 
 
-def test_every_benchmark_imports_without_running_and_answers_help():
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    done = subprocess.run([sys.executable, "-c", CHECK], cwd=BENCHMARKS, env=env, capture_output=True, text=True,
-                          timeout=120)
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(done.stdout.splitlines()[-1])
+def test_every_benchmark_imports_without_running_and_answers_help(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In this process, which has loaded what they import (a fresh interpreter to check them cost seconds of torch's
+    and the rest's import); what they leave behind (sys.path, sys.argv, their modules, the tests' modules they
+    loaded again) is put back."""
+    root = BENCHMARKS.parent
+    monkeypatch.chdir(BENCHMARKS)
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    clean_path = [str(BENCHMARKS), *(p for p in sys.path if p not in ("", ".") and Path(p).resolve() != root)]
+    own = tuple(f"{folder}{os.sep}" for folder in (BENCHMARKS, root / "tests"))
+    before = dict(sys.modules)
+    report = {}
+    try:
+        for path in sorted(BENCHMARKS.glob("*.py")):
+            report[path.name] = _import_and_help(path, clean_path, own)
+    finally:
+        for name, loaded in list(sys.modules.items()):
+            if _own(loaded, own) and before.get(name) is not loaded:
+                del sys.modules[name]
+        sys.modules.update({name: loaded for name, loaded in before.items() if _own(loaded, own)})
     scripts = sorted(p.name for p in BENCHMARKS.glob("*.py"))
     assert sorted(report) == scripts
     for name in scripts:
