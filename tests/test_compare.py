@@ -710,7 +710,8 @@ def test_compare_tests_auc_by_delong_where_asked(three_class_runs: tuple[Path, P
     auc = rows[0]
     assert (auc["figure"], auc["p_method"]) == ("auc", "DeLong")
     assert float(auc["p"]) == pytest.approx(delong_difference(positive, scores, np.arange(16)).p)
-    assert (auc["ci_method"], permuted[0]["ci_method"]) == ("score-type", "bootstrap")
+    assert (auc["ci_method"], permuted[0]["ci_method"]) == ("score-type", "score-type")
+    assert [r["ci_method"] for r in rows[1:3]] == ["Newcombe", "Newcombe"]
     low, high, difference = (float(auc[key]) for key in ("difference_low", "difference_high", "difference"))
     half = 1.959964 * abs(difference) / norm.isf(float(auc["p"]) / 2)  # DeLong's Wald interval, from its test's p
     assert -1 <= low <= difference - half + 1e-6 and difference + half - 1e-6 <= high <= 1  # the CSV rounds

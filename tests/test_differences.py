@@ -9,9 +9,9 @@ from scipy.stats import chi2_contingency, fisher_exact, norm, rankdata
 from sklearn.metrics import roc_auc_score
 
 from pneumoscan.core.metrics import net_benefit
-from pneumoscan.core.metrics.differences import (BOOTSTRAP, DELONG, DRAWN, EXACT, SCORE, auc_difference,
+from pneumoscan.core.metrics.differences import (BOOTSTRAP, DELONG, DRAWN, EXACT, NEWCOMBE, SCORE, auc_difference,
                                                   delong_difference, delong_groups, holm, net_benefit_differences,
-                                                  paired_differences, rate_difference)
+                                                  paired_differences, paired_rate_ci, rate_difference)
 
 
 def test_one_film_a_patient_gives_fishers_exact_p() -> None:
@@ -502,8 +502,8 @@ def test_paired_differences_test_auc_by_delong_where_asked() -> None:
     delong = paired_differences(positive, scores, called, patients, auc_test="delong")
     assert {name: entry["p_method"] for name, entry in permuted.items()} == dict.fromkeys(permuted, EXACT)
     assert (delong["auc"]["p"], delong["auc"]["p_method"]) == (delong_difference(positive, scores, patients).p, DELONG)
-    assert (permuted["auc"]["ci_method"], delong["auc"]["ci_method"]) == (BOOTSTRAP, SCORE)
-    assert delong["sensitivity"] == permuted["sensitivity"] and delong["sensitivity"]["ci_method"] == BOOTSTRAP
+    assert (permuted["auc"]["ci_method"], delong["auc"]["ci_method"]) == (SCORE, SCORE)
+    assert delong["sensitivity"] == permuted["sensitivity"] and delong["sensitivity"]["ci_method"] == NEWCOMBE
     many = paired_differences(np.arange(60) % 2 == 0, np.random.default_rng(0).random((2, 60)),
                               np.zeros((2, 60), dtype=bool) | (np.arange(60) < 30), np.arange(60))
     assert {entry["p_method"] for entry in many.values()} == {DRAWN}
@@ -558,31 +558,58 @@ def test_auc_difference_drawn_shuffles_agree_with_each_shuffle_scored_by_its_pai
         assert 0.001 < p < 0.9
 
 
-def test_paired_differences_intervals_agree_with_each_resample_weighted_film_by_film() -> None:
-    """The intervals counted patient by patient are those of each resample's films weighted by their patient's
-    draws (the bootstrap's weights, film by film): each model's AUC by its weighted pairs (ties half), each rate by its
-    weighted films; 50 patients, some filmed two or three times, tied scores."""
-    from pneumoscan.core.metrics.differences import PAIRED_BOOTSTRAP
-    from pneumoscan.core.metrics.intervals import BOOTSTRAP_SEED, _bootstrap_weights
+def test_a_rate_difference_has_newcombes_paired_interval() -> None:
+    """Sensitivity's difference has Newcombe's (1998) method-10 interval, said so: on Cavo et al.'s table of 161
+    patients (59 right by both, 6 by the first classification only, 16 by the second only, 80 by neither), the
+    first's rate less the second's is -0.0621 with the interval -0.1186 to -0.0046, as Fagerland, Lydersen and
+    Laake's worked example (Statistical Analysis of Contingency Tables, 2017, ch. 8) gives. Where one model is right
+    on all of 6 patients and the other on none the interval is not a certain [1, 1] (every resample's 1) but, by
+    hand, 1 - sqrt(2) z^2 / (6 + z^2) to 1: the Wilson ends of 6 of 6 and 0 of 6 squared and added, phi 0 (a margin
+    empty); each in [-1, 1] and holding the difference."""
+    row = np.array([1] * 65 + [0] * 96, dtype=bool)
+    column = np.array([1] * 59 + [0] * 6 + [1] * 16 + [0] * 80, dtype=bool)
+    assert paired_rate_ci(np.stack([column, row]), np.arange(161)) == pytest.approx([-0.1186, -0.0046], abs=5e-5)
+    found = paired_differences(np.ones(161, bool), np.zeros((2, 161)), np.stack([column, row]), np.arange(161))
+    assert list(found) == ["sensitivity"] and found["sensitivity"]["ci_method"] == NEWCOMBE
+    assert found["sensitivity"]["difference"] == pytest.approx(-10 / 161)
+    z2 = norm.isf(0.025) ** 2
+    none_all = paired_differences(np.ones(6, bool), np.zeros((2, 6)), np.array([[False] * 6, [True] * 6]),
+                                  np.arange(6))["sensitivity"]
+    assert (none_all["difference"], none_all["differing_patients"], none_all["ci_method"]) == (1.0, 6, NEWCOMBE)
+    assert none_all["ci"] == pytest.approx([1 - np.sqrt(2) * z2 / (6 + z2), 1.0])
+    for entry in (found["sensitivity"], none_all):
+        low, high = entry["ci"]
+        assert -1 <= low < high <= 1 and low <= entry["difference"] <= high
 
-    rng = np.random.default_rng(8)
-    patients = np.sort(rng.integers(0, 50, 90))
-    positive = rng.random(90) < 0.4
-    scores = np.round(np.stack([rng.random(90), rng.random(90)]) + 0.4 * positive, 1)
-    called = scores >= 0.7
-    found = paired_differences(positive, scores, called, patients)
-    weights = _bootstrap_weights(positive, np.unique(patients, return_inverse=True)[1], PAIRED_BOOTSTRAP,
-                                 BOOTSTRAP_SEED)
-    pair_weights = weights[:, positive][:, :, None] * weights[:, ~positive][:, None, :]
-    aucs = []
-    for s in scores:
-        apart = s[positive][:, None] - s[~positive][None, :]
-        aucs.append((pair_weights * ((apart > 0) + (apart == 0) / 2)).sum(axis=(1, 2)) / pair_weights.sum(axis=(1, 2)))
-    figures = {"auc": aucs[1] - aucs[0]}
-    for name, films in (("sensitivity", positive), ("specificity", ~positive)):
-        rates = [weights[:, films] @ (c == positive)[films] / weights[:, films].sum(axis=1) for c in called]
-        figures[name] = rates[1] - rates[0]
-    for name, difference in figures.items():
-        ends = np.percentile(difference[np.isfinite(difference)], [2.5, 97.5])
-        assert found[name]["ci"] == pytest.approx(ends.tolist(), rel=1e-12, abs=1e-15)
-        assert ends[0] < ends[1]
+
+def test_a_rate_differences_interval_counts_a_patients_films_once() -> None:
+    """Films of a patient called alike by each model count as one: 0 against all of 6 patients' 12 films gives the
+    interval of their 6 (the patients, where a rate is 0 or 1), and twice the Cavo table's films, each patient's
+    two alike, the table's own; the same films as patients of their own give a narrower one."""
+    twice = np.repeat(np.arange(6), 2)
+    assert paired_rate_ci(np.array([[False] * 12, [True] * 12]), twice) == pytest.approx(
+        paired_rate_ci(np.array([[False] * 6, [True] * 6]), np.arange(6)))
+    hits = np.stack([np.array([1] * 59 + [0] * 6 + [1] * 16 + [0] * 80, bool), np.array([1] * 65 + [0] * 96, bool)])
+    once = paired_rate_ci(hits, np.arange(161))
+    assert paired_rate_ci(np.repeat(hits, 2, axis=1), np.repeat(np.arange(161), 2)) == pytest.approx(once)
+    apart = paired_rate_ci(np.repeat(hits, 2, axis=1), np.arange(322))
+    assert once[0] < apart[0] < apart[1] < once[1]
+
+
+def test_the_auc_differences_interval_is_score_type_whichever_the_test() -> None:
+    """The AUC difference's interval with the permutation test (the default) is the score-type one DeLong's test
+    gives (the bootstrap's fell short near an AUC of 1), said so, its p still the permutation test's; where DeLong's
+    variance cannot be had (one patient with negative films) there is none rather than a bootstrap's."""
+    rng = np.random.default_rng(4)
+    positive = np.arange(40) % 2 == 0
+    scores = np.stack([rng.random(40) + positive * 0.6, rng.random(40) + positive * 0.9])
+    permuted = paired_differences(positive, scores, scores >= 0.8, np.arange(40))["auc"]
+    delong = paired_differences(positive, scores, scores >= 0.8, np.arange(40), auc_test="delong")["auc"]
+    assert (permuted["ci_method"], permuted["p_method"]) == (SCORE, DRAWN)
+    assert permuted["ci"] == delong["ci"] and permuted["p"] != delong["p"]
+    low, high = permuted["ci"]
+    assert -1 <= low < permuted["difference"] < high <= 1
+    one_negative = np.array([0, 0, 1, 2, 3, 4, 5])
+    lone = paired_differences(np.array([0, 0, 1, 1, 1, 1, 1], bool), rng.random((2, 7)), np.ones((2, 7), bool),
+                              one_negative)["auc"]
+    assert (lone["ci"], lone["ci_method"], lone["patients"]) == (None, SCORE, 6)

@@ -874,10 +874,10 @@ def _paired_table(runs: Sequence[RunSummary]) -> str:
     flattered = [r.run for r in runs if r.optimistic and (r.paired or r.run == first.reference)]
     said = (f"is each run better or worse than {first.reference} on the same {counted(first.films, 'film')} of "
             f"{counted(first.patients, 'patient')}? (each at its own threshold; difference: the run's figure less "
-            f"{first.reference}'s, its 95% CI "
-            + ("AUC's score-type on DeLong's variance clustered by patient (never narrower than the difference +- "
-               "1.96 of its standard errors, wider on the side an AUC near 1 leaves room), the rates' "
-               if delong else "") + "from patients resampled; p: "
+            f"{first.reference}'s, its 95% CI AUC's score-type on DeLong's variance clustered by patient (never "
+            "narrower than the difference +- 1.96 of its standard errors, wider on the side an AUC near 1 leaves "
+            "room), the rates' Newcombe's for paired rates (Wilson's intervals of the two squared and added, films "
+            "of a patient counted as the independent films they are worth); p: "
             + ("AUC's by DeLong's test of correlated AUCs clustered by patient (a normal approximation), the rates' "
                "by " if delong else "")
             + "permutation test swapping the two runs' scores of each patient's films, exact where every swap was "

@@ -47,7 +47,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ..options import AUC_TESTS
-from .auc_intervals import _sides, delong_components, delong_covariance, difference_ci, variance_shape
+from .auc_intervals import _effective_sizes, _sides, delong_components, delong_covariance, difference_ci, variance_shape
 from .intervals import (ALPHA, BOOTSTRAP_SEED, FEW_PATIENTS, ROWS_AT_ONCE, _bootstrap_counts, _resampled_sums,
                         net_benefit_parts)
 
@@ -56,8 +56,9 @@ BATCH = 500  # shuffles scored at once: 5,000 patients took 1.8 GB in one batch 
 AUC_BATCH = 200  # :func:`auc_difference`'s shuffles drawn at once (the draws depend on it)
 SCORED = 4_000_000  # :func:`auc_difference`'s films (twice the positive ones) times shuffles scored at once
 EXACT, DRAWN, DELONG = "exact", "drawn", "DeLong"  # how a p was found (:class:`Tested`)
-BOOTSTRAP = "bootstrap"  # a paired difference's interval from resampled patients (``ci_method``)
-SCORE = "score-type"  # the AUC difference's interval with ``auc_test`` "delong" (:func:`~.auc_intervals.difference_ci`)
+BOOTSTRAP = "bootstrap"  # a net benefit difference's interval from resampled patients (``ci_method``)
+SCORE = "score-type"  # the AUC difference's interval (:func:`~.auc_intervals.difference_ci`)
+NEWCOMBE = "Newcombe"  # a rate difference's interval (:func:`paired_rate_ci`)
 # each way in a reader's words, as tables and reports say it beside the p
 P_METHODS = {EXACT: "exact: every shuffle counted", DRAWN: f"drawn: {RESAMPLES:,} shuffles, fixed seed",
              DELONG: "DeLong: normal approximation, clustered by patient"}
@@ -292,51 +293,58 @@ def paired_differences(positive: np.ndarray, scores: np.ndarray, called: np.ndar
     is a sum over patients, each patient's part changing sign where it is swapped (:func:`_auc_parts`), so a shuffle
     costs a product of signs and parts, not an AUC. Every one of the 2^patients swaps is counted where they are at
     most :data:`RESAMPLES` (an exact test), else :data:`RESAMPLES` drawn with a fixed seed (:func:`_sign_flip_p`).
-    With ``auc_test`` "delong", the AUC's p is DeLong's, clustered by patient, and its interval the score-type one
-    on the same variance (:func:`_delong_paired`) instead; the rates' stay permutation tests. Each entry's
-    ``p_method`` says how its p was found (:class:`Tested`) and ``ci_method`` how its interval was made
-    (:data:`BOOTSTRAP` or :data:`SCORE`).
+    With ``auc_test`` "delong", the AUC's p is DeLong's, clustered by patient, instead; the rates' stay permutation
+    tests. Each entry's ``p_method`` says how its p was found (:class:`Tested`) and ``ci_method`` how its interval
+    was made.
 
-    The bootstrap interval is the 2.5th and 97.5th percentiles of the difference over :data:`PAIRED_BOOTSTRAP`
-    resamples of patients (:func:`~.intervals._bootstrap_counts`, each patient's films together in both models),
-    resamples without the figure's films left out. Either interval is none where the figure's films are of fewer
-    than :data:`~.intervals.FEW_PATIENTS` patients, and a rate's where the two models call differently the films of
-    fewer than that (``differing_patients``, :func:`_paired`). A figure without films (AUC without both classes) is
-    left out of the result.
+    The AUC difference's interval, whichever the test, is the score-type one on DeLong's variance clustered by
+    patient (:func:`_delong_paired`, :data:`SCORE`; none where that variance cannot be had: fewer than two patients
+    with films of a class, or no spread to scale a difference by): near an AUC of 1 the patients' percentile
+    bootstrap held a true difference in 0.914-0.946 of simulated sets, and its BCa form no better, where the
+    score-type interval held it in 0.952-0.994 (docs/results.md). A rate's is Newcombe's (:func:`paired_rate_ci`,
+    :data:`NEWCOMBE`). Either interval is none where the figure's films are of fewer than
+    :data:`~.intervals.FEW_PATIENTS` patients, and a rate's where the two models call differently the films of fewer
+    than that (``differing_patients``, :func:`_paired`). A figure without films (AUC without both classes) is left
+    out of the result.
 
     With a ``threshold`` probability pt in (0, 1) (compare gives the first model's), ``net_benefit`` too: each
     model's net benefit TP/n - FP/n pt/(1 - pt) where it calls positive the films it scores at least pt (as a decision
-    curve compares models, :func:`~.summaries.net_benefit`), the difference with the same resamples' percentile
-    interval, and no test (p None, as evaluate's net benefit has an interval alone). Both at one pt, as decision-curve
-    analysis compares them: a net benefit weighs a false positive by pt's odds, so two taken at each model's own
-    threshold weigh it at other odds, and their difference answers no one clinical preference. The second model's
+    curve compares models, :func:`~.summaries.net_benefit`), the difference with the 2.5th and 97.5th percentiles
+    of the difference over :data:`PAIRED_BOOTSTRAP` resamples of patients (:func:`_paired_resamples`, each patient's
+    films together in both models) as its interval (:data:`BOOTSTRAP`), and no test (p None, as evaluate's net
+    benefit has an interval alone). Both at one pt, as decision-curve analysis compares them: a net benefit weighs a
+    false positive by pt's odds, so two taken at each model's own threshold weigh it at other odds, and their
+    difference answers no one clinical preference. The second model's
     net benefit here is at pt, not at its own threshold (where compare's table gives it), and it reads its scores as
     probabilities, which a poorly calibrated model's are not: that lowers its net benefit, as a decision curve
     would show."""
     if auc_test not in AUC_TESTS:
         raise ValueError(f"no paired AUC test {auc_test!r}: {' or '.join(AUC_TESTS)}")
     positive, scores, called = np.asarray(positive, dtype=bool), np.asarray(scores, float), np.asarray(called, bool)
-    units, unit_of, counts = _paired_resamples(positive, patients)
+    units, unit_of = np.unique(np.asarray(patients), return_inverse=True)
     out: dict[str, dict[str, Any]] = {}
     if positive.any() and (~positive).any():
         figures = _weighted_auc(scores, positive, np.ones((1, units.size)), unit_of)
         films = np.ones_like(positive)
         if auc_test == "delong":
-            out["auc"] = _paired(figures, *_delong_paired(positive, scores, unit_of), films, unit_of)
+            tested, ci = _delong_paired(positive, scores, unit_of)
         else:
-            out["auc"] = _paired(figures, _sign_flip_p(np.bincount(unit_of, _auc_parts(scores, positive), units.size)
-                                                       / (positive.sum() * (~positive).sum())),
-                                 _weighted_auc(scores, positive, counts, unit_of), films, unit_of)
+            tested = _sign_flip_p(np.bincount(unit_of, _auc_parts(scores, positive), units.size)
+                                  / (positive.sum() * (~positive).sum()))
+            try:
+                ci = _delong_paired(positive, scores, unit_of)[1]
+            except ValueError:  # no DeLong variance: fewer than two patients of a class, or none to scale by
+                ci = None
+        out["auc"] = _paired(figures, tested, (ci, SCORE), films, unit_of)
     hits = (called == positive).astype(float)  # each model's right calls
     for name, films in (("sensitivity", positive), ("specificity", ~positive)):
         if films.any():
-            of = _resampled_sums(counts, unit_of, films)  # each resample's films of the figure
-            with np.errstate(divide="ignore", invalid="ignore"):  # a resample without the figure's films: nan
-                drawn = np.stack([_resampled_sums(counts, unit_of, h * films) / of for h in hits])
             parts = np.bincount(unit_of[films], hits[1, films] - hits[0, films], units.size) / films.sum()
             out[name] = _paired(hits[:, films].mean(axis=1)[:, None], _sign_flip_p(parts[np.unique(unit_of[films])]),
-                                drawn, films, unit_of, called[0] != called[1])
+                                (paired_rate_ci(hits[:, films] > 0, unit_of[films]), NEWCOMBE), films, unit_of,
+                                called[0] != called[1])
     if threshold is not None and 0 < threshold < 1:  # 0 or 1: odds 0 or infinite
+        counts = _paired_resamples(positive, patients)[2]
         out["net_benefit"] = _net_benefit_differences(positive, scores, unit_of, counts, [threshold])[0]
     return out
 
@@ -537,26 +545,27 @@ def _weighted_auc(scores: np.ndarray, positive: np.ndarray, counts: np.ndarray, 
     return np.stack(out)
 
 
-def _paired(figures: np.ndarray, tested: Tested | None, drawn: np.ndarray | list[float], films: np.ndarray,
-            unit_of: np.ndarray, differing: np.ndarray | None = None) -> dict[str, Any]:
+def _paired(figures: np.ndarray, tested: Tested | None, interval: np.ndarray | tuple[list[float] | None, str],
+            films: np.ndarray, unit_of: np.ndarray, differing: np.ndarray | None = None) -> dict[str, Any]:
     """A figure's entry of :func:`paired_differences`: the two models' values (``figures``, (2, 1)), the difference,
     its test's p and how it was found (``tested``; both None where it has none), its interval and how it was made
-    (``ci_method``): the percentile interval over the resamples ``drawn`` (2, resamples; nan where a resample lacks
-    the figure's films), or, where ``drawn`` is the interval itself (a list, :data:`SCORE`'s), that one; and the
-    films and patients it is of.
+    (``ci_method``): the percentile interval over the resamples ``interval`` (2, resamples; nan where a resample
+    lacks the figure's films), :data:`BOOTSTRAP`, or, where ``interval`` is an interval and its method (:data:`SCORE`,
+    :data:`NEWCOMBE`), that one; and the films and patients it is of.
 
     A rate's or net benefit's difference comes only from the films the two models call differently (``differing``,
     one a film): ``differing_patients`` counts the figure's patients with such a film, and the interval is None
     where they are fewer than :data:`~.intervals.FEW_PATIENTS`. With none, every resample's difference is 0 and
-    the percentile interval [0, 0] would read as a certain "no difference"; with 1 to 4, the resamples take a few
-    values and the percentile interval holds the true difference less often than 95%."""
+    the percentile interval [0, 0] would read as a certain "no difference", and Newcombe's nearly so (his phi is
+    1: the two Wilson intervals' asymmetries alone); with 1 to 4, the resamples take a few values and the
+    percentile interval holds the true difference less often than 95%."""
     patients = np.unique(unit_of[films]).size
     apart = None if differing is None else int(np.unique(unit_of[films & differing]).size)
     enough = patients >= FEW_PATIENTS and (apart is None or apart >= FEW_PATIENTS)
-    if isinstance(drawn, list):
-        ci, ci_method = (drawn if enough else None), SCORE
+    if isinstance(interval, tuple):
+        ci, ci_method = (interval[0] if enough else None), interval[1]
     else:
-        difference = drawn[1] - drawn[0]
+        difference = interval[1] - interval[0]
         difference = difference[np.isfinite(difference)]
         ci = (np.percentile(difference, [100 * ALPHA / 2, 100 * (1 - ALPHA / 2)]).tolist()
               if enough and difference.size else None)
@@ -565,3 +574,51 @@ def _paired(figures: np.ndarray, tested: Tested | None, drawn: np.ndarray | list
     return {"first": first, "second": second, "difference": second - first, "ci": ci, "ci_method": ci_method,
             "p": None if tested is None else tested.p, "p_method": None if tested is None else tested.method,
             "films": int(films.sum()), "patients": patients, "differing_patients": apart}
+
+
+def paired_rate_ci(hits: np.ndarray, unit_of: np.ndarray, alpha: float = ALPHA) -> list[float]:
+    """The 95% interval (at ``alpha``) of the second model's rate of ``hits`` less the first's (a row a model, one
+    bool a film, each film's patient ``unit_of``, 0 to size - 1): Newcombe's hybrid score interval for paired
+    proportions (his method 10; Stat Med 1998, 17:2635), each rate's Wilson interval [l, u] combined by the
+    square-and-add (MOVER) rule with the correlation phi of the two rates: d - sqrt((p2 - l2)^2 + (u1 - p1)^2 - 2 phi
+    (p2 - l2) (u1 - p1)) to d + sqrt((u2 - p2)^2 + (p1 - l1)^2 - 2 phi (u2 - p2) (p1 - l1)), phi the films' phi
+    coefficient with Newcombe's correction (AD - BC less n/2 where it exceeds n/2, 0 up to it; 0 where a margin is
+    empty).
+
+    Why not the patients' percentile bootstrap: where one model is right on every film and the other on none, every
+    resample gives 1 and the interval was [1, 1], a certain answer from a few patients (Newcombe's: [0.448, 1] at 6
+    patients); near rates of 0 and 1 the bootstrap held the truth less often than 95% (docs/results.md).
+
+    Films of a patient: each rate's Wilson interval is at the independent films its films are worth, its films over
+    the design effect (the rate's variance summed by patient, Korn & Graubard's, over the binomial one), never fewer
+    than its patients nor more than its films (:func:`~.auc_intervals._effective_sizes`: the patients where a rate
+    is 0 or 1, no spread to measure the effect by); phi is the two rates' correlation summed by patient, Newcombe's
+    n/2 taken at the fewer of the two sizes. With one film a patient it is Newcombe's own."""
+    from scipy.special import ndtri
+
+    hits = np.asarray(hits, dtype=bool)
+    n, size = hits.shape[1], int(unit_of.max()) + 1
+    z = float(ndtri(1 - alpha / 2))
+    rates = hits.mean(axis=1)
+    films, patients = np.bincount(unit_of, minlength=size), np.unique(unit_of).size
+    # each patient's hits less its films times the rate: the rates' variances and covariance summed by patient
+    deviations = np.stack([np.bincount(unit_of, h, size) - p * films for h, p in zip(hits, rates)])
+    summed = deviations @ deviations.T
+    sizes, ends = [], []
+    for p, by_patient in zip(rates, np.diag(summed)):
+        n_eff = _effective_sizes((float(n),), (patients,), patients / max(patients - 1, 1) * float(by_patient) / n**2,
+                                 p * (1 - p) / n)[0]
+        centre = p + z * z / (2 * n_eff)
+        half = z * math.sqrt(p * (1 - p) / n_eff + z * z / (4 * n_eff * n_eff))
+        sizes.append(n_eff)
+        ends.append(((centre - half) / (1 + z * z / n_eff), (centre + half) / (1 + z * z / n_eff)))
+    (p1, p2), ((l1, u1), (l2, u2)) = rates, ends
+    margins = min(sizes) ** 4 * p1 * (1 - p1) * p2 * (1 - p2)  # the 2 x 2 table's margins at the fewer films
+    phi = 0.0
+    if margins > 0:
+        r, shift = float(summed[0, 1] / math.sqrt(summed[0, 0] * summed[1, 1])), min(sizes) / 2 / math.sqrt(margins)
+        phi = r - shift if r > shift else min(r, 0.0)
+    below = (p2 - l2) ** 2 + (u1 - p1) ** 2 - 2 * phi * (p2 - l2) * (u1 - p1)
+    above = (u2 - p2) ** 2 + (p1 - l1) ** 2 - 2 * phi * (u2 - p2) * (p1 - l1)
+    difference = float(p2 - p1)
+    return [max(difference - math.sqrt(max(below, 0.0)), -1.0), min(difference + math.sqrt(max(above, 0.0)), 1.0)]
