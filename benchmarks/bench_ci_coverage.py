@@ -6,6 +6,7 @@ call takes.
     python benchmarks/bench_ci_coverage.py --only regimes [--samples 300]
     python benchmarks/bench_ci_coverage.py --only prevalence|delong-paired|delong-groups [--samples 1000]
     python benchmarks/bench_ci_coverage.py --only net-benefit [--samples 400]
+    python benchmarks/bench_ci_coverage.py --only paired-rates [--samples 400] [--films 1]
 
 Each sample draws ``--patients`` pneumonia and as many normal patients, with 1 to 4 films each ("1-4 films") or
 one ("1 film"). A film's logit is its class's mean (+-``--mean``: 1.2 gives AUC 0.915, 2.32 gives AUC 0.996 and
@@ -28,7 +29,7 @@ patient: each of
 ``--patients`` patients a class has 1 to 4 films, whose three logits are the patient's (sd 1.0, shared) plus the
 film's (sd 0.3), with SEPARATION added to its class's; the truths are those of 600,000 patients' single films.
 
-The last four tables, each only with ``--only``, measure what the newer methods promise, on sets like the Kermany
+The last five tables, each only with ``--only``, measure what the newer methods promise, on sets like the Kermany
 test split (120 pneumonia and 80 normal patients, 1 to ``--films`` (3) films each, about 400 films), the logits as
 above (patient sd 1.2, film sd 0.3) with each class's mean set to give the sensitivity, specificity or AUC asked:
 
@@ -37,11 +38,16 @@ above (patient sd 1.2, film sd 0.3) with each class's mean set to give the sensi
   beside them Mercaldo, Lau and Zhou's (2007) logit intervals of PPV and NPV over films (0.5 added to each count
   where one is 0). At 0.5 net benefit is accuracy less 1 - prevalence, so the two cover alike.
 - ``delong-paired``: ``compare --auc-test delong``'s interval of two models' AUC difference (score-type; the two
-  models share the patient's and the film's effects, each adds its own noise, sd 0.5 a film), its coverage at a
-  true difference of 0 and of about 0.02 near AUCs of 0.97-0.995 beside the alternatives (DeLong's Wald interval,
-  Zou and Donner's MOVER from each AUC's Newcombe or logit interval, the patients' bootstrap interval ``compare``
-  gives by default), and the share of sets its test and the permutation test reject at 0.05 (at equal AUCs, the
-  test's size).
+  models share the patient's and the film's effects, each adds its own noise, sd 0.5 a film), which ``compare``
+  gives whichever the test, its coverage at a true difference of 0 and of about 0.02 near AUCs of 0.97-0.995 beside
+  the alternatives (DeLong's Wald interval, Zou and Donner's MOVER from each AUC's Newcombe or logit interval, the
+  patients' percentile bootstrap interval and its BCa form, 2,000 resamples), and the share of sets its test and
+  the permutation test reject at 0.05 (at equal AUCs, the test's size).
+- ``paired-rates``: ``compare``'s interval of two models' sensitivity difference (Newcombe's, ``paired_rate_ci``)
+  beside the patients' percentile bootstrap, on 10 to 120 pneumonia patients with 1 to ``--films`` films each at
+  true sensitivities of 0.5 to 0.99 (the two models share the patient's and the film's effects, each adds its own
+  noise, sd 1.0 a film): coverage and mean width among the sets given an interval, the share given none (fewer than
+  5 patients' calls differ), and Newcombe's coverage over every set.
 - ``delong-groups``: the share of sets ``delong_groups`` (``evaluate --by FIELD --auc-test delong``), the same test
   with each group's variance DeLong's at its own AUC, and the permutation test (``auc_difference``) reject at 0.05
   where two or three groups of patients have one AUC.
@@ -319,7 +325,21 @@ def _logit_ci(auc: float, variance: float) -> list[float]:
     return [1 / (1 + math.exp(-(logit + side * half))) for side in (-1, 1)]
 
 
-PAIRED_INTERVALS = ("score-type", "DeLong Wald", "MOVER, Newcombe", "MOVER, logit", "bootstrap")
+PAIRED_INTERVALS = ("score-type", "DeLong Wald", "MOVER, Newcombe", "MOVER, logit", "bootstrap", "BCa")
+
+
+def _bootstrap_ends(positive: np.ndarray, scores: np.ndarray, patient: np.ndarray) -> dict[str, list[float]]:
+    """The AUC difference's percentile and BCa intervals over compare's resamples of patients (2,000, fixed seed),
+    BCa's acceleration from each patient left out in turn: the bootstrap alternatives to the score-type interval."""
+    from pneumoscan.core.metrics.differences import _paired_resamples, _weighted_auc
+    from pneumoscan.core.metrics.intervals import _bca_ci
+
+    units, unit_of, counts = _paired_resamples(positive, patient)
+    drawn = np.diff(_weighted_auc(scores, positive, counts, unit_of), axis=0)[0]
+    left = np.diff(_weighted_auc(scores, positive, 1.0 - np.eye(units.size), unit_of), axis=0)[0]
+    seen = float(np.diff(_weighted_auc(scores, positive, np.ones((1, units.size)), unit_of), axis=0)[0, 0])
+    defined = drawn[np.isfinite(drawn)]
+    return {"bootstrap": np.percentile(defined, [2.5, 97.5]).tolist(), "BCa": _bca_ci(defined, seen, left, 0.05)}
 
 
 def delong_paired_coverage(samples: int, max_films: int) -> None:
@@ -347,10 +367,12 @@ def delong_paired_coverage(samples: int, max_films: int) -> None:
             scores = np.stack([positive * _shift(auc) + noise + rng.normal(0, SD_MODEL, positive.size)
                                for auc in (first, second)])
             called = scores >= np.median(scores, axis=1, keepdims=True)
-            for test, name in zip(AUC_TESTS, ("bootstrap", "score-type")):
+            for test in AUC_TESTS:
                 auc = paired_differences(positive, scores, called, patient, test)["auc"]
                 rejected[test] += auc["p"] < 0.05
-                ends[name].append(auc["ci"])
+            ends["score-type"].append(auc["ci"])  # --auc-test delong's (the last), as difference_ci gives it
+            for name, found in _bootstrap_ends(positive, scores, patient).items():
+                ends[name].append(found)
             components = delong_components(scores, positive)
             covariance = delong_covariance(components, positive, patient)
             aucs = components[:, positive].mean(axis=1)
@@ -458,8 +480,56 @@ def net_benefit_coverage(samples: int, max_films: int) -> None:
                 flush=True)
 
 
-TABLES = {"prevalence": prevalence_coverage, "delong-paired": delong_paired_coverage,
-          "delong-groups": delong_groups_size, "net-benefit": net_benefit_coverage}
+RATE_PAIRS = ((0.9, 0.9), (0.8, 0.95), (0.95, 0.99), (0.5, 0.9))  # ``paired-rates``' true sensitivities
+RATE_PATIENTS = (10, 20, 40, 120)  # ``paired-rates``' pneumonia patients
+SD_CALLER = 1.0  # each model's own noise on a film in ``paired-rates``, so that the two differ on some patients
+
+
+def paired_rates_coverage(samples: int, max_films: int) -> None:
+    """``--only paired-rates``: the interval of two models' sensitivity difference on the same patients' films that
+    ``compare`` gives (Newcombe's, ``paired_rate_ci``) beside the patients' percentile bootstrap (2,000 resamples),
+    where the two share the patient's and the film's effects and each adds its own noise (sd SD_CALLER a film)."""
+    from pneumoscan.core.metrics.differences import _paired_resamples, paired_rate_ci
+    from pneumoscan.core.metrics.intervals import _resampled_sums
+
+    sd = math.hypot(SD_TOTAL, SD_CALLER)
+    print(f"{samples} sets a setting, pneumonia patients with 1-{max_films} films each; coverage (mean width) among "
+          "the sets with an interval (none where fewer than 5 patients' calls differ: that share beside), and "
+          "Newcombe's over every set, that rule aside; a share near 0.95 within about "
+          f"{2 * math.sqrt(0.05 * 0.95 / samples):.3f}")
+    print("| true sensitivities | patients | Newcombe | bootstrap | no interval | Newcombe, every set |")
+    print("| --- " * 6 + "|")
+    for first, second in RATE_PAIRS:
+        truth = second - first
+        for patients in RATE_PATIENTS:
+            rng, ends, refused = np.random.default_rng(0), {"Newcombe": [], "bootstrap": [], "every": []}, 0
+            for _ in range(samples):
+                positive, patient, noise = _patients(rng, patients, 0, max_films)
+                called = np.stack([noise + sd * float(norm.ppf(rate)) + rng.normal(0, SD_CALLER, positive.size) >= 0
+                                   for rate in (first, second)])
+                found = paired_differences(positive, np.zeros((2, positive.size)), called, patient)["sensitivity"]
+                ends["every"].append(paired_rate_ci(called, np.unique(patient, return_inverse=True)[1]))
+                if found["ci"] is None:
+                    refused += 1
+                    continue
+                ends["Newcombe"].append(found["ci"])
+                _, unit_of, counts = _paired_resamples(positive, patient)
+                drawn = [_resampled_sums(counts, unit_of, c.astype(float)) for c in called]
+                of = _resampled_sums(counts, unit_of, np.ones(positive.size))
+                ends["bootstrap"].append(np.percentile((drawn[1] - drawn[0]) / of, [2.5, 97.5]).tolist())
+            cells = []
+            for found in (ends["Newcombe"], ends["bootstrap"]):
+                lo, hi = np.array(found).reshape(-1, 2).T
+                cells.append(f"{np.mean((lo <= truth) & (truth <= hi)):.3f} ({np.mean(hi - lo):.3f})" if lo.size
+                             else "n/a")
+            lo, hi = np.array(ends["every"]).T
+            print(f"| {first}, {second} | {patients} | " + " | ".join(cells) + f" | {refused / samples:.3f} | "
+                  f"{np.mean((lo <= truth) & (truth <= hi)):.3f} ({np.mean(hi - lo):.3f}) |", flush=True)
+
+
+TABLES = {"prevalence": prevalence_coverage, "paired-rates": paired_rates_coverage,
+          "delong-paired": delong_paired_coverage, "delong-groups": delong_groups_size,
+          "net-benefit": net_benefit_coverage}
 
 
 def main() -> None:
@@ -469,7 +539,7 @@ def main() -> None:
     parser.add_argument("--patients", type=int, nargs="+", default=[12, 30, 150], help="patients of each class")
     parser.add_argument("--only", choices=("binary", "three-class", "regimes", *TABLES), help="one of the tables")
     parser.add_argument("--mean", type=float, default=1.2, help="the binary classes' mean logit, +-")
-    parser.add_argument("--films", type=int, default=3, help="films a patient at most, in the last four tables")
+    parser.add_argument("--films", type=int, default=3, help="films a patient at most, in the last five tables")
     parser.add_argument("--separations", type=float, nargs="+", default=SEPARATIONS, help="three-class settings")
     args = parser.parse_args()
     if args.only == "regimes":
