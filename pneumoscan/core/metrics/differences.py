@@ -556,9 +556,10 @@ def _paired(figures: np.ndarray, tested: Tested | None, interval: np.ndarray | t
     A rate's or net benefit's difference comes only from the films the two models call differently (``differing``,
     one a film): ``differing_patients`` counts the figure's patients with such a film, and the interval is None
     where they are fewer than :data:`~.intervals.FEW_PATIENTS`. With none, every resample's difference is 0 and
-    the percentile interval [0, 0] would read as a certain "no difference", and Newcombe's nearly so (his phi is
-    1: the two Wilson intervals' asymmetries alone); with 1 to 4, the resamples take a few values and the
-    percentile interval holds the true difference less often than 95%."""
+    the percentile interval [0, 0] would read as a certain "no difference"; with 1 to 4, the resamples take a few
+    values and the percentile interval holds the true difference less often than 95% (net benefit's). A rate's
+    Newcombe interval keeps the rule: it covered without it too (docs/results.md), but the calls of so few
+    patients say little of the difference."""
     patients = np.unique(unit_of[films]).size
     apart = None if differing is None else int(np.unique(unit_of[films & differing]).size)
     enough = patients >= FEW_PATIENTS and (apart is None or apart >= FEW_PATIENTS)
