@@ -274,7 +274,7 @@ def _arrangements(labels: np.ndarray) -> np.ndarray:
     return np.array([row for row, _ in rows]).reshape(len(rows), labels.size)
 
 
-PAIRED_BOOTSTRAP = 2000  # patient resamples of a paired difference's interval
+PAIRED_BOOTSTRAP = 2000  # patient resamples of a net benefit difference's interval
 
 
 def paired_differences(positive: np.ndarray, scores: np.ndarray, called: np.ndarray, patients: np.ndarray,
@@ -351,8 +351,9 @@ def paired_differences(positive: np.ndarray, scores: np.ndarray, called: np.ndar
 
 def _paired_resamples(positive: np.ndarray, patients: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The distinct ``patients`` (one a film), each film's patient among them, and the :data:`PAIRED_BOOTSTRAP`
-    resamples of them (:func:`~.intervals._bootstrap_counts`, a fixed seed) that every paired interval draws: the
-    same patients give the same resamples to :func:`paired_differences` and :func:`net_benefit_differences`."""
+    resamples of them (:func:`~.intervals._bootstrap_counts`, a fixed seed) that a net benefit difference's interval
+    draws: the same patients give the same resamples to :func:`paired_differences` and
+    :func:`net_benefit_differences`."""
     units, unit_of = np.unique(np.asarray(patients), return_inverse=True)
     return units, unit_of, _bootstrap_counts(positive, unit_of, PAIRED_BOOTSTRAP, BOOTSTRAP_SEED)[0]
 
