@@ -18,6 +18,7 @@ from PIL import Image
 from matplotlib.colors import to_rgba
 
 from pneumoscan.cli import main
+from pneumoscan.core.digests import bytes_sha256
 from pneumoscan.core.metrics import net_benefit, with_ci
 from pneumoscan.core.metrics.differences import delong_difference, holm
 from pneumoscan.data.layouts import discover, write_manifest
@@ -771,6 +772,7 @@ def test_a_paired_test_is_refused_saying_why_where_the_films_or_labels_differ(
             writer = csv.DictWriter(f, fields)
             writer.writeheader()
             writer.writerows(rows)
+        _recorded_as_written(folder)  # as an evaluation of films under other paths or labels writes them
     other = shutil.copytree(pneumonia, tmp_path / "other")
     m = json.loads((other / "metrics.json").read_text())
     (other / "metrics.json").write_text(json.dumps(m | {"films": "sha256:" + "0" * 64, "data": "a site's films"}))
@@ -786,9 +788,58 @@ def test_a_paired_test_is_refused_saying_why_where_the_films_or_labels_differ(
     damaged = shutil.copytree(pneumonia, tmp_path / "damaged")
     text = (damaged / "predictions.csv").read_text().splitlines()
     (damaged / "predictions.csv").write_text("\n".join(text[:-1]))  # a film short
+    _recorded_as_written(damaged)  # its metrics.json edited to match: the file is still read as a film short
     with pytest.raises(ValueError, match=re.escape(f"{damaged / 'predictions.csv'}: its probabilities are not 16 "
                                                    "figures in [0, 1], one a film of its metrics.json")):
         compare_runs([multiclass, damaged])
+
+
+def test_runs_are_named_apart_and_one_folder_given_twice_is_refused(three_class_runs: tuple[Path, Path],
+                                                                    tmp_path: Path) -> None:
+    """Two sites' run/eval folders were both named run/eval in every table and figure, which no reader could tell
+    apart: each is named by as many folders above it as tell it from the others. One folder given twice (by another
+    spelling, or a link) was tested against itself, a certain "no difference" counted in the others' adjusted p's:
+    it is refused."""
+    multiclass, pneumonia = three_class_runs
+    first, second = (shutil.copytree(folder, tmp_path / site / "run" / "eval")
+                     for site, folder in (("a", multiclass), ("b", pneumonia)))
+    assert [r.run for r in compare_runs([first, second, pneumonia])] == [
+        "a/run/eval", "b/run/eval", f"{pneumonia.parent.parent.name}/{pneumonia.parent.name}/eval-two-stage"]
+    (tmp_path / "link").symlink_to(second)
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'link'} is given twice (the same folder as another "
+                                                   "run): give each run once")):
+        compare_runs([first, second, tmp_path / "link"])
+
+
+def _recorded_as_written(folder: Path) -> None:
+    """An evaluate folder's metrics.json made to record the checksum of the predictions.csv beside it, as evaluate
+    records the file it writes."""
+    m = json.loads((folder / "metrics.json").read_text())
+    (folder / "metrics.json").write_text(json.dumps(m | {
+        "predictions_checksum": bytes_sha256((folder / "predictions.csv").read_bytes())}))
+
+
+def test_a_predictions_csv_not_written_with_its_metrics_json_is_never_paired_as_its_scores(
+        three_class_runs: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Another evaluation's predictions.csv over an evaluate folder's own (a copy made by hand, or the file an
+    evaluation stopped between writing it and metrics.json leaves) was paired as that folder's scores: the paired
+    table gave the other bundle's AUC beside the folder's own figures. It is refused, naming the file; a folder whose
+    metrics.json records no checksum of its predictions.csv is left out of the paired test, saying why."""
+    multiclass, pneumonia = three_class_runs
+    swapped = shutil.copytree(pneumonia, tmp_path / "swapped")
+    shutil.copyfile(multiclass / "predictions.csv", swapped / "predictions.csv")
+    with pytest.raises(ValueError, match=re.escape(f"{swapped / 'predictions.csv'} is not the file evaluate wrote "
+                                                   "with the metrics.json beside it")):
+        compare_runs([pneumonia, swapped])
+    older = shutil.copytree(pneumonia, tmp_path / "older")
+    m = json.loads((older / "metrics.json").read_text())
+    (older / "metrics.json").write_text(json.dumps({k: v for k, v in m.items() if k != "predictions_checksum"}))
+    assert main(["compare", str(multiclass), str(older)]) == 0
+    assert ("* older: not in the paired test: its metrics.json records no checksum of its predictions.csv (an "
+            "evaluation by an older version): evaluate it again") in capsys.readouterr().out
+    (older / "metrics.json").write_bytes(b"\xad\xff{")  # a damaged disk's bytes: named, not the decoder's words alone
+    with pytest.raises(ValueError, match=re.escape(f"{older / 'metrics.json'} is not valid JSON")):
+        compare_runs([multiclass, older])
 
 
 def test_paired_evaluations_get_their_net_benefit_difference_at_each_threshold_of_the_decision_curve(

@@ -19,8 +19,10 @@ other classes) are refused.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
+import os
 import textwrap
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pneumoscan.core.atomic import write_atomic
+from pneumoscan.core.digests import bytes_sha256
 from pneumoscan.core.figures import figure_bytes
 from pneumoscan.core.metrics import (format_figure, format_percent, is_net_benefit, is_net_benefit_interval,
                                      net_benefit_interval, with_ci)
@@ -41,7 +44,7 @@ from pneumoscan.core.names import path_list, results_csv, shown
 from pneumoscan.core.options import AUC_TESTS
 from pneumoscan.inference.onnx_runtime import INT8_NAME
 from pneumoscan.models.card import CARD, WEIGHTS, BundleCard, load_card
-from pneumoscan.models.run_folder import METRICS, CvFolder, RunFolder
+from pneumoscan.models.run_folder import METRICS, PREDICTIONS, PREDICTIONS_CHECKSUM, CvFolder, RunFolder
 from .model_card import counted
 from .report import Curve, decision_curves_figure, forest_figure, roc_figure
 from .subgroups import (DECISION_BLOCKS, FIGURE_NAMES, RATES, difference_said, figure_said, group_order, p_said,
@@ -139,6 +142,7 @@ class RunSummary:
     question: tuple[str, str] | None  # the binary figures' (negative, positive) classes; None where unknown
     three_class: list[ThreeClass]  # its decisions among the classes (none for a two-class task alone)
     films: str | None = None  # evaluate's digest of the films and labels scored; None where not recorded
+    predictions: str | None = None  # evaluate's SHA-256 of the predictions.csv it wrote; None where not recorded
     # how the films were scored: "plain" or "TTA" (test-time augmentation), ", INT8" with the INT8 model: each at
     # its own threshold, so two rows of one bundle on one set of films differ by it
     scores: str = "plain"
@@ -455,8 +459,8 @@ def load_run(path: Path | str) -> RunSummary:
                 if cv.summary.is_file() else "")
         raise ValueError(f"{folder}: no {METRICS} (give a training run folder or an evaluate --out folder){hint}")
     try:
-        m = json.loads(metrics_path.read_text())
-    except json.JSONDecodeError as e:
+        m = json.loads(metrics_path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{metrics_path} is not valid JSON: {e}") from None
     if not isinstance(m, dict) or m.get("kind") != "binary" or m.get("threshold") is None:
         raise ValueError(f"{metrics_path} holds no binary validation figures (a pneumoscan metrics.json)")
@@ -492,6 +496,7 @@ def load_run(path: Path | str) -> RunSummary:
         roc=_checked_roc(metrics_path, m), optimistic=list(m.get("optimistic") or []),
         question=question, three_class=_three_class(metrics_path, m),
         films=m["films"] if isinstance(m.get("films"), str) else None,
+        predictions=m[PREDICTIONS_CHECKSUM] if isinstance(m.get(PREDICTIONS_CHECKSUM), str) else None,
         scores=("TTA" if m.get("tta") else "plain") + (", INT8" if m.get("backend") == "onnx-int8" else ""),
         subgroups=_subgroups(metrics_path, m), folder=folder, net_benefit=_checked_net_benefit(metrics_path, m),
         decision_curve=_checked_decision_curve(metrics_path, m),
@@ -606,11 +611,13 @@ def compare_runs(paths: Iterable[Path | str] | Path | str, out_dir: Path | str |
     paths = path_list(paths)  # a generator read once, to load the runs and to name them
     if not paths:
         raise ValueError("no runs to compare")
+    real = [os.path.realpath(p) for p in paths]
+    if twice := next((p for i, p in enumerate(paths) if real[i] in real[:i]), None):
+        # its test against itself would say "no difference", and count in every other test's adjusted p
+        raise ValueError(f"{twice} is given twice (the same folder as another run): give each run once")
     runs = [load_run(p) for p in paths]
-    names = [r.run for r in runs]
-    if len(set(names)) < len(names):  # two RUN/eval-val folders: name them by their run as well
-        for r, p in zip(runs, paths):
-            r.run = f"{shown(Path(p).parent.name)}/{r.run}"
+    for r, name in zip(runs, _names_apart(paths)):
+        r.run = name
     training = [r for r in runs if r.data == TRAINING_DATA]
     if len({r.films for r in training}) > 1:  # each run's own validation films: said so, not taken for one set
         for r in training:
@@ -648,6 +655,18 @@ def compare_runs(paths: Iterable[Path | str] | Path | str, out_dir: Path | str |
     return runs
 
 
+def _names_apart(paths: Sequence[Path | str]) -> list[str]:
+    """Each run's name in the tables and figures: its folder's, with as many of the folders above it as tell it from
+    every other run's (two RUN/eval-val folders by their runs, a/eval-val and b/eval-val; two site/run/eval folders
+    by their sites), so that no two rows of a table are named alike."""
+    parts = [Path(os.path.abspath(p)).parts for p in paths]
+    for depth in range(1, max(map(len, parts)) + 1):
+        names = ["/".join("" if part == os.sep else shown(part) for part in of[-depth:]) for of in parts]
+        if len(set(names)) == len(names):
+            break
+    return names
+
+
 def _check_comparable(runs: list[RunSummary]) -> None:
     """Refuse runs whose curves answer different questions (the classes compared, in any case: the pneumonia task's
     NORMAL and PNEUMONIA are the multiclass task's normal and pneumonia), and runs whose decisions among the
@@ -671,7 +690,6 @@ def _check_comparable(runs: list[RunSummary]) -> None:
         raise ValueError(f"runs whose three-class figures are of different classes ({said}) do not share one table")
 
 
-PREDICTIONS = "predictions.csv"  # an evaluate folder's scores, a row a film: what the paired test reads
 # compare_paired.csv: a row a run and figure tested against the reference run, on the films and patients both share
 PAIRED_FIELDS = ("run", "reference", "data", "films", "patients", "figure", "reference_value", "value", "difference",
                  "difference_low", "difference_high", "ci_method", "no_ci", "p", "p_holm", "p_method", "figure_films",
@@ -691,16 +709,22 @@ class _Scored:
 
 def _scored(run: RunSummary) -> _Scored | str:
     """The run's films with their scores and calls (predictions.csv beside its metrics.json), or why it has none
-    for a paired test; a damaged file is refused by its name."""
+    for a paired test; a damaged file, or one that is not the file written with its metrics.json (another run's
+    scores copied over it, or left by an evaluation stopped between the two files), is refused by its name."""
     if run.folder is None or not (run.folder / PREDICTIONS).is_file():
         return ("a training run: its validation figures come without scores a film" if run.data == TRAINING_DATA
                 else f"no {PREDICTIONS} beside its metrics.json")
     if run.question is None:
         return "its classes are not known (no bundle card, no class names in its metrics.json)"
     path = run.folder / PREDICTIONS
-    with path.open(newline="") as f:
-        rows = sorted(csv.DictReader(f), key=lambda row: row.get("path") or "")
+    scored = path.read_bytes()
+    if run.predictions is not None and bytes_sha256(scored) != run.predictions:
+        raise ValueError(f"{path} is not the file evaluate wrote with the {METRICS} beside it (not the SHA-256 "
+                         "recorded there): another run's scores copied over it, or left by an evaluation stopped "
+                         "part-way; evaluate again into this folder")
     try:
+        rows = sorted(csv.DictReader(io.StringIO(scored.decode("utf-8"), newline="")),
+                      key=lambda row: row.get("path") or "")
         scores = np.array([float(row["probability"]) for row in rows])
         paths, labels, patients, called = ([row[key] or "" for row in rows]
                                            for key in ("path", "label", "patient", "called"))
@@ -722,6 +746,11 @@ def _other_films(reference: RunSummary, films: _Scored, run: RunSummary, of_run:
     where they are the same."""
     if reference.films is None or run.films is None:
         return f"{METRICS} records no digest of its films (an evaluation by an older version): evaluate it again"
+    if (older := run if run.predictions is None else reference if reference.predictions is None else None) is not None:
+        # nothing shows its scores are those its figures were computed from (:func:`_scored`)
+        whose = "its" if older is run else f"{reference.run}'s"
+        return (f"{whose} {METRICS} records no checksum of its {PREDICTIONS} (an evaluation by an older version): "
+                "evaluate it again")
     if reference.films != run.films:
         return f"other films or labels than {reference.run}'s ({METRICS}'s films differ)"
     if films.paths != of_run.paths:

@@ -34,6 +34,7 @@ from pneumoscan.data.tasks import Task, binary_targets, get_task, list_tasks
 from pneumoscan.inference.onnx_runtime import INT8_NAME
 from pneumoscan.inference.predict import NO_HEATMAP, Predictor, check_bundle_stages, stage_fields, stage_scope
 from pneumoscan.models.card import WEIGHTS, BundleCard, load_card, proven_run_split, refuse_model_files
+from pneumoscan.models.run_folder import PREDICTIONS, PREDICTIONS_CHECKSUM
 from .held_out import HeldOutFindings, HeldOutPolicy, check_held_out
 from .methods import METHODS, methods_text, software
 from .model_card import MODEL_CARD, add_evaluation, counted, evaluation_record, left_out_said
@@ -618,7 +619,9 @@ def _write_outputs(out_dir: Path, predictor: Predictor, records: list[Record], t
         for row, value in zip(rows, values):
             row[column] = value
     fields = PREDICTION_FIELDS + class_fields + second_fields + SCOPE_FIELDS
-    write_atomic(out_dir / "predictions.csv", results_csv(fields, rows).encode())
+    scored = results_csv(fields, rows).encode()
+    metrics[PREDICTIONS_CHECKSUM] = bytes_sha256(scored)  # written with metrics.json, which pairs with this file alone
+    write_atomic(out_dir / PREDICTIONS, scored)
     table = metrics["threshold_table"]
     write_atomic(out_dir / "sensitivity_table.csv", results_csv(list(table[0]), table).encode())
     curve = jsonable(metrics["decision_curve"])  # a rate of a class without films an empty cell, not "nan"

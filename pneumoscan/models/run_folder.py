@@ -26,6 +26,10 @@ from pathlib import Path
 
 METRICS = "metrics.json"  # written by evaluation's reports, in a run folder and in an evaluate --out folder
 REPORT = "report.html"
+PREDICTIONS = "predictions.csv"  # an evaluate --out folder's scores, a row a film: what compare's paired test reads
+# metrics.json's SHA-256 of the predictions.csv written with it: another run's file, or one left by an evaluation
+# stopped between the two, is not paired as this one's scores
+PREDICTIONS_CHECKSUM = "predictions_checksum"
 HISTORY = "history.csv"
 _FOLD = re.compile(r"fold-(\d+)")
 _FOLD_SPLIT = re.compile(r"split-fold-(\d+)\.csv")
