@@ -20,6 +20,7 @@ from PIL import Image
 from tests.builders import SCORE_TOL, UNCHECKED, assert_close_report, at_threshold, chest_film_dicom, with_appearance_of
 from tests.test_interop import chest_dicom
 from pneumoscan import cli
+from pneumoscan.core.digests import bytes_sha256
 from pneumoscan.core.metrics import FILM_UNIT_CAVEAT, with_ci
 from tests.builders import labelled_records
 from pneumoscan.data.layouts import discover
@@ -838,3 +839,20 @@ def test_a_prevalence_outside_0_to_1_or_on_films_of_one_class_is_refused(tiny_bu
     assert cli.main(["evaluate", str(tiny_bundle), str(normal), "--out", str(out), "--prevalence", "0.1"]) == 2
     assert ("prevalence (--prevalence) recomputes figures from sensitivity and specificity, which need films of both "
             "classes (NORMAL and PNEUMONIA)") in capsys.readouterr().err
+
+
+def test_an_evaluation_failing_part_way_leaves_no_earlier_report_beside_its_own_files(
+        tiny_bundle: Path, tiny_dataset: Path, tiny_evaluation: Path, tmp_path: Path) -> None:
+    """evaluate --out into a folder holding an earlier evaluation, failing part-way (here a folder where roc.png
+    goes; a full disk or a kill alike) left the earlier report.html, methods.md and figures beside its own new
+    metrics.json and predictions.csv: one folder of two evaluations, the report another's. The earlier outputs are
+    removed before any is written: what is left is this run's files alone."""
+    out = shutil.copytree(tiny_evaluation, tmp_path / "eval")
+    (out / "roc.png").unlink()
+    (out / "roc.png").mkdir()
+    with pytest.raises(IsADirectoryError):
+        evaluate(tiny_bundle, tiny_dataset, "test", out)
+    assert sorted(p.name for p in out.iterdir()) == ["decision_curve.csv", "metrics.json", "predictions.csv", "roc.png",
+                                                     "sensitivity_table.csv"]
+    m = json.loads((out / "metrics.json").read_text())  # this run's: written with the predictions.csv beside it
+    assert m["predictions_checksum"] == bytes_sha256((out / "predictions.csv").read_bytes())

@@ -38,12 +38,13 @@ from pneumoscan.models.run_folder import PREDICTIONS, PREDICTIONS_CHECKSUM
 from .held_out import HeldOutFindings, HeldOutPolicy, check_held_out
 from .methods import METHODS, methods_text, software
 from .model_card import MODEL_CARD, add_evaluation, counted, evaluation_record, left_out_said
-from .report import METRICS, MODEL_ID, THRESHOLD_DIGITS, write_report
+from .report import METRICS, MODEL_ID, THRESHOLD_DIGITS, report_files, write_report
 from .subgroups import adjust, film_values, subgroup_figures
 
 log = logging.getLogger(__name__)
 # optimistic: whether metrics.json lists the film under optimistic_films (among the model's own data)
 DECISION_CURVE = "decision_curve.csv"  # beside the report: the decision curve, a row a threshold probability
+SENSITIVITY_TABLE = "sensitivity_table.csv"  # beside the report: its threshold table
 PREDICTION_FIELDS = ("path", "label", "subtype", "patient", "probability", "called", "correct", "optimistic")
 SCOPE_FIELDS = ("in_scope", "warnings")  # predictions.csv's last columns: as predict's rows say them
 TWO_STAGE_CALLED = "two_stage_called"  # predictions.csv with a second stage: each film's call among the 1 + k
@@ -401,6 +402,7 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
         # made before the folder is locked: its Grad-CAMs take up to a minute, which another run would wait out
         gallery = error_gallery(predictor, records, binary_targets(targets), scores, threshold, tta=tta, scope=scope)
         with unchanged(Path(out_dir) / METRICS, results):
+            _clear_earlier(Path(out_dir))
             _write_outputs(Path(out_dir), predictor, records, targets, probs, threshold, metrics,
                            f"{card.model} · {card.task} · {name}", header, second, gallery, scope)
             # valid UTF-8 whatever a name's bytes, as the report writes them (caf\xe9)
@@ -409,6 +411,17 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
         add_evaluation(bundle, evaluation_record(metrics, name, "tta" if tta else "plain", bundle, held_out))
         log.info("recorded the evaluation on %s in %s", name, Path(bundle) / MODEL_CARD)
     return metrics
+
+
+def _clear_earlier(out_dir: Path) -> None:
+    """Remove an earlier evaluation's outputs from ``out_dir`` before this one's are written: a run failing part-way
+    (a full disk, a kill) left the other run's report, methods and figures beside its own new metrics.json and
+    predictions.csv, one folder of two evaluations. The methods, metrics and report first: what a failure here leaves
+    is never taken for them. A folder in a file's place is not this run's to remove (writing there fails)."""
+    for path in (out_dir / METHODS, *report_files(out_dir), out_dir / PREDICTIONS, out_dir / SENSITIVITY_TABLE,
+                 out_dir / DECISION_CURVE):
+        if path.is_symlink() or not path.is_dir():
+            path.unlink(missing_ok=True)
 
 
 def _refuse_early(bundle: Path | str, out_dir: Path | str | None, etiology: Path | str | None, add_to_card: bool,
@@ -623,7 +636,7 @@ def _write_outputs(out_dir: Path, predictor: Predictor, records: list[Record], t
     metrics[PREDICTIONS_CHECKSUM] = bytes_sha256(scored)  # written with metrics.json, which pairs with this file alone
     write_atomic(out_dir / PREDICTIONS, scored)
     table = metrics["threshold_table"]
-    write_atomic(out_dir / "sensitivity_table.csv", results_csv(list(table[0]), table).encode())
+    write_atomic(out_dir / SENSITIVITY_TABLE, results_csv(list(table[0]), table).encode())
     curve = jsonable(metrics["decision_curve"])  # a rate of a class without films an empty cell, not "nan"
     for block in (metrics.get("at_prevalence") or {}).get("figures", ()):  # its columns at each prevalence asked
         curve |= {f"{key}_at_{block['prevalence']:g}": block["decision_curve"][key]

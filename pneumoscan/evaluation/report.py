@@ -829,6 +829,15 @@ def _subgroups_html(block: dict[str, Any] | None, ci_unit: str | None, section: 
 _FIGURE_NAMES = ("confusion_matrix", "roc", "pr", "reliability", "decision_curve")
 # parts of a binary result decided among three classes: (key, section title, figure file prefix)
 _CLASS_PARTS = (("multiclass", "All classes: ", "classes_"), ("two_stage", "Two stages: ", "two_stage_"))
+# every figure write_report may write beside the report, by its file's name without .png
+_FIGURES = tuple(f"{prefix}{name}" for prefix in ("", *(p for _, _, p in _CLASS_PARTS)) for name in _FIGURE_NAMES)
+
+
+def report_files(out_dir: Path | str) -> list[Path]:
+    """The files :func:`write_report` writes into ``out_dir`` with its figures, those the data may not define
+    included: what a run writing its report there clears of an earlier one's first, so that a run failing part-way
+    leaves none of that report beside its own new files."""
+    return [Path(out_dir) / name for name in (METRICS, REPORT, *(f"{figure}.png" for figure in _FIGURES))]
 
 
 def write_report(
@@ -864,8 +873,7 @@ def write_report(
     if gallery:
         body += _gallery_html(gallery)
     if pngs is not None:  # a figure this data does not define must not survive from an earlier report here
-        figures = {f"{prefix}{name}" for prefix in ("", *(p for _, _, p in _CLASS_PARTS)) for name in _FIGURE_NAMES}
-        for stale in figures - set(pngs):
+        for stale in set(_FIGURES) - set(pngs):
             (out_dir / f"{stale}.png").unlink(missing_ok=True)
     for name, png in (pngs or {}).items():
         write_atomic(out_dir / f"{name}.png", png)
