@@ -296,27 +296,6 @@ def test_cv_refuses_a_finished_fold_of_another_split_or_recipe(tiny_cv: tuple[Pa
     assert {p.name: p.read_bytes() for p in out.glob("split-fold-*.csv")} == before, "OUT is left as it was"
 
 
-def test_cv_refuses_a_finished_fold_whose_films_were_rewritten_in_place(tiny_dataset: Path, tmp_path: Path,
-                                                                         capsys: pytest.CaptureFixture[str]) -> None:
-    """Every film inverted at the same path: the folds said "exists, not trained again", and their bundles, made on
-    the old pixels, were scored on the new ones and written to cv.json as this cv's figures."""
-    data = tmp_path / "chest_xray"
-    shutil.copytree(tiny_dataset, data)
-    args = ["cv", "--data", str(data), "--out", str(tmp_path / "cv"), "--folds", "2", "--model", "simple_cnn",
-            "--no-pretrained", "--image-size", "32", "--epochs", "1", "--batch-size", "8"]
-    assert main(args) == 0
-    summary = (tmp_path / "cv" / "cv.json").read_bytes()
-    for film in data.glob("train/*/*.jpeg"):
-        with Image.open(film) as im:
-            ImageOps.invert(im.convert("L")).save(film, quality=95)
-    capsys.readouterr()
-    assert main(args) == 2
-    assert ("fold-0 was trained on other pixels or labels than these films have now (rewritten in place since, or "
-            "decoded otherwise by this version?): its figures would not be this cv's; use a new out_dir (--out)"
-            ) in capsys.readouterr().err
-    assert (tmp_path / "cv" / "cv.json").read_bytes() == summary
-
-
 @pytest.mark.parametrize("change, said", [
     ({"validate_on_val_folder": True}, "split_csv and validate_on_val_folder both choose the validation films"),
     ({"distill_weight": 0.5}, "distill_weight 0.5 is the teachers' share of the target: give a teacher"),
@@ -481,21 +460,23 @@ def test_an_interrupted_fold_goes_on_from_its_checkpoint_under_its_own_recipe_on
         "folds" in (tmp_path / "ens" / "MODEL_CARD.md").read_text(encoding="utf-8")
 
 
-def test_oof_is_valid_utf8_whatever_the_names_bytes_and_cv_json_says_what_it_left_out(
+def test_oof_is_valid_utf8_whatever_the_names_bytes_and_cv_json_says_what_it_left_out_and_refuses_films_rewritten(
     tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     """oof.csv is a results file: a name that is not UTF-8 is written \\xNN (docs/limits.md), not a crash at the end
     of the last fold. A file of the pool that cannot be read is in one fold's validation split and in no figure: cv
     said so only in the log, where evaluate, `threshold` and `ensemble` record what their figures left out and why;
-    cv.json holds ``left_out`` as theirs (the one implementation), and the command prints the caveat."""
+    cv.json holds ``left_out`` as theirs (the one implementation), and the command prints the caveat. Its finished
+    folds are then refused once the films are rewritten in place (the one cv run pays for both)."""
     data = tmp_path / "data"
     shutil.copytree(tiny_dataset, data)
     first = sorted((data / "train" / "NORMAL").iterdir())[0]
     os.rename(first, os.path.join(os.fsencode(first.parent), b"caf\xe9-" + os.fsencode(first.name)))
     (data / "train" / "NORMAL" / "IM-0999-0001.jpeg").write_bytes(b"not a film")
     out = tmp_path / "cv"
-    assert main(["cv", "--data", str(data), "--out", str(out), "--folds", "2", "--model", "simple_cnn",
-                 "--no-pretrained", "--image-size", "32", "--epochs", "1", "--batch-size", "8"]) == 0
+    args = ["cv", "--data", str(data), "--out", str(out), "--folds", "2", "--model", "simple_cnn", "--no-pretrained",
+            "--image-size", "32", "--epochs", "1", "--batch-size", "8"]
+    assert main(args) == 0
     text = (out / "oof.csv").read_bytes().decode("utf-8")  # strict
     assert f"caf\\xe9-{first.name}" in text and len(text.splitlines()) == 1 + 48
     result = json.loads((out / "cv.json").read_text())
@@ -504,6 +485,18 @@ def test_oof_is_valid_utf8_whatever_the_names_bytes_and_cv_json_says_what_it_lef
     said = ("1 of the 49 films given is left out of the figures, which are of the other 48 only: 1 film could not be "
             "read")
     assert f"   {said}" in capsys.readouterr().out
+    # every film inverted at the same path: the folds said "exists, not trained again", and their bundles, made on
+    # the old pixels, were scored on the new ones and written to cv.json as this cv's figures
+    summary = (out / "cv.json").read_bytes()
+    for film in (data / "train").glob("*/*.jpeg"):
+        if film.name != "IM-0999-0001.jpeg":  # the file that is no film
+            with Image.open(film) as im:
+                ImageOps.invert(im.convert("L")).save(film, quality=95)
+    assert main(args) == 2
+    assert ("fold-0 was trained on other pixels or labels than these films have now (rewritten in place since, or "
+            "decoded otherwise by this version?): its figures would not be this cv's; use a new out_dir (--out)"
+            ) in capsys.readouterr().err
+    assert (out / "cv.json").read_bytes() == summary
     elsewhere = tmp_path / os.fsdecode(b"cv-caf\xe9")  # the folds' bundles would record their manifests under it
     assert main(["cv", "--data", str(data), "--out", str(elsewhere), "--folds", "2", "--epochs", "1"]) == 2
     assert "split_csv" in capsys.readouterr().err and not elsewhere.exists(), "refused before anything is written"
