@@ -26,8 +26,6 @@ from pneumoscan.evaluation.compare import OPTIMISTIC, compare_runs, comparison_f
 from pneumoscan.evaluation.evaluate import evaluate, films_digest
 from pneumoscan.evaluation.subgroups import difference_said, figure_said
 from pneumoscan.models.card import load_card, save_card
-from pneumoscan.training.config import load_config
-from pneumoscan.training.train import train
 from tests.builders import nudge_weights, site_manifest
 
 
@@ -406,18 +404,18 @@ def test_a_run_scored_with_test_time_augmentation_says_so(two_runs: tuple[Path, 
     assert "; TTA)" in table and table.count("; TTA)") == 1
 
 
-def test_training_runs_validated_on_other_films_are_named_by_their_own_run(tiny_bundle: Path, tiny_dataset: Path,
-                                                                           tmp_path: Path) -> None:
-    """Two seeds' runs validate on other films: both rows read "validation (chose its threshold)", as if on one
-    set. Runs on the same split still share the name (seed 0's: copies of the tiny run)."""
+def test_training_runs_validated_on_other_films_are_named_by_their_own_run(tiny_bundle: Path, tmp_path: Path,
+                                                                           tiny_cv: tuple[Path, list[str]]) -> None:
+    """Two runs of the tiny data validate on other films (the tiny run's and a cv fold's, which no other split
+    shares: the session's, not a run of another seed trained here): both rows read "validation (chose its
+    threshold)", as if on one set. Runs on the same split still share the name (copies of the tiny run)."""
     runs = {name: shutil.copytree(tiny_bundle.parent, tmp_path / name) for name in ("seed0", "seed0-again")}
-    cfg = load_config(tiny_bundle.parent / "config.yaml", seed=1)
-    runs["seed1"] = train(tiny_dataset, cfg, tmp_path / "seed1").parent
+    runs["fold-0"] = tiny_cv[0] / "fold-0"
     same = compare_runs([runs["seed0"], runs["seed0-again"]])
     assert [r.data for r in same] == ["validation (chose its threshold)"] * 2
-    other = compare_runs([runs["seed0"], runs["seed1"]])
+    other = compare_runs([runs["seed0"], runs["fold-0"]])
     assert [r.data for r in other] == ["validation of seed0 (chose its threshold)",
-                                       "validation of seed1 (chose its threshold)"]
+                                       "validation of fold-0 (chose its threshold)"]
 
 
 def test_the_films_digest_follows_the_films_and_labels_not_where_the_data_lies(tiny_dataset: Path,
