@@ -7,7 +7,6 @@ import json
 import re
 import shutil
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -443,25 +442,11 @@ def _typed_chest(rng: np.random.Generator, kind: str) -> np.ndarray:
     return (np.clip(img, 0, 1) * 255).astype(np.uint8)
 
 
-@pytest.fixture(scope="module")
-def multiclass_run(module_tmp: Callable[[str], Path]) -> Path:
-    """A tiny multiclass run (simple_cnn, 32 px, 4 epochs) on films whose bacteria and virus differ."""
-    from PIL import Image
-
-    from pneumoscan.training.config import TrainConfig
-    from pneumoscan.training.train import train
-
-    root = module_tmp("typed") / "chest_xray"
-    rng = np.random.default_rng(0)
-    for i in range(24):
-        kind = "bacteria" if i % 2 else "virus"
-        for folder, name, film in (("NORMAL", f"IM-{i:04d}-0001.jpeg", "normal"),
-                                   ("PNEUMONIA", f"person{i}_{kind}_{i}.jpeg", kind)):
-            (root / "train" / folder).mkdir(parents=True, exist_ok=True)
-            Image.fromarray(_typed_chest(rng, film)).save(root / "train" / folder / name, quality=95)
-    config = TrainConfig(task="multiclass", model="simple_cnn", pretrained=False, image_size=32, epochs=4,
-                         batch_size=8, val_fraction=0.25)
-    return train(root, config, module_tmp("run-multiclass") / "run").parent
+@pytest.fixture
+def multiclass_run(tiny_multiclass_bundle: Path) -> Path:
+    """The session's tiny multiclass run (simple_cnn, 32 px, on the typed dataset, whose bacteria and virus differ):
+    the tests export into a copy of it."""
+    return tiny_multiclass_bundle.parent
 
 
 def _swap_bacteria_and_virus(graph: bytes) -> bytes:
