@@ -56,14 +56,14 @@ def test_an_etiology_runs_normal_films_are_not_its_training_films(tiny_etiology_
     normal = [dataclasses.replace(r, split="") for r in trained if r.label == "NORMAL"]
     sick = [dataclasses.replace(r, split="") for r in discover(tiny_dataset).split("test") if r.label == "PNEUMONIA"]
     write_manifest([*normal, *sick], tmp_path / "films.csv")
-    metrics = evaluate(first, tmp_path / "films.csv", out_dir=tmp_path / "eval", etiology=tiny_etiology_bundle)
+    metrics = evaluate(first, tmp_path / "films.csv", etiology=tiny_etiology_bundle)  # no report read: none written
     assert metrics["n"] == len(normal) + len(sick)
     assert not any("training split" in c and str(tiny_etiology_bundle) in c for c in metrics.get("caveats", []))
     own = next(dataclasses.replace(r, split="") for r in trained if r.label == "PNEUMONIA")
     write_manifest([*normal, *sick, own], tmp_path / "with-one.csv")
     with pytest.raises(ValueError, match=rf"1 of the films given to evaluate were in {tiny_etiology_bundle}'s "
                                          "training split"):
-        evaluate(first, tmp_path / "with-one.csv", out_dir=tmp_path / "eval-2", etiology=tiny_etiology_bundle)
+        evaluate(first, tmp_path / "with-one.csv", etiology=tiny_etiology_bundle)
 
 
 def test_a_bundle_learnt_from_that_was_trained_again_since_is_not_taken_at_its_word(
