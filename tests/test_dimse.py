@@ -499,7 +499,7 @@ def test_a_report_spooled_while_the_destination_is_down_arrives_once_when_it_is_
     down.shutdown()  # its port, with no one listening for now
     audit = AuditLog(tmp_path / "audit.jsonl")
     (out := tmp_path / "rows").mkdir()
-    port = listen(down.port, spool=(spool := tmp_path / "spool"), send_s=0.5, retry_s=0.2, audit=audit, out=out)
+    port = listen(down.port, spool=(spool := tmp_path / "spool"), send_s=0.5, retry_s=0.1, audit=audit, out=out)
     study = generate_uid()
     assert send(port, [chest_dicom(film, StudyInstanceUID=study)]) == [0]
     wait_for(lambda: f"study {study}: reports of 0 of 1 films stored" in caplog.text)
@@ -512,7 +512,7 @@ def test_a_report_spooled_while_the_destination_is_down_arrives_once_when_it_is_
     back = Destination_SCP(port=down.port)
     try:
         wait_for(lambda: "spooled, is stored at" in caplog.text)
-        time.sleep(1.0)  # five more tries of the spool
+        time.sleep(0.5)  # five more tries of the spool
     finally:
         back.shutdown()
     [sr] = back.received
@@ -726,10 +726,10 @@ def test_a_listener_started_again_sends_the_reports_an_earlier_one_left_in_the_s
     assert kept.name.startswith(f"{study}_")
     back = Destination_SCP(port=destination.port)
     try:
-        second = Listener(tiny_bundle, "PNEUMOSCAN", to, work, backend="torch", spool=spool, retry_s=0.2)
+        second = Listener(tiny_bundle, "PNEUMOSCAN", to, work, backend="torch", spool=spool, retry_s=0.1)
         server = second.start("127.0.0.1", 0)
         wait_for(lambda: "spooled, is stored at" in caplog.text)
-        time.sleep(0.6)  # more tries of the spool
+        time.sleep(0.3)  # more tries of the spool
         server.shutdown()
         second.stop()
     finally:
@@ -749,7 +749,7 @@ def test_the_command_scores_a_film_sent_to_it_and_sigterm_ends_it_with_its_folde
     --fhir the film's Observation, named as pacs --fhir names it, stating what its SR states."""
     (temp := tmp_path / "tmp").mkdir()
     command = subprocess.Popen(
-        [sys.executable, "-m", "pneumoscan", "listen", str(tiny_bundle), "--port", "0", "--backend", "torch",
+        [sys.executable, "-m", "pneumoscan", "listen", str(tiny_bundle), "--port", "0", "--backend", "onnx",
          "--store-to", f"DEST@127.0.0.1:{destination.port}", "--out", str(tmp_path / "rows"),
          "--fhir", str(tmp_path / "fhir")],
         env={**os.environ, "TMPDIR": str(temp)}, stderr=subprocess.PIPE, text=True)

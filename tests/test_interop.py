@@ -381,7 +381,7 @@ def test_malformed_patient_values_stay_out_of_a_real_runs_stderr(tiny_bundle: Pa
     out = tmp_path / "r.csv"
     run = subprocess.run(
         [sys.executable, "-m", "pneumoscan", "predict", str(tiny_bundle), str(tmp_path / "a.dcm"),
-         str(tmp_path / "b.dcm"), "--out", str(out), "--backend", "torch", "--dicom-sr", str(tmp_path / "sr"),
+         str(tmp_path / "b.dcm"), "--out", str(out), "--backend", "onnx", "--dicom-sr", str(tmp_path / "sr"),
          "--fhir", str(tmp_path / "fhir")],
         capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
     )  # fmt: skip

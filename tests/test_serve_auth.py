@@ -459,7 +459,7 @@ def test_cli_serves_with_a_key_file(tiny_bundle: Path, xray: bytes, tmp_path: Pa
     env = {k: v for k, v in os.environ.items() if k != "PNEUMOSCAN_API_KEY"}
     with (tmp_path / "log").open("wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "pneumoscan", "-q", "serve", str(tiny_bundle),
-                                 "--port", str(port), "--api-key-file", str(tmp_path / "key"), "--backend", "torch",
+                                 "--port", str(port), "--api-key-file", str(tmp_path / "key"), "--backend", "onnx",
                                  "--rate-limit", "3/minute"],
                                 stdout=out, stderr=subprocess.STDOUT, env={**env, "PYTHONUNBUFFERED": "1"})
     try:
@@ -579,7 +579,7 @@ def test_shutdown_waits_for_a_slow_upload_only_its_grace(tiny_bundle: Path, tmp_
     port = free_port()
     with (tmp_path / "log").open("wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "pneumoscan", "serve", str(tiny_bundle), "--port", str(port),
-                                 "--shutdown-grace", "1", "--body-timeout", "60"],
+                                 "--shutdown-grace", "0.2", "--body-timeout", "60"],
                                 stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         wait_healthy(proc, f"http://127.0.0.1:{port}", tmp_path / "log")
@@ -597,7 +597,7 @@ def test_shutdown_waits_for_a_slow_upload_only_its_grace(tiny_bundle: Path, tmp_
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert took < 10, f"exit {took:.1f} s after SIGTERM with a grace of 1 s"
+    assert took < 10, f"exit {took:.1f} s after SIGTERM with a grace of 0.2 s"
     # answered 503 (send it again), not 500 with uvicorn's "Exception in ASGI application" for a cancelled request,
     # with the busy 503's Retry-After: a balancer or client without one retried at once
     assert answer.startswith(b"HTTP/1.1 503 ") and b"the service is shutting down" in answer, answer
@@ -607,7 +607,7 @@ def test_shutdown_waits_for_a_slow_upload_only_its_grace(tiny_bundle: Path, tmp_
     # an event the operator chose, said as a warning that names it, not uvicorn's ERROR line (the journal's and an
     # alert's sign of a fault)
     assert "ERROR" not in log and "timeout graceful shutdown exceeded" not in log, log
-    assert re.search(r"^WARNING .*the --shutdown-grace of 1 s ran out with 1 request in progress", log, re.M), log
+    assert re.search(r"^WARNING .*the --shutdown-grace of 0.2 s ran out with 1 request in progress", log, re.M), log
     # and `serve --help` says what such a request gets: it had said only how long the requests have
     (sub,) = [a for a in cli.build_parser()._actions if a.dest == "command"]
     (grace,) = [a for a in sub.choices["serve"]._actions if "--shutdown-grace" in a.option_strings]

@@ -148,7 +148,7 @@ def test_full_queue_is_503_with_retry_after(tiny_bundle: Path, xray: bytes, monk
 
 
 def test_trickling_body_gets_408_and_is_closed(tiny_bundle: Path) -> None:
-    limits = Limits(body_timeout=0.5, header_timeout=1.0)
+    limits = Limits(body_timeout=0.2, header_timeout=1.0)
     with live(create_app(tiny_bundle, limits=limits), limits) as url:
         port = int(url.rsplit(":", 1)[1])
         with socket.create_connection(("127.0.0.1", port)) as sock:
@@ -170,7 +170,7 @@ def test_trickling_body_gets_408_and_is_closed(tiny_bundle: Path) -> None:
             stop.set()
             dripper.join()
         assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
-        assert b"did not arrive within 0.5 s" in answer and b'"reason":"upload_timeout"' in answer
+        assert b"did not arrive within 0.2 s" in answer and b'"reason":"upload_timeout"' in answer
         assert took < 5  # closed after the deadline, although bytes kept coming
 
 
@@ -200,7 +200,7 @@ def test_a_client_that_takes_none_of_its_answers_is_cut_off(tiny_bundle: Path) -
 @pytest.mark.parametrize("opening", [b"", b"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"])
 def test_stalled_or_trickling_head_is_closed(tiny_bundle: Path, opening: bytes) -> None:
     """A connection that sends nothing, or trickles its headers a byte at a time, is closed at the head deadline."""
-    limits = Limits(header_timeout=0.5, keep_alive=30)
+    limits = Limits(header_timeout=0.2, keep_alive=30)
     with live(create_app(tiny_bundle, limits=limits), limits) as url:
         port = int(url.rsplit(":", 1)[1])
         with socket.create_connection(("127.0.0.1", port)) as sock:
@@ -239,7 +239,7 @@ def test_early_answer_leaves_time_to_finish_the_upload(tiny_bundle: Path, xray: 
                     + b"\r\n--b--\r\n")
             with socket.create_connection(("127.0.0.1", port)) as sock:
                 sock.sendall(multipart_head(len(body)) + body[:100])
-                time.sleep(0.8)  # longer than the head deadline
+                time.sleep(0.5)  # longer than the head deadline
                 sock.sendall(body[100:])
                 sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
                 answers, _ = read_until_closed(sock, timeout=10)
@@ -447,12 +447,12 @@ def test_healthz_says_unhealthy_while_the_bundle_folder_hangs_and_the_rest_is_se
     /healthz answers 503 with the reason within the bounded wait, one check in flight for all the probes, while
     /v1/model and predictions are answered; once the folder answers the next probe says ok, and a check hung at
     the stop does not hold the server's exit."""
-    monkeypatch.setattr(service_module, "BUNDLE_WAIT_S", 0.5)
+    monkeypatch.setattr(service_module, "BUNDLE_WAIT_S", 0.2)
     app = create_app(tiny_bundle)  # the stamps taken at start, before the gate
     gate = Gate(service_module.file_stamp)
     monkeypatch.setattr(service_module, "file_stamp", gate)
     silent = {"status": "unhealthy", "model_id": app.state.card.id, "model_version": app.state.card.version,
-              "reason": service_module.BUNDLE_SILENT.format(0.5)}
+              "reason": service_module.BUNDLE_SILENT.format(0.2)}
     times: list[float] = []
 
     def probe(http: httpx.Client) -> httpx.Response:
