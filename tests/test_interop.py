@@ -1009,6 +1009,10 @@ def test_api_logs_no_patient_data(client: TestClient, film: np.ndarray, caplog: 
 
 ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"  # Debian packages orthanc, orthanc-dicomweb (make test)
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+# the tests' own requests to their servers (Orthanc's REST API, a PACS behind a proxy of the test's): httpx.post() and
+# the like make a client of their own each, and with it an SSL context that loads the system's CA certificates (tens
+# of ms, 80 times in this module); a connection each, as those made, none kept between tests
+HTTP = httpx.Client(limits=httpx.Limits(max_keepalive_connections=0))
 
 
 def _free_port() -> int:
@@ -1046,7 +1050,7 @@ def running_orthanc(folder: Path, lua: str | None = None, users: dict[str, str] 
             assert proc.poll() is None, f"Orthanc exited:\n{(folder / 'orthanc.log').read_text()}"
             assert time.monotonic() < deadline, "Orthanc did not start"
             try:
-                if httpx.get(f"{url}/system", timeout=2, auth=login).status_code == 200:
+                if HTTP.get(f"{url}/system", timeout=2, auth=login).status_code == 200:
                     break
             except httpx.TransportError:
                 time.sleep(0.05)  # Orthanc starts in about 0.4 s
@@ -1115,7 +1119,7 @@ def test_pacs_reads_a_study_and_stores_its_reports(
     form = scanned_form(study)
     other = chest_dicom(film)  # another study on the same server: not read
     for data in (*uploads, form, other):
-        assert httpx.post(f"{orthanc}/instances", content=data, timeout=30).status_code == 200
+        assert HTTP.post(f"{orthanc}/instances", content=data, timeout=30).status_code == 200
     out = tmp_path / "pacs.json"
     args = ["pacs", str(tiny_bundle), "--url", f"{orthanc}/dicom-web", "--study", study, "--store", "--heatmaps",
             "--out", str(out), "--backend", "torch"]  # fmt: skip
@@ -1238,7 +1242,7 @@ def test_a_report_numbered_9901_is_replaced_by_one_of_other_uids_that_names_it(
     assert new.SOPInstanceUID == pydicom.dcmread(first["dicom_sr"]).SOPInstanceUID and new.SeriesNumber != 9901
     [named] = new.PredecessorDocumentsSequence
     assert named.ReferencedSeriesSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == held.SOPInstanceUID
-    assert httpx.post(f"{orthanc}/instances", content=old, timeout=30).status_code == 200
+    assert HTTP.post(f"{orthanc}/instances", content=old, timeout=30).status_code == 200
     out = tmp_path / "pacs.json"
     assert cli.main(["pacs", str(tiny_bundle), "--url", f"{orthanc}/dicom-web", "--study", study, "--store",
                      "--out", str(out), "--backend", "torch"]) == 0
@@ -1490,7 +1494,7 @@ def test_a_report_filed_at_a_new_threshold_names_the_one_the_pacs_holds(
     """pacs --store after `pneumoscan threshold` files another report of the film (it may say Absent where the first
     said Present): it names the report the study holds from the earlier threshold as its predecessor."""
     study = generate_uid()
-    assert httpx.post(f"{orthanc}/instances", content=chest_dicom(film, StudyInstanceUID=study),
+    assert HTTP.post(f"{orthanc}/instances", content=chest_dicom(film, StudyInstanceUID=study),
                       timeout=30).status_code == 200
     site = tmp_path / "site.csv"
     write_manifest([make_record(r.path, r.label) for r in discover(tiny_dataset).split("test")], site)
@@ -1523,11 +1527,11 @@ def _stored_then_resent(orthanc: str, bundle: Path, tmp_path: Path, film: np.nda
     run's row, the second's)."""
     study = generate_uid()
     uids = {"StudyInstanceUID": study, "SeriesInstanceUID": generate_uid(), "SOPInstanceUID": generate_uid()}
-    posted = httpx.post(f"{orthanc}/instances", content=chest_dicom(film, **uids), timeout=30)
+    posted = HTTP.post(f"{orthanc}/instances", content=chest_dicom(film, **uids), timeout=30)
     url = f"{orthanc}/dicom-web"
     first = _pacs_store(bundle, url, study, tmp_path / "first.json")
-    assert httpx.delete(f"{orthanc}/instances/{posted.json()['ID']}", timeout=30).status_code == 200
-    assert httpx.post(f"{orthanc}/instances", content=chest_dicom(resent, **uids, **changed),
+    assert HTTP.delete(f"{orthanc}/instances/{posted.json()['ID']}", timeout=30).status_code == 200
+    assert HTTP.post(f"{orthanc}/instances", content=chest_dicom(resent, **uids, **changed),
                       timeout=30).status_code == 200
     return study, url, first, _pacs_store(bundle, url, study, tmp_path / "again.json", status=1)
 
@@ -1570,8 +1574,8 @@ def test_a_rerun_after_the_patients_details_were_corrected_is_not_stored_when_th
         for what, uid in zip(("DICOM SR", "Grad-CAM Secondary Capture"), first["stored"])]
     assert not any(value in json.dumps(again) for value in ("Corrected", "Jane", "20200202", "20200101"))
     for uid in first["stored"]:
-        [found] = httpx.post(f"{orthanc}/tools/lookup", content=uid, timeout=30).json()
-        assert httpx.delete(f"{orthanc}/instances/{found['ID']}", timeout=30).status_code == 200
+        [found] = HTTP.post(f"{orthanc}/tools/lookup", content=uid, timeout=30).json()
+        assert HTTP.delete(f"{orthanc}/instances/{found['ID']}", timeout=30).status_code == 200
     assert _pacs_store(tiny_bundle, url, study, tmp_path / "fixed.json")["stored"] == first["stored"]
     client = DICOMwebClient(url=url)
     held = [client.retrieve_instance(study, i["0020000E"]["Value"][0], i["00080018"]["Value"][0])
@@ -1619,7 +1623,7 @@ def test_a_film_a_rejection_note_withdraws_is_not_scored_nor_reported(
     notes = [key_object_selection(codes.DCM.RejectedForPatientSafetyReasons, headers[1:]),
              key_object_selection(codes.DCM.OfInterest, headers[:1])]
     for data in (kept, wrong, *notes):
-        assert httpx.post(f"{orthanc}/instances", content=data, timeout=30).status_code == 200
+        assert HTTP.post(f"{orthanc}/instances", content=data, timeout=30).status_code == 200
     out = tmp_path / "pacs.json"
     assert cli.main(["pacs", str(tiny_bundle), "--url", f"{orthanc}/dicom-web", "--study", study, "--store",
                      "--out", str(out), "--backend", "torch"]) == 0
@@ -1695,7 +1699,7 @@ def serving(handler: type[BaseHTTPRequestHandler], tls: ssl.SSLContext | None = 
 def _pass_through(handler: BaseHTTPRequestHandler, url: str) -> httpx.Response:
     """Send ``handler``'s GET on to ``url``, and the answer's status and headers back: the caller may add
     headers, then ends them and writes the answer's body."""
-    answer = httpx.get(url, headers={"Accept": handler.headers.get("Accept", "*/*")}, timeout=30)
+    answer = HTTP.get(url, headers={"Accept": handler.headers.get("Accept", "*/*")}, timeout=30)
     handler.send_response(answer.status_code)
     handler.send_header("Content-Type", answer.headers.get("content-type", "application/octet-stream"))
     handler.send_header("Content-Length", str(len(answer.content)))
@@ -1747,7 +1751,7 @@ def test_pacs_stopped_by_sigterm_removes_the_films_it_downloaded(orthanc: str, t
     study = generate_uid()
     for _ in range(2):
         data = chest_dicom(film, StudyInstanceUID=study)
-        assert httpx.post(f"{orthanc}/instances", content=data, timeout=30).status_code == 200
+        assert HTTP.post(f"{orthanc}/instances", content=data, timeout=30).status_code == 200
     retrievals, held = [], threading.Event()
 
     class Front(_Quiet):
@@ -1838,7 +1842,7 @@ def partial_stow(upstream: str, modality: str, reason: int) -> Iterator[tuple[st
                 failed_uids.append(ds.SOPInstanceUID)
                 failed.append(_failed_item(ds, reason))
             content, kind = dicom_multipart(kept)
-            upstream_answer = httpx.post(f"{root}{self.path}", content=content, timeout=30,
+            upstream_answer = HTTP.post(f"{root}{self.path}", content=content, timeout=30,
                                          headers={"Content-Type": kind, "Accept": "application/dicom+json"})
             assert upstream_answer.status_code == 200, upstream_answer.text
             answer = upstream_answer.json()
@@ -1859,7 +1863,7 @@ def test_pacs_reads_every_page_of_a_paged_search(orthanc: str, tiny_bundle: Path
     study = generate_uid()
     uploads = [chest_dicom(film, StudyInstanceUID=study) for _ in range(5)]
     for data in uploads:
-        assert httpx.post(f"{orthanc}/instances", content=data, timeout=30).status_code == 200
+        assert HTTP.post(f"{orthanc}/instances", content=data, timeout=30).status_code == 200
     out = tmp_path / "pacs.json"
     with paged_qido(f"{orthanc}/dicom-web", page=2) as url:
         assert cli.main(["pacs", str(tiny_bundle), "--url", url, "--study", study, "--out", str(out),
@@ -1892,7 +1896,7 @@ def test_pacs_refuses_a_study_whose_instances_share_a_sop_instance_uid(orthanc: 
     study, sop = generate_uid(), generate_uid()
     for _ in range(2):
         data = chest_dicom(film, StudyInstanceUID=study, SeriesInstanceUID=generate_uid(), SOPInstanceUID=sop)
-        assert httpx.post(f"{orthanc}/instances", content=data, timeout=30).status_code == 200
+        assert HTTP.post(f"{orthanc}/instances", content=data, timeout=30).status_code == 200
     assert cli.main(["-q", "pacs", str(tiny_bundle), "--url", f"{orthanc}/dicom-web", "--study", study]) == 2
     assert f"the study holds several instances under one SOP Instance UID ({sop})" in capsys.readouterr().err
 
@@ -1906,10 +1910,10 @@ def test_pacs_refuses_a_study_whose_instances_belong_to_two_patients(orthanc: st
     named, the ids not shown, and nothing is filed."""
     study = generate_uid()
     uids = {"StudyInstanceUID": study, "SeriesInstanceUID": generate_uid(), "SOPInstanceUID": generate_uid()}
-    posted = httpx.post(f"{orthanc}/instances", content=chest_dicom(film, **uids, PatientID="EARLIER-77"), timeout=30)
+    posted = HTTP.post(f"{orthanc}/instances", content=chest_dicom(film, **uids, PatientID="EARLIER-77"), timeout=30)
     first = _pacs_store(tiny_bundle, f"{orthanc}/dicom-web", study, tmp_path / "first.json")
-    assert httpx.delete(f"{orthanc}/instances/{posted.json()['ID']}", timeout=30).status_code == 200
-    assert httpx.post(f"{orthanc}/instances", content=chest_dicom(film, **uids, PatientID="CORRECTED-88"),
+    assert HTTP.delete(f"{orthanc}/instances/{posted.json()['ID']}", timeout=30).status_code == 200
+    assert HTTP.post(f"{orthanc}/instances", content=chest_dicom(film, **uids, PatientID="CORRECTED-88"),
                       timeout=30).status_code == 200
     capsys.readouterr()
     assert cli.main(["-q", "pacs", str(tiny_bundle), "--url", f"{orthanc}/dicom-web", "--study", study, "--store",
@@ -2134,7 +2138,7 @@ def test_a_202_answer_stores_only_what_it_lists_and_warns_of_each_failure(
     """dicomweb-client raises nothing on a 202: the row must not claim the overlay the PACS failed to store."""
     study = generate_uid()
     upload = chest_dicom(film, StudyInstanceUID=study)
-    assert httpx.post(f"{orthanc}/instances", content=upload, timeout=30).status_code == 200
+    assert HTTP.post(f"{orthanc}/instances", content=upload, timeout=30).status_code == 200
     with partial_stow(f"{orthanc}/dicom-web", modality="OT", reason=0xA700) as (url, failed):
         row = _pacs_store(tiny_bundle, url, study, tmp_path / "pacs.json", status=1)
     [overlay] = failed
@@ -2166,7 +2170,7 @@ def test_an_instance_a_real_pacs_failed_to_store_is_not_recorded_as_stored(
     study = generate_uid()
     upload = chest_dicom(film, StudyInstanceUID=study)
     with running_orthanc(tmp_path / "orthanc", lua=REFUSE_OVERLAYS) as root:
-        assert httpx.post(f"{root}/instances", content=upload, timeout=30).status_code == 200
+        assert HTTP.post(f"{root}/instances", content=upload, timeout=30).status_code == 200
         row = _pacs_store(tiny_bundle, f"{root}/dicom-web", study, tmp_path / "pacs.json", status=1)
         held = _held(root, study)
     [sr_uid] = held - {pydicom.dcmread(io.BytesIO(upload)).SOPInstanceUID}
@@ -2220,7 +2224,7 @@ def refusing_front(upstream: str, refusals: dict[int, int], missing: str = "",
                 return
             if status in (None, NO_ANSWER):
                 content, kind = dicom_multipart(parts)
-                answer = httpx.post(f"{root}{self.path}", content=content, timeout=30,
+                answer = HTTP.post(f"{root}{self.path}", content=content, timeout=30,
                                     headers={"Content-Type": kind, "Accept": accept})
                 if status == NO_ANSWER:
                     return  # one request a connection (HTTP/1.0): it closes with no answer
@@ -2249,7 +2253,7 @@ def test_one_films_refusal_or_retrieval_error_marks_its_row_and_the_study_goes_o
     study = generate_uid()
     uploads = [chest_dicom(film, StudyInstanceUID=study) for _ in range(4)]
     for data in uploads:
-        assert httpx.post(f"{orthanc}/instances", content=data, timeout=30).status_code == 200
+        assert HTTP.post(f"{orthanc}/instances", content=data, timeout=30).status_code == 200
     missing = pydicom.dcmread(io.BytesIO(uploads[3])).SOPInstanceUID
     out = tmp_path / "pacs.json"
     with refusing_front(f"{orthanc}/dicom-web", {2: 409, 3: 500}, missing=missing) as (url, refused):
@@ -2281,7 +2285,7 @@ def test_a_store_tried_again_after_a_503_sends_the_whole_message(
     streamed the message from a generator, its retry sent nothing, and the reports were counted refused."""
     study = generate_uid()
     upload = chest_dicom(np.kron(film, np.ones((2, 2), film.dtype)), StudyInstanceUID=study)  # 448 px a side
-    assert httpx.post(f"{orthanc}/instances", content=upload, timeout=30).status_code == 200
+    assert HTTP.post(f"{orthanc}/instances", content=upload, timeout=30).status_code == 200
     with refusing_front(f"{orthanc}/dicom-web", {1: 503}) as (url, refused):
         row = _pacs_store(tiny_bundle, url, study, tmp_path / "pacs.json")
     assert row["stored"] == refused[1] and len(row["stored"]) == 2 and row["warnings"] == []
@@ -2299,7 +2303,7 @@ def test_a_store_left_unanswered_marks_its_film_and_the_study_goes_on(
     command exits 1."""
     study = generate_uid()
     for _ in range(2):
-        assert httpx.post(f"{orthanc}/instances", content=chest_dicom(film, StudyInstanceUID=study),
+        assert HTTP.post(f"{orthanc}/instances", content=chest_dicom(film, StudyInstanceUID=study),
                           timeout=30).status_code == 200
     out = tmp_path / "pacs.json"
     with refusing_front(f"{orthanc}/dicom-web", dict.fromkeys((1, 2, 3), NO_ANSWER)) as (url, _):
@@ -2320,7 +2324,7 @@ def test_a_store_past_the_read_timeout_names_the_option(orthanc: str, tiny_bundl
     is tried once, as every read timeout is. --read-timeout is 1 s: the study's QIDO-RS and the film's WADO-RS,
     through the front and Orthanc, must answer within it on a busy machine."""
     study = generate_uid()
-    assert httpx.post(f"{orthanc}/instances", content=chest_dicom(film, StudyInstanceUID=study),
+    assert HTTP.post(f"{orthanc}/instances", content=chest_dicom(film, StudyInstanceUID=study),
                       timeout=30).status_code == 200
     out = tmp_path / "pacs.json"
     with refusing_front(f"{orthanc}/dicom-web", {1: STALL}) as (url, _):
@@ -2341,7 +2345,7 @@ def test_a_store_answer_with_a_charset_parameter_is_read(orthanc: str, tiny_bund
     """A PACS (or its proxy) answering 'application/dicom+json; charset=utf-8' had its answer dropped by
     dicomweb-client's exact media-type match: every report stored was counted unconfirmed, exit status 1."""
     study = generate_uid()
-    assert httpx.post(f"{orthanc}/instances", content=chest_dicom(film, StudyInstanceUID=study),
+    assert HTTP.post(f"{orthanc}/instances", content=chest_dicom(film, StudyInstanceUID=study),
                       timeout=30).status_code == 200
     with refusing_front(f"{orthanc}/dicom-web", {}, answer_type="application/dicom+json; charset=utf-8") as (url, _):
         row = _pacs_store(tiny_bundle, url, study, tmp_path / "pacs.json")
@@ -2358,7 +2362,7 @@ def test_a_store_answer_in_xml_counts_what_the_pacs_stored(tiny_bundle: Path, fi
     study = generate_uid()
     upload = chest_dicom(film, StudyInstanceUID=study)
     with running_orthanc(tmp_path / "orthanc", lua=REFUSE_OVERLAYS) as root:
-        assert httpx.post(f"{root}/instances", content=upload, timeout=30).status_code == 200
+        assert HTTP.post(f"{root}/instances", content=upload, timeout=30).status_code == 200
         with refusing_front(f"{root}/dicom-web", {}, answer_type=XML, accept=XML) as (url, _):
             row = _pacs_store(tiny_bundle, url, study, tmp_path / "pacs.json", status=1)
         held = _held(root, study)
@@ -2390,7 +2394,7 @@ def test_a_scored_film_without_a_filed_report_fails_the_command(
     """No SR could be made (a PatientSex highdicom refuses): nothing was sent, and that is no success."""
     caplog.set_level(logging.INFO, logger="pneumoscan")
     study = generate_uid()
-    assert httpx.post(f"{orthanc}/instances", content=chest_dicom(film, StudyInstanceUID=study, PatientSex="U"),
+    assert HTTP.post(f"{orthanc}/instances", content=chest_dicom(film, StudyInstanceUID=study, PatientSex="U"),
                       timeout=30).status_code == 200
     row = _pacs_store(tiny_bundle, f"{orthanc}/dicom-web", study, tmp_path / "pacs.json", status=1)
     assert "probability" in row and "stored" not in row and len(_held(orthanc, study)) == 1
@@ -2599,7 +2603,7 @@ def test_pacs_credentials_are_sent_and_never_shown(tiny_bundle: Path, film: np.n
     with running_orthanc(tmp_path / "orthanc", users={"alice": password, "bob": password, "carol": password},
                          lua=ONLY_ALICE) as root:
         data = chest_dicom(film, StudyInstanceUID=study)
-        assert httpx.post(f"{root}/instances", content=data, auth=("alice", password), timeout=30).status_code == 200
+        assert HTTP.post(f"{root}/instances", content=data, auth=("alice", password), timeout=30).status_code == 200
         with_user = root.replace("http://", f"http://alice:{password}@") + "/dicom-web"
         out = tmp_path / "pacs.json"
         base = ["pacs", str(tiny_bundle), "--backend", "torch", "--study"]
@@ -2824,7 +2828,7 @@ def hostile_front(upstream: str, wado: dict[str, object] | None = None, extra: l
             if answer is not None:
                 return answer(self)
             if path.endswith("/instances") and extra:
-                found = httpx.get(f"{root}{self.path}", timeout=30).json()
+                found = HTTP.get(f"{root}{self.path}", timeout=30).json()
                 body = json.dumps(found + extra if found else []).encode()  # the offset page after them: empty
                 self.send_response(200)
                 self.send_header("Content-Type", "application/dicom+json")
@@ -2843,7 +2847,7 @@ def hostile_front(upstream: str, wado: dict[str, object] | None = None, extra: l
                 self.send_header("Content-Length", "0")
                 return self.end_headers()
             content, kind = dicom_multipart(parts)
-            answer = httpx.post(f"{root}{self.path}", content=content, timeout=30,
+            answer = HTTP.post(f"{root}{self.path}", content=content, timeout=30,
                                 headers={"Content-Type": kind, "Accept": "application/dicom+json"})
             self.send_response(answer.status_code)
             self.send_header("Content-Type", "application/dicom+json")
@@ -2914,7 +2918,7 @@ def _wado_answer(body: bytes, kind: str = "application/dicom", length: int | Non
 
 
 def _upload(orthanc: str, data: bytes) -> Dataset:
-    assert httpx.post(f"{orthanc}/instances", content=data, timeout=30).status_code == 200
+    assert HTTP.post(f"{orthanc}/instances", content=data, timeout=30).status_code == 200
     return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
 
 
