@@ -35,12 +35,16 @@ TIMEOUT_MS = 30_000  # a shared 2-core machine can be slow
 # the viewer's caption of a film shown from the service's decode (?image=true): its rendering's size, the service's
 SERVICE_CAPTION = f"as decoded by the service (8-bit, at most {MAX_PANEL:,} pixels a side)."
 AXE = Axe()  # axe-core's script as the package bundles it: nothing is fetched
+AXE_OPTIONS = {"resultTypes": ["violations"]}  # what Axe.run asks axe.run for
 
 
 def serious_violations(page: Page) -> list[str]:
     """What axe-core reports on the page as it stands, serious or critical: each rule with the elements it failed on
     (the reading page's states, tests/test_page.py; the evaluation reports, tests/test_report.py)."""
-    found = AXE.run(page).response["violations"]
+    # axe-core (a 550 KB script) is put in each document once, not once a state: Axe.run compiles it again each call
+    if not page.evaluate("() => typeof axe === 'object' && typeof axe.run === 'function'"):
+        page.evaluate(AXE.axe_script)
+    found = page.evaluate("(options) => axe.run(options)", AXE_OPTIONS)["violations"]
     return [f"{v['id']}: {v['help']} ({', '.join(str(n['target']) for n in v['nodes'])})" for v in found
             if v["impact"] in ("serious", "critical")]
 
