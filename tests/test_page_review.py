@@ -35,7 +35,8 @@ from tests.builders import at_threshold, content_check_on, nudge_weights, runnin
 from tests.test_browser import PAGE_KEY, TIMEOUT_MS, drop_file, run_server
 from tests.test_heatmap_scale import sentence
 
-browser, server, page, small = test_page.browser, test_page.server, test_page.page, test_page.small
+browser, server, tabs, page = test_page.browser, test_page.server, test_page.tabs, test_page.page
+small = test_page.small
 pgm_reader = test_readers.pgm_reader
 
 

@@ -23,7 +23,8 @@ from tests.builders import nudge_weights, running
 from tests.test_browser import TIMEOUT_MS, WARD, serious_violations
 from tests.test_page import opened_page, upload_one
 
-browser, server, page, small = test_page.browser, test_page.server, test_page.page, test_page.small
+browser, server, tabs, page = test_page.browser, test_page.server, test_page.tabs, test_page.page
+small = test_page.small
 
 ROWS = "#films tbody tr"
 
