@@ -83,6 +83,33 @@ def test_threshold_refuses_the_test_split_folder_given_itself(tiny_bundle: Path,
         assert "the test split measures a bundle and never chooses its threshold" in err and not out.exists()
 
 
+def test_an_evaluations_predictions_csv_chooses_a_threshold_only_of_validation_films(
+        tiny_bundle: Path, tiny_evaluation: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """`threshold BUNDLE EVAL/predictions.csv`, EVAL an evaluation of the test split, read the file as a manifest of
+    no split and chose the threshold on the test films; ensemble --data shares the check. One that does not
+    say is refused as one that may be; an evaluation of the run's validation split still chooses one."""
+    out = tmp_path / "new"
+    scores = tiny_evaluation / "predictions.csv"
+    assert cli.main(["-q", "threshold", str(tiny_bundle), str(scores), "--youden", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{scores}: {tiny_evaluation / 'metrics.json'} says an evaluation of test films" in err
+    assert "choose it on validation films" in err and not out.exists()
+    with pytest.raises(ValueError, match="never chooses its temperature and thresholds"):
+        refuse_test_films(discover(scores).records, scores, "temperature and thresholds")
+    old = tmp_path / "old"  # an evaluation that does not say: refused as one that may be of test films
+    old.mkdir()
+    shutil.copy(scores, old / "predictions.csv")
+    metrics = json.loads((tiny_evaluation / "metrics.json").read_text())
+    (old / "metrics.json").write_text(json.dumps({k: v for k, v in metrics.items() if k != "test_split"}))
+    with pytest.raises(ValueError, match="does not record whether they are test films"):
+        refuse_test_films(discover(old / "predictions.csv").records, old / "predictions.csv", "threshold")
+    val = tmp_path / "eval-val"
+    evaluate(tiny_bundle, tiny_bundle.parent / "split.csv", "val", val)
+    assert cli.main(["-q", "threshold", str(tiny_bundle), str(val / "predictions.csv"), "--youden", "--out",
+                     str(out)]) == 0
+    assert json.loads((val / "metrics.json").read_text())["test_split"] is False
+
+
 def test_the_test_folder_is_test_films_for_every_choice_but_its_copies_are_not(tiny_dataset: Path,
                                                                                tmp_path: Path) -> None:
     """The check `ensemble --data` shares: a folder named test in any case is the test split; the same films

@@ -34,8 +34,8 @@ from pneumoscan.data.tasks import Task, binary_targets, get_task, list_tasks
 from pneumoscan.inference.onnx_runtime import INT8_NAME
 from pneumoscan.inference.predict import NO_HEATMAP, Predictor, check_bundle_stages, stage_fields, stage_scope
 from pneumoscan.models.card import WEIGHTS, BundleCard, load_card, proven_run_split, refuse_model_files
-from pneumoscan.models.run_folder import PREDICTIONS, PREDICTIONS_CHECKSUM
-from .held_out import HeldOutFindings, HeldOutPolicy, check_held_out
+from pneumoscan.models.run_folder import PREDICTIONS, PREDICTIONS_CHECKSUM, TEST_SPLIT
+from .held_out import HeldOutFindings, HeldOutPolicy, check_held_out, test_films
 from .methods import METHODS, methods_text, software
 from .model_card import MODEL_CARD, add_evaluation, counted, evaluation_record, left_out_said
 from .report import METRICS, MODEL_ID, THRESHOLD_DIGITS, report_files, write_report
@@ -389,6 +389,7 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
     metrics = _figures(task, probs, scores, targets, threshold, points, groups, prevalences, by_field, auc_test)
     _annotate(metrics, bundle, card, backend, tta, name, copies, films.unreadable, held_out.caveats)
     _list_films(metrics, films, task, held_out, outside, conflicts)
+    metrics[TEST_SPLIT] = test_films(records, data)  # predictions.csv names no split: threshold reads it here
     second: dict[str, list] | None = None  # predictions.csv's columns of the second stage
     second_card: BundleCard | None = None
     if etiology is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 from collections.abc import Iterable, Sequence
@@ -22,7 +23,7 @@ from pneumoscan.data.walk import file_identity
 from pneumoscan.models.card import (CARD, ENSEMBLE, BundleCard, card_task, load_card, member_label, member_sources,
                                    WEIGHTS, out_of_fold_ensemble, refused_as, replaced_members, retrained_sources,
                                    run_split, split_beside, teacher_label)
-from pneumoscan.models.run_folder import RunFolder
+from pneumoscan.models.run_folder import METRICS, PREDICTIONS, PREDICTIONS_CHECKSUM, TEST_SPLIT, RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -548,14 +549,47 @@ def refuse_test_films(records: Sequence[Record], data: Path | str, what: str, ca
     measures a bundle, and figures on films that chose its numbers are optimistic. Test films are those a dataset
     root's test split holds (``--split test``, or the root without ``--split``) and those of a folder named test
     given itself (``DATA/test`` of the Kaggle layout, or a link to it), whose records name no split (a dataset root
-    that happens to be named test has split folders, and its records their splits)."""
-    if any(r.split == "test" for r in records) or (_test_folder(data) and not any(r.split for r in records)):
+    that happens to be named test has split folders, and its records their splits), and an ``evaluate`` output's
+    predictions.csv whose metrics.json says they are (:func:`_evaluated_test_films`)."""
+    _evaluated_test_films(data, what)
+    if test_films(records, data):
         # a cv ensemble's runs hold no film new to every member: its runs' validation splits are refused too
         runs = (": every film of its cv runs trained one member or another; or build it again with `ensemble --cv` "
                 "and another policy" if card and out_of_fold_ensemble(card) else
                 "; RUN/split.csv --split val, the run's validation split, is accepted with a warning")
         raise ValueError(f"{data}: the test split measures a bundle and never chooses its {what}; give "
                          f"films the bundle never saw (a folder or manifest of your own labelled films{runs})")
+
+
+def test_films(records: Sequence[Record], data: Path | str) -> bool:
+    """Whether DATA's films are test films (:func:`refuse_test_films`'s rule): ``evaluate`` records it in
+    metrics.json, its predictions.csv naming no split."""
+    return any(r.split == "test" for r in records) or (_test_folder(data) and not any(r.split for r in records))
+
+
+def _evaluated_test_films(data: Path | str, what: str) -> None:
+    """Refuse DATA, an ``evaluate`` output's predictions.csv (its metrics.json beside it records the file's checksum),
+    when that metrics.json says its films are test films, or says nothing of it (unreadable, or written before it
+    was recorded): read as a manifest the file names no split, and the test films chose a threshold unseen."""
+    data = Path(data)
+    metrics = data.parent / METRICS
+    if data.name != PREDICTIONS or not data.is_file() or not metrics.is_file():
+        return
+    try:
+        record = json.loads(metrics.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:  # ValueError: not JSON, or not UTF-8
+        raise ValueError(f"{data}: {metrics} beside it cannot be read ({e}), so it cannot be told whether these are "
+                         f"test films; give the films themselves to choose the {what} on") from None
+    if not isinstance(record, dict) or PREDICTIONS_CHECKSUM not in record:
+        return  # no evaluate output: a manifest of the user's own that happens to be named predictions.csv
+    test = record.get(TEST_SPLIT)
+    if test is False:
+        return
+    why = ("an evaluation of test films" if test is True else
+           f"it does not record whether they are test films ({TEST_SPLIT}: an older pneumoscan's evaluation?)")
+    raise ValueError(f"{data}: {metrics} says {why}: the test split measures a bundle and never chooses its {what}; "
+                     "choose it on validation films (RUN/split.csv --split val, or an evaluation of them) or "
+                     "labelled films of your own the bundle never saw")
 
 
 def _test_folder(data: Path | str) -> bool:
