@@ -490,6 +490,23 @@ def test_delong_refuses_what_it_cannot_scale() -> None:
         delong_difference(np.array([True, False, True, False]), np.stack([same[0], np.full(4, 0.5)]), np.arange(4))
 
 
+def test_two_models_ranking_every_film_alike_have_no_auc_interval() -> None:
+    """A model and its scores squared order the films alike: their AUCs are equal on every resample and DeLong's
+    variance of the difference is 0, so the score-type interval was [0, 0], a certain "no difference" from 12
+    patients. It has none, under either test, and compare says why, as it does of rates called alike."""
+    from pneumoscan.evaluation.compare import no_interval
+
+    positive = np.arange(12) % 2 == 0
+    first = np.array([0.9, 0.2, 0.8, 0.6, 0.4, 0.3, 0.7, 0.1, 0.95, 0.5, 0.65, 0.35])
+    scores = np.stack([first, first ** 2])
+    for auc_test in ("permutation", "delong"):
+        auc = paired_differences(positive, scores, scores >= 0.5, np.arange(12), auc_test=auc_test)["auc"]
+        assert auc["difference"] == 0 and auc["ci"] is None and auc["ci_method"] == SCORE
+        assert no_interval(auc) == "both runs rank every film alike"
+    apart = paired_differences(positive, np.stack([first, first[::-1]]), scores >= 0.5, np.arange(12))["auc"]
+    assert apart["ci"] is not None and not apart["ranked_alike"]
+
+
 def test_paired_differences_test_auc_by_delong_where_asked() -> None:
     """--auc-test delong: the AUC's p is the clustered DeLong test's, said so; the rates' stay permutation tests,
     each saying whether every swap was counted (8 patients: 256) or 9,999 drawn (60 patients)."""

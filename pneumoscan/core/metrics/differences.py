@@ -299,7 +299,8 @@ def paired_differences(positive: np.ndarray, scores: np.ndarray, called: np.ndar
 
     The AUC difference's interval, whichever the test, is the score-type one on DeLong's variance clustered by
     patient (:func:`_delong_paired`, :data:`SCORE`; none where that variance cannot be had: fewer than two patients
-    with films of a class, or no spread to scale a difference by): near an AUC of 1 the patients' percentile
+    with films of a class, or no spread to scale a difference by, as where the two models rank every film alike,
+    said by the entry's ``ranked_alike``): near an AUC of 1 the patients' percentile
     bootstrap held a true difference in 0.914-0.946 of simulated sets, and its BCa form no better, where the
     score-type interval held it in 0.952-0.994 (docs/results.md). A rate's is Newcombe's (:func:`paired_rate_ci`,
     :data:`NEWCOMBE`). Either interval is none where the figure's films are of fewer than
@@ -326,16 +327,16 @@ def paired_differences(positive: np.ndarray, scores: np.ndarray, called: np.ndar
     if positive.any() and (~positive).any():
         figures = _weighted_auc(scores, positive, np.ones((1, units.size)), unit_of)
         films = np.ones_like(positive)
-        if auc_test == "delong":
-            tested, ci = _delong_paired(positive, scores, unit_of)
-        else:
-            tested = _sign_flip_p(np.bincount(unit_of, _auc_parts(scores, positive), units.size)
-                                  / (positive.sum() * (~positive).sum()))
-            try:
-                ci = _delong_paired(positive, scores, unit_of)[1]
-            except ValueError:  # no DeLong variance: fewer than two patients of a class, or none to scale by
-                ci = None
-        out["auc"] = _paired(figures, tested, (ci, SCORE), films, unit_of)
+        delong: tuple[Tested, list[float] | None] | None = None
+        try:
+            delong = _delong_paired(positive, scores, unit_of)
+        except ValueError:  # no DeLong variance: fewer than two patients of a class, or none to scale by
+            if auc_test == "delong":
+                raise
+        tested = delong[0] if delong is not None and auc_test == "delong" else _sign_flip_p(
+            np.bincount(unit_of, _auc_parts(scores, positive), units.size) / (positive.sum() * (~positive).sum()))
+        out["auc"] = _paired(figures, tested, (None if delong is None else delong[1], SCORE), films, unit_of)
+        out["auc"]["ranked_alike"] = delong is not None and delong[1] is None  # compare says why it has no interval
     hits = (called == positive).astype(float)  # each model's right calls
     for name, films in (("sensitivity", positive), ("specificity", ~positive)):
         if films.any():
@@ -405,10 +406,13 @@ def delong_difference(positive: np.ndarray, scores: np.ndarray, patients: np.nda
     return _delong_paired(positive, scores, patients)[0]
 
 
-def _delong_paired(positive: np.ndarray, scores: np.ndarray, patients: np.ndarray) -> tuple[Tested, list[float]]:
+def _delong_paired(positive: np.ndarray, scores: np.ndarray, patients: np.ndarray,
+                   ) -> tuple[Tested, list[float] | None]:
     """:func:`delong_difference`'s test with the difference's 95% interval, the score-type interval on the same
     clustered variance (:func:`~.auc_intervals.difference_ci`: never narrower than DeLong's Wald interval t +- z
-    sqrt(variance), wider above or below it near an AUC of 1), [0, 0] where the models rank every film alike."""
+    sqrt(variance), wider above or below it near an AUC of 1); None where the models rank every film alike (the
+    variance 0): [0, 0] would read as a certain "no difference" where these films cannot tell one, as a rate's
+    interval is none where the two models call every film alike (:func:`_paired`)."""
     from scipy.stats import norm
 
     positive, scores = np.asarray(positive, dtype=bool), np.asarray(scores, dtype=float)
@@ -422,7 +426,7 @@ def _delong_paired(positive: np.ndarray, scores: np.ndarray, patients: np.ndarra
     variance = float(covariance[0, 0] + covariance[1, 1] - 2 * covariance[0, 1])
     if variance <= 1e-15:
         if abs(t) <= 1e-12:
-            return Tested(1.0, DELONG), [0.0, 0.0]
+            return Tested(1.0, DELONG), None
         raise ValueError("DeLong's test cannot scale an AUC difference of films ranked alike within each model "
                          "(its variance is 0): use the permutation test")
     return (Tested(float(2 * norm.sf(abs(t) / math.sqrt(variance))), DELONG),
