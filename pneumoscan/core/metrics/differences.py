@@ -48,8 +48,8 @@ import numpy as np
 
 from ..options import AUC_TESTS
 from .auc_intervals import _effective_sizes, _sides, delong_components, delong_covariance, difference_ci, variance_shape
-from .intervals import (ALPHA, BOOTSTRAP_SEED, FEW_PATIENTS, ROWS_AT_ONCE, _bootstrap_counts, _resampled_sums,
-                        net_benefit_parts)
+from .intervals import ALPHA, BOOTSTRAP_SEED, FEW_PATIENTS, _bootstrap_counts, _resampled_sums, net_benefit_parts
+from .summaries import roc_auc
 
 RESAMPLES = 9999  # shuffles drawn where counting every assignment of patients to groups would take more
 BATCH = 500  # shuffles scored at once: 5,000 patients took 1.8 GB in one batch of 9,999
@@ -325,7 +325,7 @@ def paired_differences(positive: np.ndarray, scores: np.ndarray, called: np.ndar
     units, unit_of = np.unique(np.asarray(patients), return_inverse=True)
     out: dict[str, dict[str, Any]] = {}
     if positive.any() and (~positive).any():
-        figures = _weighted_auc(scores, positive, np.ones((1, units.size)), unit_of)
+        figures = np.array([[roc_auc(positive, s)] for s in scores])
         films = np.ones_like(positive)
         delong: tuple[Tested, list[float] | None] | None = None
         try:
@@ -522,32 +522,10 @@ def _sign_flip_p(parts: np.ndarray) -> Tested:
 def _ranked_negatives(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
     """The negative films in order of score, and each positive film's place among them (in film order): the
     negatives scored below it and those not above it, whose mean counts a tie half. Found once, an AUC in each
-    shuffle or resample counts its own negatives up to each place (:func:`auc_difference`, :func:`_weighted_auc`)."""
+    shuffle counts its own negatives up to each place (:func:`auc_difference`)."""
     negatives = np.flatnonzero(~positive)
     negatives = negatives[np.argsort(scores[negatives], kind="stable")]
     return negatives, [np.searchsorted(scores[negatives], scores[positive], side) for side in ("left", "right")]
-
-
-def _weighted_auc(scores: np.ndarray, positive: np.ndarray, counts: np.ndarray, units: np.ndarray) -> np.ndarray:
-    """Each model's AUC in each resample (2, resamples), a film counted as often as its unit (``units``, one a film)
-    is drawn in ``counts`` (resamples, units): each positive film's place among the negatives by score found once a
-    model (ties counting half), and each resample's negatives counted up to it, a few resamples at a time (the films'
-    weights of 2,000 resamples of 100,000 films took 1.6 GB, and this 4.8 GB at its peak, held at once)."""
-    out = []
-    step = max(1, ROWS_AT_ONCE // units.size)
-    for s in scores:
-        negatives, ends = _ranked_negatives(s, positive)
-        aucs = []
-        for start in range(0, counts.shape[0], step):
-            weights = counts[start:start + step, units]
-            below = np.zeros((weights.shape[0], negatives.size + 1))
-            np.cumsum(weights[:, negatives], axis=1, out=below[:, 1:])
-            placed = (below[:, ends[0]] + below[:, ends[1]]) / 2
-            with np.errstate(divide="ignore", invalid="ignore"):
-                aucs.append((weights[:, positive] * placed).sum(axis=1)
-                            / (weights[:, positive].sum(axis=1) * below[:, -1]))
-        out.append(np.concatenate(aucs))
-    return np.stack(out)
 
 
 def _paired(figures: np.ndarray, tested: Tested | None, interval: np.ndarray | tuple[list[float] | None, str],
