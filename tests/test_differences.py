@@ -504,7 +504,25 @@ def test_two_models_ranking_every_film_alike_have_no_auc_interval() -> None:
         assert auc["difference"] == 0 and auc["ci"] is None and auc["ci_method"] == SCORE
         assert no_interval(auc) == "both runs rank every film alike"
     apart = paired_differences(positive, np.stack([first, first[::-1]]), scores >= 0.5, np.arange(12))["auc"]
-    assert apart["ci"] is not None and not apart["ranked_alike"]
+    assert apart["ci"] is not None and apart["no_ci_reason"] is None
+
+
+def test_an_auc_difference_without_delongs_variance_says_why_not_too_few_patients() -> None:
+    """Twelve patients, yet no AUC interval: one model separates the classes, the other reverses them (each film of a
+    class placed alike against the other class: DeLong's variance 0 where the AUCs differ by 1), or a class has one
+    patient. compare said "too few patients" of both; it says what it is."""
+    from pneumoscan.core.metrics.differences import FEW_OF_A_CLASS, NO_VARIANCE
+    from pneumoscan.evaluation.compare import no_interval
+
+    positive = np.arange(12) % 2 == 0
+    perfect = positive.astype(float)
+    auc = paired_differences(positive, np.stack([perfect, 1 - perfect]), np.stack([positive, ~positive]),
+                             np.arange(12))["auc"]
+    assert auc["difference"] == -1 and auc["ci"] is None and no_interval(auc) == NO_VARIANCE
+    one = np.arange(12) == 0  # one positive patient among twelve
+    scores = np.stack([np.linspace(0, 1, 12), np.linspace(1, 0, 12) ** 2])
+    auc = paired_differences(one, scores, scores >= 0.5, np.arange(12))["auc"]
+    assert auc["ci"] is None and no_interval(auc) == FEW_OF_A_CLASS
 
 
 def test_paired_differences_test_auc_by_delong_where_asked() -> None:

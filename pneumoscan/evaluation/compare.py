@@ -873,13 +873,15 @@ def _signed(test: dict[str, Any]) -> str:
 
 
 def no_interval(test: dict[str, Any]) -> str:
-    """Why a paired difference has no interval: its films are of too few patients, the two runs rank every film alike
-    (an AUC's: no spread to scale it by), or call differently the films of too few (none: every resample would give
-    0, read as a certain "no difference")."""
+    """Why a paired difference has no interval: its films are of too few patients, DeLong's variance cannot scale an
+    AUC's (its ``no_ci_reason``, :func:`~pneumoscan.core.metrics.differences.paired_differences`), or the runs call
+    differently the films of too few (none: every resample would give 0, read as a certain "no difference")."""
     apart = test.get("differing_patients")
-    if test.get("ranked_alike") and test["patients"] >= FEW_PATIENTS:
-        return "both runs rank every film alike"
-    if apart is None or test["patients"] < FEW_PATIENTS:
+    if test["patients"] < FEW_PATIENTS:
+        return "too few patients"
+    if test.get("no_ci_reason"):
+        return test["no_ci_reason"]
+    if apart is None:
         return "too few patients"
     if apart == 0:
         return "both runs call every film alike"

@@ -56,6 +56,10 @@ BATCH = 500  # shuffles scored at once: 5,000 patients took 1.8 GB in one batch 
 AUC_BATCH = 200  # :func:`auc_difference`'s shuffles drawn at once (the draws depend on it)
 SCORED = 4_000_000  # :func:`auc_difference`'s films (twice the positive ones) times shuffles scored at once
 EXACT, DRAWN, DELONG = "exact", "drawn", "DeLong"  # how a p was found (:class:`Tested`)
+# why an AUC difference has no interval (``no_ci_reason``), in a reader's words, where DeLong's variance says it
+RANKED_ALIKE = "both runs rank every film alike"
+NO_VARIANCE = "each run ranks the films of a class alike against the other class: no spread to scale the difference by"
+FEW_OF_A_CLASS = "fewer than two patients with films of a class"
 BOOTSTRAP = "bootstrap"  # a net benefit difference's interval from resampled patients (``ci_method``)
 SCORE = "score-type"  # the AUC difference's interval (:func:`~.auc_intervals.difference_ci`)
 NEWCOMBE = "Newcombe"  # a rate difference's interval (:func:`paired_rate_ci`)
@@ -300,7 +304,7 @@ def paired_differences(positive: np.ndarray, scores: np.ndarray, called: np.ndar
     The AUC difference's interval, whichever the test, is the score-type one on DeLong's variance clustered by
     patient (:func:`_delong_paired`, :data:`SCORE`; none where that variance cannot be had: fewer than two patients
     with films of a class, or no spread to scale a difference by, as where the two models rank every film alike,
-    said by the entry's ``ranked_alike``): near an AUC of 1 the patients' percentile
+    said in the entry's ``no_ci_reason``): near an AUC of 1 the patients' percentile
     bootstrap held a true difference in 0.914-0.946 of simulated sets, and its BCa form no better, where the
     score-type interval held it in 0.952-0.994 (docs/results.md). A rate's is Newcombe's (:func:`paired_rate_ci`,
     :data:`NEWCOMBE`). Either interval is none where the figure's films are of fewer than
@@ -328,15 +332,18 @@ def paired_differences(positive: np.ndarray, scores: np.ndarray, called: np.ndar
         figures = np.array([[roc_auc(positive, s)] for s in scores])
         films = np.ones_like(positive)
         delong: tuple[Tested, list[float] | None] | None = None
+        reason = None  # why the AUC difference has no interval, where DeLong's variance says it
         try:
             delong = _delong_paired(positive, scores, unit_of)
-        except ValueError:  # no DeLong variance: fewer than two patients of a class, or none to scale by
+            reason = RANKED_ALIKE if delong[1] is None else None
+        except ValueError as error:  # no DeLong variance: fewer than two patients of a class, or none to scale by
             if auc_test == "delong":
                 raise
+            reason = NO_VARIANCE if "variance is 0" in str(error) else FEW_OF_A_CLASS
         tested = delong[0] if delong is not None and auc_test == "delong" else _sign_flip_p(
             np.bincount(unit_of, _auc_parts(scores, positive), units.size) / (positive.sum() * (~positive).sum()))
         out["auc"] = _paired(figures, tested, (None if delong is None else delong[1], SCORE), films, unit_of)
-        out["auc"]["ranked_alike"] = delong is not None and delong[1] is None  # compare says why it has no interval
+        out["auc"]["no_ci_reason"] = reason  # compare says it where the entry has no interval
     hits = (called == positive).astype(float)  # each model's right calls
     for name, films in (("sensitivity", positive), ("specificity", ~positive)):
         if films.any():
