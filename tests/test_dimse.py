@@ -1694,14 +1694,15 @@ def test_a_stop_waits_for_a_rejection_note_being_kept_for_a_bounded_time_and_say
 ) -> None:
     """A rejection note whose withdrawals take longer to write than STOP_WAIT_S (a disk that hangs) does not hang
     the stop: it returns after that long with an error line that the films the note withdraws scored already are
-    not told of."""
+    not told of, and the note, once kept, is refused 0xA700 (send it again later), not taken as told of."""
     monkeypatch.setattr(dimse, "STOP_WAIT_S", 0.2)
     entered, go_on = threading.Event(), threading.Event()
     monkeypatch.setattr(dimse.Spool, "remember", lambda *args: entered.set() or go_on.wait(WAIT_S))
     listener = Listener(tiny_bundle, "PNEUMOSCAN", Destination("DEST", "127.0.0.1", 104), tmp_path, backend="torch")
     server = listener.start("127.0.0.1", 0)
     note = key_object_selection(codes.DCM.RejectedForQualityReasons, [pydicom.dcmread(io.BytesIO(chest_dicom(film)))])
-    sending = threading.Thread(target=send, args=(server.server_address[1], [note]))
+    statuses: list[int] = []
+    sending = threading.Thread(target=lambda: statuses.extend(send(server.server_address[1], [note])))
     try:
         sending.start()
         assert entered.wait(WAIT_S)
@@ -1712,8 +1713,9 @@ def test_a_stop_waits_for_a_rejection_note_being_kept_for_a_bounded_time_and_say
     finally:
         go_on.set()
         sending.join(WAIT_S)
-    assert "a rejection note was still being kept 0.2 s after the stop: the films it withdraws that were scored " \
-        "already are not told of, and its withdrawals are lost with the temporary folder (no --spool)" in caplog.text
+    assert statuses == [0xA700]
+    assert "a rejection note was still being kept 0.2 s after the stop: it is refused once kept (0xA700, sent again " \
+        "later), as the films it withdraws that were scored already are not told of" in caplog.text
 
 
 def test_a_listener_without_a_spool_warns_at_start_that_rejection_notes_are_forgotten_at_its_stop(

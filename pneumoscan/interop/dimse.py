@@ -491,7 +491,11 @@ class Listener:
         self._outbox: queue.SimpleQueue[_Scored | None] = queue.SimpleQueue()
         self._sending: str | None = None  # the study whose reports the sending thread is sending
         self._stopped = threading.Event()
-        self._notes = threading.Lock()  # held while a rejection note is kept (_keep_note): what a stop waits for
+        # the rejection notes being kept now (_keep_note): what a stop waits for, and whether it gave up waiting, in
+        # which case each is refused once kept (0xA700, sent again later), as its films scored are not told of
+        self._notes = threading.Condition()
+        self._keeping = 0
+        self._gave_up = False
         # by (study, SOP Instance UID): what was made on each film scored (the latest RECALLED), for a rejection note
         # that comes after its scoring (while the listener runs); the films notes withdrew are the spool's (on disk)
         self._made: OrderedDict[tuple[str, str], dict] = OrderedDict()
@@ -650,21 +654,30 @@ class Listener:
     def _keep_note(self, received: _Association, study_uid: str, note_uid: str, note: Withdrawn) -> str | None:
         """A rejection note's withdrawals kept before it is answered: on disk (:meth:`Spool.remember`: a restart, or an
         abort, keeps its films' reports back), then its films' reports set aside (:meth:`_withdraw`) and a routine
-        purge's films noted as such (told of in an info line: :meth:`_retract`), under the lock a stop waits on
-        before it tells of the open associations' notes (:meth:`stop`), so that no note answered 0x0000 goes untold.
-        Why it is refused (0xA700: the sender sends it again later), None once kept: the listener stopping, or its
-        withdrawals that cannot be written."""
+        purge's films noted as such (told of in an info line: :meth:`_retract`), counted as being kept, which a stop
+        waits for before it tells of the open associations' notes (:meth:`stop`), so that no note answered 0x0000
+        goes untold. Why it is refused (0xA700: the sender sends it again later), None once kept: the listener
+        stopping, or a stop that gave up waiting for it (its films scored would not be told of; the note sent again
+        is remembered as it was), or its withdrawals that cannot be written."""
         with self._notes:
             if self._stopped.is_set():
                 return STOPPING
-            try:
-                self.spool.remember(study_uid, note_uid, note.films)
-            except OSError as e:
-                return f"its withdrawals cannot be kept ({e.strerror})"
+            self._keeping += 1
+        why = None
+        try:
+            self.spool.remember(study_uid, note_uid, note.films)
+        except OSError as e:
+            why = f"its withdrawals cannot be kept ({e.strerror})"
+        else:
             if note.purge:
                 received.purged.update(note.films)
             self._withdraw(received, study_uid, note.films)
-        return None
+        finally:
+            with self._notes:
+                self._keeping -= 1
+                self._notes.notify_all()
+                gave_up = self._gave_up
+        return STOPPING if gave_up else why
 
     def _withdraw(self, received: _Association, study_uid: str, withdrawn: dict[str, str]) -> None:
         """A rejection note's films (``withdrawn``: why each, by SOP Instance UID; remembered by the spool already,
@@ -1130,14 +1143,15 @@ class Listener:
         listeners and stops them (a test suite, an application embedding one) keeps no thread of each, trying the
         spool every ``retry_s``. Each C-STORE that comes after is refused (0xA700, the sender sends it again later);
         a rejection note being kept as it stops is waited for (:data:`STOP_WAIT_S` at most), so that the films it
-        withdraws that were scored already are told of with the other open associations' notes."""
-        self._stopped.set()  # each C-STORE from now refused, a rejection note among them (_keep_note)
-        if self._notes.acquire(timeout=STOP_WAIT_S):  # a note being kept is kept whole first, told of below
-            self._notes.release()
-        else:
-            log.error("a rejection note was still being kept %g s after the stop: the films it withdraws that were "
-                      "scored already are not told of%s", STOP_WAIT_S, "" if self.kept else
-                      ", and its withdrawals are lost with the temporary folder (no --spool)")
+        withdraws that were scored already are told of with the other open associations' notes; past that, it is
+        refused once kept, so that its sender sends it again rather than take it as told of."""
+        with self._notes:  # a note being kept is kept whole first, told of below; or refused once kept
+            self._stopped.set()  # each C-STORE from now refused, a rejection note among them (_keep_note)
+            if not self._notes.wait_for(lambda: self._keeping == 0, timeout=STOP_WAIT_S):
+                self._gave_up = True
+                log.error("a rejection note was still being kept %g s after the stop: it is refused once kept "
+                          "(0xA700, sent again later), as the films it withdraws that were scored already are not "
+                          "told of", STOP_WAIT_S)
         with self._lock:
             open_ = [received for received in self._associations.values() if received.notes]
         for received in open_:  # their notes' films scored already told of: the association may never end
