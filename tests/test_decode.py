@@ -294,51 +294,65 @@ def test_exif_orientation_is_applied() -> None:
     assert gray.shape == (30, 20) and gray[:5].mean() > 200 and gray[-5:].mean() < 50  # the edge is now on top
 
 
-def _xmp(orientation: int) -> bytes:
-    """An XMP packet whose tiff:Orientation is ``orientation``, as photo editors write it."""
+# the forms valid XMP gives tiff:Orientation in, as photo editors write it: an attribute in double or single quotes,
+# with spaces around its '=', and an element
+XMP_FORMS = {
+    "double": b' tiff:Orientation="%d"/>', "single": b" tiff:Orientation='%d'/>",
+    "spaced": b' tiff:Orientation = "%d" />', "element": b"><tiff:Orientation>%d</tiff:Orientation></rdf:Description>",
+}  # fmt: skip
+
+
+def _xmp(orientation: int, form: str = "double") -> bytes:
+    """An XMP packet whose tiff:Orientation is ``orientation``, in the ``form`` of :data:`XMP_FORMS`."""
     return (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
-            b'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="%d"/></rdf:RDF>'
-            b"</x:xmpmeta>" % orientation)
+            b'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/"' + XMP_FORMS[form] % orientation +
+            b"</rdf:RDF></x:xmpmeta>")
 
 
 EDGE = np.pad(np.full((20, 5), 255, np.uint8), ((0, 0), (0, 25)))  # stored upright: a bright left edge
 
 
-def _oriented(fmt: str, exif: int | None, xmp: int | None) -> bytes:
+def _oriented(fmt: str, exif: int | None, xmp: int | None, form: str = "double") -> bytes:
     """EDGE as a ``fmt`` file whose EXIF block (a camera's, with an orientation ``exif`` or none) and XMP metadata
-    (``xmp``; None: no XMP) say how to turn it."""
+    (``xmp`` in the ``form`` of :data:`XMP_FORMS`; None: no XMP) say how to turn it."""
     im = Image.fromarray(EDGE)
     block = Image.Exif()
     block[0x010F] = "a camera"  # Make
     if exif is not None:
         block[0x0112] = exif
     if fmt == "JPEG":
-        return encode(im, "JPEG", quality=95, exif=block, **({} if xmp is None else {"xmp": _xmp(xmp)}))
+        return encode(im, "JPEG", quality=95, exif=block, **({} if xmp is None else {"xmp": _xmp(xmp, form)}))
     info = PngInfo()
     if xmp is not None:
-        info.add_itxt("XML:com.adobe.xmp", _xmp(xmp).decode())
+        info.add_itxt("XML:com.adobe.xmp", _xmp(xmp, form).decode())
     return encode(im, "PNG", exif=block, pnginfo=info)
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
-@pytest.mark.parametrize(("exif", "xmp"), [(None, 6), (1, 6), (6, 1), (6, 8)])
-def test_an_xmp_orientation_other_than_the_exif_blocks_is_refused(fmt: str, exif: int | None, xmp: int) -> None:
+@pytest.mark.parametrize(("exif", "xmp", "form"), [(None, 6, "double"), (1, 6, "double"), (6, 1, "double"),
+                                                   (6, 8, "double"), (None, 6, "single"), (1, 8, "spaced"),
+                                                   (None, 6, "element")])
+def test_an_xmp_orientation_other_than_the_exif_blocks_is_refused(
+    fmt: str, exif: int | None, xmp: int, form: str
+) -> None:
     """An orientation in XMP (a privacy tool strips EXIF and keeps XMP) that the EXIF block does not give: browsers,
     and so the service's page, turn the film by EXIF alone, photo editors (and ImageOps.exif_transpose, where EXIF
     gives none) by XMP. The film was read as stored, scored turned a quarter from the film an editor shows; which
-    way up it is cannot be told, so it is refused with both."""
+    way up it is cannot be told, so it is refused with both, in whichever form valid XMP gives it."""
     said = "none" if exif is None else f"Orientation {exif}"
     with pytest.raises(DecodeError, match=f"^conflicting orientations: the XMP metadata says tiff:Orientation {xmp}, "
                                           f"the EXIF block {said}; browsers"):
-        read_gray(_oriented(fmt, exif, xmp))
+        read_gray(_oriented(fmt, exif, xmp, form))
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
-@pytest.mark.parametrize(("exif", "xmp", "turned"), [(6, 6, True), (None, 1, False), (6, None, True)])
+@pytest.mark.parametrize(("exif", "xmp", "turned", "form"), [(6, 6, True, "double"), (None, 1, False, "double"),
+                                                             (6, None, True, "double"), (6, 6, True, "single")])
 def test_an_xmp_orientation_the_exif_block_agrees_with_reads_as_exif_says(
-    fmt: str, exif: int | None, xmp: int | None, turned: bool
+    fmt: str, exif: int | None, xmp: int | None, turned: bool, form: str
 ) -> None:
-    gray = read_gray(_oriented(fmt, exif, xmp))
+    """Turned once, as EXIF says (the reader's own turn: Pillow's exif_transpose is not applied after it)."""
+    gray = read_gray(_oriented(fmt, exif, xmp, form))
     np.testing.assert_array_equal(gray > 127, np.rot90(EDGE, -1) > 127 if turned else EDGE > 127)
 
 

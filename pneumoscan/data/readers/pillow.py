@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import io
 import logging
+import re
 import struct
 import warnings
 import zlib
@@ -57,6 +58,9 @@ PIL_FORMATS = ("JPEG", "PNG")
 _MAGIC = {"JPEG": b"\xff\xd8\xff", "PNG": b"\x89PNG\r\n\x1a\n"}  # the first bytes of each format's files
 # Bytes a decoded pixel takes in Pillow's memory (every multi-band mode is stored as 4 bytes a pixel).
 _PILLOW_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
+# tiff:Orientation in an XMP packet (:func:`_xmp_orientation`): an attribute, ="6" or ='6' with spaces about the '=',
+# or an element, <tiff:Orientation>6</tiff:Orientation>; matched without an XML parser (no defusedxml here)
+_XMP_ORIENTATION = re.compile(rb"""tiff:Orientation\s*(?:=\s*["']|>)\s*([0-9]+)\s*["'<]""")
 _ORIENTATION = {  # EXIF orientation -> the transpose that shows the image upright (as ImageOps.exif_transpose)
     2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
     5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
@@ -409,15 +413,17 @@ def _orientation(im: Image.Image) -> int | None:
 
 
 def _xmp_orientation(im: Image.Image) -> int | None:
-    """The orientation the image's XMP metadata gives (``tiff:Orientation``; a JPEG's APP1 XMP, a PNG's iTXt), read
-    by Pillow's own parse (getexif's, which ImageOps.exif_transpose turns an image by when EXIF gives none) of the
-    XMP alone; None without one."""
-    xmp = {key: im.info[key] for key in ("xmp", "XML:com.adobe.xmp") if im.info.get(key)}
-    if not xmp:
-        return None
-    alone = Image.new("L", (1, 1))  # no EXIF block: getexif reads the XMP
-    alone.info.update(xmp)
-    return alone.getexif().get(ExifTags.Base.Orientation)
+    """The orientation the image's XMP metadata gives (``tiff:Orientation``; a JPEG's APP1 XMP, a PNG's iTXt, as
+    Pillow puts them in ``info``), as an attribute in either quote, spaces around its ``=`` or none, or as an element:
+    any form photo editors (and ImageOps.exif_transpose, where EXIF gives none) read; None without one. Read from the
+    packet by :data:`_XMP_ORIENTATION`, not by Pillow's getexif, whose pattern takes ``="6"`` and ``>6`` alone."""
+    for key in ("xmp", "XML:com.adobe.xmp"):
+        packet = im.info.get(key)
+        if isinstance(packet, str):
+            packet = packet.encode("utf-8", "replace")
+        if isinstance(packet, bytes) and (found := _XMP_ORIENTATION.search(packet)):
+            return int(found[1])
+    return None
 
 
 def _png_images(kinds: list[bytes]) -> int:
