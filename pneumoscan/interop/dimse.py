@@ -954,8 +954,10 @@ class Listener:
         cannot take (a full disk) is sent from the association's folder, an error line saying it is not kept. One
         that cannot be read (not a DICOM file, no SOP Instance UID) is not sent, the error line and its row saying
         why, nor the overlay of an SR that cannot be (an overlay is no reading without its SR), nor its film's FHIR
-        Observation filed (:meth:`_file_observations`, after this): the FHIR folder holds no reading the DICOM side
-        refused. A fault in one report is its film's: the association's other studies are scored and sent."""
+        Observation filed (:meth:`_file_observations`, after this): the FHIR folder holds no reading whose SR could not
+        be read (one the destination refuses later, or a stop without a spool loses, keeps its Observation: it is
+        filed before its SR is sent). A fault in one report is its film's: the association's other studies are
+        scored and sent."""
         for row in rows:
             for key in [key for key in MADE if key in row]:  # the SR first: its overlay not spooled without it
                 if key not in row:  # held back with its SR
