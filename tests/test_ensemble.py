@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from pneumoscan import __version__
 from pneumoscan.cli import main
 from pneumoscan.core.metrics import choose_threshold, roc_auc, softmax, threshold_interval
 from pneumoscan.data.cache import build_cache, data_checksum
@@ -37,11 +38,12 @@ from pneumoscan.inference.export import module_session
 from pneumoscan.inference.onnx_runtime import INPUT, OUTPUT, session, spec_path
 from pneumoscan.inference.predict import NonFiniteScore, Predictor, predict_paths, session_logits
 from pneumoscan.models.bundle import load_bundle, save_bundle
-from pneumoscan.models.card import (CHECKSUM, INIT_SAMPLE, MEMBER_SAMPLES, ONNX_NAME, SAMPLED_FROM, TEACHER_SAMPLES,
-                                   WEIGHTS, BundleCard, load_card, save_card)
+from pneumoscan.models.card import (CARD, CHECKSUM, INIT_SAMPLE, MEMBER_SAMPLES, ONNX_NAME, SAMPLED_FROM,
+                                   TEACHER_SAMPLES, UPGRADE, WEIGHTS, BundleCard, load_card, save_card)
 from pneumoscan.training.ensemble import out_of_fold
 from pneumoscan.serving.app import create_app
 from tests.builders import SCORE_TOL, nudge_weights, overflow_every_film, trial_copy
+from tests.test_card_versions import forged, written_by
 from tests.test_integrity import written_before_checksums
 
 
@@ -1121,6 +1123,28 @@ def test_an_ensemble_of_a_student_of_trials_says_it_is_a_trial(tiny_bundle: Path
     assert ("(member 1: all the patients of its data; member 2: distilled from teachers some of which learnt from a "
             "sample of patients;") in text, text
     assert "a trial, whose figures do not show what training on all the films gives" in text
+
+
+@pytest.mark.parametrize(("writer", "upgrade"), [("99.0", True), (__version__, False)])
+def test_a_key_inside_a_members_entry_that_this_pneumoscan_does_not_know_is_refused(
+    ensemble: Path, tmp_path: Path, writer: str, upgrade: bool
+) -> None:
+    """A key in an entry of model_kwargs.members that no pneumoscan of this one's knows (a newer one's record, of
+    unknown meaning, or an edit) was ignored; it is refused as one inside a training source is: saying to upgrade
+    where a newer pneumoscan wrote the card, as not permitted otherwise."""
+    def change(fields: dict) -> None:
+        written_by(writer, package_version=__version__)(fields)
+        fields["model_kwargs"]["members"][1]["weight"] = 0.7
+
+    bundle = forged(ensemble, tmp_path, change)
+    source = json.loads((bundle / CARD).read_text())["model_kwargs"]["members"][1]["source"]
+    member = f"{bundle / CARD}: ensemble member 2 of 2 ({source})"
+    with pytest.raises(ValueError) as refused:
+        load_card(bundle)
+    assert str(refused.value) == (
+        f"{member}: this bundle was written by pneumoscan 99.0, newer than this one ({__version__}), with fields this "
+        f"one does not know ('weight'): {UPGRADE}" if upgrade else
+        f"{member}: weight: extra inputs are not permitted (found 0.7)")
 
 
 def test_an_ensemble_of_students_of_trials_says_it_of_its_members(ensemble: Path) -> None:

@@ -298,10 +298,11 @@ class BundleCard:
         return self.train_config.get("target_sensitivity", 0.95), self.train_config.get("max_false_positive_rate")
 
 
-@with_config(ConfigDict(strict=True, allow_inf_nan=False))
+@with_config(ConfigDict(strict=True, allow_inf_nan=False, extra="forbid"))
 class MemberEntry(TypedDict):
     """What the ensemble's network (:meth:`.ensemble_net.EnsembleNet.from_card`) and member_sources read from each
-    entry of bundle.json's model_kwargs["members"]; load_card refuses an entry without them or of other types."""
+    entry of bundle.json's model_kwargs["members"]; load_card refuses an entry without them, of other types, or with
+    a key of unknown meaning (a newer pneumoscan's: refused saying to upgrade)."""
 
     model: str
     model_kwargs: dict
@@ -316,6 +317,11 @@ class MemberEntry(TypedDict):
     # True: the member's weights learnt in part from teachers (:func:`learnt_from_teachers`), which MODEL_CARD.md names
     # it for; written only where True, so absent from other members and from ensembles older than the record
     taught: NotRequired[bool]
+    # what the ensemble recorded of the member beside those: its model_id and threshold, and its weights' checksum
+    # ("" where its card recorded none), which :func:`replaced_members` checks its folder's weights against
+    model_id: NotRequired[str]
+    threshold: NotRequired[float]
+    weights: NotRequired[str]
 
 
 def learnt_from_teachers(card: BundleCard) -> bool:
@@ -927,10 +933,11 @@ def _validated(path: Path, data: dict) -> BundleCard:
     strict: "0.2" is no number, true no size) or out of range; for an ensemble, the same for each member's entry
     that its network is built from."""
     _check_known_fields(path, data)
-    card = _parsed(_CARD, data, str(path), _writer(data)[0])
+    newer = _writer(data)[0]
+    card = _parsed(_CARD, data, str(path), newer)
     entries = [(str(path), asdict(card))]
     if card.model == ENSEMBLE:
-        entries += _ensemble_entries(path, card)
+        entries += _ensemble_entries(path, card, newer)
     for where, entry in entries:
         _check_model_entry(where, entry)
     _check_thresholds(path, card)
@@ -972,10 +979,11 @@ def _newer_fields(where: str, newer: str, names: Sequence[str]) -> str:
             f"this one does not know ({', '.join(map(repr, names))}): {UPGRADE}")
 
 
-def _ensemble_entries(path: Path, card: BundleCard) -> list[tuple[str, dict]]:
+def _ensemble_entries(path: Path, card: BundleCard, newer: str | None) -> list[tuple[str, dict]]:
     """An ensemble's members' entries, each named as its refusals name it, once the ensemble's own input and heatmap
-    scale are those its members make: its network is built from them, and each is held to a model's checks."""
-    members = _member_entries(path, card.model_kwargs.get("members"))
+    scale are those its members make: its network is built from them, and each is held to a model's checks.
+    ``newer``: the newer pneumoscan that wrote the card, whose keys in an entry are refused saying to upgrade."""
+    members = _member_entries(path, card.model_kwargs.get("members"), newer)
     if len(members) < 2:
         raise ValueError(f"{path}: an ensemble's model_kwargs.members must list at least two members")
     # its input is the largest member's size in [0, 1] grey: each member resizes and normalises it itself
@@ -1146,11 +1154,13 @@ def _check_run_record(path: Path, card: BundleCard) -> None:
                              f"{recorded} {card.train_config[recorded]!r}; restore the bundle from a good copy")
 
 
-def _member_entries(path: Path, value: object) -> list[MemberEntry]:
-    """bundle.json's model_kwargs["members"], each entry checked as :class:`MemberEntry`; a refusal of an entry names
-    the member (:func:`member_label`), as every refusal about a member does, not pydantic's 0-based index."""
+def _member_entries(path: Path, value: object, newer: str | None) -> list[MemberEntry]:
+    """bundle.json's model_kwargs["members"], each entry checked as :class:`MemberEntry` (a key of it that the
+    ``newer`` pneumoscan which wrote the card writes refused saying to upgrade, :func:`_parsed`); a refusal of an
+    entry names the member (:func:`member_label`), as every refusal about a member does, not pydantic's 0-based
+    index."""
     entries = _parsed(_MEMBERS, value, f"{path}: model_kwargs.members")
-    return [_parsed(_MEMBER, entry, f"{path}: {member_label(i, len(entries), _recorded_source(entry))}")
+    return [_parsed(_MEMBER, entry, f"{path}: {member_label(i, len(entries), _recorded_source(entry))}", newer)
             for i, entry in enumerate(entries)]
 
 
