@@ -21,11 +21,11 @@ from pneumoscan.core.metrics import AUC_INTERVAL, FILM_UNIT_CAVEAT, ci_method_se
 from pneumoscan.data.layouts import discover, make_record, write_manifest
 from pneumoscan.evaluation.model_card import (CARD_METRICS, MODEL_CARD, VALIDATION_PROPORTIONS,
                                               MACRO_AUC_NAME, card_summary, front_matter, render, today,
-                                              intended_use, markdown_text, write_model_card)
+                                              intended_use, markdown_text, write_model_card, _taught_who)
 from pneumoscan.inference.onnx_runtime import INT8_NAME, spec_path
 from pneumoscan.evaluation.evaluate import evaluate
 from pneumoscan.evaluation.subgroups import difference_said, differences_said, table_rows
-from pneumoscan.models.card import (INIT_SAMPLE, MEMBER_SAMPLES, SAMPLED_FROM, TEACHER_SAMPLES, TRAINED_BY,
+from pneumoscan.models.card import (ENSEMBLE, INIT_SAMPLE, MEMBER_SAMPLES, SAMPLED_FROM, TEACHER_SAMPLES, TRAINED_BY,
                                    BundleCard, load_card, save_card, trained_sample)
 from pneumoscan.serving.app import create_app
 from tests.builders import site_manifest
@@ -1103,3 +1103,24 @@ def test_the_front_matter_gives_the_datas_licence_by_its_hugging_face_id_or_as_o
     assert (parsed["license"], parsed["license_name"]) == ("other", "mixed-cc-by-4.0-and-st-elsewhere-terms-research-"
                                                            "only-v2"), parsed
     assert markdown_text(terms) in body and "licensed CC BY 4.0" in body  # each licence's own words
+
+
+def test_who_of_an_ensemble_was_distilled_from_teachers_is_said_as_its_members_entries_record_it(
+    tiny_bundle: Path,
+) -> None:
+    """MODEL_CARD.md's sentence on the teachers' training data opens with who learnt from them, from each member's
+    entry (``taught``): an ensemble whose entries record none (one built before the record) says its card does not
+    record which; a member that is itself an ensemble learnt from them in some of its members; two or more named
+    members are joined with "and"."""
+    card = load_card(tiny_bundle)
+
+    def who(*members: tuple[str, bool]) -> str:
+        entries = [{"model": model, "source": f"m{i}", **({"taught": True} if taught else {})}
+                   for i, (model, taught) in enumerate(members)]
+        return _taught_who(dataclasses.replace(card, model=ENSEMBLE, model_kwargs={"members": entries}))
+
+    assert who((card.model, False), (card.model, False)) == "Members of it (which ones, its card does not record) were"
+    assert who((card.model, False), (ENSEMBLE, True)) == "Ensemble member 2 of 2 (m1) (some of its members) was"
+    assert who((card.model, True), (card.model, False), (ENSEMBLE, True), (card.model, True)) == (
+        "Ensemble member 1 of 4 (m0), ensemble member 3 of 4 (m2) (some of its members) and ensemble member 4 of 4 "
+        "(m3) were")
