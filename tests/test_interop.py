@@ -64,7 +64,7 @@ from pneumoscan.interop.dicomweb import (AUTH_ENV, Connection, _answer, _only_pa
                                          _session, _stored, _withdrawn, read_authorization)
 from pneumoscan.interop.fhir import CODE_SYSTEM, build_observation, observation_json
 from pneumoscan.interop.reports import ObservationIndex, dicom_multipart, write_reports
-from pneumoscan.interop.study import not_scored, unfiled
+from pneumoscan.interop.study import not_scored, unfiled, withdrawn_by
 from pneumoscan.interop.sr import DISCLAIMER, build_heatmap_sc, build_sr, finding_mode, report_files
 from pneumoscan.interop.uids import UID_ROOT_ENV, derived_uid, film_identity
 from pneumoscan.models.card import ONNX_NAME, load_card, save_card
@@ -1638,6 +1638,18 @@ def test_a_film_a_rejection_note_withdraws_is_not_scored_nor_reported(
     reports = [i for i in DICOMwebClient(url=f"{orthanc}/dicom-web").search_for_instances(study)
                if i["00080016"]["Value"][0] == ComprehensiveSRStorage]
     assert [i["00080018"]["Value"][0] for i in reports] == scored["stored"]
+
+
+def test_a_key_object_selection_is_true_only_when_it_withdraws_a_film() -> None:
+    """withdrawn_by's answer reads as whether the note withdraws a film: a note of another title (Of Interest), or a
+    rejection note listing no film, is false (a tuple of its films and purge flag was true for each)."""
+    film = pydicom.dcmread(io.BytesIO(chest_dicom(np.zeros((8, 8), np.uint8))))
+    rejection, of_interest = (pydicom.dcmread(io.BytesIO(key_object_selection(title, [film])))
+                              for title in (codes.DCM.RejectedForQualityReasons, codes.DCM.OfInterest))
+    assert withdrawn_by(rejection) and withdrawn_by(rejection).films.keys() == {film.SOPInstanceUID}
+    assert not withdrawn_by(of_interest) and withdrawn_by(of_interest).films == {}
+    del rejection.CurrentRequestedProcedureEvidenceSequence
+    assert not withdrawn_by(rejection)
 
 
 def test_a_study_whose_key_object_selection_cannot_be_read_is_refused() -> None:

@@ -9,8 +9,8 @@ DIMSE gets the row and the report it would get read over DICOMweb."""
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -157,12 +157,17 @@ def unreadable_note(sop: str, error: Exception) -> ValueError:
                       "whether it is a rejection note that withdraws films is not known, so none is scored")
 
 
-class Withdrawn(NamedTuple):
+@dataclass(frozen=True)
+class Withdrawn:
     """What a key object selection withdraws (:func:`withdrawn_by`): why each film is not scored, by SOP Instance
-    UID (none when it is no rejection note), and whether its title is :data:`PURGE`'s, a routine purge."""
+    UID (none when it is no rejection note), and whether its title is :data:`PURGE`'s, a routine purge. True only
+    when it withdraws a film: a tuple of its two fields was true for a note that withdraws none."""
 
-    films: dict[str, str]
+    films: dict[str, str] = field(default_factory=dict)
     purge: bool = False
+
+    def __bool__(self) -> bool:
+        return bool(self.films)
 
 
 def withdrawn_by(note: Dataset) -> Withdrawn:
@@ -182,6 +187,6 @@ def withdrawn_by(note: Dataset) -> Withdrawn:
     except (AttributeError, KeyError, IndexError, TypeError, ValueError) as e:
         raise unreadable_note(sop, e) from None
     if rejection[0] != "DCM" or rejection[1] not in REJECTIONS:
-        return Withdrawn({})
+        return Withdrawn()
     return Withdrawn(dict.fromkeys(listed, f"withdrawn by the study's rejection note {sop} ({rejection[1]}: "
                                            f"{REJECTIONS[rejection[1]]})"), rejection[1] == PURGE)
