@@ -1049,7 +1049,11 @@ def test_a_destination_that_never_answers_holds_up_no_scoring_and_its_report_is_
     lines = [r.getMessage() for r in records]
     given_up = next(i for i, line in enumerate(lines) if line.startswith(f"study {first}: the DICOM SR "))
     assert next(i for i, line in enumerate(lines) if line.startswith(f"study {second}: 1 scored")) < given_up
-    assert lines[given_up].endswith("no answer (no answer to the C-STORE); kept in the spool, sent again every 60 s")
+    # the destination took the association and was sent the C-STORE it never answered; the last try, left less than
+    # --store-timeout of --send-within, may end before its association is set up on a loaded machine
+    assert hung.contexts, "no C-STORE reached the destination"
+    assert re.search(r"no answer \((no answer to the C-STORE|no association: [^)]*)\); kept in the spool, sent again "
+                     r"every 60 s$", lines[given_up]), lines[given_up]
     assert f"study {first}: reports of 0 of 1 films stored" in caplog.text
     assert f"study {second}: reports of 0 of 1 films stored" in caplog.text
     for study in (first, second):  # each report given up within --send-within of its scoring, the second's too
