@@ -1349,6 +1349,7 @@ def test_a_key_object_selection_that_cannot_be_read_is_refused_and_its_studys_fi
     why = (f"the study's key object selection {uid} could not be read (AttributeError): whether it is a rejection "
            "note that withdraws films is not known, so none is scored")
     assert f"study {study}: not scored: {why}" in caplog.text
+    wait_for(lambda: audit.path.exists() and audit.path.read_text().count("\n") >= 2)  # written after the line said
     refused, read = audit_lines(audit)
     assert (refused["event"], refused["reason"], read["event"], read["refusal"]) == (
         "film_refused", why, "film_read", why)
