@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 from tests.builders import SCORE_TOL, assert_close_report
 from tests.builders import labelled_images
 import pneumoscan
+from pneumoscan.core.digests import bytes_sha256
 from pneumoscan.data.layouts import discover
 from pneumoscan.data.tasks import get_task
 from pneumoscan.evaluation.evaluate import evaluate, films_digest
@@ -140,6 +141,9 @@ def trained_once(log: str, run: Path, cached: dict[str, list[int]], data: Path, 
     val_records = [r for r in discover(run / "split.csv").records if r.split == "val"]
     n_val = len(val_records)
     reported, again = (json.loads((d / "metrics.json").read_text()) for d in (run, eval_dir))
+    # metrics.json pairs with its predictions.csv; what evaluate returns is the same with --out as without
+    assert again.pop("predictions_checksum") == bytes_sha256((eval_dir / "predictions.csv").read_bytes())
+    assert single.keys() == again.keys(), "evaluate returns what metrics.json holds but its predictions' checksum"
     assert again.pop("unreadable") == [] and single["n"] == reported["n"] == n_val, "every validation film scored once"
     assert again.pop("bundle") == str((run / "bundle").resolve()) and again.pop("backend") == "torch"
     assert again.pop("bundle_weights") == load_card(run / "bundle").files["model.safetensors"]

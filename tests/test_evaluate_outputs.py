@@ -81,8 +81,11 @@ def test_evaluate_writes_predictions_figures_and_a_threshold_table(tiny_bundle: 
     # the table: sensitivity and specificity recounted from predictions.csv at every threshold
     table = read_csv(out / "sensitivity_table.csv")
     assert table and [float(r["threshold"]) for r in table] == sorted(float(r["threshold"]) for r in table)
-    assert_close_report(metrics["threshold_table"], evaluate(tiny_bundle, tiny_dataset, "test")["threshold_table"],
-                        "threshold_table")
+    again = evaluate(tiny_bundle, tiny_dataset, "test")
+    assert_close_report(metrics["threshold_table"], again["threshold_table"], "threshold_table")
+    # metrics.json holds what evaluate returns and the checksum of the predictions.csv written with it
+    assert metrics.keys() - again.keys() == {"predictions_checksum"} and again.keys() <= metrics.keys()
+    assert metrics["predictions_checksum"] == bytes_sha256((out / "predictions.csv").read_bytes())
     y = np.array([r["label"] == "PNEUMONIA" for r in rows])
     p = np.array([float(r["probability"]) for r in rows])
     for row in table:

@@ -350,8 +350,10 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
     """Score every image of DATA (a dataset root, a NORMAL/PNEUMONIA folder or a manifest) that belongs to the
     bundle's task; with a dataset root, ``split`` picks train/val/test. With ``tta``, scores average the test-time
     views and are read at the bundle's TTA threshold, as ``predict --tta`` does. The result holds a
-    ``threshold_table`` (:func:`threshold_table`). With ``out_dir``: metrics.json, report.html (with the most
-    confident errors), its figures as PNG, predictions.csv and sensitivity_table.csv. With ``add_to_card``: the
+    ``threshold_table`` (:func:`threshold_table`). With ``out_dir``: metrics.json (the result, and the SHA-256 of
+    the predictions.csv written with it, ``predictions_checksum``, which compare checks: the result itself is the
+    same with and without ``out_dir``), report.html (with the most confident errors), its figures as PNG,
+    predictions.csv and sensitivity_table.csv. With ``add_to_card``: the
     result is recorded in the bundle's card under ``data_name`` (bundle.json and MODEL_CARD.md; weights untouched).
     With ``etiology`` (a bundle that follows this one, as ``predict --etiology``), the two stages are also scored as
     one decision among their 1 + k classes (normal / bacteria / virus) under ``two_stage`` (:func:`two_stage_decision`),
@@ -634,7 +636,6 @@ def _write_outputs(out_dir: Path, predictor: Predictor, records: list[Record], t
             row[column] = value
     fields = PREDICTION_FIELDS + class_fields + second_fields + SCOPE_FIELDS
     scored = results_csv(fields, rows).encode()
-    metrics[PREDICTIONS_CHECKSUM] = bytes_sha256(scored)  # written with metrics.json, which pairs with this file alone
     write_atomic(out_dir / PREDICTIONS, scored)
     table = metrics["threshold_table"]
     write_atomic(out_dir / SENSITIVITY_TABLE, results_csv(list(table[0]), table).encode())
@@ -644,5 +645,8 @@ def _write_outputs(out_dir: Path, predictor: Predictor, records: list[Record], t
                   for key in ("net_benefit", "treat_all")}
     write_atomic(out_dir / DECISION_CURVE, results_csv(list(curve), [dict(zip(curve, row))
                                                                      for row in zip(*curve.values())]).encode())
-    write_report(metrics, out_dir, title, extra=header, figures=True, gallery=gallery,
+    # metrics.json pairs with this predictions.csv alone (compare checks it); the figures evaluate returns stay the
+    # same with and without --out, so the checksum goes into the file, not into ``metrics``
+    write_report(metrics | {PREDICTIONS_CHECKSUM: bytes_sha256(scored)}, out_dir, title, extra=header,
+                 figures=True, gallery=gallery,
                  beside={METHODS: "a draft of a paper's methods and results, with this report's figures"})
