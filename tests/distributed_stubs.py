@@ -13,6 +13,7 @@ import os
 import queue
 import signal
 import socket
+import time
 from collections.abc import Callable
 from datetime import timedelta
 
@@ -141,16 +142,25 @@ def _rank(rank: int, runs: list[tuple[Callable[..., None], int, list[object]]], 
 def _ranks(runs: list[tuple[Callable[..., None], int, list[object]]], results: multiprocessing.Queue) -> None:
     """:func:`two_gloo_ranks`' one spawned interpreter, which has imported the targets' modules (torch) and run
     nothing of torch's yet: it forks rank 1, which the kernel kills when this process (rank 0) ends, and goes on as
-    rank 0. One interpreter's start and torch's import, not two (each 1-2 s of CPU)."""
-    if os.fork() == 0:
+    rank 0. One interpreter's start and torch's import, not two (each 1-2 s of CPU). Rank 0 waits for rank 1 (60 s
+    at most) before it ends: its end kills rank 1, maybe before what it said last has left its queue's feeder."""
+    parent = os.getpid()
+    child = os.fork()
+    if child == 0:
         try:
             ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: ends with rank 0, as the test kills it
-            _rank(1, runs, results)
+            if os.getppid() == parent:  # else rank 0 ended before the line above, and nothing would end this one
+                _rank(1, runs, results)
         finally:
             results.close()
             results.join_thread()  # what it put is in the pipe
             os._exit(0)
-    _rank(0, runs, results)
+    try:
+        _rank(0, runs, results)
+    finally:
+        deadline = time.monotonic() + 60
+        while os.waitpid(child, os.WNOHANG) == (0, 0) and time.monotonic() < deadline:
+            time.sleep(0.02)
 
 
 def two_gloo_ranks(*scenarios: tuple[Callable[..., None], ...]) -> list[dict[int, object]]:
