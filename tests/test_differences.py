@@ -618,17 +618,62 @@ def test_a_rate_difference_has_newcombes_paired_interval() -> None:
 
 
 def test_a_rate_differences_interval_counts_a_patients_films_once() -> None:
-    """Films of a patient called alike by each model count as one: 0 against all of 6 patients' 12 films gives the
-    interval of their 6 (the patients, where a rate is 0 or 1), and twice the Cavo table's films, each patient's
-    two alike, the table's own; the same films as patients of their own give a narrower one."""
+    """Films of a patient called alike by each model count as one, at evaluate's rule for a clustered rate
+    (:func:`~pneumoscan.core.metrics.intervals.clustered_size`): 0 against all of 6 patients' 12 films gives the
+    interval of 6 patients, by hand 1 - sqrt(2) z^2 / (n + z^2) to 1, n = 6 narrowed by Korn and Graubard's
+    degrees-of-freedom factor (t_11 / t_5)^2; twice the Cavo table's films, each patient's two alike, about the
+    table's own (its 161 patients' 160 degrees of freedom), a little wider; the same films as patients of their own
+    a narrower one."""
+    from scipy.special import stdtrit
+
+    z2 = norm.isf(0.025) ** 2
+    n = 6 * (stdtrit(11, 0.975) / stdtrit(5, 0.975)) ** 2
     twice = np.repeat(np.arange(6), 2)
     assert paired_rate_ci(np.array([[False] * 12, [True] * 12]), twice) == pytest.approx(
-        paired_rate_ci(np.array([[False] * 6, [True] * 6]), np.arange(6)))
+        [1 - np.sqrt(2) * z2 / (n + z2), 1.0])
     hits = np.stack([np.array([1] * 59 + [0] * 6 + [1] * 16 + [0] * 80, bool), np.array([1] * 65 + [0] * 96, bool)])
     once = paired_rate_ci(hits, np.arange(161))
-    assert paired_rate_ci(np.repeat(hits, 2, axis=1), np.repeat(np.arange(161), 2)) == pytest.approx(once)
+    doubled = paired_rate_ci(np.repeat(hits, 2, axis=1), np.repeat(np.arange(161), 2))
     apart = paired_rate_ci(np.repeat(hits, 2, axis=1), np.arange(322))
-    assert once[0] < apart[0] < apart[1] < once[1]
+    assert doubled[0] < once[0] < apart[0] < apart[1] < once[1] < doubled[1]
+    assert doubled == pytest.approx(once, abs=0.002)
+
+
+def test_one_missed_film_never_gives_a_rate_difference_a_higher_lower_bound_than_none() -> None:
+    """0 against 30 of 30 films of 10 patients (3 each), and against 29 of 30: the films of a rate of 1 are worth
+    its patients, and a rate a miss short of it was worth its 30 films (never fewer than its patients, the rule an
+    AUC's films take), so the miss gave the higher lower bound (0.657 against 0.608). At evaluate's rule, a rate's
+    films never worth more than its patients, the lower bound falls with the miss."""
+    unit_of = np.repeat(np.arange(10), 3)
+    missed = np.arange(30) > 0
+    every, one_short = (paired_rate_ci(np.stack([np.zeros(30, bool), right]), unit_of)
+                        for right in (np.ones(30, bool), missed))
+    assert one_short[0] < every[0] and one_short[1] < every[1] == 1.0
+
+
+def test_a_rate_differences_interval_is_finite_where_a_rate_does_not_vary_by_patient() -> None:
+    """8 patients of 2 films, the second model right on exactly one of each patient's (every patient's rate 1/2, so
+    its variance by patient 0), the first on 5 films: the two rates' correlation by patient was 0/0 and the interval
+    [nan, nan] (compare printed "+0.188 (+nan to +nan)"). It is the rates' Wilson intervals squared and added with
+    phi 0, finite and holding the difference."""
+    unit_of = np.repeat(np.arange(8), 2)
+    hits = np.stack([np.arange(16) < 5, np.arange(16) % 2 == 0])
+    low, high = paired_rate_ci(hits, unit_of)
+    assert np.isfinite([low, high]).all() and -1 <= low < 3 / 16 < high <= 1
+    from scipy.special import ndtri
+
+    from pneumoscan.core.metrics.intervals import clustered_size
+
+    z = float(ndtri(0.975))
+    (p1, p2), wilson = hits.mean(axis=1), []
+    for p, h in zip(hits.mean(axis=1), hits):
+        n = clustered_size(h, unit_of)
+        half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+        wilson.append([(p + z * z / (2 * n) + side * half) / (1 + z * z / n) for side in (-1, 1)])
+    (l1, u1), (l2, u2) = wilson
+    assert [low, high] == pytest.approx([p2 - p1 - np.hypot(p2 - l2, u1 - p1), p2 - p1 + np.hypot(u2 - p2, p1 - l1)])
+    found = paired_differences(np.ones(16, bool), np.zeros((2, 16)), hits, unit_of)["sensitivity"]
+    assert found["difference"] == pytest.approx(3 / 16) and found["ci"] == pytest.approx([low, high])
 
 
 def test_the_auc_differences_interval_is_score_type_whichever_the_test() -> None:

@@ -73,7 +73,9 @@ def _effective_sizes(films: tuple[float, float], patients: tuple[int, int], by_p
     summed by patient over the same with every film its own unit), never fewer than its patients nor more than its
     films. Films of one patient scored alike count about once (d near films per patient); films scored
     independently count each (d near 1), where counting patients had made the interval 3-5 times too wide. With no
-    spread by film (d unknown), the patients."""
+    spread by film (d unknown), the patients. A rate's films take another rule (:func:`~.intervals.clustered_size`:
+    never more than the patients, with Korn and Graubard's degrees-of-freedom factor): at this one a rate's interval
+    fell short of 95 % and let one missed film give a higher lower bound than none."""
     d = by_patient / by_film if by_film > 0 else math.inf
     return tuple(min(max(n / max(d, 1.0), m), n) for n, m in zip(films, patients))
 

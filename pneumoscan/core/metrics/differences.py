@@ -47,8 +47,9 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ..options import AUC_TESTS
-from .auc_intervals import _effective_sizes, _sides, delong_components, delong_covariance, difference_ci, variance_shape
-from .intervals import ALPHA, BOOTSTRAP_SEED, FEW_PATIENTS, _bootstrap_counts, _resampled_sums, net_benefit_parts
+from .auc_intervals import _sides, delong_components, delong_covariance, difference_ci, variance_shape
+from .intervals import (ALPHA, BOOTSTRAP_SEED, FEW_PATIENTS, _bootstrap_counts, _resampled_sums, clustered_size,
+                        net_benefit_parts)
 from .summaries import roc_auc
 
 RESAMPLES = 9999  # shuffles drawn where counting every assignment of patients to groups would take more
@@ -569,36 +570,34 @@ def _paired(figures: np.ndarray, tested: Tested | None, interval: np.ndarray | t
 
 def paired_rate_ci(hits: np.ndarray, unit_of: np.ndarray, alpha: float = ALPHA) -> list[float]:
     """The 95% interval (at ``alpha``) of the second model's rate of ``hits`` less the first's (a row a model, one
-    bool a film, each film's patient ``unit_of``, 0 to size - 1): Newcombe's hybrid score interval for paired
-    proportions (his method 10; Stat Med 1998, 17:2635), each rate's Wilson interval [l, u] combined by the
-    square-and-add (MOVER) rule with the correlation phi of the two rates: d - sqrt((p2 - l2)^2 + (u1 - p1)^2 - 2 phi
-    (p2 - l2) (u1 - p1)) to d + sqrt((u2 - p2)^2 + (p1 - l1)^2 - 2 phi (u2 - p2) (p1 - l1)), phi the films' phi
-    coefficient with Newcombe's correction (AD - BC less n/2 where it exceeds n/2, 0 up to it; 0 where a margin is
-    empty).
+    bool a film, each film's patient ``unit_of``): Newcombe's hybrid score interval for paired proportions (his
+    method 10; Stat Med 1998, 17:2635), each rate's Wilson interval [l, u] combined by the square-and-add (MOVER)
+    rule with the correlation phi of the two rates: d - sqrt((p2 - l2)^2 + (u1 - p1)^2 - 2 phi (p2 - l2) (u1 - p1))
+    to d + sqrt((u2 - p2)^2 + (p1 - l1)^2 - 2 phi (u2 - p2) (p1 - l1)), phi the films' phi coefficient with
+    Newcombe's correction (AD - BC less n/2 where it exceeds n/2, 0 up to it; 0 where a margin is empty).
 
     Why not the patients' percentile bootstrap: where one model is right on every film and the other on none, every
     resample gives 1 and the interval was [1, 1], a certain answer from a few patients (Newcombe's: [0.448, 1] at 6
     patients); near rates of 0 and 1 the bootstrap held the truth less often than 95% (docs/results.md).
 
-    Films of a patient: each rate's Wilson interval is at the independent films its films are worth, its films over
-    the design effect (the rate's variance summed by patient, Korn & Graubard's, over the binomial one), never fewer
-    than its patients nor more than its films (:func:`~.auc_intervals._effective_sizes`: the patients where a rate
-    is 0 or 1, no spread to measure the effect by); phi is the two rates' correlation summed by patient, Newcombe's
-    n/2 taken at the fewer of the two sizes. With one film a patient it is Newcombe's own."""
+    Films of a patient: each rate's Wilson interval is at the independent films its films are worth
+    (:func:`~.intervals.clustered_size`, the rule of every clustered rate's interval); phi is the two rates'
+    correlation summed by patient, Newcombe's n/2 taken at the fewer of the two sizes, and 0 where a rate does not
+    vary by patient (every patient's films with the same share of hits: nothing to correlate, where r was 0/0).
+    With one film a patient it is Newcombe's own. Both ends are finite, in [-1, 1]."""
     from scipy.special import ndtri
 
     hits = np.asarray(hits, dtype=bool)
-    n, size = hits.shape[1], int(unit_of.max()) + 1
+    size = int(unit_of.max()) + 1
     z = float(ndtri(1 - alpha / 2))
     rates = hits.mean(axis=1)
-    films, patients = np.bincount(unit_of, minlength=size), np.unique(unit_of).size
+    films = np.bincount(unit_of, minlength=size)
     # each patient's hits less its films times the rate: the rates' variances and covariance summed by patient
     deviations = np.stack([np.bincount(unit_of, h, size) - p * films for h, p in zip(hits, rates)])
     summed = deviations @ deviations.T
     sizes, ends = [], []
-    for p, by_patient in zip(rates, np.diag(summed)):
-        n_eff = _effective_sizes((float(n),), (patients,), patients / max(patients - 1, 1) * float(by_patient) / n**2,
-                                 p * (1 - p) / n)[0]
+    for p, h in zip(rates, hits):
+        n_eff = clustered_size(h, unit_of, alpha)
         centre = p + z * z / (2 * n_eff)
         half = z * math.sqrt(p * (1 - p) / n_eff + z * z / (4 * n_eff * n_eff))
         sizes.append(n_eff)
@@ -606,7 +605,7 @@ def paired_rate_ci(hits: np.ndarray, unit_of: np.ndarray, alpha: float = ALPHA) 
     (p1, p2), ((l1, u1), (l2, u2)) = rates, ends
     margins = min(sizes) ** 4 * p1 * (1 - p1) * p2 * (1 - p2)  # the 2 x 2 table's margins at the fewer films
     phi = 0.0
-    if margins > 0:
+    if margins > 0 and summed[0, 0] > 0 and summed[1, 1] > 0:
         r, shift = float(summed[0, 1] / math.sqrt(summed[0, 0] * summed[1, 1])), min(sizes) / 2 / math.sqrt(margins)
         phi = r - shift if r > shift else min(r, 0.0)
     below = (p2 - l2) ** 2 + (u1 - p1) ** 2 - 2 * phi * (p2 - l2) * (u1 - p1)

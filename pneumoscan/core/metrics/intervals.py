@@ -148,29 +148,33 @@ def _beta_ends(x: float, n: float, alpha: float) -> list[float]:
     return [low, high]
 
 
-def proportion_ci(hits: np.ndarray, patients: np.ndarray | None = None, alpha: float = ALPHA) -> list[float]:
-    """Interval of the proportion of ``hits`` (one bool a film): Clopper-Pearson on the films, or, when films
-    cluster in ``patients``, Clopper-Pearson at an effective sample size (Korn & Graubard 1998, the survey-statistics
-    standard for clustered proportions).
+def clustered_size(hits: np.ndarray, patients: np.ndarray, alpha: float = ALPHA) -> float:
+    """The independent films a rate of ``hits`` (one bool a film) is worth where its films cluster in ``patients``
+    (one id a film): Korn & Graubard's (1998) effective sample size, the survey-statistics standard for clustered
+    proportions, the one rule of every clustered rate's interval (:func:`proportion_ci`,
+    :func:`~.differences.paired_rate_ci`).
 
     One patient's films tend to be called alike, so k of n films carry less evidence than k of n patients would.
     The patients' (linearisation) variance of p = k / n, v = m / (m - 1) * sum_c (k_c - p n_c)^2 / n^2, against the
     binomial p (1 - p) / n gives the design effect d, and n_eff = n / max(d, 1) films are worth independent ones,
     never more than the m patients: at p = 0 or 1 (or with one patient) there is no spread to measure d from, and
-    n_eff is m, as if each patient's films agreed fully (30 of 30 films of 10 patients gets the interval of 10 of 10);
-    near those rates d comes from the one or two patients with a miss and reads about 1, and without the cap one
-    missed film gave a higher lower bound than none. Korn and Graubard's degrees-of-freedom factor
-    (t_{n-1} / t_{m-1})^2 then narrows n_eff for few patients. The beta quantiles take the real-valued x = p n_eff
-    and n_eff. Films of as many patients (say, the normal films when only pneumonia patients have several) are the
-    cases themselves: exact Clopper-Pearson.
-    """
+    n_eff is m, as if each patient's films agreed fully (30 of 30 films of 10 patients are worth 10 of 10); near
+    those rates d comes from the one or two patients with a miss and reads about 1, and without the cap one missed
+    film gave a higher lower bound than none. Korn and Graubard's degrees-of-freedom factor (t_{n-1} / t_{m-1})^2
+    then narrows n_eff for few patients. Films of as many patients (one film a patient) are the cases themselves:
+    n. An AUC's films take another rule (:func:`~.auc_intervals._effective_sizes`: never fewer than the patients
+    nor more than the films, no degrees-of-freedom factor), as counting patients made its interval 3-5 times too
+    wide; a rate at that rule lets one missed film give a higher lower bound than none, and its intervals held
+    the truth in as few as 0.927 of simulated sets (150 + 150 patients at rates of 0.97), where these held it in
+    0.960-1.000, and a paired difference's in 0.980-1.000 (docs/results.md)."""
     from scipy.special import stdtrit
-    k, n = int(hits.sum()), hits.size
-    if patients is None or np.unique(patients).size == n:
-        return clopper_pearson(k, n, alpha)
+
+    hits = np.asarray(hits, dtype=bool)
     codes = np.unique(patients, return_inverse=True)[1]
-    m = int(codes.max()) + 1
-    p = k / n
+    n, m = hits.size, int(codes.max()) + 1
+    if m == n:
+        return float(n)
+    p = float(hits.mean())
     n_eff = float(m)
     if 0 < p < 1 and m > 1:
         spread = np.bincount(codes, weights=hits, minlength=m) - p * np.bincount(codes, minlength=m)
@@ -178,7 +182,20 @@ def proportion_ci(hits: np.ndarray, patients: np.ndarray | None = None, alpha: f
         n_eff = min(n / max(v / (p * (1 - p) / n), 1.0), float(m))
     if m > 1:
         n_eff *= (float(stdtrit(n - 1, 1 - alpha / 2)) / float(stdtrit(m - 1, 1 - alpha / 2))) ** 2
-    return _beta_ends(p * n_eff, n_eff, alpha)
+    return n_eff
+
+
+def proportion_ci(hits: np.ndarray, patients: np.ndarray | None = None, alpha: float = ALPHA) -> list[float]:
+    """Interval of the proportion of ``hits`` (one bool a film): Clopper-Pearson on the films, or, when films
+    cluster in ``patients``, Clopper-Pearson at the effective sample size of :func:`clustered_size` (Korn &
+    Graubard 1998), the beta quantiles taken at the real-valued x = p n_eff and n_eff. Films of as many patients
+    (say, the normal films when only pneumonia patients have several) are the cases themselves: exact
+    Clopper-Pearson."""
+    k, n = int(hits.sum()), hits.size
+    if patients is None or np.unique(patients).size == n:
+        return clopper_pearson(k, n, alpha)
+    n_eff = clustered_size(hits, patients, alpha)
+    return _beta_ends(k / n * n_eff, n_eff, alpha)
 
 
 def _one_value(samples: np.ndarray) -> bool:
