@@ -155,6 +155,7 @@ def trained_once(log: str, run: Path, cached: dict[str, list[int]], data: Path, 
     assert again.pop("films") == films_digest(val_records), "evaluate names the films it scored"
     assert reported.pop("films") == films_digest(val_records), "so does training, for compare"
     assert again.pop("tta") is False, "evaluate says how it scored them"
+    assert again.pop("test_split") is False, "and that they are no test films (threshold refuses those)"
     assert len(again.pop("out_of_scope")) == n_val, "the tiny films are 64 px thumbnails: evaluate says so"
     assert again.pop("optimistic"), "the bundle's own validation films: evaluate says its figures are optimistic"
     assert len(again.pop("optimistic_films")) == n_val, "and names each film it says so of"
