@@ -43,15 +43,17 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from pneumoscan import cli
 from pneumoscan.data.decode import read_gray
-from pneumoscan.inference.predict import predict_paths
+from pneumoscan.inference.predict import Stages, predict_paths
 from pneumoscan.interop import dimse
 from pneumoscan.interop.dimse import MB, AuditLog, Destination, Listener, Room
 from pneumoscan.interop.reports import SR_SUFFIX, write_reports
 from pneumoscan.interop.sr import report_files
+from pneumoscan.models.card import WEIGHTS
 from pneumoscan.data import pixels
 from tests.builders import SCORE_TOL, htj2k_frame
 from tests.test_dicom_codecs import HTJ2K_FILMS
 from tests.test_dicom_faults import encapsulated
+from tests.test_integrity import copy_bundle, data_start, flip_one_bit
 from tests.test_interop import NAME, PATIENT_ID, chest_dicom, key_object_selection, running_orthanc
 
 WAIT_S = 60.0  # the longest a study's scoring and sending may take here
@@ -1739,3 +1741,65 @@ def test_a_listener_without_a_spool_warns_at_start_that_rejection_notes_are_forg
             "no spool (--spool): reports the destination has not confirmed when the listener stops are lost with its "
             "temporary folder, and so are the films rejection notes withdraw: one sent again after a restart is "
             "scored"])
+
+
+def test_a_listener_loads_its_bundle_once_and_scores_every_study_with_the_model_it_loaded(
+    tiny_bundle: Path, destination: Destination_SCP, film: np.ndarray, tmp_path: Path,
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The bundle is loaded (the real Stages.load, counted) once, when the listener is made, not again for each study
+    (0.1 s a study for a tiny model, seconds for a large one or an ensemble); as serve, a bundle damaged on disk since
+    changes none of its readings: a study sent after is scored, its SR naming the model the first study's names."""
+    caplog.set_level(logging.INFO, logger="pneumoscan")
+    loads: list[str] = []
+    real = Stages.load
+
+    def counted(cls: type[Stages], bundle: Path | str, *args: object, **kwargs: object) -> Stages:
+        loads.append(os.path.realpath(bundle))
+        return real(bundle, *args, **kwargs)
+
+    monkeypatch.setattr(Stages, "load", classmethod(counted))
+    bundle = copy_bundle(tiny_bundle, tmp_path)
+    (work := tmp_path / "listener").mkdir()
+    listener = Listener(bundle, "PNEUMOSCAN", Destination("DEST", "127.0.0.1", destination.port), work,
+                        backend="torch")
+    server = listener.start("127.0.0.1", 0)
+    try:
+        studies = [generate_uid(), generate_uid()]
+        for study in studies:
+            assert send(server.server_address[1], [chest_dicom(film, StudyInstanceUID=study)]) == [0]
+            # its reports sent, or the study refused (an error line)
+            wait_for(lambda: bool(re.search(f"study {study}: (reports of|not scored: )", caplog.text)))  # noqa: B023
+            if study == studies[0]:  # the weights on disk damaged once the first study is done
+                flip_one_bit(bundle / WEIGHTS, data_start(bundle / WEIGHTS))
+    finally:
+        server.shutdown()
+        listener.stop()
+    assert loads == [os.path.realpath(bundle)]
+    for study in studies:
+        assert f"study {study}: reports of 1 of 1 films stored" in caplog.text
+    first, second = (_algorithm(sr) for sr in destination.received)
+    assert first == second and first[1].startswith("sha256:")
+
+
+def _algorithm(sr: Dataset) -> tuple[str, str]:
+    """The algorithm name and version an SR's measurement names (TID 4019: the model that scored the film)."""
+    found = []
+
+    def walk(items: list[Dataset]) -> None:
+        for item in items:
+            if item.ValueType == "TEXT" and item.ConceptNameCodeSequence[0].CodeValue in ("111001", "111003"):
+                found.append(str(item.TextValue))
+            walk(item.get("ContentSequence", []))
+
+    walk(sr.ContentSequence)
+    return found[0], found[1]
+
+
+def test_a_listener_whose_bundle_cannot_load_is_refused_before_it_listens(tiny_bundle: Path, tmp_path: Path) -> None:
+    """A bundle whose weights are damaged is refused when the listener is made, with the reason, before any
+    association: every study it was sent was an error line."""
+    bundle = copy_bundle(tiny_bundle, tmp_path)
+    flip_one_bit(bundle / WEIGHTS, data_start(bundle / WEIGHTS))
+    with pytest.raises(ValueError, match="model.safetensors is damaged"):
+        Listener(bundle, "PNEUMOSCAN", Destination("DEST", "127.0.0.1", 104), tmp_path, backend="torch")

@@ -118,7 +118,12 @@ class Predictor:
     the torch model is built only when Grad-CAM first asks for it (:attr:`model`).
     """
 
-    card: BundleCard  # declared, since mypy cannot tell it from __init__'s assignments (a user's type check)
+    # declared, since mypy cannot tell them from __init__'s assignments (a user's type check)
+    card: BundleCard
+    bundle: Path | str
+    backend: str
+    batch_size: int
+    identity: dict[str, str]
 
     def __init__(self, bundle: Path | str, batch_size: int = PREDICT_BATCH, backend: str = "torch",
                  session: object | None = None) -> None:
@@ -720,27 +725,55 @@ def predict_paths(
     hands over -- and ``heatmap`` with ``heatmap_dir``), or ``path, error`` for an input that could not be read. A
     reading whose second stage failed keeps its first stage's fields, with the second's empty and an ``error``.
     What the searched folders hold besides films is appended to ``skipped`` (see :func:`expand_paths`). The
-    reading's rules are the web service's (:class:`Stages`).
+    reading's rules are the web service's (:class:`Stages`): the bundles loaded and checked by :func:`ready_stages`,
+    the films read by :func:`score_paths`.
 
     Images are decoded once (reduced towards the model size, as in training's cache); the Grad-CAM
     overlays and a second stage that decodes to the same size reuse those pixels.
     """
     paths = path_list(paths)  # one path given alone, not its characters
-    heatmap_dir = _heatmap_folder(heatmap_dir, paths, backend) if heatmap_dir is not None else None
+    heatmap_dir = _heatmap_folder(heatmap_dir, paths) if heatmap_dir is not None else None
+    stages = ready_stages(bundle, etiology, backend, batch_size, tta, heatmaps=heatmap_dir is not None)
+    return score_paths(stages, paths, tta, heatmap_dir, progress, skipped)
+
+
+def ready_stages(bundle: Path | str, etiology: Path | str | None = None, backend: str = "torch",
+                 batch_size: int = PREDICT_BATCH, tta: bool = False, heatmaps: bool = False) -> Stages:
+    """The stages that read films (:meth:`Stages.load`), with Grad-CAM overlays when ``heatmaps``, refused before the
+    first film is read where they cannot (:func:`_ready_to_read`): what :func:`predict_paths` loads for one run, and
+    what a caller that reads many batches of files (``listen``, a study at a time) loads once and hands to
+    :func:`score_paths` for each, as the web service keeps its :class:`Stages`."""
+    if heatmaps and backend == "onnx-int8":  # before any model is built
+        from .explain import INT8_HEATMAPS
+
+        raise ValueError(f"heatmap_dir (--heatmaps) with backend (--backend) onnx-int8: {INT8_HEATMAPS}")
     stages = Stages.load(bundle, etiology or None, backend, batch_size, tta)
+    _ready_to_read(stages, heatmaps)
+    return stages
+
+
+def score_paths(stages: Stages, paths: Sequence[str | Path] | str | Path, tta: bool = False,
+                heatmap_dir: Path | str | None = None, progress: bool = False,
+                skipped: list[dict[str, str]] | None = None) -> list[dict]:
+    """:func:`predict_paths`' rows of ``paths``, read by ``stages`` as :func:`ready_stages` gave them (``tta`` as they
+    were loaded with, ``heatmap_dir`` only where they were made ready for heatmaps): the models are not loaded
+    again, nor checked again, for each call."""
+    given = path_list(paths)
+    folder = _heatmap_folder(heatmap_dir, given) if heatmap_dir is not None else None
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
     predictor = stages.first
-    _ready_to_read(stages, heatmap_dir)
-    items = expand_paths(paths, exclude=heatmap_dir, skipped=skipped)
+    items = expand_paths(given, exclude=folder, skipped=skipped)
     rows: list[dict] = []
     try:
         with progress_bar(enabled=progress) as bar:
             task = bar.add_task(f"Predicting {len(items)} image{'s' if len(items) != 1 else ''}", total=len(items))
-            for batch in _decoded(items, predictor.card.spec.decode_target, batch_size):
-                for row, gray, film in _read_batch(stages, batch, tta, panels=heatmap_dir is not None):
+            for batch in _decoded(items, predictor.card.spec.decode_target, predictor.batch_size):
+                for row, gray, film in _read_batch(stages, batch, tta, panels=folder is not None):
                     rows.append(row)  # before its overlay is written: a stop removes every overlay rows name
                     # no overlay of a film not read or of a model that gave no score
-                    if heatmap_dir is not None and gray is not None and "label" in row:
-                        _add_heatmap(row, predictor, gray, film, heatmap_dir, tta)
+                    if folder is not None and gray is not None and "label" in row:
+                        _add_heatmap(row, predictor, gray, film, folder, tta)
                 bar.advance(task, len(batch))
     except BaseException:
         # stopped (Ctrl-C, SIGTERM, a fault): no results name the overlays written so far, which a rerun would
@@ -752,16 +785,15 @@ def predict_paths(
     return rows
 
 
-def _ready_to_read(stages: Stages, heatmap_dir: Path | None) -> None:
+def _ready_to_read(stages: Stages, heatmaps: bool) -> None:
     """Everything that would refuse the run checked before the first film is read, then what the user should know of
     the readings to come said once: a model that cannot run here stopped the run at its first batch with a
     traceback, and a model that draws no heatmap after every film was scored."""
-    prove_runs(stages, stages.first if heatmap_dir is not None else None)
-    if heatmap_dir is not None:
+    prove_runs(stages, stages.first if heatmaps else None)
+    if heatmaps:
         from .explain import check_explainable
 
         check_explainable(stages.first)
-        heatmap_dir.mkdir(parents=True, exist_ok=True)
     for said in stages.said_at_start():  # once the options are sound: of the readings to come
         log.warning("%s", said)
 
@@ -816,15 +848,10 @@ def _add_heatmap(row: dict, predictor: Predictor, gray: np.ndarray, film: np.nda
         row["heatmap"] = str(write_new(heatmap_dir, Path(row["path"]).stem, ".png", png))
 
 
-def _heatmap_folder(heatmap_dir: Path | str, paths: Sequence[str | Path], backend: str) -> Path:
+def _heatmap_folder(heatmap_dir: Path | str, paths: Sequence[str | os.PathLike]) -> Path:
     """The folder the overlays go to, checked before any model is built, and refused with the reason (a library
-    caller gets the command's line) when it is no folder (a file: ``mkdir`` would say only "File exists"), is one
-    of the folders predicted (its overlays would be refused as films on every later run), or the backend draws no
-    heatmap."""
-    from .explain import INT8_HEATMAPS
-
-    if backend == "onnx-int8":
-        raise ValueError(f"heatmap_dir (--heatmaps) with backend (--backend) onnx-int8: {INT8_HEATMAPS}")
+    caller gets the command's line) when it is no folder (a file: ``mkdir`` would say only "File exists") or is one
+    of the folders predicted (its overlays would be refused as films on every later run)."""
     heatmap_dir = Path(heatmap_dir)
     if heatmap_dir.exists() and not heatmap_dir.is_dir():
         raise ValueError(f"heatmap_dir (--heatmaps) {heatmap_dir} is a {file_kind(heatmap_dir.stat().st_mode)}: "

@@ -52,6 +52,7 @@ from pneumoscan.core.options import PACS_FILM_S, PACS_READ_S
 from pneumoscan.core.secrets import check_client_cert, read_secret
 from pneumoscan.data.pixels import MAX_DECODED_BYTES
 from pneumoscan.data.readers.dicom import is_own_output, read_dataset
+from pneumoscan.inference.predict import ready_stages
 from .reports import add_warning, check_reportable, dicom_multipart
 from .study import (FAILURES, MADE, WARNINGS, not_scored, one_patient, score_films, status_words, study_rows,
                     unreadable_note, valid_uid, withdrawn_by)
@@ -765,8 +766,9 @@ def predict_study(
             if not entries:
                 raise ValueError(f"study {study_uid} holds no image instances to read")
             held = {_value(item, _SOP) for item in found}
-            scored = score_films(bundle, sources, Path(tmp), backend, heatmaps, store, fhir_dir,
-                                 _issued_reports(found), held)
+            # one study a run: its model loaded for it, where it has films to score (listen loads its model once)
+            scored = score_films(ready_stages(bundle, backend=backend, heatmaps=heatmaps), sources, Path(tmp), heatmaps,
+                                 store, fhir_dir, _issued_reports(found), held) if sources else []
             if store:
                 for row in scored:
                     _store(session, root, study_uid, row, held)

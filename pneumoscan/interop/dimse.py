@@ -81,7 +81,7 @@ from pneumoscan.core.options import (LISTEN_ASSOCIATION_MB, LISTEN_FREE_MB, LIST
                                      LISTEN_SPOOL_MB, LISTEN_STORE_S, MAX_UPLOAD_MB)
 from pneumoscan.data.readers.dicom import TRANSFER_SYNTAXES, is_own_output, read_dataset
 from pneumoscan.data.scope import CAPTURE_CLASSES, RADIOGRAPH_CLASSES
-from pneumoscan.inference.predict import identity_fields
+from pneumoscan.inference.predict import ready_stages
 from pneumoscan.models.card import CHECKSUM
 
 from .reports import FHIR_SUFFIX, ObservationIndex, add_warning, check_reportable
@@ -460,7 +460,8 @@ class Listener:
     study's folder once its audit lines are written (:meth:`_file_observations`); each of its files read once (here,
     or when another process puts it there) and kept track of as they are written
     (:class:`~pneumoscan.interop.reports.ObservationIndex`, which says what other processes may do there).
-    ``backend`` and ``heatmaps`` as ``pacs`` takes them.
+    ``backend`` and ``heatmaps`` as ``pacs`` takes them: ``bundle``'s model is loaded here, once, refused here
+    when it cannot score films (or draw their heatmaps), and scores every study the listener is sent.
     ``spool``: where each report waits until the destination confirms it (:class:`Spool`; None: a folder in
     ``work``, gone with it), sent again from there every ``retry_s`` seconds and at :meth:`start` (what an earlier
     run left)."""
@@ -474,8 +475,11 @@ class Listener:
         for title in allow:
             _check_title(title, "allow (--allow)")
         check_reportable(bundle, dicom=True)  # the UID root and the bundle's task, before any film is taken
-        self.bundle, self.ae_title, self.destination, self.work = bundle, ae_title.strip(), destination, work
-        self.allow, self.backend, self.heatmaps = [t.strip() for t in allow], backend, heatmaps
+        # the model every study is scored with, loaded once (as serve loads its own) and proven to run here (and to
+        # draw heatmaps, with heatmaps) before any association: a bundle replaced on disk since is read at a restart
+        self.stages = ready_stages(bundle, backend=backend, heatmaps=heatmaps)
+        self.ae_title, self.destination, self.work = ae_title.strip(), destination, work
+        self.allow, self.heatmaps = [t.strip() for t in allow], heatmaps
         self.room, self.store_s, self.send_s, self.out = room, store_s, send_s, out
         # read here, and after only what changed: a folder that grows for months would take longer to read each study
         self.observations = ObservationIndex(fhir) if fhir is not None else None
@@ -486,7 +490,9 @@ class Listener:
         self._arriving: dict[int, int] = {}  # by association: the bytes of the film arriving, received so far
         self._cut: dict[int, str] = {}  # by association: why the listener aborted it at a bound
         self._lock = threading.Lock()  # the associations' table
-        self._scoring = threading.Lock()  # one study scored at a time: a model's memory, not one per sender
+        # one study scored at a time: a model's memory, not one per sender; and so the one model (self.stages), which
+        # Grad-CAM's hooks on its torch model would share between studies, is used by one thread at a time
+        self._scoring = threading.Lock()
         # scored, their reports to send in turn; None wakes the sending thread to end it (stop)
         self._outbox: queue.SimpleQueue[_Scored | None] = queue.SimpleQueue()
         self._sending: str | None = None  # the study whose reports the sending thread is sending
@@ -501,7 +507,7 @@ class Listener:
         self._made: OrderedDict[tuple[str, str], dict] = OrderedDict()
         self.audit = audit
         # the model each audit line names: as each reading names it, and bundle.json's own checksum
-        self.model = {**identity_fields(bundle, backend),
+        self.model = {**self.stages.first.identity,
                       "bundle_checksum": json.loads((Path(bundle) / "bundle.json").read_text()).get(CHECKSUM)}
 
     def start(self, host: str, port: int) -> ThreadedAssociationServer:
@@ -1220,7 +1226,7 @@ class Listener:
         work = folder / study_uid
         work.mkdir()
         # its Observations beside its SRs, moved into `fhir` once its audit lines are written (_file_observations)
-        scored = score_films(self.bundle, sources, work, self.backend, self.heatmaps, store=True,
+        scored = score_films(self.stages, sources, work, self.heatmaps, store=True,
                              fhir_dir=work / "fhir" if self.observations is not None else None, held=set(instances))
         rows = study_rows(entries, sources, scored)
         for row in rows:

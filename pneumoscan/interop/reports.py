@@ -32,13 +32,14 @@ log = logging.getLogger(__name__)
 SR_SUFFIX, OVERLAY_SUFFIX, FHIR_SUFFIX = ".sr.dcm", ".heatmap.dcm", ".fhir.json"  # what write_reports names its files
 
 
-def check_reportable(bundle: Path | str, dicom: bool = True) -> None:
+def check_reportable(bundle: Path | str, dicom: bool = True, card: BundleCard | None = None) -> None:
     """Refuse before any film is read: SR and FHIR results state a pneumonia finding, and, for ``dicom`` objects, an
     organisation's UID root that is none (``$PNEUMOSCAN_UID_ROOT``) would refuse every one only once every film was
-    scored (a FHIR Observation's identifier is a UUID, under no root)."""
+    scored (a FHIR Observation's identifier is a UUID, under no root). ``card``: the bundle's as loaded (read from
+    disk when None)."""
     if dicom:
         uid_root()
-    card = load_card(bundle)
+    card = card if card is not None else load_card(bundle)
     task = card.task
     if not card_task(card, bundle).reports_pneumonia:
         raise ValueError(f"DICOM SR and FHIR results report pneumonia, and {bundle} is a model of the {task} task, "
@@ -235,7 +236,7 @@ def write_reports(
     rows: list[dict], bundle: Path | str, sr_dir: Path | str | None = None,
     fhir_dir: Path | str | ObservationIndex | None = None,
     backend: str = "torch", tta: bool = False, issued: dict[str, Dataset] | None = None,
-    held: Collection[str] = (),
+    held: Collection[str] = (), card: BundleCard | None = None,
 ) -> None:
     """For every scored row: ``STEM.sr.dcm`` (and ``STEM.heatmap.dcm`` when the row has a heatmap) in ``sr_dir``,
     ``STEM.fhir.json`` in ``fhir_dir``; their paths go into the row's ``dicom_sr``, ``dicom_heatmap`` and ``fhir``.
@@ -252,9 +253,11 @@ def write_reports(
     beside it; ``issued``, the reports held elsewhere (a PACS's study, by SOP Instance UID: study, series, SOP
     instance and class), are looked in instead. The same reading's overlay in series 9902 is replaced in ``sr_dir``;
     one among ``held`` (the SOP Instance UIDs of a PACS's study, where nothing is deleted) is named in the row's
-    warnings for deletion there."""
-    check_reportable(bundle, dicom=sr_dir is not None)
-    reports = _Reports.opened(bundle, sr_dir, fhir_dir, backend, tta, issued, held)
+    warnings for deletion there. ``card``: the card the rows were scored by (:attr:`Predictor.card
+    <pneumoscan.inference.predict.Predictor.card>`, the INT8 model's with ``onnx-int8``), so that the reports name
+    the model that scored them whatever the bundle on disk holds since; None: the bundle's on disk."""
+    check_reportable(bundle, dicom=sr_dir is not None, card=card)
+    reports = _Reports.opened(bundle, sr_dir, fhir_dir, backend, tta, issued, held, card)
     for row in rows:
         if "probability" in row:
             reports.write(row)
@@ -290,11 +293,14 @@ class _Reports:
 
     @classmethod
     def opened(cls, bundle: Path | str, sr_dir: Path | str | None, fhir_dir: Path | str | ObservationIndex | None,
-               backend: str, tta: bool, issued: dict[str, Dataset] | None, held: Collection[str]) -> _Reports:
-        """The folders made, once the model is known to report, and what they hold read, before the first row."""
-        card = load_card(bundle)
+               backend: str, tta: bool, issued: dict[str, Dataset] | None, held: Collection[str],
+               scored_by: BundleCard | None = None) -> _Reports:
+        """The folders made, once the model is known to report, and what they hold read, before the first row;
+        ``scored_by``: the card the rows were scored by (:func:`write_reports`' ``card``)."""
+        # of the threshold the rows were labelled at (the INT8 model's, with its sidecar's caveats)
+        card = scored_by if scored_by is not None else scoring_card(bundle, load_card(bundle), backend)
         identity = identity_fields(bundle, backend, card)  # what predict's rows name, for the backend that scored them
-        caveats = scoring_card(bundle, card, backend).caveats  # of the threshold the rows were labelled at
+        caveats = card.caveats
         sr_folder = Path(sr_dir) if sr_dir is not None else None
         if sr_folder is not None:
             sr_folder.mkdir(parents=True, exist_ok=True)

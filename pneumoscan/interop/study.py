@@ -21,7 +21,7 @@ from pneumoscan.core.names import shown
 from pneumoscan.data.readers.dicom import FOR_PROCESSING, for_processing
 from pneumoscan.data.scope import (MIN_SIDE, MODALITIES, RADIOGRAPH_CLASSES, RADIOGRAPHY, defined_term, kind_of,
                                    outside_scope, scope_warnings)
-from pneumoscan.inference.predict import predict_paths
+from pneumoscan.inference.predict import Stages, score_paths
 
 from .reports import ObservationIndex, write_reports
 
@@ -77,23 +77,25 @@ def not_scored(recorded: Dataset) -> str | None:
     return "; ".join(w for w, _ in outside_scope(warnings)) or None
 
 
-def score_films(bundle: Path | str, sources: dict[str, dict], work: Path, backend: str, heatmaps: bool,
-                store: bool, fhir_dir: Path | str | ObservationIndex | None = None,
-                issued: dict[str, Dataset] | None = None,
+def score_films(stages: Stages, sources: dict[str, dict], work: Path, heatmaps: bool, store: bool,
+                fhir_dir: Path | str | ObservationIndex | None = None, issued: dict[str, Dataset] | None = None,
                 held: Collection[str] = ()) -> list[dict]:
     """The rows of the films at the paths ``sources`` names (each path's row as the study lists it: where it came
-    from, its UIDs), scored as ``predict`` scores them; with ``store``, each scored film's SR (and its Grad-CAM
-    Secondary Capture with ``heatmaps``) written into ``work``, the paths in its ``dicom_sr`` and ``dicom_heatmap``
-    (:data:`MADE`), and with ``fhir_dir`` (a folder, or its index a caller keeps) its FHIR Observation there;
-    ``issued`` and ``held``: the reports and the SOP
-    Instance UIDs the study held already (:func:`~pneumoscan.interop.reports.write_reports`). Each row's ``path`` is
-    still the film's file here: :func:`study_rows` gives it its place in the study."""
+    from, its UIDs), scored as ``predict`` scores them, by ``stages`` (loaded once by
+    :func:`~pneumoscan.inference.predict.ready_stages`, for every study a listener is sent); with ``store``, each
+    scored film's SR (and its Grad-CAM Secondary Capture with ``heatmaps``, which ``stages`` were made ready for)
+    written into ``work``, the paths in its ``dicom_sr`` and ``dicom_heatmap`` (:data:`MADE`), and with ``fhir_dir``
+    (a folder, or its index a caller keeps) its FHIR Observation there, each report naming the model that scored it;
+    ``issued`` and ``held``: the reports and the SOP Instance UIDs the study held already
+    (:func:`~pneumoscan.interop.reports.write_reports`). Each row's ``path`` is still the film's file here:
+    :func:`study_rows` gives it its place in the study."""
     if not sources:
         return []
-    scored = predict_paths(bundle, list(sources), backend=backend, heatmap_dir=work / "heatmaps" if heatmaps else None)
+    scored = score_paths(stages, list(sources), heatmap_dir=work / "heatmaps" if heatmaps else None)
     if store or fhir_dir is not None:
-        write_reports(scored, bundle, sr_dir=work / "sr" if store else None, fhir_dir=fhir_dir, backend=backend,
-                      issued=issued if issued is not None else {}, held=held)
+        first = stages.first
+        write_reports(scored, first.bundle, sr_dir=work / "sr" if store else None, fhir_dir=fhir_dir,
+                      backend=first.backend, issued=issued if issued is not None else {}, held=held, card=first.card)
     return scored
 
 
