@@ -299,6 +299,13 @@ def test_exif_orientation_is_applied() -> None:
 XMP_FORMS = {
     "double": b' tiff:Orientation="%d"/>', "single": b" tiff:Orientation='%d'/>",
     "spaced": b' tiff:Orientation = "%d" />', "element": b"><tiff:Orientation>%d</tiff:Orientation></rdf:Description>",
+    "typed": b'><tiff:Orientation rdf:datatype="http://www.w3.org/2001/XMLSchema#integer">%d</tiff:Orientation>'
+             b"</rdf:Description>",
+    "prefixed": b' xmlns:t="http://ns.adobe.com/tiff/1.0/" t:Orientation="%d"/>',
+    "value": b"><tiff:Orientation><rdf:Description><rdf:value>%d</rdf:value></rdf:Description></tiff:Orientation>"
+             b"</rdf:Description>",
+    "pantry": b'><xmpMM:Pantry><rdf:Bag><rdf:li tiff:Orientation="1"/></rdf:Bag></xmpMM:Pantry>'
+              b"<tiff:Orientation>%d</tiff:Orientation></rdf:Description>",
 }  # fmt: skip
 
 
@@ -331,7 +338,7 @@ def _oriented(fmt: str, exif: int | None, xmp: int | None, form: str = "double")
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
 @pytest.mark.parametrize(("exif", "xmp", "form"), [(None, 6, "double"), (1, 6, "double"), (6, 1, "double"),
                                                    (6, 8, "double"), (None, 6, "single"), (1, 8, "spaced"),
-                                                   (None, 6, "element")])
+                                                   (None, 6, "element"), (None, 6, "typed"), (1, 6, "prefixed")])
 def test_an_xmp_orientation_other_than_the_exif_blocks_is_refused(
     fmt: str, exif: int | None, xmp: int, form: str
 ) -> None:
@@ -343,6 +350,19 @@ def test_an_xmp_orientation_other_than_the_exif_blocks_is_refused(
     with pytest.raises(DecodeError, match=f"^conflicting orientations: the XMP metadata says tiff:Orientation {xmp}, "
                                           f"the EXIF block {said}; browsers"):
         read_gray(_oriented(fmt, exif, xmp, form))
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+@pytest.mark.parametrize(("form", "said"), [
+    ("value", "^unreadable orientation: the XMP metadata names tiff:Orientation "),
+    ("pantry", "^conflicting orientations: the XMP metadata gives 1 and 6, "),
+])
+def test_an_xmp_orientation_not_read_for_sure_is_refused(fmt: str, form: str, said: str) -> None:
+    """An orientation in a form the reader does not read (rdf:value), or two (a pantry's history item beside the
+    image's own, the first of which agrees with an EXIF block that gives none): the film was read as stored by the
+    first match; it is refused, failing closed."""
+    with pytest.raises(DecodeError, match=said):
+        read_gray(_oriented(fmt, 6 if form == "value" else None, 6, form))
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])

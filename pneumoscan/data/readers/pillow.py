@@ -60,7 +60,11 @@ _MAGIC = {"JPEG": b"\xff\xd8\xff", "PNG": b"\x89PNG\r\n\x1a\n"}  # the first byt
 _PILLOW_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
 # tiff:Orientation in an XMP packet (:func:`_xmp_orientation`): an attribute, ="6" or ='6' with spaces about the '=',
 # or an element, <tiff:Orientation>6</tiff:Orientation>; matched without an XML parser (no defusedxml here)
-_XMP_ORIENTATION = re.compile(rb"""tiff:Orientation\s*(?:=\s*["']|>)\s*([0-9]+)\s*["'<]""")
+# each XMP property named Orientation, whatever its prefix, opened as an attribute or an element (a closing tag is
+# no mention), and its value where it is a number given in the simple forms: in either quote, spaces around ``=``,
+# or as an element's text, with attributes (rdf:datatype) or none
+_XMP_ORIENTATION = re.compile(rb"""(?<![/\w.-])[\w.-]+:Orientation\b"""
+                              rb"""(?:\s*=\s*["']\s*([0-9]+)\s*["']|(?:\s[^>]*)?>\s*([0-9]+)\s*<)?""")
 _ORIENTATION = {  # EXIF orientation -> the transpose that shows the image upright (as ImageOps.exif_transpose)
     2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
     5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
@@ -414,16 +418,31 @@ def _orientation(im: Image.Image) -> int | None:
 
 def _xmp_orientation(im: Image.Image) -> int | None:
     """The orientation the image's XMP metadata gives (``tiff:Orientation``; a JPEG's APP1 XMP, a PNG's iTXt, as
-    Pillow puts them in ``info``), as an attribute in either quote, spaces around its ``=`` or none, or as an element:
-    any form photo editors (and ImageOps.exif_transpose, where EXIF gives none) read; None without one. Read from the
-    packet by :data:`_XMP_ORIENTATION`, not by Pillow's getexif, whose pattern takes ``="6"`` and ``>6`` alone."""
+    Pillow puts them in ``info``), None without one. Read from the packet by :data:`_XMP_ORIENTATION`, as an
+    attribute in either quote or as an element's text, not by Pillow's getexif, whose pattern takes ``="6"`` and
+    ``>6`` alone. Fails closed: a packet that names an orientation it does not give in those forms (an
+    ``rdf:value``, a value that is no number) or gives two (a pantry's history item beside the image's own) is
+    refused, as which way up the film is cannot be told from it."""
+    found: set[int] = set()
     for key in ("xmp", "XML:com.adobe.xmp"):
         packet = im.info.get(key)
         if isinstance(packet, str):
             packet = packet.encode("utf-8", "replace")
-        if isinstance(packet, bytes) and (found := _XMP_ORIENTATION.search(packet)):
-            return int(found[1])
-    return None
+        if not isinstance(packet, bytes):
+            continue
+        for mention in _XMP_ORIENTATION.finditer(packet):
+            value = mention[1] or mention[2]
+            if value is None:
+                raise pixels.DecodeError(
+                    f"unreadable orientation: the XMP metadata names {mention[0].decode('ascii', 'replace')} in a "
+                    "form this reader does not read, so which way up the film is cannot be told; export it upright, "
+                    "with no orientation in its XMP or the one of its EXIF block")
+            found.add(int(value))
+    if len(found) > 1:
+        raise pixels.DecodeError(
+            f"conflicting orientations: the XMP metadata gives {' and '.join(map(str, sorted(found)))}, so which way "
+            "up the film is cannot be told; export it upright, with one orientation or none")
+    return found.pop() if found else None
 
 
 def _png_images(kinds: list[bytes]) -> int:
