@@ -494,6 +494,7 @@ def test_two_models_ranking_every_film_alike_have_no_auc_interval() -> None:
     """A model and its scores squared order the films alike: their AUCs are equal on every resample and DeLong's
     variance of the difference is 0, so the score-type interval was [0, 0], a certain "no difference" from 12
     patients. It has none, under either test, and compare says why, as it does of rates called alike."""
+    from pneumoscan.core.metrics.differences import RANKED_ALIKE
     from pneumoscan.evaluation.compare import no_interval
 
     positive = np.arange(12) % 2 == 0
@@ -502,9 +503,13 @@ def test_two_models_ranking_every_film_alike_have_no_auc_interval() -> None:
     for auc_test in ("permutation", "delong"):
         auc = paired_differences(positive, scores, scores >= 0.5, np.arange(12), auc_test=auc_test)["auc"]
         assert auc["difference"] == 0 and auc["ci"] is None and auc["ci_method"] == SCORE
-        assert no_interval(auc) == "both runs rank every film alike"
+        assert no_interval(auc) == RANKED_ALIKE
     apart = paired_differences(positive, np.stack([first, first[::-1]]), scores >= 0.5, np.arange(12))["auc"]
     assert apart["ci"] is not None and apart["no_ci_reason"] is None
+    separate = positive + np.linspace(0, 0.5, 12)  # each separates the classes, in another order of the films
+    both = paired_differences(positive, np.stack([separate, separate[::-1] + 2 * positive]), scores >= 0.5,
+                              np.arange(12))["auc"]
+    assert both["ci"] is None and no_interval(both) == RANKED_ALIKE
 
 
 def test_an_auc_difference_without_delongs_variance_says_why_not_too_few_patients() -> None:

@@ -103,6 +103,11 @@ def test_an_evaluations_predictions_csv_chooses_a_threshold_only_of_validation_f
     (old / "metrics.json").write_text(json.dumps({k: v for k, v in metrics.items() if k != "test_split"}))
     with pytest.raises(ValueError, match="does not record whether they are test films"):
         refuse_test_films(discover(old / "predictions.csv").records, old / "predictions.csv", "threshold")
+    # an older pneumoscan's evaluation (0.1.0, 0.2.0) recorded no checksum either: refused the same way
+    (old / "metrics.json").write_text(json.dumps({k: v for k, v in metrics.items()
+                                                  if k not in ("test_split", "predictions_checksum")}))
+    with pytest.raises(ValueError, match="does not record whether they are test films"):
+        refuse_test_films(discover(old / "predictions.csv").records, old / "predictions.csv", "threshold")
     val = tmp_path / "eval-val"
     evaluate(tiny_bundle, tiny_bundle.parent / "split.csv", "val", val)
     assert cli.main(["-q", "threshold", str(tiny_bundle), str(val / "predictions.csv"), "--youden", "--out",

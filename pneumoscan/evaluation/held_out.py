@@ -567,10 +567,14 @@ def test_films(records: Sequence[Record], data: Path | str) -> bool:
     return any(r.split == "test" for r in records) or (_test_folder(data) and not any(r.split for r in records))
 
 
+EVALUATED = "threshold_table"  # a key every evaluate's metrics.json holds, before it recorded a checksum too
+
+
 def _evaluated_test_films(data: Path | str, what: str) -> None:
-    """Refuse DATA, an ``evaluate`` output's predictions.csv (its metrics.json beside it records the file's checksum),
-    when that metrics.json says its films are test films, or says nothing of it (unreadable, or written before it
-    was recorded): read as a manifest the file names no split, and the test films chose a threshold unseen."""
+    """Refuse DATA, an ``evaluate`` output's predictions.csv (its metrics.json beside it records the file's checksum,
+    or, written by a pneumoscan before that, a threshold table: :data:`EVALUATED`), when that metrics.json says its
+    films are test films, or says nothing of it (unreadable, or written before it was recorded): read as a manifest
+    the file names no split, and the test films chose a threshold unseen."""
     data = Path(data)
     metrics = data.parent / METRICS
     if data.name != PREDICTIONS or not data.is_file() or not metrics.is_file():
@@ -580,7 +584,7 @@ def _evaluated_test_films(data: Path | str, what: str) -> None:
     except (OSError, ValueError) as e:  # ValueError: not JSON, or not UTF-8
         raise ValueError(f"{data}: {metrics} beside it cannot be read ({e}), so it cannot be told whether these are "
                          f"test films; give the films themselves to choose the {what} on") from None
-    if not isinstance(record, dict) or PREDICTIONS_CHECKSUM not in record:
+    if not isinstance(record, dict) or not {PREDICTIONS_CHECKSUM, EVALUATED} & record.keys():
         return  # no evaluate output: a manifest of the user's own that happens to be named predictions.csv
     test = record.get(TEST_SPLIT)
     if test is False:

@@ -683,7 +683,7 @@ class Listener:
                 self._keeping -= 1
                 self._notes.notify_all()
                 gave_up = self._gave_up
-        return STOPPING if gave_up else why
+        return why or (STOPPING if gave_up else None)  # a failed write says so, stopping or not
 
     def _withdraw(self, received: _Association, study_uid: str, withdrawn: dict[str, str]) -> None:
         """A rejection note's films (``withdrawn``: why each, by SOP Instance UID; remembered by the spool already,

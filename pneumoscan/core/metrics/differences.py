@@ -58,7 +58,7 @@ AUC_BATCH = 200  # :func:`auc_difference`'s shuffles drawn at once (the draws de
 SCORED = 4_000_000  # :func:`auc_difference`'s films (twice the positive ones) times shuffles scored at once
 EXACT, DRAWN, DELONG = "exact", "drawn", "DeLong"  # how a p was found (:class:`Tested`)
 # why an AUC difference has no interval (``no_ci_reason``), in a reader's words, where DeLong's variance says it
-RANKED_ALIKE = "both runs rank every film alike"
+RANKED_ALIKE = "both runs place every film alike against the other class (rank alike, or both separate the classes)"
 NO_VARIANCE = "each run ranks the films of a class alike against the other class: no spread to scale the difference by"
 FEW_OF_A_CLASS = "fewer than two patients with films of a class"
 BOOTSTRAP = "bootstrap"  # a net benefit difference's interval from resampled patients (``ci_method``)
@@ -67,6 +67,10 @@ NEWCOMBE = "Newcombe"  # a rate difference's interval (:func:`paired_rate_ci`)
 # each way in a reader's words, as tables and reports say it beside the p
 P_METHODS = {EXACT: "exact: every shuffle counted", DRAWN: f"drawn: {RESAMPLES:,} shuffles, fixed seed",
              DELONG: "DeLong: normal approximation, clustered by patient"}
+
+
+class NoVariance(ValueError):
+    """DeLong's variance of an AUC difference is 0 where the AUCs differ: nothing to scale the difference by."""
 
 
 class Tested(NamedTuple):
@@ -340,7 +344,7 @@ def paired_differences(positive: np.ndarray, scores: np.ndarray, called: np.ndar
         except ValueError as error:  # no DeLong variance: fewer than two patients of a class, or none to scale by
             if auc_test == "delong":
                 raise
-            reason = NO_VARIANCE if "variance is 0" in str(error) else FEW_OF_A_CLASS
+            reason = NO_VARIANCE if isinstance(error, NoVariance) else FEW_OF_A_CLASS
         tested = delong[0] if delong is not None and auc_test == "delong" else _sign_flip_p(
             np.bincount(unit_of, _auc_parts(scores, positive), units.size) / (positive.sum() * (~positive).sum()))
         out["auc"] = _paired(figures, tested, (None if delong is None else delong[1], SCORE), films, unit_of)
@@ -435,7 +439,7 @@ def _delong_paired(positive: np.ndarray, scores: np.ndarray, patients: np.ndarra
     if variance <= 1e-15:
         if abs(t) <= 1e-12:
             return Tested(1.0, DELONG), None
-        raise ValueError("DeLong's test cannot scale an AUC difference of films ranked alike within each model "
+        raise NoVariance("DeLong's test cannot scale an AUC difference of films ranked alike within each model "
                          "(its variance is 0): use the permutation test")
     return (Tested(float(2 * norm.sf(abs(t) / math.sqrt(variance))), DELONG),
             difference_ci(components, positive, unit_of, ALPHA))
