@@ -733,22 +733,25 @@ def predict_paths(
     """
     paths = path_list(paths)  # one path given alone, not its characters
     heatmap_dir = _heatmap_folder(heatmap_dir, paths) if heatmap_dir is not None else None
-    stages = ready_stages(bundle, etiology, backend, batch_size, tta, heatmaps=heatmap_dir is not None)
+    stages = ready_stages(bundle, etiology, backend, batch_size, tta, heatmaps=heatmap_dir is not None,
+                          heatmap_dir=heatmap_dir)
     return score_paths(stages, paths, tta, heatmap_dir, progress, skipped)
 
 
 def ready_stages(bundle: Path | str, etiology: Path | str | None = None, backend: str = "torch",
-                 batch_size: int = PREDICT_BATCH, tta: bool = False, heatmaps: bool = False) -> Stages:
+                 batch_size: int = PREDICT_BATCH, tta: bool = False, heatmaps: bool = False,
+                 heatmap_dir: Path | None = None) -> Stages:
     """The stages that read films (:meth:`Stages.load`), with Grad-CAM overlays when ``heatmaps``, refused before the
-    first film is read where they cannot (:func:`_ready_to_read`): what :func:`predict_paths` loads for one run, and
-    what a caller that reads many batches of files (``listen``, a study at a time) loads once and hands to
-    :func:`score_paths` for each, as the web service keeps its :class:`Stages`."""
+    first film is read where they cannot (:func:`_ready_to_read`; ``heatmap_dir``, a run's one folder of overlays,
+    made there too): what :func:`predict_paths` loads for one run, and what a caller that reads many batches of
+    files (``listen``, a study at a time) loads once and hands to :func:`score_paths` for each, as the web service
+    keeps its :class:`Stages`."""
     if heatmaps and backend == "onnx-int8":  # before any model is built
         from .explain import INT8_HEATMAPS
 
         raise ValueError(f"heatmap_dir (--heatmaps) with backend (--backend) onnx-int8: {INT8_HEATMAPS}")
     stages = Stages.load(bundle, etiology or None, backend, batch_size, tta)
-    _ready_to_read(stages, heatmaps)
+    _ready_to_read(stages, heatmaps, heatmap_dir)
     return stages
 
 
@@ -785,15 +788,18 @@ def score_paths(stages: Stages, paths: Sequence[str | Path] | str | Path, tta: b
     return rows
 
 
-def _ready_to_read(stages: Stages, heatmaps: bool) -> None:
-    """Everything that would refuse the run checked before the first film is read, then what the user should know of
-    the readings to come said once: a model that cannot run here stopped the run at its first batch with a
-    traceback, and a model that draws no heatmap after every film was scored."""
+def _ready_to_read(stages: Stages, heatmaps: bool, heatmap_dir: Path | None = None) -> None:
+    """Everything that would refuse the run checked before the first film is read (``heatmap_dir`` made, once the
+    model is known to draw: a folder that cannot be made is the run's one line, no warning before it), then what the
+    user should know of the readings to come said once: a model that cannot run here stopped the run at its first
+    batch with a traceback, and a model that draws no heatmap after every film was scored."""
     prove_runs(stages, stages.first if heatmaps else None)
     if heatmaps:
         from .explain import check_explainable
 
         check_explainable(stages.first)
+        if heatmap_dir is not None:
+            heatmap_dir.mkdir(parents=True, exist_ok=True)
     for said in stages.said_at_start():  # once the options are sound: of the readings to come
         log.warning("%s", said)
 
