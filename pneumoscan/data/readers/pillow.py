@@ -58,11 +58,10 @@ PIL_FORMATS = ("JPEG", "PNG")
 _MAGIC = {"JPEG": b"\xff\xd8\xff", "PNG": b"\x89PNG\r\n\x1a\n"}  # the first bytes of each format's files
 # Bytes a decoded pixel takes in Pillow's memory (every multi-band mode is stored as 4 bytes a pixel).
 _PILLOW_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
-# tiff:Orientation in an XMP packet (:func:`_xmp_orientation`): an attribute, ="6" or ='6' with spaces about the '=',
-# or an element, <tiff:Orientation>6</tiff:Orientation>; matched without an XML parser (no defusedxml here)
-# each XMP property named Orientation, whatever its prefix, opened as an attribute or an element (a closing tag is
-# no mention), and its value where it is a number given in the simple forms: in either quote, spaces around ``=``,
-# or as an element's text, with attributes (rdf:datatype) or none
+# each property named Orientation in an XMP packet (:func:`_xmp_orientation`), whatever its prefix, opened as an
+# attribute or an element (a closing tag is no mention), and its value where it is a number given in the simple
+# forms: ="6" or ='6' with spaces about the '=', or an element's text, <tiff:Orientation>6</tiff:Orientation>, with
+# attributes (rdf:datatype) or none; matched without an XML parser (no defusedxml here)
 _XMP_ORIENTATION = re.compile(rb"""(?<![/\w.-])[\w.-]+:Orientation\b"""
                               rb"""(?:\s*=\s*["']\s*([0-9]+)\s*["']|(?:\s[^>]*)?>\s*([0-9]+)\s*<)?""")
 _ORIENTATION = {  # EXIF orientation -> the transpose that shows the image upright (as ImageOps.exif_transpose)
