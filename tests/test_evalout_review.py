@@ -22,7 +22,7 @@ from pneumoscan.core.metrics import evaluate_binary, evaluate_multiclass, format
 from pneumoscan.data.layouts import discover, write_manifest
 from pneumoscan.evaluation.compare import compare_runs, comparison_figure
 from pneumoscan.evaluation.evaluate import evaluate
-from pneumoscan.evaluation.held_out import refuse_test_films
+from pneumoscan.evaluation.held_out import film_splits, refuse_test_films
 from pneumoscan.evaluation.report import write_report
 
 # names a film may have on disk that a CSV, a spreadsheet or an HTML page could misread
@@ -113,6 +113,37 @@ def test_an_evaluations_predictions_csv_chooses_a_threshold_only_of_validation_f
     assert cli.main(["-q", "threshold", str(tiny_bundle), str(val / "predictions.csv"), "--youden", "--out",
                      str(out)]) == 0
     assert json.loads((val / "metrics.json").read_text())["test_split"] is False
+    # copied alone, its rows still name their split, which is no test split: accepted as beside its metrics.json
+    alone = tmp_path / "copied" / "scores.csv"
+    alone.parent.mkdir()
+    shutil.copy(val / "predictions.csv", alone)
+    assert {r.split for r in discover(alone).records} == {"val"}
+    assert cli.main(["-q", "threshold", str(tiny_bundle), str(alone), "--youden", "--out", str(tmp_path / "b")]) == 0
+
+
+def test_a_test_evaluations_predictions_csv_is_refused_by_threshold_away_from_its_metrics_json(
+        tiny_bundle: Path, tiny_evaluation: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """predictions.csv named no split, so only the metrics.json beside it kept its test films from choosing a
+    threshold: copied alone into another folder, or cut down to some of its rows by a script of the user's, it was
+    read as a manifest of no split. Each row names its film's split, and a manifest of test rows is test films."""
+    scores = tiny_evaluation / "predictions.csv"
+    with scores.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {row["split"] for row in rows} == {"test"}
+    alone = tmp_path / "elsewhere" / "predictions.csv"
+    alone.parent.mkdir()
+    shutil.copy(scores, alone)
+    out = tmp_path / "new"
+    assert cli.main(["-q", "threshold", str(tiny_bundle), str(alone), "--youden", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{alone}: the test split measures a bundle and never chooses its threshold" in err and not out.exists()
+    kept = tmp_path / "elsewhere" / "in_scope.csv"  # the rows a user's script keeps, its columns as they were
+    with kept.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows[::2])
+    with pytest.raises(ValueError, match="never chooses its temperature and thresholds"):
+        refuse_test_films(discover(kept).records, kept, "temperature and thresholds")
 
 
 def test_the_test_folder_is_test_films_for_every_choice_but_its_copies_are_not(tiny_dataset: Path,
@@ -123,7 +154,7 @@ def test_the_test_folder_is_test_films_for_every_choice_but_its_copies_are_not(t
     upper = tmp_path / "data" / "TEST"
     shutil.copytree(tiny_dataset / "test", upper)
     records = discover(upper).records
-    assert {r.split for r in records} == {""}
+    assert {r.split for r in records} == {""} and set(film_splits(records, upper)) == {"test"}  # predictions.csv's
     with pytest.raises(ValueError, match="never chooses its temperature and thresholds; give films the bundle never"):
         refuse_test_films(records, upper, "temperature and thresholds")
     with pytest.raises(ValueError, match="never chooses"):
@@ -131,6 +162,7 @@ def test_the_test_folder_is_test_films_for_every_choice_but_its_copies_are_not(t
     own = tmp_path / "data" / "site-b"
     upper.rename(own)
     refuse_test_films(discover(own).records, own, "threshold")
+    assert set(film_splits(discover(own).records, own)) == {""}
     root = tmp_path / "test"  # a dataset root that happens to be named test: its train split is no test film
     shutil.copytree(tiny_dataset, root)
     refuse_test_films(discover(root).split("train"), root, "threshold")

@@ -52,7 +52,7 @@ def test_evaluate_writes_predictions_figures_and_a_threshold_table(tiny_bundle: 
 
     rows = read_csv(out / "predictions.csv")
     assert list(rows[0]) == ["path", "label", "subtype", "patient", "probability", "called", "correct", "optimistic",
-                             "in_scope", "warnings"]
+                             "in_scope", "warnings", "split"]
     assert len(rows) == metrics["n"] == 16
     predictor = Predictor(tiny_bundle)
     for row in rows:
@@ -113,6 +113,7 @@ def test_evaluate_marks_the_films_outside_the_models_scope_as_predict_does(
     metrics = evaluate(tiny_bundle, data, out_dir=tmp_path / "eval")
     rows = {row["path"]: row for row in read_csv(tmp_path / "eval" / "predictions.csv")}
     assert len(rows) == metrics["n"] == 17
+    assert {row["split"] for row in rows.values()} == {""}  # a folder of a site's own names no split
     outside = []
     for predicted in predict_paths(tiny_bundle, sorted(rows)):
         row = rows[predicted["path"]]
@@ -157,6 +158,7 @@ def test_the_report_shows_the_most_confident_errors_with_grad_cam(tiny_bundle: P
     out = tmp_path / "eval"
     evaluate(bundle, tiny_dataset, None, out)  # train and test: more normal films than the gallery holds
     rows = read_csv(out / "predictions.csv")
+    assert {Path(r["path"]).parts[-3] for r in rows if r["split"] == "test"} == {"test"}  # each film's split folder
     normals = sorted((float(r["probability"]) for r in rows if r["label"] == "NORMAL"), reverse=True)
     assert len(normals) > GALLERY_SIZE
     html = (out / "report.html").read_text()
@@ -302,7 +304,7 @@ def test_a_multiclass_predictions_csv_recomputes_its_three_class_figures(tiny_da
     classes = ["normal", "bacteria", "virus"]
     assert list(rows[0]) == ["path", "label", "subtype", "patient", "probability", "called", "correct", "optimistic",
                              "probability_normal", "probability_bacteria", "probability_virus", "most_probable",
-                             "in_scope", "warnings"]
+                             "in_scope", "warnings", "split"]
     counts = np.zeros((3, 3), int)
     for row in rows:
         probs = [float(row[f"probability_{c}"]) for c in classes]
@@ -357,7 +359,7 @@ def test_two_stages_are_scored_as_the_three_classes_predict_calls(
     # the second stage's probability under predict's name for it (results.csv's etiology_probability_virus)
     assert list(rows[0]) == ["path", "label", "subtype", "patient", "probability", "called", "correct", "optimistic",
                              "etiology_probability_virus", "two_stage_called", "etiology_in_scope",
-                             "etiology_warnings", "in_scope", "warnings"]
+                             "etiology_warnings", "in_scope", "warnings", "split"]
     assert len(rows) == block["n"] == 16
     # the etiology bundle records no appearance: its column says so, as the first stage's warnings do
     assert all(row["etiology_warnings"] == UNCHECKED for row in rows) and block["out_of_scope"] == []
@@ -415,8 +417,8 @@ def test_a_second_stage_of_ones_own_is_in_predictions_csv_under_predicts_name_fo
     out = tmp_path / "eval"
     evaluate(tiny_bundle, tiny_dataset, "test", out, etiology=second)
     rows = read_csv(out / "predictions.csv")
-    assert list(rows[0])[-6:] == ["typicality_probability_atypical", "two_stage_called", "typicality_in_scope",
-                                  "typicality_warnings", "in_scope", "warnings"]
+    assert list(rows[0])[-7:] == ["typicality_probability_atypical", "two_stage_called", "typicality_in_scope",
+                                  "typicality_warnings", "in_scope", "warnings", "split"]
     assert not any(column.startswith("etiology") for column in rows[0])
     film = rows[0]["path"]
     [predicted] = predict_paths(tiny_bundle, [film], etiology=second)

@@ -35,7 +35,7 @@ from pneumoscan.inference.onnx_runtime import INT8_NAME
 from pneumoscan.inference.predict import NO_HEATMAP, Predictor, check_bundle_stages, stage_fields, stage_scope
 from pneumoscan.models.card import WEIGHTS, BundleCard, load_card, proven_run_split, refuse_model_files
 from pneumoscan.models.run_folder import PREDICTIONS, PREDICTIONS_CHECKSUM, TEST_SPLIT
-from .held_out import HeldOutFindings, HeldOutPolicy, check_held_out, test_films
+from .held_out import HeldOutFindings, HeldOutPolicy, check_held_out, film_splits
 from .methods import METHODS, methods_text, software
 from .model_card import MODEL_CARD, add_evaluation, counted, evaluation_record, left_out_said
 from .report import METRICS, MODEL_ID, THRESHOLD_DIGITS, report_files, write_report
@@ -46,7 +46,10 @@ log = logging.getLogger(__name__)
 DECISION_CURVE = "decision_curve.csv"  # beside the report: the decision curve, a row a threshold probability
 SENSITIVITY_TABLE = "sensitivity_table.csv"  # beside the report: its threshold table
 PREDICTION_FIELDS = ("path", "label", "subtype", "patient", "probability", "called", "correct", "optimistic")
-SCOPE_FIELDS = ("in_scope", "warnings")  # predictions.csv's last columns: as predict's rows say them
+SCOPE_FIELDS = ("in_scope", "warnings")  # predictions.csv's columns before SPLIT: as predict's rows say them
+# predictions.csv's last column (every other column keeps its place): each film's split (held_out.film_splits), read
+# as a manifest's split column, so that the file copied anywhere or cut down to some rows is still known as test films
+SPLIT = "split"
 TWO_STAGE_CALLED = "two_stage_called"  # predictions.csv with a second stage: each film's call among the 1 + k
 MOST_PROBABLE = "most_probable"  # predictions.csv of a multiclass bundle: the class its three-class figures call
 TABLE_THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
@@ -391,7 +394,8 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
     metrics = _figures(task, probs, scores, targets, threshold, points, groups, prevalences, by_field, auc_test)
     _annotate(metrics, bundle, card, backend, tta, name, copies, films.unreadable, held_out.caveats)
     _list_films(metrics, films, task, held_out, outside, conflicts)
-    metrics[TEST_SPLIT] = test_films(records, data)  # predictions.csv names no split: threshold reads it here
+    splits = film_splits(records, data)  # predictions.csv's split column
+    metrics[TEST_SPLIT] = "test" in splits  # what an older pneumoscan's threshold reads (its predictions.csv: no split)
     second: dict[str, list] | None = None  # predictions.csv's columns of the second stage
     second_card: BundleCard | None = None
     if etiology is not None:
@@ -407,7 +411,7 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
         with unchanged(Path(out_dir) / METRICS, results):
             _clear_earlier(Path(out_dir))
             _write_outputs(Path(out_dir), predictor, records, targets, probs, threshold, metrics,
-                           f"{card.model} · {card.task} · {name}", header, second, gallery, scope)
+                           f"{card.model} · {card.task} · {name}", header, second, gallery, scope, splits)
             # valid UTF-8 whatever a name's bytes, as the report writes them (caf\xe9)
             write_atomic(Path(out_dir) / METHODS, path_text(methods_text(metrics, header, card, second_card)).encode())
     if add_to_card:
@@ -605,7 +609,8 @@ def _threshold_said(card: BundleCard, threshold: float) -> str:
 def _write_outputs(out_dir: Path, predictor: Predictor, records: list[Record], targets: np.ndarray,
                    probs: np.ndarray, threshold: float, metrics: dict, title: str, header: dict[str, object],
                    second: dict[str, list] | None,
-                   gallery: dict[str, list[tuple[bytes, str]]], scope: Sequence[list[str]]) -> None:
+                   gallery: dict[str, list[tuple[bytes, str]]], scope: Sequence[list[str]],
+                   splits: Sequence[str]) -> None:
     """predictions.csv (for a multiclass bundle with each class's probability and the most probable class, the
     decision its three-class figures are of, so they can be recomputed or split by subgroup from the file; with
     the second stage's columns, ``second`` (:func:`_two_stage`), when there is one),
@@ -613,7 +618,8 @@ def _write_outputs(out_dir: Path, predictor: Predictor, records: list[Record], t
     confident errors (``gallery``: :func:`error_gallery`). Each row says whether its film is in the model's scope,
     with its warnings (``scope``: :func:`_film_warnings`), and whether it is among the model's own data
     (``optimistic``: metrics.json's ``optimistic_films``), for a researcher to leave those films out without joining
-    the two by path."""
+    the two by path; last, its split (``splits``: :func:`~.held_out.film_splits`), which ``threshold`` reads in the
+    file wherever it goes."""
     card, task = predictor.card, predictor.task
     classes, scores = task.classes, task.positive_probability(probs)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -622,8 +628,8 @@ def _write_outputs(out_dir: Path, predictor: Predictor, records: list[Record], t
     optimistic = set(metrics["optimistic_films"])
     rows = [{"path": r.path, "label": classes[t], "subtype": r.subtype, "patient": r.patient,
              "probability": p, "called": card.positive if c else card.classes[0], "correct": bool(c == yy),
-             "optimistic": path_text(r.path) in optimistic, "in_scope": in_scope(w), "warnings": w}
-            for r, t, p, c, yy, w in zip(records, targets, scores, called, y, scope)]  # fmt: skip
+             "optimistic": path_text(r.path) in optimistic, "in_scope": in_scope(w), "warnings": w, SPLIT: s}
+            for r, t, p, c, yy, w, s in zip(records, targets, scores, called, y, scope, splits)]  # fmt: skip
     class_fields: tuple[str, ...] = ()
     if task.multiclass:
         class_fields = (*task.class_columns, MOST_PROBABLE)
@@ -634,7 +640,7 @@ def _write_outputs(out_dir: Path, predictor: Predictor, records: list[Record], t
     for column, values in (second or {}).items():
         for row, value in zip(rows, values):
             row[column] = value
-    fields = PREDICTION_FIELDS + class_fields + second_fields + SCOPE_FIELDS
+    fields = PREDICTION_FIELDS + class_fields + second_fields + SCOPE_FIELDS + (SPLIT,)
     scored = results_csv(fields, rows).encode()
     write_atomic(out_dir / PREDICTIONS, scored)
     table = metrics["threshold_table"]

@@ -549,8 +549,10 @@ def refuse_test_films(records: Sequence[Record], data: Path | str, what: str, ca
     measures a bundle, and figures on films that chose its numbers are optimistic. Test films are those a dataset
     root's test split holds (``--split test``, or the root without ``--split``) and those of a folder named test
     given itself (``DATA/test`` of the Kaggle layout, or a link to it), whose records name no split (a dataset root
-    that happens to be named test has split folders, and its records their splits), and an ``evaluate`` output's
-    predictions.csv whose metrics.json says they are (:func:`_evaluated_test_films`)."""
+    that happens to be named test has split folders, and its records their splits), those a manifest's split column
+    names test (an ``evaluate`` output's predictions.csv, or rows kept from it, wherever it is copied:
+    :func:`film_splits`), and an older ``evaluate`` output's predictions.csv, which names no split, whose metrics.json
+    says they are or does not say (:func:`_evaluated_test_films`)."""
     _evaluated_test_films(data, what)
     if test_films(records, data):
         # a cv ensemble's runs hold no film new to every member: its runs' validation splits are refused too
@@ -562,9 +564,18 @@ def refuse_test_films(records: Sequence[Record], data: Path | str, what: str, ca
 
 
 def test_films(records: Sequence[Record], data: Path | str) -> bool:
-    """Whether DATA's films are test films (:func:`refuse_test_films`'s rule): ``evaluate`` records it in
-    metrics.json, its predictions.csv naming no split."""
-    return any(r.split == "test" for r in records) or (_test_folder(data) and not any(r.split for r in records))
+    """Whether DATA's films are test films (:func:`refuse_test_films`'s rule): ``evaluate`` writes each film's split
+    in predictions.csv (:func:`film_splits`), and whether any is test in metrics.json."""
+    return "test" in film_splits(records, data)
+
+
+def film_splits(records: Sequence[Record], data: Path | str) -> list[str]:
+    """Each film's split as DATA names it, for ``evaluate``'s predictions.csv (its ``split`` column, which a manifest
+    reads): the record's own (a dataset root's split folder, a manifest's split column), test for every film of a
+    folder named test given itself (:func:`refuse_test_films`), else none (""). Read back as a manifest, wherever
+    the file is copied and whichever of its rows are kept, its test films are test films."""
+    test = _test_folder(data) and not any(r.split for r in records)
+    return ["test" if test else r.split for r in records]
 
 
 EVALUATED = "threshold_table"  # a key every evaluate's metrics.json holds, before it recorded a checksum too
@@ -573,8 +584,8 @@ EVALUATED = "threshold_table"  # a key every evaluate's metrics.json holds, befo
 def _evaluated_test_films(data: Path | str, what: str) -> None:
     """Refuse DATA, an ``evaluate`` output's predictions.csv (its metrics.json beside it records the file's checksum,
     or, written by a pneumoscan before that, a threshold table: :data:`EVALUATED`), when that metrics.json says its
-    films are test films, or says nothing of it (unreadable, or written before it was recorded): read as a manifest
-    the file names no split, and the test films chose a threshold unseen."""
+    films are test films, or says nothing of it (unreadable, or written before it was recorded): read as a manifest,
+    an older pneumoscan's file names no split (:func:`film_splits`), and the test films chose a threshold unseen."""
     data = Path(data)
     metrics = data.parent / METRICS
     if data.name != PREDICTIONS or not data.is_file() or not metrics.is_file():

@@ -30,8 +30,8 @@ PREDICTIONS = "predictions.csv"  # an evaluate --out folder's scores, a row a fi
 # metrics.json's SHA-256 of the predictions.csv written with it: another run's file, or one left by an evaluation
 # stopped between the two, is not paired as this one's scores
 PREDICTIONS_CHECKSUM = "predictions_checksum"
-# metrics.json's word on whether its films are test films (a predictions.csv names no split): that predictions.csv,
-# given back as films, chooses no threshold
+# metrics.json's word on whether its films are test films (an older pneumoscan's predictions.csv names no split):
+# that predictions.csv, given back as films, chooses no threshold
 TEST_SPLIT = "test_split"
 HISTORY = "history.csv"
 _FOLD = re.compile(r"fold-(\d+)")
