@@ -114,11 +114,12 @@ def test_an_evaluations_predictions_csv_chooses_a_threshold_only_of_validation_f
                      str(out)]) == 0
     assert json.loads((val / "metrics.json").read_text())["test_split"] is False
     # copied alone, its rows still name their split, which is no test split: accepted as beside its metrics.json
-    alone = tmp_path / "copied" / "scores.csv"
+    alone = tmp_path / "copied" / "predictions.csv"
     alone.parent.mkdir()
     shutil.copy(val / "predictions.csv", alone)
-    assert {r.split for r in discover(alone).records} == {"val"}
-    assert cli.main(["-q", "threshold", str(tiny_bundle), str(alone), "--youden", "--out", str(tmp_path / "b")]) == 0
+    records = discover(alone).records
+    assert {r.split for r in records} == {"val"}
+    refuse_test_films(records, alone, "threshold")
 
 
 def test_a_test_evaluations_predictions_csv_is_refused_by_threshold_away_from_its_metrics_json(
