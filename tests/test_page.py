@@ -25,7 +25,7 @@ import pytest
 import uvicorn
 from fastapi.testclient import TestClient
 from PIL import Image
-from playwright.sync_api import Browser, BrowserContext, CDPSession, Page, Route, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, CDPSession, Page, Route, expect
 
 import pneumoscan.data.scope as scope
 from pneumoscan.data import tasks
@@ -36,8 +36,7 @@ from pneumoscan.inference.predict import Predictor, format_results, predict_path
 from pneumoscan.models.card import load_card, save_card
 from pneumoscan.serving.app import create_app
 from tests.builders import SCORE_TOL, dicom_bytes, nudge_weights, running
-from tests.test_browser import (ARGS, CHROMIUM, SERVICE_CAPTION, TIMEOUT_MS, drop_file, run_server,
-                                serious_violations)
+from tests.test_browser import SERVICE_CAPTION, TIMEOUT_MS, chromium, drop_file, run_server, serious_violations
 from tests.test_heatmap_scale import assert_legend_is_the_caption, sentence
 from tests.test_serve import with_threshold
 
@@ -157,11 +156,8 @@ def server(tiny_bundle: Path) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    assert CHROMIUM.exists(), f"{CHROMIUM} is missing: install Debian's chromium package (make browser)"
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+    with chromium() as b:
         yield b
-        b.close()
 
 
 SCREEN = {"viewport": {"width": 1280, "height": 1000}, "accept_downloads": True}
