@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -72,22 +74,43 @@ def server(tiny_bundle: Path) -> Iterator[str]:
     yield from run_server(create_app(tiny_bundle))
 
 
-def launched(p: Playwright) -> Browser:
-    """Debian's Chromium launched with ARGS; a missing browser fails the test, never skips it, and so does a
-    feature Playwright turns off that ARGS would turn on again (its list on the browser's command line, before ours)."""
-    assert CHROMIUM.exists(), f"{CHROMIUM} is missing: install Debian's chromium package (make browser)"
-    browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+def _own_browser_lines() -> list[list[str]]:
+    """The command lines of the Chromium browser processes this process launched (through Playwright's driver, a
+    child of ours): another worker's browser is not ours to judge."""
+    def parent(pid: str) -> str:
+        with contextlib.suppress(OSError, IndexError):
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]
+        return ""
+
+    drivers = {p.parent.name for p in Path("/proc").glob("[0-9]*/stat") if parent(p.parent.name) == str(os.getpid())}
     lines = []
     for proc in Path("/proc").glob("[0-9]*/cmdline"):
         with contextlib.suppress(OSError):
             line = proc.read_bytes().decode(errors="replace").split("\0")
-            if ARGS[-1] in line and not any(a.startswith("--type=") for a in line):
-                lines.append(line)  # a browser process (this worker's, or another's with the same ARGS)
-    assert lines, "no Chromium browser process with ARGS found"
-    for line in lines:
-        off = [a.split("=", 1)[1].split(",") for a in line if a.startswith("--disable-features=")]
-        assert set(off[0]) <= set(off[-1]), f"ARGS turns on what Playwright turns off: {set(off[0]) - set(off[-1])}"
-    return browser
+            if (ARGS[-1] in line and not any(a.startswith("--type=") for a in line)
+                    and parent(proc.parent.name) in drivers):
+                lines.append(line)
+    return lines
+
+
+def launched(p: Playwright) -> Browser:
+    """Debian's Chromium launched with ARGS; a missing browser fails the test, never skips it. Chromium keeps only
+    the last --disable-features, so where Playwright turns off a feature ARGS does not name (a newer Playwright's
+    list), ARGS takes it in and the browser is launched again: ours must not turn Playwright's defaults back on."""
+    assert CHROMIUM.exists(), f"{CHROMIUM} is missing: install Debian's chromium package (make browser)"
+    for _ in range(2):
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        lines = _own_browser_lines()
+        assert lines, "no Chromium browser process of this worker with ARGS found"
+        off = [a.split("=", 1)[1].split(",") for a in lines[-1] if a.startswith("--disable-features=")]
+        if not (lost := [name for name in off[0] if name not in off[-1]]):
+            return browser
+        browser.close()
+        logging.getLogger(__name__).warning("Playwright turns off %s too: added to ARGS", lost)
+        PLAYWRIGHTS_OFF.extend(lost)
+        ARGS[ARGS.index(next(a for a in ARGS if a.startswith("--disable-features=")))] = (
+            f"--disable-features={','.join(PLAYWRIGHTS_OFF + OFF)}")
+    raise AssertionError(f"ARGS turns on what Playwright turns off: {lost}")
 
 
 @contextlib.contextmanager

@@ -20,7 +20,7 @@ from pneumoscan.evaluation.report import roc_figure, write_report
 from pneumoscan.evaluation.subgroups import subgroup_figures
 from pneumoscan.models.card import load_card
 from pneumoscan.training.callbacks import plot_training_curves
-from tests.test_browser import ARGS, CHROMIUM, TIMEOUT_MS, serious_violations
+from tests.test_browser import TIMEOUT_MS, launched, serious_violations
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 DATA_URL = re.compile(r"data:image/png;base64,([A-Za-z0-9+/=]+)")
@@ -463,9 +463,8 @@ def test_every_figure_is_a_png_encoded_at_the_fast_zlib_level(tmp_path):
 @pytest.fixture(scope="module")
 def chromium() -> Iterator[Page]:
     """One headless Chromium for the module's reports, one page that each test loads its documents in."""
-    assert CHROMIUM.exists(), f"{CHROMIUM} is missing: install Debian's chromium package (make browser)"
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        browser = launched(p)
         page = browser.new_page()
         page.set_default_timeout(TIMEOUT_MS)
         yield page
