@@ -49,7 +49,7 @@ from pneumoscan.training.distributed import setup_distributed
 from pneumoscan.training.train import stream_seed, train
 from pneumoscan.training.warm_start import warm_start_head, WARM_START_L2
 from tests.builders import SCORE_TOL, Crash, crash_after_first_epoch, trial_copy
-from tests.distributed_stubs import CountingProbe
+from tests.distributed_stubs import CountingProbe, probe_films
 
 TINY = dict(model="simple_cnn", pretrained=False, image_size=32, epochs=2, batch_size=8, lr=3e-3, val_fraction=0.25)
 # What precision auto computes in here: bf16 where train() finds CUDA (its checkpoints and cards say so), else fp32.
@@ -1037,6 +1037,15 @@ def test_warm_start_penalty_is_chosen_on_validation(signal: float, chosen: float
     model = CountingProbe(40)
     assert warm_start_head(model, loader(60), loader(400), None, torch.device("cpu")) == chosen
     assert model.fc.weight.abs().sum() > 0
+
+
+def test_the_warm_start_shows_its_progress(caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture) -> None:
+    """The warm start runs the frozen network over every training and validation film before the first epoch:
+    minutes of `make demo` on a 2-core CPU in which the terminal showed nothing after the preprocessing bar. A bar
+    says so, counting the films."""
+    caplog.set_level(logging.INFO, logger="pneumoscan")  # as the command line shows it (the bars follow INFO)
+    train_mod.warm_start(CountingProbe(), (probe_films(61, 0), probe_films(41, 1)), None, 16, Dist())
+    assert re.search(r"Warm start: features of 102 films .*100%", capsys.readouterr().err)
 
 
 def _probe_loader(n: int, seed: int, outlier: float | None = None,

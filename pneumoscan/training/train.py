@@ -27,6 +27,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from pneumoscan.core.atomic import write_atomic
 from pneumoscan.core.digests import file_sha256
+from pneumoscan.core.logs import progress
 from pneumoscan.core.metrics import binary_metrics, format_figure, roc_auc, softmax
 from pneumoscan.core.names import shown
 from pneumoscan.data.appearance import MIN_FILMS, Appearance
@@ -605,8 +606,13 @@ def warm_start(model: torch.nn.Module, plain: Sequence[Dataset], weights: torch.
     """The classifier fitted on the frozen features of the training films, its L2 penalty chosen on the validation
     films (``plain``: both without augmentation; :func:`warm_start_head`). Each process computes the features of
     its share of the films (:func:`shard`), so W processes share the work of one. Returns the penalty chosen."""
-    loaders = [DataLoader(torch.utils.data.Subset(part, shard(ctx, len(part))), batch_size) for part in plain]
-    l2 = warm_start_head(model, *loaders, weights, ctx.device, ctx)
+    shares = [torch.utils.data.Subset(part, shard(ctx, len(part))) for part in plain]
+    loaders = [DataLoader(share, batch_size) for share in shares]
+    films = sum(map(len, shares))
+    # minutes on a CPU before the first epoch's bar (make demo on 2 cores), with nothing on the terminal without one
+    with progress(enabled=ctx.main) as bar:
+        task = bar.add_task(f"Warm start: features of {films} films", total=films)
+        l2 = warm_start_head(model, *loaders, weights, ctx.device, ctx, lambda n: bar.advance(task, n))
     if ctx.main:
         log.info("warm start: classifier fitted on frozen pretrained features (L2 %g, chosen on validation loss)", l2)
     return l2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -16,11 +17,11 @@ log = logging.getLogger(__name__)
 WARM_START_L2 = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # L2 penalties tried for the warm-start head (sum of squared weights)
 
 
-def pooled_features(model: torch.nn.Module, loader: DataLoader,
-                    device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def pooled_features(model: torch.nn.Module, loader: DataLoader, device: torch.device,
+                    done: Callable[[int], object] = lambda films: None) -> tuple[torch.Tensor, torch.Tensor]:
     """The frozen backbone's pooled features (the classifier's input) and the targets, for every image: none, without
     a forward pass, for a process whose share of the films is empty (fewer films than processes), whose rows
-    :func:`~.distributed.gather_shards_to_main` leaves out."""
+    :func:`~.distributed.gather_shards_to_main` leaves out. ``done`` is told each batch's films (a progress bar)."""
     model.eval()
     feats, ys = [], []
     with torch.inference_mode():
@@ -28,13 +29,15 @@ def pooled_features(model: torch.nn.Module, loader: DataLoader,
             x = x.to(device, memory_format=torch.channels_last)
             feats.append(model.forward_head(model.forward_features(x), pre_logits=True).float())
             ys.append(y.to(device))
+            done(len(x))
     if not feats:
         return torch.empty(0, 0), torch.empty(0, dtype=torch.long)
     return torch.cat(feats).clone(), torch.cat(ys).clone()
 
 
 def warm_start_head(model: torch.nn.Module, train_loader: DataLoader, val_loader: DataLoader,
-                    weights: torch.Tensor | None, device: torch.device, ctx: Dist = Dist()) -> float:
+                    weights: torch.Tensor | None, device: torch.device, ctx: Dist = Dist(),
+                    done: Callable[[int], object] = lambda films: None) -> float:
     """Fit the classifier on frozen pooled features (a linear probe) so fine-tuning starts from a sensible head
     instead of pushing random-head gradients into pretrained layers. The L2 strength is the one of
     :data:`WARM_START_L2` with the lowest validation loss: too weak a penalty (measured on the etiology task:
@@ -44,7 +47,7 @@ def warm_start_head(model: torch.nn.Module, train_loader: DataLoader, val_loader
     Under torchrun (``ctx``) each loader holds this rank's share of the films (:func:`~.distributed.shard`, empty
     where there are fewer films than processes), so the backbone runs once over each film, not once a process: the
     features are joined in the films' order on rank 0, which fits the head on all of them, as one process would,
-    and every rank takes rank 0's head.
+    and every rank takes rank 0's head. ``done`` is told each batch's films as their features are computed.
 
     A penalty whose head has weights or a validation loss that are not finite (LBFGS diverged) is skipped; with
     none left the run is refused, naming the features (fine-tuning would stop at its first step on a non-finite
@@ -52,7 +55,7 @@ def warm_start_head(model: torch.nn.Module, train_loader: DataLoader, val_loader
     training films' class frequencies (:func:`_frequencies_loss`): on features of magnitude 1e12 to 1e19 (a diverged
     or badly scaled backbone) every head's validation loss was finite, 1e4 to 1e11 against 0.69, and the least was
     taken, said to be fitted."""
-    train, val = (gather_shards_to_main(ctx, *(t.cpu().numpy() for t in pooled_features(model, loader, device)))
+    train, val = (gather_shards_to_main(ctx, *(t.cpu().numpy() for t in pooled_features(model, loader, device, done)))
                   for loader in (train_loader, val_loader))
     head = model.get_classifier()
     fitted = _fit(head, _on(train, device), _on(val, device), weights) if ctx.main else None
