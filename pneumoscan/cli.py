@@ -1458,7 +1458,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pneumoscan {args.command}: error: {shown(_reason(e))}", file=sys.stderr)
         return 3 if isinstance(e, WeightsUnavailable) else 2
     except KeyboardInterrupt as e:  # Ctrl-C: one line, not a traceback; every file is written whole or not at all
-        goes_on = (" (`train --resume` goes on from the last finished epoch)" if args.command == "train" else
+        goes_on = (_train_goes_on(args.out) if args.command == "train" else
                    " (the same `cv` command goes on from each fold's last finished epoch)" if args.command == "cv"
                    else "")
         stopped = "terminated" if isinstance(e, Terminated) else "interrupted"
@@ -1467,6 +1467,16 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if handled:  # a library caller's own handling back (the only thread that may set one is the main one)
             signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def _train_goes_on(out: str | None) -> str:
+    """What a stopped `train` can do next: --resume where an epoch finished (its checkpoint), else start again (a run
+    stopped in its warm start, minutes on a CPU, has none, and --resume would start from scratch)."""
+    from pneumoscan.models.run_folder import RunFolder
+
+    if out and RunFolder(Path(out)).checkpoint.is_file():
+        return " (`train --resume` goes on from the last finished epoch)"
+    return " (no epoch had finished, so no checkpoint was kept: the same command starts the run again)"
 
 
 def _stdout_reader_gone() -> bool:

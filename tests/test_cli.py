@@ -618,7 +618,7 @@ def interrupted_train(tiny_dataset: Path, module_tmp: Callable[[str], Path]) -> 
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 240
-        while not (run / "history.csv").exists():  # an epoch is done: the run is in its loop
+        while not (run / "checkpoint.pt").exists():  # an epoch is done and kept: the run is in its loop
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
             time.sleep(0.1)
         proc.send_signal(signal.SIGINT)
@@ -634,6 +634,25 @@ def test_ctrl_c_during_train_is_one_line_that_says_resume_goes_on(interrupted_tr
     assert status == 130 and "Traceback" not in err, err
     assert err.strip().splitlines()[-1] == ("pneumoscan train: interrupted (`train --resume` goes on from the last "
                                             "finished epoch)"), err
+
+
+def test_a_train_stopped_before_its_first_epoch_ends_says_nothing_was_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """`make demo` stopped in its warm start (minutes on a 2-core CPU) said `train --resume` goes on from the last
+    finished epoch, of which there was none: --resume then started from scratch. Without a checkpoint the line says
+    that the run starts over."""
+    import pneumoscan.training.train as train_mod
+
+    def stopped(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt  # Ctrl-C before the first checkpoint
+
+    monkeypatch.setattr(train_mod, "train", stopped)
+    args = ["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--model", "simple_cnn"]
+    assert cli.main(args) == 130
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "pneumoscan train: interrupted (no epoch had finished, so no checkpoint was kept: the same command starts "
+        "the run again)")
 
 
 def test_a_message_to_a_journal_or_a_pipe_is_one_line() -> None:
