@@ -296,7 +296,7 @@ def _trained(bundle: Path) -> str:
     return (f"{shown(bundle)}: validation AUC {rate['auc']}, threshold {card.threshold:.4f} "
             f"({card.threshold_policy}): {_sensitivity(card, rate['sensitivity'])}, "
             f"specificity {rate['specificity']}, accuracy {rate['accuracy']} on {validation_films(val)}; "
-            f"with --tta {format_figure(card.tta_threshold, 4)}"
+            f"threshold with --tta {format_figure(card.tta_threshold, 4)}"
             # a task of more than two classes: its decision, as cv and evaluate print it beside the positive call
             + (f"\n   most probable class: accuracy {format_figure(val['three_class_accuracy'], 4)}, balanced "
                f"accuracy {format_figure(val.get('three_class_balanced_accuracy'), 4)}, macro AUC "

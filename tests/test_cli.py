@@ -784,11 +784,12 @@ def test_trains_closing_line_names_the_class_its_sensitivity_is_of(tiny_bundle: 
 
 def test_trains_closing_line_gives_its_rates_intervals_and_the_films_they_are_on(tiny_bundle: Path) -> None:
     """A site's fine-tuning said "sensitivity (PNEUMONIA) 1.000, specificity 1.000, accuracy 1.000" of 9 validation
-    films, as certain as a figure on thousands: the line gives each rate's 95% CI and the films and patients."""
+    films, as certain as a figure on thousands: the line gives each rate's 95% CI and the films and patients. Its
+    last figure is named a threshold: "...; with --tta 0.3395" after the rates read as one more rate."""
     val = load_card(tiny_bundle).val_metrics
     line = cli._trained(tiny_bundle).splitlines()[0]
     rates = ", ".join(f"{name} {with_ci(val[key], val['ci'][key])}" for name, key in (
         ("sensitivity (PNEUMONIA)", "sensitivity"), ("specificity", "specificity"), ("accuracy", "accuracy")))
     # the tiny bundle's films name no patient: the films alone (a site's line says "on 9 films of 8 patients")
-    assert f"): {rates} on {val['n']} films; with --tta " in line and val.get("patients") is None, line
+    assert f"): {rates} on {val['n']} films; threshold with --tta " in line and val.get("patients") is None, line
     assert line.startswith(f"{tiny_bundle}: validation AUC {with_ci(val['auc'], val['ci']['auc'], 4)}, threshold ")
