@@ -233,6 +233,17 @@ def test_format_audit_names_the_findings(report: dict, tree: dict[str, Path]) ->
     assert "images repeated across splits: 2 groups" in text
 
 
+def test_format_audit_says_its_image_modes_and_near_duplicates_in_words(report: dict) -> None:
+    """`modes: L 16, RGB 5216` and `near duplicates (pHash <= 10 bits)` were Pillow's and imagehash's words: a
+    clinical reader of the Kermany audit could not tell that its training films are colour JPEGs of grey films, or
+    what near means."""
+    console = Console(file=io.StringIO(), width=200)
+    console.print(format_audit(report))
+    text = console.file.getvalue()
+    assert "image modes: L (greyscale) 5, RGB (colour) 2" in text, text
+    assert "near duplicates (perceptual hashes within 10 of 256 bits): 2 groups" in text, text
+
+
 def test_format_audit_says_the_splits_and_what_stands_in_for_a_missing_test_split(
     report: dict, tree: dict[str, Path], tmp_path: Path
 ) -> None:

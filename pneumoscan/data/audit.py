@@ -26,8 +26,8 @@ from PIL import Image
 from pneumoscan.core.atomic import write_atomic
 from pneumoscan.core.figures import figure_bytes
 from pneumoscan.core.names import shown
-from pneumoscan.data.copies import (EXACT, NEAR_DUPLICATE_BITS, label_conflicts, picture_groups_of_scans, scans,
-                                    shared_patients)
+from pneumoscan.data.copies import (EXACT, NEAR_DUPLICATE_BITS, PHASH_SIZE, label_conflicts, picture_groups_of_scans,
+                                    scans, shared_patients)
 from pneumoscan.data.decode import read_gray
 from pneumoscan.data.layouts import (HEADER_PATIENT, LABELS, SUBTYPES, Discovery, Layout, Record, absent_hint, layouts,
                                      own_patient)
@@ -346,7 +346,8 @@ def _finding_lines(report: dict) -> list[tuple[str, bool]]:
         (f"label conflicts (a name or a duplicate contradicting a label): {len(conflicts)}", bool(conflicts)),
         *((f"  {c['kind']}: {' | '.join(map(shown, c['paths']))}: {c['reason']}", True) for c in conflicts[:LISTED]),
         *_more(conflicts),
-        (f"modes: {', '.join(f'{m} {n}' for m, n in sorted(report['modes'].items())) or '-'}", False),
+        (f"image modes: {', '.join(f'{_mode_words(m)} {n}' for m, n in sorted(report['modes'].items())) or '-'}",
+         False),
         (f"skipped (junk, or outside the folder layout): {len(report['skipped'])}", False),
         (f"unreadable: {len(report['unreadable'])}" + (f" ({hint})" if (hint := report["unreadable_hint"]) else ""),
          bool(report["unreadable"])),
@@ -355,7 +356,8 @@ def _finding_lines(report: dict) -> list[tuple[str, bool]]:
         (f"exact duplicates: {len(dup)} groups, {sum(len(g) for g in dup)} files", bool(dup)),
         (
             (
-                f"near duplicates (pHash <= {report['near_duplicate_max_bits']} bits): {len(near)} groups "
+                f"near duplicates (perceptual hashes within {report['near_duplicate_max_bits']} of "
+                f"{PHASH_SIZE**2} bits): {len(near)} groups "
                 f"({n_exact_near} exact, {len(near) - n_exact_near} re-encoded or edited)"
             ),
             bool(near),
@@ -365,6 +367,20 @@ def _finding_lines(report: dict) -> list[tuple[str, bool]]:
         *((f"  {' | '.join(map(shown, g['paths']))}", True) for g in cross[:LISTED]),
         *_more(cross),
     ]
+
+
+#: Pillow's mode names in a reader's words (a DICOM film's mode is its photometric interpretation and bits, e.g.
+#: MONOCHROME2/12): `modes: L 16, RGB 5216` did not tell a clinical reader that the Kermany training films are colour
+#: JPEGs of grey films
+_MODE_WORDS = {"1": "black and white", "L": "greyscale", "LA": "greyscale with transparency",
+               "I;16": "16-bit greyscale", "I;16B": "16-bit greyscale", "I": "32-bit greyscale",
+               "F": "floating-point greyscale", "P": "palette colour", "RGB": "colour",
+               "RGBA": "colour with transparency", "CMYK": "print colour", "YCbCr": "colour"}
+
+
+def _mode_words(mode: str) -> str:
+    """A film mode as the audit text gives it: Pillow's name with its meaning, any other (DICOM's) as it is."""
+    return f"{shown(mode)} ({_MODE_WORDS[mode]})" if mode in _MODE_WORDS else shown(mode)
 
 
 #: how many of each finding the text of an audit lists (its JSON lists them all)
