@@ -776,7 +776,7 @@ def test_the_413_the_pages_quote_is_the_services(tiny_bundle: Path) -> None:
 def test_the_hung_bundle_reason_deployment_md_quotes_is_the_services() -> None:
     """docs/deployment.md quotes /healthz's reason for a bundle folder that does not answer, and its wait, as the
     service says them."""
-    from pneumoscan.serving.limits import BUNDLE_WAIT_S
+    from pneumoscan.models.on_disk import BUNDLE_WAIT_S
     from pneumoscan.serving.service import BUNDLE_SILENT
 
     page = " ".join((ROOT / "docs" / "deployment.md").read_text().split())

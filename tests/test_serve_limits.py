@@ -30,6 +30,7 @@ from pydantic import TypeAdapter
 import pneumoscan.serving.service as service_module
 from pneumoscan.core.logs import OneLineLog
 from pneumoscan.inference.predict import Predictor
+from pneumoscan.models import on_disk
 from pneumoscan.serving.app import create_app
 from pneumoscan.serving.limits import Limits
 from pneumoscan.serving.server import (ACCESS_LOGGER, NOT_SERVED, QUIET_LOGGERS, AccessLines, AccessLog, served_paths,
@@ -449,8 +450,8 @@ def test_healthz_says_unhealthy_while_the_bundle_folder_hangs_and_the_rest_is_se
     the stop does not hold the server's exit."""
     monkeypatch.setattr(service_module, "BUNDLE_WAIT_S", 0.2)
     app = create_app(tiny_bundle)  # the stamps taken at start, before the gate
-    gate = Gate(service_module.file_stamp)
-    monkeypatch.setattr(service_module, "file_stamp", gate)
+    gate = Gate(on_disk.file_stamp)
+    monkeypatch.setattr(on_disk, "file_stamp", gate)
     silent = {"status": "unhealthy", "model_id": app.state.card.id, "model_version": app.state.card.version,
               "reason": service_module.BUNDLE_SILENT.format(0.2)}
     times: list[float] = []

@@ -51,6 +51,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -83,6 +84,7 @@ from pneumoscan.data.readers.dicom import TRANSFER_SYNTAXES, is_own_output, read
 from pneumoscan.data.scope import CAPTURE_CLASSES, RADIOGRAPH_CLASSES
 from pneumoscan.inference.predict import ready_stages
 from pneumoscan.models.card import CHECKSUM
+from pneumoscan.models.on_disk import BUNDLE_WAIT_S, BundleOnDisk
 
 from .reports import FHIR_SUFFIX, ObservationIndex, add_warning, check_reportable
 from .study import (FAILURES, MADE, WARNINGS, not_scored, one_patient, score_films, status_words, study_rows, unfiled,
@@ -125,6 +127,20 @@ STOPPING = "the listener is stopping: send it again later"  # each C-STORE's ref
 # pynetdicom's own (private) attribute naming the temporary file a C-STORE's data set is written to as it arrives: no
 # public one says which file holds a film an abort cut short, which pynetdicom leaves on disk (Listener._discard)
 _PARTIAL_FILE = "_data_set_path"
+# What the listener says, once a change, when a study is scored after its bundle's files on disk changed: it goes on
+# scoring with the model it loaded and checked, whole in memory, which each report and audit line names ({}: its
+# model_version and bundle.json's checksum); a restart is what loads the files on disk, or refuses them
+BUNDLE_DAMAGED = ("the bundle's files on disk are damaged or missing since the listener loaded them: it goes on "
+                  "scoring each study with the model it loaded and checked then ({}), but a restart would be refused; "
+                  "restore the bundle")
+BUNDLE_REPLACED = ("the bundle on disk was replaced since the listener loaded it (trained again, or its thresholds "
+                   "chosen again in place): it goes on scoring each study with the model it loaded ({}); restart it to "
+                   "score with the bundle on disk")
+# ... and when the bundle's folder does not answer within BUNDLE_WAIT_S (a network drive that hangs): said once while
+# it hangs, each study scored meanwhile without waiting for it
+BUNDLE_SILENT = ("the bundle's folder did not answer within {:g} s (a network drive that hangs?): studies are scored "
+                 "with the model loaded at start, which needs no file, but a restart would wait on the folder too; "
+                 "check the drive")
 
 
 @dataclass(frozen=True)
@@ -509,6 +525,11 @@ class Listener:
         # the model each audit line names: as each reading names it, and bundle.json's own checksum
         self.model = {**self.stages.first.identity,
                       "bundle_checksum": json.loads((Path(bundle) / "bundle.json").read_text()).get(CHECKSUM)}
+        # the bundle's files as loaded, checked again before each study is scored (_check_bundle)
+        named = f"model_version {self.model['model_version']} in its reports, bundle_checksum " \
+                f"{self.model['bundle_checksum']} in its audit lines"
+        self.on_disk = BundleOnDisk(bundle, BUNDLE_DAMAGED.format(named), BUNDLE_REPLACED.format(named))
+        self._silent: Future[str | None] | None = None  # the check that did not answer, said once
 
     def start(self, host: str, port: int) -> ThreadedAssociationServer:
         """Listen on ``host``:``port`` (0: a free port, the server's ``server_address`` says which) in threads of
@@ -1200,6 +1221,7 @@ class Listener:
         """Score one study's instances (their files in ``folder``, named by SOP Instance UID) and log what became of
         each film; the rows, as ``pacs`` gives them, their reports' files named under the keys write_reports gives
         them, for :meth:`file_study`."""
+        self._check_bundle()
         entries: list[dict | str] = []
         sources: dict[str, dict] = {}
         patients = {}
@@ -1239,6 +1261,22 @@ class Listener:
                  sum("probability" in row for row in rows), sum("not_scored" in row for row in rows),
                  sum("error" in row for row in rows), reports, self.destination)
         return rows
+
+    def _check_bundle(self) -> None:
+        """Whether the bundle's files on disk are still those the listener loaded, asked before each study is scored
+        (:class:`~pneumoscan.models.on_disk.BundleOnDisk`: stat'ed, read again only when changed): a change is a
+        warning, once (:data:`BUNDLE_DAMAGED`, :data:`BUNDLE_REPLACED`), and had been silent until a restart. The
+        study is scored all the same, a damaged or removed bundle's too: its readings come from the model loaded and
+        checked at start, whole in memory, and each report names that model, as ``serve`` answers on. A folder
+        that does not answer within :data:`BUNDLE_WAIT_S` is a warning once while it hangs (:data:`BUNDLE_SILENT`),
+        and no study waits longer for it."""
+        answer, since = self.on_disk.checking()
+        try:
+            answer.result(timeout=max(0.0, since + BUNDLE_WAIT_S - time.monotonic()))
+        except TimeoutError:
+            if self._silent is not answer:
+                self._silent = answer
+                log.warning("%s", BUNDLE_SILENT.format(BUNDLE_WAIT_S))
 
     def file_study(self, study_uid: str, rows: list[dict], deadline: float) -> None:
         """Send a study's reports (:meth:`_send`, by ``deadline`` on the monotonic clock), log the films whose reports

@@ -11,8 +11,9 @@ from pydantic import BaseModel, Field
 from pydicom.dataset import Dataset
 
 from pneumoscan.core.logs import redact
+from pneumoscan.models.on_disk import BUNDLE_WAIT_S
 
-from .limits import BUNDLE_WAIT_S, Refusal, Rejected
+from .limits import Refusal, Rejected
 
 
 class StageResult(BaseModel):

@@ -42,7 +42,6 @@ STORE_RETRY_MAX_S = 16.0
 # Why /healthz says degraded while the rate-limit store does not answer: the service works, but counts no request
 STORE_SILENT = ("the rate-limit store (--rate-limit-storage) does not answer: each prediction request is refused (503) "
                 "until it does; check the Redis server")
-BUNDLE_WAIT_S = 3.0  # how long /healthz waits for a bundle's folder to answer (service.OnDisk) before it says so
 # What each limit takes, declared on its field so that pydantic checks it and the schema shows it: a count of at
 # least 1 (a semaphore of 2.5, or of True, is no bound), seconds above 0 and finite (a deadline of inf is none)
 Count = Annotated[int, Field(gt=0)]

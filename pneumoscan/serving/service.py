@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -19,7 +19,6 @@ import numpy as np
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
-from pneumoscan.core.atomic import file_stamp
 from pneumoscan.core.digests import bytes_sha256, json_sha256
 from pneumoscan.core.figures import png_data_url
 from pneumoscan.core.logs import raised_at, redact
@@ -29,13 +28,14 @@ from pneumoscan.inference.explain import (INT8_HEATMAPS, MAX_PANEL, NoSpatialMap
                                          map_png, panel_png)
 from pneumoscan.inference.predict import (NO_WX_MEMORY, NON_FINITE, Predictor, Stages, prove_runs, stage_scope,
                                           wx_memory_refused)
-from pneumoscan.models.card import CARD, ENSEMBLE, BundleCard, load_card, verify_file
+from pneumoscan.models.card import ENSEMBLE, BundleCard
+from pneumoscan.models.on_disk import BUNDLE_WAIT_S, BundleOnDisk
 
 from .audit import note, reading_fields
 from .batching import Stage
 from .formats import Health, Prediction, SecondStageResult, ServiceInfo, StageResult, report
 from .guard import key_name
-from .limits import BUNDLE_WAIT_S, RETRY_AFTER_S, ClientGone, Limits, PerClient, Rejected
+from .limits import RETRY_AFTER_S, ClientGone, Limits, PerClient, Rejected
 from .metrics import ServiceMetrics
 from .uploads import decode_described, decode_upload, disconnected, read_upload
 
@@ -108,78 +108,32 @@ def client_of(request: Request) -> str:
     return request.client.host if request.client is not None else "unknown"  # an ASGI server that names none
 
 
-class OnDisk:
-    """Whether a bundle's files on disk are still those the service checked at start. Damage or a removal after the
-    start went unnoticed until a restart was refused (a restart loop under an orchestrator), and a replaced bundle
-    until a restart served other weights. Each probe stats the files; they are read again only when one changed."""
+class OnDisk(BundleOnDisk):
+    """Whether a bundle's files on disk are still those the service checked at start (:class:`BundleOnDisk`), said
+    as /healthz says it: the check's wait bounded on the event loop, whatever the folder does."""
 
     def __init__(self, directory: Path | str) -> None:
-        # the card as the files hold it (a Predictor's may carry the INT8 sidecar's threshold and figures instead)
-        self.directory, self.card = Path(directory), load_card(directory)
-        self.names = [CARD, *self.card.files]
-        self.seen = self._stamps()
-        self.change: str | None = None
-        self.checking: asyncio.Task[str | None] | None = None  # the check in progress, which probes share
-        self.since = 0.0  # when it began (the event loop's clock)
-
-    def _stamps(self) -> tuple[str | None, ...]:
-        return tuple(file_stamp(self.directory / name) for name in self.names)
+        super().__init__(directory, BUNDLE_DAMAGED, BUNDLE_REPLACED)
+        # the check in progress as the event loop awaits it, one for all its probes: a wrapper a probe, each left
+        # chained to a check that hangs, would pile up for as long as the drive hangs
+        self._awaited: tuple[Future[str | None], asyncio.Future[str | None]] | None = None
 
     async def check(self) -> str | None:
         """None while the files hold the bundle checked at start; else why not (:data:`BUNDLE_DAMAGED`, ...), or
         :data:`BUNDLE_SILENT` when the folder has not answered within :data:`BUNDLE_WAIT_S` of the check's start.
-        The files are stat'ed, and read when changed, in a thread: a folder on a network drive that hangs would
-        otherwise stall the event loop, and every request with it. Probes that come while a check is in progress
-        wait for that one (a flood of probes, which need no key, queued a hashing of the bundle each, and a hung
-        drive would hold a thread for each)."""
+        The files are stat'ed, and read when changed, in a thread (:meth:`BundleOnDisk.checking`): a folder on a
+        network drive that hangs would otherwise stall the event loop, and every request with it; probes that come
+        while a check is in progress wait for that one."""
+        answer, since = self.checking()
         loop = asyncio.get_running_loop()
-        if self.checking is None:
-            self.since = loop.time()
-            self.checking = asyncio.ensure_future(self._check_in_thread())
+        if self._awaited is None or self._awaited[0] is not answer or self._awaited[1].get_loop() is not loop:
+            self._awaited = (answer, asyncio.wrap_future(answer, loop=loop))
+        awaited = self._awaited[1]
         try:
             # shielded: a probe that gives up (or whose client goes) does not end the check the others wait for
-            return await asyncio.wait_for(asyncio.shield(self.checking), self.since + BUNDLE_WAIT_S - loop.time())
+            return await asyncio.wait_for(asyncio.shield(awaited), since + BUNDLE_WAIT_S - time.monotonic())
         except TimeoutError:
             return BUNDLE_SILENT.format(BUNDLE_WAIT_S)
-
-    async def _check_in_thread(self) -> str | None:
-        """:meth:`_checked` in a daemon thread of its own: a thread of an executor, hung on the folder, would hold
-        the service's exit (Python joins those threads on the way out), and a stop asked for with it."""
-        answer: Future[str | None] = Future()
-
-        def run() -> None:
-            if answer.set_running_or_notify_cancel():
-                try:
-                    answer.set_result(self._checked())
-                except BaseException as e:  # noqa: BLE001 - handed to the probe that waits for it
-                    answer.set_exception(e)
-
-        threading.Thread(target=run, name="pneumoscan-bundle-check", daemon=True).start()
-        try:
-            return await asyncio.wrap_future(answer)
-        finally:
-            self.checking = None
-
-    def _checked(self) -> str | None:
-        """:meth:`check`'s answer, in its thread: the files read again (:meth:`changed`) only when a stamp changed."""
-        stamps = self._stamps()
-        if stamps != self.seen:
-            self.seen, self.change = stamps, self.changed()
-        return self.change
-
-    def changed(self) -> str | None:
-        """:meth:`check` by reading the files whatever their stamps say."""
-        try:
-            card = load_card(self.directory)
-            for name in card.files:
-                verify_file(self.directory, card, name)
-        except (ValueError, OSError) as e:
-            log.warning("%s: %s", BUNDLE_DAMAGED, e)
-            return BUNDLE_DAMAGED
-        if card != self.card:
-            log.warning("%s (%s)", BUNDLE_REPLACED, self.directory)
-            return BUNDLE_REPLACED
-        return None  # touched, or put back as it was
 
 
 def film_formats() -> list[dict[str, Any]]:
