@@ -28,6 +28,8 @@ from pneumoscan.inference.predict import (
     expand_paths,
     format_results,
     predict_paths,
+    ready_stages,
+    score_paths,
     tta_probabilities,
     tta_views,
 )
@@ -509,6 +511,24 @@ def test_format_results_csv_keeps_column_order_and_blanks() -> None:
     # no film read at all (a mistyped folder): the columns a reader keys on are still there
     nothing = format_results([{"path": "tset", "error": "file not found"}], "csv").splitlines()
     assert nothing == ["path,probability,label,threshold,error,warnings", "tset,,,,file not found,"]
+
+
+def test_stages_carry_the_tta_and_heatmaps_they_were_readied_with_so_each_batch_is_read_as_readied(
+        tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path) -> None:
+    """score_paths took tta and a heatmap folder again, though ready_stages had been given them: stages readied with
+    TTA were read without it, at the plain threshold, unless told twice. Each batch is read with the TTA the stages
+    were loaded with, its overlays in the folder named for that batch (listen's study a folder); stages readied for
+    heatmaps and given no folder, or a folder given to stages not readied for them, are refused before any film."""
+    films = [sorted((tiny_dataset / "test" / "PNEUMONIA").glob("*.jpeg"))[0]]
+    stages = ready_stages(tiny_bundle, tta=True, heatmaps=True)
+    with pytest.raises(ValueError, match="need the folder of their overlays"):
+        score_paths(stages, films)
+    for batch in ("first", "second"):
+        [row] = score_paths(stages.overlays_into(tmp_path / batch), films)
+        assert row["threshold"] == load_card(tiny_bundle).tta_threshold, "read at the TTA threshold"
+        assert Path(row["heatmap"]).parent == tmp_path / batch and Path(row["heatmap"]).is_file()
+    with pytest.raises(ValueError, match="not readied for heatmaps"):
+        dataclasses.replace(stages, heatmaps=False).overlays_into(tmp_path / "third")
 
 
 def test_tta_is_refused_for_a_bundle_without_a_tta_threshold(

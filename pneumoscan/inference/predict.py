@@ -587,6 +587,9 @@ class Stages:
     second: Predictor | None = None
     handoff: str | None = None  # the first stage's call that hands a film to the second (check_stages)
     alone: str | None = None  # said with every reading of a second stage run alone (alone_warning)
+    tta: bool = False  # read with test-time augmentation, at the thresholds validated for it (load checked them)
+    heatmaps: bool = False  # readied to draw Grad-CAM overlays (ready_stages proved the model draws them)
+    heatmap_dir: Path | None = None  # where score_paths writes them (overlays_into)
 
     @classmethod
     def load(cls, bundle: Path | str, etiology: Path | str | None = None, backend: str = "torch",
@@ -599,7 +602,16 @@ class Stages:
         second = Predictor(etiology, batch_size, backend) if etiology is not None else None
         for stage in filter(None, (first, second)):
             stage.threshold(tta)
-        return cls(first, second, handoff, alone_warning(first.card.task))
+        return cls(first, second, handoff, alone_warning(first.card.task), tta)
+
+    def overlays_into(self, folder: Path | str) -> Stages:
+        """These stages, their Grad-CAM overlays written into ``folder``: what a caller that reads many batches, each
+        with a folder of its own (``listen``'s studies), hands to :func:`score_paths` for each. Refused for stages
+        not readied for heatmaps (:func:`ready_stages`), whose model was not proven to draw them."""
+        if not self.heatmaps:
+            raise ValueError("a folder of overlays given to stages not readied for heatmaps: give ready_stages "
+                             "heatmaps=True")
+        return dataclasses.replace(self, heatmap_dir=Path(folder))
 
     def said_at_start(self) -> list[str]:
         """What ``predict`` and ``serve`` say once, before any reading: a second stage used alone, and films not
@@ -733,9 +745,8 @@ def predict_paths(
     """
     paths = path_list(paths)  # one path given alone, not its characters
     heatmap_dir = _heatmap_folder(heatmap_dir, paths) if heatmap_dir is not None else None
-    stages = ready_stages(bundle, etiology, backend, batch_size, tta, heatmaps=heatmap_dir is not None,
-                          heatmap_dir=heatmap_dir)
-    return score_paths(stages, paths, tta, heatmap_dir, progress, skipped)
+    stages = ready_stages(bundle, etiology, backend, batch_size, tta, heatmap_dir=heatmap_dir)
+    return score_paths(stages, paths, progress, skipped)
 
 
 def ready_stages(bundle: Path | str, etiology: Path | str | None = None, backend: str = "torch",
@@ -745,24 +756,30 @@ def ready_stages(bundle: Path | str, etiology: Path | str | None = None, backend
     first film is read where they cannot (:func:`_ready_to_read`; ``heatmap_dir``, a run's one folder of overlays,
     made there too): what :func:`predict_paths` loads for one run, and what a caller that reads many batches of
     files (``listen``, a study at a time) loads once and hands to :func:`score_paths` for each, as the web service
-    keeps its :class:`Stages`."""
+    keeps its :class:`Stages`. They carry what they were readied with (``tta``, ``heatmaps``, which ``heatmap_dir``
+    implies, and that folder), so that each batch is read as they were checked for, said once; a caller that gives
+    each batch a folder of its own readies them with ``heatmaps`` alone, and names each batch's folder with
+    :meth:`Stages.overlays_into`."""
+    heatmaps = heatmaps or heatmap_dir is not None
     if heatmaps and backend == "onnx-int8":  # before any model is built
         from .explain import INT8_HEATMAPS
 
         raise ValueError(f"heatmap_dir (--heatmaps) with backend (--backend) onnx-int8: {INT8_HEATMAPS}")
     stages = Stages.load(bundle, etiology or None, backend, batch_size, tta)
     _ready_to_read(stages, heatmaps, heatmap_dir)
-    return stages
+    return dataclasses.replace(stages, heatmaps=heatmaps, heatmap_dir=heatmap_dir)
 
 
-def score_paths(stages: Stages, paths: Sequence[str | Path] | str | Path, tta: bool = False,
-                heatmap_dir: Path | str | None = None, progress: bool = False,
+def score_paths(stages: Stages, paths: Sequence[str | Path] | str | Path, progress: bool = False,
                 skipped: list[dict[str, str]] | None = None) -> list[dict]:
-    """:func:`predict_paths`' rows of ``paths``, read by ``stages`` as :func:`ready_stages` gave them (``tta`` as they
-    were loaded with, ``heatmap_dir`` only where they were made ready for heatmaps): the models are not loaded
-    again, nor checked again, for each call."""
+    """:func:`predict_paths`' rows of ``paths``, read by ``stages`` as :func:`ready_stages` gave them: with the
+    ``tta`` they were loaded with, and their overlays in their ``heatmap_dir`` where they were readied for heatmaps.
+    The models are not loaded again, nor checked again, for each call."""
     given = path_list(paths)
-    folder = _heatmap_folder(heatmap_dir, given) if heatmap_dir is not None else None
+    if stages.heatmaps and stages.heatmap_dir is None:  # overlays readied for, and no folder to write them into
+        raise ValueError("stages readied for heatmaps need the folder of their overlays: ready_stages' heatmap_dir, "
+                         "or Stages.overlays_into for each batch")
+    folder = _heatmap_folder(stages.heatmap_dir, given) if stages.heatmap_dir is not None else None
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
     predictor = stages.first
@@ -772,11 +789,11 @@ def score_paths(stages: Stages, paths: Sequence[str | Path] | str | Path, tta: b
         with progress_bar(enabled=progress) as bar:
             task = bar.add_task(f"Predicting {len(items)} image{'s' if len(items) != 1 else ''}", total=len(items))
             for batch in _decoded(items, predictor.card.spec.decode_target, predictor.batch_size):
-                for row, gray, film in _read_batch(stages, batch, tta, panels=folder is not None):
+                for row, gray, film in _read_batch(stages, batch, panels=folder is not None):
                     rows.append(row)  # before its overlay is written: a stop removes every overlay rows name
                     # no overlay of a film not read or of a model that gave no score
                     if folder is not None and gray is not None and "label" in row:
-                        _add_heatmap(row, predictor, gray, film, folder, tta)
+                        _add_heatmap(row, predictor, gray, film, folder, stages.tta)
                 bar.advance(task, len(batch))
     except BaseException:
         # stopped (Ctrl-C, SIGTERM, a fault): no results name the overlays written so far, which a rerun would
@@ -804,13 +821,13 @@ def _ready_to_read(stages: Stages, heatmaps: bool, heatmap_dir: Path | None = No
         log.warning("%s", said)
 
 
-def _read_batch(stages: Stages, batch: list[tuple[str, tuple[np.ndarray, dict] | str, str | None]], tta: bool,
+def _read_batch(stages: Stages, batch: list[tuple[str, tuple[np.ndarray, dict] | str, str | None]],
                 panels: bool) -> Iterator[tuple[dict, np.ndarray | None, np.ndarray | None]]:
     """Each decoded film's row in input order (``path, error`` for one that could not be read or changed since),
     with the film as the model read it and, with ``panels``, as the overlay shows it (None where there is none):
     the batch scored at once (:func:`_classify`), each row then given its scope warnings, UIDs and model."""
     readable = [(path, read[0]) for path, read, _ in batch if not isinstance(read, str)]
-    results = iter(_classify(stages, [p for p, _ in readable], [g for _, g in readable], tta))
+    results = iter(_classify(stages, [p for p, _ in readable], [g for _, g in readable]))
     second_fields = stage_fields(stages.second.task) if stages.second is not None else {}
     for path, read, stamp in batch:
         if isinstance(read, str):
@@ -869,14 +886,14 @@ def _heatmap_folder(heatmap_dir: Path | str, paths: Sequence[str | os.PathLike])
     return heatmap_dir
 
 
-def _classify(stages: Stages, paths: Sequence[str], grays: Sequence[np.ndarray], tta: bool) -> list[dict]:
+def _classify(stages: Stages, paths: Sequence[str], grays: Sequence[np.ndarray]) -> list[dict]:
     """Result fields for images decoded for the first stage, ``warnings`` the pixels' (the content check); the second
     stage reads only the images the first hands over (:meth:`Stages.hands_over`), decoded again when its training
     decoded them at another size (:attr:`Stages.second_target`), and checks their content against its own training
-    films (its ``TASK_warnings``: :func:`stage_fields`)."""
+    films (its ``TASK_warnings``: :func:`stage_fields`); with the ``tta`` the stages were loaded with."""
     if not grays:
         return []
-    first, second = stages.first, stages.second
+    first, second, tta = stages.first, stages.second, stages.tta
     images = first.preprocess(grays)
     probs, bad = first.finite_probabilities(images, tta=tta)
     rows = [{"error": NON_FINITE} if broken else

@@ -767,8 +767,8 @@ def predict_study(
                 raise ValueError(f"study {study_uid} holds no image instances to read")
             held = {_value(item, _SOP) for item in found}
             # one study a run: its model loaded for it, where it has films to score (listen loads its model once)
-            scored = score_films(ready_stages(bundle, backend=backend, heatmaps=heatmaps), sources, Path(tmp), heatmaps,
-                                 store, fhir_dir, _issued_reports(found), held) if sources else []
+            scored = score_films(ready_stages(bundle, backend=backend, heatmaps=heatmaps), sources, Path(tmp), store,
+                                 fhir_dir, _issued_reports(found), held) if sources else []
             if store:
                 for row in scored:
                     _store(session, root, study_uid, row, held)

@@ -495,7 +495,7 @@ class Listener:
         # draw heatmaps, with heatmaps) before any association: a bundle replaced on disk since is read at a restart
         self.stages = ready_stages(bundle, backend=backend, heatmaps=heatmaps)
         self.ae_title, self.destination, self.work = ae_title.strip(), destination, work
-        self.allow, self.heatmaps = [t.strip() for t in allow], heatmaps
+        self.allow = [t.strip() for t in allow]
         self.room, self.store_s, self.send_s, self.out = room, store_s, send_s, out
         # read here, and after only what changed: a folder that grows for months would take longer to read each study
         self.observations = ObservationIndex(fhir) if fhir is not None else None
@@ -1248,7 +1248,7 @@ class Listener:
         work = folder / study_uid
         work.mkdir()
         # its Observations beside its SRs, moved into `fhir` once its audit lines are written (_file_observations)
-        scored = score_films(self.stages, sources, work, self.heatmaps, store=True,
+        scored = score_films(self.stages, sources, work, store=True,
                              fhir_dir=work / "fhir" if self.observations is not None else None, held=set(instances))
         rows = study_rows(entries, sources, scored)
         for row in rows:

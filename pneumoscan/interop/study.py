@@ -77,21 +77,21 @@ def not_scored(recorded: Dataset) -> str | None:
     return "; ".join(w for w, _ in outside_scope(warnings)) or None
 
 
-def score_films(stages: Stages, sources: dict[str, dict], work: Path, heatmaps: bool, store: bool,
+def score_films(stages: Stages, sources: dict[str, dict], work: Path, store: bool,
                 fhir_dir: Path | str | ObservationIndex | None = None, issued: dict[str, Dataset] | None = None,
                 held: Collection[str] = ()) -> list[dict]:
     """The rows of the films at the paths ``sources`` names (each path's row as the study lists it: where it came
     from, its UIDs), scored as ``predict`` scores them, by ``stages`` (loaded once by
     :func:`~pneumoscan.inference.predict.ready_stages`, for every study a listener is sent); with ``store``, each
-    scored film's SR (and its Grad-CAM Secondary Capture with ``heatmaps``, which ``stages`` were made ready for)
-    written into ``work``, the paths in its ``dicom_sr`` and ``dicom_heatmap`` (:data:`MADE`), and with ``fhir_dir``
-    (a folder, or its index a caller keeps) its FHIR Observation there, each report naming the model that scored it;
-    ``issued`` and ``held``: the reports and the SOP Instance UIDs the study held already
+    scored film's SR (and its Grad-CAM Secondary Capture, where ``stages`` were readied for heatmaps, their overlays
+    drawn in ``work`` too) written into ``work``, the paths in its ``dicom_sr`` and ``dicom_heatmap`` (:data:`MADE`),
+    and with ``fhir_dir`` (a folder, or its index a caller keeps) its FHIR Observation there, each report naming the
+    model that scored it; ``issued`` and ``held``: the reports and the SOP Instance UIDs the study held already
     (:func:`~pneumoscan.interop.reports.write_reports`). Each row's ``path`` is still the film's file here:
     :func:`study_rows` gives it its place in the study."""
     if not sources:
         return []
-    scored = score_paths(stages, list(sources), heatmap_dir=work / "heatmaps" if heatmaps else None)
+    scored = score_paths(stages.overlays_into(work / "heatmaps") if stages.heatmaps else stages, list(sources))
     if store or fhir_dir is not None:
         first = stages.first
         write_reports(scored, first.bundle, sr_dir=work / "sr" if store else None, fhir_dir=fhir_dir,
