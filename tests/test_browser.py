@@ -75,20 +75,24 @@ def server(tiny_bundle: Path) -> Iterator[str]:
 
 
 def _own_browser_lines() -> list[list[str]]:
-    """The command lines of the Chromium browser processes this process launched (through Playwright's driver, a
-    child of ours): another worker's browser is not ours to judge."""
+    """The command lines of the Chromium browser processes this process launched (through Playwright's driver, and
+    any wrapper script that runs the browser as its child): another worker's browser is not ours to judge."""
     def parent(pid: str) -> str:
         with contextlib.suppress(OSError, IndexError):
             return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]
         return ""
 
-    drivers = {p.parent.name for p in Path("/proc").glob("[0-9]*/stat") if parent(p.parent.name) == str(os.getpid())}
+    def ours(pid: str) -> bool:
+        while pid not in ("", "0", "1"):
+            if (pid := parent(pid)) == str(os.getpid()):
+                return True
+        return False
+
     lines = []
     for proc in Path("/proc").glob("[0-9]*/cmdline"):
         with contextlib.suppress(OSError):
             line = proc.read_bytes().decode(errors="replace").split("\0")
-            if (ARGS[-1] in line and not any(a.startswith("--type=") for a in line)
-                    and parent(proc.parent.name) in drivers):
+            if ARGS[-1] in line and not any(a.startswith("--type=") for a in line) and ours(proc.parent.name):
                 lines.append(line)
     return lines
 
