@@ -205,14 +205,14 @@ def test_a_key_file_of_comments_alone_is_refused_and_a_shared_one_warned_of(tmp_
 
 @pytest.fixture
 def quick_looks(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A request may look at the key file 0.2 s after the last look, not a second: each test below waits for a
+    """A request may look at the key file 0.05 s after the last look, not a second: each test below waits for a
     look twice (2.2 s of sleep each, 8.8 s a run, where the looks and reloads they prove take milliseconds)."""
-    monkeypatch.setattr(guard, "KEY_FILE_CHECK_S", 0.2)
+    monkeypatch.setattr(guard, "KEY_FILE_CHECK_S", 0.05)
 
 
 def _after_a_look(client: TestClient, **headers: str) -> httpx.Response:
     """/v1/model asked once the service may look at its key file again (KEY_FILE_CHECK_S after its last look)."""
-    time.sleep(guard.KEY_FILE_CHECK_S + 0.1)
+    time.sleep(guard.KEY_FILE_CHECK_S + 0.05)
     return client.get("/v1/model", headers=headers)
 
 
@@ -557,32 +557,23 @@ def test_sighup_reloads_the_key_file_and_a_file_refused_refuses_every_key_until_
     assert not any(secret in said for secret in (KEY, new_key, WARD_KEY, PACS_KEY)), said
 
 
-def test_sighup_without_a_key_file_is_logged_and_the_service_goes_on(tiny_bundle: Path, tmp_path: Path) -> None:
-    port, log = free_port(), tmp_path / "log"
-    url = f"http://127.0.0.1:{port}"
-    proc = start_serve([str(tiny_bundle), "--port", str(port)], log)
-    try:
-        wait_healthy(proc, url, log)
-        proc.send_signal(signal.SIGHUP)
-        said = _wait_for_line(proc, log, "SIGHUP: nothing to reload")
-        assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200
-        assert proc.poll() is None, said
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGTERM  # uvicorn's handling of SIGTERM, beside this one, unchanged
-
-
-def test_shutdown_waits_for_a_slow_upload_only_its_grace(tiny_bundle: Path, tmp_path: Path) -> None:
-    """SIGTERM closes the listener at once; one client trickling an upload held the exit until its 408 (60 s by
-    default), past an orchestrator's grace (Kubernetes: SIGKILL after 30 s)."""
+def test_sighup_without_a_key_file_is_logged_and_shutdown_waits_for_a_slow_upload_only_its_grace(
+        tiny_bundle: Path, tmp_path: Path) -> None:
+    """SIGHUP to a service started without a key file is a line in the log, and the service goes on. SIGTERM closes
+    the listener at once; one client trickling an upload held the exit until its 408 (60 s by default), past an
+    orchestrator's grace (Kubernetes: SIGKILL after 30 s). One service proves both (a start costs seconds)."""
     port = free_port()
+    url = f"http://127.0.0.1:{port}"
     with (tmp_path / "log").open("wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "pneumoscan", "serve", str(tiny_bundle), "--port", str(port),
                                  "--shutdown-grace", "0.2", "--body-timeout", "60"],
                                 stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
-        wait_healthy(proc, f"http://127.0.0.1:{port}", tmp_path / "log")
+        wait_healthy(proc, url, tmp_path / "log")
+        proc.send_signal(signal.SIGHUP)
+        said = _wait_for_line(proc, tmp_path / "log", "SIGHUP: nothing to reload")
+        assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200
+        assert proc.poll() is None, said
         with socket.create_connection(("127.0.0.1", port)) as slow:
             slow.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000\r\n"
                          b"Content-Type: multipart/form-data; boundary=b\r\n\r\n--b\r\n")
@@ -597,6 +588,7 @@ def test_shutdown_waits_for_a_slow_upload_only_its_grace(tiny_bundle: Path, tmp_
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+    assert proc.returncode == -signal.SIGTERM  # uvicorn's handling of SIGTERM, beside SIGHUP's, unchanged
     assert took < 10, f"exit {took:.1f} s after SIGTERM with a grace of 0.2 s"
     # answered 503 (send it again), not 500 with uvicorn's "Exception in ASGI application" for a cancelled request,
     # with the busy 503's Retry-After: a balancer or client without one retried at once
