@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import zlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +25,11 @@ from pneumoscan.data.preprocess import PreprocessSpec, preprocess
 from pneumoscan.inference.predict import Predictor
 from tests.builders import dicom_bytes, framed_dicom, write_png
 
-def test_decoding_a_large_16bit_png_holds_under_twice_its_decoded_bytes(tmp_path: Path) -> None:
+def test_decoding_a_large_16bit_png_holds_under_twice_its_decoded_bytes(
+        tmp_path: Path, peak: Callable[[Path, int], tuple[str, int]]) -> None:
     """A 6,000 x 6,000 16-bit PNG is 72 MB decoded; its float64 copies once took over 1 GB of memory."""
     path = write_png(tmp_path / "deep.png", 6000, 6000, bits=16)
-    shape, added = _peak(path, MAX_DECODED_BYTES)
+    shape, added = peak(path, MAX_DECODED_BYTES)
     decoded = 6000 * 6000 * 2
     assert decoded < added < 2 * decoded, f"decoding added {added / 2**20:.0f} MiB of peak memory"
     assert shape == "(231, 231)"  # 26 x 26 blocks averaged: the short side stays above 224
@@ -111,35 +113,57 @@ def test_same_pixels_give_the_same_model_input_and_score_as_jpeg_png_or_dicom(
             assert abs(other - score) <= 0.01, f"{film.name}: JPEG {score:.4f}, {name} {other:.4f}"
 
 
-PEAK_WITH_LIMIT = """
-import sys
+PEAKS = """
+import os, sys
 from pneumoscan.data import pixels
 from pneumoscan.data.decode import read_gray
 def status(key):
     return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith(key))
-pixels.MAX_DECODED_BYTES = int(sys.argv[2])
-with open("/proc/self/clear_refs", "w") as f:
-    f.write("5")  # the peak resident size starts again from the current one: ru_maxrss keeps the parent's peak
-before = status("VmRSS:")
-try:
-    print(read_gray(sys.argv[1], target=224).shape, end=" ")
-except pixels.DecodeError as e:
-    print(repr(str(e)), end=" ")
-print(status("VmHWM:") - before)
+for line in sys.stdin:  # PATH<TAB>LIMIT: read in a child forked for it, with these modules imported once
+    path, limit = line.rstrip("\\n").split("\\t")
+    if (child := os.fork()) == 0:
+        pixels.MAX_DECODED_BYTES = int(limit)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # the peak resident size starts again from the current one: ru_maxrss keeps the parent's
+        before = status("VmRSS:")
+        try:
+            result = str(read_gray(path, target=224).shape)
+        except pixels.DecodeError as e:
+            result = repr(str(e))
+        print(result, status("VmHWM:") - before, flush=True)
+        os._exit(0)
+    os.waitpid(child, 0)
 """
 
 
-def _peak(path: Path, limit: int) -> tuple[str, int]:
-    """What reading ``path`` in a fresh process with MAX_DECODED_BYTES = ``limit`` gave, and the peak memory added."""
-    out = subprocess.run(
-        [sys.executable, "-c", PEAK_WITH_LIMIT, str(path), str(limit)], capture_output=True, text=True, check=True,
-        timeout=120, cwd=Path(__file__).parents[1],
-    )  # fmt: skip
-    result, added = out.stdout.rsplit(None, 1)
-    return result, int(added)
+@pytest.fixture(scope="module")
+def _peaks() -> Iterator[subprocess.Popen]:
+    """A process that reads each film it is given in a fresh child forked from it, which imported the decoders
+    once: a process of its own for each film spent most of its CPU on those imports."""
+    with subprocess.Popen([sys.executable, "-c", PEAKS], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                          cwd=Path(__file__).parents[1]) as server:
+        yield server
+        server.stdin.close()  # type: ignore[union-attr]
+        server.wait(timeout=60)
 
 
-def test_a_large_cmyk_jpeg_is_decoded_within_the_byte_limit(tmp_path: Path) -> None:
+@pytest.fixture
+def peak(_peaks: subprocess.Popen) -> Callable[[Path, int], tuple[str, int]]:
+    def measured(path: Path, limit: int) -> tuple[str, int]:
+        """What reading ``path`` in a fresh process with MAX_DECODED_BYTES = ``limit`` gave, and the peak memory
+        it added."""
+        _peaks.stdin.write(f"{path}\t{limit}\n")  # type: ignore[union-attr]
+        _peaks.stdin.flush()  # type: ignore[union-attr]
+        answer = _peaks.stdout.readline()  # type: ignore[union-attr]
+        assert answer, f"the measuring process ended (exit status {_peaks.poll()})"
+        result, added = answer.rsplit(None, 1)
+        return result, int(added)
+
+    return measured
+
+
+def test_a_large_cmyk_jpeg_is_decoded_within_the_byte_limit(tmp_path: Path, peak: Callable[[Path, int], tuple[str, int]]
+                                                            ) -> None:
     """A CMYK JPEG decodes at 4 bytes a pixel (libjpeg has no CMYK-to-grey conversion): its scale once assumed 1,
     so a 4,000 x 4,000 one under a 32 MiB limit was decoded whole (64 MB), then copied to RGB (64 MB more)."""
     ramp = np.add.outer(np.arange(4000) // 16, np.arange(4000) // 32).astype(np.uint8)
@@ -147,7 +171,7 @@ def test_a_large_cmyk_jpeg_is_decoded_within_the_byte_limit(tmp_path: Path) -> N
     Image.fromarray(ramp).convert("CMYK").save(path, quality=90)
     limit = 32 * 2**20
     assert 4000 * 4000 <= limit < 4000 * 4000 * 4  # luma alone would fit at full size; CMYK does not
-    shape, added = _peak(path, limit)
+    shape, added = peak(path, limit)
     assert added < 1.5 * limit, f"decoding added {added / 2**20:.0f} MiB of peak memory (limit {limit / 2**20:.0f} MiB)"
     assert shape == "(250, 250)"  # decoded at 1/2 scale (2,000 px), then 8 x 8 blocks averaged (4,000 px: 17)
 
@@ -173,14 +197,15 @@ def _deflated_dicom(trailing_zeros: int) -> bytes:
     return deflated[:meta_end] + head + block * whole + deflater.compress(bytes(rest)) + deflater.flush()
 
 
-def test_a_deflated_dicom_is_inflated_within_the_byte_limit(tmp_path: Path) -> None:
+def test_a_deflated_dicom_is_inflated_within_the_byte_limit(tmp_path: Path, peak: Callable[[Path, int], tuple[str, int]]
+                                                            ) -> None:
     """pydicom inflated the whole dataset before any limit was checked: 400 MiB in memory (twice, with the parsed
     value) from a file of about 400 KiB, and scored the film. The limit is now checked on a measuring inflate that
     keeps nothing."""
     path = tmp_path / "bomb.dcm"
     path.write_bytes(_deflated_dicom(400 * 2**20))
     assert path.stat().st_size < 500 * 2**10
-    reason, added = _peak(path, MAX_DECODED_BYTES)
+    reason, added = peak(path, MAX_DECODED_BYTES)
     assert "deflated DICOM dataset inflates to over 256 MiB" in reason
     assert added < MAX_DECODED_BYTES / 4, f"reading added {added / 2**20:.0f} MiB of peak memory"
     with pytest.raises(DecodeError, match="inflates to over 256 MiB"):
