@@ -2174,17 +2174,25 @@ end
 """
 
 
+@pytest.fixture(scope="module")
+def refusing_orthanc(module_tmp: Callable[[str], Path]) -> Iterator[str]:
+    """An Orthanc that fails to store every Secondary Capture (REFUSE_OVERLAYS), for the tests below: each works on a
+    study of its own, so one start serves them all."""
+    with running_orthanc(module_tmp("refusing-orthanc"), lua=REFUSE_OVERLAYS) as url:
+        yield url
+
+
 def test_an_instance_a_real_pacs_failed_to_store_is_not_recorded_as_stored(
-    tiny_bundle: Path, film: np.ndarray, tmp_path: Path
+    tiny_bundle: Path, film: np.ndarray, tmp_path: Path, refusing_orthanc: str
 ) -> None:
     """A real Orthanc that fails to store the overlay answers 200 and leaves it out of its answer: the row lists the
     SR alone as stored, and says the overlay was not confirmed."""
     study = generate_uid()
     upload = chest_dicom(film, StudyInstanceUID=study)
-    with running_orthanc(tmp_path / "orthanc", lua=REFUSE_OVERLAYS) as root:
-        assert HTTP.post(f"{root}/instances", content=upload, timeout=30).status_code == 200
-        row = _pacs_store(tiny_bundle, f"{root}/dicom-web", study, tmp_path / "pacs.json", status=1)
-        held = _held(root, study)
+    root = refusing_orthanc
+    assert HTTP.post(f"{root}/instances", content=upload, timeout=30).status_code == 200
+    row = _pacs_store(tiny_bundle, f"{root}/dicom-web", study, tmp_path / "pacs.json", status=1)
+    held = _held(root, study)
     [sr_uid] = held - {pydicom.dcmread(io.BytesIO(upload)).SOPInstanceUID}
     assert row["stored"] == [sr_uid] and len(row["not_stored"]) == 1
     [warning] = row["warnings"]
@@ -2367,17 +2375,18 @@ def test_a_store_answer_with_a_charset_parameter_is_read(orthanc: str, tiny_bund
 XML = "application/dicom+xml"  # PS3.19's Native DICOM Model, which a PACS may answer STOW-RS in whatever is asked
 
 
-def test_a_store_answer_in_xml_counts_what_the_pacs_stored(tiny_bundle: Path, film: np.ndarray, tmp_path: Path) -> None:
+def test_a_store_answer_in_xml_counts_what_the_pacs_stored(tiny_bundle: Path, film: np.ndarray, tmp_path: Path,
+                                                          refusing_orthanc: str) -> None:
     """A real Orthanc answering in XML, storing the SR and failing the overlay: the SR is counted stored and the
     overlay not confirmed, as from its JSON answer (every report had been counted unconfirmed, exit status 1 all
     the same)."""
     study = generate_uid()
     upload = chest_dicom(film, StudyInstanceUID=study)
-    with running_orthanc(tmp_path / "orthanc", lua=REFUSE_OVERLAYS) as root:
-        assert HTTP.post(f"{root}/instances", content=upload, timeout=30).status_code == 200
-        with refusing_front(f"{root}/dicom-web", {}, answer_type=XML, accept=XML) as (url, _):
-            row = _pacs_store(tiny_bundle, url, study, tmp_path / "pacs.json", status=1)
-        held = _held(root, study)
+    root = refusing_orthanc
+    assert HTTP.post(f"{root}/instances", content=upload, timeout=30).status_code == 200
+    with refusing_front(f"{root}/dicom-web", {}, answer_type=XML, accept=XML) as (url, _):
+        row = _pacs_store(tiny_bundle, url, study, tmp_path / "pacs.json", status=1)
+    held = _held(root, study)
     [sr_uid] = held - {pydicom.dcmread(io.BytesIO(upload)).SOPInstanceUID}
     assert row["stored"] == [sr_uid] and len(row["not_stored"]) == 1 and row["not_stored"][0] not in held
     [warning] = row["warnings"]
