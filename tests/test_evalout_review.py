@@ -147,6 +147,31 @@ def test_a_test_evaluations_predictions_csv_is_refused_by_threshold_away_from_it
         refuse_test_films(discover(kept).records, kept, "temperature and thresholds")
 
 
+def test_an_evaluation_of_an_older_test_evaluations_predictions_csv_keeps_its_films_test_films(
+        tiny_bundle: Path, tiny_evaluation: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """An older pneumoscan's predictions.csv names no split: its metrics.json's test_split kept threshold from it, but
+    `evaluate` of that file wrote a predictions.csv of an empty split on every row and test_split false, which
+    threshold took. The films a metrics.json calls test, or does not say of, are test films in the new file too."""
+    old = tmp_path / "old"
+    old.mkdir()
+    with (tiny_evaluation / "predictions.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    with (old / "predictions.csv").open("w", newline="") as f:  # an older pneumoscan's file: no split column
+        writer = csv.DictWriter(f, fieldnames=[k for k in rows[0] if k != "split"], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    shutil.copy(tiny_evaluation / "metrics.json", old / "metrics.json")
+    again = tmp_path / "again"
+    assert cli.main(["-q", "evaluate", str(tiny_bundle), str(old / "predictions.csv"), "--out", str(again)]) == 0
+    with (again / "predictions.csv").open(newline="") as f:
+        assert {row["split"] for row in csv.DictReader(f)} == {"test"}
+    assert json.loads((again / "metrics.json").read_text())["test_split"] is True
+    out = tmp_path / "new"
+    assert cli.main(["-q", "threshold", str(tiny_bundle), str(again / "predictions.csv"), "--youden", "--out",
+                     str(out)]) == 2
+    assert "never chooses its threshold" in capsys.readouterr().err and not out.exists()
+
+
 def test_the_test_folder_is_test_films_for_every_choice_but_its_copies_are_not(tiny_dataset: Path,
                                                                                tmp_path: Path) -> None:
     """The check `ensemble --data` shares: a folder named test in any case is the test split; the same films

@@ -158,7 +158,9 @@ def test_the_report_shows_the_most_confident_errors_with_grad_cam(tiny_bundle: P
     out = tmp_path / "eval"
     evaluate(bundle, tiny_dataset, None, out)  # train and test: more normal films than the gallery holds
     rows = read_csv(out / "predictions.csv")
-    assert {Path(r["path"]).parts[-3] for r in rows if r["split"] == "test"} == {"test"}  # each film's split folder
+    # every row's split is its film's split folder, train and test
+    assert [r["split"] for r in rows] == [Path(r["path"]).parts[-3] for r in rows]
+    assert {r["split"] for r in rows} == {"train", "test"}
     normals = sorted((float(r["probability"]) for r in rows if r["label"] == "NORMAL"), reverse=True)
     assert len(normals) > GALLERY_SIZE
     html = (out / "report.html").read_text()

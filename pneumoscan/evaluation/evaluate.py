@@ -395,7 +395,9 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
     _annotate(metrics, bundle, card, backend, tta, name, copies, films.unreadable, held_out.caveats)
     _list_films(metrics, films, task, held_out, outside, conflicts)
     splits = film_splits(records, data)  # predictions.csv's split column
-    metrics[TEST_SPLIT] = "test" in splits  # what an older pneumoscan's threshold reads (its predictions.csv: no split)
+    # whether any film is test: threshold (an older pneumoscan's too) reads it beside predictions.csv, as film_splits
+    # does, the only word on its films' split of a file without that column (an older pneumoscan's)
+    metrics[TEST_SPLIT] = "test" in splits
     second: dict[str, list] | None = None  # predictions.csv's columns of the second stage
     second_card: BundleCard | None = None
     if etiology is not None:

@@ -546,21 +546,21 @@ def _run_films(path: Path, purpose: str, how: str, split: Path, listed: Sequence
 
 def refuse_test_films(records: Sequence[Record], data: Path | str, what: str, card: BundleCard | None = None) -> None:
     """Refuse test-split films for choosing a bundle's ``what`` (its threshold, its temperature): the test split
-    measures a bundle, and figures on films that chose its numbers are optimistic. Test films are those a dataset
-    root's test split holds (``--split test``, or the root without ``--split``) and those of a folder named test
-    given itself (``DATA/test`` of the Kaggle layout, or a link to it), whose records name no split (a dataset root
-    that happens to be named test has split folders, and its records their splits), those a manifest's split column
-    names test (an ``evaluate`` output's predictions.csv, or rows kept from it, wherever it is copied:
-    :func:`film_splits`), and an older ``evaluate`` output's predictions.csv, which names no split, whose metrics.json
-    says they are or does not say (:func:`_evaluated_test_films`)."""
-    _evaluated_test_films(data, what)
-    if test_films(records, data):
-        # a cv ensemble's runs hold no film new to every member: its runs' validation splits are refused too
-        runs = (": every film of its cv runs trained one member or another; or build it again with `ensemble --cv` "
-                "and another policy" if card and out_of_fold_ensemble(card) else
-                "; RUN/split.csv --split val, the run's validation split, is accepted with a warning")
-        raise ValueError(f"{data}: the test split measures a bundle and never chooses its {what}; give "
-                         f"films the bundle never saw (a folder or manifest of your own labelled films{runs})")
+    measures a bundle, and figures on films that chose its numbers are optimistic. Test films are those
+    :func:`film_splits` calls test, the split ``evaluate`` writes in predictions.csv, so that the rule is one: an
+    evaluation of them is refused wherever its file goes, and so is an evaluation of that evaluation."""
+    if not test_films(records, data):
+        return
+    if why := _evaluated_test(data):  # an older evaluation's file, which names no split: its metrics.json said so
+        raise ValueError(f"{data}: {why}: the test split measures a bundle and never chooses its {what}; choose it "
+                         "on validation films (RUN/split.csv --split val, or an evaluation of them) or labelled films "
+                         "of your own the bundle never saw")
+    # a cv ensemble's runs hold no film new to every member: its runs' validation splits are refused too
+    runs = (": every film of its cv runs trained one member or another; or build it again with `ensemble --cv` "
+            "and another policy" if card and out_of_fold_ensemble(card) else
+            "; RUN/split.csv --split val, the run's validation split, is accepted with a warning")
+    raise ValueError(f"{data}: the test split measures a bundle and never chooses its {what}; give "
+                     f"films the bundle never saw (a folder or manifest of your own labelled films{runs})")
 
 
 def test_films(records: Sequence[Record], data: Path | str) -> bool:
@@ -571,40 +571,42 @@ def test_films(records: Sequence[Record], data: Path | str) -> bool:
 
 def film_splits(records: Sequence[Record], data: Path | str) -> list[str]:
     """Each film's split as DATA names it, for ``evaluate``'s predictions.csv (its ``split`` column, which a manifest
-    reads): the record's own (a dataset root's split folder, a manifest's split column), test for every film of a
-    folder named test given itself (:func:`refuse_test_films`), else none (""). Read back as a manifest, wherever
-    the file is copied and whichever of its rows are kept, its test films are test films."""
-    test = _test_folder(data) and not any(r.split for r in records)
+    reads): test for every film of a folder named test given itself, whose records name no split (``DATA/test`` of
+    the Kaggle layout, or a link to it; a dataset root that happens to be named test has split folders, and its
+    records their splits), and of an ``evaluate`` output's predictions.csv whose metrics.json says they are test
+    films or does not say (:func:`_evaluated_test`: an older pneumoscan's file names no split); else the record's
+    own (a dataset root's split folder, ``--split``, a manifest's split column), or none (""). Read back as a
+    manifest, wherever the file is copied, whichever of its rows are kept and however often it is evaluated again,
+    its test films are test films."""
+    test = (_test_folder(data) and not any(r.split for r in records)) or _evaluated_test(data) is not None
     return ["test" if test else r.split for r in records]
 
 
 EVALUATED = "threshold_table"  # a key every evaluate's metrics.json holds, before it recorded a checksum too
 
 
-def _evaluated_test_films(data: Path | str, what: str) -> None:
-    """Refuse DATA, an ``evaluate`` output's predictions.csv (its metrics.json beside it records the file's checksum,
-    or, written by a pneumoscan before that, a threshold table: :data:`EVALUATED`), when that metrics.json says its
-    films are test films, or says nothing of it (unreadable, or written before it was recorded): read as a manifest,
-    an older pneumoscan's file names no split (:func:`film_splits`), and the test films chose a threshold unseen."""
+def _evaluated_test(data: Path | str) -> str | None:
+    """Why DATA, an ``evaluate`` output's predictions.csv (its metrics.json beside it records the file's checksum, or,
+    written by a pneumoscan before that, a threshold table: :data:`EVALUATED`), holds test films: that metrics.json
+    says they are, or says nothing of it (unreadable, or written before it was recorded), a doubt read as test films.
+    None for any other DATA (a manifest of the user's own that happens to be named predictions.csv too), and for an
+    evaluation that says its films are no test films."""
     data = Path(data)
     metrics = data.parent / METRICS
     if data.name != PREDICTIONS or not data.is_file() or not metrics.is_file():
-        return
+        return None
     try:
         record = json.loads(metrics.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:  # ValueError: not JSON, or not UTF-8
-        raise ValueError(f"{data}: {metrics} beside it cannot be read ({e}), so it cannot be told whether these are "
-                         f"test films; give the films themselves to choose the {what} on") from None
+        return f"{metrics} beside it cannot be read ({e}), so it cannot be told whether these are test films"
     if not isinstance(record, dict) or not {PREDICTIONS_CHECKSUM, EVALUATED} & record.keys():
-        return  # no evaluate output: a manifest of the user's own that happens to be named predictions.csv
+        return None
     test = record.get(TEST_SPLIT)
     if test is False:
-        return
-    why = ("an evaluation of test films" if test is True else
-           f"it does not record whether they are test films ({TEST_SPLIT}: an older pneumoscan's evaluation?)")
-    raise ValueError(f"{data}: {metrics} says {why}: the test split measures a bundle and never chooses its {what}; "
-                     "choose it on validation films (RUN/split.csv --split val, or an evaluation of them) or "
-                     "labelled films of your own the bundle never saw")
+        return None
+    return f"{metrics} says " + ("an evaluation of test films" if test is True else
+                                 f"it does not record whether they are test films ({TEST_SPLIT}: an older "
+                                 "pneumoscan's evaluation?)")
 
 
 def _test_folder(data: Path | str) -> bool:
