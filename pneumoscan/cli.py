@@ -1445,6 +1445,7 @@ def main(argv: list[str] | None = None) -> int:
     # uvicorn's own handling (its requests in progress finish first).
     handled = args.command != "serve" and threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, functools.partial(_terminate, os.getpid())) if handled else None
+    checkpoint = _checkpoint_state(args.out) if args.command == "train" else None  # another run's, if any
     try:
         _bundle_first(args, extra)  # first: `serve DATA BUNDLE` is a bundle in the wrong place, not an extra argument
         parser.refuse_unrecognized(args, extra)
@@ -1458,7 +1459,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pneumoscan {args.command}: error: {shown(_reason(e))}", file=sys.stderr)
         return 3 if isinstance(e, WeightsUnavailable) else 2
     except KeyboardInterrupt as e:  # Ctrl-C: one line, not a traceback; every file is written whole or not at all
-        goes_on = (_train_goes_on(args.out) if args.command == "train" else
+        goes_on = (_train_goes_on(args, checkpoint) if args.command == "train" else
                    " (the same `cv` command goes on from each fold's last finished epoch)" if args.command == "cv"
                    else "")
         stopped = "terminated" if isinstance(e, Terminated) else "interrupted"
@@ -1469,14 +1470,28 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
-def _train_goes_on(out: str | None) -> str:
-    """What a stopped `train` can do next: --resume where an epoch finished (its checkpoint), else start again (a run
-    stopped in its warm start, minutes on a CPU, has none, and --resume would start from scratch)."""
+def _checkpoint_state(out: str | None) -> tuple[int, int, int] | None:
+    """OUT/checkpoint.pt as it is now (device, inode, modification time: written whole under a new inode each time),
+    or None where there is none, for :func:`_train_goes_on` to tell a checkpoint this run wrote from one it found."""
     from pneumoscan.models.run_folder import RunFolder
 
-    if out and RunFolder(Path(out)).checkpoint.is_file():
+    try:
+        found = RunFolder(Path(out)).checkpoint.stat() if out else None
+    except OSError:
+        return None
+    return (found.st_dev, found.st_ino, found.st_mtime_ns) if found else None
+
+
+def _train_goes_on(args: argparse.Namespace, before: tuple[int, int, int] | None) -> str:
+    """What a stopped `train` can do next: --resume where an epoch of this run finished (a checkpoint it wrote, or
+    the one it resumed from), else start again (a run stopped in its warm start, minutes on a CPU, has none, and
+    --resume would start from scratch). A checkpoint another run left in --out (``before``: as it was when this one
+    began) is no epoch of this run's: a new run clears the folder only once its films are preprocessed (minutes), so
+    that one stopped before was said to go on from the old run's last epoch."""
+    now = _checkpoint_state(args.out)
+    if now is not None and (args.resume or now != before):
         return " (`train --resume` goes on from the last finished epoch)"
-    return " (no epoch had finished, so no checkpoint was kept: the same command starts the run again)"
+    return " (no epoch of this run had finished, so it kept no checkpoint: the same command starts the run again)"
 
 
 def _stdout_reader_gone() -> bool:

@@ -640,19 +640,33 @@ def test_a_train_stopped_before_its_first_epoch_ends_says_nothing_was_kept(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     """`make demo` stopped in its warm start (minutes on a 2-core CPU) said `train --resume` goes on from the last
-    finished epoch, of which there was none: --resume then started from scratch. Without a checkpoint the line says
-    that the run starts over."""
+    finished epoch, of which there was none: --resume then started from scratch. Without a checkpoint of this run's
+    the line says that the run starts over, also where --out holds an earlier run's, which a new run deletes only
+    once its films are preprocessed (minutes); one it wrote, or resumed from, goes on."""
     import pneumoscan.training.train as train_mod
 
+    run = tmp_path / "run"
+    stop_at: list[bool] = []  # whether an epoch finishes (its checkpoint written) before Ctrl-C
+
     def stopped(*args: object, **kwargs: object) -> None:
-        raise KeyboardInterrupt  # Ctrl-C before the first checkpoint
+        if stop_at[-1]:
+            (run / "checkpoint.pt").write_bytes(b"this run's epoch")
+        raise KeyboardInterrupt
 
     monkeypatch.setattr(train_mod, "train", stopped)
-    args = ["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--model", "simple_cnn"]
-    assert cli.main(args) == 130
-    assert capsys.readouterr().err.splitlines()[-1] == (
-        "pneumoscan train: interrupted (no epoch had finished, so no checkpoint was kept: the same command starts "
-        "the run again)")
+    args = ["train", "--data", str(tmp_path), "--out", str(run), "--model", "simple_cnn"]
+    none = "(no epoch of this run had finished, so it kept no checkpoint: the same command starts the run again)"
+    goes_on = "(`train --resume` goes on from the last finished epoch)"
+    for earlier, epoch, resume, said in ((False, False, False, none), (True, False, False, none),
+                                        (True, True, False, goes_on), (True, False, True, goes_on)):
+        shutil.rmtree(run, ignore_errors=True)
+        if earlier:  # a run of before in --out: a new run clears it once its films are preprocessed
+            run.mkdir()
+            (run / "checkpoint.pt").write_bytes(b"an earlier run's epoch")
+            os.utime(run / "checkpoint.pt", ns=(0, 0))
+        stop_at.append(epoch)
+        assert cli.main([*args, *(["--resume"] if resume else [])]) == 130
+        assert capsys.readouterr().err.splitlines()[-1] == f"pneumoscan train: interrupted {said}", (earlier, epoch)
 
 
 def test_a_message_to_a_journal_or_a_pipe_is_one_line() -> None:
