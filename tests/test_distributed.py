@@ -112,6 +112,9 @@ def test_two_gloo_processes_train_resume_and_agree(tiny_dataset: Path, tiny_bund
     n_val = sum(r.split == "val" for r in discover(run / "split.csv").records)
     assert json.loads((run / "bundle" / "bundle.json").read_text())["val_metrics"]["n"] == n_val
     ranks_agree(said, tmp_path, kept)
+    # the probe's warm start: rank 0 alone shows its bar, which counts its own share of the films
+    assert "Warm start: features of 52 films (this process's share of 102)" in log, log
+    assert log.count("Warm start: features of") == 1, log
 
 
 def trained_once(log: str, run: Path, cached: dict[str, list[int]], data: Path, teacher: Path, eval_dir: Path

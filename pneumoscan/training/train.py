@@ -608,10 +608,12 @@ def warm_start(model: torch.nn.Module, plain: Sequence[Dataset], weights: torch.
     its share of the films (:func:`shard`), so W processes share the work of one. Returns the penalty chosen."""
     shares = [torch.utils.data.Subset(part, shard(ctx, len(part))) for part in plain]
     loaders = [DataLoader(share, batch_size) for share in shares]
-    films = sum(map(len, shares))
-    # minutes on a CPU before the first epoch's bar (make demo on 2 cores), with nothing on the terminal without one
+    films, total = sum(map(len, shares)), sum(map(len, plain))
+    # minutes on a CPU before the first epoch's bar (make demo on 2 cores), with nothing on the terminal without one;
+    # under torchrun rank 0's bar counts its share, said as such (the films of the run are the total)
+    share = f" (this process's share of {total})" if ctx.world > 1 else ""
     with progress(enabled=ctx.main) as bar:
-        task = bar.add_task(f"Warm start: features of {films} films", total=films)
+        task = bar.add_task(f"Warm start: features of {films} films{share}", total=films)
         l2 = warm_start_head(model, *loaders, weights, ctx.device, ctx, lambda n: bar.advance(task, n))
     if ctx.main:
         log.info("warm start: classifier fitted on frozen pretrained features (L2 %g, chosen on validation loss)", l2)
