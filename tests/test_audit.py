@@ -241,7 +241,11 @@ def test_format_audit_says_its_image_modes_and_near_duplicates_in_words(report: 
     console.print(format_audit(report))
     text = console.file.getvalue()
     assert "image modes: L (greyscale) 5, RGB (colour) 2" in text, text
-    assert "near duplicates (perceptual hashes within 10 of 256 bits): 2 groups" in text, text
+    assert "near duplicates (perceptual hashes differing in at most 10 of their 256 bits): 2 groups" in text, text
+    console.file = io.StringIO()  # the 16-bit modes readers/pillow.py reads, each in words
+    console.print(format_audit({**report, "modes": {mode: 1 for mode in ("I;16", "I;16B", "I;16L", "I;16N")}}))
+    assert ("image modes: I;16 (16-bit greyscale) 1, I;16B (16-bit greyscale) 1, I;16L (16-bit greyscale) 1, I;16N "
+            "(16-bit greyscale) 1") in console.file.getvalue(), console.file.getvalue()
 
 
 def test_format_audit_says_the_splits_and_what_stands_in_for_a_missing_test_split(

@@ -356,8 +356,8 @@ def _finding_lines(report: dict) -> list[tuple[str, bool]]:
         (f"exact duplicates: {len(dup)} groups, {sum(len(g) for g in dup)} files", bool(dup)),
         (
             (
-                f"near duplicates (perceptual hashes within {report['near_duplicate_max_bits']} of "
-                f"{PHASH_SIZE**2} bits): {len(near)} groups "
+                f"near duplicates (perceptual hashes differing in at most {report['near_duplicate_max_bits']} of "
+                f"their {PHASH_SIZE**2} bits): {len(near)} groups "
                 f"({n_exact_near} exact, {len(near) - n_exact_near} re-encoded or edited)"
             ),
             bool(near),
@@ -373,7 +373,8 @@ def _finding_lines(report: dict) -> list[tuple[str, bool]]:
 #: MONOCHROME2/12): `modes: L 16, RGB 5216` did not tell a clinical reader that the Kermany training films are colour
 #: JPEGs of grey films
 _MODE_WORDS = {"1": "black and white", "L": "greyscale", "LA": "greyscale with transparency",
-               "I;16": "16-bit greyscale", "I;16B": "16-bit greyscale", "I": "32-bit greyscale",
+               "I;16": "16-bit greyscale", "I;16L": "16-bit greyscale", "I;16B": "16-bit greyscale",
+               "I;16N": "16-bit greyscale", "I": "32-bit greyscale",
                "F": "floating-point greyscale", "P": "palette colour", "RGB": "colour",
                "RGBA": "colour with transparency", "CMYK": "print colour", "YCbCr": "colour"}
 
