@@ -1445,7 +1445,7 @@ def main(argv: list[str] | None = None) -> int:
     # uvicorn's own handling (its requests in progress finish first).
     handled = args.command != "serve" and threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, functools.partial(_terminate, os.getpid())) if handled else None
-    checkpoint = _checkpoint_state(args.out) if args.command == "train" else None  # another run's, if any
+    checkpoint = _checkpoint_state(args.out) if args.command == "train" else None  # as this command found it
     try:
         _bundle_first(args, extra)  # first: `serve DATA BUNDLE` is a bundle in the wrong place, not an extra argument
         parser.refuse_unrecognized(args, extra)
