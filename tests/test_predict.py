@@ -523,9 +523,17 @@ def test_stages_carry_the_tta_and_heatmaps_they_were_readied_with_so_each_batch_
     stages = ready_stages(tiny_bundle, tta=True, heatmaps=True)
     with pytest.raises(ValueError, match="need the folder of their overlays"):
         score_paths(stages, films)
+    # what came after the paths, named: an old call's third argument (tta) would be read as progress, without TTA
+    with pytest.raises(TypeError, match="positional"):
+        score_paths(stages.overlays_into(tmp_path / "old"), films, True)  # type: ignore[misc]
+    # the predictor's own readings of the film, with and without TTA (apart for the tiny bundle: about 0.471, 0.476)
+    gray = read_gray(films[0], stages.first.card.spec.decode_target)  # as score_paths decodes it
+    tta, plain = (stages.first.predict_array(gray, tta=tta)["probability"] for tta in (True, False))
+    assert abs(tta - plain) > 10 * SCORE_TOL
     for batch in ("first", "second"):
         [row] = score_paths(stages.overlays_into(tmp_path / batch), films)
         assert row["threshold"] == load_card(tiny_bundle).tta_threshold, "read at the TTA threshold"
+        assert row["probability"] == pytest.approx(tta, abs=SCORE_TOL), "the TTA probability"
         assert Path(row["heatmap"]).parent == tmp_path / batch and Path(row["heatmap"]).is_file()
     with pytest.raises(ValueError, match="not readied for heatmaps"):
         dataclasses.replace(stages, heatmaps=False).overlays_into(tmp_path / "third")

@@ -746,7 +746,7 @@ def predict_paths(
     paths = path_list(paths)  # one path given alone, not its characters
     heatmap_dir = _heatmap_folder(heatmap_dir, paths) if heatmap_dir is not None else None
     stages = ready_stages(bundle, etiology, backend, batch_size, tta, heatmap_dir=heatmap_dir)
-    return score_paths(stages, paths, progress, skipped)
+    return score_paths(stages, paths, progress=progress, skipped=skipped)
 
 
 def ready_stages(bundle: Path | str, etiology: Path | str | None = None, backend: str = "torch",
@@ -770,11 +770,12 @@ def ready_stages(bundle: Path | str, etiology: Path | str | None = None, backend
     return dataclasses.replace(stages, heatmaps=heatmaps, heatmap_dir=heatmap_dir)
 
 
-def score_paths(stages: Stages, paths: Sequence[str | Path] | str | Path, progress: bool = False,
+def score_paths(stages: Stages, paths: Sequence[str | Path] | str | Path, *, progress: bool = False,
                 skipped: list[dict[str, str]] | None = None) -> list[dict]:
     """:func:`predict_paths`' rows of ``paths``, read by ``stages`` as :func:`ready_stages` gave them: with the
     ``tta`` they were loaded with, and their overlays in their ``heatmap_dir`` where they were readied for heatmaps.
-    The models are not loaded again, nor checked again, for each call."""
+    The models are not loaded again, nor checked again, for each call. ``progress`` and ``skipped`` are named: a
+    call written when ``tta`` stood third would otherwise run with ``progress`` in its place, silently without TTA."""
     given = path_list(paths)
     if stages.heatmaps and stages.heatmap_dir is None:  # overlays readied for, and no folder to write them into
         raise ValueError("stages readied for heatmaps need the folder of their overlays: ready_stages' heatmap_dir, "
