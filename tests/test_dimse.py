@@ -593,8 +593,8 @@ def test_each_film_read_caller_refused_and_report_stored_is_an_audit_line(
     ds = pydicom.dcmread(io.BytesIO(data))
     card = json.loads((tiny_bundle / "bundle.json").read_text())
     assert (read["event"], read["calling_ae"], read["study_instance_uid"], read["series_instance_uid"],
-            read["sop_instance_uid"], read["bundle_checksum"], read["refusal"]) == (
-        "film_read", "MODALITY", study, ds.SeriesInstanceUID, ds.SOPInstanceUID, card["checksum"], None)
+            read["sop_instance_uid"], read["bundle_checksum"], read["bundle_on_disk"], read["refusal"]) == (
+        "film_read", "MODALITY", study, ds.SeriesInstanceUID, ds.SOPInstanceUID, card["checksum"], None, None)
     assert re.fullmatch(r"sha256:[0-9a-f]{64}", read["film_sha256"]) and 0 <= read["probability"] <= 1 and read["label"]
     [sr] = destination.received
     assert (stored["event"], stored["report_sop_instance_uid"], stored["status"]) == (
@@ -1752,9 +1752,12 @@ def test_a_listener_loads_its_bundle_once_and_scores_every_study_with_the_model_
     (0.1 s a study for a tiny model, seconds for a large one or an ensemble); as serve, a bundle damaged on disk since
     changes none of its readings: a study sent after is scored, its SR naming the model the first study's names.
     Each change of the files, silent until a restart, is a warning once, at the first study scored after it (the
-    check each study's scoring makes, asked again here without a study): the weights damaged, nothing more when
-    nothing changed, then the card re-thresholded in place (`threshold --out` on the bundle itself); and a folder
-    that does not answer (its stat held here) is a warning too, the check given up within its bound."""
+    check each study's scoring makes, asked again here without a study), and every study's audit lines say what the
+    check found (bundle_on_disk), so that each reading made after a change is found: the weights damaged, nothing
+    more when nothing changed, then the card re-thresholded in place (`threshold --out` on the bundle itself). A
+    check that does not answer within its bound is a warning once and returns at once for the next study: a folder
+    whose stat hangs is "silent", one whose stat answered with a change being read is "reading" (a large bundle, a
+    slow drive; it had been said as a hung drive); a fault of the check itself is an error line, not the study's."""
     caplog.set_level(logging.INFO, logger="pneumoscan")
     loads: list[str] = []
     real = Stages.load
@@ -1767,12 +1770,13 @@ def test_a_listener_loads_its_bundle_once_and_scores_every_study_with_the_model_
     bundle = copy_bundle(tiny_bundle, tmp_path)
     weights = (bundle / WEIGHTS).read_bytes()
     (work := tmp_path / "listener").mkdir()
+    audit = AuditLog(tmp_path / "audit.jsonl")
     listener = Listener(bundle, "PNEUMOSCAN", Destination("DEST", "127.0.0.1", destination.port), work,
-                        backend="torch")
+                        backend="torch", audit=audit)
     server = listener.start("127.0.0.1", 0)
 
-    def changes() -> list[str]:
-        return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING
+    def changes(level: int = logging.WARNING) -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.levelno == level
                 and r.name in (on_disk.log.name, dimse.log.name) and "bundle" in r.getMessage()]
 
     seen = []
@@ -1793,27 +1797,44 @@ def test_a_listener_loads_its_bundle_once_and_scores_every_study_with_the_model_
         assert f"study {study}: reports of 1 of 1 films stored" in caplog.text
     first, second = (_algorithm(sr) for sr in destination.received)
     assert first == second and first[1].startswith("sha256:")
-    listener._check_bundle()  # nothing changed since
+    reads = [line for line in audit_lines(audit) if line["event"] == "film_read"]
+    assert [(line["study_instance_uid"], line["bundle_on_disk"]) for line in reads] == [
+        (studies[0], None), (studies[1], "damaged")]
+    found = [listener._check_bundle()]  # nothing changed since
     seen.append(len(changes()))
     (bundle / WEIGHTS).write_bytes(weights)
     card = load_card(bundle)
     save_card(bundle, at_threshold(card, threshold=card.threshold / 2))
-    listener._check_bundle()
+    found.append(listener._check_bundle())
     seen.append(len(changes()))
-    monkeypatch.setattr(dimse, "BUNDLE_WAIT_S", 0.2)
-    answers, stamp = threading.Event(), on_disk.file_stamp
-    monkeypatch.setattr(on_disk, "file_stamp", lambda path: answers.wait(WAIT_S) and stamp(path))
-    try:
-        listener._check_bundle()
-    finally:
-        answers.set()
-    assert seen == [0, 1, 1, 2] and len(changes()) == 3
+    monkeypatch.setattr(on_disk, "BUNDLE_WAIT_S", 0.2)
+    for held, stalled in ((on_disk, "file_stamp"), (on_disk, "verify_file")):  # the stat, then the read
+        answers, real_call = threading.Event(), getattr(held, stalled)
+        monkeypatch.setattr(held, stalled, lambda *a, f=real_call, e=answers: e.wait(WAIT_S) and f(*a))
+        if stalled == "verify_file":
+            save_card(bundle, card)  # a change whose files are read: the card put back, said of nothing once read
+        try:
+            found.append(listener._check_bundle())
+            began = time.monotonic()
+            found.append(listener._check_bundle())  # the next study: the same check, said already
+            assert time.monotonic() - began < 0.1
+        finally:
+            answers.set()
+        monkeypatch.setattr(held, stalled, real_call)
+        wait_for(lambda: listener.on_disk._checking is None)  # the held check ended
+    monkeypatch.setattr(on_disk.BundleOnDisk, "changed", lambda self: 1 / 0)
+    os.utime(bundle / WEIGHTS)
+    found += [listener._check_bundle(), listener._check_bundle()]
+    assert seen == [0, 1, 1, 2] and len(changes()) == 4
+    assert found == ["damaged", "replaced", "silent", "silent", "reading", "reading", "failed", "failed"]
     named = (f"model_version {listener.model['model_version']} in its reports, bundle_checksum "
              f"{listener.model['bundle_checksum']} in its audit lines")
-    damaged, replaced, silent = changes()
+    damaged, replaced, silent, reading = changes()
     assert damaged.startswith(f"{dimse.BUNDLE_DAMAGED.format(named)}: {bundle / WEIGHTS} is damaged")
     assert replaced == f"{dimse.BUNDLE_REPLACED.format(named)} ({bundle}: bundle.json changed, its weights the same)"
     assert silent == dimse.BUNDLE_SILENT.format(0.2)
+    assert reading == dimse.BUNDLE_READING.format(0.2, named)
+    assert changes(logging.ERROR) == [f"{dimse.BUNDLE_CHECK_FAILED.format(named)}: division by zero"]
 
 
 def _algorithm(sr: Dataset) -> tuple[str, str]:
@@ -1830,10 +1851,25 @@ def _algorithm(sr: Dataset) -> tuple[str, str]:
     return found[0], found[1]
 
 
-def test_a_listener_whose_bundle_cannot_load_is_refused_before_it_listens(tiny_bundle: Path, tmp_path: Path) -> None:
+def test_a_listener_whose_bundle_cannot_load_is_refused_before_it_listens(
+    tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A bundle whose weights are damaged is refused when the listener is made, with the reason, before any
-    association: every study it was sent was an error line."""
+    association: every study it was sent was an error line. So is a bundle replaced while its model loads (seconds
+    for ONNX or an ensemble; re-thresholded in place here): the files were stamped after the load, so the change was
+    never warned of, and the audit lines named the new card's checksum for the model of the old."""
     bundle = copy_bundle(tiny_bundle, tmp_path)
+    real = dimse.ready_stages
+
+    def replaced_meanwhile(*args: object, **kwargs: object) -> Stages:
+        card = load_card(bundle)
+        save_card(bundle, at_threshold(card, threshold=card.threshold / 2))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(dimse, "ready_stages", replaced_meanwhile)
+    with pytest.raises(ValueError, match=re.escape(f"the bundle {bundle} was replaced while its model was loaded")):
+        Listener(bundle, "PNEUMOSCAN", Destination("DEST", "127.0.0.1", 104), tmp_path, backend="torch")
+    monkeypatch.setattr(dimse, "ready_stages", real)
     flip_one_bit(bundle / WEIGHTS, data_start(bundle / WEIGHTS))
     with pytest.raises(ValueError, match="model.safetensors is damaged"):
         Listener(bundle, "PNEUMOSCAN", Destination("DEST", "127.0.0.1", 104), tmp_path, backend="torch")

@@ -36,7 +36,7 @@ from pneumoscan.core.digests import bytes_sha256, json_sha256
 from pneumoscan.data.decode import read_dicom_header, read_gray
 from pneumoscan.data.scope import BURNED_IN, NO_TAGS, describe
 from pneumoscan.inference.export import write_onnx_spec
-from pneumoscan.inference.predict import Predictor, alone_warning, predict_paths
+from pneumoscan.inference.predict import Predictor, Stages, alone_warning, predict_paths
 from pneumoscan.models.card import ONNX_NAME, load_card, save_appearance, save_card
 from pneumoscan.serving.app import create_app
 from pneumoscan.serving.batching import Batcher
@@ -768,11 +768,13 @@ def test_onnx_backend_answers_like_torch(client: TestClient, tiny_bundle: Path, 
     assert got["label"] == expected["label"] and got["heatmap"].startswith("data:image/png;base64,")
 
 
-def test_a_bundle_changed_on_disk_after_start_up_makes_the_service_degraded(tiny_bundle: Path, xray: bytes,
-                                                                            tmp_path: Path) -> None:
+def test_a_bundle_changed_on_disk_after_start_up_makes_the_service_degraded(
+        tiny_bundle: Path, xray: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """/healthz said ok while the bundle's files were damaged or deleted under the running service, until a restart
     was refused (a restart loop under an orchestrator); a bundle replaced by another was not said either. Readings
-    go on from the model checked at start; a file touched, or put back, is ok again."""
+    go on from the model checked at start; a file touched, or put back, is ok again. A bundle replaced while the
+    model loads (seconds for ONNX or an ensemble) is refused at start: its files were stamped after the load, so
+    the change was never said."""
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)
     with TestClient(create_app(bundle, backend="onnx")) as c:
@@ -797,6 +799,15 @@ def test_a_bundle_changed_on_disk_after_start_up_makes_the_service_degraded(tiny
         card = load_card(bundle)
         save_card(bundle, at_threshold(card, threshold=card.threshold / 2))  # another valid bundle
         assert c.get("/healthz").json()["reason"] == BUNDLE_REPLACED
+    real = Stages.load
+
+    def replaced_meanwhile(cls: type[Stages], *args: object, **kwargs: object) -> Stages:
+        save_card(bundle, at_threshold(card, threshold=card.threshold / 4))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(Stages, "load", classmethod(replaced_meanwhile))
+    with pytest.raises(ValueError, match=f"the bundle {bundle} was replaced while its model was loaded"):
+        create_app(bundle, backend="torch")  # onnx: model.onnx.json, which records the threshold, refuses it
 
 
 def test_probes_that_come_while_the_bundle_is_read_again_share_that_one_read(

@@ -11,6 +11,7 @@ import io
 import logging
 import math
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -442,14 +443,18 @@ def test_healthz_answers_fast_while_every_decode_slot_is_busy(tiny_bundle: Path,
 
 
 def test_healthz_says_unhealthy_while_the_bundle_folder_hangs_and_the_rest_is_served(
-        tiny_bundle: Path, xray: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+        tiny_bundle: Path, xray: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each probe stat'ed the bundle's files on the event loop: a bundle on a network drive that hangs stalled every
     request, the probes and those already admitted alike. The stat hangs here at a gate (a stand-in for the drive):
     /healthz answers 503 with the reason within the bounded wait, one check in flight for all the probes, while
     /v1/model and predictions are answered; once the folder answers the next probe says ok, and a check hung at
-    the stop does not hold the server's exit."""
-    monkeypatch.setattr(service_module, "BUNDLE_WAIT_S", 0.2)
-    app = create_app(tiny_bundle)  # the stamps taken at start, before the gate
+    the stop does not hold the server's exit. A folder that answers the stat with a change whose files take longer
+    to read than the bound (a large or ensemble bundle, a slow drive) is degraded, being read, not unhealthy as a
+    drive that hangs."""
+    monkeypatch.setattr(on_disk, "BUNDLE_WAIT_S", 0.2)
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    app = create_app(bundle)  # the stamps taken at start, before the gate
     gate = Gate(on_disk.file_stamp)
     monkeypatch.setattr(on_disk, "file_stamp", gate)
     silent = {"status": "unhealthy", "model_id": app.state.card.id, "model_version": app.state.card.version,
@@ -471,6 +476,14 @@ def test_healthz_says_unhealthy_while_the_bundle_folder_hangs_and_the_rest_is_se
         assert gate.entered == 1  # one check in flight for all the probes, not a thread held per probe
         gate.open.set()
         wait_for(lambda: http.get("/healthz").json()["status"] == "ok", "an ok probe once the folder answered")
+        read = Gate(on_disk.verify_file)
+        monkeypatch.setattr(on_disk, "verify_file", read)
+        os.utime(bundle / "model.safetensors")  # a change: the files read again, held at the gate
+        r = probe(http)
+        assert r.status_code == 200 and r.json() == {**silent, "status": "degraded",
+                                                     "reason": service_module.BUNDLE_READING.format(0.2)}, r.text
+        read.open.set()
+        wait_for(lambda: http.get("/healthz").json()["status"] == "ok", "an ok probe once the files were read")
         gate.open.clear()
         assert probe(http).status_code == 503 and gate.entered > 1
         stop = time.monotonic()

@@ -368,6 +368,16 @@ def scoring_card(bundle: Path | str, card: BundleCard, backend: str) -> BundleCa
     return int8_card(card, int8_sidecar(bundle, card))
 
 
+def check_built_from(predictor: Predictor, card: BundleCard) -> None:
+    """Refuse (ValueError, with the reason) a predictor whose model was built from another card than ``card``, its
+    bundle's as read before the model was loaded (:class:`~pneumoscan.models.on_disk.BundleOnDisk`), the INT8
+    sidecar's thresholds and figures allowed for (:func:`scoring_card`): a bundle replaced while the model loaded
+    (seconds for ONNX or an ensemble) would be scored with one card and checked against, or named by, the other."""
+    if predictor.card != scoring_card(predictor.bundle, card, predictor.backend):
+        raise ValueError(f"the bundle {predictor.bundle} was replaced while its model was loaded (its bundle.json is "
+                         "not the one read before): start again once it is settled")
+
+
 def onnx_input(images: np.ndarray, mean: float, std: float) -> np.ndarray:
     """uint8 (N, S, S) -> the normalised float32 (N, 1, S, S) an ONNX graph reads, in numpy: ``to_input``'s formula,
     step for step, so both backends read the same numbers (tests/test_startup.py holds them equal)."""

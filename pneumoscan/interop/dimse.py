@@ -51,7 +51,6 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterable
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,9 +81,8 @@ from pneumoscan.core.options import (LISTEN_ASSOCIATION_MB, LISTEN_FREE_MB, LIST
                                      LISTEN_SPOOL_MB, LISTEN_STORE_S, MAX_UPLOAD_MB)
 from pneumoscan.data.readers.dicom import TRANSFER_SYNTAXES, is_own_output, read_dataset
 from pneumoscan.data.scope import CAPTURE_CLASSES, RADIOGRAPH_CLASSES
-from pneumoscan.inference.predict import ready_stages
-from pneumoscan.models.card import CHECKSUM
-from pneumoscan.models.on_disk import BUNDLE_WAIT_S, BundleOnDisk
+from pneumoscan.inference.predict import check_built_from, ready_stages
+from pneumoscan.models.on_disk import READING, BundleOnDisk, Check
 
 from .reports import FHIR_SUFFIX, ObservationIndex, add_warning, check_reportable
 from .study import (FAILURES, MADE, WARNINGS, not_scored, one_patient, score_films, status_words, study_rows, unfiled,
@@ -136,11 +134,19 @@ BUNDLE_DAMAGED = ("the bundle's files on disk are damaged or missing since the l
 BUNDLE_REPLACED = ("the bundle on disk was replaced since the listener loaded it (trained again, or its thresholds "
                    "chosen again in place): it goes on scoring each study with the model it loaded ({}); restart it to "
                    "score with the bundle on disk")
-# ... and when the bundle's folder does not answer within BUNDLE_WAIT_S (a network drive that hangs): said once while
+# ... when the bundle's folder does not answer within BUNDLE_WAIT_S (a network drive that hangs): said once while
 # it hangs, each study scored meanwhile without waiting for it
 BUNDLE_SILENT = ("the bundle's folder did not answer within {:g} s (a network drive that hangs?): studies are scored "
                  "with the model loaded at start, which needs no file, but a restart would wait on the folder too; "
                  "check the drive")
+# ... when its stat answered with a change, and the files are still being read after BUNDLE_WAIT_S (each one hashed:
+# a large or ensemble bundle, a slow drive): said once a read, what changed said when the read ends ({}: as above)
+BUNDLE_READING = ("the bundle's files on disk changed since the listener loaded them and are still being read after "
+                  "{:g} s (a large bundle, or a slow drive): studies are scored meanwhile with the model it loaded "
+                  "({}); what changed is said once they are read")
+# ... and when the check itself fails (a fault of its own, not of the files): said once an error, each study scored
+BUNDLE_CHECK_FAILED = ("the check of the bundle's files on disk failed: studies are scored with the model the listener "
+                       "loaded ({}), but whether the files changed is not known")
 
 
 @dataclass(frozen=True)
@@ -491,9 +497,13 @@ class Listener:
         for title in allow:
             _check_title(title, "allow (--allow)")
         check_reportable(bundle, dicom=True)  # the UID root and the bundle's task, before any film is taken
+        # the bundle's files as they are before the model loads (seconds for ONNX or an ensemble), checked again
+        # before each study is scored (_check_bundle); a bundle replaced while the model loads is refused below
+        self.on_disk = BundleOnDisk(bundle)
         # the model every study is scored with, loaded once (as serve loads its own) and proven to run here (and to
         # draw heatmaps, with heatmaps) before any association: a bundle replaced on disk since is read at a restart
         self.stages = ready_stages(bundle, backend=backend, heatmaps=heatmaps)
+        check_built_from(self.stages.first, self.on_disk.card)
         self.ae_title, self.destination, self.work = ae_title.strip(), destination, work
         self.allow = [t.strip() for t in allow]
         self.room, self.store_s, self.send_s, self.out = room, store_s, send_s, out
@@ -522,14 +532,15 @@ class Listener:
         # that comes after its scoring (while the listener runs); the films notes withdrew are the spool's (on disk)
         self._made: OrderedDict[tuple[str, str], dict] = OrderedDict()
         self.audit = audit
-        # the model each audit line names: as each reading names it, and bundle.json's own checksum
-        self.model = {**self.stages.first.identity,
-                      "bundle_checksum": json.loads((Path(bundle) / "bundle.json").read_text()).get(CHECKSUM)}
-        # the bundle's files as loaded, checked again before each study is scored (_check_bundle)
-        named = f"model_version {self.model['model_version']} in its reports, bundle_checksum " \
-                f"{self.model['bundle_checksum']} in its audit lines"
-        self.on_disk = BundleOnDisk(bundle, BUNDLE_DAMAGED.format(named), BUNDLE_REPLACED.format(named))
-        self._silent: Future[str | None] | None = None  # the check that did not answer, said once
+        # the model each audit line names: as each reading names it, and the checksum of the bundle.json it was
+        # built from (read before it loaded: one put there since names another card)
+        self.model = {**self.stages.first.identity, "bundle_checksum": self.on_disk.checksum}
+        self.named = f"model_version {self.model['model_version']} in its reports, bundle_checksum " \
+                     f"{self.model['bundle_checksum']} in its audit lines"
+        self.on_disk.damaged, self.on_disk.replaced = BUNDLE_DAMAGED.format(self.named), \
+            BUNDLE_REPLACED.format(self.named)
+        self._said: tuple[Check, str] | None = None  # the check that did not answer, and what was said of it
+        self._failed: str | None = None  # the last fault of the check said
 
     def start(self, host: str, port: int) -> ThreadedAssociationServer:
         """Listen on ``host``:``port`` (0: a free port, the server's ``server_address`` says which) in threads of
@@ -820,6 +831,7 @@ class Listener:
         try:
             with self._scoring:
                 for study, instances in received.studies.items():
+                    on_disk = self._check_bundle()  # said in each of its films' audit lines
                     try:
                         if (doubt := received.doubts.get(study)) is not None:
                             raise ValueError(doubt)
@@ -827,9 +839,10 @@ class Listener:
                     except Exception as e:  # one study's fault is that study's: the others, and the listener, go on
                         why = shown(redact(str(e)) or type(e).__name__)
                         log.error("study %s: not scored: %s", study, why)
-                        self._audit_reads(study, [{**row, "error": why} for row in instances.values()], received)
+                        self._audit_reads(study, [{**row, "error": why} for row in instances.values()], received,
+                                          on_disk)
                         continue
-                    if self._audit_reads(study, rows, received):
+                    if self._audit_reads(study, rows, received, on_disk):
                         self._spool_reports(study, rows, scored)  # first: an SR not sent takes its Observation
                         self._file_observations(study, rows)
                         try:
@@ -927,9 +940,10 @@ class Listener:
         """``entry`` as an audit line, with its time: whether it was written (True without an audit log)."""
         return self.audit is None or self.audit.write({"time": now(), **entry})
 
-    def _audit_reads(self, study_uid: str, rows: list[dict], received: _Association) -> bool:
-        """A line for each film of a study read: its caller, UIDs, the SHA-256 of the bytes received, the model, and
-        its reading or why there is none; with ``audit.required``, a film whose line is lost gets no report (its row
+    def _audit_reads(self, study_uid: str, rows: list[dict], received: _Association, on_disk: str | None) -> bool:
+        """A line for each film of a study read: its caller, UIDs, the SHA-256 of the bytes received, the model, what
+        the check of the bundle's files before its scoring found (``on_disk``: :meth:`_check_bundle`), and its
+        reading or why there is none; with ``audit.required``, a film whose line is lost gets no report (its row
         says why). Whether the lines were made: a fault in making them (a film's digest that cannot be read) is an
         error line, and the study's reports are not sent."""
         if self.audit is None:
@@ -944,7 +958,8 @@ class Listener:
                     "event": "film_read", "calling_ae": received.calling, "address": received.address,
                     "study_instance_uid": study_uid, "series_instance_uid": row.get("series_instance_uid"),
                     "sop_instance_uid": sop, "film_sha256": file_sha256(film) if film.is_file() else None,
-                    **self.model, "probability": row.get("probability"), "label": row.get("label"),
+                    **self.model, "bundle_on_disk": on_disk, "probability": row.get("probability"),
+                    "label": row.get("label"),
                     "refusal": row.get("not_scored") or row.get("error")})
                 if not written and self.audit.required and (made := (MADE.keys() | {"fhir"}) & row.keys()):
                     for key in made:  # each left in the study's folder, deleted with it
@@ -1221,7 +1236,6 @@ class Listener:
         """Score one study's instances (their files in ``folder``, named by SOP Instance UID) and log what became of
         each film; the rows, as ``pacs`` gives them, their reports' files named under the keys write_reports gives
         them, for :meth:`file_study`."""
-        self._check_bundle()
         entries: list[dict | str] = []
         sources: dict[str, dict] = {}
         patients = {}
@@ -1262,21 +1276,37 @@ class Listener:
                  sum("error" in row for row in rows), reports, self.destination)
         return rows
 
-    def _check_bundle(self) -> None:
+    def _check_bundle(self) -> str | None:
         """Whether the bundle's files on disk are still those the listener loaded, asked before each study is scored
-        (:class:`~pneumoscan.models.on_disk.BundleOnDisk`: stat'ed, read again only when changed): a change is a
-        warning, once (:data:`BUNDLE_DAMAGED`, :data:`BUNDLE_REPLACED`), and had been silent until a restart. The
-        study is scored all the same, a damaged or removed bundle's too: its readings come from the model loaded and
-        checked at start, whole in memory, and each report names that model, as ``serve`` answers on. A folder
-        that does not answer within :data:`BUNDLE_WAIT_S` is a warning once while it hangs (:data:`BUNDLE_SILENT`),
-        and no study waits longer for it."""
-        answer, since = self.on_disk.checking()
+        (:class:`~pneumoscan.models.on_disk.BundleOnDisk`: stat'ed, read again only when changed), as the word its
+        audit lines say (``bundle_on_disk``: None while unchanged, ``damaged``, ``replaced``, ``reading``, ``silent``,
+        ``failed``), so that every reading made after a change is found: a change is a warning, once
+        (:data:`BUNDLE_DAMAGED`, :data:`BUNDLE_REPLACED`), and had been silent until a restart. The study is scored
+        all the same, a damaged
+        or removed bundle's too: its readings come from the model loaded and checked at start, whole in memory, and
+        each report names that model, as ``serve`` answers on. No study waits longer than
+        :data:`~pneumoscan.models.on_disk.BUNDLE_WAIT_S` for it: a check that has not answered by then is a warning
+        once, :data:`BUNDLE_READING` while the files its stat found changed are being read, :data:`BUNDLE_SILENT`
+        while the stat itself has not answered (a network drive that hangs). A fault of the check itself is an error
+        line, once a fault (:data:`BUNDLE_CHECK_FAILED`): it had refused the study, and every later one."""
+        check = self.on_disk.checking()
         try:
-            answer.result(timeout=max(0.0, since + BUNDLE_WAIT_S - time.monotonic()))
+            change = check.answer.result(timeout=check.remaining())
         except TimeoutError:
-            if self._silent is not answer:
-                self._silent = answer
-                log.warning("%s", BUNDLE_SILENT.format(BUNDLE_WAIT_S))
+            word = check.unanswered()
+            if self._said is None or self._said[0] is not check or self._said[1] != word:
+                self._said = (check, word)
+                log.warning("%s", BUNDLE_READING.format(check.wait_s, self.named) if word == READING else
+                            BUNDLE_SILENT.format(check.wait_s))
+            return word
+        except Exception as e:  # the check's own fault (ValueError and OSError of the files are its answers)
+            why = shown(redact(str(e)) or type(e).__name__)
+            if self._failed != why:
+                self._failed = why
+                log.error("%s: %s", BUNDLE_CHECK_FAILED.format(self.named), why)
+            return "failed"
+        self._failed = None
+        return {None: None, self.on_disk.damaged: "damaged", self.on_disk.replaced: "replaced"}[change]
 
     def file_study(self, study_uid: str, rows: list[dict], deadline: float) -> None:
         """Send a study's reports (:meth:`_send`, by ``deadline`` on the monotonic clock), log the films whose reports

@@ -3,21 +3,50 @@ its start: their stat stamps, taken then, compared at each check, and the files 
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 from concurrent.futures import Future
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pneumoscan.core.atomic import file_stamp
 
-from .card import CARD, load_card, verify_file
+from .card import CARD, CHECKSUM, load_card, verify_file
 
 log = logging.getLogger(__name__)
 
 # how long a caller waits for a check of a bundle's folder (serve's /healthz, listen's study) before it says that the
 # folder does not answer and goes on: the readings come from the model in memory and need no file
 BUNDLE_WAIT_S = 3.0
+# What a check that has not answered within BUNDLE_WAIT_S is (Check.unanswered): its stat answered and found a
+# change, whose files are being read (each one hashed: a large or ensemble bundle, a slow drive, take longer), or its
+# stat itself has not answered (a network drive that hangs)
+READING = "reading"
+SILENT = "silent"
+
+
+@dataclass
+class Check:
+    """One check of a bundle's files (:meth:`BundleOnDisk.checking`), in a thread of its own, which the callers
+    that come while it runs share: its answer (:meth:`BundleOnDisk.checked`'s), when it began (``time.monotonic``)
+    and whether its stat has answered with a change, so that the files are being read."""
+
+    answer: Future[str | None] = field(default_factory=Future)
+    since: float = field(default_factory=time.monotonic)
+    wait_s: float = field(default_factory=lambda: BUNDLE_WAIT_S)  # the bound of each caller's wait, as it began
+    reading: bool = False
+
+    def remaining(self) -> float:
+        """The seconds left of :attr:`wait_s` from the check's start: each caller's wait ends then, however many
+        callers came while it ran."""
+        return max(0.0, self.since + self.wait_s - time.monotonic())
+
+    def unanswered(self) -> str:
+        """What the check is, once it has not answered within :attr:`wait_s`: :data:`READING` when its stat
+        found a change and the files are being read, :data:`SILENT` when the stat itself has not answered."""
+        return READING if self.reading else SILENT
 
 
 class BundleOnDisk:
@@ -28,54 +57,69 @@ class BundleOnDisk:
     what the process says of each, the answer of a check and, with what changed, its warning (one a read that finds
     it, so one a change)."""
 
-    def __init__(self, directory: Path | str, damaged: str, replaced: str) -> None:
+    def __init__(self, directory: Path | str, damaged: str = "", replaced: str = "") -> None:
+        """The files as they are now, the baseline each check compares with: taken before the model is loaded
+        (seconds for ONNX or an ensemble), so that a bundle replaced meanwhile is found
+        (:func:`pneumoscan.inference.predict.check_built_from` compares the model's card with :attr:`card`), and
+        :attr:`checksum` (``bundle.json``'s own) names the card read here. ``damaged`` and ``replaced`` may be set once
+        the model is loaded (what they say may name it). Refused (ValueError) when ``bundle.json`` changed while it
+        was read."""
+        self.directory = Path(directory)
+        before = file_stamp(self.directory / CARD)
         # the card as the files hold it (a Predictor's may carry the INT8 sidecar's threshold and figures instead)
-        self.directory, self.card = Path(directory), load_card(directory)
+        self.card = load_card(directory)
+        self.checksum: str | None = json.loads((self.directory / CARD).read_bytes()).get(CHECKSUM)
         self.damaged, self.replaced = damaged, replaced
         self.names = [CARD, *self.card.files]
         self.seen = self._stamps()
+        if self.seen[0] != before:  # its card and checksum may be of two versions of it
+            raise ValueError(f"{self.directory / CARD} changed while it was read (a bundle being replaced): start "
+                             "again once it is settled")
         self.change: str | None = None
         self._lock = threading.Lock()
-        self._checking: tuple[Future[str | None], float] | None = None  # the check in progress, and its start
+        self._checking: Check | None = None  # the check in progress
 
     def _stamps(self) -> tuple[str | None, ...]:
         return tuple(file_stamp(self.directory / name) for name in self.names)
 
-    def checking(self) -> tuple[Future[str | None], float]:
-        """The check in progress, or one started now, and when it began (``time.monotonic``); its answer is
-        :meth:`checked`'s. It runs in a daemon thread of its own, which the callers that come meanwhile share, each
-        bounding its own wait (:data:`BUNDLE_WAIT_S`): a folder on a network drive that hangs then holds one thread,
-        not one a caller (a flood of /healthz probes, which need no key, or a study a minute), and no caller with it;
-        a thread of an executor, hung on the folder, would hold the process's exit (Python joins those)."""
+    def checking(self) -> Check:
+        """The check in progress, or one started now; its answer is :meth:`checked`'s. It runs in a daemon thread of
+        its own, which the callers that come meanwhile share, each bounding its own wait (:meth:`Check.remaining`): a
+        folder on a network drive that hangs then holds one thread, not one a caller (a flood of /healthz probes,
+        which need no key, or a study a minute), and no caller with it; a thread of an executor, hung on the folder,
+        would hold the process's exit (Python joins those)."""
         with self._lock:
             if self._checking is None:
-                answer: Future[str | None] = Future()
-                self._checking = (answer, time.monotonic())
-                threading.Thread(target=self._run, args=(answer,), name="pneumoscan-bundle-check", daemon=True).start()
+                self._checking = Check()
+                threading.Thread(target=self._run, args=(self._checking,), name="pneumoscan-bundle-check",
+                                 daemon=True).start()
             return self._checking
 
-    def _run(self, answer: Future[str | None]) -> None:
+    def _run(self, check: Check) -> None:
         """The check of :meth:`checking`, in its thread, ended before its answer is given: a caller that has the answer
         and asks again (the next probe) gets a new check, never this one's answer again."""
-        started = answer.set_running_or_notify_cancel()  # False: cancelled before it began
+        started = check.answer.set_running_or_notify_cancel()  # False: cancelled before it began
         result: str | None = None
         error: BaseException | None = None
         try:
-            result = self.checked() if started else None
+            result = self.checked(check) if started else None
         except BaseException as e:  # noqa: BLE001 - handed to the callers that wait for it
             error = e
         with self._lock:
             self._checking = None
         if started and error is not None:
-            answer.set_exception(error)
+            check.answer.set_exception(error)
         elif started:
-            answer.set_result(result)
+            check.answer.set_result(result)
 
-    def checked(self) -> str | None:
+    def checked(self, check: Check | None = None) -> str | None:
         """None while the files hold the bundle loaded at start; else :attr:`damaged` or :attr:`replaced`. The files
-        are read again (:meth:`changed`) only when a stamp changed since the last check."""
+        are read again (:meth:`changed`) only when a stamp changed since the last check, ``check`` (the one this
+        answers) marked as reading them meanwhile."""
         stamps = self._stamps()
         if stamps != self.seen:
+            if check is not None:
+                check.reading = True
             self.seen, self.change = stamps, self.changed()
         return self.change
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -26,10 +25,11 @@ from pneumoscan.data import readers
 from pneumoscan.evaluation.model_card import say_stale_model_cards
 from pneumoscan.inference.explain import (INT8_HEATMAPS, MAX_PANEL, NoSpatialMap, explain_array, film_overlay,
                                          map_png, panel_png)
-from pneumoscan.inference.predict import (NO_WX_MEMORY, NON_FINITE, Predictor, Stages, prove_runs, stage_scope,
-                                          wx_memory_refused)
+from pneumoscan.inference.predict import (NO_WX_MEMORY, NON_FINITE, Predictor, Stages, check_built_from, prove_runs,
+                                          stage_scope, wx_memory_refused)
 from pneumoscan.models.card import ENSEMBLE, BundleCard
-from pneumoscan.models.on_disk import BUNDLE_WAIT_S, BundleOnDisk
+from pneumoscan.models import on_disk
+from pneumoscan.models.on_disk import READING, BundleOnDisk
 
 from .audit import note, reading_fields
 from .batching import Stage
@@ -64,6 +64,12 @@ BUNDLE_REPLACED = ("a bundle on disk was replaced since this service started: it
 # hangs): the readings need no file, but a restart would wait on the folder too. Said without paths, as BUNDLE_DAMAGED.
 BUNDLE_SILENT = ("a bundle's folder did not answer within {:g} s (a network drive that hangs?): readings go on from "
                  "the model loaded at start-up, but a restart would wait on the folder too; check the drive")
+# Why /healthz says degraded while a bundle's files, whose stat answered with a change, are still being read after
+# BUNDLE_WAIT_S (each one hashed: a large or ensemble bundle, a slow drive): the folder answers, what changed is not
+# known yet, and the readings come from the model loaded at start-up
+BUNDLE_READING = ("a bundle's files on disk changed since this service started and are still being read after {:g} s "
+                  "(a large bundle, or a slow drive): its readings come from the model checked then; what changed is "
+                  "said once they are read")
 # Why /healthz says degraded while a model's last run raised (the log has the error): each request it took got a 500.
 # the smallest upload limit taken: a smaller one leaves a service that answers healthy and refuses nearly every film
 # (the training set's 224 px JPEGs are 5-9 KB; films as taken, DICOM or full-size JPEG, hundreds of KB and more)
@@ -119,21 +125,23 @@ class OnDisk(BundleOnDisk):
         self._awaited: tuple[Future[str | None], asyncio.Future[str | None]] | None = None
 
     async def check(self) -> str | None:
-        """None while the files hold the bundle checked at start; else why not (:data:`BUNDLE_DAMAGED`, ...), or
-        :data:`BUNDLE_SILENT` when the folder has not answered within :data:`BUNDLE_WAIT_S` of the check's start.
+        """None while the files hold the bundle checked at start; else why not (:data:`BUNDLE_DAMAGED`, ...), or,
+        once the check has not answered within :data:`~pneumoscan.models.on_disk.BUNDLE_WAIT_S` of its start,
+        :data:`BUNDLE_READING` while the files its stat found changed are being read, :data:`BUNDLE_SILENT` while the
+        stat itself has not answered.
         The files are stat'ed, and read when changed, in a thread (:meth:`BundleOnDisk.checking`): a folder on a
         network drive that hangs would otherwise stall the event loop, and every request with it; probes that come
         while a check is in progress wait for that one."""
-        answer, since = self.checking()
+        check = self.checking()
         loop = asyncio.get_running_loop()
-        if self._awaited is None or self._awaited[0] is not answer or self._awaited[1].get_loop() is not loop:
-            self._awaited = (answer, asyncio.wrap_future(answer, loop=loop))
+        if self._awaited is None or self._awaited[0] is not check.answer or self._awaited[1].get_loop() is not loop:
+            self._awaited = (check.answer, asyncio.wrap_future(check.answer, loop=loop))
         awaited = self._awaited[1]
         try:
             # shielded: a probe that gives up (or whose client goes) does not end the check the others wait for
-            return await asyncio.wait_for(asyncio.shield(awaited), since + BUNDLE_WAIT_S - time.monotonic())
+            return await asyncio.wait_for(asyncio.shield(awaited), check.remaining())
         except TimeoutError:
-            return BUNDLE_SILENT.format(BUNDLE_WAIT_S)
+            return (BUNDLE_READING if check.unanswered() == READING else BUNDLE_SILENT).format(check.wait_s)
 
 
 def film_formats() -> list[dict[str, Any]]:
@@ -165,6 +173,9 @@ class Service:
         if self.max_bytes < MIN_UPLOAD_BYTES:  # a service that answers healthy and refuses every film
             raise ValueError(f"an upload limit of {max_upload_mb:g} MB ({self.max_bytes:,} bytes) leaves no room for a "
                              f"film: give at least {MIN_UPLOAD_BYTES / 2**20:g} MB")
+        # the files as they are before the models load (seconds for ONNX or an ensemble), each /healthz's baseline:
+        # a bundle replaced while they load is refused below: stamped after the load, the change went unsaid
+        self.on_disk = [OnDisk(bundle), *([OnDisk(etiology)] if etiology is not None else [])]
         self.stages = Stages.load(bundle, etiology, backend)  # a pair that does not chain: refused from the cards
         self.metrics = ServiceMetrics()
         self.main = Stage(self.stages.first, self.metrics)
@@ -179,6 +190,10 @@ class Service:
         # (``heatmaps`` False: a host where torch cannot run) neither is built, and each heatmap asked for is refused
         own_copy = backend == "torch" and heatmaps
         self.heat_predictor = Predictor(bundle, backend="torch") if own_copy else self.main.predictor
+        for predictor, disk in ((self.stages.first, self.on_disk[0]), (self.stages.second, self.on_disk[-1]),
+                                (self.heat_predictor, self.on_disk[0])):
+            if predictor is not None:
+                check_built_from(predictor, disk.card)
         self.heatmaps_off = (f"heatmap with the onnx-int8 backend: {INT8_HEATMAPS}" if backend == "onnx-int8" else
                              None if heatmaps else HEATMAPS_OFF)
         # each model proven to run here before the service answers: torch refused writable-and-executable memory
@@ -197,7 +212,6 @@ class Service:
         self.faults: list[str] = []  # once a model gives a non-finite score it is broken until a restart
         self.heatmap_fault: str | None = None  # once Grad-CAM's model cannot be built, until a restart
         self.heatmaps_failing: str | None = None  # the error of the last heatmap, while the last one raised
-        self.on_disk = [OnDisk(bundle), *([OnDisk(etiology)] if etiology is not None else [])]
         # the cards as served, fixed for the service's life; its digest goes with each reading, so that a client
         # tells a reading of another card (a restart with other files beside the same weights and threshold)
         second = self.second.info() if self.second else None
@@ -223,7 +237,8 @@ class Service:
         answer (:data:`BUNDLE_SILENT`: predictions go on, but a restart would hang); degraded while a model's last run
         failed (each request of that run got a 500; the next run may succeed, so the probe does not take the service
         out), when heatmaps are lost or the last one failed (readings go on), or a bundle's files on disk changed
-        (:class:`OnDisk`), but the predictions still come from the model checked at start-up; degraded too while the
+        (:class:`OnDisk`), or changed and are still being read (:data:`BUNDLE_READING`: the folder answers), but the
+        predictions still come from the model checked at start-up; degraded too while the
         rate-limit store does not answer (:meth:`.limits.PerClient.health`: every instance that shares it refuses
         predictions alike, and a probe that took them all out would end none of it)."""
         model = self.main.identity  # model_id and model_version, as each reading names them
@@ -231,7 +246,7 @@ class Service:
             return Health(status="unhealthy", **model, reason=self.faults[0])
         # each bundle's folder and the rate-limit store at once
         store, *checks = await asyncio.gather(self._store_health(), *[disk.check() for disk in self.on_disk])
-        if (silent := BUNDLE_SILENT.format(BUNDLE_WAIT_S)) in checks:
+        if (silent := BUNDLE_SILENT.format(on_disk.BUNDLE_WAIT_S)) in checks:
             return Health(status="unhealthy", **model, reason=silent)
         failing = [MODEL_FAILING.format(s.batcher.failing) for s in (self.main, self.second) if s and s.batcher.failing]
         changes = [change for change in checks if change]
