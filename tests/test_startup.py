@@ -154,6 +154,7 @@ def test_softmax_is_scipys_bit_for_bit() -> None:
 THREADS = """
 import json, logging, math, os, sys, traceback
 from pathlib import Path
+import numpy as np
 from pneumoscan.core import cpus
 from pneumoscan.inference.onnx_runtime import session
 from pneumoscan.inference.predict import Predictor
@@ -171,15 +172,20 @@ def counts(bundle, cgroup, model):
     before = cpus.model_threads()  # torch not loaded yet: worked out
     import torch
     start = torch.get_num_threads()  # what torch alone would run
+    loaded = {}
     if model:
-        Predictor(bundle, backend="torch")  # predict and serve load their torch model so
+        predictor = Predictor(bundle, backend="torch")  # predict and serve load their torch model so
+        predictor.logits(np.zeros((1, predictor.card.size, predictor.card.size), np.uint8))  # and score with it
+        loaded["torch backend"] = [m for m in ("torchvision", "sklearn") if m in sys.modules]
+        import pneumoscan.training.train  # a script's imports, as the image cache's worker processes import it again
+        loaded["training's import"] = [m for m in ("torchvision", "sklearn") if m in sys.modules]
     else:
         cpus.cap_torch_threads()  # what that load does first (timm and the model cost seconds a process)
     onnx = session(Path(bundle) / "model.onnx").get_session_options().intra_op_num_threads
     quota = cpus.cpu_quota()
     cores = min(len(os.sched_getaffinity(0)), math.ceil(quota) if quota else os.cpu_count())
     return {"before": before, "start": start, "torch": torch.get_num_threads(), "onnx": onnx, "cores": cores,
-            "said": said}
+            "said": said, "loaded": loaded}
 
 
 ran = []
@@ -242,6 +248,16 @@ def test_every_model_run_takes_torchs_count_capped_at_the_cores_this_process_may
     capped = [line for line in ran["said"] if "intra-op threads capped" in line]
     assert capped == ([f"torch's {ran['start']} intra-op threads capped at the {ran['cores']} cores this process may "
                        "use (affinity, CPU quota)"] if ran["start"] > ran["cores"] else []), ran
+
+
+def test_the_torch_backend_and_trainings_import_load_no_torchvision_or_sklearn(thread_counts: list[dict]) -> None:
+    """torchvision (about 3 s of CPU, most of it torch._dynamo) and scikit-learn (1 s) are training's: `predict
+    --backend torch` and `serve --backend torch` loaded torchvision for the one formula that normalises a film, and a
+    script importing ``pneumoscan.training.train`` loaded both in each of the image cache's worker processes, which
+    import the script again to decode films. In a process that scored with the torch backend, then imported
+    training's stack, neither is loaded."""
+    [ran] = [ran for ran, (*_, model) in zip(thread_counts, SCENARIOS) if model]
+    assert ran["loaded"] == {"torch backend": [], "training's import": []}, ran
 
 
 def test_the_thread_count_is_worked_out_where_the_platform_cannot_say_which_cpus_are_allowed(

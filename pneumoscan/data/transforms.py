@@ -12,12 +12,17 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from functools import partial
+from typing import TYPE_CHECKING
 
 import torch
 from torch.utils.data import default_collate
-from torchvision.transforms import v2
 
 from .augment import NOISE_LEVELS, Augment
+
+# torchvision is imported by the functions that build a pipeline: its import (about 3 s of CPU, most of it
+# torch._dynamo) is training's, not predict's to_input's nor that of a script's imports in the cache's workers
+if TYPE_CHECKING:
+    from torchvision.transforms import v2
 
 _PAD_MODE = {"nearest": "edge", "reflect": "reflect"}
 
@@ -33,6 +38,8 @@ def add_grain(pixels: torch.Tensor, sigma: float) -> torch.Tensor:
 def random_gamma(pixels: torch.Tensor, limit: float) -> torch.Tensor:
     """uint8 pixels with a gamma drawn log-uniformly from [1 / (1 + limit), 1 + limit]: as often darker as
     brighter mid-tones, the ends of the grey range kept (torchvision has no random gamma transform)."""
+    from torchvision.transforms import v2
+
     log_gamma = (torch.rand(()) * 2.0 - 1.0) * math.log1p(limit)
     return v2.functional.adjust_gamma(pixels, math.exp(float(log_gamma)))
 
@@ -63,6 +70,8 @@ def _margin(size: int, augment: Augment) -> int:
 
 def _affine(size: int, augment: Augment) -> list[v2.Transform]:
     """Random rotation, shift, shear and Keras zoom in one affine step, filled per ``augment.fill_mode``."""
+    from torchvision.transforms import v2
+
     scale = (1.0 - augment.zoom_range, 1.0 + augment.zoom_range) if augment.zoom_range else None
     if augment.fill_mode == "constant":
         return [v2.RandomAffine(degrees=augment.rotation, translate=(augment.shift, augment.shift), scale=scale,
@@ -83,6 +92,8 @@ def _affine(size: int, augment: Augment) -> list[v2.Transform]:
 def train_transform(size: int, mean: float, std: float, augment: Augment = Augment()) -> v2.Compose:
     """Random zoom, shift, rotation, shear, brightness/contrast, gamma, blur, noise and the flips asked for; the
     output stays size x size. A range of zero adds no step, so ``Augment.off()`` leaves only the normalisation."""
+    from torchvision.transforms import v2
+
     steps: list[v2.Transform] = []
     if augment.zoom:
         steps.append(v2.RandomResizedCrop(size, scale=(1.0 - augment.zoom, 1.0), ratio=(0.9, 1.1), antialias=True))
@@ -111,6 +122,8 @@ def _mixed(batch: list, mix: v2.Transform) -> tuple[torch.Tensor, torch.Tensor]:
 def batch_mixing(augment: Augment, num_classes: int) -> Callable[[list], tuple[torch.Tensor, torch.Tensor]] | None:
     """A DataLoader ``collate_fn`` that mixes each training batch per ``augment.mixup``/``augment.cutmix`` and
     returns class-probability targets, or None when both are off (hard targets, the default collate)."""
+    from torchvision.transforms import v2
+
     # float: torchvision draws from Beta(alpha, alpha) in the alpha's dtype, and an integer alpha (mixup: 1) failed
     # in the first batch, after all the preparation
     mixes = [cls(alpha=float(alpha), num_classes=num_classes)

@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.utils.class_weight import compute_class_weight
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
@@ -555,6 +554,8 @@ def load_data(records: list[Record], cache: ImageCache, checksum: str, cfg: Trai
                                  drop_last=True)
     train_loader = DataLoader(train_set, cfg.batch_size, sampler=sampler, num_workers=cfg.workers, drop_last=True,
                               collate_fn=batch_mixing(cfg.augment, len(task.classes)))
+    from sklearn.utils.class_weight import compute_class_weight  # scikit-learn (1 s) when a run starts, not on import
+
     balanced = compute_class_weight("balanced", classes=np.arange(len(task.classes)), y=selected["train"][1])
     weights = torch.tensor(balanced, dtype=torch.float32, device=ctx.device)
     plain = tuple(CachedImages(cache.images, *parts[n], normalize(mean, std)) for n in ("train", "val"))
