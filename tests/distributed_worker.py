@@ -1,11 +1,12 @@
-"""What each of two ranks runs under torchrun in tests/test_distributed.py (``python -m tests.distributed_worker
+"""What each of two ranks runs under torchrun in tests/test_distributed.py (``python -u -m tests.distributed_worker
 DATA OTHER_COPY OUT TRAIN-ARGUMENTS...``): train's command line, the same command resuming its run, then the
-library's runs that could leave the ranks disagreeing. One launch for all: each costs three interpreters' start (the
-launcher and two ranks importing training's whole stack)."""
+library's runs that could leave the ranks disagreeing. One launch for all, by torchrun's own code (its arguments,
+rendezvous and agent, as ``torchrun --standalone --nproc_per_node 2``), of ranks forked from the launcher once it has
+imported what a rank's runs use: a rank started as an interpreter of its own spent about 6 s of CPU importing
+training's stack, the launcher 2 s importing torch."""
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import shutil
@@ -91,6 +92,33 @@ def main(data: Path, other_copy: Path, out: Path, train_args: list[str]) -> None
     (out / f"rank{rank}.json").write_text(json.dumps(said))
 
 
+def rank(data: str, other_copy: str, out: str, *train_args: str) -> None:
+    """A rank, forked by torchrun's agent with torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR, ...): it ends
+    by os._exit, without the interpreter's last collections."""
+    main(Path(data), Path(other_copy), Path(out), list(train_args))
+
+
+def launch(rank_args: list[str]) -> None:
+    """``torchrun --standalone --nproc_per_node 2 --start-method fork`` of :func:`rank`: torchrun's main, its
+    script's command replaced by this module's function (torchrun forks only a function's ranks)."""
+    import torch.distributed.run as torchrun
+
+    # what a rank's runs import where they need it (training's pipelines, its figures and metrics, the ONNX export,
+    # the warm start): once here, not in each rank
+    import matplotlib.figure  # noqa: F401
+    import onnx  # noqa: F401
+    import onnxruntime  # noqa: F401
+    import scipy.stats  # noqa: F401
+    import sklearn.linear_model  # noqa: F401
+    import sklearn.metrics  # noqa: F401
+    import sklearn.utils.class_weight  # noqa: F401
+    import torch.onnx  # noqa: F401
+    import torchvision.transforms.v2  # noqa: F401
+
+    script_config = torchrun.config_from_args
+    torchrun.config_from_args = lambda args: (script_config(args)[0], rank, rank_args)
+    torchrun.main(["--standalone", "--nproc_per_node", "2", "--start-method", "fork", "-m", __name__])
+
+
 if __name__ == "__main__":
-    main(*map(Path, sys.argv[1:4]), sys.argv[4:])
-    gc.freeze()  # as pneumoscan's own entry does: the interpreter's last collections cost each rank 1-2 s
+    launch(sys.argv[1:])

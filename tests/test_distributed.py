@@ -51,7 +51,6 @@ from tests.distributed_worker import FIRST_RUN_KEPT, probe_warm_start
 
 # what train_args gives every run, as the library takes it
 TINY = dict(model="simple_cnn", pretrained=False, image_size=32, batch_size=8)
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
 
 def train_args(data: Path, run: Path, *extra: str) -> list[str]:
@@ -61,12 +60,13 @@ def train_args(data: Path, run: Path, *extra: str) -> list[str]:
 
 
 def torchrun(program: list[str], cache: Path) -> str:
-    """``torchrun --standalone --nproc_per_node 2 PROGRAM`` with this interpreter; its log once it has ended well. A
-    rank that hangs ends the launch: torchrun, told to stop, ends its ranks (killed, it would leave them)."""
+    """PROGRAM, a launcher of ``torchrun --standalone --nproc_per_node 2`` (tests/distributed_worker.py's), with
+    this interpreter, unbuffered as torchrun runs its ranks; its log once it has ended well. A rank that hangs ends
+    the launch: torchrun, told to stop, ends its ranks (killed, it would leave them)."""
     env = {**os.environ, "PNEUMOSCAN_CACHE": str(cache), "OMP_NUM_THREADS": "1",
            "CUDA_VISIBLE_DEVICES": ""}  # these test gloo: a 1-GPU machine would refuse 2 ranks
-    launch = subprocess.Popen([*TORCHRUN, *program], env=env, cwd=Path(__file__).parents[1], stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
+    launch = subprocess.Popen([sys.executable, "-u", *program], env=env, cwd=Path(__file__).parents[1],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         log = launch.communicate(timeout=240)[0]
     except subprocess.TimeoutExpired:
@@ -82,8 +82,9 @@ def history(run: Path) -> list[dict]:
 
 
 def test_two_gloo_processes_train_resume_and_agree(tiny_dataset: Path, tiny_bundle: Path, tmp_path: Path) -> None:
-    """One launch under torchrun (each costs three interpreters' start): ranks that run `pneumoscan train`'s command
-    line, resume its run with the same command and go on to the library's runs that could leave them disagreeing."""
+    """One launch under torchrun (each costs an interpreter importing training's stack): ranks that run `pneumoscan
+    train`'s command line, resume its run with the same command and go on to the library's runs that could leave
+    them disagreeing."""
     run, cache, split = tmp_path / "run", tmp_path / "cache", str(tiny_bundle.parent / "split.csv")
     teacher = ("--teacher", str(tiny_bundle), "--split-csv", split)  # given again on --resume, as every setting
     # a run one process made: tiny_bundle's (a copy: the ranks try to resume it)
