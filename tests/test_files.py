@@ -210,9 +210,8 @@ def test_predict_keeps_every_row_whatever_the_name(
 FAILED_WRITES = """
 import contextlib, io, json, resource, signal, sys, torch
 from pathlib import Path
-from pneumoscan.cli import ResultsTarget, _print_json, main
+from pneumoscan.cli import main
 from pneumoscan.training.resume import save_checkpoint
-from tests.builders import dicom_bytes
 bundle, films, out, maps, checkpoint = sys.argv[1:]
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, as on a full disk
 resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))
