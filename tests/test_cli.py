@@ -550,40 +550,71 @@ def test_a_program_importing_pneumoscan_can_silence_it(
             assert err == "" and messages == []
 
 
+# One interpreter imports what every command's start imports (the command line, and a metric a script may use);
+# each run is then a child forked from it, which runs the command and prints the heavy modules loaded: what a fresh
+# `pneumoscan` process loads for that command alone, for one interpreter's start (each had cost its own).
 LOADED = """
-import sys
+import json, os, sys, traceback
 from pneumoscan.core.metrics import with_ci
 from pneumoscan.cli import main
-{run}
-print(" ".join(m for m in ("torch", "torchvision", "timm", "pydicom", "onnxruntime") if m in sys.modules))
+said = []
+for run in json.loads(sys.argv[2]):
+    read, write = os.pipe()
+    if (pid := os.fork()) == 0:
+        os.close(read)
+        os.dup2(write, 1)
+        try:
+            exec(run)
+            print(" ".join(m for m in ("torch", "torchvision", "timm", "pydicom", "onnxruntime") if m in sys.modules))
+            status = 0
+        except BaseException:
+            traceback.print_exc(file=sys.stdout)  # into what the test shows
+            status = 1
+        sys.stdout.flush()
+        os._exit(status)
+    os.close(write)
+    with os.fdopen(read) as out:
+        printed = out.read()
+    said.append([os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), printed])
+print(json.dumps(said))
 """
-
-
-@pytest.mark.parametrize("run, loaded", [
+COMMANDS = [
     ("", ""),  # building the command line: every command's --help
     ("assert main(['cache', sys.argv[1], '--size', '32']) == 0", "pydicom"),  # decoding films needs the readers only
     # reading a recipe: printed, or a setting refused, before any training or decoding
     ("assert main(['train', '--print-config']) == 0", ""),
     ("assert main(['cv', '--data', sys.argv[1], '--out', 'cv', '--set', 'epochs=0']) == 2", ""),
-])  # fmt: skip
-def test_the_command_line_loads_only_what_a_command_needs(run: str, loaded: str, tiny_dataset: Path) -> None:
+]  # fmt: skip
+MODELS = "assert main(['models']) == 0"
+
+
+@pytest.fixture(scope="module")
+def loaded_by(tiny_dataset: Path) -> dict[str, tuple[int, str]]:
+    """Each of :data:`COMMANDS`' runs and :data:`MODELS`, as :data:`LOADED` runs them: its exit status and what it
+    printed (the modules loaded, last)."""
+    runs = [run for run, _ in COMMANDS] + [MODELS]
+    done = subprocess.run([sys.executable, "-c", LOADED, str(tiny_dataset), json.dumps(runs)], capture_output=True,
+                          text=True, timeout=120, check=True)
+    return dict(zip(runs, map(tuple, json.loads(done.stdout.splitlines()[-1]))))
+
+
+@pytest.mark.parametrize("run, loaded", COMMANDS)
+def test_the_command_line_loads_only_what_a_command_needs(run: str, loaded: str, loaded_by: dict) -> None:
     """`--help` imported pydicom (0.3 s), `cache` without --bundle all of torch (3 s, 800 MB) for nothing; `train
     --print-config` and a setting `train` or `cv` refuses loaded torch, torchvision and timm (3.5 s) before reading
     the recipe, and pydicom (0.25 s) for the bounds of an image size."""
-    done = subprocess.run([sys.executable, "-c", LOADED.format(run=run), str(tiny_dataset)], capture_output=True,
-                          text=True, timeout=120, check=True)
-    assert done.stdout.splitlines()[-1] == loaded, done.stdout
+    status, printed = loaded_by[run]
+    assert status == 0 and printed.splitlines()[-1] == loaded, printed
 
 
-def test_models_lists_the_registered_names_without_loading_torch() -> None:
+def test_models_lists_the_registered_names_without_loading_torch(loaded_by: dict) -> None:
     """`pneumoscan models` loaded torch, torchvision and timm (2.6 s of CPU) to build the registry, for its names
     alone: it prints the registry's names, those its builders register, with none of them loaded."""
     from pneumoscan.models.registry import list_models
 
-    done = subprocess.run([sys.executable, "-c", LOADED.format(run="assert main(['models']) == 0")],
-                          capture_output=True, text=True, timeout=120, check=True)
-    *names, loaded = done.stdout.splitlines()
-    assert (names, loaded) == (list_models(), ""), done.stdout
+    status, printed = loaded_by[MODELS]
+    *names, loaded = printed.splitlines()
+    assert status == 0 and (names, loaded) == (list_models(), ""), printed
 
 
 @pytest.mark.parametrize("port", ["abc", "70000", "-1", "8.5"])
