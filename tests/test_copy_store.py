@@ -20,9 +20,33 @@ from pneumoscan.data import copies
 from pneumoscan.data.layouts import discover
 
 PROCESSES = 4
-# in a process of its own, as train, cv, evaluate and audit each are: the groups it finds, as JSON
-GROUPS = ("import json, sys; from pneumoscan.data.copies import picture_groups; "
-          "print(json.dumps(picture_groups(sys.argv[1:])))")
+# each list of films of the JSON argument in a process of its own, as train, cv, evaluate and audit each are: the
+# groups each finds, as a JSON list. The processes are forked from one interpreter once it has imported the search
+# (each interpreter's start had been most of the test's time): each begins as a fresh one would, nothing scanned.
+GROUPS = """
+import json, os, sys
+from pneumoscan.data.copies import picture_groups
+running = []
+for paths in json.loads(sys.argv[1]):
+    read, write = os.pipe()
+    if (pid := os.fork()) == 0:
+        os.close(read)
+        status = 1
+        try:
+            with os.fdopen(write, "w") as out:
+                out.write(json.dumps(picture_groups(paths)))
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write)
+    running.append((pid, read))
+said = []
+for pid, read in running:
+    with os.fdopen(read) as got:
+        said.append(json.loads(got.read() or "null"))
+    said[-1] = said[-1] if os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0 else f"process {pid} failed"
+print(json.dumps(said))
+"""
 
 
 def _films(tiny_dataset: Path, tmp_path: Path) -> tuple[list[str], str]:
@@ -58,19 +82,19 @@ def test_processes_that_scan_at_once_each_keep_their_scans_and_find_what_one_alo
     monkeypatch.setenv("PNEUMOSCAN_CACHE", str(cache))
     cache.mkdir()
     with locked(cache):
-        running = [subprocess.Popen([sys.executable, "-c", GROUPS, *paths], stdout=subprocess.PIPE, text=True,
-                                    cwd=Path(__file__).parents[1]) for paths in given]
+        running = subprocess.Popen([sys.executable, "-c", GROUPS, json.dumps(given)], stdout=subprocess.PIPE,
+                                   text=True, cwd=Path(__file__).parents[1])
         deadline = time.monotonic() + 120
         while _waiting_on(cache) < PROCESSES:
-            assert time.monotonic() < deadline and all(p.poll() is None for p in running), "not all at the lock"
+            assert time.monotonic() < deadline and running.poll() is None, "not all at the lock"
             time.sleep(0.05)
     store = copies._scans_file()
     with caplog.at_level(logging.WARNING, logger=copies.__name__):
-        while any(p.poll() is None for p in running):
+        while running.poll() is None:
             copies._read_scans(store)
     assert caplog.records == []
-    assert [json.loads(p.communicate()[0]) for p in running] == alone
-    assert all(p.returncode == 0 for p in running)
+    assert json.loads(running.communicate()[0]) == alone
+    assert running.returncode == 0
     assert sorted(copies._read_scans(store)["files"]) == _real({*films, copy})
 
 
