@@ -176,9 +176,9 @@ def counts(bundle, cgroup, model):
     if model:
         predictor = Predictor(bundle, backend="torch")  # predict and serve load their torch model so
         predictor.logits(np.zeros((1, predictor.card.size, predictor.card.size), np.uint8))  # and score with it
-        loaded["torch backend"] = [m for m in ("torchvision", "sklearn") if m in sys.modules]
+        loaded["torch backend"] = [m for m in ("torchvision", "sklearn", "matplotlib") if m in sys.modules]
         import pneumoscan.training.train  # a script's imports, as the image cache's worker processes import it again
-        loaded["training's import"] = [m for m in ("torchvision", "sklearn") if m in sys.modules]
+        loaded["training's import"] = [m for m in ("torchvision", "sklearn", "matplotlib") if m in sys.modules]
     else:
         cpus.cap_torch_threads()  # what that load does first (timm and the model cost seconds a process)
     onnx = session(Path(bundle) / "model.onnx").get_session_options().intra_op_num_threads
@@ -250,12 +250,14 @@ def test_every_model_run_takes_torchs_count_capped_at_the_cores_this_process_may
                        "use (affinity, CPU quota)"] if ran["start"] > ran["cores"] else []), ran
 
 
-def test_the_torch_backend_and_trainings_import_load_no_torchvision_or_sklearn(thread_counts: list[dict]) -> None:
-    """torchvision (about 3 s of CPU, most of it torch._dynamo) and scikit-learn (1 s) are training's: `predict
-    --backend torch` and `serve --backend torch` loaded torchvision for the one formula that normalises a film, and a
-    script importing ``pneumoscan.training.train`` loaded both in each of the image cache's worker processes, which
-    import the script again to decode films. In a process that scored with the torch backend, then imported
-    training's stack, neither is loaded."""
+def test_the_torch_backend_and_trainings_import_load_no_torchvision_sklearn_or_matplotlib(
+    thread_counts: list[dict]
+) -> None:
+    """torchvision (about 3 s of CPU, most of it torch._dynamo), scikit-learn (1 s) and matplotlib (0.5 s) are for
+    training and its figures: `predict --backend torch` and `serve --backend torch` loaded torchvision for the one
+    formula that normalises a film, and a script importing ``pneumoscan.training.train`` loaded all three in each of
+    the image cache's worker processes, which import the script again to decode films. In a process that scored with
+    the torch backend, then imported training's stack, none is loaded."""
     [ran] = [ran for ran, (*_, model) in zip(thread_counts, SCENARIOS) if model]
     assert ran["loaded"] == {"torch backend": [], "training's import": []}, ran
 

@@ -13,11 +13,9 @@ import math
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
-from matplotlib.axes import Axes
-from matplotlib.figure import Figure
 
 from pneumoscan.core.atomic import write_atomic, write_json
 from pneumoscan.core.figures import figure_bytes, png_data_url, set_title
@@ -30,6 +28,10 @@ from pneumoscan.models.run_folder import METRICS, REPORT
 from .model_card import (ECE_NAME, PREVALENCE_BOUND, at_prevalence_note, class_counts, film_counts, one_class,
                          prevalence_note)
 from .subgroups import DIFFERENCES_NOTE, differences_said, table_rows
+
+if TYPE_CHECKING:  # matplotlib (0.5 s of CPU) is imported where a figure is drawn, not by every import of evaluate's
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 # In print: white, unframed, every figure, table and row whole where it fits a page and a heading with what follows;
 # the rows of figures and the gallery are lines of blocks there, which Chromium breaks between (a flex row it moved
@@ -254,6 +256,8 @@ def _sized_axes(size: tuple[float, float], margins: tuple[float, float, float, f
     """Axes of ``size`` inches with ``margins`` (left, right, bottom, top) around them, room for what is drawn
     outside them (labels, ticks, a title, a legend below): drawn all on the figure, which figure_bytes then cuts
     out of one draw."""
+    from matplotlib.figure import Figure
+
     (width, height), (left, right, bottom, top) = size, margins
     fig = Figure(figsize=(left + width + right, bottom + height + top))
     fig.subplots_adjust(left=left / fig.get_figwidth(), right=1 - right / fig.get_figwidth(),
@@ -407,6 +411,8 @@ def decision_curves_figure(curves: Sequence[Curve], treat_all: Sequence[Curve], 
     entries = max(len(curves) + len(treat_all) + 1 + len(notes), len(differences) + 2)
     below = 0.3 + 0.17 * entries  # the legends, a line an entry, beneath their panels
     width, height, gap, left, right, bottom, top_margin = 3.6, 2.925, 1.0, 0.75, 0.8, 0.6 + below, 0.5
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(left + panels * width + (panels - 1) * gap + right, bottom + height + top_margin))
     size = fig.get_size_inches()
     axes = [fig.add_axes(((left + i * (width + gap)) / size[0], bottom / size[1], width / size[0],

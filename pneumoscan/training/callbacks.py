@@ -15,8 +15,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from pneumoscan.core.atomic import write_atomic, write_csv
@@ -214,6 +212,9 @@ class WeightAverage(Callback):
 def plot_training_curves(history: list[dict[str, Any]], out_png: Path) -> None:
     """Loss / accuracy / AUC per epoch, train vs validation, to spot over-fitting at a glance.
     Series missing from the history are left out; a None value leaves a gap."""
+    from matplotlib.figure import Figure  # matplotlib when the curves are drawn, not on training's import
+    from matplotlib.ticker import MaxNLocator
+
     epochs = [row.get("epoch", i + 1) for i, row in enumerate(history)]
     panels = (
         ("Loss", ("train_loss", "val_loss")),
