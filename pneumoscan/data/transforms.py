@@ -19,8 +19,9 @@ from torch.utils.data import default_collate
 
 from .augment import NOISE_LEVELS, Augment
 
-# torchvision is imported by the functions that build a pipeline: its import (about 3 s of CPU, most of it
-# torch._dynamo) is training's, not predict's to_input's nor that of a script's imports in the cache's workers
+# torchvision is imported by the functions that build a pipeline: its import (about 3 s of CPU, most of it torch's
+# compiler, which its ops load) is training's, not predict's to_input's nor that of a script's imports in the cache's
+# workers
 if TYPE_CHECKING:
     from torchvision.transforms import v2
 
