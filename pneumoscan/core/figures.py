@@ -27,10 +27,9 @@ def figure_bytes(fig: Figure, fmt: str = "png", tight: bool = False) -> bytes:
     draws, a legend beside or below its axes included, with savefig's padding. A PNG is marked as a pneumoscan
     output (:data:`FIGURE_SOFTWARE`), so that it is never read back as a film.
 
-    A tight PNG whose drawing, padding included, lies on the figure is drawn once and cut out of it: its inked
-    pixels, padded (the report's figures are sized so); one that runs off its edge (a long name, a legend of many
-    runs) is drawn again by savefig on the box matplotlib measures, sized to take it all in: a second draw, 30-40 %
-    of the figure's time."""
+    A tight PNG whose drawing, padding included, lies on the figure is drawn once and cut out of it (the report's
+    figures are sized so); one that runs off its edge (a long name, a legend of many runs) is drawn again by
+    savefig on the box that draw measured, sized to take it all in: a second draw, 30-40 % of the figure's time."""
     from matplotlib.image import imsave
 
     buffer = io.BytesIO()
@@ -47,32 +46,20 @@ def figure_bytes(fig: Figure, fmt: str = "png", tight: bool = False) -> bytes:
 
 
 def _drawn_within(fig: Figure) -> np.ndarray | Bbox:
-    """FIG drawn at FIGURE_DPI and cut to what it inks, padded as savefig pads its tight box (RGBA rows, top
-    first), or, where its ink or that padding reaches the figure's edge, matplotlib's tight box (inches) when that
-    runs off the figure: savefig draws the figure on it without measuring it again. The inked pixels of the one
-    draw are where savefig's box lies but for the blank of text's line height and a legend's padding; measuring
-    that box walked every axis's ticks and text again, 15-20 % of a report figure's CPU."""
+    """FIG drawn at FIGURE_DPI and cut to its tight box padded as savefig pads it (RGBA rows, top first), or that
+    box (inches) where it runs off the figure: savefig draws the figure on it without measuring it again."""
     import matplotlib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.colors import to_rgba
 
     dpi = fig.dpi
     fig.set_dpi(FIGURE_DPI)
     try:
         canvas = FigureCanvasAgg(fig)
         canvas.draw()
-        rows = np.asarray(canvas.buffer_rgba())
-        pad = round(matplotlib.rcParams["savefig.pad_inches"] * FIGURE_DPI)
-        ink = (rows != np.round(np.multiply(to_rgba(fig.get_facecolor()), 255)).astype(np.uint8)).any(axis=2)
-        inked_rows, inked_columns = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
-        if len(inked_rows):
-            top, bottom = inked_rows[0] - pad, inked_rows[-1] + 1 + pad
-            left, right = inked_columns[0] - pad, inked_columns[-1] + 1 + pad
-            if top >= 0 and left >= 0 and bottom <= ink.shape[0] and right <= ink.shape[1]:
-                return rows[top:bottom, left:right]
         box = fig.get_tightbbox(canvas.get_renderer()).padded(matplotlib.rcParams["savefig.pad_inches"])
         if box.x0 < 0 or box.y0 < 0 or box.x1 > fig.bbox_inches.x1 or box.y1 > fig.bbox_inches.y1:
             return box
+        rows = np.asarray(canvas.buffer_rgba())
         left, bottom = round(box.x0 * FIGURE_DPI), len(rows) - round(box.y0 * FIGURE_DPI)
         return rows[bottom - int(box.height * FIGURE_DPI):bottom, left:left + int(box.width * FIGURE_DPI)]
     finally:
