@@ -7,12 +7,16 @@ training's stack, the launcher 2 s importing torch."""
 
 from __future__ import annotations
 
+import atexit
+import faulthandler
 import json
 import os
 import shutil
 import sys
 import time
 from pathlib import Path
+
+import torch.distributed as dist
 
 from pneumoscan import cli
 from pneumoscan.training.config import TrainConfig, load_config
@@ -23,6 +27,8 @@ from tests.distributed_stubs import CountingProbe, probe_films
 
 # what rank 0 prints once the first run is done and kept, before the resume: the test splits the launch's log there
 FIRST_RUN_KEPT = "== the first run is done and kept =="
+# how long a rank's exit handlers may take (leaving the group takes milliseconds) before it dumps its stacks and ends
+EXIT_HANDLERS_S = 60
 # cnn5 has BatchNorm; class weights off, so the test recomputes the validation loss without the training split
 RECIPE = dict(model="cnn5", pretrained=False, image_size=32, batch_size=8, epochs=1, class_weights=False)
 
@@ -92,10 +98,36 @@ def main(data: Path, other_copy: Path, out: Path, train_args: list[str]) -> None
     (out / f"rank{rank}.json").write_text(json.dumps(said))
 
 
+def run_exit_handlers() -> None:
+    """What a rank's own interpreter runs at its exit, which a forked rank, ended by os._exit, skips: the atexit
+    handlers, setup_distributed's leaving of the group among them. A handler that raises (printed and ignored at an
+    interpreter's exit, status 0) fails the rank; one that hangs dumps every thread's stack and ends the rank with
+    status 1 after :data:`EXIT_HANDLERS_S`; and the group must be left."""
+    failed: list[BaseException | None] = []
+    default_hook = sys.unraisablehook
+
+    def hook(unraisable: sys.UnraisableHookArgs) -> None:  # where atexit reports a handler's exception
+        default_hook(unraisable)
+        failed.append(unraisable.exc_value)
+
+    sys.unraisablehook = hook
+    faulthandler.dump_traceback_later(EXIT_HANDLERS_S, exit=True)
+    try:
+        atexit._run_exitfuncs()
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+        sys.unraisablehook = default_hook
+    if failed:
+        raise RuntimeError("an exit handler raised (its traceback above)") from failed[0]
+    assert not dist.is_initialized(), "the process group was not left at exit"
+
+
 def rank(data: str, other_copy: str, out: str, *train_args: str) -> None:
     """A rank, forked by torchrun's agent with torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR, ...): it ends
-    by os._exit, without the interpreter's last collections."""
+    by os._exit, without the interpreter's last collections, once it has run the exit handlers as an interpreter
+    ends."""
     main(Path(data), Path(other_copy), Path(out), list(train_args))
+    run_exit_handlers()
 
 
 def launch(rank_args: list[str]) -> None:
