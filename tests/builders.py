@@ -8,6 +8,7 @@ import dataclasses
 import io
 import os
 import shutil
+import signal
 import socket
 import struct
 import subprocess
@@ -74,6 +75,33 @@ def wait_healthy(proc: subprocess.Popen, url: str, log: Path) -> None:
                     return
             except httpx.TransportError:
                 time.sleep(0.05)
+
+
+@contextmanager
+def process_group(args: list[str], **popen: Any) -> Iterator[subprocess.Popen]:
+    """ARGS started in a session, and so a process group, of its own (``popen``: Popen's other arguments). A block
+    that ends before the process has (a failure, a timeout) kills the whole group: a forked child of it that hangs
+    would outlive its parent's kill, and hold the parent's pipes open."""
+    proc = subprocess.Popen(args, start_new_session=True, **popen)
+    try:
+        yield proc
+    finally:
+        if proc.returncode is None:  # not reaped, so its pid is still the group's
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+
+
+def ended_by(proc: subprocess.Popen, deadline: float) -> tuple[Any, Any]:
+    """The stdout and stderr of PROC (a :func:`process_group`'s) once it has ended; still running at DEADLINE (a
+    ``time.monotonic()``), its group killed and the test failed with all it printed, whose last lines say what it
+    was doing."""
+    try:
+        return proc.communicate(timeout=max(0.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"still running at its deadline, killed with the processes it forked; its stdout:\n{out}\n"
+                    f"its stderr:\n{err}")
 
 
 class Crash(RuntimeError):

@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 import warnings
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from collections.abc import Callable
@@ -29,7 +30,7 @@ from pneumoscan.data.preprocess import PreprocessSpec
 from pneumoscan.evaluation.rethreshold import rethreshold
 from pneumoscan.models.card import load_card
 from pneumoscan.training.config import TrainConfig
-from tests.builders import nudge_weights
+from tests.builders import ended_by, nudge_weights, process_group
 
 
 def _flat(text: str) -> str:
@@ -552,13 +553,15 @@ def test_a_program_importing_pneumoscan_can_silence_it(
 
 # One interpreter imports what every command's start imports (the command line, and a metric a script may use);
 # each run is then a child forked from it, which runs the command and prints the heavy modules loaded: what a fresh
-# `pneumoscan` process loads for that command alone, for one interpreter's start (each had cost its own).
+# `pneumoscan` process loads for that command alone, for one interpreter's start (each had cost its own). It says
+# each run before forking it: a run that hangs is the last named.
 LOADED = """
 import json, os, sys, traceback
 from pneumoscan.core.metrics import with_ci
 from pneumoscan.cli import main
 said = []
 for run in json.loads(sys.argv[2]):
+    print("running:", run, flush=True)  # flushed: a child would print what the buffer held
     read, write = os.pipe()
     if (pid := os.fork()) == 0:
         os.close(read)
@@ -593,9 +596,11 @@ def loaded_by(tiny_dataset: Path) -> dict[str, tuple[int, str]]:
     """Each of :data:`COMMANDS`' runs and :data:`MODELS`, as :data:`LOADED` runs them: its exit status and what it
     printed (the modules loaded, last)."""
     runs = [run for run, _ in COMMANDS] + [MODELS]
-    done = subprocess.run([sys.executable, "-c", LOADED, str(tiny_dataset), json.dumps(runs)], capture_output=True,
-                          text=True, timeout=120, check=True)
-    return dict(zip(runs, map(tuple, json.loads(done.stdout.splitlines()[-1]))))
+    with process_group([sys.executable, "-c", LOADED, str(tiny_dataset), json.dumps(runs)], stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, text=True) as parent:
+        out, err = ended_by(parent, time.monotonic() + 60 * len(runs))  # a few s a run; room for a loaded machine
+    assert parent.returncode == 0, f"{out}\n{err}"
+    return dict(zip(runs, map(tuple, json.loads(out.splitlines()[-1]))))
 
 
 @pytest.mark.parametrize("run, loaded", COMMANDS)
@@ -637,7 +642,6 @@ def interrupted_train(tiny_dataset: Path, module_tmp: Callable[[str], Path]) -> 
     """`pneumoscan -q train` stopped by Ctrl-C once an epoch is done: its exit status, stdout and stderr. Its start
     (torch, timm and training's stack) is most of its time, so the tests of what it says share one run."""
     import signal
-    import time
 
     run = module_tmp("interrupted_train") / "run"
     # no early stop: on a busy machine the tiny run's few epochs past its best ended it before the signal was sent
