@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterable
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -18,16 +19,18 @@ import pytest
 from pneumoscan.core.atomic import locked
 from pneumoscan.data import copies
 from pneumoscan.data.layouts import discover
+from tests.builders import ended_by, process_group
 
 PROCESSES = 4
 # each list of films of the JSON argument in a process of its own, as train, cv, evaluate and audit each are: the
 # groups each finds, as a JSON list. The processes are forked from one interpreter once it has imported the search
 # (each interpreter's start had been most of the test's time): each begins as a fresh one would, nothing scanned.
+# It says which process it waits for: one that hangs is the last named.
 GROUPS = """
-import json, os, sys
+import json, os, sys, traceback
 from pneumoscan.data.copies import picture_groups
 running = []
-for paths in json.loads(sys.argv[1]):
+for k, paths in enumerate(json.loads(sys.argv[1])):
     read, write = os.pipe()
     if (pid := os.fork()) == 0:
         os.close(read)
@@ -36,12 +39,15 @@ for paths in json.loads(sys.argv[1]):
             with os.fdopen(write, "w") as out:
                 out.write(json.dumps(picture_groups(paths)))
             status = 0
+        except BaseException:
+            traceback.print_exc()  # os._exit would end the process before the interpreter printed it
         finally:
             os._exit(status)
     os.close(write)
-    running.append((pid, read))
+    running.append((k, pid, read))
 said = []
-for pid, read in running:
+for k, pid, read in running:
+    print(f"waiting for process {pid}, the search of list {k}", flush=True)
     with os.fdopen(read) as got:
         said.append(json.loads(got.read() or "null"))
     said[-1] = said[-1] if os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0 else f"process {pid} failed"
@@ -81,20 +87,23 @@ def test_processes_that_scan_at_once_each_keep_their_scans_and_find_what_one_alo
     cache = tmp_path / "cache"
     monkeypatch.setenv("PNEUMOSCAN_CACHE", str(cache))
     cache.mkdir()
-    with locked(cache):
-        running = subprocess.Popen([sys.executable, "-c", GROUPS, json.dumps(given)], stdout=subprocess.PIPE,
-                                   text=True, cwd=Path(__file__).parents[1])
-        deadline = time.monotonic() + 120
-        while _waiting_on(cache) < PROCESSES:
-            assert time.monotonic() < deadline and running.poll() is None, "not all at the lock"
-            time.sleep(0.05)
     store = copies._scans_file()
-    with caplog.at_level(logging.WARNING, logger=copies.__name__):
-        while running.poll() is None:
-            copies._read_scans(store)
+    with ExitStack() as lock:
+        lock.enter_context(locked(cache))  # before the processes start; let go once all four wait at it
+        with process_group([sys.executable, "-c", GROUPS, json.dumps(given)], stdout=subprocess.PIPE, text=True,
+                           cwd=Path(__file__).parents[1]) as running:
+            deadline = time.monotonic() + 120
+            while _waiting_on(cache) < PROCESSES:
+                assert time.monotonic() < deadline and running.poll() is None, "not all at the lock"
+                time.sleep(0.05)
+            lock.close()
+            deadline = time.monotonic() + 120
+            with caplog.at_level(logging.WARNING, logger=copies.__name__):
+                while running.poll() is None and time.monotonic() < deadline:
+                    copies._read_scans(store)
+            said = ended_by(running, deadline)[0]  # one still running: the test fails, naming it
     assert caplog.records == []
-    assert json.loads(running.communicate()[0]) == alone
-    assert running.returncode == 0
+    assert running.returncode == 0 and json.loads(said.splitlines()[-1]) == alone, said
     assert sorted(copies._read_scans(store)["files"]) == _real({*films, copy})
 
 
