@@ -1757,7 +1757,9 @@ def test_a_listener_loads_its_bundle_once_and_scores_every_study_with_the_model_
     more when nothing changed, then the card re-thresholded in place (`threshold --out` on the bundle itself). A
     check that does not answer within its bound is a warning once and returns at once for the next study: a folder
     whose stat hangs is "silent", one whose stat answered with a change being read is "reading" (a large bundle, a
-    slow drive; it had been said as a hung drive); a fault of the check itself is an error line, not the study's."""
+    slow drive; it had been said as a hung drive) until a file's read has not answered for BUNDLE_READ_S, then
+    "silent" (a drive that hangs as it is read: it had been "reading" for ever); a fault of the check itself is an
+    error line, not the study's."""
     caplog.set_level(logging.INFO, logger="pneumoscan")
     loads: list[str] = []
     real = Stages.load
@@ -1808,32 +1810,45 @@ def test_a_listener_loads_its_bundle_once_and_scores_every_study_with_the_model_
     found.append(listener._check_bundle())
     seen.append(len(changes()))
     monkeypatch.setattr(on_disk, "BUNDLE_WAIT_S", 0.2)
+    monkeypatch.setattr(on_disk, "BUNDLE_READ_S", 1.0)
     for held, stalled in ((on_disk, "file_stamp"), (on_disk, "verify_file")):  # the stat, then the read
-        answers, real_call = threading.Event(), getattr(held, stalled)
-        monkeypatch.setattr(held, stalled, lambda *a, f=real_call, e=answers: e.wait(WAIT_S) and f(*a))
+        answers, entered, real_call = threading.Event(), threading.Event(), getattr(held, stalled)
+
+        def stall(*a: object, f: Callable = real_call, e: threading.Event = answers,
+                  i: threading.Event = entered) -> object:
+            i.set()
+            return e.wait(WAIT_S) and f(*a)
+
+        monkeypatch.setattr(held, stalled, stall)
         if stalled == "verify_file":
             save_card(bundle, card)  # a change whose files are read: the card put back, said of nothing once read
         try:
+            listener.on_disk.checking()
+            assert entered.wait(WAIT_S)  # the check held at its stat, or at its read
             found.append(listener._check_bundle())
             began = time.monotonic()
             found.append(listener._check_bundle())  # the next study: the same check, said already
             assert time.monotonic() - began < 0.1
+            if stalled == "verify_file":  # the read held past BUNDLE_READ_S without a file read: a drive that hangs
+                time.sleep(1.0)
+                found.append(listener._check_bundle())
         finally:
             answers.set()
         monkeypatch.setattr(held, stalled, real_call)
         wait_for(lambda: listener.on_disk._checking is None)  # the held check ended
-    monkeypatch.setattr(on_disk.BundleOnDisk, "changed", lambda self: 1 / 0)
+    monkeypatch.setattr(on_disk.BundleOnDisk, "changed", lambda self, check=None: 1 / 0)
     os.utime(bundle / WEIGHTS)
     found += [listener._check_bundle(), listener._check_bundle()]
-    assert seen == [0, 1, 1, 2] and len(changes()) == 4
-    assert found == ["damaged", "replaced", "silent", "silent", "reading", "reading", "failed", "failed"]
+    assert seen == [0, 1, 1, 2] and len(changes()) == 5
+    assert found == ["damaged", "replaced", "silent", "silent", "reading", "reading", "silent", "failed", "failed"]
     named = (f"model_version {listener.model['model_version']} in its reports, bundle_checksum "
              f"{listener.model['bundle_checksum']} in its audit lines")
-    damaged, replaced, silent, reading = changes()
+    damaged, replaced, silent, reading, held = changes()
     assert damaged.startswith(f"{dimse.BUNDLE_DAMAGED.format(named)}: {bundle / WEIGHTS} is damaged")
     assert replaced == f"{dimse.BUNDLE_REPLACED.format(named)} ({bundle}: bundle.json changed, its weights the same)"
     assert silent == dimse.BUNDLE_SILENT.format(0.2)
     assert reading == dimse.BUNDLE_READING.format(0.2, named)
+    assert held == silent
     assert changes(logging.ERROR) == [f"{dimse.BUNDLE_CHECK_FAILED.format(named)}: division by zero"]
 
 

@@ -38,6 +38,7 @@ from pneumoscan.data.scope import BURNED_IN, NO_TAGS, describe
 from pneumoscan.inference.export import write_onnx_spec
 from pneumoscan.inference.predict import Predictor, Stages, alone_warning, predict_paths
 from pneumoscan.models.card import ONNX_NAME, load_card, save_appearance, save_card
+from pneumoscan.models.on_disk import BundleState
 from pneumoscan.serving.app import create_app
 from pneumoscan.serving.batching import Batcher
 from pneumoscan.serving.limits import Limits
@@ -818,16 +819,16 @@ def test_probes_that_come_while_the_bundle_is_read_again_share_that_one_read(
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)
     disk, reads, real = OnDisk(bundle), [], OnDisk.changed
-    monkeypatch.setattr(OnDisk, "changed", lambda self: reads.append(self) or real(self))
+    monkeypatch.setattr(OnDisk, "changed", lambda self, check=None: reads.append(self) or real(self, check))
     (bundle / "model.safetensors").touch()  # changed stamps, the same bytes
 
-    async def probes() -> list[str | None]:
+    async def probes() -> list[BundleState | None]:
         return await asyncio.gather(*[disk.check() for _ in range(20)])
 
     assert asyncio.run(probes()) == [None] * 20 and len(reads) == 1
     card = load_card(bundle)
     save_card(bundle, at_threshold(card, threshold=card.threshold / 2))  # another valid bundle
-    assert asyncio.run(probes()) == [BUNDLE_REPLACED] * 20 and len(reads) == 2
+    assert asyncio.run(probes()) == [BundleState.REPLACED] * 20 and len(reads) == 2
 
 
 def test_weights_changed_after_start_up_refuse_heatmaps_with_the_reason(tiny_bundle: Path, xray: bytes,

@@ -443,14 +443,16 @@ def test_healthz_answers_fast_while_every_decode_slot_is_busy(tiny_bundle: Path,
 
 
 def test_healthz_says_unhealthy_while_the_bundle_folder_hangs_and_the_rest_is_served(
-        tiny_bundle: Path, xray: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tiny_bundle: Path, xray: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
     """Each probe stat'ed the bundle's files on the event loop: a bundle on a network drive that hangs stalled every
     request, the probes and those already admitted alike. The stat hangs here at a gate (a stand-in for the drive):
     /healthz answers 503 with the reason within the bounded wait, one check in flight for all the probes, while
     /v1/model and predictions are answered; once the folder answers the next probe says ok, and a check hung at
     the stop does not hold the server's exit. A folder that answers the stat with a change whose files take longer
     to read than the bound (a large or ensemble bundle, a slow drive) is degraded, being read, not unhealthy as a
-    drive that hangs."""
+    drive that hangs, until a file's read has not answered for BUNDLE_READ_S (a drive that hangs as it is read). A
+    fault of the check itself is degraded, logged once, where it had been a 500."""
     monkeypatch.setattr(on_disk, "BUNDLE_WAIT_S", 0.2)
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)
@@ -478,12 +480,29 @@ def test_healthz_says_unhealthy_while_the_bundle_folder_hangs_and_the_rest_is_se
         wait_for(lambda: http.get("/healthz").json()["status"] == "ok", "an ok probe once the folder answered")
         read = Gate(on_disk.verify_file)
         monkeypatch.setattr(on_disk, "verify_file", read)
+        monkeypatch.setattr(on_disk, "BUNDLE_READ_S", 1.0)
         os.utime(bundle / "model.safetensors")  # a change: the files read again, held at the gate
+        http.get("/healthz")  # the check begun: reading, or silent while its stat has not answered on a loaded host
+        read.wait_entered(1)
         r = probe(http)
         assert r.status_code == 200 and r.json() == {**silent, "status": "degraded",
                                                      "reason": service_module.BUNDLE_READING.format(0.2)}, r.text
+        time.sleep(1.0)  # the read held past BUNDLE_READ_S without a file read: a drive that hangs as it is read
+        r = probe(http)
+        assert r.status_code == 503 and r.json() == silent, r.text
         read.open.set()
         wait_for(lambda: http.get("/healthz").json()["status"] == "ok", "an ok probe once the files were read")
+        caplog.set_level(logging.ERROR, logger=service_module.log.name)
+        with monkeypatch.context() as m:  # a fault of the check itself: degraded, said once, not a 500
+            m.setattr(on_disk.BundleOnDisk, "changed", lambda self, check=None: 1 / 0)
+            os.utime(bundle / "model.safetensors")
+            for _ in range(2):
+                r = http.get("/healthz")
+                assert r.status_code == 200 and r.json() == {
+                    **silent, "status": "degraded", "reason": service_module.BUNDLE_CHECK_FAILED}, r.text
+        assert [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR] == [
+            f"{service_module.BUNDLE_CHECK_FAILED}: division by zero"]
+        wait_for(lambda: http.get("/healthz").json()["status"] == "ok", "an ok probe once the check answers again")
         gate.open.clear()
         assert probe(http).status_code == 503 and gate.entered > 1
         stop = time.monotonic()

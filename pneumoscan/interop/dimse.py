@@ -82,7 +82,7 @@ from pneumoscan.core.options import (LISTEN_ASSOCIATION_MB, LISTEN_FREE_MB, LIST
 from pneumoscan.data.readers.dicom import TRANSFER_SYNTAXES, is_own_output, read_dataset
 from pneumoscan.data.scope import CAPTURE_CLASSES, RADIOGRAPH_CLASSES
 from pneumoscan.inference.predict import check_built_from, ready_stages
-from pneumoscan.models.on_disk import READING, BundleOnDisk, Check
+from pneumoscan.models.on_disk import BundleOnDisk, BundleState, Check
 
 from .reports import FHIR_SUFFIX, ObservationIndex, add_warning, check_reportable
 from .study import (FAILURES, MADE, WARNINGS, not_scored, one_patient, score_films, status_words, study_rows, unfiled,
@@ -499,7 +499,7 @@ class Listener:
         check_reportable(bundle, dicom=True)  # the UID root and the bundle's task, before any film is taken
         # the bundle's files as they are before the model loads (seconds for ONNX or an ensemble), checked again
         # before each study is scored (_check_bundle); a bundle replaced while the model loads is refused below
-        self.on_disk = BundleOnDisk(bundle)
+        self.on_disk = BundleOnDisk(bundle, self._said_of)  # asked once a change is found: after self.named is set
         # the model every study is scored with, loaded once (as serve loads its own) and proven to run here (and to
         # draw heatmaps, with heatmaps) before any association: a bundle replaced on disk since is read at a restart
         self.stages = ready_stages(bundle, backend=backend, heatmaps=heatmaps)
@@ -537,9 +537,7 @@ class Listener:
         self.model = {**self.stages.first.identity, "bundle_checksum": self.on_disk.checksum}
         self.named = f"model_version {self.model['model_version']} in its reports, bundle_checksum " \
                      f"{self.model['bundle_checksum']} in its audit lines"
-        self.on_disk.damaged, self.on_disk.replaced = BUNDLE_DAMAGED.format(self.named), \
-            BUNDLE_REPLACED.format(self.named)
-        self._said: tuple[Check, str] | None = None  # the check that did not answer, and what was said of it
+        self._said: tuple[Check, BundleState] | None = None  # the check that did not answer, and what was said of it
         self._failed: str | None = None  # the last fault of the check said
 
     def start(self, host: str, port: int) -> ThreadedAssociationServer:
@@ -940,7 +938,8 @@ class Listener:
         """``entry`` as an audit line, with its time: whether it was written (True without an audit log)."""
         return self.audit is None or self.audit.write({"time": now(), **entry})
 
-    def _audit_reads(self, study_uid: str, rows: list[dict], received: _Association, on_disk: str | None) -> bool:
+    def _audit_reads(self, study_uid: str, rows: list[dict], received: _Association,
+                     on_disk: BundleState | None) -> bool:
         """A line for each film of a study read: its caller, UIDs, the SHA-256 of the bytes received, the model, what
         the check of the bundle's files before its scoring found (``on_disk``: :meth:`_check_bundle`), and its
         reading or why there is none; with ``audit.required``, a film whose line is lost gets no report (its row
@@ -1276,7 +1275,11 @@ class Listener:
                  sum("error" in row for row in rows), reports, self.destination)
         return rows
 
-    def _check_bundle(self) -> str | None:
+    def _said_of(self, change: BundleState) -> str:
+        """What the listener says of a change of its bundle's files (:class:`BundleOnDisk`'s warning)."""
+        return {BundleState.DAMAGED: BUNDLE_DAMAGED, BundleState.REPLACED: BUNDLE_REPLACED}[change].format(self.named)
+
+    def _check_bundle(self) -> BundleState | None:
         """Whether the bundle's files on disk are still those the listener loaded, asked before each study is scored
         (:class:`~pneumoscan.models.on_disk.BundleOnDisk`: stat'ed, read again only when changed), as the word its
         audit lines say (``bundle_on_disk``: None while unchanged, ``damaged``, ``replaced``, ``reading``, ``silent``,
@@ -1296,17 +1299,17 @@ class Listener:
             word = check.unanswered()
             if self._said is None or self._said[0] is not check or self._said[1] != word:
                 self._said = (check, word)
-                log.warning("%s", BUNDLE_READING.format(check.wait_s, self.named) if word == READING else
-                            BUNDLE_SILENT.format(check.wait_s))
+                log.warning("%s", BUNDLE_READING.format(check.wait_s, self.named) if word is BundleState.READING
+                            else BUNDLE_SILENT.format(check.wait_s))
             return word
         except Exception as e:  # the check's own fault (ValueError and OSError of the files are its answers)
             why = shown(redact(str(e)) or type(e).__name__)
             if self._failed != why:
                 self._failed = why
                 log.error("%s: %s", BUNDLE_CHECK_FAILED.format(self.named), why)
-            return "failed"
+            return BundleState.FAILED
         self._failed = None
-        return {None: None, self.on_disk.damaged: "damaged", self.on_disk.replaced: "replaced"}[change]
+        return change
 
     def file_study(self, study_uid: str, rows: list[dict], deadline: float) -> None:
         """Send a study's reports (:meth:`_send`, by ``deadline`` on the monotonic clock), log the films whose reports

@@ -7,8 +7,10 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
 from pneumoscan.core.atomic import file_stamp
@@ -20,11 +22,23 @@ log = logging.getLogger(__name__)
 # how long a caller waits for a check of a bundle's folder (serve's /healthz, listen's study) before it says that the
 # folder does not answer and goes on: the readings come from the model in memory and need no file
 BUNDLE_WAIT_S = 3.0
-# What a check that has not answered within BUNDLE_WAIT_S is (Check.unanswered): its stat answered and found a
-# change, whose files are being read (each one hashed: a large or ensemble bundle, a slow drive, take longer), or its
-# stat itself has not answered (a network drive that hangs)
-READING = "reading"
-SILENT = "silent"
+# how long a read of a changed bundle's files may go without a file read (each one hashed) before it counts as a
+# drive that hangs (Check.unanswered: SILENT), not a slow one (READING): longer than BUNDLE_WAIT_S, so that a file
+# that takes a few seconds to hash (a large or ensemble bundle, a slow drive) is not said as a hung drive
+BUNDLE_READ_S = 30.0
+
+
+class BundleState(StrEnum):
+    """What a check of a bundle's files answers (None while they are those loaded at start), the word audit lines
+    say; each caller words its own message for it. A check that has not answered within BUNDLE_WAIT_S is READING
+    while its stat found a change whose files are being read, each read within BUNDLE_READ_S of the last, else
+    SILENT (its stat, or a read, has not answered: a network drive that hangs); FAILED: the check itself raised."""
+
+    DAMAGED = "damaged"
+    REPLACED = "replaced"
+    READING = "reading"
+    SILENT = "silent"
+    FAILED = "failed"
 
 
 @dataclass
@@ -33,49 +47,58 @@ class Check:
     that come while it runs share: its answer (:meth:`BundleOnDisk.checked`'s), when it began (``time.monotonic``)
     and whether its stat has answered with a change, so that the files are being read."""
 
-    answer: Future[str | None] = field(default_factory=Future)
+    answer: Future[BundleState | None] = field(default_factory=Future)
     since: float = field(default_factory=time.monotonic)
     wait_s: float = field(default_factory=lambda: BUNDLE_WAIT_S)  # the bound of each caller's wait, as it began
+    read_s: float = field(default_factory=lambda: BUNDLE_READ_S)  # the bound of a read without progress
     reading: bool = False
+    progress: float = 0.0  # when the read last moved on (time.monotonic): its stat answered, or a file was read
+
+    def moved(self) -> None:
+        """The read moved on (a file read): the bound of :attr:`read_s` counts from now."""
+        self.progress = time.monotonic()
 
     def remaining(self) -> float:
         """The seconds left of :attr:`wait_s` from the check's start: each caller's wait ends then, however many
         callers came while it ran."""
         return max(0.0, self.since + self.wait_s - time.monotonic())
 
-    def unanswered(self) -> str:
-        """What the check is, once it has not answered within :attr:`wait_s`: :data:`READING` when its stat
-        found a change and the files are being read, :data:`SILENT` when the stat itself has not answered."""
-        return READING if self.reading else SILENT
+    def unanswered(self) -> BundleState:
+        """What the check is, once it has not answered within :attr:`wait_s`: :attr:`BundleState.READING` when its stat
+        found a change and the files are being read, the last read within :attr:`read_s`; :attr:`BundleState.SILENT`
+        when the stat, or a read, has not answered (a drive that hangs while its files are hashed)."""
+        if self.reading and time.monotonic() - self.progress < self.read_s:
+            return BundleState.READING
+        return BundleState.SILENT
 
 
 class BundleOnDisk:
     """Whether the bundle in ``directory`` holds the files it held when this was made. Damage or a removal after the
     start went unnoticed until a restart was refused (a restart loop under an orchestrator), and a bundle replaced (a
     new training, ``threshold --out`` in place) until a restart scored with other weights or thresholds. Each check
-    stats the files; they are read again (each one hashed) only when a stamp changed. ``damaged`` and ``replaced``:
-    what the process says of each, the answer of a check and, with what changed, its warning (one a read that finds
-    it, so one a change)."""
+    stats the files; they are read again (each one hashed) only when a stamp changed. ``said``: what the process
+    says of a change (:attr:`BundleState.DAMAGED`, :attr:`BundleState.REPLACED`), its warning with what changed
+    (one a read that finds it, so one a change); asked only once a change is found, so it may name the model loaded
+    after this is made."""
 
-    def __init__(self, directory: Path | str, damaged: str = "", replaced: str = "") -> None:
+    def __init__(self, directory: Path | str, said: Callable[[BundleState], str]) -> None:
         """The files as they are now, the baseline each check compares with: taken before the model is loaded
         (seconds for ONNX or an ensemble), so that a bundle replaced meanwhile is found
         (:func:`pneumoscan.inference.predict.check_built_from` compares the model's card with :attr:`card`), and
-        :attr:`checksum` (``bundle.json``'s own) names the card read here. ``damaged`` and ``replaced`` may be set once
-        the model is loaded (what they say may name it). Refused (ValueError) when ``bundle.json`` changed while it
-        was read."""
+        :attr:`checksum` (``bundle.json``'s own) names the card read here. Refused (ValueError) when ``bundle.json``
+        changed while it was read."""
         self.directory = Path(directory)
         before = file_stamp(self.directory / CARD)
         # the card as the files hold it (a Predictor's may carry the INT8 sidecar's threshold and figures instead)
         self.card = load_card(directory)
         self.checksum: str | None = json.loads((self.directory / CARD).read_bytes()).get(CHECKSUM)
-        self.damaged, self.replaced = damaged, replaced
+        self.said = said
         self.names = [CARD, *self.card.files]
         self.seen = self._stamps()
         if self.seen[0] != before:  # its card and checksum may be of two versions of it
             raise ValueError(f"{self.directory / CARD} changed while it was read (a bundle being replaced): start "
                              "again once it is settled")
-        self.change: str | None = None
+        self.change: BundleState | None = None
         self._lock = threading.Lock()
         self._checking: Check | None = None  # the check in progress
 
@@ -99,7 +122,7 @@ class BundleOnDisk:
         """The check of :meth:`checking`, in its thread, ended before its answer is given: a caller that has the answer
         and asks again (the next probe) gets a new check, never this one's answer again."""
         started = check.answer.set_running_or_notify_cancel()  # False: cancelled before it began
-        result: str | None = None
+        result: BundleState | None = None
         error: BaseException | None = None
         try:
             result = self.checked(check) if started else None
@@ -112,31 +135,34 @@ class BundleOnDisk:
         elif started:
             check.answer.set_result(result)
 
-    def checked(self, check: Check | None = None) -> str | None:
-        """None while the files hold the bundle loaded at start; else :attr:`damaged` or :attr:`replaced`. The files
-        are read again (:meth:`changed`) only when a stamp changed since the last check, ``check`` (the one this
-        answers) marked as reading them meanwhile."""
+    def checked(self, check: Check | None = None) -> BundleState | None:
+        """None while the files hold the bundle loaded at start; else :attr:`BundleState.DAMAGED` or
+        :attr:`BundleState.REPLACED`. The files are read again (:meth:`changed`) only when a stamp changed since the
+        last check, ``check`` (the one this answers) marked as reading them meanwhile, and moved on at each file."""
         stamps = self._stamps()
         if stamps != self.seen:
             if check is not None:
                 check.reading = True
-            self.seen, self.change = stamps, self.changed()
+                check.moved()
+            self.seen, self.change = stamps, self.changed(check)
         return self.change
 
-    def changed(self) -> str | None:
+    def changed(self, check: Check | None = None) -> BundleState | None:
         """:meth:`checked` by reading the files whatever their stamps say, each change found logged with what it is:
         the file and what is wrong with it, or the files whose digests differ (``bundle.json`` alone: a card
-        re-thresholded or edited beside the same weights)."""
+        re-thresholded or edited beside the same weights). ``check``, where one is reading, moved on at each file."""
         try:
             card = load_card(self.directory)
             for name in card.files:
+                if check is not None:
+                    check.moved()
                 verify_file(self.directory, card, name)
         except (ValueError, OSError) as e:
-            log.warning("%s: %s", self.damaged, e)
-            return self.damaged
+            log.warning("%s: %s", self.said(BundleState.DAMAGED), e)
+            return BundleState.DAMAGED
         if card != self.card:
             files = sorted(n for n in {*card.files, *self.card.files} if card.files.get(n) != self.card.files.get(n))
             what = f"{', '.join(files)} changed" if files else f"{CARD} changed, its weights the same"
-            log.warning("%s (%s: %s)", self.replaced, self.directory, what)
-            return self.replaced
+            log.warning("%s (%s: %s)", self.said(BundleState.REPLACED), self.directory, what)
+            return BundleState.REPLACED
         return None  # touched, or put back as it was

@@ -29,7 +29,7 @@ from pneumoscan.inference.predict import (NO_WX_MEMORY, NON_FINITE, Predictor, S
                                           stage_scope, wx_memory_refused)
 from pneumoscan.models.card import ENSEMBLE, BundleCard
 from pneumoscan.models import on_disk
-from pneumoscan.models.on_disk import READING, BundleOnDisk
+from pneumoscan.models.on_disk import BundleOnDisk, BundleState
 
 from .audit import note, reading_fields
 from .batching import Stage
@@ -70,6 +70,10 @@ BUNDLE_SILENT = ("a bundle's folder did not answer within {:g} s (a network driv
 BUNDLE_READING = ("a bundle's files on disk changed since this service started and are still being read after {:g} s "
                   "(a large bundle, or a slow drive): its readings come from the model checked then; what changed is "
                   "said once they are read")
+# Why /healthz says degraded while the check of a bundle's files raised (a fault of its own, not of the files: the log
+# has the error): whether they changed is not known, and the readings come from the model checked at start-up
+BUNDLE_CHECK_FAILED = ("the check of a bundle's files on disk failed: its readings come from the model checked at "
+                       "start-up, but whether the files changed is not known")
 # Why /healthz says degraded while a model's last run raised (the log has the error): each request it took got a 500.
 # the smallest upload limit taken: a smaller one leaves a service that answers healthy and refuses nearly every film
 # (the training set's 224 px JPEGs are 5-9 KB; films as taken, DICOM or full-size JPEG, hundreds of KB and more)
@@ -119,29 +123,48 @@ class OnDisk(BundleOnDisk):
     as /healthz says it: the check's wait bounded on the event loop, whatever the folder does."""
 
     def __init__(self, directory: Path | str) -> None:
-        super().__init__(directory, BUNDLE_DAMAGED, BUNDLE_REPLACED)
+        super().__init__(directory, {BundleState.DAMAGED: BUNDLE_DAMAGED, BundleState.REPLACED: BUNDLE_REPLACED}.get)
         # the check in progress as the event loop awaits it, one for all its probes: a wrapper a probe, each left
         # chained to a check that hangs, would pile up for as long as the drive hangs
-        self._awaited: tuple[Future[str | None], asyncio.Future[str | None]] | None = None
+        self._awaited: tuple[Future[BundleState | None], asyncio.Future[BundleState | None]] | None = None
+        self._failed: str | None = None  # the last fault of the check logged
+        self.last: BundleState | None = None  # the last answer, as each reading's audit line says it
+        self.waited = on_disk.BUNDLE_WAIT_S  # the bound of the last check's wait, as /healthz says it
 
-    async def check(self) -> str | None:
-        """None while the files hold the bundle checked at start; else why not (:data:`BUNDLE_DAMAGED`, ...), or,
-        once the check has not answered within :data:`~pneumoscan.models.on_disk.BUNDLE_WAIT_S` of its start,
-        :data:`BUNDLE_READING` while the files its stat found changed are being read, :data:`BUNDLE_SILENT` while the
-        stat itself has not answered.
+    async def check(self) -> BundleState | None:
+        """None while the files hold the bundle checked at start; else what changed (:attr:`BundleState.DAMAGED`,
+        ...), or, once the check has not answered within :data:`~pneumoscan.models.on_disk.BUNDLE_WAIT_S` of its
+        start, :attr:`BundleState.READING` while the files its stat found changed are being read,
+        :attr:`BundleState.SILENT` while the stat or a read has not answered; :attr:`BundleState.FAILED` when the
+        check itself raised (an error line, once a fault).
         The files are stat'ed, and read when changed, in a thread (:meth:`BundleOnDisk.checking`): a folder on a
         network drive that hangs would otherwise stall the event loop, and every request with it; probes that come
         while a check is in progress wait for that one."""
         check = self.checking()
+        self.waited = check.wait_s
         loop = asyncio.get_running_loop()
         if self._awaited is None or self._awaited[0] is not check.answer or self._awaited[1].get_loop() is not loop:
             self._awaited = (check.answer, asyncio.wrap_future(check.answer, loop=loop))
         awaited = self._awaited[1]
         try:
             # shielded: a probe that gives up (or whose client goes) does not end the check the others wait for
-            return await asyncio.wait_for(asyncio.shield(awaited), check.remaining())
+            self.last = await asyncio.wait_for(asyncio.shield(awaited), check.remaining())
+            self._failed = None
         except TimeoutError:
-            return (BUNDLE_READING if check.unanswered() == READING else BUNDLE_SILENT).format(check.wait_s)
+            self.last = check.unanswered()
+        except Exception as e:  # the check's own fault (ValueError and OSError of the files are its answers)
+            if self._failed != (why := str(e) or type(e).__name__):
+                self._failed = why
+                log.error("%s: %s", BUNDLE_CHECK_FAILED, why)
+            self.last = BundleState.FAILED
+        return self.last
+
+    def reason(self, state: BundleState) -> str:
+        """What /healthz says of a check's answer other than None."""
+        return {BundleState.DAMAGED: BUNDLE_DAMAGED, BundleState.REPLACED: BUNDLE_REPLACED,
+                BundleState.READING: BUNDLE_READING.format(self.waited),
+                BundleState.SILENT: BUNDLE_SILENT.format(self.waited),
+                BundleState.FAILED: BUNDLE_CHECK_FAILED}[state]
 
 
 def film_formats() -> list[dict[str, Any]]:
@@ -246,10 +269,10 @@ class Service:
             return Health(status="unhealthy", **model, reason=self.faults[0])
         # each bundle's folder and the rate-limit store at once
         store, *checks = await asyncio.gather(self._store_health(), *[disk.check() for disk in self.on_disk])
-        if (silent := BUNDLE_SILENT.format(on_disk.BUNDLE_WAIT_S)) in checks:
-            return Health(status="unhealthy", **model, reason=silent)
+        if silent := [disk for disk, state in zip(self.on_disk, checks) if state is BundleState.SILENT]:
+            return Health(status="unhealthy", **model, reason=silent[0].reason(BundleState.SILENT))
         failing = [MODEL_FAILING.format(s.batcher.failing) for s in (self.main, self.second) if s and s.batcher.failing]
-        changes = [change for change in checks if change]
+        changes = [disk.reason(state) for disk, state in zip(self.on_disk, checks) if state is not None]
         # the files first: they say whether a restart would be refused, which the heatmaps' reason does not
         heatmaps = self.heatmap_fault or (self.heatmaps_failing and HEATMAPS_FAILING.format(self.heatmaps_failing))
         if reasons := [*changes[:1], *failing[:1], *([store] if store else []), *([heatmaps] if heatmaps else [])]:
