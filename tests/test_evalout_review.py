@@ -151,7 +151,9 @@ def test_an_evaluation_of_an_older_test_evaluations_predictions_csv_keeps_its_fi
         tiny_bundle: Path, tiny_evaluation: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """An older pneumoscan's predictions.csv names no split: its metrics.json's test_split kept threshold from it, but
     `evaluate` of that file wrote a predictions.csv of an empty split on every row and test_split false, which
-    threshold took. The films a metrics.json calls test, or does not say of, are test films in the new file too."""
+    threshold took. The films a metrics.json calls test, or does not say of, are test films in the new file too; the
+    rows of a file that name their own split (an evaluation of val and test films together) keep it (its val rows
+    had been written test)."""
     old = tmp_path / "old"
     old.mkdir()
     with (tiny_evaluation / "predictions.csv").open(newline="") as f:
@@ -170,6 +172,16 @@ def test_an_evaluation_of_an_older_test_evaluations_predictions_csv_keeps_its_fi
     assert cli.main(["-q", "threshold", str(tiny_bundle), str(again / "predictions.csv"), "--youden", "--out",
                      str(out)]) == 2
     assert "never chooses its threshold" in capsys.readouterr().err and not out.exists()
+    mixed = tmp_path / "mixed"  # an evaluation of val and test films at once: each row keeps its own split
+    mixed.mkdir()
+    with (mixed / "predictions.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows({**row, "split": "val" if i % 2 else "test"} for i, row in enumerate(rows))
+    shutil.copy(tiny_evaluation / "metrics.json", mixed / "metrics.json")  # test_split true: some are test films
+    records = discover(mixed / "predictions.csv").records
+    splits = film_splits(records, mixed / "predictions.csv")
+    assert splits == [r.split for r in records] and set(splits) == {"val", "test"}
 
 
 def test_the_test_folder_is_test_films_for_every_choice_but_its_copies_are_not(tiny_dataset: Path,

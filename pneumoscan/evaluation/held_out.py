@@ -574,11 +574,12 @@ def film_splits(records: Sequence[Record], data: Path | str) -> list[str]:
     reads): test for every film of a folder named test given itself, whose records name no split (``DATA/test`` of
     the Kaggle layout, or a link to it; a dataset root that happens to be named test has split folders, and its
     records their splits), and of an ``evaluate`` output's predictions.csv whose metrics.json says they are test
-    films or does not say (:func:`_evaluated_test`: an older pneumoscan's file names no split); else the record's
-    own (a dataset root's split folder, ``--split``, a manifest's split column), or none (""). Read back as a
-    manifest, wherever the file is copied, whichever of its rows are kept and however often it is evaluated again,
-    its test films are test films."""
-    test = (_test_folder(data) and not any(r.split for r in records)) or _evaluated_test(data) is not None
+    films or does not say (:func:`_evaluated_test`: an older pneumoscan's file names no split), where no record
+    names its own (an evaluation of val and test films together keeps each row's: its metrics.json's test_split
+    says only that some are test); else the record's own (a dataset root's split folder, ``--split``, a manifest's
+    split column), or none (""). Read back as a manifest, wherever the file is copied, whichever of its rows are
+    kept and however often it is evaluated again, its test films are test films."""
+    test = not any(r.split for r in records) and (_test_folder(data) or _evaluated_test(data) is not None)
     return ["test" if test else r.split for r in records]
 
 
