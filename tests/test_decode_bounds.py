@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import select
 import struct
 import subprocess
 import sys
@@ -122,18 +123,28 @@ def status(key):
 for line in sys.stdin:  # PATH<TAB>LIMIT: read in a child forked for it, with these modules imported once
     path, limit = line.rstrip("\\n").split("\\t")
     if (child := os.fork()) == 0:
-        pixels.MAX_DECODED_BYTES = int(limit)
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # the peak resident size starts again from the current one: ru_maxrss keeps the parent's
-        before = status("VmRSS:")
+        said = 1  # the exit status of a child that could not say its line, whatever it raised
         try:
-            result = str(read_gray(path, target=224).shape)
-        except pixels.DecodeError as e:
-            result = repr(str(e))
-        print(result, status("VmHWM:") - before, flush=True)
-        os._exit(0)
-    os.waitpid(child, 0)
+            try:
+                pixels.MAX_DECODED_BYTES = int(limit)
+                # the peak resident size starts again from the current one: ru_maxrss keeps the parent's
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")
+                before = status("VmRSS:")
+                try:
+                    result = str(read_gray(path, target=224).shape)
+                except pixels.DecodeError as e:
+                    result = repr(str(e))
+                print(result, status("VmHWM:") - before, flush=True)
+            except BaseException as e:  # any other error: a line saying it, never the loop below run in the child
+                print("the child failed:", repr(e), -1, flush=True)
+            said = 0
+        finally:
+            os._exit(said)
+    if code := os.waitpid(child, 0)[1]:  # ended without its line: killed (out of memory), a crash
+        print(f"the child ended without its line: exit status {os.waitstatus_to_exitcode(code)}", -1, flush=True)
 """
+LINE_S = 120  # the longest a film's read may take here: a child that says nothing fails the test, not hangs it
 
 
 @pytest.fixture(scope="module")
@@ -154,9 +165,13 @@ def peak(_peaks: subprocess.Popen) -> Callable[[Path, int], tuple[str, int]]:
         it added."""
         _peaks.stdin.write(f"{path}\t{limit}\n")  # type: ignore[union-attr]
         _peaks.stdin.flush()  # type: ignore[union-attr]
+        # one line a film, each read whole: nothing is left in the pipe's buffer that select would not see
+        ready, _, _ = select.select([_peaks.stdout], [], [], LINE_S)
+        assert ready, f"no line from the measuring process in {LINE_S} s (exit status {_peaks.poll()})"
         answer = _peaks.stdout.readline()  # type: ignore[union-attr]
         assert answer, f"the measuring process ended (exit status {_peaks.poll()})"
         result, added = answer.rsplit(None, 1)
+        assert added != "-1", result
         return result, int(added)
 
     return measured
