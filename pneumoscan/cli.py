@@ -1470,19 +1470,16 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
-def _checkpoint_state(out: str | None) -> tuple[int, int, int] | None:
-    """OUT/checkpoint.pt as it is now (device, inode, modification time: written whole under a new inode each time),
-    or None where there is none, for :func:`_train_goes_on` to tell a checkpoint this run wrote from one it found."""
+def _checkpoint_state(out: str | None) -> str | None:
+    """OUT/checkpoint.pt's stamp as it is now (:func:`~pneumoscan.core.atomic.file_stamp`: written whole under a new
+    inode each time), or None where there is none, for :func:`_train_goes_on` to tell a checkpoint this run wrote
+    from one it found."""
     from pneumoscan.models.run_folder import RunFolder
 
-    try:
-        found = RunFolder(Path(out)).checkpoint.stat() if out else None
-    except OSError:
-        return None
-    return (found.st_dev, found.st_ino, found.st_mtime_ns) if found else None
+    return file_stamp(RunFolder(Path(out)).checkpoint) if out else None
 
 
-def _train_goes_on(args: argparse.Namespace, before: tuple[int, int, int] | None) -> str:
+def _train_goes_on(args: argparse.Namespace, before: str | None) -> str:
     """What a stopped `train` can do next: --resume where an epoch of this run finished (a checkpoint it wrote, or
     the one it resumed from), else start again (a run stopped in its warm start, minutes on a CPU, has none, and
     --resume would start from scratch). A checkpoint another run left in --out (``before``: as it was when this one
