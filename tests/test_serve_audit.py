@@ -17,11 +17,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from pneumoscan.cli import main
+from pneumoscan.models.card import load_card, save_card
 from pneumoscan.serving.app import create_app
 from pneumoscan.serving.audit import AuditLog
 from pneumoscan.serving.guard import Access
 from pneumoscan.serving.server import ListeningServer
-from tests.builders import free_port, running
+from tests.builders import at_threshold, free_port, running
 from tests.test_serve import labels, moved, scraped, with_threshold
 
 WARD_KEY, PACS_KEY = "ward-" + "0123456789abcdef" * 2, "pacs-" + "fedcba9876543210" * 2
@@ -145,7 +146,12 @@ def test_a_second_stage_reading_is_its_own_entry_after_the_first(tiny_bundle: Pa
     audit = tmp_path / "audit.jsonl"
     with TestClient(create_app(always, etiology=tiny_etiology_bundle, audit_log=audit)) as c:
         body = c.post("/v1/predict", files={"file": ("x.jpeg", films[1], "image/jpeg")}).json()
-    [line] = lines(audit)
+        card = load_card(always)
+        save_card(always, at_threshold(card, threshold=1e-6))  # replaced on disk since the start
+        assert c.get("/healthz").json()["status"] == "degraded"  # the check that finds it
+        c.post("/v1/predict", files={"file": ("x.jpeg", films[1], "image/jpeg")})
+    line, after = lines(audit)
+    assert (line["bundle_on_disk"], after["bundle_on_disk"]) == (None, "replaced")  # as listen's film_read lines
     etiology = body["etiology"]
     assert [(r["task"], r["model_id"], r["call"], r["probability"], r["in_scope"]) for r in line["readings"]] == [
         ("pneumonia", body["model_id"], "PNEUMONIA", body["probability"], body["in_scope"]),

@@ -149,6 +149,6 @@ class AuditRequests:
                 "request_id": request_id, "key": entry.pop("key", None) or key_name.get(),
                 "film_sha256": entry.pop("film_sha256", None), "film_bytes": entry.pop("film_bytes", None),
                 "format": entry.pop("format", None), "heatmap": entry.pop("heatmap", None),
-                **self.model, "readings": entry.pop("readings", []), "status": status, "reason": reason,
-                "path": path}
+                **self.model, "bundle_on_disk": entry.pop("bundle_on_disk", None),
+                "readings": entry.pop("readings", []), "status": status, "reason": reason, "path": path}
 

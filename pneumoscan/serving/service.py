@@ -123,7 +123,8 @@ class OnDisk(BundleOnDisk):
     as /healthz says it: the check's wait bounded on the event loop, whatever the folder does."""
 
     def __init__(self, directory: Path | str) -> None:
-        super().__init__(directory, {BundleState.DAMAGED: BUNDLE_DAMAGED, BundleState.REPLACED: BUNDLE_REPLACED}.get)
+        said = {BundleState.DAMAGED: BUNDLE_DAMAGED, BundleState.REPLACED: BUNDLE_REPLACED}
+        super().__init__(directory, said.__getitem__)
         # the check in progress as the event loop awaits it, one for all its probes: a wrapper a probe, each left
         # chained to a check that hangs, would pile up for as long as the drive hangs
         self._awaited: tuple[Future[BundleState | None], asyncio.Future[BundleState | None]] | None = None
@@ -268,7 +269,8 @@ class Service:
         if self.faults:
             return Health(status="unhealthy", **model, reason=self.faults[0])
         # each bundle's folder and the rate-limit store at once
-        store, *checks = await asyncio.gather(self._store_health(), *[disk.check() for disk in self.on_disk])
+        store, checks = await asyncio.gather(self._store_health(),
+                                             asyncio.gather(*[disk.check() for disk in self.on_disk]))
         if silent := [disk for disk, state in zip(self.on_disk, checks) if state is BundleState.SILENT]:
             return Health(status="unhealthy", **model, reason=silent[0].reason(BundleState.SILENT))
         failing = [MODEL_FAILING.format(s.batcher.failing) for s in (self.main, self.second) if s and s.batcher.failing]
@@ -290,8 +292,11 @@ class Service:
         (:attr:`per_client`: each request counts, whatever its answer), at once (503) when a lane is full, and for
         good once a model has given a non-finite score (a model that is broken for one film is not trusted with the
         next); heatmaps alone for good once Grad-CAM's model could not be built from the bundle's files, and always
-        where the service draws none (:attr:`heatmaps_off`)."""
-        note(format=format, heatmap=heatmap)
+        where the service draws none (:attr:`heatmaps_off`). Its audit line says the last answer /healthz's check of
+        the bundles' files gave (``bundle_on_disk``, as ``listen``'s lines: the first bundle's change, else the
+        second's; None when the last check found none, or none has run): a reading does not wait for the files."""
+        note(format=format, heatmap=heatmap,
+             bundle_on_disk=next((disk.last for disk in self.on_disk if disk.last is not None), None))
         if self.per_client is not None:
             await self.per_client.admit(client_of(request))
         self._refuse_if_broken()
