@@ -394,13 +394,9 @@ def _decode_in_pool(
     paths: list[str], spec: PreprocessSpec, workers: int, decoding: dict
 ) -> Iterator[tuple[int, tuple[np.ndarray, list[tuple[int, str, bool]]]]]:
     """:func:`_decode_all` by ``workers`` processes, with at most 2 chunks per worker in flight."""
-    # forkserver: safe when the caller already runs threads (torch, uvicorn), unlike fork. The server the workers
-    # fork from imports this module (numpy, Pillow, pydicom) once, beside __main__ (its default): each worker had
-    # imported them itself, and a pool of two took 2-3 s to start on a loaded 2-core machine, 0.4 s so. The list
-    # counts only before the process's first forkserver start (this one's, unless another library started one).
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["__main__", __name__])
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_adopt, initargs=(decoding,)) as pool:
+    # forkserver: safe when the caller already runs threads (torch, uvicorn), unlike fork
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"), initializer=_adopt,
+                             initargs=(decoding,)) as pool:
         todo = iter(range(0, len(paths), CHUNK))
         pending = {}
 
