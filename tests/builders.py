@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import dataclasses
 import io
@@ -311,18 +310,7 @@ def write_png(path: str | Path, width: int, height: int, bits: int = 8, color: i
 
 @contextmanager
 def running(server: uvicorn.Server) -> Iterator[str]:
-    """``server`` (a real uvicorn on loopback) in a background thread; yields its URL, stops it on exit. uvicorn's
-    main loop looks for a stop every 0.1 s: this one's every 0.01 s, each stop's wait 0.05 s shorter."""
-
-    async def main_loop() -> None:  # uvicorn's Server.main_loop, but for its wait between looks
-        counter = 0
-        should_exit = await server.on_tick(counter)
-        while not should_exit:
-            counter = (counter + 1) % 864000
-            await asyncio.sleep(0.01)
-            should_exit = await server.on_tick(counter)
-
-    server.main_loop = main_loop  # type: ignore[method-assign]
+    """``server`` (a real uvicorn on loopback) in a background thread; yields its URL, stops it on exit."""
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
