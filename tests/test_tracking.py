@@ -47,9 +47,8 @@ def mlflow_run(run: Path):
 @pytest.fixture(scope="module")
 def mlflow_tables(module_tmp: Callable[[str], Path]) -> Path:
     """An MLflow store with its tables made and nothing logged: MLflow makes a new store's tables by running its
-    schema migrations, about 70 (3 s of CPU a store). The tests of what the trackers log across a refusal or a
-    resume start their run folder with a copy (:func:`run_folder`); the first test and the quiet one make theirs
-    from nothing, as a user's run does."""
+    schema migrations, about 70 (3 s of CPU a store). The tests of what the trackers log start their run folder with
+    a copy (:func:`run_folder`); the quiet one makes its store from nothing, as a user's first run does."""
     folder = module_tmp("mlflow_tables")
     mlflow_client(folder).search_experiments()
     return folder / "mlflow.db"
@@ -63,8 +62,9 @@ def run_folder(tmp_path: Path, mlflow_tables: Path) -> Path:
     return run
 
 
-def test_tensorboard_and_mlflow_record_config_epochs_curves_and_the_bundle(tiny_dataset: Path, tmp_path: Path) -> None:
-    run = tmp_path / "run"
+def test_tensorboard_and_mlflow_record_config_epochs_curves_and_the_bundle(tiny_dataset: Path, tmp_path: Path,
+                                                                           mlflow_tables: Path) -> None:
+    run = run_folder(tmp_path, mlflow_tables)
     cfg = TrainConfig(model="simple_cnn", pretrained=False, image_size=32, epochs=2, batch_size=8, patience=10)
     bundle = train(tiny_dataset, cfg, run, log_to=("tensorboard", "mlflow"))
     with (run / "history.csv").open() as f:
