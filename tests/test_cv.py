@@ -95,9 +95,8 @@ def test_specificity_at_the_sensitivity_floor_is_that_of_the_most_specific_rule(
 
 
 def test_cv_trains_each_fold_and_scores_every_film_out_of_fold(tiny_dataset: Path,
-                                                               tiny_cv: tuple[Path, list[str]],
-                                                               tmp_path: Path) -> None:
-    out, args = tiny_cv
+                                                               tiny_cv: tuple[Path, list[str]]) -> None:
+    out, _ = tiny_cv  # run again, its finished folds reused: test_cv_prints_the_pooled_out_of_fold_figures_...
     result = json.loads((out / "cv.json").read_text())
     with (out / "oof.csv").open() as f:
         rows = list(csv.DictReader(f))
@@ -117,10 +116,6 @@ def test_cv_trains_each_fold_and_scores_every_film_out_of_fold(tiny_dataset: Pat
     aucs = [f["auc"] for f in result["per_fold"]]
     assert result["summary"]["auc"]["mean"] == pytest.approx(np.mean(aucs))
     assert result["summary"]["auc"]["std"] == pytest.approx(np.std(aucs, ddof=1))
-    again, again_args = copy_of_cv(tiny_cv, tmp_path / "cv")
-    stamp = (again / "fold-0" / "bundle" / "model.safetensors").stat().st_mtime_ns
-    assert main(again_args) == 0, "a finished cv runs again"
-    assert (again / "fold-0" / "bundle" / "model.safetensors").stat().st_mtime_ns == stamp, "finished folds are reused"
     fold = out / "fold-0" / "bundle"
     assert "sampled_from" not in load_card(fold).train_config, "no sample: a run on all the data"
     assert "The films were split by patient" in (fold / "MODEL_CARD.md").read_text(encoding="utf-8")
@@ -130,10 +125,13 @@ def test_cv_prints_the_pooled_out_of_fold_figures_its_ensemble_records(tiny_cv: 
                                                                          tmp_path: Path,
                                                                          capsys: pytest.CaptureFixture[str]) -> None:
     """The summary printed the folds' mean AUC alone; the pooled out-of-fold AUC, which `ensemble --cv` records as
-    its validation AUC, was only in cv.json, so the card's figure matched nothing the run printed."""
+    its validation AUC, was only in cv.json, so the card's figure matched nothing the run printed. The run is a
+    finished cv run again, whose folds are reused, not trained again."""
     out, args = copy_of_cv(tiny_cv, tmp_path / "cv")
+    stamp = (out / "fold-0" / "bundle" / "model.safetensors").stat().st_mtime_ns
     capsys.readouterr()
-    assert main(args) == 0
+    assert main(args) == 0, "a finished cv runs again"
+    assert (out / "fold-0" / "bundle" / "model.safetensors").stat().st_mtime_ns == stamp, "finished folds are reused"
     pooled = json.loads((out / "cv.json").read_text())["pooled_out_of_fold"]
     lines = capsys.readouterr().out.splitlines()
     assert f"pooled out of fold ({pooled['n']} films): auc {format_figure(pooled['auc'], 4)}, " in "\n".join(lines)
