@@ -123,14 +123,13 @@ class OnDisk(BundleOnDisk):
     as /healthz says it: the check's wait bounded on the event loop, whatever the folder does."""
 
     def __init__(self, directory: Path | str) -> None:
-        said = {BundleState.DAMAGED: BUNDLE_DAMAGED, BundleState.REPLACED: BUNDLE_REPLACED}
-        super().__init__(directory, said.__getitem__)
+        self.waited = on_disk.BUNDLE_WAIT_S  # the bound of the last check's wait, as /healthz says it
+        super().__init__(directory, self.reason)  # a change's warning says what /healthz says of it
         # the check in progress as the event loop awaits it, one for all its probes: a wrapper a probe, each left
         # chained to a check that hangs, would pile up for as long as the drive hangs
         self._awaited: tuple[Future[BundleState | None], asyncio.Future[BundleState | None]] | None = None
         self._failed: str | None = None  # the last fault of the check logged
         self.last: BundleState | None = None  # the last answer, as each reading's audit line says it
-        self.waited = on_disk.BUNDLE_WAIT_S  # the bound of the last check's wait, as /healthz says it
 
     async def check(self) -> BundleState | None:
         """None while the files hold the bundle checked at start; else what changed (:attr:`BundleState.DAMAGED`,
