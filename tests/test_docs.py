@@ -786,7 +786,8 @@ def test_the_hung_bundle_reason_deployment_md_quotes_is_the_services() -> None:
 def test_predicts_columns_are_those_docs_cli_md_lists_in_its_order(tiny_bundle: Path, tiny_dataset: Path,
                                                                      tmp_path: Path) -> None:
     """docs/cli.md's `predict` row lists the results' columns, the optional ones in brackets, in the file's order:
-    a script written from the page reads the real file (here a film read, with its heatmap, and a missing file)."""
+    a script written from the page reads the real file (here a film read, with its heatmap, and a file that cannot
+    be read: a path not there is refused, no row)."""
     from pneumoscan import cli
 
     predict = _section((ROOT / "docs" / "cli.md").read_text(), "predict")
@@ -794,7 +795,8 @@ def test_predicts_columns_are_those_docs_cli_md_lists_in_its_order(tiny_bundle: 
     documented = [c.strip() for c in re.split(r"[\[\],]", re.sub(r"\([^()]*\)", "", listed)) if c.strip()]
     film = next((tiny_dataset / "test" / "NORMAL").glob("*.jpeg"))
     out = tmp_path / "results.csv"
-    cli.main(["-q", "predict", str(tiny_bundle), str(film), str(tmp_path / "gone.jpeg"), "--heatmaps",
+    (tmp_path / "broken.jpeg").write_bytes(b"not a film")
+    cli.main(["-q", "predict", str(tiny_bundle), str(film), str(tmp_path / "broken.jpeg"), "--heatmaps",
               str(tmp_path / "maps"), "--out", str(out)])
     header = out.read_text().splitlines()[0].split(",")
     assert {"path", "probability", "label", "heatmap", "error", "warnings", "in_scope"} <= set(header), header

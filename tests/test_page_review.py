@@ -388,12 +388,15 @@ def test_a_results_folder_that_takes_no_file_is_refused_before_any_film_is_read(
     """``predict --out /proc/r.csv`` read every film, said which could not be read, and then failed naming a
     temporary file the user never gave (``/proc/.r.csv.x7q.tmp: no such file or directory``); ``pacs --store`` would
     have stored its reports in the PACS first. The folder is tried before any work."""
-    missing = tmp_path / "nosuch.jpeg"  # read, it would be said on stderr as unreadable
-    assert cli.main(["predict", str(tiny_bundle), str(missing), "--out", "/proc/r.csv"]) == 2
+    unreadable = tmp_path / "in" / "broken.jpeg"  # read, it would be said on stderr as unreadable
+    unreadable.parent.mkdir()
+    unreadable.write_bytes(b"not a film")
+    assert cli.main(["predict", str(tiny_bundle), str(unreadable), "--out", "/proc/r.csv"]) == 2
     assert capsys.readouterr().err == ("pneumoscan predict: error: --out /proc/r.csv cannot be written: /proc: no such "
                                        "file or directory\n")
-    assert cli.main(["predict", str(tiny_bundle), str(missing), "--out", str(tmp_path / "r.csv")]) == 1
-    assert (tmp_path / "r.csv").read_text().startswith("path,") and list(tmp_path.iterdir()) == [tmp_path / "r.csv"]
+    assert cli.main(["predict", str(tiny_bundle), str(unreadable), "--out", str(tmp_path / "r.csv")]) == 1
+    assert (tmp_path / "r.csv").read_text().startswith("path,")
+    assert sorted(tmp_path.iterdir()) == [tmp_path / "in", tmp_path / "r.csv"]
 
 
 def test_a_second_stage_its_own_check_flags_is_out_of_scope_with_its_warnings(page: Page) -> None:

@@ -86,9 +86,8 @@ def mixed_inputs(tiny_dataset: Path, tmp_path: Path) -> tuple[list[Path], dict[s
     (folder / "._a_sick.jpeg").write_bytes(b"\0" * 10)  # macOS resource fork: skipped
     explicit_good = tmp_path / "explicit.jpeg"
     shutil.copy(sick[1], explicit_good)
-    args = [folder, tmp_path / "missing.png", explicit_good]
-    bad = {"d_truncated.jpeg": "truncated", "e_empty.png": "empty file", "f_text.jpg": "not a JPEG, PNG or DICOM",
-           "missing.png": "file not found"}  # fmt: skip
+    args = [folder, explicit_good]  # a path not there is refused: test_a_path_that_names_no_film_is_refused
+    bad = {"d_truncated.jpeg": "truncated", "e_empty.png": "empty file", "f_text.jpg": "not a JPEG, PNG or DICOM"}
     return args, bad
 
 
@@ -97,7 +96,7 @@ def test_predict_files_and_folders_with_bad_inputs(tiny_bundle: Path, mixed_inpu
     rows = predict_paths(tiny_bundle, args, batch_size=2)  # batches split good and bad files
     names = [Path(r["path"]).name for r in rows]
     assert names == ["a_sick.jpeg", "d_truncated.jpeg", "e_empty.png", "f_text.jpg", "b_normal.JPG", "c_wide.png",
-                     "missing.png", "explicit.jpeg"]  # fmt: skip
+                     "explicit.jpeg"]  # fmt: skip
     errors = {Path(r["path"]).name: r["error"] for r in rows if "error" in r}
     assert errors.keys() == bad.keys()
     for name, reason in bad.items():
@@ -112,12 +111,12 @@ def test_predict_files_and_folders_with_bad_inputs(tiny_bundle: Path, mixed_inpu
         assert row["probability"] == pytest.approx(_expected_probability(tiny_bundle, Path(row["path"])), abs=SCORE_TOL)
 
 
-def test_folder_without_images_is_an_error(tiny_bundle: Path, tmp_path: Path) -> None:
+def test_folder_without_images_is_an_error_row_where_films_are_scored(tmp_path: Path) -> None:
+    """Among the paths score_paths reads (a study's files) a folder without images is an error row; the paths a
+    user names to predict_paths are refused instead (test_a_path_that_names_no_film_is_refused)."""
     (tmp_path / "empty" / "nested").mkdir(parents=True)
     (tmp_path / "empty" / "readme.txt").write_text("no images here")
     assert expand_paths([tmp_path / "empty"]) == [(str(tmp_path / "empty"), "folder holds no JPEG, PNG or DICOM files")]
-    rows = predict_paths(tiny_bundle, [tmp_path / "empty"])
-    assert len(rows) == 1 and "no JPEG, PNG or DICOM" in rows[0]["error"]
     assert expand_paths([""]) == [("", "empty path")], "an empty $VAR must not mean the current folder"
 
 
@@ -130,19 +129,44 @@ def test_a_manifest_given_to_predict_is_told_apart_from_a_film() -> None:
                            "holds its films")]
 
 
-def test_a_missing_folder_is_no_such_file_or_folder(tiny_bundle: Path, tmp_path: Path,
-                                                   capsys: pytest.CaptureFixture) -> None:
-    """`predict BUNDLE scans/` of a folder not there said "file not found", as if a film had been named: a path
-    given as a folder (ending in a slash, or without a suffix) that is not there is said to be neither. A missing
-    film (a name with a suffix) is still a file not found."""
-    given = [f"{tmp_path / 'scans'}/", str(tmp_path / "studies"), str(tmp_path / "film.png")]
-    assert cli.main(["-q", "predict", str(tiny_bundle), *given]) == 1
-    said = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("WARNING")]  # the bundle's
-    assert said == [
-        f"unreadable: {tmp_path / 'scans'}: no such file or folder",
-        f"unreadable: {tmp_path / 'studies'}: no such file or folder",
-        f"unreadable: {tmp_path / 'film.png'}: file not found",
-    ]
+def test_a_missing_folder_is_no_such_file_or_folder() -> None:
+    """`predict BUNDLE scans/` of a folder not there said "file not found", as if a film had been named: among the
+    paths score_paths reads, a path given as a folder (ending in a slash, or without a suffix) that is not there is
+    said to be neither; a missing film (a name with a suffix) is left to the decode, which says "file not found"."""
+    assert expand_paths(["/no/scans/", "/no/studies", "/no/film.png"]) == [
+        ("/no/scans", "no such file or folder"), ("/no/studies", "no such file or folder"), ("/no/film.png", None)]
+
+
+@pytest.mark.parametrize("given", ["missing folder", "missing folder/", "missing film", "empty folder", "manifest",
+                                   "empty path"])
+def test_a_path_that_names_no_film_is_refused(tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                              given: str) -> None:
+    """`predict BUNDLE /no/such/path` said "Predicting 1 image", wrote a results file of one error row and exited 1,
+    and with good films beside it went on: a typo read as a run a script may take for done. A path that names no
+    film (not there, a folder holding none, a manifest, an empty $VAR) is refused before any film is read, named,
+    and nothing is written (no results, no heatmap folder)."""
+    film = tmp_path / "film.png"
+    Image.fromarray(_image(40, 40, 0)).save(film)
+    (tmp_path / "empty" / "nested").mkdir(parents=True)
+    (tmp_path / "empty" / "notes.txt").write_text("no film here")
+    path, said = {
+        "missing folder": (str(tmp_path / "scans"), f"{tmp_path / 'scans'}: no such file or folder"),
+        "missing folder/": (f"{tmp_path / 'scans'}/", f"{tmp_path / 'scans'}: no such file or folder"),
+        "missing film": (str(tmp_path / "flim.png"), f"{tmp_path / 'flim.png'}: no such file or folder"),
+        "empty folder": (str(tmp_path / "empty"), f"{tmp_path / 'empty'}: folder holds no JPEG, PNG or DICOM files "
+                         "(searched with its subfolders; 1 other entry skipped, such as "
+                         f"{tmp_path / 'empty' / 'notes.txt'}: not an image extension (.txt))"),
+        "manifest": (str(film.with_suffix(".csv")), f"{film.with_suffix('.csv')}: a CSV manifest, not a film"),
+        "empty path": ("", "no film or folder given (an empty path: is the variable that names it set?)"),
+    }[given]
+    if given == "manifest":
+        film.with_suffix(".csv").write_text("path,label\nfilm.png,NORMAL\n")
+    out, heatmaps = tmp_path / "results.csv", tmp_path / "heatmaps"
+    assert cli.main(["predict", str(tiny_bundle), str(film), path, "--out", str(out), "--heatmaps", str(heatmaps)]) == 2
+    printed = capsys.readouterr()
+    assert printed.err.startswith(f"pneumoscan predict: error: {said}"), printed.err
+    assert "Predicting" not in printed.err and not printed.out
+    assert not out.exists() and not heatmaps.exists()
 
 
 def test_dicom_predicts_like_the_same_pixels_as_png(tiny_bundle: Path, tmp_path: Path) -> None:
@@ -435,7 +459,7 @@ def test_cli_predict_writes_results_and_reports_failures(
     assert cli.main(["predict", str(tiny_bundle), *map(str, args), "--out", str(out), "--batch-size", "3"]) == 1
     err = capsys.readouterr().err
     rows = list(csv.DictReader(out.open()))
-    assert len(rows) == 8 and sum(bool(r["error"]) for r in rows) == len(bad)
+    assert len(rows) == 7 and sum(bool(r["error"]) for r in rows) == len(bad)
     for row in rows:
         if row["error"]:
             assert f"{row['path']}: {row['error']}" in err

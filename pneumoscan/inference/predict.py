@@ -28,7 +28,7 @@ import numpy as np
 from pneumoscan.core.atomic import file_stamp, write_new
 from pneumoscan.core.logs import progress as progress_bar
 from pneumoscan.core.metrics import softmax
-from pneumoscan.core.names import file_kind, json_text, path_list, results_csv, shown
+from pneumoscan.core.names import file_kind, given_path, json_text, path_list, results_csv, shown
 from pneumoscan.core.cpus import cap_torch_threads, usable_cores
 from pneumoscan.core.options import BACKENDS, PREDICT_BATCH, look_up_option
 from pneumoscan.data.appearance import MIN_FILMS
@@ -456,40 +456,52 @@ def tta_probabilities(view_logits: Iterable[np.ndarray], temperature: float) -> 
 
 
 def expand_paths(
-    paths: Sequence[str | Path], exclude: Path | None = None, skipped: list[dict[str, str]] | None = None
+    paths: Sequence[str | Path], exclude: Path | None = None, skipped: list[dict[str, str]] | None = None,
+    refuse: bool = False,
 ) -> list[tuple[str, str | None]]:
     """(file, error) for every input: files as given, folders walked as discovery walks them
     (:func:`pneumoscan.data.walk.walk`):
     their JPEG/PNG/DICOM files, and an error for each entry named like one that cannot be read (a broken link, a
     link loop, a FIFO). What a folder holds besides (hidden and system files, other extensions, the ``exclude``
     folder, such as the heatmaps) is appended to ``skipped`` as ``{"path", "reason"}``. A folder without images, an
-    empty path (which would mean the current folder) and a missing path given as a folder (ending in a separator, or
-    without a suffix: "file not found" would say a film was named) are error rows, and so is a CSV manifest, which
-    other commands take as DATA."""
+    empty path (which would mean the current folder), a path not there (given as a folder, ending in a separator or
+    without a suffix, it is "no such file or folder": "file not found" would say a film was named) and a CSV
+    manifest, which other commands take as DATA, are error rows; with ``refuse`` (paths a user named, which they can
+    mend: :func:`predict_paths`) each is refused instead (ValueError naming it), before any is read."""
     out: list[tuple[str, str | None]] = []
     for text in map(str, paths):
         if not text:
+            if refuse:
+                given_path(text, "film or folder")  # the refusal of every command's empty path
             out.append((text, "empty path"))
             continue
         given = Path(text)
-        if not os.path.lexists(given) and (text.endswith(("/", os.sep)) or not given.suffix):
-            out.append((str(given), "no such file or folder"))
-            continue
-        if given.suffix.lower() == ".csv":  # evaluate, split and train take a manifest as DATA: predict does not
-            out.append((str(given), "a CSV manifest, not a film: predict reads films and folders of them; score a "
-                        f"manifest's labelled films with `pneumoscan evaluate BUNDLE {shown(given)}`, or give the "
-                        "folder that holds its films"))
-            continue
-        if not given.is_dir():
+        if not os.path.lexists(given) and (refuse or text.endswith(("/", os.sep)) or not given.suffix):
+            fault = "no such file or folder"
+        elif given.suffix.lower() == ".csv":  # evaluate, split and train take a manifest as DATA: predict does not
+            fault = (f"a CSV manifest, not a film: predict reads films and folders of them; score a manifest's "
+                     f"labelled films with `pneumoscan evaluate BUNDLE {shown(given)}`, or give the folder that "
+                     "holds its films")
+        elif not given.is_dir():
             out.append((str(given), None))  # decoding reports missing, unreadable or special files
             continue
-        entries = walk(given, exclude)
-        films = [(str(e.path), e.reason or None) for e in entries if e.kind != "skipped"]
-        out.extend(films)
-        if skipped is not None:
-            skipped.extend({"path": str(e.path), "reason": e.reason} for e in entries if e.kind == "skipped")
-        if not films:
-            out.append((str(given), f"folder holds no {formats()} files"))
+        else:
+            entries = walk(given, exclude)
+            films = [(str(e.path), e.reason or None) for e in entries if e.kind != "skipped"]
+            besides = [e for e in entries if e.kind == "skipped"]
+            if skipped is not None:
+                skipped.extend({"path": str(e.path), "reason": e.reason} for e in besides)
+            out.extend(films)
+            if films:
+                continue
+            fault = f"folder holds no {formats()} files"
+            if refuse and besides:  # what it holds instead (films of another format: the wrong folder)
+                others = "entry" if len(besides) == 1 else "entries"
+                fault += (f" (searched with its subfolders; {len(besides)} other {others} skipped, such as "
+                          f"{shown(besides[0].path)}: {besides[0].reason})")
+        if refuse:
+            raise ValueError(f"{shown(given)}: {fault}")
+        out.append((str(given), fault))
     return out
 
 
@@ -755,29 +767,55 @@ def predict_paths(
     """
     paths = path_list(paths)  # one path given alone, not its characters
     heatmap_dir = _heatmap_folder(heatmap_dir, paths) if heatmap_dir is not None else None
-    stages = ready_stages(bundle, etiology, backend, batch_size, tta, heatmap_dir=heatmap_dir)
-    return score_paths(stages, paths, progress=progress, skipped=skipped)
+    stages = _checked_stages(bundle, etiology, backend, batch_size, tta, heatmap_dir is not None)
+    # the paths a user named, searched once the bundles are known sound (their faults said first, as every command
+    # says them) and before any file is written: one that names no film (not there, a folder without one) is
+    # refused, not a row among results a script may take for the run's
+    items = expand_paths(paths, exclude=heatmap_dir, skipped=skipped, refuse=True)
+    return _score_items(_readied(stages, heatmap_dir), items, heatmap_dir, progress)
 
 
 def ready_stages(bundle: Path | str, etiology: Path | str | None = None, backend: str = "torch",
                  batch_size: int = PREDICT_BATCH, tta: bool = False, heatmaps: bool = False,
                  heatmap_dir: Path | None = None) -> Stages:
     """The stages that read films (:meth:`Stages.load`), with Grad-CAM overlays when ``heatmaps``, refused before the
-    first film is read where they cannot (:func:`_ready_to_read`; ``heatmap_dir``, a run's one folder of overlays,
-    made there too): what :func:`predict_paths` loads for one run, and what a caller that reads many batches of
-    files (``listen``, a study at a time) loads once and hands to :func:`score_paths` for each, as the web service
-    keeps its :class:`Stages`. They carry what they were readied with (``tta``, ``heatmaps``, which ``heatmap_dir``
-    implies, and that folder), so that each batch is read as they were checked for, said once; a caller that gives
-    each batch a folder of its own readies them with ``heatmaps`` alone, and names each batch's folder with
-    :meth:`Stages.overlays_into`."""
-    heatmaps = heatmaps or heatmap_dir is not None
+    first film is read where they cannot (:func:`_checked_stages`; ``heatmap_dir``, a run's one folder of overlays,
+    then made: :func:`_readied`): what :func:`predict_paths` loads for one run, and what a caller that reads many
+    batches of files (``listen``, a study at a time) loads once and hands to :func:`score_paths` for each, as the web
+    service keeps its :class:`Stages`. They carry what they were readied with (``tta``, ``heatmaps``, which
+    ``heatmap_dir`` implies, and that folder), so that each batch is read as they were checked for, said once; a
+    caller that gives each batch a folder of its own readies them with ``heatmaps`` alone, and names each batch's
+    folder with :meth:`Stages.overlays_into`."""
+    stages = _checked_stages(bundle, etiology, backend, batch_size, tta, heatmaps or heatmap_dir is not None)
+    return _readied(stages, heatmap_dir)
+
+
+def _checked_stages(bundle: Path | str, etiology: Path | str | None, backend: str, batch_size: int, tta: bool,
+                    heatmaps: bool) -> Stages:
+    """The stages loaded, and everything that would refuse the run checked before the first film is read: a model
+    that cannot run here stopped the run at its first batch with a traceback, and a model that draws no heatmap
+    (with ``heatmaps``) after every film was scored."""
     if heatmaps and backend == "onnx-int8":  # before any model is built
         from .explain import INT8_HEATMAPS
 
         raise ValueError(f"heatmap_dir (--heatmaps) with backend (--backend) onnx-int8: {INT8_HEATMAPS}")
     stages = Stages.load(bundle, etiology or None, backend, batch_size, tta)
-    _ready_to_read(stages, heatmaps, heatmap_dir)
-    return dataclasses.replace(stages, heatmaps=heatmaps, heatmap_dir=heatmap_dir)
+    prove_runs(stages, stages.first if heatmaps else None)
+    if heatmaps:
+        from .explain import check_explainable
+
+        check_explainable(stages.first)
+    return dataclasses.replace(stages, heatmaps=heatmaps)
+
+
+def _readied(stages: Stages, heatmap_dir: Path | None) -> Stages:
+    """``stages``, checked (:func:`_checked_stages`), with their ``heatmap_dir`` made (a folder that cannot be made is
+    the run's one line, no warning before it), then what the user should know of the readings to come said once."""
+    if heatmap_dir is not None:
+        heatmap_dir.mkdir(parents=True, exist_ok=True)
+    for said in stages.said_at_start():  # once the options are sound: of the readings to come
+        log.warning("%s", said)
+    return dataclasses.replace(stages, heatmap_dir=heatmap_dir)
 
 
 def score_paths(stages: Stages, paths: Sequence[str | Path] | str | Path, *, progress: bool = False,
@@ -793,8 +831,13 @@ def score_paths(stages: Stages, paths: Sequence[str | Path] | str | Path, *, pro
     folder = _heatmap_folder(stages.heatmap_dir, given) if stages.heatmap_dir is not None else None
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
+    return _score_items(stages, expand_paths(given, exclude=folder, skipped=skipped), folder, progress)
+
+
+def _score_items(stages: Stages, items: list[tuple[str, str | None]], folder: Path | None,
+                 progress: bool) -> list[dict]:
+    """The rows of :func:`expand_paths`' ``items``, read by ``stages``, with their overlays in ``folder`` (made)."""
     predictor = stages.first
-    items = expand_paths(given, exclude=folder, skipped=skipped)
     rows: list[dict] = []
     try:
         with progress_bar(enabled=progress) as bar:
@@ -814,22 +857,6 @@ def score_paths(stages: Stages, paths: Sequence[str | Path] | str | Path, *, pro
                 Path(row["heatmap"]).unlink(missing_ok=True)
         raise
     return rows
-
-
-def _ready_to_read(stages: Stages, heatmaps: bool, heatmap_dir: Path | None = None) -> None:
-    """Everything that would refuse the run checked before the first film is read (``heatmap_dir`` made, once the
-    model is known to draw: a folder that cannot be made is the run's one line, no warning before it), then what the
-    user should know of the readings to come said once: a model that cannot run here stopped the run at its first
-    batch with a traceback, and a model that draws no heatmap after every film was scored."""
-    prove_runs(stages, stages.first if heatmaps else None)
-    if heatmaps:
-        from .explain import check_explainable
-
-        check_explainable(stages.first)
-        if heatmap_dir is not None:
-            heatmap_dir.mkdir(parents=True, exist_ok=True)
-    for said in stages.said_at_start():  # once the options are sound: of the readings to come
-        log.warning("%s", said)
 
 
 def _read_batch(stages: Stages, batch: list[tuple[str, tuple[np.ndarray, dict] | str, str | None]],
