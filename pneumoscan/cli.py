@@ -460,21 +460,23 @@ def _print_tables(metrics: dict) -> None:
     """evaluate's tables beneath its figures: sensitivity and specificity over thresholds, the subgroups', and each
     decision among classes (a multiclass bundle's, two stages') with its subgroups; the note on differences across
     groups once, beneath them all."""
+    import textwrap
+
     from pneumoscan.core.metrics import format_figure
+    from pneumoscan.evaluation.evaluate import THRESHOLD_TABLE_LEGEND
 
     print(f"\n{'threshold':>10} {'sensitivity':>12} {'specificity':>12} {'precision':>10} {'npv':>6}  rule")
     for row in metrics["threshold_table"]:
         print(f"{row['threshold']:>10.4f} {format_figure(row['sensitivity'], 3):>12} "
               f"{format_figure(row['specificity'], 3):>12} {format_figure(row['precision'], 3):>10} "
               f"{format_figure(row['npv'], 3):>6}  {row['rule']}")
+    print(textwrap.fill(THRESHOLD_TABLE_LEGEND, 116))
     _print_subgroups(metrics.get("subgroups"), f"at threshold {metrics['threshold']:.4f}", metrics.get("ci_unit"))
     for key in ("multiclass", "two_stage"):
         if block := metrics.get(key):
             print(f"\n{len(block['class_names'])} classes, {_three_classes(block)}")
             _print_subgroups(block.get("subgroups"), f"of the decision ({block['decision']})", block.get("ci_unit"))
     if metrics.get("subgroups"):
-        import textwrap
-
         from pneumoscan.evaluation.subgroups import DIFFERENCES_NOTE
 
         print("\n" + textwrap.fill(DIFFERENCES_NOTE, 116))

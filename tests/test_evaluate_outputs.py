@@ -866,3 +866,20 @@ def test_an_evaluation_failing_part_way_leaves_no_earlier_report_beside_its_own_
                                                      "sensitivity_table.csv"]
     m = json.loads((out / "metrics.json").read_text())  # this run's: written with the predictions.csv beside it
     assert m["predictions_checksum"] == bytes_sha256((out / "predictions.csv").read_bytes())
+
+
+def test_the_printed_threshold_table_says_what_npv_and_its_rules_mean(tiny_evaluation: Path,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    """The table evaluate prints has a column "npv" and rows of the rule "fixed", which a clinical reader of the
+    terminal was told the meaning of nowhere: a legend beneath it says both, in the words of docs/evaluation.md."""
+    metrics = json.loads((tiny_evaluation / "metrics.json").read_text())
+    cli._print_tables(metrics)
+    lines = capsys.readouterr().out.strip("\n").splitlines()
+    assert lines[0].split() == ["threshold", "sensitivity", "specificity", "precision", "npv", "rule"]
+    rows = len(metrics["threshold_table"])
+    assert "fixed" in {row["rule"] for row in metrics["threshold_table"]}
+    legend = " ".join(lines[1 + rows:])
+    assert legend.startswith("npv: negative predictive value, the share of the films called negative that are ")
+    assert "fixed, a round threshold listed for comparison, chosen on no films" in legend
+    docs = " ".join((Path(__file__).parents[1] / "docs" / "evaluation.md").read_text().replace("\n> ", " ").split())
+    assert legend in docs, "docs/evaluation.md gives the legend in other words"

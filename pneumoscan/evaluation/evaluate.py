@@ -54,6 +54,14 @@ TWO_STAGE_CALLED = "two_stage_called"  # predictions.csv with a second stage: ea
 MOST_PROBABLE = "most_probable"  # predictions.csv of a multiclass bundle: the class its three-class figures call
 TABLE_THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 TABLE_SENSITIVITIES = (0.9, 0.95, 0.97, 0.99)
+# beneath the threshold table evaluate prints, in the words docs/evaluation.md gives it: what its column "npv" and its
+# rules mean, which a clinical reader of the terminal is told nowhere else
+THRESHOLD_TABLE_LEGEND = (
+    "npv: negative predictive value, the share of the films called negative that are negative (precision: of those "
+    "called positive, the share positive), at these films' prevalence. rule: fixed, a round threshold listed for "
+    "comparison, chosen on no films; sensitivity >= X, the most specific threshold that reaches X on these films "
+    "(optimistic on them); bundle threshold, the one the bundle labels at."
+)
 SCOPE_BATCH = 256  # films whose content is checked at once: the check holds each film turned four ways
 GALLERY_SIZE = 8  # most confident false positives, and as many false negatives, in the report
 GALLERY_CAM_SECONDS = 60.0  # Grad-CAM for the gallery stops here (about a second a film for a large model on CPU)
