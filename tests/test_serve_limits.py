@@ -511,6 +511,29 @@ def test_healthz_says_unhealthy_while_the_bundle_folder_hangs_and_the_rest_is_se
     assert max(times) < 2.0 and stopped_in < GATE_S / 2, (times, stopped_in)
 
 
+def test_a_fault_of_the_bundle_check_is_logged_redacted_on_one_line(tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """serve's error line for a fault of the bundle check itself quoted the exception whole, where every other error
+    line that quotes one is redacted: a path with a patient's name in it reached the log, and a newline in the
+    message wrote a second line of the fault's making. It is redacted and shown on one line, once a fault."""
+    import asyncio
+
+    disk = service_module.OnDisk(tiny_bundle)  # no server: the check as /healthz awaits it
+    faults = [OSError(errno.EIO, "Input/output error", "/mnt/films/Smith^John/bundle.json")] * 2 + [
+        ValueError("a card named 'Smith^John'\nERROR forged line")]
+
+    def check_fails(self: on_disk.BundleOnDisk, check: on_disk.Check | None = None) -> None:
+        raise faults.pop(0)
+
+    monkeypatch.setattr(on_disk.BundleOnDisk, "checked", check_fails)
+    caplog.set_level(logging.ERROR)
+    assert [asyncio.run(disk.check()) for _ in range(3)] == [on_disk.BundleState.FAILED] * 3
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR] == [
+        f"{service_module.BUNDLE_CHECK_FAILED}: [Errno 5] Input/output error: '...'",  # once, for two checks
+        f"{service_module.BUNDLE_CHECK_FAILED}: a card named '...'\\nERROR forged line"]
+    assert "Smith" not in caplog.text
+
+
 def test_heatmaps_keep_to_their_lane(tiny_bundle: Path, xray: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
     """With one Grad-CAM held, at most 4 heatmap requests are in the service (the rest get 503 at once) and plain
     predictions are answered meanwhile."""

@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse, Response
 from pneumoscan.core.digests import bytes_sha256, json_sha256
 from pneumoscan.core.figures import png_data_url
 from pneumoscan.core.logs import raised_at, redact
+from pneumoscan.core.names import shown
 from pneumoscan.data import readers
 from pneumoscan.evaluation.model_card import say_stale_model_cards
 from pneumoscan.inference.explain import (INT8_HEATMAPS, MAX_PANEL, NoSpatialMap, explain_array, film_overlay,
@@ -153,7 +154,8 @@ class OnDisk(BundleOnDisk):
         except TimeoutError:
             self.last = check.unanswered()
         except Exception as e:  # the check's own fault (ValueError and OSError of the files are its answers)
-            if self._failed != (why := str(e) or type(e).__name__):
+            # redacted, as every error line that quotes an exception: it may quote a path with a patient's name in it
+            if self._failed != (why := shown(redact(str(e)) or type(e).__name__)):
                 self._failed = why
                 log.error("%s: %s", BUNDLE_CHECK_FAILED, why)
             self.last = BundleState.FAILED
