@@ -538,7 +538,6 @@ class Listener:
         self.named = f"model_version {self.model['model_version']} in its reports, bundle_checksum " \
                      f"{self.model['bundle_checksum']} in its audit lines"
         self._said: tuple[Check, BundleState] | None = None  # the check that did not answer, and what was said of it
-        self._failed: str | None = None  # the last fault of the check said
 
     def start(self, host: str, port: int) -> ThreadedAssociationServer:
         """Listen on ``host``:``port`` (0: a free port, the server's ``server_address`` says which) in threads of
@@ -1276,8 +1275,10 @@ class Listener:
         return rows
 
     def _said_of(self, change: BundleState) -> str:
-        """What the listener says of a change of its bundle's files (:class:`BundleOnDisk`'s warning)."""
-        return {BundleState.DAMAGED: BUNDLE_DAMAGED, BundleState.REPLACED: BUNDLE_REPLACED}[change].format(self.named)
+        """What the listener says of a change of its bundle's files (:class:`BundleOnDisk`'s warning), and of a fault
+        of the check itself (its error line)."""
+        return {BundleState.DAMAGED: BUNDLE_DAMAGED, BundleState.REPLACED: BUNDLE_REPLACED,
+                BundleState.FAILED: BUNDLE_CHECK_FAILED}[change].format(self.named)
 
     def _check_bundle(self) -> BundleState | None:
         """Whether the bundle's files on disk are still those the listener loaded, asked before each study is scored
@@ -1291,25 +1292,21 @@ class Listener:
         :data:`~pneumoscan.models.on_disk.BUNDLE_WAIT_S` for it: a check that has not answered by then is a warning
         once, :data:`BUNDLE_READING` while the files its stat found changed are being read, :data:`BUNDLE_SILENT`
         while the stat itself has not answered (a network drive that hangs). A fault of the check itself is an error
-        line, once a fault (:data:`BUNDLE_CHECK_FAILED`): it had refused the study, and every later one."""
+        line, once a fault (:data:`BUNDLE_CHECK_FAILED`, :meth:`BundleOnDisk.outcome`): it had refused the study, and
+        every later one."""
         check = self.on_disk.checking()
+        answer: BundleState | None | Exception
         try:
-            change = check.answer.result(timeout=check.remaining())
-        except TimeoutError:
-            word = check.unanswered()
-            if self._said is None or self._said[0] is not check or self._said[1] != word:
-                self._said = (check, word)
-                log.warning("%s", BUNDLE_READING.format(check.wait_s, self.named) if word is BundleState.READING
-                            else BUNDLE_SILENT.format(check.wait_s))
-            return word
-        except Exception as e:  # the check's own fault (ValueError and OSError of the files are its answers)
-            why = shown(redact(str(e)) or type(e).__name__)
-            if self._failed != why:
-                self._failed = why
-                log.error("%s: %s", BUNDLE_CHECK_FAILED.format(self.named), why)
-            return BundleState.FAILED
-        self._failed = None
-        return change
+            answer = check.answer.result(timeout=check.remaining())
+        except Exception as e:  # the wait ran out (TimeoutError), or the check raised: outcome tells them apart
+            answer = e
+        word = self.on_disk.outcome(check, answer)  # a fault of the check: an error line, once a fault
+        if isinstance(answer, TimeoutError) and (self._said is None or self._said[0] is not check
+                                                 or self._said[1] != word):
+            self._said = (check, word)
+            log.warning("%s", BUNDLE_READING.format(check.wait_s, self.named) if word is BundleState.READING
+                        else BUNDLE_SILENT.format(check.wait_s))
+        return word
 
     def file_study(self, study_uid: str, rows: list[dict], deadline: float) -> None:
         """Send a study's reports (:meth:`_send`, by ``deadline`` on the monotonic clock), log the films whose reports

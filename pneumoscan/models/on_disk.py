@@ -14,6 +14,8 @@ from enum import StrEnum
 from pathlib import Path
 
 from pneumoscan.core.atomic import file_stamp
+from pneumoscan.core.logs import redact
+from pneumoscan.core.names import shown
 
 from .card import CARD, CHECKSUM, load_card, verify_file
 
@@ -78,8 +80,9 @@ class BundleOnDisk:
     new training, ``threshold --out`` in place) until a restart scored with other weights or thresholds. Each check
     stats the files; they are read again (each one hashed) only when a stamp changed. ``said``: what the process
     says of a change (:attr:`BundleState.DAMAGED`, :attr:`BundleState.REPLACED`), its warning with what changed
-    (one a read that finds it, so one a change); asked only once a change is found, so it may name the model loaded
-    after this is made."""
+    (one a read that finds it, so one a change), and of a fault of the check itself (:attr:`BundleState.FAILED`),
+    its error line with the fault (:meth:`outcome`); asked only once a change or a fault is found, so it may name
+    the model loaded after this is made."""
 
     def __init__(self, directory: Path | str, said: Callable[[BundleState], str]) -> None:
         """The files as they are now, the baseline each check compares with: taken before the model is loaded
@@ -101,6 +104,7 @@ class BundleOnDisk:
         self.change: BundleState | None = None
         self._lock = threading.Lock()
         self._checking: Check | None = None  # the check in progress
+        self._failed: str | None = None  # the last fault of a check said (:meth:`outcome`)
 
     def _stamps(self) -> tuple[str | None, ...]:
         return tuple(file_stamp(self.directory / name) for name in self.names)
@@ -134,6 +138,25 @@ class BundleOnDisk:
             check.answer.set_exception(error)
         elif started:
             check.answer.set_result(result)
+
+    def outcome(self, check: Check, answer: BundleState | None | Exception) -> BundleState | None:
+        """What a caller answers of ``check`` once its wait for it ended, ``answer`` being the check's answer or the
+        exception the wait ended with: the answer itself; :meth:`Check.unanswered` when the wait ran out
+        (``TimeoutError``); :attr:`BundleState.FAILED` when the check itself raised (a fault of its own: ValueError
+        and OSError of the files are its answers), with an error line, ``said`` of it and the fault, once a fault
+        until a check answers again. The fault is redacted and kept to one line, as every error line that quotes an
+        exception: it may quote a path with a patient's name in it. Synchronous, the one handling of both callers:
+        ``serve`` awaits the check on its event loop, ``listen`` waits for it in the thread that scores a study."""
+        if isinstance(answer, TimeoutError):
+            return check.unanswered()
+        if isinstance(answer, Exception):
+            why = shown(redact(str(answer)) or type(answer).__name__)
+            if self._failed != why:
+                self._failed = why
+                log.error("%s: %s", self.said(BundleState.FAILED), why)
+            return BundleState.FAILED
+        self._failed = None
+        return answer
 
     def checked(self, check: Check | None = None) -> BundleState | None:
         """None while the files hold the bundle loaded at start; else :attr:`BundleState.DAMAGED` or

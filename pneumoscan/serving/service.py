@@ -21,7 +21,6 @@ from fastapi.responses import JSONResponse, Response
 from pneumoscan.core.digests import bytes_sha256, json_sha256
 from pneumoscan.core.figures import png_data_url
 from pneumoscan.core.logs import raised_at, redact
-from pneumoscan.core.names import shown
 from pneumoscan.data import readers
 from pneumoscan.evaluation.model_card import say_stale_model_cards
 from pneumoscan.inference.explain import (INT8_HEATMAPS, MAX_PANEL, NoSpatialMap, explain_array, film_overlay,
@@ -129,7 +128,6 @@ class OnDisk(BundleOnDisk):
         # the check in progress as the event loop awaits it, one for all its probes: a wrapper a probe, each left
         # chained to a check that hangs, would pile up for as long as the drive hangs
         self._awaited: tuple[Future[BundleState | None], asyncio.Future[BundleState | None]] | None = None
-        self._failed: str | None = None  # the last fault of the check logged
         self.last: BundleState | None = None  # the last answer, as each reading's audit line says it
 
     async def check(self) -> BundleState | None:
@@ -137,7 +135,7 @@ class OnDisk(BundleOnDisk):
         ...), or, once the check has not answered within :data:`~pneumoscan.models.on_disk.BUNDLE_WAIT_S` of its
         start, :attr:`BundleState.READING` while the files its stat found changed are being read,
         :attr:`BundleState.SILENT` while the stat or a read has not answered; :attr:`BundleState.FAILED` when the
-        check itself raised (an error line, once a fault).
+        check itself raised (an error line, once a fault): :meth:`BundleOnDisk.outcome`, as ``listen`` answers.
         The files are stat'ed, and read when changed, in a thread (:meth:`BundleOnDisk.checking`): a folder on a
         network drive that hangs would otherwise stall the event loop, and every request with it; probes that come
         while a check is in progress wait for that one."""
@@ -147,18 +145,13 @@ class OnDisk(BundleOnDisk):
         if self._awaited is None or self._awaited[0] is not check.answer or self._awaited[1].get_loop() is not loop:
             self._awaited = (check.answer, asyncio.wrap_future(check.answer, loop=loop))
         awaited = self._awaited[1]
+        answer: BundleState | None | Exception
         try:
             # shielded: a probe that gives up (or whose client goes) does not end the check the others wait for
-            self.last = await asyncio.wait_for(asyncio.shield(awaited), check.remaining())
-            self._failed = None
-        except TimeoutError:
-            self.last = check.unanswered()
-        except Exception as e:  # the check's own fault (ValueError and OSError of the files are its answers)
-            # redacted, as every error line that quotes an exception: it may quote a path with a patient's name in it
-            if self._failed != (why := shown(redact(str(e)) or type(e).__name__)):
-                self._failed = why
-                log.error("%s: %s", BUNDLE_CHECK_FAILED, why)
-            self.last = BundleState.FAILED
+            answer = await asyncio.wait_for(asyncio.shield(awaited), check.remaining())
+        except Exception as e:  # the wait ran out (TimeoutError), or the check raised: outcome tells them apart
+            answer = e
+        self.last = self.outcome(check, answer)  # a fault of the check: an error line, once a fault
         return self.last
 
     def reason(self, state: BundleState) -> str:
