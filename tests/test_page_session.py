@@ -186,7 +186,7 @@ def test_a_file_read_that_never_ends_gives_up_the_digest_not_the_reading(page: P
     stream under load) held the batch at "Analysing..." for good. A read that gives nothing for digestStallMs, by the
     stream and by slices, is given up: the film is read, and known by the digest of the bytes the service read, as over
     plain HTTP."""
-    page.evaluate("""() => { digestStallMs = 300; ReadableStreamBYOBReader.prototype.read = () => new Promise(() => {});
+    page.evaluate("""() => { digestStallMs = 50; ReadableStreamBYOBReader.prototype.read = () => new Promise(() => {});
         const read = Blob.prototype.arrayBuffer;  // the film's head is read (sniff), its bytes beyond never
         Blob.prototype.arrayBuffer = function () { return this.size > 1024 ? new Promise(() => {}) : read.call(this); };
         }""")
@@ -205,11 +205,14 @@ def test_a_file_stream_that_stalls_is_read_on_by_slices_to_the_same_digest(page:
     """A stream of the file that gives nothing for digestStallMs gave up the film's own digest, where the file could
     still be read: the rest of the file, from the last whole slice, is read by slices, to the same digest; a film
     whose stream never gives a byte is proved so, not by the service's digest."""
-    # the bound is the real reads' too (the stream's before the stall, the slices'): far above theirs under load
-    stalls = """(after) => { digestStallMs = 1500; window.given = 0;
+    # the stalled read alone is bounded by 50 ms: the bound is taken as its read is asked for (the stall's own, put
+    # back in a microtask, after it was taken), and the real reads (the stream's before the stall, the slices') keep
+    # the page's 15 s
+    stalls = """(after) => { digestStallMs = 15000; window.given = 0;
         const read = ReadableStreamBYOBReader.prototype.read;
         ReadableStreamBYOBReader.prototype.read = function (view) {
-            if (window.given >= after) return new Promise(() => {});
+            if (window.given >= after) {
+                digestStallMs = 50; queueMicrotask(() => { digestStallMs = 15000; }); return new Promise(() => {}); }
             return read.call(this, view).then((r) => { window.given += r.value ? r.value.byteLength : 0; return r; });
         }; }"""
     page.evaluate(stalls, 5 * 2**20)  # from its first read past 5 MiB: in the second slice, given in pieces
