@@ -164,7 +164,7 @@ def wait_for(done: Callable[[], bool]) -> None:
     deadline = time.monotonic() + WAIT_S
     while not done():
         assert time.monotonic() < deadline, "the listener did not finish in time"
-        time.sleep(0.05)
+        time.sleep(0.01)
 
 
 def test_studies_sent_in_one_association_get_the_srs_pacs_builds_and_faults_get_its_rows(
@@ -502,7 +502,7 @@ def test_a_report_spooled_while_the_destination_is_down_arrives_once_when_it_is_
     down.shutdown()  # its port, with no one listening for now
     audit = AuditLog(tmp_path / "audit.jsonl")
     (out := tmp_path / "rows").mkdir()
-    port = listen(down.port, spool=(spool := tmp_path / "spool"), send_s=0.5, retry_s=0.1, audit=audit, out=out)
+    port = listen(down.port, spool=(spool := tmp_path / "spool"), send_s=0.5, retry_s=0.05, audit=audit, out=out)
     study = generate_uid()
     assert send(port, [chest_dicom(film, StudyInstanceUID=study)]) == [0]
     wait_for(lambda: f"study {study}: reports of 0 of 1 films stored" in caplog.text)
@@ -515,7 +515,7 @@ def test_a_report_spooled_while_the_destination_is_down_arrives_once_when_it_is_
     back = Destination_SCP(port=down.port)
     try:
         wait_for(lambda: "spooled, is stored at" in caplog.text)
-        time.sleep(0.5)  # five more tries of the spool
+        time.sleep(0.25)  # five more tries of the spool
     finally:
         back.shutdown()
     [sr] = back.received
@@ -729,10 +729,10 @@ def test_a_listener_started_again_sends_the_reports_an_earlier_one_left_in_the_s
     assert kept.name.startswith(f"{study}_")
     back = Destination_SCP(port=destination.port)
     try:
-        second = Listener(tiny_bundle, "PNEUMOSCAN", to, work, backend="torch", spool=spool, retry_s=0.1)
+        second = Listener(tiny_bundle, "PNEUMOSCAN", to, work, backend="torch", spool=spool, retry_s=0.05)
         server = second.start("127.0.0.1", 0)
         wait_for(lambda: "spooled, is stored at" in caplog.text)
-        time.sleep(0.3)  # more tries of the spool
+        time.sleep(0.15)  # more tries of the spool
         server.shutdown()
         second.stop()
     finally:
@@ -1295,7 +1295,7 @@ def test_a_rejection_note_of_a_film_scored_already_names_its_reports_and_keeps_t
     down = Destination_SCP()
     down.shutdown()  # its port, with no one listening for now
     audit = AuditLog(tmp_path / "audit.jsonl")
-    port = listen(down.port, spool=(spool := tmp_path / "spool"), send_s=0.2, retry_s=0.1, audit=audit,
+    port = listen(down.port, spool=(spool := tmp_path / "spool"), send_s=0.2, retry_s=0.05, audit=audit,
                   fhir=(fhir := tmp_path / "fhir"))
     study = generate_uid()
     data = chest_dicom(film, StudyInstanceUID=study)
@@ -1312,10 +1312,10 @@ def test_a_rejection_note_of_a_film_scored_already_names_its_reports_and_keeps_t
     assert int(assoc.send_c_store(pydicom.dcmread(io.BytesIO(note))).Status) == 0
     back = Destination_SCP(port=down.port)
     try:
-        time.sleep(0.3)  # three tries of the spool before the note's association is released
+        time.sleep(0.15)  # three tries of the spool before the note's association is released
         assoc.release()
         wait_for(lambda: "reports known for 1" in caplog.text)
-        time.sleep(0.3)  # three more after
+        time.sleep(0.15)  # three more after
     finally:
         back.shutdown()
     assert back.received == []
@@ -1427,10 +1427,10 @@ def test_a_rejection_note_whose_association_is_aborted_still_keeps_the_films_rep
     shutil.copy(spool / "withdrawn" / waiting.name, waiting)  # put back, as IT might
     back = Destination_SCP(port=down.port)
     try:
-        second = Listener(tiny_bundle, "PNEUMOSCAN", to, work, backend="torch", spool=spool, retry_s=0.1)
+        second = Listener(tiny_bundle, "PNEUMOSCAN", to, work, backend="torch", spool=spool, retry_s=0.05)
         server = second.start("127.0.0.1", 0)
         wait_for(lambda: f"the report(s) {sr_uid} of the film" in caplog.text)
-        time.sleep(0.3)  # more tries of the spool
+        time.sleep(0.15)  # more tries of the spool
         server.shutdown()
         second.stop()
     finally:
@@ -1825,12 +1825,13 @@ def test_a_listener_loads_its_bundle_once_and_scores_every_study_with_the_model_
         try:
             listener.on_disk.checking()
             assert entered.wait(WAIT_S)  # the check held at its stat, or at its read
+            held_since = time.monotonic()  # after the read's last progress (its stat's answer)
             found.append(listener._check_bundle())
             began = time.monotonic()
             found.append(listener._check_bundle())  # the next study: the same check, said already
             assert time.monotonic() - began < 0.1
             if stalled == "verify_file":  # the read held past BUNDLE_READ_S without a file read: a drive that hangs
-                time.sleep(1.0)
+                time.sleep(max(0.0, held_since + 1.0 - time.monotonic()))
                 found.append(listener._check_bundle())
         finally:
             answers.set()
