@@ -28,6 +28,8 @@ import uvicorn
 from fastapi import FastAPI
 from pydantic import TypeAdapter
 
+import pneumoscan.core.logs as logs_module
+import pneumoscan.serving.server as server_module
 import pneumoscan.serving.service as service_module
 from pneumoscan.core.logs import OneLineLog
 from pneumoscan.inference.predict import Predictor
@@ -67,6 +69,22 @@ class Gate:
 
     def wait_entered(self, n: int) -> None:
         wait_for(lambda: self.entered >= n, f"{n} calls at the gate (got {self.entered})")
+
+
+class Clock:
+    """A module's clock (its ``time``: the rate-limit store's limits.time, a log filter's), moved by the test alone:
+    a back-off or an interval that ends only when the test says, whatever else the machine is doing. ``time()``, the
+    limits library's, is the machine's."""
+
+    def __init__(self) -> None:
+        self.now = time.monotonic()
+
+    def monotonic(self) -> float:
+        return self.now
+
+    @staticmethod
+    def time() -> float:
+        return time.time()
 
 
 def wait_for(condition: Callable[[], bool], what: str, timeout: float = 15) -> None:
@@ -627,7 +645,10 @@ def test_failures_log_one_line_each_rate_limited(tiny_bundle: Path, xray: bytes,
     assert "ZeroDivisionError" in lines[0]
 
 
-def test_one_line_log_counts_what_it_held_back() -> None:
+def test_one_line_log_counts_what_it_held_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The interval on the filter's clock, moved by the test: whatever the machine is doing, the 500 lines come
+    within it, and the last one after it."""
+    monkeypatch.setattr(logs_module, "time", clock := Clock())
     stream = io.StringIO()
     log = logging.getLogger("pneumoscan.test-one-line")
     log.propagate = False
@@ -641,7 +662,7 @@ def test_one_line_log_counts_what_it_held_back() -> None:
             except OSError:
                 log.exception("socket.accept() out of system resource")
         log.warning("another kind of message")
-        time.sleep(0.35)
+        clock.now += 0.35
         try:
             raise OSError(24, "Too many open files")
         except OSError:
@@ -708,7 +729,8 @@ def access_lines(name: str) -> Iterator[tuple[logging.Logger, io.StringIO]]:
         log.removeHandler(handler)
 
 
-def test_access_log_counts_what_it_held_back() -> None:
+def test_access_log_counts_what_it_held_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(server_module, "time", clock := Clock())  # the interval on the test's clock, as above
     limit = AccessLog(lines=2, interval=0.3)
     request = ("127.0.0.1:5000", "POST", "/v1/predict", "1.1")
     with access_lines("pneumoscan.test-access-lines") as (log, stream):
@@ -716,7 +738,7 @@ def test_access_log_counts_what_it_held_back() -> None:
         for _ in range(50):
             log.info('%s - "%s %s HTTP/%s" %d', *request, 415)
         log.info('%s - "%s %s HTTP/%s" %d', *request, 200)  # another status: its own count
-        time.sleep(0.35)
+        clock.now += 0.35
         log.info('%s - "%s %s HTTP/%s" %d', *request, 415)
     line = '127.0.0.1:5000 - "POST /v1/predict HTTP/1.1" '
     assert stream.getvalue().splitlines() == [

@@ -33,7 +33,7 @@ from tests.builders import free_port
 from tests.test_serve import labels, moved, scraped
 from tests.test_serve_auth import KEY, LOCAL, PACS_KEY, WARD_KEY, predict, predict_at
 from tests.test_interop import private_ca
-from tests.test_serve_limits import logged
+from tests.test_serve_limits import Clock, logged
 
 WARD, SCRIPT = ("10.1.0.7", 50123), ("10.1.0.99", 50124)  # two workstations' addresses
 
@@ -219,21 +219,6 @@ def timed(call: object, *args: object) -> tuple[httpx.Response, float]:
     start = time.monotonic()
     answer = call(*args)  # type: ignore[operator]
     return answer, time.monotonic() - start
-
-
-class Clock:
-    """The rate-limit store's clock (limits.time), moved by the test alone: a back-off that ends only when the test
-    says, whatever else the machine is doing. ``time()``, the limits library's, is the machine's."""
-
-    def __init__(self) -> None:
-        self.now = time.monotonic()
-
-    def monotonic(self) -> float:
-        return self.now
-
-    @staticmethod
-    def time() -> float:
-        return time.time()
 
 
 def connections(folder: Path) -> int:
