@@ -144,6 +144,10 @@ def _ranks(runs: list[tuple[Callable[..., None], int, list[object]]], results: m
     nothing of torch's yet: it forks rank 1, which the kernel kills when this process (rank 0) ends, and goes on as
     rank 0. One interpreter's start and torch's import, not two (each 1-2 s of CPU). Rank 0 waits for rank 1 (60 s
     at most) before it ends: its end kills rank 1, maybe before what it said last has left its queue's feeder."""
+    # A process's first optimiser imports torch's compiler stack (torch._dynamo: 1.5-2 s of CPU), which the scenarios'
+    # training and warm starts meet: one made here, before the fork, imports it once for both ranks. Making it runs
+    # no parallel region of torch's (a one-element tensor), so the fork still finds none of its threads.
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
     parent = os.getpid()
     child = os.fork()
     if child == 0:
