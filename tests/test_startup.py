@@ -70,19 +70,12 @@ BACKENDS = ("onnx", "onnx-int8")
 
 
 @pytest.fixture(scope="module")
-def fresh_predicts(int8_bundle: Path, tiny_bundle: Path, module_tmp: Callable[[str], Path]) -> dict:
+def fresh_predicts(fresh_runs: dict) -> dict:
     """`predict` of a film by each ONNX backend, the service's ONNX scoring of a film, then `predict` by ONNX with
-    heatmaps, one after the other in one fresh interpreter (this one has torch loaded long ago): an interpreter a
-    test had cost seconds each. What a run imports stays in sys.modules, so what is loaded after each run counts it
-    and the runs before it."""
-    folder = module_tmp("fresh_predicts")
-    film = folder / "film.png"
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40), dtype=np.uint8)).save(film)
-    runs = [["predict", str(int8_bundle), str(film), "--backend", backend, "--out", str(folder / f"{backend}.json")]
-            for backend in BACKENDS]
-    runs.append(["predict", str(tiny_bundle), str(film), "--out", str(folder / "heatmaps.json"), "--backend", "onnx",
-                 "--heatmaps", str(folder / "maps")])
-    return {"film": film, "folder": folder, "ran": run_python(PREDICT, json.dumps(runs), str(tiny_bundle))}
+    heatmaps, one after the other in one process that has loaded no torch (this one has torch loaded long ago):
+    :data:`PREDICT`, forked by :func:`fresh_runs`' interpreter. What a run imports stays in sys.modules, so what is
+    loaded after each run counts it and the runs before it."""
+    return {"film": fresh_runs["folder"] / "film.png", "folder": fresh_runs["folder"], "ran": fresh_runs["predict"]}
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -150,7 +143,8 @@ def test_softmax_is_scipys_bit_for_bit() -> None:
 
 # The scenarios share one interpreter, which imports what a scoring process loads before torch; each runs in a child
 # forked from it before torch is loaded (torch's import was most of a fresh interpreter's 2.4 s a scenario): the child
-# takes its CPUs (as taskset would) and its environment, then loads torch, which reads both as it loads.
+# takes its CPUs (as taskset would) and its environment, then loads torch, which reads both as it loads. A last child
+# runs :data:`PREDICT` (``sys.argv[3:]``: its code and arguments), which had cost an interpreter of its own.
 THREADS = """
 import json, logging, math, os, sys, traceback
 from pathlib import Path
@@ -206,7 +200,24 @@ for case in json.loads(sys.argv[2]):
     with os.fdopen(read) as got:
         ran.append(json.loads(got.read() or '{"error": "the child said nothing"}'))
     os.waitpid(pid, 0)
-print(json.dumps(ran))
+read, write = os.pipe()
+if (pid := os.fork()) == 0:
+    os.close(read)
+    os.dup2(write, 1)
+    code, *sys.argv[1:] = sys.argv[3:]
+    try:
+        exec(code, {"__name__": "__main__"})
+        status = 0
+    except BaseException:
+        traceback.print_exc(file=sys.stdout)  # into what the test shows
+        status = 1
+    sys.stdout.flush()
+    os._exit(status)
+os.close(write)
+with os.fdopen(read) as got:
+    printed = got.read()
+status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+print(json.dumps({"threads": ran, "predict": json.loads(printed.splitlines()[-1]) if status == 0 else printed}))
 """
 SCENARIOS = [
     ({"OMP_NUM_THREADS": "1"}, False, None, False),  # a count given below the cap is honoured
@@ -220,9 +231,11 @@ SCENARIOS = [
 
 
 @pytest.fixture(scope="module")
-def thread_counts(tiny_bundle: Path, module_tmp: Callable[[str], Path]) -> list[dict]:
-    """What each of :data:`SCENARIOS` counted (:data:`THREADS`), in one interpreter started for all of them."""
-    folder = module_tmp("thread_counts")
+def fresh_runs(int8_bundle: Path, tiny_bundle: Path, module_tmp: Callable[[str], Path]) -> dict:
+    """One interpreter started for :data:`THREADS`' scenarios and :data:`PREDICT`'s runs (each cost seconds of
+    CPU): what each scenario counted (``threads``), what PREDICT said (``predict``), and the folder of PREDICT's
+    film and results."""
+    folder = module_tmp("fresh_runs")
     cases = []
     for i, (env, one_cpu, quota, model) in enumerate(SCENARIOS):
         cgroup = ""
@@ -231,7 +244,21 @@ def thread_counts(tiny_bundle: Path, module_tmp: Callable[[str], Path]) -> list[
             (folder / str(i) / "cpu.max").write_text(quota + "\n")
             cgroup = str(folder / str(i))
         cases.append({"env": env, "one_cpu": one_cpu, "cgroup": cgroup, "model": model})
-    return run_python(THREADS, str(tiny_bundle), json.dumps(cases))
+    film = folder / "film.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40), dtype=np.uint8)).save(film)
+    runs = [["predict", str(int8_bundle), str(film), "--backend", backend, "--out", str(folder / f"{backend}.json")]
+            for backend in BACKENDS]
+    runs.append(["predict", str(tiny_bundle), str(film), "--out", str(folder / "heatmaps.json"), "--backend", "onnx",
+                 "--heatmaps", str(folder / "maps")])
+    ran = run_python(THREADS, str(tiny_bundle), json.dumps(cases), PREDICT, json.dumps(runs), str(tiny_bundle))
+    assert isinstance(ran["predict"], list), f"PREDICT failed:\n{ran['predict']}"
+    return {**ran, "folder": folder}
+
+
+@pytest.fixture(scope="module")
+def thread_counts(fresh_runs: dict) -> list[dict]:
+    """What each of :data:`SCENARIOS` counted (:data:`THREADS`)."""
+    return fresh_runs["threads"]
 
 
 @pytest.mark.parametrize("env, one_cpu, quota, model", SCENARIOS)
