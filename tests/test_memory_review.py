@@ -19,10 +19,10 @@ import collections, gc
 import numpy as np
 from pneumoscan.inference import predict
 from pneumoscan.inference.predict import tta_views
-predict.TTA_BLOCK_PIXELS = 1 << 20  # blocks of 1 Mpx: a test of 10 Mpx of films, not of 40
+predict.TTA_BLOCK_PIXELS = 1 << 19  # blocks of 0.5 Mpx: a test of 5 Mpx of films, not of 40
 def status(key):
     return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith(key))
-images = np.random.default_rng(0).integers(0, 256, (600, 128, 128), np.uint8)
+images = np.random.default_rng(0).integers(0, 256, (300, 128, 128), np.uint8)
 collections.deque(map(np.sum, tta_views(images[:4])), 0)  # torch and torchvision loaded and warmed up
 with open("/proc/self/clear_refs", "w") as f:
     f.write("5")  # the peak resident size starts again from the current one
@@ -41,7 +41,7 @@ def test_test_time_views_of_many_films_hold_about_one_more_copy_of_them() -> Non
     out = subprocess.run([sys.executable, "-c", VIEWS_PEAK], capture_output=True, text=True, check=True, timeout=120,
                          cwd=Path(__file__).parents[1])  # a fresh process: its peak is this work's alone
     added = float(out.stdout)
-    # one view, and a block's float32 warp with its mask and output (9 bytes a pixel of 1 Mpx: 0.9 of these films)
+    # one view, and a block's float32 warp with its mask and output (9 bytes a pixel of 0.5 Mpx: 0.9 of these films)
     # besides; the whole batch warped at once held 9.0 times the films
     assert added < 4, f"the views added {added:.1f} times the films' bytes at their peak"
 
