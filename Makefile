@@ -67,9 +67,11 @@ $(FHIR_VALIDATOR)/node_modules/.installed: tests/fhir/package.json tests/fhir/pa
 	npm ci --prefix $(FHIR_VALIDATOR) --ignore-scripts --no-audit --no-fund --loglevel=error
 	touch $@
 
-# One worker a CPU (tests/conftest.py); worksteal keeps them busy to the end though a few tests take 30 s.
+# One worker a CPU (tests/conftest.py); worksteal keeps them busy to the end though a few tests take 30 s. Bytecode
+# is cached even where the shell sets PYTHONDONTWRITEBYTECODE: each worker, and each of the suite's many fresh
+# interpreters, would otherwise compile the package's and the tests' sources again (5 s a worker's collection).
 test: env browser pacs-server dicom-tools systemd rate-limit-store fhir-validator
-	$(BIN)/pytest -q -n auto --dist worksteal
+	env -u PYTHONDONTWRITEBYTECODE $(BIN)/pytest -q -n auto --dist worksteal
 
 # mypy --strict over docs/python.md as a user's script, against the package's annotations (pneumoscan/py.typed),
 # alone: `make test` runs it too.
