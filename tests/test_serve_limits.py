@@ -554,6 +554,24 @@ def test_a_fault_of_the_bundle_check_is_logged_redacted_on_one_line(tiny_bundle:
     assert "Smith" not in caplog.text
 
 
+def test_a_fault_of_the_bundle_check_is_weighed_under_the_lock(tiny_bundle: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    """listen answers a check's outcome from several threads: the fault last said was read and written outside the
+    lock that guards the check, so two studies that saw one fault at once could both say it. Its outcome waits for
+    the lock (held here as a check starting holds it), and the fault is still said once."""
+    disk = on_disk.BundleOnDisk(tiny_bundle, lambda state: "the check failed")
+    fault = OSError(errno.EIO, "Input/output error")
+    caplog.set_level(logging.ERROR)
+    with disk._lock:
+        waiting = threading.Thread(target=disk.outcome, args=(on_disk.Check(), fault))
+        waiting.start()
+        waiting.join(0.2)
+        assert waiting.is_alive(), "outcome went on without the lock"
+    waiting.join(5)
+    assert disk.outcome(on_disk.Check(), fault) == on_disk.BundleState.FAILED
+    assert [r.getMessage() for r in caplog.records] == ["the check failed: [Errno 5] Input/output error"]
+
+
 def test_heatmaps_keep_to_their_lane(tiny_bundle: Path, xray: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
     """With one Grad-CAM held, at most 4 heatmap requests are in the service (the rest get 503 at once) and plain
     predictions are answered meanwhile."""

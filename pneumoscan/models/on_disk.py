@@ -146,16 +146,20 @@ class BundleOnDisk:
         and OSError of the files are its answers), with an error line, ``said`` of it and the fault, once a fault
         until a check answers again. The fault is redacted and kept to one line, as every error line that quotes an
         exception: it may quote a path with a patient's name in it. Synchronous, the one handling of both callers:
-        ``serve`` awaits the check on its event loop, ``listen`` waits for it in the thread that scores a study."""
+        ``serve`` awaits the check on its event loop, ``listen`` waits for it in the thread that scores a study; the
+        fault last said is read and written under the lock, since ``listen`` calls this from several threads (two
+        studies that saw one fault at once could say it twice)."""
         if isinstance(answer, TimeoutError):
             return check.unanswered()
         if isinstance(answer, Exception):
             why = shown(redact(str(answer)) or type(answer).__name__)
-            if self._failed != why:
-                self._failed = why
+            with self._lock:
+                new, self._failed = self._failed != why, why
+            if new:  # said outside the lock: ``said`` is the caller's, and may take its time
                 log.error("%s: %s", self.said(BundleState.FAILED), why)
             return BundleState.FAILED
-        self._failed = None
+        with self._lock:
+            self._failed = None
         return answer
 
     def checked(self, check: Check | None = None) -> BundleState | None:
