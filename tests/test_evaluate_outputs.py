@@ -7,6 +7,7 @@ import base64
 import csv
 import dataclasses
 import io
+import itertools
 import json
 import re
 import os
@@ -647,11 +648,24 @@ def test_evaluate_says_how_many_films_without_a_patient_id_its_patients_count(
 def test_evaluate_says_on_screen_when_its_intervals_count_films(tiny_bundle: Path, tiny_dataset: Path,
                                                                 tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """Films with no shared patient id get intervals by film, which films of one patient would make too narrow: the
-    report said so, the screen a reader may look at alone did not."""
+    report said so, the screen a reader may look at alone did not. The threshold table on the screen has a column
+    "npv" and rows of the rule "fixed", which a clinical reader of the terminal was told the meaning of nowhere: a
+    legend beneath it says both, in the words of docs/evaluation.md."""
     said = FILM_UNIT_CAVEAT  # as the report and the model card say it
     assert cli.main(["evaluate", str(tiny_bundle), str(tiny_dataset), "--split", "test", "--out",
                      str(tmp_path / "films")]) == 0
-    assert said in capsys.readouterr().out
+    first = capsys.readouterr().out
+    assert said in first
+    table = json.loads((tmp_path / "films" / "metrics.json").read_text())["threshold_table"]
+    lines = first.splitlines()
+    head = lines.index(next(line for line in lines if line.split() == ["threshold", "sensitivity", "specificity",
+                                                                        "precision", "npv", "rule"]))
+    assert "fixed" in {row["rule"] for row in table}
+    legend = " ".join(itertools.takewhile(bool, lines[head + 1 + len(table):]))  # up to the next block's blank line
+    assert legend.startswith("npv: negative predictive value, the share of the films called negative that are ")
+    assert "fixed, a round threshold listed for comparison, chosen on no films" in legend
+    docs = " ".join((Path(__file__).parents[1] / "docs" / "evaluation.md").read_text().replace("\n> ", " ").split())
+    assert legend in docs, "docs/evaluation.md gives the legend in other words"
     manifest = tmp_path / "paired.csv"
     records = [r for r in discover(tiny_dataset).records if r.split == "test"]
     manifest.write_text("path,label,patient\n" + "".join(f"{r.path},{r.label},p{i // 2}\n"
@@ -867,19 +881,3 @@ def test_an_evaluation_failing_part_way_leaves_no_earlier_report_beside_its_own_
     m = json.loads((out / "metrics.json").read_text())  # this run's: written with the predictions.csv beside it
     assert m["predictions_checksum"] == bytes_sha256((out / "predictions.csv").read_bytes())
 
-
-def test_the_printed_threshold_table_says_what_npv_and_its_rules_mean(tiny_evaluation: Path,
-                                                                      capsys: pytest.CaptureFixture) -> None:
-    """The table evaluate prints has a column "npv" and rows of the rule "fixed", which a clinical reader of the
-    terminal was told the meaning of nowhere: a legend beneath it says both, in the words of docs/evaluation.md."""
-    metrics = json.loads((tiny_evaluation / "metrics.json").read_text())
-    cli._print_tables(metrics)
-    lines = capsys.readouterr().out.strip("\n").splitlines()
-    assert lines[0].split() == ["threshold", "sensitivity", "specificity", "precision", "npv", "rule"]
-    rows = len(metrics["threshold_table"])
-    assert "fixed" in {row["rule"] for row in metrics["threshold_table"]}
-    legend = " ".join(lines[1 + rows:])
-    assert legend.startswith("npv: negative predictive value, the share of the films called negative that are ")
-    assert "fixed, a round threshold listed for comparison, chosen on no films" in legend
-    docs = " ".join((Path(__file__).parents[1] / "docs" / "evaluation.md").read_text().replace("\n> ", " ").split())
-    assert legend in docs, "docs/evaluation.md gives the legend in other words"
