@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import errno
 import io
 import json
 import os
@@ -135,6 +136,18 @@ def test_a_missing_folder_is_no_such_file_or_folder() -> None:
     said to be neither; a missing film (a name with a suffix) is left to the decode, which says "file not found"."""
     assert expand_paths(["/no/scans/", "/no/studies", "/no/film.png"]) == [
         ("/no/scans", "no such file or folder"), ("/no/studies", "no such file or folder"), ("/no/film.png", None)]
+
+
+def test_a_path_that_cannot_be_looked_at_is_not_said_to_be_missing(tmp_path: Path) -> None:
+    """A path whose lookup fails for another cause than its absence (here a link loop, which root meets as any user
+    does; no permission, a name too long, a failing mount alike) was said to be "no such file or folder" or left to
+    the decode: it names its own cause, among rows and in a refusal."""
+    (tmp_path / "loop").symlink_to("loop")
+    why = f"cannot read: {os.strerror(errno.ELOOP)}"
+    given = [str(tmp_path / "loop" / "x.png"), str(tmp_path / "loop" / "scans")]
+    assert expand_paths(given) == [(path, why) for path in given]
+    with pytest.raises(ValueError, match=f"^{re.escape(given[0])}: {why}$"):
+        expand_paths(given[:1], refuse=True)
 
 
 @pytest.mark.parametrize("given", ["missing folder", "missing folder/", "missing film", "empty folder", "manifest",

@@ -476,8 +476,9 @@ def expand_paths(
             out.append((text, "empty path"))
             continue
         given = Path(text)
-        if not os.path.lexists(given) and (refuse or text.endswith(("/", os.sep)) or not given.suffix):
-            fault = "no such file or folder"
+        missing = _looked_up(given)
+        if missing is not None and (missing != NO_SUCH or refuse or text.endswith(("/", os.sep)) or not given.suffix):
+            fault = missing
         elif given.suffix.lower() == ".csv":  # evaluate, split and train take a manifest as DATA: predict does not
             fault = (f"a CSV manifest, not a film: predict reads films and folders of them; score a manifest's "
                      f"labelled films with `pneumoscan evaluate BUNDLE {shown(given)}`, or give the folder that "
@@ -503,6 +504,22 @@ def expand_paths(
             raise ValueError(f"{shown(given)}: {fault}")
         out.append((str(given), fault))
     return out
+
+
+NO_SUCH = "no such file or folder"  # a path given that is not there: named so whatever it was meant to be
+
+
+def _looked_up(path: Path) -> str | None:
+    """Why the path given cannot be looked at, or None where it is there: :data:`NO_SUCH` only where it is not there
+    (or a part of it is no folder); any other fault (no permission, a link loop, a name too long, a failing mount)
+    in its own words, which "not there" would hide (``os.path.lexists`` is False for them all)."""
+    try:
+        os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return NO_SUCH
+    except OSError as e:
+        return f"cannot read: {e.strerror or e}"
+    return None
 
 
 def _decode(path: str, target: int) -> np.ndarray | str:
