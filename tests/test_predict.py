@@ -121,21 +121,26 @@ def test_folder_without_images_is_an_error_row_where_films_are_scored(tmp_path: 
     assert expand_paths([""]) == [("", "empty path")], "an empty $VAR must not mean the current folder"
 
 
-def test_a_manifest_given_to_predict_is_told_apart_from_a_film() -> None:
+def test_a_manifest_given_to_predict_is_told_apart_from_a_film(tmp_path: Path) -> None:
     """A researcher whose films are listed in a manifest gives it to predict as evaluate takes it: the row said only
     that a CSV is not a JPEG, PNG or DICOM image."""
-    assert expand_paths(["site/films.CSV"]) == [
-        ("site/films.CSV", "a CSV manifest, not a film: predict reads films and folders of them; score a manifest's "
-                           "labelled films with `pneumoscan evaluate BUNDLE site/films.CSV`, or give the folder that "
-                           "holds its films")]
+    manifest = tmp_path / "films.CSV"
+    manifest.write_text("path,label\n")
+    assert expand_paths([manifest]) == [
+        (str(manifest), "a CSV manifest, not a film: predict reads films and folders of them; score a manifest's "
+                        f"labelled films with `pneumoscan evaluate BUNDLE {manifest}`, or give the folder that holds "
+                        "its films")]
 
 
-def test_a_missing_folder_is_no_such_file_or_folder() -> None:
-    """`predict BUNDLE scans/` of a folder not there said "file not found", as if a film had been named: among the
-    paths score_paths reads, a path given as a folder (ending in a slash, or without a suffix) that is not there is
-    said to be neither; a missing film (a name with a suffix) is left to the decode, which says "file not found"."""
-    assert expand_paths(["/no/scans/", "/no/studies", "/no/film.png"]) == [
-        ("/no/scans", "no such file or folder"), ("/no/studies", "no such file or folder"), ("/no/film.png", None)]
+def test_a_missing_path_is_no_such_file_or_folder_whatever_its_name() -> None:
+    """`predict BUNDLE scans/` of a folder not there said "file not found", as if a film had been named; and a path
+    not there that predict refused as "no such file or folder" was "file not found" in score_paths' row. One rule,
+    among rows and in a refusal: a path given that is not there is neither a film nor a folder, whatever its name
+    (a folder's may hold a dot: 2024.01.05/)."""
+    given = ["/no/scans/", "/no/studies", "/no/film.png", "/no/2024.01.05"]
+    assert expand_paths(given) == [(path.rstrip("/"), "no such file or folder") for path in given]
+    with pytest.raises(ValueError, match="^/no/film.png: no such file or folder$"):
+        expand_paths(["/no/film.png"], refuse=True)
 
 
 def test_a_path_that_cannot_be_looked_at_is_not_said_to_be_missing(tmp_path: Path) -> None:

@@ -464,8 +464,8 @@ def expand_paths(
     their JPEG/PNG/DICOM files, and an error for each entry named like one that cannot be read (a broken link, a
     link loop, a FIFO). What a folder holds besides (hidden and system files, other extensions, the ``exclude``
     folder, such as the heatmaps) is appended to ``skipped`` as ``{"path", "reason"}``. A folder without images, an
-    empty path (which would mean the current folder), a path not there (given as a folder, ending in a separator or
-    without a suffix, it is "no such file or folder": "file not found" would say a film was named) and a CSV
+    empty path (which would mean the current folder), a path not there (:data:`NO_SUCH` whatever its name: a
+    folder's may hold a dot, a film's may have none) or that cannot be looked at (:func:`_looked_up`) and a CSV
     manifest, which other commands take as DATA, are error rows; with ``refuse`` (paths a user named, which they can
     mend: :func:`predict_paths`) each is refused instead (ValueError naming it), before any is read."""
     out: list[tuple[str, str | None]] = []
@@ -476,8 +476,7 @@ def expand_paths(
             out.append((text, "empty path"))
             continue
         given = Path(text)
-        missing = _looked_up(given)
-        if missing is not None and (missing != NO_SUCH or refuse or text.endswith(("/", os.sep)) or not given.suffix):
+        if (missing := _looked_up(given)) is not None:
             fault = missing
         elif given.suffix.lower() == ".csv":  # evaluate, split and train take a manifest as DATA: predict does not
             fault = (f"a CSV manifest, not a film: predict reads films and folders of them; score a manifest's "
