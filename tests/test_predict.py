@@ -87,8 +87,9 @@ def mixed_inputs(tiny_dataset: Path, tmp_path: Path) -> tuple[list[Path], dict[s
     (folder / "._a_sick.jpeg").write_bytes(b"\0" * 10)  # macOS resource fork: skipped
     explicit_good = tmp_path / "explicit.jpeg"
     shutil.copy(sick[1], explicit_good)
-    args = [folder, explicit_good]  # a path not there is refused: test_a_path_that_names_no_film_is_refused
-    bad = {"d_truncated.jpeg": "truncated", "e_empty.png": "empty file", "f_text.jpg": "not a JPEG, PNG or DICOM"}
+    args = [folder, tmp_path / "missing.png", explicit_good]  # among films, a path not there is a row
+    bad = {"d_truncated.jpeg": "truncated", "e_empty.png": "empty file", "f_text.jpg": "not a JPEG, PNG or DICOM",
+           "missing.png": "no such file or folder"}  # fmt: skip
     return args, bad
 
 
@@ -97,7 +98,7 @@ def test_predict_files_and_folders_with_bad_inputs(tiny_bundle: Path, mixed_inpu
     rows = predict_paths(tiny_bundle, args, batch_size=2)  # batches split good and bad files
     names = [Path(r["path"]).name for r in rows]
     assert names == ["a_sick.jpeg", "d_truncated.jpeg", "e_empty.png", "f_text.jpg", "b_normal.JPG", "c_wide.png",
-                     "explicit.jpeg"]  # fmt: skip
+                     "missing.png", "explicit.jpeg"]  # fmt: skip
     errors = {Path(r["path"]).name: r["error"] for r in rows if "error" in r}
     assert errors.keys() == bad.keys()
     for name, reason in bad.items():
@@ -112,12 +113,16 @@ def test_predict_files_and_folders_with_bad_inputs(tiny_bundle: Path, mixed_inpu
         assert row["probability"] == pytest.approx(_expected_probability(tiny_bundle, Path(row["path"])), abs=SCORE_TOL)
 
 
-def test_folder_without_images_is_an_error_row_where_films_are_scored(tmp_path: Path) -> None:
-    """Among the paths score_paths reads (a study's files) a folder without images is an error row; the paths a
-    user names to predict_paths are refused instead (test_a_path_that_names_no_film_is_refused)."""
+def test_folder_without_images_is_an_error_row(tmp_path: Path) -> None:
+    """A folder without images is an error row saying what it holds instead; predict refuses the run only when no
+    path it is given names a film (test_a_path_that_names_no_film_is_refused)."""
     (tmp_path / "empty" / "nested").mkdir(parents=True)
     (tmp_path / "empty" / "readme.txt").write_text("no images here")
-    assert expand_paths([tmp_path / "empty"]) == [(str(tmp_path / "empty"), "folder holds no JPEG, PNG or DICOM files")]
+    assert expand_paths([tmp_path / "empty"]) == [(str(tmp_path / "empty"), (
+        "folder holds no JPEG, PNG or DICOM files (searched with its subfolders; 1 other entry skipped, such as "
+        f"{tmp_path / 'empty' / 'readme.txt'}: not an image extension (.txt))"))]
+    assert expand_paths([tmp_path / "empty" / "nested"]) == [(str(tmp_path / "empty" / "nested"),
+                                                              "folder holds no JPEG, PNG or DICOM files")]
     assert expand_paths([""]) == [("", "empty path")], "an empty $VAR must not mean the current folder"
 
 
@@ -155,36 +160,61 @@ def test_a_path_that_cannot_be_looked_at_is_not_said_to_be_missing(tmp_path: Pat
         expand_paths(given[:1], refuse=True)
 
 
-@pytest.mark.parametrize("given", ["missing folder", "missing folder/", "missing film", "empty folder", "manifest",
-                                   "empty path"])
-def test_a_path_that_names_no_film_is_refused(tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
-                                              given: str) -> None:
-    """`predict BUNDLE /no/such/path` said "Predicting 1 image", wrote a results file of one error row and exited 1,
-    and with good films beside it went on: a typo read as a run a script may take for done. A path that names no
-    film (not there, a folder holding none, a manifest, an empty $VAR) is refused before any film is read, named,
-    and nothing is written (no results, no heatmap folder)."""
-    film = tmp_path / "film.png"
-    Image.fromarray(_image(40, 40, 0)).save(film)
+def _names_no_film(tmp_path: Path) -> dict[str, tuple[str, str]]:
+    """Each kind of path that names no film, made in ``tmp_path``, with what predict says of it."""
     (tmp_path / "empty" / "nested").mkdir(parents=True)
     (tmp_path / "empty" / "notes.txt").write_text("no film here")
-    path, said = {
+    (tmp_path / "films.csv").write_text("path,label\nfilm.png,NORMAL\n")
+    return {
         "missing folder": (str(tmp_path / "scans"), f"{tmp_path / 'scans'}: no such file or folder"),
         "missing folder/": (f"{tmp_path / 'scans'}/", f"{tmp_path / 'scans'}: no such file or folder"),
         "missing film": (str(tmp_path / "flim.png"), f"{tmp_path / 'flim.png'}: no such file or folder"),
         "empty folder": (str(tmp_path / "empty"), f"{tmp_path / 'empty'}: folder holds no JPEG, PNG or DICOM files "
                          "(searched with its subfolders; 1 other entry skipped, such as "
                          f"{tmp_path / 'empty' / 'notes.txt'}: not an image extension (.txt))"),
-        "manifest": (str(film.with_suffix(".csv")), f"{film.with_suffix('.csv')}: a CSV manifest, not a film"),
+        "manifest": (str(tmp_path / "films.csv"), f"{tmp_path / 'films.csv'}: a CSV manifest, not a film"),
         "empty path": ("", "no film or folder given (an empty path: is the variable that names it set?)"),
-    }[given]
-    if given == "manifest":
-        film.with_suffix(".csv").write_text("path,label\nfilm.png,NORMAL\n")
+    }
+
+
+@pytest.mark.parametrize("given", ["missing folder", "missing folder/", "missing film", "empty folder", "manifest",
+                                   "empty path"])
+def test_a_path_that_names_no_film_is_refused(tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                              given: str) -> None:
+    """`predict BUNDLE /no/such/path` said "Predicting 1 image", wrote a results file of one error row and exited 1:
+    a typo read as a run a script may take for done. A run none of whose paths names a film (not there, a folder
+    holding none, a manifest, an empty $VAR) is refused before any film is read, the path named, and nothing is
+    written (no results, no heatmap folder)."""
+    path, said = _names_no_film(tmp_path)[given]
     out, heatmaps = tmp_path / "results.csv", tmp_path / "heatmaps"
-    assert cli.main(["predict", str(tiny_bundle), str(film), path, "--out", str(out), "--heatmaps", str(heatmaps)]) == 2
+    assert cli.main(["predict", str(tiny_bundle), path, "--out", str(out), "--heatmaps", str(heatmaps)]) == 2
     printed = capsys.readouterr()
     assert printed.err.startswith(f"pneumoscan predict: error: {said}"), printed.err
     assert "Predicting" not in printed.err and not printed.out
     assert not out.exists() and not heatmaps.exists()
+
+
+def test_paths_that_name_no_film_beside_films_are_error_rows(tiny_bundle: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    """A cron job over `/incoming/*/` with one empty day was refused whole, the other days' films unread: a path that
+    names no film among paths that do is an error row (exit status 1) and the films are scored. When none does, the
+    refusal names how many were given and the first three."""
+    kinds = _names_no_film(tmp_path)
+    film = tmp_path / "film.png"
+    Image.fromarray(_image(40, 40, 0)).save(film)
+    out = tmp_path / "results.csv"
+    given = [path for path, _ in kinds.values()]
+    assert cli.main(["predict", str(tiny_bundle), *given, str(film), "--out", str(out)]) == 1
+    rows = list(csv.DictReader(out.open()))
+    assert [row["path"] for row in rows] == [path.rstrip("/") for path in given] + [str(film)]
+    assert [row["label"] for row in rows[:-1]] == [""] * len(kinds) and rows[-1]["label"]
+    for row, (path, said) in zip(rows, kinds.values(), strict=False):  # each row's reason in the refusal's words
+        assert f"{row['path']}: {row['error']}".startswith(said) if path else row["error"] == "empty path", row
+    capsys.readouterr()
+    assert cli.main(["predict", str(tiny_bundle), *given, "--out", str(out)]) == 2
+    assert capsys.readouterr().err.startswith(
+        f"pneumoscan predict: error: none of the 6 paths given names a film: {kinds['missing folder'][1]}; "
+        f"{kinds['missing folder/'][1]}; {kinds['missing film'][1]}; and 3 more\n")
 
 
 def test_dicom_predicts_like_the_same_pixels_as_png(tiny_bundle: Path, tmp_path: Path) -> None:
@@ -477,7 +507,7 @@ def test_cli_predict_writes_results_and_reports_failures(
     assert cli.main(["predict", str(tiny_bundle), *map(str, args), "--out", str(out), "--batch-size", "3"]) == 1
     err = capsys.readouterr().err
     rows = list(csv.DictReader(out.open()))
-    assert len(rows) == 7 and sum(bool(r["error"]) for r in rows) == len(bad)
+    assert len(rows) == 8 and sum(bool(r["error"]) for r in rows) == len(bad)
     for row in rows:
         if row["error"]:
             assert f"{row['path']}: {row['error']}" in err

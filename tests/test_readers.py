@@ -242,7 +242,9 @@ def test_without_the_toy_reader_its_files_are_left_out_with_a_reason(tmp_path: P
                               "reason": "not an image extension (.pgm)"}]
     with pytest.raises(DecodeError, match="not a JPEG, PNG or DICOM image"):
         read_gray(tmp_path / "NORMAL" / "film.pgm")
-    assert expand_paths([tmp_path]) == [(str(tmp_path), "folder holds no JPEG, PNG or DICOM files")]
+    assert expand_paths([tmp_path]) == [(str(tmp_path), (
+        "folder holds no JPEG, PNG or DICOM files (searched with its subfolders; 1 other entry skipped, such as "
+        f"{tmp_path / 'NORMAL' / 'film.pgm'}: not an image extension (.pgm))"))]
 
 
 def test_cache_workers_decode_with_the_sites_readers_and_limits(

@@ -463,20 +463,21 @@ def expand_paths(
     (:func:`pneumoscan.data.walk.walk`):
     their JPEG/PNG/DICOM files, and an error for each entry named like one that cannot be read (a broken link, a
     link loop, a FIFO). What a folder holds besides (hidden and system files, other extensions, the ``exclude``
-    folder, such as the heatmaps) is appended to ``skipped`` as ``{"path", "reason"}``. A folder without images, an
-    empty path (which would mean the current folder), a path not there (:data:`NO_SUCH` whatever its name: a
-    folder's may hold a dot, a film's may have none) or that cannot be looked at (:func:`_looked_up`) and a CSV
-    manifest, which other commands take as DATA, are error rows; with ``refuse`` (paths a user named, which they can
-    mend: :func:`predict_paths`) each is refused instead (ValueError naming it), before any is read."""
+    folder, such as the heatmaps) is appended to ``skipped`` as ``{"path", "reason"}``. A path given that names no
+    film is an error row: a folder without images (what it holds instead named: films of another format are the
+    wrong folder), an empty path (which would mean the current folder), a path not there (:data:`NO_SUCH` whatever
+    its name: a folder's may hold a dot, a film's may have none) or that cannot be looked at (:func:`_looked_up`)
+    and a CSV manifest, which other commands take as DATA. With ``refuse`` (paths a user named, which they can mend:
+    :func:`predict_paths`) the paths are refused (ValueError naming them) when none of them names a film, before any
+    is read: a run that would read nothing. One among others that do stays a row, so that a job over each day's
+    folder reads the days that hold films."""
     out: list[tuple[str, str | None]] = []
+    unnamed: list[tuple[str, str]] = []  # each path given that names no film, with why
     for text in map(str, paths):
-        if not text:
-            if refuse:
-                given_path(text, "film or folder")  # the refusal of every command's empty path
-            out.append((text, "empty path"))
-            continue
         given = Path(text)
-        if (missing := _looked_up(given)) is not None:
+        if not text:
+            fault = "empty path"
+        elif (missing := _looked_up(given)) is not None:
             fault = missing
         elif given.suffix.lower() == ".csv":  # evaluate, split and train take a manifest as DATA: predict does not
             fault = (f"a CSV manifest, not a film: predict reads films and folders of them; score a manifest's "
@@ -495,14 +496,32 @@ def expand_paths(
             if films:
                 continue
             fault = f"folder holds no {formats()} files"
-            if refuse and besides:  # what it holds instead (films of another format: the wrong folder)
+            if besides:  # what it holds instead (films of another format: the wrong folder)
                 others = "entry" if len(besides) == 1 else "entries"
                 fault += (f" (searched with its subfolders; {len(besides)} other {others} skipped, such as "
                           f"{shown(besides[0].path)}: {besides[0].reason})")
-        if refuse:
-            raise ValueError(f"{shown(given)}: {fault}")
-        out.append((str(given), fault))
+        shown_as = str(given) if text else text
+        out.append((shown_as, fault))
+        unnamed.append((shown_as, fault))
+    if refuse and unnamed and len(unnamed) == len(paths):
+        if unnamed == [("", "empty path")]:
+            given_path("", "film or folder")  # the refusal of every command's empty path
+        raise ValueError(_none_named(unnamed))
     return out
+
+
+def _none_named(unnamed: list[tuple[str, str]], named: int = 3) -> str:
+    """The refusal of paths none of which names a film: the path and why for one, else how many and the first
+    ``named`` of them, each with why."""
+
+    def said(path: str, fault: str) -> str:
+        return f"{shown(path)}: {fault}" if path else "'' (an empty path: is the variable that names it set?)"
+
+    if len(unnamed) == 1:
+        return said(*unnamed[0])
+    more = f"; and {len(unnamed) - named} more" if len(unnamed) > named else ""
+    return (f"none of the {len(unnamed)} paths given names a film: "
+            + "; ".join(said(path, fault) for path, fault in unnamed[:named]) + more)
 
 
 NO_SUCH = "no such file or folder"  # a path given that is not there: named so whatever it was meant to be
@@ -774,9 +793,11 @@ def predict_paths(
     warnings those of its own content check, :func:`stage_scope`) -- filled only for the images the first stage
     hands over -- and ``heatmap`` with ``heatmap_dir``), or ``path, error`` for an input that could not be read. A
     reading whose second stage failed keeps its first stage's fields, with the second's empty and an ``error``.
-    What the searched folders hold besides films is appended to ``skipped`` (see :func:`expand_paths`). The
-    reading's rules are the web service's (:class:`Stages`): the bundles loaded and checked by :func:`ready_stages`,
-    the films read by :func:`score_paths`.
+    What the searched folders hold besides films is appended to ``skipped`` (see :func:`expand_paths`). A path that
+    names no film (not there, a folder that holds none, a CSV manifest, an empty path) is an error row among paths
+    that do; when none of ``paths`` names a film, ValueError is raised naming them, before any film is read or any
+    file written. The reading's rules are the web service's (:class:`Stages`): the bundles loaded and checked by
+    :func:`ready_stages`, the films read by :func:`score_paths`.
 
     Images are decoded once (reduced towards the model size, as in training's cache); the Grad-CAM
     overlays and a second stage that decodes to the same size reuse those pixels.
@@ -785,8 +806,8 @@ def predict_paths(
     heatmap_dir = _heatmap_folder(heatmap_dir, paths) if heatmap_dir is not None else None
     stages = _checked_stages(bundle, etiology, backend, batch_size, tta, heatmap_dir is not None)
     # the paths a user named, searched once the bundles are known sound (their faults said first, as every command
-    # says them) and before any file is written: one that names no film (not there, a folder without one) is
-    # refused, not a row among results a script may take for the run's
+    # says them) and before any file is written: when none names a film (not there, a folder without one), the run
+    # is refused, not one error row a script may take for the run's results
     items = expand_paths(paths, exclude=heatmap_dir, skipped=skipped, refuse=True)
     return _score_items(_readied(stages, heatmap_dir), items, heatmap_dir, progress)
 
