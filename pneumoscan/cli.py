@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import dataclasses
 import difflib
+import errno
 import functools
 import gc
 import importlib
@@ -64,7 +65,9 @@ class ResultsTarget:
     def check(cls, out: str | None, formats: Sequence[str], inputs: Sequence[str] = ()) -> ResultsTarget:
         """``--out`` checked before any work, so that a results file that cannot be written fails now, not after
         every film was read (or, for ``pacs``, after its reports were stored in the PACS): its suffix one of
-        ``formats`` (the first one is stdout's), its folder made; a folder given as ``--out``, one of the
+        ``formats`` (the first one is stdout's), its folder, or the nearest one above it that is there, a folder
+        that takes a file (the folder is made by :meth:`write`: a run refused meanwhile, as ``predict`` of paths that
+        name no film, leaves none behind); a folder given as ``--out``, one of the
         ``inputs`` (a list of films was replaced by its one error row) and a model's files
         (:func:`~pneumoscan.models.card.refuse_model_files`) refused, and so is a FIFO or device
         (:func:`~pneumoscan.core.atomic.refuse_special`)."""
@@ -79,11 +82,14 @@ class ResultsTarget:
             raise ValueError(f"--out {out} is one of the inputs: the results go to a file of their own")
         refuse_model_files(out)
         refuse_special(out)
-        folder = Path(out).parent
-        folder.mkdir(parents=True, exist_ok=True)
         if Path(out).is_dir():
             raise IsADirectoryError(f"--out {out} is a folder")
+        folder = Path(out).parent
+        while not os.path.lexists(folder) and folder != folder.parent:  # the one write() makes it in
+            folder = folder.parent
         try:  # the results are written through a file beside them: a folder that takes none fails now
+            if os.path.lexists(folder) and not folder.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
             with tempfile.TemporaryFile(dir=folder):
                 pass
         except OSError as e:
@@ -94,6 +100,7 @@ class ResultsTarget:
         """``text`` to the file, whole or not at all (a full disk leaves no results file cut mid-line) and over
         nothing but the file the run found (:func:`write_unchanged`); else to stdout."""
         if self.out:
+            Path(self.out).parent.mkdir(parents=True, exist_ok=True)
             write_unchanged(self.out, text.encode(), self.stamp)
         else:
             sys.stdout.write(text if text.endswith("\n") else text + "\n")
@@ -654,8 +661,9 @@ def cmd_listen(args: argparse.Namespace) -> int:
 
     show_log_of("pynetdicom")  # its refusals and network errors, which it logs to no one, among ours
     allow = [title for given in args.allow or () for title in given.split(",") if title.strip()]
-    for folder in filter(None, (args.out, args.fhir)):  # made, and checked to take a file, before any film is taken
+    for folder in filter(None, (args.out, args.fhir)):  # checked to take a file, and made, before any film is taken
         ResultsTarget.check(str(Path(folder) / "study.json"), ("json",))
+        Path(folder).mkdir(parents=True, exist_ok=True)
     out, fhir = (Path(folder) if folder else None for folder in (args.out, args.fhir))
     room = Room(args.max_film_mb, args.max_association_mb, args.min_free_mb, args.spool_max_mb)
     audit = AuditLog(args.audit_log, args.audit_required) if args.audit_log else None  # refused before any film

@@ -353,7 +353,7 @@ def test_listen_refuses_a_destination_or_ae_title_it_cannot_use_before_listening
                        (["--store-to", "PACS@pacs.example:104", "--ae-title", "A_TITLE_OF_17_CHR"], "not an AE title"),
                        (["--store-to", "PACS@pacs.example:104", "--allow", "ok,back\\slash"], "not an AE title"),
                        (["--store-to", "PACS@pacs.example:104", "--fhir", str(tmp_path / "a-file")],
-                        "a-file: file exists")):
+                        "a-file: not a directory")):
         assert cli.main(["listen", str(tiny_bundle), "--port", "0", *args]) == 2
         assert said in capsys.readouterr().err
 

@@ -184,14 +184,14 @@ def test_a_path_that_names_no_film_is_refused(tiny_bundle: Path, tmp_path: Path,
     """`predict BUNDLE /no/such/path` said "Predicting 1 image", wrote a results file of one error row and exited 1:
     a typo read as a run a script may take for done. A run none of whose paths names a film (not there, a folder
     holding none, a manifest, an empty $VAR) is refused before any film is read, the path named, and nothing is
-    written (no results, no heatmap folder)."""
+    written: no results, no heatmap folder, and no folder of --out's either (made by its check, it was left behind)."""
     path, said = _names_no_film(tmp_path)[given]
-    out, heatmaps = tmp_path / "results.csv", tmp_path / "heatmaps"
+    out, heatmaps = tmp_path / "runs" / "new" / "results.csv", tmp_path / "heatmaps"  # folders not there yet
     assert cli.main(["predict", str(tiny_bundle), path, "--out", str(out), "--heatmaps", str(heatmaps)]) == 2
     printed = capsys.readouterr()
     assert printed.err.startswith(f"pneumoscan predict: error: {said}"), printed.err
     assert "Predicting" not in printed.err and not printed.out
-    assert not out.exists() and not heatmaps.exists()
+    assert not (tmp_path / "runs").exists() and not heatmaps.exists()
 
 
 def test_paths_that_name_no_film_beside_films_are_error_rows(tiny_bundle: Path, tmp_path: Path,
@@ -202,7 +202,7 @@ def test_paths_that_name_no_film_beside_films_are_error_rows(tiny_bundle: Path, 
     kinds = _names_no_film(tmp_path)
     film = tmp_path / "film.png"
     Image.fromarray(_image(40, 40, 0)).save(film)
-    out = tmp_path / "results.csv"
+    out = tmp_path / "runs" / "day" / "results.csv"  # its folder made once the results are written
     given = [path for path, _ in kinds.values()]
     assert cli.main(["predict", str(tiny_bundle), *given, str(film), "--out", str(out)]) == 1
     rows = list(csv.DictReader(out.open()))
