@@ -317,9 +317,11 @@ def test_heatmaps_never_replace_a_file_nor_become_inputs(tiny_bundle: Path, tmp_
     (films / "a-2.png").unlink()
     with pytest.raises(ValueError, match="refused as films"):
         predict_paths(tiny_bundle, [films], heatmap_dir=films)
-    for _ in range(2):
-        rows = predict_paths(tiny_bundle, [films], heatmap_dir=films / "maps")
+    for _ in range(2):  # the first run, which makes maps/ once its search is done, says what the second says
+        skipped: list[dict[str, str]] = []
+        rows = predict_paths(tiny_bundle, [films], heatmap_dir=films / "maps", skipped=skipped)
         assert [r["path"] for r in rows] == [str(films / "a.png")], "the overlays are not read back as films"
+        assert skipped == [{"path": str(films / "maps"), "reason": "output folder of this run (not searched)"}]
     assert sorted(p.name for p in (films / "maps").iterdir()) == ["a-2.png", "a.png"]
     # a later run over the folder without --heatmaps: the overlays are refused, never scored (one of a NORMAL film
     # was scored PNEUMONIA 0.996), here and by the service

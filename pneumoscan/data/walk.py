@@ -20,6 +20,7 @@ _JUNK_NAMES = frozenset({".ds_store", "thumbs.db", "desktop.ini"})
 # Windows' recycle bin and volume information
 SYSTEM_FOLDERS = frozenset({"@eadir", "#recycle", "#snapshot", "$recycle.bin", "system volume information"})
 ALREADY_SEARCHED = "folder already searched (a link back to it)"  # walk's reason for a real folder reached again
+OUTPUT_FOLDER = "output folder of this run (not searched)"  # walk's reason for its ``exclude``
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,9 @@ class Entry:
 def walk(folder: Path, exclude: Path | None = None, seen: dict[str, Path] | None = None) -> list[Entry]:
     """Every entry below ``folder`` in path order, each accounted for (:class:`Entry`); the one folder walk that
     discovery and prediction share. Linked folders are followed (a site's films linked in), each real folder once, so
-    a link to an ancestor cannot loop; ``exclude`` (an output folder inside) is not searched. ``seen`` (real folder ->
+    a link to an ancestor cannot loop; ``exclude`` (an output folder inside) is not searched, and is listed as
+    skipped whether or not it is there yet (a run that makes it once the search is done says what the next run
+    says). ``seen`` (real folder ->
     the path it was first searched at; ``folder`` itself is searched if it is its own first path) can be shared by
     the walks of one dataset, so that no real folder is searched twice in it. Only a regular file whose ending no
     reader claims is opened, for its first bytes (a DICOM file without ``.dcm``, :func:`_is_dicom`): a FIFO is only
@@ -52,7 +55,7 @@ def walk(folder: Path, exclude: Path | None = None, seen: dict[str, Path] | None
         current = pending.pop()
         real = os.path.realpath(current)
         if real == skip or (skip is not None and real.startswith(skip.rstrip(os.sep) + os.sep)):
-            out.append(Entry(current, "skipped", "output folder of this run (not searched)"))
+            out.append(Entry(current, "skipped", OUTPUT_FOLDER))
             continue
         if seen.setdefault(real, current) != current:
             out.append(Entry(current, "skipped", ALREADY_SEARCHED))
@@ -73,6 +76,10 @@ def walk(folder: Path, exclude: Path | None = None, seen: dict[str, Path] | None
                     out.append(Entry(path, "skipped", reason))
             else:
                 out.append(Entry(path, kind, reason, file_id))
+    if exclude is not None and skip is not None and not os.path.lexists(exclude):  # inside, and to be made
+        top = os.path.realpath(folder)
+        if skip.startswith(top.rstrip(os.sep) + os.sep):
+            out.append(Entry(folder / os.path.relpath(skip, top), "skipped", OUTPUT_FOLDER))
     return sorted(out, key=lambda e: e.path.parts)
 
 
