@@ -283,6 +283,21 @@ def tiny_evaluation(tiny_bundle: Path, tiny_dataset: Path, tmp_path_factory: pyt
 
 
 @pytest.fixture(scope="session")
+def tiny_multiclass_by_subtype(tiny_multiclass_bundle: Path, typed_dataset: Path,
+                               tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """evaluate's folder of tiny_multiclass_bundle on the typed dataset's test films by subtype (``--by subtype``:
+    each group's three-class accuracy and its test), for the tests that read a three-class evaluation by group (its
+    report's six figures: once a run, not once a test)."""
+    from pneumoscan.evaluation.evaluate import evaluate
+
+    def build(folder: Path) -> Path:
+        evaluate(tiny_multiclass_bundle, typed_dataset, "test", folder / "eval", by=["subtype"])
+        return folder / "eval"
+
+    return _once_per_run(tmp_path_factory, "tiny_multiclass_by_subtype", build)
+
+
+@pytest.fixture(scope="session")
 def int8_bundle(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of tiny_bundle with its INT8 model (export --int8), for the onnx-int8 backend's tests."""
     import shutil

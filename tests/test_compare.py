@@ -529,14 +529,14 @@ def test_compare_sets_each_groups_figures_side_by_side_and_names_fields_a_run_la
 
 
 def test_compare_sets_a_three_class_decisions_accuracy_by_subgroup_side_by_side_and_writes_a_papers_table(
-        tiny_multiclass_bundle: Path, typed_dataset: Path, tmp_path: Path) -> None:
-    """Three-class evaluations --by subtype, plain and TTA: each group's accuracy of the decision among the classes,
-    run beneath run with its tests; compare_subgroups.csv gives a row a run, field and group, each figure with its
-    CI's ends, films counted and its field's test (as metrics.json has them), and compare_subgroups.png draws them;
-    runs without figures by subgroup compared into the same folder leave none of them. A damaged p is refused."""
-    plain, tta = tmp_path / "plain", tmp_path / "tta"
-    for out, augment in ((plain, False), (tta, True)):
-        evaluate(tiny_multiclass_bundle, typed_dataset, "test", out_dir=out, tta=augment, by=["subtype"])
+        tiny_multiclass_bundle: Path, tiny_multiclass_by_subtype: Path, typed_dataset: Path, tmp_path: Path) -> None:
+    """Three-class evaluations --by subtype, plain (a copy of the session's) and TTA: each group's accuracy of the
+    decision among the classes, run beneath run with its tests; compare_subgroups.csv gives a row a run, field and
+    group, each figure with its CI's ends, films counted and its field's test (as metrics.json has them), and
+    compare_subgroups.png draws them; runs without figures by subgroup compared into the same folder leave none of
+    them. A damaged p is refused."""
+    plain, tta = shutil.copytree(tiny_multiclass_by_subtype, tmp_path / "plain"), tmp_path / "tta"
+    evaluate(tiny_multiclass_bundle, typed_dataset, "test", out_dir=tta, tta=True, by=["subtype"])
     blocks = {run: json.loads((run / "metrics.json").read_text()) for run in (plain, tta)}
     table = format_table(compare_runs([plain, tta], tmp_path / "both"))
     lines = table.splitlines()
