@@ -30,11 +30,12 @@ from tests.builders import nudge_weights, site_manifest
 
 
 @pytest.fixture(scope="module")
-def two_runs(tiny_bundle: Path, tiny_dataset: Path, module_tmp: Callable[[str], Path]) -> tuple[Path, Path]:
-    """A copy of the tiny training run and an evaluate folder of it (on the test split) beside its bundle."""
+def two_runs(tiny_bundle: Path, tiny_evaluation: Path, module_tmp: Callable[[str], Path]) -> tuple[Path, Path]:
+    """A copy of the tiny training run and, beside its bundle, a copy of the session's evaluate folder of that
+    bundle on the test split (its metrics.json names the session's bundle, which holds the same weights)."""
     run = module_tmp("compare") / "tiny-run"
     shutil.copytree(tiny_bundle.parent, run)
-    evaluate(run / "bundle", tiny_dataset, "test", run / "eval-test")
+    shutil.copytree(tiny_evaluation, run / "eval-test")
     return run, run / "eval-test"
 
 
@@ -481,7 +482,7 @@ def test_compare_and_evaluate_read_a_bundles_card_once(two_runs: tuple[Path, Pat
     for module in (compare, held_out):
         monkeypatch.setattr(module, "load_card", counted)
     compare.load_run(ev)
-    assert read == [str(run / "bundle")]
+    assert read == [json.loads((ev / "metrics.json").read_text())["bundle"]]  # the bundle it measured
     read.clear()
     evaluate(run / "bundle", tiny_dataset, "test")
     assert read == [], "the held-out check reads the card the Predictor read"
