@@ -90,11 +90,26 @@ def test_a_student_trains_on_mixed_targets(teacher_cv: Path, tmp_path: Path) -> 
 def test_a_students_teachers_training_films_are_its_own(tiny_dataset: Path, teacher_cv: Path, tmp_path: Path,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
     """Refused as the student's own; once the teacher was trained again at its path, the student's check followed
-    the new teacher's films (another split) and took them as new: the teacher is then said to be unknown."""
+    the new teacher's films (another split) and took them as new: the teacher is then said to be unknown.
+
+    The same student shows its record of its teachers read as it starts: the teachers' checksums (teacher_cards) and
+    samples of patients (teacher_samples) were read as the run ended, so a teacher trained again at its path during
+    the run (here a trial's card put there after the first epoch) was recorded as the one the student learnt from,
+    under its checksum and its sample. The teacher's own card is then put back: the one the student learnt from."""
     teacher = shutil.copytree(teacher_cv / "fold-0", tmp_path / "teacher-run") / "bundle"  # trained again below
+    trial = trial_copy(teacher_cv / "fold-0" / "bundle", tmp_path / "trial", 20, 1)
+    checksum, own_card = bundle_checksums([teacher])[0], (teacher / CARD).read_bytes()
     cfg = dataclasses.replace(student_config(teacher_cv, tmp_path), teacher=[str(teacher)])
-    bundle = train(tiny_dataset, cfg, tmp_path / "student")
+
+    def retrain(epoch: int) -> None:
+        shutil.copyfile(trial / CARD, teacher / CARD)
+
+    bundle = train(tiny_dataset, cfg, tmp_path / "student", on_epoch_end=retrain)
     recorded = load_card(bundle).train_config
+    assert bundle_checksums([teacher])[0] != checksum
+    assert recorded["teacher_cards"] == [checksum] and TEACHER_SAMPLES not in recorded, recorded
+    (teacher / CARD).write_bytes(own_card)
+    assert bundle_checksums([teacher])[0] == checksum
     assert recorded["teacher"] == [str(teacher)] and recorded["distill_weight"] == 0.25
     capsys.readouterr()
     assert main(["evaluate", str(bundle), str(tmp_path / "only-teacher.csv"), "--split", "test"]) == 2
@@ -284,24 +299,6 @@ def test_resume_refuses_a_teacher_replaced_at_its_path(tiny_dataset: Path, teach
     (teacher / CARD).write_bytes(card)  # the same teacher again: resumed
     train(tiny_dataset, cfg, tmp_path / "run", resume=True)
     assert len((tmp_path / "run" / "history.csv").read_text().splitlines()) == 1 + 2
-
-
-def test_a_students_record_of_its_teachers_is_read_as_it_starts(tiny_dataset: Path, teacher_cv: Path,
-                                                                 tmp_path: Path) -> None:
-    """The teachers' checksums (teacher_cards) and samples of patients (teacher_samples) were read as the run ended:
-    a teacher trained again at its path during the run (here a trial's card put there after the first epoch) was
-    recorded as the one the student learnt from, under its checksum and its sample."""
-    teacher = shutil.copytree(teacher_cv / "fold-0", tmp_path / "teacher-run") / "bundle"
-    trial = trial_copy(teacher_cv / "fold-0" / "bundle", tmp_path / "trial", 20, 1)
-    checksum = bundle_checksums([teacher])[0]
-    cfg = dataclasses.replace(student_config(teacher_cv, tmp_path), teacher=[str(teacher)])
-
-    def retrain(epoch: int) -> None:
-        shutil.copyfile(trial / CARD, teacher / CARD)
-
-    recorded = load_card(train(tiny_dataset, cfg, tmp_path / "student", on_epoch_end=retrain)).train_config
-    assert bundle_checksums([teacher])[0] != checksum
-    assert recorded["teacher_cards"] == [checksum] and TEACHER_SAMPLES not in recorded, recorded
 
 
 def test_a_teacher_whose_training_films_are_unknown_is_refused(tiny_dataset: Path, teacher_cv: Path,
