@@ -537,7 +537,12 @@ def test_out_of_fold_calibration_counts_patients_and_a_film_filed_again_as_one(
         tiny_bundle: Path, member64: Path, tiny_dataset: Path, tmp_path: Path) -> None:
     """The folds' manifests say each film's patient (as oof.csv does): the ensemble's card figures and threshold
     interval, and the INT8 thresholds' intervals chosen out of fold, count patients, a film and its copy under
-    another patient id as one (they counted films, the copy apart)."""
+    another patient id as one (they counted films, the copy apart).
+
+    The same cv's films then rewritten in place: a film rewritten in place keeps its path, so the folds' splits still
+    pass; the fold bundles were made on the old pixels, and their scores on the new ones are not the films' out-of-fold
+    scores. Refused, the fold named, as cv refuses to reuse such a fold (the same cv with its films as they were was
+    taken above)."""
     cv = _cv_run(tmp_path / "cv", (tiny_bundle, member64), tiny_dataset, filed_again=True)
     ens = tmp_path / "ens"
     assert main(["ensemble", "--cv", str(cv), "--youden", "--out", str(ens)]) == 0
@@ -553,6 +558,14 @@ def test_out_of_fold_calibration_counts_patients_and_a_film_filed_again_as_one(
     assert chosen == pytest.approx(threshold_interval(y8, p8, None, None, units), abs=SCORE_TOL)
     # the films counted alone give another interval here: the test tells the two apart
     assert chosen != pytest.approx(threshold_interval(y8, p8, None, None), abs=SCORE_TOL)
+
+    film = next((cv / "again").iterdir())
+    Image.fromarray(255 - np.asarray(Image.open(film))).save(film, quality=95)
+    with pytest.raises(ValueError, match=rf"{cv} fold 0: its films have other pixels or labels than its bundle was "
+                                         r"trained on \(rewritten in place since, or decoded otherwise by this "
+                                         r"version\?\)"):
+        main_raising(["ensemble", "--cv", str(cv), "--youden", "--out", str(tmp_path / "after")])
+    assert not (tmp_path / "after").exists()
 
 
 def test_an_ensemble_of_cv_runs_and_its_int8_model_record_the_files_the_folds_left_out(
@@ -639,22 +652,6 @@ def test_a_fold_bundle_trained_on_other_films_than_its_split_is_refused(tiny_bun
     with pytest.raises(ValueError, match=refused + r".*fold-1/split.csv is missing"):
         main_raising(["ensemble", "--cv", str(cv), "--youden", "--out", str(tmp_path / "e")])
     assert not (tmp_path / "e").exists()
-
-
-def test_a_cv_whose_films_were_rewritten_in_place_is_refused(tiny_bundle: Path, member64: Path, tiny_dataset: Path,
-                                                              tmp_path: Path) -> None:
-    """A film rewritten in place keeps its path, so the folds' splits still pass; the fold bundles were made on the
-    old pixels, and their scores on the new ones are not the films' out-of-fold scores. Refused, the fold named, as
-    cv refuses to reuse such a fold; the same cv with its films as they were is taken."""
-    cv = _cv_run(tmp_path / "cv", (tiny_bundle, member64), tiny_dataset, filed_again=True)
-    assert main(["ensemble", "--cv", str(cv), "--youden", "--out", str(tmp_path / "before")]) == 0
-    film = next((cv / "again").iterdir())
-    Image.fromarray(255 - np.asarray(Image.open(film))).save(film, quality=95)
-    with pytest.raises(ValueError, match=rf"{cv} fold 0: its films have other pixels or labels than its bundle was "
-                                         r"trained on \(rewritten in place since, or decoded otherwise by this "
-                                         r"version\?\)"):
-        main_raising(["ensemble", "--cv", str(cv), "--youden", "--out", str(tmp_path / "after")])
-    assert not (tmp_path / "after").exists()
 
 
 def test_a_member_with_unusable_weights_is_refused_by_name(tiny_bundle: Path, member64: Path, held_out: Path,
