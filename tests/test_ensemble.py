@@ -479,6 +479,10 @@ def _by_hand_int8_out_of_fold(ens: Path, cv: Path) -> tuple[np.ndarray, np.ndarr
 
 def test_cv_members_are_calibrated_on_out_of_fold_scores(tiny_bundle: Path, member64: Path, tiny_dataset: Path,
                                                          tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The members of an ensemble of a cv run are calibrated on their out-of-fold scores. Its INT8 model (of the same
+    ensemble, one `ensemble --cv` for both): no film of a cv ensemble's runs is new to every member, so --data is
+    refused; with --cv the INT8 thresholds are chosen on fold k's films scored by fold k's member quantised alone
+    (here by hand), and the shipped graph stays near the mean of the members quantised alone."""
     cv = _cv_run(tmp_path / "cv", (tiny_bundle, member64), tiny_dataset)
     # --split chooses films of --data: with --cv it was taken and ignored
     with pytest.raises(ValueError, match=r"split \(--split\) test chooses films of data \(--data\); with cv_dirs "
@@ -495,6 +499,43 @@ def test_cv_members_are_calibrated_on_out_of_fold_scores(tiny_bundle: Path, memb
     assert card.val_metrics["n"] == len(discover(tiny_dataset).split("test"))
     # by hand: fold k's films scored by member k alone, on the ensemble's input
     assert card.threshold == pytest.approx(_by_hand_threshold(tmp_path / "ens", cv, runs=1), abs=SCORE_TOL)
+    ens = tmp_path / "ens"  # its INT8 model
+    with pytest.raises(ValueError, match="INT8 thresholds were in .*fold-1/bundle's training split.*--int8 --cv"):
+        main_raising(["export", str(ens), "--int8", "--data", str(cv / "split-fold-0.csv")])
+    # every film of the pool trained one member or the other: the count says so, not only the first member's share
+    with pytest.raises(ValueError, match=r"choose the threshold were in .*training split \(e\.g\. .*; \d+ counting the "
+                                         r"training splits of all 2 bundles its weights come from\).*`ensemble --cv`"):
+        main_raising(["threshold", str(ens), str(cv / "split-fold-0.csv"), "--youden", "--out", str(tmp_path / "t")])
+    other = _cv_run(tmp_path / "other", (member64, tiny_bundle), tiny_dataset)
+    with pytest.raises(ValueError,
+                       match=f"was built from the fold bundles of {cv}, not of {other}: --cv takes the runs"):
+        main_raising(["export", str(ens), "--int8", "--cv", str(other)])
+    # a fold trained again in the same folder (same films, other weights): its films are not out of fold for the
+    # ensemble's own member, which it would score there (an INT8 AUC 0.674 for FP32 0.596)
+    fold = cv / "fold-0" / "bundle"
+    shutil.move(fold, tmp_path / "kept")
+    shutil.copytree(member64, fold)
+    _record_fold_data(fold, discover(cv / "split-fold-0.csv").records)
+    with pytest.raises(ValueError, match=r"^ensemble member 1 of 2 \(.*fold-0/bundle\) holds other weights than .* was "
+                                         "built from"):
+        main_raising(["export", str(ens), "--int8", "--cv", str(cv)])
+    shutil.rmtree(fold)
+    shutil.move(tmp_path / "kept", fold)
+    assert not (ens / "model.int8.onnx").exists()
+    with pytest.raises(ValueError, match=r"no validated model.int8.onnx: run `pneumoscan export .* --int8 --cv CV_DIR"):
+        Predictor(ens, backend="onnx-int8")  # the one command that can make it (--data is refused for it)
+
+    assert main(["export", str(ens), "--int8", "--cv", str(cv)]) == 0
+    sidecar = json.loads(spec_path(ens / "model.int8.onnx").read_text())
+    assert "out-of-fold INT8 scores" in sidecar["int8_thresholds_chosen_on"]
+    assert sidecar["validation_images"] == len(discover(tiny_dataset).split("test"))
+    assert sidecar["val_auc_fp32"] == load_card(ens).val_metrics["auc"]
+    assert sidecar["max_member_mean_change"] < 0.05
+
+    expected = choose_threshold(*_by_hand_int8_out_of_fold(ens, cv), None)
+    assert sidecar["int8_threshold"] == pytest.approx(expected, abs=SCORE_TOL)
+    assert Predictor(ens, backend="onnx-int8").threshold() == sidecar["int8_threshold"]
+
     # a cv run stopped between folds (a third fold planned, its run never made) is no finished cv run
     shutil.copy(cv / "split-fold-0.csv", cv / "split-fold-2.csv")
     for command in (["ensemble", "--cv", str(cv), "--out", str(tmp_path / "partial")],
@@ -878,51 +919,6 @@ def test_an_ensembles_card_says_its_temperature_was_fitted_on_the_films_given_to
     assert "scaled by one temperature fitted on films not recorded on this card (which corrects" in unsaid
     assert f"temperature {card.temperature:.3f} fitted on films not recorded on this card" in unsaid
     assert "the validation films" not in unsaid.split("## Intended use")[1].split("## Out of scope")[0]
-
-
-def test_int8_of_a_cv_ensemble_chooses_its_thresholds_out_of_fold(tiny_bundle: Path, member64: Path,
-                                                                  tiny_dataset: Path, tmp_path: Path) -> None:
-    """No film of a cv ensemble's runs is new to every member, so --data is refused; with --cv the INT8 thresholds
-    are chosen on fold k's films scored by fold k's member quantised alone (here by hand), and the shipped graph
-    stays near the mean of the members quantised alone."""
-    cv = _cv_run(tmp_path / "cv", (tiny_bundle, member64), tiny_dataset)
-    ens = tmp_path / "ens"
-    assert main(["ensemble", "--cv", str(cv), "--youden", "--out", str(ens)]) == 0
-    with pytest.raises(ValueError, match="INT8 thresholds were in .*fold-1/bundle's training split.*--int8 --cv"):
-        main_raising(["export", str(ens), "--int8", "--data", str(cv / "split-fold-0.csv")])
-    # every film of the pool trained one member or the other: the count says so, not only the first member's share
-    with pytest.raises(ValueError, match=r"choose the threshold were in .*training split \(e\.g\. .*; \d+ counting the "
-                                         r"training splits of all 2 bundles its weights come from\).*`ensemble --cv`"):
-        main_raising(["threshold", str(ens), str(cv / "split-fold-0.csv"), "--youden", "--out", str(tmp_path / "t")])
-    other = _cv_run(tmp_path / "other", (member64, tiny_bundle), tiny_dataset)
-    with pytest.raises(ValueError,
-                       match=f"was built from the fold bundles of {cv}, not of {other}: --cv takes the runs"):
-        main_raising(["export", str(ens), "--int8", "--cv", str(other)])
-    # a fold trained again in the same folder (same films, other weights): its films are not out of fold for the
-    # ensemble's own member, which it would score there (an INT8 AUC 0.674 for FP32 0.596)
-    fold = cv / "fold-0" / "bundle"
-    shutil.move(fold, tmp_path / "kept")
-    shutil.copytree(member64, fold)
-    _record_fold_data(fold, discover(cv / "split-fold-0.csv").records)
-    with pytest.raises(ValueError, match=r"^ensemble member 1 of 2 \(.*fold-0/bundle\) holds other weights than .* was "
-                                         "built from"):
-        main_raising(["export", str(ens), "--int8", "--cv", str(cv)])
-    shutil.rmtree(fold)
-    shutil.move(tmp_path / "kept", fold)
-    assert not (ens / "model.int8.onnx").exists()
-    with pytest.raises(ValueError, match=r"no validated model.int8.onnx: run `pneumoscan export .* --int8 --cv CV_DIR"):
-        Predictor(ens, backend="onnx-int8")  # the one command that can make it (--data is refused for it)
-
-    assert main(["export", str(ens), "--int8", "--cv", str(cv)]) == 0
-    sidecar = json.loads(spec_path(ens / "model.int8.onnx").read_text())
-    assert "out-of-fold INT8 scores" in sidecar["int8_thresholds_chosen_on"]
-    assert sidecar["validation_images"] == len(discover(tiny_dataset).split("test"))
-    assert sidecar["val_auc_fp32"] == load_card(ens).val_metrics["auc"]
-    assert sidecar["max_member_mean_change"] < 0.05
-
-    expected = choose_threshold(*_by_hand_int8_out_of_fold(ens, cv), None)
-    assert sidecar["int8_threshold"] == pytest.approx(expected, abs=SCORE_TOL)
-    assert Predictor(ens, backend="onnx-int8").threshold() == sidecar["int8_threshold"]
 
 
 def test_what_the_calibration_check_warned_of_is_kept_in_the_model_card(tiny_bundle: Path, member64: Path,
