@@ -43,18 +43,21 @@ from pneumoscan.models.card import (CARD, CHECKSUM, INIT_SAMPLE, MEMBER_SAMPLES,
 from pneumoscan.training.ensemble import out_of_fold
 from pneumoscan.serving.app import create_app
 from tests.builders import SCORE_TOL, nudge_weights, overflow_every_film, trial_copy
+from tests.conftest import _once_per_run
 from tests.test_card_versions import forged, written_by
 from tests.test_integrity import written_before_checksums
 
 
-@pytest.fixture(scope="module")
-def member64(tiny_dataset: Path, module_tmp: Callable[[str], Path]) -> Path:
+@pytest.fixture(scope="session")
+def member64(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 64 px member (simple_cnn, one epoch): built once a run, not once a worker, since pytest-xdist's worksteal may
+    share this module's tests between workers."""
     from pneumoscan.training.config import TrainConfig
     from pneumoscan.training.train import train
 
     cfg = TrainConfig(task="pneumonia", model="simple_cnn", pretrained=False, image_size=64, epochs=1, batch_size=8,
                       val_fraction=0.25)
-    return train(tiny_dataset, cfg, module_tmp("run-64"))
+    return _once_per_run(tmp_path_factory, "member64", lambda folder: train(tiny_dataset, cfg, folder / "run-64"))
 
 
 @pytest.fixture(scope="module")

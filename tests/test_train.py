@@ -10,7 +10,6 @@ import math
 import os
 import re
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +48,7 @@ from pneumoscan.training.distributed import setup_distributed
 from pneumoscan.training.train import stream_seed, train
 from pneumoscan.training.warm_start import warm_start_head, WARM_START_L2
 from tests.builders import SCORE_TOL, Crash, crash_after_first_epoch, trial_copy
+from tests.conftest import _once_per_run
 from tests.distributed_stubs import CountingProbe, probe_films
 
 TINY = dict(model="simple_cnn", pretrained=False, image_size=32, epochs=2, batch_size=8, lr=3e-3, val_fraction=0.25)
@@ -111,13 +111,14 @@ def test_train_says_a_three_class_bundles_decision_figures(tiny_multiclass_bundl
     assert "most probable class" not in _trained(tiny_bundle)
 
 
-@pytest.fixture(scope="module")
-def learnt_bundle(tiny_dataset: Path, module_tmp: Callable[[str], Path]) -> Path:
+@pytest.fixture(scope="session")
+def learnt_bundle(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run long enough to learn the tiny dataset's signal (5 epochs scored the test films' AUC 1.0 here, as 10 did;
     3 scored 0.89), its thresholds chosen for a sensitivity of 0.9: one run for the test that it learns and the
-    test of its thresholds (the target sets the thresholds only, not the weights)."""
+    test of its thresholds (the target sets the thresholds only, not the weights). Built once a run, not once a
+    worker: pytest-xdist's worksteal may give the two tests, far apart in the module, to two workers."""
     cfg = TrainConfig(**{**TINY, "epochs": 5, "patience": 10, "target_sensitivity": 0.9})
-    return train(tiny_dataset, cfg, module_tmp("learnt") / "run")
+    return _once_per_run(tmp_path_factory, "learnt_bundle", lambda folder: train(tiny_dataset, cfg, folder / "run"))
 
 
 def test_thresholds_meet_target_sensitivity_on_validation(learnt_bundle: Path) -> None:
@@ -876,16 +877,19 @@ def test_neighbouring_seeds_do_not_share_data_order_or_augmentation() -> None:
     assert len({stream_seed(0, epoch, rank) for epoch in range(4) for rank in range(4)}) == 16
 
 
-@pytest.fixture(scope="module")
-def resnet10t_bundle(tiny_dataset: Path, module_tmp: Callable[[str], Path]) -> Path:
+@pytest.fixture(scope="session")
+def resnet10t_bundle(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A resnet10t bundle whose config file sets its model_kwargs (drop_rate 0.25), the timm model the warm start
-    fits a head for: one run (about 4 s of CPU) for the module's tests that need a trained timm bundle."""
-    folder = module_tmp("resnet10t")
-    config = folder / "config.yaml"
-    config.write_text("model: resnet10t\npretrained: false\nmodel_kwargs: {drop_rate: 0.25}\n")
-    # None: the file decides; 3 epochs: after 1 (4 steps) its BatchNorm statistics may rank the films backwards
-    cfg = load_config(config, **{**TINY, "model": None, "pretrained": None, "epochs": 3})
-    return train(tiny_dataset, cfg, folder / "run")
+    fits a head for: one run (about 4 s of CPU) for the module's tests that need a trained timm bundle, once a run
+    (pytest-xdist's worksteal may give them to two workers)."""
+    def build(folder: Path) -> Path:
+        config = folder / "config.yaml"
+        config.write_text("model: resnet10t\npretrained: false\nmodel_kwargs: {drop_rate: 0.25}\n")
+        # None: the file decides; 3 epochs: after 1 (4 steps) its BatchNorm statistics may rank the films backwards
+        cfg = load_config(config, **{**TINY, "model": None, "pretrained": None, "epochs": 3})
+        return train(tiny_dataset, cfg, folder / "run")
+
+    return _once_per_run(tmp_path_factory, "resnet10t_bundle", build)
 
 
 def test_init_refits_only_a_new_classifier(resnet10t_bundle: Path, tiny_dataset: Path, tmp_path: Path,
