@@ -11,7 +11,6 @@ import re
 import shutil
 import warnings
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +31,7 @@ from pneumoscan.training.config import TrainConfig
 from pneumoscan.training.resume import config_changes
 from pneumoscan.training.train import train
 from tests.builders import Crash, copy_of_cv, crash_after_first_epoch
+from tests.conftest import _once_per_run
 
 
 def test_real_folds_keep_patients_duplicates_and_mix(real_train) -> None:
@@ -218,24 +218,31 @@ def test_cv_of_the_multiclass_task_scores_the_three_class_decision(typed_dataset
     assert result["summary"]["accuracy"]["mean"] == pytest.approx(np.mean([f["accuracy"] for f in result["per_fold"]]))
 
 
-@pytest.fixture(scope="module")
-def pooled_multiclass_cv(typed_dataset: Path, module_tmp: Callable[[str], Path]) -> tuple[Path, Path, list[Path]]:
+@pytest.fixture(scope="session")
+def pooled_multiclass_cv(typed_dataset: Path,
+                         tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[Path]]:
     """A two-fold three-class cv (OUT) of the typed training films (MANIFEST) filed as patients of two films each, one
-    bacterial film filed once more, elsewhere, under a patient id of its own (the copy and its original: PAIR)."""
-    folder = module_tmp("pooled")
+    bacterial film filed once more, elsewhere, under a patient id of its own (the copy and its original: PAIR). Built
+    once a run, not once a worker (pytest-xdist's worksteal may give its two tests to two workers)."""
     records = discover(typed_dataset).split("train")
     original = next(r for r in records if r.subtype == "bacteria")
+
+    def build(folder: Path) -> Path:
+        copy = folder / "elsewhere" / "person999_bacteria_999.jpeg"
+        copy.parent.mkdir()
+        shutil.copyfile(original.path, copy)
+        manifest = folder / "pairs-and-a-copy.csv"
+        write_manifest([*(dataclasses.replace(r, patient=f"pair-{i // 2}") for i, r in enumerate(records)),
+                        dataclasses.replace(original, path=str(copy), patient="person999")], manifest)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "temperature 20 is at its bound")  # one epoch of a tiny model: no signal
+            cross_validate(manifest, TrainConfig(task="multiclass", model="simple_cnn", pretrained=False,
+                                                 image_size=32, epochs=1, batch_size=8), 2, folder / "cv")
+        return folder
+
+    folder = _once_per_run(tmp_path_factory, "pooled_multiclass_cv", build)
     copy = folder / "elsewhere" / "person999_bacteria_999.jpeg"
-    copy.parent.mkdir()
-    shutil.copyfile(original.path, copy)
-    manifest = folder / "pairs-and-a-copy.csv"
-    write_manifest([*(dataclasses.replace(r, patient=f"pair-{i // 2}") for i, r in enumerate(records)),
-                    dataclasses.replace(original, path=str(copy), patient="person999")], manifest)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "temperature 20 is at its bound")  # one epoch of a tiny model: no signal yet
-        cross_validate(manifest, TrainConfig(task="multiclass", model="simple_cnn", pretrained=False, image_size=32,
-                                             epochs=1, batch_size=8), 2, folder / "cv")
-    return folder / "cv", manifest, [Path(original.path), copy]
+    return folder / "cv", folder / "pairs-and-a-copy.csv", [Path(original.path), copy]
 
 
 def _pooled(out: Path, manifest: Path) -> tuple[dict, list[list[set[str]]], dict]:
