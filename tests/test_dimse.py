@@ -167,6 +167,29 @@ def wait_for(done: Callable[[], bool]) -> None:
         time.sleep(0.01)
 
 
+def spool_tries(monkeypatch: pytest.MonkeyPatch) -> Callable[[int], None]:
+    """Count the tries of the spool (:meth:`Listener._resend`) the test's listeners finish; the function returned
+    waits for ``n`` more tries than had finished when it was called, two making sure one began after that: a test
+    waits for its tries to happen, not for a time in which a loaded machine may make none (the sending thread sets
+    the next try only once the last has ended)."""
+    finished = [0]
+    resend = Listener._resend
+
+    def counted(self: Listener) -> None:
+        try:
+            resend(self)
+        finally:
+            finished[0] += 1
+
+    monkeypatch.setattr(Listener, "_resend", counted)
+
+    def more(n: int) -> None:
+        start = finished[0]
+        wait_for(lambda: finished[0] >= start + n)
+
+    return more
+
+
 def test_studies_sent_in_one_association_get_the_srs_pacs_builds_and_faults_get_its_rows(
     listen: Callable[..., int], destination: Destination_SCP, tiny_bundle: Path, film: np.ndarray, tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
@@ -497,6 +520,7 @@ def test_a_report_spooled_while_the_destination_is_down_arrives_once_when_it_is_
     (a confirmed report is never sent again). The study's rows in --out, which said the report not stored, are
     rewritten to say it is stored, and why it came late."""
     monkeypatch.setattr(dimse, "FIRST_WAIT_S", 0.01)
+    tries = spool_tries(monkeypatch)
     caplog.set_level(logging.INFO, logger="pneumoscan")
     down = Destination_SCP()
     down.shutdown()  # its port, with no one listening for now
@@ -515,7 +539,7 @@ def test_a_report_spooled_while_the_destination_is_down_arrives_once_when_it_is_
     back = Destination_SCP(port=down.port)
     try:
         wait_for(lambda: "spooled, is stored at" in caplog.text)
-        time.sleep(0.25)  # five more tries of the spool
+        tries(3)  # at least two more tries of the spool after the one that stored it
     finally:
         back.shutdown()
     [sr] = back.received
@@ -711,6 +735,7 @@ def test_a_listener_started_again_sends_the_reports_an_earlier_one_left_in_the_s
     """A listener stopped while its destination is down keeps the study's report in --spool (its stop's error line
     says so); a listener started again with that spool, the destination up, sends it at once, and once."""
     monkeypatch.setattr(dimse, "FIRST_WAIT_S", 0.01)
+    tries = spool_tries(monkeypatch)
     caplog.set_level(logging.INFO, logger="pneumoscan")
     destination = Destination_SCP()
     destination.shutdown()
@@ -732,7 +757,7 @@ def test_a_listener_started_again_sends_the_reports_an_earlier_one_left_in_the_s
         second = Listener(tiny_bundle, "PNEUMOSCAN", to, work, backend="torch", spool=spool, retry_s=0.05)
         server = second.start("127.0.0.1", 0)
         wait_for(lambda: "spooled, is stored at" in caplog.text)
-        time.sleep(0.15)  # more tries of the spool
+        tries(2)  # at least one more try of the spool after the one that stored it
         server.shutdown()
         second.stop()
     finally:
@@ -1291,6 +1316,7 @@ def test_a_rejection_note_of_a_film_scored_already_names_its_reports_and_keeps_t
     the film and the rejection reason, and its SR is moved out of the spool into withdrawn/. pneumoscan sends no
     retraction."""
     monkeypatch.setattr(dimse, "FIRST_WAIT_S", 0.01)
+    tries = spool_tries(monkeypatch)
     caplog.set_level(logging.INFO, logger="pneumoscan")
     down = Destination_SCP()
     down.shutdown()  # its port, with no one listening for now
@@ -1312,10 +1338,10 @@ def test_a_rejection_note_of_a_film_scored_already_names_its_reports_and_keeps_t
     assert int(assoc.send_c_store(pydicom.dcmread(io.BytesIO(note))).Status) == 0
     back = Destination_SCP(port=down.port)
     try:
-        time.sleep(0.15)  # three tries of the spool before the note's association is released
+        tries(2)  # at least one try of the spool, the destination up, before the note's association is released
         assoc.release()
         wait_for(lambda: "reports known for 1" in caplog.text)
-        time.sleep(0.15)  # three more after
+        tries(2)  # and one more after
     finally:
         back.shutdown()
     assert back.received == []
@@ -1394,6 +1420,7 @@ def test_a_rejection_note_whose_association_is_aborted_still_keeps_the_films_rep
     Put back in the spool, a second listener on the same spool, the destination up, sets it aside again and never
     sends it: the withdrawal is on disk."""
     monkeypatch.setattr(dimse, "FIRST_WAIT_S", 0.01)
+    tries = spool_tries(monkeypatch)
     caplog.set_level(logging.INFO, logger="pneumoscan")
     down = Destination_SCP()
     down.shutdown()
@@ -1430,7 +1457,7 @@ def test_a_rejection_note_whose_association_is_aborted_still_keeps_the_films_rep
         second = Listener(tiny_bundle, "PNEUMOSCAN", to, work, backend="torch", spool=spool, retry_s=0.05)
         server = second.start("127.0.0.1", 0)
         wait_for(lambda: f"the report(s) {sr_uid} of the film" in caplog.text)
-        time.sleep(0.15)  # more tries of the spool
+        tries(2)  # at least one try of the spool after the one that found the report withdrawn
         server.shutdown()
         second.stop()
     finally:
