@@ -557,19 +557,28 @@ def test_a_fault_of_the_bundle_check_is_logged_redacted_on_one_line(tiny_bundle:
     assert "Smith" not in caplog.text
 
 
-def test_a_fault_of_the_bundle_check_is_weighed_under_the_lock(tiny_bundle: Path,
+def test_a_fault_of_the_bundle_check_is_weighed_under_the_lock(tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch,
                                                                 caplog: pytest.LogCaptureFixture) -> None:
     """listen answers a check's outcome from several threads: the fault last said was read and written outside the
     lock that guards the check, so two studies that saw one fault at once could both say it. Its outcome waits for
-    the lock (held here as a check starting holds it), and the fault is still said once."""
+    the lock (held here as a check starting holds it), and the fault is still said once. The thread says when it
+    has reached the fault's wording (what outcome does first), so a thread not yet run is not taken for one held."""
     disk = on_disk.BundleOnDisk(tiny_bundle, lambda state: "the check failed")
     fault = OSError(errno.EIO, "Input/output error")
     caplog.set_level(logging.ERROR)
+    reached, shown = threading.Event(), on_disk.shown
+
+    def shown_once_reached(text: str) -> str:
+        reached.set()
+        return shown(text)
+
+    monkeypatch.setattr(on_disk, "shown", shown_once_reached)
     with disk._lock:
         waiting = threading.Thread(target=disk.outcome, args=(on_disk.Check(), fault))
         waiting.start()
+        assert reached.wait(5), "outcome was not reached"
         waiting.join(0.2)
-        assert waiting.is_alive(), "outcome went on without the lock"
+        assert waiting.is_alive() and disk._failed is None and caplog.records == [], "outcome went on without the lock"
     waiting.join(5)
     assert disk.outcome(on_disk.Check(), fault) == on_disk.BundleState.FAILED
     assert [r.getMessage() for r in caplog.records] == ["the check failed: [Errno 5] Input/output error"]
