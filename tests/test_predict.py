@@ -23,6 +23,7 @@ from pneumoscan import cli
 from pneumoscan.data.decode import read_gray
 from pneumoscan.data.preprocess import TTA_VIEWS, PreprocessSpec, preprocess
 from pneumoscan.data.scope import MIN_SIDE, THUMBNAIL, describe
+from pneumoscan.data.walk import OUTPUT_FOLDER
 from pneumoscan.inference.export import write_onnx_spec
 from pneumoscan.inference.predict import (
     Predictor,
@@ -158,6 +159,29 @@ def test_a_path_that_cannot_be_looked_at_is_not_said_to_be_missing(tmp_path: Pat
     assert expand_paths(given) == [(path, why) for path in given]
     with pytest.raises(ValueError, match=f"^{re.escape(given[0])}: {why}$"):
         expand_paths(given[:1], refuse=True)
+
+
+def test_the_runs_output_folder_is_not_what_a_folder_without_films_is_said_to_hold(tmp_path: Path) -> None:
+    """`predict empty/ --heatmaps empty/maps` was refused as "1 other entry skipped, such as empty/maps: output
+    folder of this run": a folder not there yet, where the hint at what the folder holds instead belongs. The run's
+    own output folder is left out of the refusal's count and example, and still listed among what was skipped."""
+    empty, maps = tmp_path / "empty", tmp_path / "empty" / "maps"
+    empty.mkdir()
+    skipped: list[dict[str, str]] = []
+    with pytest.raises(ValueError) as refused:
+        expand_paths([empty], exclude=maps, skipped=skipped, refuse=True)
+    assert str(refused.value) == f"{empty}: folder holds no JPEG, PNG or DICOM files"
+    assert skipped == [{"path": str(maps), "reason": OUTPUT_FOLDER}]
+    maps.mkdir()  # an earlier run's overlays there, and a note beside
+    (maps / "film.png").write_bytes(b"")
+    (empty / "notes.txt").write_text("no film here")
+    skipped.clear()
+    with pytest.raises(ValueError) as refused:
+        expand_paths([empty], exclude=maps, skipped=skipped, refuse=True)
+    assert str(refused.value) == (
+        f"{empty}: folder holds no JPEG, PNG or DICOM files (searched with its subfolders; 1 other entry skipped, such "
+        f"as {empty / 'notes.txt'}: not an image extension (.txt))")
+    assert [entry["path"] for entry in skipped] == [str(maps), str(empty / "notes.txt")]
 
 
 def _names_no_film(tmp_path: Path) -> dict[str, tuple[str, str]]:

@@ -35,7 +35,7 @@ from pneumoscan.data.appearance import MIN_FILMS
 from pneumoscan.data.decode import read_dicom, read_gray
 from pneumoscan.data.preprocess import TTA_VIEWS
 from pneumoscan.data.pixels import DecodeError, blocks, check_array, what_was_given
-from pneumoscan.data.walk import walk
+from pneumoscan.data.walk import OUTPUT_FOLDER, walk
 from pneumoscan.data.readers import formats
 from pneumoscan.data.scope import CONTENT_UNCHECKED, in_scope, read_described, scope_warnings
 from pneumoscan.data.tasks import Task, get_task, list_tasks
@@ -460,17 +460,17 @@ def expand_paths(
     refuse: bool = False,
 ) -> list[tuple[str, str | None]]:
     """(file, error) for every input: files as given, folders walked as discovery walks them
-    (:func:`pneumoscan.data.walk.walk`):
-    their JPEG/PNG/DICOM files, and an error for each entry named like one that cannot be read (a broken link, a
-    link loop, a FIFO). What a folder holds besides (hidden and system files, other extensions, the ``exclude``
-    folder, such as the heatmaps) is appended to ``skipped`` as ``{"path", "reason"}``. A path given that names no
-    film is an error row: a folder without images (what it holds instead named: films of another format are the
-    wrong folder), an empty path (which would mean the current folder), a path not there (:data:`NO_SUCH` whatever
-    its name: a folder's may hold a dot, a film's may have none) or that cannot be looked at (:func:`_looked_up`)
-    and a CSV manifest, which other commands take as DATA. With ``refuse`` (paths a user named, which they can mend:
-    :func:`predict_paths`) the paths are refused (ValueError naming them) when none of them names a film, before any
-    is read: a run that would read nothing. One among others that do stays a row, so that a job over each day's
-    folder reads the days that hold films."""
+    (:func:`pneumoscan.data.walk.walk`): their JPEG/PNG/DICOM files, and an error for each entry named like one that
+    cannot be read (a broken link, a link loop, a FIFO). What a folder holds besides (hidden and system files, other
+    extensions, the ``exclude`` folder, such as the heatmaps) is appended to ``skipped`` as ``{"path", "reason"}``.
+    A path given that names no film is an error row: a folder without images (what it holds instead named: films of
+    another format are the wrong folder; the ``exclude`` folder, this run's own, is not what it holds), an empty path
+    (which would mean the current folder), a path not there (:data:`NO_SUCH` whatever its name: a folder's may hold
+    a dot, a film's may have none) or that cannot be looked at (:func:`_looked_up`) and a CSV manifest, which other
+    commands take as DATA. With ``refuse`` (paths a user named, which they can mend: :func:`predict_paths`) the
+    paths are refused (ValueError naming them) when none of them names a film, before any is read:
+    a run that would read nothing. One among others that do stays a row, so that a job over each day's folder reads
+    the days that hold films."""
     out: list[tuple[str, str | None]] = []
     unnamed: list[tuple[str, str]] = []  # each path given that names no film, with why
     for text in map(str, paths):
@@ -496,6 +496,7 @@ def expand_paths(
             if films:
                 continue
             fault = f"folder holds no {formats()} files"
+            besides = [e for e in besides if e.reason != OUTPUT_FOLDER]  # this run's own, maybe not there yet
             if besides:  # what it holds instead (films of another format: the wrong folder)
                 others = "entry" if len(besides) == 1 else "entries"
                 fault += (f" (searched with its subfolders; {len(besides)} other {others} skipped, such as "
@@ -795,9 +796,9 @@ def predict_paths(
     reading whose second stage failed keeps its first stage's fields, with the second's empty and an ``error``.
     What the searched folders hold besides films is appended to ``skipped`` (see :func:`expand_paths`). A path that
     names no film (not there, a folder that holds none, a CSV manifest, an empty path) is an error row among paths
-    that do; when none of ``paths`` names a film, ValueError is raised naming them, before any film is read or any
-    file written. The reading's rules are the web service's (:class:`Stages`): the bundles loaded and checked by
-    :func:`ready_stages`, the films read by :func:`score_paths`.
+    that do; when none of ``paths`` names a film, ValueError is raised naming them, before
+    any film is read or any file written. The reading's rules are the web service's (:class:`Stages`): the bundles
+    loaded and checked by :func:`ready_stages`, the films read by :func:`score_paths`.
 
     Images are decoded once (reduced towards the model size, as in training's cache); the Grad-CAM
     overlays and a second stage that decodes to the same size reuse those pixels.
