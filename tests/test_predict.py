@@ -184,6 +184,17 @@ def test_the_runs_output_folder_is_not_what_a_folder_without_films_is_said_to_ho
     assert [entry["path"] for entry in skipped] == [str(maps), str(empty / "notes.txt")]
 
 
+def test_no_path_given_is_refused_and_paths_may_come_from_a_generator(tiny_bundle: Path, tmp_path: Path) -> None:
+    """predict_paths(bundle, []) returned no rows, where a run in which no path names a film is refused; and the
+    paths given as a generator raised TypeError (len of a generator) instead of the refusal of what they name."""
+    with pytest.raises(ValueError, match="^no film or folder given$"):
+        predict_paths(tiny_bundle, [])
+    with pytest.raises(ValueError, match="^no film or folder given$"):
+        expand_paths(iter([]), refuse=True)
+    with pytest.raises(ValueError, match=f"^{re.escape(str(tmp_path / 'scans'))}: no such file or folder$"):
+        expand_paths((path for path in [tmp_path / "scans"]), refuse=True)
+
+
 def _names_no_film(tmp_path: Path) -> dict[str, tuple[str, str]]:
     """Each kind of path that names no film, made in ``tmp_path``, with what predict says of it."""
     (tmp_path / "empty" / "nested").mkdir(parents=True)

@@ -456,7 +456,7 @@ def tta_probabilities(view_logits: Iterable[np.ndarray], temperature: float) -> 
 
 
 def expand_paths(
-    paths: Sequence[str | Path], exclude: Path | None = None, skipped: list[dict[str, str]] | None = None,
+    paths: Iterable[str | Path], exclude: Path | None = None, skipped: list[dict[str, str]] | None = None,
     refuse: bool = False,
 ) -> list[tuple[str, str | None]]:
     """(file, error) for every input: files as given, folders walked as discovery walks them
@@ -468,9 +468,12 @@ def expand_paths(
     (which would mean the current folder), a path not there (:data:`NO_SUCH` whatever its name: a folder's may hold
     a dot, a film's may have none) or that cannot be looked at (:func:`_looked_up`) and a CSV manifest, which other
     commands take as DATA. With ``refuse`` (paths a user named, which they can mend: :func:`predict_paths`) the
-    paths are refused (ValueError naming them) when none of them names a film, before any is read:
+    paths are refused (ValueError naming them) when none of them names a film, or none is given, before any is read:
     a run that would read nothing. One among others that do stays a row, so that a job over each day's folder reads
     the days that hold films."""
+    paths = list(paths)  # counted below: a generator has no length
+    if refuse and not paths:
+        raise ValueError("no film or folder given")
     out: list[tuple[str, str | None]] = []
     unnamed: list[tuple[str, str]] = []  # each path given that names no film, with why
     for text in map(str, paths):
@@ -796,7 +799,7 @@ def predict_paths(
     reading whose second stage failed keeps its first stage's fields, with the second's empty and an ``error``.
     What the searched folders hold besides films is appended to ``skipped`` (see :func:`expand_paths`). A path that
     names no film (not there, a folder that holds none, a CSV manifest, an empty path) is an error row among paths
-    that do; when none of ``paths`` names a film, ValueError is raised naming them, before
+    that do; when none of ``paths`` names a film, ValueError is raised naming them (or saying none is given), before
     any film is read or any file written. The reading's rules are the web service's (:class:`Stages`): the bundles
     loaded and checked by :func:`ready_stages`, the films read by :func:`score_paths`.
 
