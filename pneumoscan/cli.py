@@ -100,7 +100,6 @@ class ResultsTarget:
         """``text`` to the file, whole or not at all (a full disk leaves no results file cut mid-line) and over
         nothing but the file the run found (:func:`write_unchanged`); else to stdout."""
         if self.out:
-            Path(self.out).parent.mkdir(parents=True, exist_ok=True)
             write_unchanged(self.out, text.encode(), self.stamp)
         else:
             sys.stdout.write(text if text.endswith("\n") else text + "\n")

@@ -338,6 +338,31 @@ def test_errors_are_one_sentence_with_status_2(
         assert capsys.readouterr().err == f"pneumoscan predict: error: {reason}\n"
 
 
+def test_results_whose_folder_cannot_be_made_once_the_run_is_done_go_to_the_nearest_folder_and_say_so(
+    tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """--out's folder is made once the work is done (a run refused meanwhile leaves none): a file that took its
+    name since the check lost a long run's results with a bare error. They go under a name of their own to the
+    nearest folder there, as results another run changed go beside them, and the error line says where."""
+    out, taken = tmp_path / "runs" / "new" / "results.csv", tmp_path / "runs"
+    film = str(sorted((tiny_dataset / "test" / "NORMAL").iterdir())[0])
+    check = cli.ResultsTarget.check
+
+    def checked_then_taken(*args: object) -> cli.ResultsTarget:
+        target = check(*args)
+        taken.write_text("another program's file")
+        return target
+
+    monkeypatch.setattr(cli.ResultsTarget, "check", checked_then_taken)
+    assert cli.main(["predict", str(tiny_bundle), film, "--out", str(out)]) == 2
+    kept = tmp_path / "results.csv"
+    assert film in kept.read_text() and taken.read_text() == "another program's file"
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"pneumoscan predict: error: the folder {out.parent} cannot be made ({os.strerror(errno.ENOTDIR)}): this "
+        f"run's results are in {kept}")
+
+
 def test_pacs_refuses_a_results_file_it_cannot_write_before_asking_the_pacs_anything(
     tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

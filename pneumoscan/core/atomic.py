@@ -164,8 +164,17 @@ def _changed(path: Path, appeared: bool) -> FileExistsError:
 def write_unchanged(path: Path | str, data: bytes, stamp: str | None) -> Path:
     """:func:`write_atomic` of a results file that replaces only the file ``stamp`` found when the run began
     (:func:`unchanged`). When another writer changed it since, ``data`` goes under a new name beside it
-    (:func:`write_new`) and FileExistsError says where: the other results stay, and this run's are not lost."""
+    (:func:`write_new`) and FileExistsError says where: the other results stay, and this run's are not lost. So too
+    when its folder, made now (once the run's work is done), cannot be: a file took its name meanwhile; ``data``
+    goes under a new name to the nearest folder above it, and OSError says where."""
     path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        nearest = next(folder for folder in path.parents if folder.is_dir())  # the root, at the last
+        kept = write_new(nearest, path.stem, path.suffix, data)
+        raise OSError(f"the folder {path.parent} cannot be made ({e.strerror or e}): this run's results are in "
+                      f"{kept}") from e
     try:
         with unchanged(path, stamp):
             # exclusive where the name is free: a file a writer without the lock puts there now is kept too
