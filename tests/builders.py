@@ -386,3 +386,19 @@ def copy_of_cv(cv: tuple[Path, list[str]], to: Path) -> tuple[Path, list[str]]:
     out, args = cv
     shutil.copytree(out, to)
     return to, [str(to) if a == str(out) else a for a in args]
+
+
+class Clock:
+    """A module's clock (its ``time``: the rate-limit store's limits.time, a log filter's), moved by the test alone:
+    a back-off or an interval that ends only when the test says, whatever else the machine is doing. ``time()``, the
+    limits library's, is the machine's."""
+
+    def __init__(self) -> None:
+        self.now = time.monotonic()
+
+    def monotonic(self) -> float:
+        return self.now
+
+    @staticmethod
+    def time() -> float:
+        return time.time()

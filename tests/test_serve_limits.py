@@ -38,7 +38,7 @@ from pneumoscan.serving.app import create_app
 from pneumoscan.serving.limits import Limits
 from pneumoscan.serving.server import (ACCESS_LOGGER, NOT_SERVED, QUIET_LOGGERS, AccessLines, AccessLog, served_paths,
                                        server_config)
-from tests.builders import free_port, running, wait_healthy
+from tests.builders import Clock, free_port, running, wait_healthy
 from tests.test_integrity import bright_overflow_bundle, png
 from tests.test_serve import labels, moved, scraped
 
@@ -69,22 +69,6 @@ class Gate:
 
     def wait_entered(self, n: int) -> None:
         wait_for(lambda: self.entered >= n, f"{n} calls at the gate (got {self.entered})")
-
-
-class Clock:
-    """A module's clock (its ``time``: the rate-limit store's limits.time, a log filter's), moved by the test alone:
-    a back-off or an interval that ends only when the test says, whatever else the machine is doing. ``time()``, the
-    limits library's, is the machine's."""
-
-    def __init__(self) -> None:
-        self.now = time.monotonic()
-
-    def monotonic(self) -> float:
-        return self.now
-
-    @staticmethod
-    def time() -> float:
-        return time.time()
 
 
 def wait_for(condition: Callable[[], bool], what: str, timeout: float = 15) -> None:

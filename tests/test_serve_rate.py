@@ -29,11 +29,11 @@ from pneumoscan.serving.app import create_app
 from pneumoscan.serving.guard import Access
 from pneumoscan.serving import limits
 from pneumoscan.serving.limits import STORE_SILENT, PerClient, Rejected
-from tests.builders import free_port
+from tests.builders import Clock, free_port
 from tests.test_serve import labels, moved, scraped
 from tests.test_serve_auth import KEY, LOCAL, PACS_KEY, WARD_KEY, predict, predict_at
 from tests.test_interop import private_ca
-from tests.test_serve_limits import Clock, logged
+from tests.test_serve_limits import logged
 
 WARD, SCRIPT = ("10.1.0.7", 50123), ("10.1.0.99", 50124)  # two workstations' addresses
 
