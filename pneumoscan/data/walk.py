@@ -54,7 +54,7 @@ def walk(folder: Path, exclude: Path | None = None, seen: dict[str, Path] | None
     while pending:
         current = pending.pop()
         real = os.path.realpath(current)
-        if real == skip or (skip is not None and real.startswith(skip.rstrip(os.sep) + os.sep)):
+        if skip is not None and Path(real).is_relative_to(skip):  # the folder itself, or one inside it
             out.append(Entry(current, "skipped", OUTPUT_FOLDER))
             continue
         if seen.setdefault(real, current) != current:
@@ -78,7 +78,7 @@ def walk(folder: Path, exclude: Path | None = None, seen: dict[str, Path] | None
                 out.append(Entry(path, kind, reason, file_id))
     if exclude is not None and skip is not None and not os.path.lexists(exclude):  # inside, and to be made
         top = os.path.realpath(folder)
-        if skip.startswith(top.rstrip(os.sep) + os.sep):
+        if skip != top and Path(skip).is_relative_to(top):
             out.append(Entry(folder / os.path.relpath(skip, top), "skipped", OUTPUT_FOLDER))
     return sorted(out, key=lambda e: e.path.parts)
 
