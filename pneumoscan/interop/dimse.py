@@ -429,6 +429,29 @@ def uid_of(path: Path) -> str:
     return path.name.partition("_")[2].removesuffix(".dcm")
 
 
+def keep_answers(assoc: Association) -> Association:
+    """``assoc``, a requestor's association, whose reactor no longer takes an answer off the DIMSE queue.
+
+    pynetdicom's reactor thread reads that queue without blocking between its own requests, and a ``send_*`` method
+    pauses it before sending; but the pause is a flag the reactor raises just before its checkpoint, so a reactor
+    held up between the checkpoint and its read (a loaded machine) takes the C-STORE's answer, drops it as
+    "Received unexpected C-STORE service message", and the sender waits out its DIMSE timeout and aborts: a report
+    the destination stored counted as unanswered. Its read here leaves an answer (a message that is not a request)
+    at the head of the queue for the ``send_*`` method waiting for it; a request is still served."""
+    dimse = assoc.dimse
+    waiting, take = dimse.msg_queue, dimse.get_msg
+
+    def get_msg(block: bool = False) -> tuple[int | None, DIMSEMessage | None]:
+        if not block:
+            with waiting.mutex:
+                if waiting.queue and not waiting.queue[0][1].is_valid_request:
+                    return None, None
+        return take(block)
+
+    dimse.get_msg = get_msg  # type: ignore[method-assign]
+    return assoc
+
+
 @dataclass
 class _Association:
     """What one association brought: its folder, its instances' rows by study and SOP Instance UID, and their bytes
@@ -1444,7 +1467,7 @@ class Listener:
         for sop_class, syntax in {(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID) for ds in pending.values()}:
             ae.add_requested_context(sop_class, syntax)
         where = self.destination
-        assoc = ae.associate(where.host, where.port, ae_title=where.ae_title)
+        assoc = keep_answers(ae.associate(where.host, where.port, ae_title=where.ae_title))
         if not assoc.is_established:
             reason = ("the association was rejected: check that the destination knows this AE title and address"
                       if assoc.is_rejected else "no association: the destination is down or cannot be reached")
