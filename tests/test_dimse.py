@@ -1659,12 +1659,8 @@ def test_an_instance_whose_data_set_is_not_of_the_class_its_c_store_names_is_ref
     request.AffectedSOPClassUID, request.AffectedSOPInstanceUID = ComprehensiveSRStorage, ds.SOPInstanceUID
     request.DataSet = io.BytesIO(encode(ds, False, True))
     [context] = assoc.accepted_contexts
-    assoc._reactor_checkpoint.clear()  # as send_c_store does (pynetdicom's own): the answer is this thread's
-    while not assoc._is_paused:
-        time.sleep(0.0001)
     assoc.dimse.send_msg(request, context.context_id)
-    _, answer = assoc.dimse.get_msg(block=True)
-    assoc._reactor_checkpoint.set()
+    _, answer = assoc.dimse.get_msg(block=True)  # the answer is this thread's: keep_answers (associate)
     assoc.release()
     assert (int(answer.Status), answer.ErrorComment) == (
         0xA900, "its SOPClassUID is not the one its C-STORE request names")
