@@ -1582,6 +1582,32 @@ def test_a_report_stored_is_counted_stored_however_late_pynetdicoms_reactor_runs
     assert "unexpected" not in caplog.text
 
 
+def test_a_sending_thread_held_up_past_the_store_timeout_still_stores_its_report(
+    listen: Callable[..., int], destination: Destination_SCP, film: np.ndarray, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The listener's sending thread held up (a loaded machine) for twice --store-timeout between its association
+    and its C-STORE, while the destination answers at once: the report is stored and the study's line said. The
+    association's idle timer was --store-timeout too, and pynetdicom's reactor aborted the association under the
+    C-STORE: it raised "must be established" (no line of the study's reports at all), or went out after the abort
+    (InvalidEventError, Evt9 in Sta13) and waited for an answer that could not come."""
+    caplog.set_level(logging.INFO, logger="pneumoscan")
+    store = Association.send_c_store
+
+    def held_up(self: Association, *args: object, **kwargs: object) -> Dataset:
+        if threading.current_thread().name == "listen-sender":
+            time.sleep(0.6)
+        return store(self, *args, **kwargs)
+
+    monkeypatch.setattr(Association, "send_c_store", held_up)
+    study = generate_uid()
+    port = listen(destination.port, store_s=0.3, send_s=30)
+    assert send(port, [chest_dicom(film, StudyInstanceUID=study)]) == [0]
+    wait_for(lambda: f"study {study}: reports " in caplog.text)  # "reports of", or "reports not sent"
+    assert f"study {study}: reports of 1 of 1 films stored" in caplog.text, caplog.text
+    assert [str(sr.StudyInstanceUID) for sr in destination.received] == [study]
+
+
 def test_a_report_the_spool_cannot_read_is_that_studys_error_alone(
     listen: Callable[..., int], destination: Destination_SCP, film: np.ndarray, caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,

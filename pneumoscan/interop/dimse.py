@@ -1462,7 +1462,10 @@ class Listener:
         """One association to the destination, each of ``pending`` sent over it: its C-STORE status, or why there
         was none (no association, the association aborted, no answer within ``timeout`` seconds a step)."""
         ae = AE(ae_title=self.ae_title)
-        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = timeout
+        ae.acse_timeout = ae.dimse_timeout = ae.connection_timeout = timeout
+        # no idle timeout (pynetdicom's default is 60 s): this thread's own waits bound each step, and the reactor
+        # that would act on it aborts the association under a C-STORE this thread, held up, has yet to send
+        ae.network_timeout = None
         # one context per class and syntax: a study's reports share them, and an association takes at most 128
         for sop_class, syntax in {(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID) for ds in pending.values()}:
             ae.add_requested_context(sop_class, syntax)
