@@ -298,10 +298,10 @@ def test_a_lingering_close_ends_at_the_body_timeout_though_the_client_goes_on_se
     with live(create_app(tiny_bundle, limits=limits, max_upload_mb=1.0), limits) as url:
         port = int(url.rsplit(":", 1)[1])
         with socket.create_connection(("127.0.0.1", port)) as sock:
-            sock.sendall(multipart_head(2**30).replace(b"HTTP/1.1", b"HTTP/1.0", 1))
+            start = time.monotonic()  # before the lingering close begins: a client held up after reading its answer
+            sock.sendall(multipart_head(2**30).replace(b"HTTP/1.1", b"HTTP/1.0", 1))  # (load) sees less of it
             answer, _ = read_until_closed(sock, timeout=10)  # the service ends its side after the answer
             assert answer.startswith(b"HTTP/1.1 413"), answer[:300]
-            start = time.monotonic()
             with pytest.raises(OSError):  # the socket closed on the service's side: a reset, then a broken pipe
                 while time.monotonic() - start < 10:
                     sock.sendall(b"\0" * 1024)
@@ -332,7 +332,7 @@ def test_lingering_closes_are_bounded_and_counted(tiny_bundle: Path) -> None:
                     time.sleep(0.02)
             took = time.monotonic() - start
             first.sendall(b"\0" * 1024)  # still lingering: taken, and dropped
-    assert took < 1, took  # not the 5 s of a lingering close
+    assert took < 2.5, took  # not the 5 s of a lingering close
     assert samples[("pneumoscan_lingering_closes", labels())] == 1
     assert samples[("pneumoscan_lingering_closes_limit", labels())] == 1
     closes = "pneumoscan_early_answer_closes_total"
