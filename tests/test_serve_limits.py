@@ -441,7 +441,9 @@ def test_healthz_answers_fast_while_every_decode_slot_is_busy(tiny_bundle: Path,
                 assert http.get("/v1/model").status_code == 200
             gate.open.set()
         assert [r.status_code for r in held] == [200] * 6
-    assert max(times) < 1.0 and float(np.median(times)) < 0.2, times
+    # a probe that waited behind decodes would wait for the gate, past the client's timeout: most answer at once, and
+    # none near that timeout (one held up by a loaded machine, a GC pause, is no fault: its bound was 1 s)
+    assert max(times) < 5.0 and float(np.median(times)) < 0.2, times
 
 
 def test_healthz_says_unhealthy_while_the_bundle_folder_hangs_and_the_rest_is_served(
@@ -515,7 +517,9 @@ def test_healthz_says_unhealthy_while_the_bundle_folder_hangs_and_the_rest_is_se
     for thread in threading.enumerate():  # the check let go ends here, not in a later test of this worker (its log)
         if thread.name == "pneumoscan-bundle-check":
             thread.join(GATE_S)
-    assert max(times) < 2.0 and stopped_in < GATE_S / 2, (times, stopped_in)
+    # each probe's wait bounded by BUNDLE_WAIT_S (0.2 s), not held by the hung stat (GATE_S): half that apart is no
+    # longer than a loaded machine may hold a probe up (its bound was 2 s)
+    assert max(times) < GATE_S / 2 and stopped_in < GATE_S / 2, (times, stopped_in)
 
 
 def test_a_fault_of_the_bundle_check_is_logged_redacted_on_one_line(tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch,
