@@ -46,6 +46,9 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-f
         # opened over plain HTTP from another computer), where 127.0.0.0/8 is one to Chromium
         f"--host-resolver-rules=MAP {WARD} 127.0.0.1"]
 TIMEOUT_MS = 30_000  # a shared 2-core machine can be slow
+# for expect() too: its assertions wait 5 s whatever a page's default timeout (a first heatmap loads torch into the
+# service: seconds, more on a busy machine); every browser test imports this module
+expect.set_options(timeout=TIMEOUT_MS)
 # the viewer's caption of a film shown from the service's decode (?image=true): its rendering's size, the service's
 SERVICE_CAPTION = f"as decoded by the service (8-bit, at most {MAX_PANEL:,} pixels a side)."
 AXE = Axe()  # axe-core's script as the package bundles it: nothing is fetched
