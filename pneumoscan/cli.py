@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, NoReturn
 from rich.console import Console
 
 from pneumoscan import __version__
-from pneumoscan.core.atomic import file_stamp, refuse_special, write_unchanged
+from pneumoscan.core.atomic import NotWritten, file_stamp, refuse_special, write_unchanged
 from pneumoscan.core.audit import LISTEN_EVENTS
 from pneumoscan.core.names import given_path, json_text, path_list, shown
 from pneumoscan.core.options import (AUC_TESTS, BACKENDS, CALIBRATION_IMAGES, DECISION_RANGE, FILL_MODES,
@@ -98,11 +98,22 @@ class ResultsTarget:
 
     def write(self, text: str) -> None:
         """``text`` to the file, whole or not at all (a full disk leaves no results file cut mid-line) and over
-        nothing but the file the run found (:func:`write_unchanged`); else to stdout."""
+        nothing but the file the run found (:func:`write_unchanged`); else to stdout. Results no file takes
+        (:class:`NotWritten`) go to stdout too, as without ``--out``, and the error says why and that they are
+        there: the run's work, hours of it, is not lost for its file."""
         if self.out:
-            write_unchanged(self.out, text.encode(), self.stamp)
-        else:
-            sys.stdout.write(text if text.endswith("\n") else text + "\n")
+            try:
+                write_unchanged(self.out, text.encode(), self.stamp)
+                return
+            except NotWritten as e:
+                self._print(text)
+                sys.stdout.flush()  # before the error line that says they are here
+                raise OSError(f"{e}: this run's results are on stdout") from e
+        self._print(text)
+
+    @staticmethod
+    def _print(text: str) -> None:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
 
 
 def cmd_audit(args: argparse.Namespace) -> int:

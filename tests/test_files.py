@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import errno
 import io
 import json
 import logging
@@ -210,17 +211,27 @@ def test_predict_keeps_every_row_whatever_the_name(
 FAILED_WRITES = """
 import contextlib, io, json, resource, signal, sys, torch
 from pathlib import Path
-from pneumoscan.cli import main
+from pneumoscan import cli
 from pneumoscan.training.resume import save_checkpoint
-bundle, films, out, maps, checkpoint = sys.argv[1:]
+bundle, films, folder = sys.argv[1], sys.argv[2], Path(sys.argv[3])
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, as on a full disk
 resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))
+check = cli.ResultsTarget.check
+meanwhile = {"changed": lambda: (folder / "c.csv").write_text("another run's results"),  # once --out was checked
+             "moved": lambda: (folder / "runs").write_text("another program's file")}
 said = {}
-for name, args in (("results", ["--out", out]), ("heatmaps", ["--heatmaps", maps])):
-    with contextlib.redirect_stderr(io.StringIO()) as err:
-        said[name] = [main(["predict", bundle, films, "--backend", "torch", *args]), err.getvalue().splitlines()[-1]]
+for name, args in (("results", ["--out", folder / "r.csv"]), ("heatmaps", ["--heatmaps", folder / "maps"]),
+                   ("changed", ["--out", folder / "c.csv"]), ("moved", ["--out", folder / "runs" / "new" / "m.csv"])):
+    def checked(*given, name=name):
+        target = check(*given)
+        meanwhile.get(name, lambda: None)()
+        return target
+    cli.ResultsTarget.check = checked
+    with contextlib.redirect_stderr(io.StringIO()) as err, contextlib.redirect_stdout(io.StringIO()) as out:
+        code = cli.main(["predict", bundle, films, "--backend", "torch", *map(str, args)])
+    said[name] = [code, err.getvalue().splitlines()[-1], out.getvalue()]
 try:
-    save_checkpoint(Path(checkpoint), {"epoch": 2, "weights": torch.zeros(100_000)})
+    save_checkpoint(folder / "checkpoint.pt", {"epoch": 2, "weights": torch.zeros(100_000)})
 except OSError as e:
     said["checkpoint"] = str(e)
 print(json.dumps(said))
@@ -230,26 +241,67 @@ print(json.dumps(said))
 @pytest.fixture(scope="module")
 def failed_writes(tiny_bundle: Path, tiny_dataset: Path, module_tmp: Callable[[str], Path]) -> tuple[dict, Path]:
     """Predict's results and heatmaps and a checkpoint, each written past a 1,000-byte file size limit (one child
-    process, as torch loads slowly): what each said, and the folder it wrote in."""
+    process, as torch loads slowly): what each said (exit status, last error line, stdout), and the folder it wrote
+    in. Two results files meet something else first, once --out was checked: another run's results in c.csv, a
+    file in place of m.csv's folder runs/new."""
     folder = module_tmp("full")
     (folder / "r.csv").write_text("previous results\n")
+    (folder / "c.csv").write_text("previous results\n")
     save_checkpoint(folder / "checkpoint.pt", {"epoch": 1})
-    args = [tiny_bundle, tiny_dataset / "test", folder / "r.csv", folder / "maps", folder / "checkpoint.pt"]
-    run = _run(FAILED_WRITES, *map(str, args))
+    run = _run(FAILED_WRITES, *map(str, [tiny_bundle, tiny_dataset / "test", folder]))
     assert run.returncode == 0, run.stderr
     return json.loads(run.stdout.splitlines()[-1]), folder
 
 
-def test_a_failed_results_write_leaves_the_old_file_and_one_line(failed_writes: tuple[dict, Path]) -> None:
+def _results_on_stdout(said: list, films: Path) -> None:
+    """The results a failed write did not lose: on stdout, one row per film, as predict without --out prints them."""
+    rows = list(csv.DictReader(io.StringIO(said[2])))
+    assert sorted(row["path"] for row in rows) == sorted(str(p) for p in films.rglob("*.jpeg"))
+    assert all(float(row["probability"]) >= 0 for row in rows) and said[2].endswith("\n")
+
+
+def test_a_failed_results_write_leaves_the_old_file_and_puts_the_results_on_stdout(
+    failed_writes: tuple[dict, Path], tiny_dataset: Path
+) -> None:
+    """The results of a run whose file could not be written (a full disk) were lost with the error line."""
     said, folder = failed_writes
-    assert said["results"] == [2, f"pneumoscan predict: error: {folder / 'r.csv'}: file too large"]
+    assert said["results"][:2] == [2, f"pneumoscan predict: error: {folder / 'r.csv'} cannot be written (File too "
+                                      "large): this run's results are on stdout"]
     assert (folder / "r.csv").read_text() == "previous results\n"
+    _results_on_stdout(said["results"], tiny_dataset / "test")
+
+
+def test_results_another_run_changed_whose_folder_takes_no_new_file_go_to_stdout(
+    failed_writes: tuple[dict, Path], tiny_dataset: Path
+) -> None:
+    """Results another run wrote meanwhile go beside them under a new name; where that fails too (a full disk),
+    they were lost with the new name's bare error."""
+    said, folder = failed_writes
+    assert said["changed"][:2] == [2, (
+        f"pneumoscan predict: error: {folder / 'c.csv'} changed while this run was working (another run's "
+        f"results?): nothing was written over it; nor can a new file in {folder} be written (File too large): this "
+        "run's results are on stdout")]
+    assert (folder / "c.csv").read_text() == "another run's results"
+    _results_on_stdout(said["changed"], tiny_dataset / "test")
+
+
+def test_results_whose_folder_cannot_be_made_nor_the_nearest_take_them_go_to_stdout(
+    failed_writes: tuple[dict, Path], tiny_dataset: Path
+) -> None:
+    """Results whose folder a file took meanwhile go to the nearest folder; where that fails too (a full disk),
+    they were lost with its bare error."""
+    said, folder = failed_writes
+    assert said["moved"][:2] == [2, (
+        f"pneumoscan predict: error: the folder {folder / 'runs' / 'new'} cannot be made ({os.strerror(errno.ENOTDIR)}"
+        f"); nor can a new file in {folder} be written (File too large): this run's results are on stdout")]
+    assert (folder / "runs").read_text() == "another program's file"
+    _results_on_stdout(said["moved"], tiny_dataset / "test")
 
 
 def test_a_failed_heatmap_write_leaves_no_broken_png(failed_writes: tuple[dict, Path]) -> None:
     said, folder = failed_writes
     assert said["heatmaps"][0] == 2 and said["heatmaps"][1].endswith(".png: file too large")
-    assert list((folder / "maps").iterdir()) == []
+    assert said["heatmaps"][2] == "" and list((folder / "maps").iterdir()) == []
 
 
 def test_a_failed_checkpoint_write_keeps_the_previous_one(failed_writes: tuple[dict, Path]) -> None:
@@ -257,7 +309,7 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one(failed_writes: tuple[d
     assert said["checkpoint"] == f"[Errno 27] File too large: '{folder / 'checkpoint.pt'}'"
     assert torch.load(folder / "checkpoint.pt")["epoch"] == 1
     # nothing half-written anywhere, no temporary file left behind
-    assert sorted(p.name for p in folder.iterdir()) == ["checkpoint.pt", "maps", "r.csv"]
+    assert sorted(p.name for p in folder.iterdir()) == ["c.csv", "checkpoint.pt", "maps", "r.csv", "runs"]
 
 
 def test_two_runs_given_one_results_file_lose_neither_results(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ crash mid-write leaves the previous file (or none) under the final name, never a
 
 A results file that a run replaces is first checked to be the one that was there when the run began
 (:func:`write_unchanged`): of two runs given one file, the one that finished first would otherwise lose its results
-without a word.
+without a word. Results that no file takes are said to be so (:class:`NotWritten`), for the caller to keep elsewhere.
 """
 
 from __future__ import annotations
@@ -161,28 +161,45 @@ def _changed(path: Path, appeared: bool) -> FileExistsError:
                            "run's results?): nothing was written over it")
 
 
+class NotWritten(OSError):
+    """No file took a run's results (:func:`write_unchanged`); the message says why, each failure. The caller puts
+    them where they are not lost (the command line: stdout), as a run of hours would otherwise be gone."""
+
+
 def write_unchanged(path: Path | str, data: bytes, stamp: str | None) -> Path:
     """:func:`write_atomic` of a results file that replaces only the file ``stamp`` found when the run began
     (:func:`unchanged`). When another writer changed it since, ``data`` goes under a new name beside it
     (:func:`write_new`) and FileExistsError says where: the other results stay, and this run's are not lost. So too
     when its folder, made now (once the run's work is done), cannot be: a file took its name meanwhile; ``data``
-    goes under a new name to the nearest folder above it, and OSError says where."""
+    goes under a new name to the nearest folder above it, and OSError says where. When no file takes ``data`` (the
+    file's write fails: a full disk, a fault; or the new name's does too), :class:`NotWritten` says why."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         nearest = next(folder for folder in path.parents if folder.is_dir())  # the root, at the last
-        kept = write_new(nearest, path.stem, path.suffix, data)
-        raise OSError(f"the folder {path.parent} cannot be made ({e.strerror or e}): this run's results are in "
-                      f"{kept}") from e
+        failed = f"the folder {path.parent} cannot be made ({e.strerror or e})"
+        kept = _write_new_or_say(nearest, path, data, failed)
+        raise OSError(f"{failed}: this run's results are in {kept}") from e
     try:
         with unchanged(path, stamp):
             # exclusive where the name is free: a file a writer without the lock puts there now is kept too
             return write_atomic(path, data, exclusive=file_stamp(path) is None)
     except FileExistsError as e:  # unchanged's, or write_atomic's (errno EEXIST) for a file put there just now
         reason = e if e.errno is None else _changed(path, appeared=True)
-    kept = write_new(path.parent, path.stem, path.suffix, data)
+    except OSError as e:  # a new name would fail as this one did (a full disk, a fault): none is tried
+        raise NotWritten(f"{path} cannot be written ({e.strerror or e})") from e
+    kept = _write_new_or_say(path.parent, path, data, str(reason))
     raise FileExistsError(f"{reason}; this run's results are in {kept}")
+
+
+def _write_new_or_say(folder: Path, path: Path, data: bytes, failed: str) -> Path:
+    """:func:`write_new` of ``path``'s results in ``folder``, ``path`` having failed as ``failed`` says; when that
+    fails too, :class:`NotWritten` says both."""
+    try:
+        return write_new(folder, path.stem, path.suffix, data)
+    except OSError as e:
+        raise NotWritten(f"{failed}; nor can a new file in {folder} be written ({e.strerror or e})") from e
 
 
 @contextmanager
