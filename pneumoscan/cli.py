@@ -106,14 +106,35 @@ class ResultsTarget:
                 write_unchanged(self.out, text.encode(), self.stamp)
                 return
             except NotWritten as e:
-                self._print(text)
-                sys.stdout.flush()  # before the error line that says they are here
+                try:
+                    self._print(text)
+                    sys.stdout.flush()  # before the error line that says they are here
+                except OSError as printing:  # a reader gone (`| head`), a full disk: said, never a quiet exit
+                    _discard_stdout()
+                    raise OSError(f"{e}; nor can this run's results be written to stdout "
+                                  f"({printing.strerror or printing}): they are lost") from e
                 raise OSError(f"{e}: this run's results are on stdout") from e
         self._print(text)
 
     @staticmethod
     def _print(text: str) -> None:
-        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        """``text`` on stdout as a line, through its bytes where it has them: a file that takes part of them (a full
+        disk) fails the rest with its reason, where the text layer drops it unsaid (it ignores a short write's count),
+        and a run ended 0 with its results cut mid-row."""
+        line = text if text.endswith("\n") else text + "\n"
+        out = getattr(sys.stdout, "buffer", None)
+        if out is None:  # a stream of text alone (a caller's StringIO)
+            sys.stdout.write(line)
+            return
+        try:
+            sys.stdout.flush()  # what the text layer holds goes first
+            data = memoryview(line.encode(sys.stdout.encoding, sys.stdout.errors or "strict"))
+            while data:
+                data = data[out.write(data):]
+        except OSError as e:
+            if e.errno is None:
+                raise
+            raise type(e)(e.errno, e.strerror, "stdout") from None  # named as a file is: stdout: file too large
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
@@ -1474,7 +1495,7 @@ def main(argv: list[str] | None = None) -> int:
         return status
     except (OSError, ValueError) as e:  # a wrong path or setting: the reason, not a traceback
         if isinstance(e, BrokenPipeError) and _stdout_reader_gone():  # `| head`: the reader chose to stop reading
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # what is left unflushed goes nowhere
+            _discard_stdout()
             return 128 + signal.SIGPIPE  # as a shell reports a program ended by SIGPIPE, and quietly, as `cat` ends
         print(f"pneumoscan {args.command}: error: {shown(_reason(e))}", file=sys.stderr)
         return 3 if isinstance(e, WeightsUnavailable) else 2
@@ -1509,6 +1530,12 @@ def _train_goes_on(args: argparse.Namespace, before: str | None) -> str:
     if now is not None and (args.resume or now != before):
         return " (`train --resume` goes on from the last finished epoch)"
     return " (no epoch of this run had finished, so it kept no checkpoint: the same command starts the run again)"
+
+
+def _discard_stdout() -> None:
+    """What is left unflushed on stdout goes nowhere: the interpreter's last flush would fail again, with a line of
+    its own and exit status 120."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _stdout_reader_gone() -> bool:

@@ -209,7 +209,7 @@ def test_predict_keeps_every_row_whatever_the_name(
 
 
 FAILED_WRITES = """
-import contextlib, io, json, resource, signal, sys, torch
+import contextlib, io, json, os, resource, signal, sys, torch
 from pathlib import Path
 from pneumoscan import cli
 from pneumoscan.training.resume import save_checkpoint
@@ -230,6 +230,16 @@ for name, args in (("results", ["--out", folder / "r.csv"]), ("heatmaps", ["--he
     with contextlib.redirect_stderr(io.StringIO()) as err, contextlib.redirect_stdout(io.StringIO()) as out:
         code = cli.main(["predict", bundle, films, "--backend", "torch", *map(str, args)])
     said[name] = [code, err.getvalue().splitlines()[-1], out.getvalue()]
+unread, w = os.pipe()
+os.close(unread)  # stdout's reader gone (`| head`), as the results file fails
+with contextlib.redirect_stderr(io.StringIO()) as err, open(w, "w") as pipe, contextlib.redirect_stdout(pipe):
+    code = cli.main(["predict", bundle, films, "--backend", "torch", "--out", str(folder / "r.csv")])
+said["unread"] = [code, err.getvalue().splitlines()[-1]]
+# results without --out, on a stdout that meets the limit: a file, unbuffered as PYTHONUNBUFFERED=1 makes it
+printed = io.TextIOWrapper(io.FileIO(folder / "printed.csv", "w"), encoding="utf-8", write_through=True)
+with contextlib.redirect_stderr(io.StringIO()) as err, printed, contextlib.redirect_stdout(printed):
+    code = cli.main(["predict", bundle, films, "--backend", "torch"])
+said["printed"] = [code, err.getvalue().splitlines()[-1], (folder / "printed.csv").stat().st_size]
 try:
     save_checkpoint(folder / "checkpoint.pt", {"epoch": 2, "weights": torch.zeros(100_000)})
 except OSError as e:
@@ -298,6 +308,22 @@ def test_results_whose_folder_cannot_be_made_nor_the_nearest_take_them_go_to_std
     _results_on_stdout(said["moved"], tiny_dataset / "test")
 
 
+def test_results_neither_their_file_nor_stdout_takes_are_said_lost(failed_writes: tuple[dict, Path]) -> None:
+    """Results whose file fails go to stdout; where its reader is gone too, the failed file was not to go unsaid in
+    the quiet exit of a pipe's reader gone."""
+    said, folder = failed_writes
+    assert said["unread"] == [2, f"pneumoscan predict: error: {folder / 'r.csv'} cannot be written (File too large); "
+                                 "nor can this run's results be written to stdout (Broken pipe): they are lost"]
+
+
+def test_results_on_a_stdout_that_takes_part_of_them_are_a_failure(failed_writes: tuple[dict, Path]) -> None:
+    """A full disk took the first bytes of the results printed to stdout (`predict FILMS > results.csv`, Python
+    unbuffered, as in many containers) and Python's text layer dropped the rest unsaid: exit status 0, the results
+    cut mid-row."""
+    said, folder = failed_writes
+    assert said["printed"] == [2, "pneumoscan predict: error: stdout: file too large", 1000]
+
+
 def test_a_failed_heatmap_write_leaves_no_broken_png(failed_writes: tuple[dict, Path]) -> None:
     said, folder = failed_writes
     assert said["heatmaps"][0] == 2 and said["heatmaps"][1].endswith(".png: file too large")
@@ -309,7 +335,8 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one(failed_writes: tuple[d
     assert said["checkpoint"] == f"[Errno 27] File too large: '{folder / 'checkpoint.pt'}'"
     assert torch.load(folder / "checkpoint.pt")["epoch"] == 1
     # nothing half-written anywhere, no temporary file left behind
-    assert sorted(p.name for p in folder.iterdir()) == ["c.csv", "checkpoint.pt", "maps", "r.csv", "runs"]
+    assert sorted(p.name for p in folder.iterdir()) == ["c.csv", "checkpoint.pt", "maps", "printed.csv", "r.csv",
+                                                          "runs"]
 
 
 def test_two_runs_given_one_results_file_lose_neither_results(tmp_path: Path) -> None:
