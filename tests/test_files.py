@@ -339,6 +339,15 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one(failed_writes: tuple[d
                                                           "runs"]
 
 
+def test_a_results_file_whose_name_is_the_longest_a_folder_takes_is_written(tmp_path: Path) -> None:
+    """--out checks that its folder takes a file, and a name of 255 bytes passes the check: its temporary file,
+    named after it, was 14 bytes too long, and the run's results met ENAMETOOLONG once its work was done."""
+    out = tmp_path / ("r" * 251 + ".csv")
+    target = ResultsTarget.check(str(out), ["csv"])
+    target.write("path,probability\nfilm.png,0.9\n")
+    assert out.read_text() == "path,probability\nfilm.png,0.9\n" and [p.name for p in tmp_path.iterdir()] == [out.name]
+
+
 def test_two_runs_given_one_results_file_lose_neither_results(tmp_path: Path) -> None:
     """Two writers that began before either wrote: one writes the file, the other finds it there and leaves it,
     its own results beside it under a new name (an atomic rename had kept the last and dropped the first)."""
