@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import queue
 import threading
 import time
 import tracemalloc
@@ -78,13 +79,14 @@ def film(data_root: Path) -> np.ndarray:
 
 class Destination_SCP:
     """A C-STORE SCP that keeps what it is sent, answering each with ``status``; one that ``hangs`` accepts the
-    association and answers no C-STORE until it is shut down."""
+    association and answers no C-STORE until it is shut down; ``idle_s``: it aborts an association idle that long."""
 
-    def __init__(self, status: int = 0x0000, hangs: bool = False, port: int = 0) -> None:
+    def __init__(self, status: int = 0x0000, hangs: bool = False, port: int = 0, idle_s: float | None = 60) -> None:
         self.received: list[Dataset] = []
         self.hangs, self.closing = hangs, threading.Event()
         self.contexts: list[int] = []  # the contexts accepted in the association of each C-STORE
         ae = AE(ae_title="DEST")
+        ae.network_timeout = idle_s
         for sop_class in (ComprehensiveSRStorage, SecondaryCaptureImageStorage):
             ae.add_supported_context(sop_class, ExplicitVRLittleEndian)
         self.server = ae.start_server(("127.0.0.1", port), block=False,
@@ -1538,35 +1540,38 @@ def test_a_fault_in_keeping_what_was_made_on_a_studys_films_is_that_studys_alone
 
 
 class _LateCheckpoint(threading.Event):
-    """pynetdicom's reactor checkpoint, set, that holds the reactor ``late_s`` once past it: a thread held up there by
-    the OS or the GIL (a loaded machine), in the window where a ``send_*`` method takes the reactor for paused."""
+    """pynetdicom's reactor checkpoint, for a reactor held up (a loaded machine) just after it found the checkpoint
+    set: a ``send_*`` method that clears it then takes the reactor for paused, sends its request, and the reactor goes
+    on once the association's DIMSE queue holds the answer (1 s at most), where it reads the queue."""
 
-    def __init__(self, late_s: float) -> None:
+    def __init__(self, messages: queue.Queue) -> None:
         super().__init__()
-        self.late_s = late_s
+        self.messages = messages
         self.set()
 
     def wait(self, timeout: float | None = None) -> bool:
-        passed = super().wait(timeout)
-        time.sleep(self.late_s)
-        return passed
+        until = time.monotonic() + 1
+        while not self.is_set() and self.messages.empty() and time.monotonic() < until:
+            time.sleep(0.001)
+        return True  # found set, before the send_* method cleared it
 
 
 def test_a_report_stored_is_counted_stored_however_late_pynetdicoms_reactor_runs(
     listen: Callable[..., int], destination: Destination_SCP, film: np.ndarray, caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Each association's reactor held up just past its checkpoint, and each requestor after it sends a request (the
-    two threads a loaded machine holds up, for 0.1 and 0.2 s here): the destination's answer to the listener's C-STORE
-    is read by the C-STORE (:func:`~pneumoscan.interop.dimse.keep_answers`), so the report is stored and said to be,
-    once. The reactor had taken the answer and dropped it ("Received unexpected C-STORE service message"), and the
-    report stored was counted unanswered after ``store_s`` and sent again."""
+    """Each requestor's reactor held up just past its checkpoint until an answer has come, and each requestor held up
+    0.2 s after it sends a request (the two threads a loaded machine holds up): the destination's answer to the
+    listener's C-STORE is read by the C-STORE (:func:`~pneumoscan.interop.dimse.keep_answers`), so the report is
+    stored and said to be. The reactor had taken the answer and dropped it ("Received unexpected C-STORE service
+    message"), and the report stored was counted unanswered after ``store_s`` and sent again."""
     caplog.set_level(logging.INFO, logger="pneumoscan")
     made, sent = Association.__init__, DIMSEServiceProvider.send_msg
 
     def late_reactor(self: Association, *args: object, **kwargs: object) -> None:
         made(self, *args, **kwargs)
-        self._reactor_checkpoint = _LateCheckpoint(0.1)
+        if self.is_requestor:
+            self._reactor_checkpoint = _LateCheckpoint(self.dimse.msg_queue)
 
     def late_requestor(self: DIMSEServiceProvider, primitive: object, context_id: int) -> None:
         sent(self, primitive, context_id)
@@ -1578,9 +1583,45 @@ def test_a_report_stored_is_counted_stored_however_late_pynetdicoms_reactor_runs
     study = generate_uid()
     port = listen(destination.port, store_s=3, send_s=4)
     assert send(port, [chest_dicom(film, StudyInstanceUID=study)]) == [0]
-    wait_for(lambda: f"study {study}: reports of 1 of 1 films stored" in caplog.text)
+    wait_for(lambda: f"study {study}: reports " in caplog.text)  # "reports of", or "reports not sent"
+    assert f"study {study}: reports of 1 of 1 films stored" in caplog.text, caplog.text
     assert [str(sr.StudyInstanceUID) for sr in destination.received] == [study]
-    assert "unexpected" not in caplog.text
+
+
+def _answer(message_id: int, status: int = 0x0000) -> C_STORE:
+    """A C-STORE answer to the request ``message_id``, as pynetdicom queues it."""
+    answer = C_STORE()
+    answer.MessageIDBeingRespondedTo, answer.Status = message_id, status
+    answer.AffectedSOPClassUID, answer.AffectedSOPInstanceUID = ComprehensiveSRStorage, generate_uid()
+    return answer
+
+
+def test_kept_answers_are_the_c_stores_alone_and_only_its_own(caplog: pytest.LogCaptureFixture) -> None:
+    """keep_answers on a requestor's DIMSE queue: the reactor's read (non-blocking) takes a request, or the end of
+    the connection (None, None), never an answer, which waits for the C-STORE; the C-STORE's read (blocking) drops,
+    with a warning, an answer to another message than its own (an answer sent twice, or late), so that a report
+    refused is never counted stored on another's answer, and gives up within the DIMSE timeout."""
+    ae = AE()
+    ae.dimse_timeout = 0.2
+    dimse = keep_answers(Association(ae, "requestor")).dimse
+    request = C_STORE()
+    request.MessageID, request.Priority = 7, 2
+    request.AffectedSOPClassUID, request.AffectedSOPInstanceUID = ComprehensiveSRStorage, generate_uid()
+    dimse.send_msg(request, 1)  # message 7 asked (the association is not up: nothing goes out)
+    dimse.msg_queue.put((1, (own := _answer(7))))
+    assert dimse.get_msg(block=False) == (None, None) and dimse.msg_queue.qsize() == 1  # left for the C-STORE
+    assert dimse.get_msg(block=True) == (1, own)
+    dimse.msg_queue.put((1, request))
+    assert dimse.get_msg(block=False) == (1, request)  # a request the peer sends is served
+    dimse.msg_queue.put((None, None))
+    assert dimse.get_msg(block=False) == (None, None) and dimse.msg_queue.empty()  # the connection's end, taken
+    dimse.msg_queue.put((1, _answer(6, 0xA700)))  # another C-STORE's answer, sent twice or late
+    dimse.msg_queue.put((1, (own := _answer(7))))
+    assert dimse.get_msg(block=True) == (1, own)
+    assert "an answer to message 6, not to the request sent (message 7), is dropped" in caplog.text
+    began = time.monotonic()
+    assert dimse.get_msg(block=True) == (None, None)  # no answer within the DIMSE timeout
+    assert time.monotonic() - began < 10
 
 
 def test_a_sending_thread_held_up_past_the_store_timeout_still_stores_its_report(
@@ -1607,6 +1648,34 @@ def test_a_sending_thread_held_up_past_the_store_timeout_still_stores_its_report
     wait_for(lambda: f"study {study}: reports " in caplog.text)  # "reports of", or "reports not sent"
     assert f"study {study}: reports of 1 of 1 films stored" in caplog.text, caplog.text
     assert [str(sr.StudyInstanceUID) for sr in destination.received] == [study]
+
+
+def test_a_destination_that_ends_the_association_before_the_c_store_gets_the_studys_line_all_the_same(
+    listen: Callable[..., int], film: np.ndarray, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A destination that aborts an association idle 0.2 s (its own idle timeout), the listener's sending thread held
+    up 0.5 s before each C-STORE (a loaded machine): the study's line says its report was not stored, and why, and
+    the report stays in the spool. The C-STORE on the association ended raised "must be established" out of the
+    sending, and the study's outcome was never said."""
+    caplog.set_level(logging.INFO, logger="pneumoscan")
+    store = Association.send_c_store
+
+    def held_up(self: Association, *args: object, **kwargs: object) -> Dataset:
+        if threading.current_thread().name == "listen-sender":
+            time.sleep(0.5)
+        return store(self, *args, **kwargs)
+
+    monkeypatch.setattr(Association, "send_c_store", held_up)
+    impatient = Destination_SCP(idle_s=0.2)
+    try:
+        study = generate_uid()
+        port = listen(impatient.port, send_s=3)
+        assert send(port, [chest_dicom(film, StudyInstanceUID=study)]) == [0]
+        wait_for(lambda: f"study {study}: reports " in caplog.text)
+    finally:
+        impatient.shutdown()
+    assert f"study {study}: reports of 0 of 1 films stored" in caplog.text, caplog.text
+    assert "(the association ended)" in caplog.text and impatient.received == []
 
 
 def test_a_report_the_spool_cannot_read_is_that_studys_error_alone(

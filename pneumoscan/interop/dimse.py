@@ -67,6 +67,7 @@ import pynetdicom
 from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_messages import DIMSEMessage
+from pynetdicom.dimse_primitives import DimseServiceType
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
@@ -430,26 +431,53 @@ def uid_of(path: Path) -> str:
 
 
 def keep_answers(assoc: Association) -> Association:
-    """``assoc``, a requestor's association, whose reactor no longer takes an answer off the DIMSE queue.
+    """``assoc``, a requestor's association, whose reactor never takes an answer off the DIMSE queue, and whose
+    ``send_*`` methods take only the answer to the request they sent.
 
     pynetdicom's reactor thread reads that queue without blocking between its own requests, and a ``send_*`` method
     pauses it before sending; but the pause is a flag the reactor raises just before its checkpoint, so a reactor
     held up between the checkpoint and its read (a loaded machine) takes the C-STORE's answer, drops it as
     "Received unexpected C-STORE service message", and the sender waits out its DIMSE timeout and aborts: a report
-    the destination stored counted as unanswered. Its read here leaves an answer (a message that is not a request)
-    at the head of the queue for the ``send_*`` method waiting for it; a request is still served."""
+    the destination stored counted as unanswered. Its read here takes a request, or the end of the connection
+    (pynetdicom's ``(None, None)``), from the head of the queue, never an answer, in one step under the queue's lock.
+    An answer that stays there could be read by a later C-STORE as its own (an answer sent twice, or late): the
+    ``send_*`` method's read drops, with a warning, an answer to another message than the last request sent, so that
+    a report refused is never counted stored on another's answer (give each request a message ID of its own)."""
     dimse = assoc.dimse
-    waiting, take = dimse.msg_queue, dimse.get_msg
+    waiting, send = dimse.msg_queue, dimse.send_msg
+    asked: list[int | None] = [None]  # the Message ID of the last request sent
 
-    def get_msg(block: bool = False) -> tuple[int | None, DIMSEMessage | None]:
-        if not block:
+    def send_msg(primitive: DimseServiceType, context_id: int) -> None:
+        if primitive.MessageID is not None:  # a request (an answer has its MessageIDBeingRespondedTo)
+            asked[0] = primitive.MessageID
+        send(primitive, context_id)
+
+    def get_msg(block: bool = False) -> tuple[int | None, DimseServiceType | None]:
+        if not block:  # the reactor's read
             with waiting.mutex:
-                if waiting.queue and not waiting.queue[0][1].is_valid_request:
+                if not waiting.queue or _is_answer(waiting.queue[0][1]):
                     return None, None
-        return take(block)
+                return waiting.queue.popleft()
+        timeout = dimse.dimse_timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                item = waiting.get(timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                return None, None
+            if not _is_answer(answer := item[1]) or answer.MessageIDBeingRespondedTo == asked[0]:
+                return item
+            log.warning("an answer to message %s, not to the request sent (message %s), is dropped",
+                        answer.MessageIDBeingRespondedTo, asked[0])
 
-    dimse.get_msg = get_msg  # type: ignore[method-assign]
+    dimse.send_msg, dimse.get_msg = send_msg, get_msg  # type: ignore[method-assign]
     return assoc
+
+
+def _is_answer(message: DimseServiceType | None) -> bool:
+    """Whether a message a peer sent is an answer: every DIMSE answer has a Status, no request has one (None is the
+    connection's end)."""
+    return message is not None and getattr(message, "Status", None) is not None
 
 
 @dataclass
@@ -1463,8 +1491,8 @@ class Listener:
         was none (no association, the association aborted, no answer within ``timeout`` seconds a step)."""
         ae = AE(ae_title=self.ae_title)
         ae.acse_timeout = ae.dimse_timeout = ae.connection_timeout = timeout
-        # no idle timeout (pynetdicom's default is 60 s): this thread's own waits bound each step, and the reactor
-        # that would act on it aborts the association under a C-STORE this thread, held up, has yet to send
+        # no idle timeout (pynetdicom's default is 60 s): this thread's waits for each answer are bounded above, and
+        # the reactor that would act on it aborts the association under a C-STORE this thread, held up, has yet to send
         ae.network_timeout = None
         # one context per class and syntax: a study's reports share them, and an association takes at most 128
         for sop_class, syntax in {(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID) for ds in pending.values()}:
@@ -1477,8 +1505,11 @@ class Listener:
             return dict.fromkeys(pending, reason)
         answers: dict[str, int | str] = {}
         try:
-            for uid, ds in pending.items():
-                status = assoc.send_c_store(ds)
+            for message_id, (uid, ds) in enumerate(pending.items(), 1):  # each its own: keep_answers pairs them
+                try:
+                    status = assoc.send_c_store(ds, msg_id=message_id)
+                except RuntimeError:  # the destination ended the association since the last C-STORE: none was sent
+                    break
                 answers[uid] = int(status.Status) if "Status" in status else "no answer to the C-STORE"
                 if not assoc.is_established:
                     break
