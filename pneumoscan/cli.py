@@ -107,10 +107,8 @@ class ResultsTarget:
                 return
             except NotWritten as e:
                 try:
-                    self._print(text)
-                    sys.stdout.flush()  # before the error line that says they are here
+                    self._print(text)  # flushed: before the error line that says they are here
                 except OSError as printing:  # a reader gone (`| head`), a full disk: said, never a quiet exit
-                    _discard_stdout()
                     raise OSError(f"{e}; nor can this run's results be written to stdout "
                                   f"({printing.strerror or printing}): they are lost") from e
                 raise OSError(f"{e}: this run's results are on stdout") from e
@@ -120,21 +118,22 @@ class ResultsTarget:
     def _print(text: str) -> None:
         """``text`` on stdout as a line, through its bytes where it has them: a file that takes part of them (a full
         disk) fails the rest with its reason, where the text layer drops it unsaid (it ignores a short write's count),
-        and a run ended 0 with its results cut mid-row."""
+        and a run ended 0 with its results cut mid-row. Flushed, so that a buffered stdout's failure is said here too,
+        naming stdout."""
         line = text if text.endswith("\n") else text + "\n"
         out = getattr(sys.stdout, "buffer", None)
         if out is None:  # a stream of text alone (a caller's StringIO)
             sys.stdout.write(line)
             return
-        try:
+        with _stdout_named():
             sys.stdout.flush()  # what the text layer holds goes first
             data = memoryview(line.encode(sys.stdout.encoding, sys.stdout.errors or "strict"))
             while data:
-                data = data[out.write(data):]
-        except OSError as e:
-            if e.errno is None:
-                raise
-            raise type(e)(e.errno, e.strerror, "stdout") from None  # named as a file is: stdout: file too large
+                written = out.write(data)
+                if written is None:  # a non-blocking stdout that takes nothing now: refused as print() is, not spun on
+                    raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+                data = data[written:]
+            out.flush()  # a buffered stdout (no PYTHONUNBUFFERED) holds small results until here
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
@@ -1491,11 +1490,13 @@ def main(argv: list[str] | None = None) -> int:
         _bundle_first(args, extra)  # first: `serve DATA BUNDLE` is a bundle in the wrong place, not an extra argument
         parser.refuse_unrecognized(args, extra)
         status = args.func(args)
-        sys.stdout.flush()  # a pipe's reader gone shows here, not in the interpreter's last flush
+        with _stdout_named():  # a pipe's reader gone, a full disk show here, not in the interpreter's last flush
+            sys.stdout.flush()
         return status
     except (OSError, ValueError) as e:  # a wrong path or setting: the reason, not a traceback
-        if isinstance(e, BrokenPipeError) and _stdout_reader_gone():  # `| head`: the reader chose to stop reading
-            _discard_stdout()
+        reader_gone = isinstance(e, BrokenPipeError) and _stdout_reader_gone()  # `| head`: the reader chose to stop
+        _settle_stdout()  # a failure of stdout's (here or before) said once, not again by the interpreter
+        if reader_gone:
             return 128 + signal.SIGPIPE  # as a shell reports a program ended by SIGPIPE, and quietly, as `cat` ends
         print(f"pneumoscan {args.command}: error: {shown(_reason(e))}", file=sys.stderr)
         return 3 if isinstance(e, WeightsUnavailable) else 2
@@ -1532,10 +1533,27 @@ def _train_goes_on(args: argparse.Namespace, before: str | None) -> str:
     return " (no epoch of this run had finished, so it kept no checkpoint: the same command starts the run again)"
 
 
-def _discard_stdout() -> None:
-    """What is left unflushed on stdout goes nowhere: the interpreter's last flush would fail again, with a line of
-    its own and exit status 120."""
-    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+@contextlib.contextmanager
+def _stdout_named() -> Iterator[None]:
+    """A failure of stdout's writes named as a file's is (``stdout: no space left on device``), where Python's names
+    none: the error line says which output failed."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno is None:
+            raise
+        raise type(e)(e.errno, e.strerror, "stdout") from None
+
+
+def _settle_stdout() -> None:
+    """What stdout holds after a command failed written now, or, where stdout cannot take it (a full disk, a reader
+    gone), sent nowhere: the interpreter's last flush would fail again, with a line of its own and exit status 120."""
+    try:
+        sys.stdout.flush()
+    except OSError:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+        os.close(null)
 
 
 def _stdout_reader_gone() -> bool:

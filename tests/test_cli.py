@@ -761,6 +761,48 @@ def test_output_piped_to_a_reader_that_stops_ends_quietly(monkeypatch: pytest.Mo
     assert "pneumoscan models: error: broken pipe" in capsys.readouterr().err
 
 
+STDOUT_FAILS = """
+import os, sys
+from pneumoscan import cli
+size = int(sys.argv.pop(1))
+if size < 0:  # a non-blocking stdout whose pipe is full, its reader still there (`| slow-reader`)
+    read, write = os.pipe()
+    os.set_blocking(write, False)
+    while True:
+        try:
+            os.write(write, b"x" * 65536)
+        except BlockingIOError:
+            break
+    os.dup2(write, 1)
+    os.set_blocking(1, False)
+    size = 100
+def results(args):
+    cli.ResultsTarget(None, "csv", None).write("x" * size)
+    return 0
+cli.COMMANDS = tuple((*c[:3], results) if c[0] == "models" else c for c in cli.COMMANDS)
+cli.run()
+"""
+
+
+@pytest.mark.parametrize(("args", "buffered", "said"), [
+    (["0", "train", "--print-config"], True, "pneumoscan train: error: stdout: no space left on device"),
+    (["100", "models"], True, "pneumoscan models: error: stdout: no space left on device"),
+    (["-1", "models"], False, "pneumoscan models: error: stdout: resource temporarily unavailable"),
+])
+def test_output_a_failing_stdout_does_not_take_is_one_error_naming_stdout(args: list[str], buffered: bool,
+                                                                        said: str) -> None:
+    """Output on a full disk (`pneumoscan ... > /dev/full`) with Python's stdout buffered (no PYTHONUNBUFFERED) stayed
+    in its buffer: the last flush's error named no file, the interpreter's own last flush failed again (`Exception
+    ignored ...`) and the exit status was 120. A non-blocking stdout that took nothing was written to in a busy loop
+    for as long as its reader did not read."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"} | ({} if buffered else
+                                                                              {"PYTHONUNBUFFERED": "1"})
+    with open(os.devnull if args[0] == "-1" else "/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-c", STDOUT_FAILS, *args], stdout=full, stderr=subprocess.PIPE,
+                              text=True, env=env, timeout=60)
+    assert (done.returncode, done.stderr) == (2, said + "\n")
+
+
 @pytest.mark.parametrize("command", ["train", "cv"])
 def test_a_bundle_given_as_the_run_folder_is_refused_before_anything_is_written(
     command: str, tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture
