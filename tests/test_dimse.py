@@ -79,9 +79,12 @@ def film(data_root: Path) -> np.ndarray:
 
 class Destination_SCP:
     """A C-STORE SCP that keeps what it is sent, answering each with ``status``; one that ``hangs`` accepts the
-    association and answers no C-STORE until it is shut down; ``idle_s``: it aborts an association idle that long."""
+    association and answers no C-STORE until it is shut down; ``idle_s``: it aborts an association idle that long;
+    one that ``stalls`` stops reading at a C-STORE's first data set fragment (its socket's buffer small) until it is
+    shut down."""
 
-    def __init__(self, status: int = 0x0000, hangs: bool = False, port: int = 0, idle_s: float | None = 60) -> None:
+    def __init__(self, status: int = 0x0000, hangs: bool = False, port: int = 0, idle_s: float | None = 60,
+                 stalls: bool = False) -> None:
         self.received: list[Dataset] = []
         self.hangs, self.closing = hangs, threading.Event()
         self.contexts: list[int] = []  # the contexts accepted in the association of each C-STORE
@@ -89,8 +92,12 @@ class Destination_SCP:
         ae.network_timeout = idle_s
         for sop_class in (ComprehensiveSRStorage, SecondaryCaptureImageStorage):
             ae.add_supported_context(sop_class, ExplicitVRLittleEndian)
-        self.server = ae.start_server(("127.0.0.1", port), block=False,
-                                      evt_handlers=[(evt.EVT_C_STORE, self._store)])
+        handlers = [(evt.EVT_C_STORE, self._store)]
+        if stalls:  # its reading thread held in the handler of a P-DATA (0x04) PDU
+            handlers.append((evt.EVT_DATA_RECV, lambda event: event.data[:1] == b"\x04" and self.closing.wait(30)))
+        self.server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=handlers)
+        if stalls:  # its connections' too: what it does not read fills the sender's buffer sooner
+            self.server.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         self.port = self.server.server_address[1]
         self.status = status
 
@@ -1676,6 +1683,33 @@ def test_a_destination_that_ends_the_association_before_the_c_store_gets_the_stu
         impatient.shutdown()
     assert f"study {study}: reports of 0 of 1 films stored" in caplog.text, caplog.text
     assert "(the association ended)" in caplog.text and impatient.received == []
+
+
+def test_a_destination_that_stops_reading_mid_c_store_holds_the_sending_up_no_longer_than_the_store_timeout(
+    tiny_bundle: Path, tmp_path: Path,
+) -> None:
+    """A destination that stops reading a report (a Secondary Capture of 12 MB, past what the sockets' buffers take)
+    as it arrives: the C-STORE is given up, unanswered, within a few --store-timeout, where the send held the
+    listener's sending thread, and every later report, for ever."""
+    stalled = Destination_SCP(stalls=True)
+    listener = Listener(tiny_bundle, "PNEUMOSCAN", Destination("DEST", "127.0.0.1", stalled.port), tmp_path,
+                        backend="torch")
+    ds = pydicom.dcmread(io.BytesIO(chest_dicom(np.zeros((2048, 2048), np.uint16))))
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    ds.PhotometricInterpretation, ds.SamplesPerPixel, ds.PlanarConfiguration = "RGB", 3, 0
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelData = bytes(2048 * 2048 * 3)
+    answers: list[dict] = []
+    sending = threading.Thread(target=lambda: answers.append(listener._store({"1.2.3": ds}, timeout=1.0)))
+    try:
+        sending.start()
+        sending.join(20)
+        assert not sending.is_alive(), "the sending is held by a destination that stopped reading"
+    finally:
+        stalled.shutdown()
+        sending.join(30)
+    assert answers == [{"1.2.3": "no answer to the C-STORE"}] and stalled.received == []
 
 
 def test_a_report_the_spool_cannot_read_is_that_studys_error_alone(

@@ -1503,6 +1503,10 @@ class Listener:
             reason = ("the association was rejected: check that the destination knows this AE title and address"
                       if assoc.is_rejected else "no association: the destination is down or cannot be reached")
             return dict.fromkeys(pending, reason)
+        # a destination that stops reading mid-C-STORE: a send it does not take for ``timeout`` ends the connection
+        # (the C-STORE unanswered), where pynetdicom's socket, blocking once connected, held this thread and so every
+        # later report, and the abort that follows a C-STORE unanswered, for ever
+        assoc.dul.socket.socket.settimeout(timeout)
         answers: dict[str, int | str] = {}
         try:
             for message_id, (uid, ds) in enumerate(pending.items(), 1):  # each its own: keep_answers pairs them
