@@ -26,14 +26,13 @@ from pneumoscan.training.distributed import Dist, gather_shards, gather_shards_t
 from pneumoscan.training.warm_start import warm_start_head
 
 
-def rank_waiting_for_rank_0(rank: int, port: int, start: multiprocessing.synchronize.Barrier,
-                            gave_up: multiprocessing.synchronize.Event, results: multiprocessing.Queue) -> None:
+def rank_waiting_for_rank_0(rank: int, port: int, gave_up: multiprocessing.synchronize.Event,
+                            results: multiprocessing.Queue) -> None:
     """One of two gloo processes under a 2 s ``PNEUMOSCAN_DIST_TIMEOUT``, as torchrun's environment describes them:
     rank 0 works alone (as it scores the teacher's targets) until rank 1 has given up waiting for them, or 20 s."""
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), PNEUMOSCAN_DIST_TIMEOUT="2",
                       CUDA_VISIBLE_DEVICES="")  # gloo, as on a machine without GPUs
-    start.wait(timeout=60)  # both interpreters started: the timeout covers joining the group too
     ctx = setup_distributed()
     try:
         targets = ctx.from_main(gave_up.wait(timeout=20) and "targets" if ctx.main else None)
@@ -132,14 +131,18 @@ class _Said:
         self.results.put((self.scenario, item))
 
 
-def _rank(rank: int, runs: list[tuple[Callable[..., None], int, list[object]]], results: multiprocessing.Queue
-          ) -> None:
-    """One of :func:`two_gloo_ranks`' processes: each scenario's target, one after another."""
+def _rank(rank: int, runs: list[tuple[Callable[..., None], int, list[object]]], results: multiprocessing.Queue,
+          meet: multiprocessing.synchronize.Barrier) -> None:
+    """One of :func:`two_gloo_ranks`' processes: each scenario's target, one after another, the ranks meeting at
+    ``meet`` before each: a scenario's timeout (2 s for some) covers its own waits, not a rank still leaving the
+    last scenario's group, or held up by a loaded machine, while the other joins the next one."""
     for scenario, (target, port, objects) in enumerate(runs):
+        meet.wait(timeout=60)
         target(rank, port, *objects, _Said(results, scenario))
 
 
-def _ranks(runs: list[tuple[Callable[..., None], int, list[object]]], results: multiprocessing.Queue) -> None:
+def _ranks(runs: list[tuple[Callable[..., None], int, list[object]]], results: multiprocessing.Queue,
+           meet: multiprocessing.synchronize.Barrier) -> None:
     """:func:`two_gloo_ranks`' one spawned interpreter, which has imported the targets' modules (torch) and run
     nothing of torch's yet: it forks rank 1, which the kernel kills when this process (rank 0) ends, and goes on as
     rank 0. One interpreter's start and torch's import, not two (each 1-2 s of CPU). Rank 0 waits for rank 1 (60 s
@@ -154,13 +157,13 @@ def _ranks(runs: list[tuple[Callable[..., None], int, list[object]]], results: m
         try:
             ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: ends with rank 0, as the test kills it
             if os.getppid() == parent:  # else rank 0 ended before the line above, and nothing would end this one
-                _rank(1, runs, results)
+                _rank(1, runs, results, meet)
         finally:
             results.close()
             results.join_thread()  # what it put is in the pipe
             os._exit(0)
     try:
-        _rank(0, runs, results)
+        _rank(0, runs, results, meet)
     finally:
         deadline = time.monotonic() + 60
         while os.waitpid(child, os.WNOHANG) == (0, 0) and time.monotonic() < deadline:
@@ -170,8 +173,8 @@ def _ranks(runs: list[tuple[Callable[..., None], int, list[object]]], results: m
 def two_gloo_ranks(*scenarios: tuple[Callable[..., None], ...]) -> list[dict[int, object]]:
     """What each of two processes (one spawned, which forks the other) put in ``results`` (its rank and a line, or
     what it got) in each scenario ``(target, *shared)``: the processes run ``target(rank, port, *objects, results)``
-    for one scenario after another, where ``objects`` are made by ``shared`` from the processes' context (a barrier,
-    an event) and ``port`` is a free one of this machine for rank 0's store, a scenario's own. Starting the
+    for one scenario after another, meeting before each, where ``objects`` are made by ``shared`` from the processes'
+    context (an event) and ``port`` is a free one of this machine for rank 0's store, a scenario's own. Starting the
     interpreter (it imports torch) is most of a scenario's time: a module's scenarios share it, each joining and
     leaving a group of its own; one that leaves its group broken (a timeout) goes last."""
     sockets = [socket.socket() for _ in scenarios]  # all bound at once: a port each
@@ -183,7 +186,8 @@ def two_gloo_ranks(*scenarios: tuple[Callable[..., None], ...]) -> list[dict[int
     context = multiprocessing.get_context("spawn")
     runs = [(target, port, [make(context) for make in shared]) for (target, *shared), port in zip(scenarios, ports)]
     results = context.Queue()
-    ranks = [context.Process(target=_ranks, args=(runs, results))]  # rank 0, which forks rank 1
+    meet = context.Barrier(2)  # held here until the ranks end: gone in this process, it is gone for them
+    ranks = [context.Process(target=_ranks, args=(runs, results, meet))]  # rank 0, which forks rank 1
     for p in ranks:
         p.start()
     said: list[dict[int, object]] = [{} for _ in scenarios]

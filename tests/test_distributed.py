@@ -262,7 +262,7 @@ def ranks_said() -> dict[str, dict[int, object]]:
     another by the same two processes (most of a scenario's time had been two interpreters importing torch; the
     timeout last: it leaves its group broken). The ranks import distributed_stubs alone (the targets' module), not
     this module's training stack."""
-    timeout = (rank_waiting_for_rank_0, lambda context: context.Barrier(2), lambda context: context.Event())
+    timeout = (rank_waiting_for_rank_0, lambda context: context.Event())
     said = two_gloo_ranks((rank_with_fewer_films_than_ranks,), (ranks_given_other_settings,), timeout)
     return dict(zip(("empty share", "settings", "timeout"), said))
 
