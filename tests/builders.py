@@ -402,3 +402,31 @@ class Clock:
     @staticmethod
     def time() -> float:
         return time.time()
+
+
+class ClockAhead:
+    """A module's clock (its ``time``) ``by`` seconds ahead of the machine's: a bound that counts from a moment the
+    module took on the machine's clock (a bundle check's last progress) is passed at once, as the test says, not
+    waited for in real time with a margin a loaded machine may eat."""
+
+    def __init__(self, by: float) -> None:
+        self.by = by
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self.by
+
+
+class ClockRead:
+    """A module's clock (its ``time``), the machine's, that keeps each thread's last reading of ``monotonic()``: the
+    moment a bound the module computed from it counts from (a listener's report's time left to be sent), which a
+    test checks the bound against instead of the wall clock a loaded machine makes late."""
+
+    def __init__(self) -> None:
+        self.last: dict[int, float] = {}
+
+    def monotonic(self) -> float:
+        self.last[threading.get_ident()] = now = time.monotonic()
+        return now
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(time, name)

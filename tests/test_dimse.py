@@ -54,7 +54,7 @@ from pneumoscan.interop.sr import report_files
 from pneumoscan.models import on_disk
 from pneumoscan.models.card import WEIGHTS, load_card, save_card
 from pneumoscan.data import pixels
-from tests.builders import SCORE_TOL, at_threshold, htj2k_frame
+from tests.builders import SCORE_TOL, ClockAhead, ClockRead, at_threshold, htj2k_frame
 from tests.test_dicom_codecs import HTJ2K_FILMS
 from tests.test_dicom_faults import encapsulated
 from tests.test_integrity import copy_bundle, data_start, flip_one_bit
@@ -1076,25 +1076,52 @@ def test_a_destination_that_never_answers_holds_up_no_scoring_and_its_report_is_
     listen: Callable[..., int], film: np.ndarray, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A destination that accepts the association and answers no C-STORE (a real SCP whose handler waits): each try
-    ends after --store-timeout, and the report is given up with an error line within --send-within of its study's
-    scoring; meanwhile a second study, sent in another association, is scored without waiting for the first's
-    report (scoring and sending shared one lock: the second study waited up to 3 x 30 s)."""
+    ends after --store-timeout, and the report is given up with an error line once --send-within of its study's
+    scoring has passed; meanwhile a second study, sent in another association, is scored without waiting for the
+    first's report (scoring and sending shared one lock: the second study waited up to 3 x 30 s). The first's sending
+    is held after its first try until the second study is scored (an event, not a time a loaded machine may outlast),
+    and the give-up is proven on the deadline the listener computed: each try begins before it and waits no longer
+    than what is left of it (however late a loaded machine runs the sending thread, the wall clock proves nothing)."""
     monkeypatch.setattr(dimse, "FIRST_WAIT_S", 0.05)
     caplog.set_level(logging.INFO, logger="pneumoscan")
+    first, second = generate_uid(), generate_uid()
+    second_scored, held = threading.Event(), []  # held: whether the second was scored while the first's sending held
+    tries: list[tuple[str, float, float]] = []  # each try of a study: its study, when it began, its timeout
+    deadlines: dict[str, tuple[float, float]] = {}  # by study: its deadline, and when its sending began
+    store, file_study = Listener._store, Listener.file_study
+    monkeypatch.setattr(dimse, "time", clock := ClockRead())
+
+    def timed_store(self: Listener, pending: dict[str, Dataset], timeout: float) -> dict[str, int | str]:
+        if self._sending is not None:  # a study's try, not one of the spool's: begun when the listener read its clock
+            tries.append((self._sending, clock.last[threading.get_ident()], timeout))
+        answers = store(self, pending, timeout)
+        if self._sending == first and not held:
+            held.append(second_scored.wait(WAIT_S))
+        return answers
+
+    def filed(self: Listener, study_uid: str, rows: list[dict], deadline: float) -> None:
+        deadlines[study_uid] = (deadline, time.monotonic())
+        file_study(self, study_uid, rows, deadline)
+
+    monkeypatch.setattr(Listener, "_store", timed_store)
+    monkeypatch.setattr(Listener, "file_study", filed)
     hung = Destination_SCP(hangs=True)
     try:
         port = listen(hung.port, store_s=0.5, send_s=1.5)
-        first, second = generate_uid(), generate_uid()
+        sent = {first: time.monotonic()}
         assert send(port, [chest_dicom(film, StudyInstanceUID=first)]) == [0]
         wait_for(lambda: f"study {first}: 1 scored" in caplog.text)
+        sent[second] = time.monotonic()
         assert send(port, [chest_dicom(film, StudyInstanceUID=second)]) == [0]
+        wait_for(lambda: f"study {second}: 1 scored" in caplog.text)
+        second_scored.set()
         wait_for(lambda: f"study {second}: reports of" in caplog.text)
     finally:
+        second_scored.set()
         hung.shutdown()
-    records = [r for r in caplog.records if r.name == dimse.log.name]
-    lines = [r.getMessage() for r in records]
+    assert held == [True], "the second study was not scored while the first's report was being sent"
+    lines = [r.getMessage() for r in caplog.records if r.name == dimse.log.name]
     given_up = next(i for i, line in enumerate(lines) if line.startswith(f"study {first}: the DICOM SR "))
-    assert next(i for i, line in enumerate(lines) if line.startswith(f"study {second}: 1 scored")) < given_up
     # the destination took the association and was sent the C-STORE it never answered; the last try, left less than
     # --store-timeout of --send-within, may end before its association is set up on a loaded machine
     assert hung.contexts, "no C-STORE reached the destination"
@@ -1102,10 +1129,12 @@ def test_a_destination_that_never_answers_holds_up_no_scoring_and_its_report_is_
                      r"every 60 s$", lines[given_up]), lines[given_up]
     assert f"study {first}: reports of 0 of 1 films stored" in caplog.text
     assert f"study {second}: reports of 0 of 1 films stored" in caplog.text
-    for study in (first, second):  # each report given up within --send-within of its scoring, the second's too
-        [scored] = [r.created for r in records if r.getMessage().startswith(f"study {study}: 1 scored")]
-        [done] = [r.created for r in records if r.getMessage().startswith(f"study {study}: reports of")]
-        assert done - scored < 1.5 + 0.5  # though it waited behind the first's
+    assert [study for study, _, _ in tries][:1] == [first] and {study for study, _, _ in tries} <= {first, second}
+    for study in (first, second):  # each deadline --send-within after its scoring, the second's too
+        deadline, sending = deadlines[study]
+        assert sent[study] + 1.5 <= deadline <= sending + 1.5, (study, sent[study], deadline, sending)
+        for _, began, timeout in [t for t in tries if t[0] == study]:  # no try after it, none that waits past it
+            assert began < deadline and 0 < timeout <= min(0.5, deadline - began), (study, began, timeout, deadline)
 
 
 def test_a_stopped_listener_ends_its_sending_thread(
@@ -2016,8 +2045,8 @@ def test_a_listener_loads_its_bundle_once_and_scores_every_study_with_the_model_
     save_card(bundle, at_threshold(card, threshold=card.threshold / 2))
     found.append(listener._check_bundle())
     seen.append(len(changes()))
+    # BUNDLE_READ_S as it is (30 s): "reading" while the read is held, whatever the machine's load
     monkeypatch.setattr(on_disk, "BUNDLE_WAIT_S", 0.2)
-    monkeypatch.setattr(on_disk, "BUNDLE_READ_S", 1.0)
     for held, stalled in ((on_disk, "file_stamp"), (on_disk, "verify_file")):  # the stat, then the read
         answers, entered, real_call = threading.Event(), threading.Event(), getattr(held, stalled)
 
@@ -2032,7 +2061,6 @@ def test_a_listener_loads_its_bundle_once_and_scores_every_study_with_the_model_
         try:
             listener.on_disk.checking()
             assert entered.wait(WAIT_S)  # the check held at its stat, or at its read
-            held_since = time.monotonic()  # after the read's last progress (its stat's answer)
             check, waits = listener.on_disk.checking(), []
             wait = check.answer.result
             check.answer.result = lambda timeout, r=wait, w=waits: w.append(timeout) or r(timeout)  # type: ignore
@@ -2041,13 +2069,15 @@ def test_a_listener_loads_its_bundle_once_and_scores_every_study_with_the_model_
             # which waits no more: the check's BUNDLE_WAIT_S is spent (its wait's bound: load lengthens any time)
             assert waits[1] == 0.0 and listener.on_disk.checking() is check, waits
             if stalled == "verify_file":  # the read held past BUNDLE_READ_S without a file read: a drive that hangs
-                time.sleep(max(0.0, held_since + 1.0 - time.monotonic()))
-                found.append(listener._check_bundle())
+                with monkeypatch.context() as m:  # on the check's clock, moved on by that bound
+                    m.setattr(on_disk, "time", ClockAhead(on_disk.BUNDLE_READ_S))
+                    found.append(listener._check_bundle())
         finally:
             answers.set()
         monkeypatch.setattr(held, stalled, real_call)
         wait_for(lambda: listener.on_disk._checking is None)  # the held check ended
     monkeypatch.setattr(on_disk.BundleOnDisk, "changed", lambda self, check=None: 1 / 0)
+    monkeypatch.setattr(on_disk, "BUNDLE_WAIT_S", WAIT_S)  # the fault waited for, however late a loaded machine says it
     os.utime(bundle / WEIGHTS)
     found += [listener._check_bundle(), listener._check_bundle()]
     assert seen == [0, 1, 1, 2] and len(changes()) == 5
