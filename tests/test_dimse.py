@@ -79,14 +79,15 @@ def film(data_root: Path) -> np.ndarray:
 
 class Destination_SCP:
     """A C-STORE SCP that keeps what it is sent, answering each with ``status``; one that ``hangs`` accepts the
-    association and answers no C-STORE until it is shut down; ``idle_s``: it aborts an association idle that long;
+    association and answers no C-STORE until it is shut down, and one ``answer_after`` s each; ``idle_s``: it aborts
+    an association idle that long;
     one that ``stalls`` stops reading at a C-STORE's first data set fragment (its socket's buffer small) until it is
     shut down."""
 
     def __init__(self, status: int = 0x0000, hangs: bool = False, port: int = 0, idle_s: float | None = 60,
-                 stalls: bool = False) -> None:
+                 stalls: bool = False, answer_after: float = 0.0) -> None:
         self.received: list[Dataset] = []
-        self.hangs, self.closing = hangs, threading.Event()
+        self.hangs, self.closing, self.answer_after = hangs, threading.Event(), answer_after
         self.contexts: list[int] = []  # the contexts accepted in the association of each C-STORE
         ae = AE(ae_title="DEST")
         ae.network_timeout = idle_s
@@ -109,6 +110,7 @@ class Destination_SCP:
         self.contexts.append(len(event.assoc.accepted_contexts))
         if self.hangs:
             self.closing.wait(30)
+        self.closing.wait(self.answer_after)
         ds = event.dataset
         ds.file_meta = event.file_meta
         self.received.append(ds)
@@ -1739,6 +1741,26 @@ def test_a_destination_that_stops_reading_mid_c_store_holds_the_sending_up_no_lo
         stalled.shutdown()
         sending.join(30)
     assert answers == [{"1.2.3": "no answer to the C-STORE"}] and stalled.received == []
+
+
+def test_a_destination_slow_to_answer_each_report_is_given_up_at_send_within_not_a_store_timeout_past_it_for_each(
+    listen: Callable[..., int], film: np.ndarray, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A study of four films, the destination answering each report's C-STORE after 0.5 s, --send-within 1.2 s and
+    --store-timeout 5 s: no C-STORE is sent, nor its answer waited for, past --send-within, so at most two of the
+    four reports are stored (two answers take 1 s), and the study's line says so. Each C-STORE waited its whole
+    --store-timeout, however little was left, and all four were stored 0.8 s past --send-within."""
+    caplog.set_level(logging.INFO, logger="pneumoscan")
+    slow = Destination_SCP(answer_after=0.5)
+    try:
+        study = generate_uid()
+        port = listen(slow.port, store_s=5, send_s=1.2)
+        assert send(port, [chest_dicom(film, StudyInstanceUID=study) for _ in range(4)]) == [0] * 4
+        wait_for(lambda: f"study {study}: reports " in caplog.text)
+    finally:
+        slow.shutdown()
+    [said] = re.findall(rf"study {study}: reports of (\d) of 4 films stored", caplog.text)
+    assert int(said) <= 2 and len(slow.received) <= 3, caplog.text  # a C-STORE cut short may be stored after
 
 
 def test_a_report_the_spool_cannot_read_is_that_studys_error_alone(

@@ -1436,7 +1436,7 @@ class Listener:
                 del pending[uid]
             if not pending or (left := deadline - time.monotonic()) <= 0:
                 break
-            for uid, answer in self._store(pending, min(self.store_s, left)).items():
+            for uid, answer in self._store(pending, min(self.store_s, left), deadline).items():
                 what, row = whats[uid]
                 if answer in _STORED:
                     row["stored"].append(uid)
@@ -1486,9 +1486,12 @@ class Listener:
                      "study_instance_uid": study_uid, "report_sop_instance_uid": uid,
                      "destination": str(self.destination), "status": f"0x{status:04X}"})
 
-    def _store(self, pending: dict[str, Dataset], timeout: float) -> dict[str, int | str]:
+    def _store(self, pending: dict[str, Dataset], timeout: float,
+               deadline: float | None = None) -> dict[str, int | str]:
         """One association to the destination, each of ``pending`` sent over it: its C-STORE status, or why there
-        was none (no association, the association aborted, no answer within ``timeout`` seconds a step)."""
+        was none (no association, the association aborted, no answer within ``timeout`` seconds a step, or by
+        ``deadline`` on the monotonic clock, after which none is sent: a study's reports, each answered slowly, are
+        given up at ``--send-within``, not a C-STORE's timeout past it for each)."""
         ae = AE(ae_title=self.ae_title)
         ae.acse_timeout = ae.dimse_timeout = ae.connection_timeout = timeout
         # no idle timeout (pynetdicom's default is 60 s): this thread's waits for each answer are bounded above, and
@@ -1508,8 +1511,14 @@ class Listener:
         # later report, and the abort that follows a C-STORE unanswered, for ever
         assoc.dul.socket.socket.settimeout(timeout)
         answers: dict[str, int | str] = {}
+        unsent = "the association ended"
         try:
             for message_id, (uid, ds) in enumerate(pending.items(), 1):  # each its own: keep_answers pairs them
+                if deadline is not None:
+                    if (left := deadline - time.monotonic()) <= 0:
+                        unsent = "the time to send it ran out"
+                        break
+                    assoc.dimse_timeout = min(timeout, left)
                 try:
                     status = assoc.send_c_store(ds, msg_id=message_id)
                 except RuntimeError:  # the destination ended the association since the last C-STORE: none was sent
@@ -1520,4 +1529,4 @@ class Listener:
         finally:
             if assoc.is_established:
                 assoc.release()
-        return {uid: answers.get(uid, "the association ended") for uid in pending}
+        return {uid: answers.get(uid, unsent) for uid in pending}
