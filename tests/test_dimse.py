@@ -1093,10 +1093,11 @@ def test_a_destination_that_never_answers_holds_up_no_scoring_and_its_report_is_
     store, file_study = Listener._store, Listener.file_study
     monkeypatch.setattr(dimse, "time", clock := ClockRead())
 
-    def timed_store(self: Listener, pending: dict[str, Dataset], timeout: float) -> dict[str, int | str]:
+    def timed_store(self: Listener, pending: dict[str, Dataset], timeout: float,
+                    deadline: float | None = None) -> dict[str, int | str]:
         if self._sending is not None:  # a study's try, not one of the spool's: begun when the listener read its clock
             tries.append((self._sending, clock.last[threading.get_ident()], timeout))
-        answers = store(self, pending, timeout)
+        answers = store(self, pending, timeout, deadline)
         if self._sending == first and not held:
             held.append(second_scored.wait(WAIT_S))
         return answers
