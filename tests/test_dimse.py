@@ -4,6 +4,7 @@ free port, and a pynetdicom C-STORE SCP as the destination its reports go to."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
 import logging
@@ -1693,15 +1694,17 @@ def test_a_destination_that_ends_the_association_before_the_c_store_gets_the_stu
     listen: Callable[..., int], film: np.ndarray, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A destination that aborts an association idle 0.2 s (its own idle timeout), the listener's sending thread held
-    up 0.5 s before each C-STORE (a loaded machine): the study's line says its report was not stored, and why, and
-    the report stays in the spool. The C-STORE on the association ended raised "must be established" out of the
-    sending, and the study's outcome was never said."""
+    up before each C-STORE until it has (a loaded machine): the study's line says its report was not stored, and
+    why. The C-STORE on the association ended raised "must be established" out of the sending, and the study's
+    outcome was never said."""
     caplog.set_level(logging.INFO, logger="pneumoscan")
     store = Association.send_c_store
 
     def held_up(self: Association, *args: object, **kwargs: object) -> Dataset:
         if threading.current_thread().name == "listen-sender":
-            time.sleep(0.5)
+            until = time.monotonic() + WAIT_S
+            while self.is_established and time.monotonic() < until:
+                time.sleep(0.01)
         return store(self, *args, **kwargs)
 
     monkeypatch.setattr(Association, "send_c_store", held_up)
@@ -1718,11 +1721,12 @@ def test_a_destination_that_ends_the_association_before_the_c_store_gets_the_stu
 
 
 def test_a_destination_that_stops_reading_mid_c_store_holds_the_sending_up_no_longer_than_the_store_timeout(
-    tiny_bundle: Path, tmp_path: Path,
+    tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A destination that stops reading a report (a Secondary Capture of 12 MB, past what the sockets' buffers take)
     as it arrives: the C-STORE is given up, unanswered, within a few --store-timeout, where the send held the
-    listener's sending thread, and every later report, for ever."""
+    listener's sending thread, and every later report, for ever; the next report is not sent on the association
+    ended (it had waited a --store-timeout more for an answer that could not come)."""
     stalled = Destination_SCP(stalls=True)
     listener = Listener(tiny_bundle, "PNEUMOSCAN", Destination("DEST", "127.0.0.1", stalled.port), tmp_path,
                         backend="torch")
@@ -1733,7 +1737,17 @@ def test_a_destination_that_stops_reading_mid_c_store_holds_the_sending_up_no_lo
     ds.HighBit = 7
     ds.PixelData = bytes(2048 * 2048 * 3)
     answers: list[dict] = []
-    sending = threading.Thread(target=lambda: answers.append(listener._store({"1.2.3": ds}, timeout=1.0)))
+    sent: list[str] = []
+    store = Association.send_c_store
+
+    def counted(self: Association, report: Dataset, *args: object, **kwargs: object) -> Dataset:
+        sent.append(str(report.SOPInstanceUID))
+        return store(self, report, *args, **kwargs)
+
+    monkeypatch.setattr(Association, "send_c_store", counted)
+    pending = {"1.2.3": ds, "1.2.4": (later := copy.deepcopy(ds))}
+    later.SOPInstanceUID = later.file_meta.MediaStorageSOPInstanceUID = "1.2.4"
+    sending = threading.Thread(target=lambda: answers.append(listener._store(pending, timeout=1.0)))
     try:
         sending.start()
         sending.join(20)
@@ -1741,7 +1755,8 @@ def test_a_destination_that_stops_reading_mid_c_store_holds_the_sending_up_no_lo
     finally:
         stalled.shutdown()
         sending.join(30)
-    assert answers == [{"1.2.3": "no answer to the C-STORE"}] and stalled.received == []
+    assert answers == [{"1.2.3": "no answer to the C-STORE", "1.2.4": "the association ended"}]
+    assert sent == [ds.SOPInstanceUID] and stalled.received == []
 
 
 def test_a_destination_slow_to_answer_each_report_is_given_up_at_send_within_not_a_store_timeout_past_it_for_each(

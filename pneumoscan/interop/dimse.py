@@ -40,6 +40,7 @@ holds is IT's to remove.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -1506,13 +1507,15 @@ class Listener:
             reason = ("the association was rejected: check that the destination knows this AE title and address"
                       if assoc.is_rejected else "no association: the destination is down or cannot be reached")
             return dict.fromkeys(pending, reason)
-        # a destination that stops reading mid-C-STORE: a send it does not take for ``timeout`` ends the connection
-        # (the C-STORE unanswered), where pynetdicom's socket, blocking once connected, held this thread and so every
-        # later report, and the abort that follows a C-STORE unanswered, for ever
-        assoc.dul.socket.socket.settimeout(timeout)
         answers: dict[str, int | str] = {}
         unsent = "the association ended"
         try:
+            # a destination that stops reading mid-C-STORE: a send it does not take for ``timeout`` ends the
+            # connection (the C-STORE unanswered), where pynetdicom's socket, blocking once connected, held this
+            # thread and so every later report, and the abort that follows a C-STORE unanswered, for ever
+            if (raw := getattr(assoc.dul.socket, "socket", None)) is not None:  # None: aborted by the destination
+                with contextlib.suppress(OSError):  # closed by its abort since: the C-STORE finds the association ended
+                    raw.settimeout(timeout)
             for message_id, (uid, ds) in enumerate(pending.items(), 1):  # each its own: keep_answers pairs them
                 if deadline is not None:
                     if (left := deadline - time.monotonic()) <= 0:
@@ -1522,6 +1525,8 @@ class Listener:
                 try:
                     status = assoc.send_c_store(ds, msg_id=message_id)
                 except RuntimeError:  # the destination ended the association since the last C-STORE: none was sent
+                    if assoc.is_established:
+                        raise
                     break
                 answers[uid] = int(status.Status) if "Status" in status else "no answer to the C-STORE"
                 if not assoc.is_established:
