@@ -1579,6 +1579,15 @@ def test_a_fault_in_keeping_what_was_made_on_a_studys_films_is_that_studys_alone
     assert sorted(str(sr.StudyInstanceUID) for sr in destination.received) == sorted([first, second])
 
 
+def _stored_once(port: int, destination: Destination_SCP, film: np.ndarray, caplog: pytest.LogCaptureFixture) -> None:
+    """A study of one film sent to the listener on ``port``: its report stored at ``destination``, and said to be."""
+    study = generate_uid()
+    assert send(port, [chest_dicom(film, StudyInstanceUID=study)]) == [0]
+    wait_for(lambda: f"study {study}: reports " in caplog.text)  # "reports of", or "reports not sent"
+    assert f"study {study}: reports of 1 of 1 films stored" in caplog.text, caplog.text
+    assert [str(sr.StudyInstanceUID) for sr in destination.received] == [study]
+
+
 class _LateCheckpoint(threading.Event):
     """pynetdicom's reactor checkpoint, for a reactor held up (a loaded machine) just after it found the checkpoint
     set: a ``send_*`` method that clears it then takes the reactor for paused, sends its request, and the reactor goes
@@ -1620,12 +1629,7 @@ def test_a_report_stored_is_counted_stored_however_late_pynetdicoms_reactor_runs
 
     monkeypatch.setattr(Association, "__init__", late_reactor)
     monkeypatch.setattr(DIMSEServiceProvider, "send_msg", late_requestor)
-    study = generate_uid()
-    port = listen(destination.port, store_s=3, send_s=4)
-    assert send(port, [chest_dicom(film, StudyInstanceUID=study)]) == [0]
-    wait_for(lambda: f"study {study}: reports " in caplog.text)  # "reports of", or "reports not sent"
-    assert f"study {study}: reports of 1 of 1 films stored" in caplog.text, caplog.text
-    assert [str(sr.StudyInstanceUID) for sr in destination.received] == [study]
+    _stored_once(listen(destination.port, store_s=3, send_s=4), destination, film, caplog)
 
 
 def _answer(message_id: int, status: int = 0x0000) -> C_STORE:
@@ -1682,12 +1686,7 @@ def test_a_sending_thread_held_up_past_the_store_timeout_still_stores_its_report
         return store(self, *args, **kwargs)
 
     monkeypatch.setattr(Association, "send_c_store", held_up)
-    study = generate_uid()
-    port = listen(destination.port, store_s=0.3, send_s=30)
-    assert send(port, [chest_dicom(film, StudyInstanceUID=study)]) == [0]
-    wait_for(lambda: f"study {study}: reports " in caplog.text)  # "reports of", or "reports not sent"
-    assert f"study {study}: reports of 1 of 1 films stored" in caplog.text, caplog.text
-    assert [str(sr.StudyInstanceUID) for sr in destination.received] == [study]
+    _stored_once(listen(destination.port, store_s=0.3, send_s=30), destination, film, caplog)
 
 
 def test_a_destination_that_ends_the_association_before_the_c_store_gets_the_studys_line_all_the_same(
