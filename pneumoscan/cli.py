@@ -10,6 +10,7 @@ import errno
 import functools
 import gc
 import importlib
+import io
 import logging
 import math
 import os
@@ -116,24 +117,16 @@ class ResultsTarget:
 
     @staticmethod
     def _print(text: str) -> None:
-        """``text`` on stdout as a line, through its bytes where it has them: a file that takes part of them (a full
-        disk) fails the rest with its reason, where the text layer drops it unsaid (it ignores a short write's count),
-        and a run ended 0 with its results cut mid-row. Flushed, so that a buffered stdout's failure is said here too,
-        naming stdout."""
+        """``text`` on stdout as a line, through its bytes where it has them (:func:`_write_all`), flushed, so that a
+        buffered stdout's failure is said here too, naming stdout."""
         line = text if text.endswith("\n") else text + "\n"
         out = getattr(sys.stdout, "buffer", None)
         if out is None:  # a stream of text alone (a caller's StringIO)
             sys.stdout.write(line)
             return
         with _stdout_named():
-            sys.stdout.flush()  # what the text layer holds goes first
-            data = memoryview(line.encode(sys.stdout.encoding, sys.stdout.errors or "strict"))
-            while data:
-                written = out.write(data)
-                if written is None:  # a non-blocking stdout that takes nothing now: refused as print() is, not spun on
-                    raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))
-                data = data[written:]
-            out.flush()  # a buffered stdout (no PYTHONUNBUFFERED) holds small results until here
+            _flush_all(sys.stdout)  # what the text layer holds goes first
+            _write_all(out, line.encode(sys.stdout.encoding, sys.stdout.errors or "strict"))
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
@@ -1470,6 +1463,11 @@ def _quiet(argv: list[str] | None) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    with _stdout_buffered():
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     from pneumoscan.core.logs import configure
 
     configure(quiet=_quiet(argv))
@@ -1491,11 +1489,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.refuse_unrecognized(args, extra)
         status = args.func(args)
         with _stdout_named():  # a pipe's reader gone, a full disk show here, not in the interpreter's last flush
-            sys.stdout.flush()
+            _flush_all(sys.stdout)
         return status
     except (OSError, ValueError) as e:  # a wrong path or setting: the reason, not a traceback
         reader_gone = isinstance(e, BrokenPipeError) and _stdout_reader_gone()  # `| head`: the reader chose to stop
-        _settle_stdout()  # a failure of stdout's (here or before) said once, not again by the interpreter
         if reader_gone:
             return 128 + signal.SIGPIPE  # as a shell reports a program ended by SIGPIPE, and quietly, as `cat` ends
         print(f"pneumoscan {args.command}: error: {shown(_reason(e))}", file=sys.stderr)
@@ -1545,9 +1542,66 @@ def _stdout_named() -> Iterator[None]:
         raise type(e)(e.errno, e.strerror, "stdout") from None
 
 
+@contextlib.contextmanager
+def _stdout_buffered() -> Iterator[None]:
+    """An unbuffered stdout (``PYTHONUNBUFFERED=1``, common in containers) given a buffer beneath a line-buffered text
+    layer while a command runs: Python's text layer over its raw file ignores a short write's count (a nearly full
+    disk) and a non-blocking stdout's None, so print() lost output unsaid and the command ended 0; a buffer writes the
+    rest or raises. Any other stdout (a caller's StringIO) is left as it is. Settled on every way out (Ctrl-C, an
+    uncaught error too), so that the interpreter's last flush does not fail again (exit status 120)."""
+    text = sys.stdout
+    buffered = (open(text.fileno(), "w", 1, text.encoding, text.errors, closefd=False)  # 1: line-buffered
+                if isinstance(getattr(text, "buffer", None), io.FileIO) else None)
+    if buffered:
+        sys.stdout = buffered
+    try:
+        yield
+    finally:
+        _settle_stdout()  # written, or stdout sent nowhere: what its buffer holds leaves with it
+        if buffered:
+            buffered.close()
+            sys.stdout = text
+
+
+def _write_all(out: io.RawIOBase | io.BufferedIOBase, data: bytes) -> None:
+    """``data`` written whole to ``out`` and flushed: a raw file that takes part of it (a full disk) fails the rest with
+    its reason, and a non-blocking one (left so by node or a CI runner) that takes nothing for now, its reader behind,
+    is waited on until it is writable, not failed: a reader late by half a second lost the results."""
+    rest = memoryview(data)
+    while rest:
+        try:
+            written = out.write(rest)
+        except BlockingIOError as e:  # a buffer that took what it could
+            written = e.characters_written
+        rest = rest[written or 0:]
+        if rest:
+            _wait_writable(out)
+    _flush_all(out)
+
+
+def _flush_all(out: io.IOBase) -> None:
+    """``out`` flushed, waiting where it is non-blocking and cannot take its buffer yet (:func:`_write_all`)."""
+    while True:
+        try:
+            out.flush()
+            return
+        except BlockingIOError:
+            _wait_writable(out)
+
+
+def _wait_writable(out: io.IOBase) -> None:
+    """Until ``out``'s descriptor takes bytes or reports an error (its reader gone: the next write says which)."""
+    import select
+
+    poller = select.poll()
+    poller.register(out.fileno(), select.POLLOUT)
+    poller.poll()
+
+
 def _settle_stdout() -> None:
-    """What stdout holds after a command failed written now, or, where stdout cannot take it (a full disk, a reader
-    gone), sent nowhere: the interpreter's last flush would fail again, with a line of its own and exit status 120."""
+    """What stdout holds once a command ended (done, failed, stopped) written now, or, where stdout cannot take it (a
+    full disk, a reader gone, a non-blocking stdout that takes nothing now: not waited on past a failure), sent
+    nowhere: the interpreter's last flush would fail again, with a line of its own and exit status 120."""
     try:
         sys.stdout.flush()
     except OSError:
