@@ -1463,6 +1463,8 @@ def _quiet(argv: list[str] | None) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """One command's exit status; stdout, where Python left it unbuffered, buffered while it runs
+    (:func:`_stdout_buffered`) and settled however it ends."""
     with _stdout_buffered():
         return _main(argv)
 
