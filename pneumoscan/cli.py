@@ -1555,6 +1555,7 @@ def _stdout_buffered() -> Iterator[None]:
     buffered = (open(text.fileno(), "w", 1, text.encoding, text.errors, closefd=False)  # 1: line-buffered
                 if isinstance(getattr(text, "buffer", None), io.FileIO) else None)
     if buffered:
+        buffered.buffer.raw.name = text.name  # "<stdout>" where a message names the stream (a log's lost lines)
         sys.stdout = buffered
     try:
         yield
