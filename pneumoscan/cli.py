@@ -1490,8 +1490,9 @@ def _main(argv: list[str] | None) -> int:
         _bundle_first(args, extra)  # first: `serve DATA BUNDLE` is a bundle in the wrong place, not an extra argument
         parser.refuse_unrecognized(args, extra)
         status = args.func(args)
-        with _stdout_named():  # a pipe's reader gone, a full disk show here, not in the interpreter's last flush
-            _flush_all(sys.stdout)
+        if sys.stdout is not None:  # None: closed by the caller (`>&-`)
+            with _stdout_named():  # a pipe's reader gone, a full disk show here, not in the interpreter's last flush
+                _flush_all(sys.stdout)
         return status
     except (OSError, ValueError) as e:  # a wrong path or setting: the reason, not a traceback
         reader_gone = isinstance(e, BrokenPipeError) and _stdout_reader_gone()  # `| head`: the reader chose to stop
@@ -1561,8 +1562,7 @@ def _stdout_buffered() -> Iterator[None]:
         yield
     finally:
         _settle_stdout()  # written, or stdout sent nowhere: what its buffer holds leaves with it
-        if buffered:
-            buffered.close()
+        if buffered:  # left open (fd 1 is not its to close): a handler or thread that took it goes on writing
             sys.stdout = text
 
 
@@ -1605,6 +1605,8 @@ def _settle_stdout() -> None:
     """What stdout holds once a command ended (done, failed, stopped) written now, or, where stdout cannot take it (a
     full disk, a reader gone, a non-blocking stdout that takes nothing now: not waited on past a failure), sent
     nowhere: the interpreter's last flush would fail again, with a line of its own and exit status 120."""
+    if sys.stdout is None:  # closed by the caller (`>&-`): nothing to write
+        return
     try:
         sys.stdout.flush()
     except OSError:
