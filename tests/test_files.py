@@ -339,10 +339,11 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one(failed_writes: tuple[d
                                                           "runs"]
 
 
-def test_a_results_file_whose_name_is_the_longest_a_folder_takes_is_written(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stem", ["r" * 251, "é" * 125], ids=["ascii", "two-byte"])
+def test_a_results_file_whose_name_is_the_longest_a_folder_takes_is_written(tmp_path: Path, stem: str) -> None:
     """--out checks that its folder takes a file, and a name of 255 bytes passes the check: its temporary file,
     named after it, was 14 bytes too long, and the run's results met ENAMETOOLONG once its work was done."""
-    out = tmp_path / ("r" * 251 + ".csv")
+    out = tmp_path / (stem + ".csv")
     target = ResultsTarget.check(str(out), ["csv"])
     target.write("path,probability\nfilm.png,0.9\n")
     assert out.read_text() == "path,probability\nfilm.png,0.9\n" and [p.name for p in tmp_path.iterdir()] == [out.name]

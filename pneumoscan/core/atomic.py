@@ -51,9 +51,9 @@ def write_atomic(path: Path | str, data: bytes | Writer, exclusive: bool = False
     path = Path(path)
     refuse_special(path)
     mode = _mode_for(path) if mode is None else mode
-    # the temporary file's name is the final one's, cut short: a name near the 255 bytes a folder takes would
+    # the temporary file's name is the final one's cut to 200 bytes: a name near the 255 bytes a folder takes would
     # otherwise fail for the 14 the temporary adds, once the run's work is done
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:200]}.", suffix=".tmp")
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{os.fsdecode(os.fsencode(path.name)[:200])}.", suffix=".tmp")
     tmp = Path(name)
     try:
         if isinstance(data, bytes):
