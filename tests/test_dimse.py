@@ -1630,7 +1630,7 @@ def test_a_report_stored_is_counted_stored_however_late_pynetdicoms_reactor_runs
 
     monkeypatch.setattr(Association, "__init__", late_reactor)
     monkeypatch.setattr(DIMSEServiceProvider, "send_msg", late_requestor)
-    _stored_once(listen(destination.port, store_s=3, send_s=4), destination, film, caplog)
+    _stored_once(listen(destination.port, store_s=3, send_s=10), destination, film, caplog)
 
 
 def _answer(message_id: int, status: int = 0x0000) -> C_STORE:
