@@ -1495,8 +1495,7 @@ def _main(argv: list[str] | None) -> int:
                 _flush_all(sys.stdout)
         return status
     except (OSError, ValueError) as e:  # a wrong path or setting: the reason, not a traceback
-        reader_gone = isinstance(e, BrokenPipeError) and _stdout_reader_gone()  # `| head`: the reader chose to stop
-        if reader_gone:
+        if isinstance(e, BrokenPipeError) and _stdout_reader_gone():  # `| head`: the reader chose to stop reading
             return 128 + signal.SIGPIPE  # as a shell reports a program ended by SIGPIPE, and quietly, as `cat` ends
         print(f"pneumoscan {args.command}: error: {shown(_reason(e))}", file=sys.stderr)
         return 3 if isinstance(e, WeightsUnavailable) else 2
