@@ -446,11 +446,12 @@ def keep_answers(assoc: Association) -> Association:
     a report refused is never counted stored on another's answer (give each request a message ID of its own)."""
     dimse = assoc.dimse
     waiting, send = dimse.msg_queue, dimse.send_msg
-    asked: list[int | None] = [None]  # the Message ID of the last request sent
+    asked: int | None = None  # the Message ID of the last request sent
 
     def send_msg(primitive: DimseServiceType, context_id: int) -> None:
+        nonlocal asked
         if primitive.MessageID is not None:  # a request (an answer has its MessageIDBeingRespondedTo)
-            asked[0] = primitive.MessageID
+            asked = primitive.MessageID
         send(primitive, context_id)
 
     def get_msg(block: bool = False) -> tuple[int | None, DimseServiceType | None]:
@@ -466,10 +467,10 @@ def keep_answers(assoc: Association) -> Association:
                 item = waiting.get(timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 return None, None
-            if not _is_answer(answer := item[1]) or answer.MessageIDBeingRespondedTo == asked[0]:
+            if not _is_answer(answer := item[1]) or answer.MessageIDBeingRespondedTo == asked:
                 return item
             log.warning("an answer to message %s, not to the request sent (message %s), is dropped",
-                        answer.MessageIDBeingRespondedTo, asked[0])
+                        answer.MessageIDBeingRespondedTo, asked)
 
     dimse.send_msg, dimse.get_msg = send_msg, get_msg  # type: ignore[method-assign]
     return assoc
