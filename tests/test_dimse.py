@@ -1696,7 +1696,8 @@ def test_a_destination_that_ends_the_association_before_the_c_store_gets_the_stu
     """A destination that aborts an association idle 0.2 s (its own idle timeout), the listener's sending thread held
     up before each C-STORE until it has (a loaded machine): the study's line says its report was not stored, and
     why. The C-STORE on the association ended raised "must be established" out of the sending, and the study's
-    outcome was never said."""
+    outcome was never said. The tries follow at once: each ends as the destination aborts its association."""
+    monkeypatch.setattr(dimse, "FIRST_WAIT_S", 0.01)
     caplog.set_level(logging.INFO, logger="pneumoscan")
     store = Association.send_c_store
 
@@ -1762,15 +1763,15 @@ def test_a_destination_that_stops_reading_mid_c_store_holds_the_sending_up_no_lo
 def test_a_destination_slow_to_answer_each_report_is_given_up_at_send_within_not_a_store_timeout_past_it_for_each(
     listen: Callable[..., int], film: np.ndarray, caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """A study of four films, the destination answering each report's C-STORE after 0.5 s, --send-within 1.2 s and
+    """A study of four films, the destination answering each report's C-STORE after 0.25 s, --send-within 0.6 s and
     --store-timeout 5 s: no C-STORE is sent, nor its answer waited for, past --send-within, so at most two of the
-    four reports are stored (two answers take 1 s), and the study's line says so. Each C-STORE waited its whole
-    --store-timeout, however little was left, and all four were stored 0.8 s past --send-within."""
+    four reports are stored (two answers take 0.5 s), and the study's line says so. Each C-STORE waited its whole
+    --store-timeout, however little was left, and all four were stored 0.4 s past --send-within."""
     caplog.set_level(logging.INFO, logger="pneumoscan")
-    slow = Destination_SCP(answer_after=0.5)
+    slow = Destination_SCP(answer_after=0.25)
     try:
         study = generate_uid()
-        port = listen(slow.port, store_s=5, send_s=1.2)
+        port = listen(slow.port, store_s=5, send_s=0.6)
         assert send(port, [chest_dicom(film, StudyInstanceUID=study) for _ in range(4)]) == [0] * 4
         wait_for(lambda: f"study {study}: reports " in caplog.text)
     finally:
