@@ -35,6 +35,7 @@ from pneumoscan.serving.guard import KEY_FILE_REFUSED, Access
 from pneumoscan.serving.limits import RETRY_AFTER_S, Limits
 from pneumoscan.serving.server import UVICORN_GRACE_RAN_OUT, GraceRanOut, build_server
 from tests.builders import free_port, running, start_serve, wait_healthy
+from tests.test_serve import labels, scraped
 
 KEY = "k3y-" + "0123456789abcdef" * 2
 LOCAL = "http://127.0.0.1:8000"  # a Host the default allow-list accepts
@@ -577,7 +578,13 @@ def test_sighup_without_a_key_file_is_logged_and_shutdown_waits_for_a_slow_uploa
         with socket.create_connection(("127.0.0.1", port)) as slow:
             slow.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000\r\n"
                          b"Content-Type: multipart/form-data; boundary=b\r\n\r\n--b\r\n")
-            time.sleep(0.5)  # the request is in the service, its body still coming
+            # the request is in the service, its body still coming: as /metrics counts it, however late a loaded
+            # machine reads its head
+            in_service, deadline = ("pneumoscan_requests_in_service", labels(lane="prediction")), time.monotonic() + 10
+            with httpx.Client(base_url=url, timeout=10) as http:
+                while scraped(http)[in_service] != 1:
+                    assert time.monotonic() < deadline, "the upload never came into the service"
+                    time.sleep(0.02)
             proc.terminate()
             start = time.monotonic()
             proc.wait(timeout=30)
