@@ -16,7 +16,7 @@ import tempfile
 import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -111,6 +111,16 @@ def crash_after_first_epoch(epoch: int) -> None:
     """``train(..., on_epoch_end=...)``: the run crashes once its first epoch is checkpointed."""
     if epoch == 0:
         raise Crash
+
+
+def crash_in_epoch(crashed: int) -> Callable[[int], None]:
+    """``train(..., on_epoch_end=...)``: the run crashes once epoch ``crashed`` (0 the first) is checkpointed: a
+    test of what a run did up to then spares the figures and the bundle of its end."""
+    def crash(epoch: int) -> None:
+        if epoch == crashed:
+            raise Crash
+
+    return crash
 
 
 def assert_close_report(reported: Any, again: Any, where: str = "metrics") -> None:

@@ -47,7 +47,7 @@ from pneumoscan.training.engine import Callback, State
 from pneumoscan.training.distributed import setup_distributed
 from pneumoscan.training.train import stream_seed, train
 from pneumoscan.training.warm_start import warm_start_head, WARM_START_L2
-from tests.builders import SCORE_TOL, Crash, crash_after_first_epoch, trial_copy
+from tests.builders import SCORE_TOL, Crash, crash_after_first_epoch, crash_in_epoch, trial_copy
 from tests.conftest import _once_per_run
 from tests.distributed_stubs import CountingProbe, probe_films
 
@@ -173,17 +173,18 @@ class StopAfter(Callback):
 
 def test_a_users_callbacks_run_in_the_loop_and_keep_their_state_across_a_resume(tiny_dataset: Path,
                                                                               tmp_path: Path) -> None:
-    """train() took no callbacks of the caller's: adding one meant editing the library (its make_callbacks)."""
+    """train() took no callbacks of the caller's: adding one meant editing the library (its make_callbacks). One
+    run, crashed after its first epoch and resumed, shows both: the callback sees each validation and its stop ends
+    a 4-epoch run after 2 epochs, counting the epoch it saw before the crash."""
     cfg = TrainConfig(**{**TINY, "epochs": 4, "patience": 10})
-    stopper = StopAfter(2)
-    train(tiny_dataset, cfg, tmp_path / "run", callbacks=[stopper])
-    assert len(stopper.seen) == 2 and len((tmp_path / "run" / "history.csv").read_text().splitlines()) == 1 + 2
+    first = StopAfter(2)
     with pytest.raises(Crash):
-        train(tiny_dataset, cfg, tmp_path / "resumed", on_epoch_end=crash_after_first_epoch, callbacks=[StopAfter(2)])
+        train(tiny_dataset, cfg, tmp_path / "resumed", on_epoch_end=crash_after_first_epoch, callbacks=[first])
+    assert len(first.seen) == 1, "the callback saw the first epoch's validation"
     again = StopAfter(2)
     train(tiny_dataset, cfg, tmp_path / "resumed", resume=True, callbacks=[again])
-    assert len(again.seen) == 2, "the first epoch's validation came back with the checkpoint"
-    assert len((tmp_path / "resumed" / "history.csv").read_text().splitlines()) == 1 + 2
+    assert again.seen[0] == first.seen[0], "the first epoch's validation came back with the checkpoint"
+    assert len(again.seen) == 2 and len((tmp_path / "resumed" / "history.csv").read_text().splitlines()) == 1 + 2
 
 
 def test_resume_refuses_other_settings_but_may_add_epochs(tiny_dataset: Path, tmp_path: Path) -> None:
@@ -310,10 +311,11 @@ def test_resume_refuses_other_films(tiny_dataset: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=rf"trained on another split \(1 film\(s\) .*; 1 of the {n_val + 1} validation "
                                          r"films here were training films there\)"):
         train(tiny_dataset, cfg, tmp_path / "manifest-run", resume=True)
-    write_manifest(records, manifest)  # the same films, the manifest named another way: resumed
-    (tmp_path / "same-films.csv").symlink_to(manifest)
-    train(tiny_dataset, dataclasses.replace(cfg, split_csv=str(tmp_path / "same-films.csv")), tmp_path / "manifest-run",
-          resume=True)
+    write_manifest(records, manifest)  # the same films, the manifest named another way: resumed, so it trains its
+    (tmp_path / "same-films.csv").symlink_to(manifest)  # second epoch (a crash after it spares the bundle's figures)
+    with pytest.raises(Crash):
+        train(tiny_dataset, dataclasses.replace(cfg, split_csv=str(tmp_path / "same-films.csv")),
+              tmp_path / "manifest-run", resume=True, on_epoch_end=crash_in_epoch(1))
 
     data = tmp_path / "data"
     shutil.copytree(tiny_dataset, data)
@@ -538,22 +540,23 @@ def test_a_split_manifest_with_a_patient_on_both_sides_is_refused(tiny_dataset: 
 
 
 def test_a_finalisation_that_fails_leaves_the_bundle_whole_and_resume_finishes_it(
-    tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_dataset: Path, tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The bundle is built beside RUN/bundle and renamed into place: a finalisation killed or failed at its last
     step leaves the earlier bundle (or none), never a half one that cv would count as a finished fold."""
     def killed(*args) -> None:
         raise Crash
 
-    run, cfg = tmp_path / "run", TrainConfig(**{**TINY, "epochs": 1, "patience": 10})
+    fresh, cfg = tmp_path / "fresh", TrainConfig(**{**TINY, "epochs": 1, "patience": 10})
     with pytest.raises(Crash):  # a fresh run, its last write before the bundle is complete failing
         with monkeypatch.context() as patched:
             patched.setattr(operating_point, "write_onnx_spec", killed)  # the bundle's last write
-            train(tiny_dataset, cfg, run)
-    assert not (run / "bundle").exists() and not [p.name for p in run.iterdir() if p.name.startswith(".")]
-    train(tiny_dataset, cfg, run, resume=True)
+            train(tiny_dataset, cfg, fresh)
+    assert not (fresh / "bundle").exists() and not [p.name for p in fresh.iterdir() if p.name.startswith(".")]
+    # a finished run (a copy of the tiny one, of 2 epochs) extended by an epoch
+    run = shutil.copytree(tiny_bundle.parent, tmp_path / "run")
     before = {p.name: p.read_bytes() for p in (run / "bundle").iterdir()}
-    longer = dataclasses.replace(cfg, epochs=2)
+    longer = dataclasses.replace(load_config(run / "config.yaml"), epochs=3)
     with pytest.raises(Crash):  # the run extended by an epoch, failing the same way
         with monkeypatch.context() as patched:
             patched.setattr(operating_point, "write_onnx_spec", killed)  # the bundle's last write
@@ -561,8 +564,8 @@ def test_a_finalisation_that_fails_leaves_the_bundle_whole_and_resume_finishes_i
     assert {p.name: p.read_bytes() for p in (run / "bundle").iterdir()} == before, "the earlier bundle, whole"
     assert not [p.name for p in run.iterdir() if p.name.startswith(".")], "no half-built bundle left beside it"
     bundle = train(tiny_dataset, longer, run, resume=True)
-    assert load_bundle(bundle)[1].train_config["epochs"] == 2 and (bundle / "MODEL_CARD.md").is_file()
-    assert len((run / "history.csv").read_text().splitlines()) == 1 + 2, "nothing trained again, only finalised"
+    assert load_bundle(bundle)[1].train_config["epochs"] == 3 and (bundle / "MODEL_CARD.md").is_file()
+    assert len((run / "history.csv").read_text().splitlines()) == 1 + 3, "nothing trained again, only finalised"
 
 
 def test_the_bundle_holds_the_moving_average_of_the_weights(tiny_dataset: Path, tmp_path: Path) -> None:
