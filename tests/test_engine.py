@@ -105,6 +105,28 @@ def test_the_curves_are_redrawn_at_most_every_so_often_and_always_at_the_end(
             assert [r["epoch"] for r in csv.DictReader(f)] == ["1", "2", "3"]
 
 
+def test_a_resumed_run_draws_its_curves_at_its_start_only_where_its_history_held_a_row_the_checkpoint_lacks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A resumed run drew curves.png at its start and again at its end (0.4 s a draw, as long as a test's epoch): at
+    its start only where history.csv held a row its checkpoint lacks (a kill while that checkpoint was written),
+    which curves.png may show; history.csv is rewritten from the checkpoint's rows either way."""
+    from pneumoscan.training import callbacks
+
+    drawn: list[int] = []
+    monkeypatch.setattr(callbacks, "plot_training_curves", lambda history, path: drawn.append(len(history)))
+    monkeypatch.setattr(callbacks, "CURVES_EVERY_S", 3600.0)
+    rows = [{"epoch": 1, "val_auc": 0.6}, {"epoch": 2, "val_auc": 0.7}]
+    for on_disk, expected in ((rows, []), ([*rows, {"epoch": 3, "val_auc": 0.8}], [2])):
+        History(tmp_path).write(on_disk, draw=False)
+        resumed, drawn[:] = stub_state(), []
+        resumed.history = [dict(row) for row in rows]  # as the checkpoint gives them back
+        History(tmp_path).on_fit_start(resumed)
+        assert drawn == expected, on_disk
+        with (tmp_path / "history.csv").open() as f:
+            assert [r["epoch"] for r in csv.DictReader(f)] == ["1", "2"]
+
+
 def test_a_refused_run_draws_the_curves_of_its_history(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A run refused (a divergence) before its curves' next draw left history.csv without curves.png, which shows the
     user why it was refused: they are drawn from its history then, when it has a row."""

@@ -253,8 +253,8 @@ class History(Callback):
     and RUN/history.csv rewritten at the epoch's end, with RUN/curves.png redrawn then too when the last draw is
     CURVES_EVERY_S old (every epoch of a real run; a test's epochs of a second each would spend most of their time
     drawing) and at the end of the fit, or of a run training refused. A resumed run rewrites them from the
-    checkpoint's history first: a run killed while writing an epoch's checkpoint had already written that epoch's
-    row, which would otherwise stay however the resumed run ends."""
+    checkpoint's history first where they differ: a run killed while writing an epoch's checkpoint had already
+    written that epoch's row, which would otherwise stay however the resumed run ends."""
 
     def __init__(self, run_dir: Path) -> None:
         self.run = RunFolder(run_dir)
@@ -272,7 +272,12 @@ class History(Callback):
     def on_fit_start(self, state: State) -> None:
         self.drawn_at = time.monotonic()
         if state.ctx.main and state.history:
-            self.write(state.history, draw=True)
+            # curves.png is redrawn now only where history.csv held a row the checkpoint lacks, which it may show
+            # too; else it shows some of these rows, and the next draw (the end's at the latest) draws them all
+            written = self.run.history.read_bytes() if self.run.history.is_file() else None
+            self.write(state.history, draw=False)
+            if self.run.history.read_bytes() != written:
+                self.draw_behind(state)
 
     def on_validation_end(self, state: State) -> None:
         if not state.ctx.main:
