@@ -59,8 +59,9 @@ def test_gradcam_refuses_a_model_whose_only_spatial_map_is_its_input() -> None:
 
 def test_gradcam_of_a_timm_model_reads_its_features_not_a_spatial_layer_of_its_head() -> None:
     """vgg's head is a 7 x 7 convolution (fc6), which at 288 px leaves a 3 x 3 map whose cells each cover 7 x 7 of the
-    features: that map had been taken and stretched over the film. The map is forward_features' output."""
-    model, x = models.create("vgg11", image_size=288).eval(), torch.rand(1, 1, 288, 288)
+    features: that map had been taken and stretched over the film. The map is forward_features' output. (fc6 is
+    built 64 times narrower, mlp_ratio 1/64: still a 7 x 7 convolution, without 100 million weights to make.)"""
+    model, x = models.create("vgg11", image_size=288, mlp_ratio=1 / 64).eval(), torch.rand(1, 1, 288, 288)
     shapes: list[torch.Size] = []
     hook = target_layer(model, x).register_forward_hook(lambda _m, _i, out: shapes.append(out.shape))
     with torch.no_grad():
