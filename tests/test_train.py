@@ -141,17 +141,26 @@ def test_thresholds_meet_target_sensitivity_on_validation(learnt_bundle: Path) -
 @pytest.mark.parametrize("extra", [{}, {"ema_decay": 0.8, "augment": Augment(mixup=0.4, cutmix=1.0)}],
                          ids=["plain", "ema-mixing"])
 def test_resume_after_a_crash_matches_an_uninterrupted_run(tiny_dataset: Path, tmp_path: Path, extra: dict) -> None:
+    """Both runs stop once their last epoch is checkpointed: RUN/best, the weights their bundles would ship
+    (test_a_kill_while_the_checkpoint_is_written_never_ships_that_epochs_weights finishes a resumed run's), and the
+    live weights the checkpoint keeps are the same, with and without the moving average and mixing."""
     cfg = TrainConfig(**{**TINY, "patience": 10, **extra})  # 2 epochs: the second one resumed
-    straight = train(tiny_dataset, cfg, tmp_path / "straight")
+    with pytest.raises(Crash):
+        train(tiny_dataset, cfg, tmp_path / "straight", on_epoch_end=crash_in_epoch(1))
 
     with pytest.raises(Crash):
         train(tiny_dataset, cfg, tmp_path / "resumed", on_epoch_end=crash_after_first_epoch)
     assert not (tmp_path / "resumed" / "bundle").exists()
-    resumed = train(tiny_dataset, cfg, tmp_path / "resumed", resume=True)
+    with pytest.raises(Crash):
+        train(tiny_dataset, cfg, tmp_path / "resumed", resume=True, on_epoch_end=crash_in_epoch(1))
     history = (tmp_path / "resumed" / "history.csv").read_text().splitlines()
     assert len(history) == 1 + 2, "the finished epoch is kept, none is repeated or lost"
-    a, b = load_file(str(straight / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    for run in ("straight", "resumed"):
+        assert not (tmp_path / run / "bundle").exists(), run
+    a, b = (load_file(str(tmp_path / run / "best" / WEIGHTS)) for run in ("straight", "resumed"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    a, b = (torch.load(tmp_path / run / "checkpoint.pt", weights_only=True) for run in ("straight", "resumed"))
+    assert a["epoch"] == b["epoch"] == 1 and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
 
 
 class StopAfter(Callback):
@@ -839,9 +848,11 @@ def test_a_one_step_run_trains_its_only_step(tiny_dataset: Path, tmp_path: Path)
         def on_fit_start(self, state: State) -> None:
             self.weights = {k: v.detach().clone() for k, v in state.model.state_dict().items()}
 
-    start = Start()
-    bundle = train(tiny_dataset, cfg, tmp_path / "run", callbacks=[start])
-    shipped, history = load_file(str(bundle / WEIGHTS)), list(csv.DictReader((tmp_path / "run" / "history.csv").open()))
+    start = Start()  # stopped once its epoch is checkpointed: RUN/best holds the weights its bundle would ship
+    with pytest.raises(Crash):
+        train(tiny_dataset, cfg, tmp_path / "run", callbacks=[start], on_epoch_end=crash_in_epoch(0))
+    shipped = load_file(str(tmp_path / "run" / "best" / WEIGHTS))
+    history = list(csv.DictReader((tmp_path / "run" / "history.csv").open()))
     assert [row["step"] for row in history] == ["1"] and float(history[0]["lr"]) > 0
     assert shipped.keys() == start.weights.keys()
     assert not all(torch.equal(shipped[k], start.weights[k]) for k in shipped), "the only step moved the weights"
