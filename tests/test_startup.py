@@ -31,8 +31,9 @@ from tests.builders import SCORE_TOL
 
 TORCH_STACK = ("torch", "torchvision", "timm")
 # and scikit-learn, which only training needs (the content check's fit): 0.8 s and 70 MB a scoring process; and
-# scipy, which the service loaded with the held-out check's grouping of copies, which it never runs (0.15 s)
-HEAVY = (*TORCH_STACK, "sklearn", "scipy")
+# scipy, which the service loaded with the held-out check's grouping of copies, which it never runs (0.15 s); and
+# pydicom's code dictionary, which a film's scope loaded for a DICOM film's view code, never a PNG's (0.07 s)
+HEAVY = (*TORCH_STACK, "sklearn", "scipy", "pydicom.sr.codedict")
 ROOT = Path(__file__).parents[1]
 
 
