@@ -20,6 +20,8 @@ from filelock import FileLock
 from PIL import Image
 
 if TYPE_CHECKING:
+    from playwright.sync_api import Browser
+
     from pneumoscan.data.layouts import Record
 
 
@@ -171,6 +173,17 @@ def _log_rate_limits_forgotten() -> None:
                 with limit.lock:
                     limit.last.clear()
                     limit.held.clear()
+
+
+@pytest.fixture(scope="session")
+def chromium_browser() -> Iterator[Browser]:
+    """One headless Chromium a worker for the modules that drive a page (tests/test_browser.py's ``chromium``): a
+    launch and close, with Playwright's driver, cost about 1.1 s of CPU, which each such module paid in each worker
+    that ran any of its tests. Each module opens its own contexts on it and closes them."""
+    from tests.test_browser import chromium
+
+    with chromium() as browser:
+        yield browser
 
 
 @pytest.fixture(scope="session")

@@ -150,10 +150,10 @@ def chromium_page() -> Iterator[Page]:
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    """One Chromium for the module's tests (a launch and close cost about 1 s a test), each test in a new page."""
-    with chromium() as browser:
-        yield browser
+def browser(chromium_browser: Browser) -> Browser:
+    """The worker's Chromium (conftest's chromium_browser: a launch and close cost about 1 s), each test in a new
+    page."""
+    return chromium_browser
 
 
 @pytest.fixture

@@ -36,7 +36,7 @@ from pneumoscan.inference.predict import Predictor, format_results, predict_path
 from pneumoscan.models.card import load_card, save_card
 from pneumoscan.serving.app import create_app
 from tests.builders import SCORE_TOL, dicom_bytes, nudge_weights, running
-from tests.test_browser import SERVICE_CAPTION, TIMEOUT_MS, chromium, drop_file, run_server, serious_violations
+from tests.test_browser import SERVICE_CAPTION, TIMEOUT_MS, drop_file, run_server, serious_violations
 from tests.test_heatmap_scale import assert_legend_is_the_caption, sentence
 from tests.test_serve import with_threshold
 
@@ -155,9 +155,9 @@ def server(tiny_bundle: Path) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium() as b:
-        yield b
+def browser(chromium_browser: Browser) -> Browser:
+    """The worker's Chromium (conftest's chromium_browser), shared with the other page modules."""
+    return chromium_browser
 
 
 SCREEN = {"viewport": {"width": 1280, "height": 1000}, "accept_downloads": True}

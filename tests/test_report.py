@@ -3,7 +3,7 @@ import html
 import io
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +11,7 @@ import pytest
 from matplotlib.figure import Figure
 from PIL import Image
 from pypdf import PdfReader
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from pneumoscan.core.metrics import (AUC_INTERVAL, FILM_UNIT_CAVEAT, clopper_pearson, evaluate_binary,
                                      evaluate_multiclass, softmax)
@@ -20,7 +20,7 @@ from pneumoscan.evaluation.report import roc_figure, write_report
 from pneumoscan.evaluation.subgroups import subgroup_figures
 from pneumoscan.models.card import load_card
 from pneumoscan.training.callbacks import plot_training_curves
-from tests.test_browser import TIMEOUT_MS, launched, serious_violations
+from tests.test_browser import TIMEOUT_MS, serious_violations
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 DATA_URL = re.compile(r"data:image/png;base64,([A-Za-z0-9+/=]+)")
@@ -36,6 +36,14 @@ def _binary_metrics(n: int = 300, labels=None) -> dict:
     y = rng.integers(0, 2, n) if labels is None else np.asarray(labels)
     prob = 1 / (1 + np.exp(-(rng.normal(size=y.size) + 1.5 * (2 * y - 1))))
     return evaluate_binary(y, prob, 0.35, n_boot=100, class_names=("NORMAL", "PNEUMONIA"))
+
+
+@pytest.fixture(scope="module")
+def binary_report(module_tmp: Callable[[str], Path]) -> tuple[dict, Path]:
+    """``_binary_metrics()`` and its report written with its figure files, for the tests that read a plain binary
+    report (each write draws its five figures: 0.4 s of CPU)."""
+    metrics = _binary_metrics()
+    return metrics, write_report(metrics, module_tmp("binary") / "out", "t", figures=True)
 
 
 def test_write_report_binary(tmp_path):
@@ -133,10 +141,18 @@ def _by_patient(seed: int, n_boot: int) -> dict:
     return metrics
 
 
-def test_report_says_the_intervals_count_patients_when_they_do(tmp_path):
+@pytest.fixture(scope="module")
+def by_patient_report(module_tmp: Callable[[str], Path]) -> tuple[dict, Path]:
+    """``_by_patient(4, 100)`` and its report, for the tests that read a report whose intervals count patients."""
     metrics = _by_patient(4, 100)
+    return metrics, write_report(metrics, module_tmp("by-patient"), "By patient")
+
+
+def test_report_says_the_intervals_count_patients_when_they_do(by_patient_report: tuple[dict, Path],
+                                                               tmp_path: Path) -> None:
+    metrics, report = by_patient_report
     assert metrics["ci_unit"] == metrics["two_stage"]["ci_unit"] == "patient"
-    page = write_report(metrics, tmp_path, "By patient").read_text()
+    page = report.read_text()
     assert page.count("95% CIs count patients, not films") == 2 and page.count("Korn-Graubard") == 2
     assert page.count("count patients") == 2, "once a block: the table's caption, not the note beside it again"
     assert "bootstrap of the patients" in page and "independent case" not in page
@@ -284,11 +300,12 @@ def test_the_confusion_matrix_never_shows_a_missed_film_as_100_percent(tmp_path)
     assert "99.9%" in page and "2499" in page and not re.search(r"2499\D{0,40}100\.0%", page)
 
 
-def test_every_n_names_its_patients_and_every_table_the_unit_of_its_intervals(tmp_path) -> None:
+def test_every_n_names_its_patients_and_every_table_the_unit_of_its_intervals(
+        by_patient_report: tuple[dict, Path], binary_report: tuple[dict, Path]) -> None:
     """n counted films while the intervals counted patients, and no table said which: the summary names both, as
     "n = 300 films of 100 patients (...)", and each table of intervals says what they count."""
-    metrics = _by_patient(5, 50)
-    page = write_report(metrics, tmp_path, "by patient").read_text()
+    metrics, report = by_patient_report
+    page = report.read_text()
     counts = metrics["patients"]
     assert (f"n = 300 films of 100 patients ({metrics['n_positive']} pneumonia films of {counts['positive']} patients, "
             f"{metrics['n_negative']} normal of {counts['negative']}).") in page
@@ -298,13 +315,13 @@ def test_every_n_names_its_patients_and_every_table_the_unit_of_its_intervals(tm
                       "</caption>") == 2
     # the two stages' summary too: its intervals count patients (metrics.json holds them under two_stage)
     block = metrics["two_stage"]
-    assert json.loads((tmp_path / "metrics.json").read_text())["two_stage"]["patients"] == block["patients"]
+    assert json.loads((report.parent / "metrics.json").read_text())["two_stage"]["patients"] == block["patients"]
     each = [(name, c["support"], block["patients"]["per_class"][name]) for name, c in block["per_class"].items()]
     assert block["patients"]["all"] == 100 and sum(p for _, _, p in each) == 100
     (first, films, patients), *rest = each
     assert (f"n = 300 films of 100 patients ({films} {first} films of {patients} patients, "
             + ", ".join(f"{k} {name} of {p}" for name, k, p in rest) + "); decision = ") in page
-    page = write_report(_binary_metrics(), tmp_path, "by film").read_text()
+    page = binary_report[1].read_text()
     assert "n = 300 films (" in page and "<caption>Summary. 95% CIs count films.</caption>" in page
 
 
@@ -322,9 +339,10 @@ def test_a_count_of_one_is_said_in_the_singular(tmp_path) -> None:
     assert "n = 1 film (1 PNEUMONIA, 0 NORMAL)." in write_report(one, tmp_path, "one film").read_text()
 
 
-def test_the_summary_shows_npv_with_its_interval_and_the_prevalence_ppv_and_npv_hold_at(tmp_path) -> None:
-    metrics = _binary_metrics()
-    page = write_report(metrics, tmp_path, "npv").read_text()
+def test_the_summary_shows_npv_with_its_interval_and_the_prevalence_ppv_and_npv_hold_at(
+        binary_report: tuple[dict, Path]) -> None:
+    metrics, report = binary_report
+    page = report.read_text()
     lo, hi = metrics["ci"]["npv"]
     row = _row(page, "Negative predictive value (NPV)")
     assert f"{100 * metrics['npv']:.1f}% (95% CI {100 * lo:.1f}%–{100 * hi:.1f}%)" in row
@@ -445,13 +463,13 @@ def _zlib_level(png: bytes) -> int:
     return png[png.index(b"IDAT") + 5] >> 6
 
 
-def test_every_figure_is_a_png_encoded_at_the_fast_zlib_level(tmp_path):
+def test_every_figure_is_a_png_encoded_at_the_fast_zlib_level(binary_report: tuple[dict, Path], tmp_path: Path):
     """zlib's default level took a third of the time a report figure took to draw: a report's figures (inline and
     as files) and a run's training curves are encoded at zlib level 1, as the heatmaps are."""
-    write_report(_binary_metrics(), tmp_path / "out", "t", figures=True)
-    files = [p.read_bytes() for p in (tmp_path / "out").glob("*.png")]
+    report = binary_report[1]
+    files = [p.read_bytes() for p in report.parent.glob("*.png")]
     plot_training_curves([{"epoch": 1, "train_loss": 0.7, "val_loss": 0.6}], tmp_path / "curves.png")
-    pngs = [*files, *_embedded_pngs((tmp_path / "out" / "report.html").read_text()),
+    pngs = [*files, *_embedded_pngs(report.read_text()),
             (tmp_path / "curves.png").read_bytes()]
     assert len(files) == 4 and len(pngs) == 8
     assert [_zlib_level(png) for png in pngs] == [0] * len(pngs)
@@ -461,14 +479,12 @@ def test_every_figure_is_a_png_encoded_at_the_fast_zlib_level(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def chromium() -> Iterator[Page]:
-    """One headless Chromium for the module's reports, one page that each test loads its documents in."""
-    with sync_playwright() as p:
-        browser = launched(p)
-        page = browser.new_page()
-        page.set_default_timeout(TIMEOUT_MS)
-        yield page
-        browser.close()
+def chromium(chromium_browser: Browser) -> Iterator[Page]:
+    """One page of the worker's Chromium (conftest's chromium_browser) that each test loads its documents in."""
+    page = chromium_browser.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    yield page
+    page.context.close()
 
 
 def _alts(page: Page) -> dict[str, str]:
@@ -606,8 +622,8 @@ def _gallery_boxes(page: Page) -> list[dict]:
     })""")
 
 
-def test_the_error_gallery_shows_thumbnails_whatever_the_films_size_and_aspect(chromium: Page, tiny_evaluation: Path,
-                                                                             tmp_path: Path) -> None:
+def test_the_error_gallery_shows_thumbnails_whatever_the_films_size_and_aspect(
+        chromium: Page, tiny_evaluation: Path, evaluation_printed: Callable[[str], list[str]], tmp_path: Path) -> None:
     """A 64 px film's overlay came out a tall strip (its three panels over a caption burnt into the picture, eight
     lines of it), stretched to the figure's width: 360 x 590 px, one a printed page, its words unread by a screen
     reader. A thumbnail is the three panels alone, its caption's words text beside it, and fits a thumbnail's box
@@ -618,7 +634,7 @@ def test_the_error_gallery_shows_thumbnails_whatever_the_films_size_and_aspect(c
     assert shown and all(box["height"] <= 240 and box["width"] <= 360 for box in shown), shown
     assert all("Grad-CAM" in box["caption"] for box in shown), shown  # the overlay's words, as text
     names = [box["caption"].split()[0] for box in shown]  # printed side by side, where a page holds them
-    assert any(all(name in text for name in names) for text in _printed(chromium, "A4")), names
+    assert any(all(name in text for name in names) for text in evaluation_printed("A4")), names
     page = (tiny_evaluation / "report.html").read_text()
     for png in _embedded_pngs(page[page.index("Most confident errors"):]):
         with Image.open(io.BytesIO(png)) as picture:  # the tiny films are square: three panels side by side
@@ -645,6 +661,21 @@ def _printed(page: Page, paper: str) -> list[str]:
     return [p.extract_text() for p in PdfReader(io.BytesIO(base64.b64decode(pdf["data"]))).pages]
 
 
+@pytest.fixture(scope="module")
+def evaluation_printed(chromium: Page, tiny_evaluation: Path) -> Callable[[str], list[str]]:
+    """tiny_evaluation's report as ``_printed`` gives it on a paper, printed once a paper for the tests that read it
+    (the gallery's and the running heads'), the report left loaded."""
+    printed: dict[str, list[str]] = {}
+
+    def on(paper: str) -> list[str]:
+        if paper not in printed:
+            chromium.goto((tiny_evaluation / "report.html").as_uri())
+            printed[paper] = _printed(chromium, paper)
+        return printed[paper]
+
+    return on
+
+
 def _overflowing(page: Page, paper: str) -> list[str]:
     """What of the loaded report reaches past the printed page's right margin on PAPER: laid out for print at the
     width between the page's own margins (its @page rule's, else Chromium's default 0.4 inch)."""
@@ -665,22 +696,23 @@ def _overflowing(page: Page, paper: str) -> list[str]:
 
 
 @pytest.mark.parametrize("paper", PAPERS)
-def test_a_printed_report_names_itself_on_every_page_and_cuts_no_table_or_figure(chromium: Page, tiny_evaluation: Path,
-                                                                                tiny_bundle: Path, tiny_dataset: Path,
-                                                                                paper: str) -> None:
+def test_a_printed_report_names_itself_on_every_page_and_cuts_no_table_or_figure(
+        chromium: Page, tiny_evaluation: Path, evaluation_printed: Callable[[str], list[str]], tiny_bundle: Path,
+        tiny_dataset: Path, paper: str) -> None:
     """Printed to PDF, only the first page said what it was, and the date only the last; a heading ended a page
     whose content began the next ("Curves" over a page of its figures); the threshold table ran past the right
     margin, and its rows on a second page came without their head. Every page names its report (title, model id,
     date, its page of how many) by CSS page margins, which a person's own browser prints too; the first page gives
     the bundle, the data and the date; no heading, nor the note or caption that introduces a table, ends a page; a
     table's head is repeated on each page it spans; nothing reaches past the right margin."""
-    report, card = tiny_evaluation / "report.html", load_card(tiny_bundle)
-    _read_as_a_reader(chromium, report)
+    # the report as a reader meets it (axe-core, headings, names): the gallery's test reads it so
+    chromium.goto((tiny_evaluation / "report.html").as_uri())
+    card = load_card(tiny_bundle)
     assert _overflowing(chromium, paper) == []
     leads = chromium.evaluate("""() => [...document.querySelectorAll('h2, h3, h2 + .note, caption')]
         .map((e) => e.textContent.split(/\\s+/).join(' '))""")  # a heading, a note or caption that introduces a table
     title = chromium.title()
-    pages = _printed(chromium, paper)
+    pages = evaluation_printed(paper)
     assert len(pages) > 2, pages  # a report of more than two pages, whose later pages are read apart from the first
     generated = re.search(r"Generated \d{4}-\d\d-\d\d \d\d:\d\d UTC", pages[0])
     assert generated, pages[0]
