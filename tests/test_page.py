@@ -1,8 +1,7 @@
 """The reader's page: the API options it relies on (the raw Grad-CAM map, the decoded film, the DICOM facts
 without the patient's name or id), then the page itself in headless Chromium: window/level, invert and zoom as
 pixel operations, the heatmap only on request in viridis, the sortable list and its CSV, the print view, a name for
-every control, and a reply a proxy gives in the service's place never read as its answer. Screenshots of each state
-go to the test's tmp folder."""
+every control, and a reply a proxy gives in the service's place never read as its answer."""
 
 from __future__ import annotations
 
@@ -251,9 +250,8 @@ def drag(page: Page, dx: float, dy: float, shift: bool = False) -> None:
         page.keyboard.up("Shift")
 
 
-def test_window_level_invert_zoom_pan(page: Page, small: Path, tmp_path: Path) -> None:
+def test_window_level_invert_zoom_pan(page: Page, small: Path) -> None:
     upload_one(page, small)
-    page.screenshot(path=tmp_path / "1-result.png", full_page=True)
     before = centre(page)
     assert before[0] == before[1] == before[2]  # gray: no heatmap drawn
     drag(page, 0, 60)  # down: the level drops, the film brightens
@@ -262,7 +260,6 @@ def test_window_level_invert_zoom_pan(page: Page, small: Path, tmp_path: Path) -
     assert page.input_value("#preset") == "custom"
     drag(page, -100, 0)  # left: a narrower window, more contrast
     assert int(page.input_value("#width")) == 255 - 100
-    page.screenshot(path=tmp_path / "2-window.png")
 
     page.select_option("#preset", "default")
     plain = centre(page)
@@ -284,7 +281,6 @@ def test_window_level_invert_zoom_pan(page: Page, small: Path, tmp_path: Path) -
     drag(page, 150, 100, shift=True)  # pan: the film moves, the window stays
     assert page.input_value("#level") == level and page.evaluate(shown) != still
     assert page.evaluate("() => [view.panX, view.panY]") == pytest.approx([150 * 700 / 700, 100 * 700 / 700], rel=0.05)
-    page.screenshot(path=tmp_path / "3-zoom-pan.png")
     # Fit fits the film and keeps the window it was read at; Default window puts the default back, and the zoom stays
     page.get_by_role("button", name="Fit", exact=True).click()
     expect(page.locator("#readout-wl")).to_have_text("level 190, width 110, zoom 1.00x")
@@ -294,8 +290,7 @@ def test_window_level_invert_zoom_pan(page: Page, small: Path, tmp_path: Path) -
     assert page.input_value("#preset") == "default"
 
 
-def test_heatmap_only_on_request_in_viridis_and_printed(page: Page, full_size: Path, tiny_bundle: Path,
-                                                        tmp_path: Path) -> None:
+def test_heatmap_only_on_request_in_viridis_and_printed(page: Page, full_size: Path, tiny_bundle: Path) -> None:
     calls: list[str] = []
     page.on("request", lambda r: calls.append(r.url.split("/v1/predict", 1)[1]) if "/v1/predict" in r.url else None)
     upload_one(page, full_size)
@@ -327,7 +322,6 @@ def test_heatmap_only_on_request_in_viridis_and_printed(page: Page, full_size: P
     # and said once in the polite region as it appears: the legend's caveat was never announced
     expect(page.locator("#status")).to_have_text(f"Heatmap shown: {page.inner_text('#legend-text')}")
     expect(page.locator("#status")).to_contain_text("where the model looked, not where disease is")
-    page.screenshot(path=tmp_path / "4-heatmap.png", full_page=True)
     page.locator("#opacity").fill("100")  # the map alone: every pixel is a viridis colour, never jet's
     lut = np.array(page.evaluate("() => Array.from(VIRIDIS)")).reshape(256, 3)
     pixels = np.array(page.evaluate("""() => { const c = document.getElementById('view');
@@ -339,7 +333,6 @@ def test_heatmap_only_on_request_in_viridis_and_printed(page: Page, full_size: P
 
     # the print view: the reading, the film with its heatmap and legend, the intended use and the disclaimer
     page.emulate_media(media="print")
-    page.screenshot(path=tmp_path / "5-print.png", full_page=True)
     for hidden in ("#drop", ".toolbar >> nth=0", "#list", ".card", "#print"):
         expect(page.locator(hidden)).to_be_hidden()
     for shown in ("#label", "#view", "#legend", "#disclaimer", "#print-intended"):
@@ -408,7 +401,6 @@ def test_films_list_sort_csv_and_dicom_panel(page: Page, data_root: Path, tagged
     page.get_by_role("button", name="Probability").click()
     shown = [float(t) for t in page.locator("#films tbody td:nth-child(3)").all_inner_texts()]
     assert shown == sorted(shown, reverse=True)
-    page.screenshot(path=tmp_path / "5-list.png", full_page=True)
 
     with page.expect_download() as download:
         page.click("#export")
@@ -999,8 +991,7 @@ def test_the_card_says_of_each_recorded_threshold_and_evaluation_whether_its_fil
 NOTICE = "Outside the model's scope: this reading does not apply"
 
 
-def test_an_out_of_scope_film_is_marked_as_not_applying(page: Page, full_size: Path, tagged_dicom: bytes,
-                                                       tmp_path: Path) -> None:
+def test_an_out_of_scope_film_is_marked_as_not_applying(page: Page, full_size: Path, tagged_dicom: bytes) -> None:
     """A CT slice was shown "Reading: PNEUMONIA" in bold red like any film, its reason a small bullet below the
     numbers, and listed and exported as a plain reading. Now the notice and its reasons come first, in grey, the
     label is greyed, and the list and CSV say "out of scope"; the probability stays for a reader who knows better.
@@ -1035,7 +1026,6 @@ def test_an_out_of_scope_film_is_marked_as_not_applying(page: Page, full_size: P
     expect(page.locator("#status")).to_have_text(
         f"Film: ct.dcm. Outside the model's scope: this reading does not apply. {reasons}")
     assert label not in page.inner_text("#status") and "probability" not in page.inner_text("#status")
-    page.screenshot(path=tmp_path / "out-of-scope.png", full_page=True)
 
     drop_file(page, tagged_dicom, "chest.dcm", "application/dicom")
     expect(page.locator("#film-title")).to_have_text("Film: chest.dcm")
@@ -1284,7 +1274,6 @@ def test_the_page_reflows_on_a_phone(browser: Browser, server: str, full_size: P
                     range.setEnd(text, m.index + m[0].length);
                     return range.getClientRects().length > 1; }).map((m) => m[0]); })""")
             assert not cut, (width, cut)
-            page.screenshot(path=tmp_path / f"w{width}.png", full_page=True)
     finally:
         context.close()
 
