@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
 import json
@@ -175,15 +176,42 @@ def _log_rate_limits_forgotten() -> None:
                     limit.held.clear()
 
 
-@pytest.fixture(scope="session")
-def chromium_browser() -> Iterator[Browser]:
-    """One headless Chromium a worker for the modules that drive a page (tests/test_browser.py's ``chromium``): a
-    launch and close, with Playwright's driver, cost about 1.1 s of CPU, which each such module paid in each worker
-    that ran any of its tests. Each module opens its own contexts on it and closes them."""
-    from tests.test_browser import chromium
+# The worker's Chromium while it is kept open (chromium_browser), and the modules whose tests use it
+_CHROMIUM: list[tuple[contextlib.ExitStack, Browser]] = []
+_CHROMIUM_MODULES: set[str] = set()
 
-    with chromium() as browser:
-        yield browser
+
+@pytest.fixture(scope="module")
+def chromium_browser() -> Browser:
+    """The worker's headless Chromium (tests/test_browser.py's ``chromium``), kept open from one module that drives
+    a page to the next (test_page*.py follow one another): a launch and close, with Playwright's driver, cost about
+    1.1 s of CPU a module. Each module opens its own contexts on it and closes them. It is closed before a test of
+    any other module (pytest_runtest_setup): while Playwright's sync driver runs, its event loop is the thread's
+    running one, and asyncio.run and a second driver (chromium_page) are refused."""
+    if not _CHROMIUM:
+        from tests.test_browser import chromium
+
+        stack = contextlib.ExitStack()
+        _CHROMIUM.append((stack, stack.enter_context(chromium())))
+    return _CHROMIUM[0][1]
+
+
+def _close_chromium() -> None:
+    if _CHROMIUM:
+        _CHROMIUM.pop()[0].close()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    _CHROMIUM_MODULES.update(item.nodeid.split("::")[0] for item in items if "chromium_browser" in item.fixturenames)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.nodeid.split("::")[0] not in _CHROMIUM_MODULES:
+        _close_chromium()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    _close_chromium()
 
 
 @pytest.fixture(scope="session")
