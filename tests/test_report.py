@@ -3,6 +3,7 @@ import html
 import io
 import json
 import re
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -67,8 +68,8 @@ def test_write_report_binary(tmp_path):
     assert "95% CI" in page and "PNEUMONIA" in page
 
 
-def test_write_report_binary_with_one_class(tmp_path):
-    write_report(_binary_metrics(), tmp_path, "two classes", figures=True)
+def test_write_report_binary_with_one_class(binary_report: tuple[dict, Path], tmp_path: Path):
+    shutil.copytree(binary_report[1].parent, tmp_path, dirs_exist_ok=True)  # a report of two classes, its figures
     assert (tmp_path / "roc.png").exists() and (tmp_path / "pr.png").exists()
     path = write_report(_binary_metrics(labels=[1] * 20), tmp_path, "one class", figures=True)
     page = path.read_text()
