@@ -212,7 +212,8 @@ def page(tabs: BrowserContext, server: str) -> Iterator[Page]:
         yield opened
         kept = None if opened.is_closed() else opened.evaluate(KEPT)
     tab.close()
-    assert not tabs.cookies(), f"the page left cookies in its context: {tabs.cookies()}"
+    cookies = tabs.cookies()  # one round trip to the browser a test, not two
+    assert not cookies, f"the page left cookies in its context: {cookies}"
     assert not kept, f"the page left storage beyond its tab: {kept}"
 
 
