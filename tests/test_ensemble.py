@@ -457,9 +457,10 @@ def _by_hand_threshold(ens: Path, cv: Path, runs: int) -> float:
     return choose_threshold(*_by_hand_out_of_fold(ens, cv, runs)[1:], None)
 
 
-def _by_hand_int8_out_of_fold(ens: Path, cv: Path) -> tuple[np.ndarray, np.ndarray]:
+def _by_hand_int8_out_of_fold(ens: Path, cv: Path, calibration_images: int | None = None
+                              ) -> tuple[np.ndarray, np.ndarray]:
     """The binary targets and INT8 P(positive) of fold k's films scored by fold k's member quantised alone, with the
-    calibration batches `export --int8 --cv` takes."""
+    calibration batches `export --int8 --cv` takes (``calibration_images``: its --calibration-images, if given)."""
     from pneumoscan.inference.export import module_onnx
     from pneumoscan.inference.onnx_runtime import session as onnx_session
     from pneumoscan.training import quantize
@@ -467,7 +468,7 @@ def _by_hand_int8_out_of_fold(ens: Path, cv: Path) -> tuple[np.ndarray, np.ndarr
     card = load_card(ens)
     net, _ = load_bundle(ens)
     pool, _, _ = labelled_images(cv / "split-fold-0.csv", None, get_task(card.task), card.spec)
-    calib = pool[quantize._sample(len(pool), quantize.CALIBRATION_IMAGES)]
+    calib = pool[quantize._sample(len(pool), calibration_images or quantize.CALIBRATION_IMAGES)]
     batches = [to_input(torch.from_numpy(calib[i : i + 32]).unsqueeze(1), 0.0, 1.0).numpy()
                for i in range(0, len(calib), 32)]
     ys, scores = [], []
@@ -628,32 +629,6 @@ def test_an_ensemble_of_cv_runs_and_its_int8_model_record_the_files_the_folds_le
     assert f"   {ONE_LEFT_OUT_SAID}" in capsys.readouterr().out
 
 
-def test_int8_of_a_cv_ensemble_reads_only_the_films_it_calibrates_on(
-        cv_ensemble: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`export --int8 --cv` copied every film of the cv runs out of their image cache, then sampled the few it
-    calibrates on (256 of thousands), as `--data` did: it reads those alone, the same ones for the seed, counted at
-    the row look-up every read of the cache's images goes through (the folds' out-of-fold scores read their own
-    validation films from caches of their own)."""
-    from pneumoscan.data.cache import ImageCache, cache_key
-    from pneumoscan.data.labelled import labelled_films
-    from pneumoscan.training.quantize import _sample
-
-    cv, ens = cv_ensemble[0], shutil.copytree(cv_ensemble[1], tmp_path / "ens")  # export writes into it
-    spec, every = load_card(ens).spec, cv / "split-fold-0.csv"
-    pool = cache_key([r.path for r in discover(every).records], spec)
-    films = [r.path for r in labelled_films(every, None, get_task("pneumonia"), spec).records]
-    asked, rows = [], ImageCache.rows
-
-    def counted(cache: ImageCache, paths: list[str]) -> np.ndarray:
-        if cache.key == pool:
-            asked.extend(map(str, paths))
-        return rows(cache, paths)
-
-    monkeypatch.setattr(ImageCache, "rows", counted)
-    assert main(["export", str(ens), "--int8", "--cv", str(cv), "--calibration-images", "4"]) == 0
-    assert asked == [films[i] for i in _sample(len(films), 4)]
-
-
 def test_several_cv_runs_on_the_same_folds_make_one_ensemble(tiny_bundle: Path, member64: Path, tiny_dataset: Path,
                                                              tmp_path: Path) -> None:
     first = _cv_run(tmp_path / "a", (tiny_bundle, member64), tiny_dataset)
@@ -759,15 +734,13 @@ def main_raising(argv: list[str]) -> None:
 
 def test_a_three_class_ensemble_keeps_its_three_class_figures(tiny_dataset: Path, tiny_multiclass_bundle: Path,
                                                               held_out: Path, tmp_path: Path) -> None:
-    """Multiclass members (32 and 64 px) make a multiclass ensemble: its card records how often the most probable
-    of the three classes is right on the calibration films, as each member's card does on its validation films,
-    and predict still thresholds 1 - P(normal). The 32 px member is the session's tiny three-class run."""
-    from pneumoscan.training.config import TrainConfig
-    from pneumoscan.training.train import train
-
-    cfg = TrainConfig(task="multiclass", model="simple_cnn", pretrained=False, image_size=64, epochs=1, batch_size=8,
-                      val_fraction=0.25)
-    members = [tiny_multiclass_bundle, train(tiny_dataset, cfg, tmp_path / "run-64")]
+    """Multiclass members make a multiclass ensemble: its card records how often the most probable of the three
+    classes is right on the calibration films, as each member's card does on its validation films, and predict still
+    thresholds 1 - P(normal). The members are the session's tiny three-class run and a copy of its run folder with
+    weights of their own (:func:`nudge_weights`), not a run trained for this test alone."""
+    second = shutil.copytree(tiny_multiclass_bundle.parent, tmp_path / "run-b") / tiny_multiclass_bundle.name
+    nudge_weights(second)
+    members = [tiny_multiclass_bundle, second]
     for member in members:
         report = json.loads((member.parent / "metrics.json").read_text())["multiclass"]
         figures = load_card(member).val_metrics
@@ -813,30 +786,53 @@ def cv_ensemble(tiny_bundle: Path, member64: Path, tiny_dataset: Path,
     return cv, folder / "ens"
 
 
-def test_int8_of_a_cv_ensemble_makes_its_sessions_without_a_memory_arena(
+def test_int8_of_a_cv_ensemble_reads_only_its_calibration_films_in_sessions_without_a_memory_arena(
         cv_ensemble: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`export --int8 --cv` peaked at 2.7 GB on a two-member cv ensemble at 224 px, 1.1 GB of it the memory arena of
-    the FP32 session, which scored the calibration films at the start and was held to the end, and each session
-    after it kept its own largest batch's memory (1.4 GB without). Every ONNX Runtime session it makes (the FP32
-    model's, the calibration's, each member's and the shipped graph's) runs without the arena; one made after it
-    keeps its arena, and the INT8 model's figures are those of its members quantised and scored with the arena."""
+    """`export --int8 --cv` copied every film of the cv runs out of their image cache, then sampled the few it
+    calibrates on (256 of thousands), as `--data` did: it reads those alone, the same ones for the seed, counted at
+    the row look-up every read of the cache's images goes through (the folds' out-of-fold scores read their own
+    validation films from caches of their own).
+
+    It peaked at 2.7 GB on a two-member cv ensemble at 224 px, 1.1 GB of it the memory arena of the FP32 session,
+    which scored the calibration films at the start and was held to the end, and each session after it kept its own
+    largest batch's memory (1.4 GB without). Every ONNX Runtime session it makes (the FP32 model's, the
+    calibration's, each member's and the shipped graph's) runs without the arena; one made after it keeps its arena,
+    and the INT8 model's figures are those of its members quantised and scored with the arena. (One export proves
+    both: each costs a quantisation of two members.)"""
     import onnxruntime
 
+    from pneumoscan.data.cache import ImageCache, cache_key
+    from pneumoscan.data.labelled import labelled_films
+    from pneumoscan.training.quantize import _sample
+
     cv, ens = cv_ensemble
-    copy = shutil.copytree(ens, tmp_path / "ens")
+    copy = shutil.copytree(ens, tmp_path / "ens")  # export writes into it
+    spec, every = load_card(copy).spec, cv / "split-fold-0.csv"
+    pool = cache_key([r.path for r in discover(every).records], spec)
+    films = [r.path for r in labelled_films(every, None, get_task("pneumonia"), spec).records]
+    asked, rows = [], ImageCache.rows
     made: list[onnxruntime.InferenceSession] = []
+
+    def counted(cache: ImageCache, paths: list[str]) -> np.ndarray:
+        if cache.key == pool:
+            asked.extend(map(str, paths))
+        return rows(cache, paths)
 
     class Counted(onnxruntime.InferenceSession):
         def __init__(self, *args: object, **kwargs: object) -> None:
             super().__init__(*args, **kwargs)
             made.append(self)
 
+    monkeypatch.setattr(ImageCache, "rows", counted)
     monkeypatch.setattr(onnxruntime, "InferenceSession", Counted)
-    assert main(["export", str(copy), "--int8", "--cv", str(cv)]) == 0
+    assert main(["export", str(copy), "--int8", "--cv", str(cv), "--calibration-images", "4"]) == 0
+    monkeypatch.undo()
+    assert asked == [films[i] for i in _sample(len(films), 4)]
     assert len(made) >= 5 and not any(s.get_session_options().enable_cpu_mem_arena for s in made)
     assert session(copy / ONNX_NAME).get_session_options().enable_cpu_mem_arena
     # its figures those of the members quantised and scored by hand, in sessions with the arena
-    sidecar, (y8, p8) = json.loads(spec_path(copy / "model.int8.onnx").read_text()), _by_hand_int8_out_of_fold(ens, cv)
+    sidecar = json.loads(spec_path(copy / "model.int8.onnx").read_text())
+    y8, p8 = _by_hand_int8_out_of_fold(ens, cv, calibration_images=4)
     assert sidecar["val_auc_int8"] == pytest.approx(roc_auc(y8, p8), abs=SCORE_TOL)
     assert sidecar["int8_threshold"] == pytest.approx(choose_threshold(y8, p8, None), abs=SCORE_TOL)
 
