@@ -184,6 +184,20 @@ def as_run_split(bundle: Path) -> Path:
     return bundle
 
 
+def evaluation_of(evaluation: Path, bundle: Path, out: Path) -> Path:
+    """A copy at OUT of EVALUATION (an evaluate folder of a bundle of the same weights, the session's
+    tiny_evaluation) recorded as of BUNDLE, a copy of that bundle: what evaluate of BUNDLE on the same films writes
+    (the figures are the weights', which the copy holds; only the bundle named differs), without its report drawn
+    again for a test that reads metrics.json and predictions.csv alone (compare's). Returns OUT."""
+    import json
+
+    shutil.copytree(evaluation, out)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["bundle_weights"] == load_card(bundle).files["model.safetensors"], "not the same weights"
+    (out / "metrics.json").write_text(json.dumps(metrics | {"bundle": os.path.realpath(bundle)}))
+    return out
+
+
 def nudge_weights(bundle: Path) -> None:
     """Give a copied bundle weights of its own, a little off the original's, as a second run's would differ:
     `ensemble` refuses a plain copy as the same model twice."""

@@ -26,7 +26,7 @@ from pneumoscan.evaluation.compare import OPTIMISTIC, compare_runs, comparison_f
 from pneumoscan.evaluation.evaluate import evaluate, films_digest
 from pneumoscan.evaluation.subgroups import difference_said, figure_said
 from pneumoscan.models.card import load_card, save_card
-from tests.builders import nudge_weights, site_manifest
+from tests.builders import evaluation_of, nudge_weights, site_manifest
 from tests.conftest import _once_per_run
 
 
@@ -234,13 +234,14 @@ def test_compare_never_shows_a_missed_film_as_perfect(two_runs: tuple[Path, Path
 
 
 def test_an_evaluation_of_a_bundle_trained_again_since_shows_no_card_of_the_new_one(
-    two_runs: tuple[Path, Path], tiny_dataset: Path, tmp_path: Path
+    two_runs: tuple[Path, Path], tmp_path: Path
 ) -> None:
     """`train --out RUN` again keeps RUN/eval-*: compare showed the old figures and threshold beside the new bundle's
     policy, model and minutes, read at the path metrics.json records."""
     run = tmp_path / "run"
     shutil.copytree(two_runs[0], run)
-    evaluate(run / "bundle", tiny_dataset, "test", run / "eval-test")
+    shutil.rmtree(run / "eval-test")
+    evaluation_of(two_runs[1], run / "bundle", run / "eval-test")  # as evaluate of the copy writes it
     [before] = compare_runs([run / "eval-test"])
     assert before.policy == load_card(run / "bundle").threshold_policy and before.minutes is not None
     nudge_weights(run / "bundle")  # other weights, as a run trained again in the same folder leaves

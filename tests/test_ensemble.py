@@ -630,8 +630,8 @@ def test_an_ensemble_of_cv_runs_and_its_int8_model_record_the_files_the_folds_le
 
 
 def test_several_cv_runs_on_the_same_folds_make_one_ensemble(tiny_bundle: Path, member64: Path, tiny_dataset: Path,
-                                                             tmp_path: Path) -> None:
-    first = _cv_run(tmp_path / "a", (tiny_bundle, member64), tiny_dataset)
+                                                             cv_ensemble: tuple[Path, Path], tmp_path: Path) -> None:
+    first = cv_ensemble[0]  # read, not changed: the module's cv run of the two bundles
     second = _cv_run(tmp_path / "b", (member64, tiny_bundle), tiny_dataset, other_weights=True)
     assert main(["ensemble", "--cv", str(first), str(second), "--youden", "--out", str(tmp_path / "ens")]) == 0
     card = load_card(tmp_path / "ens")

@@ -24,6 +24,7 @@ from pneumoscan.evaluation.compare import compare_runs, comparison_figure
 from pneumoscan.evaluation.evaluate import evaluate
 from pneumoscan.evaluation.held_out import film_splits, refuse_test_films
 from pneumoscan.evaluation.report import write_report
+from tests.builders import evaluation_of
 
 # names a film may have on disk that a CSV, a spreadsheet or an HTML page could misread
 AWKWARD_NAMES = ("a,b.jpeg", 'q"uote.jpeg', "new\nline.jpeg", '=HYPERLINK("http://x").jpeg', "+1.jpeg", "-2.jpeg",
@@ -209,7 +210,7 @@ def test_the_test_folder_is_test_films_for_every_choice_but_its_copies_are_not(t
 
 
 def test_compare_states_the_training_minutes_of_the_run_whose_bundle_was_evaluated(
-        tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path) -> None:
+        tiny_bundle: Path, tiny_evaluation: Path, tmp_path: Path) -> None:
     """An evaluation of run A's bundle written into run B's folder (--out B/eval-a) was shown with B's training
     minutes beside A's model and figures."""
     run_a, run_b = tmp_path / "a", tmp_path / "b"
@@ -224,7 +225,7 @@ def test_compare_states_the_training_minutes_of_the_run_whose_bundle_was_evaluat
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    evaluate(run_a / "bundle", tiny_dataset, "test", run_b / "eval-a")
+    evaluation_of(tiny_evaluation, run_a / "bundle", run_b / "eval-a")  # as evaluate of A's bundle writes it there
     with (run_a / "history.csv").open(newline="") as f:
         minutes_a = float(list(csv.DictReader(f))[-1]["minutes"])
     [summary] = compare_runs([run_b / "eval-a"])
