@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import json
 import os
 import shutil
 import signal
@@ -189,8 +190,6 @@ def evaluation_of(evaluation: Path, bundle: Path, out: Path) -> Path:
     tiny_evaluation) recorded as of BUNDLE, a copy of that bundle: what evaluate of BUNDLE on the same films writes
     (the figures are the weights', which the copy holds; only the bundle named differs), without its report drawn
     again for a test that reads metrics.json and predictions.csv alone (compare's). Returns OUT."""
-    import json
-
     shutil.copytree(evaluation, out)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["bundle_weights"] == load_card(bundle).files["model.safetensors"], "not the same weights"
