@@ -665,7 +665,16 @@ def test_evaluate_says_on_screen_when_its_intervals_count_films(tiny_bundle: Pat
     assert "fixed, a round threshold listed for comparison, chosen on no films" in legend
     docs = " ".join((Path(__file__).parents[1] / "docs" / "evaluation.md").read_text().replace("\n> ", " ").split())
     assert legend in docs, "docs/evaluation.md gives the legend in other words"
-    # films paired into patients say nothing of it: test_evaluate_names_the_patients_beside_the_films_in_the_report_...
+    manifest = tmp_path / "paired.csv"
+    records = [r for r in discover(tiny_dataset).records if r.split == "test"]
+    manifest.write_text("path,label,patient\n" + "".join(f"{r.path},{r.label},p{i // 2}\n"
+                                                          for i, r in enumerate(sorted(records, key=lambda r: r.path))))
+    assert cli.main(["evaluate", str(tiny_bundle), str(manifest), "--out", str(tmp_path / "patients")]) == 0
+    screen = capsys.readouterr().out
+    assert said not in screen
+    # the screen names the patients beside the films, the NPV beside precision, and the prevalence both depend on
+    assert "n = 16 films of 8 patients (8 PNEUMONIA films of 4 patients, 8 NORMAL of 4)   prevalence 0.500" in screen
+    assert "         npv: " in screen
 
 
 def test_evaluate_etiology_says_on_screen_the_films_and_patients_of_its_three_classes(
@@ -689,11 +698,10 @@ def test_evaluate_etiology_says_on_screen_the_films_and_patients_of_its_three_cl
     assert line.endswith("; n = 16 films of 8 patients (8 normal films of 4 patients, 4 bacteria of 4, 4 virus of 4)")
 
 
-def test_evaluate_names_the_patients_beside_the_films_in_the_report_and_the_card(
-        tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    """Films paired into patients: the screen, the report's n and the card's evaluation row give the films with their
-    patients, each table says its intervals count patients, and NPV stands beside precision; the screen says nothing
-    of intervals by film (test_evaluate_says_on_screen_when_its_intervals_count_films: one evaluation for both)."""
+def test_evaluate_names_the_patients_beside_the_films_in_the_report_and_the_card(tiny_bundle: Path, tiny_dataset: Path,
+                                                                                  tmp_path: Path) -> None:
+    """Films paired into patients: the report's n and the card's evaluation row give the films with their patients,
+    each table says its intervals count patients, and NPV stands beside precision."""
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)
     records = sorted(discover(tiny_dataset).split("test"), key=lambda r: r.path)  # 8 NORMAL films, then 8 PNEUMONIA
@@ -701,15 +709,7 @@ def test_evaluate_names_the_patients_beside_the_films_in_the_report_and_the_card
     manifest.write_text("path,label,patient\n"
                         + "".join(f"{r.path},{r.label},p{i // 2}\n" for i, r in enumerate(records)))
     out = tmp_path / "eval"
-    capsys.readouterr()
-    assert cli.main(["evaluate", str(bundle), str(manifest), "--out", str(out), "--add-to-card", "--data-name",
-                     "paired"]) == 0
-    screen = capsys.readouterr().out
-    assert FILM_UNIT_CAVEAT not in screen
-    # the screen names the patients beside the films, the NPV beside precision, and the prevalence both depend on
-    assert "n = 16 films of 8 patients (8 PNEUMONIA films of 4 patients, 8 NORMAL of 4)   prevalence 0.500" in screen
-    assert "         npv: " in screen
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = evaluate(bundle, manifest, out_dir=out, add_to_card=True, data_name="paired")
     assert metrics["patients"] == {"positive": 4, "negative": 4, "all": 8}
     page = (out / "report.html").read_text()
     assert "n = 16 films of 8 patients (8 PNEUMONIA films of 4 patients, 8 NORMAL of 4)." in page
