@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -449,6 +450,15 @@ def multiclass_run(tiny_multiclass_bundle: Path) -> Path:
     return tiny_multiclass_bundle.parent
 
 
+@pytest.fixture(scope="module")
+def multiclass_int8(tiny_multiclass_bundle: Path, module_tmp: Callable[[str], Path]) -> Path:
+    """A copy of the session's tiny multiclass run whose bundle has its INT8 model (`export --int8 --data` its
+    split.csv), for the tests that only read it: one export, not one a test."""
+    run = shutil.copytree(tiny_multiclass_bundle.parent, module_tmp("multiclass-int8") / "run")
+    assert cli.main(["export", str(run / "bundle"), "--int8", "--data", str(run / "split.csv")]) == 0
+    return run
+
+
 def _swap_bacteria_and_virus(graph: bytes) -> bytes:
     """The graph with its bacteria and virus outputs exchanged: P(normal), and so the AUC of pneumonia against
     normal, stay as they were."""
@@ -649,16 +659,14 @@ def test_int8_thresholds_are_refused_on_copies_of_training_films(tiny_bundle: Pa
     assert not (run / "bundle" / INT8_NAME).exists()
 
 
-def test_a_multiclass_int8_model_shows_its_three_class_figures_as_fp32_does(multiclass_run: Path,
-                                                                            tmp_path: Path) -> None:
+def test_a_multiclass_int8_model_shows_its_three_class_figures_as_fp32_does(multiclass_int8: Path) -> None:
     """`--backend onnx-int8`'s validation figures (/v1/model's val_metrics, MODEL_CARD.md's INT8 section) lacked the
     ``three_class_*`` figures the FP32 model's carry: a reader of the INT8 card learnt only the positive call's,
     never how often the most probable of the three classes was right. They are the INT8 model's, on its val films."""
     from pneumoscan.core.metrics import evaluate_multiclass
 
-    run = shutil.copytree(multiclass_run, tmp_path / "run")
+    run = multiclass_int8
     bundle = run / "bundle"
-    assert cli.main(["export", str(bundle), "--int8", "--data", str(run / "split.csv")]) == 0
     with TestClient(create_app(bundle, backend="onnx-int8")) as client:
         shown = client.get("/v1/model").json()["val_metrics"]
     fp32 = load_card(bundle).val_metrics
@@ -676,7 +684,7 @@ def test_a_multiclass_int8_model_shows_its_three_class_figures_as_fp32_does(mult
     assert f"macro one-vs-rest ROC AUC, three classes {shown['three_class_macro_auc']:.4f};" in section, section
 
 
-def test_threshold_measures_a_multiclass_int8_models_macro_auc_on_its_own_films(multiclass_run: Path,
+def test_threshold_measures_a_multiclass_int8_models_macro_auc_on_its_own_films(multiclass_int8: Path,
                                                                                   tmp_path: Path) -> None:
     """`threshold` chose the INT8 thresholds and measured the INT8 figures again on its films, but left the sidecar's
     ``int8_three_class`` block (both models' macro AUC of the three classes) as export had measured it, on the val
@@ -686,8 +694,7 @@ def test_threshold_measures_a_multiclass_int8_models_macro_auc_on_its_own_films(
 
     from pneumoscan.core.metrics import macro_auc
 
-    run = shutil.copytree(multiclass_run, tmp_path / "run")
-    assert cli.main(["export", str(run / "bundle"), "--int8", "--data", str(run / "split.csv")]) == 0
+    run = multiclass_int8  # read: threshold writes its copy into --out
     site, rng = tmp_path / "site", np.random.default_rng(7)
     kinds = ["normal", "bacteria", "virus"] * 4
     for i, (kind, drawn) in enumerate(zip(kinds, ["virus", "bacteria"] + kinds[2:])):  # two films labelled wrong:
