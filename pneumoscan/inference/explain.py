@@ -1,4 +1,4 @@
-"""Grad-CAM heatmaps (pytorch-grad-cam) and the overlay PNG shown to a reader.
+"""Grad-CAM heatmaps and the overlay PNG shown to a reader.
 
 Target layer, one rule for every model: the module that produces the LAST spatial feature map of a forward
 pass, i.e. the last module to finish whose output is (N, C, H, W) with H * W > 1. For timm models that is the
@@ -35,7 +35,7 @@ from pneumoscan.data.readers.pillow import own_output_info
 from pneumoscan.data.scope import CONFLICT, CONTENT, outside_scope
 from pneumoscan.models.card import ENSEMBLE, HEATMAP_SCALE_BOUNDS
 
-# torch and pytorch-grad-cam (3 s to import) are imported where a map is drawn: the service imports this module for
+# torch (2.6 s to import) is imported where a map is drawn: the service imports this module for
 # its panel sizes and scores with ONNX Runtime, and predict without heatmaps never loads them
 if TYPE_CHECKING:  # predict draws heatmaps with this module: a run-time import back would be a cycle
     import torch
@@ -244,30 +244,31 @@ def gradcam_peaks(model: torch.nn.Module, x: torch.Tensor, classes: int | Sequen
 
 
 def _cams(model: torch.nn.Module, x: torch.Tensor, classes: int | Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    """pytorch-grad-cam's maps of the log-odds of ``classes`` for inputs (N, 1, S, S): (N, h, w) before its
-    per-film min-max scaling (after its ReLU), at the target layer's own size, from the activations and gradients it
-    kept and its own :meth:`get_cam_image`: the library has no option for an unscaled map, and its pieces give it
-    without a copy of its code. Then (N,) whether any of each film's gradients is not zero: where none is, the score
-    does not change with the feature map on that film (dead units, a model that ignores the image), and its empty map
-    would be a film with no evidence over a reading that did not come from where it looked (:func:`gradcam` refuses
-    it; a bundle's scale counts its peak, 0). A NaN or infinite map (a NaN gradient, as from a ``torch.where`` whose
-    unused branch overflows, or an overflowing activation) is refused here (:class:`NoMapOfFilm`): drawn, NaN is cast
-    to 0, the lowest colour, the whole film shown as no evidence at all."""
+    """Grad-CAM's maps of the log-odds of ``classes`` for inputs (N, 1, S, S): (N, h, w) at the target layer's own
+    size, unscaled, after Grad-CAM's ReLU: each channel of the layer's output weighted by the mean of its gradient
+    and summed (the formula pytorch-grad-cam computes, whose import cost 4 s of CPU a process: OpenCV, pyplot,
+    scikit-learn and torchvision for a dozen lines). Only the map's gradient is computed, not the model's below it.
+    Then (N,) whether any of each film's gradients is not zero: where none is, the score does not change with the
+    feature map on that film (dead units, a model that ignores the image), and its empty map would be a film with no
+    evidence over a reading that did not come from where it looked (:func:`gradcam` refuses it; a bundle's scale
+    counts its peak, 0). A NaN or infinite map (a NaN gradient, as from a ``torch.where`` whose unused branch
+    overflows, or an overflowing activation) is refused here (:class:`NoMapOfFilm`): drawn, NaN is cast to 0, the
+    lowest colour, the whole film shown as no evidence at all."""
     import torch
-    from pytorch_grad_cam import GradCAM
 
     with torch.inference_mode(False), torch.enable_grad():
         # a fresh leaf that requires grad: the map exists even when the model's weights are frozen
         x = x.detach().clone().requires_grad_(True)
-        layer, targets = target_layer(model, x[:1]), [LogOdds(classes)] * len(x)
+        layer, score = target_layer(model, x[:1]), LogOdds(classes)
+        maps: list[torch.Tensor] = []  # the layer's outputs in this pass: its first is the map
+        handle = layer.register_forward_hook(lambda _module, _inputs, output: maps.append(output))
         try:
-            with GradCAM(model, [layer]) as cam:
-                cam(input_tensor=x, targets=targets)  # runs the model forward and back; its scaled maps are not used
-                kept = cam.activations_and_grads
-                gradients = kept.gradients[0].numpy()
-                raw = cam.get_cam_image(x, layer, targets, kept.activations[0].numpy(), gradients)
+            (grads,) = torch.autograd.grad(score(model(x)).sum(), maps[0])
         finally:
+            handle.remove()
             model.zero_grad(set_to_none=True)
+        activations, gradients = maps[0].detach().cpu().numpy(), grads.cpu().numpy()
+    raw = (gradients.mean(axis=(2, 3))[:, :, None, None] * activations).sum(axis=1)
     if not np.isfinite(raw).all():
         raise NoMapOfFilm("Grad-CAM's map of this film is not finite (NaN or infinite gradients or activations in the "
                            "model): no heatmap can be drawn; read the film without one")
