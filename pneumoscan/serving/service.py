@@ -216,8 +216,8 @@ class Service:
                              None if heatmaps else HEATMAPS_OFF)
         # each model proven to run here before the service answers: torch refused writable-and-executable memory
         # (MemoryDenyWriteExecute=) failed every reading, or with ONNX Runtime every heatmap, while /healthz said ok.
-        # A heatmap is drawn at start only where that memory is refused: Grad-CAM's library, and with ONNX Runtime
-        # its torch model, would add 1-4 s (and most of a gigabyte) to every start; the first heatmap loads them
+        # A heatmap is drawn at start only where that memory is refused: a Grad-CAM, and with ONNX Runtime torch and
+        # its torch model, would add 0.3-5 s (and most of a gigabyte) to every start; the first heatmap loads them
         drawn = self.heatmaps_off is None and wx_memory_refused()
         prove_runs(self.stages, self.heat_predictor if drawn else None, without=WITHOUT_HEATMAPS)
         self.decoders = ThreadPoolExecutor(limits.max_concurrent_decodes, thread_name_prefix="pneumoscan-decode")
