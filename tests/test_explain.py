@@ -111,6 +111,35 @@ def test_target_layer_is_the_last_spatial_feature_map(name: str, layer) -> None:
     assert target_layer(model, torch.zeros(1, 1, 64, 64)) is layer(model)
 
 
+
+@pytest.mark.parametrize("name, sides", [("simple_cnn", (0, 1)), ("resnet10t", ((1, 2), 0))])
+def test_the_maps_are_pytorch_grad_cams_and_write_no_weights_gradient(name: str, sides: tuple) -> None:
+    """explain computes Grad-CAM itself (pytorch-grad-cam's import cost 4 s of CPU a process): its maps before
+    scaling are those of the library's GradCAM for the same target and layer, on a scratch model and a timm one, of
+    one class and of a set (the three-class log-odds of pneumonia), and it leaves every weight's ``.grad`` as it was.
+    Each target and its complement: their log-odds are opposite, so where one's map is empty (a random model's
+    evidence all against it) the other's is not."""
+    from pytorch_grad_cam import GradCAM
+
+    torch.manual_seed(0)
+    model = models.create(name, num_classes=3 if name == "resnet10t" else 2).eval()
+    x = torch.rand(3, 1, 64, 64)
+    layer, peaks = target_layer(model, x[:1]), []
+    for classes in sides:
+        ours, moved = explain_module._cams(model, x, classes)
+        assert all(p.grad is None for p in model.parameters()), "a weight's .grad was written"
+        targets = [explain_module.LogOdds(classes)] * len(x)
+        with GradCAM(model, [layer]) as cam:
+            cam(input_tensor=x, targets=targets)
+            kept = cam.activations_and_grads
+            theirs = np.maximum(cam.get_cam_image(x, layer, targets, kept.activations[0].numpy(),
+                                                  kept.gradients[0].numpy()), 0)
+        model.zero_grad(set_to_none=True)  # the library's backward wrote them
+        assert ours.shape == theirs.shape and moved.all(), classes
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6 * float(theirs.max()), err_msg=str(classes))
+        peaks.append(ours.max())
+    assert max(peaks) > 0, "empty maps prove nothing"
+
 def _sick_image(tiny_dataset: Path) -> np.ndarray:
     return read_gray(sorted((tiny_dataset / "test" / "PNEUMONIA").iterdir())[0])
 

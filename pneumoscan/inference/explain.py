@@ -262,11 +262,10 @@ def _cams(model: torch.nn.Module, x: torch.Tensor, classes: int | Sequence[int])
         layer, score = target_layer(model, x[:1]), LogOdds(classes)
         maps: list[torch.Tensor] = []  # the layer's outputs in this pass: its first is the map
         handle = layer.register_forward_hook(lambda _module, _inputs, output: maps.append(output))
-        try:
+        try:  # the gradient of the map alone: no weight's .grad is written
             (grads,) = torch.autograd.grad(score(model(x)).sum(), maps[0])
         finally:
             handle.remove()
-            model.zero_grad(set_to_none=True)
         activations, gradients = maps[0].detach().cpu().numpy(), grads.cpu().numpy()
     raw = (gradients.mean(axis=(2, 3))[:, :, None, None] * activations).sum(axis=1)
     if not np.isfinite(raw).all():
