@@ -105,13 +105,7 @@ def ended_by(proc: subprocess.Popen, deadline: float) -> tuple[Any, Any]:
 
 
 class Crash(RuntimeError):
-    """A crash of a training run, raised by :func:`crash_after_first_epoch` (a kill after a checkpoint)."""
-
-
-def crash_after_first_epoch(epoch: int) -> None:
-    """``train(..., on_epoch_end=...)``: the run crashes once its first epoch is checkpointed."""
-    if epoch == 0:
-        raise Crash
+    """A crash of a training run, raised by :func:`crash_in_epoch` (a kill after a checkpoint)."""
 
 
 def crash_in_epoch(crashed: int) -> Callable[[int], None]:
@@ -193,6 +187,10 @@ def evaluation_of(evaluation: Path, bundle: Path, out: Path) -> Path:
     shutil.copytree(evaluation, out)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["bundle_weights"] == load_card(bundle).files["model.safetensors"], "not the same weights"
+    # the bundle's path and weights are all metrics.json says of the bundle: a key evaluate adds of it would be the
+    # original's here, not the copy's
+    of_bundle = {key for key in metrics if key.startswith("bundle")}
+    assert of_bundle == {"bundle", "bundle_weights"}, f"evaluate records more of its bundle: {sorted(of_bundle)}"
     (out / "metrics.json").write_text(json.dumps(metrics | {"bundle": os.path.realpath(bundle)}))
     return out
 

@@ -30,7 +30,7 @@ from pneumoscan.training.cv import _plan_folds, cross_validate, fold_figures, fo
 from pneumoscan.training.config import TrainConfig
 from pneumoscan.training.resume import config_changes
 from pneumoscan.training.train import train
-from tests.builders import Crash, copy_of_cv, crash_after_first_epoch
+from tests.builders import Crash, copy_of_cv, crash_in_epoch
 from tests.conftest import _once_per_run
 
 
@@ -427,7 +427,7 @@ def test_an_interrupted_fold_goes_on_from_its_checkpoint_under_its_own_recipe_on
                    manifest)
     with pytest.raises(Crash):
         train(tiny_dataset, dataclasses.replace(cfg, split_csv=str(manifest), patients=None), out / "fold-1",
-              on_epoch_end=crash_after_first_epoch)
+              on_epoch_end=crash_in_epoch(0))
     first = (out / "fold-1" / "history.csv").read_text().splitlines()
     config_yaml = (out / "fold-1" / "config.yaml").read_bytes()
     with pytest.raises(ValueError,

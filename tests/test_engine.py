@@ -119,12 +119,14 @@ def test_a_resumed_run_draws_its_curves_at_its_start_only_where_its_history_held
     rows = [{"epoch": 1, "val_auc": 0.6}, {"epoch": 2, "val_auc": 0.7}]
     for on_disk, expected in ((rows, []), ([*rows, {"epoch": 3, "val_auc": 0.8}], [2])):
         History(tmp_path).write(on_disk, draw=False)
-        resumed, drawn[:] = stub_state(), []
+        resumed, drawn[:], history = stub_state(), [], History(tmp_path)
         resumed.history = [dict(row) for row in rows]  # as the checkpoint gives them back
-        History(tmp_path).on_fit_start(resumed)
+        history.on_fit_start(resumed)
         assert drawn == expected, on_disk
         with (tmp_path / "history.csv").open() as f:
             assert [r["epoch"] for r in csv.DictReader(f)] == ["1", "2"]
+        history.on_fit_end(resumed)
+        assert drawn == [2], f"{on_disk}: the end's draw shows the checkpoint's rows, once"
 
 
 def test_a_refused_run_draws_the_curves_of_its_history(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

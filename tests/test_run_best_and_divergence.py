@@ -20,7 +20,7 @@ from pneumoscan.serving.app import create_app
 from pneumoscan.training.config import TrainConfig
 from pneumoscan.training.engine import Callback, State, divergence_advice
 from pneumoscan.training.train import train
-from tests.builders import Crash, crash_after_first_epoch
+from tests.builders import Crash, crash_in_epoch
 
 
 def test_a_run_best_written_before_its_card_said_so_is_refused(tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path,
@@ -103,7 +103,7 @@ def test_a_warm_started_run_names_its_warm_start_after_a_resume_too(tiny_dataset
     cfg = TrainConfig(model="pretrained_tiny", image_size=32, batch_size=8, val_fraction=0.25, epochs=1)
     first, resumed = _Started(), _Started(stop=True)
     with pytest.raises(Crash):  # after the first epoch's checkpoint
-        train(tiny_dataset, cfg, tmp_path / "run", on_epoch_end=crash_after_first_epoch, callbacks=[first])
+        train(tiny_dataset, cfg, tmp_path / "run", on_epoch_end=crash_in_epoch(0), callbacks=[first])
     assert first.advice == ("no step had moved the weights yet, so the classifier the warm start fitted gave it, not "
                             "the learning rate: train with warm_start false (--set warm_start=false)")
     with pytest.raises(Crash):

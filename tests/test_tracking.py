@@ -18,7 +18,7 @@ from pneumoscan.training.tracking import make_trackers
 from pneumoscan.training.config import TrainConfig
 from pneumoscan.training.engine import Callback, State
 from pneumoscan.training.train import train
-from tests.builders import Crash, crash_after_first_epoch, crash_in_epoch
+from tests.builders import Crash, crash_in_epoch
 
 TINY = dict(model="simple_cnn", pretrained=False, image_size=32, batch_size=8, patience=10)
 BOTH = ("tensorboard", "mlflow")
@@ -154,7 +154,7 @@ def test_a_resumed_run_logs_every_epoch_and_the_settings_it_changed(tiny_dataset
     the earlier run's (steps [2, 3, 1])."""
     run = run_folder(tmp_path, mlflow_tables)
     with pytest.raises(Crash):
-        train(tiny_dataset, TrainConfig(epochs=2, **TINY), run, on_epoch_end=crash_after_first_epoch, log_to=BOTH)
+        train(tiny_dataset, TrainConfig(epochs=2, **TINY), run, on_epoch_end=crash_in_epoch(0), log_to=BOTH)
     train(tiny_dataset, TrainConfig(epochs=3, **TINY), run, resume=True, log_to=BOTH)
     with (run / "history.csv").open() as f:
         history = [float(r["val_auc"]) for r in csv.DictReader(f)]

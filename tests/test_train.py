@@ -47,7 +47,7 @@ from pneumoscan.training.engine import Callback, State
 from pneumoscan.training.distributed import setup_distributed
 from pneumoscan.training.train import stream_seed, train
 from pneumoscan.training.warm_start import warm_start_head, WARM_START_L2
-from tests.builders import SCORE_TOL, Crash, crash_after_first_epoch, crash_in_epoch, trial_copy
+from tests.builders import SCORE_TOL, Crash, crash_in_epoch, trial_copy
 from tests.conftest import _once_per_run
 from tests.distributed_stubs import CountingProbe, probe_films
 
@@ -149,7 +149,7 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tiny_dataset: Path, t
         train(tiny_dataset, cfg, tmp_path / "straight", on_epoch_end=crash_in_epoch(1))
 
     with pytest.raises(Crash):
-        train(tiny_dataset, cfg, tmp_path / "resumed", on_epoch_end=crash_after_first_epoch)
+        train(tiny_dataset, cfg, tmp_path / "resumed", on_epoch_end=crash_in_epoch(0))
     assert not (tmp_path / "resumed" / "bundle").exists()
     with pytest.raises(Crash):
         train(tiny_dataset, cfg, tmp_path / "resumed", resume=True, on_epoch_end=crash_in_epoch(1))
@@ -161,6 +161,23 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tiny_dataset: Path, t
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     a, b = (torch.load(tmp_path / run / "checkpoint.pt", weights_only=True) for run in ("straight", "resumed"))
     assert a["epoch"] == b["epoch"] == 1 and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    _assert_same_state(a["callbacks"], b["callbacks"], "callbacks")  # the moving average's weights among them
+
+
+def _assert_same_state(a: object, b: object, where: str) -> None:
+    """Two checkpoints' states are the same: the same keys and lengths, equal tensors and values."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), where
+        for key in a:
+            _assert_same_state(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same_state(x, y, f"{where}[{i}]")
+    elif isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
+    else:
+        assert a == b, where
 
 
 class StopAfter(Callback):
@@ -188,7 +205,7 @@ def test_a_users_callbacks_run_in_the_loop_and_keep_their_state_across_a_resume(
     cfg = TrainConfig(**{**TINY, "epochs": 4, "patience": 10})
     first = StopAfter(2)
     with pytest.raises(Crash):
-        train(tiny_dataset, cfg, tmp_path / "resumed", on_epoch_end=crash_after_first_epoch, callbacks=[first])
+        train(tiny_dataset, cfg, tmp_path / "resumed", on_epoch_end=crash_in_epoch(0), callbacks=[first])
     assert len(first.seen) == 1, "the callback saw the first epoch's validation"
     again = StopAfter(2)
     train(tiny_dataset, cfg, tmp_path / "resumed", resume=True, callbacks=[again])
@@ -201,7 +218,7 @@ def test_resume_refuses_other_settings_but_may_add_epochs(tiny_dataset: Path, tm
     silently under a rewritten config.yaml."""
     run, cfg = tmp_path / "run", TrainConfig(**{**TINY, "patience": 10})
     with pytest.raises(Crash):
-        train(tiny_dataset, cfg, run, on_epoch_end=crash_after_first_epoch)
+        train(tiny_dataset, cfg, run, on_epoch_end=crash_in_epoch(0))
     config_yaml = (run / "config.yaml").read_bytes()
     for change, said in (({"lr": 0.01}, "lr 0.003 -> 0.01"), ({"model": "cnn5"}, 'model "simple_cnn" -> "cnn5"'),
                          ({"seed": 1, "augment": Augment(noise=0.1)}, "seed 0 -> 1, augment.noise 0.04 -> 0.1")):
@@ -231,7 +248,7 @@ def test_resume_refuses_another_number_of_processes(
     runs that under torchrun). Here a checkpoint that says 2 processes is resumed in 1."""
     run, cfg = tmp_path / "run", TrainConfig(**{**TINY, "patience": 10})
     with pytest.raises(Crash):
-        train(tiny_dataset, cfg, run, on_epoch_end=crash_after_first_epoch)
+        train(tiny_dataset, cfg, run, on_epoch_end=crash_in_epoch(0))
     ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
     assert ckpt["processes"] == 1
     train_mod.save_checkpoint(run / "checkpoint.pt", {**ckpt, "processes": 2})
@@ -313,7 +330,7 @@ def test_resume_refuses_other_films(tiny_dataset: Path, tmp_path: Path) -> None:
     write_manifest(records, manifest)
     cfg = TrainConfig(**{**TINY, "split_csv": str(manifest)})
     with pytest.raises(Crash):
-        train(tiny_dataset, cfg, tmp_path / "manifest-run", on_epoch_end=crash_after_first_epoch)
+        train(tiny_dataset, cfg, tmp_path / "manifest-run", on_epoch_end=crash_in_epoch(0))
     n_val = sum(r.split == "val" for r in records)
     moved = next(i for i, r in enumerate(records) if r.split == "train")
     write_manifest([dataclasses.replace(r, split="val") if i == moved else r for i, r in enumerate(records)], manifest)
@@ -329,7 +346,7 @@ def test_resume_refuses_other_films(tiny_dataset: Path, tmp_path: Path) -> None:
     data = tmp_path / "data"
     shutil.copytree(tiny_dataset, data)
     with pytest.raises(Crash):
-        train(data, TrainConfig(**TINY), tmp_path / "run", on_epoch_end=crash_after_first_epoch)
+        train(data, TrainConfig(**TINY), tmp_path / "run", on_epoch_end=crash_in_epoch(0))
     next((data / "train" / "NORMAL").iterdir()).unlink()
     with pytest.raises(ValueError, match=r"trained on another split \(\d+ film\(s\) "):
         train(data, TrainConfig(**TINY), tmp_path / "run", resume=True)
@@ -466,7 +483,7 @@ def test_an_in_place_fine_tune_interrupted_goes_on_from_its_checkpoint(tiny_bund
     kept = with_appearance_of(run / "bundle", tiny_dataset)
     tune = TrainConfig(**{**TINY, "init": str(run / "bundle")})
     with pytest.raises(Crash):
-        train(tiny_dataset, tune, run, on_epoch_end=crash_after_first_epoch)
+        train(tiny_dataset, tune, run, on_epoch_end=crash_in_epoch(0))
     assert not (run / "bundle").exists() and (run / "checkpoint.pt").exists()
     resumed = train(tiny_dataset, tune, run, resume=True)
     config = load_bundle(resumed)[1].train_config
@@ -499,7 +516,7 @@ def test_an_in_place_fine_tune_resumed_from_a_checkpoint_older_than_its_record_c
     run = shutil.copytree(tiny_bundle.parent, tmp_path / "run")
     tune = TrainConfig(**{**TINY, "init": str(run / "bundle")})
     with pytest.raises(Crash):
-        train(tiny_dataset, tune, run, on_epoch_end=crash_after_first_epoch)
+        train(tiny_dataset, tune, run, on_epoch_end=crash_in_epoch(0))
     checkpoint = torch.load(run / "checkpoint.pt", weights_only=True)
     torch.save({k: v for k, v in checkpoint.items() if k not in (INIT_CARD, INIT_IN_PLACE, INIT_SAMPLE)},
                run / "checkpoint.pt")  # as an earlier version wrote it
@@ -562,6 +579,8 @@ def test_a_finalisation_that_fails_leaves_the_bundle_whole_and_resume_finishes_i
             patched.setattr(operating_point, "write_onnx_spec", killed)  # the bundle's last write
             train(tiny_dataset, cfg, fresh)
     assert not (fresh / "bundle").exists() and not [p.name for p in fresh.iterdir() if p.name.startswith(".")]
+    bundle = train(tiny_dataset, cfg, fresh, resume=True)  # finalised, nothing trained again
+    assert (bundle / "MODEL_CARD.md").is_file() and len((fresh / "history.csv").read_text().splitlines()) == 1 + 1
     # a finished run (a copy of the tiny one, of 2 epochs) extended by an epoch
     run = shutil.copytree(tiny_bundle.parent, tmp_path / "run")
     before = {p.name: p.read_bytes() for p in (run / "bundle").iterdir()}
@@ -601,7 +620,7 @@ def test_resume_after_early_stopping_trains_no_further(
     monkeypatch.setattr(train_mod, "validation_row", flat)
     cfg = TrainConfig(**{**TINY, "epochs": 4, "patience": 1})
     with caplog.at_level("INFO", logger="pneumoscan.training"), pytest.raises(Crash):
-        train(tiny_dataset, cfg, tmp_path / "run", on_epoch_end=lambda epoch: crash_after_first_epoch(epoch - 1))
+        train(tiny_dataset, cfg, tmp_path / "run", on_epoch_end=crash_in_epoch(1))
     said = [r.getMessage() for r in caplog.records if r.name.startswith("pneumoscan.training.callbacks")]
     assert [line.split(":")[0] for line in said] == ["epoch 1", "epoch 2", "early stopping"], said
     best = load_file(str(tmp_path / "run" / "best" / "model.safetensors"))
@@ -796,7 +815,7 @@ def test_resume_refuses_films_whose_pixels_changed_since_the_checkpoint(tiny_dat
     data, run, cfg = tmp_path / "data", tmp_path / "run", TrainConfig(**TINY)
     shutil.copytree(tiny_dataset, data)
     with pytest.raises(Crash):
-        train(data, cfg, run, on_epoch_end=crash_after_first_epoch)
+        train(data, cfg, run, on_epoch_end=crash_in_epoch(0))
     kept = {name: (run / name).read_bytes() for name in ("checkpoint.pt", "config.yaml", "split.csv", "history.csv")}
     mirror(sorted((data / "train" / "NORMAL").iterdir())[0])
     with pytest.raises(ValueError, match=r"^cannot resume from .*checkpoint\.pt: it was trained on other pixels or "
@@ -899,8 +918,7 @@ def resnet10t_bundle(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactor
     def build(folder: Path) -> Path:
         config = folder / "config.yaml"
         config.write_text("model: resnet10t\npretrained: false\nmodel_kwargs: {drop_rate: 0.25}\n")
-        # None: the file decides; 2 epochs: after 1 (4 steps) its BatchNorm statistics ranked the validation films
-        # backwards (AUC 0.31, refused), after 2 as after 3 they were ranked right (AUC 1.0)
+        # None: the file decides; 2 epochs: after 1 (4 steps) its BatchNorm statistics may rank the films backwards
         cfg = load_config(config, **{**TINY, "model": None, "pretrained": None, "epochs": 2})
         return train(tiny_dataset, cfg, folder / "run")
 
