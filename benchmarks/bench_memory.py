@@ -21,7 +21,7 @@ pair, median (min-max). Without ``--bundle`` the bundle is efficientnet_lite0 at
 arena holds the model's activations, and simple_cnn's are small).
 
 ``--first-heatmap`` measures what the service's first ``?heatmap=true`` request loads instead (torch, where the
-backend is onnx, the Grad-CAM library and its model): in a process of its own per backend, the service's resident
+backend is onnx, and its model for Grad-CAM): in a process of its own per backend, the service's resident
 memory after its first prediction of a full-size film of val/, after its first heatmap of it and after HEATMAPS - 1
 more, with the seconds of the first heatmap request and of the later ones (median, min-max). Without ``--bundle`` the
 bundle is efficientnet_lite0 at 192 px with random weights.

@@ -111,7 +111,6 @@ def test_target_layer_is_the_last_spatial_feature_map(name: str, layer) -> None:
     assert target_layer(model, torch.zeros(1, 1, 64, 64)) is layer(model)
 
 
-
 @pytest.mark.parametrize("name, sides", [("simple_cnn", (0, 1)), ("resnet10t", ((1, 2), 0))])
 def test_the_maps_are_pytorch_grad_cams_and_write_no_weights_gradient(name: str, sides: tuple) -> None:
     """explain computes Grad-CAM itself (pytorch-grad-cam's import cost 4 s of CPU a process): its maps before
@@ -139,6 +138,71 @@ def test_the_maps_are_pytorch_grad_cams_and_write_no_weights_gradient(name: str,
         np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6 * float(theirs.max()), err_msg=str(classes))
         peaks.append(ours.max())
     assert max(peaks) > 0, "empty maps prove nothing"
+
+
+class _PoolTwiceNet(nn.Module):
+    """One pooling module after each of two convolutions (the layout of PyTorch's tutorial CNN): the last spatial map
+    is the pooling's second output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2, self.pool = nn.Conv2d(1, 4, 3), nn.Conv2d(4, 6, 3), nn.MaxPool2d(2)
+        self.fc = nn.Linear(6, 2)
+
+    def body(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(torch.relu(self.conv2(self.pool(torch.relu(self.conv1(x))))))
+
+    def head(self, a: torch.Tensor) -> torch.Tensor:
+        return self.fc(a.mean((2, 3)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+class _InPlaceReluNet(_PoolTwiceNet):
+    """A convolution whose output a functional ReLU then changes in place: the map is the convolution's output."""
+
+    def body(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(torch.relu(self.conv1(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu_(self.body(x)))
+
+    def head(self, a: torch.Tensor) -> torch.Tensor:  # a before the in-place ReLU: the map Grad-CAM reads
+        return self.fc(torch.relu(a).mean((2, 3)))
+
+
+@pytest.mark.parametrize("net", [_PoolTwiceNet, _InPlaceReluNet])
+def test_the_map_is_the_last_output_of_the_target_layer_as_it_left_it(net: type[_PoolTwiceNet]) -> None:
+    """Grad-CAM of the target layer's last output in the pass (the map target_layer chose), as the layer gave it: a
+    module called twice gave its first output's map (30 x 30 from the first pooling, not the last 13 x 13), and an
+    in-place ReLU after the layer changed the map and its gradient, a map drawn with no refusal."""
+    torch.manual_seed(0)
+    model, x = net().eval(), torch.rand(2, 1, 62, 62)
+    expected = []
+    for classes in (0, 1):  # opposite log-odds: one of the two maps is not empty
+        a = model.body(x).detach().requires_grad_(True)
+        explain_module.LogOdds(classes)(model.head(a)).sum().backward()
+        expected.append(np.maximum((a.grad.mean((2, 3))[:, :, None, None] * a).sum(1).detach().numpy(), 0))
+        ours, _ = explain_module._cams(model, x, classes)
+        assert ours.shape == expected[-1].shape, (ours.shape, expected[-1].shape)
+        np.testing.assert_allclose(ours, expected[-1], rtol=1e-5, atol=1e-6 * float(expected[-1].max()))
+    assert max(e.max() for e in expected) > 0, "empty maps prove nothing"
+
+
+class _MapUnusedNet(_PoolTwiceNet):
+    """A spatial map computed and left unused: the score reads the film's mean alone."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.body(x)
+        return self.fc(x.mean((2, 3)).expand(-1, 6))
+
+
+def test_a_map_the_score_does_not_use_is_a_map_of_no_evidence_not_an_error() -> None:
+    """Its gradients are zero, so each film's map is refused as one the reading did not come from (:func:`gradcam`'s
+    NoMapOfFilm); autograd's error at a map outside the score's graph had ended the whole call."""
+    ours, moved = explain_module._cams(_MapUnusedNet().eval(), torch.rand(2, 1, 62, 62), 1)
+    assert not moved.any() and not ours.any()
 
 def _sick_image(tiny_dataset: Path) -> np.ndarray:
     return read_gray(sorted((tiny_dataset / "test" / "PNEUMONIA").iterdir())[0])

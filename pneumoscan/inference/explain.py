@@ -260,13 +260,21 @@ def _cams(model: torch.nn.Module, x: torch.Tensor, classes: int | Sequence[int])
         # a fresh leaf that requires grad: the map exists even when the model's weights are frozen
         x = x.detach().clone().requires_grad_(True)
         layer, score = target_layer(model, x[:1]), LogOdds(classes)
-        maps: list[torch.Tensor] = []  # the layer's outputs in this pass: its first is the map
-        handle = layer.register_forward_hook(lambda _module, _inputs, output: maps.append(output))
-        try:  # the gradient of the map alone: no weight's .grad is written
-            (grads,) = torch.autograd.grad(score(model(x)).sum(), maps[0])
+        maps: list[torch.Tensor] = []  # the layer's outputs in this pass: its last is the map, as target_layer's
+
+        def kept(_module: torch.nn.Module, _inputs: object, output: torch.Tensor) -> torch.Tensor:
+            maps.append(output)
+            return output.clone()  # the model goes on with a copy: an in-place op after the layer leaves the map
+
+        handle = layer.register_forward_hook(kept)
+        try:
+            total = score(model(x)).sum()
+            # the gradient of the map alone (no weight's .grad is written); zero where the score does not use it
+            grads = (torch.autograd.grad(total, maps[-1], materialize_grads=True)[0] if total.requires_grad
+                     else torch.zeros_like(maps[-1]))
         finally:
             handle.remove()
-        activations, gradients = maps[0].detach().cpu().numpy(), grads.cpu().numpy()
+        activations, gradients = maps[-1].detach().cpu().numpy(), grads.cpu().numpy()
     raw = (gradients.mean(axis=(2, 3))[:, :, None, None] * activations).sum(axis=1)
     if not np.isfinite(raw).all():
         raise NoMapOfFilm("Grad-CAM's map of this film is not finite (NaN or infinite gradients or activations in the "
