@@ -176,13 +176,13 @@ def _log_rate_limits_forgotten() -> None:
                     limit.held.clear()
 
 
-# The worker's Chromium while it is kept open (chromium_browser), and the modules whose tests use it
-_CHROMIUM: list[tuple[contextlib.ExitStack, Browser]] = []
+# The worker's Chromium while it is kept open (browser), and the modules whose tests use it
+_chromium: tuple[contextlib.ExitStack, Browser] | None = None
 _CHROMIUM_MODULES: set[str] = set()
 
 
 @pytest.fixture(scope="module")
-def chromium_browser() -> Browser:
+def browser() -> Browser:
     """The worker's headless Chromium (tests/test_browser.py's ``chromium``), kept open from one module that drives
     a page to the next (test_page*.py follow one another): a launch and close, with Playwright's driver, cost about
     1.1 s of CPU a module. Each module opens its own contexts on it and closes them. It is closed before a test of
@@ -190,23 +190,26 @@ def chromium_browser() -> Browser:
     running one, and asyncio.run and a second driver (chromium_page) are refused: so a module that uses it runs
     neither, whose tests would pass or fail with the order of the modules. One that crashed is launched again, as
     each module's own was."""
-    if _CHROMIUM and not _CHROMIUM[0][1].is_connected():
+    global _chromium
+    if _chromium is not None and not _chromium[1].is_connected():
         _close_chromium()
-    if not _CHROMIUM:
+    if _chromium is None:
         from tests.test_browser import chromium
 
         stack = contextlib.ExitStack()
-        _CHROMIUM.append((stack, stack.enter_context(chromium())))
-    return _CHROMIUM[0][1]
+        _chromium = stack, stack.enter_context(chromium())
+    return _chromium[1]
 
 
 def _close_chromium() -> None:
-    if _CHROMIUM:
-        _CHROMIUM.pop()[0].close()
+    global _chromium
+    if _chromium is not None:
+        stack, _chromium = _chromium[0], None
+        stack.close()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    _CHROMIUM_MODULES.update(item.nodeid.split("::")[0] for item in items if "chromium_browser" in item.fixturenames)
+    _CHROMIUM_MODULES.update(item.nodeid.split("::")[0] for item in items if "browser" in item.fixturenames)
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

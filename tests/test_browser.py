@@ -149,13 +149,6 @@ def chromium_page() -> Iterator[Page]:
         yield page
 
 
-@pytest.fixture(scope="module")
-def browser(chromium_browser: Browser) -> Browser:
-    """The worker's Chromium (conftest's chromium_browser: a launch and close cost about 1 s), each test in a new
-    page."""
-    return chromium_browser
-
-
 @pytest.fixture
 def page(browser: Browser, server: str) -> Iterator[Page]:
     with new_page(browser) as page:

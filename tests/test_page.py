@@ -153,12 +153,6 @@ def server(tiny_bundle: Path) -> Iterator[str]:
     yield from run_server(create_app(tiny_bundle))
 
 
-@pytest.fixture(scope="module")
-def browser(chromium_browser: Browser) -> Browser:
-    """The worker's Chromium (conftest's chromium_browser), shared with the other page modules."""
-    return chromium_browser
-
-
 SCREEN = {"viewport": {"width": 1280, "height": 1000}, "accept_downloads": True}
 
 

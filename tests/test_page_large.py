@@ -3,7 +3,7 @@ film reduced to at most 2,048 px a side, so a window/level step costs what it co
 full size, a 12,000 px film took 0.7-0.9 s a step and near 3 GB of the tab's memory), and the Grad-CAM map lies
 over that copy where it was computed; the file sent to be read is the original, so the reading is the service's for
 that file. Zoomed in past the copy's pixels, the part in view is read from the original's, so its fine detail is seen.
-The page runs in headless Chromium (tests/test_page.py's browser and server)."""
+The page runs in headless Chromium (tests/conftest.py's browser, tests/test_page.py's server)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from tests import test_page
 from tests.builders import SCORE_TOL
 from tests.test_browser import TIMEOUT_MS
 
-browser, server = test_page.browser, test_page.server
+server = test_page.server
 
 LARGE = (10_000, 7_500)  # (width, height): a plate's size, within the service's MAX_PIXELS
 SHOWN = (2_048, 1_536)  # the viewer's copy of it: the longest side at the page's cap (app.js, DISPLAY_MAX)

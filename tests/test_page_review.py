@@ -5,7 +5,7 @@ typed and a film dropped at once load the model card first, each film opens at i
 locks one, a film over the upload limit is told the way out, a site's own film format is named and described; a
 rate that is no number is refused in the command line's words, and a results file that cannot be written is
 refused before any film is read.
-The page runs in headless Chromium (tests/test_page.py's browser, server and page)."""
+The page runs in headless Chromium (tests/conftest.py's browser, tests/test_page.py's server and page)."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ from tests.builders import at_threshold, content_check_on, nudge_weights, runnin
 from tests.test_browser import PAGE_KEY, TIMEOUT_MS, drop_file, run_server
 from tests.test_heatmap_scale import sentence
 
-browser, server, tabs, page = test_page.browser, test_page.server, test_page.tabs, test_page.page
+server, tabs, page = test_page.server, test_page.tabs, test_page.page
 small = test_page.small
 pgm_reader = test_readers.pgm_reader
 

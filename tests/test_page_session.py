@@ -2,7 +2,7 @@
 marks, windows and zooms are kept in the tab (sessionStorage), never in storage that outlives it and never the films'
 pixels; a film is dropped again to be seen, proved the same by its bytes' SHA-256, not by its name; a session read by
 another model than the one the service runs after a restart is said to be so, and can be saved or cleared. The page
-runs in headless Chromium (tests/test_page.py's browser and server)."""
+runs in headless Chromium (tests/conftest.py's browser, tests/test_page.py's server)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from tests.builders import nudge_weights, running
 from tests.test_browser import TIMEOUT_MS, WARD, serious_violations
 from tests.test_page import opened_page, upload_one
 
-browser, server, tabs, page = test_page.browser, test_page.server, test_page.tabs, test_page.page
+server, tabs, page = test_page.server, test_page.tabs, test_page.page
 small = test_page.small
 
 ROWS = "#films tbody tr"

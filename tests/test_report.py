@@ -480,9 +480,9 @@ def test_every_figure_is_a_png_encoded_at_the_fast_zlib_level(binary_report: tup
 
 
 @pytest.fixture(scope="module")
-def chromium(chromium_browser: Browser) -> Iterator[Page]:
-    """One page of the worker's Chromium (conftest's chromium_browser) that each test loads its documents in."""
-    page = chromium_browser.new_page()
+def chromium(browser: Browser) -> Iterator[Page]:
+    """One page of the worker's Chromium (conftest's browser) that each test loads its documents in."""
+    page = browser.new_page()
     page.set_default_timeout(TIMEOUT_MS)
     yield page
     page.context.close()
