@@ -1748,7 +1748,7 @@ def test_a_destination_that_stops_reading_mid_c_store_holds_the_sending_up_no_lo
     monkeypatch.setattr(Association, "send_c_store", counted)
     pending = {"1.2.3": ds, "1.2.4": (later := copy.deepcopy(ds))}
     later.SOPInstanceUID = later.file_meta.MediaStorageSOPInstanceUID = "1.2.4"
-    sending = threading.Thread(target=lambda: answers.append(listener._store(pending, timeout=1.0)))
+    sending = threading.Thread(target=lambda: answers.append(listener._store(pending, timeout=0.5)))
     try:
         sending.start()
         sending.join(20)
@@ -1763,15 +1763,15 @@ def test_a_destination_that_stops_reading_mid_c_store_holds_the_sending_up_no_lo
 def test_a_destination_slow_to_answer_each_report_is_given_up_at_send_within_not_a_store_timeout_past_it_for_each(
     listen: Callable[..., int], film: np.ndarray, caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """A study of four films, the destination answering each report's C-STORE after 0.25 s, --send-within 0.6 s and
-    --store-timeout 5 s: no C-STORE is sent, nor its answer waited for, past --send-within, so at most two of the
-    four reports are stored (two answers take 0.5 s), and the study's line says so. Each C-STORE waited its whole
-    --store-timeout, however little was left, and all four were stored 0.4 s past --send-within."""
+    """A study of four films, the destination answering each report's C-STORE after 0.125 s, --send-within 0.3 s
+    and --store-timeout 5 s: no C-STORE is sent, nor its answer waited for, past --send-within, so at most two of the
+    four reports are stored (two answers take 0.25 s), and the study's line says so. Each C-STORE waited its whole
+    --store-timeout, however little was left, and all four were stored 0.2 s past --send-within."""
     caplog.set_level(logging.INFO, logger="pneumoscan")
-    slow = Destination_SCP(answer_after=0.25)
+    slow = Destination_SCP(answer_after=0.125)
     try:
         study = generate_uid()
-        port = listen(slow.port, store_s=5, send_s=0.6)
+        port = listen(slow.port, store_s=5, send_s=0.3)
         assert send(port, [chest_dicom(film, StudyInstanceUID=study) for _ in range(4)]) == [0] * 4
         wait_for(lambda: f"study {study}: reports " in caplog.text)
     finally:
@@ -2085,7 +2085,7 @@ def test_a_listener_loads_its_bundle_once_and_scores_every_study_with_the_model_
     found.append(listener._check_bundle())
     seen.append(len(changes()))
     # BUNDLE_READ_S as it is (30 s): "reading" while the read is held, whatever the machine's load
-    monkeypatch.setattr(on_disk, "BUNDLE_WAIT_S", 0.2)
+    monkeypatch.setattr(on_disk, "BUNDLE_WAIT_S", wait_s := 0.05)  # the checks below held until answers.set()
     for held, stalled in ((on_disk, "file_stamp"), (on_disk, "verify_file")):  # the stat, then the read
         answers, entered, real_call = threading.Event(), threading.Event(), getattr(held, stalled)
 
@@ -2126,8 +2126,8 @@ def test_a_listener_loads_its_bundle_once_and_scores_every_study_with_the_model_
     damaged, replaced, silent, reading, held = changes()
     assert damaged.startswith(f"{dimse.BUNDLE_DAMAGED.format(named)}: {bundle / WEIGHTS} is damaged")
     assert replaced == f"{dimse.BUNDLE_REPLACED.format(named)} ({bundle}: bundle.json changed, its weights the same)"
-    assert silent == dimse.BUNDLE_SILENT.format(0.2)
-    assert reading == dimse.BUNDLE_READING.format(0.2, named)
+    assert silent == dimse.BUNDLE_SILENT.format(wait_s)
+    assert reading == dimse.BUNDLE_READING.format(wait_s, named)
     assert held == silent
     assert changes(logging.ERROR) == [f"{dimse.BUNDLE_CHECK_FAILED.format(named)}: division by zero"]
 
