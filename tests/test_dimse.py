@@ -1051,14 +1051,14 @@ def test_a_deflated_film_is_inflated_within_the_decode_limit_as_it_is_received(
     listen: Callable[..., int], destination: Destination_SCP, tmp_path: Path, caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A deflated film of 64 KiB that inflates to 64 MiB (past MAX_DECODED_BYTES, 1 MiB here), sent by
+    """A deflated film of 16 KiB that inflates to 16 MiB (past MAX_DECODED_BYTES, 1 MiB here), sent by
     DCMTK's storescu (another process, so that only the listener's memory is traced), is refused as it is received,
     the listener never holding it inflated: pydicom inflates the whole data set before any check, so a film under
     --max-film-mb could have inflated to many GB in the listener's memory."""
     caplog.set_level(logging.INFO, logger="pneumoscan")
     monkeypatch.setattr(pixels, "MAX_DECODED_BYTES", 2**20)
     port = listen(destination.port)
-    ds = pydicom.dcmread(io.BytesIO(chest_dicom(np.zeros((4096, 8192), np.uint16))))
+    ds = pydicom.dcmread(io.BytesIO(chest_dicom(np.zeros((2048, 4096), np.uint16))))
     ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
     ds.save_as(path := tmp_path / "bomb.dcm")
     del ds
@@ -1072,7 +1072,7 @@ def test_a_deflated_film_is_inflated_within_the_decode_limit_as_it_is_received(
         tracemalloc.stop()
     assert "C-STORE refused (0xC000): its data set cannot be read: deflated DICOM dataset inflates to over 1 MiB" \
         in caplog.text
-    assert peak < 8 * 2**20, f"{peak / 2**20:.1f} MiB traced while a deflated 64 MiB data set was received"
+    assert peak < 8 * 2**20, f"{peak / 2**20:.1f} MiB traced while a deflated 16 MiB data set was received"
 
 
 def test_a_destination_that_never_answers_holds_up_no_scoring_and_its_report_is_given_up_in_time(
