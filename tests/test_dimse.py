@@ -1029,13 +1029,13 @@ def test_a_film_is_written_to_disk_as_it_arrives_and_refused_by_its_size_before_
     listen: Callable[..., int], destination: Destination_SCP, film: np.ndarray, tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """A film of 32 MB, over --max-film-mb 16, sent by DCMTK's storescu (another process, so that only the
+    """A film of 16 MB, over --max-film-mb 8, sent by DCMTK's storescu (another process, so that only the
     listener's memory is traced), is cut short as it arrives without the listener's memory ever holding it: it
     costs the disk, not RAM, and a film bigger than the machine's memory cannot take the listener down."""
     caplog.set_level(logging.INFO, logger="pneumoscan")
-    port = listen(destination.port, room=Room(film_mb=16))
-    (path := tmp_path / "big.dcm").write_bytes(chest_dicom(np.tile(film, (19, 19))[:4096, :4096]))
-    assert path.stat().st_size > 32 * dimse.MB
+    port = listen(destination.port, room=Room(film_mb=8))
+    (path := tmp_path / "big.dcm").write_bytes(chest_dicom(np.tile(film, (19, 10))[:4096, :2048]))
+    assert path.stat().st_size > 16 * dimse.MB
     tracemalloc.start()
     try:
         subprocess.run(["storescu", "-aet", "MODALITY", "-aec", "PNEUMOSCAN", "127.0.0.1", str(port), str(path)],
@@ -1043,8 +1043,8 @@ def test_a_film_is_written_to_disk_as_it_arrives_and_refused_by_its_size_before_
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert "aborted: film of 16.0" in caplog.text and "MB so far, over --max-film-mb 16" in caplog.text
-    assert peak < 4 * dimse.MB, f"{peak / dimse.MB:.1f} MB traced while a 32 MB film was received"
+    assert "aborted: film of 8.0" in caplog.text and "MB so far, over --max-film-mb 8" in caplog.text
+    assert peak < 4 * dimse.MB, f"{peak / dimse.MB:.1f} MB traced while a 16 MB film was received"
 
 
 def test_a_deflated_film_is_inflated_within_the_decode_limit_as_it_is_received(
