@@ -973,8 +973,9 @@ def test_a_film_whose_file_passes_a_bound_its_data_set_kept_is_refused_once_rece
 
 
 @pytest.mark.parametrize("room, stored, why, bound", [
-    (Room(film_mb=1), [], r"film of 1\.0\d MB so far, over --max-film-mb 1", MB),
-    (Room(film_mb=20, association_mb=9), [0], r"association of 9\.0\d MB so far, over --max-association-mb 9", 9 * MB),
+    (Room(film_mb=0.25), [], r"film of 0\.2\d MB so far, over --max-film-mb 0\.25", MB // 4),
+    (Room(film_mb=20, association_mb=2.25), [0],
+     r"association of 2\.2\d MB so far, over --max-association-mb 2\.25", 9 * MB // 4),
     (Room(free_mb=2**40), [], r"would leave \d+ MB free, under --min-free-mb 1\.09951e\+12", 0),
 ], ids=["film", "association", "free"])
 def test_a_film_past_its_bound_is_cut_short_as_it_arrives_never_written_whole(
@@ -982,7 +983,7 @@ def test_a_film_past_its_bound_is_cut_short_as_it_arrives_never_written_whole(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, room: Room, stored: list[int], why: str,
     bound: int,
 ) -> None:
-    """Films of 8 MB: over --max-film-mb 1, the second past --max-association-mb 9, or any on a disk that has less
+    """Films of 2 MB: over --max-film-mb 0.25, the second past --max-association-mb 2.25, or any on a disk that has less
     than --min-free-mb free (all of 1 TiB asked for here), the association is aborted as the film arrives, a warning
     naming the caller, the size so far (or the space left) and the bound: the bytes the listener received until the
     abort (pynetdicom's own count of what came off the socket, PDU headers and all) are the bound and one PDU (16 KB)
@@ -1002,7 +1003,7 @@ def test_a_film_past_its_bound_is_cut_short_as_it_arrives_never_written_whole(
 
     server.bind(evt.EVT_DATA_RECV, count)  # each PDU as it comes off the socket, before the listener counts it
     study = generate_uid()
-    data = chest_dicom(np.tile(film, (10, 10))[:2048, :2048], StudyInstanceUID=study)
+    data = chest_dicom(np.tile(film, (5, 5))[:1024, :1024], StudyInstanceUID=study)
     try:
         ae = AE(ae_title="MODALITY")
         ae.add_requested_context(pydicom.dcmread(io.BytesIO(data)).SOPClassUID, ExplicitVRLittleEndian)
