@@ -1749,7 +1749,7 @@ def test_a_destination_that_stops_reading_mid_c_store_holds_the_sending_up_no_lo
     monkeypatch.setattr(Association, "send_c_store", counted)
     pending = {"1.2.3": ds, "1.2.4": (later := copy.deepcopy(ds))}
     later.SOPInstanceUID = later.file_meta.MediaStorageSOPInstanceUID = "1.2.4"
-    sending = threading.Thread(target=lambda: answers.append(listener._store(pending, timeout=0.5)))
+    sending = threading.Thread(target=lambda: answers.append(listener._store(pending, timeout=1.0)))
     try:
         sending.start()
         sending.join(20)
