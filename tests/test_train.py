@@ -910,27 +910,31 @@ def test_neighbouring_seeds_do_not_share_data_order_or_augmentation() -> None:
     assert len({stream_seed(0, epoch, rank) for epoch in range(4) for rank in range(4)}) == 16
 
 
+TIMM_MODEL = "test_efficientnet"
+
+
 @pytest.fixture(scope="session")
-def resnet10t_bundle(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A resnet10t bundle whose config file sets its model_kwargs (drop_rate 0.25), the timm model the warm start
-    fits a head for: one run (about 4 s of CPU) for the module's tests that need a trained timm bundle, once a run
-    (pytest-xdist's worksteal may give them to two workers)."""
+def timm_bundle(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A bundle of timm's test_efficientnet (100 k parameters; a timm model, which the warm start fits a head for)
+    whose config file sets its model_kwargs (drop_rate 0.25): one run (about 1.5 s of CPU; resnet10t's, 5 M
+    parameters, took 4.5 s) for the module's tests that need a trained timm bundle, once a run (pytest-xdist's
+    worksteal may give them to two workers)."""
     def build(folder: Path) -> Path:
         config = folder / "config.yaml"
-        config.write_text("model: resnet10t\npretrained: false\nmodel_kwargs: {drop_rate: 0.25}\n")
+        config.write_text(f"model: {TIMM_MODEL}\npretrained: false\nmodel_kwargs: {{drop_rate: 0.25}}\n")
         # None: the file decides; 2 epochs: after 1 (4 steps) its BatchNorm statistics may rank the films backwards
         cfg = load_config(config, **{**TINY, "model": None, "pretrained": None, "epochs": 2})
         return train(tiny_dataset, cfg, folder / "run")
 
-    return _once_per_run(tmp_path_factory, "resnet10t_bundle", build)
+    return _once_per_run(tmp_path_factory, "timm_bundle", build)
 
 
-def test_init_refits_only_a_new_classifier(resnet10t_bundle: Path, tiny_dataset: Path, tmp_path: Path,
+def test_init_refits_only_a_new_classifier(timm_bundle: Path, tiny_dataset: Path, tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """--init keeps a bundle's trained head for the same classes; only a new classifier gets the warm start (which
     comes before the first step: both runs stop there)."""
-    cfg = TrainConfig(**{**TINY, "model": "resnet10t", "epochs": 1})
-    start = resnet10t_bundle
+    cfg = TrainConfig(**{**TINY, "model": TIMM_MODEL, "epochs": 1})
+    start = timm_bundle
     fitted: list[str] = []
     real = train_mod.warm_start_head
     monkeypatch.setattr(train_mod, "warm_start_head", lambda *args: fitted.append("head") or real(*args))
@@ -998,10 +1002,10 @@ def test_bundle_round_trip_reproduces_the_trained_model(tiny_bundle: Path) -> No
     assert card == card2 and card.val_metrics == json.loads((bundle / "bundle.json").read_text())["val_metrics"]
 
 
-def test_model_kwargs_from_a_config_reach_the_model_and_the_bundle(resnet10t_bundle: Path) -> None:
-    """The run trained from a config file that names the model and its model_kwargs (resnet10t_bundle)."""
-    model, card = load_bundle(resnet10t_bundle)
-    assert card.model == "resnet10t" and card.model_kwargs == {"drop_rate": 0.25}
+def test_model_kwargs_from_a_config_reach_the_model_and_the_bundle(timm_bundle: Path) -> None:
+    """The run trained from a config file that names the model and its model_kwargs (timm_bundle)."""
+    model, card = load_bundle(timm_bundle)
+    assert card.model == TIMM_MODEL and card.model_kwargs == {"drop_rate": 0.25}
     assert model.drop_rate == 0.25, "the bundle rebuilds the model with the arguments it was trained with"
 
 
