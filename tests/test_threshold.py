@@ -255,13 +255,22 @@ def test_a_pipe_in_place_of_the_copys_int8_sidecar_is_refused_not_waited_on(
     assert not (tmp_path / "new").exists()
 
 
+@pytest.fixture(scope="module")
+def youden_copy(tiny_bundle: Path, site: Path, module_tmp: Callable[[str], Path]) -> Path:
+    """`threshold TINY_BUNDLE SITE --youden`'s new bundle, which the module's tests read and never change: one
+    command for them all."""
+    out = module_tmp("youden") / "retuned"
+    assert cli.main(["threshold", str(tiny_bundle), str(site), "--youden", "--out", str(out)]) == 0
+    return out
+
+
 def test_a_bundle_made_by_threshold_is_checked_against_the_run_that_trained_it(
-    tiny_bundle: Path, tiny_dataset: Path, site: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tiny_bundle: Path, tiny_dataset: Path, site: Path, youden_copy: Path, tmp_path: Path,
+    caplog: pytest.LogCaptureFixture
 ) -> None:
     """The new bundle has the run's weights but no run's split.csv beside it: the run's training films are still
     refused, through a copy of a copy, and other files of its training patients are warned about."""
-    first, second = tmp_path / "retuned", tmp_path / "again"
-    assert cli.main(["threshold", str(tiny_bundle), str(site), "--youden", "--out", str(first)]) == 0
+    first, second = youden_copy, tmp_path / "again"
     assert cli.main(["threshold", str(first), str(site), "--youden", "--out", str(second)]) == 0
     assert [r["source_bundle"] for r in load_card(second).threshold_records] == [str(tiny_bundle.resolve()),
                                                                                  str(first.resolve())]
@@ -292,12 +301,11 @@ def test_a_bundle_made_by_threshold_is_checked_against_the_run_that_trained_it(
 
 
 def test_the_films_that_chose_a_threshold_are_known_to_the_new_bundle(
-    tiny_bundle: Path, site: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tiny_bundle: Path, site: Path, youden_copy: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """They are not its run's validation films, but the threshold was chosen on them as on those: figures on them
     are optimistic (a warning), and the card's evaluations on other data refuse them."""
-    out = tmp_path / "retuned"
-    assert cli.main(["threshold", str(tiny_bundle), str(site), "--youden", "--out", str(out)]) == 0
+    out = youden_copy
     assert sorted(r.path for r in discover(out / CALIBRATION_FILMS).records) == sorted(
         str(Path(r.path).resolve()) for r in discover(site).records)
     caplog.clear()
