@@ -51,6 +51,8 @@ from tests.builders import SCORE_TOL, Crash, crash_in_epoch, trial_copy
 from tests.conftest import _once_per_run, crashed_at_finish
 from tests.distributed_stubs import CountingProbe, probe_films
 
+# A timm model (with stages, and a head the warm start fits), of 100 k parameters: the trained one of timm_bundle
+TIMM_MODEL = "test_efficientnet"
 TINY = dict(model="simple_cnn", pretrained=False, image_size=32, epochs=2, batch_size=8, lr=3e-3, val_fraction=0.25)
 # What precision auto computes in here: bf16 where train() finds CUDA (its checkpoints and cards say so), else fp32.
 AUTO_PRECISION = "bf16" if torch.cuda.is_available() else "fp32"
@@ -759,13 +761,13 @@ def test_settings_that_can_only_be_mistakes_are_refused_before_the_run_folder_is
             main(["train", flag, value, "--print-config"])
         assert f"argument {flag}: must be {expected}, got {value}" in capsys.readouterr().err
     task = get_task("pneumonia")
-    start = tmp_path / "resnet10t"  # a bundle to fine-tune, of a model with stages
-    save_bundle(start, models.create("resnet10t", 2, in_chans=1), BundleCard(
-        "resnet10t", task.name, list(task.classes), task.positive, 32, "squash", *models.normalization("resnet10t")))
+    start = tmp_path / TIMM_MODEL  # a bundle to fine-tune, of a model with stages
+    save_bundle(start, models.create(TIMM_MODEL, 2, in_chans=1), BundleCard(
+        TIMM_MODEL, task.name, list(task.classes), task.positive, 32, "squash", *models.normalization(TIMM_MODEL)))
     run = tmp_path / "run"
     shutil.copytree(tiny_bundle.parent, run)  # a finished run: bundle, best weights, checkpoint, reports
     before = {path: path.read_bytes() for path in run.rglob("*") if path.is_file()}
-    for change, said in (({"model": "resnet10t", "init": str(start), "trainable_stages": 99},
+    for change, said in (({"model": TIMM_MODEL, "init": str(start), "trainable_stages": 99},
                           r"has \d+ stages, asked for 99"),
                          ({"model_kwargs": {"foo": 1}}, r"model_kwargs \{'foo': 1\} do not fit simple_cnn: .*'foo'"),
                          ({"distill_weight": 0.3}, r"distill_weight 0.3 is the teachers' share of the target: give a"),
@@ -910,9 +912,6 @@ def test_neighbouring_seeds_do_not_share_data_order_or_augmentation() -> None:
     torch.manual_seed(stream_seed(0, 1, 0))
     assert not torch.equal(a, torch.rand(8))
     assert len({stream_seed(0, epoch, rank) for epoch in range(4) for rank in range(4)}) == 16
-
-
-TIMM_MODEL = "test_efficientnet"
 
 
 @pytest.fixture(scope="session")
