@@ -104,7 +104,7 @@ def crashed_at_finish() -> Iterator[None]:
     """A training run in it crashes as its finish begins (train's finalize: the temperature, threshold, ONNX model,
     card and validation report), its last epoch checkpointed and its stop decided, and the block expects it: a test
     of what a run did up to its end (its epochs, its callbacks' stop, what it said), or that resumes it, spares the
-    finish it does not read, most of a tiny run's CPU (about 0.7 s of 1.2 s of one epoch)."""
+    finish it does not read: most of a tiny run's CPU."""
     from pneumoscan.training import train as train_mod
     from tests.builders import Crash
 
