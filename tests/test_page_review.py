@@ -35,7 +35,7 @@ from tests.builders import at_threshold, content_check_on, nudge_weights, runnin
 from tests.test_browser import PAGE_KEY, TIMEOUT_MS, drop_file, run_server
 from tests.test_heatmap_scale import sentence
 
-server, tabs, page = test_page.server, test_page.tabs, test_page.page
+server, tabs, opener, page = test_page.server, test_page.tabs, test_page.opener, test_page.page
 small = test_page.small
 pgm_reader = test_readers.pgm_reader
 

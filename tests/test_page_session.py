@@ -23,7 +23,7 @@ from tests.builders import nudge_weights, running
 from tests.test_browser import TIMEOUT_MS, WARD, serious_violations
 from tests.test_page import opened_page, upload_one
 
-server, tabs, page = test_page.server, test_page.tabs, test_page.page
+server, tabs, opener, page = test_page.server, test_page.tabs, test_page.opener, test_page.page
 small = test_page.small
 
 ROWS = "#films tbody tr"
