@@ -203,16 +203,29 @@ def opener(tabs: BrowserContext, server: str) -> Iterator[Page]:
     tab.close()
 
 
-def open_tab(opener: Page, url: str) -> Page:
-    """A new tab at ``url``, opened from ``opener`` by window.open (in its renderer where ``url`` is of its site),
-    once its load event has passed. Its sessionStorage starts as a copy of the opener's, which ``opener`` keeps
-    empty."""
+def open_tab(opener: Page, url: str = "about:blank") -> Page:
+    """A new tab of ``opener``'s context at ``url``, opened from ``opener`` by window.open, once its load event has
+    passed: in ``opener``'s renderer while it shows a page of that site (about:blank is of the opener's origin), so a
+    test that runs a service of its own (another port of the same site) opens its page there with ``goto``, after
+    setting what it needs first (routes, listeners). Its sessionStorage starts as a copy of the opener's, which
+    ``opener`` keeps empty."""
     with opener.context.expect_page() as opening:
         opener.evaluate("(url) => { window.open(url); }", url)  # the window itself does not cross to Python
     tab = opening.value
     tab.set_default_timeout(TIMEOUT_MS)
     tab.wait_for_load_state()
     return tab
+
+
+@contextmanager
+def tab_at(opener: Page, url: str) -> Iterator[Page]:
+    """The page at ``url`` (a service of the test's own) in a new tab from ``opener``, closed after; a script error on
+    it fails the test."""
+    with loaded(open_tab(opener), url) as page:
+        try:
+            yield page
+        finally:
+            page.close()
 
 
 @pytest.fixture
@@ -378,14 +391,12 @@ def test_heatmap_only_on_request_in_viridis_and_printed(page: Page, full_size: P
     assert len(calls) == 2  # toggling, opacity and printing are drawn here, not asked of the server
 
 
-def test_no_heatmap_while_the_model_card_has_not_loaded(browser: Browser, server: str, small: Path) -> None:
+def test_no_heatmap_while_the_model_card_has_not_loaded(opener: Page, server: str, small: Path) -> None:
     """The legend's words are the service's (/v1/model's heatmap_caption): while the card has not loaded (here the
     network drops its request), the page computes no map whose scale it cannot name, says why, and keeps the
     reading, coloured as no clear call (the card would say whether the model checks a film's content)."""
-    context = browser.new_context()
+    page = open_tab(opener)
     try:
-        page = context.new_page()
-        page.set_default_timeout(TIMEOUT_MS)
         asked: list[str] = []
         page.on("request", lambda r: asked.append(r.url) if "heatmap" in r.url else None)
         page.route("**/v1/model", lambda route: route.abort())
@@ -403,7 +414,7 @@ def test_no_heatmap_while_the_model_card_has_not_loaded(browser: Browser, server
         expect(page.locator("#legend")).to_be_hidden()
         assert asked == []
     finally:
-        context.close()
+        page.close()
 
 
 def test_films_list_sort_csv_and_dicom_panel(page: Page, data_root: Path, tagged_dicom: bytes, tiny_bundle: Path,
@@ -861,7 +872,7 @@ def test_a_16_bit_png_is_shown_as_the_model_reads_it(page: Page, small: Path, tm
     assert kinds == [{**png, "shown": True}, {**png, "shown": False}, {**png, "shown": False}, {**png, "shown": True}]
 
 
-def test_two_stages_in_the_list_and_csv_and_a_refused_heatmap(browser: Browser, tiny_bundle: Path,
+def test_two_stages_in_the_list_and_csv_and_a_refused_heatmap(opener: Page, tiny_bundle: Path,
                                                               tiny_etiology_bundle: Path, data_root: Path,
                                                               tmp_path: Path) -> None:
     """With an etiology stage the list and its CSV carry its reading (empty where it did not run). A heatmap the
@@ -876,12 +887,10 @@ def test_two_stages_in_the_list_and_csv_and_a_refused_heatmap(browser: Browser, 
     weights = bytearray((bundle / "model.safetensors").read_bytes())
     weights[len(weights) // 2] ^= 0xFF
     (bundle / "model.safetensors").write_bytes(bytes(weights))
-    context = browser.new_context(viewport={"width": 1280, "height": 1000}, accept_downloads=True)
+    page = open_tab(opener)
     errors: list[str] = []
     try:
         with contextmanager(run_server)(app) as url:
-            page = context.new_page()
-            page.set_default_timeout(TIMEOUT_MS)
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.goto(url)
             expect(page.locator("#card")).to_contain_text("bacteria / virus")
@@ -912,15 +921,15 @@ def test_two_stages_in_the_list_and_csv_and_a_refused_heatmap(browser: Browser, 
             expect(page.locator("#result")).to_be_visible()
             assert page.locator("#label").inner_text() == reading and page.is_enabled("#heatmap-button")
     finally:
-        context.close()
+        page.close()
     assert not errors, errors
 
 
-def test_a_service_without_heatmaps_offers_none(browser: Browser, tiny_bundle: Path, small: Path) -> None:
+def test_a_service_without_heatmaps_offers_none(opener: Page, tiny_bundle: Path, small: Path) -> None:
     """A service started without heatmaps (serve --no-heatmaps, the onnx-int8 backend) says so in /v1/model, and
     refuses each heatmap with 422 (heatmap_unavailable); the page offered Compute Grad-CAM heatmap and said why only
     once it was refused. It offers no heatmap and says why beside the viewer's tools, as the h key does."""
-    with contextmanager(run_server)(create_app(tiny_bundle, heatmaps=False)) as url, opened_page(browser, url) as page:
+    with contextmanager(run_server)(create_app(tiny_bundle, heatmaps=False)) as url, tab_at(opener, url) as page:
         upload_one(page, small)
         off = page.locator("#heatmap-off")
         expect(off).to_be_visible()
@@ -938,7 +947,7 @@ def test_a_service_without_heatmaps_offers_none(browser: Browser, tiny_bundle: P
         assert serious_violations(page) == []
 
 
-def test_a_second_stage_of_ones_own_is_titled_from_its_task(browser: Browser, tiny_bundle: Path, small: Path,
+def test_a_second_stage_of_ones_own_is_titled_from_its_task(opener: Page, tiny_bundle: Path, small: Path,
                                                              tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The page titled every second stage "Etiology" (its line under the reading, the list's column) and named its CSV
     columns etiology_*: a site's stage telling typical from atypical pneumonia read as an etiology. Each is named from
@@ -950,11 +959,9 @@ def test_a_second_stage_of_ones_own_is_titled_from_its_task(browser: Browser, ti
                         follows={"pneumonia": "PNEUMONIA"})(len)
     second = make_bundle(tmp_path / "typicality", "typicality", ("typical", "atypical"), "atypical")
     first = with_threshold(tiny_bundle, 0.0, tmp_path / "first")  # every film is handed to the second stage
-    context = browser.new_context(viewport={"width": 1280, "height": 1000}, accept_downloads=True)
+    page = open_tab(opener)
     try:
         with contextmanager(run_server)(create_app(first, etiology=second)) as url:
-            page = context.new_page()
-            page.set_default_timeout(TIMEOUT_MS)
             page.goto(url)
             expect(page.locator("#card")).to_contain_text("typical / atypical")
             page.set_input_files("#file", small)
@@ -965,7 +972,7 @@ def test_a_second_stage_of_ones_own_is_titled_from_its_task(browser: Browser, ti
                 page.click("#export")
             exported = next(csv.DictReader(io.StringIO(Path(download.value.path()).read_text())))
     finally:
-        context.close()
+        page.close()
     assert exported["typicality"] in ("typical", "atypical") and exported["typicality_label"] == exported["typicality"]
     assert 0 <= float(exported["typicality_probability_atypical"]) <= 1
     assert float(exported["typicality_threshold"]) == 0.5
@@ -1180,7 +1187,7 @@ def test_a_colour_managed_jpeg_is_shown_as_the_service_decodes_it(page: Page, sm
     assert kinds == [True, True, True, True, False, False, False, False]
 
 
-def test_a_reading_near_the_threshold_is_said_so_with_the_interval(browser: Browser, tiny_bundle: Path, small: Path,
+def test_a_reading_near_the_threshold_is_said_so_with_the_interval(opener: Page, tiny_bundle: Path, small: Path,
                                                                     tmp_path: Path) -> None:
     """The bar shows the 95 % confidence interval of the threshold, and a reading inside that range
     says it could have been read either way (the list and its CSV too). The reading itself says so, in neither red
@@ -1193,9 +1200,7 @@ def test_a_reading_near_the_threshold_is_said_so_with_the_interval(browser: Brow
     server = run_server(create_app(bundle))
     url = next(server)
     try:
-        context = browser.new_context(viewport={"width": 1280, "height": 1000})
-        page = context.new_page()
-        page.set_default_timeout(TIMEOUT_MS)
+        page = open_tab(opener)
         page.goto(url)
         expect(page.locator("#intended-use")).not_to_be_empty()
         page.set_input_files("#file", small)
@@ -1226,7 +1231,7 @@ def test_a_reading_near_the_threshold_is_said_so_with_the_interval(browser: Brow
         page.evaluate("() => { thresholdInterval = null; showResult(current); }")
         expect(page.locator("#bar-key")).to_be_hidden()
         expect(page.locator("#bar-band")).to_be_hidden()
-        context.close()
+        page.close()
     finally:
         server.close()
 
@@ -1556,7 +1561,7 @@ def test_several_films_say_what_became_of_each(page: Page, small: Path) -> None:
     expect(alert).to_have_text("Not read: the service is busy, retry shortly")
 
 
-def test_a_three_class_reading_gives_each_class_and_the_most_probable(browser: Browser, small: Path,
+def test_a_three_class_reading_gives_each_class_and_the_most_probable(opener: Page, small: Path,
                                                                        tmp_path: Path) -> None:
     """A multiclass model's label is normal vs pneumonia at its threshold; the JSON answer had each class's
     probability, the page and its CSV none. The panel gives them with the most probable class (a rule of its own,
@@ -1568,11 +1573,9 @@ def test_a_three_class_reading_gives_each_class_and_the_most_probable(browser: B
     bundle = make_bundle(tmp_path / "mc", "multiclass", tuple(classes), "pneumonia", threshold=0.3)
     row = predict_paths(bundle, [small])[0]
     predicted = next(csv.DictReader(io.StringIO(format_results([row], "csv"))))
-    context = browser.new_context(viewport={"width": 1280, "height": 1000}, accept_downloads=True)
+    page = open_tab(opener)
     try:
         with contextmanager(run_server)(create_app(bundle)) as url:
-            page = context.new_page()
-            page.set_default_timeout(TIMEOUT_MS)
             page.goto(url)
             expect(page.locator("#card")).to_contain_text("multiclass: normal / bacteria / virus")
             page.set_input_files("#file", small)
@@ -1588,7 +1591,7 @@ def test_a_three_class_reading_gives_each_class_and_the_most_probable(browser: B
                 page.click("#export")
             exported = next(csv.DictReader(io.StringIO(Path(download.value.path()).read_text())))
     finally:
-        context.close()
+        page.close()
     columns = [k for k in predicted if k.startswith("probability_")]
     assert columns == [k for k in exported if k.startswith("probability_")] == [f"probability_{c}" for c in classes]
     assert [float(exported[k]) for k in columns] == pytest.approx([row[k] for k in columns], abs=SCORE_TOL)
@@ -1602,28 +1605,27 @@ def proxy_answering(status: int) -> Callable[[Route], None]:
     return lambda route: route.fulfill(status=status, content_type="text/html", body="<html>Sign on</html>")
 
 
-def test_a_reply_that_is_not_the_services_is_refused_not_read(browser: Browser, server: str, small: Path) -> None:
+def test_a_reply_that_is_not_the_services_is_refused_not_read(page: Page, small: Path) -> None:
     """An HTML sign-on page answered 200 was taken for a reading: a script error, "Analysing..." for ever and the
     previous film's reading left on screen as if it were the new film's; a gateway's 502 page said only "HTTP 502"."""
-    with opened_page(browser, server) as page:
-        upload_one(page, small)  # a real reading on screen first
-        film = {"name": "IM0002.jpeg", "mimeType": "image/jpeg", "buffer": small.read_bytes()}
-        for status, words in ((200, f"the reply (HTTP 200 OK) is not a reading: {NOT_THE_SERVICE}: reload the page"),
-                              (502, f"HTTP 502 Bad Gateway: {NOT_THE_SERVICE}: reload the page"),
-                              # a proxy's rate limit: no sign-on to renew, wait
-                              (429, "HTTP 429 Too Many Requests: the proxy or gateway in front of the service refused "
-                                    "the request as one of too many: wait a moment and try again")):
-            page.route("**/v1/predict*", proxy_answering(status))
-            page.set_input_files("#file", files=[film])
-            expect(page.locator("#error")).to_contain_text(f"Not read: {words}")
-            expect(page.locator("#result")).to_be_hidden()  # the earlier film's reading is not left on screen
-            expect(page.locator("#status")).to_have_text("")
-            page.unroute("**/v1/predict*")
-        page.route("**/v1/model", proxy_answering(200))
-        page.locator("#api-key").fill("k" * 16)
-        page.locator("#api-key").dispatch_event("change")
-        expect(page.locator("#error")).to_contain_text(
-            f"Could not load the model card: the reply (HTTP 200 OK) is not the model card: {NOT_THE_SERVICE}")
+    upload_one(page, small)  # a real reading on screen first
+    film = {"name": "IM0002.jpeg", "mimeType": "image/jpeg", "buffer": small.read_bytes()}
+    for status, words in ((200, f"the reply (HTTP 200 OK) is not a reading: {NOT_THE_SERVICE}: reload the page"),
+                          (502, f"HTTP 502 Bad Gateway: {NOT_THE_SERVICE}: reload the page"),
+                          # a proxy's rate limit: no sign-on to renew, wait
+                          (429, "HTTP 429 Too Many Requests: the proxy or gateway in front of the service refused "
+                                "the request as one of too many: wait a moment and try again")):
+        page.route("**/v1/predict*", proxy_answering(status))
+        page.set_input_files("#file", files=[film])
+        expect(page.locator("#error")).to_contain_text(f"Not read: {words}")
+        expect(page.locator("#result")).to_be_hidden()  # the earlier film's reading is not left on screen
+        expect(page.locator("#status")).to_have_text("")
+        page.unroute("**/v1/predict*")
+    page.route("**/v1/model", proxy_answering(200))
+    page.locator("#api-key").fill("k" * 16)
+    page.locator("#api-key").dispatch_event("change")
+    expect(page.locator("#error")).to_contain_text(
+        f"Could not load the model card: the reply (HTTP 200 OK) is not the model card: {NOT_THE_SERVICE}")
 
 
 def png_turned(gray: np.ndarray, after_pixels: bool) -> bytes:
@@ -1660,7 +1662,7 @@ def test_a_png_turned_by_an_exif_chunk_after_its_pixels_is_shown_as_the_service_
 
 
 def test_a_reading_of_another_model_than_the_card_shown_is_drawn_with_that_models_card(
-    browser: Browser, tiny_bundle: Path, small: Path, tmp_path: Path
+    opener: Page, tiny_bundle: Path, small: Path, tmp_path: Path
 ) -> None:
     """The service restarted with another bundle under an open page: its readings were drawn with the first model's
     card (its threshold's band at 0.117-0.194 under a threshold of 0.446, its heatmap legend). The page loads the card
@@ -1669,10 +1671,8 @@ def test_a_reading_of_another_model_than_the_card_shown_is_drawn_with_that_model
     nudge_weights(other)
     versions = [Predictor(b).identity["model_version"] for b in (tiny_bundle, other)]
     assert versions[0] != versions[1]
-    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    page = open_tab(opener)
     try:
-        page = context.new_page()
-        page.set_default_timeout(TIMEOUT_MS)
         config = uvicorn.Config(create_app(tiny_bundle), host="127.0.0.1", port=0, log_level="warning")
         with running(uvicorn.Server(config)) as url:
             page.goto(url)
@@ -1684,4 +1684,4 @@ def test_a_reading_of_another_model_than_the_card_shown_is_drawn_with_that_model
             expect(page.locator("#card")).to_contain_text(versions[1])
             expect(page.locator("#card")).not_to_contain_text(versions[0])
     finally:
-        context.close()
+        page.close()

@@ -18,13 +18,13 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Page, expect
 
 from tests import test_page
 from tests.builders import SCORE_TOL
 from tests.test_browser import TIMEOUT_MS
 
-server = test_page.server
+server, tabs, opener = test_page.server, test_page.tabs, test_page.opener
 
 LARGE = (10_000, 7_500)  # (width, height): a plate's size, within the service's MAX_PIXELS
 SHOWN = (2_048, 1_536)  # the viewer's copy of it: the longest side at the page's cap (app.js, DISPLAY_MAX)
@@ -100,9 +100,9 @@ SENT_SHA256 = """async () => Promise.all(window.sent.map(async (file) =>
 
 
 @pytest.fixture(scope="module")
-def large_page(browser: Browser, server: str, large_film: Path) -> Iterator[Page]:
+def large_page(opener: Page, server: str, large_film: Path) -> Iterator[Page]:
     """The page with the large film read and shown."""
-    with test_page.opened_page(browser, server) as page:
+    with test_page.tab_at(opener, server) as page:
         page.evaluate(SENT)
         show(page, large_film)
         yield page
@@ -223,7 +223,7 @@ def test_the_reading_is_the_services_for_the_original_file(large_page: Page, ser
     expect(page.locator("#label")).to_have_text(answer.json()["label"])
 
 
-def test_a_window_level_step_costs_what_one_on_a_film_at_the_cap_costs(large_page: Page, browser: Browser,
+def test_a_window_level_step_costs_what_one_on_a_film_at_the_cap_costs(large_page: Page, opener: Page,
                                                                       server: str, tmp_path: Path) -> None:
     """Steps on the large film and on a film already at the cap's size (2,048 x 1,536), taken in turn so both see
     the same load on the machine: the large film's cost no more than a few times the other's (the same work; on a
@@ -231,11 +231,8 @@ def test_a_window_level_step_costs_what_one_on_a_film_at_the_cap_costs(large_pag
     page = large_page
     if page.is_checked("#heatmap-toggle"):  # the other film has no map to blend
         page.uncheck("#heatmap-toggle")
-    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    at_cap = test_page.open_tab(opener, server)
     try:
-        at_cap = context.new_page()
-        at_cap.set_default_timeout(TIMEOUT_MS)
-        at_cap.goto(server)
         show(at_cap, png(tmp_path / "at_cap.png", ramp(*SHOWN)))
         assert tuple(at_cap.evaluate("() => [view.w, view.h]")) == SHOWN
         large, small = [], []
@@ -243,5 +240,5 @@ def test_a_window_level_step_costs_what_one_on_a_film_at_the_cap_costs(large_pag
             large.append(page.evaluate(STEP))
             small.append(at_cap.evaluate(STEP))
     finally:
-        context.close()
+        at_cap.close()
     assert statistics.median(large) <= 4 * statistics.median(small) + 20, (large, small)

@@ -248,16 +248,14 @@ def test_a_second_stage_of_a_film_out_of_scope_is_out_of_scope_in_the_panel_list
                      "out-of-scope"]
 
 
-def test_a_key_typed_and_a_film_dropped_at_once_load_the_card_first(browser: Browser, tiny_bundle: Path,
+def test_a_key_typed_and_a_film_dropped_at_once_load_the_card_first(opener: Page, tiny_bundle: Path,
                                                                      small: Path) -> None:
     """The card is loaded when the key field changes, which a browser says only when the field loses focus: a key
     pasted and a film dropped straight after gave a reading without the card (still "Loading"), and its heatmap
     was refused with "enter the API key" for a key that was entered."""
-    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    page = test_page.open_tab(opener)
     try:
         with contextmanager(run_server)(create_app(tiny_bundle, access=Access(api_key=PAGE_KEY))) as url:
-            page = context.new_page()
-            page.set_default_timeout(TIMEOUT_MS)
             page.goto(url)
             expect(page.locator("#error")).to_contain_text("an API key is required")
             # the card said "Loading ..." for as long as the page stayed open, beside the refusal
@@ -270,24 +268,22 @@ def test_a_key_typed_and_a_film_dropped_at_once_load_the_card_first(browser: Bro
             expect(page.locator("#legend")).to_be_visible()
             expect(page.locator("#error")).to_be_hidden()
     finally:
-        context.close()
+        page.close()
 
 
 
 @contextmanager
-def opened(browser: Browser, first: FastAPI, before: Callable[[Page], None] = lambda page: None) -> Iterator[Page]:
+def opened(opener: Page, first: FastAPI, before: Callable[[Page], None] = lambda page: None) -> Iterator[Page]:
     """A page opened on the service ``first`` (and ``before`` done on it), that service then stopped."""
-    context = browser.new_context(viewport={"width": 1280, "height": 1000}, accept_downloads=True)
+    page = test_page.open_tab(opener)
     try:
-        page = context.new_page()
-        page.set_default_timeout(TIMEOUT_MS)
         with contextmanager(run_server)(first) as url:
             page.goto(url)
             expect(page.locator("#intended-use")).not_to_be_empty()
             before(page)
         yield page
     finally:
-        context.close()
+        page.close()
 
 
 @contextmanager
@@ -299,15 +295,15 @@ def serving_again(page: Page, app: FastAPI) -> Iterator[None]:
 
 
 @contextmanager
-def restarted(browser: Browser, first: Path, then: Path, before: Callable[[Page], None] = lambda page: None
+def restarted(opener: Page, first: Path, then: Path, before: Callable[[Page], None] = lambda page: None
               ) -> Iterator[Page]:
     """A page opened on a service of bundle ``first`` (and ``before`` done on it), the service then restarted on the
     same port with ``then``."""
-    with opened(browser, create_app(first), before) as page, serving_again(page, create_app(then)):
+    with opened(opener, create_app(first), before) as page, serving_again(page, create_app(then)):
         yield page
 
 
-def test_a_reading_at_another_threshold_is_drawn_with_that_thresholds_card(browser: Browser, tiny_bundle: Path,
+def test_a_reading_at_another_threshold_is_drawn_with_that_thresholds_card(opener: Page, tiny_bundle: Path,
                                                                            small: Path, tmp_path: Path) -> None:
     """`pneumoscan threshold` keeps a bundle's weights, so its model id and version: the service restarted with the
     new threshold under an open page, its readings were drawn with the old card, the new threshold's mark beside
@@ -316,20 +312,20 @@ def test_a_reading_at_another_threshold_is_drawn_with_that_thresholds_card(brows
     shutil.copytree(tiny_bundle, other)
     save_card(other, at_threshold(load_card(other), threshold=0.3, threshold_interval=[0.25, 0.5]))
     assert load_card(tiny_bundle).threshold_interval != [0.25, 0.5]
-    with restarted(browser, tiny_bundle, other) as page:
+    with restarted(opener, tiny_bundle, other) as page:
         test_page.upload_one(page, small)
         expect(page.locator("#probability")).to_contain_text("threshold 0.300")
         expect(page.locator("#bar-key")).to_contain_text("0.250 to 0.500")
         expect(page.locator("#card")).to_contain_text("0.300 (")
 
 
-def test_a_heatmap_of_another_model_is_refused_not_drawn_under_the_reading(browser: Browser, tiny_bundle: Path,
+def test_a_heatmap_of_another_model_is_refused_not_drawn_under_the_reading(opener: Page, tiny_bundle: Path,
                                                                            small: Path, tmp_path: Path) -> None:
     """A film read by one model, the service restarted with another bundle, then the heatmap asked for: the other
     model's map was drawn as the evidence of the first model's reading on screen."""
     other = shutil.copytree(tiny_bundle.parent, tmp_path / "other") / tiny_bundle.name
     nudge_weights(other)
-    with restarted(browser, tiny_bundle, other, lambda page: test_page.upload_one(page, small)) as page:
+    with restarted(opener, tiny_bundle, other, lambda page: test_page.upload_one(page, small)) as page:
         page.click("#heatmap-button")
         expect(page.get_by_role("alert")).to_contain_text("Heatmap not computed: the service now runs the model")
         expect(page.locator("#result")).to_be_visible()
@@ -588,7 +584,7 @@ def test_a_film_being_decoded_shows_no_other_film_under_its_reading(page: Page, 
 
 
 def test_a_film_read_by_a_model_before_a_restart_is_not_shown_again_with_the_new_card(
-        browser: Browser, tiny_bundle: Path, tiny_etiology_bundle: Path, small: Path, data_root: Path,
+        opener: Page, tiny_bundle: Path, tiny_etiology_bundle: Path, small: Path, data_root: Path,
         tmp_path: Path) -> None:
     """A film read before the service restarted with another threshold, shown again from the list after a film read
     since loaded the new card, was drawn with that card: its threshold of 0.475 beside the new threshold's hatched
@@ -609,7 +605,7 @@ def test_a_film_read_by_a_model_before_a_restart_is_not_shown_again_with_the_new
     other = shutil.copytree(unchecked, tmp_path / "checked")  # the same weights and threshold, and a record of its
     # training films' appearance: a model with the content check (what it flags matters not here)
     save_appearance(other, content_check_on())
-    with opened(browser, create_app(tiny_bundle), lambda page: test_page.upload_one(page, small)) as page:
+    with opened(opener, create_app(tiny_bundle), lambda page: test_page.upload_one(page, small)) as page:
         rows = page.locator("#films tbody tr")
         first = rows.nth(0).locator("td").nth(1)
         with serving_again(page, create_app(other, etiology=tiny_etiology_bundle)):
@@ -772,15 +768,13 @@ def test_a_sorted_columns_name_is_its_title_alone(page: Page) -> None:
     assert page.get_attribute("#list-said", "aria-live") == "polite"
 
 
-def test_a_film_over_the_upload_limit_is_told_the_way_out(browser: Browser, tiny_bundle: Path) -> None:
+def test_a_film_over_the_upload_limit_is_told_the_way_out(opener: Page, tiny_bundle: Path) -> None:
     """The page refuses a film over the service's limit before sending it, and said `the file is 0.0954 MB; the
     limit is 0.0625 MB.` and no more, where the service's own 413 says who sets the limit and that a film is smaller
     compressed: the reader at the page was left with nothing to do."""
-    context = browser.new_context()
+    page = test_page.open_tab(opener)
     try:
         with contextmanager(run_server)(create_app(tiny_bundle, max_upload_mb=0.0625)) as url:
-            page = context.new_page()
-            page.set_default_timeout(TIMEOUT_MS)
             page.goto(url)
             expect(page.locator("#card")).to_contain_text(load_card(tiny_bundle).model_id)
             page.set_input_files("#file", files=[{"name": "film.dcm", "mimeType": "application/dicom",
@@ -790,20 +784,18 @@ def test_a_film_over_the_upload_limit_is_told_the_way_out(browser: Browser, tiny
                 "--max-upload-mb), or send the film losslessly compressed (a DICOM film in a compressed transfer "
                 "syntax).")
     finally:
-        context.close()
+        page.close()
 
 
 
-def test_a_site_readers_format_is_named_and_described_by_the_page(browser: Browser, tiny_bundle: Path, small: Path,
+def test_a_site_readers_format_is_named_and_described_by_the_page(opener: Page, tiny_bundle: Path, small: Path,
                                                                    pgm_reader: readers.Reader) -> None:
     """A site that registered a reader of its own format (tests/test_readers.py's PGM) had its films read by the
     service, but the page named "JPEG, PNG or DICOM" above the file picker and described a PGM film it had read as
     "JPEG/PNG: no DICOM tags". The page learns the formats from the service (/v1/model's film_formats)."""
-    context = browser.new_context()
+    page = test_page.open_tab(opener)
     try:
         with contextmanager(run_server)(create_app(tiny_bundle, backend="onnx")) as url:
-            page = context.new_page()
-            page.set_default_timeout(TIMEOUT_MS)
             page.goto(url)
             expect(page.locator("#formats")).to_have_text("JPEG, PNG, DICOM or PGM")
             drop_file(page, test_readers.pgm(test_readers.film(64, 64)), "film.pgm", "image/x-portable-graymap")
@@ -812,7 +804,7 @@ def test_a_site_readers_format_is_named_and_described_by_the_page(browser: Brows
             expect(page.locator("#film-title")).to_have_text(f"Film: {small.name}")
             expect(page.locator("#film")).to_have_text("FormatJPEG/PNG: no DICOM tags (age, sex, view not known)")
     finally:
-        context.close()
+        page.close()
 
 
 def test_without_a_site_reader_the_page_names_jpeg_png_and_dicom(page: Page, tiny_bundle: Path, small: Path) -> None:
@@ -1086,7 +1078,7 @@ def test_the_warnings_every_film_has_are_said_once_above_the_list(page: Page) ->
     assert page.locator("#films tbody td:nth-child(4)").all_inner_texts() == ["unchecked", ""]
 
 
-def test_leaving_a_list_not_exported_asks_first(page: Page, small: Path) -> None:
+def test_leaving_a_list_not_exported_asks_first(page: Page, opener: Page, small: Path) -> None:
     """The page keeps its films' readings nowhere but in the tab: closed or reloaded before the CSV was exported, a
     session's readings were gone without a word. The browser asks before leaving a list whose CSV has not been saved
     since it last changed, and not once it has, nor after a sort (which changed no reading, and asked again); the CSV
@@ -1096,7 +1088,7 @@ def test_leaving_a_list_not_exported_asks_first(page: Page, small: Path) -> None
     with page.expect_event("close"):
         page.close(run_before_unload=True)  # an empty page: nothing to lose
     assert asked == []
-    with test_page.opened_page(page.context.browser, page.url) as again:
+    with test_page.tab_at(opener, page.url) as again:
         again.on("dialog", lambda dialog: (asked.append(dialog.type), dialog.dismiss()))
         test_page.upload_one(again, small)
         again.click("#view")  # the browser asks only on a page the reader has used

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import httpx
 import uvicorn
-from playwright.sync_api import Browser, Page, Route, expect
+from playwright.sync_api import Page, Route, expect
 
 from tests import test_page
 from pneumoscan.serving.app import create_app
 from tests.builders import nudge_weights, running
 from tests.test_browser import TIMEOUT_MS, WARD, serious_violations
-from tests.test_page import opened_page, upload_one
+from tests.test_page import tab_at, upload_one
 
 server, tabs, opener, page = test_page.server, test_page.tabs, test_page.opener, test_page.page
 small = test_page.small
@@ -117,17 +117,15 @@ def test_a_kept_reading_is_taken_by_its_films_bytes_not_its_name(page: Page, dat
     assert sorted(page.locator(f"{ROWS} td:nth-child(1)").all_inner_texts()) == [first.name, "renamed.jpeg"]
 
 
-def test_a_session_of_another_model_is_said_and_saved_or_cleared(browser: Browser, tiny_bundle: Path, small: Path,
+def test_a_session_of_another_model_is_said_and_saved_or_cleared(opener: Page, tiny_bundle: Path, small: Path,
                                                                 tmp_path: Path) -> None:
     """The service restarted with another bundle under a session: after a reload its readings are not shown as the
     new model's; the page says whose they are, as an alert heard once (not at each drawing of the list), and they
     can be saved (each row names its model) or cleared."""
     other = shutil.copytree(tiny_bundle.parent, tmp_path / "other") / "bundle"
     nudge_weights(other)
-    context = browser.new_context(viewport={"width": 1280, "height": 1000}, accept_downloads=True)
+    page = test_page.open_tab(opener)
     try:
-        page = context.new_page()
-        page.set_default_timeout(TIMEOUT_MS)
         config = uvicorn.Config(create_app(tiny_bundle), host="127.0.0.1", port=0, log_level="warning")
         with running(uvicorn.Server(config)) as url:
             page.goto(url)
@@ -167,7 +165,7 @@ def test_a_session_of_another_model_is_said_and_saved_or_cleared(browser: Browse
             expect(page.locator("#list")).to_be_hidden()
             assert page.evaluate("() => sessionStorage.length") == 0
     finally:
-        context.close()
+        page.close()
 
 
 def test_clearing_a_session_not_saved_asks_first(page: Page, small: Path) -> None:
@@ -255,7 +253,7 @@ def test_a_film_is_proved_by_its_bytes_read_a_slice_at_a_time_not_held_whole(pag
     expect(page.locator(ROWS)).to_have_count(1)
 
 
-def test_a_film_read_by_a_service_that_names_no_digest_is_said_to_have_been_read(browser: Browser, server: str,
+def test_a_film_read_by_a_service_that_names_no_digest_is_said_to_have_been_read(opener: Page, server: str,
                                                                                   data_root: Path) -> None:
     """Over plain HTTP, a reading without film_sha256 (a service older than it) leaves the film without a fingerprint:
     the notice says the service read it and named none, where it said the service had not read it."""
@@ -270,7 +268,7 @@ def test_a_film_read_by_a_service_that_names_no_digest_is_said_to_have_been_read
         answers.append(answer.pop("film_sha256"))
         route.fulfill(json=answer)
 
-    with opened_page(browser, server.replace("127.0.0.1", WARD)) as page:
+    with tab_at(opener, server.replace("127.0.0.1", WARD)) as page:
         page.route("**/v1/predict*", without_digest)
         upload_one(page, first)
         assert len(answers) == 1
@@ -283,13 +281,13 @@ def test_a_film_read_by_a_service_that_names_no_digest_is_said_to_have_been_read
 
 
 def test_a_film_dropped_again_on_a_page_over_plain_http_is_known_by_the_services_digest(
-        browser: Browser, server: str, data_root: Path) -> None:
+        opener: Page, server: str, data_root: Path) -> None:
     """Over plain HTTP from another computer the browser gives no digest (no secure context): a film dropped again
     after a reload was listed as new, its earlier reading and window not found. It is known by the SHA-256 of the bytes
     the service read; another film under its name is another film; a film of which no digest can be had (refused,
     so unread by the service) is said not to be matched, kept or dropped, never silently listed as new."""
     first, second = two_films(data_root)
-    with opened_page(browser, server.replace("127.0.0.1", WARD)) as page:
+    with tab_at(opener, server.replace("127.0.0.1", WARD)) as page:
         assert page.evaluate("() => [window.isSecureContext, typeof crypto.subtle]") == [False, "undefined"]
         upload_one(page, first)
         page.select_option("#preset", "lung")
