@@ -228,6 +228,31 @@ def tab_at(opener: Page, url: str) -> Iterator[Page]:
             page.close()
 
 
+OpenerFor = Callable[[dict[str, object]], Page]  # a device's context options -> the opener of its tabs
+
+
+@pytest.fixture(scope="module")
+def device_opener(browser: Browser, opener: Page, server: str) -> Iterator[OpenerFor]:
+    """``opener`` for a device's context options (PHONE, TABLET: a touch screen, its size), in a context of the
+    device's own made at its first test in the module; ``opener`` itself for none (the 1280 x 1000 screen)."""
+    made: dict[str, Page] = {}
+
+    def opener_for(device: dict[str, object]) -> Page:
+        if not device:
+            return opener
+        key = json.dumps(device, sort_keys=True)
+        if key not in made:
+            tab = browser.new_context(**{**SCREEN, **device}).new_page()
+            tab.set_default_timeout(TIMEOUT_MS)
+            tab.goto(f"{server}/v1/model")
+            made[key] = tab
+        return made[key]
+
+    yield opener_for
+    for tab in made.values():
+        tab.context.close()
+
+
 @pytest.fixture
 def own_page(browser: Browser, server: str) -> Iterator[Page]:
     """The page in a context of its own, for a test that changes the context itself (its clock)."""
@@ -1270,13 +1295,12 @@ def test_the_list_colours_a_reading_as_the_panel_does(page: Page) -> None:
     assert second_alone == "indeterminate"  # from an etiology model served alone
 
 
-def test_the_page_reflows_on_a_phone(browser: Browser, server: str, full_size: Path, tmp_path: Path) -> None:
+def test_the_page_reflows_on_a_phone(opener: Page, server: str, full_size: Path, tmp_path: Path) -> None:
     """At 375 and 320 px the page scrolled sideways after an upload (the films table held the column wide) and the
     reading was cut off at the right (WCAG 1.4.10): the column narrows, the table scrolls inside its panel."""
-    context = browser.new_context(viewport={"width": 375, "height": 812})
+    page = open_tab(opener)
     try:
-        page = context.new_page()
-        page.set_default_timeout(TIMEOUT_MS)
+        page.set_viewport_size({"width": 375, "height": 812})
         page.goto(server)
         expect(page.locator("#intended-use")).not_to_be_empty()
         long_name = tmp_path / "1.2.840.113619.2.55.3.604688119.971.1523541234.283.1.2.840.113619.2.55.3.jpeg"
@@ -1311,7 +1335,7 @@ def test_the_page_reflows_on_a_phone(browser: Browser, server: str, full_size: P
                     return range.getClientRects().length > 1; }).map((m) => m[0]); })""")
             assert not cut, (width, cut)
     finally:
-        context.close()
+        page.close()
 
 
 # A phone and a tablet as Chromium emulates them (Playwright's device options: Emulation.setDeviceMetricsOverride with
@@ -1328,11 +1352,11 @@ TARGETS = """() => [...document.querySelectorAll('button, input, select, a[href]
         return [e.id || e.getAttribute('aria-label') || e.textContent.trim(), box.width, box.height]; })"""
 
 
-def test_a_pinch_whose_fingers_touch_down_on_one_point_zooms_from_there(browser: Browser, server: str,
+def test_a_pinch_whose_fingers_touch_down_on_one_point_zooms_from_there(device_opener: OpenerFor, server: str,
                                                                         small: Path) -> None:
     """Two fingers that touched down on one pixel have no spread to scale: the first move's ratio to 0 took the zoom
     to its furthest in. The spread is taken from the first move, and the pinch zooms by what follows it."""
-    with opened_page(browser, server, **TABLET) as page:
+    with tab_at(device_opener(TABLET), server) as page:
         cdp = page.context.new_cdp_session(page)
         upload_one(page, small)
         page.locator("#view").scroll_into_view_if_needed()
@@ -1344,12 +1368,12 @@ def test_a_pinch_whose_fingers_touch_down_on_one_point_zooms_from_there(browser:
 
 
 @pytest.mark.parametrize(("device", "least"), [({}, 24), (PHONE, 44)], ids=["mouse", "touch"])
-def test_every_control_is_a_target_a_finger_can_hit(browser: Browser, server: str, small: Path,
+def test_every_control_is_a_target_a_finger_can_hit(device_opener: OpenerFor, server: str, small: Path,
                                                     device: dict[str, object], least: int) -> None:
     """The checkboxes were 13 x 13 CSS px (with their words, 23 tall), the sliders 16 tall, the preset's list 19,
     the films list's sort buttons and the key's field 21: under WCAG 2.5.8's 24 x 24, and on a tablet or phone each a
     near miss for a fingertip. Each control is at least 24 x 24 px, and 44 x 44 on a touch screen (2.5.5)."""
-    with opened_page(browser, server, **device) as page:
+    with tab_at(device_opener(device), server) as page:
         upload_one(page, small)
         page.click("#heatmap-button")
         expect(page.locator("#legend")).to_be_visible()
@@ -1379,13 +1403,13 @@ def glide(points: list[tuple[float, float]], moves: list[tuple[float, float]], n
     return [[(x + dx * i / n, y + dy * i / n) for (x, y), (dx, dy) in zip(points, moves)] for i in range(n + 1)]
 
 
-def test_by_touch_a_finger_windows_a_pinch_zooms_and_two_fingers_pan(browser: Browser, server: str,
+def test_by_touch_a_finger_windows_a_pinch_zooms_and_two_fingers_pan(device_opener: OpenerFor, server: str,
                                                                      small: Path) -> None:
     """On a tablet a pinch on the film changed its window (each finger's moves taken as one drag, jumping between
     them: width 255 to 75) and never its zoom, and touching the film with its top scrolled off screen scrolled the page
     under the finger (the viewer took the focus, scrolled into view). A finger drags the window, a pinch zooms about
     the point between the fingers, two fingers pan; the page neither scrolls nor zooms, and the help says so."""
-    with opened_page(browser, server, **TABLET) as page:
+    with tab_at(device_opener(TABLET), server) as page:
         cdp = page.context.new_cdp_session(page)
         upload_one(page, small)
         page.locator("#view").evaluate("e => e.scrollIntoView({block: 'start'})")
@@ -1475,12 +1499,12 @@ def test_zoom_and_pan_draw_the_film_again_without_a_window_pass(page: Page, smal
 
 @pytest.mark.parametrize(("device", "pinch", "wheel"), [({}, False, True), (TABLET, True, False)],
                          ids=["mouse", "touch"])
-def test_the_viewers_help_says_what_the_device_has(browser: Browser, server: str, small: Path,
+def test_the_viewers_help_says_what_the_device_has(device_opener: OpenerFor, server: str, small: Path,
                                                   device: dict[str, object], pinch: bool, wheel: bool) -> None:
     """On a tablet the viewer's help gave its keys, a paragraph of keys the reader had none of, and the mouse wheel;
     with a mouse, the pinch. Each says what the device has: the pinch on a touch screen, the wheel with a mouse, the
     keys with a mouse (a keyboard comes with one) or from a keyboard's first key (a tablet's, with no mouse)."""
-    with opened_page(browser, server, **device) as page:
+    with tab_at(device_opener(device), server) as page:
         upload_one(page, small)
         help_ = page.locator("#view-pointer")
         expect(help_).to_be_visible()
@@ -1494,11 +1518,12 @@ def test_the_viewers_help_says_what_the_device_has(browser: Browser, server: str
         expect(page.locator("#view")).to_have_accessible_description(re.compile(re.escape(keys.inner_text())))
 
 
-def test_show_in_the_list_brings_its_reading_into_view(browser: Browser, server: str, data_root: Path) -> None:
+def test_show_in_the_list_brings_its_reading_into_view(device_opener: OpenerFor, server: str,
+                                                       data_root: Path) -> None:
     """On a phone the list is under the reading: a film's Show, tapped, redrew a reading scrolled off screen above it,
     and seemed to do nothing. The reading comes into view."""
     first, second = sorted((data_root / "train" / "NORMAL").glob("*.jpeg"))[:2]
-    with opened_page(browser, server, **PHONE) as page:
+    with tab_at(device_opener(PHONE), server) as page:
         page.set_input_files("#file", [first, second])
         expect(page.locator("#film-title")).to_have_text(f"Film: {second.name}")
         show = page.get_by_role("button", name=f"show {first.name}")

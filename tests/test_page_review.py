@@ -36,6 +36,7 @@ from tests.test_browser import PAGE_KEY, TIMEOUT_MS, drop_file, run_server
 from tests.test_heatmap_scale import sentence
 
 server, tabs, opener, page = test_page.server, test_page.tabs, test_page.opener, test_page.page
+device_opener = test_page.device_opener
 small = test_page.small
 pgm_reader = test_readers.pgm_reader
 
@@ -893,7 +894,8 @@ def assert_film_in_view(page: Page) -> None:
         left, top, right, bottom)
 
 
-def test_the_film_cannot_be_panned_out_of_view(browser: Browser, server: str, page: Page, small: Path) -> None:
+def test_the_film_cannot_be_panned_out_of_view(device_opener: test_page.OpenerFor, server: str, page: Page,
+                                               small: Path) -> None:
     """A drag, the keys or two fingers moved the film out of the viewer entirely at any zoom: the reader saw an empty
     black box, and the way back was a Reset they might not find. Part of the film stays in view whatever the pan,
     at every zoom; zoomed or panned, the page says how to see it whole, and Fit does."""
@@ -918,7 +920,7 @@ def test_the_film_cannot_be_panned_out_of_view(browser: Browser, server: str, pa
     expect(page.locator("#readout-wl")).to_have_text("level 128, width 255, zoom 1.00x")
     expect(page.locator("#fit-hint")).to_be_hidden()
 
-    with test_page.opened_page(browser, server, **test_page.TABLET) as tablet:
+    with test_page.tab_at(device_opener(test_page.TABLET), server) as tablet:
         cdp = tablet.context.new_cdp_session(tablet)
         test_page.upload_one(tablet, small)
         tablet.locator("#view").scroll_into_view_if_needed()
@@ -930,8 +932,8 @@ def test_the_film_cannot_be_panned_out_of_view(browser: Browser, server: str, pa
         assert tablet.evaluate("() => view.panX") > 0
 
 
-def test_a_reader_moves_through_the_films_by_keys_buttons_and_touch(browser: Browser, server: str, page: Page,
-                                                                     small: Path, data_root: Path) -> None:
+def test_a_reader_moves_through_the_films_by_keys_buttons_and_touch(device_opener: test_page.OpenerFor, server: str,
+                                                                     page: Page, small: Path, data_root: Path) -> None:
     """Reading a session of films one after another, the way to the next film was the films list, below the viewer
     (some 4,000 px of it for 35 films), and nothing said which films had been looked at. Previous film and Next film
     (p and n, or Page Up and Page Down, on the viewer) move through the films with a reading in the list's order,
@@ -984,7 +986,7 @@ def test_a_reader_moves_through_the_films_by_keys_buttons_and_touch(browser: Bro
     exported = {r["path"]: r["viewed"] for r in csv.DictReader(io.StringIO(Path(download.value.path()).read_text()))}
     assert exported == {names[0]: "True", "empty.jpeg": "False", names[2]: "True", "third.jpeg": "True"}
 
-    with test_page.opened_page(browser, server, **test_page.TABLET) as tablet:
+    with test_page.tab_at(device_opener(test_page.TABLET), server) as tablet:
         tablet.set_input_files("#file", files=[{"name": n, "mimeType": "image/jpeg", "buffer": b}
                                                for n, b in zip(names[::2], buffers[::2])])
         expect(tablet.locator("#status")).to_have_text("2 films: 2 read, 0 rejected.")
