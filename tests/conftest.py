@@ -204,7 +204,7 @@ def browser() -> Browser:
     a page to the next (test_page*.py follow one another): a launch and close, with Playwright's driver, cost about
     1.1 s of CPU a module. Each module opens its own contexts on it and closes them. It is closed before a test of
     any other module (pytest_runtest_setup): while Playwright's sync driver runs, its event loop is the thread's
-    running one, and asyncio.run and a second driver (chromium_page) are refused: so a module that uses it runs
+    running one, and asyncio.run and a second driver are refused: so a module that uses it runs
     neither, whose tests would pass or fail with the order of the modules. One that crashed is launched again, as
     each module's own was."""
     global _chromium

@@ -142,13 +142,6 @@ def new_page(browser: Browser) -> Iterator[Page]:
         page.context.close()
 
 
-@contextlib.contextmanager
-def chromium_page() -> Iterator[Page]:
-    """A page of a Chromium of its own, closed on leaving."""
-    with chromium() as browser, new_page(browser) as page:
-        yield page
-
-
 @pytest.fixture
 def page(browser: Browser, server: str) -> Iterator[Page]:
     with new_page(browser) as page:

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+from playwright.sync_api import Browser
 
 from pneumoscan.data.decode import read_gray
 from pneumoscan.inference.explain import (EMPTY, HeatmapScale, NoMapOfFilm, caption, explain_array,
@@ -131,11 +132,12 @@ def test_v1_model_gives_the_words_of_the_services_overlay(bundle: str, scale_wor
     assert info["heatmap_scale"] == load_card(path).heatmap_scale
 
 
-def test_the_pages_legend_says_an_ensembles_members_scales(scaled_ensemble: Path, tiny_dataset: Path) -> None:
+def test_the_pages_legend_says_an_ensembles_members_scales(browser: Browser, scaled_ensemble: Path,
+                                                           tiny_dataset: Path) -> None:
     """The page's legend, the top of its colour scale and what a screen reader hears say the members' scales, in
     the overlay's caption's words (/v1/model's heatmap_caption, heatmap_top and heatmap_top_spoken)."""
     strongest = _by_probability(Predictor(scaled_ensemble), tiny_dataset)[-1]
-    legend, top, spoken = page_legend(scaled_ensemble, strongest)
+    legend, top, spoken = page_legend(browser, scaled_ensemble, strongest)
     assert (f"evidence for PNEUMONIA {ON_MEMBERS_SCALES}, the same for every film (the mean of its members' maps, "
             "each on that member's own scale; top colour: every member's evidence as strong as the strongest 10 % "
             "of validation films it called PNEUMONIA)") in legend

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from playwright.sync_api import expect
+from playwright.sync_api import Browser, expect
 
 from pneumoscan.data.scope import LATERAL, NO_TAGS, UNLIKE_LAYOUT
 from pneumoscan.inference.explain import (EMPTY, NEGATIVE, OUTSIDE, UNREAD, UNREAD_GREYS, WITHOUT_TTA, caption,
@@ -26,7 +26,7 @@ from pneumoscan.inference.predict import Predictor, predict_paths
 from pneumoscan.models.card import ONNX_NAME, load_card, save_card
 from pneumoscan.serving.app import create_app
 from tests.builders import at_threshold
-from tests.test_browser import chromium_page, run_server
+from tests.test_browser import new_page, run_server
 from tests.test_heatmap_faults import _film, _SeesTheFilm
 
 HEIGHT, WIDTH = 120, 200  # a landscape film: center-crop reads its middle 120 x 120 square, columns 40 to 159
@@ -252,10 +252,10 @@ def crop_server(center_crop_bundle: Path) -> Iterator[str]:
     yield from run_server(create_app(center_crop_bundle))
 
 
-def test_the_page_leaves_the_unread_edges_untinted(crop_server: str, landscape: Path) -> None:
+def test_the_page_leaves_the_unread_edges_untinted(browser: Browser, crop_server: str, landscape: Path) -> None:
     """The page colours the bare map itself: it read the cut-off edges' gray 0 as the lowest colour; it leaves the
     film untinted there, tints the square read, and its legend says why the edges are untinted."""
-    with chromium_page() as page:
+    with new_page(browser) as page:
         page.goto(crop_server)
         page.set_input_files("#file", landscape)
         expect(page.locator("#result")).to_be_visible()

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from playwright.sync_api import expect
+from playwright.sync_api import Browser, expect
 
 from pneumoscan.core.metrics import softmax
 from pneumoscan.data.decode import read_gray
@@ -31,7 +31,7 @@ from pneumoscan.training.config import TrainConfig
 from pneumoscan.training.finish import ScoredFilms, finish_bundle
 from pneumoscan.training.train import train
 from tests.conftest import _once_per_run
-from tests.test_browser import chromium_page, run_server
+from tests.test_browser import new_page, run_server
 from tests.test_explain import _TwoEvidenceNet
 
 PER_FILM = "scaled to this film's maximum"
@@ -134,12 +134,13 @@ def test_the_overlay_says_which_scale_its_map_is_on(scaled_bundle: Path, tiny_da
     assert cam.max() > 0.95  # the normal film's map for NORMAL: its own maximum (less the resize onto the film)
 
 
-def page_legend(bundle: Path, film: Path) -> tuple[str, str, str]:
+def page_legend(browser: Browser, bundle: Path, film: Path) -> tuple[str, str, str]:
     """What the web page shows beside the heatmap of ``film`` read by ``bundle`` (its legend text, the top of its
-    colour scale), and what a screen reader hears of the film with its heatmap."""
+    colour scale), and what a screen reader hears of the film with its heatmap (in a context of ``browser``: the
+    worker's kept Chromium, not one launched for the test)."""
     server = run_server(create_app(bundle))
     try:
-        with chromium_page() as page:
+        with new_page(browser) as page:
             page.goto(next(server))
             page.set_input_files("#file", film)
             expect(page.locator("#result")).to_be_visible()
@@ -167,12 +168,13 @@ def assert_legend_is_the_caption(legend: str, words: str, outside: bool = False)
     assert legend in {f"{start}{words}.{read}{map_}" for read in ("", negative) for map_ in ("", empty)}
 
 
-def test_the_pages_legend_says_the_scale_its_map_is_on(scaled_bundle: Path, tiny_dataset: Path) -> None:
+def test_the_pages_legend_says_the_scale_its_map_is_on(browser: Browser, scaled_bundle: Path,
+                                                       tiny_dataset: Path) -> None:
     """The page colours the bare map (?heatmap=map) itself: its legend, the top of its colour scale and what a
     screen reader hears name the bundle's scale, in the overlay's caption's words (/v1/model's heatmap_caption,
     heatmap_top and heatmap_top_spoken)."""
     strongest = _by_probability(Predictor(scaled_bundle), tiny_dataset)[-1]
-    legend, top, spoken = page_legend(scaled_bundle, strongest)
+    legend, top, spoken = page_legend(browser, scaled_bundle, strongest)
     assert (f"evidence for PNEUMONIA {ON_MODEL_SCALE}, the same for every film (top colour: as strong as the "
             "strongest 10 % of validation films it called") in legend
     assert top == "strong evidence" and "this film" not in legend
