@@ -15,7 +15,7 @@ import shutil
 import struct
 import zlib
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import httpx
@@ -25,6 +25,7 @@ import uvicorn
 from fastapi.testclient import TestClient
 from PIL import Image
 from playwright.sync_api import Browser, BrowserContext, CDPSession, Page, Route, WebError, expect
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 import pneumoscan.data.scope as scope
 from pneumoscan.data import tasks
@@ -297,10 +298,36 @@ def centre(page: Page) -> list[int]:
         return Array.from(c.getContext('2d').getImageData(c.width / 2, c.height / 2, 1, 1).data.slice(0, 3)); }""")
 
 
+# The films chosen so far, read: app.js reads each batch after the one before, in its promise ``uploads``, which the
+# test awaits (at most TIMEOUT_MS, after which its own expect() fails as it would have) rather than leave expect() to
+# find the reading: expect() looks again 0.1, 0.25, 0.5 and then 1 s apart, so a reading shown 0.4 s after the film
+# was chosen was seen at 0.8 s.
+READ = f"() => Promise.race([uploads.then(() => 0, () => 0), new Promise((done) => setTimeout(done, {TIMEOUT_MS}))])"
+
+
+def chosen(page: Page, files: object) -> None:
+    """``files`` chosen in the page's file picker (as ``set_input_files`` takes them), and read by the page: for a
+    test whose requests the service answers (not held)."""
+    page.set_input_files("#file", files)
+    page.evaluate(READ)
+
+
 def upload_one(page: Page, path: Path) -> None:
-    page.set_input_files("#file", path)
+    chosen(page, path)
     expect(page.locator("#result")).to_be_visible()
     page.wait_for_function("() => /zoom/.test(document.getElementById('readout-wl').textContent)")
+
+
+# The heatmap asked for drawn, or a refusal said: looked for at each frame (as wait_for_function does), not at
+# expect()'s widening intervals; the test's expect() then says what it finds
+HEATMAP_SETTLED = "() => !document.getElementById('legend').hidden || !document.getElementById('error').hidden"
+
+
+def heatmap_asked(page: Page) -> None:
+    """The heatmap button pressed, and its map drawn or refused (at most TIMEOUT_MS)."""
+    page.click("#heatmap-button")
+    with suppress(PlaywrightTimeoutError):
+        page.wait_for_function(HEATMAP_SETTLED)
 
 
 def drag(page: Page, dx: float, dy: float, shift: bool = False) -> None:
@@ -366,7 +393,7 @@ def test_heatmap_only_on_request_in_viridis_and_printed(page: Page, full_size: P
     expect(page.locator("#legend")).to_be_hidden()
     expect(page.locator("#heatmap-toggle")).to_be_disabled()
     gray = centre(page)
-    page.click("#heatmap-button")
+    heatmap_asked(page)
     expect(page.locator("#legend")).to_be_visible()
     assert calls == ["", "?heatmap=map"], calls
     assert centre(page) != gray
@@ -448,7 +475,7 @@ def test_films_list_sort_csv_and_dicom_panel(page: Page, data_root: Path, tagged
              + sorted((data_root / "train" / "PNEUMONIA").glob("*.jpeg"))[:1])
     files = [{"name": p.name, "mimeType": "image/jpeg", "buffer": p.read_bytes()} for p in paths]
     files[0]["name"] = "=cmd.jpeg"  # a spreadsheet would run it as a formula
-    page.set_input_files("#file", files=files)
+    chosen(page, files=files)
     expect(page.locator("#status")).to_have_text("3 films: 3 read, 0 rejected.")
     expect(page.locator("#error")).to_be_hidden()
     drop_file(page, tagged_dicom, "scan.dcm", "application/dicom")
@@ -809,7 +836,7 @@ def test_each_state_of_the_page_passes_axe_and_high_contrast_keeps_the_bar(page:
             label: 'virus', positive: 'virus', probability: 0.41, threshold: 0.4, near_threshold: true,
             in_scope: true, warnings: [] } };
         showResult(film); }""")
-    page.click("#heatmap-button")
+    heatmap_asked(page)
     expect(page.locator("#legend")).to_be_visible()
     expect(page.locator("#etiology")).to_be_visible()
     assert serious_violations(page) == []
@@ -919,7 +946,7 @@ def test_two_stages_in_the_list_and_csv_and_a_refused_heatmap(opener: Page, tiny
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.goto(url)
             expect(page.locator("#card")).to_contain_text("bacteria / virus")
-            page.set_input_files("#file", paths)
+            chosen(page, paths)
             expect(page.locator("#status")).to_have_text("4 films: 4 read, 0 rejected.")
             expect(page.locator("#etiology-column")).to_have_text("Etiology")  # titled from its task
             rows = [r.locator("td").all_inner_texts() for r in page.locator("#films tbody tr").all()]
@@ -989,7 +1016,7 @@ def test_a_second_stage_of_ones_own_is_titled_from_its_task(opener: Page, tiny_b
         with contextmanager(run_server)(create_app(first, etiology=second)) as url:
             page.goto(url)
             expect(page.locator("#card")).to_contain_text("typical / atypical")
-            page.set_input_files("#file", small)
+            chosen(page, small)
             expect(page.locator("#etiology")).to_have_text(
                 re.compile(r"^Typicality: (typical|atypical) \(P\(atypical\) = [01]\.\d{3}, threshold 0\.500\)$"))
             expect(page.locator("#etiology-column")).to_have_text("Typicality")
@@ -1228,7 +1255,7 @@ def test_a_reading_near_the_threshold_is_said_so_with_the_interval(opener: Page,
         page = open_tab(opener)
         page.goto(url)
         expect(page.locator("#intended-use")).not_to_be_empty()
-        page.set_input_files("#file", small)
+        chosen(page, small)
         expect(page.locator("#result")).to_be_visible()
         expect(page.locator("#near")).to_be_visible()
         expect(page.locator("#near")).to_have_text("Too close to the threshold to call: treat as indeterminate. The "
@@ -1307,7 +1334,7 @@ def test_the_page_reflows_on_a_phone(opener: Page, server: str, full_size: Path,
         shutil.copy(full_size, long_name)  # a PACS export's name: it pushed the reading off screen
         upload_one(page, long_name)
         expect(page.locator("#list")).to_be_visible()
-        page.click("#heatmap-button")  # its colour scale's row ran 18 px past a 320 px screen
+        heatmap_asked(page)  # its colour scale's row ran 18 px past a 320 px screen
         expect(page.locator("#legend")).to_be_visible()
         for width in (375, 320):
             page.set_viewport_size({"width": width, "height": 812})
@@ -1375,7 +1402,7 @@ def test_every_control_is_a_target_a_finger_can_hit(device_opener: OpenerFor, se
     near miss for a fingertip. Each control is at least 24 x 24 px, and 44 x 44 on a touch screen (2.5.5)."""
     with tab_at(device_opener(device), server) as page:
         upload_one(page, small)
-        page.click("#heatmap-button")
+        heatmap_asked(page)
         expect(page.locator("#legend")).to_be_visible()
         targets = page.evaluate(TARGETS)
         assert {"heatmap-toggle", "level", "preset", "api-key", "File", "pan-mode"} <= {t[0] for t in targets}
@@ -1524,7 +1551,7 @@ def test_show_in_the_list_brings_its_reading_into_view(device_opener: OpenerFor,
     and seemed to do nothing. The reading comes into view."""
     first, second = sorted((data_root / "train" / "NORMAL").glob("*.jpeg"))[:2]
     with tab_at(device_opener(PHONE), server) as page:
-        page.set_input_files("#file", [first, second])
+        chosen(page, [first, second])
         expect(page.locator("#film-title")).to_have_text(f"Film: {second.name}")
         show = page.get_by_role("button", name=f"show {first.name}")
         show.scroll_into_view_if_needed()
@@ -1603,7 +1630,7 @@ def test_a_three_class_reading_gives_each_class_and_the_most_probable(opener: Pa
         with contextmanager(run_server)(create_app(bundle)) as url:
             page.goto(url)
             expect(page.locator("#card")).to_contain_text("multiclass: normal / bacteria / virus")
-            page.set_input_files("#file", small)
+            chosen(page, small)
             expect(page.locator("#classes")).to_be_visible()
             shown = page.evaluate("() => current.result.probabilities")
             assert list(shown) == classes  # in the model's class order

@@ -121,7 +121,7 @@ def test_the_viewer_keeps_the_whole_film_reduced_and_the_map_over_it(large_page:
     # said under the film, at the zoom that shows the copy's pixels
     expect(page.locator("#caption")).to_have_text(REDUCED)
 
-    page.click("#heatmap-button")  # the service's map of the original file, stretched onto the copy
+    test_page.heatmap_asked(page)  # the service's map of the original file, stretched onto the copy
     expect(page.locator("#legend")).to_be_visible(timeout=TIMEOUT_MS)
     assert page.evaluate(SENT_SHA256)[-1] == hashlib.sha256(large_film.read_bytes()).hexdigest()
     assert page.evaluate("() => view.cam.length") == SHOWN[0] * SHOWN[1]

@@ -95,7 +95,7 @@ def test_a_batch_with_no_film_read_leaves_no_reading_on_screen(page: Page, small
     read before on screen under "2 films: 0 read, 2 rejected", as if it were one of them."""
     test_page.upload_one(page, small)
     empty = {"mimeType": "image/jpeg", "buffer": b""}
-    page.set_input_files("#file", files=[{"name": "a.jpeg", **empty}, {"name": "b.jpeg", **empty}])
+    test_page.chosen(page, files=[{"name": "a.jpeg", **empty}, {"name": "b.jpeg", **empty}])
     expect(page.get_by_role("alert")).to_have_text("2 films: 0 read, 2 rejected: see the list.")
     expect(page.locator("#result")).to_be_hidden()
     assert page.evaluate("() => current === null")
@@ -108,7 +108,7 @@ def test_a_films_heatmap_never_lands_on_the_next_film(page: Page, small: Path, d
     later = other_film(data_root)
     page.set_input_files("#file", [small, later])
     expect(page.locator("#status")).to_have_text("2 films: 2 read, 0 rejected.")
-    page.click("#heatmap-button")  # the tiny model's maps are all dark: the first film's is drawn all bright
+    test_page.heatmap_asked(page)  # the tiny model's maps are all dark: the first film's is drawn all bright
     expect(page.locator("#legend")).to_be_visible()
     page.evaluate("""() => { const c = document.createElement('canvas'); c.width = c.height = 75;
         const ctx = c.getContext('2d'); ctx.fillStyle = '#fff'; ctx.fillRect(0, 0, 75, 75);
@@ -137,7 +137,7 @@ def test_an_empty_map_says_so_in_the_overlays_words(page: Page, server: str, sma
     (/v1/model's heatmap_empty), by the overlay's rule: a map that reaches the scale's first step (level 1 of 255)
     anywhere is not empty."""
     test_page.upload_one(page, small)
-    page.click("#heatmap-button")
+    test_page.heatmap_asked(page)
     expect(page.locator("#legend")).to_be_visible()
     reply = httpx.post(f"{server}/v1/predict", params={"heatmap": "true"}, timeout=TIMEOUT_MS / 1000,
                        files={"file": (small.name, small.read_bytes(), "image/jpeg")})
@@ -166,7 +166,7 @@ def test_a_film_the_browser_cannot_draw_leaves_no_other_film_in_the_viewer(page:
     page.evaluate("""() => { const decode = grayOf; grayOf = (source) => current === films[1] ?
         Promise.reject(new Error('the browser cannot display this image')) : decode(source); }""")
     later = other_film(data_root)
-    page.set_input_files("#file", later)
+    test_page.chosen(page, later)
     expect(page.locator("#caption")).to_have_text("The film cannot be shown: the browser cannot display this image.")
     expect(page.locator("#film-title")).to_have_text(f"Film: {later.name}")
     assert test_page.centre(page) == [0, 0, 0] and page.evaluate("() => view.gray === null")
@@ -265,7 +265,7 @@ def test_a_key_typed_and_a_film_dropped_at_once_load_the_card_first(opener: Page
             drop_file(page, small.read_bytes(), small.name, "image/jpeg")
             expect(page.locator("#result")).to_be_visible()
             expect(page.locator("#card")).to_contain_text(load_card(tiny_bundle).model_id)
-            page.click("#heatmap-button")
+            test_page.heatmap_asked(page)
             expect(page.locator("#legend")).to_be_visible()
             expect(page.locator("#error")).to_be_hidden()
     finally:
@@ -469,7 +469,7 @@ def test_each_film_opens_at_its_own_window_unless_the_reader_locks_one(page: Pag
     film looked at again had lost the window its finding was seen in), said with it; "Lock window" keeps the reader's
     for the next films, and says so."""
     later = other_film(data_root)
-    page.set_input_files("#file", [small, later])
+    test_page.chosen(page, [small, later])
     expect(page.locator("#status")).to_have_text("2 films: 2 read, 0 rejected.")
     readout, said = page.locator("#readout-wl"), page.locator("#status")
     default = "level 128, width 255, zoom 1.00x"
@@ -507,7 +507,7 @@ def test_each_film_opens_fitted_and_at_its_own_zoom_and_pan_when_shown_again(pag
     the next film and came back had to find it again. As in a PACS viewer, a film opens fitted the first time and
     at the zoom and pan the reader left it at when shown again, as its window does."""
     later = other_film(data_root)
-    page.set_input_files("#file", [small, later])
+    test_page.chosen(page, [small, later])
     expect(page.locator("#status")).to_have_text("2 films: 2 read, 0 rejected.")
     readout = page.locator("#readout-wl")
     for _ in range(3):
@@ -651,7 +651,7 @@ def test_a_film_read_by_a_model_before_a_restart_is_not_shown_again_with_the_new
             exported = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text())))
         with serving_again(page, create_app(tiny_etiology_bundle)):
             test_page.upload_one(page, small)
-            page.set_input_files("#file", files=[{"name": "empty.jpeg", "mimeType": "image/jpeg", "buffer": b""}])
+            test_page.chosen(page, files=[{"name": "empty.jpeg", "mimeType": "image/jpeg", "buffer": b""}])
             expect(rows).to_have_count(5)
             column = page.get_by_role("button", name="Probability")
             expect(column).to_have_text("Probability")  # of no one class
@@ -747,7 +747,7 @@ def test_a_reading_that_arrives_leaves_the_keyboards_place_in_the_list(page: Pag
     page.get_by_role("button", name="Probability").click()
     page.get_by_role("button", name=f"show {small.name}").focus()
     later = other_film(data_root)
-    page.set_input_files("#file", later)
+    test_page.chosen(page, later)
     expect(page.get_by_role("button", name=f"show {later.name}")).to_be_enabled()
     expect(page.get_by_role("button", name=f"show {small.name}")).to_be_focused()
 

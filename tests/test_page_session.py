@@ -53,7 +53,7 @@ def test_a_reload_keeps_the_readings_marks_window_and_zoom_in_the_tab_not_the_fi
     reader left it at, in its own row. Nothing is kept beyond the tab (localStorage) nor any film's pixels; the page
     still asks before it is left with readings not saved."""
     first, second = two_films(data_root)
-    page.set_input_files("#file", [first, second])
+    test_page.chosen(page, [first, second])
     expect(page.locator("#status")).to_have_text("2 films: 2 read, 0 rejected.")
     page.get_by_role("button", name="File", exact=True).click()  # sorted by name
     page.get_by_role("button", name=f"show {first.name}").click()
@@ -291,7 +291,7 @@ def test_a_film_dropped_again_on_a_page_over_plain_http_is_known_by_the_services
         assert page.evaluate("() => [window.isSecureContext, typeof crypto.subtle]") == [False, "undefined"]
         upload_one(page, first)
         page.select_option("#preset", "lung")
-        page.set_input_files("#file", files=[{"name": "IM0001", "mimeType": "image/jpeg", "buffer": b"no film"}])
+        test_page.chosen(page, files=[{"name": "IM0001", "mimeType": "image/jpeg", "buffer": b"no film"}])
         expect(page.locator(ROWS).filter(has_text="IM0001")).to_contain_text("rejected")
         reload(page)
         expect(page.locator("#session-kept")).to_have_text(
@@ -303,7 +303,7 @@ def test_a_film_dropped_again_on_a_page_over_plain_http_is_known_by_the_services
                                               "buffer": second.read_bytes()}])
         expect(page.locator(ROWS)).to_have_count(3)
         expect(page.locator("#preset")).to_have_value("default")
-        page.set_input_files("#file", files=[{"name": "IM0001", "mimeType": "image/jpeg", "buffer": b"no film"}])
+        test_page.chosen(page, files=[{"name": "IM0001", "mimeType": "image/jpeg", "buffer": b"no film"}])
         expect(page.locator(ROWS)).to_have_count(4)
         expect(page.locator("#session-kept")).to_contain_text(
             "Not matched to a film kept from before the reload, since no fingerprint of its bytes could be had (it was "
