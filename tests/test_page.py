@@ -157,6 +157,19 @@ def server(tiny_bundle: Path) -> Iterator[str]:
 SCREEN = {"viewport": {"width": 1280, "height": 1000}, "accept_downloads": True}
 
 
+# The model card loaded (its intended use on the page) or refused: looked for at each frame, where expect() looks
+# 0.1, 0.25, 0.5 and then 1 s apart (the card's request is answered after the page's load event)
+CARD_SETTLED = ("() => document.getElementById('intended-use').textContent !== ''"
+                " || !document.getElementById('error').hidden")
+
+
+def card_shown(page: Page) -> None:
+    """The model card on the page: waited for at each frame (at most TIMEOUT_MS), then asserted by expect()."""
+    with suppress(PlaywrightTimeoutError):
+        page.wait_for_function(CARD_SETTLED)
+    expect(page.locator("#intended-use")).not_to_be_empty()
+
+
 @contextmanager
 def loaded(page: Page, server: str) -> Iterator[Page]:
     """``page`` with the reading page loaded; a script error on it fails the test."""
@@ -164,7 +177,7 @@ def loaded(page: Page, server: str) -> Iterator[Page]:
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(server)
-    expect(page.locator("#intended-use")).not_to_be_empty()
+    card_shown(page)
     yield page
     assert not errors, errors
 
@@ -273,7 +286,7 @@ def page(tabs: BrowserContext, opener: Page, server: str) -> Iterator[Page]:
     tabs.on("weberror", failed)  # from the tab's first script on
     try:
         tab = open_tab(opener, server)
-        expect(tab.locator("#intended-use")).not_to_be_empty()
+        card_shown(tab)
         yield tab
         kept = None if tab.is_closed() else tab.evaluate(KEPT)
         tab.close()
@@ -454,7 +467,7 @@ def test_no_heatmap_while_the_model_card_has_not_loaded(opener: Page, server: st
         page.route("**/v1/model", lambda route: route.abort())
         page.goto(server)
         expect(page.locator("#error")).to_contain_text("Could not load the model card")
-        page.set_input_files("#file", small)
+        chosen(page, small)
         expect(page.locator("#label")).not_to_be_empty()
         # nothing says whether the model checks a film's content (this one does not): no clear call's colour
         expect(page.locator("#label")).to_have_class("indeterminate")
@@ -825,8 +838,8 @@ def test_each_state_of_the_page_passes_axe_and_high_contrast_keeps_the_bar(page:
     alert's text as it was, and a screen reader silent."""
     refused = {"name": "form.jpeg", "mimeType": "image/jpeg", "buffer": b"not a film"}
     assert serious_violations(page) == []
-    page.set_input_files("#file", files=[{"name": small.name, "mimeType": "image/jpeg", "buffer": small.read_bytes()},
-                                         refused])
+    chosen(page, files=[{"name": small.name, "mimeType": "image/jpeg", "buffer": small.read_bytes()},
+                        refused])
     expect(page.locator("#error")).to_have_text("2 films: 1 read, 1 rejected: see the list.")
     expect(page.locator("#result")).to_be_visible()
     assert serious_violations(page) == []
@@ -873,11 +886,11 @@ def test_each_state_of_the_page_passes_axe_and_high_contrast_keeps_the_bar(page:
     expect(page.locator("#bar-key")).to_be_visible()
     assert serious_violations(page) == []
     ct = dicom_bytes(read_gray(small).astype(np.uint16) * 16, **CT_TAGS)
-    page.set_input_files("#file", files=[{"name": "ct.dcm", "mimeType": "application/dicom", "buffer": ct}])
+    chosen(page, files=[{"name": "ct.dcm", "mimeType": "application/dicom", "buffer": ct}])
     expect(page.locator("#scope-notice")).to_be_visible()
     assert serious_violations(page) == []
 
-    page.set_input_files("#file", files=[refused])
+    chosen(page, files=[refused])
     expect(page.locator("#error")).to_have_text(re.compile("^Rejected: "))
     assert serious_violations(page) == []
     # the same refusal again: the alert's text changed, or a screen reader said nothing; the eye sees no change
@@ -888,7 +901,7 @@ def test_each_state_of_the_page_passes_axe_and_high_contrast_keeps_the_bar(page:
     assert page.locator("#error").bounding_box() == size
     expect(page.locator("#error")).to_have_text(said)
     page.route("**/v1/predict*", lambda route: route.fulfill(status=503, json={"error": "the service is busy"}))
-    page.set_input_files("#file", small)
+    chosen(page, small)
     expect(page.locator("#error")).to_have_text("Not read: the service is busy")
     assert serious_violations(page) == []
 
@@ -1254,7 +1267,7 @@ def test_a_reading_near_the_threshold_is_said_so_with_the_interval(opener: Page,
     try:
         page = open_tab(opener)
         page.goto(url)
-        expect(page.locator("#intended-use")).not_to_be_empty()
+        card_shown(page)
         chosen(page, small)
         expect(page.locator("#result")).to_be_visible()
         expect(page.locator("#near")).to_be_visible()
@@ -1329,7 +1342,7 @@ def test_the_page_reflows_on_a_phone(opener: Page, server: str, full_size: Path,
     try:
         page.set_viewport_size({"width": 375, "height": 812})
         page.goto(server)
-        expect(page.locator("#intended-use")).not_to_be_empty()
+        card_shown(page)
         long_name = tmp_path / "1.2.840.113619.2.55.3.604688119.971.1523541234.283.1.2.840.113619.2.55.3.jpeg"
         shutil.copy(full_size, long_name)  # a PACS export's name: it pushed the reading off screen
         upload_one(page, long_name)
@@ -1596,7 +1609,7 @@ def test_several_films_say_what_became_of_each(page: Page, small: Path) -> None:
     expect(page.locator("#result")).to_be_visible()  # the film read stays on screen
     expect(page.locator("#films tbody tr", has_text="rejected: ")).to_have_count(2)
     # a batch all read is said in the polite region, and the alert goes
-    page.set_input_files("#file", [small, small])
+    chosen(page, [small, small])
     expect(page.locator("#status")).to_have_text("2 films: 2 read, 0 rejected.")
     expect(page.locator("#error")).to_be_hidden()
     # a film read outside the model's scope is counted apart: its reading does not apply
@@ -1606,10 +1619,10 @@ def test_several_films_say_what_became_of_each(page: Page, small: Path) -> None:
     # a film the service was too busy to read was never judged: not read, not rejected
     page.route(re.compile(r".*/v1/predict$"), lambda route: route.fulfill(
         status=503, json={"error": "the service is busy, retry shortly"}, headers={"Retry-After": "1"}))
-    page.set_input_files("#file", [small, small])
+    chosen(page, [small, small])
     expect(alert).to_have_text("2 films: 0 read, 0 rejected, 2 not read (try again): see the list.")
     expect(page.locator("#films tbody tr", has_text="not read: the service is busy")).to_have_count(2)
-    page.set_input_files("#file", small)
+    chosen(page, small)
     expect(alert).to_have_text("Not read: the service is busy, retry shortly")
 
 
@@ -1668,7 +1681,7 @@ def test_a_reply_that_is_not_the_services_is_refused_not_read(page: Page, small:
                           (429, "HTTP 429 Too Many Requests: the proxy or gateway in front of the service refused "
                                 "the request as one of too many: wait a moment and try again")):
         page.route("**/v1/predict*", proxy_answering(status))
-        page.set_input_files("#file", files=[film])
+        chosen(page, files=[film])
         expect(page.locator("#error")).to_contain_text(f"Not read: {words}")
         expect(page.locator("#result")).to_be_hidden()  # the earlier film's reading is not left on screen
         expect(page.locator("#status")).to_have_text("")

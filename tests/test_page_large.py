@@ -80,7 +80,7 @@ def png(path: Path, film: np.ndarray) -> Path:
 def show(page: Page, film: Path) -> None:
     """Upload ``film`` and wait until it is read and drawn: decoding a large film takes the service and the browser
     seconds each on a loaded machine, longer than expect's default wait."""
-    page.set_input_files("#file", film)
+    test_page.chosen(page, film)
     expect(page.locator("#result")).to_be_visible(timeout=TIMEOUT_MS)
     page.wait_for_function("() => /zoom/.test(document.getElementById('readout-wl').textContent)")
 

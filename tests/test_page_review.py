@@ -280,7 +280,7 @@ def opened(opener: Page, first: FastAPI, before: Callable[[Page], None] = lambda
     try:
         with contextmanager(run_server)(first) as url:
             page.goto(url)
-            expect(page.locator("#intended-use")).not_to_be_empty()
+            test_page.card_shown(page)
             before(page)
         yield page
     finally:
@@ -436,7 +436,7 @@ def test_the_page_loads_with_no_error_in_its_console(browser: Browser, server: s
         errors: list[str] = []
         page.on("console", lambda m: errors.append(f"{m.text} {m.location['url']}") if m.type == "error" else None)
         page.goto(server, wait_until="networkidle")
-        expect(page.locator("#intended-use")).not_to_be_empty()
+        test_page.card_shown(page)
         assert not errors, errors
     finally:
         context.close()
@@ -778,8 +778,8 @@ def test_a_film_over_the_upload_limit_is_told_the_way_out(opener: Page, tiny_bun
         with contextmanager(run_server)(create_app(tiny_bundle, max_upload_mb=0.0625)) as url:
             page.goto(url)
             expect(page.locator("#card")).to_contain_text(load_card(tiny_bundle).model_id)
-            page.set_input_files("#file", files=[{"name": "film.dcm", "mimeType": "application/dicom",
-                                                  "buffer": bytes(100_000)}])
+            test_page.chosen(page, files=[{"name": "film.dcm", "mimeType": "application/dicom",
+                                           "buffer": bytes(100_000)}])
             expect(page.locator("#error")).to_have_text(
                 "Rejected: the file is 0.0954 MB; the limit is 0.0625 MB: ask whoever runs the service (serve "
                 "--max-upload-mb), or send the film losslessly compressed (a DICOM film in a compressed transfer "
@@ -942,8 +942,8 @@ def test_a_reader_moves_through_the_films_by_keys_buttons_and_touch(device_opene
     names = [small.name, "empty.jpeg", other_film(data_root).name, "third.jpeg"]
     buffers = [small.read_bytes(), b"", other_film(data_root).read_bytes(),
                sorted((data_root / "train" / "NORMAL").glob("*.jpeg"))[1].read_bytes()]
-    page.set_input_files("#file", files=[{"name": n, "mimeType": "image/jpeg", "buffer": b}
-                                         for n, b in zip(names, buffers)])
+    test_page.chosen(page, files=[{"name": n, "mimeType": "image/jpeg", "buffer": b}
+                                  for n, b in zip(names, buffers)])
     expect(page.locator("#error")).to_contain_text("4 films: 3 read")
     title, place = page.locator("#film-title"), page.locator("#film-place")
     expect(title).to_have_text("Film: third.jpeg")

@@ -37,7 +37,7 @@ def reload(page: Page) -> None:
     """F5, leaving the page when the browser asks (the readings are not saved), the card loaded again."""
     page.once("dialog", lambda dialog: dialog.accept())
     page.reload()
-    expect(page.locator("#intended-use")).not_to_be_empty()
+    test_page.card_shown(page)
 
 
 def leaving_asks(page: Page) -> bool:
@@ -105,12 +105,12 @@ def test_a_kept_reading_is_taken_by_its_films_bytes_not_its_name(page: Page, dat
     first, second = two_films(data_root)
     upload_one(page, first)
     reload(page)
-    page.set_input_files("#file", files=[{"name": first.name, "mimeType": "image/jpeg",
-                                          "buffer": second.read_bytes()}])
+    test_page.chosen(page, files=[{"name": first.name, "mimeType": "image/jpeg",
+                                   "buffer": second.read_bytes()}])
     expect(page.locator(ROWS)).to_have_count(2)
     expect(page.locator(f"{ROWS} >> nth=0")).to_contain_text("drop the film again to see it")
-    page.set_input_files("#file", files=[{"name": "renamed.jpeg", "mimeType": "image/jpeg",
-                                          "buffer": first.read_bytes()}])
+    test_page.chosen(page, files=[{"name": "renamed.jpeg", "mimeType": "image/jpeg",
+                                   "buffer": first.read_bytes()}])
     expect(page.locator("#status")).to_contain_text("renamed.jpeg")
     expect(page.locator(ROWS)).to_have_count(2)
     expect(page.locator("#session")).to_be_hidden()
@@ -299,8 +299,8 @@ def test_a_film_dropped_again_on_a_page_over_plain_http_is_known_by_the_services
             f"again, drop it again: {first.name}. Dropped again, IM0001 is listed as a new film: no fingerprint of its "
             "bytes could be had when it was dropped (it was not read by the service, and a page opened over plain HTTP "
             "from another computer cannot fingerprint a film itself).")
-        page.set_input_files("#file", files=[{"name": first.name, "mimeType": "image/jpeg",
-                                              "buffer": second.read_bytes()}])
+        test_page.chosen(page, files=[{"name": first.name, "mimeType": "image/jpeg",
+                                       "buffer": second.read_bytes()}])
         expect(page.locator(ROWS)).to_have_count(3)
         expect(page.locator("#preset")).to_have_value("default")
         test_page.chosen(page, files=[{"name": "IM0001", "mimeType": "image/jpeg", "buffer": b"no film"}])
