@@ -284,13 +284,15 @@ def page(tabs: BrowserContext, opener: Page, server: str) -> Iterator[Page]:
         errors.append(str(error.error))
 
     tabs.on("weberror", failed)  # from the tab's first script on
+    tab = None
     try:
         tab = open_tab(opener, server)
         card_shown(tab)
         yield tab
         kept = None if tab.is_closed() else tab.evaluate(KEPT)
-        tab.close()
     finally:
+        if tab is not None:  # a failed test's too: its scripts would run on in the renderer the next tab shares
+            tab.close()
         tabs.remove_listener("weberror", failed)
     cookies = tabs.cookies()  # one round trip to the browser a test, not two
     assert not errors, errors
