@@ -327,6 +327,12 @@ def chosen(page: Page, files: object) -> None:
     page.evaluate(READ)
 
 
+def dropped(page: Page, data: bytes, name: str, mime: str) -> None:
+    """A file dropped on the page (test_browser's ``drop_file``), and read by the page, as ``chosen``."""
+    drop_file(page, data, name, mime)
+    page.evaluate(READ)
+
+
 def upload_one(page: Page, path: Path) -> None:
     chosen(page, path)
     expect(page.locator("#result")).to_be_visible()
@@ -493,7 +499,7 @@ def test_films_list_sort_csv_and_dicom_panel(page: Page, data_root: Path, tagged
     chosen(page, files=files)
     expect(page.locator("#status")).to_have_text("3 films: 3 read, 0 rejected.")
     expect(page.locator("#error")).to_be_hidden()
-    drop_file(page, tagged_dicom, "scan.dcm", "application/dicom")
+    dropped(page, tagged_dicom, "scan.dcm", "application/dicom")
     expect(page.locator("#films tbody tr")).to_have_count(4)
     expect(page.locator("#film")).to_contain_text("4 years")
     for fact in ("Sex", "F", "PA", "DX", "2024-01-05", "1.2.3.4"):
@@ -1108,7 +1114,7 @@ def test_an_out_of_scope_film_is_marked_as_not_applying(page: Page, full_size: P
     # a bundle with no appearance record flags no film that is no chest film: the card says the check is off
     expect(page.locator("#card")).to_contain_text("Image content check")
     expect(page.locator("#card")).to_contain_text("off: this bundle records no appearance of its training films")
-    drop_file(page, dicom_bytes(read_gray(full_size).astype(np.uint16) * 16, **CT_TAGS), "ct.dcm", "application/dicom")
+    dropped(page, dicom_bytes(read_gray(full_size).astype(np.uint16) * 16, **CT_TAGS), "ct.dcm", "application/dicom")
     notice = page.locator("#scope-notice")
     expect(notice).to_be_visible()
     expect(notice).to_contain_text(NOTICE)
@@ -1132,7 +1138,7 @@ def test_an_out_of_scope_film_is_marked_as_not_applying(page: Page, full_size: P
         f"Film: ct.dcm. Outside the model's scope: this reading does not apply. {reasons}")
     assert label not in page.inner_text("#status") and "probability" not in page.inner_text("#status")
 
-    drop_file(page, tagged_dicom, "chest.dcm", "application/dicom")
+    dropped(page, tagged_dicom, "chest.dcm", "application/dicom")
     expect(page.locator("#film-title")).to_have_text("Film: chest.dcm")
     expect(notice).to_be_hidden()
     assert page.get_by_role("heading", level=2).all_inner_texts()[:2] == [f"Reading: {page.inner_text('#label')}",

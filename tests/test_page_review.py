@@ -32,7 +32,7 @@ from pneumoscan.serving.app import create_app
 from pneumoscan.serving.guard import Access
 from tests import test_page, test_readers
 from tests.builders import at_threshold, content_check_on, nudge_weights, running
-from tests.test_browser import PAGE_KEY, TIMEOUT_MS, drop_file, run_server
+from tests.test_browser import PAGE_KEY, TIMEOUT_MS, run_server
 from tests.test_heatmap_scale import sentence
 
 server, tabs, opener, page = test_page.server, test_page.tabs, test_page.opener, test_page.page
@@ -262,7 +262,7 @@ def test_a_key_typed_and_a_film_dropped_at_once_load_the_card_first(opener: Page
             # the card said "Loading ..." for as long as the page stayed open, beside the refusal
             expect(page.locator("#card")).to_have_text(re.compile(r"^Not loaded.*an API key is required"))
             page.fill("#api-key", PAGE_KEY)  # focus stays in the field: no change event
-            drop_file(page, small.read_bytes(), small.name, "image/jpeg")
+            test_page.dropped(page, small.read_bytes(), small.name, "image/jpeg")
             expect(page.locator("#result")).to_be_visible()
             expect(page.locator("#card")).to_contain_text(load_card(tiny_bundle).model_id)
             test_page.heatmap_asked(page)
@@ -799,9 +799,9 @@ def test_a_site_readers_format_is_named_and_described_by_the_page(opener: Page, 
         with contextmanager(run_server)(create_app(tiny_bundle, backend="onnx")) as url:
             page.goto(url)
             expect(page.locator("#formats")).to_have_text("JPEG, PNG, DICOM or PGM")
-            drop_file(page, test_readers.pgm(test_readers.film(64, 64)), "film.pgm", "image/x-portable-graymap")
+            test_page.dropped(page, test_readers.pgm(test_readers.film(64, 64)), "film.pgm", "image/x-portable-graymap")
             expect(page.locator("#film")).to_have_text("FormatPGM: no DICOM tags (age, sex, view not known)")
-            drop_file(page, small.read_bytes(), small.name, "image/jpeg")
+            test_page.dropped(page, small.read_bytes(), small.name, "image/jpeg")
             expect(page.locator("#film-title")).to_have_text(f"Film: {small.name}")
             expect(page.locator("#film")).to_have_text("FormatJPEG/PNG: no DICOM tags (age, sex, view not known)")
     finally:
