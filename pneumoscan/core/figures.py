@@ -88,10 +88,32 @@ def set_title(ax: Axes, title: str) -> None:
     the crop's measure work the y axis's ticks out again for it (10-35 % of a figure's CPU). Below the x axis's
     ticks, a title is lifted off the axes' top by the y axis's offset text alone (an axis of 0.69314-0.69316 reads
     1e-5+6.931e-1 there), which the ticks AX's limits give tell: without one it is given the top, with one matplotlib
-    places it. Set once what AX shows is in it (its limits final)."""
+    places it. Set once what AX shows is in it (its limits final): AX's ticks are then fixed at those it shows
+    (:func:`_shown_ticks_only`)."""
+    _shown_ticks_only(ax)
     formatter = ax.yaxis.get_major_formatter()
     formatter.set_locs(ax.yaxis.get_majorticklocs())
     ax.set_title(title, y=None if formatter.get_offset() else 1.0)
+
+
+def _shown_ticks_only(ax: Axes) -> None:
+    """AX's major ticks fixed at those its locators give within its limits, labelled as they were: a locator gives
+    one or two beyond them (-0.2 and 1.2 on the unit square), which each draw builds and lays out unshown (a fifth
+    of the axes' ticks). An axis whose labels would read otherwise without them (another offset, more digits) keeps
+    its locator."""
+    for axis in (ax.xaxis, ax.yaxis):
+        if axis.get_scale() != "linear":
+            continue
+        locs = np.asarray(axis.get_majorticklocs())
+        low, high = sorted(axis.get_view_interval())
+        slack = 1e-10 * (high - low)  # matplotlib draws a tick within this of a limit
+        shown = (locs >= low - slack) & (locs <= high + slack)
+        if shown.all() or not shown.any():
+            continue
+        formatter = axis.get_major_formatter()
+        labels, offset = [label for label, s in zip(formatter.format_ticks(locs), shown) if s], formatter.get_offset()
+        if formatter.format_ticks(locs[shown]) == labels and formatter.get_offset() == offset:
+            axis.set_ticks(locs[shown])
 
 
 def png_data_url(png: bytes) -> str:

@@ -252,9 +252,6 @@ def _confusion_figure(cm: dict[str, Any], names: Sequence[str], title: str) -> F
     return fig
 
 
-_UNIT_TICKS = np.linspace(0.0, 1.0, 6)
-
-
 def _sized_axes(size: tuple[float, float], margins: tuple[float, float, float, float]) -> tuple[Figure, Axes]:
     """Axes of ``size`` inches with ``margins`` (left, right, bottom, top) around them, room for what is drawn
     outside them (labels, ticks, a title, a legend below): drawn all on the figure, which figure_bytes then cuts
@@ -268,16 +265,14 @@ def _sized_axes(size: tuple[float, float], margins: tuple[float, float, float, f
     return fig, fig.add_subplot()
 
 
-def _new_axes(title: str, xlabel: str, ylabel: str, below: float = 0.0, unit: bool = True) -> tuple[Figure, Axes]:
-    """The axes of a curve, ``below`` inches more beneath them for a legend there, which is wider than the axes
-    (two columns of the longest entries: 0.7 inch on either side); ``unit``: they span the unit square, ticked
-    every 0.2 as matplotlib ticks it, but with no tick beyond it, which its locator would give (-0.2 and 1.2) and
-    each draw build and lay out (a fifth of the axes' ticks)."""
+def _new_axes(title: str, xlabel: str, ylabel: str, below: float = 0.0, xlim: tuple[float, float] = (-0.02, 1.02),
+              ylim: tuple[float, float] = (-0.02, 1.02)) -> tuple[Figure, Axes]:
+    """The axes of a curve, the unit square's unless ``xlim`` and ``ylim`` say otherwise, ``below`` inches more
+    beneath them for a legend there, which is wider than the axes (two columns of the longest entries: 0.7 inch on
+    either side)."""
     beside = 0.85 if below else 0.0
     fig, ax = _sized_axes((3.25, 2.925), (max(0.75, beside), max(0.45, beside), 0.6 + below, 0.5))
-    ax.set(xlabel=_drawn(xlabel), ylabel=_drawn(ylabel), xlim=(-0.02, 1.02), ylim=(-0.02, 1.02))
-    if unit:
-        ax.set(xticks=_UNIT_TICKS, yticks=_UNIT_TICKS)
+    ax.set(xlabel=_drawn(xlabel), ylabel=_drawn(ylabel), xlim=xlim, ylim=ylim)
     set_title(ax, _drawn(title))
     ax.grid(alpha=0.3)
     return fig, ax
@@ -360,9 +355,9 @@ def _decision_figure(curve: dict[str, list], prevalence: float, at: dict[str, fl
     little under 0 a strategy is worse than none, as the curves of Vickers and Elkin show it: the axes span that, so
     that treat-all's fall towards -infinity (and a band's, where few false positives weigh much) does not flatten the
     rest. The legend goes below the axes, where it covers no curve."""
-    fig, ax = _new_axes("Decision curve", "Threshold probability", "Net benefit", below=0.5, unit=False)
     top = max(prevalence, 0.05) * 1.1
-    ax.set(xlim=(curve["threshold"][0], curve["threshold"][-1]), ylim=(-0.1 * top - 0.02, top))
+    fig, ax = _new_axes("Decision curve", "Threshold probability", "Net benefit", below=0.5,
+                        xlim=(curve["threshold"][0], curve["threshold"][-1]), ylim=(-0.1 * top - 0.02, top))
     points = dict(zip(curve["threshold"], curve["net_benefit"]))
     if at is not None and curve["threshold"][0] <= at["threshold"] <= curve["threshold"][-1]:
         points[at["threshold"]] = at["net_benefit"]  # the dot on its curve, which scores between two steps can jump
