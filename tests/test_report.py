@@ -292,6 +292,24 @@ def test_a_title_stands_where_matplotlib_places_it(tmp_path: Path, monkeypatch: 
         assert figure_bytes(fig, tight=True) == given, name
 
 
+def test_a_curve_builds_only_the_ticks_it_shows() -> None:
+    """The unit square's axes are ticked 0.0 to 1.0 as matplotlib ticks them, without the ticks beyond its limits
+    (-0.2, 1.2) that its locator gives and each draw would build and lay out unshown; training curves' axes alike."""
+    roc = roc_figure({"roc": {"fpr": [0.0, 0.2, 1.0], "tpr": [0.0, 0.8, 1.0]}}, {"roc": "AUC = 0.900"}, {})
+    figure_bytes(roc, tight=True)
+    for axis in (roc.axes[0].xaxis, roc.axes[0].yaxis):
+        assert [tick.label1.get_text() for tick in axis.get_major_ticks()] == ["0.0", "0.2", "0.4", "0.6", "0.8",
+                                                                                "1.0"]
+    curves = Figure()
+    ax = curves.add_subplot()
+    ax.plot([1, 2, 3], [0.69313, 0.69314, 0.69316])
+    set_title(ax, "Loss")  # the offset (1e-5+6.931e-1) and the labels it leaves read as the locator's would
+    for axis in (ax.xaxis, ax.yaxis):
+        low, high = sorted(axis.get_view_interval())
+        assert all(low <= loc <= high for loc in axis.get_majorticklocs()), axis.get_majorticklocs()
+    assert ax.yaxis.get_major_formatter().get_offset() == "1e\u22125+6.931e\u22121"
+
+
 def test_a_figure_drawn_near_its_edge_is_padded_not_drawn_again(monkeypatch) -> None:
     """A drawing closer to the figure's edge than savefig's padding lies whole on the figure: its picture is padded
     with the figure's white as savefig pads it, from the one draw."""
