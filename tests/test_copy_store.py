@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from pneumoscan.core.atomic import locked
+from pneumoscan.core.atomic import locked, write_atomic
+from pneumoscan.core.digests import json_sha256
 from pneumoscan.data import copies
 from pneumoscan.data.layouts import discover
 from tests.builders import ended_by, process_group
@@ -193,7 +194,7 @@ def test_a_write_stats_the_films_it_adds_not_every_film_the_store_holds_and_drop
     stamp = copies.file_stamp
     monkeypatch.setattr(copies, "file_stamp", lambda path: stamped.append(path) or stamp(path))
     copies.scans([films[0]])
-    assert set(stamped) == {films[0]}, f"{len(set(stamped))} files stat'ed to add one"
+    assert set(stamped) - {store} == {films[0]}, f"{len(set(stamped) - {store})} films stat'ed to add one"
     assert copies._read_scans(store)["checked"] == len(held)
     was = copies._read_scans(store)["files"][os.path.realpath(held[0])]["sha"]
     shutil.rmtree(gone)
@@ -206,3 +207,51 @@ def test_a_write_stats_the_films_it_adds_not_every_film_the_store_holds_and_drop
     assert set(stamped) >= set(map(os.path.realpath, held[1:]))
     assert sorted(copies._read_scans(store)["files"]) == _real([held[0], *films[:len(held) + 1]])
     assert copies._read_scans(store)["checked"] == len(held) + 2
+
+
+def test_a_store_this_process_read_is_not_read_again_while_unchanged_and_is_once_replaced(
+        tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each search parsed the store and checked its checksum again (about 0.1 s a search of 5,000 films, and split,
+    train and evaluate each search several times). A store whose stamp is the one it had when this process last read
+    or wrote it is not read again once that stamp's times are settled (a file rewritten in place within its times'
+    granularity keeps its stamp); one replaced since (another process's search adding its films) is read, and its
+    scans are used."""
+    monkeypatch.setenv("PNEUMOSCAN_CACHE", str(tmp_path / "cache"))
+    films, copy = _films(tiny_dataset, tmp_path)
+    paths = [*films[:8], copy]
+    groups = copies.picture_groups(paths)
+    store = copies._scans_file()
+    reads: list[Path] = []
+    read_bytes = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: (self == store and reads.append(self)) or read_bytes(self))
+    monkeypatch.setattr(copies, "_SETTLED_NS", 3600 * 10**9)  # no stamp settled: each search reads the store
+    assert copies.picture_groups(paths) == groups and reads == [store]
+    monkeypatch.setattr(copies, "_SETTLED_NS", -3600 * 10**9)  # every stamp settled (no waiting in a test)
+    reads.clear()
+    assert copies.picture_groups(paths) == groups and copies.picture_groups(paths[1:]) == []
+    assert reads == [], "read again though unchanged"
+    held = json.loads(read_bytes(store))  # another process's store, which holds no scan of films[0] and its copy
+    sha = held["files"][_real([copy])[0]]["sha"]
+    kept = {"files": {p: e for p, e in held["files"].items() if e["sha"] != sha},
+            "scans": {other: scan for other, scan in held["scans"].items() if other != sha}}
+    write_atomic(store, json.dumps(kept | {"checked": 0, "sha256": json_sha256(kept)}).encode())
+    decoded: list[str] = []
+    scan = copies.scan_file
+    monkeypatch.setattr(copies, "scan_file", lambda path, **kw: decoded.append(path) or scan(path, **kw))
+    assert copies.picture_groups(paths) == groups and reads == [store]
+    assert sorted(decoded) == sorted([films[0], copy]), "the films the store read holds no scan of"
+
+
+def test_the_real_paths_of_films_are_realpaths_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store knows a film by its real path, worked out a folder at a time: the same as ``os.path.realpath`` for
+    a film that is a link, one in a linked folder, one named through ``..`` past a link, and relative names."""
+    (tmp_path / "data" / "a").mkdir(parents=True)
+    (tmp_path / "data" / "a" / "film.png").write_bytes(b"x")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "film.png").symlink_to(tmp_path / "data" / "a" / "film.png")
+    (tmp_path / "linked").symlink_to(tmp_path / "data" / "a")
+    (tmp_path / "data" / "b").symlink_to(tmp_path / "elsewhere")
+    monkeypatch.chdir(tmp_path)
+    paths = ["elsewhere/film.png", "linked/film.png", "data/b/../a/film.png", "data/b/film.png", "film.png",
+             "linked/../a/film.png", "./linked/./film.png", "linked/gone.png", "linked/..", str(tmp_path / "linked")]
+    assert copies._real_paths(paths) == [os.path.realpath(p) for p in paths]

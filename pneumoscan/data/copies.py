@@ -20,6 +20,8 @@ import itertools
 import json
 import logging
 import os
+import threading
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -50,6 +52,15 @@ PHASH_TARGET = 256
 NEAR_DUPLICATE_BITS = 10  # max Hamming distance (of 256 bits) for two images to count as near duplicates
 SCANS_VERSION = 3  # a change of what a kept scan holds (:func:`scans`) or of its file's layout
 _HEADER = ("width", "height", "mode")  # what scan_file reads from a film's header
+# A store's scans as this process last read them, by the store's path: (its file_stamp then, when read in ns, the
+# scans), the last few stores only. Parsing a store and checking its checksum cost split, train and evaluate about
+# 0.1 s a search of 5,000 films, and a run searches several times.
+_HELD: dict[Path, tuple[str, int, dict]] = {}
+_HELD_STORES = 4
+_HELD_LOCK = threading.Lock()
+# A stamp's times are trusted only once they are this far older than its read: a file rewritten in place within the
+# file system's time granularity (whole seconds on some), at the same size, keeps its stamp ("racy git")
+_SETTLED_NS = 2_000_000_000
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +119,7 @@ def scans(paths: Sequence[str], workers: int | None = None, header: bool = False
     file that could not be read is not kept: the fault may pass (an I/O error)."""
     store = _scans_file()
     held = _read_scans(store)
-    reals, stamps = [os.path.realpath(p) for p in paths], [file_stamp(p) for p in paths]
+    reals, stamps = _real_paths(paths), [file_stamp(p) for p in paths]
     known = [held["files"].get(real, {}).get("sha") if stamp is not None and
              held["files"].get(real, {}).get("stamp") == stamp else None for real, stamp in zip(reals, stamps)]
     found = {i: _stored(paths[i], sha, entry) for i, sha in enumerate(known)
@@ -116,12 +127,13 @@ def scans(paths: Sequence[str], workers: int | None = None, header: bool = False
              and (not header or _HEADER[0] in entry)}
     todo = [i for i in range(len(paths)) if i not in found]
     read: dict[int, dict] = {}
-    # a site's first split, train or audit decodes every film here: minutes for tens of thousands, said with a bar
-    with ThreadPoolExecutor(max_workers=workers or usable_cores()) as pool, progress(enabled=bool(todo)) as bar:
-        task = bar.add_task(f"Scanning {len(todo)} films for copies", total=len(todo))
-        for i, scan in zip(todo, pool.map(lambda i: _scan(paths[i], known[i], held, header), todo)):
-            read[i] = scan
-            bar.advance(task)
+    if todo:  # a site's first split, train or audit decodes every film here: minutes for tens of thousands, said
+        # with a bar; with none to read, no pool of threads and no bar (a run searches several times)
+        with ThreadPoolExecutor(max_workers=workers or usable_cores()) as pool, progress() as bar:
+            task = bar.add_task(f"Scanning {len(todo)} films for copies", total=len(todo))
+            for i, scan in zip(todo, pool.map(lambda i: _scan(paths[i], known[i], held, header), todo)):
+                read[i] = scan
+                bar.advance(task)
     kept = {i: scan for i, scan in read.items()  # of a file not rewritten while it was read
             if "error" not in scan and stamps[i] is not None and file_stamp(paths[i]) == stamps[i]}
     if kept:
@@ -129,6 +141,24 @@ def scans(paths: Sequence[str], workers: int | None = None, header: bool = False
                     [(scan["sha"], _suffix(paths[i]), {"phash": scan["phash"].hex()}
                       | {key: scan[key] for key in _HEADER if key in scan}) for i, scan in kept.items()])
     return [read[i] if i in read else found[i] for i in range(len(paths))]
+
+
+def _real_paths(paths: Sequence[str]) -> list[str]:
+    """``os.path.realpath`` of each of ``paths``, each folder resolved once: realpath looks at every part of every
+    path (2 s of a test suite's searches), where a dataset's films share a few folders. A film that is itself a link
+    is resolved whole."""
+    folders: dict[str, str] = {}
+    reals = []
+    for path in paths:
+        head, tail = os.path.split(path)
+        if tail in ("", ".", ".."):
+            reals.append(os.path.realpath(path))
+            continue
+        if head not in folders:
+            folders[head] = os.path.realpath(head or ".")
+        real = os.path.join(folders[head], tail)
+        reals.append(os.path.realpath(real) if os.path.islink(real) else real)
+    return reals
 
 
 def _suffix(path: str) -> str:
@@ -180,19 +210,44 @@ def _read_scans(store: Path, warn: bool = True) -> dict:
     last stat'ed (:func:`_keep_scans`; 0 in a store written without it); none when there are none or they cannot be
     read: a file cut short, or whose scans differ from the checksum written with them (damaged bytes that still parse
     would give films other hashes, and split or evaluate other copies), is made anew, with a warning (``warn``)."""
+    stamp = file_stamp(store)
+    with _HELD_LOCK:
+        memo = _HELD.get(store)
+    if memo is not None and stamp is not None and memo[0] == stamp and _settled(stamp, memo[1]):
+        return memo[2]
     try:
         held = json.loads(store.read_bytes())
         kept = {"files": held["files"], "scans": held["scans"]}
         if json_sha256(kept) != held["sha256"]:
             raise ValueError("its scans differ from the checksum written with them")
-        return kept | {"checked": int(held.get("checked", 0))}  # outside the checksum: it decides no scan
+        kept |= {"checked": int(held.get("checked", 0))}  # outside the checksum: it decides no scan
     except FileNotFoundError:
-        pass
+        return {"files": {}, "scans": {}, "checked": 0}
     except (OSError, ValueError, KeyError, TypeError) as e:
         if warn:
             log.warning("the copy search's scans in %s cannot be read (%s): the films are scanned again and the "
                         "file made anew", store, e)
-    return {"files": {}, "scans": {}, "checked": 0}
+        return {"files": {}, "scans": {}, "checked": 0}
+    if stamp is not None and file_stamp(store) == stamp:  # the scans of the file that stamp is of
+        _hold(store, stamp, kept)
+    return kept
+
+
+def _settled(stamp: str, read_ns: int) -> bool:
+    """Whether a store's :func:`~pneumoscan.core.atomic.file_stamp` ``stamp``, taken when it was read at
+    ``read_ns``, tells its content: its times are well before that read, so any later write gives other times."""
+    _, mtime, ctime, _ = stamp.split(":")
+    return max(int(mtime), int(ctime)) < read_ns - _SETTLED_NS
+
+
+def _hold(store: Path, stamp: str, held: dict) -> None:
+    """Keep ``held``, the scans of ``store`` as it is at ``stamp``, for :func:`_read_scans`; never changed once
+    kept (callers build new dicts)."""
+    with _HELD_LOCK:
+        _HELD.pop(store, None)
+        _HELD[store] = (stamp, time.time_ns(), held)
+        while len(_HELD) > _HELD_STORES:
+            del _HELD[next(iter(_HELD))]
 
 
 def _keep_scans(store: Path, files: dict[str, dict], new: list[tuple[str, str, dict]]) -> None:
@@ -216,11 +271,14 @@ def _keep_scans(store: Path, files: dict[str, dict], new: list[tuple[str, str, d
             shas = {e["sha"] for e in kept.values()}
             scans = {sha: by for sha, by in held["scans"].items() if sha in shas}
             for sha, suffix, scan in new:  # a scan kept with its header (the audit's) keeps it where this one has none
-                scans.setdefault(sha, {})[suffix] = scans.get(sha, {}).get(suffix, {}) | scan
+                by = scans.get(sha, {})  # new dicts: those read are held (_hold) as they are
+                scans[sha] = by | {suffix: by.get(suffix, {}) | scan}
             held = {"files": kept, "scans": scans}
             # private as the image cache's index is: it names every film
             write_atomic(store, json.dumps(held | {"checked": checked, "sha256": json_sha256(held)}).encode(),
                          mode=0o600)
+            if (stamp := file_stamp(store)) is not None:  # as written, under the lock
+                _hold(store, stamp, held | {"checked": checked})
     except OSError as e:
         log.warning("the copy search's scans cannot be kept in %s (%s): the films are scanned again next time",
                     store, e)
