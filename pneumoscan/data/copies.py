@@ -20,7 +20,6 @@ import itertools
 import json
 import logging
 import os
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -57,7 +56,6 @@ _HEADER = ("width", "height", "mode")  # what scan_file reads from a film's head
 # 0.1 s a search of 5,000 films, and a run searches several times.
 _HELD: dict[Path, tuple[str, int, dict]] = {}
 _HELD_STORES = 4
-_HELD_LOCK = threading.Lock()
 # A stamp's times are trusted only once they are this far older than its read: a file rewritten in place within the
 # file system's time granularity (whole seconds on some), at the same size, keeps its stamp ("racy git")
 _SETTLED_NS = 2_000_000_000
@@ -144,9 +142,8 @@ def scans(paths: Sequence[str], workers: int | None = None, header: bool = False
 
 
 def _real_paths(paths: Sequence[str]) -> list[str]:
-    """``os.path.realpath`` of each of ``paths``, each folder resolved once: realpath looks at every part of every
-    path (2 s of a test suite's searches), where a dataset's films share a few folders. A film that is itself a link
-    is resolved whole."""
+    """``os.path.realpath`` of each of ``paths``, each folder resolved once: realpath looks up every part of every
+    path, where a dataset's films share a few folders. A film that is itself a link is resolved whole."""
     folders: dict[str, str] = {}
     reals = []
     for path in paths:
@@ -214,8 +211,7 @@ def _read_scans(store: Path, warn: bool = True) -> dict:
     read: a file cut short, or whose scans differ from the checksum written with them (damaged bytes that still parse
     would give films other hashes, and split or evaluate other copies), is made anew, with a warning (``warn``)."""
     stamp = file_stamp(store)
-    with _HELD_LOCK:
-        memo = _HELD.get(store)
+    memo = _HELD.get(store)
     if memo is not None and stamp is not None and memo[0] == stamp and _settled(stamp, memo[1]):
         return memo[2]
     try:
@@ -245,12 +241,12 @@ def _settled(stamp: str, read_ns: int) -> bool:
 
 def _hold(store: Path, stamp: str, held: dict) -> None:
     """Keep ``held``, the scans of ``store`` as it is at ``stamp``, for :func:`_read_scans`; never changed once
-    kept (callers build new dicts)."""
-    with _HELD_LOCK:
-        _HELD.pop(store, None)
-        _HELD[store] = (stamp, time.time_ns(), held)
-        while len(_HELD) > _HELD_STORES:
-            del _HELD[next(iter(_HELD))]
+    kept (callers build new dicts). No lock: each step is one operation on the dict, which threads may interleave,
+    and a process forked meanwhile (a data loader's workers) inherits no lock held."""
+    _HELD.pop(store, None)
+    _HELD[store] = (stamp, time.time_ns(), held)
+    for old in list(_HELD)[:-_HELD_STORES]:
+        _HELD.pop(old, None)
 
 
 def _keep_scans(store: Path, files: dict[str, dict], new: list[tuple[str, str, dict]]) -> None:
