@@ -7,6 +7,7 @@ import dataclasses
 import io
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -50,9 +51,20 @@ SCORE_TOL = 1e-5
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free now, for a server a test starts, drawn below the kernel's ephemeral range: connect() and a bind
+    to port 0 take their ports from that range, so a client of another worker's test could take a port bound to 0
+    and let go between this look and the server's own bind (a server refused "address already in use", seen under
+    load); drawn at random, two workers seldom look at the same one."""
+    ranges = Path("/proc/sys/net/ipv4/ip_local_port_range")
+    ephemeral = int(ranges.read_text().split()[0]) if ranges.exists() else 32768
+    draw = random.SystemRandom()
+    while True:
+        with socket.socket() as s:
+            try:  # a kernel whose range starts at 20000 or lower leaves none: the kernel's pick, as before
+                s.bind(("127.0.0.1", draw.randrange(20000, ephemeral) if ephemeral > 20000 else 0))
+            except OSError:  # in use, or in TIME_WAIT
+                continue
+            return s.getsockname()[1]
 
 
 def start_serve(args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
