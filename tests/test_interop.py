@@ -69,7 +69,7 @@ from pneumoscan.interop.sr import DISCLAIMER, build_heatmap_sc, build_sr, findin
 from pneumoscan.interop.uids import UID_ROOT_ENV, derived_uid, film_identity
 from pneumoscan.models.card import ONNX_NAME, load_card, save_card
 from pneumoscan.serving.app import create_app
-from tests.builders import SCORE_TOL, UNCHECKED, dicom_bytes
+from tests.builders import SCORE_TOL, UNCHECKED, dicom_bytes, free_port
 
 NAME, PATIENT_ID = "Doe^Jane^Secret", "MRN-004217-X"
 IN_SCOPE = {
@@ -1015,12 +1015,6 @@ DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 HTTP = httpx.Client(limits=httpx.Limits(max_keepalive_connections=0))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def running_orthanc(folder: Path, lua: str | None = None, users: dict[str, str] | None = None) -> Iterator[str]:
     """Orthanc with its DICOMweb plugin on a free port and its DICOM port on another (AE title ORTHANC; its REST
@@ -1028,10 +1022,10 @@ def running_orthanc(folder: Path, lua: str | None = None, users: dict[str, str] 
     what it receives), and with ``users`` (name: password) HTTP Basic authentication; yields the HTTP root."""
     assert Path(ORTHANC).exists() and DICOMWEB_PLUGIN.exists(), "install orthanc and orthanc-dicomweb (make test)"
     folder.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
+    port = free_port()
     config = {
         "Name": "pneumoscan-test", "StorageDirectory": str(folder / "db"), "IndexDirectory": str(folder / "db"),
-        "HttpPort": port, "DicomServerEnabled": True, "DicomPort": _free_port(), "DicomAet": "ORTHANC",
+        "HttpPort": port, "DicomServerEnabled": True, "DicomPort": free_port(), "DicomAet": "ORTHANC",
         "RemoteAccessAllowed": False,
         "AuthenticationEnabled": bool(users), "RegisteredUsers": users or {},
         "Plugins": [str(DICOMWEB_PLUGIN)], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
@@ -1592,7 +1586,7 @@ def test_a_report_the_study_held_before_that_cannot_be_read_back_is_not_stored(f
                "task": "pneumonia", "warnings": []}
     report = pydicom.dcmread(io.BytesIO(report_files(source, reading, None, "m", "v")[0]))
     uid = str(report.SOPInstanceUID)
-    closed = f"http://127.0.0.1:{_free_port()}"  # nothing listens: every request fails
+    closed = f"http://127.0.0.1:{free_port()}"  # nothing listens: every request fails
     for held, stored in (({"1.2.3"}, [uid]), ({uid}, [])):
         row = {"stored": [uid]}
         _read_back(_session(closed, None)[1], closed, source.StudyInstanceUID, {uid: ("DICOM SR", report)}, held, row)
@@ -1657,7 +1651,7 @@ def test_a_study_whose_key_object_selection_cannot_be_read_is_refused() -> None:
     item = {"0020000D": {"vr": "UI", "Value": ["1.2.3"]}, "0020000E": {"vr": "UI", "Value": ["1.2.4"]},
             "00080018": {"vr": "UI", "Value": ["1.2.5"]},
             "00080016": {"vr": "UI", "Value": ["1.2.840.10008.5.1.4.1.1.88.59"]}}
-    closed = f"http://127.0.0.1:{_free_port()}"  # nothing listens
+    closed = f"http://127.0.0.1:{free_port()}"  # nothing listens
     with pytest.raises(ValueError, match=r"key object selection 1\.2\.5 could not be read \(ConnectionError\): "
                                          "whether it is a rejection note"):
         _withdrawn(_session(closed, None)[1], closed, "1.2.3", [item])
@@ -1942,7 +1936,7 @@ def test_pacs_unknown_study_and_unreachable_server(orthanc: str, tiny_bundle: Pa
                                                    capsys: pytest.CaptureFixture) -> None:
     assert cli.main(["pacs", str(tiny_bundle), "--url", f"{orthanc}/dicom-web", "--study", generate_uid()]) == 2
     assert "not found" in capsys.readouterr().err
-    dead = f"http://127.0.0.1:{_free_port()}/dicom-web"
+    dead = f"http://127.0.0.1:{free_port()}/dicom-web"
     assert cli.main(["pacs", str(tiny_bundle), "--url", dead, "--study", generate_uid()]) == 2
     err = capsys.readouterr().err
     *tries, line = err.strip().splitlines()  # the search is tried 3 times, with a warning before each try again
