@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from pneumoscan.core import atomic
 from pneumoscan.core.atomic import locked, write_atomic
 from pneumoscan.core.digests import json_sha256
 from pneumoscan.data import copies
@@ -224,9 +225,9 @@ def test_a_store_this_process_read_is_not_read_again_while_unchanged_and_is_once
     reads: list[Path] = []
     read_bytes = Path.read_bytes
     monkeypatch.setattr(Path, "read_bytes", lambda self: (self == store and reads.append(self)) or read_bytes(self))
-    monkeypatch.setattr(copies, "_SETTLED_NS", 3600 * 10**9)  # no stamp settled: each search reads the store
+    monkeypatch.setattr(atomic, "SETTLED_NS", 3600 * 10**9)  # no stamp settled: each search reads the store
     assert copies.picture_groups(paths) == groups and reads == [store]
-    monkeypatch.setattr(copies, "_SETTLED_NS", -3600 * 10**9)  # every stamp settled (no waiting in a test)
+    monkeypatch.setattr(atomic, "SETTLED_NS", -3600 * 10**9)  # every stamp settled (no waiting in a test)
     reads.clear()
     assert copies.picture_groups(paths) == groups and copies.picture_groups(paths[1:]) == []
     assert reads == [], "read again though unchanged"

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import importlib.metadata
 import io
+import shutil
 import struct
+import sys
 import zlib
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from pydicom.pixels import convert_color_space
 from pydicom.sequence import Sequence
 
 from pneumoscan.data import pixels
-from pneumoscan.data.cache import IN_PROCESS_FILMS, build_cache, cache_key
+from pneumoscan.data.cache import DECODERS, IN_PROCESS_FILMS, build_cache, cache_key, decoding_versions
 from pneumoscan.data.decode import image_info, read_gray
 from pneumoscan.data.pixels import DecodeError
 from pneumoscan.data.preprocess import PreprocessSpec
@@ -259,12 +261,43 @@ def test_the_cache_key_follows_the_version_of_each_plugin_that_decodes_dicom(plu
     film.write_bytes(dicom_bytes(RAMP12))
     spec = PreprocessSpec(size=16)
     key = cache_key([str(film)], spec)
-    installed = importlib.metadata.version
-    assert installed(plugin)  # the decoding plugin is installed here, as pyproject asks
-    monkeypatch.setattr(importlib.metadata, "version", lambda name: "0.0.1" if name == plugin else installed(name))
+    assert importlib.metadata.version(plugin)  # the decoding plugin is installed here, as pyproject asks
+    monkeypatch.syspath_prepend(_installed(tmp_path / "site", plugin, "0.0.1"))  # another version, found first
+    assert importlib.metadata.version(plugin) == "0.0.1"
     assert cache_key([str(film)], spec) != key
     monkeypatch.undo()
     assert cache_key([str(film)], spec) == key
+
+
+def _installed(site: Path, name: str, version: str) -> str:
+    """SITE, a folder holding the metadata of package NAME at VERSION, as an install into it leaves it."""
+    (metadata := site / f"{name.replace('-', '_')}-{version}.dist-info").mkdir(parents=True)
+    (metadata / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    return str(site)
+
+
+def test_the_decoders_versions_are_looked_up_again_once_a_folder_on_the_path_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The decoders' versions are kept while the folders on sys.path are unchanged (importlib.metadata's look-up of
+    the eight cost each cache and copy search 5-10 ms), and looked up again once a package is installed in one, or
+    where one changed just before the look-up (a change within its file system's time granularity would not show)."""
+    looked_up = []
+    version = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: looked_up.append(name) or version(name))
+    installed = {str(importlib.metadata.distribution(name).locate_file("")) for name in DECODERS}
+    monkeypatch.setattr(sys, "path", sorted(installed))  # folders that changed long before this test
+    first = decoding_versions()
+    assert len(looked_up) == len(DECODERS)
+    assert decoding_versions() == first and len(looked_up) == len(DECODERS), "looked up again, nothing changed"
+    plugin = DECODERS[-1]
+    site = _installed(tmp_path / "site", plugin, "0.0.1")
+    sys.path.insert(0, site)  # a package installed into a folder on the path: found before the one installed
+    assert decoding_versions()[0][plugin] == "0.0.1" and len(looked_up) == 2 * len(DECODERS)
+    decoding_versions()  # the folder changed just now: not trusted yet
+    assert len(looked_up) == 3 * len(DECODERS)
+    shutil.rmtree(Path(site) / f"{plugin.replace('-', '_')}-0.0.1.dist-info")  # removed
+    assert decoding_versions() == first
 
 
 def test_every_decode_limit_a_site_sets_keys_the_cache_and_holds_in_its_workers(

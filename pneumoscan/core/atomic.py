@@ -127,6 +127,19 @@ def file_stamp(path: str | Path) -> str | None:
     return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}"
 
 
+# A stamp's times are trusted only once they are this far older than what was read by it: a file rewritten in place
+# within the file system's time granularity (whole seconds on some), at the same size, keeps its stamp ("racy git")
+SETTLED_NS = 2_000_000_000
+
+
+def stamp_settled(stamp: str, read_ns: int) -> bool:
+    """Whether :func:`file_stamp` ``stamp``, taken before a read at ``read_ns`` (``time.time_ns``), tells what was
+    read: its times are well before that read, so any later write gives other times. What a process keeps of a
+    file it read (the copy search's scans, the decoders' versions under a folder) is reused only then."""
+    _, mtime, ctime, _ = stamp.split(":")
+    return max(int(mtime), int(ctime)) < read_ns - SETTLED_NS
+
+
 @contextmanager
 def unchanged(path: Path | str, stamp: str | None) -> Iterator[None]:
     """Run the block, which writes ``path`` (and its folder's other outputs), only if ``path`` is still the file

@@ -30,7 +30,7 @@ import imagehash
 import numpy as np
 from PIL import Image
 
-from pneumoscan.core.atomic import file_stamp, locked, write_atomic
+from pneumoscan.core.atomic import file_stamp, locked, stamp_settled, write_atomic
 from pneumoscan.core.cpus import usable_cores
 from pneumoscan.core.digests import file_sha256, json_sha256
 from pneumoscan.core.files import NotRegularFile
@@ -56,9 +56,6 @@ _HEADER = ("width", "height", "mode")  # what scan_file reads from a film's head
 # 0.1 s a search of 5,000 films, and a run searches several times.
 _HELD: dict[Path, tuple[str, int, dict]] = {}
 _HELD_STORES = 4
-# A stamp's times are trusted only once they are this far older than its read: a file rewritten in place within the
-# file system's time granularity (whole seconds on some), at the same size, keeps its stamp ("racy git")
-_SETTLED_NS = 2_000_000_000
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +209,7 @@ def _read_scans(store: Path, warn: bool = True) -> dict:
     would give films other hashes, and split or evaluate other copies), is made anew, with a warning (``warn``)."""
     stamp = file_stamp(store)
     memo = _HELD.get(store)
-    if memo is not None and stamp is not None and memo[0] == stamp and _settled(stamp, memo[1]):
+    if memo is not None and stamp is not None and memo[0] == stamp and stamp_settled(stamp, memo[1]):
         return memo[2]
     try:
         held = json.loads(store.read_bytes())
@@ -230,13 +227,6 @@ def _read_scans(store: Path, warn: bool = True) -> dict:
     if stamp is not None and file_stamp(store) == stamp:  # the scans of the file that stamp is of
         _hold(store, stamp, kept)
     return kept
-
-
-def _settled(stamp: str, read_ns: int) -> bool:
-    """Whether a store's :func:`~pneumoscan.core.atomic.file_stamp` ``stamp``, taken when it was read at
-    ``read_ns``, tells its content: its times are well before that read, so any later write gives other times."""
-    _, mtime, ctime, _ = stamp.split(":")
-    return max(int(mtime), int(ctime)) < read_ns - _SETTLED_NS
 
 
 def _hold(store: Path, stamp: str, held: dict) -> None:
