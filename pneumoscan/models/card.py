@@ -1243,30 +1243,59 @@ def check_finite_weights(directory: Path | str, card: BundleCard) -> None:
             raise not_finite_weights(path, name, int((~np.isfinite(values)).sum()), values.size)
 
 
-def verified_bytes(directory: Path | str, card: BundleCard, name: str) -> bytes:
-    """BUNDLE/``name``'s bytes: :func:`verify_file`'s checks, then :func:`checked_bytes`."""
-    verify_file(directory, card, name)
-    return checked_bytes(Path(directory) / name, card.files.get(name))
+def verified_bytes(directory: Path | str, card: BundleCard, name: str,
+                   remedy: str = "restore the bundle from a good copy") -> bytes:
+    """BUNDLE/``name``'s bytes, read once and refused as :func:`verify_file` refuses the file: the bytes loaded are
+    the bytes checked, even were the bundle replaced meanwhile (a deploy writing over it, when a second read gave
+    another model's graph under this card's name and threshold, and 15 of 300 loads all-zero weights under its
+    checksum), and a file is hashed once, not once to check it and again to load it."""
+    path = Path(directory) / name
+    expected = _recorded(directory, card, name)
+    try:
+        with open_regular(path) as f:
+            data = f.read()
+    except NotRegularFile as e:
+        raise ValueError(f"{path} is {e}, so it is not the file bundle.json lists; {remedy}") from None
+    if expected is not None:
+        _check_digest(path, bytes_sha256(data), expected, remedy)
+    return data
 
 
 def verify_file(directory: Path | str, card: BundleCard, name: str,
-                remedy: str = "restore the bundle from a good copy") -> None:
+                remedy: str = "restore the bundle from a good copy") -> str | None:
     """Refuse (ValueError) a bundle file whose SHA-256 differs from the one recorded when it was written. A
-    bundle older than the record is accepted with a warning, since nothing says what its bytes should be."""
+    bundle older than the record is accepted with a warning, since nothing says what its bytes should be. Returns
+    the digest found (``sha256:HEX``; None where nothing is recorded), for a caller that names the file by it, so
+    that the file is not read twice."""
+    path = Path(directory) / name
+    if (expected := _recorded(directory, card, name)) is None:
+        return None
+    try:
+        actual = file_sha256(path)
+    except NotRegularFile as e:
+        raise ValueError(f"{path} is {e}, so it is not the file bundle.json lists; {remedy}") from None
+    _check_digest(path, actual, expected, remedy)
+    return actual
+
+
+def _recorded(directory: Path | str, card: BundleCard, name: str) -> str | None:
+    """The SHA-256 the card records for BUNDLE/``name``, None (warned of) for a bundle older than the record; refused
+    (ValueError) where the card records checksums but none for it, or the file is missing."""
     path = Path(directory) / name
     expected = card.files.get(name)
     if expected is None:
         if not card.files:
             log.warning("%s: bundle.json records no checksums (a bundle written before pneumoscan kept them), so "
                         "damaged files cannot be detected; train it again to get a checked bundle", directory)
-            return
+            return None
         raise ValueError(f"{path}: bundle.json records checksums, but none for this file")
     if not path.exists():
         raise ValueError(f"{path} is missing, but bundle.json lists it")
-    try:
-        actual = file_sha256(path)
-    except NotRegularFile as e:
-        raise ValueError(f"{path} is {e}, so it is not the file bundle.json lists; {remedy}") from None
+    return expected
+
+
+def _check_digest(path: Path, actual: str, expected: str, remedy: str) -> None:
+    """Refuse (ValueError) ``path`` as damaged where its SHA-256 ``actual`` is not the one recorded."""
     if actual != expected:
         raise ValueError(f"{path} is damaged: its SHA-256 is {actual[7:19]}..., bundle.json recorded "
                          f"{expected[7:19]}... when it was written; {remedy}")
