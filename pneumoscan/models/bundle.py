@@ -16,6 +16,8 @@ recorded SHA-256 at every load. The card and the checksums are :mod:`.card`'s, w
 from __future__ import annotations
 
 import hashlib
+import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -27,6 +29,8 @@ from . import register_first, registry
 from .card import (ENSEMBLE, WEIGHTS, BundleCard, load_card, member_label, not_finite_weights, save_card,
                    verified_bytes)
 from .ensemble_net import EnsembleNet
+
+log = logging.getLogger(__name__)
 
 
 def save_bundle(directory: Path | str, model: torch.nn.Module, card: BundleCard) -> Path:
@@ -55,11 +59,13 @@ def _read_weights(directory: Path | str, card: BundleCard) -> dict[str, torch.Te
     except SafetensorError as e:
         raise ValueError(f"{path} is not a readable safetensors file: {e}") from None
     names = [name for name, tensor in tensors.items() if tensor.is_floating_point()]
-    # x * 0 is NaN where x is NaN or infinite and 0 elsewhere: one sum a tensor, a third of isfinite's mask's cost
-    sums = torch.stack([(tensors[name] * 0).sum(dtype=torch.float64) for name in names]) if names else torch.zeros(0)
-    if (bad := torch.isnan(sums).nonzero()).numel():
-        tensor = tensors[names[int(bad[0])]]
-        raise not_finite_weights(path, names[int(bad[0])], int((~torch.isfinite(tensor)).sum()), tensor.numel())
+    # a sum is NaN or infinite where a value is, and finite otherwise unless it overflows (float64 weights of 1e300):
+    # one pass a tensor without a temporary, a fifth of isfinite's mask's cost; a tensor whose sum is not finite is
+    # counted value by value, so an overflow alone refuses nothing
+    sums = torch.stack([tensors[name].sum(dtype=torch.float64) for name in names]) if names else torch.zeros(0)
+    for i in (~torch.isfinite(sums)).nonzero().flatten().tolist():
+        if bad := int((~torch.isfinite(tensor := tensors[names[i]])).sum()):
+            raise not_finite_weights(path, names[i], bad, tensor.numel())
     return tensors
 
 
@@ -73,17 +79,29 @@ def load_bundle(directory: Path | str, best_so_far: bool = False) -> tuple[torch
         whose = f"{member_label(i, len(members), members[i]['source'])}: " if members else ""
         raise ValueError(f"{directory}: {whose}its model {architectures[i]!r} is not registered in this process: "
                          f"{register_first('model', card.plugin_module('model', architectures[i]))}")
-    try:
+
+    def build() -> torch.nn.Module:
         if card.model == ENSEMBLE:  # several members in one bundle
-            model = EnsembleNet.from_card(card)
-        else:
-            model = registry.create(card.model, num_classes=len(card.classes), in_chans=1, pretrained=False,
-                                    image_size=card.size, **card.model_kwargs)
-    except TypeError as e:  # a setting the builder does not take: a card edited, or of another version of the model
-        raise ValueError(f"{directory}: its model_kwargs do not fit the model {card.model!r} ({e}); restore the "
-                         "bundle from a good copy") from None
+            return EnsembleNet.from_card(card)
+        return registry.create(card.model, num_classes=len(card.classes), in_chans=1, pretrained=False,
+                               image_size=card.size, **card.model_kwargs)
+
+    def fresh() -> torch.nn.Module:
+        try:
+            return build()
+        except TypeError as e:  # a setting the builder does not take: a card edited, or of another version of it
+            raise ValueError(f"{directory}: its model_kwargs do not fit the model {card.model!r} ({e}); restore the "
+                             "bundle from a good copy") from None
+
+    shell = _shell(build)
+    model = fresh() if shell is None else None  # a builder that fails says so before the weights are read
+    weights = _read_weights(directory, card)
+    if shell is not None:
+        if (filled := _assigned(shell, weights)) is not None:
+            return filled.eval(), card
+        model = fresh()
     try:
-        model.load_state_dict(_read_weights(directory, card))
+        model.load_state_dict(weights)
     except RuntimeError as e:  # another architecture's weights (a legacy bundle, or a card edited and resealed)
         detail = " ".join(str(e).split("\n\t")[1:2])[:160]  # torch's first complaint, e.g. the unexpected keys
         built = registry.builder_module(card.model)
@@ -95,6 +113,35 @@ def load_bundle(directory: Path | str, best_so_far: bool = False) -> tuple[torch
                          f"read it with the {card.model} it was trained with (without {built}, or with that version "
                          "of it), or restore the bundle from a good copy") from None
     return model.eval(), card
+
+
+def _shell(build: Callable[[], torch.nn.Module]) -> torch.nn.Module | None:
+    """The model ``build`` makes, built on torch's meta device: its tensors have shapes and no values, so none is
+    drawn at random only to be overwritten by the file's (a third of a small model's load). None where the builder
+    cannot run there (a value read from a tensor while building): the model is then built as usual."""
+    try:
+        with torch.device("meta"):
+            return build()
+    except Exception as e:  # any failure here is the plain build's to report, in its own words
+        log.debug("built as usual, not on the meta device: %s", e)
+        return None
+
+
+def _assigned(shell: torch.nn.Module, weights: dict[str, torch.Tensor]) -> torch.nn.Module | None:
+    """``shell`` (:func:`_shell`) holding ``weights`` as its own tensors, in its own dtypes, where they are every
+    tensor it holds: each parameter and buffer under its own name (none shared, none that the file does not keep)
+    and of its shape, and no other tensor left on the meta device. None otherwise, and the model is built with
+    values and loaded as usual, which also gives the reasons of weights that do not fit: a model never runs
+    with a tensor the file did not fill."""
+    own = shell.state_dict(keep_vars=True)
+    held = [*shell.named_parameters(remove_duplicate=False), *shell.named_buffers(remove_duplicate=False)]
+    if (own.keys() != weights.keys() or len(held) != len(own) or any(name not in own for name, _ in held)
+            or any(own[k].shape != v.shape for k, v in weights.items())):
+        return None
+    shell.load_state_dict({k: v.to(own[k].dtype) for k, v in weights.items()}, assign=True)
+    left = [value for module in shell.modules() for value in (*module.parameters(recurse=False),
+            *module.buffers(recurse=False), *vars(module).values()) if isinstance(value, torch.Tensor)]
+    return None if any(t.is_meta for t in left) else shell
 
 
 def load_weights_into(model: torch.nn.Module, directory: Path | str, card: BundleCard | None = None) -> list[str]:
