@@ -33,9 +33,9 @@ from pneumoscan.core.atomic import write_atomic, write_json
 from pneumoscan.core.metrics import softmax
 from pneumoscan.data.preprocess import TTA_VIEWS
 from pneumoscan.data.scope import AGE_RANGE_YEARS, FRONTAL_VIEWS, MAX_ASPECT, MIN_SIDE, RADIOGRAPHY
-from pneumoscan.core.digests import file_sha256
-from pneumoscan.models.card import CARD, ONNX_NAME, BundleCard, card_task, load_card, record_checksum
-from .onnx_runtime import (INPUT, INT8_NAME, OUTPUT, Int8Operating, bundle_model, described, session,
+from pneumoscan.core.digests import file_sha256, hex_part
+from pneumoscan.models.card import CARD, ONNX_NAME, WEIGHTS, BundleCard, card_task, load_card, record_checksum
+from .onnx_runtime import (INPUT, INT8_NAME, ONNX_DIGEST, OUTPUT, Int8Operating, bundle_model, described, session,
                            spec_path, verify_onnx, weights_digest)
 
 if TYPE_CHECKING:
@@ -78,7 +78,7 @@ def export_onnx(bundle: Path | str, out: Path | str | None = None) -> Path:
         digest = file_sha256(tmp)  # what was written, before it takes the real name
 
     write_atomic(out, write)
-    write_onnx_spec(bundle, out)
+    write_onnx_spec(bundle, out, card.files.get(WEIGHTS), digest)  # the weights as loaded and checked, the graph
     if out.resolve() == own.resolve():
         record_checksum(bundle, ONNX_NAME, digest)
     return out
@@ -251,8 +251,9 @@ _NOT_IN_THE_GRAPH = (
 )
 
 
-def _spec(bundle: Path | str, card: BundleCard) -> dict:
-    """Everything besides the graph that turns a film into the bundle's label, as an ONNX sidecar says it."""
+def _spec(bundle: Path | str, card: BundleCard, weights: str | None = None) -> dict:
+    """Everything besides the graph that turns a film into the bundle's label, as an ONNX sidecar says it.
+    ``weights``: the SHA-256 of the weights where the caller has them (read from the file when None)."""
     return {
         "input": INPUT,
         "input_layout": "float32 (batch, 1, size, size), one grey channel, any batch size: "
@@ -290,16 +291,20 @@ def _spec(bundle: Path | str, card: BundleCard) -> dict:
         "model": card.model,
         "model_id": card.model_id,
         "opset": OPSET,
-        "weights_sha256": weights_digest(bundle),
+        "weights_sha256": hex_part(weights) if weights else weights_digest(bundle),
         "not_in_the_graph": _NOT_IN_THE_GRAPH,
     }
 
 
-def write_onnx_spec(bundle: Path | str, out: Path | str) -> None:
+def write_onnx_spec(bundle: Path | str, out: Path | str, weights: str | None = None, onnx: str | None = None
+                    ) -> None:
     """``out``'s sidecar (the FP32 model's): :func:`_spec`. Training rewrites it once the TTA threshold is chosen,
     which needs the exported model first. The bundle's own (BUNDLE/model.onnx.json) gets its SHA-256 in bundle.json:
-    it gives other ONNX runtimes the thresholds and preprocessing, so an edit is refused as the model's would be."""
-    path = write_json(spec_path(out), {**_spec(bundle, load_card(bundle)), **described(out)})
+    it gives other ONNX runtimes the thresholds and preprocessing, so an edit is refused as the model's would be.
+    ``weights``, ``onnx``: the SHA-256 of the weights exported and of the graph written, where the caller has them
+    (an export: each file is then hashed once); None: each read from its file."""
+    described_as = {ONNX_DIGEST: hex_part(onnx)} if onnx else described(out)
+    path = write_json(spec_path(out), {**_spec(bundle, load_card(bundle), weights), **described_as})
     if path.resolve() == spec_path(Path(bundle) / ONNX_NAME).resolve():
         record_checksum(bundle, path.name, file_sha256(path))
 
@@ -351,16 +356,18 @@ def _check_parity(model: torch.nn.Module, sess: ort.InferenceSession, size: int,
         raise ValueError(f"ONNX export differs from torch by {diff:.2e} in probability (> {PARITY_TOLERANCE})")
 
 
-def bundle_session(bundle: Path | str, card: BundleCard | None = None) -> ort.InferenceSession:
+def bundle_session(bundle: Path | str, card: BundleCard | None = None, weights: str | None = None
+                   ) -> ort.InferenceSession:
     """Session on BUNDLE/model.onnx once it is shown to be the export of the bundle's weights, undamaged, from the
     bytes checked, its constants finite (:func:`~.onnx_runtime.bundle_model`); a bundle without a model.onnx (nor a
     record of one) is exported to a temporary file first. ``card``: the one the caller loaded the bundle by (read
-    here when None): a card read apart could be another bundle's, were the folder replaced in between."""
+    here when None): a card read apart could be another bundle's, were the folder replaced in between. ``weights``:
+    the weights' SHA-256 as the caller has just checked them (:func:`~.onnx_runtime.verify_onnx`)."""
     card = card if card is not None else load_card(bundle)
     existing = Path(bundle) / ONNX_NAME
     if ONNX_NAME not in card.files and not existing.exists():
         log.info("%s has no %s: exporting its weights for this run (pneumoscan export keeps one)", bundle, ONNX_NAME)
         with tempfile.TemporaryDirectory() as tmp:
             return session(export_onnx(bundle, Path(tmp) / ONNX_NAME).read_bytes())
-    verify_onnx(bundle, card)
+    verify_onnx(bundle, card, weights)
     return bundle_model(existing, card.files.get(ONNX_NAME))

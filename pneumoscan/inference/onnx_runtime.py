@@ -306,11 +306,13 @@ def read_sidecar(model: Path | str, strict: bool = False) -> dict:
     return {}
 
 
-def verify_onnx(bundle: Path | str, card: BundleCard) -> None:
+def verify_onnx(bundle: Path | str, card: BundleCard, weights: str | None = None) -> None:
     """Refuse (ValueError) a BUNDLE/model.onnx that is not the export of the bundle's current weights (its sidecar
     says so), whose bytes differ from those recorded when it was exported (in bundle.json, and in the sidecar:
     :func:`check_described`), or whose sidecar describes another model than the card (:func:`check_matches_card`).
-    Never re-exported silently: the remedy is the explicit ``pneumoscan export``."""
+    Never re-exported silently: the remedy is the explicit ``pneumoscan export``. ``weights``: the weights' SHA-256
+    as the caller has just found it (:func:`verify_file`'s return), so that the file is not read again; None: read
+    here."""
     existing = Path(bundle) / ONNX_NAME
     remedy = f"run `pneumoscan export {bundle}` to export it again from the bundle's weights"
     if not existing.exists():
@@ -319,10 +321,10 @@ def verify_onnx(bundle: Path | str, card: BundleCard) -> None:
     if "weights_sha256" not in sidecar:
         raise ValueError(f"{spec_path(existing)} is missing or unreadable, so nothing ties {existing} to the "
                          f"bundle's weights; {remedy}")
-    if (exported_from := sidecar["weights_sha256"]) != weights_digest(bundle):
+    if (exported_from := sidecar["weights_sha256"]) != (current := hex_part(weights or weights_digest(bundle))):
         check_finite_weights(bundle, card)  # weights sealed again over a NaN: that is the reason, not the export
         raise ValueError(f"{existing} is stale: it was exported from other weights ({str(exported_from)[:12]}...) "
-                         f"than {WEIGHTS} ({weights_digest(bundle)[:12]}...); {remedy}")
+                         f"than {WEIGHTS} ({current[:12]}...); {remedy}")
     if card.files:  # a bundle older than the record (warned of at load) has only the sidecar's ties
         if ONNX_NAME not in card.files:
             raise ValueError(f"{existing}: bundle.json records no checksum for it (pneumoscan export did not write "

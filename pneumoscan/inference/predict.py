@@ -143,8 +143,9 @@ class Predictor:
         self.batch_size = int(batch_size)
         self.backend = backend
         self.lock = threading.RLock()
+        weights = None  # their SHA-256 as checked here, so that the ONNX model's check does not read them again
         if backend != "torch":  # as building the model would: damaged weights named as such, not as a stale model.onnx
-            verify_file(bundle, self.card, WEIGHTS)
+            weights = verify_file(bundle, self.card, WEIGHTS)
         self.appearance = load_appearance(bundle, self.card)
         if backend == "onnx-int8" and session is None:
             from .onnx_runtime import int8_card, int8_model
@@ -160,7 +161,7 @@ class Predictor:
 
             # a bundle without a model.onnx is exported by torch, which may not run here (:func:`prove_runs`)
             with _runs_here(bundle, "torch", f"making its ONNX model ({ONNX_NAME}, exported when the bundle has none)"):
-                self._session = session or bundle_session(bundle, self.card)
+                self._session = session or bundle_session(bundle, self.card, weights)
             own = INT8_NAME if backend == "onnx-int8" else ONNX_NAME
             self._check_graph("the ONNX model given" if given else f"its {own}")
         # the model these scores name, as loaded and checked: a bundle replaced on disk later is not the one named
