@@ -139,8 +139,8 @@ def _assigned(shell: torch.nn.Module, weights: dict[str, torch.Tensor]) -> torch
             or any(own[k].shape != v.shape for k, v in weights.items())):
         return None
     shell.load_state_dict({k: v.to(own[k].dtype) for k, v in weights.items()}, assign=True)
-    left = [value for module in shell.modules() for value in (*module.parameters(recurse=False),
-            *module.buffers(recurse=False), *vars(module).values()) if isinstance(value, torch.Tensor)]
+    attributes = (value for module in shell.modules() for value in vars(module).values())
+    left = (*shell.parameters(), *shell.buffers(), *(t for t in attributes if isinstance(t, torch.Tensor)))
     return None if any(t.is_meta for t in left) else shell
 
 
