@@ -154,7 +154,8 @@ def _assigned(shell: torch.nn.Module, weights: dict[str, torch.Tensor]) -> torch
     with a tensor the file did not fill."""
     own = shell.state_dict(keep_vars=True)
     held = [*shell.named_parameters(remove_duplicate=False), *shell.named_buffers(remove_duplicate=False)]
-    if (own.keys() != weights.keys() or len(held) != len(own) or any(name not in own for name, _ in held)
+    if (own.keys() != weights.keys() or len(held) != len(own) or len({id(t) for _, t in held}) != len(held)
+            or any(name not in own for name, _ in held)
             or any(own[k].shape != v.shape for k, v in weights.items())):
         return None
     shell.load_state_dict({k: v.to(own[k].dtype) for k, v in weights.items()}, assign=True)
