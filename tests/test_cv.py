@@ -189,16 +189,23 @@ def test_a_fold_copied_in_without_its_history_is_scored_and_says_nothing_of_its_
     assert result["per_fold"][0]["last_epoch_auc"] is None and result["summary"]["last_epoch_auc"]["folds"] == 1
 
 
-def test_cv_of_the_multiclass_task_scores_the_three_class_decision(typed_dataset: Path, tmp_path: Path,
-                                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    out = tmp_path / "cv"
-    assert main(["cv", "--data", str(typed_dataset), "--out", str(out), "--folds", "2", "--task", "multiclass",
-                 "--model", "simple_cnn", "--no-pretrained", "--image-size", "32", "--epochs", "1",
+def test_cv_of_the_multiclass_task_scores_the_three_class_decision(
+        pooled_multiclass_cv: tuple[Path, Path, list[Path]], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The session's three-class cv (its two folds trained once a run), run again on a copy by the command, which
+    reuses its finished folds and prints its pooled out-of-fold line."""
+    out, _ = copy_of_cv((pooled_multiclass_cv[0], []), tmp_path / "cv")
+    stamp = (out / "fold-0" / "bundle" / "model.safetensors").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(["cv", "--data", str(pooled_multiclass_cv[1]), "--out", str(out), "--folds", "2", "--task",
+                 "multiclass", "--model", "simple_cnn", "--no-pretrained", "--image-size", "32", "--epochs", "1",
                  "--batch-size", "8"]) == 0
+    assert (out / "fold-0" / "bundle" / "model.safetensors").stat().st_mtime_ns == stamp, "finished folds are reused"
     pooled_line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("pooled out of fold,"))
-    # every film once, with its class's (no patient counts: each typed film is its own patient)
+    # every film once, with its class's, and the patients its intervals count (two films a patient, a copy as one)
     assert pooled_line.startswith("pooled out of fold, most probable class: accuracy")
-    assert pooled_line.endswith("; n = 48 films (24 normal, 12 bacteria, 12 virus)")
+    assert pooled_line.endswith("; n = 49 films of 24 patients (24 normal films of 12 patients, 13 bacteria of 11, 12 "
+                                "virus of 11)"), pooled_line
     result = json.loads((out / "cv.json").read_text())
     with (out / "oof.csv").open() as f:
         rows = list(csv.DictReader(f))

@@ -578,17 +578,23 @@ def test_an_ensemble_that_ranks_its_calibration_films_no_better_than_chance_is_r
         assert not (tmp_path / "ens").exists()
 
 
-def test_out_of_fold_calibration_counts_patients_and_a_film_filed_again_as_one(
-        tiny_bundle: Path, member64: Path, tiny_dataset: Path, tmp_path: Path) -> None:
+def test_out_of_fold_calibration_counts_patients_and_a_film_filed_again_as_one_and_records_what_it_left_out(
+        tiny_bundle: Path, member64: Path, tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """The folds' manifests say each film's patient (as oof.csv does): the ensemble's card figures and threshold
     interval, and the INT8 thresholds' intervals chosen out of fold, count patients, a film and its copy under
     another patient id as one (they counted films, the copy apart).
+
+    A file of a fold's validation split that cannot be read chose none of the thresholds: `ensemble --cv` and
+    `export --int8 --cv` said so only in the log, where `ensemble --data` records what it left out and why. The
+    card's validation figures (where a training run's are: they were in train_config, which the validation section
+    does not read) and the INT8 sidecar hold ``left_out`` as theirs (the one implementation), MODEL_CARD.md's
+    validation figures and the commands' output say it. (One cv run, ensemble and INT8 export prove both.)
 
     The same cv's films then rewritten in place: a film rewritten in place keeps its path, so the folds' splits still
     pass; the fold bundles were made on the old pixels, and their scores on the new ones are not the films' out-of-fold
     scores. Refused, the fold named, as cv refuses to reuse such a fold (the same cv with its films as they were was
     taken above)."""
-    cv = _cv_run(tmp_path / "cv", (tiny_bundle, member64), tiny_dataset, filed_again=True)
+    cv = _cv_run(tmp_path / "cv", (tiny_bundle, member64), tiny_dataset, filed_again=True, unreadable=True)
     ens = tmp_path / "ens"
     assert main(["ensemble", "--cv", str(cv), "--youden", "--out", str(ens)]) == 0
     card = load_card(ens)
@@ -597,8 +603,18 @@ def test_out_of_fold_calibration_counts_patients_and_a_film_filed_again_as_one(
     assert len(set(units)) == len(films) // 2 == len(discover(tiny_dataset).split("test"))
     assert (card.val_metrics["patients"] or {}).get("all") == len(films) // 2
     assert card.threshold_interval == pytest.approx(threshold_interval(y, p, None, None, units), abs=SCORE_TOL)
+    # the unreadable file: recorded where the validation figures are, and said
+    said = ("1 of the 33 films given is left out of the figures, which are of the other 32 only: 1 film could not be "
+            "read")
+    assert card.val_metrics["n"] == len(films) == 32 and card.val_metrics["left_out"] == ONE_LEFT_OUT
+    assert "left_out" not in card.train_config
+    assert f"   {said}" in capsys.readouterr().out
+    assert f"**Caveat:** {said}." in validation_section(ens)
     assert main(["export", str(ens), "--int8", "--cv", str(cv)]) == 0
-    chosen = json.loads(spec_path(ens / "model.int8.onnx").read_text())["int8_threshold_interval"]
+    sidecar = json.loads(spec_path(ens / "model.int8.onnx").read_text())
+    assert sidecar["left_out"] == ONE_LEFT_OUT
+    assert f"   {said}" in capsys.readouterr().out
+    chosen = sidecar["int8_threshold_interval"]
     y8, p8 = _by_hand_int8_out_of_fold(ens, cv)
     assert chosen == pytest.approx(threshold_interval(y8, p8, None, None, units), abs=SCORE_TOL)
     # the films counted alone give another interval here: the test tells the two apart
@@ -611,22 +627,6 @@ def test_out_of_fold_calibration_counts_patients_and_a_film_filed_again_as_one(
                                          r"version\?\)"):
         main_raising(["ensemble", "--cv", str(cv), "--youden", "--out", str(tmp_path / "after")])
     assert not (tmp_path / "after").exists()
-
-
-def test_an_ensemble_of_cv_runs_and_its_int8_model_record_the_files_the_folds_left_out(
-        tiny_bundle: Path, member64: Path, tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    """A file of a fold's validation split that cannot be read chose none of the thresholds: `ensemble --cv` and
-    `export --int8 --cv` said so only in the log, where `ensemble --data` records what it left out and why. The
-    card's validation figures (where a training run's are: they were in train_config, which the validation section
-    does not read) and the INT8 sidecar hold ``left_out`` as theirs (the one implementation), MODEL_CARD.md's
-    validation figures and the commands' output say it."""
-    cv = _cv_run(tmp_path / "cv", (tiny_bundle, member64), tiny_dataset, unreadable=True)
-    ens = tmp_path / "ens"
-    assert main(["ensemble", "--cv", str(cv), "--youden", "--out", str(ens)]) == 0
-    said_one_left_out(ens, capsys)
-    assert main(["export", str(ens), "--int8", "--cv", str(cv)]) == 0
-    assert json.loads(spec_path(ens / "model.int8.onnx").read_text())["left_out"] == ONE_LEFT_OUT
-    assert f"   {ONE_LEFT_OUT_SAID}" in capsys.readouterr().out
 
 
 def test_several_cv_runs_on_the_same_folds_make_one_ensemble(tiny_bundle: Path, member64: Path, tiny_dataset: Path,
