@@ -35,7 +35,7 @@ from pneumoscan.training.quantize import quantize_bundle
 from pneumoscan.training.resume import config_changes
 from pneumoscan.data.cache import data_checksum
 from pneumoscan.training.train import load_data, preprocessed, selected_films, split_records, train
-from tests.builders import copy_of_cv, nudge_weights, trial_copy
+from tests.builders import Crash, copy_of_cv, crash_in_epoch, nudge_weights, trial_copy
 
 TINY = ["--model", "simple_cnn", "--no-pretrained", "--image-size", "32", "--epochs", "1", "--batch-size", "8"]
 
@@ -296,8 +296,9 @@ def test_resume_refuses_a_teacher_replaced_at_its_path(tiny_dataset: Path, teach
     with pytest.raises(ValueError, match=rf"teacher {re.escape(str(teacher))} is not the bundle it was trained with "
                                          r"\(its bundle.json changed since the checkpoint\)"):
         train(tiny_dataset, cfg, tmp_path / "run", resume=True)
-    (teacher / CARD).write_bytes(card)  # the same teacher again: resumed
-    train(tiny_dataset, cfg, tmp_path / "run", resume=True)
+    (teacher / CARD).write_bytes(card)  # the same teacher again: resumed (its second epoch is all the test needs)
+    with pytest.raises(Crash):
+        train(tiny_dataset, cfg, tmp_path / "run", resume=True, on_epoch_end=crash_in_epoch(1))
     assert len((tmp_path / "run" / "history.csv").read_text().splitlines()) == 1 + 2
 
 
