@@ -348,6 +348,29 @@ def tiny_evaluation(tiny_bundle: Path, tiny_dataset: Path, tmp_path_factory: pyt
 
 
 @pytest.fixture(scope="session")
+def tiny_evaluation_by_site(tiny_bundle: Path, tiny_dataset: Path,
+                            tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
+    """`evaluate --by site --by SUBTYPE --out` of tiny_bundle on the tiny dataset's 16 test films as two sites
+    (tests.builders.site_manifest): its folder, the manifest and what the command printed, for the tests that read
+    an evaluation by subgroup (test_subgroups, test_compare: one report drawn a run, not one a test)."""
+    import io
+
+    from pneumoscan import cli
+    from tests.builders import site_manifest
+
+    def build(folder: Path) -> Path:
+        data, printed = site_manifest(tiny_dataset, folder), io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            assert cli.main(["evaluate", str(tiny_bundle), str(data), "--by", "site", "--by", "SUBTYPE", "--out",
+                             str(folder / "eval")]) == 0
+        (folder / "printed.txt").write_text(printed.getvalue())
+        return folder / "eval"
+
+    out = _once_per_run(tmp_path_factory, "tiny_evaluation_by_site", build)
+    return out, out.parent / "site-all.csv", (out.parent / "printed.txt").read_text()
+
+
+@pytest.fixture(scope="session")
 def tiny_multiclass_by_subtype(tiny_multiclass_bundle: Path, typed_dataset: Path,
                                tmp_path_factory: pytest.TempPathFactory) -> Path:
     """evaluate's folder of tiny_multiclass_bundle on the typed dataset's test films by subtype (``--by subtype``:

@@ -26,7 +26,7 @@ from pneumoscan.evaluation.compare import OPTIMISTIC, compare_runs, comparison_f
 from pneumoscan.evaluation.evaluate import evaluate, films_digest
 from pneumoscan.evaluation.subgroups import difference_said, figure_said
 from pneumoscan.models.card import load_card, save_card
-from tests.builders import evaluation_of, nudge_weights, site_manifest
+from tests.builders import evaluation_of, nudge_weights
 from tests.conftest import _once_per_run
 
 
@@ -495,13 +495,13 @@ def test_compare_and_evaluate_read_a_bundles_card_once(two_runs: tuple[Path, Pat
 
 
 def test_compare_sets_each_groups_figures_side_by_side_and_names_fields_a_run_lacks(
-        tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path) -> None:
+        tiny_bundle: Path, tiny_evaluation_by_site: tuple[Path, Path, str], tmp_path: Path) -> None:
     """Evaluations by subgroup (evaluate --by) on the same films: a field both have gets a table, each group's runs
     one beneath the other with their figures as evaluate words them; a field one has and the other lacks is said,
-    with no table; a damaged group's figure is refused by its file."""
-    data = site_manifest(tiny_dataset, tmp_path)
-    plain, tta = tmp_path / "plain", tmp_path / "tta"
-    evaluate(tiny_bundle, data, out_dir=plain, by=["site", "subtype"])
+    with no table; a damaged group's figure is refused by its file. (The plain one by site and subtype is a copy of
+    the session's.)"""
+    evaluated, data, _ = tiny_evaluation_by_site
+    plain, tta = shutil.copytree(evaluated, tmp_path / "plain"), tmp_path / "tta"
     evaluate(tiny_bundle, data, out_dir=tta, tta=True, by=["site"])
     table = format_table(compare_runs([plain, tta]))
     lines = table.splitlines()

@@ -21,16 +21,14 @@ from tests.builders import dicom_bytes, site_manifest
 
 
 def test_groups_add_up_and_each_has_the_figures_of_its_own_films_at_the_bundles_threshold(
-        tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        tiny_bundle: Path, tiny_dataset: Path, tiny_evaluation_by_site: tuple[Path, Path, str],
+        tmp_path: Path) -> None:
     """A manifest's own column (site) and a record's field (subtype) group the figures: the groups' films and
     patients add up to the set's; a site's sensitivity, specificity and AUC with their intervals are those of an
     evaluation of its films alone (at the bundle's threshold, not one of its own), and a site of too few patients
     says so where an interval would stand. The terminal and the report show each field's table, saying what its
-    intervals count (films here, as the whole set's)."""
-    data, out = site_manifest(tiny_dataset, tmp_path), tmp_path / "eval"
-    assert cli.main(["evaluate", str(tiny_bundle), str(data), "--by", "site", "--by", "SUBTYPE", "--out",
-                     str(out)]) == 0
-    printed = capsys.readouterr().out
+    intervals count (films here, as the whole set's). (The session's evaluation: `evaluate --by site --by SUBTYPE`.)"""
+    out, _, printed = tiny_evaluation_by_site
     metrics = json.loads((out / "metrics.json").read_text())
     block = metrics["subgroups"]
     with (out / "predictions.csv").open() as f:
