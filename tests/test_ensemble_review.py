@@ -79,21 +79,6 @@ def test_calibration_films_of_one_class_are_refused_before_the_ensemble_is_score
     assert not (tmp_path / "ens").exists()
 
 
-def test_an_ensemble_given_to_start_from_is_refused_with_a_remedy_that_exists(
-        tiny_dataset: Path, tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """`train --init ENSEMBLE` was refused with 'build the one it holds (train --model ensemble)': no such model."""
-    other = shutil.copytree(tiny_bundle, tmp_path / "other")
-    nudge_weights(other)
-    ens = tmp_path / "ens"
-    assert main(["ensemble", str(tiny_bundle), str(other), "--data", str(tiny_bundle.parent / "split.csv"),
-                 "--split", "val", "--out", str(ens)]) == 0
-    capsys.readouterr()
-    assert main(["train", *TINY, "--data", str(tiny_dataset), "--init", str(ens), "--out", str(tmp_path / "run")]) == 2
-    assert (f"{ens} holds an ensemble, which cannot be fine-tuned: start from one of its members (--init MEMBER) or "
-            "distil it into one model (--teacher)") in capsys.readouterr().err
-    assert not (tmp_path / "run").exists()
-
-
 def _flip_a_byte(path: Path) -> None:
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -140,15 +125,22 @@ def test_a_damaged_member_or_teacher_is_refused_naming_it(tiny_dataset: Path, ti
     assert error.startswith(f"pneumoscan train: error: teacher 1 of 1 ({bad}): {bad / ONNX_NAME} is damaged"), error
 
 
-def test_a_damaged_card_of_an_ensembles_member_is_refused_naming_the_member(tiny_bundle: Path, tmp_path: Path,
-                                                                           capsys: pytest.CaptureFixture[str]) -> None:
-    """The commands that check an ensemble's films against its members' training films read each member's own
+def test_an_ensemble_given_to_start_from_or_with_a_damaged_members_card_is_refused(
+        tiny_dataset: Path, tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`train --init ENSEMBLE` was refused with 'build the one it holds (train --model ensemble)': no such model.
+
+    The commands that check an ensemble's films against its members' training films read each member's own
     bundle.json: a damaged one was refused naming only that file, while the ensemble given, and its bundle.json,
-    were sound."""
+    were sound. (One ensemble for both: its member's card is damaged once the first refusal is seen.)"""
     other = shutil.copytree(tiny_bundle.parent, tmp_path / "other") / "bundle"
     nudge_weights(other)
     ens, split = tmp_path / "ens", str(tiny_bundle.parent / "split.csv")
     assert main(["ensemble", str(tiny_bundle), str(other), "--data", split, "--split", "val", "--out", str(ens)]) == 0
+    capsys.readouterr()
+    assert main(["train", *TINY, "--data", str(tiny_dataset), "--init", str(ens), "--out", str(tmp_path / "run")]) == 2
+    assert (f"{ens} holds an ensemble, which cannot be fine-tuned: start from one of its members (--init MEMBER) or "
+            "distil it into one model (--teacher)") in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
     (other / CARD).write_text("{not json")
     capsys.readouterr()
     for argv in (["evaluate", str(ens), split, "--split", "val", "--out", str(tmp_path / "report")],
