@@ -40,6 +40,16 @@ def two_runs(tiny_bundle: Path, tiny_evaluation: Path, module_tmp: Callable[[str
     return run, run / "eval-test"
 
 
+@pytest.fixture(scope="module")
+def tta_by_site(tiny_bundle: Path, tiny_evaluation_by_site: tuple[Path, Path, str],
+                module_tmp: Callable[[str], Path]) -> Path:
+    """evaluate --tta --by site of the tiny bundle on the session's two sites (the tiny dataset's test films), for
+    the tests that set a TTA evaluation beside a plain one: each reads a copy (one report drawn, not one a test)."""
+    out = module_tmp("tta") / "eval"
+    evaluate(tiny_bundle, tiny_evaluation_by_site[1], out_dir=out, tta=True, by=["site"])
+    return out
+
+
 def _last_minutes(run: Path) -> float:
     with (run / "history.csv").open() as f:
         return float(list(csv.DictReader(f))[-1]["minutes"])
@@ -399,12 +409,13 @@ def test_compare_refuses_runs_that_name_other_films_alike(two_runs: tuple[Path, 
         compare_runs(folders)
 
 
-def test_a_run_scored_with_test_time_augmentation_says_so(two_runs: tuple[Path, Path], tiny_dataset: Path,
+def test_a_run_scored_with_test_time_augmentation_says_so(two_runs: tuple[Path, Path], tta_by_site: Path,
                                                            tmp_path: Path) -> None:
-    """Plain and --tta evaluations of one bundle on one set of films, each at its own threshold: both rows read
-    alike but for the threshold, and nothing in compare said which was which."""
-    run, plain = two_runs
-    evaluate(run / "bundle", tiny_dataset, "test", tmp_path / "eval-tta", tta=True)
+    """Plain and --tta evaluations of one bundle on one set of films (the test films, the TTA one of them as two
+    sites: the module's), each at its own threshold: both rows read alike but for the threshold, and nothing in
+    compare said which was which."""
+    _, plain = two_runs
+    shutil.copytree(tta_by_site, tmp_path / "eval-tta")
     rows = {r.run: r for r in compare_runs([plain, tmp_path / "eval-tta"])}
     assert (rows["eval-test"].scores, rows["eval-tta"].scores) == ("plain", "TTA")
     table = format_table(list(rows.values()))
@@ -495,14 +506,13 @@ def test_compare_and_evaluate_read_a_bundles_card_once(two_runs: tuple[Path, Pat
 
 
 def test_compare_sets_each_groups_figures_side_by_side_and_names_fields_a_run_lacks(
-        tiny_bundle: Path, tiny_evaluation_by_site: tuple[Path, Path, str], tmp_path: Path) -> None:
+        tiny_evaluation_by_site: tuple[Path, Path, str], tta_by_site: Path, tmp_path: Path) -> None:
     """Evaluations by subgroup (evaluate --by) on the same films: a field both have gets a table, each group's runs
     one beneath the other with their figures as evaluate words them; a field one has and the other lacks is said,
-    with no table; a damaged group's figure is refused by its file. (The plain one by site and subtype is a copy of
-    the session's.)"""
-    evaluated, data, _ = tiny_evaluation_by_site
-    plain, tta = shutil.copytree(evaluated, tmp_path / "plain"), tmp_path / "tta"
-    evaluate(tiny_bundle, data, out_dir=tta, tta=True, by=["site"])
+    with no table; a damaged group's figure is refused by its file. (Copies of the session's plain one by site and
+    subtype and the module's TTA one by site.)"""
+    plain = shutil.copytree(tiny_evaluation_by_site[0], tmp_path / "plain")
+    tta = shutil.copytree(tta_by_site, tmp_path / "tta")
     table = format_table(compare_runs([plain, tta]))
     lines = table.splitlines()
     start = lines.index("by site, each run at its own threshold (95% CIs count the run's CI unit):")
