@@ -348,6 +348,33 @@ def tiny_evaluation(tiny_bundle: Path, tiny_dataset: Path, tmp_path_factory: pyt
 
 
 @pytest.fixture(scope="session")
+def three_class_runs(tiny_bundle: Path, tiny_etiology_bundle: Path, tiny_dataset: Path,
+                     tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The two three-class routes evaluated on the test split: a multiclass bundle (simple_cnn, weights as built,
+    threshold 0.3; its folder beside the evaluation's) and the pneumonia bundle followed by the etiology bundle
+    (evaluate --etiology), for test_compare's three-class comparisons and test_evaluate_outputs' predictions.csv of
+    a multiclass bundle. Built once a run, not once a worker."""
+    import torch
+
+    from pneumoscan.evaluation.evaluate import evaluate
+    from pneumoscan.models import registry as models
+    from pneumoscan.models.bundle import save_bundle
+    from pneumoscan.models.card import BundleCard
+
+    def build(folder: Path) -> Path:
+        torch.manual_seed(0)
+        card = BundleCard("simple_cnn", "multiclass", ["normal", "bacteria", "virus"], "pneumonia", 32, "squash", 0.5,
+                          0.25, threshold=0.3)
+        bundle = save_bundle(folder / "bundle", models.create("simple_cnn", num_classes=3), card)
+        evaluate(bundle, tiny_dataset, "test", folder / "eval-multiclass")
+        evaluate(tiny_bundle, tiny_dataset, "test", folder / "eval-two-stage", etiology=tiny_etiology_bundle)
+        return folder
+
+    folder = _once_per_run(tmp_path_factory, "three_class_runs", build)
+    return folder / "eval-multiclass", folder / "eval-two-stage"
+
+
+@pytest.fixture(scope="session")
 def tiny_evaluation_by_site(tiny_bundle: Path, tiny_dataset: Path,
                             tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
     """`evaluate --by site --by SUBTYPE --out` of tiny_bundle on the tiny dataset's 16 test films as two sites

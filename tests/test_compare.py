@@ -27,7 +27,6 @@ from pneumoscan.evaluation.evaluate import evaluate, films_digest
 from pneumoscan.evaluation.subgroups import difference_said, figure_said
 from pneumoscan.models.card import load_card, save_card
 from tests.builders import evaluation_of, nudge_weights
-from tests.conftest import _once_per_run
 
 
 @pytest.fixture(scope="module")
@@ -303,31 +302,6 @@ def test_compare_names_the_patients_beside_the_films_and_what_the_intervals_coun
         (ev / "metrics.json").write_text(json.dumps(edited))
         with pytest.raises(ValueError, match=re.escape(said)):
             compare_runs([ev])
-
-
-@pytest.fixture(scope="session")
-def three_class_runs(tiny_bundle: Path, tiny_etiology_bundle: Path, tiny_dataset: Path,
-                     tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """The two three-class routes evaluated on the test split: a multiclass bundle (simple_cnn, weights as built),
-    and the pneumonia bundle followed by the etiology bundle (evaluate --etiology). Built once a run, not once a
-    worker: its tests lie throughout the module, which pytest-xdist's worksteal may share between workers."""
-    import torch
-
-    from pneumoscan.models import registry as models
-    from pneumoscan.models.bundle import save_bundle
-    from pneumoscan.models.card import BundleCard
-
-    def build(folder: Path) -> Path:
-        torch.manual_seed(0)
-        card = BundleCard("simple_cnn", "multiclass", ["normal", "bacteria", "virus"], "pneumonia", 32, "squash", 0.5,
-                          0.25, threshold=0.3)
-        bundle = save_bundle(folder / "bundle", models.create("simple_cnn", num_classes=3), card)
-        evaluate(bundle, tiny_dataset, "test", folder / "eval-multiclass")
-        evaluate(tiny_bundle, tiny_dataset, "test", folder / "eval-two-stage", etiology=tiny_etiology_bundle)
-        return folder
-
-    folder = _once_per_run(tmp_path_factory, "three_class_runs", build)
-    return folder / "eval-multiclass", folder / "eval-two-stage"
 
 
 THREE_CLASS = ("accuracy", "balanced_accuracy", "macro_auc")

@@ -285,23 +285,12 @@ def test_the_three_class_task_writes_its_own_figures_beside_the_pneumonia_ones(t
     assert np.array(counts).shape == (3, 3) and np.array(counts).sum() == 90
 
 
-def test_a_multiclass_predictions_csv_recomputes_its_three_class_figures(tiny_dataset: Path, tmp_path: Path) -> None:
+def test_a_multiclass_predictions_csv_recomputes_its_three_class_figures(three_class_runs: tuple[Path, Path]) -> None:
     """The three-class figures are of the most probable class, where ``called`` is normal vs pneumonia at the
     threshold: predictions.csv carries each class's probability and that class, so the 3 x 3 matrix (or a
-    subgroup's) can be rebuilt from the file."""
-    import torch
-
-    from pneumoscan.models import registry as models
-    from pneumoscan.models.bundle import save_bundle
-    from pneumoscan.models.card import BundleCard
-
-    torch.manual_seed(0)
-    card = BundleCard("simple_cnn", "multiclass", ["normal", "bacteria", "virus"], "pneumonia", 32, "squash", 0.5,
-                      0.25, threshold=0.3)
-    bundle = save_bundle(tmp_path / "bundle", models.create("simple_cnn", num_classes=3), card)
-    out = tmp_path / "eval"
-    metrics = evaluate(bundle, tiny_dataset, "test", out)
-
+    subgroup's) can be rebuilt from the file. (The session's evaluation of a three-class bundle on the test films.)"""
+    out = three_class_runs[0]
+    metrics = json.loads((out / "metrics.json").read_text())
     rows = read_csv(out / "predictions.csv")
     classes = ["normal", "bacteria", "virus"]
     assert list(rows[0]) == ["path", "label", "subtype", "patient", "probability", "called", "correct", "optimistic",
