@@ -370,10 +370,10 @@ def test_compare_refuses_runs_that_name_other_films_alike(two_runs: tuple[Path, 
     for site, half in (("a", slice(0, 4)), ("b", slice(4, 8))):
         manifest = tmp_path / site / "manifest.csv"
         write_manifest([r for rows in by_label.values() for r in rows[half]], manifest)
-        for again in ("", "-again") if site == "a" else ("",):
+        metrics = evaluate(two_runs[0] / "bundle", manifest)
+        for again in ("", "-again") if site == "a" else ("",):  # site a's evaluation twice, as a second run writes it
             folder = tmp_path / f"eval-{site}{again}"
             folder.mkdir()
-            metrics = evaluate(two_runs[0] / "bundle", manifest)
             (folder / "metrics.json").write_text(json.dumps(metrics))
             folders.append(folder)
     assert [json.loads((f / "metrics.json").read_text())["data"] for f in folders] == ["manifest.csv"] * 3
