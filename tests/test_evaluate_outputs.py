@@ -203,7 +203,7 @@ def test_evaluate_counts_patients_in_its_intervals(tiny_bundle: Path, tiny_datas
         for i, r in enumerate(sorted(records, key=lambda r: r.path)):  # 8 NORMAL films, then 8 PNEUMONIA ones
             writer.writerow([r.path, r.label, f"patient{i // 2}"])
     # metrics.json's figures, as written (its report's caption on these films:
-    # test_evaluate_names_the_patients_beside_the_films_in_the_report_and_the_card)
+    # test_evaluate_says_on_screen_when_its_intervals_count_films)
     saved = jsonable(evaluate(tiny_bundle, manifest))
     records, images, targets, _ = labelled_records(manifest, None, task, predictor.card.spec)
     patients = [r.patient for r in records]
@@ -628,7 +628,11 @@ def test_evaluate_says_on_screen_when_its_intervals_count_films(tiny_bundle: Pat
     """Films with no shared patient id get intervals by film, which films of one patient would make too narrow: the
     report said so, the screen a reader may look at alone did not. The threshold table on the screen has a column
     "npv" and rows of the rule "fixed", which a clinical reader of the terminal was told the meaning of nowhere: a
-    legend beneath it says both, in the words of docs/evaluation.md."""
+    legend beneath it says both, in the words of docs/evaluation.md.
+
+    Films paired into patients: the screen, the report's n and the card's evaluation row give the films with their
+    patients, each table says its intervals count patients, and NPV stands beside precision. (One evaluation, added
+    to a copy's card, proves the screen, the report and the card.)"""
     said = FILM_UNIT_CAVEAT  # as the report and the model card say it
     assert cli.main(["evaluate", str(tiny_bundle), str(tiny_dataset), "--split", "test", "--out",
                      str(tmp_path / "films")]) == 0
@@ -648,12 +652,23 @@ def test_evaluate_says_on_screen_when_its_intervals_count_films(tiny_bundle: Pat
     records = [r for r in discover(tiny_dataset).records if r.split == "test"]
     manifest.write_text("path,label,patient\n" + "".join(f"{r.path},{r.label},p{i // 2}\n"
                                                           for i, r in enumerate(sorted(records, key=lambda r: r.path))))
-    assert cli.main(["evaluate", str(tiny_bundle), str(manifest), "--out", str(tmp_path / "patients")]) == 0
+    bundle, out = shutil.copytree(tiny_bundle, tmp_path / "bundle"), tmp_path / "patients"
+    assert cli.main(["evaluate", str(bundle), str(manifest), "--out", str(out), "--add-to-card", "--data-name",
+                     "paired"]) == 0
     screen = capsys.readouterr().out
     assert said not in screen
     # the screen names the patients beside the films, the NPV beside precision, and the prevalence both depend on
     assert "n = 16 films of 8 patients (8 PNEUMONIA films of 4 patients, 8 NORMAL of 4)   prevalence 0.500" in screen
     assert "         npv: " in screen
+    # the report and the card
+    assert json.loads((out / "metrics.json").read_text())["patients"] == {"positive": 4, "negative": 4, "all": 8}
+    page = (out / "report.html").read_text()
+    assert "n = 16 films of 8 patients (8 PNEUMONIA films of 4 patients, 8 NORMAL of 4)." in page
+    assert ("<caption>Summary. 95% CIs count patients, not films, since one patient's films are scored alike."
+            "</caption>") in page
+    assert "<th>Negative predictive value (NPV) †</th>" in page
+    card = (bundle / "MODEL_CARD.md").read_text()
+    assert "| paired | 16 films of 8 patients (8 PNEUMONIA films of 4 patients, 8 NORMAL of 4) | patients |" in card
 
 
 def test_evaluate_etiology_says_on_screen_the_films_and_patients_of_its_three_classes(
@@ -675,28 +690,6 @@ def test_evaluate_etiology_says_on_screen_the_films_and_patients_of_its_three_cl
     line = next(line for line in screen.splitlines() if line.startswith("3 classes, "))
     # each patient of the pneumonia films has one bacterial and one viral film
     assert line.endswith("; n = 16 films of 8 patients (8 normal films of 4 patients, 4 bacteria of 4, 4 virus of 4)")
-
-
-def test_evaluate_names_the_patients_beside_the_films_in_the_report_and_the_card(tiny_bundle: Path, tiny_dataset: Path,
-                                                                                  tmp_path: Path) -> None:
-    """Films paired into patients: the report's n and the card's evaluation row give the films with their patients,
-    each table says its intervals count patients, and NPV stands beside precision."""
-    bundle = tmp_path / "bundle"
-    shutil.copytree(tiny_bundle, bundle)
-    records = sorted(discover(tiny_dataset).split("test"), key=lambda r: r.path)  # 8 NORMAL films, then 8 PNEUMONIA
-    manifest = tmp_path / "paired.csv"
-    manifest.write_text("path,label,patient\n"
-                        + "".join(f"{r.path},{r.label},p{i // 2}\n" for i, r in enumerate(records)))
-    out = tmp_path / "eval"
-    metrics = evaluate(bundle, manifest, out_dir=out, add_to_card=True, data_name="paired")
-    assert metrics["patients"] == {"positive": 4, "negative": 4, "all": 8}
-    page = (out / "report.html").read_text()
-    assert "n = 16 films of 8 patients (8 PNEUMONIA films of 4 patients, 8 NORMAL of 4)." in page
-    assert ("<caption>Summary. 95% CIs count patients, not films, since one patient's films are scored alike."
-            "</caption>") in page
-    assert "<th>Negative predictive value (NPV) †</th>" in page
-    card = (bundle / "MODEL_CARD.md").read_text()
-    assert "| paired | 16 films of 8 patients (8 PNEUMONIA films of 4 patients, 8 NORMAL of 4) | patients |" in card
 
 
 def test_pneumonia_films_of_no_type_leaving_only_normal_films_are_refused(typed_dataset: Path, tmp_path: Path) -> None:
