@@ -102,24 +102,35 @@ def test_evaluate_writes_predictions_figures_and_a_threshold_table(tiny_bundle: 
             and float(bundle_row["sensitivity"]) == metrics["sensitivity"])
 
 
-def test_evaluate_marks_the_films_outside_the_models_scope_as_predict_does(
+def test_evaluate_marks_the_films_outside_the_models_scope_as_predict_does_and_warns_of_text_burned_in(
         tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A lateral DICOM among the films: scored and counted like the rest, but never silently: predict calls it out
-    of scope, and so must evaluate's rows, its warning and metrics.json."""
+    of scope, and so must evaluate's rows, its warning and metrics.json.
+
+    A DICOM whose header says text is burned into its pixels was read like any film: text is a shortcut a model
+    may read, and a heatmap or copy sent on shows it. predict and evaluate's rows warn of it, and the film stays in
+    scope (a chest film with a marker, as most are, the training films too): not counted out of scope. (One
+    evaluation of the test films with the three DICOMs among them proves both.)"""
     data = tmp_path / "films"
     shutil.copytree(tiny_dataset / "test", data)
     pixels = np.asarray(Image.open(next((data / "NORMAL").glob("*.jpeg"))).convert("L"))
     lateral = data / "NORMAL" / "lateral.dcm"
     lateral.write_bytes(chest_dicom(pixels, ViewPosition="LL"))
+    # at a film's size: the tiny films are thumbnails, out of scope by that alone
+    film = np.asarray(Image.fromarray(pixels).resize((256, 256)))
+    (data / "NORMAL" / "marked.dcm").write_bytes(chest_film_dicom(film, BurnedInAnnotation="YES"))
+    (data / "NORMAL" / "plain.dcm").write_bytes(chest_film_dicom(film, BurnedInAnnotation="NO"))
     metrics = evaluate(tiny_bundle, data, out_dir=tmp_path / "eval")
     rows = {row["path"]: row for row in read_csv(tmp_path / "eval" / "predictions.csv")}
-    assert len(rows) == metrics["n"] == 17
+    assert len(rows) == metrics["n"] == 19
     assert {row["split"] for row in rows.values()} == {""}  # a folder of a site's own names no split
-    outside = []
-    for predicted in predict_paths(tiny_bundle, sorted(rows)):
-        row = rows[predicted["path"]]
-        assert (row["in_scope"], row["warnings"]) == (str(predicted["in_scope"]), "; ".join(predicted["warnings"]))
-        outside += [] if predicted["in_scope"] else [predicted["path"]]
+    outside, predicted = [], {}
+    for row_predicted in predict_paths(tiny_bundle, sorted(rows)):
+        predicted[Path(row_predicted["path"]).name] = row_predicted
+        row = rows[row_predicted["path"]]
+        assert (row["in_scope"], row["warnings"]) == (str(row_predicted["in_scope"]),
+                                                      "; ".join(row_predicted["warnings"]))
+        outside += [] if row_predicted["in_scope"] else [row_predicted["path"]]
     assert rows[str(lateral)]["in_scope"] == "False" and "lateral view (LL)" in rows[str(lateral)]["warnings"]
     assert sorted(film["path"] for film in metrics["out_of_scope"]) == outside
     assert any("lateral view (LL)" in reason for film in metrics["out_of_scope"] for reason in film["reasons"])
@@ -127,26 +138,12 @@ def test_evaluate_marks_the_films_outside_the_models_scope_as_predict_does(
     # and what to do to measure without them, which a researcher with a lateral among a site's films had to guess
     assert ("predictions.csv marks them (in_scope false) and metrics.json lists them (out_of_scope): leave them out "
             "of the films given to measure without them") in caplog.text
-
-
-def test_a_film_with_text_burned_in_is_warned_of_and_kept_in_scope(tiny_bundle: Path, tiny_dataset: Path,
-                                                                     tmp_path: Path) -> None:
-    """A DICOM whose header says text is burned into its pixels was read like any film: text is a shortcut a model
-    may read, and a heatmap or copy sent on shows it. predict and evaluate's rows warn of it, and the film stays in
-    scope (a chest film with a marker, as most are, the training films too): not counted out of scope."""
-    data = tmp_path / "films"
-    shutil.copytree(tiny_dataset / "test", data)
-    # at a film's size: the tiny films are thumbnails, out of scope by that alone
-    pixels = np.asarray(Image.open(next((data / "NORMAL").glob("*.jpeg"))).convert("L").resize((256, 256)))
-    (data / "NORMAL" / "marked.dcm").write_bytes(chest_film_dicom(pixels, BurnedInAnnotation="YES"))
-    (data / "NORMAL" / "plain.dcm").write_bytes(chest_film_dicom(pixels, BurnedInAnnotation="NO"))
-    metrics = evaluate(tiny_bundle, data, out_dir=tmp_path / "eval")
-    rows = {Path(row["path"]).name: row for row in read_csv(tmp_path / "eval" / "predictions.csv")}
-    predicted = {Path(p["path"]).name: p for p in predict_paths(tiny_bundle, sorted(data.glob("NORMAL/*.dcm")))}
+    # text burned in: warned of, in scope
+    rows = {Path(path).name: row for path, row in rows.items()}
     for name, warned in (("marked.dcm", True), ("plain.dcm", False)):
         assert (BURNED_IN.text() in predicted[name]["warnings"]) == warned and predicted[name]["in_scope"]
         assert rows[name]["in_scope"] == "True" and (BURNED_IN.text() in rows[name]["warnings"]) == warned
-    assert not any(film["path"].endswith(".dcm") for film in metrics["out_of_scope"])
+    assert not any(film["path"].endswith(("marked.dcm", "plain.dcm")) for film in metrics["out_of_scope"])
 
 
 def test_the_report_shows_the_most_confident_errors_with_grad_cam(tiny_bundle: Path, tiny_dataset: Path,
