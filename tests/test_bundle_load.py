@@ -38,29 +38,55 @@ class _Held(nn.Module):
             self.register_buffer("scale", scale, persistent=False)
         elif held == "attribute":
             self.scale = scale
+        elif held == "list":  # in a list: no attribute of the module is a tensor
+            self.scales = [scale]
+        elif held == "lazy":  # a layer whose weights take their shape from its first input
+            self.lazy = nn.LazyLinear(num_classes)
         else:  # "read": a size worked out from a tensor's value
             self.scale = torch.full((int(scale.sum().item()) // 3,), 3.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x).mean((2, 3)) * self.scale.to(x.device)
+        out = self.conv(x).mean((2, 3))
+        if hasattr(self, "lazy"):
+            return out + self.lazy(x.flatten(1))
+        return out * (self.scales[0] if hasattr(self, "scales") else self.scale).to(x.device)
 
 
-@pytest.mark.parametrize("held", ["buffer", "attribute", "read"])
+def _register_held(origin: str) -> None:
+    """:class:`_Held` registered as model "held" by a builder of module ``origin``: pneumoscan's own (built on the
+    meta device first) or a plugin's (built as it always was)."""
+
+    def build(num_classes: int, in_chans: int, pretrained: bool, held: str) -> nn.Module:
+        return _Held(num_classes, in_chans, pretrained, held)
+
+    build.__module__ = origin
+    models.register("held", mean=0.5, std=0.25)(build)
+
+
+@pytest.mark.parametrize("origin", ["pneumoscan.models.registry", "site_models"])
+@pytest.mark.parametrize("held", ["buffer", "attribute", "read", "list", "lazy"])
 def test_a_model_holding_a_tensor_its_file_does_not_keep_is_built_with_it(
-        held: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A tensor the builder makes and the file does not keep would stay on the meta device, without a value: such a
-    model is built with its values and then loaded, and scores as the model that was saved."""
+        held: str, origin: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tensor the builder makes and the file does not keep would stay on the meta device, without a value, and a
+    lazy layer has no shape there: such a model is built with its values and then loaded, and scores as the model
+    that was saved, and so does a plugin's, which is never built on the meta device."""
     monkeypatch.setattr(models, "_REGISTRY", models._REGISTRY.copy())
-    models.register("held", mean=0.5, std=0.25)(_Held)
+    _register_held(origin)
     saved = _Held(2, 1, False, held).eval()
+    x = torch.rand(2, 1, 16, 16)
+    with torch.inference_mode():
+        expected = saved(x)  # a lazy layer takes its shape here, before it is saved
     bundle = save_bundle(tmp_path / "bundle", saved,
                          BundleCard("held", "pneumonia", ["NORMAL", "PNEUMONIA"], "PNEUMONIA", 16, "squash", 0.5, 0.25,
                                     threshold=0.5, model_kwargs={"held": held}))  # fmt: skip
+    torch.manual_seed(0)
+    draws = torch.rand(4)
+    torch.manual_seed(0)
     model, _ = load_bundle(bundle)
-    assert not model.scale.is_meta
-    x = torch.rand(2, 1, 16, 16)
+    assert torch.equal(torch.rand(4), draws), "the load moved torch's random stream"
+    assert not any(t.is_meta for t in (*model.parameters(), *model.buffers()))
     with torch.inference_mode():
-        assert torch.allclose(model(x), saved(x))
+        assert torch.allclose(model(x), expected)
 
 
 def test_weights_of_another_precision_are_loaded_in_the_models(tmp_path: Path) -> None:

@@ -95,13 +95,21 @@ def load_bundle(directory: Path | str, best_so_far: bool = False) -> tuple[torch
             raise ValueError(f"{directory}: its model_kwargs do not fit the model {card.model!r} ({e}); restore the "
                              "bundle from a good copy") from None
 
-    shell = _shell(build)
-    model = fresh() if shell is None else None  # a builder that fails says so before the weights are read
+    # the meta-device build for the builders this project vouches for alone (its own and timm's, whose every model
+    # it was checked on): a plugin's model is built and loaded as it always was
+    vouched = all(registry.builder_module(name).startswith(("pneumoscan.", "timm")) for name in architectures)
+    shell = _shell(build) if vouched else None
+    model = _unseeded(fresh) if shell is None else None  # a builder that fails says so before the weights are read
     weights = _read_weights(directory, card)
     if shell is not None:
-        if (filled := _assigned(shell, weights)) is not None:
+        try:
+            filled = _assigned(shell, weights)
+        except Exception as e:  # a module's own load hook, a lazy parameter: the plain load's to report
+            log.debug("loaded as usual, not assigned on the meta device: %s", e)
+            filled = None
+        if filled is not None:
             return filled.eval(), card
-        model = fresh()
+        model = _unseeded(fresh)
     try:
         model.load_state_dict(weights)
     except RuntimeError as e:  # another architecture's weights (a legacy bundle, or a card edited and resealed)
@@ -115,6 +123,14 @@ def load_bundle(directory: Path | str, best_so_far: bool = False) -> tuple[torch
                          f"read it with the {card.model} it was trained with (without {built}, or with that version "
                          "of it), or restore the bundle from a good copy") from None
     return model.eval(), card
+
+
+def _unseeded(build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
+    """The model ``build`` makes with its random start, drawn from a copy of torch's global random stream: a load
+    leaves the stream where it was, whichever way the model is built (a seeded run's next draws are not moved by
+    the bundles it loads)."""
+    with torch.random.fork_rng(devices=[]):
+        return build()
 
 
 class _NoDraws(TorchFunctionMode):
@@ -159,8 +175,10 @@ def _assigned(shell: torch.nn.Module, weights: dict[str, torch.Tensor]) -> torch
             or any(own[k].shape != v.shape for k, v in weights.items())):
         return None
     shell.load_state_dict({k: v.to(own[k].dtype) for k, v in weights.items()}, assign=True)
-    attributes = (value for module in shell.modules() for value in vars(module).values())
-    left = (*shell.parameters(), *shell.buffers(), *(t for t in attributes if isinstance(t, torch.Tensor)))
+    attributes = [value for module in shell.modules() for value in vars(module).values()]
+    contained = [*attributes, *(item for value in attributes if isinstance(value, (list, tuple)) for item in value),
+            *(item for value in attributes if isinstance(value, dict) for item in value.values())]
+    left = (*shell.parameters(), *shell.buffers(), *(t for t in contained if isinstance(t, torch.Tensor)))
     return None if any(t.is_meta for t in left) else shell
 
 
