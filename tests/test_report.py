@@ -18,7 +18,7 @@ from playwright.sync_api import Browser, Page, expect
 from pneumoscan.core.metrics import (AUC_INTERVAL, FILM_UNIT_CAVEAT, clopper_pearson, evaluate_binary,
                                      evaluate_multiclass, softmax)
 from pneumoscan.core.figures import FIGURE_DPI, figure_bytes, png_data_url, set_title
-from pneumoscan.evaluation.report import roc_figure, write_report
+from pneumoscan.evaluation.report import Curve, decision_curves_figure, roc_figure, write_report
 from pneumoscan.evaluation.subgroups import subgroup_figures
 from pneumoscan.models.card import load_card
 from pneumoscan.training.callbacks import plot_training_curves
@@ -334,6 +334,21 @@ def test_a_figure_drawn_past_its_edge_is_saved_whole(monkeypatch) -> None:
     assert len(drawn) == 2  # the draw that found it off the edge, then savefig's on the box it measured
     monkeypatch.undo()
     assert _same_picture(png, fig) and Image.open(io.BytesIO(png)).width > fig.get_figwidth() * FIGURE_DPI
+
+
+def test_a_legend_whose_keys_lie_past_the_edge_is_saved_whole(monkeypatch) -> None:
+    """compare's decision curves of a run without one: a note in the legend so long that the legend's line keys lie
+    wholly past the figure's edge, and a gap between its letters falls on the edge, so no ink touches it; cut to the
+    ink, the figure lost the keys that say which line is the model's (a picture 67 pixels narrower)."""
+    model = Curve("a", "C0", [0.01, 0.5, 0.99], [0.3, 0.1, -0.05], None, None)
+    treat_all = Curve("treat all", "#9aa5b1", [0.01, 0.5, 0.99], [0.3, 0.0, -0.5], None, None)
+    note = "fold_seed_i_mixup_run_fold_resnet_efficientnet_fold v2 seed: no decision curve in its metrics.json"
+    fig = decision_curves_figure([model], [treat_all], [], [note], "Decision curves", "d")
+    drawn = _drawn(monkeypatch)
+    png = figure_bytes(fig, tight=True)
+    assert len(drawn) == 2  # the draw that found the legend past the edge, then savefig's on the box it measured
+    monkeypatch.undo()
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), float), _savefig_tight(fig))
 
 
 def test_the_confusion_matrix_never_shows_a_missed_film_as_100_percent(tmp_path) -> None:

@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
+    from matplotlib.artist import Artist
     from matplotlib.axes import Axes
+    from matplotlib.backend_bases import RendererBase
     from matplotlib.figure import Figure
     from matplotlib.transforms import Bbox
 
@@ -48,10 +50,10 @@ def figure_bytes(fig: Figure, fmt: str = "png", tight: bool = False) -> bytes:
 
 def _drawn_within(fig: Figure) -> np.ndarray | Bbox:
     """FIG drawn at FIGURE_DPI and cut to what it inks, padded as savefig pads a tight box (RGBA rows, top first),
-    or the tight box (inches) where the drawing reaches the figure's edge: savefig draws the figure on it without
-    measuring it again. Measured from the drawn pixels, not by matplotlib's tight box, which lays every tick and
-    text out again (a fifth of a figure's CPU); the picture is the same, within the few pixels by which a text's
-    box is taller than its letters."""
+    or the tight box (inches) where the drawing reaches the figure's edge or a text or legend lies past it
+    (:func:`_text_past_edge`): savefig draws the figure on it without measuring it again. Measured from the drawn
+    pixels, not by matplotlib's tight box, which lays every tick and text out again (a fifth of a figure's CPU); the
+    picture is the same, within the few pixels by which a text's box is taller than its letters."""
     import matplotlib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.colors import to_rgba_array
@@ -66,7 +68,8 @@ def _drawn_within(fig: Figure) -> np.ndarray | Bbox:
         inked = rows.view(np.uint32)[..., 0] != background.view(np.uint32)[0]  # a pixel's 4 bytes compared at once
         across, down = np.flatnonzero(inked.any(axis=0)), np.flatnonzero(inked.any(axis=1))
         if (not len(across) or across[0] == 0 or down[0] == 0 or across[-1] == rows.shape[1] - 1
-                or down[-1] == rows.shape[0] - 1):  # it may run off the figure: matplotlib's box takes it all in
+                or down[-1] == rows.shape[0] - 1 or _text_past_edge(fig, canvas.get_renderer())):
+            # it may run off the figure: matplotlib's box takes it all in
             box = fig.get_tightbbox(canvas.get_renderer()).padded(matplotlib.rcParams["savefig.pad_inches"])
             if box.x0 < 0 or box.y0 < 0 or box.x1 > fig.bbox_inches.x1 or box.y1 > fig.bbox_inches.y1:
                 return box
@@ -81,6 +84,25 @@ def _drawn_within(fig: Figure) -> np.ndarray | Bbox:
         return picture
     finally:
         fig.set_dpi(dpi)
+
+
+def _text_past_edge(fig: Figure, renderer: RendererBase) -> bool:
+    """Whether a text or legend of FIG, as just drawn, lies past its edge, wholly or in part: the ink at the edge
+    does not tell where a gap between letters falls on it, or where all of it lies beyond (a legend's keys cut off,
+    a note cut short). Their boxes are those of the draw (laid out once, about 5 ms a figure)."""
+    from matplotlib.legend import Legend
+    from matplotlib.text import Text
+
+    def shown(artist: Artist) -> bool:
+        return (isinstance(artist, Legend) or (isinstance(artist, Text) and bool(artist.get_text()))) and \
+            artist.get_visible() and artist.get_in_layout()
+
+    edge = fig.bbox
+    for artist in fig.findobj(shown):
+        box = artist.get_window_extent(renderer)
+        if box.x0 < edge.x0 or box.y0 < edge.y0 or box.x1 > edge.x1 or box.y1 > edge.y1:
+            return True
+    return False
 
 
 def set_title(ax: Axes, title: str) -> None:
