@@ -207,6 +207,7 @@ def _read_scans(store: Path, warn: bool = True) -> dict:
     last stat'ed (:func:`_keep_scans`; 0 in a store written without it); none when there are none or they cannot be
     read: a file cut short, or whose scans differ from the checksum written with them (damaged bytes that still parse
     would give films other hashes, and split or evaluate other copies), is made anew, with a warning (``warn``)."""
+    read_ns = time.time_ns()  # before the stamp: a write after this has times past it
     stamp = file_stamp(store)
     memo = _HELD.get(store)
     if memo is not None and stamp is not None and memo[0] == stamp and stamp_settled(stamp, memo[1]):
@@ -225,16 +226,17 @@ def _read_scans(store: Path, warn: bool = True) -> dict:
                         "file made anew", store, e)
         return {"files": {}, "scans": {}, "checked": 0}
     if stamp is not None and file_stamp(store) == stamp:  # the scans of the file that stamp is of
-        _hold(store, stamp, kept)
+        _hold(store, stamp, read_ns, kept)
     return kept
 
 
-def _hold(store: Path, stamp: str, held: dict) -> None:
-    """Keep ``held``, the scans of ``store`` as it is at ``stamp``, for :func:`_read_scans`; never changed once
+def _hold(store: Path, stamp: str, read_ns: int, held: dict) -> None:
+    """Keep ``held``, the scans of ``store`` as it was at ``stamp``, read from ``read_ns`` on, for
+    :func:`_read_scans`, which uses them once that stamp's times are settled before the read; never changed once
     kept (callers build new dicts). No lock: each step is one operation on the dict, which threads may interleave,
     and a process forked meanwhile (a data loader's workers) inherits no lock held."""
     _HELD.pop(store, None)
-    _HELD[store] = (stamp, time.time_ns(), held)
+    _HELD[store] = (stamp, read_ns, held)
     for old in list(_HELD)[:-_HELD_STORES]:
         _HELD.pop(old, None)
 
@@ -266,8 +268,6 @@ def _keep_scans(store: Path, files: dict[str, dict], new: list[tuple[str, str, d
             # private as the image cache's index is: it names every film
             write_atomic(store, json.dumps(held | {"checked": checked, "sha256": json_sha256(held)}).encode(),
                          mode=0o600)
-            if (stamp := file_stamp(store)) is not None:  # as written, under the lock
-                _hold(store, stamp, held | {"checked": checked})
     except OSError as e:
         log.warning("the copy search's scans cannot be kept in %s (%s): the films are scanned again next time",
                     store, e)
