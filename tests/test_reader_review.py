@@ -21,6 +21,7 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import convert_color_space
 from pydicom.sequence import Sequence
 
+from pneumoscan.core import atomic
 from pneumoscan.data import pixels
 from pneumoscan.data.cache import DECODERS, IN_PROCESS_FILMS, build_cache, cache_key, decoding_versions
 from pneumoscan.data.decode import image_info, read_gray
@@ -286,7 +287,8 @@ def test_the_decoders_versions_are_looked_up_again_once_a_folder_on_the_path_cha
     version = importlib.metadata.version
     monkeypatch.setattr(importlib.metadata, "version", lambda name: looked_up.append(name) or version(name))
     installed = {str(importlib.metadata.distribution(name).locate_file("")) for name in DECODERS}
-    monkeypatch.setattr(sys, "path", sorted(installed))  # folders that changed long before this test
+    monkeypatch.setattr(sys, "path", sorted(installed))
+    monkeypatch.setattr(atomic, "SETTLED_NS", -3600 * 10**9)  # every folder settled (no waiting in a test)
     first = decoding_versions()
     assert len(looked_up) == len(DECODERS)
     assert decoding_versions() == first and len(looked_up) == len(DECODERS), "looked up again, nothing changed"
@@ -294,8 +296,10 @@ def test_the_decoders_versions_are_looked_up_again_once_a_folder_on_the_path_cha
     site = _installed(tmp_path / "site", plugin, "0.0.1")
     sys.path.insert(0, site)  # a package installed into a folder on the path: found before the one installed
     assert decoding_versions()[0][plugin] == "0.0.1" and len(looked_up) == 2 * len(DECODERS)
-    decoding_versions()  # the folder changed just now: not trusted yet
+    monkeypatch.setattr(atomic, "SETTLED_NS", 3600 * 10**9)  # a folder changed within the hour: not trusted yet
+    decoding_versions()
     assert len(looked_up) == 3 * len(DECODERS)
+    monkeypatch.setattr(atomic, "SETTLED_NS", -3600 * 10**9)
     shutil.rmtree(Path(site) / f"{plugin.replace('-', '_')}-0.0.1.dist-info")  # removed
     assert decoding_versions() == first
 
