@@ -130,6 +130,22 @@ def crash_in_epoch(crashed: int) -> Callable[[int], None]:
     return crash
 
 
+@contextmanager
+def crashed_at_finish() -> Iterator[None]:
+    """A training run in it crashes as its finish begins (train's finalize: the temperature, threshold, ONNX model,
+    card and validation report), its last epoch checkpointed and its stop decided, and the block expects it: a test
+    of what a run did up to its end (its epochs, its callbacks' stop, what it said), or that resumes it, spares the
+    finish it does not read: most of a tiny run's CPU."""
+    from pneumoscan.training import train as train_mod
+
+    def crash(*args: object) -> Path:
+        raise Crash
+
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(Crash):
+        mp.setattr(train_mod, "finalize", crash)
+        yield
+
+
 def assert_close_report(reported: Any, again: Any, where: str = "metrics") -> None:
     """Two metrics.json trees agree: the same keys, lengths and integers, every float within SCORE_TOL."""
     if isinstance(reported, dict):

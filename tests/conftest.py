@@ -99,23 +99,6 @@ def real_train(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tup
     return records, json.loads(_once_per_run(tmp_path_factory, "real_train", find).read_text())
 
 
-@contextlib.contextmanager
-def crashed_at_finish() -> Iterator[None]:
-    """A training run in it crashes as its finish begins (train's finalize: the temperature, threshold, ONNX model,
-    card and validation report), its last epoch checkpointed and its stop decided, and the block expects it: a test
-    of what a run did up to its end (its epochs, its callbacks' stop, what it said), or that resumes it, spares the
-    finish it does not read: most of a tiny run's CPU."""
-    from pneumoscan.training import train as train_mod
-    from tests.builders import Crash
-
-    def crash(*args: object) -> Path:
-        raise Crash
-
-    with pytest.MonkeyPatch.context() as mp, pytest.raises(Crash):
-        mp.setattr(train_mod, "finalize", crash)
-        yield
-
-
 def _xray_like(rng: np.random.Generator, size: int, sick: bool, hazy: bool = False) -> np.ndarray:
     """A synthetic grayscale 'chest': two dark lungs; pneumonia adds bright blobs inside them, and ``hazy`` a haze
     over both lungs too (viral pneumonia's, in :func:`typed_dataset`)."""

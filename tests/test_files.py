@@ -37,8 +37,7 @@ from pneumoscan.evaluation.evaluate import evaluate
 from pneumoscan.inference.predict import expand_paths, format_results, predict_paths
 from pneumoscan.models.card import CARD, WEIGHTS, load_card, refuse_model_files
 from pneumoscan.training.resume import save_checkpoint
-from tests.builders import dicom_bytes
-from tests.conftest import crashed_at_finish
+from tests.builders import crashed_at_finish, dicom_bytes
 
 ROOT = Path(__file__).parents[1]
 LATIN1 = os.fsdecode(b"caf\xe9.jpeg")  # a name from an old Latin-1 zip: not UTF-8

@@ -47,8 +47,8 @@ from pneumoscan.training.engine import Callback, State
 from pneumoscan.training.distributed import setup_distributed
 from pneumoscan.training.train import stream_seed, train
 from pneumoscan.training.warm_start import warm_start_head, WARM_START_L2
-from tests.builders import SCORE_TOL, Crash, crash_in_epoch, trial_copy
-from tests.conftest import _once_per_run, crashed_at_finish
+from tests.builders import SCORE_TOL, Crash, crash_in_epoch, crashed_at_finish, trial_copy
+from tests.conftest import _once_per_run
 from tests.distributed_stubs import CountingProbe, probe_films
 
 # A timm model (with stages, and a head the warm start fits), of 100 k parameters: the trained one of timm_bundle
