@@ -133,9 +133,9 @@ SETTLED_NS = 2_000_000_000
 
 
 def stamp_settled(stamp: str, read_ns: int) -> bool:
-    """Whether :func:`file_stamp` ``stamp``, taken before a read at ``read_ns`` (``time.time_ns``), tells what was
-    read: its times are well before that read, so any later write gives other times. What a process keeps of a
-    file it read (the copy search's scans, the decoders' versions under a folder) is reused only then."""
+    """Whether :func:`file_stamp` ``stamp`` tells what was read by it from ``read_ns`` on (``time.time_ns``, taken
+    before the stamp): its times are well before that read, so any later write gives other times. What a process
+    keeps of a file it read (the copy search's scans, the decoders' versions under a folder) is reused only then."""
     _, mtime, ctime, _ = stamp.split(":")
     return max(int(mtime), int(ctime)) < read_ns - SETTLED_NS
 

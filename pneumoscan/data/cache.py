@@ -159,8 +159,8 @@ def _decoder_versions() -> dict[str, str | None]:
     look-up: importlib.metadata parses each package's whole metadata, 5-10 ms of CPU for the eight, which every
     image cache and every copy search paid (about 1,500 times a run of the test suite)."""
     global _versions_seen
-    folders = [(entry, file_stamp(entry or ".")) for entry in sys.path]
     now, seen = time.time_ns(), _versions_seen  # one tuple, whatever another thread stores meanwhile
+    folders = [(entry, file_stamp(entry or ".")) for entry in sys.path]
     if seen is not None and seen[0] == folders and all(stamp is None or stamp_settled(stamp, seen[1])
                                                        for _, stamp in folders):
         return dict(seen[2])

@@ -97,7 +97,7 @@ def load_bundle(directory: Path | str, best_so_far: bool = False) -> tuple[torch
 
     # the meta-device build for the builders this project vouches for alone (its own and timm's, whose every model
     # it was checked on): a plugin's model is built and loaded as it always was
-    vouched = all(registry.builder_module(name).startswith(("pneumoscan.", "timm")) for name in architectures)
+    vouched = all(_vouched(name) for name in architectures)
     shell = _shell(build) if vouched else None
     model = _unseeded(fresh) if shell is None else None  # a builder that fails says so before the weights are read
     weights = _read_weights(directory, card)
@@ -115,7 +115,7 @@ def load_bundle(directory: Path | str, best_so_far: bool = False) -> tuple[torch
     except RuntimeError as e:  # another architecture's weights (a legacy bundle, or a card edited and resealed)
         detail = " ".join(str(e).split("\n\t")[1:2])[:160]  # torch's first complaint, e.g. the unexpected keys
         built = registry.builder_module(card.model)
-        if built.startswith(("pneumoscan.", "timm")):
+        if _vouched(card.model):
             raise ValueError(f"{directory}: its weights are not those of a {card.model} ({detail}); restore the "
                              "bundle from a good copy") from None
         # a plugin's builder: the bundle may be sound, made with another model of that name or version
@@ -123,6 +123,11 @@ def load_bundle(directory: Path | str, best_so_far: bool = False) -> tuple[torch
                          f"read it with the {card.model} it was trained with (without {built}, or with that version "
                          "of it), or restore the bundle from a good copy") from None
     return model.eval(), card
+
+
+def _vouched(model: str) -> bool:
+    """Whether the builder of ``model`` is this project's or timm's, whose models it knows, not a plugin's."""
+    return registry.builder_module(model).startswith(("pneumoscan.", "timm"))
 
 
 def _unseeded(build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
@@ -176,8 +181,9 @@ def _assigned(shell: torch.nn.Module, weights: dict[str, torch.Tensor]) -> torch
         return None
     shell.load_state_dict({k: v.to(own[k].dtype) for k, v in weights.items()}, assign=True)
     attributes = [value for module in shell.modules() for value in vars(module).values()]
-    contained = [*attributes, *(item for value in attributes if isinstance(value, (list, tuple)) for item in value),
-            *(item for value in attributes if isinstance(value, dict) for item in value.values())]
+    contained = [*attributes,
+                 *(item for value in attributes if isinstance(value, (list, tuple)) for item in value),
+                 *(item for value in attributes if isinstance(value, dict) for item in value.values())]
     left = (*shell.parameters(), *shell.buffers(), *(t for t in contained if isinstance(t, torch.Tensor)))
     return None if any(t.is_meta for t in left) else shell
 
